@@ -1,0 +1,38 @@
+"""`Sample`: one response to one prompt, the unit that flows from rollout to the loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class Status(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    ABORTED = "aborted"  # stopped early; may be resumed from its tokens
+    COMPLETED = "completed"  # stopped on EOS / a stop sequence
+    TRUNCATED = "truncated"  # hit max_tokens or the context length
+
+    @property
+    def finished(self) -> bool:
+        return self in (Status.COMPLETED, Status.TRUNCATED)
+
+
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # behaviour log-prob of each response token
+    versions: list[int] = field(default_factory=list)  # policy version that sampled each response token
+    status: Status = Status.PENDING
+    response_text: str = ""
+    reward: float | None = None
+    group_id: int = 0  # samples of one prompt share a group (GRPO normalises within it)
+    index: int = 0  # position inside its group
+    prompt: Any = None  # the environment's `Prompt` (holds what the reward needs)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_response_tokens(self) -> int:
+        return len(self.response_ids)

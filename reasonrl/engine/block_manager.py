@@ -1,0 +1,114 @@
+"""`BlockManager`: paged KV blocks with reference counts and a prefix cache keyed by block hash.
+
+A block holds `block_size` consecutive tokens of one or more sequences. A full block's hash
+chains the hash of the block before it with its own token ids, so equal hashes mean equal
+prefixes; token ids are kept to rule out collisions. Freed blocks keep their hash and stay
+reusable from the cache until the allocator hands them out again (least recently freed first).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from reasonrl.engine.sequence import Sequence
+
+
+class Block:
+    __slots__ = ("block_id", "ref_count", "hash", "token_ids")
+
+    def __init__(self, block_id: int):
+        self.block_id = block_id
+        self.ref_count = 0
+        self.hash: int | None = None
+        self.token_ids: tuple[int, ...] = ()
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self.cached: dict[int, int] = {}  # block hash -> block id
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free)
+
+    def blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
+        total = seq.num_computed + num_new_tokens
+        return max(0, -(-total // self.block_size) - len(seq.block_table))
+
+    def can_append(self, seq: Sequence, num_new_tokens: int) -> bool:
+        return self.blocks_needed(seq, num_new_tokens) <= self.num_free
+
+    def admit(self, seq: Sequence) -> None:
+        """Give a waiting sequence the cached blocks of its longest cached prefix."""
+        assert not seq.block_table
+        seq.num_computed = seq.num_cached = 0
+        if not self.enable_prefix_caching:
+            return
+        # At least the last token is always computed: its logits are needed to sample.
+        max_hits = (seq.num_tokens - 1) // self.block_size
+        prev = None
+        for i in range(max_hits):
+            tokens = tuple(seq.tokens(i * self.block_size, (i + 1) * self.block_size))
+            h = hash((prev, tokens))
+            block_id = self.cached.get(h)
+            if block_id is None or self.blocks[block_id].token_ids != tokens:
+                break
+            self._take(block_id)
+            seq.block_table.append(block_id)
+            prev = h
+        seq.num_computed = seq.num_cached = len(seq.block_table) * self.block_size
+
+    def append(self, seq: Sequence, num_new_tokens: int) -> None:
+        """Allocate blocks for `num_new_tokens` more tokens and register the blocks they complete.
+
+        Registration happens now, before the forward that writes them: a sequence admitted later
+        in the same step may reuse them, because each layer writes every new token's keys and values
+        before any token attends."""
+        for _ in range(self.blocks_needed(seq, num_new_tokens)):
+            block_id, _ = self.free.popitem(last=False)
+            block = self.blocks[block_id]
+            if block.hash is not None and self.cached.get(block.hash) == block_id:
+                del self.cached[block.hash]
+            block.hash, block.token_ids = None, ()
+            block.ref_count = 1
+            seq.block_table.append(block_id)
+        if self.enable_prefix_caching:
+            self._register(seq, seq.num_computed + num_new_tokens)
+
+    def _register(self, seq: Sequence, num_tokens: int) -> None:
+        bs = self.block_size
+        for i in range(seq.num_computed // bs, num_tokens // bs):
+            block = self.blocks[seq.block_table[i]]
+            if block.hash is not None:
+                continue
+            prev = self.blocks[seq.block_table[i - 1]].hash if i else None
+            if i and prev is None:  # the chain was cut (cache reset mid-sequence): nothing after it is cacheable
+                return
+            block.token_ids = tuple(seq.tokens(i * bs, (i + 1) * bs))
+            block.hash = hash((prev, block.token_ids))
+            self.cached.setdefault(block.hash, block.block_id)
+
+    def _take(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            del self.free[block_id]
+        block.ref_count += 1
+
+    def release(self, seq: Sequence) -> None:
+        for block_id in reversed(seq.block_table):  # tail blocks are freed first, so evicted first
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free[block_id] = None
+        seq.block_table = []
+        seq.num_computed = 0
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached hash, e.g. after the weights change and cached keys/values are stale."""
+        self.cached.clear()
+        for block in self.blocks:
+            block.hash, block.token_ids = None, ()

@@ -1,0 +1,44 @@
+"""`EngineConfig`: the engine's knobs, validated on construction; errors name the field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    max_num_seqs: int = 256
+    """Sequences decoded together at most."""
+    max_num_batched_tokens: int = 4096
+    """Tokens (prefill chunks plus decode tokens) one step may process; longer prompts are chunked."""
+    max_model_len: int | None = None
+    """Longest prompt plus response; None takes the model's max_position_embeddings."""
+    block_size: int = 16
+    """Tokens per KV block."""
+    kv_cache_memory: int | None = None
+    """Bytes for the KV cache. None: 1 GiB on CPU; on CUDA, gpu_memory_utilization of the device less what is in use."""
+    gpu_memory_utilization: float = 0.85
+    enable_prefix_caching: bool = True
+    kv_format: str = "dense"
+    seed: int = 0
+    """Draws the seeds of requests that do not set one."""
+
+    def __post_init__(self):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")
+        if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
+            raise ValueError(f"EngineConfig.max_model_len must be an integer >= 2, got {self.max_model_len!r}")
+        if self.kv_cache_memory is not None and (not isinstance(self.kv_cache_memory, int) or self.kv_cache_memory <= 0):
+            raise ValueError(f"EngineConfig.kv_cache_memory must be a positive number of bytes, got {self.kv_cache_memory!r}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"EngineConfig.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs) -> EngineConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(kwargs) - known
+        if unknown:
+            raise TypeError(f"unknown engine option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        return cls(**kwargs)

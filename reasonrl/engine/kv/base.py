@@ -1,0 +1,51 @@
+"""The KV-cache format interface: how keys and values are stored in blocks, and attended over.
+
+A format owns its storage (allocated once, sized in blocks) and the attention that reads it, so
+a compressed format can attend straight from its compressed blocks. `bytes_per_token` is counted
+from the tensors the format actually allocated.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from reasonrl.engine.attention import AttentionMetadata
+from reasonrl.models.config import ModelConfig
+
+
+class KVFormat:
+    name = "base"
+
+    def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype):
+        self.cfg, self.num_blocks, self.block_size = cfg, num_blocks, block_size
+        self.device, self.dtype = device, dtype
+
+    @classmethod
+    def bytes_per_block(cls, cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+        """Bytes one block of all layers takes, to size the cache before allocating it."""
+        raise NotImplementedError
+
+    def storage(self) -> list[torch.Tensor]:
+        """Every tensor the cache holds (for memory accounting)."""
+        raise NotImplementedError
+
+    def allocate(self) -> None:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Free the storage (e.g. to give the memory to training between rollout phases)."""
+        raise NotImplementedError
+
+    @property
+    def allocated_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.storage())
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.allocated_bytes / (self.num_blocks * self.block_size)
+
+    def write(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def attend(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,70 @@
+"""Dense paged KV: keys and values stored as they are, in the model's dtype.
+
+Attention on CPU (and for prefill on GPU) gathers a sequence's blocks and runs PyTorch SDPA;
+all-decode steps are batched into one SDPA call with a length mask. On CUDA, decode steps use the
+Triton paged decode kernel, which reads the blocks in place.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from reasonrl.engine.attention import AttentionMetadata, causal_mask
+from reasonrl.engine.kv.base import KVFormat
+
+
+class DenseKV(KVFormat):
+    name = "dense"
+
+    @classmethod
+    def bytes_per_block(cls, cfg, block_size, dtype):
+        return 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
+
+    def allocate(self):
+        c = self.cfg
+        # (layers, k/v, blocks, block_size, kv_heads, head_dim): one allocation, a view per layer
+        self.cache = torch.zeros(c.num_layers, 2, self.num_blocks, self.block_size, c.num_kv_heads, c.head_dim,
+                                 device=self.device, dtype=self.dtype)
+
+    def release(self):
+        self.cache = None
+
+    def storage(self):
+        return [] if getattr(self, "cache", None) is None else [self.cache]
+
+    def write(self, layer, slots, k, v):
+        flat = self.cache[layer].view(2, -1, k.shape[1], k.shape[2])  # (2, blocks * block_size, H, D)
+        flat[0].index_copy_(0, slots, k.to(self.dtype))
+        flat[1].index_copy_(0, slots, v.to(self.dtype))
+
+    def attend(self, layer, q, meta: AttentionMetadata):
+        k_cache, v_cache = self.cache[layer, 0], self.cache[layer, 1]  # (blocks, block_size, H, D)
+        if meta.decode_only:
+            if q.is_cuda:
+                from reasonrl.kernels.paged_attention import paged_decode
+
+                return paged_decode(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t)
+            return self._decode_batched(q, k_cache, v_cache, meta)
+        out = torch.empty_like(q)
+        for b in range(meta.num_seqs):
+            lo, hi = meta.query_start[b], meta.query_start[b + 1]
+            ctx = meta.context_lens[b]
+            blocks = meta.block_tables[b, : -(-ctx // self.block_size)]
+            k = k_cache[blocks].flatten(0, 1)[:ctx]  # (ctx, H, D)
+            v = v_cache[blocks].flatten(0, 1)[:ctx]
+            mask = causal_mask(hi - lo, ctx, meta.masks[b] if meta.masks else None, q.device)
+            o = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                               attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+            out[lo:hi] = o.transpose(0, 1)
+        return out
+
+    def _decode_batched(self, q, k_cache, v_cache, meta):
+        max_blocks = -(-max(meta.context_lens) // self.block_size)
+        tables = meta.block_tables[:, :max_blocks]
+        k = k_cache[tables].flatten(1, 2).transpose(1, 2)  # (B, H, S, D)
+        v = v_cache[tables].flatten(1, 2).transpose(1, 2)
+        valid = torch.arange(k.shape[2], device=q.device)[None, :] < meta.context_lens_t[:, None]
+        o = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=valid[:, None, None, :],
+                                           enable_gqa=q.shape[1] != k.shape[1])
+        return o[:, :, 0, :]

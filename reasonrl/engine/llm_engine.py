@@ -1,0 +1,231 @@
+"""`LLMEngine`: requests in, tokens and their log-probs out, one `step()` at a time.
+
+    engine.add_request("r0", prompt_ids, SamplingParams(max_tokens=64))
+    while engine.has_unfinished():
+        for out in engine.step(): ...
+    engine.abort("r0")  # -> the partial output, blocks freed
+
+A request may be resumed: submit its prompt with the tokens it already produced and their
+log-probs (`output_ids`, `output_logprobs`); they are re-prefilled, kept as they are, and count
+towards `max_tokens`. With the seed the first run reported (`CompletionOutput.seed`), the resumed
+run continues exactly as the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reasonrl.engine.block_manager import BlockManager
+from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.kv import get_format
+from reasonrl.engine.model_runner import ModelRunner, Sampled
+from reasonrl.engine.sampling_params import SamplingParams
+from reasonrl.engine.scheduler import Scheduler
+from reasonrl.engine.sequence import RequestOutput, Sequence
+from reasonrl.models.model import DecoderLM
+from reasonrl.models.tokenizer import IncrementalDecoder, Tokenizer
+
+
+@dataclass
+class Request:
+    request_id: str
+    prompt_ids: list[int]
+    seqs: list[Sequence]
+    stream: bool
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finished for s in self.seqs)
+
+    def output(self) -> RequestOutput:
+        return RequestOutput(self.request_id, self.prompt_ids, [s.output() for s in self.seqs], self.finished,
+                             self.seqs[0].num_cached)
+
+
+class LLMEngine:
+    def __init__(self, model: DecoderLM, tokenizer: Tokenizer | None = None, config: EngineConfig | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.config = cfg = config or EngineConfig()
+        mcfg = model.config
+        self.max_model_len = cfg.max_model_len or mcfg.max_position_embeddings
+        self.eos_ids = set(tokenizer.eos_token_ids if tokenizer else mcfg.eos_token_ids)
+        fmt = get_format(cfg.kv_format)
+        num_blocks = self._num_blocks(fmt.bytes_per_block(mcfg, cfg.block_size, model.dtype))
+        self.kv = fmt(mcfg, num_blocks, cfg.block_size, model.device, model.dtype)
+        self.kv.allocate()
+        self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
+        self.runner = ModelRunner(model, self.kv, cfg.block_size)
+        self.requests: dict[str, Request] = {}
+        self._done_at_add: list[RequestOutput] = []
+        self._next_seq_id = 0
+        self._rng = random.Random(cfg.seed)
+        self.num_generated_tokens = 0
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device=None, dtype=None, **engine_kwargs) -> LLMEngine:
+        from reasonrl.models.loader import load_model
+
+        config = EngineConfig.from_kwargs(**engine_kwargs)
+        model = load_model(path, device, dtype, max_len=config.max_model_len)
+        tokenizer = Tokenizer.from_dir(path) if (Path(path) / "tokenizer.json").is_file() else None
+        return cls(model, tokenizer, config)
+
+    def _num_blocks(self, bytes_per_block: int) -> int:
+        budget = self.config.kv_cache_memory
+        if budget is None and self.model.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.model.device)
+            budget = int(total * self.config.gpu_memory_utilization) - (total - free)
+        budget = budget if budget is not None else 1 << 30
+        num_blocks = budget // bytes_per_block
+        needed = -(-self.max_model_len // self.config.block_size)
+        if num_blocks < needed:
+            raise ValueError(
+                f"the KV cache ({budget} bytes, {num_blocks} blocks of {self.config.block_size} tokens) cannot hold one "
+                f"sequence of max_model_len={self.max_model_len} tokens: raise kv_cache_memory or lower max_model_len")
+        return num_blocks
+
+    # ---- requests -------------------------------------------------------------------------
+    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams | None = None,
+                    output_ids: list[int] | None = None, output_logprobs: list[float] | None = None,
+                    stream: bool = False) -> None:
+        params = params or SamplingParams()
+        self._validate(request_id, prompt_ids, params, output_ids, output_logprobs)
+        base_seed = params.seed if params.seed is not None else self._rng.randrange(1 << 62)
+        seqs = []
+        for i in range(params.n):
+            seq = Sequence(self._next_seq_id, request_id, i, prompt_ids, params, base_seed + i, output_ids, output_logprobs)
+            self._next_seq_id += 1
+            if self.tokenizer is not None and params.detokenize:
+                seq.decoder = IncrementalDecoder(self.tokenizer, seq.prompt_ids)
+                seq.text = seq.decoder.push(seq.output_ids) if seq.output_ids else ""
+            seqs.append(seq)
+        request = Request(request_id, list(prompt_ids), seqs, stream)
+        if seqs[0].num_resumed >= params.max_tokens or seqs[0].num_tokens >= self.max_model_len:
+            seqs[0].finish("length")
+            self._done_at_add.append(request.output())
+            return
+        self.requests[request_id] = request
+        for seq in seqs:
+            self.scheduler.add(seq)
+
+    def _validate(self, request_id, prompt_ids, params, output_ids, output_logprobs) -> None:
+        if request_id in self.requests:
+            raise ValueError(f"request id {request_id!r} is already running")
+        if not prompt_ids:
+            raise ValueError(f"request {request_id!r}: the prompt is empty")
+        vocab = self.model.config.vocab_size
+        bad = next((t for t in prompt_ids + list(output_ids or []) if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"request {request_id!r}: token id {bad} is outside the vocabulary [0, {vocab})")
+        if len(prompt_ids) >= self.max_model_len:
+            raise ValueError(f"request {request_id!r}: prompt of {len(prompt_ids)} tokens leaves no room in "
+                             f"max_model_len={self.max_model_len}")
+        if output_ids is not None:
+            if params.n != 1:
+                raise ValueError(f"request {request_id!r}: resume one sample at a time (n=1), got n={params.n}")
+            if output_logprobs is None or len(output_logprobs) != len(output_ids):
+                raise ValueError(f"request {request_id!r}: output_logprobs must give one log-prob per resumed token")
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now; returns its partial output (None if unknown or already finished)."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return None
+        for seq in request.seqs:
+            if not seq.finished:
+                seq.finish("abort")
+            self.scheduler.remove(seq)
+        return request.output()
+
+    def abort_all(self) -> list[RequestOutput]:
+        return [out for rid in list(self.requests) if (out := self.abort(rid)) is not None]
+
+    def has_unfinished(self) -> bool:
+        return bool(self.requests or self._done_at_add)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Run one batch; returns the requests that finished (and, for streams, progressed)."""
+        outputs, self._done_at_add = self._done_at_add, []
+        scheduled = self.scheduler.schedule()
+        if scheduled:
+            sampled = self.runner.run(scheduled)
+            outputs += self._postprocess(scheduled, sampled)
+        return outputs
+
+    def _postprocess(self, scheduled: list[tuple[Sequence, int]], sampled: dict[int, Sampled]) -> list[RequestOutput]:
+        touched: dict[str, Request] = {}
+        for seq, n in scheduled:
+            seq.num_computed += n
+            s = sampled.get(seq.seq_id)
+            if s is None:
+                continue
+            self._append(seq, s)
+            touched[seq.request_id] = self.requests[seq.request_id]
+            if seq.finished:
+                self.scheduler.remove(seq)
+        outputs = []
+        for request in touched.values():
+            if request.finished:
+                del self.requests[request.request_id]
+            if request.finished or request.stream:
+                outputs.append(request.output())
+        return outputs
+
+    def _append(self, seq: Sequence, s: Sampled) -> None:
+        seq.output_ids.append(s.token)
+        seq.output_logprobs.append(s.logprob)
+        if seq.top_logprobs is not None:
+            seq.top_logprobs.append(s.top or {})
+        self.num_generated_tokens += 1
+        p = seq.params
+        piece = seq.decoder.push([s.token]) if seq.decoder is not None else ""
+        seq.text += piece
+        if (s.token in self.eos_ids and not p.ignore_eos) or s.token in p.stop_token_ids:
+            seq.finish("stop", s.token)
+        elif p.stop and piece and self._stop_string(seq, len(piece)):
+            pass
+        elif len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            seq.finish("length")
+
+    @staticmethod
+    def _stop_string(seq: Sequence, new_chars: int) -> bool:
+        for stop in seq.params.stop:
+            # only a match that ends in the new text is new
+            start = max(0, len(seq.text) - new_chars - len(stop) + 1)
+            at = seq.text.find(stop, start)
+            if at >= 0:
+                seq.text = seq.text[: at + len(stop) if seq.params.include_stop_str_in_output else at]
+                seq.finish("stop", stop)
+                return True
+        return False
+
+    # ---- memory -------------------------------------------------------------------------------
+    def reset_prefix_cache(self) -> None:
+        """Call after the weights change: cached keys and values belong to the old weights."""
+        self.block_manager.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        """Free the KV cache (e.g. for a training phase). No request may be in flight."""
+        if self.requests:
+            raise RuntimeError(f"cannot sleep with {len(self.requests)} requests in flight; abort them first")
+        self.kv.release()
+        self.block_manager.reset_prefix_cache()
+        if self.model.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def wake(self) -> None:
+        if not self.kv.storage():
+            self.kv.allocate()
+
+    def stats(self) -> dict[str, float]:
+        bm = self.block_manager
+        return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
+                "kv_blocks_used": len(bm.blocks) - bm.num_free, "kv_blocks_total": len(bm.blocks),
+                "kv_bytes_per_token": self.kv.bytes_per_token, "preemptions": self.scheduler.num_preemptions,
+                "generated_tokens": self.num_generated_tokens}

@@ -1,0 +1,84 @@
+"""Sampling: greedy, temperature, top-k, top-p and min-p sampling with per-sequence seeds.
+
+Sampling is the Gumbel-max trick, argmax(logits / T + g), with the noise g drawn from a
+counter-based hash of (sequence seed, output position, token id) rather than a stateful
+generator. A token therefore depends only on its sequence's logits, seed and position: not on
+what else is in the batch, on preemption, or on an abort followed by a resume.
+
+Reported log-probs are of the distribution the token was drawn from before truncation:
+log_softmax(logits / T) (T = 1 for greedy). That is what a trainer computes from the same logits
+at the same temperature; top-k/top-p/min-p change which tokens can be drawn, not the reported
+values (keep them off for RL rollouts, whose importance ratios assume the full distribution).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_M32 = 0xFFFFFFFF
+
+
+@dataclass
+class SamplingBatch:
+    """Per-row sampling parameters, as tensors on the logits' device."""
+
+    temperature: torch.Tensor  # (S,) float, 0 = greedy
+    top_k: torch.Tensor  # (S,) long, 0 = off
+    top_p: torch.Tensor  # (S,) float
+    min_p: torch.Tensor  # (S,) float
+    seeds: torch.Tensor  # (S,) long
+    steps: torch.Tensor  # (S,) long: index of the token being sampled within the response
+    num_top: int = 0  # top-n log-probs to return
+    any_filter: bool = False
+
+
+def _fmix(x: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finaliser on int64 tensors holding uint32 values."""
+    x = x ^ (x >> 16)
+    x = (x * 0x85EBCA6B) & _M32
+    x = x ^ (x >> 13)
+    x = (x * 0xC2B2AE35) & _M32
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
+    """(S, V) float32 standard Gumbel noise, a pure function of (seed, step, token id)."""
+    key = _fmix(_fmix((seeds >> 32) & _M32) ^ (seeds & _M32))
+    key = _fmix(key ^ _fmix(steps & _M32))[:, None]  # (S, 1)
+    idx = torch.arange(vocab, device=seeds.device, dtype=torch.int64)[None, :]
+    bits = _fmix(key ^ _fmix((idx * 0x9E3779B9) & _M32))
+    bits = _fmix(bits ^ key)  # a second round decorrelates neighbouring token ids
+    u = (bits.double() + 0.5) / 4294967296.0  # in (0, 1)
+    return (-torch.log(-torch.log(u))).float()
+
+
+def _filter(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Mask to -inf what top-k, top-p and min-p exclude. logits (S, V) are already temperature-scaled."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    ranks = torch.arange(logits.shape[1], device=logits.device)[None, :]
+    k = torch.where(batch.top_k > 0, batch.top_k, logits.shape[1])[:, None]
+    drop = ranks >= k
+    # top-p keeps the smallest prefix whose mass reaches p (the token crossing p is kept)
+    drop |= (probs.cumsum(-1) - probs) >= batch.top_p[:, None]
+    drop |= probs < batch.min_p[:, None] * probs[:, :1]
+    drop[:, 0] = False  # the most likely token always survives
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch):
+    """logits (S, V) -> token ids (S,), their log-probs (S,), and (ids, log-probs) of the top-n or None."""
+    logits = logits.float()
+    greedy = batch.temperature == 0
+    temp = torch.where(greedy, torch.ones_like(batch.temperature), batch.temperature)[:, None]
+    scaled = logits / temp
+    logprobs = scaled.log_softmax(-1)
+    candidates = _filter(scaled, batch) if batch.any_filter else scaled
+    drawn = (candidates + gumbel_noise(batch.seeds, batch.steps, logits.shape[1])).argmax(-1)
+    tokens = torch.where(greedy, logits.argmax(-1), drawn)
+    token_logprobs = logprobs.gather(1, tokens[:, None])[:, 0]
+    top = logprobs.topk(batch.num_top, dim=-1) if batch.num_top else None
+    return tokens, token_logprobs, (None if top is None else (top.indices, top.values))

@@ -1,0 +1,95 @@
+"""`Sequence`: the engine's state for one sample of one request, and the outputs it reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from reasonrl.engine.sampling_params import SamplingParams
+
+
+class SeqStatus(Enum):
+    WAITING = auto()
+    RUNNING = auto()
+    FINISHED = auto()
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    token_ids: list[int]
+    logprobs: list[float]  # log-prob of each token under the distribution it was sampled from
+    text: str
+    finish_reason: str | None  # "stop", "length", "abort" or None while running
+    stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+    top_logprobs: list[dict[int, float]] | None = None
+    seed: int = 0  # the seed this sample was drawn with: resubmit with it (n=1) to resume exactly
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt_ids: list[int]
+    outputs: list[CompletionOutput]
+    finished: bool
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+
+
+class Sequence:
+    def __init__(self, seq_id: int, request_id: str, index: int, prompt_ids: list[int], params: SamplingParams,
+                 seed: int, output_ids: list[int] | None = None, output_logprobs: list[float] | None = None):
+        self.seq_id = seq_id
+        self.request_id = request_id
+        self.index = index  # position among the request's n samples
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.seed = seed
+        # A resumed request arrives with tokens already generated: they are re-prefilled, and their
+        # log-probs are kept as they were (the behaviour policy's), never recomputed.
+        self.output_ids: list[int] = list(output_ids or [])
+        self.output_logprobs: list[float] = list(output_logprobs or [])
+        self.top_logprobs: list[dict[int, float]] | None = [] if params.logprobs else None
+        self.num_resumed = len(self.output_ids)
+        self.status = SeqStatus.WAITING
+        self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None
+        self.text = ""
+        self.decoder = None  # IncrementalDecoder when the engine has a tokenizer
+        self.block_table: list[int] = []
+        self.num_computed = 0  # tokens whose keys/values are in the cache
+        self.num_cached = 0  # of those, served by the prefix cache at admission
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def num_pending(self) -> int:
+        """Tokens whose keys/values are still to be computed (prompt chunks, or the last sample)."""
+        return self.num_tokens - self.num_computed
+
+    def token(self, i: int) -> int:
+        n = len(self.prompt_ids)
+        return self.prompt_ids[i] if i < n else self.output_ids[i - n]
+
+    def tokens(self, start: int, end: int) -> list[int]:
+        n = len(self.prompt_ids)
+        if end <= n:
+            return self.prompt_ids[start:end]
+        if start >= n:
+            return self.output_ids[start - n:end - n]
+        return self.prompt_ids[start:] + self.output_ids[:end - n]
+
+    @property
+    def finished(self) -> bool:
+        return self.status is SeqStatus.FINISHED
+
+    def finish(self, reason: str, stop_reason: int | str | None = None) -> None:
+        self.status = SeqStatus.FINISHED
+        self.finish_reason = reason
+        self.stop_reason = stop_reason
+
+    def output(self) -> CompletionOutput:
+        return CompletionOutput(self.index, list(self.output_ids), list(self.output_logprobs), self.text,
+                                self.finish_reason, self.stop_reason,
+                                None if self.top_logprobs is None else list(self.top_logprobs), self.seed)

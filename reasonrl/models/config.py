@@ -1,0 +1,184 @@
+"""`ModelConfig`: the decoder families reasonrl runs, read from a Hugging Face config.json.
+
+One transformer covers Llama, Qwen2 and Qwen3; the families differ only in flags:
+
+| family | q/k/v bias            | o bias          | q/k RMSNorm |
+|--------|-----------------------|-----------------|-------------|
+| Llama  | `attention_bias`      | `attention_bias`| no          |
+| Qwen2  | always                | no              | no          |
+| Qwen3  | `attention_bias`      | `attention_bias`| yes         |
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+
+
+class ConfigError(ValueError):
+    """A config.json reasonrl cannot run; the message names the key."""
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # {"rope_type": ..., "factor": ...}; None = default RoPE
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    torch_dtype: str = "float32"
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the config.json as read, kept for saving
+
+    @property
+    def family(self) -> str:
+        return ARCHITECTURES[self.architecture]
+
+    @property
+    def rope_type(self) -> str:
+        return (self.rope_scaling or {}).get("rope_type", "default")
+
+    def num_params(self) -> int:
+        attn = self.hidden_size * self.head_dim * (2 * self.num_heads + 2 * self.num_kv_heads)
+        mlp = 3 * self.hidden_size * self.intermediate_size
+        embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * (attn + mlp) + embed
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        archs = d.get("architectures") or []
+        arch = next((a for a in archs if a in ARCHITECTURES), None)
+        if arch is None:
+            raise ConfigError(
+                f"unsupported architecture {archs or d.get('model_type')!r} in config.json 'architectures'; "
+                f"supported: {', '.join(ARCHITECTURES)}"
+            )
+        family = ARCHITECTURES[arch]
+        if d.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"unsupported 'hidden_act' {d['hidden_act']!r}: only 'silu' (SwiGLU) is implemented")
+        if d.get("use_sliding_window"):
+            raise ConfigError("'use_sliding_window': true is not supported (full attention only)")
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            if not isinstance(d.get(key), int) or d[key] <= 0:
+                raise ConfigError(f"config.json key {key!r} must be a positive integer, got {d.get(key)!r}")
+        num_heads = d["num_attention_heads"]
+        num_kv_heads = d.get("num_key_value_heads") or num_heads
+        if num_heads % num_kv_heads:
+            raise ConfigError(f"'num_attention_heads' ({num_heads}) is not a multiple of 'num_key_value_heads' ({num_kv_heads})")
+        theta, scaling = _rope_params(d)
+        attention_bias = bool(d.get("attention_bias", False))
+        eos = d.get("eos_token_id")
+        return cls(
+            architecture=arch,
+            vocab_size=d["vocab_size"],
+            hidden_size=d["hidden_size"],
+            intermediate_size=d["intermediate_size"],
+            num_layers=d["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=num_kv_heads,
+            head_dim=d.get("head_dim") or d["hidden_size"] // num_heads,
+            rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            qkv_bias=True if family == "qwen2" else attention_bias,
+            o_bias=False if family == "qwen2" else attention_bias,
+            mlp_bias=bool(d.get("mlp_bias", False)),
+            qk_norm=family == "qwen3",
+            bos_token_id=d.get("bos_token_id"),
+            eos_token_ids=tuple(eos if isinstance(eos, list) else [] if eos is None else [eos]),
+            torch_dtype=str(d.get("torch_dtype") or d.get("dtype") or "float32"),
+            raw=dict(d),
+        )
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> ModelConfig:
+        file = Path(path) / "config.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"no config.json in {path} (expected a Hugging Face checkpoint directory)")
+        try:
+            d = json.loads(file.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{file} is not valid JSON: {exc}") from None
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config.json to save: the original keys, updated with what this config says."""
+        d = dict(self.raw)
+        d.update(
+            architectures=[self.architecture],
+            model_type=self.family,
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            num_key_value_heads=self.num_kv_heads,
+            head_dim=self.head_dim,
+            hidden_act="silu",
+            rms_norm_eps=self.rms_norm_eps,
+            rope_theta=self.rope_theta,
+            rope_scaling=self.rope_scaling,
+            max_position_embeddings=self.max_position_embeddings,
+            tie_word_embeddings=self.tie_word_embeddings,
+            torch_dtype=self.torch_dtype,
+        )
+        d.pop("rope_parameters", None)  # written in the classic form every loader reads
+        d.pop("dtype", None)
+        if self.family != "qwen2":
+            d["attention_bias"] = self.qkv_bias
+        if self.family == "llama":
+            d["mlp_bias"] = self.mlp_bias
+        if self.bos_token_id is not None:
+            d["bos_token_id"] = self.bos_token_id
+        if self.eos_token_ids:
+            d["eos_token_id"] = self.eos_token_ids[0] if len(self.eos_token_ids) == 1 else list(self.eos_token_ids)
+        return d
+
+
+def _rope_params(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """(theta, scaling) from either the classic `rope_theta`/`rope_scaling` keys or transformers>=5
+    `rope_parameters`."""
+    params = d.get("rope_parameters")
+    scaling = d.get("rope_scaling")
+    theta = d.get("rope_theta")
+    if isinstance(params, dict):
+        theta = params.get("rope_theta", theta)
+        scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    if scaling:
+        scaling = dict(scaling)
+        rope_type = scaling.pop("type", None) or scaling.get("rope_type") or "default"
+        scaling["rope_type"] = rope_type
+        if rope_type not in ROPE_TYPES:
+            raise ConfigError(f"unsupported rope type {rope_type!r} in 'rope_scaling'; supported: {', '.join(ROPE_TYPES)}")
+        needed = {"linear": ["factor"], "dynamic": ["factor"],
+                  "llama3": ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]}
+        for key in needed.get(rope_type, []):
+            if key not in scaling:
+                raise ConfigError(f"'rope_scaling' of type {rope_type!r} needs key {key!r}")
+        if rope_type == "default":
+            scaling = None
+    return float(theta if theta is not None else 10000.0), scaling

@@ -1,0 +1,193 @@
+"""Load and save Hugging Face checkpoint directories, offline.
+
+A directory holds config.json and either model.safetensors, a sharded
+model.safetensors.index.json, or (older checkpoints) pytorch_model.bin. Hugging Face tensor
+names map onto `DecoderLM` parameters through `hf_to_local`; the separate q/k/v and gate/up
+projections land in slices of the fused parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from reasonrl.models.config import ModelConfig
+from reasonrl.models.model import DecoderLM
+from reasonrl.models.rope import inv_frequencies
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_FUSED = re.compile(r"^(layers\.\d+)\.(self_attn|mlp)\.(q|k|v|gate|up)_proj\.(weight|bias)$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model; the message names the tensor."""
+
+
+def hf_to_local(name: str, cfg: ModelConfig) -> tuple[str, int, int] | None:
+    """HF tensor name -> (parameter name, row offset, rows); rows = -1 for the whole parameter.
+    None for tensors the model does not use (e.g. precomputed rotary tables)."""
+    if name.endswith("rotary_emb.inv_freq"):
+        return None
+    name = name.removeprefix("model.")
+    m = _FUSED.match(name)
+    if not m:
+        return name, 0, -1
+    prefix, block, proj, kind = m.groups()
+    q, kv, inter = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
+    offsets = {"q": (0, q), "k": (q, kv), "v": (q + kv, kv), "gate": (0, inter), "up": (inter, inter)}
+    fused = "qkv_proj" if block == "self_attn" else "gate_up_proj"
+    return f"{prefix}.{block}.{fused}.{kind}", *offsets[proj]
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, cfg: ModelConfig | None = None) -> torch.dtype:
+    """None picks float32 on CPU and the checkpoint's dtype on an accelerator."""
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    elif dtype in (None, "auto"):
+        name = "float32" if device.type == "cpu" or cfg is None else cfg.torch_dtype
+    else:
+        name = str(dtype)
+    if name not in DTYPES:
+        raise ValueError(f"unsupported dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    if device.type == "cuda" and name == "bfloat16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"this GPU ({torch.cuda.get_device_name(device)}) cannot run bfloat16; use float16 or float32")
+    return DTYPES[name]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False (is this a CPU build of torch?)")
+    return device
+
+
+def load_model(path: str | Path, device: str | torch.device | None = None, dtype=None, max_len: int | None = None) -> DecoderLM:
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+    cfg = ModelConfig.from_dir(path)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device, cfg)
+    with torch.device("meta"):
+        model = DecoderLM(cfg, max_len).to(dtype)
+    model = model.to_empty(device=device)
+    model.tie_weights()
+    model.rotary.inv_freq = inv_frequencies(cfg, max_len).to(device)  # fp32; to_empty left it uninitialised
+    params = dict(model.named_parameters(remove_duplicate=False))
+    filled: dict[str, int] = {}
+    with torch.no_grad():
+        for name, tensor in _read_tensors(path):
+            target = hf_to_local(name, cfg)
+            if target is None:
+                continue
+            local, offset, rows = target
+            if local not in params:
+                log.warning("ignoring tensor %r: no such parameter in %s", name, cfg.architecture)
+                continue
+            dest = params[local] if rows < 0 else params[local][offset:offset + rows]
+            if tuple(dest.shape) != tuple(tensor.shape):
+                raise CheckpointError(f"tensor {name!r} has shape {tuple(tensor.shape)}, the config implies {tuple(dest.shape)}")
+            dest.copy_(tensor)
+            filled[local] = filled.get(local, 0) + dest.numel()
+    _check_complete(model, params, filled, path)
+    return model.eval()
+
+
+def _check_complete(model: DecoderLM, params: dict, filled: dict[str, int], path: Path) -> None:
+    if model.config.tie_word_embeddings:
+        filled["lm_head.weight"] = filled.get("embed_tokens.weight", 0)
+    missing = [n for n, p in params.items() if filled.get(n, 0) < p.numel()]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        hf = ["lm_head.weight" if n == "lm_head.weight" else f"model.{n}" for n in missing[:5]]
+        raise CheckpointError(f"checkpoint {path} is missing tensors: {', '.join(hf)}{more}")
+
+
+def _read_tensors(path: Path):
+    """Yield (name, tensor) from whichever weight files the directory has."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        files = sorted(set(weight_map.values()))
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    elif (path / "pytorch_model.bin").is_file():
+        yield from torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True).items()
+        return
+    else:
+        raise FileNotFoundError(f"no weights in {path}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    for file in files:
+        if not (path / file).is_file():
+            raise FileNotFoundError(f"shard {file} listed in {index.name} is missing from {path}")
+        with safe_open(path / file, framework="pt") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def local_to_hf(model: DecoderLM) -> dict[str, torch.Tensor]:
+    """The model's weights under Hugging Face names, fused projections split back apart."""
+    cfg = model.config
+    out: dict[str, torch.Tensor] = {}
+    for name, param in model.named_parameters():
+        t = param.detach()
+        m = re.match(r"^(layers\.\d+)\.(self_attn|mlp)\.(qkv_proj|gate_up_proj)\.(weight|bias)$", name)
+        if m is None:
+            out["lm_head.weight" if name == "lm_head.weight" else f"model.{name}"] = t
+            continue
+        prefix, block, _, kind = m.groups()
+        parts = ("q", "k", "v") if block == "self_attn" else ("gate", "up")
+        for proj in parts:
+            _, offset, rows = hf_to_local(f"{prefix}.{block}.{proj}_proj.{kind}", cfg)
+            out[f"model.{prefix}.{block}.{proj}_proj.{kind}"] = t[offset:offset + rows]
+    if cfg.tie_word_embeddings:
+        out.pop("lm_head.weight", None)
+    return {k: v.contiguous().cpu() for k, v in out.items()}
+
+
+def save_model(model: DecoderLM, path: str | Path, tokenizer=None, max_shard_bytes: int = 4 << 30) -> Path:
+    """Write config.json, generation_config.json, (sharded) safetensors and the tokenizer."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    cfg.torch_dtype = str(model.dtype).removeprefix("torch.")
+    (path / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    gen = {"eos_token_id": list(cfg.eos_token_ids)} if cfg.eos_token_ids else {}
+    if cfg.bos_token_id is not None:
+        gen["bos_token_id"] = cfg.bos_token_id
+    (path / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    _write_shards(local_to_hf(model), path, max_shard_bytes)
+    if tokenizer is not None:
+        tokenizer.save(path)
+    return path
+
+
+def _write_shards(tensors: dict[str, torch.Tensor], path: Path, max_shard_bytes: int) -> None:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += nbytes
+    for stale in list(path.glob("model*.safetensors")) + list(path.glob("model.safetensors.index.json")):
+        stale.unlink()
+    if len(shards) == 1:
+        save_file(shards[0], path / "model.safetensors", metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+        file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, path / file, metadata={"format": "pt"})
+        weight_map.update({name: file for name in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")

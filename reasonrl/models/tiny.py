@@ -1,0 +1,78 @@
+"""Tiny checkpoints of real architectures, made here (nothing can be downloaded).
+
+Tests, the demo and benchmarks build small Llama/Qwen2/Qwen3 models with a small byte-level BPE
+tokenizer and a ChatML chat template, and save them as ordinary Hugging Face checkpoint
+directories, which every other part of reasonrl then loads like a real one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from reasonrl.models.config import ModelConfig
+from reasonrl.models.loader import save_model
+from reasonrl.models.model import DecoderLM
+from reasonrl.models.tokenizer import Tokenizer
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+
+
+def make_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> Tokenizer:
+    """A byte-level BPE tokenizer trained on `corpus`, with ChatML special tokens; EOS is <|im_end|>."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    return Tokenizer(tok, CHATML, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def tiny_config(family: str = "qwen2", vocab_size: int = 512, hidden_size: int = 64, num_layers: int = 2,
+                num_heads: int = 4, num_kv_heads: int = 2, intermediate_size: int | None = None,
+                max_position_embeddings: int = 1024, tie_word_embeddings: bool = True,
+                eos_token_ids: tuple[int, ...] = ()) -> ModelConfig:
+    if family not in ARCH:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(ARCH)}")
+    return ModelConfig.from_dict({
+        "architectures": [ARCH[family]], "vocab_size": vocab_size, "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size or 3 * hidden_size, "num_hidden_layers": num_layers,
+        "num_attention_heads": num_heads, "num_key_value_heads": num_kv_heads, "head_dim": hidden_size // num_heads,
+        "max_position_embeddings": max_position_embeddings, "tie_word_embeddings": tie_word_embeddings,
+        "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "eos_token_id": list(eos_token_ids) or None,
+    })
+
+
+def init_weights(model: DecoderLM, std: float = 0.02, seed: int = 0) -> DecoderLM:
+    """Normal(0, std) matrices and embeddings, zero biases, unit norms (the usual LM initialisation)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    return model
+
+
+def make_checkpoint(path: str | Path, family: str = "qwen2", tokenizer: Tokenizer | None = None, seed: int = 0,
+                    std: float = 0.02, **sizes) -> Path:
+    """Save a randomly initialised model (and tokenizer, if given) as a checkpoint directory."""
+    if tokenizer is not None:
+        sizes.setdefault("vocab_size", tokenizer.vocab_size)
+        sizes.setdefault("eos_token_ids", tokenizer.eos_token_ids)
+    model = init_weights(DecoderLM(tiny_config(family, **sizes)), std, seed)
+    return save_model(model, path, tokenizer)

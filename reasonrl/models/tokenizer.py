@@ -1,0 +1,137 @@
+"""Tokenizer and chat template from a Hugging Face checkpoint directory (no transformers needed).
+
+Reads tokenizer.json with the `tokenizers` library, the chat template from tokenizer_config.json
+(or chat_template.jinja), and end-of-sequence ids from tokenizer_config.json,
+generation_config.json and config.json together: generation stops on any of them, as in vLLM.
+Chat templates render in a sandboxed Jinja environment configured like transformers'.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer as HFTokenizer
+
+
+class Tokenizer:
+    def __init__(self, tok: HFTokenizer, chat_template: str | None = None, eos_token: str | None = None,
+                 bos_token: str | None = None, pad_token: str | None = None, extra_eos_ids: tuple[int, ...] = ()):
+        self.tok = tok
+        self.chat_template = chat_template
+        self.eos_token, self.bos_token, self.pad_token = eos_token, bos_token, pad_token
+        eos = [tok.token_to_id(eos_token)] if eos_token else []
+        self.eos_token_ids = tuple(dict.fromkeys(i for i in [*eos, *extra_eos_ids] if i is not None))
+        self._template = None
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> Tokenizer:
+        path = Path(path)
+        if not (path / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"no tokenizer.json in {path}")
+        tok = HFTokenizer.from_file(str(path / "tokenizer.json"))
+        cfg = _read_json(path / "tokenizer_config.json")
+        template = cfg.get("chat_template")
+        if isinstance(template, list):  # older multi-template form: take the default one
+            template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
+        if (path / "chat_template.jinja").is_file():
+            template = (path / "chat_template.jinja").read_text()
+        extra = []
+        for file in ("generation_config.json", "config.json"):
+            ids = _read_json(path / file).get("eos_token_id")
+            extra += ids if isinstance(ids, list) else [] if ids is None else [ids]
+        return cls(tok, template, _token(cfg.get("eos_token")), _token(cfg.get("bos_token")),
+                   _token(cfg.get("pad_token")), tuple(extra))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def pad_token_id(self) -> int:
+        if self.pad_token and self.tok.token_to_id(self.pad_token) is not None:
+            return self.tok.token_to_id(self.pad_token)
+        return self.eos_token_ids[0] if self.eos_token_ids else 0
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                            tokenize: bool = True, **kwargs) -> str | list[int]:
+        if not self.chat_template:
+            raise ValueError("this tokenizer has no chat template (tokenizer_config.json has no 'chat_template')")
+        if self._template is None:
+            self._template = _compile(self.chat_template)
+        text = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                     bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
+        # The template writes any BOS itself, so encoding must not add another.
+        return self.encode(text, add_special_tokens=False) if tokenize else text
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.tok.save(str(path / "tokenizer.json"))
+        cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": self.chat_template,
+               "eos_token": self.eos_token, "bos_token": self.bos_token, "pad_token": self.pad_token}
+        (path / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}, indent=2) + "\n")
+
+
+class IncrementalDecoder:
+    """Decodes a growing list of token ids into text pieces without re-decoding everything.
+
+    A few tokens of context are re-decoded with each new token, so multi-token characters and
+    leading-space rules come out as a full decode would give them; text is held back while the
+    tail is an incomplete UTF-8 sequence.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int] | None = None):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = list(prompt_ids or [])[-6:]
+        self.prefix_offset = 0
+        self.read_offset = len(self.ids)
+
+    def push(self, token_ids: list[int]) -> str:
+        self.ids.extend(token_ids)
+        prefix = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
+        full = self.tokenizer.decode(self.ids[self.prefix_offset:])
+        if len(full) <= len(prefix) or full.endswith("\ufffd"):
+            return ""
+        # the emitted ids become the next context window; older ones are never decoded again
+        self.ids = self.ids[self.read_offset:]
+        self.prefix_offset, self.read_offset = 0, len(self.ids)
+        return full[len(prefix):]
+
+
+def _read_json(file: Path) -> dict:
+    if not file.is_file():
+        return {}
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file} is not valid JSON: {exc}") from None
+
+
+def _token(value: Any) -> str | None:
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _compile(template: str):
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise ValueError(f"chat template error: {message}")
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)

@@ -1,0 +1,159 @@
+"""Our decoder against transformers, on tiny checkpoints of each supported family."""
+
+import json
+
+import pytest
+import torch
+
+from reasonrl.models import CheckpointError, ConfigError, ModelConfig, load_model, save_model
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32, "rope_theta": 500000.0}
+
+CASES = {
+    "llama": ("llama", {}),
+    "qwen2": ("qwen2", {}),
+    "qwen3": ("qwen3", {"head_dim": 32}),
+    "qwen2-gqa7-tied": ("qwen2", {"hidden_size": 112, "num_attention_heads": 14, "num_key_value_heads": 2,
+                                  "tie_word_embeddings": True}),
+    "llama-llama3-rope": ("llama", {"rope_parameters": LLAMA3_ROPE, "max_position_embeddings": 256}),
+    "llama-linear-rope": ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}}),
+    "llama-bias": ("llama", {"attention_bias": True, "mlp_bias": True}),
+    "qwen3-bias-tied": ("qwen3", {"attention_bias": True, "tie_word_embeddings": True}),
+}
+
+
+def logits_of(model, ids):
+    with torch.no_grad():
+        return model.compute_logits(model.forward_padded(ids))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_logits_match_transformers(hf_checkpoint, case):
+    family, overrides = CASES[case]
+    path, ref = hf_checkpoint(family, **overrides)
+    ours = load_model(path, "cpu")
+    ids = torch.randint(0, ref.config.vocab_size, (3, 48))
+    with torch.no_grad():
+        expected = ref(ids).logits
+    torch.testing.assert_close(logits_of(ours, ids), expected, atol=1e-4, rtol=0)
+
+
+def test_legacy_rope_keys_and_sharded_checkpoint(hf_checkpoint):
+    """Hub checkpoints carry rope_theta/rope_scaling (not rope_parameters) and big ones are sharded."""
+    path, ref = hf_checkpoint("llama", max_shard_size="40KB", legacy_config=True,
+                              rope_parameters=LLAMA3_ROPE, max_position_embeddings=256)
+    assert (path / "model.safetensors.index.json").is_file()
+    assert len(list(path.glob("model-*.safetensors"))) > 1
+    assert "rope_scaling" in json.loads((path / "config.json").read_text())
+    ours = load_model(path, "cpu")
+    assert ours.config.rope_type == "llama3"
+    ids = torch.randint(0, 256, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(ours, ids), ref(ids).logits, atol=1e-4, rtol=0)
+
+
+def test_dynamic_ntk_matches_transformers_at_the_planned_length(hf_checkpoint):
+    """Dynamic NTK is fixed from max_len (see rope.py): equal to transformers' full-sequence forward
+    at that length, and plain RoPE within max_position_embeddings."""
+    rope = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    path, ref = hf_checkpoint("llama", rope_parameters=rope, max_position_embeddings=32)
+    ids = torch.randint(0, 256, (1, 64))
+    with torch.no_grad():  # short first: transformers keeps the scaled base after a long forward
+        expected_short = ref(ids[:, :32]).logits
+        expected_long = ref(ids).logits
+    torch.testing.assert_close(logits_of(load_model(path, "cpu", max_len=64), ids), expected_long, atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits_of(load_model(path, "cpu"), ids[:, :32]), expected_short, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_save_round_trip_loads_in_transformers(hf_checkpoint, tmp_path, family):
+    import transformers
+
+    path, ref = hf_checkpoint(family, tie_word_embeddings=(family == "qwen3"))
+    ours = load_model(path, "cpu")
+    save_model(ours, tmp_path / "out", max_shard_bytes=30_000)
+    assert (tmp_path / "out" / "model.safetensors.index.json").is_file()
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    ours_again = load_model(tmp_path / "out", "cpu")
+    ids = torch.randint(0, 256, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, ref(ids).logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_of(ours_again, ids), logits_of(ours, ids), atol=0, rtol=0)
+
+
+def test_bfloat16_load(hf_checkpoint):
+    path, ref = hf_checkpoint("qwen2")
+    ours = load_model(path, "cpu", dtype="bfloat16")
+    assert ours.dtype == torch.bfloat16 and ours.rotary.inv_freq.dtype == torch.float32
+    ids = torch.randint(0, 256, (1, 16))
+    with torch.no_grad():
+        assert (logits_of(ours, ids).float() - ref(ids).logits).abs().max() < 0.5
+
+
+# ---- clear errors ----------------------------------------------------------------------------
+
+def test_missing_directory_and_files(tmp_path, hf_checkpoint):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_model(tmp_path / "empty")
+    path, _ = hf_checkpoint("qwen2")
+    (tmp_path / "noweights").mkdir()
+    (tmp_path / "noweights" / "config.json").write_text((path / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        load_model(tmp_path / "noweights")
+
+
+def _config(path, **changes):
+    cfg = json.loads((path / "config.json").read_text())
+    if "rope_scaling" in changes:
+        cfg.pop("rope_parameters")
+    cfg.update(changes)
+    return cfg
+
+
+def test_unsupported_architecture_and_rope(hf_checkpoint):
+    path, _ = hf_checkpoint("qwen2")
+    with pytest.raises(ConfigError, match="unsupported architecture.*GPT2LMHeadModel"):
+        ModelConfig.from_dict(_config(path, architectures=["GPT2LMHeadModel"]))
+    with pytest.raises(ConfigError, match="unsupported rope type 'longrope'"):
+        ModelConfig.from_dict(_config(path, rope_parameters={"rope_type": "longrope", "rope_theta": 1e4}))
+    with pytest.raises(ConfigError, match="needs key 'low_freq_factor'"):
+        ModelConfig.from_dict(_config(path, rope_scaling={"type": "llama3", "factor": 8.0}))
+    with pytest.raises(ConfigError, match="hidden_size"):
+        ModelConfig.from_dict(_config(path, hidden_size="64"))
+
+
+def test_shape_mismatch_names_the_tensor(hf_checkpoint, tmp_path):
+    path, _ = hf_checkpoint("qwen2")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes())
+    (bad / "config.json").write_text(json.dumps(_config(path, intermediate_size=96)))
+    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.(down|gate|up)_proj\.weight.*shape"):
+        load_model(bad)
+
+
+def test_missing_tensor_is_named(hf_checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path, _ = hf_checkpoint("qwen2")
+    tensors = load_file(path / "model.safetensors")
+    del tensors["model.layers.1.self_attn.k_proj.weight"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    save_file(tensors, bad / "model.safetensors")
+    (bad / "config.json").write_text((path / "config.json").read_text())
+    with pytest.raises(CheckpointError, match=r"missing tensors: model\.layers\.1\.self_attn\.qkv_proj\.weight"):
+        load_model(bad)
+
+
+def test_bad_dtype_and_device(hf_checkpoint):
+    path, _ = hf_checkpoint("qwen2")
+    with pytest.raises(ValueError, match="unsupported dtype 'float8'"):
+        load_model(path, "cpu", dtype="float8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda.*not available|is_available"):
+            load_model(path, "cuda")

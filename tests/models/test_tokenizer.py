@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from reasonrl.models import IncrementalDecoder, Tokenizer
+
+MESSAGES = [{"role": "system", "content": "Reason step by step."},
+            {"role": "user", "content": "What is 12 + 30? Ünïcödé 🙂"}]
+
+
+def test_chat_template_matches_transformers(tokenizer, tmp_path):
+    import transformers
+
+    tokenizer.save(tmp_path)
+    ours = Tokenizer.from_dir(tmp_path)
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for gen in (True, False):
+        text = ours.apply_chat_template(MESSAGES, add_generation_prompt=gen, tokenize=False)
+        assert text == ref.apply_chat_template(MESSAGES, add_generation_prompt=gen, tokenize=False)
+        ids = ours.apply_chat_template(MESSAGES, add_generation_prompt=gen)
+        assert ids == ref(text, add_special_tokens=False)["input_ids"]
+    assert text.startswith("<|im_start|>system\nReason step by step.<|im_end|>\n")
+
+
+def test_eos_ids_are_the_union_of_all_sources(tokenizer, tmp_path):
+    tokenizer.save(tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 7]}))
+    (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 9}))
+    tok = Tokenizer.from_dir(tmp_path)
+    assert tok.eos_token_ids == (tokenizer.eos_token_ids[0], 5, 7, 9)
+
+
+def test_chat_template_file_and_missing_template(tokenizer, tmp_path):
+    tokenizer.save(tmp_path)
+    (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}[{{ m['content'] }}]{% endfor %}")
+    assert Tokenizer.from_dir(tmp_path).apply_chat_template(MESSAGES, tokenize=False) == \
+        "[Reason step by step.][What is 12 + 30? Ünïcödé 🙂]"
+    bare = Tokenizer(tokenizer.tok)
+    with pytest.raises(ValueError, match="no chat template"):
+        bare.apply_chat_template(MESSAGES)
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        Tokenizer.from_dir(tmp_path / "missing")
+
+
+def test_incremental_decoding_equals_full_decoding(tokenizer):
+    text = "Ünïcödé text, emoji 🙂🙂 and numbers 3.14159; the quick brown fox. <|im_end|>"
+    prompt = tokenizer.encode("prefix ")
+    ids = tokenizer.encode(text)
+    dec = IncrementalDecoder(tokenizer, prompt)
+    pieces = [dec.push([t]) for t in ids]
+    assert "".join(pieces) == tokenizer.decode(ids)
+    assert any(p == "" for p in pieces)  # multi-byte characters are held back until complete

@@ -192,6 +192,8 @@ class LLMEngine:
             pass
         elif len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             seq.finish("length")
+        if seq.finished and seq.decoder is not None and seq.stop_reason not in p.stop:
+            seq.text += seq.decoder.push([], final=True)
 
     @staticmethod
     def _stop_string(seq: Sequence, new_chars: int) -> bool:

@@ -95,11 +95,12 @@ class IncrementalDecoder:
         self.prefix_offset = 0
         self.read_offset = len(self.ids)
 
-    def push(self, token_ids: list[int]) -> str:
+    def push(self, token_ids: list[int], final: bool = False) -> str:
+        """Text the new ids complete; `final` also releases an incomplete tail (as U+FFFD)."""
         self.ids.extend(token_ids)
         prefix = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
         full = self.tokenizer.decode(self.ids[self.prefix_offset:])
-        if len(full) <= len(prefix) or full.endswith("\ufffd"):
+        if len(full) <= len(prefix) or (full.endswith("\ufffd") and not final):
             return ""
         # the emitted ids become the next context window; older ones are never decoded again
         self.ids = self.ids[self.read_offset:]

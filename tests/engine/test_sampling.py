@@ -1,0 +1,190 @@
+"""Sampler and request-level behaviour: filters, seeds, stops, limits, streaming, errors."""
+
+import math
+
+import pytest
+import torch
+
+from reasonrl.engine import LLM, LLMEngine, SamplingParams
+from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.sampler import SamplingBatch, gumbel_noise, sample
+from reasonrl.models import load_model
+
+
+def batch(n, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0, steps=None):
+    return SamplingBatch(
+        temperature=torch.full((n,), temperature), top_k=torch.full((n,), top_k, dtype=torch.long),
+        top_p=torch.full((n,), top_p), min_p=torch.full((n,), min_p),
+        seeds=torch.full((n,), seed, dtype=torch.long) if steps is not None else torch.arange(n) + seed,
+        steps=steps if steps is not None else torch.zeros(n, dtype=torch.long),
+        any_filter=top_k > 0 or top_p < 1 or min_p > 0)
+
+
+LOGITS = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+
+
+def draw(n, **kw):
+    tokens, _, _ = sample(LOGITS.expand(n, -1), batch(n, **kw))
+    return torch.bincount(tokens, minlength=len(LOGITS)).float()
+
+
+def chi_square(counts, probs):
+    expected = probs * counts.sum()
+    keep = expected > 0
+    return (((counts - expected) ** 2)[keep] / expected[keep]).sum().item()
+
+
+def test_sampling_follows_the_softmax_distribution():
+    # 20k draws over 6 categories: chi-square with 5 dof; 20.5 is the p = 0.001 critical value.
+    for temperature in (1.0, 0.5):
+        counts = draw(20000, temperature=temperature)
+        assert chi_square(counts, (LOGITS / temperature).softmax(-1)) < 20.5
+
+
+def test_top_k_top_p_min_p_restrict_the_support():
+    probs = LOGITS.softmax(-1)  # [0.561, 0.206, 0.125, 0.076, 0.028, 0.004]
+    assert (draw(4000, top_k=2)[2:] == 0).all()
+    counts = draw(4000, top_p=0.7)  # 0.561 < 0.7 <= 0.561 + 0.206: keeps two tokens
+    assert (counts[2:] == 0).all() and (counts[:2] > 0).all()
+    counts = draw(4000, min_p=0.2)  # keeps p >= 0.2 * 0.561: three tokens
+    assert (counts[(probs < 0.2 * probs[0])] == 0).all() and (counts[probs >= 0.2 * probs[0]] > 0).all()
+    kept = probs[:2] / probs[:2].sum()
+    assert chi_square(draw(20000, top_k=2)[:2], kept) < 10.8  # 1 dof, p = 0.001
+
+
+def test_noise_is_a_pure_function_of_seed_step_and_token():
+    seeds, steps = torch.tensor([1, 1, 2, 1]), torch.tensor([0, 1, 0, 0])
+    g = gumbel_noise(seeds, steps, 1000)
+    assert torch.equal(g[0], g[3]) and not torch.equal(g[0], g[1]) and not torch.equal(g[0], g[2])
+    assert torch.equal(gumbel_noise(seeds[:1], steps[:1], 1000), g[:1])
+    u = torch.exp(-torch.exp(-g.flatten()))  # back to uniforms: mean 1/2, variance 1/12
+    assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.var().item() - 1 / 12) < 0.005
+
+
+def test_greedy_and_reported_logprobs():
+    tokens, lps, top = sample(LOGITS.expand(3, -1), SamplingBatch(
+        torch.tensor([0.0, 0.0, 2.0]), torch.zeros(3, dtype=torch.long), torch.ones(3), torch.zeros(3),
+        torch.arange(3), torch.zeros(3, dtype=torch.long), num_top=2))
+    assert tokens[:2].tolist() == [0, 0]
+    assert lps[0].item() == pytest.approx(LOGITS.log_softmax(-1)[0].item())
+    assert lps[2].item() == pytest.approx((LOGITS / 2).log_softmax(-1)[tokens[2]].item())
+    assert top[0][0].tolist() == [0, 1] and top[1][2].tolist() == pytest.approx((LOGITS / 2).log_softmax(-1)[:2].tolist())
+
+
+# ---- requests through the engine -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llm(hf_checkpoint, tokenizer):
+    path, _ = hf_checkpoint("qwen2", tokenizer=tokenizer)
+    return LLM(path, kv_cache_memory=1 << 22, block_size=8)
+
+
+def test_seeded_requests_reproduce_and_unseeded_differ(llm):
+    p = SamplingParams(temperature=1.0, seed=11, max_tokens=16, ignore_eos=True)
+    a, b = llm.generate(["hello there"] * 2, p)
+    assert a.outputs[0].token_ids == b.outputs[0].token_ids
+    c, d = llm.generate(["hello there"] * 2, SamplingParams(temperature=1.0, max_tokens=16, ignore_eos=True))
+    assert c.outputs[0].token_ids != d.outputs[0].token_ids
+
+
+def test_stop_token_ids_and_max_tokens(llm):
+    free = llm.generate("the quick", SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))[0].outputs[0]
+    assert free.finish_reason == "length" and len(free.token_ids) == 12
+    stop_at = free.token_ids[4]
+    out = llm.generate("the quick", SamplingParams(temperature=0, max_tokens=12, ignore_eos=True,
+                                                   stop_token_ids=[stop_at]))[0].outputs[0]
+    first = free.token_ids.index(stop_at)
+    assert out.token_ids == free.token_ids[:first + 1] and out.finish_reason == "stop" and out.stop_reason == stop_at
+
+
+def test_eos_stops_unless_ignored(llm):
+    free = llm.generate("the quick", SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))[0].outputs[0]
+    saved, llm.engine.eos_ids = llm.engine.eos_ids, {free.token_ids[3]}
+    try:
+        out = llm.generate("the quick", SamplingParams(temperature=0, max_tokens=12))[0].outputs[0]
+        ignored = llm.generate("the quick", SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))[0].outputs[0]
+    finally:
+        llm.engine.eos_ids = saved
+    first = free.token_ids.index(free.token_ids[3])
+    assert out.token_ids == free.token_ids[:first + 1] and out.finish_reason == "stop"  # EOS kept in the ids
+    assert ignored.token_ids == free.token_ids
+
+
+def test_stop_strings_cut_the_text(llm):
+    free = llm.generate("the quick", SamplingParams(temperature=0, max_tokens=24, ignore_eos=True))[0].outputs[0]
+    text = free.text
+    assert len(text) > 6
+    stop = text[3:5]
+    out = llm.generate("the quick", SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=[stop]))[0].outputs[0]
+    assert out.finish_reason == "stop" and out.stop_reason == stop
+    assert out.text == text[:text.index(stop)]
+    kept = llm.generate("the quick", SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=[stop],
+                                                    include_stop_str_in_output=True))[0].outputs[0]
+    assert kept.text == text[:text.index(stop) + len(stop)]
+    assert out.token_ids == free.token_ids[:len(out.token_ids)] and len(out.token_ids) < len(free.token_ids)
+
+
+def test_top_logprobs_and_text_match_token_ids(llm):
+    out = llm.generate("hello", SamplingParams(temperature=0.8, seed=1, max_tokens=10, logprobs=3,
+                                               ignore_eos=True))[0].outputs[0]
+    assert len(out.top_logprobs) == 10 and all(len(t) == 3 for t in out.top_logprobs)
+    for tok, lp, top in zip(out.token_ids, out.logprobs, out.top_logprobs):
+        assert max(top.values()) >= lp - 1e-6
+        if tok in top:
+            assert top[tok] == pytest.approx(lp, abs=1e-6)
+    assert out.text == llm.tokenizer.decode(out.token_ids)
+
+
+def test_chat_uses_the_template(llm):
+    out = llm.chat([{"role": "user", "content": "hi"}], SamplingParams(temperature=0, max_tokens=4))[0]
+    expected = llm.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert out.prompt_ids == expected
+
+
+def test_streaming_reports_progress_every_step(hf_checkpoint):
+    engine = LLMEngine(load_model(hf_checkpoint("qwen2")[0], "cpu"), None, EngineConfig(kv_cache_memory=1 << 22))
+    engine.add_request("s", [1, 2, 3], SamplingParams(temperature=0, max_tokens=5, ignore_eos=True), stream=True)
+    lengths = []
+    while engine.has_unfinished():
+        lengths += [len(o.outputs[0].token_ids) for o in engine.step()]
+    assert lengths == [1, 2, 3, 4, 5]
+
+
+def test_bad_requests_name_the_problem(hf_checkpoint):
+    engine = LLMEngine(load_model(hf_checkpoint("qwen2")[0], "cpu"), None,
+                       EngineConfig(kv_cache_memory=1 << 22, max_model_len=64))
+    with pytest.raises(ValueError, match="empty"):
+        engine.add_request("a", [], SamplingParams())
+    with pytest.raises(ValueError, match="token id 999 is outside"):
+        engine.add_request("a", [1, 999], SamplingParams())
+    with pytest.raises(ValueError, match="max_model_len=64"):
+        engine.add_request("a", list(range(64)), SamplingParams())
+    with pytest.raises(ValueError, match="one log-prob per resumed token"):
+        engine.add_request("a", [1], SamplingParams(), output_ids=[2, 3], output_logprobs=[-1.0])
+    engine.add_request("a", [1], SamplingParams(max_tokens=2))
+    with pytest.raises(ValueError, match="already running"):
+        engine.add_request("a", [1], SamplingParams())
+    for bad in (dict(temperature=-1), dict(top_p=0), dict(n=0), dict(max_tokens=0), dict(logprobs=50), dict(seed=-3)):
+        with pytest.raises(ValueError, match=f"SamplingParams.{next(iter(bad))}"):
+            SamplingParams(**bad)
+    with pytest.raises(ValueError, match="cannot hold one sequence"):
+        LLMEngine(engine.model, None, EngineConfig(kv_cache_memory=1000, max_model_len=64))
+    with pytest.raises(TypeError, match="unknown engine option"):
+        EngineConfig.from_kwargs(max_seqs=3)
+
+
+def test_sleep_frees_the_cache_and_wake_restores_it(hf_checkpoint):
+    engine = LLMEngine(load_model(hf_checkpoint("qwen2")[0], "cpu"), None, EngineConfig(kv_cache_memory=1 << 20))
+    before = engine.kv.allocated_bytes
+    engine.add_request("a", [1, 2], SamplingParams(temperature=0, max_tokens=3))
+    with pytest.raises(RuntimeError, match="in flight"):
+        engine.sleep()
+    engine.abort("a")
+    engine.sleep()
+    assert engine.kv.allocated_bytes == 0
+    engine.wake()
+    assert engine.kv.allocated_bytes == before
+    engine.add_request("b", [1, 2], SamplingParams(temperature=0, max_tokens=3))
+    while engine.has_unfinished():
+        engine.step()
+    assert math.isfinite(engine.stats()["kv_bytes_per_token"])

@@ -1,12 +1,14 @@
 import os
+import shutil
 
-import pytest
-import torch
-
-# Small CPU thread counts keep runs repeatable; Triton kernels run in the interpreter without a GPU.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-if not torch.cuda.is_available():
+# Without a GPU, Triton kernels run in its interpreter; the flag must be set before triton is imported.
+if not shutil.which("nvidia-smi"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 FAMILIES = {
     "llama": ("LlamaForCausalLM", "LlamaConfig"),

@@ -1,0 +1,223 @@
+"""The OpenAI-compatible server, over a real socket on 127.0.0.1."""
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from reasonrl.engine import LLMEngine
+from reasonrl.engine.async_engine import AsyncEngine
+from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.server import create_app
+from reasonrl.models import Tokenizer, load_model
+
+
+class Server:
+    def __init__(self, app):
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(hf_checkpoint, tokenizer):
+    path, _ = hf_checkpoint("qwen2", tokenizer=tokenizer)
+    engine = LLMEngine(load_model(path, "cpu"), Tokenizer.from_dir(path),
+                       EngineConfig(kv_cache_memory=1 << 22, block_size=8, max_model_len=256))
+    async_engine = AsyncEngine(engine)
+    srv = Server(create_app(async_engine, "tiny"))
+    srv.engine = engine
+    yield srv
+    srv.stop()
+    async_engine.shutdown()
+
+
+@pytest.fixture
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def wait_idle(engine, timeout=10):
+    end = time.time() + timeout
+    while engine.requests and time.time() < end:
+        time.sleep(0.02)
+    return not engine.requests
+
+
+def test_models_and_health(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/v1/models").json()["data"][0]["id"] == "tiny"
+
+
+def test_completion_with_logprobs_n_seed_stop(client):
+    body = {"model": "tiny", "prompt": "the quick", "max_tokens": 12, "temperature": 0.8, "seed": 5, "n": 3,
+            "logprobs": 2, "return_token_ids": True, "ignore_eos": True}
+    r = client.post("/v1/completions", json=body).json()
+    assert [c["index"] for c in r["choices"]] == [0, 1, 2]
+    c0 = r["choices"][0]
+    assert len(c0["token_ids"]) == 12 and len(c0["logprobs"]["token_logprobs"]) == 12
+    assert all(len(t) <= 2 for t in c0["logprobs"]["top_logprobs"])
+    assert r["usage"]["completion_tokens"] == 36
+    again = client.post("/v1/completions", json=body).json()
+    assert [c["token_ids"] for c in again["choices"]] == [c["token_ids"] for c in r["choices"]]  # seeded
+    stop = c0["text"][2:4]
+    cut = client.post("/v1/completions", json={**body, "n": 1, "stop": [stop]}).json()["choices"][0]
+    assert cut["finish_reason"] == "stop" and cut["text"] == c0["text"][:c0["text"].index(stop)]
+
+
+def test_token_prompt_and_batch_of_prompts(client):
+    r = client.post("/v1/completions", json={"prompt": [[1, 2, 3], [4, 5]], "max_tokens": 3, "temperature": 0,
+                                             "return_token_ids": True}).json()
+    assert len(r["choices"]) == 2 and r["usage"]["prompt_tokens"] == 5
+
+
+def test_chat_completion_and_streaming_agree(client):
+    msgs = [{"role": "user", "content": "hello"}]
+    body = {"messages": msgs, "max_tokens": 10, "temperature": 0, "ignore_eos": True, "logprobs": True, "top_logprobs": 1}
+    full = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+    assert full["message"]["role"] == "assistant" and len(full["logprobs"]["content"]) == 10
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True,
+                                                             "stream_options": {"include_usage": True}}) as r:
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert text == full["message"]["content"]
+    assert chunks[-1]["usage"]["completion_tokens"] == 10
+
+
+def test_streaming_completion_holds_back_stop_strings(client):
+    free = client.post("/v1/completions", json={"prompt": "the quick", "max_tokens": 16, "temperature": 0,
+                                                "ignore_eos": True}).json()["choices"][0]["text"]
+    stop = free[5:8]
+    with client.stream("POST", "/v1/completions", json={"prompt": "the quick", "max_tokens": 16, "temperature": 0,
+                                                        "ignore_eos": True, "stop": stop, "stream": True}) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == free[:free.index(stop)]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"prompt": "x", "n": 0}, "n"),
+    ({"prompt": "x", "n": 1000}, "n"),
+    ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": 100000}, "max_tokens"),
+    ({"prompt": "x", "temperature": "hot"}, "temperature"),
+    ({"prompt": "x", "n": "2"}, "n"),
+    ({"prompt": "x", "bogus_field": 1}, "bogus_field"),
+    ({"prompt": "x", "stop": 5}, "stop"),
+    ({"prompt": "x", "presence_penalty": 0.5}, None),
+    ({"prompt": []}, None),
+    ({"prompt": "x", "resume": {"token_ids": [1, 2], "logprobs": [0.0]}}, "resume"),
+    ({"max_tokens": 3}, "prompt"),
+    ({"prompt": list(range(300))}, "max_tokens"),
+    ({"prompt": [1, 99999]}, None),
+])
+def test_bad_completion_requests_get_400_with_json_error(client, body, param):
+    r = client.post("/v1/completions", json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["message"]
+    if param:
+        assert param in (err["param"] or "") or param in err["message"]
+
+
+def test_malformed_json_and_bad_chat(client):
+    r = client.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
+    assert client.post("/v1/completions", content=b"[1,2]").status_code == 400
+    assert client.post("/v1/chat/completions", json={"messages": []}).status_code == 400
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "wizard", "content": "x"}]})
+    assert r.status_code == 400 and "role" in r.json()["error"]["message"]
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})
+    assert r.status_code == 400 and "text only" in r.json()["error"]["message"]
+    r = client.post("/v1/completions", json={"prompt": "x", "model": "other"})
+    assert r.status_code == 404 and "not served" in r.json()["error"]["message"]
+
+
+def test_abort_one_returns_partial_and_the_request_ends(client, server):
+    body = {"prompt": [1, 2, 3], "max_tokens": 200, "temperature": 0, "ignore_eos": True, "request_id": "long-1",
+            "return_token_ids": True}
+    with httpx.Client(base_url=server.url, timeout=30) as other:
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=other.post("/v1/completions", json=body).json()))
+        t.start()
+        while not server.engine.requests or server.engine.requests["long-1"].seqs[0].num_computed < 5:
+            time.sleep(0.01)
+        aborted = client.post("/v1/abort", json={"request_id": "long-1"}).json()["aborted"]
+        t.join(timeout=10)
+    assert len(aborted) == 1 and aborted[0]["outputs"][0]["finish_reason"] == "abort"
+    partial = aborted[0]["outputs"][0]["token_ids"]
+    assert 0 < len(partial) < 200
+    choice = result["r"]["choices"][0]
+    assert choice["finish_reason"] == "abort" and choice["token_ids"] == partial
+    assert wait_idle(server.engine)
+    bm = server.engine.block_manager
+    assert bm.num_free == len(bm.blocks)
+
+
+def test_resume_over_http_continues_exactly(client):
+    body = {"prompt": [7, 8, 9], "max_tokens": 12, "temperature": 1.0, "seed": 3, "ignore_eos": True,
+            "return_token_ids": True, "logprobs": 0}
+    full = client.post("/v1/completions", json=body).json()["choices"][0]
+    ids, lps = full["token_ids"], full["logprobs"]["token_logprobs"]
+    resumed = client.post("/v1/completions", json={**body, "resume": {"token_ids": ids[:5], "logprobs": lps[:5]}})
+    choice = resumed.json()["choices"][0]
+    assert choice["token_ids"] == ids  # the whole response, resumed part included
+    assert choice["logprobs"]["token_logprobs"][:5] == lps[:5]
+
+
+def test_abort_all_and_bad_abort(client):
+    assert client.post("/v1/abort", json={}).status_code == 400
+    assert client.post("/v1/abort", json={"all": True}).json() == {"aborted": []}
+    assert client.post("/v1/abort", json={"request_id": "unknown"}).json() == {"aborted": []}
+
+
+@pytest.fixture
+def slow_engine(server, monkeypatch):
+    """Steps take 20 ms, so 200 tokens take 4 s: a request that is not aborted is caught."""
+    step = server.engine.step
+
+    def slow_step():
+        time.sleep(0.02)
+        return step()
+
+    monkeypatch.setattr(server.engine, "step", slow_step)
+    return server.engine
+
+
+def _post_and_hang_up(port, body, engine, read_first=False):
+    before = engine.stats()["generated_tokens"]
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        payload = json.dumps(body).encode()
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        if read_first:
+            sock.recv(4096)  # headers and the first events: generation is under way
+        while not engine.requests:
+            time.sleep(0.01)
+    assert wait_idle(engine)
+    return engine.stats()["generated_tokens"] - before
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_client_disconnect_aborts_and_frees_blocks(server, slow_engine, stream):
+    body = {"prompt": [1, 2, 3, 4], "max_tokens": 200, "temperature": 0, "ignore_eos": True, "stream": stream}
+    generated = _post_and_hang_up(server.port, body, slow_engine, read_first=stream)
+    assert 0 < generated < 100  # aborted early, not left decoding 200 tokens for nobody
+    bm = slow_engine.block_manager
+    assert bm.num_free == len(bm.blocks)

@@ -4,18 +4,125 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--device", help="cpu or cuda[:N] (default: cuda when available)")
+    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: float32 on CPU, the checkpoint's on GPU")
+    g.add_argument("--max-num-seqs", type=int, default=256, help="sequences decoded together at most")
+    g.add_argument("--max-model-len", type=int, help="longest prompt + response (default: the model's)")
+    g.add_argument("--max-num-batched-tokens", type=int, default=4096, help="tokens per step; longer prompts are chunked")
+    g.add_argument("--kv-cache-memory", type=_bytes, help="KV cache size, e.g. 2GiB (default: 1GiB on CPU, 85%% of free GPU memory)")
+    g.add_argument("--block-size", type=int, default=16)
+    g.add_argument("--kv-format", default="dense")
+    g.add_argument("--no-prefix-caching", action="store_true")
+    g.add_argument("--seed", type=int, default=0, help="draws the seeds of requests that set none")
+
+
+def engine_kwargs(args) -> dict:
+    return dict(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, block_size=args.block_size,
+                max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
+                kv_format=args.kv_format, enable_prefix_caching=not args.no_prefix_caching, seed=args.seed)
+
+
+def _bytes(text: str) -> int:
+    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "b": 1, "": 1}
+    t = text.strip().lower()
+    num = t.rstrip("kmgib")
+    try:
+        return int(float(num) * units[t[len(num):]])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 512MiB, 2GiB, 1000000)") from None
+
+
+def cmd_serve(args) -> int:
+    from reasonrl.engine import LLMEngine
+    from reasonrl.engine.server import serve
+
+    engine = LLMEngine.from_pretrained(args.model, args.device, args.dtype, **engine_kwargs(args))
+    name = args.served_model_name or Path(args.model).name
+    serve(engine, name, args.host, args.port)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from reasonrl.engine import LLM, SamplingParams
+
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, **engine_kwargs(args))
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed_request)
+    prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if args.chat:
+        outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
+    else:
+        outs = llm.generate(prompts, params)
+    for p, out in zip(prompts, outs):
+        print(f"### {p}\n{out.outputs[0].text}\n")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from reasonrl.bench.common import write_json
+
+    if args.workload == "engine":
+        from reasonrl.bench.engine import bench_engine
+
+        result = bench_engine(args.model, args.preset, args.num_prompts, args.concurrency, args.median_tokens,
+                              args.max_tokens, device=args.device, dtype=args.dtype, skip_hf=args.skip_hf)
+    else:  # argparse restricts the choices
+        raise AssertionError(args.workload)
+    write_json(result, args.json)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="reasonrl", description=__doc__)
+    parser = argparse.ArgumentParser(prog="reasonrl", description="RL post-training of reasoning models.")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
+
+    p = sub.add_parser("serve", help="OpenAI-compatible server (with an abort endpoint)")
+    p.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name")
+    add_engine_args(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("generate", help="generate from prompts given as arguments or on stdin")
+    p.add_argument("--model", required=True)
+    p.add_argument("prompt", nargs="*")
+    p.add_argument("--chat", action="store_true", help="render each prompt as a user message with the chat template")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--seed-request", type=int)
+    add_engine_args(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("bench", help="benchmarks; figures go to docs/benchmarks.md")
+    p.add_argument("workload", choices=["engine"])
+    p.add_argument("--json", help="also write the result to this file")
+    p.add_argument("--model", help="checkpoint directory (default: a random checkpoint of --preset)")
+    p.add_argument("--preset", default="20m", choices=["tiny", "20m", "qwen2.5-0.5b"])
+    p.add_argument("--num-prompts", type=int, default=128)
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--median-tokens", type=int, default=48)
+    p.add_argument("--max-tokens", type=int, default=384)
+    p.add_argument("--device")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--skip-hf", action="store_true", help="engine only (no transformers comparison)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, ValueError) as exc:  # bad input: one clear line, not a traceback
+        print(f"reasonrl {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -76,9 +76,11 @@ def sample(logits: torch.Tensor, batch: SamplingBatch):
     temp = torch.where(greedy, torch.ones_like(batch.temperature), batch.temperature)[:, None]
     scaled = logits / temp
     logprobs = scaled.log_softmax(-1)
-    candidates = _filter(scaled, batch) if batch.any_filter else scaled
-    drawn = (candidates + gumbel_noise(batch.seeds, batch.steps, logits.shape[1])).argmax(-1)
-    tokens = torch.where(greedy, logits.argmax(-1), drawn)
+    tokens = logits.argmax(-1)
+    if not bool(greedy.all()):
+        candidates = _filter(scaled, batch) if batch.any_filter else scaled
+        drawn = (candidates + gumbel_noise(batch.seeds, batch.steps, logits.shape[1])).argmax(-1)
+        tokens = torch.where(greedy, tokens, drawn)
     token_logprobs = logprobs.gather(1, tokens[:, None])[:, 0]
     top = logprobs.topk(batch.num_top, dim=-1) if batch.num_top else None
     return tokens, token_logprobs, (None if top is None else (top.indices, top.values))

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from reasonrl.engine.attention import AttentionMetadata
 from reasonrl.engine.kv.dense import DenseKV
 from reasonrl.kernels.paged_attention import paged_decode
 from reasonrl.models.tiny import tiny_config
@@ -28,9 +27,8 @@ def random_cache(num_seqs, heads, kv_heads, head_dim, block_size, device, dtype,
 
 def reference(q, k, v, tables, lens):
     cfg = tiny_config(hidden_size=q.shape[1] * q.shape[2], num_heads=q.shape[1], num_kv_heads=k.shape[2])
-    kv = DenseKV(cfg, k.shape[0], k.shape[1], q.device, q.dtype)
-    meta = AttentionMetadata(torch.zeros(0, dtype=torch.long), list(range(q.shape[0] + 1)), lens.tolist(), tables, lens)
-    return kv._decode_batched(q.float(), k.float(), v.float(), meta)
+    kv = DenseKV(cfg, k.shape[0], k.shape[1], torch.device("cpu"), torch.float32)
+    return kv._decode(q.float().cpu(), k.float().cpu(), v.float().cpu(), tables.cpu(), lens.cpu(), int(lens.max())).to(q.device)
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (14, 2)])

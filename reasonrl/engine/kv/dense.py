@@ -41,13 +41,15 @@ class DenseKV(KVFormat):
     def attend(self, layer, q, meta: AttentionMetadata):
         k_cache, v_cache = self.cache[layer, 0], self.cache[layer, 1]  # (blocks, block_size, H, D)
         if meta.decode_only:
-            if q.is_cuda:
-                from reasonrl.kernels.paged_attention import paged_decode
-
-                return paged_decode(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t)
-            return self._decode_batched(q, k_cache, v_cache, meta)
+            return self._decode(q, k_cache, v_cache, meta.block_tables, meta.context_lens_t, max(meta.context_lens))
         out = torch.empty_like(q)
-        for b in range(meta.num_seqs):
+        decode = [b for b in range(meta.num_seqs) if meta.q_len(b) == 1 and not (meta.masks and meta.masks[b] is not None)]
+        if decode:  # one batched call for the decoding sequences of a mixed step
+            rows = torch.tensor([meta.query_start[b] for b in decode], device=q.device)
+            idx = torch.tensor(decode, device=q.device)
+            out[rows] = self._decode(q[rows], k_cache, v_cache, meta.block_tables[idx], meta.context_lens_t[idx],
+                                     max(meta.context_lens[b] for b in decode))
+        for b in sorted(set(range(meta.num_seqs)) - set(decode)):
             lo, hi = meta.query_start[b], meta.query_start[b + 1]
             ctx = meta.context_lens[b]
             blocks = meta.block_tables[b, : -(-ctx // self.block_size)]
@@ -59,12 +61,16 @@ class DenseKV(KVFormat):
             out[lo:hi] = o.transpose(0, 1)
         return out
 
-    def _decode_batched(self, q, k_cache, v_cache, meta):
-        max_blocks = -(-max(meta.context_lens) // self.block_size)
-        tables = meta.block_tables[:, :max_blocks]
+    def _decode(self, q, k_cache, v_cache, tables, lens, max_len):
+        """One query token per sequence: q (B, Hq, D), tables (B, max_blocks), lens (B,)."""
+        if q.is_cuda:
+            from reasonrl.kernels.paged_attention import paged_decode
+
+            return paged_decode(q, k_cache, v_cache, tables, lens)
+        tables = tables[:, : -(-max_len // self.block_size)]
         k = k_cache[tables].flatten(1, 2).transpose(1, 2)  # (B, H, S, D)
         v = v_cache[tables].flatten(1, 2).transpose(1, 2)
-        valid = torch.arange(k.shape[2], device=q.device)[None, :] < meta.context_lens_t[:, None]
+        valid = torch.arange(k.shape[2], device=q.device)[None, :] < lens[:, None]
         o = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=valid[:, None, None, :],
                                            enable_gqa=q.shape[1] != k.shape[1])
         return o[:, :, 0, :]

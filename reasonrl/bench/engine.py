@@ -1,0 +1,163 @@
+"""`reasonrl bench engine`: rollout throughput of the engine against transformers `generate`.
+
+Workload: prompts of varied length with heavy-tailed (log-normal) response lengths, as in RL
+rollouts. Each request decodes greedily to its target length (EOS ignored), so both arms produce
+exactly the same useful tokens. The engine keeps `concurrency` sequences in flight with
+continuous batching; transformers is used the way its users batch it: left-padded batches of
+`concurrency` prompts, each batch generating until its longest target (a row that reached its
+target keeps computing; only the target tokens are counted). Same model files, prompts, device,
+dtype and process.
+
+Also reported: the engine's model FLOP/s as a fraction of this machine's matmul peak (measured
+here), and batch-1 decode against the memory-bandwidth roofline (weight bytes / copy bandwidth).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reasonrl.bench.common import device_name, matmul_peak_flops, memory_bandwidth, sync
+from reasonrl.engine import LLMEngine, SamplingParams
+from reasonrl.engine.config import EngineConfig
+from reasonrl.models.config import ModelConfig
+from reasonrl.models.loader import load_model, resolve_device, resolve_dtype
+from reasonrl.models.tiny import make_checkpoint
+
+# Random checkpoints of fixed shapes, so figures are comparable across runs and machines.
+PRESETS = {
+    "tiny": dict(family="qwen2", vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                 max_position_embeddings=1024),
+    "20m": dict(family="qwen2", vocab_size=8192, hidden_size=512, num_layers=6, num_heads=8, num_kv_heads=2,
+                intermediate_size=1408, max_position_embeddings=4096),
+    "qwen2.5-0.5b": dict(family="qwen2", vocab_size=151936, hidden_size=896, num_layers=24, num_heads=14,
+                         num_kv_heads=2, intermediate_size=4864, max_position_embeddings=32768),
+}
+
+
+@dataclass
+class Workload:
+    prompts: list[list[int]]
+    targets: list[int]  # response tokens each prompt must produce
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(self.targets)
+
+
+def make_workload(vocab: int, num_prompts: int, prompt_len: tuple[int, int], median_tokens: int, max_tokens: int,
+                  seed: int = 0) -> Workload:
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(prompt_len[0], prompt_len[1] + 1, (num_prompts,), generator=g)
+    prompts = [torch.randint(0, vocab, (int(n),), generator=g).tolist() for n in lens]
+    # log-normal with sigma 1: p99 is ~10x the median, the long tail of reasoning rollouts
+    targets = torch.exp(math.log(median_tokens) + torch.randn(num_prompts, generator=g)).round().clamp(4, max_tokens)
+    return Workload(prompts, [int(t) for t in targets])
+
+
+def forward_flops(cfg: ModelConfig, new_tokens: int, context: int) -> float:
+    """Matmul FLOPs of running `new_tokens` tokens at context length `context` (2 per MAC)."""
+    d, hq, hkv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    per_token = cfg.num_layers * (d * hd * (2 * hq + 2 * hkv) + 3 * d * cfg.intermediate_size) + d * cfg.vocab_size
+    attention = cfg.num_layers * 2 * hq * hd * context  # q.k and p.v
+    return 2.0 * new_tokens * (per_token + attention)
+
+
+def workload_flops(cfg: ModelConfig, w: Workload) -> float:
+    total = 0.0
+    for p, t in zip(w.prompts, w.targets):
+        total += forward_flops(cfg, len(p), len(p) / 2)  # prefill, mean context len/2
+        total += forward_flops(cfg, t, len(p) + t / 2)  # decode, mean context
+    return total
+
+
+def run_engine(engine: LLMEngine, w: Workload) -> float:
+    for i, (p, t) in enumerate(zip(w.prompts, w.targets)):
+        engine.add_request(f"b{i}", p, SamplingParams(temperature=0, max_tokens=t, ignore_eos=True))
+    sync(engine.model.device)
+    start = time.perf_counter()
+    while engine.has_unfinished():
+        engine.step()
+    sync(engine.model.device)
+    return time.perf_counter() - start
+
+
+def run_transformers(path: Path, w: Workload, batch: int, device, dtype) -> float:
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    elapsed = 0.0
+    for i in range(0, len(w.prompts), batch):
+        prompts, targets = w.prompts[i:i + batch], w.targets[i:i + batch]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=device)  # left padding
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        sync(device)
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(targets), min_new_tokens=max(targets),
+                           do_sample=False, pad_token_id=0)
+        sync(device)
+        elapsed += time.perf_counter() - start
+    return elapsed
+
+
+def decode_roofline(engine: LLMEngine, tokens: int = 64) -> dict[str, float]:
+    """Batch-1 decode tokens/s against weight bytes / memory bandwidth."""
+    model = engine.model
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    bandwidth = memory_bandwidth(model.device)
+    engine.add_request("warm", [1, 2, 3, 4], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    while engine.has_unfinished():
+        engine.step()
+    engine.add_request("b1", [1, 2, 3, 4], SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True))
+    engine.step()  # prefill and first token
+    sync(model.device)
+    start = time.perf_counter()
+    while engine.has_unfinished():
+        engine.step()
+    sync(model.device)
+    tps = (tokens - 1) / (time.perf_counter() - start)
+    roofline = bandwidth / weight_bytes
+    return {"batch1_tokens_per_s": tps, "roofline_tokens_per_s": roofline, "fraction_of_roofline": tps / roofline,
+            "weight_bytes": weight_bytes, "memory_bandwidth_bytes_per_s": bandwidth}
+
+
+def bench_engine(model: str | None = None, preset: str = "20m", num_prompts: int = 128, concurrency: int = 64,
+                 median_tokens: int = 48, max_tokens: int = 384, prompt_len: tuple[int, int] = (16, 128),
+                 device: str | None = None, dtype: str | None = None, skip_hf: bool = False, seed: int = 0) -> dict:
+    dev = resolve_device(device)
+    tmp = None
+    if model is None:
+        tmp = tempfile.TemporaryDirectory()
+        model = make_checkpoint(Path(tmp.name) / preset, **PRESETS[preset], seed=seed)
+    model = Path(model)
+    torch_dtype = resolve_dtype(dtype, dev, ModelConfig.from_dir(model))
+    lm = load_model(model, dev, torch_dtype)
+    cfg = lm.config
+    w = make_workload(cfg.vocab_size, num_prompts, prompt_len, median_tokens, max_tokens, seed)
+    engine = LLMEngine(lm, None, EngineConfig(max_num_seqs=concurrency, max_model_len=prompt_len[1] + max_tokens + 8))
+    run_engine(engine, make_workload(cfg.vocab_size, 4, (8, 16), 8, 8, seed + 1))  # warm-up
+    engine_s = run_engine(engine, w)
+    flops = workload_flops(cfg, w)
+    peak = matmul_peak_flops(dev, torch_dtype)
+    result = {
+        "device": device_name(dev), "dtype": str(torch_dtype).removeprefix("torch."), "model": str(model if tmp is None else preset),
+        "params": sum(p.numel() for p in lm.parameters()), "num_prompts": num_prompts, "concurrency": concurrency,
+        "output_tokens": w.output_tokens, "output_len_p50": sorted(w.targets)[len(w.targets) // 2],
+        "output_len_max": max(w.targets), "engine_seconds": engine_s, "engine_tokens_per_s": w.output_tokens / engine_s,
+        "engine_flops_per_s": flops / engine_s, "peak_matmul_flops_per_s": peak,
+        "flops_fraction_of_peak": flops / engine_s / peak, "preemptions": engine.scheduler.num_preemptions,
+    }
+    result.update(decode_roofline(engine))
+    if not skip_hf:
+        hf_s = run_transformers(model, w, concurrency, dev, torch_dtype)
+        result.update(hf_seconds=hf_s, hf_tokens_per_s=w.output_tokens / hf_s, ratio=hf_s / engine_s)
+    if tmp is not None:
+        tmp.cleanup()
+    return result

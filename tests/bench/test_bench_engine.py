@@ -1,0 +1,33 @@
+import json
+
+from reasonrl.bench.engine import Workload, forward_flops, make_workload
+from reasonrl.cli import main
+from reasonrl.models.tiny import tiny_config
+
+
+def test_bench_engine_cli_writes_the_promised_fields(tmp_path):
+    out = tmp_path / "engine.json"
+    assert main(["bench", "engine", "--preset", "tiny", "--num-prompts", "6", "--concurrency", "3",
+                 "--median-tokens", "6", "--max-tokens", "12", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for key in ("engine_tokens_per_s", "hf_tokens_per_s", "ratio", "flops_fraction_of_peak", "device",
+                "fraction_of_roofline"):
+        assert key in result
+    assert result["ratio"] == result["hf_seconds"] / result["engine_seconds"]
+    assert 0 < result["flops_fraction_of_peak"] < 1.5
+
+
+def test_workload_is_heavy_tailed_and_reproducible():
+    a = make_workload(100, 400, (4, 8), 32, 1024, seed=1)
+    b = make_workload(100, 400, (4, 8), 32, 1024, seed=1)
+    assert a.prompts == b.prompts and a.targets == b.targets
+    t = sorted(a.targets)
+    assert t[len(t) * 99 // 100] > 5 * t[len(t) // 2]  # p99 several times the median
+
+
+def test_forward_flops_counts_matmuls():
+    cfg = tiny_config(vocab_size=10, hidden_size=8, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=16)
+    # per token: q 8x8, k 8x4, v 8x4, o 8x8 = 192; mlp 3*8*16 = 384; lm head 8*10 = 80 -> 656 MACs
+    # attention at context 3: 2 * heads 2 * dim 4 * 3 = 48 MACs
+    assert forward_flops(cfg, 1, 3) == 2 * (656 + 48)
+    assert isinstance(Workload([[1]], [2]).output_tokens, int)

@@ -62,6 +62,62 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def make_environment(spec: str):
+    if spec.split(":")[0] == "letter":
+        from reasonrl.envs.letter import LetterEnvironment
+
+        return LetterEnvironment(*spec.split(":")[1:2])
+    from reasonrl.envs.registry import load_environment
+
+    return load_environment(spec)
+
+
+def _overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects section.key=value, got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_train(args) -> int:
+    from reasonrl.models import Tokenizer, load_model
+    from reasonrl.rl.checkpoint import latest_checkpoint
+    from reasonrl.rl.config import load_config
+    from reasonrl.rl.report import write_report
+    from reasonrl.rl.trainer import Trainer
+
+    cfg = load_config(args.config, _overrides(args.set))
+    env = make_environment(cfg.env.name)
+    policy = load_model(cfg.model.path, cfg.model.device, cfg.model.dtype, max_len=cfg.engine.max_model_len)
+    trainer = Trainer(cfg, env, policy, Tokenizer.from_dir(cfg.model.path))
+    trainer.train()
+    report = write_report(cfg.train.run_dir)
+    print(f"run directory: {cfg.train.run_dir}\nreport: {report}\ncheckpoint: {latest_checkpoint(cfg.train.run_dir)}")
+    return 0
+
+
+def cmd_sft(args) -> int:
+    from reasonrl.rl.sft import SFTConfig, run_sft
+
+    cfg = SFTConfig(epochs=args.epochs, lr=args.lr, samples_per_step=args.samples_per_step, chat=not args.no_chat,
+                    max_tokens_per_microbatch=args.max_tokens_per_microbatch, max_len=args.max_len, seed=args.seed)
+    out = run_sft(args.model, args.data, args.out, cfg, args.device)
+    print(f"saved {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from reasonrl.rl.report import write_report
+
+    print(write_report(args.run_dir))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from reasonrl.bench.common import write_json
 
@@ -99,6 +155,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed-request", type=int)
     add_engine_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="RL post-training (GRPO/DAPO/GSPO with APRIL rollouts) from a YAML recipe")
+    p.add_argument("config", nargs="?", help="run config YAML (see recipes/)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sft", help="supervised warm start on JSONL prompt/response pairs")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help='JSONL with {"prompt": ..., "response": ...} per line')
+    p.add_argument("--out", required=True, help="where to save the fine-tuned checkpoint")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--samples-per-step", type=int, default=32)
+    p.add_argument("--max-tokens-per-microbatch", type=int, default=8192)
+    p.add_argument("--max-len", type=int, default=2048)
+    p.add_argument("--no-chat", action="store_true", help="concatenate prompt and response without the chat template")
+    p.add_argument("--device")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("report", help="plots and a summary of a training run")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="benchmarks; figures go to docs/benchmarks.md")
     p.add_argument("workload", choices=["engine"])

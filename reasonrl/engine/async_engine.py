@@ -80,6 +80,9 @@ class AsyncEngine:
     async def abort_all(self) -> list[RequestOutput]:
         return await self._call(asyncio.get_running_loop(), "abort_all")
 
+    async def load_weights(self, path: str) -> None:
+        await self._call(asyncio.get_running_loop(), "load_weights", path)
+
     async def stats(self) -> dict:
         return await self._call(asyncio.get_running_loop(), "stats")
 
@@ -139,6 +142,9 @@ class AsyncEngine:
         outs = self.engine.abort_all()
         self._deliver(outs)
         return outs
+
+    def _do_load_weights(self, path):
+        self.engine.load_weights(path)
 
     def _do_stats(self):
         return self.engine.stats()

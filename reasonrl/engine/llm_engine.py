@@ -212,6 +212,17 @@ class LLMEngine:
         """Call after the weights change: cached keys and values belong to the old weights."""
         self.block_manager.reset_prefix_cache()
 
+    def load_weights(self, path: str | Path) -> None:
+        """Replace the weights with a checkpoint's (same architecture); no request may be in flight."""
+        from reasonrl.models.loader import load_weights
+
+        if self.requests:
+            raise RuntimeError(f"cannot load weights with {len(self.requests)} requests in flight; abort them first")
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+        load_weights(self.model, path)
+        self.reset_prefix_cache()
+
     def sleep(self) -> None:
         """Free the KV cache (e.g. for a training phase). No request may be in flight."""
         if self.requests:

@@ -147,3 +147,8 @@ class AbortRequest(BaseModel):
         if (self.request_id is None) == (not self.all):
             raise ValueError("give either request_id or all=true")
         return self
+
+
+class LoadWeightsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str

@@ -1,9 +1,10 @@
 """`reasonrl serve`: an OpenAI-compatible HTTP server over the engine.
 
 Endpoints: GET /v1/models, GET /health, GET /v1/stats, POST /v1/completions,
-POST /v1/chat/completions (both with SSE streaming), and POST /v1/abort ({"request_id": ...} or
-{"all": true}), which returns the partial outputs; the aborted requests' own responses end with
-finish_reason "abort". Bad input gets a 400 with an OpenAI-style JSON error naming the problem.
+POST /v1/chat/completions (both with SSE streaming), POST /v1/abort ({"request_id": ...} or
+{"all": true}), which returns the partial outputs (the aborted requests' own responses end with
+finish_reason "abort"), and POST /v1/load_weights ({"path": checkpoint dir}) for trainers that
+push new weights. Bad input gets a 400 with an OpenAI-style JSON error naming the problem.
 A client that disconnects has its request aborted and its KV blocks freed.
 """
 
@@ -20,7 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from reasonrl.engine.async_engine import AsyncEngine
-from reasonrl.engine.protocol import AbortRequest, ChatRequest, CompletionRequest
+from reasonrl.engine.protocol import AbortRequest, ChatRequest, CompletionRequest, LoadWeightsRequest
 from reasonrl.engine.sequence import CompletionOutput, RequestOutput
 
 
@@ -66,6 +67,15 @@ def create_app(engine: AsyncEngine, model_name: str) -> FastAPI:
         body = await _parse(request, AbortRequest)
         outs = await engine.abort_all() if body.all else [o for o in [await engine.abort(body.request_id)] if o]
         return {"aborted": [_abort_record(o) for o in outs]}
+
+    @app.post("/v1/load_weights")
+    async def load_weights(request: Request):
+        body = await _parse(request, LoadWeightsRequest)
+        try:
+            await engine.load_weights(body.path)
+        except (FileNotFoundError, ValueError, RuntimeError) as exc:
+            raise APIError(str(exc), param="path") from None
+        return {"status": "ok"}
 
     @app.post("/v1/completions")
     async def completions(request: Request):

@@ -80,6 +80,13 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
     model = model.to_empty(device=device)
     model.tie_weights()
     model.rotary.inv_freq = inv_frequencies(cfg, max_len).to(device)  # fp32; to_empty left it uninitialised
+    return load_weights(model, path).eval()
+
+
+def load_weights(model: DecoderLM, path: str | Path) -> DecoderLM:
+    """Copy a checkpoint directory's tensors into `model` (shapes must match its config)."""
+    path = Path(path)
+    cfg = model.config
     params = dict(model.named_parameters(remove_duplicate=False))
     filled: dict[str, int] = {}
     with torch.no_grad():
@@ -97,7 +104,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
             dest.copy_(tensor)
             filled[local] = filled.get(local, 0) + dest.numel()
     _check_complete(model, params, filled, path)
-    return model.eval()
+    return model
 
 
 def _check_complete(model: DecoderLM, params: dict, filled: dict[str, int], path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -30,9 +30,19 @@ class Sample:
     reward: float | None = None
     group_id: int = 0  # samples of one prompt share a group (GRPO normalises within it)
     index: int = 0  # position inside its group
+    seed: int | None = None  # sampling seed: a resumed sample continues its own random stream
     prompt: Any = None  # the environment's `Prompt` (holds what the reward needs)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_response_tokens(self) -> int:
         return len(self.response_ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], prompt: Any = None) -> Sample:
+        return cls(**{**d, "status": Status(d["status"]), "prompt": prompt})

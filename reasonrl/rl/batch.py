@@ -1,0 +1,75 @@
+"""Samples to padded training tensors, micro-batches under a token budget, and per-token
+log-probs of the response tokens under a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reasonrl.models.model import DecoderLM
+from reasonrl.rollout.sample import Sample
+
+
+@dataclass
+class TrainBatch:
+    input_ids: torch.Tensor  # (B, L) prompt + response, right-padded
+    prompt_lens: torch.Tensor  # (B,)
+    response_ids: torch.Tensor  # (B, T) right-padded
+    mask: torch.Tensor  # (B, T) bool: real response tokens
+    behaviour_logp: torch.Tensor  # (B, T) the engine's log-probs when it sampled
+    versions: torch.Tensor  # (B, T) policy version that sampled each token
+    advantages: torch.Tensor  # (B,)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.mask.sum())
+
+
+def collate(samples: list[Sample], advantages: list[float], pad_id: int, device) -> TrainBatch:
+    width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    resp = max(max(len(s.response_ids) for s in samples), 1)
+
+    def pad(rows, n, value, dtype):
+        return torch.tensor([list(r) + [value] * (n - len(r)) for r in rows], dtype=dtype, device=device)
+
+    return TrainBatch(
+        input_ids=pad([s.prompt_ids + s.response_ids for s in samples], width, pad_id, torch.long),
+        prompt_lens=torch.tensor([len(s.prompt_ids) for s in samples], device=device),
+        response_ids=pad([s.response_ids for s in samples], resp, pad_id, torch.long),
+        mask=pad([[True] * len(s.response_ids) for s in samples], resp, False, torch.bool),
+        behaviour_logp=pad([s.logprobs for s in samples], resp, 0.0, torch.float32),
+        versions=pad([s.versions for s in samples], resp, -1, torch.long),
+        advantages=torch.tensor(advantages, dtype=torch.float32, device=device),
+    )
+
+
+def micro_batches(samples: list[Sample], max_tokens: int) -> list[list[int]]:
+    """Indices of samples grouped so that (rows x longest row) stays within max_tokens; a single
+    sample longer than the budget gets a micro-batch of its own."""
+    order = sorted(range(len(samples)), key=lambda i: -(len(samples[i].prompt_ids) + len(samples[i].response_ids)))
+    batches: list[list[int]] = []
+    width = 0
+    for i in order:
+        n = len(samples[i].prompt_ids) + len(samples[i].response_ids)
+        if batches and (len(batches[-1]) + 1) * max(width, n) <= max_tokens:
+            batches[-1].append(i)
+            width = max(width, n)
+        else:
+            batches.append([i])
+            width = n
+    return batches
+
+
+def response_logprobs(model: DecoderLM, batch: TrainBatch, temperature: float = 1.0, chunk: int = 1024) -> torch.Tensor:
+    """(B, T) log pi(response token | prefix) at `temperature`, as the engine reports them."""
+    hidden = model.forward_padded(batch.input_ids)  # (B, L, H)
+    b, t = batch.response_ids.shape
+    # the hidden state at position p predicts token p + 1: response token j comes from prompt_len - 1 + j
+    idx = (batch.prompt_lens[:, None] - 1 + torch.arange(t, device=hidden.device)[None, :]).clamp(max=hidden.shape[1] - 1)
+    out = []
+    for lo in range(0, t, chunk):  # logits (B, chunk, V) at a time: the vocabulary is the big dimension
+        h = hidden.gather(1, idx[:, lo:lo + chunk, None].expand(-1, -1, hidden.shape[-1]))
+        logits = model.compute_logits(h).float() / temperature
+        out.append(logits.log_softmax(-1).gather(-1, batch.response_ids[:, lo:lo + chunk, None])[..., 0])
+    return torch.cat(out, dim=1)

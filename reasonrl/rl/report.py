@@ -1,0 +1,74 @@
+"""`reasonrl report RUNDIR`: PNG plots and a markdown summary of a training run's metrics.jsonl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from reasonrl.rl.metrics import read_metrics
+
+PLOTS = {  # file -> (title, y label, [(metric key, label)])
+    "reward.png": ("Reward", "mean reward", [("reward_mean", "train reward"), ("eval_reward_mean", "held-out reward")]),
+    "accuracy.png": ("Accuracy", "accuracy", [("accuracy", "train"), ("eval_accuracy", "held-out (greedy)")]),
+    "length.png": ("Response length", "tokens", [("length_p50", "p50"), ("length_p90", "p90"), ("length_max", "max")]),
+    "throughput.png": ("Throughput", "tokens / s", [("rollout_tokens_per_s", "rollout"), ("train_tokens_per_s", "training")]),
+}
+
+
+def plot(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, (title, ylabel, series) in PLOTS.items():
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        drawn = False
+        for key, label in series:
+            points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=label)
+                drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.set(title=title, xlabel="step", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        written.append(out_dir / name)
+    return written
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    train = [r for r in records if "reward_mean" in r]
+    evals = [r for r in records if "eval_accuracy" in r]
+    out: dict[str, Any] = {"steps": max((r["step"] for r in records), default=0)}
+    if evals:
+        out["accuracy_before"] = evals[0]["eval_accuracy"]
+        out["accuracy_after"] = evals[-1]["eval_accuracy"]
+    if train:
+        k = max(1, len(train) // 5)
+        out["reward_first"] = sum(r["reward_mean"] for r in train[:k]) / k
+        out["reward_last"] = sum(r["reward_mean"] for r in train[-k:]) / k
+        out["rollout_tokens_per_s"] = sum(r.get("rollout_tokens_per_s", 0) for r in train) / len(train)
+        out["dropped_groups"] = sum(r.get("dropped_groups", 0) for r in train)
+        out["rollout_seconds"] = sum(r.get("rollout_seconds", 0) for r in train)
+        out["train_seconds"] = sum(r.get("train_seconds", 0) for r in train)
+    return out
+
+
+def write_report(run_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    plots = plot(records, run_dir)
+    summary = {**summarize(records), **(extra or {})}
+    lines = [f"# Run report: {run_dir.name}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in summary.items()]
+    lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -1,0 +1,50 @@
+import pytest
+
+from reasonrl.rl.config import ConfigError, load_config
+
+
+def write(tmp_path, text):
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_yaml_maps_onto_sections(tmp_path):
+    cfg = load_config(write(tmp_path, """
+model: /ckpt
+rollout: {prompts_per_step: 4, samples_per_prompt: 8, over_provision: 2}
+loss: {name: dapo}
+optim: {lr: 1e-6, betas: [0.9, 0.95]}
+engine: {max_num_seqs: 32}
+"""))
+    assert cfg.model.path == "/ckpt" and cfg.rollout.over_provision == 2.0 and cfg.loss.name == "dapo"
+    assert cfg.optim.lr == 1e-6 and cfg.optim.betas == (0.9, 0.95) and cfg.engine.max_num_seqs == 32
+
+
+@pytest.mark.parametrize("text,key", [
+    ("model: /c\nrollout: {over_provision: 0.5}", "rollout.over_provision"),
+    ("model: /c\nrollout: {prompts_per_step: two}", "rollout.prompts_per_step"),
+    ("model: /c\nrollout: {promts_per_step: 2}", "rollout.promts_per_step"),
+    ("model: /c\nroll: {}", "roll"),
+    ("model: /c\nloss: {name: ppo2}", "loss"),
+    ("model: /c\nloss: {beta: 0.1}", "loss.beta"),
+    ("model: /c\noptim: {betas: [0.9]}", "optim.betas"),
+    ("model: /c\noptim: {schedule: linear}", "optim.schedule"),
+    ("model: /c\nengine: {max_num_seqs: 0}", "engine"),
+    ("model: /c\ntrain: {steps: true}", "train.steps"),
+    ("rollout: {}", "model.path"),
+    ("- just a list", "top level"),
+])
+def test_bad_configs_fail_at_load_naming_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert key in str(err.value)
+
+
+def test_overrides_and_missing_file(tmp_path):
+    cfg = load_config(write(tmp_path, "model: /c"), {"rollout.max_tokens": 64, "train.run_dir": "/tmp/x"})
+    assert cfg.rollout.max_tokens == 64 and cfg.train.run_dir == "/tmp/x"
+    with pytest.raises(ConfigError, match="section.key"):
+        load_config(None, {"nodot": 1})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,143 @@
+"""The colocated trainer end to end on tiny checkpoints (CPU, fp32)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from reasonrl.envs.letter import LetterEnvironment
+from reasonrl.models import Tokenizer, load_model
+from reasonrl.models.loader import load_weights
+from reasonrl.models.tiny import make_checkpoint, make_tokenizer
+from reasonrl.rl.checkpoint import latest_checkpoint
+from reasonrl.rl.config import load_config
+from reasonrl.rl.metrics import read_metrics
+from reasonrl.rl.report import write_report
+from reasonrl.rl.sft import SFTConfig, load_sft_data, train_sft
+from reasonrl.rl.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    tok = make_tokenizer(["Write the letter a many times. aaaa bbbb abab", "hello world 123"] * 10, vocab_size=300)
+    return make_checkpoint(tmp_path_factory.mktemp("policy") / "m", "qwen2", tok, hidden_size=64, num_layers=2)
+
+
+def config(policy_dir, run_dir, **overrides):
+    base = {"model.path": str(policy_dir), "train.run_dir": str(run_dir), "env.name": "letter", "env.eval_size": 8,
+            "rollout.max_tokens": 16, "rollout.prompts_per_step": 4, "rollout.samples_per_prompt": 8,
+            "optim.lr": 1e-2, "engine.kv_cache_memory": 1 << 24, "train.save_every": 100}
+    return {**base, **overrides}
+
+
+def make_trainer(policy_dir, run_dir, **overrides):
+    cfg = load_config(None, config(policy_dir, run_dir, **overrides))
+    return Trainer(cfg, LetterEnvironment(), load_model(policy_dir), Tokenizer.from_dir(policy_dir), console=False)
+
+
+@pytest.mark.slow
+def test_grpo_raises_the_reward_of_a_tiny_model(policy_dir, tmp_path):
+    trainer = make_trainer(policy_dir, tmp_path / "run", **{"train.steps": 14, "rollout.over_provision": 1.5})
+    trainer.train()
+    rows = [r for r in read_metrics(tmp_path / "run") if "reward_mean" in r]
+    first = sum(r["reward_mean"] for r in rows[:3]) / 3
+    last = sum(r["reward_mean"] for r in rows[-3:]) / 3
+    assert last > 2 * first and last > first + 0.05
+    assert all(r["dropped_groups"] == 0 for r in rows)
+    report = write_report(tmp_path / "run")
+    assert (tmp_path / "run" / "reward.png").stat().st_size > 1000 and "accuracy_before" in report.read_text()
+
+
+def test_engine_serves_the_updated_policy_and_frees_kv_between_phases(policy_dir, tmp_path):
+    trainer = make_trainer(policy_dir, tmp_path / "run", **{"train.steps": 1})
+    assert trainer.engine.model is trainer.policy  # one set of weights, no copy
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    groups, _ = trainer.collect()
+    assert trainer.engine.kv.allocated_bytes == 0  # released for training
+    trainer.step = 1
+    metrics = trainer.train_step()
+    assert any(not torch.equal(before[k], v) for k, v in trainer.policy.state_dict().items())
+    assert trainer.version == 1 and metrics["logprob_mismatch"] < 1e-5  # engine and trainer log-probs agree
+    # the engine now samples from the new weights: its greedy output equals a fresh load of them
+    path = trainer.save()
+    fresh = load_model(path)
+    ids = trainer.encode(trainer.env.prompts(n=1, split="eval")[0])
+    with torch.no_grad():
+        expected = fresh.compute_logits(fresh.forward_padded(torch.tensor([ids])))[0, -1].argmax().item()
+    trainer.engine.wake()
+    from reasonrl.engine import SamplingParams
+
+    trainer.engine.add_request("x", ids, SamplingParams(temperature=0, max_tokens=1))
+    while trainer.engine.has_unfinished():
+        outs = trainer.engine.step()
+    assert outs[0].outputs[0].token_ids == [expected]
+
+
+def _run_cli(cfg_path, env):
+    return subprocess.Popen([sys.executable, "-m", "reasonrl.cli", "train", str(cfg_path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_continues_the_same_run(policy_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for name in ("straight", "killed"):
+        cfg = {k: v for k, v in config(policy_dir, tmp_path / name, **{
+            "train.steps": 4, "train.save_every": 2, "rollout.over_provision": 2.0, "rollout.max_tokens": 24,
+            "engine.max_num_seqs": 12}).items()}  # few slots: over-provisioned groups are cut mid-way
+        nested = {}
+        for k, v in cfg.items():
+            sec, key = k.split(".")
+            nested.setdefault(sec, {})[key] = v
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(nested))
+        runs[name] = path
+    assert _run_cli(runs["straight"], env).wait(timeout=600) == 0
+    proc = _run_cli(runs["killed"], env)
+    deadline = time.time() + 600
+    while not (tmp_path / "killed" / "checkpoints" / "step_000002").is_dir():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest_checkpoint(tmp_path / "killed").name == "step_000002"
+    resumed = _run_cli(runs["killed"], env)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()
+    a, b = load_model(latest_checkpoint(tmp_path / "straight")), load_model(latest_checkpoint(tmp_path / "killed"))
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    ma, mb = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "killed")
+    assert [r["step"] for r in mb] == [0, 1, 2, 3, 4]
+    for ra, rb in zip(ma, mb):
+        for key in ("reward_mean", "length_p50", "buffer_groups", "resumed_samples", "eval_accuracy", "grad_norm"):
+            assert ra.get(key) == rb.get(key), (ra["step"], key)
+    # the step-2 checkpoint held partial groups, and step 3 resumed them after the kill
+    assert ma[2]["buffer_groups"] > 0 and ma[3]["resumed_samples"] > 0 and mb[3]["resumed_samples"] == ma[3]["resumed_samples"]
+
+
+def test_sft_learns_the_response_and_ignores_the_prompt(policy_dir, tmp_path):
+    tok = Tokenizer.from_dir(policy_dir)
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Write the letter {c} many times.", "response": c * 8}) + "\n"
+                            for c in "ab" * 16))
+    samples = load_sft_data(data, tok)
+    assert samples[0].response_ids[-1] == tok.eos_token_ids[0]
+    model = load_model(policy_dir)
+    losses = train_sft(model, samples, SFTConfig(epochs=6, lr=3e-3, samples_per_step=8))
+    assert losses[-1] < 0.5 * losses[0]
+    # loss on the response only: changing a prompt's tokens does not change the loss's targets
+    from reasonrl.rl.sft import sft_loss
+
+    _, n = sft_loss(model, samples[:2])
+    assert n == sum(len(s.response_ids) for s in samples[:2])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "response": "y"}\n{"prompt": "x"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
+        load_sft_data(bad, tok)

@@ -1,0 +1,205 @@
+"""APRIL on a deterministic fake engine with heavy-tailed response lengths."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from reasonrl.engine.sequence import CompletionOutput
+from reasonrl.envs.base import Prompt
+from reasonrl.rl.batch import collate
+from reasonrl.rl.losses import LossConfig, get_loss, mask_stale_tokens
+from reasonrl.rollout.april import AprilRollout, RolloutSpec
+from reasonrl.rollout.buffer import Group
+from reasonrl.rollout.sample import Status
+
+
+def target_length(seed: int, max_tokens: int) -> int:
+    """Log-normal lengths (median 8, long tail); some hit max_tokens."""
+    return max(1, min(max_tokens + 5, int(math.exp(math.log(8) + 1.2 * random.Random(seed).gauss(0, 1)))))
+
+
+class FakeEngine:
+    """One token per running request per poll; tokens and log-probs are functions of (seed,
+    position), so a resumed request continues exactly as an uninterrupted one."""
+
+    def __init__(self, max_running: int = 16):
+        self.max_running = max_running
+        self.reqs: dict[str, dict] = {}
+        self.polls = self.polls_since_target = 0
+
+    def submit(self, key, prompt_ids, params, output_ids, output_logprobs):
+        assert key not in self.reqs
+        self.reqs[key] = {"seed": params.seed, "max": params.max_tokens, "ids": list(output_ids),
+                          "lps": list(output_logprobs)}
+
+    def _out(self, key, reason):
+        r = self.reqs.pop(key)
+        return key, CompletionOutput(0, r["ids"], r["lps"], "", reason, None, None, r["seed"])
+
+    def poll(self):
+        self.polls += 1
+        finished = []
+        for key in list(self.reqs)[: self.max_running]:
+            r = self.reqs[key]
+            pos = len(r["ids"])
+            r["ids"].append(random.Random(r["seed"] * 7919 + pos).randrange(100))
+            r["lps"].append(-0.01 * (pos % 13 + 1))
+            if len(r["ids"]) == target_length(r["seed"], r["max"]):
+                finished.append(self._out(key, "stop"))
+            elif len(r["ids"]) >= r["max"]:
+                finished.append(self._out(key, "length"))
+        return finished
+
+    def abort_all(self):
+        return [self._out(key, "abort") for key in list(self.reqs)]
+
+    @property
+    def num_running(self):
+        return min(len(self.reqs), self.max_running)
+
+
+def prompts():
+    i = 0
+    while True:
+        yield Prompt(id=f"p{i}", messages=[{"role": "user", "content": str(i)}], answer=i)
+        i += 1
+
+
+def score(group: Group):
+    for s in group.samples:
+        s.reward = float(len(s.response_ids) % 3 == 0)  # a reward that varies within groups
+
+
+def manager(ratio, max_running=16, n=4, g=4, max_tokens=40, seed=0, dynamic=False):
+    spec = RolloutSpec(n, g, ratio, max_tokens, dynamic_sampling=dynamic)
+    return AprilRollout(FakeEngine(max_running), spec, prompts(), lambda p: [1, 2, 3], score, seed)
+
+
+def sync_reference(n, g, max_tokens, seed, steps):
+    """Plain synchronous rollout written out directly: n fresh groups per step, run to the end."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(steps):
+        seeds = [[rng.randrange(1 << 62) for _ in range(g)] for _ in range(n)]
+        engine = FakeEngine(max_running=16)
+        for gi, row in enumerate(seeds):
+            for si, sd in enumerate(row):
+                engine.submit(f"{gi}:{si}", [1, 2, 3], type("P", (), {"seed": sd, "max_tokens": max_tokens})(), [], [])
+        results = {}
+        while engine.reqs:
+            results.update(dict(engine.poll()))
+        out.append([[results[f"{gi}:{si}"].token_ids for si in range(g)] for gi in range(n)])
+    return out
+
+
+def test_ratio_one_reproduces_synchronous_rollout_exactly():
+    m = manager(1.0)
+    reference = sync_reference(4, 4, 40, 0, steps=3)
+    for step in range(3):
+        groups, stats = m.collect(step, version=step)
+        assert [[s.response_ids for s in g.samples] for g in groups] == reference[step]
+        assert stats.buffered_groups == 0 and stats.dropped_groups == 0 and len(m.buffer) == 0
+
+
+def test_no_completed_group_is_ever_lost():
+    m = manager(2.0, max_running=12, n=3, g=4)
+    seen: dict[int, int] = {}
+    launched = 0
+    for step in range(12):
+        groups, stats = m.collect(step, version=step)
+        assert stats.dropped_groups == 0
+        assert len(groups) >= 3 and all(g.finished for g in groups)
+        for g in groups:
+            seen[g.group_id] = seen.get(g.group_id, 0) + 1
+        launched = m.next_group_id
+    assert all(v == 1 for v in seen.values())  # each group trained exactly once
+    assert set(seen) | {g.group_id for g in m.buffer.groups} == set(range(launched))  # every group accounted for
+
+
+def test_groups_finishing_together_past_the_target_are_all_kept():
+    m = manager(3.0, max_running=100, n=2, g=2, max_tokens=3)  # every sample stops at <= 3 tokens: all finish at once
+    groups, stats = m.collect(0, version=0)
+    assert len(groups) == 6 and stats.done_groups == 6 and stats.dropped_groups == 0
+
+
+def test_abort_follows_the_target_with_no_extra_engine_step():
+    m = manager(2.0, max_running=32, n=2, g=4)
+    engine = m.backend
+    polls_at_target = []
+    original = m._update
+
+    def watch(live, done, key, out, version, stats):
+        original(live, done, key, out, version, stats)
+        if len(done) >= 2 and not polls_at_target:
+            polls_at_target.append(engine.polls)
+
+    m._update = watch
+    m.collect(0, version=0)
+    assert engine.polls == polls_at_target[0]
+
+
+def test_resumed_samples_keep_their_tokens_logprobs_and_versions():
+    m = manager(2.0, max_running=8, n=2, g=4, max_tokens=60)
+    m.collect(0, version=0)
+    partial = {(g.group_id, s.index): (list(s.response_ids), list(s.logprobs)) for g in m.buffer.groups
+               for s in g.samples if s.response_ids and s.status == Status.ABORTED}
+    assert partial, "the workload must leave partial samples"
+    resumed = []
+    for step in range(1, 6):
+        groups, _ = m.collect(step, version=step)
+        resumed += [(g, s) for g in groups for s in g.samples if (g.group_id, s.index) in partial]
+    assert resumed
+    for g, s in resumed:
+        ids, lps = partial[(g.group_id, s.index)]
+        assert s.response_ids[: len(ids)] == ids and s.logprobs[: len(lps)] == lps
+        assert s.versions[: len(ids)] == [0] * len(ids) and s.versions[len(ids):] != []
+        assert all(v >= 1 for v in s.versions[len(ids):])
+        # the continuation is exactly what an uninterrupted run of this seed produces
+        assert s.response_ids == [random.Random(s.seed * 7919 + p).randrange(100) for p in range(len(s.response_ids))]
+
+
+def test_mask_mode_gives_exactly_zero_gradient_on_recycled_prefixes():
+    m = manager(2.0, max_running=8, n=2, g=4, max_tokens=60)
+    m.collect(0, version=0)
+    groups = []
+    for step in range(1, 4):
+        groups += m.collect(step, version=3)[0] if step == 3 else m.collect(step, version=step)[0]
+    samples = [s for g in groups for s in g.samples]
+    assert any(0 in s.versions for s in samples)
+    batch = collate(samples, [1.0 - 2 * (i % 2) for i in range(len(samples))], 0, "cpu")
+    logp = (batch.behaviour_logp + 0.05).requires_grad_(True)
+    mask = mask_stale_tokens(batch.mask, batch.versions, current_version=3)
+    loss, _ = get_loss("grpo")(logp, logp.detach(), batch.behaviour_logp, batch.advantages, mask, LossConfig())
+    loss.backward()
+    stale = batch.mask & (batch.versions < 3)
+    assert stale.any() and (logp.grad[stale] == 0).all()
+    assert (logp.grad[batch.mask & (batch.versions == 3)] != 0).any()
+
+
+def test_dynamic_sampling_refills_filtered_groups():
+    m = manager(1.0, max_running=64, n=3, g=4, dynamic=True)
+    groups, stats = m.collect(0, version=0)
+    assert stats.filtered_groups > 0  # the fake reward makes some groups flat
+    assert len(groups) >= 3 and all(len({s.reward for s in g.samples}) > 1 for g in groups)
+    assert stats.dropped_groups == 0
+
+
+def test_buffer_survives_a_checkpoint_round_trip():
+    m = manager(2.0, max_running=8, n=2, g=4, max_tokens=60)
+    m.collect(0, version=0)
+    state = m.state_dict()
+    m2 = manager(2.0, max_running=8, n=2, g=4, max_tokens=60)
+    m2.load_state_dict(state)
+    assert [g.to_dict() for g in m2.buffer.groups] == [g.to_dict() for g in m.buffer.groups]
+    a, _ = m.collect(1, version=1)
+    b, _ = m2.collect(1, version=1)
+    assert [[s.response_ids for s in g.samples] for g in a] == [[s.response_ids for s in g.samples] for g in b]
+
+
+def test_tail_idle_fraction_is_higher_for_synchronous_rollout():
+    sync, april = manager(1.0, max_running=64, n=8, g=4), manager(2.0, max_running=64, n=8, g=4)
+    idle_sync = sum(sync.collect(s, s)[1].tail_idle_fraction() for s in range(4))
+    idle_april = sum(april.collect(s, s)[1].tail_idle_fraction() for s in range(4))
+    assert idle_april < idle_sync

@@ -1,0 +1,95 @@
+"""APRIL against a `reasonrl serve` endpoint: abort over HTTP, resume over HTTP, weights pushed."""
+
+import threading
+import time
+
+import pytest
+import torch
+import uvicorn
+
+from reasonrl.engine import LLMEngine
+from reasonrl.engine.async_engine import AsyncEngine
+from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.server import create_app
+from reasonrl.envs.letter import LetterEnvironment
+from reasonrl.models import Tokenizer, load_model
+from reasonrl.models.tiny import make_checkpoint, make_tokenizer
+from reasonrl.rl.config import load_config
+from reasonrl.rl.trainer import Trainer
+from reasonrl.rollout.backend import RemoteBackend
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tok = make_tokenizer(["Write the letter a many times. aaaa bbbb abab"] * 10, vocab_size=280)
+    path = make_checkpoint(tmp_path_factory.mktemp("remote") / "m", "llama", tok, hidden_size=64, num_layers=2)
+    engine = LLMEngine(load_model(path), Tokenizer.from_dir(path),
+                       EngineConfig(kv_cache_memory=1 << 24, max_num_seqs=12, max_model_len=256))
+    async_engine = AsyncEngine(engine)
+    server = uvicorn.Server(uvicorn.Config(create_app(async_engine, "m"), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    yield path, url, engine
+    server.should_exit = True
+    thread.join(timeout=10)
+    async_engine.shutdown()
+
+
+def test_april_over_http_resumes_and_pushes_weights(served, tmp_path):
+    path, url, server_engine = served
+    cfg = load_config(None, {"model.path": str(path), "train.run_dir": str(tmp_path / "run"), "train.remote_url": url,
+                             "train.steps": 3, "rollout.prompts_per_step": 2, "rollout.samples_per_prompt": 4,
+                             "rollout.over_provision": 2.0, "rollout.max_tokens": 20, "optim.lr": 1e-2})
+    trainer = Trainer(cfg, LetterEnvironment(), load_model(path), Tokenizer.from_dir(path), console=False)
+    assert trainer.engine is None  # nothing allocated locally
+    rows = []
+    for step in range(1, 4):
+        trainer.step = step
+        rows.append(trainer.train_step())
+    assert all(r["dropped_groups"] == 0 for r in rows)
+    assert rows[0]["buffered_groups"] > 0  # over-provisioned groups were aborted over HTTP and kept
+    for (name, p), q in zip(trainer.policy.state_dict().items(), server_engine.model.state_dict().values()):
+        assert torch.equal(p, q), name  # the server runs the trained weights
+    assert not server_engine.requests
+
+
+def test_remote_abort_returns_partials_and_resume_is_exact(served):
+    from reasonrl.engine import SamplingParams
+
+    _, url, server_engine = served
+    backend = RemoteBackend(url)
+    params = [SamplingParams(temperature=1.0, seed=100 + i, max_tokens=60) for i in range(3)]
+    prompt = [5, 6, 7, 8]
+    for i, p in enumerate(params):
+        backend.submit(f"full:{i}", prompt, p, [], [])
+    full = {}
+    while len(full) < 3:
+        full.update(dict(backend.poll()))
+    for i, p in enumerate(params):
+        backend.submit(f"cut:{i}", prompt, p, [], [])
+    while len(server_engine.requests) < 3 or min(len(s.output_ids) for r in list(server_engine.requests.values())
+                                                  for s in r.seqs) < 5:
+        time.sleep(0.002)
+    partial = dict(backend.abort_all())
+    assert set(partial) == {"cut:0", "cut:1", "cut:2"}
+    for i, p in enumerate(params):
+        out = partial[f"cut:{i}"]
+        assert out.finish_reason == "abort" and 5 <= len(out.token_ids) < 60
+        assert out.token_ids == full[f"full:{i}"].token_ids[:len(out.token_ids)]
+        backend.submit(f"resume:{i}", prompt, p, out.token_ids, out.logprobs)
+    resumed = {}
+    while len(resumed) < 3:
+        resumed.update(dict(backend.poll()))
+    for i in range(3):
+        assert resumed[f"resume:{i}"].token_ids == full[f"full:{i}"].token_ids
+        torch.testing.assert_close(torch.tensor(resumed[f"resume:{i}"].logprobs),
+                                   torch.tensor(full[f"full:{i}"].logprobs), atol=1e-5, rtol=0)
+    backend.close()
+
+
+def test_dead_endpoint_gives_one_clear_error():
+    with pytest.raises(ConnectionError, match="no reasonrl server at http://127.0.0.1:9"):
+        RemoteBackend("http://127.0.0.1:9")

@@ -125,7 +125,12 @@ def cmd_bench(args) -> int:
         from reasonrl.bench.engine import bench_engine
 
         result = bench_engine(args.model, args.preset, args.num_prompts, args.concurrency, args.median_tokens,
-                              args.max_tokens, device=args.device, dtype=args.dtype, skip_hf=args.skip_hf)
+                              args.max_tokens or 384, device=args.device, dtype=args.dtype, skip_hf=args.skip_hf)
+    elif args.workload == "april":
+        from reasonrl.bench.april import bench_april
+
+        result = bench_april(args.steps, args.prompts_per_step, args.samples_per_prompt, args.max_tokens or 256,
+                             args.concurrency * 2, args.ratio, sft_steps=args.sft_steps)
     else:  # argparse restricts the choices
         raise AssertionError(args.workload)
     write_json(result, args.json)
@@ -180,17 +185,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="benchmarks; figures go to docs/benchmarks.md")
-    p.add_argument("workload", choices=["engine"])
+    p.add_argument("workload", choices=["engine", "april"])
     p.add_argument("--json", help="also write the result to this file")
     p.add_argument("--model", help="checkpoint directory (default: a random checkpoint of --preset)")
     p.add_argument("--preset", default="20m", choices=["tiny", "20m", "qwen2.5-0.5b"])
     p.add_argument("--num-prompts", type=int, default=128)
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--median-tokens", type=int, default=48)
-    p.add_argument("--max-tokens", type=int, default=384)
+    p.add_argument("--max-tokens", type=int, help="response cap (engine: 384, april: 256)")
     p.add_argument("--device")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--skip-hf", action="store_true", help="engine only (no transformers comparison)")
+    p.add_argument("--skip-hf", action="store_true", help="engine: no transformers comparison")
+    p.add_argument("--steps", type=int, default=8, help="april: RL steps per arm")
+    p.add_argument("--prompts-per-step", type=int, default=8, help="april")
+    p.add_argument("--samples-per-prompt", type=int, default=8, help="april")
+    p.add_argument("--ratio", type=float, default=2.0, help="april: over-provisioning of the APRIL arm")
+    p.add_argument("--sft-steps", type=int, default=120, help="april: warm-up of the heavy-tailed policy")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -110,7 +110,7 @@ def train_sft(model: DecoderLM, data: list[Sample], cfg: SFTConfig, log=None) ->
         for idx in micro_batches(batch, cfg.max_tokens_per_microbatch):
             loss, n = sft_loss(model, [batch[i] for i in idx])
             loss.backward()
-            total, tokens = total + float(loss), tokens + n
+            total, tokens = total + loss.detach().item(), tokens + n
         for p in model.parameters():
             if p.grad is not None:
                 p.grad /= max(tokens, 1)

@@ -1,0 +1,122 @@
+"""Final-answer extraction: which part of a response is its answer.
+
+What counts as the answer of a response, in priority order:
+1. With `think_delimiter` set (e.g. "</think>"), only the text after its LAST occurrence is read;
+   a response without the delimiter has no answer (it scores 0: the model never finished
+   thinking, and rewarding answers inside the reasoning would teach it to skip the delimiter).
+2. The content of the last complete `\\boxed{...}` or `\\fbox{...}`, braces matched (nested braces
+   and escaped `\\{ \\}` are fine). A box whose braces never close (a truncated response) does
+   not count; an earlier complete box then wins.
+3. Otherwise the last "Answer: X" / "Final answer: X" / "The (final) answer is X" line.
+4. Otherwise nothing: no answer, score 0.
+
+Everything here runs in the trainer's process, so it is linear in the input and bounded by
+`max_chars`: a box longer than that is treated as no answer.
+
+Departures from lm-eval-harness `last_boxed_only_string`, which we otherwise follow: we match
+`\\fbox` too, tolerate a space before the brace, and skip unclosed boxes instead of failing.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+# "Answer: 12", "**Final Answer:** 12", "The final answer is 12." (case-insensitive, to end of line)
+_ANSWER_LINE = re.compile(
+    r"(?:\banswer\s*(?:is\s*)?[:：]|\bthe\s+(?:final\s+)?answer\s+is\b:?)[ \t*]*([^\n]*)",
+    re.IGNORECASE,
+)
+_MATH_WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+
+
+def after_delimiter(text: str, delimiter: str | None) -> str | None:
+    """The part of `text` after the last `delimiter`; None when it is configured but absent."""
+    if not delimiter:
+        return text
+    at = text.rfind(delimiter)
+    return None if at < 0 else text[at + len(delimiter):]
+
+
+def last_boxed(text: str, max_chars: int = 1000, max_tries: int = 16) -> str | None:
+    """Content of the last complete `\\boxed{}`/`\\fbox{}` in `text`, or None.
+
+    Only the last `max_tries` candidates are tried, so a flood of unclosed boxes stays linear."""
+    end = len(text)
+    for _ in range(max_tries):
+        at = max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
+        if at < 0:
+            return None
+        end = at
+        box = _BOX.match(text, at)
+        content = _braced(text, box.end(), max_chars) if box else None
+        if content is not None:
+            return content.strip()
+    return None
+
+
+_BRACE_OR_ESCAPE = re.compile(r"\\.|[{}]", re.DOTALL)
+
+
+def _braced(text: str, start: int, max_chars: int) -> str | None:
+    """Text from `start` to the brace closing the one just before it; None if unclosed."""
+    depth = 1
+    # an escaped character, \{ and \} included, is matched whole and never opens or closes
+    for token in _BRACE_OR_ESCAPE.finditer(text, start, min(len(text), start + max_chars + 1)):
+        if token.group() == "{":
+            depth += 1
+        elif token.group() == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:token.start()]
+    return None
+
+
+def answer_line(text: str) -> str | None:
+    """The answer stated on the last "Answer: ..." / "The answer is ..." line, or None."""
+    last = None
+    for last in _ANSWER_LINE.finditer(text):
+        pass
+    if last is None:
+        return None
+    answer = strip_math(last.group(1).strip().strip("*").strip())
+    answer = answer.rstrip(".").strip()
+    return answer or None
+
+
+def extract_answer(response: str, think_delimiter: str | None = None, max_chars: int = 1000) -> str | None:
+    """The final answer of `response` (see the module docstring), or None when there is none."""
+    if not isinstance(response, str):
+        return None
+    text = after_delimiter(response, think_delimiter)
+    if text is None:
+        return None
+    answer = last_boxed(text, max_chars)
+    if answer is None:
+        answer = answer_line(text)
+    if not answer or len(answer) > max_chars:
+        return None
+    return answer
+
+
+def reference_answer(reference: object, max_chars: int = 10_000) -> str | None:
+    """A dataset's reference as an answer string: numbers as text; a full solution's last box."""
+    if isinstance(reference, bool) or reference is None:
+        return None
+    if isinstance(reference, int):
+        return str(reference)
+    if isinstance(reference, float):
+        return repr(reference) if reference == reference and abs(reference) != float("inf") else None
+    if not isinstance(reference, str):
+        return None
+    boxed = last_boxed(reference, max_chars)
+    answer = strip_math(boxed if boxed is not None else reference.strip())
+    return answer if answer and len(answer) <= max_chars else None
+
+
+def strip_math(answer: str) -> str:
+    """Drop one pair of enclosing `$..$`, `$$..$$`, `\\(..\\)` or `\\[..\\]`."""
+    for left, right in _MATH_WRAPPERS:
+        if len(answer) > len(left) + len(right) and answer.startswith(left) and answer.endswith(right):
+            return answer[len(left):-len(right)].strip()
+    return answer

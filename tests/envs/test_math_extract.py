@@ -1,0 +1,101 @@
+"""Answer extraction and the quick path (reasonrl/envs/math/extract.py, quick.py); no processes."""
+
+import time
+
+import pytest
+
+from reasonrl.envs.math.extract import extract_answer, last_boxed, reference_answer
+from reasonrl.envs.math.quick import normalize, quick_verdict
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        ("so \\boxed{\\frac{1}{\\sqrt{2}}} done", "\\frac{1}{\\sqrt{2}}"),  # nested braces
+        ("first \\boxed{1}, then \\boxed{2}", "2"),  # the last box wins
+        ("\\boxed{1} and finally \\fbox{x+1}", "x+1"),  # \fbox counts
+        ("\\boxed {7}", "7"),  # a space before the brace
+        ("\\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),  # escaped braces are content, not structure
+        ("\\boxed{\\boxed{3}}", "3"),
+        ("\\boxed{5} then truncated \\boxed{12", "5"),  # an unclosed last box does not count
+        ("Answer: 42", "42"),
+        ("lots of work\n**Final Answer:** $\\frac12$", "\\frac12"),
+        ("The answer is 7.", "7"),
+        ("The answer is 3.\nWait, no. The final answer is 4.", "4"),  # the last line wins
+        ("Answer: 5\nso \\boxed{6}", "6"),  # a box beats an Answer: line
+        ("no final answer here", None),
+        ("\\boxed{}", None),
+        ("", None),
+    ],
+)
+def test_extract_answer(response, expected):
+    assert extract_answer(response) == expected
+
+
+def test_think_delimiter():
+    thought = "<think>maybe \\boxed{1}</think> The result is \\boxed{2}"
+    assert extract_answer(thought, think_delimiter="</think>") == "2"
+    # the box inside the reasoning does not count once the delimiter is configured
+    assert extract_answer("<think>\\boxed{1}</think> no answer", think_delimiter="</think>") is None
+    # delimiter configured but absent: no answer at all, even with a box
+    assert extract_answer("<think>still thinking \\boxed{2}", think_delimiter="</think>") is None
+    assert extract_answer("<think>still thinking \\boxed{2}") == "2"  # not configured: read it all
+
+
+def test_long_or_hostile_text_is_bounded():
+    assert extract_answer("\\boxed{" + "1" * 2000 + "}", max_chars=1000) is None
+    start = time.perf_counter()
+    assert extract_answer("\\boxed{" * 200_000) is None  # a flood of unclosed boxes
+    assert extract_answer("{" * 1_000_000 + "\\boxed{1}" + "}" * 1_000_000) == "1"
+    assert extract_answer("answer: " * 100_000) is None
+    assert time.perf_counter() - start < 2.0
+    assert last_boxed("\\boxed{" + "{" * 5000 + "}" * 5000 + "}", max_chars=1000) is None
+
+
+@pytest.mark.parametrize(
+    "reference, expected",
+    [(42, "42"), (0.5, "0.5"), ("$\\frac{1}{2}$", "\\frac{1}{2}"), ("so \\boxed{x+1}.", "x+1"),
+     (True, None), (None, None), (float("nan"), None), ([1], None), ("", None)],
+)
+def test_reference_answer(reference, expected):
+    assert reference_answer(reference) == expected
+
+
+def test_normalize_keeps_meaning():
+    assert normalize("\\left( 1, 2 \\right)") == "(1,2)"
+    assert normalize("$\\dfrac{1}{2}$.") == "\\frac{1}{2}"
+    assert normalize("2 3") == "2 3"  # a space between words is kept: 2 3 is not 23
+    assert normalize("\\pi r") != normalize("\\pir")
+
+
+# (pred, gold, verdict): None means "ask math-verify"
+QUICK = [
+    ("42", "42", 1.0),
+    ("\\dfrac{1}{2}", "\\frac{1}{2}", 1.0),
+    ("1/2", "0.5", 1.0),
+    ("\\frac{2}{4}", "1/2", 1.0),
+    ("-\\frac{1}{2}", "-0.5", 1.0),
+    ("12.0", "12", 1.0),
+    ("3", "4", 0.0),
+    ("\\frac{1}{3}", "\\frac{1}{4}", 0.0),
+    ("0.333333", "\\frac{1}{3}", None),  # decimals are math-verify's call (it rounds)
+    ("0.5", "0.6", None),
+    ("\\{1, 2\\}", "\\{2,1\\}", 1.0),
+    ("\\{1, 3\\}", "\\{2,1\\}", 0.0),
+    ("[1, \\infty)", "[1,\\infty)", 1.0),
+    ("[1, 2]", "[1, 2)", 0.0),
+    ("(1, 2)", "(1, 3)", 0.0),
+    ("(2, 1)", "[2, 1]", None),  # degenerate intervals are left to math-verify
+    ("x = 5", "5", 1.0),
+    ("x = 6", "5", None),
+    ("1,000", "1000", None),
+    ("\\{1,000\\}", "\\{1000\\}", None),
+    ("x^2+1", "1+x^2", None),
+    ("\\sqrt{8}", "2\\sqrt{2}", None),
+    ("", "1", 0.0),
+]
+
+
+@pytest.mark.parametrize("pred, gold, verdict", QUICK)
+def test_quick_verdict(pred, gold, verdict):
+    assert quick_verdict(pred, gold) == verdict

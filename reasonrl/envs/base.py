@@ -37,6 +37,10 @@ class Environment:
     def reward(self, prompt: Prompt, response: str) -> float:
         return safe_reward(self.score, prompt, response)
 
+    def rewards(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> list[float]:
+        """`reward` over a batch; environments with a worker pool override it to use every worker."""
+        return [self.reward(p, r) for p, r in zip(prompts, responses)]
+
     def metrics(self, prompts: Sequence[Prompt], responses: Sequence[str], rewards: Sequence[float]) -> dict[str, float]:
         n = max(len(rewards), 1)
         return {"accuracy": sum(r > 0 for r in rewards) / n, "reward_mean": sum(rewards) / n}

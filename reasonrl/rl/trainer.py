@@ -157,7 +157,9 @@ class Trainer:
         r = self.cfg.rollout
         for s in group.samples:
             s.response_text = self.tokenizer.decode(s.response_ids)
-            s.reward = self.env.reward(group.prompt, s.response_text)
+        rewards = self.env.rewards([group.prompt] * len(group.samples), [s.response_text for s in group.samples])
+        for s, reward in zip(group.samples, rewards):
+            s.reward = reward
             if r.overlong_max:
                 s.reward += overlong_penalty(len(s.response_ids), r.overlong_max, r.overlong_cache)
 
@@ -188,7 +190,7 @@ class Trainer:
             outs.update({o.request_id: o.outputs[0] for o in self.engine.step() if o.finished})
         self.engine.sleep()
         texts = [outs[f"eval-{i}"].text for i in range(len(prompts))]
-        rewards = [self.env.reward(p, t) for p, t in zip(prompts, texts)]
+        rewards = self.env.rewards(prompts, texts)
         lengths = [len(outs[f"eval-{i}"].token_ids) for i in range(len(prompts))]
         return {**self.env.metrics(prompts, texts, rewards), "length_p50": percentile(lengths, 50),
                 "length_p99": percentile(lengths, 99)}

@@ -1,0 +1,92 @@
+r"""Scoring a model's free-text answer to a TTT-Bench problem.
+
+Paper: TTT-Bench (arXiv 2506.10209) scores Pass@1 on the answer in \boxed{}; a problem with
+several answers accepts any of them. The paper does not say how answers are read; this is ours.
+
+Reading rule (model output is untrusted: never raises, bounded work, garbage scores 0):
+1. Only the last MAX_CHARS characters are read. All patterns are linear-time (no nested
+   quantifiers; gaps between words are bounded).
+2. If the text has a complete \boxed{...} (or \fbox{...}), the last one decides. Braces are
+   matched in one pass, so nesting like \boxed{\text{E}} works. Inside it the answer is the
+   one distinct position label standing alone (no letter or digit touching it), e.g. "E",
+   "\text{E}", "Position E", "**E**". No label, or two different labels, is no answer (0);
+   a box holding a single lowercase letter is read as that label.
+3. Otherwise the answer is the last label that stands alone and either follows a cue word
+   ("position", "point", "vertex", "cell", "square", "spot", "at", "play(s)", "move", "answer",
+   "choose", "place(s)", "take(s)", "pick"), optionally followed by "is", ":", "=", "-" and
+   quotes, asterisks or a parenthesis, e.g. "play at E", "the answer is **E**", "Answer: E";
+   or stands alone on its own line, possibly in markup ("**E**", "(E).").
+   A capital letter in ordinary prose ("I think", "A fork") has no cue word before it and
+   is not on a line of its own, so it is never read as a label.
+The score is 1.0 if the answer is in the solution set, else 0.0.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+MAX_CHARS = 20_000
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)[ \t]{0,3}\{")
+_BRACE = re.compile(r"[{}]")
+_ALONE = r"(?<!\w)([A-Z])(?!\w|['’]\w)"  # a capital letter not part of a word (or "I'm")
+_LABEL = re.compile(_ALONE)
+_CUE = re.compile(
+    r"(?i:\b(?:position|point|vertex|cell|square|spot|at|plays?|move|answer|choose|"
+    r"places?|takes?|pick))[ \t]{0,3}(?i:is|=|:|-)?[ \t]{0,3}[*\"'`(]{0,3}[ \t]{0,2}" + _ALONE
+)
+_LINE = re.compile(r"^[ \t>*#_\"'`(-]{0,6}" + _ALONE + r"[ \t*_\"'`).!]{0,6}$", re.MULTILINE)
+
+
+def extract_answer(response: str, labels: str) -> str | None:
+    """The position label the response commits to, or None (see the module docstring)."""
+    if not isinstance(response, str) or not response:
+        return None
+    text = response[-MAX_CHARS:]
+    boxed = _last_boxed(text)
+    if boxed is not None:
+        return _label_in_box(boxed, labels)
+    found = None
+    for pattern in (_CUE, _LINE):
+        for match in pattern.finditer(text):
+            if match.group(1) in labels and (found is None or match.start(1) > found[0]):
+                found = (match.start(1), match.group(1))
+    return found[1] if found else None
+
+
+def score(response: str, solution: Iterable[str], labels: str) -> float:
+    """1.0 if the response's answer is one of the solution labels, else 0.0; never raises."""
+    try:
+        answer = extract_answer(response, labels)
+        return 1.0 if answer is not None and answer in set(solution) else 0.0
+    except Exception:  # untrusted input must never stop training
+        return 0.0
+
+
+def _last_boxed(text: str) -> str | None:
+    """Content of the last \\boxed{...} whose braces close, or None."""
+    opens = [m.end() - 1 for m in _BOXED.finditer(text)]
+    if not opens:
+        return None
+    close, stack = {}, []
+    for m in _BRACE.finditer(text):  # one pass: match every brace pair
+        if m.group() == "{":
+            stack.append(m.start())
+        elif stack:
+            close[stack.pop()] = m.start()
+    for start in reversed(opens):
+        if start in close:
+            return text[start + 1 : close[start]]
+    return None
+
+
+def _label_in_box(content: str, labels: str) -> str | None:
+    found = {m.group(1) for m in _LABEL.finditer(content)} & set(labels)
+    if len(found) == 1:
+        return found.pop()
+    if not found:
+        bare = re.sub(r"\\[A-Za-z]+|[^A-Za-z]", "", content)  # drop commands, braces, spaces
+        if len(bare) == 1 and bare.upper() in labels:
+            return bare.upper()
+    return None

@@ -63,13 +63,9 @@ def cmd_generate(args) -> int:
 
 
 def make_environment(spec: str):
-    if spec.split(":")[0] == "letter":
-        from reasonrl.envs.letter import LetterEnvironment
-
-        return LetterEnvironment(*spec.split(":")[1:2])
     from reasonrl.envs.registry import load_environment
 
-    return load_environment(spec)
+    return load_environment(spec if ":" in spec else spec + ":")
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -118,14 +114,31 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from reasonrl.envs.ttt import export_jsonl
+
+    written = export_jsonl(args.game, args.n, args.seed, args.out)
+    note = f" (the whole {args.game} problem space has fewer)" if written < args.n else ""
+    print(f"wrote {written} {args.game} problems to {args.out}{note}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from reasonrl.bench.common import write_json
 
     if args.workload == "engine":
         from reasonrl.bench.engine import bench_engine
 
-        result = bench_engine(args.model, args.preset, args.num_prompts, args.concurrency, args.median_tokens,
+        result = bench_engine(args.model, args.preset, args.num_prompts or 128, args.concurrency, args.median_tokens,
                               args.max_tokens or 384, device=args.device, dtype=args.dtype, skip_hf=args.skip_hf)
+    elif args.workload == "ttt":
+        from reasonrl.envs.ttt.bench import benchmark
+
+        result = benchmark(n=args.num_prompts or 1000)
+    elif args.workload == "math":
+        from reasonrl.envs.math.bench import benchmark
+
+        result = benchmark(n=args.num_prompts or 2000)
     elif args.workload == "april":
         from reasonrl.bench.april import bench_april
 
@@ -180,16 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sft)
 
+    p = sub.add_parser("data", help="generate datasets (TTT-Bench problems)")
+    p.add_argument("dataset", choices=["ttt"])
+    p.add_argument("--game", required=True, choices=["oTTT", "dTTT", "cTTT", "sTTT"])
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="JSONL file to write")
+    p.set_defaults(func=cmd_data)
+
     p = sub.add_parser("report", help="plots and a summary of a training run")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="benchmarks; figures go to docs/benchmarks.md")
-    p.add_argument("workload", choices=["engine", "april"])
+    p.add_argument("workload", choices=["engine", "april", "ttt", "math"])
     p.add_argument("--json", help="also write the result to this file")
     p.add_argument("--model", help="checkpoint directory (default: a random checkpoint of --preset)")
     p.add_argument("--preset", default="20m", choices=["tiny", "20m", "qwen2.5-0.5b"])
-    p.add_argument("--num-prompts", type=int, default=128)
+    p.add_argument("--num-prompts", type=int, help="engine: prompts (128); ttt: problems per game (1000); math: judgements (2000)")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--median-tokens", type=int, default=48)
     p.add_argument("--max-tokens", type=int, help="response cap (engine: 384, april: 256)")

@@ -6,6 +6,9 @@ The scheme picks a factory from `ENVIRONMENTS`; the factory gets the text after 
     jsonl:data/gsm8k.jsonl?prompt=question&answer=answer&reward=math   any JSONL (jsonl.py)
     math:data/math500.jsonl                                            {"problem", "answer"} rows
     arith:?n=500&digits=3                                              generated arithmetic
+    ttt:oTTT,cTTT   ttt:all                                            TTT-Bench games (ttt/)
+    sums:           sums:?max_terms=16                                 running-sum chains (the demo's task)
+    letter:a                                                           a smoke-test task (letter.py)
 
 Registering another environment (the hook): add `"name": "package.module:factory"` to
 `ENVIRONMENTS` (a string keeps its import lazy, so loading `jsonl:` never imports TTT), or call
@@ -26,6 +29,9 @@ ENVIRONMENTS: dict[str, Union[Factory, str]] = {
     "jsonl": "reasonrl.envs.jsonl:from_spec",
     "math": "reasonrl.envs.jsonl:math_from_spec",
     "arith": "reasonrl.envs.registry:arithmetic_from_spec",
+    "ttt": "reasonrl.envs.ttt:from_spec",
+    "sums": "reasonrl.envs.registry:sums_from_spec",
+    "letter": "reasonrl.envs.registry:letter_from_spec",
 }
 
 
@@ -68,3 +74,26 @@ def arithmetic_from_spec(argument: str) -> Environment:
     if options["n"] < 1 or not 1 <= options["digits"] <= 9:
         raise ValueError("arith: needs n >= 1 and 1 <= digits <= 9")
     return MathEnvironment(arithmetic_problems(**options), name="arith")
+
+
+def sums_from_spec(argument: str) -> Environment:
+    """`sums:?max_terms=12&p=0.3`: chains of single-digit additions with a scratchpad."""
+    from urllib.parse import parse_qsl
+
+    from .sums import SumsEnvironment
+
+    options = dict(parse_qsl(argument.lstrip("?")))
+    unknown = set(options) - {"max_terms", "p"}
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))} for sums:; known: max_terms, p")
+    try:
+        return SumsEnvironment(int(options.get("max_terms", 12)), float(options.get("p", 0.3)))
+    except ValueError:
+        raise ValueError(f"sums: options must be numbers, got {options}") from None
+
+
+def letter_from_spec(argument: str) -> Environment:
+    """`letter:ab`: answer with one of these letters (a smoke test of the RL loop)."""
+    from .letter import LetterEnvironment
+
+    return LetterEnvironment(argument or "ab")

@@ -1,0 +1,89 @@
+"""`sums`: add a list of single-digit numbers, showing the running total: the demo's task.
+
+    prompt:   Add: 4 + 7 + 2 + 9
+    response: 4+7=11 11+2=13 13+9=22 \\boxed{22}
+
+The number of terms follows a geometric law (2 terms most often, up to `max_terms`), so the
+chain of thought, one step per term, varies a lot in length: a few rollouts are long, most
+short, as in reasoning RL. The reward is 1 when the last `\\boxed{}` holds the exact sum.
+
+`traces()` writes supervised traces that are deliberately imperfect, so that RL has something
+to fix: on long problems they often skip the work and box a round-number guess (the longer the
+problem, the likelier), and a few running totals are off by one. A policy fine-tuned on them
+reasons on short problems and guesses on long ones.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+from reasonrl.envs.base import Environment, Prompt
+from reasonrl.envs.math.extract import last_boxed
+
+def problem_terms(rng: random.Random, max_terms: int = 12, p: float = 0.3) -> list[int]:
+    n = 2
+    while n < max_terms and rng.random() > p:
+        n += 1
+    return [rng.randint(1, 9) for _ in range(n)]
+
+
+def worked(terms: list[int], rng: random.Random | None = None, slip: float = 0.0) -> str:
+    """The scratchpad; with `slip` > 0 a running total is sometimes off by one (and carried on)."""
+    total, steps = terms[0], []
+    for t in terms[1:]:
+        new = total + t
+        if rng is not None and rng.random() < slip:
+            new += rng.choice((-1, 1))
+        steps.append(f"{total}+{t}={new}")
+        total = new
+    return " ".join(steps) + f" \\boxed{{{total}}}"
+
+
+def guess(terms: list[int]) -> str:
+    """Skipping the work: a round number near the total."""
+    return f"\\boxed{{{max(10, round(sum(terms), -1))}}}"
+
+
+class SumsEnvironment(Environment):
+    name = "sums"
+
+    def __init__(self, max_terms: int = 12, p: float = 0.3):
+        self.max_terms, self.p = max_terms, p
+
+    def prompts(self, n=None, seed=0, split="train"):
+        rng = random.Random(zlib.crc32(f"{split}:{seed}".encode()))
+        out, seen = [], set()
+        while len(out) < (n or 2000):
+            terms = problem_terms(rng, self.max_terms, self.p)
+            key = tuple(terms)
+            # train and eval never share a problem: the split is a hash of the terms
+            if key in seen or (zlib.crc32(repr(key).encode()) % 10 == 0) != (split == "eval"):
+                continue
+            seen.add(key)
+            text = "Add: " + " + ".join(map(str, terms))
+            out.append(Prompt(id=f"{split}-{len(out)}", messages=[{"role": "user", "content": text}],
+                              answer=sum(terms), metadata={"terms": len(terms)}))
+        return out
+
+    def score(self, prompt, response):
+        boxed = last_boxed(response[-2000:])
+        return 1.0 if boxed is not None and boxed.strip() == str(prompt.answer) else 0.0
+
+    def metrics(self, prompts, responses, rewards):
+        out = super().metrics(prompts, responses, rewards)
+        long = [r for p, r in zip(prompts, rewards) if p.metadata.get("terms", 0) >= 6]
+        if long:
+            out["accuracy_long"] = sum(long) / len(long)
+        return out
+
+    def traces(self, n: int, seed: int = 0, lazy_from: int = 5, slip: float = 0.03) -> list[dict]:
+        """SFT pairs: problems with >= lazy_from terms skip the work with probability rising to 0.8."""
+        rng = random.Random(seed)
+        rows = []
+        for prompt in self.prompts(n, seed, "train"):
+            terms = [int(t) for t in prompt.messages[-1]["content"][5:].split(" + ")]
+            p_lazy = min(0.8, 0.2 * (len(terms) - lazy_from + 1)) if len(terms) >= lazy_from else 0.0
+            response = guess(terms) if rng.random() < p_lazy else worked(terms, rng, slip)
+            rows.append({"prompt": prompt.messages, "response": response})
+        return rows

@@ -87,6 +87,11 @@ def cmd_train(args) -> int:
     from reasonrl.rl.report import write_report
     from reasonrl.rl.trainer import Trainer
 
+    if args.config is None:  # the embedded default: the demo
+        from reasonrl.demo.run import run_demo
+
+        run_demo(overrides=_overrides(args.set))
+        return 0
     cfg = load_config(args.config, _overrides(args.set))
     env = make_environment(cfg.env.name)
     policy = load_model(cfg.model.path, cfg.model.device, cfg.model.dtype, max_len=cfg.engine.max_model_len)
@@ -112,6 +117,28 @@ def cmd_report(args) -> int:
 
     print(write_report(args.run_dir))
     return 0
+
+
+def cmd_eval(args) -> int:
+    from reasonrl.eval import EndpointError, IncompleteEval, run_eval
+
+    options = dict(base_url=args.base_url, n=args.n, k=args.k or (), temperature=args.temperature, top_p=args.top_p,
+                   max_tokens=args.max_tokens, seed=args.seed, limit=args.limit, split=args.split,
+                   data_seed=args.data_seed, chat=not args.completions, concurrency=args.concurrency,
+                   retries=args.retries, request_timeout=args.request_timeout, api_key_env=args.api_key_env,
+                   threshold=args.threshold, group_by=args.group_by, progress=not args.no_progress,
+                   engine_kwargs={**engine_kwargs(args), "device": args.device, "dtype": args.dtype})
+    try:
+        summary = run_eval(args.benchmark, model=args.model, out=args.out, **options)
+    except EndpointError as exc:
+        print(f"reasonrl eval: {exc}", file=sys.stderr)
+        return 1
+    except IncompleteEval as exc:
+        print(f"reasonrl eval: {exc} (rerun the same command to ask only for the missing samples)", file=sys.stderr)
+        return 1
+    print(Path(args.out) / "summary.md")
+    print((Path(args.out) / "summary.md").read_text())
+    return 0 if summary else 1
 
 
 def cmd_data(args) -> int:
@@ -175,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("train", help="RL post-training (GRPO/DAPO/GSPO with APRIL rollouts) from a YAML recipe")
-    p.add_argument("config", nargs="?", help="run config YAML (see recipes/)")
+    p.add_argument("config", nargs="?", help="run config YAML (see recipes/); none: the embedded demo")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     p.set_defaults(func=cmd_train)
 
@@ -192,6 +219,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint or an OpenAI-compatible endpoint on a benchmark")
+    p.add_argument("benchmark", help="environment spec: ttt:oTTT, ttt:all, math:FILE.jsonl, jsonl:FILE?..., sums:")
+    p.add_argument("--model", required=True, help="checkpoint directory, or the model name an endpoint serves")
+    p.add_argument("--out", required=True, help="run directory (samples.jsonl, summary.json, summary.md); resumable")
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: local engine)")
+    p.add_argument("--n", type=int, default=1, help="samples per problem")
+    p.add_argument("--k", type=int, nargs="+", help="pass@k to report (default: 1 and n)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-tokens", type=int, default=1024)
+    p.add_argument("--limit", type=int, help="problems to use")
+    p.add_argument("--split", default="eval", help="generated environments: train | eval (| published for TTT)")
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--completions", action="store_true", help="use /completions with plain text instead of chat")
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight to an endpoint")
+    p.add_argument("--retries", type=int, default=5)
+    p.add_argument("--request-timeout", type=float, default=3600.0)
+    p.add_argument("--api-key-env", help="environment variable holding the API key (default: OPENAI_API_KEY if set)")
+    p.add_argument("--threshold", type=float, default=1.0, help="a sample is correct when its reward >= this")
+    p.add_argument("--group-by", nargs="+", help="metadata keys for subset tables (default: chosen automatically)")
+    p.add_argument("--no-progress", action="store_true")
+    add_engine_args(p)
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("data", help="generate datasets (TTT-Bench problems)")
     p.add_argument("dataset", choices=["ttt"])

@@ -41,6 +41,13 @@ class Environment:
         """`reward` over a batch; environments with a worker pool override it to use every worker."""
         return [self.reward(p, r) for p, r in zip(prompts, responses)]
 
+    def extract(self, prompt: Prompt, response: str) -> str | None:
+        """The answer `response` commits to, as `score` reads it; None when it has none.
+
+        Optional: evaluation reports how often answers fail to parse. This default returns None
+        meaning "unknown" (the harness checks whether a subclass overrides it). Never raises."""
+        return None
+
     def metrics(self, prompts: Sequence[Prompt], responses: Sequence[str], rewards: Sequence[float]) -> dict[str, float]:
         n = max(len(rewards), 1)
         return {"accuracy": sum(r > 0 for r in rewards) / n, "reward_mean": sum(rewards) / n}

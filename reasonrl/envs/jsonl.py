@@ -221,15 +221,20 @@ def exact_reward(response: str, answer: Any, think: str | None = None) -> float:
 _LETTER = re.compile(r"\(?([A-Z])\)?(?=$|[\s.:)\]])")
 
 
-def choice_reward(response: str, answer: str, think: str | None = None) -> float:
+def choice_letter(response: str, think: str | None = None) -> str | None:
+    """The option letter the final answer starts with, or None."""
     candidate = final_answer(response, think, whole_text_up_to=4)  # "B", "(B)", "B.": not "I think"
     if candidate is None:
-        return 0.0
+        return None
     candidate = _TEXT_WRAPPER.sub(r"\1", candidate).replace("$", "").strip(_EDGE_PUNCTUATION)
     if len(candidate) == 1:
         candidate = candidate.upper()
     match = _LETTER.match(candidate)
-    return 1.0 if match and match.group(1) == answer else 0.0
+    return match.group(1) if match else None
+
+
+def choice_reward(response: str, answer: str, think: str | None = None) -> float:
+    return 1.0 if choice_letter(response, think) == answer else 0.0
 
 
 class AnswerEnvironment(Environment):
@@ -248,6 +253,15 @@ class AnswerEnvironment(Environment):
 
     def score(self, prompt: Prompt, response: str) -> float:
         return self._score(response, prompt.answer, self.think)
+
+    def extract(self, prompt: Prompt, response: str) -> str | None:
+        try:
+            if self.reward_kind == "choice":
+                return choice_letter(response, self.think)
+            answer = final_answer(response, self.think, whole_text_up_to=1000)
+            return (answer or "").strip() or None
+        except Exception:  # untrusted input: no answer, never an error
+            return None
 
 
 # --- loading --------------------------------------------------------------------------------

@@ -63,6 +63,12 @@ class MathEnvironment(Environment):
     def score(self, prompt: Prompt, response: str) -> float:
         return self.verifier.judge(response, prompt.answer)
 
+    def extract(self, prompt: Prompt, response: str) -> str | None:
+        try:
+            return self.verifier.answer(response)
+        except Exception:  # untrusted input: no answer, never an error
+            return None
+
     def rewards(self, prompts: Sequence[Prompt], responses: Sequence[Any]) -> list[float]:
         """`reward` over a batch in one call, so every verifier worker is used."""
         return self.verifier.judge_many([(r, p.answer) for p, r in zip(prompts, responses, strict=True)])

@@ -64,6 +64,12 @@ class TTTEnvironment(Environment):
         labels = get_game(prompt.metadata["game"]).labels
         return verify.score(response, prompt.answer, labels)
 
+    def extract(self, prompt: Prompt, response: str) -> str | None:
+        try:
+            return verify.extract_answer(response, get_game(prompt.metadata["game"]).labels)
+        except Exception:  # untrusted input: no answer, never an error
+            return None
+
     def metrics(self, prompts: Sequence[Prompt], responses: Sequence[str], rewards: Sequence[float]) -> dict[str, float]:
         out = super().metrics(prompts, responses, rewards)
         groups = defaultdict(list)

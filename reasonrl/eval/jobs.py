@@ -1,0 +1,53 @@
+"""What the harness asks a model for (`Job`) and what comes back (`Completion` or `Failure`).
+
+A job is one sample of one problem. Its seed is a pure function of the run's seed, the problem
+id and the sample index, so a sample does not depend on which other problems are in the run,
+on `limit`, on batching, or on whether the run was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from reasonrl.envs.base import Prompt
+
+
+@dataclass(frozen=True)
+class Job:
+    prompt: Prompt
+    sample: int  # index among the problem's n samples
+    seed: int
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.prompt.id, self.sample)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    tokens: int | None  # response tokens; None when the endpoint does not report usage
+    finish_reason: str | None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A job that got no response (after retries); it is not recorded, so a rerun asks again."""
+
+    error: str
+
+
+def problem_seed(seed: int, problem_id: str) -> int:
+    """Base seed of a problem; sample j uses `problem_seed + j` (the engine's rule for n > 1)."""
+    return zlib.crc32(f"{seed}:{problem_id}".encode()) & 0x3FFFFFFF  # < 2**30: fits any server's int
+
+
+def jobs_for(prompt: Prompt, samples: range | list[int], seed: int) -> list[Job]:
+    base = problem_seed(seed, prompt.id)
+    return [Job(prompt, j, base + j) for j in samples]
+
+
+def render_text(messages: list[dict[str, str]]) -> str:
+    """Chat messages as one plain-text prompt (completions endpoints, models without a template)."""
+    return "\n\n".join(m["content"] for m in messages)

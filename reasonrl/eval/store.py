@@ -1,0 +1,108 @@
+"""The run directory: `run.json` (settings) and `samples.jsonl` (one row per finished sample).
+
+The samples file is append-only and flushed after every batch; on start it is read back and
+only the samples it lacks are asked for. A process killed mid-write leaves at most one
+half-written last line: it is dropped (the file is cut back to its last newline, so the next
+row starts on a line of its own) and its sample is asked again. A later row for the same
+(problem_id, sample) replaces an earlier one.
+
+`run.json` holds the settings that decide what a sample is (benchmark, model, endpoint,
+sampling). Once a sample is recorded, a rerun with other settings into the same directory is
+refused, so one file never mixes two runs; n, limit, k, concurrency and the endpoint's URL may
+change (a larger n or limit extends the run; a restarted server may listen elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
+
+SAMPLES_FILE = "samples.jsonl"
+SETTINGS_FILE = "run.json"
+Row = dict[str, Any]  # problem_id, sample, seed, response, extracted, reward, tokens, finish_reason
+
+
+class SampleStore:
+    def __init__(self, out: Path, settings: dict[str, Any]):
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / SAMPLES_FILE
+        _check_settings(out / SETTINGS_FILE, self.path, settings)
+        self.rows: dict[tuple[str, int], Row] = {}
+        for row in read_samples(self.path):
+            self.rows[(row["problem_id"], row["sample"])] = row
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def append(self, rows: Iterable[Row]) -> None:
+        for row in rows:
+            self._file.write(_line(row))
+            self.rows[(row["problem_id"], row["sample"])] = row
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> SampleStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _line(row: Row) -> str:
+    line = json.dumps(row, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a server: \u-escapes read back fine
+        line = json.dumps(row)
+    return line + "\n"
+
+
+def read_samples(path: Path) -> list[Row]:
+    """The rows of a samples file, dropping a half-written last line (and cutting it off)."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        log.info("%s: dropping a half-written last line (%d bytes)", path, len(data) - keep)
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+        data = data[:keep]
+    rows = []
+    for line_no, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not (isinstance(row, dict) and isinstance(row.get("problem_id"), str)
+                    and isinstance(row.get("sample"), int)):
+                raise ValueError("not a sample row")
+        except ValueError as exc:  # an edited or damaged file: that sample is asked again
+            log.warning("%s:%d: skipped (%s)", path, line_no, exc)
+            continue
+        rows.append(row)
+    return rows
+
+
+def _check_settings(settings_path: Path, samples_path: Path, settings: dict[str, Any]) -> None:
+    settings = json.loads(json.dumps(settings))  # compare as stored: tuples are lists, 0 == 0.0
+    has_samples = samples_path.exists() and samples_path.stat().st_size > 0
+    if settings_path.exists() and has_samples:
+        before = json.loads(settings_path.read_text())
+        changed = [f"{k}={settings.get(k)!r} (was {before.get(k)!r})" for k in sorted(set(before) | set(settings))
+                   if before.get(k) != settings.get(k)]
+        if changed:
+            raise ValueError(f"{settings_path.parent} holds a run with other settings: {', '.join(changed)}; "
+                             "use another output directory, or delete this one to start over")
+        return
+    if has_samples:
+        raise ValueError(f"{samples_path} exists without {settings_path.name}: cannot tell which run it belongs "
+                         "to; use another output directory")
+    tmp = settings_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(tmp, settings_path)

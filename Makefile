@@ -21,7 +21,7 @@ install-test: $(BIN)/python
 	$(BIN)/pip install --quiet -e ".[test]"
 
 demo: install
-	$(BIN)/reasonrl demo
+	$(BIN)/reasonrl train
 
 test: install-test
 	$(BIN)/python -m pytest -q

@@ -77,7 +77,7 @@ def arithmetic_from_spec(argument: str) -> Environment:
 
 
 def sums_from_spec(argument: str) -> Environment:
-    """`sums:?max_terms=12&p=0.3`: chains of single-digit additions with a scratchpad."""
+    """`sums:?max_terms=10&p=0.3`: chains of single-digit additions with a scratchpad."""
     from urllib.parse import parse_qsl
 
     from .sums import SumsEnvironment
@@ -87,7 +87,7 @@ def sums_from_spec(argument: str) -> Environment:
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))} for sums:; known: max_terms, p")
     try:
-        return SumsEnvironment(int(options.get("max_terms", 12)), float(options.get("p", 0.3)))
+        return SumsEnvironment(int(options.get("max_terms", 10)), float(options.get("p", 0.3)))
     except ValueError:
         raise ValueError(f"sums: options must be numbers, got {options}") from None
 

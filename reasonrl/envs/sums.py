@@ -8,9 +8,10 @@ chain of thought, one step per term, varies a lot in length: a few rollouts are 
 short, as in reasoning RL. The reward is 1 when the last `\\boxed{}` holds the exact sum.
 
 `traces()` writes supervised traces that are deliberately imperfect, so that RL has something
-to fix: on long problems they often skip the work and box a round-number guess (the longer the
-problem, the likelier), and a few running totals are off by one. A policy fine-tuned on them
-reasons on short problems and guesses on long ones.
+to fix: on problems of `lazy_from` terms or more, most of them skip the work and box a
+round-number guess, and a few running totals are off by one. A policy fine-tuned on them works
+short problems out, and on long ones usually guesses (greedy decoding always does), although it
+has seen, and can sample, the worked-out form that would have been right.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import zlib
 from reasonrl.envs.base import Environment, Prompt
 from reasonrl.envs.math.extract import last_boxed
 
-def problem_terms(rng: random.Random, max_terms: int = 12, p: float = 0.3) -> list[int]:
+def problem_terms(rng: random.Random, max_terms: int = 10, p: float = 0.3) -> list[int]:
     n = 2
     while n < max_terms and rng.random() > p:
         n += 1
@@ -48,7 +49,7 @@ def guess(terms: list[int]) -> str:
 class SumsEnvironment(Environment):
     name = "sums"
 
-    def __init__(self, max_terms: int = 12, p: float = 0.3):
+    def __init__(self, max_terms: int = 10, p: float = 0.3):
         self.max_terms, self.p = max_terms, p
 
     def prompts(self, n=None, seed=0, split="train"):
@@ -77,13 +78,13 @@ class SumsEnvironment(Environment):
             out["accuracy_long"] = sum(long) / len(long)
         return out
 
-    def traces(self, n: int, seed: int = 0, lazy_from: int = 5, slip: float = 0.03) -> list[dict]:
-        """SFT pairs: problems with >= lazy_from terms skip the work with probability rising to 0.8."""
+    def traces(self, n: int, seed: int = 0, lazy_from: int = 5, lazy: float = 0.6, slip: float = 0.02) -> list[dict]:
+        """SFT pairs: problems with >= lazy_from terms skip the work with probability `lazy`."""
         rng = random.Random(seed)
         rows = []
         for prompt in self.prompts(n, seed, "train"):
             terms = [int(t) for t in prompt.messages[-1]["content"][5:].split(" + ")]
-            p_lazy = min(0.8, 0.2 * (len(terms) - lazy_from + 1)) if len(terms) >= lazy_from else 0.0
+            p_lazy = lazy if len(terms) >= lazy_from else 0.0
             response = guess(terms) if rng.random() < p_lazy else worked(terms, rng, slip)
             rows.append({"prompt": prompt.messages, "response": response})
         return rows

@@ -42,8 +42,16 @@ def summarize(problems: Sequence[Problem], ks: Sequence[int], threshold: float, 
         groups: dict[str, list[Problem]] = {}
         for prompt, rs in problems:
             groups.setdefault(str(prompt.metadata.get(key, "(missing)")), []).append((prompt, rs))
-        out["subsets"][key] = {value: stats(groups[value], ks, threshold, parse_known) for value in sorted(groups)}
+        out["subsets"][key] = {value: stats(groups[value], ks, threshold, parse_known) for value in sorted(groups, key=_natural)}
     return out
+
+
+def _natural(value: str) -> tuple:
+    """Subset order: numbers by value (2 before 10), then names."""
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
 
 
 def stats(problems: Sequence[Problem], ks: Sequence[int], threshold: float, parse_known: bool) -> dict[str, Any]:

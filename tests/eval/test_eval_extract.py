@@ -93,3 +93,9 @@ def test_math_file_scores_one_with_the_reference_answers(tmp_path):
 def test_k_outside_1_to_n_is_refused(k, tmp_path):
     with pytest.raises(ValueError, match="k must be between 1 and n=2"):
         run_eval("ttt:oTTT", model="fake", base_url="http://127.0.0.1:9/v1", out=tmp_path, n=2, k=k)
+
+
+def test_numeric_subsets_are_listed_by_value():
+    from reasonrl.eval.summary import _natural
+
+    assert sorted(["10", "2", "9", "all", "3.5"], key=_natural) == ["2", "3.5", "9", "10", "all"]

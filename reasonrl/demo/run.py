@@ -1,0 +1,128 @@
+"""`reasonrl train` with no arguments: post-train the embedded policy on `sums`, end to end.
+
+1. measure rollout throughput of APRIL against synchronous rollout, from the starting policy
+   (rollouts only, same prompts and seeds, same process);
+2. GRPO with APRIL rollouts, the verifier as reward, held-out greedy accuracy before and after;
+3. write the report (PNG curves, report.md), summary.json and a checkpoint, and say how to
+   evaluate and serve the result.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from reasonrl.demo.policy import SHIPPED
+from reasonrl.engine.llm_engine import LLMEngine
+from reasonrl.envs.registry import load_environment
+from reasonrl.models import Tokenizer, load_model
+from reasonrl.rl.checkpoint import latest_checkpoint
+from reasonrl.rl.config import RunConfig, load_config
+from reasonrl.rl.metrics import read_metrics
+from reasonrl.rl.report import write_report
+from reasonrl.rl.trainer import Trainer
+from reasonrl.rollout.april import AprilRollout, RolloutSpec
+from reasonrl.rollout.backend import EngineBackend
+from reasonrl.rollout.prompts import PromptSource
+
+RECIPE = Path(__file__).parent / "demo.yaml"
+
+
+def say(text: str = "") -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def rollout_throughput(cfg: RunConfig, env, ratio: float, steps: int) -> dict[str, float]:
+    """Rollouts only (no training) from the starting policy: response tokens of finished groups
+    per rollout second, and the tail idle fraction."""
+    policy = load_model(cfg.model.path, cfg.model.device)
+    tok = Tokenizer.from_dir(cfg.model.path)
+    engine = LLMEngine(policy, tok, cfg.engine)
+    r = cfg.rollout
+    spec = RolloutSpec(r.prompts_per_step, r.samples_per_prompt, ratio, r.max_tokens, r.temperature, r.top_p)
+
+    def score(group):
+        texts = [tok.decode(s.response_ids) for s in group.samples]
+        for s, reward in zip(group.samples, env.rewards([group.prompt] * len(texts), texts)):
+            s.reward = reward
+
+    rollout = AprilRollout(EngineBackend(engine), spec, PromptSource(env, cfg.train.seed),
+                           lambda p: tok.apply_chat_template(p.messages), score, cfg.train.seed)
+    seconds = tokens = idle = 0.0
+    rollout.collect(0, 0)  # warm-up, not counted
+    for step in range(1, steps + 1):
+        groups, stats = rollout.collect(step, 0)
+        seconds += stats.seconds
+        tokens += sum(len(s.response_ids) for g in groups for s in g.samples)
+        idle += stats.tail_idle_fraction() * stats.seconds
+    return {"tokens_per_s": tokens / seconds, "tail_idle_fraction": idle / seconds, "seconds": seconds}
+
+
+def run_demo(run_dir: str | Path = "runs/demo", steps: int | None = None, measure_steps: int = 4,
+             overrides: dict | None = None) -> dict:
+    start = time.perf_counter()
+    cfg = load_config(RECIPE, {"model.path": str(SHIPPED), "train.run_dir": str(run_dir),
+                               **({"train.steps": steps} if steps else {}), **(overrides or {})})
+    run_dir = Path(cfg.train.run_dir)  # `--set train.run_dir=...` wins
+    if run_dir.exists():  # the demo always starts from the shipped policy; the last run is kept aside
+        previous = run_dir.with_name(run_dir.name + ".previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        run_dir.rename(previous)
+        say(f"(the previous run in {run_dir} is now {previous})")
+    env = load_environment(cfg.env.name)
+    say(f"reasonrl demo: GRPO + APRIL on `sums` (add digits, showing the running total) with the embedded "
+        f"{sum(p.numel() for p in load_model(cfg.model.path).parameters()) / 1e6:.1f}M-parameter policy, CPU.")
+    say(f"[1/3] rollout throughput, synchronous vs APRIL (over-provision {cfg.rollout.over_provision}), "
+        f"{measure_steps} rollout steps each ...")
+    sync = rollout_throughput(cfg, env, 1.0, measure_steps)
+    april = rollout_throughput(cfg, env, cfg.rollout.over_provision, measure_steps)
+    ratio = april["tokens_per_s"] / sync["tokens_per_s"]
+    say(f"      synchronous {sync['tokens_per_s']:,.0f} tok/s (tail idle {sync['tail_idle_fraction']:.0%}), "
+        f"APRIL {april['tokens_per_s']:,.0f} tok/s (tail idle {april['tail_idle_fraction']:.0%}): {ratio:.2f}x")
+    say(f"[2/3] RL: {cfg.train.steps} steps of {cfg.rollout.prompts_per_step} prompts x "
+        f"{cfg.rollout.samples_per_prompt} samples; held-out greedy accuracy on {cfg.env.eval_size} problems "
+        "before, during and after ...")
+    trainer = Trainer(cfg, env, load_model(cfg.model.path, cfg.model.device), Tokenizer.from_dir(cfg.model.path))
+    trainer.train()
+    say("[3/3] report ...")
+    records = read_metrics(run_dir)
+    evals = [r for r in records if "eval_accuracy" in r]
+    summary = {
+        "accuracy_before": evals[0]["eval_accuracy"], "accuracy_after": evals[-1]["eval_accuracy"],
+        "accuracy_long_before": evals[0].get("eval_accuracy_long"), "accuracy_long_after": evals[-1].get("eval_accuracy_long"),
+        "april_throughput_ratio": ratio, "sync_tokens_per_s": sync["tokens_per_s"],
+        "april_tokens_per_s": april["tokens_per_s"], "sync_tail_idle_fraction": sync["tail_idle_fraction"],
+        "april_tail_idle_fraction": april["tail_idle_fraction"],
+        "response_length_p50_before": evals[0].get("eval_length_p50"), "response_length_p99_before": evals[0].get("eval_length_p99"),
+        "response_length_p50_after": evals[-1].get("eval_length_p50"), "response_length_p99_after": evals[-1].get("eval_length_p99"),
+        "dropped_groups": sum(r.get("dropped_groups", 0) for r in records), "steps": cfg.train.steps,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    report = write_report(run_dir, summary)
+    summary["checkpoint"] = str(latest_checkpoint(run_dir))
+    summary["report"] = str(report)
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _closing(summary, Path(run_dir))
+    return summary
+
+
+def _closing(s: dict, run_dir: Path) -> None:
+    say()
+    say(f"held-out accuracy (greedy): {s['accuracy_before']:.1%} -> {s['accuracy_after']:.1%} "
+        f"({100 * (s['accuracy_after'] - s['accuracy_before']):+.1f} points)")
+    if s["accuracy_long_before"] is not None:
+        say(f"  on problems with 6+ terms: {s['accuracy_long_before']:.1%} -> {s['accuracy_long_after']:.1%}")
+    say(f"response length (tokens) p50/p99: {s['response_length_p50_before']:.0f}/{s['response_length_p99_before']:.0f} "
+        f"-> {s['response_length_p50_after']:.0f}/{s['response_length_p99_after']:.0f}")
+    say(f"APRIL rollout throughput vs synchronous: {s['april_throughput_ratio']:.2f}x; dropped groups: {s['dropped_groups']}")
+    say(f"wall time: {s['wall_seconds']:.0f} s")
+    say()
+    say(f"run directory: {run_dir}   (summary.json, metrics.jsonl, reward.png, length.png, accuracy.png)")
+    say(f"report:        {s['report']}")
+    say(f"checkpoint:    {s['checkpoint']}")
+    say("next:")
+    say(f"  reasonrl eval sums: --model {s['checkpoint']} --out {run_dir}/eval --limit 200 --n 4 --temperature 1.0")
+    say(f"  reasonrl serve --model {s['checkpoint']}")

@@ -157,7 +157,8 @@ def cmd_bench(args) -> int:
         from reasonrl.bench.engine import bench_engine
 
         result = bench_engine(args.model, args.preset, args.num_prompts or 128, args.concurrency, args.median_tokens,
-                              args.max_tokens or 384, device=args.device, dtype=args.dtype, skip_hf=args.skip_hf)
+                              args.max_tokens or 384, device=args.device, dtype=args.dtype, skip_hf=args.skip_hf,
+                              repeats=args.repeats)
     elif args.workload == "ttt":
         from reasonrl.envs.ttt.bench import benchmark
 
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--skip-hf", action="store_true", help="engine: no transformers comparison")
+    p.add_argument("--repeats", type=int, default=3, help="engine: runs per arm, interleaved; medians reported")
     p.add_argument("--steps", type=int, default=8, help="april: RL steps per arm")
     p.add_argument("--prompts-per-step", type=int, default=8, help="april")
     p.add_argument("--samples-per-prompt", type=int, default=8, help="april")

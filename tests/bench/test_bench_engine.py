@@ -8,12 +8,14 @@ from reasonrl.models.tiny import tiny_config
 def test_bench_engine_cli_writes_the_promised_fields(tmp_path):
     out = tmp_path / "engine.json"
     assert main(["bench", "engine", "--preset", "tiny", "--num-prompts", "6", "--concurrency", "3",
-                 "--median-tokens", "6", "--max-tokens", "12", "--json", str(out)]) == 0
+                 "--median-tokens", "6", "--max-tokens", "12", "--repeats", "2", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     for key in ("engine_tokens_per_s", "hf_tokens_per_s", "ratio", "flops_fraction_of_peak", "device",
                 "fraction_of_roofline"):
         assert key in result
     assert result["ratio"] == result["hf_seconds"] / result["engine_seconds"]
+    assert len(result["engine_seconds_per_repeat"]) == len(result["hf_seconds_per_repeat"]) == 2
+    assert result["engine_seconds"] == sum(result["engine_seconds_per_repeat"]) / 2  # median of two
     assert 0 < result["flops_fraction_of_peak"] < 1.5
 
 

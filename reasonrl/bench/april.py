@@ -4,7 +4,10 @@ rollout (1.0), one RL workload run twice in one process from the same initial we
 The policy is a small Qwen2-architecture model, fine-tuned here (a few seconds of `sft`) to answer
 the `letter` task with responses whose lengths follow a log-normal law (median 24 tokens, p99
 ~10x that): the heavy tail of reasoning rollouts, produced by real sampling from a real model.
-Both arms then run the same GRPO steps. Throughput is response tokens of the samples trained on
+Both arms then run the same GRPO steps; each reports held-out greedy reward (64 prompts) before
+and after, and the expected reward of the final policy (8 samples at temperature 1 on the same
+64 prompts): the fair "reward at equal steps". The per-step training reward of the APRIL arm is
+over a different mix of samples (recycled long ones, begun by older policies, finish later). Throughput is response tokens of the samples trained on
 per rollout second (tokens of partial samples still in APRIL's buffer at the end are not
 counted, which slightly favours the synchronous arm).
 """
@@ -18,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from reasonrl.bench.common import device_name
+from reasonrl.engine import LLM, SamplingParams
 from reasonrl.envs.letter import LetterEnvironment
 from reasonrl.models import Tokenizer, load_model
 from reasonrl.models.loader import resolve_device, save_model
@@ -55,12 +59,15 @@ def run_arm(policy: Path, run_dir: Path, ratio: float, steps: int, prompts_per_s
             max_tokens: int, max_num_seqs: int, seed: int) -> dict:
     cfg = load_config(None, {
         "model.path": str(policy), "train.run_dir": str(run_dir), "train.steps": steps, "train.seed": seed,
-        "train.save_every": steps, "env.name": "letter", "env.eval_size": 16, "rollout.over_provision": ratio,
+        "train.save_every": steps, "env.name": "letter", "env.eval_size": 64, "rollout.over_provision": ratio,
         "rollout.prompts_per_step": prompts_per_step, "rollout.samples_per_prompt": samples_per_prompt,
         "rollout.max_tokens": max_tokens, "optim.lr": 2e-3, "engine.max_num_seqs": max_num_seqs,
         "engine.kv_cache_memory": 1 << 28})
-    Trainer(cfg, LetterEnvironment(), load_model(policy), Tokenizer.from_dir(policy), console=False).train()
-    rows = [r for r in read_metrics(run_dir) if "reward_mean" in r]
+    trainer = Trainer(cfg, LetterEnvironment(), load_model(policy), Tokenizer.from_dir(policy), console=False)
+    trainer.train()
+    records = read_metrics(run_dir)
+    rows = [r for r in records if "reward_mean" in r]
+    evals = [r["eval_reward_mean"] for r in records if "eval_reward_mean" in r]
     seconds = sum(r["rollout_seconds"] for r in rows)
     trained = sum(r["rollout_tokens_per_s"] * r["rollout_seconds"] for r in rows)
     return {"over_provision": ratio, "tokens_per_s": trained / seconds, "rollout_seconds": seconds,
@@ -69,8 +76,22 @@ def run_arm(policy: Path, run_dir: Path, ratio: float, steps: int, prompts_per_s
             "dropped_groups": sum(r["dropped_groups"] for r in rows),
             "off_policy_token_fraction": sum(r["off_policy_token_fraction"] for r in rows) / len(rows),
             "reward_per_step": [r["reward_mean"] for r in rows],
+            "eval_reward_before": evals[0], "eval_reward_after": evals[-1],
+            "sampled_eval_reward_after": sampled_reward(trainer.policy, trainer.tokenizer, max_tokens, seed),
             "length_p50": sorted(r["length_p50"] for r in rows)[len(rows) // 2],
             "length_max": max(r["length_max"] for r in rows)}
+
+
+def sampled_reward(model, tokenizer, max_tokens: int, seed: int, prompts: int = 64, n: int = 8) -> float:
+    """Mean reward of n samples (temperature 1) per held-out prompt: the policy's expected reward,
+    which greedy decoding (saturated on this task) does not show."""
+    env = LetterEnvironment()
+    eval_prompts = env.prompts(n=prompts, seed=seed, split="eval")
+    llm = LLM(model, tokenizer, kv_cache_memory=1 << 28)
+    outs = llm.chat([p.messages for p in eval_prompts], SamplingParams(temperature=1.0, max_tokens=max_tokens, n=n,
+                                                                       seed=seed))
+    rewards = [env.score(p, c.text) for p, o in zip(eval_prompts, outs) for c in o.outputs]
+    return sum(rewards) / len(rewards)
 
 
 def bench_april(steps: int = 8, prompts_per_step: int = 8, samples_per_prompt: int = 8, max_tokens: int = 256,
@@ -78,9 +99,11 @@ def bench_april(steps: int = 8, prompts_per_step: int = 8, samples_per_prompt: i
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         policy = heavy_tailed_policy(root, max_len=max_tokens, seed=seed, sft_steps=sft_steps)
+        before = sampled_reward(load_model(policy), Tokenizer.from_dir(policy), max_tokens, seed)
         arms = {name: run_arm(policy, root / name, r, steps, prompts_per_step, samples_per_prompt, max_tokens,
                               max_num_seqs, seed)
                 for name, r in (("sync", 1.0), ("april", ratio))}
     return {"device": device_name(resolve_device(None)), "steps": steps, "prompts_per_step": prompts_per_step,
             "samples_per_prompt": samples_per_prompt, "max_tokens": max_tokens, "max_num_seqs": max_num_seqs,
-            "throughput_ratio": arms["april"]["tokens_per_s"] / arms["sync"]["tokens_per_s"], **arms}
+            "throughput_ratio": arms["april"]["tokens_per_s"] / arms["sync"]["tokens_per_s"],
+            "sampled_eval_reward_before": before, **arms}

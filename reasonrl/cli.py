@@ -171,7 +171,7 @@ def cmd_bench(args) -> int:
         from reasonrl.bench.april import bench_april
 
         result = bench_april(args.steps, args.prompts_per_step, args.samples_per_prompt, args.max_tokens or 256,
-                             args.concurrency * 2, args.ratio, sft_steps=args.sft_steps)
+                             args.concurrency * 2, args.ratio, sft_steps=args.sft_steps, off_policy=args.off_policy)
     else:  # argparse restricts the choices
         raise AssertionError(args.workload)
     write_json(result, args.json)
@@ -270,11 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--skip-hf", action="store_true", help="engine: no transformers comparison")
     p.add_argument("--repeats", type=int, default=3, help="engine: runs per arm, interleaved; medians reported")
-    p.add_argument("--steps", type=int, default=8, help="april: RL steps per arm")
+    p.add_argument("--steps", type=int, default=16, help="april: RL steps per arm")
     p.add_argument("--prompts-per-step", type=int, default=8, help="april")
     p.add_argument("--samples-per-prompt", type=int, default=8, help="april")
     p.add_argument("--ratio", type=float, default=2.0, help="april: over-provisioning of the APRIL arm")
     p.add_argument("--sft-steps", type=int, default=120, help="april: warm-up of the heavy-tailed policy")
+    p.add_argument("--off-policy", default="tis", choices=["none", "mask", "tis", "decoupled"],
+                   help="april: loss.off_policy of both arms (only APRIL has recycled tokens)")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -158,7 +158,7 @@ def cmd_bench(args) -> int:
 
         result = bench_engine(args.model, args.preset, args.num_prompts or 128, args.concurrency, args.median_tokens,
                               args.max_tokens or 384, device=args.device, dtype=args.dtype, skip_hf=args.skip_hf,
-                              repeats=args.repeats)
+                              repeats=args.repeats or 3)
     elif args.workload == "ttt":
         from reasonrl.envs.ttt.bench import benchmark
 
@@ -171,7 +171,8 @@ def cmd_bench(args) -> int:
         from reasonrl.bench.april import bench_april
 
         result = bench_april(args.steps, args.prompts_per_step, args.samples_per_prompt, args.max_tokens or 256,
-                             args.concurrency * 2, args.ratio, sft_steps=args.sft_steps, off_policy=args.off_policy)
+                             args.concurrency * 2, args.ratio, sft_steps=args.sft_steps, off_policy=args.off_policy,
+                             repeats=args.repeats or 2)
     else:  # argparse restricts the choices
         raise AssertionError(args.workload)
     write_json(result, args.json)
@@ -269,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--skip-hf", action="store_true", help="engine: no transformers comparison")
-    p.add_argument("--repeats", type=int, default=3, help="engine: runs per arm, interleaved; medians reported")
+    p.add_argument("--repeats", type=int, help="runs per arm, interleaved; medians reported (engine: 3, april: 2)")
     p.add_argument("--steps", type=int, default=16, help="april: RL steps per arm")
     p.add_argument("--prompts-per-step", type=int, default=8, help="april")
     p.add_argument("--samples-per-prompt", type=int, default=8, help="april")

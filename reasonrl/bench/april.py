@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -56,12 +57,12 @@ def heavy_tailed_policy(root: Path, median: int = 24, max_len: int = 256, seed: 
 
 
 def run_arm(policy: Path, run_dir: Path, ratio: float, steps: int, prompts_per_step: int, samples_per_prompt: int,
-            max_tokens: int, max_num_seqs: int, seed: int, off_policy: str = "tis") -> dict:
+            max_tokens: int, max_num_seqs: int, seed: int, off_policy: str = "tis", lr: float = 2e-3) -> dict:
     cfg = load_config(None, {
         "model.path": str(policy), "train.run_dir": str(run_dir), "train.steps": steps, "train.seed": seed,
         "train.save_every": steps, "env.name": "letter", "env.eval_size": 64, "rollout.over_provision": ratio,
         "rollout.prompts_per_step": prompts_per_step, "rollout.samples_per_prompt": samples_per_prompt,
-        "rollout.max_tokens": max_tokens, "optim.lr": 2e-3, "engine.max_num_seqs": max_num_seqs, "loss.off_policy": off_policy,
+        "rollout.max_tokens": max_tokens, "optim.lr": lr, "engine.max_num_seqs": max_num_seqs, "loss.off_policy": off_policy,
         "engine.kv_cache_memory": 1 << 28})
     trainer = Trainer(cfg, LetterEnvironment(), load_model(policy), Tokenizer.from_dir(policy), console=False)
     trainer.train()
@@ -96,16 +97,27 @@ def sampled_reward(model, tokenizer, max_tokens: int, seed: int, prompts: int = 
 
 def bench_april(steps: int = 16, prompts_per_step: int = 8, samples_per_prompt: int = 8, max_tokens: int = 256,
                 max_num_seqs: int = 128, ratio: float = 2.0, seed: int = 0, sft_steps: int = 120,
-                off_policy: str = "tis") -> dict:
+                off_policy: str = "tis", lr: float = 3e-4, repeats: int = 2) -> dict:
+    """Each arm runs `repeats` times, interleaved (sync, APRIL, sync, ...); the rollouts repeat
+    exactly (same seeds), so only the timings differ, and throughput uses each arm's median."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         policy = heavy_tailed_policy(root, max_len=max_tokens, seed=seed, sft_steps=sft_steps)
         before = sampled_reward(load_model(policy), Tokenizer.from_dir(policy), max_tokens, seed)
-        arms = {name: run_arm(policy, root / name, r, steps, prompts_per_step, samples_per_prompt, max_tokens,
-                              max_num_seqs, seed, off_policy)
-                for name, r in (("sync", 1.0), ("april", ratio))}
+        runs: dict[str, list[dict]] = {"sync": [], "april": []}
+        for rep in range(max(1, repeats)):
+            for name, r in (("sync", 1.0), ("april", ratio)):
+                runs[name].append(run_arm(policy, root / f"{name}{rep}", r, steps, prompts_per_step, samples_per_prompt,
+                                          max_tokens, max_num_seqs, seed, off_policy, lr))
+    arms = {}
+    for name, results in runs.items():
+        arms[name] = {**results[0], "tokens_per_s": statistics.median(x["tokens_per_s"] for x in results),
+                      "generated_tokens_per_s": statistics.median(x["generated_tokens_per_s"] for x in results),
+                      "tokens_per_s_per_repeat": [x["tokens_per_s"] for x in results],
+                      "rollout_seconds_per_repeat": [x["rollout_seconds"] for x in results]}
+        del arms[name]["rollout_seconds"]
     return {"device": device_name(resolve_device(None)), "steps": steps, "prompts_per_step": prompts_per_step,
             "samples_per_prompt": samples_per_prompt, "max_tokens": max_tokens, "max_num_seqs": max_num_seqs,
-            "off_policy": off_policy,
+            "off_policy": off_policy, "lr": lr, "repeats": repeats,
             "throughput_ratio": arms["april"]["tokens_per_s"] / arms["sync"]["tokens_per_s"],
             "sampled_eval_reward_before": before, **arms}

@@ -78,6 +78,7 @@ def workload_flops(cfg: ModelConfig, w: Workload) -> float:
 
 
 def run_engine(engine: LLMEngine, w: Workload) -> float:
+    engine.reset_prefix_cache()  # a repeat must prefill its prompts again, as transformers does
     for i, (p, t) in enumerate(zip(w.prompts, w.targets)):
         engine.add_request(f"b{i}", p, SamplingParams(temperature=0, max_tokens=t, ignore_eos=True))
     sync(engine.model.device)

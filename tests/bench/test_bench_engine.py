@@ -33,3 +33,29 @@ def test_forward_flops_counts_matmuls():
     # attention at context 3: 2 * heads 2 * dim 4 * 3 = 48 MACs
     assert forward_flops(cfg, 1, 3) == 2 * (656 + 48)
     assert isinstance(Workload([[1]], [2]).output_tokens, int)
+
+
+def test_every_engine_repeat_prefills_its_prompts(tmp_path):
+    """Repeats run the same prompts: a prefix cache kept between them would skip their prefill,
+    which the transformers arm cannot do."""
+    from reasonrl.bench.engine import run_engine
+    from reasonrl.engine import LLMEngine
+    from reasonrl.engine.config import EngineConfig
+    from reasonrl.models import load_model
+    from reasonrl.models.tiny import make_checkpoint
+
+    engine = LLMEngine(load_model(make_checkpoint(tmp_path / "m", "qwen2")), None,
+                       EngineConfig(max_num_seqs=4, kv_cache_memory=1 << 22, block_size=4))
+    w = make_workload(engine.model.config.vocab_size, 4, (12, 16), 3, 4, seed=0)
+    prefilled = []
+    original = engine.block_manager.admit
+
+    def admit(seq):
+        original(seq)
+        prefilled.append(seq.num_tokens - seq.num_cached)
+
+    engine.block_manager.admit = admit
+    run_engine(engine, w)
+    first, prefilled[:] = list(prefilled), []
+    run_engine(engine, w)
+    assert prefilled == first and min(first) >= 12

@@ -19,6 +19,7 @@ from reasonrl.demo.policy import SHIPPED
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.envs.registry import load_environment
 from reasonrl.models import Tokenizer, load_model
+from reasonrl.models.loader import resolve_device
 from reasonrl.rl.checkpoint import latest_checkpoint
 from reasonrl.rl.config import RunConfig, load_config
 from reasonrl.rl.metrics import read_metrics
@@ -67,14 +68,15 @@ def run_demo(run_dir: str | Path = "runs/demo", steps: int | None = None, measur
     cfg = load_config(RECIPE, {"model.path": str(SHIPPED), "train.run_dir": str(run_dir),
                                **({"train.steps": steps} if steps else {}), **(overrides or {})})
     run_dir = Path(cfg.train.run_dir)  # `--set train.run_dir=...` wins
-    if run_dir.exists():  # the demo always starts from the shipped policy; the last run is kept aside
+    if run_dir.exists():  # the demo always starts afresh; the last run is kept aside
         previous = run_dir.with_name(run_dir.name + ".previous")
         shutil.rmtree(previous, ignore_errors=True)
         run_dir.rename(previous)
         say(f"(the previous run in {run_dir} is now {previous})")
     env = load_environment(cfg.env.name)
     say(f"reasonrl demo: GRPO + APRIL on `sums` (add digits, showing the running total) with the embedded "
-        f"{sum(p.numel() for p in load_model(cfg.model.path).parameters()) / 1e6:.1f}M-parameter policy, CPU.")
+        f"{sum(p.numel() for p in load_model(cfg.model.path).parameters()) / 1e6:.1f}M-parameter policy, "
+        f"on {resolve_device(cfg.model.device).type.upper()}.")
     say(f"[1/3] rollout throughput, synchronous vs APRIL (over-provision {cfg.rollout.over_provision}), "
         f"{measure_steps} rollout steps each ...")
     sync = rollout_throughput(cfg, env, 1.0, measure_steps)

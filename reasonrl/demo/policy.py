@@ -15,21 +15,14 @@ import tempfile
 from pathlib import Path
 
 from reasonrl.envs.sums import SumsEnvironment
-from reasonrl.models import Tokenizer, load_model
+from reasonrl.models import load_model
 from reasonrl.models.loader import save_model
 from reasonrl.models.tiny import make_checkpoint, make_tokenizer
-from reasonrl.rl.sft import SFTConfig, train_sft
-from reasonrl.rollout.sample import Sample
+from reasonrl.rl.sft import SFTConfig, sft_example, train_sft
 
 SHIPPED = Path(__file__).parent / "policy"
 ARCH = dict(family="qwen2", hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384,
             max_position_embeddings=512)
-
-
-def traces_as_samples(rows: list[dict], tok: Tokenizer) -> list[Sample]:
-    eos = list(tok.eos_token_ids[:1])
-    return [Sample(prompt_ids=tok.apply_chat_template(r["prompt"]),
-                   response_ids=tok.encode(r["response"], add_special_tokens=False) + eos) for r in rows]
 
 
 def make_policy(out: str | Path, steps: int = 2000, num_traces: int = 3000, seed: int = 0, log=None) -> Path:
@@ -40,7 +33,7 @@ def make_policy(out: str | Path, steps: int = 2000, num_traces: int = 3000, seed
     with tempfile.TemporaryDirectory() as tmp:
         model = load_model(make_checkpoint(Path(tmp) / "base", tokenizer=tok, seed=seed, **ARCH))
     cfg = SFTConfig(epochs=steps * 32 / len(rows), lr=3e-3, samples_per_step=32, warmup_steps=10, seed=seed)
-    train_sft(model, traces_as_samples(rows, tok), cfg, log)
+    train_sft(model, [sft_example(r["prompt"], r["response"], tok) for r in rows], cfg, log)
     return save_model(model, out, tok)
 
 

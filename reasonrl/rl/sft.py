@@ -39,12 +39,23 @@ class SFTConfig:
     seed: int = 0
 
 
+def sft_example(prompt: str | list[dict], response: str, tokenizer: Tokenizer, chat: bool = True) -> Sample:
+    """One example as a sample: the prompt (a string, or chat messages) through the chat template
+    with its generation prompt, or encoded as it is when not `chat`; the response ends with EOS."""
+    if chat:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    else:
+        prompt_ids = tokenizer.encode(prompt if isinstance(prompt, str) else json.dumps(prompt))
+    eos = list(tokenizer.eos_token_ids[:1])
+    return Sample(prompt_ids=prompt_ids, response_ids=tokenizer.encode(response, add_special_tokens=False) + eos)
+
+
 def load_sft_data(path: str | Path, tokenizer: Tokenizer, chat: bool = True, max_len: int = 2048) -> list[Sample]:
     """Examples as samples (prompt ids, response ids); bad lines raise naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SFT data file {path} does not exist")
-    eos = list(tokenizer.eos_token_ids[:1])
     out, skipped = [], 0
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -56,16 +67,11 @@ def load_sft_data(path: str | Path, tokenizer: Tokenizer, chat: bool = True, max
         prompt, response = row.get("prompt") if isinstance(row, dict) else None, row.get("response") if isinstance(row, dict) else None
         if not isinstance(response, str) or not isinstance(prompt, (str, list)):
             raise ValueError(f"{path}:{n}: needs a string 'response' and a 'prompt' (string or chat messages)")
-        if chat:
-            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-            prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-        else:
-            prompt_ids = tokenizer.encode(prompt if isinstance(prompt, str) else json.dumps(prompt))
-        response_ids = tokenizer.encode(response, add_special_tokens=False) + eos
-        if len(prompt_ids) + len(response_ids) > max_len:
+        sample = sft_example(prompt, response, tokenizer, chat)
+        if len(sample.prompt_ids) + len(sample.response_ids) > max_len:
             skipped += 1
             continue
-        out.append(Sample(prompt_ids=prompt_ids, response_ids=response_ids))
+        out.append(sample)
     if skipped:
         print(f"sft: skipped {skipped} examples longer than max_len={max_len}", file=sys.stderr)
     if not out:

@@ -9,25 +9,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from reasonrl.demo.policy import SHIPPED
-from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.envs.registry import load_environment
 from reasonrl.models import Tokenizer, load_model
-from reasonrl.models.loader import resolve_device
 from reasonrl.rl.checkpoint import latest_checkpoint
 from reasonrl.rl.config import RunConfig, load_config
 from reasonrl.rl.metrics import read_metrics
 from reasonrl.rl.report import write_report
 from reasonrl.rl.trainer import Trainer
-from reasonrl.rollout.april import AprilRollout, RolloutSpec
-from reasonrl.rollout.backend import EngineBackend
-from reasonrl.rollout.prompts import PromptSource
 
 RECIPE = Path(__file__).parent / "demo.yaml"
 
@@ -36,29 +33,20 @@ def say(text: str = "") -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def rollout_throughput(cfg: RunConfig, env, ratio: float, steps: int) -> dict[str, float]:
-    """Rollouts only (no training) from the starting policy: response tokens of finished groups
-    per rollout second, and the tail idle fraction."""
-    policy = load_model(cfg.model.path, cfg.model.device)
-    tok = Tokenizer.from_dir(cfg.model.path)
-    engine = LLMEngine(policy, tok, cfg.engine)
-    r = cfg.rollout
-    spec = RolloutSpec(r.prompts_per_step, r.samples_per_prompt, ratio, r.max_tokens, r.temperature, r.top_p)
-
-    def score(group):
-        texts = [tok.decode(s.response_ids) for s in group.samples]
-        for s, reward in zip(group.samples, env.rewards([group.prompt] * len(texts), texts)):
-            s.reward = reward
-
-    rollout = AprilRollout(EngineBackend(engine), spec, PromptSource(env, cfg.train.seed),
-                           lambda p: tok.apply_chat_template(p.messages), score, cfg.train.seed)
-    seconds = tokens = idle = 0.0
-    rollout.collect(0, 0)  # warm-up, not counted
-    for step in range(1, steps + 1):
-        groups, stats = rollout.collect(step, 0)
-        seconds += stats.seconds
-        tokens += sum(len(s.response_ids) for g in groups for s in g.samples)
-        idle += stats.tail_idle_fraction() * stats.seconds
+def rollout_throughput(cfg: RunConfig, env, policy, tokenizer, ratio: float, steps: int) -> dict[str, float]:
+    """Rollouts only (no training) from the starting policy, through the trainer's own rollout
+    manager: response tokens of finished groups per rollout second, and the tail idle fraction."""
+    with tempfile.TemporaryDirectory() as tmp:
+        arm = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, over_provision=ratio),
+                                  train=dataclasses.replace(cfg.train, run_dir=tmp))
+        rollout = Trainer(arm, env, policy, tokenizer, console=False).rollout
+        seconds = tokens = idle = 0.0
+        rollout.collect(0, 0)  # warm-up, not counted
+        for step in range(1, steps + 1):
+            groups, stats = rollout.collect(step, 0)
+            seconds += stats.seconds
+            tokens += sum(len(s.response_ids) for g in groups for s in g.samples)
+            idle += stats.tail_idle_fraction() * stats.seconds
     return {"tokens_per_s": tokens / seconds, "tail_idle_fraction": idle / seconds, "seconds": seconds}
 
 
@@ -74,21 +62,20 @@ def run_demo(run_dir: str | Path = "runs/demo", steps: int | None = None, measur
         run_dir.rename(previous)
         say(f"(the previous run in {run_dir} is now {previous})")
     env = load_environment(cfg.env.name)
+    policy, tokenizer = load_model(cfg.model.path, cfg.model.device), Tokenizer.from_dir(cfg.model.path)
     say(f"reasonrl demo: GRPO + APRIL on `sums` (add digits, showing the running total) with the embedded "
-        f"{sum(p.numel() for p in load_model(cfg.model.path).parameters()) / 1e6:.1f}M-parameter policy, "
-        f"on {resolve_device(cfg.model.device).type.upper()}.")
+        f"{sum(p.numel() for p in policy.parameters()) / 1e6:.1f}M-parameter policy, on {policy.device.type.upper()}.")
     say(f"[1/3] rollout throughput, synchronous vs APRIL (over-provision {cfg.rollout.over_provision}), "
         f"{measure_steps} rollout steps each ...")
-    sync = rollout_throughput(cfg, env, 1.0, measure_steps)
-    april = rollout_throughput(cfg, env, cfg.rollout.over_provision, measure_steps)
+    sync = rollout_throughput(cfg, env, policy, tokenizer, 1.0, measure_steps)  # no update: the weights stay
+    april = rollout_throughput(cfg, env, policy, tokenizer, cfg.rollout.over_provision, measure_steps)
     ratio = april["tokens_per_s"] / sync["tokens_per_s"]
     say(f"      synchronous {sync['tokens_per_s']:,.0f} tok/s (tail idle {sync['tail_idle_fraction']:.0%}), "
         f"APRIL {april['tokens_per_s']:,.0f} tok/s (tail idle {april['tail_idle_fraction']:.0%}): {ratio:.2f}x")
     say(f"[2/3] RL: {cfg.train.steps} steps of {cfg.rollout.prompts_per_step} prompts x "
         f"{cfg.rollout.samples_per_prompt} samples; held-out greedy accuracy on {cfg.env.eval_size} problems "
         "before, during and after ...")
-    trainer = Trainer(cfg, env, load_model(cfg.model.path, cfg.model.device), Tokenizer.from_dir(cfg.model.path))
-    trainer.train()
+    Trainer(cfg, env, policy, tokenizer).train()
     say("[3/3] report ...")
     records = read_metrics(run_dir)
     evals = [r for r in records if "eval_accuracy" in r]

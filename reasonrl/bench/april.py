@@ -7,9 +7,10 @@ the `letter` task with responses whose lengths follow a log-normal law (median 2
 Both arms then run the same GRPO steps; each reports held-out greedy reward (64 prompts) before
 and after, and the expected reward of the final policy (8 samples at temperature 1 on the same
 64 prompts): the fair "reward at equal steps". The per-step training reward of the APRIL arm is
-over a different mix of samples (recycled long ones, begun by older policies, finish later). Throughput is response tokens of the samples trained on
-per rollout second (tokens of partial samples still in APRIL's buffer at the end are not
-counted, which slightly favours the synchronous arm).
+over a different mix of samples (recycled long ones, begun by older policies, finish later).
+Throughput is response tokens of the samples trained on per rollout second (tokens of partial
+samples still in APRIL's buffer at the end are not counted, which slightly favours the
+synchronous arm). Each arm runs `repeats` times, interleaved; medians are reported.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def sampled_reward(model, tokenizer, max_tokens: int, seed: int, prompts: int = 
     llm = LLM(model, tokenizer, kv_cache_memory=1 << 28)
     outs = llm.chat([p.messages for p in eval_prompts], SamplingParams(temperature=1.0, max_tokens=max_tokens, n=n,
                                                                        seed=seed))
-    rewards = [env.score(p, c.text) for p, o in zip(eval_prompts, outs) for c in o.outputs]
+    rewards = env.rewards([p for p, o in zip(eval_prompts, outs) for _ in o.outputs],
+                          [c.text for o in outs for c in o.outputs])
     return sum(rewards) / len(rewards)
 
 

@@ -18,3 +18,5 @@ def test_bench_april_cli_writes_both_arms(tmp_path):
         assert len(r[arm]["tokens_per_s_per_repeat"]) == 2
         assert r[arm]["tokens_per_s"] == sum(r[arm]["tokens_per_s_per_repeat"]) / 2  # median of two
     assert r["sync"]["off_policy_token_fraction"] == 0
+    assert 0 < r["sampled_eval_reward_before"] <= 1  # the fine-tuned policy writes the letter, mostly
+    assert all(0 <= r[arm]["sampled_eval_reward_after"] <= 1 for arm in ("sync", "april"))

@@ -158,7 +158,7 @@ def cmd_bench(args) -> int:
 
         result = bench_engine(args.model, args.preset, args.num_prompts or 128, args.concurrency, args.median_tokens,
                               args.max_tokens or 384, device=args.device, dtype=args.dtype, skip_hf=args.skip_hf,
-                              repeats=args.repeats or 3)
+                              repeats=3 if args.repeats is None else args.repeats)
     elif args.workload == "ttt":
         from reasonrl.envs.ttt.bench import benchmark
 
@@ -172,7 +172,7 @@ def cmd_bench(args) -> int:
 
         result = bench_april(args.steps, args.prompts_per_step, args.samples_per_prompt, args.max_tokens or 256,
                              args.concurrency * 2, args.ratio, sft_steps=args.sft_steps, off_policy=args.off_policy,
-                             repeats=args.repeats or 2)
+                             repeats=2 if args.repeats is None else args.repeats)
     else:  # argparse restricts the choices
         raise AssertionError(args.workload)
     write_json(result, args.json)

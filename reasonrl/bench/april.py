@@ -102,12 +102,14 @@ def bench_april(steps: int = 16, prompts_per_step: int = 8, samples_per_prompt: 
                 off_policy: str = "tis", lr: float = 3e-4, repeats: int = 2) -> dict:
     """Each arm runs `repeats` times, interleaved (sync, APRIL, sync, ...); the rollouts repeat
     exactly (same seeds), so only the timings differ, and throughput uses each arm's median."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         policy = heavy_tailed_policy(root, max_len=max_tokens, seed=seed, sft_steps=sft_steps)
         before = sampled_reward(load_model(policy), Tokenizer.from_dir(policy), max_tokens, seed)
         runs: dict[str, list[dict]] = {"sync": [], "april": []}
-        for rep in range(max(1, repeats)):
+        for rep in range(repeats):
             for name, r in (("sync", 1.0), ("april", ratio)):
                 runs[name].append(run_arm(policy, root / f"{name}{rep}", r, steps, prompts_per_step, samples_per_prompt,
                                           max_tokens, max_num_seqs, seed, off_policy, lr))

@@ -136,6 +136,8 @@ def bench_engine(model: str | None = None, preset: str = "20m", num_prompts: int
                  repeats: int = 3) -> dict:
     """Each arm runs `repeats` times, interleaved (engine, transformers, engine, ...) so that a slow
     spell of a shared machine hits both; tokens/s and the ratio use each arm's median time."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
     dev = resolve_device(device)
     tmp = None
     if model is None:
@@ -149,7 +151,7 @@ def bench_engine(model: str | None = None, preset: str = "20m", num_prompts: int
     engine = LLMEngine(lm, None, EngineConfig(max_num_seqs=concurrency, max_model_len=prompt_len[1] + max_tokens + 8))
     run_engine(engine, make_workload(cfg.vocab_size, 4, (8, 16), 8, 8, seed + 1))  # warm-up
     engine_runs, hf_runs = [], []
-    for _ in range(max(1, repeats)):
+    for _ in range(repeats):
         engine_runs.append(run_engine(engine, w))
         if not skip_hf:
             hf_runs.append(run_transformers(model, w, concurrency, dev, torch_dtype))

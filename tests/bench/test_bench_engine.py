@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from reasonrl.bench.engine import Workload, forward_flops, make_workload
 from reasonrl.cli import main
 from reasonrl.models.tiny import tiny_config
@@ -59,3 +61,9 @@ def test_every_engine_repeat_prefills_its_prompts(tmp_path):
     first, prefilled[:] = list(prefilled), []
     run_engine(engine, w)
     assert prefilled == first and min(first) >= 12
+
+
+@pytest.mark.parametrize("workload", ["engine", "april"])
+def test_bench_rejects_zero_repeats_with_one_line(workload, capsys):
+    assert main(["bench", workload, "--repeats", "0"]) == 2
+    assert "repeats must be at least 1, got 0" in capsys.readouterr().err

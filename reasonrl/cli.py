@@ -16,7 +16,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-num-batched-tokens", type=int, default=4096, help="tokens per step; longer prompts are chunked")
     g.add_argument("--kv-cache-memory", type=_bytes, help="KV cache size, e.g. 2GiB (default: 1GiB on CPU, 85%% of free GPU memory)")
     g.add_argument("--block-size", type=int, default=16)
-    g.add_argument("--kv-format", default="dense")
+    g.add_argument("--kv-format", default="dense", help="KV-cache storage: dense (see docs/engine.md for the others)")
+    g.add_argument("--kv-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="a parameter of the KV format, e.g. --kv-option bits=4 (repeatable)")
     g.add_argument("--no-prefix-caching", action="store_true")
     g.add_argument("--seed", type=int, default=0, help="draws the seeds of requests that set none")
 
@@ -24,7 +26,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 def engine_kwargs(args) -> dict:
     return dict(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, block_size=args.block_size,
                 max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
-                kv_format=args.kv_format, enable_prefix_caching=not args.no_prefix_caching, seed=args.seed)
+                kv_format=args.kv_format, kv_options=_overrides(args.kv_option, "--kv-option"),
+                enable_prefix_caching=not args.no_prefix_caching, seed=args.seed)
 
 
 def _bytes(text: str) -> int:
@@ -68,14 +71,14 @@ def make_environment(spec: str):
     return load_environment(spec if ":" in spec else spec + ":")
 
 
-def _overrides(pairs: list[str]) -> dict:
+def _overrides(pairs: list[str], flag: str = "--set") -> dict:
     import yaml
 
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ValueError(f"--set expects section.key=value, got {pair!r}")
+            raise ValueError(f"{flag} expects name=value, got {pair!r}")
         out[key] = yaml.safe_load(value)
     return out
 

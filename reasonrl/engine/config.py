@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(slots=True)
@@ -20,6 +20,9 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.85
     enable_prefix_caching: bool = True
     kv_format: str = "dense"
+    """How keys and values are stored: a name in `reasonrl.engine.kv.FORMATS`."""
+    kv_options: dict = field(default_factory=dict)
+    """The format's parameters (e.g. bits, group size); unknown names fail when the engine starts."""
     seed: int = 0
     """Draws the seeds of requests that do not set one."""
 
@@ -32,6 +35,8 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.max_model_len must be an integer >= 2, got {self.max_model_len!r}")
         if self.kv_cache_memory is not None and (not isinstance(self.kv_cache_memory, int) or self.kv_cache_memory <= 0):
             raise ValueError(f"EngineConfig.kv_cache_memory must be a positive number of bytes, got {self.kv_cache_memory!r}")
+        if not isinstance(self.kv_options, dict):
+            raise ValueError(f"EngineConfig.kv_options must be a mapping of format parameters, got {self.kv_options!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"EngineConfig.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
 

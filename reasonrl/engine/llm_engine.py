@@ -54,8 +54,9 @@ class LLMEngine:
         self.max_model_len = cfg.max_model_len or mcfg.max_position_embeddings
         self.eos_ids = set(tokenizer.eos_token_ids if tokenizer else mcfg.eos_token_ids)
         fmt = get_format(cfg.kv_format)
-        num_blocks = self._num_blocks(fmt.bytes_per_block(mcfg, cfg.block_size, model.dtype))
-        self.kv = fmt(mcfg, num_blocks, cfg.block_size, model.device, model.dtype)
+        fmt.check_options(cfg.kv_options)
+        num_blocks = self._num_blocks(fmt.bytes_per_block(mcfg, cfg.block_size, model.dtype, **cfg.kv_options))
+        self.kv = fmt(mcfg, num_blocks, cfg.block_size, model.device, model.dtype, **cfg.kv_options)
         self.kv.allocate()
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)

@@ -58,7 +58,8 @@ def test_engine_logprobs_equal_training_forward(hf_checkpoint, temperature):
         with torch.no_grad():
             logits = model.compute_logits(model.forward_padded(ids))[0, len(p) - 1:-1] / temperature
         expected = logits.log_softmax(-1).gather(1, torch.tensor(out.token_ids)[:, None])[:, 0]
-        torch.testing.assert_close(torch.tensor(out.logprobs), expected, atol=1e-5, rtol=0)
+        # fp32 paged attention vs one padded forward: rounding only (log-probs here reach about -10)
+        torch.testing.assert_close(torch.tensor(out.logprobs), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])

@@ -15,13 +15,24 @@ from reasonrl.models.config import ModelConfig
 
 class KVFormat:
     name = "base"
+    options: tuple[str, ...] = ()
+    """Names of the keyword parameters the format takes (`EngineConfig.kv_options`)."""
 
-    def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype,
+                 **options):
+        self.check_options(options)
         self.cfg, self.num_blocks, self.block_size = cfg, num_blocks, block_size
         self.device, self.dtype = device, dtype
 
     @classmethod
-    def bytes_per_block(cls, cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    def check_options(cls, options: dict) -> None:
+        unknown = set(options) - set(cls.options)
+        if unknown:
+            known = ", ".join(cls.options) or "none"
+            raise ValueError(f"kv_format {cls.name!r} has no option(s) {', '.join(sorted(unknown))}; it takes: {known}")
+
+    @classmethod
+    def bytes_per_block(cls, cfg: ModelConfig, block_size: int, dtype: torch.dtype, **options) -> int:
         """Bytes one block of all layers takes, to size the cache before allocating it."""
         raise NotImplementedError
 
@@ -49,3 +60,9 @@ class KVFormat:
 
     def attend(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         raise NotImplementedError
+
+    def copy_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Move the keys and values of cache slots `src` to slots `dst` in every layer (speculative
+        decoding keeps the accepted path of a draft tree this way). Slots in `dst` are after every
+        slot in `src` that is still to be read."""
+        raise NotImplementedError(f"kv_format {self.name!r} does not support speculative decoding (copy_slots)")

@@ -18,7 +18,7 @@ class DenseKV(KVFormat):
     name = "dense"
 
     @classmethod
-    def bytes_per_block(cls, cfg, block_size, dtype):
+    def bytes_per_block(cls, cfg, block_size, dtype, **options):
         return 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * torch.empty((), dtype=dtype).element_size()
 
     def allocate(self):
@@ -37,6 +37,10 @@ class DenseKV(KVFormat):
         flat = self.cache[layer].view(2, -1, k.shape[1], k.shape[2])  # (2, blocks * block_size, H, D)
         flat[0].index_copy_(0, slots, k.to(self.dtype))
         flat[1].index_copy_(0, slots, v.to(self.dtype))
+
+    def copy_slots(self, src, dst):
+        flat = self.cache.flatten(2, 3)  # (layers, 2, blocks * block_size, H, D)
+        flat[:, :, dst] = flat[:, :, src]
 
     def attend(self, layer, q, meta: AttentionMetadata):
         k_cache, v_cache = self.cache[layer, 0], self.cache[layer, 1]  # (blocks, block_size, H, D)

@@ -24,8 +24,9 @@ class Block:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True, on_free=None):
         self.block_size = block_size
+        self.on_free = on_free  # called with the ids of blocks whose last holder let go
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
@@ -99,13 +100,17 @@ class BlockManager:
         block.ref_count += 1
 
     def release(self, seq: Sequence) -> None:
+        freed = []
         for block_id in reversed(seq.block_table):  # tail blocks are freed first, so evicted first
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.free[block_id] = None
+                freed.append(block_id)
         seq.block_table = []
         seq.num_computed = 0
+        if freed and self.on_free is not None:
+            self.on_free(freed)
 
     def reset_prefix_cache(self) -> None:
         """Forget every cached hash, e.g. after the weights change and cached keys/values are stale."""

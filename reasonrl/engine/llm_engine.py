@@ -56,9 +56,9 @@ class LLMEngine:
         fmt = get_format(cfg.kv_format)
         fmt.check_options(cfg.kv_options)
         num_blocks = self._num_blocks(fmt.bytes_per_block(mcfg, cfg.block_size, model.dtype, **cfg.kv_options))
-        self.kv = fmt(mcfg, num_blocks, cfg.block_size, model.device, model.dtype, **cfg.kv_options)
+        self.kv = fmt(mcfg, num_blocks, cfg.block_size, model.device, model.dtype, cfg.max_num_seqs, **cfg.kv_options)
         self.kv.allocate()
-        self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching, self.kv.free_blocks)
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.runner = ModelRunner(model, self.kv, cfg.block_size)
         self.requests: dict[str, Request] = {}

@@ -19,10 +19,11 @@ class KVFormat:
     """Names of the keyword parameters the format takes (`EngineConfig.kv_options`)."""
 
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype,
-                 **options):
+                 max_num_seqs: int = 256, **options):
         self.check_options(options)
         self.cfg, self.num_blocks, self.block_size = cfg, num_blocks, block_size
         self.device, self.dtype = device, dtype
+        self.max_num_seqs = max_num_seqs  # at most this many blocks are partly filled at once (one per sequence)
 
     @classmethod
     def check_options(cls, options: dict) -> None:
@@ -33,7 +34,9 @@ class KVFormat:
 
     @classmethod
     def bytes_per_block(cls, cfg: ModelConfig, block_size: int, dtype: torch.dtype, **options) -> int:
-        """Bytes one block of all layers takes, to size the cache before allocating it."""
+        """Bytes one block of all layers takes, to size the cache before allocating it (a format
+        with fixed-size side buffers, e.g. a full-precision staging pool, sizes them in `allocate`
+        and counts them in `storage()`)."""
         raise NotImplementedError
 
     def storage(self) -> list[torch.Tensor]:
@@ -60,6 +63,10 @@ class KVFormat:
 
     def attend(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         raise NotImplementedError
+
+    def free_blocks(self, block_ids: list[int]) -> None:
+        """Called when no sequence holds these blocks any more (a full one may still be reused from
+        the prefix cache; a partly filled one never is): release per-block side state."""
 
     def copy_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         """Move the keys and values of cache slots `src` to slots `dst` in every layer (speculative

@@ -21,13 +21,18 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="a parameter of the KV format, e.g. --kv-option bits=4 (repeatable)")
     g.add_argument("--no-prefix-caching", action="store_true")
     g.add_argument("--seed", type=int, default=0, help="draws the seeds of requests that set none")
+    g.add_argument("--draft", help="draft-head checkpoint (reasonrl distill-draft): speculative decoding")
+    g.add_argument("--draft-top-k", type=int, default=8, help="draft tree: children per expanded node")
+    g.add_argument("--draft-depth", type=int, default=6, help="draft tree: deepest draft token")
+    g.add_argument("--draft-tokens", type=int, default=32, help="draft tree: draft tokens verified per step")
 
 
 def engine_kwargs(args) -> dict:
     return dict(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, block_size=args.block_size,
                 max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
                 kv_format=args.kv_format, kv_options=_overrides(args.kv_option, "--kv-option"),
-                enable_prefix_caching=not args.no_prefix_caching, seed=args.seed)
+                enable_prefix_caching=not args.no_prefix_caching, seed=args.seed, draft=args.draft,
+                draft_top_k=args.draft_top_k, draft_depth=args.draft_depth, draft_tokens=args.draft_tokens)
 
 
 def _bytes(text: str) -> int:
@@ -111,6 +116,17 @@ def cmd_sft(args) -> int:
     cfg = SFTConfig(epochs=args.epochs, lr=args.lr, samples_per_step=args.samples_per_step, chat=not args.no_chat,
                     max_tokens_per_microbatch=args.max_tokens_per_microbatch, max_len=args.max_len, seed=args.seed)
     out = run_sft(args.model, args.data, args.out, cfg, args.device)
+    print(f"saved {out}")
+    return 0
+
+
+def cmd_distill_draft(args) -> int:
+    from reasonrl.engine.spec.distill import DistillConfig, run_distill
+
+    cfg = DistillConfig(steps=args.steps, prompts_per_step=args.prompts_per_step, max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, lr=args.lr, eval_every=args.eval_every, seed=args.seed)
+    out = run_distill(args.target, make_environment(args.env), args.out, cfg, num_prompts=args.num_prompts,
+                      eval_prompts=args.eval_prompts, init=args.init, device=args.device, dtype=args.dtype)
     print(f"saved {out}")
     return 0
 
@@ -256,6 +272,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="JSONL file to write")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("distill-draft", help="train a speculative-decoding draft head against a target, online")
+    p.add_argument("target", help="target checkpoint directory")
+    p.add_argument("--out", required=True, help="where to save the draft (draft_config.json, draft.safetensors, log)")
+    p.add_argument("--env", default="sums:", help="environment whose prompts the target answers (e.g. math:FILE.jsonl)")
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--prompts-per-step", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=96, help="length of the target's training responses")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the training responses")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-every", type=int, default=100, help="steps between held-out accepted-length checks")
+    p.add_argument("--num-prompts", type=int, default=2048, help="training prompts drawn from the environment")
+    p.add_argument("--eval-prompts", type=int, default=32, help="held-out prompts (the environment's eval split)")
+    p.add_argument("--init", help="a draft checkpoint to continue from")
+    p.add_argument("--device")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_distill_draft)
 
     p = sub.add_parser("report", help="plots and a summary of a training run")
     p.add_argument("run_dir")

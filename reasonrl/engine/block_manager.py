@@ -70,15 +70,44 @@ class BlockManager:
         in the same step may reuse them, because each layer writes every new token's keys and values
         before any token attends."""
         for _ in range(self.blocks_needed(seq, num_new_tokens)):
-            block_id, _ = self.free.popitem(last=False)
-            block = self.blocks[block_id]
-            if block.hash is not None and self.cached.get(block.hash) == block_id:
-                del self.cached[block.hash]
-            block.hash, block.token_ids = None, ()
-            block.ref_count = 1
-            seq.block_table.append(block_id)
+            seq.block_table.append(self._fresh())
         if self.enable_prefix_caching:
             self._register(seq, seq.num_computed + num_new_tokens)
+
+    def reserve(self, seq: Sequence, num_new_tokens: int) -> bool:
+        """Allocate blocks for `num_new_tokens` provisional tokens (a draft tree), unregistered;
+        False, allocating nothing, if there are not enough free blocks."""
+        if not self.can_append(seq, num_new_tokens):
+            return False
+        for _ in range(self.blocks_needed(seq, num_new_tokens)):
+            seq.block_table.append(self._fresh())
+        return True
+
+    def settle(self, seq: Sequence, num_new_tokens: int) -> None:
+        """After a draft tree: `num_new_tokens` of the provisional tokens stay. Frees the blocks past
+        them and registers the blocks they complete."""
+        keep = -(-(seq.num_computed + num_new_tokens) // self.block_size)
+        freed = []
+        while len(seq.block_table) > keep:
+            block = self.blocks[seq.block_table.pop()]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free[block.block_id] = None
+                freed.append(block.block_id)
+        if freed and self.on_free is not None:
+            self.on_free(freed)
+        if self.enable_prefix_caching:
+            self._register(seq, seq.num_computed + num_new_tokens)
+
+    def _fresh(self) -> int:
+        """Take the least recently freed block, forgetting what it cached."""
+        block_id, _ = self.free.popitem(last=False)
+        block = self.blocks[block_id]
+        if block.hash is not None and self.cached.get(block.hash) == block_id:
+            del self.cached[block.hash]
+        block.hash, block.token_ids = None, ()
+        block.ref_count = 1
+        return block_id
 
     def _register(self, seq: Sequence, num_tokens: int) -> None:
         bs = self.block_size

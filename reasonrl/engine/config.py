@@ -25,9 +25,17 @@ class EngineConfig:
     """The format's parameters (e.g. bits, group size); unknown names fail when the engine starts."""
     seed: int = 0
     """Draws the seeds of requests that do not set one."""
+    draft: str | None = None
+    """A draft-head checkpoint (`reasonrl distill-draft`): turns on speculative decoding."""
+    draft_top_k: int = 8
+    """Draft tree: children per expanded node and nodes expanded per depth."""
+    draft_depth: int = 6
+    """Draft tree: deepest draft token."""
+    draft_tokens: int = 32
+    """Draft tree: draft tokens verified per sequence and step."""
 
     def __post_init__(self):
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size"):
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "draft_top_k", "draft_depth", "draft_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")

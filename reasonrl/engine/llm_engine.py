@@ -22,10 +22,13 @@ import torch
 from reasonrl.engine.block_manager import BlockManager
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.kv import get_format
-from reasonrl.engine.model_runner import ModelRunner, Sampled
+from reasonrl.engine.kv.base import KVFormat
+from reasonrl.engine.model_runner import ModelRunner, Sampled, StepResult
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.scheduler import Scheduler
 from reasonrl.engine.sequence import RequestOutput, Sequence
+from reasonrl.engine.spec.draft import DraftHead
+from reasonrl.engine.spec.speculator import SpecConfig, Speculator
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.tokenizer import IncrementalDecoder, Tokenizer
 
@@ -47,7 +50,9 @@ class Request:
 
 
 class LLMEngine:
-    def __init__(self, model: DecoderLM, tokenizer: Tokenizer | None = None, config: EngineConfig | None = None):
+    def __init__(self, model: DecoderLM, tokenizer: Tokenizer | None = None, config: EngineConfig | None = None,
+                 draft: DraftHead | None = None):
+        """`draft` (or `config.draft`, a checkpoint path) turns on speculative decoding."""
         self.model, self.tokenizer = model, tokenizer
         self.config = cfg = config or EngineConfig()
         mcfg = model.config
@@ -61,11 +66,23 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching, self.kv.free_blocks)
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.runner = ModelRunner(model, self.kv, cfg.block_size)
+        self.speculator = self._speculator(draft)
         self.requests: dict[str, Request] = {}
         self._done_at_add: list[RequestOutput] = []
         self._next_seq_id = 0
         self._rng = random.Random(cfg.seed)
         self.num_generated_tokens = 0
+
+    def _speculator(self, draft: DraftHead | None) -> Speculator | None:
+        cfg = self.config
+        if draft is None and cfg.draft is None:
+            return None
+        if type(self.kv).copy_slots is KVFormat.copy_slots:
+            raise ValueError(f"speculative decoding needs a KV format that can move cache slots; "
+                             f"kv_format {cfg.kv_format!r} cannot (use dense)")
+        draft = draft or DraftHead.load(cfg.draft, self.model)
+        spec = SpecConfig(top_k=cfg.draft_top_k, depth=cfg.draft_depth, num_nodes=cfg.draft_tokens)
+        return Speculator(draft, self.kv, self.block_manager, spec, self.max_model_len)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device=None, dtype=None, **engine_kwargs) -> LLMEngine:
@@ -140,7 +157,7 @@ class LLMEngine:
         for seq in request.seqs:
             if not seq.finished:
                 seq.finish("abort")
-            self.scheduler.remove(seq)
+            self._drop(seq)
         return request.output()
 
     def abort_all(self) -> list[RequestOutput]:
@@ -155,21 +172,48 @@ class LLMEngine:
         outputs, self._done_at_add = self._done_at_add, []
         scheduled = self.scheduler.schedule()
         if scheduled:
-            sampled = self.runner.run(scheduled)
-            outputs += self._postprocess(scheduled, sampled)
+            trees = {}
+            if self.speculator is not None:
+                spare = self.config.max_num_batched_tokens - sum(n for _, n in scheduled)
+                trees = self.speculator.propose(scheduled, spare)
+            result = self.runner.run(scheduled, trees)
+            if self.speculator is not None:
+                self._collect_features(scheduled, result)
+            outputs += self._postprocess(scheduled, result, trees)
         return outputs
 
-    def _postprocess(self, scheduled: list[tuple[Sequence, int]], sampled: dict[int, Sampled]) -> list[RequestOutput]:
+    def _collect_features(self, scheduled: list[tuple[Sequence, int]], result: StepResult) -> None:
+        """Hand the draft the target's hidden states of the tokens that stay in the cache."""
+        starts = result.batch.meta.query_start
+        for b, (seq, _) in enumerate(scheduled):
+            if not self.speculator.wants(seq):
+                continue
+            verdict = result.verdicts.get(seq.seq_id)
+            rows = range(starts[b], starts[b + 1]) if verdict is None else [starts[b] + r for r in verdict.rows]
+            self.speculator.observe(seq, seq.num_computed, result.hidden[list(rows)])
+
+    def _postprocess(self, scheduled: list[tuple[Sequence, int]], result: StepResult, trees) -> list[RequestOutput]:
         touched: dict[str, Request] = {}
         for seq, n in scheduled:
-            seq.num_computed += n
-            s = sampled.get(seq.seq_id)
-            if s is None:
-                continue
-            self._append(seq, s)
+            verdict = result.verdicts.get(seq.seq_id)
+            if verdict is not None:
+                self.speculator.record(verdict)
+                for i, token in enumerate(verdict.tokens):
+                    self._append(seq, Sampled(token, verdict.logprobs[i], verdict.top[i] if verdict.top else None))
+                    if seq.finished:
+                        break
+                if not seq.finished:
+                    self.speculator.settle(seq, trees[seq.seq_id], verdict)
+                seq.num_computed += len(verdict.rows)
+            else:
+                seq.num_computed += n
+                s = result.sampled.get(seq.seq_id)
+                if s is None:
+                    continue
+                self._append(seq, s)
             touched[seq.request_id] = self.requests[seq.request_id]
             if seq.finished:
-                self.scheduler.remove(seq)
+                self._drop(seq)
         outputs = []
         for request in touched.values():
             if request.finished:
@@ -177,6 +221,11 @@ class LLMEngine:
             if request.finished or request.stream:
                 outputs.append(request.output())
         return outputs
+
+    def _drop(self, seq: Sequence) -> None:
+        self.scheduler.remove(seq)
+        if self.speculator is not None:
+            self.speculator.forget(seq)
 
     def _append(self, seq: Sequence, s: Sampled) -> None:
         seq.output_ids.append(s.token)
@@ -242,4 +291,4 @@ class LLMEngine:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_blocks_used": len(bm.blocks) - bm.num_free, "kv_blocks_total": len(bm.blocks),
                 "kv_bytes_per_token": self.kv.bytes_per_token, "preemptions": self.scheduler.num_preemptions,
-                "generated_tokens": self.num_generated_tokens}
+                "generated_tokens": self.num_generated_tokens, **(self.speculator.stats() if self.speculator else {})}

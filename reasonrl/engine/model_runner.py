@@ -1,8 +1,9 @@
 """`ModelRunner`: turns one step's scheduled sequences into a flat batch, runs the model, samples.
 
-All new tokens of the step (prefill chunks and decode tokens alike) are concatenated into one
-(N,) batch; `AttentionMetadata` says which rows belong to which sequence and where their keys and
-values live. A sequence samples when this step computes its last pending token.
+All new tokens of the step (prefill chunks, decode tokens and draft trees alike) are concatenated
+into one (N,) batch; `AttentionMetadata` says which rows belong to which sequence and where their
+keys and values live. A sequence samples when this step computes its last pending token; a
+sequence with a draft tree is verified instead (spec/verify.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from reasonrl.engine.attention import AttentionMetadata, PagedAttention
 from reasonrl.engine.kv.base import KVFormat
 from reasonrl.engine.sampler import SamplingBatch, sample
 from reasonrl.engine.sequence import Sequence
+from reasonrl.engine.spec.tree import DraftTree
+from reasonrl.engine.spec.verify import Verdict, verify
 from reasonrl.models.model import DecoderLM
 
 
@@ -34,27 +37,42 @@ class StepBatch:
     sample_seqs: list[Sequence]
 
 
+@dataclass
+class StepResult:
+    sampled: dict[int, Sampled]  # by seq_id, for sequences that sampled one token
+    verdicts: dict[int, Verdict]  # by seq_id, for sequences that verified a draft tree
+    hidden: torch.Tensor  # (N, hidden) the target's final hidden states of every row
+    batch: StepBatch
+
+
 class ModelRunner:
     def __init__(self, model: DecoderLM, kv: KVFormat, block_size: int):
         self.model, self.kv, self.block_size = model, kv, block_size
         self.device = model.device
 
-    def prepare(self, scheduled: list[tuple[Sequence, int]], masks: list | None = None) -> StepBatch:
-        bs = self.block_size
+    def prepare(self, scheduled: list[tuple[Sequence, int]], trees: dict[int, DraftTree] | None = None) -> StepBatch:
+        """A tree's rows sit at the slots after its root, in row order, at positions root + depth."""
+        bs, trees = self.block_size, trees or {}
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
-        query_start, context_lens, tables = [0], [], []
+        query_start, context_lens, tables, masks = [0], [], [], []
         sample_rows, sample_seqs = [], []
         for seq, n in scheduled:
-            start, table = seq.num_computed, seq.block_table
-            ids += seq.tokens(start, start + n)
-            positions += range(start, start + n)
+            start, table, tree = seq.num_computed, seq.block_table, trees.get(seq.seq_id)
+            if tree is not None:
+                n = tree.size
+                ids += tree.tokens
+                positions += [start + d for d in tree.depths]
+            else:
+                ids += seq.tokens(start, start + n)
+                positions += range(start, start + n)
             slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
             query_start.append(query_start[-1] + n)
             context_lens.append(start + n)
             tables.append(table)
-            if start + n == seq.num_tokens:
+            masks.append(None if tree is None else tree.mask(self.device))
+            if tree is None and start + n == seq.num_tokens:
                 sample_rows.append(query_start[-1] - 1)
                 sample_seqs.append(seq)
         width = max(len(t) for t in tables)
@@ -65,16 +83,30 @@ class ModelRunner:
             context_lens=context_lens,
             block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=dev),
             context_lens_t=torch.tensor(context_lens, dtype=torch.int32, device=dev),
-            masks=masks,
+            masks=masks if trees else None,
         )
         return StepBatch(torch.tensor(ids, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
                          meta, sample_rows, sample_seqs)
 
     @torch.no_grad()
-    def run(self, scheduled: list[tuple[Sequence, int]]) -> dict[int, Sampled]:
-        """Run one step; returns the sampled token of each sequence that sampled, by seq_id."""
-        batch = self.prepare(scheduled)
+    def run(self, scheduled: list[tuple[Sequence, int]], trees: dict[int, DraftTree] | None = None) -> StepResult:
+        """Run one step: sample the sequences that finished their pending tokens, verify the trees."""
+        batch = self.prepare(scheduled, trees)
         hidden = self.model(batch.input_ids, batch.positions, PagedAttention(self.kv, batch.meta))
+        verdicts = self._verify(scheduled, trees, batch, hidden) if trees else {}
+        return StepResult(self._sample(batch, hidden), verdicts, hidden, batch)
+
+    def _verify(self, scheduled, trees, batch: StepBatch, hidden: torch.Tensor) -> dict[int, Verdict]:
+        spans = [(seq, batch.meta.query_start[b], batch.meta.query_start[b + 1])
+                 for b, (seq, _) in enumerate(scheduled) if seq.seq_id in trees]
+        logits = self.model.compute_logits(torch.cat([hidden[lo:hi] for _, lo, hi in spans]))
+        out, row = {}, 0
+        for seq, lo, hi in spans:
+            out[seq.seq_id] = verify(trees[seq.seq_id], logits[row: row + hi - lo], seq.params, seq.seed, len(seq.output_ids))
+            row += hi - lo
+        return out
+
+    def _sample(self, batch: StepBatch, hidden: torch.Tensor) -> dict[int, Sampled]:
         if not batch.sample_seqs:
             return {}
         logits = self.model.compute_logits(hidden[batch.sample_rows])

@@ -54,7 +54,16 @@ def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.
     return (-torch.log(-torch.log(u))).float()
 
 
-def _filter(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+def uniform(seeds: torch.Tensor, steps: torch.Tensor, salt: int) -> torch.Tensor:
+    """(S,) float64 uniforms in (0, 1), a pure function of (seed, step, salt); independent of the
+    Gumbel noise of the same (seed, step) for salt > 0 (speculative decoding's acceptance coins)."""
+    key = _fmix(_fmix((seeds >> 32) & _M32) ^ (seeds & _M32))
+    key = _fmix(key ^ _fmix(steps & _M32))
+    bits = _fmix(_fmix(key ^ _fmix((0x7F4A7C15 * (salt + 1)) & _M32)) ^ key)
+    return (bits.double() + 0.5) / 4294967296.0
+
+
+def filter_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     """Mask to -inf what top-k, top-p and min-p exclude. logits (S, V) are already temperature-scaled."""
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     probs = sorted_logits.softmax(-1)
@@ -78,7 +87,7 @@ def sample(logits: torch.Tensor, batch: SamplingBatch):
     logprobs = scaled.log_softmax(-1)
     tokens = logits.argmax(-1)
     if not bool(greedy.all()):
-        candidates = _filter(scaled, batch) if batch.any_filter else scaled
+        candidates = filter_logits(scaled, batch) if batch.any_filter else scaled
         drawn = (candidates + gumbel_noise(batch.seeds, batch.steps, logits.shape[1])).argmax(-1)
         tokens = torch.where(greedy, tokens, drawn)
     token_logprobs = logprobs.gather(1, tokens[:, None])[:, 0]

@@ -27,6 +27,8 @@ class SamplingParams:
     logprobs: int = 0
     """Also return the top-n log-probs per position; the sampled token's log-prob is always returned."""
     detokenize: bool = True
+    speculative: bool = True
+    """Decode with the engine's draft head, when it has one (the output distribution is the same)."""
 
     def __post_init__(self):
         if isinstance(self.stop, str):

@@ -1,0 +1,178 @@
+"""Online-logit distillation of a draft head (SpecVLM §3.5, arXiv 2509.11815; EAGLE's recipe).
+
+Nothing is stored ahead: each step the target generates responses to a batch of prompts with the
+engine, then one teacher forward over prompt + response gives its features f and logits z, and
+the draft learns, row by row,
+
+    L = 0.1 * CE(softmax(z_{j+1}), draft_logits_j) + 1.0 * SmoothL1(draft_out_j, f_{j+1})
+
+from inputs (x_{j+1}, f_j + noise). Only the draft trains; the target is frozen and shared with
+the generating engine. Every `eval_every` steps the draft decodes held-out prompts greedily inside
+the engine and the average accepted length (tokens per verification) is logged.
+
+Departures: EAGLE trains offline on a fixed corpus regenerated once by the target; SpecVLM on
+instruction data with the teacher recomputed each step. Here the responses themselves are also
+generated on the fly by the target (sampled at `temperature`), so the draft sees the target's own
+distribution. Feature noise is uniform in [-noise, noise] as in EAGLE (0.1 here, EAGLE 0.2 of
+unnormalised features).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.llm_engine import LLMEngine
+from reasonrl.engine.sampling_params import SamplingParams
+from reasonrl.engine.spec.draft import DraftHead, DraftInfo, fingerprint, read_info
+from reasonrl.models.model import CausalAttention, DecoderLM
+
+
+@dataclass
+class DistillConfig:
+    steps: int = 400
+    prompts_per_step: int = 16
+    max_new_tokens: int = 96
+    temperature: float = 1.0
+    """Sampling temperature of the target's training responses."""
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    logit_weight: float = 0.1
+    feature_weight: float = 1.0
+    feature_noise: float = 0.1
+    eval_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "prompts_per_step", "max_new_tokens", "eval_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"distill: {name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.lr <= 0 or self.temperature < 0:
+            raise ValueError("distill: lr must be > 0 and temperature >= 0")
+
+
+def distillation_loss(draft: DraftHead, ids: torch.Tensor, lengths: torch.Tensor, cfg: DistillConfig,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """ids (B, T) right-padded sequences of `lengths` tokens -> the loss of the module docstring."""
+    target = draft.target
+    b, t = ids.shape
+    with torch.no_grad():
+        feats = target.forward_padded(ids)  # (B, T, h)
+        teacher = target.compute_logits(feats[:, 1:]).float().softmax(-1)  # (B, T-1, V): predicts x_{j+2}
+    inputs = feats[:, :-1]
+    if cfg.feature_noise:
+        noise = torch.rand(inputs.shape, generator=generator, device="cpu").to(inputs.device, inputs.dtype)
+        inputs = inputs + (2 * noise - 1) * cfg.feature_noise
+    positions = torch.arange(1, t, device=ids.device).repeat(b)
+    out = draft(ids[:, 1:].reshape(-1), inputs.reshape(b * (t - 1), -1), positions, CausalAttention(b, t - 1))
+    out = out.view(b, t - 1, -1)
+    valid = torch.arange(1, t, device=ids.device)[None, :] < lengths[:, None]  # row j needs position j + 1
+    logp = draft.logits(out).float().log_softmax(-1)
+    ce = -(teacher * logp).sum(-1)[valid].mean()
+    l1 = F.smooth_l1_loss(out[valid].float(), feats[:, 1:][valid].float())
+    top1 = (logp.argmax(-1) == teacher.argmax(-1))[valid].float().mean()
+    loss = cfg.logit_weight * ce + cfg.feature_weight * l1
+    return loss, {"ce": ce.item(), "smooth_l1": l1.item(), "top1": top1.item()}
+
+
+def generate(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
+    """prompt + response token ids of every prompt, in order."""
+    for i, p in enumerate(prompts):
+        engine.add_request(f"d{i}", p, params)
+    done = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = out.prompt_ids + out.outputs[0].token_ids
+    return [done[f"d{i}"] for i in range(len(prompts))]
+
+
+def accepted_length(engine: LLMEngine, prompts: list[list[int]], max_new_tokens: int) -> float:
+    """Average tokens per verification when `engine` (which has the draft) decodes greedily."""
+    spec = engine.speculator
+    rounds, emitted = spec.rounds, spec.emitted
+    generate(engine, prompts, SamplingParams(temperature=0, max_tokens=max_new_tokens))
+    return (spec.emitted - emitted) / max(spec.rounds - rounds, 1)
+
+
+def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: list[list[int]], cfg: DistillConfig,
+                  draft: DraftHead | None = None, engine_options: dict | None = None, log=None) -> tuple[DraftHead, list[dict]]:
+    """Train a draft for `target`; returns it and the log (one dict per logged step)."""
+    if not prompts:
+        raise ValueError("distill: no training prompts")
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    draft = draft or DraftHead(target)
+    target.requires_grad_(False)
+    options = {"max_model_len": max(map(len, prompts + eval_prompts)) + cfg.max_new_tokens + 1, **(engine_options or {})}
+    generator_engine = LLMEngine(target, None, EngineConfig.from_kwargs(**options))
+    eval_engine = LLMEngine(target, None, EngineConfig.from_kwargs(**options), draft=draft) if eval_prompts else None
+    opt = torch.optim.AdamW(draft.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_new_tokens)
+    noise = torch.Generator().manual_seed(cfg.seed)
+    history, start = [], time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        batch = generate(generator_engine, rng.sample(prompts, min(cfg.prompts_per_step, len(prompts))),
+                         SamplingParams(**{**_fields(params), "seed": rng.randrange(1 << 31)}))
+        ids, lengths = _pad(batch, target.device)
+        draft.train()
+        loss, parts = distillation_loss(draft, ids, lengths, cfg, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(draft.parameters(), cfg.grad_clip)
+        opt.step()
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            draft.eval()
+            row = {"step": step, "loss": loss.item(), **parts, "seconds": round(time.perf_counter() - start, 1)}
+            if eval_engine is not None:
+                with torch.no_grad():
+                    row["accepted_length"] = accepted_length(eval_engine, eval_prompts, cfg.max_new_tokens)
+            history.append(row)
+            log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    draft.eval()
+    return draft, history
+
+
+def run_distill(target_path: str | Path, env, out: str | Path, cfg: DistillConfig, num_prompts: int = 2048,
+                eval_prompts: int = 32, init: str | Path | None = None, device=None, dtype=None) -> Path:
+    """`reasonrl distill-draft`: prompts from `env`, rendered with the target's chat template; the
+    draft and its log (`distill_log.jsonl`) are saved to `out`."""
+    from reasonrl.models.loader import load_model
+    from reasonrl.models.tokenizer import Tokenizer
+
+    target = load_model(target_path, device, dtype)
+    tok = Tokenizer.from_dir(target_path)
+    encode = lambda prompts: [tok.apply_chat_template(p.messages, add_generation_prompt=True) for p in prompts]  # noqa: E731
+    train = encode(env.prompts(n=num_prompts, seed=cfg.seed, split="train"))
+    held = encode(env.prompts(n=eval_prompts, seed=cfg.seed, split="eval")) if eval_prompts else []
+    draft = DraftHead.load(init, target) if init else None
+    draft, history = distill_draft(target, train, held, cfg, draft)
+    info = DraftInfo(target.config.architecture, target.config.vocab_size, target.config.hidden_size,
+                     fingerprint(target), str(target_path), cfg.steps + (read_info(init).steps if init else 0),
+                     history[-1].get("accepted_length") if history else None)
+    out = draft.save(out, info)
+    with open(out / "distill_log.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in history)
+    return out
+
+
+def _fields(params: SamplingParams) -> dict:
+    return {name: getattr(params, name) for name in params.__slots__}
+
+
+def _pad(seqs: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    t = max(map(len, seqs))
+    ids = torch.zeros(len(seqs), t, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+    return ids.to(device), torch.tensor([len(s) for s in seqs], device=device)

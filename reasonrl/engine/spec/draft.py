@@ -1,0 +1,125 @@
+"""`DraftHead`: the EAGLE draft (arXiv 2401.15077, 2406.16858) with SpecVLM's input norm (2509.11815).
+
+The draft predicts the target's next final hidden state ("feature") from the current feature and
+the embedding of the token that feature sampled:
+
+    g_{j+1} = Layer(FC([norm(embed(x_{j+1})), norm(f_j)]))      logits_{j+2} = lm_head(g_{j+1})
+
+One decoder layer shaped like the target's; the token embedding and the LM head are the target's
+own (shared, never copied or saved). f_j is the target's last hidden state after its final norm,
+the input of its LM head. Row j of the draft sits at position j + 1, the position of token x_{j+1},
+so draft and target use the same rotary positions.
+
+Departures: EAGLE concatenates unnormalised inputs; SpecVLM's "input LayerNorm" is an RMSNorm on
+each half here (the target's own norm type). The visual compressor of SpecVLM is not part of this
+text-only head: `forward` takes features and token ids, so a compressor can feed it compressed
+visual features later.
+
+A draft checkpoint is a directory with `draft_config.json` (the layer's shape and the identity of
+the target it was distilled against) and `draft.safetensors` (its own weights only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from reasonrl.models.model import Attention, DecoderLayer, DecoderLM, RMSNorm
+
+CONFIG_FILE, WEIGHTS_FILE = "draft_config.json", "draft.safetensors"
+
+
+@dataclass
+class DraftInfo:
+    """What ties a draft to its target, and how it was trained."""
+
+    target_architecture: str
+    vocab_size: int
+    hidden_size: int
+    target_fingerprint: str  # hash of the target's embedding and LM head
+    target_path: str = ""
+    steps: int = 0
+    accepted_length: float | None = None  # on the held-out set at the last evaluation
+
+
+def fingerprint(target: DecoderLM) -> str:
+    h = hashlib.sha256()
+    for w in (target.embed_tokens.weight, target.lm_head.weight):
+        h.update(w.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class DraftHead(nn.Module):
+    def __init__(self, target: DecoderLM):
+        super().__init__()
+        cfg = target.config
+        self.config = replace(cfg, num_layers=1)
+        h = cfg.hidden_size
+        self.embed_norm = RMSNorm(h, cfg.rms_norm_eps)
+        self.feature_norm = RMSNorm(h, cfg.rms_norm_eps)
+        self.fc = nn.Linear(2 * h, h, bias=True)
+        self.layer = DecoderLayer(self.config, 0)
+        self._target = [target]  # a list keeps the target out of this module's parameters and state dict
+        self.to(device=target.device, dtype=target.dtype)
+
+    @property
+    def target(self) -> DecoderLM:
+        return self._target[0]
+
+    def forward(self, token_ids: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
+                attn: Attention) -> torch.Tensor:
+        """token_ids (N,), features (N, h) of the previous position, positions (N,) -> predicted features (N, h)."""
+        x = torch.cat([self.embed_norm(self.target.embed_tokens(token_ids)), self.feature_norm(features)], -1)
+        x = self.fc(x)
+        cos, sin = self.target.rotary(positions, x.dtype)  # the target's rotary tables, shared
+        return self.layer(x, cos, sin, attn)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        return self.target.compute_logits(features)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def save(self, path: str | Path, info: DraftInfo) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(path / WEIGHTS_FILE))
+        (path / CONFIG_FILE).write_text(json.dumps({"format": "reasonrl-draft", **asdict(info)}, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, target: DecoderLM) -> DraftHead:
+        """Load a draft for `target`; a draft whose shape does not fit the target is an error, one
+        distilled against other weights of the same shape only a warning (output stays exact,
+        fewer tokens are accepted)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{path} is not a draft checkpoint: it needs {CONFIG_FILE} and {WEIGHTS_FILE} "
+                                    "(make one with `reasonrl distill-draft`)")
+        info = read_info(path)
+        cfg = target.config
+        if (info.vocab_size, info.hidden_size) != (cfg.vocab_size, cfg.hidden_size):
+            raise ValueError(f"draft {path} was made for a target with vocab {info.vocab_size} and hidden size "
+                             f"{info.hidden_size}; this target has {cfg.vocab_size} and {cfg.hidden_size}")
+        if info.target_fingerprint != fingerprint(target):
+            warnings.warn(f"draft {path} was distilled against other weights ({info.target_path or 'unknown'}): "
+                          "decoding stays exact but fewer draft tokens will be accepted", stacklevel=2)
+        draft = cls(target)
+        draft.load_state_dict({k: v.to(target.device, target.dtype) for k, v in load_file(str(path / WEIGHTS_FILE)).items()})
+        return draft
+
+
+def read_info(path: str | Path) -> DraftInfo:
+    raw = json.loads((Path(path) / CONFIG_FILE).read_text())
+    if raw.pop("format", None) != "reasonrl-draft":
+        raise ValueError(f"{path}/{CONFIG_FILE} is not a reasonrl draft config")
+    return DraftInfo(**raw)
+

@@ -1,0 +1,265 @@
+"""`Speculator`: speculative decoding inside the engine's continuous batching.
+
+Each step, every decoding sequence that asks for it (and has room) gets a draft tree (tree.py)
+grown by the draft head (draft.py); its rows join the step's flat batch with a tree mask, so one
+target forward verifies all trees and runs everyone else's prefill chunks and plain decode
+tokens. Sequences without a tree (no draft requested, prefill, no room) decode as usual.
+
+Cache bookkeeping for a sequence with n tokens whose last token (the root) is pending: the tree's
+rows are written at positions n-1 .. n-1+m of its block table (blocks reserved for them without
+prefix-cache registration). After verification the accepted rows' keys and values are copied to
+positions n, n+1, ... (the root stays at n-1), the blocks past them are freed and the now-final
+full blocks registered. The draft keeps its own one-layer cache per sequence: row j holds
+(x_{j+1}, f_j), f being the target's final hidden states, which every target forward returns
+for free and which are collected here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from reasonrl.engine.attention import causal_mask
+from reasonrl.engine.block_manager import BlockManager
+from reasonrl.engine.sequence import Sequence
+from reasonrl.engine.spec.draft import DraftHead
+from reasonrl.engine.spec.tree import DraftTree, TreeSearch
+from reasonrl.engine.spec.verify import Verdict
+
+
+@dataclass
+class SpecConfig:
+    top_k: int = 8
+    """Children drafted per expanded node, and nodes expanded per depth (EAGLE-2's k)."""
+    depth: int = 6
+    """Deepest draft token."""
+    num_nodes: int = 32
+    """Draft tokens verified per sequence and step (EAGLE-2's total tokens, less the root)."""
+
+    def __post_init__(self):
+        for name in ("top_k", "depth", "num_nodes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"speculative decoding: draft_{name} must be a positive integer, got {value!r}")
+
+
+class DraftCache:
+    """One sequence's draft keys and values, (rows, kv_heads, head_dim), grown by doubling."""
+
+    def __init__(self):
+        self.k = self.v = None
+        self.len = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        need = self.len + k.shape[0]
+        if self.k is None or need > self.k.shape[0]:
+            cap = max(64, 2 * need)
+            grown_k = k.new_empty(cap, *k.shape[1:])
+            grown_v = v.new_empty(cap, *v.shape[1:])
+            if self.k is not None:
+                grown_k[: self.len], grown_v[: self.len] = self.k[: self.len], self.v[: self.len]
+            self.k, self.v = grown_k, grown_v
+        self.k[self.len:need], self.v[self.len:need] = k, v
+        self.len = need
+
+    def view(self):
+        return self.k[: self.len], self.v[: self.len]
+
+
+@dataclass
+class DraftState:
+    cache: DraftCache = field(default_factory=DraftCache)
+    first: int = -1  # position of the token of the first draft row (-1: no row yet)
+    features: list[torch.Tensor] = field(default_factory=list)  # target features from position `next_feature` on
+    feature_start: int = 0
+    last_out: torch.Tensor | None = None  # draft output of the newest committed row
+
+    @property
+    def rows_end(self) -> int:
+        """Position of the token the next committed row will hold."""
+        return self.first + self.cache.len
+
+    @property
+    def num_features(self) -> int:
+        return sum(f.shape[0] for f in self.features)
+
+
+class DraftAttention:
+    """Attention for a draft forward over several sequences' new rows.
+
+    segments[b] = (lo, hi, past_k, past_v, mask): rows lo:hi attend past rows then themselves;
+    mask (hi - lo, past + hi - lo) bool, or None for causal. The new rows' keys and values are
+    kept in `new_k`, `new_v` for the caller to commit or to use as tree rows."""
+
+    def __init__(self, segments):
+        self.segments = segments
+        self.new_k = self.new_v = None
+
+    def __call__(self, layer, q, k, v):
+        self.new_k, self.new_v = k, v
+        out = torch.empty_like(q)
+        for lo, hi, past_k, past_v, mask in self.segments:
+            if hi == lo:
+                continue
+            keys, values = torch.cat([past_k, k[lo:hi]]), torch.cat([past_v, v[lo:hi]])
+            if mask is None:
+                mask = causal_mask(hi - lo, keys.shape[0], None, q.device)
+            o = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
+                                               attn_mask=mask, enable_gqa=q.shape[1] != keys.shape[1])
+            out[lo:hi] = o.transpose(0, 1)
+        return out
+
+
+class Speculator:
+    def __init__(self, draft: DraftHead, kv, blocks: BlockManager, config: SpecConfig, max_model_len: int):
+        self.draft, self.kv, self.blocks, self.config = draft, kv, blocks, config
+        self.max_model_len = max_model_len
+        self.states: dict[int, DraftState] = {}
+        self.rounds = self.emitted = self.drafted = 0
+
+    def wants(self, seq: Sequence) -> bool:
+        return seq.params.speculative
+
+    # ---- features -------------------------------------------------------------------------------
+    def observe(self, seq: Sequence, start: int, features: torch.Tensor) -> None:
+        """The target's features for positions start .. start + len - 1 of `seq`."""
+        st = self.states.setdefault(seq.seq_id, DraftState())
+        if st.first < 0:  # the first features seen (after any prefix-cache hit) start the draft's context
+            st.first, st.feature_start = start, start
+        expected = st.feature_start + st.num_features
+        if start > expected:  # a gap cannot be bridged: restart the draft's context here
+            self.states[seq.seq_id] = st = DraftState(first=start, feature_start=start)
+            expected = start
+        if start + features.shape[0] > expected:
+            st.features.append(features[expected - start:])
+
+    def forget(self, seq: Sequence) -> None:
+        self.states.pop(seq.seq_id, None)
+
+    # ---- proposing --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def propose(self, scheduled: list[tuple[Sequence, int]], budget: int) -> dict[int, DraftTree]:
+        """Draft trees for the decoding sequences of this step, within `budget` extra tokens."""
+        cands, depths = [], []
+        for seq, n in scheduled:
+            if n != 1 or seq.num_pending != 1 or not self.wants(seq):
+                continue
+            room = min(seq.params.max_tokens - len(seq.output_ids), self.max_model_len - seq.num_tokens) - 1
+            st = self.states.get(seq.seq_id)
+            if room < 1 or st is None or st.feature_start + st.num_features < seq.num_tokens - 1:
+                continue
+            cands.append(seq)
+            depths.append(min(room, self.config.depth))
+        if not cands:
+            return {}
+        roots = self._catch_up(cands)
+        trees = self._grow(cands, roots, depths)
+        out = {}
+        for seq, tree in zip(cands, trees):
+            extra = tree.size - 1
+            if extra > budget or not self.blocks.reserve(seq, tree.size):
+                continue
+            budget -= extra
+            out[seq.seq_id] = tree
+            self.drafted += extra
+        return out
+
+    def _catch_up(self, seqs: list[Sequence]) -> torch.Tensor:
+        """Commit draft rows up to each sequence's root; returns the root rows' outputs (B, h)."""
+        ids, feats, pos, segments = [], [], [], []
+        for seq in seqs:
+            st = self.states[seq.seq_id]
+            start, end = st.rows_end, seq.num_tokens - 1  # new rows for tokens at positions start+1 .. end
+            f = torch.cat(st.features)[start - st.feature_start: end - st.feature_start] if end > start else None
+            lo = len(ids)
+            if f is not None:
+                ids += seq.tokens(start + 1, end + 1)
+                feats.append(f)
+                pos += range(start + 1, end + 1)
+            past_k, past_v = self._past(st)
+            segments.append((lo, len(ids), past_k, past_v, None))
+        if not ids:
+            return torch.stack([self.states[s.seq_id].last_out for s in seqs])
+        dev = self.draft.target.device
+        attn = DraftAttention(segments)
+        out = self.draft(torch.tensor(ids, device=dev), torch.cat(feats), torch.tensor(pos, device=dev), attn)
+        roots = []
+        for seq, (lo, hi, *_) in zip(seqs, segments):
+            st = self.states[seq.seq_id]
+            if hi > lo:
+                st.cache.append(attn.new_k[lo:hi], attn.new_v[lo:hi])
+                st.last_out = out[hi - 1]
+                consumed = st.rows_end - st.feature_start  # keep only features the draft has not used
+                rest = torch.cat(st.features)[consumed:]
+                st.features, st.feature_start = ([rest] if rest.shape[0] else []), st.rows_end
+            roots.append(st.last_out)
+        return torch.stack(roots)
+
+    def _past(self, st: DraftState):
+        if st.cache.len:
+            return st.cache.view()
+        c = self.draft.config
+        empty = torch.empty(0, c.num_kv_heads, c.head_dim, device=self.draft.target.device, dtype=self.draft.target.dtype)
+        return empty, empty
+
+    def _grow(self, seqs: list[Sequence], root_out: torch.Tensor, depths: list[int]) -> list[DraftTree]:
+        """EAGLE-2 expansion: one draft forward per depth over every sequence's frontier."""
+        draft, dev = self.draft, self.draft.target.device
+        search = TreeSearch(draft.logits(root_out).float().log_softmax(-1), self.config.top_k)
+        b, k = len(seqs), search.k
+        parent_out = root_out[:, None, :].expand(b, k, -1)  # draft output feeding each frontier node
+        temp_k = temp_v = None  # (B, R, H, D): keys/values of the frontier rows drafted so far
+        ancestors = torch.zeros(b, k, 0, dtype=torch.bool, device=dev)
+        roots_pos = torch.tensor([s.num_tokens - 1 for s in seqs], device=dev)
+        for d in range(1, max(depths)):
+            tokens = search.frontier_tokens()  # (B, k)
+            segments = []
+            for i, seq in enumerate(seqs):
+                past_k, past_v = self.states[seq.seq_id].cache.view()
+                if temp_k is not None:
+                    past_k, past_v = torch.cat([past_k, temp_k[i]]), torch.cat([past_v, temp_v[i]])
+                mask = torch.ones(k, past_k.shape[0] + k, dtype=torch.bool, device=dev)
+                r = ancestors.shape[2]
+                mask[:, past_k.shape[0] - r: past_k.shape[0]] = ancestors[i]
+                mask[:, past_k.shape[0]:] = torch.eye(k, dtype=torch.bool, device=dev)
+                segments.append((i * k, (i + 1) * k, past_k, past_v, mask))
+            attn = DraftAttention(segments)
+            positions = (roots_pos[:, None] + d).expand(b, k).reshape(-1)
+            out = draft(tokens.reshape(-1), parent_out.reshape(b * k, -1), positions, attn).view(b, k, -1)
+            new_k = attn.new_k.view(b, k, *attn.new_k.shape[1:])
+            new_v = attn.new_v.view(b, k, *attn.new_v.shape[1:])
+            temp_k = new_k if temp_k is None else torch.cat([temp_k, new_k], 1)
+            temp_v = new_v if temp_v is None else torch.cat([temp_v, new_v], 1)
+            slot = search.expand(draft.logits(out).float().log_softmax(-1))  # (B, k) parent slot of the new frontier
+            own = torch.eye(k, dtype=torch.bool, device=dev)[slot]  # (B, k, k): the parent's own row
+            ancestors = torch.cat([ancestors.gather(1, slot[:, :, None].expand(-1, -1, ancestors.shape[2])), own], 2)
+            parent_out = out.gather(1, slot[:, :, None].expand(-1, -1, out.shape[2]))
+        return search.select([s.token(s.num_tokens - 1) for s in seqs], self.config.num_nodes, depths)
+
+    # ---- after verification -----------------------------------------------------------------------
+    def settle(self, seq: Sequence, tree: DraftTree, verdict: Verdict) -> None:
+        """Keep the accepted rows' keys and values, free the rest. seq.num_computed is still the
+        root's position; the emitted tokens are already appended."""
+        bs, table, root = self.blocks.block_size, seq.block_table, seq.num_computed
+        moves = [(root + row, root + i) for i, row in enumerate(verdict.rows) if row != i]
+        if moves:
+            slot = lambda p: table[p // bs] * bs + p % bs  # noqa: E731
+            dev = self.draft.target.device
+            self.kv.copy_slots(torch.tensor([slot(s) for s, _ in moves], device=dev),
+                               torch.tensor([slot(d) for _, d in moves], device=dev))
+        self.blocks.settle(seq, len(verdict.rows))
+
+    def record(self, verdict: Verdict) -> None:
+        self.rounds += 1
+        self.emitted += len(verdict.tokens)
+
+    @property
+    def accepted_length(self) -> float:
+        """Tokens emitted per verification (accepted drafts plus the target's own token)."""
+        return self.emitted / self.rounds if self.rounds else 0.0
+
+    def stats(self) -> dict[str, float]:
+        return {"spec_rounds": self.rounds, "spec_draft_tokens": self.drafted, "spec_emitted_tokens": self.emitted,
+                "spec_accepted_length": self.accepted_length}

@@ -1,0 +1,110 @@
+"""Dynamic draft trees (EAGLE-2, arXiv 2406.16858 §3-4), for many sequences at once.
+
+A node's value is the product of draft probabilities from the root to it (kept as a sum of
+log-probs). *Expansion*: at each depth, the top-k nodes by value of the newest layer (the
+frontier) go through the draft, and each proposes its top-k children. *Reranking*: the top-m
+nodes by value over the whole tree become the draft; ties go to the shallower node. A child is
+never worth more than its parent, so the selection is a connected subtree of the root.
+
+Layout of one `TreeSearch` over B sequences: depth-1 candidates are the root's top-k; at depth
+d >= 2 the candidates are the k * k children of the k frontier nodes of depth d - 1, child c of
+frontier slot c // k.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class DraftTree:
+    """One sequence's flattened draft. Row 0 is the root: the last sampled token, whose keys and
+    values are not in the cache yet. Rows 1..m are draft tokens, parents before children."""
+
+    tokens: list[int]
+    parents: list[int]  # parent row of each row, -1 for the root
+    depths: list[int]
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    def children(self) -> list[list[int]]:
+        """Child rows of every row, most valuable first (rows are in value order within a depth)."""
+        out: list[list[int]] = [[] for _ in self.tokens]
+        for row, parent in enumerate(self.parents):
+            if parent >= 0:
+                out[parent].append(row)
+        return out
+
+    def mask(self, device=None) -> torch.Tensor:
+        """(size, size) bool: row i may attend row j iff j is i or an ancestor of i."""
+        n = self.size
+        m = torch.eye(n, dtype=torch.bool)
+        for row in range(1, n):
+            m[row] |= m[self.parents[row]]
+        return m.to(device)
+
+
+class TreeSearch:
+    def __init__(self, root_logprobs: torch.Tensor, top_k: int):
+        """root_logprobs (B, V): the draft's next-token log-probs after each root."""
+        self.k = min(top_k, root_logprobs.shape[1])
+        lp, tok = root_logprobs.float().topk(self.k, dim=-1)
+        self.tokens, self.scores = [tok], [lp]  # per depth: (B, n_d)
+        self.parents = [torch.full_like(tok, -1)]  # per depth: index into the previous depth's candidates
+        self.frontier = [torch.arange(self.k, device=tok.device).expand_as(tok)]  # per depth: (B, k) candidate indices
+
+    @property
+    def depth(self) -> int:
+        return len(self.tokens)
+
+    def frontier_tokens(self) -> torch.Tensor:
+        """(B, k) tokens of the newest frontier: the next draft forward's inputs."""
+        return self.tokens[-1].gather(1, self.frontier[-1])
+
+    def expand(self, child_logprobs: torch.Tensor) -> torch.Tensor:
+        """child_logprobs (B, k, V): the draft's log-probs after each frontier node. Adds a depth;
+        returns (B, k) the slot in the previous frontier of each new frontier node's parent."""
+        b, k = child_logprobs.shape[:2]
+        lp, tok = child_logprobs.float().topk(self.k, dim=-1)  # (B, k, k)
+        parent_scores = self.scores[-1].gather(1, self.frontier[-1])  # (B, k)
+        scores = (parent_scores[:, :, None] + lp).reshape(b, k * self.k)
+        self.parents.append(self.frontier[-1].repeat_interleave(self.k, dim=1))
+        self.tokens.append(tok.reshape(b, k * self.k))
+        self.scores.append(scores)
+        self.frontier.append(scores.topk(self.k, dim=-1).indices)
+        return self.frontier[-1] // self.k
+
+    def select(self, roots: list[int], num_nodes: int, max_depth: list[int]) -> list[DraftTree]:
+        """Each sequence's tree under its root token: the top `num_nodes` nodes by value, no deeper
+        than its max_depth."""
+        sizes = [t.shape[1] for t in self.tokens]
+        scores = torch.cat(self.scores, 1)  # (B, total), shallower depths first
+        depth_of = torch.cat([torch.full((n,), d + 1) for d, n in enumerate(sizes)]).to(scores.device)
+        limit = torch.tensor(max_depth, device=scores.device)[:, None]
+        scores = scores.masked_fill(depth_of[None, :] > limit, float("-inf"))
+        order = scores.sort(dim=1, descending=True, stable=True).indices[:, :num_nodes]  # ties: shallower first
+        picked_scores = scores.gather(1, order)
+        offsets = [0]
+        for n in sizes:
+            offsets.append(offsets[-1] + n)
+        tokens = torch.cat(self.tokens, 1).tolist()
+        parents = torch.cat(self.parents, 1).tolist()
+        trees = []
+        for b, (row_order, row_scores) in enumerate(zip(order.tolist(), picked_scores.tolist())):
+            chosen = sorted((int(depth_of[i]), rank, i) for rank, (i, s) in enumerate(zip(row_order, row_scores))
+                            if s > float("-inf"))
+            row_of = {-1: 0}
+            tree = DraftTree([roots[b]], [-1], [0])
+            for depth, _, i in chosen:
+                parent = parents[b][i]
+                parent_global = -1 if depth == 1 else offsets[depth - 2] + parent
+                row_of[i] = tree.size
+                tree.tokens.append(tokens[b][i])
+                tree.parents.append(row_of[parent_global])
+                tree.depths.append(depth)
+            trees.append(tree)
+        return trees

@@ -1,0 +1,82 @@
+"""The draft head's checkpoint, its tie to the target, and online distillation."""
+
+import json
+
+import pytest
+import torch
+
+from reasonrl.engine.spec.distill import DistillConfig, distill_draft, distillation_loss
+from reasonrl.engine.spec.draft import CONFIG_FILE, DraftHead, DraftInfo, fingerprint
+from reasonrl.models.model import DecoderLM
+from reasonrl.models.tiny import init_weights, tiny_config
+
+
+def target(seed=0, vocab=32, hidden=64):
+    return init_weights(DecoderLM(tiny_config(vocab_size=vocab, hidden_size=hidden)), std=0.3, seed=seed)
+
+
+def info(model):
+    c = model.config
+    return DraftInfo(c.architecture, c.vocab_size, c.hidden_size, fingerprint(model))
+
+
+def test_save_load_round_trip_keeps_only_the_draft_weights(tmp_path):
+    model = target()
+    draft = init_weights(DraftHead(model), std=0.1, seed=3)
+    draft.save(tmp_path / "d", info(model))
+    loaded = DraftHead.load(tmp_path / "d", model)
+    for (name, a), (_, b) in zip(draft.state_dict().items(), loaded.state_dict().items()):
+        assert not name.startswith("_target") and torch.equal(a, b)
+    assert "embed_tokens" not in json.dumps(list(draft.state_dict()))  # shared with the target, not saved
+    ids, pos = torch.tensor([3, 4]), torch.tensor([1, 2])
+    feats = torch.randn(2, 64)
+    from reasonrl.models.model import CausalAttention
+
+    torch.testing.assert_close(loaded(ids, feats, pos, CausalAttention(1, 2)), draft(ids, feats, pos, CausalAttention(1, 2)))
+
+
+def test_a_draft_is_tied_to_its_target(tmp_path):
+    model = target()
+    DraftHead(model).save(tmp_path / "d", info(model))
+    with pytest.warns(UserWarning, match="distilled against other weights"):
+        DraftHead.load(tmp_path / "d", target(seed=1))
+    with pytest.raises(ValueError, match="vocab 32 and hidden size 64"):
+        DraftHead.load(tmp_path / "d", target(vocab=48))
+    with pytest.raises(FileNotFoundError, match="not a draft checkpoint"):
+        DraftHead.load(tmp_path, model)
+    raw = json.loads((tmp_path / "d" / CONFIG_FILE).read_text())
+    assert raw["format"] == "reasonrl-draft" and raw["target_fingerprint"] == fingerprint(model)
+
+
+def test_distillation_loss_matches_its_definition_on_one_row():
+    model = target()
+    draft = DraftHead(model)
+    ids = torch.tensor([[5, 6, 7]])
+    cfg = DistillConfig(feature_noise=0.0)
+    loss, parts = distillation_loss(draft, ids, torch.tensor([2]), cfg)  # length 2: only row 0 counts
+    with torch.no_grad():
+        f = model.forward_padded(ids)[0]
+        from reasonrl.models.model import CausalAttention
+
+        out = draft(ids[0, 1:2], f[:1], torch.tensor([1]), CausalAttention(1, 1))
+        ce = -(model.compute_logits(f[1]).softmax(-1) * model.compute_logits(out[0]).log_softmax(-1)).sum()
+        l1 = torch.nn.functional.smooth_l1_loss(out[0], f[1])
+    assert loss.item() == pytest.approx((0.1 * ce + 1.0 * l1).item(), rel=1e-5)
+    assert parts["ce"] == pytest.approx(ce.item(), rel=1e-5)
+
+
+def test_online_distillation_raises_the_accepted_length():
+    model = target(vocab=24)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 24, (6,), generator=g).tolist() for _ in range(64)]
+    cfg = DistillConfig(steps=40, prompts_per_step=8, max_new_tokens=24, temperature=0.0, lr=5e-3, eval_every=20)
+    draft, history = distill_draft(model, prompts[8:], prompts[:8], cfg, engine_options={"kv_cache_memory": 1 << 22})
+    from reasonrl.engine.spec.distill import accepted_length
+    from reasonrl.engine import LLMEngine
+    from reasonrl.engine.config import EngineConfig
+
+    untrained = LLMEngine(model, None, EngineConfig(kv_cache_memory=1 << 22), draft=DraftHead(model))
+    before = accepted_length(untrained, prompts[:8], 24)
+    assert [row["step"] for row in history] == [20, 40]
+    assert history[-1]["accepted_length"] > before + 0.2  # 1.41 untrained, about 1.8 after 40 steps
+    assert history[-1]["loss"] < history[0]["loss"]

@@ -1,0 +1,175 @@
+"""Speculative decoding inside the engine: lossless (fp32, CPU), batched, with every engine feature.
+
+Greedy speculative output must be token-identical to plain greedy decoding. Two drafts are used:
+random drafts on random checkpoints of each family (few tokens accepted: the fallback and
+rejection paths) and the shipped draft distilled against the demo policy (several tokens accepted
+per step: the cache compaction path)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from reasonrl.engine import LLMEngine, SamplingParams
+from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.spec.draft import DraftHead
+from reasonrl.models.loader import load_model
+from reasonrl.models.model import DecoderLM
+from reasonrl.models.tiny import init_weights, tiny_config
+from reasonrl.models.tokenizer import Tokenizer
+
+DEMO = Path(__file__).resolve().parents[2] / "reasonrl" / "demo"
+
+
+def run(engine, requests):
+    """requests: {rid: (prompt, params, kwargs)} -> {rid: RequestOutput}"""
+    for rid, (prompt, params, kw) in requests.items():
+        engine.add_request(rid, prompt, params, **kw)
+    done = {}
+    while engine.has_unfinished():
+        done.update({o.request_id: o for o in engine.step() if o.finished})
+    return done
+
+
+def random_prompts(n, vocab, seed=0, longest=40):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (int(n_),), generator=g).tolist() for n_ in torch.randint(2, longest, (n,), generator=g)]
+
+
+@pytest.fixture(scope="module")
+def demo():
+    policy = load_model(DEMO / "policy", "cpu")
+    tok = Tokenizer.from_dir(DEMO / "policy")
+    draft = DraftHead.load(DEMO / "draft", policy)
+    from reasonrl.envs.registry import load_environment
+
+    prompts = [tok.apply_chat_template(p.messages, add_generation_prompt=True)
+               for p in load_environment("sums:").prompts(n=24, seed=5, split="eval")]
+    return policy, tok, draft, prompts
+
+
+def engine(model, draft=None, **kw):
+    kw.setdefault("kv_cache_memory", 1 << 22)
+    kw.setdefault("block_size", 4)
+    return LLMEngine(model, None, EngineConfig(**kw), draft=draft)
+
+
+def assert_same(plain, spec, logprob_tol=1e-4):
+    for rid in plain:
+        a, b = plain[rid].outputs[0], spec[rid].outputs[0]
+        assert a.token_ids == b.token_ids, rid
+        assert a.finish_reason == b.finish_reason
+        torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=logprob_tol, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama", "qwen3"])
+def test_greedy_with_a_random_draft_equals_plain_greedy(family):
+    model = init_weights(DecoderLM(tiny_config(family, vocab_size=32, hidden_size=64, eos_token_ids=(1,))), std=0.3, seed=1)
+    draft = init_weights(DraftHead(model), std=0.3, seed=2)
+    reqs = {str(i): (p, SamplingParams(temperature=0, max_tokens=int(m)), {})
+            for i, (p, m) in enumerate(zip(random_prompts(16, 32, seed=3), torch.randint(1, 48, (16,)).tolist()))}
+    plain = run(engine(model), reqs)
+    spec_engine = engine(model, draft, draft_top_k=4, draft_depth=4, draft_tokens=10)
+    spec = run(spec_engine, reqs)
+    assert_same(plain, spec)
+    stats = spec_engine.stats()
+    assert stats["spec_rounds"] > 0 and stats["kv_blocks_used"] == 0  # every reserved block came back
+
+
+def test_greedy_with_the_distilled_draft_equals_plain_greedy_and_accepts_several_tokens(demo):
+    policy, _, draft, prompts = demo
+    reqs = {str(i): (p, SamplingParams(temperature=0, max_tokens=96), {}) for i, p in enumerate(prompts)}
+    plain = run(engine(policy, max_model_len=256), reqs)
+    spec_engine = engine(policy, draft, max_model_len=256)
+    spec = run(spec_engine, reqs)
+    assert_same(plain, spec)
+    assert spec_engine.stats()["spec_accepted_length"] > 2.5  # the compaction path runs many times
+
+
+def test_mixed_batches_chunked_prefill_stop_strings_and_opt_out(demo):
+    policy, tok, draft, prompts = demo
+    reqs = {}
+    for i, p in enumerate(prompts[:12]):
+        params = SamplingParams(temperature=0, max_tokens=64, speculative=i % 3 != 0, stop=["="] if i % 4 == 1 else [],
+                                logprobs=2 if i % 5 == 2 else 0)
+        reqs[str(i)] = (p, params, {})
+    kw = dict(max_model_len=256, max_num_batched_tokens=48, block_size=8)  # long prompts are chunked
+    plain_engine, spec_engine = engine(policy, **kw), engine(policy, draft, **kw)
+    plain_engine.tokenizer = spec_engine.tokenizer = tok
+    plain, spec = run(plain_engine, reqs), run(spec_engine, reqs)
+    assert_same(plain, spec)
+    for rid in plain:
+        assert plain[rid].outputs[0].text == spec[rid].outputs[0].text
+        if plain[rid].outputs[0].top_logprobs:
+            for a, b in zip(plain[rid].outputs[0].top_logprobs, spec[rid].outputs[0].top_logprobs):
+                assert a.keys() == b.keys()
+
+
+def test_preemption_prefix_cache_and_abort_resume_stay_exact(demo):
+    policy, _, draft, prompts = demo
+    shared = prompts[0]
+    reqs = {str(i): (shared if i % 2 else p, SamplingParams(temperature=0, max_tokens=80), {})
+            for i, p in enumerate(prompts[:16])}
+    plain = run(engine(policy, max_model_len=256), reqs)
+    # 33 blocks of 8 tokens (one sequence of max_model_len needs 32) cannot hold 16 growing
+    # sequences: preemption and recompute happen, and draft trees find no room at times
+    c = policy.config
+    small = engine(policy, draft, max_model_len=256, block_size=8,
+                   kv_cache_memory=33 * c.num_layers * 2 * 8 * c.num_kv_heads * c.head_dim * 4)
+    spec = run(small, reqs)
+    assert small.stats()["preemptions"] > 0
+    assert_same(plain, spec)
+    # abort after a few steps, resume from the partial output: same tokens as uninterrupted
+    longest = max(plain, key=lambda rid: len(plain[rid].outputs[0].token_ids))
+    prompt, params, _ = reqs[longest]
+    e = engine(policy, draft, max_model_len=256)
+    e.add_request("r", prompt, params)
+    for _ in range(3):
+        e.step()
+    part = e.abort("r").outputs[0]
+    assert 0 < len(part.token_ids) < len(plain[longest].outputs[0].token_ids)
+    resumed = run(e, {"r": (prompt, params, {"output_ids": part.token_ids, "output_logprobs": part.logprobs})})
+    assert resumed["r"].outputs[0].token_ids == plain[longest].outputs[0].token_ids
+
+
+def test_sampled_tokens_follow_the_target_distribution():
+    """10k samples of three tokens. The first is sampled plainly after the prefill; the second is
+    decided at a tree's root (sibling acceptance or residual), the third at an accepted draft or as
+    the bonus. Chi-square of each, conditioned on the most frequent prefix, against the target. A
+    random target keeps the distributions spread out (a trained one is too sure to tell a biased
+    rule apart); a wide tree makes likely tokens candidates, so acceptance decides most tokens."""
+    from test_tree_verify import chi_square_p
+
+    policy = init_weights(DecoderLM(tiny_config(vocab_size=32, hidden_size=64)), std=0.25, seed=4)
+    draft = init_weights(DraftHead(policy), std=0.3, seed=5)
+    prompt, n = [3, 9, 4, 17, 8], 10000
+    params = SamplingParams(n=n, temperature=1.0, max_tokens=3, seed=11, ignore_eos=True, detokenize=False)
+    spec_engine = engine(policy, draft, kv_cache_memory=1 << 26, max_num_seqs=512, draft_top_k=12, draft_tokens=24)
+    outs = [o.token_ids for o in run(spec_engine, {"s": (prompt, params, {})})["s"].outputs]
+    assert spec_engine.stats()["spec_rounds"] > 0.9 * n  # the second token came from a tree (bar a few over the step budget)
+    prefix = []
+    for position in range(3):
+        group = [o for o in outs if o[:position] == prefix]
+        with torch.no_grad():
+            p = policy.compute_logits(policy.forward_padded(torch.tensor([prompt + prefix])))[0, -1].softmax(-1)
+        counts = torch.bincount(torch.tensor([o[position] for o in group]), minlength=p.shape[0]).float()
+        assert len(group) > 500 and chi_square_p(counts, p) > 0.001, position
+        prefix.append(int(counts.argmax()))
+
+
+def test_a_kv_format_that_cannot_move_slots_is_refused():
+    from reasonrl.engine.kv import FORMATS
+    from reasonrl.engine.kv.base import KVFormat
+    from reasonrl.engine.kv.dense import DenseKV
+
+    class Frozen(DenseKV):
+        name = "frozen"
+        copy_slots = KVFormat.copy_slots
+
+    FORMATS["frozen"] = Frozen
+    try:
+        model = init_weights(DecoderLM(tiny_config(vocab_size=32)))
+        with pytest.raises(ValueError, match="'frozen' cannot"):
+            engine(model, DraftHead(model), kv_format="frozen")
+    finally:
+        del FORMATS["frozen"]

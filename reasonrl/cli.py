@@ -186,6 +186,13 @@ def cmd_bench(args) -> int:
         from reasonrl.envs.math.bench import benchmark
 
         result = benchmark(n=args.num_prompts or 2000)
+    elif args.workload == "spec":
+        from reasonrl.bench.spec import bench_spec
+
+        result = bench_spec(args.model, args.draft, args.env, args.num_prompts or 32, args.max_tokens or 96,
+                            3 if args.repeats is None else args.repeats, args.device, args.dtype,
+                            distill_steps=args.distill_steps, draft_top_k=args.draft_top_k, draft_depth=args.draft_depth,
+                            draft_tokens=args.draft_tokens)
     elif args.workload == "april":
         from reasonrl.bench.april import bench_april
 
@@ -296,18 +303,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="benchmarks; figures go to docs/benchmarks.md")
-    p.add_argument("workload", choices=["engine", "april", "ttt", "math"])
+    p.add_argument("workload", choices=["engine", "april", "spec", "ttt", "math"])
     p.add_argument("--json", help="also write the result to this file")
-    p.add_argument("--model", help="checkpoint directory (default: a random checkpoint of --preset)")
+    p.add_argument("--model", help="checkpoint directory (default: a random checkpoint of --preset; spec: the demo policy)")
+    p.add_argument("--draft", help="spec: draft checkpoint (default: the demo policy's shipped draft)")
+    p.add_argument("--distill-steps", type=int, default=0, help="spec: distill a fresh draft for --model first")
+    p.add_argument("--env", default="sums:", help="spec: environment whose held-out prompts are decoded")
+    p.add_argument("--draft-top-k", type=int, default=8, help="spec: draft tree, children per expanded node")
+    p.add_argument("--draft-depth", type=int, default=6, help="spec: draft tree, deepest draft token")
+    p.add_argument("--draft-tokens", type=int, default=32, help="spec: draft tree, draft tokens verified per step")
     p.add_argument("--preset", default="20m", choices=["tiny", "20m", "qwen2.5-0.5b"])
-    p.add_argument("--num-prompts", type=int, help="engine: prompts (128); ttt: problems per game (1000); math: judgements (2000)")
+    p.add_argument("--num-prompts", type=int,
+                   help="engine: prompts (128); spec: prompts (32); ttt: problems per game (1000); math: judgements (2000)")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--median-tokens", type=int, default=48)
-    p.add_argument("--max-tokens", type=int, help="response cap (engine: 384, april: 256)")
+    p.add_argument("--max-tokens", type=int, help="response cap (engine: 384, april: 256, spec: 96)")
     p.add_argument("--device")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--skip-hf", action="store_true", help="engine: no transformers comparison")
-    p.add_argument("--repeats", type=int, help="runs per arm, interleaved; medians reported (engine: 3, april: 2)")
+    p.add_argument("--repeats", type=int, help="runs per arm, interleaved; medians reported (engine: 3, april: 2, spec: 3)")
     p.add_argument("--steps", type=int, default=16, help="april: RL steps per arm")
     p.add_argument("--prompts-per-step", type=int, default=8, help="april")
     p.add_argument("--samples-per-prompt", type=int, default=8, help="april")

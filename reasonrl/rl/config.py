@@ -201,6 +201,8 @@ def _coerce(key: str, hint, value):
             pass
     if hint in (int, str, bool) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
+    if hint is dict and isinstance(value, dict):  # free-form parameters, checked by their owner (kv_options)
+        return dict(value)
     raise ConfigError(f"{key}: expected {_name(hint)}, got {value!r}")
 
 

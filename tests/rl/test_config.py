@@ -48,3 +48,13 @@ def test_overrides_and_missing_file(tmp_path):
         load_config(None, {"nodot": 1})
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_engine_section_turns_on_speculative_decoding_and_kv_formats(tmp_path):
+    cfg = load_config(write(tmp_path, """
+model: /ckpt
+engine: {draft: /ckpt/draft, draft_depth: 4, kv_options: {}}
+"""))
+    assert cfg.engine.draft == "/ckpt/draft" and cfg.engine.draft_depth == 4 and cfg.engine.draft_top_k == 8
+    with pytest.raises(ConfigError, match="draft_depth"):
+        load_config(write(tmp_path, "model: /ckpt\nengine: {draft_depth: 0}\n"))

@@ -94,10 +94,15 @@ class Trainer:
     def collect(self) -> tuple[list[Group], dict[str, float]]:
         if self.engine is not None:
             self.engine.wake()
+        spec = self.engine.speculator if self.engine is not None else None
+        before = (spec.rounds, spec.emitted) if spec else None
         groups, stats = self.rollout.collect(self.step, self.version)
         if self.engine is not None:
             self.engine.sleep()  # the KV cache's memory goes to training until the next rollout
-        return groups, {**stats.as_dict(), **self.rollout.buffer.stats(self.step)}
+        extra = {}
+        if spec:  # speculative decoding: tokens per target forward this step (falls as the policy leaves its draft)
+            extra["spec_accepted_length"] = (spec.emitted - before[1]) / max(spec.rounds - before[0], 1)
+        return groups, {**stats.as_dict(), **self.rollout.buffer.stats(self.step), **extra}
 
     def update(self, samples, advantages: list[float]) -> dict[str, float]:
         start = time.perf_counter()

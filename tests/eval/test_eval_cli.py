@@ -24,3 +24,19 @@ def test_dead_endpoint_is_one_line(tmp_path, capsys):
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "127.0.0.1:9" in err[0]
+
+
+def test_eval_with_a_draft_head_scores_exactly_as_without(tmp_path):
+    """Greedy eval of the demo policy, with and without its draft: identical samples."""
+    from pathlib import Path
+
+    demo = Path(__file__).resolve().parents[2] / "reasonrl" / "demo"
+    runs = {}
+    for name, extra in (("plain", []), ("spec", ["--draft", str(demo / "draft")])):
+        out = tmp_path / name
+        argv = ["eval", "sums:", "--model", str(demo / "policy"), "--out", str(out), "--limit", "12",
+                "--max-tokens", "64", "--no-progress", "--kv-cache-memory", "16MiB", "--max-model-len", "256", *extra]
+        assert main(argv) == 0
+        runs[name] = sorted((json.loads(line)["problem_id"], json.loads(line)["response"])
+                            for line in (out / "samples.jsonl").read_text().splitlines())
+    assert runs["plain"] == runs["spec"]

@@ -60,7 +60,8 @@ class LLMEngine:
         self.eos_ids = set(tokenizer.eos_token_ids if tokenizer else mcfg.eos_token_ids)
         fmt = get_format(cfg.kv_format)
         fmt.check_options(cfg.kv_options)
-        num_blocks = self._num_blocks(fmt.bytes_per_block(mcfg, cfg.block_size, model.dtype, **cfg.kv_options))
+        fixed = fmt.fixed_bytes(mcfg, cfg.block_size, model.dtype, cfg.max_num_seqs, **cfg.kv_options)
+        num_blocks = self._num_blocks(fmt.bytes_per_block(mcfg, cfg.block_size, model.dtype, **cfg.kv_options), fixed)
         self.kv = fmt(mcfg, num_blocks, cfg.block_size, model.device, model.dtype, cfg.max_num_seqs, **cfg.kv_options)
         self.kv.allocate()
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching, self.kv.free_blocks)
@@ -93,18 +94,20 @@ class LLMEngine:
         tokenizer = Tokenizer.from_dir(path) if (Path(path) / "tokenizer.json").is_file() else None
         return cls(model, tokenizer, config)
 
-    def _num_blocks(self, bytes_per_block: int) -> int:
+    def _num_blocks(self, bytes_per_block: int, fixed_bytes: int = 0) -> int:
+        """Blocks that fit the KV budget once the format's fixed buffers are taken out of it."""
         budget = self.config.kv_cache_memory
         if budget is None and self.model.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.model.device)
             budget = int(total * self.config.gpu_memory_utilization) - (total - free)
         budget = budget if budget is not None else 1 << 30
-        num_blocks = budget // bytes_per_block
+        num_blocks = max(budget - fixed_bytes, 0) // bytes_per_block
         needed = -(-self.max_model_len // self.config.block_size)
         if num_blocks < needed:
             raise ValueError(
-                f"the KV cache ({budget} bytes, {num_blocks} blocks of {self.config.block_size} tokens) cannot hold one "
-                f"sequence of max_model_len={self.max_model_len} tokens: raise kv_cache_memory or lower max_model_len")
+                f"the KV cache ({budget} bytes, {fixed_bytes} of them for the format's fixed buffers; {num_blocks} blocks "
+                f"of {self.config.block_size} tokens) cannot hold one sequence of max_model_len={self.max_model_len} "
+                "tokens: raise kv_cache_memory or lower max_model_len (or max_num_seqs, which sizes staging buffers)")
         return num_blocks
 
     # ---- requests -------------------------------------------------------------------------

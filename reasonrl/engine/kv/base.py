@@ -39,6 +39,12 @@ class KVFormat:
         and counts them in `storage()`)."""
         raise NotImplementedError
 
+    @classmethod
+    def fixed_bytes(cls, cfg: ModelConfig, block_size: int, dtype: torch.dtype, max_num_seqs: int, **options) -> int:
+        """Bytes the format allocates besides its blocks (e.g. a full-precision staging pool for the
+        partly filled blocks); the engine takes them out of the KV budget before sizing blocks."""
+        return 0
+
     def storage(self) -> list[torch.Tensor]:
         """Every tensor the cache holds (for memory accounting)."""
         raise NotImplementedError

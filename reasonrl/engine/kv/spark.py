@@ -1,0 +1,464 @@
+"""SPARK: per-token key-channel pruning with restoration in the attention score, as a KV-cache
+format that stores less (arXiv 2508.15212, "SparK", AAAI 2026; authors' code Xnhyacinth/SparK).
+
+Per token and KV head, channel c of the key scores k_c^2 * |Q_c|, where |Q_c| is the L2 norm of
+channel c over a window of recent queries averaged over the GQA group sharing the head. The top
+T = D - floor(r * D) channels are kept (r = `key_ratio`); the other P = D - T are pruned and come
+back, inside the score computation, as
+
+    k_hat_c = sign_c * sqrt(avg / |Q_c|),   avg = mean over pruned c of k_c^2 * |Q_c|,
+
+so every pruned channel contributes the token's average pruned score (the authors' default
+"recover with avg", `pooling_ratio=0.65`). What is stored, per token and KV head: the T kept
+values (model dtype) in channel order, a D-bit channel bitmap, one fp16 `avg` and P sign bits;
+per block and KV head: the |Q| vector the block was pruned with (D fp16). T is the same for every
+token, so kept values are a dense (blocks, block_size, heads, T) tensor: the memory is really saved
+(the authors' code only simulates pruning: it returns full-size keys). Values are kept whole unless
+`value_ratio` > 0, in which case each token keeps its top D - floor(value_ratio * D) value channels
+by |v| (bitmap + kept values) and the pruned ones read as zero.
+
+Block life cycle. A block's tokens stay whole in a staging pool (one slot per partly filled
+block, `max_num_seqs` slots) until the block fills; it is pruned in the `attend` of the step
+that fills it (a block written whole in one step is pruned straight from the new keys), and its
+slot goes back to the pool after the last layer. A sequence attends its own new tokens of the
+step in full precision and everything older as stored.
+
+Departures from the paper and its code:
+1. Where |Q| comes from. Paper: the last 32 prompt queries, recomputed at prefill, prune the whole
+   prompt once; generated tokens are never pruned. Here the format sees queries only in `attend`:
+   each sequence keeps an exponential moving sum of its group-averaged squared queries, decay
+   1 - 1/window (a window of about `window` queries, exact ring buffers would cost window * D
+   floats per sequence), that follows the sequence from block to block; a block is pruned with
+   the statistic that includes the queries of the step that fills it. For a prompt prefilled in
+   one chunk this is the paper's "last window of the prompt" statistic; generated tokens are pruned
+   too, block by block. A sequence that starts from a prefix-cached block another running sequence
+   still ends at may take over that sequence's statistic (quality only, never correctness).
+2. |Q| is stored normalised to max 1 per (block, head) and clamped below at 2^-14 (fp16's smallest
+   normal): the channel ranking and the restored value are unchanged by scaling |Q| (avg scales
+   with it), fp16 cannot overflow, and the restoration never divides by zero (the authors' code
+   divides by the raw norm). `avg` is clamped to the fp16 range.
+3. Sign: k >= 0 reads +1 (the code maps k == 0 to -1).
+4. Only the average recovery; none of the sampled recoveries or the SparK-p / SparK-g variants.
+   Value pruning is per token by |v| with zero restore (the code's value heuristic mixes in
+   variances over the sequence, which a paged cache does not have).
+5. No composition with TaDA: kept key values are stored in the model dtype, not quantized.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from reasonrl.engine.attention import AttentionMetadata, causal_mask
+from reasonrl.engine.kv.base import KVFormat
+from reasonrl.engine.kv.dense import length_groups
+from reasonrl.engine.kv.quant import dense16_bytes_per_token, pack, unpack
+
+FP16_TINY = 2.0 ** -14
+FP16_MAX = 65504.0
+
+
+# ---- bits -----------------------------------------------------------------------------------------
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """bool (..., n) -> uint8 (..., ceil(n / 8)); element i is bit i % 8 of byte i // 8."""
+    pad = -bits.shape[-1] % 8
+    return pack(F.pad(bits.to(torch.uint8), (0, pad)), 1)
+
+
+def unpack_bits(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """uint8 (..., ceil(n / 8)) -> bool (..., n)."""
+    return unpack(packed, 1)[..., :n].bool()
+
+
+def kept_channels(head_dim: int, ratio: float) -> int:
+    """T = D - floor(ratio * D), as the authors' code computes it."""
+    return head_dim - int(ratio * head_dim)
+
+
+def split_order(kept: torch.Tensor) -> torch.Tensor:
+    """bool (..., D) -> channel indices (..., D): the pruned channels ascending, then the kept ones
+    ascending (the order kept values and sign bits are stored in)."""
+    return torch.sort(kept.to(torch.uint8), dim=-1, stable=True).indices
+
+
+# ---- pruning and restoration (pure; the format and the eviction harness share them) ----------------
+@dataclass
+class PrunedKeys:
+    kept: torch.Tensor  # (..., T) kept channel values, in channel order
+    bitmap: torch.Tensor  # (..., ceil(D / 8)) uint8, bit c set = channel c kept
+    signs: torch.Tensor  # (..., ceil(P / 8)) uint8, bit j set = the j-th pruned channel was >= 0
+    avg: torch.Tensor  # (...,) fp16 mean score k_c^2 |Q_c| of the pruned channels
+
+
+def query_norm(sq_sum: torch.Tensor) -> torch.Tensor:
+    """Sum over a query window of squared group-mean queries (..., H, D) -> |Q| (..., H, D) fp16,
+    scaled to max 1 per head (a head that saw no query gets all ones: prune by |k|)."""
+    n = sq_sum.float().sqrt()
+    top = n.amax(-1, keepdim=True)
+    n = torch.where(top > 0, n / top.clamp_min(1e-30), torch.ones_like(n))
+    return n.clamp_min(FP16_TINY).to(torch.float16)
+
+
+def window_sq_sum(q: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
+    """Window queries (W, Hq, D) -> sum over the window of the squared GQA-group-mean query (Hkv, D)."""
+    w, hq, d = q.shape
+    qbar = q.float().view(w, num_kv_heads, hq // num_kv_heads, d).mean(2)
+    return qbar.square().sum(0)
+
+
+def prune_keys(k: torch.Tensor, qnorm: torch.Tensor, keep: int) -> PrunedKeys:
+    """k (..., D), qnorm broadcastable to it (fp16, from `query_norm`) -> the top `keep` channels
+    of each row by k_c^2 * |Q_c| and what restores the rest."""
+    d = k.shape[-1]
+    score = k.float().square() * qnorm.float()
+    kept_mask = torch.zeros(score.shape, dtype=torch.bool, device=k.device)
+    kept_mask.scatter_(-1, score.topk(keep, dim=-1).indices, True)
+    order = split_order(kept_mask)
+    pruned, kept = order[..., : d - keep], order[..., d - keep:]
+    if d > keep:
+        avg = score.gather(-1, pruned).mean(-1)
+        signs = pack_bits(k.gather(-1, pruned) >= 0)
+    else:
+        avg = score.new_zeros(score.shape[:-1])
+        signs = torch.zeros(*score.shape[:-1], 0, dtype=torch.uint8, device=k.device)
+    return PrunedKeys(k.gather(-1, kept), pack_bits(kept_mask), signs, avg.clamp(max=FP16_MAX).to(torch.float16))
+
+
+def restore_keys(p: PrunedKeys, qnorm: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """-> keys (..., D) float32: kept channels as stored, pruned ones sign * sqrt(avg / |Q_c|)."""
+    kept_mask = unpack_bits(p.bitmap, head_dim)
+    order = split_order(kept_mask)
+    npruned = head_dim - p.kept.shape[-1]
+    out = torch.empty(kept_mask.shape, dtype=torch.float32, device=p.kept.device)
+    out.scatter_(-1, order[..., npruned:], p.kept.float())
+    if npruned:
+        idx = order[..., :npruned]
+        sign = unpack_bits(p.signs, npruned).float() * 2 - 1
+        qn = qnorm.float().expand(kept_mask.shape).gather(-1, idx)
+        out.scatter_(-1, idx, sign * (p.avg.float()[..., None] / qn).sqrt())
+    return out
+
+
+def prune_values(v: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """v (..., D) -> (kept values (..., keep) in channel order, bitmap): the top `keep` by |v|."""
+    kept_mask = torch.zeros(v.shape, dtype=torch.bool, device=v.device)
+    kept_mask.scatter_(-1, v.float().abs().topk(keep, dim=-1).indices, True)
+    kept = split_order(kept_mask)[..., v.shape[-1] - keep:]
+    return v.gather(-1, kept), pack_bits(kept_mask)
+
+
+def restore_values(kept: torch.Tensor, bitmap: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """-> values (..., D) float32, pruned channels zero."""
+    kept_mask = unpack_bits(bitmap, head_dim)
+    out = torch.zeros(kept_mask.shape, dtype=torch.float32, device=kept.device)
+    return out.scatter_(-1, split_order(kept_mask)[..., head_dim - kept.shape[-1]:], kept.float())
+
+
+# ---- the format ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SparkLayout:
+    head_dim: int
+    keep: int  # T kept key channels
+    value_keep: int  # kept value channels (head_dim: values whole)
+    window: int
+
+    @classmethod
+    def of(cls, cfg, key_ratio=0.5, value_ratio=0.0, window=32) -> SparkLayout:
+        for name, r in (("key_ratio", key_ratio), ("value_ratio", value_ratio)):
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
+                raise ValueError(f"kv_format 'spark': option {name} must be a number in [0, 1), got {r!r}")
+            if kept_channels(cfg.head_dim, r) < 1:
+                raise ValueError(f"kv_format 'spark': option {name}={r} keeps no channel of head_dim={cfg.head_dim}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"kv_format 'spark': option window must be a positive integer, got {window!r}")
+        d = cfg.head_dim
+        return cls(d, kept_channels(d, key_ratio), kept_channels(d, value_ratio), window)
+
+    def block_tensors(self, block_size: int, kv_heads: int, dtype: torch.dtype) -> dict:
+        """What one block of one layer stores: name -> (shape, dtype)."""
+        d, tok = self.head_dim, (block_size, kv_heads)
+        t = {"k_kept": (tok + (self.keep,), dtype), "k_bitmap": (tok + (-(-d // 8),), torch.uint8),
+             "k_signs": (tok + (-(-(d - self.keep) // 8),), torch.uint8), "k_avg": (tok, torch.float16),
+             "qnorm": ((kv_heads, d), torch.float16), "v_kept": (tok + (self.value_keep,), dtype)}
+        if self.value_keep < d:
+            t["v_bitmap"] = (tok + (-(-d // 8),), torch.uint8)
+        return t
+
+
+class SparkKV(KVFormat):
+    """SPARK key-channel pruning; options key_ratio (0.5), value_ratio (0.0), window (32). Byte
+    ratios are quoted against a 16-bit dense cache (2 * layers * kv_heads * head_dim * 2 bytes per
+    token) whatever dtype the model runs in."""
+
+    name = "spark"
+    options = ("key_ratio", "value_ratio", "window")
+
+    def __init__(self, cfg, num_blocks, block_size, device, dtype, max_num_seqs=256, **options):
+        super().__init__(cfg, num_blocks, block_size, device, dtype, max_num_seqs, **options)
+        self.layout = SparkLayout.of(cfg, **options)
+        self.num_stat_rows = 2 * max_num_seqs  # one per running sequence, plus those LRU-evicted lazily
+
+    @classmethod
+    def bytes_per_block(cls, cfg, block_size, dtype, **options):
+        """Kept keys, bitmaps, signs, avg, |Q| and values of one block in every layer, plus its
+        4-byte staging-slot entry; the staging pool and query statistics are fixed-size (`side_bytes`)."""
+        layout = SparkLayout.of(cfg, **options)
+        per_layer = sum(math.prod(shape) * torch.empty((), dtype=dt).element_size()
+                        for shape, dt in layout.block_tensors(block_size, cfg.num_kv_heads, dtype).values())
+        return cfg.num_layers * per_layer + 4
+
+    @classmethod
+    def side_bytes(cls, cfg, block_size, dtype, max_num_seqs) -> int:
+        """Staging pool (K and V of max_num_seqs blocks, model dtype) + fp32 query statistics."""
+        c = cfg
+        staging = 2 * c.num_layers * max_num_seqs * block_size * c.num_kv_heads * c.head_dim * dtype.itemsize
+        return staging + c.num_layers * 2 * max_num_seqs * c.num_kv_heads * c.head_dim * 4
+
+    @classmethod
+    def fixed_bytes(cls, cfg, block_size, dtype, max_num_seqs, **options):
+        return cls.side_bytes(cfg, block_size, dtype, max_num_seqs)
+
+    @classmethod
+    def ratio_to_dense16(cls, cfg, block_size, dtype, num_blocks, max_num_seqs, **options) -> float:
+        """Bytes per token this format would allocate (blocks plus side buffers, spread over the
+        blocks' tokens) over the 16-bit dense cache's 2 * layers * kv_heads * head_dim * 2."""
+        total = num_blocks * cls.bytes_per_block(cfg, block_size, dtype, **options)
+        total += cls.side_bytes(cfg, block_size, dtype, max_num_seqs)
+        return total / (num_blocks * block_size * dense16_bytes_per_token(cfg))
+
+    @property
+    def dense16_ratio(self) -> float:
+        """`bytes_per_token` (from the allocated tensors) over the 16-bit dense cache's."""
+        return self.bytes_per_token / dense16_bytes_per_token(self.cfg)
+
+    # ---- storage ---------------------------------------------------------------------------------
+    def allocate(self):
+        c, dev, L = self.cfg, self.device, self.cfg.num_layers
+        spec = self.layout.block_tensors(self.block_size, c.num_kv_heads, self.dtype)
+        # (layers, blocks, ...) each; |Q| starts at ones so never-written blocks restore to finite numbers
+        self.t = {name: (torch.ones if name == "qnorm" else torch.zeros)(L, self.num_blocks, *shape, dtype=dt,
+                                                                         device=dev)
+                  for name, (shape, dt) in spec.items()}
+        # (layers, k/v, slots, block_size, kv_heads, head_dim): the partly filled blocks, whole
+        self.staging = torch.zeros(L, 2, self.max_num_seqs, self.block_size, c.num_kv_heads, c.head_dim,
+                                   dtype=self.dtype, device=dev)
+        self.stage_table = torch.full((self.num_blocks,), -1, dtype=torch.int32, device=dev)  # block -> slot
+        # (layers, rows, kv_heads, head_dim): decayed sums of squared group-mean queries, per sequence
+        self.qstat = torch.zeros(L, self.num_stat_rows, c.num_kv_heads, c.head_dim, dtype=torch.float32, device=dev)
+        self._reset_maps()
+
+    def _reset_maps(self):
+        self.stage_of: dict[int, int] = {}
+        self.free_slots = list(range(self.max_num_seqs - 1, -1, -1))
+        self.stat_of: OrderedDict[int, int] = OrderedDict()  # a sequence's last block -> its statistic row
+        self.free_rows = list(range(self.num_stat_rows - 1, -1, -1))
+        self._filled: list[int] = []  # staged blocks filled this step: slots go back after the last layer
+        self._pending = None
+        self._tables = (None, [])
+
+    def release(self):
+        self.t, self.staging, self.stage_table, self.qstat = None, None, None, None
+        self._reset_maps()
+
+    def storage(self):
+        if getattr(self, "t", None) is None:
+            return []
+        return list(self.t.values()) + [self.staging, self.stage_table, self.qstat]
+
+    def free_blocks(self, block_ids):
+        for block in block_ids:
+            self._drop_slot(block)
+            row = self.stat_of.pop(block, None)
+            if row is not None:
+                self.free_rows.append(row)
+
+    # ---- writes: held until attend, where the queries that prune them are known --------------------
+    def write(self, layer, slots, k, v):
+        self._pending = (layer, k, v)
+
+    def attend(self, layer, q, meta: AttentionMetadata):
+        pending, self._pending = self._pending, None
+        if pending is None or pending[0] != layer:
+            raise RuntimeError(f"kv_format 'spark': attend(layer={layer}) without its write")
+        _, k_new, v_new = pending
+        self.commit(layer, q, k_new, v_new, meta)
+        if meta.decode_only and q.is_cuda:
+            out = self.attend_kernel(layer, q, k_new, v_new, meta)
+        else:
+            out = self.attend_torch(layer, q, k_new, v_new, meta)
+        if layer == self.cfg.num_layers - 1:
+            for block in self._filled:
+                self._drop_slot(block)
+            self._filled = []
+        return out
+
+    def commit(self, layer, q, k, v, meta: AttentionMetadata) -> None:
+        """Update each sequence's query statistic with this step's queries, stage the tokens of
+        blocks still partly filled, prune the blocks this step fills."""
+        bs, tables = self.block_size, self._host_tables(meta)
+        blocks, ks, vs, qns = [], [], [], []
+        for b in range(meta.num_seqs):
+            lo, hi, ctx = meta.query_start[b], meta.query_start[b + 1], meta.context_lens[b]
+            if hi == lo:
+                continue
+            table, start = tables[b], ctx - (hi - lo)
+            qn = query_norm(self._update_stat(layer, q[lo:hi], table, start, ctx))
+            row = lambda p: lo + p - start  # noqa: E731  (cache position -> row of this step's tokens)
+            pos = start
+            if pos % bs:  # continues a staged block
+                end = min(ctx, (pos // bs + 1) * bs)
+                slot = self._stage(layer, table[pos // bs], pos % bs, k[row(pos):row(end)], v[row(pos):row(end)])
+                if end % bs == 0:
+                    blocks.append(table[pos // bs])
+                    ks.append(self.staging[layer, 0, slot][None])
+                    vs.append(self.staging[layer, 1, slot][None])
+                    qns.append(qn[None])
+                    if layer == self.cfg.num_layers - 1:
+                        self._filled.append(table[pos // bs])
+                pos = end
+            whole_end = ctx // bs * bs
+            if whole_end > pos:  # blocks written whole in this step
+                n = (whole_end - pos) // bs
+                for block in table[pos // bs: whole_end // bs]:
+                    self._drop_slot(block)  # a stale slot from an earlier life of the block
+                    blocks.append(block)
+                ks.append(k[row(pos):row(whole_end)].reshape(n, bs, *k.shape[1:]))
+                vs.append(v[row(pos):row(whole_end)].reshape(n, bs, *v.shape[1:]))
+                qns.append(qn[None].expand(n, -1, -1))
+                pos = whole_end
+            if pos < ctx:  # a new partly filled block
+                self._stage(layer, table[pos // bs], 0, k[row(pos):row(ctx)], v[row(pos):row(ctx)])
+        if blocks:
+            self._store(layer, torch.tensor(blocks, device=q.device), torch.cat(ks), torch.cat(vs), torch.cat(qns))
+
+    def _host_tables(self, meta) -> list[list[int]]:
+        if self._tables[0] is not meta:  # one device-to-host copy per step, not per layer
+            self._tables = (meta, meta.block_tables.tolist())
+        return self._tables[1]
+
+    def _update_stat(self, layer, q, table, start, ctx) -> torch.Tensor:
+        """Decay the sequence's statistic by (1 - 1/window) per query and add the new queries'
+        squared group means; the row follows the sequence to its new last block. -> (Hkv, D)."""
+        bs, tail = self.block_size, table[(ctx - 1) // self.block_size]
+        row = self.stat_of.get(tail)
+        if row is None:
+            prev = table[(start - 1) // bs] if start > 0 else None
+            row = self.stat_of.pop(prev) if prev is not None and prev != tail and prev in self.stat_of else None
+            if row is None:
+                row = self._new_stat_row()
+            self.stat_of[tail] = row
+        self.stat_of.move_to_end(tail)
+        decay = 1.0 - 1.0 / self.layout.window
+        n, hkv = q.shape[0], self.cfg.num_kv_heads
+        qbar = q.float().view(n, hkv, -1, q.shape[-1]).mean(2)  # (n, Hkv, D) GQA group mean, as the paper
+        w = decay ** torch.arange(n - 1, -1, -1, device=q.device, dtype=torch.float32)
+        stat = self.qstat[layer, row]
+        stat.mul_(decay ** n).add_((w[:, None, None] * qbar.square()).sum(0))
+        return stat
+
+    def _new_stat_row(self) -> int:
+        if not self.free_rows:  # a finished sequence whose last block is still shared: oldest first
+            self.free_rows.append(self.stat_of.popitem(last=False)[1])
+        row = self.free_rows.pop()
+        self.qstat[:, row].zero_()
+        return row
+
+    def _stage(self, layer, block, offset, k, v) -> int:
+        slot = self.stage_of.get(block)
+        if slot is None:
+            if offset:
+                raise RuntimeError(f"kv_format 'spark': block {block} written from offset {offset} but its earlier "
+                                   f"tokens were never staged (a block's tokens must be written in order)")
+            if not self.free_slots:
+                raise RuntimeError(f"kv_format 'spark': the staging pool ({self.max_num_seqs} blocks, one partly "
+                                   f"filled block per sequence) is exhausted")
+            slot = self.free_slots.pop()
+            self.stage_of[block] = slot
+            self.stage_table[block] = slot
+        self.staging[layer, 0, slot, offset: offset + k.shape[0]] = k.to(self.dtype)
+        self.staging[layer, 1, slot, offset: offset + v.shape[0]] = v.to(self.dtype)
+        return slot
+
+    def _drop_slot(self, block):
+        slot = self.stage_of.pop(block, None)
+        if slot is not None:
+            self.free_slots.append(slot)
+            self.stage_table[block] = -1
+
+    def _store(self, layer, blocks, k, v, qn) -> None:
+        """Prune whole blocks: k, v (n, block_size, H, D), qn (n, H, D) fp16 -> storage of `blocks` (n,)."""
+        t, lay = self.t, self.layout
+        p = prune_keys(k, qn[:, None], lay.keep)
+        t["k_kept"][layer, blocks] = p.kept.to(self.dtype)
+        t["k_bitmap"][layer, blocks] = p.bitmap
+        t["k_signs"][layer, blocks] = p.signs
+        t["k_avg"][layer, blocks] = p.avg
+        t["qnorm"][layer, blocks] = qn
+        if lay.value_keep < lay.head_dim:
+            kept, bitmap = prune_values(v, lay.value_keep)
+            t["v_kept"][layer, blocks], t["v_bitmap"][layer, blocks] = kept.to(self.dtype), bitmap
+        else:
+            t["v_kept"][layer, blocks] = v.to(self.dtype)
+
+    # ---- attention ---------------------------------------------------------------------------------
+    def gather(self, layer: int, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A temporary of the listed blocks, restored: blocks (...) -> k, v (..., block_size, H, D)
+        float32; staged blocks are read whole from the staging pool."""
+        t, lay, flat = self.t, self.layout, blocks.flatten().long()
+        p = PrunedKeys(t["k_kept"][layer, flat], t["k_bitmap"][layer, flat], t["k_signs"][layer, flat],
+                       t["k_avg"][layer, flat])
+        k = restore_keys(p, t["qnorm"][layer, flat][:, None], lay.head_dim)
+        if lay.value_keep < lay.head_dim:
+            v = restore_values(t["v_kept"][layer, flat], t["v_bitmap"][layer, flat], lay.head_dim)
+        else:
+            v = t["v_kept"][layer, flat].float()
+        slots = self.stage_table[flat].long()
+        hit = torch.nonzero(slots >= 0).flatten()
+        if hit.numel():
+            k[hit] = self.staging[layer, 0, slots[hit]].float()
+            v[hit] = self.staging[layer, 1, slots[hit]].float()
+        shape = blocks.shape + k.shape[1:]
+        return k.view(shape), v.view(shape)
+
+    def attend_torch(self, layer, q, k_new, v_new, meta: AttentionMetadata) -> torch.Tensor:
+        """Gathers each sequence's blocks restored (a temporary), puts this step's own new tokens
+        in whole, runs SDPA; decode rows are batched by context length as in `DenseKV`."""
+        out = torch.empty_like(q)
+        masks = meta.masks or [None] * meta.num_seqs
+        decode = [b for b in range(meta.num_seqs) if meta.q_len(b) == 1 and masks[b] is None]
+        for longest, members in length_groups([meta.context_lens[b] for b in decode]) if decode else []:
+            seqs = [decode[i] for i in members]
+            rows = torch.tensor([meta.query_start[b] for b in seqs], device=q.device)
+            lens = meta.context_lens_t[torch.tensor(seqs, device=q.device)].long()
+            k, v = self.gather(layer, meta.block_tables[seqs, : -(-longest // self.block_size)])
+            k, v = k.flatten(1, 2).to(q.dtype), v.flatten(1, 2).to(q.dtype)  # (B, S, H, D)
+            ar = torch.arange(len(seqs), device=q.device)
+            k[ar, lens - 1], v[ar, lens - 1] = k_new[rows].to(q.dtype), v_new[rows].to(q.dtype)
+            valid = torch.arange(k.shape[1], device=q.device)[None, :] < lens[:, None]
+            o = F.scaled_dot_product_attention(q[rows, :, None, :], k.transpose(1, 2), v.transpose(1, 2),
+                                               attn_mask=valid[:, None, None, :], enable_gqa=q.shape[1] != k.shape[2])
+            out[rows] = o[:, :, 0, :]
+        for b in sorted(set(range(meta.num_seqs)) - set(decode)):
+            lo, hi, ctx = meta.query_start[b], meta.query_start[b + 1], meta.context_lens[b]
+            k, v = self.gather(layer, meta.block_tables[b, : -(-ctx // self.block_size)])
+            k, v = k.flatten(0, 1)[:ctx].to(q.dtype), v.flatten(0, 1)[:ctx].to(q.dtype)  # (ctx, H, D)
+            k[ctx - (hi - lo):], v[ctx - (hi - lo):] = k_new[lo:hi].to(q.dtype), v_new[lo:hi].to(q.dtype)
+            mask = causal_mask(hi - lo, ctx, meta.masks[b] if meta.masks else None, q.device)
+            o = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                               attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+            out[lo:hi] = o.transpose(0, 1)
+        return out
+
+    def attend_kernel(self, layer, q, k_new, v_new, meta: AttentionMetadata) -> torch.Tensor:
+        """Decode step (one query per sequence) through the Triton kernel, which restores in registers."""
+        from reasonrl.kernels.kv_spark import spark_paged_decode
+
+        t = self.t
+        return spark_paged_decode(
+            q, k_new, v_new, t["k_kept"][layer], t["k_bitmap"][layer], t["k_signs"][layer], t["k_avg"][layer],
+            t["qnorm"][layer], t["v_kept"][layer], t.get("v_bitmap", t["k_bitmap"])[layer], self.staging[layer],
+            self.stage_table, meta.block_tables, meta.context_lens_t - 1, value_pruned="v_bitmap" in t)

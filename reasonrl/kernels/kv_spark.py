@@ -1,0 +1,126 @@
+"""Paged decode attention over the SPARK KV format (`reasonrl/engine/kv/spark.py`), in Triton.
+
+Reads what the format stores, never a restored copy: per token and KV head the kept key channels,
+the channel bitmap, the pruned channels' sign bits and the fp16 `avg`; per block and head the
+|Q| vector. A key is rebuilt in registers: channel c is kept iff bit c of the bitmap is set; its
+value is kept[rank(c)], rank = number of kept channels before c (an exclusive cumsum of the bits);
+a pruned channel reads sign[c - rank(c)] * sqrt(avg / |Q_c|). Values are read whole, or (value
+pruning) kept[rank_v(c)] and zero elsewhere. A block still partly filled (stage table >= 0) is
+read whole from the staging pool. The step's own new token, not yet in any block the kernel
+reads, comes in as k_new / v_new and is attended last.
+
+One program per (sequence, KV head) covers the query heads of its GQA group; online softmax over
+blocks, as `paged_attention.py`. Runs under `TRITON_INTERPRET=1` on CPU for tests.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rebuild(kept_ptr, bitmap_ptr, row, t_ok, d, KEEP: tl.constexpr, BITMAP_BYTES: tl.constexpr):
+    """-> (bit (BLOCK, D) int32, rank (BLOCK, D) int32, kept values scattered (BLOCK, D) fp32, 0 where pruned)."""
+    byte = tl.load(bitmap_ptr + row[:, None] * BITMAP_BYTES + d[None, :] // 8, mask=t_ok[:, None], other=0)
+    bit = (byte.to(tl.int32) >> (d[None, :] % 8)) & 1
+    rank = tl.cumsum(bit, axis=1) - bit
+    vals = tl.load(kept_ptr + row[:, None] * KEEP + rank, mask=t_ok[:, None] & (bit == 1), other=0.0)
+    return bit, rank, vals.to(tl.float32)
+
+
+@triton.jit
+def _spark_decode_kernel(
+    q_ptr, kn_ptr, vn_ptr, out_ptr,
+    kept_ptr, bitmap_ptr, signs_ptr, avg_ptr, qnorm_ptr, vkept_ptr, vbitmap_ptr,
+    kstage_ptr, vstage_ptr, stage_table_ptr, tables_ptr, lens_ptr, scale, stride_tb,
+    KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK: tl.constexpr, KEEP: tl.constexpr, PRUNED: tl.constexpr, BITMAP_BYTES: tl.constexpr,
+    SIGN_BYTES: tl.constexpr, VKEEP: tl.constexpr, PRECISION: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    ctx = tl.load(lens_ptr + b)  # tokens before this step's
+    g = tl.arange(0, GROUP_PAD)
+    d = tl.arange(0, HEAD_DIM)
+    t = tl.arange(0, BLOCK)
+    g_ok = g < GROUP
+    heads = h * GROUP + g
+    q = tl.load(q_ptr + (b * KV_HEADS * GROUP + heads[:, None]) * HEAD_DIM + d[None, :], mask=g_ok[:, None], other=0.0)
+    m = tl.full((GROUP_PAD,), -1e30, dtype=tl.float32)
+    l = tl.zeros((GROUP_PAD,), dtype=tl.float32)
+    acc = tl.zeros((GROUP_PAD, HEAD_DIM), dtype=tl.float32)
+    for i in range(0, tl.cdiv(ctx, BLOCK)):
+        block = tl.load(tables_ptr + b * stride_tb + i).to(tl.int64)
+        slot = tl.load(stage_table_ptr + block).to(tl.int64)
+        t_ok = i * BLOCK + t < ctx
+        st_ok = t_ok & (slot + t * 0 >= 0)  # (BLOCK,) block staged; a vector: the interpreter rejects scalar masks
+        row = (block * BLOCK + t) * KV_HEADS + h  # (BLOCK,) token-head rows of the block
+        # keys: kept channels, then the pruned ones restored
+        bit, rank, k = _rebuild(kept_ptr, bitmap_ptr, row, t_ok, d, KEEP, BITMAP_BYTES)
+        if PRUNED > 0:
+            prank = d[None, :] - rank  # index among the pruned channels
+            sbyte = tl.load(signs_ptr + row[:, None] * SIGN_BYTES + prank // 8, mask=t_ok[:, None] & (bit == 0),
+                            other=0)
+            sign = ((sbyte.to(tl.int32) >> (prank % 8)) & 1).to(tl.float32) * 2.0 - 1.0
+            avg = tl.load(avg_ptr + row, mask=t_ok, other=0.0).to(tl.float32)
+            qn = tl.load(qnorm_ptr + (block * KV_HEADS + h) * HEAD_DIM + d).to(tl.float32)
+            k = tl.where(bit == 1, k, sign * tl.sqrt(avg[:, None] / qn[None, :]))
+        srow = (slot * BLOCK + t) * KV_HEADS + h  # staging (slots, block_size, heads, D)
+        k_st = tl.load(kstage_ptr + srow[:, None] * HEAD_DIM + d[None, :], mask=st_ok[:, None], other=0.0)
+        k = tl.where(st_ok[:, None], k_st.to(tl.float32), k)
+        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * scale  # (GROUP_PAD, BLOCK)
+        s = tl.where(t_ok[None, :], s, float("-inf"))
+        # values
+        if VKEEP < HEAD_DIM:
+            _, _, v = _rebuild(vkept_ptr, vbitmap_ptr, row, t_ok, d, VKEEP, BITMAP_BYTES)
+        else:
+            v = tl.load(vkept_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
+        v_st = tl.load(vstage_ptr + srow[:, None] * HEAD_DIM + d[None, :], mask=st_ok[:, None], other=0.0)
+        v = tl.where(st_ok[:, None], v_st.to(tl.float32), v)
+        m_new = tl.maximum(m, tl.max(s, 1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m - m_new)
+        l = l * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=PRECISION)
+        m = m_new
+    # this step's own token, whole
+    kn = tl.load(kn_ptr + (b * KV_HEADS + h) * HEAD_DIM + d).to(tl.float32)
+    vn = tl.load(vn_ptr + (b * KV_HEADS + h) * HEAD_DIM + d).to(tl.float32)
+    s = tl.sum(q.to(tl.float32) * kn[None, :], 1) * scale  # (GROUP_PAD,)
+    m_new = tl.maximum(m, s)
+    p = tl.exp(s - m_new)
+    alpha = tl.exp(m - m_new)
+    l = l * alpha + p
+    acc = acc * alpha[:, None] + p[:, None] * vn[None, :]
+    out = acc / l[:, None]
+    tl.store(out_ptr + (b * KV_HEADS * GROUP + heads[:, None]) * HEAD_DIM + d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=g_ok[:, None])
+
+
+def spark_paged_decode(q, k_new, v_new, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, staging, stage_table,
+                       block_tables, prev_lens, value_pruned: bool = False, scale: float | None = None):
+    """One layer's SPARK storage (see `SparkKV.allocate`):
+    q (B, Hq, D); k_new, v_new (B, Hkv, D) this step's tokens; kept (blocks, bs, Hkv, T);
+    bitmap (blocks, bs, Hkv, ceil(D/8)) uint8; signs (blocks, bs, Hkv, ceil(P/8)) uint8;
+    avg (blocks, bs, Hkv) fp16; qnorm (blocks, Hkv, D) fp16; v_kept (blocks, bs, Hkv, D or Tv);
+    v_bitmap like bitmap (read only if value_pruned); staging (2, slots, bs, Hkv, D) K and V whole;
+    stage_table (blocks,) int32; block_tables (B, max_blocks) int32; prev_lens (B,) tokens before
+    this step's -> (B, Hq, D)."""
+    batch, num_heads, head_dim = q.shape
+    _, block_size, kv_heads, keep = kept.shape
+    group = num_heads // kv_heads
+    tensors = [q, k_new, v_new, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, staging[0], staging[1]]
+    (q, k_new, v_new, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, k_stage,
+     v_stage) = (x.contiguous() for x in tensors)
+    out = torch.empty_like(q)
+    _spark_decode_kernel[(batch, kv_heads)](
+        q, k_new, v_new, out, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, k_stage, v_stage, stage_table,
+        block_tables, prev_lens.to(torch.int32), scale or head_dim ** -0.5, block_tables.stride(0),
+        KV_HEADS=kv_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
+        BLOCK=block_size, KEEP=keep, PRUNED=head_dim - keep, BITMAP_BYTES=bitmap.shape[-1],
+        SIGN_BYTES=max(1, signs.shape[-1]), VKEEP=v_kept.shape[-1] if value_pruned else head_dim,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+    )
+    return out

@@ -1,0 +1,83 @@
+"""Per-layer bit search for TaDA and its profile files."""
+
+import json
+
+import pytest
+import torch
+
+from reasonrl.engine import LLMEngine
+from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.kv.calibrate import (KLScorer, SearchResult, greedy_search, load_profile, profile_path,
+                                          random_search, save_profile, search_bits, uniform_bits)
+from reasonrl.engine.kv.tada import TadaKV
+from reasonrl.models.model import DecoderLM
+from reasonrl.models.tiny import init_weights, tiny_config
+
+LAYERS = 3
+
+
+@pytest.fixture(scope="module")
+def model():
+    return init_weights(DecoderLM(tiny_config(vocab_size=128, num_layers=LAYERS)), std=0.2, seed=1)
+
+
+@pytest.fixture(scope="module")
+def scorer(model):
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(0, 128, (n,), generator=g).tolist() for n in (14, 17, 16)]
+    return KLScorer(model, seqs, prompt_len=8, block_size=4)
+
+
+def test_kl_grows_as_bits_fall(scorer):
+    kl8, kl4, kl2 = (scorer([b] * LAYERS) for b in (8, 4, 2))
+    assert kl8 < 1e-3 and kl8 < kl4 < kl2
+
+
+@pytest.mark.parametrize("budget", [4, 5, 6])
+def test_greedy_respects_the_budget_and_beats_uniform(scorer, budget):
+    result = greedy_search(scorer, LAYERS, budget)
+    assert result.method == "greedy" and len(result.bits) == LAYERS
+    assert result.avg_bits == sum(result.bits) / LAYERS <= budget
+    assert result.kl == scorer(result.bits) <= scorer(uniform_bits(LAYERS, budget))
+    assert all(sum(c) / LAYERS <= budget for c, _ in result.trials)
+    if budget == 6:  # uniform is 4 bits everywhere; spending the budget on some layers must help
+        assert result.kl < scorer([4] * LAYERS) and max(result.bits) == 8
+
+
+def test_random_search_respects_the_budget_and_is_seeded(scorer):
+    a = random_search(scorer, LAYERS, 5, n_trials=6, seed=3)
+    b = random_search(scorer, LAYERS, 5, n_trials=6, seed=3)
+    assert a.bits == b.bits and [c for c, _ in a.trials] == [c for c, _ in b.trials]
+    assert len(a.trials) == 7 and all(sum(c) / LAYERS <= 5 for c, _ in a.trials)
+    assert a.kl == min(kl for _, kl in a.trials) <= scorer(uniform_bits(LAYERS, 5))
+
+
+def test_search_bits_checks_its_arguments(model):
+    seqs = [[1, 2, 3, 4, 5, 6]]
+    with pytest.raises(ValueError, match="unknown search method 'beam'"):
+        search_bits(model, seqs, 4, method="beam", prompt_len=3)
+    with pytest.raises(ValueError, match="avg_bits=1.5 is below"):
+        search_bits(model, seqs, 1.5, prompt_len=3)
+    with pytest.raises(ValueError, match="prompt_len=6 must leave"):
+        KLScorer(model, seqs, prompt_len=6)
+
+
+def test_profile_round_trip_and_engine_option(tmp_path, model, scorer):
+    result = greedy_search(scorer, LAYERS, 5)
+    path = save_profile(tmp_path, "budget5", result)
+    assert path == profile_path(tmp_path, "budget5") == tmp_path / "kv_profiles" / "budget5.json"
+    data = json.loads(path.read_text())
+    assert data == {"bits": result.bits, "avg_bits": result.avg_bits, "kl": result.kl, "method": "greedy"}
+    assert load_profile(tmp_path, "budget5") == result.bits
+    engine = LLMEngine(model, None, EngineConfig(kv_cache_memory=1 << 23, kv_format="tada", max_num_seqs=8,
+                                                 kv_options={"profile": str(path)}))
+    assert engine.kv.bits == result.bits
+    assert [t["k_codes"].shape[-1] for t in engine.kv.tensors] == [16 * b // 8 for b in result.bits]
+
+
+def test_missing_profile_is_a_clear_error(tmp_path, model):
+    save_profile(tmp_path, "other", SearchResult([4] * LAYERS, 4.0, 0.1, "greedy"))
+    with pytest.raises(FileNotFoundError, match=r"no TaDA bit profile at .*nope\.json; profiles in .*: other"):
+        load_profile(tmp_path, "nope")
+    with pytest.raises(FileNotFoundError, match="no TaDA bit profile"):
+        TadaKV(model.config, 4, 16, torch.device("cpu"), torch.float32, 2, profile=str(tmp_path / "missing.json"))

@@ -1,0 +1,161 @@
+"""KIVI: keys per channel over a block's tokens, values per token in channel groups."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reasonrl.engine import LLMEngine, SamplingParams
+from reasonrl.engine.attention import AttentionMetadata
+from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.kv.calibrate import teacher_forced_logprobs
+from reasonrl.engine.kv.dense import DenseKV
+from reasonrl.engine.kv.kivi import KiviKV
+from reasonrl.engine.kv.quant import dense16_bytes_per_token
+from reasonrl.models import load_model
+from reasonrl.models.tiny import tiny_config
+
+CPU = torch.device("cpu")
+
+
+def keys_with_outlier_channels(n, heads=2, dim=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, heads, dim, generator=g)
+    x[:, :, 3] = 40 + torch.randn(n, heads, generator=g)  # a channel far from the others, as real keys have
+    return x
+
+
+def written(opts, k, v, block_size=8):
+    cfg = tiny_config(hidden_size=128, num_heads=4, num_kv_heads=2)
+    kv = KiviKV(cfg, 4, block_size, CPU, torch.float32, 2, **opts)
+    kv.allocate()
+    kv.write(0, torch.arange(k.shape[0]), k, v)
+    return kv
+
+
+def test_keys_are_quantized_per_channel_over_the_block():
+    k = keys_with_outlier_channels(8)
+    kv = written({}, k, torch.randn(8, 2, 32))
+    assert kv.tensors[0]["k_scale"].shape == (4, 2, 32)  # one scale per (block, head, channel)
+    dk, _ = kv._dequantize(0, torch.tensor([0]))
+    lo, hi = k.aminmax(dim=0)  # per (head, channel), over the block's tokens
+    err = (dk[0] - k).abs()
+    assert (err <= (hi - lo) / 3 / 2 + 1e-2).all()
+    normal = torch.ones(32, dtype=torch.bool)
+    normal[3] = False
+    # the outlier channel does not widen the others' steps (in a per-token group it would: ~40 / 3 / 2)
+    assert err[:, :, normal].max() < 1.5
+
+
+def test_values_are_quantized_per_token_in_channel_groups():
+    v = torch.randn(8, 2, 32) * torch.linspace(0.1, 3, 8)[:, None, None]  # very different scales per token
+    kv = written({"group_size": 8}, torch.randn(8, 2, 32), v)
+    assert kv.tensors[0]["v_scale"].shape == (4, 8, 2, 4)
+    _, dv = kv._dequantize(0, torch.tensor([0]))
+    g = v.unflatten(-1, (4, 8))
+    lo, hi = g.aminmax(dim=-1)
+    err = (dv[0] - v).abs().unflatten(-1, (4, 8))
+    assert (err <= ((hi - lo) / 3 / 2)[..., None] + 1e-2).all()
+    assert err[0].max() < 0.1  # the small-scale token keeps its own small step
+
+
+def test_default_group_is_32_or_head_dim():
+    assert KiviKV.settings(tiny_config(hidden_size=256, num_heads=4))[2] == 32  # head_dim 64
+    assert KiviKV.settings(tiny_config(hidden_size=64, num_heads=4))[2] == 16  # head_dim 16
+
+
+def decode_attention_error(opts, seed=0):
+    cfg = tiny_config(hidden_size=128, num_heads=4, num_kv_heads=2)
+    bs, lens = 8, [13, 24, 30]
+    kv = KiviKV(cfg, 16, bs, CPU, torch.float32, 4, **opts)
+    kv.allocate()
+    tables = torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]], dtype=torch.int32)
+    slots = torch.tensor([int(tables[b, p // bs]) * bs + p % bs for b, n in enumerate(lens) for p in range(n)])
+    k, v = keys_with_outlier_channels(len(slots), seed=seed), torch.randn(len(slots), 2, 32)
+    for layer in range(2):
+        kv.write(layer, slots, k, v)
+    q = torch.randn(3, 4, 32, generator=torch.Generator().manual_seed(seed + 1)) * 0.2
+    meta = AttentionMetadata(slots[[12, 36, 66]], [0, 1, 2, 3], lens, tables, torch.tensor(lens, dtype=torch.int32))
+    out, errs, start = kv.attend(0, q, meta), [], 0
+    for b, n in enumerate(lens):
+        exact = F.scaled_dot_product_attention(q[b, :, None], k[start:start + n].transpose(0, 1),
+                                               v[start:start + n].transpose(0, 1), enable_gqa=True)[:, 0]
+        errs.append((out[b] - exact).abs().max())
+        start += n
+    return float(max(errs))
+
+
+def test_attention_error_is_ordered_by_bits():
+    e8, e4, e2 = (decode_attention_error({"k_bits": b, "v_bits": b}) for b in (8, 4, 2))
+    assert e8 < 0.03 and e8 < e4 < e2, (e8, e4, e2)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_logits_kl_against_dense(hf_checkpoint, family):
+    """Teacher-forced through the cache (the engine's write/attend path): KIVI-8 is near-exact,
+    KIVI-2 is worse but finite."""
+    path, _ = hf_checkpoint(family)
+    model = load_model(path, "cpu")
+    g = torch.Generator().manual_seed(3)
+    seqs = [torch.randint(0, 256, (30,), generator=g).tolist() for _ in range(2)]
+    ref = teacher_forced_logprobs(model, DenseKV, seqs, 5, block_size=8)
+    kls = []
+    for bits in (8, 2):
+        logq = teacher_forced_logprobs(model, KiviKV, seqs, 5, block_size=8, k_bits=bits, v_bits=bits)
+        kls.append(float((ref.exp() * (ref - logq)).sum(-1).mean()))
+    assert kls[0] < 1e-3 and kls[0] < kls[1] < math.inf, kls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_engine_greedy_runs_and_stays_close_to_dense(hf_checkpoint, family):
+    path, _ = hf_checkpoint(family)
+    model = load_model(path, "cpu")
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(0, 256, (n,), generator=g).tolist() for n in (7, 19, 26)]
+    params = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+
+    def run(**kw):
+        engine = LLMEngine(model, None, EngineConfig(kv_cache_memory=1 << 22, block_size=8, max_num_seqs=3, **kw))
+        outs = {}
+        for i, p in enumerate(prompts):
+            engine.add_request(str(i), p, params)
+        while engine.has_unfinished():
+            outs.update({o.request_id: o for o in engine.step() if o.finished})
+        assert engine.kv.storage() and all(torch.isfinite(t.float()).all() for t in engine.kv.storage())
+        return [outs[str(i)].outputs[0] for i in range(len(prompts))]
+
+    dense, kivi8 = run(), run(kv_format="kivi", kv_options={"k_bits": 8, "v_bits": 8})
+    for d, q in zip(dense, kivi8):
+        assert len(q.token_ids) == 20
+        first = next((i for i, (a, b) in enumerate(zip(d.token_ids, q.token_ids)) if a != b), 20)
+        # log-probs of the shared prefix agree closely (a flip can only come from a near-tie)
+        torch.testing.assert_close(torch.tensor(q.logprobs[:first]), torch.tensor(d.logprobs[:first]), atol=5e-2, rtol=0)
+        assert first >= 5
+
+
+def test_bytes_per_token_ratio_is_the_formula_from_allocated_tensors():
+    """Per token and layer: k_bits/32 + 1/block_size (per-channel key scale and zero) + v_bits/32 +
+    1/group_size (value scale and zero) of the 16-bit dense cache, plus slot entries and staging."""
+    cfg = tiny_config(hidden_size=256, num_heads=4, num_kv_heads=2)  # head_dim 64
+    num_blocks, bs, seqs = 256, 16, 2
+    kv = KiviKV(cfg, num_blocks, bs, CPU, torch.bfloat16, seqs)
+    kv.allocate()
+    dense16 = dense16_bytes_per_token(cfg)
+    staging = 2 * cfg.num_layers * seqs * bs * 2 * 64 * 2
+    formula = 2 / 32 + 1 / bs + 2 / 32 + 1 / 32 + (4 + staging / num_blocks) / (bs * dense16)
+    assert kv.dense16_ratio == pytest.approx(formula, rel=1e-12)
+    assert KiviKV.ratio_to_dense16(cfg, bs, torch.bfloat16, num_blocks, seqs) == pytest.approx(formula)
+    assert kv.dense16_ratio < 0.23
+
+
+@pytest.mark.parametrize("opts,match", [
+    ({"k_bits": 3}, "option k_bits must be one of"),
+    ({"v_bits": 1}, "option v_bits must be one of"),
+    ({"group_size": 5}, "group_size must be a positive divisor"),
+    ({"bits": 2}, "'kivi' has no option"),
+])
+def test_bad_options_are_named(opts, match):
+    with pytest.raises(ValueError, match=match):
+        KiviKV(tiny_config(), 4, 16, CPU, torch.float32, 2, **opts)

@@ -80,3 +80,19 @@ def test_online_distillation_raises_the_accepted_length():
     assert [row["step"] for row in history] == [20, 40]
     assert history[-1]["accepted_length"] > before + 0.2  # 1.41 untrained, about 1.8 after 40 steps
     assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_distill_draft_cli_saves_a_loadable_draft_and_its_log(tmp_path, tokenizer):
+    from reasonrl.cli import main
+    from reasonrl.models.loader import load_model
+    from reasonrl.models.tiny import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "policy", "qwen2", tokenizer, hidden_size=32, num_layers=1)
+    out = tmp_path / "draft"
+    assert main(["distill-draft", str(ckpt), "--out", str(out), "--steps", "4", "--eval-every", "2",
+                 "--prompts-per-step", "4", "--max-new-tokens", "8", "--num-prompts", "16", "--eval-prompts", "4"]) == 0
+    log = [json.loads(line) for line in (out / "distill_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [2, 4] and all(row["accepted_length"] >= 1 for row in log)
+    raw = json.loads((out / CONFIG_FILE).read_text())
+    assert raw["steps"] == 4 and raw["accepted_length"] == log[-1]["accepted_length"]
+    DraftHead.load(out, load_model(ckpt, "cpu"))  # no warning: same target

@@ -173,3 +173,26 @@ def test_a_kv_format_that_cannot_move_slots_is_refused():
             engine(model, DraftHead(model), kv_format="frozen")
     finally:
         del FORMATS["frozen"]
+
+
+def test_sampled_speculative_logprobs_are_the_targets(demo):
+    """RL trains on these: each reported log-prob must be the target's log_softmax(logits / T)."""
+    policy, _, draft, prompts = demo
+    e = engine(policy, draft, max_model_len=256)
+    outs = run(e, {str(i): (p, SamplingParams(temperature=0.8, max_tokens=48, seed=i), {}) for i, p in enumerate(prompts[:6])})
+    assert e.stats()["spec_accepted_length"] > 1.5
+    for i, p in enumerate(prompts[:6]):
+        out = outs[str(i)].outputs[0]
+        with torch.no_grad():
+            logits = policy.compute_logits(policy.forward_padded(torch.tensor([p + out.token_ids])))[0, len(p) - 1:-1]
+        expected = (logits / 0.8).log_softmax(-1).gather(1, torch.tensor(out.token_ids)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(out.logprobs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_llm_takes_a_draft_path_like_any_engine_option():
+    from reasonrl.engine import LLM
+
+    llm = LLM(DEMO / "policy", draft=str(DEMO / "draft"), draft_depth=3, max_model_len=256, kv_cache_memory=1 << 24)
+    out = llm.chat([{"role": "user", "content": "3 + 4 + 5"}], SamplingParams(temperature=0, max_tokens=32))
+    assert out[0].outputs[0].token_ids and llm.engine.stats()["spec_rounds"] > 0
+    assert llm.engine.speculator.config.depth == 3

@@ -12,7 +12,7 @@ from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.kv.calibrate import teacher_forced_logprobs
 from reasonrl.engine.kv.dense import DenseKV
 from reasonrl.engine.kv.kivi import KiviKV
-from reasonrl.engine.kv.quant import dense16_bytes_per_token
+from reasonrl.engine.kv.base import dense16_bytes_per_token
 from reasonrl.models import load_model
 from reasonrl.models.tiny import tiny_config
 

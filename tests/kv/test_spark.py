@@ -8,7 +8,7 @@ from reasonrl.engine import LLMEngine, SamplingParams
 from reasonrl.engine.attention import AttentionMetadata, PagedAttention
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.kv import get_format
-from reasonrl.engine.kv.quant import dense16_bytes_per_token
+from reasonrl.engine.kv.base import dense16_bytes_per_token
 from reasonrl.engine.kv.spark import (SparkKV, kept_channels, pack_bits, prune_keys, prune_values, query_norm,
                                       restore_keys, restore_values, unpack_bits, window_sq_sum)
 from reasonrl.models import load_model
@@ -122,7 +122,7 @@ def test_bytes_come_from_the_allocated_tensors(key_ratio, value_ratio):
     kv = SparkKV(cfg, 40, 16, CPU, torch.bfloat16, max_num_seqs=3, **opts)
     kv.allocate()
     per_token = spark_bytes_by_hand(cfg, 16, key_ratio, value_ratio, 2)
-    side = SparkKV.side_bytes(cfg, 16, torch.bfloat16, 3)
+    side = SparkKV.fixed_bytes(cfg, 16, torch.bfloat16, 3)
     assert kv.allocated_bytes == 40 * SparkKV.bytes_per_block(cfg, 16, torch.bfloat16, **opts) + side
     assert kv.allocated_bytes == pytest.approx(40 * 16 * per_token + side)
     assert kv.dense16_ratio == pytest.approx(kv.allocated_bytes / (40 * 16) / dense16_bytes_per_token(cfg))

@@ -11,7 +11,8 @@ from reasonrl.engine.attention import AttentionMetadata
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.kv.calibrate import teacher_forced_logprobs
 from reasonrl.engine.kv.dense import DenseKV
-from reasonrl.engine.kv.quant import dense16_bytes_per_token, dequantize, quantize
+from reasonrl.engine.kv.base import dense16_bytes_per_token
+from reasonrl.engine.kv.quant import dequantize, quantize
 from reasonrl.engine.kv.tada import TadaKV
 from reasonrl.models import load_model
 from reasonrl.models.tiny import tiny_config

@@ -45,6 +45,20 @@ class KVFormat:
         partly filled blocks); the engine takes them out of the KV budget before sizing blocks."""
         return 0
 
+    @classmethod
+    def ratio_to_dense16(cls, cfg: ModelConfig, block_size: int, dtype: torch.dtype, num_blocks: int,
+                         max_num_seqs: int, **options) -> float:
+        """Bytes per token the format would allocate (blocks plus fixed buffers, spread over the
+        blocks' tokens) over a 16-bit dense cache's, whatever dtype the model runs in."""
+        total = num_blocks * cls.bytes_per_block(cfg, block_size, dtype, **options)
+        total += cls.fixed_bytes(cfg, block_size, dtype, max_num_seqs, **options)
+        return total / (num_blocks * block_size * dense16_bytes_per_token(cfg))
+
+    @property
+    def dense16_ratio(self) -> float:
+        """`bytes_per_token` (from the allocated tensors) over the 16-bit dense cache's."""
+        return self.bytes_per_token / dense16_bytes_per_token(self.cfg)
+
     def storage(self) -> list[torch.Tensor]:
         """Every tensor the cache holds (for memory accounting)."""
         raise NotImplementedError
@@ -79,3 +93,8 @@ class KVFormat:
         decoding keeps the accepted path of a draft tree this way). Slots in `dst` are after every
         slot in `src` that is still to be read."""
         raise NotImplementedError(f"kv_format {self.name!r} does not support speculative decoding (copy_slots)")
+
+
+def dense16_bytes_per_token(cfg: ModelConfig) -> int:
+    """The reference every compression ratio is quoted against: keys and values in 16 bits."""
+    return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2

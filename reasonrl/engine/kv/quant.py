@@ -131,33 +131,15 @@ class QuantizedKV(KVFormat):
     @classmethod
     def bytes_per_block(cls, cfg, block_size, dtype, **options):
         """Codes, scales, zeros and means of one block in every layer, plus the block's 4-byte
-        staging-slot entry. The staging pool itself is fixed-size: `staging_bytes`."""
+        staging-slot entry. The staging pool itself is fixed-size: `fixed_bytes`."""
         per_layer = sum(math.prod(shape) * _itemsize(dt) for layer in cls.layout(cfg, block_size, **options)
                         for shape, dt in layer.values())
         return per_layer + 4
 
     @classmethod
-    def staging_bytes(cls, cfg, block_size: int, dtype: torch.dtype, max_num_seqs: int) -> int:
-        return 2 * cfg.num_layers * max_num_seqs * block_size * cfg.num_kv_heads * cfg.head_dim * _itemsize(dtype)
-
-    @classmethod
     def fixed_bytes(cls, cfg, block_size, dtype, max_num_seqs, **options):
-        return cls.staging_bytes(cfg, block_size, dtype, max_num_seqs)
-
-    @classmethod
-    def ratio_to_dense16(cls, cfg, block_size: int, dtype: torch.dtype, num_blocks: int, max_num_seqs: int,
-                         **options) -> float:
-        """Bytes this format allocates per token (blocks plus staging pool, spread over the blocks'
-        tokens) over a 16-bit dense cache's 2 * layers * kv_heads * head_dim * 2 bytes per token,
-        whatever dtype the model runs in."""
-        total = num_blocks * cls.bytes_per_block(cfg, block_size, dtype, **options)
-        total += cls.staging_bytes(cfg, block_size, dtype, max_num_seqs)
-        return total / (num_blocks * block_size * dense16_bytes_per_token(cfg))
-
-    @property
-    def dense16_ratio(self) -> float:
-        """`bytes_per_token` (from the allocated tensors) over the 16-bit dense cache's."""
-        return self.bytes_per_token / dense16_bytes_per_token(self.cfg)
+        """The staging pool: keys and values of `max_num_seqs` blocks in the model dtype."""
+        return 2 * cfg.num_layers * max_num_seqs * block_size * cfg.num_kv_heads * cfg.head_dim * _itemsize(dtype)
 
     # ---- storage ---------------------------------------------------------------------------------
     def allocate(self):
@@ -347,10 +329,6 @@ class QuantizedKV(KVFormat):
     def _kernel_codes(self, layer: int):
         """-> (k, v) `reasonrl.kernels.kv_quant.QuantCodes` of this layer."""
         raise NotImplementedError
-
-
-def dense16_bytes_per_token(cfg) -> int:
-    return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2
 
 
 def _itemsize(dtype: torch.dtype) -> int:

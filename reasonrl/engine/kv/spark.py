@@ -54,9 +54,9 @@ import torch
 import torch.nn.functional as F
 
 from reasonrl.engine.attention import AttentionMetadata, causal_mask
-from reasonrl.engine.kv.base import KVFormat
 from reasonrl.engine.kv.dense import length_groups
-from reasonrl.engine.kv.quant import dense16_bytes_per_token, pack, unpack
+from reasonrl.engine.kv.base import KVFormat, dense16_bytes_per_token
+from reasonrl.engine.kv.quant import pack, unpack
 
 FP16_TINY = 2.0 ** -14
 FP16_MAX = 65504.0
@@ -205,35 +205,18 @@ class SparkKV(KVFormat):
     @classmethod
     def bytes_per_block(cls, cfg, block_size, dtype, **options):
         """Kept keys, bitmaps, signs, avg, |Q| and values of one block in every layer, plus its
-        4-byte staging-slot entry; the staging pool and query statistics are fixed-size (`side_bytes`)."""
+        4-byte staging-slot entry; the staging pool and query statistics are fixed-size (`fixed_bytes`)."""
         layout = SparkLayout.of(cfg, **options)
         per_layer = sum(math.prod(shape) * torch.empty((), dtype=dt).element_size()
                         for shape, dt in layout.block_tensors(block_size, cfg.num_kv_heads, dtype).values())
         return cfg.num_layers * per_layer + 4
 
     @classmethod
-    def side_bytes(cls, cfg, block_size, dtype, max_num_seqs) -> int:
+    def fixed_bytes(cls, cfg, block_size, dtype, max_num_seqs, **options):
         """Staging pool (K and V of max_num_seqs blocks, model dtype) + fp32 query statistics."""
         c = cfg
         staging = 2 * c.num_layers * max_num_seqs * block_size * c.num_kv_heads * c.head_dim * dtype.itemsize
         return staging + c.num_layers * 2 * max_num_seqs * c.num_kv_heads * c.head_dim * 4
-
-    @classmethod
-    def fixed_bytes(cls, cfg, block_size, dtype, max_num_seqs, **options):
-        return cls.side_bytes(cfg, block_size, dtype, max_num_seqs)
-
-    @classmethod
-    def ratio_to_dense16(cls, cfg, block_size, dtype, num_blocks, max_num_seqs, **options) -> float:
-        """Bytes per token this format would allocate (blocks plus side buffers, spread over the
-        blocks' tokens) over the 16-bit dense cache's 2 * layers * kv_heads * head_dim * 2."""
-        total = num_blocks * cls.bytes_per_block(cfg, block_size, dtype, **options)
-        total += cls.side_bytes(cfg, block_size, dtype, max_num_seqs)
-        return total / (num_blocks * block_size * dense16_bytes_per_token(cfg))
-
-    @property
-    def dense16_ratio(self) -> float:
-        """`bytes_per_token` (from the allocated tensors) over the 16-bit dense cache's."""
-        return self.bytes_per_token / dense16_bytes_per_token(self.cfg)
 
     # ---- storage ---------------------------------------------------------------------------------
     def allocate(self):

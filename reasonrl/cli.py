@@ -199,6 +199,11 @@ def cmd_bench(args) -> int:
         result = bench_april(args.steps, args.prompts_per_step, args.samples_per_prompt, args.max_tokens or 256,
                              args.concurrency * 2, args.ratio, sft_steps=args.sft_steps, off_policy=args.off_policy,
                              repeats=2 if args.repeats is None else args.repeats)
+    elif args.workload == "kv":
+        from reasonrl.bench.kv import bench_kv, config_from_args, format_table
+
+        result = bench_kv(args.model_dir, config_from_args(args.items, args.train_steps, args.seed), args.device)
+        print(format_table(result))
     else:  # argparse restricts the choices
         raise AssertionError(args.workload)
     write_json(result, args.json)
@@ -303,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="benchmarks; figures go to docs/benchmarks.md")
-    p.add_argument("workload", choices=["engine", "april", "spec", "ttt", "math"])
+    p.add_argument("workload", choices=["engine", "april", "spec", "kv", "ttt", "math"])
     p.add_argument("--json", help="also write the result to this file")
     p.add_argument("--model", help="checkpoint directory (default: a random checkpoint of --preset; spec: the demo policy)")
     p.add_argument("--draft", help="spec: draft checkpoint (default: the demo policy's shipped draft)")
@@ -329,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sft-steps", type=int, default=120, help="april: warm-up of the heavy-tailed policy")
     p.add_argument("--off-policy", default="tis", choices=["none", "mask", "tis", "decoupled"],
                    help="april: loss.off_policy of both arms (only APRIL has recycled tokens)")
+    p.add_argument("--model-dir", help="kv: the trained recall model's directory, reused when its settings match "
+                                       "(default: ~/.cache/reasonrl/bench_kv)")
+    p.add_argument("--items", type=int, help="kv: held-out recall prompts per arm (300)")
+    p.add_argument("--train-steps", type=int, help="kv: training steps of the recall model (800)")
+    p.add_argument("--seed", type=int, default=0, help="kv: seed of the items and the training")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -169,6 +169,13 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return bool(self.requests or self._done_at_add)
 
+    def drain(self) -> dict[str, RequestOutput]:
+        """Step until every request has finished; their outputs by request id."""
+        done: dict[str, RequestOutput] = {}
+        while self.has_unfinished():
+            done.update((out.request_id, out) for out in self.step() if out.finished)
+        return done
+
     # ---- the loop ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Run one batch; returns the requests that finished (and, for streams, progressed)."""

@@ -190,9 +190,7 @@ class Trainer:
         params = SamplingParams(temperature=0, max_tokens=self.cfg.rollout.max_tokens)
         for i, p in enumerate(prompts):
             self.engine.add_request(f"eval-{i}", self.encode(p), params)
-        outs = {}
-        while self.engine.has_unfinished():
-            outs.update({o.request_id: o.outputs[0] for o in self.engine.step() if o.finished})
+        outs = {rid: out.outputs[0] for rid, out in self.engine.drain().items()}
         self.engine.sleep()
         texts = [outs[f"eval-{i}"].text for i in range(len(prompts))]
         rewards = self.env.rewards(prompts, texts)

@@ -25,10 +25,7 @@ def run(engine, requests):
     """requests: {rid: (prompt, params, kwargs)} -> {rid: RequestOutput}"""
     for rid, (prompt, params, kw) in requests.items():
         engine.add_request(rid, prompt, params, **kw)
-    done = {}
-    while engine.has_unfinished():
-        done.update({o.request_id: o for o in engine.step() if o.finished})
-    return done
+    return engine.drain()
 
 
 def random_prompts(n, vocab, seed=0, longest=40):

@@ -88,12 +88,8 @@ def generate(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams
     """prompt + response token ids of every prompt, in order."""
     for i, p in enumerate(prompts):
         engine.add_request(f"d{i}", p, params)
-    done = {}
-    while engine.has_unfinished():
-        for out in engine.step():
-            if out.finished:
-                done[out.request_id] = out.prompt_ids + out.outputs[0].token_ids
-    return [done[f"d{i}"] for i in range(len(prompts))]
+    done = engine.drain()
+    return [done[f"d{i}"].prompt_ids + done[f"d{i}"].outputs[0].token_ids for i in range(len(prompts))]
 
 
 def accepted_length(engine: LLMEngine, prompts: list[list[int]], max_new_tokens: int) -> float:

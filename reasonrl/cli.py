@@ -25,6 +25,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--draft-top-k", type=int, default=8, help="draft tree: children per expanded node")
     g.add_argument("--draft-depth", type=int, default=6, help="draft tree: deepest draft token")
     g.add_argument("--draft-tokens", type=int, default=32, help="draft tree: draft tokens verified per step")
+    g.add_argument("--draft-sampling", default="coupled", choices=["coupled", "residual"],
+                   help="sampled requests: coupled (= plain sampling's tokens) or the residual tree rule")
 
 
 def engine_kwargs(args) -> dict:
@@ -32,7 +34,8 @@ def engine_kwargs(args) -> dict:
                 max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
                 kv_format=args.kv_format, kv_options=_overrides(args.kv_option, "--kv-option"),
                 enable_prefix_caching=not args.no_prefix_caching, seed=args.seed, draft=args.draft,
-                draft_top_k=args.draft_top_k, draft_depth=args.draft_depth, draft_tokens=args.draft_tokens)
+                draft_top_k=args.draft_top_k, draft_depth=args.draft_depth, draft_tokens=args.draft_tokens,
+                draft_sampling=args.draft_sampling)
 
 
 def _bytes(text: str) -> int:

@@ -91,8 +91,9 @@ class BlockManager:
         while len(seq.block_table) > keep:
             block = self.blocks[seq.block_table.pop()]
             block.ref_count -= 1
-            if block.ref_count == 0:
-                self.free[block.block_id] = None
+            if block.ref_count == 0:  # cached nothing: first in line for the next reservation, so
+                self.free[block.block_id] = None  # draft trees do not push prompts out of the cache
+                self.free.move_to_end(block.block_id, last=False)
                 freed.append(block.block_id)
         if freed and self.on_free is not None:
             self.on_free(freed)

@@ -33,6 +33,10 @@ class EngineConfig:
     """Draft tree: deepest draft token."""
     draft_tokens: int = 32
     """Draft tree: draft tokens verified per sequence and step."""
+    draft_sampling: str = "coupled"
+    """How sampled requests accept draft tokens: "coupled" (a draft is accepted when it is the token
+    plain sampling draws with the same seed: output token-identical to plain sampling) or "residual"
+    (sequential sibling acceptance with residual renormalisation: same distribution, other tokens)."""
 
     def __post_init__(self):
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "draft_top_k", "draft_depth", "draft_tokens"):
@@ -43,6 +47,8 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.max_model_len must be an integer >= 2, got {self.max_model_len!r}")
         if self.kv_cache_memory is not None and (not isinstance(self.kv_cache_memory, int) or self.kv_cache_memory <= 0):
             raise ValueError(f"EngineConfig.kv_cache_memory must be a positive number of bytes, got {self.kv_cache_memory!r}")
+        if self.draft_sampling not in ("coupled", "residual"):
+            raise ValueError(f"EngineConfig.draft_sampling must be 'coupled' or 'residual', got {self.draft_sampling!r}")
         if not isinstance(self.kv_options, dict):
             raise ValueError(f"EngineConfig.kv_options must be a mapping of format parameters, got {self.kv_options!r}")
         if not 0 < self.gpu_memory_utilization <= 1:

@@ -186,7 +186,7 @@ class LLMEngine:
             if self.speculator is not None:
                 spare = self.config.max_num_batched_tokens - sum(n for _, n in scheduled)
                 trees = self.speculator.propose(scheduled, spare)
-            result = self.runner.run(scheduled, trees)
+            result = self.runner.run(scheduled, trees, self.config.draft_sampling)
             if self.speculator is not None:
                 self._collect_features(scheduled, result)
             outputs += self._postprocess(scheduled, result, trees)

@@ -89,20 +89,23 @@ class ModelRunner:
                          meta, sample_rows, sample_seqs)
 
     @torch.no_grad()
-    def run(self, scheduled: list[tuple[Sequence, int]], trees: dict[int, DraftTree] | None = None) -> StepResult:
-        """Run one step: sample the sequences that finished their pending tokens, verify the trees."""
+    def run(self, scheduled: list[tuple[Sequence, int]], trees: dict[int, DraftTree] | None = None,
+            rule: str = "coupled") -> StepResult:
+        """Run one step: sample the sequences that finished their pending tokens, verify the trees
+        (sampled ones by `rule`, see spec/verify.py)."""
         batch = self.prepare(scheduled, trees)
         hidden = self.model(batch.input_ids, batch.positions, PagedAttention(self.kv, batch.meta))
-        verdicts = self._verify(scheduled, trees, batch, hidden) if trees else {}
+        verdicts = self._verify(scheduled, trees, batch, hidden, rule) if trees else {}
         return StepResult(self._sample(batch, hidden), verdicts, hidden, batch)
 
-    def _verify(self, scheduled, trees, batch: StepBatch, hidden: torch.Tensor) -> dict[int, Verdict]:
+    def _verify(self, scheduled, trees, batch: StepBatch, hidden: torch.Tensor, rule: str) -> dict[int, Verdict]:
         spans = [(seq, batch.meta.query_start[b], batch.meta.query_start[b + 1])
                  for b, (seq, _) in enumerate(scheduled) if seq.seq_id in trees]
         logits = self.model.compute_logits(torch.cat([hidden[lo:hi] for _, lo, hi in spans]))
         out, row = {}, 0
         for seq, lo, hi in spans:
-            out[seq.seq_id] = verify(trees[seq.seq_id], logits[row: row + hi - lo], seq.params, seq.seed, len(seq.output_ids))
+            out[seq.seq_id] = verify(trees[seq.seq_id], logits[row: row + hi - lo], seq.params, seq.seed,
+                                     len(seq.output_ids), rule)
             row += hi - lo
         return out
 

@@ -129,8 +129,8 @@ def test_preemption_prefix_cache_and_abort_resume_stay_exact(demo):
     assert resumed["r"].outputs[0].token_ids == plain[longest].outputs[0].token_ids
 
 
-def test_sampled_tokens_follow_the_target_distribution():
-    """10k samples of three tokens. The first is sampled plainly after the prefill; the second is
+def test_residual_rule_sampled_tokens_follow_the_target_distribution():
+    """The residual tree rule (draft_sampling="residual"): 10k samples of three tokens. The first is sampled plainly after the prefill; the second is
     decided at a tree's root (sibling acceptance or residual), the third at an accepted draft or as
     the bonus. Chi-square of each, conditioned on the most frequent prefix, against the target. A
     random target keeps the distributions spread out (a trained one is too sure to tell a biased
@@ -141,7 +141,8 @@ def test_sampled_tokens_follow_the_target_distribution():
     draft = init_weights(DraftHead(policy), std=0.3, seed=5)
     prompt, n = [3, 9, 4, 17, 8], 10000
     params = SamplingParams(n=n, temperature=1.0, max_tokens=3, seed=11, ignore_eos=True, detokenize=False)
-    spec_engine = engine(policy, draft, kv_cache_memory=1 << 26, max_num_seqs=512, draft_top_k=12, draft_tokens=24)
+    spec_engine = engine(policy, draft, kv_cache_memory=1 << 26, max_num_seqs=512, draft_top_k=12, draft_tokens=24,
+                         draft_sampling="residual")
     outs = [o.token_ids for o in run(spec_engine, {"s": (prompt, params, {})})["s"].outputs]
     assert spec_engine.stats()["spec_rounds"] > 0.9 * n  # the second token came from a tree (bar a few over the step budget)
     prefix = []
@@ -172,10 +173,11 @@ def test_a_kv_format_that_cannot_move_slots_is_refused():
         del FORMATS["frozen"]
 
 
-def test_sampled_speculative_logprobs_are_the_targets(demo):
+@pytest.mark.parametrize("rule", ["coupled", "residual"])
+def test_sampled_speculative_logprobs_are_the_targets(demo, rule):
     """RL trains on these: each reported log-prob must be the target's log_softmax(logits / T)."""
     policy, _, draft, prompts = demo
-    e = engine(policy, draft, max_model_len=256)
+    e = engine(policy, draft, max_model_len=256, draft_sampling=rule)
     outs = run(e, {str(i): (p, SamplingParams(temperature=0.8, max_tokens=48, seed=i), {}) for i, p in enumerate(prompts[:6])})
     assert e.stats()["spec_accepted_length"] > 1.5
     for i, p in enumerate(prompts[:6]):
@@ -193,3 +195,42 @@ def test_llm_takes_a_draft_path_like_any_engine_option():
     out = llm.chat([{"role": "user", "content": "3 + 4 + 5"}], SamplingParams(temperature=0, max_tokens=32))
     assert out[0].outputs[0].token_ids and llm.engine.stats()["spec_rounds"] > 0
     assert llm.engine.speculator.config.depth == 3
+
+
+def test_coupled_sampling_is_token_identical_to_plain_sampling_and_survives_abort_resume(demo):
+    """The default rule accepts a draft only when it is the token plain sampling draws with the same
+    seed: sampled output equals plain sampled output, whatever the tree size, budget or batch."""
+    policy, _, draft, prompts = demo
+    reqs = {str(i): (p, SamplingParams(temperature=1.0, top_p=0.95, max_tokens=64, seed=100 + i), {})
+            for i, p in enumerate(prompts[:12])}
+    plain = run(engine(policy, max_model_len=256), reqs)
+    for kw in ({}, {"draft_tokens": 4, "draft_depth": 2}, {"max_num_batched_tokens": 40}):
+        e = engine(policy, draft, max_model_len=256, **kw)
+        assert_same(plain, run(e, reqs))
+        assert e.stats()["spec_accepted_length"] > 1.3
+    longest = max(plain, key=lambda rid: len(plain[rid].outputs[0].token_ids))
+    prompt, params, _ = reqs[longest]
+    e = engine(policy, draft, max_model_len=256)
+    e.add_request("r", prompt, params)
+    for _ in range(2):
+        e.step()
+    part = e.abort("r").outputs[0]
+    resumed = run(e, {"r": (prompt, params, {"output_ids": part.token_ids, "output_logprobs": part.logprobs})})
+    assert resumed["r"].outputs[0].token_ids == plain[longest].outputs[0].token_ids
+
+
+def test_draft_trees_do_not_push_prompts_out_of_the_prefix_cache(demo):
+    """Blocks reserved for a tree and freed after it cached nothing: they are reused first, so a
+    prompt seen before stays cached as long as it would without speculation."""
+    policy, _, draft, prompts = demo
+    c = policy.config
+    cached = {}
+    for name, d in (("plain", None), ("spec", draft)):
+        e = engine(policy, d, max_model_len=256, block_size=4,
+                   kv_cache_memory=100 * c.num_layers * 2 * 4 * c.num_kv_heads * c.head_dim * 4)
+        greedy = SamplingParams(temperature=0, max_tokens=48)
+        run(e, {"a": (prompts[0], greedy, {})})
+        for i in range(1, 6):
+            run(e, {str(i): (prompts[i], greedy, {})})
+        cached[name] = run(e, {"again": (prompts[0], greedy, {})})["again"].num_cached_tokens
+    assert cached["plain"] > 0 and cached["spec"] == cached["plain"]

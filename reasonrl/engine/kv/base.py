@@ -90,8 +90,8 @@ class KVFormat:
 
     def copy_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         """Move the keys and values of cache slots `src` to slots `dst` in every layer (speculative
-        decoding keeps the accepted path of a draft tree this way). Slots in `dst` are after every
-        slot in `src` that is still to be read."""
+        decoding keeps the accepted path of a draft tree this way). Every source is read before any
+        destination is written."""
         raise NotImplementedError(f"kv_format {self.name!r} does not support speculative decoding (copy_slots)")
 
 

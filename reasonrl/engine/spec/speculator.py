@@ -78,7 +78,7 @@ class DraftState:
 
     @property
     def rows_end(self) -> int:
-        """Position of the token the next committed row will hold."""
+        """Position of the feature the next committed row takes (its token is the one after)."""
         return self.first + self.cache.len
 
     @property
@@ -252,6 +252,7 @@ class Speculator:
         self.blocks.settle(seq, len(verdict.rows))
 
     def record(self, verdict: Verdict) -> None:
+        """Count a verification (tokens past a stop still count: they were accepted)."""
         self.rounds += 1
         self.emitted += len(verdict.tokens)
 

@@ -4,7 +4,14 @@ Greedy: from the root, the target's argmax at a row is emitted; if a child of th
 the same token, the walk moves to the child and goes on, else it stops. Every emitted token is the
 target's argmax given all tokens before it, so the output is plain greedy decoding's.
 
-Sampling (the tree rule of EAGLE-2 and SpecInfer, written out): at a row with target distribution
+Sampling, rule "coupled" (the default): the same walk with the token plain sampling would draw at
+that row, the Gumbel-max argmax(logits / T + g(seed, step)) of `sampler.py` with step = the
+response index the row's token would take. Every emitted token is exactly the one plain sampling
+draws given the same prefix and seed, so speculative output is token-identical to plain sampled
+output (and abort/resume, batching and tree sizes change nothing). A child is accepted with
+probability p(child), the same total acceptance sum(p(children)) as the residual rule.
+
+Sampling, rule "residual" (the tree rule of EAGLE-2 and SpecInfer, written out): at a row with target distribution
 p (temperature and top-k/top-p/min-p applied), the children x_1, x_2, ... are candidates drafted
 deterministically (the draft's top-k), i.e. proposals with q = point mass. Speculative sampling
 accepts x_1 with probability min(1, p(x_1) / q(x_1)) = p(x_1); on rejection the next draw must
@@ -39,7 +46,11 @@ class Verdict:
     top: list[dict[int, float]] | None = None
 
 
-def verify(tree: DraftTree, logits: torch.Tensor, params: SamplingParams, seed: int, step: int) -> Verdict:
+RULES = ("coupled", "residual")
+
+
+def verify(tree: DraftTree, logits: torch.Tensor, params: SamplingParams, seed: int, step: int,
+           rule: str = "coupled") -> Verdict:
     """logits (tree.size, V): the target's logits at every row. `step` is the response index of
     the first token to emit (the sampler's step for the root's row)."""
     logits = logits.float()
@@ -49,8 +60,15 @@ def verify(tree: DraftTree, logits: torch.Tensor, params: SamplingParams, seed: 
     if params.greedy:
         choice = logits.argmax(-1).tolist()
         pick = lambda row, i: choice[row]  # noqa: E731
+    elif rule == "coupled":
+        n = tree.size
+        seeds = torch.full((n,), seed, dtype=torch.long, device=logits.device)
+        steps = step + torch.tensor(tree.depths, dtype=torch.long, device=logits.device)
+        noise = gumbel_noise(seeds, steps, logits.shape[1])
+        choice = (_scaled_logits(logits, params, seed, step) + noise).argmax(-1).tolist()
+        pick = lambda row, i: choice[row]  # noqa: E731
     else:
-        probs = _target_probs(logits, params, seed, step)
+        probs = _scaled_logits(logits, params, seed, step).softmax(-1)
         pick = lambda row, i: _sample_row(probs[row], [tree.tokens[c] for c in children[row]], seed, step + i)  # noqa: E731
     tokens, rows = [], [0]
     row = 0
@@ -71,7 +89,8 @@ def verify(tree: DraftTree, logits: torch.Tensor, params: SamplingParams, seed: 
     return Verdict(tokens, lps, rows, top)
 
 
-def _target_probs(logits: torch.Tensor, params: SamplingParams, seed: int, step: int) -> torch.Tensor:
+def _scaled_logits(logits: torch.Tensor, params: SamplingParams, seed: int, step: int) -> torch.Tensor:
+    """logits / T with top-k/top-p/min-p applied (excluded tokens at -inf), as the sampler does."""
     n = logits.shape[0]
     scaled = logits / params.temperature
     if params.top_k > 0 or params.top_p < 1 or params.min_p > 0:
@@ -80,7 +99,7 @@ def _target_probs(logits: torch.Tensor, params: SamplingParams, seed: int, step:
                               full(params.top_p, torch.float32), full(params.min_p, torch.float32),
                               full(seed, torch.long), full(step, torch.long), any_filter=True)
         scaled = filter_logits(scaled, batch)
-    return scaled.softmax(-1)
+    return scaled
 
 
 def _sample_row(p: torch.Tensor, candidates: list[int], seed: int, step: int) -> int:

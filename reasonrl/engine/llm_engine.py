@@ -271,6 +271,8 @@ class LLMEngine:
     def reset_prefix_cache(self) -> None:
         """Call after the weights change: cached keys and values belong to the old weights."""
         self.block_manager.reset_prefix_cache()
+        if self.speculator is not None:
+            self.speculator.reset()
 
     def load_weights(self, path: str | Path) -> None:
         """Replace the weights with a checkpoint's (same architecture); no request may be in flight."""

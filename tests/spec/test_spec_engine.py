@@ -234,3 +234,16 @@ def test_draft_trees_do_not_push_prompts_out_of_the_prefix_cache(demo):
             run(e, {str(i): (prompts[i], greedy, {})})
         cached[name] = run(e, {"again": (prompts[0], greedy, {})})["again"].num_cached_tokens
     assert cached["plain"] > 0 and cached["spec"] == cached["plain"]
+
+
+def test_samples_served_from_the_prefix_cache_draft_with_their_whole_prompt(demo):
+    """n > 1 samples of a prompt (GRPO groups) hit each other's cached blocks; the draft takes the
+    cached blocks' features, so they accept as many tokens as with prefix caching off."""
+    policy, _, draft, prompts = demo
+    accepted = {}
+    for caching in (False, True):
+        e = engine(policy, draft, max_model_len=256, enable_prefix_caching=caching)
+        run(e, {str(i): (p, SamplingParams(n=4, temperature=1.0, max_tokens=48, seed=i), {})
+                for i, p in enumerate(prompts[:6])})
+        accepted[caching] = e.stats()["spec_accepted_length"]
+    assert accepted[True] > 0.95 * accepted[False]

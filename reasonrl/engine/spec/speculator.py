@@ -16,6 +16,7 @@ for free and which are collected here.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -75,6 +76,8 @@ class DraftState:
     features: list[torch.Tensor] = field(default_factory=list)  # target features from position `next_feature` on
     feature_start: int = 0
     last_out: torch.Tensor | None = None  # draft output of the newest committed row
+    stored: int = -1  # features of positions below this are in Speculator.block_features (-1: not kept)
+    chain: int | None = None  # prefix-cache chain hash of the blocks below `stored`
 
     @property
     def rows_end(self) -> int:
@@ -117,6 +120,10 @@ class Speculator:
         self.draft, self.kv, self.blocks, self.config = draft, kv, blocks, config
         self.max_model_len = max_model_len
         self.states: dict[int, DraftState] = {}
+        # The target's features of full blocks, by the prefix cache's chain hash: a sequence whose
+        # first tokens came from the prefix cache takes their features from here (LRU, bounded).
+        self.block_features: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self.max_block_features = 4096
         self.rounds = self.emitted = self.drafted = 0
 
     def wants(self, seq: Sequence) -> bool:
@@ -125,18 +132,52 @@ class Speculator:
     # ---- features -------------------------------------------------------------------------------
     def observe(self, seq: Sequence, start: int, features: torch.Tensor) -> None:
         """The target's features for positions start .. start + len - 1 of `seq`."""
-        st = self.states.setdefault(seq.seq_id, DraftState())
-        if st.first < 0:  # the first features seen (after any prefix-cache hit) start the draft's context
-            st.first, st.feature_start = start, start
+        st = self.states.get(seq.seq_id)
+        if st is None:
+            st = self.states[seq.seq_id] = self._start(seq, start)
         expected = st.feature_start + st.num_features
         if start > expected:  # a gap cannot be bridged: restart the draft's context here
             self.states[seq.seq_id] = st = DraftState(first=start, feature_start=start)
             expected = start
         if start + features.shape[0] > expected:
             st.features.append(features[expected - start:])
+        self._keep_blocks(seq, st)
+
+    def _start(self, seq: Sequence, start: int) -> DraftState:
+        """A new draft context: from position 0 when the features of the blocks the prefix cache
+        served are known, else from `start`."""
+        bs, known, chain = self.blocks.block_size, [], None
+        for i in range(start // bs if start % bs == 0 else 0):
+            chain = hash((chain, tuple(seq.tokens(i * bs, (i + 1) * bs))))
+            f = self.block_features.get(chain)
+            if f is None:
+                return DraftState(first=start, feature_start=start)
+            known.append(f)
+        st = DraftState(first=0, feature_start=0, features=known) if known else DraftState(first=start, feature_start=start)
+        st.stored, st.chain = (start, chain) if known or start == 0 else (-1, None)
+        return st
+
+    def _keep_blocks(self, seq: Sequence, st: DraftState) -> None:
+        """Record the features of the sequence's blocks that just became full."""
+        bs, end = self.blocks.block_size, st.feature_start + st.num_features
+        if st.stored < 0 or end - st.stored < bs:
+            return
+        feats = torch.cat(st.features)
+        while end - st.stored >= bs:
+            st.chain = hash((st.chain, tuple(seq.tokens(st.stored, st.stored + bs))))
+            lo = st.stored - st.feature_start
+            self.block_features[st.chain] = feats[lo: lo + bs]
+            self.block_features.move_to_end(st.chain)
+            st.stored += bs
+        while len(self.block_features) > self.max_block_features:
+            self.block_features.popitem(last=False)
 
     def forget(self, seq: Sequence) -> None:
         self.states.pop(seq.seq_id, None)
+
+    def reset(self) -> None:
+        """The weights changed: the features kept for cached blocks belong to the old ones."""
+        self.block_features.clear()
 
     # ---- proposing --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -191,9 +232,10 @@ class Speculator:
             if hi > lo:
                 st.cache.append(attn.new_k[lo:hi], attn.new_v[lo:hi])
                 st.last_out = out[hi - 1]
-                consumed = st.rows_end - st.feature_start  # keep only features the draft has not used
-                rest = torch.cat(st.features)[consumed:]
-                st.features, st.feature_start = ([rest] if rest.shape[0] else []), st.rows_end
+                # keep the features the draft has not used, and those of a block not yet recorded
+                keep_from = min(st.rows_end, st.stored) if st.stored >= 0 else st.rows_end
+                rest = torch.cat(st.features)[keep_from - st.feature_start:]
+                st.features, st.feature_start = ([rest] if rest.shape[0] else []), keep_from
             roots.append(st.last_out)
         return torch.stack(roots)
 

@@ -96,3 +96,17 @@ def test_distill_draft_cli_saves_a_loadable_draft_and_its_log(tmp_path, tokenize
     raw = json.loads((out / CONFIG_FILE).read_text())
     assert raw["steps"] == 4 and raw["accepted_length"] == log[-1]["accepted_length"]
     DraftHead.load(out, load_model(ckpt, "cpu"))  # no warning: same target
+
+
+def test_draft_attention_in_chunks_equals_one_causal_pass():
+    """A catch-up over a long prompt is attended in row chunks (no full mask): same output."""
+    from reasonrl.engine.spec.speculator import DraftAttention
+    from reasonrl.models.model import CausalAttention
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(50, 4, 16), torch.randn(50, 2, 16), torch.randn(50, 2, 16)
+    whole = CausalAttention(1, 50)(0, q, k, v)
+    past_k, past_v = k[:20], v[:20]
+    attn = DraftAttention([(0, 30, past_k, past_v, None)])
+    attn.chunk = 7
+    torch.testing.assert_close(attn(0, q[20:], k[20:], v[20:]), whole[20:], atol=1e-5, rtol=1e-5)

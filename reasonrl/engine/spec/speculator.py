@@ -100,6 +100,8 @@ class DraftAttention:
         self.segments = segments
         self.new_k = self.new_v = None
 
+    chunk = 1024  # causal rows attended per call: a catch-up over a long prompt never builds a full mask
+
     def __call__(self, layer, q, k, v):
         self.new_k, self.new_v = k, v
         out = torch.empty_like(q)
@@ -107,12 +109,22 @@ class DraftAttention:
             if hi == lo:
                 continue
             keys, values = torch.cat([past_k, k[lo:hi]]), torch.cat([past_v, v[lo:hi]])
-            if mask is None:
-                mask = causal_mask(hi - lo, keys.shape[0], None, q.device)
-            o = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
-                                               attn_mask=mask, enable_gqa=q.shape[1] != keys.shape[1])
-            out[lo:hi] = o.transpose(0, 1)
+            if mask is not None:
+                out[lo:hi] = _attend(q[lo:hi], keys, values, mask)
+                continue
+            past = past_k.shape[0]
+            for start in range(lo, hi, self.chunk):  # rows start..end see the past and new rows up to themselves
+                end = min(start + self.chunk, hi)
+                ctx = past + end - lo
+                out[start:end] = _attend(q[start:end], keys[:ctx], values[:ctx], causal_mask(end - start, ctx, None, q.device))
         return out
+
+
+def _attend(q, keys, values, mask):
+    """q (n, Hq, D), keys/values (ctx, Hkv, D), mask (n, ctx) -> (n, Hq, D)."""
+    o = F.scaled_dot_product_attention(q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), attn_mask=mask,
+                                       enable_gqa=q.shape[1] != keys.shape[1])
+    return o.transpose(0, 1)
 
 
 class Speculator:

@@ -91,11 +91,12 @@ class TreeSearch:
         offsets = [0]
         for n in sizes:
             offsets.append(offsets[-1] + n)
-        tokens = torch.cat(self.tokens, 1).tolist()
+        tokens = torch.cat(self.tokens, 1).tolist()  # one device-to-host copy each, not one per node
         parents = torch.cat(self.parents, 1).tolist()
+        depths = depth_of.tolist()
         trees = []
         for b, (row_order, row_scores) in enumerate(zip(order.tolist(), picked_scores.tolist())):
-            chosen = sorted((int(depth_of[i]), rank, i) for rank, (i, s) in enumerate(zip(row_order, row_scores))
+            chosen = sorted((depths[i], rank, i) for rank, (i, s) in enumerate(zip(row_order, row_scores))
                             if s > float("-inf"))
             row_of = {-1: 0}
             tree = DraftTree([roots[b]], [-1], [0])

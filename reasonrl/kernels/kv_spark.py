@@ -9,35 +9,72 @@ pruning) kept[rank_v(c)] and zero elsewhere. A block still partly filled (stage 
 read whole from the staging pool. The step's own new token, not yet in any block the kernel
 reads, comes in as k_new / v_new and is attended last.
 
+With the format's `bits` option (composition with TaDA) the kept key values are `bits`-bit codes
+(packed as `quant.pack` does: code i at bit bits * (i % per) of byte i // per, per = 8 // bits) with
+one fp16 scale and zero per (token, head): kept[rank] = code[rank] * scale + zero. Values are
+TaDA's: v = mean(token) - (code * scale + zero), mean fp16 per token. The kernel reads the codes.
+
 One program per (sequence, KV head) covers the query heads of its GQA group; online softmax over
 blocks, as `paged_attention.py`. Runs under `TRITON_INTERPRET=1` on CPU for tests.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
 
 
+@dataclass
+class QuantParts:
+    """The side tensors of SPARK with `bits` (one layer): fp16 k_scale, k_zero, v_scale, v_zero
+    (blocks, bs, Hkv) and v_mean (blocks, bs, D)."""
+    bits: int
+    k_scale: torch.Tensor
+    k_zero: torch.Tensor
+    v_scale: torch.Tensor
+    v_zero: torch.Tensor
+    v_mean: torch.Tensor
+
+
 @triton.jit
-def _rebuild(kept_ptr, bitmap_ptr, row, t_ok, d, KEEP: tl.constexpr, BITMAP_BYTES: tl.constexpr):
-    """-> (bit (BLOCK, D) int32, rank (BLOCK, D) int32, kept values scattered (BLOCK, D) fp32, 0 where pruned)."""
+def _codes(codes_ptr, scale_ptr, zero_ptr, row, idx, ok, t_ok, STRIDE: tl.constexpr, BITS: tl.constexpr):
+    """Entries idx (BLOCK, D) of rows `row` (BLOCK,) of packed codes, decoded: code * scale + zero, 0 where not ok."""
+    byte = tl.load(codes_ptr + row[:, None] * STRIDE + idx // (8 // BITS), mask=ok, other=0)
+    code = ((byte.to(tl.int32) >> ((idx % (8 // BITS)) * BITS)) & ((1 << BITS) - 1)).to(tl.float32)
+    sc = tl.load(scale_ptr + row, mask=t_ok, other=0.0).to(tl.float32)
+    zr = tl.load(zero_ptr + row, mask=t_ok, other=0.0).to(tl.float32)
+    return tl.where(ok, code * sc[:, None] + zr[:, None], 0.0)
+
+
+@triton.jit
+def _rebuild(kept_ptr, bitmap_ptr, scale_ptr, zero_ptr, row, t_ok, d, STRIDE: tl.constexpr,
+             BITMAP_BYTES: tl.constexpr, BITS: tl.constexpr):
+    """-> (bit (BLOCK, D) int32, rank (BLOCK, D) int32, kept values scattered (BLOCK, D) fp32, 0 where pruned).
+    STRIDE: elements (BITS = 0) or code bytes per row of kept_ptr."""
     byte = tl.load(bitmap_ptr + row[:, None] * BITMAP_BYTES + d[None, :] // 8, mask=t_ok[:, None], other=0)
     bit = (byte.to(tl.int32) >> (d[None, :] % 8)) & 1
     rank = tl.cumsum(bit, axis=1) - bit
-    vals = tl.load(kept_ptr + row[:, None] * KEEP + rank, mask=t_ok[:, None] & (bit == 1), other=0.0)
-    return bit, rank, vals.to(tl.float32)
+    if BITS == 0:
+        vals = tl.load(kept_ptr + row[:, None] * STRIDE + rank, mask=t_ok[:, None] & (bit == 1), other=0.0)
+        vals = vals.to(tl.float32)
+    else:
+        vals = _codes(kept_ptr, scale_ptr, zero_ptr, row, rank, t_ok[:, None] & (bit == 1), t_ok, STRIDE, BITS)
+    return bit, rank, vals
 
 
 @triton.jit
 def _spark_decode_kernel(
     q_ptr, kn_ptr, vn_ptr, out_ptr,
     kept_ptr, bitmap_ptr, signs_ptr, avg_ptr, qnorm_ptr, vkept_ptr, vbitmap_ptr,
+    kscale_ptr, kzero_ptr, vscale_ptr, vzero_ptr, vmean_ptr,
     kstage_ptr, vstage_ptr, stage_table_ptr, tables_ptr, lens_ptr, scale, stride_tb,
     KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK: tl.constexpr, KEEP: tl.constexpr, PRUNED: tl.constexpr, BITMAP_BYTES: tl.constexpr,
-    SIGN_BYTES: tl.constexpr, VKEEP: tl.constexpr, PRECISION: tl.constexpr,
+    SIGN_BYTES: tl.constexpr, VKEEP: tl.constexpr, K_STRIDE: tl.constexpr, BITS: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -58,7 +95,8 @@ def _spark_decode_kernel(
         st_ok = t_ok & (slot + t * 0 >= 0)  # (BLOCK,) block staged; a vector: the interpreter rejects scalar masks
         row = (block * BLOCK + t) * KV_HEADS + h  # (BLOCK,) token-head rows of the block
         # keys: kept channels, then the pruned ones restored
-        bit, rank, k = _rebuild(kept_ptr, bitmap_ptr, row, t_ok, d, KEEP, BITMAP_BYTES)
+        bit, rank, k = _rebuild(kept_ptr, bitmap_ptr, kscale_ptr, kzero_ptr, row, t_ok, d, K_STRIDE, BITMAP_BYTES,
+                                BITS)
         if PRUNED > 0:
             prank = d[None, :] - rank  # index among the pruned channels
             sbyte = tl.load(signs_ptr + row[:, None] * SIGN_BYTES + prank // 8, mask=t_ok[:, None] & (bit == 0),
@@ -73,8 +111,14 @@ def _spark_decode_kernel(
         s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * scale  # (GROUP_PAD, BLOCK)
         s = tl.where(t_ok[None, :], s, float("-inf"))
         # values
-        if VKEEP < HEAD_DIM:
-            _, _, v = _rebuild(vkept_ptr, vbitmap_ptr, row, t_ok, d, VKEEP, BITMAP_BYTES)
+        if BITS > 0:  # TaDA: head mean minus the decoded deviation
+            dev = _codes(vkept_ptr, vscale_ptr, vzero_ptr, row, d[None, :] + t[:, None] * 0, t_ok[:, None], t_ok,
+                         HEAD_DIM * BITS // 8, BITS)
+            mean = tl.load(vmean_ptr + (block * BLOCK + t)[:, None] * HEAD_DIM + d[None, :], mask=t_ok[:, None],
+                           other=0.0)
+            v = mean.to(tl.float32) - dev
+        elif VKEEP < HEAD_DIM:
+            _, _, v = _rebuild(vkept_ptr, vbitmap_ptr, vkept_ptr, vkept_ptr, row, t_ok, d, VKEEP, BITMAP_BYTES, 0)
         else:
             v = tl.load(vkept_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
         v_st = tl.load(vstage_ptr + srow[:, None] * HEAD_DIM + d[None, :], mask=st_ok[:, None], other=0.0)
@@ -100,27 +144,34 @@ def _spark_decode_kernel(
 
 
 def spark_paged_decode(q, k_new, v_new, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, staging, stage_table,
-                       block_tables, prev_lens, value_pruned: bool = False, scale: float | None = None):
+                       block_tables, prev_lens, value_pruned: bool = False, scale: float | None = None,
+                       keep: int | None = None, quant: QuantParts | None = None):
     """One layer's SPARK storage (see `SparkKV.allocate`):
     q (B, Hq, D); k_new, v_new (B, Hkv, D) this step's tokens; kept (blocks, bs, Hkv, T);
     bitmap (blocks, bs, Hkv, ceil(D/8)) uint8; signs (blocks, bs, Hkv, ceil(P/8)) uint8;
     avg (blocks, bs, Hkv) fp16; qnorm (blocks, Hkv, D) fp16; v_kept (blocks, bs, Hkv, D or Tv);
     v_bitmap like bitmap (read only if value_pruned); staging (2, slots, bs, Hkv, D) K and V whole;
     stage_table (blocks,) int32; block_tables (B, max_blocks) int32; prev_lens (B,) tokens before
-    this step's -> (B, Hq, D)."""
+    this step's -> (B, Hq, D).
+    With `quant` (the format's `bits`): kept is the packed key codes (blocks, bs, Hkv, ceil(T*bits/8))
+    uint8, `keep` = T must be given, and v_kept the value deviation codes (blocks, bs, Hkv, D*bits/8)."""
     batch, num_heads, head_dim = q.shape
-    _, block_size, kv_heads, keep = kept.shape
+    _, block_size, kv_heads, stride = kept.shape
+    keep = stride if keep is None else keep
     group = num_heads // kv_heads
-    tensors = [q, k_new, v_new, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, staging[0], staging[1]]
-    (q, k_new, v_new, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, k_stage,
-     v_stage) = (x.contiguous() for x in tensors)
+    side = [quant.k_scale, quant.k_zero, quant.v_scale, quant.v_zero, quant.v_mean] if quant else [avg] * 5
+    tensors = [q, k_new, v_new, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, *side, staging[0], staging[1]]
+    (q, k_new, v_new, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, k_scale, k_zero, v_scale, v_zero, v_mean,
+     k_stage, v_stage) = (x.contiguous() for x in tensors)
     out = torch.empty_like(q)
     _spark_decode_kernel[(batch, kv_heads)](
-        q, k_new, v_new, out, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, k_stage, v_stage, stage_table,
+        q, k_new, v_new, out, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, k_scale, k_zero, v_scale, v_zero,
+        v_mean, k_stage, v_stage, stage_table,
         block_tables, prev_lens.to(torch.int32), scale or head_dim ** -0.5, block_tables.stride(0),
         KV_HEADS=kv_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK=block_size, KEEP=keep, PRUNED=head_dim - keep, BITMAP_BYTES=bitmap.shape[-1],
         SIGN_BYTES=max(1, signs.shape[-1]), VKEEP=v_kept.shape[-1] if value_pruned else head_dim,
+        K_STRIDE=stride, BITS=quant.bits if quant else 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
     )
     return out

@@ -20,14 +20,15 @@ def step_meta(seqs, block_size):
     return AttentionMetadata(torch.tensor(slots), starts, lens, tables, torch.tensor(lens, dtype=torch.int32))
 
 
-def filled_format(heads, kv_heads, head_dim, block_size, key_ratio, value_ratio, dtype=torch.float32, seed=0):
+def filled_format(heads, kv_heads, head_dim, block_size, key_ratio, value_ratio, dtype=torch.float32, seed=0,
+                  bits=None):
     """A SparkKV with three sequences prefilled in chunks (so some blocks are pruned whole, some
     filled across steps and some still staged), and the decode step that follows, committed.
     -> (kv, q, k_new, v_new, meta)."""
     g = torch.Generator().manual_seed(seed)
     cfg = tiny_config(hidden_size=heads * head_dim, num_heads=heads, num_kv_heads=kv_heads, num_layers=1)
     kv = SparkKV(cfg, 32, block_size, torch.device("cpu"), dtype, max_num_seqs=4, key_ratio=key_ratio,
-                 value_ratio=value_ratio, window=8)
+                 value_ratio=value_ratio, window=8, bits=bits)
     kv.allocate()
     perm = torch.randperm(32, generator=g).tolist()
     lens = [3 * block_size + 5, block_size - 1, 2 * block_size]  # partial tail, partial first block, full tail
@@ -73,10 +74,26 @@ def test_spark_kernel_reads_the_pruned_storage():
     torch.testing.assert_close(after, kv.attend_torch(0, q, k, v, meta), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("key_ratio,heads,kv_heads", [(0.0, 4, 2), (0.5, 14, 2), (0.7, 4, 4)])  # 0.7: T = 5, odd
+def test_spark_kernel_reads_codes_with_bits_cpu_interpreter(bits, key_ratio, heads, kv_heads):
+    kv, q, k, v, meta = filled_format(heads, kv_heads, 16, 16, key_ratio, 0.0, bits=bits)
+    assert "k_kept" not in kv.t and kv.t["k_codes"].dtype == torch.uint8
+    expected = kv.attend_torch(0, q, k, v, meta)
+    torch.testing.assert_close(kv.attend_kernel(0, q, k, v, meta), expected, atol=1e-5, rtol=1e-5)
+    for name in ("k_codes", "v_codes"):  # the kernel decodes both code tensors
+        before = kv.attend_kernel(0, q, k, v, meta)
+        kv.t[name][0] ^= 0x55
+        after = kv.attend_kernel(0, q, k, v, meta)
+        assert (after - before).abs().max() > 1e-3
+        torch.testing.assert_close(after, kv.attend_torch(0, q, k, v, meta), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("bits", [None, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_spark_kernel_matches_pytorch_gpu(dtype):
-    kv, q, k, v, meta = filled_format(14, 2, 64, 16, 0.5, 0.0, dtype=dtype)
+def test_spark_kernel_matches_pytorch_gpu(dtype, bits):
+    kv, q, k, v, meta = filled_format(14, 2, 64, 16, 0.5, 0.0, dtype=dtype, bits=bits)
     kv_gpu_fields = {name: t.cuda() for name, t in kv.t.items()}
     kv.t, kv.staging, kv.stage_table = kv_gpu_fields, kv.staging.cuda(), kv.stage_table.cuda()
     meta.block_tables, meta.context_lens_t = meta.block_tables.cuda(), meta.context_lens_t.cuda()

@@ -262,7 +262,105 @@ def test_value_pruning_runs_in_the_engine_and_stores_less(hf_checkpoint):
 
 @pytest.mark.parametrize("opts,match", [({"key_ratio": 1.0}, "key_ratio"), ({"key_ratio": "half"}, "key_ratio"),
                                         ({"value_ratio": -0.1}, "value_ratio"), ({"window": 0}, "window"),
-                                        ({"bits": 4}, "no option")])
+                                        ({"group_size": 4}, "no option"), ({"bits": 3}, "option bits"),
+                                        ({"bits": True}, "option bits"),
+                                        ({"bits": 4, "value_ratio": 0.5}, "bits=4.*value_ratio=0.5")])
 def test_bad_options_are_named(opts, match):
     with pytest.raises(ValueError, match=match):
         SparkKV(tiny_config(), 8, 4, CPU, torch.float32, **opts)
+
+
+# ---- composition with TaDA (option bits) -----------------------------------------------------------------
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_bits_compose_close_to_plain_spark_at_8_and_worse_at_2(hf_checkpoint, family):
+    model = load_model(hf_checkpoint(family)[0], "cpu")  # head_dim 16
+    ids = torch.randint(0, 256, (36,), generator=torch.Generator().manual_seed(2)).tolist()
+    ref = teacher_forced_logits(model, ids, 16)
+    plain = teacher_forced_logits(model, ids, 16, "spark", key_ratio=0.5)
+    comp = {b: teacher_forced_logits(model, ids, 16, "spark", key_ratio=0.5, bits=b) for b in (2, 4, 8)}
+    to_plain = {b: kl(plain, x) for b, x in comp.items()}
+    to_dense = {b: kl(ref, x) for b, x in comp.items()}
+    # measured KL(spark || spark+bits) at bits 8 / 4 / 2: qwen2 1e-4 / 0.020 / 0.47, llama 2e-4 / 0.029 / 0.62;
+    # KL(dense || .): plain 0.21 / 0.22, bits=8 0.21 / 0.23, bits=2 0.57 / 0.73
+    assert 0 < to_plain[8] < to_plain[4] < to_plain[2]
+    assert to_plain[8] < 0.005 * kl(ref, plain)
+    assert to_dense[2] > 1.5 * to_dense[8]
+
+
+def spark_bits_bytes_by_hand(cfg, block_size, key_ratio, bits):
+    """Per token: key codes (T codes padded to whole bytes), fp16 scale and zero, bitmap, signs, fp16
+    avg, the block's fp16 |Q| spread over its tokens; value deviation codes and fp16 scale and zero
+    per head, one fp16 head-mean vector per token; the 4-byte staging-table entry per block."""
+    d, per = cfg.head_dim, 8 // bits
+    t = kept_channels(d, key_ratio)
+    key = -(-t // per) + 4 + d // 8 + -(-(d - t) // 8) + 2 + 2 * d / block_size
+    value = d * bits / 8 + 4
+    return cfg.num_layers * (cfg.num_kv_heads * (key + value) + 2 * d) + 4 / block_size
+
+
+@pytest.mark.parametrize("key_ratio,bits", [(0.5, 4), (0.7, 2), (0.8, 8)])
+def test_bits_bytes_come_from_the_allocated_tensors(key_ratio, bits):
+    cfg = tiny_config(hidden_size=256, num_heads=4, num_kv_heads=2, num_layers=2)  # head_dim 64
+    kv = SparkKV(cfg, 40, 16, CPU, torch.bfloat16, max_num_seqs=3, key_ratio=key_ratio, bits=bits)
+    kv.allocate()
+    side = SparkKV.fixed_bytes(cfg, 16, torch.bfloat16, 3)
+    assert kv.allocated_bytes == pytest.approx(40 * 16 * spark_bits_bytes_by_hand(cfg, 16, key_ratio, bits) + side)
+    assert kv.allocated_bytes == 40 * SparkKV.bytes_per_block(cfg, 16, torch.bfloat16, key_ratio=key_ratio,
+                                                                bits=bits) + side
+
+
+def test_bits_store_less_than_plain_spark():
+    """Blocks only (side buffers amortised away), r = 0.5. With 2 KV heads the fp16 head mean alone is
+    1/4 of the dense cache (TaDA's 1/H per K or V)."""
+    for kv_heads, hidden, heads, most in ((2, 256, 4, 0.7), (8, 4096, 32, 0.45)):  # head_dim 64; 128 (Llama-3-8B)
+        cfg = tiny_config(hidden_size=hidden, num_heads=heads, num_kv_heads=kv_heads)
+        plain, b4 = ratio(cfg, key_ratio=0.5), ratio(cfg, key_ratio=0.5, bits=4)
+        # measured: 2 x 64: 0.836 -> 0.555; 8 x 128: 0.832 -> 0.348
+        assert b4 < most * plain
+        assert ratio(cfg, key_ratio=0.5, bits=2) < b4 < ratio(cfg, key_ratio=0.5, bits=8) < plain
+
+
+def test_bits_storage_holds_codes_not_model_dtype_keys_or_values():
+    """bf16 model: the only bf16 tensor is the staging pool of partly filled blocks."""
+    cfg = tiny_config(hidden_size=256, num_heads=4, num_kv_heads=2, num_layers=2)
+    kv = SparkKV(cfg, 8, 16, CPU, torch.bfloat16, max_num_seqs=2, key_ratio=0.5, bits=4)
+    kv.allocate()
+    assert not {"k_kept", "v_kept"} & set(kv.t)
+    assert [t for t in kv.storage() if t.dtype == torch.bfloat16] == [kv.staging]
+    assert kv.t["k_codes"].shape[-1] == 16 and kv.t["v_codes"].shape[-1] == 32  # 32 and 64 codes of 4 bits
+    assert kv.t["v_mean"].shape == (2, 8, 16, 64) and kv.t["k_scale"].dtype == torch.float16
+
+
+def test_bits_attention_reads_the_codes():
+    cfg = tiny_config(hidden_size=128, num_heads=4, num_kv_heads=2, num_layers=1)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(20, h, 32, generator=g) for h in (4, 2, 2))
+    kv = SparkKV(cfg, 8, 4, CPU, torch.float32, 2, key_ratio=0.5, bits=4)
+    kv.allocate()
+    meta = AttentionMetadata(torch.arange(20), [0, 20], [20], torch.arange(5)[None].int(),
+                             torch.tensor([20], dtype=torch.int32))
+    kv.write(0, meta.slot_mapping, k, v)
+    kv.attend(0, q, meta)  # 5 whole blocks: stored as codes
+    q1 = torch.randn(1, 4, 32, generator=g)
+    step = AttentionMetadata(torch.tensor([20]), [0, 1], [21], torch.arange(6)[None].int(),
+                             torch.tensor([21], dtype=torch.int32))
+    outs = []
+    for name in (None, "k_codes", "v_codes"):
+        if name:
+            kv.t[name] ^= 0x33
+        outs.append(kv.attend_torch(0, q1, k[:1], v[:1], step))
+    assert (outs[1] - outs[0]).abs().max() > 1e-3 and (outs[2] - outs[1]).abs().max() > 1e-3
+
+
+def test_bits_run_in_the_engine(hf_checkpoint):
+    model = load_model(hf_checkpoint("qwen2")[0], "cpu")
+    ps = prompts(3, seed=5)
+    params = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    plain, _, _ = engine_run(model, ps, params, kv_format="spark", kv_options={"key_ratio": 0.5})
+    out, engine, most = engine_run(model, ps, params, kv_format="spark", kv_options={"key_ratio": 0.5, "bits": 4})
+    assert all(len(o) == 10 for o in out) and 0 < most <= len(ps)
+    assert "k_codes" in engine.kv.t and engine.kv.layout.bits == 4
+    # prompts are prefilled in one step, attended whole: the first token cannot depend on the storage
+    assert [o[0] for o in out] == [p[0] for p in plain]
+    assert engine.kv.t["k_codes"].any() and engine.kv.t["v_mean"].any()  # blocks were stored as codes
+    assert engine.kv.stage_of == {} and not engine.kv.stat_of

@@ -41,7 +41,13 @@ Departures from the paper and its code:
 4. Only the average recovery; none of the sampled recoveries or the SparK-p / SparK-g variants.
    Value pruning is per token by |v| with zero restore (the code's value heuristic mixes in
    variances over the sequence, which a paged cache does not have).
-5. No composition with TaDA: kept key values are stored in the model dtype, not quantized.
+5. Composition with TaDA (option `bits`, not in the paper): the kept key values of each (token,
+   head) become `bits`-bit codes with one fp16 scale and zero (asymmetric, min/max of the T kept
+   values), and values are stored as TaDA stores them: per token an fp16 mean over the KV heads
+   and each head's deviation from it in `bits`-bit codes with an fp16 scale and zero per (token,
+   head) (TaDA's group_size = head_dim). The codes replace the model-dtype kept keys and values;
+   signs, bitmap, `avg` and |Q| are unchanged, and `avg` is computed from the unquantized keys.
+   Value pruning cannot be combined with `bits`.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ import torch.nn.functional as F
 from reasonrl.engine.attention import AttentionMetadata, causal_mask
 from reasonrl.engine.kv.dense import length_groups
 from reasonrl.engine.kv.base import KVFormat, dense16_bytes_per_token
-from reasonrl.engine.kv.quant import pack, unpack
+from reasonrl.engine.kv.quant import check_bits, decode, dequantize, encode, pack, quantize, scale_zero, unpack
 
 FP16_TINY = 2.0 ** -14
 FP16_MAX = 65504.0
@@ -158,6 +164,36 @@ def restore_values(kept: torch.Tensor, bitmap: torch.Tensor, head_dim: int) -> t
     return out.scatter_(-1, split_order(kept_mask)[..., head_dim - kept.shape[-1]:], kept.float())
 
 
+# ---- composition with TaDA (option bits) --------------------------------------------------------------
+def quantize_kept(kept: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Kept key values (..., T) -> packed codes (..., ceil(T * bits / 8)) uint8 (codes padded with
+    zeros to a whole byte) and one fp16 scale and zero (...) over the T values."""
+    x = kept.float()
+    scale, zero = scale_zero(x.amin(-1), x.amax(-1), bits)
+    codes = encode(x, scale[..., None], zero[..., None], bits)
+    return pack(F.pad(codes, (0, -codes.shape[-1] % (8 // bits))), bits), scale, zero
+
+
+def dequantize_kept(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
+                    keep: int) -> torch.Tensor:
+    """-> kept key values (..., keep) float32."""
+    return decode(unpack(packed, bits)[..., :keep], scale[..., None], zero[..., None])
+
+
+def quantize_values(v: torch.Tensor, bits: int) -> tuple[torch.Tensor, ...]:
+    """TaDA: v (..., H, D) -> deviation codes (..., H, D * bits / 8), fp16 scale and zero (..., H),
+    fp16 head mean (..., D); v^i reads back as mean - deq(code^i) (`tada.TadaKV`, group_size = D)."""
+    mean = v.float().mean(-2).to(torch.float16)
+    codes, scale, zero = quantize(mean.float()[..., None, :] - v.float(), bits, v.shape[-1])
+    return codes, scale[..., 0], zero[..., 0], mean
+
+
+def dequantize_values(codes, scale, zero, mean, bits: int) -> torch.Tensor:
+    """-> values (..., H, D) float32."""
+    d = mean.shape[-1]
+    return mean.float()[..., None, :] - dequantize(codes, scale[..., None], zero[..., None], bits, d)
+
+
 # ---- the format ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SparkLayout:
@@ -165,9 +201,10 @@ class SparkLayout:
     keep: int  # T kept key channels
     value_keep: int  # kept value channels (head_dim: values whole)
     window: int
+    bits: int | None = None  # kept keys and values as codes (composition with TaDA)
 
     @classmethod
-    def of(cls, cfg, key_ratio=0.5, value_ratio=0.0, window=32) -> SparkLayout:
+    def of(cls, cfg, key_ratio=0.5, value_ratio=0.0, window=32, bits=None) -> SparkLayout:
         for name, r in (("key_ratio", key_ratio), ("value_ratio", value_ratio)):
             if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r < 1:
                 raise ValueError(f"kv_format 'spark': option {name} must be a number in [0, 1), got {r!r}")
@@ -176,26 +213,42 @@ class SparkLayout:
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ValueError(f"kv_format 'spark': option window must be a positive integer, got {window!r}")
         d = cfg.head_dim
-        return cls(d, kept_channels(d, key_ratio), kept_channels(d, value_ratio), window)
+        if bits is not None:
+            bits = check_bits("spark", "bits", bits)
+            if value_ratio:
+                raise ValueError(f"kv_format 'spark': option bits={bits} cannot be combined with option "
+                                 f"value_ratio={value_ratio} (quantized values are stored whole, TaDA-style)")
+            if d % (8 // bits):
+                raise ValueError(f"kv_format 'spark': option bits={bits} needs head_dim={d} to be a multiple of "
+                                 f"{8 // bits} (whole bytes of value codes)")
+        return cls(d, kept_channels(d, key_ratio), kept_channels(d, value_ratio), window, bits)
 
     def block_tensors(self, block_size: int, kv_heads: int, dtype: torch.dtype) -> dict:
         """What one block of one layer stores: name -> (shape, dtype)."""
-        d, tok = self.head_dim, (block_size, kv_heads)
-        t = {"k_kept": (tok + (self.keep,), dtype), "k_bitmap": (tok + (-(-d // 8),), torch.uint8),
-             "k_signs": (tok + (-(-(d - self.keep) // 8),), torch.uint8), "k_avg": (tok, torch.float16),
-             "qnorm": ((kv_heads, d), torch.float16), "v_kept": (tok + (self.value_keep,), dtype)}
+        d, tok, u8, f16 = self.head_dim, (block_size, kv_heads), torch.uint8, torch.float16
+        t = {"k_bitmap": (tok + (-(-d // 8),), u8), "k_signs": (tok + (-(-(d - self.keep) // 8),), u8),
+             "k_avg": (tok, f16), "qnorm": ((kv_heads, d), f16)}
+        if self.bits:  # codes in place of the model-dtype kept keys and values, never both
+            per = 8 // self.bits
+            t |= {"k_codes": (tok + (-(-self.keep // per),), u8), "k_scale": (tok, f16), "k_zero": (tok, f16),
+                  "v_codes": (tok + (d // per,), u8), "v_scale": (tok, f16), "v_zero": (tok, f16),
+                  "v_mean": ((block_size, d), f16)}
+            return t
+        t |= {"k_kept": (tok + (self.keep,), dtype), "v_kept": (tok + (self.value_keep,), dtype)}
         if self.value_keep < d:
             t["v_bitmap"] = (tok + (-(-d // 8),), torch.uint8)
         return t
 
 
 class SparkKV(KVFormat):
-    """SPARK key-channel pruning; options key_ratio (0.5), value_ratio (0.0), window (32). Byte
-    ratios are quoted against a 16-bit dense cache (2 * layers * kv_heads * head_dim * 2 bytes per
-    token) whatever dtype the model runs in."""
+    """SPARK key-channel pruning; options key_ratio (0.5), value_ratio (0.0), window (32), bits (None:
+    kept keys and values in the model dtype; 2, 4 or 8: kept keys as codes with a scale and zero per
+    token and head, values TaDA-style, see the module docstring). Byte ratios are quoted against a
+    16-bit dense cache (2 * layers * kv_heads * head_dim * 2 bytes per token) whatever dtype the
+    model runs in."""
 
     name = "spark"
-    options = ("key_ratio", "value_ratio", "window")
+    options = ("key_ratio", "value_ratio", "window", "bits")
 
     def __init__(self, cfg, num_blocks, block_size, device, dtype, max_num_seqs=256, **options):
         super().__init__(cfg, num_blocks, block_size, device, dtype, max_num_seqs, **options)
@@ -376,11 +429,18 @@ class SparkKV(KVFormat):
         """Prune whole blocks: k, v (n, block_size, H, D), qn (n, H, D) fp16 -> storage of `blocks` (n,)."""
         t, lay = self.t, self.layout
         p = prune_keys(k, qn[:, None], lay.keep)
-        t["k_kept"][layer, blocks] = p.kept.to(self.dtype)
         t["k_bitmap"][layer, blocks] = p.bitmap
         t["k_signs"][layer, blocks] = p.signs
         t["k_avg"][layer, blocks] = p.avg
         t["qnorm"][layer, blocks] = qn
+        if lay.bits:
+            t["k_codes"][layer, blocks], t["k_scale"][layer, blocks], t["k_zero"][layer, blocks] = \
+                quantize_kept(p.kept, lay.bits)
+            codes, scale, zero, mean = quantize_values(v, lay.bits)
+            for name, x in (("codes", codes), ("scale", scale), ("zero", zero), ("mean", mean)):
+                t[f"v_{name}"][layer, blocks] = x
+            return
+        t["k_kept"][layer, blocks] = p.kept.to(self.dtype)
         if lay.value_keep < lay.head_dim:
             kept, bitmap = prune_values(v, lay.value_keep)
             t["v_kept"][layer, blocks], t["v_bitmap"][layer, blocks] = kept.to(self.dtype), bitmap
@@ -392,10 +452,14 @@ class SparkKV(KVFormat):
         """A temporary of the listed blocks, restored: blocks (...) -> k, v (..., block_size, H, D)
         float32; staged blocks are read whole from the staging pool."""
         t, lay, flat = self.t, self.layout, blocks.flatten().long()
-        p = PrunedKeys(t["k_kept"][layer, flat], t["k_bitmap"][layer, flat], t["k_signs"][layer, flat],
-                       t["k_avg"][layer, flat])
+        at = lambda name: t[name][layer, flat]  # noqa: E731
+        kept = dequantize_kept(at("k_codes"), at("k_scale"), at("k_zero"), lay.bits, lay.keep) if lay.bits \
+            else at("k_kept")
+        p = PrunedKeys(kept, at("k_bitmap"), at("k_signs"), at("k_avg"))
         k = restore_keys(p, t["qnorm"][layer, flat][:, None], lay.head_dim)
-        if lay.value_keep < lay.head_dim:
+        if lay.bits:
+            v = dequantize_values(at("v_codes"), at("v_scale"), at("v_zero"), at("v_mean"), lay.bits)
+        elif lay.value_keep < lay.head_dim:
             v = restore_values(t["v_kept"][layer, flat], t["v_bitmap"][layer, flat], lay.head_dim)
         else:
             v = t["v_kept"][layer, flat].float()
@@ -437,11 +501,19 @@ class SparkKV(KVFormat):
         return out
 
     def attend_kernel(self, layer, q, k_new, v_new, meta: AttentionMetadata) -> torch.Tensor:
-        """Decode step (one query per sequence) through the Triton kernel, which restores in registers."""
-        from reasonrl.kernels.kv_spark import spark_paged_decode
+        """Decode step (one query per sequence) through the Triton kernel, which restores in registers
+        (and, with `bits`, decodes the key and value codes there)."""
+        from reasonrl.kernels.kv_spark import QuantParts, spark_paged_decode
 
-        t = self.t
+        t, lay = self.t, self.layout
+        if lay.bits:
+            quant = QuantParts(lay.bits, t["k_scale"][layer], t["k_zero"][layer], t["v_scale"][layer],
+                               t["v_zero"][layer], t["v_mean"][layer])
+            kept, values = t["k_codes"][layer], t["v_codes"][layer]
+        else:
+            quant, kept, values = None, t["k_kept"][layer], t["v_kept"][layer]
         return spark_paged_decode(
-            q, k_new, v_new, t["k_kept"][layer], t["k_bitmap"][layer], t["k_signs"][layer], t["k_avg"][layer],
-            t["qnorm"][layer], t["v_kept"][layer], t.get("v_bitmap", t["k_bitmap"])[layer], self.staging[layer],
-            self.stage_table, meta.block_tables, meta.context_lens_t - 1, value_pruned="v_bitmap" in t)
+            q, k_new, v_new, kept, t["k_bitmap"][layer], t["k_signs"][layer], t["k_avg"][layer],
+            t["qnorm"][layer], values, t.get("v_bitmap", t["k_bitmap"])[layer], self.staging[layer],
+            self.stage_table, meta.block_tables, meta.context_lens_t - 1, value_pruned="v_bitmap" in t,
+            keep=lay.keep, quant=quant)

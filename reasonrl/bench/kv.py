@@ -197,7 +197,9 @@ def engine_arms(model: DecoderLM, model_dir: Path, cfg: KVBenchConfig) -> list[t
             ("kivi", {"k_bits": 2, "v_bits": 2}, {"k_bits": 2, "v_bits": 2}),
             ("tada", {"bits": 2}, {"bits": 2}),
             ("tada", {"bits": 4}, {"bits": 4}),
-            ("tada", {"profile": str(profile)}, {"profile": profile.stem, "bits": bits, "avg_bits": cfg.avg_bits})]
+            ("tada", {"profile": str(profile)}, {"profile": profile.stem, "bits": bits, "avg_bits": cfg.avg_bits}),
+            ("spark", {"key_ratio": 0.5}, {"key_ratio": 0.5}),  # every token pruned, no eviction
+            ("spark", {"key_ratio": 0.5, "bits": 4}, {"key_ratio": 0.5, "bits": 4})]  # composed with TaDA
 
 
 # ---- the benchmark --------------------------------------------------------------------------------

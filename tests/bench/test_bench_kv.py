@@ -64,8 +64,8 @@ def tiny_bench_config(**kw) -> KVBenchConfig:
 
 def test_bench_kv_rows_are_well_formed(tmp_path):
     rows = bench_kv(tmp_path / "m", tiny_bench_config())
-    assert [r["format"] for r in rows] == ["dense", "kivi", "tada", "tada", "tada", "snapkv", "snapkv+spark",
-                                           "snapkv+spark"]
+    assert [r["format"] for r in rows] == ["dense", "kivi", "tada", "tada", "tada", "spark", "spark", "snapkv",
+                                           "snapkv+spark", "snapkv+spark"]
     c = recall_model_config(TINY, **TINY_MODEL)
     dense16 = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 2
     for r in rows:
@@ -75,10 +75,11 @@ def test_bench_kv_rows_are_well_formed(tmp_path):
     assert all(r["bytes_per_token_ratio"] < 1 for r in rows[1:])
     assert rows[2]["bytes_per_token"] < rows[3]["bytes_per_token"]  # TaDA 2 bits below 4 bits
     assert rows[1]["fixed_bytes"] > 0  # KIVI's staging pool, counted apart from the steady state
-    assert rows[7]["bytes_per_token"] < rows[6]["bytes_per_token"] < rows[5]["bytes_per_token"]  # more pruning, fewer bytes
+    assert rows[6]["bytes_per_token"] < rows[5]["bytes_per_token"]  # SPARK composed with 4-bit TaDA stores less
+    assert rows[9]["bytes_per_token"] < rows[8]["bytes_per_token"] < rows[7]["bytes_per_token"]  # more pruning, fewer bytes
     assert (tmp_path / "m" / "kv_profiles" / "recall-avg3.json").is_file()
     assert sum(rows[4]["params"]["bits"]) / 2 <= 3
-    assert "target" in rows[2] and "target" in rows[7] and "target" not in rows[5]
+    assert "target" in rows[2] and "target" in rows[9] and "target" not in rows[7] and "target" not in rows[5]
     assert "snapkv+spark" in format_table(rows)
 
 
@@ -100,7 +101,7 @@ def test_bench_kv_cli_writes_a_list_of_rows(tmp_path, capsys):
     assert main(["bench", "kv", "--model-dir", str(tmp_path / "m"), "--items", "4", "--train-steps", "2",
                  "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert isinstance(rows, list) and len(rows) == 8
+    assert isinstance(rows, list) and len(rows) == 10
     for r in rows:
         assert {"format", "params", "bytes_per_token", "bytes_per_token_ratio", "accuracy", "n"} <= set(r)
     assert "accuracy" in capsys.readouterr().out  # the table
@@ -123,6 +124,6 @@ def test_bench_kv_cli_passes_its_flags_and_writes_the_rows(tmp_path, capsys, mon
                  "--json", str(out)]) == 0
     assert seen == {"items": 3, "train_steps": 2, "seed": 5}
     rows = json.loads(out.read_text())
-    assert len(rows) == 8 and all(r["n"] == 3 for r in rows)
+    assert len(rows) == 10 and all(r["n"] == 3 for r in rows)
     assert json.loads((tmp_path / "m" / "recall_task.json").read_text())["config"]["train"]["steps"] == 2
     assert "TaDA target" in capsys.readouterr().out  # the table and its summary

@@ -9,8 +9,9 @@ from reasonrl.engine.attention import AttentionMetadata, PagedAttention
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.kv import get_format
 from reasonrl.engine.kv.base import dense16_bytes_per_token
-from reasonrl.engine.kv.spark import (SparkKV, kept_channels, pack_bits, prune_keys, prune_values, query_norm,
-                                      restore_keys, restore_values, unpack_bits, window_sq_sum)
+from reasonrl.engine.kv.spark import SparkKV
+from reasonrl.engine.kv.spark_ops import (kept_channels, pack_bits, prune_keys, prune_values, query_norm, restore_keys,
+                                          restore_values, unpack_bits, window_sq_sum)
 from reasonrl.models import load_model
 from reasonrl.models.model import CausalAttention
 from reasonrl.models.tiny import tiny_config

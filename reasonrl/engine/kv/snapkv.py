@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from reasonrl.engine.kv.spark import PrunedKeys, kept_channels, prune_keys, query_norm, restore_keys, window_sq_sum
+from reasonrl.engine.kv.spark_ops import PrunedKeys, kept_channels, prune_keys, query_norm, restore_keys, window_sq_sum
 
 
 def snapkv_select(window_q: torch.Tensor, keys: torch.Tensor, budget: int, kernel_size: int = 5) -> torch.Tensor:

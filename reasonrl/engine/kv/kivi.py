@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import torch
 
-from reasonrl.engine.kv.quant import (QuantizedKV, check_bits, check_group, decode, dequantize, encode, pack, quantize,
+from reasonrl.engine.kv.quant import (check_bits, check_group, decode, dequantize, encode, pack, quantize,
                                       scale_zero, unpack)
+from reasonrl.engine.kv.staged import QuantizedKV
 
 U8, F16 = torch.uint8, torch.float16
 

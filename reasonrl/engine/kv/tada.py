@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import torch
 
-from reasonrl.engine.kv.quant import QuantizedKV, check_bits, check_group, dequantize, quantize
+from reasonrl.engine.kv.quant import check_bits, check_group, dequantize, quantize
+from reasonrl.engine.kv.staged import QuantizedKV
 
 U8, F16 = torch.uint8, torch.float16
 

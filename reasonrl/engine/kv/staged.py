@@ -1,0 +1,268 @@
+"""`QuantizedKV`: the block life cycle of the quantized KV formats (TaDA, KIVI), on top of the
+codes of quant.py.
+
+Block life cycle (KIVI's "residual", TaDA's recent tokens). A block's tokens stay in full
+precision (model dtype) in a staging pool until the block is full, then the whole block is
+quantized into codes and its staging slot returns to the pool. Only a sequence's last block
+is ever partly filled, so the pool holds `max_num_seqs` blocks; a slot is taken when a block's
+offset-0 token is written and returned when the block fills or is freed. A block written whole
+in one step (prefill) is quantized straight from the new keys and values and never staged.
+Attention reads full blocks from their codes and the partial last block from the pool.
+
+Departures: KIVI keeps the most recent R tokens in full precision; here the full-precision
+part is "the tokens of the unfinished block" (0 to block_size - 1 tokens), which is what a
+paged cache with block-granular quantization can offer without copying codes back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from reasonrl.engine.attention import AttentionMetadata, causal_mask
+from reasonrl.engine.kv.base import KVFormat
+from reasonrl.engine.kv.dense import length_groups
+
+
+# ---- the block life cycle ------------------------------------------------------------------------
+Layout = dict[str, tuple[tuple[int, ...], torch.dtype]]
+"""A layer's per-block tensors: name -> (shape of one block's part, dtype)."""
+
+
+@dataclass
+class WritePlan:
+    """How one step's new tokens reach storage (computed once, at layer 0, for every layer)."""
+    direct_rows: torch.Tensor  # (n * block_size,) rows of whole blocks written in this step, by block then offset
+    direct_blocks: torch.Tensor  # (n,)
+    stage_rows: torch.Tensor  # rows of blocks still partly filled after this step
+    stage_dst: torch.Tensor  # their flat staging positions (slot * block_size + offset)
+    fill_blocks: torch.Tensor  # (m,) staged blocks this step completes
+    fill_slots: torch.Tensor  # (m,) their staging slots
+    fill_rows: torch.Tensor  # rows that complete them
+    fill_pos: torch.Tensor  # their positions in the (m * block_size) completed blocks
+
+
+class QuantizedKV(KVFormat):
+    """Quantized full blocks plus a full-precision staging pool for partly filled blocks.
+
+    A subclass gives `layout` (what one block of a layer stores), `_quantize` and `_dequantize`
+    (a batch of whole blocks), and `_kernel_codes` (what the Triton decode kernel reads)."""
+
+    def __init__(self, cfg, num_blocks, block_size, device, dtype, max_num_seqs=256, **options):
+        super().__init__(cfg, num_blocks, block_size, device, dtype, max_num_seqs, **options)
+        self.options = options
+        self.layout(cfg, block_size, **options)  # validates the options
+
+    # ---- sizes -----------------------------------------------------------------------------------
+    @classmethod
+    def layout(cls, cfg, block_size: int, **options) -> list[Layout]:
+        raise NotImplementedError
+
+    @classmethod
+    def bytes_per_block(cls, cfg, block_size, dtype, **options):
+        """Codes, scales, zeros and means of one block in every layer, plus the block's 4-byte
+        staging-slot entry. The staging pool itself is fixed-size: `fixed_bytes`."""
+        per_layer = sum(math.prod(shape) * _itemsize(dt) for layer in cls.layout(cfg, block_size, **options)
+                        for shape, dt in layer.values())
+        return per_layer + 4
+
+    @classmethod
+    def fixed_bytes(cls, cfg, block_size, dtype, max_num_seqs, **options):
+        """The staging pool: keys and values of `max_num_seqs` blocks in the model dtype."""
+        return 2 * cfg.num_layers * max_num_seqs * block_size * cfg.num_kv_heads * cfg.head_dim * _itemsize(dtype)
+
+    # ---- storage ---------------------------------------------------------------------------------
+    def allocate(self):
+        c, dev = self.cfg, self.device
+        # zeros, not empty: the unwritten tail of a gathered block must decode to finite numbers
+        self.tensors = [{name: torch.zeros(self.num_blocks, *shape, dtype=dt, device=dev)
+                         for name, (shape, dt) in layer.items()}
+                        for layer in self.layout(c, self.block_size, **self.options)]
+        # (layers, k/v, max_num_seqs, block_size, kv_heads, head_dim): the partly filled blocks
+        self.staging = torch.zeros(c.num_layers, 2, self.max_num_seqs, self.block_size, c.num_kv_heads, c.head_dim,
+                                   dtype=self.dtype, device=dev)
+        self.stage_table = torch.full((self.num_blocks,), -1, dtype=torch.int32, device=dev)  # block -> slot
+        self.stage_of: dict[int, int] = {}
+        self._table_updates: dict[int, int] = {}  # block -> slot (-1: none), not yet in stage_table
+        self.free_slots = list(range(self.max_num_seqs - 1, -1, -1))
+        self._plan: WritePlan | None = None
+
+    def release(self):
+        self.tensors, self.staging, self.stage_table, self._plan = None, None, None, None
+        self.stage_of, self.free_slots, self._table_updates = {}, [], {}
+
+    def storage(self):
+        if getattr(self, "tensors", None) is None:
+            return []
+        return [t for layer in self.tensors for t in layer.values()] + [self.staging, self.stage_table]
+
+    @property
+    def staging_slots_free(self) -> int:
+        return len(self.free_slots)
+
+    # ---- writes ----------------------------------------------------------------------------------
+    def write(self, layer, slots, k, v):
+        if layer == 0:  # a step writes the same slots in every layer, layer 0 first
+            self._plan = self._make_plan(slots)
+        p, bs = self._plan, self.block_size
+        if p.direct_blocks.numel():
+            shape = (-1, bs) + k.shape[1:]
+            self._quantize(layer, p.direct_blocks, k[p.direct_rows].view(shape), v[p.direct_rows].view(shape))
+        if p.fill_blocks.numel():  # before staging: a slot returned by a filled block may be retaken this step
+            kf, vf = self.staging[layer, 0][p.fill_slots], self.staging[layer, 1][p.fill_slots]  # copies
+            kf.flatten(0, 1)[p.fill_pos] = k[p.fill_rows].to(self.dtype)
+            vf.flatten(0, 1)[p.fill_pos] = v[p.fill_rows].to(self.dtype)
+            self._quantize(layer, p.fill_blocks, kf, vf)
+        if p.stage_rows.numel():
+            flat = self.staging[layer].flatten(1, 2)  # (2, slots * block_size, H, D)
+            flat[0].index_copy_(0, p.stage_dst, k[p.stage_rows].to(self.dtype))
+            flat[1].index_copy_(0, p.stage_dst, v[p.stage_rows].to(self.dtype))
+
+    def _make_plan(self, slots: torch.Tensor) -> WritePlan:
+        """Sorts this step's tokens into whole blocks (quantized directly), tokens that complete a
+        staged block, and tokens that stay staged; takes and returns staging slots. Tokens of one
+        block arrive in order, so a block whose offsets 0 and block_size - 1 are both here is here
+        whole."""
+        bs = self.block_size
+        by_block: dict[int, list[tuple[int, int]]] = {}
+        for row, slot in enumerate(slots.tolist()):
+            by_block.setdefault(slot // bs, []).append((slot % bs, row))
+        direct_blocks, direct_rows, stage_rows, stage_dst = [], [], [], []
+        fill_blocks, fill_slots, fill_rows, fill_pos = [], [], [], []
+        for block, items in by_block.items():
+            items.sort()
+            if items[0][0] == 0 and len(items) == bs:
+                self._drop_slot(block)  # a stale slot from an earlier life of the block
+                direct_blocks.append(block)
+                direct_rows += [row for _, row in items]
+            elif items[-1][0] == bs - 1:
+                slot = self.stage_of.get(block)
+                if slot is None:
+                    raise RuntimeError(f"kv_format {self.name!r}: block {block} completed from offset {items[0][0]} but "
+                                       f"its earlier tokens were never staged (a block's tokens must be written in order)")
+                fill_pos += [len(fill_blocks) * bs + off for off, _ in items]
+                fill_rows += [row for _, row in items]
+                fill_blocks.append(block)
+                fill_slots.append(slot)
+                self._drop_slot(block)  # back to the pool now; write() reads it before any reuse
+            else:
+                slot = self._take_slot(block) if items[0][0] == 0 else self.stage_of.get(block)
+                if slot is None:
+                    raise RuntimeError(f"kv_format {self.name!r}: block {block} written from offset {items[0][0]} but "
+                                       f"its offset-0 token was never written (a block's tokens must be written in order)")
+                stage_rows += [row for _, row in items]
+                stage_dst += [slot * bs + off for off, _ in items]
+        self._flush_table()
+        dev = slots.device
+        t = lambda xs: torch.tensor(xs, dtype=torch.long, device=dev)  # noqa: E731
+        return WritePlan(t(direct_rows), t(direct_blocks), t(stage_rows), t(stage_dst), t(fill_blocks),
+                         t(fill_slots), t(fill_rows), t(fill_pos))
+
+    def _take_slot(self, block: int) -> int:
+        if block in self.stage_of:
+            return self.stage_of[block]
+        if not self.free_slots:
+            raise RuntimeError(
+                f"kv_format {self.name!r}: the staging pool ({self.max_num_seqs} blocks, one partly filled block per "
+                f"sequence) is exhausted; more blocks are partly filled than max_num_seqs allows")
+        slot = self.free_slots.pop()
+        self.stage_of[block] = slot
+        self._table_updates[block] = slot
+        return slot
+
+    def _drop_slot(self, block: int) -> None:
+        slot = self.stage_of.pop(block, None)
+        if slot is not None:
+            self.free_slots.append(slot)
+            self._table_updates[block] = -1
+
+    def free_blocks(self, block_ids):
+        for block in block_ids:
+            self._drop_slot(block)
+        self._flush_table()
+
+    def _flush_table(self) -> None:
+        """One device write for the slot-table changes collected on the host."""
+        if self._table_updates:
+            blocks, slots = zip(*self._table_updates.items())
+            dev = self.stage_table.device
+            self.stage_table[torch.tensor(blocks, device=dev)] = torch.tensor(slots, dtype=torch.int32, device=dev)
+            self._table_updates = {}
+
+    # ---- attention (PyTorch path; CUDA decode uses the Triton kernel) ------------------------------
+    def attend(self, layer, q, meta: AttentionMetadata):
+        if meta.decode_only:
+            return self._decode(layer, q, meta.block_tables, meta.context_lens_t, meta.context_lens)
+        out = torch.empty_like(q)
+        decode = [b for b in range(meta.num_seqs) if meta.q_len(b) == 1 and not (meta.masks and meta.masks[b] is not None)]
+        if decode:
+            rows = torch.tensor([meta.query_start[b] for b in decode], device=q.device)
+            idx = torch.tensor(decode, device=q.device)
+            out[rows] = self._decode(layer, q[rows], meta.block_tables[idx], meta.context_lens_t[idx],
+                                     [meta.context_lens[b] for b in decode])
+        for b in sorted(set(range(meta.num_seqs)) - set(decode)):
+            lo, hi, ctx = meta.query_start[b], meta.query_start[b + 1], meta.context_lens[b]
+            tables = meta.block_tables[b: b + 1, : -(-ctx // self.block_size)]
+            k, v = self.gather(layer, tables, meta.context_lens_t[b: b + 1])
+            k, v = k[0, :ctx].to(q.dtype), v[0, :ctx].to(q.dtype)  # (ctx, H, D)
+            mask = causal_mask(hi - lo, ctx, meta.masks[b] if meta.masks else None, q.device)
+            o = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                               attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+            out[lo:hi] = o.transpose(0, 1)
+        return out
+
+    def gather(self, layer: int, tables: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A temporary of the listed blocks, decoded: tables (B, nb), lens (B,) -> k, v (B, nb * block_size, H, D)
+        float32; the partial last block of each row comes from the staging pool."""
+        b, nb = tables.shape
+        k, v = self._dequantize(layer, tables.flatten().long())  # (B * nb, bs, H, D)
+        k, v = k.view(b, nb, *k.shape[1:]), v.view(b, nb, *v.shape[1:])
+        rows = torch.nonzero(lens % self.block_size).flatten()
+        if rows.numel():
+            last = (lens[rows] // self.block_size).long()
+            slots = self.stage_table[tables[rows, last].long()].long()
+            if bool((slots < 0).any()):
+                raise RuntimeError(f"kv_format {self.name!r}: a partly filled block has no staging slot")
+            k[rows, last] = self.staging[layer, 0][slots].float()
+            v[rows, last] = self.staging[layer, 1][slots].float()
+        return k.flatten(1, 2), v.flatten(1, 2)
+
+    def _decode(self, layer, q, tables, lens, lens_list: list[int]):
+        """One query per sequence: q (B, Hq, D) -> (B, Hq, D)."""
+        if q.is_cuda:
+            from reasonrl.kernels.kv_quant import quant_paged_decode
+
+            k_stage, v_stage = self.staging[layer, 0], self.staging[layer, 1]
+            kc, vc = self._kernel_codes(layer)
+            return quant_paged_decode(q, kc, vc, k_stage, v_stage, self.stage_table, tables, lens)
+        out = torch.empty_like(q)
+        for longest, members in length_groups(lens_list):
+            idx = torch.tensor(members, device=q.device)
+            t = tables[idx, : -(-longest // self.block_size)]
+            k, v = self.gather(layer, t, lens[idx])
+            k, v = k.to(q.dtype).transpose(1, 2), v.to(q.dtype).transpose(1, 2)  # (B, H, S, D)
+            valid = torch.arange(k.shape[2], device=q.device)[None, :] < lens[idx, None]
+            o = F.scaled_dot_product_attention(q[idx, :, None, :], k, v, attn_mask=valid[:, None, None, :],
+                                               enable_gqa=q.shape[1] != k.shape[1])
+            out[idx] = o[:, :, 0, :]
+        return out
+
+    # ---- per format ------------------------------------------------------------------------------
+    def _quantize(self, layer: int, blocks: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store whole blocks: k, v (n, block_size, H, D) into blocks (n,)."""
+        raise NotImplementedError
+
+    def _dequantize(self, layer: int, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """blocks (n,) -> k, v (n, block_size, H, D) float32."""
+        raise NotImplementedError
+
+    def _kernel_codes(self, layer: int):
+        """-> (k, v) `reasonrl.kernels.kv_quant.QuantCodes` of this layer."""
+        raise NotImplementedError
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()

@@ -59,6 +59,20 @@ def assert_same(plain, spec, logprob_tol=1e-4):
         torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=logprob_tol, rtol=0)
 
 
+def assert_abort_resume_exact(e, reqs, plain, steps):
+    """Abort the request with the longest output after `steps` steps and resume it from its partial
+    output: the tokens must be the uninterrupted run's."""
+    longest = max(plain, key=lambda rid: len(plain[rid].outputs[0].token_ids))
+    prompt, params, _ = reqs[longest]
+    e.add_request("r", prompt, params)
+    for _ in range(steps):
+        e.step()
+    part = e.abort("r").outputs[0]
+    assert 0 < len(part.token_ids) < len(plain[longest].outputs[0].token_ids)
+    resumed = run(e, {"r": (prompt, params, {"output_ids": part.token_ids, "output_logprobs": part.logprobs})})
+    assert resumed["r"].outputs[0].token_ids == plain[longest].outputs[0].token_ids
+
+
 @pytest.mark.parametrize("family", ["qwen2", "llama", "qwen3"])
 def test_greedy_with_a_random_draft_equals_plain_greedy(family):
     model = init_weights(DecoderLM(tiny_config(family, vocab_size=32, hidden_size=64, eos_token_ids=(1,))), std=0.3, seed=1)
@@ -116,17 +130,7 @@ def test_preemption_prefix_cache_and_abort_resume_stay_exact(demo):
     spec = run(small, reqs)
     assert small.stats()["preemptions"] > 0
     assert_same(plain, spec)
-    # abort after a few steps, resume from the partial output: same tokens as uninterrupted
-    longest = max(plain, key=lambda rid: len(plain[rid].outputs[0].token_ids))
-    prompt, params, _ = reqs[longest]
-    e = engine(policy, draft, max_model_len=256)
-    e.add_request("r", prompt, params)
-    for _ in range(3):
-        e.step()
-    part = e.abort("r").outputs[0]
-    assert 0 < len(part.token_ids) < len(plain[longest].outputs[0].token_ids)
-    resumed = run(e, {"r": (prompt, params, {"output_ids": part.token_ids, "output_logprobs": part.logprobs})})
-    assert resumed["r"].outputs[0].token_ids == plain[longest].outputs[0].token_ids
+    assert_abort_resume_exact(engine(policy, draft, max_model_len=256), reqs, plain, steps=3)
 
 
 def test_residual_rule_sampled_tokens_follow_the_target_distribution():
@@ -208,15 +212,7 @@ def test_coupled_sampling_is_token_identical_to_plain_sampling_and_survives_abor
         e = engine(policy, draft, max_model_len=256, **kw)
         assert_same(plain, run(e, reqs))
         assert e.stats()["spec_accepted_length"] > 1.3
-    longest = max(plain, key=lambda rid: len(plain[rid].outputs[0].token_ids))
-    prompt, params, _ = reqs[longest]
-    e = engine(policy, draft, max_model_len=256)
-    e.add_request("r", prompt, params)
-    for _ in range(2):
-        e.step()
-    part = e.abort("r").outputs[0]
-    resumed = run(e, {"r": (prompt, params, {"output_ids": part.token_ids, "output_logprobs": part.logprobs})})
-    assert resumed["r"].outputs[0].token_ids == plain[longest].outputs[0].token_ids
+    assert_abort_resume_exact(engine(policy, draft, max_model_len=256), reqs, plain, steps=2)
 
 
 def test_draft_trees_do_not_push_prompts_out_of_the_prefix_cache(demo):

@@ -87,16 +87,10 @@ class BlockManager:
         """After a draft tree: `num_new_tokens` of the provisional tokens stay. Frees the blocks past
         them and registers the blocks they complete."""
         keep = -(-(seq.num_computed + num_new_tokens) // self.block_size)
-        freed = []
-        while len(seq.block_table) > keep:
-            block = self.blocks[seq.block_table.pop()]
-            block.ref_count -= 1
-            if block.ref_count == 0:  # cached nothing: first in line for the next reservation, so
-                self.free[block.block_id] = None  # draft trees do not push prompts out of the cache
-                self.free.move_to_end(block.block_id, last=False)
-                freed.append(block.block_id)
-        if freed and self.on_free is not None:
-            self.on_free(freed)
+        surplus, seq.block_table = seq.block_table[keep:], seq.block_table[:keep]
+        # they cached nothing: first in line for the next reservation, so that draft trees do not
+        # push prompts out of the prefix cache
+        self._let_go(reversed(surplus), front=True)
         if self.enable_prefix_caching:
             self._register(seq, seq.num_computed + num_new_tokens)
 
@@ -130,15 +124,22 @@ class BlockManager:
         block.ref_count += 1
 
     def release(self, seq: Sequence) -> None:
+        self._let_go(reversed(seq.block_table))  # tail blocks are freed first, so evicted first
+        seq.block_table = []
+        seq.num_computed = 0
+
+    def _let_go(self, block_ids, front: bool = False) -> None:
+        """Drop one reference to each block; those nobody holds go to the free list, at its end
+        (reused last, so their cached prefixes live longest) or, with `front`, at its front."""
         freed = []
-        for block_id in reversed(seq.block_table):  # tail blocks are freed first, so evicted first
+        for block_id in block_ids:
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.free[block_id] = None
+                if front:
+                    self.free.move_to_end(block_id, last=False)
                 freed.append(block_id)
-        seq.block_table = []
-        seq.num_computed = 0
         if freed and self.on_free is not None:
             self.on_free(freed)
 

@@ -189,7 +189,7 @@ class LLMEngine:
             result = self.runner.run(scheduled, trees, self.config.draft_sampling)
             if self.speculator is not None:
                 self._collect_features(scheduled, result)
-            outputs += self._postprocess(scheduled, result, trees)
+            outputs += self._postprocess(scheduled, result)
         return outputs
 
     def _collect_features(self, scheduled: list[tuple[Sequence, int]], result: StepResult) -> None:
@@ -202,7 +202,7 @@ class LLMEngine:
             rows = range(starts[b], starts[b + 1]) if verdict is None else [starts[b] + r for r in verdict.rows]
             self.speculator.observe(seq, seq.num_computed, result.hidden[list(rows)])
 
-    def _postprocess(self, scheduled: list[tuple[Sequence, int]], result: StepResult, trees) -> list[RequestOutput]:
+    def _postprocess(self, scheduled: list[tuple[Sequence, int]], result: StepResult) -> list[RequestOutput]:
         touched: dict[str, Request] = {}
         for seq, n in scheduled:
             verdict = result.verdicts.get(seq.seq_id)
@@ -213,7 +213,7 @@ class LLMEngine:
                     if seq.finished:
                         break
                 if not seq.finished:
-                    self.speculator.settle(seq, trees[seq.seq_id], verdict)
+                    self.speculator.settle(seq, verdict)
                 seq.num_computed += len(verdict.rows)
             else:
                 seq.num_computed += n

@@ -23,7 +23,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -119,7 +119,7 @@ def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: lis
     history, start = [], time.perf_counter()
     for step in range(1, cfg.steps + 1):
         batch = generate(generator_engine, rng.sample(prompts, min(cfg.prompts_per_step, len(prompts))),
-                         SamplingParams(**{**_fields(params), "seed": rng.randrange(1 << 31)}))
+                         replace(params, seed=rng.randrange(1 << 31)))
         ids, lengths = _pad(batch, target.device)
         draft.train()
         loss, parts = distillation_loss(draft, ids, lengths, cfg, noise)
@@ -160,10 +160,6 @@ def run_distill(target_path: str | Path, env, out: str | Path, cfg: DistillConfi
     with open(out / "distill_log.jsonl", "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in history)
     return out
-
-
-def _fields(params: SamplingParams) -> dict:
-    return {name: getattr(params, name) for name in params.__slots__}
 
 
 def _pad(seqs: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,13 +37,8 @@ class SpecConfig:
     depth: int = 6
     """Deepest draft token."""
     num_nodes: int = 32
-    """Draft tokens verified per sequence and step (EAGLE-2's total tokens, less the root)."""
-
-    def __post_init__(self):
-        for name in ("top_k", "depth", "num_nodes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"speculative decoding: draft_{name} must be a positive integer, got {value!r}")
+    """Draft tokens verified per sequence and step (EAGLE-2's total tokens, less the root).
+    Validated where they are set: `EngineConfig.draft_*`."""
 
 
 class DraftCache:
@@ -72,8 +67,8 @@ class DraftCache:
 @dataclass
 class DraftState:
     cache: DraftCache = field(default_factory=DraftCache)
-    first: int = -1  # position of the token of the first draft row (-1: no row yet)
-    features: list[torch.Tensor] = field(default_factory=list)  # target features from position `next_feature` on
+    first: int = -1  # position of the feature of the first draft row (-1: no row yet)
+    features: torch.Tensor | None = None  # (n, h) target features of positions feature_start .. + n - 1
     feature_start: int = 0
     last_out: torch.Tensor | None = None  # draft output of the newest committed row
     stored: int = -1  # features of positions below this are in Speculator.block_features (-1: not kept)
@@ -84,9 +79,21 @@ class DraftState:
         """Position of the feature the next committed row takes (its token is the one after)."""
         return self.first + self.cache.len
 
+    @classmethod
+    def at(cls, start: int) -> DraftState:
+        """A draft context that begins at position `start`."""
+        return cls(first=start, feature_start=start)
+
     @property
     def num_features(self) -> int:
-        return sum(f.shape[0] for f in self.features)
+        return 0 if self.features is None else self.features.shape[0]
+
+    def add_features(self, f: torch.Tensor) -> None:
+        self.features = f if self.features is None else torch.cat([self.features, f])
+
+    def drop_features_before(self, position: int) -> None:
+        rest = self.features[position - self.feature_start:]
+        self.features, self.feature_start = (rest if rest.shape[0] else None), position
 
 
 class DraftAttention:
@@ -149,10 +156,10 @@ class Speculator:
             st = self.states[seq.seq_id] = self._start(seq, start)
         expected = st.feature_start + st.num_features
         if start > expected:  # a gap cannot be bridged: restart the draft's context here
-            self.states[seq.seq_id] = st = DraftState(first=start, feature_start=start)
+            self.states[seq.seq_id] = st = DraftState.at(start)
             expected = start
         if start + features.shape[0] > expected:
-            st.features.append(features[expected - start:])
+            st.add_features(features[expected - start:])
         self._keep_blocks(seq, st)
 
     def _start(self, seq: Sequence, start: int) -> DraftState:
@@ -163,22 +170,21 @@ class Speculator:
             chain = hash((chain, tuple(seq.tokens(i * bs, (i + 1) * bs))))
             f = self.block_features.get(chain)
             if f is None:
-                return DraftState(first=start, feature_start=start)
+                return DraftState.at(start)
             known.append(f)
-        st = DraftState(first=0, feature_start=0, features=known) if known else DraftState(first=start, feature_start=start)
-        st.stored, st.chain = (start, chain) if known or start == 0 else (-1, None)
-        return st
+        if not known:
+            return DraftState.at(start) if start else DraftState(first=0, stored=0)
+        return DraftState(first=0, features=torch.cat(known), stored=start, chain=chain)
 
     def _keep_blocks(self, seq: Sequence, st: DraftState) -> None:
         """Record the features of the sequence's blocks that just became full."""
         bs, end = self.blocks.block_size, st.feature_start + st.num_features
         if st.stored < 0 or end - st.stored < bs:
             return
-        feats = torch.cat(st.features)
         while end - st.stored >= bs:
             st.chain = hash((st.chain, tuple(seq.tokens(st.stored, st.stored + bs))))
             lo = st.stored - st.feature_start
-            self.block_features[st.chain] = feats[lo: lo + bs]
+            self.block_features[st.chain] = st.features[lo: lo + bs]
             self.block_features.move_to_end(st.chain)
             st.stored += bs
         while len(self.block_features) > self.max_block_features:
@@ -225,11 +231,10 @@ class Speculator:
         for seq in seqs:
             st = self.states[seq.seq_id]
             start, end = st.rows_end, seq.num_tokens - 1  # new rows for tokens at positions start+1 .. end
-            f = torch.cat(st.features)[start - st.feature_start: end - st.feature_start] if end > start else None
             lo = len(ids)
-            if f is not None:
+            if end > start:
                 ids += seq.tokens(start + 1, end + 1)
-                feats.append(f)
+                feats.append(st.features[start - st.feature_start: end - st.feature_start])
                 pos += range(start + 1, end + 1)
             past_k, past_v = self._past(st)
             segments.append((lo, len(ids), past_k, past_v, None))
@@ -245,9 +250,7 @@ class Speculator:
                 st.cache.append(attn.new_k[lo:hi], attn.new_v[lo:hi])
                 st.last_out = out[hi - 1]
                 # keep the features the draft has not used, and those of a block not yet recorded
-                keep_from = min(st.rows_end, st.stored) if st.stored >= 0 else st.rows_end
-                rest = torch.cat(st.features)[keep_from - st.feature_start:]
-                st.features, st.feature_start = ([rest] if rest.shape[0] else []), keep_from
+                st.drop_features_before(min(st.rows_end, st.stored) if st.stored >= 0 else st.rows_end)
             roots.append(st.last_out)
         return torch.stack(roots)
 
@@ -293,7 +296,7 @@ class Speculator:
         return search.select([s.token(s.num_tokens - 1) for s in seqs], self.config.num_nodes, depths)
 
     # ---- after verification -----------------------------------------------------------------------
-    def settle(self, seq: Sequence, tree: DraftTree, verdict: Verdict) -> None:
+    def settle(self, seq: Sequence, verdict: Verdict) -> None:
         """Keep the accepted rows' keys and values, free the rest. seq.num_computed is still the
         root's position; the emitted tokens are already appended."""
         bs, table, root = self.blocks.block_size, seq.block_table, seq.num_computed

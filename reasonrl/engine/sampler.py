@@ -43,10 +43,14 @@ def _fmix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _key(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """(S,) a 32-bit hash of each (seed, step): the root of every random draw at that step."""
+    return _fmix(_fmix(_fmix((seeds >> 32) & _M32) ^ (seeds & _M32)) ^ _fmix(steps & _M32))
+
+
 def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
     """(S, V) float32 standard Gumbel noise, a pure function of (seed, step, token id)."""
-    key = _fmix(_fmix((seeds >> 32) & _M32) ^ (seeds & _M32))
-    key = _fmix(key ^ _fmix(steps & _M32))[:, None]  # (S, 1)
+    key = _key(seeds, steps)[:, None]  # (S, 1)
     idx = torch.arange(vocab, device=seeds.device, dtype=torch.int64)[None, :]
     bits = _fmix(key ^ _fmix((idx * 0x9E3779B9) & _M32))
     bits = _fmix(bits ^ key)  # a second round decorrelates neighbouring token ids
@@ -57,8 +61,7 @@ def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.
 def uniform(seeds: torch.Tensor, steps: torch.Tensor, salt: int) -> torch.Tensor:
     """(S,) float64 uniforms in (0, 1), a pure function of (seed, step, salt); independent of the
     Gumbel noise of the same (seed, step) for salt > 0 (speculative decoding's acceptance coins)."""
-    key = _fmix(_fmix((seeds >> 32) & _M32) ^ (seeds & _M32))
-    key = _fmix(key ^ _fmix(steps & _M32))
+    key = _key(seeds, steps)
     bits = _fmix(_fmix(key ^ _fmix((0x7F4A7C15 * (salt + 1)) & _M32)) ^ key)
     return (bits.double() + 0.5) / 4294967296.0
 

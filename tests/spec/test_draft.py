@@ -70,7 +70,10 @@ def test_online_distillation_raises_the_accepted_length():
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(0, 24, (6,), generator=g).tolist() for _ in range(64)]
     cfg = DistillConfig(steps=40, prompts_per_step=8, max_new_tokens=24, temperature=0.0, lr=5e-3, eval_every=20)
-    draft, history = distill_draft(model, prompts[8:], prompts[:8], cfg, engine_options={"kv_cache_memory": 1 << 22})
+    saved = []  # run_distill saves here, so a killed run keeps its last evaluated draft
+    draft, history = distill_draft(model, prompts[8:], prompts[:8], cfg, engine_options={"kv_cache_memory": 1 << 22},
+                                   on_eval=lambda d, h: saved.append(h[-1]["step"]))
+    assert saved == [20, 40]
     from reasonrl.engine.spec.distill import accepted_length
     from reasonrl.engine import LLMEngine
     from reasonrl.engine.config import EngineConfig

@@ -101,8 +101,10 @@ def accepted_length(engine: LLMEngine, prompts: list[list[int]], max_new_tokens:
 
 
 def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: list[list[int]], cfg: DistillConfig,
-                  draft: DraftHead | None = None, engine_options: dict | None = None, log=None) -> tuple[DraftHead, list[dict]]:
-    """Train a draft for `target`; returns it and the log (one dict per logged step)."""
+                  draft: DraftHead | None = None, engine_options: dict | None = None, log=None,
+                  on_eval=None) -> tuple[DraftHead, list[dict]]:
+    """Train a draft for `target`; returns it and the log (one dict per logged step).
+    `on_eval(draft, history)` runs after every evaluation (e.g. to save, so a killed run keeps it)."""
     if not prompts:
         raise ValueError("distill: no training prompts")
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -135,6 +137,8 @@ def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: lis
                     row["accepted_length"] = accepted_length(eval_engine, eval_prompts, cfg.max_new_tokens)
             history.append(row)
             log("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+            if on_eval is not None:
+                on_eval(draft, history)
     draft.eval()
     return draft, history
 
@@ -142,7 +146,7 @@ def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: lis
 def run_distill(target_path: str | Path, env, out: str | Path, cfg: DistillConfig, num_prompts: int = 2048,
                 eval_prompts: int = 32, init: str | Path | None = None, device=None, dtype=None) -> Path:
     """`reasonrl distill-draft`: prompts from `env`, rendered with the target's chat template; the
-    draft and its log (`distill_log.jsonl`) are saved to `out`."""
+    draft and its log (`distill_log.jsonl`) are saved to `out` at every evaluation."""
     from reasonrl.models.loader import load_model
     from reasonrl.models.tokenizer import Tokenizer
 
@@ -152,13 +156,18 @@ def run_distill(target_path: str | Path, env, out: str | Path, cfg: DistillConfi
     train = encode(env.prompts(n=num_prompts, seed=cfg.seed, split="train"))
     held = encode(env.prompts(n=eval_prompts, seed=cfg.seed, split="eval")) if eval_prompts else []
     draft = DraftHead.load(init, target) if init else None
-    draft, history = distill_draft(target, train, held, cfg, draft)
-    info = DraftInfo(target.config.architecture, target.config.vocab_size, target.config.hidden_size,
-                     fingerprint(target), str(target_path), cfg.steps + (read_info(init).steps if init else 0),
-                     history[-1].get("accepted_length") if history else None)
-    out = draft.save(out, info)
-    with open(out / "distill_log.jsonl", "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in history)
+    steps_before = read_info(init).steps if init else 0
+    out = Path(out)
+
+    def save(draft: DraftHead, history: list[dict]) -> None:
+        info = DraftInfo(target.config.architecture, target.config.vocab_size, target.config.hidden_size,
+                         fingerprint(target), str(target_path), steps_before + history[-1]["step"],
+                         history[-1].get("accepted_length"))
+        draft.save(out, info)
+        with open(out / "distill_log.jsonl", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in history)
+
+    distill_draft(target, train, held, cfg, draft, on_eval=save)  # the last step is always evaluated
     return out
 
 

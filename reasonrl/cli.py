@@ -19,6 +19,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kv-format", default="dense", help="KV-cache storage: dense (see docs/engine.md for the others)")
     g.add_argument("--kv-option", action="append", default=[], metavar="NAME=VALUE",
                    help="a parameter of the KV format, e.g. --kv-option bits=4 (repeatable)")
+    g.add_argument("--evict-budget", type=int, help="SnapKV token eviction: prompt tokens each KV head keeps per "
+                                                   "layer besides the window (default: keep all; kv-format dense or spark)")
+    g.add_argument("--evict-window", type=int, default=32, help="SnapKV: last prompt queries that choose what is kept")
     g.add_argument("--no-prefix-caching", action="store_true")
     g.add_argument("--seed", type=int, default=0, help="draws the seeds of requests that set none")
     g.add_argument("--draft", help="draft-head checkpoint (reasonrl distill-draft): speculative decoding")
@@ -33,6 +36,7 @@ def engine_kwargs(args) -> dict:
     return dict(max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len, block_size=args.block_size,
                 max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_memory=args.kv_cache_memory,
                 kv_format=args.kv_format, kv_options=_overrides(args.kv_option, "--kv-option"),
+                evict_budget=args.evict_budget, evict_window=args.evict_window,
                 enable_prefix_caching=not args.no_prefix_caching, seed=args.seed, draft=args.draft,
                 draft_top_k=args.draft_top_k, draft_depth=args.draft_depth, draft_tokens=args.draft_tokens,
                 draft_sampling=args.draft_sampling)

@@ -9,9 +9,12 @@ model and training settings match). Arms, all greedy on the same held-out items:
   of `engine/kv/calibrate.py` within an average-bit budget, on items of a separate "calib"
   stream; the profile is saved next to the checkpoint in `kv_profiles/`): run through
   `LLMEngine`, all items submitted at once and served by continuous batching.
-- SnapKV eviction alone, and SnapKV + SPARK key-channel pruning at 50% and 80%: the one-sequence
-  harness `engine/kv/snapkv.generate_with_eviction` (eviction is not an engine format), which
-  stores the kept prefix in fp16.
+- SnapKV eviction alone, and SnapKV + SPARK key-channel pruning at 50% and 80%, twice: through
+  `LLMEngine` (`evict_budget`, engine/eviction.py: dense, or the spark format, whose prompt blocks
+  are pruned as they fill during prefill, then restored, selected and pruned again with the
+  window's |Q|), and through the one-sequence harness `engine/kv/snapkv.generate_with_eviction`
+  (selection and pruning on the exact prompt keys, the papers' setting), which stores the kept
+  prefix in fp16.
 
 Bytes per token. Engine rows: the slope of the format's allocated bytes (`KVFormat.storage()`,
 every tensor) between two caches of different sizes, built exactly as the engine builds them,
@@ -21,8 +24,9 @@ running sequence) do not grow with the cache; they are reported as `fixed_bytes`
 `engine_bytes_per_token` is the engine's own figure (`stats()["kv_bytes_per_token"]`, allocated
 bytes over its capacity, staging pool included, at the benchmark's cache size). Dense storage is
 sized at 16 bits, whatever dtype the model runs in (on CPU, fp32: the accuracy is that of the
-exact cache). Eviction rows: the harness's bytes held at the end over the tokens whose KV was
-computed. Ratios are to a 16-bit dense cache, 2 * layers * kv_heads * head_dim * 2 bytes per token.
+exact cache). Eviction rows: bytes held at the end over the tokens whose KV was computed; in
+the engine, the format's steady bytes per token times the share of computed tokens not evicted
+(`stats()["kv_evicted_tokens"]`), in the harness, its tensors. Ratios are to a 16-bit dense cache, 2 * layers * kv_heads * head_dim * 2 bytes per token.
 
 Targets (issue 6, from the papers): a TaDA row at <= 0.30 of dense bytes with at most 1 point of
 accuracy lost; eviction + SPARK 80% within 5% (relative) of eviction alone while storing >= 30%
@@ -115,10 +119,10 @@ def word_tokenizer(task: RecallTask):
 
 
 # ---- arms -----------------------------------------------------------------------------------------
-def engine_accuracy(model: DecoderLM, items: list[RecallItem], kv_format: str, kv_options: dict, cfg: KVBenchConfig
-                    ) -> tuple[float, float]:
-    """All items through one `LLMEngine` (greedy, continuous batching) -> (accuracy, the engine's
-    kv_bytes_per_token)."""
+def engine_accuracy(model: DecoderLM, items: list[RecallItem], kv_format: str, kv_options: dict, cfg: KVBenchConfig,
+                    evict: bool = False) -> tuple[float, dict]:
+    """All items through one `LLMEngine` (greedy, continuous batching; with `evict`, SnapKV eviction
+    of `cfg.budget` + `cfg.window` prompt tokens) -> (accuracy, the engine's stats at the end)."""
     from reasonrl.engine import LLMEngine, SamplingParams
     from reasonrl.engine.config import EngineConfig
 
@@ -127,7 +131,7 @@ def engine_accuracy(model: DecoderLM, items: list[RecallItem], kv_format: str, k
     engine = LLMEngine(model, None, EngineConfig(
         kv_format=kv_format, kv_options=kv_options, max_num_seqs=cfg.max_num_seqs, block_size=cfg.block_size,
         max_model_len=longest + 1, kv_cache_memory=dense_bytes(model, per_seq * cfg.max_num_seqs),
-        max_num_batched_tokens=max(4096, longest)))
+        max_num_batched_tokens=max(4096, longest), evict_budget=cfg.budget if evict else None, evict_window=cfg.window))
     params = SamplingParams(temperature=0, max_tokens=len(items[0].answer_ids), ignore_eos=True)
     for i, it in enumerate(items):
         engine.add_request(str(i), it.prompt_ids, params)
@@ -136,7 +140,7 @@ def engine_accuracy(model: DecoderLM, items: list[RecallItem], kv_format: str, k
         for out in engine.step():
             answers[int(out.request_id)] = out.outputs[0].token_ids
     correct = sum(answers[i] == it.answer_ids for i, it in enumerate(items))
-    return correct / len(items), engine.stats()["kv_bytes_per_token"]
+    return correct / len(items), engine.stats()
 
 
 def dense_bytes(model: DecoderLM, tokens: int) -> int:
@@ -215,18 +219,29 @@ def bench_kv(model_dir: str | Path | None = None, cfg: KVBenchConfig | None = No
     rows = []
     for fmt, options, params in engine_arms(model, model_dir, cfg):
         start = time.perf_counter()
-        acc, engine_bpt = engine_accuracy(model, items, fmt, options, cfg)
+        acc, stats = engine_accuracy(model, items, fmt, options, cfg)
         bpt, fixed = steady_bytes_per_token(model, fmt, options, cfg)
         rows.append(row(fmt, params, bpt, dense16, acc, len(items), fixed_bytes=fixed,
-                        engine_bytes_per_token=engine_bpt, path="engine"))
+                        engine_bytes_per_token=stats["kv_bytes_per_token"], path="engine"))
         log(f"{fmt} {params}: accuracy {acc:.3f}, {bpt / dense16:.3f} of dense ({time.perf_counter() - start:.0f}s)")
+    computed = sum(len(it.prompt_ids) + len(it.answer_ids) - 1 for it in items)  # tokens whose KV is computed
     for name, ratio in (("snapkv", 0.0), ("snapkv+spark", 0.5), ("snapkv+spark", 0.8)):
+        params = {"budget": cfg.budget, "window": cfg.window, **({"key_ratio": ratio} if ratio else {})}
+        kept = min(1.0, (cfg.budget + cfg.window) / len(items[0].prompt_ids))
+        start = time.perf_counter()
+        fmt, options = ("spark", {"key_ratio": ratio}) if ratio else ("dense", {})
+        acc, stats = engine_accuracy(model, items, fmt, options, cfg, evict=True)
+        bpt, fixed = steady_bytes_per_token(model, fmt, options, cfg)
+        held = 1 - stats["kv_evicted_tokens"] / computed  # share of computed tokens whose KV stays
+        rows.append(row(name, params, bpt * held, dense16, acc, len(items), fixed_bytes=fixed, path="engine",
+                        prompt_kept=kept))
+        log(f"{name} {params} (engine): accuracy {acc:.3f}, {bpt * held / dense16:.3f} of dense "
+            f"({time.perf_counter() - start:.0f}s)")
         start = time.perf_counter()
         acc, bpt = eviction_accuracy(model, items, cfg.budget, cfg.window, ratio)
-        params = {"budget": cfg.budget, "window": cfg.window, **({"key_ratio": ratio} if ratio else {})}
-        rows.append(row(name, params, bpt, dense16, acc, len(items), path="eviction harness",
-                        prompt_kept=min(1.0, (cfg.budget + cfg.window) / len(items[0].prompt_ids))))
-        log(f"{name} {params}: accuracy {acc:.3f}, {bpt / dense16:.3f} of dense ({time.perf_counter() - start:.0f}s)")
+        rows.append(row(name, params, bpt, dense16, acc, len(items), path="eviction harness", prompt_kept=kept))
+        log(f"{name} {params} (harness): accuracy {acc:.3f}, {bpt / dense16:.3f} of dense "
+            f"({time.perf_counter() - start:.0f}s)")
     check_targets(rows)
     for r in rows:
         r.update(device=device_name(model.device), prompt_tokens=len(items[0].prompt_ids))
@@ -246,8 +261,8 @@ def check_targets(rows: list[dict]) -> None:
             lost = (dense["accuracy"] - r["accuracy"]) * 100
             r["target"] = {"rule": "<= 0.30 of dense bytes and <= 1 point of accuracy lost",
                            "points_lost": lost, "met": r["bytes_per_token_ratio"] <= 0.30 and lost <= 1.0}
-    evict = next((r for r in rows if r["format"] == "snapkv"), None)
     for r in rows:
+        evict = next((e for e in rows if e["format"] == "snapkv" and e["path"] == r["path"]), None)
         if evict and r["format"] == "snapkv+spark" and r["params"].get("key_ratio") == 0.8:
             rel_loss = 1 - r["accuracy"] / evict["accuracy"] if evict["accuracy"] else 0.0
             saved = 1 - r["bytes_per_token"] / evict["bytes_per_token"]
@@ -256,13 +271,13 @@ def check_targets(rows: list[dict]) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'format':<14}{'params':<44}{'bytes/token':>12}{'ratio':>8}{'accuracy':>10}  target",
-             "-" * 100]
+    lines = [f"{'format':<14}{'params':<44}{'path':<18}{'bytes/token':>12}{'ratio':>8}{'accuracy':>10}  target",
+             "-" * 118]
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
         target = "" if "target" not in r else ("met" if r["target"]["met"] else "NOT met")
-        lines.append(f"{r['format']:<14}{params:<44}{r['bytes_per_token']:>12.1f}{r['bytes_per_token_ratio']:>8.3f}"
-                     f"{r['accuracy']:>10.3f}  {target}")
+        lines.append(f"{r['format']:<14}{params:<44}{r['path']:<18}{r['bytes_per_token']:>12.1f}"
+                     f"{r['bytes_per_token_ratio']:>8.3f}{r['accuracy']:>10.3f}  {target}")
     return "\n".join(lines + [""] + summary(rows))
 
 
@@ -274,10 +289,9 @@ def summary(rows: list[dict]) -> list[str]:
         f"met by {met[0]['params']}" if met else "NOT met: " + "; ".join(
             f"{r['params'].get('bits')} bits at {r['bytes_per_token_ratio']:.3f} lose "
             f"{r['target']['points_lost']:.1f} points" for r in tada))]
-    spark = next((r for r in rows if "target" in r and r["format"] == "snapkv+spark"), None)
-    if spark:
+    for spark in (r for r in rows if "target" in r and r["format"] == "snapkv+spark"):
         t = spark["target"]
-        out.append(f"SPARK 80% target (<= 5% relative loss vs eviction, >= 30% fewer bytes): "
+        out.append(f"SPARK 80% target, {spark['path']} (<= 5% relative loss vs eviction, >= 30% fewer bytes): "
                    f"{'met' if t['met'] else 'NOT met'} ({t['relative_loss']:.1%} loss, {t['bytes_saved']:.1%} fewer bytes)")
     return out
 

@@ -159,6 +159,9 @@ class TrainConfig:
     where it is found in a few hundred steps, and then carries over to long ones."""
     grow_at: float = 0.8
     check_every: int = 25
+    bf16: bool = False
+    """Forward and backward under bf16 autocast (fp32 weights and optimizer): about 2x faster on a
+    CPU with bf16 instructions, for the wide-attention models."""
     seed: int = 0
 
 
@@ -188,7 +191,8 @@ def _train(model: DecoderLM, task: RecallTask, cfg: TrainConfig, log) -> list[fl
     for step in range(1, cfg.steps + 1):
         model.train()
         ids, labels = train_batch(task, rng, cfg.batch_size, max_pairs)
-        logits = model.compute_logits(model.forward_padded(ids.to(model.device)))
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            logits = model.compute_logits(model.forward_padded(ids.to(model.device)))
         loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.to(model.device).flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -37,20 +37,22 @@ class BlockManager:
         return len(self.free)
 
     def blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
-        total = seq.num_computed + num_new_tokens
+        total = seq.cache_len + num_new_tokens
         return max(0, -(-total // self.block_size) - len(seq.block_table))
 
     def can_append(self, seq: Sequence, num_new_tokens: int) -> bool:
         return self.blocks_needed(seq, num_new_tokens) <= self.num_free
 
-    def admit(self, seq: Sequence) -> None:
-        """Give a waiting sequence the cached blocks of its longest cached prefix."""
+    def admit(self, seq: Sequence, compute_from: int | None = None) -> None:
+        """Give a waiting sequence the cached blocks of its longest cached prefix, ending at or
+        before token `compute_from` if given (tokens from there on are computed)."""
         assert not seq.block_table
-        seq.num_computed = seq.num_cached = 0
+        seq.num_computed = seq.num_cached = seq.num_evicted = 0
         if not self.enable_prefix_caching:
             return
         # At least the last token is always computed: its logits are needed to sample.
-        max_hits = (seq.num_tokens - 1) // self.block_size
+        last = seq.num_tokens - 1 if compute_from is None else min(seq.num_tokens - 1, compute_from)
+        max_hits = last // self.block_size
         prev = None
         for i in range(max_hits):
             tokens = tuple(seq.tokens(i * self.block_size, (i + 1) * self.block_size))
@@ -105,6 +107,8 @@ class BlockManager:
         return block_id
 
     def _register(self, seq: Sequence, num_tokens: int) -> None:
+        if seq.num_evicted:  # its blocks hold the kept entries, no longer the tokens' runs
+            return
         bs = self.block_size
         for i in range(seq.num_computed // bs, num_tokens // bs):
             block = self.blocks[seq.block_table[i]]
@@ -126,7 +130,16 @@ class BlockManager:
     def release(self, seq: Sequence) -> None:
         self._let_go(reversed(seq.block_table))  # tail blocks are freed first, so evicted first
         seq.block_table = []
-        seq.num_computed = 0
+        seq.num_computed = seq.num_evicted = 0
+
+    def compact(self, seq: Sequence, num_entries: int) -> list[int]:
+        """Token eviction: the sequence's blocks are let go (its full prompt blocks stay in the
+        prefix cache, untouched) and it gets fresh blocks for `num_entries` cache entries, returned
+        as its new block table (the caller writes the kept entries into them)."""
+        old, seq.block_table = seq.block_table, []
+        self._let_go(reversed(old))
+        seq.block_table = [self._fresh() for _ in range(-(-num_entries // self.block_size))]
+        return seq.block_table
 
     def _let_go(self, block_ids, front: bool = False) -> None:
         """Drop one reference to each block; those nobody holds go to the free list, at its end

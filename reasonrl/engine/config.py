@@ -23,6 +23,11 @@ class EngineConfig:
     """How keys and values are stored: a name in `reasonrl.engine.kv.FORMATS`."""
     kv_options: dict = field(default_factory=dict)
     """The format's parameters (e.g. bits, group size); unknown names fail when the engine starts."""
+    evict_budget: int | None = None
+    """SnapKV token eviction (engine/eviction.py): prompt tokens each KV head keeps per layer besides
+    the window; None keeps every token. Needs kv_format dense or spark."""
+    evict_window: int = 32
+    """SnapKV: the last prompt queries that choose what is kept (always kept themselves)."""
     seed: int = 0
     """Draws the seeds of requests that do not set one."""
     draft: str | None = None
@@ -47,6 +52,13 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.max_model_len must be an integer >= 2, got {self.max_model_len!r}")
         if self.kv_cache_memory is not None and (not isinstance(self.kv_cache_memory, int) or self.kv_cache_memory <= 0):
             raise ValueError(f"EngineConfig.kv_cache_memory must be a positive number of bytes, got {self.kv_cache_memory!r}")
+        if self.evict_budget is not None:
+            from reasonrl.engine.eviction import EvictionConfig
+
+            EvictionConfig(self.evict_budget, self.evict_window)  # validates, naming the field
+            if self.draft is not None:
+                raise ValueError("EngineConfig.evict_budget cannot be combined with speculative decoding (draft): "
+                                 "draft trees address the cache by position")
         if self.draft_sampling not in ("coupled", "residual"):
             raise ValueError(f"EngineConfig.draft_sampling must be 'coupled' or 'residual', got {self.draft_sampling!r}")
         if not isinstance(self.kv_options, dict):

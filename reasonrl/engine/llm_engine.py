@@ -21,6 +21,7 @@ import torch
 
 from reasonrl.engine.block_manager import BlockManager
 from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.eviction import EvictionConfig, Evictor
 from reasonrl.engine.kv import get_format
 from reasonrl.engine.kv.base import KVFormat
 from reasonrl.engine.model_runner import ModelRunner, Sampled, StepResult
@@ -65,8 +66,9 @@ class LLMEngine:
         self.kv = fmt(mcfg, num_blocks, cfg.block_size, model.device, model.dtype, cfg.max_num_seqs, **cfg.kv_options)
         self.kv.allocate()
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching, self.kv.free_blocks)
-        self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
-        self.runner = ModelRunner(model, self.kv, cfg.block_size)
+        self.evictor = self._evictor()
+        self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens, self.evictor)
+        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor)
         self.speculator = self._speculator(draft)
         self.requests: dict[str, Request] = {}
         self._done_at_add: list[RequestOutput] = []
@@ -74,10 +76,20 @@ class LLMEngine:
         self._rng = random.Random(cfg.seed)
         self.num_generated_tokens = 0
 
+    def _evictor(self) -> Evictor | None:
+        cfg = self.config
+        if cfg.evict_budget is None:
+            return None
+        if type(self.kv).read_prefix is KVFormat.read_prefix:
+            raise ValueError(f"token eviction (evict_budget) needs kv_format dense or spark, not {cfg.kv_format!r}")
+        return Evictor(EvictionConfig(cfg.evict_budget, cfg.evict_window), self.kv, self.block_manager)
+
     def _speculator(self, draft: DraftHead | None) -> Speculator | None:
         cfg = self.config
         if draft is None and cfg.draft is None:
             return None
+        if self.evictor is not None:
+            raise ValueError("speculative decoding cannot be combined with token eviction (evict_budget)")
         if type(self.kv).copy_slots is KVFormat.copy_slots:
             raise ValueError(f"speculative decoding needs a KV format that can move cache slots; "
                              f"kv_format {cfg.kv_format!r} cannot (use dense)")
@@ -217,6 +229,8 @@ class LLMEngine:
                 seq.num_computed += len(verdict.rows)
             else:
                 seq.num_computed += n
+                if self.evictor is not None:
+                    self.evictor.after_step(seq)
                 s = result.sampled.get(seq.seq_id)
                 if s is None:
                     continue
@@ -234,6 +248,8 @@ class LLMEngine:
 
     def _drop(self, seq: Sequence) -> None:
         self.scheduler.remove(seq)
+        if self.evictor is not None:
+            self.evictor.forget(seq)
         if self.speculator is not None:
             self.speculator.forget(seq)
 
@@ -303,4 +319,5 @@ class LLMEngine:
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_blocks_used": len(bm.blocks) - bm.num_free, "kv_blocks_total": len(bm.blocks),
                 "kv_bytes_per_token": self.kv.bytes_per_token, "preemptions": self.scheduler.num_preemptions,
-                "generated_tokens": self.num_generated_tokens, **(self.speculator.stats() if self.speculator else {})}
+                "generated_tokens": self.num_generated_tokens, **(self.speculator.stats() if self.speculator else {}),
+                **(self.evictor.stats() if self.evictor else {})}

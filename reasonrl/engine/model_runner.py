@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from reasonrl.engine.attention import AttentionMetadata, PagedAttention
+from reasonrl.engine.eviction import Evictor
 from reasonrl.engine.kv.base import KVFormat
 from reasonrl.engine.sampler import SamplingBatch, sample
 from reasonrl.engine.sequence import Sequence
@@ -46,8 +47,9 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, model: DecoderLM, kv: KVFormat, block_size: int):
+    def __init__(self, model: DecoderLM, kv: KVFormat, block_size: int, evictor: Evictor | None = None):
         self.model, self.kv, self.block_size = model, kv, block_size
+        self.evictor = evictor  # records the queries token eviction selects with
         self.device = model.device
 
     def prepare(self, scheduled: list[tuple[Sequence, int]], trees: dict[int, DraftTree] | None = None) -> StepBatch:
@@ -67,9 +69,10 @@ class ModelRunner:
             else:
                 ids += seq.tokens(start, start + n)
                 positions += range(start, start + n)
-            slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
+            at = start - seq.num_evicted  # cache index of the first new token
+            slots += [table[c // bs] * bs + c % bs for c in range(at, at + n)]
             query_start.append(query_start[-1] + n)
-            context_lens.append(start + n)
+            context_lens.append(at + n)
             tables.append(table)
             masks.append(None if tree is None else tree.mask(self.device))
             if tree is None and start + n == seq.num_tokens:
@@ -94,7 +97,10 @@ class ModelRunner:
         """Run one step: sample the sequences that finished their pending tokens, verify the trees
         (sampled ones by `rule`, see spec/verify.py)."""
         batch = self.prepare(scheduled, trees)
-        hidden = self.model(batch.input_ids, batch.positions, PagedAttention(self.kv, batch.meta))
+        attn = PagedAttention(self.kv, batch.meta)
+        if self.evictor is not None:
+            attn = self.evictor.recording(attn, scheduled, batch.meta.query_start)
+        hidden = self.model(batch.input_ids, batch.positions, attn)
         verdicts = self._verify(scheduled, trees, batch, hidden, rule) if trees else {}
         return StepResult(self._sample(batch, hidden), verdicts, hidden, batch)
 

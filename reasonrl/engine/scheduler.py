@@ -13,12 +13,15 @@ from __future__ import annotations
 from collections import deque
 
 from reasonrl.engine.block_manager import BlockManager
+from reasonrl.engine.eviction import Evictor
 from reasonrl.engine.sequence import SeqStatus, Sequence
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 evictor: Evictor | None = None):
         self.blocks = block_manager
+        self.evictor = evictor  # token eviction: prefill chunks end at the prompt's end
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
@@ -38,7 +41,7 @@ class Scheduler:
         i = preempted = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(seq.num_pending, budget)
+            n = self._chunk(seq, budget)
             while not self.blocks.can_append(seq, n) and seq in self.running:
                 self._preempt(self.running.pop())
                 preempted += 1
@@ -56,8 +59,8 @@ class Scheduler:
         watermark = max(1, len(self.blocks.blocks) // 100)  # headroom for running sequences to grow
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            self.blocks.admit(seq)
-            n = min(seq.num_pending, budget)
+            self.blocks.admit(seq, self.evictor.compute_from(seq) if self.evictor else None)
+            n = self._chunk(seq, budget)
             spare = self.blocks.num_free - self.blocks.blocks_needed(seq, n)
             if spare < 0 or (spare < watermark and self.running):
                 self.blocks.release(seq)
@@ -69,6 +72,10 @@ class Scheduler:
             scheduled.append((seq, n))
             budget -= n
         return budget
+
+    def _chunk(self, seq: Sequence, budget: int) -> int:
+        n = min(seq.num_pending, budget)
+        return self.evictor.chunk(seq, n) if self.evictor else n
 
     def _preempt(self, seq: Sequence) -> None:
         self.blocks.release(seq)

@@ -56,12 +56,19 @@ class Sequence:
         self.text = ""
         self.decoder = None  # IncrementalDecoder when the engine has a tokenizer
         self.block_table: list[int] = []
-        self.num_computed = 0  # tokens whose keys/values are in the cache
+        self.num_computed = 0  # tokens whose keys/values have been computed
         self.num_cached = 0  # of those, served by the prefix cache at admission
+        self.num_evicted = 0  # of those, dropped from the cache by token eviction (engine/eviction.py)
 
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def cache_len(self) -> int:
+        """Cache entries the sequence holds. Token i sits at cache index i, or, once the prompt has been
+        evicted, a token after the prompt at i - num_evicted (the kept prompt entries come first)."""
+        return self.num_computed - self.num_evicted
 
     @property
     def num_pending(self) -> int:

@@ -64,8 +64,9 @@ def tiny_bench_config(**kw) -> KVBenchConfig:
 
 def test_bench_kv_rows_are_well_formed(tmp_path):
     rows = bench_kv(tmp_path / "m", tiny_bench_config())
-    assert [r["format"] for r in rows] == ["dense", "kivi", "tada", "tada", "tada", "spark", "spark", "snapkv",
-                                           "snapkv+spark", "snapkv+spark"]
+    assert [r["format"] for r in rows] == ["dense", "kivi", "tada", "tada", "tada", "spark", "spark"] + [
+        "snapkv", "snapkv", "snapkv+spark", "snapkv+spark", "snapkv+spark", "snapkv+spark"]
+    assert [r["path"] for r in rows[7:]] == ["engine", "eviction harness"] * 3
     c = recall_model_config(TINY, **TINY_MODEL)
     dense16 = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 2
     for r in rows:
@@ -76,10 +77,12 @@ def test_bench_kv_rows_are_well_formed(tmp_path):
     assert rows[2]["bytes_per_token"] < rows[3]["bytes_per_token"]  # TaDA 2 bits below 4 bits
     assert rows[1]["fixed_bytes"] > 0  # KIVI's staging pool, counted apart from the steady state
     assert rows[6]["bytes_per_token"] < rows[5]["bytes_per_token"]  # SPARK composed with 4-bit TaDA stores less
-    assert rows[9]["bytes_per_token"] < rows[8]["bytes_per_token"] < rows[7]["bytes_per_token"]  # more pruning, fewer bytes
+    for path in (rows[7:13:2], rows[8:13:2]):  # engine, harness: more pruning, fewer bytes
+        assert path[2]["bytes_per_token"] < path[1]["bytes_per_token"] < path[0]["bytes_per_token"]
     assert (tmp_path / "m" / "kv_profiles" / "recall-avg3.json").is_file()
     assert sum(rows[4]["params"]["bits"]) / 2 <= 3
-    assert "target" in rows[2] and "target" in rows[9] and "target" not in rows[7] and "target" not in rows[5]
+    assert all("target" in r for r in [rows[2]] + rows[11:13])
+    assert not any("target" in r for r in [rows[5]] + rows[7:11])
     assert "snapkv+spark" in format_table(rows)
 
 
@@ -101,7 +104,7 @@ def test_bench_kv_cli_writes_a_list_of_rows(tmp_path, capsys):
     assert main(["bench", "kv", "--model-dir", str(tmp_path / "m"), "--items", "4", "--train-steps", "2",
                  "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert isinstance(rows, list) and len(rows) == 10
+    assert isinstance(rows, list) and len(rows) == 13
     for r in rows:
         assert {"format", "params", "bytes_per_token", "bytes_per_token_ratio", "accuracy", "n"} <= set(r)
     assert "accuracy" in capsys.readouterr().out  # the table
@@ -124,6 +127,6 @@ def test_bench_kv_cli_passes_its_flags_and_writes_the_rows(tmp_path, capsys, mon
                  "--json", str(out)]) == 0
     assert seen == {"items": 3, "train_steps": 2, "seed": 5}
     rows = json.loads(out.read_text())
-    assert len(rows) == 10 and all(r["n"] == 3 for r in rows)
+    assert len(rows) == 13 and all(r["n"] == 3 for r in rows)
     assert json.loads((tmp_path / "m" / "recall_task.json").read_text())["config"]["train"]["steps"] == 2
     assert "TaDA target" in capsys.readouterr().out  # the table and its summary

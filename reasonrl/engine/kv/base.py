@@ -84,6 +84,18 @@ class KVFormat:
     def attend(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         raise NotImplementedError
 
+    def read_prefix(self, layer: int, blocks: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token eviction (engine/eviction.py): the keys and values of a sequence's first `n` cache
+        entries, held in `blocks` (its block table), as (n, Hkv, D) tensors in the compute dtype
+        (restored, for a format that stores less)."""
+        raise NotImplementedError(f"kv_format {self.name!r} does not support token eviction (use dense or spark)")
+
+    def write_entries(self, layer: int, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      window_q: torch.Tensor) -> None:
+        """Token eviction: store the kept entries k, v (n, Hkv, D) at `slots`, the first n slots of
+        fresh blocks; window_q (W, Hq, D) are the queries that selected them."""
+        raise NotImplementedError(f"kv_format {self.name!r} does not support token eviction (use dense or spark)")
+
     def free_blocks(self, block_ids: list[int]) -> None:
         """Called when no sequence holds these blocks any more (a full one may still be reused from
         the prefix cache; a partly filled one never is): release per-block side state."""

@@ -38,6 +38,13 @@ class DenseKV(KVFormat):
         flat[0].index_copy_(0, slots, k.to(self.dtype))
         flat[1].index_copy_(0, slots, v.to(self.dtype))
 
+    def read_prefix(self, layer, blocks, n):
+        k, v = self.cache[layer, :, blocks].flatten(1, 2)[:, :n]  # (2, blocks, block_size, H, D) -> k, v (n, H, D)
+        return k, v
+
+    def write_entries(self, layer, slots, k, v, window_q):
+        self.write(layer, slots, k, v)
+
     def copy_slots(self, src, dst):
         flat = self.cache.flatten(2, 3)  # (layers, 2, blocks * block_size, H, D)
         flat[:, :, dst] = flat[:, :, src]

@@ -65,7 +65,7 @@ from reasonrl.engine.kv.base import KVFormat
 from reasonrl.engine.kv.quant import check_bits
 from reasonrl.engine.kv.spark_ops import (PrunedKeys, dequantize_kept, dequantize_values, kept_channels, prune_keys,
                                           prune_values, query_norm, quantize_kept, quantize_values, restore_keys,
-                                          restore_values)
+                                          restore_values, window_sq_sum)
 
 # ---- the format ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -319,6 +319,24 @@ class SparkKV(KVFormat):
             t["v_kept"][layer, blocks], t["v_bitmap"][layer, blocks] = kept.to(self.dtype), bitmap
         else:
             t["v_kept"][layer, blocks] = v.to(self.dtype)
+
+    # ---- token eviction ----------------------------------------------------------------------------
+    def read_prefix(self, layer, blocks, n):
+        k, v = self.gather(layer, blocks)  # staged (partly filled) blocks are read whole
+        return k.flatten(0, 1)[:n].to(self.dtype), v.flatten(0, 1)[:n].to(self.dtype)
+
+    def write_entries(self, layer, slots, k, v, window_q):
+        """The kept entries pruned with |Q| of the window queries that selected them (SparK's
+        setting); a partly filled last block is staged and pruned when it fills, as any block."""
+        bs, n = self.block_size, k.shape[0]
+        whole = n // bs * bs
+        if whole:
+            blocks = slots[:whole:bs] // bs
+            qn = query_norm(window_sq_sum(window_q, self.cfg.num_kv_heads))
+            self._store(layer, blocks, k[:whole].view(-1, bs, *k.shape[1:]), v[:whole].view(-1, bs, *v.shape[1:]),
+                        qn[None].expand(len(blocks), -1, -1))
+        if whole < n:
+            self._stage(layer, int(slots[whole]) // bs, 0, k[whole:], v[whole:])
 
     # ---- attention ---------------------------------------------------------------------------------
     def gather(self, layer: int, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

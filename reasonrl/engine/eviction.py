@@ -1,0 +1,140 @@
+"""Token eviction inside the engine: SnapKV (arXiv 2404.14469) on each sequence's prompt.
+
+Once a sequence's prompt is prefilled, every layer keeps, per KV head, the `budget` prompt
+positions the last `window` prompt queries attend to most (`kv/snapkv.snapkv_select`: summed over
+the window and the GQA group, average-pooled) plus the window itself, and drops the rest:
+
+- the kept entries are written into fresh blocks, head by head (cache entry i of KV head h is that
+  head's i-th kept token, so every head holds the same number of entries and the paged layout is
+  unchanged); the prompt's blocks are let go, and its full blocks stay in the prefix cache,
+  untouched, for the prompt's next sample;
+- tokens after the prompt are cached whole, after the kept entries: token i sits at cache index
+  i - num_evicted. Positions (RoPE) are the tokens' own; keys are cached already rotated.
+
+A prompt of at most budget + window tokens is kept whole.
+
+Where it hooks into the engine:
+- the scheduler ends a prefill chunk at the prompt's end (`chunk`), so the eviction runs right
+  after the step that computes the last prompt token and before any later token is prefilled: a
+  preempted or resumed sequence (prompt plus earlier output, re-prefilled) gets the cache an
+  uninterrupted run has;
+- the window's queries are recorded in every layer while it is prefilled (`recording`), over as
+  many chunks as it spans; admission never serves the window from the prefix cache
+  (`compute_from`);
+- storage goes through the format (`KVFormat.read_prefix` / `write_entries`). Dense holds exactly
+  SnapKV's cache. SPARK (`kv/spark.py`) prunes the kept keys' channels with |Q| of the same window
+  queries, the paper's composition; its prompt blocks, already pruned when they filled, are read
+  back restored and pruned again (the same channels win unless |Q| moved).
+
+Not combined with speculative decoding (draft trees index the cache by position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from reasonrl.engine.kv.snapkv import snapkv_select
+from reasonrl.engine.sequence import Sequence
+
+
+@dataclass(frozen=True)
+class EvictionConfig:
+    budget: int
+    """Prompt tokens each KV head keeps per layer, besides the window."""
+    window: int = 32
+    kernel_size: int = 5
+
+    def __post_init__(self):
+        for name, low in (("budget", 0), ("window", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"EngineConfig.evict_{name} must be an integer >= {low}, got {value!r}")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"eviction kernel_size must be a positive odd integer, got {self.kernel_size!r}")
+
+
+class _Recording:
+    """The step's attention, copying the window queries of evicting sequences as layers run."""
+
+    def __init__(self, attn, captures: list[tuple[torch.Tensor, slice, slice]]):
+        self.attn, self.captures = attn, captures
+
+    def __call__(self, layer, q, k, v):
+        for buf, rows, dst in self.captures:
+            buf[layer, dst] = q[rows]
+        return self.attn(layer, q, k, v)
+
+
+class Evictor:
+    def __init__(self, cfg: EvictionConfig, kv, blocks):
+        self.cfg, self.kv, self.blocks = cfg, kv, blocks
+        self.window_q: dict[int, torch.Tensor] = {}  # seq_id -> (layers, window, Hq, D) while prefilling
+        self.num_evictions = 0
+        self.num_evicted_tokens = 0  # cache entries dropped, over every sequence so far
+
+    def applies(self, seq: Sequence) -> bool:
+        """The prompt is longer than what eviction keeps, and it has not been evicted yet."""
+        return not seq.num_evicted and len(seq.prompt_ids) > self.cfg.budget + self.cfg.window
+
+    def compute_from(self, seq: Sequence) -> int | None:
+        """Admission: the prefix cache may serve tokens before the window, never the window."""
+        return len(seq.prompt_ids) - self.cfg.window if self.applies(seq) else None
+
+    def chunk(self, seq: Sequence, n: int) -> int:
+        """A prefill chunk of `n` tokens, cut at the prompt's end."""
+        prompt = len(seq.prompt_ids)
+        if self.applies(seq) and seq.num_computed < prompt:
+            return min(n, prompt - seq.num_computed)
+        return n
+
+    def recording(self, attn, scheduled: list[tuple[Sequence, int]], query_start: list[int]):
+        """`attn`, recording this step's window queries of the sequences that will evict."""
+        captures = []
+        for b, (seq, n) in enumerate(scheduled):
+            if not self.applies(seq):
+                continue
+            first = len(seq.prompt_ids) - self.cfg.window  # the window is prompt tokens first..prompt-1
+            lo, hi = max(seq.num_computed, first), min(seq.num_computed + n, len(seq.prompt_ids))
+            if lo >= hi:
+                continue
+            buf = self.window_q.get(seq.seq_id)
+            if buf is None:
+                c = self.kv.cfg
+                buf = self.window_q[seq.seq_id] = torch.zeros(c.num_layers, self.cfg.window, c.num_heads, c.head_dim,
+                                                              dtype=self.kv.dtype, device=self.kv.device)
+            at = query_start[b] - seq.num_computed  # row of token 0 in this step's batch
+            captures.append((buf, slice(at + lo, at + hi), slice(lo - first, hi - first)))
+        return _Recording(attn, captures) if captures else attn
+
+    def after_step(self, seq: Sequence) -> None:
+        """Evict the prompt once all of it is computed."""
+        if self.applies(seq) and seq.num_computed == len(seq.prompt_ids):
+            self.evict(seq)
+
+    @torch.no_grad()
+    def evict(self, seq: Sequence) -> None:
+        prompt, c, bs = len(seq.prompt_ids), self.kv.cfg, self.blocks.block_size
+        window_q = self.window_q.pop(seq.seq_id)
+        table = torch.tensor(seq.block_table[: -(-prompt // bs)], dtype=torch.long, device=self.kv.device)
+        kept = []
+        for layer in range(c.num_layers):  # one layer's whole prompt read at a time
+            k, v = self.kv.read_prefix(layer, table, prompt)  # (prompt, Hkv, D)
+            keep = snapkv_select(window_q[layer], k, self.cfg.budget, self.cfg.kernel_size)  # (Hkv, n)
+            idx = keep.T[..., None].expand(-1, -1, c.head_dim)  # (n, Hkv, D): entry i of head h
+            kept.append((k.gather(0, idx), v.gather(0, idx)))
+        n = kept[0][0].shape[0]
+        new_table = torch.tensor(self.blocks.compact(seq, n), dtype=torch.long, device=self.kv.device)
+        slots = (new_table[:, None] * bs + torch.arange(bs, device=self.kv.device)).flatten()[:n]
+        for layer, (k, v) in enumerate(kept):
+            self.kv.write_entries(layer, slots, k, v, window_q[layer])
+        seq.num_evicted = prompt - n
+        self.num_evictions += 1
+        self.num_evicted_tokens += prompt - n
+
+    def forget(self, seq: Sequence) -> None:
+        self.window_q.pop(seq.seq_id, None)
+
+    def stats(self) -> dict[str, int]:
+        return {"evictions": self.num_evictions, "kv_evicted_tokens": self.num_evicted_tokens}

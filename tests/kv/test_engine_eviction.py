@@ -1,0 +1,148 @@
+"""SnapKV token eviction inside `LLMEngine` (engine/eviction.py): the same tokens as the
+one-sequence harness, real blocks given back, chunking, prefix sharing, preemption and resume."""
+
+import pytest
+import torch
+
+from reasonrl.engine import LLMEngine, SamplingParams
+from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.kv.snapkv import generate_with_eviction
+from reasonrl.models import load_model
+
+GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+
+
+def prompts(n, length, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(4, 256, (length + 3 * i,), generator=g).tolist() for i in range(n)]
+
+
+def engine(model, **cfg):
+    cfg = {"block_size": 8, "kv_cache_memory": 4 << 20, "evict_budget": 12, "evict_window": 8} | cfg
+    return LLMEngine(model, None, EngineConfig(**cfg))
+
+
+def run(eng, batch, params=GREEDY):
+    for i, p in enumerate(batch):
+        eng.add_request(str(i), p, params)
+    done = eng.drain()
+    return [done[str(i)].outputs[0].token_ids for i in range(len(batch))]
+
+
+@pytest.fixture(scope="module")
+def qwen2(hf_checkpoint):
+    return load_model(hf_checkpoint("qwen2")[0], "cpu", torch.float32)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_engine_eviction_is_token_identical_to_the_snapkv_harness(hf_checkpoint, family):
+    model = load_model(hf_checkpoint(family)[0], "cpu", torch.float32)
+    batch = prompts(4, 40)
+    expected = [generate_with_eviction(model, p, 10, budget=12, window=8)[0] for p in batch]
+    # every prompt chunked over several steps, the window split across chunks, decodes batched together
+    assert run(engine(model, max_num_batched_tokens=24), batch) == expected
+    assert run(engine(model), batch) == expected
+    # and eviction matters: a full cache decodes otherwise for some prompt
+    assert run(engine(model, evict_budget=None), batch) != expected
+
+
+def test_evicted_blocks_go_back_and_the_prompt_stays_cached(qwen2):
+    eng = engine(qwen2)
+    prompt = prompts(1, 61)[0]  # 61 prompt tokens -> 12 + 8 = 20 entries: 3 blocks of 8 instead of 8
+    eng.add_request("a", prompt, SamplingParams(temperature=0, max_tokens=30, ignore_eos=True))
+    used = []
+    while eng.has_unfinished():
+        eng.step()
+        used.append(eng.stats()["kv_blocks_used"])
+    # after the first step the prompt's 8 blocks are let go (free, their contents still cached) and the
+    # sequence holds 3 blocks of kept entries; at the end 20 kept + 28 generated entries = 6 blocks,
+    # where the full cache would hold ceil((61 + 28) / 8) = 12
+    assert used[0] == 3 and max(used) == 6 and used[-1] == 0
+    stats = eng.stats()
+    assert stats["evictions"] == 1 and stats["kv_evicted_tokens"] == 61 - 20
+    # the full prompt blocks were never overwritten: a later request reuses them from the prefix cache,
+    # computing at least the window again
+    eng.add_request("b", prompt, GREEDY)
+    out = eng.drain()["b"]
+    assert out.num_cached_tokens == (61 - 8) // 8 * 8
+    assert out.outputs[0].token_ids == generate_with_eviction(qwen2, prompt, 10, budget=12, window=8)[0]
+
+
+def test_samples_sharing_a_prompt_and_short_prompts(qwen2):
+    long, short = prompts(1, 45)[0], prompts(1, 15, seed=3)[0]  # 15 <= 12 + 8: kept whole
+    eng = engine(qwen2)
+    eng.add_request("g", long, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, n=3))
+    eng.add_request("s", short, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+    done = eng.drain()
+    expected = generate_with_eviction(qwen2, long, 6, budget=12, window=8)[0]
+    assert [o.token_ids for o in done["g"].outputs] == [expected] * 3
+    assert done["s"].outputs[0].token_ids == run(engine(qwen2, evict_budget=None), [short],
+                                                  SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))[0]
+    assert eng.stats()["evictions"] == 3
+
+
+def test_preemption_and_resume_rebuild_the_same_cache(qwen2):
+    batch = prompts(6, 40, seed=5)
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    expected = run(engine(qwen2), batch, params)
+    # a cache of 16 blocks for 6 sequences that each need up to 7 before eviction and 6 after: preemption
+    small = engine(qwen2, kv_cache_memory=16 * 8 * token_bytes(qwen2), max_model_len=80)
+    assert run(small, batch, params) == expected
+    assert small.stats()["preemptions"] > 0
+    # abort after 7 tokens, resume with prompt + partial output: the resumed sequence is re-prefilled,
+    # its prompt evicted before the earlier output is prefilled again
+    eng = engine(qwen2)
+    eng.add_request("r", batch[0], params)
+    for _ in range(8):
+        eng.step()
+    partial = eng.abort("r").outputs[0]
+    assert 0 < len(partial.token_ids) < 24
+    eng.add_request("r", batch[0], params, output_ids=partial.token_ids, output_logprobs=partial.logprobs)
+    assert eng.drain()["r"].outputs[0].token_ids == expected[0]
+
+
+def token_bytes(model):
+    c = model.config
+    return 2 * c.num_layers * c.num_kv_heads * c.head_dim * model.dtype.itemsize
+
+
+def test_spark_with_eviction_stores_the_kept_entries_pruned_by_the_window_queries(hf_checkpoint):
+    from reasonrl.engine.kv.spark_ops import prune_keys, query_norm, restore_keys, window_sq_sum
+
+    path, _ = hf_checkpoint("qwen2", head_dim=64, hidden_size=256)
+    model = load_model(path, "cpu", torch.float32)
+    prompt = prompts(1, 64, seed=7)[0]
+    eng = engine(model, kv_format="spark", kv_options={"key_ratio": 0.5}, max_num_seqs=8, kv_cache_memory=16 << 20)
+    kv, written = eng.kv, {}
+    write = kv.write_entries
+    kv.write_entries = lambda layer, slots, k, v, q: (written.__setitem__(layer, (slots, k, v, q)),
+                                                      write(layer, slots, k, v, q))[1]
+    eng.add_request("a", prompt, GREEDY)
+    eng.step()  # prefill, then eviction
+    seq = eng.scheduler.running[0]
+    assert seq.num_evicted == 64 - 20 and len(seq.block_table) == 3
+    assert kv.t["k_kept"].shape[-1] == 32  # half of the 64 key channels are stored
+    table = torch.tensor(seq.block_table)
+    for layer, (slots, k, v, q) in written.items():
+        assert slots.tolist() == [b * 8 + i for b in seq.block_table for i in range(8)][:20]
+        stored_k, stored_v = kv.read_prefix(layer, table, 20)
+        qn = query_norm(window_sq_sum(q, model.config.num_kv_heads))
+        # two full blocks pruned with the window's |Q| (SparK's setting), the last 4 entries staged whole
+        expected = restore_keys(prune_keys(k[:16], qn, 32), qn, 64)
+        torch.testing.assert_close(stored_k[:16], expected.to(stored_k.dtype), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(stored_k[16:], k[16:])
+        torch.testing.assert_close(stored_v, v)
+        assert (stored_k[:16] - k[:16]).abs().max() > 1e-2  # and pruning did change them
+    out = eng.drain()["a"].outputs[0].token_ids
+    assert len(out) == 10 and out[0] == run(engine(model), [prompt])[0][0]  # the first token: exact prefill
+
+
+def test_eviction_options_are_checked(qwen2):
+    with pytest.raises(ValueError, match="evict_budget"):
+        EngineConfig(evict_budget=-1)
+    with pytest.raises(ValueError, match="evict_window"):
+        EngineConfig(evict_budget=8, evict_window=0)
+    with pytest.raises(ValueError, match="dense or spark"):
+        engine(qwen2, kv_format="tada", kv_options={"bits": 4})
+    with pytest.raises(ValueError, match="speculative"):
+        EngineConfig(evict_budget=8, draft="some/draft")

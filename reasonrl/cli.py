@@ -209,7 +209,8 @@ def cmd_bench(args) -> int:
     elif args.workload == "kv":
         from reasonrl.bench.kv import bench_kv, config_from_args, format_table
 
-        result = bench_kv(args.model_dir, config_from_args(args.items, args.train_steps, args.seed), args.device)
+        result = bench_kv(args.model_dir, config_from_args(args.items, args.train_steps, args.seed, args.model_shape),
+                          args.device)
         print(format_table(result))
     else:  # argparse restricts the choices
         raise AssertionError(args.workload)
@@ -342,7 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--off-policy", default="tis", choices=["none", "mask", "tis", "decoupled"],
                    help="april: loss.off_policy of both arms (only APRIL has recycled tokens)")
     p.add_argument("--model-dir", help="kv: the trained recall model's directory, reused when its settings match "
-                                       "(default: ~/.cache/reasonrl/bench_kv)")
+                                       "(default: ~/.cache/reasonrl/bench_kv/SHAPE)")
+    p.add_argument("--model-shape", default="8x64", choices=["8x64", "32x128"],
+                   help="kv: KV heads x head dim of the recall model: 8x64 (195-token prompts, ~9 min training on "
+                        "CPU) or 32x128, Llama-2-7B's KV shape (99-token prompts, ~30 min)")
     p.add_argument("--items", type=int, help="kv: held-out recall prompts per arm (300)")
     p.add_argument("--train-steps", type=int, help="kv: training steps of the recall model (800)")
     p.add_argument("--seed", type=int, default=0, help="kv: seed of the items and the training")

@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from reasonrl.bench.kv import KVBenchConfig, bench_kv, format_table, recall_model
+from reasonrl.bench.kv import KVBenchConfig, bench_kv, config_from_args, format_table, recall_model
 from reasonrl.bench.recall import (BOS, SEP, RecallTask, TrainConfig, recall_items, recall_model_config,
                                    teacher_forced_accuracy, train_batch, train_recall)
 from reasonrl.cli import main
@@ -65,8 +65,9 @@ def tiny_bench_config(**kw) -> KVBenchConfig:
 def test_bench_kv_rows_are_well_formed(tmp_path):
     rows = bench_kv(tmp_path / "m", tiny_bench_config())
     assert [r["format"] for r in rows] == ["dense", "kivi", "tada", "tada", "tada", "spark", "spark"] + [
-        "snapkv", "snapkv", "snapkv+spark", "snapkv+spark", "snapkv+spark", "snapkv+spark"]
-    assert [r["path"] for r in rows[7:]] == ["engine", "eviction harness"] * 3
+        "snapkv", "snapkv", "snapkv+spark", "snapkv+spark", "snapkv+spark", "snapkv+spark", "snapkv+spark"]
+    assert [r["path"] for r in rows[7:]] == ["engine", "eviction harness"] * 3 + ["engine"]
+    assert rows[13]["params"]["bits"] == 4 and rows[13]["bytes_per_token"] < rows[11]["bytes_per_token"]
     c = recall_model_config(TINY, **TINY_MODEL)
     dense16 = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 2
     for r in rows:
@@ -82,8 +83,19 @@ def test_bench_kv_rows_are_well_formed(tmp_path):
     assert (tmp_path / "m" / "kv_profiles" / "recall-avg3.json").is_file()
     assert sum(rows[4]["params"]["bits"]) / 2 <= 3
     assert all("target" in r for r in [rows[2]] + rows[11:13])
-    assert not any("target" in r for r in [rows[5]] + rows[7:11])
+    assert not any("target" in r for r in [rows[5]] + rows[7:11] + rows[13:])
     assert "snapkv+spark" in format_table(rows)
+
+
+def test_model_shapes_are_presets_that_do_not_leak_into_each_other():
+    wide = config_from_args(items=5, train_steps=7, seed=3, shape="32x128")
+    assert (wide.model["num_kv_heads"], wide.model["head_dim"], wide.task.pairs) == (32, 128, 32)
+    assert (wide.train.steps, wide.train.seed, wide.train.bf16, wide.items) == (7, 3, True, 5)
+    again = config_from_args(shape="32x128")
+    assert (again.train.steps, again.train.seed) == (600, 0)  # the preset itself was not changed
+    assert config_from_args().model["num_kv_heads"] == 8 and not config_from_args().train.bf16
+    with pytest.raises(ValueError, match="shape"):
+        config_from_args(shape="4x4")
 
 
 def test_recall_model_is_reused_only_when_the_config_matches(tmp_path):
@@ -104,7 +116,7 @@ def test_bench_kv_cli_writes_a_list_of_rows(tmp_path, capsys):
     assert main(["bench", "kv", "--model-dir", str(tmp_path / "m"), "--items", "4", "--train-steps", "2",
                  "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert isinstance(rows, list) and len(rows) == 13
+    assert isinstance(rows, list) and len(rows) == 14
     for r in rows:
         assert {"format", "params", "bytes_per_token", "bytes_per_token_ratio", "accuracy", "n"} <= set(r)
     assert "accuracy" in capsys.readouterr().out  # the table
@@ -115,8 +127,8 @@ def test_bench_kv_cli_passes_its_flags_and_writes_the_rows(tmp_path, capsys, mon
 
     seen = {}
 
-    def tiny_config(items, train_steps, seed):  # the CLI's settings, on the tiny task and model
-        seen.update(items=items, train_steps=train_steps, seed=seed)
+    def tiny_config(items, train_steps, seed, shape):  # the CLI's settings, on the tiny task and model
+        seen.update(items=items, train_steps=train_steps, seed=seed, shape=shape)
         cfg = tiny_bench_config(seed=seed)
         cfg.items, cfg.train.steps = items, train_steps
         return cfg
@@ -124,9 +136,9 @@ def test_bench_kv_cli_passes_its_flags_and_writes_the_rows(tmp_path, capsys, mon
     monkeypatch.setattr(kv, "config_from_args", tiny_config)
     out = tmp_path / "kv.json"
     assert main(["bench", "kv", "--model-dir", str(tmp_path / "m"), "--items", "3", "--train-steps", "2", "--seed", "5",
-                 "--json", str(out)]) == 0
-    assert seen == {"items": 3, "train_steps": 2, "seed": 5}
+                 "--model-shape", "32x128", "--json", str(out)]) == 0
+    assert seen == {"items": 3, "train_steps": 2, "seed": 5, "shape": "32x128"}
     rows = json.loads(out.read_text())
-    assert len(rows) == 13 and all(r["n"] == 3 for r in rows)
+    assert len(rows) == 14 and all(r["n"] == 3 for r in rows)
     assert json.loads((tmp_path / "m" / "recall_task.json").read_text())["config"]["train"]["steps"] == 2
     assert "TaDA target" in capsys.readouterr().out  # the table and its summary

@@ -137,6 +137,18 @@ def test_spark_with_eviction_stores_the_kept_entries_pruned_by_the_window_querie
     assert len(out) == 10 and out[0] == run(engine(model), [prompt])[0][0]  # the first token: exact prefill
 
 
+def test_eviction_composes_with_spark_and_4_bit_codes(hf_checkpoint):
+    path, _ = hf_checkpoint("qwen2", head_dim=64, hidden_size=256)
+    model = load_model(path, "cpu", torch.float32)
+    batch = prompts(2, 64, seed=8)
+    spark = {"kv_format": "spark", "max_num_seqs": 8, "kv_cache_memory": 16 << 20}
+    eng = engine(model, kv_options={"key_ratio": 0.8, "bits": 4}, **spark)
+    out = run(eng, batch)
+    assert [o[0] for o in out] == [o[0] for o in run(engine(model), batch)] and all(len(o) == 10 for o in out)
+    assert eng.stats()["kv_evicted_tokens"] == sum(len(p) - 20 for p in batch)
+    assert "k_codes" in eng.kv.t and "k_kept" not in eng.kv.t  # codes, never a full-precision copy
+
+
 def test_eviction_options_are_checked(qwen2):
     with pytest.raises(ValueError, match="evict_budget"):
         EngineConfig(evict_budget=-1)

@@ -18,8 +18,9 @@ compress the prompt only).
 
 Departures: SnapKV's original code is for MHA; with GQA the group's scores are summed so the query
 heads sharing a KV head keep the same tokens (as kvpress does). A prompt no longer than
-budget + window is kept whole. Eviction inside `LLMEngine` (paged, per head) is not implemented:
-this harness is engine-independent and handles one sequence.
+budget + window is kept whole. Eviction inside `LLMEngine` is `engine/eviction.py`, which uses
+the same selection; this harness stays as the engine-independent reference (selection and
+SPARK pruning on the exact prompt keys) it is tested against.
 """
 
 from __future__ import annotations

@@ -282,12 +282,12 @@ def check_targets(rows: list[dict]) -> None:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'format':<14}{'params':<44}{'path':<18}{'bytes/token':>12}{'ratio':>8}{'accuracy':>10}  target",
-             "-" * 118]
+    lines = [f"{'format':<14}{'params':<50}{'path':<18}{'bytes/token':>12}{'ratio':>8}{'accuracy':>10}  target",
+             "-" * 124]
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
         target = "" if "target" not in r else ("met" if r["target"]["met"] else "NOT met")
-        lines.append(f"{r['format']:<14}{params:<44}{r['path']:<18}{r['bytes_per_token']:>12.1f}"
+        lines.append(f"{r['format']:<14}{params:<50}{r['path']:<18}{r['bytes_per_token']:>12.1f}"
                      f"{r['bytes_per_token_ratio']:>8.3f}{r['accuracy']:>10.3f}  {target}")
     return "\n".join(lines + [""] + summary(rows))
 

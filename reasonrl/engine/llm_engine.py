@@ -318,6 +318,7 @@ class LLMEngine:
         bm = self.block_manager
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_blocks_used": len(bm.blocks) - bm.num_free, "kv_blocks_total": len(bm.blocks),
+                "kv_capacity_tokens": len(bm.blocks) * bm.block_size,  # tokens the KV budget holds in this format
                 "kv_bytes_per_token": self.kv.bytes_per_token, "preemptions": self.scheduler.num_preemptions,
                 "generated_tokens": self.num_generated_tokens, **(self.speculator.stats() if self.speculator else {}),
                 **(self.evictor.stats() if self.evictor else {})}

@@ -205,7 +205,7 @@ def test_a_fixed_kv_budget_holds_more_tokens(hf_checkpoint):
     def tokens(**kw):
         engine = LLMEngine(model, None, EngineConfig(kv_cache_memory=budget, block_size=16, max_model_len=64,
                                                      max_num_seqs=4, **kw))
-        return engine.stats()["kv_blocks_total"] * 16
+        return engine.stats()["kv_capacity_tokens"]
 
     dense, tada = tokens(), tokens(kv_format="tada", kv_options={"bits": 2})
     assert dense == 16 * (budget // (16 * dense16_bytes_per_token(cfg)))

@@ -132,10 +132,16 @@ class BlockManager:
         seq.block_table = []
         seq.num_computed = seq.num_evicted = 0
 
+    def can_compact(self, seq: Sequence, num_entries: int) -> bool:
+        """Whether `compact` finds its blocks: the free ones plus those only this sequence holds."""
+        own = sum(self.blocks[b].ref_count == 1 for b in seq.block_table)
+        return self.num_free + own >= -(-num_entries // self.block_size)
+
     def compact(self, seq: Sequence, num_entries: int) -> list[int]:
         """Token eviction: the sequence's blocks are let go (its full prompt blocks stay in the
-        prefix cache, untouched) and it gets fresh blocks for `num_entries` cache entries, returned
-        as its new block table (the caller writes the kept entries into them)."""
+        prefix cache, unchanged, until the allocator reuses them) and it gets fresh blocks for
+        `num_entries` cache entries (`can_compact` first), returned as its new block table (the
+        caller writes the kept entries into them)."""
         old, seq.block_table = seq.block_table, []
         self._let_go(reversed(old))
         seq.block_table = [self._fresh() for _ in range(-(-num_entries // self.block_size))]

@@ -55,24 +55,41 @@ class EvictionConfig:
             raise ValueError(f"eviction kernel_size must be a positive odd integer, got {self.kernel_size!r}")
 
 
-class _Recording:
-    """The step's attention, copying the window queries of evicting sequences as layers run."""
+@dataclass
+class _Capture:
+    """What the step's attention records for one sequence that will evict."""
+    seq: Sequence
+    window: slice  # rows of this step's window queries ...
+    window_dst: slice  # ... and where they go in the sequence's window buffer
+    rows: slice | None  # the step ends the prompt: rows of its prompt tokens, selected at every layer
+    start: int  # first prompt token of the step
 
-    def __init__(self, attn, captures: list[tuple[torch.Tensor, slice, slice]]):
-        self.attn, self.captures = attn, captures
+
+class _Recording:
+    """The step's attention, recording the window queries of the sequences that will evict and, in
+    the step that ends a prompt, selecting its kept entries layer by layer."""
+
+    def __init__(self, attn, evictor: Evictor, captures: list[_Capture]):
+        self.attn, self.evictor, self.captures = attn, evictor, captures
 
     def __call__(self, layer, q, k, v):
-        for buf, rows, dst in self.captures:
-            buf[layer, dst] = q[rows]
-        return self.attn(layer, q, k, v)
+        for c in self.captures:
+            self.evictor.window_q[c.seq.seq_id][layer, c.window_dst] = q[c.window]
+        out = self.attn(layer, q, k, v)
+        for c in self.captures:  # after the writes: a prompt block served from the prefix cache may be
+            if c.rows is not None:  # one another sequence writes in this very step
+                self.evictor.select(layer, c.seq, k[c.rows], v[c.rows], c.start)
+        return out
 
 
 class Evictor:
     def __init__(self, cfg: EvictionConfig, kv, blocks):
         self.cfg, self.kv, self.blocks = cfg, kv, blocks
         self.window_q: dict[int, torch.Tensor] = {}  # seq_id -> (layers, window, Hq, D) while prefilling
-        self.num_evictions = 0
-        self.num_evicted_tokens = 0  # cache entries dropped, over every sequence so far
+        self.kept: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # seq_id -> per layer (n, Hkv, D) k, v
+        self.num_evictions = 0  # a preempted sequence is evicted again when it is re-prefilled
+        self.num_evicted_tokens = 0  # cache entries dropped, over every eviction so far
+        self.num_skipped = 0
 
     def applies(self, seq: Sequence) -> bool:
         """The prompt is longer than what eviction keeps, and it has not been evicted yet."""
@@ -90,41 +107,54 @@ class Evictor:
         return n
 
     def recording(self, attn, scheduled: list[tuple[Sequence, int]], query_start: list[int]):
-        """`attn`, recording this step's window queries of the sequences that will evict."""
+        """`attn`, recording what the sequences that will evict need from this step."""
         captures = []
         for b, (seq, n) in enumerate(scheduled):
             if not self.applies(seq):
                 continue
-            first = len(seq.prompt_ids) - self.cfg.window  # the window is prompt tokens first..prompt-1
-            lo, hi = max(seq.num_computed, first), min(seq.num_computed + n, len(seq.prompt_ids))
+            prompt, start = len(seq.prompt_ids), seq.num_computed
+            first = prompt - self.cfg.window  # the window is prompt tokens first..prompt-1
+            lo, hi = max(start, first), min(start + n, prompt)
             if lo >= hi:
                 continue
-            buf = self.window_q.get(seq.seq_id)
-            if buf is None:
+            if seq.seq_id not in self.window_q:
                 c = self.kv.cfg
-                buf = self.window_q[seq.seq_id] = torch.zeros(c.num_layers, self.cfg.window, c.num_heads, c.head_dim,
-                                                              dtype=self.kv.dtype, device=self.kv.device)
-            at = query_start[b] - seq.num_computed  # row of token 0 in this step's batch
-            captures.append((buf, slice(at + lo, at + hi), slice(lo - first, hi - first)))
-        return _Recording(attn, captures) if captures else attn
-
-    def after_step(self, seq: Sequence) -> None:
-        """Evict the prompt once all of it is computed."""
-        if self.applies(seq) and seq.num_computed == len(seq.prompt_ids):
-            self.evict(seq)
+                self.window_q[seq.seq_id] = torch.zeros(c.num_layers, self.cfg.window, c.num_heads, c.head_dim,
+                                                        dtype=self.kv.dtype, device=self.kv.device)
+            at = query_start[b] - start  # row of token 0 in this step's batch
+            ends = start + n == prompt  # the chunker cuts at the prompt's end, never beyond
+            captures.append(_Capture(seq, slice(at + lo, at + hi), slice(lo - first, hi - first),
+                                     slice(at + start, at + prompt) if ends else None, start))
+        return _Recording(attn, self, captures) if captures else attn
 
     @torch.no_grad()
-    def evict(self, seq: Sequence) -> None:
-        prompt, c, bs = len(seq.prompt_ids), self.kv.cfg, self.blocks.block_size
+    def select(self, layer: int, seq: Sequence, k_new: torch.Tensor, v_new: torch.Tensor, start: int) -> None:
+        """One layer of the step that ends the prompt: the kept entries of each KV head, from this
+        step's exact keys and values (prompt tokens start..) and the cached ones before them (read
+        back through the format: restored, for a format that prunes or quantizes)."""
+        k, v = k_new, v_new
+        if start:
+            table = torch.tensor(seq.block_table[: -(-start // self.blocks.block_size)], dtype=torch.long,
+                                 device=k.device)
+            k_old, v_old = self.kv.read_prefix(layer, table, start)
+            k, v = torch.cat([k_old.to(k.dtype), k]), torch.cat([v_old.to(v.dtype), v])
+        keep = snapkv_select(self.window_q[seq.seq_id][layer], k, self.cfg.budget, self.cfg.kernel_size)  # (Hkv, n)
+        idx = keep.T[..., None].expand(-1, -1, k.shape[-1])  # (n, Hkv, D): entry i of head h
+        self.kept.setdefault(seq.seq_id, []).append((k.gather(0, idx), v.gather(0, idx)))
+
+    def after_step(self, seq: Sequence) -> None:
+        """Evict the prompt once all of it is computed: its kept entries replace its blocks. When
+        the blocks it frees (those no other sequence shares) and the free ones cannot hold the kept
+        entries, the prompt stays whole (`evictions_skipped`): correct, only not smaller."""
+        kept = self.kept.pop(seq.seq_id, None)
+        if kept is None:
+            return
         window_q = self.window_q.pop(seq.seq_id)
-        table = torch.tensor(seq.block_table[: -(-prompt // bs)], dtype=torch.long, device=self.kv.device)
-        kept = []
-        for layer in range(c.num_layers):  # one layer's whole prompt read at a time
-            k, v = self.kv.read_prefix(layer, table, prompt)  # (prompt, Hkv, D)
-            keep = snapkv_select(window_q[layer], k, self.cfg.budget, self.cfg.kernel_size)  # (Hkv, n)
-            idx = keep.T[..., None].expand(-1, -1, c.head_dim)  # (n, Hkv, D): entry i of head h
-            kept.append((k.gather(0, idx), v.gather(0, idx)))
-        n = kept[0][0].shape[0]
+        prompt, bs, n = len(seq.prompt_ids), self.blocks.block_size, kept[0][0].shape[0]
+        assert len(kept) == self.kv.cfg.num_layers and seq.num_computed == prompt
+        if not self.blocks.can_compact(seq, n):
+            self.num_skipped += 1
+            return
         new_table = torch.tensor(self.blocks.compact(seq, n), dtype=torch.long, device=self.kv.device)
         slots = (new_table[:, None] * bs + torch.arange(bs, device=self.kv.device)).flatten()[:n]
         for layer, (k, v) in enumerate(kept):
@@ -135,6 +165,8 @@ class Evictor:
 
     def forget(self, seq: Sequence) -> None:
         self.window_q.pop(seq.seq_id, None)
+        self.kept.pop(seq.seq_id, None)
 
     def stats(self) -> dict[str, int]:
-        return {"evictions": self.num_evictions, "kv_evicted_tokens": self.num_evicted_tokens}
+        return {"evictions": self.num_evictions, "kv_evicted_tokens": self.num_evicted_tokens,
+                "evictions_skipped": self.num_skipped}

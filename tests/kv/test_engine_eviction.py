@@ -46,6 +46,15 @@ def test_engine_eviction_is_token_identical_to_the_snapkv_harness(hf_checkpoint,
     assert run(engine(model, evict_budget=None), batch) != expected
 
 
+@pytest.mark.parametrize("length, budget", [(20, 12), (21, 12), (40, 0)])
+def test_edges_of_the_budget_match_the_harness(qwen2, length, budget):
+    """budget + window tokens exactly (kept whole), one more (one evicted), and a budget of 0."""
+    prompt = prompts(1, length, seed=4)[0]
+    eng = engine(qwen2, evict_budget=budget)
+    assert run(eng, [prompt]) == [generate_with_eviction(qwen2, prompt, 10, budget=budget, window=8)[0]]
+    assert eng.stats()["kv_evicted_tokens"] == max(0, length - budget - 8)
+
+
 def test_evicted_blocks_go_back_and_the_prompt_stays_cached(qwen2):
     eng = engine(qwen2)
     prompt = prompts(1, 61)[0]  # 61 prompt tokens -> 12 + 8 = 20 entries: 3 blocks of 8 instead of 8
@@ -106,35 +115,54 @@ def token_bytes(model):
     return 2 * c.num_layers * c.num_kv_heads * c.head_dim * model.dtype.itemsize
 
 
-def test_spark_with_eviction_stores_the_kept_entries_pruned_by_the_window_queries(hf_checkpoint):
-    from reasonrl.engine.kv.spark_ops import prune_keys, query_norm, restore_keys, window_sq_sum
+def harness_caches(model, prompt, key_ratio):
+    """The one-sequence harness's per-layer caches after its prefill (budget 12, window 8, fp32)."""
+    from reasonrl.engine.kv.snapkv import EvictingPrefill
+
+    prefill = EvictingPrefill(12, 8, key_ratio, torch.float32)
+    with torch.no_grad():
+        model(torch.tensor(prompt), torch.arange(len(prompt)), prefill)
+    return prefill.caches
+
+
+@pytest.mark.parametrize("chunk", [None, 24])
+def test_spark_with_eviction_keeps_what_the_harness_keeps(hf_checkpoint, chunk):
+    """The kept entries are selected on, and pruned from, the exact prompt keys of the step that
+    ends the prompt (SparK's setting), as the harness does; keys cached by earlier chunks of a
+    chunked prefill are read back restored (pruned when their blocks filled) and pruned again."""
+    from reasonrl.engine.kv.spark_ops import restore_keys
 
     path, _ = hf_checkpoint("qwen2", head_dim=64, hidden_size=256)
     model = load_model(path, "cpu", torch.float32)
     prompt = prompts(1, 64, seed=7)[0]
-    eng = engine(model, kv_format="spark", kv_options={"key_ratio": 0.5}, max_num_seqs=8, kv_cache_memory=16 << 20)
-    kv, written = eng.kv, {}
-    write = kv.write_entries
-    kv.write_entries = lambda layer, slots, k, v, q: (written.__setitem__(layer, (slots, k, v, q)),
-                                                      write(layer, slots, k, v, q))[1]
+    eng = engine(model, kv_format="spark", kv_options={"key_ratio": 0.5}, max_num_seqs=8, kv_cache_memory=16 << 20,
+                 **({"max_num_batched_tokens": chunk} if chunk else {}))
     eng.add_request("a", prompt, GREEDY)
-    eng.step()  # prefill, then eviction
+    while not eng.evictor.num_evictions:  # prefill, then eviction
+        eng.step()
     seq = eng.scheduler.running[0]
     assert seq.num_evicted == 64 - 20 and len(seq.block_table) == 3
-    assert kv.t["k_kept"].shape[-1] == 32  # half of the 64 key channels are stored
+    assert eng.kv.t["k_kept"].shape[-1] == 32  # half of the 64 key channels are stored
+    exact, pruned = harness_caches(model, prompt, 0.0), harness_caches(model, prompt, 0.5)
     table = torch.tensor(seq.block_table)
-    for layer, (slots, k, v, q) in written.items():
-        assert slots.tolist() == [b * 8 + i for b in seq.block_table for i in range(8)][:20]
-        stored_k, stored_v = kv.read_prefix(layer, table, 20)
-        qn = query_norm(window_sq_sum(q, model.config.num_kv_heads))
-        # two full blocks pruned with the window's |Q| (SparK's setting), the last 4 entries staged whole
-        expected = restore_keys(prune_keys(k[:16], qn, 32), qn, 64)
-        torch.testing.assert_close(stored_k[:16], expected.to(stored_k.dtype), rtol=1e-3, atol=1e-3)
-        torch.testing.assert_close(stored_k[16:], k[16:])
-        torch.testing.assert_close(stored_v, v)
-        assert (stored_k[:16] - k[:16]).abs().max() > 1e-2  # and pruning did change them
+    for layer in range(model.config.num_layers):
+        stored_k, stored_v = (x.transpose(0, 1) for x in eng.kv.read_prefix(layer, table, 20))  # (Hkv, 20, D)
+        p = pruned[layer]
+        restored = restore_keys(p.pruned, p.qnorm[:, None], 64)
+        if chunk and layer:  # later chunks attended pruned keys of earlier ones: other hidden states
+            continue
+        # the window (entries 12..19), computed in the last step whatever the chunking: values whole,
+        # the last 4 entries staged whole
+        torch.testing.assert_close(stored_v[:, 12:], exact[layer].v[:, 12:])
+        torch.testing.assert_close(stored_k[:, 16:], exact[layer].k[:, 16:])
+        if chunk is None:  # the kept tokens and their pruning with the window's |Q|: the harness's own
+            torch.testing.assert_close(stored_v, exact[layer].v)
+            torch.testing.assert_close(stored_k[:, :16], restored[:, :16], rtol=1e-3, atol=1e-3)
+            assert (stored_k[:, :16] - exact[layer].k[:, :16]).abs().max() > 1e-2  # and pruning did change them
     out = eng.drain()["a"].outputs[0].token_ids
-    assert len(out) == 10 and out[0] == run(engine(model), [prompt])[0][0]  # the first token: exact prefill
+    assert len(out) == 10
+    if chunk is None:  # the first token comes from the exact one-step prefill
+        assert out[0] == run(engine(model), [prompt])[0][0]
 
 
 def test_eviction_composes_with_spark_and_4_bit_codes(hf_checkpoint):
@@ -147,6 +175,43 @@ def test_eviction_composes_with_spark_and_4_bit_codes(hf_checkpoint):
     assert [o[0] for o in out] == [o[0] for o in run(engine(model), batch)] and all(len(o) == 10 for o in out)
     assert eng.stats()["kv_evicted_tokens"] == sum(len(p) - 20 for p in batch)
     assert "k_codes" in eng.kv.t and "k_kept" not in eng.kv.t  # codes, never a full-precision copy
+
+
+def test_a_full_cache_skips_the_eviction_instead_of_failing(qwen2):
+    """Three samples share a 45-token prompt in 11 blocks: a sample's eviction frees only the blocks
+    no sibling holds, so the kept entries may not fit; that sample keeps its whole prompt."""
+    prompt = prompts(1, 45)[0]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, n=3)
+    eng = engine(qwen2, kv_cache_memory=11 * 8 * token_bytes(qwen2), max_model_len=80)
+    eng.add_request("g", prompt, params)
+    outs = [o.token_ids for o in eng.drain()["g"].outputs]
+    stats = eng.stats()
+    assert stats["evictions_skipped"] >= 1 and stats["evictions"] >= 1
+    # (a preempted sample is re-prefilled and evicts, or skips, again; its later tokens may then
+    # come from the other cache, so only the exact prefill's first token is common to all)
+    evicted = generate_with_eviction(qwen2, prompt, 6, budget=12, window=8)[0]
+    assert all(len(o) == 6 and o[0] == evicted[0] for o in outs)
+    assert eng.block_manager.num_free == 11  # nothing leaked
+
+
+def test_spark_restarts_the_query_statistic_from_the_window(hf_checkpoint):
+    """Eviction lets go of the block the sequence's |Q| statistic followed; the statistic of the new
+    last block (the window's entries, pruned when it fills) starts from the window queries."""
+    path, _ = hf_checkpoint("qwen2", head_dim=64, hidden_size=256)
+    model = load_model(path, "cpu", torch.float32)
+    eng = engine(model, kv_format="spark", kv_options={"key_ratio": 0.5, "window": 32}, max_num_seqs=8,
+                 kv_cache_memory=16 << 20)
+    windows = {}
+    write = eng.kv.write_entries
+    eng.kv.write_entries = lambda layer, slots, k, v, q: (windows.__setitem__(layer, q), write(layer, slots, k, v, q))[1]
+    eng.add_request("a", prompts(1, 64, seed=7)[0], GREEDY)
+    eng.step()
+    tail = eng.scheduler.running[0].block_table[-1]
+    decay, c = 1 - 1 / 32, model.config
+    for layer, q in windows.items():
+        qbar = q.float().view(8, c.num_kv_heads, -1, c.head_dim).mean(2)
+        expected = sum(decay ** (7 - i) * qbar[i].square() for i in range(8))
+        torch.testing.assert_close(eng.kv.qstat[layer, eng.kv.stat_of[tail]], expected)
 
 
 def test_eviction_options_are_checked(qwen2):

@@ -327,9 +327,13 @@ class SparkKV(KVFormat):
 
     def write_entries(self, layer, slots, k, v, window_q):
         """The kept entries pruned with |Q| of the window queries that selected them (SparK's
-        setting); a partly filled last block is staged and pruned when it fills, as any block."""
+        setting); a partly filled last block is staged and pruned when it fills, as any block. The
+        sequence's query statistic restarts from the window queries (the one it had followed its
+        old last block, which eviction let go)."""
         bs, n = self.block_size, k.shape[0]
         whole = n // bs * bs
+        table = (slots[::bs] // bs).tolist()
+        self._update_stat(layer, window_q, table, n - window_q.shape[0], n)
         if whole:
             blocks = slots[:whole:bs] // bs
             qn = query_norm(window_sq_sum(window_q, self.cfg.num_kv_heads))

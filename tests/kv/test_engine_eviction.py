@@ -223,3 +223,27 @@ def test_eviction_options_are_checked(qwen2):
         engine(qwen2, kv_format="tada", kv_options={"bits": 4})
     with pytest.raises(ValueError, match="speculative"):
         EngineConfig(evict_budget=8, draft="some/draft")
+
+
+def test_generate_cli_takes_the_eviction_flags(tmp_path, tokenizer, capsys, monkeypatch):
+    from reasonrl.cli import main
+    from reasonrl.engine import llm
+    from reasonrl.models.tiny import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "policy", "qwen2", tokenizer, hidden_size=64, num_layers=2)
+    engines = []
+    init = llm.LLMEngine.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        engines.append(self)
+
+    monkeypatch.setattr(llm.LLMEngine, "__init__", spy)
+    prompt = " ".join(["the quick brown fox jumps over the lazy dog"] * 6)
+    assert main(["generate", "--model", str(ckpt), "--device", "cpu", "--max-model-len", "256", "--kv-cache-memory", "16MiB",
+                 "--max-num-seqs", "4", "--kv-format", "spark", "--kv-option", "key_ratio=0.5", "--evict-budget", "8",
+                 "--evict-window", "4", "--max-tokens", "4", prompt]) == 0
+    assert "###" in capsys.readouterr().out
+    cfg = engines[0].config
+    assert (cfg.evict_budget, cfg.evict_window, cfg.kv_format) == (8, 4, "spark")
+    assert engines[0].stats()["evictions"] == 1

@@ -206,6 +206,14 @@ def cmd_bench(args) -> int:
         result = bench_april(args.steps, args.prompts_per_step, args.samples_per_prompt, args.max_tokens or 256,
                              args.concurrency * 2, args.ratio, sft_steps=args.sft_steps, off_policy=args.off_policy,
                              repeats=2 if args.repeats is None else args.repeats)
+    elif args.workload == "kv-decode":
+        import torch
+
+        from reasonrl.bench.kv_decode import DecodeBenchConfig, bench_kv_decode, format_table
+
+        cfg = DecodeBenchConfig(context=args.context, batch=args.batch, iters=args.iters)
+        result = bench_kv_decode(cfg, args.device, getattr(torch, args.dtype) if args.dtype else None)
+        print(format_table(result))
     elif args.workload == "kv":
         from reasonrl.bench.kv import bench_kv, config_from_args, format_table
 
@@ -316,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("bench", help="benchmarks; figures go to docs/benchmarks.md")
-    p.add_argument("workload", choices=["engine", "april", "spec", "kv", "ttt", "math"])
+    p.add_argument("workload", choices=["engine", "april", "spec", "kv", "kv-decode", "ttt", "math"])
     p.add_argument("--json", help="also write the result to this file")
     p.add_argument("--model", help="checkpoint directory (default: a random checkpoint of --preset; spec: the demo policy)")
     p.add_argument("--draft", help="spec: draft checkpoint (default: the demo policy's shipped draft)")
@@ -348,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kv: KV heads x head dim of the recall model: 8x64 (195-token prompts, ~9 min training on "
                         "CPU) or 32x128, Llama-2-7B's KV shape (99-token prompts, ~30 min)")
     p.add_argument("--items", type=int, help="kv: held-out recall prompts per arm (300)")
+    p.add_argument("--context", type=int, default=32768, help="kv-decode: tokens in each sequence's cache")
+    p.add_argument("--batch", type=int, default=8, help="kv-decode: sequences decoded together")
+    p.add_argument("--iters", type=int, default=20, help="kv-decode: timed decode steps (median reported)")
     p.add_argument("--train-steps", type=int, help="kv: training steps of the recall model (800)")
     p.add_argument("--seed", type=int, default=0, help="kv: seed of the items and the training")
     p.set_defaults(func=cmd_bench)

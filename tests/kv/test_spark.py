@@ -155,7 +155,7 @@ def prompts(n, vocab=256, seed=0, lo=2, hi=40):
 
 
 def engine_run(model, prompt_list, params, **kw):
-    config = EngineConfig(kv_cache_memory=1 << 22, block_size=4, max_num_batched_tokens=48, **kw)
+    config = EngineConfig(**{"kv_cache_memory": 1 << 22, "block_size": 4, "max_num_batched_tokens": 48, **kw})
     engine = LLMEngine(model, None, config)
     for i, p in enumerate(prompt_list):
         engine.add_request(str(i), p, params)
@@ -250,6 +250,21 @@ def test_staging_pool_holds_one_block_per_sequence_and_is_returned(hf_checkpoint
     kv = engine.kv
     assert kv.staging.shape[2] == 3 and 0 < most <= 3
     assert kv.stage_of == {} and sorted(kv.free_slots) == [0, 1, 2] and not kv.stat_of
+
+
+@pytest.mark.parametrize("key_ratio", [0.0, 0.5])
+def test_a_chunk_that_fills_a_staged_block_and_starts_the_next_needs_one_slot(hf_checkpoint, key_ratio):
+    """Two sequences, two staging slots, 8 tokens a step: A (6 tokens) stages its 2-token tail, B gets a
+    2-token chunk, staged; next step B's 4 tokens fill that block and start the next while A still
+    holds its slot. Found by `bench kv` at 64 sequences, where it exhausted the pool."""
+    model = load_model(hf_checkpoint("qwen2")[0], "cpu")
+    ps = [list(range(10, 16)), list(range(20, 26))]
+    params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+    run = dict(max_num_seqs=2, max_num_batched_tokens=8, enable_prefix_caching=False)
+    out, engine, most = engine_run(model, ps, params, kv_format="spark", kv_options={"key_ratio": key_ratio}, **run)
+    assert most == 2 and sorted(engine.kv.free_slots) == [0, 1]
+    if key_ratio == 0:  # every channel kept: the filled block read as stored is read exactly
+        assert out == engine_run(model, ps, params, **run)[0]
 
 
 def test_value_pruning_runs_in_the_engine_and_stores_less(hf_checkpoint):

@@ -20,8 +20,8 @@ by |v| (bitmap + kept values) and the pruned ones read as zero.
 Block life cycle. A block's tokens stay whole in a staging pool (one slot per partly filled
 block, `max_num_seqs` slots) until the block fills; it is pruned in the `attend` of the step
 that fills it (a block written whole in one step is pruned straight from the new keys), and its
-slot goes back to the pool after the last layer. A sequence attends its own new tokens of the
-step in full precision and everything older as stored.
+slot goes back to the pool in that step, so a sequence never holds two (`_fill_slots`). A
+sequence attends its own new tokens of the step in full precision and everything older as stored.
 
 Departures from the paper and its code:
 1. Where |Q| comes from. Paper: the last 32 prompt queries, recomputed at prefill, prune the whole
@@ -165,7 +165,13 @@ class SparkKV(KVFormat):
         self.free_slots = list(range(self.max_num_seqs - 1, -1, -1))
         self.stat_of: OrderedDict[int, int] = OrderedDict()  # a sequence's last block -> its statistic row
         self.free_rows = list(range(self.num_stat_rows - 1, -1, -1))
-        self._filled: list[int] = []  # staged blocks filled this step: slots go back after the last layer
+        # Staged blocks this step fills -> their former slot. The slot goes back to the pool at layer 0,
+        # so that a sequence filling one block and starting the next in the same step (a prefill chunk
+        # that resumes mid-block) holds one slot, never two; in every later layer the block's rows are
+        # read from it before anything else writes there (a later sequence's write comes after it in
+        # the step's order; the same sequence's next block, right after it). The filled block is read
+        # as stored (pruned) by this step's attention.
+        self._fill_slots: dict[int, int] = {}
         self._pending = None
         self._tables = (None, [])
 
@@ -200,9 +206,7 @@ class SparkKV(KVFormat):
         else:
             out = self.attend_torch(layer, q, k_new, v_new, meta)
         if layer == self.cfg.num_layers - 1:
-            for block in self._filled:
-                self._drop_slot(block)
-            self._filled = []
+            self._fill_slots = {}
         return out
 
     def commit(self, layer, q, k, v, meta: AttentionMetadata) -> None:
@@ -219,15 +223,21 @@ class SparkKV(KVFormat):
             row = lambda p: lo + p - start  # noqa: E731  (cache position -> row of this step's tokens)
             pos = start
             if pos % bs:  # continues a staged block
-                end = min(ctx, (pos // bs + 1) * bs)
-                slot = self._stage(layer, table[pos // bs], pos % bs, k[row(pos):row(end)], v[row(pos):row(end)])
-                if end % bs == 0:
-                    blocks.append(table[pos // bs])
-                    ks.append(self.staging[layer, 0, slot][None])
-                    vs.append(self.staging[layer, 1, slot][None])
+                end, block = min(ctx, (pos // bs + 1) * bs), table[pos // bs]
+                slot = self._fill_slots.get(block)
+                if slot is None:
+                    slot = self._stage(layer, block, pos % bs, k[row(pos):row(end)], v[row(pos):row(end)])
+                else:  # filled at layer 0, its slot already given back: its rows of this layer are intact
+                    self.staging[layer, 0, slot, pos % bs: end - pos // bs * bs] = k[row(pos):row(end)].to(self.dtype)
+                    self.staging[layer, 1, slot, pos % bs: end - pos // bs * bs] = v[row(pos):row(end)].to(self.dtype)
+                if end % bs == 0:  # full: pruned from a copy, and its slot goes back now (see `_fill_slots`)
+                    blocks.append(block)
+                    ks.append(self.staging[layer, 0, slot].clone()[None])
+                    vs.append(self.staging[layer, 1, slot].clone()[None])
                     qns.append(qn[None])
-                    if layer == self.cfg.num_layers - 1:
-                        self._filled.append(table[pos // bs])
+                    if layer == 0:
+                        self._fill_slots[block] = slot
+                        self._drop_slot(block)
                 pos = end
             whole_end = ctx // bs * bs
             if whole_end > pos:  # blocks written whole in this step

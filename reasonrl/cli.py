@@ -179,6 +179,13 @@ def cmd_data(args) -> int:
 def cmd_bench(args) -> int:
     from reasonrl.bench.common import write_json
 
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
     if args.workload == "engine":
         from reasonrl.bench.engine import bench_engine
 
@@ -326,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks; figures go to docs/benchmarks.md")
     p.add_argument("workload", choices=["engine", "april", "spec", "kv", "kv-decode", "ttt", "math"])
     p.add_argument("--json", help="also write the result to this file")
+    p.add_argument("--threads", type=int, help="CPU: torch intra-op threads (default: torch's, one per core); the "
+                                               "device field of the result records it")
     p.add_argument("--model", help="checkpoint directory (default: a random checkpoint of --preset; spec: the demo policy)")
     p.add_argument("--draft", help="spec: draft checkpoint (default: the demo policy's shipped draft)")
     p.add_argument("--distill-steps", type=int, default=0, help="spec: distill a fresh draft for --model first")

@@ -40,3 +40,18 @@ def test_cli_writes_the_rows(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert len(rows) == 7 and rows[0]["context"] == 40 and rows[0]["num_kv_heads"] == 8
     assert "vs dense" in capsys.readouterr().out
+
+
+def test_threads_flag_sets_torch_threads_and_is_recorded(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        out = tmp_path / "d.json"
+        assert main(["bench", "kv-decode", "--threads", "1", "--device", "cpu", "--context", "20", "--batch", "1",
+                     "--iters", "1", "--json", str(out)]) == 0
+        assert json.loads(out.read_text())[0]["device"].endswith(", 1 threads")
+        assert main(["bench", "kv-decode", "--threads", "0"]) == 2
+        assert "--threads" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

@@ -52,8 +52,8 @@ def test_every_engine_repeat_prefills_its_prompts(tmp_path):
     prefilled = []
     original = engine.block_manager.admit
 
-    def admit(seq):
-        original(seq)
+    def admit(seq, *args):
+        original(seq, *args)
         prefilled.append(seq.num_tokens - seq.num_cached)
 
     engine.block_manager.admit = admit

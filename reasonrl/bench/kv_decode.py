@@ -2,12 +2,14 @@
 format against dense in the same run (issue 6: decode latency at 32k context within 1.1x of the
 dense kernel).
 
-One attention layer of Llama-3-8B's shape (32 query heads, 8 KV heads of 128) holds `batch`
+Two attention layers of Llama-3-8B's shape (32 query heads, 8 KV heads of 128) hold `batch`
 sequences of `context` tokens on shuffled blocks, filled the way the engine fills them (prefill
 chunks through `PagedAttention`: write, then attend, so every format stores exactly what it
-stores in serving: codes, pruned channels, staged partial blocks). A decode step is then timed:
-write one new token per sequence and attend over the whole context (`KVFormat.write` +
-`KVFormat.attend`, what `PagedAttention` runs per layer). On CUDA this is the Triton decode
+stores in serving: codes, pruned channels, staged partial blocks). Then decode steps run, one
+new token per sequence each (positions context, context + 1, ...: blocks fill and get stored
+as in serving); in each, layer 0 runs untimed (it carries the step's once-per-step work, e.g.
+the quantized formats' write plan) and layer 1 is timed: `KVFormat.write` + `KVFormat.attend`,
+what `PagedAttention` runs per layer. On CUDA this is the Triton decode
 kernel of each format (dense: `kernels/paged_attention.py`; TaDA/KIVI: `kernels/kv_quant.py`;
 SPARK: `kernels/kv_spark.py`); on CPU it is the PyTorch path (a temporary of the gathered blocks),
 which says nothing about the kernels: run it on a GPU for the target.
@@ -39,8 +41,9 @@ class DecodeBenchConfig:
     num_kv_heads: int = 8
     head_dim: int = 128
     block_size: int = 16
-    chunk: int = 2048
-    """Prefill chunk per sequence while filling the cache."""
+    chunk: int = 1024
+    """Prefill chunk per sequence while filling the cache (the prefill attention's scores are
+    heads x chunk x context floats)."""
     iters: int = 20
     warmup: int = 3
     formats: list[tuple[str, dict]] = field(default_factory=lambda: list(FORMATS))
@@ -51,46 +54,55 @@ def log(msg: str) -> None:
     print(f"[bench kv-decode] {msg}", file=sys.stderr, flush=True)
 
 
+LAYERS = 2  # layer 0 untimed, layer 1 timed
+
+
 def filled_cache(name: str, options: dict, cfg: DecodeBenchConfig, device: torch.device, dtype: torch.dtype):
-    """A one-layer cache of `name` holding cfg.batch sequences of cfg.context random tokens, written
-    in prefill chunks as the engine writes them -> (kv, block tables (B, blocks) int32)."""
+    """A two-layer cache of `name` holding cfg.batch sequences of cfg.context random tokens, written
+    in prefill chunks as the engine writes them, with room for the decode steps -> (kv, block tables
+    (B, blocks) int32)."""
     mcfg = tiny_config(hidden_size=cfg.num_heads * cfg.head_dim, num_heads=cfg.num_heads,
-                       num_kv_heads=cfg.num_kv_heads, num_layers=1)  # head_dim = hidden / heads
-    bs, per_seq = cfg.block_size, -(-(cfg.context + 1) // cfg.block_size)
+                       num_kv_heads=cfg.num_kv_heads, num_layers=LAYERS)  # head_dim = hidden / heads
+    bs, per_seq = cfg.block_size, -(-(cfg.context + cfg.warmup + cfg.iters) // cfg.block_size)
     num_blocks = cfg.batch * per_seq
-    g = torch.Generator().manual_seed(cfg.seed)
-    tables = torch.randperm(num_blocks, generator=g).view(cfg.batch, per_seq).to(torch.int32)
+    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    tables = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(cfg.seed))
+    tables = tables.view(cfg.batch, per_seq).to(torch.int32).to(device)
     kv = get_format(name)(mcfg, num_blocks, bs, device, dtype, cfg.batch, **options)
     kv.allocate()
-    tables_dev = tables.to(device)
     for start in range(0, cfg.context, cfg.chunk):
         n = min(cfg.chunk, cfg.context - start)
-        pos = torch.arange(start, start + n)
-        slots = (tables[:, pos // bs].long() * bs + pos % bs).flatten().to(device)  # by sequence, then position
-        meta = AttentionMetadata(slot_mapping=slots, query_start=[b * n for b in range(cfg.batch + 1)],
-                                 context_lens=[start + n] * cfg.batch, block_tables=tables_dev,
-                                 context_lens_t=torch.full((cfg.batch,), start + n, dtype=torch.int32, device=device))
-        q, k, v = (torch.randn(cfg.batch * n, h, cfg.head_dim, generator=g).to(device, dtype)
-                   for h in (cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads))
-        PagedAttention(kv, meta)(0, q, k, v)
-    return kv, tables_dev
+        attn = PagedAttention(kv, step_meta(tables, start, n, cfg))
+        for layer in range(LAYERS):
+            q, k, v = (torch.randn(cfg.batch * n, h, cfg.head_dim, generator=g, device=device, dtype=dtype)
+                       for h in (cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads))
+            attn(layer, q, k, v)
+    return kv, tables
+
+
+def step_meta(tables: torch.Tensor, start: int, n: int, cfg: DecodeBenchConfig) -> AttentionMetadata:
+    """Every sequence computes tokens start..start + n - 1 (n = 1: a decode step)."""
+    bs, device = cfg.block_size, tables.device
+    pos = torch.arange(start, start + n, device=device)
+    slots = (tables[:, pos // bs].long() * bs + pos % bs).flatten()  # by sequence, then position
+    return AttentionMetadata(slot_mapping=slots, query_start=[b * n for b in range(cfg.batch + 1)],
+                             context_lens=[start + n] * cfg.batch, block_tables=tables,
+                             context_lens_t=torch.full((cfg.batch,), start + n, dtype=torch.int32, device=device))
 
 
 def decode_latency(kv, tables: torch.Tensor, cfg: DecodeBenchConfig, device, dtype) -> list[float]:
-    """Seconds per decode step (write one token per sequence, attend over context + 1), per iteration."""
-    bs, pos = cfg.block_size, cfg.context
-    slots = (tables[:, pos // bs].long() * bs + pos % bs).to(device)
-    meta = AttentionMetadata(slot_mapping=slots, query_start=list(range(cfg.batch + 1)),
-                             context_lens=[pos + 1] * cfg.batch, block_tables=tables,
-                             context_lens_t=torch.full((cfg.batch,), pos + 1, dtype=torch.int32, device=device))
-    g = torch.Generator().manual_seed(cfg.seed + 1)
-    q, k, v = (torch.randn(cfg.batch, h, cfg.head_dim, generator=g).to(device, dtype)
-               for h in (cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads))
-    attn, times = PagedAttention(kv, meta), []
+    """Seconds of layer 1 per decode step (write one token per sequence, attend over the context),
+    for each timed step."""
+    g = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    times = []
     for i in range(cfg.warmup + cfg.iters):
+        attn = PagedAttention(kv, step_meta(tables, cfg.context + i, 1, cfg))
+        inputs = [[torch.randn(cfg.batch, h, cfg.head_dim, generator=g, device=device, dtype=dtype)
+                   for h in (cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads)] for _ in range(LAYERS)]
+        attn(0, *inputs[0])
         sync(device)
         start = time.perf_counter()
-        attn(0, q, k, v)
+        attn(1, *inputs[1])
         sync(device)
         if i >= cfg.warmup:
             times.append(time.perf_counter() - start)

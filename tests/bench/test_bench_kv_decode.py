@@ -22,6 +22,13 @@ def test_rows_are_well_formed_and_dense_is_the_reference():
     assert "PyTorch paths" in format_table(rows)
 
 
+def test_decode_steps_advance_and_fill_blocks_as_in_serving():
+    """47 = 2 blocks + 15 tokens: the first decode step fills a staged block, the next ones start a
+    new one (a repeated write at one position would write into a block already stored)."""
+    rows = bench_kv_decode(DecodeBenchConfig(**{**SMALL, "context": 47, "iters": 3}), "cpu")
+    assert len(rows) == 7 and all(r["latency_ms"] > 0 for r in rows)
+
+
 @pytest.mark.parametrize("name, options", [("tada", {"bits": 4}), ("spark", {"key_ratio": 0.5})])
 def test_the_cache_is_filled_as_the_engine_fills_it(name, options):
     """Whole blocks stored compressed, the last partial block of each sequence staged."""

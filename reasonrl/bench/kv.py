@@ -3,7 +3,9 @@
 The workload is associative recall (`recall.py`): prompts of K key -> value pairs and a query key
 (195 tokens at the default 64 pairs), answered with the key's two-token value; a small Qwen2-
 architecture model is trained here to solve it (cached in `model_dir`, reused when the task,
-model and training settings match). Arms, all greedy on the same held-out items:
+model and training settings match). Its KV shape is a preset (`SHAPES`): 8 KV heads of 64, or
+32 of 128 (Llama-2-7B's, where TaDA's fp16 head-mean costs 1/32 of dense instead of 1/8). Arms,
+all greedy on the same held-out items:
 
 - dense, KIVI 2-bit, TaDA at 2 and 4 bits and at searched per-layer bits (the calibration search
   of `engine/kv/calibrate.py` within an average-bit budget, on items of a separate "calib"

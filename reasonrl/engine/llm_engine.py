@@ -102,6 +102,10 @@ class LLMEngine:
         from reasonrl.models.loader import load_model
 
         config = EngineConfig.from_kwargs(**engine_kwargs)
+        if isinstance(config.kv_options.get("profile"), str):  # a TaDA profile may be named: <path>/kv_profiles/NAME.json
+            from reasonrl.engine.kv.calibrate import resolve_profile
+
+            config.kv_options = {**config.kv_options, "profile": resolve_profile(path, config.kv_options["profile"])}
         model = load_model(path, device, dtype, max_len=config.max_model_len)
         tokenizer = Tokenizer.from_dir(path) if (Path(path) / "tokenizer.json").is_file() else None
         return cls(model, tokenizer, config)

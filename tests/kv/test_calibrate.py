@@ -81,3 +81,17 @@ def test_missing_profile_is_a_clear_error(tmp_path, model):
         load_profile(tmp_path, "nope")
     with pytest.raises(FileNotFoundError, match="no TaDA bit profile"):
         TadaKV(model.config, 4, 16, torch.device("cpu"), torch.float32, 2, profile=str(tmp_path / "missing.json"))
+
+
+def test_a_profile_is_loaded_by_name_next_to_the_checkpoint(tmp_path, tokenizer):
+    from reasonrl.engine import LLM
+    from reasonrl.engine.kv.calibrate import resolve_profile
+    from reasonrl.models.tiny import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "policy", "qwen2", tokenizer, hidden_size=32, num_layers=2)
+    save_profile(ckpt, "mixed", SearchResult([8, 2], 5.0, 0.1, "greedy"))
+    llm = LLM(str(ckpt), kv_format="tada", kv_options={"profile": "mixed"}, kv_cache_memory=1 << 22, max_num_seqs=4)
+    assert llm.engine.kv.bits == [8, 2]
+    assert resolve_profile(ckpt, "/elsewhere/p.json") == "/elsewhere/p.json"  # paths stay paths
+    with pytest.raises(FileNotFoundError, match="profiles in .*: mixed"):
+        LLM(str(ckpt), kv_format="tada", kv_options={"profile": "nope"}, kv_cache_memory=1 << 22, max_num_seqs=4)

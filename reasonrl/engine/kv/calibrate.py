@@ -186,6 +186,14 @@ def save_profile(checkpoint_dir: str | Path, name: str, result: SearchResult) ->
     return path
 
 
+def resolve_profile(checkpoint_dir: str | Path, profile: str) -> str:
+    """A TaDA `profile` option given by name ("avg4", no directory, no suffix) -> the path of that
+    profile next to the checkpoint; a path is returned as it is."""
+    if Path(profile).name == profile and not Path(profile).suffix:
+        return str(profile_path(checkpoint_dir, profile))
+    return profile
+
+
 def load_profile(checkpoint_dir: str | Path, name: str) -> list[int]:
     return read_profile(profile_path(checkpoint_dir, name))
 

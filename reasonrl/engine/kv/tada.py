@@ -22,7 +22,8 @@ RoPE and the V projection as in the paper's kernels (decode attention is a fused
 Options:
     bits        2, 4 or 8 for every layer, or a list with one entry per layer (default 4)
     profile     path of a profile JSON written by `calibrate.save_profile`
-                (`calibrate.profile_path(checkpoint_dir, name)` gives `<checkpoint>/kv_profiles/<name>.json`);
+                (`calibrate.profile_path(checkpoint_dir, name)` gives `<checkpoint>/kv_profiles/<name>.json`;
+                `LLMEngine.from_pretrained` also takes the bare name);
                 excludes `bits`
     group_size  channels per scale and zero point; a divisor of head_dim (default head_dim)
 """

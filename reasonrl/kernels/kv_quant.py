@@ -24,6 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
+from reasonrl.kernels.paged_attention import online_softmax
+
 
 @dataclass
 class QuantCodes:
@@ -62,19 +64,6 @@ def _load_codes(codes_ptr, scale_ptr, zero_ptr, mean_ptr, block, kv_head, num_kv
 
 
 @triton.jit
-def _online_softmax(q, k, v, t_ok, m, l, acc, scale, PRECISION: tl.constexpr):
-    """Folds one block into the running max m, denominator l and output acc of the query group."""
-    s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * scale  # (GROUP_PAD, BLOCK)
-    s = tl.where(t_ok[None, :], s, float("-inf"))
-    m_new = tl.maximum(m, tl.max(s, 1))
-    p = tl.exp(s - m_new[:, None])
-    alpha = tl.exp(m - m_new)
-    l = l * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=PRECISION)
-    return m_new, l, acc
-
-
-@triton.jit
 def _quant_decode_kernel(
     q_ptr, out_ptr, tables_ptr, lens_ptr, stage_table_ptr, k_stage_ptr, v_stage_ptr,
     kc_ptr, ks_ptr, kz_ptr, km_ptr, vc_ptr, vs_ptr, vz_ptr, vm_ptr,
@@ -103,7 +92,7 @@ def _quant_decode_kernel(
                         BLOCK, HEAD_DIM, K_BITS, K_GROUP, K_PER_CHANNEL, HAS_MEAN)
         v = _load_codes(vc_ptr, vs_ptr, vz_ptr, vm_ptr, block, kv_head, num_kv_heads, t, d, all_ok,
                         BLOCK, HEAD_DIM, V_BITS, V_GROUP, False, HAS_MEAN)
-        m, l, acc = _online_softmax(q, k, v, all_ok, m, l, acc, scale, PRECISION)
+        m, l, acc = online_softmax(q, k, v, all_ok, m, l, acc, scale, PRECISION)
     # the partly filled last block, from the staging pool; with none, every token is masked and
     # the update leaves m, l and acc as they are (p = 0, alpha = 1)
     rem = ctx - full * BLOCK
@@ -113,7 +102,7 @@ def _quant_decode_kernel(
     offs = ((slot * BLOCK + t[:, None]) * num_kv_heads + kv_head) * HEAD_DIM + d[None, :]
     k = tl.load(k_stage_ptr + offs, mask=t_ok[:, None], other=0.0).to(tl.float32)
     v = tl.load(v_stage_ptr + offs, mask=t_ok[:, None], other=0.0).to(tl.float32)
-    m, l, acc = _online_softmax(q, k, v, t_ok, m, l, acc, scale, PRECISION)
+    m, l, acc = online_softmax(q, k, v, t_ok, m, l, acc, scale, PRECISION)
     out = acc / l[:, None]
     tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(out_ptr.dtype.element_ty),
              mask=g_ok[:, None])

@@ -26,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
+from reasonrl.kernels.paged_attention import online_softmax
+
 
 @dataclass
 class QuantParts:
@@ -108,8 +110,6 @@ def _spark_decode_kernel(
         srow = (slot * BLOCK + t) * KV_HEADS + h  # staging (slots, block_size, heads, D)
         k_st = tl.load(kstage_ptr + srow[:, None] * HEAD_DIM + d[None, :], mask=st_ok[:, None], other=0.0)
         k = tl.where(st_ok[:, None], k_st.to(tl.float32), k)
-        s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * scale  # (GROUP_PAD, BLOCK)
-        s = tl.where(t_ok[None, :], s, float("-inf"))
         # values
         if BITS > 0:  # TaDA: head mean minus the decoded deviation
             dev = _codes(vkept_ptr, vscale_ptr, vzero_ptr, row, d[None, :] + t[:, None] * 0, t_ok[:, None], t_ok,
@@ -123,12 +123,7 @@ def _spark_decode_kernel(
             v = tl.load(vkept_ptr + row[:, None] * HEAD_DIM + d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
         v_st = tl.load(vstage_ptr + srow[:, None] * HEAD_DIM + d[None, :], mask=st_ok[:, None], other=0.0)
         v = tl.where(st_ok[:, None], v_st.to(tl.float32), v)
-        m_new = tl.maximum(m, tl.max(s, 1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m - m_new)
-        l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=PRECISION)
-        m = m_new
+        m, l, acc = online_softmax(q, k, v, t_ok, m, l, acc, scale, PRECISION)
     # this step's own token, whole
     kn = tl.load(kn_ptr + (b * KV_HEADS + h) * HEAD_DIM + d).to(tl.float32)
     vn = tl.load(vn_ptr + (b * KV_HEADS + h) * HEAD_DIM + d).to(tl.float32)

@@ -15,6 +15,19 @@ import triton.language as tl
 
 
 @triton.jit
+def online_softmax(q, k, v, t_ok, m, l, acc, scale, PRECISION: tl.constexpr):
+    """Folds one block into the running max m, denominator l and output acc of the query group."""
+    s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * scale  # (GROUP_PAD, BLOCK)
+    s = tl.where(t_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m, tl.max(s, 1))
+    p = tl.exp(s - m_new[:, None])
+    alpha = tl.exp(m - m_new)
+    l = l * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision=PRECISION)
+    return m_new, l, acc
+
+
+@triton.jit
 def _paged_decode_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, lens_ptr, scale,
     stride_qb, stride_qh, stride_kb, stride_kt, stride_kh, stride_tb, stride_ob, stride_oh,
@@ -38,15 +51,8 @@ def _paged_decode_kernel(
         t_ok = i * BLOCK + t < ctx
         offs = block * stride_kb + t[:, None] * stride_kt + kv_head * stride_kh + d[None, :]
         k = tl.load(k_ptr + offs, mask=t_ok[:, None], other=0.0)  # (BLOCK, D)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (GROUP_PAD, BLOCK)
-        s = tl.where(t_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m - m_new)
         v = tl.load(v_ptr + offs, mask=t_ok[:, None], other=0.0)
-        l = l * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m = m_new
+        m, l, acc = online_softmax(q, k, v, t_ok, m, l, acc, scale, PRECISION)
     out = acc / l[:, None]
     tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(out_ptr.dtype.element_ty),
              mask=g_ok[:, None])

@@ -63,6 +63,7 @@ class _Capture:
     window_dst: slice  # ... and where they go in the sequence's window buffer
     rows: slice | None  # the step ends the prompt: rows of its prompt tokens, selected at every layer
     start: int  # first prompt token of the step
+    cached: torch.Tensor | None  # the step ends the prompt: blocks of tokens 0..start-1, cached earlier
 
 
 class _Recording:
@@ -78,7 +79,7 @@ class _Recording:
         out = self.attn(layer, q, k, v)
         for c in self.captures:  # after the writes: a prompt block served from the prefix cache may be
             if c.rows is not None:  # one another sequence writes in this very step
-                self.evictor.select(layer, c.seq, k[c.rows], v[c.rows], c.start)
+                self.evictor.select(layer, c.seq, k[c.rows], v[c.rows], c.start, c.cached)
         return out
 
 
@@ -123,20 +124,24 @@ class Evictor:
                                                         dtype=self.kv.dtype, device=self.kv.device)
             at = query_start[b] - start  # row of token 0 in this step's batch
             ends = start + n == prompt  # the chunker cuts at the prompt's end, never beyond
+            cached = None
+            if ends and start:  # one host-to-device copy per step, read in every layer
+                cached = torch.tensor(seq.block_table[: -(-start // self.blocks.block_size)], dtype=torch.long,
+                                      device=self.kv.device)
             captures.append(_Capture(seq, slice(at + lo, at + hi), slice(lo - first, hi - first),
-                                     slice(at + start, at + prompt) if ends else None, start))
+                                     slice(at + start, at + prompt) if ends else None, start, cached))
         return _Recording(attn, self, captures) if captures else attn
 
     @torch.no_grad()
-    def select(self, layer: int, seq: Sequence, k_new: torch.Tensor, v_new: torch.Tensor, start: int) -> None:
+    def select(self, layer: int, seq: Sequence, k_new: torch.Tensor, v_new: torch.Tensor, start: int,
+               cached: torch.Tensor | None) -> None:
         """One layer of the step that ends the prompt: the kept entries of each KV head, from this
-        step's exact keys and values (prompt tokens start..) and the cached ones before them (read
-        back through the format: restored, for a format that prunes or quantizes)."""
+        step's exact keys and values (prompt tokens start..) and the cached ones before them, in
+        blocks `cached` (read back through the format: restored, for a format that prunes or
+        quantizes)."""
         k, v = k_new, v_new
         if start:
-            table = torch.tensor(seq.block_table[: -(-start // self.blocks.block_size)], dtype=torch.long,
-                                 device=k.device)
-            k_old, v_old = self.kv.read_prefix(layer, table, start)
+            k_old, v_old = self.kv.read_prefix(layer, cached, start)
             k, v = torch.cat([k_old.to(k.dtype), k]), torch.cat([v_old.to(v.dtype), v])
         keep = snapkv_select(self.window_q[seq.seq_id][layer], k, self.cfg.budget, self.cfg.kernel_size)  # (Hkv, n)
         idx = keep.T[..., None].expand(-1, -1, k.shape[-1])  # (n, Hkv, D): entry i of head h

@@ -36,7 +36,7 @@ def test_the_cache_is_filled_as_the_engine_fills_it(name, options):
 
     cfg = DecodeBenchConfig(**SMALL)
     kv, tables = filled_cache(name, options, cfg, torch.device("cpu"), torch.float32)
-    assert (kv.stage_table >= 0).sum() == cfg.batch  # 70 = 4 blocks + 6 tokens: one staged block per sequence
+    assert (kv.slots.table >= 0).sum() == cfg.batch  # 70 = 4 blocks + 6 tokens: one staged block per sequence
     assert tables.shape == (2, 5) and sorted(tables.flatten().tolist()) == list(range(10))
 
 

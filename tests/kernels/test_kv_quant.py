@@ -1,6 +1,8 @@
 """The Triton decode kernel over quantized blocks (TaDA, KIVI) against the formats' PyTorch path
 (interpreter on CPU, compiled on GPU)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -48,7 +50,7 @@ def filled_cache(fmt, opts, heads, kv_heads, device, dtype, seed=0, head_dim=16,
 
 def kernel(kv, layer, q, tables, lens):
     kc, vc = kv._kernel_codes(layer)
-    return quant_paged_decode(q, kc, vc, kv.staging[layer, 0], kv.staging[layer, 1], kv.stage_table, tables, lens)
+    return quant_paged_decode(q, kc, vc, kv.staging[layer, 0], kv.staging[layer, 1], kv.slots.table, tables, lens)
 
 
 def pytorch_path(kv, layer, q, tables, lens):
@@ -58,14 +60,15 @@ def pytorch_path(kv, layer, q, tables, lens):
         kv_cpu = type(kv)(kv.cfg, kv.num_blocks, kv.block_size, torch.device("cpu"), kv.dtype, kv.max_num_seqs,
                           **kv.options)
         kv_cpu.tensors = [{n: t.cpu() for n, t in layer_t.items()} for layer_t in kv.tensors]
-        kv_cpu.staging, kv_cpu.stage_table = kv.staging.cpu(), kv.stage_table.cpu()
+        kv_cpu.staging, kv_cpu.slots = kv.staging.cpu(), copy.copy(kv.slots)
+        kv_cpu.slots.table = kv.slots.table.cpu()
     return kv_cpu._decode(layer, q.float().cpu(), tables.cpu(), lens.cpu(), lens.tolist())
 
 
 @pytest.mark.parametrize("fmt,opts,heads,kv_heads", CASES)
 def test_kernel_matches_pytorch_path_cpu_interpreter(fmt, opts, heads, kv_heads):
     kv, q, tables, lens = filled_cache(fmt, opts, heads, kv_heads, "cpu", torch.float32)
-    assert (kv.stage_table >= 0).sum() == 2  # two partly filled blocks read from staging
+    assert (kv.slots.table >= 0).sum() == 2  # two partly filled blocks read from staging
     for layer in range(2):
         torch.testing.assert_close(kernel(kv, layer, q, tables, lens), pytorch_path(kv, layer, q, tables, lens),
                                    atol=1e-5, rtol=1e-5)

@@ -59,7 +59,7 @@ def filled_format(heads, kv_heads, head_dim, block_size, key_ratio, value_ratio,
 def test_spark_kernel_matches_pytorch_cpu_interpreter(key_ratio, value_ratio, heads, kv_heads):
     kv, q, k, v, meta = filled_format(heads, kv_heads, 16, 16, key_ratio, value_ratio)
     first = meta.block_tables[0].long()  # 53 tokens before the step: 3 pruned blocks, 1 staged
-    assert (kv.stage_table[first[:3]] < 0).all() and kv.stage_table[first[3]] >= 0
+    assert (kv.slots.table[first[:3]] < 0).all() and kv.slots.table[first[3]] >= 0
     expected = kv.attend_torch(0, q, k, v, meta)
     torch.testing.assert_close(kv.attend_kernel(0, q, k, v, meta), expected, atol=1e-5, rtol=1e-5)
 
@@ -95,11 +95,11 @@ def test_spark_kernel_reads_codes_with_bits_cpu_interpreter(bits, key_ratio, hea
 def test_spark_kernel_matches_pytorch_gpu(dtype, bits):
     kv, q, k, v, meta = filled_format(14, 2, 64, 16, 0.5, 0.0, dtype=dtype, bits=bits)
     kv_gpu_fields = {name: t.cuda() for name, t in kv.t.items()}
-    kv.t, kv.staging, kv.stage_table = kv_gpu_fields, kv.staging.cuda(), kv.stage_table.cuda()
+    kv.t, kv.staging, kv.slots.table = kv_gpu_fields, kv.staging.cuda(), kv.slots.table.cuda()
     meta.block_tables, meta.context_lens_t = meta.block_tables.cuda(), meta.context_lens_t.cuda()
     out = kv.attend_kernel(0, q.cuda(), k.cuda(), v.cuda(), meta).float().cpu()
     kv.t = {name: t.cpu() for name, t in kv.t.items()}
-    kv.staging, kv.stage_table = kv.staging.cpu(), kv.stage_table.cpu()
+    kv.staging, kv.slots.table = kv.staging.cpu(), kv.slots.table.cpu()
     meta.block_tables, meta.context_lens_t = meta.block_tables.cpu(), meta.context_lens_t.cpu()
     atol = 1e-4 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(out, kv.attend_torch(0, q, k, v, meta).float(), atol=atol, rtol=atol)

@@ -76,14 +76,14 @@ def test_staging_slot_taken_at_offset_zero_and_returned_when_the_block_fills(fmt
     kv = make(fmt, opts)
     k, v = kv_rows(4, 0)
     write_all_layers(kv, [8], k[:1], v[:1])  # block 2, offset 0
-    assert kv.staging_slots_free == 1 and kv.stage_table[2] >= 0
+    assert kv.slots.num_free == 1 and kv.slots.table[2] >= 0
     write_all_layers(kv, [9, 10], k[1:3], v[1:3])
-    assert kv.staging_slots_free == 1
+    assert kv.slots.num_free == 1
     write_all_layers(kv, [11], k[3:], v[3:])  # fills block 2
-    assert kv.staging_slots_free == 2 and kv.stage_table[2] == -1
+    assert kv.slots.num_free == 2 and kv.slots.table[2] == -1
     whole = make(fmt, opts)  # the same block written in one step is quantized directly, never staged
     write_all_layers(whole, [8, 9, 10, 11], k, v)
-    assert whole.staging_slots_free == 2
+    assert whole.slots.num_free == 2
     for layer in range(2):
         for name, t in kv.tensors[layer].items():
             assert torch.equal(t[2], whole.tensors[layer][name][2]), name
@@ -94,13 +94,13 @@ def test_free_blocks_returns_the_slot_and_exhaustion_is_a_clear_error(fmt, opts)
     kv = make(fmt, opts)
     k, v = kv_rows(3, 1)
     write_all_layers(kv, [0, 4], k[:2], v[:2])  # blocks 0 and 1 partly filled: the pool of 2 is used up
-    assert kv.staging_slots_free == 0
+    assert kv.slots.num_free == 0
     with pytest.raises(RuntimeError, match="staging pool .*exhausted"):
         write_all_layers(kv, [8], k[2:], v[2:])
     kv.free_blocks([1, 5])
-    assert kv.staging_slots_free == 1 and kv.stage_table[1] == -1
+    assert kv.slots.num_free == 1 and kv.slots.table[1] == -1
     write_all_layers(kv, [8], k[2:], v[2:])
-    assert kv.staging_slots_free == 0
+    assert kv.slots.num_free == 0
 
 
 @pytest.mark.parametrize("fmt,opts", FORMATS)
@@ -111,7 +111,7 @@ def test_slot_freed_and_retaken_in_one_step_keeps_both_blocks(fmt, opts):
     k, v = kv_rows(6, 2)
     write_all_layers(kv, [0, 1], k[:2], v[:2])
     write_all_layers(kv, [2, 3, 4, 5], k[2:], v[2:])  # completes block 0, starts block 1 (one prefill chunk)
-    assert kv.stage_table.tolist()[:2] == [-1, 0]
+    assert kv.slots.table.tolist()[:2] == [-1, 0]
     for layer in range(2):
         dk, dv = kv._dequantize(layer, torch.tensor([0]))
         torch.testing.assert_close(dk[0], k[:4], atol=0.05, rtol=0)
@@ -142,10 +142,10 @@ def test_engine_with_many_short_requests_leaks_no_staging_slot(fmt, opts, tight)
         if steps == 5:
             engine.abort("3")  # an aborted sequence returns its partial block too
         partial = sum(1 for seq in engine.scheduler.running if seq.num_computed % 4)
-        assert 3 - engine.kv.staging_slots_free == partial  # exactly one slot per unfinished block
+        assert 3 - engine.kv.slots.num_free == partial  # exactly one slot per unfinished block
     assert (engine.scheduler.num_preemptions > 0) == tight
-    assert engine.kv.staging_slots_free == 3 and not engine.kv.stage_of
-    assert (engine.kv.stage_table == -1).all()
+    assert engine.kv.slots.num_free == 3 and not engine.kv.slots.of
+    assert (engine.kv.slots.table == -1).all()
 
 
 @pytest.mark.parametrize("fmt,opts", FORMATS)

@@ -163,7 +163,7 @@ def engine_run(model, prompt_list, params, **kw):
     while engine.has_unfinished():
         done.update({o.request_id: o for o in engine.step() if o.finished})
         if kw.get("kv_format") == "spark":
-            most_staged = max(most_staged, len(engine.kv.stage_of))
+            most_staged = max(most_staged, len(engine.kv.slots.of))
     return [done[str(i)].outputs[0].token_ids for i in range(len(prompt_list))], engine, most_staged
 
 
@@ -178,7 +178,7 @@ def test_key_ratio_zero_generates_exactly_what_dense_does(hf_checkpoint):
     assert spark == dense
     assert 0 < most_staged <= len(ps)
     kv = engine.kv  # every request finished: no staging slot or statistic is left behind
-    assert kv.stage_of == {} and len(kv.free_slots) == kv.max_num_seqs and bool((kv.stage_table == -1).all())
+    assert kv.slots.of == {} and len(kv.slots.free) == kv.max_num_seqs and bool((kv.slots.table == -1).all())
     assert len(kv.stat_of) == 0 and len(kv.free_rows) == kv.num_stat_rows
 
 
@@ -249,7 +249,7 @@ def test_staging_pool_holds_one_block_per_sequence_and_is_returned(hf_checkpoint
     _, engine, most = engine_run(model, ps, params, kv_format="spark", kv_options={"key_ratio": 0.5}, max_num_seqs=3)
     kv = engine.kv
     assert kv.staging.shape[2] == 3 and 0 < most <= 3
-    assert kv.stage_of == {} and sorted(kv.free_slots) == [0, 1, 2] and not kv.stat_of
+    assert kv.slots.of == {} and sorted(kv.slots.free) == [0, 1, 2] and not kv.stat_of
 
 
 @pytest.mark.parametrize("key_ratio", [0.0, 0.5])
@@ -262,7 +262,7 @@ def test_a_chunk_that_fills_a_staged_block_and_starts_the_next_needs_one_slot(hf
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     run = dict(max_num_seqs=2, max_num_batched_tokens=8, enable_prefix_caching=False)
     out, engine, most = engine_run(model, ps, params, kv_format="spark", kv_options={"key_ratio": key_ratio}, **run)
-    assert most == 2 and sorted(engine.kv.free_slots) == [0, 1]
+    assert most == 2 and sorted(engine.kv.slots.free) == [0, 1]
     if key_ratio == 0:  # every channel kept: the filled block read as stored is read exactly
         assert out == engine_run(model, ps, params, **run)[0]
 
@@ -379,4 +379,4 @@ def test_bits_run_in_the_engine(hf_checkpoint):
     # prompts are prefilled in one step, attended whole: the first token cannot depend on the storage
     assert [o[0] for o in out] == [p[0] for p in plain]
     assert engine.kv.t["k_codes"].any() and engine.kv.t["v_mean"].any()  # blocks were stored as codes
-    assert engine.kv.stage_of == {} and not engine.kv.stat_of
+    assert engine.kv.slots.of == {} and not engine.kv.stat_of

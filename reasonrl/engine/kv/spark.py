@@ -20,7 +20,8 @@ by |v| (bitmap + kept values) and the pruned ones read as zero.
 Block life cycle. A block's tokens stay whole in a staging pool (one slot per partly filled
 block, `max_num_seqs` slots) until the block fills; it is pruned in the `attend` of the step
 that fills it (a block written whole in one step is pruned straight from the new keys), and its
-slot goes back to the pool in that step, so a sequence never holds two (`_fill_slots`). A
+slot goes back to the pool in that step, so a sequence never holds two (`_fill_slots`; the slot
+bookkeeping is `slots.StagingSlots`, shared with TaDA and KIVI). A
 sequence attends its own new tokens of the step in full precision and everything older as stored.
 
 Departures from the paper and its code:
@@ -63,6 +64,7 @@ from reasonrl.engine.attention import AttentionMetadata, causal_mask
 from reasonrl.engine.kv.dense import length_groups
 from reasonrl.engine.kv.base import KVFormat
 from reasonrl.engine.kv.quant import check_bits
+from reasonrl.engine.kv.slots import StagingSlots
 from reasonrl.engine.kv.spark_ops import (PrunedKeys, dequantize_kept, dequantize_values, kept_channels, prune_keys,
                                           prune_values, query_norm, quantize_kept, quantize_values, restore_keys,
                                           restore_values, window_sq_sum)
@@ -155,14 +157,12 @@ class SparkKV(KVFormat):
         # (layers, k/v, slots, block_size, kv_heads, head_dim): the partly filled blocks, whole
         self.staging = torch.zeros(L, 2, self.max_num_seqs, self.block_size, c.num_kv_heads, c.head_dim,
                                    dtype=self.dtype, device=dev)
-        self.stage_table = torch.full((self.num_blocks,), -1, dtype=torch.int32, device=dev)  # block -> slot
+        self.slots = StagingSlots(self.name, self.max_num_seqs, self.num_blocks, dev)
         # (layers, rows, kv_heads, head_dim): decayed sums of squared group-mean queries, per sequence
         self.qstat = torch.zeros(L, self.num_stat_rows, c.num_kv_heads, c.head_dim, dtype=torch.float32, device=dev)
         self._reset_maps()
 
     def _reset_maps(self):
-        self.stage_of: dict[int, int] = {}
-        self.free_slots = list(range(self.max_num_seqs - 1, -1, -1))
         self.stat_of: OrderedDict[int, int] = OrderedDict()  # a sequence's last block -> its statistic row
         self.free_rows = list(range(self.num_stat_rows - 1, -1, -1))
         # Staged blocks this step fills -> their former slot. The slot goes back to the pool at layer 0,
@@ -176,20 +176,21 @@ class SparkKV(KVFormat):
         self._tables = (None, [])
 
     def release(self):
-        self.t, self.staging, self.stage_table, self.qstat = None, None, None, None
+        self.t, self.staging, self.slots, self.qstat = None, None, None, None
         self._reset_maps()
 
     def storage(self):
         if getattr(self, "t", None) is None:
             return []
-        return list(self.t.values()) + [self.staging, self.stage_table, self.qstat]
+        return list(self.t.values()) + [self.staging, self.slots.table, self.qstat]
 
     def free_blocks(self, block_ids):
         for block in block_ids:
-            self._drop_slot(block)
+            self.slots.drop(block)
             row = self.stat_of.pop(block, None)
             if row is not None:
                 self.free_rows.append(row)
+        self.slots.flush()
 
     # ---- writes: held until attend, where the queries that prune them are known --------------------
     def write(self, layer, slots, k, v):
@@ -237,13 +238,13 @@ class SparkKV(KVFormat):
                     qns.append(qn[None])
                     if layer == 0:
                         self._fill_slots[block] = slot
-                        self._drop_slot(block)
+                        self.slots.drop(block)
                 pos = end
             whole_end = ctx // bs * bs
             if whole_end > pos:  # blocks written whole in this step
                 n = (whole_end - pos) // bs
                 for block in table[pos // bs: whole_end // bs]:
-                    self._drop_slot(block)  # a stale slot from an earlier life of the block
+                    self.slots.drop(block)  # a stale slot from an earlier life of the block
                     blocks.append(block)
                 ks.append(k[row(pos):row(whole_end)].reshape(n, bs, *k.shape[1:]))
                 vs.append(v[row(pos):row(whole_end)].reshape(n, bs, *v.shape[1:]))
@@ -251,6 +252,7 @@ class SparkKV(KVFormat):
                 pos = whole_end
             if pos < ctx:  # a new partly filled block
                 self._stage(layer, table[pos // bs], 0, k[row(pos):row(ctx)], v[row(pos):row(ctx)])
+        self.slots.flush()  # before this layer's attention reads the table
         if blocks:
             self._store(layer, torch.tensor(blocks, device=q.device), torch.cat(ks), torch.cat(vs), torch.cat(qns))
 
@@ -287,26 +289,13 @@ class SparkKV(KVFormat):
         return row
 
     def _stage(self, layer, block, offset, k, v) -> int:
-        slot = self.stage_of.get(block)
-        if slot is None:
-            if offset:
-                raise RuntimeError(f"kv_format 'spark': block {block} written from offset {offset} but its earlier "
-                                   f"tokens were never staged (a block's tokens must be written in order)")
-            if not self.free_slots:
-                raise RuntimeError(f"kv_format 'spark': the staging pool ({self.max_num_seqs} blocks, one partly "
-                                   f"filled block per sequence) is exhausted")
-            slot = self.free_slots.pop()
-            self.stage_of[block] = slot
-            self.stage_table[block] = slot
+        if offset and block not in self.slots.of:
+            raise RuntimeError(f"kv_format 'spark': block {block} written from offset {offset} but its earlier "
+                               f"tokens were never staged (a block's tokens must be written in order)")
+        slot = self.slots.take(block)
         self.staging[layer, 0, slot, offset: offset + k.shape[0]] = k.to(self.dtype)
         self.staging[layer, 1, slot, offset: offset + v.shape[0]] = v.to(self.dtype)
         return slot
-
-    def _drop_slot(self, block):
-        slot = self.stage_of.pop(block, None)
-        if slot is not None:
-            self.free_slots.append(slot)
-            self.stage_table[block] = -1
 
     def _store(self, layer, blocks, k, v, qn) -> None:
         """Prune whole blocks: k, v (n, block_size, H, D), qn (n, H, D) fp16 -> storage of `blocks` (n,)."""
@@ -351,6 +340,7 @@ class SparkKV(KVFormat):
                         qn[None].expand(len(blocks), -1, -1))
         if whole < n:
             self._stage(layer, int(slots[whole]) // bs, 0, k[whole:], v[whole:])
+            self.slots.flush()
 
     # ---- attention ---------------------------------------------------------------------------------
     def gather(self, layer: int, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -368,7 +358,7 @@ class SparkKV(KVFormat):
             v = restore_values(t["v_kept"][layer, flat], t["v_bitmap"][layer, flat], lay.head_dim)
         else:
             v = t["v_kept"][layer, flat].float()
-        slots = self.stage_table[flat].long()
+        slots = self.slots.table[flat].long()
         hit = torch.nonzero(slots >= 0).flatten()
         if hit.numel():
             k[hit] = self.staging[layer, 0, slots[hit]].float()
@@ -420,5 +410,5 @@ class SparkKV(KVFormat):
         return spark_paged_decode(
             q, k_new, v_new, kept, t["k_bitmap"][layer], t["k_signs"][layer], t["k_avg"][layer],
             t["qnorm"][layer], values, t.get("v_bitmap", t["k_bitmap"])[layer], self.staging[layer],
-            self.stage_table, meta.block_tables, meta.context_lens_t - 1, value_pruned="v_bitmap" in t,
+            self.slots.table, meta.block_tables, meta.context_lens_t - 1, value_pruned="v_bitmap" in t,
             keep=lay.keep, quant=quant)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from reasonrl.engine.attention import AttentionMetadata, causal_mask
 from reasonrl.engine.kv.base import KVFormat
 from reasonrl.engine.kv.dense import length_groups
+from reasonrl.engine.kv.slots import StagingSlots
 
 
 # ---- the block life cycle ------------------------------------------------------------------------
@@ -84,24 +85,16 @@ class QuantizedKV(KVFormat):
         # (layers, k/v, max_num_seqs, block_size, kv_heads, head_dim): the partly filled blocks
         self.staging = torch.zeros(c.num_layers, 2, self.max_num_seqs, self.block_size, c.num_kv_heads, c.head_dim,
                                    dtype=self.dtype, device=dev)
-        self.stage_table = torch.full((self.num_blocks,), -1, dtype=torch.int32, device=dev)  # block -> slot
-        self.stage_of: dict[int, int] = {}
-        self._table_updates: dict[int, int] = {}  # block -> slot (-1: none), not yet in stage_table
-        self.free_slots = list(range(self.max_num_seqs - 1, -1, -1))
+        self.slots = StagingSlots(self.name, self.max_num_seqs, self.num_blocks, dev)
         self._plan: WritePlan | None = None
 
     def release(self):
-        self.tensors, self.staging, self.stage_table, self._plan = None, None, None, None
-        self.stage_of, self.free_slots, self._table_updates = {}, [], {}
+        self.tensors, self.staging, self.slots, self._plan = None, None, None, None
 
     def storage(self):
         if getattr(self, "tensors", None) is None:
             return []
-        return [t for layer in self.tensors for t in layer.values()] + [self.staging, self.stage_table]
-
-    @property
-    def staging_slots_free(self) -> int:
-        return len(self.free_slots)
+        return [t for layer in self.tensors for t in layer.values()] + [self.staging, self.slots.table]
 
     # ---- writes ----------------------------------------------------------------------------------
     def write(self, layer, slots, k, v):
@@ -135,11 +128,11 @@ class QuantizedKV(KVFormat):
         for block, items in by_block.items():
             items.sort()
             if items[0][0] == 0 and len(items) == bs:
-                self._drop_slot(block)  # a stale slot from an earlier life of the block
+                self.slots.drop(block)  # a stale slot from an earlier life of the block
                 direct_blocks.append(block)
                 direct_rows += [row for _, row in items]
             elif items[-1][0] == bs - 1:
-                slot = self.stage_of.get(block)
+                slot = self.slots.of.get(block)
                 if slot is None:
                     raise RuntimeError(f"kv_format {self.name!r}: block {block} completed from offset {items[0][0]} but "
                                        f"its earlier tokens were never staged (a block's tokens must be written in order)")
@@ -147,50 +140,24 @@ class QuantizedKV(KVFormat):
                 fill_rows += [row for _, row in items]
                 fill_blocks.append(block)
                 fill_slots.append(slot)
-                self._drop_slot(block)  # back to the pool now; write() reads it before any reuse
+                self.slots.drop(block)  # back to the pool now; write() reads it before any reuse
             else:
-                slot = self._take_slot(block) if items[0][0] == 0 else self.stage_of.get(block)
+                slot = self.slots.take(block) if items[0][0] == 0 else self.slots.of.get(block)
                 if slot is None:
                     raise RuntimeError(f"kv_format {self.name!r}: block {block} written from offset {items[0][0]} but "
                                        f"its offset-0 token was never written (a block's tokens must be written in order)")
                 stage_rows += [row for _, row in items]
                 stage_dst += [slot * bs + off for off, _ in items]
-        self._flush_table()
+        self.slots.flush()
         dev = slots.device
         t = lambda xs: torch.tensor(xs, dtype=torch.long, device=dev)  # noqa: E731
         return WritePlan(t(direct_rows), t(direct_blocks), t(stage_rows), t(stage_dst), t(fill_blocks),
                          t(fill_slots), t(fill_rows), t(fill_pos))
 
-    def _take_slot(self, block: int) -> int:
-        if block in self.stage_of:
-            return self.stage_of[block]
-        if not self.free_slots:
-            raise RuntimeError(
-                f"kv_format {self.name!r}: the staging pool ({self.max_num_seqs} blocks, one partly filled block per "
-                f"sequence) is exhausted; more blocks are partly filled than max_num_seqs allows")
-        slot = self.free_slots.pop()
-        self.stage_of[block] = slot
-        self._table_updates[block] = slot
-        return slot
-
-    def _drop_slot(self, block: int) -> None:
-        slot = self.stage_of.pop(block, None)
-        if slot is not None:
-            self.free_slots.append(slot)
-            self._table_updates[block] = -1
-
     def free_blocks(self, block_ids):
         for block in block_ids:
-            self._drop_slot(block)
-        self._flush_table()
-
-    def _flush_table(self) -> None:
-        """One device write for the slot-table changes collected on the host."""
-        if self._table_updates:
-            blocks, slots = zip(*self._table_updates.items())
-            dev = self.stage_table.device
-            self.stage_table[torch.tensor(blocks, device=dev)] = torch.tensor(slots, dtype=torch.int32, device=dev)
-            self._table_updates = {}
+            self.slots.drop(block)
+        self.slots.flush()
 
     # ---- attention (PyTorch path; CUDA decode uses the Triton kernel) ------------------------------
     def attend(self, layer, q, meta: AttentionMetadata):
@@ -223,7 +190,7 @@ class QuantizedKV(KVFormat):
         rows = torch.nonzero(lens % self.block_size).flatten()
         if rows.numel():
             last = (lens[rows] // self.block_size).long()
-            slots = self.stage_table[tables[rows, last].long()].long()
+            slots = self.slots.table[tables[rows, last].long()].long()
             if bool((slots < 0).any()):
                 raise RuntimeError(f"kv_format {self.name!r}: a partly filled block has no staging slot")
             k[rows, last] = self.staging[layer, 0][slots].float()
@@ -237,7 +204,7 @@ class QuantizedKV(KVFormat):
 
             k_stage, v_stage = self.staging[layer, 0], self.staging[layer, 1]
             kc, vc = self._kernel_codes(layer)
-            return quant_paged_decode(q, kc, vc, k_stage, v_stage, self.stage_table, tables, lens)
+            return quant_paged_decode(q, kc, vc, k_stage, v_stage, self.slots.table, tables, lens)
         out = torch.empty_like(q)
         for longest, members in length_groups(lens_list):
             idx = torch.tensor(members, device=q.device)

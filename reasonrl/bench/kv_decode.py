@@ -49,6 +49,15 @@ class DecodeBenchConfig:
     formats: list[tuple[str, dict]] = field(default_factory=lambda: list(FORMATS))
     seed: int = 0
 
+    def __post_init__(self):
+        for name in ("context", "batch", "num_heads", "num_kv_heads", "head_dim", "block_size", "chunk", "iters"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"bench kv-decode: {name} must be a positive integer, got {value!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"bench kv-decode: num_heads={self.num_heads} must be a multiple of "
+                             f"num_kv_heads={self.num_kv_heads}")
+
 
 def log(msg: str) -> None:
     print(f"[bench kv-decode] {msg}", file=sys.stderr, flush=True)

@@ -52,10 +52,10 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.max_model_len must be an integer >= 2, got {self.max_model_len!r}")
         if self.kv_cache_memory is not None and (not isinstance(self.kv_cache_memory, int) or self.kv_cache_memory <= 0):
             raise ValueError(f"EngineConfig.kv_cache_memory must be a positive number of bytes, got {self.kv_cache_memory!r}")
-        if self.evict_budget is not None:
-            from reasonrl.engine.eviction import EvictionConfig
+        from reasonrl.engine.eviction import EvictionConfig
 
-            EvictionConfig(self.evict_budget, self.evict_window)  # validates, naming the field
+        EvictionConfig(0 if self.evict_budget is None else self.evict_budget, self.evict_window)  # validates
+        if self.evict_budget is not None:
             if self.draft is not None:
                 raise ValueError("EngineConfig.evict_budget cannot be combined with speculative decoding (draft): "
                                  "draft trees address the cache by position")

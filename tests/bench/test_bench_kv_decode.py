@@ -60,5 +60,7 @@ def test_threads_flag_sets_torch_threads_and_is_recorded(tmp_path, capsys):
         assert json.loads(out.read_text())[0]["device"].endswith(", 1 threads")
         assert main(["bench", "kv-decode", "--threads", "0"]) == 2
         assert "--threads" in capsys.readouterr().err
+        assert main(["bench", "kv-decode", "--device", "cpu", "--context", "0"]) == 2
+        assert "context must be a positive integer" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)

@@ -219,6 +219,8 @@ def test_eviction_options_are_checked(qwen2):
         EngineConfig(evict_budget=-1)
     with pytest.raises(ValueError, match="evict_window"):
         EngineConfig(evict_budget=8, evict_window=0)
+    with pytest.raises(ValueError, match="evict_window"):  # checked even before eviction is turned on
+        EngineConfig(evict_window=-1)
     with pytest.raises(ValueError, match="dense or spark"):
         engine(qwen2, kv_format="tada", kv_options={"bits": 4})
     with pytest.raises(ValueError, match="speculative"):

@@ -49,6 +49,7 @@ import torch
 from reasonrl.bench.common import device_name
 from reasonrl.bench.recall import (RecallItem, RecallTask, TrainConfig, recall_items, recall_model_config, task_record,
                                    teacher_forced_accuracy, train_recall)
+from reasonrl.engine.kv.base import dense16_bytes_per_token
 from reasonrl.models.loader import load_model, resolve_device, save_model
 from reasonrl.models.model import DecoderLM
 
@@ -139,11 +140,8 @@ def engine_accuracy(model: DecoderLM, items: list[RecallItem], kv_format: str, k
     params = SamplingParams(temperature=0, max_tokens=len(items[0].answer_ids), ignore_eos=True)
     for i, it in enumerate(items):
         engine.add_request(str(i), it.prompt_ids, params)
-    answers = {}
-    while engine.has_unfinished():
-        for out in engine.step():
-            answers[int(out.request_id)] = out.outputs[0].token_ids
-    correct = sum(answers[i] == it.answer_ids for i, it in enumerate(items))
+    done = engine.drain()
+    correct = sum(done[str(i)].outputs[0].token_ids == it.answer_ids for i, it in enumerate(items))
     return correct / len(items), engine.stats()
 
 
@@ -219,7 +217,7 @@ def bench_kv(model_dir: str | Path | None = None, cfg: KVBenchConfig | None = No
     model = load_model(model_dir, device, torch.float32)
     items = recall_items(cfg.task, cfg.items, cfg.seed)
     c = model.config
-    dense16 = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 2
+    dense16 = dense16_bytes_per_token(c)
     rows = []
     for fmt, options, params in engine_arms(model, model_dir, cfg):
         start = time.perf_counter()

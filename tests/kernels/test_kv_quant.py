@@ -62,7 +62,7 @@ def pytorch_path(kv, layer, q, tables, lens):
         kv_cpu.tensors = [{n: t.cpu() for n, t in layer_t.items()} for layer_t in kv.tensors]
         kv_cpu.staging, kv_cpu.slots = kv.staging.cpu(), copy.copy(kv.slots)
         kv_cpu.slots.table = kv.slots.table.cpu()
-    return kv_cpu._decode(layer, q.float().cpu(), tables.cpu(), lens.cpu(), lens.tolist())
+    return kv_cpu.decode(layer, q.float().cpu(), tables.cpu(), lens.cpu(), lens.tolist())
 
 
 @pytest.mark.parametrize("fmt,opts,heads,kv_heads", CASES)

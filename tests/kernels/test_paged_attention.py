@@ -25,31 +25,37 @@ def random_cache(num_seqs, heads, kv_heads, head_dim, block_size, device, dtype,
     return q.to(**to), k.to(**to), v.to(**to), tables.to(device), lens.to(torch.int32).to(device)
 
 
-def reference(q, k, v, tables, lens):
-    cfg = tiny_config(hidden_size=q.shape[1] * q.shape[2], num_heads=q.shape[1], num_kv_heads=k.shape[2])
+def dense_kv(k, v, num_heads):
+    """A one-layer DenseKV holding the cache k, v (blocks, block_size, Hkv, D), on the CPU in fp32."""
+    cfg = tiny_config(hidden_size=num_heads * k.shape[3], num_heads=num_heads, num_kv_heads=k.shape[2], num_layers=1)
     kv = DenseKV(cfg, k.shape[0], k.shape[1], torch.device("cpu"), torch.float32)
-    return kv._decode(q.float().cpu(), k.float().cpu(), v.float().cpu(), tables.cpu(), lens.cpu(), lens.tolist()).to(q.device)
+    kv.cache = torch.stack([k.float().cpu(), v.float().cpu()])[None]  # (layers, k/v, blocks, block_size, H, D)
+    return kv
+
+
+def reference(q, k, v, tables, lens):
+    kv = dense_kv(k, v, q.shape[1])
+    return kv.decode(0, q.float().cpu(), tables.cpu(), lens.cpu(), lens.tolist()).to(q.device)
 
 
 def test_decode_grouped_by_length_equals_one_padded_call():
     """The CPU path splits a heavy-tailed batch into groups of similar context length; each row's
     result must be what one call padded to the longest gives (up to float summation order)."""
-    from reasonrl.engine.kv.dense import length_groups
+    from reasonrl.engine.kv.base import length_groups
 
     q, k, v, tables, lens = random_cache(40, 4, 2, 16, 4, "cpu", torch.float32, seed=3)
     lens[:3] = torch.tensor([19, 20, 2], dtype=torch.int32)  # a few long and very short rows
-    cfg = tiny_config(hidden_size=64, num_heads=4, num_kv_heads=2)
-    kv = DenseKV(cfg, k.shape[0], k.shape[1], torch.device("cpu"), torch.float32)
+    kv = dense_kv(k, v, 4)
     groups = length_groups(lens.tolist())
     assert len(groups) > 1 and sorted(i for _, rows in groups for i in rows) == list(range(40))
     assert all(longest == max(lens[rows].tolist()) for longest, rows in groups)
-    grouped = kv._decode(q, k, v, tables, lens, lens.tolist())
-    padded = kv._gather_decode(q, k, v, tables, lens, int(lens.max()))
+    grouped = kv.decode(0, q, tables, lens, lens.tolist())
+    padded = kv.decode_padded(0, q, tables, lens, int(lens.max()))
     torch.testing.assert_close(grouped, padded, atol=1e-6, rtol=1e-6)
 
 
 def test_length_groups_bound_the_padding():
-    from reasonrl.engine.kv.dense import length_groups
+    from reasonrl.engine.kv.base import length_groups
 
     lens = [400, 390, 300, 210, 205, 200, 199, 150, 100, 90, 80, 70, 60, 50, 40, 30, 20, 10, 5, 3]
     groups = length_groups(lens, min_group=2)

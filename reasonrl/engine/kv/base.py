@@ -8,8 +8,9 @@ from the tensors the format actually allocated.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from reasonrl.engine.attention import AttentionMetadata
+from reasonrl.engine.attention import AttentionMetadata, causal_mask
 from reasonrl.models.config import ModelConfig
 
 
@@ -82,7 +83,63 @@ class KVFormat:
         raise NotImplementedError
 
     def attend(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """The PyTorch path over `gather`ed blocks, and `decode_kernel` for CUDA decode rows: decode
+        rows (one query, no mask) are batched by context length, other sequences (prefill chunks,
+        draft trees) attend one at a time. A format that needs more (SPARK) overrides it."""
+        if meta.decode_only:
+            return self.decode(layer, q, meta.block_tables, meta.context_lens_t, meta.context_lens)
+        out = torch.empty_like(q)
+        decode = [b for b in range(meta.num_seqs) if meta.q_len(b) == 1 and not (meta.masks and meta.masks[b] is not None)]
+        if decode:  # one batched call for the decoding sequences of a mixed step
+            rows = torch.tensor([meta.query_start[b] for b in decode], device=q.device)
+            idx = torch.tensor(decode, device=q.device)
+            out[rows] = self.decode(layer, q[rows], meta.block_tables[idx], meta.context_lens_t[idx],
+                                    [meta.context_lens[b] for b in decode])
+        for b in sorted(set(range(meta.num_seqs)) - set(decode)):
+            lo, hi, ctx = meta.query_start[b], meta.query_start[b + 1], meta.context_lens[b]
+            k, v = self.gather(layer, meta.block_tables[b: b + 1, : -(-ctx // self.block_size)],
+                               meta.context_lens_t[b: b + 1])
+            k, v = k[0, :ctx].to(q.dtype), v[0, :ctx].to(q.dtype)  # (ctx, H, D)
+            mask = causal_mask(hi - lo, ctx, meta.masks[b] if meta.masks else None, q.device)
+            o = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                               attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+            out[lo:hi] = o.transpose(0, 1)
+        return out
+
+    def decode(self, layer: int, q: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor,
+               lens_list: list[int]) -> torch.Tensor:
+        """One query per sequence: q (B, Hq, D), tables (B, max_blocks), lens (B,) and as a list.
+        On CUDA the format's kernel if it has one; else groups of similar length, each gathered
+        padded to its longest, one masked SDPA per group."""
+        if q.is_cuda and (out := self.decode_kernel(layer, q, tables, lens)) is not None:
+            return out
+        groups = length_groups(lens_list)
+        if len(groups) == 1:
+            return self.decode_padded(layer, q, tables, lens, groups[0][0])
+        out = torch.empty_like(q)
+        for longest, members in groups:
+            idx = torch.tensor(members, device=q.device)
+            out[idx] = self.decode_padded(layer, q[idx], tables[idx], lens[idx], longest)
+        return out
+
+    def decode_padded(self, layer: int, q: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor,
+                      max_len: int) -> torch.Tensor:
+        """Gathers the blocks of every sequence, padded to max_len, and runs one masked SDPA."""
+        k, v = self.gather(layer, tables[:, : -(-max_len // self.block_size)], lens)
+        k, v = k.to(q.dtype).transpose(1, 2), v.to(q.dtype).transpose(1, 2)  # (B, H, S, D)
+        valid = torch.arange(k.shape[2], device=q.device)[None, :] < lens[:, None]
+        o = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=valid[:, None, None, :],
+                                           enable_gqa=q.shape[1] != k.shape[1])
+        return o[:, :, 0, :]
+
+    def gather(self, layer: int, tables: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A temporary of the listed blocks as the format stores them, decoded: tables (B, nb),
+        lens (B,) -> k, v (B, nb * block_size, H, D)."""
         raise NotImplementedError
+
+    def decode_kernel(self, layer: int, q: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor):
+        """The format's CUDA decode kernel, reading the stored blocks in place; None: none."""
+        return None
 
     def read_prefix(self, layer: int, blocks: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Token eviction (engine/eviction.py): the keys and values of a sequence's first `n` cache
@@ -110,3 +167,17 @@ class KVFormat:
 def dense16_bytes_per_token(cfg: ModelConfig) -> int:
     """The reference every compression ratio is quoted against: keys and values in 16 bits."""
     return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2
+
+
+def length_groups(lens: list[int], min_group: int = 8) -> list[tuple[int, list[int]]]:
+    """Decode rows grouped by context length, longest first, so that gathering each group padded to
+    its longest sequence wastes at most about half of it (heavy-tailed RL batches would otherwise
+    pad every row to the single longest). Groups under `min_group` rows absorb shorter ones: below
+    that, a separate call costs more than the padding it saves. Returns [(longest, rows)]."""
+    groups: list[tuple[int, list[int]]] = []
+    for i in sorted(range(len(lens)), key=lens.__getitem__, reverse=True):
+        if groups and (2 * lens[i] > groups[-1][0] or len(groups[-1][1]) < min_group):
+            groups[-1][1].append(i)
+        else:
+            groups.append((lens[i], [i]))
+    return groups

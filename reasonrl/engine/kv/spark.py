@@ -61,8 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from reasonrl.engine.attention import AttentionMetadata, causal_mask
-from reasonrl.engine.kv.dense import length_groups
-from reasonrl.engine.kv.base import KVFormat
+from reasonrl.engine.kv.base import KVFormat, length_groups
 from reasonrl.engine.kv.quant import check_bits
 from reasonrl.engine.kv.slots import StagingSlots
 from reasonrl.engine.kv.spark_ops import (PrunedKeys, dequantize_kept, dequantize_values, kept_channels, prune_keys,
@@ -321,7 +320,7 @@ class SparkKV(KVFormat):
 
     # ---- token eviction ----------------------------------------------------------------------------
     def read_prefix(self, layer, blocks, n):
-        k, v = self.gather(layer, blocks)  # staged (partly filled) blocks are read whole
+        k, v = self.restore_blocks(layer, blocks)  # staged (partly filled) blocks are read whole
         return k.flatten(0, 1)[:n].to(self.dtype), v.flatten(0, 1)[:n].to(self.dtype)
 
     def write_entries(self, layer, slots, k, v, window_q):
@@ -343,7 +342,7 @@ class SparkKV(KVFormat):
             self.slots.flush()
 
     # ---- attention ---------------------------------------------------------------------------------
-    def gather(self, layer: int, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def restore_blocks(self, layer: int, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A temporary of the listed blocks, restored: blocks (...) -> k, v (..., block_size, H, D)
         float32; staged blocks are read whole from the staging pool."""
         t, lay, flat = self.t, self.layout, blocks.flatten().long()
@@ -376,7 +375,7 @@ class SparkKV(KVFormat):
             seqs = [decode[i] for i in members]
             rows = torch.tensor([meta.query_start[b] for b in seqs], device=q.device)
             lens = meta.context_lens_t[torch.tensor(seqs, device=q.device)].long()
-            k, v = self.gather(layer, meta.block_tables[seqs, : -(-longest // self.block_size)])
+            k, v = self.restore_blocks(layer, meta.block_tables[seqs, : -(-longest // self.block_size)])
             k, v = k.flatten(1, 2).to(q.dtype), v.flatten(1, 2).to(q.dtype)  # (B, S, H, D)
             ar = torch.arange(len(seqs), device=q.device)
             k[ar, lens - 1], v[ar, lens - 1] = k_new[rows].to(q.dtype), v_new[rows].to(q.dtype)
@@ -386,7 +385,7 @@ class SparkKV(KVFormat):
             out[rows] = o[:, :, 0, :]
         for b in sorted(set(range(meta.num_seqs)) - set(decode)):
             lo, hi, ctx = meta.query_start[b], meta.query_start[b + 1], meta.context_lens[b]
-            k, v = self.gather(layer, meta.block_tables[b, : -(-ctx // self.block_size)])
+            k, v = self.restore_blocks(layer, meta.block_tables[b, : -(-ctx // self.block_size)])
             k, v = k.flatten(0, 1)[:ctx].to(q.dtype), v.flatten(0, 1)[:ctx].to(q.dtype)  # (ctx, H, D)
             k[ctx - (hi - lo):], v[ctx - (hi - lo):] = k_new[lo:hi].to(q.dtype), v_new[lo:hi].to(q.dtype)
             mask = causal_mask(hi - lo, ctx, meta.masks[b] if meta.masks else None, q.device)

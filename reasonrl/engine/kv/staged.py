@@ -20,11 +20,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from reasonrl.engine.attention import AttentionMetadata, causal_mask
 from reasonrl.engine.kv.base import KVFormat
-from reasonrl.engine.kv.dense import length_groups
 from reasonrl.engine.kv.slots import StagingSlots
 
 
@@ -160,27 +157,6 @@ class QuantizedKV(KVFormat):
         self.slots.flush()
 
     # ---- attention (PyTorch path; CUDA decode uses the Triton kernel) ------------------------------
-    def attend(self, layer, q, meta: AttentionMetadata):
-        if meta.decode_only:
-            return self._decode(layer, q, meta.block_tables, meta.context_lens_t, meta.context_lens)
-        out = torch.empty_like(q)
-        decode = [b for b in range(meta.num_seqs) if meta.q_len(b) == 1 and not (meta.masks and meta.masks[b] is not None)]
-        if decode:
-            rows = torch.tensor([meta.query_start[b] for b in decode], device=q.device)
-            idx = torch.tensor(decode, device=q.device)
-            out[rows] = self._decode(layer, q[rows], meta.block_tables[idx], meta.context_lens_t[idx],
-                                     [meta.context_lens[b] for b in decode])
-        for b in sorted(set(range(meta.num_seqs)) - set(decode)):
-            lo, hi, ctx = meta.query_start[b], meta.query_start[b + 1], meta.context_lens[b]
-            tables = meta.block_tables[b: b + 1, : -(-ctx // self.block_size)]
-            k, v = self.gather(layer, tables, meta.context_lens_t[b: b + 1])
-            k, v = k[0, :ctx].to(q.dtype), v[0, :ctx].to(q.dtype)  # (ctx, H, D)
-            mask = causal_mask(hi - lo, ctx, meta.masks[b] if meta.masks else None, q.device)
-            o = F.scaled_dot_product_attention(q[lo:hi].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                               attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
-            out[lo:hi] = o.transpose(0, 1)
-        return out
-
     def gather(self, layer: int, tables: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A temporary of the listed blocks, decoded: tables (B, nb), lens (B,) -> k, v (B, nb * block_size, H, D)
         float32; the partial last block of each row comes from the staging pool."""
@@ -197,25 +173,12 @@ class QuantizedKV(KVFormat):
             v[rows, last] = self.staging[layer, 1][slots].float()
         return k.flatten(1, 2), v.flatten(1, 2)
 
-    def _decode(self, layer, q, tables, lens, lens_list: list[int]):
-        """One query per sequence: q (B, Hq, D) -> (B, Hq, D)."""
-        if q.is_cuda:
-            from reasonrl.kernels.kv_quant import quant_paged_decode
+    def decode_kernel(self, layer, q, tables, lens):
+        from reasonrl.kernels.kv_quant import quant_paged_decode
 
-            k_stage, v_stage = self.staging[layer, 0], self.staging[layer, 1]
-            kc, vc = self._kernel_codes(layer)
-            return quant_paged_decode(q, kc, vc, k_stage, v_stage, self.slots.table, tables, lens)
-        out = torch.empty_like(q)
-        for longest, members in length_groups(lens_list):
-            idx = torch.tensor(members, device=q.device)
-            t = tables[idx, : -(-longest // self.block_size)]
-            k, v = self.gather(layer, t, lens[idx])
-            k, v = k.to(q.dtype).transpose(1, 2), v.to(q.dtype).transpose(1, 2)  # (B, H, S, D)
-            valid = torch.arange(k.shape[2], device=q.device)[None, :] < lens[idx, None]
-            o = F.scaled_dot_product_attention(q[idx, :, None, :], k, v, attn_mask=valid[:, None, None, :],
-                                               enable_gqa=q.shape[1] != k.shape[1])
-            out[idx] = o[:, :, 0, :]
-        return out
+        kc, vc = self._kernel_codes(layer)
+        return quant_paged_decode(q, kc, vc, self.staging[layer, 0], self.staging[layer, 1], self.slots.table, tables,
+                                  lens)
 
     # ---- per format ------------------------------------------------------------------------------
     def _quantize(self, layer: int, blocks: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(default: ~/.cache/reasonrl/bench_kv/SHAPE)")
     p.add_argument("--model-shape", default="8x64", choices=["8x64", "32x128"],
                    help="kv: KV heads x head dim of the recall model: 8x64 (195-token prompts, ~9 min training on "
-                        "CPU) or 32x128, Llama-2-7B's KV shape (99-token prompts, ~30 min)")
+                        "CPU) or 32x128, Llama-2-7B's KV shape (99-token prompts, ~47 min)")
     p.add_argument("--items", type=int, help="kv: held-out recall prompts per arm (300)")
     p.add_argument("--context", type=int, default=32768, help="kv-decode: tokens in each sequence's cache")
     p.add_argument("--batch", type=int, default=8, help="kv-decode: sequences decoded together")

@@ -312,7 +312,7 @@ SHAPES = {
     "8x64": {},
     # the KV shape of Llama-2-7B (32 KV heads of 128), where TaDA's head-mean costs 1/32 and 4-bit
     # deviations fit under 0.30 of dense. Attention 8x wider: shorter prompts (99 tokens) and
-    # bf16-autocast training keep it to about half an hour on a 2-core CPU
+    # bf16-autocast training keep it to 47 min on a shared 2-core CPU (measured)
     "32x128": {"model": dict(num_layers=2, hidden_size=64, num_heads=32, num_kv_heads=32, head_dim=128),
                "task": RecallTask(pairs=32), "train": TrainConfig(steps=600, bf16=True)},
 }

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from reasonrl.kernels.paged_attention import online_softmax
+from reasonrl.kernels.paged_attention import online_softmax, query_group
 
 
 @dataclass
@@ -75,15 +75,9 @@ def _quant_decode_kernel(
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     ctx = tl.load(lens_ptr + b)
-    g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, HEAD_DIM)
     t = tl.arange(0, BLOCK)
-    g_ok = g < GROUP
-    heads = kv_head * GROUP + g
-    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=g_ok[:, None], other=0.0)
-    m = tl.full((GROUP_PAD,), -1e30, dtype=tl.float32)  # finite: exp(m - m_new) stays defined
-    l = tl.zeros((GROUP_PAD,), dtype=tl.float32)
-    acc = tl.zeros((GROUP_PAD, HEAD_DIM), dtype=tl.float32)
+    heads, g_ok, q, m, l, acc = query_group(q_ptr, b, kv_head, stride_qb, stride_qh, GROUP, GROUP_PAD, HEAD_DIM)
     full = ctx // BLOCK
     all_ok = t < BLOCK
     for i in range(0, full):  # quantized blocks

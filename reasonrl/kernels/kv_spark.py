@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from reasonrl.kernels.paged_attention import online_softmax
+from reasonrl.kernels.paged_attention import online_softmax, query_group
 
 
 @dataclass
@@ -81,15 +81,10 @@ def _spark_decode_kernel(
     b = tl.program_id(0)
     h = tl.program_id(1)
     ctx = tl.load(lens_ptr + b)  # tokens before this step's
-    g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, HEAD_DIM)
     t = tl.arange(0, BLOCK)
-    g_ok = g < GROUP
-    heads = h * GROUP + g
-    q = tl.load(q_ptr + (b * KV_HEADS * GROUP + heads[:, None]) * HEAD_DIM + d[None, :], mask=g_ok[:, None], other=0.0)
-    m = tl.full((GROUP_PAD,), -1e30, dtype=tl.float32)
-    l = tl.zeros((GROUP_PAD,), dtype=tl.float32)
-    acc = tl.zeros((GROUP_PAD, HEAD_DIM), dtype=tl.float32)
+    heads, g_ok, q, m, l, acc = query_group(q_ptr, b, h, KV_HEADS * GROUP * HEAD_DIM, HEAD_DIM, GROUP, GROUP_PAD,
+                                            HEAD_DIM)
     for i in range(0, tl.cdiv(ctx, BLOCK)):
         block = tl.load(tables_ptr + b * stride_tb + i).to(tl.int64)
         slot = tl.load(stage_table_ptr + block).to(tl.int64)

@@ -15,6 +15,22 @@ import triton.language as tl
 
 
 @triton.jit
+def query_group(q_ptr, b, kv_head, stride_qb, stride_qh, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+                HEAD_DIM: tl.constexpr):
+    """The queries of sequence b's heads that share KV head `kv_head`, padded to GROUP_PAD rows, and
+    an empty online-softmax state -> (heads, g_ok: which rows are real, q, m, l, acc)."""
+    g = tl.arange(0, GROUP_PAD)
+    d = tl.arange(0, HEAD_DIM)
+    g_ok = g < GROUP
+    heads = kv_head * GROUP + g
+    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=g_ok[:, None], other=0.0)
+    m = tl.full((GROUP_PAD,), -1e30, dtype=tl.float32)  # running max (finite: exp(m - m_new) stays defined)
+    l = tl.zeros((GROUP_PAD,), dtype=tl.float32)  # running softmax denominator
+    acc = tl.zeros((GROUP_PAD, HEAD_DIM), dtype=tl.float32)
+    return heads, g_ok, q, m, l, acc
+
+
+@triton.jit
 def online_softmax(q, k, v, t_ok, m, l, acc, scale, PRECISION: tl.constexpr):
     """Folds one block into the running max m, denominator l and output acc of the query group."""
     s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * scale  # (GROUP_PAD, BLOCK)
@@ -37,15 +53,9 @@ def _paged_decode_kernel(
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
     ctx = tl.load(lens_ptr + b)
-    g = tl.arange(0, GROUP_PAD)
     d = tl.arange(0, HEAD_DIM)
     t = tl.arange(0, BLOCK)
-    g_ok = g < GROUP
-    heads = kv_head * GROUP + g
-    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=g_ok[:, None], other=0.0)
-    m = tl.full((GROUP_PAD,), -1e30, dtype=tl.float32)  # running max (finite: exp(m - m_new) stays defined)
-    l = tl.zeros((GROUP_PAD,), dtype=tl.float32)  # running softmax denominator
-    acc = tl.zeros((GROUP_PAD, HEAD_DIM), dtype=tl.float32)
+    heads, g_ok, q, m, l, acc = query_group(q_ptr, b, kv_head, stride_qb, stride_qh, GROUP, GROUP_PAD, HEAD_DIM)
     for i in range(0, tl.cdiv(ctx, BLOCK)):
         block = tl.load(tables_ptr + b * stride_tb + i).to(tl.int64)
         t_ok = i * BLOCK + t < ctx

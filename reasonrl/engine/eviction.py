@@ -14,13 +14,13 @@ the window and the GQA group, average-pooled) plus the window itself, and drops 
 A prompt of at most budget + window tokens is kept whole.
 
 Where it hooks into the engine:
-- the scheduler ends a prefill chunk at the prompt's end (`chunk`), so the eviction runs right
+- prefill chunks end at the prompt's end (`prepare` sets the sequence's `chunk_boundary`), so the eviction runs right
   after the step that computes the last prompt token and before any later token is prefilled: a
   preempted or resumed sequence (prompt plus earlier output, re-prefilled) gets the cache an
   uninterrupted run has;
 - the window's queries are recorded in every layer while it is prefilled (`recording`), over as
   many chunks as it spans; admission never serves the window from the prefix cache
-  (`compute_from`);
+  (`reuse_before`);
 - storage goes through the format (`KVFormat.read_prefix` / `write_entries`). Dense holds exactly
   SnapKV's cache. SPARK (`kv/spark.py`) prunes the kept keys' channels with |Q| of the same window
   queries, the paper's composition; its prompt blocks, already pruned when they filled, are read
@@ -96,16 +96,13 @@ class Evictor:
         """The prompt is longer than what eviction keeps, and it has not been evicted yet."""
         return not seq.num_evicted and len(seq.prompt_ids) > self.cfg.budget + self.cfg.window
 
-    def compute_from(self, seq: Sequence) -> int | None:
-        """Admission: the prefix cache may serve tokens before the window, never the window."""
-        return len(seq.prompt_ids) - self.cfg.window if self.applies(seq) else None
-
-    def chunk(self, seq: Sequence, n: int) -> int:
-        """A prefill chunk of `n` tokens, cut at the prompt's end."""
-        prompt = len(seq.prompt_ids)
-        if self.applies(seq) and seq.num_computed < prompt:
-            return min(n, prompt - seq.num_computed)
-        return n
+    def prepare(self, seq: Sequence) -> None:
+        """A new sequence: if it will evict, its prefill chunks end at the prompt's end (so the
+        eviction runs right after the step that computes the last prompt token, before any later
+        token is prefilled) and the prefix cache never serves its window."""
+        if self.applies(seq):
+            seq.chunk_boundary = len(seq.prompt_ids)
+            seq.reuse_before = len(seq.prompt_ids) - self.cfg.window
 
     def recording(self, attn, scheduled: list[tuple[Sequence, int]], query_start: list[int]):
         """`attn`, recording what the sequences that will evict need from this step."""

@@ -23,7 +23,6 @@ from reasonrl.engine.block_manager import BlockManager
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.eviction import EvictionConfig, Evictor
 from reasonrl.engine.kv import get_format
-from reasonrl.engine.kv.base import KVFormat
 from reasonrl.engine.model_runner import ModelRunner, Sampled, StepResult
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.scheduler import Scheduler
@@ -67,7 +66,7 @@ class LLMEngine:
         self.kv.allocate()
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching, self.kv.free_blocks)
         self.evictor = self._evictor()
-        self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens, self.evictor)
+        self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor)
         self.speculator = self._speculator(draft)
         self.requests: dict[str, Request] = {}
@@ -80,7 +79,7 @@ class LLMEngine:
         cfg = self.config
         if cfg.evict_budget is None:
             return None
-        if type(self.kv).read_prefix is KVFormat.read_prefix:
+        if not self.kv.supports_eviction:
             raise ValueError(f"token eviction (evict_budget) needs kv_format dense or spark, not {cfg.kv_format!r}")
         return Evictor(EvictionConfig(cfg.evict_budget, cfg.evict_window), self.kv, self.block_manager)
 
@@ -90,7 +89,7 @@ class LLMEngine:
             return None
         if self.evictor is not None:
             raise ValueError("speculative decoding cannot be combined with token eviction (evict_budget)")
-        if type(self.kv).copy_slots is KVFormat.copy_slots:
+        if not self.kv.supports_speculation:
             raise ValueError(f"speculative decoding needs a KV format that can move cache slots; "
                              f"kv_format {cfg.kv_format!r} cannot (use dense)")
         draft = draft or DraftHead.load(cfg.draft, self.model)
@@ -140,6 +139,8 @@ class LLMEngine:
             if self.tokenizer is not None and params.detokenize:
                 seq.decoder = IncrementalDecoder(self.tokenizer, seq.prompt_ids)
                 seq.text = seq.decoder.push(seq.output_ids) if seq.output_ids else ""
+            if self.evictor is not None:
+                self.evictor.prepare(seq)
             seqs.append(seq)
         request = Request(request_id, list(prompt_ids), seqs, stream)
         if seqs[0].num_resumed >= params.max_tokens or seqs[0].num_tokens >= self.max_model_len:
@@ -305,6 +306,20 @@ class LLMEngine:
         load_weights(self.model, path)
         self.reset_prefix_cache()
 
+    def set_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy a state dict of the same architecture into the served model (e.g. a trainer's policy
+        held elsewhere); every tensor is checked before any is written. No request may be in flight."""
+        if self.requests:
+            raise RuntimeError(f"cannot change weights with {len(self.requests)} requests in flight; abort them first")
+        own = self.model.state_dict()
+        bad = sorted(n for n in own if n not in tensors or tensors[n].shape != own[n].shape)
+        if bad:
+            raise ValueError(f"the new weights lack or misshape {len(bad)} tensors of the served model, e.g. {bad[:3]}")
+        with torch.no_grad():
+            for name, tensor in own.items():
+                tensor.copy_(tensors[name])
+        self.reset_prefix_cache()
+
     def sleep(self) -> None:
         """Free the KV cache (e.g. for a training phase). No request may be in flight."""
         if self.requests:
@@ -318,11 +333,20 @@ class LLMEngine:
         if not self.kv.storage():
             self.kv.allocate()
 
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to continue exactly: the RNG that draws unseeded requests' seeds."""
+        return {"seed_rng": self._rng.getstate()}
+
+    def load_state_dict(self, state: dict) -> None:
+        version, internal, gauss = state["seed_rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
+
     def stats(self) -> dict[str, float]:
         bm = self.block_manager
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_blocks_used": len(bm.blocks) - bm.num_free, "kv_blocks_total": len(bm.blocks),
                 "kv_capacity_tokens": len(bm.blocks) * bm.block_size,  # tokens the KV budget holds in this format
-                "kv_bytes_per_token": self.kv.bytes_per_token, "preemptions": self.scheduler.num_preemptions,
+                "kv_bytes_per_token": self.kv.bytes_per_token, "kv_allocated_bytes": self.kv.allocated_bytes,
+                "preemptions": self.scheduler.num_preemptions,
                 "generated_tokens": self.num_generated_tokens, **(self.speculator.stats() if self.speculator else {}),
                 **(self.evictor.stats() if self.evictor else {})}

@@ -6,6 +6,10 @@ sequences are admitted while budget, sequence slots and KV blocks last; a prompt
 remaining budget is prefilled in chunks over several steps. When a running sequence needs a block
 and none is free, the most recently admitted sequence is preempted: its blocks are released and
 it waits at the front of the queue, to be re-prefilled (prompt and output so far) later.
+
+Features that need a step to end at a given token (token eviction ends a prefill chunk at the
+prompt's end) say so on the sequence (`chunk_boundary`, `reuse_before`); the scheduler knows none
+of them.
 """
 
 from __future__ import annotations
@@ -13,15 +17,12 @@ from __future__ import annotations
 from collections import deque
 
 from reasonrl.engine.block_manager import BlockManager
-from reasonrl.engine.eviction import Evictor
 from reasonrl.engine.sequence import SeqStatus, Sequence
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 evictor: Evictor | None = None):
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
         self.blocks = block_manager
-        self.evictor = evictor  # token eviction: prefill chunks end at the prompt's end
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
@@ -59,7 +60,7 @@ class Scheduler:
         watermark = max(1, len(self.blocks.blocks) // 100)  # headroom for running sequences to grow
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
-            self.blocks.admit(seq, self.evictor.compute_from(seq) if self.evictor else None)
+            self.blocks.admit(seq, seq.reuse_before)
             n = self._chunk(seq, budget)
             spare = self.blocks.num_free - self.blocks.blocks_needed(seq, n)
             if spare < 0 or (spare < watermark and self.running):
@@ -73,9 +74,12 @@ class Scheduler:
             budget -= n
         return budget
 
-    def _chunk(self, seq: Sequence, budget: int) -> int:
+    @staticmethod
+    def _chunk(seq: Sequence, budget: int) -> int:
         n = min(seq.num_pending, budget)
-        return self.evictor.chunk(seq, n) if self.evictor else n
+        if seq.chunk_boundary is not None and seq.num_computed < seq.chunk_boundary:
+            n = min(n, seq.chunk_boundary - seq.num_computed)
+        return n
 
     def _preempt(self, seq: Sequence) -> None:
         self.blocks.release(seq)

@@ -59,6 +59,9 @@ class Sequence:
         self.num_computed = 0  # tokens whose keys/values have been computed
         self.num_cached = 0  # of those, served by the prefix cache at admission
         self.num_evicted = 0  # of those, dropped from the cache by token eviction (engine/eviction.py)
+        # Constraints an engine feature puts on scheduling (the scheduler knows no feature):
+        self.chunk_boundary: int | None = None  # no prefill chunk crosses this token index
+        self.reuse_before: int | None = None  # the prefix cache may serve only tokens before this index
 
     @property
     def num_tokens(self) -> int:

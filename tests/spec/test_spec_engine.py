@@ -161,12 +161,11 @@ def test_residual_rule_sampled_tokens_follow_the_target_distribution():
 
 def test_a_kv_format_that_cannot_move_slots_is_refused():
     from reasonrl.engine.kv import FORMATS
-    from reasonrl.engine.kv.base import KVFormat
     from reasonrl.engine.kv.dense import DenseKV
 
-    class Frozen(DenseKV):
+    class Frozen(DenseKV):  # declares the capability away, whatever methods it inherits
         name = "frozen"
-        copy_slots = KVFormat.copy_slots
+        supports_speculation = False
 
     FORMATS["frozen"] = Frozen
     try:

@@ -18,6 +18,10 @@ class KVFormat:
     name = "base"
     options: tuple[str, ...] = ()
     """Names of the keyword parameters the format takes (`EngineConfig.kv_options`)."""
+    supports_eviction = False
+    """Implements `read_prefix` and `write_entries`: token eviction (engine/eviction.py) can use it."""
+    supports_speculation = False
+    """Implements `copy_slots`: speculative decoding can move accepted draft rows into place."""
 
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype,
                  max_num_seqs: int = 256, **options):

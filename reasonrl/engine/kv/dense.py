@@ -14,6 +14,8 @@ from reasonrl.engine.kv.base import KVFormat
 
 class DenseKV(KVFormat):
     name = "dense"
+    supports_eviction = True
+    supports_speculation = True
 
     @classmethod
     def bytes_per_block(cls, cfg, block_size, dtype, **options):

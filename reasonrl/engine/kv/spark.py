@@ -123,6 +123,7 @@ class SparkKV(KVFormat):
 
     name = "spark"
     options = ("key_ratio", "value_ratio", "window", "bits")
+    supports_eviction = True
 
     def __init__(self, cfg, num_blocks, block_size, device, dtype, max_num_seqs=256, **options):
         super().__init__(cfg, num_blocks, block_size, device, dtype, max_num_seqs, **options)

@@ -20,7 +20,9 @@ import math
 import random
 import statistics
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from reasonrl.bench.common import device_name
 from reasonrl.engine import LLM, SamplingParams
@@ -97,22 +99,50 @@ def sampled_reward(model, tokenizer, max_tokens: int, seed: int, prompts: int = 
     return sum(rewards) / len(rewards)
 
 
-def bench_april(steps: int = 16, prompts_per_step: int = 8, samples_per_prompt: int = 8, max_tokens: int = 256,
-                max_num_seqs: int = 128, ratio: float = 2.0, seed: int = 0, sft_steps: int = 120,
-                off_policy: str = "tis", lr: float = 3e-4, repeats: int = 2) -> dict:
+@dataclass
+class AprilBenchConfig:
+    steps: int = 16
+    """RL steps per arm."""
+    prompts_per_step: int = 8
+    """Groups trained per step (N)."""
+    samples_per_prompt: int = 8
+    """Samples per group (G)."""
+    max_tokens: int = 256
+    """Response length cap."""
+    max_num_seqs: int = 128
+    """The engine's sequences in flight."""
+    ratio: float = 2.0
+    """Over-provisioning of the APRIL arm (the other arm runs at 1.0)."""
+    seed: int = 0
+    """Seeds the policy's warm-up and both arms."""
+    sft_steps: int = 120
+    """Warm-up of the heavy-tailed policy."""
+    off_policy: Literal["none", "mask", "tis", "decoupled"] = "tis"
+    """loss.off_policy of both arms (only APRIL has recycled tokens)."""
+    lr: float = 3e-4
+    """Learning rate of both arms."""
+    repeats: int = 2
+    """Runs per arm, interleaved; medians reported."""
+
+    def __post_init__(self):
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {self.repeats}")
+        if self.ratio < 1:
+            raise ValueError(f"ratio must be at least 1.0, got {self.ratio}")
+
+
+def bench_april(c: AprilBenchConfig) -> dict:
     """Each arm runs `repeats` times, interleaved (sync, APRIL, sync, ...); the rollouts repeat
     exactly (same seeds), so only the timings differ, and throughput uses each arm's median."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        policy = heavy_tailed_policy(root, max_len=max_tokens, seed=seed, sft_steps=sft_steps)
-        before = sampled_reward(load_model(policy), Tokenizer.from_dir(policy), max_tokens, seed)
+        policy = heavy_tailed_policy(root, max_len=c.max_tokens, seed=c.seed, sft_steps=c.sft_steps)
+        before = sampled_reward(load_model(policy), Tokenizer.from_dir(policy), c.max_tokens, c.seed)
         runs: dict[str, list[dict]] = {"sync": [], "april": []}
-        for rep in range(repeats):
-            for name, r in (("sync", 1.0), ("april", ratio)):
-                runs[name].append(run_arm(policy, root / f"{name}{rep}", r, steps, prompts_per_step, samples_per_prompt,
-                                          max_tokens, max_num_seqs, seed, off_policy, lr))
+        for rep in range(c.repeats):
+            for name, r in (("sync", 1.0), ("april", c.ratio)):
+                runs[name].append(run_arm(policy, root / f"{name}{rep}", r, c.steps, c.prompts_per_step,
+                                          c.samples_per_prompt, c.max_tokens, c.max_num_seqs, c.seed, c.off_policy, c.lr))
     arms = {}
     for name, results in runs.items():
         arms[name] = {**results[0], "tokens_per_s": statistics.median(x["tokens_per_s"] for x in results),
@@ -120,8 +150,8 @@ def bench_april(steps: int = 16, prompts_per_step: int = 8, samples_per_prompt: 
                       "tokens_per_s_per_repeat": [x["tokens_per_s"] for x in results],
                       "rollout_seconds_per_repeat": [x["rollout_seconds"] for x in results]}
         del arms[name]["rollout_seconds"]
-    return {"device": device_name(resolve_device(None)), "steps": steps, "prompts_per_step": prompts_per_step,
-            "samples_per_prompt": samples_per_prompt, "max_tokens": max_tokens, "max_num_seqs": max_num_seqs,
-            "off_policy": off_policy, "lr": lr, "repeats": repeats,
+    return {"device": device_name(resolve_device(None)), "steps": c.steps, "prompts_per_step": c.prompts_per_step,
+            "samples_per_prompt": c.samples_per_prompt, "max_tokens": c.max_tokens, "max_num_seqs": c.max_num_seqs,
+            "off_policy": c.off_policy, "lr": c.lr, "repeats": c.repeats,
             "throughput_ratio": arms["april"]["tokens_per_s"] / arms["sync"]["tokens_per_s"],
             "sampled_eval_reward_before": before, **arms}

@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -130,45 +131,77 @@ def decode_roofline(engine: LLMEngine, tokens: int = 64) -> dict[str, float]:
             "weight_bytes": weight_bytes, "memory_bandwidth_bytes_per_s": bandwidth}
 
 
-def bench_engine(model: str | None = None, preset: str = "20m", num_prompts: int = 128, concurrency: int = 64,
-                 median_tokens: int = 48, max_tokens: int = 384, prompt_len: tuple[int, int] = (16, 128),
-                 device: str | None = None, dtype: str | None = None, skip_hf: bool = False, seed: int = 0,
-                 repeats: int = 3) -> dict:
+@dataclass
+class EngineBenchConfig:
+    model: str | None = None
+    """Checkpoint directory (default: a random checkpoint of --preset)."""
+    preset: Literal["tiny", "20m", "qwen2.5-0.5b"] = "20m"
+    """Shape of the random checkpoint made when no --model is given."""
+    num_prompts: int = 128
+    """Prompts in the workload."""
+    concurrency: int = 64
+    """Sequences in flight (the engine's max_num_seqs; transformers' batch size)."""
+    median_tokens: int = 48
+    """Median response length (log-normal)."""
+    max_tokens: int = 384
+    """Response length cap."""
+    prompt_len: tuple[int, int] = (16, 128)
+    """Prompt lengths, drawn uniformly in this range."""
+    device: str | None = None
+    """cpu, cuda or cuda:N (default: cuda when available)."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """Default: float32 on CPU, the checkpoint's on GPU."""
+    skip_hf: bool = False
+    """No transformers comparison."""
+    seed: int = 0
+    """Seeds the workload and the random checkpoint."""
+    repeats: int = 3
+    """Runs per arm, interleaved; medians reported."""
+
+    def __post_init__(self):
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {self.repeats}")
+        for name in ("num_prompts", "concurrency", "median_tokens", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+def bench_engine(c: EngineBenchConfig) -> dict:
     """Each arm runs `repeats` times, interleaved (engine, transformers, engine, ...) so that a slow
     spell of a shared machine hits both; tokens/s and the ratio use each arm's median time."""
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
-    dev = resolve_device(device)
+    dev = resolve_device(c.device)
     tmp = None
+    model = c.model
     if model is None:
         tmp = tempfile.TemporaryDirectory()
-        model = make_checkpoint(Path(tmp.name) / preset, **PRESETS[preset], seed=seed)
+        model = make_checkpoint(Path(tmp.name) / c.preset, **PRESETS[c.preset], seed=c.seed)
     model = Path(model)
-    torch_dtype = resolve_dtype(dtype, dev, ModelConfig.from_dir(model))
+    torch_dtype = resolve_dtype(c.dtype, dev, ModelConfig.from_dir(model))
     lm = load_model(model, dev, torch_dtype)
     cfg = lm.config
-    w = make_workload(cfg.vocab_size, num_prompts, prompt_len, median_tokens, max_tokens, seed)
-    engine = LLMEngine(lm, None, EngineConfig(max_num_seqs=concurrency, max_model_len=prompt_len[1] + max_tokens + 8))
-    run_engine(engine, make_workload(cfg.vocab_size, 4, (8, 16), 8, 8, seed + 1))  # warm-up
+    w = make_workload(cfg.vocab_size, c.num_prompts, c.prompt_len, c.median_tokens, c.max_tokens, c.seed)
+    engine = LLMEngine(lm, None, EngineConfig(max_num_seqs=c.concurrency, max_model_len=c.prompt_len[1] + c.max_tokens + 8))
+    run_engine(engine, make_workload(cfg.vocab_size, 4, (8, 16), 8, 8, c.seed + 1))  # warm-up
     engine_runs, hf_runs = [], []
-    for _ in range(repeats):
+    for _ in range(c.repeats):
         engine_runs.append(run_engine(engine, w))
-        if not skip_hf:
-            hf_runs.append(run_transformers(model, w, concurrency, dev, torch_dtype))
+        if not c.skip_hf:
+            hf_runs.append(run_transformers(model, w, c.concurrency, dev, torch_dtype))
     engine_s = statistics.median(engine_runs)
     flops = workload_flops(cfg, w)
     peak = matmul_peak_flops(dev, torch_dtype)
     result = {
-        "device": device_name(dev), "dtype": str(torch_dtype).removeprefix("torch."), "model": str(model if tmp is None else preset),
-        "params": sum(p.numel() for p in lm.parameters()), "num_prompts": num_prompts, "concurrency": concurrency,
+        "device": device_name(dev), "dtype": str(torch_dtype).removeprefix("torch."),
+        "model": str(model if tmp is None else c.preset), "params": sum(p.numel() for p in lm.parameters()),
+        "num_prompts": c.num_prompts, "concurrency": c.concurrency,
         "output_tokens": w.output_tokens, "output_len_p50": sorted(w.targets)[len(w.targets) // 2],
         "output_len_max": max(w.targets), "engine_seconds": engine_s, "engine_tokens_per_s": w.output_tokens / engine_s,
         "engine_flops_per_s": flops / engine_s, "peak_matmul_flops_per_s": peak,
-        "flops_fraction_of_peak": flops / engine_s / peak, "preemptions": engine.scheduler.num_preemptions,
+        "flops_fraction_of_peak": flops / engine_s / peak, "preemptions": engine.stats()["preemptions"],
     }
     result["engine_seconds_per_repeat"] = engine_runs
     result.update(decode_roofline(engine))
-    if not skip_hf:
+    if not c.skip_hf:
         hf_s = statistics.median(hf_runs)
         result.update(hf_seconds=hf_s, hf_seconds_per_repeat=hf_runs, hf_tokens_per_s=w.output_tokens / hf_s,
                       ratio=hf_s / engine_s)

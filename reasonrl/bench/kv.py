@@ -43,6 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -316,6 +317,27 @@ SHAPES = {
     "32x128": {"model": dict(num_layers=2, hidden_size=64, num_heads=32, num_kv_heads=32, head_dim=128),
                "task": RecallTask(pairs=32), "train": TrainConfig(steps=600, bf16=True)},
 }
+
+
+@dataclass
+class KVBenchJob:
+    model_dir: str | None = None
+    """The trained recall model's directory, reused when its settings match (default:
+    ~/.cache/reasonrl/bench_kv/SHAPE)."""
+    model_shape: Literal["8x64", "32x128"] = "8x64"
+    """KV heads x head dim of the recall model: 8x64 (195-token prompts, ~9 min of training on this
+    CPU) or 32x128, Llama-2-7B's KV shape (99-token prompts, ~47 min)."""
+    items: int | None = None
+    """Held-out recall prompts per arm (default: KVBenchConfig's, 300)."""
+    train_steps: int | None = None
+    """Training steps of the recall model (default: the shape's, 800 or 600)."""
+    seed: int = 0
+    """Seed of the items and the training."""
+    device: str | None = None
+    """cpu, cuda or cuda:N (default: cuda when available)."""
+
+    def config(self) -> KVBenchConfig:
+        return config_from_args(self.items, self.train_steps, self.seed, self.model_shape)
 
 
 def config_from_args(items: int | None = None, train_steps: int | None = None, seed: int = 0, shape: str = "8x64",

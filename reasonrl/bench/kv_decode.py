@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -36,18 +37,31 @@ FORMATS = [("dense", {}), ("tada", {"bits": 4}), ("tada", {"bits": 2}), ("kivi",
 @dataclass
 class DecodeBenchConfig:
     context: int = 32768
+    """Tokens in each sequence's cache."""
     batch: int = 8
+    """Sequences decoded together."""
     num_heads: int = 32
+    """Query heads of the layer (Llama-3-8B's shape by default)."""
     num_kv_heads: int = 8
+    """KV heads of the layer."""
     head_dim: int = 128
+    """Head dimension."""
     block_size: int = 16
+    """Tokens per KV block."""
     chunk: int = 1024
     """Prefill chunk per sequence while filling the cache (the prefill attention's scores are
     heads x chunk x context floats)."""
     iters: int = 20
+    """Timed decode steps (median reported)."""
     warmup: int = 3
-    formats: list[tuple[str, dict]] = field(default_factory=lambda: list(FORMATS))
+    """Untimed decode steps first."""
+    formats: list[tuple[str, dict]] = field(default_factory=lambda: list(FORMATS), metadata={"cli": False})
     seed: int = 0
+    """Seeds the random cache contents."""
+    device: str | None = None
+    """cpu, cuda or cuda:N (default: cuda when available): the Triton kernels run on CUDA only."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """Default: bfloat16 on CUDA, float32 on CPU."""
 
     def __post_init__(self):
         for name in ("context", "batch", "num_heads", "num_kv_heads", "head_dim", "block_size", "chunk", "iters"):
@@ -126,14 +140,13 @@ def steady_ratio(kv, options: dict) -> float:
     return per_block / (kv.block_size * dense16_bytes_per_token(kv.cfg))
 
 
-def bench_kv_decode(cfg: DecodeBenchConfig | None = None, device=None, dtype=None) -> list[dict]:
+def bench_kv_decode(cfg: DecodeBenchConfig = DecodeBenchConfig()) -> list[dict]:
     """Rows {format, params, latency_ms, ratio_to_dense, bytes_per_token_ratio (a full block's
     token at 16 bits over dense), ...}; the first format is the reference (dense)."""
     from reasonrl.models.loader import resolve_device
 
-    cfg = cfg or DecodeBenchConfig()
-    device = resolve_device(device)
-    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    device = resolve_device(cfg.device)
+    dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     rows = []
     for name, options in cfg.formats:
         start = time.perf_counter()

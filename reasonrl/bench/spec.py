@@ -17,7 +17,9 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -76,31 +78,61 @@ class _Timer:
         self.seconds = 0.0
 
 
-def bench_spec(model: str | None = None, draft: str | None = None, env: str = "sums:", num_prompts: int = 32,
-               max_tokens: int = 96, repeats: int = 3, device: str | None = None, dtype: str | None = None,
-               distill_steps: int = 0, draft_top_k: int = 8, draft_depth: int = 6, draft_tokens: int = 32,
-               seed: int = 0) -> dict:
+@dataclass
+class SpecBenchConfig:
+    model: str | None = None
+    """Target checkpoint (default: the demo policy)."""
+    draft: str | None = None
+    """Draft checkpoint (default: the demo policy's shipped draft)."""
+    distill_steps: int = 0
+    """Distill a fresh draft for --model first, for this many steps (0: use --draft)."""
+    env: str = "sums:"
+    """Environment whose held-out prompts are decoded."""
+    num_prompts: int = 32
+    """Prompts decoded one at a time (batch 1) and all at once."""
+    max_tokens: int = 96
+    """Response length cap (greedy)."""
+    draft_top_k: int = 8
+    """Draft tree: children per expanded node."""
+    draft_depth: int = 6
+    """Draft tree: deepest draft token."""
+    draft_tokens: int = 32
+    """Draft tree: draft tokens verified per step."""
+    repeats: int = 3
+    """Runs per arm, interleaved; medians reported."""
+    device: str | None = None
+    """cpu, cuda or cuda:N (default: cuda when available)."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """Default: float32 on CPU, the checkpoint's on GPU."""
+    seed: int = 0
+    """Seeds the prompts (and the distillation)."""
+
+    def __post_init__(self):
+        if self.repeats < 1:
+            raise ValueError(f"--repeats must be at least 1, got {self.repeats}")
+
+
+def bench_spec(c: SpecBenchConfig) -> dict:
     from reasonrl.envs.registry import load_environment
 
-    if repeats < 1:
-        raise ValueError(f"--repeats must be at least 1, got {repeats}")
-    model_path = Path(model) if model else DEMO / "policy"
-    env_ = load_environment(env if ":" in env else env + ":")
-    if distill_steps:
-        from reasonrl.engine.spec.distill import DistillConfig, run_distill
+    model_path = Path(c.model) if c.model else DEMO / "policy"
+    num_prompts, max_tokens, repeats, draft = c.num_prompts, c.max_tokens, c.repeats, c.draft
+    env_ = load_environment(c.env if ":" in c.env else c.env + ":")
+    if c.distill_steps:
+        from reasonrl.engine.spec.distill import DistillConfig, DistillJob, run_distill
 
-        draft = str(run_distill(model_path, env_, Path(tempfile.mkdtemp()) / "draft", DistillConfig(steps=distill_steps, seed=seed),
-                                device=device, dtype=dtype))
+        job = DistillJob(str(model_path), str(Path(tempfile.mkdtemp()) / "draft"), env=c.env, device=c.device, dtype=c.dtype)
+        draft = str(run_distill(job, DistillConfig(steps=c.distill_steps, seed=c.seed)))
     draft_path = Path(draft) if draft else DEMO / "draft"
-    target = load_model(model_path, device, dtype)
+    target = load_model(model_path, c.device, c.dtype)
     tok = Tokenizer.from_dir(model_path)
     prompts = [tok.apply_chat_template(p.messages, add_generation_prompt=True)
-               for p in env_.prompts(n=num_prompts, seed=seed + 1, split="eval")]
+               for p in env_.prompts(n=num_prompts, seed=c.seed + 1, split="eval")]
     opts = dict(max_model_len=max(map(len, prompts)) + max_tokens + 1, max_num_seqs=max(num_prompts, 1),
                 kv_cache_memory=None if target.device.type == "cuda" else 1 << 28)
     plain = LLMEngine(target, None, EngineConfig(**opts))
-    spec = LLMEngine(target, None, EngineConfig(**opts, draft_top_k=draft_top_k, draft_depth=draft_depth,
-                                                draft_tokens=draft_tokens), draft=DraftHead.load(draft_path, target))
+    spec = LLMEngine(target, None, EngineConfig(**opts, draft_top_k=c.draft_top_k, draft_depth=c.draft_depth,
+                                                draft_tokens=c.draft_tokens), draft=DraftHead.load(draft_path, target))
     draft_timer = _Timer(spec.speculator, "propose", target.device)
     verify_timer = _Timer(spec.runner, "run", target.device)
     arms = {"plain": plain, "speculative": spec}
@@ -114,15 +146,17 @@ def bench_spec(model: str | None = None, draft: str | None = None, env: str = "s
             for name, engine in arms.items():
                 if name == "speculative" and batch == 1:
                     draft_timer.reset(), verify_timer.reset()
-                    rounds0, emitted0 = spec.speculator.rounds, spec.speculator.emitted
+                    before = spec.stats()
                 engine.reset_prefix_cache()
                 outs, seconds, tokens = decode(engine, prompts, max_tokens, batch)
                 rates.setdefault((name, batch), []).append(tokens / seconds)
                 outputs.setdefault(f"{name}@{batch}", outs)
                 if name == "speculative" and batch == 1:
-                    batch1_rounds += spec.speculator.rounds - rounds0
-                    batch1_emitted += spec.speculator.emitted - emitted0
-                    spec_costs = (draft_timer.seconds, verify_timer.seconds, spec.speculator.rounds - rounds0)
+                    after = spec.stats()
+                    rounds = after["spec_rounds"] - before["spec_rounds"]
+                    batch1_rounds += rounds
+                    batch1_emitted += after["spec_emitted_tokens"] - before["spec_emitted_tokens"]
+                    spec_costs = (draft_timer.seconds, verify_timer.seconds, rounds)
                 print(f"  repeat {r + 1}/{repeats}  batch {batch:>3}  {name:<11} {tokens / seconds:8.1f} tok/s",
                       file=sys.stderr, flush=True)
     med = {key: statistics.median(v) for key, v in rates.items()}
@@ -132,7 +166,7 @@ def bench_spec(model: str | None = None, draft: str | None = None, env: str = "s
     result = {
         "device": device_name(target.device), "dtype": str(target.dtype).removeprefix("torch."),
         "model": str(model_path), "draft": str(draft_path), "prompts": num_prompts, "max_tokens": max_tokens,
-        "tree": {"top_k": draft_top_k, "depth": draft_depth, "tokens": draft_tokens}, "repeats": repeats,
+        "tree": {"top_k": c.draft_top_k, "depth": c.draft_depth, "tokens": c.draft_tokens}, "repeats": repeats,
         "accepted_length": batch1_emitted / max(batch1_rounds, 1),
         "speedup": med[("speculative", 1)] / med[("plain", 1)],
         "greedy_identical": all(outs == reference for outs in outputs.values()),

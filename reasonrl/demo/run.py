@@ -13,18 +13,21 @@ import dataclasses
 import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from reasonrl.demo.policy import SHIPPED
+from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.envs.registry import load_environment
 from reasonrl.models import Tokenizer, load_model
 from reasonrl.rl.checkpoint import latest_checkpoint
 from reasonrl.rl.config import RunConfig, load_config
 from reasonrl.rl.metrics import read_metrics
 from reasonrl.rl.report import write_report
+from reasonrl.rl.run import open_run
 from reasonrl.rl.trainer import Trainer
+from reasonrl.rollout.backend import EngineBackend
+from reasonrl.rollout.manager import RolloutManager
 
 RECIPE = Path(__file__).parent / "demo.yaml"
 
@@ -34,24 +37,25 @@ def say(text: str = "") -> None:
 
 
 def rollout_throughput(cfg: RunConfig, env, policy, tokenizer, ratio: float, steps: int) -> dict[str, float]:
-    """Rollouts only (no training) from the starting policy, through the trainer's own rollout
-    manager: response tokens of finished groups per rollout second, and the tail idle fraction."""
-    with tempfile.TemporaryDirectory() as tmp:
-        arm = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, over_provision=ratio),
-                                  train=dataclasses.replace(cfg.train, run_dir=tmp))
-        rollout = Trainer(arm, env, policy, tokenizer, console=False).rollout
-        seconds = tokens = idle = 0.0
-        rollout.collect(0, 0)  # warm-up, not counted
-        for step in range(1, steps + 1):
-            groups, stats = rollout.collect(step, 0)
-            seconds += stats.seconds
-            tokens += sum(len(s.response_ids) for g in groups for s in g.samples)
-            idle += stats.tail_idle_fraction() * stats.seconds
+    """Rollouts only (no training) from the starting policy, through the same rollout manager the
+    trainer uses: response tokens of finished groups per rollout second, and the tail idle fraction."""
+    backend = EngineBackend(LLMEngine(policy, tokenizer, cfg.engine))
+    rollout = RolloutManager(backend, env, tokenizer, dataclasses.replace(cfg.rollout, over_provision=ratio),
+                             cfg.train.seed)
+    seconds = tokens = idle = 0.0
+    rollout.collect(0, 0)  # warm-up, not counted
+    for step in range(1, steps + 1):
+        groups, stats = rollout.collect(step, 0)
+        seconds += stats["rollout_seconds"]
+        tokens += sum(len(s.response_ids) for g in groups for s in g.samples)
+        idle += stats["tail_idle_fraction"] * stats["rollout_seconds"]
     return {"tokens_per_s": tokens / seconds, "tail_idle_fraction": idle / seconds, "seconds": seconds}
 
 
 def run_demo(run_dir: str | Path = "runs/demo", steps: int | None = None, measure_steps: int = 4,
-             overrides: dict | None = None) -> dict:
+             overrides: dict | None = None, stop=lambda: False) -> dict | None:
+    """The demo's summary, or None when `stop()` ended it early (the run is then checkpointed and
+    can be resumed like any run: `reasonrl train RUN/config.yaml`)."""
     start = time.perf_counter()
     cfg = load_config(RECIPE, {"model.path": str(SHIPPED), "train.run_dir": str(run_dir),
                                **({"train.steps": steps} if steps else {}), **(overrides or {})})
@@ -61,6 +65,7 @@ def run_demo(run_dir: str | Path = "runs/demo", steps: int | None = None, measur
         shutil.rmtree(previous, ignore_errors=True)
         run_dir.rename(previous)
         say(f"(the previous run in {run_dir} is now {previous})")
+    open_run(run_dir, cfg.to_dict(), console=False)
     env = load_environment(cfg.env.name)
     policy, tokenizer = load_model(cfg.model.path, cfg.model.device), Tokenizer.from_dir(cfg.model.path)
     say(f"reasonrl demo: GRPO + APRIL on `sums` (add digits, showing the running total) with the embedded "
@@ -75,7 +80,15 @@ def run_demo(run_dir: str | Path = "runs/demo", steps: int | None = None, measur
     say(f"[2/3] RL: {cfg.train.steps} steps of {cfg.rollout.prompts_per_step} prompts x "
         f"{cfg.rollout.samples_per_prompt} samples; held-out greedy accuracy on {cfg.env.eval_size} problems "
         "before, during and after ...")
-    Trainer(cfg, env, policy, tokenizer).train()
+    trainer = Trainer(cfg, env, policy, tokenizer)
+    try:
+        trainer.train(stop)
+    finally:
+        trainer.close()
+    if stop():
+        say(f"stopped at step {trainer.step}; checkpoint: {latest_checkpoint(run_dir)}\n"
+            f"resume with: reasonrl train {run_dir / 'config.yaml'}")
+        return None
     say("[3/3] report ...")
     records = read_metrics(run_dir)
     evals = [r for r in records if "eval_accuracy" in r]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Literal
+
+from reasonrl.config import ByteSize, parse_size
 
 
 @dataclass(slots=True)
@@ -15,14 +18,17 @@ class EngineConfig:
     """Longest prompt plus response; None takes the model's max_position_embeddings."""
     block_size: int = 16
     """Tokens per KV block."""
-    kv_cache_memory: int | None = None
-    """Bytes for the KV cache. None: 1 GiB on CPU; on CUDA, gpu_memory_utilization of the device less what is in use."""
+    kv_cache_memory: ByteSize | None = None
+    """Bytes for the KV cache (e.g. 512MiB, 2GiB). None: 1 GiB on CPU; on CUDA,
+    gpu_memory_utilization of the device less what is in use."""
     gpu_memory_utilization: float = 0.85
+    """CUDA, kv_cache_memory unset: the share of the device's memory the process may fill."""
     enable_prefix_caching: bool = True
+    """Share the KV blocks of equal prompt prefixes between requests (e.g. the samples of a group)."""
     kv_format: str = "dense"
-    """How keys and values are stored: a name in `reasonrl.engine.kv.FORMATS`."""
-    kv_options: dict = field(default_factory=dict)
-    """The format's parameters (e.g. bits, group size); unknown names fail when the engine starts."""
+    """How keys and values are stored: dense, tada, kivi or spark (docs/kv-formats.md)."""
+    kv_options: dict = field(default_factory=dict, metadata={"flag": "kv-option"})
+    """The format's parameters (flag: --kv-option bits=4, repeatable); unknown names fail when the engine starts."""
     evict_budget: int | None = None
     """SnapKV token eviction (engine/eviction.py): prompt tokens each KV head keeps per layer besides
     the window; None keeps every token. Needs kv_format dense or spark."""
@@ -38,12 +44,14 @@ class EngineConfig:
     """Draft tree: deepest draft token."""
     draft_tokens: int = 32
     """Draft tree: draft tokens verified per sequence and step."""
-    draft_sampling: str = "coupled"
+    draft_sampling: Literal["coupled", "residual"] = "coupled"
     """How sampled requests accept draft tokens: "coupled" (a draft is accepted when it is the token
     plain sampling draws with the same seed: output token-identical to plain sampling) or "residual"
     (sequential sibling acceptance with residual renormalisation: same distribution, other tokens)."""
 
     def __post_init__(self):
+        if isinstance(self.kv_cache_memory, str):  # "64MiB" from Python as from a recipe or a flag
+            self.kv_cache_memory = parse_size(self.kv_cache_memory)
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "draft_top_k", "draft_depth", "draft_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -14,6 +14,7 @@ class SamplingParams:
     top_k: int = 0
     """Keep the k most likely tokens; 0 or -1 keeps all."""
     top_p: float = 1.0
+    """Keep the smallest set of most likely tokens whose probability reaches top_p; 1.0 keeps all."""
     min_p: float = 0.0
     """Drop tokens whose probability is below min_p times the most likely token's."""
     seed: int | None = None
@@ -21,12 +22,17 @@ class SamplingParams:
     max_tokens: int = 256
     """Response tokens, counting tokens a resumed request already carries."""
     stop: list[str] = field(default_factory=list)
+    """Stop when the text ends with one of these strings (left out of the text)."""
     stop_token_ids: list[int] = field(default_factory=list)
+    """Stop after one of these token ids (kept in the output), besides the end-of-sequence tokens."""
     ignore_eos: bool = False
+    """Keep generating past the end-of-sequence token (until max_tokens)."""
     include_stop_str_in_output: bool = False
+    """Keep the matched stop string in the text."""
     logprobs: int = 0
     """Also return the top-n log-probs per position; the sampled token's log-prob is always returned."""
     detokenize: bool = True
+    """Build the output text as tokens arrive (off when only token ids are needed)."""
     speculative: bool = True
     """Decode with the engine's draft head, when it has one (the output distribution is the same)."""
 

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable
 
 from reasonrl.envs.base import Environment, Prompt
 from reasonrl.envs.registry import load_environment
@@ -33,29 +33,52 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvalConfig:
-    benchmark: str | Environment  # environment spec ("ttt:all", "math:FILE.jsonl", "jsonl:...") or an Environment
-    model: str  # checkpoint directory (local), or the model name the endpoint serves (remote)
-    out: Path  # run directory: run.json, samples.jsonl, summary.json, summary.md
-    base_url: str | None = None  # OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1; None: local engine
-    n: int = 1  # samples per problem
-    k: Sequence[int] = ()  # pass@k to report; () means 1 and n. pass@1 is always reported
-    temperature: float = 0.0  # 0 is greedy
+    benchmark: str | Environment = field(metadata={"positional": True})
+    """Environment spec: ttt:oTTT, ttt:all, math:FILE.jsonl, jsonl:FILE?..., sums: (or an Environment)."""
+    model: str
+    """Checkpoint directory (local), or the model name the endpoint serves (with base_url)."""
+    out: str | Path
+    """Run directory (run.json, samples.jsonl, summary.json, summary.md); rerunning resumes it."""
+    base_url: str | None = None
+    """OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: the local engine)."""
+    n: int = 1
+    """Samples per problem."""
+    k: list[int] = field(default_factory=list)
+    """pass@k to report (default: 1 and n; pass@1 is always reported)."""
+    temperature: float = 0.0
+    """0 is greedy."""
     top_p: float = 1.0
-    max_tokens: int = 1024  # response tokens per sample
-    seed: int = 0  # sample j of problem p is drawn with seed crc32(f"{seed}:{p.id}") + j
-    limit: int | None = None  # problems; None: the environment's default set (all rows, TTT's published sizes)
-    split: str = "eval"  # passed to env.prompts (TTT: train | eval | published; files ignore it)
-    data_seed: int = 0  # passed to env.prompts: which problems (generated sets, or a subset of a file)
-    chat: bool = True  # chat messages (chat template / chat endpoint); False: their text as a plain prompt
-    concurrency: int = 16  # remote: requests in flight
-    retries: int = 5  # remote: retries of a 5xx / 408 / 429 / timeout / broken connection
-    backoff: float = 0.5  # remote: seconds before the first retry, doubling per attempt (with jitter)
-    request_timeout: float = 3600.0  # remote: seconds per request
-    api_key_env: str | None = None  # remote: variable holding the API key; None: OPENAI_API_KEY if set
-    threshold: float = 1.0  # a sample is correct when its reward >= threshold
-    group_by: Sequence[str] | None = None  # metadata keys for subset tables; None: chosen from the prompts
-    progress: bool = True  # the stderr progress line
-    engine_kwargs: dict[str, Any] = field(default_factory=dict)  # local: EngineConfig fields, device, dtype
+    """Nucleus sampling."""
+    max_tokens: int = 1024
+    """Response tokens per sample."""
+    seed: int = 0
+    """Sample j of problem p is drawn with seed crc32(f"{seed}:{p.id}") + j."""
+    limit: int | None = None
+    """Problems to use (default: the environment's set: all rows, TTT's published sizes)."""
+    split: str = "eval"
+    """Generated environments: train | eval (| published for TTT); files ignore it."""
+    data_seed: int = 0
+    """Which problems (generated sets, or a subset of a file)."""
+    chat: bool = True
+    """Chat messages (chat template / chat endpoint); --no-chat: their text as a plain prompt (base models)."""
+    concurrency: int = 16
+    """Remote: requests in flight."""
+    retries: int = 5
+    """Remote: retries of a 5xx / 408 / 429 / timeout / broken connection."""
+    backoff: float = 0.5
+    """Remote: seconds before the first retry, doubling per attempt (with jitter)."""
+    request_timeout: float = 3600.0
+    """Remote: seconds per request."""
+    api_key_env: str | None = None
+    """Remote: the variable holding the API key (default: OPENAI_API_KEY if set)."""
+    threshold: float = 1.0
+    """A sample is correct when its reward >= threshold."""
+    group_by: list[str] | None = None
+    """Metadata keys for subset tables (default: chosen from the prompts)."""
+    progress: bool = True
+    """The stderr progress line."""
+    engine_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
+    """Local: EngineConfig fields, device, dtype."""
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -99,12 +122,16 @@ class IncompleteEval(RuntimeError):
         self.summary = summary
 
 
-def run_eval(benchmark: str | Environment, *, model: str, out: str | Path, **options: Any) -> dict[str, Any]:
+def run_eval(benchmark: str | Environment, *, model: str, out: str | Path, stop: Callable[[], bool] = lambda: False,
+             **options: Any) -> dict[str, Any]:
     """Evaluate `model` on `benchmark`; `options` are EvalConfig fields. Returns the summary."""
-    return evaluate(EvalConfig(benchmark, model, Path(out), **options))
+    return evaluate(EvalConfig(benchmark, model, Path(out), **options), stop)
 
 
-def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+def evaluate(cfg: EvalConfig, stop: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+    """The samples `cfg.out` lacks, scored and saved; the summary over all of them. When `stop()`
+    turns true, requests in flight are cancelled and the summary covers what finished
+    (`"stopped": true`); rerunning the same command asks for the rest."""
     start = time.monotonic()
     env = load_environment(cfg.benchmark) if isinstance(cfg.benchmark, str) else cfg.benchmark
     try:
@@ -112,8 +139,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         with SampleStore(cfg.out, cfg.settings()) as store:
             todo = missing_jobs(prompts, store, cfg)
             resumed = [store.rows[(p.id, j)] for p in prompts for j in range(cfg.n) if (p.id, j) in store.rows]
-            failures = generate(env, cfg, todo, store, resumed) if todo else []
+            failures = generate(env, cfg, todo, store, resumed, stop) if todo else []
             summary = build_summary(env, cfg, prompts, store, failures)
+            summary["stopped"] = bool(stop())
+            summary["complete"] = summary["complete"] and not summary["stopped"] and all(
+                (p.id, j) in store.rows for p in prompts for j in range(cfg.n))
         summary["run"] = {"endpoint": cfg.base_url or "local", "elapsed_s": round(time.monotonic() - start, 3),
                           "asked": len(todo), "resumed": len(resumed), "samples_file": str(store.path)}
     finally:
@@ -121,7 +151,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             env.close()  # e.g. the math verifier's worker pool
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (cfg.out / "summary.md").write_text(markdown(summary))
-    if failures:
+    if failures and not summary["stopped"]:
         raise IncompleteEval(f"{len(failures)} of {len(todo)} samples failed (first error: {failures[0].error}); "
                              f"the summary in {cfg.out} counts the rest; rerun the same command to retry them", summary)
     return summary
@@ -146,27 +176,32 @@ def missing_jobs(prompts: list[Prompt], store: SampleStore, cfg: EvalConfig) -> 
     return sorted(jobs, key=lambda job: job.sample)  # stable: problem order kept within a sample index
 
 
-def generate(env: Environment, cfg: EvalConfig, todo: list[Job], store: SampleStore, resumed: list[dict]
-             ) -> list[Failure]:
-    """Ask the model for `todo`, scoring and recording samples as they finish; the failures."""
+def generate(env: Environment, cfg: EvalConfig, todo: list[Job], store: SampleStore, resumed: list[dict],
+             stop: Callable[[], bool] = lambda: False) -> list[Failure]:
+    """Ask the model for `todo`, scoring and recording samples as they finish, until done or
+    `stop()`; the failures."""
     if cfg.temperature == 0 and cfg.n > 1:
         log.warning("temperature 0 is greedy: the %d samples of a problem will be identical", cfg.n)
     model = make_model(cfg)
     correct = sum(r["reward"] >= cfg.threshold for r in resumed)
     progress = Progress(len(resumed) + len(todo), len(resumed), correct, enabled=cfg.progress)
     failures: list[Failure] = []
+    batches = model.generate(todo)
     try:
-        for batch in model.generate(todo):
+        for batch in batches:
             finished = [(job, out) for job, out in batch if isinstance(out, Completion)]
             failed = [out for _, out in batch if isinstance(out, Failure)]
             rows = score(env, finished)
             store.append(rows)
             failures += failed
             progress.update(len(rows), sum(r["reward"] >= cfg.threshold for r in rows), len(failed))
+            if stop():
+                break  # closing the generator cancels what is in flight
     except EndpointError as exc:
         raise EndpointError(f"{exc}. {len(store.rows)} finished samples are saved in {store.path}; rerun the same "
                             "command to resume") from None
     finally:
+        batches.close()  # cancels requests still in flight (stopped, or an error)
         progress.close()
     return failures
 

@@ -76,3 +76,9 @@ def make_checkpoint(path: str | Path, family: str = "qwen2", tokenizer: Tokenize
         sizes.setdefault("eos_token_ids", tokenizer.eos_token_ids)
     model = init_weights(DecoderLM(tiny_config(family, **sizes)), std, seed)
     return save_model(model, path, tokenizer)
+
+
+def make_starting_checkpoint(path: str | Path, family: str, corpus: list[str], seed: int = 0) -> Path:
+    """A tiny random checkpoint whose tokenizer is trained on `corpus` (a recipe's `model.init`)."""
+    tokenizer = make_tokenizer(corpus * max(1, 200 // max(len(corpus), 1)), vocab_size=300)
+    return make_checkpoint(path, family, tokenizer, seed=seed, hidden_size=64, num_layers=2)

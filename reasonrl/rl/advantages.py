@@ -62,9 +62,12 @@ def get_advantage(name: str) -> AdvantageFn:
 
 @dataclass(slots=True)
 class AdvantageConfig:
-    name: str = "grpo"  # registry key
-    std_normalize: bool = True  # divide by the group std (GRPO); False: Dr. GRPO
-    eps: float = 1e-6  # added to the std
+    name: str = "grpo"
+    """Advantage estimator, a registry key."""
+    std_normalize: bool = True
+    """Divide by the group's reward std (GRPO); false: Dr. GRPO."""
+    eps: float = 1e-6
+    """Added to the std before dividing."""
 
     def __post_init__(self) -> None:
         if self.name not in _ESTIMATORS:

@@ -20,13 +20,15 @@ class TrainBatch:
     behaviour_logp: torch.Tensor  # (B, T) the engine's log-probs when it sampled
     versions: torch.Tensor  # (B, T) policy version that sampled each token
     advantages: torch.Tensor  # (B,)
+    old_logp: torch.Tensor | None = None  # (B, T) log-probs before this update, when recomputed (PPO epochs)
 
     @property
     def num_tokens(self) -> int:
         return int(self.mask.sum())
 
 
-def collate(samples: list[Sample], advantages: list[float], pad_id: int, device) -> TrainBatch:
+def collate(samples: list[Sample], advantages: list[float], pad_id: int, device,
+            old_logp: list[torch.Tensor] | None = None) -> TrainBatch:
     width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
     resp = max(max(len(s.response_ids) for s in samples), 1)
 
@@ -41,6 +43,7 @@ def collate(samples: list[Sample], advantages: list[float], pad_id: int, device)
         behaviour_logp=pad([s.logprobs for s in samples], resp, 0.0, torch.float32),
         versions=pad([s.versions for s in samples], resp, -1, torch.long),
         advantages=torch.tensor(advantages, dtype=torch.float32, device=device),
+        old_logp=None if old_logp is None else pad([t.tolist() for t in old_logp], resp, 0.0, torch.float32),
     )
 
 
@@ -61,15 +64,21 @@ def micro_batches(samples: list[Sample], max_tokens: int) -> list[list[int]]:
     return batches
 
 
-def response_logprobs(model: DecoderLM, batch: TrainBatch, temperature: float = 1.0, chunk: int = 1024) -> torch.Tensor:
-    """(B, T) log pi(response token | prefix) at `temperature`, as the engine reports them."""
+def response_logprobs(model: DecoderLM, batch: TrainBatch, temperature: float = 1.0, chunk: int = 1024,
+                      entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) log pi(response token | prefix) at `temperature`, as the engine reports them; with
+    `entropy`, also the (B, T) entropy of each position's distribution (detached)."""
     hidden = model.forward_padded(batch.input_ids)  # (B, L, H)
     b, t = batch.response_ids.shape
     # the hidden state at position p predicts token p + 1: response token j comes from prompt_len - 1 + j
     idx = (batch.prompt_lens[:, None] - 1 + torch.arange(t, device=hidden.device)[None, :]).clamp(max=hidden.shape[1] - 1)
-    out = []
+    out, ent = [], []
     for lo in range(0, t, chunk):  # logits (B, chunk, V) at a time: the vocabulary is the big dimension
         h = hidden.gather(1, idx[:, lo:lo + chunk, None].expand(-1, -1, hidden.shape[-1]))
-        logits = model.compute_logits(h).float() / temperature
-        out.append(logits.log_softmax(-1).gather(-1, batch.response_ids[:, lo:lo + chunk, None])[..., 0])
-    return torch.cat(out, dim=1)
+        logp = (model.compute_logits(h).float() / temperature).log_softmax(-1)
+        out.append(logp.gather(-1, batch.response_ids[:, lo:lo + chunk, None])[..., 0])
+        if entropy:
+            with torch.no_grad():
+                ent.append(-(logp.exp() * logp).sum(-1))
+    logp = torch.cat(out, dim=1)
+    return (logp, torch.cat(ent, dim=1)) if entropy else logp

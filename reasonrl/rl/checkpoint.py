@@ -49,6 +49,11 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def checkpoint_step(path: Path | None) -> int:
+    """The training step a checkpoint directory was saved at (0 for none)."""
+    return 0 if path is None else int(path.name.removeprefix("step_"))
+
+
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
     state = torch.load(Path(path) / "trainer_state.pt", map_location="cpu", weights_only=False)
     set_rng_state(state["rng"])

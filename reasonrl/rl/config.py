@@ -2,112 +2,137 @@
 
     model:     {path: ..., device: ..., dtype: ...}
     env:       {name: "ttt:oTTT", ...}
-    rollout:   {prompts_per_step: 8, samples_per_prompt: 8, over_provision: 2.0, ...}
-    engine:    {max_num_seqs: 128, kv_cache_memory: ..., ...}   (EngineConfig fields)
-    loss:      {name: grpo, ...}                                 (LossConfig fields)
-    advantage: {std_normalize: true}                             (AdvantageConfig fields)
-    optim:     {lr: 1e-6, ...}
+    rollout:   {prompts_per_step: 8, samples_per_prompt: 8, over_provision: 2.0, ...}  (RolloutConfig)
+    engine:    {max_num_seqs: 128, kv_cache_memory: 1GiB, ...}                        (EngineConfig)
+    loss:      {name: grpo, ...}                                                     (LossConfig)
+    advantage: {std_normalize: true}                                                 (AdvantageConfig)
+    optim:     {lr: 1e-6, ppo_epochs: 1, ...}
     train:     {steps: 100, seed: 0, run_dir: runs/x, ...}
 
 Unknown keys, wrong types and inconsistent values fail at load, naming the key
-(`rollout.over_provision: must be >= 1.0, got 0.5`).
+(`rollout.over_provision: must be >= 1.0, got 0.5`). `reasonrl train --help` lists every key with
+its default and documentation, read from these dataclasses.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from reasonrl.config import ConfigError, build, to_dict
 from reasonrl.engine.config import EngineConfig
 from reasonrl.rl.advantages import AdvantageConfig
 from reasonrl.rl.losses import LossConfig
+from reasonrl.rollout.config import RolloutConfig
 
-
-class ConfigError(ValueError):
-    """A run config that cannot run; the message starts with the key."""
+__all__ = ["ConfigError", "RunConfig", "load_config", "from_dict"]
 
 
 @dataclass(slots=True)
 class ModelSection:
-    path: str = ""
-    """Hugging Face checkpoint directory of the policy."""
+    path: str = field(default="", metadata={"flag": "model"})
+    """Hugging Face checkpoint directory (of the policy, for training)."""
     device: str | None = None
-    """cpu or cuda (default: cuda when available)."""
-    dtype: str | None = None
-    """Master weights: float32 (default). On CUDA, compute runs in `autocast` (bf16)."""
-    autocast: str | None = None
-    """bfloat16 or float16 compute on CUDA; None = float32 throughout (the default on CPU)."""
+    """cpu, cuda or cuda:N (default: cuda when available)."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """Weights' dtype (default: float32 on CPU; for training, keep float32 master weights and use autocast)."""
+    autocast: Literal["bfloat16", "float16"] | None = None
+    """Compute dtype on CUDA under torch.autocast; None: the weights' dtype throughout (CPU)."""
+    init: Literal["qwen2", "llama", "qwen3"] | None = None
+    """Smoke tests: when `path` holds no checkpoint yet, first make a tiny random one of this family
+    there (hidden size 64, 2 layers, a byte-level tokenizer trained on the environment's prompts)."""
 
 
 @dataclass(slots=True)
 class EnvSection:
     name: str = "count"
-    """An environment spec: `ttt:oTTT`, `ttt:all`, `math:FILE.jsonl`, `jsonl:FILE?...`, `count`."""
+    """An environment spec: `ttt:oTTT`, `ttt:all`, `math:FILE.jsonl`, `jsonl:FILE?...`, `sums:`, `letter`."""
     eval_size: int = 64
     """Held-out prompts for accuracy before/after training and every `train.eval_every` steps."""
 
 
 @dataclass(slots=True)
-class RolloutSection:
-    prompts_per_step: int = 8
-    """Prompt groups trained on per step (N)."""
-    samples_per_prompt: int = 8
-    """Responses per prompt (G): the group GRPO normalises within."""
-    over_provision: float = 1.0
-    """APRIL: launch ceil(N * ratio) groups, stop once N have finished, keep the rest's partial
-    responses for the next step. 1.0 = plain synchronous rollout."""
-    max_tokens: int = 256
-    """Response tokens per sample, resumed tokens included."""
-    temperature: float = 1.0
-    top_p: float = 1.0
-    dynamic_sampling: bool = False
-    """DAPO: drop groups whose rewards are all equal and launch more until N groups remain."""
-    max_groups_per_step: int = 0
-    """With dynamic sampling, give up filling the step after launching this many groups (0: 8 N)."""
-    overlong_max: int = 0
-    """DAPO overlong shaping: penalise responses longer than overlong_max - overlong_cache (0: off)."""
-    overlong_cache: int = 0
-
-
-@dataclass(slots=True)
 class OptimSection:
     lr: float = 1e-5
+    """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
     grad_clip: float = 1.0
+    """Clip the gradient's global norm to this before each optimizer step."""
     warmup_steps: int = 0
-    schedule: str = "constant"
-    """constant or cosine (after warmup)."""
+    """Linear warm-up over this many training steps."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """Learning-rate schedule after warm-up, per training step."""
+    ppo_epochs: int = 1
+    """Passes over each rollout batch. With more than one pass (or mini-batch) the old log-probs are
+    recomputed before the update, so clipping and the KL to the rollout policy take effect."""
+    minibatches_per_epoch: int = 1
+    """Optimizer steps per pass: the rollout batch is shuffled and split into this many mini-batches."""
     max_tokens_per_microbatch: int = 8192
-    """Padded tokens per forward/backward; larger batches accumulate gradients."""
+    """Padded tokens per forward/backward; larger mini-batches accumulate gradients (same result)."""
+
+    def __post_init__(self):
+        def need(ok: bool, key: str, message: str):
+            if not ok:
+                raise ValueError(f"optim.{key}: {message}")
+
+        need(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        need(all(0 <= b < 1 for b in self.betas), "betas", f"must be in [0, 1), got {list(self.betas)}")
+        need(self.grad_clip > 0, "grad_clip", f"must be > 0, got {self.grad_clip}")
+        need(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        need(self.ppo_epochs >= 1, "ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
+        need(self.minibatches_per_epoch >= 1, "minibatches_per_epoch", f"must be >= 1, got {self.minibatches_per_epoch}")
+        need(self.max_tokens_per_microbatch >= 1, "max_tokens_per_microbatch", "must be >= 1")
+
+    @property
+    def updates_per_step(self) -> int:
+        return self.ppo_epochs * self.minibatches_per_epoch
 
 
 @dataclass(slots=True)
 class TrainSection:
     steps: int = 100
+    """Training steps (rollout + update each)."""
     seed: int = 0
+    """Seeds the prompt order, the samples' seeds and torch."""
     run_dir: str = "runs/default"
+    """Where checkpoints, metrics.jsonl, config.yaml and the report go; rerunning resumes from it."""
     save_every: int = 10
+    """Checkpoint every k steps (and at the last step, and when stopped by Ctrl-C or SIGTERM)."""
     keep_checkpoints: int = 2
+    """Checkpoints kept in run_dir/checkpoints (older ones are deleted)."""
     eval_every: int = 0
     """Held-out accuracy every k steps (0: only before and after)."""
     reference_model: bool = False
     """Keep a frozen copy of the initial policy for the KL term (needs loss.beta > 0)."""
-    remote_url: str | None = None
-    """Roll out against a `reasonrl serve` endpoint instead of the in-process engine."""
+    trackers: list[Literal["tensorboard", "wandb"]] = field(default_factory=list)
+    """Experiment trackers besides metrics.jsonl (always written): tensorboard, wandb. Each needs its
+    package (pip install 'reasonrl[tensorboard]' / 'reasonrl[wandb]'); a missing one is an error at start."""
+
+    def __post_init__(self):
+        def need(ok: bool, key: str, message: str):
+            if not ok:
+                raise ValueError(f"train.{key}: {message}")
+
+        need(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        need(self.save_every >= 1, "save_every", f"must be >= 1, got {self.save_every}")
+        need(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        need(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
+        need(len(set(self.trackers)) == len(self.trackers), "trackers", f"lists a tracker twice: {self.trackers}")
 
 
 @dataclass(slots=True)
 class RunConfig:
     model: ModelSection = field(default_factory=ModelSection)
     env: EnvSection = field(default_factory=EnvSection)
-    rollout: RolloutSection = field(default_factory=RolloutSection)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
@@ -115,26 +140,32 @@ class RunConfig:
     train: TrainSection = field(default_factory=TrainSection)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _as_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return to_dict(self)
 
 
-def _as_dict(section) -> dict[str, Any]:
-    return {f.name: (list(v) if isinstance(v := getattr(section, f.name), tuple) else v) for f in dataclasses.fields(section)}
+def sections() -> dict[str, type]:
+    """Section name -> its dataclass, in recipe order."""
+    return {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read a YAML run config (None: all defaults) and apply `{"section.key": value}` overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    data: dict[str, Any] = read_yaml(path) if path is not None else {}
+    if isinstance(data.get("model"), str):
+        data["model"] = {"path": data["model"]}  # `model: DIR` is short for `model: {path: DIR}`
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if not key:
@@ -147,91 +178,22 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
-    sections = {f.name: f for f in dataclasses.fields(RunConfig)}
+    known = sections()
     kwargs = {}
     for name, value in data.items():
-        if name not in sections:
-            raise ConfigError(f"{name}: unknown section; known: {', '.join(sections)}")
-        if isinstance(value, str) and name == "model":
-            value = {"path": value}  # `model: DIR` is short for `model: {path: DIR}`
+        if name not in known:
+            raise ConfigError(f"{name}: unknown section; known: {', '.join(known)}")
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: must be a mapping of keys, got {type(value).__name__}")
-        kwargs[name] = _section(name, sections[name].default_factory, value)
+        kwargs[name] = build(known[name], value, name)
     cfg = RunConfig(**kwargs)
     _check(cfg)
     return cfg
 
 
-def _section(name: str, cls, values: dict[str, Any]):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise ConfigError(f"{name}.{key}: unknown key; known: {', '.join(fields)}")
-        kwargs[key] = _coerce(f"{name}.{key}", hints[key], value)
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{name}: {exc}") from None
-
-
-def _coerce(key: str, hint, value):
-    """Check `value` against the annotation; ints are accepted for floats and lists for tuples."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(key, arg, value)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: expected {_name(hint)}, got {value!r}")
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} numbers, got {value!r}")
-        return tuple(_coerce(key, a, v) for a, v in zip(args, value))
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML reads 1e-6 as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint in (int, str, bool) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-        return value
-    if hint is dict and isinstance(value, dict):  # free-form parameters, checked by their owner (kv_options)
-        return dict(value)
-    raise ConfigError(f"{key}: expected {_name(hint)}, got {value!r}")
-
-
-def _name(hint) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-
-
 def _check(cfg: RunConfig) -> None:
-    r, o, t = cfg.rollout, cfg.optim, cfg.train
-
-    def need(ok: bool, key: str, message: str):
-        if not ok:
-            raise ConfigError(f"{key}: {message}")
-
-    need(bool(cfg.model.path) or cfg.train.remote_url is not None, "model.path", "is required")
-    need(r.prompts_per_step >= 1, "rollout.prompts_per_step", f"must be >= 1, got {r.prompts_per_step}")
-    need(r.samples_per_prompt >= 1, "rollout.samples_per_prompt", f"must be >= 1, got {r.samples_per_prompt}")
-    need(r.over_provision >= 1.0, "rollout.over_provision", f"must be >= 1.0 (1.0 = synchronous), got {r.over_provision}")
-    need(r.max_tokens >= 1, "rollout.max_tokens", f"must be >= 1, got {r.max_tokens}")
-    need(r.temperature > 0, "rollout.temperature", f"must be > 0 for RL (log-probs of sampled tokens), got {r.temperature}")
-    need(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
-    need(r.overlong_max == 0 or 0 < r.overlong_cache <= r.overlong_max, "rollout.overlong_cache",
-         "must be in (0, overlong_max] when overlong_max is set")
-    need(o.lr > 0, "optim.lr", f"must be > 0, got {o.lr}")
-    need(o.schedule in ("constant", "cosine"), "optim.schedule", f"must be constant or cosine, got {o.schedule!r}")
-    need(o.max_tokens_per_microbatch >= 1, "optim.max_tokens_per_microbatch", "must be >= 1")
-    need(o.grad_clip > 0, "optim.grad_clip", f"must be > 0, got {o.grad_clip}")
-    need(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
-    need(t.save_every >= 1, "train.save_every", f"must be >= 1, got {t.save_every}")
-    need(not (cfg.loss.beta > 0 and not t.reference_model), "loss.beta",
-         "a KL term needs train.reference_model: true")
-    need(cfg.model.autocast in (None, "bfloat16", "float16"), "model.autocast", "must be bfloat16, float16 or null")
+    """Rules that span sections."""
+    if not cfg.model.path:
+        raise ConfigError("model.path: is required (the policy's checkpoint directory, also with rollout.remote_url)")
+    if cfg.loss.beta > 0 and not cfg.train.reference_model:
+        raise ConfigError("loss.beta: a KL term needs train.reference_model: true")

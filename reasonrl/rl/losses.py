@@ -90,14 +90,23 @@ def loss_names() -> list[str]:
 
 @dataclass(slots=True)
 class LossConfig:
-    name: str = "grpo"  # registry key: grpo | dapo | gspo | gspo_token
-    eps_low: float | None = None  # clip 1 - eps_low; None: the loss's paper value (0.2; GSPO 3e-4)
-    eps_high: float | None = None  # clip 1 + eps_high; None: DAPO 0.28, GSPO 4e-4, GRPO = eps_low
-    beta: float = 0.0  # coefficient of the k3 KL to the reference policy; > 0 needs ref_logp
-    off_policy: str = "none"  # none | mask | tis | decoupled (see the module docstring)
-    tis_cap: float = 2.0  # C of tis: weight = min(pi_old / pi_behav, C)
-    decoupled_cap: float | None = None  # decoupled: tokens with pi_prox / pi_behav above it get weight 0
-    max_log_ratio: float = 10.0  # GSPO: sequence log-ratio clamp before exp
+    name: str = "grpo"
+    """Policy loss, a registry key: grpo, dapo, gspo, gspo_token."""
+    eps_low: float | None = None
+    """Clip at 1 - eps_low; None: the loss's paper value (0.2; GSPO 3e-4)."""
+    eps_high: float | None = None
+    """Clip at 1 + eps_high; None: the paper's (DAPO 0.28, GSPO 4e-4, GRPO = eps_low)."""
+    beta: float = 0.0
+    """Coefficient of the k3 KL to the reference policy (> 0 needs train.reference_model)."""
+    off_policy: str = "none"
+    """Recycled (APRIL) tokens: none, mask (no loss on tokens older than the policy), tis (weight
+    min(pi_old/pi_behaviour, tis_cap)) or decoupled (AReaL's objective)."""
+    tis_cap: float = 2.0
+    """C of tis: weight = min(pi_old / pi_behaviour, C)."""
+    decoupled_cap: float | None = None
+    """decoupled: tokens with pi_prox / pi_behaviour above it get weight 0 (None: keep all)."""
+    max_log_ratio: float = 10.0
+    """GSPO: clamp of the sequence log-ratio before exp."""
 
     def __post_init__(self) -> None:
         if self.name not in _LOSSES:

@@ -1,20 +1,26 @@
-"""Per-step metrics: a JSONL file always, TensorBoard when it is installed, one console line."""
+"""Per-step metrics: a JSONL file always, the trackers asked for (TensorBoard, W&B), one console line."""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from reasonrl.rl.trackers import Tracker
+
 CONSOLE = [  # (label, key, format)
-    ("reward", "reward_mean", "{:.3f}"), ("acc", "accuracy", "{:.2f}"), ("len p50", "length_p50", "{:.0f}"),
-    ("p90", "length_p90", "{:.0f}"), ("max", "length_max", "{:.0f}"), ("rollout tok/s", "rollout_tokens_per_s", "{:.0f}"),
-    ("idle", "tail_idle_fraction", "{:.2f}"), ("train tok/s", "train_tokens_per_s", "{:.0f}"), ("kl", "approx_kl", "{:.4f}"),
-    ("clip", "clip_fraction", "{:.3f}"), ("gnorm", "grad_norm", "{:.2f}"), ("buf", "buffer_groups", "{:.0f}"),
-    ("offpol", "off_policy_token_fraction", "{:.2f}"), ("dropped", "dropped_groups", "{:.0f}"),
-    ("eval acc", "eval_accuracy", "{:.3f}"), ("eval reward", "eval_reward_mean", "{:.3f}"),
+    ("reward", "reward_mean", "{:.3f}"), ("acc", "accuracy", "{:.2f}"), ("loss", "loss", "{:.4f}"),
+    ("policy loss", "policy_loss", "{:.4f}"), ("ent", "entropy", "{:.3f}"), ("len p50", "length_p50", "{:.0f}"),
+    ("p90", "length_p90", "{:.0f}"), ("trunc", "truncated_fraction", "{:.2f}"),
+    ("rollout tok/s", "rollout_tokens_per_s", "{:.0f}"), ("idle", "tail_idle_fraction", "{:.2f}"),
+    ("train tok/s", "train_tokens_per_s", "{:.0f}"), ("kl", "approx_kl", "{:.4f}"), ("clip", "clip_fraction", "{:.3f}"),
+    ("gnorm", "grad_norm", "{:.2f}"), ("buf", "buffer_groups", "{:.0f}"), ("offpol", "off_policy_token_fraction", "{:.2f}"),
+    ("dropped", "dropped_groups", "{:.0f}"), ("eval acc", "eval_accuracy", "{:.3f}"),
+    ("eval reward", "eval_reward_mean", "{:.3f}"), ("eval loss", "eval_loss", "{:.4f}"),
+    ("step", "step_seconds", "{:.1f}s"),
 ]
 
 
@@ -25,21 +31,38 @@ def percentile(values: list[float], q: float) -> float:
     return float(v[min(len(v) - 1, max(0, math.ceil(q / 100 * len(v)) - 1))])
 
 
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+class StepClock:
+    """Wall time per step and the time left, from the steps run in this process (a resumed run's
+    first steps are not slowed by the ones before the restart)."""
+
+    def __init__(self, total_steps: int):
+        self.total_steps = total_steps
+        self.start = time.perf_counter()
+        self.last = self.start
+        self.steps = 0
+
+    def tick(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        self.steps += 1
+        mean = (now - self.start) / self.steps
+        return {"step_seconds": seconds, "eta_seconds": mean * max(self.total_steps - step, 0)}
+
+
 class MetricsLogger:
-    def __init__(self, run_dir: str | Path, total_steps: int, console: bool = True):
+    def __init__(self, run_dir: str | Path, total_steps: int, console: bool = True, trackers: list[Tracker] = ()):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.total_steps, self.console = total_steps, console
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-        except Exception:  # tensorboard not installed: the JSONL file is the record
-            self.tb = None
+        self.total_steps, self.console, self.trackers = total_steps, console, list(trackers)
 
     def truncate_after(self, step: int) -> None:
-        """On resume: forget steps logged after the checkpoint (they will run again)."""
+        """On resume: forget steps logged after the checkpoint (they will run again); -1 forgets all."""
         if not self.path.is_file():
             return
         keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
@@ -49,17 +72,18 @@ class MetricsLogger:
         record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k, v, step)
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        for tracker in self.trackers:
+            tracker.log(step, scalars)
         if self.console:
-            parts = [f"{label} {fmt.format(record[key])}" for label, key, fmt in CONSOLE if key in record]
+            parts = [f"{label} {fmt.format(record[key])}" for label, key, fmt in CONSOLE if record.get(key) is not None]
+            if record.get("eta_seconds") is not None and step < self.total_steps:
+                parts.append(f"eta {duration(record['eta_seconds'])}")
             print(f"step {step}/{self.total_steps} | " + " | ".join(parts), file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def _plain(v: Any) -> Any:

@@ -1,4 +1,8 @@
-"""`reasonrl report RUNDIR`: PNG plots and a markdown summary of a training run's metrics.jsonl."""
+"""`reasonrl report RUNDIR`: PNG plots and a markdown summary of a run's metrics.jsonl (train or sft).
+
+Per-step series are lines; held-out evaluations (`eval_*`, measured every few steps) are drawn as
+points only, so that two measurements far apart do not read as a trend between them.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ from reasonrl.rl.metrics import read_metrics
 PLOTS = {  # file -> (title, y label, [(metric key, label)])
     "reward.png": ("Reward", "mean reward", [("reward_mean", "train reward"), ("eval_reward_mean", "held-out reward")]),
     "accuracy.png": ("Accuracy", "accuracy", [("accuracy", "train"), ("eval_accuracy", "held-out (greedy)")]),
+    "loss.png": ("Loss", "loss", [("policy_loss", "policy loss"), ("loss", "training loss"),
+                                  ("eval_loss", "held-out loss")]),
+    "entropy.png": ("Policy entropy", "nats per token", [("entropy", "entropy")]),
     "length.png": ("Response length", "tokens", [("length_p50", "p50"), ("length_p90", "p90"), ("length_max", "max")]),
     "throughput.png": ("Throughput", "tokens / s", [("rollout_tokens_per_s", "rollout"), ("train_tokens_per_s", "training")]),
 }
@@ -27,9 +34,13 @@ def plot(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
         drawn = False
         for key, label in series:
             points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
-            if points:
+            if not points:
+                continue
+            if key.startswith("eval_"):  # sparse measurements: points, no line between them
+                ax.plot(*zip(*points), linestyle="none", marker="o", markersize=6, label=label)
+            else:
                 ax.plot(*zip(*points), marker="o" if len(points) < 30 else None, label=label)
-                drawn = True
+            drawn = True
         if not drawn:
             plt.close(fig)
             continue
@@ -58,6 +69,12 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         out["dropped_groups"] = sum(r.get("dropped_groups", 0) for r in train)
         out["rollout_seconds"] = sum(r.get("rollout_seconds", 0) for r in train)
         out["train_seconds"] = sum(r.get("train_seconds", 0) for r in train)
+    losses = [r for r in records if "loss" in r and "reward_mean" not in r]  # an SFT run
+    if losses:
+        out["loss_first"], out["loss_last"] = losses[0]["loss"], losses[-1]["loss"]
+    held = [r for r in records if r.get("eval_loss") is not None]
+    if held:
+        out["eval_loss_before"], out["eval_loss_after"] = held[0]["eval_loss"], held[-1]["eval_loss"]
     return out
 
 

@@ -3,6 +3,11 @@
 Each line is {"prompt": str | [chat messages], "response": str}. A string prompt becomes a user
 message rendered with the tokenizer's chat template (`chat=False`: plain concatenation); the
 response is followed by the end-of-sequence token, so the policy learns to stop.
+
+A run (`sft_run.py`) behaves like an RL run: config saved in the run directory and checked on rerun,
+checkpoints every `save_every` steps with optimizer, schedule and data order, resume by rerunning,
+metrics.jsonl (loss, held-out loss, learning rate, tokens/s, step time, ETA), Ctrl-C or SIGTERM
+finishing the step and saving. The fine-tuned model is saved at the run directory's root.
 """
 
 from __future__ import annotations
@@ -14,29 +19,50 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from reasonrl.models.loader import save_model
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.rl.batch import micro_batches
+from reasonrl.rl.config import OptimSection
+from reasonrl.rl.update import make_optimizer
 from reasonrl.rollout.sample import Sample
 
 
 @dataclass(slots=True)
 class SFTConfig:
     epochs: float = 1.0
+    """Passes over the training data (fractions allowed)."""
     lr: float = 1e-4
+    """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
-    samples_per_step: int = 32
-    max_tokens_per_microbatch: int = 8192
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
     warmup_steps: int = 0
+    """Linear warm-up over this many steps."""
+    schedule: Literal["constant", "cosine"] = "cosine"
+    """Learning-rate schedule after warm-up."""
     grad_clip: float = 1.0
+    """Clip the gradient's global norm to this before each step."""
+    samples_per_step: int = 32
+    """Examples per optimizer step."""
+    max_tokens_per_microbatch: int = 8192
+    """Padded tokens per forward/backward; larger steps accumulate gradients."""
     max_len: int = 2048
     """Examples longer than this (prompt + response) are skipped, and counted."""
     chat: bool = True
+    """Render string prompts as a user message with the chat template; false: concatenate as they are."""
     seed: int = 0
+    """Seeds the data order (and the held-out split)."""
+
+    def optim(self) -> OptimSection:
+        """The same optimizer settings in the RL run's terms (one AdamW and LR schedule for both)."""
+        return OptimSection(lr=self.lr, weight_decay=self.weight_decay, betas=self.betas, grad_clip=self.grad_clip,
+                            warmup_steps=self.warmup_steps, schedule=self.schedule,
+                            max_tokens_per_microbatch=self.max_tokens_per_microbatch)
 
 
 def sft_example(prompt: str | list[dict], response: str, tokenizer: Tokenizer, chat: bool = True) -> Sample:
@@ -93,53 +119,74 @@ def sft_loss(model: DecoderLM, samples: list[Sample]) -> tuple[torch.Tensor, int
     return loss, int((labels != -100).sum())
 
 
-def train_sft(model: DecoderLM, data: list[Sample], cfg: SFTConfig, log=None) -> list[float]:
-    """Train in place; returns the per-step mean token loss."""
-    rng = random.Random(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    steps = max(1, math.ceil(len(data) * cfg.epochs / cfg.samples_per_step))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(cfg.warmup_steps, 1)) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    order: list[int] = []
-    losses = []
-    model.train()
-    start = time.perf_counter()
-    for step in range(1, steps + 1):
-        while len(order) < cfg.samples_per_step:
-            epoch = list(range(len(data)))
-            rng.shuffle(epoch)
-            order += epoch
-        batch, order = [data[i] for i in order[:cfg.samples_per_step]], order[cfg.samples_per_step:]
-        opt.zero_grad(set_to_none=True)
+class SFTTrainer:
+    """The SFT loop's state: model, optimizer and schedule, the data order. `step()` runs one step."""
+
+    def __init__(self, model: DecoderLM, data: list[Sample], cfg: SFTConfig):
+        self.model, self.data, self.cfg = model, data, cfg
+        self.steps = max(1, math.ceil(len(data) * cfg.epochs / cfg.samples_per_step))
+        self.optimizer, self.scheduler = make_optimizer(model.parameters(), cfg.optim(), self.steps)
+        self.rng = random.Random(cfg.seed)
+        self.order: list[int] = []
+        self.step_count = 0
+        torch.manual_seed(cfg.seed)
+
+    def step(self) -> dict[str, float]:
+        """One optimizer step on the next `samples_per_step` examples; the mean token loss and more."""
+        start = time.perf_counter()
+        while len(self.order) < self.cfg.samples_per_step:
+            epoch = list(range(len(self.data)))
+            self.rng.shuffle(epoch)
+            self.order += epoch
+        batch = [self.data[i] for i in self.order[:self.cfg.samples_per_step]]
+        self.order = self.order[self.cfg.samples_per_step:]
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
         total, tokens = 0.0, 0
-        for idx in micro_batches(batch, cfg.max_tokens_per_microbatch):
-            loss, n = sft_loss(model, [batch[i] for i in idx])
+        for idx in micro_batches(batch, self.cfg.max_tokens_per_microbatch):
+            loss, n = sft_loss(self.model, [batch[i] for i in idx])
             loss.backward()
             total, tokens = total + loss.detach().item(), tokens + n
-        for p in model.parameters():
+        for p in self.model.parameters():
             if p.grad is not None:
                 p.grad /= max(tokens, 1)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        losses.append(total / max(tokens, 1))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.model.eval()
+        self.step_count += 1
+        seconds = time.perf_counter() - start
+        return {"loss": total / max(tokens, 1), "lr": lr, "grad_norm": float(grad_norm),
+                "train_tokens_per_s": tokens / max(seconds, 1e-9)}
+
+    @torch.no_grad()
+    def held_out_loss(self, samples: list[Sample]) -> float:
+        """Mean response-token loss on `samples` (no update)."""
+        total, tokens = 0.0, 0
+        for idx in micro_batches(samples, self.cfg.max_tokens_per_microbatch):
+            loss, n = sft_loss(self.model, [samples[i] for i in idx])
+            total, tokens = total + float(loss), tokens + n
+        return total / max(tokens, 1)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": self.rng.getstate(), "order": self.order}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = state["step"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.order = list(state["order"])
+
+
+def train_sft(model: DecoderLM, data: list[Sample], cfg: SFTConfig, log=None) -> list[float]:
+    """Train in place, no run directory (tests, building small models); the per-step mean token loss."""
+    trainer, losses, start = SFTTrainer(model, data, cfg), [], time.perf_counter()
+    for step in range(1, trainer.steps + 1):
+        losses.append(trainer.step()["loss"])
         if log is not None:
-            log(step, steps, losses[-1], time.perf_counter() - start)
-    model.eval()
+            log(step, trainer.steps, losses[-1], time.perf_counter() - start)
     return losses
-
-
-def run_sft(model_dir: str | Path, data_path: str | Path, out_dir: str | Path, cfg: SFTConfig, device=None) -> Path:
-    from reasonrl.models.loader import load_model
-
-    model = load_model(model_dir, device)
-    tokenizer = Tokenizer.from_dir(model_dir)
-    data = load_sft_data(data_path, tokenizer, cfg.chat, cfg.max_len)
-
-    def log(step, steps, loss, seconds):
-        if step == steps or step % max(1, steps // 20) == 0:
-            print(f"sft step {step}/{steps} | loss {loss:.4f} | {seconds:.0f}s", file=sys.stderr, flush=True)
-
-    train_sft(model, data, cfg, log)
-    return save_model(model, out_dir, tokenizer)

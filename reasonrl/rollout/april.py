@@ -28,7 +28,9 @@ from typing import Callable, Iterator
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.sequence import CompletionOutput
 from reasonrl.envs.base import Prompt
+from reasonrl.rollout.backend import RolloutBackend
 from reasonrl.rollout.buffer import Group, PartialBuffer
+from reasonrl.rollout.config import RolloutConfig
 from reasonrl.rollout.sample import Sample, Status
 
 STATUS = {"stop": Status.COMPLETED, "length": Status.TRUNCATED, "abort": Status.ABORTED}
@@ -64,21 +66,9 @@ class RolloutStats:
                 "tail_idle_fraction": self.tail_idle_fraction()}
 
 
-@dataclass
-class RolloutSpec:
-    prompts_per_step: int
-    samples_per_prompt: int
-    over_provision: float = 1.0
-    max_tokens: int = 256
-    temperature: float = 1.0
-    top_p: float = 1.0
-    dynamic_sampling: bool = False
-    max_groups_per_step: int = 0
-
-
 class AprilRollout:
-    def __init__(self, backend, spec: RolloutSpec, prompts: Iterator[Prompt], encode: Callable[[Prompt], list[int]],
-                 score: Callable[[Group], None], seed: int = 0):
+    def __init__(self, backend: RolloutBackend, spec: RolloutConfig, prompts: Iterator[Prompt],
+                 encode: Callable[[Prompt], list[int]], score: Callable[[Group], None], seed: int = 0):
         self.backend, self.spec = backend, spec
         self.prompts, self.encode, self.score = prompts, encode, score
         self.buffer = PartialBuffer()
@@ -91,7 +81,7 @@ class AprilRollout:
         start = time.perf_counter()
         live: dict[int, Group] = {}
         done: list[Group] = []
-        budget = spec.max_groups_per_step or 8 * spec.prompts_per_step
+        budget = spec.group_budget
         target = math.ceil(spec.prompts_per_step * spec.over_provision)
         self._launch(live, target, step, version, stats)
         while len(done) < spec.prompts_per_step and live:

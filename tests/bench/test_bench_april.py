@@ -9,7 +9,7 @@ from reasonrl.cli import main
 def test_bench_april_cli_writes_both_arms(tmp_path):
     out = tmp_path / "april.json"
     assert main(["bench", "april", "--steps", "2", "--prompts-per-step", "2", "--samples-per-prompt", "4",
-                 "--max-tokens", "48", "--sft-steps", "20", "--concurrency", "8", "--repeats", "2", "--json", str(out)]) == 0
+                 "--max-tokens", "48", "--sft-steps", "20", "--max-num-seqs", "16", "--repeats", "2", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["throughput_ratio"] == r["april"]["tokens_per_s"] / r["sync"]["tokens_per_s"]
     for arm in ("sync", "april"):

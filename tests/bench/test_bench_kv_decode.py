@@ -12,7 +12,7 @@ SMALL = dict(context=70, batch=2, num_heads=4, num_kv_heads=2, head_dim=16, chun
 
 
 def test_rows_are_well_formed_and_dense_is_the_reference():
-    rows = bench_kv_decode(DecodeBenchConfig(**SMALL), "cpu")
+    rows = bench_kv_decode(DecodeBenchConfig(**SMALL, device="cpu"))
     assert [r["format"] for r in rows] == ["dense", "tada", "tada", "kivi", "spark", "spark", "spark"]
     assert rows[0]["ratio_to_dense"] == 1.0 and rows[0]["bytes_per_token_ratio"] == 1.0
     for r in rows:
@@ -25,7 +25,7 @@ def test_rows_are_well_formed_and_dense_is_the_reference():
 def test_decode_steps_advance_and_fill_blocks_as_in_serving():
     """47 = 2 blocks + 15 tokens: the first decode step fills a staged block, the next ones start a
     new one (a repeated write at one position would write into a block already stored)."""
-    rows = bench_kv_decode(DecodeBenchConfig(**{**SMALL, "context": 47, "iters": 3}), "cpu")
+    rows = bench_kv_decode(DecodeBenchConfig(**{**SMALL, "context": 47, "iters": 3}, device="cpu"))
     assert len(rows) == 7 and all(r["latency_ms"] > 0 for r in rows)
 
 

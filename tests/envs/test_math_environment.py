@@ -5,7 +5,7 @@ import pytest
 
 from reasonrl.envs.base import Prompt
 from reasonrl.envs.math import MATH_SYSTEM_PROMPT, MathEnvironment, MathVerifier, arithmetic_problems
-from reasonrl.envs.math.bench import benchmark
+from reasonrl.envs.math.bench import MathBenchConfig, benchmark
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_arithmetic_problems_are_right(verifier):
 
 
 def test_benchmark_rewards_match_their_labels():
-    result = benchmark(n=300, workers=2, hangs=0)
+    result = benchmark(MathBenchConfig(n=300, workers=2, hangs=0))
     assert result["wrong_rewards"] == 0 and result["timeouts"] == 0
     assert result["judgements_per_s"] > 0 and result["quick"] > result["pooled"] > 0
     assert sum(result["mix"].values()) == 300
@@ -96,5 +96,5 @@ def test_benchmark_rewards_match_their_labels():
 
 @pytest.mark.slow
 def test_benchmark_counts_hangs_as_timeouts():
-    result = benchmark(n=50, workers=2, hangs=1, timeout=2.0)
+    result = benchmark(MathBenchConfig(n=50, workers=2, hangs=1, timeout=2.0))
     assert result["hang_pass_timeouts"] == 1 and result["hang_pass_wrong_rewards"] == 0

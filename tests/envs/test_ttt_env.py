@@ -6,6 +6,7 @@ import pytest
 
 from reasonrl.envs.base import Environment
 from reasonrl.envs.ttt import TTTEnvironment, benchmark, export_jsonl
+from reasonrl.envs.ttt.bench import TTTBenchConfig
 from reasonrl.envs.ttt.games import get_game
 
 PUBLISHED_KEYS = ["problem", "solution", "is_unique_solution", "verdict", "next_player",
@@ -77,7 +78,7 @@ def test_export_jsonl_writes_the_schema(tmp_path):
 
 
 def test_benchmark_reports_space_and_throughput():
-    report = benchmark(["oTTT"], n=20, judgements=200)
+    report = benchmark(TTTBenchConfig(["oTTT"], n=20, judgements=200))
     entry = report["oTTT"]
     assert entry["space"]["method"] == "exact"
     assert entry["space"]["problems"] == sum(entry["space"]["by_class"].values())

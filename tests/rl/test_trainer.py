@@ -56,10 +56,11 @@ def test_grpo_raises_the_reward_of_a_tiny_model(policy_dir, tmp_path):
 
 def test_engine_serves_the_updated_policy_and_frees_kv_between_phases(policy_dir, tmp_path):
     trainer = make_trainer(policy_dir, tmp_path / "run", **{"train.steps": 1})
-    assert trainer.engine.model is trainer.policy  # one set of weights, no copy
+    engine = trainer.backend.engine
+    assert engine.model is trainer.policy  # one set of weights, no copy
     before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
-    groups, _ = trainer.collect()
-    assert trainer.engine.kv.allocated_bytes == 0  # released for training
+    groups, _ = trainer.rollout.collect(1, 0)
+    assert engine.stats()["kv_allocated_bytes"] == 0  # released for training
     trainer.step = 1
     metrics = trainer.train_step()
     assert any(not torch.equal(before[k], v) for k, v in trainer.policy.state_dict().items())
@@ -67,15 +68,15 @@ def test_engine_serves_the_updated_policy_and_frees_kv_between_phases(policy_dir
     # the engine now samples from the new weights: its greedy output equals a fresh load of them
     path = trainer.save()
     fresh = load_model(path)
-    ids = trainer.encode(trainer.env.prompts(n=1, split="eval")[0])
+    ids = trainer.rollout.encode(trainer.env.prompts(n=1, split="eval")[0])
     with torch.no_grad():
         expected = fresh.compute_logits(fresh.forward_padded(torch.tensor([ids])))[0, -1].argmax().item()
-    trainer.engine.wake()
+    engine.wake()
     from reasonrl.engine import SamplingParams
 
-    trainer.engine.add_request("x", ids, SamplingParams(temperature=0, max_tokens=1))
-    while trainer.engine.has_unfinished():
-        outs = trainer.engine.step()
+    engine.add_request("x", ids, SamplingParams(temperature=0, max_tokens=1))
+    while engine.has_unfinished():
+        outs = engine.step()
     assert outs[0].outputs[0].token_ids == [expected]
 
 

@@ -10,7 +10,8 @@ from reasonrl.engine.sequence import CompletionOutput
 from reasonrl.envs.base import Prompt
 from reasonrl.rl.batch import collate
 from reasonrl.rl.losses import LossConfig, get_loss, mask_stale_tokens
-from reasonrl.rollout.april import AprilRollout, RolloutSpec
+from reasonrl.rollout.april import AprilRollout
+from reasonrl.rollout.config import RolloutConfig
 from reasonrl.rollout.buffer import Group
 from reasonrl.rollout.sample import Status
 
@@ -73,7 +74,7 @@ def score(group: Group):
 
 
 def manager(ratio, max_running=16, n=4, g=4, max_tokens=40, seed=0, dynamic=False):
-    spec = RolloutSpec(n, g, ratio, max_tokens, dynamic_sampling=dynamic)
+    spec = RolloutConfig(n, g, ratio, max_tokens, dynamic_sampling=dynamic)
     return AprilRollout(FakeEngine(max_running), spec, prompts(), lambda p: [1, 2, 3], score, seed)
 
 

@@ -16,7 +16,9 @@ from reasonrl.models import Tokenizer, load_model
 from reasonrl.models.tiny import make_checkpoint, make_tokenizer
 from reasonrl.rl.config import load_config
 from reasonrl.rl.trainer import Trainer
-from reasonrl.rollout.backend import RemoteBackend
+from reasonrl.rl.checkpoint import latest_checkpoint
+from reasonrl.rl.metrics import read_metrics
+from reasonrl.rollout.remote import RemoteBackend
 
 
 @pytest.fixture(scope="module")
@@ -38,22 +40,53 @@ def served(tmp_path_factory):
     async_engine.shutdown()
 
 
-def test_april_over_http_resumes_and_pushes_weights(served, tmp_path):
+def remote_trainer(path, url, run_dir, steps, over_provision=1.0):
+    cfg = load_config(None, {"model.path": str(path), "train.run_dir": str(run_dir), "rollout.remote_url": url,
+                             "train.steps": steps, "train.save_every": 2, "rollout.prompts_per_step": 2,
+                             "rollout.samples_per_prompt": 4, "rollout.over_provision": over_provision,
+                             "rollout.max_tokens": 20, "optim.lr": 1e-2, "env.eval_size": 4})
+    return Trainer(cfg, LetterEnvironment(), load_model(path), Tokenizer.from_dir(path), console=False)
+
+
+def test_april_over_http_keeps_partial_groups_and_pushes_weights(served, tmp_path):
     path, url, server_engine = served
-    cfg = load_config(None, {"model.path": str(path), "train.run_dir": str(tmp_path / "run"), "train.remote_url": url,
-                             "train.steps": 3, "rollout.prompts_per_step": 2, "rollout.samples_per_prompt": 4,
-                             "rollout.over_provision": 2.0, "rollout.max_tokens": 20, "optim.lr": 1e-2})
-    trainer = Trainer(cfg, LetterEnvironment(), load_model(path), Tokenizer.from_dir(path), console=False)
-    assert trainer.engine is None  # nothing allocated locally
-    rows = []
-    for step in range(1, 4):
-        trainer.step = step
-        rows.append(trainer.train_step())
-    assert all(r["dropped_groups"] == 0 for r in rows)
+    trainer = remote_trainer(path, url, tmp_path / "run", 2, over_provision=2.0)
+    assert isinstance(trainer.backend, RemoteBackend)  # nothing allocated locally
+    trainer.train()
+    trainer.close()
+    records = read_metrics(tmp_path / "run")
+    rows = [r for r in records if "reward_mean" in r]
+    assert len(rows) == 2 and all(r["dropped_groups"] == 0 for r in rows)
     assert rows[0]["buffered_groups"] > 0  # over-provisioned groups were aborted over HTTP and kept
+    assert "eval_accuracy" in records[0] and "eval_accuracy" in records[-1]  # held-out evaluation through the server
+    assert rows[-1]["sync_seconds"] > 0
     for (name, p), q in zip(trainer.policy.state_dict().items(), server_engine.model.state_dict().values()):
         assert torch.equal(p, q), name  # the server runs the trained weights
+    assert latest_checkpoint(tmp_path / "run").name == "step_000002"
     assert not server_engine.requests
+
+
+def test_remote_training_checkpoints_and_resumes_like_an_uninterrupted_run(served, tmp_path):
+    """A remote run stopped after step 2 and resumed by a new trainer ends with the weights and
+    metrics of one that ran straight through (synchronous rollout: with over-provisioning, which
+    partial tokens an abort catches depends on network timing)."""
+    path, url, server_engine = served
+    straight = remote_trainer(path, url, tmp_path / "straight", 4)
+    straight.train()
+    straight.close()
+    rows = [r for r in read_metrics(tmp_path / "straight") if "reward_mean" in r]
+    first = remote_trainer(path, url, tmp_path / "cut", 4)
+    first.train(stop=lambda: first.step >= 2)  # as Ctrl-C after step 2 would
+    first.close()
+    assert latest_checkpoint(tmp_path / "cut").name == "step_000002"
+    resumed = remote_trainer(path, url, tmp_path / "cut", 4)  # a new process would start from the base weights
+    resumed.train()
+    resumed.close()
+    for (name, p), q in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().values()):
+        assert torch.equal(p, q), name
+    again = [r for r in read_metrics(tmp_path / "cut") if "reward_mean" in r]
+    assert [r["step"] for r in again] == [1, 2, 3, 4]
+    assert [r["reward_mean"] for r in rows] == [r["reward_mean"] for r in again]
 
 
 def test_remote_abort_returns_partials_and_resume_is_exact(served):

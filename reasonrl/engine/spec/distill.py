@@ -23,8 +23,9 @@ import json
 import random
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,20 +38,51 @@ from reasonrl.models.model import CausalAttention, DecoderLM
 
 
 @dataclass
+class DistillJob:
+    target: str = field(metadata={"positional": True})
+    """Target checkpoint directory (the policy the draft speeds up)."""
+    out: str
+    """Where the draft goes: draft_config.json, draft.safetensors, distill_log.jsonl (saved at every evaluation)."""
+    env: str = "sums:"
+    """Environment whose prompts the target answers (e.g. math:FILE.jsonl)."""
+    num_prompts: int = 2048
+    """Training prompts drawn from the environment's train split."""
+    eval_prompts: int = 32
+    """Held-out prompts (the environment's eval split) for the accepted-length checks."""
+    init: str | None = None
+    """A draft checkpoint to continue from."""
+    device: str | None = None
+    """cpu, cuda or cuda:N (default: cuda when available)."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """The target's dtype (default: float32 on CPU, the checkpoint's on GPU)."""
+
+
+@dataclass
 class DistillConfig:
     steps: int = 400
+    """Training steps (one batch of fresh target responses each)."""
     prompts_per_step: int = 16
+    """Prompts the target answers per step."""
     max_new_tokens: int = 96
+    """Length of the target's training responses."""
     temperature: float = 1.0
     """Sampling temperature of the target's training responses."""
     lr: float = 1e-3
+    """AdamW learning rate of the draft."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     grad_clip: float = 1.0
+    """Clip the gradient's global norm."""
     logit_weight: float = 0.1
+    """Weight of the cross-entropy to the target's next-token distribution."""
     feature_weight: float = 1.0
+    """Weight of the Smooth L1 to the target's next feature."""
     feature_noise: float = 0.1
+    """Uniform noise in [-x, x] added to the input features (EAGLE)."""
     eval_every: int = 100
+    """Steps between held-out accepted-length checks (the draft is saved at each)."""
     seed: int = 0
+    """Seeds the prompts, the responses and the noise."""
 
     def __post_init__(self):
         for name in ("steps", "prompts_per_step", "max_new_tokens", "eval_every"):
@@ -143,21 +175,23 @@ def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: lis
     return draft, history
 
 
-def run_distill(target_path: str | Path, env, out: str | Path, cfg: DistillConfig, num_prompts: int = 2048,
-                eval_prompts: int = 32, init: str | Path | None = None, device=None, dtype=None) -> Path:
-    """`reasonrl distill-draft`: prompts from `env`, rendered with the target's chat template; the
-    draft and its log (`distill_log.jsonl`) are saved to `out` at every evaluation."""
+def run_distill(job: DistillJob, cfg: DistillConfig) -> Path:
+    """`reasonrl distill-draft`: prompts from the job's environment, rendered with the target's chat
+    template; the draft and its log (`distill_log.jsonl`) are saved to `job.out` at every evaluation."""
+    from reasonrl.envs.registry import load_environment
     from reasonrl.models.loader import load_model
     from reasonrl.models.tokenizer import Tokenizer
 
-    target = load_model(target_path, device, dtype)
+    env = load_environment(job.env if ":" in job.env else job.env + ":")
+    target_path, init = job.target, job.init
+    target = load_model(target_path, job.device, job.dtype)
     tok = Tokenizer.from_dir(target_path)
     encode = lambda prompts: [tok.apply_chat_template(p.messages, add_generation_prompt=True) for p in prompts]  # noqa: E731
-    train = encode(env.prompts(n=num_prompts, seed=cfg.seed, split="train"))
-    held = encode(env.prompts(n=eval_prompts, seed=cfg.seed, split="eval")) if eval_prompts else []
+    train = encode(env.prompts(n=job.num_prompts, seed=cfg.seed, split="train"))
+    held = encode(env.prompts(n=job.eval_prompts, seed=cfg.seed, split="eval")) if job.eval_prompts else []
     draft = DraftHead.load(init, target) if init else None
     steps_before = read_info(init).steps if init else 0
-    out = Path(out)
+    out = Path(job.out)
 
     def save(draft: DraftHead, history: list[dict]) -> None:
         info = DraftInfo(target.config.architecture, target.config.vocab_size, target.config.hidden_size,

@@ -19,6 +19,8 @@ Wired as `reasonrl bench math` by the CLI; callable directly:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import os
 import random
 import time
@@ -148,11 +150,26 @@ def _cpu_seconds(verifier: MathVerifier) -> float:
     return total
 
 
-def benchmark(n: int = 2000, workers: int = 2, hangs: int = 2, timeout: float = 5.0, batch: int = 512) -> dict:
+@dataclass
+class MathBenchConfig:
+    n: int = 2000
+    """Judgements in the realistic mix."""
+    workers: int = 2
+    """Verifier worker processes."""
+    hangs: int = 2
+    """Adversarial items that hang (each must time out, not stall the rest)."""
+    timeout: float = 5.0
+    """Seconds per judgement before its worker is killed."""
+    batch: int = 512
+    """Judgements sent to the pool at once."""
+
+
+def benchmark(cfg: MathBenchConfig = MathBenchConfig()) -> dict:
     """Judgements/s on the mix, then on the mix plus `hangs` hanging items; see module doc.
 
     `cpu_seconds` (trainer process + workers) and the load average at the start are reported
     because a shared machine's other jobs change the wall-clock rate, not the work done."""
+    n, workers, hangs, timeout, batch = cfg.n, cfg.workers, cfg.hangs, cfg.timeout, cfg.batch
     items = make_mix(n)
     with MathVerifier(workers=workers, timeout=timeout) as verifier:
         start = time.perf_counter()

@@ -23,8 +23,8 @@ import math
 import random
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from . import verify
 from .games import GAMES, Game, get_game
@@ -151,10 +151,21 @@ def time_verifier(game: str, judgements: int = 20_000, seed: int = 0) -> dict:
             "per_second": round(judgements / wall), "per_cpu_second": round(judgements / cpu)}
 
 
-def benchmark(
-    games: Sequence[str] = tuple(GAMES), n: int = 1000, count: bool = True, judgements: int = 20_000
-) -> dict:
+@dataclass
+class TTTBenchConfig:
+    games: list[str] = field(default_factory=lambda: list(GAMES))
+    """Games to measure."""
+    n: int = 1000
+    """Problems generated per game."""
+    count: bool = True
+    """Also count each game's whole problem space (exhaustive)."""
+    judgements: int = 20_000
+    """Verifier calls timed per game."""
+
+
+def benchmark(cfg: TTTBenchConfig = TTTBenchConfig()) -> dict:
     """Per game: problem-space size (if `count`), generator and verifier throughput."""
+    games, n, count, judgements = cfg.games, cfg.n, cfg.count, cfg.judgements
     report = {}
     for name in games:
         game = get_game(name)

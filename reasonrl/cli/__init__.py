@@ -1,0 +1,86 @@
+"""`reasonrl <verb>`: each verb builds its components from config dataclasses and calls the library.
+
+A verb's parser is built only when that verb runs (so `reasonrl --help` and `reasonrl --version`
+import nothing heavy); its flags are generated from the dataclasses that own the options
+(`flags.py`). Bad input ends with one line naming it and exit code 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass
+
+from reasonrl import __version__
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    target: str
+    """"module:name" of a function that adds the command's arguments to a parser and returns the
+    function that runs it (called with the parsed arguments, returns the exit code), or of a table
+    of subcommands ({name: Command}, e.g. the bench workloads)."""
+
+    def resolve(self):
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+VERBS = {
+    "serve": Command("OpenAI-compatible HTTP server over the engine", "reasonrl.cli.engine:serve"),
+    "generate": Command("generate from prompts given as arguments or on stdin", "reasonrl.cli.engine:generate"),
+    "train": Command("RL post-training (GRPO/DAPO/GSPO, APRIL rollouts) from a YAML recipe; none: the demo",
+                     "reasonrl.cli.train:train"),
+    "sft": Command("supervised fine-tuning on JSONL prompt/response pairs", "reasonrl.cli.train:sft"),
+    "eval": Command("evaluate a checkpoint or an OpenAI-compatible endpoint on a benchmark", "reasonrl.cli.evaluate:evaluate"),
+    "report": Command("plots and a summary of a training run", "reasonrl.cli.train:report"),
+    "data": Command("generate datasets", "reasonrl.cli.evaluate:DATASETS"),
+    "distill-draft": Command("train a speculative-decoding draft head against a target, online",
+                             "reasonrl.cli.train:distill_draft"),
+    "bench": Command("benchmarks (figures go to docs/benchmarks.md)", "reasonrl.cli.bench:WORKLOADS"),
+}
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=36, width=110)
+
+
+def parser_for(prog: str, description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+
+
+def dispatch(prog: str, table: dict[str, Command], argv: list[str], description: str) -> int:
+    """Run `argv[0]` of `table`, building only its parser; otherwise print the table."""
+    if argv and argv[0] in table:
+        command, name = table[argv[0]], f"{prog} {argv[0]}"
+        target = command.resolve()
+        if isinstance(target, dict):
+            return dispatch(name, target, argv[1:], command.help)
+        parser = parser_for(name, command.help)
+        run = target(parser)
+        return _run(run, parser.parse_args(argv[1:]), name)
+    listing = "\n".join(f"  {name:<15} {c.help}" for name, c in table.items())
+    top = parser_for(prog, f"{description}\n\ncommands:\n{listing}")
+    if prog == "reasonrl":
+        top.add_argument("--version", action="version", version=f"reasonrl {__version__}")
+    top.add_argument("command", metavar="COMMAND", choices=list(table), help=f"one of: {', '.join(table)}")
+    top.parse_args(argv)  # prints help, the version, or the error about an unknown command
+    return 2
+
+
+def _run(run, args: argparse.Namespace, prog: str) -> int:
+    from reasonrl.config import ConfigError
+
+    try:
+        return int(run(args) or 0)
+    except (FileNotFoundError, ValueError, ConfigError) as exc:  # bad input: one clear line, not a traceback
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch("reasonrl", VERBS, sys.argv[1:] if argv is None else list(argv),
+                    "RL post-training of reasoning models, with its own rollout engine.")

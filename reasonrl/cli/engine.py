@@ -1,0 +1,94 @@
+"""`reasonrl serve` and `reasonrl generate`: the engine behind a server or over prompts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import MISSING, dataclass
+from pathlib import Path
+
+from reasonrl.cli.flags import add_flags, values
+
+
+def add_model_flags(parser: argparse.ArgumentParser, with_path: bool = True) -> None:
+    """--model (required), --device, --dtype, from the run config's model section."""
+    from reasonrl.rl.config import ModelSection
+
+    only = ["path", "device", "dtype"] if with_path else ["device", "dtype"]
+    add_flags(parser, ModelSection, only=only, title="model", defaults={"path": MISSING})
+
+
+def add_engine_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    from reasonrl.engine.config import EngineConfig
+
+    add_flags(parser, EngineConfig, exclude=exclude, title="engine (EngineConfig)")
+
+
+def model_options(args) -> dict:
+    from reasonrl.rl.config import ModelSection
+
+    return values(args, ModelSection)
+
+
+def engine_options(args) -> dict:
+    from reasonrl.engine.config import EngineConfig
+
+    return values(args, EngineConfig)
+
+
+@dataclass
+class ServeAddress:
+    host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 exposes the server to the network."""
+    port: int = 8000
+    """TCP port."""
+    served_model_name: str | None = None
+    """The model id clients ask for (default: the checkpoint directory's name)."""
+
+
+def serve(parser: argparse.ArgumentParser):
+    add_model_flags(parser)
+    add_flags(parser, ServeAddress, title="server")
+    add_engine_flags(parser)
+
+    def run(args) -> int:
+        from reasonrl.engine import LLMEngine
+        from reasonrl.engine.server import serve as run_server
+
+        model, address = model_options(args), ServeAddress(**values(args, ServeAddress))
+        engine = LLMEngine.from_pretrained(model["path"], model["device"], model["dtype"], **engine_options(args))
+        run_server(engine, address.served_model_name or Path(model["path"]).name, address.host, address.port)
+        return 0
+
+    return run
+
+
+def generate(parser: argparse.ArgumentParser):
+    from reasonrl.engine.sampling_params import SamplingParams
+
+    parser.add_argument("prompt", nargs="*", help="prompts (default: one per line on stdin)")
+    parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=False,
+                        help="render each prompt as a user message with the checkpoint's chat template (the demo "
+                             "policy and chat models need it) (default: False)")
+    add_model_flags(parser)
+    add_flags(parser, SamplingParams, only=["temperature", "top_p", "top_k", "min_p", "max_tokens", "seed", "n", "stop"],
+              title="sampling (SamplingParams)", defaults={"temperature": 0.0, "max_tokens": 128})
+    add_engine_flags(parser, exclude=("seed",))
+
+    def run(args) -> int:
+        from reasonrl.engine import LLM
+
+        model = model_options(args)
+        llm = LLM(model["path"], device=model["device"], dtype=model["dtype"], **engine_options(args))
+        params = SamplingParams(**values(args, SamplingParams))
+        prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if args.chat:
+            outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
+        else:
+            outs = llm.generate(prompts, params)
+        for p, out in zip(prompts, outs):
+            texts = [o.text for o in out.outputs]
+            print(f"### {p}\n" + "\n---\n".join(texts) + "\n")
+        return 0
+
+    return run

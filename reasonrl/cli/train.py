@@ -1,0 +1,115 @@
+"""`reasonrl train`, `sft`, `report`, `distill-draft`: training runs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import textwrap
+
+import yaml
+
+from reasonrl.cli.flags import add_flags, values
+
+
+def train(parser: argparse.ArgumentParser):
+    from reasonrl.rl.train import RunControl
+
+    parser.add_argument("config", nargs="?", help="run recipe, a YAML file (see recipes/; a run's RUN/config.yaml "
+                                                  "is one); none: the embedded demo, what `make demo` runs")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a recipe value, e.g. --set optim.lr=1e-5 (repeatable; keys below)")
+    add_flags(parser, RunControl, title="run directory")
+    parser.epilog = recipe_reference()
+
+    def run(args) -> int:
+        from reasonrl.rl.config import load_config
+        from reasonrl.rl.train import run_training
+
+        overrides, control = parse_overrides(args.set), RunControl(**values(args, RunControl))
+        if args.config is None:
+            return demo(overrides, control)
+        return run_training(load_config(args.config, overrides), control)
+
+    return run
+
+
+def demo(overrides: dict, control) -> int:
+    from reasonrl.demo.run import run_demo
+    from reasonrl.stop import StopSignal
+
+    if control.accept_changes:
+        raise ValueError("the demo always starts afresh (the last run is kept aside): --accept-changes has no meaning "
+                         "without a recipe")
+    with StopSignal("the current step") as stop:
+        summary = run_demo(overrides=overrides, stop=stop)
+    return 0 if summary is not None else stop.exit_code
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--set expects section.key=value, got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def recipe_reference() -> str:
+    """Every recipe key with its default and documentation, from the config dataclasses."""
+    from reasonrl.config import default_of, field_docs
+    from reasonrl.rl.config import sections
+
+    lines = ["recipe keys (section.key: default; documentation):"]
+    for name, cls in sections().items():
+        docs = field_docs(cls)
+        lines.append(f"  {name}:")
+        for f in dataclasses.fields(cls):
+            doc = textwrap.shorten(docs.get(f.name, ""), 150)
+            lines.append(f"    {f.name} = {default_of(f)!r}" + (f"\n        {doc}" if doc else ""))
+    return "\n".join(lines)
+
+
+def sft(parser: argparse.ArgumentParser):
+    from reasonrl.rl.sft import SFTConfig
+    from reasonrl.rl.sft_run import SFTRun
+    from reasonrl.rl.train import RunControl
+
+    add_flags(parser, SFTRun, title="run")
+    add_flags(parser, SFTConfig, title="training (SFTConfig)")
+    add_flags(parser, RunControl, title="run directory")
+
+    def run(args) -> int:
+        from reasonrl.rl.sft_run import run_sft
+
+        return run_sft(SFTRun(**values(args, SFTRun)), SFTConfig(**values(args, SFTConfig)),
+                       RunControl(**values(args, RunControl)))
+
+    return run
+
+
+def report(parser: argparse.ArgumentParser):
+    parser.add_argument("run_dir", help="a run directory (train or sft) holding metrics.jsonl")
+
+    def run(args) -> int:
+        from reasonrl.rl.report import write_report
+
+        print(write_report(args.run_dir))
+        return 0
+
+    return run
+
+
+def distill_draft(parser: argparse.ArgumentParser):
+    from reasonrl.engine.spec.distill import DistillConfig, DistillJob
+
+    add_flags(parser, DistillJob, title="job")
+    add_flags(parser, DistillConfig, title="training (DistillConfig)")
+
+    def run(args) -> int:
+        from reasonrl.engine.spec.distill import run_distill
+
+        print(f"saved {run_distill(DistillJob(**values(args, DistillJob)), DistillConfig(**values(args, DistillConfig)))}")
+        return 0
+
+    return run

@@ -1,0 +1,206 @@
+"""Config dataclasses: one place for every option's name, type, default and documentation.
+
+A user-facing option is one field of a small dataclass: its name is the YAML key and the flag
+(`max_num_seqs` -> `--max-num-seqs`), its annotation the type, its default the default, and the
+string literal written under it the help text. Values from YAML files and from the command line
+go through the same `coerce`, so a recipe accepts what a flag accepts (`kv_cache_memory: 64MiB`).
+
+    @dataclass
+    class EngineConfig:
+        kv_cache_memory: ByteSize | None = None
+        \"\"\"Bytes for the KV cache (units accepted: 512MiB, 2GiB).\"\"\"
+
+Checks: no silent coercion (`"2"` is not an int, `1` is not a bool), ints are accepted where
+floats are, lists where tuples are, `Literal[...]` fields take only their choices.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import math
+import textwrap
+import types
+import typing
+from typing import Annotated, Any, Literal
+
+BYTES = "bytes"
+ByteSize = Annotated[int, BYTES]
+"""A number of bytes: an int, or a string with a unit (512MiB, 2GiB, 1.5GB, 4096)."""
+
+_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message starts with the key."""
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from `512MiB`, `2GiB`, `1.5GB`, `4096` (binary units are powers of 1024)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f"not a size: {text!r} (examples: 512MiB, 2GiB, 1000000)")
+    t = text.strip().lower().replace(" ", "")
+    number = t.rstrip("kmgtib")
+    try:
+        value = float(number) * _UNITS[t[len(number):]]
+    except (ValueError, KeyError):
+        raise ValueError(f"not a size: {text!r} (examples: 512MiB, 2GiB, 1000000)") from None
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError(f"not a whole number of bytes: {text!r}")
+    return int(value)
+
+
+# ---- reading the dataclass -----------------------------------------------------------------------
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The string literal under each field of `cls` (and of its dataclass bases), whitespace folded."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass) or klass is object:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):  # no source (e.g. a dataclass made at run time)
+            continue
+        body = tree.body[0].body
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    """A field's default value (default_factory called); MISSING when it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def is_bytes(hint) -> bool:
+    hint = strip_optional(hint)
+    return typing.get_origin(hint) is Annotated and BYTES in typing.get_args(hint)[1:]
+
+
+def strip_optional(hint):
+    """`X | None` -> X (other unions are returned as they are)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+# ---- values -------------------------------------------------------------------------------------
+def coerce(key: str, hint, value):
+    """`value` checked against the annotation `hint` (and converted where that loses nothing)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        if BYTES in args[1:]:
+            try:
+                return _positive_size(value)
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+        return coerce(key, args[0], value)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return coerce(key, arg, value)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {type_name(hint)}, got {value!r}")
+    if origin is Literal:
+        if value in args and type(value) is type(next(a for a in args if a == value)):
+            return value
+        raise ConfigError(f"{key}: expected one of {', '.join(map(str, args))}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(coerce(key, a, v) for a, v in zip(args, value))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [coerce(key, args[0], v) for v in value] if args else list(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-6 as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    if hint in (dict, typing.Any) or origin is dict:
+        if hint is typing.Any or isinstance(value, dict):
+            return dict(value) if isinstance(value, dict) else value
+    raise ConfigError(f"{key}: expected {type_name(hint)}, got {value!r}")
+
+
+def _positive_size(value) -> int:
+    size = parse_size(value)
+    if size <= 0:
+        raise ValueError(f"must be a positive number of bytes, got {value!r}")
+    return size
+
+
+def type_name(hint) -> str:
+    if is_bytes(hint):
+        return "a size (e.g. 512MiB)"
+    if typing.get_origin(hint) is Literal:
+        return " | ".join(map(str, typing.get_args(hint)))
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def build(cls: type, values: dict[str, Any], section: str | None = None):
+    """`cls(**values)` with every value coerced to its field's type; errors name `section.key`."""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{section}.{key}" if section else key
+        if key not in fields:
+            raise ConfigError(f"{name}: unknown key; known: {', '.join(fields)}")
+        kwargs[key] = coerce(name, hints[key], value)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        message = str(exc)
+        raise ConfigError(f"{section}: {message}" if section and not message.startswith(section) else message) from None
+
+
+def to_dict(obj) -> Any:
+    """A dataclass (nested ones too) as plain YAML/JSON-able values; tuples become lists."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf that differs between two nested dicts."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, dataclasses.MISSING), new.get(key, dataclasses.MISSING)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict) and a and b:
+            out += differences(a, b, name + ".")
+        elif a != b:
+            out.append((name, None if a is dataclasses.MISSING else a, None if b is dataclasses.MISSING else b))
+    return out

@@ -1,0 +1,70 @@
+"""A run directory's identity: the resolved config it was started with, and the rules of a rerun.
+
+`RUN/config.yaml` holds the resolved config (every key, defaults included). Rerunning the same
+command resumes from the latest checkpoint; rerunning with other settings is refused with the
+differing keys named, unless the user starts afresh (`overwrite`: the old run is deleted) or
+accepts the changes (`accept_changes`: they are recorded in `RUN/config_changes.jsonl`). Keys that
+do not change what is trained (how often to save or evaluate, which trackers) may change freely.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reasonrl.config import differences
+
+CONFIG_FILE = "config.yaml"
+RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "checkpoints")  # a directory holding none of these is not a run
+FREE_KEYS = {"train.save_every", "train.keep_checkpoints", "train.trackers", "train.eval_every"}
+
+
+class RunMismatch(ValueError):
+    """The run directory holds a run started with other settings."""
+
+
+def open_run(run_dir: str | Path, config: dict[str, Any], *, overwrite: bool = False, accept_changes: bool = False,
+             free_keys: set[str] = FREE_KEYS, console: bool = True) -> Path:
+    """Check that `config` may run in `run_dir` (see the module docstring), then save and print it."""
+    run_dir = Path(run_dir)
+    if overwrite:
+        _delete_run(run_dir)
+    saved_path = run_dir / CONFIG_FILE
+    if saved_path.is_file():
+        saved = yaml.safe_load(saved_path.read_text()) or {}
+        changed = [d for d in differences(saved, config) if d[0] not in free_keys]
+        if changed and not accept_changes:
+            raise RunMismatch(_mismatch_message(run_dir, changed))
+        if changed:
+            with (run_dir / "config_changes.jsonl").open("a") as f:
+                f.write(json.dumps({"time": time.time(), "changes": [list(d) for d in changed]}) + "\n")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config, default_flow_style=None, sort_keys=False, width=110)
+    saved_path.write_text(text)
+    if console:
+        print(f"config ({saved_path}):\n" + "".join(f"  {line}\n" for line in text.splitlines()), file=sys.stderr,
+              end="", flush=True)
+    return run_dir
+
+
+def _mismatch_message(run_dir: Path, changed: list[tuple[str, Any, Any]]) -> str:
+    lines = [f"{run_dir} holds a run started with other settings:"]
+    lines += [f"  {key}: {old!r} (saved) -> {new!r} (now)" for key, old, new in changed]
+    lines.append("rerun with the saved settings to resume it, add --overwrite to delete it and start afresh, or "
+                 "--accept-changes to continue it under the new settings")
+    return "\n".join(lines)
+
+
+def _delete_run(run_dir: Path) -> None:
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir() or not any((run_dir / name).exists() for name in RUN_FILES):
+        raise RunMismatch(f"--overwrite: {run_dir} is not a reasonrl run directory (no {', '.join(RUN_FILES)}); "
+                          "refusing to delete it")
+    shutil.rmtree(run_dir)

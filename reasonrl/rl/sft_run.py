@@ -1,0 +1,123 @@
+"""`reasonrl sft`: an SFT run with the same run directory, checkpoints, resume, metrics and stop
+handling as an RL run (see rl/train.py).
+
+    open the run directory -> load model and data (held-out split) -> resume from the latest
+    checkpoint -> steps until done or Ctrl-C/SIGTERM, checkpointing -> the fine-tuned model at
+    the run directory's root
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from reasonrl.config import to_dict
+from reasonrl.rl.checkpoint import checkpoint_step, latest_checkpoint, load_trainer_state, save_checkpoint
+from reasonrl.rl.metrics import MetricsLogger, StepClock
+from reasonrl.rl.run import open_run
+from reasonrl.rl.sft import SFTConfig, SFTTrainer, load_sft_data
+from reasonrl.rl.train import RunControl
+from reasonrl.stop import StopSignal
+
+FREE_KEYS = {"run.save_every", "run.keep_checkpoints", "run.eval_every"}
+
+
+@dataclass
+class SFTRun:
+    model: str
+    """Starting checkpoint (Hugging Face directory)."""
+    data: str
+    """Training JSONL: {"prompt": string or chat messages, "response": string} per line."""
+    out: str
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, and the fine-tuned model at its root."""
+    eval_data: str | None = None
+    """Held-out JSONL of the same form: its response-token loss (eval_loss) at the start, every
+    eval_every steps and at the end."""
+    eval_fraction: float = 0.0
+    """Without eval_data: hold out this share of the training data (drawn with the seed) instead."""
+    save_every: int = 100
+    """Checkpoint every k steps (and at the end, and when stopped)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in out/checkpoints."""
+    eval_every: int = 0
+    """Held-out loss every k steps (0: only at the start and the end)."""
+    device: str | None = None
+    """cpu, cuda or cuda:N (default: cuda when available)."""
+
+    def __post_init__(self):
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.eval_data and self.eval_fraction:
+            raise ValueError("give eval_data or eval_fraction, not both")
+        for name in ("save_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), console: bool = True) -> int:
+    """Fine-tune to the end (or to a stop signal); the process exit code."""
+    from reasonrl.models import Tokenizer, load_model
+    from reasonrl.models.loader import load_weights, save_model
+
+    out = open_run(run.out, {"run": to_dict(run), "sft": to_dict(cfg)}, overwrite=control.overwrite,
+                   accept_changes=control.accept_changes, free_keys=FREE_KEYS, console=console)
+    model, tokenizer = load_model(run.model, run.device), Tokenizer.from_dir(run.model)
+    data, held = _data(run, cfg, tokenizer)
+    trainer = SFTTrainer(model, data, cfg)
+    logger = MetricsLogger(out, trainer.steps, console)
+    latest = latest_checkpoint(out)
+    if latest is not None:
+        load_weights(model, latest)
+        trainer.load_state_dict(load_trainer_state(latest)["sft"])
+        logger.truncate_after(trainer.step_count)
+    else:
+        logger.truncate_after(-1)
+        logger.log(0, {"eval_loss": trainer.held_out_loss(held)} if held else {})
+    if checkpoint_step(latest) >= trainer.steps:
+        say(f"{out}: this run is finished (step {trainer.step_count} of {trainer.steps}); nothing to do. "
+            "To train longer, raise --epochs and add --accept-changes; to start over, add --overwrite.")
+        return 0
+    with StopSignal("the current step") as stop:
+        _loop(trainer, held, run, logger, tokenizer, out, stop)
+    logger.close()
+    if stop:
+        say(f"stopped at step {trainer.step_count} of {trainer.steps}; checkpoint: {latest_checkpoint(out)}\n"
+            "resume with the same command")
+        return stop.exit_code
+    path = save_model(model, out, tokenizer)
+    say(f"saved {path}")
+    return 0
+
+
+def _loop(trainer: SFTTrainer, held, run: SFTRun, logger: MetricsLogger, tokenizer, out: Path, stop) -> None:
+    clock = StepClock(trainer.steps)
+    while trainer.step_count < trainer.steps and not stop:
+        metrics = trainer.step()
+        step = trainer.step_count
+        if held and (step == trainer.steps or (run.eval_every and step % run.eval_every == 0)):
+            metrics["eval_loss"] = trainer.held_out_loss(held)
+        metrics.update(clock.tick(step))
+        logger.log(step, metrics)
+        if step % run.save_every == 0 or step == trainer.steps or stop:
+            save_checkpoint(out, step, trainer.model, tokenizer, {"sft": trainer.state_dict()}, run.keep_checkpoints)
+
+
+def _data(run: SFTRun, cfg: SFTConfig, tokenizer):
+    """(training examples, held-out examples)."""
+    data = load_sft_data(run.data, tokenizer, cfg.chat, cfg.max_len)
+    if run.eval_data:
+        return data, load_sft_data(run.eval_data, tokenizer, cfg.chat, cfg.max_len)
+    if not run.eval_fraction:
+        return data, []
+    order = list(range(len(data)))
+    random.Random(cfg.seed).shuffle(order)
+    cut = max(1, round(len(data) * run.eval_fraction))
+    if cut >= len(data):
+        raise ValueError(f"eval_fraction {run.eval_fraction} leaves no training example of {len(data)}")
+    return [data[i] for i in sorted(order[cut:])], [data[i] for i in sorted(order[:cut])]

@@ -1,0 +1,71 @@
+"""`reasonrl train RECIPE`: one RL run from its config to its report, safe to interrupt and rerun.
+
+    open the run directory (config saved, a changed config refused) -> finished? say so ->
+    build environment, policy, trainer -> train until done or Ctrl-C/SIGTERM -> checkpoint ->
+    report, or how to resume
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from reasonrl.rl.checkpoint import checkpoint_step, latest_checkpoint
+from reasonrl.rl.config import RunConfig
+from reasonrl.rl.run import open_run
+from reasonrl.stop import StopSignal
+
+
+@dataclass
+class RunControl:
+    overwrite: bool = False
+    """Delete what the run directory holds and start afresh."""
+    accept_changes: bool = False
+    """Continue a run whose saved config differs from this one (the changes are recorded in
+    RUN/config_changes.jsonl); without it such a rerun is refused, naming the differing keys."""
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bool = True) -> int:
+    """Train `cfg` to its end (or to a stop signal); the process exit code."""
+    from reasonrl.envs.registry import load_environment
+    from reasonrl.models import Tokenizer, load_model
+    from reasonrl.rl.report import write_report
+    from reasonrl.rl.trainer import Trainer
+
+    run_dir = open_run(cfg.train.run_dir, cfg.to_dict(), overwrite=control.overwrite,
+                       accept_changes=control.accept_changes, console=console)
+    resume = f"reasonrl train {run_dir / 'config.yaml'}"
+    done = checkpoint_step(latest_checkpoint(run_dir))
+    if done >= cfg.train.steps:
+        say(f"{run_dir}: this run is finished (step {done} of {cfg.train.steps}); nothing to do. To train longer, raise "
+            "train.steps and add --accept-changes; to start over, add --overwrite.")
+        return 0
+    env = load_environment(cfg.env.name)
+    if cfg.model.init and not (Path(cfg.model.path) / "config.json").is_file():
+        from reasonrl.models.tiny import make_starting_checkpoint
+
+        corpus = [m["content"] for p in env.prompts(n=256, seed=cfg.train.seed) for m in p.messages]
+        make_starting_checkpoint(cfg.model.path, cfg.model.init, corpus, cfg.train.seed)
+        say(f"made a tiny random {cfg.model.init} checkpoint in {cfg.model.path} (model.init)")
+    policy = load_model(cfg.model.path, cfg.model.device, cfg.model.dtype, max_len=cfg.engine.max_model_len)
+    trainer = Trainer(cfg, env, policy, Tokenizer.from_dir(cfg.model.path), console=console)
+    with StopSignal("the current step") as stop:
+        try:
+            trainer.train(stop)
+        finally:
+            trainer.close()
+            if hasattr(env, "close"):
+                env.close()
+    checkpoint = latest_checkpoint(run_dir)
+    if stop:
+        say(f"stopped at step {trainer.step} of {cfg.train.steps}; checkpoint: {checkpoint}\nresume with: {resume}")
+        return stop.exit_code
+    report = write_report(run_dir)
+    print(f"run directory: {run_dir}\nreport: {report}\ncheckpoint: {checkpoint}")
+    return 0
+

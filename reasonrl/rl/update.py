@@ -1,0 +1,176 @@
+"""`PolicyUpdate`: the update of one training step, PPO style.
+
+    old log-probs (when more than one optimizer step) -> for each epoch: shuffle, split into
+    mini-batches -> for each mini-batch: micro-batches under a token budget, gradients accumulated
+    -> one optimizer step -> after the step's last mini-batch, one LR-schedule step
+
+With one epoch of one mini-batch (the default) the update starts at the rollout's policy, so the
+old log-probs equal this forward's values and are taken from it (`logp.detach()`), saving a
+forward pass; clip fraction and KL to the old policy are then 0 by construction. With more, the
+old log-probs are recomputed once before the first optimizer step and the later mini-batches see
+a policy that moved: that is when clipping and `approx_kl` mean something.
+
+Micro-batch splits do not change the gradient: each micro-batch backpropagates `loss *
+denominator` and the mini-batch's gradient is divided by the summed denominator (see losses.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from contextlib import nullcontext
+
+import torch
+
+from reasonrl.models.model import DecoderLM
+from reasonrl.rl.batch import TrainBatch, collate, micro_batches, response_logprobs
+from reasonrl.rl.config import OptimSection, RunConfig
+from reasonrl.rl.losses import get_loss, mask_stale_tokens
+from reasonrl.rollout.sample import Sample
+
+
+def lr_factor(step: int, warmup_steps: int, schedule: str, total_steps: int) -> float:
+    """Multiplier of the peak learning rate at schedule step `step` (0-based): linear warm-up, then
+    constant or cosine decay to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "cosine":
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return 1.0
+
+
+def make_optimizer(params, optim: OptimSection, total_steps: int):
+    optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, optim.warmup_steps, optim.schedule, total_steps))
+    return optimizer, scheduler
+
+
+class _Totals:
+    """Sums of weighted statistics over micro-batches, turned into means at the end."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+
+    def add(self, key: str, value: float, weight: float) -> None:
+        self.sums[key] = self.sums.get(key, 0.0) + value * weight
+        self.weights[key] = self.weights.get(key, 0.0) + weight
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.weights[k] for k, v in self.sums.items() if self.weights[k] > 0}
+
+
+class PolicyUpdate:
+    def __init__(self, policy: DecoderLM, cfg: RunConfig, pad_id: int):
+        self.policy, self.cfg, self.pad_id = policy, cfg, pad_id
+        self.loss_fn = get_loss(cfg.loss.name)
+        self.optimizer, self.scheduler = make_optimizer(policy.parameters(), cfg.optim, cfg.train.steps)
+        self.reference = self._reference() if cfg.train.reference_model else None
+        use_autocast = cfg.model.autocast and policy.device.type == "cuda"
+        self.autocast = getattr(torch, cfg.model.autocast) if use_autocast else None
+        self.shuffle = torch.Generator().manual_seed(cfg.train.seed)
+
+    def __call__(self, samples: list[Sample], advantages: list[float], version: int) -> dict[str, float]:
+        o, start = self.cfg.optim, time.perf_counter()
+        self.policy.train()
+        old = self._old_logprobs(samples) if o.updates_per_step > 1 else None
+        totals, grad_norms = _Totals(), []
+        for epoch in range(o.ppo_epochs):
+            order = torch.randperm(len(samples), generator=self.shuffle).tolist() if o.minibatches_per_epoch > 1 \
+                else list(range(len(samples)))
+            for part in _split(order, o.minibatches_per_epoch):
+                grad_norms.append(self._step(part, samples, advantages, old, version, totals, first_pass=epoch == 0))
+        self.scheduler.step()
+        self.policy.eval()
+        seconds = time.perf_counter() - start
+        tokens = sum(len(s.response_ids) for s in samples)
+        return {**totals.means(), "grad_norm": sum(grad_norms) / len(grad_norms), "optimizer_steps": len(grad_norms),
+                "train_seconds": seconds, "train_tokens_per_s": tokens * o.ppo_epochs / seconds}
+
+    def _step(self, part: list[int], samples, advantages, old, version: int, totals: _Totals, first_pass: bool) -> float:
+        """One optimizer step on the samples `part`; returns the gradient norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        chosen = [samples[i] for i in part]
+        denominator = 0.0
+        for idx in micro_batches(chosen, self.cfg.optim.max_tokens_per_microbatch):
+            rows = [part[i] for i in idx]
+            batch = collate([samples[i] for i in rows], [advantages[i] for i in rows], self.pad_id, self.policy.device,
+                            None if old is None else [old[i] for i in rows])
+            denominator += self._backward(batch, version, totals, first_pass)
+        for p in self.policy.parameters():
+            if p.grad is not None and denominator > 0:
+                p.grad /= denominator
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        return float(grad_norm)
+
+    def _backward(self, batch: TrainBatch, version: int, totals: _Totals, first_pass: bool) -> float:
+        with self._autocast():
+            logp, entropy = response_logprobs(self.policy, batch, self.cfg.rollout.temperature, entropy=True)
+            ref = self._reference_logp(batch)
+        mask = batch.mask
+        if self.cfg.loss.off_policy == "mask":
+            mask = mask_stale_tokens(mask, batch.versions, version)
+        old_logp = batch.old_logp if batch.old_logp is not None else logp.detach()
+        loss, stats = self.loss_fn(logp, old_logp, batch.behaviour_logp, batch.advantages, mask, self.cfg.loss,
+                                   ref_logp=ref)
+        d = float(stats.pop("denominator"))
+        (loss * d).backward()
+        for key, value in stats.items():
+            totals.add(key, float(value), d)
+        totals.add("policy_loss", float(loss.detach()), d)
+        tokens = float(batch.mask.sum())
+        totals.add("entropy", float(entropy[batch.mask].sum()) / max(tokens, 1), tokens)
+        if first_pass:  # engine vs trainer log-probs of the same weights, on tokens sampled by this policy version
+            fresh = batch.mask & (batch.versions == version)
+            gap = (old_logp - batch.behaviour_logp).abs()[fresh]
+            totals.add("logprob_mismatch", float(gap.sum()) / max(gap.numel(), 1), float(gap.numel()))
+        return d
+
+    @torch.no_grad()
+    def _old_logprobs(self, samples: list[Sample]) -> list[torch.Tensor]:
+        """Each sample's (T,) response log-probs under the policy before the update."""
+        out: list[torch.Tensor | None] = [None] * len(samples)
+        for idx in micro_batches(samples, self.cfg.optim.max_tokens_per_microbatch):
+            batch = collate([samples[i] for i in idx], [0.0] * len(idx), self.pad_id, self.policy.device)
+            with self._autocast():
+                logp = response_logprobs(self.policy, batch, self.cfg.rollout.temperature).float()
+            for row, i in enumerate(idx):
+                out[i] = logp[row, :len(samples[i].response_ids)].cpu()
+        return out
+
+    def _autocast(self):
+        return torch.autocast(self.policy.device.type, self.autocast) if self.autocast else nullcontext()
+
+    def _reference(self) -> DecoderLM:
+        from reasonrl.models.loader import load_model
+
+        path = self.cfg.model.path
+        ref = load_model(path, self.policy.device, self.policy.dtype) if path else copy.deepcopy(self.policy)
+        return ref.requires_grad_(False).eval()
+
+    def _reference_logp(self, batch: TrainBatch) -> torch.Tensor | None:
+        if self.reference is None:
+            return None
+        with torch.no_grad():
+            return response_logprobs(self.reference, batch, self.cfg.rollout.temperature)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "shuffle": self.shuffle.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if "shuffle" in state:
+            self.shuffle.set_state(state["shuffle"])
+
+
+def _split(order: list[int], parts: int) -> list[list[int]]:
+    """`order` in `parts` contiguous pieces of near-equal size (none empty)."""
+    parts = min(parts, len(order))
+    bounds = [round(i * len(order) / parts) for i in range(parts + 1)]
+    return [order[a:b] for a, b in zip(bounds, bounds[1:])]

@@ -1,0 +1,59 @@
+"""`RolloutConfig`: how prompts become scored groups of samples (the `rollout:` section of a recipe)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class RolloutConfig:
+    prompts_per_step: int = 8
+    """Prompt groups trained on per step (N)."""
+    samples_per_prompt: int = 8
+    """Responses per prompt (G): the group GRPO normalises within."""
+    over_provision: float = 1.0
+    """APRIL: launch ceil(N * ratio) groups, stop once N have finished, keep the rest's partial
+    responses for the next step. 1.0 = plain synchronous rollout."""
+    max_tokens: int = 256
+    """Response tokens per sample, resumed tokens included."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts (the trainer's log-probs use the same)."""
+    top_p: float = 1.0
+    """Nucleus sampling of the rollouts (keep 1.0 for RL: the log-probs are of the full distribution)."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and launch more until N groups remain."""
+    max_groups_per_step: int = 0
+    """With dynamic sampling, give up filling the step after launching this many groups (0: 8 N)."""
+    overlong_max: int = 0
+    """DAPO overlong shaping: penalise responses longer than overlong_max - overlong_cache (0: off)."""
+    overlong_cache: int = 0
+    """DAPO overlong shaping: the length of the soft-penalty band before overlong_max."""
+    remote_url: str | None = None
+    """Roll out on a `reasonrl serve` endpoint (http://host:port) instead of the in-process engine;
+    weights are pushed to it after every update."""
+    remote_api_key_env: str = "REASONRL_API_KEY"
+    """With remote_url: the environment variable holding the server's API key (unset: no key sent)."""
+
+    def __post_init__(self):
+        def need(ok: bool, key: str, message: str):
+            if not ok:
+                raise ValueError(f"rollout.{key}: {message}")
+
+        need(self.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {self.prompts_per_step}")
+        need(self.samples_per_prompt >= 1, "samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}")
+        need(self.over_provision >= 1.0, "over_provision",
+             f"must be >= 1.0 (1.0 = synchronous), got {self.over_provision}")
+        need(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
+        need(self.temperature > 0, "temperature",
+             f"must be > 0 for RL (log-probs of sampled tokens), got {self.temperature}")
+        need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        need(self.max_groups_per_step >= 0, "max_groups_per_step", f"must be >= 0, got {self.max_groups_per_step}")
+        need(self.overlong_max == 0 or 0 < self.overlong_cache <= self.overlong_max, "overlong_cache",
+             "must be in (0, overlong_max] when overlong_max is set")
+        need(self.remote_url is None or self.remote_url.startswith(("http://", "https://")), "remote_url",
+             f"must be an http:// or https:// URL, got {self.remote_url!r}")
+
+    @property
+    def group_budget(self) -> int:
+        """Groups one step may launch at most under dynamic sampling."""
+        return self.max_groups_per_step or 8 * self.prompts_per_step

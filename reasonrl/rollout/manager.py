@@ -1,0 +1,94 @@
+"""`RolloutManager`: the rollout stage of the loop, training prompts in, scored groups out.
+
+It owns the prompt stream, prompt encoding (the chat template), APRIL scheduling over a backend,
+scoring (the environment's reward, DAPO's overlong shaping) and held-out greedy evaluation. It
+needs no trainer: the demo measures rollout throughput with one, and a trainer holds one.
+
+    backend = EngineBackend(LLMEngine(policy, tokenizer, engine_cfg))
+    rollout = RolloutManager(backend, env, tokenizer, RolloutConfig(prompts_per_step=8))
+    groups, stats = rollout.collect(step=1, version=0)
+"""
+
+from __future__ import annotations
+
+from reasonrl.engine.sampling_params import SamplingParams
+from reasonrl.envs.base import Environment, Prompt
+from reasonrl.models.tokenizer import Tokenizer
+from reasonrl.rl.advantages import overlong_penalty
+from reasonrl.rl.metrics import percentile
+from reasonrl.rollout.april import AprilRollout
+from reasonrl.rollout.backend import RolloutBackend
+from reasonrl.rollout.buffer import Group
+from reasonrl.rollout.config import RolloutConfig
+from reasonrl.rollout.prompts import PromptSource
+
+
+class RolloutManager:
+    def __init__(self, backend: RolloutBackend, env: Environment, tokenizer: Tokenizer, cfg: RolloutConfig,
+                 seed: int = 0):
+        self.backend, self.env, self.tokenizer, self.cfg = backend, env, tokenizer, cfg
+        self.prompts = PromptSource(env, seed)
+        self.april = AprilRollout(backend, cfg, self.prompts, self.encode, self.score, seed)
+        self._prompt_ids: dict[str, list[int]] = {}
+
+    def collect(self, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
+        """One rollout phase: at least `prompts_per_step` finished, scored groups, and its metrics."""
+        before = self.backend.stats()
+        self.backend.prepare()
+        groups, stats = self.april.collect(step, version)
+        self.backend.release()
+        metrics = {**stats.as_dict(), **self.april.buffer.stats(step)}
+        return groups, {**metrics, **_spec_metrics(before, self.backend.stats())}
+
+    def evaluate(self, prompts: list[Prompt]) -> dict[str, float]:
+        """Greedy pass@1 on held-out prompts, through the same backend as the rollouts."""
+        if not prompts:
+            return {}
+        self.backend.prepare()
+        params = SamplingParams(temperature=0, max_tokens=self.cfg.max_tokens, detokenize=False)
+        for i, p in enumerate(prompts):
+            self.backend.submit(f"eval:{i}", self.encode(p), params, [], [])
+        outs: dict = {}
+        while len(outs) < len(prompts):
+            outs.update(self.backend.poll())
+        self.backend.release()
+        ids = [outs[f"eval:{i}"].token_ids for i in range(len(prompts))]
+        texts = [self.tokenizer.decode(t) for t in ids]
+        rewards = self.env.rewards(prompts, texts)
+        lengths = [len(t) for t in ids]
+        return {**self.env.metrics(prompts, texts, rewards), "length_p50": percentile(lengths, 50),
+                "length_p99": percentile(lengths, 99)}
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        if prompt.id not in self._prompt_ids:
+            self._prompt_ids[prompt.id] = self.tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True)
+        return self._prompt_ids[prompt.id]
+
+    def score(self, group: Group) -> None:
+        """Rewards of a finished group (the environment never raises on model output)."""
+        for s in group.samples:
+            s.response_text = self.tokenizer.decode(s.response_ids)
+        rewards = self.env.rewards([group.prompt] * len(group.samples), [s.response_text for s in group.samples])
+        for s, reward in zip(group.samples, rewards):
+            s.reward = reward
+            if self.cfg.overlong_max:
+                s.reward += overlong_penalty(len(s.response_ids), self.cfg.overlong_max, self.cfg.overlong_cache)
+
+    def state_dict(self) -> dict:
+        return {"prompts": self.prompts.state_dict(), "april": self.april.state_dict(),
+                "backend": self.backend.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prompts.load_state_dict(state["prompts"])
+        self.april.load_state_dict(state["april"])
+        self.backend.load_state_dict(state["backend"])
+
+
+def _spec_metrics(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Speculative decoding: tokens emitted per target forward during the phase (it falls as the
+    policy moves away from the weights its draft was distilled against)."""
+    if "spec_rounds" not in after:
+        return {}
+    rounds = after["spec_rounds"] - before.get("spec_rounds", 0)
+    emitted = after["spec_emitted_tokens"] - before.get("spec_emitted_tokens", 0)
+    return {"spec_accepted_length": emitted / max(rounds, 1)}

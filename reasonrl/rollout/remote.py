@@ -1,0 +1,125 @@
+"""`RemoteBackend`: rollouts on a `reasonrl serve` endpoint over HTTP.
+
+Requests go to the OpenAI-compatible completions route with reasonrl's extensions (`resume`,
+`return_token_ids`, `/v1/abort`); an asyncio loop in a thread keeps them all in flight. After each
+update the policy is written to `sync_dir` and the server loads it (`/v1/load_weights`), so the
+server must be able to read that directory (same machine or a shared file system).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from reasonrl.engine.sequence import CompletionOutput
+from reasonrl.models.loader import save_model
+from reasonrl.rollout.backend import Finished, RolloutBackend
+
+
+def api_key_from_env(variable: str | None) -> str | None:
+    return os.environ.get(variable) or None if variable else None
+
+
+class RemoteBackend(RolloutBackend):
+    def __init__(self, base_url: str, sync_dir: str | Path | None = None, tokenizer=None, api_key: str | None = None,
+                 timeout: float = 3600.0):
+        self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.sync_dir, self.tokenizer = (Path(sync_dir) if sync_dir else None), tokenizer
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.results: queue.Queue = queue.Queue()
+        self.in_flight: set[str] = set()
+        try:
+            httpx.get(f"{self.base_url}/health", timeout=10).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise ConnectionError(f"no reasonrl server at {self.base_url}: {exc}") from None
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="reasonrl-remote", daemon=True)
+        self.thread.start()
+        self.client = self._run(self._make_client(timeout))
+
+    async def _make_client(self, timeout: float) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.base_url, timeout=timeout, headers=self.headers,
+                                 limits=httpx.Limits(max_connections=None))
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def _request(self, method: str, route: str, timeout: float, **kwargs) -> httpx.Response:
+        r = httpx.request(method, f"{self.base_url}{route}", headers=self.headers, timeout=timeout, **kwargs)
+        if r.status_code != 200:
+            raise RuntimeError(f"{self.base_url}{route} answered {r.status_code}: {r.text[:300]}")
+        return r
+
+    # ---- samples ----------------------------------------------------------------------------
+    def submit(self, key, prompt_ids, params, output_ids, output_logprobs) -> None:
+        body = {"prompt": prompt_ids, "max_tokens": params.max_tokens, "temperature": params.temperature,
+                "top_p": params.top_p, "seed": params.seed, "logprobs": 0, "return_token_ids": True, "request_id": key,
+                "stop_token_ids": params.stop_token_ids}
+        if output_ids:
+            body["resume"] = {"token_ids": output_ids, "logprobs": output_logprobs}
+        self.in_flight.add(key)
+        asyncio.run_coroutine_threadsafe(self._post(key, body), self.loop)
+
+    async def _post(self, key: str, body: dict) -> None:
+        try:
+            r = await self.client.post("/v1/completions", json=body)
+            if r.status_code != 200:
+                raise RuntimeError(f"server refused sample {key}: {r.status_code} {r.text[:300]}")
+            c = r.json()["choices"][0]
+            out = CompletionOutput(0, c["token_ids"], c["logprobs"]["token_logprobs"], c["text"], c["finish_reason"],
+                                   c.get("stop_reason"), None, c.get("seed") or 0)
+            self.results.put((key, out))
+        except Exception as exc:  # surfaced in the trainer's thread by poll()
+            self.results.put((key, exc))
+
+    def poll(self, wait: float = 0.05) -> list[Finished]:
+        items = []
+        try:
+            items.append(self.results.get(timeout=wait))
+            while True:
+                items.append(self.results.get_nowait())
+        except queue.Empty:
+            pass
+        finished = []
+        for key, out in items:
+            self.in_flight.discard(key)
+            if isinstance(out, Exception):
+                raise out
+            finished.append((key, out))
+        return finished
+
+    def abort_all(self, timeout: float = 60.0) -> list[Finished]:
+        """Abort every request; each in-flight HTTP response then returns with what it has."""
+        if self.in_flight:
+            self._request("POST", "/v1/abort", 30, json={"all": True})
+        out, deadline = [], time.monotonic() + timeout
+        while self.in_flight and time.monotonic() < deadline:
+            out += self.poll(wait=0.1)
+        if self.in_flight:
+            raise TimeoutError(f"{len(self.in_flight)} aborted requests did not return within {timeout} s")
+        return out
+
+    @property
+    def num_running(self) -> int:
+        return len(self.in_flight)
+
+    # ---- weights, counters ------------------------------------------------------------------
+    def sync(self, policy, version: int) -> None:
+        if self.sync_dir is None:
+            raise ValueError("RemoteBackend needs a sync_dir to push weights to the server")
+        path = save_model(policy, self.sync_dir, self.tokenizer)
+        self._request("POST", "/v1/load_weights", 600, json={"path": str(path.resolve())})
+
+    def stats(self) -> dict[str, float]:
+        return self._request("GET", "/v1/stats", 30).json()
+
+    def close(self) -> None:
+        self._run(self.client.aclose())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)

@@ -6,103 +6,13 @@ tolerance. The vision window is 2 x 2 merged tokens, so the test images span sev
 partial ones included.
 """
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from reasonrl.models import load_model, save_model
-from reasonrl.models.qwen2_5_vl import ImageConfig, MultimodalPrompt, Qwen2_5_VL, build_prompt, preprocess
-from reasonrl.models.tiny_vlm import QWEN_VL_TEMPLATE, make_vlm_checkpoint, make_vlm_tokenizer
-
-CORPUS = ["The quick brown fox jumps over the lazy dog. 12 + 30 = 42.", "What is in the picture? A red circle.",
-          "Describe both images and compare them.", "How many squares are there?"] * 20
-IMAGE_CFG = ImageConfig(max_pixels=28 * 28 * 64)
-SIZES = [(56, 84), (150, 150), (30, 200)]  # (H, W): wide, square spanning partial windows, very wide
-
-
-def noise_image(h, w, seed=0, mode="RGB"):
-    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
-    a = np.random.RandomState(seed).randint(0, 256, (h, w, channels), dtype=np.uint8)
-    return Image.fromarray(a[..., 0] if mode == "L" else a, mode)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return make_vlm_tokenizer(CORPUS, vocab_size=384)
-
-
-@pytest.fixture(scope="module")
-def hf_vlm(tmp_path_factory, tok):
-    """Factory: (variant) -> (checkpoint dir, transformers reference in fp32). Variants: "base",
-    "sharded" (max_shard_size), "bf16" (bf16 on disk; the reference is reloaded from it), "tied"."""
-    import transformers
-
-    cache = {}
-
-    def make(variant="base"):
-        if variant in cache:
-            return cache[variant]
-        ids = {k: tok.tok.token_to_id(t) for k, t in [("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-               ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
-        cfg = transformers.Qwen2_5_VLConfig(
-            text_config=dict(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6,
-                             bos_token_id=None, eos_token_id=tok.eos_token_ids[0],
-                             rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}),
-            vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                               window_size=56, fullatt_block_indexes=[1]),
-            tie_word_embeddings=variant == "tied", **ids)
-        torch.manual_seed(len(cache))
-        model = transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval()
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name or "ln_q" in name else 0.2 * torch.randn_like(p))
-        path = tmp_path_factory.mktemp(f"qwen2_5_vl_{variant}")
-        if variant == "bf16":
-            model.to(torch.bfloat16).save_pretrained(path)
-            model = transformers.Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
-        else:
-            model.save_pretrained(path, **({"max_shard_size": "100KB"} if variant == "sharded" else {}))
-        cache[variant] = (path, model)
-        return cache[variant]
-
-    return make
-
-
-def images_prompt(tok, cfg, sizes=SIZES, seed=0):
-    """A chat with one image per size, text before, between and after them."""
-    parts = [{"type": "text", "text": "Describe both images and compare them."}]
-    for i, (h, w) in enumerate(sizes):
-        parts += [{"type": "image", "image": noise_image(h, w, seed + i)}, {"type": "text", "text": f"image {i} and"}]
-    return build_prompt(tok, [{"role": "user", "content": parts}], cfg, IMAGE_CFG)
-
-
-def hf_logits(hf, prompts, t=None):
-    """transformers' logits for right-padded prompts (MultimodalPrompt or plain id lists)."""
-    ids = [p.input_ids if isinstance(p, MultimodalPrompt) else p for p in prompts]
-    t = t or max(map(len, ids))
-    batch = torch.tensor([x + [0] * (t - len(x)) for x in ids])
-    mask = torch.tensor([[1] * len(x) + [0] * (t - len(x)) for x in ids])
-    mm = [p for p in prompts if isinstance(p, MultimodalPrompt) and p.num_images]
-    kw = {}
-    if mm:
-        kw = dict(pixel_values=torch.cat([p.pixel_values for p in mm]), image_grid_thw=torch.cat([p.image_grid_thw for p in mm]),
-                  mm_token_type_ids=(batch == hf.config.image_token_id).int())
-    with torch.no_grad():
-        return hf(input_ids=batch, attention_mask=mask, **kw).logits, mask.bool()
-
-
-def our_logits(model, prompts):
-    ids = [p.input_ids if isinstance(p, MultimodalPrompt) else p for p in prompts]
-    t = max(map(len, ids))
-    batch = torch.tensor([x + [0] * (t - len(x)) for x in ids])
-    mm = [p if isinstance(p, MultimodalPrompt) else None for p in prompts]
-    with torch.no_grad():
-        return model.compute_logits(model.forward_padded(batch, mm))
-
+from reasonrl.models import load_model
+from reasonrl.models.qwen2_5_vl import MultimodalPrompt, Qwen2_5_VL, preprocess
+from tests.models.vlm_common import IMAGE_CFG, SIZES, hf_logits, images_prompt, noise_image, our_logits
 
 # ---- preprocessing ---------------------------------------------------------------------------
 
@@ -138,7 +48,7 @@ def test_preprocess_paths_and_bad_inputs(tmp_path):
 
 # ---- vision tower and logits -----------------------------------------------------------------
 
-def test_vision_tower_matches_transformers(hf_vlm, tok):
+def test_vision_tower_matches_transformers(hf_vlm, vlm_tok):
     path, hf = hf_vlm()
     ours = load_model(path, "cpu")
     pixels, grid = preprocess([noise_image(h, w, i) for i, (h, w) in enumerate(SIZES)], IMAGE_CFG)
@@ -150,22 +60,22 @@ def test_vision_tower_matches_transformers(hf_vlm, tok):
 
 
 @pytest.mark.parametrize("variant", ["base", "sharded", "bf16", "tied"])
-def test_several_images_in_one_prompt(hf_vlm, tok, variant):
+def test_several_images_in_one_prompt(hf_vlm, vlm_tok, variant):
     path, hf = hf_vlm(variant)
     if variant == "sharded":
         assert len(list(path.glob("model-*.safetensors"))) > 1
     ours = load_model(path, "cpu")
     assert isinstance(ours, Qwen2_5_VL) and ours.dtype == torch.float32
-    mm = images_prompt(tok, ours.vlm_config)
+    mm = images_prompt(vlm_tok, ours.vlm_config)
     assert mm.image_grid_thw.tolist() == [[1, 4, 6], [1, 10, 10], [1, 2, 14]]
     expected, _ = hf_logits(hf, [mm])
     torch.testing.assert_close(our_logits(ours, [mm]), expected, atol=1e-4, rtol=0)
 
 
-def test_text_only_prompt(hf_vlm, tok):
+def test_text_only_prompt(hf_vlm, vlm_tok):
     path, hf = hf_vlm()
     ours = load_model(path, "cpu")
-    ids = tok.apply_chat_template([{"role": "user", "content": "How many squares are there?"}])
+    ids = vlm_tok.apply_chat_template([{"role": "user", "content": "How many squares are there?"}])
     expected, _ = hf_logits(hf, [ids])
     torch.testing.assert_close(our_logits(ours, [ids]), expected, atol=1e-4, rtol=0)
     text_prompt = MultimodalPrompt.from_ids(ids, None, None, ours.vlm_config)  # no images: plain positions
@@ -173,31 +83,31 @@ def test_text_only_prompt(hf_vlm, tok):
     torch.testing.assert_close(our_logits(ours, [text_prompt]), expected, atol=1e-4, rtol=0)
 
 
-def test_padded_batch_of_prompts(hf_vlm, tok):
+def test_padded_batch_of_prompts(hf_vlm, vlm_tok):
     path, hf = hf_vlm()
     ours = load_model(path, "cpu")
     cfg = ours.vlm_config
-    prompts = [images_prompt(tok, cfg, [(56, 84)], seed=3),
-               tok.apply_chat_template([{"role": "user", "content": "What is in the picture?"}]),
-               images_prompt(tok, cfg, [(150, 150), (30, 200)], seed=5)]
+    prompts = [images_prompt(vlm_tok, cfg, [(56, 84)], seed=3),
+               vlm_tok.apply_chat_template([{"role": "user", "content": "What is in the picture?"}]),
+               images_prompt(vlm_tok, cfg, [(150, 150), (30, 200)], seed=5)]
     expected, mask = hf_logits(hf, prompts)
     got = our_logits(ours, prompts)
     torch.testing.assert_close(got[mask], expected[mask], atol=1e-4, rtol=0)
 
 
-def test_mrope_positions_match_get_rope_index(hf_vlm, tok):
+def test_mrope_positions_match_get_rope_index(hf_vlm, vlm_tok):
     path, hf = hf_vlm()
     cfg = load_model(path, "cpu").vlm_config
-    mm = images_prompt(tok, cfg)
+    mm = images_prompt(vlm_tok, cfg)
     ids = torch.tensor([mm.input_ids])
     positions, delta = hf.model.get_rope_index(ids, (ids == cfg.image_token_id).int(), mm.image_grid_thw)
     assert torch.equal(positions[:, 0], mm.positions) and int(delta) == mm.rope_delta < 0
 
 
-def test_training_forward_reaches_the_vision_tower(hf_vlm, tok):
+def test_training_forward_reaches_the_vision_tower(hf_vlm, vlm_tok):
     path, _ = hf_vlm()
     ours = load_model(path, "cpu").train()
-    mm = images_prompt(tok, ours.vlm_config, [(56, 84)])
+    mm = images_prompt(vlm_tok, ours.vlm_config, [(56, 84)])
     ids = torch.tensor([mm.input_ids + [5, 6]])  # prompt + a 2-token response
     logits = ours.compute_logits(ours.forward_padded(ids, [mm]))
     logits[0, -3:].logsumexp(-1).sum().backward()
@@ -207,7 +117,7 @@ def test_training_forward_reaches_the_vision_tower(hf_vlm, tok):
 
 # ---- inference: paged KV, chunked prefill, decode ----------------------------------------------
 
-def test_paged_chunked_prefill_and_decode_match_transformers_generate(hf_vlm, tok):
+def test_paged_chunked_prefill_and_decode_match_transformers_generate(hf_vlm, vlm_tok):
     """Prefill in two chunks split inside an image's placeholders, then greedy decode through the
     paged KV cache: the same tokens as transformers' generate, and logits equal to a padded forward."""
     from reasonrl.engine.attention import AttentionMetadata, PagedAttention
@@ -215,7 +125,7 @@ def test_paged_chunked_prefill_and_decode_match_transformers_generate(hf_vlm, to
 
     path, hf = hf_vlm()
     ours = load_model(path, "cpu")
-    mm = images_prompt(tok, ours.vlm_config)
+    mm = images_prompt(vlm_tok, ours.vlm_config)
     kv = DenseKV(ours.config, num_blocks=16, block_size=16, device=torch.device("cpu"), dtype=torch.float32)
     kv.allocate()
     embeds = ours.encode_images(mm.pixel_values, mm.image_grid_thw)

@@ -117,7 +117,7 @@ def test_training_forward_reaches_the_vision_tower(hf_vlm, vlm_tok):
 
 # ---- inference: paged KV, chunked prefill, decode ----------------------------------------------
 
-def test_paged_chunked_prefill_and_decode_match_transformers_generate(hf_vlm, vlm_tok):
+def test_paged_chunked_prefill_and_decode_match_transformers_generate(hf_vlm, vlm_tok, monkeypatch):
     """Prefill in two chunks split inside an image's placeholders, then greedy decode through the
     paged KV cache: the same tokens as transformers' generate, and logits equal to a padded forward."""
     from reasonrl.engine.attention import AttentionMetadata, PagedAttention
@@ -143,10 +143,27 @@ def test_paged_chunked_prefill_and_decode_match_transformers_generate(hf_vlm, vl
             if stop == len(tokens) and len(tokens) < len(mm.input_ids) + steps:
                 tokens.append(int(logits[-1].argmax()))
         ids = torch.tensor([mm.input_ids])
+        monkeypatch.setattr(hf.generation_config, "eos_token_id", None)  # greedy through EOS, as ours above
         generated = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=mm.pixel_values,
                                 image_grid_thw=mm.image_grid_thw, mm_token_type_ids=(ids == hf.config.image_token_id).int(),
-                                max_new_tokens=steps, min_new_tokens=steps, do_sample=False)
+                                max_new_tokens=steps, do_sample=False)
     assert tokens == generated[0].tolist()
     with torch.no_grad():  # the training forward over prompt + response, the response at decode positions
         full = ours.compute_logits(ours.forward_padded(torch.tensor([tokens]), [mm]))
     torch.testing.assert_close(torch.cat(logits[1:]), full[0, len(mm.input_ids) - 1:], atol=1e-4, rtol=0)
+
+
+def test_engine_runs_a_vlm_checkpoint_on_text_prompts(hf_vlm, vlm_tok, monkeypatch):
+    """Today's engine, unchanged, serves text prompts on a Qwen2.5-VL checkpoint (equal M-RoPE rows
+    are plain RoPE): greedy tokens equal transformers' generate."""
+    from reasonrl.engine import LLM, SamplingParams
+
+    path, hf = hf_vlm()
+    llm = LLM(path, vlm_tok, device="cpu", dtype="float32")
+    prompt = vlm_tok.apply_chat_template([{"role": "user", "content": "How many squares are there?"}])
+    out = llm.generate(prompt, SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))[0]
+    ids = torch.tensor([prompt])
+    monkeypatch.setattr(hf.generation_config, "eos_token_id", None)  # ignore_eos: greedy through EOS
+    with torch.no_grad():
+        expected = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+    assert out.outputs[0].token_ids == expected[0, len(prompt):].tolist()

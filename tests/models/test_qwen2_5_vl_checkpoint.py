@@ -197,3 +197,14 @@ def test_config_errors_name_the_key():
         VLMConfig.from_dict({**QWEN2_5_VL_7B, "vision_config": {**_VISION_7B, "window_size": 100}})
     with pytest.raises(ConfigError, match="vision_config"):
         VLMConfig.from_dict({k: v for k, v in QWEN2_5_VL_7B.items() if k != "vision_config"})
+
+
+def test_chat_template_json_is_read(vlm_tok, tmp_path):
+    """Qwen2.5-VL hub checkpoints keep their template in chat_template.json."""
+    vlm_tok.save(tmp_path)
+    cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    template = cfg.pop("chat_template")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert Tokenizer.from_dir(tmp_path).chat_template is None
+    (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    assert Tokenizer.from_dir(tmp_path).chat_template == template

@@ -56,6 +56,7 @@ class Segments:
 
     index: torch.Tensor  # (S, L) long, row of the packed sequence in each slot (0 in padding)
     valid: torch.Tensor  # (S, L) bool
+    padded: bool  # some segment is shorter than L; equal segments need no mask (flash kernels apply)
 
     @classmethod
     def from_lengths(cls, lengths: list[int], device: torch.device) -> Segments:
@@ -64,11 +65,11 @@ class Segments:
         slot = torch.arange(width, device=device)
         valid = slot[None, :] < n[:, None]
         start = torch.cumsum(n, 0) - n
-        return cls(torch.where(valid, start[:, None] + slot[None, :], 0), valid)
+        return cls(torch.where(valid, start[:, None] + slot[None, :], 0), valid, min(lengths) < width)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v (P, H, D) -> (P, H, D)."""
         q, k, v = (x[self.index].transpose(1, 2) for x in (q, k, v))  # (S, H, L, D)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.valid[:, None, None, :])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.valid[:, None, None, :] if self.padded else None)
         # valid slots enumerate the packed rows in order
         return out.transpose(1, 2)[self.valid]

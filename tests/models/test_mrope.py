@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from reasonrl.models.config import ModelConfig
-from reasonrl.models.qwen2_5_vl import expand_image_tokens, mrope_positions, mrope_positions_batch, text_positions
+from reasonrl.models.qwen2_5_vl import expand_image_tokens, mrope_positions, text_positions
 from reasonrl.models.qwen2_5_vl.layout import Segments, patch_positions, window_order
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 from reasonrl.models.rope import Rotary
@@ -40,16 +40,6 @@ def test_placeholder_and_grid_mismatches_raise():
         mrope_positions([1, 2], torch.tensor([[1, 2, 2]]), IMG)
     with pytest.raises(ValueError, match="2 image placeholder.*1 image"):
         expand_image_tokens([IMG, 1, IMG], torch.tensor([[1, 2, 2]]), IMG, 2)
-
-
-def test_batch_positions_take_grids_row_by_row():
-    rows = torch.tensor([[1, IMG, IMG, 0, 0], [IMG, IMG, IMG, IMG, 2], [3, 4, 5, 0, 0]])
-    grids = torch.tensor([[1, 2, 4], [1, 4, 4]])
-    pos, deltas = mrope_positions_batch(rows, grids, IMG)
-    assert pos.shape == (3, 3, 5)
-    for b, grid in [(0, grids[:1]), (1, grids[1:]), (2, None)]:
-        single, delta = mrope_positions(rows[b], grid, IMG)
-        assert torch.equal(pos[:, b], single) and deltas[b] == delta
 
 
 def test_equal_rows_are_plain_rope_and_text_models_refuse_rows():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from reasonrl.models import load_model
-from reasonrl.models.qwen2_5_vl import MultimodalPrompt, Qwen2_5_VL, preprocess
+from reasonrl.models.qwen2_5_vl import MultimodalPrompt, Qwen2_5_VL, preprocess, smart_resize
 from tests.models.vlm_common import IMAGE_CFG, SIZES, hf_logits, images_prompt, noise_image, our_logits
 
 # ---- preprocessing ---------------------------------------------------------------------------
@@ -28,6 +28,19 @@ def test_preprocessing_matches_transformers():
     # 20x20 grows to the 56x56 floor; 400x300 shrinks to within max_pixels
     assert ours_grid[2].tolist() == [1, 4, 4] and int(ours_grid[3].prod()) * 14 * 14 <= IMAGE_CFG.max_pixels
     torch.testing.assert_close(ours_pixels, expected["pixel_values"], atol=0, rtol=0)
+
+
+def test_smart_resize_matches_transformers_on_a_sweep():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as reference
+
+    for h in [1, 13, 28, 41, 56, 99, 224, 333, 1000, 2047]:
+        for w in [5, 27, 64, 150, 511, 1280]:
+            if max(h, w) / min(h, w) > 200:
+                continue
+            for lo, hi in [(56 * 56, 28 * 28 * 64), (3136, 12845056), (28 * 28 * 4, 28 * 28 * 4)]:
+                got = smart_resize(h, w, 28, lo, hi)
+                assert got == reference(h, w, 28, lo, hi), (h, w, lo, hi)
+                assert got[0] % 28 == got[1] % 28 == 0
 
 
 def test_preprocess_paths_and_bad_inputs(tmp_path):

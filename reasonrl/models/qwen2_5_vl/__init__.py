@@ -5,10 +5,10 @@ Checkpoints load and save through `reasonrl.models.load_model` / `save_model` li
 
 from reasonrl.models.qwen2_5_vl.config import VisionConfig, VLMConfig
 from reasonrl.models.qwen2_5_vl.model import Qwen2_5_VL
-from reasonrl.models.qwen2_5_vl.mrope import mrope_positions, mrope_positions_batch, text_positions
+from reasonrl.models.qwen2_5_vl.mrope import mrope_positions, text_positions
 from reasonrl.models.qwen2_5_vl.processor import ImageConfig, preprocess, smart_resize
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt, build_prompt, expand_image_tokens
 
 __all__ = ["ImageConfig", "MultimodalPrompt", "Qwen2_5_VL", "VLMConfig", "VisionConfig", "build_prompt",
-           "expand_image_tokens", "mrope_positions", "mrope_positions_batch", "preprocess", "smart_resize",
+           "expand_image_tokens", "mrope_positions", "preprocess", "smart_resize",
            "text_positions"]

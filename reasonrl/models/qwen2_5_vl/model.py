@@ -11,7 +11,8 @@ Images enter in two steps:
    (padded causal for training, the paged KV cache for the engine).
 
 `forward_padded(input_ids, prompts)` is the training forward: row b of the batch starts with
-`prompts[b]` (a `MultimodalPrompt`, or None for a text-only row).
+`prompts[b]` (a `MultimodalPrompt`, or None for a text-only row); the tokens after the prompt
+(the response) sit at text positions i + rope_delta, exactly where the engine decoded them.
 """
 
 from __future__ import annotations

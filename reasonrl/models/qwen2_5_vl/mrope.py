@@ -62,26 +62,6 @@ def _image_positions(grid: Sequence[int], merge: int) -> tuple[torch.Tensor, int
     return torch.stack([tt.reshape(-1), hh.reshape(-1), ww.reshape(-1)]), max(t, h, w)
 
 
-def mrope_positions_batch(input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None, image_token_id: int,
-                          merge: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of a padded batch (B, T) -> (positions (3, B, T), deltas (B,)). The grids are all
-    rows' images in row order; padding must not be the image token."""
-    counts = [int(n) for n in (input_ids == image_token_id).sum(-1).tolist()]
-    grids = image_grid_thw if image_grid_thw is not None else torch.zeros(0, 3, dtype=torch.long)
-    tokens = (grids[:, 0] * (grids[:, 1] // merge) * (grids[:, 2] // merge)).tolist()
-    positions, deltas, g = [], [], 0
-    for row, count in zip(input_ids, counts):
-        start = g
-        while g < len(tokens) and sum(tokens[start:g]) < count:
-            g += 1
-        pos, delta = mrope_positions(row, grids[start:g], image_token_id, merge)
-        positions.append(pos)
-        deltas.append(delta)
-    if g != len(tokens):
-        raise ValueError(f"{len(tokens) - g} image_grid_thw row(s) have no placeholder tokens in the batch")
-    return torch.stack(positions, dim=1), torch.tensor(deltas)
-
-
 def text_positions(start: int, stop: int, delta: int) -> torch.Tensor:
     """(3, stop - start) positions of tokens start..stop-1 after a prompt with this delta (decoding)."""
     return torch.arange(start + delta, stop + delta).expand(3, -1)

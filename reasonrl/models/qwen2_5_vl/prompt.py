@@ -83,10 +83,10 @@ def build_prompt(tokenizer, messages: list[dict[str, Any]], cfg: VLMConfig, imag
                  add_generation_prompt: bool = True) -> MultimodalPrompt:
     """Render a chat whose user turns may hold image parts, preprocess the images, expand the placeholders."""
     image_cfg = image_cfg or ImageConfig()
-    v = cfg.vision
-    if (image_cfg.patch_size, image_cfg.merge_size, image_cfg.temporal_patch_size) != (v.patch_size, v.spatial_merge_size, v.temporal_patch_size):
-        raise ValueError(f"image config patch/merge/temporal sizes {image_cfg.patch_size}/{image_cfg.merge_size}/"
-                         f"{image_cfg.temporal_patch_size} differ from the model's {v.patch_size}/{v.spatial_merge_size}/{v.temporal_patch_size}")
+    ours = (image_cfg.patch_size, image_cfg.merge_size, image_cfg.temporal_patch_size)
+    model = (cfg.vision.patch_size, cfg.vision.spatial_merge_size, cfg.vision.temporal_patch_size)
+    if ours != model:
+        raise ValueError(f"image config (patch, merge, temporal) sizes {ours} differ from the model's {model}")
     pixel_values, grid = preprocess(message_images(messages), image_cfg)
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
     ids = expand_image_tokens(ids, grid, cfg.image_token_id, cfg.vision.spatial_merge_size)

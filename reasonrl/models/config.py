@@ -41,6 +41,7 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     rope_scaling: dict[str, Any] | None = None  # {"rope_type": ..., "factor": ...}; None = default RoPE
+    mrope_section: tuple[int, ...] | None = None  # M-RoPE (Qwen2-VL family): rotary pairs per (t, h, w) row
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
     qkv_bias: bool = False
@@ -87,7 +88,10 @@ class ModelConfig:
         num_kv_heads = d.get("num_key_value_heads") or num_heads
         if num_heads % num_kv_heads:
             raise ConfigError(f"'num_attention_heads' ({num_heads}) is not a multiple of 'num_key_value_heads' ({num_kv_heads})")
-        theta, scaling = _rope_params(d)
+        theta, scaling, mrope_section = _rope_params(d)
+        head_dim = d.get("head_dim") or d["hidden_size"] // num_heads
+        if mrope_section is not None and (len(mrope_section) != 3 or sum(mrope_section) != head_dim // 2):
+            raise ConfigError(f"'mrope_section' {list(mrope_section)} must be 3 numbers summing to head_dim / 2 = {head_dim // 2}")
         attention_bias = bool(d.get("attention_bias", False))
         eos = d.get("eos_token_id")
         return cls(
@@ -98,10 +102,11 @@ class ModelConfig:
             num_layers=d["num_hidden_layers"],
             num_heads=num_heads,
             num_kv_heads=num_kv_heads,
-            head_dim=d.get("head_dim") or d["hidden_size"] // num_heads,
+            head_dim=head_dim,
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
             rope_theta=theta,
             rope_scaling=scaling,
+            mrope_section=mrope_section,
             max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
             qkv_bias=True if family == "qwen2" else attention_bias,
@@ -147,6 +152,8 @@ class ModelConfig:
             torch_dtype=self.torch_dtype,
         )
         d.pop("rope_parameters", None)  # written in the classic form every loader reads
+        if self.mrope_section:  # as Qwen2.5-VL hub checkpoints write it
+            d["rope_scaling"] = {"type": "default", "rope_type": "default", "mrope_section": list(self.mrope_section)}
         d.pop("dtype", None)
         if self.family != "qwen2":
             d["attention_bias"] = self.qkv_bias
@@ -159,18 +166,22 @@ class ModelConfig:
         return d
 
 
-def _rope_params(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
-    """(theta, scaling) from either the classic `rope_theta`/`rope_scaling` keys or transformers>=5
-    `rope_parameters`."""
+def _rope_params(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None, tuple[int, ...] | None]:
+    """(theta, scaling, mrope_section) from either the classic `rope_theta`/`rope_scaling` keys or
+    transformers>=5 `rope_parameters`. M-RoPE is default RoPE whose rotary pairs read three
+    position rows; checkpoints spell it type "mrope" or "default" with an `mrope_section`."""
     params = d.get("rope_parameters")
     scaling = d.get("rope_scaling")
     theta = d.get("rope_theta")
     if isinstance(params, dict):
         theta = params.get("rope_theta", theta)
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    mrope_section = None
     if scaling:
         scaling = dict(scaling)
+        mrope_section = scaling.pop("mrope_section", None)
         rope_type = scaling.pop("type", None) or scaling.get("rope_type") or "default"
+        rope_type = "default" if rope_type == "mrope" else rope_type
         scaling["rope_type"] = rope_type
         if rope_type not in ROPE_TYPES:
             raise ConfigError(f"unsupported rope type {rope_type!r} in 'rope_scaling'; supported: {', '.join(ROPE_TYPES)}")
@@ -181,4 +192,5 @@ def _rope_params(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
                 raise ConfigError(f"'rope_scaling' of type {rope_type!r} needs key {key!r}")
         if rope_type == "default":
             scaling = None
-    return float(theta if theta is not None else 10000.0), scaling
+    section = tuple(int(x) for x in mrope_section) if mrope_section else None
+    return float(theta if theta is not None else 10000.0), scaling, section

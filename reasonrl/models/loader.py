@@ -4,6 +4,11 @@ A directory holds config.json and either model.safetensors, a sharded
 model.safetensors.index.json, or (older checkpoints) pytorch_model.bin. Hugging Face tensor
 names map onto `DecoderLM` parameters through `hf_to_local`; the separate q/k/v and gate/up
 projections land in slices of the fused parameters.
+
+Qwen2.5-VL checkpoints (`Qwen2_5_VL`, a `DecoderLM` with a vision tower) load through the same
+path. Hub checkpoints name tensors `visual.*`, `model.*` and `lm_head.*`; transformers 5.x's own
+module layout is `model.visual.*`, `model.language_model.*`, `lm_head.*`. Both load; saving
+writes the hub layout, which transformers 5.x reads too.
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from safetensors.torch import save_file
 
 from reasonrl.models.config import ModelConfig
 from reasonrl.models.model import DecoderLM
+from reasonrl.models.qwen2_5_vl.config import ARCHITECTURE as VLM_ARCHITECTURE
+from reasonrl.models.qwen2_5_vl.config import VLMConfig
+from reasonrl.models.qwen2_5_vl.model import Qwen2_5_VL
+from reasonrl.models.qwen2_5_vl.processor import ImageConfig
 from reasonrl.models.rope import inv_frequencies
 
 log = logging.getLogger(__name__)
@@ -35,7 +44,9 @@ def hf_to_local(name: str, cfg: ModelConfig) -> tuple[str, int, int] | None:
     None for tensors the model does not use (e.g. precomputed rotary tables)."""
     if name.endswith("rotary_emb.inv_freq"):
         return None
-    name = name.removeprefix("model.")
+    name = name.replace("model.language_model.", "model.", 1).removeprefix("model.")
+    if name.startswith("visual."):  # Qwen2.5-VL's vision tower, named as in the checkpoint
+        return name, 0, -1
     m = _FUSED.match(name)
     if not m:
         return name, 0, -1
@@ -69,28 +80,44 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_model(path: str | Path, device: str | torch.device | None = None, dtype=None, max_len: int | None = None) -> DecoderLM:
+    """A `DecoderLM`, or a `Qwen2_5_VL` (a `DecoderLM` subclass) for Qwen2.5-VL checkpoints."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-    cfg = ModelConfig.from_dir(path)
+    vlm = _is_vlm(path)
+    cfg = VLMConfig.from_dir(path) if vlm else ModelConfig.from_dir(path)
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device, cfg)
+    dtype = resolve_dtype(dtype, device, cfg.text if vlm else cfg)
     with torch.device("meta"):
-        model = DecoderLM(cfg, max_len).to(dtype)
+        model = (Qwen2_5_VL(cfg, max_len) if vlm else DecoderLM(cfg, max_len)).to(dtype)
+    if vlm:
+        model.image_config = ImageConfig.from_dir(path)
     model = model.to_empty(device=device)
     model.tie_weights()
-    model.rotary.inv_freq = inv_frequencies(cfg, max_len).to(device)  # fp32; to_empty left it uninitialised
+    model.rotary.inv_freq = inv_frequencies(model.config, max_len).to(device)  # fp32; to_empty left it uninitialised
     return load_weights(model, path).eval()
+
+
+def _is_vlm(path: Path) -> bool:
+    file = path / "config.json"
+    try:
+        return VLM_ARCHITECTURE in (json.loads(file.read_text()).get("architectures") or [])
+    except (OSError, json.JSONDecodeError):
+        return False  # ModelConfig.from_dir names the problem
 
 
 def load_weights(model: DecoderLM, path: str | Path) -> DecoderLM:
     """Copy a checkpoint directory's tensors into `model` (shapes must match its config)."""
-    path = Path(path)
+    return load_state(model, _read_tensors(Path(path)), Path(path))
+
+
+def load_state(model: DecoderLM, tensors, source: str | Path = "state dict") -> DecoderLM:
+    """Copy (Hugging Face name, tensor) pairs into `model`; every parameter must be filled."""
     cfg = model.config
     params = dict(model.named_parameters(remove_duplicate=False))
     filled: dict[str, int] = {}
     with torch.no_grad():
-        for name, tensor in _read_tensors(path):
+        for name, tensor in tensors:
             target = hf_to_local(name, cfg)
             if target is None:
                 continue
@@ -103,18 +130,18 @@ def load_weights(model: DecoderLM, path: str | Path) -> DecoderLM:
                 raise CheckpointError(f"tensor {name!r} has shape {tuple(tensor.shape)}, the config implies {tuple(dest.shape)}")
             dest.copy_(tensor)
             filled[local] = filled.get(local, 0) + dest.numel()
-    _check_complete(model, params, filled, path)
+    _check_complete(model, params, filled, source)
     return model
 
 
-def _check_complete(model: DecoderLM, params: dict, filled: dict[str, int], path: Path) -> None:
+def _check_complete(model: DecoderLM, params: dict, filled: dict[str, int], source) -> None:
     if model.config.tie_word_embeddings:
         filled["lm_head.weight"] = filled.get("embed_tokens.weight", 0)
     missing = [n for n, p in params.items() if filled.get(n, 0) < p.numel()]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        hf = ["lm_head.weight" if n == "lm_head.weight" else f"model.{n}" for n in missing[:5]]
-        raise CheckpointError(f"checkpoint {path} is missing tensors: {', '.join(hf)}{more}")
+        hf = [n if n == "lm_head.weight" or n.startswith("visual.") else f"model.{n}" for n in missing[:5]]
+        raise CheckpointError(f"checkpoint {source} is missing tensors: {', '.join(hf)}{more}")
 
 
 def _read_tensors(path: Path):
@@ -140,13 +167,18 @@ def _read_tensors(path: Path):
 
 def local_to_hf(model: DecoderLM) -> dict[str, torch.Tensor]:
     """The model's weights under Hugging Face names, fused projections split back apart."""
+    return {k: v.contiguous().cpu() for k, v in hf_views(model).items()}
+
+
+def hf_views(model: DecoderLM) -> dict[str, torch.Tensor]:
+    """Views of the model's parameters under their Hugging Face (hub layout) names."""
     cfg = model.config
     out: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters():
         t = param.detach()
         m = re.match(r"^(layers\.\d+)\.(self_attn|mlp)\.(qkv_proj|gate_up_proj)\.(weight|bias)$", name)
         if m is None:
-            out["lm_head.weight" if name == "lm_head.weight" else f"model.{name}"] = t
+            out[name if name == "lm_head.weight" or name.startswith("visual.") else f"model.{name}"] = t
             continue
         prefix, block, _, kind = m.groups()
         parts = ("q", "k", "v") if block == "self_attn" else ("gate", "up")
@@ -155,7 +187,7 @@ def local_to_hf(model: DecoderLM) -> dict[str, torch.Tensor]:
             out[f"model.{prefix}.{block}.{proj}_proj.{kind}"] = t[offset:offset + rows]
     if cfg.tie_word_embeddings:
         out.pop("lm_head.weight", None)
-    return {k: v.contiguous().cpu() for k, v in out.items()}
+    return out
 
 
 def save_model(model: DecoderLM, path: str | Path, tokenizer=None, max_shard_bytes: int = 4 << 30) -> Path:
@@ -164,7 +196,11 @@ def save_model(model: DecoderLM, path: str | Path, tokenizer=None, max_shard_byt
     path.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     cfg.torch_dtype = str(model.dtype).removeprefix("torch.")
-    (path / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    vlm = isinstance(model, Qwen2_5_VL)
+    config = model.vlm_config.to_dict() if vlm else cfg.to_dict()
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    if vlm:
+        (path / "preprocessor_config.json").write_text(json.dumps(model.image_config.to_dict(), indent=2) + "\n")
     gen = {"eos_token_id": list(cfg.eos_token_ids)} if cfg.eos_token_ids else {}
     if cfg.bos_token_id is not None:
         gen["bos_token_id"] = cfg.bos_token_id

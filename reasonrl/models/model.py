@@ -121,7 +121,10 @@ class DecoderLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: Attention) -> torch.Tensor:
         """input_ids, positions (N,) -> final hidden states (N, hidden), after the last norm."""
-        x = self.embed_tokens(input_ids)
+        return self.forward_embeds(self.embed_tokens(input_ids), positions, attn)
+
+    def forward_embeds(self, x: torch.Tensor, positions: torch.Tensor, attn: Attention) -> torch.Tensor:
+        """Input embeddings x (N, hidden), positions (N,) or M-RoPE rows (3, N) -> final hidden (N, hidden)."""
         cos, sin = self.rotary(positions, x.dtype)
         for layer in self.layers:
             x = layer(x, cos, sin, attn)

@@ -51,10 +51,16 @@ class Rotary(torch.nn.Module):
     def __init__(self, cfg: ModelConfig, max_len: int | None = None):
         super().__init__()
         self.register_buffer("inv_freq", inv_frequencies(cfg, max_len), persistent=False)
+        self.mrope_section = list(cfg.mrope_section) if cfg.mrope_section else None
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin of shape (N, 1, head_dim) for positions (N,)."""
-        freqs = positions.float()[:, None] * self.inv_freq.float()[None, :]
+        """cos, sin of shape (N, 1, head_dim) for positions (N,), or (3, N) M-RoPE rows."""
+        freqs = positions.float()[..., None] * self.inv_freq.float()  # (N, D/2) or (3, N, D/2)
+        if positions.dim() == 2:
+            if self.mrope_section is None:
+                raise ValueError(f"positions of shape {tuple(positions.shape)} need an M-RoPE model (config 'mrope_section')")
+            bands = freqs.split(self.mrope_section, dim=-1)
+            freqs = torch.cat([band[i] for i, band in enumerate(bands)], dim=-1)
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]
         return emb.cos().to(dtype), emb.sin().to(dtype)
 

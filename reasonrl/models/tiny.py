@@ -14,7 +14,7 @@ import torch
 
 from reasonrl.models.config import ModelConfig
 from reasonrl.models.loader import save_model
-from reasonrl.models.model import DecoderLM
+from reasonrl.models.model import DecoderLM, RMSNorm
 from reasonrl.models.tokenizer import Tokenizer
 
 CHATML = (
@@ -25,18 +25,21 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
-def make_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> Tokenizer:
-    """A byte-level BPE tokenizer trained on `corpus`, with ChatML special tokens; EOS is <|im_end|>."""
+def make_tokenizer(corpus: Iterable[str], vocab_size: int = 512, extra_special_tokens: Iterable[str] = (),
+                   chat_template: str = CHATML) -> Tokenizer:
+    """A byte-level BPE tokenizer trained on `corpus`, with ChatML special tokens (ids 0, 1, 2), then
+    `extra_special_tokens`; EOS is <|im_end|>."""
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[*SPECIAL_TOKENS, *extra_special_tokens],
+                                  show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(corpus, trainer)
-    return Tokenizer(tok, CHATML, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    return Tokenizer(tok, chat_template, eos_token="<|im_end|>", pad_token="<|endoftext|>")
 
 
 def tiny_config(family: str = "qwen2", vocab_size: int = 512, hidden_size: int = 64, num_layers: int = 2,
@@ -57,9 +60,10 @@ def tiny_config(family: str = "qwen2", vocab_size: int = 512, hidden_size: int =
 def init_weights(model: DecoderLM, std: float = 0.02, seed: int = 0) -> DecoderLM:
     """Normal(0, std) matrices and embeddings, zero biases, unit norms (the usual LM initialisation)."""
     gen = torch.Generator().manual_seed(seed)
+    norms = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, RMSNorm)}
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
+            if name in norms:
                 p.fill_(1.0)
             elif name.endswith("bias"):
                 p.zero_()

@@ -1,8 +1,9 @@
 """Tokenizer and chat template from a Hugging Face checkpoint directory (no transformers needed).
 
 Reads tokenizer.json with the `tokenizers` library, the chat template from tokenizer_config.json
-(or chat_template.jinja), and end-of-sequence ids from tokenizer_config.json,
-generation_config.json and config.json together: generation stops on any of them, as in vLLM.
+(or chat_template.json, as vision-language checkpoints ship it, or chat_template.jinja), and
+end-of-sequence ids from tokenizer_config.json, generation_config.json and config.json together:
+generation stops on any of them, as in vLLM.
 Chat templates render in a sandboxed Jinja environment configured like transformers'.
 """
 
@@ -36,6 +37,8 @@ class Tokenizer:
         template = cfg.get("chat_template")
         if isinstance(template, list):  # older multi-template form: take the default one
             template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
+        if (path / "chat_template.json").is_file():
+            template = _read_json(path / "chat_template.json").get("chat_template", template)
         if (path / "chat_template.jinja").is_file():
             template = (path / "chat_template.jinja").read_text()
         extra = []

@@ -1,0 +1,93 @@
+"""`MultimodalPrompt`: a prompt's token ids with its images, ready for the engine or the trainer.
+
+The chat template writes one `<|image_pad|>` per image; `expand_image_tokens` widens each into as
+many placeholders as the image has merged tokens. The prompt then carries everything a forward
+needs besides the model: pixel values and grids for the vision tower, the rows whose embeddings
+the image tokens replace, and the M-RoPE positions with the delta that continues them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from reasonrl.models.qwen2_5_vl.config import VLMConfig
+from reasonrl.models.qwen2_5_vl.mrope import mrope_positions, text_positions
+from reasonrl.models.qwen2_5_vl.processor import ImageConfig, preprocess
+
+
+@dataclass
+class MultimodalPrompt:
+    input_ids: list[int]  # (T,) with every image's placeholder tokens expanded
+    pixel_values: torch.Tensor  # (P, patch_dim) float32, all images' patches
+    image_grid_thw: torch.Tensor  # (I, 3) long, patches per image (frames, rows, columns)
+    positions: torch.Tensor  # (3, T) long M-RoPE positions
+    rope_delta: int  # token i >= T sits at position i + rope_delta (all three rows)
+    image_rows: torch.Tensor  # (K,) long indices of the placeholder tokens, K = merged image tokens
+
+    @classmethod
+    def from_ids(cls, input_ids: Sequence[int], pixel_values: torch.Tensor | None, image_grid_thw: torch.Tensor | None,
+                 cfg: VLMConfig) -> MultimodalPrompt:
+        """From ids whose placeholders are already expanded (checked against the grids)."""
+        ids = torch.as_tensor(list(input_ids), dtype=torch.long)
+        grid = image_grid_thw if image_grid_thw is not None else torch.zeros(0, 3, dtype=torch.long)
+        pixels = pixel_values if pixel_values is not None else torch.zeros(0, cfg.vision.patch_dim)
+        positions, delta = mrope_positions(ids, grid, cfg.image_token_id, cfg.vision.spatial_merge_size)
+        rows = torch.nonzero(ids == cfg.image_token_id).flatten()
+        return cls(ids.tolist(), pixels, grid, positions, delta, rows)
+
+    @property
+    def num_images(self) -> int:
+        return self.image_grid_thw.shape[0]
+
+    def positions_for(self, start: int, stop: int) -> torch.Tensor:
+        """(3, stop - start) positions of tokens start..stop-1; past the prompt they continue as text."""
+        t = len(self.input_ids)
+        inside = self.positions[:, start:min(stop, t)]
+        return torch.cat([inside, text_positions(max(start, t), stop, self.rope_delta)], dim=1) if stop > t else inside
+
+    def image_rows_in(self, start: int, stop: int) -> tuple[torch.Tensor, int, int]:
+        """Placeholders among tokens start..stop-1: (their indices minus start, k0, k1), where
+        embeddings[k0:k1] of the prompt's merged image tokens fill them."""
+        k0 = int(torch.searchsorted(self.image_rows, start))
+        k1 = int(torch.searchsorted(self.image_rows, stop))
+        return self.image_rows[k0:k1] - start, k0, k1
+
+
+def expand_image_tokens(ids: Sequence[int], image_grid_thw: torch.Tensor, image_token_id: int, merge: int) -> list[int]:
+    """Replace the i-th `image_token_id` by t*h*w / merge**2 copies for image i."""
+    counts = (image_grid_thw.prod(-1) // merge ** 2).tolist()
+    found = sum(1 for i in ids if i == image_token_id)
+    if found != len(counts):
+        raise ValueError(f"the prompt has {found} image placeholder(s) but {len(counts)} image(s) were given")
+    out, k = [], 0
+    for i in ids:
+        if i == image_token_id:
+            out += [i] * counts[k]
+            k += 1
+        else:
+            out.append(i)
+    return out
+
+
+def message_images(messages: list[dict[str, Any]]) -> list[Any]:
+    """Images of a chat, in order: content parts {"type": "image", "image": <path|PIL|array>}."""
+    parts = [p for m in messages if isinstance(m.get("content"), list) for p in m["content"]]
+    return [p.get("image") for p in parts if isinstance(p, dict) and p.get("type") == "image"]
+
+
+def build_prompt(tokenizer, messages: list[dict[str, Any]], cfg: VLMConfig, image_cfg: ImageConfig | None = None,
+                 add_generation_prompt: bool = True) -> MultimodalPrompt:
+    """Render a chat whose user turns may hold image parts, preprocess the images, expand the placeholders."""
+    image_cfg = image_cfg or ImageConfig()
+    ours = (image_cfg.patch_size, image_cfg.merge_size, image_cfg.temporal_patch_size)
+    model = (cfg.vision.patch_size, cfg.vision.spatial_merge_size, cfg.vision.temporal_patch_size)
+    if ours != model:
+        raise ValueError(f"image config (patch, merge, temporal) sizes {ours} differ from the model's {model}")
+    pixel_values, grid = preprocess(message_images(messages), image_cfg)
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+    ids = expand_image_tokens(ids, grid, cfg.image_token_id, cfg.vision.spatial_merge_size)
+    return MultimodalPrompt.from_ids(ids, pixel_values, grid, cfg)

@@ -1,0 +1,44 @@
+"""`export_shapes(cfg)`: shapes-world problems written as one JSONL file plus one PNG per problem.
+
+Layout of `cfg.out`: TASK.jsonl, one row per problem, and images/TASK_NNNNNN.png; each row's
+"image" is its PNG's path relative to the JSONL (the row schema is in problems.py). Rows and
+their keys come in a fixed order and PNGs carry no metadata, so the same configuration writes
+byte-identical files (with the same numpy and Pillow versions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .problems import ShapesDataConfig, iter_problems
+
+
+def export_shapes(cfg: ShapesDataConfig) -> int:
+    """Write cfg.n problems of cfg.task under cfg.out; returns the number written."""
+    out = Path(cfg.out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    path, written = out / f"{cfg.task}.jsonl", 0
+    partial = path.with_suffix(".jsonl.partial")  # a failed export leaves no JSONL that looks complete
+    with open(partial, "w", encoding="utf-8") as jsonl:
+        for written, problem in enumerate(iter_problems(cfg), start=1):
+            name = f"images/{cfg.task}_{written - 1:06d}.png"
+            write_png(problem.rendering.image, out / name)
+            jsonl.write(json.dumps({"id": problem.row["id"], "image": name, **problem.row}) + "\n")
+    os.replace(partial, path)
+    return written
+
+
+def write_png(image: np.ndarray, path: str | Path) -> None:
+    """An (H, W, 3) uint8 image as a PNG (no metadata: the bytes depend only on the pixels)."""
+    Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).save(path, format="PNG")
+
+
+def read_png(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of an image file."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))

@@ -1,0 +1,43 @@
+import pytest
+
+from reasonrl.vision.world import read_answer, score_answer
+
+
+@pytest.mark.parametrize("response, answer, answer_type", [
+    ("3", "3", "number"), ("three", "3", "number"), ("\\boxed{Three}", "3", "number"),
+    ("I count them.\nAnswer: 3 objects.", "3", "number"), ("There are 03 stars", "3", "number"),
+    ("none", "0", "number"), ("\\boxed{0}", "0", "number"),
+    ("RED", "red", "colour"), ("  The stripes are pink. ", "pink", "colour"), ("Violet", "purple", "colour"),
+    ("circles", "circle", "shape"), ("\\boxed{\\text{Cross}}", "cross", "shape"),
+    ("Yes, there is.", "yes", "yes_no"), ("no", "no", "yes_no"),
+    ("To the LEFT.", "left", "direction"), ("It is below the square", "below", "direction"),
+    ("striped", "striped", "texture"), ("It has stripes", "striped", "texture"), ("plain", "solid", "texture"),
+])
+def test_answers_are_read_whatever_their_case_spacing_and_form(response, answer, answer_type):
+    assert score_answer(response, answer, answer_type) == 1.0
+
+
+@pytest.mark.parametrize("response, answer, answer_type", [
+    ("4", "3", "number"), ("3 or 4", "3", "number"), ("3.5", "3", "number"), ("red or blue", "red", "colour"),
+    ("blue", "red", "colour"), ("yes and no", "yes", "yes_no"), ("", "yes", "yes_no"),
+    ("the answer is in the picture", "red", "colour"), ("left, or maybe above", "left", "direction"),
+])
+def test_wrong_or_hedged_answers_score_zero(response, answer, answer_type):
+    assert score_answer(response, answer, answer_type) == 0.0
+
+
+def test_the_final_answer_wins_over_words_in_the_reasoning():
+    response = "The circle looks red at first, but the stripes are blue.\nAnswer: blue"
+    assert read_answer(response, "colour") == "blue"
+    assert read_answer("I think it is red, then \\boxed{blue}", "colour") == "blue"
+    long_line = "A long line that names red somewhere in it, far too long to be a bare answer " * 2
+    assert read_answer(long_line, "colour") is None
+
+
+@pytest.mark.parametrize("garbage", [
+    None, 3, b"red", ["red"], "\\boxed{", "\\boxed{" * 10_000, "}" * 50_000, "\x00\xff" * 1000,
+    "9" * 5000, "\\boxed{" + "9" * 900 + "}", "Answer: " + "red " * 100_000, "\n" * 100_000,
+])
+def test_garbage_scores_zero_and_never_raises(garbage):
+    for answer_type in ("number", "colour", "shape", "yes_no", "direction", "texture", "no_such_type"):
+        assert score_answer(garbage, "3", answer_type) == 0.0

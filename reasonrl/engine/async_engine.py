@@ -131,9 +131,8 @@ class AsyncEngine:
         """(whether the engine can serve, why not)."""
         if self.error is not None or not self.thread.is_alive():
             return False, f"the engine is broken: {self.error!r}"
-        busy = self.snapshot.get("running", 0) or self.snapshot.get("waiting", 0)
         stalled = time.monotonic() - self.beat
-        if busy and stalled > self.stall_seconds:
+        if stalled > self.stall_seconds and self.engine.has_unfinished():  # (an idle loop beats every 0.1 s)
             return False, f"the engine has been stuck in one step for {stalled:.0f} s"
         if self.failed_steps >= FAILED_STEPS_UNHEALTHY:
             return False, f"the last {self.failed_steps} engine steps failed every request they ran"

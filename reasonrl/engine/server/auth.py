@@ -1,7 +1,8 @@
 """API keys: `Authorization: Bearer KEY` on every route but /health, compared in constant time.
 
 The administrative routes (loading weights, aborting everyone's requests) take the admin key when
-one is set (else the API key), or are turned off altogether.
+one is set (else the API key), or are turned off altogether. The admin key also opens every
+other route: a trainer holds one key.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ class Auth:
         """Raises a 401 (wrong or missing key) or 403 (admin routes off) APIError."""
         if admin and not self.admin_routes:
             raise APIError("the administrative routes are turned off on this server", 403)
-        key = self.admin_key if admin else self.api_key
-        if key is not None and not _matches(authorization, key):
+        keys = [self.admin_key] if admin else [self.api_key, self.admin_key]
+        if keys[0] is not None and not any(k is not None and _matches(authorization, k) for k in keys):
             what = "the admin API key" if admin and self.admin_key != self.api_key else "a valid API key"
             raise APIError(f"this route needs {what} as 'Authorization: Bearer KEY'", 401,
                            headers={"WWW-Authenticate": "Bearer"})

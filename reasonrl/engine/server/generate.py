@@ -13,7 +13,7 @@ import json
 import uuid
 from typing import Callable
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -46,7 +46,9 @@ class Generator:
             if job.body.stream:
                 response, watch = StreamingResponse(self._sse(stream, view, watch), media_type="text/event-stream"), None
                 return response  # the stream owns the watch now
-            return JSONResponse(view.response(await self._collect(stream, rids)))
+            outputs = await self._collect(stream, rids)
+            body = await self.offload.run(lambda: json.dumps(view.response(outputs)).encode())  # may be megabytes
+            return Response(body, media_type="application/json")
         finally:
             if watch is not None:
                 watch.stop()

@@ -168,9 +168,9 @@ class AsyncEngine:
                         before = self.engine.num_generated_tokens
                         outputs = self.engine.step()
                         self._after_step(outputs, produced=self.engine.num_generated_tokens > before)
+                    self._publish()
                 except Exception as exc:  # not one request's fault: fail them all, keep serving
                     self._recover(exc)
-                self._publish()
         except BaseException as exc:  # the thread is ending: fail every waiter, do not hang them
             log.exception("engine thread died")
             self.error = exc

@@ -63,6 +63,10 @@ class ServeConfig:
         _positive(self, "max_body_bytes", "max_sequences_per_request", "prepare_workers", "retry_after_seconds")
         if self.max_waiting_sequences is not None:
             _positive(self, "max_waiting_sequences")
+            if self.max_waiting_sequences < self.max_sequences_per_request:
+                raise ValueError(f"ServeConfig.max_waiting_sequences ({self.max_waiting_sequences}) must be at least "
+                                 f"max_sequences_per_request ({self.max_sequences_per_request}): the largest request "
+                                 "would never fit")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ValueError(f"ServeConfig.port must be in [0, 65535], got {self.port!r}")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):

@@ -127,6 +127,10 @@ def coerce(key: str, hint, value):
         if value in args and type(value) is type(next(a for a in args if a == value)):
             return value
         raise ConfigError(f"{key}: expected one of {', '.join(map(str, args))}, got {value!r}")
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: any length
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(coerce(key, args[0], v) for v in value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")

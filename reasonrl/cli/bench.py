@@ -34,6 +34,9 @@ WORKLOADS = {
     "kv-decode": Command("one decode step's attention at long context per KV format", "reasonrl.cli.bench:kv_decode"),
     "ttt": Command("TTT-Bench problem spaces, generator and verifier throughput", "reasonrl.cli.bench:ttt"),
     "math": Command("math verifier judgements per second, with hanging items", "reasonrl.cli.bench:math"),
+    "serve": Command("server throughput and latency, clean load against 10% bad requests", "reasonrl.cli.bench:serve"),
+    "shapes-detector": Command("the shapes world's oracle detector: recall, attributes, speed",
+                               "reasonrl.cli.bench:shapes_detector"),
 }
 
 
@@ -106,3 +109,15 @@ def math(parser):
     from reasonrl.envs.math.bench import MathBenchConfig, benchmark
 
     return workload(parser, MathBenchConfig, benchmark)
+
+
+def serve(parser):
+    from reasonrl.bench.serve import ServeBenchConfig, bench_serve
+
+    return workload(parser, ServeBenchConfig, bench_serve)
+
+
+def shapes_detector(parser):
+    from reasonrl.vision.world import DetectorBenchConfig, bench_detector
+
+    return workload(parser, DetectorBenchConfig, bench_detector)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import MISSING, dataclass
+from dataclasses import MISSING
 from pathlib import Path
 
 from reasonrl.cli.flags import add_flags, values
@@ -36,28 +36,21 @@ def engine_options(args) -> dict:
     return values(args, EngineConfig)
 
 
-@dataclass
-class ServeAddress:
-    host: str = "127.0.0.1"
-    """Address to bind; 0.0.0.0 exposes the server to the network."""
-    port: int = 8000
-    """TCP port."""
-    served_model_name: str | None = None
-    """The model id clients ask for (default: the checkpoint directory's name)."""
-
-
 def serve(parser: argparse.ArgumentParser):
+    from reasonrl.engine.server import ServeConfig
+
     add_model_flags(parser)
-    add_flags(parser, ServeAddress, title="server")
-    add_engine_flags(parser)
+    add_flags(parser, ServeConfig, title="server (ServeConfig)")
+    add_engine_flags(parser, exclude=("seed",))  # the server draws request seeds itself (ServeConfig.seed)
 
     def run(args) -> int:
         from reasonrl.engine import LLMEngine
         from reasonrl.engine.server import serve as run_server
 
-        model, address = model_options(args), ServeAddress(**values(args, ServeAddress))
+        model, cfg = model_options(args), ServeConfig(**values(args, ServeConfig))
+        cfg.served_model_name = cfg.served_model_name or Path(model["path"]).resolve().name
         engine = LLMEngine.from_pretrained(model["path"], model["device"], model["dtype"], **engine_options(args))
-        run_server(engine, address.served_model_name or Path(model["path"]).name, address.host, address.port)
+        run_server(engine, cfg)
         return 0
 
     return run

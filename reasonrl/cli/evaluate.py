@@ -61,6 +61,8 @@ class TTTData:
 
 DATASETS = {
     "ttt": Command("TTT-Bench problems as JSONL", "reasonrl.cli.evaluate:data_ttt"),
+    "shapes": Command("shapes-world images with questions, captions or layouts (JSONL + PNG)",
+                      "reasonrl.cli.evaluate:data_shapes"),
 }
 
 
@@ -74,6 +76,23 @@ def data_ttt(parser: argparse.ArgumentParser):
         written = export_jsonl(job.game, job.n, job.seed, job.out)
         note = f" (the whole {job.game} problem space has fewer)" if written < job.n else ""
         print(f"wrote {written} {job.game} problems to {job.out}{note}")
+        return 0
+
+    return run
+
+
+def data_shapes(parser: argparse.ArgumentParser):
+    from reasonrl.vision.world import ShapesDataConfig
+
+    add_flags(parser, ShapesDataConfig)
+
+    def run(args) -> int:
+        from reasonrl.vision.world import export_shapes
+
+        cfg = ShapesDataConfig(**values(args, ShapesDataConfig))
+        written = export_shapes(cfg)
+        print(f"wrote {written} {cfg.task} problems to {Path(cfg.out) / (cfg.task + '.jsonl')} (images in "
+              f"{Path(cfg.out) / 'images'})")
         return 0
 
     return run

@@ -70,6 +70,8 @@ def _kind(name: str, hint, default) -> dict[str, Any]:
         return {"action": argparse.BooleanOptionalAction}
     if origin is Literal:
         return {"choices": list(args), "type": type(args[0])}
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return {"nargs": "+", "type": _parser(name, args[0]), "metavar": "VALUE"}
     if origin is tuple:
         return {"nargs": len(args), "type": _parser(name, args[0]), "metavar": args[0].__name__.upper()}
     if origin is list:

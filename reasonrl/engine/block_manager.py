@@ -162,6 +162,14 @@ class BlockManager:
         if freed and self.on_free is not None:
             self.on_free(freed)
 
+    def forget(self, block_ids) -> None:
+        """Drop these blocks from the prefix cache (their keys and values cannot be trusted)."""
+        for block_id in block_ids:
+            block = self.blocks[block_id]
+            if block.hash is not None and self.cached.get(block.hash) == block_id:
+                del self.cached[block.hash]
+            block.hash, block.token_ids = None, ()
+
     def reset_prefix_cache(self) -> None:
         """Forget every cached hash, e.g. after the weights change and cached keys/values are stale."""
         self.cached.clear()

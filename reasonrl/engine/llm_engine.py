@@ -13,6 +13,7 @@ run continues exactly as the uninterrupted one would have.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from reasonrl.engine.block_manager import BlockManager
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.eviction import EvictionConfig, Evictor
+from reasonrl.engine.isolation import run_isolated
 from reasonrl.engine.kv import get_format
 from reasonrl.engine.model_runner import ModelRunner, Sampled, StepResult
 from reasonrl.engine.sampling_params import SamplingParams
@@ -156,10 +158,13 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already running")
         if not prompt_ids:
             raise ValueError(f"request {request_id!r}: the prompt is empty")
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"request {request_id!r}: params must be SamplingParams, got {type(params).__name__}")
         vocab = self.model.config.vocab_size
-        bad = next((t for t in prompt_ids + list(output_ids or []) if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise ValueError(f"request {request_id!r}: token id {bad} is outside the vocabulary [0, {vocab})")
+        for name, ids in (("prompt", prompt_ids), ("output_ids", output_ids or []), ("stop_token_ids", params.stop_token_ids)):
+            bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab), None)
+            if bad is not None:
+                raise ValueError(f"request {request_id!r}: {name} token id {bad!r} is outside the vocabulary [0, {vocab})")
         if len(prompt_ids) >= self.max_model_len:
             raise ValueError(f"request {request_id!r}: prompt of {len(prompt_ids)} tokens leaves no room in "
                              f"max_model_len={self.max_model_len}")
@@ -168,15 +173,27 @@ class LLMEngine:
                 raise ValueError(f"request {request_id!r}: resume one sample at a time (n=1), got n={params.n}")
             if output_logprobs is None or len(output_logprobs) != len(output_ids):
                 raise ValueError(f"request {request_id!r}: output_logprobs must give one log-prob per resumed token")
+            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in output_logprobs):
+                raise ValueError(f"request {request_id!r}: output_logprobs must be finite numbers")
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request now; returns its partial output (None if unknown or already finished)."""
+        return self._end(request_id, "abort")
+
+    def fail(self, request_id: str, error: str) -> RequestOutput | None:
+        """End a request the engine could not run: finish_reason "error", `error` says why, blocks freed."""
+        out = self._end(request_id, "error")
+        if out is not None:
+            out.error = f"request {request_id!r} failed: {error}"
+        return out
+
+    def _end(self, request_id: str, reason: str) -> RequestOutput | None:
         request = self.requests.pop(request_id, None)
         if request is None:
             return None
         for seq in request.seqs:
             if not seq.finished:
-                seq.finish("abort")
+                seq.finish(reason)
             self._drop(seq)
         return request.output()
 
@@ -203,10 +220,7 @@ class LLMEngine:
             if self.speculator is not None:
                 spare = self.config.max_num_batched_tokens - sum(n for _, n in scheduled)
                 trees = self.speculator.propose(scheduled, spare)
-            result = self.runner.run(scheduled, trees, self.config.draft_sampling)
-            if self.speculator is not None:
-                self._collect_features(scheduled, result)
-            outputs += self._postprocess(scheduled, result)
+            outputs += run_isolated(self, scheduled, trees)  # a request whose step raises fails alone
         return outputs
 
     def _collect_features(self, scheduled: list[tuple[Sequence, int]], result: StepResult) -> None:

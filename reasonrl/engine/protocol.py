@@ -1,25 +1,30 @@
 """Request bodies of the OpenAI-compatible API, validated strictly.
 
-Unknown fields are rejected (a typo must not silently change sampling). OpenAI fields reasonrl
-does not implement are accepted only at their neutral value. Extensions: top_k, min_p,
+Unknown fields are rejected (a typo must not silently change sampling), nothing is coerced (a
+boolean is true or false, never "yes" or 1), numbers must be finite and lists and strings have
+bounds that keep per-token work small. OpenAI fields reasonrl does not implement are accepted
+only at their neutral value. Extensions: top_k, min_p,
 ignore_eos, stop_token_ids, include_stop_str_in_output, request_id, return_token_ids, and
 `resume` (token ids and log-probs already generated, for APRIL partial rollouts).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from reasonrl.engine.sampling_params import SamplingParams
+from reasonrl.engine.sampling_params import INT64_MAX, SamplingParams
 
 MAX_N = 128
+STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+TokenId = Annotated[int, Field(ge=0, le=INT64_MAX)]
+StopString = Annotated[str, Field(min_length=1, max_length=1024)]
 
 
 class Resume(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    token_ids: list[int]
+    model_config = STRICT
+    token_ids: list[TokenId]
     logprobs: list[float]
 
     @model_validator(mode="after")
@@ -30,27 +35,27 @@ class Resume(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     include_usage: bool = False
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    model: str | None = None
+    model_config = STRICT
+    model: str | None = Field(None, max_length=1024)
     n: int = Field(1, ge=1, le=MAX_N)
     temperature: float = Field(1.0, ge=0, le=100)
     top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=-1)
+    top_k: int = Field(0, ge=-1, le=INT64_MAX)
     min_p: float = Field(0.0, ge=0, le=1)
-    seed: int | None = Field(None, ge=0)
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] = Field(default_factory=list)
+    seed: int | None = Field(None, ge=0, le=INT64_MAX)
+    stop: StopString | list[StopString] | None = Field(None, max_length=16)
+    stop_token_ids: list[TokenId] = Field(default_factory=list, max_length=256)
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
-    request_id: str | None = Field(None, min_length=1, max_length=256)
+    user: str | None = Field(None, max_length=1024)
+    request_id: str | None = Field(None, min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")
     return_token_ids: bool = False
     resume: Resume | None = None
     # OpenAI fields without an implementation here: only their neutral values pass
@@ -91,6 +96,8 @@ class CompletionRequest(_Common):
             raise ValueError("prompt is empty")
         if self.best_of not in (None, self.n):
             raise ValueError("best_of is not supported (leave it unset or equal to n)")
+        if self.resume is not None and len(self.prompts()) != 1:
+            raise ValueError("resume needs a single prompt")
         return self
 
     def prompts(self) -> list[str | list[int]]:
@@ -101,7 +108,7 @@ class CompletionRequest(_Common):
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
 
@@ -123,7 +130,7 @@ class ChatRequest(_Common):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list | None = None
-    tool_choice: Any = None
+    tool_choice: Literal["none", "auto"] | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -132,14 +139,20 @@ class ChatRequest(_Common):
     def _unsupported(self):
         if self.tools:
             raise ValueError("tools are not supported")
+        taken = sorted(set(self.chat_template_kwargs) & RENDER_ARGUMENTS)
+        if taken:
+            raise ValueError(f"chat_template_kwargs may not set {', '.join(taken)} (the server sets them)")
         if self.response_format not in (None, {"type": "text"}):
             raise ValueError("response_format is not supported (text only)")
         return self
 
 
+RENDER_ARGUMENTS = {"messages", "add_generation_prompt", "tokenize", "bos_token", "eos_token"}
+
+
 class AbortRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    request_id: str | None = None
+    model_config = STRICT
+    request_id: str | None = Field(None, min_length=1, max_length=256)
     all: bool = False
 
     @model_validator(mode="after")
@@ -150,5 +163,5 @@ class AbortRequest(BaseModel):
 
 
 class LoadWeightsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: str
+    model_config = STRICT
+    path: str = Field(min_length=1, max_length=4096, pattern=r"^[^\x00]+$")

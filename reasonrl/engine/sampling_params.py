@@ -1,8 +1,19 @@
-"""`SamplingParams`: how one request is decoded. Validated on construction; errors name the field."""
+"""`SamplingParams`: how one request is decoded. Validated on construction; errors name the field.
+
+Every number is checked against what the engine can represent, so that no request can make a
+step fail: seeds and top-k go into int64 tensors (a per-sample seed is `seed + i`), temperatures
+divide float32 logits (a positive temperature below `MIN_TEMPERATURE` can overflow them).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+INT64_MAX = (1 << 63) - 1
+MIN_TEMPERATURE = 1e-2
+"""Smallest positive temperature: logits / T must stay finite in float32 (vLLM clamps to the same)."""
+MAX_TEMPERATURE = 1e4
 
 
 @dataclass(slots=True)
@@ -10,7 +21,7 @@ class SamplingParams:
     n: int = 1
     """Samples per prompt. Sample i of a seeded request uses seed `seed + i`."""
     temperature: float = 1.0
-    """0 means greedy."""
+    """0 means greedy; otherwise at least MIN_TEMPERATURE."""
     top_k: int = 0
     """Keep the k most likely tokens; 0 or -1 keeps all."""
     top_p: float = 1.0
@@ -39,24 +50,45 @@ class SamplingParams:
     def __post_init__(self):
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        _check(isinstance(self.n, int) and self.n >= 1, "n", self.n, "an integer >= 1")
-        _check(isinstance(self.temperature, (int, float)) and 0 <= self.temperature < float("inf"),
-               "temperature", self.temperature, "a finite number >= 0")
-        _check(isinstance(self.top_k, int) and self.top_k >= -1, "top_k", self.top_k, "an integer >= -1")
-        _check(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")
-        _check(isinstance(self.min_p, (int, float)) and 0 <= self.min_p <= 1, "min_p", self.min_p, "in [0, 1]")
-        _check(self.seed is None or (isinstance(self.seed, int) and self.seed >= 0), "seed", self.seed, "a non-negative integer")
-        _check(isinstance(self.max_tokens, int) and self.max_tokens >= 1, "max_tokens", self.max_tokens, "an integer >= 1")
-        _check(all(isinstance(s, str) and s for s in self.stop), "stop", self.stop, "a list of non-empty strings")
-        _check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
-               self.stop_token_ids, "a list of token ids")
-        _check(isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20, "logprobs", self.logprobs, "an integer in [0, 20]")
+        _check(_is_int(self.n) and 1 <= self.n <= 1 << 20, "n", self.n, "an integer in [1, 2^20]")
+        t = self.temperature
+        _check(_is_float(t) and (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE), "temperature", t,
+               f"0 (greedy) or a number in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE:g}]")
+        _check(_is_int(self.top_k) and -1 <= self.top_k <= INT64_MAX, "top_k", self.top_k, "an integer in [-1, 2^63)")
+        _check(_is_float(self.top_p) and 0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")
+        _check(_is_float(self.min_p) and 0 <= self.min_p <= 1, "min_p", self.min_p, "in [0, 1]")
+        _check(self.seed is None or (_is_int(self.seed) and 0 <= self.seed <= INT64_MAX - (self.n - 1)), "seed",
+               self.seed, "a non-negative integer with seed + n - 1 < 2^63")
+        _check(_is_int(self.max_tokens) and 1 <= self.max_tokens <= INT64_MAX, "max_tokens", self.max_tokens,
+               "an integer >= 1")
+        _check(isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop), "stop", self.stop,
+               "a list of non-empty strings")
+        _check(isinstance(self.stop_token_ids, list) and all(_is_int(t) and 0 <= t <= INT64_MAX for t in self.stop_token_ids),
+               "stop_token_ids", self.stop_token_ids, "a list of token ids")
+        _check(_is_int(self.logprobs) and 0 <= self.logprobs <= 20, "logprobs", self.logprobs, "an integer in [0, 20]")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
 
+class ParamError(ValueError):
+    """A sampling parameter out of range; `param` names it."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_float(x) -> bool:
+    return (isinstance(x, float) or _is_int(x)) and math.isfinite(x)
+
+
 def _check(ok: bool, name: str, value, expected: str) -> None:
     if not ok:
-        raise ValueError(f"SamplingParams.{name} must be {expected}, got {value!r}")
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise ParamError(name, f"SamplingParams.{name} must be {expected}, got {shown}")

@@ -20,7 +20,7 @@ class CompletionOutput:
     token_ids: list[int]
     logprobs: list[float]  # log-prob of each token under the distribution it was sampled from
     text: str
-    finish_reason: str | None  # "stop", "length", "abort" or None while running
+    finish_reason: str | None  # "stop", "length", "abort", "error" or None while running
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     top_logprobs: list[dict[int, float]] | None = None
     seed: int = 0  # the seed this sample was drawn with: resubmit with it (n=1) to resume exactly
@@ -33,6 +33,7 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    error: str | None = None  # why the engine failed this request (finish_reason "error"); others went on
 
 
 class Sequence:

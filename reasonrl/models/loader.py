@@ -107,31 +107,55 @@ def _is_vlm(path: Path) -> bool:
 
 
 def load_weights(model: DecoderLM, path: str | Path) -> DecoderLM:
-    """Copy a checkpoint directory's tensors into `model` (shapes must match its config)."""
-    return load_state(model, _read_tensors(Path(path)), Path(path))
+    """Copy a checkpoint directory's tensors into `model` (shapes must match its config), all or
+    nothing: every file is read and every tensor checked (known name, shape, floating dtype, finite
+    values, every parameter covered exactly once) before the first parameter changes, so a
+    rejected checkpoint (CheckpointError, FileNotFoundError) leaves the model as it was. The
+    price is one CPU copy of the weights held while loading."""
+    path = Path(path)
+    return load_state(model, _read_tensors(path), path)
 
 
 def load_state(model: DecoderLM, tensors, source: str | Path = "state dict") -> DecoderLM:
-    """Copy (Hugging Face name, tensor) pairs into `model`; every parameter must be filled."""
+    """Copy (Hugging Face name, tensor) pairs into `model`, all or nothing (see `load_weights`)."""
+    staged = _stage(model, tensors, source)
+    with torch.no_grad():
+        for dest, tensor in staged:
+            dest.copy_(tensor)
+    return model
+
+
+def _stage(model: DecoderLM, tensors, source) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter or slice of one, checked checkpoint tensor) for every tensor the model uses."""
     cfg = model.config
     params = dict(model.named_parameters(remove_duplicate=False))
-    filled: dict[str, int] = {}
-    with torch.no_grad():
-        for name, tensor in tensors:
-            target = hf_to_local(name, cfg)
-            if target is None:
-                continue
-            local, offset, rows = target
-            if local not in params:
-                log.warning("ignoring tensor %r: no such parameter in %s", name, cfg.architecture)
-                continue
-            dest = params[local] if rows < 0 else params[local][offset:offset + rows]
-            if tuple(dest.shape) != tuple(tensor.shape):
-                raise CheckpointError(f"tensor {name!r} has shape {tuple(tensor.shape)}, the config implies {tuple(dest.shape)}")
-            dest.copy_(tensor)
-            filled[local] = filled.get(local, 0) + dest.numel()
+    staged, filled, seen = [], {}, set()
+    for name, tensor in tensors:
+        target = hf_to_local(name, cfg)
+        if target is None:
+            continue
+        local, offset, rows = target
+        if local not in params:
+            log.warning("ignoring tensor %r: no such parameter in %s", name, cfg.architecture)
+            continue
+        if (local, offset) in seen:
+            raise CheckpointError(f"checkpoint {source} gives tensor {name!r} twice")
+        seen.add((local, offset))
+        dest = params[local] if rows < 0 else params[local][offset:offset + rows]
+        _check_tensor(name, tensor, tuple(dest.shape))
+        staged.append((dest, tensor))
+        filled[local] = filled.get(local, 0) + dest.numel()
     _check_complete(model, params, filled, source)
-    return model
+    return staged
+
+
+def _check_tensor(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
+    if tuple(tensor.shape) != shape:
+        raise CheckpointError(f"tensor {name!r} has shape {tuple(tensor.shape)}, the config implies {shape}")
+    if not tensor.dtype.is_floating_point or tensor.dtype.itemsize < 2:
+        raise CheckpointError(f"tensor {name!r} has dtype {tensor.dtype}; weights must be float16, bfloat16 or float32")
+    if tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all()):  # meta: a shape check of real dims
+        raise CheckpointError(f"tensor {name!r} holds NaN or infinite values")
 
 
 def _check_complete(model: DecoderLM, params: dict, filled: dict[str, int], source) -> None:
@@ -144,25 +168,50 @@ def _check_complete(model: DecoderLM, params: dict, filled: dict[str, int], sour
         raise CheckpointError(f"checkpoint {source} is missing tensors: {', '.join(hf)}{more}")
 
 
-def _read_tensors(path: Path):
-    """Yield (name, tensor) from whichever weight files the directory has."""
+def _read_tensors(path: Path) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) from whichever weight files the directory has, all read into memory; an
+    unreadable or corrupt file is a CheckpointError naming it."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        files = sorted(set(weight_map.values()))
+        files = _shards(index)
     elif (path / "model.safetensors").is_file():
         files = ["model.safetensors"]
     elif (path / "pytorch_model.bin").is_file():
-        yield from torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True).items()
-        return
+        return _read_file(path / "pytorch_model.bin", lambda f: list(torch.load(f, map_location="cpu", weights_only=True).items()))
     else:
         raise FileNotFoundError(f"no weights in {path}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+    tensors = []
     for file in files:
         if not (path / file).is_file():
             raise FileNotFoundError(f"shard {file} listed in {index.name} is missing from {path}")
-        with safe_open(path / file, framework="pt") as f:
-            for name in f.keys():
-                yield name, f.get_tensor(name)
+        tensors += _read_file(path / file, _read_safetensors)
+    return tensors
+
+
+def _shards(index: Path) -> list[str]:
+    weight_map = _read_file(index, lambda f: json.loads(f.read_text())).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and "/" not in v for v in weight_map.values()):
+        raise CheckpointError(f"{index} has no valid weight_map (tensor name -> shard file in the same directory)")
+    return sorted(set(weight_map.values()))
+
+
+def _read_safetensors(file: Path) -> list[tuple[str, torch.Tensor]]:
+    with safe_open(file, framework="pt") as f:
+        return [(name, f.get_tensor(name)) for name in f.keys()]
+
+
+def _read_file(file: Path, read):
+    try:
+        out = read(file)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # safetensors, pickle, zip, JSON and OS errors alike: the file is unusable
+        raise CheckpointError(f"cannot read {file}: {type(exc).__name__}: {exc}") from None
+    if isinstance(out, list) and not all(isinstance(t, torch.Tensor) for _, t in out):
+        raise CheckpointError(f"{file} holds something other than tensors")
+    return out
 
 
 def local_to_hf(model: DecoderLM) -> dict[str, torch.Tensor]:

@@ -59,7 +59,9 @@ class Tokenizer:
         return self.eos_token_ids[0] if self.eos_token_ids else 0
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+        # encode_batch releases the GIL while it works and encode does not: a long text encoded in
+        # a worker thread must not freeze the server's event loop (same ids either way)
+        return self.tok.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)

@@ -31,8 +31,9 @@ class RolloutConfig:
     remote_url: str | None = None
     """Roll out on a `reasonrl serve` endpoint (http://host:port) instead of the in-process engine;
     weights are pushed to it after every update."""
-    remote_api_key_env: str = "REASONRL_API_KEY"
-    """With remote_url: the environment variable holding the server's API key (unset: no key sent)."""
+    remote_api_key_env: str = "REASONRL_ADMIN_KEY"
+    """With remote_url: the environment variable holding the server's admin key (pushing weights and
+    aborting are administrative); unset, REASONRL_API_KEY is used; neither set: no key is sent."""
 
     def __post_init__(self):
         def need(ok: bool, key: str, message: str):

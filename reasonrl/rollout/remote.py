@@ -23,7 +23,9 @@ from reasonrl.rollout.backend import Finished, RolloutBackend
 
 
 def api_key_from_env(variable: str | None) -> str | None:
-    return os.environ.get(variable) or None if variable else None
+    """The key in `variable`, else in REASONRL_API_KEY (a trainer needs the server's admin key to
+    push weights and abort, when the server has one)."""
+    return (os.environ.get(variable) if variable else None) or os.environ.get("REASONRL_API_KEY") or None
 
 
 class RemoteBackend(RolloutBackend):
@@ -34,6 +36,7 @@ class RemoteBackend(RolloutBackend):
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.results: queue.Queue = queue.Queue()
         self.in_flight: set[str] = set()
+        self.abort_epoch = 0  # bumped by abort_all: samples still waiting out a 429 return unstarted
         try:
             httpx.get(f"{self.base_url}/health", timeout=10).raise_for_status()
         except httpx.HTTPError as exc:
@@ -67,8 +70,17 @@ class RemoteBackend(RolloutBackend):
         asyncio.run_coroutine_threadsafe(self._post(key, body), self.loop)
 
     async def _post(self, key: str, body: dict) -> None:
+        """One sample's request; a full server queue (429) is waited out, unless an abort comes
+        first, when the sample comes back as it was submitted (finish_reason "abort")."""
         try:
-            r = await self.client.post("/v1/completions", json=body)
+            epoch = self.abort_epoch
+            while (r := await self.client.post("/v1/completions", json=body)).status_code == 429:
+                await asyncio.sleep(min(float(r.headers.get("retry-after", 1)), 30.0))
+                if self.abort_epoch != epoch:
+                    resume = body.get("resume", {})
+                    out = CompletionOutput(0, resume.get("token_ids", []), resume.get("logprobs", []), "", "abort",
+                                           None, None, body["seed"] or 0)
+                    return self.results.put((key, out))
             if r.status_code != 200:
                 raise RuntimeError(f"server refused sample {key}: {r.status_code} {r.text[:300]}")
             c = r.json()["choices"][0]
@@ -97,6 +109,7 @@ class RemoteBackend(RolloutBackend):
     def abort_all(self, timeout: float = 60.0) -> list[Finished]:
         """Abort every request; each in-flight HTTP response then returns with what it has."""
         if self.in_flight:
+            self.abort_epoch += 1
             self._request("POST", "/v1/abort", 30, json={"all": True})
         out, deadline = [], time.monotonic() + timeout
         while self.in_flight and time.monotonic() < deadline:

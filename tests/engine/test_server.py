@@ -10,9 +10,8 @@ import pytest
 import uvicorn
 
 from reasonrl.engine import LLMEngine
-from reasonrl.engine.async_engine import AsyncEngine
 from reasonrl.engine.config import EngineConfig
-from reasonrl.engine.server import create_app
+from reasonrl.engine.server import ServeConfig, create_app
 from reasonrl.models import Tokenizer, load_model
 
 
@@ -36,12 +35,10 @@ def server(hf_checkpoint, tokenizer):
     path, _ = hf_checkpoint("qwen2", tokenizer=tokenizer)
     engine = LLMEngine(load_model(path, "cpu"), Tokenizer.from_dir(path),
                        EngineConfig(kv_cache_memory=1 << 22, block_size=8, max_model_len=256))
-    async_engine = AsyncEngine(engine)
-    srv = Server(create_app(async_engine, "tiny"))
+    srv = Server(create_app(engine, ServeConfig(served_model_name="tiny")))
     srv.engine = engine
     yield srv
     srv.stop()
-    async_engine.shutdown()
 
 
 @pytest.fixture
@@ -124,7 +121,8 @@ def test_streaming_completion_holds_back_stop_strings(client):
     ({"prompt": []}, None),
     ({"prompt": "x", "resume": {"token_ids": [1, 2], "logprobs": [0.0]}}, "resume"),
     ({"max_tokens": 3}, "prompt"),
-    ({"prompt": list(range(300))}, "max_tokens"),
+    ({"prompt": list(range(300))}, "prompt"),
+    ({"prompt": list(range(250)), "max_tokens": 10}, "max_tokens"),
     ({"prompt": [1, 99999]}, None),
 ])
 def test_bad_completion_requests_get_400_with_json_error(client, body, param):

@@ -65,17 +65,15 @@ def test_reasonrl_serve_gives_the_local_samples(checkpoint, tmp_path):
     """The same seeds through `reasonrl serve` (one n=1 request per sample) and in-process (one request
     per problem with n=2): the same samples, token counts and finish reasons."""
     from reasonrl.engine import LLMEngine
-    from reasonrl.engine.async_engine import AsyncEngine
-    from reasonrl.engine.server import create_app
+    from reasonrl.engine.server import ServeConfig, create_app
 
     options = {**OPTIONS, "limit": 2}
     run_eval("ttt:all", model=str(checkpoint), out=tmp_path / "local", n=2, **options)
-    async_engine = AsyncEngine(LLMEngine.from_pretrained(checkpoint, **ENGINE))
-    server = ServerThread(create_app(async_engine, "tiny"))
+    app = create_app(LLMEngine.from_pretrained(checkpoint, **ENGINE), ServeConfig(served_model_name="tiny"))
+    server = ServerThread(app)
     try:
         summary = run_eval("ttt:all", model="tiny", base_url=server.url, out=tmp_path / "served", n=2, **options)
     finally:
         server.stop()
-        async_engine.shutdown()
     assert summary["response_length"]["unit"] == "tokens"
     assert rows_by_key(tmp_path / "served") == rows_by_key(tmp_path / "local")

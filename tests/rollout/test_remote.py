@@ -8,9 +8,8 @@ import torch
 import uvicorn
 
 from reasonrl.engine import LLMEngine
-from reasonrl.engine.async_engine import AsyncEngine
 from reasonrl.engine.config import EngineConfig
-from reasonrl.engine.server import create_app
+from reasonrl.engine.server import ServeConfig, create_app
 from reasonrl.envs.letter import LetterEnvironment
 from reasonrl.models import Tokenizer, load_model
 from reasonrl.models.tiny import make_checkpoint, make_tokenizer
@@ -27,8 +26,8 @@ def served(tmp_path_factory):
     path = make_checkpoint(tmp_path_factory.mktemp("remote") / "m", "llama", tok, hidden_size=64, num_layers=2)
     engine = LLMEngine(load_model(path), Tokenizer.from_dir(path),
                        EngineConfig(kv_cache_memory=1 << 24, max_num_seqs=12, max_model_len=256))
-    async_engine = AsyncEngine(engine)
-    server = uvicorn.Server(uvicorn.Config(create_app(async_engine, "m"), host="127.0.0.1", port=0, log_level="warning"))
+    app = create_app(engine, ServeConfig(served_model_name="m"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -37,7 +36,6 @@ def served(tmp_path_factory):
     yield path, url, engine
     server.should_exit = True
     thread.join(timeout=10)
-    async_engine.shutdown()
 
 
 def remote_trainer(path, url, run_dir, steps, over_provision=1.0):

@@ -25,7 +25,7 @@ Row schema (boxes are [x0, y0, x1, y1] in pixels, x1 and y1 exclusive):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 
@@ -43,7 +43,7 @@ MAX_MISSES = 5000  # scenes drawn in a row without a new problem before giving u
 
 @dataclass(frozen=True)
 class ShapesDataConfig:
-    task: str = "vqa"
+    task: Literal["vqa", "caption", "layout"] = "vqa"
     """vqa (image, question, answer), caption (image, caption) or layout (caption plus a box and text per object)."""
     n: int = 1000
     """Problems to write."""

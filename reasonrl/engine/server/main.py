@@ -1,0 +1,36 @@
+"""`serve`: run the app with uvicorn, after a banner that says what is served, where, and how safely."""
+
+from __future__ import annotations
+
+import sys
+
+from reasonrl.engine.llm_engine import LLMEngine
+from reasonrl.engine.server.app import create_app
+from reasonrl.engine.server.config import ServeConfig
+
+
+def banner(engine: LLMEngine, cfg: ServeConfig, port: int | None = None) -> str:
+    stats, model = engine.stats(), engine.model
+    lines = [f"reasonrl serve: model {cfg.model_name!r} ({model.config.architecture}) on {model.device}, "
+             f"{str(model.dtype).removeprefix('torch.')}, context {engine.max_model_len} tokens",
+             f"  KV cache: {engine.config.kv_format}, {stats['kv_capacity_tokens']} tokens "
+             f"({stats['kv_blocks_total']} blocks of {engine.config.block_size})"
+             + (", speculative decoding on" if engine.speculator is not None else ""),
+             f"  listening on http://{cfg.host}:{cfg.port if port is None else port}",
+             f"  auth: {'API key required' if cfg.api_key else 'NONE'}; admin routes: "
+             + ("off" if not cfg.admin_routes else "own key" if cfg.admin_api_key else "API key" if cfg.api_key else "open")
+             + (f", load_weights confined to {cfg.load_weights_dir}" if cfg.load_weights_dir else ""),
+             f"  unseeded requests draw from {'seed ' + str(cfg.seed) if cfg.seed is not None else 'OS entropy'}"]
+    if cfg.exposed and not cfg.api_key:
+        lines.append(f"  WARNING: bound to {cfg.host} without an API key: anyone who can reach this port can "
+                     "generate, abort every request and load weights. Set --api-key (or REASONRL_API_KEY).")
+    return "\n".join(lines)
+
+
+def serve(engine: LLMEngine, config: ServeConfig | None = None) -> None:
+    """Serve until interrupted."""
+    import uvicorn
+
+    cfg = config or ServeConfig()
+    print(banner(engine, cfg), file=sys.stderr, flush=True)
+    uvicorn.run(create_app(engine, cfg), host=cfg.host, port=cfg.port, log_level=cfg.log_level)

@@ -1,0 +1,113 @@
+"""From a request body to engine requests: parse, validate, render the chat template, tokenise,
+check lengths, build sampling parameters. All of it runs in a worker thread (`Offload`), never on
+the event loop, and every problem is an APIError naming the parameter."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+from pydantic import BaseModel, ValidationError
+
+from reasonrl.engine.protocol import ChatRequest, CompletionRequest
+from reasonrl.engine.sampling_params import ParamError, SamplingParams
+from reasonrl.engine.server.config import ServeConfig
+from reasonrl.engine.server.errors import APIError
+from reasonrl.engine.server.intake import parse_json
+from reasonrl.models.tokenizer import Tokenizer
+
+# A tokenizer's normaliser may merge a few characters into one (e.g. Hangul jamo, combining marks)
+# before tokens are cut, so the bound below allows for 4 input characters per token character.
+NORMALISED_SHRINK = 4
+
+
+@dataclass
+class Job:
+    body: CompletionRequest | ChatRequest
+    chat: bool
+    prompts: list[list[int]]
+    params: list[SamplingParams]  # one per prompt: unseeded prompts each get their own seed
+    logprobs: bool  # the response carries log-probs
+
+
+class Preparer:
+    def __init__(self, tokenizer: Tokenizer | None, max_model_len: int, cfg: ServeConfig):
+        self.tokenizer, self.max_len, self.cfg = tokenizer, max_model_len, cfg
+        self.rng = random.Random(cfg.seed)  # None: OS entropy
+        # no text longer than this can fit the context, whatever it says: refuse it untokenised
+        longest = max((len(t) for t in tokenizer.tok.get_vocab(with_added_tokens=True)), default=1) if tokenizer else 1
+        self.max_chars = max_model_len * longest * NORMALISED_SHRINK
+
+    def completion(self, raw: bytes) -> Job:
+        body = validate_body(parse_json(raw), CompletionRequest)
+        self._check_size(body, len(body.prompts()))
+        prompts = [self._encode(p) for p in body.prompts()]
+        params = self._params(body, prompts, body.max_tokens, body.logprobs or 0, "prompt")
+        return Job(body, False, prompts, params, body.logprobs is not None)
+
+    def chat(self, raw: bytes) -> Job:
+        body = validate_body(parse_json(raw), ChatRequest)
+        if self.tokenizer is None or not self.tokenizer.chat_template:
+            raise APIError("this model has no chat template; use /v1/completions")
+        self._check_size(body, 1)
+        prompt = self._encode(self._render(body), param="messages", add_special_tokens=False)
+        max_tokens = body.max_completion_tokens or body.max_tokens or max(1, self.max_len - len(prompt))
+        logprobs = (body.top_logprobs or 0) if body.logprobs else 0
+        return Job(body, True, [prompt], self._params(body, [prompt], max_tokens, logprobs, "messages"), body.logprobs)
+
+    def _check_size(self, body, num_prompts: int) -> None:
+        _check_model(body.model, self.cfg.model_name)
+        limit = self.cfg.max_sequences_per_request
+        if num_prompts * body.n > limit:
+            raise APIError(f"{num_prompts} prompts x n={body.n} is more than the {limit} sequences one request may "
+                           "ask for on this server", param="n")
+
+    def _render(self, body: ChatRequest) -> str:
+        try:
+            messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in body.messages]
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                      **body.chat_template_kwargs)
+        except Exception as exc:  # the template is fixed: whatever fails to render, the request made fail
+            raise APIError(f"cannot render the chat template for these messages: {type(exc).__name__}: {exc}",
+                           param="messages") from None
+
+    def _encode(self, prompt: str | list[int], param: str = "prompt", add_special_tokens: bool = True) -> list[int]:
+        if isinstance(prompt, list):
+            return prompt
+        if self.tokenizer is None:
+            raise APIError("this model has no tokenizer: send token ids as the prompt", param=param)
+        if len(prompt) > self.max_chars:
+            raise APIError(f"the prompt ({len(prompt)} characters) cannot fit the context length {self.max_len}",
+                           param=param)
+        return self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
+
+    def _params(self, body, prompts: list[list[int]], max_tokens: int, logprobs: int, param: str) -> list[SamplingParams]:
+        for p in prompts:
+            if len(p) >= self.max_len:
+                raise APIError(f"the prompt ({len(p)} tokens) does not fit the context length {self.max_len}", param=param)
+            if len(p) + max_tokens > self.max_len:
+                raise APIError(f"prompt ({len(p)} tokens) plus max_tokens ({max_tokens}) exceeds the context "
+                               f"length {self.max_len}", param="max_tokens")
+        try:
+            params = body.sampling_params(max_tokens, logprobs)
+        except ParamError as exc:
+            raise APIError(str(exc).removeprefix("SamplingParams."), param=exc.param) from None
+        if params.seed is not None:
+            return [params] * len(prompts)
+        return [replace(params, seed=self.rng.randrange(1 << 62)) for _ in prompts]
+
+
+def validate_body(data: dict, model: type[BaseModel]):
+    """The body as `model`, or a 400 APIError naming the first offending parameter."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise APIError(f"{loc}: {msg}" if loc else msg, param=loc) from None
+
+
+def _check_model(requested: str | None, served: str) -> None:
+    if requested not in (None, served):
+        raise APIError(f"model {requested!r} is not served here; this server serves {served!r}", 404, "model")

@@ -15,7 +15,7 @@ def banner(engine: LLMEngine, cfg: ServeConfig, port: int | None = None) -> str:
              f"{str(model.dtype).removeprefix('torch.')}, context {engine.max_model_len} tokens",
              f"  KV cache: {engine.config.kv_format}, {stats['kv_capacity_tokens']} tokens "
              f"({stats['kv_blocks_total']} blocks of {engine.config.block_size})"
-             + (", speculative decoding on" if engine.speculator is not None else ""),
+             + (", speculative decoding on" if engine.config.draft or "spec_rounds" in stats else ""),
              f"  listening on http://{cfg.host}:{cfg.port if port is None else port}",
              f"  auth: {'API key required' if cfg.api_key else 'NONE'}; admin routes: "
              + ("off" if not cfg.admin_routes else "own key" if cfg.admin_api_key else "API key" if cfg.api_key else "open")

@@ -42,6 +42,8 @@ class ModelSection:
     """Weights' dtype (default: float32 on CPU; for training, keep float32 master weights and use autocast)."""
     autocast: Literal["bfloat16", "float16"] | None = None
     """Compute dtype on CUDA under torch.autocast; None: the weights' dtype throughout (CPU)."""
+    freeze_vision: bool = False
+    """Vision-language policies: keep the vision tower and merger frozen (as LVR and ImageDoctor do)."""
     init: Literal["qwen2", "llama", "qwen3"] | None = None
     """Smoke tests: when `path` holds no checkpoint yet, first make a tiny random one of this family
     there (hidden size 64, 2 layers, a byte-level tokenizer trained on the environment's prompts)."""

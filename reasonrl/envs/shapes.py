@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from reasonrl.envs.base import Environment, Prompt
-from reasonrl.vision.world import FAMILIES, ShapesDataConfig, iter_problems, score_answer
+from reasonrl.vision.world import FAMILIES, Problem, ShapesDataConfig, iter_problems, score_answer
 
 INSTRUCTION = "Put the answer in \\boxed{}."
 SPLIT_SEEDS = {"train": 0, "eval": 1_000_003, "test": 2_000_003}
@@ -44,24 +44,19 @@ class ShapesVQAEnvironment(Environment):
         self.cfg = cfg
         self._data(1, 0)  # checks the options now, naming the bad one
 
+    def prompts(self, n=None, seed=0, split="train") -> list[Prompt]:
+        return [vqa_prompt(p, split) for p in self.problems(n or self.cfg.size, seed, split)]
+
+    def problems(self, n: int, seed: int = 0, split: str = "train") -> list[Problem]:
+        """The world's problems behind `prompts` (scenes, renders, rows), e.g. to write SFT traces."""
+        if split not in SPLIT_SEEDS:
+            raise ValueError(f"shapes: unknown split {split!r}; known: {', '.join(SPLIT_SEEDS)}")
+        return list(iter_problems(self._data(n, SPLIT_SEEDS[split] + seed)))
+
     def _data(self, n: int, seed: int) -> ShapesDataConfig:
         c = self.cfg
         return ShapesDataConfig(task="vqa", n=n, seed=seed, image_size=c.image_size, min_objects=c.min_objects,
                                 max_objects=c.max_objects, families=c.families)
-
-    def prompts(self, n=None, seed=0, split="train") -> list[Prompt]:
-        if split not in SPLIT_SEEDS:
-            raise ValueError(f"shapes: unknown split {split!r}; known: {', '.join(SPLIT_SEEDS)}")
-        out = []
-        for problem in iter_problems(self._data(n or self.cfg.size, SPLIT_SEEDS[split] + seed)):
-            row = problem.row
-            content = [{"type": "image", "image": problem.rendering.image},
-                       {"type": "text", "text": f"{row['question']} {INSTRUCTION}"}]
-            out.append(Prompt(id=f"{split}-{row['id']}", messages=[{"role": "user", "content": content}],
-                              answer=row["answer"], metadata={"family": row["family"], "answer_type": row["answer_type"],
-                                                              "needs_image": row["needs_image"],
-                                                              "objects": len(row["objects"])}))
-        return out
 
     def score(self, prompt: Prompt, response: str) -> float:
         return score_answer(response, prompt.answer, prompt.metadata["answer_type"])
@@ -72,6 +67,16 @@ class ShapesVQAEnvironment(Environment):
             mine = [r for p, r in zip(prompts, rewards) if p.metadata["family"] == family]
             out[f"accuracy/{family}"] = sum(r > 0 for r in mine) / len(mine)
         return out
+
+
+def vqa_prompt(problem: Problem, split: str = "train") -> Prompt:
+    """One problem as a prompt: the image and the question, asking for a boxed answer."""
+    row = problem.row
+    content = [{"type": "image", "image": problem.rendering.image},
+               {"type": "text", "text": f"{row['question']} {INSTRUCTION}"}]
+    return Prompt(id=f"{split}-{row['id']}", messages=[{"role": "user", "content": content}], answer=row["answer"],
+                  metadata={"family": row["family"], "answer_type": row["answer_type"],
+                            "needs_image": row["needs_image"], "objects": len(row["objects"])})
 
 
 def from_spec(argument: str) -> ShapesVQAEnvironment:

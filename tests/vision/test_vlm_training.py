@@ -102,3 +102,17 @@ def test_the_rl_update_recomputes_logprobs_with_the_images(vlm_dir, tmp_path):
     stats = update(samples, [1.0, -1.0], version=0)
     assert stats["optimizer_steps"] == 1 and stats["grad_norm"] > 0
     assert all(torch.equal(vision[k], v) for k, v in model.visual.state_dict().items())
+
+
+def test_the_vlm_policy_script_builds_a_loadable_checkpoint(tmp_path):
+    from reasonrl.demo.vlm_policy import VLMPolicyConfig, make_vlm_policy, vqa_rows
+
+    rows = vqa_rows(60, VLMPolicyConfig(lazy=1.0, lazy_from=3))
+    busy = [r for r in rows if r["objects"] >= 3]
+    assert busy and all(r["response"].startswith("\\boxed{") for r in busy)  # a guess, no description
+    assert all("background" in r["response"] for r in rows if r["objects"] < 3)  # the caption, then the answer
+    path = make_vlm_policy(tmp_path / "vlm", VLMPolicyConfig(caption_steps=2, vqa_steps=2, num_scenes=40))
+    model = load_model(path)
+    prompt = ShapesVQAEnvironment(ShapesVQAConfig(families=("count",), max_objects=4, size=2)).prompts(1)[0]
+    inp = ChatEncoder(Tokenizer.from_dir(path), model)(prompt.messages)
+    assert multimodal(inp).num_images == 1

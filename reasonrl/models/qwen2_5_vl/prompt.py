@@ -80,14 +80,15 @@ def message_images(messages: list[dict[str, Any]]) -> list[Any]:
 
 
 def build_prompt(tokenizer, messages: list[dict[str, Any]], cfg: VLMConfig, image_cfg: ImageConfig | None = None,
-                 add_generation_prompt: bool = True) -> MultimodalPrompt:
-    """Render a chat whose user turns may hold image parts, preprocess the images, expand the placeholders."""
+                 add_generation_prompt: bool = True, **template_kwargs) -> MultimodalPrompt:
+    """Render a chat whose user turns may hold image parts, preprocess the images, expand the placeholders.
+    `template_kwargs` go to the chat template."""
     image_cfg = image_cfg or ImageConfig()
     ours = (image_cfg.patch_size, image_cfg.merge_size, image_cfg.temporal_patch_size)
     model = (cfg.vision.patch_size, cfg.vision.spatial_merge_size, cfg.vision.temporal_patch_size)
     if ours != model:
         raise ValueError(f"image config (patch, merge, temporal) sizes {ours} differ from the model's {model}")
     pixel_values, grid = preprocess(message_images(messages), image_cfg)
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **template_kwargs)
     ids = expand_image_tokens(ids, grid, cfg.image_token_id, cfg.vision.spatial_merge_size)
     return MultimodalPrompt.from_ids(ids, pixel_values, grid, cfg)

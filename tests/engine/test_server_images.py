@@ -167,6 +167,15 @@ def test_image_decoding_runs_off_the_event_loop(srv, client, monkeypatch):
     assert result[0].status_code == 200
 
 
+def test_banner_names_the_image_limits(ckpt):
+    from reasonrl.engine.server import banner
+
+    engine = LLMEngine.from_pretrained(ckpt, **ENGINE)
+    text = banner(engine, ServeConfig(**LIMITS))
+    assert "images: data: URLs (PNG, JPEG), up to 3 per request, 65536 bytes and 4194304 pixels each" in text
+    assert "up to 128 per request" in banner(engine, ServeConfig())  # 512 tokens / 4 tokens of a 56x56 image
+
+
 def test_after_the_battery_alive_and_nothing_held(srv, client):
     """Runs last in this module."""
     assert client.get("/health").json() == {"status": "ok"}
@@ -174,3 +183,4 @@ def test_after_the_battery_alive_and_nothing_held(srv, client):
     stats = client.get("/v1/stats").json()
     assert stats["image_requests"] == stats["image_embed_bytes"] == stats["image_pixel_bytes"] == 0
     assert stats["images_encoded"] > 0
+

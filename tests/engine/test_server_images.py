@@ -8,7 +8,6 @@ import base64
 import io
 import struct
 import threading
-import time
 import zlib
 
 import httpx
@@ -151,21 +150,28 @@ def test_bad_parts_and_too_many_images(client):
 
 
 def test_image_decoding_runs_off_the_event_loop(srv, client, monkeypatch):
+    """/health answers while a request's image decoding is held up (it would hang were decoding on the loop)."""
     from reasonrl.engine.server import images
 
-    decode = images.decode_data_url
-    monkeypatch.setattr(images, "decode_data_url", lambda *a: (time.sleep(1.5), decode(*a))[1])
+    decode, entered, gate = images.decode_data_url, threading.Event(), threading.Event()
+
+    def held(*args):
+        entered.set()
+        gate.wait(30)
+        return decode(*args)
+
+    monkeypatch.setattr(images, "decode_data_url", held)
     result = []
-    thread = threading.Thread(target=lambda: result.append(httpx.post(srv.url + "/v1/chat/completions", timeout=30,
+    thread = threading.Thread(target=lambda: result.append(httpx.post(srv.url + "/v1/chat/completions", timeout=60,
                                                                       json=chat("Look:", data_url(IMAGES[0])))))
     thread.start()
-    time.sleep(0.3)
-    start = time.monotonic()
-    assert client.get("/health").status_code == 200
-    assert time.monotonic() - start < 0.5
-    thread.join()
+    try:
+        assert entered.wait(10)
+        assert client.get("/health", timeout=5).status_code == 200
+    finally:
+        gate.set()
+        thread.join()
     assert result[0].status_code == 200
-
 
 def test_banner_names_the_image_limits(ckpt):
     from reasonrl.engine.server import banner

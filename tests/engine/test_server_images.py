@@ -99,6 +99,14 @@ def test_same_image_with_detail_and_text_only_chats(client):
     assert client.post("/v1/chat/completions", json=chat("How many squares are there?")).status_code == 200
 
 
+
+def test_resume_a_chat_with_an_image_over_http(client):
+    body = chat("What is in the picture?", data_url(IMAGES[1]), temperature=1.0, seed=4, logprobs=True)
+    full = client.post("/v1/chat/completions", json=body).json()["choices"][0]
+    ids, lps = full["token_ids"], [t["logprob"] for t in full["logprobs"]["content"]]
+    resumed = client.post("/v1/chat/completions", json={**body, "resume": {"token_ids": ids[:4], "logprobs": lps[:4]}})
+    assert resumed.json()["choices"][0]["token_ids"] == ids
+
 def _corrupt_png() -> str:
     url = data_url(noise_image(40, 40, 5))
     head, b64 = url.split(",")

@@ -28,6 +28,8 @@ class BenchOptions:
 WORKLOADS = {
     "engine": Command("engine vs transformers generate on a heavy-tailed workload; roofline and FLOP fractions",
                       "reasonrl.cli.bench:engine"),
+    "vlm": Command("engine vs transformers generate on image+text prompts; vision-tower images/s",
+                   "reasonrl.cli.bench:vlm"),
     "april": Command("APRIL vs synchronous rollout on one GRPO workload", "reasonrl.cli.bench:april"),
     "spec": Command("speculative vs plain decoding: accepted length, speedup, costs", "reasonrl.cli.bench:spec"),
     "kv": Command("KV-cache formats: recall accuracy against bytes per token", "reasonrl.cli.bench:kv"),
@@ -63,6 +65,12 @@ def engine(parser):
     from reasonrl.bench.engine import EngineBenchConfig, bench_engine
 
     return workload(parser, EngineBenchConfig, bench_engine)
+
+
+def vlm(parser):
+    from reasonrl.bench.vlm import VLMBenchConfig, bench_vlm
+
+    return workload(parser, VLMBenchConfig, bench_vlm)
 
 
 def april(parser):

@@ -96,9 +96,8 @@ def make_workload(tokenizer, model, c: VLMBenchConfig) -> Workload:
     rng = np.random.default_rng(c.seed)
     prompts = []
     for i in range(c.num_prompts):
-        parts = [{"type": "image", "image": Image.fromarray(rng.integers(0, 256, (*rng.integers(*c.image_side, 2, endpoint=True), 3),
-                                                                         dtype=np.uint8))}
-                 for _ in range(int(rng.integers(1, c.max_images, endpoint=True)))]
+        sizes = [rng.integers(*c.image_side, 2, endpoint=True) for _ in range(int(rng.integers(1, c.max_images, endpoint=True)))]
+        parts = [{"type": "image", "image": Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))} for h, w in sizes]
         parts.append({"type": "text", "text": CORPUS[i % 3]})
         prompts.append(build_prompt(tokenizer, [{"role": "user", "content": parts}], model.vlm_config, model.image_config))
     # log-normal with sigma 1: p99 is ~10x the median, the long tail of reasoning rollouts

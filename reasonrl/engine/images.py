@@ -19,7 +19,6 @@ Speculative decoding and SnapKV eviction do not take image requests yet (`check`
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -124,13 +123,10 @@ class Images:
 
 
 def content_keys(mm: MultimodalPrompt, merge: int) -> list[tuple[int, int, bytes]]:
-    """(first placeholder, one past the last, digest of the image's grid and pixel values) per image."""
-    keys, patch, row = [], 0, 0
-    for t, h, w in mm.image_grid_thw.tolist():
-        patches = t * h * w
-        digest = hashlib.blake2b(str((t, h, w)).encode(), digest_size=16)
-        digest.update(mm.pixel_values[patch:patch + patches].contiguous().cpu().view(torch.uint8).numpy())
-        start = int(mm.image_rows[row])
-        keys.append((start, start + patches // merge ** 2, digest.digest()))
-        patch, row = patch + patches, row + patches // merge ** 2
+    """(first placeholder, one past the last, the image's digest) per image."""
+    keys, row = [], 0
+    for (t, h, w), digest in zip(mm.image_grid_thw.tolist(), mm.image_digests):
+        start, tokens = int(mm.image_rows[row]), t * h * w // merge ** 2
+        keys.append((start, start + tokens, digest))
+        row += tokens
     return keys

@@ -146,8 +146,9 @@ def test_bad_parts_and_too_many_images(client):
     r = client.post("/v1/chat/completions", json=too_many)
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.content.3"
     assert "more than 3 images" in r.json()["error"]["message"]
-    for part, param in [({"type": "image_url", "image_url": "data:image/png;base64,AAAA"}, "messages.0.content.0.image_url"),
-                        ({"type": "image_url", "image_url": {"url": data_url(IMAGES[0]), "x": 1}}, "messages.0.content.0.image_url"),
+    image = "messages.0.content.0.image_url"
+    for part, param in [({"type": "image_url", "image_url": "data:image/png;base64,AAAA"}, image),
+                        ({"type": "image_url", "image_url": {"url": data_url(IMAGES[0]), "x": 1}}, image),
                         ({"type": "input_audio", "input_audio": {}}, "messages.0.content.0.type"),
                         ({"type": "text", "text": 3}, "messages.0.content.0")]:
         r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [part]}]})

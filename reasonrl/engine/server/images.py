@@ -101,9 +101,11 @@ class ChatImages:
         grid = torch.cat(grids)
         try:
             ids = expand_image_tokens(ids, grid, self.vlm.image_token_id, self.vlm.vision.spatial_merge_size)
-            return MultimodalPrompt.from_ids(ids, torch.cat(pixels), grid, self.vlm)
+            prompt = MultimodalPrompt.from_ids(ids, torch.cat(pixels), grid, self.vlm)
         except ValueError as exc:  # e.g. image placeholder tokens written in the text
             raise APIError(f"the messages do not place their images: {exc}", param="messages") from None
+        _ = prompt.image_digests  # hashed here, in the worker, rather than in the engine's thread
+        return prompt
 
 
 def _text_part(part: dict, where: str) -> dict:

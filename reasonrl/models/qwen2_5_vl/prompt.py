@@ -8,6 +8,8 @@ the image tokens replace, and the M-RoPE positions with the delta that continues
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +44,19 @@ class MultimodalPrompt:
     @property
     def num_images(self) -> int:
         return self.image_grid_thw.shape[0]
+
+    @functools.cached_property
+    def image_digests(self) -> list[bytes]:
+        """One digest per image, of its grid and pixel values, computed once (the pixel values must not
+        change after): the engine's prefix cache keys image blocks by it, placeholder ids being the
+        same for every image."""
+        out, start = [], 0
+        for t, h, w in self.image_grid_thw.tolist():
+            digest = hashlib.blake2b(str((t, h, w)).encode(), digest_size=16)
+            digest.update(self.pixel_values[start:start + t * h * w].contiguous().cpu().view(torch.uint8).numpy())
+            out.append(digest.digest())
+            start += t * h * w
+        return out
 
     def positions_for(self, start: int, stop: int) -> torch.Tensor:
         """(3, stop - start) positions of tokens start..stop-1; past the prompt they continue as text."""

@@ -37,6 +37,9 @@ PRESETS = {  # random checkpoints of fixed shapes (`tiny_vlm_config` sizes), so 
                  vision_heads=2),
     "small": dict(hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=2, vision_hidden_size=128, vision_depth=4,
                   vision_heads=4, fullatt_block_indexes=(1, 3)),
+    # the decoder of `bench engine`'s 20m preset (hidden 512, 6 layers, GQA 8/2) with a 4-block tower
+    "20m": dict(hidden_size=512, num_layers=6, num_heads=8, num_kv_heads=2, vision_hidden_size=256, vision_depth=4,
+                vision_heads=4, fullatt_block_indexes=(1, 3)),
 }
 CORPUS = ["What is in the picture? Describe the shapes, their colours and where they are.",
           "How many squares are there? Count them and answer with a number.",
@@ -45,7 +48,7 @@ CORPUS = ["What is in the picture? Describe the shapes, their colours and where 
 
 @dataclass
 class VLMBenchConfig:
-    preset: Literal["tiny", "small"] = "small"
+    preset: Literal["tiny", "small", "20m"] = "20m"
     """Shape of the random Qwen2.5-VL checkpoint."""
     num_prompts: int = 64
     """Prompts in the workload."""

@@ -16,6 +16,7 @@ from reasonrl.engine.attention import AttentionMetadata, PagedAttention
 from reasonrl.engine.eviction import Evictor
 from reasonrl.engine.images import Images
 from reasonrl.engine.kv.base import KVFormat
+from reasonrl.engine.penalties import adjust
 from reasonrl.engine.sampler import SamplingBatch, sample
 from reasonrl.engine.sequence import Sequence
 from reasonrl.engine.spec.tree import DraftTree
@@ -70,6 +71,7 @@ class ModelRunner:
         self.evictor = evictor  # records the queries token eviction selects with
         self.images = images  # image embeddings and M-RoPE positions of prompts with images
         self.device = model.device
+        self.eos_ids: set[int] = set(model.config.eos_token_ids)  # what min_tokens holds back (the engine's)
 
     def prepare(self, scheduled: list[tuple[Sequence, int]], trees: dict[int, DraftTree] | None = None) -> StepBatch:
         """A tree's rows sit at the slots after its root, in row order, at positions root + depth."""
@@ -163,7 +165,7 @@ class ModelRunner:
     def _sample(self, batch: StepBatch, hidden: torch.Tensor) -> dict[int, Sampled]:
         if not batch.sample_seqs:
             return {}
-        logits = self.model.compute_logits(hidden[batch.sample_rows])
+        logits = adjust(self.model.compute_logits(hidden[batch.sample_rows]), batch.sample_seqs, self.eos_ids)
         tokens, logprobs, top = sample(logits, self.sampling_batch(batch.sample_seqs))
         tokens, logprobs = tokens.tolist(), logprobs.tolist()
         out = {}

@@ -30,6 +30,7 @@ class View:
     def __init__(self, job: Job, rids: list[str], model_name: str, tokenizer: Tokenizer | None):
         self.body, self.rids, self.prompt_tokens, self.chat = job.body, rids, job.prompt_tokens, job.chat
         self.want_logprobs, self.model, self.tokenizer = job.logprobs, model_name, tokenizer
+        self.api = job.api
         self.created = int(time.time())
         self.sent: dict[tuple[str, int], tuple[int, int]] = {}  # (rid, index) -> (tokens, chars) streamed
         self.closed: set[tuple[str, int]] = set()  # choices whose final chunk went out
@@ -47,6 +48,8 @@ class View:
         return self.rids.index(rid) * self.body.n + index
 
     def response(self, outputs: dict[str, RequestOutput]) -> dict[str, Any]:
+        if self.api == "responses":
+            return self._responses(outputs[self.rids[0]])
         choices = []
         for rid in self.rids:
             out = outputs[rid]
@@ -58,6 +61,20 @@ class View:
         return {"id": self.rids[0], "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": choices,
                 "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}
+
+    def _responses(self, out: RequestOutput) -> dict[str, Any]:
+        """The Responses API's object for one text answer."""
+        o = out.outputs[0]
+        status = "incomplete" if o.finish_reason == "length" else "completed"
+        message = {"type": "message", "id": f"msg_{out.request_id}", "status": status, "role": "assistant",
+                   "content": [{"type": "output_text", "text": o.text, "annotations": []}]}
+        return {"id": f"resp_{out.request_id}", "object": "response", "created_at": self.created, "model": self.model,
+                "status": status, "error": None,
+                "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+                "output": [message], "parallel_tool_calls": False, "tool_choice": "auto", "tools": [],
+                "temperature": self.body.temperature, "top_p": self.body.top_p,
+                "usage": {"input_tokens": self.prompt_tokens, "output_tokens": len(o.token_ids),
+                          "total_tokens": self.prompt_tokens + len(o.token_ids)}}
 
     def chunks(self, out: RequestOutput):
         for o in out.outputs:

@@ -37,6 +37,12 @@ WORKLOADS = {
     "serve": Command("server throughput and latency, clean load against 10% bad requests", "reasonrl.cli.bench:serve"),
     "shapes-detector": Command("the shapes world's oracle detector: recall, attributes, speed",
                                "reasonrl.cli.bench:shapes_detector"),
+    "image-tokenizer": Command("binary vs one-hot VQ tokenizers: PSNR against bits, code usage, 2x decoding",
+                               "reasonrl.cli.bench:image_tokenizer"),
+    "image-gen": Command("AR vs diffusion bit generators: GenEval-lite with the oracle detector",
+                         "reasonrl.cli.bench:image_gen"),
+    "smarli": Command("SMARLI models (mask ablations, before/after layout GRPO): layout metrics",
+                      "reasonrl.cli.bench:smarli"),
 }
 
 
@@ -121,3 +127,37 @@ def shapes_detector(parser):
     from reasonrl.vision.world import DetectorBenchConfig, bench_detector
 
     return workload(parser, DetectorBenchConfig, bench_detector)
+
+
+def image_tokenizer(parser):
+    from reasonrl.vision.binary.bench import TokenizerBenchConfig, bench_tokenizers, format_rows
+
+    def measure(cfg: TokenizerBenchConfig):
+        rows = bench_tokenizers(cfg)
+        print(format_rows(rows))
+        return rows
+
+    return workload(parser, TokenizerBenchConfig, measure)
+
+
+def image_gen(parser):
+    from reasonrl.vision.binary.bench import GenBenchConfig, bench_generators, format_rows
+
+    def measure(cfg: GenBenchConfig):
+        rows = bench_generators(cfg)
+        print(format_rows(rows))
+        return rows
+
+    return workload(parser, GenBenchConfig, measure)
+
+
+def smarli(parser):
+    from reasonrl.vision.binary.bench import format_rows
+    from reasonrl.vision.smarli.bench import SmarliBenchConfig, bench_smarli
+
+    def measure(cfg: SmarliBenchConfig):
+        rows = bench_smarli(cfg)
+        print(format_rows(rows))
+        return rows
+
+    return workload(parser, SmarliBenchConfig, measure)

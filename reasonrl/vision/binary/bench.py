@@ -11,15 +11,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 
 from reasonrl.vision.gen.geneval import geneval, palette_fd
 from reasonrl.vision.gen.grid import save_grid
 from reasonrl.vision.gen.images import ImageConfig, make_images
-from reasonrl.vision.gen.io import SHIPPED
+from reasonrl.vision.gen.io import SHIPPED, load_model_dir
 from reasonrl.vision.gen.prompt import prompt
 
 from .generator import load_pipeline
-from .measure import measure_tokenizer
+from .measure import measure_tokenizer, reconstruct
 from .sample import SampleConfig, generate
 from .tokenizer import TokenizerConfig
 from .train_tokenizer import HELD_OUT_SEED, TokenizerJob, TokenizerTrainConfig
@@ -42,6 +43,12 @@ class TokenizerBenchConfig:
     """Held-out images."""
     seed: int = 0
     """Seeds weights and images."""
+    models: list[str] = field(default_factory=list)
+    """Trained tokenizer directories to measure instead of training `shapes` (e.g. the build's
+    runs/images/tokenizer and tokenizer-vq), on the same held-out images."""
+    grid: str | None = None
+    """With `models`: also write PREFIX_K.png (8 held-out images over their reconstructions) and
+    PREFIX_K_2x.png (the same codes decoded at twice the resolution) per model."""
 
 
 def parse_shape(spec: str) -> tuple[str, int, int]:
@@ -56,6 +63,8 @@ def parse_shape(spec: str) -> tuple[str, int, int]:
 
 
 def bench_tokenizers(cfg: TokenizerBenchConfig) -> list[dict]:
+    if cfg.models:
+        return [measure_saved(path, cfg, k) for k, path in enumerate(cfg.models)]
     rows = []
     for spec in cfg.shapes:
         quantizer, k, d = parse_shape(spec)
@@ -70,6 +79,20 @@ def bench_tokenizers(cfg: TokenizerBenchConfig) -> list[dict]:
         print(row, flush=True)
         rows.append(row)
     return rows
+
+
+def measure_saved(path: str, cfg: TokenizerBenchConfig, k: int = 0) -> dict:
+    tok = load_model_dir(path, expect="bit_tokenizer")
+    c = tok.config
+    held = make_images(ImageConfig(side=c.image_size), cfg.eval_images, HELD_OUT_SEED + cfg.seed)
+    if cfg.grid:
+        _, recon = reconstruct(tok, held.images[:8])
+        _, recon2 = reconstruct(tok, held.images[:8], 2 * c.image_size)
+        save_grid(np.concatenate([held.images[:8], recon]), f"{cfg.grid}_{k}.png", columns=8, scale=3)
+        save_grid(recon2, f"{cfg.grid}_{k}_2x.png", columns=8, scale=1)
+    params = sum(p.numel() for p in tok.parameters())
+    return {"model": path, "quantizer": c.quantizer, "tokens": c.num_latent_tkns, "bits_per_token": c.codebook_size,
+            "params": params, **measure_tokenizer(tok, held)}
 
 
 @dataclass

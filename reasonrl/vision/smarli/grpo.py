@@ -97,7 +97,7 @@ class LayoutGRPOJob:
         layout = np.array([s["reward"] for s in scores])
         quality = self.realism.score(images) if self.realism is not None else np.zeros(len(images))
         total = {"layout": layout, "quality": quality, "both": layout + self.cfg.quality_weight * quality}[self.cfg.reward]
-        stats = {k: float(np.nanmean([s[k] for s in scores])) for k in ("miou", "attribute", "precision", "leakage")}
+        stats = {k: _nanmean([s[k] for s in scores]) for k in ("miou", "attribute", "precision", "leakage")}
         return torch.tensor(total, dtype=torch.float32), {**stats, "layout_reward": float(layout.mean()),
                                                           "quality": float(quality.mean())}
 
@@ -166,6 +166,12 @@ class LayoutGRPOJob:
         self.step_count = state["step"]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean over the defined values (leakage is undefined on one-object layouts); nan if none is."""
+    kept = [v for v in values if not np.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
 
 
 def _rows(batch, rows: torch.Tensor):

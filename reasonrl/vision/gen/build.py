@@ -31,11 +31,11 @@ from reasonrl.vision.gen.io import SHIPPED, WEIGHTS
 TOKENIZER = ["--num-latent-tkns", "32", "--codebook-size", "8", "--patch-size", "8", "--steps", "300",
              "--images-per-step", "32", "--eval-images", "128", "--save-every", "100"]
 GENERATOR = ["--text-model", "{out}/text", "--image-tokenizer", "{out}/tokenizer", "--width", "128",
-             "--num-heads", "4", "--steps", "400", "--prompts-per-step", "32", "--eval-prompts", "64",
+             "--num-heads", "4", "--steps", "200", "--prompts-per-step", "32", "--eval-prompts", "64",
              "--save-every", "100"]
 SMARLI = ["--width", "96", "--num-layers", "4", "--steps", "500", "--layouts-per-step", "16",
           "--eval-layouts", "64", "--save-every", "100"]
-GRPO = ["--policy", "{out}/smarli", "--realism", "{out}/realism", "--steps", "30", "--layouts-per-step", "8",
+GRPO = ["--policy", "{out}/smarli", "--realism", "{out}/realism", "--steps", "20", "--lr", "2e-4", "--layouts-per-step", "8",
         "--samples-per-layout", "4", "--eval-layouts", "64", "--beta", "0", "--save-every", "10"]
 
 STAGES: dict[str, list[str]] = {

@@ -56,9 +56,11 @@ def load_model_dir(path: str | Path, expect: str | None = None) -> torch.nn.Modu
     """The model saved in `path`, in float32 and eval mode; `expect` names the kind it must be."""
     raw = read_config(path)
     kind = raw.pop("kind", None)
-    if kind not in _KINDS or (expect is not None and kind != expect):
-        wanted = expect or ", ".join(sorted(_KINDS))
-        raise ValueError(f"{path}: config.json kind {kind!r} is not {wanted}")
+    if kind not in _KINDS:
+        raise ValueError(f"{path}: config.json kind {kind!r} is none of the loaded model kinds "
+                         f"({', '.join(sorted(_KINDS))}); import the module that defines it first")
+    if expect is not None and kind != expect:
+        raise ValueError(f"{path}: config.json kind {kind!r} is not {expect}")
     cls, config_cls = _KINDS[kind]
     names = {f for f in config_cls.__dataclass_fields__}
     module = cls(build(config_cls, {k: v for k, v in raw.items() if k in names}))

@@ -35,6 +35,7 @@ from reasonrl.vision.gen.io import load_model_dir, load_weights, save_model_dir
 
 from .judge import judge, judge_all
 from .layout import Layout, encode_layouts
+from .realism import RealismClassifier
 from .sampler import replay, sample
 from .train import load_smarli, smarli_images
 
@@ -82,7 +83,7 @@ class LayoutGRPOJob:
         self.steps, self.step_count = cfg.steps, 0
         self.model, self.tokenizer, self.codebook = load_smarli(cfg.policy)
         self.reference = copy.deepcopy(self.model).requires_grad_(False).eval() if loss.beta > 0 else None
-        self.realism = load_model_dir(cfg.realism, expect="realism") if cfg.realism else None
+        self.realism: RealismClassifier | None = load_model_dir(cfg.realism, expect="realism") if cfg.realism else None
         self.loss_fn, self.advantage_fn = get_loss(loss.name), get_advantage(advantage.name)
         self.optimizer, self.scheduler = make_optimizer(self.model.parameters(), optim, cfg.steps)
         self.images = smarli_images(self.model.config.grid * self.model.config.cell)

@@ -40,6 +40,10 @@ VERBS = {
     "distill-draft": Command("train a speculative-decoding draft head against a target, online",
                              "reasonrl.cli.train:distill_draft"),
     "bench": Command("benchmarks (figures go to docs/benchmarks.md)", "reasonrl.cli.bench:WORKLOADS"),
+    "train-image": Command("train the image models: tokenizer, text model, generators, SMARLI, layout GRPO",
+                           "reasonrl.cli.image:TRAINERS"),
+    "generate-image": Command("text to PNG images with a bit generator (AR or diffusion)",
+                              "reasonrl.cli.image:generate_image"),
 }
 
 

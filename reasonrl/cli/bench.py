@@ -40,6 +40,12 @@ WORKLOADS = {
     "serve": Command("server throughput and latency, clean load against 10% bad requests", "reasonrl.cli.bench:serve"),
     "shapes-detector": Command("the shapes world's oracle detector: recall, attributes, speed",
                                "reasonrl.cli.bench:shapes_detector"),
+    "image-tokenizer": Command("binary vs one-hot VQ tokenizers: PSNR against bits, code usage, 2x decoding",
+                               "reasonrl.cli.bench:image_tokenizer"),
+    "image-gen": Command("AR vs diffusion bit generators: GenEval-lite with the oracle detector",
+                         "reasonrl.cli.bench:image_gen"),
+    "smarli": Command("SMARLI models (mask ablations, before/after layout GRPO): layout metrics",
+                      "reasonrl.cli.bench:smarli"),
 }
 
 
@@ -87,3 +93,9 @@ ttt = workload("reasonrl.envs.ttt.bench:TTTBenchConfig", "reasonrl.envs.ttt.benc
 math = workload("reasonrl.envs.math.bench:MathBenchConfig", "reasonrl.envs.math.bench:benchmark")
 serve = workload("reasonrl.bench.serve:ServeBenchConfig", "reasonrl.bench.serve:bench_serve")
 shapes_detector = workload("reasonrl.vision.world:DetectorBenchConfig", "reasonrl.vision.world:bench_detector")
+image_tokenizer = workload("reasonrl.vision.binary.bench:TokenizerBenchConfig",
+                           "reasonrl.vision.binary.bench:bench_tokenizers", "reasonrl.vision.binary.bench:format_rows")
+image_gen = workload("reasonrl.vision.binary.bench:GenBenchConfig", "reasonrl.vision.binary.bench:bench_generators",
+                     "reasonrl.vision.binary.bench:format_rows")
+smarli = workload("reasonrl.vision.smarli.bench:SmarliBenchConfig", "reasonrl.vision.smarli.bench:bench_smarli",
+                  "reasonrl.vision.binary.bench:format_rows")

@@ -1,0 +1,134 @@
+"""The text side of text-to-image: a small language model whose per-layer hidden states condition
+the image generators, as Instella-T2I conditions on a frozen AMD-OLMo-1B.
+
+The language model is reasonrl's own `DecoderLM` (Qwen2 architecture, tiny), with a byte-level BPE
+tokenizer, trained here on the prompts (next-token prediction; nothing can be downloaded) and
+then frozen. `TextEncoder.encode` runs it once over a batch of prompts and returns the output of
+every decoder layer: block i of a generator reads layer i (Instella takes `hidden_states[1:]`).
+A prompt is `<|im_start|>` + its tokens; the empty prompt (classifier-free guidance's
+unconditional branch) is `<|im_start|>` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from reasonrl.models.loader import load_model, save_model
+from reasonrl.models.model import CausalAttention, DecoderLM
+from reasonrl.models.tiny import init_weights, make_tokenizer, tiny_config
+from reasonrl.models.tokenizer import Tokenizer
+from reasonrl.rl.config import OptimSection
+from reasonrl.rl.update import make_optimizer
+from reasonrl.vision.gen.images import ImageConfig, draw_scene
+from reasonrl.vision.gen.prompt import prompt
+
+BOS = "<|im_start|>"
+
+
+@dataclass
+class TextTrainConfig:
+    hidden_size: int = 64
+    """Width of the language model."""
+    num_layers: int = 4
+    """Decoder layers (a generator has one block per layer)."""
+    num_heads: int = 4
+    """Attention heads."""
+    vocab_size: int = 384
+    """BPE vocabulary, trained on prompts (at least 259: the 256 bytes and 3 special tokens come first)."""
+    steps: int = 600
+    """Optimizer steps of next-token prediction."""
+    prompts_per_step: int = 64
+    """Fresh prompts per step."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate (cosine schedule)."""
+    seed: int = 0
+    """Seeds the weights and the prompts."""
+
+
+class TextEncoder:
+    """A frozen language model and its tokenizer, turned into per-layer conditioning states."""
+
+    def __init__(self, lm: DecoderLM, tokenizer: Tokenizer):
+        self.lm, self.tokenizer = lm.eval().requires_grad_(False), tokenizer
+        self.bos = tokenizer.tok.token_to_id(BOS)
+
+    @classmethod
+    def from_dir(cls, path: str | Path) -> TextEncoder:
+        return cls(load_model(path, "cpu"), Tokenizer.from_dir(path))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.lm.layers)
+
+    @property
+    def width(self) -> int:
+        return self.lm.config.hidden_size
+
+    def ids(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded (B, T) token ids and the (B, T) bool mask of real tokens."""
+        rows = [[self.bos] + self.tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        t = max(len(r) for r in rows)
+        ids = torch.full((len(rows), t), self.tokenizer.pad_token_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r)
+        return ids, ids.new_tensor([[j < len(r) for j in range(t)] for r in rows], dtype=torch.bool)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The (B, T, width) output of every layer, and the (B, T) mask of real tokens."""
+        ids, mask = self.ids(prompts)
+        return layer_states(self.lm, ids), mask
+
+
+def layer_states(lm: DecoderLM, ids: torch.Tensor) -> list[torch.Tensor]:
+    """Causal forward of right-padded ids (B, T), keeping each decoder layer's output (B, T, width)."""
+    b, t = ids.shape
+    x = lm.embed_tokens(ids.reshape(-1))
+    cos, sin = lm.rotary(torch.arange(t).repeat(b), x.dtype)
+    attn, states = CausalAttention(b, t), []
+    for layer in lm.layers:
+        x = layer(x, cos, sin, attn)
+        states.append(x.view(b, t, -1))
+    return states
+
+
+def prompt_stream(images: ImageConfig, seed: int):
+    """Prompts of random scenes, forever, reproducible from `seed`."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    while True:
+        yield prompt(draw_scene(rng, images))
+
+
+def train_text_model(cfg: TextTrainConfig, images: ImageConfig, out: str | Path, log=None) -> Path:
+    """Train the conditioning language model on prompts and save it as a checkpoint directory."""
+    stream = prompt_stream(images, cfg.seed)
+    tokenizer = make_tokenizer([next(stream) for _ in range(2000)], vocab_size=cfg.vocab_size)
+    torch.manual_seed(cfg.seed)
+    lm = init_weights(DecoderLM(tiny_config("qwen2", tokenizer.vocab_size, cfg.hidden_size, cfg.num_layers,
+                                            cfg.num_heads, cfg.num_heads, max_position_embeddings=256,
+                                            eos_token_ids=tokenizer.eos_token_ids)), seed=cfg.seed)
+    encoder = TextEncoder(lm, tokenizer)
+    lm.train().requires_grad_(True)
+    optimizer, scheduler = make_optimizer(lm.parameters(), OptimSection(lr=cfg.lr, schedule="cosine",
+                                                                        warmup_steps=20), cfg.steps)
+    eos = tokenizer.eos_token_ids[0]
+    for step in range(cfg.steps):
+        ids, mask = encoder.ids([next(stream) for _ in range(cfg.prompts_per_step)])
+        targets = torch.cat([ids[:, 1:], ids.new_full((len(ids), 1), -100)], 1)
+        targets[:, :-1][~mask[:, 1:]] = -100
+        targets[torch.arange(len(ids)), mask.sum(1) - 1] = eos  # learn to end the prompt
+        logits = lm.compute_logits(lm.forward_padded(ids))
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if log and (step + 1) % 100 == 0:
+            log(f"text model step {step + 1}/{cfg.steps}: loss {float(loss):.4f}")
+    return save_model(lm.eval(), out, tokenizer)

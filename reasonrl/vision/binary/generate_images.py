@@ -1,0 +1,35 @@
+"""`reasonrl generate-image`: prompts in, PNG files out, with a bit generator and its tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from reasonrl.vision.gen.grid import save_grid
+from reasonrl.vision.gen.io import SHIPPED
+from reasonrl.vision.world import write_png
+
+from .generator import load_pipeline
+from .sample import SampleConfig, generate
+
+def default_model() -> Path:
+    return SHIPPED / "diffusion"
+
+
+def generate_images(job, cfg: SampleConfig) -> list[Path]:
+    """Write job.per_prompt images per prompt under job.out; returns their paths."""
+    pipe = load_pipeline(job.model or default_model())
+    prompts = [p for p in job.prompts for _ in range(job.per_prompt)]
+    images = generate(pipe, prompts, cfg)
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with open(out / "prompts.jsonl", "w", encoding="utf-8") as index:
+        for k, (text, image) in enumerate(zip(prompts, images)):
+            path = out / f"{k:04d}.png"
+            write_png(image, path)
+            index.write(json.dumps({"image": path.name, "prompt": text}) + "\n")
+            paths.append(path)
+    if job.grid:
+        save_grid(images, out / "grid.png", columns=max(job.per_prompt, 1) if job.per_prompt > 1 else 8)
+    return paths

@@ -1,0 +1,56 @@
+"""Text to pixels with a bit generator: prompts -> language-model states -> bits -> tokenizer decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from reasonrl.vision.gen.images import to_uint8
+
+from .ar import BitAR
+from .generator import Pipeline, with_unconditional
+
+
+@dataclass
+class SampleConfig:
+    guidance: float = 3.0
+    """Classifier-free guidance scale (1: no guidance)."""
+    temperature: float = 1.0
+    """AR: temperature of the bit draws (0: threshold)."""
+    steps: int = 20
+    """Diffusion: sampling steps."""
+    size: int | None = None
+    """Decode at this side in pixels (default: the tokenizer's training size; 2x uses the position rescaling)."""
+    batch_size: int = 64
+    """Prompts per batch."""
+    seed: int = 0
+    """Seeds the draws: the same prompts and seed give the same images."""
+
+    def __post_init__(self):
+        if self.guidance < 0 or self.temperature < 0 or self.steps < 1 or self.batch_size < 1:
+            raise ValueError("guidance and temperature must be >= 0, steps and batch_size >= 1")
+
+
+@torch.no_grad()
+def generate_bits(pipe: Pipeline, prompts: list[str], cfg: SampleConfig) -> torch.Tensor:
+    """(N, K, d) bits for the prompts."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    out = []
+    for start in range(0, len(prompts), cfg.batch_size):
+        states, mask = with_unconditional(pipe.text, prompts[start:start + cfg.batch_size])
+        if isinstance(pipe.generator, BitAR):
+            out.append(pipe.generator.sample(states, mask, cfg.guidance, cfg.temperature, gen))
+        else:
+            out.append(pipe.generator.sample(states, mask, cfg.guidance, cfg.steps, gen))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def generate(pipe: Pipeline, prompts: list[str], cfg: SampleConfig = SampleConfig()) -> np.ndarray:
+    """(N, S, S, 3) uint8 images for the prompts."""
+    pipe.generator.eval()
+    bits = generate_bits(pipe, prompts, cfg)
+    return np.concatenate([to_uint8(pipe.tokenizer.decode(bits[i:i + cfg.batch_size], cfg.size, cfg.size))
+                           for i in range(0, len(bits), cfg.batch_size)])

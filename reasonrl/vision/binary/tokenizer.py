@@ -1,0 +1,179 @@
+"""`BitTokenizer`: an image as K one-dimensional tokens of d bits each (Instella-T2I's "1D-BIT").
+
+Paper: Wang et al., "Instella-T2I: Pushing the Limits of 1D Discrete Latent Space Image
+Generation" (arXiv 2506.21022); code `AMD-AIG-AIMA/Instella-T2I` (`bae/`), read for structure and
+parameter names. encoder.py, decoder.py, quantizer.py and rope.py hold the parts.
+
+    bits = tok.encode(pixels)                 # (B, K, d) 0/1, thresholded
+    pixels = tok.decode(bits, 32, 32)         # (B, 3, 32, 32) in [-1, 1]
+    pixels = tok.decode(bits, 64, 64)         # the same tokens at twice the resolution
+
+Parameter names and shapes follow the public checkpoint (`encoder.latent_tokens`,
+`quantizer.proj.0.weight`, `quantizer.embed`, `to_pixel.weight`, ...; tested at Instella's real
+sizes on the meta device), and the config's field names are those of its `configs/bae_config.py`.
+
+Departures from the paper:
+- Tiny sizes and 32 x 32 images (defaults below; the paper: 12/16 layers of width 768/1024,
+  patch 16, 128 tokens of 64 bits, up to 1024 px).
+- Loss: mean squared error on pixels plus `polarise_weight` times the bit-polarising loss; no
+  perceptual, GAN or REPA losses (those need downloaded networks) and no temperature annealing.
+- An optional convolutional refiner after `to_pixel` (`refine_channels`, on by default here; the public
+  code has a `conv_topix` switch, its checkpoint a linear `to_pixel`): a ViT this small, trained for
+  minutes, draws blurry edges through a linear patch head, and two 3 x 3 convolutions sharpen them.
+- Twice-the-resolution decoding is trained directly (a share of steps decodes to the 2x render,
+  `hires_fraction` in TokenizerTrainConfig); the paper trains at several resolutions.
+- `quantizer: vq` swaps in the one-hot VQ baseline with the same bits per token (quantizer.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from reasonrl.vision.gen.io import register_kind
+
+from .blocks import init_linear
+from .decoder import Decoder
+from .encoder import Encoder
+from .quantizer import BinaryQuantizer, Quantized, VQQuantizer
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    in_channels: int = 3
+    """Image channels."""
+    encoder_layers: int = 4
+    """Encoder transformer blocks."""
+    encoder_head_dim: int = 32
+    """Encoder head size (the width is heads x head size)."""
+    encoder_num_heads: int = 4
+    """Encoder heads."""
+    patch_size: int = 4
+    """Pixels per patch side."""
+    num_latent_tkns: int = 16
+    """K, the latent tokens per image."""
+    axes_dims_rope: tuple[int, int, int] = (8, 12, 12)
+    """Rotary dimensions per position axis (latent index, row, column); they sum to the head size."""
+    downsample_idx: tuple[int, ...] = ()
+    """Encoder blocks after which patch tokens are merged 2 x 2 (Instella: [7])."""
+    decoder_layers: int = 4
+    """Decoder transformer blocks."""
+    decoder_head_dim: int = 32
+    """Decoder head size."""
+    decoder_num_heads: int = 4
+    """Decoder heads."""
+    upsample_idx: tuple[int, ...] = ()
+    """Decoder blocks after which image tokens are split 2 x 2 (Instella: [7])."""
+    codebook_size: int = 16
+    """d, the bits per latent token (Instella's name for it)."""
+    train_temp: float = 0.1
+    """tau of the training-time Bernoulli draw, b ~ Bernoulli(sigmoid(z / tau))."""
+    quantizer: Literal["binary", "vq"] = "binary"
+    """binary (Instella's bits) or vq (one-hot codes, 2^d of them: the baseline at equal bits)."""
+    vq_dim: int = 16
+    """vq: dimension of the l2-normalised code lookup."""
+    image_size: int = 32
+    """Side in pixels of the training images: the reference grid every resolution is stretched onto."""
+    absolute_positions: bool = True
+    """Add fixed sinusoidal features of each mask token's (stretched) grid position to it (not in Instella,
+    which places mask tokens by rotary positions alone); False for the public checkpoint's behaviour."""
+    refine_channels: int = 32
+    """Width of a small convolutional refiner after `to_pixel` (two 3 x 3 convolutions, residual, last one
+    zero-initialised); 0: none, as in Instella's public checkpoint."""
+
+    def __post_init__(self):
+        for name in ("encoder_layers", "decoder_layers", "num_latent_tkns", "codebook_size", "patch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"TokenizerConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.quantizer == "vq" and self.codebook_size > 14:
+            raise ValueError(f"TokenizerConfig.codebook_size {self.codebook_size}: a one-hot VQ of 2^d codes is "
+                             "only practical for d <= 14")
+        if self.image_size % (self.patch_size * 2 ** len(self.downsample_idx)):
+            raise ValueError(f"TokenizerConfig.image_size {self.image_size} must be a multiple of the patch "
+                             f"size {self.patch_size} times 2 per merge")
+
+    @property
+    def bits(self) -> int:
+        """Bits per image, K x d."""
+        return self.num_latent_tkns * self.codebook_size
+
+    @property
+    def grid(self) -> int:
+        """Patches per side of a training image: the reference grid."""
+        return self.image_size // self.patch_size
+
+
+class Refiner(nn.Module):
+    """pixels + conv(silu(conv(pixels))): local sharpening of the patch-wise output, at any resolution."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.conv_in = nn.Conv2d(channels, width, 3, padding=1)
+        self.conv_out = nn.Conv2d(width, channels, 3, padding=1)
+
+    def zero(self) -> None:
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_out(torch.nn.functional.silu(self.conv_in(x)))
+
+
+@register_kind("bit_tokenizer", TokenizerConfig)
+class BitTokenizer(nn.Module):
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.config = cfg
+        latent_dim = cfg.encoder_head_dim * cfg.encoder_num_heads
+        self.encoder = Encoder(cfg.in_channels, cfg.encoder_layers, cfg.encoder_head_dim, cfg.encoder_num_heads,
+                               cfg.patch_size, cfg.num_latent_tkns, cfg.downsample_idx, cfg.axes_dims_rope,
+                               cfg.absolute_positions)
+        self.decoder = Decoder(latent_dim, cfg.decoder_layers, cfg.decoder_head_dim, cfg.decoder_num_heads,
+                               cfg.upsample_idx, cfg.axes_dims_rope, cfg.absolute_positions)
+        self.to_pixel = nn.Linear(cfg.decoder_head_dim * cfg.decoder_num_heads, cfg.patch_size ** 2 * cfg.in_channels)
+        if cfg.quantizer == "binary":
+            self.quantizer = BinaryQuantizer(cfg.codebook_size, latent_dim, cfg.train_temp)
+        else:
+            self.quantizer = VQQuantizer(cfg.codebook_size, latent_dim, cfg.vq_dim)
+        if cfg.refine_channels:
+            self.refine = Refiner(cfg.in_channels, cfg.refine_channels)
+        init_linear(self)
+        if cfg.refine_channels:
+            self.refine.zero()
+
+    def quantize(self, pixels: torch.Tensor, sample: bool | None = None) -> Quantized:
+        """(B, C, S, S) at the training size -> the quantised latent tokens."""
+        return self.quantizer(self.encoder(pixels, self.config.grid), sample)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> codes: (B, K, d) thresholded bits, or (B, K) VQ indices."""
+        return self.quantize(pixels, sample=False).codes
+
+    def decode_embedding(self, embedding: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(B, K, dim) -> pixels (B, C, height, width); any size that is a multiple of the patch."""
+        p, c = self.config.patch_size, self.config.in_channels
+        if height % p or width % p:
+            raise ValueError(f"decode size {height}x{width} is not a multiple of the patch size {p}")
+        h, w = height // p, width // p
+        x = self.to_pixel(self.decoder(embedding, h, w, self._scale(h, w)))  # (B, h*w, p*p*c)
+        x = x.view(-1, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(-1, c, height, width)
+        return self.refine(x) if self.config.refine_channels else x
+
+    def decode(self, codes: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
+        """Codes from `encode` (or a generator) -> pixels (B, C, H, W), by default at the training size."""
+        size = self.config.image_size
+        return self.decode_embedding(self.quantizer.embed_codes(codes), height or size, width or size)
+
+    def forward(self, pixels: torch.Tensor, height: int | None = None, width: int | None = None):
+        """Reconstruction (B, C, H, W) of `pixels` (at the training size unless given) and the quantised tokens."""
+        q = self.quantize(pixels)
+        size = self.config.image_size
+        return self.decode_embedding(q.embedding, height or size, width or size), q
+
+    def _scale(self, h: int, w: int) -> float | None:
+        """Reference grid for positions: the training grid (None where the grid is square and equal to it)."""
+        return None if (h, w) == (self.config.grid, self.config.grid) else self.config.grid

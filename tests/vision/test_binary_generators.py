@@ -1,0 +1,110 @@
+"""The two bit generators and their text conditioning, on tiny random models."""
+
+import pytest
+import torch
+
+from reasonrl.models.model import DecoderLM
+from reasonrl.models.tiny import init_weights, make_tokenizer, tiny_config
+from reasonrl.vision.binary.ar import BitAR
+from reasonrl.vision.binary.conditioner import TextEncoder, layer_states
+from reasonrl.vision.binary.diffusion import BitDiffusion, noise, x0_logits
+from reasonrl.vision.binary.generator import GeneratorConfig, guided, with_unconditional
+
+PROMPTS = ["a large red circle at the top left", "a medium blue square at the right and a large green star at the top"]
+
+
+@pytest.fixture(scope="module")
+def text():
+    tok = make_tokenizer(PROMPTS * 40, vocab_size=300)
+    torch.manual_seed(0)
+    return TextEncoder(init_weights(DecoderLM(tiny_config("qwen2", tok.vocab_size, 32, 2, 2, 2))), tok)
+
+
+def config(**kw):
+    return GeneratorConfig(**{**dict(num_tokens=5, bits=6, width=32, num_heads=2, num_layers=2, text_width=32), **kw})
+
+
+def test_layer_states_are_the_models_own(text):
+    ids, mask = text.ids(PROMPTS)
+    states = layer_states(text.lm, ids)
+    assert len(states) == 2 and states[0].shape == (2, ids.shape[1], 32)
+    assert torch.allclose(text.lm.norm(states[-1]), text.lm.forward_padded(ids), atol=1e-6)
+    assert mask.sum(1).tolist() == [len(text.tokenizer.encode(p, add_special_tokens=False)) + 1 for p in PROMPTS]
+    empty, m = text.ids([""])
+    assert empty.tolist() == [[text.bos]] and m.all()
+
+
+def test_padding_does_not_change_a_prompts_conditioning(text):
+    torch.manual_seed(0)
+    ar = BitAR(config()).eval()
+    bits = (torch.rand(1, 5, 6) > 0.5).float()
+    alone = ar(bits, *text.encode(PROMPTS[:1]))
+    states, mask = text.encode(PROMPTS[::-1])  # PROMPTS[0] is now the shorter, padded row
+    assert torch.allclose(ar(bits, [s[1:] for s in states], mask[1:]), alone, atol=1e-5)
+
+
+def test_ar_cached_sampling_equals_teacher_forcing(text):
+    torch.manual_seed(0)
+    ar = BitAR(config()).eval()
+    states, mask = with_unconditional(text, PROMPTS)
+    for guidance in (1.0, 3.0):
+        bits = ar.sample(states, mask, guidance=guidance, temperature=0)
+        logits = ar(bits.repeat(2, 1, 1), states, mask)  # a full causal pass over what was sampled
+        assert torch.equal((guided(logits[:2], logits[2:], guidance) > 0).float(), bits)
+
+
+def test_ar_sampling_is_seeded_and_causal(text):
+    torch.manual_seed(0)
+    ar = BitAR(config()).eval()
+    states, mask = with_unconditional(text, PROMPTS)
+    a = ar.sample(states, mask, 2.0, 1.0, torch.Generator().manual_seed(5))
+    b = ar.sample(states, mask, 2.0, 1.0, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+    bits = (torch.rand(2, 5, 6) > 0.5).float()
+    changed = bits.clone()
+    changed[:, 3] = 1 - changed[:, 3]
+    s, m = text.encode(PROMPTS)
+    assert torch.equal(ar(bits, s, m)[:, :4], ar(changed, s, m)[:, :4])  # tokens 0-3 do not see token 3's bits
+    assert not torch.equal(ar(bits, s, m)[:, 4], ar(changed, s, m)[:, 4])
+
+
+def test_bernoulli_noise_and_flip_logits():
+    x0 = (torch.rand(4000, 4, 4) > 0.5).float()
+    assert torch.equal(noise(x0, torch.zeros(4000)), x0)
+    at_one = noise(x0, torch.ones(4000), torch.Generator().manual_seed(0))
+    assert abs(float(at_one.mean()) - 0.5) < 0.01 and abs(float((at_one == x0).float().mean()) - 0.5) < 0.01
+    half = noise(x0, torch.full((4000,), 0.5), torch.Generator().manual_seed(0))
+    assert abs(float((half == x0).float().mean()) - 0.75) < 0.01  # kept with prob 1 - t/2
+    xt, flip = torch.tensor([1.0, 1.0, 0.0, 0.0]), torch.tensor([2.0, -2.0, 2.0, -2.0])
+    assert x0_logits(flip, xt).tolist() == [-2.0, 2.0, 2.0, -2.0]  # flip likely: x0 is the other value
+
+
+def test_diffusion_sampler_and_loss(text):
+    torch.manual_seed(0)
+    model = BitDiffusion(config()).eval()
+    states, mask = with_unconditional(text, PROMPTS)
+    bits = model.sample(states, mask, guidance=2.0, steps=4, generator=torch.Generator().manual_seed(0))
+    assert bits.shape == (2, 5, 6) and set(bits.unique().tolist()) <= {0.0, 1.0}
+    again = model.sample(states, mask, guidance=2.0, steps=4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(bits, again)
+    s, m = text.encode(PROMPTS)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    target = (torch.rand(2, 5, 6) > 0.5).float()
+    first = float(model.loss(target, s, m).detach())
+    for _ in range(30):
+        opt.zero_grad()
+        model.loss(target, s, m).backward()
+        opt.step()
+    assert float(model.loss(target, s, m).detach()) < first - 0.1
+
+
+def test_guidance_formula():
+    c, u = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 1.0])
+    assert torch.equal(guided(c, u, 1.0), c) and guided(c, u, 3.0).tolist() == [2.0, -8.0]
+
+
+def test_too_few_layers_for_the_blocks_is_an_error(text):
+    ar = BitAR(config(num_layers=3))
+    with pytest.raises(ValueError, match="must match"):
+        ar(torch.zeros(1, 5, 6), *text.encode(PROMPTS[:1]))

@@ -1,0 +1,120 @@
+"""The binary tokenizer: quantiser rules, checkpoint layout at Instella-T2I's real sizes, decoding at 2x."""
+
+import pytest
+import torch
+
+from reasonrl.vision.binary.quantizer import BinaryQuantizer, VQQuantizer
+from reasonrl.vision.binary.rope import grid_positions, token_ids
+from reasonrl.vision.binary.tokenizer import BitTokenizer, TokenizerConfig
+from reasonrl.vision.gen.io import load_model_dir, save_model_dir
+
+TINY = dict(encoder_layers=1, decoder_layers=1, encoder_head_dim=16, decoder_head_dim=16, encoder_num_heads=2,
+            decoder_num_heads=2, axes_dims_rope=(4, 6, 6), num_latent_tkns=4, codebook_size=8)
+INSTELLA = dict(encoder_layers=12, encoder_head_dim=64, encoder_num_heads=12, patch_size=16, num_latent_tkns=128,
+                axes_dims_rope=(8, 28, 28), downsample_idx=(7,), decoder_layers=16, decoder_head_dim=64,
+                decoder_num_heads=16, upsample_idx=(7,), codebook_size=64, image_size=1024,
+                absolute_positions=False, refine_channels=0)
+
+
+def test_bits_threshold_at_eval_and_straight_through_gradient():
+    torch.manual_seed(0)
+    q = BinaryQuantizer(bits=5, dim=8, train_temp=0.1).eval()
+    h = torch.randn(3, 4, 8)
+    z = q.proj(h)
+    out = q(h)
+    assert torch.equal(out.codes, (torch.sigmoid(z) > 0.5).float())
+    assert torch.allclose(out.embedding, out.codes @ q.embed)
+    assert torch.allclose(out.aux_loss, (torch.sigmoid(z) * (1 - torch.sigmoid(z))).mean())
+    # d(sum of the embedding)/dz = sigmoid'(z) * (row sums of E): the gradient of sigmoid(z), not of the step
+    zz = z.detach().requires_grad_(True)
+    p = torch.sigmoid(zz)
+    ((out.codes + p - p.detach()) @ q.embed).sum().backward()
+    assert torch.allclose(zz.grad, p.detach() * (1 - p.detach()) * q.embed.sum(1))
+
+
+def test_training_draws_follow_the_temperature():
+    q = BinaryQuantizer(bits=1, dim=1, train_temp=1.0).train()
+    with torch.no_grad():
+        q.proj[0].weight.fill_(1.0)
+        q.proj[0].bias.zero_()
+    h = torch.full((20000, 1, 1), 0.5)  # sigmoid(0.5 / 1) = 0.622
+    assert abs(float(q(h).codes.mean()) - 0.6225) < 0.02
+    q.train_temp = 0.01  # sigmoid(50): always 1
+    assert float(q(h).codes.mean()) == 1.0
+
+
+def test_vq_codes_and_dead_code_restart():
+    torch.manual_seed(0)
+    q = VQQuantizer(bits=3, dim=8, code_dim=4, restart_every=2).train()
+    h = torch.randn(2, 5, 8)
+    out = q(h)
+    assert out.codes.shape == (2, 5) and int(out.codes.max()) < 8
+    assert torch.allclose(out.embedding, q.embed_codes(out.codes), atol=1e-6)
+    before = q.codebook.detach().clone()
+    q(h)  # second step: codes unused for 2 steps are restarted at encoder outputs
+    unused = [c for c in range(8) if c not in set(out.codes.flatten().tolist())]
+    assert unused and not torch.allclose(q.codebook[unused], before[unused])
+
+
+def test_reconstruction_shapes_and_twice_the_resolution():
+    tok = BitTokenizer(TokenizerConfig(**TINY)).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    codes = tok.encode(x)
+    assert codes.shape == (2, 4, 8) and set(codes.unique().tolist()) <= {0.0, 1.0}
+    assert tok.decode(codes).shape == (2, 3, 32, 32)
+    assert tok.decode(codes, 64, 64).shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError, match="patch"):
+        tok.decode(codes, 30, 30)
+
+
+def test_positions_are_rescaled_onto_the_reference_grid():
+    fine = grid_positions(16, 16, scale=8)
+    assert fine[:, 0].min() == 0 and fine[:, 0].max() == 7 and len(fine[:, 0].unique()) == 16
+    assert torch.equal(grid_positions(8, 8, scale=8), grid_positions(8, 8))  # the training grid is unchanged
+    ids = token_ids(3, 2, 2)
+    assert ids[:3].tolist() == [[0, 0, 0], [1, 0, 0], [2, 0, 0]] and ids[3:, 0].eq(0).all()
+
+
+def test_real_instella_layout_on_meta():
+    with torch.device("meta"):
+        model = BitTokenizer(TokenizerConfig(**INSTELLA))
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {
+        "encoder.latent_tokens": (1, 128, 768), "encoder.patch_embedder.weight": (768, 3, 16, 16),
+        "encoder.patch_embedder.bias": (768,), "encoder.transformer_blocks.11.attn.q_proj.weight": (768, 768),
+        "encoder.transformer_blocks.0.attn.norm_q.weight": (64,), "encoder.transformer_blocks.0.attn.norm_k.weight": (64,),
+        "encoder.transformer_blocks.0.input_layernorm.weight": (768,),
+        "encoder.transformer_blocks.0.post_attention_layernorm.weight": (768,),
+        "encoder.transformer_blocks.0.mlp.gate_proj.weight": (3072, 768),
+        "encoder.transformer_blocks.0.mlp.down_proj.weight": (768, 3072),
+        "encoder.down_layers.0.conv.weight": (768, 768, 3, 3), "encoder.norm_out.weight": (768,),
+        "encoder.proj_out.weight": (768, 768), "encoder.proj_out.bias": (768,),
+        "decoder.input_layer.0.weight": (768,), "decoder.input_layer.1.weight": (1024, 768),
+        "decoder.input_layer.1.bias": (1024,), "decoder.transformer_blocks.15.attn.o_proj.weight": (1024, 1024),
+        "decoder.up_layers.0.conv.weight": (4096, 1024, 3, 3), "decoder.up_layers.0.conv.bias": (4096,),
+        "decoder.mask_tokens": (1, 1, 1024), "decoder.norm_out.weight": (1024,),
+        "to_pixel.weight": (768, 1024), "to_pixel.bias": (768,),
+        "quantizer.proj.0.weight": (64, 768), "quantizer.proj.0.bias": (64,), "quantizer.embed": (64, 768),
+    }
+    assert {k: shapes.get(k) for k in expected} == expected
+    assert len(shapes) == 2 + 12 * 11 + 2 + 3 + 1 + 3 + 16 * 11 + 2 + 2 + 2 + 3  # nothing beyond the public keys
+    assert not any("bias" in k for k in shapes if ".attn." in k or ".mlp." in k)
+
+
+def test_save_load_round_trip(tmp_path):
+    torch.manual_seed(1)
+    tok = BitTokenizer(TokenizerConfig(**TINY)).eval()
+    save_model_dir(tok, tok.config, tmp_path)
+    back = load_model_dir(tmp_path, expect="bit_tokenizer")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert back.config == tok.config
+    assert torch.equal(back.encode(x), tok.encode(x)) and torch.equal(back(x)[0], tok(x)[0])
+    with pytest.raises(ValueError, match="kind"):
+        load_model_dir(tmp_path, expect="smarli")
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="only practical"):
+        TokenizerConfig(quantizer="vq", codebook_size=16)
+    with pytest.raises(ValueError, match="head size"):
+        BitTokenizer(TokenizerConfig(**{**TINY, "axes_dims_rope": (4, 4, 4)}))

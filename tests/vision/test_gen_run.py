@@ -1,0 +1,69 @@
+"""Image training runs use the run machinery of `reasonrl train`: checkpoints, resume, stop, refusal."""
+
+import json
+import os
+import signal
+
+import pytest
+
+from reasonrl.rl.checkpoint import latest_checkpoint
+from reasonrl.rl.run import RunMismatch
+from reasonrl.rl.train import RunControl
+from reasonrl.vision.binary.tokenizer import TokenizerConfig
+from reasonrl.vision.binary.train_tokenizer import TokenizerJob, TokenizerTrainConfig
+from reasonrl.vision.gen.images import ImageConfig
+from reasonrl.vision.gen.io import load_model_dir
+from reasonrl.vision.gen.run import RunSettings, run_job
+
+MODEL = TokenizerConfig(encoder_layers=1, decoder_layers=1, encoder_head_dim=8, decoder_head_dim=8, encoder_num_heads=2,
+                        decoder_num_heads=2, axes_dims_rope=(2, 2, 4), num_latent_tkns=2, codebook_size=4, patch_size=8)
+
+
+def job(steps: int, stop_at: int | None = None) -> TokenizerJob:
+    j = TokenizerJob(MODEL, TokenizerTrainConfig(steps=steps, images_per_step=4, eval_images=4, warmup_steps=1), ImageConfig())
+    if stop_at is not None:  # Ctrl-C arrives during step `stop_at`
+        step = j.train_step
+
+        def interrupted():
+            if j.step_count + 1 == stop_at:
+                os.kill(os.getpid(), signal.SIGINT)
+            return step()
+
+        j.train_step = interrupted
+    return j
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_checkpoints_stops_resumes_and_reports(tmp_path):
+    run = RunSettings(out=str(tmp_path / "run"), save_every=2)
+    config = {"model": "tiny", "steps": 4}
+    assert run_job(job(4, stop_at=3), run, config, console=False) == 128 + signal.SIGINT
+    assert latest_checkpoint(tmp_path / "run").name == "step_000003"  # the stopped step was saved
+    assert [r["step"] for r in records(tmp_path / "run")] == [0, 1, 2, 3]
+    resumed = job(4)
+    assert run_job(resumed, run, config, console=False) == 0
+    assert resumed.step_count == 4
+    assert [r["step"] for r in records(tmp_path / "run")] == [0, 1, 2, 3, 4]
+    assert "eval_psnr" in records(tmp_path / "run")[-1]
+    assert (tmp_path / "run" / "report.md").is_file()
+    assert load_model_dir(tmp_path / "run").config == MODEL
+    finished = job(4)
+    assert run_job(finished, run, config, console=False) == 0 and finished.step_count == 4  # nothing to do
+
+
+def test_a_changed_config_is_refused_unless_accepted(tmp_path):
+    run = RunSettings(out=str(tmp_path / "run"))
+    assert run_job(job(1), run, {"steps": 1}, console=False) == 0
+    with pytest.raises(RunMismatch, match="steps"):
+        run_job(job(2), run, {"steps": 2}, console=False)
+    longer = job(2)
+    assert run_job(longer, run, {"steps": 2}, RunControl(accept_changes=True), console=False) == 0
+    assert longer.step_count == 2
+
+
+def test_run_settings_are_checked():
+    with pytest.raises(ValueError, match="save_every"):
+        RunSettings(out="x", save_every=0)

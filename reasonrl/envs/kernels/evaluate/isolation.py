@@ -5,7 +5,8 @@ namespaces (user namespaces need no privilege where the kernel allows them; as r
 without one), then:
 
 - marks every mount private and read-only, recursively (`mount_setattr(AT_RECURSIVE)`), except
-  `writable` (the candidate's working directory), bind-mounted onto itself read-write;
+  `writable` (the candidate's working directory), bind-mounted onto itself read-write and
+  noexec (a shared library written there cannot be loaded);
 - mounts an empty read-only tmpfs over each `hidden` path (the task suite, with its expert
   solutions; the repository and its git objects), so they are not there to be read;
 - leaves the network namespace with a loopback that is down: nothing to connect to.
@@ -25,7 +26,8 @@ import os
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWPID = 0x00020000, 0x10000000, 0x40000000, 0x20000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 4096, 16384, 1 << 18
-AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = -100, 0x8000, 1
+AT_FDCWD, AT_RECURSIVE = -100, 0x8000
+MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 1, 2, 4, 8
 SYS_MOUNT_SETATTR = 442  # the same number on x86_64 and aarch64
 
 
@@ -66,7 +68,9 @@ def isolate(writable: str, hidden: list[str]) -> set[str]:
         layers.add("hidden-paths")
         _check(libc.mount(writable.encode(), writable.encode(), None, MS_BIND | MS_REC, None), "bind the work dir")
         _mount_setattr(libc, "/", AT_RECURSIVE, set_=MOUNT_ATTR_RDONLY)
-        _mount_setattr(libc, writable, 0, clear=MOUNT_ATTR_RDONLY)
+        # writable, but nothing written there can be executed (no native code smuggled in as a file)
+        _mount_setattr(libc, writable, 0, set_=MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                       clear=MOUNT_ATTR_RDONLY)
         layers.add("read-only-filesystem")
     except OSError:
         pass  # the namespaces hold even when a mount step is refused; the verdict lists what held

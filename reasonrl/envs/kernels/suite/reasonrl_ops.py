@@ -160,7 +160,7 @@ def _spark_inputs(shape, dtype, generator):
 
 TASKS = [
     KernelTask(
-        "paged_decode", "reasonrl", 5,
+        "paged_decode", "reasonrl_ops", 5,
         "Paged decode attention (one query token per sequence) with grouped-query heads, reading keys and values "
         "in place from a block table. q (batch, q_heads, d); k_cache, v_cache (num_blocks, block_size, kv_heads, "
         "d); block_tables int32 (batch, max_blocks): token t of sequence b lives in block block_tables[b, t // "
@@ -174,7 +174,7 @@ TASKS = [
         ((2, 4, 2, 33, 16, 8), (3, 6, 3, 17, 32, 16), (1, 8, 1, 70, 64, 16)),
         perf_shapes=((64, 32, 8, 4096, 128, 16),)),
     KernelTask(
-        "tada_dequant", "reasonrl", 4,
+        "tada_dequant", "reasonrl_ops", 4,
         "Decode TaDA low-bit KV values: codes uint8 (tokens, heads, d * bits / 8) pack 8 / bits codes per byte, "
         "code i of a row at bit bits * (i % (8 / bits)) of byte i // (8 / bits); scale and zero (tokens, heads, "
         "d / group) give one affine map per group of `group` consecutive channels; mean (tokens, d) is the "
@@ -186,7 +186,7 @@ TASKS = [
                                                                (33, 1, 128, 4, 32)),
         perf_shapes=((65536, 8, 128, 4, 32),)),
     KernelTask(
-        "spark_rebuild_keys", "reasonrl", 4,
+        "spark_rebuild_keys", "reasonrl_ops", 4,
         "Restore SPARK channel-sparse keys. Each of N rows keeps `keep` of its d channels: bitmap uint8 (N, "
         "ceil(d/8)) has bit c % 8 of byte c // 8 set when channel c is kept, and kept (N, keep) holds the kept "
         "values in channel order (the r-th kept channel's value at kept[:, r]). A pruned channel c is restored as "

@@ -28,11 +28,13 @@ from reasonrl.envs.math.pool import WorkerPool
 from .judge import judge, no_code
 from .limits import SandboxLimits
 from .plan import Plan, make_plan
+from .timing import TimingConfig
 from .verdict import Verdict
 
 WORKER_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR", "HOME", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES",
               "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "CUDA_HOME", "ROCM_PATH", "LD_LIBRARY_PATH")
 SLACK = 30.0  # seconds the pool waits past a job's own timeout before it kills the worker itself
+TIMING_TIMEOUT_FACTOR = 4  # a timing job (warm-up, rounds, larger shapes) gets this many correctness timeouts
 
 
 @dataclass
@@ -55,16 +57,20 @@ class EvaluatorConfig:
 
 class KernelEvaluator:
     def __init__(self, config: EvaluatorConfig | None = None, limits: SandboxLimits | None = None,
-                 timing=None):
+                 timing: TimingConfig | None = None):
         self.config = config or EvaluatorConfig()
         self.limits = limits or SandboxLimits()
+        self.timing_config = timing or TimingConfig()
         self.device = resolve_device(self.config.device)
-        self.timing = timing
         self.hidden = hidden_paths() + [str(Path(p).resolve()) for p in self.config.hidden_paths]
         self._plans: dict[str, Plan] = {}
-        self._pool = WorkerPool("reasonrl.envs.kernels.evaluate.zygote:run_job", self.config.workers,
-                                self.limits.timeout + SLACK, None, worker="reasonrl.envs.kernels.evaluate.zygote",
-                                result_type=dict, environment=worker_environment(self.device))
+        self._pool = self._make_pool(self.config.workers, self.limits.timeout)
+        self._timing_pool: WorkerPool | None = None
+
+    def _make_pool(self, workers: int, timeout: float) -> WorkerPool:
+        return WorkerPool("reasonrl.envs.kernels.evaluate.zygote:run_job", workers, timeout + SLACK, None,
+                          worker="reasonrl.envs.kernels.evaluate.zygote", result_type=dict,
+                          environment=worker_environment(self.device))
 
     def evaluate(self, task, source: str | None) -> Verdict:
         return self.evaluate_many([(task, source)])[0]
@@ -95,23 +101,35 @@ class KernelEvaluator:
     def _job(self, plan: Plan, source: str) -> dict:
         if plan.job["kind"] == "script":  # the published suites append their tests to the answer
             source = f"{source}\n\n{plan.job['tests']}"
-        return {**plan.job, "source": source, "limits": asdict(self.limits), "hidden": self.hidden,
+        return self._complete({**plan.job, "source": source})
+
+    def _complete(self, job: dict, limits: SandboxLimits | None = None) -> dict:
+        return {**job, "limits": asdict(limits or self.limits), "hidden": self.hidden,
                 "namespaces": self.config.namespaces, "device": self.device}
 
     def _run_reference(self, job: dict) -> dict | None:
         """Run a published suite's reference file (untrusted like any file: sandboxed too)."""
-        return self._pool.run([({**job, "limits": asdict(self.limits), "hidden": self.hidden,
-                                 "namespaces": self.config.namespaces, "device": self.device},)])[0]
+        return self._pool.run([(self._complete(job),)])[0]
+
+    def run_timing(self, job: dict) -> dict | None:
+        """One timing job (speedup.py builds them), alone on its own one-worker pool."""
+        timeout = self.limits.timeout * TIMING_TIMEOUT_FACTOR
+        if self._timing_pool is None:
+            self._timing_pool = self._make_pool(1, timeout)
+        limits = SandboxLimits(**{**asdict(self.limits), "timeout": timeout, "cpu_seconds": int(timeout) + 1})
+        return self._timing_pool.run([(self._complete(job, limits),)])[0]
 
     def _time(self, pairs, verdicts: list[Verdict]) -> None:
         if self.device != "cuda" or not self.config.timing:
             return
-        from .speed import time_candidates  # GPU only
+        from .speedup import time_candidates
 
         time_candidates(self, pairs, verdicts)
 
     def close(self) -> None:
         self._pool.close()
+        if self._timing_pool is not None:
+            self._timing_pool.close()
 
     def __enter__(self) -> KernelEvaluator:
         return self

@@ -60,18 +60,34 @@ class Outcome:
 
 def run_sandboxed(body: Callable[[Context], None], job_dir: str, limits: SandboxLimits, hidden: list[str],
                   namespaces: bool = True) -> Outcome:
-    work = os.path.join(job_dir, "out")
+    """Run `body` in a sandboxed child and wait for it (at most `limits.timeout` seconds)."""
     start = time.monotonic()
+    pid = start_sandboxed(body, job_dir, limits, hidden, namespaces)
+    return finish_sandboxed(pid, job_dir, limits, start)
+
+
+def start_sandboxed(body: Callable[[Context], None], job_dir: str, limits: SandboxLimits, hidden: list[str],
+                    namespaces: bool = True, keep_fds: tuple[int, ...] = ()) -> int:
+    """Fork the sandboxed child and return its pid; `keep_fds` stay open in it (a pipe for the
+    timing protocol), every other inherited descriptor is closed."""
+    work = os.path.join(job_dir, "out")
     pid = os.fork()
     if pid == 0:  # the child never returns from here
-        _child(body, work, limits, hidden, namespaces)
-    timed_out = not _wait(pid, limits.timeout)
+        _child(body, work, limits, hidden, namespaces, keep_fds)
+    return pid
+
+
+def finish_sandboxed(pid: int, job_dir: str, limits: SandboxLimits, start: float, wait: bool = True) -> Outcome:
+    """Wait for the child until `start + limits.timeout` (or not at all), kill its process group
+    whatever happened, reap it, and read its output."""
+    work = os.path.join(job_dir, "out")
+    timed_out = not _wait(pid, max(0.0, start + limits.timeout - time.monotonic()) if wait else 0.0)
     _kill_group(pid)
     _, status = os.waitpid(pid, 0)
     _kill_group(pid)  # anything the candidate left in its group
     code = os.waitstatus_to_exitcode(status)
-    return Outcome(code if code >= 0 else None, -code if code < 0 else None, timed_out, time.monotonic() - start,
-                   truncate(_read(os.path.join(work, ".stdout")), limits.output),
+    return Outcome(code if code >= 0 else None, -code if code < 0 else None, timed_out and wait,
+                   time.monotonic() - start, truncate(_read(os.path.join(work, ".stdout")), limits.output),
                    truncate(_read(os.path.join(work, ".stderr")), limits.output))
 
 
@@ -93,11 +109,12 @@ def _kill_group(pid: int) -> None:
             pass
 
 
-def _child(body, work: str, limits: SandboxLimits, hidden: list[str], namespaces: bool) -> None:
+def _child(body, work: str, limits: SandboxLimits, hidden: list[str], namespaces: bool,
+           keep_fds: tuple[int, ...]) -> None:
     try:
         os.setsid()
         isolation.set_parent_death_signal(signal.SIGKILL)
-        _redirect_output(work)
+        _redirect_output(work, keep_fds)
         _scrub_environment(work)
         layers = isolation.isolate(work, hidden) if namespaces else set()
         if "pid-namespace" in layers:
@@ -124,14 +141,19 @@ def _child(body, work: str, limits: SandboxLimits, hidden: list[str], namespaces
     os._exit(code)
 
 
-def _redirect_output(work: str) -> None:
+def _redirect_output(work: str, keep_fds: tuple[int, ...]) -> None:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     for fd, name in ((1, ".stdout"), (2, ".stderr")):
         target = os.open(os.path.join(work, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(target, fd)
         os.close(target)
-    os.closerange(3, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 4096)
+    limit = os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 4096
+    low = 3
+    for fd in sorted(f for f in keep_fds if f >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, limit)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from . import runner
+from . import runner, speed
 from .limits import SandboxLimits
 from .sandbox import run_sandboxed
 
@@ -40,6 +40,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     try:
         source_path = _stage(job_dir, job["source"])
         limits = SandboxLimits(**job["limits"])
+        if job["kind"] == "timing":
+            return speed.orchestrate(job, job_dir, source_path)
         if job["kind"] == "function":
             body = functools.partial(runner.run_function, source_path=source_path, entry=job["entry"],
                                      inputs_blob=job["inputs"], device=job["device"])

@@ -27,7 +27,7 @@ from reasonrl.envs.math.pool import WorkerPool
 
 from .judge import judge, no_code
 from .limits import SandboxLimits
-from .plan import Plan, make_plan
+from .plan import Plan, make_plan, script_source
 from .timing import TimingConfig
 from .verdict import Verdict
 
@@ -100,7 +100,7 @@ class KernelEvaluator:
 
     def _job(self, plan: Plan, source: str) -> dict:
         if plan.job["kind"] == "script":  # the published suites append their tests to the answer
-            source = f"{source}\n\n{plan.job['tests']}"
+            source = script_source(source, plan.job["tests"], self.device)
         return self._complete({**plan.job, "source": source})
 
     def _complete(self, job: dict, limits: SandboxLimits | None = None) -> dict:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..published import for_cpu
 from ..task import KernelTask
 
 
@@ -33,7 +34,7 @@ class Plan:
 def make_plan(task, device: str, run_reference: Callable[[dict], dict | None]) -> Plan:
     if isinstance(task, KernelTask):
         return function_plan(task)
-    return script_plan(task, run_reference)
+    return script_plan(task, device, run_reference)
 
 
 def function_plan(task: KernelTask) -> Plan:
@@ -46,8 +47,8 @@ def function_plan(task: KernelTask) -> Plan:
                 [c.name for c in cases], expected, inputs, [task.tolerance_for(c.dtype) for c in cases])
 
 
-def script_plan(task, run_reference: Callable[[dict], dict | None]) -> Plan:
-    answer = run_reference({"kind": "script", "source": task.reference_source + "\n\n" + task.tests})
+def script_plan(task, device: str, run_reference: Callable[[dict], dict | None]) -> Plan:
+    answer = run_reference({"kind": "script", "source": script_source(task.reference_source, task.tests, device)})
     expected, error = None, "the reference produced no result"
     if answer and answer.get("result"):
         result = torch.load(io.BytesIO(answer["result"]), weights_only=True)
@@ -57,6 +58,12 @@ def script_plan(task, run_reference: Callable[[dict], dict | None]) -> Plan:
             error = f"the reference failed: {result.get('error', 'no result_gold')}"[-2000:]
     return Plan({"kind": "script", "tests": task.tests}, ["result_gold"], [expected], None, [task.tolerance],
                 reference_error=error)
+
+
+def script_source(answer: str, tests: str, device: str) -> str:
+    """An answer with the task's tests appended, rewritten for the CPU when there is no GPU."""
+    source = f"{answer}\n\n{tests}"
+    return for_cpu(source) if device == "cpu" else source
 
 
 def _copy(args: tuple) -> tuple:

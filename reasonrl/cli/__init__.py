@@ -40,6 +40,8 @@ VERBS = {
     "distill-draft": Command("train a speculative-decoding draft head against a target, online",
                              "reasonrl.cli.train:distill_draft"),
     "bench": Command("benchmarks (figures go to docs/benchmarks.md)", "reasonrl.cli.bench:WORKLOADS"),
+    "kernel-agent": Command("the GEAK agent: write Triton kernels with an LLM endpoint, sandboxed evaluation",
+                            "reasonrl.cli.kernels:kernel_agent"),
 }
 
 

@@ -37,6 +37,8 @@ WORKLOADS = {
     "serve": Command("server throughput and latency, clean load against 10% bad requests", "reasonrl.cli.bench:serve"),
     "shapes-detector": Command("the shapes world's oracle detector: recall, attributes, speed",
                                "reasonrl.cli.bench:shapes_detector"),
+    "kernels": Command("kernel evaluator: verdicts per minute, sandboxed and parallel vs serial; GPU speedups",
+                       "reasonrl.cli.bench:kernels"),
 }
 
 
@@ -121,3 +123,9 @@ def shapes_detector(parser):
     from reasonrl.vision.world import DetectorBenchConfig, bench_detector
 
     return workload(parser, DetectorBenchConfig, bench_detector)
+
+
+def kernels(parser):
+    from reasonrl.bench.kernels import KernelBenchConfig, bench_kernels
+
+    return workload(parser, KernelBenchConfig, bench_kernels)

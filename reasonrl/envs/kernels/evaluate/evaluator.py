@@ -150,6 +150,7 @@ def worker_environment(device: str) -> dict[str, str]:
     """The workers' environment: a short list of variables, so that no API key or token is in
     the memory a candidate process is forked from."""
     env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")  # one core per worker
     if device == "cpu":
         env["TRITON_INTERPRET"] = "1"
     return env

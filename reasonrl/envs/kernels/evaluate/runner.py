@@ -147,9 +147,10 @@ def plain(value: Any, depth: int = 0) -> Any:
         return value.detach().to("cpu").as_subclass(torch.Tensor).clone()
     if value is None or type(value) in (bool, int, float, str, complex):
         return value
-    if type(value) in (list, tuple) or isinstance(value, tuple):  # namedtuples become tuples
-        return type(value)(plain(v, depth + 1) for v in value) if type(value) in (list, tuple) else \
-            tuple(plain(v, depth + 1) for v in value)
+    if type(value) is list:
+        return [plain(v, depth + 1) for v in value]
+    if isinstance(value, tuple):  # namedtuples and other tuple subclasses become plain tuples
+        return tuple(plain(v, depth + 1) for v in value)
     if type(value) is dict:
         return {str(k): plain(v, depth + 1) for k, v in value.items()}
     if type(value).__module__ == "numpy":

@@ -102,8 +102,10 @@ class Bench:
 def _detach(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu").as_subclass(torch.Tensor).clone()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_detach(v) for v in value) if type(value) in (list, tuple) else tuple(map(_detach, value))
+    if type(value) is list:
+        return [_detach(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_detach(v) for v in value)
     return value
 
 

@@ -89,12 +89,13 @@ def test_reasonrl_eval_on_the_kernel_environment(tmp_path):
         return fenced(task.expert_source()) if task.id != "flip" else "I would rather not."
 
     server = FakeServer(reply)
+    env = load_environment("kernels:?ids=vector_add,flip,row_sum&holdout=0")
     try:
-        env = load_environment("kernels:?ids=vector_add,flip,row_sum&holdout=0")
         summary = run_eval(env, model="fake", base_url=server.url, out=tmp_path / "run", split="all",
                            progress=False)
     finally:
         server.stop()
+        env.close()
     assert summary["pass@1"] == pytest.approx(2 / 3)
     assert summary["env_metrics"]["exec_accuracy"] == pytest.approx(2 / 3)
     assert summary["parse_failure_rate"] == pytest.approx(1 / 3)

@@ -9,7 +9,7 @@ Environment specs (`load_environment`):
 
     kernels:                                      every task of ours
     kernels:?family=softmax,norm&level=1-3&cpu=1  a subset (cpu=1: checks that run on a CPU)
-    kernels:?ids=matmul,flip&workers=4&timeout=120
+    kernels:?ids=matmul,flip&workers=4&timeout=120&timing=0   (timing=0: correctness only on a GPU too)
     kernels:tritonbench=DIR?instructions=FILE     a TritonBench-G style directory
     kernels:rocm=DIR                              a ROCm-bench style directory
 """
@@ -23,8 +23,8 @@ from .task import Case, KernelTask
 
 __all__ = ["Case", "KernelEnvironment", "KernelRewardConfig", "KernelTask", "from_spec", "select_tasks"]
 
-_OPTIONS = {"family", "level", "cpu", "ids", "workers", "timeout", "holdout", "call_credit", "speedup_weight",
-            "instructions"}
+_OPTIONS = {"family", "level", "cpu", "ids", "workers", "timeout", "timing", "holdout", "call_credit",
+            "speedup_weight", "instructions"}
 
 
 def select_tasks(tasks, family: str | None = None, level: str | None = None, cpu: bool | None = None,
@@ -59,7 +59,7 @@ def from_spec(argument: str) -> KernelEnvironment:
                              options.get("ids"))
         reward = KernelRewardConfig(float(options.get("call_credit", 0.0)), float(options.get("speedup_weight", 0.5)),
                                     holdout=float(options.get("holdout", 0.25)))
-        config = EvaluatorConfig(workers=int(options.get("workers", 2)))
+        config = EvaluatorConfig(workers=int(options.get("workers", 2)), timing=options.get("timing", "1") != "0")
         limits = SandboxLimits(timeout=float(options.get("timeout", 60.0)))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"kernels:{argument}: {exc}") from None

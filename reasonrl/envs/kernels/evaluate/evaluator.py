@@ -18,7 +18,10 @@ whose check needs a GPU get the verdict `not_on_cpu`.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
+import weakref
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -63,6 +66,8 @@ class KernelEvaluator:
         self.timing_config = timing or TimingConfig()
         self.device = resolve_device(self.config.device)
         self.hidden = hidden_paths() + [str(Path(p).resolve()) for p in self.config.hidden_paths]
+        self._jobs_dir = tempfile.mkdtemp(prefix="reasonrl-kernels-")  # every job's directory, gone at close()
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._jobs_dir, True)
         self._plans: dict[str, Plan] = {}
         self._pool = self._make_pool(self.config.workers, self.limits.timeout)
         self._timing_pool: WorkerPool | None = None
@@ -70,7 +75,7 @@ class KernelEvaluator:
     def _make_pool(self, workers: int, timeout: float) -> WorkerPool:
         return WorkerPool("reasonrl.envs.kernels.evaluate.zygote:run_job", workers, timeout + SLACK, None,
                           worker="reasonrl.envs.kernels.evaluate.zygote", result_type=dict,
-                          environment=worker_environment(self.device))
+                          environment={**worker_environment(self.device), "TMPDIR": self._jobs_dir})
 
     def evaluate(self, task, source: str | None) -> Verdict:
         return self.evaluate_many([(task, source)])[0]
@@ -130,6 +135,7 @@ class KernelEvaluator:
         self._pool.close()
         if self._timing_pool is not None:
             self._timing_pool.close()
+        self._cleanup()  # what a killed worker could not clean up
 
     def __enter__(self) -> KernelEvaluator:
         return self

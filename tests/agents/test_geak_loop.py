@@ -111,6 +111,21 @@ def test_optimizer_shows_passing_candidates_with_speedups(tmp_path):
     assert summary["speedup"]["mean_speedup_correct"] == 3.0 and summary["speedup"]["fast_2"] == 1.0
 
 
+def test_a_failed_optimization_is_repaired_before_optimizing_again(tmp_path):
+    verdicts = iter([Verdict("vector_add", "passed", "ok", speedup=1.2), Verdict("vector_add", "runtime_error", "boom"),
+                     Verdict("vector_add", "passed", "ok", speedup=2.0)])
+    llm = ScriptedLLM(lambda task, k, i: fenced(EXPERT + f"# version {i}\n"))
+    run_agent(config(tmp_path, iterations=4), llm, FakeEvaluator(lambda task, code: next(verdicts, verdicts_done)),
+              progress=False)
+    generations = [user_text(c) for c in llm.calls if c.role == "generate"]
+    assert "1.20x" in generations[1]
+    assert "Your previous answer" in generations[2] and "runtime_error" in generations[2] and "1.20x" not in generations[2]
+    assert "2.00x" in generations[3] and "1.20x" in generations[3]
+
+
+verdicts_done = Verdict("vector_add", "passed", "ok", speedup=1.0)
+
+
 def test_resume_replays_the_log_and_asks_only_for_the_rest(tmp_path, evaluator):
     script = lambda task, k, i: BROKEN_THEN_FIXED[min(i, 3)]  # noqa: E731
     with pytest.raises(EndpointError):

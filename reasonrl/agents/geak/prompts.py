@@ -39,12 +39,12 @@ def generation(trajectory: Trajectory, example: tuple[str, str] | None, knowledg
     if example:
         instruction, code = example
         parts.append(f"For reference, a solved task similar to this one:\n{instruction}\n```python\n{code}```")
-    if trajectory.restart_note:
-        parts.append(trajectory.restart_note)
+    if trajectory.last is not None and not trajectory.last.passed:
+        parts.append(_repair_part(trajectory.last))  # a failed line is repaired first, optimized or not
     elif optimize and trajectory.passing:
         parts.append(_optimizer_part(trajectory, ancestors))
-    elif trajectory.last is not None:
-        parts.append(_repair_part(trajectory.last))
+    if trajectory.restart_note:  # the debugger dropped the line (last is None then)
+        parts.append(trajectory.restart_note)
     parts.append("Answer with the complete module in one ```python block.")
     return [{"role": "system", "content": system_prompt(knowledge)}, {"role": "user", "content": "\n\n".join(parts)}]
 

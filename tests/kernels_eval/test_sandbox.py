@@ -159,3 +159,29 @@ def test_output_is_truncated(tmp_path):
     outcome = run_sandboxed(_shout, str(job), SandboxLimits(output=1000), [])
     assert outcome.exit_code == 0 and len(outcome.stdout) < 1100 and "characters cut" in outcome.stdout
     assert truncate("abc", 10) == "abc"
+
+
+def test_gpu_mode_lets_processes_start_and_still_denies_sockets():
+    def body():
+        assert seccomp.install(processes=True)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(7)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status), attempts(lambda: socket.socket())
+
+    assert in_child(body) == {"ok": [7, ["Operation not permitted"]]}
+
+
+def test_gpu_mode_allows_exactly_the_compilers(tmp_path):
+    from reasonrl.envs.kernels.evaluate.guard import compilers
+
+    allowed = compilers()
+    assert any(path.endswith("ptxas") for path in allowed)  # Triton's bundled assembler
+    guard = Guard(str(tmp_path), [], allowed)
+    ptxas = next(p for p in allowed if p.endswith("ptxas"))
+    assert guard._judge("subprocess.Popen", (ptxas, [ptxas, "--version"], None, None)) is None
+    assert guard._judge("os.posix_spawn", (ptxas, [ptxas], {})) is None
+    assert guard._judge("subprocess.Popen", ("/bin/sh", ["sh", "-c", "id"], None, None)) == "subprocess.Popen"
+    assert guard._judge("subprocess.Popen", (None, [str(tmp_path / "ptxas")], None, None)) == "subprocess.Popen"
+    assert Guard(str(tmp_path), [])._judge("subprocess.Popen", (ptxas, [ptxas], None, None)) == "subprocess.Popen"

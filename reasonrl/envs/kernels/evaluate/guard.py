@@ -12,11 +12,15 @@ covers what those layers cannot see from outside the interpreter:
 
 Once added a hook cannot be removed; each violation is appended to `violations` and written to
 stderr as one `[sandbox] denied ...` line, which the parent also reads.
+
+On a GPU, Triton compiles a kernel at its first launch by running `ptxas` (or `ld.lld`) and a C
+compiler for its launcher: those programs (`compilers()`, by real path) may be started there.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -33,12 +37,31 @@ PATH_EVENTS = {  # event -> index of the path argument that gets written
     "os.setxattr": 0, "os.removexattr": 0, "shutil.rmtree": 0, "shutil.move": 1, "shutil.copyfile": 1,
 }
 READ_EVENTS = {"os.listdir": 0, "os.scandir": 0, "glob.glob": 0, "os.chdir": 0}
+SPAWN_EVENTS = {"subprocess.Popen", "os.posix_spawn"}
+COMPILER_NAMES = ("cc", "gcc", "clang", "g++", "clang++", "ldconfig", "hipconfig")
+
+
+def compilers() -> frozenset[str]:
+    """Real paths of the programs Triton runs to compile a kernel: its bundled tools (ptxas,
+    cuobjdump, ld.lld, ...), the C compilers on PATH, and ldconfig."""
+    import triton
+
+    found = set()
+    backends = os.path.join(os.path.dirname(triton.__file__), "backends")
+    for root, _, files in os.walk(backends):
+        found |= {os.path.realpath(os.path.join(root, f)) for f in files if os.access(os.path.join(root, f), os.X_OK)}
+    for name in COMPILER_NAMES:
+        path = shutil.which(name) or shutil.which(name, path="/sbin:/usr/sbin")
+        if path:
+            found.add(os.path.realpath(path))
+    return frozenset(found)
 
 
 class Guard:
-    def __init__(self, writable: str, hidden: list[str]):
+    def __init__(self, writable: str, hidden: list[str], executables: frozenset[str] = frozenset()):
         self.writable = os.path.realpath(writable)
         self.hidden = [os.path.realpath(p) for p in hidden]
+        self.executables = executables
         self.violations: list[str] = []
         self._busy = False
 
@@ -65,6 +88,8 @@ class Guard:
             raise PermissionError(f"sandbox: {reason} is not allowed")
 
     def _judge(self, event: str, args: tuple) -> str | None:
+        if event in SPAWN_EVENTS and self.executables and self._program(args) in self.executables:
+            return None
         if event in DENY_ALWAYS:
             return event
         if event == "import":
@@ -79,6 +104,15 @@ class Guard:
         if event in READ_EVENTS and args:
             return self._path(event, args[READ_EVENTS[event]], write=False)
         return None
+
+    def _program(self, args: tuple) -> str | None:
+        """The real path of the program a spawn event starts (its executable, else argv[0])."""
+        program = args[0] if args and args[0] else (args[1][0] if len(args) > 1 and args[1] else None)
+        if not isinstance(program, (str, bytes, os.PathLike)):
+            return None
+        program = os.fsdecode(program)
+        program = program if os.sep in program else (shutil.which(program) or program)
+        return os.path.realpath(program)
 
     def _open(self, args: tuple) -> str | None:
         path, mode, flags = (list(args) + [None, None, 0])[:3]

@@ -48,7 +48,7 @@ def _check(result: int, what: str) -> None:
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
 
-def isolate(writable: str, hidden: list[str]) -> set[str]:
+def isolate(writable: str, hidden: list[str], executable: bool = False) -> set[str]:
     """Enter new namespaces and lock the filesystem down; the layers that now hold."""
     libc = _libc()
     uid, gid = os.geteuid(), os.getegid()
@@ -68,9 +68,10 @@ def isolate(writable: str, hidden: list[str]) -> set[str]:
         layers.add("hidden-paths")
         _check(libc.mount(writable.encode(), writable.encode(), None, MS_BIND | MS_REC, None), "bind the work dir")
         _mount_setattr(libc, "/", AT_RECURSIVE, set_=MOUNT_ATTR_RDONLY)
-        # writable, but nothing written there can be executed (no native code smuggled in as a file)
-        _mount_setattr(libc, writable, 0, set_=MOUNT_ATTR_NOEXEC | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                       clear=MOUNT_ATTR_RDONLY)
+        # writable, but nothing written there can be executed (no native code smuggled in as a file);
+        # on a GPU Triton loads the launcher it compiles there, so `executable` keeps exec
+        flags = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (0 if executable else MOUNT_ATTR_NOEXEC)
+        _mount_setattr(libc, writable, 0, set_=flags, clear=MOUNT_ATTR_RDONLY)
         layers.add("read-only-filesystem")
     except OSError:
         pass  # the namespaces hold even when a mount step is refused; the verdict lists what held

@@ -39,14 +39,19 @@ class SandboxLimits:
             raise ValueError("sandbox limits: processes >= 1, file_size >= 4KiB, open_files >= 16, output >= 256")
 
 
-def apply(limits: SandboxLimits, user_namespace: bool) -> None:
+def apply(limits: SandboxLimits, user_namespace: bool, gpu: bool = False) -> None:
     """Set this process's rlimits. In a fresh user namespace the process count starts at zero,
-    so `processes` is the budget itself; outside one it counts every process of the user."""
+    so `processes` is the budget itself; outside one it counts every process of the user. On a
+    GPU the memory limit is on the data segment (RLIMIT_DATA) instead of the address space: CUDA
+    reserves tens of GiB of address space it never touches."""
     _set(resource.RLIMIT_CORE, 0)
     _set(resource.RLIMIT_CPU, limits.cpu_seconds, limits.cpu_seconds + 1)
     _set(resource.RLIMIT_FSIZE, limits.file_size)
     _set(resource.RLIMIT_NOFILE, limits.open_files)
-    _set(resource.RLIMIT_AS, _mapped_bytes() + limits.memory)
+    if gpu:
+        _set(resource.RLIMIT_DATA, _mapped_bytes() + limits.memory)
+    else:
+        _set(resource.RLIMIT_AS, _mapped_bytes() + limits.memory)
     _set(resource.RLIMIT_NPROC, limits.processes + (0 if user_namespace else _user_tasks(os.getuid())))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails (EFBIG) instead of killing
 

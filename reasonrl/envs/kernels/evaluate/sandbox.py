@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import isolation, limits as rlimits, seccomp
-from .guard import Guard
+from .guard import Guard, compilers
 from .limits import SandboxLimits
 
 KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
@@ -59,21 +59,21 @@ class Outcome:
 
 
 def run_sandboxed(body: Callable[[Context], None], job_dir: str, limits: SandboxLimits, hidden: list[str],
-                  namespaces: bool = True) -> Outcome:
+                  namespaces: bool = True, gpu: bool = False) -> Outcome:
     """Run `body` in a sandboxed child and wait for it (at most `limits.timeout` seconds)."""
     start = time.monotonic()
-    pid = start_sandboxed(body, job_dir, limits, hidden, namespaces)
+    pid = start_sandboxed(body, job_dir, limits, hidden, namespaces, gpu=gpu)
     return finish_sandboxed(pid, job_dir, limits, start)
 
 
 def start_sandboxed(body: Callable[[Context], None], job_dir: str, limits: SandboxLimits, hidden: list[str],
-                    namespaces: bool = True, keep_fds: tuple[int, ...] = ()) -> int:
+                    namespaces: bool = True, keep_fds: tuple[int, ...] = (), gpu: bool = False) -> int:
     """Fork the sandboxed child and return its pid; `keep_fds` stay open in it (a pipe for the
-    timing protocol), every other inherited descriptor is closed."""
+    timing protocol), every other inherited descriptor is closed. `gpu`: see `_child`."""
     work = os.path.join(job_dir, "out")
     pid = os.fork()
     if pid == 0:  # the child never returns from here
-        _child(body, work, limits, hidden, namespaces, keep_fds)
+        _child(body, work, limits, hidden, namespaces, keep_fds, gpu)
     return pid
 
 
@@ -110,21 +110,29 @@ def _kill_group(pid: int) -> None:
 
 
 def _child(body, work: str, limits: SandboxLimits, hidden: list[str], namespaces: bool,
-           keep_fds: tuple[int, ...]) -> None:
+           keep_fds: tuple[int, ...], gpu: bool) -> None:
+    """The sandboxed child. With `gpu` (the candidate runs on CUDA) four things differ, because
+    Triton compiles a kernel at its first launch: the device and Triton's driver are initialized
+    before confinement (that uses ctypes and ldconfig), the work directory stays executable
+    (Triton loads the launcher it builds there), seccomp lets processes start (ptxas, the C
+    compiler) and the audit hook lets exactly Triton's compilers run (guard.compilers()); the
+    memory limit is on data, not address space (limits.py)."""
     try:
         os.setsid()
         isolation.set_parent_death_signal(signal.SIGKILL)
         _redirect_output(work, keep_fds)
         _scrub_environment(work)
-        layers = isolation.isolate(work, hidden) if namespaces else set()
+        layers = isolation.isolate(work, hidden, executable=gpu) if namespaces else set()
         if "pid-namespace" in layers:
             _become_namespace_init()
             layers |= _fresh_proc()
         os.chdir(work)
-        rlimits.apply(limits, "user-namespace" in layers)
-        if seccomp.install():
-            layers.add("seccomp")
-        guard = Guard(work, hidden)
+        if gpu:
+            _warm_gpu()
+        rlimits.apply(limits, "user-namespace" in layers, gpu)
+        if seccomp.install(processes=gpu):
+            layers.add("seccomp" if not gpu else "seccomp-gpu")
+        guard = Guard(work, hidden, compilers() if gpu else frozenset())
         _forget_harness(hidden)
         guard.install()
     except BaseException:  # the sandbox could not be built: say so, run nothing
@@ -174,6 +182,17 @@ def _become_namespace_init() -> None:
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     os._exit(code if code >= 0 else 128 - code)
+
+
+def _warm_gpu() -> None:
+    """CUDA and Triton's driver up before confinement (Triton's driver runs ldconfig and loads
+    libcuda with ctypes, which the sandbox would refuse later)."""
+    import torch
+    from triton.runtime import driver
+
+    torch.cuda.init()
+    driver.active.get_current_device()
+    driver.active.utils  # noqa: B018 - builds and loads Triton's CUDA helpers into the cache
 
 
 def _fresh_proc() -> set[str]:

@@ -12,6 +12,9 @@ with ENOSYS so that glibc falls back to `clone`, whose flags the filter can read
 - escapes and tampering: ptrace, process_vm_*, mount and the new mount API, unshare, setns,
   chroot, pivot_root, bpf, perf_event_open, keyrings, userfaultfd, modules, reboot.
 
+With `processes=True` (GPU mode: Triton runs ptxas and a C compiler at a kernel's first launch)
+fork, vfork, clone, clone3 and execve are allowed; everything else stays denied.
+
 A foreign architecture (x32 system calls included) kills the process. Only x86_64 and aarch64
 are known; elsewhere `install` returns False and the other layers stand alone.
 """
@@ -35,6 +38,7 @@ _DENIED = ("socket socketpair execve execveat ptrace process_vm_readv process_vm
            "io_uring_enter io_uring_register tkill pidfd_send_signal pidfd_getfd init_module finit_module "
            "delete_module reboot kexec_load open_tree move_mount fsopen fsconfig fsmount fspick mount_setattr "
            "fork vfork").split()
+_PROCESSES = {"fork", "vfork", "execve", "execveat"}
 SYSCALLS = {  # name -> number, per architecture
     "x86_64": dict(
         clone=56, clone3=435, kill=62, tgkill=234, fork=57, vfork=58, socket=41, socketpair=53, execve=59,
@@ -56,18 +60,23 @@ SYSCALLS = {  # name -> number, per architecture
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 
 
-def program(arch: str, self_pid: int) -> list[tuple[int, int, int, int]]:
+def program(arch: str, self_pid: int, processes: bool = False) -> list[tuple[int, int, int, int]]:
     """The filter as (code, jt, jf, k) instructions."""
     nr = SYSCALLS[arch]
     out = [(LD_ABS, 0, 0, ARCH_OFFSET), (JEQ, 1, 0, AUDIT_ARCH[arch]), (RET, 0, 0, RET_KILL_PROCESS),
            (LD_ABS, 0, 0, NR_OFFSET), (JGE, 0, 1, 0x40000000), (RET, 0, 0, RET_KILL_PROCESS)]  # x32 ABI
     for name in _DENIED:
-        if name in nr:  # aarch64 has no fork/vfork
+        if name in nr and not (processes and name in _PROCESSES):  # aarch64 has no fork/vfork
             out += [(JEQ, 0, 1, nr[name]), (RET, 0, 0, RET_EPERM)]
-    out += [(JEQ, 0, 1, nr["clone3"]), (RET, 0, 0, RET_ENOSYS)]
-    # clone: allowed with CLONE_THREAD; kill/tgkill: allowed at our own pid. Each block reloads A.
-    out += [(JEQ, 0, 4, nr["clone"]), (LD_ABS, 0, 0, ARG0_OFFSET), (JSET, 0, 1, CLONE_THREAD),
-            (RET, 0, 0, RET_ALLOW), (RET, 0, 0, RET_EPERM)]
+    if not processes:
+        out += [(JEQ, 0, 1, nr["clone3"]), (RET, 0, 0, RET_ENOSYS)]
+        # clone: allowed with CLONE_THREAD only
+        out += [(JEQ, 0, 4, nr["clone"]), (LD_ABS, 0, 0, ARG0_OFFSET), (JSET, 0, 1, CLONE_THREAD),
+                (RET, 0, 0, RET_ALLOW), (RET, 0, 0, RET_EPERM)]
+    # kill/tgkill: at our own pid only. With processes allowed a compiler's children signal with
+    # pids of their own, so any is allowed and the PID namespace is what confines them.
+    if processes:
+        return out + [(RET, 0, 0, RET_ALLOW)]
     for name in ("kill", "tgkill"):
         out += [(LD_ABS, 0, 0, NR_OFFSET), (JEQ, 0, 4, nr[name]), (LD_ABS, 0, 0, ARG0_OFFSET),
                 (JEQ, 0, 1, self_pid), (RET, 0, 0, RET_ALLOW), (RET, 0, 0, RET_EPERM)]
@@ -78,13 +87,13 @@ class _Program(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def install() -> bool:
-    """Install the filter on this process (and its future threads); False when the architecture
-    is unknown. Raises OSError when the kernel refuses it."""
+def install(processes: bool = False) -> bool:
+    """Install the filter on this process (and its future threads and children); False when the
+    architecture is unknown. Raises OSError when the kernel refuses it."""
     arch = platform.machine()
     if arch not in SYSCALLS:
         return False
-    code = program(arch, os.getpid())
+    code = program(arch, os.getpid(), processes)
     raw = b"".join(struct.pack("<HBBI", *insn) for insn in code)
     buffer = ctypes.create_string_buffer(raw, len(raw))
     prog = _Program(len(code), ctypes.cast(buffer, ctypes.c_void_p))

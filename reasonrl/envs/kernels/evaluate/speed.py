@@ -204,7 +204,7 @@ def orchestrate(job: dict, job_dir: str, source_path: str) -> dict:
         body = partial(run_candidate, conn_fd=cand_end.fileno(), source_path=source_path, entry=job["entry"],
                        inputs_path=os.path.join(job_dir, "in", "inputs.pt"), device=job["device"], timing=job["timing"])
         cand_pid = start_sandboxed(body, job_dir, limits, job["hidden"] + [ref_dir], job["namespaces"],
-                                   keep_fds=(cand_end.fileno(),))
+                                   keep_fds=(cand_end.fileno(),), gpu=job["device"].startswith("cuda"))
         cand_end.close()
         _expect(cand_conn, deadline, "ready")
         conns = {"reference": ref_conn, "expert": ref_conn, "candidate": cand_conn}

@@ -47,7 +47,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                                      inputs_blob=job["inputs"], device=job["device"])
         else:
             body = functools.partial(runner.run_script, source_path=source_path, device=job["device"])
-        outcome = run_sandboxed(body, job_dir, limits, job["hidden"], job.get("namespaces", True))
+        outcome = run_sandboxed(body, job_dir, limits, job["hidden"], job.get("namespaces", True),
+                                gpu=job["device"].startswith("cuda"))
         return {"result": _read_result(os.path.join(job_dir, "out", runner.RESULT_FILE)),
                 "exit_code": outcome.exit_code, "signal": outcome.signal, "timed_out": outcome.timed_out,
                 "elapsed": outcome.elapsed, "stdout": _relative(outcome.stdout, job_dir),

@@ -14,10 +14,16 @@ from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.server import ServeConfig, create_app
 from reasonrl.envs.kernels.evaluate import EvaluatorConfig, KernelEvaluator, SandboxLimits
 from reasonrl.models import Tokenizer, load_model
+from reasonrl.models.tiny import make_checkpoint, make_tokenizer
+
+CORPUS = ["import torch, triton\n@triton.jit\ndef kernel(x_ptr, n, BLOCK: tl.constexpr):\n    pass\n",
+          "Add two tensors elementwise. Reverse each row of a 2-D tensor."] * 20
 
 
-def test_agent_survives_a_garbage_model_over_http(hf_checkpoint, tokenizer, tmp_path):
-    path, _ = hf_checkpoint("qwen2", tokenizer=tokenizer, max_position_embeddings=8192)
+def test_agent_survives_a_garbage_model_over_http(tmp_path):
+    # its own checkpoint: the session's hf_checkpoint fixture seeds by creation order, which other tests rely on
+    path = make_checkpoint(tmp_path / "tiny", "qwen2", make_tokenizer(CORPUS, vocab_size=300), hidden_size=64,
+                           num_layers=2, max_position_embeddings=8192)
     engine = LLMEngine(load_model(path, "cpu"), Tokenizer.from_dir(path),
                        EngineConfig(kv_cache_memory=64 << 20, block_size=16, max_model_len=8192))
     server = uvicorn.Server(uvicorn.Config(create_app(engine, ServeConfig(served_model_name="tiny")),

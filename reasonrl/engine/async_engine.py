@@ -195,7 +195,7 @@ class AsyncEngine:
 
     def _do_add(self, requests, every_step, s: _Stream, resume):
         new = sum(params.n for _, _, params in requests)
-        waiting = len(self.engine.scheduler.waiting)
+        waiting = int(self.engine.stats()["waiting"])
         if self.max_waiting is not None and waiting + new > self.max_waiting:
             raise QueueFull(f"the waiting queue holds {waiting} sequences; {new} more would pass its bound "
                             f"of {self.max_waiting}")
@@ -256,9 +256,9 @@ class AsyncEngine:
         self._fail_streams(f"engine error while serving this request: {exc!r}")
         self.engine.abort_all()
         self.engine.reset_prefix_cache()  # what the failed step wrote cannot be trusted
-        bm = self.engine.block_manager
-        if bm.num_free != len(bm.blocks) or self.engine.scheduler.has_work():
-            self.error = RuntimeError(f"after {exc!r}, {len(bm.blocks) - bm.num_free} KV blocks could not be freed")
+        stats = self.engine.stats()
+        if stats["kv_blocks_used"] or stats["running"] or stats["waiting"]:
+            self.error = RuntimeError(f"after {exc!r}, {stats['kv_blocks_used']} KV blocks could not be freed")
 
     def _fail_streams(self, message: str) -> None:
         for rid, s in self.streams.items():

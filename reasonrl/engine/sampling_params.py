@@ -21,7 +21,7 @@ class SamplingParams:
     n: int = 1
     """Samples per prompt. Sample i of a seeded request uses seed `seed + i`."""
     temperature: float = 1.0
-    """0 means greedy; otherwise at least MIN_TEMPERATURE."""
+    """0 means greedy; otherwise in [0.01, 10000] (a smaller one overflows float32 logits)."""
     top_k: int = 0
     """Keep the k most likely tokens; 0 or -1 keeps all."""
     top_p: float = 1.0

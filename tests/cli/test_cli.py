@@ -1,0 +1,101 @@
+"""The command line: flags generated from config dataclasses, one subcommand per workload."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from reasonrl import __version__
+from reasonrl.cli import main
+from reasonrl.config import ConfigError, coerce, parse_size, type_hints
+from reasonrl.engine.config import EngineConfig
+from reasonrl.rl.config import load_config
+
+
+def test_version_and_help_import_no_torch():
+    code = ("import sys; from reasonrl.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("False") and "commands:" in out and "bench" in out
+    version = subprocess.run([sys.executable, "-m", "reasonrl.cli", "--version"], capture_output=True, text=True)
+    assert version.stdout.strip() == f"reasonrl {__version__}"
+
+
+def test_each_bench_workload_has_only_its_own_flags_with_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "kv", "--help"])
+    text = capsys.readouterr().out
+    assert "--model-shape {8x64,32x128}" in text and "--concurrency" not in text and "--num-prompts" not in text
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "kv", "--concurrency", "4"])  # another workload's flag
+    assert exit_.value.code == 2 and "unrecognized arguments: --concurrency" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "engine", "--help"])
+    assert "--concurrency N" in (text := capsys.readouterr().out) and "(default: 64)" in text
+
+
+def test_every_engine_flag_shows_the_dataclass_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for f in dataclasses.fields(EngineConfig):
+        if f.name == "seed":  # generate's --seed is the request's (SamplingParams)
+            continue
+        flag = "--" + f.metadata.get("flag", f.name.replace("_", "-"))
+        assert flag in text, flag
+    assert "--max-num-seqs N Sequences decoded together at most. (default: 256)" in text
+    assert "--temperature X 0 means greedy;" in text and "(default: 0.0)" in text  # generate's own default, greedy
+
+
+def test_sizes_with_units_in_recipes_flags_and_python(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: /c\nengine: {kv_cache_memory: 64MiB}\n")  # a recipe accepts what the CLI accepts
+    assert load_config(recipe).engine.kv_cache_memory == 64 << 20
+    assert EngineConfig(kv_cache_memory="1.5GiB").kv_cache_memory == 3 << 29
+    assert parse_size("2GB") == 2 * 10 ** 9 and parse_size(4096) == 4096
+    recipe.write_text("model: /c\nengine: {kv_cache_memory: lots}\n")
+    with pytest.raises(ConfigError, match=r"engine.kv_cache_memory: expected a size \(e.g. 512MiB\), got 'lots'"):
+        load_config(recipe)
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", "x", "--kv-cache-memory", "lots", "hi"])
+    assert "--kv-cache-memory: not a size: 'lots'" in capsys.readouterr().err
+
+
+def test_coercion_is_strict():
+    hints = type_hints(EngineConfig)
+    with pytest.raises(ConfigError):
+        coerce("engine.max_num_seqs", hints["max_num_seqs"], "2")  # no silent str -> int
+    with pytest.raises(ConfigError):
+        coerce("engine.enable_prefix_caching", hints["enable_prefix_caching"], 1)  # no int -> bool
+    with pytest.raises(ConfigError, match="expected one of coupled, residual"):
+        coerce("engine.draft_sampling", hints["draft_sampling"], "greedy")
+    assert coerce("x", float, 3) == 3.0 and coerce("x", tuple[float, float], [1, 2]) == (1.0, 2.0)
+
+
+def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
+    assert main(["bench", "engine", "--repeats", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "reasonrl bench engine: error: repeats must be at least 1, got 0"
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file" in capsys.readouterr().err
+    assert main(["data", "ttt", "--game", "oTTT", "--out", str(tmp_path / "t.jsonl"), "--n", "3"]) == 0
+
+
+def test_report_draws_held_out_evaluations_as_points(tmp_path, monkeypatch):
+    import json
+
+    import matplotlib.axes
+
+    from reasonrl.rl.report import write_report
+
+    rows = [{"step": s, "reward_mean": s / 10, "accuracy": s / 10} for s in range(1, 9)]
+    rows[0]["eval_accuracy"], rows[-1]["eval_accuracy"] = 0.1, 0.9
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    drawn = []
+    original = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **k: drawn.append(k) or original(self, *a, **k))
+    write_report(tmp_path)
+    styles = {k["label"]: k.get("linestyle") for k in drawn}
+    assert styles["held-out (greedy)"] == "none" and styles["train"] is None  # points vs a per-step line

@@ -1,0 +1,191 @@
+"""Runs users can trust: the resolved config saved and checked on rerun, finished runs, Ctrl-C."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from reasonrl.cli import main
+from reasonrl.rl.checkpoint import latest_checkpoint
+from reasonrl.rl.config import load_config
+from reasonrl.rl.metrics import read_metrics
+
+
+def recipe(tmp_path, steps=2, **overrides):
+    """A letter-smoke run whose starting model is made on first use (model.init)."""
+    data = {"model": {"path": str(tmp_path / "base"), "init": "qwen2"}, "env": {"name": "letter:a", "eval_size": 4},
+            "rollout": {"prompts_per_step": 2, "samples_per_prompt": 4, "max_tokens": 8},
+            "engine": {"kv_cache_memory": "16MiB", "max_num_seqs": 16}, "optim": {"lr": 1e-2},
+            "train": {"steps": steps, "run_dir": str(tmp_path / "run"), "save_every": 1}}
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        data[section][key] = value
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_the_resolved_config_is_printed_saved_and_is_itself_a_recipe(tmp_path, capsys):
+    path = recipe(tmp_path)
+    assert main(["train", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "config (" in err and "kv_cache_memory: 16777216" in err  # every key resolved, sizes in bytes
+    saved = tmp_path / "run" / "config.yaml"
+    assert load_config(saved) == load_config(path)  # a run directory's config.yaml reruns the run
+
+
+def test_rerunning_a_finished_run_says_so_and_exits_0(tmp_path, capsys):
+    path = recipe(tmp_path)
+    assert main(["train", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["train", str(path)]) == 0  # was: UnboundLocalError in the trainer
+    assert "this run is finished (step 2 of 2)" in capsys.readouterr().err
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [0, 1, 2]
+
+
+def test_a_changed_config_is_refused_naming_the_keys(tmp_path, capsys):
+    path = recipe(tmp_path)
+    assert main(["train", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["train", str(path), "--set", "optim.lr=0.5", "--set", "loss.name=dapo"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr: 0.01 (saved) -> 0.5 (now)" in err and "loss.name: 'grpo' (saved) -> 'dapo' (now)" in err
+    assert "--overwrite" in err and "--accept-changes" in err
+    assert latest_checkpoint(tmp_path / "run").name == "step_000002"  # nothing ran
+    # keys that do not change what is trained may change freely
+    assert main(["train", str(path), "--set", "train.save_every=5", "--set", "train.eval_every=1"]) == 0
+
+
+def test_a_run_that_failed_before_its_first_step_binds_nothing(tmp_path, capsys):
+    path = recipe(tmp_path, **{"env.name": "nosuchenv:"})
+    assert main(["train", str(path)]) == 2 and "unknown environment" in capsys.readouterr().err
+    assert main(["train", str(recipe(tmp_path))]) == 0  # fixed: runs, no "other settings" refusal
+
+
+def test_accepted_changes_continue_the_run_and_are_recorded(tmp_path):
+    path = recipe(tmp_path)
+    assert main(["train", str(path)]) == 0
+    assert main(["train", str(path), "--set", "train.steps=3", "--accept-changes"]) == 0
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [0, 1, 2, 3]  # resumed at 2, not restarted
+    changes = [json.loads(line) for line in (tmp_path / "run" / "config_changes.jsonl").read_text().splitlines()]
+    assert changes[0]["changes"] == [["train.steps", 2, 3]]
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["steps"] == 3
+
+
+def test_overwrite_starts_afresh_and_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
+    path = recipe(tmp_path)
+    assert main(["train", str(path)]) == 0
+    (tmp_path / "run" / "marker").write_text("old run")
+    assert main(["train", str(path), "--set", "optim.lr=0.02", "--overwrite"]) == 0
+    assert not (tmp_path / "run" / "marker").exists()
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["optim"]["lr"] == 0.02
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "thesis.tex").write_text("precious")
+    capsys.readouterr()
+    assert main(["train", str(path), "--set", f"train.run_dir={other}", "--overwrite"]) == 2
+    assert "not a reasonrl run directory" in capsys.readouterr().err and (other / "thesis.tex").is_file()
+
+
+def _wait_for(predicate, proc, timeout=300):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+def _cli(args, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "reasonrl.cli", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _steps(run_dir):
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_finishes_the_step_checkpoints_and_says_how_to_resume(tmp_path, sig):
+    path = recipe(tmp_path, steps=400, **{"train.save_every": 1000})
+    proc = _cli(["train", str(path)], tmp_path)
+    _wait_for(lambda: max(_steps(tmp_path / "run"), default=0) >= 2, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err and "resume with: reasonrl train" in err
+    done = max(_steps(tmp_path / "run"))
+    assert 2 <= done < 400 and latest_checkpoint(tmp_path / "run").name == f"step_{done:06d}"  # saved at the stop
+    resumed = _cli(["train", str(tmp_path / "run" / "config.yaml"), "--set", "train.steps=" + str(done + 1),
+                    "--accept-changes"], tmp_path)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    assert _steps(tmp_path / "run") == list(range(done + 2))
+
+
+@pytest.mark.slow
+def test_sft_run_checkpoints_resumes_and_stops_on_sigterm(tmp_path):
+    from reasonrl.models.tiny import make_checkpoint, make_tokenizer
+
+    tok = make_tokenizer(["Write the letter a many times. aaaa bbbb"] * 10, vocab_size=300)
+    base = make_checkpoint(tmp_path / "base", "qwen2", tok, hidden_size=64, num_layers=2)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Write the letter {c} many times.", "response": c * 8}) + "\n"
+                            for c in "ab" * 200))
+    args = ["sft", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "sft"), "--epochs", "50",
+            "--samples-per-step", "8", "--lr", "3e-3", "--eval-fraction", "0.1", "--eval-every", "5",
+            "--save-every", "1000"]
+    proc = _cli(args, tmp_path)
+    _wait_for(lambda: max(_steps(tmp_path / "sft"), default=0) >= 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    done = max(_steps(tmp_path / "sft"))
+    assert latest_checkpoint(tmp_path / "sft").name == f"step_{done:06d}"
+    rows = read_metrics(tmp_path / "sft")
+    assert rows[0]["step"] == 0 and rows[0]["eval_loss"] > 0  # held-out loss before training
+    assert all(k in rows[1] for k in ("loss", "lr", "step_seconds", "eta_seconds", "train_tokens_per_s"))
+    # resume: the same command continues at the next step (a different one is refused, naming the key)
+    bigger = _cli([*args[:-2], "--save-every", "1000", "--lr", "1e-3"], tmp_path)
+    assert bigger.wait(timeout=120) == 2 and "lr: 0.003 (saved) -> 0.001 (now)" in bigger.stderr.read()
+    shorter = [*args]
+    shorter[shorter.index("--epochs") + 1] = str((done + 2) * 8 / 360)  # 360 training examples: 2 steps more
+    resumed = _cli([*shorter, "--accept-changes"], tmp_path)
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    steps = _steps(tmp_path / "sft")
+    assert steps == list(range(steps[-1] + 1)) and steps[-1] > done
+    assert (tmp_path / "sft" / "config.json").is_file()  # the fine-tuned model at the run directory's root
+    losses = [r["eval_loss"] for r in read_metrics(tmp_path / "sft") if r.get("eval_loss") is not None]
+    assert losses[-1] < losses[0]
+
+
+@pytest.mark.slow
+def test_eval_stops_on_sigint_saves_what_finished_and_resumes(tmp_path):
+    out = tmp_path / "eval"
+    args = ["eval", "sums:", "--model", str(_demo_policy()), "--out", str(out), "--limit", "200", "--n", "4",
+            "--temperature", "1.0", "--max-tokens", "64", "--no-progress", "--kv-cache-memory", "64MiB"]
+    proc = _cli(args, tmp_path)
+    samples = out / "samples.jsonl"
+    _wait_for(lambda: samples.is_file() and len(samples.read_text().splitlines()) >= 20, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err and "Rerun the same command" in err, err
+    summary = json.loads((out / "summary.json").read_text())
+    kept = len(samples.read_text().splitlines())
+    assert summary["stopped"] is True and summary["complete"] is False and 20 <= kept < 800
+    resumed = _cli(args, tmp_path)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["run"]["resumed"] == kept
+
+
+def _demo_policy():
+    from reasonrl.demo.policy import SHIPPED
+
+    return SHIPPED

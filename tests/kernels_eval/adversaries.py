@@ -90,6 +90,20 @@ def vector_add(x, y):
     subprocess.run(["sh", "-c", "echo escaped > {outside_path}"])
     return _triton_add(x, y, torch.empty_like(x))
 '''),
+    "shell_true": ("forbidden", KERNEL + '''
+import subprocess
+
+def vector_add(x, y):
+    subprocess.run("echo escaped > {outside_path}", shell=True)
+    return _triton_add(x, y, torch.empty_like(x))
+'''),
+    "os_system": ("forbidden", KERNEL + '''
+import os
+
+def vector_add(x, y):
+    os.system("echo escaped > {outside_path}")
+    return _triton_add(x, y, torch.empty_like(x))
+'''),
     "write_outside": ("forbidden", KERNEL + '''
 def vector_add(x, y):
     try:

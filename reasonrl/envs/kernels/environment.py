@@ -126,7 +126,7 @@ class KernelEnvironment(Environment):
         cfg = self.reward_config
         if not verdict.exec_ok:
             return cfg.call_credit if verdict.call_ok else 0.0
-        if not verdict.speedup or verdict.speedup <= 0:
+        if verdict.speedup is None or not verdict.speedup > 0:  # not timed (or NaN): correctness only
             return 1.0
         bonus = min(max(math.log2(verdict.speedup), 0.0), math.log2(cfg.speedup_cap)) / math.log2(cfg.speedup_cap)
         return 1.0 + cfg.speedup_weight * bonus

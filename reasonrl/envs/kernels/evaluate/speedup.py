@@ -7,6 +7,7 @@ GPU would disturb each other), after every correctness verdict of the batch is i
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
@@ -42,8 +43,20 @@ def apply_timing(verdict: Verdict, answer: dict | None) -> Verdict:
     if answer.get("mismatch"):
         return replace(verdict, status="wrong_output", message=f"correct on the test shapes, wrong at scale: "
                        f"{answer['mismatch']}"[:3000])
+    if not _valid_samples(answer.get("samples")):  # forged or broken clocks: no speedup, never a NaN
+        return replace(verdict, flags=[*verdict.flags, "timing failed: samples missing, non-finite or not positive"])
     stats = {party: [summarize(s) for s in per_shape] for party, per_shape in answer["samples"].items()}
     means = {party: [s["mean_ms"] for s in per_shape] for party, per_shape in stats.items()}
     return Verdict(**{**asdict(verdict), "speedup": speedup(means["reference"], means["candidate"]),
                       "expert_speedup": speedup(means["expert"], means["candidate"]), "timings": stats,
                       "flags": list(verdict.flags)})
+
+
+def _valid_samples(samples) -> bool:
+    """Every party timed on every shape, each sample a finite positive number of milliseconds."""
+    try:
+        per_party = [samples[p] for p in ("reference", "expert", "candidate")]
+        return all(shape and all(isinstance(ms, (int, float)) and math.isfinite(ms) and ms > 0 for ms in shape)
+                   for shapes in per_party for shape in shapes) and all(per_party)
+    except (KeyError, TypeError):
+        return False

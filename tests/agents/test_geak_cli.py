@@ -1,5 +1,9 @@
 """`reasonrl kernel-agent` and `reasonrl report` on an agent run (with the scripted LLM)."""
 
+import json
+import sys
+from pathlib import Path
+
 import pytest
 from geak_doubles import ScriptedLLM, fenced
 
@@ -30,3 +34,37 @@ def test_report_plots_an_agent_run(tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "pass@k" in report and "accuracy_by_iteration.png" in report
     assert (tmp_path / "run" / "accuracy_by_trajectories.png").stat().st_size > 1000
+
+
+def test_kernel_agent_over_http_repairs_retries_and_resumes(tmp_path, capsys):
+    """The command itself against an OpenAI-compatible endpoint that fails every request's first
+    try (503) and answers the first generation with a wrong kernel, the repair with the expert."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "eval"))
+    from eval_fake_server import FakeServer
+
+    expert = get_task("vector_add").expert_source()
+
+    def reply(body, attempt):
+        if attempt == 0:
+            return 503, "busy, try again"
+        user = body["messages"][-1]["content"]
+        if "Candidate:" in user:  # the reflector
+            return "The kernel subtracts where it must add; use x + y."
+        return fenced(expert if "Your previous answer" in user else expert.replace("x + y", "x - y"))
+
+    server = FakeServer(reply)
+    argv = ["kernel-agent", "--endpoint", server.url, "--model", "fake", "--tasks", "vector_add", "--iterations", "3",
+            "--out", str(tmp_path / "run"), "--workers", "1", "--one-shot", "none"]
+    try:
+        assert main(argv) == 0
+        served = len(server.served)
+        assert main(argv) == 0  # the rerun resumes from the log: nothing left to ask
+        assert len(server.served) == served
+    finally:
+        server.stop()
+    assert len(server.requests) == 2 * served  # every request was retried once after its 503
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["solved"] == 1 and summary["tasks_detail"]["vector_add"]["solved_at"] == [1]
+    statuses = [json.loads(r)["verdict"]["status"] for r in (tmp_path / "run" / "candidates.jsonl").read_text().splitlines()]
+    assert statuses == ["wrong_output", "passed"]
+    assert "pass@1" in capsys.readouterr().out

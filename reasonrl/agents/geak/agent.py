@@ -14,8 +14,8 @@ verdicts, so the endpoint and the evaluator's workers stay busy):
 4. remember: memory.py; a trajectory without GPU timings closes once it passes (there is
    nothing left to optimize); with timings it goes on optimizing.
 
-Departures from GEAK v1: the reflector runs for every candidate (GEAK: also every candidate);
-the optimizer is a branch of the generator prompt as in GEAK's code; the debugger watches
+As in GEAK v1's code, the reflector runs for every candidate and the optimizer is a branch of
+the generator prompt. Departures from GEAK v1: the debugger watches
 repeated identical errors rather than counting failures after a pass; retrieval is over our own
 corpus (retrieval.py); answers are a Python code block, not JSON (JSON is accepted too); the
 evaluator is our sandbox, never `shell=True`. Every call, candidate and verdict is logged

@@ -54,6 +54,7 @@ def test_rewards_never_raise_and_never_hang(evaluator):
     metrics = env.metrics([prompt] * len(responses), responses, rewards)
     assert metrics["exec_accuracy"] == pytest.approx(1 / 6) and metrics["call_accuracy"] == pytest.approx(2 / 6)
     assert metrics["statuses"]["no_code"] == 2 and metrics["statuses"]["timeout"] == 1
+    assert metrics["accuracy/elementwise"] == pytest.approx(1 / 6)  # per family: solved only, not call credit
     stranger = Prompt("other", [], answer="not-a-task")
     assert env.rewards([stranger], ["x"]) == [0.0]
 

@@ -11,7 +11,8 @@ format (prompt.py). The reward comes from the evaluator, correctness first:
 so a threshold of 1.0 counts solved tasks. It never raises and never hangs: every candidate runs
 in the evaluator's sandbox under a wall-clock limit, and a failure of the evaluator itself scores
 0 (and is logged). `rewards` judges a batch on all workers at once; `metrics` reads the
-verdicts it kept: call and execution accuracy, statuses, and on a GPU the speedup summaries.
+verdicts it kept: call and execution accuracy, statuses, accuracy per family (`accuracy/<family>`),
+and on a GPU the speedup summaries.
 """
 
 from __future__ import annotations
@@ -138,6 +139,9 @@ class KernelEnvironment(Environment):
     def metrics(self, prompts: Sequence[Prompt], responses: Sequence[Any], rewards: Sequence[float]
                 ) -> dict[str, Any]:
         out: dict[str, Any] = dict(super().metrics(prompts, responses, rewards))
+        for family in sorted({str(p.metadata.get("family")) for p in prompts}):  # `reasonrl report` tables these
+            mine = [r for p, r in zip(prompts, rewards) if str(p.metadata.get("family")) == family]
+            out[f"accuracy/{family}"] = sum(r >= 1.0 for r in mine) / len(mine)  # solved: 1.0 and above
         verdicts = [self._verdicts.get((p.id, _digest(r))) for p, r in zip(prompts, responses)]
         known = [v for v in verdicts if v is not None]
         if not known:

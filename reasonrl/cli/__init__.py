@@ -44,6 +44,8 @@ VERBS = {
                            "reasonrl.cli.image:TRAINERS"),
     "generate-image": Command("text to PNG images with a bit generator (AR or diffusion)",
                               "reasonrl.cli.image:generate_image"),
+    "kernel-agent": Command("the GEAK agent: write Triton kernels with an LLM endpoint, sandboxed evaluation",
+                            "reasonrl.cli.kernels:kernel_agent"),
 }
 
 

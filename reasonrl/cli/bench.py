@@ -46,6 +46,8 @@ WORKLOADS = {
                          "reasonrl.cli.bench:image_gen"),
     "smarli": Command("SMARLI models (mask ablations, before/after layout GRPO): layout metrics",
                       "reasonrl.cli.bench:smarli"),
+    "kernels": Command("kernel evaluator: verdicts per minute, sandboxed and parallel vs serial; GPU speedups",
+                       "reasonrl.cli.bench:kernels"),
 }
 
 
@@ -99,3 +101,4 @@ image_gen = workload("reasonrl.vision.binary.bench:GenBenchConfig", "reasonrl.vi
                      "reasonrl.vision.binary.bench:format_rows")
 smarli = workload("reasonrl.vision.smarli.bench:SmarliBenchConfig", "reasonrl.vision.smarli.bench:bench_smarli",
                   "reasonrl.vision.binary.bench:format_rows")
+kernels = workload("reasonrl.bench.kernels:KernelBenchConfig", "reasonrl.bench.kernels:bench_kernels")

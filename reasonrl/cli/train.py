@@ -89,11 +89,15 @@ def sft(parser: argparse.ArgumentParser):
 
 
 def report(parser: argparse.ArgumentParser):
-    parser.add_argument("run_dir", help="a run directory (train or sft) holding metrics.jsonl")
+    parser.add_argument("run_dir", help="a run directory (train, sft, or kernel-agent) holding metrics.jsonl or summary.json")
 
     def run(args) -> int:
-        from reasonrl.rl.report import write_report
+        from reasonrl.agents.geak.report import is_agent_run
 
+        if is_agent_run(args.run_dir):
+            from reasonrl.agents.geak.report import write_report
+        else:
+            from reasonrl.rl.report import write_report
         print(write_report(args.run_dir))
         return 0
 

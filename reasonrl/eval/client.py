@@ -195,10 +195,11 @@ class OpenAIClient:
             choice = data["choices"][0]
             text = (choice["message"].get("content") if self.config.chat else choice["text"]) or ""
             usage = data.get("usage") or {}
-            tokens = usage.get("completion_tokens")
+            tokens, prompt_tokens = usage.get("completion_tokens"), usage.get("prompt_tokens")
             if not isinstance(text, str):
                 raise TypeError("the response text is not a string")
-            return Completion(text, tokens if isinstance(tokens, int) else None, choice.get("finish_reason"))
+            return Completion(text, tokens if isinstance(tokens, int) else None, choice.get("finish_reason"),
+                              prompt_tokens if isinstance(prompt_tokens, int) else None)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             return Failure(f"malformed response ({exc!r}): {r.text[:200]}")
 

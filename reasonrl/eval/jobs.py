@@ -29,6 +29,7 @@ class Completion:
     text: str
     tokens: int | None  # response tokens; None when the endpoint does not report usage
     finish_reason: str | None
+    prompt_tokens: int | None = None  # prompt tokens, when the endpoint reports them
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,22 @@ def markdown(summary: dict[str, Any]) -> str:
     for key, groups in summary["subsets"].items():
         lines += ["", f"## By {key}", ""]
         lines += _table(key, head, list(groups.items()))
+    extra = _flatten(summary.get("env_metrics") or {})
+    if extra:
+        lines += ["", "## Environment metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in extra.items()]
     return "\n".join(lines) + "\n"
+
+
+def _flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested metrics as dotted keys ({"statuses": {"passed": 3}} -> {"statuses.passed": 3})."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = ", ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+    return out
 
 
 def _table(first: str, head: list[str], rows: list[tuple[str, dict]]) -> list[str]:

@@ -63,7 +63,10 @@ class PoolStats:
 class WorkerPool:
     """Runs `check(*item) -> bool` over items in `workers` processes, `timeout` seconds per item.
 
-    `check` is a module-level function (or its "module:name"), imported by each worker."""
+    `check` is a module-level function (or its "module:name"), imported by each worker.
+    `worker` is the module the workers run (`python -m worker --fd N --check ...`, speaking
+    worker.py's protocol) and `result_type` the type of its answers; `environment` replaces
+    the workers' environment (default: ours)."""
 
     def __init__(
         self,
@@ -72,8 +75,12 @@ class WorkerPool:
         timeout: float = 5.0,
         max_memory_mb: int | None = 2048,
         startup_timeout: float = 120.0,
+        worker: str = "reasonrl.envs.math.worker",
+        result_type: type = bool,
+        environment: dict[str, str] | None = None,
     ):
         self.check = check if isinstance(check, str) else _import_path(check)
+        self.worker, self.result_type, self.environment = worker, result_type, environment
         self.workers, self.timeout = workers, timeout
         self.max_memory_mb, self.startup_timeout = max_memory_mb, startup_timeout
         self.stats = PoolStats()
@@ -96,11 +103,12 @@ class WorkerPool:
     def _spawn(self) -> _Slot:
         ours, theirs = socket.socketpair()
         command = [
-            sys.executable, "-m", "reasonrl.envs.math.worker", "--fd", str(theirs.fileno()),
+            sys.executable, "-m", self.worker, "--fd", str(theirs.fileno()),
             "--check", self.check, "--cpu-limit", str(max(10.0, 3 * self.timeout)),
             "--max-memory-mb", str(self.max_memory_mb or 0),
         ]
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(_user_paths()))
+        env = dict(os.environ if self.environment is None else self.environment,
+                   PYTHONPATH=os.pathsep.join(_user_paths()))
         try:
             process = subprocess.Popen(command, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env)
         finally:
@@ -168,10 +176,10 @@ class WorkerPool:
         if not slot.ready:
             if message[0] != "ready":
                 self._crashed(slot, deque())
-                raise RuntimeError(f"math verifier worker failed to start: {message[1]}")
+                raise RuntimeError(f"{self.worker} failed to start: {message[1]}")
             slot.ready, self._start_failures = True, 0
             return
-        if not slot.chunk or type(message) is not bool:
+        if not slot.chunk or type(message) is not self.result_type:
             raise ValueError("unexpected message from a worker")
         results[slot.chunk.popleft()] = message
         slot.deadline = time.monotonic() + self.timeout if slot.chunk else math.inf
@@ -181,7 +189,7 @@ class WorkerPool:
             self._start_failures += 1
             if self._start_failures >= MAX_START_FAILURES:
                 self._replace(slot)
-                raise RuntimeError(f"math verifier workers exit on start (last exit code {slot.process.returncode})")
+                raise RuntimeError(f"{self.worker} workers exit on start (last exit code {slot.process.returncode})")
         elif slot.chunk:
             slot.chunk.popleft()  # the item it was on scores 0
             self.stats.crashes += 1
@@ -199,7 +207,7 @@ class WorkerPool:
                 slot.chunk.clear()
                 self._replace(slot)
             elif not slot.ready and now >= slot.started + self.startup_timeout:
-                log.warning("a math verifier worker took over %.0f s to start; restarting it", self.startup_timeout)
+                log.warning("a %s worker took over %.0f s to start; restarting it", self.worker, self.startup_timeout)
                 self._replace(slot)
 
 

@@ -1,0 +1,114 @@
+"""From a worker's raw answer to a verdict, in the parent, where no candidate code runs.
+
+The order of checks is the order of the statuses in verdict.py: how the process ended, what
+the sandbox denied, how far the run got, then per case the outputs (compare.py), the inputs
+(untouched) and the Triton launch count.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import re
+from typing import Any
+
+import torch
+
+from .compare import compare, identical
+from .plan import Plan
+from .sandbox import CHILD_ERROR
+from .verdict import Verdict
+
+STAGE_STATUS = {"import": "import_error", "entry": "missing_entry", "call": "runtime_error",
+                "save": "output_too_large"}
+DENIED = re.compile(r"^\[sandbox\] denied (.+)$", re.MULTILINE)
+
+
+def no_code(task_id: str) -> Verdict:
+    return Verdict(task_id, "no_code", "the response has no code: put the whole module in one ```python block")
+
+
+def judge(task_id: str, plan: Plan, answer: dict[str, Any] | None) -> Verdict:
+    if plan.reference_error:
+        return Verdict(task_id, "sandbox_error", f"cannot judge: {plan.reference_error}")
+    if answer is None:  # the pool's own deadline or a dead worker: the worker was replaced
+        return Verdict(task_id, "timeout", "the evaluator's worker did not answer in time")
+    base = dict(elapsed=round(answer["elapsed"], 3), stdout=answer["stdout"], stderr=answer["stderr"],
+                cases=len(plan.case_names))
+    result = _load(answer.get("result"))
+    ended = _ending(task_id, answer, result, base)
+    if ended:
+        return ended
+    base.update(layers=result.get("layers", []), violations=_violations(result, answer))
+    if base["violations"]:
+        return Verdict(task_id, "forbidden", "the sandbox denied: " + "; ".join(base["violations"][:5]), **base)
+    if result.get("stage") != "done":
+        status = STAGE_STATUS.get(result.get("stage"), "runtime_error")
+        return Verdict(task_id, status, _error_text(result, plan), **base)
+    return _cases(task_id, plan, result, base)
+
+
+def _ending(task_id: str, answer: dict, result: dict | None, base: dict) -> Verdict | None:
+    """A verdict when the process itself ended badly, before anything it reported counts."""
+    if answer["timed_out"]:
+        return Verdict(task_id, "timeout", "the run passed its wall-clock limit and was killed", **base)
+    if result is None:
+        if answer["exit_code"] == CHILD_ERROR:
+            return Verdict(task_id, "sandbox_error", "the sandbox failed to start", **base)
+        how = f"signal {answer['signal']}" if answer["signal"] else f"exit code {answer['exit_code']}"
+        return Verdict(task_id, "crashed", f"the process died ({how}) before saving a result; a memory, CPU or "
+                       "file-size limit, or the process exiting on its own", **base)
+    return None
+
+
+def _cases(task_id: str, plan: Plan, result: dict, base: dict) -> Verdict:
+    outputs, after, launches = (_list(result.get(key)) for key in ("outputs", "inputs_after", "launches"))
+    if len(outputs) != len(plan.expected) or not all(isinstance(n, int) for n in launches):
+        return Verdict(task_id, "crashed", f"{len(outputs)} results for {len(plan.expected)} cases", **base)
+    for i, name in enumerate(plan.case_names):
+        atol, rtol = plan.tolerances[i]
+        wrong = compare(plan.expected[i], outputs[i], atol, rtol)
+        if wrong:
+            return Verdict(task_id, "wrong_output", f"case {name}: {wrong}", cases_passed=i, **base)
+        if plan.originals is not None:
+            changed = identical(plan.originals[i], after[i] if i < len(after) else None)
+            if changed:
+                return Verdict(task_id, "mutated_input", f"case {name}: the inputs were modified ({changed}); "
+                               "write results to new tensors", cases_passed=i, **base)
+        if (launches[i] if i < len(launches) else 0) < 1 and (plan.originals is not None or sum(launches) < 1):
+            return Verdict(task_id, "no_kernel", f"case {name}: no Triton kernel was launched; the answer must "
+                           "compute with a @triton.jit kernel", cases_passed=i, **base)
+    return Verdict(task_id, "passed", f"all {len(plan.case_names)} cases match", cases_passed=len(plan.case_names),
+                   **base)
+
+
+def _load(blob: bytes | None) -> dict | None:
+    if not blob:
+        return None
+    try:
+        result = torch.load(io.BytesIO(blob), weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def _list(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else []
+
+
+def _violations(result: dict, answer: dict) -> list[str]:
+    """Denials the run reported, and those it printed (a candidate can clear the first list,
+    not what it already wrote to stderr)."""
+    found = [str(v) for v in result.get("violations", [])]
+    return list(dict.fromkeys(found + DENIED.findall(answer.get("stderr", ""))))
+
+
+def _error_text(result: dict, plan: Plan) -> str:
+    """The traceback from the candidate's first frame on (harness frames say nothing useful)."""
+    error = str(result.get("error") or "no error text")
+    lines = error.splitlines()
+    start = next((i for i, line in enumerate(lines) if "candidate" in line and line.strip().startswith("File")), None)
+    text = "\n".join(lines[start:] if start is not None else lines[-12:])
+    where = f"case {plan.case_names[result['case']]}: " if isinstance(result.get("case"), int) and \
+        0 <= result["case"] < len(plan.case_names) else ""
+    return where + text[-3000:]

@@ -1,0 +1,234 @@
+"""Run a function in a sandboxed child process: the mechanism every candidate goes through.
+
+    outcome = run_sandboxed(body, job_dir, limits, hidden)
+
+`job_dir` holds `in/` (the candidate's files, read-only to it) and `out/` (its working
+directory, the one place it may write). The parent forks; the child
+
+1. starts a new session (so its process group is its own), asks for SIGKILL when the parent
+   dies, points stdout/stderr at files in `out/`, closes every other inherited descriptor and
+   scrubs its environment (no API keys reach a candidate);
+2. enters new namespaces (isolation.py): no network, a read-only filesystem except `out/`, the
+   hidden paths covered; when it got a PID namespace it forks once more, so that the candidate
+   runs as that namespace's PID 1 and everything it leaves behind dies with it;
+3. sets rlimits (limits.py), installs the seccomp filter (seccomp.py) and the audit hook
+   (guard.py), and calls `body(context)`.
+
+The parent waits on a pidfd with the wall-clock timeout, then kills the whole process group
+with SIGKILL whatever happened, and reaps. Stdout and stderr come back truncated to
+`limits.output` characters (head and tail), never whole.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import isolation, limits as rlimits, seccomp
+from .guard import Guard, compilers
+from .limits import SandboxLimits
+
+KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
+            "ROCR_VISIBLE_DEVICES", "CUDA_HOME", "ROCM_PATH", "LD_LIBRARY_PATH")
+CHILD_ERROR = 70  # the sandbox itself failed to set up (not the candidate's fault)
+
+
+@dataclass
+class Context:
+    """What the body gets: where it may write, the guard recording violations, the layers."""
+
+    work: str
+    guard: Guard
+    layers: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Outcome:
+    exit_code: int | None  # None when killed by a signal
+    signal: int | None
+    timed_out: bool
+    elapsed: float
+    stdout: str
+    stderr: str
+
+
+def run_sandboxed(body: Callable[[Context], None], job_dir: str, limits: SandboxLimits, hidden: list[str],
+                  namespaces: bool = True, gpu: bool = False) -> Outcome:
+    """Run `body` in a sandboxed child and wait for it (at most `limits.timeout` seconds)."""
+    start = time.monotonic()
+    pid = start_sandboxed(body, job_dir, limits, hidden, namespaces, gpu=gpu)
+    return finish_sandboxed(pid, job_dir, limits, start)
+
+
+def start_sandboxed(body: Callable[[Context], None], job_dir: str, limits: SandboxLimits, hidden: list[str],
+                    namespaces: bool = True, keep_fds: tuple[int, ...] = (), gpu: bool = False) -> int:
+    """Fork the sandboxed child and return its pid; `keep_fds` stay open in it (a pipe for the
+    timing protocol), every other inherited descriptor is closed. `gpu`: see `_child`."""
+    work = os.path.join(job_dir, "out")
+    pid = os.fork()
+    if pid == 0:  # the child never returns from here
+        _child(body, work, limits, hidden, namespaces, keep_fds, gpu)
+    return pid
+
+
+def finish_sandboxed(pid: int, job_dir: str, limits: SandboxLimits, start: float, wait: bool = True) -> Outcome:
+    """Wait for the child until `start + limits.timeout` (or not at all), kill its process group
+    whatever happened, reap it, and read its output."""
+    work = os.path.join(job_dir, "out")
+    timed_out = not _wait(pid, max(0.0, start + limits.timeout - time.monotonic()) if wait else 0.0)
+    _kill_group(pid)
+    _, status = os.waitpid(pid, 0)
+    _kill_group(pid)  # anything the candidate left in its group
+    code = os.waitstatus_to_exitcode(status)
+    return Outcome(code if code >= 0 else None, -code if code < 0 else None, timed_out and wait,
+                   time.monotonic() - start, truncate(_read(os.path.join(work, ".stdout")), limits.output),
+                   truncate(_read(os.path.join(work, ".stderr")), limits.output))
+
+
+def _wait(pid: int, timeout: float) -> bool:
+    """True when `pid` exited within `timeout` seconds."""
+    fd = os.pidfd_open(pid)
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return bool(ready)
+    finally:
+        os.close(fd)
+
+
+def _kill_group(pid: int) -> None:
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _child(body, work: str, limits: SandboxLimits, hidden: list[str], namespaces: bool,
+           keep_fds: tuple[int, ...], gpu: bool) -> None:
+    """The sandboxed child. With `gpu` (the candidate runs on CUDA) four things differ, because
+    Triton compiles a kernel at its first launch: the device and Triton's driver are initialized
+    before confinement (that uses ctypes and ldconfig), the work directory stays executable
+    (Triton loads the launcher it builds there), seccomp lets processes start (ptxas, the C
+    compiler) and the audit hook lets exactly Triton's compilers run (guard.compilers()); the
+    memory limit is on data, not address space (limits.py)."""
+    try:
+        os.setsid()
+        isolation.set_parent_death_signal(signal.SIGKILL)
+        _redirect_output(work, keep_fds)
+        _scrub_environment(work)
+        layers = isolation.isolate(work, hidden, executable=gpu) if namespaces else set()
+        if "pid-namespace" in layers:
+            _become_namespace_init()
+            layers |= _fresh_proc()
+        os.chdir(work)
+        if gpu:
+            _warm_gpu()
+        rlimits.apply(limits, "user-namespace" in layers, gpu)
+        if seccomp.install(processes=gpu):
+            layers.add("seccomp" if not gpu else "seccomp-gpu")
+        guard = Guard(work, hidden, compilers() if gpu else frozenset())
+        _forget_harness(hidden)
+        guard.install()
+    except BaseException:  # the sandbox could not be built: say so, run nothing
+        traceback.print_exc()
+        os._exit(CHILD_ERROR)
+    try:
+        body(Context(work, guard, layers))
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _redirect_output(work: str, keep_fds: tuple[int, ...]) -> None:
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    for fd, name in ((1, ".stdout"), (2, ".stderr")):
+        target = os.open(os.path.join(work, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(target, fd)
+        os.close(target)
+    limit = os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 4096
+    low = 3
+    for fd in sorted(f for f in keep_fds if f >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, limit)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+
+
+def _scrub_environment(work: str) -> None:
+    kept = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
+    os.environ.clear()
+    os.environ.update(kept, HOME=work, TMPDIR=work, TRITON_CACHE_DIR=os.path.join(work, ".triton"))
+
+
+def _become_namespace_init() -> None:
+    """Fork once more: the child is PID 1 of the new namespace and goes on; this process waits
+    for it and exits with its status (a signal death becomes 128 + signal)."""
+    pid = os.fork()
+    if pid == 0:
+        isolation.set_parent_death_signal(signal.SIGKILL)
+        return
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(code if code >= 0 else 128 - code)
+
+
+def _warm_gpu() -> None:
+    """CUDA and Triton's driver up before confinement (Triton's driver runs ldconfig and loads
+    libcuda with ctypes, which the sandbox would refuse later)."""
+    import torch
+    from triton.runtime import driver
+
+    torch.cuda.init()
+    driver.active.get_current_device()
+    driver.active.utils  # noqa: B018 - builds and loads Triton's CUDA helpers into the cache
+
+
+def _fresh_proc() -> set[str]:
+    """A /proc of our own PID namespace: other processes (and their environments) out of sight."""
+    libc = isolation._libc()
+    ok = libc.mount(b"proc", b"/proc", b"proc", isolation.MS_NOSUID | isolation.MS_NODEV, None) == 0
+    return {"private-proc"} if ok else set()
+
+
+def _forget_harness(hidden: list[str]) -> None:
+    """Drop reasonrl from sys.modules, so `import reasonrl...` must go through the audit hook,
+    and the hidden paths from sys.path, so that the import system never lists them."""
+    for name in [n for n in sys.modules if n == "reasonrl" or n.startswith("reasonrl.")]:
+        del sys.modules[name]
+    roots = [os.path.realpath(h) for h in hidden]
+    sys.path[:] = [p for p in sys.path if not any(os.path.realpath(p or ".") == r or
+                                                  os.path.realpath(p or ".").startswith(r + os.sep) for r in roots)]
+    sys.path_importer_cache.clear()
+
+
+def _read(path: str, limit: int = 1 << 20) -> str:
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(limit // 2)
+            if size > limit:
+                f.seek(size - limit // 2)
+                head += b"\n...\n" + f.read()
+            return head.decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def truncate(text: str, limit: int) -> str:
+    """At most about `limit` characters: the head and the tail, with a note of what was cut."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters cut ...]\n{text[-half:]}"

@@ -1,0 +1,145 @@
+"""The kernel agent's loop with deterministic doubles for the LLM: repair from feedback, the
+debugger, parallel trajectories and their metrics, retrieval and knowledge, the optimizer,
+robustness to unparsable output, logging and resume by replay."""
+
+import json
+
+import pytest
+from geak_doubles import FakeEvaluator, ScriptedLLM, fenced
+
+from reasonrl.agents.geak import AgentConfig, Reply, run_agent
+from reasonrl.envs.kernels.evaluate import EvaluatorConfig, KernelEvaluator, SandboxLimits, Verdict
+from reasonrl.eval.client import EndpointError
+from reasonrl.envs.kernels.suite import get_task
+
+TASK = get_task("vector_add")
+EXPERT = TASK.expert_source()
+SYNTAX = "def vector_add(x, y)\n    return x\n"
+WRONG = EXPERT.replace("x + y", "x - y")
+BROKEN_THEN_FIXED = ["I think we should tile it, but I am not sure.", fenced(SYNTAX), fenced(WRONG), fenced(EXPERT)]
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    with KernelEvaluator(EvaluatorConfig(workers=2), SandboxLimits(timeout=20.0)) as ev:
+        yield ev
+
+
+def config(tmp_path, **overrides):
+    return AgentConfig(**{"endpoint": "http://unused", "model": "scripted", "out": str(tmp_path / "run"),
+                          "tasks": "vector_add", "iterations": 6, **overrides})
+
+
+def user_text(call):
+    return call.messages[-1]["content"]
+
+
+def test_broken_then_fixed_is_repaired_from_feedback(tmp_path, evaluator):
+    llm = ScriptedLLM(lambda task, k, i: BROKEN_THEN_FIXED[min(i, 3)])
+    summary = run_agent(config(tmp_path), llm, evaluator, progress=False)
+    generations = [c for c in llm.calls if c.role == "generate"]
+    assert len(generations) == 4 and len(llm.calls) == 8  # stops once solved: nothing to optimize on a CPU
+    assert "no code block" in user_text(generations[1]) and "status: no_code" in user_text(generations[1])
+    assert "import_error" in user_text(generations[2]) and "SyntaxError" in user_text(generations[2])
+    assert "wrong_output" in user_text(generations[3]) and "x - y" in user_text(generations[3])
+    assert "The mask on the last block is missing" in user_text(generations[3])  # the reflection is passed on
+    assert summary["solved"] == 1 and summary["pass@1"] == 1.0
+    assert [r["exec_any"] for r in summary["by_iteration"]] == [0, 0, 0, 1, 1, 1]
+    assert [r["call_any"] for r in summary["by_iteration"]] == [0, 0, 1, 1, 1, 1]
+    assert summary["cost"]["calls_per_solved"] == 8 and summary["cost"]["tokens_per_solved"] == 4 * 80 + 4 * 12
+    assert summary["cost"]["unparsable_rate"] == 0.25
+    rows = [json.loads(line) for line in (tmp_path / "run" / "candidates.jsonl").read_text().splitlines()]
+    assert [r["verdict"]["status"] for r in rows] == ["no_code", "import_error", "wrong_output", "passed"]
+    calls = [json.loads(line) for line in (tmp_path / "run" / "calls.jsonl").read_text().splitlines()]
+    assert len(calls) == 8 and all(c["messages"] and "text" in c for c in calls)  # every call logged in full
+
+
+def test_debugger_breaks_out_of_repeated_identical_errors(tmp_path, evaluator):
+    llm = ScriptedLLM(lambda task, k, i: fenced(WRONG) if i < 5 else fenced(EXPERT))
+    summary = run_agent(config(tmp_path, max_repeated_errors=3), llm, evaluator, progress=False)
+    generations = [user_text(c) for c in llm.calls if c.role == "generate"]
+    assert "x - y" in generations[2] and "Start over" not in generations[2]
+    assert "Start over with a different approach" in generations[3] and "x - y" not in generations[3]
+    assert summary["debugger_resets"] == 1 and summary["tasks_detail"]["vector_add"]["solved_at"] == [5]
+
+
+def test_parallel_trajectories_give_the_scaling_curves(tmp_path, evaluator):
+    solve_at = {0: None, 1: 2, 2: 0}  # trajectory -> iteration it first passes
+    llm = ScriptedLLM(lambda task, k, i: fenced(EXPERT) if solve_at[k] is not None and i >= solve_at[k]
+                      else fenced(WRONG))
+    summary = run_agent(config(tmp_path, parallel=3, iterations=3, reflect=False), llm, evaluator, progress=False)
+    assert summary["pass@1"] == pytest.approx(2 / 3) and summary["pass@2"] == 1.0 and summary["pass@3"] == 1.0
+    assert summary["by_trajectories"] == [0.0, 1.0, 1.0]
+    assert [r["exec_pass@1"] for r in summary["by_iteration"]] == pytest.approx([1 / 3, 1 / 3, 2 / 3])
+    assert summary["cost"]["reflections"] == 0
+    assert summary["tasks_detail"]["vector_add"]["solved_at"] == [None, 2, 0]
+
+
+def test_one_shot_retrieval_and_knowledge_injection(tmp_path, evaluator):
+    llm = ScriptedLLM(lambda task, k, i: fenced(EXPERT))
+    run_agent(config(tmp_path / "a"), llm, evaluator, progress=False)
+    first = llm.calls[0]
+    assert "a solved task similar to this one" in user_text(first)
+    assert TASK.expert_source() not in user_text(first)  # never the task's own expert, nor its family's
+    assert "Triton notes" in first.messages[0]["content"]
+    llm = ScriptedLLM(lambda task, k, i: fenced(EXPERT))
+    run_agent(config(tmp_path / "b", one_shot="none", knowledge=False), llm, evaluator, progress=False)
+    assert "similar" not in user_text(llm.calls[0]) and "Triton notes" not in llm.calls[0].messages[0]["content"]
+
+
+def test_unparsable_and_failed_replies_never_stop_the_loop(tmp_path, evaluator):
+    replies = ["\x00\xff garbage \ud800", "", Reply(None, error="HTTP 400: prompt too long"), "{" * 5000,
+               fenced(EXPERT)]
+    llm = ScriptedLLM(lambda task, k, i: replies[i])
+    summary = run_agent(config(tmp_path, iterations=5), llm, evaluator, progress=False)
+    assert summary["solved"] == 1 and summary["tasks_detail"]["vector_add"]["solved_at"] == [4]
+    assert summary["cost"]["failed_calls"] == 1 and summary["cost"]["unparsable_rate"] == pytest.approx(4 / 5)
+    third = [c for c in llm.calls if c.role == "generate"][3]
+    assert "the model call failed: HTTP 400" in user_text(third)
+
+
+def test_optimizer_shows_passing_candidates_with_speedups(tmp_path):
+    speeds = iter([1.5, 3.0, 2.0, 2.5])
+    fake = FakeEvaluator(lambda task, code: Verdict(task.id, "passed", "ok", speedup=next(speeds), expert_speedup=0.9))
+    llm = ScriptedLLM(lambda task, k, i: fenced(EXPERT + f"# version {i}\n"))
+    summary = run_agent(config(tmp_path, iterations=4, ancestors=2), llm, fake, progress=False)
+    generations = [user_text(c) for c in llm.calls if c.role == "generate"]
+    assert len(generations) == 4  # on a GPU a solved trajectory keeps optimizing
+    assert "1.50x the PyTorch reference" in generations[1] and "faster" in generations[1]
+    third = generations[3]
+    assert third.index("3.00x") < third.index("2.00x") and "1.50x" not in third  # the best two, best first
+    assert summary["speedup"]["mean_speedup_correct"] == 3.0 and summary["speedup"]["fast_2"] == 1.0
+
+
+def test_a_failed_optimization_is_repaired_before_optimizing_again(tmp_path):
+    verdicts = iter([Verdict("vector_add", "passed", "ok", speedup=1.2), Verdict("vector_add", "runtime_error", "boom"),
+                     Verdict("vector_add", "passed", "ok", speedup=2.0)])
+    llm = ScriptedLLM(lambda task, k, i: fenced(EXPERT + f"# version {i}\n"))
+    run_agent(config(tmp_path, iterations=4), llm, FakeEvaluator(lambda task, code: next(verdicts, verdicts_done)),
+              progress=False)
+    generations = [user_text(c) for c in llm.calls if c.role == "generate"]
+    assert "1.20x" in generations[1]
+    assert "Your previous answer" in generations[2] and "runtime_error" in generations[2] and "1.20x" not in generations[2]
+    assert "2.00x" in generations[3] and "1.20x" in generations[3]
+
+
+verdicts_done = Verdict("vector_add", "passed", "ok", speedup=1.0)
+
+
+def test_resume_replays_the_log_and_asks_only_for_the_rest(tmp_path, evaluator):
+    script = lambda task, k, i: BROKEN_THEN_FIXED[min(i, 3)]  # noqa: E731
+    with pytest.raises(EndpointError):
+        run_agent(config(tmp_path), ScriptedLLM(script, fail_at=2), evaluator, progress=False)
+    logged = (tmp_path / "run" / "calls.jsonl").read_text().splitlines()
+    assert len(logged) == 4  # iterations 0 and 1, generate and reflect
+    resumed = ScriptedLLM(script)
+    summary = run_agent(config(tmp_path), resumed, evaluator, progress=False)
+    assert sorted({int(c.key.split("/i")[1].split("/")[0]) for c in resumed.calls}) == [2, 3]  # only what was missing
+    fresh = run_agent(config(tmp_path / "fresh"), ScriptedLLM(script), evaluator, progress=False)
+    for key in ("solved", "pass@1", "by_iteration", "cost", "tasks_detail"):
+        assert summary[key] == fresh[key]
+    rows = lambda p: [(r["key"], r["code"], r["verdict"]["status"])  # noqa: E731
+                      for r in map(json.loads, (p / "candidates.jsonl").read_text().splitlines())]
+    assert rows(tmp_path / "run") == rows(tmp_path / "fresh" / "run")
+    with pytest.raises(ValueError, match="other settings"):
+        run_agent(config(tmp_path, temperature=0.2), ScriptedLLM(script), evaluator, progress=False)

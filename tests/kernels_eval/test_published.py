@@ -1,0 +1,120 @@
+"""Loaders for the published suites' formats, on files written here in those formats."""
+
+import json
+
+import pytest
+
+from reasonrl.envs.kernels.evaluate import EvaluatorConfig, KernelEvaluator
+from reasonrl.envs.kernels.published import for_cpu, load_rocm, load_tritonbench, signatures, split_file
+
+KERNEL = '''import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def add_kernel(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(out_ptr + offs, tl.load(x_ptr + offs, mask=mask) + tl.load(y_ptr + offs, mask=mask), mask=mask)
+
+
+def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(x)
+    add_kernel[(triton.cdiv(x.numel(), 256),)](x, y, out, x.numel(), BLOCK=256)
+    return out
+'''
+SEPARATOR = "#" * 146
+TB_TESTS = '''
+def test_add():
+    torch.manual_seed(42)
+    x = torch.randn(1000, device='cuda')
+    y = torch.randn(1000, device="cuda")
+    small = torch.randn(7, device='cuda')
+    return {"case_1": add(x, y), "nested": [add(small, small), (add(x, x),)]}
+
+
+result_gold = test_add()
+'''
+ROCM_TESTS = '''
+import pytest
+import torch
+from geak_eval.perf.ROCm.performance_utils_pytest import PytestBenchmarker
+
+result_gold = {}
+
+
+@pytest.mark.parametrize("SIZE", [98, 1025])
+@pytest.mark.parametrize("dtype_str", ["float16", "float32"])
+def test_add(SIZE, dtype_str, request):
+    torch.manual_seed(42)
+    dtype = getattr(torch, dtype_str)
+    x = torch.randn(SIZE, device='cuda', dtype=dtype)
+    y = torch.randn(SIZE, device='cuda', dtype=dtype)
+    result_gold['_CALL_SUCCESS_'] = torch.tensor([[1.0]])
+    result_gold[request.node.name] = add(x, y).cpu()
+
+
+def test_performance(request):
+    PytestBenchmarker(lambda: None)
+
+
+def test_save_results():
+    torch.save(result_gold, __file__ + ".pt")
+'''
+
+
+@pytest.fixture
+def suites(tmp_path):
+    tb, rocm = tmp_path / "tb", tmp_path / "rocm"
+    tb.mkdir()
+    rocm.mkdir()
+    (tb / "add_example.py").write_text(KERNEL + SEPARATOR + "\n" + TB_TESTS)
+    (tb / "no_separator.py").write_text(KERNEL)
+    (rocm / "test_add_kernel.py").write_text(KERNEL + SEPARATOR + "  \n" + ROCM_TESTS)
+    alpaca = tmp_path / "instructions.json"
+    alpaca.write_text(json.dumps([{"file": "add_example.py", "instruction": "Add two vectors.", "difficulty": "1"}]))
+    return tb, rocm, alpaca
+
+
+def test_formats_are_read(suites):
+    tb, rocm, alpaca = suites
+    tasks = load_tritonbench(tb, alpaca)
+    assert [t.id for t in tasks] == ["tritonbench/add_example"]  # the file without a separator is skipped
+    task = tasks[0]
+    assert task.instruction == "Add two vectors." and task.level == 1
+    assert "@triton.jit\ndef add_kernel(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr)" in task.signature
+    assert "def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor" in task.signature
+    assert task.tolerance == (1e-2, 1e-1) and "result_gold = test_add()" in task.tests
+    (rocm_task,) = load_rocm(rocm)
+    assert rocm_task.id == "rocm/test_add_kernel" and "geak_eval" not in rocm_task.tests
+    assert "_reasonrl_run_correctness_tests()" in rocm_task.tests
+    assert split_file("no separator here") is None
+    assert signatures("def f(a, b=2) -> int:\n    return a") == "def f(a, b=2) -> int"
+    assert for_cpu("x.cuda(); torch.empty(3, device='cuda:0'); torch.cuda.synchronize()") == \
+        "x.cpu(); torch.empty(3, device='cpu'); None"
+    with pytest.raises(FileNotFoundError):
+        load_rocm(tb / "missing")
+
+
+WRONG = KERNEL.replace("tl.load(x_ptr + offs, mask=mask) + tl.load", "tl.load(x_ptr + offs, mask=mask) - tl.load")
+NEARLY = KERNEL.replace("return out", "return out + 0.005")  # inside atol 1e-2, also deep in the nest
+CHEAT = KERNEL + '''
+
+def test_add():
+    return {}
+
+result_gold = {"case_1": None}
+'''
+
+
+def test_published_tasks_are_judged_by_their_tests(suites):
+    tb, rocm, _ = suites
+    (tb_task,) = load_tritonbench(tb)
+    (rocm_task,) = load_rocm(rocm)
+    with KernelEvaluator(EvaluatorConfig(workers=2)) as evaluator:
+        verdicts = evaluator.evaluate_many([(tb_task, KERNEL), (tb_task, WRONG), (tb_task, NEARLY), (tb_task, CHEAT),
+                                            (rocm_task, KERNEL), (rocm_task, WRONG)])
+    assert [v.status for v in verdicts] == ["passed", "wrong_output", "passed", "passed", "passed", "wrong_output"]
+    assert "output['case_1']" in verdicts[1].message
+    assert "test_add[" in verdicts[5].message  # the ROCm key names the parametrized case

@@ -1,0 +1,187 @@
+"""Each sandbox layer on its own, in a forked child: seccomp, namespaces, rlimits, the audit hook's
+decisions, and run_sandboxed's timeout, process-group kill and output truncation."""
+
+import json
+import os
+import socket
+import time
+
+import pytest
+
+from reasonrl.envs.kernels.evaluate import isolation, limits, seccomp
+from reasonrl.envs.kernels.evaluate.guard import Guard
+from reasonrl.envs.kernels.evaluate.limits import SandboxLimits
+from reasonrl.envs.kernels.evaluate.sandbox import run_sandboxed, truncate
+
+
+def in_child(fn):
+    """Run fn() in a forked child; what it returns (JSON-able), or the exception it raised."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            out = {"ok": fn()}
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            out = {"error": f"{type(exc).__name__}: {exc}"}
+        os.write(write, json.dumps(out).encode())
+        os._exit(0)
+    os.close(write)
+    data = b""
+    while chunk := os.read(read, 65536):
+        data += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def attempts(*actions):
+    """Each action's outcome: "ok" or the errno name of the OSError it raised."""
+    out = []
+    for action in actions:
+        try:
+            action()
+            out.append("ok")
+        except OSError as exc:
+            out.append(os.strerror(exc.errno) if exc.errno else type(exc).__name__)
+    return out
+
+
+def test_seccomp_denies_processes_programs_sockets_and_foreign_signals():
+    def body():
+        assert seccomp.install()
+        import threading
+
+        thread = threading.Thread(target=lambda: None)
+        thread.start()
+        thread.join()  # threads still work
+        return attempts(os.fork, lambda: socket.socket(), lambda: os.execv("/bin/true", ["true"]),
+                        lambda: os.kill(os.getppid(), 0), lambda: os.kill(os.getpid(), 0))
+
+    assert in_child(body) == {"ok": ["Operation not permitted"] * 4 + ["ok"]}
+
+
+def test_namespaces_lock_the_filesystem_hide_paths_and_cut_the_network(tmp_path):
+    if not hasattr(os, "unshare") and not os.path.exists("/proc/self/ns/user"):
+        pytest.skip("no namespaces here")
+    work, hidden = tmp_path / "work", tmp_path / "secret"
+    work.mkdir()
+    hidden.mkdir()
+    (hidden / "expert.py").write_text("answer")
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def body():
+        layers = isolation.isolate(str(work), [str(hidden)])
+        if "network-namespace" not in layers:
+            return "unavailable"
+        (work / "mine").write_text("fine")
+        return sorted(layers), os.listdir(hidden), attempts(
+            lambda: open(tmp_path / "outside", "w"), lambda: socket.create_connection(("127.0.0.1", port), 1))
+
+    result = in_child(body)
+    server.close()
+    if result.get("ok") == "unavailable":
+        pytest.skip("the kernel refuses new namespaces here")
+    layers, listing, tried = result["ok"]
+    assert {"read-only-filesystem", "hidden-paths", "network-namespace"} <= set(layers)
+    assert listing == []
+    assert tried[0] == "Read-only file system" and tried[1] != "ok"
+    assert (work / "mine").read_text() == "fine" and not (tmp_path / "outside").exists()
+
+
+def test_rlimits_cap_memory_and_file_size(tmp_path):
+    def body():
+        limits.apply(SandboxLimits(memory=256 << 20, file_size=1 << 20), user_namespace=False)
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        try:
+            bytearray(1 << 30)
+            memory = "allocated"
+        except MemoryError:
+            memory = "MemoryError"
+        with open(tmp_path / "big", "wb") as f:
+            wrote = attempts(lambda: f.write(b"x" * (2 << 20)) and f.flush())
+        return soft == hard, memory, wrote
+
+    same, memory, wrote = in_child(body)["ok"]
+    assert same and memory == "MemoryError" and wrote == ["File too large"]
+
+
+@pytest.mark.parametrize("event,args,denied", [
+    ("open", ("/etc/passwd", "r", 0), False),
+    ("open", ("/etc/evil", "w", 0), True),
+    ("open", ("WORK/result.pt", "wb", 0), False),
+    ("open", ("/dev/null", "w", 0), False),
+    ("open", ("SECRET/expert.py", "r", 0), True),
+    ("os.listdir", ("SECRET",), True),
+    ("os.rename", ("WORK/a", "/tmp/b", None, None), True),
+    ("os.remove", ("WORK/a", None), False),
+    ("socket.__new__", (None, 2, 1, 0), True),
+    ("subprocess.Popen", ("sh", ["sh"], None, None), True),
+    ("import", ("reasonrl.envs.kernels.suite", None, None, None, None), True),
+    ("import", ("numpy.linalg", None, None, None, None), False),
+    ("ctypes.dlopen", ("libc.so.6",), True),
+    ("gc.get_referrers", (), True),
+    ("object.__setattr__", (lambda: 0, "__code__", None), True),
+    ("resource.setrlimit", (9, (1, 1)), True),
+])
+def test_guard_decisions(tmp_path, event, args, denied):
+    work, secret = tmp_path / "work", tmp_path / "secret"
+    guard = Guard(str(work), [str(secret)])
+    args = tuple(a.replace("WORK", str(work)).replace("SECRET", str(secret)) if isinstance(a, str) else a
+                 for a in args)
+    assert (guard._judge(event, args) is not None) == denied
+
+
+def _sleep_forever(ctx):
+    print("started", flush=True)
+    time.sleep(3600)
+
+
+def _shout(ctx):
+    print("x" * 200_000)
+
+
+def test_timeout_kills_the_process_group(tmp_path):
+    job = tmp_path / "job"
+    (job / "out").mkdir(parents=True)
+    start = time.monotonic()
+    outcome = run_sandboxed(_sleep_forever, str(job), SandboxLimits(timeout=1.0), [])
+    assert outcome.timed_out and outcome.signal == 9 and time.monotonic() - start < 10
+    assert "started" in outcome.stdout
+
+
+def test_output_is_truncated(tmp_path):
+    job = tmp_path / "job"
+    (job / "out").mkdir(parents=True)
+    outcome = run_sandboxed(_shout, str(job), SandboxLimits(output=1000), [])
+    assert outcome.exit_code == 0 and len(outcome.stdout) < 1100 and "characters cut" in outcome.stdout
+    assert truncate("abc", 10) == "abc"
+
+
+def test_gpu_mode_lets_processes_start_and_still_denies_sockets():
+    def body():
+        assert seccomp.install(processes=True)
+        pid = os.fork()
+        if pid == 0:
+            os._exit(7)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status), attempts(lambda: socket.socket())
+
+    assert in_child(body) == {"ok": [7, ["Operation not permitted"]]}
+
+
+def test_gpu_mode_allows_exactly_the_compilers(tmp_path):
+    from reasonrl.envs.kernels.evaluate.guard import compilers
+
+    allowed = compilers()
+    assert any(path.endswith("ptxas") for path in allowed)  # Triton's bundled assembler
+    guard = Guard(str(tmp_path), [], allowed)
+    ptxas = next(p for p in allowed if p.endswith("ptxas"))
+    assert guard._judge("subprocess.Popen", (ptxas, [ptxas, "--version"], None, None)) is None
+    assert guard._judge("os.posix_spawn", (ptxas, [ptxas], {})) is None
+    assert guard._judge("subprocess.Popen", ("/bin/sh", ["sh", "-c", "id"], None, None)) == "subprocess.Popen"
+    assert guard._judge("subprocess.Popen", (None, [str(tmp_path / "ptxas")], None, None)) == "subprocess.Popen"
+    assert Guard(str(tmp_path), [])._judge("subprocess.Popen", (ptxas, [ptxas], None, None)) == "subprocess.Popen"

@@ -21,7 +21,7 @@ def served(hf_checkpoint, tokenizer):
     srv = Server(LLMEngine(model, Tokenizer.from_dir(path), EngineConfig(kv_cache_memory=1 << 22, block_size=8,
                                                                          max_model_len=256)),
                  ServeConfig(served_model_name="tiny"))
-    with httpx.Client(base_url=srv.url, timeout=60) as client:
+    with httpx.Client(base_url=srv.url, timeout=300) as client:
         yield client, model, tokenizer
     srv.stop()
 

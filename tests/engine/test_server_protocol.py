@@ -24,7 +24,7 @@ def engine(hf_checkpoint, tokenizer):
 @pytest.fixture(scope="module")
 def client(engine):
     srv = Server(engine, ServeConfig(served_model_name="tiny"))
-    with httpx.Client(base_url=srv.url, timeout=60) as c:
+    with httpx.Client(base_url=srv.url, timeout=300) as c:
         yield c
     srv.stop()
 

@@ -57,11 +57,16 @@ def collate(samples: list[Sample], advantages: list[float], pad_id: int, device,
 def micro_batches(samples: list[Sample], max_tokens: int) -> list[list[int]]:
     """Indices of samples grouped so that (rows x longest row) stays within max_tokens; a single
     sample longer than the budget gets a micro-batch of its own."""
-    order = sorted(range(len(samples)), key=lambda i: -(len(samples[i].prompt_ids) + len(samples[i].response_ids)))
+    return token_batches([len(s.prompt_ids) + len(s.response_ids) for s in samples], max_tokens)
+
+
+def token_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """`micro_batches` for any rows given by their lengths: longest first, (rows x longest) <= max_tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     width = 0
     for i in order:
-        n = len(samples[i].prompt_ids) + len(samples[i].response_ids)
+        n = lengths[i]
         if batches and (len(batches[-1]) + 1) * max(width, n) <= max_tokens:
             batches[-1].append(i)
             width = max(width, n)

@@ -19,7 +19,7 @@ Where this departs from them:
   budget (n + n consistent against 2n from one completer) come from the same samples.
 
 A labelled solution is one JSONL row:
-    {"id", "prompt": [messages], "answer", "metadata", "response", "steps": [texts],
+    {"id", "prompt": [messages], "answer", "metadata", "response", "steps": [texts], "final": extracted answer,
      "outcome": 0/1, "exact": [0/1 per step] or null, "mc": {"weak": [[0/1 per continuation] per step], "strong": ...}}
 """
 
@@ -40,14 +40,14 @@ SOURCES = ("exact", "outcome", "weak", "strong", "consistent")
 
 
 def sample_solutions(completer: Completer, env: Environment, prompts: Sequence[Prompt], samples: int, fmt: StepFormat,
-                     seed: int = 0) -> tuple[list[dict[str, Any]], Cost]:
-    """`samples` solutions per prompt from the completer (duplicates of a prompt's solution dropped),
-    as rows with their steps, outcome and, when the environment knows them, exact step labels."""
+                     seed: int = 0, distinct: bool = True) -> tuple[list[dict[str, Any]], Cost]:
+    """`samples` solutions per prompt from the completer (duplicates of a prompt's solution dropped
+    when `distinct`; kept for best-of-N pools, where votes count them), as rows with their steps, outcome and, when the environment knows them, exact step labels."""
     requests = [Request(p, seed=seed_of(seed, p.id, "solution")) for p in prompts]
     cost = completer.run(requests, n=samples)
     rows = []
     for r in requests:
-        for j, text in enumerate(dict.fromkeys(r.texts)):
+        for j, text in enumerate(dict.fromkeys(r.texts) if distinct else r.texts):
             rows.append(solution_row(env, r.prompt, text, fmt, f"{r.prompt.id}/{j}"))
     return rows, cost
 
@@ -56,7 +56,8 @@ def solution_row(env: Environment, prompt: Prompt, response: str, fmt: StepForma
     steps = [s.text for s in split_steps(response, fmt)]
     exact = env.step_labels(prompt, steps) if hasattr(env, "step_labels") else None
     return {"id": row_id, "prompt": prompt.messages, "answer": prompt.answer, "metadata": prompt.metadata,
-            "response": response, "steps": steps, "outcome": env.reward(prompt, response), "exact": exact, "mc": {}}
+            "response": response, "steps": steps, "final": env.extract(prompt, response),
+            "outcome": env.reward(prompt, response), "exact": exact, "mc": {}}
 
 
 def monte_carlo(completer: Completer, env: Environment, rows: list[dict[str, Any]], fmt: StepFormat, role: str,
@@ -135,20 +136,23 @@ class LabelJob:
     env: str = "sums:"
     """Environment spec: its problems, its reward (did a continuation reach the answer), its exact step labels."""
     weak: str | None = None
-    """The weak completer's checkpoint (e.g. the policy before RL)."""
+    """The weak completer's checkpoint (e.g. a less trained policy). With neither completer, only the
+    solutions, their outcomes and exact labels are written (held-out sets, best-of-N pools)."""
     strong: str | None = None
     """The strong completer's checkpoint (e.g. the policy after RL)."""
     problems: int = 200
     """Problems to draw solutions for."""
     samples_per_problem: int = 4
-    """Solutions sampled per problem (a problem's duplicate solutions are labelled once)."""
+    """Solutions sampled per problem."""
+    distinct: bool = True
+    """Keep a problem's duplicate solutions once (false keeps every sample: best-of-N pools)."""
     completions: int = 8
     """Continuations per step prefix, per completer (labels for any smaller n come from the same run)."""
     temperature: float = 1.0
     """Sampling temperature of solutions and continuations."""
     max_tokens: int = 128
     """Tokens per solution or continuation."""
-    split: str = "train"
+    data_split: str = "train"
     """Which problems: train | eval (generated environments)."""
     data_seed: int = 0
     """Which problems."""
@@ -161,8 +165,6 @@ class LabelJob:
         for name in ("problems", "samples_per_problem", "completions", "max_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.weak is None and self.strong is None:
-            raise ValueError("give a completer: --weak, --strong or both")
 
 
 def run_label_job(job: LabelJob, fmt: StepFormat, engine_kwargs: dict | None = None, log=print) -> dict[str, Any]:
@@ -171,7 +173,7 @@ def run_label_job(job: LabelJob, fmt: StepFormat, engine_kwargs: dict | None = N
 
     env, options = load_environment(job.env), dict(engine_kwargs or {})
     sampling = dict(temperature=job.temperature, max_tokens=job.max_tokens, device=job.device, **options)
-    prompts = env.prompts(job.problems, seed=job.data_seed, split=job.split)
+    prompts = env.prompts(job.problems, seed=job.data_seed, split=job.data_split)
     rows, costs = _solutions(job, env, prompts, fmt, sampling)
     log(f"{len(rows)} distinct solutions of {len(prompts)} problems, {sum(len(r['steps']) for r in rows)} steps")
     for role in ("weak", "strong"):
@@ -191,7 +193,7 @@ def run_label_job(job: LabelJob, fmt: StepFormat, engine_kwargs: dict | None = N
 
 def _solutions(job: LabelJob, env, prompts, fmt, sampling) -> tuple[list[dict[str, Any]], dict[str, Cost]]:
     writer = Completer(job.policy, job.samples_per_problem, **sampling)
-    rows, cost = sample_solutions(writer, env, prompts, job.samples_per_problem, fmt, job.seed)
+    rows, cost = sample_solutions(writer, env, prompts, job.samples_per_problem, fmt, job.seed, job.distinct)
     del writer  # its KV cache goes before the completers allocate theirs
     return rows, {"solutions": cost}
 

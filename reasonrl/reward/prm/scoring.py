@@ -79,10 +79,14 @@ class PRMScorer:
     @torch.inference_mode()
     def score(self, items: Sequence[tuple[PromptLike, str]]) -> list[StepScores]:
         """Step scores of each (prompt, response), many responses per forward pass."""
-        steps = [step_texts(response, self.cfg.steps) for _, response in items]
-        encoded = [self.encode(prompt, s) for (prompt, _), s in zip(items, steps)]
+        return self.score_steps([(prompt, step_texts(response, self.cfg.steps)) for prompt, response in items])
+
+    @torch.inference_mode()
+    def score_steps(self, items: Sequence[tuple[PromptLike, Sequence[str]]]) -> list[StepScores]:
+        """`score` for responses already cut into steps."""
+        encoded = [self.encode(prompt, steps) for prompt, steps in items]
         probs = self.step_probs(encoded)
-        return [StepScores(s, p + [0.0] * (len(s) - len(p)), len(p)) for s, p in zip(steps, probs)]
+        return [StepScores(list(s), p + [0.0] * (len(s) - len(p)), len(p)) for (_, s), p in zip(items, probs)]
 
     @torch.inference_mode()
     def step_probs(self, encoded: Sequence[Encoded]) -> list[list[float]]:

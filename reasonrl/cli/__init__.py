@@ -39,6 +39,8 @@ VERBS = {
     "data": Command("generate datasets", "reasonrl.cli.evaluate:DATASETS"),
     "distill-draft": Command("train a speculative-decoding draft head against a target, online",
                              "reasonrl.cli.train:distill_draft"),
+    "raft": Command("reward-ranked fine-tuning: sample N, keep the best by outcome or PRM reward, SFT, repeat",
+                    "reasonrl.cli.prm:raft"),
     "prm": Command("process reward models: label, train, judge, best-of-N", "reasonrl.cli.prm:COMMANDS"),
     "bench": Command("benchmarks (figures go to docs/benchmarks.md)", "reasonrl.cli.bench:WORKLOADS"),
 }

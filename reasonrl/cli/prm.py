@@ -96,3 +96,17 @@ COMMANDS = {
     "best-of-n": Command("best-of-N by PRM against majority vote and an ORM, bootstrap intervals",
                          "reasonrl.cli.prm:best_of_n"),
 }
+
+
+def raft(parser: argparse.ArgumentParser):
+    from reasonrl.rl.raft import RaftConfig
+
+    add_flags(parser, RaftConfig)
+
+    def run(args) -> int:
+        from reasonrl.rl.raft import run_raft
+
+        run_raft(RaftConfig(**values(args, RaftConfig)))
+        return 0
+
+    return run

@@ -40,7 +40,7 @@ def test_consistency_keeps_only_agreeing_steps():
 
 @pytest.fixture(scope="module")
 def completer():
-    return Completer(POLICY, 4, temperature=1.0, max_tokens=64, device="cpu", **ENGINE)
+    return Completer.load(POLICY, 4, temperature=1.0, max_tokens=64, device="cpu", **ENGINE)
 
 
 @pytest.mark.slow
@@ -64,7 +64,7 @@ def test_monte_carlo_outcomes_are_per_step_and_reproducible(completer):
 @pytest.mark.slow
 def test_label_job_writes_rows_costs_and_quality(tmp_path):
     out = tmp_path / "labels.jsonl"
-    job = LabelJob(policy=POLICY, out=str(out), env="sums:?max_terms=5", weak=POLICY, strong=POLICY, problems=4,
+    job = LabelJob(policy=POLICY, out=str(out), env="sums:?max_terms=5", weak=POLICY, strong=POLICY, problems=2,
                    samples_per_problem=2, completions=2, max_tokens=64, device="cpu")
     result = run_label_job(job, SPACE, ENGINE, log=lambda *a: None)
     rows = [json.loads(line) for line in out.read_text().splitlines()]

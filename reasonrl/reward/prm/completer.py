@@ -46,13 +46,16 @@ class Request:
 
 
 class Completer:
-    def __init__(self, path: str, n: int, temperature: float = 1.0, max_tokens: int = 128, device=None,
-                 **engine_kwargs):
-        self.engine = LLMEngine.from_pretrained(path, device=device, **engine_kwargs)
-        if self.engine.tokenizer is None:
-            raise ValueError(f"{path} has no tokenizer.json: a completer needs one")
-        self.encoder = ChatEncoder(self.engine.tokenizer, self.engine.model)
-        self.path, self.n, self.temperature, self.max_tokens = path, n, temperature, max_tokens
+    def __init__(self, engine: LLMEngine, n: int, temperature: float = 1.0, max_tokens: int = 128):
+        if engine.tokenizer is None:
+            raise ValueError("a completer needs a tokenizer (the checkpoint has no tokenizer.json)")
+        self.engine, self.encoder = engine, ChatEncoder(engine.tokenizer, engine.model)
+        self.n, self.temperature, self.max_tokens = n, temperature, max_tokens
+
+    @classmethod
+    def load(cls, path: str, n: int, temperature: float = 1.0, max_tokens: int = 128, device=None,
+             **engine_kwargs) -> Completer:
+        return cls(LLMEngine.from_pretrained(path, device=device, **engine_kwargs), n, temperature, max_tokens)
 
     def run(self, requests: Sequence[Request], n: int | None = None) -> Cost:
         """Fill each request's `texts` with n continuations of its prefix; returns the cost."""

@@ -175,11 +175,11 @@ def run_label_job(job: LabelJob, fmt: StepFormat, engine_kwargs: dict | None = N
     sampling = dict(temperature=job.temperature, max_tokens=job.max_tokens, device=job.device, **options)
     prompts = env.prompts(job.problems, seed=job.data_seed, split=job.data_split)
     rows, costs = _solutions(job, env, prompts, fmt, sampling)
-    log(f"{len(rows)} distinct solutions of {len(prompts)} problems, {sum(len(r['steps']) for r in rows)} steps")
+    log(f"{len(rows)} solutions of {len(prompts)} problems, {sum(len(r['steps']) for r in rows)} steps")
     for role in ("weak", "strong"):
         path = getattr(job, role)
         if path is not None:
-            costs[role] = monte_carlo(Completer(path, job.completions, **sampling), env, rows, fmt, role, job.seed)
+            costs[role] = monte_carlo(Completer.load(path, job.completions, **sampling), env, rows, fmt, role, job.seed)
             log(f"{role} completer: {costs[role].completions} continuations, {costs[role].generated_tokens} tokens, "
                 f"{costs[role].seconds:.0f}s")
     out = Path(job.out)
@@ -192,7 +192,7 @@ def run_label_job(job: LabelJob, fmt: StepFormat, engine_kwargs: dict | None = N
 
 
 def _solutions(job: LabelJob, env, prompts, fmt, sampling) -> tuple[list[dict[str, Any]], dict[str, Cost]]:
-    writer = Completer(job.policy, job.samples_per_problem, **sampling)
+    writer = Completer.load(job.policy, job.samples_per_problem, **sampling)
     rows, cost = sample_solutions(writer, env, prompts, job.samples_per_problem, fmt, job.seed, job.distinct)
     del writer  # its KV cache goes before the completers allocate theirs
     return rows, {"solutions": cost}

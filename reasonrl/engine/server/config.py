@@ -33,6 +33,8 @@ class ServeConfig:
     load_weights_dir: str | None = None
     """Confines /v1/load_weights to checkpoints inside this directory (relative paths are taken
     inside it; symlinks are resolved first). None: any directory the server can read."""
+    prm: str | None = None
+    """A process reward model directory (`reasonrl prm train`): POST /v1/prm/score returns its step scores."""
     max_body_bytes: ByteSize = 8 << 20
     """Largest request body; larger ones get a 413 before they are read."""
     max_sequences_per_request: int = 256

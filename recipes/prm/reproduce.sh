@@ -18,17 +18,24 @@ mkdir -p "$OUT"
 [ -f "$OUT/labels.jsonl" ] || $R prm label --policy reasonrl/demo/policy --weak "$OUT/weak" --strong reasonrl/demo/policy \
   --env "sums:" --problems 150 --samples-per-problem 4 --completions 8 --out "$OUT/labels.jsonl" $ENGINE
 train() { name=$1; shift; [ -f "$OUT/$name/train.json" ] || eval $R prm train --data "$OUT/labels.jsonl" --out "$OUT/$name" $TRAIN "$@"; }
-train prm-strong8 --labels strong --completions 8
-train prm-weak8 --labels weak --completions 8
-train prm-consistent4 --labels consistent --completions 4
-train prm-consistent4-orm --labels consistent --completions 4 --orm-init-epochs 2
-train prm-consistent4-neg --labels consistent --completions 4 --negative-upsample 3
-train prm-exact --labels exact
+variants() {  # $1: suffix, then extra flags (a seed)
+  s=$1; shift
+  train prm-strong8$s --labels strong --completions 8 "$@"
+  train prm-weak8$s --labels weak --completions 8 "$@"
+  train prm-consistent4$s --labels consistent --completions 4 "$@"
+  train prm-consistent4-orm$s --labels consistent --completions 4 --orm-init-epochs 2 "$@"
+  train prm-consistent4-neg$s --labels consistent --completions 4 --negative-upsample 3 "$@"
+  train prm-exact$s --labels exact "$@"
+}
+variants ""
 train orm --labels outcome
 for prm in prm-consistent4 prm-strong8; do
-  $R prm best-of-n --pool "$OUT/pool.jsonl" --prm "$OUT/$prm" --orm "$OUT/orm" --ns 1 2 4 8 16 --out "$OUT/bon-$prm.json" --device cpu
+  [ -f "$OUT/bon-$prm.json" ] || $R prm best-of-n --pool "$OUT/pool.jsonl" --prm "$OUT/$prm" --orm "$OUT/orm" --ns 1 2 4 8 16 --out "$OUT/bon-$prm.json" --device cpu
 done
 for reward in outcome prm; do
   [ -f "$OUT/raft-$reward/metrics.jsonl" ] || $R raft --policy reasonrl/demo/policy --out "$OUT/raft-$reward" --reward $reward \
     --prm "$OUT/prm-consistent4" --rounds 3 --prompts-per-round 32 --samples-per-prompt 8 --eval-problems 200 --device cpu
 done
+# two more training seeds of every variant (the labels are the same; data order and head initialisation change)
+variants -s1 --seed 1
+variants -s2 --seed 2

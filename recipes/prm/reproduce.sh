@@ -39,3 +39,14 @@ done
 # two more training seeds of every variant (the labels are the same; data order and head initialisation change)
 variants -s1 --seed 1
 variants -s2 --seed 2
+# best-of-N up to 64 on the hard split: 64 samples per problem
+[ -f "$OUT/pool64.jsonl" ] || $R prm label --policy reasonrl/demo/policy --env "sums:?min_terms=7&max_terms=12" --data-split eval \
+  --problems 40 --samples-per-problem 64 --no-distinct --max-tokens 128 --seed 1 --out "$OUT/pool64.jsonl" $ENGINE
+for prm in prm-consistent4 prm-exact; do
+  [ -f "$OUT/bon64-$prm.json" ] || $R prm best-of-n --pool "$OUT/pool64.jsonl" --prm "$OUT/$prm" --orm "$OUT/orm" \
+    --ns 1 2 4 8 16 32 64 --out "$OUT/bon64-$prm.json" --device cpu
+done
+# longer training (20 epochs instead of 6) of three label sources: does label quality matter more then?
+train prm-strong8-long --labels strong --completions 8 --epochs 20
+train prm-consistent4-long --labels consistent --completions 4 --epochs 20
+train prm-exact-long --labels exact --epochs 20

@@ -16,7 +16,8 @@ def check_request(request_id: str, prompt_ids: list[int], params: SamplingParams
         raise ValueError(f"request {request_id!r}: the prompt is empty")
     if not isinstance(params, SamplingParams):
         raise ValueError(f"request {request_id!r}: params must be SamplingParams, got {type(params).__name__}")
-    for name, ids in (("prompt", prompt_ids), ("output_ids", output_ids or []), ("stop_token_ids", params.stop_token_ids)):
+    for name, ids in (("prompt", prompt_ids), ("output_ids", output_ids or []), ("stop_token_ids", params.stop_token_ids),
+                      ("logit_bias", list(params.logit_bias))):
         bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab), None)
         if bad is not None:
             raise ValueError(f"request {request_id!r}: {name} token id {bad!r} is outside the vocabulary [0, {vocab})")

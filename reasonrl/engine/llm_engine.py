@@ -53,8 +53,14 @@ class Request:
         return all(s.finished for s in self.seqs)
 
     def output(self) -> RequestOutput:
+        first = self.seqs[0]
         return RequestOutput(self.request_id, self.prompt_ids, [s.output() for s in self.seqs], self.finished,
-                             self.seqs[0].num_cached)
+                             first.num_cached, _copy(first.prompt_logprobs), _copy(first.prompt_top_logprobs),
+                             _copy(first.prompt_ranks))
+
+
+def _copy(values: list | None) -> list | None:
+    return None if values is None else list(values)
 
 
 class LLMEngine:
@@ -77,6 +83,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.images = Images(model) if getattr(model, "vlm_config", None) is not None else None
         self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images)
+        self.runner.eos_ids = self.eos_ids
         self.speculator = self._speculator(draft)
         self.requests: dict[str, Request] = {}
         self._done_at_add: list[RequestOutput] = []
@@ -151,7 +158,7 @@ class LLMEngine:
             seq = Sequence(self._next_seq_id, request_id, i, prompt_ids, params, base_seed + i, output_ids, output_logprobs)
             self._next_seq_id += 1
             if self.tokenizer is not None and params.detokenize:
-                seq.decoder = IncrementalDecoder(self.tokenizer, seq.prompt_ids)
+                seq.decoder = IncrementalDecoder(self.tokenizer, seq.prompt_ids, params.skip_special_tokens)
                 seq.text = seq.decoder.push(seq.output_ids) if seq.output_ids else ""
             if self.evictor is not None:
                 self.evictor.prepare(seq)
@@ -251,6 +258,11 @@ class LLMEngine:
                     self.speculator.settle(seq, verdict)
                 seq.num_computed += len(verdict.rows)
             else:
+                if (pl := result.prompt.get(seq.seq_id)) is not None:
+                    seq.prompt_logprobs[pl.first: pl.first + len(pl.logprobs)] = pl.logprobs
+                    seq.prompt_ranks[pl.first: pl.first + len(pl.ranks)] = pl.ranks
+                    if pl.top is not None:
+                        seq.prompt_top_logprobs[pl.first: pl.first + len(pl.top)] = pl.top
                 seq.num_computed += n
                 if self.evictor is not None:
                     self.evictor.after_step(seq)
@@ -290,8 +302,10 @@ class LLMEngine:
         p = seq.params
         piece = seq.decoder.push([s.token]) if seq.decoder is not None else ""
         seq.text += piece
-        if (s.token in self.eos_ids and not p.ignore_eos) or s.token in p.stop_token_ids:
+        if s.token in p.stop_token_ids:
             seq.finish("stop", s.token)
+        elif s.token in self.eos_ids and not p.ignore_eos:
+            seq.finish("stop")  # stop_reason None for end-of-sequence, as vLLM reports it
         elif p.stop and piece and self._stop_string(seq, len(piece)):
             pass
         elif len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:

@@ -1,11 +1,17 @@
 """Request bodies of the OpenAI-compatible API, validated strictly.
 
-Unknown fields are rejected (a typo must not silently change sampling), nothing is coerced (a
-boolean is true or false, never "yes" or 1), numbers must be finite and lists and strings have
-bounds that keep per-token work small. OpenAI fields reasonrl does not implement are accepted
-only at their neutral value. Extensions: top_k, min_p,
+Nothing is coerced (a boolean is true or false, never "yes" or 1), numbers must be finite and
+lists and strings have bounds that keep per-token work small. An explicit null means the field's
+default, as the OpenAI spec allows. Unknown top-level fields are collected in `model_extra`: the
+server ignores them with a logged warning, as vLLM does (newer OpenAI fields such as `store` or
+`metadata`, other servers' extensions), or refuses them under `--strict-api`. Fields that would
+constrain the output (structured outputs, tools) are refused until they are implemented, never
+ignored: an unconstrained answer to a constrained request would be silently wrong. Extensions:
+top_k, min_p, min_tokens, repetition_penalty, skip_special_tokens,
 ignore_eos, stop_token_ids, include_stop_str_in_output, request_id, return_token_ids, and
-`resume` (token ids and log-probs already generated, for APRIL partial rollouts).
+`resume` (token ids and log-probs already generated, for APRIL partial rollouts), `prompt_logprobs`
+(vLLM's: each prompt token's log-prob, rank and the top-n, per choice). `echo` on completions
+returns the prompt before the completion, with the prompt tokens' log-probs when `logprobs` is set.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ from reasonrl.engine.sampling_params import INT64_MAX, SamplingParams
 
 MAX_N = 128
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)  # unknown fields kept aside, see above
+CONSTRAINTS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
+               "structured_outputs", "functions", "function_call")
+"""Unknown fields that would constrain the output: refused, never ignored."""
 TokenId = Annotated[int, Field(ge=0, le=INT64_MAX)]
 StopString = Annotated[str, Field(min_length=1, max_length=1024)]
 
@@ -40,7 +50,7 @@ class StreamOptions(BaseModel):
 
 
 class _Common(BaseModel):
-    model_config = STRICT
+    model_config = OPEN
     model: str | None = Field(None, max_length=1024)
     n: int = Field(1, ge=1, le=MAX_N)
     temperature: float = Field(1.0, ge=0, le=100)
@@ -58,35 +68,52 @@ class _Common(BaseModel):
     request_id: str | None = Field(None, min_length=1, max_length=256, pattern=r"^[\x21-\x7e]+$")
     return_token_ids: bool = False
     resume: Resume | None = None
-    # OpenAI fields without an implementation here: only their neutral values pass
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(1.0, gt=0, le=100)
+    min_tokens: int = Field(0, ge=0)
+    logit_bias: dict[str, float] = Field(default_factory=dict, max_length=1024)
+    skip_special_tokens: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls(cls, data):
+        """An explicit null is the default (prompt and messages stay required)."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k in ("prompt", "messages")}
+        return data
 
     @model_validator(mode="after")
-    def _neutral(self):
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name):
-                raise ValueError(f"{name} is not supported (only 0)")
-        if self.logit_bias:
-            raise ValueError("logit_bias is not supported")
+    def _checks(self):
+        for name in CONSTRAINTS:
+            if name in (self.model_extra or {}):
+                raise ValueError(f"{name}: structured outputs and tools are not supported by this server yet")
         if self.resume is not None and self.n != 1:
             raise ValueError("resume needs n=1 (resume one sample at a time)")
+        bad = [k for k in self.logit_bias if not k.isdigit()]
+        if bad:
+            raise ValueError(f"logit_bias keys must be token ids, got {bad[0]!r}")
         return self
 
-    def sampling_params(self, max_tokens: int, logprobs: int) -> SamplingParams:
+    def sampling_params(self, max_tokens: int, logprobs: int, prompt_logprobs: int | None = None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                               min_p=self.min_p, seed=self.seed, max_tokens=max_tokens, stop=stop,
+                              min_tokens=self.min_tokens, presence_penalty=self.presence_penalty,
+                              frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty,
+                              logit_bias={int(k): v for k, v in self.logit_bias.items()},
+                              skip_special_tokens=self.skip_special_tokens,
                               stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
-                              include_stop_str_in_output=self.include_stop_str_in_output, logprobs=logprobs)
+                              include_stop_str_in_output=self.include_stop_str_in_output, logprobs=logprobs,
+                              prompt_logprobs=prompt_logprobs)
 
 
 class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=20)
-    echo: Literal[False] = False
+    echo: bool = False
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)
     best_of: int | None = None
     suffix: None = None
 
@@ -99,6 +126,12 @@ class CompletionRequest(_Common):
         if self.resume is not None and len(self.prompts()) != 1:
             raise ValueError("resume needs a single prompt")
         return self
+
+    def prompt_logprobs_wanted(self) -> int | None:
+        """Top-n prompt log-probs the response needs: `prompt_logprobs`, or `logprobs` when echoing."""
+        if self.prompt_logprobs is not None:
+            return self.prompt_logprobs
+        return self.logprobs if self.echo and self.logprobs is not None else None
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
@@ -134,6 +167,10 @@ class ChatRequest(_Common):
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
+    add_generation_prompt: bool = True
+    """vLLM's: open an assistant turn after the messages (the chat template's generation prompt)."""
+    continue_final_message: bool = False
+    """vLLM's: continue the last (assistant) message instead of starting a new turn."""
 
     @model_validator(mode="after")
     def _unsupported(self):
@@ -144,6 +181,8 @@ class ChatRequest(_Common):
             raise ValueError(f"chat_template_kwargs may not set {', '.join(taken)} (the server sets them)")
         if self.response_format not in (None, {"type": "text"}):
             raise ValueError("response_format is not supported (text only)")
+        if self.continue_final_message and (self.add_generation_prompt or self.messages[-1].role != "assistant"):
+            raise ValueError("continue_final_message needs add_generation_prompt=false and an assistant message last")
         return self
 
 
@@ -165,3 +204,59 @@ class AbortRequest(BaseModel):
 class LoadWeightsRequest(BaseModel):
     model_config = STRICT
     path: str = Field(min_length=1, max_length=4096, pattern=r"^[^\x00]+$")
+
+
+class TokenizeRequest(BaseModel):
+    """POST /tokenize (vLLM's): a prompt, or chat messages rendered with the chat template."""
+
+    model_config = STRICT
+    model: str | None = Field(None, max_length=1024)
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give either prompt or messages")
+        return self
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = STRICT
+    model: str | None = Field(None, max_length=1024)
+    tokens: list[TokenId] = Field(max_length=1 << 20)
+
+
+class ResponsesRequest(BaseModel):
+    """POST /v1/responses, text in and out: `input` is a string (one user message) or messages;
+    `instructions` becomes a system message. Unknown fields (store, metadata, ...) are ignored."""
+
+    model_config = OPEN
+    model: str | None = Field(None, max_length=1024)
+    input: str | list[ChatMessage]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=100)
+    top_p: float | None = Field(None, gt=0, le=1)
+    stream: bool = False
+    tools: list | None = None
+
+    @model_validator(mode="after")
+    def _supported(self):
+        if self.stream:
+            raise ValueError("stream: streaming /v1/responses is not supported yet (use /v1/chat/completions)")
+        if self.tools:
+            raise ValueError("tools are not supported by this server yet")
+        return self
+
+    def chat(self) -> ChatRequest:
+        """The same request as a chat completion."""
+        messages = [{"role": "user", "content": self.input}] if isinstance(self.input, str) else [
+            m.model_dump(exclude_none=True) for m in self.input]
+        if self.instructions:
+            messages.insert(0, {"role": "system", "content": self.instructions})
+        fields = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_output_tokens}
+        return ChatRequest.model_validate({"model": self.model, "messages": messages,
+                                           **{k: v for k, v in fields.items() if v is not None}})

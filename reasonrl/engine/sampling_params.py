@@ -40,8 +40,24 @@ class SamplingParams:
     """Keep generating past the end-of-sequence token (until max_tokens)."""
     include_stop_str_in_output: bool = False
     """Keep the matched stop string in the text."""
+    min_tokens: int = 0
+    """Response tokens before end-of-sequence or a stop token may end it (they are masked until then)."""
+    presence_penalty: float = 0.0
+    """Subtracted from the logit of every token the response already holds, in [-2, 2] (OpenAI's)."""
+    frequency_penalty: float = 0.0
+    """Subtracted from a token's logit once per time the response holds it, in [-2, 2] (OpenAI's)."""
+    repetition_penalty: float = 1.0
+    """Divides positive (multiplies negative) logits of tokens in the prompt or response; 1 is off (CTRL's)."""
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    """Token id -> number added to its logit, in [-100, 100]."""
+    skip_special_tokens: bool = True
+    """Leave special tokens out of the output text."""
     logprobs: int = 0
     """Also return the top-n log-probs per position; the sampled token's log-prob is always returned."""
+    prompt_logprobs: int | None = None
+    """Also return each prompt token's log-prob under the model (log_softmax of the raw logits, T = 1),
+    with the top-n at each prompt position; None skips them. Computed at prefill, so such a request
+    does not read the prefix cache (its prompt is computed, not reused)."""
     detokenize: bool = True
     """Build the output text as tokens arrive (off when only token ids are needed)."""
     speculative: bool = True
@@ -65,7 +81,18 @@ class SamplingParams:
                "a list of non-empty strings")
         _check(isinstance(self.stop_token_ids, list) and all(_is_int(t) and 0 <= t <= INT64_MAX for t in self.stop_token_ids),
                "stop_token_ids", self.stop_token_ids, "a list of token ids")
+        _check(_is_int(self.min_tokens) and 0 <= self.min_tokens <= self.max_tokens, "min_tokens", self.min_tokens,
+               "an integer in [0, max_tokens]")
+        for name in ("presence_penalty", "frequency_penalty"):
+            _check(_is_float(getattr(self, name)) and -2 <= getattr(self, name) <= 2, name, getattr(self, name), "in [-2, 2]")
+        _check(_is_float(self.repetition_penalty) and 0 < self.repetition_penalty <= 100, "repetition_penalty",
+               self.repetition_penalty, "in (0, 100]")
+        _check(isinstance(self.logit_bias, dict) and len(self.logit_bias) <= 1024
+               and all(_is_int(k) and 0 <= k <= INT64_MAX and _is_float(v) and -100 <= v <= 100 for k, v in self.logit_bias.items()),
+               "logit_bias", self.logit_bias, "at most 1024 token ids, each mapped to a number in [-100, 100]")
         _check(_is_int(self.logprobs) and 0 <= self.logprobs <= 20, "logprobs", self.logprobs, "an integer in [0, 20]")
+        _check(self.prompt_logprobs is None or (_is_int(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= 20),
+               "prompt_logprobs", self.prompt_logprobs, "None or an integer in [0, 20]")
 
     @property
     def greedy(self) -> bool:

@@ -25,15 +25,27 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 ARCH = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 
 
+# Qwen2's pre-tokenization (each digit apart, then bytes). transformers 5 builds a `Qwen2Tokenizer`
+# for qwen2-family checkpoints and applies these rules whatever tokenizer.json says, so a tokenizer
+# that did otherwise would give other ids there than here.
+QWEN_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"""
+              r"""|\s+(?!\S)|\s+""")
+
+
 def make_tokenizer(corpus: Iterable[str], vocab_size: int = 512, extra_special_tokens: Iterable[str] = (),
                    chat_template: str = CHATML) -> Tokenizer:
     """A byte-level BPE tokenizer trained on `corpus`, with ChatML special tokens (ids 0, 1, 2), then
-    `extra_special_tokens`; EOS is <|im_end|>."""
+    `extra_special_tokens`; EOS is <|im_end|>. Normalisation and pre-tokenization are Qwen2's, so
+    transformers' AutoTokenizer gives the same ids for every family it is saved with."""
+    from tokenizers import Regex, normalizers
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     tok = HFTokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[*SPECIAL_TOKENS, *extra_special_tokens],
                                   show_progress=False,

@@ -81,8 +81,14 @@ class Tokenizer:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.tok.save(str(path / "tokenizer.json"))
+        # added_tokens_decoder: transformers rebuilds some tokenizer classes from the vocabulary and
+        # keeps only the special tokens listed here (Qwen2Tokenizer for qwen-family checkpoints)
+        added = {str(i): {"content": t.content, "lstrip": t.lstrip, "rstrip": t.rstrip, "normalized": t.normalized,
+                          "single_word": t.single_word, "special": t.special}
+                 for i, t in sorted(self.tok.get_added_tokens_decoder().items())}
         cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": self.chat_template,
-               "eos_token": self.eos_token, "bos_token": self.bos_token, "pad_token": self.pad_token}
+               "eos_token": self.eos_token, "bos_token": self.bos_token, "pad_token": self.pad_token,
+               "added_tokens_decoder": added}
         (path / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}, indent=2) + "\n")
 
 
@@ -94,8 +100,8 @@ class IncrementalDecoder:
     tail is an incomplete UTF-8 sequence.
     """
 
-    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int] | None = None):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: list[int] | None = None, skip_special_tokens: bool = True):
+        self.tokenizer, self.skip = tokenizer, skip_special_tokens
         self.ids: list[int] = list(prompt_ids or [])[-6:]
         self.prefix_offset = 0
         self.read_offset = len(self.ids)
@@ -103,8 +109,8 @@ class IncrementalDecoder:
     def push(self, token_ids: list[int], final: bool = False) -> str:
         """Text the new ids complete; `final` also releases an incomplete tail (as U+FFFD)."""
         self.ids.extend(token_ids)
-        prefix = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset])
-        full = self.tokenizer.decode(self.ids[self.prefix_offset:])
+        prefix = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset], self.skip)
+        full = self.tokenizer.decode(self.ids[self.prefix_offset:], self.skip)
         if len(full) <= len(prefix) or (full.endswith("\ufffd") and not final):
             return ""
         # the emitted ids become the next context window; older ones are never decoded again

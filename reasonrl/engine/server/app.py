@@ -1,8 +1,9 @@
 """`reasonrl serve`: an OpenAI-compatible HTTP server over the engine.
 
 Endpoints: GET /health (200 when the engine can serve, else 503 saying why; never needs a key),
-GET /v1/models, GET /v1/stats, GET /metrics (Prometheus), POST /v1/completions and POST
-/v1/chat/completions (both with SSE streaming), POST /v1/abort ({"request_id": ...}, or
+GET /v1/models (and /v1/models/{id}), GET /v1/stats, GET /metrics (Prometheus), GET /version,
+GET /tokenizer_info, POST /tokenize and /detokenize (vLLM's), POST /v1/completions and POST
+/v1/chat/completions (both with SSE streaming), POST /v1/responses (text, not streamed), POST /v1/abort ({"request_id": ...}, or
 {"all": true}: administrative), which returns the partial outputs (the aborted requests' own
 responses end with finish_reason "abort"), and POST /v1/load_weights ({"path": checkpoint dir},
 administrative) for trainers that push new weights: all or nothing, a rejected checkpoint leaves
@@ -18,6 +19,7 @@ the engine failed, 503 when the engine is broken.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -39,6 +41,7 @@ from reasonrl.engine.server.intake import Offload, parse_json, read_body
 from reasonrl.engine.server.metrics import Metrics, MetricsMiddleware
 from reasonrl.engine.server.view import finite
 from reasonrl.engine.server.prepare import Preparer, validate_body
+from reasonrl import __version__
 from reasonrl.models.loader import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -70,10 +73,36 @@ def create_app(engine: LLMEngine, config: ServeConfig | None = None) -> FastAPI:
         ok, reason = core.health()
         return {"status": "ok"} if ok else error_response(reason, 503)
 
+    card = {"id": cfg.model_name, "object": "model", "created": int(time.time()), "owned_by": "reasonrl",
+            "root": cfg.model_name, "parent": None, "max_model_len": engine.max_model_len}
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": cfg.model_name, "object": "model", "owned_by": "reasonrl",
-                                            "max_model_len": engine.max_model_len}]}
+        return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str):
+        if model_id != cfg.model_name:
+            raise APIError(f"model {model_id[:200]!r} is not served here; this server serves {cfg.model_name!r}", 404, "model")
+        return card
+
+    @app.get("/version")
+    async def version():
+        return {"version": __version__}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info():
+        return tokenizer_card(engine)
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        raw = await read_body(request, cfg.max_body_bytes)
+        return await offload.run(preparer.tokenize, raw)
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        raw = await read_body(request, cfg.max_body_bytes)
+        return await offload.run(preparer.detokenize, raw)
 
     @app.get("/v1/stats")
     async def stats():
@@ -90,6 +119,10 @@ def create_app(engine: LLMEngine, config: ServeConfig | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         return await generate(request, preparer.chat)
+
+    @app.post("/v1/responses")
+    async def responses(request: Request):
+        return await generate(request, preparer.responses)
 
     @app.post("/v1/abort")
     async def abort(request: Request):
@@ -121,6 +154,16 @@ def create_app(engine: LLMEngine, config: ServeConfig | None = None) -> FastAPI:
     app.add_middleware(AuthMiddleware, auth=auth)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)  # outermost: counts 401s too
     return app
+
+
+def tokenizer_card(engine: LLMEngine) -> dict:
+    """GET /tokenizer_info: what a client needs to tokenise as the server does."""
+    tok = engine.tokenizer
+    if tok is None:
+        raise APIError("this model has no tokenizer", 404)
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "vocab_size": tok.vocab_size,
+            "model_max_length": engine.max_model_len, "chat_template": tok.chat_template,
+            "eos_token_ids": sorted(tok.eos_token_ids)}
 
 
 async def _engine_call(awaitable):

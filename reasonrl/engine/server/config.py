@@ -33,6 +33,9 @@ class ServeConfig:
     load_weights_dir: str | None = None
     """Confines /v1/load_weights to checkpoints inside this directory (relative paths are taken
     inside it; symlinks are resolved first). None: any directory the server can read."""
+    strict_api: bool = False
+    """Refuse requests with fields the API does not know (400 naming the field); by default they are
+    ignored with a logged warning, as vLLM does."""
     prm: str | None = None
     """A process reward model directory (`reasonrl prm train`): POST /v1/prm/score returns its step scores."""
     max_body_bytes: ByteSize = 8 << 20

@@ -5,12 +5,13 @@ parameter."""
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ValidationError
 
-from reasonrl.engine.protocol import ChatRequest, CompletionRequest
+from reasonrl.engine.protocol import ChatRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest, TokenizeRequest
 from reasonrl.engine.sampling_params import ParamError, SamplingParams
 from reasonrl.engine.server.config import ServeConfig
 from reasonrl.engine.server.errors import APIError
@@ -22,6 +23,7 @@ from reasonrl.models.tokenizer import Tokenizer
 # A tokenizer's normaliser may merge a few characters into one (e.g. Hangul jamo, combining marks)
 # before tokens are cut, so the bound below allows for 4 input characters per token character.
 NORMALISED_SHRINK = 4
+log = logging.getLogger("reasonrl.serve")
 
 
 @dataclass
@@ -31,6 +33,7 @@ class Job:
     prompts: list[list[int] | MultimodalPrompt]  # token ids, or ids with images (chats on a vision-language model)
     params: list[SamplingParams]  # one per prompt: unseeded prompts each get their own seed
     logprobs: bool  # the response carries log-probs
+    api: str = "completions"  # the response's shape: "completions", "chat" or "responses"
 
     @property
     def prompt_tokens(self) -> int:
@@ -46,19 +49,47 @@ class Preparer:
         """`images`: reads image parts (a vision-language model); None refuses them as unsupported content."""
         self.tokenizer, self.max_len, self.cfg, self.images = tokenizer, max_model_len, cfg, images
         self.rng = random.Random(cfg.seed)  # None: OS entropy
+        self.warned: set[str] = set()  # unknown field names already logged
         # no text longer than this can fit the context, whatever it says: refuse it untokenised
         longest = max((len(t) for t in tokenizer.tok.get_vocab(with_added_tokens=True)), default=1) if tokenizer else 1
         self.max_chars = max_model_len * longest * NORMALISED_SHRINK
 
     def completion(self, raw: bytes) -> Job:
-        body = validate_body(parse_json(raw), CompletionRequest)
+        body = self._validate(raw, CompletionRequest)
         self._check_size(body, len(body.prompts()))
         prompts = [self._encode(p) for p in body.prompts()]
-        params = self._params(body, prompts, body.max_tokens, body.logprobs or 0, "prompt")
+        params = self._params(body, prompts, body.max_tokens, body.logprobs or 0, "prompt", body.prompt_logprobs_wanted())
         return Job(body, False, prompts, params, body.logprobs is not None)
 
     def chat(self, raw: bytes) -> Job:
-        body = validate_body(parse_json(raw), ChatRequest)
+        return self._chat(self._validate(raw, ChatRequest))
+
+    def responses(self, raw: bytes) -> Job:
+        body = self._validate(raw, ResponsesRequest)
+        return replace(self._chat(body.chat()), api="responses")
+
+    def tokenize(self, raw: bytes) -> dict:
+        body = self._validate(raw, TokenizeRequest)
+        _check_model(body.model, self.cfg.model_name)
+        if body.prompt is not None:
+            ids = self._encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        else:
+            chat = ChatRequest.model_validate({"messages": [m.model_dump(exclude_none=True) for m in body.messages],
+                                               "add_generation_prompt": body.add_generation_prompt})
+            ids = self._encode(self._render(chat), param="messages", add_special_tokens=False)
+        return {"count": len(ids), "max_model_len": self.max_len, "tokens": ids}
+
+    def detokenize(self, raw: bytes) -> dict:
+        body = self._validate(raw, DetokenizeRequest)
+        _check_model(body.model, self.cfg.model_name)
+        if self.tokenizer is None:
+            raise APIError("this model has no tokenizer")
+        vocab = self.tokenizer.vocab_size
+        if bad := [t for t in body.tokens if t >= vocab]:
+            raise APIError(f"token id {bad[0]} is outside the vocabulary ({vocab} ids)", param="tokens")
+        return {"prompt": self.tokenizer.decode(body.tokens, skip_special_tokens=False)}
+
+    def _chat(self, body: ChatRequest) -> Job:
         if self.tokenizer is None or not self.tokenizer.chat_template:
             raise APIError("this model has no chat template; use /v1/completions")
         self._check_size(body, 1)
@@ -68,7 +99,19 @@ class Preparer:
             prompt = self.images.prompt(prompt, images)
         max_tokens = body.max_completion_tokens or body.max_tokens or max(1, self.max_len - len(_ids(prompt)))
         logprobs = (body.top_logprobs or 0) if body.logprobs else 0
-        return Job(body, True, [prompt], self._params(body, [prompt], max_tokens, logprobs, "messages"), body.logprobs)
+        return Job(body, True, [prompt], self._params(body, [prompt], max_tokens, logprobs, "messages"), body.logprobs,
+                   "chat")
+
+    def _validate(self, raw: bytes, model: type[BaseModel]):
+        body = validate_body(parse_json(raw), model)
+        unknown = sorted(body.model_extra or {})
+        if unknown and self.cfg.strict_api:
+            raise APIError(f"{unknown[0]}: unknown field (the server runs with --strict-api)", param=unknown[0])
+        for name in unknown:
+            if name not in self.warned and len(self.warned) < 256:  # once per field name, bounded
+                self.warned.add(name)
+                log.warning("ignoring unknown request field %r (pass --strict-api to refuse such requests)", name[:64])
+        return body
 
     def _check_size(self, body, num_prompts: int) -> None:
         _check_model(body.model, self.cfg.model_name)
@@ -81,11 +124,12 @@ class Preparer:
         try:
             if messages is None:
                 messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in body.messages]
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
-                                                      **body.chat_template_kwargs)
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt,
+                                                      tokenize=False, **body.chat_template_kwargs)
         except Exception as exc:  # the template is fixed: whatever fails to render, the request made fail
             raise APIError(f"cannot render the chat template for these messages: {type(exc).__name__}: {exc}",
                            param="messages") from None
+        return _continue_final(text, messages[-1]) if body.continue_final_message else text
 
     def _encode(self, prompt: str | list[int], param: str = "prompt", add_special_tokens: bool = True) -> list[int]:
         if isinstance(prompt, list):
@@ -97,7 +141,8 @@ class Preparer:
                            param=param)
         return self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
 
-    def _params(self, body, prompts: list, max_tokens: int, logprobs: int, param: str) -> list[SamplingParams]:
+    def _params(self, body, prompts: list, max_tokens: int, logprobs: int, param: str,
+                prompt_logprobs: int | None = None) -> list[SamplingParams]:
         for p in map(_ids, prompts):
             if len(p) >= self.max_len:
                 raise APIError(f"the prompt ({len(p)} tokens) does not fit the context length {self.max_len}", param=param)
@@ -105,12 +150,22 @@ class Preparer:
                 raise APIError(f"prompt ({len(p)} tokens) plus max_tokens ({max_tokens}) exceeds the context "
                                f"length {self.max_len}", param="max_tokens")
         try:
-            params = body.sampling_params(max_tokens, logprobs)
+            params = body.sampling_params(max_tokens, logprobs, prompt_logprobs)
         except ParamError as exc:
             raise APIError(str(exc).removeprefix("SamplingParams."), param=exc.param) from None
         if params.seed is not None:
             return [params] * len(prompts)
         return [replace(params, seed=self.rng.randrange(1 << 62)) for _ in prompts]
+
+
+def _continue_final(text: str, message: dict) -> str:
+    """The rendered conversation cut right after the last message's text, so the model continues it."""
+    content = message["content"] if isinstance(message["content"], str) else ""
+    at = text.rfind(content) if content else -1
+    if at < 0:
+        raise APIError("continue_final_message needs the last message to have text the chat template keeps",
+                       param="messages")
+    return text[:at + len(content)]
 
 
 def validate_body(data: dict, model: type[BaseModel]):

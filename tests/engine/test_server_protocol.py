@@ -1,0 +1,128 @@
+"""Protocol breadth a vLLM user expects: unknown fields ignored (or refused under strict_api), nulls
+as defaults, sampling extensions, tokenizer endpoints, /version, model retrieval, stop_reason as
+vLLM reports it, and /v1/responses."""
+
+import httpx
+import pytest
+
+from reasonrl import __version__
+from reasonrl.engine import LLMEngine
+from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.server import ServeConfig
+from reasonrl.models import Tokenizer, load_model
+
+from serve_helpers import Server
+
+
+@pytest.fixture(scope="module")
+def engine(hf_checkpoint, tokenizer):
+    path, _ = hf_checkpoint("qwen2", tokenizer=tokenizer)
+    return LLMEngine(load_model(path, "cpu"), Tokenizer.from_dir(path),
+                     EngineConfig(kv_cache_memory=1 << 22, block_size=8, max_model_len=256))
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    srv = Server(engine, ServeConfig(served_model_name="tiny"))
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        yield c
+    srv.stop()
+
+
+GREEDY = {"max_tokens": 6, "temperature": 0, "ignore_eos": True, "return_token_ids": True}
+
+
+def test_unknown_fields_are_ignored_with_a_warning_and_refused_when_strict(client, engine, caplog):
+    body = {"prompt": "the quick", **GREEDY}
+    plain = client.post("/v1/completions", json=body).json()["choices"][0]["token_ids"]
+    with caplog.at_level("WARNING", logger="reasonrl.serve"):
+        r = client.post("/v1/completions", json={**body, "store": True, "metadata": {"a": "b"},
+                                                 "service_tier": "auto", "reasoning_effort": "low"})
+    assert r.status_code == 200 and r.json()["choices"][0]["token_ids"] == plain
+    assert any("store" in rec.getMessage() for rec in caplog.records)
+    strict = Server(engine, ServeConfig(served_model_name="tiny", strict_api=True))
+    try:
+        r = httpx.post(f"{strict.url}/v1/completions", json={**body, "store": True})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "store"
+    finally:
+        strict.stop()
+
+
+@pytest.mark.parametrize("field", ["guided_json", "guided_regex", "guided_choice", "structured_outputs"])
+def test_output_constraints_are_refused_never_silently_ignored(client, field):
+    r = client.post("/v1/completions", json={"prompt": "x", field: {"type": "object"}})
+    assert r.status_code == 400 and field in r.json()["error"]["message"]
+
+
+def test_explicit_nulls_mean_defaults(client):
+    body = {"prompt": "the quick", **GREEDY}
+    plain = client.post("/v1/completions", json=body).json()["choices"][0]["token_ids"]
+    nulls = {"n": None, "stop": None, "seed": None, "logprobs": None, "top_p": None, "user": None, "logit_bias": None,
+             "presence_penalty": None, "stream": None, "stream_options": None}
+    r = client.post("/v1/completions", json={**body, **nulls})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["token_ids"] == plain
+    assert client.post("/v1/completions", json={"prompt": None}).status_code == 400
+
+
+def test_sampling_extensions_reach_the_engine(client, tokenizer):
+    body = {"prompt": "the quick", **GREEDY}
+    plain = client.post("/v1/completions", json=body).json()["choices"][0]["token_ids"]
+    forced = client.post("/v1/completions", json={**body, "logit_bias": {"7": 100}}).json()["choices"][0]["token_ids"]
+    assert forced == [7] * 6
+    penalised = client.post("/v1/completions", json={**body, "frequency_penalty": 2.0, "presence_penalty": 2.0,
+                                                     "repetition_penalty": 1.5}).json()["choices"][0]["token_ids"]
+    assert penalised != plain and len(set(penalised)) >= len(set(plain))
+    eos = tokenizer.eos_token_ids[0]
+    r = client.post("/v1/completions", json={"prompt": "the quick", "max_tokens": 10, "temperature": 0, "min_tokens": 4,
+                                             "logit_bias": {str(eos): 100}, "return_token_ids": True}).json()["choices"][0]
+    assert r["token_ids"] == r["token_ids"][:4] + [eos] and eos not in r["token_ids"][:4]
+    assert r["finish_reason"] == "stop" and r["stop_reason"] is None  # end-of-sequence, as vLLM reports it
+    stop = client.post("/v1/completions", json={**body, "ignore_eos": False, "stop_token_ids": [plain[2]]}).json()
+    assert stop["choices"][0]["stop_reason"] == plain[2]
+
+
+def test_chat_generation_prompt_and_continue_final_message(client, tokenizer):
+    messages = [{"role": "user", "content": "Where should Bob play?"}, {"role": "assistant", "content": "Bob plays"}]
+    r = client.post("/tokenize", json={"messages": messages[:1]}).json()
+    assert r["tokens"] == tokenizer.apply_chat_template(messages[:1], add_generation_prompt=True)
+    cont = client.post("/v1/chat/completions", json={"messages": messages, "add_generation_prompt": False,
+                                                     "continue_final_message": True, **GREEDY}).json()
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+    prefix = text[:text.rindex("Bob plays") + len("Bob plays")]
+    same = client.post("/v1/completions", json={"prompt": tokenizer.encode(prefix, add_special_tokens=False), **GREEDY}).json()
+    assert cont["choices"][0]["token_ids"] == same["choices"][0]["token_ids"]
+    bad = client.post("/v1/chat/completions", json={"messages": messages[:1], "continue_final_message": True,
+                                                    "add_generation_prompt": False})
+    assert bad.status_code == 400 and "continue_final_message" in bad.json()["error"]["message"]
+
+
+def test_tokenizer_endpoints_version_and_model_retrieval(client, tokenizer):
+    ids = client.post("/tokenize", json={"prompt": "12 + 30 = 42"}).json()
+    assert ids["tokens"] == tokenizer.encode("12 + 30 = 42") and ids["count"] == len(ids["tokens"])
+    assert ids["max_model_len"] == 256
+    assert client.post("/detokenize", json={"tokens": ids["tokens"]}).json()["prompt"] == "12 + 30 = 42"
+    assert client.post("/detokenize", json={"tokens": [10 ** 6]}).status_code == 400
+    assert client.post("/tokenize", json={}).status_code == 400
+    info = client.get("/tokenizer_info").json()
+    assert info["vocab_size"] == tokenizer.vocab_size and info["chat_template"] == tokenizer.chat_template
+    assert client.get("/version").json() == {"version": __version__}
+    card = client.get("/v1/models/tiny").json()
+    assert card["id"] == "tiny" and isinstance(card["created"], int)
+    assert client.get("/v1/models").json()["data"][0] == card
+    assert client.get("/v1/models/other").status_code == 404
+
+
+def test_responses_api_for_text(client):
+    r = client.post("/v1/responses", json={"input": "Where should Bob play?", "instructions": "Answer briefly.",
+                                           "max_output_tokens": 5, "temperature": 0, "store": False})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "response" and body["output"][0]["type"] == "message"
+    text = body["output"][0]["content"][0]["text"]
+    chat = client.post("/v1/chat/completions", json={"messages": [{"role": "system", "content": "Answer briefly."},
+                                                                  {"role": "user", "content": "Where should Bob play?"}],
+                                                     "max_tokens": 5, "temperature": 0}).json()
+    assert text == chat["choices"][0]["message"]["content"]
+    assert body["usage"]["output_tokens"] <= 5 and body["status"] in ("completed", "incomplete")
+    assert client.post("/v1/responses", json={"input": "x", "stream": True}).status_code == 400

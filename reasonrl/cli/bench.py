@@ -38,6 +38,8 @@ WORKLOADS = {
     "ttt": Command("TTT-Bench problem spaces, generator and verifier throughput", "reasonrl.cli.bench:ttt"),
     "math": Command("math verifier judgements per second, with hanging items", "reasonrl.cli.bench:math"),
     "serve": Command("server throughput and latency, clean load against 10% bad requests", "reasonrl.cli.bench:serve"),
+    "prm": Command("PRM steps scored per second: batched (all steps per pass) against one pass per prefix",
+                   "reasonrl.cli.bench:prm"),
     "shapes-detector": Command("the shapes world's oracle detector: recall, attributes, speed",
                                "reasonrl.cli.bench:shapes_detector"),
     "image-tokenizer": Command("binary vs one-hot VQ tokenizers: PSNR against bits, code usage, 2x decoding",
@@ -94,6 +96,7 @@ kv_decode = workload("reasonrl.bench.kv_decode:DecodeBenchConfig", "reasonrl.ben
 ttt = workload("reasonrl.envs.ttt.bench:TTTBenchConfig", "reasonrl.envs.ttt.bench:benchmark")
 math = workload("reasonrl.envs.math.bench:MathBenchConfig", "reasonrl.envs.math.bench:benchmark")
 serve = workload("reasonrl.bench.serve:ServeBenchConfig", "reasonrl.bench.serve:bench_serve")
+prm = workload("reasonrl.bench.prm:PRMBenchConfig", "reasonrl.bench.prm:bench_prm")
 shapes_detector = workload("reasonrl.vision.world:DetectorBenchConfig", "reasonrl.vision.world:bench_detector")
 image_tokenizer = workload("reasonrl.vision.binary.bench:TokenizerBenchConfig",
                            "reasonrl.vision.binary.bench:bench_tokenizers", "reasonrl.vision.binary.bench:format_rows")

@@ -7,7 +7,7 @@ The scheme picks a factory from `ENVIRONMENTS`; the factory gets the text after 
     math:data/math500.jsonl                                            {"problem", "answer"} rows
     arith:?n=500&digits=3                                              generated arithmetic
     ttt:oTTT,cTTT   ttt:all                                            TTT-Bench games (ttt/)
-    sums:           sums:?max_terms=16                                 running-sum chains (the demo's task)
+    sums:           sums:?max_terms=16&min_terms=7                     running-sum chains (the demo's task)
     letter:a                                                           a smoke-test task (letter.py)
     shapes:?families=count,colour                                      visual QA on the shapes world (shapes.py)
     kernels:?family=softmax&cpu=1                                      Triton kernel tasks (kernels/)
@@ -81,19 +81,20 @@ def arithmetic_from_spec(argument: str) -> Environment:
 
 
 def sums_from_spec(argument: str) -> Environment:
-    """`sums:?max_terms=10&p=0.3`: chains of single-digit additions with a scratchpad."""
+    """`sums:?max_terms=10&p=0.3&min_terms=2`: chains of single-digit additions with a scratchpad."""
     from urllib.parse import parse_qsl
 
     from .sums import SumsEnvironment
 
     options = dict(parse_qsl(argument.lstrip("?")))
-    unknown = set(options) - {"max_terms", "p"}
+    unknown = set(options) - {"max_terms", "p", "min_terms"}
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))} for sums:; known: max_terms, p")
+        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))} for sums:; known: max_terms, p, min_terms")
     try:
-        return SumsEnvironment(int(options.get("max_terms", 10)), float(options.get("p", 0.3)))
+        max_terms, p, min_terms = int(options.get("max_terms", 10)), float(options.get("p", 0.3)), int(options.get("min_terms", 2))
     except ValueError:
         raise ValueError(f"sums: options must be numbers, got {options}") from None
+    return SumsEnvironment(max_terms, p, min_terms)
 
 
 def letter_from_spec(argument: str) -> Environment:

@@ -6,6 +6,13 @@
 The number of terms follows a geometric law (2 terms most often, up to `max_terms`), so the
 chain of thought, one step per term, varies a lot in length: a few rollouts are long, most
 short, as in reasoning RL. The reward is 1 when the last `\\boxed{}` holds the exact sum.
+`min_terms` raises the shortest problem (a held-out hard split: `sums:?min_terms=7`).
+
+Every step of a worked response (steps separated by spaces: each `a+b=c` running total, then
+`\\boxed{s}`) is exactly right or wrong, so `step_labels` gives exact process labels: step k is
+right when it and every step before it are (the running total so far is the true one, the term is
+the next term, the final box holds the sum). A slip makes its step and every later one wrong,
+which is what a completer's Monte Carlo estimate measures (no continuation recovers from it).
 
 `traces()` writes supervised traces that are deliberately imperfect, so that RL has something
 to fix: on problems of `lazy_from` terms or more, most of them skip the work and box a
@@ -17,13 +24,18 @@ has seen, and can sample, the worked-out form that would have been right.
 from __future__ import annotations
 
 import random
+import re
 import zlib
 
 from reasonrl.envs.base import Environment, Prompt
 from reasonrl.envs.math.extract import last_boxed
 
-def problem_terms(rng: random.Random, max_terms: int = 10, p: float = 0.3) -> list[int]:
-    n = 2
+_STEP = re.compile(r"(\d{1,6})\+(\d{1,6})=(\d{1,7})")
+_BOX = re.compile(r"\\boxed\{(\d{1,7})\}")
+
+
+def problem_terms(rng: random.Random, max_terms: int = 10, p: float = 0.3, min_terms: int = 2) -> list[int]:
+    n = min_terms
     while n < max_terms and rng.random() > p:
         n += 1
     return [rng.randint(1, 9) for _ in range(n)]
@@ -49,14 +61,16 @@ def guess(terms: list[int]) -> str:
 class SumsEnvironment(Environment):
     name = "sums"
 
-    def __init__(self, max_terms: int = 10, p: float = 0.3):
-        self.max_terms, self.p = max_terms, p
+    def __init__(self, max_terms: int = 10, p: float = 0.3, min_terms: int = 2):
+        if not 2 <= min_terms <= max_terms:
+            raise ValueError(f"sums: need 2 <= min_terms <= max_terms, got min_terms={min_terms}, max_terms={max_terms}")
+        self.max_terms, self.p, self.min_terms = max_terms, p, min_terms
 
     def prompts(self, n=None, seed=0, split="train"):
         rng = random.Random(zlib.crc32(f"{split}:{seed}".encode()))
         out, seen = [], set()
         while len(out) < (n or 2000):
-            terms = problem_terms(rng, self.max_terms, self.p)
+            terms = problem_terms(rng, self.max_terms, self.p, self.min_terms)
             key = tuple(terms)
             # train and eval never share a problem: the split is a hash of the terms
             if key in seen or (zlib.crc32(repr(key).encode()) % 10 == 0) != (split == "eval"):
@@ -71,6 +85,28 @@ class SumsEnvironment(Environment):
         boxed = last_boxed(response[-2000:])
         return 1.0 if boxed is not None and boxed.strip() == str(prompt.answer) else 0.0
 
+    def extract(self, prompt, response):
+        return last_boxed(response[-2000:])
+
+    def step_labels(self, prompt, steps: list[str]) -> list[int]:
+        """1 for each step while every step so far is right, 0 from the first wrong one on. A running
+        total `a+b=c` is right when a is the total so far, b the next term and c = a + b; a box is
+        right when it holds the sum (also a guess, or after skipped steps); nothing after a box is."""
+        terms, labels = terms_of(prompt), []
+        total, added, boxed = terms[0], 1, False
+        for step in steps:
+            ok = not boxed and (not labels or labels[-1] == 1)
+            step_match, box_match = _STEP.fullmatch(step.strip()), _BOX.fullmatch(step.strip())
+            if ok and step_match and added < len(terms):
+                a, b, c = map(int, step_match.groups())
+                ok, total, added = a == total and b == terms[added] and c == a + b, c, added + 1
+            elif ok and box_match:
+                ok, boxed = int(box_match.group(1)) == sum(terms), True
+            else:
+                ok = False
+            labels.append(int(ok))
+        return labels
+
     def metrics(self, prompts, responses, rewards):
         out = super().metrics(prompts, responses, rewards)
         long = [r for p, r in zip(prompts, rewards) if p.metadata.get("terms", 0) >= 6]
@@ -83,8 +119,13 @@ class SumsEnvironment(Environment):
         rng = random.Random(seed)
         rows = []
         for prompt in self.prompts(n, seed, "train"):
-            terms = [int(t) for t in prompt.messages[-1]["content"][5:].split(" + ")]
+            terms = terms_of(prompt)
             p_lazy = lazy if len(terms) >= lazy_from else 0.0
             response = guess(terms) if rng.random() < p_lazy else worked(terms, rng, slip)
             rows.append({"prompt": prompt.messages, "response": response})
         return rows
+
+
+def terms_of(prompt: Prompt) -> list[int]:
+    """The numbers of a sums prompt ("Add: 4 + 7 + 2")."""
+    return [int(t) for t in prompt.messages[-1]["content"].removeprefix("Add: ").split(" + ")]

@@ -81,6 +81,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def load_model(path: str | Path, device: str | torch.device | None = None, dtype=None, max_len: int | None = None) -> DecoderLM:
     """A `DecoderLM`, or a `Qwen2_5_VL` (a `DecoderLM` subclass) for Qwen2.5-VL checkpoints."""
+    return load_weights(empty_model(path, device, dtype, max_len), path).eval()
+
+
+def empty_model(path: str | Path, device: str | torch.device | None = None, dtype=None,
+                max_len: int | None = None) -> DecoderLM:
+    """The model a checkpoint directory's config describes, its weights not yet loaded (e.g. a
+    process reward model loads its backbone's tensors and its head's from one file)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
@@ -95,7 +102,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None, dtype
     model = model.to_empty(device=device)
     model.tie_weights()
     model.rotary.inv_freq = inv_frequencies(model.config, max_len).to(device)  # fp32; to_empty left it uninitialised
-    return load_weights(model, path).eval()
+    return model
 
 
 def _is_vlm(path: Path) -> bool:
@@ -113,7 +120,7 @@ def load_weights(model: DecoderLM, path: str | Path) -> DecoderLM:
     rejected checkpoint (CheckpointError, FileNotFoundError) leaves the model as it was. The
     price is one CPU copy of the weights held while loading."""
     path = Path(path)
-    return load_state(model, _read_tensors(path), path)
+    return load_state(model, read_tensors(path), path)
 
 
 def load_state(model: DecoderLM, tensors, source: str | Path = "state dict") -> DecoderLM:
@@ -168,7 +175,7 @@ def _check_complete(model: DecoderLM, params: dict, filled: dict[str, int], sour
         raise CheckpointError(f"checkpoint {source} is missing tensors: {', '.join(hf)}{more}")
 
 
-def _read_tensors(path: Path) -> list[tuple[str, torch.Tensor]]:
+def read_tensors(path: Path) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) from whichever weight files the directory has, all read into memory; an
     unreadable or corrupt file is a CheckpointError naming it."""
     if not path.is_dir():
@@ -239,8 +246,10 @@ def hf_views(model: DecoderLM) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_model(model: DecoderLM, path: str | Path, tokenizer=None, max_shard_bytes: int = 4 << 30) -> Path:
-    """Write config.json, generation_config.json, (sharded) safetensors and the tokenizer."""
+def save_model(model: DecoderLM, path: str | Path, tokenizer=None, max_shard_bytes: int = 4 << 30,
+               extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write config.json, generation_config.json, (sharded) safetensors and the tokenizer;
+    `extra_tensors` (e.g. a reward model's head) are saved beside the model's, under their names."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = model.config
@@ -254,7 +263,8 @@ def save_model(model: DecoderLM, path: str | Path, tokenizer=None, max_shard_byt
     if cfg.bos_token_id is not None:
         gen["bos_token_id"] = cfg.bos_token_id
     (path / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-    _write_shards(local_to_hf(model), path, max_shard_bytes)
+    extra = {k: v.detach().contiguous().cpu() for k, v in (extra_tensors or {}).items()}
+    _write_shards({**local_to_hf(model), **extra}, path, max_shard_bytes)
     if tokenizer is not None:
         tokenizer.save(path)
     return path

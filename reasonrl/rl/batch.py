@@ -19,7 +19,7 @@ class TrainBatch:
     mask: torch.Tensor  # (B, T) bool: real response tokens
     behaviour_logp: torch.Tensor  # (B, T) the engine's log-probs when it sampled
     versions: torch.Tensor  # (B, T) policy version that sampled each token
-    advantages: torch.Tensor  # (B,)
+    advantages: torch.Tensor  # (B,), or (B, T) per token (process rewards)
     old_logp: torch.Tensor | None = None  # (B, T) log-probs before this update, when recomputed (PPO epochs)
     multimodal: list | None = None  # per row, a VLM prompt's images and positions (MultimodalPrompt) or None
 
@@ -33,7 +33,7 @@ class TrainBatch:
         return int(self.mask.sum())
 
 
-def collate(samples: list[Sample], advantages: list[float], pad_id: int, device,
+def collate(samples: list[Sample], advantages: list[float] | list[list[float]], pad_id: int, device,
             old_logp: list[torch.Tensor] | None = None) -> TrainBatch:
     width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
     resp = max(max(len(s.response_ids) for s in samples), 1)
@@ -48,20 +48,33 @@ def collate(samples: list[Sample], advantages: list[float], pad_id: int, device,
         mask=pad([[True] * len(s.response_ids) for s in samples], resp, False, torch.bool),
         behaviour_logp=pad([s.logprobs for s in samples], resp, 0.0, torch.float32),
         versions=pad([s.versions for s in samples], resp, -1, torch.long),
-        advantages=torch.tensor(advantages, dtype=torch.float32, device=device),
+        advantages=_advantages(advantages, resp, device),
         old_logp=None if old_logp is None else pad([t.tolist() for t in old_logp], resp, 0.0, torch.float32),
         multimodal=[s.multimodal for s in samples] if any(s.multimodal is not None for s in samples) else None,
     )
 
 
+def _advantages(advantages: list, width: int, device) -> torch.Tensor:
+    """(B,) from one float per sample, (B, T) from per-token lists (padding gets 0)."""
+    if advantages and isinstance(advantages[0], (list, tuple)):
+        rows = [list(a)[:width] + [0.0] * (width - len(a)) for a in advantages]
+        return torch.tensor(rows, dtype=torch.float32, device=device)
+    return torch.tensor(advantages, dtype=torch.float32, device=device)
+
+
 def micro_batches(samples: list[Sample], max_tokens: int) -> list[list[int]]:
     """Indices of samples grouped so that (rows x longest row) stays within max_tokens; a single
     sample longer than the budget gets a micro-batch of its own."""
-    order = sorted(range(len(samples)), key=lambda i: -(len(samples[i].prompt_ids) + len(samples[i].response_ids)))
+    return token_batches([len(s.prompt_ids) + len(s.response_ids) for s in samples], max_tokens)
+
+
+def token_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """`micro_batches` for any rows given by their lengths: longest first, (rows x longest) <= max_tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     width = 0
     for i in order:
-        n = len(samples[i].prompt_ids) + len(samples[i].response_ids)
+        n = lengths[i]
         if batches and (len(batches[-1]) + 1) * max(width, n) <= max_tokens:
             batches[-1].append(i)
             width = max(width, n)

@@ -25,6 +25,7 @@ import yaml
 
 from reasonrl.config import ConfigError, build, check, to_dict
 from reasonrl.engine.config import EngineConfig
+from reasonrl.reward.prm.process import ProcessRewardConfig
 from reasonrl.rl.advantages import AdvantageConfig
 from reasonrl.rl.losses import LossConfig
 from reasonrl.rollout.config import RolloutConfig
@@ -132,6 +133,7 @@ class RunConfig:
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
+    process: ProcessRewardConfig = field(default_factory=ProcessRewardConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

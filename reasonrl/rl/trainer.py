@@ -24,6 +24,7 @@ from reasonrl.models.chat import ChatEncoder
 from reasonrl.models.loader import load_weights
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.tokenizer import Tokenizer
+from reasonrl.reward.prm.process import ProcessReward
 from reasonrl.rl.advantages import get_advantage
 from reasonrl.rl.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from reasonrl.rl.config import RunConfig
@@ -46,6 +47,7 @@ class Trainer:
         self.rollout = RolloutManager(self.backend, env, ChatEncoder(tokenizer, policy), cfg.rollout, cfg.train.seed)
         self.advantage_fn = get_advantage(cfg.advantage.name)
         self.update = PolicyUpdate(policy, cfg, tokenizer.pad_token_id)
+        self.process = ProcessReward(cfg.process, tokenizer, policy.device) if cfg.process.prm else None
         self.step = self.version = 0
         self.console = console
         trackers = make_trackers(cfg.train.trackers, self.run_dir, to_dict(cfg))
@@ -81,7 +83,10 @@ class Trainer:
         rewards = torch.tensor([s.reward for s in samples])
         advantages = self.advantage_fn(rewards, torch.tensor([s.group_id for s in samples]), self.cfg.advantage)
         lr = self.update.scheduler.get_last_lr()[0]  # the rate this step's update uses
-        update_stats = self.update(samples, advantages.tolist(), self.version)
+        advantages = advantages.tolist()
+        if self.process is not None:  # a PRM's step scores add per-token advantages
+            advantages = self.process.advantages(samples, advantages)
+        update_stats = self.update(samples, advantages, self.version)
         return {**rollout_stats, **sample_stats, **update_stats, "sync_seconds": self.sync_weights(), "lr": lr}
 
     def sync_weights(self) -> float:

@@ -7,7 +7,8 @@ GET /tokenizer_info, POST /tokenize and /detokenize (vLLM's), POST /v1/completio
 {"all": true}: administrative), which returns the partial outputs (the aborted requests' own
 responses end with finish_reason "abort"), and POST /v1/load_weights ({"path": checkpoint dir},
 administrative) for trainers that push new weights: all or nothing, a rejected checkpoint leaves
-the served weights as they were.
+the served weights as they were. With `prm` set, POST /v1/prm/score returns a process reward
+model's step scores (engine/server/prm.py).
 
 Every error is an OpenAI-style JSON body naming the problem: 400 for bad input, 401/403 for keys
 and turned-off routes, 404/405 for unknown routes, 409 for loading weights under load, 413 for
@@ -145,6 +146,10 @@ def create_app(engine: LLMEngine, config: ServeConfig | None = None) -> FastAPI:
             raise APIError(str(exc), 409, param="path") from None
         return {"status": "ok"}
 
+    if cfg.prm is not None:  # POST /v1/prm/score
+        from reasonrl.engine.server.prm import install_prm
+
+        install_prm(app, cfg.prm, engine.model.device, cfg.max_body_bytes, offload)
     routes = {r.path for r in app.routes}
     app.add_middleware(AuthMiddleware, auth=auth)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)  # outermost: counts 401s too

@@ -36,6 +36,8 @@ class ServeConfig:
     strict_api: bool = False
     """Refuse requests with fields the API does not know (400 naming the field); by default they are
     ignored with a logged warning, as vLLM does."""
+    prm: str | None = None
+    """A process reward model directory (`reasonrl prm train`): POST /v1/prm/score returns its step scores."""
     max_body_bytes: ByteSize = 8 << 20
     """Largest request body; larger ones get a 413 before they are read."""
     max_sequences_per_request: int = 256

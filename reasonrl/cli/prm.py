@@ -1,0 +1,112 @@
+"""`reasonrl prm label | train | judge | best-of-n`: process reward models (reasonrl/reward/prm/)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from reasonrl.cli import Command
+from reasonrl.cli.flags import add_flags, values
+
+
+def _steps(parser: argparse.ArgumentParser, delimiter: str = " "):
+    from reasonrl.reward.prm.steps import StepFormat
+
+    add_flags(parser, StepFormat, title="step format (StepFormat; sums: one step per running total)",
+              defaults={"delimiter": delimiter})
+
+
+def label(parser: argparse.ArgumentParser):
+    from reasonrl.engine.config import EngineConfig
+    from reasonrl.reward.prm.labels import LabelJob
+    from reasonrl.reward.prm.steps import StepFormat
+
+    add_flags(parser, LabelJob, title="labelling")
+    _steps(parser)
+    add_flags(parser, EngineConfig, title="engine", only=["max_num_seqs", "kv_cache_memory", "max_model_len"])
+
+    def run(args) -> int:
+        from reasonrl.reward.prm.labels import run_label_job
+
+        result = run_label_job(LabelJob(**values(args, LabelJob)), StepFormat(**values(args, StepFormat)),
+                               values(args, EngineConfig))
+        print(json.dumps(result["quality"], indent=2))
+        return 0
+
+    return run
+
+
+def train(parser: argparse.ArgumentParser):
+    from reasonrl.reward.prm.model import PRMConfig
+    from reasonrl.reward.prm.run import PRMTrainJob
+    from reasonrl.reward.prm.steps import StepFormat
+    from reasonrl.reward.prm.train import PRMTrainConfig
+
+    add_flags(parser, PRMTrainJob, title="job")
+    add_flags(parser, PRMTrainConfig, title="training (PRMTrainConfig)")
+    add_flags(parser, PRMConfig, title="model (PRMConfig)")
+    _steps(parser)
+
+    def run(args) -> int:
+        from reasonrl.reward.prm.run import run_train
+
+        cfg = PRMConfig(**values(args, PRMConfig), steps=StepFormat(**values(args, StepFormat)))
+        result = run_train(PRMTrainJob(**values(args, PRMTrainJob)), cfg, PRMTrainConfig(**values(args, PRMTrainConfig)))
+        print(json.dumps(result.get("eval", {}), indent=2))
+        return 0
+
+    return run
+
+
+def judge(parser: argparse.ArgumentParser):
+    from reasonrl.reward.prm.run import JudgeJob
+
+    add_flags(parser, JudgeJob)
+
+    def run(args) -> int:
+        from reasonrl.reward.prm.run import run_judge
+
+        print(json.dumps(run_judge(JudgeJob(**values(args, JudgeJob))), indent=2))
+        return 0
+
+    return run
+
+
+def best_of_n(parser: argparse.ArgumentParser):
+    from reasonrl.reward.prm.run import BestOfNJob
+
+    add_flags(parser, BestOfNJob)
+
+    def run(args) -> int:
+        from reasonrl.reward.prm.run import run_best_of_n
+
+        result = run_best_of_n(BestOfNJob(**values(args, BestOfNJob)))
+        for rule, by_n in result.items():
+            print(f"{rule:<12} " + "  ".join(f"{n}:{v['accuracy']:.3f}" for n, v in by_n.items()))
+        return 0
+
+    return run
+
+
+COMMANDS = {
+    "label": Command("label steps by Monte Carlo completion (weak and strong completers) against exact labels",
+                     "reasonrl.cli.prm:label"),
+    "train": Command("train a PRM (per-step cross-entropy; ORM init, negative up-sampling)", "reasonrl.cli.prm:train"),
+    "judge": Command("ProcessBench-form step judgement of a PRM on exactly labelled solutions", "reasonrl.cli.prm:judge"),
+    "best-of-n": Command("best-of-N by PRM against majority vote and an ORM, bootstrap intervals",
+                         "reasonrl.cli.prm:best_of_n"),
+}
+
+
+def raft(parser: argparse.ArgumentParser):
+    from reasonrl.rl.raft import RaftConfig
+
+    add_flags(parser, RaftConfig)
+
+    def run(args) -> int:
+        from reasonrl.rl.raft import run_raft
+
+        run_raft(RaftConfig(**values(args, RaftConfig)))
+        return 0
+
+    return run

@@ -1,0 +1,83 @@
+"""`Completer`: a policy behind our engine that writes solutions, or continues them from a step.
+
+Monte Carlo step labelling asks a completer for N continuations of every step prefix of a
+solution. All of them go to one `LLMEngine` at once: one request per prefix with n = N (the N
+samples share the prefix's KV blocks), and consecutive prefixes of one solution share their
+common blocks through the prefix cache. Sample j of a request is drawn with `seed + j`, so a
+labelling run is reproducible whatever the batching. `Cost` counts what it took.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from reasonrl.engine.llm_engine import LLMEngine
+from reasonrl.engine.sampling_params import SamplingParams
+from reasonrl.envs.base import Prompt
+from reasonrl.models.chat import ChatEncoder, token_ids
+
+
+@dataclass
+class Cost:
+    completions: int = 0
+    """Sampled continuations (or solutions)."""
+    prompt_tokens: int = 0
+    """Prompt plus step-prefix tokens submitted."""
+    cached_tokens: int = 0
+    """Of those, tokens served from the prefix cache (not recomputed)."""
+    generated_tokens: int = 0
+    """Tokens sampled."""
+    seconds: float = 0.0
+    """Wall time."""
+
+    def add(self, other: Cost) -> Cost:
+        return Cost(*(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__))
+
+
+@dataclass
+class Request:
+    prompt: Prompt
+    prefix: str = ""  # the response so far; the completer continues after it
+    seed: int = 0
+    texts: list[str] = field(default_factory=list)  # filled by `run`: the n continuations
+
+
+class Completer:
+    def __init__(self, engine: LLMEngine, n: int, temperature: float = 1.0, max_tokens: int = 128):
+        if engine.tokenizer is None:
+            raise ValueError("a completer needs a tokenizer (the checkpoint has no tokenizer.json)")
+        self.engine, self.encoder = engine, ChatEncoder(engine.tokenizer, engine.model)
+        self.n, self.temperature, self.max_tokens = n, temperature, max_tokens
+
+    @classmethod
+    def load(cls, path: str, n: int, temperature: float = 1.0, max_tokens: int = 128, device=None,
+             **engine_kwargs) -> Completer:
+        return cls(LLMEngine.from_pretrained(path, device=device, **engine_kwargs), n, temperature, max_tokens)
+
+    def run(self, requests: Sequence[Request], n: int | None = None) -> Cost:
+        """Fill each request's `texts` with n continuations of its prefix; returns the cost."""
+        n = n or self.n
+        start, cost, pending = time.perf_counter(), Cost(), {}
+        for i, r in enumerate(requests):
+            ids = token_ids(self.encoder(r.prompt.messages))
+            if r.prefix:
+                ids += self.engine.tokenizer.encode(r.prefix, add_special_tokens=False)
+            params = SamplingParams(n=n, temperature=self.temperature, max_tokens=self.max_tokens, seed=r.seed)
+            self.engine.add_request(f"c{i}", ids, params)
+            pending[f"c{i}"] = r
+            cost.prompt_tokens += len(ids)
+        for rid, out in self.engine.drain().items():
+            pending[rid].texts = [o.text for o in out.outputs]
+            cost.completions += len(out.outputs)
+            cost.generated_tokens += sum(len(o.token_ids) for o in out.outputs)
+            cost.cached_tokens += out.num_cached_tokens
+        cost.seconds = time.perf_counter() - start
+        return cost
+
+
+def seed_of(*parts) -> int:
+    """A request's seed, a pure function of what it is (problem, sample, step, completer role)."""
+    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x3FFFFFFF

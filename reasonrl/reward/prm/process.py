@@ -1,0 +1,116 @@
+"""Process rewards in RL: a PRM's step scores turned into per-token advantages, next to the outcome's.
+
+Paper: DeepSeekMath (arXiv 2402.03300), sec. 4.1.3, GRPO with process supervision: every step's
+reward is normalised over the group (mean and std over all steps of all samples of one prompt), and
+a token's advantage is the sum of the normalised rewards of the steps that end at or after it.
+Athena-PRM (arXiv 2506.09532) is where the PRM comes from.
+
+Where this departs from it:
+- The process advantage is added, times `coef`, to the outcome advantage (the estimator's, e.g.
+  GRPO's), so outcome and process rewards train together; the paper uses process supervision alone.
+- Steps are cut from the response text by the PRM's step format and mapped to response tokens by
+  decoding prefixes: a step ends at the first token whose prefix covers the step's text. Tokens
+  after the last step (e.g. the end-of-sequence token) get no process part; a response with no step
+  gets none at all. A group's std is the unbiased one, with eps, like the outcome estimator's.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+from reasonrl.reward.prm.steps import split_steps
+
+
+@dataclass
+class ProcessRewardConfig:
+    prm: str | None = None
+    """A PRM directory (`reasonrl prm train`): its step scores add per-token advantages (none: outcome only)."""
+    coef: float = 1.0
+    """Weight of the process advantage added to the outcome advantage."""
+    eps: float = 1e-6
+    """Added to the group's std of step rewards."""
+
+    def __post_init__(self):
+        if not math.isfinite(self.coef) or self.coef < 0:
+            raise ValueError(f"process.coef must be a finite number >= 0, got {self.coef!r}")
+
+
+def step_token_ends(decode, response_ids: Sequence[int], char_ends: Sequence[int]) -> list[int]:
+    """For each step's end (a character offset of the response text), the index of the response token
+    that completes it. `decode(ids) -> str` is the tokenizer's; prefixes decode to growing texts."""
+    lengths = _PrefixLengths(decode, response_ids)
+    out = []
+    for end in char_ends:  # the smallest k with len(decode(ids[:k + 1])) >= end
+        k = bisect.bisect_left(range(len(response_ids)), end, key=lengths)
+        out.append(min(k, len(response_ids) - 1))
+    return out
+
+
+class _PrefixLengths:
+    def __init__(self, decode, ids):
+        self.decode, self.ids, self.cache = decode, list(ids), {}
+
+    def __call__(self, k: int) -> int:
+        if k not in self.cache:
+            self.cache[k] = len(self.decode(self.ids[:k + 1]))
+        return self.cache[k]
+
+
+def process_advantages(step_scores: Sequence[Sequence[float]], step_ends: Sequence[Sequence[int]],
+                       lengths: Sequence[int], group_ids: Sequence[int], eps: float = 1e-6) -> list[list[float]]:
+    """Per-token process advantages: step rewards normalised within each group, each token given the
+    sum of the normalised rewards of the steps ending at or after it."""
+    groups: dict[int, list[float]] = {}
+    for scores, g in zip(step_scores, group_ids):
+        groups.setdefault(g, []).extend(scores)
+    stats = {g: _mean_std(v) for g, v in groups.items()}
+    out = []
+    for scores, ends, n, g in zip(step_scores, step_ends, lengths, group_ids):
+        mean, std = stats[g]
+        norm = [0.0 if std == 0 else (x - mean) / (std + eps) for x in scores]
+        out.append(_per_token(norm, list(ends), n))
+    return out
+
+
+def _per_token(norm: list[float], ends: list[int], n: int) -> list[float]:
+    """Token t belongs to the first step ending at or after it and gets the sum of that step's and
+    every later step's reward; tokens after the last step get 0."""
+    suffix = [sum(norm[i:]) for i in range(len(norm))]
+    tokens, i = [], 0
+    for t in range(n):
+        while i < len(ends) and ends[i] < t:
+            i += 1
+        tokens.append(suffix[i] if i < len(ends) else 0.0)
+    return tokens
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return (values[0] if values else 0.0), 0.0
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+class ProcessReward:
+    """Scores rollout samples with a PRM and adds their process advantages to the outcome ones."""
+
+    def __init__(self, cfg: ProcessRewardConfig, policy_tokenizer, device=None):
+        from reasonrl.reward.prm.model import load_prm
+        from reasonrl.reward.prm.scoring import PRMScorer
+
+        self.cfg, self.decode = cfg, lambda ids: policy_tokenizer.decode(ids)
+        self.scorer = PRMScorer(*load_prm(cfg.prm, device=device))
+
+    def advantages(self, samples, outcome: Sequence[float]) -> list[list[float]]:
+        """Per-token advantages: outcome advantage + coef x process advantage."""
+        fmt = self.scorer.cfg.steps
+        steps = [split_steps(s.response_text, fmt) for s in samples]
+        scored = self.scorer.score_steps([(s.prompt.messages, [x.text for x in st]) for s, st in zip(samples, steps)])
+        ends = [step_token_ends(self.decode, s.response_ids, [x.end for x in st]) if s.response_ids else []
+                for s, st in zip(samples, steps)]
+        process = process_advantages([o.scores for o in scored], ends, [len(s.response_ids) for s in samples],
+                                     [s.group_id for s in samples], self.cfg.eps)
+        return [[a + self.cfg.coef * p for p in row] for a, row in zip(outcome, process)]

@@ -1,0 +1,144 @@
+"""Scoring solutions with a PRM: encode (prompt, steps) with a separator after every step, run many
+solutions per forward pass, read one score per step; aggregate step scores into a solution score.
+
+    scorer = PRMScorer(prm, tokenizer)
+    [s.scores for s in scorer.score([(messages, "4+7=11 11+2=13 \\\\boxed{13}")])]  # [[0.97, 0.95, 0.93]]
+    aggregate(scores, "min")
+
+Model output is untrusted and scoring never raises on it: steps are cut as `steps.py` says (a
+response without a delimiter is one step, empty steps are dropped, an empty response has no
+steps), a step longer than `max_step_tokens` tokens is cut to them, the separator's text inside a
+response is dropped rather than taken for a separator, and steps past `max_len` tokens are not seen
+and score 0.0 (`StepScores.seen` counts the others). An aggregate of no steps is 0.0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from reasonrl.eval.jobs import render_text
+from reasonrl.models.chat import ChatEncoder, multimodal, token_ids
+from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
+from reasonrl.models.tokenizer import Tokenizer
+from reasonrl.reward.prm.model import ProcessRewardModel
+from reasonrl.reward.prm.steps import step_texts
+from reasonrl.rl.batch import token_batches
+
+PromptLike = str | list[dict] | list[int] | MultimodalPrompt  # chat messages, text, or encoded
+
+
+@dataclass
+class Encoded:
+    ids: list[int]  # prompt, then each seen step's tokens followed by the separator
+    positions: list[int]  # index of each seen step's separator in ids
+    num_steps: int  # steps of the response, seen or not
+    multimodal: MultimodalPrompt | None = None  # a vision-language prompt's images
+
+
+@dataclass
+class StepScores:
+    steps: list[str]
+    scores: list[float]  # P(step correct), one per step; 0.0 for steps past max_len
+    seen: int  # steps the model read (the first `seen`)
+
+
+class PRMScorer:
+    def __init__(self, prm: ProcessRewardModel, tokenizer: Tokenizer, max_tokens_per_batch: int = 16384):
+        self.prm, self.tokenizer, self.cfg = prm, tokenizer, prm.cfg
+        self.encoder = ChatEncoder(tokenizer, prm.backbone)
+        self.max_tokens_per_batch = max_tokens_per_batch
+
+    # ---- encoding ---------------------------------------------------------------------------------
+    def prompt_input(self, prompt: PromptLike) -> list[int] | MultimodalPrompt:
+        if isinstance(prompt, MultimodalPrompt) or (isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)):
+            return prompt
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if self.cfg.chat:
+            return self.encoder(messages)
+        return self.tokenizer.encode(render_text(messages))
+
+    def encode(self, prompt: PromptLike, steps: Sequence[str]) -> Encoded:
+        """Prompt tokens, then per step its tokens (at most max_step_tokens, separators removed) and a
+        separator, while they fit in max_len."""
+        inp = self.prompt_input(prompt)
+        ids, positions, sep = token_ids(inp), [], self.prm.separator_id
+        pieces = self.tokenizer.tok.encode_batch(list(steps), add_special_tokens=False) if steps else []
+        for piece in pieces:
+            step = [t for t in piece.ids if t != sep][:self.cfg.max_step_tokens]
+            if len(ids) + len(step) + 1 > self.cfg.max_len:
+                break
+            ids += step + [sep]
+            positions.append(len(ids) - 1)
+        return Encoded(ids, positions, len(steps), multimodal(inp))
+
+    # ---- scoring ----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score(self, items: Sequence[tuple[PromptLike, str]]) -> list[StepScores]:
+        """Step scores of each (prompt, response), many responses per forward pass."""
+        return self.score_steps([(prompt, step_texts(response, self.cfg.steps)) for prompt, response in items])
+
+    @torch.inference_mode()
+    def score_steps(self, items: Sequence[tuple[PromptLike, Sequence[str]]]) -> list[StepScores]:
+        """`score` for responses already cut into steps."""
+        encoded = [self.encode(prompt, steps) for prompt, steps in items]
+        probs = self.step_probs(encoded)
+        return [StepScores(list(s), p + [0.0] * (len(s) - len(p)), len(p)) for (_, s), p in zip(items, probs)]
+
+    @torch.inference_mode()
+    def step_probs(self, encoded: Sequence[Encoded]) -> list[list[float]]:
+        """P(correct) at each seen step of each encoded solution."""
+        out: list[list[float]] = [[] for _ in encoded]
+        for idx in token_batches([len(e.ids) for e in encoded], self.max_tokens_per_batch):
+            rows = [encoded[i] for i in idx if encoded[i].positions]
+            if not rows:
+                continue
+            logits = self.prm(*collate(rows, self.prm.device, self.tokenizer.pad_token_id))
+            probs = logits.float().softmax(-1)[:, 1].tolist()
+            start = 0
+            for i in (i for i in idx if encoded[i].positions):
+                out[i] = probs[start:start + len(encoded[i].positions)]
+                start += len(encoded[i].positions)
+        return out
+
+
+def collate(rows: Sequence[Encoded], device, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list | None]:
+    """Right-padded ids (B, T), separator coordinates rows and cols (K,), per-row image prompts."""
+    width = max(len(e.ids) for e in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for b, e in enumerate(rows):
+        ids[b, :len(e.ids)] = torch.tensor(e.ids)
+    r = torch.tensor([b for b, e in enumerate(rows) for _ in e.positions], dtype=torch.long)
+    c = torch.tensor([p for e in rows for p in e.positions], dtype=torch.long)
+    prompts = [e.multimodal for e in rows] if any(e.multimodal is not None for e in rows) else None
+    return ids.to(device), r.to(device), c.to(device), prompts
+
+
+# ---- aggregation ------------------------------------------------------------------------------------
+def _product(scores: list[float]) -> float:
+    return math.prod(scores)
+
+
+AGGREGATIONS: dict[str, Callable[[list[float]], float]] = {
+    "min": min,
+    "mean": lambda s: sum(s) / len(s),
+    "last": lambda s: s[-1],
+    "product": _product,
+}
+
+
+def aggregate(scores: Sequence[float], name: str) -> float:
+    """A solution's score from its step scores (min, mean, last or product); 0.0 for no steps."""
+    if name not in AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {name!r}; known: {', '.join(AGGREGATIONS)}")
+    return float(AGGREGATIONS[name](list(scores))) if len(scores) else 0.0
+
+
+def check_aggregations(names: Any) -> list[str]:
+    unknown = [n for n in names if n not in AGGREGATIONS]
+    if unknown:
+        raise ValueError(f"unknown aggregation(s) {', '.join(map(str, unknown))}; known: {', '.join(AGGREGATIONS)}")
+    return list(names)

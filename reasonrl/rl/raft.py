@@ -1,0 +1,156 @@
+"""`reasonrl raft`: reward-ranked fine-tuning. Sample N per prompt, keep the top by reward, fine-tune, repeat.
+
+Paper: RAFT (Dong et al., arXiv 2304.06767); Athena-PRM (arXiv 2506.09532) uses its PRM as RAFT's
+reward. Each round samples `samples_per_prompt` responses to `prompts_per_round` new training
+prompts with the current policy (our engine), ranks each prompt's responses by the reward, keeps
+the best `keep_per_prompt` of those scoring at least `min_reward`, and runs SFT on them.
+
+Where this departs from them:
+- Rewards: `outcome` (the environment's verifier) or `prm` (a PRM's aggregated step scores); the
+  paper's reward models are not ours. The policy is fine-tuned in place round after round (no
+  restart from the base model); each round gets a fresh engine, since the weights changed.
+- Held-out accuracy (greedy, the environment's verifier) is measured before the first round and
+  after every round, with the number of samples drawn so far, so runs compare at equal samples.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+
+from reasonrl.config import to_dict
+from reasonrl.engine.llm_engine import LLMEngine
+from reasonrl.envs.base import Environment, Prompt
+from reasonrl.models import load_model
+from reasonrl.models.loader import save_model
+from reasonrl.models.tokenizer import Tokenizer
+from reasonrl.reward.prm.completer import Completer, Request, seed_of
+from reasonrl.rl.sft import SFTConfig, sft_example, train_sft
+
+
+@dataclass
+class RaftConfig:
+    policy: str
+    """Checkpoint to improve."""
+    out: str
+    """Directory: the final policy, metrics.jsonl (one line per round)."""
+    env: str = "sums:"
+    """Environment spec: training prompts, the outcome reward, held-out problems."""
+    reward: Literal["outcome", "prm"] = "outcome"
+    """What ranks the samples: the environment's verifier, or a PRM's aggregated step scores."""
+    prm: str | None = None
+    """reward=prm: the PRM directory."""
+    aggregation: str = "min"
+    """reward=prm: how step scores make a solution's score (min, mean, last, product)."""
+    rounds: int = 3
+    """Sample-rank-fine-tune rounds."""
+    prompts_per_round: int = 64
+    """New training prompts per round."""
+    samples_per_prompt: int = 8
+    """Responses sampled per prompt (the N of best-of-N)."""
+    keep_per_prompt: int = 1
+    """Best responses kept per prompt."""
+    min_reward: float = 0.5
+    """A response is kept only if its reward is at least this."""
+    temperature: float = 1.0
+    """Sampling temperature."""
+    max_tokens: int = 128
+    """Tokens per response."""
+    lr: float = 3e-4
+    """SFT peak learning rate."""
+    epochs: float = 2.0
+    """SFT passes over each round's kept responses."""
+    eval_problems: int = 200
+    """Held-out problems (eval split), answered greedily after every round."""
+    seed: int = 0
+    """Seeds prompts, sampling and SFT."""
+    device: str | None = None
+    """cpu, cuda or cuda:N (default: cuda when available)."""
+
+    def __post_init__(self):
+        if self.reward not in ("outcome", "prm"):
+            raise ValueError(f"reward must be outcome or prm, got {self.reward!r}")
+        if self.reward == "prm" and not self.prm:
+            raise ValueError("reward=prm needs --prm DIR")
+        for name in ("rounds", "prompts_per_round", "samples_per_prompt", "keep_per_prompt", "max_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+
+
+Scorer = Callable[[Sequence[Prompt], Sequence[str]], list[float]]
+
+
+def reward_fn(cfg: RaftConfig, env: Environment) -> Scorer:
+    if cfg.reward == "outcome":
+        return env.rewards
+    from reasonrl.reward.prm.model import load_prm
+    from reasonrl.reward.prm.scoring import PRMScorer, aggregate, check_aggregations
+
+    check_aggregations([cfg.aggregation])
+    scorer = PRMScorer(*load_prm(cfg.prm, device=cfg.device))
+    return lambda prompts, responses: [aggregate(s.scores, cfg.aggregation) for s in
+                                       scorer.score([(p.messages, r) for p, r in zip(prompts, responses)])]
+
+
+def sample(model, tokenizer, prompts: Sequence[Prompt], n: int, temperature: float, max_tokens: int, seed) -> list[list[str]]:
+    """n responses per prompt from the model as it is now (a fresh engine: the weights changed)."""
+    engine = LLMEngine(model, tokenizer)
+    requests = [Request(p, seed=seed_of(seed, p.id)) for p in prompts]
+    Completer(engine, n, temperature, max_tokens).run(requests)
+    return [r.texts for r in requests]
+
+
+def select(prompts: Sequence[Prompt], texts: list[list[str]], rewards: list[float], keep: int, min_reward: float
+           ) -> list[tuple[Prompt, str]]:
+    """The best `keep` responses of each prompt that reach `min_reward` (rewards flat, prompt-major)."""
+    out, i = [], 0
+    for prompt, group in zip(prompts, texts):
+        ranked = sorted(zip(rewards[i:i + len(group)], range(len(group))), key=lambda x: -x[0])
+        out += [(prompt, group[j]) for r, j in ranked[:keep] if r >= min_reward]
+        i += len(group)
+    return out
+
+
+def held_out_accuracy(model, tokenizer, env: Environment, prompts: Sequence[Prompt], max_tokens: int) -> float:
+    responses = [t[0] for t in sample(model, tokenizer, prompts, 1, 0.0, max_tokens, "eval")]
+    return sum(env.rewards(prompts, responses)) / max(len(prompts), 1)
+
+
+def run_raft(cfg: RaftConfig, log=print) -> list[dict[str, Any]]:
+    from reasonrl.envs.registry import load_environment
+
+    env, out = load_environment(cfg.env), Path(cfg.out)
+    model, tokenizer = load_model(cfg.policy, device=cfg.device, dtype=torch.float32), Tokenizer.from_dir(cfg.policy)
+    score, held_out = reward_fn(cfg, env), env.prompts(cfg.eval_problems, seed=cfg.seed, split="eval")
+    history = [{"round": 0, "samples": 0, "accuracy": held_out_accuracy(model, tokenizer, env, held_out, cfg.max_tokens)}]
+    log(json.dumps(history[-1]))
+    for rnd in range(1, cfg.rounds + 1):
+        history.append(raft_round(cfg, env, model, tokenizer, score, rnd, history[-1]["samples"]))
+        history[-1]["accuracy"] = held_out_accuracy(model, tokenizer, env, held_out, cfg.max_tokens)
+        log(json.dumps(history[-1]))
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(model, out, tokenizer)
+    (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    (out / "raft.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    return history
+
+
+def raft_round(cfg: RaftConfig, env: Environment, model, tokenizer, score: Scorer, rnd: int, samples: int) -> dict[str, Any]:
+    """Sample, rank, keep, fine-tune in place; what happened."""
+    start = time.perf_counter()
+    prompts = env.prompts(cfg.prompts_per_round, seed=cfg.seed * 1000 + rnd, split="train")
+    texts = sample(model, tokenizer, prompts, cfg.samples_per_prompt, cfg.temperature, cfg.max_tokens, (cfg.seed, rnd))
+    flat_prompts = [p for p, group in zip(prompts, texts) for _ in group]
+    rewards = score(flat_prompts, [t for group in texts for t in group])
+    kept = select(prompts, texts, rewards, cfg.keep_per_prompt, cfg.min_reward)
+    if kept:
+        data = [sft_example(p.messages, r, tokenizer) for p, r in kept]
+        train_sft(model, data, SFTConfig(epochs=cfg.epochs, lr=cfg.lr, samples_per_step=16, seed=cfg.seed + rnd))
+    truth = env.rewards([p for p, _ in kept], [r for _, r in kept]) if kept else []
+    return {"round": rnd, "samples": samples + len(rewards), "kept": len(kept),
+            "kept_correct": sum(truth) / max(len(truth), 1), "seconds": time.perf_counter() - start}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Athena-PRM on `sums`, measured against exact step labels (docs/benchmarks.md, "Process reward models").
+# CPU, about an hour on 2 cores. Run from the repository root: bash recipes/prm/reproduce.sh [OUT]
+set -euo pipefail
+OUT=${1:-runs/prm}
+R="python -m reasonrl.cli"
+ENGINE="--device cpu --kv-cache-memory 64MiB"
+TRAIN="--base reasonrl/demo/policy --eval-data $OUT/heldout.jsonl --delimiter ' ' --epochs 6 --lr 3e-3 --samples-per-step 16 --warmup-steps 5 --device cpu"
+mkdir -p "$OUT"
+# the weak completer: the demo policy's recipe stopped at 400 SFT steps (the strong one is the shipped 2000-step policy)
+[ -f "$OUT/weak/config.json" ] || python -m reasonrl.demo.policy --steps 400 --out "$OUT/weak"
+# held-out solutions (exact labels only) and the best-of-N pool on a hard split (7-12 terms), 16 samples per problem
+[ -f "$OUT/heldout.jsonl" ] || $R prm label --policy reasonrl/demo/policy --env "sums:" --data-split eval --problems 100 \
+  --samples-per-problem 4 --out "$OUT/heldout.jsonl" $ENGINE
+[ -f "$OUT/pool.jsonl" ] || $R prm label --policy reasonrl/demo/policy --env "sums:?min_terms=7&max_terms=12" --data-split eval \
+  --problems 40 --samples-per-problem 16 --no-distinct --max-tokens 128 --out "$OUT/pool.jsonl" $ENGINE
+# training solutions labelled by both completers, 8 continuations per step prefix each
+[ -f "$OUT/labels.jsonl" ] || $R prm label --policy reasonrl/demo/policy --weak "$OUT/weak" --strong reasonrl/demo/policy \
+  --env "sums:" --problems 150 --samples-per-problem 4 --completions 8 --out "$OUT/labels.jsonl" $ENGINE
+train() { name=$1; shift; [ -f "$OUT/$name/train.json" ] || eval $R prm train --data "$OUT/labels.jsonl" --out "$OUT/$name" $TRAIN "$@"; }
+variants() {  # $1: suffix, then extra flags (a seed)
+  s=$1; shift
+  train prm-strong8$s --labels strong --completions 8 "$@"
+  train prm-weak8$s --labels weak --completions 8 "$@"
+  train prm-consistent4$s --labels consistent --completions 4 "$@"
+  train prm-consistent4-orm$s --labels consistent --completions 4 --orm-init-epochs 2 "$@"
+  train prm-consistent4-neg$s --labels consistent --completions 4 --negative-upsample 3 "$@"
+  train prm-exact$s --labels exact "$@"
+}
+variants ""
+train orm --labels outcome
+for prm in prm-consistent4 prm-strong8; do
+  [ -f "$OUT/bon-$prm.json" ] || $R prm best-of-n --pool "$OUT/pool.jsonl" --prm "$OUT/$prm" --orm "$OUT/orm" --ns 1 2 4 8 16 --out "$OUT/bon-$prm.json" --device cpu
+done
+for reward in outcome prm; do
+  [ -f "$OUT/raft-$reward/metrics.jsonl" ] || $R raft --policy reasonrl/demo/policy --out "$OUT/raft-$reward" --reward $reward \
+    --prm "$OUT/prm-consistent4" --rounds 3 --prompts-per-round 32 --samples-per-prompt 8 --eval-problems 200 --device cpu
+done
+# two more training seeds of every variant (the labels are the same; data order and head initialisation change)
+variants -s1 --seed 1
+variants -s2 --seed 2
+# best-of-N up to 64 on the hard split: 64 samples per problem
+[ -f "$OUT/pool64.jsonl" ] || $R prm label --policy reasonrl/demo/policy --env "sums:?min_terms=7&max_terms=12" --data-split eval \
+  --problems 40 --samples-per-problem 64 --no-distinct --max-tokens 128 --seed 1 --out "$OUT/pool64.jsonl" $ENGINE
+for prm in prm-consistent4 prm-exact; do
+  [ -f "$OUT/bon64-$prm.json" ] || $R prm best-of-n --pool "$OUT/pool64.jsonl" --prm "$OUT/$prm" --orm "$OUT/orm" \
+    --ns 1 2 4 8 16 32 64 --out "$OUT/bon64-$prm.json" --device cpu
+done
+# longer training (20 epochs instead of 6) of three label sources: does label quality matter more then?
+train prm-strong8-long --labels strong --completions 8 --epochs 20
+train prm-consistent4-long --labels consistent --completions 4 --epochs 20
+train prm-exact-long --labels exact --epochs 20

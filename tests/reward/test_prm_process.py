@@ -1,0 +1,83 @@
+"""Process rewards in RL: step scores -> per-token advantages (DeepSeekMath's process supervision)."""
+
+import pytest
+
+from reasonrl.models.tokenizer import Tokenizer
+from reasonrl.reward.prm.process import ProcessRewardConfig, process_advantages, step_token_ends
+from reasonrl.reward.prm.steps import StepFormat, split_steps
+
+
+def test_step_ends_map_to_the_token_that_completes_each_step():
+    tok = Tokenizer.from_dir("reasonrl/demo/policy")
+    text = "4+7=11 11+2=13 \\boxed{13}"
+    ids = tok.encode(text, add_special_tokens=False) + list(tok.eos_token_ids[:1])
+    steps = split_steps(text, StepFormat(delimiter=" "))
+    ends = step_token_ends(tok.decode, ids, [s.end for s in steps])
+    assert ends == sorted(ends) and ends[-1] == len(ids) - 2  # the box ends just before EOS
+    for s, k in zip(steps, ends):
+        assert len(tok.decode(ids[:k + 1])) >= s.end > len(tok.decode(ids[:k]))
+
+
+def test_process_advantages_are_group_normalised_suffix_sums():
+    # one group, two samples: A has steps scoring 1.0 then 0.0 (tokens 0-1, 2-3), B one step of 0.5 (tokens 0-2)
+    out = process_advantages([[1.0, 0.0], [0.5]], [[1, 3], [2]], [5, 4], [0, 0], eps=0.0)
+    # group mean 0.5, std 0.5: normalised A = (+1, -1), B = (0)
+    assert out[0] == pytest.approx([0.0, 0.0, -1.0, -1.0, 0.0])  # first step: +1 - 1; second: -1; after: 0
+    assert out[1] == pytest.approx([0.0, 0.0, 0.0, 0.0])
+    # groups are normalised separately; a group with equal scores gets no process advantage
+    other = process_advantages([[0.9, 0.1], [0.3, 0.3]], [[0, 1], [0, 1]], [2, 2], [0, 1])
+    assert other[1] == [0.0, 0.0] and other[0][1] < 0 < other[0][0] + 1
+    assert process_advantages([[]], [[]], [3], [0]) == [[0.0, 0.0, 0.0]]
+
+
+def test_bad_coefficient_is_refused():
+    with pytest.raises(ValueError, match="coef"):
+        ProcessRewardConfig(coef=float("nan"))
+
+
+class Spy:
+    """The policy update, recording the advantages it is given."""
+
+    def __init__(self, update, seen, key):
+        self.update, self.seen, self.key = update, seen, key
+
+    def __getattr__(self, name):
+        return getattr(self.update, name)
+
+    def __call__(self, samples, advantages, version):
+        self.seen[self.key] = (samples, advantages)
+        return self.update(samples, advantages, version)
+
+
+def _trainer(tmp_path, prm_dir, coef):
+    from reasonrl.envs.sums import SumsEnvironment
+    from reasonrl.models import load_model
+    from reasonrl.rl.config import load_config
+    from reasonrl.rl.trainer import Trainer
+
+    cfg = load_config(None, {"model.path": "reasonrl/demo/policy", "train.run_dir": str(tmp_path / f"run{coef}"),
+                             "env.name": "sums:?max_terms=4", "env.eval_size": 4, "rollout.max_tokens": 48,
+                             "rollout.prompts_per_step": 2, "rollout.samples_per_prompt": 4, "engine.kv_cache_memory": 1 << 24,
+                             "process.prm": str(prm_dir), "process.coef": coef})
+    return Trainer(cfg, SumsEnvironment(max_terms=4), load_model("reasonrl/demo/policy", device="cpu"),
+                   Tokenizer.from_dir("reasonrl/demo/policy"), console=False)
+
+
+@pytest.mark.slow
+def test_train_step_with_a_process_reward(tmp_path):
+    from reasonrl.reward.prm.model import PRMConfig, save_prm
+    from reasonrl.reward.prm.run import new_prm
+
+    scorer = new_prm("reasonrl/demo/policy", PRMConfig(steps=StepFormat(delimiter=" ")), "cpu", seed=1)
+    prm_dir = save_prm(scorer.prm, tmp_path / "prm", scorer.tokenizer)
+    seen = {}
+    for coef in (0.0, 1.0):
+        trainer = _trainer(tmp_path, prm_dir, coef)
+        trainer.update = Spy(trainer.update, seen, coef)
+        stats = trainer.train_step()
+        assert stats["grad_norm"] >= 0
+    for coef, (samples, adv) in seen.items():
+        assert [len(a) for a in adv] == [len(s.response_ids) for s in samples]
+    flat = seen[0.0][1]
+    assert all(len(set(a)) == 1 for a in flat)  # coef 0: the outcome advantage on every token
+    assert any(len(set(a)) > 1 for a in seen[1.0][1])  # the PRM's steps vary along a response

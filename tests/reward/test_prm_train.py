@@ -1,0 +1,81 @@
+"""PRM training: per-step cross-entropy learns exact step labels; ORM init and negative up-sampling;
+ProcessBench metrics. Solutions are worked `sums` scratchpads with slips, so labels are exact."""
+
+import random
+
+import pytest
+import torch
+
+from reasonrl.envs.sums import SumsEnvironment, terms_of, worked
+from reasonrl.reward.prm.judge import auc, first_wrong, processbench
+from reasonrl.reward.prm.labels import solution_row
+from reasonrl.reward.prm.model import PRMConfig, load_prm
+from reasonrl.reward.prm.run import PRMTrainJob, judge, new_prm, read_rows, run_train
+from reasonrl.reward.prm.scoring import PRMScorer
+from reasonrl.reward.prm.steps import StepFormat
+from reasonrl.reward.prm.train import PRMTrainConfig, examples, train_prm, upsample
+
+SPACE = StepFormat(delimiter=" ")
+POLICY = "reasonrl/demo/policy"
+
+
+def sums_rows(n, split, seed=0, slip=0.25):
+    env, rng = SumsEnvironment(max_terms=6), random.Random(seed)
+    return [solution_row(env, p, worked(terms_of(p), rng, slip), SPACE, p.id) for p in env.prompts(n, seed, split)]
+
+
+def test_processbench_metrics():
+    exact = [[1, 1, 0, 0], [1, 1, 1], [0, 0]]
+    assert first_wrong(exact[0]) == 2 and first_wrong(exact[1]) is None
+    perfect = processbench([[0.9, 0.8, 0.1, 0.2], [0.7, 0.9, 0.6], [0.2, 0.1]], exact)
+    assert perfect["f1"] == 1.0 and perfect["step_accuracy"] == 1.0 and perfect["step_auc"] == 1.0
+    late = processbench([[0.9, 0.8, 0.9, 0.2], [0.7, 0.9, 0.6], [0.2, 0.1]], exact)  # one error found a step late
+    assert late["erroneous_accuracy"] == 0.5 and late["correct_accuracy"] == 1.0 and late["f1"] == pytest.approx(2 / 3)
+    assert processbench([[0.1] * 4, [0.1] * 3, [0.1] * 2], exact)["f1"] == 0.0  # "all wrong" is not rewarded
+    assert auc([0.5, 0.5], [1, 0]) == 0.5 and auc([0.1, 0.9], [1, 0]) == 0.0
+
+
+def test_upsampling_repeats_solutions_with_a_negative_step(tmp_path):
+    scorer = new_prm(POLICY, PRMConfig(steps=SPACE), "cpu")
+    data = examples(scorer, sums_rows(40, "train"), "exact")
+    negative = sum(any(t == 0 for t in e.targets) for e in data)
+    assert 0 < negative < len(data)
+    assert len(upsample(data, 3)) == len(data) + 2 * negative
+    orm = examples(scorer, sums_rows(5, "train"), "outcome")
+    assert all(t is None for e in orm for t in e.targets[:-1]) and all(e.targets[-1] is not None for e in orm)
+
+
+@pytest.mark.slow
+def test_training_on_exact_labels_learns_step_correctness(tmp_path):
+    train, held_out = sums_rows(120, "train"), sums_rows(40, "eval", seed=1)
+    scorer = new_prm(POLICY, PRMConfig(steps=SPACE), "cpu")
+    before = judge(scorer, held_out)
+    history = train_prm(scorer, train, PRMTrainConfig(labels="exact", epochs=3, lr=3e-3, samples_per_step=16,
+                                                      warmup_steps=5, orm_init_epochs=0.25, negative_upsample=2))
+    after = judge(scorer, held_out)
+    assert len(history["orm_loss"]) > 0 and sum(history["loss"][-5:]) < 0.9 * sum(history["loss"][:5])
+    assert after["step_auc"] > before["step_auc"] + 0.08, (before, after)
+    assert after["step_accuracy"] > before["step_accuracy"] + 0.1, (before, after)
+
+
+def test_train_job_saves_a_prm_that_loads_and_scores_the_same(tmp_path):
+    data, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    import json
+    data.write_text("".join(json.dumps(r) + "\n" for r in sums_rows(40, "train")))
+    held.write_text("".join(json.dumps(r) + "\n" for r in sums_rows(10, "eval")))
+    job = PRMTrainJob(data=str(data), out=str(tmp_path / "prm"), eval_data=str(held), device="cpu")
+    result = run_train(job, PRMConfig(steps=SPACE), PRMTrainConfig(labels="exact", epochs=1), log=lambda *a: None)
+    prm, tok = load_prm(tmp_path / "prm", device="cpu", dtype=torch.float32)
+    assert judge(PRMScorer(prm, tok), read_rows(held)) == pytest.approx(result["eval"])
+    assert (tmp_path / "prm" / "train.json").is_file()
+
+
+def test_bad_inputs_are_named(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": []}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1: missing outcome, steps"):
+        read_rows(bad)
+    with pytest.raises(ValueError, match="labels"):
+        PRMTrainConfig(labels="gold")
+    with pytest.raises(ValueError, match="negative_upsample"):
+        PRMTrainConfig(negative_upsample=0)

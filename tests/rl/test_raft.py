@@ -1,0 +1,36 @@
+"""`reasonrl raft`: rank, keep, fine-tune; outcome and PRM rewards; round metrics at equal samples."""
+
+import json
+
+import pytest
+
+from reasonrl.cli import main
+from reasonrl.envs.base import Prompt
+from reasonrl.rl.raft import RaftConfig, select
+
+POLICY = "reasonrl/demo/policy"
+
+
+def test_select_keeps_the_best_that_reach_the_bar():
+    p = [Prompt(id="a", messages=[], answer="1"), Prompt(id="b", messages=[], answer="2")]
+    kept = select(p, [["x", "y", "z"], ["u", "v"]], [0.2, 0.9, 0.7, 0.1, 0.3], keep=2, min_reward=0.5)
+    assert kept == [(p[0], "y"), (p[0], "z")]  # b: nothing reaches 0.5
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="--prm"):
+        RaftConfig(policy=POLICY, out="x", reward="prm")
+    with pytest.raises(ValueError, match="rounds"):
+        RaftConfig(policy=POLICY, out="x", rounds=0)
+
+
+@pytest.mark.slow
+def test_raft_rounds_with_the_outcome_reward(tmp_path):
+    out = tmp_path / "raft"
+    assert main(["raft", "--policy", POLICY, "--out", str(out), "--env", "sums:?max_terms=6", "--rounds", "1",
+                 "--prompts-per-round", "8", "--samples-per-prompt", "4", "--eval-problems", "8", "--max-tokens", "64",
+                 "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1] and rows[1]["samples"] == 32
+    assert rows[1]["kept"] > 0 and rows[1]["kept_correct"] == 1.0  # the verifier keeps only right answers
+    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()

@@ -74,10 +74,13 @@ def api_root(base_url: str) -> str:
 
 
 class OpenAIClient:
-    def __init__(self, config: ClientConfig, max_tokens: int, temperature: float, top_p: float):
+    def __init__(self, config: ClientConfig, max_tokens: int, temperature: float, top_p: float,
+                 extra_body: dict | None = None):
         self.config = config
         self.root = api_root(config.base_url)
-        self.sampling = {"max_tokens": max_tokens, "temperature": float(temperature), "top_p": float(top_p)}
+        # extra_body: server-specific request fields (e.g. vLLM's reasoning_effort), sent as they are
+        self.sampling = {**(extra_body or {}), "max_tokens": max_tokens, "temperature": float(temperature),
+                         "top_p": float(top_p)}
         self.headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
 
     # --- before the run ------------------------------------------------------------------
@@ -170,7 +173,7 @@ class OpenAIClient:
                     return self._parse(r)
                 error = f"HTTP {r.status_code}: {_error_text(r)}"
                 if r.status_code < 500 and r.status_code not in (408, 429):
-                    return Failure(error)  # the request is wrong: asking again gives the same answer
+                    return Failure(error, rejected=True)  # the request is wrong: asking again gives the same answer
                 retry_after = _retry_after(r)
             if attempt < self.config.retries:
                 await asyncio.sleep(self._delay(attempt, retry_after))
@@ -195,10 +198,11 @@ class OpenAIClient:
             choice = data["choices"][0]
             text = (choice["message"].get("content") if self.config.chat else choice["text"]) or ""
             usage = data.get("usage") or {}
-            tokens = usage.get("completion_tokens")
+            tokens, prompt_tokens = usage.get("completion_tokens"), usage.get("prompt_tokens")
             if not isinstance(text, str):
                 raise TypeError("the response text is not a string")
-            return Completion(text, tokens if isinstance(tokens, int) else None, choice.get("finish_reason"))
+            return Completion(text, tokens if isinstance(tokens, int) else None, choice.get("finish_reason"),
+                              prompt_tokens if isinstance(prompt_tokens, int) else None)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             return Failure(f"malformed response ({exc!r}): {r.text[:200]}")
 

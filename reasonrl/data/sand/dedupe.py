@@ -5,9 +5,12 @@ Departure: MinHash/LSH over word n-grams (Broder 1997; Indyk & Motwani 1998), wh
 model or endpoint, is exact-duplicate-proof, and scales linearly:
 
 1. A problem is the set of its word n-grams (lower-cased words and single punctuation marks).
-2. Its signature is, for each of P hash functions h(x) = (a x + b) mod p over the 32-bit hashes
-   x of its n-grams, the minimum; two signatures agree at a position with probability equal to
-   the Jaccard similarity J of the two sets, so the share of agreeing positions estimates J.
+2. Its signature is, for each of P hash functions over the 32-bit hashes x of its n-grams, the
+   minimum; two signatures agree at a position with probability equal to the Jaccard similarity
+   J of the two sets, so the share of agreeing positions estimates J. The functions are
+   multiply-add-shift hashes h(x) = ((a x + b) mod 2^64) >> 32 with random 64-bit a (odd) and b,
+   a 2-universal family for 32-bit keys (Dietzfelbinger 1996) that uint64 arithmetic computes as
+   it wraps.
 3. LSH: the signature is cut into B bands of R = P/B rows; problems whose band agrees in at
    least one band are candidates. A pair of similarity J becomes a candidate with probability
    1 - (1 - J^R)^B (an S-curve around (1/B)^(1/R): 0.42 for the default 32 bands of 4 rows).
@@ -30,7 +33,6 @@ import numpy as np
 
 from .problem import Problem, Verdict
 
-PRIME = (1 << 61) - 1  # h(x) = (a x + b) mod PRIME; a, b, x < 2**32, so a x + b < 2**64: no overflow
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
@@ -44,15 +46,15 @@ def shingles(text: str, n: int) -> set[str]:
 class MinHasher:
     def __init__(self, num_perm: int = 128, ngram: int = 3, seed: int = 0):
         rng = np.random.default_rng(seed)
-        self.a = rng.integers(1, 1 << 32, num_perm, dtype=np.uint64)
-        self.b = rng.integers(0, 1 << 32, num_perm, dtype=np.uint64)
+        self.a = rng.integers(0, 1 << 64, num_perm, dtype=np.uint64, endpoint=False) | np.uint64(1)
+        self.b = rng.integers(0, 1 << 64, num_perm, dtype=np.uint64, endpoint=False)
         self.ngram = ngram
 
     def signature(self, text: str) -> np.ndarray:
         """(num_perm,) uint32: the minimum of each hash function over the text's n-grams."""
         x = np.fromiter((zlib.crc32(s.encode()) for s in shingles(text, self.ngram)), dtype=np.uint64)
-        hashed = (x[:, None] * self.a[None, :] + self.b[None, :]) % PRIME  # (n-grams, num_perm)
-        return (hashed.min(axis=0) & 0xFFFFFFFF).astype(np.uint32)
+        hashed = (x[:, None] * self.a[None, :] + self.b[None, :]) >> np.uint64(32)  # (n-grams, num_perm), wraps
+        return hashed.min(axis=0).astype(np.uint32)
 
     def signatures(self, texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), len(self.a)), dtype=np.uint32)

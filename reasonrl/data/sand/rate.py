@@ -40,8 +40,9 @@ def rated(p: Problem, answers: list[dict], cfg) -> Verdict:
     if not values:
         return Verdict.drop(p, "no readable rating", "; ".join(dict.fromkeys(reasons)))
     rating = parse.snap(sum(values) / len(values))
+    p = replace(p, ratings=values, rating=rating)
     if cfg.min_rating is not None and rating < cfg.min_rating:
         return Verdict.drop(p, "rated below min_rating", f"{rating:g} < {cfg.min_rating:g}")
     if cfg.max_rating is not None and rating > cfg.max_rating:
         return Verdict.drop(p, "rated above max_rating", f"{rating:g} > {cfg.max_rating:g}")
-    return Verdict.keep(replace(p, ratings=values, rating=rating))
+    return Verdict.keep(p)

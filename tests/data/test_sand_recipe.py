@@ -107,3 +107,33 @@ def test_free_keys_are_the_ones_that_do_not_change_an_answer():
     keys = free_keys()
     assert {"generate.base_url", "solve.concurrency", "defaults.retries", "measure.base_url"} <= keys
     assert not {"generate.temperature", "solve.n", "rate.ratings", "generate.model", "run.seed"} & keys
+
+
+def test_the_shipped_recipes_load(tmp_path):
+    from reasonrl.rl.config import read_yaml
+    from sand_helpers import REPO
+
+    data = read_yaml(REPO / "recipes" / "sand-math.yaml")
+    evals = tmp_path / "e.jsonl"
+    evals.write_text(json.dumps({"problem": "x"}) + "\n")
+    data["decontaminate"]["eval_sets"] = [str(evals)] * 4  # the real ones are the user's to download
+    data["hike"]["topics"] = str(REPO / data["hike"]["topics"])
+    r = from_dict(data)
+    assert (r.consistency.model, r.rate.model, r.generate.model) == ("meta-llama/Llama-3.3-70B-Instruct",) * 2 + (
+        "openai/gpt-oss-120b",)
+    assert r.generate.extra_body == {"reasoning_effort": "high"} and r.rate.extra_body == {}
+    sums = read_yaml(REPO / "recipes" / "sand-sums.yaml")
+    sums["decontaminate"]["eval_sets"] = [str(evals)]
+    sums["hike"]["topics"] = str(REPO / sums["hike"]["topics"])
+    sums["measure"]["model"] = str(REPO / sums["measure"]["model"])
+    assert from_dict(sums).solve.system_prompt is None
+
+
+def test_the_recipe_printed_in_docs_is_the_shipped_one():
+    import re
+
+    from reasonrl.rl.config import read_yaml
+    from sand_helpers import REPO
+
+    block = re.search(r"```yaml\n(.*?)```", (REPO / "docs" / "sand.md").read_text(), re.S).group(1)
+    assert yaml.safe_load(block) == read_yaml(REPO / "recipes" / "sand-math.yaml")

@@ -75,3 +75,29 @@ def test_a_killed_run_resumes_without_repaying_a_call_and_ends_like_an_uninterru
     spent, expected = report(out)["spent"], report(tmp_path / "uninterrupted")["spent"]
     assert spent == expected
     assert json.loads((out / "report.json").read_text())["accepted"]["all"] > 5
+
+
+@pytest.mark.slow
+def test_ctrl_c_finishes_cleanly_and_the_rerun_resumes(tmp_path):
+    server = ScriptedServer()
+    try:
+        data = sums_recipe(tmp_path, server.url, generate={"problems": 20}, hike={"enabled": False})
+        recipe, out = write_recipe(tmp_path / "recipe.yaml", data), tmp_path / "run"
+        server.hold_after(30)  # mid base.solve
+        proc = cli(recipe, out)
+        end = time.monotonic() + 120
+        while not (server.total_answered >= 30 and recorded_calls(out) == server.total_answered):
+            assert time.monotonic() < end and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 130, stderr[-2000:]
+        assert "stopped in base.solve; what finished is saved" in stderr
+        assert recorded_calls(out) == server.total_answered  # nothing answered was lost
+        server.release()
+        rerun = cli(recipe, out)
+        _, stderr = rerun.communicate(timeout=300)
+        assert rerun.returncode == 0, stderr[-2000:]
+        assert set(server.answered.values()) == {1}
+    finally:
+        server.stop()

@@ -92,6 +92,7 @@ def plot(out: Path, stages: list[dict], base: list, hiked: list) -> list[Path]:
 
 
 def _funnel(plt, stages, base, hiked):
+    stages = [s for s in stages if s["inputs"]]
     names = [s["name"] for s in stages][::-1]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2))
     ax.barh(names, [s["inputs"] for s in stages][::-1], color="#c6dbef", label="in")
@@ -105,7 +106,7 @@ def _drops(plt, stages, base, hiked):
     items = [(f"{s['name']}: {reason}"[:70], n) for s in stages for reason, n in s["drops"].items()]
     if not items:
         return None
-    fig, ax = plt.subplots(figsize=(8, 0.3 * len(items) + 1.2))
+    fig, ax = plt.subplots(figsize=(10, 0.3 * len(items) + 1.2))
     ax.barh([k for k, _ in items][::-1], [n for _, n in items][::-1], color="#cb181d")
     ax.set(title="Dropped problems by stage and reason", xlabel="problems")
     return fig

@@ -38,6 +38,12 @@ class ConfigError(ValueError):
     """A config value that cannot be used; the message starts with the key."""
 
 
+def check(ok: bool, key: str, message: str) -> None:
+    """A field check whose error names the key: ValueError("rollout.max_tokens: must be >= 1, got 0")."""
+    if not ok:
+        raise ValueError(f"{key}: {message}")
+
+
 def parse_size(text: str | int) -> int:
     """Bytes from `512MiB`, `2GiB`, `1.5GB`, `4096` (binary units are powers of 1024)."""
     if isinstance(text, int) and not isinstance(text, bool):

@@ -340,6 +340,11 @@ class KVBenchJob:
         return config_from_args(self.items, self.train_steps, self.seed, self.model_shape)
 
 
+def run_job(job: KVBenchJob) -> list[dict]:
+    """`reasonrl bench kv`: the rows for a job's model directory, shape and settings."""
+    return bench_kv(job.model_dir, job.config(), job.device)
+
+
 def config_from_args(items: int | None = None, train_steps: int | None = None, seed: int = 0, shape: str = "8x64",
                      **overrides) -> KVBenchConfig:
     if shape not in SHAPES:

@@ -7,6 +7,7 @@ Every workload has a config dataclass next to its code; its flags come from it. 
 from __future__ import annotations
 
 import argparse
+import importlib
 from dataclasses import dataclass
 
 from reasonrl.cli import Command
@@ -40,84 +41,46 @@ WORKLOADS = {
 }
 
 
-def workload(parser: argparse.ArgumentParser, config_cls: type, measure) -> callable:
-    """Flags of `config_cls` and the common options; the runner calls `measure(config)`."""
-    add_flags(parser, config_cls, title="workload")
-    add_flags(parser, BenchOptions, title="output")
+def workload(config: str, measure: str, table: str | None = None):
+    """The builder of a workload's subcommand: flags from the config dataclass `config` and the
+    common options; it runs `measure(config)` and prints `table(result)` if given (all three
+    "module:name", imported only when the workload runs)."""
+    def build(parser: argparse.ArgumentParser):
+        config_cls = _resolve(config)
+        add_flags(parser, config_cls, title="workload")
+        add_flags(parser, BenchOptions, title="output")
 
-    def run(args) -> int:
-        from reasonrl.bench.common import write_json
+        def run(args) -> int:
+            from reasonrl.bench.common import write_json
 
-        options = BenchOptions(**values(args, BenchOptions))
-        if options.threads is not None:
-            import torch
+            options = BenchOptions(**values(args, BenchOptions))
+            if options.threads is not None:
+                import torch
 
-            torch.set_num_threads(options.threads)
-        write_json(measure(config_cls(**values(args, config_cls))), options.json)
-        return 0
+                torch.set_num_threads(options.threads)
+            result = _resolve(measure)(config_cls(**values(args, config_cls)))
+            if table is not None:
+                print(_resolve(table)(result))
+            write_json(result, options.json)
+            return 0
 
-    return run
+        return run
 
-
-def engine(parser):
-    from reasonrl.bench.engine import EngineBenchConfig, bench_engine
-
-    return workload(parser, EngineBenchConfig, bench_engine)
-
-
-def april(parser):
-    from reasonrl.bench.april import AprilBenchConfig, bench_april
-
-    return workload(parser, AprilBenchConfig, bench_april)
+    return build
 
 
-def spec(parser):
-    from reasonrl.bench.spec import SpecBenchConfig, bench_spec
-
-    return workload(parser, SpecBenchConfig, bench_spec)
-
-
-def kv(parser):
-    from reasonrl.bench.kv import KVBenchJob, bench_kv, format_table
-
-    def measure(job: KVBenchJob):
-        rows = bench_kv(job.model_dir, job.config(), job.device)
-        print(format_table(rows))
-        return rows
-
-    return workload(parser, KVBenchJob, measure)
+def _resolve(target: str):
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
-def kv_decode(parser):
-    from reasonrl.bench.kv_decode import DecodeBenchConfig, bench_kv_decode, format_table
-
-    def measure(cfg: DecodeBenchConfig):
-        rows = bench_kv_decode(cfg)
-        print(format_table(rows))
-        return rows
-
-    return workload(parser, DecodeBenchConfig, measure)
-
-
-def ttt(parser):
-    from reasonrl.envs.ttt.bench import TTTBenchConfig, benchmark
-
-    return workload(parser, TTTBenchConfig, benchmark)
-
-
-def math(parser):
-    from reasonrl.envs.math.bench import MathBenchConfig, benchmark
-
-    return workload(parser, MathBenchConfig, benchmark)
-
-
-def serve(parser):
-    from reasonrl.bench.serve import ServeBenchConfig, bench_serve
-
-    return workload(parser, ServeBenchConfig, bench_serve)
-
-
-def shapes_detector(parser):
-    from reasonrl.vision.world import DetectorBenchConfig, bench_detector
-
-    return workload(parser, DetectorBenchConfig, bench_detector)
+engine = workload("reasonrl.bench.engine:EngineBenchConfig", "reasonrl.bench.engine:bench_engine")
+april = workload("reasonrl.bench.april:AprilBenchConfig", "reasonrl.bench.april:bench_april")
+spec = workload("reasonrl.bench.spec:SpecBenchConfig", "reasonrl.bench.spec:bench_spec")
+kv = workload("reasonrl.bench.kv:KVBenchJob", "reasonrl.bench.kv:run_job", "reasonrl.bench.kv:format_table")
+kv_decode = workload("reasonrl.bench.kv_decode:DecodeBenchConfig", "reasonrl.bench.kv_decode:bench_kv_decode",
+                     "reasonrl.bench.kv_decode:format_table")
+ttt = workload("reasonrl.envs.ttt.bench:TTTBenchConfig", "reasonrl.envs.ttt.bench:benchmark")
+math = workload("reasonrl.envs.math.bench:MathBenchConfig", "reasonrl.envs.math.bench:benchmark")
+serve = workload("reasonrl.bench.serve:ServeBenchConfig", "reasonrl.bench.serve:bench_serve")
+shapes_detector = workload("reasonrl.vision.world:DetectorBenchConfig", "reasonrl.vision.world:bench_detector")

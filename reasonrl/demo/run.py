@@ -20,6 +20,7 @@ from reasonrl.demo.policy import SHIPPED
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.envs.registry import load_environment
 from reasonrl.models import Tokenizer, load_model
+from reasonrl.models.chat import ChatEncoder
 from reasonrl.rl.checkpoint import latest_checkpoint
 from reasonrl.rl.config import RunConfig, load_config
 from reasonrl.rl.metrics import read_metrics
@@ -40,8 +41,8 @@ def rollout_throughput(cfg: RunConfig, env, policy, tokenizer, ratio: float, ste
     """Rollouts only (no training) from the starting policy, through the same rollout manager the
     trainer uses: response tokens of finished groups per rollout second, and the tail idle fraction."""
     backend = EngineBackend(LLMEngine(policy, tokenizer, cfg.engine))
-    rollout = RolloutManager(backend, env, tokenizer, dataclasses.replace(cfg.rollout, over_provision=ratio),
-                             cfg.train.seed)
+    rollout = RolloutManager(backend, env, ChatEncoder(tokenizer, policy),
+                             dataclasses.replace(cfg.rollout, over_provision=ratio), cfg.train.seed)
     seconds = tokens = idle = 0.0
     rollout.collect(0, 0)  # warm-up, not counted
     for step in range(1, steps + 1):

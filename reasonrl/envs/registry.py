@@ -9,6 +9,7 @@ The scheme picks a factory from `ENVIRONMENTS`; the factory gets the text after 
     ttt:oTTT,cTTT   ttt:all                                            TTT-Bench games (ttt/)
     sums:           sums:?max_terms=16                                 running-sum chains (the demo's task)
     letter:a                                                           a smoke-test task (letter.py)
+    shapes:?families=count,colour                                      visual QA on the shapes world (shapes.py)
 
 Registering another environment (the hook): add `"name": "package.module:factory"` to
 `ENVIRONMENTS` (a string keeps its import lazy, so loading `jsonl:` never imports TTT), or call
@@ -32,6 +33,7 @@ ENVIRONMENTS: dict[str, Union[Factory, str]] = {
     "ttt": "reasonrl.envs.ttt:from_spec",
     "sums": "reasonrl.envs.registry:sums_from_spec",
     "letter": "reasonrl.envs.registry:letter_from_spec",
+    "shapes": "reasonrl.envs.shapes:from_spec",
 }
 
 

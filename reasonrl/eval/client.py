@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from .jobs import Completion, Failure, Job, render_text
+from .jobs import Completion, Failure, Job, openai_messages, render_text
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class OpenAIClient:
     def _body(self, job: Job) -> tuple[str, dict]:
         body = {"model": self.config.model, **self.sampling, "seed": job.seed}
         if self.config.chat:
-            return f"{self.root}/chat/completions", {**body, "messages": job.prompt.messages}
+            return f"{self.root}/chat/completions", {**body, "messages": openai_messages(job.prompt.messages)}
         return f"{self.root}/completions", {**body, "prompt": render_text(job.prompt.messages)}
 
     def _parse(self, r: httpx.Response) -> Completion | Failure:

@@ -50,6 +50,33 @@ def jobs_for(prompt: Prompt, samples: range | list[int], seed: int) -> list[Job]
     return [Job(prompt, j, base + j) for j in samples]
 
 
-def render_text(messages: list[dict[str, str]]) -> str:
+def render_text(messages: list[dict]) -> str:
     """Chat messages as one plain-text prompt (completions endpoints, models without a template)."""
+    if any(not isinstance(m["content"], str) for m in messages):
+        raise ValueError("messages with images need a chat endpoint or template (not --no-chat)")
     return "\n\n".join(m["content"] for m in messages)
+
+
+def openai_messages(messages: list[dict]) -> list[dict]:
+    """Messages as the OpenAI chat API takes them: image parts (arrays, PIL images, paths) become
+    `image_url` parts holding PNG `data:` URLs; text passes as it is."""
+    return [{**m, "content": [_openai_part(p) for p in m["content"]]} if isinstance(m.get("content"), list) else m
+            for m in messages]
+
+
+def _openai_part(part: dict) -> dict:
+    if part.get("type") != "image":
+        return part
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = part["image"]
+    if isinstance(image, str):
+        image = Image.open(image)
+    elif not isinstance(image, Image.Image):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}}

@@ -14,6 +14,7 @@ from typing import Iterator, Sequence
 
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams
+from reasonrl.models.chat import ChatEncoder, ModelInput
 
 from .jobs import Completion, Failure, Job, render_text
 
@@ -34,6 +35,7 @@ class LocalModel:
         if chat and not self.tokenizer.chat_template:
             raise ValueError(f"{path} has no chat template: evaluate it with chat=False (plain-text prompts)")
         self.chat = chat
+        self.encoder = ChatEncoder(self.tokenizer, self.engine.model)  # images too, for a vision-language model
         self.sampling = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p)
 
     def generate(self, jobs: Sequence[Job]) -> Iterator[list[Result]]:
@@ -63,9 +65,9 @@ class LocalModel:
         finally:  # interrupted: free the engine for whoever uses it next
             self.engine.abort_all()
 
-    def _encode(self, job: Job) -> list[int]:
+    def _encode(self, job: Job) -> ModelInput:
         if self.chat:
-            return self.tokenizer.apply_chat_template(job.prompt.messages, add_generation_prompt=True)
+            return self.encoder(job.prompt.messages)
         return self.tokenizer.encode(render_text(job.prompt.messages))
 
 

@@ -21,6 +21,12 @@ class TrainBatch:
     versions: torch.Tensor  # (B, T) policy version that sampled each token
     advantages: torch.Tensor  # (B,)
     old_logp: torch.Tensor | None = None  # (B, T) log-probs before this update, when recomputed (PPO epochs)
+    multimodal: list | None = None  # per row, a VLM prompt's images and positions (MultimodalPrompt) or None
+
+    def forward(self, model: DecoderLM) -> torch.Tensor:
+        """(B, L, H) hidden states of the rows, images and all."""
+        return model.forward_padded(self.input_ids, self.multimodal) if self.multimodal else \
+            model.forward_padded(self.input_ids)
 
     @property
     def num_tokens(self) -> int:
@@ -44,6 +50,7 @@ def collate(samples: list[Sample], advantages: list[float], pad_id: int, device,
         versions=pad([s.versions for s in samples], resp, -1, torch.long),
         advantages=torch.tensor(advantages, dtype=torch.float32, device=device),
         old_logp=None if old_logp is None else pad([t.tolist() for t in old_logp], resp, 0.0, torch.float32),
+        multimodal=[s.multimodal for s in samples] if any(s.multimodal is not None for s in samples) else None,
     )
 
 
@@ -68,7 +75,7 @@ def response_logprobs(model: DecoderLM, batch: TrainBatch, temperature: float = 
                       entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """(B, T) log pi(response token | prefix) at `temperature`, as the engine reports them; with
     `entropy`, also the (B, T) entropy of each position's distribution (detached)."""
-    hidden = model.forward_padded(batch.input_ids)  # (B, L, H)
+    hidden = batch.forward(model)  # (B, L, H)
     b, t = batch.response_ids.shape
     # the hidden state at position p predicts token p + 1: response token j comes from prompt_len - 1 + j
     idx = (batch.prompt_lens[:, None] - 1 + torch.arange(t, device=hidden.device)[None, :]).clamp(max=hidden.shape[1] - 1)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-from reasonrl.config import ConfigError, build, to_dict
+from reasonrl.config import ConfigError, build, check, to_dict
 from reasonrl.engine.config import EngineConfig
 from reasonrl.rl.advantages import AdvantageConfig
 from reasonrl.rl.losses import LossConfig
@@ -42,6 +42,8 @@ class ModelSection:
     """Weights' dtype (default: float32 on CPU; for training, keep float32 master weights and use autocast)."""
     autocast: Literal["bfloat16", "float16"] | None = None
     """Compute dtype on CUDA under torch.autocast; None: the weights' dtype throughout (CPU)."""
+    freeze_vision: bool = False
+    """Vision-language policies: keep the vision tower and merger frozen (as LVR and ImageDoctor do)."""
     init: Literal["qwen2", "llama", "qwen3"] | None = None
     """Smoke tests: when `path` holds no checkpoint yet, first make a tiny random one of this family
     there (hidden size 64, 2 layers, a byte-level tokenizer trained on the environment's prompts)."""
@@ -78,18 +80,14 @@ class OptimSection:
     """Padded tokens per forward/backward; larger mini-batches accumulate gradients (same result)."""
 
     def __post_init__(self):
-        def need(ok: bool, key: str, message: str):
-            if not ok:
-                raise ValueError(f"optim.{key}: {message}")
-
-        need(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
-        need(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        need(all(0 <= b < 1 for b in self.betas), "betas", f"must be in [0, 1), got {list(self.betas)}")
-        need(self.grad_clip > 0, "grad_clip", f"must be > 0, got {self.grad_clip}")
-        need(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        need(self.ppo_epochs >= 1, "ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
-        need(self.minibatches_per_epoch >= 1, "minibatches_per_epoch", f"must be >= 1, got {self.minibatches_per_epoch}")
-        need(self.max_tokens_per_microbatch >= 1, "max_tokens_per_microbatch", "must be >= 1")
+        check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
+        check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(all(0 <= b < 1 for b in self.betas), "optim.betas", f"must be in [0, 1), got {list(self.betas)}")
+        check(self.grad_clip > 0, "optim.grad_clip", f"must be > 0, got {self.grad_clip}")
+        check(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        check(self.ppo_epochs >= 1, "optim.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
+        check(self.minibatches_per_epoch >= 1, "optim.minibatches_per_epoch", f"must be >= 1, got {self.minibatches_per_epoch}")
+        check(self.max_tokens_per_microbatch >= 1, "optim.max_tokens_per_microbatch", "must be >= 1")
 
     @property
     def updates_per_step(self) -> int:
@@ -117,15 +115,11 @@ class TrainSection:
     package (pip install 'reasonrl[tensorboard]' / 'reasonrl[wandb]'); a missing one is an error at start."""
 
     def __post_init__(self):
-        def need(ok: bool, key: str, message: str):
-            if not ok:
-                raise ValueError(f"train.{key}: {message}")
-
-        need(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
-        need(self.save_every >= 1, "save_every", f"must be >= 1, got {self.save_every}")
-        need(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
-        need(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
-        need(len(set(self.trackers)) == len(self.trackers), "trackers", f"lists a tracker twice: {self.trackers}")
+        check(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
+        check(self.save_every >= 1, "train.save_every", f"must be >= 1, got {self.save_every}")
+        check(self.keep_checkpoints >= 1, "train.keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        check(self.eval_every >= 0, "train.eval_every", f"must be >= 0, got {self.eval_every}")
+        check(len(set(self.trackers)) == len(self.trackers), "train.trackers", f"lists a tracker twice: {self.trackers}")
 
 
 @dataclass(slots=True)

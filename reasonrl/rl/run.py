@@ -36,7 +36,7 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, overwrite: bool = F
     if overwrite:
         _delete_run(run_dir)
     saved_path = run_dir / CONFIG_FILE
-    if saved_path.is_file():
+    if saved_path.is_file() and _started(run_dir):  # a config saved by a run that never logged a step binds nothing
         saved = yaml.safe_load(saved_path.read_text()) or {}
         changed = [d for d in differences(saved, config) if d[0] not in free_keys]
         if changed and not accept_changes:
@@ -51,6 +51,10 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, overwrite: bool = F
         print(f"config ({saved_path}):\n" + "".join(f"  {line}\n" for line in text.splitlines()), file=sys.stderr,
               end="", flush=True)
     return run_dir
+
+
+def _started(run_dir: Path) -> bool:
+    return (run_dir / "metrics.jsonl").is_file() or (run_dir / "checkpoints").is_dir()
 
 
 def _mismatch_message(run_dir: Path, changed: list[tuple[str, Any, Any]]) -> str:

@@ -2,7 +2,10 @@
 
 Each line is {"prompt": str | [chat messages], "response": str}. A string prompt becomes a user
 message rendered with the tokenizer's chat template (`chat=False`: plain concatenation); the
-response is followed by the end-of-sequence token, so the policy learns to stop.
+response is followed by the end-of-sequence token, so the policy learns to stop. Messages may
+hold images for a vision-language model (`{"type": "image", "image": "images/x.png"}`, a path
+relative to the JSONL file); the loss is then computed with them, and `freeze_vision` keeps the
+vision tower and merger fixed.
 
 A run (`sft_run.py`) behaves like an RL run: config saved in the run directory and checked on rerun,
 checkpoints every `save_every` steps with optimizer, schedule and data order, resume by rerunning,
@@ -23,11 +26,12 @@ from typing import Literal
 
 import torch
 
+from reasonrl.models.chat import ChatEncoder, multimodal, token_ids
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.rl.batch import micro_batches
 from reasonrl.rl.config import OptimSection
-from reasonrl.rl.update import make_optimizer
+from reasonrl.rl.update import freeze_vision, make_optimizer, trainable
 from reasonrl.rollout.sample import Sample
 
 
@@ -55,6 +59,8 @@ class SFTConfig:
     """Examples longer than this (prompt + response) are skipped, and counted."""
     chat: bool = True
     """Render string prompts as a user message with the chat template; false: concatenate as they are."""
+    freeze_vision: bool = False
+    """Vision-language models: keep the vision tower and merger frozen (as LVR and ImageDoctor do)."""
     seed: int = 0
     """Seeds the data order (and the held-out split)."""
 
@@ -65,20 +71,36 @@ class SFTConfig:
                             max_tokens_per_microbatch=self.max_tokens_per_microbatch)
 
 
-def sft_example(prompt: str | list[dict], response: str, tokenizer: Tokenizer, chat: bool = True) -> Sample:
-    """One example as a sample: the prompt (a string, or chat messages) through the chat template
-    with its generation prompt, or encoded as it is when not `chat`; the response ends with EOS."""
+def sft_example(prompt: str | list[dict], response: str, encoder: ChatEncoder | Tokenizer, chat: bool = True) -> Sample:
+    """One example as a sample: the prompt (a string, or chat messages, images included for a VLM)
+    through the chat template with its generation prompt, or encoded as it is when not `chat`; the
+    response ends with EOS."""
+    encoder = encoder if isinstance(encoder, ChatEncoder) else ChatEncoder(encoder)
+    tokenizer, inp = encoder.tokenizer, None
     if chat:
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        inp = encoder([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt)
+        prompt_ids = token_ids(inp)
     else:
         prompt_ids = tokenizer.encode(prompt if isinstance(prompt, str) else json.dumps(prompt))
     eos = list(tokenizer.eos_token_ids[:1])
-    return Sample(prompt_ids=prompt_ids, response_ids=tokenizer.encode(response, add_special_tokens=False) + eos)
+    return Sample(prompt_ids=prompt_ids, response_ids=tokenizer.encode(response, add_special_tokens=False) + eos,
+                  multimodal=multimodal(inp) if inp is not None else None)
 
 
-def load_sft_data(path: str | Path, tokenizer: Tokenizer, chat: bool = True, max_len: int = 2048) -> list[Sample]:
-    """Examples as samples (prompt ids, response ids); bad lines raise naming file and line."""
+def _resolve_images(prompt, base: Path):
+    """Image parts' relative paths, taken relative to the data file."""
+    if not isinstance(prompt, list):
+        return prompt
+    for message in prompt:
+        for part in message.get("content") if isinstance(message, dict) and isinstance(message.get("content"), list) else []:
+            if isinstance(part, dict) and part.get("type") == "image" and isinstance(part.get("image"), str):
+                part["image"] = str(base / part["image"])
+    return prompt
+
+
+def load_sft_data(path: str | Path, encoder: ChatEncoder | Tokenizer, chat: bool = True, max_len: int = 2048
+                  ) -> list[Sample]:
+    """Examples as samples (prompt ids and images, response ids); bad lines raise naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"SFT data file {path} does not exist")
@@ -93,7 +115,10 @@ def load_sft_data(path: str | Path, tokenizer: Tokenizer, chat: bool = True, max
         prompt, response = row.get("prompt") if isinstance(row, dict) else None, row.get("response") if isinstance(row, dict) else None
         if not isinstance(response, str) or not isinstance(prompt, (str, list)):
             raise ValueError(f"{path}:{n}: needs a string 'response' and a 'prompt' (string or chat messages)")
-        sample = sft_example(prompt, response, tokenizer, chat)
+        try:
+            sample = sft_example(_resolve_images(prompt, path.parent), response, encoder, chat)
+        except (ValueError, OSError) as exc:  # e.g. an unreadable image, images for a text-only model
+            raise ValueError(f"{path}:{n}: {exc}") from None
         if len(sample.prompt_ids) + len(sample.response_ids) > max_len:
             skipped += 1
             continue
@@ -114,7 +139,9 @@ def sft_loss(model: DecoderLM, samples: list[Sample]) -> tuple[torch.Tensor, int
         seq = s.prompt_ids + s.response_ids
         ids[i, :len(seq)] = torch.tensor(seq)
         labels[i, len(s.prompt_ids) - 1:len(seq) - 1] = torch.tensor(s.response_ids)  # position p predicts p + 1
-    logits = model.compute_logits(model.forward_padded(ids)).float()
+    images = [s.multimodal for s in samples]
+    hidden = model.forward_padded(ids, images) if any(m is not None for m in images) else model.forward_padded(ids)
+    logits = model.compute_logits(hidden).float()
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
     return loss, int((labels != -100).sum())
 
@@ -125,7 +152,9 @@ class SFTTrainer:
     def __init__(self, model: DecoderLM, data: list[Sample], cfg: SFTConfig):
         self.model, self.data, self.cfg = model, data, cfg
         self.steps = max(1, math.ceil(len(data) * cfg.epochs / cfg.samples_per_step))
-        self.optimizer, self.scheduler = make_optimizer(model.parameters(), cfg.optim(), self.steps)
+        if cfg.freeze_vision:
+            freeze_vision(model)
+        self.optimizer, self.scheduler = make_optimizer(trainable(model), cfg.optim(), self.steps)
         self.rng = random.Random(cfg.seed)
         self.order: list[int] = []
         self.step_count = 0
@@ -147,10 +176,10 @@ class SFTTrainer:
             loss, n = sft_loss(self.model, [batch[i] for i in idx])
             loss.backward()
             total, tokens = total + loss.detach().item(), tokens + n
-        for p in self.model.parameters():
+        for p in trainable(self.model):
             if p.grad is not None:
                 p.grad /= max(tokens, 1)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable(self.model), self.cfg.grad_clip)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()

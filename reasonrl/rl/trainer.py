@@ -20,6 +20,7 @@ import torch
 
 from reasonrl.config import to_dict
 from reasonrl.envs.base import Environment
+from reasonrl.models.chat import ChatEncoder
 from reasonrl.models.loader import load_weights
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.tokenizer import Tokenizer
@@ -42,7 +43,7 @@ class Trainer:
         self.run_dir = Path(cfg.train.run_dir)
         torch.manual_seed(cfg.train.seed)
         self.backend = backend or make_backend(cfg.rollout, cfg.engine, policy, tokenizer, self.run_dir / "sync")
-        self.rollout = RolloutManager(self.backend, env, tokenizer, cfg.rollout, cfg.train.seed)
+        self.rollout = RolloutManager(self.backend, env, ChatEncoder(tokenizer, policy), cfg.rollout, cfg.train.seed)
         self.advantage_fn = get_advantage(cfg.advantage.name)
         self.update = PolicyUpdate(policy, cfg, tokenizer.pad_token_id)
         self.step = self.version = 0

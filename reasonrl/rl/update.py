@@ -41,6 +41,16 @@ def lr_factor(step: int, warmup_steps: int, schedule: str, total_steps: int) -> 
     return 1.0
 
 
+def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def freeze_vision(model: torch.nn.Module) -> None:
+    """Keep a vision-language model's vision tower and merger fixed; a text model has none."""
+    if hasattr(model, "visual"):
+        model.visual.requires_grad_(False)
+
+
 def make_optimizer(params, optim: OptimSection, total_steps: int):
     optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -67,7 +77,9 @@ class PolicyUpdate:
     def __init__(self, policy: DecoderLM, cfg: RunConfig, pad_id: int):
         self.policy, self.cfg, self.pad_id = policy, cfg, pad_id
         self.loss_fn = get_loss(cfg.loss.name)
-        self.optimizer, self.scheduler = make_optimizer(policy.parameters(), cfg.optim, cfg.train.steps)
+        if cfg.model.freeze_vision:
+            freeze_vision(policy)
+        self.optimizer, self.scheduler = make_optimizer(trainable(policy), cfg.optim, cfg.train.steps)
         self.reference = self._reference() if cfg.train.reference_model else None
         use_autocast = cfg.model.autocast and policy.device.type == "cuda"
         self.autocast = getattr(torch, cfg.model.autocast) if use_autocast else None
@@ -100,10 +112,10 @@ class PolicyUpdate:
             batch = collate([samples[i] for i in rows], [advantages[i] for i in rows], self.pad_id, self.policy.device,
                             None if old is None else [old[i] for i in rows])
             denominator += self._backward(batch, version, totals, first_pass)
-        for p in self.policy.parameters():
+        for p in trainable(self.policy):
             if p.grad is not None and denominator > 0:
                 p.grad /= denominator
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.optim.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable(self.policy), self.cfg.optim.grad_clip)
         self.optimizer.step()
         return float(grad_norm)
 

@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.sequence import CompletionOutput
+from reasonrl.models.chat import ModelInput, multimodal, token_ids
 from reasonrl.envs.base import Prompt
 from reasonrl.rollout.backend import RolloutBackend
 from reasonrl.rollout.buffer import Group, PartialBuffer
@@ -68,7 +69,7 @@ class RolloutStats:
 
 class AprilRollout:
     def __init__(self, backend: RolloutBackend, spec: RolloutConfig, prompts: Iterator[Prompt],
-                 encode: Callable[[Prompt], list[int]], score: Callable[[Group], None], seed: int = 0):
+                 encode: Callable[[Prompt], ModelInput], score: Callable[[Group], None], seed: int = 0):
         self.backend, self.spec = backend, spec
         self.prompts, self.encode, self.score = prompts, encode, score
         self.buffer = PartialBuffer()
@@ -107,16 +108,19 @@ class AprilRollout:
         for group in groups:
             live[group.group_id] = group
             stats.launched_groups += 1
+            inp = self.encode(group.prompt)  # token ids, or a VLM prompt with its images (not kept in checkpoints)
+            for s in group.samples:
+                s.multimodal = multimodal(inp)
             for s in group.unfinished():
                 s.status = Status.RUNNING
                 params = SamplingParams(temperature=self.spec.temperature, top_p=self.spec.top_p, seed=s.seed,
                                         max_tokens=self.spec.max_tokens, detokenize=False)
-                self.backend.submit(f"{group.group_id}:{s.index}", group.prompt_ids, params, s.response_ids, s.logprobs)
+                self.backend.submit(f"{group.group_id}:{s.index}", inp, params, s.response_ids, s.logprobs)
 
     def _new_group(self, prompt: Prompt, step: int) -> Group:
         gid = self.next_group_id
         self.next_group_id += 1
-        ids = self.encode(prompt)
+        ids = token_ids(self.encode(prompt))
         samples = [Sample(prompt_ids=ids, group_id=gid, index=i, seed=self.rng.randrange(1 << 62), prompt=prompt)
                    for i in range(self.spec.samples_per_prompt)]
         return Group(gid, prompt, ids, samples, born_step=step)

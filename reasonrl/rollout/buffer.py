@@ -34,7 +34,7 @@ class Group:
 
     def to_dict(self) -> dict[str, Any]:
         return {"group_id": self.group_id, "prompt": asdict(self.prompt), "prompt_ids": self.prompt_ids,
-                "samples": [{k: v for k, v in s.to_dict().items() if k != "prompt"} for s in self.samples],
+                "samples": [s.to_dict() for s in self.samples],
                 "born_step": self.born_step, "metadata": self.metadata}
 
     @classmethod

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reasonrl.config import check
+
 
 @dataclass(slots=True)
 class RolloutConfig:
@@ -36,23 +38,19 @@ class RolloutConfig:
     aborting are administrative); unset, REASONRL_API_KEY is used; neither set: no key is sent."""
 
     def __post_init__(self):
-        def need(ok: bool, key: str, message: str):
-            if not ok:
-                raise ValueError(f"rollout.{key}: {message}")
-
-        need(self.prompts_per_step >= 1, "prompts_per_step", f"must be >= 1, got {self.prompts_per_step}")
-        need(self.samples_per_prompt >= 1, "samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}")
-        need(self.over_provision >= 1.0, "over_provision",
-             f"must be >= 1.0 (1.0 = synchronous), got {self.over_provision}")
-        need(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
-        need(self.temperature > 0, "temperature",
-             f"must be > 0 for RL (log-probs of sampled tokens), got {self.temperature}")
-        need(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
-        need(self.max_groups_per_step >= 0, "max_groups_per_step", f"must be >= 0, got {self.max_groups_per_step}")
-        need(self.overlong_max == 0 or 0 < self.overlong_cache <= self.overlong_max, "overlong_cache",
-             "must be in (0, overlong_max] when overlong_max is set")
-        need(self.remote_url is None or self.remote_url.startswith(("http://", "https://")), "remote_url",
-             f"must be an http:// or https:// URL, got {self.remote_url!r}")
+        check(self.prompts_per_step >= 1, "rollout.prompts_per_step", f"must be >= 1, got {self.prompts_per_step}")
+        check(self.samples_per_prompt >= 1, "rollout.samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}")
+        check(self.over_provision >= 1.0, "rollout.over_provision",
+              f"must be >= 1.0 (1.0 = synchronous), got {self.over_provision}")
+        check(self.max_tokens >= 1, "rollout.max_tokens", f"must be >= 1, got {self.max_tokens}")
+        check(self.temperature > 0, "rollout.temperature",
+              f"must be > 0 for RL (log-probs of sampled tokens), got {self.temperature}")
+        check(0 < self.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {self.top_p}")
+        check(self.max_groups_per_step >= 0, "rollout.max_groups_per_step", f"must be >= 0, got {self.max_groups_per_step}")
+        check(self.overlong_max == 0 or 0 < self.overlong_cache <= self.overlong_max, "rollout.overlong_cache",
+              "must be in (0, overlong_max] when overlong_max is set")
+        check(self.remote_url is None or self.remote_url.startswith(("http://", "https://")), "rollout.remote_url",
+              f"must be an http:// or https:// URL, got {self.remote_url!r}")
 
     @property
     def group_budget(self) -> int:

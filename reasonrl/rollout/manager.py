@@ -1,19 +1,22 @@
 """`RolloutManager`: the rollout stage of the loop, training prompts in, scored groups out.
 
-It owns the prompt stream, prompt encoding (the chat template), APRIL scheduling over a backend,
-scoring (the environment's reward, DAPO's overlong shaping) and held-out greedy evaluation. It
-needs no trainer: the demo measures rollout throughput with one, and a trainer holds one.
+It owns the prompt stream, prompt encoding (the chat template; images too for a vision-language
+policy), APRIL scheduling over a backend, scoring (the environment's reward, DAPO's overlong
+shaping) and held-out greedy evaluation. It needs no trainer: the demo measures rollout throughput
+with one, and a trainer holds one.
 
     backend = EngineBackend(LLMEngine(policy, tokenizer, engine_cfg))
-    rollout = RolloutManager(backend, env, tokenizer, RolloutConfig(prompts_per_step=8))
+    rollout = RolloutManager(backend, env, ChatEncoder(tokenizer, policy), RolloutConfig(prompts_per_step=8))
     groups, stats = rollout.collect(step=1, version=0)
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.envs.base import Environment, Prompt
-from reasonrl.models.tokenizer import Tokenizer
+from reasonrl.models.chat import ChatEncoder, ModelInput
 from reasonrl.rl.advantages import overlong_penalty
 from reasonrl.rl.metrics import percentile
 from reasonrl.rollout.april import AprilRollout
@@ -22,14 +25,17 @@ from reasonrl.rollout.buffer import Group
 from reasonrl.rollout.config import RolloutConfig
 from reasonrl.rollout.prompts import PromptSource
 
+CACHED = 2048
+
 
 class RolloutManager:
-    def __init__(self, backend: RolloutBackend, env: Environment, tokenizer: Tokenizer, cfg: RolloutConfig,
+    def __init__(self, backend: RolloutBackend, env: Environment, encoder: ChatEncoder, cfg: RolloutConfig,
                  seed: int = 0):
-        self.backend, self.env, self.tokenizer, self.cfg = backend, env, tokenizer, cfg
+        self.backend, self.env, self.encoder, self.cfg = backend, env, encoder, cfg
+        self.tokenizer = encoder.tokenizer
         self.prompts = PromptSource(env, seed)
         self.april = AprilRollout(backend, cfg, self.prompts, self.encode, self.score, seed)
-        self._prompt_ids: dict[str, list[int]] = {}
+        self._inputs: OrderedDict[str, ModelInput] = OrderedDict()  # the most recently used, at most CACHED
 
     def collect(self, step: int, version: int) -> tuple[list[Group], dict[str, float]]:
         """One rollout phase: at least `prompts_per_step` finished, scored groups, and its metrics."""
@@ -59,10 +65,14 @@ class RolloutManager:
         return {**self.env.metrics(prompts, texts, rewards), "length_p50": percentile(lengths, 50),
                 "length_p99": percentile(lengths, 99)}
 
-    def encode(self, prompt: Prompt) -> list[int]:
-        if prompt.id not in self._prompt_ids:
-            self._prompt_ids[prompt.id] = self.tokenizer.apply_chat_template(prompt.messages, add_generation_prompt=True)
-        return self._prompt_ids[prompt.id]
+    def encode(self, prompt: Prompt) -> ModelInput:
+        """The prompt as the policy takes it (token ids, or ids with images), built once per prompt id."""
+        if prompt.id not in self._inputs:
+            self._inputs[prompt.id] = self.encoder(prompt.messages)
+            if len(self._inputs) > CACHED:  # image prompts hold their pixels: keep memory bounded
+                self._inputs.popitem(last=False)
+        self._inputs.move_to_end(prompt.id)
+        return self._inputs[prompt.id]
 
     def score(self, group: Group) -> None:
         """Rewards of a finished group (the environment never raises on model output)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -33,13 +33,16 @@ class Sample:
     seed: int | None = None  # sampling seed: a resumed sample continues its own random stream
     prompt: Any = None  # the environment's `Prompt` (holds what the reward needs)
     metadata: dict[str, Any] = field(default_factory=dict)
+    multimodal: Any = None  # a VLM prompt's images and positions (MultimodalPrompt): rebuilt from `prompt`, not saved
 
     @property
     def num_response_tokens(self) -> int:
         return len(self.response_ids)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """Plain values for a checkpoint; the prompt and its images are the group's to save."""
+        d = asdict(replace(self, prompt=None, multimodal=None))
+        del d["prompt"], d["multimodal"]
         d["status"] = self.status.value
         return d
 

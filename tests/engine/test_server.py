@@ -7,27 +7,13 @@ import time
 
 import httpx
 import pytest
-import uvicorn
 
 from reasonrl.engine import LLMEngine
 from reasonrl.engine.config import EngineConfig
-from reasonrl.engine.server import ServeConfig, create_app
+from reasonrl.engine.server import ServeConfig
 from reasonrl.models import Tokenizer, load_model
 
-
-class Server:
-    def __init__(self, app):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+from serve_helpers import Server, wait_idle
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +21,7 @@ def server(hf_checkpoint, tokenizer):
     path, _ = hf_checkpoint("qwen2", tokenizer=tokenizer)
     engine = LLMEngine(load_model(path, "cpu"), Tokenizer.from_dir(path),
                        EngineConfig(kv_cache_memory=1 << 22, block_size=8, max_model_len=256))
-    srv = Server(create_app(engine, ServeConfig(served_model_name="tiny")))
-    srv.engine = engine
+    srv = Server(engine, ServeConfig(served_model_name="tiny"))
     yield srv
     srv.stop()
 
@@ -45,13 +30,6 @@ def server(hf_checkpoint, tokenizer):
 def client(server):
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
-
-
-def wait_idle(engine, timeout=10):
-    end = time.time() + timeout
-    while engine.requests and time.time() < end:
-        time.sleep(0.02)
-    return not engine.requests
 
 
 def test_models_and_health(client):

@@ -61,6 +61,12 @@ def test_a_changed_config_is_refused_naming_the_keys(tmp_path, capsys):
     assert main(["train", str(path), "--set", "train.save_every=5", "--set", "train.eval_every=1"]) == 0
 
 
+def test_a_run_that_failed_before_its_first_step_binds_nothing(tmp_path, capsys):
+    path = recipe(tmp_path, **{"env.name": "nosuchenv:"})
+    assert main(["train", str(path)]) == 2 and "unknown environment" in capsys.readouterr().err
+    assert main(["train", str(recipe(tmp_path))]) == 0  # fixed: runs, no "other settings" refusal
+
+
 def test_accepted_changes_continue_the_run_and_are_recorded(tmp_path):
     path = recipe(tmp_path)
     assert main(["train", str(path)]) == 0

@@ -55,7 +55,7 @@ def test_april_over_http_keeps_partial_groups_and_pushes_weights(served, tmp_pat
     records = read_metrics(tmp_path / "run")
     rows = [r for r in records if "reward_mean" in r]
     assert len(rows) == 2 and all(r["dropped_groups"] == 0 for r in rows)
-    assert rows[0]["buffered_groups"] > 0  # over-provisioned groups were aborted over HTTP and kept
+    assert sum(r["buffered_groups"] for r in rows) > 0  # over-provisioned groups were aborted over HTTP and kept
     assert "eval_accuracy" in records[0] and "eval_accuracy" in records[-1]  # held-out evaluation through the server
     assert rows[-1]["sync_seconds"] > 0
     for (name, p), q in zip(trainer.policy.state_dict().items(), server_engine.model.state_dict().values()):
@@ -92,7 +92,7 @@ def test_remote_abort_returns_partials_and_resume_is_exact(served):
 
     _, url, server_engine = served
     backend = RemoteBackend(url)
-    params = [SamplingParams(temperature=1.0, seed=100 + i, max_tokens=60) for i in range(3)]
+    params = [SamplingParams(temperature=1.0, seed=100 + i, max_tokens=200) for i in range(3)]  # an abort lands mid-way even on a loaded machine
     prompt = [5, 6, 7, 8]
     for i, p in enumerate(params):
         backend.submit(f"full:{i}", prompt, p, [], [])
@@ -108,7 +108,7 @@ def test_remote_abort_returns_partials_and_resume_is_exact(served):
     assert set(partial) == {"cut:0", "cut:1", "cut:2"}
     for i, p in enumerate(params):
         out = partial[f"cut:{i}"]
-        assert out.finish_reason == "abort" and 5 <= len(out.token_ids) < 60
+        assert out.finish_reason == "abort" and 5 <= len(out.token_ids) < 200
         assert out.token_ids == full[f"full:{i}"].token_ids[:len(out.token_ids)]
         backend.submit(f"resume:{i}", prompt, p, out.token_ids, out.logprobs)
     resumed = {}

@@ -1,0 +1,45 @@
+"""`ChatEncoder`: chat messages -> the model's input, one rule for rollouts, SFT and evaluation.
+
+Text models get the tokenizer's chat template as token ids. A vision-language model given
+messages with image parts (`{"type": "image", "image": path | PIL image | uint8 array}`) gets a
+`MultimodalPrompt`: the template rendered, each image's placeholder widened to its merged tokens,
+pixels preprocessed, M-RoPE positions computed. Both the engine (`add_request`) and the training
+forward take either form; `token_ids` gives the ids of both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt, build_prompt, message_images
+from reasonrl.models.tokenizer import Tokenizer
+
+ModelInput = list[int] | MultimodalPrompt
+
+
+def token_ids(inp: ModelInput) -> list[int]:
+    return list(inp.input_ids) if isinstance(inp, MultimodalPrompt) else list(inp)
+
+
+def multimodal(inp: ModelInput) -> MultimodalPrompt | None:
+    """The prompt's images and positions, or None for a text prompt."""
+    return inp if isinstance(inp, MultimodalPrompt) else None
+
+
+class ChatEncoder:
+    def __init__(self, tokenizer: Tokenizer, model: Any = None):
+        self.tokenizer = tokenizer
+        self.vlm_config = getattr(model, "vlm_config", None)
+        self.image_config = getattr(model, "image_config", None)
+
+    @property
+    def takes_images(self) -> bool:
+        return self.vlm_config is not None
+
+    def __call__(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> ModelInput:
+        if not message_images(messages):
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        if not self.takes_images:
+            raise ValueError("these messages hold images, but the model is text-only (use a vision-language "
+                             "checkpoint such as Qwen2.5-VL)")
+        return build_prompt(self.tokenizer, messages, self.vlm_config, self.image_config, add_generation_prompt)

@@ -1,0 +1,118 @@
+"""Training a vision-language policy: SFT and the RL update see the images; the vision tower can be frozen."""
+
+import json
+
+import pytest
+import torch
+
+from reasonrl.envs.shapes import ShapesVQAConfig, ShapesVQAEnvironment
+from reasonrl.models import Tokenizer, load_model
+from reasonrl.models.chat import ChatEncoder, multimodal, token_ids
+from reasonrl.models.tiny_vlm import make_vlm_checkpoint, make_vlm_tokenizer
+from reasonrl.rl.batch import collate, response_logprobs
+from reasonrl.rl.config import load_config
+from reasonrl.rl.sft import SFTConfig, load_sft_data, train_sft
+from reasonrl.rl.update import PolicyUpdate
+from reasonrl.rollout.sample import Sample
+from reasonrl.vision.world import write_png
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(tmp_path_factory):
+    corpus = ["How many circles are there? Put the answer in \\boxed{}. red blue 1 2 3 yes no"] * 20
+    return make_vlm_checkpoint(tmp_path_factory.mktemp("vlm") / "m", make_vlm_tokenizer(corpus, vocab_size=420))
+
+
+def env():
+    return ShapesVQAEnvironment(ShapesVQAConfig(families=("count", "colour"), max_objects=3, size=16))
+
+
+def test_vqa_prompts_hold_images_and_the_reward_reads_boxed_answers():
+    e = env()
+    train, held = e.prompts(8), e.prompts(8, split="eval")
+    assert not {p.id for p in train} & {p.id for p in held}
+    p = train[0]
+    assert p.messages[0]["content"][0]["image"].shape == (112, 112, 3)
+    assert e.reward(p, f"I count them. \\boxed{{{p.answer}}}") == 1.0
+    assert e.reward(p, "\\boxed{") == 0.0 and e.reward(p, None) == 0.0 and e.reward(p, "z" * 100_000) == 0.0
+    assert "accuracy/count" in e.metrics(train, ["x"] * 8, [0.0] * 8)
+
+
+def test_the_encoder_gives_images_to_a_vlm_and_refuses_them_to_a_text_model(vlm_dir, tokenizer):
+    vlm = load_model(vlm_dir)
+    prompt = env().prompts(1)[0]
+    inp = ChatEncoder(Tokenizer.from_dir(vlm_dir), vlm)(prompt.messages)
+    assert multimodal(inp) is not None and multimodal(inp).num_images == 1
+    assert len(token_ids(inp)) > 16  # the image's 16 merged tokens are in the ids
+    with pytest.raises(ValueError, match="text-only"):
+        ChatEncoder(tokenizer)(prompt.messages)
+
+
+def test_sft_reads_images_from_the_data_file_and_can_freeze_the_vision_tower(vlm_dir, tmp_path):
+    rows = []
+    (tmp_path / "images").mkdir()
+    for i, p in enumerate(env().prompts(12)):
+        write_png(p.messages[0]["content"][0]["image"], tmp_path / "images" / f"{i}.png")
+        content = [{"type": "image", "image": f"images/{i}.png"}, p.messages[0]["content"][1]]
+        rows.append({"prompt": [{"role": "user", "content": content}], "response": f"\\boxed{{{p.answer}}}"})
+    data = tmp_path / "vqa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    model = load_model(vlm_dir)
+    samples = load_sft_data(data, ChatEncoder(Tokenizer.from_dir(vlm_dir), model))
+    assert all(s.multimodal is not None for s in samples)
+    vision = {k: v.clone() for k, v in model.visual.state_dict().items()}
+    decoder = model.layers[0].mlp.down_proj.weight.clone()
+    losses = train_sft(model, samples, SFTConfig(epochs=8, lr=3e-3, samples_per_step=6, freeze_vision=True))
+    assert losses[-1] < 0.7 * losses[0]
+    assert all(torch.equal(vision[k], v) for k, v in model.visual.state_dict().items())  # frozen
+    assert not torch.equal(decoder, model.layers[0].mlp.down_proj.weight)  # the decoder trained
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": [{"role": "user", "content": [{"type": "image", "image": "nope.png"}]}],
+                               "response": "x"}) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        load_sft_data(bad, ChatEncoder(Tokenizer.from_dir(vlm_dir), model))
+
+
+def test_the_rl_update_recomputes_logprobs_with_the_images(vlm_dir, tmp_path):
+    """The trainer's log-probs of a response depend on the image it was sampled for, and equal a
+    forward of the VLM over prompt + response with that image."""
+    model, tok = load_model(vlm_dir), Tokenizer.from_dir(vlm_dir)
+    encoder = ChatEncoder(tok, model)
+    prompts = env().prompts(2)
+    samples = []
+    for p in prompts:
+        inp = encoder(p.messages)
+        samples.append(Sample(prompt_ids=token_ids(inp), response_ids=tok.encode("\\boxed{2}"), multimodal=multimodal(inp),
+                              logprobs=[0.0] * 4, versions=[0] * 4))
+    batch = collate(samples, [1.0, -1.0], tok.pad_token_id, "cpu")
+    with torch.no_grad():
+        logp = response_logprobs(model, batch)
+        text, other_image = prompts[0].messages[0]["content"][1], prompts[1].messages[0]["content"][0]
+        inp = encoder([{"role": "user", "content": [other_image, text]}])  # the same question about another image
+        assert token_ids(inp) == samples[0].prompt_ids
+        swapped = collate([Sample(**{**vars(samples[0]), "multimodal": multimodal(inp)})], [1.0], tok.pad_token_id, "cpu")
+        other = response_logprobs(model, swapped)
+        alone = model.forward_padded(batch.input_ids[:1], [samples[0].multimodal])
+    assert not torch.allclose(logp[0], other[0])  # the image matters
+    first = model.compute_logits(alone[0, len(samples[0].prompt_ids) - 1]).log_softmax(-1)[samples[0].response_ids[0]]
+    torch.testing.assert_close(logp[0, 0], first)
+    cfg = load_config(None, {"model.path": str(vlm_dir), "train.run_dir": str(tmp_path), "model.freeze_vision": True})
+    update = PolicyUpdate(model, cfg, tok.pad_token_id)
+    vision = {k: v.clone() for k, v in model.visual.state_dict().items()}
+    stats = update(samples, [1.0, -1.0], version=0)
+    assert stats["optimizer_steps"] == 1 and stats["grad_norm"] > 0
+    assert all(torch.equal(vision[k], v) for k, v in model.visual.state_dict().items())
+
+
+def test_the_vlm_policy_script_builds_a_loadable_checkpoint(tmp_path):
+    from reasonrl.demo.vlm_policy import VLMPolicyConfig, make_vlm_policy, vqa_rows
+
+    rows = vqa_rows(60, VLMPolicyConfig(lazy=1.0, lazy_from=3))
+    busy = [r for r in rows if r["objects"] >= 3]
+    assert busy and all(r["response"].startswith("\\boxed{") for r in busy)  # a guess, no description
+    assert all("background" in r["response"] for r in rows if r["objects"] < 3)  # the caption, then the answer
+    path = make_vlm_policy(tmp_path / "vlm", VLMPolicyConfig(caption_steps=2, vqa_steps=2, num_scenes=40))
+    model = load_model(path)
+    prompt = ShapesVQAEnvironment(ShapesVQAConfig(families=("count",), max_objects=4, size=2)).prompts(1)[0]
+    inp = ChatEncoder(Tokenizer.from_dir(path), model)(prompt.messages)
+    assert multimodal(inp).num_images == 1

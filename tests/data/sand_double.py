@@ -60,12 +60,14 @@ class ScriptedServer:
         self.limit = None
 
     async def _wait_turn(self, request: Request) -> bool:
-        """False when the client went away while held."""
+        """False when the client went away while held (a server stops generating for a client that is gone)."""
+        held = False
         while self.limit is not None and self.total_answered >= self.limit:
+            held = True
             if await request.is_disconnected():
                 return False
             await asyncio.sleep(0.02)
-        return True
+        return not (held and await request.is_disconnected())
 
     async def _chat(self, request: Request):
         body = await request.json()

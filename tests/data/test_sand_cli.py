@@ -45,3 +45,11 @@ def test_bad_recipes_and_dead_endpoints_are_one_line(server, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "cannot reach the endpoint http://127.0.0.1:9/v1" in err
     assert main(["data", "sand", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "c")]) == 2
+
+
+def test_a_run_that_never_got_an_answer_binds_nothing(server, tmp_path):
+    out = tmp_path / "run"
+    dead = write_recipe(tmp_path / "dead.yaml", sums_recipe(tmp_path, "http://127.0.0.1:9/v1"))
+    assert main(["data", "sand", str(dead), "--out", str(out)]) == 1  # the endpoint was down: nothing was done
+    fixed = sums_recipe(tmp_path, server.url, generate={"problems": 4, "temperature": 0.9}, hike={"enabled": False})
+    assert main(["data", "sand", str(write_recipe(tmp_path / "fixed.yaml", fixed)), "--out", str(out)]) == 0

@@ -62,6 +62,7 @@ def test_a_killed_run_resumes_without_repaying_a_call_and_ends_like_an_uninterru
         server.hold_after(hold_after)
         stage = kill_when_held(cli(recipe, out), server, out)
         assert stage.startswith(stage_prefix)  # killed mid-stage, with calls of that stage on disk and in flight
+        time.sleep(0.5)  # the held requests see their client gone
         server.release()
         rerun = cli(recipe, out)
         _, stderr = rerun.communicate(timeout=300)

@@ -19,7 +19,6 @@ from reasonrl.eval.store import json_line, read_rows
 class Ledger:
     def __init__(self, path: Path, key: str = "id"):
         self.path, self.key = path, key
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.rows: dict[str, dict[str, Any]] = {}
         for row in read_rows(path, lambda r: isinstance(r.get(key), str), f"a row with a string {key!r}"):
             self.rows[row[key]] = row
@@ -34,6 +33,7 @@ class Ledger:
         rows = list(rows)
         if not rows:
             return
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # only once there is something to keep
         with open(self.path, "a", encoding="utf-8") as f:
             for row in rows:
                 f.write(json_line(row))

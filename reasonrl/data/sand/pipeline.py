@@ -39,7 +39,7 @@ def run_sand(recipe: Recipe, out: str | Path, stop: Callable[[], bool] = lambda:
     calls.Stopped when `stop()` turned true, StageIncomplete or EndpointError when calls failed:
     what finished is saved either way, and rerunning resumes."""
     out = open_run(out, recipe.to_dict(), overwrite=overwrite, accept_changes=accept_changes, free_keys=free_keys(),
-                   console=console_output)
+                   console=console_output, work=("calls", "ledger"))  # nothing answered or decided: nothing binds
     ctx = Context(recipe, out, stop)
     try:
         base = sources(ctx)

@@ -11,16 +11,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
+from reasonrl.config import check
 from reasonrl.eval.client import ClientConfig
 
 from .prompts import SOLVE_SYSTEM
 
 AIME_BRANCHES = ["algebra", "geometry", "trigonometry", "number theory", "probability", "combinatorics"]
-
-
-def _need(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 @dataclass
@@ -53,11 +49,11 @@ class LLMSection:
     or {chat_template_kwargs: {enable_thinking: true}}."""
 
     def __post_init__(self):
-        _need(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
-        _need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
-        _need(self.max_tokens >= 1, f"max_tokens must be >= 1, got {self.max_tokens}")
-        _need(self.concurrency >= 1, f"concurrency must be >= 1, got {self.concurrency}")
-        _need(self.retries >= 0 and self.backoff >= 0 and self.timeout > 0,
+        check(self.temperature >= 0, "temperature", f"must be >= 0, got {self.temperature}")
+        check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        check(self.max_tokens >= 1, "max_tokens", f"must be >= 1, got {self.max_tokens}")
+        check(self.concurrency >= 1, "concurrency", f"must be >= 1, got {self.concurrency}")
+        check(self.retries >= 0 and self.backoff >= 0 and self.timeout > 0, "retries",
               "retries and backoff must be >= 0 and timeout > 0")
 
     def client_config(self) -> ClientConfig:
@@ -107,9 +103,9 @@ class GenerateSection(LLMSection):
 
     def __post_init__(self):
         super().__post_init__()
-        _need(self.problems >= 0, f"problems must be >= 0, got {self.problems}")
-        _need(len(set(self.branches)) >= 2, "branches must name at least two distinct branches (one is mixed in)")
-        _need(self.max_problem_chars >= 1, "max_problem_chars must be >= 1")
+        check(self.problems >= 0, "problems", f"must be >= 0, got {self.problems}")
+        check(len(set(self.branches)) >= 2, "branches", "must name at least two distinct branches (one is mixed in)")
+        check(self.max_problem_chars >= 1, "max_problem_chars", "must be >= 1")
 
 
 @dataclass
@@ -123,7 +119,7 @@ class SolveSection(LLMSection):
 
     def __post_init__(self):
         super().__post_init__()
-        _need(self.n >= 1, f"n must be >= 1, got {self.n}")
+        check(self.n >= 1, "n", f"must be >= 1, got {self.n}")
 
 
 @dataclass
@@ -146,9 +142,9 @@ class ConsistencySection(LLMSection):
 
     def __post_init__(self):
         super().__post_init__()
-        _need(self.min_agreeing is None or self.min_agreeing >= 1, "min_agreeing must be >= 1")
-        _need(self.verifier_workers >= 1 and self.verifier_timeout > 0,
-              "verifier_workers must be >= 1 and verifier_timeout > 0")
+        check(self.min_agreeing is None or self.min_agreeing >= 1, "min_agreeing", "must be >= 1")
+        check(self.verifier_workers >= 1, "verifier_workers", "must be >= 1")
+        check(self.verifier_timeout > 0, "verifier_timeout", "must be > 0")
 
 
 @dataclass
@@ -164,9 +160,9 @@ class DedupeSection:
     """LSH bands (num_perm / bands rows each); more bands find pairs of lower similarity, at more checks."""
 
     def __post_init__(self):
-        _need(0 < self.threshold <= 1, f"threshold must be in (0, 1], got {self.threshold}")
-        _need(self.ngram >= 1 and self.num_perm >= 1 and self.bands >= 1, "ngram, num_perm and bands must be >= 1")
-        _need(self.num_perm % self.bands == 0, f"num_perm ({self.num_perm}) must be a multiple of bands ({self.bands})")
+        check(0 < self.threshold <= 1, "threshold", f"must be in (0, 1], got {self.threshold}")
+        check(self.ngram >= 1 and self.num_perm >= 1 and self.bands >= 1, "ngram", "ngram, num_perm and bands must be >= 1")
+        check(self.num_perm % self.bands == 0, "num_perm", f"{self.num_perm} is not a multiple of bands ({self.bands})")
 
 
 @dataclass
@@ -196,9 +192,9 @@ class DecontamSection(LLMSection):
 
     def __post_init__(self):
         super().__post_init__()
-        _need(self.ngram >= 1 and self.top_k >= 1, "ngram and top_k must be >= 1")
-        _need(-1 <= self.min_similarity <= 1, "min_similarity must be in [-1, 1]")
-        _need((self.embed_base_url is None) == (self.embed_model is None),
+        check(self.ngram >= 1 and self.top_k >= 1, "ngram", "ngram and top_k must be >= 1")
+        check(-1 <= self.min_similarity <= 1, "min_similarity", "must be in [-1, 1]")
+        check((self.embed_base_url is None) == (self.embed_model is None), "embed_model",
               "embed_base_url and embed_model go together")
 
 
@@ -219,7 +215,7 @@ class RateSection(LLMSection):
 
     def __post_init__(self):
         super().__post_init__()
-        _need(self.ratings >= 1, f"ratings must be >= 1, got {self.ratings}")
+        check(self.ratings >= 1, "ratings", f"must be >= 1, got {self.ratings}")
 
 
 @dataclass
@@ -253,8 +249,8 @@ class MeasureSection:
     """Problems whose empirical difficulty is above this are dropped."""
 
     def __post_init__(self):
-        _need(self.k >= 1 and self.max_tokens >= 1, "k and max_tokens must be >= 1")
-        _need(self.temperature >= 0, "temperature must be >= 0")
+        check(self.k >= 1 and self.max_tokens >= 1, "k", "k and max_tokens must be >= 1")
+        check(self.temperature >= 0, "temperature", "must be >= 0")
 
 
 @dataclass
@@ -277,7 +273,7 @@ class HikeSection(LLMSection):
 
     def __post_init__(self):
         super().__post_init__()
-        _need(self.min_rating <= self.max_rating, "min_rating must be <= max_rating")
+        check(self.min_rating <= self.max_rating, "min_rating", "must be <= max_rating")
 
 
 @dataclass
@@ -291,7 +287,7 @@ class ExportSection:
     """Keep a solution's <think>...</think> block in the SFT response."""
 
     def __post_init__(self):
-        _need(self.min_solution_words >= 0, "min_solution_words must be >= 0")
+        check(self.min_solution_words >= 0, "min_solution_words", "must be >= 0")
 
 
 def llm_sections() -> dict[str, type]:

@@ -128,7 +128,7 @@ class OpenAIClient:
                     failed_in_a_row = failed_in_a_row + 1 if isinstance(out, Failure) else 0
                     if failed_in_a_row >= trip_after:
                         last = out.error
-                        loop.call_soon_threadsafe(task.cancel)
+                        _cancel(loop, task)
                         thread.join()
                         rest, _ = _drain(results, 0)
                         yield batch + rest
@@ -137,7 +137,7 @@ class OpenAIClient:
                 yield batch
         finally:
             if thread.is_alive():
-                loop.call_soon_threadsafe(task.cancel)
+                _cancel(loop, task)
                 thread.join()
 
     async def _run(self, jobs: list[Job], results: queue.Queue) -> None:
@@ -205,6 +205,14 @@ class OpenAIClient:
                               prompt_tokens if isinstance(prompt_tokens, int) else None)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             return Failure(f"malformed response ({exc!r}): {r.text[:200]}")
+
+
+def _cancel(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
+    """Cancel `task` from another thread; a loop that already finished (and closed) has nothing to cancel."""
+    try:
+        loop.call_soon_threadsafe(task.cancel)
+    except RuntimeError:  # "Event loop is closed": every job had already finished
+        pass
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop, task: asyncio.Task, results: queue.Queue) -> None:

@@ -23,7 +23,7 @@ def sums_recipe(tmp_path: Path, url: str, **sections) -> dict:
     """A small recipe over the sums teacher's domain; `sections` are merged into it."""
     evals = write_jsonl(tmp_path / "evals.jsonl", [{"problem": "Add: 1 + 1 + 1 + 1 + 9"}])
     data = {"run": {"progress": False},
-            "defaults": {"base_url": url, "model": "double", "max_tokens": 256, "concurrency": 4, "backoff": 0.01},
+            "defaults": {"base_url": url, "model": "double", "max_tokens": 256, "concurrency": 4, "backoff": 0.1},
             "generate": {"problems": 12, "branches": ["small digits", "large digits", "mixed digits"],
                          "instructions": "Write an addition problem. Its main subject is {branch}; mix in {mix}. "
                                          "<Q></Q> <S></S>"},

@@ -22,6 +22,13 @@ from .problem import Problem, Verdict
 from .source import read_problem
 from .topics import load_topics
 
+MAX_SOLUTION_CHARS = 20_000
+
+
+def shown_solution(p: Problem) -> str:
+    """The reference solution (the generator's, short), else the agreeing solution, cut to its start."""
+    return (p.solution or (p.chosen_solution() or {}).get("text", ""))[:MAX_SOLUTION_CHARS]
+
 
 def hike(ctx, name: str, todo: list[Problem]) -> list[Verdict]:
     cfg, seed = ctx.recipe.hike, ctx.recipe.run.seed
@@ -35,8 +42,7 @@ def hike(ctx, name: str, todo: list[Problem]) -> list[Verdict]:
         theorem, concept = topics.draw(p.branch, random.Random(f"{seed}:hike:{p.id}"))
         chosen[p.id] = Problem(id=f"{p.id}.h", origin="hiked", branch=p.branch, mix=p.mix, hiked_from=p.id,
                                theorem=theorem, concept=concept, source_rating=p.rating)
-    calls = [Call(p.id, prompts.hike(p.problem, (p.chosen_solution() or {"text": p.solution})["text"],
-                                     chosen[p.id].theorem, chosen[p.id].concept,
+    calls = [Call(p.id, prompts.hike(p.problem, shown_solution(p), chosen[p.id].theorem, chosen[p.id].concept,
                                      p.rating if cfg.include_rating else None)) for p in todo if p.id in chosen]
     answers = ask(ctx, name, lambda: llm_client(cfg), calls)
     for source_id, new in chosen.items():

@@ -4,9 +4,10 @@ As in SAND-Math's `diffhiking_guided.py`: for each problem rated within [min_rat
 a central theorem is drawn from its branch and a supporting concept from any branch (topics.py,
 seeded per problem, so a resumed run draws the same), and the rewriter is asked for an
 olympiad-level problem that critically depends on them, theorem unnamed, several non-trivial
-steps, one numerical answer, in `<Q>`/`<S>` (the original's rating included, as the dataset card
-says). The hiked problem (id `ORIGINAL.h`) then goes through solve, consistency, dedupe (against
-the base set too), decontaminate, rate and measure again, like any candidate.
+steps, one numerical answer, in `<Q>`/`<S>`, shown the original, its reference solution (cut to
+20k characters) and its rating (as the dataset card says). The hiked problem (id `ORIGINAL.h`)
+then goes through solve, consistency, dedupe (against the base set too), decontaminate, rate and
+measure again, like any candidate.
 
 Problems outside the rating window are not hiked: the stage counts them as such (they stay in the
 base set).

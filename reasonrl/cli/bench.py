@@ -29,6 +29,8 @@ class BenchOptions:
 WORKLOADS = {
     "engine": Command("engine vs transformers generate on a heavy-tailed workload; roofline and FLOP fractions",
                       "reasonrl.cli.bench:engine"),
+    "vlm": Command("engine vs transformers generate on image+text prompts; vision-tower images/s",
+                   "reasonrl.cli.bench:vlm"),
     "april": Command("APRIL vs synchronous rollout on one GRPO workload", "reasonrl.cli.bench:april"),
     "spec": Command("speculative vs plain decoding: accepted length, speedup, costs", "reasonrl.cli.bench:spec"),
     "kv": Command("KV-cache formats: recall accuracy against bytes per token", "reasonrl.cli.bench:kv"),
@@ -75,6 +77,7 @@ def _resolve(target: str):
 
 
 engine = workload("reasonrl.bench.engine:EngineBenchConfig", "reasonrl.bench.engine:bench_engine")
+vlm = workload("reasonrl.bench.vlm:VLMBenchConfig", "reasonrl.bench.vlm:bench_vlm")
 april = workload("reasonrl.bench.april:AprilBenchConfig", "reasonrl.bench.april:bench_april")
 spec = workload("reasonrl.bench.spec:SpecBenchConfig", "reasonrl.bench.spec:bench_spec")
 kv = workload("reasonrl.bench.kv:KVBenchJob", "reasonrl.bench.kv:run_job", "reasonrl.bench.kv:format_table")

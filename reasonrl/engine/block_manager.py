@@ -1,8 +1,9 @@
 """`BlockManager`: paged KV blocks with reference counts and a prefix cache keyed by block hash.
 
 A block holds `block_size` consecutive tokens of one or more sequences. A full block's hash
-chains the hash of the block before it with its own token ids, so equal hashes mean equal
-prefixes; token ids are kept to rule out collisions. Freed blocks keep their hash and stay
+chains the hash of the block before it with its own token ids (and the keys of content the ids do
+not show, such as an image behind placeholder tokens: `Sequence.block_content`), so equal hashes
+mean equal prefixes; the content is kept to rule out collisions. Freed blocks keep their hash and stay
 reusable from the cache until the allocator hands them out again (least recently freed first).
 """
 
@@ -14,13 +15,13 @@ from reasonrl.engine.sequence import Sequence
 
 
 class Block:
-    __slots__ = ("block_id", "ref_count", "hash", "token_ids")
+    __slots__ = ("block_id", "ref_count", "hash", "content")
 
     def __init__(self, block_id: int):
         self.block_id = block_id
         self.ref_count = 0
         self.hash: int | None = None
-        self.token_ids: tuple[int, ...] = ()
+        self.content: tuple = ()  # what the prefix cache keyed it by (Sequence.block_content)
 
 
 class BlockManager:
@@ -55,10 +56,10 @@ class BlockManager:
         max_hits = last // self.block_size
         prev = None
         for i in range(max_hits):
-            tokens = tuple(seq.tokens(i * self.block_size, (i + 1) * self.block_size))
+            tokens = seq.block_content(i * self.block_size, (i + 1) * self.block_size)
             h = hash((prev, tokens))
             block_id = self.cached.get(h)
-            if block_id is None or self.blocks[block_id].token_ids != tokens:
+            if block_id is None or self.blocks[block_id].content != tokens:
                 break
             self._take(block_id)
             seq.block_table.append(block_id)
@@ -102,7 +103,7 @@ class BlockManager:
         block = self.blocks[block_id]
         if block.hash is not None and self.cached.get(block.hash) == block_id:
             del self.cached[block.hash]
-        block.hash, block.token_ids = None, ()
+        block.hash, block.content = None, ()
         block.ref_count = 1
         return block_id
 
@@ -117,8 +118,8 @@ class BlockManager:
             prev = self.blocks[seq.block_table[i - 1]].hash if i else None
             if i and prev is None:  # the chain was cut (cache reset mid-sequence): nothing after it is cacheable
                 return
-            block.token_ids = tuple(seq.tokens(i * bs, (i + 1) * bs))
-            block.hash = hash((prev, block.token_ids))
+            block.content = seq.block_content(i * bs, (i + 1) * bs)
+            block.hash = hash((prev, block.content))
             self.cached.setdefault(block.hash, block.block_id)
 
     def _take(self, block_id: int) -> None:
@@ -168,10 +169,10 @@ class BlockManager:
             block = self.blocks[block_id]
             if block.hash is not None and self.cached.get(block.hash) == block_id:
                 del self.cached[block.hash]
-            block.hash, block.token_ids = None, ()
+            block.hash, block.content = None, ()
 
     def reset_prefix_cache(self) -> None:
         """Forget every cached hash, e.g. after the weights change and cached keys/values are stale."""
         self.cached.clear()
         for block in self.blocks:
-            block.hash, block.token_ids = None, ()
+            block.hash, block.content = None, ()

@@ -3,6 +3,10 @@
     llm = LLM("path/to/checkpoint")
     outs = llm.generate(["2 + 2 ="], SamplingParams(temperature=0, max_tokens=8))
     outs[0].outputs[0].text
+
+On a vision-language checkpoint (Qwen2.5-VL) prompts may hold images (PIL images, uint8 arrays or
+paths): chat content parts {"type": "image", "image": ...}, a `MultimodalPrompt`, or
+{"prompt": text or ids with one <|image_pad|> per image, "images": [...]}.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.sequence import RequestOutput
 from reasonrl.models.model import DecoderLM
+from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt, build_prompt, expand_image_tokens, message_images
+from reasonrl.models.qwen2_5_vl.processor import preprocess
 from reasonrl.models.tokenizer import Tokenizer
 
-Prompt = str | list[int]
+Prompt = str | list[int] | MultimodalPrompt | dict  # dict: {"prompt": str | list[int], "images": [...]}
 
 
 class LLM:
@@ -38,8 +44,9 @@ class LLM:
 
     def generate(self, prompts: Prompt | list[Prompt], params: SamplingParams | list[SamplingParams] | None = None,
                  progress: bool = False) -> list[RequestOutput]:
-        """Generate for every prompt (text or token ids); outputs come back in prompt order."""
-        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
+        """Generate for every prompt (text, token ids, or either with images); outputs come back in prompt order."""
+        if isinstance(prompts, (str, dict, MultimodalPrompt)) or (isinstance(prompts, list) and prompts
+                                                                  and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = params or SamplingParams()
         params = params if isinstance(params, list) else [params] * len(prompts)
@@ -65,17 +72,44 @@ class LLM:
 
     def chat(self, conversations: list[dict] | list[list[dict]], params: SamplingParams | None = None,
              **template_kwargs) -> list[RequestOutput]:
-        """Generate replies to chat conversations, rendered with the checkpoint's chat template."""
+        """Generate replies to chat conversations, rendered with the checkpoint's chat template; user
+        turns may hold image parts {"type": "image", "image": PIL image | uint8 array | path}."""
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]
         tok = self._require_tokenizer()
-        prompts = [tok.apply_chat_template(c, add_generation_prompt=True, **template_kwargs) for c in conversations]
+        prompts = []
+        for c in conversations:
+            if message_images(c):
+                prompts.append(build_prompt(tok, c, *self._vision("image parts"), **template_kwargs))
+            else:
+                prompts.append(tok.apply_chat_template(c, add_generation_prompt=True, **template_kwargs))
         return self.generate(prompts, params)
 
-    def _encode(self, prompt: Prompt) -> list[int]:
+    def _encode(self, prompt: Prompt) -> list[int] | MultimodalPrompt:
+        if isinstance(prompt, MultimodalPrompt):
+            return prompt
+        if isinstance(prompt, dict):
+            return self._with_images(prompt)
         if isinstance(prompt, str):
             return self._require_tokenizer().encode(prompt)
         return list(prompt)
+
+    def _with_images(self, prompt: dict) -> MultimodalPrompt:
+        """{"prompt": text or ids holding one image placeholder per image, "images": [...]}"""
+        if set(prompt) != {"prompt", "images"}:
+            raise ValueError(f"a dict prompt has the keys 'prompt' and 'images', got {sorted(prompt)}")
+        cfg, image_cfg = self._vision("images")
+        ids = self._encode(prompt["prompt"])
+        pixel_values, grid = preprocess(list(prompt["images"]), image_cfg)
+        ids = expand_image_tokens(ids, grid, cfg.image_token_id, cfg.vision.spatial_merge_size)
+        return MultimodalPrompt.from_ids(ids, pixel_values, grid, cfg)
+
+    def _vision(self, what: str):
+        """The model's (VLMConfig, ImageConfig); a ValueError for a text-only model."""
+        model = self.engine.model
+        if getattr(model, "vlm_config", None) is None:
+            raise ValueError(f"prompts with {what} need a vision-language checkpoint (Qwen2.5-VL); this one is text-only")
+        return model.vlm_config, model.image_config
 
     def _require_tokenizer(self) -> Tokenizer:
         if self.engine.tokenizer is None:

@@ -1,6 +1,6 @@
 """`LLMEngine`: requests in, tokens and their log-probs out, one `step()` at a time.
 
-    engine.add_request("r0", prompt_ids, SamplingParams(max_tokens=64))
+    engine.add_request("r0", prompt_ids, SamplingParams(max_tokens=64))  # or a MultimodalPrompt
     while engine.has_unfinished():
         for out in engine.step(): ...
     engine.abort("r0")  # -> the partial output, blocks freed
@@ -9,20 +9,25 @@ A request may be resumed: submit its prompt with the tokens it already produced 
 log-probs (`output_ids`, `output_logprobs`); they are re-prefilled, kept as they are, and count
 towards `max_tokens`. With the seed the first run reported (`CompletionOutput.seed`), the resumed
 run continues exactly as the uninterrupted one would have.
+
+A prompt may be a `MultimodalPrompt` (token ids with images, models/qwen2_5_vl/prompt.py) on a
+vision-language checkpoint; engine/images.py runs its vision tower and M-RoPE positions. Resume
+one by submitting the same prompt with the partial tokens.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from reasonrl.engine.admission import check_request
 from reasonrl.engine.block_manager import BlockManager
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.eviction import EvictionConfig, Evictor
+from reasonrl.engine.images import Images
 from reasonrl.engine.isolation import run_isolated
 from reasonrl.engine.kv import get_format
 from reasonrl.engine.model_runner import ModelRunner, Sampled, StepResult
@@ -32,6 +37,7 @@ from reasonrl.engine.sequence import RequestOutput, Sequence
 from reasonrl.engine.spec.draft import DraftHead
 from reasonrl.engine.spec.speculator import SpecConfig, Speculator
 from reasonrl.models.model import DecoderLM
+from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 from reasonrl.models.tokenizer import IncrementalDecoder, Tokenizer
 
 
@@ -69,7 +75,8 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching, self.kv.free_blocks)
         self.evictor = self._evictor()
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
-        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor)
+        self.images = Images(model) if getattr(model, "vlm_config", None) is not None else None
+        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images)
         self.speculator = self._speculator(draft)
         self.requests: dict[str, Request] = {}
         self._done_at_add: list[RequestOutput] = []
@@ -128,11 +135,16 @@ class LLMEngine:
         return num_blocks
 
     # ---- requests -------------------------------------------------------------------------
-    def add_request(self, request_id: str, prompt_ids: list[int], params: SamplingParams | None = None,
+    def add_request(self, request_id: str, prompt: list[int] | MultimodalPrompt, params: SamplingParams | None = None,
                     output_ids: list[int] | None = None, output_logprobs: list[float] | None = None,
                     stream: bool = False) -> None:
+        """`prompt`: token ids, or a `MultimodalPrompt` (a vision-language model's prompt with images)."""
         params = params or SamplingParams()
+        mm = prompt if isinstance(prompt, MultimodalPrompt) and prompt.num_images else None
+        prompt_ids = prompt.input_ids if isinstance(prompt, MultimodalPrompt) else prompt
         self._validate(request_id, prompt_ids, params, output_ids, output_logprobs)
+        if mm is not None:
+            self._check_images(request_id, mm)
         base_seed = params.seed if params.seed is not None else self._rng.randrange(1 << 62)
         seqs = []
         for i in range(params.n):
@@ -150,31 +162,22 @@ class LLMEngine:
             self._done_at_add.append(request.output())
             return
         self.requests[request_id] = request
+        if mm is not None:
+            self.images.admit(request_id, mm, seqs)
         for seq in seqs:
             self.scheduler.add(seq)
 
     def _validate(self, request_id, prompt_ids, params, output_ids, output_logprobs) -> None:
         if request_id in self.requests:
             raise ValueError(f"request id {request_id!r} is already running")
-        if not prompt_ids:
-            raise ValueError(f"request {request_id!r}: the prompt is empty")
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"request {request_id!r}: params must be SamplingParams, got {type(params).__name__}")
-        vocab = self.model.config.vocab_size
-        for name, ids in (("prompt", prompt_ids), ("output_ids", output_ids or []), ("stop_token_ids", params.stop_token_ids)):
-            bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab), None)
-            if bad is not None:
-                raise ValueError(f"request {request_id!r}: {name} token id {bad!r} is outside the vocabulary [0, {vocab})")
-        if len(prompt_ids) >= self.max_model_len:
-            raise ValueError(f"request {request_id!r}: prompt of {len(prompt_ids)} tokens leaves no room in "
-                             f"max_model_len={self.max_model_len}")
-        if output_ids is not None:
-            if params.n != 1:
-                raise ValueError(f"request {request_id!r}: resume one sample at a time (n=1), got n={params.n}")
-            if output_logprobs is None or len(output_logprobs) != len(output_ids):
-                raise ValueError(f"request {request_id!r}: output_logprobs must give one log-prob per resumed token")
-            if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in output_logprobs):
-                raise ValueError(f"request {request_id!r}: output_logprobs must be finite numbers")
+        check_request(request_id, prompt_ids, params, output_ids, output_logprobs, self.model.config.vocab_size,
+                      self.max_model_len)
+
+    def _check_images(self, request_id: str, mm: MultimodalPrompt) -> None:
+        if self.images is None:
+            raise ValueError(f"request {request_id!r}: this model takes no images (it is not a vision-language model)")
+        self.images.check(request_id, mm, {"speculative decoding (draft)": self.speculator is not None,
+                                           "token eviction (evict_budget)": self.evictor is not None})
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request now; returns its partial output (None if unknown or already finished)."""
@@ -191,6 +194,7 @@ class LLMEngine:
         request = self.requests.pop(request_id, None)
         if request is None:
             return None
+        self._release(request_id)
         for seq in request.seqs:
             if not seq.finished:
                 seq.finish(reason)
@@ -261,9 +265,14 @@ class LLMEngine:
         for request in touched.values():
             if request.finished:
                 del self.requests[request.request_id]
+                self._release(request.request_id)
             if request.finished or request.stream:
                 outputs.append(request.output())
         return outputs
+
+    def _release(self, request_id: str) -> None:
+        if self.images is not None:
+            self.images.release(request_id)
 
     def _drop(self, seq: Sequence) -> None:
         self.scheduler.remove(seq)
@@ -363,4 +372,4 @@ class LLMEngine:
                 "kv_bytes_per_token": self.kv.bytes_per_token, "kv_allocated_bytes": self.kv.allocated_bytes,
                 "preemptions": self.scheduler.num_preemptions,
                 "generated_tokens": self.num_generated_tokens, **(self.speculator.stats() if self.speculator else {}),
-                **(self.evictor.stats() if self.evictor else {})}
+                **(self.evictor.stats() if self.evictor else {}), **(self.images.stats() if self.images else {})}

@@ -8,12 +8,13 @@ sequence with a draft tree is verified instead (spec/verify.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from reasonrl.engine.attention import AttentionMetadata, PagedAttention
 from reasonrl.engine.eviction import Evictor
+from reasonrl.engine.images import Images
 from reasonrl.engine.kv.base import KVFormat
 from reasonrl.engine.sampler import SamplingBatch, sample
 from reasonrl.engine.sequence import Sequence
@@ -32,10 +33,11 @@ class Sampled:
 @dataclass
 class StepBatch:
     input_ids: torch.Tensor  # (N,)
-    positions: torch.Tensor  # (N,)
+    positions: torch.Tensor  # (N,), or (3, N) M-RoPE rows when a prompt with images is prefilled
     meta: AttentionMetadata
     sample_rows: list[int]  # row of each sampling sequence's last new token
     sample_seqs: list[Sequence]
+    model_inputs: dict = field(default_factory=dict)  # image_embeds, image_rows (engine/images.py)
 
 
 @dataclass
@@ -47,9 +49,11 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, model: DecoderLM, kv: KVFormat, block_size: int, evictor: Evictor | None = None):
+    def __init__(self, model: DecoderLM, kv: KVFormat, block_size: int, evictor: Evictor | None = None,
+                 images: Images | None = None):
         self.model, self.kv, self.block_size = model, kv, block_size
         self.evictor = evictor  # records the queries token eviction selects with
+        self.images = images  # image embeddings and M-RoPE positions of prompts with images
         self.device = model.device
 
     def prepare(self, scheduled: list[tuple[Sequence, int]], trees: dict[int, DraftTree] | None = None) -> StepBatch:
@@ -88,8 +92,11 @@ class ModelRunner:
             context_lens_t=torch.tensor(context_lens, dtype=torch.int32, device=dev),
             masks=masks if trees else None,
         )
-        return StepBatch(torch.tensor(ids, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
-                         meta, sample_rows, sample_seqs)
+        batch = StepBatch(torch.tensor(ids, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
+                          meta, sample_rows, sample_seqs)
+        if self.images is not None:
+            batch.positions, batch.model_inputs = self.images.step_inputs(scheduled, query_start, batch.positions)
+        return batch
 
     @torch.no_grad()
     def run(self, scheduled: list[tuple[Sequence, int]], trees: dict[int, DraftTree] | None = None,
@@ -100,7 +107,7 @@ class ModelRunner:
         attn = PagedAttention(self.kv, batch.meta)
         if self.evictor is not None:
             attn = self.evictor.recording(attn, scheduled, batch.meta.query_start)
-        hidden = self.model(batch.input_ids, batch.positions, attn)
+        hidden = self.model(batch.input_ids, batch.positions, attn, **batch.model_inputs)
         verdicts = self._verify(scheduled, trees, batch, hidden, rule) if trees else {}
         return StepResult(self._sample(batch, hidden), verdicts, hidden, batch)
 

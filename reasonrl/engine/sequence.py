@@ -63,6 +63,10 @@ class Sequence:
         # Constraints an engine feature puts on scheduling (the scheduler knows no feature):
         self.chunk_boundary: int | None = None  # no prefill chunk crosses this token index
         self.reuse_before: int | None = None  # the prefix cache may serve only tokens before this index
+        # A prompt with images (engine/images.py): the prompt, and what its placeholder tokens hold
+        self.mm = None  # MultimodalPrompt: images, M-RoPE positions; None for token ids
+        self.content_keys: list[tuple[int, int, bytes]] = []  # (start, stop, key): tokens start..stop-1 hold
+        # content their ids do not show (an image's digest); the prefix cache keys blocks by it too
 
     @property
     def num_tokens(self) -> int:
@@ -90,6 +94,12 @@ class Sequence:
         if start >= n:
             return self.output_ids[start - n:end - n]
         return self.prompt_ids[start:] + self.output_ids[:end - n]
+
+    def block_content(self, start: int, end: int) -> tuple:
+        """What the prefix cache keys tokens start..end-1 by: their ids, and the keys of what they hold."""
+        tokens = tuple(self.tokens(start, end))
+        keys = tuple(key for lo, hi, key in self.content_keys if lo < end and hi > start)
+        return (*tokens, keys) if keys else tokens
 
     @property
     def finished(self) -> bool:

@@ -1,7 +1,9 @@
 """`reasonrl report RUNDIR`: PNG plots and a markdown summary of a run's metrics.jsonl (train or sft).
 
 Per-step series are lines; held-out evaluations (`eval_*`, measured every few steps) are drawn as
-points only, so that two measurements far apart do not read as a trend between them.
+points only, so that two measurements far apart do not read as a trend between them. An environment
+that reports accuracy per family (`accuracy/<family>`: shapes VQA, TTT games) also gets a table of
+held-out accuracy per family, first evaluation against last, and a plot of each family's points.
 """
 
 from __future__ import annotations
@@ -22,6 +24,30 @@ PLOTS = {  # file -> (title, y label, [(metric key, label)])
 }
 
 
+def families(records: list[dict[str, Any]]) -> list[str]:
+    """The families of per-family held-out accuracy (`eval_accuracy/<family>`) in a run's records."""
+    return sorted({k.split("/", 1)[1] for r in records for k in r if k.startswith("eval_accuracy/")})
+
+
+def family_table(records: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: held-out accuracy per family at the first and the last evaluation."""
+    names = families(records)
+    evals = [r for r in records if any(f"eval_accuracy/{f}" in r for f in names)]
+    if not evals:
+        return []
+    first, last = evals[0], evals[-1]
+    rows = ["| family | held-out accuracy, step %d | step %d | change |" % (first["step"], last["step"]), "|---|---|---|---|"]
+    for f in names:
+        a, b = first.get(f"eval_accuracy/{f}"), last.get(f"eval_accuracy/{f}")
+        change = f"{(b - a) * 100:+.1f} points" if a is not None and b is not None else "-"
+        rows.append(f"| {f} | {_fmt(a)} | {_fmt(b)} | {change} |")
+    return rows
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
 def plot(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -29,7 +55,11 @@ def plot(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    for name, (title, ylabel, series) in PLOTS.items():
+    plots = dict(PLOTS)
+    if names := families(records):
+        plots["accuracy_by_family.png"] = ("Held-out accuracy per family", "accuracy",
+                                           [(f"eval_accuracy/{f}", f) for f in names])
+    for name, (title, ylabel, series) in plots.items():
         fig, ax = plt.subplots(figsize=(6, 3.5))
         drawn = False
         for key, label in series:
@@ -85,6 +115,8 @@ def write_report(run_dir: str | Path, extra: dict[str, Any] | None = None) -> Pa
     summary = {**summarize(records), **(extra or {})}
     lines = [f"# Run report: {run_dir.name}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in summary.items()]
+    if table := family_table(records):
+        lines += ["", *table]
     lines += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")

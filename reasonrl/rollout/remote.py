@@ -61,6 +61,9 @@ class RemoteBackend(RolloutBackend):
 
     # ---- samples ----------------------------------------------------------------------------
     def submit(self, key, prompt_ids, params, output_ids, output_logprobs) -> None:
+        if not isinstance(prompt_ids, list):
+            raise ValueError("remote rollouts take text prompts only for now: the completions API has no image "
+                             "input (roll out a vision-language policy with the in-process engine)")
         body = {"prompt": prompt_ids, "max_tokens": params.max_tokens, "temperature": params.temperature,
                 "top_p": params.top_p, "seed": params.seed, "logprobs": 0, "return_token_ids": True, "request_id": key,
                 "stop_token_ids": params.stop_token_ids}

@@ -130,11 +130,11 @@ def test_sampling_params_refuse_what_the_engine_cannot_represent(kwargs, field):
 def test_engine_admission_checks_ids_and_resumed_logprobs():
     engine = demo_engine()
     vocab = engine.model.config.vocab_size
-    for kwargs, what in [(dict(prompt_ids=[1, vocab]), "prompt"), (dict(prompt_ids=[1, True]), "prompt"),
+    for kwargs, what in [(dict(prompt=[1, vocab]), "prompt"), (dict(prompt=[1, True]), "prompt"),
                          (dict(params=SamplingParams(stop_token_ids=[vocab])), "stop_token_ids"),
                          (dict(output_ids=[3], output_logprobs=[float("nan")]), "output_logprobs"),
                          (dict(output_ids=[vocab], output_logprobs=[-1.0]), "output_ids")]:
-        args = {"prompt_ids": [1, 2, 3], "params": SamplingParams(max_tokens=4), **kwargs}
+        args = {"prompt": [1, 2, 3], "params": SamplingParams(max_tokens=4), **kwargs}
         with pytest.raises(ValueError, match=what):
             engine.add_request("x", **args)
         assert not engine.requests

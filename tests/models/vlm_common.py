@@ -49,3 +49,27 @@ def our_logits(model, prompts):
     mm = [p if isinstance(p, MultimodalPrompt) else None for p in prompts]
     with torch.no_grad():
         return model.compute_logits(model.forward_padded(batch, mm))
+
+
+def hf_vlm_reference(tok, tied=False, seed=0, max_position_embeddings=1024):
+    """A tiny random transformers Qwen2.5-VL in fp32 with `tok`'s vision token ids. Every parameter,
+    biases and norm weights included, is drawn at scale 0.2 (norms around 1), so a wrong mapping
+    moves logits far past test tolerances and greedy decoding has clear winners."""
+    import transformers
+
+    ids = {k: tok.tok.token_to_id(t) for k, t in [("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+           ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")]}
+    cfg = transformers.Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_position_embeddings,
+                         rms_norm_eps=1e-6, bos_token_id=None, eos_token_id=tok.eos_token_ids[0],
+                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                           window_size=56, fullatt_block_indexes=[1]),
+        tie_word_embeddings=tied, **ids)
+    torch.manual_seed(seed)
+    model = transformers.Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(1 + 0.1 * torch.randn_like(p) if "norm" in name or "ln_q" in name else 0.2 * torch.randn_like(p))
+    return model

@@ -33,6 +33,7 @@ from reasonrl.engine.server.auth import Auth, AuthMiddleware
 from reasonrl.engine.server.config import ServeConfig
 from reasonrl.engine.server.errors import APIError, error_response
 from reasonrl.engine.server.generate import Generator
+from reasonrl.engine.server.images import ChatImages
 from reasonrl.engine.server.intake import Offload, parse_json, read_body
 from reasonrl.engine.server.metrics import Metrics, MetricsMiddleware
 from reasonrl.engine.server.view import finite
@@ -49,7 +50,8 @@ def create_app(engine: LLMEngine, config: ServeConfig | None = None) -> FastAPI:
     core = AsyncEngine(engine, cfg.max_waiting_sequences, cfg.stall_seconds, observer=metrics)
     metrics.collect_from(core)
     offload, auth = Offload(cfg.prepare_workers), Auth(cfg)
-    preparer = Preparer(engine.tokenizer, engine.max_model_len, cfg)
+    images = ChatImages(engine.model, cfg, engine.max_model_len) if engine.images is not None else None
+    preparer = Preparer(engine.tokenizer, engine.max_model_len, cfg, images)
     generate = Generator(core, offload, cfg, engine.tokenizer)
 
     @asynccontextmanager

@@ -40,6 +40,16 @@ class ServeConfig:
     max_waiting_sequences: int | None = 4096
     """Sequences waiting for a place in the engine, at most: a request that would pass the bound
     gets a 429 with Retry-After. None: no bound."""
+    max_image_bytes: ByteSize = 8 << 20
+    """Largest image in a chat request, decoded from its data: URL (400 above). Mind max_body_bytes:
+    base64 makes an image a third larger in the body."""
+    max_image_pixels: int = 1 << 25
+    """Largest image in pixels (width x height), read from its header before anything is decoded, so
+    a small file that would decode to a huge image (a decompression bomb) gets a 400."""
+    max_images_per_request: int | None = None
+    """Images in one chat request, at most (400 above). None, or anything larger: as many as the
+    context can hold at the smallest image size (max_model_len divided by the tokens of a min_pixels
+    image)."""
     retry_after_seconds: int = 1
     """The Retry-After of a 429."""
     seed: int | None = None
@@ -53,8 +63,9 @@ class ServeConfig:
     """uvicorn's log level: critical, error, warning, info, debug or trace."""
 
     def __post_init__(self):
-        if isinstance(self.max_body_bytes, str):
-            self.max_body_bytes = parse_size(self.max_body_bytes)
+        for name in ("max_body_bytes", "max_image_bytes"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, parse_size(getattr(self, name)))
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
         if self.admin_api_key is None:
@@ -65,7 +76,10 @@ class ServeConfig:
                                     or len(key.strip()) != len(key) or not key):
                 raise ValueError(f"ServeConfig.{name} must be a non-empty printable ASCII string without spaces "
                                  "at either end")
-        _positive(self, "max_body_bytes", "max_sequences_per_request", "prepare_workers", "retry_after_seconds")
+        _positive(self, "max_body_bytes", "max_sequences_per_request", "prepare_workers", "retry_after_seconds",
+                  "max_image_bytes", "max_image_pixels")
+        if self.max_images_per_request is not None:
+            _positive(self, "max_images_per_request")
         if self.max_waiting_sequences is not None:
             _positive(self, "max_waiting_sequences")
             if self.max_waiting_sequences < self.max_sequences_per_request:

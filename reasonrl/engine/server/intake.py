@@ -4,7 +4,7 @@
 - `parse_json`: strict JSON (no NaN/Infinity, finite floats, bounded nesting, no lone surrogates);
   runs in a worker.
 - `Offload`: a small thread pool for CPU work of one request (parsing, chat templates,
-  tokenisation; image decoding will go here too), so that the loop keeps answering everyone.
+  tokenisation, image decoding), so that the loop keeps answering everyone.
 - `DisconnectWatch`: notices a client hanging up at once (it waits on the ASGI receive channel,
   no polling) and aborts everything that request started.
 """

@@ -7,6 +7,7 @@ import sys
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.server.app import create_app
 from reasonrl.engine.server.config import ServeConfig
+from reasonrl.engine.server.images import ChatImages
 
 
 def banner(engine: LLMEngine, cfg: ServeConfig, port: int | None = None) -> str:
@@ -21,6 +22,10 @@ def banner(engine: LLMEngine, cfg: ServeConfig, port: int | None = None) -> str:
              + ("off" if not cfg.admin_routes else "own key" if cfg.admin_api_key else "API key" if cfg.api_key else "open")
              + (f", load_weights confined to {cfg.load_weights_dir}" if cfg.load_weights_dir else ""),
              f"  unseeded requests draw from {'seed ' + str(cfg.seed) if cfg.seed is not None else 'OS entropy'}"]
+    if engine.images is not None:
+        images = ChatImages(model, cfg, engine.max_model_len)
+        lines.append(f"  images: data: URLs (PNG, JPEG), up to {images.max_images} per request, "
+                     f"{cfg.max_image_bytes} bytes and {cfg.max_image_pixels} pixels each")
     if cfg.exposed and not cfg.api_key:
         lines.append(f"  WARNING: bound to {cfg.host} without an API key: anyone who can reach this port can "
                      "generate, abort every request and load weights. Set --api-key (or REASONRL_API_KEY).")

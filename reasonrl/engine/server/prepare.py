@@ -1,6 +1,7 @@
-"""From a request body to engine requests: parse, validate, render the chat template, tokenise,
-check lengths, build sampling parameters. All of it runs in a worker thread (`Offload`), never on
-the event loop, and every problem is an APIError naming the parameter."""
+"""From a request body to engine requests: parse, validate, decode images (server/images.py),
+render the chat template, tokenise, check lengths, build sampling parameters. All of it runs in a
+worker thread (`Offload`), never on the event loop, and every problem is an APIError naming the
+parameter."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from reasonrl.engine.protocol import ChatRequest, CompletionRequest
 from reasonrl.engine.sampling_params import ParamError, SamplingParams
 from reasonrl.engine.server.config import ServeConfig
 from reasonrl.engine.server.errors import APIError
+from reasonrl.engine.server.images import ChatImages
 from reasonrl.engine.server.intake import parse_json
+from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 from reasonrl.models.tokenizer import Tokenizer
 
 # A tokenizer's normaliser may merge a few characters into one (e.g. Hangul jamo, combining marks)
@@ -25,14 +28,23 @@ NORMALISED_SHRINK = 4
 class Job:
     body: CompletionRequest | ChatRequest
     chat: bool
-    prompts: list[list[int]]
+    prompts: list[list[int] | MultimodalPrompt]  # token ids, or ids with images (chats on a vision-language model)
     params: list[SamplingParams]  # one per prompt: unseeded prompts each get their own seed
     logprobs: bool  # the response carries log-probs
 
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(_ids(p)) for p in self.prompts)
+
+
+def _ids(prompt: list[int] | MultimodalPrompt) -> list[int]:
+    return prompt.input_ids if isinstance(prompt, MultimodalPrompt) else prompt
+
 
 class Preparer:
-    def __init__(self, tokenizer: Tokenizer | None, max_model_len: int, cfg: ServeConfig):
-        self.tokenizer, self.max_len, self.cfg = tokenizer, max_model_len, cfg
+    def __init__(self, tokenizer: Tokenizer | None, max_model_len: int, cfg: ServeConfig, images: ChatImages | None = None):
+        """`images`: reads image parts (a vision-language model); None refuses them as unsupported content."""
+        self.tokenizer, self.max_len, self.cfg, self.images = tokenizer, max_model_len, cfg, images
         self.rng = random.Random(cfg.seed)  # None: OS entropy
         # no text longer than this can fit the context, whatever it says: refuse it untokenised
         longest = max((len(t) for t in tokenizer.tok.get_vocab(with_added_tokens=True)), default=1) if tokenizer else 1
@@ -50,8 +62,11 @@ class Preparer:
         if self.tokenizer is None or not self.tokenizer.chat_template:
             raise APIError("this model has no chat template; use /v1/completions")
         self._check_size(body, 1)
-        prompt = self._encode(self._render(body), param="messages", add_special_tokens=False)
-        max_tokens = body.max_completion_tokens or body.max_tokens or max(1, self.max_len - len(prompt))
+        messages, images = self.images.messages(body.messages) if self.images else (None, [])
+        prompt = self._encode(self._render(body, messages), param="messages", add_special_tokens=False)
+        if images:
+            prompt = self.images.prompt(prompt, images)
+        max_tokens = body.max_completion_tokens or body.max_tokens or max(1, self.max_len - len(_ids(prompt)))
         logprobs = (body.top_logprobs or 0) if body.logprobs else 0
         return Job(body, True, [prompt], self._params(body, [prompt], max_tokens, logprobs, "messages"), body.logprobs)
 
@@ -62,9 +77,10 @@ class Preparer:
             raise APIError(f"{num_prompts} prompts x n={body.n} is more than the {limit} sequences one request may "
                            "ask for on this server", param="n")
 
-    def _render(self, body: ChatRequest) -> str:
+    def _render(self, body: ChatRequest, messages: list[dict] | None = None) -> str:
         try:
-            messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in body.messages]
+            if messages is None:
+                messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in body.messages]
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
                                                       **body.chat_template_kwargs)
         except Exception as exc:  # the template is fixed: whatever fails to render, the request made fail
@@ -81,8 +97,8 @@ class Preparer:
                            param=param)
         return self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
 
-    def _params(self, body, prompts: list[list[int]], max_tokens: int, logprobs: int, param: str) -> list[SamplingParams]:
-        for p in prompts:
+    def _params(self, body, prompts: list, max_tokens: int, logprobs: int, param: str) -> list[SamplingParams]:
+        for p in map(_ids, prompts):
             if len(p) >= self.max_len:
                 raise APIError(f"the prompt ({len(p)} tokens) does not fit the context length {self.max_len}", param=param)
             if len(p) + max_tokens > self.max_len:

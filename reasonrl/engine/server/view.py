@@ -25,7 +25,7 @@ class View:
     """Renders engine outputs as OpenAI completion / chat responses and stream chunks."""
 
     def __init__(self, job: Job, rids: list[str], model_name: str, tokenizer: Tokenizer | None):
-        self.body, self.rids, self.prompts, self.chat = job.body, rids, job.prompts, job.chat
+        self.body, self.rids, self.prompt_tokens, self.chat = job.body, rids, job.prompt_tokens, job.chat
         self.want_logprobs, self.model, self.tokenizer = job.logprobs, model_name, tokenizer
         self.created = int(time.time())
         self.sent: dict[tuple[str, int], tuple[int, int]] = {}  # (rid, index) -> (tokens, chars) streamed
@@ -42,7 +42,7 @@ class View:
             for o in outputs[rid].outputs:
                 choices.append(self._choice(rid, o, o.text, o.token_ids, o.logprobs, o.top_logprobs, o.finish_reason))
         completion = sum(len(o.token_ids) for out in outputs.values() for o in out.outputs)
-        prompt = sum(len(p) for p in self.prompts)
+        prompt = self.prompt_tokens
         return {"id": self.rids[0], "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": choices,
                 "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}
@@ -67,7 +67,7 @@ class View:
                    "created": self.created, "model": self.model, "choices": [choice]}
 
     def usage_chunk(self) -> dict[str, Any]:
-        prompt = sum(len(p) for p in self.prompts)
+        prompt = self.prompt_tokens
         return {"id": self.rids[0], "object": "chat.completion.chunk" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": [],
                 "usage": {"prompt_tokens": prompt, "completion_tokens": self.completion_tokens,

@@ -8,6 +8,8 @@ the image tokens replace, and the M-RoPE positions with the delta that continues
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +44,19 @@ class MultimodalPrompt:
     @property
     def num_images(self) -> int:
         return self.image_grid_thw.shape[0]
+
+    @functools.cached_property
+    def image_digests(self) -> list[bytes]:
+        """One digest per image, of its grid and pixel values, computed once (the pixel values must not
+        change after): the engine's prefix cache keys image blocks by it, placeholder ids being the
+        same for every image."""
+        out, start = [], 0
+        for t, h, w in self.image_grid_thw.tolist():
+            digest = hashlib.blake2b(str((t, h, w)).encode(), digest_size=16)
+            digest.update(self.pixel_values[start:start + t * h * w].contiguous().cpu().view(torch.uint8).numpy())
+            out.append(digest.digest())
+            start += t * h * w
+        return out
 
     def positions_for(self, start: int, stop: int) -> torch.Tensor:
         """(3, stop - start) positions of tokens start..stop-1; past the prompt they continue as text."""
@@ -80,14 +95,15 @@ def message_images(messages: list[dict[str, Any]]) -> list[Any]:
 
 
 def build_prompt(tokenizer, messages: list[dict[str, Any]], cfg: VLMConfig, image_cfg: ImageConfig | None = None,
-                 add_generation_prompt: bool = True) -> MultimodalPrompt:
-    """Render a chat whose user turns may hold image parts, preprocess the images, expand the placeholders."""
+                 add_generation_prompt: bool = True, **template_kwargs) -> MultimodalPrompt:
+    """Render a chat whose user turns may hold image parts, preprocess the images, expand the placeholders.
+    `template_kwargs` go to the chat template."""
     image_cfg = image_cfg or ImageConfig()
     ours = (image_cfg.patch_size, image_cfg.merge_size, image_cfg.temporal_patch_size)
     model = (cfg.vision.patch_size, cfg.vision.spatial_merge_size, cfg.vision.temporal_patch_size)
     if ours != model:
         raise ValueError(f"image config (patch, merge, temporal) sizes {ours} differ from the model's {model}")
     pixel_values, grid = preprocess(message_images(messages), image_cfg)
-    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **template_kwargs)
     ids = expand_image_tokens(ids, grid, cfg.image_token_id, cfg.vision.spatial_merge_size)
     return MultimodalPrompt.from_ids(ids, pixel_values, grid, cfg)

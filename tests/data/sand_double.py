@@ -8,12 +8,17 @@ seed) in `answered`, so a test can tell whether a call was ever paid twice.
 
 `hold_after(n)`: once n requests have been answered, later ones wait (unanswered) until
 `release()`; a client that disconnects while waiting is never answered.
+
+`stall(prompt, seed, attempt)` (optional) gives seconds to wait before answering the attempt-th
+request (from 1) for (prompt, seed): a client that times out meanwhile is never answered.
+`max_in_flight` is the most requests the server ever held at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from typing import Callable
 
@@ -34,10 +39,13 @@ def teacher_script(teacher: SumsTeacher | None = None) -> Script:
 
 
 class ScriptedServer:
-    def __init__(self, script: Script | None = None, usage: bool = True, teacher: SumsTeacher | None = None):
+    def __init__(self, script: Script | None = None, usage: bool = True, teacher: SumsTeacher | None = None,
+                 stall: Callable[[str, "int | None", int], float] | None = None):
         self.teacher = teacher or SumsTeacher()
         self.script = script or teacher_script(self.teacher)
-        self.usage = usage
+        self.usage, self.stall = usage, stall
+        self.attempts: Counter = Counter()  # (prompt, seed) -> requests received
+        self.in_flight = self.max_in_flight = 0
         self.answered: Counter = Counter()  # (prompt, seed) -> HTTP 200 answers
         self.statuses: Counter = Counter()
         self.lock = threading.Lock()
@@ -69,12 +77,34 @@ class ScriptedServer:
             await asyncio.sleep(0.02)
         return not (held and await request.is_disconnected())
 
+    async def _stalled(self, request: Request, prompt: str, seed) -> bool:
+        """False when the client went away while the answer was stalled."""
+        with self.lock:
+            self.attempts[(prompt, seed)] += 1
+            attempt = self.attempts[(prompt, seed)]
+        end = time.monotonic() + (self.stall(prompt, seed, attempt) if self.stall else 0.0)
+        while time.monotonic() < end:  # a server notices a client that is gone and stops generating for it
+            if await request.is_disconnected():
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
     async def _chat(self, request: Request):
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    async def _answer(self, request: Request):
         body = await request.json()
-        if not await self._wait_turn(request):
-            return JSONResponse({"error": {"message": "client gone"}}, 499)
         messages = body.get("messages") or []
         prompt = messages[-1]["content"] if messages else ""
+        if not await self._wait_turn(request) or not await self._stalled(request, prompt, body.get("seed")):
+            return JSONResponse({"error": {"message": "client gone"}}, 499)
         out = self.script(prompt, body.get("seed"), body)
         if isinstance(out, tuple):
             with self.lock:

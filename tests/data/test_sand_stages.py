@@ -150,6 +150,30 @@ def test_transient_errors_are_retried_and_each_call_is_paid_once(tmp_path):
     assert summary["spent"]["rejected"] == 0
 
 
+@pytest.mark.slow  # stalls and timeouts take seconds by design
+def test_at_most_concurrency_requests_in_flight_and_a_stalled_call_times_out_and_is_asked_again(tmp_path):
+    stalled = set()
+
+    def stall(prompt, seed, attempt):  # every answer takes a moment (requests overlap); 1 in 7 stalls once
+        if attempt == 1 and seed % 7 == 0:
+            stalled.add((prompt, seed))
+            return 4.0
+        return 0.05
+
+    server = ScriptedServer(stall=stall)
+    try:
+        recipe = sums_recipe(tmp_path, server.url, generate={"problems": 8})
+        recipe["defaults"].update(concurrency=3, timeout=1.0, backoff=1.0)  # time for the server to see a client go
+        summary = run(recipe, tmp_path / "run")
+    finally:
+        server.stop()
+    assert server.max_in_flight == 3  # the bound is reached and never passed
+    assert len(stalled) >= 3 and all(server.attempts[k] >= 2 for k in stalled)
+    assert all(server.answered[k] == 1 for k in stalled)  # the timed-out attempt went unanswered, the retry paid
+    assert set(server.answered.values()) == {1} and summary["spent"]["calls"] == len(server.answered)
+    assert summary["accepted"]["all"] > 0
+
+
 def test_a_server_that_answers_nonsense_drops_everything_and_says_why(tmp_path):
     path, _ = consistency_seeds(tmp_path)
     server = ScriptedServer(lambda prompt, seed, body: "I am a potato. \\boxed{potato}" if seed % 3 else "")

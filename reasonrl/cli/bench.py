@@ -38,6 +38,8 @@ WORKLOADS = {
     "ttt": Command("TTT-Bench problem spaces, generator and verifier throughput", "reasonrl.cli.bench:ttt"),
     "math": Command("math verifier judgements per second, with hanging items", "reasonrl.cli.bench:math"),
     "serve": Command("server throughput and latency, clean load against 10% bad requests", "reasonrl.cli.bench:serve"),
+    "sand-mini": Command("SAND-Math's Difficulty Hiking in miniature (sums): base vs hiked SFT data, held-out accuracy",
+                         "reasonrl.cli.bench:sand_mini"),
     "shapes-detector": Command("the shapes world's oracle detector: recall, attributes, speed",
                                "reasonrl.cli.bench:shapes_detector"),
 }
@@ -87,3 +89,5 @@ ttt = workload("reasonrl.envs.ttt.bench:TTTBenchConfig", "reasonrl.envs.ttt.benc
 math = workload("reasonrl.envs.math.bench:MathBenchConfig", "reasonrl.envs.math.bench:benchmark")
 serve = workload("reasonrl.bench.serve:ServeBenchConfig", "reasonrl.bench.serve:bench_serve")
 shapes_detector = workload("reasonrl.vision.world:DetectorBenchConfig", "reasonrl.vision.world:bench_detector")
+sand_mini = workload("reasonrl.data.sand.mini.experiment:MiniConfig", "reasonrl.data.sand.mini.experiment:run_miniature",
+                     "reasonrl.data.sand.mini.experiment:markdown")

@@ -4,7 +4,10 @@ import json
 from collections import Counter
 
 import httpx
+import pytest
+from sand_helpers import REPO
 
+from reasonrl.cli import main
 from reasonrl.data.sand import parse, prompts
 from reasonrl.data.sand.mini.endpoint import TeacherServer, create_teacher_app
 from reasonrl.data.sand.mini.experiment import equal_sets, targets
@@ -79,3 +82,19 @@ def test_equal_sets_and_targets(tmp_path):
     assert all(targets(summary).values())
     summary["means"]["hiked"]["base"] = 0.875  # 2.5 points lost on the base split
     assert not targets(summary)["hiked set: base split within 2 points"]
+
+
+@pytest.mark.slow
+def test_the_miniature_runs_end_to_end_from_its_bench_command(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)  # the shipped recipe names its topic file relative to the repository
+    out = tmp_path / "mini"
+    assert main(["bench", "sand-mini", "--out", str(out), "--candidates", "24", "--set-size", "8", "--eval-size",
+                 "8", "--seeds", "1", "--epochs", "1", "--json", str(tmp_path / "mini.json")]) == 0
+    summary = json.loads((tmp_path / "mini.json").read_text())
+    assert summary["set_size"] == 8 and set(summary["accuracy"]) == {"start", "base-0", "hiked-0"}
+    assert all(0 <= acc[split] <= 1 for acc in summary["accuracy"].values() for split in ("base", "hard"))
+    terms = {arm: [len(terms_of(json.loads(line)["prompt"][-1]["content"]))
+                   for line in (out / f"train_{arm}.jsonl").read_text().splitlines()] for arm in ("base", "hiked")}
+    assert max(terms["base"]) <= 6 and min(terms["hiked"]) >= 7  # the hiked arm is the rewritten, longer chains
+    assert summary["difficulty"]["hiked"]["rating_mean"] > summary["difficulty"]["base"]["rating_mean"]
+    assert (out / "summary.md").read_text() in capsys.readouterr().out

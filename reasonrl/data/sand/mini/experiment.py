@@ -28,6 +28,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
+from reasonrl.bench.common import device_name
 from reasonrl.demo.policy import SHIPPED
 from reasonrl.envs.base import Prompt
 from reasonrl.envs.math import MathEnvironment
@@ -43,14 +46,30 @@ from .teacher import SumsTeacher
 @dataclass
 class MiniConfig:
     out: str = "runs/sand-mini"
+    """Directory for the splits, the pipeline's run, the training sets, the fine-tuned policies and the summary."""
     recipe: str = "recipes/sand-sums.yaml"
-    candidates: int = 800  # problems the teacher is asked for
-    set_size: int = 300  # SFT examples per arm (base, hiked)
-    eval_size: int = 300  # problems per held-out split
-    seeds: int = 3  # fine-tuning seeds per arm
+    """The pipeline's recipe (its endpoint URLs and evaluation sets are replaced by the miniature's)."""
+    candidates: int = 800
+    """Problems the teacher is asked for (generate.problems)."""
+    set_size: int = 300
+    """SFT examples per arm (base, hiked): the first M of each set, M = min(set_size, both sets' sizes)."""
+    eval_size: int = 300
+    """Problems per held-out split (base: 2-6 terms, hard: 7-10 terms)."""
+    seeds: int = 3
+    """Fine-tuning seeds per arm."""
     epochs: float = 3.0
+    """SFT epochs over each training set."""
     lr: float = 1e-3
-    max_tokens: int = 96  # greedy response tokens at evaluation (10 terms take ~45)
+    """SFT learning rate."""
+    max_tokens: int = 96
+    """Greedy response tokens at evaluation (10 terms take about 45)."""
+
+    def __post_init__(self):
+        for name in ("candidates", "set_size", "eval_size", "seeds", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not (self.epochs > 0 and self.lr > 0):
+            raise ValueError(f"epochs and lr must be > 0, got {self.epochs} and {self.lr}")
 
 
 def run_miniature(cfg: MiniConfig) -> dict:
@@ -69,6 +88,7 @@ def run_miniature(cfg: MiniConfig) -> dict:
                "accuracy": accuracy, "means": means(accuracy, cfg.seeds)}
     summary["targets"] = targets(summary)
     summary["wall_seconds"] = round(time.perf_counter() - start, 1)
+    summary["device"] = device_name(torch.device("cpu"))  # everything here runs on the CPU
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(markdown(summary))
     return summary
@@ -150,7 +170,7 @@ def markdown(s: dict) -> str:
     d, m = s["difficulty"], s["means"]
     lines = ["# Difficulty Hiking in miniature (sums)", "",
              f"Training sets: {s['set_size']} examples each; {s['config']['seeds']} fine-tuning seeds per arm; "
-             f"wall time {s['wall_seconds']:.0f} s.", "",
+             f"wall time {s['wall_seconds']:.0f} s on {s['device']}.", "",
              "| set | problems | mean rating | mean empirical difficulty |", "|---|---|---|---|"]
     for label in ("base", "hiked", "hiked_sources"):
         lines.append(f"| {label} | {d[label]['problems']} | {_pct(d[label]['rating_mean'], 1, False)} | "
@@ -171,10 +191,11 @@ def _pct(value, digits: int = 1, percent: bool = True) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from reasonrl.cli.flags import add_flags, values
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in asdict(MiniConfig()).items():
-        parser.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
-    summary = run_miniature(MiniConfig(**vars(parser.parse_args(argv))))
+    add_flags(parser, MiniConfig)
+    summary = run_miniature(MiniConfig(**values(parser.parse_args(argv), MiniConfig)))
     print(markdown(summary))
     return 0
 

@@ -1,4 +1,6 @@
-"""The miniature reproduction of Difficulty Hiking, on `sums`: `python -m reasonrl.data.sand.mini.experiment`.
+"""The miniature reproduction of Difficulty Hiking, on `sums`: `reasonrl bench sand-mini`.
+
+(Also `python -m reasonrl.data.sand.mini.experiment`, with the same flags.)
 
 SAND-Math's claim (arXiv 2507.20527): at equal data, a Difficulty-Hiked set trains a better model
 on hard problems (AIME25 46.38% -> 49.23%) than the base set. In miniature, with what can run

@@ -102,7 +102,8 @@ class Evictor:
         token is prefilled) and the prefix cache never serves its window."""
         if self.applies(seq):
             seq.chunk_boundary = len(seq.prompt_ids)
-            seq.reuse_before = len(seq.prompt_ids) - self.cfg.window
+            limit = len(seq.prompt_ids) - self.cfg.window
+            seq.reuse_before = limit if seq.reuse_before is None else min(seq.reuse_before, limit)
 
     def recording(self, attn, scheduled: list[tuple[Sequence, int]], query_start: list[int]):
         """`attn`, recording what the sequences that will evict need from this step."""

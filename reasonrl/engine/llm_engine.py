@@ -53,8 +53,14 @@ class Request:
         return all(s.finished for s in self.seqs)
 
     def output(self) -> RequestOutput:
+        first = self.seqs[0]
         return RequestOutput(self.request_id, self.prompt_ids, [s.output() for s in self.seqs], self.finished,
-                             self.seqs[0].num_cached)
+                             first.num_cached, _copy(first.prompt_logprobs), _copy(first.prompt_top_logprobs),
+                             _copy(first.prompt_ranks))
+
+
+def _copy(values: list | None) -> list | None:
+    return None if values is None else list(values)
 
 
 class LLMEngine:
@@ -251,6 +257,11 @@ class LLMEngine:
                     self.speculator.settle(seq, verdict)
                 seq.num_computed += len(verdict.rows)
             else:
+                if (pl := result.prompt.get(seq.seq_id)) is not None:
+                    seq.prompt_logprobs[pl.first: pl.first + len(pl.logprobs)] = pl.logprobs
+                    seq.prompt_ranks[pl.first: pl.first + len(pl.ranks)] = pl.ranks
+                    if pl.top is not None:
+                        seq.prompt_top_logprobs[pl.first: pl.first + len(pl.top)] = pl.top
                 seq.num_computed += n
                 if self.evictor is not None:
                     self.evictor.after_step(seq)

@@ -23,6 +23,10 @@ from reasonrl.engine.spec.verify import Verdict, verify
 from reasonrl.models.model import DecoderLM
 
 
+PROMPT_ROWS = 256
+"""Prompt rows whose full-vocabulary log-probs are materialised at once (prompt_logprobs)."""
+
+
 @dataclass
 class Sampled:
     token: int
@@ -41,11 +45,22 @@ class StepBatch:
 
 
 @dataclass
+class PromptLogprobs:
+    """Log-probs of prompt tokens first .. first + len(logprobs) - 1, computed in one step."""
+
+    first: int
+    logprobs: list[float]
+    ranks: list[int]  # 1 + how many tokens the model found likelier than the prompt's
+    top: list[dict[int, float]] | None = None
+
+
+@dataclass
 class StepResult:
     sampled: dict[int, Sampled]  # by seq_id, for sequences that sampled one token
     verdicts: dict[int, Verdict]  # by seq_id, for sequences that verified a draft tree
     hidden: torch.Tensor  # (N, hidden) the target's final hidden states of every row
     batch: StepBatch
+    prompt: dict[int, PromptLogprobs] = field(default_factory=dict)  # by seq_id (params.prompt_logprobs)
 
 
 class ModelRunner:
@@ -109,7 +124,30 @@ class ModelRunner:
             attn = self.evictor.recording(attn, scheduled, batch.meta.query_start)
         hidden = self.model(batch.input_ids, batch.positions, attn, **batch.model_inputs)
         verdicts = self._verify(scheduled, trees, batch, hidden, rule) if trees else {}
-        return StepResult(self._sample(batch, hidden), verdicts, hidden, batch)
+        return StepResult(self._sample(batch, hidden), verdicts, hidden, batch, self._prompt_logprobs(scheduled, batch, hidden))
+
+    def _prompt_logprobs(self, scheduled, batch: StepBatch, hidden: torch.Tensor) -> dict[int, PromptLogprobs]:
+        """The row of prompt position p predicts token p + 1: each prefilled prompt row but the
+        prompt's last gives the next prompt token's log-prob, log_softmax(raw logits)."""
+        out = {}
+        for b, (seq, n) in enumerate(scheduled):
+            start, prompt_len = seq.num_computed, len(seq.prompt_ids)
+            last = min(start + n, prompt_len - 1)  # rows start .. last - 1 have a prompt token after them
+            if seq.prompt_logprobs is None or last <= start:
+                continue
+            lo = batch.meta.query_start[b]
+            targets = torch.tensor(seq.prompt_ids[start + 1: last + 1], device=hidden.device)
+            values, ranks, tops = [], [], []
+            for i in range(0, last - start, PROMPT_ROWS):  # bounded (rows, vocab) logits at a time
+                logprobs = self.model.compute_logits(hidden[lo + i: lo + min(i + PROMPT_ROWS, last - start)]).float().log_softmax(-1)
+                chosen = logprobs.gather(1, targets[i: i + PROMPT_ROWS, None])
+                values += chosen[:, 0].tolist()
+                ranks += ((logprobs > chosen).sum(-1) + 1).tolist()
+                if k := seq.params.prompt_logprobs:
+                    top = logprobs.topk(k, dim=-1)
+                    tops += [dict(zip(ids, vals)) for ids, vals in zip(top.indices.tolist(), top.values.tolist())]
+            out[seq.seq_id] = PromptLogprobs(start + 1, values, ranks, tops if seq.params.prompt_logprobs else None)
+        return out
 
     def _verify(self, scheduled, trees, batch: StepBatch, hidden: torch.Tensor, rule: str) -> dict[int, Verdict]:
         spans = [(seq, batch.meta.query_start[b], batch.meta.query_start[b + 1])

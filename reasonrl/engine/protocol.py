@@ -5,7 +5,9 @@ boolean is true or false, never "yes" or 1), numbers must be finite and lists an
 bounds that keep per-token work small. OpenAI fields reasonrl does not implement are accepted
 only at their neutral value. Extensions: top_k, min_p,
 ignore_eos, stop_token_ids, include_stop_str_in_output, request_id, return_token_ids, and
-`resume` (token ids and log-probs already generated, for APRIL partial rollouts).
+`resume` (token ids and log-probs already generated, for APRIL partial rollouts), `prompt_logprobs`
+(vLLM's: each prompt token's log-prob, rank and the top-n, per choice). `echo` on completions
+returns the prompt before the completion, with the prompt tokens' log-probs when `logprobs` is set.
 """
 
 from __future__ import annotations
@@ -74,19 +76,21 @@ class _Common(BaseModel):
             raise ValueError("resume needs n=1 (resume one sample at a time)")
         return self
 
-    def sampling_params(self, max_tokens: int, logprobs: int) -> SamplingParams:
+    def sampling_params(self, max_tokens: int, logprobs: int, prompt_logprobs: int | None = None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                               min_p=self.min_p, seed=self.seed, max_tokens=max_tokens, stop=stop,
                               stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
-                              include_stop_str_in_output=self.include_stop_str_in_output, logprobs=logprobs)
+                              include_stop_str_in_output=self.include_stop_str_in_output, logprobs=logprobs,
+                              prompt_logprobs=prompt_logprobs)
 
 
 class CompletionRequest(_Common):
     prompt: str | list[int] | list[str] | list[list[int]]
     max_tokens: int = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=20)
-    echo: Literal[False] = False
+    echo: bool = False
+    prompt_logprobs: int | None = Field(None, ge=0, le=20)
     best_of: int | None = None
     suffix: None = None
 
@@ -99,6 +103,12 @@ class CompletionRequest(_Common):
         if self.resume is not None and len(self.prompts()) != 1:
             raise ValueError("resume needs a single prompt")
         return self
+
+    def prompt_logprobs_wanted(self) -> int | None:
+        """Top-n prompt log-probs the response needs: `prompt_logprobs`, or `logprobs` when echoing."""
+        if self.prompt_logprobs is not None:
+            return self.prompt_logprobs
+        return self.logprobs if self.echo and self.logprobs is not None else None
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt

@@ -42,6 +42,10 @@ class SamplingParams:
     """Keep the matched stop string in the text."""
     logprobs: int = 0
     """Also return the top-n log-probs per position; the sampled token's log-prob is always returned."""
+    prompt_logprobs: int | None = None
+    """Also return each prompt token's log-prob under the model (log_softmax of the raw logits, T = 1),
+    with the top-n at each prompt position; None skips them. Computed at prefill, so such a request
+    does not read the prefix cache (its prompt is computed, not reused)."""
     detokenize: bool = True
     """Build the output text as tokens arrive (off when only token ids are needed)."""
     speculative: bool = True
@@ -66,6 +70,8 @@ class SamplingParams:
         _check(isinstance(self.stop_token_ids, list) and all(_is_int(t) and 0 <= t <= INT64_MAX for t in self.stop_token_ids),
                "stop_token_ids", self.stop_token_ids, "a list of token ids")
         _check(_is_int(self.logprobs) and 0 <= self.logprobs <= 20, "logprobs", self.logprobs, "an integer in [0, 20]")
+        _check(self.prompt_logprobs is None or (_is_int(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= 20),
+               "prompt_logprobs", self.prompt_logprobs, "None or an integer in [0, 20]")
 
     @property
     def greedy(self) -> bool:

@@ -33,6 +33,9 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    prompt_logprobs: list[float | None] | None = None  # each prompt token's log-prob (None for the first)
+    prompt_top_logprobs: list[dict[int, float] | None] | None = None  # the top-n at each prompt position
+    prompt_ranks: list[int | None] | None = None  # each prompt token's rank in the model's distribution (1 = likeliest)
     error: str | None = None  # why the engine failed this request (finish_reason "error"); others went on
 
 
@@ -50,6 +53,17 @@ class Sequence:
         self.output_ids: list[int] = list(output_ids or [])
         self.output_logprobs: list[float] = list(output_logprobs or [])
         self.top_logprobs: list[dict[int, float]] | None = [] if params.logprobs else None
+        self.reuse_before: int | None = None  # the prefix cache may serve only tokens before this index
+        # Prompt log-probs (params.prompt_logprobs), filled at prefill; only the request's first sample
+        # computes them, and it computes its whole prompt (no prefix cache reuse).
+        self.prompt_logprobs: list[float | None] | None = None
+        self.prompt_top_logprobs: list[dict[int, float] | None] | None = None
+        self.prompt_ranks: list[int | None] | None = None
+        if params.prompt_logprobs is not None and index == 0:
+            self.prompt_logprobs = [None] * len(prompt_ids)
+            self.prompt_ranks = [None] * len(prompt_ids)
+            self.prompt_top_logprobs = [None] * len(prompt_ids) if params.prompt_logprobs else None
+            self.reuse_before = 0
         self.num_resumed = len(self.output_ids)
         self.status = SeqStatus.WAITING
         self.finish_reason: str | None = None
@@ -62,7 +76,6 @@ class Sequence:
         self.num_evicted = 0  # of those, dropped from the cache by token eviction (engine/eviction.py)
         # Constraints an engine feature puts on scheduling (the scheduler knows no feature):
         self.chunk_boundary: int | None = None  # no prefill chunk crosses this token index
-        self.reuse_before: int | None = None  # the prefix cache may serve only tokens before this index
         # A prompt with images (engine/images.py): the prompt, and what its placeholder tokens hold
         self.mm = None  # MultimodalPrompt: images, M-RoPE positions; None for token ids
         self.content_keys: list[tuple[int, int, bytes]] = []  # (start, stop, key): tokens start..stop-1 hold

@@ -54,7 +54,7 @@ class Preparer:
         body = validate_body(parse_json(raw), CompletionRequest)
         self._check_size(body, len(body.prompts()))
         prompts = [self._encode(p) for p in body.prompts()]
-        params = self._params(body, prompts, body.max_tokens, body.logprobs or 0, "prompt")
+        params = self._params(body, prompts, body.max_tokens, body.logprobs or 0, "prompt", body.prompt_logprobs_wanted())
         return Job(body, False, prompts, params, body.logprobs is not None)
 
     def chat(self, raw: bytes) -> Job:
@@ -97,7 +97,8 @@ class Preparer:
                            param=param)
         return self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens)
 
-    def _params(self, body, prompts: list, max_tokens: int, logprobs: int, param: str) -> list[SamplingParams]:
+    def _params(self, body, prompts: list, max_tokens: int, logprobs: int, param: str,
+                prompt_logprobs: int | None = None) -> list[SamplingParams]:
         for p in map(_ids, prompts):
             if len(p) >= self.max_len:
                 raise APIError(f"the prompt ({len(p)} tokens) does not fit the context length {self.max_len}", param=param)
@@ -105,7 +106,7 @@ class Preparer:
                 raise APIError(f"prompt ({len(p)} tokens) plus max_tokens ({max_tokens}) exceeds the context "
                                f"length {self.max_len}", param="max_tokens")
         try:
-            params = body.sampling_params(max_tokens, logprobs)
+            params = body.sampling_params(max_tokens, logprobs, prompt_logprobs)
         except ParamError as exc:
             raise APIError(str(exc).removeprefix("SamplingParams."), param=exc.param) from None
         if params.seed is not None:

@@ -1,7 +1,10 @@
 """Renders engine outputs as OpenAI completion / chat responses and stream chunks.
 
 Log-probs are model output, untrusted: a non-finite one is rendered as -9999.0 (as vLLM does), so
-a response is always valid JSON.
+a response is always valid JSON. A completion with `echo` starts with its prompt (in the first
+chunk of a stream), and its log-probs with the prompt tokens' (None for the first token, which
+nothing predicts); `text_offset` is each token's character offset in the choice's text, as the
+cumulative length of the tokens' strings (as vLLM computes it).
 """
 
 from __future__ import annotations
@@ -32,6 +35,13 @@ class View:
         self.closed: set[tuple[str, int]] = set()  # choices whose final chunk went out
         self.holdback = max((len(s) for s in job.params[0].stop), default=1) - 1
         self.completion_tokens = 0
+        self.echo = not job.chat and job.body.echo
+        self.prompt_texts = dict(zip(rids, map(self._text, job.body.prompts()))) if self.echo else {}
+
+    def _text(self, prompt: str | list[int]) -> str:
+        if isinstance(prompt, str):
+            return prompt
+        return self.tokenizer.decode(prompt, skip_special_tokens=False) if self.tokenizer else ""
 
     def _choice_index(self, rid: str, index: int) -> int:
         return self.rids.index(rid) * self.body.n + index
@@ -39,8 +49,10 @@ class View:
     def response(self, outputs: dict[str, RequestOutput]) -> dict[str, Any]:
         choices = []
         for rid in self.rids:
-            for o in outputs[rid].outputs:
-                choices.append(self._choice(rid, o, o.text, o.token_ids, o.logprobs, o.top_logprobs, o.finish_reason))
+            out = outputs[rid]
+            for o in out.outputs:
+                choices.append(self._choice(out, o, o.text, o.token_ids, o.logprobs, o.top_logprobs, o.finish_reason,
+                                            first=True))
         completion = sum(len(o.token_ids) for out in outputs.values() for o in out.outputs)
         prompt = self.prompt_tokens
         return {"id": self.rids[0], "object": "chat.completion" if self.chat else "text_completion",
@@ -61,8 +73,9 @@ class View:
                 self.closed.add(key)
                 self.completion_tokens += len(o.token_ids)
             tops = o.top_logprobs[tokens_sent:] if o.top_logprobs is not None else None
-            choice = self._choice(out.request_id, o, o.text[chars_sent:end], delta_tokens, o.logprobs[tokens_sent:],
-                                  tops, o.finish_reason, first=chars_sent == 0 and tokens_sent == 0)
+            choice = self._choice(out, o, o.text[chars_sent:end], delta_tokens, o.logprobs[tokens_sent:],
+                                  tops, o.finish_reason, first=chars_sent == 0 and tokens_sent == 0,
+                                  offset=chars_sent + len(self.prompt_texts.get(out.request_id, "")) * bool(chars_sent or tokens_sent))
             yield {"id": self.rids[0], "object": "chat.completion.chunk" if self.chat else "text_completion",
                    "created": self.created, "model": self.model, "choices": [choice]}
 
@@ -73,14 +86,23 @@ class View:
                 "usage": {"prompt_tokens": prompt, "completion_tokens": self.completion_tokens,
                           "total_tokens": prompt + self.completion_tokens}}
 
-    def _choice(self, rid, o: CompletionOutput, text, token_ids, logprobs, tops, finish_reason, first=False):
-        choice: dict[str, Any] = {"index": self._choice_index(rid, o.index), "finish_reason": finish_reason}
+    def _choice(self, out: RequestOutput, o: CompletionOutput, text, token_ids, logprobs, tops, finish_reason,
+                first=False, offset=0):
+        choice: dict[str, Any] = {"index": self._choice_index(out.request_id, o.index), "finish_reason": finish_reason}
         if self.chat:
             key = "delta" if self.body.stream else "message"
             choice[key] = {"role": "assistant", "content": text} if (first or not self.body.stream) else {"content": text}
+            choice["logprobs"] = self._chat_logprobs(token_ids, logprobs, tops) if self.want_logprobs else None
         else:
+            if first and self.echo:  # the prompt goes first: its text, tokens and log-probs
+                prompt_tops = out.prompt_top_logprobs or [None] * len(out.prompt_ids)
+                text, token_ids = self.prompt_texts[out.request_id] + text, out.prompt_ids + token_ids
+                logprobs = [None, *(out.prompt_logprobs or [None] * len(out.prompt_ids))[1:], *logprobs]
+                tops = [None, *prompt_tops[1:], *(tops or [{}] * len(o.token_ids))]
             choice["text"] = text
-        choice["logprobs"] = self._logprobs(token_ids, logprobs, tops) if self.want_logprobs else None
+            choice["logprobs"] = self._completion_logprobs(token_ids, logprobs, tops, offset) if self.want_logprobs else None
+            if first and out.prompt_logprobs is not None and self.body.prompt_logprobs is not None:
+                choice["prompt_logprobs"] = self._prompt_logprobs(out)
         if self.body.return_token_ids:
             choice["token_ids"] = token_ids
         if finish_reason:
@@ -91,17 +113,39 @@ class View:
     def _token(self, tid: int) -> str:
         return self.tokenizer.decode([tid], skip_special_tokens=False) if self.tokenizer else str(tid)
 
-    def _logprobs(self, token_ids, logprobs, tops):
+    def _chat_logprobs(self, token_ids, logprobs, tops):
+        tops = tops or [{} for _ in token_ids]
+        content = []
+        for tid, lp, top in zip(token_ids, logprobs, tops):
+            s = self._token(tid)
+            content.append({"token": s, "logprob": finite(lp), "bytes": list(s.encode()),
+                            "top_logprobs": [{"token": self._token(t), "logprob": finite(v), "bytes": list(self._token(t).encode())}
+                                             for t, v in top.items()]})
+        return {"content": content}
+
+    def _completion_logprobs(self, token_ids, logprobs, tops, offset: int):
+        """OpenAI's legacy layout; an echoed prompt's first token has None where a log-prob would be."""
         tokens = [self._token(t) for t in token_ids]
-        logprobs = [finite(x) for x in logprobs]
-        tops = [{t: finite(v) for t, v in top.items()} for top in tops] if tops else [{} for _ in token_ids]
-        if self.chat:
-            return {"content": [{"token": s, "logprob": lp, "bytes": list(s.encode()),
-                                 "top_logprobs": [{"token": self._token(t), "logprob": v, "bytes": list(self._token(t).encode())}
-                                                  for t, v in top.items()]}
-                                for s, lp, top in zip(tokens, logprobs, tops)]}
-        return {"tokens": tokens, "token_logprobs": logprobs,
-                "top_logprobs": [{self._token(t): v for t, v in top.items()} for top in tops]}
+        offsets = []
+        for s in tokens:
+            offsets.append(offset)
+            offset += len(s)
+        tops = tops or [{} for _ in token_ids]
+        return {"tokens": tokens, "token_logprobs": [None if x is None else finite(x) for x in logprobs],
+                "top_logprobs": [None if top is None else {self._token(t): finite(v) for t, v in top.items()} for top in tops],
+                "text_offset": offsets}
+
+    def _prompt_logprobs(self, out: RequestOutput) -> list[dict[str, dict] | None]:
+        """vLLM's `prompt_logprobs`: per prompt position, the prompt token and the top-n by token id."""
+        rows: list[dict[str, dict] | None] = [None]
+        tops = out.prompt_top_logprobs or [None] * len(out.prompt_ids)
+        for pos in range(1, len(out.prompt_ids)):
+            tid, lp = out.prompt_ids[pos], out.prompt_logprobs[pos]
+            row = {str(tid): {"logprob": finite(lp), "rank": out.prompt_ranks[pos], "decoded_token": self._token(tid)}}
+            for rank, (t, v) in enumerate((tops[pos] or {}).items(), 1):
+                row.setdefault(str(t), {"logprob": finite(v), "rank": rank, "decoded_token": self._token(t)})
+            rows.append(row)
+        return rows
 
 
 def error_event(message: str, status: int = 500) -> dict[str, Any]:

@@ -40,6 +40,8 @@ WORKLOADS = {
     "serve": Command("server throughput and latency, clean load against 10% bad requests", "reasonrl.cli.bench:serve"),
     "prm": Command("PRM steps scored per second: batched (all steps per pass) against one pass per prefix",
                    "reasonrl.cli.bench:prm"),
+    "sand-mini": Command("SAND-Math's Difficulty Hiking in miniature (sums): base vs hiked SFT data, held-out accuracy",
+                         "reasonrl.cli.bench:sand_mini"),
     "shapes-detector": Command("the shapes world's oracle detector: recall, attributes, speed",
                                "reasonrl.cli.bench:shapes_detector"),
     "image-tokenizer": Command("binary vs one-hot VQ tokenizers: PSNR against bits, code usage, 2x decoding",
@@ -105,3 +107,5 @@ image_gen = workload("reasonrl.vision.binary.bench:GenBenchConfig", "reasonrl.vi
 smarli = workload("reasonrl.vision.smarli.bench:SmarliBenchConfig", "reasonrl.vision.smarli.bench:bench_smarli",
                   "reasonrl.vision.binary.bench:format_rows")
 kernels = workload("reasonrl.bench.kernels:KernelBenchConfig", "reasonrl.bench.kernels:bench_kernels")
+sand_mini = workload("reasonrl.data.sand.mini.experiment:MiniConfig", "reasonrl.data.sand.mini.experiment:run_miniature",
+                     "reasonrl.data.sand.mini.experiment:markdown")

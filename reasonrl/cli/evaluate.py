@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -59,8 +59,18 @@ class TTTData:
     """Which problems: the same seed gives the same file."""
 
 
+@dataclass
+class SandJob:
+    recipe: str = field(metadata={"positional": True})
+    """The recipe, a YAML file (see docs/sand.md, recipes/sand-math.yaml)."""
+    out: str
+    """Run directory (config.yaml, ledger/, calls/, problems.jsonl, sft*.jsonl, report.md); rerunning resumes it."""
+
+
 DATASETS = {
     "ttt": Command("TTT-Bench problems as JSONL", "reasonrl.cli.evaluate:data_ttt"),
+    "sand": Command("SAND-Math: novel, verified, rated problems from an LLM, with Difficulty Hiking (resumable)",
+                    "reasonrl.cli.evaluate:data_sand"),
     "shapes": Command("shapes-world images with questions, captions or layouts (JSONL + PNG)",
                       "reasonrl.cli.evaluate:data_shapes"),
 }
@@ -93,6 +103,40 @@ def data_shapes(parser: argparse.ArgumentParser):
         written = export_shapes(cfg)
         print(f"wrote {written} {cfg.task} problems to {Path(cfg.out) / (cfg.task + '.jsonl')} (images in "
               f"{Path(cfg.out) / 'images'})")
+        return 0
+
+    return run
+
+
+def data_sand(parser: argparse.ArgumentParser):
+    from reasonrl.cli.train import parse_overrides, recipe_reference
+    from reasonrl.data.sand.sections import section_types
+    from reasonrl.rl.train import RunControl
+
+    add_flags(parser, SandJob)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a recipe value, e.g. --set generate.problems=50 (repeatable)")
+    add_flags(parser, RunControl, title="run directory")
+    parser.epilog = recipe_reference(section_types())
+
+    def run(args) -> int:
+        from reasonrl.data.sand import StageIncomplete, Stopped, load_recipe, run_sand
+        from reasonrl.eval import EndpointError
+        from reasonrl.stop import StopSignal
+
+        job, control = SandJob(**values(args, SandJob)), RunControl(**values(args, RunControl))
+        recipe = load_recipe(job.recipe, parse_overrides(args.set))
+        with StopSignal("the calls in flight are cancelled") as stop:
+            try:
+                run_sand(recipe, job.out, stop, overwrite=control.overwrite, accept_changes=control.accept_changes)
+            except Stopped as exc:
+                print(f"reasonrl data sand: stopped in {exc}; what finished is saved. Rerun the same command to "
+                      "resume.", file=sys.stderr)
+                return stop.exit_code
+            except (EndpointError, StageIncomplete) as exc:
+                print(f"reasonrl data sand: {exc}", file=sys.stderr)
+                return 1
+        print(Path(job.out) / "report.md")
         return 0
 
     return run

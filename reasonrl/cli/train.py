@@ -55,13 +55,14 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def recipe_reference() -> str:
-    """Every recipe key with its default and documentation, from the config dataclasses."""
+def recipe_reference(sections: dict[str, type] | None = None) -> str:
+    """Every recipe key with its default and documentation, from the config dataclasses (of `sections`,
+    name -> dataclass; default: the RL run's)."""
     from reasonrl.config import default_of, field_docs
-    from reasonrl.rl.config import sections
+    from reasonrl.rl.config import sections as run_sections
 
     lines = ["recipe keys (section.key: default; documentation):"]
-    for name, cls in sections().items():
+    for name, cls in (sections or run_sections()).items():
         docs = field_docs(cls)
         lines.append(f"  {name}:")
         for f in dataclasses.fields(cls):

@@ -74,10 +74,13 @@ def api_root(base_url: str) -> str:
 
 
 class OpenAIClient:
-    def __init__(self, config: ClientConfig, max_tokens: int, temperature: float, top_p: float):
+    def __init__(self, config: ClientConfig, max_tokens: int, temperature: float, top_p: float,
+                 extra_body: dict | None = None):
         self.config = config
         self.root = api_root(config.base_url)
-        self.sampling = {"max_tokens": max_tokens, "temperature": float(temperature), "top_p": float(top_p)}
+        # extra_body: server-specific request fields (e.g. vLLM's reasoning_effort), sent as they are
+        self.sampling = {**(extra_body or {}), "max_tokens": max_tokens, "temperature": float(temperature),
+                         "top_p": float(top_p)}
         self.headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
 
     # --- before the run ------------------------------------------------------------------
@@ -125,7 +128,7 @@ class OpenAIClient:
                     failed_in_a_row = failed_in_a_row + 1 if isinstance(out, Failure) else 0
                     if failed_in_a_row >= trip_after:
                         last = out.error
-                        loop.call_soon_threadsafe(task.cancel)
+                        _cancel(loop, task)
                         thread.join()
                         rest, _ = _drain(results, 0)
                         yield batch + rest
@@ -134,7 +137,7 @@ class OpenAIClient:
                 yield batch
         finally:
             if thread.is_alive():
-                loop.call_soon_threadsafe(task.cancel)
+                _cancel(loop, task)
                 thread.join()
 
     async def _run(self, jobs: list[Job], results: queue.Queue) -> None:
@@ -170,7 +173,7 @@ class OpenAIClient:
                     return self._parse(r)
                 error = f"HTTP {r.status_code}: {_error_text(r)}"
                 if r.status_code < 500 and r.status_code not in (408, 429):
-                    return Failure(error)  # the request is wrong: asking again gives the same answer
+                    return Failure(error, rejected=True)  # the request is wrong: asking again gives the same answer
                 retry_after = _retry_after(r)
             if attempt < self.config.retries:
                 await asyncio.sleep(self._delay(attempt, retry_after))
@@ -202,6 +205,14 @@ class OpenAIClient:
                               prompt_tokens if isinstance(prompt_tokens, int) else None)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             return Failure(f"malformed response ({exc!r}): {r.text[:200]}")
+
+
+def _cancel(loop: asyncio.AbstractEventLoop, task: asyncio.Task) -> None:
+    """Cancel `task` from another thread; a loop that already finished (and closed) has nothing to cancel."""
+    try:
+        loop.call_soon_threadsafe(task.cancel)
+    except RuntimeError:  # "Event loop is closed": every job had already finished
+        pass
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop, task: asyncio.Task, results: queue.Queue) -> None:

@@ -29,7 +29,7 @@ class Completion:
     text: str
     tokens: int | None  # response tokens; None when the endpoint does not report usage
     finish_reason: str | None
-    prompt_tokens: int | None = None  # prompt tokens, when the endpoint reports them
+    prompt_tokens: int | None = None  # as the endpoint reports them (usage); None when it does not
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Failure:
     """A job that got no response (after retries); it is not recorded, so a rerun asks again."""
 
     error: str
+    rejected: bool = False  # the server refused this request itself (a 4xx other than 408/429): asking again is futile
 
 
 def problem_seed(seed: int, problem_id: str) -> int:

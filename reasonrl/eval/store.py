@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class SampleStore:
 
     def append(self, rows: Iterable[Row]) -> None:
         for row in rows:
-            self._file.write(_line(row))
+            self._file.write(json_line(row))
             self.rows[(row["problem_id"], row["sample"])] = row
         self._file.flush()
 
@@ -53,7 +53,8 @@ class SampleStore:
         self.close()
 
 
-def _line(row: Row) -> str:
+def json_line(row: dict[str, Any]) -> str:
+    """`row` as one JSONL line (newline included)."""
     line = json.dumps(row, ensure_ascii=False)
     try:
         line.encode("utf-8")
@@ -64,6 +65,14 @@ def _line(row: Row) -> str:
 
 def read_samples(path: Path) -> list[Row]:
     """The rows of a samples file, dropping a half-written last line (and cutting it off)."""
+    return read_rows(path, lambda row: isinstance(row.get("problem_id"), str) and isinstance(row.get("sample"), int),
+                     "a sample row")
+
+
+def read_rows(path: Path, is_row: Callable[[dict[str, Any]], bool], what: str = "a row") -> list[dict[str, Any]]:
+    """The JSON objects of an append-only JSONL file for which `is_row` holds. A half-written last
+    line (a process killed mid-write) is dropped and cut off the file, so the next append starts
+    on a line of its own; other unreadable lines are skipped with a warning."""
     if not path.exists():
         return []
     data = path.read_bytes()
@@ -79,10 +88,9 @@ def read_samples(path: Path) -> list[Row]:
             continue
         try:
             row = json.loads(line)
-            if not (isinstance(row, dict) and isinstance(row.get("problem_id"), str)
-                    and isinstance(row.get("sample"), int)):
-                raise ValueError("not a sample row")
-        except ValueError as exc:  # an edited or damaged file: that sample is asked again
+            if not (isinstance(row, dict) and is_row(row)):
+                raise ValueError(f"not {what}")
+        except ValueError as exc:  # an edited or damaged file: that row is redone
             log.warning("%s:%d: skipped (%s)", path, line_no, exc)
             continue
         rows.append(row)

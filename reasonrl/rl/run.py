@@ -22,6 +22,7 @@ from reasonrl.config import differences
 
 CONFIG_FILE = "config.yaml"
 RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "checkpoints")  # a directory holding none of these is not a run
+WORK = ("metrics.jsonl", "checkpoints")  # a run that wrote neither never logged a step
 FREE_KEYS = {"train.save_every", "train.keep_checkpoints", "train.trackers", "train.eval_every"}
 
 
@@ -30,13 +31,14 @@ class RunMismatch(ValueError):
 
 
 def open_run(run_dir: str | Path, config: dict[str, Any], *, overwrite: bool = False, accept_changes: bool = False,
-             free_keys: set[str] = FREE_KEYS, console: bool = True) -> Path:
-    """Check that `config` may run in `run_dir` (see the module docstring), then save and print it."""
+             free_keys: set[str] = FREE_KEYS, console: bool = True, work: tuple[str, ...] = WORK) -> Path:
+    """Check that `config` may run in `run_dir` (see the module docstring), then save and print it.
+    `work`: what a run writes once it has done something (before that, its saved config binds nothing)."""
     run_dir = Path(run_dir)
     if overwrite:
         _delete_run(run_dir)
     saved_path = run_dir / CONFIG_FILE
-    if saved_path.is_file() and _started(run_dir):  # a config saved by a run that never logged a step binds nothing
+    if saved_path.is_file() and any((run_dir / name).exists() for name in work):  # else it never did anything
         saved = yaml.safe_load(saved_path.read_text()) or {}
         changed = [d for d in differences(saved, config) if d[0] not in free_keys]
         if changed and not accept_changes:
@@ -51,10 +53,6 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, overwrite: bool = F
         print(f"config ({saved_path}):\n" + "".join(f"  {line}\n" for line in text.splitlines()), file=sys.stderr,
               end="", flush=True)
     return run_dir
-
-
-def _started(run_dir: Path) -> bool:
-    return (run_dir / "metrics.jsonl").is_file() or (run_dir / "checkpoints").is_dir()
 
 
 def _mismatch_message(run_dir: Path, changed: list[tuple[str, Any, Any]]) -> str:

@@ -83,30 +83,36 @@ class MathVerifier:
 
         Raises RuntimeError only when workers cannot start at all (a broken install), never
         because of what is being judged."""
+        return [1.0 if verdict else 0.0 for verdict in self.decide_many(pairs)]
+
+    def decide_many(self, pairs: Iterable[tuple[Any, Any]]) -> list[bool | None]:
+        """Like `judge_many`, but None where the verifier cannot decide: no answer on either side
+        (nothing boxed, no "Answer:" line, unreadable input), or a check that timed out or crashed
+        its worker. Callers with a fallback (an LLM judge) ask it about those."""
         pairs = list(pairs)
         with self._lock:  # one batch at a time: the pool, the cache and the counts are shared
-            return self._judge_many(pairs)
+            return self._decide_many(pairs)
 
-    def _judge_many(self, pairs: list) -> list[float]:
-        scores = [0.0] * len(pairs)
+    def _decide_many(self, pairs: list) -> list[bool | None]:
+        verdicts: list[bool | None] = [None] * len(pairs)
         pending: dict[tuple[str, str], list[int]] = {}
         for i, pair in enumerate(pairs):
             key = self._prepare(pair)
-            if isinstance(key, float):
-                scores[i] = key
-            else:
+            if isinstance(key, tuple):
                 pending.setdefault(key, []).append(i)
+            else:
+                verdicts[i] = key
         if pending:
             keys = list(pending)
-            verdicts = self._pool.run(keys)
+            results = self._pool.run(keys)
             self.counts["pooled"] += len(keys)
-            for key, verdict in zip(keys, verdicts):
+            for key, verdict in zip(keys, results):
                 if verdict is not None:
                     self._remember(key, verdict)
                 for i in pending[key]:
-                    scores[i] = 1.0 if verdict else 0.0
+                    verdicts[i] = verdict
         self.counts["judged"] += len(pairs)
-        return scores
+        return verdicts
 
     def answer(self, response: Any) -> str | None:
         """The final answer this verifier reads from `response` (None: there is none)."""
@@ -140,27 +146,28 @@ class MathVerifier:
 
     # --- internals -----------------------------------------------------------------------
 
-    def _prepare(self, pair: Any) -> float | tuple[str, str]:
-        """A score decided here, or the (answer, reference) key the pool must decide."""
+    def _prepare(self, pair: Any) -> bool | None | tuple[str, str]:
+        """A verdict decided here (None: no answer to compare), or the (answer, reference) key
+        the pool must decide."""
         try:
             response, reference = pair
             pred = self.answer(response)
             gold = reference_answer(reference)
             if pred is None or gold is None:
                 self.counts["no_answer"] += 1
-                return 0.0
+                return None
             quick = quick_verdict(pred, gold)
         except Exception as exc:  # untrusted input must never stop training
             log.debug("math answer extraction failed: %r", exc)
-            return 0.0
+            return None
         if quick is not None:
             self.counts["quick"] += 1
-            return quick
+            return quick == 1.0
         cached = self._cache.get((pred, gold))
         if cached is not None:
             self._cache.move_to_end((pred, gold))
             self.counts["cached"] += 1
-            return 1.0 if cached else 0.0
+            return cached
         return (pred, gold)
 
     def _remember(self, key: tuple[str, str], verdict: bool) -> None:

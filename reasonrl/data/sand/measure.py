@@ -1,0 +1,66 @@
+"""The measure stage: empirical difficulty, 1 minus the pass rate of a reference policy over k samples.
+
+An LLM's rating says how hard a problem looks; this says how hard it is for a named policy. Each
+problem goes to the reference policy `k` times (reasonrl eval's harness: our engine in process,
+or any OpenAI-compatible endpoint; seeded, resumable in `measure/NAME/`), each sample is scored
+by the math verifier against the problem's reference answer, and
+
+    empirical_difficulty = 1 - correct / k     (0: always solved, 1: never)
+
+is recorded next to the rating, and can filter (`min_difficulty`, `max_difficulty`). Not in
+SAND-Math; with no `measure.model` the stage keeps every problem unmeasured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from reasonrl.envs.base import Prompt
+from reasonrl.envs.math import MathEnvironment
+from reasonrl.eval import IncompleteEval, run_eval
+from reasonrl.eval.store import read_samples
+
+from . import prompts
+from .calls import StageIncomplete, Stopped
+from .problem import Problem, Verdict
+
+
+def measure(ctx, name: str, todo: list[Problem]) -> list[Verdict]:
+    cfg = ctx.recipe.measure
+    if cfg.model is None:
+        return [Verdict.keep(p) for p in todo]
+    correct = pass_counts(ctx, name, todo)
+    return [judged(p, correct[p.id], cfg) for p in todo]
+
+
+def pass_counts(ctx, name: str, todo: list[Problem]) -> dict[str, int]:
+    """problem id -> correct samples out of k (asking the policy only for samples not yet on disk)."""
+    cfg, out = ctx.recipe.measure, ctx.out / "measure" / name
+    env = MathEnvironment([Prompt(p.id, prompts.solve(p.problem, cfg.system_prompt), answer=p.answer) for p in todo],
+                          name=name, verifier=ctx.verifier)
+    options = dict(base_url=cfg.base_url, n=cfg.k, k=[1], temperature=cfg.temperature, top_p=cfg.top_p,
+                   max_tokens=cfg.max_tokens, seed=ctx.recipe.run.seed, chat=cfg.chat, concurrency=cfg.concurrency,
+                   api_key_env=cfg.api_key_env, progress=ctx.recipe.run.progress)
+    if cfg.base_url is None and cfg.device:
+        options["engine_kwargs"] = {"device": cfg.device}
+    try:
+        summary = run_eval(env, model=cfg.model, out=out, stop=ctx.stop, **options)
+    except IncompleteEval as exc:
+        raise StageIncomplete(f"{name}: {exc}") from None
+    if summary.get("stopped"):
+        raise Stopped(name)
+    correct = {p.id: 0 for p in todo}
+    for row in read_samples(out / "samples.jsonl"):
+        if row["problem_id"] in correct and row["sample"] < cfg.k and row["reward"] >= 1.0:
+            correct[row["problem_id"]] += 1
+    return correct
+
+
+def judged(p: Problem, correct: int, cfg) -> Verdict:
+    difficulty = 1.0 - correct / cfg.k
+    p = replace(p, empirical_difficulty=difficulty, passes=correct, samples=cfg.k)
+    if cfg.min_difficulty is not None and difficulty < cfg.min_difficulty:
+        return Verdict.drop(p, "empirically too easy", f"difficulty {difficulty:.2f} < {cfg.min_difficulty:g}")
+    if cfg.max_difficulty is not None and difficulty > cfg.max_difficulty:
+        return Verdict.drop(p, "empirically too hard", f"difficulty {difficulty:.2f} > {cfg.max_difficulty:g}")
+    return Verdict.keep(p)

@@ -12,6 +12,7 @@ from reasonrl.engine.server import ServeConfig
 from reasonrl.models import Tokenizer, load_model
 
 from serve_helpers import Server
+from test_penalties import reference
 
 
 @pytest.fixture(scope="module")
@@ -65,14 +66,16 @@ def test_explicit_nulls_mean_defaults(client):
     assert client.post("/v1/completions", json={"prompt": None}).status_code == 400
 
 
-def test_sampling_extensions_reach_the_engine(client, tokenizer):
+def test_sampling_extensions_reach_the_engine(client, engine, tokenizer):
     body = {"prompt": "the quick", **GREEDY}
     plain = client.post("/v1/completions", json=body).json()["choices"][0]["token_ids"]
     forced = client.post("/v1/completions", json={**body, "logit_bias": {"7": 100}}).json()["choices"][0]["token_ids"]
     assert forced == [7] * 6
-    penalised = client.post("/v1/completions", json={**body, "frequency_penalty": 2.0, "presence_penalty": 2.0,
+    penalised = client.post("/v1/completions", json={**body, "frequency_penalty": 2.0, "presence_penalty": -1.0,
                                                      "repetition_penalty": 1.5}).json()["choices"][0]["token_ids"]
-    assert penalised != plain and len(set(penalised)) >= len(set(plain))
+    # the formulas themselves are tested in test_penalties.py: here, that the server hands them over
+    assert penalised == reference(engine.model, tokenizer.encode("the quick"), 6, presence=-1.0, frequency=2.0,
+                                  repetition=1.5)
     eos = tokenizer.eos_token_ids[0]
     r = client.post("/v1/completions", json={"prompt": "the quick", "max_tokens": 10, "temperature": 0, "min_tokens": 4,
                                              "logit_bias": {str(eos): 100}, "return_token_ids": True}).json()["choices"][0]

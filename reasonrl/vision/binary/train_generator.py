@@ -20,7 +20,8 @@ from reasonrl.rl.config import OptimSection
 from reasonrl.rl.update import make_optimizer
 from reasonrl.vision.gen.geneval import geneval, palette_fd
 from reasonrl.vision.gen.images import ImageConfig, make_images, to_tensor
-from reasonrl.vision.gen.io import load_model_dir, load_weights, save_model_dir
+from reasonrl.vision.gen.io import load_model_dir, save_model_dir
+from reasonrl.vision.gen.run import JobState
 from reasonrl.vision.gen.prompt import prompt
 
 from .ar import BitAR
@@ -68,7 +69,7 @@ class GeneratorTrainConfig:
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
 
 
-class GeneratorJob:
+class GeneratorJob(JobState):
     def __init__(self, cfg: GeneratorTrainConfig, images: ImageConfig):
         torch.manual_seed(cfg.seed)
         self.cfg, self.images, self.steps, self.step_count = cfg, images, cfg.steps, 0
@@ -124,14 +125,3 @@ class GeneratorJob:
 
     def save(self, path: Path) -> Path:
         return save_model_dir(self.model, with_paths_relative_to(self.model_config, path), path)
-
-    def load(self, path: Path) -> None:
-        load_weights(self.model, path)
-
-    def state_dict(self) -> dict:
-        return {"step": self.step_count, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step_count = state["step"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])

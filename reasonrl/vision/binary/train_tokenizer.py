@@ -13,7 +13,6 @@ unweighted.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from reasonrl.rl.config import OptimSection
 from reasonrl.rl.update import make_optimizer
 from reasonrl.vision.gen.images import ImageConfig, make_images, to_tensor
-from reasonrl.vision.gen.io import load_weights, save_model_dir
+from reasonrl.vision.gen.run import JobState
 from reasonrl.vision.world import quantise
 
 from .measure import measure_tokenizer
@@ -67,7 +66,7 @@ def object_mask(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.stack([quantise(i) >= 0 for i in images])).float()[:, None]
 
 
-class TokenizerJob:
+class TokenizerJob(JobState):
     def __init__(self, model_cfg: TokenizerConfig, cfg: TokenizerTrainConfig, images: ImageConfig):
         if images.side != model_cfg.image_size:
             raise ValueError(f"image side {images.side} differs from the tokenizer's image_size {model_cfg.image_size}")
@@ -101,16 +100,3 @@ class TokenizerJob:
     def evaluate(self) -> dict[str, float]:
         return {f"eval_{k}": v for k, v in measure_tokenizer(self.model, self.held).items()}
 
-    def save(self, path: Path) -> Path:
-        return save_model_dir(self.model, self.model.config, path)
-
-    def load(self, path: Path) -> None:
-        load_weights(self.model, path)
-
-    def state_dict(self) -> dict:
-        return {"step": self.step_count, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step_count = state["step"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])

@@ -26,6 +26,33 @@ from reasonrl.rl.metrics import MetricsLogger, StepClock
 from reasonrl.rl.run import open_run
 from reasonrl.rl.train import RunControl
 from reasonrl.stop import StopSignal
+from reasonrl.vision.gen.io import load_weights, save_model_dir
+
+class JobState:
+    """What the image jobs share: the model saved to and loaded from a directory, and the step,
+    optimizer and (when there is one) learning-rate schedule in checkpoints. A job sets `model`,
+    `optimizer`, `step_count` and, if it schedules its learning rate, `scheduler`."""
+
+    scheduler = None
+
+    def save(self, path: Path) -> Path:
+        return save_model_dir(self.model, self.model.config, path)
+
+    def load(self, path: Path) -> None:
+        load_weights(self.model, path)
+
+    def state_dict(self) -> dict:
+        state = {"step": self.step_count, "optimizer": self.optimizer.state_dict()}
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = state["step"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
 
 FREE_KEYS = {"run.save_every", "run.keep_checkpoints", "run.eval_every", "run.out"}
 

@@ -31,7 +31,8 @@ from reasonrl.rl.config import OptimSection
 from reasonrl.rl.losses import LossConfig, get_loss
 from reasonrl.rl.update import make_optimizer
 from reasonrl.vision.gen.images import make_images
-from reasonrl.vision.gen.io import load_model_dir, load_weights, save_model_dir
+from reasonrl.vision.gen.io import load_model_dir
+from reasonrl.vision.gen.run import JobState
 
 from .judge import judge, judge_all
 from .layout import Layout, encode_layouts
@@ -76,7 +77,7 @@ class LayoutGRPOConfig:
             raise ValueError(f"reward {self.reward!r} needs a realism classifier (realism)")
 
 
-class LayoutGRPOJob:
+class LayoutGRPOJob(JobState):
     def __init__(self, cfg: LayoutGRPOConfig, loss: LossConfig, advantage: AdvantageConfig, optim: OptimSection):
         torch.manual_seed(cfg.seed)
         self.cfg, self.loss_cfg, self.adv_cfg, self.optim = cfg, loss, advantage, optim
@@ -155,18 +156,7 @@ class LayoutGRPOJob:
 
     def save(self, path: Path) -> Path:
         self.tokenizer.save(path)
-        return save_model_dir(self.model, self.model.config, path)
-
-    def load(self, path: Path) -> None:
-        load_weights(self.model, path)
-
-    def state_dict(self) -> dict:
-        return {"step": self.step_count, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step_count = state["step"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        return super().save(path)
 
 
 def _nanmean(values: list[float]) -> float:

@@ -9,7 +9,6 @@ layouts: P(real) of an image is its quality. Like HPS it knows nothing of the pr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from reasonrl.vision.gen.images import make_images, to_tensor
-from reasonrl.vision.gen.io import load_weights, register_kind, save_model_dir
+from reasonrl.vision.gen.io import register_kind
+from reasonrl.vision.gen.run import JobState
 
 from .layout import Layout
 from .sampler import sample
@@ -74,7 +74,7 @@ class RealismTrainConfig:
             raise ValueError("policy is required (a SMARLI model directory)")
 
 
-class RealismJob:
+class RealismJob(JobState):
     def __init__(self, cfg: RealismTrainConfig):
         torch.manual_seed(cfg.seed)
         self.cfg, self.steps, self.step_count = cfg, cfg.steps, 0
@@ -107,18 +107,6 @@ class RealismJob:
         return {"eval_accuracy": float(((real > 0.5).mean() + (fake <= 0.5).mean()) / 2),
                 "eval_real_score": float(real.mean()), "eval_generated_score": float(fake.mean())}
 
-    def save(self, path: Path) -> Path:
-        return save_model_dir(self.model, self.model.config, path)
-
-    def load(self, path: Path) -> None:
-        load_weights(self.model, path)
-
-    def state_dict(self) -> dict:
-        return {"step": self.step_count, "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step_count = state["step"]
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 @torch.no_grad()

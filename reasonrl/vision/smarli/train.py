@@ -22,7 +22,8 @@ from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.rl.config import OptimSection
 from reasonrl.rl.update import make_optimizer
 from reasonrl.vision.gen.images import ImageConfig, make_images
-from reasonrl.vision.gen.io import load_model_dir, load_weights, save_model_dir
+from reasonrl.vision.gen.io import load_model_dir
+from reasonrl.vision.gen.run import JobState
 
 from .cells import CellCodebook, fit_patterns
 from .judge import judge_all
@@ -68,7 +69,7 @@ class SmarliTrainConfig:
     """Seeds the weights, codebook, tokenizer and scenes."""
 
 
-class SmarliJob:
+class SmarliJob(JobState):
     def __init__(self, cfg: SmarliTrainConfig, images: ImageConfig | None = None):
         torch.manual_seed(cfg.seed)
         self.cfg, self.images, self.steps, self.step_count = cfg, images or smarli_images(), cfg.steps, 0
@@ -112,18 +113,7 @@ class SmarliJob:
 
     def save(self, path: Path) -> Path:
         self.tokenizer.save(path)
-        return save_model_dir(self.model, self.model.config, path)
-
-    def load(self, path: Path) -> None:
-        load_weights(self.model, path)
-
-    def state_dict(self) -> dict:
-        return {"step": self.step_count, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.step_count = state["step"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        return super().save(path)
 
 
 def masked_loss(model: Smarli, batch, tokens: torch.Tensor, gen: torch.Generator, ratio: float | None = None):

@@ -82,8 +82,7 @@ class LLMEngine:
         self.evictor = self._evictor()
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.images = Images(model) if getattr(model, "vlm_config", None) is not None else None
-        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images)
-        self.runner.eos_ids = self.eos_ids
+        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids)
         self.speculator = self._speculator(draft)
         self.requests: dict[str, Request] = {}
         self._done_at_add: list[RequestOutput] = []

@@ -66,12 +66,12 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, model: DecoderLM, kv: KVFormat, block_size: int, evictor: Evictor | None = None,
-                 images: Images | None = None):
+                 images: Images | None = None, eos_ids: set[int] | None = None):
         self.model, self.kv, self.block_size = model, kv, block_size
         self.evictor = evictor  # records the queries token eviction selects with
         self.images = images  # image embeddings and M-RoPE positions of prompts with images
         self.device = model.device
-        self.eos_ids: set[int] = set(model.config.eos_token_ids)  # what min_tokens holds back (the engine's)
+        self.eos_ids = eos_ids if eos_ids is not None else set(model.config.eos_token_ids)  # what min_tokens holds back
 
     def prepare(self, scheduled: list[tuple[Sequence, int]], trees: dict[int, DraftTree] | None = None) -> StepBatch:
         """A tree's rows sit at the slots after its root, in row order, at positions root + depth."""

@@ -18,15 +18,9 @@ import torch
 from reasonrl.engine.sequence import Sequence
 
 
-def adjusts_logits(seq: Sequence) -> bool:
-    p = seq.params
-    return bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0 or p.logit_bias
-                or len(seq.output_ids) < p.min_tokens)
-
-
 def adjust(logits: torch.Tensor, seqs: list[Sequence], eos_ids: set[int]) -> torch.Tensor:
     """logits (S, V) of `seqs`' next tokens -> adjusted float32 logits (a copy when any row changes)."""
-    rows = [i for i, s in enumerate(seqs) if adjusts_logits(s)]
+    rows = [i for i, s in enumerate(seqs) if s.params.adjusts_logits]
     if not rows:
         return logits
     logits = logits.float().clone()

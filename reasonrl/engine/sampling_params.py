@@ -98,6 +98,12 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def adjusts_logits(self) -> bool:
+        """Penalties, a bias or min_tokens change the logits before sampling (engine/penalties.py)."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
+                    or self.logit_bias or self.min_tokens)
+
 
 class ParamError(ValueError):
     """A sampling parameter out of range; `param` names it."""

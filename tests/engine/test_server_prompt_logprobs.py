@@ -99,11 +99,14 @@ def test_prompt_logprobs_extension_gives_each_prompt_token_rank_and_top_n(served
 
 def test_streamed_echo_sends_the_prompt_in_the_first_chunk(served):
     client, _, _ = served
-    body = {"prompt": "the quick", "max_tokens": 4, "temperature": 0, "echo": True, "ignore_eos": True}
-    whole = client.post("/v1/completions", json=body).json()["choices"][0]["text"]
-    texts = []
+    body = {"prompt": "the quick", "max_tokens": 4, "temperature": 0, "echo": True, "ignore_eos": True, "logprobs": 1}
+    whole = client.post("/v1/completions", json=body).json()["choices"][0]
+    texts, offsets = [], []
     with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
         for line in r.iter_lines():
             if line.startswith("data: {"):
-                texts.append(httpx.Response(200, content=line[6:]).json()["choices"][0]["text"])
-    assert texts[0].startswith("the quick") and "".join(texts) == whole
+                choice = httpx.Response(200, content=line[6:]).json()["choices"][0]
+                texts.append(choice["text"])
+                offsets += choice["logprobs"]["text_offset"]
+    assert texts[0].startswith("the quick") and "".join(texts) == whole["text"]
+    assert offsets == whole["logprobs"]["text_offset"]  # later chunks count the echoed prompt too

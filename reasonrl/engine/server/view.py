@@ -90,9 +90,10 @@ class View:
                 self.closed.add(key)
                 self.completion_tokens += len(o.token_ids)
             tops = o.top_logprobs[tokens_sent:] if o.top_logprobs is not None else None
+            first = chars_sent == 0 and tokens_sent == 0
+            echoed = 0 if first else len(self.prompt_texts.get(out.request_id, ""))  # an echoed prompt went first
             choice = self._choice(out, o, o.text[chars_sent:end], delta_tokens, o.logprobs[tokens_sent:],
-                                  tops, o.finish_reason, first=chars_sent == 0 and tokens_sent == 0,
-                                  offset=chars_sent + len(self.prompt_texts.get(out.request_id, "")) * bool(chars_sent or tokens_sent))
+                                  tops, o.finish_reason, first=first, offset=chars_sent + echoed)
             yield {"id": self.rids[0], "object": "chat.completion.chunk" if self.chat else "text_completion",
                    "created": self.created, "model": self.model, "choices": [choice]}
 

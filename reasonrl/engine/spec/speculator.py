@@ -146,9 +146,8 @@ class Speculator:
         self.rounds = self.emitted = self.drafted = 0
 
     def wants(self, seq: Sequence) -> bool:
-        p = seq.params  # adjusted logits (engine/penalties.py) would differ at each tree position
-        return p.speculative and not (p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
-                                      or p.logit_bias or p.min_tokens)
+        # adjusted logits (engine/penalties.py) would differ at each position of a draft tree
+        return seq.params.speculative and not seq.params.adjusts_logits
 
     # ---- features -------------------------------------------------------------------------------
     def observe(self, seq: Sequence, start: int, features: torch.Tensor) -> None:

@@ -73,8 +73,6 @@ def test_a_trained_runs_checkpoint_loads_the_same_in_transformers(tmp_path):
     assert_same_logits(path)
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: the shipped demo policy was trained with the tokenizer from before "
-                   "Qwen2 pre-tokenization (digits merged); re-shipping it (python -m reasonrl.demo.policy) fixes it")
 def test_the_shipped_demo_policy_loads_the_same_in_transformers():
     assert_same_ids(SHIPPED, Tokenizer.from_dir(SHIPPED))
     assert_same_logits(SHIPPED)

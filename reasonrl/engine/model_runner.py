@@ -14,6 +14,7 @@ import torch
 
 from reasonrl.engine.attention import AttentionMetadata, PagedAttention
 from reasonrl.engine.eviction import Evictor
+from reasonrl.engine.grammar import mask_logits
 from reasonrl.engine.images import Images
 from reasonrl.engine.kv.base import KVFormat
 from reasonrl.engine.penalties import adjust
@@ -166,6 +167,7 @@ class ModelRunner:
         if not batch.sample_seqs:
             return {}
         logits = adjust(self.model.compute_logits(hidden[batch.sample_rows]), batch.sample_seqs, self.eos_ids)
+        logits = mask_logits(logits, batch.sample_seqs, self.eos_ids)
         tokens, logprobs, top = sample(logits, self.sampling_batch(batch.sample_seqs))
         tokens, logprobs = tokens.tolist(), logprobs.tolist()
         out = {}

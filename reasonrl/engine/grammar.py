@@ -39,15 +39,15 @@ says otherwise: what models are trained on, and it keeps every output finite und
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 
 import torch
 
 from reasonrl.engine.sampling_params import ParamError
-from reasonrl.engine.structured import StructuredOutput
+from reasonrl.engine.structured import JSON_OPTIONS, StructuredOutput
 
 EXTRA = "structured"
-JSON_OPTIONS = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
 MAX_CACHED = 256  # compiled grammars kept (by their constraint's text)
 
 
@@ -87,9 +87,14 @@ class Grammars:
         self.tokenizer, self.vocab_size, self.eos_ids = tokenizer, vocab_size, sorted(eos_ids)
         self._lltok = None
         self._cache: OrderedDict[str, str] = OrderedDict()  # constraint text -> validated grammar
+        self._lock = threading.Lock()  # the server compiles in worker threads, the engine in its own
 
     @property
     def lltok(self):
+        with self._lock:
+            return self._tokenizer()
+
+    def _tokenizer(self):
         if self._lltok is None:
             if self.tokenizer is None:
                 raise ParamError("structured", "structured outputs need the model's tokenizer (tokenizer.json)")
@@ -100,17 +105,19 @@ class Grammars:
     def compile(self, spec: StructuredOutput) -> str:
         """The llguidance grammar of `spec`, validated; a ParamError naming the field when it is not valid."""
         key = spec.key()
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
         llg, tok = _llguidance(), self.lltok
         grammar = _grammar(llg, spec)
         error = llg.LLMatcher.validate_grammar(grammar, tok)
         if error:
             raise ParamError(f"structured.{spec.kind}", f"structured.{spec.kind} cannot be compiled: {error.strip()[:500]}")
-        self._cache[key] = grammar
-        if len(self._cache) > MAX_CACHED:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = grammar
+            if len(self._cache) > MAX_CACHED:
+                self._cache.popitem(last=False)
         return grammar
 
     def guide(self, spec: StructuredOutput, tokens: list[int] = ()) -> Guide:

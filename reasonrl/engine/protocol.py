@@ -4,9 +4,12 @@ Nothing is coerced (a boolean is true or false, never "yes" or 1), numbers must 
 lists and strings have bounds that keep per-token work small. An explicit null means the field's
 default, as the OpenAI spec allows. Unknown top-level fields are collected in `model_extra`: the
 server ignores them with a logged warning, as vLLM does (newer OpenAI fields such as `store` or
-`metadata`, other servers' extensions), or refuses them under `--strict-api`. Fields that would
-constrain the output (structured outputs, tools) are refused until they are implemented, never
-ignored: an unconstrained answer to a constrained request would be silently wrong. Extensions:
+`metadata`, other servers' extensions), or refuses them under `--strict-api`. Output constraints
+(engine/grammar.py): OpenAI's `response_format` (json_object, json_schema), vLLM's `guided_json`,
+`guided_regex`, `guided_choice`, `guided_grammar` and `structured_outputs`, and on chat OpenAI's
+`tools` with `tool_choice` "required" or a named function (engine/tool_calls.py). The legacy
+`functions`/`function_call` would constrain the output too and are refused, never ignored: an
+unconstrained answer to a constrained request would be silently wrong. Extensions:
 top_k, min_p, min_tokens, repetition_penalty, skip_special_tokens,
 ignore_eos, stop_token_ids, include_stop_str_in_output, request_id, return_token_ids, and
 `resume` (token ids and log-probs already generated, for APRIL partial rollouts), `prompt_logprobs`
@@ -16,18 +19,22 @@ returns the prompt before the completion, with the prompt tokens' log-probs when
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from reasonrl.engine.sampling_params import INT64_MAX, SamplingParams
+from reasonrl.engine.sampling_params import INT64_MAX, ParamError, SamplingParams
+from reasonrl.engine.structured import ANY_JSON_OBJECT, StructuredOutput
+from reasonrl.engine.tool_calls import call_constraint
 
 MAX_N = 128
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)  # unknown fields kept aside, see above
-CONSTRAINTS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
-               "structured_outputs", "functions", "function_call")
+CONSTRAINTS = ("functions", "function_call")
 """Unknown fields that would constrain the output: refused, never ignored."""
+GUIDED = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
+"""The fields that may constrain the output; at most one per request."""
 TokenId = Annotated[int, Field(ge=0, le=INT64_MAX)]
 StopString = Annotated[str, Field(min_length=1, max_length=1024)]
 
@@ -74,6 +81,17 @@ class _Common(BaseModel):
     min_tokens: int = Field(0, ge=0)
     logit_bias: dict[str, float] = Field(default_factory=dict, max_length=1024)
     skip_special_tokens: bool = True
+    response_format: dict[str, Any] | None = None
+    """OpenAI's: {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}}."""
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    """vLLM's: a Lark or GBNF grammar."""
+    guided_decoding_backend: str | None = None
+    """vLLM's; accepted and unused (this server has one backend, llguidance)."""
+    structured_outputs: dict[str, Any] | None = None
+    """vLLM's newer form: one of json, regex, choice, grammar, or json_object: true."""
 
     @model_validator(mode="before")
     @classmethod
@@ -93,7 +111,23 @@ class _Common(BaseModel):
         bad = [k for k in self.logit_bias if not k.isdigit()]
         if bad:
             raise ValueError(f"logit_bias keys must be token ids, got {bad[0]!r}")
+        given = self.constraint_fields()
+        if len(given) > 1:
+            raise ValueError(f"{given[1]}: give one output constraint, not {' and '.join(given)}")
         return self
+
+    def constraint_fields(self) -> list[str]:
+        return [n for n in GUIDED if getattr(self, n) is not None and getattr(self, n) != {"type": "text"}]
+
+    def structured(self) -> StructuredOutput | None:
+        """The output constraint the request asks for; a ParamError naming the request's field."""
+        given = self.constraint_fields()
+        if not given:
+            return None
+        try:
+            return _structured(given[0], getattr(self, given[0]))
+        except ParamError as exc:
+            raise ParamError(given[0], f"{given[0]}: {exc}") from None
 
     def sampling_params(self, max_tokens: int, logprobs: int, prompt_logprobs: int | None = None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -105,7 +139,42 @@ class _Common(BaseModel):
                               skip_special_tokens=self.skip_special_tokens,
                               stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
                               include_stop_str_in_output=self.include_stop_str_in_output, logprobs=logprobs,
-                              prompt_logprobs=prompt_logprobs)
+                              prompt_logprobs=prompt_logprobs, structured=self.structured())
+
+
+def _structured(field: str, value: Any) -> StructuredOutput:
+    """One constraint field's value as a StructuredOutput (ParamError when it is malformed)."""
+    if field == "response_format":
+        kind = value.get("type")
+        if kind == "json_object":
+            return StructuredOutput(json=ANY_JSON_OBJECT)
+        schema = value.get("json_schema")
+        if kind != "json_schema" or not isinstance(schema, dict) or not isinstance(schema.get("schema"), dict):
+            raise ParamError(field, 'must be {"type": "text"}, {"type": "json_object"} or '
+                                    '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}')
+        return StructuredOutput(json=schema["schema"])
+    if field == "guided_json":
+        return StructuredOutput(json=_schema(value, field))
+    if field in ("guided_regex", "guided_choice", "guided_grammar"):
+        return StructuredOutput(**{field.removeprefix("guided_"): value})
+    given = [k for k in ("json", "regex", "choice", "grammar", "json_object") if value.get(k) not in (None, False)]
+    if len(given) != 1:
+        raise ParamError(field, "give exactly one of json, regex, choice, grammar or json_object")
+    if given[0] == "json_object":
+        return StructuredOutput(json=ANY_JSON_OBJECT)
+    return StructuredOutput(**{given[0]: _schema(value["json"], field) if given[0] == "json" else value[given[0]]})
+
+
+def _schema(value: Any, field: str) -> dict:
+    """A JSON schema given as an object or as JSON text."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ParamError(field, "the JSON schema is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise ParamError(field, "the JSON schema must be an object")
+    return value
 
 
 class CompletionRequest(_Common):
@@ -156,16 +225,43 @@ class ChatMessage(BaseModel):
         return "".join(parts)
 
 
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    """A JSON schema of the arguments; None takes any object."""
+    strict: bool | None = None
+
+
+class Tool(BaseModel):
+    model_config = STRICT
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class FunctionName(BaseModel):
+    model_config = STRICT
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = STRICT
+    type: Literal["function"]
+    function: FunctionName
+
+
 class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list | None = None
-    tool_choice: Literal["none", "auto"] | None = None
-    parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    tools: list[Tool] | None = Field(None, max_length=256)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    """OpenAI's: "auto" (the default with tools) lets the model call tools, "required" or a named
+    function makes the output such calls (a grammar), "none" leaves the output as text."""
+    parallel_tool_calls: bool = True
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
     add_generation_prompt: bool = True
     """vLLM's: open an assistant turn after the messages (the chat template's generation prompt)."""
@@ -174,16 +270,37 @@ class ChatRequest(_Common):
 
     @model_validator(mode="after")
     def _unsupported(self):
-        if self.tools:
-            raise ValueError("tools are not supported")
         taken = sorted(set(self.chat_template_kwargs) & RENDER_ARGUMENTS)
         if taken:
             raise ValueError(f"chat_template_kwargs may not set {', '.join(taken)} (the server sets them)")
-        if self.response_format not in (None, {"type": "text"}):
-            raise ValueError("response_format is not supported (text only)")
         if self.continue_final_message and (self.add_generation_prompt or self.messages[-1].role != "assistant"):
             raise ValueError("continue_final_message needs add_generation_prompt=false and an assistant message last")
         return self
+
+    @model_validator(mode="after")
+    def _tools(self):
+        forced = self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
+        if forced and not self.tools:
+            raise ValueError("tool_choice: a required or named tool choice needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in self.tool_names():
+            raise ValueError(f"tool_choice: no tool is named {self.tool_choice.function.name!r}")
+        if forced and self.constraint_fields():
+            raise ValueError(f"{self.constraint_fields()[0]}: a required or named tool_choice already constrains the output")
+        return self
+
+    def tool_names(self) -> list[str]:
+        return [t.function.name for t in self.tools or []]
+
+    @property
+    def calls_tools(self) -> bool:
+        """The output is read for tool calls (tools given and tool_choice is not "none")."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def structured(self) -> StructuredOutput | None:
+        if self.tools and (self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)):
+            name = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+            return call_constraint([t.function.model_dump() for t in self.tools], name, self.parallel_tool_calls)
+        return super().structured()
 
 
 RENDER_ARGUMENTS = {"messages", "add_generation_prompt", "tokenize", "bos_token", "eos_token"}

@@ -12,6 +12,9 @@ MAX_SPEC_CHARS = 1 << 20
 """Largest schema, regex, choice list or grammar a request may carry (as JSON text)."""
 MAX_CHOICES = 1024
 
+JSON_OPTIONS = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
+"""How JSON is written under a constraint: json.dumps' separators and no other whitespace (what models are
+trained on; a bounded schema then has finite outputs). A schema's "x-guidance" may say otherwise."""
 ANY_JSON_OBJECT = {"type": "object"}
 """The schema of OpenAI's `response_format: {"type": "json_object"}`: any JSON object."""
 

@@ -55,7 +55,7 @@ def create_app(engine: LLMEngine, config: ServeConfig | None = None) -> FastAPI:
     metrics.collect_from(core)
     offload, auth = Offload(cfg.prepare_workers), Auth(cfg)
     images = ChatImages(engine.model, cfg, engine.max_model_len) if engine.images is not None else None
-    preparer = Preparer(engine.tokenizer, engine.max_model_len, cfg, images)
+    preparer = Preparer(engine.tokenizer, engine.max_model_len, cfg, images, engine.grammars)
     generate = Generator(core, offload, cfg, engine.tokenizer)
 
     @asynccontextmanager

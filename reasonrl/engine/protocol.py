@@ -362,8 +362,6 @@ class ResponsesRequest(BaseModel):
 
     @model_validator(mode="after")
     def _supported(self):
-        if self.stream:
-            raise ValueError("stream: streaming /v1/responses is not supported yet (use /v1/chat/completions)")
         if self.tools:
             raise ValueError("tools are not supported by this server yet")
         return self
@@ -374,6 +372,7 @@ class ResponsesRequest(BaseModel):
             m.model_dump(exclude_none=True) for m in self.input]
         if self.instructions:
             messages.insert(0, {"role": "system", "content": self.instructions})
-        fields = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_output_tokens}
+        fields = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_output_tokens,
+                  "stream": self.stream}
         return ChatRequest.model_validate({"model": self.model, "messages": messages,
                                            **{k: v for k, v in fields.items() if v is not None}})

@@ -166,9 +166,19 @@ def test_tool_results_go_back_through_the_chat_template(client, server):
     assert '{"name": "add", "arguments": {"a": 2, "b": 3}}' in text  # arguments rendered as an object
 
 
-def test_responses_api(client):
-    r = client.responses.create(model="demo", input="What is 2+3?", max_output_tokens=8, temperature=0)
+def test_responses_api_plain_and_streamed(client):
+    kw = dict(model="demo", input="What is 2+3?", max_output_tokens=12, temperature=0)
+    r = client.responses.create(**kw)
     assert r.status in ("completed", "incomplete") and r.output_text == r.output[0].content[0].text
+    events = list(client.responses.create(**kw, stream=True))
+    types = [e.type for e in events]
+    assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added",
+                         "response.content_part.added"]
+    assert types[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done",
+                          f"response.{r.status}"]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == r.output_text
+    assert events[-1].response.output_text == r.output_text and events[-1].response.usage.output_tokens == r.usage.output_tokens
 
 
 def test_errors_are_the_clients_typed_exceptions(client):

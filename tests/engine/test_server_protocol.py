@@ -129,4 +129,6 @@ def test_responses_api_for_text(client):
                                                      "max_tokens": 5, "temperature": 0}).json()
     assert text == chat["choices"][0]["message"]["content"]
     assert body["usage"]["output_tokens"] <= 5 and body["status"] in ("completed", "incomplete")
-    assert client.post("/v1/responses", json={"input": "x", "stream": True}).status_code == 400
+    r = client.post("/v1/responses", json={"input": "x", "stream": True, "max_output_tokens": 3})
+    assert r.status_code == 200 and r.text.startswith("event: response.created\ndata: ")
+    assert "[DONE]" not in r.text and "event: response." in r.text.rstrip().split("\n\n")[-1]

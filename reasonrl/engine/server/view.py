@@ -16,6 +16,7 @@ from typing import Any
 from reasonrl.engine.sequence import CompletionOutput, RequestOutput
 from reasonrl.engine.tool_calls import ToolStream, parse
 from reasonrl.engine.server.prepare import Job
+from reasonrl.engine.server.responses import ResponseStream, response_object
 from reasonrl.models.tokenizer import Tokenizer
 
 NO_LOGPROB = -9999.0
@@ -41,6 +42,8 @@ class View:
         self.completion_tokens = 0
         self.echo = not job.chat and job.body.echo
         self.prompt_texts = dict(zip(rids, map(self._text, job.body.prompts()))) if self.echo else {}
+        self.response_stream = ResponseStream(model_name, self.created, job.body, self.prompt_tokens, self.holdback) \
+            if self.api == "responses" and job.body.stream else None
 
     def _text(self, prompt: str | list[int]) -> str:
         if isinstance(prompt, str):
@@ -52,7 +55,7 @@ class View:
 
     def response(self, outputs: dict[str, RequestOutput]) -> dict[str, Any]:
         if self.api == "responses":
-            return self._responses(outputs[self.rids[0]])
+            return response_object(outputs[self.rids[0]], self.model, self.created, self.body, self.prompt_tokens)
         choices = []
         for rid in self.rids:
             out = outputs[rid]
@@ -65,21 +68,10 @@ class View:
                 "created": self.created, "model": self.model, "choices": choices,
                 "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}
 
-    def _responses(self, out: RequestOutput) -> dict[str, Any]:
-        """The Responses API's object for one text answer."""
-        o = out.outputs[0]
-        status = "incomplete" if o.finish_reason == "length" else "completed"
-        message = {"type": "message", "id": f"msg_{out.request_id}", "status": status, "role": "assistant",
-                   "content": [{"type": "output_text", "text": o.text, "annotations": []}]}
-        return {"id": f"resp_{out.request_id}", "object": "response", "created_at": self.created, "model": self.model,
-                "status": status, "error": None,
-                "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-                "output": [message], "parallel_tool_calls": False, "tool_choice": "auto", "tools": [],
-                "temperature": self.body.temperature, "top_p": self.body.top_p,
-                "usage": {"input_tokens": self.prompt_tokens, "output_tokens": len(o.token_ids),
-                          "total_tokens": self.prompt_tokens + len(o.token_ids)}}
-
     def chunks(self, out: RequestOutput):
+        if self.response_stream is not None:
+            yield from self.response_stream.events(out)
+            return
         for o in out.outputs:
             key = (out.request_id, o.index)
             tokens_sent, chars_sent = self.sent.get(key, (0, 0))

@@ -11,6 +11,7 @@ schema, then cached).
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -29,7 +30,10 @@ SCHEMA = {"type": "array", "items": RECORD, "minItems": 1000}
 @dataclass
 class StructuredBenchConfig:
     model: str | None = None
-    """Checkpoint directory (default: the demo policy)."""
+    """Checkpoint directory (default: the demo policy, a 320-token vocabulary)."""
+    vocab: int = 0
+    """When set, instead a random tiny model with a byte-level BPE of this many tokens, trained here on
+    generated words (the mask's cost grows with the vocabulary; real models have 32k-150k)."""
     requests: int = 32
     """Requests decoded at once (one batch)."""
     max_tokens: int = 64
@@ -44,9 +48,11 @@ def bench_structured(cfg: StructuredBenchConfig) -> dict:
     from reasonrl.engine import LLMEngine, SamplingParams
     from reasonrl.engine.structured import StructuredOutput
 
-    path = cfg.model or _demo_policy()
-    engine = LLMEngine.from_pretrained(path, device=cfg.device, max_num_seqs=cfg.requests, block_size=16,
-                                       max_model_len=cfg.max_tokens + 64, kv_cache_memory=1 << 27)
+    with tempfile.TemporaryDirectory() as tmp:  # the engine holds all it needs once loaded
+        path = _vocab_model(cfg.vocab, tmp) if cfg.vocab else cfg.model or _demo_policy()
+        engine = LLMEngine.from_pretrained(path, device=cfg.device, max_num_seqs=cfg.requests, block_size=16,
+                                           max_model_len=cfg.max_tokens + 64, kv_cache_memory=1 << 27)
+    path = f"random tiny qwen2, BPE of {cfg.vocab} tokens" if cfg.vocab else path
     prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": "List the records as JSON."}])
     compile_s = _time(lambda: engine.grammars.compile(StructuredOutput(json=SCHEMA)))
     spec = StructuredOutput(json=SCHEMA)
@@ -105,6 +111,22 @@ def _time(fn, device=None) -> float:
     if device is not None:
         sync(device)
     return time.perf_counter() - start
+
+
+def _vocab_model(vocab: int, out: str) -> str:
+    """A random tiny Qwen2 checkpoint (written in `out`) whose tokenizer has `vocab` tokens."""
+    import random
+
+    from reasonrl.models.tiny import make_checkpoint, make_tokenizer
+
+    rng = random.Random(0)
+    letters, weights = "etaoinshrdlucmfwypvbgkqjxz", [12, 9, 8, 7, 7, 6, 6, 6, 6, 4, 4, 3, 3] + [2] * 6 + [1] * 7
+    words = lambda: " ".join("".join(rng.choices(letters, weights, k=rng.randint(2, 9))) for _ in range(50))
+    corpus = [words() + ' {"id": 12, "name": "x", "ok": true}' for _ in range(max(2000, vocab // 4))]
+    tokenizer = make_tokenizer(corpus, vocab_size=vocab)
+    if tokenizer.vocab_size < vocab:
+        raise ValueError(f"vocab={vocab}: the generated corpus gave only {tokenizer.vocab_size} tokens")
+    return str(make_checkpoint(out, "qwen2", tokenizer, hidden_size=64))
 
 
 def _demo_policy() -> str:

@@ -19,13 +19,13 @@ returns the prompt before the completion, with the prompt tokens' log-probs when
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from reasonrl.engine.output_constraints import GUIDED, NamedToolChoice, Tool, structured_output
 from reasonrl.engine.sampling_params import INT64_MAX, ParamError, SamplingParams
-from reasonrl.engine.structured import ANY_JSON_OBJECT, StructuredOutput
+from reasonrl.engine.structured import StructuredOutput
 from reasonrl.engine.tool_calls import call_constraint
 
 MAX_N = 128
@@ -33,8 +33,6 @@ STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)  # unknown fields kept aside, see above
 CONSTRAINTS = ("functions", "function_call")
 """Unknown fields that would constrain the output: refused, never ignored."""
-GUIDED = ("response_format", "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs")
-"""The fields that may constrain the output; at most one per request."""
 TokenId = Annotated[int, Field(ge=0, le=INT64_MAX)]
 StopString = Annotated[str, Field(min_length=1, max_length=1024)]
 
@@ -125,7 +123,7 @@ class _Common(BaseModel):
         if not given:
             return None
         try:
-            return _structured(given[0], getattr(self, given[0]))
+            return structured_output(given[0], getattr(self, given[0]))
         except ParamError as exc:
             raise ParamError(given[0], f"{given[0]}: {exc}") from None
 
@@ -140,41 +138,6 @@ class _Common(BaseModel):
                               stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
                               include_stop_str_in_output=self.include_stop_str_in_output, logprobs=logprobs,
                               prompt_logprobs=prompt_logprobs, structured=self.structured())
-
-
-def _structured(field: str, value: Any) -> StructuredOutput:
-    """One constraint field's value as a StructuredOutput (ParamError when it is malformed)."""
-    if field == "response_format":
-        kind = value.get("type")
-        if kind == "json_object":
-            return StructuredOutput(json=ANY_JSON_OBJECT)
-        schema = value.get("json_schema")
-        if kind != "json_schema" or not isinstance(schema, dict) or not isinstance(schema.get("schema"), dict):
-            raise ParamError(field, 'must be {"type": "text"}, {"type": "json_object"} or '
-                                    '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}')
-        return StructuredOutput(json=schema["schema"])
-    if field == "guided_json":
-        return StructuredOutput(json=_schema(value, field))
-    if field in ("guided_regex", "guided_choice", "guided_grammar"):
-        return StructuredOutput(**{field.removeprefix("guided_"): value})
-    given = [k for k in ("json", "regex", "choice", "grammar", "json_object") if value.get(k) not in (None, False)]
-    if len(given) != 1:
-        raise ParamError(field, "give exactly one of json, regex, choice, grammar or json_object")
-    if given[0] == "json_object":
-        return StructuredOutput(json=ANY_JSON_OBJECT)
-    return StructuredOutput(**{given[0]: _schema(value["json"], field) if given[0] == "json" else value[given[0]]})
-
-
-def _schema(value: Any, field: str) -> dict:
-    """A JSON schema given as an object or as JSON text."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise ParamError(field, "the JSON schema is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise ParamError(field, "the JSON schema must be an object")
-    return value
 
 
 class CompletionRequest(_Common):
@@ -223,32 +186,6 @@ class ChatMessage(BaseModel):
                 raise ValueError(f"message content part of type {part.get('type')!r} is not supported (text only)")
             parts.append(part["text"])
         return "".join(parts)
-
-
-class FunctionSpec(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
-    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    """A JSON schema of the arguments; None takes any object."""
-    strict: bool | None = None
-
-
-class Tool(BaseModel):
-    model_config = STRICT
-    type: Literal["function"]
-    function: FunctionSpec
-
-
-class FunctionName(BaseModel):
-    model_config = STRICT
-    name: str
-
-
-class NamedToolChoice(BaseModel):
-    model_config = STRICT
-    type: Literal["function"]
-    function: FunctionName
 
 
 class ChatRequest(_Common):

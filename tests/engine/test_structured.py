@@ -171,3 +171,21 @@ def test_without_llguidance_the_error_names_the_extra(monkeypatch, engine):
     grammars = Grammars(engine.tokenizer, engine.model.config.vocab_size, engine.eos_ids)
     with pytest.raises(ImportError, match=r"reasonrl\[structured\]"):
         grammars.compile(StructuredOutput(regex="a"))
+
+
+def test_preempted_constrained_requests_continue_exactly(engine):
+    from reasonrl.bench.structured import SCHEMA  # an array of >= 1000 records: it never ends early
+
+    spec = StructuredOutput(json=SCHEMA)
+    reqs = {f"p{i}": SamplingParams(max_tokens=40, seed=i, structured=spec) for i in range(4)}
+    tight = LLMEngine.from_pretrained(DEMO / "policy", **{**ENGINE, "max_model_len": 96, "block_size": 8,
+                                                          "kv_cache_memory": int(120 * engine.kv.bytes_per_token)})
+    outs = []
+    for e in (engine, tight):
+        for rid, params in reqs.items():
+            e.add_request(rid, prompt(e), params)
+        outs.append(e.drain())
+    assert tight.scheduler.num_preemptions > 0
+    for rid in reqs:
+        assert outs[1][rid].outputs[0].token_ids == outs[0][rid].outputs[0].token_ids
+        assert outs[1][rid].outputs[0].text.startswith('[{"id": ')

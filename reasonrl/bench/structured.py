@@ -98,7 +98,7 @@ def _mask_time(engine, spec, outputs: list[list[int]]) -> tuple[float, float, bo
     mask = advance = 0.0
     ok = []
     for k in range(steps):
-        mask += _time(lambda: mask_logits(logits, seqs, engine.eos_ids), engine.model.device)
+        mask += _time(lambda: mask_logits(logits, seqs, engine.eos_ids, engine.grammars), engine.model.device)
         advance += _time(lambda: ok.extend(s.guide.advance(ids[k]) for s, ids in zip(seqs, outputs)))
     return mask / steps, advance / steps, all(ok)
 

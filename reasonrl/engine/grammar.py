@@ -22,6 +22,9 @@ outlines-core on three counts:
 It is the optional extra `reasonrl[structured]`; without it a constrained request fails with an
 error naming the extra, and nothing else changes.
 
+A step's masks are filled by llguidance's thread pool (`Grammars.mask_threads`), all sequences at
+once, then unpacked and applied on the logits' device in one operation.
+
 The matcher lives on the sequence, so the mask works under continuous batching (each row its own)
 and through preemption (a recomputed sequence keeps its tokens and its matcher). A resumed request
 (abort/resume) rebuilds its matcher from the tokens it brings. Constrained requests do not
@@ -39,6 +42,7 @@ says otherwise: what models are trained on, and it keeps every output finite und
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import OrderedDict
 
@@ -81,48 +85,58 @@ class Guide:
 
 
 class Grammars:
-    """Compiles constraints for one tokenizer and vocabulary; a `Guide` per sequence."""
+    """Compiles constraints for one tokenizer and vocabulary; a `Guide` per sequence. A compiled
+    constraint is kept as a fresh matcher that each sequence's guide copies (a copy costs about a
+    microsecond; building one can take milliseconds), so the engine's thread never compiles what
+    the server's workers already did."""
 
-    def __init__(self, tokenizer, vocab_size: int, eos_ids: set[int]):
+    def __init__(self, tokenizer, vocab_size: int, eos_ids: set[int], mask_threads: int | None = None):
+        """`mask_threads`: threads that fill a step's masks in parallel (default: min(8, CPU cores))."""
         self.tokenizer, self.vocab_size, self.eos_ids = tokenizer, vocab_size, sorted(eos_ids)
-        self._lltok = None
-        self._cache: OrderedDict[str, str] = OrderedDict()  # constraint text -> validated grammar
+        self.mask_threads = mask_threads or min(8, os.cpu_count() or 1)
+        self._lltok = self._executor = None
+        self._cache: OrderedDict[str, object] = OrderedDict()  # constraint text -> a fresh LLMatcher
         self._lock = threading.Lock()  # the server compiles in worker threads, the engine in its own
 
     @property
     def lltok(self):
         with self._lock:
-            return self._tokenizer()
+            if self._lltok is None:
+                if self.tokenizer is None:
+                    raise ParamError("structured", "structured outputs need the model's tokenizer (tokenizer.json)")
+                self._lltok = _llguidance().LLTokenizer(self.tokenizer.tok.to_str(), n_vocab=self.vocab_size,
+                                                        eos_token=self.eos_ids)
+            return self._lltok
 
-    def _tokenizer(self):
-        if self._lltok is None:
-            if self.tokenizer is None:
-                raise ParamError("structured", "structured outputs need the model's tokenizer (tokenizer.json)")
-            llg = _llguidance()
-            self._lltok = llg.LLTokenizer(self.tokenizer.tok.to_str(), n_vocab=self.vocab_size, eos_token=self.eos_ids)
-        return self._lltok
+    @property
+    def executor(self):
+        """llguidance's thread pool for filling many sequences' masks at once."""
+        if self._executor is None:
+            self._executor = _llguidance().LLExecutor(self.mask_threads)
+        return self._executor
 
-    def compile(self, spec: StructuredOutput) -> str:
-        """The llguidance grammar of `spec`, validated; a ParamError naming the field when it is not valid."""
+    def compile(self, spec: StructuredOutput):
+        """A fresh matcher of `spec` (not to be advanced: copy it); a ParamError naming the field when
+        the constraint is not valid."""
         key = spec.key()
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        llg, tok = _llguidance(), self.lltok
-        grammar = _grammar(llg, spec)
-        error = llg.LLMatcher.validate_grammar(grammar, tok)
-        if error:
-            raise ParamError(f"structured.{spec.kind}", f"structured.{spec.kind} cannot be compiled: {error.strip()[:500]}")
+        llg = _llguidance()
+        matcher = llg.LLMatcher(self.lltok, _grammar(llg, spec), log_level=0)
+        if matcher.is_error():
+            raise ParamError(f"structured.{spec.kind}",
+                             f"structured.{spec.kind} cannot be compiled: {matcher.get_error().strip()[:500]}")
         with self._lock:
-            self._cache[key] = grammar
+            self._cache[key] = matcher
             if len(self._cache) > MAX_CACHED:
                 self._cache.popitem(last=False)
-        return grammar
+        return matcher
 
     def guide(self, spec: StructuredOutput, tokens: list[int] = ()) -> Guide:
         """A fresh matcher for `spec`, advanced over `tokens` (a resumed request's output so far)."""
-        guide = Guide(_llguidance().LLMatcher(self.lltok, self.compile(spec)))
+        guide = Guide(self.compile(spec).deep_copy())
         if tokens and not guide.matcher.consume_tokens(list(tokens)):
             raise ParamError("structured", f"the resumed tokens do not match the constraint: "
                                            f"{guide.matcher.get_error()[:300]}")
@@ -143,16 +157,21 @@ def _grammar(llg, spec: StructuredOutput) -> str:
         raise ParamError(f"structured.{kind}", f"structured.{kind} is not valid: {str(exc)[:500]}") from None
 
 
-def mask_logits(logits: torch.Tensor, seqs, eos_ids: set[int]) -> torch.Tensor:
+def mask_logits(logits: torch.Tensor, seqs, eos_ids: set[int], grammars: Grammars | None = None) -> torch.Tensor:
     """logits (S, V) of `seqs`' next tokens -> with -inf where a sequence's matcher forbids a token
-    (a copy when any sequence has one). A row whose matcher allows nothing (it failed) may only end."""
+    (a copy when any sequence has one). A row whose matcher allows nothing (it failed) may only end.
+    With `grammars`, several sequences' masks are filled in parallel by its executor."""
     rows = [i for i, s in enumerate(seqs) if s.guide is not None]
     if not rows:
         return logits
     vocab = logits.shape[1]
     bitmask = torch.zeros(len(rows), (vocab + 31) // 32, dtype=torch.int32)
-    for k, i in enumerate(rows):
-        seqs[i].guide.fill(bitmask, k)
+    if grammars is not None and len(rows) > 1:
+        grammars.executor.unsafe_compute_mask_ptr([(seqs[i].guide.matcher, k) for k, i in enumerate(rows)],
+                                                  bitmask.data_ptr(), bitmask.shape[1] * 4, len(rows))
+    else:
+        for k, i in enumerate(rows):
+            seqs[i].guide.fill(bitmask, k)
     allowed = unpack(bitmask, vocab)  # (R, V) bool
     dead = ~allowed.any(-1)
     if bool(dead.any()):

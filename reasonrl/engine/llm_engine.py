@@ -83,9 +83,9 @@ class LLMEngine:
         self.evictor = self._evictor()
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.images = Images(model) if getattr(model, "vlm_config", None) is not None else None
-        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids)
-        self.speculator = self._speculator(draft)
         self.grammars = Grammars(tokenizer, mcfg.vocab_size, self.eos_ids)  # structured outputs (engine/grammar.py)
+        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids, self.grammars)
+        self.speculator = self._speculator(draft)
         self.requests: dict[str, Request] = {}
         self._done_at_add: list[RequestOutput] = []
         self._next_seq_id = 0

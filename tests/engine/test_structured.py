@@ -189,3 +189,21 @@ def test_preempted_constrained_requests_continue_exactly(engine):
     for rid in reqs:
         assert outs[1][rid].outputs[0].token_ids == outs[0][rid].outputs[0].token_ids
         assert outs[1][rid].outputs[0].text.startswith('[{"id": ')
+
+
+def test_parallel_mask_fill_equals_one_at_a_time(engine):
+    import torch
+    from types import SimpleNamespace
+
+    from reasonrl.engine.grammar import mask_logits
+
+    spec = StructuredOutput(json={"type": "array", "items": {"type": "string", "maxLength": 6}})
+    text = '["ab", "cdef", "g"]'
+    ids = engine.tokenizer.encode(text, add_special_tokens=False)
+    seqs = [SimpleNamespace(guide=engine.grammars.guide(spec, ids[:k])) for k in range(len(ids))]
+    seqs.insert(2, SimpleNamespace(guide=None))  # an unconstrained row in between
+    logits = torch.randn(len(seqs), engine.model.config.vocab_size)
+    one = mask_logits(logits, seqs, engine.eos_ids)
+    par = mask_logits(logits, seqs, engine.eos_ids, engine.grammars)
+    assert torch.equal(one, par) and torch.equal(par[2], logits[2])
+    assert (par.isinf().sum(-1)[[0, 1, 3]] > 0).all()  # constrained rows lose tokens

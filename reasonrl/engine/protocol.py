@@ -281,35 +281,3 @@ class DetokenizeRequest(BaseModel):
     model_config = STRICT
     model: str | None = Field(None, max_length=1024)
     tokens: list[TokenId] = Field(max_length=1 << 20)
-
-
-class ResponsesRequest(BaseModel):
-    """POST /v1/responses, text in and out: `input` is a string (one user message) or messages;
-    `instructions` becomes a system message. Unknown fields (store, metadata, ...) are ignored."""
-
-    model_config = OPEN
-    model: str | None = Field(None, max_length=1024)
-    input: str | list[ChatMessage]
-    instructions: str | None = None
-    max_output_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=100)
-    top_p: float | None = Field(None, gt=0, le=1)
-    stream: bool = False
-    tools: list | None = None
-
-    @model_validator(mode="after")
-    def _supported(self):
-        if self.tools:
-            raise ValueError("tools are not supported by this server yet")
-        return self
-
-    def chat(self) -> ChatRequest:
-        """The same request as a chat completion."""
-        messages = [{"role": "user", "content": self.input}] if isinstance(self.input, str) else [
-            m.model_dump(exclude_none=True) for m in self.input]
-        if self.instructions:
-            messages.insert(0, {"role": "system", "content": self.instructions})
-        fields = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_output_tokens,
-                  "stream": self.stream}
-        return ChatRequest.model_validate({"model": self.model, "messages": messages,
-                                           **{k: v for k, v in fields.items() if v is not None}})

@@ -197,3 +197,31 @@ def test_errors_are_the_clients_typed_exceptions(client):
         client.completions.create(model="demo", prompt="x", max_tokens=-1)
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="other", prompt="x", max_tokens=1)
+
+
+RESPONSES_ADD = {"type": "function", "name": "add", "parameters": ADD["function"]["parameters"]}
+
+
+def test_responses_api_tools_structured_text_and_tool_results(client):
+    kw = dict(model="demo", input="What is 2+3?", tools=[RESPONSES_ADD], tool_choice="required",
+              parallel_tool_calls=False, max_output_tokens=120, temperature=1.0)
+    r = client.responses.create(**kw)
+    calls = [item for item in r.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "add" and calls[0].call_id.startswith("call_")
+    jsonschema.validate(json.loads(calls[0].arguments), RESPONSES_ADD["parameters"])
+    events = list(client.responses.create(**kw, stream=True))
+    added = [e for e in events if e.type == "response.output_item.added" and e.item.type == "function_call"]
+    args = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert len(added) == 1 and added[0].output_index == 1 and json.loads(args[0].arguments).keys() == {"a", "b"}
+    final = events[-1].response
+    assert [i.type for i in final.output] == ["message", "function_call"] and final.output[1].arguments == args[0].arguments
+    # the call and its result go back as input items
+    follow = client.responses.create(model="demo", max_output_tokens=4, temperature=0, tools=[RESPONSES_ADD], input=[
+        {"role": "user", "content": [{"type": "input_text", "text": "What is 2+3?"}]},
+        {"type": "function_call", "call_id": calls[0].call_id, "name": "add", "arguments": calls[0].arguments},
+        {"type": "function_call_output", "call_id": calls[0].call_id, "output": "5"}])
+    assert follow.output[0].type == "message"
+    parsed = client.responses.parse(model="demo", input="2+3?", text_format=Answer, max_output_tokens=200)
+    assert isinstance(parsed.output_parsed, Answer)
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="demo", input=[{"type": "web_search_call"}])

@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 from pydantic import BaseModel, ValidationError
 
 from reasonrl.engine.grammar import Grammars
-from reasonrl.engine.protocol import ChatRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest, TokenizeRequest
+from reasonrl.engine.protocol import ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from reasonrl.engine.responses_protocol import ResponsesRequest
 from reasonrl.engine.sampling_params import ParamError, SamplingParams
 from reasonrl.engine.server.config import ServeConfig
 from reasonrl.engine.server.errors import APIError
@@ -71,7 +72,11 @@ class Preparer:
 
     def responses(self, raw: bytes) -> Job:
         body = self._validate(raw, ResponsesRequest)
-        return replace(self._chat(body.chat()), api="responses")
+        try:
+            chat = body.chat_body()
+        except ValueError as exc:  # a malformed input item, named
+            raise APIError(str(exc), param="input") from None
+        return replace(self._chat(validate_body(chat, ChatRequest)), api="responses")
 
     def tokenize(self, raw: bytes) -> dict:
         body = self._validate(raw, TokenizeRequest)

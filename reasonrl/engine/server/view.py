@@ -42,8 +42,8 @@ class View:
         self.completion_tokens = 0
         self.echo = not job.chat and job.body.echo
         self.prompt_texts = dict(zip(rids, map(self._text, job.body.prompts()))) if self.echo else {}
-        self.response_stream = ResponseStream(model_name, self.created, job.body, self.prompt_tokens, self.holdback) \
-            if self.api == "responses" and job.body.stream else None
+        self.response_stream = ResponseStream(model_name, self.created, job.body, self.prompt_tokens, self.holdback,
+                                              self.tools) if self.api == "responses" and job.body.stream else None
 
     def _text(self, prompt: str | list[int]) -> str:
         if isinstance(prompt, str):
@@ -55,7 +55,10 @@ class View:
 
     def response(self, outputs: dict[str, RequestOutput]) -> dict[str, Any]:
         if self.api == "responses":
-            return response_object(outputs[self.rids[0]], self.model, self.created, self.body, self.prompt_tokens)
+            out = outputs[self.rids[0]]
+            content, calls = parse(out.outputs[0].text) if self.tools else (None, [])
+            return response_object(out, self.model, self.created, self.body, self.prompt_tokens,
+                                   text=(content or "") if self.tools else None, calls=calls)
         choices = []
         for rid in self.rids:
             out = outputs[rid]

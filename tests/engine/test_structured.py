@@ -207,3 +207,19 @@ def test_parallel_mask_fill_equals_one_at_a_time(engine):
     par = mask_logits(logits, seqs, engine.eos_ids, engine.grammars)
     assert torch.equal(one, par) and torch.equal(par[2], logits[2])
     assert (par.isinf().sum(-1)[[0, 1, 3]] > 0).all()  # constrained rows lose tokens
+
+
+def test_server_without_llguidance_answers_400_naming_the_extra(monkeypatch, engine):
+    from reasonrl.engine.server import ServeConfig
+    from reasonrl.engine.server.errors import APIError
+    from reasonrl.engine.server.prepare import Preparer
+
+    monkeypatch.setitem(sys.modules, "llguidance", None)
+    preparer = Preparer(engine.tokenizer, 1024, ServeConfig(), None,
+                        Grammars(engine.tokenizer, engine.model.config.vocab_size, engine.eos_ids))
+    body = {"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}
+    with pytest.raises(APIError) as err:
+        preparer.chat(json.dumps(body).encode())
+    assert err.value.status == 400 and err.value.param == "response_format"
+    assert "reasonrl[structured]" in str(err.value)
+    assert preparer.chat(json.dumps({"messages": body["messages"]}).encode()).params[0].structured is None

@@ -132,11 +132,11 @@ class Preparer:
 
     def _compile(self, body, spec) -> None:
         """Compile the constraint now (cached for the engine), so a bad one is a 400 naming its field."""
+        field = (body.constraint_fields() or ["tools"])[0]
         try:
             self.grammars.compile(spec)
-        except ParamError as exc:
-            fields = body.constraint_fields() or ["tools"]
-            raise ParamError(fields[0], f"{fields[0]}: {exc}") from None
+        except (ParamError, ImportError) as exc:  # ImportError: the structured extra is not installed
+            raise ParamError(field, f"{field}: {exc}") from None
 
     def _render(self, body: ChatRequest, messages: list[dict] | None = None) -> str:
         try:

@@ -225,3 +225,23 @@ def test_responses_api_tools_structured_text_and_tool_results(client):
     assert isinstance(parsed.output_parsed, Answer)
     with pytest.raises(openai.BadRequestError):
         client.responses.create(model="demo", input=[{"type": "web_search_call"}])
+
+
+def test_async_client_runs_concurrent_constrained_and_free_requests(server):
+    import asyncio
+
+    async def main():
+        client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0, timeout=120)
+        free = client.chat.completions.create(model="demo", messages=USER, max_tokens=8, temperature=0)
+        choice = client.chat.completions.create(model="demo", messages=USER, max_tokens=8, seed=2,
+                                                extra_body={"guided_choice": ["red", "blue"]})
+        stream = await client.chat.completions.create(model="demo", messages=USER, max_tokens=60, seed=3, stream=True,
+                                                      extra_body={"guided_regex": "[0-9]{3}"})
+        streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        a, b = await asyncio.gather(free, choice)
+        await client.close()
+        return a, b, streamed
+
+    a, b, streamed = asyncio.run(main())
+    assert a.choices[0].message.role == "assistant"
+    assert b.choices[0].message.content in ("red", "blue") and re.fullmatch("[0-9]{3}", streamed)

@@ -3,7 +3,8 @@ n samples per problem, pass@k, per-subset tables, resumable (see docs/eval.md).
 
 harness.py (run_eval, the driver) · client.py (endpoints: concurrency, retries) · local.py (the
 in-process engine) · jobs.py (samples and their seeds) · store.py (the run directory, resume) ·
-passk.py (the unbiased estimator) · summary.py (numbers and markdown) · progress.py.
+passk.py (the unbiased estimator) · summary.py (numbers and markdown) · scaling.py (best-of-N
+with reward models) · progress.py.
 """
 
 from .client import EndpointError

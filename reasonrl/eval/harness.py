@@ -75,6 +75,15 @@ class EvalConfig:
     """A sample is correct when its reward >= threshold."""
     group_by: list[str] | None = None
     """Metadata keys for subset tables (default: chosen from the prompts)."""
+    prm: str | None = None
+    """A process reward model directory: with n > 1, best-of-N curves (PRM aggregations, PRM-weighted vote,
+    majority) for N = 1, 2, 4, ... n in the summary; works on a finished run without new samples."""
+    orm: str | None = None
+    """With prm: an outcome reward model directory as one more best-of-N rule."""
+    vote_by: str = "min"
+    """With prm: the step-score aggregation (min, mean, last, product) that weights the PRM-weighted vote."""
+    bon_trials: int = 200
+    """With prm: bootstrap trials of the best-of-N curves (problems resampled, N of n samples drawn)."""
     progress: bool = True
     """The stderr progress line."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
@@ -98,6 +107,15 @@ class EvalConfig:
             raise ValueError(f"limit must be an integer >= 1, got {self.limit!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.prm is not None and self.n < 2:
+            raise ValueError(f"prm: best-of-N needs n >= 2 samples per problem, got n={self.n}")
+        if self.orm is not None and self.prm is None:
+            raise ValueError("orm is a best-of-N rule next to the PRM's: give prm too")
+        if self.prm is not None:
+            from reasonrl.reward.prm.scoring import check_aggregations
+            check_aggregations([self.vote_by])
+        if not isinstance(self.bon_trials, int) or self.bon_trials < 1:
+            raise ValueError(f"bon_trials must be an integer >= 1, got {self.bon_trials!r}")
         if self.base_url is None and not Path(self.model).is_dir():
             raise FileNotFoundError(f"checkpoint directory {self.model} does not exist (give base_url to evaluate "
                                     "a model behind an endpoint)")
@@ -263,6 +281,9 @@ def build_summary(env: Environment, cfg: EvalConfig, prompts: list[Prompt], stor
                "threshold": cfg.threshold, "complete": not failures, "failed": len(failures)}
     summary.update(summarize(problems, cfg.k, cfg.threshold, knows_answers(env), cfg.group_by))
     summary["env_metrics"] = env_metrics(env, problems)
+    if cfg.prm is not None:
+        from .scaling import best_of_n  # the reward models' code and torch only when asked for
+        summary["best_of_n"] = best_of_n(problems, cfg)
     summary["settings"] = cfg.settings()
     return summary
 

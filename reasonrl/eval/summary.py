@@ -100,6 +100,9 @@ def markdown(summary: dict[str, Any]) -> str:
     if extra:
         lines += ["", "## Environment metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in extra.items()]
+    if summary.get("best_of_n"):
+        from .scaling import markdown as scaling_markdown
+        lines += ["", *scaling_markdown(summary["best_of_n"])]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,80 @@
+"""Test-time scaling in `reasonrl eval`: with `--prm DIR` and n > 1 samples per problem, the summary
+adds best-of-N accuracy curves (Athena-PRM, arXiv 2506.09532, section on verification).
+
+The n stored samples of each problem are its candidate pool. A process reward model scores every
+step of every sample (and an outcome reward model, `--orm DIR`, the whole sample); the rules of
+`reward/prm/best_of_n.py` then pick one of N candidates: majority vote, best-of-N by each PRM
+aggregation (min, mean, last, product), PRM-weighted vote, the ORM, and the oracle (pass@N). Curves
+are bootstrap means with 95% intervals for N = 1, 2, 4, ... up to n. Scoring reads the samples
+file only, so `--prm` on a finished run adds the curves without asking for a single new sample.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from reasonrl.envs.base import Prompt
+from reasonrl.reward.prm.best_of_n import Candidate, curves, rules
+from reasonrl.reward.prm.scoring import aggregate
+
+if TYPE_CHECKING:
+    from reasonrl.eval.harness import EvalConfig
+
+Scorer = Callable[[list[tuple[list[dict], str]]], list[list[float]]]  # (messages, response) -> step scores
+
+
+def sizes(n: int) -> list[int]:
+    """N = 1, 2, 4, ... and n itself."""
+    return sorted({*(2 ** i for i in range(n.bit_length()) if 2 ** i <= n), n})
+
+
+def prm_scorer(path: str, device: str | None) -> Scorer:
+    from reasonrl.reward.prm.model import load_prm
+    from reasonrl.reward.prm.scoring import PRMScorer
+
+    scorer = PRMScorer(*load_prm(path, device=device))
+    return lambda items: [s.scores for s in scorer.score(items)]
+
+
+def pools(problems: Sequence[tuple[Prompt, list[dict]]], threshold: float, prm: Scorer,
+          orm: Scorer | None = None) -> list[list[Candidate]]:
+    """Each problem's samples as candidates with their reward models' scores."""
+    items = [(p.messages, row["response"]) for p, rows in problems for row in rows]
+    step_scores = prm(items)
+    outcome = [aggregate(s, "last") for s in orm(items)] if orm else [None] * len(items)
+    out, i = [], 0
+    for _, rows in problems:
+        out.append([Candidate(row.get("extracted"), row["reward"] >= threshold, step_scores[i + j], outcome[i + j])
+                    for j, row in enumerate(rows)])
+        i += len(rows)
+    return out
+
+
+def best_of_n(problems: Sequence[tuple[Prompt, list[dict]]], cfg: EvalConfig, prm: Scorer | None = None,
+              orm: Scorer | None = None) -> dict[str, Any]:
+    """{"ns", "problems", "curves": {rule: {N: {accuracy, low, high}}}} over the problems that have all
+    `cfg.n` samples, scored by `cfg.prm` and `cfg.orm` (or the scorers given)."""
+    complete = [(p, rows) for p, rows in problems if len(rows) >= cfg.n]
+    if not complete:
+        raise ValueError(f"best-of-N needs problems with all n={cfg.n} samples; none has them yet")
+    device = cfg.engine_kwargs.get("device")
+    prm = prm or prm_scorer(cfg.prm, device)
+    orm = orm or (prm_scorer(cfg.orm, device) if cfg.orm else None)
+    ns = sizes(cfg.n)
+    result = curves(pools(complete, cfg.threshold, prm, orm), ns, rules(cfg.vote_by, orm is not None), cfg.bon_trials,
+                    cfg.seed)
+    return {"prm": cfg.prm, "orm": cfg.orm, "vote_by": cfg.vote_by, "trials": cfg.bon_trials, "ns": ns,
+            "problems": len(complete), "curves": {rule: {str(k): v for k, v in by_n.items()} for rule, by_n in result.items()}}
+
+
+def markdown(scaling: dict[str, Any]) -> list[str]:
+    """The curves as a table: one row per rule, one column per N, accuracy [low, high] in percent."""
+    ns = [str(k) for k in scaling["ns"]]
+    lines = ["## Test-time scaling (best of N)", "",
+             f"{scaling['problems']} problems, {scaling['trials']} bootstrap trials; PRM {scaling['prm']}"
+             + (f", ORM {scaling['orm']}" if scaling["orm"] else "") + f"; vote weighted by {scaling['vote_by']}.", "",
+             "| rule | " + " | ".join(f"N={k}" for k in ns) + " |", "|---" * (len(ns) + 1) + "|"]
+    for rule, by_n in scaling["curves"].items():
+        cells = [f"{100 * by_n[k]['accuracy']:.1f} [{100 * by_n[k]['low']:.1f}, {100 * by_n[k]['high']:.1f}]" for k in ns]
+        lines.append(f"| {rule} | " + " | ".join(cells) + " |")
+    return lines

@@ -15,8 +15,8 @@ outlines-core on three counts:
   (docs/benchmarks.md).
 - maintenance: released often (1.9 in 2026), and it is a structured-output backend of vLLM,
   SGLang and llama.cpp, so its JSON-schema coverage is what those users already get.
-- footprint: one wheel with no Python dependencies (xgrammar requires torch, transformers, ninja
-  and a TVM runtime, and would tie our install to a torch version). It takes JSON schema, regex,
+- footprint: one wheel with no Python dependencies (xgrammar requires torch, transformers, triton
+  and a TVM FFI runtime, and would tie our install to a torch version). It takes JSON schema, regex,
   and Lark or GBNF grammars that may embed `%json {schema}` (the tool-call grammar uses that).
 
 It is the optional extra `reasonrl[structured]`; without it a constrained request fails with an
@@ -31,7 +31,9 @@ and through preemption (a recomputed sequence keeps its tokens and its matcher).
 speculate (SamplingParams.adjusts_logits): the verifier would need a matcher state per node of the
 draft tree (forks of the matcher along every branch, plus masked draft and target distributions
 to keep the output distribution exact), which is more mask work per step than the draft saves on
-the short outputs constraints usually have; the output distribution is the same either way.
+the short outputs constraints usually have. Speculation is lossless, so turning it off changes
+the speed of these requests only, never their output; the other requests in the batch still
+speculate.
 
 Numerics: the sampled token and its reported log-prob come from the masked logits (the
 distribution the request asked to sample from), as for the penalties. Whitespace in JSON is fixed

@@ -14,7 +14,7 @@ $(BIN)/python:
 
 install: $(BIN)/python
 	@if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/pip install --quiet "$(TORCH_SPEC)"; fi
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -e ".[structured]"
 
 install-test: $(BIN)/python
 	@if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/pip install --quiet "$(TORCH_SPEC)"; fi

@@ -50,6 +50,8 @@ WORKLOADS = {
                          "reasonrl.cli.bench:image_gen"),
     "smarli": Command("SMARLI models (mask ablations, before/after layout GRPO): layout metrics",
                       "reasonrl.cli.bench:smarli"),
+    "structured": Command("structured outputs: constrained vs free decode tokens/s, the grammar mask's cost per step",
+                          "reasonrl.cli.bench:structured"),
     "kernels": Command("kernel evaluator: verdicts per minute, sandboxed and parallel vs serial; GPU speedups",
                        "reasonrl.cli.bench:kernels"),
 }
@@ -99,6 +101,7 @@ ttt = workload("reasonrl.envs.ttt.bench:TTTBenchConfig", "reasonrl.envs.ttt.benc
 math = workload("reasonrl.envs.math.bench:MathBenchConfig", "reasonrl.envs.math.bench:benchmark")
 serve = workload("reasonrl.bench.serve:ServeBenchConfig", "reasonrl.bench.serve:bench_serve")
 prm = workload("reasonrl.bench.prm:PRMBenchConfig", "reasonrl.bench.prm:bench_prm")
+structured = workload("reasonrl.bench.structured:StructuredBenchConfig", "reasonrl.bench.structured:bench_structured")
 shapes_detector = workload("reasonrl.vision.world:DetectorBenchConfig", "reasonrl.vision.world:bench_detector")
 image_tokenizer = workload("reasonrl.vision.binary.bench:TokenizerBenchConfig",
                            "reasonrl.vision.binary.bench:bench_tokenizers", "reasonrl.vision.binary.bench:format_rows")

@@ -27,6 +27,7 @@ from reasonrl.engine.admission import check_request
 from reasonrl.engine.block_manager import BlockManager
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.eviction import EvictionConfig, Evictor
+from reasonrl.engine.grammar import Grammars
 from reasonrl.engine.images import Images
 from reasonrl.engine.isolation import run_isolated
 from reasonrl.engine.kv import get_format
@@ -82,7 +83,8 @@ class LLMEngine:
         self.evictor = self._evictor()
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.images = Images(model) if getattr(model, "vlm_config", None) is not None else None
-        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids)
+        self.grammars = Grammars(tokenizer, mcfg.vocab_size, self.eos_ids)  # structured outputs (engine/grammar.py)
+        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids, self.grammars)
         self.speculator = self._speculator(draft)
         self.requests: dict[str, Request] = {}
         self._done_at_add: list[RequestOutput] = []
@@ -151,6 +153,8 @@ class LLMEngine:
         self._validate(request_id, prompt_ids, params, output_ids, output_logprobs)
         if mm is not None:
             self._check_images(request_id, mm)
+        if params.structured is not None:
+            self.grammars.compile(params.structured)  # a ParamError before anything is admitted
         base_seed = params.seed if params.seed is not None else self._rng.randrange(1 << 62)
         seqs = []
         for i in range(params.n):
@@ -159,6 +163,8 @@ class LLMEngine:
             if self.tokenizer is not None and params.detokenize:
                 seq.decoder = IncrementalDecoder(self.tokenizer, seq.prompt_ids, params.skip_special_tokens)
                 seq.text = seq.decoder.push(seq.output_ids) if seq.output_ids else ""
+            if params.structured is not None:  # a resumed request's matcher is rebuilt from its tokens
+                seq.guide = self.grammars.guide(params.structured, seq.output_ids)
             if self.evictor is not None:
                 self.evictor.prepare(seq)
             seqs.append(seq)
@@ -301,9 +307,11 @@ class LLMEngine:
         p = seq.params
         piece = seq.decoder.push([s.token]) if seq.decoder is not None else ""
         seq.text += piece
+        if seq.guide is not None:
+            seq.guide.advance(s.token)  # the mask allowed it; after the grammar's end only EOS is allowed
         if s.token in p.stop_token_ids:
             seq.finish("stop", s.token)
-        elif s.token in self.eos_ids and not p.ignore_eos:
+        elif s.token in self.eos_ids and (not p.ignore_eos or seq.guide is not None):
             seq.finish("stop")  # stop_reason None for end-of-sequence, as vLLM reports it
         elif p.stop and piece and self._stop_string(seq, len(piece)):
             pass

@@ -14,6 +14,7 @@ import torch
 
 from reasonrl.engine.attention import AttentionMetadata, PagedAttention
 from reasonrl.engine.eviction import Evictor
+from reasonrl.engine.grammar import Grammars, mask_logits
 from reasonrl.engine.images import Images
 from reasonrl.engine.kv.base import KVFormat
 from reasonrl.engine.penalties import adjust
@@ -66,12 +67,13 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, model: DecoderLM, kv: KVFormat, block_size: int, evictor: Evictor | None = None,
-                 images: Images | None = None, eos_ids: set[int] | None = None):
+                 images: Images | None = None, eos_ids: set[int] | None = None, grammars: Grammars | None = None):
         self.model, self.kv, self.block_size = model, kv, block_size
         self.evictor = evictor  # records the queries token eviction selects with
         self.images = images  # image embeddings and M-RoPE positions of prompts with images
         self.device = model.device
         self.eos_ids = eos_ids if eos_ids is not None else set(model.config.eos_token_ids)  # what min_tokens holds back
+        self.grammars = grammars  # fills structured outputs' masks in parallel (engine/grammar.py)
 
     def prepare(self, scheduled: list[tuple[Sequence, int]], trees: dict[int, DraftTree] | None = None) -> StepBatch:
         """A tree's rows sit at the slots after its root, in row order, at positions root + depth."""
@@ -166,6 +168,7 @@ class ModelRunner:
         if not batch.sample_seqs:
             return {}
         logits = adjust(self.model.compute_logits(hidden[batch.sample_rows]), batch.sample_seqs, self.eos_ids)
+        logits = mask_logits(logits, batch.sample_seqs, self.eos_ids, self.grammars)
         tokens, logprobs, top = sample(logits, self.sampling_batch(batch.sample_seqs))
         tokens, logprobs = tokens.tolist(), logprobs.tolist()
         out = {}

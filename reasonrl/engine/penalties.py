@@ -20,7 +20,7 @@ from reasonrl.engine.sequence import Sequence
 
 def adjust(logits: torch.Tensor, seqs: list[Sequence], eos_ids: set[int]) -> torch.Tensor:
     """logits (S, V) of `seqs`' next tokens -> adjusted float32 logits (a copy when any row changes)."""
-    rows = [i for i, s in enumerate(seqs) if s.params.adjusts_logits]
+    rows = [i for i, s in enumerate(seqs) if s.params.penalizes]
     if not rows:
         return logits
     logits = logits.float().clone()

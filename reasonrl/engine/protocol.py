@@ -4,9 +4,12 @@ Nothing is coerced (a boolean is true or false, never "yes" or 1), numbers must 
 lists and strings have bounds that keep per-token work small. An explicit null means the field's
 default, as the OpenAI spec allows. Unknown top-level fields are collected in `model_extra`: the
 server ignores them with a logged warning, as vLLM does (newer OpenAI fields such as `store` or
-`metadata`, other servers' extensions), or refuses them under `--strict-api`. Fields that would
-constrain the output (structured outputs, tools) are refused until they are implemented, never
-ignored: an unconstrained answer to a constrained request would be silently wrong. Extensions:
+`metadata`, other servers' extensions), or refuses them under `--strict-api`. Output constraints
+(engine/grammar.py): OpenAI's `response_format` (json_object, json_schema), vLLM's `guided_json`,
+`guided_regex`, `guided_choice`, `guided_grammar` and `structured_outputs`, and on chat OpenAI's
+`tools` with `tool_choice` "required" or a named function (engine/tool_calls.py). The legacy
+`functions`/`function_call` would constrain the output too and are refused, never ignored: an
+unconstrained answer to a constrained request would be silently wrong. Extensions:
 top_k, min_p, min_tokens, repetition_penalty, skip_special_tokens,
 ignore_eos, stop_token_ids, include_stop_str_in_output, request_id, return_token_ids, and
 `resume` (token ids and log-probs already generated, for APRIL partial rollouts), `prompt_logprobs`
@@ -20,13 +23,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from reasonrl.engine.sampling_params import INT64_MAX, SamplingParams
+from reasonrl.engine.output_constraints import GUIDED, NamedToolChoice, Tool, structured_output
+from reasonrl.engine.sampling_params import INT64_MAX, ParamError, SamplingParams
+from reasonrl.engine.structured import StructuredOutput
+from reasonrl.engine.tool_calls import call_constraint
 
 MAX_N = 128
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)  # unknown fields kept aside, see above
-CONSTRAINTS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend",
-               "structured_outputs", "functions", "function_call")
+CONSTRAINTS = ("functions", "function_call")
 """Unknown fields that would constrain the output: refused, never ignored."""
 TokenId = Annotated[int, Field(ge=0, le=INT64_MAX)]
 StopString = Annotated[str, Field(min_length=1, max_length=1024)]
@@ -74,6 +79,17 @@ class _Common(BaseModel):
     min_tokens: int = Field(0, ge=0)
     logit_bias: dict[str, float] = Field(default_factory=dict, max_length=1024)
     skip_special_tokens: bool = True
+    response_format: dict[str, Any] | None = None
+    """OpenAI's: {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {"schema": ...}}."""
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+    """vLLM's: a Lark or GBNF grammar."""
+    guided_decoding_backend: str | None = None
+    """vLLM's; accepted and unused (this server has one backend, llguidance)."""
+    structured_outputs: dict[str, Any] | None = None
+    """vLLM's newer form: one of json, regex, choice, grammar, or json_object: true."""
 
     @model_validator(mode="before")
     @classmethod
@@ -93,7 +109,23 @@ class _Common(BaseModel):
         bad = [k for k in self.logit_bias if not k.isdigit()]
         if bad:
             raise ValueError(f"logit_bias keys must be token ids, got {bad[0]!r}")
+        given = self.constraint_fields()
+        if len(given) > 1:
+            raise ValueError(f"{given[1]}: give one output constraint, not {' and '.join(given)}")
         return self
+
+    def constraint_fields(self) -> list[str]:
+        return [n for n in GUIDED if getattr(self, n) is not None and getattr(self, n) != {"type": "text"}]
+
+    def structured(self) -> StructuredOutput | None:
+        """The output constraint the request asks for; a ParamError naming the request's field."""
+        given = self.constraint_fields()
+        if not given:
+            return None
+        try:
+            return structured_output(given[0], getattr(self, given[0]))
+        except ParamError as exc:
+            raise ParamError(given[0], f"{given[0]}: {exc}") from None
 
     def sampling_params(self, max_tokens: int, logprobs: int, prompt_logprobs: int | None = None) -> SamplingParams:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -105,7 +137,7 @@ class _Common(BaseModel):
                               skip_special_tokens=self.skip_special_tokens,
                               stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos,
                               include_stop_str_in_output=self.include_stop_str_in_output, logprobs=logprobs,
-                              prompt_logprobs=prompt_logprobs)
+                              prompt_logprobs=prompt_logprobs, structured=self.structured())
 
 
 class CompletionRequest(_Common):
@@ -162,10 +194,11 @@ class ChatRequest(_Common):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list | None = None
-    tool_choice: Literal["none", "auto"] | None = None
-    parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    tools: list[Tool] | None = Field(None, max_length=256)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    """OpenAI's: "auto" (the default with tools) lets the model call tools, "required" or a named
+    function makes the output such calls (a grammar), "none" leaves the output as text."""
+    parallel_tool_calls: bool = True
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
     add_generation_prompt: bool = True
     """vLLM's: open an assistant turn after the messages (the chat template's generation prompt)."""
@@ -174,16 +207,37 @@ class ChatRequest(_Common):
 
     @model_validator(mode="after")
     def _unsupported(self):
-        if self.tools:
-            raise ValueError("tools are not supported")
         taken = sorted(set(self.chat_template_kwargs) & RENDER_ARGUMENTS)
         if taken:
             raise ValueError(f"chat_template_kwargs may not set {', '.join(taken)} (the server sets them)")
-        if self.response_format not in (None, {"type": "text"}):
-            raise ValueError("response_format is not supported (text only)")
         if self.continue_final_message and (self.add_generation_prompt or self.messages[-1].role != "assistant"):
             raise ValueError("continue_final_message needs add_generation_prompt=false and an assistant message last")
         return self
+
+    @model_validator(mode="after")
+    def _tools(self):
+        forced = self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
+        if forced and not self.tools:
+            raise ValueError("tool_choice: a required or named tool choice needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in self.tool_names():
+            raise ValueError(f"tool_choice: no tool is named {self.tool_choice.function.name!r}")
+        if forced and self.constraint_fields():
+            raise ValueError(f"{self.constraint_fields()[0]}: a required or named tool_choice already constrains the output")
+        return self
+
+    def tool_names(self) -> list[str]:
+        return [t.function.name for t in self.tools or []]
+
+    @property
+    def calls_tools(self) -> bool:
+        """The output is read for tool calls (tools given and tool_choice is not "none")."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def structured(self) -> StructuredOutput | None:
+        if self.tools and (self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)):
+            name = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
+            return call_constraint([t.function.model_dump() for t in self.tools], name, self.parallel_tool_calls)
+        return super().structured()
 
 
 RENDER_ARGUMENTS = {"messages", "add_generation_prompt", "tokenize", "bos_token", "eos_token"}
@@ -227,36 +281,3 @@ class DetokenizeRequest(BaseModel):
     model_config = STRICT
     model: str | None = Field(None, max_length=1024)
     tokens: list[TokenId] = Field(max_length=1 << 20)
-
-
-class ResponsesRequest(BaseModel):
-    """POST /v1/responses, text in and out: `input` is a string (one user message) or messages;
-    `instructions` becomes a system message. Unknown fields (store, metadata, ...) are ignored."""
-
-    model_config = OPEN
-    model: str | None = Field(None, max_length=1024)
-    input: str | list[ChatMessage]
-    instructions: str | None = None
-    max_output_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=100)
-    top_p: float | None = Field(None, gt=0, le=1)
-    stream: bool = False
-    tools: list | None = None
-
-    @model_validator(mode="after")
-    def _supported(self):
-        if self.stream:
-            raise ValueError("stream: streaming /v1/responses is not supported yet (use /v1/chat/completions)")
-        if self.tools:
-            raise ValueError("tools are not supported by this server yet")
-        return self
-
-    def chat(self) -> ChatRequest:
-        """The same request as a chat completion."""
-        messages = [{"role": "user", "content": self.input}] if isinstance(self.input, str) else [
-            m.model_dump(exclude_none=True) for m in self.input]
-        if self.instructions:
-            messages.insert(0, {"role": "system", "content": self.instructions})
-        fields = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_output_tokens}
-        return ChatRequest.model_validate({"model": self.model, "messages": messages,
-                                           **{k: v for k, v in fields.items() if v is not None}})

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from reasonrl.engine.structured import StructuredOutput
+
 INT64_MAX = (1 << 63) - 1
 MIN_TEMPERATURE = 1e-2
 """Smallest positive temperature: logits / T must stay finite in float32 (vLLM clamps to the same)."""
@@ -62,6 +64,8 @@ class SamplingParams:
     """Build the output text as tokens arrive (off when only token ids are needed)."""
     speculative: bool = True
     """Decode with the engine's draft head, when it has one (the output distribution is the same)."""
+    structured: StructuredOutput | None = None
+    """Constrain the output to a JSON schema, regex, choice or grammar (engine/grammar.py); None is free text."""
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -93,16 +97,24 @@ class SamplingParams:
         _check(_is_int(self.logprobs) and 0 <= self.logprobs <= 20, "logprobs", self.logprobs, "an integer in [0, 20]")
         _check(self.prompt_logprobs is None or (_is_int(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= 20),
                "prompt_logprobs", self.prompt_logprobs, "None or an integer in [0, 20]")
+        _check(self.structured is None or isinstance(self.structured, StructuredOutput), "structured", self.structured,
+               "None or a StructuredOutput")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
 
     @property
-    def adjusts_logits(self) -> bool:
+    def penalizes(self) -> bool:
         """Penalties, a bias or min_tokens change the logits before sampling (engine/penalties.py)."""
         return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0
                     or self.logit_bias or self.min_tokens)
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """The logits are changed before sampling: penalties (engine/penalties.py) or a grammar's mask
+        (engine/grammar.py). Such a request does not speculate (see engine/spec/speculator.py)."""
+        return self.penalizes or self.structured is not None
 
 
 class ParamError(ValueError):

@@ -70,6 +70,7 @@ class Sequence:
         self.stop_reason: int | str | None = None
         self.text = ""
         self.decoder = None  # IncrementalDecoder when the engine has a tokenizer
+        self.guide = None  # engine/grammar.py's matcher when params.structured constrains the output
         self.block_table: list[int] = []
         self.num_computed = 0  # tokens whose keys/values have been computed
         self.num_cached = 0  # of those, served by the prefix cache at admission

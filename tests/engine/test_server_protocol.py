@@ -49,9 +49,10 @@ def test_unknown_fields_are_ignored_with_a_warning_and_refused_when_strict(clien
         strict.stop()
 
 
-@pytest.mark.parametrize("field", ["guided_json", "guided_regex", "guided_choice", "structured_outputs"])
-def test_output_constraints_are_refused_never_silently_ignored(client, field):
-    r = client.post("/v1/completions", json={"prompt": "x", field: {"type": "object"}})
+@pytest.mark.parametrize("field", ["functions", "function_call"])
+def test_legacy_function_calling_is_refused_never_silently_ignored(client, field):
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
+                                                  field: [{"name": "f"}] if field == "functions" else "auto"})
     assert r.status_code == 400 and field in r.json()["error"]["message"]
 
 
@@ -128,4 +129,6 @@ def test_responses_api_for_text(client):
                                                      "max_tokens": 5, "temperature": 0}).json()
     assert text == chat["choices"][0]["message"]["content"]
     assert body["usage"]["output_tokens"] <= 5 and body["status"] in ("completed", "incomplete")
-    assert client.post("/v1/responses", json={"input": "x", "stream": True}).status_code == 400
+    r = client.post("/v1/responses", json={"input": "x", "stream": True, "max_output_tokens": 3})
+    assert r.status_code == 200 and r.text.startswith("event: response.created\ndata: ")
+    assert "[DONE]" not in r.text and "event: response." in r.text.rstrip().split("\n\n")[-1]

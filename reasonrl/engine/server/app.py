@@ -3,7 +3,7 @@
 Endpoints: GET /health (200 when the engine can serve, else 503 saying why; never needs a key),
 GET /v1/models (and /v1/models/{id}), GET /v1/stats, GET /metrics (Prometheus), GET /version,
 GET /tokenizer_info, POST /tokenize and /detokenize (vLLM's), POST /v1/completions and POST
-/v1/chat/completions (both with SSE streaming), POST /v1/responses (text, not streamed), POST /v1/abort ({"request_id": ...}, or
+/v1/chat/completions (both with SSE streaming), POST /v1/responses (text and function tools, with SSE streaming), POST /v1/abort ({"request_id": ...}, or
 {"all": true}: administrative), which returns the partial outputs (the aborted requests' own
 responses end with finish_reason "abort"), and POST /v1/load_weights ({"path": checkpoint dir},
 administrative) for trainers that push new weights: all or nothing, a rejected checkpoint leaves
@@ -55,7 +55,7 @@ def create_app(engine: LLMEngine, config: ServeConfig | None = None) -> FastAPI:
     metrics.collect_from(core)
     offload, auth = Offload(cfg.prepare_workers), Auth(cfg)
     images = ChatImages(engine.model, cfg, engine.max_model_len) if engine.images is not None else None
-    preparer = Preparer(engine.tokenizer, engine.max_model_len, cfg, images)
+    preparer = Preparer(engine.tokenizer, engine.max_model_len, cfg, images, engine.grammars)
     generate = Generator(core, offload, cfg, engine.tokenizer)
 
     @asynccontextmanager

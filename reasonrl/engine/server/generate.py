@@ -92,7 +92,8 @@ class Generator:
                 try:
                     out = await self._next(stream)
                 except APIError as exc:
-                    yield _event(error_event(str(exc), exc.status))
+                    rs = view.response_stream
+                    yield _event(rs.error(str(exc), exc.status) if rs else error_event(str(exc), exc.status))
                     break
                 if out.finished:
                     finished.add(out.request_id)
@@ -101,7 +102,8 @@ class Generator:
             else:
                 if view.body.stream_options and view.body.stream_options.include_usage:
                     yield _event(view.usage_chunk())
-            yield "data: [DONE]\n\n"
+            if view.response_stream is None:  # the Responses API's stream ends with its last event
+                yield "data: [DONE]\n\n"
         finally:  # client gone (task cancelled) or done: nothing may keep running for nobody
             watch.stop()
             self._abort([rid for rid in view.rids if rid not in finished])
@@ -112,7 +114,10 @@ class Generator:
 
 
 def _event(data: dict) -> str:
-    return f"data: {json.dumps(data)}\n\n"
+    """One SSE event; the Responses API's typed events also name their type on an `event:` line."""
+    kind = data.get("type")
+    head = f"event: {kind}\n" if isinstance(kind, str) and kind.startswith(("response.", "error")) else ""
+    return f"{head}data: {json.dumps(data)}\n\n"
 
 
 def _request_ids(job: Job, request: Request) -> list[str]:

@@ -5,13 +5,16 @@ parameter."""
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ValidationError
 
-from reasonrl.engine.protocol import ChatRequest, CompletionRequest, DetokenizeRequest, ResponsesRequest, TokenizeRequest
+from reasonrl.engine.grammar import Grammars
+from reasonrl.engine.protocol import ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from reasonrl.engine.responses_protocol import ResponsesRequest
 from reasonrl.engine.sampling_params import ParamError, SamplingParams
 from reasonrl.engine.server.config import ServeConfig
 from reasonrl.engine.server.errors import APIError
@@ -45,9 +48,12 @@ def _ids(prompt: list[int] | MultimodalPrompt) -> list[int]:
 
 
 class Preparer:
-    def __init__(self, tokenizer: Tokenizer | None, max_model_len: int, cfg: ServeConfig, images: ChatImages | None = None):
-        """`images`: reads image parts (a vision-language model); None refuses them as unsupported content."""
+    def __init__(self, tokenizer: Tokenizer | None, max_model_len: int, cfg: ServeConfig, images: ChatImages | None = None,
+                 grammars: Grammars | None = None):
+        """`images`: reads image parts (a vision-language model); None refuses them as unsupported content.
+        `grammars`: the engine's, to compile a request's output constraint here (a 400 naming the field)."""
         self.tokenizer, self.max_len, self.cfg, self.images = tokenizer, max_model_len, cfg, images
+        self.grammars = grammars
         self.rng = random.Random(cfg.seed)  # None: OS entropy
         self.warned: set[str] = set()  # unknown field names already logged
         # no text longer than this can fit the context, whatever it says: refuse it untokenised
@@ -66,7 +72,11 @@ class Preparer:
 
     def responses(self, raw: bytes) -> Job:
         body = self._validate(raw, ResponsesRequest)
-        return replace(self._chat(body.chat()), api="responses")
+        try:
+            chat = body.chat_body()
+        except ValueError as exc:  # a malformed input item, named
+            raise APIError(str(exc), param="input") from None
+        return replace(self._chat(validate_body(chat, ChatRequest)), api="responses")
 
     def tokenize(self, raw: bytes) -> dict:
         body = self._validate(raw, TokenizeRequest)
@@ -120,12 +130,22 @@ class Preparer:
             raise APIError(f"{num_prompts} prompts x n={body.n} is more than the {limit} sequences one request may "
                            "ask for on this server", param="n")
 
+    def _compile(self, body, spec) -> None:
+        """Compile the constraint now (cached for the engine), so a bad one is a 400 naming its field."""
+        field = (body.constraint_fields() or ["tools"])[0]
+        try:
+            self.grammars.compile(spec)
+        except (ParamError, ImportError) as exc:  # ImportError: the structured extra is not installed
+            raise ParamError(field, f"{field}: {exc}") from None
+
     def _render(self, body: ChatRequest, messages: list[dict] | None = None) -> str:
         try:
             if messages is None:
-                messages = [{**m.model_dump(exclude_none=True), "content": m.text()} for m in body.messages]
+                messages = [_template_message({**m.model_dump(exclude_none=True), "content": m.text()})
+                            for m in body.messages]
+            tools = {"tools": [t.model_dump(exclude_none=True) for t in body.tools]} if body.tools else {}
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt,
-                                                      tokenize=False, **body.chat_template_kwargs)
+                                                      tokenize=False, **tools, **body.chat_template_kwargs)
         except Exception as exc:  # the template is fixed: whatever fails to render, the request made fail
             raise APIError(f"cannot render the chat template for these messages: {type(exc).__name__}: {exc}",
                            param="messages") from None
@@ -151,11 +171,32 @@ class Preparer:
                                f"length {self.max_len}", param="max_tokens")
         try:
             params = body.sampling_params(max_tokens, logprobs, prompt_logprobs)
+            if params.structured is not None and self.grammars is not None:
+                self._compile(body, params.structured)
         except ParamError as exc:
             raise APIError(str(exc).removeprefix("SamplingParams."), param=exc.param) from None
         if params.seed is not None:
             return [params] * len(prompts)
         return [replace(params, seed=self.rng.randrange(1 << 62)) for _ in prompts]
+
+
+def _template_message(message: dict) -> dict:
+    """An assistant message's tool calls with their arguments as objects, as chat templates
+    (Qwen2.5's among them) write them; OpenAI sends them as JSON text."""
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        return message
+    out = []
+    for call in calls:
+        fn = call.get("function") if isinstance(call, dict) else None
+        if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+            try:
+                fn = {**fn, "arguments": json.loads(fn["arguments"])}
+            except ValueError:
+                pass
+            call = {**call, "function": fn}
+        out.append(call)
+    return {**message, "tool_calls": out}
 
 
 def _continue_final(text: str, message: dict) -> str:

@@ -14,7 +14,9 @@ import time
 from typing import Any
 
 from reasonrl.engine.sequence import CompletionOutput, RequestOutput
+from reasonrl.engine.tool_calls import ToolStream, parse
 from reasonrl.engine.server.prepare import Job
+from reasonrl.engine.server.responses import ResponseStream, response_object
 from reasonrl.models.tokenizer import Tokenizer
 
 NO_LOGPROB = -9999.0
@@ -31,6 +33,8 @@ class View:
         self.body, self.rids, self.prompt_tokens, self.chat = job.body, rids, job.prompt_tokens, job.chat
         self.want_logprobs, self.model, self.tokenizer = job.logprobs, model_name, tokenizer
         self.api = job.api
+        self.tools = job.chat and job.body.calls_tools  # read the output for tool calls (engine/tool_calls.py)
+        self.tool_streams: dict[tuple[str, int], ToolStream] = {}
         self.created = int(time.time())
         self.sent: dict[tuple[str, int], tuple[int, int]] = {}  # (rid, index) -> (tokens, chars) streamed
         self.closed: set[tuple[str, int]] = set()  # choices whose final chunk went out
@@ -38,6 +42,8 @@ class View:
         self.completion_tokens = 0
         self.echo = not job.chat and job.body.echo
         self.prompt_texts = dict(zip(rids, map(self._text, job.body.prompts()))) if self.echo else {}
+        self.response_stream = ResponseStream(model_name, self.created, job.body, self.prompt_tokens, self.holdback,
+                                              self.tools) if self.api == "responses" and job.body.stream else None
 
     def _text(self, prompt: str | list[int]) -> str:
         if isinstance(prompt, str):
@@ -49,7 +55,10 @@ class View:
 
     def response(self, outputs: dict[str, RequestOutput]) -> dict[str, Any]:
         if self.api == "responses":
-            return self._responses(outputs[self.rids[0]])
+            out = outputs[self.rids[0]]
+            content, calls = parse(out.outputs[0].text) if self.tools else (None, [])
+            return response_object(out, self.model, self.created, self.body, self.prompt_tokens,
+                                   text=(content or "") if self.tools else None, calls=calls)
         choices = []
         for rid in self.rids:
             out = outputs[rid]
@@ -62,21 +71,10 @@ class View:
                 "created": self.created, "model": self.model, "choices": choices,
                 "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}
 
-    def _responses(self, out: RequestOutput) -> dict[str, Any]:
-        """The Responses API's object for one text answer."""
-        o = out.outputs[0]
-        status = "incomplete" if o.finish_reason == "length" else "completed"
-        message = {"type": "message", "id": f"msg_{out.request_id}", "status": status, "role": "assistant",
-                   "content": [{"type": "output_text", "text": o.text, "annotations": []}]}
-        return {"id": f"resp_{out.request_id}", "object": "response", "created_at": self.created, "model": self.model,
-                "status": status, "error": None,
-                "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-                "output": [message], "parallel_tool_calls": False, "tool_choice": "auto", "tools": [],
-                "temperature": self.body.temperature, "top_p": self.body.top_p,
-                "usage": {"input_tokens": self.prompt_tokens, "output_tokens": len(o.token_ids),
-                          "total_tokens": self.prompt_tokens + len(o.token_ids)}}
-
     def chunks(self, out: RequestOutput):
+        if self.response_stream is not None:
+            yield from self.response_stream.events(out)
+            return
         for o in out.outputs:
             key = (out.request_id, o.index)
             tokens_sent, chars_sent = self.sent.get(key, (0, 0))
@@ -93,7 +91,7 @@ class View:
             first = chars_sent == 0 and tokens_sent == 0
             echoed = 0 if first else len(self.prompt_texts.get(out.request_id, ""))  # an echoed prompt went first
             choice = self._choice(out, o, o.text[chars_sent:end], delta_tokens, o.logprobs[tokens_sent:],
-                                  tops, o.finish_reason, first=first, offset=chars_sent + echoed)
+                                  tops, o.finish_reason, first=first, offset=chars_sent + echoed, visible=o.text[:end])
             yield {"id": self.rids[0], "object": "chat.completion.chunk" if self.chat else "text_completion",
                    "created": self.created, "model": self.model, "choices": [choice]}
 
@@ -105,11 +103,15 @@ class View:
                           "total_tokens": prompt + self.completion_tokens}}
 
     def _choice(self, out: RequestOutput, o: CompletionOutput, text, token_ids, logprobs, tops, finish_reason,
-                first=False, offset=0):
+                first=False, offset=0, visible: str | None = None):
         choice: dict[str, Any] = {"index": self._choice_index(out.request_id, o.index), "finish_reason": finish_reason}
         if self.chat:
             key = "delta" if self.body.stream else "message"
-            choice[key] = {"role": "assistant", "content": text} if (first or not self.body.stream) else {"content": text}
+            message = {"role": "assistant", "content": text} if (first or not self.body.stream) else {"content": text}
+            if self.tools:
+                calls = self._tool_calls(message, (out.request_id, o.index), visible, finish_reason)
+                choice["finish_reason"] = "tool_calls" if calls and finish_reason == "stop" else finish_reason
+            choice[key] = message
             choice["logprobs"] = self._chat_logprobs(token_ids, logprobs, tops) if self.want_logprobs else None
         else:
             if first and self.echo:  # the prompt goes first: its text, tokens and log-probs
@@ -127,6 +129,22 @@ class View:
             choice["stop_reason"] = o.stop_reason
             choice["seed"] = o.seed
         return choice
+
+    def _tool_calls(self, message: dict, key: tuple[str, int], visible: str | None, finish_reason) -> list:
+        """Fill `message` (a response's message, or a stream's delta) with the content and tool calls
+        the output holds; returns every call the choice made so far."""
+        if not self.body.stream:
+            message["content"], calls = parse(message["content"])
+            if calls:
+                message["tool_calls"] = calls
+            return calls
+        stream = self.tool_streams.setdefault(key, ToolStream())
+        content, new = stream.push(visible, final=bool(finish_reason))
+        message["content"] = content if content or not new else None
+        if new:
+            first = len(stream.calls) - len(new)
+            message["tool_calls"] = [{"index": first + i, **call} for i, call in enumerate(new)]
+        return stream.calls
 
     def _token(self, tid: int) -> str:
         return self.tokenizer.decode([tid], skip_special_tokens=False) if self.tokenizer else str(tid)

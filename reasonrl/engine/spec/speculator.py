@@ -146,7 +146,8 @@ class Speculator:
         self.rounds = self.emitted = self.drafted = 0
 
     def wants(self, seq: Sequence) -> bool:
-        # adjusted logits (engine/penalties.py) would differ at each position of a draft tree
+        # adjusted logits would differ at each position of a draft tree: penalties count the tokens
+        # before it (engine/penalties.py), a grammar's mask depends on the path to it (engine/grammar.py)
         return seq.params.speculative and not seq.params.adjusts_logits
 
     # ---- features -------------------------------------------------------------------------------

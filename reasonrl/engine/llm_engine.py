@@ -30,6 +30,7 @@ from reasonrl.engine.eviction import EvictionConfig, Evictor
 from reasonrl.engine.images import Images
 from reasonrl.engine.isolation import run_isolated
 from reasonrl.engine.kv import get_format
+from reasonrl.engine.latent import LatentConfig, LatentReasoning, Latents
 from reasonrl.engine.model_runner import ModelRunner, Sampled, StepResult
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.scheduler import Scheduler
@@ -65,8 +66,9 @@ def _copy(values: list | None) -> list | None:
 
 class LLMEngine:
     def __init__(self, model: DecoderLM, tokenizer: Tokenizer | None = None, config: EngineConfig | None = None,
-                 draft: DraftHead | None = None):
-        """`draft` (or `config.draft`, a checkpoint path) turns on speculative decoding."""
+                 draft: DraftHead | None = None, latent: LatentConfig | None = None):
+        """`draft` (or `config.draft`, a checkpoint path) turns on speculative decoding; `latent`,
+        LVR's latent mode (engine/latent.py)."""
         self.model, self.tokenizer = model, tokenizer
         self.config = cfg = config or EngineConfig()
         mcfg = model.config
@@ -82,8 +84,11 @@ class LLMEngine:
         self.evictor = self._evictor()
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.images = Images(model) if getattr(model, "vlm_config", None) is not None else None
-        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids)
+        self.latents = LatentReasoning(latent, model) if latent is not None else None
+        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids, self.latents)
         self.speculator = self._speculator(draft)
+        if self.latents is not None and (self.speculator is not None or self.evictor is not None):
+            raise ValueError("latent mode cannot be combined with speculative decoding (draft) or token eviction (evict_budget)")
         self.requests: dict[str, Request] = {}
         self._done_at_add: list[RequestOutput] = []
         self._next_seq_id = 0
@@ -143,14 +148,17 @@ class LLMEngine:
     # ---- requests -------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: list[int] | MultimodalPrompt, params: SamplingParams | None = None,
                     output_ids: list[int] | None = None, output_logprobs: list[float] | None = None,
-                    stream: bool = False) -> None:
-        """`prompt`: token ids, or a `MultimodalPrompt` (a vision-language model's prompt with images)."""
+                    stream: bool = False, output_latents: Latents | None = None) -> None:
+        """`prompt`: token ids, or a `MultimodalPrompt` (a vision-language model's prompt with images).
+        `output_latents`: a resumed output's latents (its `CompletionOutput.latents`), in latent mode."""
         params = params or SamplingParams()
         mm = prompt if isinstance(prompt, MultimodalPrompt) and prompt.num_images else None
         prompt_ids = prompt.input_ids if isinstance(prompt, MultimodalPrompt) else prompt
         self._validate(request_id, prompt_ids, params, output_ids, output_logprobs)
         if mm is not None:
             self._check_images(request_id, mm)
+        if output_latents is not None and self.latents is None:
+            raise ValueError(f"request {request_id!r}: output_latents given, but this engine runs no latent mode")
         base_seed = params.seed if params.seed is not None else self._rng.randrange(1 << 62)
         seqs = []
         for i in range(params.n):
@@ -161,6 +169,8 @@ class LLMEngine:
                 seq.text = seq.decoder.push(seq.output_ids) if seq.output_ids else ""
             if self.evictor is not None:
                 self.evictor.prepare(seq)
+            if self.latents is not None:
+                self.latents.admit(seq, output_latents)
             seqs.append(seq)
         request = Request(request_id, list(prompt_ids), seqs, stream)
         if seqs[0].num_resumed >= params.max_tokens or seqs[0].num_tokens >= self.max_model_len:
@@ -268,6 +278,8 @@ class LLMEngine:
                 s = result.sampled.get(seq.seq_id)
                 if s is None:
                     continue
+                if self.latents is not None:
+                    s = self.latents.intercept(seq, s, result.hidden[result.batch.sample_rows[result.batch.sample_seqs.index(seq)]])
                 self._append(seq, s)
             touched[seq.request_id] = self.requests[seq.request_id]
             if seq.finished:

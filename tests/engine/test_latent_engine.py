@@ -219,3 +219,29 @@ def test_bad_latent_input_is_refused_with_the_reason(model, tok, cases, ids):
         LatentConfig(1, 1, 2)
     with pytest.raises(ValueError, match="no token"):
         LatentConfig.from_tokenizer(tok)
+
+
+def test_the_trainer_replays_the_latents_and_matches_the_engine_logprobs(model, tok, cases):
+    """Log-probs of the sampled tokens by a training forward with the recorded latents replayed
+    equal the engine's; without the replay they do not."""
+    from reasonrl.vision.lvr.replay import replay_logprobs
+
+    cfg, reqs = mixed_requests(model, tok, cases)
+    seeded = SamplingParams(temperature=1.0, seed=3, max_tokens=MAX, ignore_eos=True)
+    rids = ["latent", "text_latent", "ordinary"]
+    outs = run(engine_for(model, cfg), {rid: (reqs[rid][0], seeded, {}) for rid in rids})
+    prompts = [reqs[rid][0] for rid in rids]
+    prompts = [p if isinstance(p, MultimodalPrompt) else MultimodalPrompt.from_ids(p, None, None, model.vlm_config)
+               for p in prompts]
+    with torch.no_grad():
+        logp, mask = replay_logprobs(model, prompts, [outs[r].token_ids for r in rids], [outs[r].latents for r in rids], cfg)
+        plain, _ = replay_logprobs(model, prompts, [outs[r].token_ids for r in rids], [None] * 3, cfg)
+    for i, rid in enumerate(rids):
+        out = outs[rid]
+        used = mask[i, :len(out.token_ids)]
+        closed = sum(1 for j, tok_id in enumerate(out.token_ids) if tok_id == cfg.end_id and j - 1 in out.latents.positions)
+        assert (~used).sum() == len(out.latents.positions) + closed  # placeholders and the ends closing their spans
+        assert (closed > 0) == (rid != "ordinary" or bool(out.latents.positions))
+        torch.testing.assert_close(logp[i, :len(out.token_ids)][used], torch.tensor(out.logprobs)[used], atol=1e-4, rtol=1e-4)
+    after_span = [j for j in range(6, MAX)]  # the first span (4 latents and its end) is over from output 5 on
+    assert not torch.allclose(plain[0, after_span], logp[0, after_span], atol=1e-3)  # replay matters

@@ -160,9 +160,10 @@ class LatentReasoning:
             embeds_t = torch.cat([model_inputs["image_embeds"].to(embeds_t.dtype), embeds_t])
         return {**model_inputs, "image_embeds": embeds_t, "image_rows": rows_t}
 
-    def intercept(self, seq: Sequence, sampled, hidden: torch.Tensor):
-        """What `seq` appends instead of the token `sampled` (a `Sampled`), given the final hidden
-        state (hidden,) of its last position: a latent placeholder, a forced end, or `sampled`."""
+    def intercept(self, seq: Sequence, sampled, result):
+        """What `seq` appends instead of the token `sampled` (a `Sampled`) of the step `result` (a
+        `StepResult`): a latent placeholder (its vector, the final hidden state of the sequence's
+        last row, recorded), a forced end, or `sampled` itself."""
         cfg, track = self.config, seq.latent
         if track.open is None:
             if sampled.token == cfg.start_id:
@@ -173,9 +174,9 @@ class LatentReasoning:
             forced = track.open >= cfg.steps
             track.open = None
             return type(sampled)(cfg.end_id, 0.0, top) if forced else sampled
-        position = len(seq.output_ids)
+        position, batch = len(seq.output_ids), result.batch
         track.positions.append(position)
-        track.vectors.append(hidden.detach().clone())
+        track.vectors.append(result.hidden[batch.sample_rows[batch.sample_seqs.index(seq)]].detach().clone())
         track.open += 1
         self._key(seq, position, track.vectors[-1])
         return type(sampled)(cfg.latent_id, 0.0, top)

@@ -117,7 +117,8 @@ class LLMEngine:
         return Speculator(draft, self.kv, self.block_manager, spec, self.max_model_len)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device=None, dtype=None, **engine_kwargs) -> LLMEngine:
+    def from_pretrained(cls, path: str | Path, device=None, dtype=None, latent: LatentConfig | None = None,
+                        **engine_kwargs) -> LLMEngine:
         from reasonrl.models.loader import load_model
 
         config = EngineConfig.from_kwargs(**engine_kwargs)
@@ -127,7 +128,7 @@ class LLMEngine:
             config.kv_options = {**config.kv_options, "profile": resolve_profile(path, config.kv_options["profile"])}
         model = load_model(path, device, dtype, max_len=config.max_model_len)
         tokenizer = Tokenizer.from_dir(path) if (Path(path) / "tokenizer.json").is_file() else None
-        return cls(model, tokenizer, config)
+        return cls(model, tokenizer, config, latent=latent)
 
     def _num_blocks(self, bytes_per_block: int, fixed_bytes: int = 0) -> int:
         """Blocks that fit the KV budget once the format's fixed buffers are taken out of it."""
@@ -279,7 +280,7 @@ class LLMEngine:
                 if s is None:
                     continue
                 if self.latents is not None:
-                    s = self.latents.intercept(seq, s, result.hidden[result.batch.sample_rows[result.batch.sample_seqs.index(seq)]])
+                    s = self.latents.intercept(seq, s, result)
                 self._append(seq, s)
             touched[seq.request_id] = self.requests[seq.request_id]
             if seq.finished:

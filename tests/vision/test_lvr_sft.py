@@ -90,3 +90,32 @@ def test_a_few_steps_lower_both_terms(setup):
         opt.step()
     last = lvr_sft_loss(model, seqs, prompts)[1]
     assert last["ce"] < first["ce"] and last["latent_mse"] < first["latent_mse"]
+
+
+def test_shapes_world_examples_target_the_tokens_of_the_question_region(setup):
+    import numpy as np
+
+    from reasonrl.vision.lvr.data import lvr_example
+    from reasonrl.vision.world import SceneConfig, ask, render, sample_scene
+
+    tok, model, latent, _, _ = setup
+    rng, done = np.random.default_rng(0), 0
+    while done < 5:
+        scene = sample_scene(rng, SceneConfig(width=112, height=112))
+        item = ask("detail", scene, rng)
+        if item is None:
+            continue
+        image = render(scene).image
+        seq, prompt = lvr_example(tok, model, image, item, latent)
+        _, gh, gw = prompt.image_grid_thw[0].tolist()
+        assert (gh, gw) == (8, 8)  # 112 px: no resizing, 4 x 4 cells of 28 px
+        x0, y0, x1, y1 = item.roi
+        touched = [r * 4 + c for r in range(4) for c in range(4)
+                   if c * 28 < x1 and (c + 1) * 28 > x0 and r * 28 < y1 and (r + 1) * 28 > y0]
+        assert seq.targets == touched
+        first = len(prompt.input_ids)
+        assert seq.input_ids[first] == latent.start_id and seq.input_ids[first + 1 + len(touched)] == latent.end_id
+        assert tok.decode(seq.input_ids[first + 2 + len(touched):]).startswith(f"\\boxed{{{item.answer}}}")
+        done += 1
+    with pytest.raises(ValueError, match="no region"):
+        lvr_example(tok, model, image, type(item)("How many?", "3", "count", "number", True), latent)

@@ -245,3 +245,18 @@ def test_the_trainer_replays_the_latents_and_matches_the_engine_logprobs(model, 
         torch.testing.assert_close(logp[i, :len(out.token_ids)][used], torch.tensor(out.logprobs)[used], atol=1e-4, rtol=1e-4)
     after_span = [j for j in range(6, MAX)]  # the first span (4 latents and its end) is over from output 5 on
     assert not torch.allclose(plain[0, after_span], logp[0, after_span], atol=1e-3)  # replay matters
+
+
+def test_n_samples_each_equal_the_single_request_with_their_seed(model, cases):
+    prompt, cfg = cases["forced"]
+    params = SamplingParams(n=3, temperature=1.0, seed=11, max_tokens=MAX, ignore_eos=True)
+    engine = engine_for(model, cfg)
+    engine.add_request("r", prompt, params)
+    samples = engine.drain()["r"].outputs
+    for i, sample in enumerate(samples):
+        alone = run(engine_for(model, cfg), {"a": (prompt, SamplingParams(temperature=1.0, seed=11 + i, max_tokens=MAX,
+                                                                          ignore_eos=True), {})})["a"]
+        assert sample.token_ids == alone.token_ids and sample.latents.positions == alone.latents.positions
+        torch.testing.assert_close(sample.latents.vectors, alone.latents.vectors, atol=1e-4, rtol=1e-4)
+    assert len({tuple(s.token_ids) for s in samples}) > 1
+    torch.testing.assert_close(samples[0].latents.vectors[:4], samples[1].latents.vectors[:4], atol=1e-4, rtol=1e-4)  # same context

@@ -33,3 +33,17 @@ def test_empty_rules_and_hostile_boxes():
         assert reward([], empty) == 1.0 and reward([(1, 1, 3, 3)], empty) == 0.0 and reward([], TRUTH) == 0.0
         assert reward([(50, 50, 90, 90), (5, 5, 5, 9), (float('nan'), 0, 3, 3)], TRUTH) == 0.0  # outside the image, empty: no boxes left
     assert completeness([(-100, -100, 1e9, 1e9)], TRUTH) == 1.0  # clipped to the image
+
+
+def test_judge_and_dense_rewards_by_hand():
+    from reasonrl.reward.imagedoctor.rewards import dense_reward, judge_reward
+
+    assert judge_reward({"alignment": 0.5, "aesthetics": 1.0, "plausibility": 0.0, "overall": 0.9}) == pytest.approx(0.5)
+    assert judge_reward({"alignment": None, "aesthetics": 1.0}) == pytest.approx(0.1)
+    maps = np.zeros((2, 4, 4))
+    maps[0, :2, :2] = 1.0  # misalignment in the top-left quarter
+    maps[1, :2, :2] = 0.5  # artifact there too: mean 0.75
+    dense = dense_reward(0.8, maps, (2, 2))
+    np.testing.assert_allclose(dense, [[0.8 * 0.25, 0.8], [0.8, 0.8]])
+    with pytest.raises(ValueError, match="pool evenly"):
+        dense_reward(0.8, maps, (3, 3))

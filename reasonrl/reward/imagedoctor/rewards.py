@@ -9,6 +9,9 @@
   uniqueness = 1 - mean IoU over pairs of boxes (1 for a single box).
   Each is 1 when the map is empty and no box is given, 0 when exactly one of the two is empty.
 
+For generation (DenseFlow-GRPO in ImageDoctor's code): `judge_reward`, the scalar, and
+`dense_reward`, the scalar times one minus the pooled mean heatmap, per pixel of the generator.
+
 Boxes are clipped to the image; a box left empty by clipping is dropped. None of these raise on
 model output: boxes come from `parse_judgement`, maps from the model.
 """
@@ -78,3 +81,21 @@ def _iou(a, b) -> float:
     inter = w * h
     area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / area
+
+
+def judge_reward(scores: dict[str, float | None]) -> float:
+    """DenseFlow-GRPO's scalar reward from a judgement: 0.8 alignment + 0.1 aesthetics + 0.1
+    plausibility (overall unused, as in ImageDoctor's scorer); a missing score counts 0."""
+    weights = {"alignment": 0.8, "aesthetics": 0.1, "plausibility": 0.1}
+    return sum(w * (scores.get(k) or 0.0) for k, w in weights.items())
+
+
+def dense_reward(scalar: float, maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """DenseFlow-GRPO's per-pixel reward R(h, w) = R x (1 - heatmap(h, w)): the mean of the two
+    maps (2, H, W), average-pooled to `size` (e.g. the generator's latent grid; H, W multiples of it)."""
+    heat = np.asarray(maps, dtype=np.float64).mean(0)
+    (h, w), (gh, gw) = heat.shape, size
+    if h % gh or w % gw:
+        raise ValueError(f"heatmap {h}x{w} does not pool evenly to {gh}x{gw}")
+    pooled = heat.reshape(gh, h // gh, gw, w // gw).mean(axis=(1, 3))
+    return scalar * (1.0 - np.clip(pooled, 0.0, 1.0))

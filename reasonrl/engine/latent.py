@@ -92,9 +92,10 @@ class LatentTrack:
     positions: list[int] = field(default_factory=list)  # output indices, ascending
     vectors: list[torch.Tensor] = field(default_factory=list)  # (hidden,) each, model device and dtype
     open: int | None = None
+    hidden_size: int = 0
 
     def output(self) -> Latents:
-        vectors = torch.stack(self.vectors).float().cpu() if self.vectors else torch.zeros(0, 0)
+        vectors = torch.stack(self.vectors).float().cpu() if self.vectors else torch.zeros(0, self.hidden_size)
         return Latents(list(self.positions), vectors)
 
 
@@ -111,7 +112,8 @@ class LatentReasoning:
         """Give `seq` its track: the latents of a resumed output (checked against its tokens), and
         whether it is in latent mode now. ValueError naming the mismatch."""
         cfg, where = self.config, f"request {seq.request_id!r}"
-        track = LatentTrack(open=0 if seq.prompt_ids and seq.prompt_ids[-1] == cfg.start_id else None)
+        track = LatentTrack(open=0 if seq.prompt_ids and seq.prompt_ids[-1] == cfg.start_id else None,
+                            hidden_size=self.hidden_size)
         for i, token in enumerate(seq.output_ids):
             track.open = self._scan(track, i, token, where)
         given = latents or Latents([], torch.zeros(0, self.hidden_size))

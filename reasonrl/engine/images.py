@@ -64,7 +64,7 @@ class Images:
     def admit(self, request_id: str, mm: MultimodalPrompt, seqs: list[Sequence]) -> None:
         keys = content_keys(mm, self.model.vlm_config.vision.spatial_merge_size)
         for seq in seqs:
-            seq.mm, seq.content_keys = mm, keys
+            seq.mm, seq.content_keys = mm, keys + seq.content_keys  # after a resumed output's latents' keys
         self.entries[request_id] = _Entry(mm)
 
     def release(self, request_id: str) -> None:

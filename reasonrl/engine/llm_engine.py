@@ -31,6 +31,7 @@ from reasonrl.engine.grammar import Grammars
 from reasonrl.engine.images import Images
 from reasonrl.engine.isolation import run_isolated
 from reasonrl.engine.kv import get_format
+from reasonrl.engine.latent import LatentConfig, LatentReasoning, Latents
 from reasonrl.engine.model_runner import ModelRunner, Sampled, StepResult
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.scheduler import Scheduler
@@ -66,8 +67,9 @@ def _copy(values: list | None) -> list | None:
 
 class LLMEngine:
     def __init__(self, model: DecoderLM, tokenizer: Tokenizer | None = None, config: EngineConfig | None = None,
-                 draft: DraftHead | None = None):
-        """`draft` (or `config.draft`, a checkpoint path) turns on speculative decoding."""
+                 draft: DraftHead | None = None, latent: LatentConfig | None = None):
+        """`draft` (or `config.draft`, a checkpoint path) turns on speculative decoding; `latent`,
+        LVR's latent mode (engine/latent.py)."""
         self.model, self.tokenizer = model, tokenizer
         self.config = cfg = config or EngineConfig()
         mcfg = model.config
@@ -84,8 +86,12 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.images = Images(model) if getattr(model, "vlm_config", None) is not None else None
         self.grammars = Grammars(tokenizer, mcfg.vocab_size, self.eos_ids)  # structured outputs (engine/grammar.py)
-        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids, self.grammars)
+        self.latents = LatentReasoning(latent, model) if latent is not None else None
+        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids, self.grammars,
+                                  self.latents)
         self.speculator = self._speculator(draft)
+        if self.latents is not None and (self.speculator is not None or self.evictor is not None):
+            raise ValueError("latent mode cannot be combined with speculative decoding (draft) or token eviction (evict_budget)")
         self.requests: dict[str, Request] = {}
         self._done_at_add: list[RequestOutput] = []
         self._next_seq_id = 0
@@ -114,7 +120,8 @@ class LLMEngine:
         return Speculator(draft, self.kv, self.block_manager, spec, self.max_model_len)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device=None, dtype=None, **engine_kwargs) -> LLMEngine:
+    def from_pretrained(cls, path: str | Path, device=None, dtype=None, latent: LatentConfig | None = None,
+                        **engine_kwargs) -> LLMEngine:
         from reasonrl.models.loader import load_model
 
         config = EngineConfig.from_kwargs(**engine_kwargs)
@@ -124,7 +131,7 @@ class LLMEngine:
             config.kv_options = {**config.kv_options, "profile": resolve_profile(path, config.kv_options["profile"])}
         model = load_model(path, device, dtype, max_len=config.max_model_len)
         tokenizer = Tokenizer.from_dir(path) if (Path(path) / "tokenizer.json").is_file() else None
-        return cls(model, tokenizer, config)
+        return cls(model, tokenizer, config, latent=latent)
 
     def _num_blocks(self, bytes_per_block: int, fixed_bytes: int = 0) -> int:
         """Blocks that fit the KV budget once the format's fixed buffers are taken out of it."""
@@ -145,8 +152,9 @@ class LLMEngine:
     # ---- requests -------------------------------------------------------------------------
     def add_request(self, request_id: str, prompt: list[int] | MultimodalPrompt, params: SamplingParams | None = None,
                     output_ids: list[int] | None = None, output_logprobs: list[float] | None = None,
-                    stream: bool = False) -> None:
-        """`prompt`: token ids, or a `MultimodalPrompt` (a vision-language model's prompt with images)."""
+                    stream: bool = False, output_latents: Latents | None = None) -> None:
+        """`prompt`: token ids, or a `MultimodalPrompt` (a vision-language model's prompt with images).
+        `output_latents`: a resumed output's latents (its `CompletionOutput.latents`), in latent mode."""
         params = params or SamplingParams()
         mm = prompt if isinstance(prompt, MultimodalPrompt) and prompt.num_images else None
         prompt_ids = prompt.input_ids if isinstance(prompt, MultimodalPrompt) else prompt
@@ -155,6 +163,8 @@ class LLMEngine:
             self._check_images(request_id, mm)
         if params.structured is not None:
             self.grammars.compile(params.structured)  # a ParamError before anything is admitted
+        if output_latents is not None and self.latents is None:
+            raise ValueError(f"request {request_id!r}: output_latents given, but this engine runs no latent mode")
         base_seed = params.seed if params.seed is not None else self._rng.randrange(1 << 62)
         seqs = []
         for i in range(params.n):
@@ -167,6 +177,8 @@ class LLMEngine:
                 seq.guide = self.grammars.guide(params.structured, seq.output_ids)
             if self.evictor is not None:
                 self.evictor.prepare(seq)
+            if self.latents is not None:
+                self.latents.admit(seq, output_latents)
             seqs.append(seq)
         request = Request(request_id, list(prompt_ids), seqs, stream)
         if seqs[0].num_resumed >= params.max_tokens or seqs[0].num_tokens >= self.max_model_len:
@@ -274,6 +286,8 @@ class LLMEngine:
                 s = result.sampled.get(seq.seq_id)
                 if s is None:
                     continue
+                if self.latents is not None:
+                    s = self.latents.intercept(seq, s, result)
                 self._append(seq, s)
             touched[seq.request_id] = self.requests[seq.request_id]
             if seq.finished:

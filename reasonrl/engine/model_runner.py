@@ -67,10 +67,12 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, model: DecoderLM, kv: KVFormat, block_size: int, evictor: Evictor | None = None,
-                 images: Images | None = None, eos_ids: set[int] | None = None, grammars: Grammars | None = None):
+                 images: Images | None = None, eos_ids: set[int] | None = None, grammars: Grammars | None = None,
+                 latents=None):
         self.model, self.kv, self.block_size = model, kv, block_size
         self.evictor = evictor  # records the queries token eviction selects with
         self.images = images  # image embeddings and M-RoPE positions of prompts with images
+        self.latents = latents  # LatentReasoning: latent positions' input embeddings (engine/latent.py)
         self.device = model.device
         self.eos_ids = eos_ids if eos_ids is not None else set(model.config.eos_token_ids)  # what min_tokens holds back
         self.grammars = grammars  # fills structured outputs' masks in parallel (engine/grammar.py)
@@ -115,6 +117,8 @@ class ModelRunner:
                           meta, sample_rows, sample_seqs)
         if self.images is not None:
             batch.positions, batch.model_inputs = self.images.step_inputs(scheduled, query_start, batch.positions)
+        if self.latents is not None:
+            batch.model_inputs = self.latents.step_inputs(scheduled, query_start, batch.model_inputs)
         return batch
 
     @torch.no_grad()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum, auto
+from typing import TYPE_CHECKING
 
 from reasonrl.engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from reasonrl.engine.latent import Latents
 
 
 class SeqStatus(Enum):
@@ -24,6 +28,7 @@ class CompletionOutput:
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     top_logprobs: list[dict[int, float]] | None = None
     seed: int = 0  # the seed this sample was drawn with: resubmit with it (n=1) to resume exactly
+    latents: Latents | None = None  # the input embeddings of its latent positions (engine/latent.py)
 
 
 @dataclass
@@ -81,6 +86,7 @@ class Sequence:
         self.mm = None  # MultimodalPrompt: images, M-RoPE positions; None for token ids
         self.content_keys: list[tuple[int, int, bytes]] = []  # (start, stop, key): tokens start..stop-1 hold
         # content their ids do not show (an image's digest); the prefix cache keys blocks by it too
+        self.latent = None  # LatentTrack when the engine runs latent reasoning (engine/latent.py)
 
     @property
     def num_tokens(self) -> int:
@@ -127,4 +133,5 @@ class Sequence:
     def output(self) -> CompletionOutput:
         return CompletionOutput(self.index, list(self.output_ids), list(self.output_logprobs), self.text,
                                 self.finish_reason, self.stop_reason,
-                                None if self.top_logprobs is None else list(self.top_logprobs), self.seed)
+                                None if self.top_logprobs is None else list(self.top_logprobs), self.seed,
+                                None if self.latent is None else self.latent.output())

@@ -20,6 +20,7 @@ from reasonrl.models.tokenizer import Tokenizer
 
 VISION_TOKENS = ["<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
                  "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
+LVR_TOKENS = ["<|lvr_start|>", "<|lvr|>", "<|lvr_end|>"]  # latent visual reasoning (engine/latent.py)
 QWEN_VL_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
@@ -34,9 +35,10 @@ QWEN_VL_TEMPLATE = (
 )
 
 
-def make_vlm_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> Tokenizer:
-    """A byte-level BPE tokenizer with ChatML and Qwen2.5-VL special tokens and the template above."""
-    return make_tokenizer(corpus, vocab_size, VISION_TOKENS, QWEN_VL_TEMPLATE)
+def make_vlm_tokenizer(corpus: Iterable[str], vocab_size: int = 512, extra_special_tokens: Iterable[str] = ()) -> Tokenizer:
+    """A byte-level BPE tokenizer with ChatML and Qwen2.5-VL special tokens (then `extra_special_tokens`,
+    e.g. LVR_TOKENS) and the template above."""
+    return make_tokenizer(corpus, vocab_size, [*VISION_TOKENS, *extra_special_tokens], QWEN_VL_TEMPLATE)
 
 
 def tiny_vlm_config(tokenizer: Tokenizer, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,

@@ -55,8 +55,10 @@ class Qwen2_5_VL(DecoderLM):
         """input_ids (N,), positions (3, N) (or (N,) when all rows are text) -> hidden (N, hidden)."""
         return self.forward_embeds(self.embed(input_ids, image_embeds, image_rows), positions, attn)
 
-    def forward_padded(self, input_ids: torch.Tensor, prompts: list[MultimodalPrompt | None] | None = None) -> torch.Tensor:
-        """Training forward: input_ids (B, T) right-padded, row b beginning with prompts[b] -> hidden (B, T, hidden)."""
+    def forward_padded(self, input_ids: torch.Tensor, prompts: list[MultimodalPrompt | None] | None = None,
+                       image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Training forward: input_ids (B, T) right-padded, row b beginning with prompts[b] -> hidden (B, T, hidden).
+        `image_embeds`: the rows' images already encoded (`encode_images` of their pixels, row after row)."""
         b, t = input_ids.shape
         prompts = prompts or [None] * b
         if len(prompts) != b or any(p is not None and len(p.input_ids) > t for p in prompts):
@@ -66,8 +68,8 @@ class Qwen2_5_VL(DecoderLM):
         with_images = [(i, p) for i, p in enumerate(prompts) if p is not None and p.num_images]
         embeds = rows = None
         if with_images:
-            embeds = self.encode_images(torch.cat([p.pixel_values for _, p in with_images]),
-                                        torch.cat([p.image_grid_thw for _, p in with_images]))
+            embeds = image_embeds if image_embeds is not None else self.encode_images(
+                torch.cat([p.pixel_values for _, p in with_images]), torch.cat([p.image_grid_thw for _, p in with_images]))
             rows = torch.cat([i * t + p.image_rows for i, p in with_images])
         hidden = self(input_ids.reshape(-1), positions.reshape(3, -1), CausalAttention(b, t), embeds, rows)
         return hidden.view(b, t, -1)

@@ -1,0 +1,90 @@
+"""LVR's supervised stage: latent targets from the region of interest, and the loss.
+
+Paper: Latent Visual Reasoning (Li et al., arXiv 2509.24251). An answer is preceded by
+`<|lvr_start|>` + N x `<|lvr|>` + `<|lvr_end|>`, N being the merged visual tokens of the image that
+the region of interest touches (a 28-pixel cell each in Qwen2.5-VL). Training is teacher-forced:
+the input embedding at each `<|lvr|>` position is the matching region token (the frozen vision
+tower and merger's output), and the final hidden state at the position before it is regressed
+onto that token with MSE (the first from `<|lvr_start|>`'s position). The cross-entropy leaves out
+the `<|lvr|>` targets; the total is CE + weight x MSE, weight 0.1.
+
+The hidden state regressed is the final one after the last norm: the state the engine feeds back
+in latent mode (engine/latent.py), so training and inference agree. Departures: cells are chosen
+by intersection with the box scaled to the resized image (LVR computes the same indices by hand on
+the token grid); the vision tower runs without gradients whatever its `requires_grad`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from reasonrl.engine.latent import LatentConfig
+from reasonrl.models.model import CausalAttention
+from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
+
+
+@dataclass
+class LVRSequence:
+    input_ids: list[int]  # prompt + start + N latents + end + answer
+    latent_rows: list[int]  # positions of the N latent placeholders
+    targets: list[int]  # index of each latent's region token among the prompt's merged image tokens
+    answer_start: int  # first position whose token is trained with cross-entropy (the start token)
+
+
+def roi_tokens(box, image_hw: tuple[int, int], grid_thw, merge: int = 2, patch: int = 14) -> list[int]:
+    """Row-major indices of the merged tokens whose cells a box [x0, y0, x1, y1) of the original
+    image touches; grid_thw is the image's (1, h, w) patch grid after resizing."""
+    _, gh, gw = (int(v) for v in grid_thw)
+    cell = merge * patch
+    sy, sx = gh * patch / image_hw[0], gw * patch / image_hw[1]  # original -> resized pixels
+    x0, y0, x1, y1 = box
+    c0, c1 = int(x0 * sx // cell), int(-(-(x1 * sx) // cell))
+    r0, r1 = int(y0 * sy // cell), int(-(-(y1 * sy) // cell))
+    rows, cols = gh // merge, gw // merge
+    return [r * cols + c for r in range(max(r0, 0), min(r1, rows)) for c in range(max(c0, 0), min(c1, cols))]
+
+
+def lvr_sequence(prompt: MultimodalPrompt, roi: list[int], answer_ids: list[int], latent: LatentConfig) -> LVRSequence:
+    if not roi:
+        raise ValueError("an LVR sequence needs at least one region token")
+    n, first = len(roi), len(prompt.input_ids)
+    ids = prompt.input_ids + [latent.start_id] + [latent.latent_id] * n + [latent.end_id] + list(answer_ids)
+    return LVRSequence(ids, list(range(first + 1, first + 1 + n)), list(roi), first)
+
+
+def lvr_sft_loss(model, sequences: list[LVRSequence], prompts: list[MultimodalPrompt], weight: float = 0.1):
+    """(CE + weight x MSE, stats) of a batch; each prompt's first image holds its region."""
+    b, t = len(sequences), max(len(s.input_ids) for s in sequences)
+    ids = torch.tensor([s.input_ids + [0] * (t - len(s.input_ids)) for s in sequences], device=model.device)
+    with torch.no_grad():
+        images = model.encode_images(torch.cat([p.pixel_values for p in prompts]), torch.cat([p.image_grid_thw for p in prompts]))
+    embeds, rows, targets, start = [], [], [], 0
+    for i, (s, p) in enumerate(zip(sequences, prompts, strict=True)):
+        mine = images[start: start + len(p.image_rows)]
+        start += len(p.image_rows)
+        embeds += [mine, mine[s.targets]]  # the prompt's image tokens, then the teacher-forced latents
+        rows += [i * t + p.image_rows.to(ids.device), i * t + torch.tensor(s.latent_rows, device=ids.device)]
+        targets.append(mine[s.targets])
+    positions = torch.stack([p.positions_for(0, t) for p in prompts], dim=1).to(model.device)  # (3, B, T)
+    hidden = model(ids.reshape(-1), positions.reshape(3, -1), CausalAttention(b, t), torch.cat(embeds), torch.cat(rows))
+    hidden = hidden.view(b, t, -1)
+    ce, tokens = _cross_entropy(model, hidden, ids, sequences)
+    mse = F.mse_loss(torch.cat([hidden[i, [r - 1 for r in s.latent_rows]] for i, s in enumerate(sequences)]),
+                     torch.cat(targets).to(hidden.dtype))
+    loss = ce + weight * mse
+    return loss, {"ce": float(ce.detach()), "latent_mse": float(mse.detach()), "tokens": tokens}
+
+
+def _cross_entropy(model, hidden: torch.Tensor, ids: torch.Tensor, sequences: list[LVRSequence]):
+    """Mean CE over the targets from each start token on, the latent placeholders left out."""
+    keep = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)  # targets (positions of predicted tokens)
+    for i, s in enumerate(sequences):
+        keep[i, s.answer_start: len(s.input_ids)] = True
+        keep[i, s.latent_rows] = False
+    keep[:, 0] = False
+    b, rows = torch.nonzero(keep[:, 1:], as_tuple=True)  # row r predicts token r + 1
+    logits = model.compute_logits(hidden[b, rows]).float()
+    return F.cross_entropy(logits, ids[b, rows + 1]), int(keep.sum())

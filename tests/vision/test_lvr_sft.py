@@ -1,0 +1,121 @@
+"""LVR's SFT loss on a tiny Qwen2.5-VL (fp32, CPU): region tokens from boxes, CE without the latent
+targets, MSE of the previous position's hidden state against the teacher-forced region tokens,
+weight 0.1, the vision tower untouched."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reasonrl.engine.latent import LatentConfig
+from reasonrl.models.model import CausalAttention
+from reasonrl.models.qwen2_5_vl.model import Qwen2_5_VL
+from reasonrl.models.tiny import init_weights
+from reasonrl.models.tiny_vlm import LVR_TOKENS, make_vlm_tokenizer, tiny_vlm_config
+from reasonrl.rl.update import freeze_vision
+from reasonrl.vision.lvr.sft import lvr_sequence, lvr_sft_loss, roi_tokens
+from tests.models.vlm_common import CORPUS, images_prompt
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tok = make_vlm_tokenizer(CORPUS, vocab_size=400, extra_special_tokens=LVR_TOKENS)
+    model = init_weights(Qwen2_5_VL(tiny_vlm_config(tok)), 0.1, 0)
+    freeze_vision(model)
+    latent = LatentConfig.from_tokenizer(tok)
+    prompts = [images_prompt(tok, model.vlm_config, [(56, 84)], seed=1), images_prompt(tok, model.vlm_config, [(84, 84)], seed=2)]
+    seqs = [lvr_sequence(prompts[0], [1, 2], tok.encode("red"), latent),
+            lvr_sequence(prompts[1], [0, 3, 4], tok.encode("a blue square"), latent)]
+    return tok, model, latent, prompts, seqs
+
+
+def test_region_tokens_are_the_cells_the_box_touches():
+    grid = (1, 4, 6)  # 2 x 3 merged tokens of 28 px: a 56 x 84 image, no resizing
+    assert roi_tokens((30, 0, 40, 10), (56, 84), grid) == [1]
+    assert roi_tokens((20, 20, 60, 40), (56, 84), grid) == [0, 1, 2, 3, 4, 5]
+    assert roi_tokens((56, 28, 84, 56), (56, 84), grid) == [5]
+    assert roi_tokens((56, 28, 84, 56), (112, 168), grid) == [1]  # the image was resized by half
+
+
+def reference(model, seq, prompt):
+    """Hidden states by a plain forward: image rows and latent rows overwritten in the embeddings."""
+    with torch.no_grad():
+        images = model.encode_images(prompt.pixel_values, prompt.image_grid_thw)
+    x = model.embed_tokens(torch.tensor(seq.input_ids)).clone()
+    x[prompt.image_rows] = images
+    x[seq.latent_rows] = images[seq.targets]
+    t = len(seq.input_ids)
+    return model.forward_embeds(x, prompt.positions_for(0, t), CausalAttention(1, t)), images
+
+
+def test_loss_is_ce_without_latent_targets_plus_a_tenth_of_the_latent_mse(setup):
+    tok, model, latent, prompts, seqs = setup
+    loss, stats = lvr_sft_loss(model, seqs, prompts)
+    ce_terms, mse_terms = [], []
+    for s, p in zip(seqs, prompts):
+        hidden, images = reference(model, s, p)
+        logits = model.compute_logits(hidden).float()
+        targets = [j for j in range(s.answer_start, len(s.input_ids)) if j not in s.latent_rows]
+        ce_terms.append(F.cross_entropy(logits[[j - 1 for j in targets]], torch.tensor(s.input_ids)[targets], reduction="sum"))
+        mse_terms.append(((hidden[[r - 1 for r in s.latent_rows]] - images[s.targets]) ** 2).sum())
+    n_tokens = sum(len(s.input_ids) - s.answer_start - len(s.latent_rows) for s in seqs)
+    n_latent = sum(len(s.latent_rows) for s in seqs) * model.config.hidden_size
+    expected = sum(ce_terms) / n_tokens + 0.1 * sum(mse_terms) / n_latent
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    assert stats["tokens"] == n_tokens
+    torch.testing.assert_close(lvr_sft_loss(model, seqs, prompts, weight=0.0)[0], sum(ce_terms) / n_tokens, atol=1e-5, rtol=1e-5)
+
+
+def test_the_placeholder_id_does_not_matter_and_gradients_skip_the_vision_tower(setup):
+    tok, model, latent, prompts, seqs = setup
+    loss, _ = lvr_sft_loss(model, seqs, prompts)
+    other = [type(s)([5 if j in s.latent_rows else v for j, v in enumerate(s.input_ids)], s.latent_rows, s.targets,
+                     s.answer_start) for s in seqs]
+    torch.testing.assert_close(lvr_sft_loss(model, other, prompts)[0], loss)  # embeddings overwritten, targets left out
+    loss.backward()
+    assert all(p.grad is None for p in model.visual.parameters())
+    assert model.layers[0].self_attn.qkv_proj.weight.grad.abs().sum() > 0
+    model.zero_grad()
+
+
+def test_a_few_steps_lower_both_terms(setup):
+    tok, model, latent, prompts, seqs = setup
+    model = init_weights(Qwen2_5_VL(model.vlm_config), 0.1, 1)
+    freeze_vision(model)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = lvr_sft_loss(model, seqs, prompts)[1]
+    for _ in range(15):
+        loss, _ = lvr_sft_loss(model, seqs, prompts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    last = lvr_sft_loss(model, seqs, prompts)[1]
+    assert last["ce"] < first["ce"] and last["latent_mse"] < first["latent_mse"]
+
+
+def test_shapes_world_examples_target_the_tokens_of_the_question_region(setup):
+    import numpy as np
+
+    from reasonrl.vision.lvr.data import lvr_example
+    from reasonrl.vision.world import SceneConfig, ask, render, sample_scene
+
+    tok, model, latent, _, _ = setup
+    rng, done = np.random.default_rng(0), 0
+    while done < 5:
+        scene = sample_scene(rng, SceneConfig(width=112, height=112))
+        item = ask("detail", scene, rng)
+        if item is None:
+            continue
+        image = render(scene).image
+        seq, prompt = lvr_example(tok, model, image, item, latent)
+        _, gh, gw = prompt.image_grid_thw[0].tolist()
+        assert (gh, gw) == (8, 8)  # 112 px: no resizing, 4 x 4 cells of 28 px
+        x0, y0, x1, y1 = item.roi
+        touched = [r * 4 + c for r in range(4) for c in range(4)
+                   if c * 28 < x1 and (c + 1) * 28 > x0 and r * 28 < y1 and (r + 1) * 28 > y0]
+        assert seq.targets == touched
+        first = len(prompt.input_ids)
+        assert seq.input_ids[first] == latent.start_id and seq.input_ids[first + 1 + len(touched)] == latent.end_id
+        assert tok.decode(seq.input_ids[first + 2 + len(touched):]).startswith(f"\\boxed{{{item.answer}}}")
+        done += 1
+    with pytest.raises(ValueError, match="no region"):
+        lvr_example(tok, model, image, type(item)("How many?", "3", "count", "number", True), latent)

@@ -25,6 +25,7 @@ import torch
 
 from reasonrl.engine.admission import check_request
 from reasonrl.engine.block_manager import BlockManager
+from reasonrl.engine.compiled import FastDecode
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.eviction import EvictionConfig, Evictor
 from reasonrl.engine.images import Images
@@ -82,7 +83,8 @@ class LLMEngine:
         self.evictor = self._evictor()
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.images = Images(model) if getattr(model, "vlm_config", None) is not None else None
-        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids)
+        fast = FastDecode.build(model, self.kv, cfg) if self.evictor is None and self.images is None else None
+        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids, fast)
         self.speculator = self._speculator(draft)
         self.requests: dict[str, Request] = {}
         self._done_at_add: list[RequestOutput] = []
@@ -385,4 +387,5 @@ class LLMEngine:
                 "kv_bytes_per_token": self.kv.bytes_per_token, "kv_allocated_bytes": self.kv.allocated_bytes,
                 "preemptions": self.scheduler.num_preemptions,
                 "generated_tokens": self.num_generated_tokens, **(self.speculator.stats() if self.speculator else {}),
-                **(self.evictor.stats() if self.evictor else {}), **(self.images.stats() if self.images else {})}
+                **(self.evictor.stats() if self.evictor else {}), **(self.images.stats() if self.images else {}),
+                **(self.runner.fast.stats() if self.runner.fast else {})}

@@ -175,7 +175,7 @@ def _kv_rows(rows: list[dict]) -> list[tuple[str, str, str]]:
     out = []
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items())
-        out.append((f"{r['format']} {params} decode at {r['context']} ctx, batch {r['batch']}",
+        out.append((f"{r['format']} {params}".strip() + f" decode at {r['context']} ctx, batch {r['batch']}",
                     f"{r['latency_ms']:.3f} ms ({r['ratio_to_dense']:.2f}x dense)",
                     "" if r is rows[0] else "<= 1.1x dense"))
     return out

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 
 import torch
 
@@ -51,8 +52,9 @@ def pad_rows(x: torch.Tensor, size: int) -> torch.Tensor:
     return x if n == size else torch.cat([x, x[n - 1:].expand(size - n, *x.shape[1:])])
 
 
-_FORMATS: dict[int, object] = {}
-"""KV formats by key: the custom op below reaches the format's own write and attention through it."""
+_FORMATS: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary()
+"""KV formats by key: the custom op below reaches the format's own write and attention through it
+(weak: an engine's cache is freed with the engine)."""
 
 
 @torch.library.custom_op("reasonrl::decode_attend", mutates_args=("cache",))
@@ -65,7 +67,7 @@ def decode_attend(cache: torch.Tensor, kv_key: int, layer: int, q: torch.Tensor,
     kv.write(layer, slots, k, v)
     if kernel:
         return kv.decode_kernel(layer, q, tables, lens)
-    return kv.decode_padded(layer, q, tables, lens, tables.shape[1] * kv.block_size).contiguous()
+    return kv.decode(layer, q, tables, lens, lens.tolist()).contiguous()  # rows grouped by context length, as eager
 
 
 @decode_attend.register_fake
@@ -102,6 +104,8 @@ class FastDecode:
         self.forward_fn = decode_forward
         self.compiled = compile_decode
         if compile_decode:
+            # one compiled graph per bucket and engine (the format's key is a constant of the graph)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             self.forward_fn = torch.compile(decode_forward, fullgraph=True, dynamic=False)
         self.graphs = None
         if cuda_graphs:

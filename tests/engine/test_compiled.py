@@ -78,10 +78,11 @@ def test_cuda_graph_decode_is_token_identical_to_eager_and_survives_sleep(hf_che
     assert _greedy(graphs) == eager
     stats = graphs.stats()
     assert stats["cuda_graph_replays"] > 0 and stats["decode_eager_steps"] > 0
+    old = graphs.kv.cache.data_ptr()
     graphs.sleep()
-    graphs.wake()  # a new cache: the graphs are captured again at the next step
+    graphs.wake()  # a new cache (at a new address, graphs are captured again at the next step)
     assert _greedy(graphs) == eager
-    assert graphs.stats()["cuda_graph_recaptures"] == 1
+    assert graphs.stats()["cuda_graph_recaptures"] == int(graphs.kv.cache.data_ptr() != old)
     both = engine(compile_decode=True, max_decode_bucket=2)
     assert _greedy(both) == eager
 

@@ -5,7 +5,7 @@ buffers (token ids, positions, cache slots, block tables of the cache's full wid
 lengths) that a step copies its padded inputs into before the replay, and the output tensor the
 capture produced. All graphs share one memory pool, captured largest bucket first, so the pool
 is about the size the largest needs; buckets whose capture would take the pool past
-`memory_budget` bytes are left out (their steps run eager).
+`memory_budget` bytes are left out (their steps run eager; a smaller one may still fit).
 
 A graph records the addresses of the KV cache; when the cache is allocated again (`wake()` after
 `sleep()`) every graph is dropped and captured again at its bucket's next step.
@@ -40,16 +40,26 @@ class DecodeGraphs:
         return sorted(self.graphs)
 
     def capture_all(self, buckets: list[int], dummy: Callable[[int], Inputs]) -> None:
-        """Captures every bucket, largest first, until the memory budget is reached."""
+        """Captures every bucket that fits the memory budget, largest first."""
         for b in sorted(buckets, reverse=True):
             if not self.capture(b, dummy(b)):
-                self.skipped = [s for s in buckets if s <= b]
-                break
+                self.skipped.append(b)
 
     def capture(self, bucket: int, inputs: Inputs) -> bool:
         """Records the forward on static copies of `inputs` (which it also runs, uncaptured, to warm
         up); False, and nothing kept, if the pool would exceed the memory budget."""
         static = tuple(x.clone() for x in inputs)
+        graph, out, grown = self.record(static)
+        if self.pool_bytes + grown > self.memory_budget:
+            del graph, out
+            return False
+        self.pool_bytes += grown
+        self.graphs[bucket] = (graph, static, out)
+        self.cache_ptr = self.cache_id()
+        return True
+
+    def record(self, static: Inputs) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, int]:
+        """-> (graph, its output tensor, bytes the shared pool grew by)."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
@@ -61,21 +71,14 @@ class DecodeGraphs:
         self.pool = self.pool or torch.cuda.graph_pool_handle()
         with torch.cuda.graph(graph, pool=self.pool):
             out = self.forward(*static)
-        grown = torch.cuda.memory_reserved(self.device) - before
-        if self.pool_bytes + grown > self.memory_budget:
-            del graph, out
-            return False
-        self.pool_bytes += grown
-        self.graphs[bucket] = (graph, static, out)
-        self.cache_ptr = self.cache_id()
-        return True
+        return graph, out, torch.cuda.memory_reserved(self.device) - before
 
     def replay(self, bucket: int, ids, positions, slots, tables, lens) -> torch.Tensor | None:
         """The captured forward on these (padded) inputs; None when the bucket has no graph."""
         if self.cache_ptr is not None and self.cache_id() != self.cache_ptr:  # the cache was allocated again
             self.graphs.clear()
+            self.pool, self.pool_bytes, self.cache_ptr = None, 0, None  # a fresh pool for the new graphs
             self.recaptures += 1
-            self.cache_ptr = None
         entry = self.graphs.get(bucket)
         if entry is None:
             if bucket in self.skipped:

@@ -95,8 +95,10 @@ def decode_forward(model, cache, kv_key: int, ids, positions, slots, tables, len
 class FastDecode:
     """The compiled and/or captured decode forward of one engine (see the module docstring)."""
 
-    def __init__(self, model, kv, buckets: list[int], compile_decode: bool, cuda_graphs: bool, graph_memory: int):
-        self.model, self.kv, self.buckets = model, kv, buckets
+    def __init__(self, model, kv, buckets: list[int], compile_decode: bool, cuda_graphs: bool, graph_memory: int,
+                 max_blocks: int):
+        """`max_blocks`: the widest block table a decode step may bring (a captured graph's width)."""
+        self.model, self.kv, self.buckets, self.max_blocks = model, kv, buckets, max_blocks
         self.kv_key = id(kv)
         _FORMATS[self.kv_key] = kv
         self.kernel = model.device.type == "cuda"
@@ -116,7 +118,7 @@ class FastDecode:
         self.fast_steps = self.eager_steps = 0
 
     @classmethod
-    def build(cls, model, kv, config) -> FastDecode | None:
+    def build(cls, model, kv, config, max_model_len: int) -> FastDecode | None:
         """None when neither option applies (compile off and no CUDA graphs) or the KV format is not
         dense (the compressed formats plan their writes on the host: eager)."""
         graphs = config.cuda_graphs and model.device.type == "cuda"
@@ -125,19 +127,16 @@ class FastDecode:
         if kv.name != "dense":
             log.info("compiled/captured decode needs kv_format dense; %s decodes eager", kv.name)
             return None
+        # a sequence's table covers its tokens and, with a draft, the rows of its tree
+        max_blocks = -(-(max_model_len + config.draft_tokens) // config.block_size) + 1
         fast = cls(model, kv, bucket_sizes(config.max_num_seqs, config.max_decode_bucket), config.compile_decode,
-                   graphs, config.cuda_graph_memory)
+                   graphs, config.cuda_graph_memory, max_blocks)
         try:
             fast.warm_up()
         except Exception as e:  # e.g. no C++ compiler for inductor: decoding still works, eager
             log.warning("compiled/captured decode failed to start (%s: %s); decoding eager", type(e).__name__, e)
             return None
         return fast
-
-    @property
-    def max_blocks(self) -> int:
-        """Table width of a captured graph: the kernel reads only a row's context, so any width works."""
-        return self.kv.num_blocks
 
     @torch.no_grad()
     def _run(self, ids, positions, slots, tables, lens) -> torch.Tensor:
@@ -170,7 +169,8 @@ class FastDecode:
                 model_inputs: dict) -> torch.Tensor | None:
         """Hidden states (n, d) of an all-decode step, or None: the step is not one this runs."""
         n = meta.num_seqs
-        bucket = pick_bucket(n, self.buckets) if meta.decode_only and not model_inputs else None
+        fits = meta.decode_only and not model_inputs and meta.block_tables.shape[1] <= self.max_blocks
+        bucket = pick_bucket(n, self.buckets) if fits else None
         if bucket is None:
             if meta.decode_only:
                 self.eager_steps += 1

@@ -140,7 +140,7 @@ class FastDecode:
 
     @torch.no_grad()
     def _run(self, ids, positions, slots, tables, lens) -> torch.Tensor:
-        if self.compiled and tables.shape[1] > 1:
+        if self.compiled:
             torch._dynamo.mark_dynamic(tables, 1)  # context grows: one compile per bucket, any width
         return self.forward_fn(self.model, self.kv.cache, self.kv_key, ids, positions, slots, tables, lens, self.kernel)
 
@@ -178,6 +178,8 @@ class FastDecode:
         ids, pos, slots, lens = (pad_rows(x, bucket) for x in (input_ids, positions, meta.slot_mapping,
                                                                meta.context_lens_t))
         tables = pad_rows(meta.block_tables, bucket)
+        if tables.shape[1] == 1:  # a width of 1 would be compiled apart from the dynamic width (>= 2)
+            tables = torch.cat([tables, torch.zeros_like(tables)], 1)
         self.fast_steps += 1
         if self.graphs is not None and (out := self.graphs.replay(bucket, ids, pos, slots, tables, lens)) is not None:
             return out[:n]

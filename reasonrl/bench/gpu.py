@@ -14,6 +14,8 @@ Parts:
   target: each format within 1.1x of dense.
 - spec: speculative against plain decoding at batch 1 on the demo policy and its draft.
 - april: APRIL's rollout throughput over synchronous rollout; target >= 1.4x.
+- compiled (only when asked for: it compiles for minutes): the engine with `compile_decode` and
+  CUDA graphs against the eager engine, smaller workload, no transformers arm.
 
 `--smoke` runs tiny shapes on any device (CPU too): it checks the plumbing, not the figures.
 """
@@ -38,7 +40,8 @@ class GpuBenchConfig:
     smoke: bool = False
     """Tiny shapes on any device (CPU too): checks that every part runs, not the figures."""
     parts: list[str] | None = None
-    """Parts to run, in order (default: engine kv-decode spec april)."""
+    """Parts to run, in order (default: engine kv-decode spec april; "compiled" adds the engine with
+    compile_decode and CUDA graphs against eager, which compiles for minutes)."""
     device: str | None = None
     """cpu, cuda or cuda:N (default: cuda when available)."""
 
@@ -92,8 +95,23 @@ def _april(c: GpuBenchConfig) -> dict:
     return bench_april(AprilBenchConfig(steps=8, repeats=1))
 
 
+def _compiled(c: GpuBenchConfig) -> dict:
+    from reasonrl.bench.engine import EngineBenchConfig, bench_engine
+
+    if c.smoke:
+        cfg = EngineBenchConfig(preset="tiny", num_prompts=4, concurrency=2, median_tokens=4, max_tokens=8,
+                                prompt_len=(4, 8), repeats=1, device=c.device, eager_arm=True, skip_hf=True,
+                                compile_decode=True)
+    else:
+        cfg = EngineBenchConfig(preset="qwen2.5-0.5b", dtype="bfloat16", num_prompts=32, concurrency=16,
+                                median_tokens=48, max_tokens=256, repeats=1, device=c.device, eager_arm=True,
+                                skip_hf=True, compile_decode=True)
+    return bench_engine(cfg)
+
+
 PARTS: dict[str, Callable[[GpuBenchConfig], object]] = {
-    "engine": _engine, "kv-decode": _kv_decode, "spec": _spec, "april": _april}
+    "engine": _engine, "kv-decode": _kv_decode, "spec": _spec, "april": _april, "compiled": _compiled}
+DEFAULT_PARTS = ["engine", "kv-decode", "spec", "april"]
 
 
 def bench_gpu(c: GpuBenchConfig) -> dict:
@@ -104,7 +122,7 @@ def bench_gpu(c: GpuBenchConfig) -> dict:
 
     start = time.monotonic()
     parts = {}
-    for name in c.parts or list(PARTS):
+    for name in c.parts or DEFAULT_PARTS:
         left = c.budget_s - (time.monotonic() - start)
         parts[name] = run_part(PARTS[name], c, left) if left > 1 else {"status": "skipped", "seconds": 0.0,
                                                                         "error": "the global time budget was spent"}
@@ -160,7 +178,8 @@ def _engine_rows(e: dict) -> list[tuple[str, str, str]]:
     rows = [("engine tokens/s" + (f" ({e['decode_mode']})" if "decode_mode" in e else ""), f"{e['engine_tokens_per_s']:.0f}", ""),
             ("batch-1 decode, fraction of the memory roofline", f"{e['fraction_of_roofline']:.2f} "
              f"({e['batch1_tokens_per_s']:.0f} of {e['roofline_tokens_per_s']:.0f} tok/s)", ">= 0.6"),
-            ("FLOP fraction of matmul peak", f"{e['flops_fraction_of_peak']:.3f}", "")]
+            ("FLOP fraction of matmul peak", f"{e['flops_fraction_of_peak']:.3f}", ""),
+            ("decode mode; compile seconds", f"{e.get('decode_mode', 'eager')}; {e.get('decode_compile_seconds', 0):.0f}", "")]
     if "ratio" in e:
         rows.insert(1, ("engine / transformers generate", f"{e['ratio']:.2f}x ({e['hf_tokens_per_s']:.0f} tok/s)", ""))
     if "eager" in e:
@@ -191,4 +210,5 @@ def _april_rows(a: dict) -> list[tuple[str, str, str]]:
     return [("APRIL / synchronous rollout throughput", f"{a['throughput_ratio']:.2f}x", ">= 1.4x")]
 
 
-ROWS = {"engine": _engine_rows, "kv-decode": _kv_rows, "spec": _spec_rows, "april": _april_rows}
+ROWS = {"engine": _engine_rows, "kv-decode": _kv_rows, "spec": _spec_rows, "april": _april_rows,
+        "compiled": _engine_rows}

@@ -51,7 +51,7 @@ class EngineConfig:
     compile_decode: bool = False
     """Compile the forward of all-decode steps with torch.compile (inductor), one static shape per
     batch bucket, at start-up (engine/compiled.py; stats report the seconds). Off by default: on a
-    2-core CPU it measured a small gain against a compile of tens of seconds (docs/benchmarks.md)."""
+    2-core CPU it made no measurable difference, against 40-90 s of compiling (docs/benchmarks.md)."""
     cuda_graphs: bool = True
     """CUDA: capture the forward of all-decode steps in CUDA graphs, one per batch bucket, at
     start-up; larger batches run eager. Ignored on CPU."""

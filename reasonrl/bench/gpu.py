@@ -53,8 +53,9 @@ class GpuBenchConfig:
             raise ValueError(f"bench gpu: unknown part(s) {', '.join(unknown)}; known: {', '.join(PARTS)}")
 
 
-class PartTimeout(Exception):
-    """The global budget ran out while a part was running."""
+class PartTimeout(BaseException):
+    """The global budget ran out while a part was running. A BaseException, as KeyboardInterrupt is:
+    the engine turns an Exception raised in a step into a failed request and carries on."""
 
 
 def _engine(c: GpuBenchConfig) -> dict:

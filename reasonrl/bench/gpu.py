@@ -151,7 +151,19 @@ def run_part(fn: Callable[[GpuBenchConfig], object], c: GpuBenchConfig, seconds:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
     out["seconds"] = time.monotonic() - start
+    _free_memory()
     return out
+
+
+def _free_memory() -> None:
+    """What a part left behind (engines, CUDA graph pools: cycles) goes before the next part runs."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _on_alarm(signum, frame):

@@ -83,7 +83,8 @@ class LLMEngine:
         self.evictor = self._evictor()
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.images = Images(model) if getattr(model, "vlm_config", None) is not None else None
-        fast = FastDecode.build(model, self.kv, cfg, self.max_model_len) if self.evictor is None and self.images is None else None
+        plain = self.evictor is None and self.images is None  # eviction and images decode eager
+        fast = FastDecode.build(model, self.kv, cfg, self.max_model_len) if plain else None
         self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids, fast)
         self.speculator = self._speculator(draft)
         self.requests: dict[str, Request] = {}

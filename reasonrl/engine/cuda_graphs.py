@@ -52,6 +52,10 @@ class DecodeGraphs:
         graph, out, grown = self.record(static)
         if self.pool_bytes + grown > self.memory_budget:
             del graph, out
+            # the pool keeps what this capture took: start a fresh one, so the next capture counts its own
+            self.pool = None
+            if torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
             return False
         self.pool_bytes += grown
         self.graphs[bucket] = (graph, static, out)

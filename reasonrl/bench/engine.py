@@ -157,6 +157,13 @@ class EngineBenchConfig:
     """Seeds the workload and the random checkpoint."""
     repeats: int = 3
     """Runs per arm, interleaved; medians reported."""
+    compile_decode: bool = False
+    """The engine's compile_decode (torch.compile of the decode forward, engine/compiled.py)."""
+    cuda_graphs: bool = True
+    """The engine's cuda_graphs (CUDA: decode captured in CUDA graphs)."""
+    eager_arm: bool = False
+    """Also run an engine with compile_decode and cuda_graphs off, interleaved in the same run
+    (reported under "eager", with the speedup over it)."""
 
     def __post_init__(self):
         if self.repeats < 1:
@@ -164,6 +171,18 @@ class EngineBenchConfig:
         for name in ("num_prompts", "concurrency", "median_tokens", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+def _engine(lm, c: EngineBenchConfig, compile_decode: bool, cuda_graphs: bool) -> LLMEngine:
+    """An engine for the workload, warmed up (compiles and captures happen here, untimed). With an
+    eager arm on CUDA both engines get a fixed KV budget, as the first would otherwise take the
+    device's free memory."""
+    fixed = c.eager_arm and lm.device.type == "cuda"
+    engine = LLMEngine(lm, None, EngineConfig(max_num_seqs=c.concurrency, max_model_len=c.prompt_len[1] + c.max_tokens + 8,
+                                              compile_decode=compile_decode, cuda_graphs=cuda_graphs,
+                                              kv_cache_memory=4 << 30 if fixed else None))
+    run_engine(engine, make_workload(lm.config.vocab_size, c.concurrency, (8, 16), 8, 8, c.seed + 1))  # warm-up
+    return engine
 
 
 def bench_engine(c: EngineBenchConfig) -> dict:
@@ -180,11 +199,13 @@ def bench_engine(c: EngineBenchConfig) -> dict:
     lm = load_model(model, dev, torch_dtype)
     cfg = lm.config
     w = make_workload(cfg.vocab_size, c.num_prompts, c.prompt_len, c.median_tokens, c.max_tokens, c.seed)
-    engine = LLMEngine(lm, None, EngineConfig(max_num_seqs=c.concurrency, max_model_len=c.prompt_len[1] + c.max_tokens + 8))
-    run_engine(engine, make_workload(cfg.vocab_size, 4, (8, 16), 8, 8, c.seed + 1))  # warm-up
-    engine_runs, hf_runs = [], []
+    engine = _engine(lm, c, c.compile_decode, c.cuda_graphs)
+    eager = _engine(lm, c, False, False) if c.eager_arm else None
+    engine_runs, hf_runs, eager_runs = [], [], []
     for _ in range(c.repeats):
         engine_runs.append(run_engine(engine, w))
+        if eager is not None:
+            eager_runs.append(run_engine(eager, w))
         if not c.skip_hf:
             hf_runs.append(run_transformers(model, w, c.concurrency, dev, torch_dtype))
     engine_s = statistics.median(engine_runs)
@@ -198,9 +219,16 @@ def bench_engine(c: EngineBenchConfig) -> dict:
         "output_len_max": max(w.targets), "engine_seconds": engine_s, "engine_tokens_per_s": w.output_tokens / engine_s,
         "engine_flops_per_s": flops / engine_s, "peak_matmul_flops_per_s": peak,
         "flops_fraction_of_peak": flops / engine_s / peak, "preemptions": engine.stats()["preemptions"],
+        "decode_mode": engine.stats().get("decode_mode", "eager"),
+        "decode_compile_seconds": engine.stats().get("decode_compile_seconds", 0.0),
     }
     result["engine_seconds_per_repeat"] = engine_runs
     result.update(decode_roofline(engine))
+    if eager is not None:
+        eager_s = statistics.median(eager_runs)
+        result["eager"] = {"engine_seconds": eager_s, "engine_seconds_per_repeat": eager_runs,
+                           "engine_tokens_per_s": w.output_tokens / eager_s, **decode_roofline(eager)}
+        result["speedup_over_eager"] = eager_s / engine_s
     if not c.skip_hf:
         hf_s = statistics.median(hf_runs)
         result.update(hf_seconds=hf_s, hf_seconds_per_repeat=hf_runs, hf_tokens_per_s=w.output_tokens / hf_s,

@@ -129,7 +129,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
     prompts = [tok.apply_chat_template(p.messages, add_generation_prompt=True)
                for p in env_.prompts(n=num_prompts, seed=c.seed + 1, split="eval")]
     opts = dict(max_model_len=max(map(len, prompts)) + max_tokens + 1, max_num_seqs=max(num_prompts, 1),
-                kv_cache_memory=None if target.device.type == "cuda" else 1 << 28)
+                kv_cache_memory=1 << 28)  # fixed: on CUDA the first engine would otherwise take the free memory
     plain = LLMEngine(target, None, EngineConfig(**opts))
     spec = LLMEngine(target, None, EngineConfig(**opts, draft_top_k=c.draft_top_k, draft_depth=c.draft_depth,
                                                 draft_tokens=c.draft_tokens), draft=DraftHead.load(draft_path, target))

@@ -48,11 +48,26 @@ class EngineConfig:
     """How sampled requests accept draft tokens: "coupled" (a draft is accepted when it is the token
     plain sampling draws with the same seed: output token-identical to plain sampling) or "residual"
     (sequential sibling acceptance with residual renormalisation: same distribution, other tokens)."""
+    compile_decode: bool = False
+    """Compile the forward of all-decode steps with torch.compile (inductor), one static shape per
+    batch bucket, at start-up (engine/compiled.py; stats report the seconds). Off by default: on a
+    2-core CPU it made no measurable difference, against 40-90 s of compiling (docs/benchmarks.md)."""
+    cuda_graphs: bool = True
+    """CUDA: capture the forward of all-decode steps in CUDA graphs, one per batch bucket, at
+    start-up; larger batches run eager. Ignored on CPU."""
+    max_decode_bucket: int = 256
+    """Largest padded batch of compiled or captured decode (buckets 1, 2, 4, ... up to it and
+    max_num_seqs)."""
+    cuda_graph_memory: ByteSize = 1 << 30
+    """Device memory the CUDA graphs' shared pool may take; buckets past it (largest first) run eager."""
 
     def __post_init__(self):
         if isinstance(self.kv_cache_memory, str):  # "64MiB" from Python as from a recipe or a flag
             self.kv_cache_memory = parse_size(self.kv_cache_memory)
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "draft_top_k", "draft_depth", "draft_tokens"):
+        if isinstance(self.cuda_graph_memory, str):
+            self.cuda_graph_memory = parse_size(self.cuda_graph_memory)
+        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "draft_top_k", "draft_depth", "draft_tokens",
+                     "max_decode_bucket"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")

@@ -25,6 +25,7 @@ import torch
 
 from reasonrl.engine.admission import check_request
 from reasonrl.engine.block_manager import BlockManager
+from reasonrl.engine.compiled import FastDecode
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.eviction import EvictionConfig, Evictor
 from reasonrl.engine.grammar import Grammars
@@ -87,8 +88,10 @@ class LLMEngine:
         self.images = Images(model) if getattr(model, "vlm_config", None) is not None else None
         self.grammars = Grammars(tokenizer, mcfg.vocab_size, self.eos_ids)  # structured outputs (engine/grammar.py)
         self.latents = LatentReasoning(latent, model) if latent is not None else None
-        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids, self.grammars,
-                                  self.latents)
+        plain = self.evictor is None and self.images is None and self.latents is None  # these decode eager
+        fast = FastDecode.build(model, self.kv, cfg, self.max_model_len) if plain else None
+        self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids,
+                                  grammars=self.grammars, latents=self.latents, fast=fast)
         self.speculator = self._speculator(draft)
         if self.latents is not None and (self.speculator is not None or self.evictor is not None):
             raise ValueError("latent mode cannot be combined with speculative decoding (draft) or token eviction (evict_budget)")
@@ -407,4 +410,5 @@ class LLMEngine:
                 "kv_bytes_per_token": self.kv.bytes_per_token, "kv_allocated_bytes": self.kv.allocated_bytes,
                 "preemptions": self.scheduler.num_preemptions,
                 "generated_tokens": self.num_generated_tokens, **(self.speculator.stats() if self.speculator else {}),
-                **(self.evictor.stats() if self.evictor else {}), **(self.images.stats() if self.images else {})}
+                **(self.evictor.stats() if self.evictor else {}), **(self.images.stats() if self.images else {}),
+                **(self.runner.fast.stats() if self.runner.fast else {})}

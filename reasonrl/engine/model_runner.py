@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from reasonrl.engine.attention import AttentionMetadata, PagedAttention
+from reasonrl.engine.compiled import FastDecode
 from reasonrl.engine.eviction import Evictor
 from reasonrl.engine.grammar import Grammars, mask_logits
 from reasonrl.engine.images import Images
@@ -68,8 +69,9 @@ class StepResult:
 class ModelRunner:
     def __init__(self, model: DecoderLM, kv: KVFormat, block_size: int, evictor: Evictor | None = None,
                  images: Images | None = None, eos_ids: set[int] | None = None, grammars: Grammars | None = None,
-                 latents=None):
+                 latents=None, fast: FastDecode | None = None):
         self.model, self.kv, self.block_size = model, kv, block_size
+        self.fast = fast  # compiled / CUDA-graph forward of all-decode steps (engine/compiled.py)
         self.evictor = evictor  # records the queries token eviction selects with
         self.images = images  # image embeddings and M-RoPE positions of prompts with images
         self.latents = latents  # LatentReasoning: latent positions' input embeddings (engine/latent.py)
@@ -130,7 +132,11 @@ class ModelRunner:
         attn = PagedAttention(self.kv, batch.meta)
         if self.evictor is not None:
             attn = self.evictor.recording(attn, scheduled, batch.meta.query_start)
-        hidden = self.model(batch.input_ids, batch.positions, attn, **batch.model_inputs)
+        hidden = None
+        if self.fast is not None and self.evictor is None:
+            hidden = self.fast.forward(batch.input_ids, batch.positions, batch.meta, batch.model_inputs)
+        if hidden is None:
+            hidden = self.model(batch.input_ids, batch.positions, attn, **batch.model_inputs)
         verdicts = self._verify(scheduled, trees, batch, hidden, rule) if trees else {}
         return StepResult(self._sample(batch, hidden), verdicts, hidden, batch, self._prompt_logprobs(scheduled, batch, hidden))
 

@@ -1,0 +1,58 @@
+import json
+import time
+
+import pytest
+
+from reasonrl.bench import gpu
+from reasonrl.bench.gpu import GpuBenchConfig, bench_gpu, format_table
+from reasonrl.cli import main
+
+
+@pytest.mark.slow
+def test_bench_gpu_smoke_writes_every_part_and_the_table(tmp_path, capsys):
+    out = tmp_path / "gpu.json"
+    assert main(["bench", "gpu", "--smoke", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["smoke"] is True and list(r["parts"]) == ["engine", "kv-decode", "spec", "april"]
+    for name, part in r["parts"].items():
+        assert part["status"] == "ok", (name, part.get("error"))
+        assert part["seconds"] >= 0
+    assert r["parts"]["engine"]["result"]["eager"]["engine_tokens_per_s"] > 0  # the same-run eager arm
+    assert r["parts"]["kv-decode"]["result"][0]["format"] == "dense"
+    printed = capsys.readouterr().out
+    assert "| april | APRIL / synchronous rollout throughput |" in printed
+    assert "| spec | speculative speedup at batch 1 |" in printed
+
+
+def test_a_failing_part_records_its_error_and_the_others_still_run(monkeypatch):
+    def broken(c):
+        raise RuntimeError("no kernel today")
+
+    monkeypatch.setitem(gpu.PARTS, "kv-decode", broken)
+    r = bench_gpu(GpuBenchConfig(smoke=True, parts=["kv-decode", "spec"], device="cpu"))
+    assert r["parts"]["kv-decode"]["status"] == "error"
+    assert "RuntimeError: no kernel today" in r["parts"]["kv-decode"]["error"]
+    assert r["parts"]["spec"]["status"] == "ok" and r["parts"]["spec"]["result"]["greedy_identical"] is True
+    table = format_table(r)
+    assert "| kv-decode | error | RuntimeError: no kernel today |" in table
+
+
+def test_the_global_budget_stops_a_running_part_and_skips_the_rest(monkeypatch):
+    def slow(c):
+        try:
+            time.sleep(30)
+        except Exception:  # as the engine does with a step's error: the timeout must not be swallowed
+            time.sleep(30)
+
+    monkeypatch.setitem(gpu.PARTS, "engine", slow)
+    monkeypatch.setitem(gpu.PARTS, "spec", lambda c: {"never": "run"})
+    start = time.monotonic()
+    r = bench_gpu(GpuBenchConfig(smoke=True, parts=["engine", "spec"], budget_s=1.5, device="cpu"))
+    assert time.monotonic() - start < 10
+    assert r["parts"]["engine"]["status"] == "timeout" and r["parts"]["engine"]["seconds"] < 5
+    assert r["parts"]["spec"]["status"] == "skipped"
+
+
+def test_unknown_parts_are_refused():
+    with pytest.raises(ValueError, match="unknown part"):
+        GpuBenchConfig(parts=["engine", "warp-drive"])

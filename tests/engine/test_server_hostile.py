@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 from serve_helpers import Server, demo_engine, error_of, no_leaks, raw_post, wait_idle
 
+from reasonrl.demo.policy import SHIPPED
 from reasonrl.engine.server import ServeConfig
 from reasonrl.models.loader import local_to_hf, save_model
 
@@ -83,21 +84,23 @@ def test_malformed_bodies(srv, raw, status, param):
         assert err["param"] == param, err
 
 
+VOCAB = json.loads((SHIPPED / "config.json").read_text())["vocab_size"]  # the demo policy's
+
 BAD = [  # (body, the parameter the error names)
     ({"seed": 1 << 64}, "seed"), ({"seed": I64, "n": 2}, "seed"), ({"seed": -1}, "seed"),
     ({"top_k": 1 << 63}, "top_k"), ({"top_k": -2}, "top_k"),
     ({"temperature": 1e-30}, "temperature"), ({"temperature": 5e-324}, "temperature"), ({"temperature": 101}, "temperature"),
     ({"top_p": 0}, "top_p"), ({"min_p": 1.5}, "min_p"), ({"max_tokens": 1 << 70}, "max_tokens"),
     ({"n": True}, "n"), ({"stream": "yes"}, "stream"), ({"ignore_eos": 1}, "ignore_eos"), ({"logprobs": 21}, "logprobs"),
-    ({"prompt": [-1]}, "prompt"), ({"prompt": [320]}, "prompt"), ({"prompt": [1 << 64]}, "prompt"), ({"prompt": [True]}, "prompt"),
+    ({"prompt": [-1]}, "prompt"), ({"prompt": [VOCAB]}, "prompt"), ({"prompt": [1 << 64]}, "prompt"), ({"prompt": [True]}, "prompt"),
     ({"stop_token_ids": [10 ** 30]}, "stop_token_ids"), ({"stop_token_ids": [-1]}, "stop_token_ids"),
-    ({"stop_token_ids": [400]}, "stop_token_ids"), ({"stop": ["a"] * 17}, "stop"), ({"stop": ""}, "stop"),
+    ({"stop_token_ids": [VOCAB]}, "stop_token_ids"), ({"stop": ["a"] * 17}, "stop"), ({"stop": ""}, "stop"),
     ({"prompt": "x" * 20_000}, "prompt"), ({"prompt": ["x"] * 4, "n": 5}, "n"),
     ({"request_id": "has space"}, "request_id"), ({"request_id": "\x00"}, "request_id"),
     ({"resume": {"token_ids": [999], "logprobs": [-1.0]}, "prompt": [1]}, "output_ids"),
     ({"resume": {"token_ids": [5], "logprobs": [-1.0]}, "prompt": [[1], [2]]}, None),
     ({"logit_bias": {"5": 101.0}}, "logit_bias"), ({"logit_bias": {"x": 1.0}}, "logit_bias"),
-    ({"logit_bias": {"400": 1.0}}, "logit_bias"), ({"min_tokens": 5}, "min_tokens"), ({"suffix": "x"}, "suffix"),
+    ({"logit_bias": {str(VOCAB): 1.0}}, "logit_bias"), ({"min_tokens": 5}, "min_tokens"), ({"suffix": "x"}, "suffix"),
 ]
 
 
@@ -113,7 +116,7 @@ def test_out_of_range_and_coerced_values_get_400(client, extra, param):
 
 BOUNDARY = [  # the largest (smallest) values the engine represents are served, not refused
     {"seed": I64}, {"seed": I64 - 3, "n": 4}, {"seed": 0}, {"top_k": I64}, {"top_k": -1}, {"temperature": 0.01},
-    {"temperature": 100}, {"top_p": 1e-300}, {"min_p": 1.0}, {"logprobs": 20}, {"stop_token_ids": [319]},
+    {"temperature": 100}, {"top_p": 1e-300}, {"min_p": 1.0}, {"logprobs": 20}, {"stop_token_ids": [VOCAB - 1]},
     {"prompt": "\u0000\u200f\u202e\ufeff\uffff e\u0301 👩‍👩‍👧 \U0010ffff"},
     {"prompt": [0] * 240, "max_tokens": 16},
 ]

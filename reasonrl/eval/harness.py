@@ -111,9 +111,16 @@ class EvalConfig:
             raise ValueError(f"prm: best-of-N needs n >= 2 samples per problem, got n={self.n}")
         if self.orm is not None and self.prm is None:
             raise ValueError("orm is a best-of-N rule next to the PRM's: give prm too")
-        if self.prm is not None:
+        if self.prm is not None:  # refused now, not after every sample is generated
+            from reasonrl.reward.prm.model import PRMConfig
             from reasonrl.reward.prm.scoring import check_aggregations
             check_aggregations([self.vote_by])
+            for name in ("prm", "orm"):
+                if getattr(self, name) is not None:
+                    try:
+                        PRMConfig.from_dir(getattr(self, name))
+                    except (FileNotFoundError, ValueError) as exc:
+                        raise ValueError(f"{name}: {exc}") from None
         if not isinstance(self.bon_trials, int) or self.bon_trials < 1:
             raise ValueError(f"bon_trials must be an integer >= 1, got {self.bon_trials!r}")
         if self.base_url is None and not Path(self.model).is_dir():

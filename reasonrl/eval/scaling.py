@@ -55,20 +55,22 @@ def best_of_n(problems: Sequence[tuple[Prompt, list[dict]]], cfg: EvalConfig, pr
     """{"ns", "problems", "curves": {rule: {N: {accuracy, low, high}}}} over the problems that have all
     `cfg.n` samples, scored by `cfg.prm` and `cfg.orm` (or the scorers given)."""
     complete = [(p, rows) for p, rows in problems if len(rows) >= cfg.n]
-    if not complete:
-        raise ValueError(f"best-of-N needs problems with all n={cfg.n} samples; none has them yet")
+    head = {"prm": cfg.prm, "orm": cfg.orm, "vote_by": cfg.vote_by, "trials": cfg.bon_trials, "ns": sizes(cfg.n),
+            "problems": len(complete)}
+    if not complete:  # e.g. a run stopped early: the summary is still written, without curves
+        return {**head, "curves": {}}
     device = cfg.engine_kwargs.get("device")
     prm = prm or prm_scorer(cfg.prm, device)
     orm = orm or (prm_scorer(cfg.orm, device) if cfg.orm else None)
-    ns = sizes(cfg.n)
-    result = curves(pools(complete, cfg.threshold, prm, orm), ns, rules(cfg.vote_by, orm is not None), cfg.bon_trials,
-                    cfg.seed)
-    return {"prm": cfg.prm, "orm": cfg.orm, "vote_by": cfg.vote_by, "trials": cfg.bon_trials, "ns": ns,
-            "problems": len(complete), "curves": {rule: {str(k): v for k, v in by_n.items()} for rule, by_n in result.items()}}
+    result = curves(pools(complete, cfg.threshold, prm, orm), head["ns"], rules(cfg.vote_by, orm is not None),
+                    cfg.bon_trials, cfg.seed)
+    return {**head, "curves": {rule: {str(k): v for k, v in by_n.items()} for rule, by_n in result.items()}}
 
 
 def markdown(scaling: dict[str, Any]) -> list[str]:
     """The curves as a table: one row per rule, one column per N, accuracy [low, high] in percent."""
+    if not scaling["curves"]:
+        return ["## Test-time scaling (best of N)", "", "No problem has all its samples yet: no curves."]
     ns = [str(k) for k in scaling["ns"]]
     lines = ["## Test-time scaling (best of N)", "",
              f"{scaling['problems']} problems, {scaling['trials']} bootstrap trials; PRM {scaling['prm']}"

@@ -7,7 +7,7 @@ import torch
 
 from reasonrl.envs.base import Prompt
 from reasonrl.eval import EvalConfig, run_eval
-from reasonrl.eval.scaling import best_of_n, sizes
+from reasonrl.eval.scaling import best_of_n, markdown, sizes
 from reasonrl.models import load_model
 from reasonrl.models.tiny import make_checkpoint, make_tokenizer
 from reasonrl.models.tokenizer import Tokenizer
@@ -38,7 +38,9 @@ def scorer(prefer_correct: bool):
 
 
 def config(tmp_path, **kw):
-    return EvalConfig("sums:", str(tmp_path), tmp_path, n=4, prm="unused", bon_trials=100, **kw)
+    cfg = EvalConfig("sums:", str(tmp_path), tmp_path, n=4, bon_trials=100)
+    cfg.prm, cfg.orm = "stand-in", kw.get("orm")  # the scorers are given to best_of_n directly
+    return cfg
 
 
 def test_sizes():
@@ -69,17 +71,23 @@ def test_orm_rule_and_incomplete_problems(tmp_path):
     data[0] = (data[0][0], data[0][1][:2])  # a problem whose samples did not all finish is left out
     out = best_of_n(data, config(tmp_path, orm="unused"), prm=scorer(False), orm=scorer(True))
     assert out["problems"] == 9 and out["curves"]["orm"]["4"] == out["curves"]["oracle"]["4"]
-    with pytest.raises(ValueError, match="n=4"):
-        best_of_n([(data[0][0], data[0][1])], config(tmp_path), prm=scorer(True))
+    # a run stopped before any problem has all its samples: no curves, and the summary still renders
+    empty = best_of_n([(data[0][0], data[0][1])], config(tmp_path), prm=scorer(True))
+    assert empty["problems"] == 0 and empty["curves"] == {} and empty["ns"] == [1, 2, 4]
+    assert "no curves" in "\n".join(markdown(empty))
 
 
 def test_bad_options_are_named(tmp_path):
     with pytest.raises(ValueError, match="n >= 2"):
         EvalConfig("sums:", str(tmp_path), tmp_path, n=1, prm="x")
+    with pytest.raises(ValueError, match="prm: .*not a process reward model"):
+        EvalConfig("sums:", str(tmp_path), tmp_path, n=2, prm=str(tmp_path))  # a directory without a PRM config
     with pytest.raises(ValueError, match="give prm"):
         EvalConfig("sums:", str(tmp_path), tmp_path, n=2, orm="x")
     with pytest.raises(ValueError, match="aggregation"):
         EvalConfig("sums:", str(tmp_path), tmp_path, n=2, prm="x", vote_by="median")
+    with pytest.raises(ValueError, match="prm: .*missing"):
+        EvalConfig("sums:", str(tmp_path), tmp_path, n=2, prm=str(tmp_path / "missing"))
 
 
 @pytest.fixture(scope="module")

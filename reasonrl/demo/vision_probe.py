@@ -6,9 +6,10 @@ scene (plain background, solid colour), and prints held-out accuracy as it goes 
 tower's stem is one linear map per 14-pixel patch, so how large objects are against patches decides
 how fast it learns (docs/vision.md, "The embedded VLM").
 
-`cell_targets` are the dense per-token labels of the embedded VLM's planned first stage: for each
-merged token's square of the image, which colours and shapes cover it and whether an object's
-centre falls in it.
+`cell_targets` and `object_cells` are the labels of the embedded VLM's first stage: for each merged
+token's square of the image, which colours and shapes cover it and whether an object's centre falls
+in it; and for each object, the tokens it covers, its shape and its colour (learnt from the object's
+tokens max-pooled: per-token shape bits alone do not train, docs/vision.md).
 """
 
 from __future__ import annotations
@@ -72,6 +73,20 @@ def cell_targets(scene: Scene, rendering: Rendering, cell: int = 28) -> np.ndarr
         ys, xs = np.nonzero(mask)
         t[min(int(ys.mean()) // cell, gh - 1), min(int(xs.mean()) // cell, gw - 1), -1] = 1
     return t.reshape(gh * gw, -1)
+
+
+def object_cells(scene: Scene, rendering: Rendering, cell: int = 28) -> list[tuple[np.ndarray, int, int]]:
+    """For each object showing at least 30 pixels: (the cells it covers as in `cell_targets`, a bool
+    mask in raster order; its shape's index; its colour's index)."""
+    h, w = rendering.owner.shape
+    gh, gw = h // cell, w // cell
+    out = []
+    for i, obj in enumerate(scene.objects):
+        mask = rendering.owner[:gh * cell, :gw * cell] == i
+        on = mask.reshape(gh, cell, gw, cell).sum((1, 3)) >= 8
+        if mask.sum() >= 30 and on.any():
+            out.append((on.reshape(-1), SHAPES.index(obj.shape), COLOURS.index(obj.colour)))
+    return out
 
 
 def tower_features(cfg: ProbeConfig) -> tuple[nn.Module, callable, int]:

@@ -105,15 +105,18 @@ def test_the_rl_update_recomputes_logprobs_with_the_images(vlm_dir, tmp_path):
 
 
 def test_the_vlm_policy_script_builds_a_loadable_checkpoint(tmp_path):
-    from reasonrl.demo.vlm_policy import VLMPolicyConfig, make_vlm_policy, vqa_rows
+    from reasonrl.demo.vlm_policy import VLMPolicyConfig, caption_row, make_vlm_policy, vqa_rows
 
     rows = vqa_rows(60, VLMPolicyConfig(lazy=1.0, lazy_from=3))
     busy = [r for r in rows if r["objects"] >= 3]
     assert busy and all(r["response"].startswith("\\boxed{") for r in busy)  # a guess, no description
     assert all("background" in r["response"] for r in rows if r["objects"] < 3)  # the caption, then the answer
-    path = make_vlm_policy(tmp_path / "vlm", VLMPolicyConfig(caption_steps=2, vqa_steps=2, num_scenes=40))
+    a, b = caption_row(5, 0), caption_row(5, 0)  # drawn examples are made again on each access: the same ones
+    assert a["response"] == b["response"] and (a["prompt"][0]["content"][0]["image"] == b["prompt"][0]["content"][0]["image"]).all()
+    assert caption_row(6, 0)["response"] != a["response"]
+    path = make_vlm_policy(tmp_path / "vlm", VLMPolicyConfig(tower_steps=2, caption_steps=2, vqa_steps=2, vqa_problems=40))
     model = load_model(path)
-    prompt = ShapesVQAEnvironment(ShapesVQAConfig(families=("count",), max_objects=4, size=2)).prompts(1)[0]
+    prompt = ShapesVQAEnvironment(ShapesVQAConfig(families=("count",), image_size=224, max_objects=4, size=2)).prompts(1)[0]
     inp = ChatEncoder(Tokenizer.from_dir(path), model)(prompt.messages)
     assert multimodal(inp).num_images == 1
 

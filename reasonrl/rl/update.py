@@ -12,6 +12,9 @@ a policy that moved: that is when clipping and `approx_kl` mean something.
 
 Micro-batch splits do not change the gradient: each micro-batch backpropagates `loss *
 denominator` and the mini-batch's gradient is divided by the summed denominator (see losses.py).
+Data parallelism (`parallel`, reasonrl/scale/data_parallel.py) is one more such split: each rank
+backpropagates its share of every mini-batch, and the gradient sums and denominators are summed
+over ranks before the division, so M ranks take the optimizer step one process would.
 """
 
 from __future__ import annotations
@@ -74,8 +77,9 @@ class _Totals:
 
 
 class PolicyUpdate:
-    def __init__(self, policy: DecoderLM, cfg: RunConfig, pad_id: int):
-        self.policy, self.cfg, self.pad_id = policy, cfg, pad_id
+    def __init__(self, policy: DecoderLM, cfg: RunConfig, pad_id: int, parallel=None):
+        """`parallel`: this process's rank of a data-parallel trainer group (scale/data_parallel.py)."""
+        self.policy, self.cfg, self.pad_id, self.parallel = policy, cfg, pad_id, parallel
         self.loss_fn = get_loss(cfg.loss.name)
         if cfg.model.freeze_vision:
             freeze_vision(policy)
@@ -97,6 +101,8 @@ class PolicyUpdate:
                 grad_norms.append(self._step(part, samples, advantages, old, version, totals, first_pass=epoch == 0))
         self.scheduler.step()
         self.policy.eval()
+        if self.parallel is not None:
+            totals = self.parallel.merge_totals(totals)
         seconds = time.perf_counter() - start
         tokens = sum(len(s.response_ids) for s in samples)
         return {**totals.means(), "grad_norm": sum(grad_norms) / len(grad_norms), "optimizer_steps": len(grad_norms),
@@ -105,6 +111,7 @@ class PolicyUpdate:
     def _step(self, part: list[int], samples, advantages, old, version: int, totals: _Totals, first_pass: bool) -> float:
         """One optimizer step on the samples `part`; returns the gradient norm before clipping."""
         self.optimizer.zero_grad(set_to_none=True)
+        part = self.parallel.shard(part) if self.parallel is not None else part
         chosen = [samples[i] for i in part]
         denominator = 0.0
         for idx in micro_batches(chosen, self.cfg.optim.max_tokens_per_microbatch):
@@ -112,6 +119,8 @@ class PolicyUpdate:
             batch = collate([samples[i] for i in rows], [advantages[i] for i in rows], self.pad_id, self.policy.device,
                             None if old is None else [old[i] for i in rows])
             denominator += self._backward(batch, version, totals, first_pass)
+        if self.parallel is not None:
+            denominator = self.parallel.reduce_gradients(trainable(self.policy), denominator)
         for p in trainable(self.policy):
             if p.grad is not None and denominator > 0:
                 p.grad /= denominator
@@ -169,6 +178,10 @@ class PolicyUpdate:
             return None
         with torch.no_grad():
             return response_logprobs(self.reference, batch, self.cfg.rollout.temperature)
+
+    def lr(self) -> float:
+        """The learning rate the next update uses."""
+        return self.scheduler.get_last_lr()[0]
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

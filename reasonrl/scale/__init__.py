@@ -1,0 +1,17 @@
+"""Scale-out on Ray: many rollout engines, a distributed trainer group, one training loop.
+
+`reasonrl train RECIPE --ray` (or `cluster.ray: true`) runs the same `Trainer` loop as a single
+process; only two of its parts are swapped:
+
+    rollout backend  EngineBackend (one in-process engine)  ->  EnginePool (N engine actors)
+    policy update    PolicyUpdate (this process)             ->  TrainerGroup (M torch.distributed ranks)
+
+    cluster.py         joining or starting Ray, placing roles on bundles (colocated or disaggregated)
+    engine_worker.py   one LLMEngine stepping in its own thread inside a Ray actor
+    engine_pool.py     the rollout backend over the actors: least outstanding tokens, abort
+                       everywhere, partial progress kept so a dead actor loses no sample
+    weight_sync.py     trainer -> engines: Ray's object store, or a collective broadcast
+    data_parallel.py   gradient all-reduce of the trainer ranks (gloo on CPU, NCCL on GPUs)
+    trainer_worker.py  one trainer rank: its policy replica and its `PolicyUpdate`
+    trainer_group.py   the driver's handle on the ranks, with `PolicyUpdate`'s interface
+"""

@@ -1,0 +1,71 @@
+"""The Ray run: two engine actors and a two-rank gloo trainer group take the single-process update."""
+
+import pytest
+import torch
+
+from reasonrl.envs.letter import LetterEnvironment
+from reasonrl.models import Tokenizer, load_model
+from reasonrl.models.tiny import make_checkpoint, make_tokenizer
+from reasonrl.rl.config import load_config
+from reasonrl.rl.metrics import read_metrics
+from reasonrl.rl.trainer import Trainer
+from reasonrl.rl.update import PolicyUpdate
+from reasonrl.scale.engine_pool import EnginePool
+from reasonrl.scale.trainer_group import TrainerGroup
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    tok = make_tokenizer(["Write the letter a many times. aaaa bbbb abab", "hello world 123"] * 10, vocab_size=300)
+    return make_checkpoint(tmp_path_factory.mktemp("policy") / "m", "qwen2", tok, hidden_size=64, num_layers=2)
+
+
+class Recorder:
+    """The trainer group, recording each update's batch and the driver's weights after it."""
+
+    def __init__(self, group, policy):
+        self.group, self.policy, self.calls = group, policy, []
+
+    def __call__(self, samples, advantages, version):
+        stats = self.group(samples, advantages, version)
+        self.calls.append((samples, advantages, version, {k: v.clone() for k, v in self.policy.state_dict().items()}))
+        return stats
+
+    def __getattr__(self, name):
+        return getattr(self.group, name)
+
+
+def settings(policy_dir, run_dir, **overrides):
+    return {"model.path": str(policy_dir), "train.run_dir": str(run_dir), "env.name": "letter", "env.eval_size": 4,
+            "rollout.max_tokens": 16, "rollout.prompts_per_step": 4, "rollout.samples_per_prompt": 4,
+            "optim.lr": 1e-2, "optim.max_tokens_per_microbatch": 64, "engine.kv_cache_memory": 1 << 24,
+            "train.save_every": 100, "cluster.ray": True, "cluster.engines": 2, "cluster.trainers": 2, **overrides}
+
+
+@pytest.mark.slow
+def test_two_engines_and_two_gloo_ranks_take_the_single_process_update(ray_cluster, policy_dir, tmp_path):
+    cfg = load_config(None, settings(policy_dir, tmp_path / "run", **{"train.steps": 2, "rollout.over_provision": 1.5}))
+    trainer = Trainer(cfg, LetterEnvironment(), load_model(policy_dir), Tokenizer.from_dir(policy_dir), console=False)
+    assert isinstance(trainer.backend, EnginePool) and isinstance(trainer.update, TrainerGroup)
+    trainer.update = spy = Recorder(trainer.update, trainer.policy)
+    try:
+        trainer.train()
+        engine_versions = [s["version"] for s in trainer.backend._each("stats")]
+    finally:
+        trainer.close()
+    samples, advantages, version, after = spy.calls[0]
+    assert {e for s in samples for e in s.versions} == {0}
+    single = PolicyUpdate(load_model(policy_dir), load_config(None, settings(policy_dir, tmp_path / "x")),
+                          Tokenizer.from_dir(policy_dir).pad_token_id)
+    stats = single(samples, advantages, version)
+    assert stats["optimizer_steps"] == 1
+    # Adam's first step is ~lr per weight, and sums in another order move it by far less: any real
+    # difference (a rank's gradient missing, counted twice, or divided by its own denominator) is ~lr
+    lr = cfg.optim.lr
+    for name, p in single.policy.state_dict().items():
+        assert float((after[name] - p).abs().max()) <= 1e-3 * lr, name
+    assert any(not torch.equal(after[n], p) for n, p in load_model(policy_dir).state_dict().items())  # it moved
+    rows = [r for r in read_metrics(tmp_path / "run") if "reward_mean" in r]
+    assert len(rows) == 2 and all(r["dropped_groups"] == 0 for r in rows)
+    assert all(r["sync_seconds"] > 0 and r["trainer_ranks"] == 2 for r in rows)
+    assert engine_versions == [2, 2]  # both engines serve the weights of the last update

@@ -161,6 +161,7 @@ class EnginePool(RolloutBackend):
         """An actor died: replace it (if configured), and resume its requests on the live engines."""
         self.counters["engine_deaths"] += 1
         orphans = [self.requests.pop(k) for k in sorted(engine.keys)]
+        engine.keys.clear()
         self.engines.remove(engine)
         print(f"reasonrl: engine actor {engine.index} died with {len(orphans)} requests; resuming them elsewhere",
               file=sys.stderr, flush=True)

@@ -5,19 +5,12 @@ import torch
 
 from reasonrl.envs.letter import LetterEnvironment
 from reasonrl.models import Tokenizer, load_model
-from reasonrl.models.tiny import make_checkpoint, make_tokenizer
 from reasonrl.rl.config import load_config
 from reasonrl.rl.metrics import read_metrics
 from reasonrl.rl.trainer import Trainer
 from reasonrl.rl.update import PolicyUpdate
 from reasonrl.scale.engine_pool import EnginePool
 from reasonrl.scale.trainer_group import TrainerGroup
-
-
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory):
-    tok = make_tokenizer(["Write the letter a many times. aaaa bbbb abab", "hello world 123"] * 10, vocab_size=300)
-    return make_checkpoint(tmp_path_factory.mktemp("policy") / "m", "qwen2", tok, hidden_size=64, num_layers=2)
 
 
 class Recorder:

@@ -62,3 +62,31 @@ def test_two_engines_and_two_gloo_ranks_take_the_single_process_update(ray_clust
     assert len(rows) == 2 and all(r["dropped_groups"] == 0 for r in rows)
     assert all(r["sync_seconds"] > 0 and r["trainer_ranks"] == 2 for r in rows)
     assert engine_versions == [2, 2]  # both engines serve the weights of the last update
+
+
+@pytest.mark.slow
+def test_a_stopped_ray_run_resumes_with_its_buffer_weights_and_optimizer(ray_cluster, policy_dir, tmp_path):
+    from reasonrl.rl.checkpoint import latest_checkpoint, load_trainer_state
+
+    def trainer():
+        cfg = load_config(None, settings(policy_dir, tmp_path / "run", **{"train.steps": 2, "rollout.over_provision": 2.0,
+                                                                          "rollout.max_tokens": 32, "engine.max_num_seqs": 4}))
+        return Trainer(cfg, LetterEnvironment(), load_model(policy_dir), Tokenizer.from_dir(policy_dir), console=False)
+    first = trainer()
+    try:
+        first.train(stop=lambda: first.step >= 1)  # as Ctrl-C or a killed job after step 1
+    finally:
+        first.close()
+    state = load_trainer_state(latest_checkpoint(tmp_path / "run"))
+    assert state["rollout"]["april"]["buffer"]  # partial groups saved with the checkpoint
+    second = trainer()
+    try:
+        assert second.resume() and second.step == 1
+        saved = state["update"]["optimizer"]["state"]
+        restored = second.update.state_dict()["optimizer"]["state"]  # rank 0's, pushed from the checkpoint
+        assert all(torch.equal(saved[i]["exp_avg"], restored[i]["exp_avg"]) for i in saved)
+        second.train()
+    finally:
+        second.close()
+    rows = [r for r in read_metrics(tmp_path / "run") if "reward_mean" in r]
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["resumed_samples"] > 0 and rows[1]["dropped_groups"] == 0

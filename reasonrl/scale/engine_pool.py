@@ -14,7 +14,8 @@ pool spreads that over the engines:
   lost; tokens generated after the dead actor's last report are generated again.
 - `sync` puts the new state dict once into Ray's object store (shared memory on a node, fetched once
   per node) and every engine loads it and resets its prefix cache; an engine replacing a dead one
-  loads the same object.
+  loads the same object. With `cluster.weight_sync: broadcast`, trainer rank 0 sends the weights to
+  every engine in one collective instead (weight_sync.py: NCCL between GPUs, gloo on CPU).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class EnginePool(RolloutBackend):
         self.engines = [self._start(i) for i in range(cluster.cfg.engines)]
         self.requests: dict[str, Request] = {}
         self.weights, self.version = None, 0  # the ObjectRef of the last synced state dict
+        self.policy = None  # the policy last synced
+        self.source = None  # trainer rank 0's actor when weights go by broadcast (cluster.weight_sync)
+        self.members: list | None = None  # the engines of the current broadcast group
         self.counters = {"engine_deaths": 0, "engine_restarts": 0, "recovered_samples": 0, "recovered_tokens": 0}
 
     def _start(self, index: int) -> Engine:
@@ -181,15 +185,37 @@ class EnginePool(RolloutBackend):
     def _replace(self, index: int) -> Engine:
         self.counters["engine_restarts"] += 1
         engine = self._start(index)
+        if self.source is not None and self.policy is not None:  # broadcast syncs leave no object to load
+            self.weights = self.ray.put(_cpu_state(self.policy))
         if self.weights is not None:
             engine.actor.set_weights.remote(self.weights, self.version)  # runs before any submit to it
         return engine
 
     # ---- weights, memory, counters ----------------------------------------------------------
     def sync(self, policy, version: int) -> None:
-        self.weights = self.ray.put({k: v.detach().cpu() for k, v in policy.state_dict().items()})
-        self.version = version
+        self.policy, self.version = policy, version
+        if self.source is not None and self._broadcast(version):
+            return
+        self.weights = self.ray.put(_cpu_state(policy))
         self._each("set_weights", self.weights, version)
+
+    def _broadcast(self, version: int) -> bool:
+        """Trainer rank 0 broadcasts to every engine (weight_sync.py); False when an engine died meanwhile
+        (the group is rebuilt at the next sync; this one goes through the object store)."""
+        members = [e.actor for e in self.engines]
+        try:
+            if self.members != members:  # first sync, or an engine was replaced: a new group
+                address, world = self.ray.get(self.source.rendezvous.remote()), len(members) + 1
+                self.ray.get([self.source.join_broadcast.remote(address, world)] + [
+                    a.join_broadcast.remote(address, i + 1, world, self.cluster.device) for i, a in enumerate(members)])
+                self.members = members
+            self.ray.get([self.source.broadcast_weights.remote()] + [a.receive_weights.remote(version) for a in members])
+            return True
+        except self.ray.exceptions.RayActorError:
+            self.members = None
+            for engine in [e for e in self.engines if not _alive(self.ray, e.actor)]:
+                self._lost(engine)
+            return False
 
     def _each(self, method: str, *args) -> list:
         """Call `method` on every engine and wait; a dead one is replaced (and called again)."""
@@ -228,3 +254,15 @@ class EnginePool(RolloutBackend):
         for e in self.engines:
             self.ray.kill(e.actor)
         self.engines = []
+
+
+def _cpu_state(policy) -> dict:
+    return {k: v.detach().cpu() for k, v in policy.state_dict().items()}
+
+
+def _alive(ray, actor) -> bool:
+    try:
+        ray.get(actor.stats.remote(), timeout=30)
+        return True
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return False

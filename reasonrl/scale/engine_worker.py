@@ -117,6 +117,17 @@ class EngineWorker:
             return version
         return self._call(load)
 
+    def join_broadcast(self, address: str, rank: int, world: int, device: str) -> None:
+        """Join the weight-broadcast group (weight_sync.py) as `rank` (runs beside the stepping thread)."""
+        from reasonrl.scale.weight_sync import WeightBroadcast
+
+        self.broadcast = WeightBroadcast(address, rank, world, device)
+
+    def receive_weights(self, version: int) -> int:
+        """Take part in one broadcast of new weights, then load them between two steps."""
+        tensors = self.broadcast.receive(self.engine.model.state_dict())
+        return self.set_weights(tensors, version)
+
     def sleep(self) -> None:
         self._call(self.engine.sleep)
 

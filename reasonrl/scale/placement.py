@@ -18,6 +18,8 @@ class ScaleOut:
         try:
             self.backend = backend or EnginePool(self.cluster, cfg.model.path, cfg.engine, cfg.model.dtype)
             self.update = TrainerGroup(self.cluster, policy, cfg, pad_id)
+            if cfg.cluster.weight_sync == "broadcast" and isinstance(self.backend, EnginePool):
+                self.backend.source = self.update.workers[0]  # rank 0 sends, every engine receives
         except BaseException:
             self.cluster.close()
             raise

@@ -53,6 +53,15 @@ class TrainerWorker:
     def weights(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.policy.state_dict().items()}
 
+    def join_broadcast(self, address: str, world: int) -> None:
+        """Join the weight-broadcast group to the engines as its sender, rank 0 (weight_sync.py)."""
+        from reasonrl.scale.weight_sync import WeightBroadcast
+
+        self.broadcast = WeightBroadcast(address, 0, world, self.device)
+
+    def broadcast_weights(self) -> None:
+        self.broadcast.send(self.policy.state_dict())
+
     def lr(self) -> float:
         return self.update.lr()
 

@@ -14,6 +14,7 @@ from reasonrl.rollout.manager import RolloutManager
 from reasonrl.scale.cluster import Cluster
 from reasonrl.scale.config import ClusterConfig
 from reasonrl.scale.engine_pool import EnginePool
+from tests.scale.common import on_each_engine
 
 pytestmark = pytest.mark.slow
 
@@ -113,22 +114,6 @@ def test_an_engine_killed_mid_rollout_loses_no_sample(pool, policy_dir, ray_clus
     while "after" not in out:
         out.update(pool.poll())
     assert len(out["after"].token_ids) == 4
-
-
-def on_each_engine(pool, prompt, params):
-    """The output of `prompt` from every engine (one request pinned to each)."""
-    from reasonrl.scale.engine_pool import Request
-
-    for i, target in enumerate(list(pool.engines)):
-        for e in pool.engines:
-            e.load += 0 if e is target else 10 ** 9  # least outstanding tokens: the target
-        pool._assign(Request(f"pin{i}", prompt, params, [], [], -1, len(prompt) + params.max_tokens))
-        for e in pool.engines:
-            e.load -= 0 if e is target else 10 ** 9
-    got = {}
-    while len(got) < len(pool.engines):
-        got.update(pool.poll())
-    return [got[f"pin{i}"] for i in range(len(pool.engines))]
 
 
 def test_sync_loads_new_weights_on_every_engine(pool, policy_dir):

@@ -3,6 +3,9 @@
 import pytest
 import torch
 
+from reasonrl.engine import LLMEngine
+from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.envs.letter import LetterEnvironment
 from reasonrl.models import Tokenizer, load_model
 from reasonrl.rl.config import load_config
@@ -11,6 +14,9 @@ from reasonrl.rl.trainer import Trainer
 from reasonrl.rl.update import PolicyUpdate
 from reasonrl.scale.engine_pool import EnginePool
 from reasonrl.scale.trainer_group import TrainerGroup
+from tests.scale.common import on_each_engine
+
+greedy = SamplingParams(temperature=0, max_tokens=6, detokenize=False)
 
 
 class Recorder:
@@ -37,13 +43,16 @@ def settings(policy_dir, run_dir, **overrides):
 
 @pytest.mark.slow
 def test_two_engines_and_two_gloo_ranks_take_the_single_process_update(ray_cluster, policy_dir, tmp_path):
-    cfg = load_config(None, settings(policy_dir, tmp_path / "run", **{"train.steps": 2, "rollout.over_provision": 1.5}))
+    cfg = load_config(None, settings(policy_dir, tmp_path / "run", **{"train.steps": 2, "rollout.over_provision": 1.5,
+                                                                      "cluster.weight_sync": "broadcast"}))
     trainer = Trainer(cfg, LetterEnvironment(), load_model(policy_dir), Tokenizer.from_dir(policy_dir), console=False)
     assert isinstance(trainer.backend, EnginePool) and isinstance(trainer.update, TrainerGroup)
     trainer.update = spy = Recorder(trainer.update, trainer.policy)
     try:
         trainer.train()
         engine_versions = [s["version"] for s in trainer.backend._each("stats")]
+        served = on_each_engine(trainer.backend, list(range(5, 30)), greedy)
+        assert trainer.backend.members is not None and trainer.backend.weights is None  # synced by broadcast only
     finally:
         trainer.close()
     samples, advantages, version, after = spy.calls[0]
@@ -61,7 +70,13 @@ def test_two_engines_and_two_gloo_ranks_take_the_single_process_update(ray_clust
     rows = [r for r in read_metrics(tmp_path / "run") if "reward_mean" in r]
     assert len(rows) == 2 and all(r["dropped_groups"] == 0 for r in rows)
     assert all(r["sync_seconds"] > 0 and r["trainer_ranks"] == 2 for r in rows)
-    assert engine_versions == [2, 2]  # both engines serve the weights of the last update
+    assert engine_versions == [2, 2]  # both engines serve the weights of the last update, broadcast by rank 0
+    reference = LLMEngine(trainer.policy, Tokenizer.from_dir(policy_dir), EngineConfig(kv_cache_memory=1 << 24))
+    reference.add_request("r", list(range(5, 30)), greedy)
+    expected = reference.drain()["r"].outputs[0]
+    for out in served:
+        assert out.token_ids == expected.token_ids
+        torch.testing.assert_close(torch.tensor(out.logprobs), torch.tensor(expected.logprobs))
 
 
 @pytest.mark.slow
@@ -70,7 +85,8 @@ def test_a_stopped_ray_run_resumes_with_its_buffer_weights_and_optimizer(ray_clu
 
     def trainer():
         cfg = load_config(None, settings(policy_dir, tmp_path / "run", **{"train.steps": 2, "rollout.over_provision": 2.0,
-                                                                          "rollout.max_tokens": 32, "engine.max_num_seqs": 4}))
+                                                                          "rollout.max_tokens": 32, "engine.max_num_seqs": 4,
+                                                                          "cluster.placement": "colocated"}))
         return Trainer(cfg, LetterEnvironment(), load_model(policy_dir), Tokenizer.from_dir(policy_dir), console=False)
     first = trainer()
     try:
@@ -86,6 +102,7 @@ def test_a_stopped_ray_run_resumes_with_its_buffer_weights_and_optimizer(ray_clu
         restored = second.update.state_dict()["optimizer"]["state"]  # rank 0's, pushed from the checkpoint
         assert all(torch.equal(saved[i]["exp_avg"], restored[i]["exp_avg"]) for i in saved)
         second.train()
+        assert second.backend.stats()["kv_allocated_bytes"] == 0  # colocated: engines asleep while the trainer runs
     finally:
         second.close()
     rows = [r for r in read_metrics(tmp_path / "run") if "reward_mean" in r]

@@ -63,12 +63,13 @@ class Engine:
 
 class EnginePool(RolloutBackend):
     def __init__(self, cluster: Cluster, model_path: str, engine_cfg: EngineConfig, dtype: str | None = None,
-                 poll_wait: float = 0.05):
+                 poll_wait: float = 0.05, engines: int | None = None):
+        """`engines`: use the first this many engine bundles of the cluster (default: all of them)."""
         self.ray, self.cluster, self.poll_wait = cluster.ray, cluster, poll_wait
         self.colocated = cluster.cfg.placement == "colocated"
         self.spec = (model_path, engine_cfg, cluster.device, dtype, cluster.cfg.engine_threads)
         self.actor_cls = self.ray.remote(EngineWorker)
-        self.engines = [self._start(i) for i in range(cluster.cfg.engines)]
+        self.engines = [self._start(i) for i in range(engines or cluster.cfg.engines)]
         self.requests: dict[str, Request] = {}
         self.weights, self.version = None, 0  # the ObjectRef of the last synced state dict
         self.policy = None  # the policy last synced

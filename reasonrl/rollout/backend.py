@@ -1,5 +1,5 @@
-"""Where rollouts run, behind one interface: the in-process engine, a `reasonrl serve` endpoint
-over HTTP (`remote.py`), and later engines on other machines.
+"""Where rollouts run, behind one interface: the in-process engine, an inference server over HTTP
+(`remote.py`: reasonrl serve, SGLang, vLLM), and engine actors on a Ray cluster (reasonrl/scale/).
 
 The APRIL manager speaks `submit` / `poll` / `abort_all`; the trainer speaks `prepare` and
 `release` around each rollout phase, `sync` after each update, `stats` and `state_dict` for its
@@ -115,6 +115,6 @@ def make_backend(cfg: RolloutConfig, engine_cfg: EngineConfig, policy: DecoderLM
         from reasonrl.rollout.remote import RemoteBackend, api_key_from_env
 
         return RemoteBackend(cfg.remote_url, sync_dir=sync_dir, tokenizer=tokenizer,
-                             api_key=api_key_from_env(cfg.remote_api_key_env))
+                             api_key=api_key_from_env(cfg.remote_api_key_env), engine=cfg.remote_engine)
     return EngineBackend(LLMEngine(policy, tokenizer, engine_cfg))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from reasonrl.config import check
 
@@ -33,6 +34,9 @@ class RolloutConfig:
     remote_url: str | None = None
     """Roll out on a `reasonrl serve` endpoint (http://host:port) instead of the in-process engine;
     weights are pushed to it after every update."""
+    remote_engine: Literal["reasonrl", "sglang", "vllm"] = "reasonrl"
+    """With remote_url: the server's kind, whose routes generate, abort and load weights (rollout/dialects.py
+    lists them per engine and version; vLLM cannot take pushed weights, so it cannot serve RL rollouts)."""
     remote_api_key_env: str = "REASONRL_ADMIN_KEY"
     """With remote_url: the environment variable holding the server's admin key (pushing weights and
     aborting are administrative); unset, REASONRL_API_KEY is used; neither set: no key is sent."""

@@ -124,3 +124,32 @@ def test_remote_abort_returns_partials_and_resume_is_exact(served):
 def test_dead_endpoint_gives_one_clear_error():
     with pytest.raises(ConnectionError, match="no reasonrl server at http://127.0.0.1:9"):
         RemoteBackend("http://127.0.0.1:9")
+
+
+def test_openai_completions_dialect_resumes_by_prompt_extension(served, tmp_path):
+    """The vLLM dialect (plain OpenAI completions with token ids) against `reasonrl serve`: a partial
+    sample resumes as a longer prompt, its tokens and behaviour log-probs kept, and greedy decoding
+    continues exactly where the uninterrupted sample went."""
+    from reasonrl.engine import SamplingParams
+
+    _, url, _ = served
+    backend = RemoteBackend(url, sync_dir=tmp_path, engine="vllm")
+    params, prompt = SamplingParams(temperature=0, max_tokens=12), [5, 6, 7, 8]
+    backend.submit("full", prompt, params, [], [])
+    full = {}
+    while "full" not in full:
+        full.update(dict(backend.poll()))
+    whole = full["full"]
+    assert len(whole.token_ids) == len(whole.logprobs) > 5
+    kept_logprobs = [-0.5] * 5  # behaviour log-probs of an older policy: carried, never recomputed
+    backend.submit("resumed", prompt, params, whole.token_ids[:5], kept_logprobs)
+    out = {}
+    while "resumed" not in out:
+        out.update(dict(backend.poll()))
+    resumed = out["resumed"]
+    assert resumed.token_ids == whole.token_ids and resumed.logprobs[:5] == kept_logprobs
+    torch.testing.assert_close(torch.tensor(resumed.logprobs[5:]), torch.tensor(whole.logprobs[5:]), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="pushing weights to a vLLM server is not supported"):
+        backend.sync(None, 1)  # refused before anything is written
+    assert not any(tmp_path.iterdir())
+    backend.close()

@@ -111,14 +111,18 @@ class PolicyUpdate:
     def _step(self, part: list[int], samples, advantages, old, version: int, totals: _Totals, first_pass: bool) -> float:
         """One optimizer step on the samples `part`; returns the gradient norm before clipping."""
         self.optimizer.zero_grad(set_to_none=True)
-        part = self.parallel.shard(part) if self.parallel is not None else part
-        chosen = [samples[i] for i in part]
+        mine = self.parallel.shard(part) if self.parallel is not None else part
+        groups: list = [[mine[i] for i in idx] for idx in micro_batches([samples[i] for i in mine],
+                                                                        self.cfg.optim.max_tokens_per_microbatch)]
+        if self.parallel is not None:  # sharded weights: every rank runs as many backward passes (None: an idle one)
+            groups = self.parallel.even(groups)
         denominator = 0.0
-        for idx in micro_batches(chosen, self.cfg.optim.max_tokens_per_microbatch):
-            rows = [part[i] for i in idx]
+        for rows in groups:
+            idle = rows is None
+            rows = [part[0]] if idle else rows
             batch = collate([samples[i] for i in rows], [advantages[i] for i in rows], self.pad_id, self.policy.device,
                             None if old is None else [old[i] for i in rows])
-            denominator += self._backward(batch, version, totals, first_pass)
+            denominator += self._backward(batch, version, totals, first_pass, idle)
         if self.parallel is not None:
             denominator = self.parallel.reduce_gradients(trainable(self.policy), denominator)
         for p in trainable(self.policy):
@@ -126,9 +130,11 @@ class PolicyUpdate:
                 p.grad /= denominator
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable(self.policy), self.cfg.optim.grad_clip)
         self.optimizer.step()
-        return float(grad_norm)
+        return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # a DTensor if sharded
 
-    def _backward(self, batch: TrainBatch, version: int, totals: _Totals, first_pass: bool) -> float:
+    def _backward(self, batch: TrainBatch, version: int, totals: _Totals, first_pass: bool, idle: bool = False) -> float:
+        """Backpropagate `loss * denominator` of one micro-batch; its denominator. `idle`: a pass that
+        only keeps a sharded rank in step with the others (its gradient is zero, nothing counted)."""
         with self._autocast():
             logp, entropy = response_logprobs(self.policy, batch, self.cfg.rollout.temperature, entropy=True)
             ref = self._reference_logp(batch)
@@ -139,6 +145,9 @@ class PolicyUpdate:
         loss, stats = self.loss_fn(logp, old_logp, batch.behaviour_logp, batch.advantages, mask, self.cfg.loss,
                                    ref_logp=ref)
         d = float(stats.pop("denominator"))
+        if idle:
+            (loss * 0.0).backward()
+            return 0.0
         (loss * d).backward()
         for key, value in stats.items():
             totals.add(key, float(value), d)

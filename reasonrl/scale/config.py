@@ -27,6 +27,9 @@ class ClusterConfig:
     """CPU threads (torch intra-op) of each engine actor, and the CPUs Ray reserves for it."""
     trainer_threads: int = 1
     """CPU threads of each trainer rank, and the CPUs Ray reserves for it."""
+    fsdp: bool | None = None
+    """Shard the trainer ranks' parameters, gradients and optimizer state with FSDP2 (fully_shard per decoder
+    layer); none: on with GPUs, off on CPU (every rank then holds a replica and gradients are all-reduced)."""
     weight_sync: Literal["object_store", "broadcast"] = "object_store"
     """How new weights reach the engines: one copy in Ray's shared-memory object store that every engine
     reads, or a torch.distributed broadcast from the driver to all engines (gloo on CPU, NCCL on GPUs)."""

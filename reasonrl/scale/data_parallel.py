@@ -5,6 +5,10 @@ Every rank holds the whole policy and optimizer. Each mini-batch is dealt out ro
 all-reduced in one flat buffer (`reduce_gradients`), so every rank divides by the global
 denominator, clips the same global norm and takes the same optimizer step as one process given the
 whole mini-batch: equal to float tolerance (sums in another order). Gloo on CPU, NCCL on GPUs.
+
+With FSDP2 (`sharded`) each rank holds a shard of the parameters, gradients and optimizer state;
+FSDP reduce-scatters the gradients itself (their mean: scaled back to the sum here; gloo has no
+pre-multiplied sum), so only the denominators are all-reduced, and ranks with fewer micro-batches run idle backward passes to stay in step.
 """
 
 from __future__ import annotations
@@ -14,15 +18,33 @@ import torch.distributed as dist
 
 
 class DataParallel:
-    def __init__(self, rank: int, world: int):
-        self.rank, self.world = rank, world
+    def __init__(self, rank: int, world: int, sharded: bool = False, device: str = "cpu"):
+        """`sharded`: the policy is FSDP2-sharded (its gradients are reduce-scattered as sums by FSDP itself);
+        `device`: where the collectives' small tensors live (cuda for NCCL)."""
+        self.rank, self.world, self.sharded, self.device = rank, world, sharded, device
 
     def shard(self, part: list[int]) -> list[int]:
         """This rank's samples of a mini-batch (a rank may get none)."""
         return part[self.rank::self.world]
 
+    def even(self, groups: list) -> list:
+        """This rank's micro-batches, padded with None to the most any rank has: with sharded weights every
+        backward pass is a collective, so every rank must run as many (the extra ones idle)."""
+        if not self.sharded:
+            return groups
+        count = torch.tensor([len(groups)], device=self.device)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        return groups + [None] * (int(count) - len(groups))
+
     def reduce_gradients(self, params: list[torch.nn.Parameter], denominator: float) -> float:
         """Sum every parameter's gradient and the denominator over ranks (in place); the global denominator."""
+        if self.sharded:  # FSDP2 already reduce-scattered the gradients: their mean over ranks, in each shard
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(self.world)
+            total = torch.tensor([denominator], dtype=torch.float64, device=self.device)
+            dist.all_reduce(total)
+            return float(total)
         for p in params:
             if p.grad is None:  # a rank without samples, or a parameter its samples did not reach
                 p.grad = torch.zeros_like(p)

@@ -25,8 +25,9 @@ class TrainerGroup:
     def __init__(self, cluster: Cluster, policy: DecoderLM, cfg: RunConfig, pad_id: int):
         self.ray, self.policy = cluster.ray, policy
         world, actor = cluster.cfg.trainers, self.ray.remote(TrainerWorker)
+        fsdp = cluster.cfg.fsdp if cluster.cfg.fsdp is not None else cluster.use_gpus
         self.workers = [actor.options(**cluster.options("trainer", rank)).remote(
-            cfg, rank, world, pad_id, cluster.device, cluster.cfg.trainer_threads) for rank in range(world)]
+            cfg, rank, world, pad_id, cluster.device, cluster.cfg.trainer_threads, fsdp) for rank in range(world)]
         address = self.ray.get(self.workers[0].rendezvous.remote())
         self.ray.get([w.join.remote(address) for w in self.workers])
         self._push()
@@ -34,12 +35,13 @@ class TrainerGroup:
     def _push(self, update_state: dict | None = None) -> None:
         weights = self.ray.put({k: v.detach().cpu() for k, v in self.policy.state_dict().items()})
         self.ray.get([w.load.remote(weights, update_state) for w in self.workers])
+        self.ray.get([w.weights.remote() for w in self.workers])  # rank 0 holds what a broadcast sends
 
     def __call__(self, samples: list[Sample], advantages: list[float], version: int) -> dict[str, float]:
         batch = self.ray.put((samples, advantages))
         stats = self.ray.get([w.train.remote(batch, version) for w in self.workers])[0]
         start = time.perf_counter()
-        weights = self.ray.get(self.workers[0].weights.remote())
+        weights = self.ray.get([w.weights.remote() for w in self.workers])[0]  # a collective when sharded
         with torch.no_grad():
             for name, tensor in self.policy.state_dict().items():
                 tensor.copy_(weights[name])
@@ -49,7 +51,7 @@ class TrainerGroup:
         return self.ray.get(self.workers[0].lr.remote())
 
     def state_dict(self) -> dict:
-        return self.ray.get(self.workers[0].state_dict.remote())
+        return self.ray.get([w.state_dict.remote() for w in self.workers])[0]
 
     def load_state_dict(self, state: dict) -> None:
         """Resume: the driver's restored policy and `state` (optimizer, schedule) on every rank."""

@@ -42,9 +42,11 @@ def settings(policy_dir, run_dir, **overrides):
 
 
 @pytest.mark.slow
-def test_two_engines_and_two_gloo_ranks_take_the_single_process_update(ray_cluster, policy_dir, tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["replicated", "fsdp2"])
+def test_two_engines_and_two_gloo_ranks_take_the_single_process_update(ray_cluster, policy_dir, tmp_path, fsdp):
     cfg = load_config(None, settings(policy_dir, tmp_path / "run", **{"train.steps": 2, "rollout.over_provision": 1.5,
-                                                                      "cluster.weight_sync": "broadcast"}))
+                                                                      "cluster.weight_sync": "broadcast",
+                                                                      "cluster.fsdp": fsdp}))
     trainer = Trainer(cfg, LetterEnvironment(), load_model(policy_dir), Tokenizer.from_dir(policy_dir), console=False)
     assert isinstance(trainer.backend, EnginePool) and isinstance(trainer.update, TrainerGroup)
     trainer.update = spy = Recorder(trainer.update, trainer.policy)
@@ -81,12 +83,15 @@ def test_two_engines_and_two_gloo_ranks_take_the_single_process_update(ray_clust
 
 @pytest.mark.slow
 def test_a_stopped_ray_run_resumes_with_its_buffer_weights_and_optimizer(ray_cluster, policy_dir, tmp_path):
+    """Colocated engines and trainer ranks, FSDP2-sharded: the checkpoint holds the optimizer state in the
+    single-process format and every rank gets its shard of it back."""
     from reasonrl.rl.checkpoint import latest_checkpoint, load_trainer_state
 
     def trainer():
         cfg = load_config(None, settings(policy_dir, tmp_path / "run", **{"train.steps": 2, "rollout.over_provision": 2.0,
                                                                           "rollout.max_tokens": 32, "engine.max_num_seqs": 4,
-                                                                          "cluster.placement": "colocated"}))
+                                                                          "cluster.placement": "colocated",
+                                                                          "cluster.fsdp": True}))
         return Trainer(cfg, LetterEnvironment(), load_model(policy_dir), Tokenizer.from_dir(policy_dir), console=False)
     first = trainer()
     try:

@@ -12,6 +12,7 @@ engine and the trainer rank split in half; the engine frees its KV cache while t
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
 
@@ -56,10 +57,26 @@ class Cluster:
         self.cfg = cfg
         self.started = not ray.is_initialized()
         if self.started:
-            ray.init(address=cfg.address, include_dashboard=False, log_to_driver=True)
+            ray.init(address=cfg.address, include_dashboard=False, log_to_driver=True, **self._local_resources())
         self.use_gpus = cfg.device == "cuda" or (cfg.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-        self.group = ray.util.placement_group(self._bundles(), strategy="PACK")
-        ray.get(self.group.ready(), timeout=600)
+        bundles = self._bundles()
+        self.group = ray.util.placement_group(bundles, strategy="PACK")
+        try:
+            ray.get(self.group.ready(), timeout=cfg.placement_timeout)
+        except ray.exceptions.GetTimeoutError:
+            ray.util.remove_placement_group(self.group)
+            raise RuntimeError(f"the Ray cluster cannot place this run's {len(bundles)} bundles {bundles} within "
+                               f"{cfg.placement_timeout:.0f} s (it has {ray.available_resources()}): lower "
+                               "cluster.engines / cluster.trainers or add nodes") from None
+
+    def _local_resources(self) -> dict:
+        """A cluster started here: as many logical CPUs as the run reserves, at least one per core (a
+        reservation, not a thread count: two engines with one thread each fit a 2-core machine)."""
+        if self.cfg.address is not None:
+            return {}
+        c = self.cfg
+        need = c.engines * c.engine_threads + c.trainers * c.trainer_threads
+        return {"num_cpus": max(os.cpu_count() or 1, need)}
 
     def _bundles(self) -> list[dict[str, float]]:
         c, gpu = self.cfg, 1.0 if self.use_gpus else 0.0

@@ -33,6 +33,8 @@ class ClusterConfig:
     weight_sync: Literal["object_store", "broadcast"] = "object_store"
     """How new weights reach the engines: one copy in Ray's shared-memory object store that every engine
     reads, or a torch.distributed broadcast from the driver to all engines (gloo on CPU, NCCL on GPUs)."""
+    placement_timeout: float = 600.0
+    """Seconds to wait for the cluster to grant every bundle before giving up with what it lacks."""
     restart_engines: bool = True
     """Replace an engine actor that dies (with the current weights); its samples resume elsewhere either way."""
 

@@ -71,3 +71,11 @@ def test_placement_bundles(placement, engine, trainer, bundles):
     e, t = cluster.slot("engine", 1), cluster.slot("trainer", 1 if placement == "colocated" else 0)
     assert (e.bundle, e.cpus, e.gpus) == engine and (t.bundle, t.cpus, t.gpus) == trainer
     assert cluster._bundles() == bundles
+
+
+def test_the_multi_node_recipe_loads():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "recipes" / "scale-gpu.yaml")
+    c = cfg.cluster
+    assert c.ray and c.address == "auto" and (c.engines, c.trainers) == (8, 4) and c.fsdp and c.weight_sync == "broadcast"

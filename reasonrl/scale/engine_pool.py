@@ -202,7 +202,8 @@ class EnginePool(RolloutBackend):
 
     def _broadcast(self, version: int) -> bool:
         """Trainer rank 0 broadcasts to every engine (weight_sync.py); False when an engine died meanwhile
-        (the group is rebuilt at the next sync; this one goes through the object store)."""
+        (the group is rebuilt at the next sync; this one goes through the object store). A death during
+        the broadcast stalls it until the group's timeout (weight_sync.py), then the run goes on."""
         members = [e.actor for e in self.engines]
         try:
             if self.members != members:  # first sync, or an engine was replaced: a new group
@@ -212,9 +213,12 @@ class EnginePool(RolloutBackend):
                 self.members = members
             self.ray.get([self.source.broadcast_weights.remote()] + [a.receive_weights.remote(version) for a in members])
             return True
-        except self.ray.exceptions.RayActorError:
+        except self.ray.exceptions.RayError:  # an engine died; the others' receives fail at the group's timeout
             self.members = None
-            for engine in [e for e in self.engines if not _alive(self.ray, e.actor)]:
+            dead = [e for e in self.engines if not _alive(self.ray, e.actor)]
+            if not dead:
+                raise
+            for engine in dead:
                 self._lost(engine)
             return False
 

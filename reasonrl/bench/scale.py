@@ -5,8 +5,9 @@ Workload: `requests` prompts (random token ids, fixed seed) sampled at temperatu
 `max_tokens` tokens each (EOS ignored, so every arm does the same work), through `EnginePool`
 (the rollout backend of `reasonrl train --ray`). Each engine actor runs one torch thread. The arms
 alternate `repeats` times; the medians are reported, and their ratio is the scale-out speedup
-(target: >= 1.6x with two engines). Actor start-up and a warm-up rollout are not timed. Weight sync: `syncs` pushes of the policy to both engines,
-through Ray's object store, then by a gloo (CPU) / NCCL (GPU) broadcast from a trainer rank.
+(target: >= 1.6x with two engines). Actor start-up and a warm-up rollout are not timed. Weight
+sync: `syncs` pushes of the policy to both engines, through Ray's object store, then by a gloo
+(CPU) / NCCL (GPU) broadcast from a trainer rank.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ CONFIG_FILE = "config.yaml"
 RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "checkpoints")  # a directory holding none of these is not a run
 WORK = ("metrics.jsonl", "checkpoints")  # a run that wrote neither never logged a step
 FREE_KEYS = {"train.save_every", "train.keep_checkpoints", "train.trackers", "train.eval_every",
-             "cluster", *(f"cluster.{f.name}" for f in dataclasses.fields(ClusterConfig))}  # where it runs
+             "rollout.remote_engine", "cluster", *(f"cluster.{f.name}" for f in dataclasses.fields(ClusterConfig))}
+# (the last ones say where it runs; a run saved before they existed resumes without --accept-changes)
 
 
 class RunMismatch(ValueError):

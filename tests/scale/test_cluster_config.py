@@ -79,3 +79,11 @@ def test_the_multi_node_recipe_loads():
     cfg = load_config(Path(__file__).resolve().parents[2] / "recipes" / "scale-gpu.yaml")
     c = cfg.cluster
     assert c.ray and c.address == "auto" and (c.engines, c.trainers) == (8, 4) and c.fsdp and c.weight_sync == "broadcast"
+
+
+def test_a_run_saved_before_the_cluster_section_existed_resumes(tmp_path):
+    old = load_config(None, {"model.path": "m"}).to_dict()
+    del old["cluster"], old["rollout"]["remote_engine"]  # as an earlier reasonrl saved it
+    open_run(tmp_path, old, console=False)
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    open_run(tmp_path, load_config(None, {"model.path": "m"}).to_dict(), console=False)

@@ -129,9 +129,13 @@ class RemoteBackend(RolloutBackend):
     def sync(self, policy, version: int) -> None:
         if self.sync_dir is None:
             raise ValueError("RemoteBackend needs a sync_dir to push weights to the server")
-        routes = self.dialect.load_weights(str(self.sync_dir.resolve()), version)  # refused before any write
+        self.dialect.load_weights(str(self.sync_dir.resolve()), version)  # a server that takes none refuses first
         save_model(policy, self.sync_dir, self.tokenizer)
-        for route, body in routes:
+        self.load(version)
+
+    def load(self, version: int) -> None:
+        """Make the server load the weights in `sync_dir` (written by this or another backend)."""
+        for route, body in self.dialect.load_weights(str(self.sync_dir.resolve()), version):
             self._request("POST", route, 600, json=body)
 
     def stats(self) -> dict[str, float]:

@@ -10,7 +10,7 @@ process; only two of its parts are swapped:
     placement.py       ScaleOut: the cluster, the engine pool and the trainer group of one run
     cluster.py         joining or starting Ray, placing roles on bundles (colocated or disaggregated)
     engine_worker.py   one LLMEngine stepping in its own thread inside a Ray actor
-    engine_pool.py     the rollout backend over the actors: least outstanding tokens, abort
+    engine_pool.py     the rollout backend over the actors: least outstanding tokens (rollout/balance.py), abort
                        everywhere, partial progress kept so a dead actor loses no sample
     weight_sync.py     trainer rank 0 -> engines by collective broadcast (the object-store path is the pool's)
     data_parallel.py   the trainer ranks' gradient reduction (replicated, or FSDP2-sharded; gloo / NCCL)

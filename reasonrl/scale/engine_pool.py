@@ -3,8 +3,8 @@
 APRIL (rollout/april.py) submits its over-provisioned groups, polls, and aborts all at once; the
 pool spreads that over the engines:
 
-- Each request goes to the live engine with the fewest outstanding tokens: prefill plus the decode
-  budget of its requests, less the tokens they have generated since. Resumed partial samples
+- Each request goes to the live engine with the fewest outstanding tokens (rollout/balance.py):
+  prefill plus the decode budget of its requests, less the tokens they have generated since. Resumed partial samples
   (shorter budgets) thus fill whichever engine is free, whichever engine began them.
 - `abort_all` aborts on every engine at once and returns each request with its tokens.
 - Every poll brings back the new tokens and behaviour log-probs of running requests. When an
@@ -28,6 +28,7 @@ from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.sequence import CompletionOutput
 from reasonrl.models.chat import token_ids
 from reasonrl.rollout.backend import Finished, RolloutBackend
+from reasonrl.rollout.balance import LeastOutstanding
 from reasonrl.scale.cluster import Cluster
 from reasonrl.scale.engine_worker import EngineWorker
 
@@ -41,7 +42,6 @@ class Request:
     output_ids: list[int]
     output_logprobs: list[float]
     engine: int
-    cost: int  # outstanding tokens it adds to its engine
 
     def submission(self) -> tuple:
         return self.key, self.prompt, self.params, list(self.output_ids), list(self.output_logprobs)
@@ -54,11 +54,8 @@ class Request:
 class Engine:
     index: int  # its bundle slot
     actor: object
-    load: int = 0  # outstanding tokens
-    keys: set[str] = field(default_factory=set)
     queued: list[tuple] = field(default_factory=list)  # submissions not yet sent
     collecting: object = None  # the ObjectRef of its collect() in flight
-    awake: bool = True
 
 
 class EnginePool(RolloutBackend):
@@ -70,6 +67,7 @@ class EnginePool(RolloutBackend):
         self.spec = (model_path, engine_cfg, cluster.device, dtype, cluster.cfg.engine_threads)
         self.actor_cls = self.ray.remote(EngineWorker)
         self.engines = [self._start(i) for i in range(engines or cluster.cfg.engines)]
+        self.balance = LeastOutstanding([e.index for e in self.engines])
         self.requests: dict[str, Request] = {}
         self.weights, self.version = None, 0  # the ObjectRef of the last synced state dict
         self.policy = None  # the policy last synced
@@ -83,15 +81,12 @@ class EnginePool(RolloutBackend):
 
     # ---- samples ----------------------------------------------------------------------------
     def submit(self, key, prompt_ids, params, output_ids, output_logprobs) -> None:
-        cost = len(token_ids(prompt_ids)) + params.max_tokens
-        self._assign(Request(key, prompt_ids, params, list(output_ids), list(output_logprobs), -1, cost))
+        self._assign(Request(key, prompt_ids, params, list(output_ids), list(output_logprobs), -1))
 
     def _assign(self, request: Request) -> None:
-        engine = min(self.engines, key=lambda e: (e.load, len(e.keys), e.index))
-        request.engine = engine.index
-        engine.load += request.cost
-        engine.keys.add(request.key)
-        engine.queued.append(request.submission())
+        cost = len(token_ids(request.prompt)) + request.params.max_tokens
+        request.engine = self.balance.place(request.key, cost)
+        self._engine(request.engine).queued.append(request.submission())
         self.requests[request.key] = request
 
     def _flush(self) -> None:
@@ -103,7 +98,7 @@ class EnginePool(RolloutBackend):
     def poll(self) -> list[Finished]:
         self._flush()
         for e in self.engines:
-            if e.collecting is None and e.keys:
+            if e.collecting is None and self.balance.count(e.index):
                 e.collecting = e.actor.collect.remote(self.poll_wait)
         waiting = {e.collecting: e for e in self.engines if e.collecting is not None}
         if not waiting:
@@ -129,17 +124,13 @@ class EnginePool(RolloutBackend):
                 continue
             request.output_ids += ids
             request.output_logprobs += logprobs
-            request.cost -= len(ids)
-            engine.load -= len(ids)
+            self.balance.progress(key, len(ids))
         return [(key, out) for key, out in done if self._retire(key)]
 
     def _retire(self, key: str) -> bool:
-        request = self.requests.pop(key, None)
-        if request is None:
+        if self.requests.pop(key, None) is None:
             return False
-        engine = self._engine(request.engine)
-        engine.load -= request.cost
-        engine.keys.discard(key)
+        self.balance.done(key)
         return True
 
     def _engine(self, index: int) -> Engine:
@@ -152,7 +143,7 @@ class EnginePool(RolloutBackend):
         for e in self.engines:
             if e.collecting is not None:
                 finished += self._receive(e, e.collecting)
-        aborts = {e.index: e.actor.abort_all.remote() for e in self.engines if e.keys}
+        aborts = {e.index: e.actor.abort_all.remote() for e in self.engines if self.balance.count(e.index)}
         for index, ref in aborts.items():
             try:
                 finished += [(key, out) for key, out in self.ray.get(ref) if self._retire(key)]
@@ -165,8 +156,7 @@ class EnginePool(RolloutBackend):
     def _lost(self, engine: Engine, resubmit: bool = True) -> None:
         """An actor died: replace it (if configured), and resume its requests on the live engines."""
         self.counters["engine_deaths"] += 1
-        orphans = [self.requests.pop(k) for k in sorted(engine.keys)]
-        engine.keys.clear()
+        orphans = [self.requests.pop(k) for k in self.balance.remove(engine.index)]
         self.engines.remove(engine)
         print(f"reasonrl: engine actor {engine.index} died with {len(orphans)} requests; resuming them elsewhere",
               file=sys.stderr, flush=True)
@@ -177,7 +167,6 @@ class EnginePool(RolloutBackend):
         for request in orphans:
             self.counters["recovered_samples"] += 1
             self.counters["recovered_tokens"] += len(request.output_ids)
-            request.cost = len(token_ids(request.prompt)) + request.params.max_tokens
             if resubmit:
                 self._assign(request)
             else:
@@ -186,6 +175,7 @@ class EnginePool(RolloutBackend):
     def _replace(self, index: int) -> Engine:
         self.counters["engine_restarts"] += 1
         engine = self._start(index)
+        self.balance.add(index)
         if self.source is not None and self.policy is not None:  # broadcast syncs leave no object to load
             self.weights = self.ray.put(_cpu_state(self.policy))
         if self.weights is not None:

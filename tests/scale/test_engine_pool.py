@@ -45,14 +45,14 @@ def test_requests_go_to_the_engine_with_the_fewest_outstanding_tokens(pool):
     while len(got) < 6:
         got.update(pool.poll())
     assert {k: len(o.token_ids) for k, o in got.items()} == {f"b:{i}": p.max_tokens for i, p in enumerate(params)}
-    assert all(e.load == 0 and not e.keys for e in pool.engines)
+    assert not pool.balance.where and all(load == 0 for load in pool.balance.load.values())
 
 
 def test_april_aborts_on_every_engine_and_resumes_partials_on_any(pool, policy_dir):
     m = manager(pool, policy_dir, over_provision=3.0)
     groups, stats = m.collect(step=1, version=0)
     assert stats["done_groups"] >= 2 and stats["buffered_groups"] > 0 and stats["dropped_groups"] == 0
-    assert not pool.requests and all(not e.keys for e in pool.engines)  # aborted everywhere
+    assert not pool.requests and not pool.balance.where  # aborted everywhere
     buffered = {(g.group_id, s.index): (list(s.response_ids), list(s.logprobs)) for g in m.april.buffer.groups
                 for s in g.samples if s.response_ids and not s.status.finished}
     assert buffered  # partial samples kept with their tokens
@@ -88,7 +88,7 @@ def test_an_engine_killed_mid_rollout_loses_no_sample(pool, policy_dir, ray_clus
         out = original_poll()
         if victim not in pool.engines:
             return out
-        mine = {k: list(pool.requests[k].output_ids) for k in victim.keys}
+        mine = {k: list(pool.requests[k].output_ids) for k in pool.balance.keys(victim.index)}
         if sum(map(len, mine.values())) >= 4 * len(mine) > 0:
             seen.update(mine)  # the partial tokens the driver holds when the actor dies
             ray_cluster.kill(victim.actor)

@@ -32,6 +32,8 @@ WORKLOADS = {
     "vlm": Command("engine vs transformers generate on image+text prompts; vision-tower images/s",
                    "reasonrl.cli.bench:vlm"),
     "april": Command("APRIL vs synchronous rollout on one GRPO workload", "reasonrl.cli.bench:april"),
+    "scale": Command("Ray scale-out: rollout tokens/s with 1 and 2 engine actors, time per weight sync",
+                     "reasonrl.cli.bench:scale"),
     "spec": Command("speculative vs plain decoding: accepted length, speedup, costs", "reasonrl.cli.bench:spec"),
     "kv": Command("KV-cache formats: recall accuracy against bytes per token", "reasonrl.cli.bench:kv"),
     "kv-decode": Command("one decode step's attention at long context per KV format", "reasonrl.cli.bench:kv_decode"),
@@ -95,6 +97,7 @@ def _resolve(target: str):
 engine = workload("reasonrl.bench.engine:EngineBenchConfig", "reasonrl.bench.engine:bench_engine")
 vlm = workload("reasonrl.bench.vlm:VLMBenchConfig", "reasonrl.bench.vlm:bench_vlm")
 april = workload("reasonrl.bench.april:AprilBenchConfig", "reasonrl.bench.april:bench_april")
+scale = workload("reasonrl.bench.scale:ScaleBenchConfig", "reasonrl.bench.scale:bench_scale")
 spec = workload("reasonrl.bench.spec:SpecBenchConfig", "reasonrl.bench.spec:bench_spec")
 kv = workload("reasonrl.bench.kv:KVBenchJob", "reasonrl.bench.kv:run_job", "reasonrl.bench.kv:format_table")
 kv_decode = workload("reasonrl.bench.kv_decode:DecodeBenchConfig", "reasonrl.bench.kv_decode:bench_kv_decode",

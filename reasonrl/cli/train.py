@@ -18,6 +18,8 @@ def train(parser: argparse.ArgumentParser):
                                                   "is one); none: the embedded demo, what `make demo` runs")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a recipe value, e.g. --set optim.lr=1e-5 (repeatable; keys below)")
+    parser.add_argument("--ray", action="store_true", help="place rollout engines and the trainer on a Ray cluster "
+                        "(short for --set cluster.ray=true; the cluster section below says how; docs/scale.md)")
     add_flags(parser, RunControl, title="run directory")
     parser.epilog = recipe_reference()
 
@@ -26,6 +28,8 @@ def train(parser: argparse.ArgumentParser):
         from reasonrl.rl.train import run_training
 
         overrides, control = parse_overrides(args.set), RunControl(**values(args, RunControl))
+        if args.ray:
+            overrides["cluster.ray"] = True
         if args.config is None:
             return demo(overrides, control)
         return run_training(load_config(args.config, overrides), control)

@@ -8,6 +8,7 @@
     advantage: {std_normalize: true}                                                 (AdvantageConfig)
     optim:     {lr: 1e-6, ppo_epochs: 1, ...}
     train:     {steps: 100, seed: 0, run_dir: runs/x, ...}
+    cluster:   {ray: false, engines: 2, trainers: 1, ...}                             (ClusterConfig)
 
 Unknown keys, wrong types and inconsistent values fail at load, naming the key
 (`rollout.over_provision: must be >= 1.0, got 0.5`). `reasonrl train --help` lists every key with
@@ -17,6 +18,7 @@ its default and documentation, read from these dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +31,7 @@ from reasonrl.reward.prm.process import ProcessRewardConfig
 from reasonrl.rl.advantages import AdvantageConfig
 from reasonrl.rl.losses import LossConfig
 from reasonrl.rollout.config import RolloutConfig
+from reasonrl.scale.config import ClusterConfig
 
 __all__ = ["ConfigError", "RunConfig", "load_config", "from_dict"]
 
@@ -134,6 +137,7 @@ class RunConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     train: TrainSection = field(default_factory=TrainSection)
     process: ProcessRewardConfig = field(default_factory=ProcessRewardConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -191,5 +195,7 @@ def _check(cfg: RunConfig) -> None:
     """Rules that span sections."""
     if not cfg.model.path:
         raise ConfigError("model.path: is required (the policy's checkpoint directory, also with rollout.remote_url)")
+    if cfg.cluster.ray and importlib.util.find_spec("ray") is None:
+        raise ConfigError("cluster.ray: needs Ray, an optional dependency: pip install 'reasonrl[ray]'")
     if cfg.loss.beta > 0 and not cfg.train.reference_model:
         raise ConfigError("loss.beta: a KL term needs train.reference_model: true")

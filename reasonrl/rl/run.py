@@ -4,11 +4,13 @@
 command resumes from the latest checkpoint; rerunning with other settings is refused with the
 differing keys named, unless the user starts afresh (`overwrite`: the old run is deleted) or
 accepts the changes (`accept_changes`: they are recorded in `RUN/config_changes.jsonl`). Keys that
-do not change what is trained (how often to save or evaluate, which trackers) may change freely.
+do not change what is trained (how often to save or evaluate, which trackers, where it runs: a run
+started on Ray may resume in one process and back) may change freely.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -19,11 +21,14 @@ from typing import Any
 import yaml
 
 from reasonrl.config import differences
+from reasonrl.scale.config import ClusterConfig
 
 CONFIG_FILE = "config.yaml"
 RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "checkpoints")  # a directory holding none of these is not a run
 WORK = ("metrics.jsonl", "checkpoints")  # a run that wrote neither never logged a step
-FREE_KEYS = {"train.save_every", "train.keep_checkpoints", "train.trackers", "train.eval_every"}
+FREE_KEYS = {"train.save_every", "train.keep_checkpoints", "train.trackers", "train.eval_every",
+             "rollout.remote_engine", "cluster", *(f"cluster.{f.name}" for f in dataclasses.fields(ClusterConfig))}
+# (the last ones say where it runs; a run saved before they existed resumes without --accept-changes)
 
 
 class RunMismatch(ValueError):

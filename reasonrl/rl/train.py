@@ -52,7 +52,8 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
         corpus = [m["content"] for p in env.prompts(n=256, seed=cfg.train.seed) for m in p.messages]
         make_starting_checkpoint(cfg.model.path, cfg.model.init, corpus, cfg.train.seed)
         say(f"made a tiny random {cfg.model.init} checkpoint in {cfg.model.path} (model.init)")
-    policy = load_model(cfg.model.path, cfg.model.device, cfg.model.dtype, max_len=cfg.engine.max_model_len)
+    device = "cpu" if cfg.cluster.ray else cfg.model.device  # on Ray the actors hold the devices; this copy is for checkpoints
+    policy = load_model(cfg.model.path, device, cfg.model.dtype, max_len=cfg.engine.max_model_len)
     trainer = Trainer(cfg, env, policy, Tokenizer.from_dir(cfg.model.path), console=console)
     with StopSignal("the current step") as stop:
         try:

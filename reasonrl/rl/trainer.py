@@ -5,8 +5,9 @@
 The trainer speaks to its rollout backend only through `RolloutManager` and the backend
 interface (rollout/backend.py), whichever it is: the in-process engine sharing the policy's
 weights (colocated: the KV cache is freed while training runs and an update needs no copy) or a
-`reasonrl serve` endpoint (weights pushed after every update). Evaluation, checkpoints and resume
-work the same with both.
+`reasonrl serve` endpoint (weights pushed after every update), or N engine actors on Ray with the
+update on a trainer group of M ranks (`cluster.ray`, reasonrl/scale/). Evaluation, checkpoints and
+resume work the same with all of them.
 """
 
 from __future__ import annotations
@@ -43,10 +44,17 @@ class Trainer:
         self.cfg, self.env, self.policy, self.tokenizer = cfg, env, policy, tokenizer
         self.run_dir = Path(cfg.train.run_dir)
         torch.manual_seed(cfg.train.seed)
+        self.scale = None
+        if cfg.cluster.ray:  # engine actors and a trainer group on Ray (reasonrl/scale/), the same loop
+            from reasonrl.scale.placement import ScaleOut
+
+            self.scale = ScaleOut(cfg, policy, tokenizer.pad_token_id, backend)
+            backend, self.update = self.scale.backend, self.scale.update
+        else:
+            self.update = PolicyUpdate(policy, cfg, tokenizer.pad_token_id)
         self.backend = backend or make_backend(cfg.rollout, cfg.engine, policy, tokenizer, self.run_dir / "sync")
         self.rollout = RolloutManager(self.backend, env, ChatEncoder(tokenizer, policy), cfg.rollout, cfg.train.seed)
         self.advantage_fn = get_advantage(cfg.advantage.name)
-        self.update = PolicyUpdate(policy, cfg, tokenizer.pad_token_id)
         self.process = ProcessReward(cfg.process, tokenizer, policy.device) if cfg.process.prm else None
         self.step = self.version = 0
         self.console = console
@@ -82,7 +90,7 @@ class Trainer:
         samples = [s for g in groups for s in g.samples]
         rewards = torch.tensor([s.reward for s in samples])
         advantages = self.advantage_fn(rewards, torch.tensor([s.group_id for s in samples]), self.cfg.advantage)
-        lr = self.update.scheduler.get_last_lr()[0]  # the rate this step's update uses
+        lr = self.update.lr()  # the rate this step's update uses
         advantages = advantages.tolist()
         if self.process is not None:  # a PRM's step scores add per-token advantages
             advantages = self.process.advantages(samples, advantages)
@@ -136,4 +144,7 @@ class Trainer:
         return True
 
     def close(self) -> None:
-        self.backend.close()
+        if self.scale is not None:
+            self.scale.close()
+        else:
+            self.backend.close()

@@ -12,6 +12,9 @@ a policy that moved: that is when clipping and `approx_kl` mean something.
 
 Micro-batch splits do not change the gradient: each micro-batch backpropagates `loss *
 denominator` and the mini-batch's gradient is divided by the summed denominator (see losses.py).
+Data parallelism (`parallel`, reasonrl/scale/data_parallel.py) is one more such split: each rank
+backpropagates its share of every mini-batch, and the gradient sums and denominators are summed
+over ranks before the division, so M ranks take the optimizer step one process would.
 """
 
 from __future__ import annotations
@@ -74,8 +77,9 @@ class _Totals:
 
 
 class PolicyUpdate:
-    def __init__(self, policy: DecoderLM, cfg: RunConfig, pad_id: int):
-        self.policy, self.cfg, self.pad_id = policy, cfg, pad_id
+    def __init__(self, policy: DecoderLM, cfg: RunConfig, pad_id: int, parallel=None):
+        """`parallel`: this process's rank of a data-parallel trainer group (scale/data_parallel.py)."""
+        self.policy, self.cfg, self.pad_id, self.parallel = policy, cfg, pad_id, parallel
         self.loss_fn = get_loss(cfg.loss.name)
         if cfg.model.freeze_vision:
             freeze_vision(policy)
@@ -97,6 +101,8 @@ class PolicyUpdate:
                 grad_norms.append(self._step(part, samples, advantages, old, version, totals, first_pass=epoch == 0))
         self.scheduler.step()
         self.policy.eval()
+        if self.parallel is not None:
+            totals = self.parallel.merge_totals(totals)
         seconds = time.perf_counter() - start
         tokens = sum(len(s.response_ids) for s in samples)
         return {**totals.means(), "grad_norm": sum(grad_norms) / len(grad_norms), "optimizer_steps": len(grad_norms),
@@ -105,21 +111,30 @@ class PolicyUpdate:
     def _step(self, part: list[int], samples, advantages, old, version: int, totals: _Totals, first_pass: bool) -> float:
         """One optimizer step on the samples `part`; returns the gradient norm before clipping."""
         self.optimizer.zero_grad(set_to_none=True)
-        chosen = [samples[i] for i in part]
+        mine = self.parallel.shard(part) if self.parallel is not None else part
+        groups: list = [[mine[i] for i in idx] for idx in micro_batches([samples[i] for i in mine],
+                                                                        self.cfg.optim.max_tokens_per_microbatch)]
+        if self.parallel is not None:  # sharded weights: every rank runs as many backward passes (None: an idle one)
+            groups = self.parallel.even(groups)
         denominator = 0.0
-        for idx in micro_batches(chosen, self.cfg.optim.max_tokens_per_microbatch):
-            rows = [part[i] for i in idx]
+        for rows in groups:
+            idle = rows is None
+            rows = [part[0]] if idle else rows
             batch = collate([samples[i] for i in rows], [advantages[i] for i in rows], self.pad_id, self.policy.device,
                             None if old is None else [old[i] for i in rows])
-            denominator += self._backward(batch, version, totals, first_pass)
+            denominator += self._backward(batch, version, totals, first_pass, idle)
+        if self.parallel is not None:
+            denominator = self.parallel.reduce_gradients(trainable(self.policy), denominator)
         for p in trainable(self.policy):
             if p.grad is not None and denominator > 0:
                 p.grad /= denominator
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable(self.policy), self.cfg.optim.grad_clip)
         self.optimizer.step()
-        return float(grad_norm)
+        return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # a DTensor if sharded
 
-    def _backward(self, batch: TrainBatch, version: int, totals: _Totals, first_pass: bool) -> float:
+    def _backward(self, batch: TrainBatch, version: int, totals: _Totals, first_pass: bool, idle: bool = False) -> float:
+        """Backpropagate `loss * denominator` of one micro-batch; its denominator. `idle`: a pass that
+        only keeps a sharded rank in step with the others (its gradient is zero, nothing counted)."""
         with self._autocast():
             logp, entropy = response_logprobs(self.policy, batch, self.cfg.rollout.temperature, entropy=True)
             ref = self._reference_logp(batch)
@@ -130,6 +145,9 @@ class PolicyUpdate:
         loss, stats = self.loss_fn(logp, old_logp, batch.behaviour_logp, batch.advantages, mask, self.cfg.loss,
                                    ref_logp=ref)
         d = float(stats.pop("denominator"))
+        if idle:
+            (loss * 0.0).backward()
+            return 0.0
         (loss * d).backward()
         for key, value in stats.items():
             totals.add(key, float(value), d)
@@ -169,6 +187,10 @@ class PolicyUpdate:
             return None
         with torch.no_grad():
             return response_logprobs(self.reference, batch, self.cfg.rollout.temperature)
+
+    def lr(self) -> float:
+        """The learning rate the next update uses."""
+        return self.scheduler.get_last_lr()[0]
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

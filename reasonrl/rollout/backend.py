@@ -1,5 +1,5 @@
-"""Where rollouts run, behind one interface: the in-process engine, a `reasonrl serve` endpoint
-over HTTP (`remote.py`), and later engines on other machines.
+"""Where rollouts run, behind one interface: the in-process engine, an inference server over HTTP
+(`remote.py`: reasonrl serve, SGLang, vLLM), and engine actors on a Ray cluster (reasonrl/scale/).
 
 The APRIL manager speaks `submit` / `poll` / `abort_all`; the trainer speaks `prepare` and
 `release` around each rollout phase, `sync` after each update, `stats` and `state_dict` for its
@@ -109,12 +109,17 @@ class EngineBackend(RolloutBackend):
 
 def make_backend(cfg: RolloutConfig, engine_cfg: EngineConfig, policy: DecoderLM, tokenizer: Tokenizer,
                  sync_dir) -> RolloutBackend:
-    """The backend a run's `rollout` section asks for: a remote endpoint (weights pushed through
-    `sync_dir`), else an engine in this process sharing the policy's weights."""
+    """The backend a run's `rollout` section asks for: remote endpoints (weights pushed through
+    `sync_dir`; several: a `RemotePool`), else an engine in this process sharing the policy's weights."""
     if cfg.remote_url:
         from reasonrl.rollout.remote import RemoteBackend, api_key_from_env
 
-        return RemoteBackend(cfg.remote_url, sync_dir=sync_dir, tokenizer=tokenizer,
-                             api_key=api_key_from_env(cfg.remote_api_key_env))
+        servers = [RemoteBackend(url.strip(), sync_dir=sync_dir, tokenizer=tokenizer, engine=cfg.remote_engine,
+                                 api_key=api_key_from_env(cfg.remote_api_key_env)) for url in cfg.remote_url.split(",")]
+        if len(servers) == 1:
+            return servers[0]
+        from reasonrl.rollout.remote_pool import RemotePool
+
+        return RemotePool(servers)
     return EngineBackend(LLMEngine(policy, tokenizer, engine_cfg))
 

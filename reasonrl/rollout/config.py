@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from reasonrl.config import check
 
@@ -31,8 +32,12 @@ class RolloutConfig:
     overlong_cache: int = 0
     """DAPO overlong shaping: the length of the soft-penalty band before overlong_max."""
     remote_url: str | None = None
-    """Roll out on a `reasonrl serve` endpoint (http://host:port) instead of the in-process engine;
-    weights are pushed to it after every update."""
+    """Roll out on a server (http://host:port) instead of the in-process engine, or on several
+    (comma-separated: each request goes to the one with the fewest outstanding tokens); weights are
+    pushed to them after every update."""
+    remote_engine: Literal["reasonrl", "sglang", "vllm"] = "reasonrl"
+    """With remote_url: the server's kind, whose routes generate, abort and load weights (rollout/dialects.py
+    lists them per engine and version; vLLM cannot take pushed weights, so it cannot serve RL rollouts)."""
     remote_api_key_env: str = "REASONRL_ADMIN_KEY"
     """With remote_url: the environment variable holding the server's admin key (pushing weights and
     aborting are administrative); unset, REASONRL_API_KEY is used; neither set: no key is sent."""
@@ -49,8 +54,9 @@ class RolloutConfig:
         check(self.max_groups_per_step >= 0, "rollout.max_groups_per_step", f"must be >= 0, got {self.max_groups_per_step}")
         check(self.overlong_max == 0 or 0 < self.overlong_cache <= self.overlong_max, "rollout.overlong_cache",
               "must be in (0, overlong_max] when overlong_max is set")
-        check(self.remote_url is None or self.remote_url.startswith(("http://", "https://")), "rollout.remote_url",
-              f"must be an http:// or https:// URL, got {self.remote_url!r}")
+        urls = [] if self.remote_url is None else [u.strip() for u in self.remote_url.split(",")]
+        check(all(u.startswith(("http://", "https://")) for u in urls), "rollout.remote_url",
+              f"must be http:// or https:// URLs (comma-separated), got {self.remote_url!r}")
 
     @property
     def group_budget(self) -> int:

@@ -1,8 +1,9 @@
-"""`RemoteBackend`: rollouts on a `reasonrl serve` endpoint over HTTP.
+"""`RemoteBackend`: rollouts on an inference server over HTTP: `reasonrl serve`, SGLang or vLLM.
 
-Requests go to the OpenAI-compatible completions route with reasonrl's extensions (`resume`,
-`return_token_ids`, `/v1/abort`); an asyncio loop in a thread keeps them all in flight. After each
-update the policy is written to `sync_dir` and the server loads it (`/v1/load_weights`), so the
+Each server's routes for generate, resume, abort and weight loading are its dialect (dialects.py);
+with reasonrl serve, requests go to the OpenAI-compatible completions route with reasonrl's
+extensions (`resume`, `return_token_ids`, `/v1/abort`). An asyncio loop in a thread keeps them all
+in flight. After each update the policy is written to `sync_dir` and the server loads it, so the
 server must be able to read that directory (same machine or a shared file system).
 """
 
@@ -20,6 +21,7 @@ import httpx
 from reasonrl.engine.sequence import CompletionOutput
 from reasonrl.models.loader import save_model
 from reasonrl.rollout.backend import Finished, RolloutBackend
+from reasonrl.rollout.dialects import DIALECTS
 
 
 def api_key_from_env(variable: str | None) -> str | None:
@@ -30,17 +32,19 @@ def api_key_from_env(variable: str | None) -> str | None:
 
 class RemoteBackend(RolloutBackend):
     def __init__(self, base_url: str, sync_dir: str | Path | None = None, tokenizer=None, api_key: str | None = None,
-                 timeout: float = 3600.0):
+                 timeout: float = 3600.0, engine: str = "reasonrl"):
+        """`engine`: the server's kind, `reasonrl`, `sglang` or `vllm` (dialects.py)."""
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
+        self.dialect = DIALECTS[engine]()
         self.sync_dir, self.tokenizer = (Path(sync_dir) if sync_dir else None), tokenizer
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.results: queue.Queue = queue.Queue()
         self.in_flight: set[str] = set()
         self.abort_epoch = 0  # bumped by abort_all: samples still waiting out a 429 return unstarted
         try:
-            httpx.get(f"{self.base_url}/health", timeout=10).raise_for_status()
+            httpx.get(f"{self.base_url}{self.dialect.health}", timeout=10).raise_for_status()
         except httpx.HTTPError as exc:
-            raise ConnectionError(f"no reasonrl server at {self.base_url}: {exc}") from None
+            raise ConnectionError(f"no {engine} server at {self.base_url}: {exc}") from None
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="reasonrl-remote", daemon=True)
         self.thread.start()
@@ -64,32 +68,27 @@ class RemoteBackend(RolloutBackend):
         if not isinstance(prompt_ids, list):
             raise ValueError("remote rollouts take text prompts only for now: the completions API has no image "
                              "input (roll out a vision-language policy with the in-process engine)")
-        body = {"prompt": prompt_ids, "max_tokens": params.max_tokens, "temperature": params.temperature,
-                "top_p": params.top_p, "seed": params.seed, "logprobs": 0, "return_token_ids": True, "request_id": key,
-                "stop_token_ids": params.stop_token_ids}
-        if output_ids:
-            body["resume"] = {"token_ids": output_ids, "logprobs": output_logprobs}
+        route, body = self.dialect.generate(key, prompt_ids, params, output_ids, output_logprobs)
         self.in_flight.add(key)
-        asyncio.run_coroutine_threadsafe(self._post(key, body), self.loop)
+        sample = (list(output_ids), list(output_logprobs), params.seed or 0)
+        asyncio.run_coroutine_threadsafe(self._post(key, route, body, sample), self.loop)
 
-    async def _post(self, key: str, body: dict) -> None:
+    async def _post(self, key: str, route: str, body: dict, sample: tuple[list[int], list[float], int]) -> None:
         """One sample's request; a full server queue (429) is waited out, unless an abort comes
-        first, when the sample comes back as it was submitted (finish_reason "abort")."""
+        first, when the sample comes back as it was submitted (finish_reason "abort"), as it does
+        when a server answers an aborted request with an error."""
+        ids, logprobs, seed = sample
         try:
             epoch = self.abort_epoch
-            while (r := await self.client.post("/v1/completions", json=body)).status_code == 429:
+            while (r := await self.client.post(route, json=body)).status_code == 429:
                 await asyncio.sleep(min(float(r.headers.get("retry-after", 1)), 30.0))
                 if self.abort_epoch != epoch:
-                    resume = body.get("resume", {})
-                    out = CompletionOutput(0, resume.get("token_ids", []), resume.get("logprobs", []), "", "abort",
-                                           None, None, body["seed"] or 0)
-                    return self.results.put((key, out))
+                    return self.results.put((key, CompletionOutput(0, ids, logprobs, "", "abort", seed=seed)))
+            if r.status_code != 200 and self.abort_epoch != epoch:
+                return self.results.put((key, CompletionOutput(0, ids, logprobs, "", "abort", seed=seed)))
             if r.status_code != 200:
                 raise RuntimeError(f"server refused sample {key}: {r.status_code} {r.text[:300]}")
-            c = r.json()["choices"][0]
-            out = CompletionOutput(0, c["token_ids"], c["logprobs"]["token_logprobs"], c["text"], c["finish_reason"],
-                                   c.get("stop_reason"), None, c.get("seed") or 0)
-            self.results.put((key, out))
+            self.results.put((key, self.dialect.parse(r.json(), ids, logprobs, seed)))
         except Exception as exc:  # surfaced in the trainer's thread by poll()
             self.results.put((key, exc))
 
@@ -113,7 +112,8 @@ class RemoteBackend(RolloutBackend):
         """Abort every request; each in-flight HTTP response then returns with what it has."""
         if self.in_flight:
             self.abort_epoch += 1
-            self._request("POST", "/v1/abort", 30, json={"all": True})
+            route, body = self.dialect.abort_all()
+            self._request("POST", route, 30, json=body)
         out, deadline = [], time.monotonic() + timeout
         while self.in_flight and time.monotonic() < deadline:
             out += self.poll(wait=0.1)
@@ -129,11 +129,17 @@ class RemoteBackend(RolloutBackend):
     def sync(self, policy, version: int) -> None:
         if self.sync_dir is None:
             raise ValueError("RemoteBackend needs a sync_dir to push weights to the server")
-        path = save_model(policy, self.sync_dir, self.tokenizer)
-        self._request("POST", "/v1/load_weights", 600, json={"path": str(path.resolve())})
+        self.dialect.load_weights(str(self.sync_dir.resolve()), version)  # a server that takes none refuses first
+        save_model(policy, self.sync_dir, self.tokenizer)
+        self.load(version)
+
+    def load(self, version: int) -> None:
+        """Make the server load the weights in `sync_dir` (written by this or another backend)."""
+        for route, body in self.dialect.load_weights(str(self.sync_dir.resolve()), version):
+            self._request("POST", route, 600, json=body)
 
     def stats(self) -> dict[str, float]:
-        return self._request("GET", "/v1/stats", 30).json()
+        return self._request("GET", self.dialect.stats, 30).json() if self.dialect.stats else {}
 
     def close(self) -> None:
         self._run(self.client.aclose())

@@ -20,10 +20,8 @@ from reasonrl.rl.metrics import read_metrics
 from reasonrl.rollout.remote import RemoteBackend
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    tok = make_tokenizer(["Write the letter a many times. aaaa bbbb abab"] * 10, vocab_size=280)
-    path = make_checkpoint(tmp_path_factory.mktemp("remote") / "m", "llama", tok, hidden_size=64, num_layers=2)
+def serve(path):
+    """A `reasonrl serve` app over a fresh engine on `path`, in a thread: (url, engine, stop)."""
     engine = LLMEngine(load_model(path), Tokenizer.from_dir(path),
                        EngineConfig(kv_cache_memory=1 << 24, max_num_seqs=12, max_model_len=256))
     app = create_app(engine, ServeConfig(served_model_name="m"))
@@ -32,10 +30,20 @@ def served(tmp_path_factory):
     thread.start()
     while not server.started:
         time.sleep(0.01)
-    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+
+    def stop():
+        server.should_exit = True
+        thread.join(timeout=10)
+    return f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", engine, stop
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    tok = make_tokenizer(["Write the letter a many times. aaaa bbbb abab"] * 10, vocab_size=280)
+    path = make_checkpoint(tmp_path_factory.mktemp("remote") / "m", "llama", tok, hidden_size=64, num_layers=2)
+    url, engine, stop = serve(path)
     yield path, url, engine
-    server.should_exit = True
-    thread.join(timeout=10)
+    stop()
 
 
 def remote_trainer(path, url, run_dir, steps, over_provision=1.0):
@@ -124,3 +132,55 @@ def test_remote_abort_returns_partials_and_resume_is_exact(served):
 def test_dead_endpoint_gives_one_clear_error():
     with pytest.raises(ConnectionError, match="no reasonrl server at http://127.0.0.1:9"):
         RemoteBackend("http://127.0.0.1:9")
+
+
+def test_openai_completions_dialect_resumes_by_prompt_extension(served, tmp_path):
+    """The vLLM dialect (plain OpenAI completions with token ids) against `reasonrl serve`: a partial
+    sample resumes as a longer prompt, its tokens and behaviour log-probs kept, and greedy decoding
+    continues exactly where the uninterrupted sample went."""
+    from reasonrl.engine import SamplingParams
+
+    _, url, _ = served
+    backend = RemoteBackend(url, sync_dir=tmp_path, engine="vllm")
+    params, prompt = SamplingParams(temperature=0, max_tokens=12), [5, 6, 7, 8]
+    backend.submit("full", prompt, params, [], [])
+    full = {}
+    while "full" not in full:
+        full.update(dict(backend.poll()))
+    whole = full["full"]
+    assert len(whole.token_ids) == len(whole.logprobs) > 5
+    kept_logprobs = [-0.5] * 5  # behaviour log-probs of an older policy: carried, never recomputed
+    backend.submit("resumed", prompt, params, whole.token_ids[:5], kept_logprobs)
+    out = {}
+    while "resumed" not in out:
+        out.update(dict(backend.poll()))
+    resumed = out["resumed"]
+    assert resumed.token_ids == whole.token_ids and resumed.logprobs[:5] == kept_logprobs
+    torch.testing.assert_close(torch.tensor(resumed.logprobs[5:]), torch.tensor(whole.logprobs[5:]), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="pushing weights to a vLLM server is not supported"):
+        backend.sync(None, 1)  # refused before anything is written
+    assert not any(tmp_path.iterdir())
+    backend.close()
+
+
+def test_april_over_two_servers_balances_aborts_everywhere_and_syncs_both(served, tmp_path):
+    from reasonrl.rollout.remote_pool import RemotePool
+
+    path, url, first = served
+    second_url, second, stop = serve(path)
+    try:
+        before = [first.num_generated_tokens, second.num_generated_tokens]
+        trainer = remote_trainer(path, f"{url},{second_url}", tmp_path / "run", 2, over_provision=4.0)  # > 24 slots
+        assert isinstance(trainer.backend, RemotePool)
+        trainer.train()
+        trainer.close()
+        rows = [r for r in read_metrics(tmp_path / "run") if "reward_mean" in r]
+        assert len(rows) == 2 and all(r["dropped_groups"] == 0 for r in rows)
+        assert sum(r["buffered_groups"] for r in rows) > 0  # aborted on both servers, kept
+        assert first.num_generated_tokens > before[0] and second.num_generated_tokens > before[1]  # both rolled out
+        for engine in (first, second):
+            assert not engine.requests
+            for (name, p), q in zip(trainer.policy.state_dict().items(), engine.model.state_dict().values()):
+                assert torch.equal(p, q), name  # each server runs the trained weights
+    finally:
+        stop()

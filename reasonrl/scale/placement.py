@@ -1,0 +1,33 @@
+"""`scale_out`: the Ray parts of a run, built from its `cluster:` section (the Trainer's only entry here)."""
+
+from __future__ import annotations
+
+from reasonrl.models.model import DecoderLM
+from reasonrl.rl.config import RunConfig
+from reasonrl.rollout.backend import RolloutBackend
+from reasonrl.scale.cluster import Cluster
+from reasonrl.scale.engine_pool import EnginePool
+from reasonrl.scale.trainer_group import TrainerGroup
+
+
+class ScaleOut:
+    """A run's cluster, its engine actors (the rollout backend) and its trainer group (the update)."""
+
+    def __init__(self, cfg: RunConfig, policy: DecoderLM, pad_id: int, backend: RolloutBackend | None = None):
+        self.cluster = Cluster(cfg.cluster)
+        try:
+            if cfg.cluster.weight_sync == "broadcast" and cfg.cluster.placement == "colocated" and self.cluster.use_gpus:
+                raise ValueError("cluster.weight_sync: broadcast cannot run colocated on GPUs (NCCL cannot join two "
+                                 "processes on one GPU); use object_store, or the disaggregated placement")
+            self.backend = backend or EnginePool(self.cluster, cfg.model.path, cfg.engine, cfg.model.dtype)
+            self.update = TrainerGroup(self.cluster, policy, cfg, pad_id)
+            if cfg.cluster.weight_sync == "broadcast" and isinstance(self.backend, EnginePool):
+                self.backend.source = self.update.workers[0]  # rank 0 sends, every engine receives
+        except BaseException:
+            self.cluster.close()
+            raise
+
+    def close(self) -> None:
+        self.update.close()
+        self.backend.close()
+        self.cluster.close()

@@ -1,0 +1,89 @@
+"""The `cluster:` section and `--ray`: validation, the missing-Ray message, placement bundles."""
+
+import builtins
+import importlib.util
+
+import pytest
+import yaml
+
+from reasonrl.cli import main
+from reasonrl.config import ConfigError
+from reasonrl.rl.config import load_config
+from reasonrl.rl.run import RunMismatch, open_run
+from reasonrl.scale.cluster import Cluster, import_ray
+from reasonrl.scale.config import ClusterConfig
+
+
+def test_cluster_section_is_validated_and_off_by_default():
+    cfg = load_config(None, {"model.path": "m"})
+    assert cfg.cluster.ray is False  # without --ray nothing changes
+    with pytest.raises(ValueError, match="cluster.engines: must be >= 1"):
+        load_config(None, {"model.path": "m", "cluster.engines": 0})
+    with pytest.raises(ConfigError, match="cluster.placement"):
+        load_config(None, {"model.path": "m", "cluster.placement": "everywhere"})
+
+
+def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
+    real_find, real_import = importlib.util.find_spec, builtins.__import__
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'reasonrl\[ray\]'"):
+        load_config(None, {"model.path": "m", "cluster.ray": True})
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(ImportError, match=r"pip install 'reasonrl\[ray\]'"):
+        import_ray()
+
+
+def test_train_ray_flag_turns_the_cluster_section_on(tmp_path, monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr("reasonrl.rl.train.run_training", lambda cfg, control: seen.setdefault("cfg", cfg) and 0)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "m", "cluster": {"engines": 3}}))
+    assert main(["train", str(recipe), "--ray"]) == 0
+    assert seen["cfg"].cluster.ray is True and seen["cfg"].cluster.engines == 3
+    assert main(["train", str(recipe), "--set", "cluster.nodes=2"]) == 2
+    assert "cluster.nodes" in capsys.readouterr().err
+
+
+def test_a_run_may_move_between_one_process_and_ray(tmp_path):
+    single = load_config(None, {"model.path": "m"}).to_dict()
+    on_ray = load_config(None, {"model.path": "m", "cluster.ray": True, "cluster.engines": 4}).to_dict()
+    open_run(tmp_path, single, console=False)
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    open_run(tmp_path, on_ray, console=False)  # where it runs does not change what is trained
+    with pytest.raises(RunMismatch):
+        open_run(tmp_path, {**on_ray, "optim": {**on_ray["optim"], "lr": 1.0}}, console=False)
+
+
+@pytest.mark.parametrize("placement, engine, trainer, bundles", [
+    ("disaggregated", (1, 1.0, 1.0), (2, 1.0, 1.0), [{"CPU": 1.0, "GPU": 1.0}] * 3),
+    ("colocated", (1, 1.0, 0.5), (1, 2.0, 0.5), [{"CPU": 3.0, "GPU": 1.0}] * 2),
+])
+def test_placement_bundles(placement, engine, trainer, bundles):
+    cluster = Cluster.__new__(Cluster)  # the arithmetic only: no Ray
+    cluster.cfg = ClusterConfig(ray=True, engines=2, trainers=1 if placement == "disaggregated" else 2,
+                                placement=placement, trainer_threads=2 if placement == "colocated" else 1)
+    cluster.use_gpus = True
+    e, t = cluster.slot("engine", 1), cluster.slot("trainer", 1 if placement == "colocated" else 0)
+    assert (e.bundle, e.cpus, e.gpus) == engine and (t.bundle, t.cpus, t.gpus) == trainer
+    assert cluster._bundles() == bundles
+
+
+def test_the_multi_node_recipe_loads():
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "recipes" / "scale-gpu.yaml")
+    c = cfg.cluster
+    assert c.ray and c.address == "auto" and (c.engines, c.trainers) == (8, 4) and c.fsdp and c.weight_sync == "broadcast"
+
+
+def test_a_run_saved_before_the_cluster_section_existed_resumes(tmp_path):
+    old = load_config(None, {"model.path": "m"}).to_dict()
+    del old["cluster"], old["rollout"]["remote_engine"]  # as an earlier reasonrl saved it
+    open_run(tmp_path, old, console=False)
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    open_run(tmp_path, load_config(None, {"model.path": "m"}).to_dict(), console=False)

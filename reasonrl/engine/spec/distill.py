@@ -146,7 +146,9 @@ def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: lis
     target.requires_grad_(False)
     options = {"max_model_len": max(map(len, prompts + eval_prompts)) + cfg.max_new_tokens + 1, **(engine_options or {})}
     generator_engine = LLMEngine(target, None, EngineConfig.from_kwargs(**options))
-    eval_engine = LLMEngine(target, None, EngineConfig.from_kwargs(**options), draft=draft) if eval_prompts else None
+    # the draft's accepted length is measured with the full tree every step, not what this machine's load makes worthwhile
+    eval_options = {"draft_adaptive": False, **options}
+    eval_engine = LLMEngine(target, None, EngineConfig.from_kwargs(**eval_options), draft=draft) if eval_prompts else None
     opt = torch.optim.AdamW(draft.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_new_tokens)
     noise = torch.Generator().manual_seed(cfg.seed)

@@ -34,7 +34,7 @@ from reasonrl.engine.sequence import Sequence
 from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, TreeShape, ladder
 from reasonrl.engine.spec.draft import DraftHead
 from reasonrl.engine.spec.tree import DraftTree, TreeSearch
-from reasonrl.engine.spec.visual import VisualReport, catch_up_rows
+from reasonrl.engine.spec.visual import RowSource, VisualReport, catch_up_rows
 from reasonrl.engine.spec.verify import Verdict
 
 
@@ -289,10 +289,10 @@ class Speculator:
             st = self.states[seq.seq_id]
             start, end = st.rows_end, seq.num_tokens - 1  # new rows for tokens at positions start+1 .. end
             if end > start:
-                items.append((seq, start, end, st.features[start - st.feature_start: end - st.feature_start]))
+                items.append(self._source(seq, start, end, st.features[start - st.feature_start: end - st.feature_start]))
                 behind.append(seq)
         if items:
-            rows = catch_up_rows(self.draft, items, self.images, self.visual_reports)
+            rows = catch_up_rows(self.draft, items, self.visual_reports)
             segments, lo = [], 0
             for seq, n in zip(behind, rows.lengths):
                 segments.append((lo, lo + n, *self._past(self.states[seq.seq_id]), None))
@@ -307,6 +307,13 @@ class Speculator:
                 # keep the features the draft has not used, and those of a block not yet recorded
                 st.drop_features_before(min(st.rows_end, st.stored) if st.stored >= 0 else st.rows_end)
         return torch.stack([self.states[s.seq_id].last_out for s in seqs])
+
+    def _source(self, seq: Sequence, start: int, end: int, features: torch.Tensor) -> RowSource:
+        src = RowSource(seq.tokens(start + 1, end + 1), features, start, seq.mm, key=seq.request_id)
+        if seq.mm is not None and self.images is not None:
+            _, k0, k1 = seq.mm.image_rows_in(start + 1, end + 1)
+            src.image_embeds = self.images.embeds_of(seq) if k1 > k0 else None
+        return src
 
     def _past(self, st: DraftState):
         if st.cache.len:

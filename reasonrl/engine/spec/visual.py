@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from reasonrl.engine.sequence import Sequence
+from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 
 
 MAX_REPORTS = 4096
@@ -42,95 +42,109 @@ class VisualReport:
 
 
 @dataclass
+class RowSource:
+    """One sequence's tokens start+1 .. end and what the draft's rows for them need."""
+
+    ids: list[int]  # token ids of positions start+1 .. end
+    features: torch.Tensor  # (end - start, h) the target's features of positions start .. end - 1
+    start: int
+    mm: MultimodalPrompt | None = None
+    image_embeds: torch.Tensor | None = None  # (K, h) every merged image token of the prompt
+    key: str = ""  # request id, for the visual report
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.ids)
+
+
+@dataclass
 class CatchUpRows:
     x: torch.Tensor  # (N, h) fused rows of every sequence, in order
     positions: torch.Tensor  # (N,) or (3, N)
     lengths: list[int]  # rows per sequence
     removed: list[int]  # tokens per sequence whose rows the compressor took away
+    token_at: torch.Tensor  # (N,) the position of each row's token, -1 for a compressor's row
 
 
-def catch_up_rows(draft, items: list[tuple[Sequence, int, int, torch.Tensor]], images=None,
-                  reports: dict[str, VisualReport] | None = None) -> CatchUpRows:
-    """items: (seq, start, end, features (end - start, h)) -> the rows for tokens start+1 .. end of
-    each sequence (features of positions start .. end - 1)."""
+def catch_up_rows(draft, sources: list[RowSource], reports: dict[str, VisualReport] | None = None) -> CatchUpRows:
+    """The draft's rows for each source's tokens, visual ones as the target read them, each whole
+    image compressed when the draft has a compressor (module docstring)."""
     dev = draft.target.device
-    ids, feats, pos, img_embeds, img_rows = [], [], [], [], []
-    for seq, start, end, f in items:
+    ids, pos, img_embeds, img_rows = [], [], [], []
+    for src in sources:
         lo = len(ids)
-        ids += seq.tokens(start + 1, end + 1)
-        feats.append(f)
-        if seq.mm is None:
-            pos.append(torch.arange(start + 1, end + 1))
+        ids += src.ids
+        if src.mm is None:
+            pos.append(torch.arange(src.start + 1, src.end + 1))
             continue
-        pos.append(seq.mm.positions_for(start + 1, end + 1))
-        rows, k0, k1 = seq.mm.image_rows_in(start + 1, end + 1)
-        if k1 > k0 and images is not None:
-            img_embeds.append(images.embeds_of(seq)[k0:k1])
+        pos.append(src.mm.positions_for(src.start + 1, src.end + 1))
+        rows, k0, k1 = src.mm.image_rows_in(src.start + 1, src.end + 1)
+        if k1 > k0 and src.image_embeds is not None:
+            img_embeds.append(src.image_embeds[k0:k1])
             img_rows.append(rows + lo)
     ids_t = torch.tensor(ids, device=dev)
     embeds = draft.embed(ids_t, torch.cat(img_embeds), torch.cat(img_rows).to(dev)) if img_embeds else draft.embed(ids_t)
-    x = draft.fuse(embeds, torch.cat(feats))
+    x = draft.fuse(embeds, torch.cat([src.features for src in sources]))
     three = any(p.dim() == 2 for p in pos)
     pos = [p.to(dev).expand(3, -1) if three and p.dim() == 1 else p.to(dev) for p in pos]
+    token_at = torch.cat([torch.arange(src.start + 1, src.end + 1) for src in sources]).to(dev)
+    lengths = [len(src.ids) for src in sources]
     if not img_embeds:
-        return CatchUpRows(x, torch.cat(pos, -1), [end - start for _, start, end, _ in items], [0] * len(items))
-    return _compress(draft, items, x, pos, reports)
+        return CatchUpRows(x, torch.cat(pos, -1), lengths, [0] * len(sources), token_at)
+    return _compress(draft, sources, x, pos, token_at, reports)
 
 
-def _compress(draft, items, x: torch.Tensor, pos: list[torch.Tensor], reports) -> CatchUpRows:
-    """Each whole image of each sequence through the compressor (if the draft has one, and
-    reported either way); the other rows as they are."""
-    parts_x, parts_pos, lengths, removed, lo = [], [], [], [], 0
-    for (seq, start, end, f), p in zip(items, pos):
-        n = end - start
-        rows, ps = x[lo: lo + n], p
-        if seq.mm is not None:
-            rows, ps, report = _compress_images(draft, seq, start, rows, ps, f)
+def _compress(draft, sources, x: torch.Tensor, pos: list[torch.Tensor], token_at: torch.Tensor, reports) -> CatchUpRows:
+    """Each whole image of each source through the compressor (if the draft has one, and reported
+    either way); the other rows as they are."""
+    parts, lengths, removed, lo = [], [], [], 0
+    for src, p in zip(sources, pos):
+        n = len(src.ids)
+        part = (x[lo: lo + n], p, token_at[lo: lo + n])
+        if src.mm is not None and src.image_embeds is not None:
+            *part, report = _compress_images(draft, src, *part)
             if reports is not None and report.visual_tokens:
-                reports[seq.request_id] = report
+                reports[src.key] = report
                 while len(reports) > MAX_REPORTS:
                     reports.pop(next(iter(reports)))
-        parts_x.append(rows)
-        parts_pos.append(ps)
-        lengths.append(rows.shape[0])
-        removed.append(n - rows.shape[0])
+        parts.append(part)
+        lengths.append(part[0].shape[0])
+        removed.append(n - part[0].shape[0])
         lo += n
-    return CatchUpRows(torch.cat(parts_x), torch.cat(parts_pos, -1), lengths, removed)
+    return CatchUpRows(torch.cat([q[0] for q in parts]), torch.cat([q[1] for q in parts], -1), lengths, removed,
+                       torch.cat([q[2] for q in parts]))
 
 
-def _compress_images(draft, seq: Sequence, start: int, rows: torch.Tensor, pos: torch.Tensor,
-                     features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, VisualReport]:
-    """rows (n, h) for tokens start+1 ..; pos (3, n) -> the same with every whole image compressed."""
+def _compress_images(draft, src: RowSource, rows: torch.Tensor, pos: torch.Tensor, token_at: torch.Tensor):
+    """rows (n, h) for tokens start+1 ..; pos (3, n); token_at (n,) -> the same with every whole image
+    compressed, and the report."""
     from reasonrl.engine.images import content_keys
 
     merge = draft.target.vlm_config.vision.spatial_merge_size
-    spans = [(a - start - 1, b - start - 1) for a, b, _ in content_keys(seq.mm, merge)]
+    spans = [(a - src.start - 1, b - src.start - 1) for a, b, _ in content_keys(src.mm, merge)]
     spans = [(a, b) for a, b in spans if a >= 0 and b <= rows.shape[0]]
-    text = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
-    prompt_rows = len(seq.mm.input_ids) - start - 1  # rows of prompt tokens
-    text[max(prompt_rows, 0):] = False
-    for a, b in spans:
-        text[a:b] = False
     question = None
-    if draft.compressor is not None:
-        question = features[text].mean(0) if text.any() else features.mean(0)
-    out_x, out_pos, report, at = [], [], VisualReport(), 0
+    if draft.compressor is not None:  # the prompt's text rows: what is asked, as the target understood it
+        text = torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device)
+        text[: max(len(src.mm.input_ids) - src.start - 1, 0)] = True
+        for a, b in spans:
+            text[a:b] = False
+        question = src.features[text].mean(0) if text.any() else src.features.mean(0)
+    out, report, at = [], VisualReport(), 0
     for a, b in spans:
-        out_x.append(rows[at:a])
-        out_pos.append(pos[:, at:a])
+        out.append((rows[at:a], pos[:, at:a], token_at[at:a]))
         if draft.compressor is None:  # EagleVLM: every visual row, at its own position
             squeezed, branch, flops = rows[a:b], "none", 0.0
-            out_pos.append(pos[:, a:b])
+            out.append((squeezed, pos[:, a:b], token_at[a:b]))
         else:
             squeezed, branch = draft.compressor(rows[a:b], question)
             flops = draft.compressor.flops(b - a, branch)
-            out_pos.append(pos[:, a:a + 1].expand(-1, squeezed.shape[0]))
-        out_x.append(squeezed)
+            k = squeezed.shape[0]
+            out.append((squeezed, pos[:, a:a + 1].expand(-1, k), torch.full((k,), -1, device=rows.device)))
         report.visual_tokens += b - a
         report.draft_visual_tokens += squeezed.shape[0]
         report.draft_visual_flops += flops + squeezed.shape[0] * draft.flops_per_row()
         report.branches += (branch,)
         at = b
-    out_x.append(rows[at:])
-    out_pos.append(pos[:, at:])
-    return torch.cat(out_x), torch.cat(out_pos, -1), report
+    out.append((rows[at:], pos[:, at:], token_at[at:]))
+    return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out], -1), torch.cat([o[2] for o in out]), report

@@ -97,6 +97,11 @@ class SpecBenchConfig:
     """Requests kept in flight, one measurement each."""
     adaptive: bool = True
     """Let the speculative engine choose each step's tree size (off: the full tree every step)."""
+    vlm: bool = False
+    """Benchmark a vision-language model on shapes-world image prompts instead (bench/spec_vlm.py):
+    --model (default: the demo VLM), --draft the EagleVLM draft, --compressed-draft the SpecVLM one."""
+    compressed_draft: str | None = None
+    """--vlm: a draft with the elastic visual compressor (default: the demo VLM's, if shipped)."""
     max_tokens: int = 96
     """Response length cap (greedy)."""
     draft_top_k: int = 8
@@ -122,6 +127,10 @@ class SpecBenchConfig:
 
 
 def bench_spec(c: SpecBenchConfig) -> dict:
+    if c.vlm:
+        from reasonrl.bench.spec_vlm import bench_spec_vlm
+
+        return bench_spec_vlm(c)
     model_path = Path(c.model) if c.model else DEMO / "policy"
     draft_path = _draft_path(c, model_path)
     target = load_model(model_path, c.device, c.dtype)

@@ -101,7 +101,8 @@ COMPRESSORS += [CompressorConfig(mode="weighted", ratio=2), CompressorConfig(mod
 
 @pytest.mark.parametrize("cfg", COMPRESSORS, ids=lambda c: f"{c.mode}-{'+'.join(c.branches) if c.mode == 'select' else 'all'}")
 def test_the_compressor_changes_the_draft_not_the_output(model, prompts, cfg):
-    reqs = requests(prompts)
+    chosen = prompts[:2] + prompts[3:]
+    reqs = requests(chosen, replace(GREEDY, max_tokens=12))
     plain = run(engine(model), reqs)
     draft = oracle_draft(model, cfg)
     e = engine(model, draft, draft_top_k=4, draft_depth=4, draft_tokens=8)
@@ -109,7 +110,7 @@ def test_the_compressor_changes_the_draft_not_the_output(model, prompts, cfg):
     assert e.stats()["spec_rounds"] > 0
     for rid, r in e.speculator.visual_reports.items():
         merge = model.vlm_config.vision.spatial_merge_size
-        sizes = [int(g.prod()) // merge ** 2 for g in prompts[int(rid)].image_grid_thw]
+        sizes = [int(g.prod()) // merge ** 2 for g in chosen[int(rid)].image_grid_thw]
         assert r.visual_tokens == sum(sizes)
         assert r.draft_visual_tokens == sum(draft.compressor.output_rows(k, b) for k, b in zip(sizes, r.branches))
         if cfg.branches in (("prune",), ("pool",), ("text_only",)):
@@ -124,3 +125,29 @@ def test_seeded_sampling_with_images_is_token_identical_to_plain_sampling(model,
     e = engine(model, oracle_draft(model, CompressorConfig()), max_num_batched_tokens=128)
     assert_same(plain, run(e, reqs))
     assert e.stats()["spec_accepted_length"] > 1.3
+
+
+@pytest.mark.slow
+def test_residual_rule_after_an_image_prompt_follows_the_target_distribution(model, prompts):
+    """The statistical test of tests/spec/test_spec_engine.py on an image prompt: 2k samples of two
+    tokens under the residual tree rule (the second decided at a tree's root: sibling acceptance
+    or the residual), each position's counts (the second conditioned on the most frequent first)
+    chi-square-tested against the target's distribution at temperature 3 (spread out)."""
+    from test_tree_verify import chi_square_p
+
+    prompt, n = prompts[0], 2000
+    params = SamplingParams(n=n, temperature=3.0, max_tokens=2, seed=11, ignore_eos=True, detokenize=False)
+    e = engine(model, oracle_draft(model), kv_cache_memory=1 << 26, max_num_seqs=512, draft_top_k=12, draft_tokens=24,
+               draft_sampling="residual")
+    outs = [o.token_ids for o in run(e, {"s": (prompt, params, {})})["s"].outputs]
+    assert e.stats()["spec_rounds"] > 0.9 * n
+    prefix = []
+    for position in range(2):
+        group = [o for o in outs if o[:position] == prefix]
+        ids = torch.tensor([prompt.input_ids + prefix])
+        with torch.no_grad():
+            logits = model.compute_logits(model.forward_padded(ids, [prompt]))[0, -1]
+        p = (logits / 3.0).softmax(-1)
+        counts = torch.bincount(torch.tensor([o[position] for o in group]), minlength=p.shape[0]).float()
+        assert len(group) > 300 and chi_square_p(counts, p) > 0.001, (position, len(group))
+        prefix.append(int(counts.argmax()))

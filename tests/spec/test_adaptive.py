@@ -21,39 +21,41 @@ def test_ladder_halves_the_tree_down_to_a_chain_then_none():
     assert [bucket_of(n) for n in (1, 2, 3, 8, 9, 64)] == [1, 2, 4, 8, 16, 64]
 
 
-def simulate(policy, num_seqs, seconds_of, accepted_of, steps):
-    """Drive the policy with a cost model: seconds_of(rung), accepted_of(rung) tokens per sequence."""
+def simulate(policy, num_seqs, cost, steps, prefill_every=3):
+    """Drive the policy with a cost model: cost(rung, rows) -> (seconds, accepted tokens per
+    sequence); every `prefill_every`-th step also prefills 40 rows (continuous batching)."""
     chosen = []
-    for _ in range(steps):
+    for i in range(steps):
         rung = policy.choose(num_seqs)
         chosen.append(rung)
-        verified = 0 if rung == policy.off else num_seqs
-        policy.observe(num_seqs, rung, seconds_of(rung), round(accepted_of(rung) * verified), verified)
+        shape = policy.shapes[rung]
+        rows = num_seqs * (1 + (0 if shape is None else shape.num_nodes)) + (40 if i % prefill_every == 0 else 0)
+        seconds, accepted = cost(rung, rows)
+        verified = 0 if shape is None else num_seqs
+        policy.observe(num_seqs, rung, seconds, rows, round(accepted * verified), verified)
     return chosen
 
 
-def costs(per_row, overhead, num_seqs):
-    """A step of num_seqs sequences costs overhead + per_row * rows (+ per_row / 2 per tree for its
-    bookkeeping); a tree of m draft tokens accepts 1 + 5 (1 - 0.8^m)."""
+def costs(per_row, overhead, num_seqs, per_tree=0.0):
+    """A step costs overhead + per_row * rows, a tree step per_tree more per sequence (its
+    bookkeeping); a tree of m draft tokens accepts 1 + 5 (1 - 0.8^m) tokens."""
     shapes = ladder(8, 6, 32)
 
-    def seconds(rung):
-        rows = num_seqs * (1 + (0 if shapes[rung] is None else shapes[rung].num_nodes + 0.5))
-        return overhead + per_row * rows
+    def cost(rung, rows):
+        shape = shapes[rung]
+        seconds = overhead + per_row * rows + (0 if shape is None else per_tree * num_seqs)
+        return seconds, 1.0 if shape is None else 1 + 5 * (1 - 0.8 ** shape.num_nodes)
 
-    def accepted(rung):
-        return 1.0 if shapes[rung] is None else 1 + 5 * (1 - 0.8 ** shapes[rung].num_nodes)
-
-    return seconds, accepted
+    return cost
 
 
 def test_policy_switches_speculation_off_under_load_and_keeps_trees_when_rows_are_cheap():
     policy = AdaptivePolicy(ladder(8, 6, 32), AdaptiveConfig(explore_every=4))
     # batch 1: a step is all overhead, extra rows nearly free -> a large tree wins
-    chosen = simulate(policy, 1, *costs(per_row=1e-5, overhead=1e-2, num_seqs=1), steps=60)
+    chosen = simulate(policy, 1, costs(per_row=1e-5, overhead=1e-2, num_seqs=1), steps=60)
     assert policy.shapes[chosen[-1]] is not None and policy.shapes[chosen[-1]].num_nodes >= 16
     # 64 in flight: compute-bound, every drafted row costs a real one -> no tree
-    chosen = simulate(policy, 64, *costs(per_row=1e-3, overhead=1e-2, num_seqs=64), steps=200)
+    chosen = simulate(policy, 64, costs(per_row=1e-3, overhead=1e-2, num_seqs=64, per_tree=5e-4), steps=200)
     assert policy.buckets[64].best == policy.off
     tail = chosen[-100:]
     assert tail.count(policy.off) >= 95  # trials back off: few steps are spent on losing trees
@@ -62,9 +64,9 @@ def test_policy_switches_speculation_off_under_load_and_keeps_trees_when_rows_ar
 
 def test_policy_turns_trees_back_on_when_they_start_to_pay():
     policy = AdaptivePolicy(ladder(8, 6, 32), AdaptiveConfig(explore_every=4, max_explore_every=16))
-    simulate(policy, 8, *costs(per_row=1e-3, overhead=1e-3, num_seqs=8), steps=100)
+    simulate(policy, 8, costs(per_row=1e-3, overhead=1e-3, num_seqs=8, per_tree=5e-4), steps=100)
     assert policy.buckets[8].best == policy.off
-    simulate(policy, 8, *costs(per_row=1e-5, overhead=1e-2, num_seqs=8), steps=150)  # the load went away
+    simulate(policy, 8, costs(per_row=1e-5, overhead=1e-2, num_seqs=8), steps=150)  # the load went away
     assert policy.buckets[8].best != policy.off
 
 

@@ -151,3 +151,16 @@ def test_residual_rule_after_an_image_prompt_follows_the_target_distribution(mod
         counts = torch.bincount(torch.tensor([o[position] for o in group]), minlength=p.shape[0]).float()
         assert len(group) > 300 and chi_square_p(counts, p) > 0.001, (position, len(group))
         prefix.append(int(counts.argmax()))
+
+
+def test_switching_tree_sizes_mid_request_with_images_in_flight_stays_exact(model, prompts):
+    from tests.spec.test_adaptive import Cycling
+
+    reqs = requests(prompts)
+    plain = run(engine(model), reqs)
+    e = engine(model, oracle_draft(model, CompressorConfig(branches=("pool", "resampler"))))
+    n = len(e.speculator.shapes)
+    e.speculator.policy = Cycling(e.speculator.shapes, [0, n - 1, n - 1, 2, n - 2, n - 1, 1])
+    assert_same(plain, run(e, reqs))
+    assert e.stats()["spec_steps_without_trees"] > 0 and e.stats()["spec_accepted_length"] > 1.5
+    assert_same(plain, run(engine(model, oracle_draft(model), draft_adaptive=True, draft_explore_every=2), reqs))

@@ -13,14 +13,21 @@ where this hardware, this model and this draft put it:
   last rung is no tree at all.
 - Acceptance, per rung: an EMA of the tokens a verified sequence emits per step (accepted drafts
   plus the target's own), L(rung). No tree emits 1 token.
-- Cost, per batch-size bucket (decoding sequences rounded up to a power of two) and rung: an EMA
-  of the wall seconds of a decode-only step (draft, target, bookkeeping), t(bucket, rung).
-- Choice: each bucket holds a current rung and moves to a measured neighbour whose estimated
-  throughput L / t (tokens per sequence-second; the bucket is the same for both) is higher.
-  Every `explore_every` steps of a bucket, a neighbour is tried for one step; a trial that loses
-  doubles the bucket's interval (up to `max_explore_every`), one that wins tries the next rung
-  in the same direction at once, so a bucket walks the ladder in a few steps. A new bucket starts
-  at the rung of the nearest bucket seen.
+- Cost: a plain step's wall seconds as a linear function of the rows it computes, a + b rows,
+  fitted (least squares, forgetting) on every step without trees, prefill-only ones included;
+  and per batch-size bucket (sequences that could get a tree, rounded up to a power of two) and
+  tree size, the overhead a tree step has beyond a plain step of the same rows (draft forwards,
+  tree masks, verification and cache bookkeeping), an EMA o(bucket, rung). Prefill chunks that
+  share a step cost the same in every arm, so they drop out; a long draft catch-up after a
+  stretch without trees, a one-off, is left out.
+- Choice: at B sequences, rung r is estimated at L(r) / (a + b B (1 + m_r) + o(B, r)) tokens per
+  sequence-second, no tree at 1 / (a + b B); each bucket runs the best. Every `explore_every` of
+  its steps it measures a tree it could switch to, one step each: without a tree, the smallest
+  (the cheapest trial where trees lose); with one, the sizes either side, walking on at once
+  toward larger trees while they win. A round that finds nothing better doubles the bucket's
+  interval (up to `max_explore_every`), so losing trials cost little. A new bucket starts at the
+  nearest bucket's rung (the very first: the full tree at batch 1, no tree above) and has its
+  first trial after one step.
 
 Output does not depend on any of this: every rung, none included, is lossless (greedy and coupled
 sampling token-identical to plain decoding), so the choice may follow wall-clock noise freely.
@@ -81,6 +88,29 @@ def bucket_of(num_seqs: int) -> int:
     return 1 << max(num_seqs - 1, 0).bit_length()
 
 
+class LinearFit:
+    """Running least-squares fit y ~ a + b x with exponential forgetting (`weight` per new point);
+    a and b are kept non-negative. With one distinct x it falls back to y ~ b x."""
+
+    def __init__(self, weight: float):
+        self.weight = weight
+        self.n = self.sx = self.sy = self.sxx = self.sxy = 0.0
+
+    def add(self, x: float, y: float) -> None:
+        d = 1 - self.weight
+        self.n, self.sx, self.sy = d * self.n + 1, d * self.sx + x, d * self.sy + y
+        self.sxx, self.sxy = d * self.sxx + x * x, d * self.sxy + x * y
+
+    def __call__(self, x: float) -> float | None:
+        if not self.n:
+            return None
+        mx, my = self.sx / self.n, self.sy / self.n
+        var = self.sxx / self.n - mx * mx
+        b = (self.sxy / self.n - mx * my) / var if var > 1e-6 * max(mx * mx, 1.0) else (my / mx if mx else 0.0)
+        b = max(b, 0.0)
+        return max(my - b * mx, 0.0) + b * x
+
+
 @dataclass
 class _Bucket:
     size: int
@@ -88,8 +118,8 @@ class _Bucket:
     countdown: int  # steps to the next trial
     interval: int
     trial: int | None = None
-    queue: list[int] = field(default_factory=list)  # trials of the current round, run one step apart
-    seconds: dict[int, float] = field(default_factory=dict)  # rung -> EMA of a decode-only step's seconds
+    queue: list[int] = field(default_factory=list)  # trials still to run, one step apart
+    overhead: dict[int, float] = field(default_factory=dict)  # rung -> EMA of a tree step's seconds beyond a plain step of its rows
 
 
 class AdaptivePolicy:
@@ -97,6 +127,7 @@ class AdaptivePolicy:
         self.shapes, self.config = shapes, config or AdaptiveConfig()
         self.off = len(shapes) - 1  # the rung without a tree
         self.accepted = {self.off: 1.0}  # rung -> EMA of tokens per verified sequence and step
+        self.plain = LinearFit(weight=0.05)  # seconds of a step without trees, by the rows it computes
         self.buckets: dict[int, _Bucket] = {}
 
     def choose(self, num_seqs: int) -> int:
@@ -106,6 +137,8 @@ class AdaptivePolicy:
             return 0
         if c.max_batch is not None and num_seqs > c.max_batch:
             return self.off
+        if self.plain(1) is None:
+            return self.off  # nothing measured yet: a step without trees teaches the plain cost
         b = self._bucket(bucket_of(num_seqs))
         if b.trial is None:
             b.countdown -= 1
@@ -114,27 +147,39 @@ class AdaptivePolicy:
                 b.trial = b.queue.pop(0)
         return b.best if b.trial is None else b.trial
 
-    def observe(self, num_seqs: int, rung: int, seconds: float, emitted: int, verified: int) -> None:
-        """A decode-only step at `rung` took `seconds`; its `verified` trees emitted `emitted` tokens."""
+    def observe(self, num_seqs: int, rung: int, seconds: float, rows: int, emitted: int, verified: int) -> None:
+        """A step that computed `rows` rows (prefill chunks, decode tokens, tree rows) at `rung` took
+        `seconds`; `verified` sequences verified a tree and emitted `emitted` tokens. Steps without
+        trees (any batch size, prefill-only ones too) teach the plain step cost; steps with trees
+        the overhead of their tree size at their bucket."""
         c = self.config
-        if not c.enabled or (c.max_batch is not None and num_seqs > c.max_batch):
+        if not c.enabled:
             return
-        if verified:
-            self.accepted[rung] = _ema(self.accepted.get(rung), emitted / verified, c.ema)
+        if not verified:
+            self.plain.add(rows, seconds)
+        if not num_seqs or (c.max_batch is not None and num_seqs > c.max_batch):
+            return
         b = self._bucket(bucket_of(num_seqs))
-        b.seconds[rung] = _ema(b.seconds.get(rung), seconds, c.ema)
+        if verified and self.plain(rows) is not None:
+            self.accepted[rung] = _ema(self.accepted.get(rung), emitted / verified, c.ema)
+            b.overhead[rung] = _ema(b.overhead.get(rung), seconds - self.plain(rows), c.ema)
         if b.trial == rung:
             self._settle_trial(b)
-        elif rung == b.best:
+        else:
             b.best = self._argmax(b)
 
     def rate(self, bucket: int, rung: int) -> float | None:
-        """Estimated tokens per sequence-second of `rung` at `bucket` (None: not measured there)."""
-        b = self.buckets.get(bucket)
-        seconds = None if b is None else b.seconds.get(rung)
-        if seconds is None or rung not in self.accepted:
+        """Estimated tokens per sequence-second of `rung` for a decode step of `bucket` sequences
+        (None: not measured)."""
+        shape, b = self.shapes[rung], self.buckets.get(bucket)
+        if self.plain(bucket) is None:
             return None
-        return self.accepted[rung] / max(seconds, 1e-9)
+        if shape is None:
+            return 1.0 / max(self.plain(bucket), 1e-9)
+        if b is None or rung not in b.overhead or rung not in self.accepted:
+            return None
+        overhead = max(b.overhead[rung], 0.0)  # noise can make one measurement negative; a tree never costs less
+        return self.accepted[rung] / max(self.plain(bucket * (1 + shape.num_nodes)) + overhead, 1e-9)
 
     # ---- trials ----------------------------------------------------------------------------------
     def _bucket(self, size: int) -> _Bucket:
@@ -147,18 +192,18 @@ class AdaptivePolicy:
         return self.buckets[size]
 
     def _round(self, b: _Bucket) -> list[int]:
-        """Without a tree: the smallest tree (the cheapest trial where trees lose). With one: no
-        tree, and the trees either side."""
+        """Without a tree: the smallest tree (the cheapest trial where trees lose). With one: the
+        trees either side (no tree needs no trial: the plain step cost is always known)."""
         if b.best == self.off:
             return [self.off - 1]
-        return [self.off] + [r for r in (b.best - 1, b.best + 1) if 0 <= r < self.off]
+        return [r for r in (b.best - 1, b.best + 1) if 0 <= r < self.off] or [self.off - 1]
 
     def _settle_trial(self, b: _Bucket) -> None:
         trial, before = b.trial, b.best
         b.trial = None
         won = (self.rate(b.size, trial) or 0.0) > (self.rate(b.size, before) or 0.0)
-        if won and before == self.off and trial == self.off - 1:
-            b.queue = list(range(self.off - 2, -1, -1))  # trees pay here: measure every larger one
+        if won and trial < before and trial > 0:
+            b.queue = [trial - 1]  # a larger tree won: try the next larger one at once
         b.best = self._argmax(b)
         if b.queue:
             b.countdown = 1
@@ -167,7 +212,7 @@ class AdaptivePolicy:
             b.countdown = b.interval
 
     def _argmax(self, b: _Bucket) -> int:
-        rates = {r: self.rate(b.size, r) for r in b.seconds}
+        rates = {r: self.rate(b.size, r) for r in [*b.overhead, self.off]}
         rates = {r: v for r, v in rates.items() if v is not None}
         return max(rates, key=rates.get) if rates else b.best
 

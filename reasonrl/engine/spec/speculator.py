@@ -26,13 +26,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from reasonrl.engine.attention import causal_mask
 from reasonrl.engine.block_manager import BlockManager
 from reasonrl.engine.sequence import Sequence
 from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, TreeShape, ladder
 from reasonrl.engine.spec.draft import DraftHead
+from reasonrl.engine.spec.draft_state import DraftAttention, DraftState
 from reasonrl.engine.spec.tree import DraftTree, TreeSearch
 from reasonrl.engine.spec.visual import RowSource, VisualReport, catch_up_rows
 from reasonrl.engine.spec.verify import Verdict
@@ -66,101 +65,8 @@ class _StepLog:
     rung: int
     emitted: int = 0
     verified: int = 0
+    tree_rows: int = 0  # rows the step's trees add to the target's batch
     one_off_seconds: float = 0.0  # a long draft catch-up inside the step
-
-
-class DraftCache:
-    """One sequence's draft keys and values, (rows, kv_heads, head_dim), grown by doubling."""
-
-    def __init__(self):
-        self.k = self.v = None
-        self.len = 0
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        need = self.len + k.shape[0]
-        if self.k is None or need > self.k.shape[0]:
-            cap = max(64, 2 * need)
-            grown_k = k.new_empty(cap, *k.shape[1:])
-            grown_v = v.new_empty(cap, *v.shape[1:])
-            if self.k is not None:
-                grown_k[: self.len], grown_v[: self.len] = self.k[: self.len], self.v[: self.len]
-            self.k, self.v = grown_k, grown_v
-        self.k[self.len:need], self.v[self.len:need] = k, v
-        self.len = need
-
-    def view(self):
-        return self.k[: self.len], self.v[: self.len]
-
-
-@dataclass
-class DraftState:
-    cache: DraftCache = field(default_factory=DraftCache)
-    first: int = -1  # position of the feature of the first draft row (-1: no row yet)
-    features: torch.Tensor | None = None  # (n, h) target features of positions feature_start .. + n - 1
-    feature_start: int = 0
-    last_out: torch.Tensor | None = None  # draft output of the newest committed row
-    stored: int = -1  # features of positions below this are in Speculator.block_features (-1: not kept)
-    chain: int | None = None  # prefix-cache chain hash of the blocks below `stored`
-    removed: int = 0  # tokens whose draft rows the visual compressor took away
-
-    @property
-    def rows_end(self) -> int:
-        """Position of the feature the next committed row takes (its token is the one after)."""
-        return self.first + self.cache.len + self.removed
-
-    @classmethod
-    def at(cls, start: int) -> DraftState:
-        """A draft context that begins at position `start`."""
-        return cls(first=start, feature_start=start)
-
-    @property
-    def num_features(self) -> int:
-        return 0 if self.features is None else self.features.shape[0]
-
-    def add_features(self, f: torch.Tensor) -> None:
-        self.features = f if self.features is None else torch.cat([self.features, f])
-
-    def drop_features_before(self, position: int) -> None:
-        rest = self.features[position - self.feature_start:]
-        self.features, self.feature_start = (rest if rest.shape[0] else None), position
-
-
-class DraftAttention:
-    """Attention for a draft forward over several sequences' new rows.
-
-    segments[b] = (lo, hi, past_k, past_v, mask): rows lo:hi attend past rows then themselves;
-    mask (hi - lo, past + hi - lo) bool, or None for causal. The new rows' keys and values are
-    kept in `new_k`, `new_v` for the caller to commit or to use as tree rows."""
-
-    def __init__(self, segments):
-        self.segments = segments
-        self.new_k = self.new_v = None
-
-    chunk = 1024  # causal rows attended per call: a catch-up over a long prompt never builds a full mask
-
-    def __call__(self, layer, q, k, v):
-        self.new_k, self.new_v = k, v
-        out = torch.empty_like(q)
-        for lo, hi, past_k, past_v, mask in self.segments:
-            if hi == lo:
-                continue
-            keys, values = torch.cat([past_k, k[lo:hi]]), torch.cat([past_v, v[lo:hi]])
-            if mask is not None:
-                out[lo:hi] = _attend(q[lo:hi], keys, values, mask)
-                continue
-            past = past_k.shape[0]
-            for start in range(lo, hi, self.chunk):  # rows start..end see the past and new rows up to themselves
-                end = min(start + self.chunk, hi)
-                ctx = past + end - lo
-                out[start:end] = _attend(q[start:end], keys[:ctx], values[:ctx], causal_mask(end - start, ctx, None, q.device))
-        return out
-
-
-def _attend(q, keys, values, mask):
-    """q (n, Hq, D), keys/values (ctx, Hkv, D), mask (n, ctx) -> (n, Hq, D)."""
-    o = F.scaled_dot_product_attention(q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), attn_mask=mask,
-                                       enable_gqa=q.shape[1] != keys.shape[1])
-    return o.transpose(0, 1)
 
 
 class Speculator:
@@ -250,6 +156,7 @@ class Speculator:
             cands.append(seq)
             depths.append(room)
         if not cands:
+            self.step_log = _StepLog(0, len(self.shapes) - 1)  # a step without trees still teaches the plain cost
             return {}
         rung = self.policy.choose(len(cands))
         self.step_log, shape = _StepLog(len(cands), rung), self.shapes[rung]
@@ -266,6 +173,7 @@ class Speculator:
             budget -= extra
             out[seq.seq_id] = tree
             self.drafted += extra
+            self.step_log.tree_rows += extra
         return out
 
     def _timed_catch_up(self, seqs: list[Sequence], shape: TreeShape) -> torch.Tensor:
@@ -378,11 +286,13 @@ class Speculator:
             self.step_log.verified += 1
 
     def step_done(self, scheduled: list[tuple[Sequence, int]], seconds: float) -> None:
-        """The step that the last `propose` planned took `seconds`: a decode-only step teaches the
-        policy (a prefill chunk in the step would charge its cost to the tree size)."""
+        """The step that the last `propose` planned took `seconds`, which teaches the policy. Prefill
+        chunks in the step count too: under continuous batching most steps have some, and the
+        throughput a tree size gives is that of the steps it runs in."""
         log, self.step_log = self.step_log, None
-        if log is not None and all(n == 1 for _, n in scheduled):
-            self.policy.observe(log.num_seqs, log.rung, seconds - log.one_off_seconds, log.emitted, log.verified)
+        if log is not None:
+            rows = sum(n for _, n in scheduled) + log.tree_rows
+            self.policy.observe(log.num_seqs, log.rung, seconds - log.one_off_seconds, rows, log.emitted, log.verified)
 
     @property
     def accepted_length(self) -> float:

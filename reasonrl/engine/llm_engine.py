@@ -260,11 +260,16 @@ class LLMEngine:
 
     def _collect_features(self, scheduled: list[tuple[Sequence, int]], result: StepResult) -> None:
         """Hand the draft the target's hidden states of the tokens that stay in the cache."""
-        starts = result.batch.meta.query_start
+        starts, kept = result.batch.meta.query_start, None
         for b, (seq, _) in enumerate(scheduled):
             if not self.speculator.wants(seq):
                 continue
             verdict = result.verdicts.get(seq.seq_id)
+            if verdict is None and starts[b + 1] - starts[b] == 1:  # a decode step without a tree
+                if kept is None:  # one copy per step: a captured graph's output buffer is rewritten by the next replay
+                    kept = result.hidden.detach().clone()
+                self.speculator.observe_row(seq, seq.num_computed, kept, starts[b])
+                continue
             rows = range(starts[b], starts[b + 1]) if verdict is None else [starts[b] + r for r in verdict.rows]
             self.speculator.observe(seq, seq.num_computed, result.hidden[list(rows)])
 

@@ -25,9 +25,9 @@ where this hardware, this model and this draft put it:
   its steps it measures a tree it could switch to, one step each: without a tree, the smallest
   (the cheapest trial where trees lose); with one, the sizes either side, walking on at once
   toward larger trees while they win. A round that finds nothing better doubles the bucket's
-  interval (up to `max_explore_every`), so losing trials cost little. A new bucket starts at the
-  nearest bucket's rung (the very first: the full tree at batch 1, no tree above) and has its
-  first trial after one step.
+  interval (up to `max_explore_every`), so losing trials cost little. A new bucket starts from the
+  nearest one, its overheads scaled by the batch ratio (the very first: the full tree at batch 1,
+  no tree above), and has its first trial after one step.
 
 Output does not depend on any of this: every rung, none included, is lossless (greedy and coupled
 sampling token-identical to plain decoding), so the choice may follow wall-clock noise freely.
@@ -183,12 +183,17 @@ class AdaptivePolicy:
 
     # ---- trials ----------------------------------------------------------------------------------
     def _bucket(self, size: int) -> _Bucket:
-        """A new bucket starts where the nearest one is (the very first: the full tree at batch 1,
-        else no tree) and has its first trial after one step."""
+        """A new bucket starts from the nearest one: its tree overheads scaled by the batch ratio
+        (they grow with the trees drafted and verified) and the best rung under them (the very
+        first bucket: the full tree at batch 1, else no tree); its first trial comes after one step."""
         if size not in self.buckets:
             near = min(self.buckets, key=lambda k: abs(math.log2(k) - math.log2(size)), default=None)
-            best = self.buckets[near].best if near is not None else (0 if size == 1 else self.off)
-            self.buckets[size] = _Bucket(size, best, countdown=2, interval=self.config.explore_every)
+            b = _Bucket(size, 0 if size == 1 else self.off, countdown=2, interval=self.config.explore_every)
+            if near is not None:
+                b.best = self.buckets[near].best
+                b.overhead = {r: o * size / near for r, o in self.buckets[near].overhead.items()}
+                b.best = self._argmax(b)
+            self.buckets[size] = b
         return self.buckets[size]
 
     def _round(self, b: _Bucket) -> list[int]:

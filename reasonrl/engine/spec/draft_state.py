@@ -39,8 +39,9 @@ class DraftCache:
 class DraftState:
     cache: DraftCache = field(default_factory=DraftCache)
     first: int = -1  # position of the feature of the first draft row (-1: no row yet)
-    features: torch.Tensor | None = None  # (n, h) target features of positions feature_start .. + n - 1
+    stacked: torch.Tensor | None = None  # (n, h) target features of positions feature_start .. + n - 1
     feature_start: int = 0
+    pending: list = field(default_factory=list)  # (step hidden states, row): features after `stacked`, not copied yet
     last_out: torch.Tensor | None = None  # draft output of the newest committed row
     stored: int = -1  # features of positions below this are in Speculator.block_features (-1: not kept)
     chain: int | None = None  # prefix-cache chain hash of the blocks below `stored`
@@ -57,15 +58,32 @@ class DraftState:
         return cls(first=start, feature_start=start)
 
     @property
+    def features(self) -> torch.Tensor | None:
+        """(n, h) every feature held, from feature_start on (the pending rows copied in now)."""
+        if self.pending:
+            new = torch.stack([hidden[row] for hidden, row in self.pending])
+            self.stacked = new if self.stacked is None else torch.cat([self.stacked, new])
+            self.pending = []
+        return self.stacked
+
+    @property
     def num_features(self) -> int:
-        return 0 if self.features is None else self.features.shape[0]
+        return (0 if self.stacked is None else self.stacked.shape[0]) + len(self.pending)
 
     def add_features(self, f: torch.Tensor) -> None:
-        self.features = f if self.features is None else torch.cat([self.features, f])
+        self.stacked = f if self.features is None else torch.cat([self.features, f])
+
+    def add_row(self, hidden: torch.Tensor, row: int) -> None:
+        """One decode step's feature, row `row` of the step's hidden states: kept by reference (a
+        step without trees costs the draft a list append), copied 16 at a time so few steps'
+        hidden states stay alive."""
+        self.pending.append((hidden, row))
+        if len(self.pending) >= 16:
+            _ = self.features
 
     def drop_features_before(self, position: int) -> None:
         rest = self.features[position - self.feature_start:]
-        self.features, self.feature_start = (rest if rest.shape[0] else None), position
+        self.stacked, self.feature_start = (rest if rest.shape[0] else None), position
 
 
 class DraftAttention:

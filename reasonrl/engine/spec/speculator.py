@@ -92,6 +92,18 @@ class Speculator:
         return seq.params.speculative and not seq.params.adjusts_logits
 
     # ---- features -------------------------------------------------------------------------------
+    def observe_row(self, seq: Sequence, position: int, hidden: torch.Tensor, row: int) -> None:
+        """A decode step's one feature (position `position` of `seq`, row `row` of `hidden`): the
+        common case, kept by reference (see `observe` for the general one)."""
+        st = self.states.get(seq.seq_id)
+        if st is None or st.feature_start + st.num_features != position or \
+                position - max(st.rows_end, len(seq.prompt_ids)) >= MAX_LAG:
+            self.observe(seq, position, hidden[row: row + 1])
+            return
+        st.add_row(hidden, row)
+        if st.stored >= 0 and position + 1 - st.stored >= self.blocks.block_size:
+            self._keep_blocks(seq, st)
+
     def observe(self, seq: Sequence, start: int, features: torch.Tensor) -> None:
         """The target's features for positions start .. start + len - 1 of `seq`."""
         st = self.states.get(seq.seq_id)
@@ -118,7 +130,7 @@ class Speculator:
             known.append(f)
         if not known:
             return DraftState.at(start) if start else DraftState(first=0, stored=0)
-        return DraftState(first=0, features=torch.cat(known), stored=start, chain=chain)
+        return DraftState(first=0, stacked=torch.cat(known), stored=start, chain=chain)
 
     def _keep_blocks(self, seq: Sequence, st: DraftState) -> None:
         """Record the features of the sequence's blocks that just became full."""

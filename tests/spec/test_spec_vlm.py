@@ -129,18 +129,19 @@ def test_seeded_sampling_with_images_is_token_identical_to_plain_sampling(model,
 
 @pytest.mark.slow
 def test_residual_rule_after_an_image_prompt_follows_the_target_distribution(model, prompts):
-    """The statistical test of tests/spec/test_spec_engine.py on an image prompt: 2k samples of two
-    tokens under the residual tree rule (the second decided at a tree's root: sibling acceptance
-    or the residual), each position's counts (the second conditioned on the most frequent first)
-    chi-square-tested against the target's distribution at temperature 3 (spread out)."""
+    """The statistical test of tests/spec/test_spec_engine.py on an image prompt: 2k samples under
+    the residual tree rule, the first token sampled plainly after the prefill, the second decided
+    at a tree's root (sibling acceptance or the residual); each one's counts (the second
+    conditioned on the most frequent first) chi-square-tested against the target's distribution
+    at temperature 3 (spread out). A third token is drawn so that the second has a tree."""
     from test_tree_verify import chi_square_p
 
     prompt, n = prompts[0], 2000
-    params = SamplingParams(n=n, temperature=3.0, max_tokens=2, seed=11, ignore_eos=True, detokenize=False)
+    params = SamplingParams(n=n, temperature=3.0, max_tokens=3, seed=11, ignore_eos=True, detokenize=False)
     e = engine(model, oracle_draft(model), kv_cache_memory=1 << 26, max_num_seqs=512, draft_top_k=12, draft_tokens=24,
                draft_sampling="residual")
     outs = [o.token_ids for o in run(e, {"s": (prompt, params, {})})["s"].outputs]
-    assert e.stats()["spec_rounds"] > 0.9 * n
+    assert e.stats()["spec_rounds"] > 0.8 * n  # the second token came from a tree (bar those over a step's token budget)
     prefix = []
     for position in range(2):
         group = [o for o in outs if o[:position] == prefix]
@@ -149,7 +150,7 @@ def test_residual_rule_after_an_image_prompt_follows_the_target_distribution(mod
             logits = model.compute_logits(model.forward_padded(ids, [prompt]))[0, -1]
         p = (logits / 3.0).softmax(-1)
         counts = torch.bincount(torch.tensor([o[position] for o in group]), minlength=p.shape[0]).float()
-        assert len(group) > 300 and chi_square_p(counts, p) > 0.001, (position, len(group))
+        assert len(group) > 150 and chi_square_p(counts, p) > 0.001, (position, len(group))
         prefix.append(int(counts.argmax()))
 
 

@@ -15,7 +15,7 @@ where this hardware, this model and this draft put it:
   plus the target's own), L(rung). No tree emits 1 token.
 - Cost: a plain step's wall seconds as a linear function of the rows it computes, a + b rows,
   fitted (least squares, forgetting) on every step without trees, prefill-only ones included;
-  and per batch-size bucket (sequences that could get a tree, rounded up to a power of two) and
+  and per batch-size bucket (the step's decoding sequences, rounded up to a power of two) and
   tree size, the overhead a tree step has beyond a plain step of the same rows (draft forwards,
   tree masks, verification and cache bookkeeping), an EMA o(bucket, rung). Prefill chunks that
   share a step cost the same in every arm, so they drop out; a long draft catch-up after a
@@ -131,7 +131,7 @@ class AdaptivePolicy:
         self.buckets: dict[int, _Bucket] = {}
 
     def choose(self, num_seqs: int) -> int:
-        """The rung for a step with `num_seqs` sequences that could get a tree."""
+        """The rung for a step with `num_seqs` decoding sequences."""
         c = self.config
         if not c.enabled:
             return 0

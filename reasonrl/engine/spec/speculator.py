@@ -156,7 +156,15 @@ class Speculator:
     # ---- proposing --------------------------------------------------------------------------------
     @torch.no_grad()
     def propose(self, scheduled: list[tuple[Sequence, int]], budget: int) -> dict[int, DraftTree]:
-        """Draft trees for the decoding sequences of this step, within `budget` extra tokens."""
+        """Draft trees for the decoding sequences of this step, within `budget` extra tokens. The
+        policy decides first, from the number of decoding sequences, so a step it runs without
+        trees costs nothing more here."""
+        decoding = sum(1 for _, n in scheduled if n == 1)
+        rung = self.policy.choose(decoding) if decoding else len(self.shapes) - 1
+        self.step_log, shape = _StepLog(decoding, rung), self.shapes[rung]
+        if shape is None:
+            self.steps_without_trees += decoding > 0
+            return {}
         cands, depths = [], []
         for seq, n in scheduled:
             if n != 1 or seq.num_pending != 1 or not self.wants(seq):
@@ -168,12 +176,6 @@ class Speculator:
             cands.append(seq)
             depths.append(room)
         if not cands:
-            self.step_log = _StepLog(0, len(self.shapes) - 1)  # a step without trees still teaches the plain cost
-            return {}
-        rung = self.policy.choose(len(cands))
-        self.step_log, shape = _StepLog(len(cands), rung), self.shapes[rung]
-        if shape is None:
-            self.steps_without_trees += 1
             return {}
         roots = self._timed_catch_up(cands, shape)
         trees = self._grow(cands, roots, [min(d, shape.depth) for d in depths], shape)

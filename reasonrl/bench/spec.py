@@ -2,9 +2,12 @@
 
 Both engines share one target model; the speculative one has a draft head (by default the draft
 shipped with the demo policy, distilled by `reasonrl distill-draft`). Each arm decodes the same
-held-out prompts greedily, at batch 1 (one request at a time: the latency case speculative
-decoding is for) and with every prompt in flight (continuous batching), interleaved over
-`repeats`, medians reported. Outputs of the two arms must be token-identical.
+held-out prompts greedily at each level of `concurrency` (requests kept in flight: 1 is the
+latency case speculative decoding is for, the larger ones continuous batching under load),
+interleaved over `repeats`, medians reported. Outputs of the two arms must be token-identical.
+The speculative engine chooses its tree size per step (engine/spec/adaptive.py) unless
+`--no-adaptive`; one engine serves every level and repeat, so what it learns carries over, as it
+would in a server.
 
 Costs in the terms of SpecVLM's Eq. 2: the draft's time per verification round and the
 speculative target step's time per round, each divided by the plain engine's time per token at
@@ -89,7 +92,16 @@ class SpecBenchConfig:
     env: str = "sums:"
     """Environment whose held-out prompts are decoded."""
     num_prompts: int = 32
-    """Prompts decoded one at a time (batch 1) and all at once."""
+    """Prompts decoded at each concurrency level (at least 4x the level, so most steps run at it)."""
+    concurrency: tuple[int, ...] = (1, 8, 32, 64)
+    """Requests kept in flight, one measurement each."""
+    adaptive: bool = True
+    """Let the speculative engine choose each step's tree size (off: the full tree every step)."""
+    vlm: bool = False
+    """Benchmark a vision-language model on shapes-world image prompts instead (bench/spec_vlm.py):
+    --model (default: the demo VLM), --draft the EagleVLM draft, --compressed-draft the SpecVLM one."""
+    compressed_draft: str | None = None
+    """--vlm: a draft with the elastic visual compressor (default: the demo VLM's, if shipped)."""
     max_tokens: int = 96
     """Response length cap (greedy)."""
     draft_top_k: int = 8
@@ -110,72 +122,92 @@ class SpecBenchConfig:
     def __post_init__(self):
         if self.repeats < 1:
             raise ValueError(f"--repeats must be at least 1, got {self.repeats}")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ValueError(f"--concurrency needs levels of at least 1, got {self.concurrency}")
 
 
 def bench_spec(c: SpecBenchConfig) -> dict:
-    from reasonrl.envs.registry import load_environment
+    if c.vlm:
+        from reasonrl.bench.spec_vlm import bench_spec_vlm
 
+        return bench_spec_vlm(c)
     model_path = Path(c.model) if c.model else DEMO / "policy"
-    num_prompts, max_tokens, repeats, draft = c.num_prompts, c.max_tokens, c.repeats, c.draft
-    env_ = load_environment(c.env if ":" in c.env else c.env + ":")
-    if c.distill_steps:
-        from reasonrl.engine.spec.distill import DistillConfig, DistillJob, run_distill
-
-        job = DistillJob(str(model_path), str(Path(tempfile.mkdtemp()) / "draft"), env=c.env, device=c.device, dtype=c.dtype)
-        draft = str(run_distill(job, DistillConfig(steps=c.distill_steps, seed=c.seed)))
-    draft_path = Path(draft) if draft else DEMO / "draft"
+    draft_path = _draft_path(c, model_path)
     target = load_model(model_path, c.device, c.dtype)
-    tok = Tokenizer.from_dir(model_path)
-    prompts = [tok.apply_chat_template(p.messages, add_generation_prompt=True)
-               for p in env_.prompts(n=num_prompts, seed=c.seed + 1, split="eval")]
-    opts = dict(max_model_len=max(map(len, prompts)) + max_tokens + 1, max_num_seqs=max(num_prompts, 1),
+    levels = sorted(set(c.concurrency))
+    prompts = _prompts(c, model_path, max(c.num_prompts, 4 * levels[-1]))
+    opts = dict(max_model_len=max(map(len, prompts)) + c.max_tokens + 1, max_num_seqs=levels[-1],
                 kv_cache_memory=1 << 28)  # fixed: on CUDA the first engine would otherwise take the free memory
     plain = LLMEngine(target, None, EngineConfig(**opts))
     spec = LLMEngine(target, None, EngineConfig(**opts, draft_top_k=c.draft_top_k, draft_depth=c.draft_depth,
-                                                draft_tokens=c.draft_tokens), draft=DraftHead.load(draft_path, target))
-    draft_timer = _Timer(spec.speculator, "propose", target.device)
-    verify_timer = _Timer(spec.runner, "run", target.device)
+                                                draft_tokens=c.draft_tokens, draft_adaptive=c.adaptive),
+                     draft=DraftHead.load(draft_path, target))
+    timers = _Timer(spec.speculator, "propose", target.device), _Timer(spec.runner, "run", target.device)
     arms = {"plain": plain, "speculative": spec}
     for engine in arms.values():  # warm-up
         decode(engine, prompts[:2], 8, 2)
     rates: dict[tuple[str, int], list[float]] = {}
     outputs: dict[str, list[list[int]]] = {}
-    batch1_rounds = batch1_emitted = 0
-    for r in range(repeats):
-        for batch in (1, num_prompts):
+    batch1 = {"rounds": 0, "emitted": 0, "draft_s": 0.0, "verify_s": 0.0}
+    for r in range(c.repeats):
+        for level in levels:
+            work = prompts[: max(c.num_prompts, 4 * level)]
             for name, engine in arms.items():
-                if name == "speculative" and batch == 1:
-                    draft_timer.reset(), verify_timer.reset()
-                    before = spec.stats()
+                before = spec.stats()
+                for t in timers:
+                    t.reset()
                 engine.reset_prefix_cache()
-                outs, seconds, tokens = decode(engine, prompts, max_tokens, batch)
-                rates.setdefault((name, batch), []).append(tokens / seconds)
-                outputs.setdefault(f"{name}@{batch}", outs)
-                if name == "speculative" and batch == 1:
-                    after = spec.stats()
-                    rounds = after["spec_rounds"] - before["spec_rounds"]
-                    batch1_rounds += rounds
-                    batch1_emitted += after["spec_emitted_tokens"] - before["spec_emitted_tokens"]
-                    spec_costs = (draft_timer.seconds, verify_timer.seconds, rounds)
-                print(f"  repeat {r + 1}/{repeats}  batch {batch:>3}  {name:<11} {tokens / seconds:8.1f} tok/s",
+                outs, seconds, tokens = decode(engine, work, c.max_tokens, level)
+                rates.setdefault((name, level), []).append(tokens / seconds)
+                outputs.setdefault(f"{name}@{level}", outs)
+                if name == "speculative" and level == 1:
+                    _add_costs(batch1, before, spec.stats(), timers)
+                print(f"  repeat {r + 1}/{c.repeats}  in flight {level:>3}  {name:<11} {tokens / seconds:8.1f} tok/s",
                       file=sys.stderr, flush=True)
-    med = {key: statistics.median(v) for key, v in rates.items()}
-    per_token_plain = 1 / med[("plain", 1)]
-    draft_s, verify_s, rounds = spec_costs
-    reference = outputs["plain@1"]
+    per_token_plain = 1 / statistics.median(rates[("plain", levels[0])])
+    rounds = max(batch1["rounds"], 1)
     result = {
         "device": device_name(target.device), "dtype": str(target.dtype).removeprefix("torch."),
-        "model": str(model_path), "draft": str(draft_path), "prompts": num_prompts, "max_tokens": max_tokens,
-        "tree": {"top_k": c.draft_top_k, "depth": c.draft_depth, "tokens": c.draft_tokens}, "repeats": repeats,
-        "accepted_length": batch1_emitted / max(batch1_rounds, 1),
-        "speedup": med[("speculative", 1)] / med[("plain", 1)],
-        "greedy_identical": all(outs == reference for outs in outputs.values()),
-        "batch1": _arm(rates, 1), f"batch{num_prompts}": _arm(rates, num_prompts),
-        "draft_cost_ratio": draft_s / max(rounds, 1) / per_token_plain,
-        "verify_cost_ratio": verify_s / max(rounds, 1) / per_token_plain,
+        "model": str(model_path), "draft": str(draft_path), "prompts": c.num_prompts, "max_tokens": c.max_tokens,
+        "tree": {"top_k": c.draft_top_k, "depth": c.draft_depth, "tokens": c.draft_tokens}, "adaptive": c.adaptive,
+        "repeats": c.repeats, "concurrency": levels,
+        "accepted_length": batch1["emitted"] / rounds,
+        "speedup": statistics.median(rates[("speculative", levels[0])]) / statistics.median(rates[("plain", levels[0])]),
+        "greedy_identical": all(outs == outputs[f"plain@{k.split('@')[1]}"] for k, outs in outputs.items()),
+        **{f"batch{level}": _arm(rates, level) for level in levels},
+        "draft_cost_ratio": batch1["draft_s"] / rounds / per_token_plain,
+        "verify_cost_ratio": batch1["verify_s"] / rounds / per_token_plain,
+        "tree_tokens_by_batch": {k.removeprefix("spec_tree_tokens_at_batch_"): v for k, v in spec.stats().items()
+                                 if k.startswith("spec_tree_tokens_at_batch_")},
     }
-    _print(result, num_prompts)
+    _print(result, levels)
     return result
+
+
+def _draft_path(c: SpecBenchConfig, model_path: Path) -> Path:
+    if c.distill_steps:
+        from reasonrl.engine.spec.distill import DistillConfig, DistillJob, run_distill
+
+        job = DistillJob(str(model_path), str(Path(tempfile.mkdtemp()) / "draft"), env=c.env, device=c.device, dtype=c.dtype)
+        return run_distill(job, DistillConfig(steps=c.distill_steps, seed=c.seed))
+    return Path(c.draft) if c.draft else DEMO / "draft"
+
+
+def _prompts(c: SpecBenchConfig, model_path: Path, n: int) -> list[list[int]]:
+    from reasonrl.envs.registry import load_environment
+
+    env = load_environment(c.env if ":" in c.env else c.env + ":")
+    tok = Tokenizer.from_dir(model_path)
+    return [tok.apply_chat_template(p.messages, add_generation_prompt=True)
+            for p in env.prompts(n=n, seed=c.seed + 1, split="eval")]
+
+
+def _add_costs(acc: dict, before: dict, after: dict, timers) -> None:
+    """Batch-1 verification rounds, their tokens, and the draft's and target's seconds."""
+    acc["rounds"] += after["spec_rounds"] - before["spec_rounds"]
+    acc["emitted"] += after["spec_emitted_tokens"] - before["spec_emitted_tokens"]
+    acc["draft_s"] += timers[0].seconds
+    acc["verify_s"] += timers[1].seconds
 
 
 def _arm(rates, batch: int) -> dict:
@@ -185,12 +217,12 @@ def _arm(rates, batch: int) -> dict:
             "pairwise_speedups": [s / p for s, p in zip(spec, plain)]}
 
 
-def _print(r: dict, num_prompts: int) -> None:
-    print(f"device: {r['device']}  model: {r['model']}  draft: {r['draft']}")
-    for key in ("batch1", f"batch{num_prompts}"):
-        a = r[key]
-        print(f"{key:>9}: plain {a['plain_tokens_per_s']:8.1f} tok/s   speculative {a['speculative_tokens_per_s']:8.1f} tok/s"
-              f"   speedup {a['speedup']:.2f}x")
+def _print(r: dict, levels: list[int]) -> None:
+    print(f"device: {r['device']}  model: {r['model']}  draft: {r['draft']}  adaptive: {r['adaptive']}")
+    for level in levels:
+        a = r[f"batch{level}"]
+        print(f"{level:>3} in flight: plain {a['plain_tokens_per_s']:8.1f} tok/s   speculative "
+              f"{a['speculative_tokens_per_s']:8.1f} tok/s   speedup {a['speedup']:.2f}x")
     print(f"accepted length {r['accepted_length']:.2f}  draft cost {r['draft_cost_ratio']:.2f}  "
           f"verify cost {r['verify_cost_ratio']:.2f} (per round, in plain batch-1 tokens)  "
-          f"greedy identical: {r['greedy_identical']}")
+          f"greedy identical: {r['greedy_identical']}  tree tokens by batch: {r['tree_tokens_by_batch']}")

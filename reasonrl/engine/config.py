@@ -44,6 +44,13 @@ class EngineConfig:
     """Draft tree: deepest draft token."""
     draft_tokens: int = 32
     """Draft tree: draft tokens verified per sequence and step."""
+    draft_adaptive: bool = True
+    """Choose each step's tree size, down to none, from the batch size and measured acceptance and
+    step times (engine/spec/adaptive.py; docs/spec.md); off: every step gets the full tree."""
+    draft_max_batch: int | None = None
+    """Never speculate with more sequences decoding than this; None: the measurements decide."""
+    draft_explore_every: int = 16
+    """Adaptive speculation: steps of a batch size between trials of a neighbouring tree size."""
     draft_sampling: Literal["coupled", "residual"] = "coupled"
     """How sampled requests accept draft tokens: "coupled" (a draft is accepted when it is the token
     plain sampling draws with the same seed: output token-identical to plain sampling) or "residual"
@@ -67,7 +74,7 @@ class EngineConfig:
         if isinstance(self.cuda_graph_memory, str):
             self.cuda_graph_memory = parse_size(self.cuda_graph_memory)
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "draft_top_k", "draft_depth", "draft_tokens",
-                     "max_decode_bucket"):
+                     "max_decode_bucket", "draft_explore_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")
@@ -82,6 +89,8 @@ class EngineConfig:
             if self.draft is not None:
                 raise ValueError("EngineConfig.evict_budget cannot be combined with speculative decoding (draft): "
                                  "draft trees address the cache by position")
+        if self.draft_max_batch is not None and (not isinstance(self.draft_max_batch, int) or self.draft_max_batch < 0):
+            raise ValueError(f"EngineConfig.draft_max_batch must be a non-negative integer, got {self.draft_max_batch!r}")
         if self.draft_sampling not in ("coupled", "residual"):
             raise ValueError(f"EngineConfig.draft_sampling must be 'coupled' or 'residual', got {self.draft_sampling!r}")
         if not isinstance(self.kv_options, dict):

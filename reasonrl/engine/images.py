@@ -14,7 +14,9 @@ A request whose prompt is a `MultimodalPrompt` with images (`LLMEngine.add_reque
   repeat their position), else (N,), a multimodal sequence's tokens past its prompt at
   i + rope_delta; a prefill chunk's placeholder rows take `embeds[k0:k1]`.
 
-Speculative decoding and SnapKV eviction do not take image requests yet (`check`).
+SnapKV eviction does not take image requests yet (`check`). Speculative decoding does: tree rows
+sit at text positions past the prompt, and the draft reads the merged image tokens (`embeds_of`)
+as the input embeddings of its visual rows (engine/spec/speculator.py).
 """
 
 from __future__ import annotations
@@ -72,19 +74,24 @@ class Images:
 
     def step_inputs(self, scheduled: list[tuple[Sequence, int]], query_start: list[int],
                     positions: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The step's positions ((N,) in, (3, N) or (N,) out) and the model's image arguments."""
-        spans = [(seq, query_start[b], n) for b, (seq, n) in enumerate(scheduled) if seq.mm is not None]
+        """The step's positions ((N,) in, (3, N) or (N,) out) and the model's image arguments. A
+        sequence's rows are query_start[b]:query_start[b + 1] (a draft tree has more rows than its
+        scheduled token); rows past the prompt keep the positions they came with, plus rope_delta."""
+        spans = [(seq, query_start[b], query_start[b + 1] - query_start[b])
+                 for b, (seq, _) in enumerate(scheduled) if seq.mm is not None]
         if not spans:
             return positions, {}
         self._encode([seq for seq, _, n in spans if self._needs_embeds(seq, n)])
-        if all(seq.num_computed >= len(seq.mm.input_ids) for seq, _, _ in spans):  # decoding only: text positions
-            positions = positions.clone()
-            for seq, lo, n in spans:
+        prefilling = [(seq, lo, n) for seq, lo, n in spans if seq.num_computed < len(seq.mm.input_ids)]
+        positions = positions.clone()
+        for seq, lo, n in spans:
+            if seq.num_computed >= len(seq.mm.input_ids):
                 positions[lo:lo + n] += seq.mm.rope_delta
+        if not prefilling:  # decoding only: text positions
             return positions, {}
         positions = positions.expand(3, -1).clone()
         rows, embeds = [], []
-        for seq, lo, n in spans:
+        for seq, lo, n in prefilling:
             start = seq.num_computed
             positions[:, lo:lo + n] = seq.mm.positions_for(start, start + n).to(positions.device)
             chunk_rows, k0, k1 = seq.mm.image_rows_in(start, start + n)
@@ -94,6 +101,14 @@ class Images:
         if not rows:
             return positions, {}
         return positions, {"image_embeds": torch.cat(embeds), "image_rows": torch.cat(rows).to(positions.device)}
+
+    def embeds_of(self, seq: Sequence) -> torch.Tensor:
+        """(K, hidden) the merged image tokens of a sequence's prompt, encoded now if no step has
+        needed them (a prompt the prefix cache served whole)."""
+        entry = self.entries[seq.request_id]
+        if entry.embeds is None:
+            self._encode([seq])
+        return entry.embeds
 
     def _needs_embeds(self, seq: Sequence, n: int) -> bool:
         _, k0, k1 = seq.mm.image_rows_in(seq.num_computed, seq.num_computed + n)

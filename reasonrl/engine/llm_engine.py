@@ -18,6 +18,7 @@ one by submitting the same prompt with the partial tokens.
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from reasonrl.engine.model_runner import ModelRunner, Sampled, StepResult
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.scheduler import Scheduler
 from reasonrl.engine.sequence import RequestOutput, Sequence
+from reasonrl.engine.spec.adaptive import AdaptiveConfig
 from reasonrl.engine.spec.draft import DraftHead
 from reasonrl.engine.spec.speculator import SpecConfig, Speculator
 from reasonrl.models.model import DecoderLM
@@ -119,8 +121,9 @@ class LLMEngine:
             raise ValueError(f"speculative decoding needs a KV format that can move cache slots; "
                              f"kv_format {cfg.kv_format!r} cannot (use dense)")
         draft = draft or DraftHead.load(cfg.draft, self.model)
-        spec = SpecConfig(top_k=cfg.draft_top_k, depth=cfg.draft_depth, num_nodes=cfg.draft_tokens)
-        return Speculator(draft, self.kv, self.block_manager, spec, self.max_model_len)
+        adaptive = AdaptiveConfig(cfg.draft_adaptive, cfg.draft_max_batch, cfg.draft_explore_every)
+        spec = SpecConfig(top_k=cfg.draft_top_k, depth=cfg.draft_depth, num_nodes=cfg.draft_tokens, adaptive=adaptive)
+        return Speculator(draft, self.kv, self.block_manager, spec, self.max_model_len, self.images)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device=None, dtype=None, latent: LatentConfig | None = None,
@@ -203,8 +206,7 @@ class LLMEngine:
     def _check_images(self, request_id: str, mm: MultimodalPrompt) -> None:
         if self.images is None:
             raise ValueError(f"request {request_id!r}: this model takes no images (it is not a vision-language model)")
-        self.images.check(request_id, mm, {"speculative decoding (draft)": self.speculator is not None,
-                                           "token eviction (evict_budget)": self.evictor is not None})
+        self.images.check(request_id, mm, {"token eviction (evict_budget)": self.evictor is not None})
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request now; returns its partial output (None if unknown or already finished)."""
@@ -247,20 +249,27 @@ class LLMEngine:
         outputs, self._done_at_add = self._done_at_add, []
         scheduled = self.scheduler.schedule()
         if scheduled:
-            trees = {}
+            trees, start = {}, time.perf_counter()
             if self.speculator is not None:
                 spare = self.config.max_num_batched_tokens - sum(n for _, n in scheduled)
                 trees = self.speculator.propose(scheduled, spare)
             outputs += run_isolated(self, scheduled, trees)  # a request whose step raises fails alone
+            if self.speculator is not None:  # the step's tokens are on the host: its time is over
+                self.speculator.step_done(scheduled, time.perf_counter() - start)
         return outputs
 
     def _collect_features(self, scheduled: list[tuple[Sequence, int]], result: StepResult) -> None:
         """Hand the draft the target's hidden states of the tokens that stay in the cache."""
-        starts = result.batch.meta.query_start
+        starts, kept = result.batch.meta.query_start, None
         for b, (seq, _) in enumerate(scheduled):
             if not self.speculator.wants(seq):
                 continue
             verdict = result.verdicts.get(seq.seq_id)
+            if verdict is None and starts[b + 1] - starts[b] == 1:  # a decode step without a tree
+                if kept is None:  # one copy per step: a captured graph's output buffer is rewritten by the next replay
+                    kept = result.hidden.detach().clone()
+                self.speculator.observe_row(seq, seq.num_computed, kept, starts[b])
+                continue
             rows = range(starts[b], starts[b + 1]) if verdict is None else [starts[b] + r for r in verdict.rows]
             self.speculator.observe(seq, seq.num_computed, result.hidden[list(rows)])
 

@@ -5,17 +5,56 @@ from reasonrl.cli import main
 
 def test_bench_spec_cli_compares_plain_and_speculative_on_the_same_prompts(tmp_path):
     out = tmp_path / "spec.json"
-    assert main(["bench", "spec", "--num-prompts", "3", "--max-tokens", "24", "--repeats", "2",
-                 "--draft-depth", "4", "--json", str(out)]) == 0
+    assert main(["bench", "spec", "--num-prompts", "3", "--max-tokens", "24", "--repeats", "2", "--concurrency", "1", "2",
+                 "--draft-depth", "4", "--no-adaptive", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     for key in ("accepted_length", "speedup", "greedy_identical", "device", "draft_cost_ratio", "verify_cost_ratio"):
         assert key in r
     assert r["greedy_identical"] is True
     assert 1 < r["accepted_length"] <= 5  # depth 4: at most 4 drafts and the target's own token
     assert r["speedup"] == r["batch1"]["speculative_tokens_per_s"] / r["batch1"]["plain_tokens_per_s"]
-    assert len(r["batch3"]["pairwise_speedups"]) == 2
+    assert len(r["batch2"]["pairwise_speedups"]) == 2 and r["concurrency"] == [1, 2]
 
 
 def test_bench_spec_refuses_zero_repeats(capsys):
     assert main(["bench", "spec", "--repeats", "0"]) == 2
     assert "--repeats" in capsys.readouterr().err
+
+
+def test_bench_spec_refuses_an_empty_concurrency_level(capsys):
+    assert main(["bench", "spec", "--concurrency", "0"]) == 2
+    assert "--concurrency" in capsys.readouterr().err
+
+
+def test_bench_spec_vlm_compares_plain_eaglevlm_and_specvlm_on_image_prompts(tmp_path):
+    import torch
+
+    from reasonrl.engine.spec.draft import DraftHead, DraftInfo, fingerprint
+    from reasonrl.models.loader import load_model
+    from reasonrl.models.tiny import init_weights
+    from reasonrl.models.tiny_vlm import make_vlm_checkpoint, make_vlm_tokenizer
+    from reasonrl.vision.spec.compressor import CompressorConfig
+    from tests.models.vlm_common import CORPUS
+
+    ckpt = make_vlm_checkpoint(tmp_path / "vlm", make_vlm_tokenizer(CORPUS, vocab_size=384), seed=1, std=0.2)
+    target = load_model(ckpt, "cpu")
+    c = target.config
+    info = DraftInfo(c.architecture, c.vocab_size, c.hidden_size, fingerprint(target))
+    init_weights(DraftHead(target), std=0.2, seed=2).save(tmp_path / "eagle", info)
+    specvlm = init_weights(DraftHead(target, CompressorConfig(ratio=4)), std=0.2, seed=3)
+    with torch.no_grad():
+        specvlm.compressor.gate.bias.copy_(torch.tensor([0.0, 3.0, 0.0, 0.0, 0.0]))  # pool, whatever the question
+    specvlm.save(tmp_path / "spec", DraftInfo(**{**info.__dict__, "compressor": {"ratio": 4}}))
+    out = tmp_path / "vlm.json"
+    assert main(["bench", "spec", "--vlm", "--model", str(ckpt), "--draft", str(tmp_path / "eagle"),
+                 "--compressed-draft", str(tmp_path / "spec"), "--env", "shapes:?image_size=112&families=text,detail",
+                 "--num-prompts", "4", "--concurrency", "1", "2", "--repeats", "1", "--max-tokens", "6",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["greedy_identical"] is True and r["concurrency"] == [1, 2]
+    eagle, spec = r["eaglevlm"], r["specvlm"]
+    assert eagle["visual_tokens_per_request"] == eagle["draft_visual_tokens_per_request"] == 16  # 112 px: 4 x 4 merged
+    assert spec["draft_visual_tokens_per_request"] == 4 < eagle["draft_visual_tokens_per_request"]
+    assert spec["draft_visual_gflops_per_request"] < eagle["draft_visual_gflops_per_request"]
+    assert spec["text_only_rate_text"] == spec["text_only_rate_detail"] == 0.0  # the gate was set to pool
+    assert eagle["accepted_length"] >= 1 and "batch2_speedup" in spec

@@ -103,7 +103,7 @@ def test_distill_draft_cli_saves_a_loadable_draft_and_its_log(tmp_path, tokenize
 
 def test_draft_attention_in_chunks_equals_one_causal_pass():
     """A catch-up over a long prompt is attended in row chunks (no full mask): same output."""
-    from reasonrl.engine.spec.speculator import DraftAttention
+    from reasonrl.engine.spec.draft_state import DraftAttention
     from reasonrl.models.model import CausalAttention
 
     torch.manual_seed(0)

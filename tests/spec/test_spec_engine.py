@@ -46,7 +46,10 @@ def demo():
 
 
 def engine(model, draft=None, **kw):
+    """Trees of the configured size every step unless a test asks for the adaptive policy (whose
+    choice follows the clock; tests/spec/test_adaptive.py)."""
     kw.setdefault("kv_cache_memory", 1 << 22)
+    kw.setdefault("draft_adaptive", False)
     kw.setdefault("block_size", 4)
     return LLMEngine(model, None, EngineConfig(**kw), draft=draft)
 

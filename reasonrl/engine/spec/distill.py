@@ -23,7 +23,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +35,9 @@ from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.spec.draft import DraftHead, DraftInfo, fingerprint, read_info
 from reasonrl.models.model import CausalAttention, DecoderLM
+from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt, build_prompt
+from reasonrl.models.tokenizer import Tokenizer
+from reasonrl.vision.spec.compressor import BRANCHES, CompressorConfig
 
 
 @dataclass
@@ -55,6 +58,13 @@ class DistillJob:
     """cpu, cuda or cuda:N (default: cuda when available)."""
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     """The target's dtype (default: float32 on CPU, the checkpoint's on GPU)."""
+    compressor: Literal["none", "select", "weighted", "concat"] = "none"
+    """Vision-language target: give the draft SpecVLM's elastic visual compressor in this mode
+    (none: EagleVLM, every visual token). Ignored with --init (the draft keeps its own)."""
+    compressor_branches: tuple[str, ...] = BRANCHES
+    """The compressor's branches (prune pool conv resampler text_only)."""
+    compressor_ratio: int = 3
+    """The compressor's ratio for prune, pool and conv."""
 
 
 @dataclass
@@ -81,10 +91,15 @@ class DistillConfig:
     """Uniform noise in [-x, x] added to the input features (EAGLE)."""
     eval_every: int = 100
     """Steps between held-out accepted-length checks (the draft is saved at each)."""
+    epochs: int | None = None
+    """Train this many passes over the training prompts instead of `steps`, with a held-out check
+    after each (an accepted-length-per-epoch table and PNG are written next to the draft)."""
     seed: int = 0
     """Seeds the prompts, the responses and the noise."""
 
     def __post_init__(self):
+        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
+            raise ValueError(f"distill: epochs must be a positive integer, got {self.epochs!r}")
         for name in ("steps", "prompts_per_step", "max_new_tokens", "eval_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"distill: {name} must be a positive integer, got {getattr(self, name)!r}")
@@ -93,8 +108,14 @@ class DistillConfig:
 
 
 def distillation_loss(draft: DraftHead, ids: torch.Tensor, lengths: torch.Tensor, cfg: DistillConfig,
-                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """ids (B, T) right-padded sequences of `lengths` tokens -> the loss of the module docstring."""
+                      generator: torch.Generator | None = None,
+                      prompts: list[MultimodalPrompt | None] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """ids (B, T) right-padded sequences of `lengths` tokens -> the loss of the module docstring.
+    `prompts`: the rows' prompts with images (a vision-language target; distill_vlm.py)."""
+    if prompts is not None and any(p is not None for p in prompts):
+        from reasonrl.engine.spec.distill_vlm import vlm_distillation_loss
+
+        return vlm_distillation_loss(draft, ids, lengths, cfg, generator, prompts)
     target = draft.target
     b, t = ids.shape
     with torch.no_grad():
@@ -116,7 +137,7 @@ def distillation_loss(draft: DraftHead, ids: torch.Tensor, lengths: torch.Tensor
     return loss, {"ce": ce.item(), "smooth_l1": l1.item(), "top1": top1.item()}
 
 
-def generate(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> list[list[int]]:
+def generate(engine: LLMEngine, prompts: list[list[int] | MultimodalPrompt], params: SamplingParams) -> list[list[int]]:
     """prompt + response token ids of every prompt, in order."""
     for i, p in enumerate(prompts):
         engine.add_request(f"d{i}", p, params)
@@ -139,24 +160,32 @@ def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: lis
     `on_eval(draft, history)` runs after every evaluation (e.g. to save, so a killed run keeps it)."""
     if not prompts:
         raise ValueError("distill: no training prompts")
+    steps_per_epoch = None
+    if cfg.epochs:  # an epoch: one pass over the prompts; evaluated after each
+        steps_per_epoch = -(-len(prompts) // cfg.prompts_per_step)
+        cfg = replace(cfg, steps=cfg.epochs * steps_per_epoch, eval_every=steps_per_epoch)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     draft = draft or DraftHead(target)
     target.requires_grad_(False)
-    options = {"max_model_len": max(map(len, prompts + eval_prompts)) + cfg.max_new_tokens + 1, **(engine_options or {})}
+    longest = max(len(p.input_ids if isinstance(p, MultimodalPrompt) else p) for p in prompts + eval_prompts)
+    options = {"max_model_len": longest + cfg.max_new_tokens + 1, **(engine_options or {})}
     generator_engine = LLMEngine(target, None, EngineConfig.from_kwargs(**options))
-    eval_engine = LLMEngine(target, None, EngineConfig.from_kwargs(**options), draft=draft) if eval_prompts else None
+    # the draft's accepted length is measured with the full tree every step, not what this machine's load makes worthwhile
+    eval_options = {"draft_adaptive": False, **options}
+    eval_engine = LLMEngine(target, None, EngineConfig.from_kwargs(**eval_options), draft=draft) if eval_prompts else None
     opt = torch.optim.AdamW(draft.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_new_tokens)
     noise = torch.Generator().manual_seed(cfg.seed)
     history, start = [], time.perf_counter()
     for step in range(1, cfg.steps + 1):
-        batch = generate(generator_engine, rng.sample(prompts, min(cfg.prompts_per_step, len(prompts))),
-                         replace(params, seed=rng.randrange(1 << 31)))
+        chosen = rng.sample(prompts, min(cfg.prompts_per_step, len(prompts)))
+        batch = generate(generator_engine, chosen, replace(params, seed=rng.randrange(1 << 31)))
         ids, lengths = _pad(batch, target.device)
         draft.train()
-        loss, parts = distillation_loss(draft, ids, lengths, cfg, noise)
+        mm = [p if isinstance(p, MultimodalPrompt) else None for p in chosen]
+        loss, parts = distillation_loss(draft, ids, lengths, cfg, noise, mm)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(draft.parameters(), cfg.grad_clip)
@@ -164,6 +193,8 @@ def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: lis
         if step % cfg.eval_every == 0 or step == cfg.steps:
             draft.eval()
             row = {"step": step, "loss": loss.item(), **parts, "seconds": round(time.perf_counter() - start, 1)}
+            if steps_per_epoch:
+                row["epoch"] = step // steps_per_epoch
             if eval_engine is not None:
                 with torch.no_grad():
                     row["accepted_length"] = accepted_length(eval_engine, eval_prompts, cfg.max_new_tokens)
@@ -180,29 +211,63 @@ def run_distill(job: DistillJob, cfg: DistillConfig) -> Path:
     template; the draft and its log (`distill_log.jsonl`) are saved to `job.out` at every evaluation."""
     from reasonrl.envs.registry import load_environment
     from reasonrl.models.loader import load_model
-    from reasonrl.models.tokenizer import Tokenizer
 
     env = load_environment(job.env if ":" in job.env else job.env + ":")
     target_path, init = job.target, job.init
     target = load_model(target_path, job.device, job.dtype)
     tok = Tokenizer.from_dir(target_path)
-    encode = lambda prompts: [tok.apply_chat_template(p.messages, add_generation_prompt=True) for p in prompts]  # noqa: E731
+    encode = lambda prompts: [_encode(tok, target, p.messages) for p in prompts]  # noqa: E731
     train = encode(env.prompts(n=job.num_prompts, seed=cfg.seed, split="train"))
     held = encode(env.prompts(n=job.eval_prompts, seed=cfg.seed, split="eval")) if job.eval_prompts else []
-    draft = DraftHead.load(init, target) if init else None
+    compressor = None
+    if job.compressor != "none":
+        compressor = CompressorConfig(mode=job.compressor, branches=job.compressor_branches, ratio=job.compressor_ratio)
+    draft = DraftHead.load(init, target) if init else DraftHead(target, compressor)
     steps_before = read_info(init).steps if init else 0
     out = Path(job.out)
 
     def save(draft: DraftHead, history: list[dict]) -> None:
         info = DraftInfo(target.config.architecture, target.config.vocab_size, target.config.hidden_size,
                          fingerprint(target), str(target_path), steps_before + history[-1]["step"],
-                         history[-1].get("accepted_length"))
+                         history[-1].get("accepted_length"),
+                         asdict(draft.compressor.config) if draft.compressor is not None else None)
         draft.save(out, info)
         with open(out / "distill_log.jsonl", "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in history)
+        if cfg.epochs:
+            write_epoch_report(out, history)
 
     distill_draft(target, train, held, cfg, draft, on_eval=save)  # the last step is always evaluated
     return out
+
+
+def _encode(tok: Tokenizer, target: DecoderLM, messages: list[dict]) -> list[int] | MultimodalPrompt:
+    """A chat as the target's prompt: token ids, or a `MultimodalPrompt` for a vision-language target."""
+    if getattr(target, "vlm_config", None) is None:
+        return tok.apply_chat_template(messages, add_generation_prompt=True)
+    return build_prompt(tok, messages, target.vlm_config, target.image_config)
+
+
+def write_epoch_report(out: Path, history: list[dict]) -> None:
+    """accepted_length.md (a table) and accepted_length.png: held-out accepted length per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in history if "epoch" in r and "accepted_length" in r]
+    lines = ["| epoch | accepted length | loss | top-1 |", "|---|---|---|---|"]
+    lines += [f"| {r['epoch']} | {r['accepted_length']:.3f} | {r['loss']:.4f} | {r['top1']:.3f} |" for r in rows]
+    (out / "accepted_length.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot([r["epoch"] for r in rows], [r["accepted_length"] for r in rows], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accepted length (held-out, greedy)")
+    ax.set_title("Draft accepted length per epoch")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "accepted_length.png", dpi=120)
+    plt.close(fig)
 
 
 def _pad(seqs: list[list[int]], device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,9 +11,10 @@ the input of its LM head. Row j of the draft sits at position j + 1, the positio
 so draft and target use the same rotary positions.
 
 Departures: EAGLE concatenates unnormalised inputs; SpecVLM's "input LayerNorm" is an RMSNorm on
-each half here (the target's own norm type). The visual compressor of SpecVLM is not part of this
-text-only head: `forward` takes features and token ids, so a compressor can feed it compressed
-visual features later.
+each half here (the target's own norm type). For a vision-language target (EagleVLM) the draft
+runs on visual tokens too: their embedding is the target's merged image token (`embed`), and an
+optional elastic visual compressor (vision/spec/compressor.py) shrinks the draft's visual rows
+(engine/spec/visual.py); its weights are saved with the draft's.
 
 A draft checkpoint is a directory with `draft_config.json` (the layer's shape and the identity of
 the target it was distilled against) and `draft.safetensors` (its own weights only).
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from reasonrl.models.model import Attention, DecoderLayer, DecoderLM, RMSNorm
+from reasonrl.vision.spec.compressor import CompressorConfig, VisualCompressor
 
 CONFIG_FILE, WEIGHTS_FILE = "draft_config.json", "draft.safetensors"
 
@@ -46,6 +48,7 @@ class DraftInfo:
     target_path: str = ""
     steps: int = 0
     accepted_length: float | None = None  # on the held-out set at the last evaluation
+    compressor: dict | None = None  # the visual compressor's CompressorConfig, when the draft has one
 
 
 def fingerprint(target: DecoderLM, rows: int = 1024) -> str:
@@ -59,7 +62,9 @@ def fingerprint(target: DecoderLM, rows: int = 1024) -> str:
 
 
 class DraftHead(nn.Module):
-    def __init__(self, target: DecoderLM):
+    def __init__(self, target: DecoderLM, compressor: CompressorConfig | None = None):
+        """`compressor`: give the draft of a vision-language target SpecVLM's elastic visual
+        compressor (vision/spec/compressor.py) for its visual rows (engine/spec/visual.py)."""
         super().__init__()
         cfg = target.config
         self.config = replace(cfg, num_layers=1)
@@ -68,6 +73,9 @@ class DraftHead(nn.Module):
         self.feature_norm = RMSNorm(h, cfg.rms_norm_eps)
         self.fc = nn.Linear(2 * h, h, bias=True)
         self.layer = DecoderLayer(self.config, 0)
+        if compressor is not None and getattr(target, "vlm_config", None) is None:
+            raise ValueError("a visual compressor needs a vision-language target (this one takes no images)")
+        self.compressor = VisualCompressor(h, cfg.num_heads, compressor) if compressor is not None else None
         self._target = [target]  # a list keeps the target out of this module's parameters and state dict
         self.to(device=target.device, dtype=target.dtype)
 
@@ -76,15 +84,35 @@ class DraftHead(nn.Module):
         return self._target[0]
 
     def forward(self, token_ids: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
-                attn: Attention) -> torch.Tensor:
-        """token_ids (N,), features (N, h) of the previous position, positions (N,) -> predicted features (N, h)."""
-        x = torch.cat([self.embed_norm(self.target.embed_tokens(token_ids)), self.feature_norm(features)], -1)
-        x = self.fc(x)
+                attn: Attention, image_embeds: torch.Tensor | None = None,
+                image_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """token_ids (N,), features (N, h) of the previous position, positions (N,) (or M-RoPE rows
+        (3, N)) -> predicted features (N, h). Rows `image_rows` of a vision-language target take
+        `image_embeds` as their token embedding, as the target's own rows do."""
+        return self.decode(self.fuse(self.embed(token_ids, image_embeds, image_rows), features), positions, attn)
+
+    def embed(self, token_ids: torch.Tensor, image_embeds: torch.Tensor | None = None,
+              image_rows: torch.Tensor | None = None) -> torch.Tensor:
+        if image_embeds is None:
+            return self.target.embed_tokens(token_ids)
+        return self.target.embed(token_ids, image_embeds, image_rows)  # a Qwen2_5_VL target
+
+    def fuse(self, token_embeds: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """(N, h) token embeddings and (N, h) features -> the decoder layer's input rows (N, h)."""
+        return self.fc(torch.cat([self.embed_norm(token_embeds), self.feature_norm(features)], -1))
+
+    def decode(self, x: torch.Tensor, positions: torch.Tensor, attn: Attention) -> torch.Tensor:
         cos, sin = self.target.rotary(positions, x.dtype)  # the target's rotary tables, shared
         return self.layer(x, cos, sin, attn)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.target.compute_logits(features)
+
+    def flops_per_row(self) -> float:
+        """Matmul FLOPs of one draft row (fc and the layer's projections; attention's share, which
+        grows with the context, left out)."""
+        mats = [self.fc.weight, *(p for n, p in self.layer.named_parameters() if n.endswith("proj.weight"))]
+        return 2.0 * sum(w.numel() for w in mats)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self, path: str | Path, info: DraftInfo) -> Path:
@@ -115,7 +143,7 @@ class DraftHead(nn.Module):
         if info.target_fingerprint != fingerprint(target):
             warnings.warn(f"draft {path} was distilled against other weights ({info.target_path or 'unknown'}): "
                           "decoding stays exact but fewer draft tokens will be accepted", stacklevel=2)
-        draft = cls(target)
+        draft = cls(target, CompressorConfig(**info.compressor) if info.compressor else None)
         draft.load_state_dict({k: v.to(target.device, target.dtype) for k, v in load_file(str(path / WEIGHTS_FILE)).items()})
         return draft
 

@@ -12,21 +12,28 @@ positions n, n+1, ... (the root stays at n-1), the blocks past them are freed an
 full blocks registered. The draft keeps its own one-layer cache per sequence: row j holds
 (x_{j+1}, f_j), f being the target's final hidden states, which every target forward returns
 for free and which are collected here.
+
+How large a tree each step gets, down to none, is the adaptive policy's call (adaptive.py), from
+the number of sequences that could get one and measured acceptance and step times. A sequence
+decoding without a tree keeps handing the draft its features; the draft catches up over them at
+its next tree (or restarts its context when it fell more than `MAX_LAG` tokens behind).
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from reasonrl.engine.attention import causal_mask
 from reasonrl.engine.block_manager import BlockManager
 from reasonrl.engine.sequence import Sequence
+from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, TreeShape, ladder
 from reasonrl.engine.spec.draft import DraftHead
+from reasonrl.engine.spec.draft_state import DraftAttention, DraftState
 from reasonrl.engine.spec.tree import DraftTree, TreeSearch
+from reasonrl.engine.spec.visual import RowSource, VisualReport, catch_up_rows
 from reasonrl.engine.spec.verify import Verdict
 
 
@@ -39,104 +46,34 @@ class SpecConfig:
     num_nodes: int = 32
     """Draft tokens verified per sequence and step (EAGLE-2's total tokens, less the root).
     Validated where they are set: `EngineConfig.draft_*`."""
+    adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
+    """How each step's tree size is chosen (adaptive.py); the three above are the largest tree."""
 
 
-class DraftCache:
-    """One sequence's draft keys and values, (rows, kv_heads, head_dim), grown by doubling."""
-
-    def __init__(self):
-        self.k = self.v = None
-        self.len = 0
-
-    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        need = self.len + k.shape[0]
-        if self.k is None or need > self.k.shape[0]:
-            cap = max(64, 2 * need)
-            grown_k = k.new_empty(cap, *k.shape[1:])
-            grown_v = v.new_empty(cap, *v.shape[1:])
-            if self.k is not None:
-                grown_k[: self.len], grown_v[: self.len] = self.k[: self.len], self.v[: self.len]
-            self.k, self.v = grown_k, grown_v
-        self.k[self.len:need], self.v[self.len:need] = k, v
-        self.len = need
-
-    def view(self):
-        return self.k[: self.len], self.v[: self.len]
+MAX_LAG = 512
+"""Features a sequence may hold for its draft while decoding without trees; past this the draft's
+context restarts at the newest token (bounds memory and copying during long stretches without
+speculation, at the cost of a shorter draft context afterwards)."""
 
 
 @dataclass
-class DraftState:
-    cache: DraftCache = field(default_factory=DraftCache)
-    first: int = -1  # position of the feature of the first draft row (-1: no row yet)
-    features: torch.Tensor | None = None  # (n, h) target features of positions feature_start .. + n - 1
-    feature_start: int = 0
-    last_out: torch.Tensor | None = None  # draft output of the newest committed row
-    stored: int = -1  # features of positions below this are in Speculator.block_features (-1: not kept)
-    chain: int | None = None  # prefix-cache chain hash of the blocks below `stored`
+class _StepLog:
+    """What the policy learns from one step: the rung it chose for how many sequences, and the
+    tokens the step's verified trees emitted."""
 
-    @property
-    def rows_end(self) -> int:
-        """Position of the feature the next committed row takes (its token is the one after)."""
-        return self.first + self.cache.len
-
-    @classmethod
-    def at(cls, start: int) -> DraftState:
-        """A draft context that begins at position `start`."""
-        return cls(first=start, feature_start=start)
-
-    @property
-    def num_features(self) -> int:
-        return 0 if self.features is None else self.features.shape[0]
-
-    def add_features(self, f: torch.Tensor) -> None:
-        self.features = f if self.features is None else torch.cat([self.features, f])
-
-    def drop_features_before(self, position: int) -> None:
-        rest = self.features[position - self.feature_start:]
-        self.features, self.feature_start = (rest if rest.shape[0] else None), position
-
-
-class DraftAttention:
-    """Attention for a draft forward over several sequences' new rows.
-
-    segments[b] = (lo, hi, past_k, past_v, mask): rows lo:hi attend past rows then themselves;
-    mask (hi - lo, past + hi - lo) bool, or None for causal. The new rows' keys and values are
-    kept in `new_k`, `new_v` for the caller to commit or to use as tree rows."""
-
-    def __init__(self, segments):
-        self.segments = segments
-        self.new_k = self.new_v = None
-
-    chunk = 1024  # causal rows attended per call: a catch-up over a long prompt never builds a full mask
-
-    def __call__(self, layer, q, k, v):
-        self.new_k, self.new_v = k, v
-        out = torch.empty_like(q)
-        for lo, hi, past_k, past_v, mask in self.segments:
-            if hi == lo:
-                continue
-            keys, values = torch.cat([past_k, k[lo:hi]]), torch.cat([past_v, v[lo:hi]])
-            if mask is not None:
-                out[lo:hi] = _attend(q[lo:hi], keys, values, mask)
-                continue
-            past = past_k.shape[0]
-            for start in range(lo, hi, self.chunk):  # rows start..end see the past and new rows up to themselves
-                end = min(start + self.chunk, hi)
-                ctx = past + end - lo
-                out[start:end] = _attend(q[start:end], keys[:ctx], values[:ctx], causal_mask(end - start, ctx, None, q.device))
-        return out
-
-
-def _attend(q, keys, values, mask):
-    """q (n, Hq, D), keys/values (ctx, Hkv, D), mask (n, ctx) -> (n, Hq, D)."""
-    o = F.scaled_dot_product_attention(q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), attn_mask=mask,
-                                       enable_gqa=q.shape[1] != keys.shape[1])
-    return o.transpose(0, 1)
+    num_seqs: int
+    rung: int
+    emitted: int = 0
+    verified: int = 0
+    tree_rows: int = 0  # rows the step's trees add to the target's batch
+    one_off_seconds: float = 0.0  # a long draft catch-up inside the step
 
 
 class Speculator:
-    def __init__(self, draft: DraftHead, kv, blocks: BlockManager, config: SpecConfig, max_model_len: int):
-        self.draft, self.kv, self.blocks, self.config = draft, kv, blocks, config
+    def __init__(self, draft: DraftHead, kv, blocks: BlockManager, config: SpecConfig, max_model_len: int, images=None):
+        """`images`: the engine's `Images`, where the draft reads the merged image tokens of prompts with images."""
+        self.draft, self.kv, self.blocks, self.config, self.images = draft, kv, blocks, config, images
+        self.visual_reports: dict[str, VisualReport] = {}  # by request id: the draft's visual tokens and FLOPs
         self.max_model_len = max_model_len
         self.states: dict[int, DraftState] = {}
         # The target's features of full blocks, by the prefix cache's chain hash: a sequence whose
@@ -144,6 +81,10 @@ class Speculator:
         self.block_features: OrderedDict[int, torch.Tensor] = OrderedDict()
         self.max_block_features = 4096
         self.rounds = self.emitted = self.drafted = 0
+        self.shapes = ladder(config.top_k, config.depth, config.num_nodes)
+        self.policy = AdaptivePolicy(self.shapes, config.adaptive)
+        self.step_log: _StepLog | None = None
+        self.steps_without_trees = 0
 
     def wants(self, seq: Sequence) -> bool:
         # adjusted logits would differ at each position of a draft tree: penalties count the tokens
@@ -151,13 +92,26 @@ class Speculator:
         return seq.params.speculative and not seq.params.adjusts_logits
 
     # ---- features -------------------------------------------------------------------------------
+    def observe_row(self, seq: Sequence, position: int, hidden: torch.Tensor, row: int) -> None:
+        """A decode step's one feature (position `position` of `seq`, row `row` of `hidden`): the
+        common case, kept by reference (see `observe` for the general one)."""
+        st = self.states.get(seq.seq_id)
+        if st is None or st.feature_start + st.num_features != position or \
+                position - max(st.rows_end, len(seq.prompt_ids)) >= MAX_LAG:
+            self.observe(seq, position, hidden[row: row + 1])
+            return
+        st.add_row(hidden, row)
+        if st.stored >= 0 and position + 1 - st.stored >= self.blocks.block_size:
+            self._keep_blocks(seq, st)
+
     def observe(self, seq: Sequence, start: int, features: torch.Tensor) -> None:
         """The target's features for positions start .. start + len - 1 of `seq`."""
         st = self.states.get(seq.seq_id)
         if st is None:
             st = self.states[seq.seq_id] = self._start(seq, start)
         expected = st.feature_start + st.num_features
-        if start > expected:  # a gap cannot be bridged: restart the draft's context here
+        lagging = expected - max(st.rows_end, len(seq.prompt_ids)) > MAX_LAG  # output tokens the draft has not seen
+        if start > expected or lagging:  # a gap cannot be bridged: restart the draft's context here
             self.states[seq.seq_id] = st = DraftState.at(start)
             expected = start
         if start + features.shape[0] > expected:
@@ -176,7 +130,7 @@ class Speculator:
             known.append(f)
         if not known:
             return DraftState.at(start) if start else DraftState(first=0, stored=0)
-        return DraftState(first=0, features=torch.cat(known), stored=start, chain=chain)
+        return DraftState(first=0, stacked=torch.cat(known), stored=start, chain=chain)
 
     def _keep_blocks(self, seq: Sequence, st: DraftState) -> None:
         """Record the features of the sequence's blocks that just became full."""
@@ -202,7 +156,15 @@ class Speculator:
     # ---- proposing --------------------------------------------------------------------------------
     @torch.no_grad()
     def propose(self, scheduled: list[tuple[Sequence, int]], budget: int) -> dict[int, DraftTree]:
-        """Draft trees for the decoding sequences of this step, within `budget` extra tokens."""
+        """Draft trees for the decoding sequences of this step, within `budget` extra tokens. The
+        policy decides first, from the number of decoding sequences, so a step it runs without
+        trees costs nothing more here."""
+        decoding = sum(1 for _, n in scheduled if n == 1)
+        rung = self.policy.choose(decoding) if decoding else len(self.shapes) - 1
+        self.step_log, shape = _StepLog(decoding, rung), self.shapes[rung]
+        if shape is None:
+            self.steps_without_trees += decoding > 0
+            return {}
         cands, depths = [], []
         for seq, n in scheduled:
             if n != 1 or seq.num_pending != 1 or not self.wants(seq):
@@ -212,11 +174,11 @@ class Speculator:
             if room < 1 or st is None or st.feature_start + st.num_features < seq.num_tokens - 1:
                 continue
             cands.append(seq)
-            depths.append(min(room, self.config.depth))
+            depths.append(room)
         if not cands:
             return {}
-        roots = self._catch_up(cands)
-        trees = self._grow(cands, roots, depths)
+        roots = self._timed_catch_up(cands, shape)
+        trees = self._grow(cands, roots, [min(d, shape.depth) for d in depths], shape)
         out = {}
         for seq, tree in zip(cands, trees):
             extra = tree.size - 1
@@ -225,36 +187,55 @@ class Speculator:
             budget -= extra
             out[seq.seq_id] = tree
             self.drafted += extra
+            self.step_log.tree_rows += extra
         return out
+
+    def _timed_catch_up(self, seqs: list[Sequence], shape: TreeShape) -> torch.Tensor:
+        """`_catch_up`; a catch-up longer than a tree's worth of rows per sequence (the first tree
+        after a prompt or after steps without trees) is a one-off, not what this tree size costs per
+        step: its seconds are left out of what the policy learns."""
+        lag = sum(seq.num_tokens - 1 - self.states[seq.seq_id].rows_end for seq in seqs)
+        if lag <= len(seqs) * (shape.depth + 1):
+            return self._catch_up(seqs)
+        start = time.perf_counter()
+        roots = self._catch_up(seqs)
+        if roots.device.type == "cuda":
+            torch.cuda.synchronize(roots.device)
+        self.step_log.one_off_seconds = time.perf_counter() - start
+        return roots
 
     def _catch_up(self, seqs: list[Sequence]) -> torch.Tensor:
         """Commit draft rows up to each sequence's root; returns the root rows' outputs (B, h)."""
-        ids, feats, pos, segments = [], [], [], []
+        items, behind = [], []
         for seq in seqs:
             st = self.states[seq.seq_id]
             start, end = st.rows_end, seq.num_tokens - 1  # new rows for tokens at positions start+1 .. end
-            lo = len(ids)
             if end > start:
-                ids += seq.tokens(start + 1, end + 1)
-                feats.append(st.features[start - st.feature_start: end - st.feature_start])
-                pos += range(start + 1, end + 1)
-            past_k, past_v = self._past(st)
-            segments.append((lo, len(ids), past_k, past_v, None))
-        if not ids:
-            return torch.stack([self.states[s.seq_id].last_out for s in seqs])
-        dev = self.draft.target.device
-        attn = DraftAttention(segments)
-        out = self.draft(torch.tensor(ids, device=dev), torch.cat(feats), torch.tensor(pos, device=dev), attn)
-        roots = []
-        for seq, (lo, hi, *_) in zip(seqs, segments):
-            st = self.states[seq.seq_id]
-            if hi > lo:
+                items.append(self._source(seq, start, end, st.features[start - st.feature_start: end - st.feature_start]))
+                behind.append(seq)
+        if items:
+            rows = catch_up_rows(self.draft, items, self.visual_reports)
+            segments, lo = [], 0
+            for seq, n in zip(behind, rows.lengths):
+                segments.append((lo, lo + n, *self._past(self.states[seq.seq_id]), None))
+                lo += n
+            attn = DraftAttention(segments)
+            out = self.draft.decode(rows.x, rows.positions, attn)
+            for seq, (lo, hi, *_), removed in zip(behind, segments, rows.removed):
+                st = self.states[seq.seq_id]
                 st.cache.append(attn.new_k[lo:hi], attn.new_v[lo:hi])
+                st.removed += removed
                 st.last_out = out[hi - 1]
                 # keep the features the draft has not used, and those of a block not yet recorded
                 st.drop_features_before(min(st.rows_end, st.stored) if st.stored >= 0 else st.rows_end)
-            roots.append(st.last_out)
-        return torch.stack(roots)
+        return torch.stack([self.states[s.seq_id].last_out for s in seqs])
+
+    def _source(self, seq: Sequence, start: int, end: int, features: torch.Tensor) -> RowSource:
+        src = RowSource(seq.tokens(start + 1, end + 1), features, start, seq.mm, key=seq.request_id)
+        if seq.mm is not None and self.images is not None:
+            _, k0, k1 = seq.mm.image_rows_in(start + 1, end + 1)
+            src.image_embeds = self.images.embeds_of(seq) if k1 > k0 else None
+        return src
 
     def _past(self, st: DraftState):
         if st.cache.len:
@@ -263,15 +244,15 @@ class Speculator:
         empty = torch.empty(0, c.num_kv_heads, c.head_dim, device=self.draft.target.device, dtype=self.draft.target.dtype)
         return empty, empty
 
-    def _grow(self, seqs: list[Sequence], root_out: torch.Tensor, depths: list[int]) -> list[DraftTree]:
+    def _grow(self, seqs: list[Sequence], root_out: torch.Tensor, depths: list[int], shape: TreeShape) -> list[DraftTree]:
         """EAGLE-2 expansion: one draft forward per depth over every sequence's frontier."""
         draft, dev = self.draft, self.draft.target.device
-        search = TreeSearch(draft.logits(root_out).float().log_softmax(-1), self.config.top_k)
+        search = TreeSearch(draft.logits(root_out).float().log_softmax(-1), shape.top_k)
         b, k = len(seqs), search.k
         parent_out = root_out[:, None, :].expand(b, k, -1)  # draft output feeding each frontier node
         temp_k = temp_v = None  # (B, R, H, D): keys/values of the frontier rows drafted so far
         ancestors = torch.zeros(b, k, 0, dtype=torch.bool, device=dev)
-        roots_pos = torch.tensor([s.num_tokens - 1 for s in seqs], device=dev)
+        roots_pos = torch.tensor([s.num_tokens - 1 + (s.mm.rope_delta if s.mm is not None else 0) for s in seqs], device=dev)
         for d in range(1, max(depths)):
             tokens = search.frontier_tokens()  # (B, k)
             segments = []
@@ -295,7 +276,7 @@ class Speculator:
             own = torch.eye(k, dtype=torch.bool, device=dev)[slot]  # (B, k, k): the parent's own row
             ancestors = torch.cat([ancestors.gather(1, slot[:, :, None].expand(-1, -1, ancestors.shape[2])), own], 2)
             parent_out = out.gather(1, slot[:, :, None].expand(-1, -1, out.shape[2]))
-        return search.select([s.token(s.num_tokens - 1) for s in seqs], self.config.num_nodes, depths)
+        return search.select([s.token(s.num_tokens - 1) for s in seqs], shape.num_nodes, depths)
 
     # ---- after verification -----------------------------------------------------------------------
     def settle(self, seq: Sequence, verdict: Verdict) -> None:
@@ -314,6 +295,18 @@ class Speculator:
         """Count a verification (tokens past a stop still count: they were accepted)."""
         self.rounds += 1
         self.emitted += len(verdict.tokens)
+        if self.step_log is not None:
+            self.step_log.emitted += len(verdict.tokens)
+            self.step_log.verified += 1
+
+    def step_done(self, scheduled: list[tuple[Sequence, int]], seconds: float) -> None:
+        """The step that the last `propose` planned took `seconds`, which teaches the policy. Prefill
+        chunks in the step count too: under continuous batching most steps have some, and the
+        throughput a tree size gives is that of the steps it runs in."""
+        log, self.step_log = self.step_log, None
+        if log is not None:
+            rows = sum(n for _, n in scheduled) + log.tree_rows
+            self.policy.observe(log.num_seqs, log.rung, seconds - log.one_off_seconds, rows, log.emitted, log.verified)
 
     @property
     def accepted_length(self) -> float:
@@ -322,4 +315,5 @@ class Speculator:
 
     def stats(self) -> dict[str, float]:
         return {"spec_rounds": self.rounds, "spec_draft_tokens": self.drafted, "spec_emitted_tokens": self.emitted,
-                "spec_accepted_length": self.accepted_length}
+                "spec_accepted_length": self.accepted_length, "spec_steps_without_trees": self.steps_without_trees,
+                **self.policy.stats()}

@@ -1,0 +1,112 @@
+"""`reasonrl bench spec --vlm`: speculative decoding of a vision-language model, SpecVLM's measurements.
+
+Same process, same target, same image prompts (shapes-world VQA): plain decoding against the
+EagleVLM draft (every visual token) and the SpecVLM draft (elastic visual compressor), greedy, at
+each concurrency level, interleaved over repeats, medians. Reported per draft: accepted length at
+batch 1, speedup at each level, the draft's visual tokens and FLOPs per request, and for the
+compressed draft how often its gate chose text-only on questions answerable without the image
+(family `text`; target at least 80%) and on detail questions (family `detail`; target near 0%).
+Outputs of every arm must be token-identical.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+from reasonrl.bench.common import device_name
+from reasonrl.bench.spec import DEMO, SpecBenchConfig, decode
+from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.llm_engine import LLMEngine
+from reasonrl.engine.spec.draft import DraftHead
+from reasonrl.models.loader import load_model
+from reasonrl.models.qwen2_5_vl.prompt import build_prompt
+from reasonrl.models.tokenizer import Tokenizer
+
+
+def bench_spec_vlm(c: SpecBenchConfig) -> dict:
+    from reasonrl.envs.registry import load_environment
+
+    model_path = Path(c.model) if c.model else DEMO / "vlm"
+    target = load_model(model_path, c.device, c.dtype)
+    if getattr(target, "vlm_config", None) is None:
+        raise ValueError(f"--vlm needs a vision-language model; {model_path} is not one")
+    tok = Tokenizer.from_dir(model_path)
+    levels = sorted(set(c.concurrency))
+    env = load_environment(c.env if c.env.startswith("shapes") else "shapes:")
+    items = env.prompts(n=max(c.num_prompts, 4 * levels[-1]), seed=c.seed + 1, split="eval")
+    prompts = [build_prompt(tok, p.messages, target.vlm_config, target.image_config) for p in items]
+    opts = dict(max_model_len=max(len(p.input_ids) for p in prompts) + c.max_tokens + 1, max_num_seqs=levels[-1],
+                kv_cache_memory=1 << 28)
+    arms = {"plain": LLMEngine(target, None, EngineConfig(**opts))}
+    for name, path in (("eaglevlm", c.draft or DEMO / "vlm_draft"), ("specvlm", c.compressed_draft or DEMO / "vlm_draft_compressed")):
+        if Path(path).is_dir():
+            arms[name] = LLMEngine(target, None, EngineConfig(**opts, draft_top_k=c.draft_top_k, draft_depth=c.draft_depth,
+                                                              draft_tokens=c.draft_tokens, draft_adaptive=c.adaptive),
+                                   draft=DraftHead.load(path, target))
+    if len(arms) == 1:
+        raise ValueError("--vlm found no draft: give --draft (EagleVLM) and/or --compressed-draft (SpecVLM)")
+    rates, outputs, batch1 = _run(arms, prompts, c, levels)
+    result = {"device": device_name(target.device), "model": str(model_path), "concurrency": levels,
+              "greedy_identical": all(o == outputs[f"plain@{k.split('@')[1]}"] for k, o in outputs.items())}
+    for name, engine in arms.items():
+        if name == "plain":
+            continue
+        result[name] = {**_draft_figures(engine, batch1[name], items),
+                        **{f"batch{level}_speedup": statistics.median(rates[(name, level)]) /
+                           statistics.median(rates[("plain", level)]) for level in levels}}
+    _print(result)
+    return result
+
+
+def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
+    rates, outputs, batch1 = {}, {}, {name: [0, 0] for name in arms}
+    for engine in arms.values():  # warm-up
+        decode(engine, prompts[:2], 8, 2)
+    for r in range(c.repeats):
+        for level in levels:
+            work = prompts[: max(c.num_prompts, 4 * level)]
+            for name, engine in arms.items():
+                before = engine.stats()
+                engine.reset_prefix_cache()
+                outs, seconds, tokens = decode(engine, work, c.max_tokens, level)
+                rates.setdefault((name, level), []).append(tokens / seconds)
+                outputs.setdefault(f"{name}@{level}", outs)
+                if level == levels[0] and engine.speculator is not None:
+                    after = engine.stats()
+                    batch1[name][0] += after["spec_rounds"] - before["spec_rounds"]
+                    batch1[name][1] += after["spec_emitted_tokens"] - before["spec_emitted_tokens"]
+                print(f"  repeat {r + 1}/{c.repeats}  in flight {level:>3}  {name:<9} {tokens / seconds:8.1f} tok/s",
+                      file=sys.stderr, flush=True)
+    return rates, outputs, batch1
+
+
+def _draft_figures(engine: LLMEngine, rounds_emitted, items) -> dict:
+    """Accepted length, visual tokens and FLOPs per request, and the gate's text-only rate by family."""
+    reports = engine.speculator.visual_reports
+    mine = [reports[str(i)] for i in range(len(items)) if str(i) in reports]
+    out = {"accepted_length": rounds_emitted[1] / max(rounds_emitted[0], 1),
+           "visual_tokens_per_request": statistics.mean(r.visual_tokens for r in mine) if mine else 0.0,
+           "draft_visual_tokens_per_request": statistics.mean(r.draft_visual_tokens for r in mine) if mine else 0.0,
+           "draft_visual_gflops_per_request": statistics.mean(r.draft_visual_flops for r in mine) / 1e9 if mine else 0.0}
+    if engine.speculator.draft.compressor is not None:
+        for family in ("text", "detail"):
+            picks = [reports[str(i)].branches for i, p in enumerate(items)
+                     if p.metadata["family"] == family and str(i) in reports]
+            chose = [b == "text_only" for branches in picks for b in branches]
+            out[f"text_only_rate_{family}"] = sum(chose) / len(chose) if chose else None
+    return out
+
+
+def _print(r: dict) -> None:
+    print(f"device: {r['device']}  model: {r['model']}  greedy identical: {r['greedy_identical']}")
+    for name in ("eaglevlm", "specvlm"):
+        if name in r:
+            a = r[name]
+            speed = "  ".join(f"{level} in flight {a[f'batch{level}_speedup']:.2f}x" for level in r["concurrency"])
+            gate = "".join(f"  text-only on {f} questions {a[f'text_only_rate_{f}']:.0%}"
+                           for f in ("text", "detail") if a.get(f"text_only_rate_{f}") is not None)
+            print(f"{name}: accepted length {a['accepted_length']:.2f}  {speed}  draft visual tokens "
+                  f"{a['draft_visual_tokens_per_request']:.1f} of {a['visual_tokens_per_request']:.1f}, "
+                  f"{a['draft_visual_gflops_per_request']:.4f} GFLOPs per request{gate}")

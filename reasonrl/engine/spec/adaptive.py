@@ -1,0 +1,234 @@
+"""Adaptive speculation: how large a draft tree each step gets, down to none.
+
+Speculation pays while verifying extra rows is nearly free: the target step is bound by per-step
+overhead or by reading its weights (batch 1 on a GPU), not by arithmetic. With many sequences in
+flight the same step turns compute-bound, every drafted row costs about what a real one does, and
+a tree of 32 rows per sequence slows decoding down (0.40x of plain decoding at 32 requests on the
+demo policy, docs/benchmarks.md). Production engines switch speculation off under load at a fixed
+batch size (vLLM's `speculative_disable_by_batch_size`); here the switch is measured, so it sits
+where this hardware, this model and this draft put it:
+
+- Shapes: a ladder from the configured tree down. Rung r has `num_nodes / 2^r` draft tokens
+  (depth capped at that count, top-k the fewest that fill it: a chain at the bottom), and the
+  last rung is no tree at all.
+- Acceptance, per rung: an EMA of the tokens a verified sequence emits per step (accepted drafts
+  plus the target's own), L(rung). No tree emits 1 token.
+- Cost: a plain step's wall seconds as a linear function of the rows it computes, a + b rows,
+  fitted (least squares, forgetting) on every step without trees, prefill-only ones included;
+  and per batch-size bucket (the step's decoding sequences, rounded up to a power of two) and
+  tree size, the overhead a tree step has beyond a plain step of the same rows (draft forwards,
+  tree masks, verification and cache bookkeeping), an EMA o(bucket, rung). Prefill chunks that
+  share a step cost the same in every arm, so they drop out; a long draft catch-up after a
+  stretch without trees, a one-off, is left out.
+- Choice: at B sequences, rung r is estimated at L(r) / (a + b B (1 + m_r) + o(B, r)) tokens per
+  sequence-second, no tree at 1 / (a + b B); each bucket runs the best. Every `explore_every` of
+  its steps it measures a tree it could switch to, one step each: without a tree, the smallest
+  (the cheapest trial where trees lose); with one, the sizes either side, walking on at once
+  toward larger trees while they win. A round that finds nothing better doubles the bucket's
+  interval (up to `max_explore_every`), so losing trials cost little. A new bucket starts from the
+  nearest one, its overheads scaled by the batch ratio (the very first: the full tree at batch 1,
+  no tree above), and has its first trial after one step.
+
+Output does not depend on any of this: every rung, none included, is lossless (greedy and coupled
+sampling token-identical to plain decoding), so the choice may follow wall-clock noise freely.
+
+Departures: EAGLE-2 auto-tunes its total tokens once, offline, by timing (`total_token=-1`);
+vLLM and SGLang switch off by a fixed batch size. This policy is online and per batch size, and it
+picks among smaller trees too, not only on or off.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+@dataclass
+class AdaptiveConfig:
+    enabled: bool = True
+    """Choose each step's tree (down to none) from measurements; off: always the configured tree."""
+    max_batch: int | None = None
+    """Never speculate with more sequences decoding than this (vLLM's fixed switch); None: the
+    measurements alone decide."""
+    explore_every: int = 16
+    """Steps of a batch-size bucket between trials of a neighbouring tree size."""
+    max_explore_every: int = 512
+    """Cap of the trial interval, which doubles after each losing trial (bounds what trials cost)."""
+    ema: float = 0.25
+    """Weight of the newest measurement in the running estimates of step time and acceptance."""
+
+    def __post_init__(self):
+        if not 0 < self.ema <= 1:
+            raise ValueError(f"adaptive speculation: ema must be in (0, 1], got {self.ema!r}")
+        for name in ("explore_every", "max_explore_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"adaptive speculation: {name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.max_batch is not None and (not isinstance(self.max_batch, int) or self.max_batch < 0):
+            raise ValueError(f"adaptive speculation: max_batch must be a non-negative integer, got {self.max_batch!r}")
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    top_k: int
+    depth: int
+    num_nodes: int
+
+
+def ladder(top_k: int, depth: int, num_nodes: int) -> list[TreeShape | None]:
+    """The configured shape, then halved draft-token counts down to 1, then None (no tree)."""
+    shapes, n = [TreeShape(top_k, depth, num_nodes)], num_nodes // 2
+    while n >= 1:
+        d = min(depth, n)
+        shapes.append(TreeShape(min(top_k, math.ceil(n / d)), d, n))
+        n //= 2
+    return shapes + [None]
+
+
+def bucket_of(num_seqs: int) -> int:
+    return 1 << max(num_seqs - 1, 0).bit_length()
+
+
+class LinearFit:
+    """Running least-squares fit y ~ a + b x with exponential forgetting (`weight` per new point);
+    a and b are kept non-negative. With one distinct x it falls back to y ~ b x."""
+
+    def __init__(self, weight: float):
+        self.weight = weight
+        self.n = self.sx = self.sy = self.sxx = self.sxy = 0.0
+
+    def add(self, x: float, y: float) -> None:
+        d = 1 - self.weight
+        self.n, self.sx, self.sy = d * self.n + 1, d * self.sx + x, d * self.sy + y
+        self.sxx, self.sxy = d * self.sxx + x * x, d * self.sxy + x * y
+
+    def __call__(self, x: float) -> float | None:
+        if not self.n:
+            return None
+        mx, my = self.sx / self.n, self.sy / self.n
+        var = self.sxx / self.n - mx * mx
+        b = (self.sxy / self.n - mx * my) / var if var > 1e-6 * max(mx * mx, 1.0) else (my / mx if mx else 0.0)
+        b = max(b, 0.0)
+        return max(my - b * mx, 0.0) + b * x
+
+
+@dataclass
+class _Bucket:
+    size: int
+    best: int  # the rung this bucket runs between trials
+    countdown: int  # steps to the next trial
+    interval: int
+    trial: int | None = None
+    queue: list[int] = field(default_factory=list)  # trials still to run, one step apart
+    overhead: dict[int, float] = field(default_factory=dict)  # rung -> EMA of a tree step's seconds beyond a plain step of its rows
+
+
+class AdaptivePolicy:
+    def __init__(self, shapes: list[TreeShape | None], config: AdaptiveConfig | None = None):
+        self.shapes, self.config = shapes, config or AdaptiveConfig()
+        self.off = len(shapes) - 1  # the rung without a tree
+        self.accepted = {self.off: 1.0}  # rung -> EMA of tokens per verified sequence and step
+        self.plain = LinearFit(weight=0.05)  # seconds of a step without trees, by the rows it computes
+        self.buckets: dict[int, _Bucket] = {}
+
+    def choose(self, num_seqs: int) -> int:
+        """The rung for a step with `num_seqs` decoding sequences."""
+        c = self.config
+        if not c.enabled:
+            return 0
+        if c.max_batch is not None and num_seqs > c.max_batch:
+            return self.off
+        if self.plain(1) is None:
+            return self.off  # nothing measured yet: a step without trees teaches the plain cost
+        b = self._bucket(bucket_of(num_seqs))
+        if b.trial is None:
+            b.countdown -= 1
+            if b.countdown <= 0:
+                b.queue = b.queue or self._round(b)
+                b.trial = b.queue.pop(0)
+        return b.best if b.trial is None else b.trial
+
+    def observe(self, num_seqs: int, rung: int, seconds: float, rows: int, emitted: int, verified: int) -> None:
+        """A step that computed `rows` rows (prefill chunks, decode tokens, tree rows) at `rung` took
+        `seconds`; `verified` sequences verified a tree and emitted `emitted` tokens. Steps without
+        trees (any batch size, prefill-only ones too) teach the plain step cost; steps with trees
+        the overhead of their tree size at their bucket."""
+        c = self.config
+        if not c.enabled:
+            return
+        if not verified:
+            self.plain.add(rows, seconds)
+        if not num_seqs or (c.max_batch is not None and num_seqs > c.max_batch):
+            return
+        b = self._bucket(bucket_of(num_seqs))
+        if verified and self.plain(rows) is not None:
+            self.accepted[rung] = _ema(self.accepted.get(rung), emitted / verified, c.ema)
+            b.overhead[rung] = _ema(b.overhead.get(rung), seconds - self.plain(rows), c.ema)
+        if b.trial == rung:
+            self._settle_trial(b)
+        else:
+            b.best = self._argmax(b)
+
+    def rate(self, bucket: int, rung: int) -> float | None:
+        """Estimated tokens per sequence-second of `rung` for a decode step of `bucket` sequences
+        (None: not measured)."""
+        shape, b = self.shapes[rung], self.buckets.get(bucket)
+        if self.plain(bucket) is None:
+            return None
+        if shape is None:
+            return 1.0 / max(self.plain(bucket), 1e-9)
+        if b is None or rung not in b.overhead or rung not in self.accepted:
+            return None
+        overhead = max(b.overhead[rung], 0.0)  # noise can make one measurement negative; a tree never costs less
+        return self.accepted[rung] / max(self.plain(bucket * (1 + shape.num_nodes)) + overhead, 1e-9)
+
+    # ---- trials ----------------------------------------------------------------------------------
+    def _bucket(self, size: int) -> _Bucket:
+        """A new bucket starts from the nearest one: its tree overheads scaled by the batch ratio
+        (they grow with the trees drafted and verified) and the best rung under them (the very
+        first bucket: the full tree at batch 1, else no tree); its first trial comes after one step."""
+        if size not in self.buckets:
+            near = min(self.buckets, key=lambda k: abs(math.log2(k) - math.log2(size)), default=None)
+            b = _Bucket(size, 0 if size == 1 else self.off, countdown=2, interval=self.config.explore_every)
+            if near is not None:
+                b.best = self.buckets[near].best
+                b.overhead = {r: o * size / near for r, o in self.buckets[near].overhead.items()}
+                b.best = self._argmax(b)
+            self.buckets[size] = b
+        return self.buckets[size]
+
+    def _round(self, b: _Bucket) -> list[int]:
+        """Without a tree: the smallest tree (the cheapest trial where trees lose). With one: the
+        trees either side (no tree needs no trial: the plain step cost is always known)."""
+        if b.best == self.off:
+            return [self.off - 1]
+        return [r for r in (b.best - 1, b.best + 1) if 0 <= r < self.off] or [self.off - 1]
+
+    def _settle_trial(self, b: _Bucket) -> None:
+        trial, before = b.trial, b.best
+        b.trial = None
+        won = (self.rate(b.size, trial) or 0.0) > (self.rate(b.size, before) or 0.0)
+        if won and trial < before and trial > 0:
+            b.queue = [trial - 1]  # a larger tree won: try the next larger one at once
+        b.best = self._argmax(b)
+        if b.queue:
+            b.countdown = 1
+        else:
+            b.interval = self.config.explore_every if won else min(2 * b.interval, self.config.max_explore_every)
+            b.countdown = b.interval
+
+    def _argmax(self, b: _Bucket) -> int:
+        rates = {r: self.rate(b.size, r) for r in [*b.overhead, self.off]}
+        rates = {r: v for r, v in rates.items() if v is not None}
+        return max(rates, key=rates.get) if rates else b.best
+
+    def stats(self) -> dict[str, float]:
+        """Per bucket, the current tree's draft tokens (0: speculation off there)."""
+        out = {}
+        for size, b in sorted(self.buckets.items()):
+            shape = self.shapes[b.best]
+            out[f"spec_tree_tokens_at_batch_{size}"] = 0 if shape is None else shape.num_nodes
+        return out
+
+
+def _ema(old: float | None, new: float, weight: float) -> float:
+    return new if old is None else (1 - weight) * old + weight * new

@@ -1,0 +1,124 @@
+"""A sequence's draft context: its one-layer key/value cache (`DraftCache`), what the speculator
+knows of it (`DraftState`: target features not yet consumed, the positions its rows cover), and
+attention over several sequences' contexts at once (`DraftAttention`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from reasonrl.engine.attention import causal_mask
+
+
+class DraftCache:
+    """One sequence's draft keys and values, (rows, kv_heads, head_dim), grown by doubling."""
+
+    def __init__(self):
+        self.k = self.v = None
+        self.len = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        need = self.len + k.shape[0]
+        if self.k is None or need > self.k.shape[0]:
+            cap = max(64, 2 * need)
+            grown_k = k.new_empty(cap, *k.shape[1:])
+            grown_v = v.new_empty(cap, *v.shape[1:])
+            if self.k is not None:
+                grown_k[: self.len], grown_v[: self.len] = self.k[: self.len], self.v[: self.len]
+            self.k, self.v = grown_k, grown_v
+        self.k[self.len:need], self.v[self.len:need] = k, v
+        self.len = need
+
+    def view(self):
+        return self.k[: self.len], self.v[: self.len]
+
+
+@dataclass
+class DraftState:
+    cache: DraftCache = field(default_factory=DraftCache)
+    first: int = -1  # position of the feature of the first draft row (-1: no row yet)
+    stacked: torch.Tensor | None = None  # (n, h) target features of positions feature_start .. + n - 1
+    feature_start: int = 0
+    pending: list = field(default_factory=list)  # (step hidden states, row): features after `stacked`, not copied yet
+    last_out: torch.Tensor | None = None  # draft output of the newest committed row
+    stored: int = -1  # features of positions below this are in Speculator.block_features (-1: not kept)
+    chain: int | None = None  # prefix-cache chain hash of the blocks below `stored`
+    removed: int = 0  # tokens whose draft rows the visual compressor took away
+
+    @property
+    def rows_end(self) -> int:
+        """Position of the feature the next committed row takes (its token is the one after)."""
+        return self.first + self.cache.len + self.removed
+
+    @classmethod
+    def at(cls, start: int) -> DraftState:
+        """A draft context that begins at position `start`."""
+        return cls(first=start, feature_start=start)
+
+    @property
+    def features(self) -> torch.Tensor | None:
+        """(n, h) every feature held, from feature_start on (the pending rows copied in now)."""
+        if self.pending:
+            new = torch.stack([hidden[row] for hidden, row in self.pending])
+            self.stacked = new if self.stacked is None else torch.cat([self.stacked, new])
+            self.pending = []
+        return self.stacked
+
+    @property
+    def num_features(self) -> int:
+        return (0 if self.stacked is None else self.stacked.shape[0]) + len(self.pending)
+
+    def add_features(self, f: torch.Tensor) -> None:
+        self.stacked = f if self.features is None else torch.cat([self.features, f])
+
+    def add_row(self, hidden: torch.Tensor, row: int) -> None:
+        """One decode step's feature, row `row` of the step's hidden states: kept by reference (a
+        step without trees costs the draft a list append), copied 16 at a time so few steps'
+        hidden states stay alive."""
+        self.pending.append((hidden, row))
+        if len(self.pending) >= 16:
+            _ = self.features
+
+    def drop_features_before(self, position: int) -> None:
+        rest = self.features[position - self.feature_start:]
+        self.stacked, self.feature_start = (rest if rest.shape[0] else None), position
+
+
+class DraftAttention:
+    """Attention for a draft forward over several sequences' new rows.
+
+    segments[b] = (lo, hi, past_k, past_v, mask): rows lo:hi attend past rows then themselves;
+    mask (hi - lo, past + hi - lo) bool, or None for causal. The new rows' keys and values are
+    kept in `new_k`, `new_v` for the caller to commit or to use as tree rows."""
+
+    def __init__(self, segments):
+        self.segments = segments
+        self.new_k = self.new_v = None
+
+    chunk = 1024  # causal rows attended per call: a catch-up over a long prompt never builds a full mask
+
+    def __call__(self, layer, q, k, v):
+        self.new_k, self.new_v = k, v
+        out = torch.empty_like(q)
+        for lo, hi, past_k, past_v, mask in self.segments:
+            if hi == lo:
+                continue
+            keys, values = torch.cat([past_k, k[lo:hi]]), torch.cat([past_v, v[lo:hi]])
+            if mask is not None:
+                out[lo:hi] = _attend(q[lo:hi], keys, values, mask)
+                continue
+            past = past_k.shape[0]
+            for start in range(lo, hi, self.chunk):  # rows start..end see the past and new rows up to themselves
+                end = min(start + self.chunk, hi)
+                ctx = past + end - lo
+                out[start:end] = _attend(q[start:end], keys[:ctx], values[:ctx], causal_mask(end - start, ctx, None, q.device))
+        return out
+
+
+def _attend(q, keys, values, mask):
+    """q (n, Hq, D), keys/values (ctx, Hkv, D), mask (n, ctx) -> (n, Hq, D)."""
+    o = F.scaled_dot_product_attention(q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), attn_mask=mask,
+                                       enable_gqa=q.shape[1] != keys.shape[1])
+    return o.transpose(0, 1)

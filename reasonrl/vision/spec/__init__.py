@@ -1,0 +1,1 @@
+"""SpecVLM's elastic visual compressor for the draft head (compressor.py)."""

@@ -1,0 +1,138 @@
+"""Adaptive speculation (engine/spec/adaptive.py): the policy on synthetic timings, and the engine
+switching tree sizes, speculation on and off, mid-request with many requests in flight, while
+output stays token-identical to plain decoding (fp32)."""
+
+import itertools
+
+import pytest
+
+from reasonrl.engine import SamplingParams
+from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, TreeShape, bucket_of, ladder
+
+from tests.spec.test_spec_engine import assert_same, demo, engine, run  # noqa: F401  (demo is a fixture)
+
+
+def test_ladder_halves_the_tree_down_to_a_chain_then_none():
+    shapes = ladder(8, 6, 32)
+    assert shapes[0] == TreeShape(8, 6, 32)
+    assert [s.num_nodes for s in shapes[:-1]] == [32, 16, 8, 4, 2, 1]
+    assert shapes[3] == TreeShape(1, 4, 4) and shapes[-2] == TreeShape(1, 1, 1)  # chains at the bottom
+    assert shapes[-1] is None
+    assert [bucket_of(n) for n in (1, 2, 3, 8, 9, 64)] == [1, 2, 4, 8, 16, 64]
+
+
+def simulate(policy, num_seqs, cost, steps, prefill_every=3):
+    """Drive the policy with a cost model: cost(rung, rows) -> (seconds, accepted tokens per
+    sequence); every `prefill_every`-th step also prefills 40 rows (continuous batching)."""
+    chosen = []
+    for i in range(steps):
+        rung = policy.choose(num_seqs)
+        chosen.append(rung)
+        shape = policy.shapes[rung]
+        rows = num_seqs * (1 + (0 if shape is None else shape.num_nodes)) + (40 if i % prefill_every == 0 else 0)
+        seconds, accepted = cost(rung, rows)
+        verified = 0 if shape is None else num_seqs
+        policy.observe(num_seqs, rung, seconds, rows, round(accepted * verified), verified)
+    return chosen
+
+
+def costs(per_row, overhead, num_seqs, per_tree=0.0):
+    """A step costs overhead + per_row * rows, a tree step per_tree more per sequence (its
+    bookkeeping); a tree of m draft tokens accepts 1 + 5 (1 - 0.8^m) tokens."""
+    shapes = ladder(8, 6, 32)
+
+    def cost(rung, rows):
+        shape = shapes[rung]
+        seconds = overhead + per_row * rows + (0 if shape is None else per_tree * num_seqs)
+        return seconds, 1.0 if shape is None else 1 + 5 * (1 - 0.8 ** shape.num_nodes)
+
+    return cost
+
+
+def test_policy_switches_speculation_off_under_load_and_keeps_trees_when_rows_are_cheap():
+    policy = AdaptivePolicy(ladder(8, 6, 32), AdaptiveConfig(explore_every=4))
+    # batch 1: a step is all overhead, extra rows nearly free -> a large tree wins
+    chosen = simulate(policy, 1, costs(per_row=1e-5, overhead=1e-2, num_seqs=1), steps=60)
+    assert policy.shapes[chosen[-1]] is not None and policy.shapes[chosen[-1]].num_nodes >= 16
+    # 64 in flight: compute-bound, every drafted row costs a real one -> no tree
+    chosen = simulate(policy, 64, costs(per_row=1e-3, overhead=1e-2, num_seqs=64, per_tree=5e-4), steps=200)
+    assert policy.buckets[64].best == policy.off
+    tail = chosen[-100:]
+    assert tail.count(policy.off) >= 95  # trials back off: few steps are spent on losing trees
+    assert policy.stats()["spec_tree_tokens_at_batch_64"] == 0 and policy.stats()["spec_tree_tokens_at_batch_1"] >= 16
+
+
+def test_policy_turns_trees_back_on_when_they_start_to_pay():
+    policy = AdaptivePolicy(ladder(8, 6, 32), AdaptiveConfig(explore_every=4, max_explore_every=16))
+    simulate(policy, 8, costs(per_row=1e-3, overhead=1e-3, num_seqs=8, per_tree=5e-4), steps=100)
+    assert policy.buckets[8].best == policy.off
+    simulate(policy, 8, costs(per_row=1e-5, overhead=1e-2, num_seqs=8), steps=150)  # the load went away
+    assert policy.buckets[8].best != policy.off
+
+
+def test_max_batch_and_disabled_policy():
+    shapes = ladder(4, 3, 8)
+    assert AdaptivePolicy(shapes, AdaptiveConfig(max_batch=4)).choose(5) == len(shapes) - 1
+    assert AdaptivePolicy(shapes, AdaptiveConfig(enabled=False)).choose(64) == 0
+    with pytest.raises(ValueError, match="ema"):
+        AdaptiveConfig(ema=0)
+
+
+class Cycling:
+    """A stand-in policy: rung i % len(ladder) at step i, so every tree size and 'none' follow
+    each other mid-request."""
+
+    def __init__(self, shapes, order):
+        self.shapes, self.off, self.order = shapes, len(shapes) - 1, itertools.cycle(order)
+        self.seen = set()
+
+    def choose(self, num_seqs):
+        rung = next(self.order)
+        self.seen.add(rung)
+        return rung
+
+    def observe(self, *args):
+        pass
+
+    def stats(self):
+        return {}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_switching_tree_sizes_mid_request_with_many_in_flight_stays_exact(demo, temperature):
+    policy_model, _, draft, prompts = demo
+    reqs = {str(i): (p, SamplingParams(temperature=temperature, top_p=0.95, max_tokens=64, seed=7 + i), {})
+            for i, p in enumerate(prompts[:12])}
+    plain = run(engine(policy_model, max_model_len=256), reqs)
+    e = engine(policy_model, draft, max_model_len=256, max_num_batched_tokens=96)
+    n = len(e.speculator.shapes)
+    e.speculator.policy = Cycling(e.speculator.shapes, [0, n - 1, n - 1, 3, n - 2, 1, n - 1, 2])
+    assert_same(plain, run(e, reqs))
+    stats = e.stats()
+    assert stats["spec_rounds"] > 0 and stats["spec_steps_without_trees"] > 0 and stats["kv_blocks_used"] == 0
+    assert {0, 1, 2, 3, n - 2, n - 1} <= e.speculator.policy.seen
+
+
+def test_adaptive_engine_stays_exact_and_learns(demo):
+    """The real policy, on the real clock: whatever it picks, greedy output is plain greedy's."""
+    policy_model, _, draft, prompts = demo
+    reqs = {str(i): (p, SamplingParams(temperature=0, max_tokens=48), {}) for i, p in enumerate(prompts)}
+    plain = run(engine(policy_model, max_model_len=256), reqs)
+    e = engine(policy_model, draft, max_model_len=256, draft_adaptive=True, draft_explore_every=2)
+    assert_same(plain, run(e, reqs))
+    assert e.speculator.policy.buckets  # it measured steps
+    assert any(k.startswith("spec_tree_tokens_at_batch_") for k in e.stats())
+
+
+def test_a_draft_that_fell_far_behind_restarts_its_context_and_stays_exact(demo, monkeypatch):
+    from reasonrl.engine.spec import speculator
+
+    monkeypatch.setattr(speculator, "MAX_LAG", 3)
+    policy_model, _, draft, prompts = demo
+    reqs = {str(i): (p, SamplingParams(temperature=0, max_tokens=48), {}) for i, p in enumerate(prompts[:8])}
+    plain = run(engine(policy_model, max_model_len=256), reqs)
+    e = engine(policy_model, draft, max_model_len=256)
+    n = len(e.speculator.shapes)
+    e.speculator.policy = Cycling(e.speculator.shapes, [0] + [n - 1] * 5)  # five steps without trees: lag > 3
+    assert_same(plain, run(e, reqs))
+    assert e.stats()["spec_accepted_length"] > 1.5  # the restarted draft still drafts

@@ -1,0 +1,66 @@
+"""`reasonrl distill-draft` against a vision-language target: online distillation of an EagleVLM draft
+with the elastic visual compressor on shapes-world VQA prompts, evaluated after every epoch."""
+
+import json
+
+import pytest
+import torch
+
+from reasonrl.engine.spec.distill import DistillConfig
+from reasonrl.engine.spec.distill_vlm import vlm_distillation_loss
+from reasonrl.engine.spec.draft import DraftHead
+from reasonrl.models.loader import load_model
+from reasonrl.models.tiny_vlm import make_vlm_checkpoint, make_vlm_tokenizer
+from reasonrl.vision.spec.compressor import CompressorConfig
+from tests.models.vlm_common import CORPUS, images_prompt
+
+
+@pytest.fixture(scope="module")
+def vlm_ckpt(tmp_path_factory):
+    tok = make_vlm_tokenizer(CORPUS, vocab_size=384)
+    return make_vlm_checkpoint(tmp_path_factory.mktemp("vlm") / "policy", tok, seed=2, std=0.2), tok
+
+
+def test_distill_draft_on_images_trains_draft_and_compressor_only_and_reports_each_epoch(vlm_ckpt, tmp_path):
+    from reasonrl.cli import main
+
+    ckpt, _ = vlm_ckpt
+    before = {k: v.clone() for k, v in load_model(ckpt, "cpu").state_dict().items()}
+    files_before = sorted(p.name for p in ckpt.iterdir())
+    out = tmp_path / "draft"
+    assert main(["distill-draft", str(ckpt), "--out", str(out), "--env", "shapes:?image_size=112&max_objects=3",
+                 "--compressor", "select", "--epochs", "2", "--prompts-per-step", "2", "--num-prompts", "4",
+                 "--eval-prompts", "2", "--max-new-tokens", "6", "--lr", "1e-2"]) == 0
+    log = [json.loads(line) for line in (out / "distill_log.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in log] == [1, 2] and all(row["accepted_length"] >= 1 for row in log)
+    table = (out / "accepted_length.md").read_text()
+    assert table.count("\n") == 4 and (out / "accepted_length.png").stat().st_size > 1000
+    assert sorted(p.name for p in out.iterdir()) == ["accepted_length.md", "accepted_length.png", "distill_log.jsonl",
+                                                     "draft.safetensors", "draft_config.json"]
+    target = load_model(ckpt, "cpu")
+    assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())  # frozen, nothing written there
+    assert sorted(p.name for p in ckpt.iterdir()) == files_before
+    draft = DraftHead.load(out, target)
+    assert draft.compressor is not None and draft.compressor.config.mode == "select"
+    fresh = DraftHead(target, CompressorConfig())
+    assert not torch.equal(draft.compressor.gate.weight, fresh.compressor.gate.weight)  # the gate learned
+    assert not torch.equal(draft.compressor.conv.weight, fresh.compressor.conv.weight) or \
+        not torch.equal(draft.compressor.queries, fresh.compressor.queries)  # and a branch did
+
+
+def test_vlm_loss_reaches_draft_and_compressor_but_not_the_target(vlm_ckpt):
+    ckpt, tok = vlm_ckpt
+    target = load_model(ckpt, "cpu")
+    target.requires_grad_(False)
+    draft = DraftHead(target, CompressorConfig(mode="weighted"))
+    prompts = [images_prompt(tok, target.vlm_config, [(56, 84)], seed=1), images_prompt(tok, target.vlm_config, [(84, 84)], seed=2)]
+    seqs = [p.input_ids + [5, 6, 7] for p in prompts]
+    t = max(map(len, seqs))
+    ids = torch.tensor([s + [0] * (t - len(s)) for s in seqs])
+    loss, parts = vlm_distillation_loss(draft, ids, torch.tensor([len(s) for s in seqs]), DistillConfig(feature_noise=0),
+                                        None, prompts)
+    loss.backward()
+    assert torch.isfinite(loss) and 0 <= parts["top1"] <= 1
+    assert draft.fc.weight.grad.abs().sum() > 0 and draft.compressor.gate.weight.grad.abs().sum() > 0
+    assert draft.compressor.conv.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in target.parameters())

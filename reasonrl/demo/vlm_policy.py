@@ -165,7 +165,7 @@ def _tower_loss(model, heads: nn.ModuleDict, start: int, n: int, seed: int) -> t
 
 def make_vlm_policy(out: str | Path, cfg: VLMPolicyConfig = VLMPolicyConfig(), log=None) -> Path:
     vqa = vqa_rows(cfg.vqa_problems, cfg)
-    corpus = ([caption_row(i, cfg.seed)["response"] for i in range(1000)] + [r["response"] for r in vqa[:1000]]
+    corpus = ([caption(scene_at(i, cfg.seed)) for i in range(1000)] + [r["response"] for r in vqa[:1000]]
               + [p["text"] for r in vqa[:1000] for p in r["prompt"][0]["content"] if p["type"] == "text"]
               + ["Describe the image.", INSTRUCTION])
     tok = make_vlm_tokenizer(corpus, vocab_size=400)

@@ -217,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     add_flags(p, VLMPolicyConfig)
     args = p.parse_args(argv)
     if args.check:
-        for kind, acc in image_reliance(args.check).items():
+        try:
+            reliance = image_reliance(args.check)
+        except (FileNotFoundError, ValueError) as exc:  # no checkpoint there, or a text-only one
+            p.error(f"--check {args.check}: {exc}")
+        for kind, acc in reliance.items():
             print(kind, " ".join(f"{k} {v:.3f}" for k, v in sorted(acc.items())))
         return 0
 

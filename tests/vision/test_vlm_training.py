@@ -1,6 +1,7 @@
 """Training a vision-language policy: SFT and the RL update see the images; the vision tower can be frozen."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,3 +169,12 @@ def test_eval_of_a_vlm_locally_and_over_http_gives_the_same_samples(vlm_dir, tmp
 
     assert samples(tmp_path / "local") == samples(tmp_path / "remote")  # images sent as PNG data: URLs
     assert local["pass@1"] == remote["pass@1"]
+
+
+def test_the_vlm_check_names_a_bad_checkpoint(tmp_path, capsys):
+    from reasonrl.demo.vlm_policy import main
+
+    for bad in (tmp_path / "missing", Path(__file__).parents[2] / "reasonrl/demo/policy"):  # absent; text-only
+        with pytest.raises(SystemExit) as exit_:
+            main(["--check", str(bad)])
+        assert exit_.value.code == 2 and f"--check {bad}" in capsys.readouterr().err

@@ -8,7 +8,7 @@ sequence fills in the same step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,6 +24,9 @@ class AttentionMetadata:
     """Per sequence, an optional (q_len, q_len) bool mask among its new tokens (True = may attend),
     e.g. a draft tree; None is causal. Tokens already in the cache are always visible."""
 
+    cache: dict = field(default_factory=dict, repr=False)
+    """What the attention derives from this metadata once per step and reuses in every layer."""
+
     @property
     def num_seqs(self) -> int:
         return len(self.context_lens)
@@ -34,6 +37,49 @@ class AttentionMetadata:
 
     def q_len(self, b: int) -> int:
         return self.query_start[b + 1] - self.query_start[b]
+
+    def row_groups(self, short: int) -> tuple[list[int], list[int], list[int]]:
+        """Sequences by how they attend: decode rows (one query, no mask), draft trees of at most
+        `short` rows, the rest (prefill chunks, larger trees)."""
+        key = ("groups", short)
+        if key not in self.cache:
+            masks = self.masks or [None] * self.num_seqs
+            decode = [b for b in range(self.num_seqs) if self.q_len(b) == 1 and masks[b] is None]
+            trees = [b for b in range(self.num_seqs) if masks[b] is not None and self.q_len(b) <= short]
+            self.cache[key] = decode, trees, sorted(set(range(self.num_seqs)) - set(decode) - set(trees))
+        return self.cache[key]
+
+    def padded_queries(self, seqs: list[int], device) -> PaddedQueries:
+        key = ("padded", tuple(seqs))
+        if key not in self.cache:
+            self.cache[key] = PaddedQueries.build(self, seqs, device)
+        return self.cache[key]
+
+
+@dataclass
+class PaddedQueries:
+    """Several sequences' query rows as one padded batch (B sequences, Q rows each at most)."""
+
+    idx: torch.Tensor  # (B,) the sequences' indices in the step
+    rows: torch.Tensor  # (B, Q) row of q for each slot; padding repeats the sequence's first row
+    valid: torch.Tensor  # (B, Q) bool: the slot holds a real row
+    mask: torch.Tensor  # (B, Q, S) bool, S the longest context: who each slot attends to
+    max_ctx: int
+
+    @classmethod
+    def build(cls, meta: AttentionMetadata, seqs: list[int], device) -> PaddedQueries:
+        lens = [meta.q_len(b) for b in seqs]
+        q_max, s_max = max(lens), max(meta.context_lens[b] for b in seqs)
+        rows = torch.zeros(len(seqs), q_max, dtype=torch.long)
+        mask = torch.zeros(len(seqs), q_max, s_max, dtype=torch.bool)
+        for i, (b, n) in enumerate(zip(seqs, lens)):
+            lo, ctx = meta.query_start[b], meta.context_lens[b]
+            rows[i] = lo
+            rows[i, :n] = torch.arange(lo, lo + n)
+            mask[i, :n, :ctx] = causal_mask(n, ctx, meta.masks[b].cpu() if meta.masks and meta.masks[b] is not None else None, "cpu")
+            mask[i, n:, 0] = True  # padding rows attend to something (no NaN); their output is dropped
+        valid = torch.arange(q_max)[None, :] < torch.tensor(lens)[:, None]
+        return cls(torch.tensor(seqs, device=device), rows.to(device), valid.to(device), mask.to(device), s_max)
 
 
 class PagedAttention:

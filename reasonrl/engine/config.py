@@ -51,6 +51,9 @@ class EngineConfig:
     """Never speculate with more sequences decoding than this; None: the measurements decide."""
     draft_explore_every: int = 16
     """Adaptive speculation: steps of a batch size between trials of a neighbouring tree size."""
+    draft_margin: float = 0.05
+    """Adaptive speculation: a tree is chosen over none only when its estimated rate is this
+    fraction higher (keeps timing noise from flipping speculation on and off)."""
     draft_sampling: Literal["coupled", "residual"] = "coupled"
     """How sampled requests accept draft tokens: "coupled" (a draft is accepted when it is the token
     plain sampling draws with the same seed: output token-identical to plain sampling) or "residual"
@@ -91,6 +94,8 @@ class EngineConfig:
                                  "draft trees address the cache by position")
         if self.draft_max_batch is not None and (not isinstance(self.draft_max_batch, int) or self.draft_max_batch < 0):
             raise ValueError(f"EngineConfig.draft_max_batch must be a non-negative integer, got {self.draft_max_batch!r}")
+        if not isinstance(self.draft_margin, (int, float)) or not 0 <= self.draft_margin < 1:
+            raise ValueError(f"EngineConfig.draft_margin must be in [0, 1), got {self.draft_margin!r}")
         if self.draft_sampling not in ("coupled", "residual"):
             raise ValueError(f"EngineConfig.draft_sampling must be 'coupled' or 'residual', got {self.draft_sampling!r}")
         if not isinstance(self.kv_options, dict):

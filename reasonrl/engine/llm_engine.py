@@ -121,7 +121,7 @@ class LLMEngine:
             raise ValueError(f"speculative decoding needs a KV format that can move cache slots; "
                              f"kv_format {cfg.kv_format!r} cannot (use dense)")
         draft = draft or DraftHead.load(cfg.draft, self.model)
-        adaptive = AdaptiveConfig(cfg.draft_adaptive, cfg.draft_max_batch, cfg.draft_explore_every)
+        adaptive = AdaptiveConfig(cfg.draft_adaptive, cfg.draft_max_batch, cfg.draft_explore_every, margin=cfg.draft_margin)
         spec = SpecConfig(top_k=cfg.draft_top_k, depth=cfg.draft_depth, num_nodes=cfg.draft_tokens, adaptive=adaptive)
         return Speculator(draft, self.kv, self.block_manager, spec, self.max_model_len, self.images)
 
@@ -259,7 +259,10 @@ class LLMEngine:
         return outputs
 
     def _collect_features(self, scheduled: list[tuple[Sequence, int]], result: StepResult) -> None:
-        """Hand the draft the target's hidden states of the tokens that stay in the cache."""
+        """Hand the draft the target's hidden states of the tokens that stay in the cache (where
+        the adaptive policy may draft from them)."""
+        if not self.speculator.collecting:
+            return
         starts, kept = result.batch.meta.query_start, None
         for b, (seq, _) in enumerate(scheduled):
             if not self.speculator.wants(seq):

@@ -80,11 +80,16 @@ def test_max_batch_and_disabled_policy():
 
 class Cycling:
     """A stand-in policy: rung i % len(ladder) at step i, so every tree size and 'none' follow
-    each other mid-request."""
+    each other mid-request; with `skip_features`, every fourth step without a tree skips the
+    draft's features, so drafts restart their contexts mid-request too."""
 
-    def __init__(self, shapes, order):
+    def __init__(self, shapes, order, skip_features=False):
         self.shapes, self.off, self.order = shapes, len(shapes) - 1, itertools.cycle(order)
         self.seen = set()
+        self.features = itertools.cycle([True, True, True, not skip_features])
+
+    def wants_features(self, num_seqs):
+        return next(self.features)
 
     def choose(self, num_seqs):
         rung = next(self.order)
@@ -106,7 +111,7 @@ def test_switching_tree_sizes_mid_request_with_many_in_flight_stays_exact(demo, 
     plain = run(engine(policy_model, max_model_len=256), reqs)
     e = engine(policy_model, draft, max_model_len=256, max_num_batched_tokens=96)
     n = len(e.speculator.shapes)
-    e.speculator.policy = Cycling(e.speculator.shapes, [0, n - 1, n - 1, 3, n - 2, 1, n - 1, 2])
+    e.speculator.policy = Cycling(e.speculator.shapes, [0, n - 1, n - 1, 3, n - 2, 1, n - 1, 2], skip_features=True)
     assert_same(plain, run(e, reqs))
     stats = e.stats()
     assert stats["spec_rounds"] > 0 and stats["spec_steps_without_trees"] > 0 and stats["kv_blocks_used"] == 0
@@ -136,3 +141,29 @@ def test_a_draft_that_fell_far_behind_restarts_its_context_and_stays_exact(demo,
     e.speculator.policy = Cycling(e.speculator.shapes, [0] + [n - 1] * 5)  # five steps without trees: lag > 3
     assert_same(plain, run(e, reqs))
     assert e.stats()["spec_accepted_length"] > 1.5  # the restarted draft still drafts
+
+
+def test_a_tree_must_beat_no_tree_by_the_margin():
+    """Trees a few percent ahead of no tree (within timing noise) are not switched to; trees well
+    ahead are."""
+    def best(ahead):
+        # one tree size, a 1-token chain accepting 2 tokens per step, at 4 sequences; a plain step
+        # costs 10 ms + 0.1 ms per row, a tree step `extra` more, set so that the tree's rate is
+        # `ahead` times no tree's
+        plain = lambda rows: 1e-2 + 1e-4 * rows  # noqa: E731
+        extra = 2 * plain(4) / ahead - plain(8)
+        policy = AdaptivePolicy(ladder(1, 1, 1), AdaptiveConfig(explore_every=2, margin=0.05))
+        simulate(policy, 4, lambda rung, rows: (plain(rows) + (extra if rung == 0 else 0), 2.0 if rung == 0 else 1.0), steps=60)
+        return policy.buckets[4].best
+
+    assert best(ahead=1.03) == 1  # no tree: 3% is inside the margin
+    assert best(ahead=1.3) == 0
+
+
+def test_larger_buckets_do_not_try_trees_once_a_smaller_one_runs_without():
+    policy = AdaptivePolicy(ladder(8, 6, 32), AdaptiveConfig(explore_every=4))
+    lose = costs(per_row=1e-3, overhead=1e-3, num_seqs=8, per_tree=5e-4)
+    simulate(policy, 8, lose, steps=100)
+    assert policy.buckets[8].best == policy.off
+    chosen = simulate(policy, 32, costs(per_row=1e-3, overhead=1e-3, num_seqs=32, per_tree=5e-4), steps=100)
+    assert set(chosen) == {policy.off}  # not a single trial step at 32

@@ -14,6 +14,11 @@ from reasonrl.engine.attention import AttentionMetadata, causal_mask
 from reasonrl.models.config import ModelConfig
 
 
+SHORT_QUERIES = 64
+"""Draft trees of at most this many rows attend in one padded batched call (larger ones one at a
+time, where padding would cost)."""
+
+
 class KVFormat:
     name = "base"
     options: tuple[str, ...] = ()
@@ -88,18 +93,22 @@ class KVFormat:
 
     def attend(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """The PyTorch path over `gather`ed blocks, and `decode_kernel` for CUDA decode rows: decode
-        rows (one query, no mask) are batched by context length, other sequences (prefill chunks,
-        draft trees) attend one at a time. A format that needs more (SPARK) overrides it."""
+        rows (one query, no mask) are batched by context length, draft trees padded into one masked
+        call, other sequences (prefill chunks) attend one at a time (batching those would change
+        their numerics against formats that attend them one by one). A format that needs more
+        (SPARK) overrides it."""
         if meta.decode_only:
             return self.decode(layer, q, meta.block_tables, meta.context_lens_t, meta.context_lens)
         out = torch.empty_like(q)
-        decode = [b for b in range(meta.num_seqs) if meta.q_len(b) == 1 and not (meta.masks and meta.masks[b] is not None)]
+        decode, short, long = meta.row_groups(SHORT_QUERIES)
         if decode:  # one batched call for the decoding sequences of a mixed step
             rows = torch.tensor([meta.query_start[b] for b in decode], device=q.device)
             idx = torch.tensor(decode, device=q.device)
             out[rows] = self.decode(layer, q[rows], meta.block_tables[idx], meta.context_lens_t[idx],
                                     [meta.context_lens[b] for b in decode])
-        for b in sorted(set(range(meta.num_seqs)) - set(decode)):
+        if short:
+            self.attend_short(layer, q, meta, short, out)
+        for b in long:
             lo, hi, ctx = meta.query_start[b], meta.query_start[b + 1], meta.context_lens[b]
             k, v = self.gather(layer, meta.block_tables[b: b + 1, : -(-ctx // self.block_size)],
                                meta.context_lens_t[b: b + 1])
@@ -109,6 +118,18 @@ class KVFormat:
                                                attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
             out[lo:hi] = o.transpose(0, 1)
         return out
+
+    def attend_short(self, layer: int, q: torch.Tensor, meta: AttentionMetadata, seqs: list[int],
+                     out: torch.Tensor) -> None:
+        """Sequences `seqs`, each a few query rows (a draft tree: the step every speculating
+        sequence takes) in one SDPA: queries padded to the most rows, contexts to the longest,
+        one (B, Q, S) mask built once per step (`PaddedQueries`) and shared by every layer."""
+        pad = meta.padded_queries(seqs, q.device)
+        k, v = self.gather(layer, meta.block_tables[pad.idx, : -(-pad.max_ctx // self.block_size)], meta.context_lens_t[pad.idx])
+        k, v = (t[:, : pad.max_ctx].to(q.dtype).transpose(1, 2) for t in (k, v))  # (B, H, S, D)
+        o = F.scaled_dot_product_attention(q[pad.rows].transpose(1, 2), k, v, attn_mask=pad.mask[:, None],
+                                           enable_gqa=q.shape[1] != k.shape[1])  # (B, H, Q, D)
+        out[pad.rows[pad.valid]] = o.transpose(1, 2)[pad.valid]
 
     def decode(self, layer: int, q: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor,
                lens_list: list[int]) -> torch.Tensor:

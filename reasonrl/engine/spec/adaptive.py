@@ -18,14 +18,17 @@ where this hardware, this model and this draft put it:
   and per batch-size bucket (the step's decoding sequences, rounded up to a power of two) and
   tree size, the overhead a tree step has beyond a plain step of the same rows (draft forwards,
   tree masks, verification and cache bookkeeping), an EMA o(bucket, rung). Prefill chunks that
-  share a step cost the same in every arm, so they drop out; a long draft catch-up after a
-  stretch without trees, a one-off, is left out.
+  share a step cost the same in every arm, so they drop out. The draft's catch-up is part of a
+  tree step's cost (over a new prompt: the draft's prefill; after a stretch without trees: the
+  context it skipped), so a trial after a long stretch without trees pays for it and rarely wins.
 - Choice: at B sequences, rung r is estimated at L(r) / (a + b B (1 + m_r) + o(B, r)) tokens per
   sequence-second, no tree at 1 / (a + b B); each bucket runs the best. Every `explore_every` of
-  its steps it measures a tree it could switch to, one step each: without a tree, the smallest
-  (the cheapest trial where trees lose); with one, the sizes either side, walking on at once
-  toward larger trees while they win. A round that finds nothing better doubles the bucket's
-  interval (up to `max_explore_every`), so losing trials cost little. A new bucket starts from the
+  its steps it measures a tree it could switch to, one step each: without a tree, the best tree
+  measured there, else the smallest (the cheapest trial where trees lose), and none at all while
+  a smaller bucket runs without trees (a tree's extra rows only cost more with more sequences); with one, the sizes either
+  side, walking on at once toward larger trees while they win. A tree must beat no tree by
+  `margin` (5%), so noise does not flip a bucket to and fro. A round that finds nothing better
+  doubles the bucket's interval (up to `max_explore_every`), so losing trials cost little. A new bucket starts from the
   nearest one, its overheads scaled by the batch ratio (the very first: the full tree at batch 1,
   no tree above), and has its first trial after one step.
 
@@ -56,8 +59,14 @@ class AdaptiveConfig:
     """Cap of the trial interval, which doubles after each losing trial (bounds what trials cost)."""
     ema: float = 0.25
     """Weight of the newest measurement in the running estimates of step time and acceptance."""
+    margin: float = 0.05
+    """A tree is chosen over no tree only when its estimated rate is this fraction higher: where the
+    two are close, noisy step timings would otherwise flip a bucket back and forth, and every
+    switch costs the draft a catch-up."""
 
     def __post_init__(self):
+        if not 0 <= self.margin < 1:
+            raise ValueError(f"adaptive speculation: margin must be in [0, 1), got {self.margin!r}")
         if not 0 < self.ema <= 1:
             raise ValueError(f"adaptive speculation: ema must be in (0, 1], got {self.ema!r}")
         for name in ("explore_every", "max_explore_every"):
@@ -144,8 +153,24 @@ class AdaptivePolicy:
             b.countdown -= 1
             if b.countdown <= 0:
                 b.queue = b.queue or self._round(b)
-                b.trial = b.queue.pop(0)
+                if b.queue:
+                    b.trial = b.queue.pop(0)
+                else:  # nothing worth trying: wait longer
+                    b.interval = b.countdown = min(2 * b.interval, c.max_explore_every)
         return b.best if b.trial is None else b.trial
+
+    def wants_features(self, num_seqs: int) -> bool:
+        """Whether a step with `num_seqs` decoding sequences should hand the draft the target's
+        features: yes where trees run or a trial is due within two steps; no in a bucket that
+        runs without trees (there, speculation costs nothing; the draft's context restarts
+        where features resume, so the next tree needs no catch-up over the skipped stretch)."""
+        c = self.config
+        if not c.enabled:
+            return True
+        if c.max_batch is not None and num_seqs > c.max_batch:
+            return False
+        b = self.buckets.get(bucket_of(num_seqs))
+        return b is None or b.best != self.off or b.trial is not None or bool(b.queue) or b.countdown <= 2
 
     def observe(self, num_seqs: int, rung: int, seconds: float, rows: int, emitted: int, verified: int) -> None:
         """A step that computed `rows` rows (prefill chunks, decode tokens, tree rows) at `rung` took
@@ -197,16 +222,23 @@ class AdaptivePolicy:
         return self.buckets[size]
 
     def _round(self, b: _Bucket) -> list[int]:
-        """Without a tree: the smallest tree (the cheapest trial where trees lose). With one: the
-        trees either side (no tree needs no trial: the plain step cost is always known)."""
+        """Without a tree: the tree measured best here (one noisy step may have turned the bucket
+        off; the smallest tree gains least and would rarely win it back), or the smallest (the
+        cheapest trial where trees lose) when none is measured; nothing while a smaller bucket runs
+        without trees too (a tree's extra rows cost more the more sequences carry one). With one: the trees either side (no tree needs no
+        trial: the plain step cost is always known)."""
         if b.best == self.off:
-            return [self.off - 1]
+            smaller = [k for k in self.buckets if k < b.size]
+            if smaller and self.buckets[max(smaller)].best == self.off:
+                return []
+            measured = [r for r in b.overhead if self.rate(b.size, r)]
+            return [max(measured, key=lambda r: self.rate(b.size, r)) if measured else self.off - 1]
         return [r for r in (b.best - 1, b.best + 1) if 0 <= r < self.off] or [self.off - 1]
 
     def _settle_trial(self, b: _Bucket) -> None:
         trial, before = b.trial, b.best
         b.trial = None
-        won = (self.rate(b.size, trial) or 0.0) > (self.rate(b.size, before) or 0.0)
+        won = self._score(b, trial) > self._score(b, before)
         if won and trial < before and trial > 0:
             b.queue = [trial - 1]  # a larger tree won: try the next larger one at once
         b.best = self._argmax(b)
@@ -217,9 +249,14 @@ class AdaptivePolicy:
             b.countdown = b.interval
 
     def _argmax(self, b: _Bucket) -> int:
-        rates = {r: self.rate(b.size, r) for r in [*b.overhead, self.off]}
-        rates = {r: v for r, v in rates.items() if v is not None}
-        return max(rates, key=rates.get) if rates else b.best
+        scores = {r: self._score(b, r) for r in [*b.overhead, self.off]}
+        scores = {r: v for r, v in scores.items() if v > 0}
+        return max(scores, key=scores.get) if scores else b.best
+
+    def _score(self, b: _Bucket, rung: int) -> float:
+        """The estimated rate, no tree's raised by the margin a tree must beat (0: not measured)."""
+        rate = self.rate(b.size, rung) or 0.0
+        return rate * (1 + self.config.margin) if rung == self.off else rate
 
     def stats(self) -> dict[str, float]:
         """Per bucket, the current tree's draft tokens (0: speculation off there)."""

@@ -122,3 +122,56 @@ def _attend(q, keys, values, mask):
     o = F.scaled_dot_product_attention(q.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), attn_mask=mask,
                                        enable_gqa=q.shape[1] != keys.shape[1])
     return o.transpose(0, 1)
+
+
+class PaddedDraftAttention:
+    """Draft attention for many sequences with a few new rows each, in one SDPA call.
+
+    Sequence b's new rows attend its committed draft rows (`past`, padded to the longest: keys
+    (B, P, H, D) and their count per sequence), then `extra` keys every sequence has the same
+    number of (a tree's frontier rows drafted at earlier depths, (B, X, H, D)), then its own new
+    rows; `mask` (B, n, X + n) says which of the extra and new ones each new row sees (None:
+    causal among the new rows, no extra). `lengths`: new rows per sequence, flat in the call's q
+    (None: n each)."""
+
+    def __init__(self, past_k: torch.Tensor, past_v: torch.Tensor, past_lens: torch.Tensor, mask: torch.Tensor | None = None,
+                 extra: tuple[torch.Tensor, torch.Tensor] | None = None, lengths: list[int] | None = None):
+        self.past_k, self.past_v, self.extra, self.lengths = past_k, past_v, extra, lengths
+        b, p, dev = past_k.shape[0], past_k.shape[1], past_k.device
+        n = max(lengths) if lengths else mask.shape[1]
+        self.rows = self.valid = None
+        if lengths is not None and any(m != n for m in lengths):  # ragged: scatter the flat rows into (B, n) slots
+            starts = torch.tensor([0, *lengths[:-1]], device=dev).cumsum(0)
+            self.valid = torch.arange(n, device=dev)[None, :] < torch.tensor(lengths, device=dev)[:, None]
+            rows = torch.where(self.valid, starts[:, None] + torch.arange(n, device=dev)[None, :], starts[:, None])
+            self.rows = rows.clamp(max=sum(lengths) - 1)  # a sequence with no new rows points at a real one
+        if mask is None:
+            mask = torch.ones(n, n, dtype=torch.bool, device=dev).tril().expand(b, n, n)
+        seen = (torch.arange(p, device=dev)[None, :] < past_lens[:, None])[:, None, :].expand(b, n, p)
+        self.mask = torch.cat([seen, mask], 2)[:, None]  # (B, 1, n, P + X + n)
+        self.new_k = self.new_v = None
+
+    def __call__(self, layer, q, k, v):
+        self.new_k, self.new_v = k, v
+        b = self.past_k.shape[0]
+        q, k, v = (self._slots(t) if self.rows is not None else t.view(b, -1, *t.shape[1:]) for t in (q, k, v))
+        keys = [self.past_k, *([self.extra[0]] if self.extra else []), k]
+        values = [self.past_v, *([self.extra[1]] if self.extra else []), v]
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), torch.cat(keys, 1).transpose(1, 2),
+                                           torch.cat(values, 1).transpose(1, 2), attn_mask=self.mask,
+                                           enable_gqa=q.shape[2] != k.shape[2]).transpose(1, 2)  # (B, n, Hq, D)
+        return o[self.valid] if self.rows is not None else o.reshape(-1, *o.shape[2:])
+
+    def _slots(self, t: torch.Tensor) -> torch.Tensor:
+        """Flat rows (N, H, D) -> (B, n, H, D); a padding slot repeats its sequence's first row."""
+        return t[self.rows]
+
+
+def padded_past(states: list[DraftState], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The committed draft keys and values of several sequences, padded to the longest: k, v
+    (B, P, H, D) and the row count of each (B,)."""
+    views = [st.cache.view() if st.cache.len else (like[:0], like[:0]) for st in states]
+    lens = torch.tensor([k.shape[0] for k, _ in views], device=like.device)
+    k = torch.nn.utils.rnn.pad_sequence([k for k, _ in views], batch_first=True)
+    v = torch.nn.utils.rnn.pad_sequence([v for _, v in views], batch_first=True)
+    return k, v, lens

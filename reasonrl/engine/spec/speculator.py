@@ -14,14 +14,15 @@ full blocks registered. The draft keeps its own one-layer cache per sequence: ro
 for free and which are collected here.
 
 How large a tree each step gets, down to none, is the adaptive policy's call (adaptive.py), from
-the number of sequences that could get one and measured acceptance and step times. A sequence
-decoding without a tree keeps handing the draft its features; the draft catches up over them at
-its next tree (or restarts its context when it fell more than `MAX_LAG` tokens behind).
+the number of sequences that could get one and measured acceptance and step times. Where the
+policy runs trees or will try one soon, a sequence decoding without a tree keeps handing the draft
+its features and the draft catches up over them at its next tree (or restarts its context when it
+fell more than `MAX_LAG` tokens behind); where it runs none, no features are kept at all, and the
+draft's context restarts where they resume.
 """
 
 from __future__ import annotations
 
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ from reasonrl.engine.block_manager import BlockManager
 from reasonrl.engine.sequence import Sequence
 from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, TreeShape, ladder
 from reasonrl.engine.spec.draft import DraftHead
-from reasonrl.engine.spec.draft_state import DraftAttention, DraftState
+from reasonrl.engine.spec.draft_state import DraftAttention, DraftState, PaddedDraftAttention, padded_past
 from reasonrl.engine.spec.tree import DraftTree, TreeSearch
 from reasonrl.engine.spec.visual import RowSource, VisualReport, catch_up_rows
 from reasonrl.engine.spec.verify import Verdict
@@ -55,6 +56,10 @@ MAX_LAG = 512
 context restarts at the newest token (bounds memory and copying during long stretches without
 speculation, at the cost of a shorter draft context afterwards)."""
 
+SHORT_CATCH_UP, LONG_CATCH_UP = 16, 256
+"""A catch-up of at most SHORT rows per sequence runs as one padded call for all of them; one of at
+most LONG too, when padding at most doubles the rows."""
+
 
 @dataclass
 class _StepLog:
@@ -66,7 +71,6 @@ class _StepLog:
     emitted: int = 0
     verified: int = 0
     tree_rows: int = 0  # rows the step's trees add to the target's batch
-    one_off_seconds: float = 0.0  # a long draft catch-up inside the step
 
 
 class Speculator:
@@ -85,6 +89,7 @@ class Speculator:
         self.policy = AdaptivePolicy(self.shapes, config.adaptive)
         self.step_log: _StepLog | None = None
         self.steps_without_trees = 0
+        self.collecting = True  # this step's target features go to the draft (adaptive.py: wants_features)
 
     def wants(self, seq: Sequence) -> bool:
         # adjusted logits would differ at each position of a draft tree: penalties count the tokens
@@ -162,6 +167,7 @@ class Speculator:
         decoding = sum(1 for _, n in scheduled if n == 1)
         rung = self.policy.choose(decoding) if decoding else len(self.shapes) - 1
         self.step_log, shape = _StepLog(decoding, rung), self.shapes[rung]
+        self.collecting = shape is not None or self.policy.wants_features(decoding)
         if shape is None:
             self.steps_without_trees += decoding > 0
             return {}
@@ -177,7 +183,7 @@ class Speculator:
             depths.append(room)
         if not cands:
             return {}
-        roots = self._timed_catch_up(cands, shape)
+        roots = self._catch_up(cands)
         trees = self._grow(cands, roots, [min(d, shape.depth) for d in depths], shape)
         out = {}
         for seq, tree in zip(cands, trees):
@@ -190,20 +196,6 @@ class Speculator:
             self.step_log.tree_rows += extra
         return out
 
-    def _timed_catch_up(self, seqs: list[Sequence], shape: TreeShape) -> torch.Tensor:
-        """`_catch_up`; a catch-up longer than a tree's worth of rows per sequence (the first tree
-        after a prompt or after steps without trees) is a one-off, not what this tree size costs per
-        step: its seconds are left out of what the policy learns."""
-        lag = sum(seq.num_tokens - 1 - self.states[seq.seq_id].rows_end for seq in seqs)
-        if lag <= len(seqs) * (shape.depth + 1):
-            return self._catch_up(seqs)
-        start = time.perf_counter()
-        roots = self._catch_up(seqs)
-        if roots.device.type == "cuda":
-            torch.cuda.synchronize(roots.device)
-        self.step_log.one_off_seconds = time.perf_counter() - start
-        return roots
-
     def _catch_up(self, seqs: list[Sequence]) -> torch.Tensor:
         """Commit draft rows up to each sequence's root; returns the root rows' outputs (B, h)."""
         items, behind = [], []
@@ -215,13 +207,10 @@ class Speculator:
                 behind.append(seq)
         if items:
             rows = catch_up_rows(self.draft, items, self.visual_reports)
-            segments, lo = [], 0
-            for seq, n in zip(behind, rows.lengths):
-                segments.append((lo, lo + n, *self._past(self.states[seq.seq_id]), None))
-                lo += n
-            attn = DraftAttention(segments)
+            attn = self._catch_up_attention(behind, rows.lengths)
             out = self.draft.decode(rows.x, rows.positions, attn)
-            for seq, (lo, hi, *_), removed in zip(behind, segments, rows.removed):
+            bounds = torch.tensor([0, *rows.lengths]).cumsum(0).tolist()
+            for seq, lo, hi, removed in zip(behind, bounds, bounds[1:], rows.removed):
                 st = self.states[seq.seq_id]
                 st.cache.append(attn.new_k[lo:hi], attn.new_v[lo:hi])
                 st.removed += removed
@@ -237,12 +226,22 @@ class Speculator:
             src.image_embeds = self.images.embeds_of(seq) if k1 > k0 else None
         return src
 
-    def _past(self, st: DraftState):
-        if st.cache.len:
-            return st.cache.view()
+    def _catch_up_attention(self, seqs: list[Sequence], lengths: list[int]):
+        """Rows of similar count per sequence (the steady state: what the last tree accepted; a batch
+        of similar prompts): one padded call; else (long or very uneven catch-ups) one sequence at
+        a time, chunked."""
+        states, most = [self.states[seq.seq_id] for seq in seqs], max(lengths)
+        if 0 < most <= SHORT_CATCH_UP or (most <= LONG_CATCH_UP and len(lengths) * most <= 2 * sum(lengths)):
+            return PaddedDraftAttention(*padded_past(states, self._no_rows()), lengths=lengths)
+        segments, lo = [], 0
+        for st, n in zip(states, lengths):
+            segments.append((lo, lo + n, *(st.cache.view() if st.cache.len else (self._no_rows(),) * 2), None))
+            lo += n
+        return DraftAttention(segments)
+
+    def _no_rows(self) -> torch.Tensor:
         c = self.draft.config
-        empty = torch.empty(0, c.num_kv_heads, c.head_dim, device=self.draft.target.device, dtype=self.draft.target.dtype)
-        return empty, empty
+        return torch.empty(0, c.num_kv_heads, c.head_dim, device=self.draft.target.device, dtype=self.draft.target.dtype)
 
     def _grow(self, seqs: list[Sequence], root_out: torch.Tensor, depths: list[int], shape: TreeShape) -> list[DraftTree]:
         """EAGLE-2 expansion: one draft forward per depth over every sequence's frontier."""
@@ -253,19 +252,13 @@ class Speculator:
         temp_k = temp_v = None  # (B, R, H, D): keys/values of the frontier rows drafted so far
         ancestors = torch.zeros(b, k, 0, dtype=torch.bool, device=dev)
         roots_pos = torch.tensor([s.num_tokens - 1 + (s.mm.rope_delta if s.mm is not None else 0) for s in seqs], device=dev)
+        past = padded_past([self.states[s.seq_id] for s in seqs], self._no_rows())
+        own_row = torch.eye(k, dtype=torch.bool, device=dev).expand(b, k, k)
         for d in range(1, max(depths)):
             tokens = search.frontier_tokens()  # (B, k)
-            segments = []
-            for i, seq in enumerate(seqs):
-                past_k, past_v = self.states[seq.seq_id].cache.view()
-                if temp_k is not None:
-                    past_k, past_v = torch.cat([past_k, temp_k[i]]), torch.cat([past_v, temp_v[i]])
-                mask = torch.ones(k, past_k.shape[0] + k, dtype=torch.bool, device=dev)
-                r = ancestors.shape[2]
-                mask[:, past_k.shape[0] - r: past_k.shape[0]] = ancestors[i]
-                mask[:, past_k.shape[0]:] = torch.eye(k, dtype=torch.bool, device=dev)
-                segments.append((i * k, (i + 1) * k, past_k, past_v, mask))
-            attn = DraftAttention(segments)
+            # each frontier node sees the committed rows, its ancestors among the drafted ones, itself
+            attn = PaddedDraftAttention(*past, torch.cat([ancestors, own_row], 2),
+                                        extra=None if temp_k is None else (temp_k, temp_v))
             positions = (roots_pos[:, None] + d).expand(b, k).reshape(-1)
             out = draft(tokens.reshape(-1), parent_out.reshape(b * k, -1), positions, attn).view(b, k, -1)
             new_k = attn.new_k.view(b, k, *attn.new_k.shape[1:])
@@ -306,7 +299,7 @@ class Speculator:
         log, self.step_log = self.step_log, None
         if log is not None:
             rows = sum(n for _, n in scheduled) + log.tree_rows
-            self.policy.observe(log.num_seqs, log.rung, seconds - log.one_off_seconds, rows, log.emitted, log.verified)
+            self.policy.observe(log.num_seqs, log.rung, seconds, rows, log.emitted, log.verified)
 
     @property
     def accepted_length(self) -> float:

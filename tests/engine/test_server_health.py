@@ -155,3 +155,28 @@ def client_status(server, method, path, body=None) -> int:
     r = httpx.request(method, server.url + path, json=body, timeout=30)
     assert r.json()["error"]["code"] == r.status_code
     return r.status_code
+
+
+def test_speculation_metrics_export_the_adaptive_policy():
+    """With a draft, /metrics reports acceptance, steps without trees and the tree size the
+    adaptive policy runs per batch-size bucket (read from the engine's snapshot)."""
+    from reasonrl.engine.server.metrics import Metrics
+
+    class Engine:
+        snapshot = {"spec_rounds": 10, "spec_draft_tokens": 80, "spec_emitted_tokens": 40, "spec_accepted_length": 4.0,
+                    "spec_steps_without_trees": 7, "spec_tree_tokens_at_batch_1": 16, "spec_tree_tokens_at_batch_32": 0}
+
+        def health(self):
+            return True, ""
+
+        def tokens_per_second(self):
+            return 0.0
+
+    metrics = Metrics("demo")
+    metrics.collect_from(Engine())
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples}
+    assert samples[("reasonrl_spec_steps_without_trees_total", (("model_name", "demo"),))] == 7
+    assert samples[("reasonrl_spec_accepted_length", (("model_name", "demo"),))] == 4.0
+    assert samples[("reasonrl_spec_tree_tokens", (("batch_bucket", "1"), ("model_name", "demo")))] == 16
+    assert samples[("reasonrl_spec_tree_tokens", (("batch_bucket", "32"), ("model_name", "demo")))] == 0

@@ -2,8 +2,9 @@
 
 HTTP requests by route and status (counted by `MetricsMiddleware`), the engine's state at scrape
 time (waiting and running sequences, KV blocks in use, tokens generated and per second,
-preemptions, speculative decoding's acceptance when it is on), and per-request latency
-histograms: time to first token, time per output token after the first, end to end.
+preemptions, speculative decoding's acceptance and the adaptive policy's tree size per batch
+size when it is on), and per-request latency histograms: time to first token, time per output
+token after the first, end to end.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from reasonrl.engine.async_engine import AsyncEngine
 from reasonrl.engine.sequence import RequestOutput
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
+TREE_TOKENS = "spec_tree_tokens_at_batch_"
 PER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5)
 
 
@@ -82,7 +84,9 @@ class _EngineCollector:
         if "spec_rounds" in s:
             counters.update({"spec_draft_tokens": ("Draft tokens proposed", s["spec_draft_tokens"]),
                              "spec_emitted_tokens": ("Tokens emitted by verification rounds", s["spec_emitted_tokens"]),
-                             "spec_rounds": ("Verification rounds", s["spec_rounds"])})
+                             "spec_rounds": ("Verification rounds", s["spec_rounds"]),
+                             "spec_steps_without_trees": ("Decode steps the adaptive policy ran without draft trees",
+                                                          s.get("spec_steps_without_trees", 0))})
             gauges["spec_accepted_length"] = ("Mean tokens emitted per verification round", s["spec_accepted_length"])
         for name, (doc, value) in gauges.items():
             g = GaugeMetricFamily(f"reasonrl_{name}", doc, labels=["model_name"])
@@ -92,6 +96,13 @@ class _EngineCollector:
             c = CounterMetricFamily(f"reasonrl_{name}", doc, labels=["model_name"])
             c.add_metric(self.labels, float(value))
             yield c
+        trees = {k.removeprefix(TREE_TOKENS): v for k, v in s.items() if k.startswith(TREE_TOKENS)}
+        if trees:  # the adaptive policy's current tree size per batch-size bucket (0: speculation off there)
+            g = GaugeMetricFamily("reasonrl_spec_tree_tokens", "Draft tokens per sequence the adaptive policy runs "
+                                  "at this batch-size bucket (0: speculation off)", labels=["model_name", "batch_bucket"])
+            for bucket, tokens in trees.items():
+                g.add_metric([*self.labels, bucket], float(tokens))
+            yield g
 
 
 class MetricsMiddleware:

@@ -1,0 +1,166 @@
+"""The LVR experiment on the shapes world, in one command (docs/vision.md, docs/benchmarks.md):
+
+    python -m reasonrl.vision.lvr.experiment --out runs/lvr
+
+1. the embedded VLM (reasonrl/demo/vlm) gets LVR's three tokens (`lvr_policy`);
+2. two SFT arms from it on the same detail questions, steps, order and optimizer: LVR (latent span
+   over the region's merged tokens, teacher-forced, CE + 0.1 x MSE) and the control (same answers,
+   no span); vision tower and merger frozen;
+3. GRPO from the LVR arm through `reasonrl train`'s loop (`grpo_recipe`: the `lvr` environment,
+   accuracy + format rewards, latent mode in the engine, latents replayed, spans masked);
+4. measured on held-out questions (evaluate.py): accuracy of both arms; the LVR arm with 4, 8 and
+   16 latent steps; its latents replaced by zeros, by noise and by the true region tokens;
+   reconstruction cosine; GRPO against SFT. `OUT/results.json` holds every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from reasonrl.demo.vlm_policy import SHIPPED
+from reasonrl.engine.latent import LatentConfig
+from reasonrl.envs.shapes import vqa_prompt
+from reasonrl.models.chat import ChatEncoder, multimodal
+from reasonrl.models.loader import save_model
+from reasonrl.vision.lvr import evaluate as ev
+from reasonrl.vision.lvr.env import LVRShapesConfig, LVRShapesEnvironment
+from reasonrl.vision.lvr.train import LVRExample, LVRTrainConfig, lvr_policy, make_examples, train_sft_lvr
+
+
+@dataclass
+class LVRExperimentConfig:
+    out: str = "runs/lvr"
+    """Directory of the checkpoints, the GRPO run and results.json."""
+    base: str = str(SHIPPED)
+    """The vision-language checkpoint to start from (the embedded VLM)."""
+    train_problems: int = 3000
+    """Distinct training questions (detail family, 224-pixel scenes of 1-4 objects)."""
+    eval_problems: int = 300
+    """Held-out questions (the test split) every figure is measured on."""
+    sft_steps: int = 800
+    """SFT steps of each arm."""
+    batch: int = 16
+    """SFT examples per step."""
+    lr: float = 1e-3
+    """SFT peak learning rate."""
+    grpo_steps: int = 40
+    """GRPO steps from the LVR arm (0: skip GRPO)."""
+    grpo_lr: float = 3e-4
+    """GRPO learning rate."""
+    latent_steps: int = 8
+    """Latent steps of the engine for the main figures and GRPO (LVR: 8)."""
+    sweep: tuple[int, ...] = (4, 8, 16)
+    """Latent steps the accuracy is measured at."""
+    seed: int = 0
+    """Seeds data, order and noise."""
+
+
+def grpo_recipe(cfg: LVRExperimentConfig, policy: str) -> dict:
+    """The GRPO run as a `reasonrl train` recipe (also recipes/lvr-shapes.yaml)."""
+    return {"model": {"path": policy, "freeze_vision": True},
+            "env": {"name": "lvr:?max_objects=4", "eval_size": cfg.eval_problems},
+            "rollout": {"prompts_per_step": 8, "samples_per_prompt": 8, "max_tokens": 32, "temperature": 1.0},
+            "engine": {"max_num_seqs": 128, "kv_cache_memory": "256MiB", "max_model_len": 512,
+                       "latent_steps": cfg.latent_steps},
+            "loss": {"name": "grpo"}, "optim": {"lr": cfg.grpo_lr, "warmup_steps": 2, "max_tokens_per_microbatch": 16384},
+            "train": {"steps": cfg.grpo_steps, "seed": cfg.seed, "run_dir": str(Path(cfg.out) / "grpo"),
+                      "save_every": cfg.grpo_steps, "keep_checkpoints": 1}}
+
+
+def eval_items(model, tok, env: LVRShapesEnvironment, examples: list[LVRExample], problems) -> list[ev.EvalItem]:
+    encoder, items = ChatEncoder(tok, model), []
+    for problem, ex in zip(problems, examples):
+        prompt = vqa_prompt(problem, "test")
+        items.append(ev.EvalItem(multimodal(encoder(prompt.messages)), partial(env.accuracy, prompt),
+                                 ex.image[ex.lvr.targets], ex.image.mean(0)))
+    return items
+
+
+def measure(model, tok, items, latent: LatentConfig, cfg: LVRExperimentConfig, full: bool = True) -> dict:
+    """Accuracy with `cfg.latent_steps` latents, reconstruction and the interventions; with `full`,
+    the steps sweep too."""
+    outs = ev.generate(model, tok, items, latent.steps)
+    res = {"accuracy": ev.accuracy(tok, items, outs), **ev.reconstruction(items, outs)}
+    for kind in ("zeros", "noise", "oracle") if full else ("zeros", "noise"):
+        res[f"accuracy_{kind}"], res["intervened_share"] = ev.intervened(model, tok, items, outs, kind, latent, cfg.seed)
+    if full:
+        res["by_steps"] = {s: ev.accuracy(tok, items, ev.generate(model, tok, items, s)) for s in cfg.sweep}
+    return res
+
+
+def run_experiment(cfg: LVRExperimentConfig, log=print) -> dict:
+    out, start = Path(cfg.out), time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    env = LVRShapesEnvironment(LVRShapesConfig())
+    model, tok = lvr_policy(cfg.base)
+    latent = LatentConfig.from_tokenizer(tok, steps=cfg.latent_steps)
+    train = make_examples(model, tok, env.problems(cfg.train_problems, seed=cfg.seed), latent)
+    test_problems = env.problems(cfg.eval_problems, seed=cfg.seed, split="test")
+    items = eval_items(model, tok, env, make_examples(model, tok, test_problems, latent), test_problems)
+    log(f"data: {len(train)} train, {len(items)} eval examples ({time.time() - start:.0f}s)")
+    results: dict = {"config": asdict(cfg)}
+    for arm in ("plain", "lvr"):
+        policy = copy.deepcopy(model)
+        history = train_sft_lvr(policy, train, LVRTrainConfig(latents=arm == "lvr", steps=cfg.sft_steps, batch=cfg.batch,
+                                                                lr=cfg.lr, seed=cfg.seed), partial(_log_step, log, arm))
+        save_model(policy, out / f"sft-{arm}", tok)
+        results[f"sft_{arm}"] = {"final_loss": history[-1],
+                                 **(measure(policy, tok, items, latent, cfg) if arm == "lvr" else
+                                    {"accuracy": ev.accuracy(tok, items, ev.generate(policy, tok, items, None))})}
+        log(f"sft {arm}: {results[f'sft_{arm}']} ({time.time() - start:.0f}s)")
+        _save(out, results)
+    if cfg.grpo_steps:
+        results["grpo"] = run_grpo(cfg, tok, items, latent)
+        log(f"grpo: {results['grpo']} ({time.time() - start:.0f}s)")
+    results["seconds"] = time.time() - start
+    _save(out, results)
+    return results
+
+
+def run_grpo(cfg: LVRExperimentConfig, tok, items, latent: LatentConfig) -> dict:
+    from reasonrl.models import load_model
+    from reasonrl.rl.checkpoint import latest_checkpoint
+    from reasonrl.rl.config import from_dict
+    from reasonrl.rl.train import RunControl, run_training
+
+    recipe = from_dict(grpo_recipe(cfg, str(Path(cfg.out) / "sft-lvr")))
+    code = run_training(recipe, RunControl(overwrite=True), console=False)
+    if code != 0:
+        raise RuntimeError(f"the GRPO run stopped with exit code {code}")
+    policy = load_model(latest_checkpoint(Path(recipe.train.run_dir)))
+    return measure(policy, tok, items, latent, cfg, full=False)
+
+
+def _log_step(log, arm: str, step: int, steps: int, stats: dict, seconds: float) -> None:
+    if step % 25 == 0 or step == steps:
+        log(f"sft {arm} {step}/{steps} loss {stats['loss']:.3f} ce {stats['ce']:.3f} "
+            f"mse {stats['latent_mse']:.4f} ({seconds:.0f}s)")
+
+
+def _save(out: Path, results: dict) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from reasonrl.cli.flags import add_flags, values
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_flags(parser, LVRExperimentConfig)
+    cfg = LVRExperimentConfig(**values(parser.parse_args(argv), LVRExperimentConfig))
+    run_experiment(cfg, lambda text: print(text, file=sys.stderr, flush=True))
+    print(f"results: {Path(cfg.out) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -75,10 +75,22 @@ def first_span(out: CompletionOutput) -> tuple[int, int] | None:
 
 def intervened(model, tok, items: list[EvalItem], outs: list[CompletionOutput], kind: str, latent: LatentConfig,
                seed: int = 0) -> tuple[float, float]:
-    """(accuracy, share of items intervened on) after replacing each output's first latent span:
-    kind "zeros", "noise" (Gaussian, each latent's norm) or "oracle" (the region's tokens; the span
-    re-sized to them, so the engine runs with a quota of at least the largest region)."""
-    gen, resume = torch.Generator().manual_seed(seed), []
+    """(accuracy, share of items intervened on) after `replace_span` and decoding on from there; the
+    engine's quota is raised to the longest span (an oracle span has the region's length)."""
+    resume = replace_span(items, outs, kind, latent, torch.Generator().manual_seed(seed))
+    steps = max([latent.steps] + [len(r[1].positions) for r in resume if r is not None])
+    again = generate(model, tok, items, steps, resume)
+    return accuracy(tok, items, again), sum(r is not None for r in resume) / max(len(items), 1)
+
+
+def replace_span(items: list[EvalItem], outs: list[CompletionOutput], kind: str, latent: LatentConfig,
+                 gen: torch.Generator) -> list[tuple[list[int], Latents] | None]:
+    """Per output, the tokens up to its first span's end and the span's latents replaced: kind
+    "zeros", "noise" (Gaussian, each latent's norm) or "oracle" (the region's tokens, the span
+    re-sized to them); None for an output without a span."""
+    if kind not in ("zeros", "noise", "oracle"):
+        raise ValueError(f"unknown intervention {kind!r}; known: zeros, noise, oracle")
+    resume = []
     for item, out in zip(items, outs):
         span = first_span(out)
         if span is None:
@@ -91,15 +103,11 @@ def intervened(model, tok, items: list[EvalItem], outs: list[CompletionOutput], 
         elif kind == "noise":
             noise = torch.randn(vectors.shape, generator=gen)
             vectors = noise / noise.norm(dim=1, keepdim=True) * vectors.norm(dim=1, keepdim=True)
-        elif kind == "oracle":
-            vectors = item.region
         else:
-            raise ValueError(f"unknown intervention {kind!r}; known: zeros, noise, oracle")
+            vectors = item.region
         ids = out.token_ids[:lo] + [latent.latent_id] * len(vectors) + [latent.end_id]
         resume.append((ids, Latents(list(range(lo, lo + len(vectors))), vectors)))
-    steps = max([latent.steps] + [len(r[1].positions) for r in resume if r is not None])
-    again = generate(model, tok, items, steps, resume)
-    return accuracy(tok, items, again), sum(r is not None for r in resume) / max(len(items), 1)
+    return resume
 
 
 def reconstruction(items: list[EvalItem], outs: list[CompletionOutput]) -> dict[str, float]:

@@ -52,6 +52,10 @@ class LVRExperimentConfig:
     """SFT examples per step."""
     lr: float = 1e-3
     """SFT peak learning rate."""
+    mse_weight: float = 0.1
+    """Weight of the latent MSE next to cross-entropy in the LVR arm (LVR: 0.1)."""
+    arms: tuple[str, ...] = ("plain", "lvr")
+    """SFT arms to train and measure: plain (the control without latents) and lvr."""
     grpo_steps: int = 40
     """GRPO steps from the LVR arm (0: skip GRPO)."""
     grpo_lr: float = 3e-4
@@ -108,18 +112,21 @@ def run_experiment(cfg: LVRExperimentConfig, log=print) -> dict:
     test_problems = env.problems(cfg.eval_problems, seed=cfg.seed, split="test")
     items = eval_items(model, tok, env, make_examples(model, tok, test_problems, latent), test_problems)
     log(f"data: {len(train)} train, {len(items)} eval examples ({time.time() - start:.0f}s)")
+    if set(cfg.arms) - {"plain", "lvr"}:
+        raise ValueError(f"LVRExperimentConfig.arms: known arms are plain and lvr, got {list(cfg.arms)}")
     results: dict = {"config": asdict(cfg)}
-    for arm in ("plain", "lvr"):
+    for arm in cfg.arms:
         policy = copy.deepcopy(model)
-        history = train_sft_lvr(policy, train, LVRTrainConfig(latents=arm == "lvr", steps=cfg.sft_steps, batch=cfg.batch,
-                                                                lr=cfg.lr, seed=cfg.seed), partial(_log_step, log, arm))
+        sft = LVRTrainConfig(latents=arm == "lvr", steps=cfg.sft_steps, batch=cfg.batch, lr=cfg.lr, weight=cfg.mse_weight,
+                             seed=cfg.seed)
+        history = train_sft_lvr(policy, train, sft, partial(_log_step, log, arm))
         save_model(policy, out / f"sft-{arm}", tok)
         results[f"sft_{arm}"] = {"final_loss": history[-1],
                                  **(measure(policy, tok, items, latent, cfg) if arm == "lvr" else
                                     {"accuracy": ev.accuracy(tok, items, ev.generate(policy, tok, items, None))})}
         log(f"sft {arm}: {results[f'sft_{arm}']} ({time.time() - start:.0f}s)")
         _save(out, results)
-    if cfg.grpo_steps:
+    if cfg.grpo_steps and "lvr" in cfg.arms:
         results["grpo"] = run_grpo(cfg, tok, items, latent)
         log(f"grpo: {results['grpo']} ({time.time() - start:.0f}s)")
     results["seconds"] = time.time() - start

@@ -68,7 +68,8 @@ def plain_sequence(prompt: MultimodalPrompt, answer_ids: list[int]) -> LVRSequen
 def latent_scale(model, region_tokens: torch.Tensor) -> float:
     """The scale between region tokens (K, hidden) and the final norm's output: their RMS over the
     RMS of the final norm's weight (the RMS of its output, whatever its input)."""
-    return float(region_tokens.float().pow(2).mean().sqrt() / model.norm.weight.float().pow(2).mean().sqrt())
+    weight = model.norm.weight.detach().float()
+    return float(region_tokens.detach().float().pow(2).mean().sqrt() / weight.pow(2).mean().sqrt())
 
 
 def lvr_sft_loss(model, sequences: list[LVRSequence], prompts: list[MultimodalPrompt], weight: float = 0.1,

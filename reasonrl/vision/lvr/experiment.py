@@ -54,10 +54,12 @@ class LVRExperimentConfig:
     """SFT peak learning rate."""
     mse_weight: float = 0.1
     """Weight of the latent MSE next to cross-entropy in the LVR arm (LVR: 0.1)."""
+    stages: tuple[str, ...] = ("sft", "grpo")
+    """sft (train and measure the arms) and grpo (from OUT/sft-lvr, e.g. an earlier run's)."""
     arms: tuple[str, ...] = ("plain", "lvr")
     """SFT arms to train and measure: plain (the control without latents) and lvr."""
     grpo_steps: int = 40
-    """GRPO steps from the LVR arm (0: skip GRPO)."""
+    """GRPO steps from the LVR arm, OUT/sft-lvr (0: skip GRPO)."""
     grpo_lr: float = 3e-4
     """GRPO learning rate."""
     latent_steps: int = 8
@@ -89,15 +91,13 @@ def eval_items(model, tok, env: LVRShapesEnvironment, examples: list[LVRExample]
     return items
 
 
-def measure(model, tok, items, latent: LatentConfig, cfg: LVRExperimentConfig, full: bool = True) -> dict:
-    """Accuracy with `cfg.latent_steps` latents, reconstruction and the interventions; with `full`,
-    the steps sweep too."""
+def measure(model, tok, items, latent: LatentConfig, cfg: LVRExperimentConfig) -> dict:
+    """Accuracy with `cfg.latent_steps` latents, reconstruction, the interventions, the steps sweep."""
     outs = ev.generate(model, tok, items, latent.steps)
     res = {"accuracy": ev.accuracy(tok, items, outs), **ev.reconstruction(items, outs)}
-    for kind in ("zeros", "noise", "oracle") if full else ("zeros", "noise"):
+    for kind in ("zeros", "noise", "oracle"):
         res[f"accuracy_{kind}"], res["intervened_share"] = ev.intervened(model, tok, items, outs, kind, latent, cfg.seed)
-    if full:
-        res["by_steps"] = {s: ev.accuracy(tok, items, ev.generate(model, tok, items, s)) for s in cfg.sweep}
+    res["by_steps"] = {s: ev.accuracy(tok, items, ev.generate(model, tok, items, s)) for s in cfg.sweep}
     return res
 
 
@@ -108,14 +108,17 @@ def run_experiment(cfg: LVRExperimentConfig, log=print) -> dict:
     env = LVRShapesEnvironment(LVRShapesConfig())
     model, tok = lvr_policy(cfg.base)
     latent = LatentConfig.from_tokenizer(tok, steps=cfg.latent_steps)
-    train = make_examples(model, tok, env.problems(cfg.train_problems, seed=cfg.seed), latent)
+    if set(cfg.arms) - {"plain", "lvr"} or set(cfg.stages) - {"sft", "grpo"}:
+        raise ValueError(f"LVRExperimentConfig: known stages are sft and grpo, arms plain and lvr; got stages "
+                         f"{list(cfg.stages)}, arms {list(cfg.arms)}")
+    arms = cfg.arms if "sft" in cfg.stages else ()
+    train = make_examples(model, tok, env.problems(cfg.train_problems, seed=cfg.seed), latent) if arms else []
     test_problems = env.problems(cfg.eval_problems, seed=cfg.seed, split="test")
     items = eval_items(model, tok, env, make_examples(model, tok, test_problems, latent), test_problems)
     log(f"data: {len(train)} train, {len(items)} eval examples ({time.time() - start:.0f}s)")
-    if set(cfg.arms) - {"plain", "lvr"}:
-        raise ValueError(f"LVRExperimentConfig.arms: known arms are plain and lvr, got {list(cfg.arms)}")
-    results: dict = {"config": asdict(cfg)}
-    for arm in cfg.arms:
+    saved = out / "results.json"  # a rerun of some stages keeps the others' figures
+    results: dict = {**(json.loads(saved.read_text()) if saved.is_file() else {}), "config": asdict(cfg)}
+    for arm in arms:
         policy = copy.deepcopy(model)
         sft = LVRTrainConfig(latents=arm == "lvr", steps=cfg.sft_steps, batch=cfg.batch, lr=cfg.lr, weight=cfg.mse_weight,
                              seed=cfg.seed)
@@ -126,7 +129,7 @@ def run_experiment(cfg: LVRExperimentConfig, log=print) -> dict:
                                     {"accuracy": ev.accuracy(tok, items, ev.generate(policy, tok, items, None))})}
         log(f"sft {arm}: {results[f'sft_{arm}']} ({time.time() - start:.0f}s)")
         _save(out, results)
-    if cfg.grpo_steps and "lvr" in cfg.arms:
+    if "grpo" in cfg.stages and cfg.grpo_steps:
         results["grpo"] = run_grpo(cfg, tok, items, latent)
         log(f"grpo: {results['grpo']} ({time.time() - start:.0f}s)")
     results["seconds"] = time.time() - start
@@ -145,7 +148,7 @@ def run_grpo(cfg: LVRExperimentConfig, tok, items, latent: LatentConfig) -> dict
     if code != 0:
         raise RuntimeError(f"the GRPO run stopped with exit code {code}")
     policy = load_model(latest_checkpoint(Path(recipe.train.run_dir)))
-    return measure(policy, tok, items, latent, cfg, full=False)
+    return measure(policy, tok, items, latent, cfg)
 
 
 def _log_step(log, arm: str, step: int, steps: int, stats: dict, seconds: float) -> None:

@@ -82,7 +82,8 @@ def make_examples(model, tok: Tokenizer, problems: list[Problem], latent: Latent
         for seq, prompt in made:
             n = len(prompt.image_rows)
             answer = seq.input_ids[seq.latent_rows[-1] + 2:]  # after the span's end token
-            out.append(LVRExample(dataclasses.replace(prompt, pixel_values=prompt.pixel_values[:0]),
+            no_pixels = prompt.pixel_values.new_zeros(0, prompt.pixel_values.shape[1])  # not a view: frees them
+            out.append(LVRExample(dataclasses.replace(prompt, pixel_values=no_pixels),
                                   images[start:start + n].clone(), seq, plain_sequence(prompt, answer)))
             start += n
     return out

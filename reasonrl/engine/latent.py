@@ -29,7 +29,10 @@ How it runs in the engine:
 Departures from LVR's code: no learned `lvr_latent_end_emb` exit (strategy (ii), which collapsed in
 the paper); spans inside a prompt are ordinary tokens (a prompt may end with `start_id`, then the
 output begins in latent mode); the placeholder's id is kept in the token ids (LVR's rollout keeps
-only the hidden states). Speculative decoding and token eviction do not take latent mode.
+only the hidden states); the state fed back may be scaled (`LatentConfig.scale`, a checkpoint's
+`lvr_latent_scale`: a final RMS norm cannot reach visual tokens of another scale; vision/lvr/sft.py).
+`EngineConfig.latent_steps` turns the mode on from a checkpoint's tokenizer. Speculative decoding
+and token eviction do not take latent mode.
 """
 
 from __future__ import annotations

@@ -73,11 +73,15 @@ def qa_item(problem: Problem) -> QAItem:
 
 
 @torch.no_grad()
-def make_examples(model, tok: Tokenizer, problems: list[Problem], latent: LatentConfig, chunk: int = 32) -> list[LVRExample]:
+def make_examples(model, tok: Tokenizer, problems: list[Problem], latent: LatentConfig,
+                  chunk: int = 32) -> list[LVRExample]:
+    """One example per problem, images encoded `chunk` at a time by the (frozen) tower."""
     out = []
     for lo in range(0, len(problems), chunk):
         made = [lvr_example(tok, model, p.rendering.image, qa_item(p), latent) for p in problems[lo:lo + chunk]]
-        images = model.encode_images(torch.cat([m[1].pixel_values for m in made]), torch.cat([m[1].image_grid_thw for m in made]))
+        prompts = [m[1] for m in made]
+        images = model.encode_images(torch.cat([p.pixel_values for p in prompts]),
+                                     torch.cat([p.image_grid_thw for p in prompts]))
         start = 0
         for seq, prompt in made:
             n = len(prompt.image_rows)

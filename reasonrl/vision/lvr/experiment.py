@@ -101,7 +101,10 @@ def measure(model, tok, items, latent: LatentConfig, cfg: LVRExperimentConfig) -
     return res
 
 
-def run_experiment(cfg: LVRExperimentConfig, log=print) -> dict:
+def run_experiment(cfg: LVRExperimentConfig, log=None) -> dict:
+    """Every stage of `cfg`; -> the figures (also written to OUT/results.json). `log`: progress lines
+    (default: standard error)."""
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     out, start = Path(cfg.out), time.time()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -151,6 +154,24 @@ def run_grpo(cfg: LVRExperimentConfig, tok, items, latent: LatentConfig) -> dict
     return measure(policy, tok, items, latent, cfg)
 
 
+def markdown(results: dict) -> str:
+    """The figures as the table of docs/benchmarks.md ("LVR on the shapes world")."""
+    arms = [("control SFT", results.get("sft_plain")), ("LVR SFT", results.get("sft_lvr")), ("LVR GRPO", results.get("grpo"))]
+    arms = [(name, r) for name, r in arms if r]
+
+    def cell(r, key):
+        return f"{r[key]:.3f}" if isinstance(r.get(key), float) else "-"
+
+    rows = [("accuracy", "accuracy"), ("latents -> zeros", "accuracy_zeros"), ("latents -> noise", "accuracy_noise"),
+            ("latents -> region tokens", "accuracy_oracle"), ("latent cosine", "latent_cosine"),
+            ("mean-token cosine", "mean_token_cosine")]
+    lines = ["| measure | " + " | ".join(name for name, _ in arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(cell(r, key) for _, r in arms) + " |" for label, key in rows]
+    steps = [" / ".join(f"{v:.3f}" for v in r["by_steps"].values()) if "by_steps" in r else "-" for _, r in arms]
+    lines.append("| accuracy by latent steps | " + " | ".join(steps) + " |")
+    return "\n".join(lines)
+
+
 def _log_step(log, arm: str, step: int, steps: int, stats: dict, seconds: float) -> None:
     if step % 25 == 0 or step == steps:
         log(f"sft {arm} {step}/{steps} loss {stats['loss']:.3f} ce {stats['ce']:.3f} "
@@ -167,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_flags(parser, LVRExperimentConfig)
     cfg = LVRExperimentConfig(**values(parser.parse_args(argv), LVRExperimentConfig))
-    run_experiment(cfg, lambda text: print(text, file=sys.stderr, flush=True))
+    print(markdown(run_experiment(cfg)))
     print(f"results: {Path(cfg.out) / 'results.json'}")
     return 0
 

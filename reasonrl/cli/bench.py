@@ -54,6 +54,8 @@ WORKLOADS = {
                       "reasonrl.cli.bench:smarli"),
     "structured": Command("structured outputs: constrained vs free decode tokens/s, the grammar mask's cost per step",
                           "reasonrl.cli.bench:structured"),
+    "lvr": Command("LVR on shapes detail questions: SFT with and without latents, GRPO, causality and steps figures",
+                   "reasonrl.cli.bench:lvr"),
     "gpu": Command("every open GPU figure in one run (engine, kv-decode kernels, spec, APRIL): one JSON, a markdown table",
                    "reasonrl.cli.bench:gpu"),
     "kernels": Command("kernel evaluator: verdicts per minute, sandboxed and parallel vs serial; GPU speedups",
@@ -114,6 +116,8 @@ image_gen = workload("reasonrl.vision.binary.bench:GenBenchConfig", "reasonrl.vi
                      "reasonrl.vision.binary.bench:format_rows")
 smarli = workload("reasonrl.vision.smarli.bench:SmarliBenchConfig", "reasonrl.vision.smarli.bench:bench_smarli",
                   "reasonrl.vision.binary.bench:format_rows")
+lvr = workload("reasonrl.vision.lvr.experiment:LVRExperimentConfig", "reasonrl.vision.lvr.experiment:run_experiment",
+               "reasonrl.vision.lvr.experiment:markdown")
 gpu = workload("reasonrl.bench.gpu:GpuBenchConfig", "reasonrl.bench.gpu:bench_gpu", "reasonrl.bench.gpu:format_table")
 kernels = workload("reasonrl.bench.kernels:KernelBenchConfig", "reasonrl.bench.kernels:bench_kernels")
 sand_mini = workload("reasonrl.data.sand.mini.experiment:MiniConfig", "reasonrl.data.sand.mini.experiment:run_miniature",

@@ -73,6 +73,8 @@ DATASETS = {
                     "reasonrl.cli.evaluate:data_sand"),
     "shapes": Command("shapes-world images with questions, captions or layouts (JSONL + PNG)",
                       "reasonrl.cli.evaluate:data_shapes"),
+    "lvr": Command("LVR SFT data: shapes-world detail questions with their regions and latent spans (JSONL + PNG)",
+                   "reasonrl.cli.evaluate:data_lvr"),
 }
 
 
@@ -103,6 +105,22 @@ def data_shapes(parser: argparse.ArgumentParser):
         written = export_shapes(cfg)
         print(f"wrote {written} {cfg.task} problems to {Path(cfg.out) / (cfg.task + '.jsonl')} (images in "
               f"{Path(cfg.out) / 'images'})")
+        return 0
+
+    return run
+
+
+def data_lvr(parser: argparse.ArgumentParser):
+    from reasonrl.vision.lvr.export import LVRDataConfig
+
+    add_flags(parser, LVRDataConfig)
+
+    def run(args) -> int:
+        from reasonrl.vision.lvr.export import export_lvr
+
+        cfg = LVRDataConfig(**values(args, LVRDataConfig))
+        written = export_lvr(cfg)
+        print(f"wrote {written} LVR examples to {Path(cfg.out) / 'lvr.jsonl'} (images in {Path(cfg.out) / 'images'})")
         return 0
 
     return run

@@ -38,6 +38,12 @@ class EngineConfig:
     """Draws the seeds of requests that do not set one."""
     draft: str | None = None
     """A draft-head checkpoint (`reasonrl distill-draft`): turns on speculative decoding."""
+    latent_steps: int | None = None
+    """LVR latent mode (engine/latent.py; docs/vision.md): latents per `<|lvr_start|>` span. None: off.
+    Needs a vision-language checkpoint whose tokenizer has `<|lvr_start|>`, `<|lvr|>` and `<|lvr_end|>`."""
+    latent_exit: Literal["steps", "end_token"] = "steps"
+    """LVR latent mode: "steps" forces `<|lvr_end|>` after latent_steps latents (LVR's default);
+    "end_token" leaves when `<|lvr_end|>` is sampled at a latent position, at the latest after latent_steps."""
     draft_top_k: int = 8
     """Draft tree: children per expanded node and nodes expanded per depth."""
     draft_depth: int = 6
@@ -96,6 +102,10 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.draft_max_batch must be a non-negative integer, got {self.draft_max_batch!r}")
         if not isinstance(self.draft_margin, (int, float)) or not 0 <= self.draft_margin < 1:
             raise ValueError(f"EngineConfig.draft_margin must be in [0, 1), got {self.draft_margin!r}")
+        if self.latent_steps is not None and (not isinstance(self.latent_steps, int) or self.latent_steps < 1):
+            raise ValueError(f"EngineConfig.latent_steps must be a positive integer or None, got {self.latent_steps!r}")
+        if self.latent_exit not in ("steps", "end_token"):
+            raise ValueError(f"EngineConfig.latent_exit must be 'steps' or 'end_token', got {self.latent_exit!r}")
         if self.draft_sampling not in ("coupled", "residual"):
             raise ValueError(f"EngineConfig.draft_sampling must be 'coupled' or 'residual', got {self.draft_sampling!r}")
         if not isinstance(self.kv_options, dict):

@@ -4,7 +4,7 @@ Once a sequence's last token is `start_id` (`<|lvr_start|>`), it is in latent mo
 positions take no sampled token; each one's input embedding is the final hidden state the
 previous position produced (the model's last-norm output, what `compute_logits` reads and what
 LVR's SFT regresses onto the region's visual tokens), and its token id is the placeholder
-`latent_id` (`<|lvr|>`), as in LVR's training format. Latent mode ends with `end_id`
+`latent_id` (`<|lvr|>`), as in LVR's training format (times `scale`: see LatentConfig). Latent mode ends with `end_id`
 (`<|lvr_end|>`), after which the sequence samples as usual:
 
 - exit "steps" (LVR's default and most stable strategy): after `steps` latents, `end_id` is forced;
@@ -29,7 +29,10 @@ How it runs in the engine:
 Departures from LVR's code: no learned `lvr_latent_end_emb` exit (strategy (ii), which collapsed in
 the paper); spans inside a prompt are ordinary tokens (a prompt may end with `start_id`, then the
 output begins in latent mode); the placeholder's id is kept in the token ids (LVR's rollout keeps
-only the hidden states). Speculative decoding and token eviction do not take latent mode.
+only the hidden states); the state fed back may be scaled (`LatentConfig.scale`, a checkpoint's
+`lvr_latent_scale`: a final RMS norm cannot reach visual tokens of another scale; vision/lvr/sft.py).
+`EngineConfig.latent_steps` turns the mode on from a checkpoint's tokenizer. Speculative decoding
+and token eviction do not take latent mode.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ import torch
 from reasonrl.engine.sequence import Sequence
 
 
+SCALE_KEY = "lvr_latent_scale"  # config.json key of a checkpoint's LatentConfig.scale
+
+
 @dataclass
 class LatentConfig:
     start_id: int
@@ -56,6 +62,10 @@ class LatentConfig:
     """Latents per span: exactly this many with exit "steps", at most with "end_token" (LVR: 8)."""
     exit: Literal["steps", "end_token"] = "steps"
     """"steps": a fixed quota; "end_token": leave when end_id is sampled at a latent position."""
+    scale: float = 1.0
+    """The latent fed back is scale x the final hidden state; a checkpoint trained by LVR SFT records
+    it as `lvr_latent_scale` in config.json (vision/lvr/sft.py: the region tokens' scale over the
+    final norm's)."""
 
     def __post_init__(self):
         ids = (self.start_id, self.latent_id, self.end_id)
@@ -65,6 +75,8 @@ class LatentConfig:
             raise ValueError(f"LatentConfig.steps must be a positive integer, got {self.steps!r}")
         if self.exit not in ("steps", "end_token"):
             raise ValueError(f"LatentConfig.exit must be 'steps' or 'end_token', got {self.exit!r}")
+        if not self.scale > 0:
+            raise ValueError(f"LatentConfig.scale must be > 0, got {self.scale!r}")
 
     @classmethod
     def from_tokenizer(cls, tokenizer, start: str = "<|lvr_start|>", latent: str = "<|lvr|>",
@@ -75,6 +87,12 @@ class LatentConfig:
         if missing:
             raise ValueError(f"the tokenizer has no token {', '.join(missing)}; add LVR's special tokens to it")
         return cls(ids[start], ids[latent], ids[end], **options)
+
+    @classmethod
+    def for_model(cls, model, tokenizer, **options) -> LatentConfig:
+        """`from_tokenizer`, with the latent scale the checkpoint records (1.0 when none)."""
+        raw = getattr(getattr(model, "vlm_config", None), "raw", None) or {}
+        return cls.from_tokenizer(tokenizer, **{"scale": float(raw.get(SCALE_KEY, 1.0)), **options})
 
 
 @dataclass
@@ -178,7 +196,7 @@ class LatentReasoning:
             return type(sampled)(cfg.end_id, 0.0, top) if forced else sampled
         position, batch = len(seq.output_ids), result.batch
         track.positions.append(position)
-        track.vectors.append(result.hidden[batch.sample_rows[batch.sample_seqs.index(seq)]].detach().clone())
+        track.vectors.append(result.hidden[batch.sample_rows[batch.sample_seqs.index(seq)]].detach() * cfg.scale)
         track.open += 1
         self._key(seq, position, track.vectors[-1])
         return type(sampled)(cfg.latent_id, 0.0, top)

@@ -89,6 +89,7 @@ class LLMEngine:
         self.scheduler = Scheduler(self.block_manager, cfg.max_num_seqs, cfg.max_num_batched_tokens)
         self.images = Images(model) if getattr(model, "vlm_config", None) is not None else None
         self.grammars = Grammars(tokenizer, mcfg.vocab_size, self.eos_ids)  # structured outputs (engine/grammar.py)
+        latent = latent or self._latent_config(tokenizer)
         self.latents = LatentReasoning(latent, model) if latent is not None else None
         plain = self.evictor is None and self.images is None and self.latents is None  # these decode eager
         fast = FastDecode.build(model, self.kv, cfg, self.max_model_len) if plain else None
@@ -102,6 +103,15 @@ class LLMEngine:
         self._next_seq_id = 0
         self._rng = random.Random(cfg.seed)
         self.num_generated_tokens = 0
+
+    def _latent_config(self, tokenizer: Tokenizer | None) -> LatentConfig | None:
+        """`config.latent_steps` turns latent mode on with the tokenizer's LVR tokens."""
+        cfg = self.config
+        if cfg.latent_steps is None:
+            return None
+        if tokenizer is None:
+            raise ValueError("EngineConfig.latent_steps needs the checkpoint's tokenizer (for the LVR token ids)")
+        return LatentConfig.for_model(self.model, tokenizer, steps=cfg.latent_steps, exit=cfg.latent_exit)
 
     def _evictor(self) -> Evictor | None:
         cfg = self.config

@@ -26,6 +26,8 @@ class Environment:
     """Base class. Subclasses set `name` and implement `prompts` and `score`."""
 
     name: str = "env"
+    special_tokens_in_responses: bool = False
+    """True: `score` gets responses decoded with their special tokens (e.g. LVR's latent span)."""
 
     def prompts(self, n: int | None = None, seed: int = 0, split: str = "train") -> list[Prompt]:
         raise NotImplementedError

@@ -10,6 +10,7 @@ The scheme picks a factory from `ENVIRONMENTS`; the factory gets the text after 
     sums:           sums:?max_terms=16&min_terms=7                     running-sum chains (the demo's task)
     letter:a                                                           a smoke-test task (letter.py)
     shapes:?families=count,colour                                      visual QA on the shapes world (shapes.py)
+    lvr:?max_objects=4                                                 shapes detail questions, LVR's rewards (vision/lvr/env.py)
     kernels:?family=softmax&cpu=1                                      Triton kernel tasks (kernels/)
 
 Registering another environment (the hook): add `"name": "package.module:factory"` to
@@ -35,6 +36,7 @@ ENVIRONMENTS: dict[str, Union[Factory, str]] = {
     "sums": "reasonrl.envs.registry:sums_from_spec",
     "letter": "reasonrl.envs.registry:letter_from_spec",
     "shapes": "reasonrl.envs.shapes:from_spec",
+    "lvr": "reasonrl.vision.lvr.env:from_spec",
     "kernels": "reasonrl.envs.kernels:from_spec",
 }
 

@@ -22,9 +22,15 @@ class TrainBatch:
     advantages: torch.Tensor  # (B,), or (B, T) per token (process rewards)
     old_logp: torch.Tensor | None = None  # (B, T) log-probs before this update, when recomputed (PPO epochs)
     multimodal: list | None = None  # per row, a VLM prompt's images and positions (MultimodalPrompt) or None
+    latents: list | None = None  # per row, LVR's recorded `Latents` (engine/latent.py) or None
 
     def forward(self, model: DecoderLM) -> torch.Tensor:
-        """(B, L, H) hidden states of the rows, images and all."""
+        """(B, L, H) hidden states of the rows, images and all; recorded latents are replayed as the
+        input embeddings of their positions, so the policy sees the context the engine saw."""
+        if self.latents:
+            rows = [None if lat is None else (n + torch.tensor(lat.positions, dtype=torch.long), lat.vectors)
+                    for lat, n in zip(self.latents, self.prompt_lens.tolist())]
+            return model.forward_padded(self.input_ids, self.multimodal, row_embeds=rows)
         return model.forward_padded(self.input_ids, self.multimodal) if self.multimodal else \
             model.forward_padded(self.input_ids)
 
@@ -45,13 +51,25 @@ def collate(samples: list[Sample], advantages: list[float] | list[list[float]], 
         input_ids=pad([s.prompt_ids + s.response_ids for s in samples], width, pad_id, torch.long),
         prompt_lens=torch.tensor([len(s.prompt_ids) for s in samples], device=device),
         response_ids=pad([s.response_ids for s in samples], resp, pad_id, torch.long),
-        mask=pad([[True] * len(s.response_ids) for s in samples], resp, False, torch.bool),
+        mask=pad([policy_mask(len(s.response_ids), s.latents) for s in samples], resp, False, torch.bool),
         behaviour_logp=pad([s.logprobs for s in samples], resp, 0.0, torch.float32),
         versions=pad([s.versions for s in samples], resp, -1, torch.long),
         advantages=_advantages(advantages, resp, device),
         old_logp=None if old_logp is None else pad([t.tolist() for t in old_logp], resp, 0.0, torch.float32),
         multimodal=[s.multimodal for s in samples] if any(s.multimodal is not None for s in samples) else None,
+        latents=[s.latents for s in samples] if any(s.latents is not None and s.latents.positions for s in samples)
+        else None,
     )
+
+
+def policy_mask(n: int, latents=None) -> list[bool]:
+    """Which of a response's n tokens the policy loss uses. LVR (arXiv 2509.24251) masks its latent
+    spans: the latent placeholders and the `<|lvr_end|>` closing each span (the token right after a
+    span's last latent: forced, or in "end_token" mode chosen from a latent's state) are left out;
+    the sampled `<|lvr_start|>` stays in (choosing to look is the policy's decision)."""
+    skip = set(latents.positions) if latents is not None else set()
+    ends = {p + 1 for p in skip if p + 1 not in skip}
+    return [j not in skip and j not in ends for j in range(n)]
 
 
 def _advantages(advantages: list, width: int, device) -> torch.Tensor:

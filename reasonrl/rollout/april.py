@@ -115,7 +115,8 @@ class AprilRollout:
                 s.status = Status.RUNNING
                 params = SamplingParams(temperature=self.spec.temperature, top_p=self.spec.top_p, seed=s.seed,
                                         max_tokens=self.spec.max_tokens, detokenize=False)
-                self.backend.submit(f"{group.group_id}:{s.index}", inp, params, s.response_ids, s.logprobs)
+                latents = {"output_latents": s.latents} if s.latents is not None else {}  # LVR latent mode
+                self.backend.submit(f"{group.group_id}:{s.index}", inp, params, s.response_ids, s.logprobs, **latents)
 
     def _new_group(self, prompt: Prompt, step: int) -> Group:
         gid = self.next_group_id
@@ -135,6 +136,7 @@ class AprilRollout:
         s.response_ids = list(out.token_ids)
         s.logprobs = s.logprobs + list(out.logprobs[len(s.logprobs):])
         s.versions = s.versions + [version] * len(new)
+        s.latents = out.latents  # LVR latent mode: all of the response's latents, resumed ones included
         s.status = STATUS[out.finish_reason]
         stats.new_tokens += len(new)
         if not s.status.finished:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.latent import Latents
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.sequence import CompletionOutput
@@ -24,8 +25,9 @@ Finished = tuple[str, CompletionOutput]
 class RolloutBackend(ABC):
     @abstractmethod
     def submit(self, key: str, prompt_ids: list[int], params: SamplingParams,
-               output_ids: list[int], output_logprobs: list[float]) -> None:
-        """Start a sample, or resume one from its partial tokens and their behaviour log-probs."""
+               output_ids: list[int], output_logprobs: list[float], output_latents: Latents | None = None) -> None:
+        """Start a sample, or resume one from its partial tokens and their behaviour log-probs (and,
+        in LVR latent mode, its latents: only the in-process engine runs latent mode)."""
 
     @abstractmethod
     def poll(self) -> list[Finished]:
@@ -71,8 +73,10 @@ class EngineBackend(RolloutBackend):
     def __init__(self, engine: LLMEngine):
         self.engine = engine
 
-    def submit(self, key, prompt_ids, params, output_ids, output_logprobs) -> None:
+    def submit(self, key, prompt_ids, params, output_ids, output_logprobs, output_latents=None) -> None:
         resume = {"output_ids": output_ids, "output_logprobs": output_logprobs} if output_ids else {}
+        if output_ids and output_latents is not None:
+            resume["output_latents"] = output_latents
         self.engine.add_request(key, prompt_ids, params, **resume)
 
     def poll(self) -> list[Finished]:

@@ -59,7 +59,7 @@ class RolloutManager:
             outs.update(self.backend.poll())
         self.backend.release()
         ids = [outs[f"eval:{i}"].token_ids for i in range(len(prompts))]
-        texts = [self.tokenizer.decode(t) for t in ids]
+        texts = [self._decode(t) for t in ids]
         rewards = self.env.rewards(prompts, texts)
         lengths = [len(t) for t in ids]
         return {**self.env.metrics(prompts, texts, rewards), "length_p50": percentile(lengths, 50),
@@ -77,12 +77,15 @@ class RolloutManager:
     def score(self, group: Group) -> None:
         """Rewards of a finished group (the environment never raises on model output)."""
         for s in group.samples:
-            s.response_text = self.tokenizer.decode(s.response_ids)
+            s.response_text = self._decode(s.response_ids)
         rewards = self.env.rewards([group.prompt] * len(group.samples), [s.response_text for s in group.samples])
         for s, reward in zip(group.samples, rewards):
             s.reward = reward
             if self.cfg.overlong_max:
                 s.reward += overlong_penalty(len(s.response_ids), self.cfg.overlong_max, self.cfg.overlong_cache)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=not self.env.special_tokens_in_responses)
 
     def state_dict(self) -> dict:
         return {"prompts": self.prompts.state_dict(), "april": self.april.state_dict(),

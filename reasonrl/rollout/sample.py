@@ -34,6 +34,7 @@ class Sample:
     prompt: Any = None  # the environment's `Prompt` (holds what the reward needs)
     metadata: dict[str, Any] = field(default_factory=dict)
     multimodal: Any = None  # a VLM prompt's images and positions (MultimodalPrompt): rebuilt from `prompt`, not saved
+    latents: Any = None  # LVR latent mode: the response's `Latents` (engine/latent.py), replayed by the trainer
 
     @property
     def num_response_tokens(self) -> int:
@@ -48,4 +49,9 @@ class Sample:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], prompt: Any = None) -> Sample:
-        return cls(**{**d, "status": Status(d["status"]), "prompt": prompt})
+        latents = d.get("latents")
+        if isinstance(latents, dict):  # saved as plain values by `to_dict`
+            from reasonrl.engine.latent import Latents
+
+            latents = Latents(list(latents["positions"]), latents["vectors"])
+        return cls(**{**d, "status": Status(d["status"]), "prompt": prompt, "latents": latents})

@@ -234,8 +234,8 @@ def test_the_trainer_replays_the_latents_and_matches_the_engine_logprobs(model, 
     prompts = [p if isinstance(p, MultimodalPrompt) else MultimodalPrompt.from_ids(p, None, None, model.vlm_config)
                for p in prompts]
     with torch.no_grad():
-        logp, mask = replay_logprobs(model, prompts, [outs[r].token_ids for r in rids], [outs[r].latents for r in rids], cfg)
-        plain, _ = replay_logprobs(model, prompts, [outs[r].token_ids for r in rids], [None] * 3, cfg)
+        logp, mask = replay_logprobs(model, prompts, [outs[r].token_ids for r in rids], [outs[r].latents for r in rids])
+        plain, _ = replay_logprobs(model, prompts, [outs[r].token_ids for r in rids], [None] * 3)
     for i, rid in enumerate(rids):
         out = outs[rid]
         used = mask[i, :len(out.token_ids)]

@@ -56,9 +56,12 @@ class Qwen2_5_VL(DecoderLM):
         return self.forward_embeds(self.embed(input_ids, image_embeds, image_rows), positions, attn)
 
     def forward_padded(self, input_ids: torch.Tensor, prompts: list[MultimodalPrompt | None] | None = None,
-                       image_embeds: torch.Tensor | None = None) -> torch.Tensor:
+                       image_embeds: torch.Tensor | None = None,
+                       row_embeds: list[tuple[torch.Tensor, torch.Tensor] | None] | None = None) -> torch.Tensor:
         """Training forward: input_ids (B, T) right-padded, row b beginning with prompts[b] -> hidden (B, T, hidden).
-        `image_embeds`: the rows' images already encoded (`encode_images` of their pixels, row after row)."""
+        `image_embeds`: the rows' images already encoded (`encode_images` of their pixels, row after row).
+        `row_embeds[b]`: (positions (K,) in row b, input embeddings (K, hidden)) put there after the images
+        (LVR's replayed latents)."""
         b, t = input_ids.shape
         prompts = prompts or [None] * b
         if len(prompts) != b or any(p is not None and len(p.input_ids) > t for p in prompts):
@@ -71,5 +74,10 @@ class Qwen2_5_VL(DecoderLM):
             embeds = image_embeds if image_embeds is not None else self.encode_images(
                 torch.cat([p.pixel_values for _, p in with_images]), torch.cat([p.image_grid_thw for _, p in with_images]))
             rows = torch.cat([i * t + p.image_rows for i, p in with_images])
+        extra = [(i * t + pos.to(self.device), vec) for i, r in enumerate(row_embeds or []) if r is not None
+                 for pos, vec in [r] if len(pos)]
+        if extra:
+            rows = torch.cat(([rows.to(self.device)] if rows is not None else []) + [r for r, _ in extra])
+            embeds = torch.cat(([embeds] if embeds is not None else []) + [v.to(self.device, self.dtype) for _, v in extra])
         hidden = self(input_ids.reshape(-1), positions.reshape(3, -1), CausalAttention(b, t), embeds, rows)
         return hidden.view(b, t, -1)

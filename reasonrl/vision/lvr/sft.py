@@ -11,7 +11,12 @@ the `<|lvr|>` targets; the total is CE + weight x MSE, weight 0.1.
 The hidden state regressed is the final one after the last norm: the state the engine feeds back
 in latent mode (engine/latent.py), so training and inference agree. Departures: cells are chosen
 by intersection with the box scaled to the resized image (LVR computes the same indices by hand on
-the token grid); the vision tower runs without gradients whatever its `requires_grad`.
+the token grid); the vision tower runs without gradients whatever its `requires_grad`; and a
+latent scale s (`latent_scale`, recorded in the checkpoint, `LatentConfig.scale`): the hidden
+state regresses onto region token / s and the engine feeds back s x hidden state. A final RMS
+norm's output has the RMS of its weight whatever its input, so without s its states cannot reach
+tokens of another scale (the embedded VLM's merged tokens have RMS 5.5, its final norm 1.24: the
+MSE stayed at the level of predicting zeros; docs/vision.md). LVR's Qwen2.5-VL needs s = 1.
 """
 
 from __future__ import annotations
@@ -55,25 +60,44 @@ def lvr_sequence(prompt: MultimodalPrompt, roi: list[int], answer_ids: list[int]
     return LVRSequence(ids, list(range(first + 1, first + 1 + n)), list(roi), first)
 
 
-def lvr_sft_loss(model, sequences: list[LVRSequence], prompts: list[MultimodalPrompt], weight: float = 0.1):
-    """(CE + weight x MSE, stats) of a batch; each prompt's first image holds its region."""
+def plain_sequence(prompt: MultimodalPrompt, answer_ids: list[int]) -> LVRSequence:
+    """The same answer without a latent span: the control LVR compares against (CE only)."""
+    return LVRSequence(prompt.input_ids + list(answer_ids), [], [], len(prompt.input_ids))
+
+
+def latent_scale(model, region_tokens: torch.Tensor) -> float:
+    """The scale between region tokens (K, hidden) and the final norm's output: their RMS over the
+    RMS of the final norm's weight (the RMS of its output, whatever its input)."""
+    weight = model.norm.weight.detach().float()
+    return float(region_tokens.detach().float().pow(2).mean().sqrt() / weight.pow(2).mean().sqrt())
+
+
+def lvr_sft_loss(model, sequences: list[LVRSequence], prompts: list[MultimodalPrompt], weight: float = 0.1,
+                 image_embeds: torch.Tensor | None = None, scale: float = 1.0):
+    """(CE + weight x MSE, stats) of a batch; each prompt's first image holds its region. `image_embeds`:
+    the prompts' merged image tokens already encoded (the frozen tower's output, prompt after prompt).
+    `scale`: the latent scale (LatentConfig.scale): the hidden states regress onto targets / scale.
+    A batch without latents (`plain_sequence`) has CE alone."""
     b, t = len(sequences), max(len(s.input_ids) for s in sequences)
     ids = torch.tensor([s.input_ids + [0] * (t - len(s.input_ids)) for s in sequences], device=model.device)
     with torch.no_grad():
-        images = model.encode_images(torch.cat([p.pixel_values for p in prompts]), torch.cat([p.image_grid_thw for p in prompts]))
+        images = image_embeds if image_embeds is not None else model.encode_images(
+            torch.cat([p.pixel_values for p in prompts]), torch.cat([p.image_grid_thw for p in prompts]))
     embeds, rows, targets, start = [], [], [], 0
     for i, (s, p) in enumerate(zip(sequences, prompts, strict=True)):
         mine = images[start: start + len(p.image_rows)]
         start += len(p.image_rows)
         embeds += [mine, mine[s.targets]]  # the prompt's image tokens, then the teacher-forced latents
-        rows += [i * t + p.image_rows.to(ids.device), i * t + torch.tensor(s.latent_rows, device=ids.device)]
+        latent_rows = torch.tensor(s.latent_rows, dtype=torch.long, device=ids.device)
+        rows += [i * t + p.image_rows.to(ids.device), i * t + latent_rows]
         targets.append(mine[s.targets])
     positions = torch.stack([p.positions_for(0, t) for p in prompts], dim=1).to(model.device)  # (3, B, T)
     hidden = model(ids.reshape(-1), positions.reshape(3, -1), CausalAttention(b, t), torch.cat(embeds), torch.cat(rows))
     hidden = hidden.view(b, t, -1)
     ce, tokens = _cross_entropy(model, hidden, ids, sequences)
-    mse = F.mse_loss(torch.cat([hidden[i, [r - 1 for r in s.latent_rows]] for i, s in enumerate(sequences)]),
-                     torch.cat(targets).to(hidden.dtype))
+    predicted = torch.cat([hidden[i, [r - 1 for r in s.latent_rows]] for i, s in enumerate(sequences)])
+    targets = torch.cat(targets).to(hidden.dtype) / scale
+    mse = F.mse_loss(predicted, targets) if len(targets) else hidden.new_zeros(())
     loss = ce + weight * mse
     return loss, {"ce": float(ce.detach()), "latent_mse": float(mse.detach()), "tokens": tokens}
 

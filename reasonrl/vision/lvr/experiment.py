@@ -1,0 +1,197 @@
+"""The LVR experiment on the shapes world, in one command (docs/vision.md, docs/benchmarks.md):
+
+    python -m reasonrl.vision.lvr.experiment --out runs/lvr
+
+1. the embedded VLM (reasonrl/demo/vlm) gets LVR's three tokens (`lvr_policy`);
+2. two SFT arms from it on the same detail questions, steps, order and optimizer: LVR (latent span
+   over the region's merged tokens, teacher-forced, CE + 0.1 x MSE) and the control (same answers,
+   no span); vision tower and merger frozen;
+3. GRPO from the LVR arm through `reasonrl train`'s loop (`grpo_recipe`: the `lvr` environment,
+   accuracy + format rewards, latent mode in the engine, latents replayed, spans masked);
+4. measured on held-out questions (evaluate.py): accuracy of both arms; the LVR arm with 4, 8 and
+   16 latent steps; its latents replaced by zeros, by noise and by the true region tokens;
+   reconstruction cosine; GRPO against SFT. `OUT/results.json` holds every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from reasonrl.demo.vlm_policy import SHIPPED
+from reasonrl.engine.latent import LatentConfig
+from reasonrl.envs.shapes import vqa_prompt
+from reasonrl.models.chat import ChatEncoder, multimodal
+from reasonrl.models.loader import save_model
+from reasonrl.vision.lvr import evaluate as ev
+from reasonrl.vision.lvr.env import LVRShapesConfig, LVRShapesEnvironment
+from reasonrl.vision.lvr.train import LVRExample, LVRTrainConfig, lvr_policy, make_examples, train_sft_lvr
+
+
+@dataclass
+class LVRExperimentConfig:
+    out: str = "runs/lvr"
+    """Directory of the checkpoints, the GRPO run and results.json."""
+    base: str = str(SHIPPED)
+    """The vision-language checkpoint to start from (the embedded VLM)."""
+    train_problems: int = 3000
+    """Distinct training questions (detail family, 224-pixel scenes of 1-4 objects)."""
+    eval_problems: int = 300
+    """Held-out questions (the test split) every figure is measured on."""
+    sft_steps: int = 800
+    """SFT steps of each arm."""
+    batch: int = 16
+    """SFT examples per step."""
+    lr: float = 1e-3
+    """SFT peak learning rate."""
+    mse_weight: float = 0.1
+    """Weight of the latent MSE next to cross-entropy in the LVR arm (LVR: 0.1)."""
+    stages: tuple[str, ...] = ("sft", "grpo")
+    """sft (train and measure the arms) and grpo (from OUT/sft-lvr, e.g. an earlier run's)."""
+    arms: tuple[str, ...] = ("plain", "lvr")
+    """SFT arms to train and measure: plain (the control without latents) and lvr."""
+    grpo_steps: int = 40
+    """GRPO steps from the LVR arm, OUT/sft-lvr (0: skip GRPO)."""
+    grpo_lr: float = 3e-4
+    """GRPO learning rate."""
+    latent_steps: int = 8
+    """Latent steps of the engine for the main figures and GRPO (LVR: 8)."""
+    sweep: tuple[int, ...] = (4, 8, 16)
+    """Latent steps the accuracy is measured at."""
+    seed: int = 0
+    """Seeds data, order and noise."""
+
+
+def grpo_recipe(cfg: LVRExperimentConfig, policy: str) -> dict:
+    """The GRPO run as a `reasonrl train` recipe (also recipes/lvr-shapes.yaml)."""
+    return {"model": {"path": policy, "freeze_vision": True},
+            "env": {"name": "lvr:?max_objects=4", "eval_size": cfg.eval_problems},
+            "rollout": {"prompts_per_step": 8, "samples_per_prompt": 8, "max_tokens": 32, "temperature": 1.0},
+            "engine": {"max_num_seqs": 128, "kv_cache_memory": "256MiB", "max_model_len": 512,
+                       "latent_steps": cfg.latent_steps},
+            "loss": {"name": "grpo"}, "optim": {"lr": cfg.grpo_lr, "warmup_steps": 2, "max_tokens_per_microbatch": 16384},
+            "train": {"steps": cfg.grpo_steps, "seed": cfg.seed, "run_dir": str(Path(cfg.out) / "grpo"),
+                      "save_every": cfg.grpo_steps, "keep_checkpoints": 1}}
+
+
+def eval_items(model, tok, env: LVRShapesEnvironment, examples: list[LVRExample], problems) -> list[ev.EvalItem]:
+    encoder, items = ChatEncoder(tok, model), []
+    for problem, ex in zip(problems, examples):
+        prompt = vqa_prompt(problem, "test")
+        items.append(ev.EvalItem(multimodal(encoder(prompt.messages)), partial(env.accuracy, prompt),
+                                 ex.image[ex.lvr.targets], ex.image.mean(0)))
+    return items
+
+
+def measure(model, tok, items, latent: LatentConfig, cfg: LVRExperimentConfig) -> dict:
+    """Accuracy with `cfg.latent_steps` latents, reconstruction, the interventions, the steps sweep."""
+    outs = ev.generate(model, tok, items, latent.steps)
+    res = {"accuracy": ev.accuracy(tok, items, outs), **ev.reconstruction(items, outs)}
+    for kind in ("zeros", "noise", "oracle"):
+        res[f"accuracy_{kind}"], res["intervened_share"] = ev.intervened(model, tok, items, outs, kind, latent, cfg.seed)
+    res["by_steps"] = {s: ev.accuracy(tok, items, ev.generate(model, tok, items, s)) for s in cfg.sweep}
+    return res
+
+
+def run_experiment(cfg: LVRExperimentConfig, log=None) -> dict:
+    """Every stage of `cfg`; -> the figures (also written to OUT/results.json). `log`: progress lines
+    (default: standard error)."""
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
+    out, start = Path(cfg.out), time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    env = LVRShapesEnvironment(LVRShapesConfig())
+    model, tok = lvr_policy(cfg.base)
+    latent = LatentConfig.from_tokenizer(tok, steps=cfg.latent_steps)
+    if set(cfg.arms) - {"plain", "lvr"} or set(cfg.stages) - {"sft", "grpo"}:
+        raise ValueError(f"LVRExperimentConfig: known stages are sft and grpo, arms plain and lvr; got stages "
+                         f"{list(cfg.stages)}, arms {list(cfg.arms)}")
+    arms = cfg.arms if "sft" in cfg.stages else ()
+    train = make_examples(model, tok, env.problems(cfg.train_problems, seed=cfg.seed), latent) if arms else []
+    test_problems = env.problems(cfg.eval_problems, seed=cfg.seed, split="test")
+    items = eval_items(model, tok, env, make_examples(model, tok, test_problems, latent), test_problems)
+    log(f"data: {len(train)} train, {len(items)} eval examples ({time.time() - start:.0f}s)")
+    saved = out / "results.json"  # a rerun of some stages keeps the others' figures
+    results: dict = {**(json.loads(saved.read_text()) if saved.is_file() else {}), "config": asdict(cfg)}
+    for arm in arms:
+        policy = copy.deepcopy(model)
+        sft = LVRTrainConfig(latents=arm == "lvr", steps=cfg.sft_steps, batch=cfg.batch, lr=cfg.lr, weight=cfg.mse_weight,
+                             seed=cfg.seed)
+        history = train_sft_lvr(policy, train, sft, partial(_log_step, log, arm))
+        save_model(policy, out / f"sft-{arm}", tok)
+        results[f"sft_{arm}"] = {"final_loss": history[-1],
+                                 **(measure(policy, tok, items, latent, cfg) if arm == "lvr" else
+                                    {"accuracy": ev.accuracy(tok, items, ev.generate(policy, tok, items, None))})}
+        log(f"sft {arm}: {results[f'sft_{arm}']} ({time.time() - start:.0f}s)")
+        _save(out, results)
+    if "grpo" in cfg.stages and cfg.grpo_steps:
+        results["grpo"] = run_grpo(cfg, tok, items, latent)
+        log(f"grpo: {results['grpo']} ({time.time() - start:.0f}s)")
+    results["seconds"] = time.time() - start
+    _save(out, results)
+    return results
+
+
+def run_grpo(cfg: LVRExperimentConfig, tok, items, latent: LatentConfig) -> dict:
+    from reasonrl.models import load_model
+    from reasonrl.rl.checkpoint import latest_checkpoint
+    from reasonrl.rl.config import from_dict
+    from reasonrl.rl.train import RunControl, run_training
+
+    recipe = from_dict(grpo_recipe(cfg, str(Path(cfg.out) / "sft-lvr")))
+    code = run_training(recipe, RunControl(overwrite=True), console=False)
+    if code != 0:
+        raise RuntimeError(f"the GRPO run stopped with exit code {code}")
+    policy = load_model(latest_checkpoint(Path(recipe.train.run_dir)))
+    return measure(policy, tok, items, latent, cfg)
+
+
+def markdown(results: dict) -> str:
+    """The figures as the table of docs/benchmarks.md ("LVR on the shapes world")."""
+    arms = [("control SFT", results.get("sft_plain")), ("LVR SFT", results.get("sft_lvr")), ("LVR GRPO", results.get("grpo"))]
+    arms = [(name, r) for name, r in arms if r]
+
+    def cell(r, key):
+        return f"{r[key]:.3f}" if isinstance(r.get(key), float) else "-"
+
+    rows = [("accuracy", "accuracy"), ("latents -> zeros", "accuracy_zeros"), ("latents -> noise", "accuracy_noise"),
+            ("latents -> region tokens", "accuracy_oracle"), ("latent cosine", "latent_cosine"),
+            ("mean-token cosine", "mean_token_cosine")]
+    lines = ["| measure | " + " | ".join(name for name, _ in arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(cell(r, key) for _, r in arms) + " |" for label, key in rows]
+    steps = [" / ".join(f"{v:.3f}" for v in r["by_steps"].values()) if "by_steps" in r else "-" for _, r in arms]
+    lines.append("| accuracy by latent steps | " + " | ".join(steps) + " |")
+    return "\n".join(lines)
+
+
+def _log_step(log, arm: str, step: int, steps: int, stats: dict, seconds: float) -> None:
+    if step % 25 == 0 or step == steps:
+        log(f"sft {arm} {step}/{steps} loss {stats['loss']:.3f} ce {stats['ce']:.3f} "
+            f"mse {stats['latent_mse']:.4f} ({seconds:.0f}s)")
+
+
+def _save(out: Path, results: dict) -> None:
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from reasonrl.cli.flags import add_flags, values
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_flags(parser, LVRExperimentConfig)
+    cfg = LVRExperimentConfig(**values(parser.parse_args(argv), LVRExperimentConfig))
+    print(markdown(run_experiment(cfg)))
+    print(f"results: {Path(cfg.out) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

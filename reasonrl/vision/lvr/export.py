@@ -1,0 +1,76 @@
+"""`reasonrl data lvr`: LVR's SFT data from the shapes world, as JSONL and PNG images.
+
+    reasonrl data lvr --n 2000 --out data/lvr
+
+Each row is a detail question whose region the world knows exactly, in `reasonrl sft`'s prompt /
+response layout plus the region:
+
+    {"id", "image": "images/lvr_000000.png", "prompt": [user message: the image, the question],
+     "response": "<|lvr_start|><|lvr|>...<|lvr_end|>\\boxed{red}" (one <|lvr|> per region token),
+     "answer", "answer_type", "roi": [x0, y0, x1, y1], "roi_tokens": [indices among the image's
+     merged tokens, row-major: the latent targets]}
+
+The region tokens depend on how the checkpoint named by `model` resizes and patches an image
+(preprocessor_config.json: patch and merge sizes, pixel bounds). The LVR loss needs the teacher-
+forced region tokens: train with `reasonrl.vision.lvr.train` (the experiment builds the same
+examples in memory); plain `reasonrl sft` on these rows would learn the placeholders as text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from reasonrl.envs.shapes import INSTRUCTION
+from reasonrl.models.qwen2_5_vl.processor import ImageConfig, smart_resize
+from reasonrl.vision.lvr.env import LVRShapesConfig, LVRShapesEnvironment
+from reasonrl.vision.lvr.sft import roi_tokens
+from reasonrl.vision.world.export import write_png
+
+EMBEDDED_VLM = str(Path(__file__).parents[2] / "demo" / "vlm")
+
+
+@dataclass
+class LVRDataConfig:
+    n: int = 1000
+    """Examples to write."""
+    seed: int = 0
+    """Seeds scenes and questions: the same seed writes the same files."""
+    split: Literal["train", "eval", "test"] = "train"
+    """Which of the `lvr` environment's disjoint splits to draw from."""
+    out: str = "data/lvr"
+    """Output directory: lvr.jsonl and images/lvr_NNNNNN.png go inside it."""
+    image_size: int = 224
+    """Width and height of the scenes."""
+    max_objects: int = 4
+    """Most objects in a scene."""
+    model: str = EMBEDDED_VLM
+    """The vision-language checkpoint whose image preprocessing places the region tokens."""
+
+
+def lvr_response(answer: str, n_latents: int) -> str:
+    return "<|lvr_start|>" + "<|lvr|>" * n_latents + f"<|lvr_end|>\\boxed{{{answer}}}"
+
+
+def export_lvr(cfg: LVRDataConfig) -> int:
+    """Write the rows and images; -> the number written."""
+    image = ImageConfig.from_dir(cfg.model)
+    env = LVRShapesEnvironment(LVRShapesConfig(image_size=cfg.image_size, max_objects=cfg.max_objects))
+    out = Path(cfg.out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, problem in enumerate(env.problems(cfg.n, seed=cfg.seed, split=cfg.split)):
+        row, name = problem.row, f"images/lvr_{i:06d}.png"
+        write_png(problem.rendering.image, out / name)
+        h, w = problem.rendering.image.shape[:2]
+        rh, rw = smart_resize(h, w, image.patch_size * image.merge_size, image.min_pixels, image.max_pixels)
+        cells = roi_tokens(row["roi"], (h, w), (1, rh // image.patch_size, rw // image.patch_size), image.merge_size,
+                           image.patch_size)
+        prompt = [{"role": "user", "content": [{"type": "image", "image": name},
+                                               {"type": "text", "text": f"{row['question']} {INSTRUCTION}"}]}]
+        rows.append({"id": row["id"], "image": name, "prompt": prompt, "response": lvr_response(row["answer"], len(cells)),
+                     "answer": row["answer"], "answer_type": row["answer_type"], "roi": row["roi"], "roi_tokens": cells})
+    (out / "lvr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return len(rows)

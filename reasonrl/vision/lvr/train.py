@@ -1,0 +1,125 @@
+"""LVR's supervised stage on the shapes world, and its control (arXiv 2509.24251).
+
+    model, tok = lvr_policy("reasonrl/demo/vlm")          # the embedded VLM plus LVR's three tokens
+    examples = make_examples(model, tok, problems, latent)  # detail questions with their regions
+    train_sft_lvr(model, examples, LVRTrainConfig(latents=True))   # CE + 0.1 x MSE on the region tokens
+    train_sft_lvr(other, examples, LVRTrainConfig(latents=False))  # the same answers without the span
+
+Both arms see the same examples in the same order with the same optimizer; only the latent span
+(and its MSE) differs, as in LVR's control. The vision tower and merger are frozen, so each image's
+merged tokens are computed once (`LVRExample.image`) and the pixels dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from reasonrl.engine.latent import SCALE_KEY, LatentConfig
+from reasonrl.models import Tokenizer, load_model
+from reasonrl.models.grow import add_special_tokens
+from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
+from reasonrl.models.tiny_vlm import LVR_TOKENS
+from reasonrl.rl.config import OptimSection
+from reasonrl.rl.update import freeze_vision, make_optimizer, trainable
+from reasonrl.vision.lvr.data import lvr_example
+from reasonrl.vision.lvr.sft import LVRSequence, latent_scale, lvr_sft_loss, plain_sequence
+from reasonrl.vision.world import Problem, QAItem
+
+
+@dataclass
+class LVRExample:
+    prompt: MultimodalPrompt  # pixel values dropped once encoded: `image` holds them
+    image: torch.Tensor  # (M, hidden) the frozen tower's merged tokens of the prompt's image
+    lvr: LVRSequence  # prompt, latent span over the region's tokens, answer
+    plain: LVRSequence  # prompt, answer
+
+
+@dataclass
+class LVRTrainConfig:
+    latents: bool = True
+    """Train the latent span (CE + weight x MSE); false: the control, the same answers without it."""
+    steps: int = 300
+    """Optimizer steps."""
+    batch: int = 16
+    """Examples per step."""
+    lr: float = 1e-3
+    """Peak AdamW learning rate (linear warm-up, cosine decay)."""
+    warmup_steps: int = 10
+    """Linear warm-up steps."""
+    weight: float = 0.1
+    """Weight of the latent MSE next to cross-entropy (LVR: 0.1)."""
+    seed: int = 0
+    """Seeds the data order."""
+
+
+def lvr_policy(path: str | Path, device: str = "cpu"):
+    """A vision-language checkpoint with LVR's tokens added (embeddings grown) -> (model, tokenizer)."""
+    model, tok = load_model(path, device), Tokenizer.from_dir(path)
+    add_special_tokens(model, tok, LVR_TOKENS)
+    return model, tok
+
+
+def qa_item(problem: Problem) -> QAItem:
+    """The world's question behind a vqa problem's row (its region included)."""
+    r = problem.row
+    return QAItem(r["question"], r["answer"], r["family"], r["answer_type"], r["needs_image"],
+                  tuple(r["roi"]) if r["roi"] else None, tuple(r["targets"]))
+
+
+@torch.no_grad()
+def make_examples(model, tok: Tokenizer, problems: list[Problem], latent: LatentConfig,
+                  chunk: int = 32) -> list[LVRExample]:
+    """One example per problem, images encoded `chunk` at a time by the (frozen) tower."""
+    out = []
+    for lo in range(0, len(problems), chunk):
+        made = [lvr_example(tok, model, p.rendering.image, qa_item(p), latent) for p in problems[lo:lo + chunk]]
+        prompts = [m[1] for m in made]
+        images = model.encode_images(torch.cat([p.pixel_values for p in prompts]),
+                                     torch.cat([p.image_grid_thw for p in prompts]))
+        start = 0
+        for seq, prompt in made:
+            n = len(prompt.image_rows)
+            answer = seq.input_ids[seq.latent_rows[-1] + 2:]  # after the span's end token
+            no_pixels = prompt.pixel_values.new_zeros(0, prompt.pixel_values.shape[1])  # not a view: frees them
+            out.append(LVRExample(dataclasses.replace(prompt, pixel_values=no_pixels),
+                                  images[start:start + n].clone(), seq, plain_sequence(prompt, answer)))
+            start += n
+    return out
+
+
+def train_sft_lvr(model, examples: list[LVRExample], cfg: LVRTrainConfig, log=None) -> list[dict[str, float]]:
+    """Train in place; per step {loss, ce, latent_mse}. The LVR arm records its latent scale in the
+    model's config (saved with it as `lvr_latent_scale`, read by the engine)."""
+    freeze_vision(model)
+    scale = 1.0
+    if cfg.latents:
+        scale = latent_scale(model, torch.cat([e.image[e.lvr.targets] for e in examples[:256]]))
+        model.vlm_config.raw[SCALE_KEY] = scale
+    optim = OptimSection(lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="cosine", grad_clip=1.0)
+    optimizer, scheduler = make_optimizer(trainable(model), optim, cfg.steps)
+    rng, order, history, start = random.Random(cfg.seed), [], [], time.perf_counter()
+    model.train()
+    for step in range(1, cfg.steps + 1):
+        while len(order) < cfg.batch:
+            epoch = list(range(len(examples)))
+            rng.shuffle(epoch)
+            order += epoch
+        batch, order = [examples[i] for i in order[:cfg.batch]], order[cfg.batch:]
+        loss, stats = lvr_sft_loss(model, [e.lvr if cfg.latents else e.plain for e in batch], [e.prompt for e in batch],
+                                   cfg.weight, torch.cat([e.image for e in batch]), scale)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable(model), optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        history.append({"loss": float(loss.detach()), "ce": stats["ce"], "latent_mse": stats["latent_mse"]})
+        if log is not None:
+            log(step, cfg.steps, history[-1], time.perf_counter() - start)
+    model.eval()
+    return history

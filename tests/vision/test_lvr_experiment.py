@@ -1,0 +1,164 @@
+"""LVR's SFT on shapes-world detail questions and its measurements (vision/lvr/train.py,
+evaluate.py, experiment.py) on a tiny random Qwen2.5-VL with LVR's tokens, fp32 on CPU."""
+
+import json
+
+import pytest
+import torch
+
+from reasonrl.engine.latent import SCALE_KEY, LatentConfig, Latents
+from reasonrl.engine.sequence import CompletionOutput
+from reasonrl.models import Tokenizer, load_model
+from reasonrl.models.qwen2_5_vl import MultimodalPrompt
+from reasonrl.models.tiny_vlm import LVR_TOKENS, make_vlm_checkpoint, make_vlm_tokenizer
+from reasonrl.vision.lvr import evaluate as ev
+from reasonrl.vision.lvr.env import LVRShapesConfig, LVRShapesEnvironment
+from reasonrl.vision.lvr.sft import roi_tokens
+from reasonrl.vision.lvr.train import LVRTrainConfig, make_examples, train_sft_lvr
+from tests.models.vlm_common import CORPUS
+
+ENV = LVRShapesEnvironment(LVRShapesConfig(image_size=112, max_objects=3))
+
+
+@pytest.fixture(scope="module")
+def path(tmp_path_factory):
+    tok = make_vlm_tokenizer(CORPUS + ["What colour are the stripes on the small red circle? striped solid"],
+                             vocab_size=384, extra_special_tokens=LVR_TOKENS)
+    return make_vlm_checkpoint(tmp_path_factory.mktemp("lvr_exp") / "ckpt", tok, seed=2, std=0.1)
+
+
+@pytest.fixture(scope="module")
+def setup(path):
+    model, tok = load_model(path), Tokenizer.from_dir(path)
+    latent = LatentConfig.from_tokenizer(tok)
+    problems = ENV.problems(24)
+    return model, tok, latent, problems, make_examples(model, tok, problems, latent, chunk=10)
+
+
+def test_examples_hold_the_region_tokens_and_the_same_answer_twice(setup):
+    model, tok, latent, problems, examples = setup
+    for problem, ex in zip(problems, examples):
+        assert ex.prompt.pixel_values.numel() == 0 and ex.image.shape == (len(ex.prompt.image_rows), model.config.hidden_size)
+        grid = ex.prompt.image_grid_thw[0]
+        assert ex.lvr.targets == roi_tokens(problem.row["roi"], problem.rendering.image.shape[:2], grid)
+        span = ex.lvr.input_ids[ex.lvr.answer_start:ex.lvr.latent_rows[-1] + 2]
+        assert span == [latent.start_id] + [latent.latent_id] * len(ex.lvr.targets) + [latent.end_id]
+        answer = ex.plain.input_ids[ex.plain.answer_start:]
+        assert ex.lvr.input_ids[ex.lvr.latent_rows[-1] + 2:] == answer
+        assert tok.decode(answer) == f"\\boxed{{{problem.row['answer']}}}" and ex.plain.latent_rows == []
+    with torch.no_grad():  # the cached tokens are the frozen tower's output
+        from reasonrl.vision.lvr.data import lvr_example
+        from reasonrl.vision.lvr.train import qa_item
+        _, prompt = lvr_example(tok, model, problems[0].rendering.image, qa_item(problems[0]), latent)
+        torch.testing.assert_close(examples[0].image, model.encode_images(prompt.pixel_values, prompt.image_grid_thw))
+
+
+def test_lvr_sft_learns_the_region_tokens_and_records_its_scale(setup):
+    model, tok, latent, problems, examples = setup
+    lvr, plain = load_model_copy(model), load_model_copy(model)
+    tower = {k: v.clone() for k, v in lvr.visual.state_dict().items()}
+    history = train_sft_lvr(lvr, examples, LVRTrainConfig(steps=16, batch=4, lr=3e-3, warmup_steps=2, weight=1.0))
+    assert sum(h["latent_mse"] for h in history[-4:]) < 0.7 * sum(h["latent_mse"] for h in history[:4])
+    scale = lvr.vlm_config.raw[SCALE_KEY]
+    region = torch.cat([e.image[e.lvr.targets] for e in examples])
+    expected = region.pow(2).mean().sqrt() / model.norm.weight.detach().pow(2).mean().sqrt()
+    assert scale == pytest.approx(float(expected), rel=1e-5)
+    assert all(torch.equal(v, lvr.visual.state_dict()[k]) for k, v in tower.items())  # vision tower and merger frozen
+    control = train_sft_lvr(plain, examples, LVRTrainConfig(latents=False, steps=3, batch=4))
+    assert all(h["latent_mse"] == 0.0 for h in control) and SCALE_KEY not in plain.vlm_config.raw
+
+
+def load_model_copy(model):
+    import copy
+    return copy.deepcopy(model)
+
+
+def outputs_with_span(latent, n, lo=1, hidden=8):
+    vectors = torch.randn(n, hidden)
+    ids = [5] * lo + [latent.latent_id] * n + [latent.end_id, 7]
+    return CompletionOutput(0, ids, [0.0] * len(ids), "", "stop", latents=Latents(list(range(lo, lo + n)), vectors))
+
+
+def test_interventions_replace_the_first_span(setup):
+    latent = setup[2]
+    out, region = outputs_with_span(latent, 3), torch.randn(5, 8)
+    item = ev.EvalItem(None, lambda text: 0.0, region, region.mean(0))
+    none = CompletionOutput(0, [5, 6], [0.0, 0.0], "", "stop", latents=Latents([], torch.zeros(0, 8)))
+    gen = torch.Generator().manual_seed(0)
+    zeros, noise, oracle = (ev.replace_span([item, item], [out, none], k, latent, gen) for k in ("zeros", "noise", "oracle"))
+    assert zeros[1] is None and noise[1] is None and oracle[1] is None
+    assert zeros[0][0] == out.token_ids[:5] and torch.equal(zeros[0][1].vectors, torch.zeros(3, 8))
+    torch.testing.assert_close(noise[0][1].vectors.norm(dim=1), out.latents.vectors.norm(dim=1))
+    assert not torch.allclose(noise[0][1].vectors, out.latents.vectors)
+    assert oracle[0][0] == [5] + [latent.latent_id] * 5 + [latent.end_id] and torch.equal(oracle[0][1].vectors, region)
+    assert oracle[0][1].positions == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="unknown intervention"):
+        ev.replace_span([item], [out], "shuffle", latent, gen)
+    rec = ev.reconstruction([item], [CompletionOutput(0, out.token_ids, out.logprobs, "", "stop",
+                                                      latents=Latents(out.latents.positions, region[:3] * 2))])
+    assert rec["latent_cosine"] == pytest.approx(1.0) and rec["latent_outputs"] == 1.0
+
+
+def test_a_resumed_unchanged_span_decodes_the_same_answer(setup, path):
+    """The causality check's path: cutting after the span and resuming with the same latents gives
+    the uninterrupted output."""
+    model, tok, latent, problems, examples = setup
+    start = latent.start_id
+    items = []
+    for problem, ex in zip(problems[:3], examples):
+        problem_prompt = make_prompt(model, tok, problem)
+        items.append(ev.EvalItem(MultimodalPrompt.from_ids(problem_prompt.input_ids + [start], problem_prompt.pixel_values,
+                                                           problem_prompt.image_grid_thw, model.vlm_config),
+                                 lambda text: 0.0, ex.image[ex.lvr.targets], ex.image.mean(0)))
+    outs = ev.generate(model, tok, items, 4)
+    assert all(ev.first_span(o) == (0, 4) for o in outs)
+    same = [(o.token_ids[:5], Latents(o.latents.positions[:4], o.latents.vectors[:4])) for o in outs]
+    again = ev.generate(model, tok, items, 4, same)
+    assert [o.token_ids for o in again] == [o.token_ids for o in outs]
+
+
+def make_prompt(model, tok, problem):
+    from reasonrl.models.chat import ChatEncoder, multimodal
+    from reasonrl.envs.shapes import vqa_prompt
+    return multimodal(ChatEncoder(tok, model)(vqa_prompt(problem).messages))
+
+
+@pytest.mark.slow
+def test_the_experiment_runs_end_to_end(tmp_path):
+    """The one-command experiment at toy sizes from the embedded VLM: every figure is written."""
+    from reasonrl.vision.lvr.experiment import LVRExperimentConfig, run_experiment
+
+    cfg = LVRExperimentConfig(out=str(tmp_path / "lvr"), train_problems=16, eval_problems=4, sft_steps=2, batch=2,
+                              grpo_steps=1, sweep=(4, 16))
+    results = run_experiment(cfg, log=lambda text: None)
+    saved = json.loads((tmp_path / "lvr" / "results.json").read_text())
+    assert set(saved) >= {"sft_plain", "sft_lvr", "grpo", "config", "seconds"}
+    assert set(saved["sft_lvr"]["by_steps"]) == {"4", "16"} and "accuracy_oracle" in saved["grpo"]
+    for key in ("accuracy", "accuracy_zeros", "accuracy_noise", "accuracy_oracle"):
+        assert 0.0 <= results["sft_lvr"][key] <= 1.0
+    assert (tmp_path / "lvr" / "grpo" / "checkpoints").is_dir()
+    assert json.loads((tmp_path / "lvr" / "sft-lvr" / "config.json").read_text())[SCALE_KEY] > 0
+
+
+def test_the_shipped_recipe_is_the_experiment_grpo_stage():
+    from pathlib import Path
+
+    from reasonrl.rl.config import from_dict, load_config
+    from reasonrl.vision.lvr.experiment import LVRExperimentConfig, grpo_recipe
+
+    recipe = Path(__file__).parents[2] / "recipes" / "lvr-shapes.yaml"
+    assert load_config(recipe).to_dict() == from_dict(grpo_recipe(LVRExperimentConfig(), "runs/lvr/sft-lvr")).to_dict()
+
+
+def test_reasonrl_data_lvr_writes_the_training_examples_regions(setup, path, tmp_path):
+    from reasonrl.cli import main
+
+    examples = setup[4]
+    assert main(["data", "lvr", "--n", "4", "--out", str(tmp_path), "--image-size", "112", "--max-objects", "3",
+                 "--model", str(path)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "lvr.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all((tmp_path / r["image"]).is_file() for r in rows)
+    for row, ex in zip(rows, examples):
+        assert row["roi_tokens"] == ex.lvr.targets
+        assert row["response"] == ("<|lvr_start|>" + "<|lvr|>" * len(ex.lvr.targets) + "<|lvr_end|>"
+                                   f"\\boxed{{{row['answer']}}}")

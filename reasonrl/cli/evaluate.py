@@ -73,6 +73,8 @@ DATASETS = {
                     "reasonrl.cli.evaluate:data_sand"),
     "shapes": Command("shapes-world images with questions, captions or layouts (JSONL + PNG)",
                       "reasonrl.cli.evaluate:data_shapes"),
+    "doctor": Command("ImageDoctor judge data: flawed shapes-world images, exact flaw maps, analytic scores (JSONL + PNG + NPZ)",
+                      "reasonrl.cli.evaluate:data_doctor"),
 }
 
 
@@ -103,6 +105,22 @@ def data_shapes(parser: argparse.ArgumentParser):
         written = export_shapes(cfg)
         print(f"wrote {written} {cfg.task} problems to {Path(cfg.out) / (cfg.task + '.jsonl')} (images in "
               f"{Path(cfg.out) / 'images'})")
+        return 0
+
+    return run
+
+
+def data_doctor(parser: argparse.ArgumentParser):
+    from reasonrl.reward.imagedoctor.export import DoctorDataConfig
+
+    add_flags(parser, DoctorDataConfig)
+
+    def run(args) -> int:
+        from reasonrl.reward.imagedoctor.export import export_judge_data
+
+        cfg = DoctorDataConfig(**values(args, DoctorDataConfig))
+        written = export_judge_data(cfg)
+        print(f"wrote {written} judged images to {Path(cfg.out) / 'judge.jsonl'} (images/, maps/ beside it)")
         return 0
 
     return run

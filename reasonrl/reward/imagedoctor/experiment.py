@@ -1,0 +1,167 @@
+"""`reasonrl bench imagedoctor`: ImageDoctor-mini trained and measured on the shapes world.
+
+    python -m reasonrl.reward.imagedoctor.experiment --out runs/imagedoctor   (same as the bench)
+
+From the embedded VLM (reasonrl/demo/vlm): (1) SFT of the judge with task tokens (cross-entropy
+plus heatmap MSE), (2) the same SFT without task tokens (`NoTaskTokenDoctor`, the ablation),
+(3) GRPO from (1) through the ordinary trainer with `JudgeEnvironment`'s rewards. Each is measured
+on the same held-out images (`evaluate.judge_metrics`). Stages already finished under `out` are
+read back (sft/, ablation.json, grpo/), so a rerun after a stop goes on where it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from reasonrl.reward.imagedoctor.build import JudgeItem, doctor_from_vlm, judge_items
+from reasonrl.reward.imagedoctor.decoder import HeatmapConfig
+from reasonrl.reward.imagedoctor.evaluate import judge_metrics
+from reasonrl.reward.imagedoctor.export import DoctorDataConfig, judge_examples
+from reasonrl.reward.imagedoctor.sft import JudgeSFTConfig, train_judge_sft
+
+SMALL_HEAD = HeatmapConfig(dim=64, heads=2, mlp_dim=128, conv_channels=(64, 32), up_channels=(32, 16, 8), mask_in_chans=8)
+
+
+@dataclass
+class JudgeBenchConfig:
+    out: str = "runs/imagedoctor"
+    """Run directory (sft/, grpo/, ablation.json, result.json); finished stages are reused."""
+    vlm: str = "reasonrl/demo/vlm"
+    """The Qwen2.5-VL checkpoint the judge starts from."""
+    train_images: int = 1200
+    """Judge training images (SFT)."""
+    eval_images: int = 150
+    """Held-out images every model is measured on."""
+    sft_epochs: float = 2.0
+    """SFT passes over the training images."""
+    sft_lr: float = 1e-3
+    """SFT peak learning rate."""
+    grpo_steps: int = 20
+    """GRPO steps after SFT (0: skip GRPO)."""
+    grpo_lr: float = 2e-4
+    """GRPO learning rate (constant)."""
+    prompts_per_step: int = 8
+    """GRPO images per step."""
+    samples_per_prompt: int = 4
+    """GRPO judgements per image (the group)."""
+    ablation: bool = True
+    """Also train and measure the judge without task tokens."""
+    max_tokens: int = 384
+    """Longest judgement generated."""
+    seed: int = 0
+    """Data and initialisation."""
+
+
+def bench_judge(cfg: JudgeBenchConfig, log=functools.partial(print, flush=True)) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    data = DoctorDataConfig(out=str(out), n=cfg.train_images, seed=cfg.seed)
+    train_ex, eval_ex = judge_examples(data), judge_examples(DoctorDataConfig(out=str(out), n=cfg.eval_images,
+                                                                             seed=cfg.seed, split="eval"))
+    result = {"config": asdict(cfg), "device": f"CPU, {torch.get_num_threads()} threads"}
+    result["sft"] = _stage(out / "sft", lambda: _sft(cfg, train_ex, eval_ex, True, out / "sft", log), log)
+    if cfg.ablation:
+        result["sft_no_task_tokens"] = _stage(out / "ablation", lambda: _sft(cfg, train_ex, eval_ex, False, None, log), log)
+    if cfg.grpo_steps:
+        result["grpo"] = _stage(out / "grpo", lambda: _grpo(cfg, train_ex, eval_ex, out, log), log)
+    result["seconds"] = time.perf_counter() - start
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _stage(path: Path, run, log) -> dict:
+    done = path / "metrics.json"
+    if done.is_file():
+        log(f"imagedoctor: reusing {done}")
+        return json.loads(done.read_text())
+    metrics = run()
+    path.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _sft(cfg: JudgeBenchConfig, train_ex, eval_ex, task_tokens: bool, save: Path | None, log) -> dict:
+    from reasonrl.reward.imagedoctor.model import save_doctor
+
+    doctor, tok = doctor_from_vlm(cfg.vlm, SMALL_HEAD, task_tokens=task_tokens, seed=cfg.seed)
+    train, held = judge_items(train_ex, tok, doctor.backbone, task_tokens), judge_items(eval_ex, tok, doctor.backbone, task_tokens)
+    t = time.perf_counter()
+    history = train_judge_sft(doctor, train, JudgeSFTConfig(epochs=cfg.sft_epochs, lr=cfg.sft_lr, seed=cfg.seed),
+                              tok.pad_token_id, log)
+    metrics = {"train_seconds": time.perf_counter() - t, "final_ce": history[-1]["ce"],
+               "final_heatmap_mse": history[-1]["heatmap_mse"], **judge_metrics(doctor, tok, held, cfg.max_tokens)}
+    if save is not None:
+        save_doctor(doctor, save / "model", tok)
+    log(f"imagedoctor sft (task tokens {task_tokens}): {metrics}")
+    return metrics
+
+
+def _grpo(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
+    from reasonrl.models.tokenizer import Tokenizer
+    from reasonrl.reward.imagedoctor.env import JudgeEnvironment
+    from reasonrl.reward.imagedoctor.model import load_doctor, save_doctor
+    from reasonrl.rl.config import from_dict
+    from reasonrl.rl.trainer import Trainer
+
+    doctor, tok = load_doctor(out / "sft" / "model"), Tokenizer.from_dir(out / "sft" / "model")
+    train, held = judge_items(train_ex, tok, doctor.backbone), judge_items(eval_ex, tok, doctor.backbone)
+    env = JudgeEnvironment(doctor, tok, train, held)
+    run = from_dict(grpo_recipe(cfg, out / "sft" / "model", out / "grpo" / "run"))
+    t = time.perf_counter()
+    trainer = Trainer(run, env, doctor.backbone, tok, console=False)
+    try:
+        last = trainer.train()
+    finally:
+        trainer.close()
+    history = [json.loads(line) for line in (out / "grpo" / "run" / "metrics.jsonl").read_text().splitlines() if line]
+    rewards = [h["reward_mean"] for h in history if "reward_mean" in h]
+    metrics = {"train_seconds": time.perf_counter() - t, "reward_first": rewards[0] if rewards else None,
+               "reward_last": rewards[-1] if rewards else None, "rewards": rewards,
+               "well_formed_last": last.get("well_formed"), **judge_metrics(doctor, tok, held, cfg.max_tokens)}
+    save_doctor(doctor, out / "grpo" / "model", tok)
+    log(f"imagedoctor grpo: {metrics}")
+    return metrics
+
+
+def grpo_recipe(cfg: JudgeBenchConfig, model: Path, run_dir: Path) -> dict:
+    return {"model": {"path": str(model), "freeze_vision": True},
+            "env": {"name": "imagedoctor", "eval_size": 8},
+            "rollout": {"prompts_per_step": cfg.prompts_per_step, "samples_per_prompt": cfg.samples_per_prompt,
+                        "max_tokens": cfg.max_tokens, "temperature": 1.0},
+            "engine": {"max_num_seqs": 64, "kv_cache_memory": "256MiB", "max_model_len": 640},
+            "loss": {"name": "grpo"},
+            "optim": {"lr": cfg.grpo_lr, "schedule": "constant", "grad_clip": 1.0, "max_tokens_per_microbatch": 8192},
+            "train": {"steps": cfg.grpo_steps, "seed": cfg.seed, "run_dir": str(run_dir), "save_every": 1000,
+                      "keep_checkpoints": 1, "eval_every": 0}}
+
+
+def format_rows(result: dict) -> str:
+    """A markdown table of the measured models."""
+    keys = ["plcc/alignment", "srcc/alignment", "plcc/plausibility", "plcc/aesthetics", "plcc/overall", "plcc/mean",
+            "srcc/mean", "cc/misalignment", "iou/misalignment", "cc/artifact", "iou/artifact", "well_formed"]
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name in ("sft", "sft_no_task_tokens", "grpo"):
+        if name in result:
+            lines.append(f"| {name} | " + " | ".join(f"{result[name].get(k, float('nan')):.3f}" for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from reasonrl.cli.flags import add_flags, values
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_flags(parser, JudgeBenchConfig)
+    result = bench_judge(JudgeBenchConfig(**values(parser.parse_args(argv), JudgeBenchConfig)))
+    print(format_rows(result))
+
+
+if __name__ == "__main__":
+    main()

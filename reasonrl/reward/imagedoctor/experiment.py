@@ -35,24 +35,25 @@ class JudgeBenchConfig:
     """Run directory (sft/, grpo/, ablation.json, result.json); finished stages are reused."""
     vlm: str = "reasonrl/demo/vlm"
     """The Qwen2.5-VL checkpoint the judge starts from."""
-    train_images: int = 1200
+    train_images: int = 2000
     """Judge training images (SFT)."""
     eval_images: int = 150
     """Held-out images every model is measured on."""
-    sft_epochs: float = 2.0
+    sft_epochs: float = 4.0
     """SFT passes over the training images."""
-    sft_lr: float = 1e-3
-    """SFT peak learning rate."""
-    grpo_steps: int = 20
-    """GRPO steps after SFT (0: skip GRPO)."""
+    sft_lr: float = 3e-3
+    """SFT peak learning rate (the embedded VLM was trained at 3e-3)."""
+    grpo_steps: int = 30
+    """GRPO steps after SFT."""
     grpo_lr: float = 2e-4
     """GRPO learning rate (constant)."""
     prompts_per_step: int = 8
     """GRPO images per step."""
     samples_per_prompt: int = 4
     """GRPO judgements per image (the group)."""
-    ablation: bool = True
-    """Also train and measure the judge without task tokens."""
+    stages: tuple[str, ...] = ("sft", "ablation", "grpo")
+    """Stages to run, of sft, ablation (SFT without task tokens), grpo (needs sft's model); run separately
+    (e.g. in two processes) and then all together, finished ones are read back."""
     max_tokens: int = 384
     """Longest judgement generated."""
     seed: int = 0
@@ -66,12 +67,16 @@ def bench_judge(cfg: JudgeBenchConfig, log=functools.partial(print, flush=True))
     data = DoctorDataConfig(out=str(out), n=cfg.train_images, seed=cfg.seed)
     train_ex, eval_ex = judge_examples(data), judge_examples(DoctorDataConfig(out=str(out), n=cfg.eval_images,
                                                                              seed=cfg.seed, split="eval"))
+    unknown = set(cfg.stages) - {"sft", "ablation", "grpo"}
+    if unknown:
+        raise ValueError(f"--stages: unknown {sorted(unknown)}; known: sft, ablation, grpo")
     result = {"config": asdict(cfg), "device": f"CPU, {torch.get_num_threads()} threads"}
-    result["sft"] = _stage(out / "sft", lambda: _sft(cfg, train_ex, eval_ex, True, out / "sft", log), log)
-    if cfg.ablation:
-        result["sft_no_task_tokens"] = _stage(out / "ablation", lambda: _sft(cfg, train_ex, eval_ex, False, None, log), log)
-    if cfg.grpo_steps:
-        result["grpo"] = _stage(out / "grpo", lambda: _grpo(cfg, train_ex, eval_ex, out, log), log)
+    stages = {"sft": ("sft", out / "sft", lambda: _sft(cfg, train_ex, eval_ex, True, out / "sft", log)),
+              "ablation": ("sft_no_task_tokens", out / "ablation", lambda: _sft(cfg, train_ex, eval_ex, False, None, log)),
+              "grpo": ("grpo", out / "grpo", lambda: _grpo(cfg, train_ex, eval_ex, out, log))}
+    for name in cfg.stages:
+        key, path, run = stages[name]
+        result[key] = _stage(path, run, log)
     result["seconds"] = time.perf_counter() - start
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -152,3 +152,17 @@ def test_map_metrics_skip_empty_truths():
     out = map_metrics([mask.copy()], [Item(mask)])
     assert out["cc/misalignment"] == pytest.approx(1.0) and out["iou/misalignment"] == pytest.approx(1.0)
     assert out["cc/artifact"] == 0.0  # no image with an artifact: nothing measured
+
+
+def test_balanced_heatmap_loss_weighs_the_flaw_as_much_as_the_rest():
+    from reasonrl.reward.imagedoctor.model import Heatmaps
+    from reasonrl.reward.imagedoctor.sft import balanced_heatmap_loss
+
+    truth = torch.zeros(2, 10, 10)
+    truth[0, :1, :1] = 1  # one flawed pixel of 100 in the first map, the second map empty
+    zeros = Heatmaps([torch.zeros(2, 10, 10)], torch.ones(1, 2, dtype=torch.bool))
+    assert float(balanced_heatmap_loss(zeros, [truth], 1.0)) == pytest.approx(0.5)  # plain MSE would be 0.01
+    exact = Heatmaps([truth.clone()], torch.ones(1, 2, dtype=torch.bool))
+    assert float(balanced_heatmap_loss(exact, [truth], 2.0)) == 0.0
+    ones = Heatmaps([torch.ones(2, 10, 10)], torch.ones(1, 2, dtype=torch.bool))
+    assert float(balanced_heatmap_loss(ones, [truth], 1.0)) == pytest.approx(0.5 + 1.0)  # empty map: plain mean

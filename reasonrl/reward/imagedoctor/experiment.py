@@ -39,7 +39,7 @@ class JudgeBenchConfig:
     """Judge training images (SFT)."""
     eval_images: int = 150
     """Held-out images every model is measured on."""
-    sft_epochs: float = 4.0
+    sft_epochs: float = 2.5
     """SFT passes over the training images."""
     sft_lr: float = 3e-3
     """SFT peak learning rate (the embedded VLM was trained at 3e-3)."""

@@ -1,9 +1,15 @@
 """Judge SFT (ImageDoctor, arXiv 2510.01010): cross-entropy on the look-think-predict text plus
 `heatmap_weight` x (MSE misalignment + MSE artifact) against the true maps.
 
-Departure: ImageDoctor trains in two stages (scores only, then think + boxes + task tokens with the
-head); here one stage trains everything at once, from a VLM that never saw the format. The vision
-tower and merger stay frozen, as in ImageDoctor; the LM and the heatmap head train together.
+Departures:
+- ImageDoctor trains in two stages (scores only, then think + boxes + task tokens with the head);
+  here one stage trains everything at once, from a VLM that never saw the format. The vision tower
+  and merger stay frozen, as in ImageDoctor; the LM and the heatmap head train together.
+- the heatmap term is class-balanced: per map, half the mean squared error over the flaw's pixels
+  plus half over the rest (the plain mean when the map is empty). Our true maps are sparse binary
+  masks (2% and 0.6% of the pixels on average), not RichHF's dense soft maps; under the plain MSE
+  the head collapsed to an all-zero map whose loss stopped moving (measured: 60 head-only steps,
+  loss constant at 0.0530, held-out CC -0.005; balanced: CC 0.13 after the same steps).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from reasonrl.reward.imagedoctor.build import JudgeItem
-from reasonrl.reward.imagedoctor.model import ImageDoctor, heatmap_loss
+from reasonrl.reward.imagedoctor.model import Heatmaps, ImageDoctor
 from reasonrl.rl.config import OptimSection
 from reasonrl.rl.update import freeze_vision, make_optimizer, trainable
 
@@ -51,13 +57,26 @@ def batch_tensors(items: list[JudgeItem], pad: int) -> tuple[torch.Tensor, torch
     return ids, labels
 
 
+def balanced_heatmap_loss(maps: Heatmaps, targets: list[torch.Tensor], weight: float) -> torch.Tensor:
+    """weight x the class-balanced squared error of both maps, averaged over the samples; targets per sample (2, H, W)."""
+    per = []
+    for m, t in zip(maps.maps, targets, strict=True):
+        t = t.to(m)
+        err, pos = (m - t) ** 2, (t >= 0.5).to(m)  # (2, H, W)
+        n_pos, n_neg = pos.sum(dim=(1, 2)), (1 - pos).sum(dim=(1, 2))
+        on, off = (err * pos).sum(dim=(1, 2)), (err * (1 - pos)).sum(dim=(1, 2))
+        balanced = 0.5 * on / n_pos.clamp(min=1) + 0.5 * off / n_neg.clamp(min=1)
+        per.append(torch.where(n_pos > 0, balanced, err.mean(dim=(1, 2))).sum())
+    return weight * torch.stack(per).mean()
+
+
 def judge_loss(doctor: ImageDoctor, items: list[JudgeItem], pad: int) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean response-token cross-entropy + the weighted heatmap MSE, and both parts."""
     ids, labels = batch_tensors(items, pad)
     hidden, maps = doctor(ids, [it.prompt for it in items])
     logits = doctor.backbone.compute_logits(hidden).float()
     ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-    heat = heatmap_loss(maps, [it.maps for it in items], doctor.cfg.heatmap_weight)
+    heat = balanced_heatmap_loss(maps, [it.maps for it in items], doctor.cfg.heatmap_weight)
     return ce + heat, {"ce": float(ce.detach()), "heatmap_mse": float(heat.detach())}
 
 

@@ -166,3 +166,19 @@ def test_balanced_heatmap_loss_weighs_the_flaw_as_much_as_the_rest():
     assert float(balanced_heatmap_loss(exact, [truth], 2.0)) == 0.0
     ones = Heatmaps([torch.ones(2, 10, 10)], torch.ones(1, 2, dtype=torch.bool))
     assert float(balanced_heatmap_loss(ones, [truth], 1.0)) == pytest.approx(0.5 + 1.0)  # empty map: plain mean
+
+
+def test_head_ablation_trains_two_heads_on_a_frozen_judge():
+    from reasonrl.reward.imagedoctor.ablation import fresh_heads, train_heads
+
+    judge, tok = doctor_from_vlm(VLM, HEAD, seed=2)
+    items = judge_items(small(4), tok, judge.backbone)
+    heads = fresh_heads(judge, seed=0)
+    assert isinstance(heads["no_task_tokens"], NoTaskTokenDoctor) and not isinstance(heads["task_tokens"], NoTaskTokenDoctor)
+    backbone = [p.clone() for p in judge.backbone.parameters()]
+    before = {k: [p.clone() for n, p in h.named_parameters() if n.startswith("heatmap.")] for k, h in heads.items()}
+    train_heads(heads, items, steps=2, batch=2, lr=1e-3, pad=tok.pad_token_id)
+    assert all(torch.equal(a, b) for a, b in zip(backbone, judge.backbone.parameters()))  # the judge stays frozen
+    for k, h in heads.items():
+        after = [p for n, p in h.named_parameters() if n.startswith("heatmap.")]
+        assert any(not torch.equal(a, b) for a, b in zip(before[k], after))

@@ -3,10 +3,11 @@
     python -m reasonrl.reward.imagedoctor.experiment --out runs/imagedoctor   (same as the bench)
 
 From the embedded VLM (reasonrl/demo/vlm): (1) SFT of the judge with task tokens (cross-entropy
-plus heatmap MSE), (2) the same SFT without task tokens (`NoTaskTokenDoctor`, the ablation),
-(3) GRPO from (1) through the ordinary trainer with `JudgeEnvironment`'s rewards. Each is measured
-on the same held-out images (`evaluate.judge_metrics`). Stages already finished under `out` are
-read back (sft/, ablation.json, grpo/), so a rerun after a stop goes on where it was.
+plus heatmap MSE), (2) the ablation without task tokens on (1)'s frozen judge (ablation.py: two
+fresh heads, task-token prompted or learned queries), (3) GRPO from (1) through the ordinary
+trainer with `JudgeEnvironment`'s rewards. Each is measured on the same held-out images
+(`evaluate.judge_metrics`). Stages already finished under `out` are read back (sft/, ablation/,
+grpo/), so a rerun after a stop goes on where it was, and stages may run in separate processes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ SMALL_HEAD = HeatmapConfig(dim=64, heads=2, mlp_dim=128, conv_channels=(64, 32),
 @dataclass
 class JudgeBenchConfig:
     out: str = "runs/imagedoctor"
-    """Run directory (sft/, grpo/, ablation.json, result.json); finished stages are reused."""
+    """Run directory (sft/, ablation/, grpo/, result.json); finished stages are reused."""
     vlm: str = "reasonrl/demo/vlm"
     """The Qwen2.5-VL checkpoint the judge starts from."""
     train_images: int = 2000
@@ -43,6 +44,8 @@ class JudgeBenchConfig:
     """SFT passes over the training images."""
     sft_lr: float = 3e-3
     """SFT peak learning rate (the embedded VLM was trained at 3e-3)."""
+    ablation_steps: int = 100
+    """Steps of the two fresh heads of the ablation (batches of 16)."""
     grpo_steps: int = 30
     """GRPO steps after SFT."""
     grpo_lr: float = 2e-4
@@ -52,7 +55,7 @@ class JudgeBenchConfig:
     samples_per_prompt: int = 4
     """GRPO judgements per image (the group)."""
     stages: tuple[str, ...] = ("sft", "ablation", "grpo")
-    """Stages to run, of sft, ablation (SFT without task tokens), grpo (needs sft's model); run separately
+    """Stages to run, of sft, ablation and grpo (both need sft's model); run separately
     (e.g. in two processes) and then all together, finished ones are read back."""
     max_tokens: int = 384
     """Longest judgement generated."""
@@ -71,8 +74,8 @@ def bench_judge(cfg: JudgeBenchConfig, log=functools.partial(print, flush=True))
     if unknown:
         raise ValueError(f"--stages: unknown {sorted(unknown)}; known: sft, ablation, grpo")
     result = {"config": asdict(cfg), "device": f"CPU, {torch.get_num_threads()} threads"}
-    stages = {"sft": ("sft", out / "sft", lambda: _sft(cfg, train_ex, eval_ex, True, out / "sft", log)),
-              "ablation": ("sft_no_task_tokens", out / "ablation", lambda: _sft(cfg, train_ex, eval_ex, False, None, log)),
+    stages = {"sft": ("sft", out / "sft", lambda: _sft(cfg, train_ex, eval_ex, out / "sft", log)),
+              "ablation": ("ablation", out / "ablation", lambda: _ablation(cfg, train_ex, eval_ex, out, log)),
               "grpo": ("grpo", out / "grpo", lambda: _grpo(cfg, train_ex, eval_ex, out, log))}
     for name in cfg.stages:
         key, path, run = stages[name]
@@ -93,20 +96,33 @@ def _stage(path: Path, run, log) -> dict:
     return metrics
 
 
-def _sft(cfg: JudgeBenchConfig, train_ex, eval_ex, task_tokens: bool, save: Path | None, log) -> dict:
+def _sft(cfg: JudgeBenchConfig, train_ex, eval_ex, save: Path, log) -> dict:
     from reasonrl.reward.imagedoctor.model import save_doctor
 
-    doctor, tok = doctor_from_vlm(cfg.vlm, SMALL_HEAD, task_tokens=task_tokens, seed=cfg.seed)
-    train, held = judge_items(train_ex, tok, doctor.backbone, task_tokens), judge_items(eval_ex, tok, doctor.backbone, task_tokens)
+    doctor, tok = doctor_from_vlm(cfg.vlm, SMALL_HEAD, seed=cfg.seed)
+    train, held = judge_items(train_ex, tok, doctor.backbone), judge_items(eval_ex, tok, doctor.backbone)
     t = time.perf_counter()
     history = train_judge_sft(doctor, train, JudgeSFTConfig(epochs=cfg.sft_epochs, lr=cfg.sft_lr, seed=cfg.seed),
                               tok.pad_token_id, log)
     metrics = {"train_seconds": time.perf_counter() - t, "final_ce": history[-1]["ce"],
                "final_heatmap_mse": history[-1]["heatmap_mse"], **judge_metrics(doctor, tok, held, cfg.max_tokens)}
-    if save is not None:
-        save_doctor(doctor, save / "model", tok)
-    log(f"imagedoctor sft (task tokens {task_tokens}): {metrics}")
+    save_doctor(doctor, save / "model", tok)
+    log(f"imagedoctor sft: {metrics}")
     return metrics
+
+
+def _ablation(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
+    from reasonrl.models.tokenizer import Tokenizer
+    from reasonrl.reward.imagedoctor.ablation import head_ablation
+    from reasonrl.reward.imagedoctor.model import load_doctor
+
+    judge, tok = load_doctor(out / "sft" / "model"), Tokenizer.from_dir(out / "sft" / "model")
+    subset = train_ex[:8 * cfg.ablation_steps]  # each seen about twice: less memory than all of them
+    train, held = judge_items(subset, tok, judge.backbone), judge_items(eval_ex, tok, judge.backbone)
+    result = head_ablation(judge, tok, train, held, cfg.ablation_steps, lr=cfg.sft_lr, seed=cfg.seed,
+                           max_tokens=cfg.max_tokens, log=log)
+    log(f"imagedoctor ablation: {result}")
+    return result
 
 
 def _grpo(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
@@ -153,9 +169,15 @@ def format_rows(result: dict) -> str:
     keys = ["plcc/alignment", "srcc/alignment", "plcc/plausibility", "plcc/aesthetics", "plcc/overall", "plcc/mean",
             "srcc/mean", "cc/misalignment", "iou/misalignment", "cc/artifact", "iou/artifact", "well_formed"]
     lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for name in ("sft", "sft_no_task_tokens", "grpo"):
+    for name in ("sft", "grpo"):
         if name in result:
             lines.append(f"| {name} | " + " | ".join(f"{result[name].get(k, float('nan')):.3f}" for k in keys) + " |")
+    if "ablation" in result:
+        maps = ["cc/misalignment", "iou/misalignment", "cc/artifact", "iou/artifact"]
+        lines += ["", f"ablation, heads only on the frozen SFT judge ({result['ablation']['steps']} steps each):", "",
+                  "| head | " + " | ".join(maps) + " |", "|---" * (len(maps) + 1) + "|"]
+        for name in ("judge_head", "task_tokens", "no_task_tokens"):
+            lines.append(f"| {name} | " + " | ".join(f"{result['ablation'][name][k]:.3f}" for k in maps) + " |")
     return "\n".join(lines)
 
 

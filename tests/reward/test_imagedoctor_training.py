@@ -14,7 +14,7 @@ from reasonrl.reward.imagedoctor.build import TASK_TOKENS, NoTaskTokenDoctor, do
 from reasonrl.reward.imagedoctor.decoder import HeatmapConfig
 from reasonrl.reward.imagedoctor.env import JudgeEnvironment
 from reasonrl.reward.imagedoctor.evaluate import iou, map_metrics, pearson, ranks, spearman
-from reasonrl.reward.imagedoctor.export import DoctorDataConfig, export_judge_data, judge_examples
+from reasonrl.reward.imagedoctor.export import DoctorDataConfig, judge_examples
 from reasonrl.reward.imagedoctor.sft import JudgeSFTConfig, batch_tensors, judge_loss, train_judge_sft
 
 VLM = "reasonrl/demo/vlm"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from reasonrl.reward.imagedoctor.build import JudgeItem, doctor_from_vlm, judge_items
+from reasonrl.reward.imagedoctor.build import doctor_from_vlm, judge_items
 from reasonrl.reward.imagedoctor.decoder import HeatmapConfig
 from reasonrl.reward.imagedoctor.evaluate import judge_metrics
 from reasonrl.reward.imagedoctor.export import DoctorDataConfig, judge_examples

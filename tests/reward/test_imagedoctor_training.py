@@ -124,7 +124,10 @@ def test_environment_rewards_the_true_judgement_over_garbage(doctor):
         assert truth["score"] == pytest.approx(1.0, abs=0.02) and garbage["score"] == 0.0
         assert truth["grounding"] > 0.3 and garbage["grounding"] == 0.0  # boxes missing for a flawed image
         assert env.reward(prompt, ex.judgement()) > env.reward(prompt, "garbage")
-        assert 0.0 <= truth["heatmap"] <= 1.0
+        assert 0.0 <= truth["heatmap"] <= 1.0 and truth["format"] == 1.0
+        assert garbage["heatmap"] == 0.0 and garbage["format"] == 0.0  # no task token: no map to reward
+        flawless = env.parts(prompt.answer, "no task tokens")  # even where an all-zero map would match
+        assert flawless["heatmap"] == 0.0
     assert len(env.prompts(n=1, split="train")) == 1
 
 

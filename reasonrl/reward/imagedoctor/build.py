@@ -6,10 +6,11 @@ then puts a freshly initialised heatmap head on it. The task tokens are added as
 (non-special) added tokens: they stay atomic, and decoding keeps them, so a rollout's text still
 holds them when the reward parses it (the rollout decodes with special tokens skipped).
 
-`NoTaskTokenDoctor` is the ablation "without task tokens" (ImageDoctor's table of ablations): the
-text carries no task token ("Misalignment Locations: map;") and each map is prompted by a learned
-query per task instead of the hidden state that emits the task token, so what the judge wrote
-cannot steer the map. Everything else (decoder, data, losses) is the same.
+`NoTaskTokenDoctor` is the ablation "without task tokens" (ImageDoctor's table of ablations): each
+map is prompted by a learned query per task instead of the hidden state that emits the task token,
+so what the judge wrote cannot steer the map. `ablation.py` puts one on a frozen SFT judge; with
+`doctor_from_vlm(..., task_tokens=False)` and `judge_items(..., task_tokens=False)` a whole judge is
+trained without the tokens (its text says "Misalignment Locations: map;"), the paper's variant.
 """
 
 from __future__ import annotations

@@ -52,6 +52,8 @@ WORKLOADS = {
                          "reasonrl.cli.bench:image_gen"),
     "smarli": Command("SMARLI models (mask ablations, before/after layout GRPO): layout metrics",
                       "reasonrl.cli.bench:smarli"),
+    "imagedoctor": Command("ImageDoctor-mini judge: SFT, no-task-token ablation, GRPO; PLCC/SRCC, heatmap CC/IoU",
+                           "reasonrl.cli.bench:imagedoctor"),
     "structured": Command("structured outputs: constrained vs free decode tokens/s, the grammar mask's cost per step",
                           "reasonrl.cli.bench:structured"),
     "lvr": Command("LVR on shapes detail questions: SFT with and without latents, GRPO, causality and steps figures",
@@ -118,6 +120,9 @@ smarli = workload("reasonrl.vision.smarli.bench:SmarliBenchConfig", "reasonrl.vi
                   "reasonrl.vision.binary.bench:format_rows")
 lvr = workload("reasonrl.vision.lvr.experiment:LVRExperimentConfig", "reasonrl.vision.lvr.experiment:run_experiment",
                "reasonrl.vision.lvr.experiment:markdown")
+imagedoctor = workload("reasonrl.reward.imagedoctor.experiment:JudgeBenchConfig",
+                       "reasonrl.reward.imagedoctor.experiment:bench_judge",
+                       "reasonrl.reward.imagedoctor.experiment:format_rows")
 gpu = workload("reasonrl.bench.gpu:GpuBenchConfig", "reasonrl.bench.gpu:bench_gpu", "reasonrl.bench.gpu:format_table")
 kernels = workload("reasonrl.bench.kernels:KernelBenchConfig", "reasonrl.bench.kernels:bench_kernels")
 sand_mini = workload("reasonrl.data.sand.mini.experiment:MiniConfig", "reasonrl.data.sand.mini.experiment:run_miniature",

@@ -75,6 +75,8 @@ DATASETS = {
                       "reasonrl.cli.evaluate:data_shapes"),
     "lvr": Command("LVR SFT data: shapes-world detail questions with their regions and latent spans (JSONL + PNG)",
                    "reasonrl.cli.evaluate:data_lvr"),
+    "doctor": Command("ImageDoctor judge data: flawed shapes-world images, exact flaw maps, analytic scores (JSONL + PNG + NPZ)",
+                      "reasonrl.cli.evaluate:data_doctor"),
 }
 
 
@@ -121,6 +123,22 @@ def data_lvr(parser: argparse.ArgumentParser):
         cfg = LVRDataConfig(**values(args, LVRDataConfig))
         written = export_lvr(cfg)
         print(f"wrote {written} LVR examples to {Path(cfg.out) / 'lvr.jsonl'} (images in {Path(cfg.out) / 'images'})")
+        return 0
+
+    return run
+
+
+def data_doctor(parser: argparse.ArgumentParser):
+    from reasonrl.reward.imagedoctor.export import DoctorDataConfig
+
+    add_flags(parser, DoctorDataConfig)
+
+    def run(args) -> int:
+        from reasonrl.reward.imagedoctor.export import export_judge_data
+
+        cfg = DoctorDataConfig(**values(args, DoctorDataConfig))
+        written = export_judge_data(cfg)
+        print(f"wrote {written} judged images to {Path(cfg.out) / 'judge.jsonl'} (images/, maps/ beside it)")
         return 0
 
     return run

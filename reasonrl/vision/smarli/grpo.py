@@ -114,11 +114,16 @@ class LayoutGRPOJob(JobState):
         rewards, stats = self.rewards(layouts, images)
         groups = torch.arange(len(layouts)) // g
         adv = self.advantage_fn(rewards, groups, self.adv_cfg)
-        token_adv = adv[:, None] * torch.where(batch.cover, cfg.in_box_weight, 1.0)  # (B, N)
+        token_adv = adv[:, None] * self.token_weights(batch)  # (B, N)
         update = self.update(batch, rollout, token_adv)
         self.step_count += 1
         return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()), **stats, **update,
                 "lr": self.scheduler.get_last_lr()[0]}
+
+    def token_weights(self, batch) -> torch.Tensor:
+        """(B, N) weight of each image token's advantage: in_box_weight inside some layout box, else 1
+        (a judge's dense reward overrides it, reward/imagedoctor/dense.py)."""
+        return torch.where(batch.cover, self.cfg.in_box_weight, 1.0)
 
     def update(self, batch, rollout, token_adv: torch.Tensor) -> dict[str, float]:
         """ppo_epochs passes of minibatches_per_epoch optimizer steps over this step's samples."""

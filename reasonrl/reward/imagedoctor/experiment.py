@@ -1,0 +1,194 @@
+"""`reasonrl bench imagedoctor`: ImageDoctor-mini trained and measured on the shapes world.
+
+    python -m reasonrl.reward.imagedoctor.experiment --out runs/imagedoctor   (same as the bench)
+
+From the embedded VLM (reasonrl/demo/vlm): (1) SFT of the judge with task tokens (cross-entropy
+plus heatmap MSE), (2) the ablation without task tokens on (1)'s frozen judge (ablation.py: two
+fresh heads, task-token prompted or learned queries), (3) GRPO from (1) through the ordinary
+trainer with `JudgeEnvironment`'s rewards. Each is measured on the same held-out images
+(`evaluate.judge_metrics`). Stages already finished under `out` are read back (sft/, ablation/,
+grpo/), so a rerun after a stop goes on where it was, and stages may run in separate processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from reasonrl.reward.imagedoctor.build import doctor_from_vlm, judge_items
+from reasonrl.reward.imagedoctor.decoder import HeatmapConfig
+from reasonrl.reward.imagedoctor.evaluate import judge_metrics
+from reasonrl.reward.imagedoctor.export import DoctorDataConfig, judge_examples
+from reasonrl.reward.imagedoctor.sft import JudgeSFTConfig, train_judge_sft
+
+SMALL_HEAD = HeatmapConfig(dim=64, heads=2, mlp_dim=128, conv_channels=(64, 32), up_channels=(32, 16, 8), mask_in_chans=8)
+
+
+@dataclass
+class JudgeBenchConfig:
+    out: str = "runs/imagedoctor"
+    """Run directory (sft/, ablation/, grpo/, result.json); finished stages are reused."""
+    vlm: str = "reasonrl/demo/vlm"
+    """The Qwen2.5-VL checkpoint the judge starts from."""
+    train_images: int = 2000
+    """Judge training images (SFT)."""
+    eval_images: int = 150
+    """Held-out images every model is measured on."""
+    sft_epochs: float = 2.5
+    """SFT passes over the training images."""
+    sft_lr: float = 3e-3
+    """SFT peak learning rate (the embedded VLM was trained at 3e-3)."""
+    ablation_steps: int = 100
+    """Steps of the two fresh heads of the ablation (batches of 16)."""
+    grpo_steps: int = 30
+    """GRPO steps after SFT."""
+    grpo_lr: float = 2e-4
+    """GRPO learning rate (constant)."""
+    prompts_per_step: int = 8
+    """GRPO images per step."""
+    samples_per_prompt: int = 4
+    """GRPO judgements per image (the group)."""
+    stages: tuple[str, ...] = ("sft", "ablation", "grpo")
+    """Stages to run, of sft, ablation and grpo (both need sft's model); run separately
+    (e.g. in two processes) and then all together, finished ones are read back."""
+    max_tokens: int = 384
+    """Longest judgement generated."""
+    seed: int = 0
+    """Data and initialisation."""
+
+
+def bench_judge(cfg: JudgeBenchConfig, log=functools.partial(print, flush=True)) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    data = DoctorDataConfig(out=str(out), n=cfg.train_images, seed=cfg.seed)
+    train_ex, eval_ex = judge_examples(data), judge_examples(DoctorDataConfig(out=str(out), n=cfg.eval_images,
+                                                                             seed=cfg.seed, split="eval"))
+    unknown = set(cfg.stages) - {"sft", "ablation", "grpo"}
+    if unknown:
+        raise ValueError(f"--stages: unknown {sorted(unknown)}; known: sft, ablation, grpo")
+    result = {"config": asdict(cfg), "device": f"CPU, {torch.get_num_threads()} threads"}
+    stages = {"sft": ("sft", out / "sft", lambda: _sft(cfg, train_ex, eval_ex, out / "sft", log)),
+              "ablation": ("ablation", out / "ablation", lambda: _ablation(cfg, train_ex, eval_ex, out, log)),
+              "grpo": ("grpo", out / "grpo", lambda: _grpo(cfg, train_ex, eval_ex, out, log))}
+    for name in cfg.stages:
+        key, path, run = stages[name]
+        result[key] = _stage(path, run, log)
+    result["seconds"] = time.perf_counter() - start
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _stage(path: Path, run, log) -> dict:
+    done = path / "metrics.json"
+    if done.is_file():
+        log(f"imagedoctor: reusing {done}")
+        return json.loads(done.read_text())
+    metrics = run()
+    path.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _sft(cfg: JudgeBenchConfig, train_ex, eval_ex, save: Path, log) -> dict:
+    from reasonrl.reward.imagedoctor.model import save_doctor
+
+    doctor, tok = doctor_from_vlm(cfg.vlm, SMALL_HEAD, seed=cfg.seed)
+    train, held = judge_items(train_ex, tok, doctor.backbone), judge_items(eval_ex, tok, doctor.backbone)
+    t = time.perf_counter()
+    history = train_judge_sft(doctor, train, JudgeSFTConfig(epochs=cfg.sft_epochs, lr=cfg.sft_lr, seed=cfg.seed),
+                              tok.pad_token_id, log)
+    metrics = {"train_seconds": time.perf_counter() - t, "final_ce": history[-1]["ce"],
+               "final_heatmap_mse": history[-1]["heatmap_mse"], **judge_metrics(doctor, tok, held, cfg.max_tokens)}
+    save_doctor(doctor, save / "model", tok)
+    log(f"imagedoctor sft: {metrics}")
+    return metrics
+
+
+def _ablation(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
+    from reasonrl.models.tokenizer import Tokenizer
+    from reasonrl.reward.imagedoctor.ablation import head_ablation
+    from reasonrl.reward.imagedoctor.model import load_doctor
+
+    judge, tok = load_doctor(out / "sft" / "model"), Tokenizer.from_dir(out / "sft" / "model")
+    subset = train_ex[:8 * cfg.ablation_steps]  # each seen about twice: less memory than all of them
+    train, held = judge_items(subset, tok, judge.backbone), judge_items(eval_ex, tok, judge.backbone)
+    result = head_ablation(judge, tok, train, held, cfg.ablation_steps, lr=cfg.sft_lr, seed=cfg.seed,
+                           max_tokens=cfg.max_tokens, log=log)
+    log(f"imagedoctor ablation: {result}")
+    return result
+
+
+def _grpo(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
+    from reasonrl.models.tokenizer import Tokenizer
+    from reasonrl.reward.imagedoctor.env import JudgeEnvironment
+    from reasonrl.reward.imagedoctor.model import load_doctor, save_doctor
+    from reasonrl.rl.config import from_dict
+    from reasonrl.rl.trainer import Trainer
+
+    doctor, tok = load_doctor(out / "sft" / "model"), Tokenizer.from_dir(out / "sft" / "model")
+    train, held = judge_items(train_ex, tok, doctor.backbone), judge_items(eval_ex, tok, doctor.backbone)
+    env = JudgeEnvironment(doctor, tok, train, held)
+    run = from_dict(grpo_recipe(cfg, out / "sft" / "model", out / "grpo" / "run"))
+    t = time.perf_counter()
+    trainer = Trainer(run, env, doctor.backbone, tok, console=False)
+    try:
+        last = trainer.train()
+    finally:
+        trainer.close()
+    history = [json.loads(line) for line in (out / "grpo" / "run" / "metrics.jsonl").read_text().splitlines() if line]
+    rewards = [h["reward_mean"] for h in history if "reward_mean" in h]
+    metrics = {"train_seconds": time.perf_counter() - t, "reward_first": rewards[0] if rewards else None,
+               "reward_last": rewards[-1] if rewards else None, "rewards": rewards,
+               "well_formed_last": last.get("well_formed"), **judge_metrics(doctor, tok, held, cfg.max_tokens)}
+    save_doctor(doctor, out / "grpo" / "model", tok)
+    log(f"imagedoctor grpo: {metrics}")
+    return metrics
+
+
+def grpo_recipe(cfg: JudgeBenchConfig, model: Path, run_dir: Path) -> dict:
+    return {"model": {"path": str(model), "freeze_vision": True},
+            "env": {"name": "imagedoctor", "eval_size": 8},
+            "rollout": {"prompts_per_step": cfg.prompts_per_step, "samples_per_prompt": cfg.samples_per_prompt,
+                        "max_tokens": cfg.max_tokens, "temperature": 1.0},
+            "engine": {"max_num_seqs": 64, "kv_cache_memory": "256MiB", "max_model_len": 640},
+            "loss": {"name": "grpo"},
+            "optim": {"lr": cfg.grpo_lr, "schedule": "constant", "grad_clip": 1.0, "max_tokens_per_microbatch": 8192},
+            "train": {"steps": cfg.grpo_steps, "seed": cfg.seed, "run_dir": str(run_dir), "save_every": 1000,
+                      "keep_checkpoints": 1, "eval_every": 0}}
+
+
+def format_rows(result: dict) -> str:
+    """A markdown table of the measured models."""
+    keys = ["plcc/alignment", "srcc/alignment", "plcc/plausibility", "plcc/aesthetics", "plcc/overall", "plcc/mean",
+            "srcc/mean", "cc/misalignment", "iou/misalignment", "cc/artifact", "iou/artifact", "well_formed"]
+    lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name in ("sft", "grpo"):
+        if name in result:
+            lines.append(f"| {name} | " + " | ".join(f"{result[name].get(k, float('nan')):.3f}" for k in keys) + " |")
+    if "ablation" in result:
+        maps = ["cc/misalignment", "iou/misalignment", "cc/artifact", "iou/artifact"]
+        lines += ["", f"ablation, heads only on the frozen SFT judge ({result['ablation']['steps']} steps each):", "",
+                  "| head | " + " | ".join(maps) + " |", "|---" * (len(maps) + 1) + "|"]
+        for name in ("judge_head", "task_tokens", "no_task_tokens"):
+            lines.append(f"| {name} | " + " | ".join(f"{result['ablation'][name][k]:.3f}" for k in maps) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from reasonrl.cli.flags import add_flags, values
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_flags(parser, JudgeBenchConfig)
+    result = bench_judge(JudgeBenchConfig(**values(parser.parse_args(argv), JudgeBenchConfig)))
+    print(format_rows(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Judge data as files (`reasonrl data doctor`) and as in-memory items for training and evaluation.
+
+Layout of `cfg.out`: judge.jsonl, one row per image, in `reasonrl sft`'s format ({"prompt": chat
+messages with the image, "response": the look-think-predict text}) plus "scores" (the analytic
+ones), "boxes" and "maps" (an .npz path with `misalignment` and `artifact`, (H, W) uint8 in {0, 1});
+images/doctor_NNNNNN.png and maps/doctor_NNNNNN.npz. `reasonrl sft` on the JSONL trains the text
+alone (cross-entropy); the heatmap term needs the maps (`reward/imagedoctor/sft.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from reasonrl.reward.imagedoctor.data import JudgeDataConfig, JudgeExample, judge_example
+from reasonrl.vision.world import SceneConfig
+
+INSTRUCTION = "Judge the image against the caption."
+SPLIT_SEEDS = {"train": 0, "eval": 1_000_003}  # disjoint streams of the same generator
+
+
+@dataclass
+class DoctorDataConfig:
+    out: str
+    """Directory to write (judge.jsonl, images/, maps/)."""
+    n: int = 1000
+    """Images to write."""
+    seed: int = 0
+    """Which images: the same seed gives the same files."""
+    split: str = "train"
+    """train or eval: disjoint streams, so an eval set never repeats a training image."""
+    image_size: int = 224
+    """Width and height (multiples of 28 give whole merged Qwen2.5-VL tokens; the demo VLM's is 224)."""
+    max_objects: int = 4
+    """Most objects in a prompt scene."""
+    misaligned_max: int = 2
+    """Objects perturbed at most per image."""
+    artifacts_max: int = 2
+    """Artifact patches at most per image."""
+
+    def __post_init__(self):
+        if self.split not in SPLIT_SEEDS:
+            raise ValueError(f"--split must be one of {', '.join(SPLIT_SEEDS)}, got {self.split!r}")
+        if self.n < 1 or self.image_size < 28 or self.max_objects < 1:
+            raise ValueError("--n must be >= 1, --image-size >= 28 and --max-objects >= 1")
+
+    def judge_config(self) -> JudgeDataConfig:
+        scene = SceneConfig(width=self.image_size, height=self.image_size, max_objects=self.max_objects)
+        return JudgeDataConfig(misaligned_max=self.misaligned_max, artifacts_max=self.artifacts_max,
+                               patch=max(4, self.image_size * 12 // 112), scene=scene)
+
+
+def judge_examples(cfg: DoctorDataConfig) -> list[JudgeExample]:
+    rng = np.random.default_rng(SPLIT_SEEDS[cfg.split] + cfg.seed)
+    judge = cfg.judge_config()
+    return [judge_example(rng, judge) for _ in range(cfg.n)]
+
+
+def judge_messages(caption: str, image) -> list[dict]:
+    """The judge's prompt: the image, then the caption it was generated from."""
+    return [{"role": "user", "content": [{"type": "image", "image": image},
+                                         {"type": "text", "text": f"{INSTRUCTION} Caption: {caption}"}]}]
+
+
+def export_judge_data(cfg: DoctorDataConfig) -> int:
+    from reasonrl.vision.world.export import write_png
+
+    out = Path(cfg.out)
+    for sub in ("images", "maps"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    path = out / "judge.jsonl"
+    partial = path.with_suffix(".jsonl.partial")
+    with open(partial, "w", encoding="utf-8") as jsonl:
+        for i, ex in enumerate(judge_examples(cfg)):
+            name = f"doctor_{i:06d}"
+            write_png(ex.image, out / "images" / f"{name}.png")
+            np.savez_compressed(out / "maps" / f"{name}.npz", misalignment=ex.misalignment.astype(np.uint8),
+                                artifact=ex.artifact.astype(np.uint8))
+            row = {"id": f"{cfg.split}-{cfg.seed}-{i}", "prompt": judge_messages(ex.caption, f"images/{name}.png"),
+                   "response": ex.judgement(), "scores": ex.scores, "boxes": ex.boxes, "maps": f"maps/{name}.npz"}
+            jsonl.write(json.dumps(row) + "\n")
+    os.replace(partial, path)
+    return cfg.n

@@ -1,0 +1,187 @@
+"""ImageDoctor judge training on the shapes world, with tiny heads on the embedded VLM:
+task tokens added as atomic tokens that survive decoding, `reasonrl data doctor` output usable by
+`reasonrl sft`, SFT lowering both losses, the ablation's maps ignoring the text, the GRPO
+environment's reward parts, and the correlation/IoU metrics."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from reasonrl.models.tokenizer import Tokenizer
+from reasonrl.reward.imagedoctor.build import TASK_TOKENS, NoTaskTokenDoctor, doctor_from_vlm, judge_items
+from reasonrl.reward.imagedoctor.decoder import HeatmapConfig
+from reasonrl.reward.imagedoctor.env import JudgeEnvironment
+from reasonrl.reward.imagedoctor.evaluate import iou, map_metrics, pearson, ranks, spearman
+from reasonrl.reward.imagedoctor.export import DoctorDataConfig, judge_examples
+from reasonrl.reward.imagedoctor.sft import JudgeSFTConfig, batch_tensors, judge_loss, train_judge_sft
+
+VLM = "reasonrl/demo/vlm"
+HEAD = HeatmapConfig(dim=32, heads=2, mlp_dim=48, conv_channels=(24, 16), up_channels=(16, 8), mask_in_chans=8)
+
+
+def small(n=4, split="train"):
+    return judge_examples(DoctorDataConfig(out="unused", n=n, image_size=112, split=split))
+
+
+@pytest.fixture(scope="module")
+def doctor():
+    return doctor_from_vlm(VLM, HEAD)
+
+
+def test_task_tokens_are_added_atomic_and_survive_decoding(doctor):
+    judge, tok = doctor
+    base = Tokenizer.from_dir(VLM)
+    assert judge.backbone.config.vocab_size == base.vocab_size + 2
+    text = "Misalignment Locations: <|misalignment|>; Artifact Locations: <|artifact|>;"
+    ids = tok.encode(text, add_special_tokens=False)
+    assert judge.cfg.misalignment_token_id in ids and judge.cfg.artifact_token_id in ids
+    assert tok.decode(ids) == text  # the rollout decodes with special tokens skipped: these must stay
+    old = load_embedding(VLM)
+    assert torch.equal(judge.backbone.embed_tokens.weight[:old.shape[0]], old)  # old rows untouched
+
+
+def load_embedding(path):
+    from reasonrl.models.loader import load_model
+
+    return load_model(path).embed_tokens.weight.detach()
+
+
+def test_data_command_writes_sft_jsonl_with_maps(tmp_path):
+    from reasonrl.cli import main
+    from reasonrl.rl.sft import load_sft_data
+
+    assert main(["data", "doctor", "--out", str(tmp_path), "--n", "3", "--image-size", "112"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "judge.jsonl").read_text().splitlines()]
+    examples = small(3)
+    for row, ex in zip(rows, examples, strict=True):
+        maps = np.load(tmp_path / row["maps"])
+        assert np.array_equal(maps["misalignment"], ex.misalignment) and np.array_equal(maps["artifact"], ex.artifact)
+        assert row["response"] == ex.judgement() and row["scores"] == ex.scores
+    tok = Tokenizer.from_dir(VLM)
+    from reasonrl.models.chat import ChatEncoder
+    from reasonrl.models.loader import load_model
+
+    samples = load_sft_data(tmp_path / "judge.jsonl", ChatEncoder(tok, load_model(VLM)))
+    assert len(samples) == 3 and all(s.multimodal is not None for s in samples)
+    assert main(["data", "doctor", "--out", str(tmp_path), "--split", "test"]) == 2  # bad input: exit 2
+
+
+def test_eval_split_is_disjoint_from_train():
+    train = {ex.caption for ex in small(30)}
+    held = {ex.caption for ex in small(30, "eval")}
+    assert len(train & held) < 5  # captions of 1-object scenes can repeat by chance; streams differ
+
+
+def test_sft_lowers_cross_entropy_and_heatmap_mse():
+    judge, tok = doctor_from_vlm(VLM, HEAD, seed=1)
+    items = judge_items(small(4), tok, judge.backbone)
+    before = judge_loss(judge, items, tok.pad_token_id)[1]
+    history = train_judge_sft(judge, items, JudgeSFTConfig(epochs=8, lr=2e-3, samples_per_step=4, microbatch=2), tok.pad_token_id,
+                              log=None)
+    after = judge_loss(judge, items, tok.pad_token_id)[1]
+    assert len(history) == 8
+    assert after["ce"] < 0.6 * before["ce"] and after["heatmap_mse"] < 0.5 * before["heatmap_mse"]
+
+
+def test_labels_cover_exactly_the_response(doctor):
+    judge, tok = doctor
+    items = judge_items(small(2), tok, judge.backbone)
+    ids, labels = batch_tensors(items, tok.pad_token_id)
+    for i, it in enumerate(items):
+        n = len(it.prompt.input_ids)
+        assert labels[i, n - 1:n - 1 + len(it.response_ids)].tolist() == it.response_ids
+        assert (labels[i, :n - 1] == -100).all() and (labels[i, n - 1 + len(it.response_ids):] == -100).all()
+
+
+def test_ablation_maps_ignore_the_text_and_task_token_maps_do_not():
+    plain, tok = doctor_from_vlm(VLM, HEAD, task_tokens=False)
+    full, tok2 = doctor_from_vlm(VLM, HEAD)
+    assert isinstance(plain, NoTaskTokenDoctor) and plain.backbone.config.vocab_size == tok.vocab_size
+    item = judge_items(small(1), tok, plain.backbone, task_tokens=False)[0]
+    item2 = judge_items(small(1), tok2, full.backbone)[0]
+    for model, it, t in ((plain, item, tok), (full, item2, tok2)):
+        texts = [f"<answer>Misalignment Locations: {TASK_TOKENS[0]}; Artifact Locations: {TASK_TOKENS[1]};</answer>",
+                 f"<answer>nothing here at all; {TASK_TOKENS[0]} then {TASK_TOKENS[1]}</answer>"]
+        maps = []
+        for text in texts:
+            ids = torch.tensor([list(it.prompt.input_ids) + t.encode(text, add_special_tokens=False)])
+            with torch.no_grad():
+                maps.append(model(ids, [it.prompt])[1].maps[0])
+        same = torch.allclose(maps[0], maps[1])
+        assert same if model is plain else not same
+
+
+def test_environment_rewards_the_true_judgement_over_garbage(doctor):
+    judge, tok = doctor
+    examples = [ex for ex in small(12) if ex.boxes][:2]
+    items = judge_items(examples, tok, judge.backbone)
+    env = JudgeEnvironment(judge, tok, items, items)
+    for prompt, ex in zip(env.prompts(split="eval"), examples):
+        truth = env.parts(prompt.answer, ex.judgement())
+        garbage = env.parts(prompt.answer, "<answer>Aesthetic score: 7</answer>")
+        assert truth["score"] == pytest.approx(1.0, abs=0.02) and garbage["score"] == 0.0
+        assert truth["grounding"] > 0.3 and garbage["grounding"] == 0.0  # boxes missing for a flawed image
+        assert env.reward(prompt, ex.judgement()) > env.reward(prompt, "garbage")
+        assert 0.0 <= truth["heatmap"] <= 1.0 and truth["format"] == 1.0
+        assert garbage["heatmap"] == 0.0 and garbage["format"] == 0.0  # no task token: no map to reward
+        flawless = env.parts(prompt.answer, "no task tokens")  # even where an all-zero map would match
+        assert flawless["heatmap"] == 0.0
+    assert len(env.prompts(n=1, split="train")) == 1
+
+
+def test_correlations_and_iou():
+    x = np.array([0.1, 0.4, 0.2, 0.9])
+    assert pearson(x, 3 * x + 1) == pytest.approx(1.0) and pearson(x, -x) == pytest.approx(-1.0)
+    assert spearman(x, np.exp(5 * x)) == pytest.approx(1.0)  # monotone: rank correlation 1, Pearson below
+    assert pearson(x, np.exp(5 * x)) < 0.99
+    assert ranks([3, 1, 3, 2]).tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert pearson([1, 1, 1], [1, 2, 3]) == 0.0  # a constant prediction
+    truth = np.zeros((4, 4))
+    truth[:2] = 1
+    pred = np.zeros((4, 4))
+    pred[:1] = 0.9
+    assert iou(pred, truth) == pytest.approx(0.5)
+
+
+def test_map_metrics_skip_empty_truths():
+    class Item:
+        def __init__(self, maps):
+            self.maps = torch.from_numpy(maps)
+
+    mask = np.zeros((2, 8, 8), dtype=np.float32)
+    mask[0, 2:5, 2:5] = 1  # misalignment only; the artifact map is empty
+    out = map_metrics([mask.copy()], [Item(mask)])
+    assert out["cc/misalignment"] == pytest.approx(1.0) and out["iou/misalignment"] == pytest.approx(1.0)
+    assert out["cc/artifact"] == 0.0  # no image with an artifact: nothing measured
+
+
+def test_balanced_heatmap_loss_weighs_the_flaw_as_much_as_the_rest():
+    from reasonrl.reward.imagedoctor.model import Heatmaps
+    from reasonrl.reward.imagedoctor.sft import balanced_heatmap_loss
+
+    truth = torch.zeros(2, 10, 10)
+    truth[0, :1, :1] = 1  # one flawed pixel of 100 in the first map, the second map empty
+    zeros = Heatmaps([torch.zeros(2, 10, 10)], torch.ones(1, 2, dtype=torch.bool))
+    assert float(balanced_heatmap_loss(zeros, [truth], 1.0)) == pytest.approx(0.5)  # plain MSE would be 0.01
+    exact = Heatmaps([truth.clone()], torch.ones(1, 2, dtype=torch.bool))
+    assert float(balanced_heatmap_loss(exact, [truth], 2.0)) == 0.0
+    ones = Heatmaps([torch.ones(2, 10, 10)], torch.ones(1, 2, dtype=torch.bool))
+    assert float(balanced_heatmap_loss(ones, [truth], 1.0)) == pytest.approx(0.5 + 1.0)  # empty map: plain mean
+
+
+def test_head_ablation_trains_two_heads_on_a_frozen_judge():
+    from reasonrl.reward.imagedoctor.ablation import fresh_heads, train_heads
+
+    judge, tok = doctor_from_vlm(VLM, HEAD, seed=2)
+    items = judge_items(small(4), tok, judge.backbone)
+    heads = fresh_heads(judge, seed=0)
+    assert isinstance(heads["no_task_tokens"], NoTaskTokenDoctor) and not isinstance(heads["task_tokens"], NoTaskTokenDoctor)
+    backbone = [p.clone() for p in judge.backbone.parameters()]
+    before = {k: [p.clone() for n, p in h.named_parameters() if n.startswith("heatmap.")] for k, h in heads.items()}
+    train_heads(heads, items, steps=2, batch=2, lr=1e-3, pad=tok.pad_token_id)
+    assert all(torch.equal(a, b) for a, b in zip(backbone, judge.backbone.parameters()))  # the judge stays frozen
+    for k, h in heads.items():
+        after = [p for n, p in h.named_parameters() if n.startswith("heatmap.")]
+        assert any(not torch.equal(a, b) for a, b in zip(before[k], after))

@@ -24,8 +24,13 @@ class Command:
     of subcommands ({name: Command}, e.g. the bench workloads)."""
 
     def resolve(self):
-        module, name = self.target.split(":")
-        return getattr(importlib.import_module(module), name)
+        return resolve(self.target)
+
+
+def resolve(target: str):
+    """The object named by "module:name", imported now (commands import their modules lazily)."""
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 VERBS = {

@@ -7,10 +7,9 @@ Every workload has a config dataclass next to its code; its flags come from it. 
 from __future__ import annotations
 
 import argparse
-import importlib
 from dataclasses import dataclass
 
-from reasonrl.cli import Command
+from reasonrl.cli import Command, resolve
 from reasonrl.cli.flags import add_flags, values
 
 
@@ -70,7 +69,7 @@ def workload(config: str, measure: str, table: str | None = None):
     common options; it runs `measure(config)` and prints `table(result)` if given (all three
     "module:name", imported only when the workload runs)."""
     def build(parser: argparse.ArgumentParser):
-        config_cls = _resolve(config)
+        config_cls = resolve(config)
         add_flags(parser, config_cls, title="workload")
         add_flags(parser, BenchOptions, title="output")
 
@@ -82,20 +81,15 @@ def workload(config: str, measure: str, table: str | None = None):
                 import torch
 
                 torch.set_num_threads(options.threads)
-            result = _resolve(measure)(config_cls(**values(args, config_cls)))
+            result = resolve(measure)(config_cls(**values(args, config_cls)))
             if table is not None:
-                print(_resolve(table)(result))
+                print(resolve(table)(result))
             write_json(result, options.json)
             return 0
 
         return run
 
     return build
-
-
-def _resolve(target: str):
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
 
 
 engine = workload("reasonrl.bench.engine:EngineBenchConfig", "reasonrl.bench.engine:bench_engine")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from reasonrl.cli import Command
+from reasonrl.cli import Command, resolve
 from reasonrl.cli.engine import add_engine_flags, add_model_flags, engine_options, model_options
 from reasonrl.cli.flags import add_flags, values
 
@@ -95,53 +95,34 @@ def data_ttt(parser: argparse.ArgumentParser):
     return run
 
 
-def data_shapes(parser: argparse.ArgumentParser):
-    from reasonrl.vision.world import ShapesDataConfig
+def exporter(config: str, export: str, message):
+    """The builder of a `reasonrl data` command that writes a dataset: flags from the config
+    dataclass `config`, then `export(config)` (both "module:name", imported when the command is
+    built or run); prints `message(config, written)`."""
+    def build(parser: argparse.ArgumentParser):
+        config_cls = resolve(config)
+        add_flags(parser, config_cls)
 
-    add_flags(parser, ShapesDataConfig)
+        def run(args) -> int:
+            cfg = config_cls(**values(args, config_cls))
+            print(message(cfg, resolve(export)(cfg)))
+            return 0
 
-    def run(args) -> int:
-        from reasonrl.vision.world import export_shapes
+        return run
 
-        cfg = ShapesDataConfig(**values(args, ShapesDataConfig))
-        written = export_shapes(cfg)
-        print(f"wrote {written} {cfg.task} problems to {Path(cfg.out) / (cfg.task + '.jsonl')} (images in "
-              f"{Path(cfg.out) / 'images'})")
-        return 0
-
-    return run
-
-
-def data_lvr(parser: argparse.ArgumentParser):
-    from reasonrl.vision.lvr.export import LVRDataConfig
-
-    add_flags(parser, LVRDataConfig)
-
-    def run(args) -> int:
-        from reasonrl.vision.lvr.export import export_lvr
-
-        cfg = LVRDataConfig(**values(args, LVRDataConfig))
-        written = export_lvr(cfg)
-        print(f"wrote {written} LVR examples to {Path(cfg.out) / 'lvr.jsonl'} (images in {Path(cfg.out) / 'images'})")
-        return 0
-
-    return run
+    return build
 
 
-def data_doctor(parser: argparse.ArgumentParser):
-    from reasonrl.reward.imagedoctor.export import DoctorDataConfig
-
-    add_flags(parser, DoctorDataConfig)
-
-    def run(args) -> int:
-        from reasonrl.reward.imagedoctor.export import export_judge_data
-
-        cfg = DoctorDataConfig(**values(args, DoctorDataConfig))
-        written = export_judge_data(cfg)
-        print(f"wrote {written} judged images to {Path(cfg.out) / 'judge.jsonl'} (images/, maps/ beside it)")
-        return 0
-
-    return run
+data_shapes = exporter(
+    "reasonrl.vision.world:ShapesDataConfig", "reasonrl.vision.world:export_shapes",
+    lambda cfg, n: f"wrote {n} {cfg.task} problems to {Path(cfg.out) / (cfg.task + '.jsonl')} "
+                   f"(images in {Path(cfg.out) / 'images'})")
+data_lvr = exporter(
+    "reasonrl.vision.lvr.export:LVRDataConfig", "reasonrl.vision.lvr.export:export_lvr",
+    lambda cfg, n: f"wrote {n} LVR examples to {Path(cfg.out) / 'lvr.jsonl'} (images in {Path(cfg.out) / 'images'})")
+data_doctor = exporter(
+    "reasonrl.reward.imagedoctor.export:DoctorDataConfig", "reasonrl.reward.imagedoctor.export:export_judge_data",
+    lambda cfg, n: f"wrote {n} judged images to {Path(cfg.out) / 'judge.jsonl'} (images/, maps/ beside it)")
 
 
 def data_sand(parser: argparse.ArgumentParser):

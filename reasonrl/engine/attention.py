@@ -70,16 +70,14 @@ class PaddedQueries:
     def build(cls, meta: AttentionMetadata, seqs: list[int], device) -> PaddedQueries:
         lens = [meta.q_len(b) for b in seqs]
         q_max, s_max = max(lens), max(meta.context_lens[b] for b in seqs)
-        rows = torch.zeros(len(seqs), q_max, dtype=torch.long)
-        mask = torch.zeros(len(seqs), q_max, s_max, dtype=torch.bool)
-        for i, (b, n) in enumerate(zip(seqs, lens)):
-            lo, ctx = meta.query_start[b], meta.context_lens[b]
-            rows[i] = lo
-            rows[i, :n] = torch.arange(lo, lo + n)
-            mask[i, :n, :ctx] = causal_mask(n, ctx, meta.masks[b].cpu() if meta.masks and meta.masks[b] is not None else None, "cpu")
-            mask[i, n:, 0] = True  # padding rows attend to something (no NaN); their output is dropped
-        valid = torch.arange(q_max)[None, :] < torch.tensor(lens)[:, None]
-        return cls(torch.tensor(seqs, device=device), rows.to(device), valid.to(device), mask.to(device), s_max)
+        starts = torch.tensor([meta.query_start[b] for b in seqs], device=device)
+        valid = torch.arange(q_max, device=device)[None, :] < torch.tensor(lens, device=device)[:, None]
+        rows = torch.where(valid, starts[:, None] + torch.arange(q_max, device=device)[None, :], starts[:, None])
+        mask = torch.zeros(len(seqs), q_max, s_max, dtype=torch.bool, device=device)
+        mask[:, :, 0] = True  # padding rows attend to something (no NaN); their output is dropped
+        for i, (b, n) in enumerate(zip(seqs, lens)):  # the tree masks live on the device already
+            mask[i, :n, : meta.context_lens[b]] = causal_mask(n, meta.context_lens[b], meta.masks[b], device)
+        return cls(torch.tensor(seqs, device=device), rows, valid, mask, s_max)
 
 
 class PagedAttention:

@@ -19,18 +19,21 @@ where this hardware, this model and this draft put it:
   tree size, the overhead a tree step has beyond a plain step of the same rows (draft forwards,
   tree masks, verification and cache bookkeeping), an EMA o(bucket, rung). Prefill chunks that
   share a step cost the same in every arm, so they drop out. The draft's catch-up is part of a
-  tree step's cost (over a new prompt: the draft's prefill; after a stretch without trees: the
-  context it skipped), so a trial after a long stretch without trees pays for it and rarely wins.
+  tree step's cost (over a new prompt it is the draft's prefill, a real price of speculating).
 - Choice: at B sequences, rung r is estimated at L(r) / (a + b B (1 + m_r) + o(B, r)) tokens per
-  sequence-second, no tree at 1 / (a + b B); each bucket runs the best. Every `explore_every` of
+  sequence-second, no tree at 1 / (a + b B); each bucket runs the best, a tree only when it beats
+  no tree by `margin` (5%), so noise does not flip a bucket to and fro. Every `explore_every` of
   its steps it measures a tree it could switch to, one step each: without a tree, the best tree
   measured there, else the smallest (the cheapest trial where trees lose), and none at all while
-  a smaller bucket runs without trees (a tree's extra rows only cost more with more sequences); with one, the sizes either
-  side, walking on at once toward larger trees while they win. A tree must beat no tree by
-  `margin` (5%), so noise does not flip a bucket to and fro. A round that finds nothing better
-  doubles the bucket's interval (up to `max_explore_every`), so losing trials cost little. A new bucket starts from the
-  nearest one, its overheads scaled by the batch ratio (the very first: the full tree at batch 1,
-  no tree above), and has its first trial after one step.
+  a smaller bucket runs without trees (a tree's extra rows only cost more with more sequences);
+  with one, the sizes either side, walking on at once toward larger trees while they win. A round
+  that finds nothing better doubles the bucket's interval (up to `max_explore_every`), so losing
+  trials cost little. A new bucket starts from the nearest one, its overheads scaled by the batch
+  ratio (the very first: the full tree at batch 1, no tree above), and has its first trial after
+  one step.
+- Off is free: a bucket without trees and with no trial due hands the draft no features
+  (`wants_features`); its context restarts where they resume, so a later tree catches up over
+  a few rows, not over the stretch it skipped.
 
 Output does not depend on any of this: every rung, none included, is lossless (greedy and coupled
 sampling token-identical to plain decoding), so the choice may follow wall-clock noise freely.
@@ -223,10 +226,10 @@ class AdaptivePolicy:
 
     def _round(self, b: _Bucket) -> list[int]:
         """Without a tree: the tree measured best here (one noisy step may have turned the bucket
-        off; the smallest tree gains least and would rarely win it back), or the smallest (the
-        cheapest trial where trees lose) when none is measured; nothing while a smaller bucket runs
-        without trees too (a tree's extra rows cost more the more sequences carry one). With one: the trees either side (no tree needs no
-        trial: the plain step cost is always known)."""
+        off; the smallest tree gains least and would rarely win it back), the smallest (the
+        cheapest trial where trees lose) when none is measured, and nothing while a smaller bucket
+        runs without trees too (a tree's extra rows cost more the more sequences carry one). With
+        one: the trees either side (no tree needs no trial: the plain step cost is always known)."""
         if b.best == self.off:
             smaller = [k for k in self.buckets if k < b.size]
             if smaller and self.buckets[max(smaller)].best == self.off:

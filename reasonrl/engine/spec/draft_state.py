@@ -136,7 +136,7 @@ class PaddedDraftAttention:
 
     def __init__(self, past_k: torch.Tensor, past_v: torch.Tensor, past_lens: torch.Tensor, mask: torch.Tensor | None = None,
                  extra: tuple[torch.Tensor, torch.Tensor] | None = None, lengths: list[int] | None = None):
-        self.past_k, self.past_v, self.extra, self.lengths = past_k, past_v, extra, lengths
+        self.past_k, self.past_v, self.extra = past_k, past_v, extra
         b, p, dev = past_k.shape[0], past_k.shape[1], past_k.device
         n = max(lengths) if lengths else mask.shape[1]
         self.rows = self.valid = None
@@ -154,17 +154,14 @@ class PaddedDraftAttention:
     def __call__(self, layer, q, k, v):
         self.new_k, self.new_v = k, v
         b = self.past_k.shape[0]
-        q, k, v = (self._slots(t) if self.rows is not None else t.view(b, -1, *t.shape[1:]) for t in (q, k, v))
+        # flat rows (N, H, D) -> (B, n, H, D); a ragged batch's padding slots repeat a real row
+        q, k, v = (t[self.rows] if self.rows is not None else t.view(b, -1, *t.shape[1:]) for t in (q, k, v))
         keys = [self.past_k, *([self.extra[0]] if self.extra else []), k]
         values = [self.past_v, *([self.extra[1]] if self.extra else []), v]
         o = F.scaled_dot_product_attention(q.transpose(1, 2), torch.cat(keys, 1).transpose(1, 2),
                                            torch.cat(values, 1).transpose(1, 2), attn_mask=self.mask,
                                            enable_gqa=q.shape[2] != k.shape[2]).transpose(1, 2)  # (B, n, Hq, D)
         return o[self.valid] if self.rows is not None else o.reshape(-1, *o.shape[2:])
-
-    def _slots(self, t: torch.Tensor) -> torch.Tensor:
-        """Flat rows (N, H, D) -> (B, n, H, D); a padding slot repeats its sequence's first row."""
-        return t[self.rows]
 
 
 def padded_past(states: list[DraftState], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

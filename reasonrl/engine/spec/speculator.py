@@ -23,6 +23,7 @@ draft's context restarts where they resume.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -209,7 +210,7 @@ class Speculator:
             rows = catch_up_rows(self.draft, items, self.visual_reports)
             attn = self._catch_up_attention(behind, rows.lengths)
             out = self.draft.decode(rows.x, rows.positions, attn)
-            bounds = torch.tensor([0, *rows.lengths]).cumsum(0).tolist()
+            bounds = list(itertools.accumulate(rows.lengths, initial=0))
             for seq, lo, hi, removed in zip(behind, bounds, bounds[1:], rows.removed):
                 st = self.states[seq.seq_id]
                 st.cache.append(attn.new_k[lo:hi], attn.new_v[lo:hi])

@@ -291,7 +291,7 @@ class LLMEngine:
         for seq, n in scheduled:
             verdict = result.verdicts.get(seq.seq_id)
             if verdict is not None:
-                self.speculator.record(verdict)
+                self.speculator.record(seq, verdict)
                 for i, token in enumerate(verdict.tokens):
                     self._append(seq, Sampled(token, verdict.logprobs[i], verdict.top[i] if verdict.top else None))
                     if seq.finished:

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from reasonrl.engine import SamplingParams
-from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, TreeShape, bucket_of, ladder
+from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, StepLog, TreeShape, bucket_of, ladder
 
 from tests.spec.test_spec_engine import assert_same, demo, engine, run  # noqa: F401  (demo is a fixture)
 
@@ -29,10 +29,11 @@ def simulate(policy, num_seqs, cost, steps, prefill_every=3):
         rung = policy.choose(num_seqs)
         chosen.append(rung)
         shape = policy.shapes[rung]
-        rows = num_seqs * (1 + (0 if shape is None else shape.num_nodes)) + (40 if i % prefill_every == 0 else 0)
-        seconds, accepted = cost(rung, rows)
+        tree_rows = num_seqs * (0 if shape is None else shape.num_nodes)
+        prefill_rows = 40 if i % prefill_every == 0 else 0
+        seconds, accepted = cost(rung, num_seqs + tree_rows + prefill_rows)
         verified = 0 if shape is None else num_seqs
-        policy.observe(num_seqs, rung, seconds, rows, round(accepted * verified), verified)
+        policy.observe(StepLog(num_seqs, rung, prefill_rows, tree_rows, round(accepted * verified), verified), seconds)
     return chosen
 
 
@@ -167,3 +168,48 @@ def test_larger_buckets_do_not_try_trees_once_a_smaller_one_runs_without():
     assert policy.buckets[8].best == policy.off
     chosen = simulate(policy, 32, costs(per_row=1e-3, overhead=1e-3, num_seqs=32, per_tree=5e-4), steps=100)
     assert set(chosen) == {policy.off}  # not a single trial step at 32
+
+
+def test_a_stretch_of_large_batches_does_not_switch_batch_one_off():
+    """Costs are measured per batch size: on a CPU a step of a few rows costs its fixed overhead
+    while a step of hundreds costs per row, and a stretch at 64 in flight (where trees lose) leaves
+    batch 1 with the tree it had."""
+    def cpu(rows):  # fixed cost up to ~40 rows, then per row
+        return 4e-3 + 2e-5 * rows + 1e-4 * max(rows - 40, 0)
+
+    def cost(rung, rows):
+        shape = ladder(8, 6, 32)[rung]
+        return cpu(rows) + (0 if shape is None else 3e-3), 1.0 if shape is None else 1 + 5 * (1 - 0.8 ** shape.num_nodes)
+
+    policy = AdaptivePolicy(ladder(8, 6, 32), AdaptiveConfig(explore_every=4))
+    simulate(policy, 1, cost, steps=60)
+    before = policy.buckets[1].best
+    assert policy.shapes[before] is not None
+    simulate(policy, 64, cost, steps=300)
+    assert policy.buckets[64].best == policy.off
+    chosen = simulate(policy, 1, cost, steps=60)
+    assert policy.buckets[1].best != policy.off and chosen[-20:].count(policy.off) <= 2
+
+
+def test_acceptance_is_learned_from_drafts_that_saw_the_whole_sequence():
+    """A draft whose context restarted (features resumed after a stretch without trees) accepts
+    less; its step teaches the cost of the tree but not its acceptance, once a whole-sequence
+    draft has been seen, so a trial after a stretch without trees is judged on what the tree does."""
+    policy = AdaptivePolicy(ladder(1, 1, 1), AdaptiveConfig())
+    policy.rows.add(1, 1e-3)
+    policy.rows.add(41, 2e-3)
+    policy.observe(StepLog(1, 0, tree_rows=1, cold_emitted=1, cold_verified=1), 1.5e-3)
+    assert policy.accepted[0] == 1.0  # nothing else known: the cold draft's figure stands in
+    policy.observe(StepLog(1, 0, tree_rows=1, emitted=2, verified=1), 1.5e-3)
+    policy.observe(StepLog(1, 0, tree_rows=1, cold_emitted=1, cold_verified=1), 1.5e-3)
+    assert policy.accepted[0] == 2.0  # the whole-sequence figure replaced it; the second cold step is ignored
+    assert policy.buckets[1].cost[0] == pytest.approx(1.5e-3)
+
+
+def test_prompt_rows_in_a_step_are_charged_at_the_price_of_a_row():
+    policy = AdaptivePolicy(ladder(1, 1, 1), AdaptiveConfig())
+    policy.observe(StepLog(0, policy.off, prefill_rows=40), 5e-3)  # prefill only: 1 ms + 0.1 ms per row
+    policy.observe(StepLog(2, policy.off, prefill_rows=30, tree_rows=0), 1e-3 + 32e-4)  # the slope is now known
+    policy.observe(StepLog(2, policy.off, prefill_rows=0), 1e-3 + 2e-4)
+    assert policy.rows.slope() == pytest.approx(1e-4)
+    assert policy.buckets[2].cost[policy.off] == pytest.approx((1e-3 + 2e-4) / 2)

@@ -12,28 +12,31 @@ where this hardware, this model and this draft put it:
   (depth capped at that count, top-k the fewest that fill it: a chain at the bottom), and the
   last rung is no tree at all.
 - Acceptance, per rung: an EMA of the tokens a verified sequence emits per step (accepted drafts
-  plus the target's own), L(rung). No tree emits 1 token.
-- Cost: a plain step's wall seconds as a linear function of the rows it computes, a + b rows,
-  fitted (least squares, forgetting) on every step without trees, prefill-only ones included;
-  and per batch-size bucket (the step's decoding sequences, rounded up to a power of two) and
-  tree size, the overhead a tree step has beyond a plain step of the same rows (draft forwards,
-  tree masks, verification and cache bookkeeping), an EMA o(bucket, rung). Prefill chunks that
-  share a step cost the same in every arm, so they drop out. The draft's catch-up is part of a
-  tree step's cost (over a new prompt it is the draft's prefill, a real price of speculating).
-- Choice: at B sequences, rung r is estimated at L(r) / (a + b B (1 + m_r) + o(B, r)) tokens per
-  sequence-second, no tree at 1 / (a + b B); each bucket runs the best, a tree only when it beats
-  no tree by `margin` (5%), so noise does not flip a bucket to and fro. Every `explore_every` of
-  its steps it measures a tree it could switch to, one step each: without a tree, the best tree
-  measured there, else the smallest (the cheapest trial where trees lose), and none at all while
-  a smaller bucket runs without trees (a tree's extra rows only cost more with more sequences);
-  with one, the sizes either side, walking on at once toward larger trees while they win. A round
-  that finds nothing better doubles the bucket's interval (up to `max_explore_every`), so losing
-  trials cost little. A new bucket starts from the nearest one, its overheads scaled by the batch
-  ratio (the very first: the full tree at batch 1, no tree above), and has its first trial after
-  one step.
+  plus the target's own), L(rung), from drafts that have seen the whole sequence (one whose
+  context restarted mid-sequence accepts less; it counts only where nothing else is known). No
+  tree emits 1 token.
+- Cost, per batch-size bucket (the step's decoding sequences, rounded up to a power of two) and
+  rung, no tree included: an EMA of a step's wall seconds per decoding sequence, c(bucket, rung),
+  measured on the steps that run it there. It holds everything a tree costs: draft forwards,
+  masks, verification, cache bookkeeping, and the draft's catch-up (over a new prompt, the draft's
+  prefill: a real price of speculating). Prompt rows that share the step are taken out at the
+  price of a row, the slope of a running least-squares fit of steps without trees (seconds by
+  rows, prefill-only steps included). Costs are measured where they are used, never extrapolated
+  from other batch sizes (on the demo policy, a fit across sizes put a one-row step at 1.1 ms
+  after a run at 64 in flight, against 3.0 ms measured).
+- Choice: rung r is estimated at L(r) / c(bucket, r) tokens per sequence-second; each bucket runs
+  the best, a tree only when it beats no tree by `margin` (5%), so noise does not flip a bucket
+  to and fro. Every `explore_every` of its steps it measures what it could switch to, one step
+  each: without a tree, the best tree measured there, else the smallest (the cheapest trial where
+  trees lose), and none at all while a smaller bucket runs without trees (a tree's extra rows
+  only cost more with more sequences); with one, the sizes either side and no tree, walking on at
+  once toward larger trees while they win. A round that finds nothing better doubles the bucket's
+  interval (up to `max_explore_every`), so losing trials cost little. A new bucket starts with
+  what the nearest one runs (the very first: the full tree at batch 1, no tree above) and has its
+  first trial after one step.
 - Off is free: a bucket without trees and with no trial due hands the draft no features
   (`wants_features`); its context restarts where they resume, so a later tree catches up over
-  a few rows, not over the stretch it skipped.
+  a few rows, not over the stretch it skipped (and its acceptance is not taken for the tree's).
 
 Output does not depend on any of this: every rung, none included, is lossless (greedy and coupled
 sampling token-identical to plain decoding), so the choice may follow wall-clock noise freely.
@@ -117,10 +120,39 @@ class LinearFit:
         if not self.n:
             return None
         mx, my = self.sx / self.n, self.sy / self.n
-        var = self.sxx / self.n - mx * mx
-        b = (self.sxy / self.n - mx * my) / var if var > 1e-6 * max(mx * mx, 1.0) else (my / mx if mx else 0.0)
-        b = max(b, 0.0)
+        b = self.slope() if self.fitted else (my / mx if mx else 0.0)
         return max(my - b * mx, 0.0) + b * x
+
+    def slope(self) -> float:
+        """b, fitted; 0 until two distinct x have been seen (then y ~ b x would put all of a step's
+        fixed cost on its rows)."""
+        if not self.fitted:
+            return 0.0
+        mx, my = self.sx / self.n, self.sy / self.n
+        return max((self.sxy / self.n - mx * my) / (self.sxx / self.n - mx * mx), 0.0)
+
+    @property
+    def fitted(self) -> bool:
+        """Two distinct x seen: a and b are both determined."""
+        if not self.n:
+            return False
+        mx = self.sx / self.n
+        return self.sxx / self.n - mx * mx > 1e-6 * max(mx * mx, 1.0)
+
+
+@dataclass
+class StepLog:
+    """One step as the policy sees it: the rung chosen for its `num_seqs` decoding sequences, the
+    rows it computed besides theirs, and what the verified trees emitted."""
+
+    num_seqs: int
+    rung: int
+    prefill_rows: int = 0  # prompt rows computed in the same step
+    tree_rows: int = 0  # draft rows the step's trees added to the target's batch
+    emitted: int = 0  # tokens emitted by sequences that verified a tree with a whole-sequence draft
+    verified: int = 0  # such sequences
+    cold_emitted: int = 0  # the same for drafts whose context restarted mid-sequence
+    cold_verified: int = 0
 
 
 @dataclass
@@ -131,7 +163,7 @@ class _Bucket:
     interval: int
     trial: int | None = None
     queue: list[int] = field(default_factory=list)  # trials still to run, one step apart
-    overhead: dict[int, float] = field(default_factory=dict)  # rung -> EMA of a tree step's seconds beyond a plain step of its rows
+    cost: dict[int, float] = field(default_factory=dict)  # rung -> EMA of a step's seconds per decoding sequence
 
 
 class AdaptivePolicy:
@@ -139,7 +171,8 @@ class AdaptivePolicy:
         self.shapes, self.config = shapes, config or AdaptiveConfig()
         self.off = len(shapes) - 1  # the rung without a tree
         self.accepted = {self.off: 1.0}  # rung -> EMA of tokens per verified sequence and step
-        self.plain = LinearFit(weight=0.05)  # seconds of a step without trees, by the rows it computes
+        self.whole = {self.off}  # rungs whose acceptance comes from drafts that saw the whole sequence
+        self.rows = LinearFit(weight=0.05)  # seconds of a step without trees, by the rows it computes
         self.buckets: dict[int, _Bucket] = {}
 
     def choose(self, num_seqs: int) -> int:
@@ -149,8 +182,6 @@ class AdaptivePolicy:
             return 0
         if c.max_batch is not None and num_seqs > c.max_batch:
             return self.off
-        if self.plain(1) is None:
-            return self.off  # nothing measured yet: a step without trees teaches the plain cost
         b = self._bucket(bucket_of(num_seqs))
         if b.trial is None:
             b.countdown -= 1
@@ -175,23 +206,33 @@ class AdaptivePolicy:
         b = self.buckets.get(bucket_of(num_seqs))
         return b is None or b.best != self.off or b.trial is not None or bool(b.queue) or b.countdown <= 2
 
-    def observe(self, num_seqs: int, rung: int, seconds: float, rows: int, emitted: int, verified: int) -> None:
-        """A step that computed `rows` rows (prefill chunks, decode tokens, tree rows) at `rung` took
-        `seconds`; `verified` sequences verified a tree and emitted `emitted` tokens. Steps without
-        trees (any batch size, prefill-only ones too) teach the plain step cost; steps with trees
-        the overhead of their tree size at their bucket."""
+    def observe(self, log: StepLog, seconds: float) -> None:
+        """The step `log` describes took `seconds`. Steps without tree rows (any batch size,
+        prefill-only ones too) teach what a row costs; steps with decoding sequences the cost per
+        sequence of their rung at their bucket, the prompt rows they carried taken out at that
+        price; verified trees the acceptance of their rung (drafts that restarted mid-sequence
+        count only until a whole-sequence one is seen: they accept less, and would make a trial
+        after a stretch without features look worse than the tree runs)."""
         c = self.config
         if not c.enabled:
             return
-        if not verified:
-            self.plain.add(rows, seconds)
-        if not num_seqs or (c.max_batch is not None and num_seqs > c.max_batch):
+        if not log.tree_rows:
+            self.rows.add(log.prefill_rows + log.num_seqs, seconds)
+        if not log.num_seqs or (c.max_batch is not None and log.num_seqs > c.max_batch):
             return
-        b = self._bucket(bucket_of(num_seqs))
-        if verified and self.plain(rows) is not None:
-            self.accepted[rung] = _ema(self.accepted.get(rung), emitted / verified, c.ema)
-            b.overhead[rung] = _ema(b.overhead.get(rung), seconds - self.plain(rows), c.ema)
-        if b.trial == rung:
+        b = self._bucket(bucket_of(log.num_seqs))
+        rung = log.rung if log.tree_rows else self.off  # a tree rung whose sequences drafted nothing ran as none
+        if log.prefill_rows and not self.rows.fitted:
+            return  # the prompt rows' share is not known yet
+        prefill = self.rows.slope() * log.prefill_rows
+        b.cost[rung] = _ema(b.cost.get(rung), max(seconds - prefill, 0.0) / log.num_seqs, c.ema)
+        if log.verified:  # a cold draft's figure stood in until now
+            old = self.accepted.get(rung) if rung in self.whole else None
+            self.accepted[rung] = _ema(old, log.emitted / log.verified, c.ema)
+            self.whole.add(rung)
+        elif log.cold_verified and rung not in self.whole:
+            self.accepted[rung] = _ema(self.accepted.get(rung), log.cold_emitted / log.cold_verified, c.ema)
+        if b.trial is not None and b.trial == log.rung:
             self._settle_trial(b)
         else:
             b.best = self._argmax(b)
@@ -199,29 +240,20 @@ class AdaptivePolicy:
     def rate(self, bucket: int, rung: int) -> float | None:
         """Estimated tokens per sequence-second of `rung` for a decode step of `bucket` sequences
         (None: not measured)."""
-        shape, b = self.shapes[rung], self.buckets.get(bucket)
-        if self.plain(bucket) is None:
+        b = self.buckets.get(bucket)
+        if b is None or rung not in b.cost or rung not in self.accepted:
             return None
-        if shape is None:
-            return 1.0 / max(self.plain(bucket), 1e-9)
-        if b is None or rung not in b.overhead or rung not in self.accepted:
-            return None
-        overhead = max(b.overhead[rung], 0.0)  # noise can make one measurement negative; a tree never costs less
-        return self.accepted[rung] / max(self.plain(bucket * (1 + shape.num_nodes)) + overhead, 1e-9)
+        return self.accepted[rung] / max(b.cost[rung], 1e-9)
 
     # ---- trials ----------------------------------------------------------------------------------
     def _bucket(self, size: int) -> _Bucket:
-        """A new bucket starts from the nearest one: its tree overheads scaled by the batch ratio
-        (they grow with the trees drafted and verified) and the best rung under them (the very
-        first bucket: the full tree at batch 1, else no tree); its first trial comes after one step."""
+        """A new bucket runs what the nearest one runs (the very first: the full tree at batch 1,
+        else no tree); its costs are its own, measured from its first step, and its first trial
+        comes after one step."""
         if size not in self.buckets:
             near = min(self.buckets, key=lambda k: abs(math.log2(k) - math.log2(size)), default=None)
-            b = _Bucket(size, 0 if size == 1 else self.off, countdown=2, interval=self.config.explore_every)
-            if near is not None:
-                b.best = self.buckets[near].best
-                b.overhead = {r: o * size / near for r, o in self.buckets[near].overhead.items()}
-                b.best = self._argmax(b)
-            self.buckets[size] = b
+            best = self.buckets[near].best if near is not None else (0 if size == 1 else self.off)
+            self.buckets[size] = _Bucket(size, best, countdown=2, interval=self.config.explore_every)
         return self.buckets[size]
 
     def _round(self, b: _Bucket) -> list[int]:
@@ -229,21 +261,21 @@ class AdaptivePolicy:
         off; the smallest tree gains least and would rarely win it back), the smallest (the
         cheapest trial where trees lose) when none is measured, and nothing while a smaller bucket
         runs without trees too (a tree's extra rows cost more the more sequences carry one). With
-        one: the trees either side (no tree needs no trial: the plain step cost is always known)."""
+        one: the trees either side, and no tree."""
         if b.best == self.off:
             smaller = [k for k in self.buckets if k < b.size]
             if smaller and self.buckets[max(smaller)].best == self.off:
                 return []
-            measured = [r for r in b.overhead if self.rate(b.size, r)]
+            measured = [r for r in b.cost if r != self.off and self.rate(b.size, r)]
             return [max(measured, key=lambda r: self.rate(b.size, r)) if measured else self.off - 1]
-        return [r for r in (b.best - 1, b.best + 1) if 0 <= r < self.off] or [self.off - 1]
+        return list(dict.fromkeys(r for r in (b.best - 1, b.best + 1, self.off) if 0 <= r <= self.off))
 
     def _settle_trial(self, b: _Bucket) -> None:
         trial, before = b.trial, b.best
         b.trial = None
         won = self._score(b, trial) > self._score(b, before)
         if won and trial < before and trial > 0:
-            b.queue = [trial - 1]  # a larger tree won: try the next larger one at once
+            b.queue = [trial - 1, *b.queue]  # a larger tree won: try the next larger one at once
         b.best = self._argmax(b)
         if b.queue:
             b.countdown = 1
@@ -252,7 +284,10 @@ class AdaptivePolicy:
             b.countdown = b.interval
 
     def _argmax(self, b: _Bucket) -> int:
-        scores = {r: self._score(b, r) for r in [*b.overhead, self.off]}
+        """The best measured rung; a bucket leaves what it runs only once that is measured too."""
+        if b.best not in b.cost:
+            return b.best
+        scores = {r: self._score(b, r) for r in b.cost}
         scores = {r: v for r, v in scores.items() if v > 0}
         return max(scores, key=scores.get) if scores else b.best
 

@@ -31,7 +31,7 @@ import torch
 
 from reasonrl.engine.block_manager import BlockManager
 from reasonrl.engine.sequence import Sequence
-from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, TreeShape, ladder
+from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, StepLog, TreeShape, ladder
 from reasonrl.engine.spec.draft import DraftHead
 from reasonrl.engine.spec.draft_state import DraftAttention, DraftState, PaddedDraftAttention, padded_past
 from reasonrl.engine.spec.tree import DraftTree, TreeSearch
@@ -62,18 +62,6 @@ SHORT_CATCH_UP, LONG_CATCH_UP = 16, 256
 most LONG too, when padding at most doubles the rows."""
 
 
-@dataclass
-class _StepLog:
-    """What the policy learns from one step: the rung it chose for how many sequences, and the
-    tokens the step's verified trees emitted."""
-
-    num_seqs: int
-    rung: int
-    emitted: int = 0
-    verified: int = 0
-    tree_rows: int = 0  # rows the step's trees add to the target's batch
-
-
 class Speculator:
     def __init__(self, draft: DraftHead, kv, blocks: BlockManager, config: SpecConfig, max_model_len: int, images=None):
         """`images`: the engine's `Images`, where the draft reads the merged image tokens of prompts with images."""
@@ -88,7 +76,8 @@ class Speculator:
         self.rounds = self.emitted = self.drafted = 0
         self.shapes = ladder(config.top_k, config.depth, config.num_nodes)
         self.policy = AdaptivePolicy(self.shapes, config.adaptive)
-        self.step_log: _StepLog | None = None
+        self.step_log: StepLog | None = None
+        self.cold: set[int] = set()  # this step's tree sequences whose draft context restarted mid-sequence
         self.steps_without_trees = 0
         self.collecting = True  # this step's target features go to the draft (adaptive.py: wants_features)
 
@@ -167,7 +156,7 @@ class Speculator:
         trees costs nothing more here."""
         decoding = sum(1 for _, n in scheduled if n == 1)
         rung = self.policy.choose(decoding) if decoding else len(self.shapes) - 1
-        self.step_log, shape = _StepLog(decoding, rung), self.shapes[rung]
+        self.step_log, shape = StepLog(decoding, rung), self.shapes[rung]
         self.collecting = shape is not None or self.policy.wants_features(decoding)
         if shape is None:
             self.steps_without_trees += decoding > 0
@@ -195,6 +184,8 @@ class Speculator:
             out[seq.seq_id] = tree
             self.drafted += extra
             self.step_log.tree_rows += extra
+            if self.states[seq.seq_id].first > 0:
+                self.cold.add(seq.seq_id)
         return out
 
     def _catch_up(self, seqs: list[Sequence]) -> torch.Tensor:
@@ -285,22 +276,27 @@ class Speculator:
                                torch.tensor([slot(d) for _, d in moves], device=dev))
         self.blocks.settle(seq, len(verdict.rows))
 
-    def record(self, verdict: Verdict) -> None:
+    def record(self, seq: Sequence, verdict: Verdict) -> None:
         """Count a verification (tokens past a stop still count: they were accepted)."""
         self.rounds += 1
         self.emitted += len(verdict.tokens)
-        if self.step_log is not None:
-            self.step_log.emitted += len(verdict.tokens)
-            self.step_log.verified += 1
+        log = self.step_log
+        if log is not None:
+            if seq.seq_id in self.cold:
+                log.cold_emitted += len(verdict.tokens)
+                log.cold_verified += 1
+            else:
+                log.emitted += len(verdict.tokens)
+                log.verified += 1
 
     def step_done(self, scheduled: list[tuple[Sequence, int]], seconds: float) -> None:
         """The step that the last `propose` planned took `seconds`, which teaches the policy. Prefill
-        chunks in the step count too: under continuous batching most steps have some, and the
-        throughput a tree size gives is that of the steps it runs in."""
+        chunks in the step are told apart (adaptive.py takes them out at the price of a row)."""
         log, self.step_log = self.step_log, None
+        self.cold.clear()
         if log is not None:
-            rows = sum(n for _, n in scheduled) + log.tree_rows
-            self.policy.observe(log.num_seqs, log.rung, seconds, rows, log.emitted, log.verified)
+            log.prefill_rows = sum(n for _, n in scheduled) - log.num_seqs
+            self.policy.observe(log, seconds)
 
     @property
     def accepted_length(self) -> float:

@@ -56,7 +56,7 @@ class EngineConfig:
     draft_max_batch: int | None = None
     """Never speculate with more sequences decoding than this; None: the measurements decide."""
     draft_explore_every: int = 16
-    """Adaptive speculation: steps of a batch size between trials of a neighbouring tree size."""
+    """Adaptive speculation: steps of a batch size between trials of a neighbouring tree size (or of no tree)."""
     draft_margin: float = 0.05
     """Adaptive speculation: a tree is chosen over none only when its estimated rate is this
     fraction higher (keeps timing noise from flipping speculation on and off)."""

@@ -60,7 +60,7 @@ class AdaptiveConfig:
     """Never speculate with more sequences decoding than this (vLLM's fixed switch); None: the
     measurements alone decide."""
     explore_every: int = 16
-    """Steps of a batch-size bucket between trials of a neighbouring tree size."""
+    """Steps of a batch-size bucket between trials of a neighbouring tree size (or of no tree)."""
     max_explore_every: int = 512
     """Cap of the trial interval, which doubles after each losing trial (bounds what trials cost)."""
     ema: float = 0.25

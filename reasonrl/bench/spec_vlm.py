@@ -53,7 +53,7 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
     for name, engine in arms.items():
         if name == "plain":
             continue
-        result[name] = {**_draft_figures(engine, batch1[name], items),
+        result[name] = {**_draft_figures(engine, batch1[name], prompts, items),
                         **{f"batch{level}_speedup": statistics.median(rates[(name, level)]) /
                            statistics.median(rates[("plain", level)]) for level in levels}}
     _print(result)
@@ -82,20 +82,31 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
     return rates, outputs, batch1
 
 
-def _draft_figures(engine: LLMEngine, rounds_emitted, items) -> dict:
-    """Accepted length, visual tokens and FLOPs per request, and the gate's text-only rate by family."""
-    reports = engine.speculator.visual_reports
-    mine = [reports[str(i)] for i in range(len(items)) if str(i) in reports]
+def _draft_figures(engine: LLMEngine, rounds_emitted, prompts, items) -> dict:
+    """Accepted length at the first level; then what the draft does with each held-out image (visual
+    tokens and FLOPs per request, and the gate's text-only rate on the `text` family, answerable
+    without the image, and on the `detail` family), from one more pass with the full tree forced,
+    so every request's draft reads its image: under the adaptive policy a request whose draft
+    restarted past its image, or that never ran a tree, would not count."""
+    spec, policy = engine.speculator, engine.speculator.policy
+    spec.visual_reports.clear()
+    engine.reset_prefix_cache()  # every prompt prefilled afresh, as in the timed runs
+    enabled, policy.config.enabled = policy.config.enabled, False
+    try:
+        decode(engine, prompts, 8, 8)
+    finally:
+        policy.config.enabled = enabled
+    mine = [spec.visual_reports[str(i)] for i in range(len(items)) if str(i) in spec.visual_reports]
     out = {"accepted_length": rounds_emitted[1] / max(rounds_emitted[0], 1),
            "visual_tokens_per_request": statistics.mean(r.visual_tokens for r in mine) if mine else 0.0,
            "draft_visual_tokens_per_request": statistics.mean(r.draft_visual_tokens for r in mine) if mine else 0.0,
            "draft_visual_gflops_per_request": statistics.mean(r.draft_visual_flops for r in mine) / 1e9 if mine else 0.0}
-    if engine.speculator.draft.compressor is not None:
+    if spec.draft.compressor is not None:
         for family in ("text", "detail"):
-            picks = [reports[str(i)].branches for i, p in enumerate(items)
-                     if p.metadata["family"] == family and str(i) in reports]
-            chose = [b == "text_only" for branches in picks for b in branches]
+            chose = [b == "text_only" for i, p in enumerate(items) if p.metadata["family"] == family
+                     and str(i) in spec.visual_reports for b in spec.visual_reports[str(i)].branches]
             out[f"text_only_rate_{family}"] = sum(chose) / len(chose) if chose else None
+            out[f"gate_questions_{family}"] = len(chose)
     return out
 
 
@@ -105,7 +116,7 @@ def _print(r: dict) -> None:
         if name in r:
             a = r[name]
             speed = "  ".join(f"{level} in flight {a[f'batch{level}_speedup']:.2f}x" for level in r["concurrency"])
-            gate = "".join(f"  text-only on {f} questions {a[f'text_only_rate_{f}']:.0%}"
+            gate = "".join(f"  text-only on {f} questions {a[f'text_only_rate_{f}']:.0%} of {a[f'gate_questions_{f}']}"
                            for f in ("text", "detail") if a.get(f"text_only_rate_{f}") is not None)
             print(f"{name}: accepted length {a['accepted_length']:.2f}  {speed}  draft visual tokens "
                   f"{a['draft_visual_tokens_per_request']:.1f} of {a['visual_tokens_per_request']:.1f}, "

@@ -57,4 +57,5 @@ def test_bench_spec_vlm_compares_plain_eaglevlm_and_specvlm_on_image_prompts(tmp
     assert spec["draft_visual_tokens_per_request"] == 4 < eagle["draft_visual_tokens_per_request"]
     assert spec["draft_visual_gflops_per_request"] < eagle["draft_visual_gflops_per_request"]
     assert spec["text_only_rate_text"] == spec["text_only_rate_detail"] == 0.0  # the gate was set to pool
+    assert spec["gate_questions_text"] + spec["gate_questions_detail"] == 8  # every held-out question, one image each
     assert eagle["accepted_length"] >= 1 and "batch2_speedup" in spec

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Athena-PRM on `sums`, measured against exact step labels (docs/benchmarks.md, "Process reward models").
-# CPU, about an hour on 2 cores. Run from the repository root: bash recipes/prm/reproduce.sh [OUT]
+# CPU, 13 minutes on 2 quiet cores (about an hour on a shared machine). Run from the repository root: bash recipes/prm/reproduce.sh [OUT]
 set -euo pipefail
 OUT=${1:-runs/prm}
 R="python -m reasonrl.cli"

@@ -43,7 +43,7 @@ def test_bench_spec_vlm_compares_plain_eaglevlm_and_specvlm_on_image_prompts(tmp
     init_weights(DraftHead(target), std=0.2, seed=2).save(tmp_path / "eagle", info)
     specvlm = init_weights(DraftHead(target, CompressorConfig(ratio=4)), std=0.2, seed=3)
     with torch.no_grad():
-        specvlm.compressor.gate.bias.copy_(torch.tensor([0.0, 3.0, 0.0, 0.0, 0.0]))  # pool, whatever the question
+        specvlm.compressor.gate.bias.copy_(torch.tensor([0.0, 50.0, 0.0, 0.0, 0.0]))  # pool, whatever the question
     specvlm.save(tmp_path / "spec", DraftInfo(**{**info.__dict__, "compressor": {"ratio": 4}}))
     out = tmp_path / "vlm.json"
     assert main(["bench", "spec", "--vlm", "--model", str(ckpt), "--draft", str(tmp_path / "eagle"),

@@ -213,3 +213,18 @@ def test_prompt_rows_in_a_step_are_charged_at_the_price_of_a_row():
     policy.observe(StepLog(2, policy.off, prefill_rows=0), 1e-3 + 2e-4)
     assert policy.rows.slope() == pytest.approx(1e-4)
     assert policy.buckets[2].cost[policy.off] == pytest.approx((1e-3 + 2e-4) / 2)
+
+
+def test_batch_one_starts_with_the_full_tree_and_an_off_bucket_tries_its_smaller_neighbours_tree():
+    """Batch 1 starts with the full tree even when a bucket at 2 in flight came first and runs
+    without trees (a warm-up of two requests did that to the demo VLM: batch 1 inherited "off" and
+    only ever tried a 1-token chain on drafts that had missed their prompts). A bucket without
+    trees and nothing measured tries the tree its next smaller bucket runs, not the smallest."""
+    policy = AdaptivePolicy(ladder(8, 6, 32), AdaptiveConfig(explore_every=4))
+    policy.choose(2)
+    assert policy.buckets[2].best == policy.off
+    policy.choose(1)
+    assert policy.buckets[1].best == 0
+    policy.buckets[1].best = 2  # batch 1 settled on an 8-token tree
+    assert policy._round(policy.buckets[2]) == [2]
+    assert policy._round(policy._bucket(4)) == []  # 4 starts off like 2 and, above it, makes no trials

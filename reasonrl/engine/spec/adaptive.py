@@ -32,8 +32,9 @@ where this hardware, this model and this draft put it:
   only cost more with more sequences); with one, the sizes either side and no tree, walking on at
   once toward larger trees while they win. A round that finds nothing better doubles the bucket's
   interval (up to `max_explore_every`), so losing trials cost little. A new bucket starts with
-  what the nearest one runs (the very first: the full tree at batch 1, no tree above) and has its
-  first trial after one step.
+  what the nearest one runs (batch 1 always with the full tree; the very first above it with no
+  tree) and has its first trial after one step; from no tree with nothing measured, it tries the
+  tree the next smaller bucket runs.
 - Off is free: a bucket without trees and with no trial due hands the draft no features
   (`wants_features`); its context restarts where they resume, so a later tree catches up over
   a few rows, not over the stretch it skipped (and its acceptance is not taken for the tree's).
@@ -247,27 +248,31 @@ class AdaptivePolicy:
 
     # ---- trials ----------------------------------------------------------------------------------
     def _bucket(self, size: int) -> _Bucket:
-        """A new bucket runs what the nearest one runs (the very first: the full tree at batch 1,
-        else no tree); its costs are its own, measured from its first step, and its first trial
-        comes after one step."""
+        """A new bucket at batch 1 starts with the full tree (where speculation pays if anywhere:
+        starting it without trees, as a first bucket at 2 in flight would have it, leaves only
+        trials on drafts that missed their prompts to find that out); any other runs what the
+        nearest one runs, or no tree. Its costs are its own, measured from its first step, and its
+        first trial comes after one step."""
         if size not in self.buckets:
             near = min(self.buckets, key=lambda k: abs(math.log2(k) - math.log2(size)), default=None)
-            best = self.buckets[near].best if near is not None else (0 if size == 1 else self.off)
+            best = 0 if size == 1 else self.buckets[near].best if near is not None else self.off
             self.buckets[size] = _Bucket(size, best, countdown=2, interval=self.config.explore_every)
         return self.buckets[size]
 
     def _round(self, b: _Bucket) -> list[int]:
         """Without a tree: the tree measured best here (one noisy step may have turned the bucket
-        off; the smallest tree gains least and would rarely win it back), the smallest (the
-        cheapest trial where trees lose) when none is measured, and nothing while a smaller bucket
-        runs without trees too (a tree's extra rows cost more the more sequences carry one). With
-        one: the trees either side, and no tree."""
+        off; the smallest tree gains least and would rarely win it back); when none is, the tree
+        the next smaller bucket runs, or, in the smallest bucket, the smallest tree; and nothing
+        while a smaller bucket runs without trees too (a tree's extra rows cost more the more
+        sequences carry one). With one: the trees either side, and no tree."""
         if b.best == self.off:
             smaller = [k for k in self.buckets if k < b.size]
             if smaller and self.buckets[max(smaller)].best == self.off:
                 return []
             measured = [r for r in b.cost if r != self.off and self.rate(b.size, r)]
-            return [max(measured, key=lambda r: self.rate(b.size, r)) if measured else self.off - 1]
+            if measured:
+                return [max(measured, key=lambda r: self.rate(b.size, r))]
+            return [self.buckets[max(smaller)].best if smaller else self.off - 1]
         return list(dict.fromkeys(r for r in (b.best - 1, b.best + 1, self.off) if 0 <= r <= self.off))
 
     def _settle_trial(self, b: _Bucket) -> None:

@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -37,14 +37,21 @@ from reasonrl.models.tokenizer import Tokenizer
 DEMO = Path(__file__).resolve().parents[1] / "demo"
 
 
-def decode(engine: LLMEngine, prompts: list[list[int]], max_tokens: int, batch: int) -> tuple[list[list[int]], float, int]:
-    """Greedy outputs, wall seconds and tokens, keeping at most `batch` requests in flight."""
+class Decoded(NamedTuple):
+    outputs: list[list[int]]
+    seconds: float  # wall clock
+    cpu_seconds: float  # this process's CPU time: on a CPU, the work done, less sensitive to a shared host
+    tokens: int
+
+
+def decode(engine: LLMEngine, prompts: list[list[int]], max_tokens: int, batch: int) -> Decoded:
+    """Greedy outputs, wall and CPU seconds, and tokens, keeping at most `batch` requests in flight."""
     params = SamplingParams(temperature=0, max_tokens=max_tokens, detokenize=False)
     outputs: dict[int, list[int]] = {}
     queue = list(enumerate(prompts))
     in_flight = 0
     sync(engine.model.device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     while queue or in_flight:
         while queue and in_flight < batch:
             i, p = queue.pop(0)
@@ -55,9 +62,9 @@ def decode(engine: LLMEngine, prompts: list[list[int]], max_tokens: int, batch: 
                 outputs[int(out.request_id)] = out.outputs[0].token_ids
                 in_flight -= 1
     sync(engine.model.device)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     ordered = [outputs[i] for i in range(len(prompts))]
-    return ordered, seconds, sum(map(len, ordered))
+    return Decoded(ordered, seconds, cpu, sum(map(len, ordered)))
 
 
 class _Timer:
@@ -147,6 +154,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
     for engine in arms.values():  # warm-up
         decode(engine, prompts[:2], 8, 2)
     rates: dict[tuple[str, int], list[float]] = {}
+    cpu_rates: dict[tuple[str, int], list[float]] = {}
     outputs: dict[str, list[list[int]]] = {}
     batch1 = {"rounds": 0, "emitted": 0, "draft_s": 0.0, "verify_s": 0.0}
     for r in range(c.repeats):
@@ -157,14 +165,16 @@ def bench_spec(c: SpecBenchConfig) -> dict:
                 for t in timers:
                     t.reset()
                 engine.reset_prefix_cache()
-                outs, seconds, tokens = decode(engine, work, c.max_tokens, level)
-                rates.setdefault((name, level), []).append(tokens / seconds)
-                outputs.setdefault(f"{name}@{level}", outs)
+                run = decode(engine, work, c.max_tokens, level)
+                rates.setdefault((name, level), []).append(run.tokens / run.seconds)
+                cpu_rates.setdefault((name, level), []).append(run.tokens / run.cpu_seconds)
+                outputs.setdefault(f"{name}@{level}", run.outputs)
                 if name == "speculative" and level == 1:
                     _add_costs(batch1, before, spec.stats(), timers)
-                print(f"  repeat {r + 1}/{c.repeats}  in flight {level:>3}  {name:<11} {tokens / seconds:8.1f} tok/s",
-                      file=sys.stderr, flush=True)
+                print(f"  repeat {r + 1}/{c.repeats}  in flight {level:>3}  {name:<11} "
+                      f"{run.tokens / run.seconds:8.1f} tok/s", file=sys.stderr, flush=True)
     per_token_plain = 1 / statistics.median(rates[("plain", levels[0])])
+    on_cpu = target.device.type == "cpu"
     rounds = max(batch1["rounds"], 1)
     result = {
         "device": device_name(target.device), "dtype": str(target.dtype).removeprefix("torch."),
@@ -174,7 +184,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
         "accepted_length": batch1["emitted"] / rounds,
         "speedup": statistics.median(rates[("speculative", levels[0])]) / statistics.median(rates[("plain", levels[0])]),
         "greedy_identical": all(outs == outputs[f"plain@{k.split('@')[1]}"] for k, outs in outputs.items()),
-        **{f"batch{level}": _arm(rates, level) for level in levels},
+        **{f"batch{level}": _arm(rates, level, cpu_rates if on_cpu else None) for level in levels},
         "draft_cost_ratio": batch1["draft_s"] / rounds / per_token_plain,
         "verify_cost_ratio": batch1["verify_s"] / rounds / per_token_plain,
         "tree_tokens_by_batch": {k.removeprefix("spec_tree_tokens_at_batch_"): v for k, v in spec.stats().items()
@@ -210,19 +220,26 @@ def _add_costs(acc: dict, before: dict, after: dict, timers) -> None:
     acc["verify_s"] += timers[1].seconds
 
 
-def _arm(rates, batch: int) -> dict:
+def _arm(rates, batch: int, cpu_rates=None) -> dict:
+    """Medians of each arm's tokens per second, their ratio, and the ratio per repeat; on a CPU also
+    the ratio of tokens per CPU-second (the work each arm did, which a busy host disturbs less)."""
     plain, spec = rates[("plain", batch)], rates[("speculative", batch)]
-    return {"plain_tokens_per_s": statistics.median(plain), "speculative_tokens_per_s": statistics.median(spec),
-            "speedup": statistics.median(spec) / statistics.median(plain),
-            "pairwise_speedups": [s / p for s, p in zip(spec, plain)]}
+    out = {"plain_tokens_per_s": statistics.median(plain), "speculative_tokens_per_s": statistics.median(spec),
+           "speedup": statistics.median(spec) / statistics.median(plain),
+           "pairwise_speedups": [s / p for s, p in zip(spec, plain)]}
+    if cpu_rates is not None:
+        cpu_plain, cpu_spec = cpu_rates[("plain", batch)], cpu_rates[("speculative", batch)]
+        out["cpu_speedup"] = statistics.median(cpu_spec) / statistics.median(cpu_plain)
+    return out
 
 
 def _print(r: dict, levels: list[int]) -> None:
     print(f"device: {r['device']}  model: {r['model']}  draft: {r['draft']}  adaptive: {r['adaptive']}")
     for level in levels:
         a = r[f"batch{level}"]
+        cpu = f"   in CPU time {a['cpu_speedup']:.2f}x" if "cpu_speedup" in a else ""
         print(f"{level:>3} in flight: plain {a['plain_tokens_per_s']:8.1f} tok/s   speculative "
-              f"{a['speculative_tokens_per_s']:8.1f} tok/s   speedup {a['speedup']:.2f}x")
+              f"{a['speculative_tokens_per_s']:8.1f} tok/s   speedup {a['speedup']:.2f}x{cpu}")
     print(f"accepted length {r['accepted_length']:.2f}  draft cost {r['draft_cost_ratio']:.2f}  "
           f"verify cost {r['verify_cost_ratio']:.2f} (per round, in plain batch-1 tokens)  "
           f"greedy identical: {r['greedy_identical']}  tree tokens by batch: {r['tree_tokens_by_batch']}")

@@ -47,21 +47,23 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
                                    draft=DraftHead.load(path, target))
     if len(arms) == 1:
         raise ValueError("--vlm found no draft: give --draft (EagleVLM) and/or --compressed-draft (SpecVLM)")
-    rates, outputs, batch1 = _run(arms, prompts, c, levels)
+    rates, cpu_rates, outputs, batch1 = _run(arms, prompts, c, levels)
+    on_cpu = target.device.type == "cpu"
     result = {"device": device_name(target.device), "model": str(model_path), "concurrency": levels,
               "greedy_identical": all(o == outputs[f"plain@{k.split('@')[1]}"] for k, o in outputs.items())}
     for name, engine in arms.items():
         if name == "plain":
             continue
+        ratio = lambda r, level: statistics.median(r[(name, level)]) / statistics.median(r[("plain", level)])  # noqa: E731
         result[name] = {**_draft_figures(engine, batch1[name], prompts, items),
-                        **{f"batch{level}_speedup": statistics.median(rates[(name, level)]) /
-                           statistics.median(rates[("plain", level)]) for level in levels}}
+                        **{f"batch{level}_speedup": ratio(rates, level) for level in levels},
+                        **({f"batch{level}_cpu_speedup": ratio(cpu_rates, level) for level in levels} if on_cpu else {})}
     _print(result)
     return result
 
 
 def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
-    rates, outputs, batch1 = {}, {}, {name: [0, 0] for name in arms}
+    rates, cpu_rates, outputs, batch1 = {}, {}, {}, {name: [0, 0] for name in arms}
     for engine in arms.values():  # warm-up
         decode(engine, prompts[:2], 8, 2)
     for r in range(c.repeats):
@@ -70,16 +72,17 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
             for name, engine in arms.items():
                 before = engine.stats()
                 engine.reset_prefix_cache()
-                outs, seconds, tokens = decode(engine, work, c.max_tokens, level)
-                rates.setdefault((name, level), []).append(tokens / seconds)
-                outputs.setdefault(f"{name}@{level}", outs)
+                run = decode(engine, work, c.max_tokens, level)
+                rates.setdefault((name, level), []).append(run.tokens / run.seconds)
+                cpu_rates.setdefault((name, level), []).append(run.tokens / run.cpu_seconds)
+                outputs.setdefault(f"{name}@{level}", run.outputs)
                 if level == levels[0] and engine.speculator is not None:
                     after = engine.stats()
                     batch1[name][0] += after["spec_rounds"] - before["spec_rounds"]
                     batch1[name][1] += after["spec_emitted_tokens"] - before["spec_emitted_tokens"]
-                print(f"  repeat {r + 1}/{c.repeats}  in flight {level:>3}  {name:<9} {tokens / seconds:8.1f} tok/s",
+                print(f"  repeat {r + 1}/{c.repeats}  in flight {level:>3}  {name:<9} {run.tokens / run.seconds:8.1f} tok/s",
                       file=sys.stderr, flush=True)
-    return rates, outputs, batch1
+    return rates, cpu_rates, outputs, batch1
 
 
 def _draft_figures(engine: LLMEngine, rounds_emitted, prompts, items) -> dict:
@@ -115,7 +118,10 @@ def _print(r: dict) -> None:
     for name in ("eaglevlm", "specvlm"):
         if name in r:
             a = r[name]
-            speed = "  ".join(f"{level} in flight {a[f'batch{level}_speedup']:.2f}x" for level in r["concurrency"])
+            cpu = lambda level: (f" (CPU time {a[f'batch{level}_cpu_speedup']:.2f}x)"  # noqa: E731
+                                 if f"batch{level}_cpu_speedup" in a else "")
+            speed = "  ".join(f"{level} in flight {a[f'batch{level}_speedup']:.2f}x{cpu(level)}"
+                              for level in r["concurrency"])
             gate = "".join(f"  text-only on {f} questions {a[f'text_only_rate_{f}']:.0%} of {a[f'gate_questions_{f}']}"
                            for f in ("text", "detail") if a.get(f"text_only_rate_{f}") is not None)
             print(f"{name}: accepted length {a['accepted_length']:.2f}  {speed}  draft visual tokens "

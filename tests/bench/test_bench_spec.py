@@ -14,6 +14,7 @@ def test_bench_spec_cli_compares_plain_and_speculative_on_the_same_prompts(tmp_p
     assert 1 < r["accepted_length"] <= 5  # depth 4: at most 4 drafts and the target's own token
     assert r["speedup"] == r["batch1"]["speculative_tokens_per_s"] / r["batch1"]["plain_tokens_per_s"]
     assert len(r["batch2"]["pairwise_speedups"]) == 2 and r["concurrency"] == [1, 2]
+    assert r["batch2"]["cpu_speedup"] > 0  # on a CPU, the ratio of tokens per CPU-second too
 
 
 def test_bench_spec_refuses_zero_repeats(capsys):
@@ -58,4 +59,4 @@ def test_bench_spec_vlm_compares_plain_eaglevlm_and_specvlm_on_image_prompts(tmp
     assert spec["draft_visual_gflops_per_request"] < eagle["draft_visual_gflops_per_request"]
     assert spec["text_only_rate_text"] == spec["text_only_rate_detail"] == 0.0  # the gate was set to pool
     assert spec["gate_questions_text"] + spec["gate_questions_detail"] == 8  # every held-out question, one image each
-    assert eagle["accepted_length"] >= 1 and "batch2_speedup" in spec
+    assert eagle["accepted_length"] >= 1 and "batch2_speedup" in spec and spec["batch2_cpu_speedup"] > 0

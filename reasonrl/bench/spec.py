@@ -104,6 +104,9 @@ class SpecBenchConfig:
     """Requests kept in flight, one measurement each."""
     adaptive: bool = True
     """Let the speculative engine choose each step's tree size (off: the full tree every step)."""
+    draft_max_batch: int | None = None
+    """The speculative engine never drafts with more sequences decoding than this (0: never at all,
+    which measures what a loaded draft costs when speculation is off); None: the policy decides."""
     vlm: bool = False
     """Benchmark a vision-language model on shapes-world image prompts instead (bench/spec_vlm.py):
     --model (default: the demo VLM), --draft the EagleVLM draft, --compressed-draft the SpecVLM one."""
@@ -129,6 +132,8 @@ class SpecBenchConfig:
     def __post_init__(self):
         if self.repeats < 1:
             raise ValueError(f"--repeats must be at least 1, got {self.repeats}")
+        if self.draft_max_batch is not None and self.draft_max_batch < 0:
+            raise ValueError(f"--draft-max-batch must be at least 0, got {self.draft_max_batch}")
         if not self.concurrency or min(self.concurrency) < 1:
             raise ValueError(f"--concurrency needs levels of at least 1, got {self.concurrency}")
 
@@ -147,7 +152,8 @@ def bench_spec(c: SpecBenchConfig) -> dict:
                 kv_cache_memory=1 << 28)  # fixed: on CUDA the first engine would otherwise take the free memory
     plain = LLMEngine(target, None, EngineConfig(**opts))
     spec = LLMEngine(target, None, EngineConfig(**opts, draft_top_k=c.draft_top_k, draft_depth=c.draft_depth,
-                                                draft_tokens=c.draft_tokens, draft_adaptive=c.adaptive),
+                                                draft_tokens=c.draft_tokens, draft_adaptive=c.adaptive,
+                                                draft_max_batch=c.draft_max_batch),
                      draft=DraftHead.load(draft_path, target))
     timers = _Timer(spec.speculator, "propose", target.device), _Timer(spec.runner, "run", target.device)
     arms = {"plain": plain, "speculative": spec}

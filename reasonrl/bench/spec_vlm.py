@@ -43,7 +43,8 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
     for name, path in (("eaglevlm", c.draft or DEMO / "vlm_draft"), ("specvlm", c.compressed_draft or DEMO / "vlm_draft_compressed")):
         if Path(path).is_dir():
             arms[name] = LLMEngine(target, None, EngineConfig(**opts, draft_top_k=c.draft_top_k, draft_depth=c.draft_depth,
-                                                              draft_tokens=c.draft_tokens, draft_adaptive=c.adaptive),
+                                                              draft_tokens=c.draft_tokens, draft_adaptive=c.adaptive,
+                                                              draft_max_batch=c.draft_max_batch),
                                    draft=DraftHead.load(path, target))
     if len(arms) == 1:
         raise ValueError("--vlm found no draft: give --draft (EagleVLM) and/or --compressed-draft (SpecVLM)")
@@ -54,12 +55,16 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
     for name, engine in arms.items():
         if name == "plain":
             continue
-        ratio = lambda r, level: statistics.median(r[(name, level)]) / statistics.median(r[("plain", level)])  # noqa: E731
         result[name] = {**_draft_figures(engine, batch1[name], prompts, items),
-                        **{f"batch{level}_speedup": ratio(rates, level) for level in levels},
-                        **({f"batch{level}_cpu_speedup": ratio(cpu_rates, level) for level in levels} if on_cpu else {})}
+                        **{f"batch{level}_speedup": _ratio(rates, name, level) for level in levels},
+                        **({f"batch{level}_cpu_speedup": _ratio(cpu_rates, name, level) for level in levels}
+                           if on_cpu else {})}
     _print(result)
     return result
+
+
+def _ratio(rates, name: str, level: int) -> float:
+    return statistics.median(rates[(name, level)]) / statistics.median(rates[("plain", level)])
 
 
 def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
@@ -80,8 +85,8 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
                     after = engine.stats()
                     batch1[name][0] += after["spec_rounds"] - before["spec_rounds"]
                     batch1[name][1] += after["spec_emitted_tokens"] - before["spec_emitted_tokens"]
-                print(f"  repeat {r + 1}/{c.repeats}  in flight {level:>3}  {name:<9} {run.tokens / run.seconds:8.1f} tok/s",
-                      file=sys.stderr, flush=True)
+                print(f"  repeat {r + 1}/{c.repeats}  in flight {level:>3}  {name:<9} "
+                      f"{run.tokens / run.seconds:8.1f} tok/s", file=sys.stderr, flush=True)
     return rates, cpu_rates, outputs, batch1
 
 
@@ -118,9 +123,8 @@ def _print(r: dict) -> None:
     for name in ("eaglevlm", "specvlm"):
         if name in r:
             a = r[name]
-            cpu = lambda level: (f" (CPU time {a[f'batch{level}_cpu_speedup']:.2f}x)"  # noqa: E731
-                                 if f"batch{level}_cpu_speedup" in a else "")
-            speed = "  ".join(f"{level} in flight {a[f'batch{level}_speedup']:.2f}x{cpu(level)}"
+            speed = "  ".join(f"{level} in flight {a[f'batch{level}_speedup']:.2f}x"
+                              + (f" (CPU time {a[k]:.2f}x)" if (k := f"batch{level}_cpu_speedup") in a else "")
                               for level in r["concurrency"])
             gate = "".join(f"  text-only on {f} questions {a[f'text_only_rate_{f}']:.0%} of {a[f'gate_questions_{f}']}"
                            for f in ("text", "detail") if a.get(f"text_only_rate_{f}") is not None)

@@ -17,6 +17,18 @@ def test_bench_spec_cli_compares_plain_and_speculative_on_the_same_prompts(tmp_p
     assert r["batch2"]["cpu_speedup"] > 0  # on a CPU, the ratio of tokens per CPU-second too
 
 
+def test_bench_spec_with_draft_max_batch_zero_never_drafts(tmp_path, capsys):
+    """--draft-max-batch 0: the speculative engine carries its draft but never speculates, which
+    measures what speculation costs when it is off."""
+    out = tmp_path / "spec.json"
+    assert main(["bench", "spec", "--num-prompts", "3", "--max-tokens", "16", "--repeats", "1", "--concurrency", "2",
+                 "--draft-max-batch", "0", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["greedy_identical"] is True and r["accepted_length"] == 0  # not one verification round
+    assert main(["bench", "spec", "--draft-max-batch", "-1"]) == 2
+    assert "--draft-max-batch" in capsys.readouterr().err
+
+
 def test_bench_spec_refuses_zero_repeats(capsys):
     assert main(["bench", "spec", "--repeats", "0"]) == 2
     assert "--repeats" in capsys.readouterr().err

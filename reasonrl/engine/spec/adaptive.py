@@ -27,14 +27,13 @@ where this hardware, this model and this draft put it:
 - Choice: rung r is estimated at L(r) / c(bucket, r) tokens per sequence-second; each bucket runs
   the best, a tree only when it beats no tree by `margin` (5%), so noise does not flip a bucket
   to and fro. Every `explore_every` of its steps it measures what it could switch to, one step
-  each: without a tree, the best tree measured there, else the smallest (the cheapest trial where
-  trees lose), and none at all while a smaller bucket runs without trees (a tree's extra rows
-  only cost more with more sequences); with one, the sizes either side and no tree, walking on at
-  once toward larger trees while they win. A round that finds nothing better doubles the bucket's
-  interval (up to `max_explore_every`), so losing trials cost little. A new bucket starts with
-  what the nearest one runs (batch 1 always with the full tree; the very first above it with no
-  tree) and has its first trial after one step; from no tree with nothing measured, it tries the
-  tree the next smaller bucket runs.
+  each: without a tree, the best tree measured there, else the tree the next smaller bucket runs
+  (in the smallest bucket, the smallest tree), and none at all while a smaller bucket runs
+  without trees (a tree's extra rows only cost more with more sequences); with one, the sizes
+  either side and no tree, walking on at once toward larger trees while they win. A round that
+  finds nothing better doubles the bucket's interval (up to `max_explore_every`), so losing
+  trials cost little. A new bucket starts with what the nearest one runs (batch 1 always with the
+  full tree; the very first above it with no tree) and has its first trial after one step.
 - Off is free: a bucket without trees and with no trial due hands the draft no features
   (`wants_features`); its context restarts where they resume, so a later tree catches up over
   a few rows, not over the stretch it skipped (and its acceptance is not taken for the tree's).
@@ -105,8 +104,8 @@ def bucket_of(num_seqs: int) -> int:
 
 
 class LinearFit:
-    """Running least-squares fit y ~ a + b x with exponential forgetting (`weight` per new point);
-    a and b are kept non-negative. With one distinct x it falls back to y ~ b x."""
+    """Running least-squares fit y ~ a + b x with exponential forgetting (`weight` per new point),
+    kept for its slope b (non-negative)."""
 
     def __init__(self, weight: float):
         self.weight = weight
@@ -117,16 +116,8 @@ class LinearFit:
         self.n, self.sx, self.sy = d * self.n + 1, d * self.sx + x, d * self.sy + y
         self.sxx, self.sxy = d * self.sxx + x * x, d * self.sxy + x * y
 
-    def __call__(self, x: float) -> float | None:
-        if not self.n:
-            return None
-        mx, my = self.sx / self.n, self.sy / self.n
-        b = self.slope() if self.fitted else (my / mx if mx else 0.0)
-        return max(my - b * mx, 0.0) + b * x
-
     def slope(self) -> float:
-        """b, fitted; 0 until two distinct x have been seen (then y ~ b x would put all of a step's
-        fixed cost on its rows)."""
+        """b, fitted; 0 until two distinct x have been seen."""
         if not self.fitted:
             return 0.0
         mx, my = self.sx / self.n, self.sy / self.n
@@ -134,7 +125,7 @@ class LinearFit:
 
     @property
     def fitted(self) -> bool:
-        """Two distinct x seen: a and b are both determined."""
+        """Two distinct x seen: the slope is determined."""
         if not self.n:
             return False
         mx = self.sx / self.n
@@ -224,7 +215,7 @@ class AdaptivePolicy:
         b = self._bucket(bucket_of(log.num_seqs))
         rung = log.rung if log.tree_rows else self.off  # a tree rung whose sequences drafted nothing ran as none
         if log.prefill_rows and not self.rows.fitted:
-            return  # the prompt rows' share is not known yet
+            return  # the prompt rows' share is not known yet (a trial in this step runs again)
         prefill = self.rows.slope() * log.prefill_rows
         b.cost[rung] = _ema(b.cost.get(rung), max(seconds - prefill, 0.0) / log.num_seqs, c.ema)
         if log.verified:  # a cold draft's figure stood in until now

@@ -77,7 +77,6 @@ class Speculator:
         self.shapes = ladder(config.top_k, config.depth, config.num_nodes)
         self.policy = AdaptivePolicy(self.shapes, config.adaptive)
         self.step_log: StepLog | None = None
-        self.cold: set[int] = set()  # this step's tree sequences whose draft context restarted mid-sequence
         self.steps_without_trees = 0
         self.collecting = True  # this step's target features go to the draft (adaptive.py: wants_features)
 
@@ -184,8 +183,6 @@ class Speculator:
             out[seq.seq_id] = tree
             self.drafted += extra
             self.step_log.tree_rows += extra
-            if self.states[seq.seq_id].first > 0:
-                self.cold.add(seq.seq_id)
         return out
 
     def _catch_up(self, seqs: list[Sequence]) -> torch.Tensor:
@@ -282,7 +279,7 @@ class Speculator:
         self.emitted += len(verdict.tokens)
         log = self.step_log
         if log is not None:
-            if seq.seq_id in self.cold:
+            if self.states[seq.seq_id].first > 0:  # the draft's context restarted mid-sequence
                 log.cold_emitted += len(verdict.tokens)
                 log.cold_verified += 1
             else:
@@ -293,7 +290,6 @@ class Speculator:
         """The step that the last `propose` planned took `seconds`, which teaches the policy. Prefill
         chunks in the step are told apart (adaptive.py takes them out at the price of a row)."""
         log, self.step_log = self.step_log, None
-        self.cold.clear()
         if log is not None:
             log.prefill_rows = sum(n for _, n in scheduled) - log.num_seqs
             self.policy.observe(log, seconds)

@@ -22,8 +22,8 @@ where this hardware, this model and this draft put it:
   prefill: a real price of speculating). Prompt rows that share the step are taken out at the
   price of a row, the slope of a running least-squares fit of steps without trees (seconds by
   rows, prefill-only steps included). Costs are measured where they are used, never extrapolated
-  from other batch sizes (on the demo policy, a fit across sizes put a one-row step at 1.1 ms
-  after a run at 64 in flight, against 3.0 ms measured).
+  from other batch sizes (on the demo policy, after a run at 64 in flight, a fit across sizes
+  put a one-row step at 1.1 ms where such steps take 2.5-3.7 ms).
 - Choice: rung r is estimated at L(r) / c(bucket, r) tokens per sequence-second; each bucket runs
   the best, a tree only when it beats no tree by `margin` (5%), so noise does not flip a bucket
   to and fro. Every `explore_every` of its steps it measures what it could switch to, one step

@@ -36,6 +36,13 @@ for reward in outcome prm; do
   [ -f "$OUT/raft-$reward/metrics.jsonl" ] || $R raft --policy reasonrl/demo/policy --out "$OUT/raft-$reward" --reward $reward \
     --prm "$OUT/prm-consistent4" --rounds 3 --prompts-per-round 32 --samples-per-prompt 8 --eval-problems 200 --device cpu
 done
+# RAFT with the learned outcome RM (the ORM above, its last step's score), and all three rewards on the hard split
+RAFT="--policy reasonrl/demo/policy --rounds 3 --prompts-per-round 32 --samples-per-prompt 8 --eval-problems 200 --device cpu"
+HARD="sums:?min_terms=7&max_terms=12"
+[ -f "$OUT/raft-orm/metrics.jsonl" ] || $R raft $RAFT --out "$OUT/raft-orm" --reward prm --prm "$OUT/orm" --aggregation last
+[ -f "$OUT/raft-hard-outcome/metrics.jsonl" ] || $R raft $RAFT --env "$HARD" --out "$OUT/raft-hard-outcome" --reward outcome
+[ -f "$OUT/raft-hard-prm/metrics.jsonl" ] || $R raft $RAFT --env "$HARD" --out "$OUT/raft-hard-prm" --reward prm --prm "$OUT/prm-consistent4"
+[ -f "$OUT/raft-hard-orm/metrics.jsonl" ] || $R raft $RAFT --env "$HARD" --out "$OUT/raft-hard-orm" --reward prm --prm "$OUT/orm" --aggregation last
 # two more training seeds of every variant (the labels are the same; data order and head initialisation change)
 variants -s1 --seed 1
 variants -s2 --seed 2

@@ -4,7 +4,8 @@ Both engines share one target model; the speculative one has a draft head (by de
 shipped with the demo policy, distilled by `reasonrl distill-draft`). Each arm decodes the same
 held-out prompts greedily at each level of `concurrency` (requests kept in flight: 1 is the
 latency case speculative decoding is for, the larger ones continuous batching under load),
-interleaved over `repeats`, medians reported. Outputs of the two arms must be token-identical.
+interleaved over `repeats` (order reversed every other one), speedups the median of the
+ratios within a repeat. Outputs of the two arms must be token-identical.
 The speculative engine chooses its tree size per step (engine/spec/adaptive.py) unless
 `--no-adaptive`; one engine serves every level and repeat, so what it learns carries over, as it
 would in a server.
@@ -121,7 +122,7 @@ class SpecBenchConfig:
     draft_tokens: int = 32
     """Draft tree: draft tokens verified per step."""
     repeats: int = 3
-    """Runs per arm, interleaved; medians reported."""
+    """Runs per arm, interleaved (order reversed every other repeat); speedups: median of the per-repeat ratios."""
     device: str | None = None
     """cpu, cuda or cuda:N (default: cuda when available)."""
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
@@ -166,7 +167,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
     for r in range(c.repeats):
         for level in levels:
             work = prompts[: max(c.num_prompts, 4 * level)]
-            for name, engine in arms.items():
+            for name, engine in arm_order(arms, r):
                 before = spec.stats()
                 for t in timers:
                     t.reset()
@@ -188,7 +189,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
         "tree": {"top_k": c.draft_top_k, "depth": c.draft_depth, "tokens": c.draft_tokens}, "adaptive": c.adaptive,
         "repeats": c.repeats, "concurrency": levels,
         "accepted_length": batch1["emitted"] / rounds,
-        "speedup": statistics.median(rates[("speculative", levels[0])]) / statistics.median(rates[("plain", levels[0])]),
+        "speedup": paired_ratio(rates[("speculative", levels[0])], rates[("plain", levels[0])]),
         "greedy_identical": all(outs == outputs[f"plain@{k.split('@')[1]}"] for k, outs in outputs.items()),
         **{f"batch{level}": _arm(rates, level, cpu_rates if on_cpu else None) for level in levels},
         "draft_cost_ratio": batch1["draft_s"] / rounds / per_token_plain,
@@ -226,16 +227,28 @@ def _add_costs(acc: dict, before: dict, after: dict, timers) -> None:
     acc["verify_s"] += timers[1].seconds
 
 
+def arm_order(arms: dict, repeat: int) -> list:
+    """The arms in their order on even repeats, reversed on odd ones: a drift of the machine
+    within a repeat does not always favour the same arm."""
+    items = list(arms.items())
+    return items[::-1] if repeat % 2 else items
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """The median over repeats of a's rate over b's in the same repeat. The arms of one repeat
+    run back to back; the machine drifts more between repeats (10-30% here) than within one, so
+    this is steadier than a ratio of medians."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
 def _arm(rates, batch: int, cpu_rates=None) -> dict:
     """Medians of each arm's tokens per second, their ratio, and the ratio per repeat; on a CPU also
     the ratio of tokens per CPU-second (the work each arm did, which a busy host disturbs less)."""
     plain, spec = rates[("plain", batch)], rates[("speculative", batch)]
     out = {"plain_tokens_per_s": statistics.median(plain), "speculative_tokens_per_s": statistics.median(spec),
-           "speedup": statistics.median(spec) / statistics.median(plain),
-           "pairwise_speedups": [s / p for s, p in zip(spec, plain)]}
+           "speedup": paired_ratio(spec, plain), "pairwise_speedups": [s / p for s, p in zip(spec, plain)]}
     if cpu_rates is not None:
-        cpu_plain, cpu_spec = cpu_rates[("plain", batch)], cpu_rates[("speculative", batch)]
-        out["cpu_speedup"] = statistics.median(cpu_spec) / statistics.median(cpu_plain)
+        out["cpu_speedup"] = paired_ratio(cpu_rates[("speculative", batch)], cpu_rates[("plain", batch)])
     return out
 
 

@@ -2,7 +2,7 @@
 
 Same process, same target, same image prompts (shapes-world VQA): plain decoding against the
 EagleVLM draft (every visual token) and the SpecVLM draft (elastic visual compressor), greedy, at
-each concurrency level, interleaved over repeats, medians. Reported per draft: accepted length at
+each concurrency level, interleaved over repeats, median per-repeat ratios. Reported per draft: accepted length at
 batch 1, speedup at each level, the draft's visual tokens and FLOPs per request, and for the
 compressed draft how often its gate chose text-only on questions answerable without the image
 (family `text`; target at least 80%) and on detail questions (family `detail`; target near 0%).
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from reasonrl.bench.common import device_name
-from reasonrl.bench.spec import DEMO, SpecBenchConfig, decode
+from reasonrl.bench.spec import DEMO, SpecBenchConfig, arm_order, decode, paired_ratio
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.spec.draft import DraftHead
@@ -55,7 +55,7 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
     for name, engine in arms.items():
         if name == "plain":
             continue
-        result[name] = {**_draft_figures(engine, batch1[name], prompts, items),
+        result[name] = {**_draft_figures(engine, batch1[name], prompts, items, c.max_tokens),
                         **{f"batch{level}_speedup": _ratio(rates, name, level) for level in levels},
                         **({f"batch{level}_cpu_speedup": _ratio(cpu_rates, name, level) for level in levels}
                            if on_cpu else {})}
@@ -64,7 +64,7 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
 
 
 def _ratio(rates, name: str, level: int) -> float:
-    return statistics.median(rates[(name, level)]) / statistics.median(rates[("plain", level)])
+    return paired_ratio(rates[(name, level)], rates[("plain", level)])
 
 
 def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
@@ -74,7 +74,7 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
     for r in range(c.repeats):
         for level in levels:
             work = prompts[: max(c.num_prompts, 4 * level)]
-            for name, engine in arms.items():
+            for name, engine in arm_order(arms, r):
                 before = engine.stats()
                 engine.reset_prefix_cache()
                 run = decode(engine, work, c.max_tokens, level)
@@ -90,7 +90,7 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
     return rates, cpu_rates, outputs, batch1
 
 
-def _draft_figures(engine: LLMEngine, rounds_emitted, prompts, items) -> dict:
+def _draft_figures(engine: LLMEngine, rounds_emitted, prompts, items, max_tokens: int) -> dict:
     """Accepted length at the first level; then what the draft does with each held-out image (visual
     tokens and FLOPs per request, and the gate's text-only rate on the `text` family, answerable
     without the image, and on the `detail` family), from one more pass with the full tree forced,
@@ -115,6 +115,30 @@ def _draft_figures(engine: LLMEngine, rounds_emitted, prompts, items) -> dict:
                      and str(i) in spec.visual_reports for b in spec.visual_reports[str(i)].branches]
             out[f"text_only_rate_{family}"] = sum(chose) / len(chose) if chose else None
             out[f"gate_questions_{family}"] = len(chose)
+        out["accepted_length_by_branch"] = _by_branch(engine, prompts, items, max_tokens)
+    return out
+
+
+def _by_branch(engine: LLMEngine, prompts, items, max_tokens: int) -> dict[str, dict[str, float]]:
+    """Accepted length on the `text` and `detail` questions with each compressor branch forced
+    (full tree, 8 in flight): what each branch's visual rows are worth to the draft, by which the
+    gate's choices can be judged."""
+    spec = engine.speculator
+    compressor, policy, out = spec.draft.compressor, spec.policy, {}
+    enabled, policy.config.enabled = policy.config.enabled, False
+    try:
+        for family in ("text", "detail"):
+            mine = [p for p, item in zip(prompts, items) if item.metadata["family"] == family]
+            for branch in compressor.gated if mine else ():
+                engine.reset_prefix_cache()
+                before = engine.stats()
+                with compressor.force(branch):
+                    decode(engine, mine, max_tokens, 8)
+                after = engine.stats()
+                out.setdefault(family, {})[branch] = ((after["spec_emitted_tokens"] - before["spec_emitted_tokens"])
+                                                      / max(after["spec_rounds"] - before["spec_rounds"], 1))
+    finally:
+        policy.config.enabled = enabled
     return out
 
 
@@ -131,3 +155,6 @@ def _print(r: dict) -> None:
             print(f"{name}: accepted length {a['accepted_length']:.2f}  {speed}  draft visual tokens "
                   f"{a['draft_visual_tokens_per_request']:.1f} of {a['visual_tokens_per_request']:.1f}, "
                   f"{a['draft_visual_gflops_per_request']:.4f} GFLOPs per request{gate}")
+            for family, by in a.get("accepted_length_by_branch", {}).items():
+                print(f"  accepted length on {family} questions, branch forced: "
+                      + "  ".join(f"{b} {v:.2f}" for b, v in by.items()))

@@ -1,4 +1,5 @@
 import json
+import statistics
 
 from reasonrl.cli import main
 
@@ -12,7 +13,7 @@ def test_bench_spec_cli_compares_plain_and_speculative_on_the_same_prompts(tmp_p
         assert key in r
     assert r["greedy_identical"] is True
     assert 1 < r["accepted_length"] <= 5  # depth 4: at most 4 drafts and the target's own token
-    assert r["speedup"] == r["batch1"]["speculative_tokens_per_s"] / r["batch1"]["plain_tokens_per_s"]
+    assert r["speedup"] == r["batch1"]["speedup"] == statistics.median(r["batch1"]["pairwise_speedups"])
     assert len(r["batch2"]["pairwise_speedups"]) == 2 and r["concurrency"] == [1, 2]
     assert r["batch2"]["cpu_speedup"] > 0  # on a CPU, the ratio of tokens per CPU-second too
 
@@ -72,3 +73,17 @@ def test_bench_spec_vlm_compares_plain_eaglevlm_and_specvlm_on_image_prompts(tmp
     assert spec["text_only_rate_text"] == spec["text_only_rate_detail"] == 0.0  # the gate was set to pool
     assert spec["gate_questions_text"] + spec["gate_questions_detail"] == 8  # every held-out question, one image each
     assert eagle["accepted_length"] >= 1 and "batch2_speedup" in spec and spec["batch2_cpu_speedup"] > 0
+    by = spec["accepted_length_by_branch"]  # every branch forced in turn on both families
+    assert sorted(by) == ["detail", "text"] and all(list(b) == ["prune", "pool", "conv", "resampler", "text_only"]
+                                                   and min(b.values()) >= 1 for b in by.values())
+    assert "accepted_length_by_branch" not in eagle
+
+
+def test_speedups_pair_the_arms_within_each_repeat_and_alternate_their_order():
+    from reasonrl.bench.spec import arm_order, paired_ratio
+
+    # the machine ran 2x faster in the second repeat: a ratio of medians (3 / 2.5) would read 1.2x
+    assert paired_ratio([2.0, 4.0, 3.0], [1.0, 4.0, 2.0]) == 1.5
+    arms = {"plain": 0, "speculative": 1}
+    assert [n for n, _ in arm_order(arms, 0)] == ["plain", "speculative"]
+    assert [n for n, _ in arm_order(arms, 1)] == ["speculative", "plain"]

@@ -64,3 +64,57 @@ def test_vlm_loss_reaches_draft_and_compressor_but_not_the_target(vlm_ckpt):
     assert draft.fc.weight.grad.abs().sum() > 0 and draft.compressor.gate.weight.grad.abs().sum() > 0
     assert draft.compressor.conv.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in target.parameters())
+
+
+def test_gate_target_is_the_cheapest_branch_that_pays_for_its_rows():
+    from reasonrl.engine.spec.distill_vlm import cheapest
+
+    # branches: pool (a third of the rows), resampler (a few), text_only (none)
+    costs = torch.tensor([[1 / 3, 0.05, 0.0]] * 3)
+    losses = torch.tensor([[0.100, 0.100, 0.100],    # the image does not help: no rows
+                           [0.090, 0.100, 0.100],    # pooled rows save 10%, more than their 1.7% charge
+                           [0.0995, 0.0999, 0.100]])  # they save 0.5%, less than it: still no rows
+    assert cheapest(losses, costs, 0.05).tolist() == [2, 0, 2]
+    assert cheapest(losses, costs, 0.0).tolist() == [0, 0, 0]  # uncharged, ties go to the first branch
+
+
+def test_select_gate_is_supervised_by_forced_branches_and_learns_its_targets(vlm_ckpt):
+    ckpt, tok = vlm_ckpt
+    target = load_model(ckpt, "cpu")
+    target.requires_grad_(False)
+    draft = DraftHead(target, CompressorConfig(mode="select"))
+    prompts = [images_prompt(tok, target.vlm_config, [(56, 84)], seed=s) for s in range(4)]
+    seqs = [p.input_ids + [5 + s, 6, 7] for s, p in enumerate(prompts)]
+    t = max(map(len, seqs))
+    ids = torch.tensor([s + [0] * (t - len(s)) for s in seqs])
+    lengths = torch.tensor([len(s) for s in seqs])
+    cfg = DistillConfig(feature_noise=0, gate_cost=10.0)  # so dear that text-only is every sequence's target
+    opt = torch.optim.SGD(draft.compressor.gate.parameters(), lr=1.0)
+    for _ in range(30):
+        loss, parts = vlm_distillation_loss(draft, ids, lengths, cfg, None, prompts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert draft.compressor.forced is None  # every forced pass undone
+    assert parts["gate_text_only_target"] == 1.0 and parts["gate_agrees"] == 1.0
+    draft.eval()
+    with torch.no_grad():
+        assert draft.compressor.choose(torch.randn(target.config.hidden_size) * 0) == "text_only"
+    # off: the Gumbel-softmax alone, no supervision reported
+    _, parts = vlm_distillation_loss(draft, ids, lengths, DistillConfig(feature_noise=0, gate_weight=0), None, prompts)
+    assert "gate_ce" not in parts
+
+
+def test_forcing_a_branch_overrides_the_gate_and_names_bad_branches():
+    from reasonrl.vision.spec.compressor import VisualCompressor
+
+    comp = VisualCompressor(16, 2, CompressorConfig(branches=("pool", "text_only"))).eval()
+    x, q = torch.randn(12, 16), torch.randn(16)
+    with comp.force("text_only"):
+        assert comp(x, q)[0].shape == (0, 16)
+    with comp.force("pool"):
+        assert comp(x, q)[0].shape == (4, 16)
+    with pytest.raises(ValueError, match="'conv'"):
+        with comp.force("conv"):
+            pass
+    assert comp.forced is None

@@ -89,6 +89,12 @@ class DistillConfig:
     """Weight of the Smooth L1 to the target's next feature."""
     feature_noise: float = 0.1
     """Uniform noise in [-x, x] added to the input features (EAGLE)."""
+    gate_weight: float = 1.0
+    """SpecVLM select mode: weight of the gate's own supervision (the branch whose loss, charged
+    for its draft visual FLOPs, is lowest; distill_vlm.py); 0: the Gumbel-softmax alone, as in the paper."""
+    gate_cost: float = 0.05
+    """The charge: a branch's loss counts (1 + gate_cost x its draft visual FLOPs / those of every
+    visual row), so a branch that keeps every row must save 5% of the loss to beat text-only."""
     eval_every: int = 100
     """Steps between held-out accepted-length checks (the draft is saved at each)."""
     epochs: int | None = None
@@ -103,6 +109,8 @@ class DistillConfig:
         for name in ("steps", "prompts_per_step", "max_new_tokens", "eval_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"distill: {name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.gate_weight < 0 or self.gate_cost < 0:
+            raise ValueError(f"distill: gate_weight and gate_cost must be >= 0, got {self.gate_weight!r}, {self.gate_cost!r}")
         if self.lr <= 0 or self.temperature < 0:
             raise ValueError("distill: lr must be > 0 and temperature >= 0")
 

@@ -118,18 +118,8 @@ def _compress(draft, sources, x: torch.Tensor, pos: list[torch.Tensor], token_at
 def _compress_images(draft, src: RowSource, rows: torch.Tensor, pos: torch.Tensor, token_at: torch.Tensor):
     """rows (n, h) for tokens start+1 ..; pos (3, n); token_at (n,) -> the same with every whole image
     compressed, and the report."""
-    from reasonrl.engine.images import content_keys
-
-    merge = draft.target.vlm_config.vision.spatial_merge_size
-    spans = [(a - src.start - 1, b - src.start - 1) for a, b, _ in content_keys(src.mm, merge)]
-    spans = [(a, b) for a, b in spans if a >= 0 and b <= rows.shape[0]]
-    question = None
-    if draft.compressor is not None:  # the prompt's text rows: what is asked, as the target understood it
-        text = torch.zeros(rows.shape[0], dtype=torch.bool, device=rows.device)
-        text[: max(len(src.mm.input_ids) - src.start - 1, 0)] = True
-        for a, b in spans:
-            text[a:b] = False
-        question = src.features[text].mean(0) if text.any() else src.features.mean(0)
+    spans = _image_spans(draft, src)
+    question = _question(src, spans) if draft.compressor is not None else None
     out, report, at = [], VisualReport(), 0
     for a, b in spans:
         out.append((rows[at:a], pos[:, at:a], token_at[at:a]))
@@ -148,3 +138,27 @@ def _compress_images(draft, src: RowSource, rows: torch.Tensor, pos: torch.Tenso
         at = b
     out.append((rows[at:], pos[:, at:], token_at[at:]))
     return torch.cat([o[0] for o in out]), torch.cat([o[1] for o in out], -1), torch.cat([o[2] for o in out]), report
+
+
+def _image_spans(draft, src: RowSource) -> list[tuple[int, int]]:
+    """The row ranges of the images that lie whole in the source's rows."""
+    from reasonrl.engine.images import content_keys
+
+    merge = draft.target.vlm_config.vision.spatial_merge_size
+    spans = [(a - src.start - 1, b - src.start - 1) for a, b, _ in content_keys(src.mm, merge)]
+    return [(a, b) for a, b in spans if a >= 0 and b <= len(src.ids)]
+
+
+def _question(src: RowSource, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """What the gate reads: the mean of the target's features over the prompt's text rows (what
+    is asked, as the target understood it)."""
+    text = torch.zeros(len(src.ids), dtype=torch.bool, device=src.features.device)
+    text[: max(len(src.mm.input_ids) - src.start - 1, 0)] = True
+    for a, b in spans:
+        text[a:b] = False
+    return src.features[text].mean(0) if text.any() else src.features.mean(0)
+
+
+def question_of(draft, src: RowSource) -> torch.Tensor:
+    """The gate's input for a source whose images lie whole in its rows."""
+    return _question(src, _image_spans(draft, src))

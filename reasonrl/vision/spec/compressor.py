@@ -28,6 +28,7 @@ configured set holds among prune/pool/conv.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -76,6 +77,7 @@ class VisualCompressor(nn.Module):
         self.hidden = hidden
         self.gated = [b for b in c.branches if c.mode == "select" or b in ("prune", "pool", "conv")]
         self.gate = nn.Linear(hidden, len(self.gated))
+        self.forced: str | None = None  # set by `force`
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)
         if "conv" in c.branches:
@@ -133,12 +135,26 @@ class VisualCompressor(nn.Module):
         if c.mode == "weighted":
             w = logits.softmax(-1).to(x.dtype)
             return sum(w[i] * self.branch(b, x) for i, b in enumerate(self.gated)), "weighted"
+        if self.forced is not None:
+            return self.branch(self.forced, x), self.forced
         if self.training:  # straight-through Gumbel-softmax: one branch forward, the gate's gradient through its weight
             hard = F.gumbel_softmax(logits, tau=c.tau, hard=True)
             i = int(hard.argmax())
             return self.branch(self.gated[i], x) * hard[i].to(x.dtype), self.gated[i]
         i = int(logits.argmax())
         return self.branch(self.gated[i], x), self.gated[i]
+
+    @contextmanager
+    def force(self, branch: str):
+        """Every image through `branch`, whatever the gate says (the gate's supervision in
+        distillation, and ablations)."""
+        if branch not in self.config.branches:
+            raise ValueError(f"compressor: no branch {branch!r} (this one has {self.config.branches})")
+        self.forced = branch
+        try:
+            yield
+        finally:
+            self.forced = None
 
     def choose(self, question: torch.Tensor) -> str:
         """The branch select mode picks at inference for this question."""

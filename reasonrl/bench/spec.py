@@ -68,7 +68,7 @@ def decode(engine: LLMEngine, prompts: list[list[int]], max_tokens: int, batch: 
     return Decoded(ordered, seconds, cpu, sum(map(len, ordered)))
 
 
-class _Timer:
+class Timer:
     """Accumulated wall time of one bound method (draft proposals, target steps) on one engine."""
 
     def __init__(self, obj, name: str, device: torch.device):
@@ -156,7 +156,10 @@ def bench_spec(c: SpecBenchConfig) -> dict:
                                                 draft_tokens=c.draft_tokens, draft_adaptive=c.adaptive,
                                                 draft_max_batch=c.draft_max_batch),
                      draft=DraftHead.load(draft_path, target))
-    timers = _Timer(spec.speculator, "propose", target.device), _Timer(spec.runner, "run", target.device)
+    timers = Timer(spec.speculator, "propose", target.device), Timer(spec.runner, "run", target.device)
+    # the rest of what speculation adds to a step besides verification's rows: the policy and the features
+    overhead = timers[0], Timer(spec.speculator, "step_done", target.device), Timer(spec, "_collect_features", target.device)
+    shares: dict[int, list[float]] = {}
     arms = {"plain": plain, "speculative": spec}
     for engine in arms.values():  # warm-up
         decode(engine, prompts[:2], 8, 2)
@@ -169,13 +172,15 @@ def bench_spec(c: SpecBenchConfig) -> dict:
             work = prompts[: max(c.num_prompts, 4 * level)]
             for name, engine in arm_order(arms, r):
                 before = spec.stats()
-                for t in timers:
+                for t in (*timers, *overhead):
                     t.reset()
                 engine.reset_prefix_cache()
                 run = decode(engine, work, c.max_tokens, level)
                 rates.setdefault((name, level), []).append(run.tokens / run.seconds)
                 cpu_rates.setdefault((name, level), []).append(run.tokens / run.cpu_seconds)
                 outputs.setdefault(f"{name}@{level}", run.outputs)
+                if name == "speculative":
+                    shares.setdefault(level, []).append(sum(t.seconds for t in overhead) / run.seconds)
                 if name == "speculative" and level == 1:
                     _add_costs(batch1, before, spec.stats(), timers)
                 print(f"  repeat {r + 1}/{c.repeats}  in flight {level:>3}  {name:<11} "
@@ -191,7 +196,8 @@ def bench_spec(c: SpecBenchConfig) -> dict:
         "accepted_length": batch1["emitted"] / rounds,
         "speedup": paired_ratio(rates[("speculative", levels[0])], rates[("plain", levels[0])]),
         "greedy_identical": all(outs == outputs[f"plain@{k.split('@')[1]}"] for k, outs in outputs.items()),
-        **{f"batch{level}": _arm(rates, level, cpu_rates if on_cpu else None) for level in levels},
+        **{f"batch{level}": {**_arm(rates, level, cpu_rates if on_cpu else None),
+                             "speculation_time_share": statistics.median(shares[level])} for level in levels},
         "draft_cost_ratio": batch1["draft_s"] / rounds / per_token_plain,
         "verify_cost_ratio": batch1["verify_s"] / rounds / per_token_plain,
         "tree_tokens_by_batch": {k.removeprefix("spec_tree_tokens_at_batch_"): v for k, v in spec.stats().items()
@@ -258,7 +264,8 @@ def _print(r: dict, levels: list[int]) -> None:
         a = r[f"batch{level}"]
         cpu = f"   in CPU time {a['cpu_speedup']:.2f}x" if "cpu_speedup" in a else ""
         print(f"{level:>3} in flight: plain {a['plain_tokens_per_s']:8.1f} tok/s   speculative "
-              f"{a['speculative_tokens_per_s']:8.1f} tok/s   speedup {a['speedup']:.2f}x{cpu}")
+              f"{a['speculative_tokens_per_s']:8.1f} tok/s   speedup {a['speedup']:.2f}x{cpu}   "
+              f"drafting and policy {a['speculation_time_share']:.1%} of the time")
     print(f"accepted length {r['accepted_length']:.2f}  draft cost {r['draft_cost_ratio']:.2f}  "
           f"verify cost {r['verify_cost_ratio']:.2f} (per round, in plain batch-1 tokens)  "
           f"greedy identical: {r['greedy_identical']}  tree tokens by batch: {r['tree_tokens_by_batch']}")

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from reasonrl.bench.common import device_name
-from reasonrl.bench.spec import DEMO, SpecBenchConfig, arm_order, decode, paired_ratio
+from reasonrl.bench.spec import DEMO, SpecBenchConfig, Timer, arm_order, decode, paired_ratio
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.spec.draft import DraftHead
@@ -48,7 +48,7 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
                                    draft=DraftHead.load(path, target))
     if len(arms) == 1:
         raise ValueError("--vlm found no draft: give --draft (EagleVLM) and/or --compressed-draft (SpecVLM)")
-    rates, cpu_rates, outputs, batch1 = _run(arms, prompts, c, levels)
+    rates, cpu_rates, outputs, batch1, shares = _run(arms, prompts, c, levels)
     on_cpu = target.device.type == "cpu"
     result = {"device": device_name(target.device), "model": str(model_path), "concurrency": levels,
               "greedy_identical": all(o == outputs[f"plain@{k.split('@')[1]}"] for k, o in outputs.items())}
@@ -57,6 +57,8 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
             continue
         result[name] = {**_draft_figures(engine, batch1[name], prompts, items, c.max_tokens),
                         **{f"batch{level}_speedup": _ratio(rates, name, level) for level in levels},
+                        **{f"batch{level}_speculation_time_share": statistics.median(shares[(name, level)])
+                           for level in levels},
                         **({f"batch{level}_cpu_speedup": _ratio(cpu_rates, name, level) for level in levels}
                            if on_cpu else {})}
     _print(result)
@@ -68,7 +70,9 @@ def _ratio(rates, name: str, level: int) -> float:
 
 
 def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
-    rates, cpu_rates, outputs, batch1 = {}, {}, {}, {name: [0, 0] for name in arms}
+    rates, cpu_rates, outputs, batch1, shares = {}, {}, {}, {name: [0, 0] for name in arms}, {}
+    overhead = {name: (Timer(e.speculator, "propose", e.model.device), Timer(e.speculator, "step_done", e.model.device),
+                       Timer(e, "_collect_features", e.model.device)) for name, e in arms.items() if e.speculator is not None}
     for engine in arms.values():  # warm-up
         decode(engine, prompts[:2], 8, 2)
     for r in range(c.repeats):
@@ -76,8 +80,12 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
             work = prompts[: max(c.num_prompts, 4 * level)]
             for name, engine in arm_order(arms, r):
                 before = engine.stats()
+                for t in overhead.get(name, ()):
+                    t.reset()
                 engine.reset_prefix_cache()
                 run = decode(engine, work, c.max_tokens, level)
+                if name in overhead:  # bench/spec.py's speculation_time_share
+                    shares.setdefault((name, level), []).append(sum(t.seconds for t in overhead[name]) / run.seconds)
                 rates.setdefault((name, level), []).append(run.tokens / run.seconds)
                 cpu_rates.setdefault((name, level), []).append(run.tokens / run.cpu_seconds)
                 outputs.setdefault(f"{name}@{level}", run.outputs)
@@ -87,7 +95,7 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
                     batch1[name][1] += after["spec_emitted_tokens"] - before["spec_emitted_tokens"]
                 print(f"  repeat {r + 1}/{c.repeats}  in flight {level:>3}  {name:<9} "
                       f"{run.tokens / run.seconds:8.1f} tok/s", file=sys.stderr, flush=True)
-    return rates, cpu_rates, outputs, batch1
+    return rates, cpu_rates, outputs, batch1, shares
 
 
 def _draft_figures(engine: LLMEngine, rounds_emitted, prompts, items, max_tokens: int) -> dict:
@@ -149,6 +157,7 @@ def _print(r: dict) -> None:
             a = r[name]
             speed = "  ".join(f"{level} in flight {a[f'batch{level}_speedup']:.2f}x"
                               + (f" (CPU time {a[k]:.2f}x)" if (k := f"batch{level}_cpu_speedup") in a else "")
+                              + f" [drafting and policy {a[f'batch{level}_speculation_time_share']:.1%}]"
                               for level in r["concurrency"])
             gate = "".join(f"  text-only on {f} questions {a[f'text_only_rate_{f}']:.0%} of {a[f'gate_questions_{f}']}"
                            for f in ("text", "detail") if a.get(f"text_only_rate_{f}") is not None)

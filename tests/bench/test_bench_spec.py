@@ -16,6 +16,7 @@ def test_bench_spec_cli_compares_plain_and_speculative_on_the_same_prompts(tmp_p
     assert r["speedup"] == r["batch1"]["speedup"] == statistics.median(r["batch1"]["pairwise_speedups"])
     assert len(r["batch2"]["pairwise_speedups"]) == 2 and r["concurrency"] == [1, 2]
     assert r["batch2"]["cpu_speedup"] > 0  # on a CPU, the ratio of tokens per CPU-second too
+    assert all(0 < r[f"batch{n}"]["speculation_time_share"] < 1 for n in (1, 2))  # the draft's and policy's time
 
 
 def test_bench_spec_with_draft_max_batch_zero_never_drafts(tmp_path, capsys):
@@ -77,6 +78,7 @@ def test_bench_spec_vlm_compares_plain_eaglevlm_and_specvlm_on_image_prompts(tmp
     assert sorted(by) == ["detail", "text"] and all(list(b) == ["prune", "pool", "conv", "resampler", "text_only"]
                                                    and min(b.values()) >= 1 for b in by.values())
     assert "accepted_length_by_branch" not in eagle
+    assert all(0 < a[f"batch{n}_speculation_time_share"] < 1 for a in (eagle, spec) for n in (1, 2))
 
 
 def test_speedups_pair_the_arms_within_each_repeat_and_alternate_their_order():

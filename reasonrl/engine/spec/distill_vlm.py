@@ -76,10 +76,9 @@ def _gate_loss(draft, sources: list[RowSource], ids: torch.Tensor, feats: torch.
     (no gradient), each charged for what its visual rows cost the draft; the gate learns, by
     cross-entropy, to pick the cheapest. A branch's charge is its loss times (1 + gate_cost x its
     draft visual FLOPs over those of every visual row), so a branch must save that fraction of the
-    loss per image's worth of rows. Without this the gate never learns `text_only`: that branch
-    returns no rows: when the Gumbel sample picks it the gate gets no gradient at all, and
-    otherwise only whether the chosen branch's rows should weigh more; nothing compares the
-    branches with one another."""
+    loss per image's worth of rows. Without this the gate cannot learn `text_only`, which returns
+    no rows: a Gumbel sample that picks it gives the gate no gradient at all, any other only
+    whether the chosen branch's rows should weigh more, and nothing compares the branches."""
     compressor, per_row = draft.compressor, draft.flops_per_row()
     with_images = [b for b, s in enumerate(sources) if s.mm is not None and s.image_embeds is not None]
     if not with_images:

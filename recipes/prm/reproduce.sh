@@ -43,6 +43,12 @@ HARD="sums:?min_terms=7&max_terms=12"
 [ -f "$OUT/raft-hard-outcome/metrics.jsonl" ] || $R raft $RAFT --env "$HARD" --out "$OUT/raft-hard-outcome" --reward outcome
 [ -f "$OUT/raft-hard-prm/metrics.jsonl" ] || $R raft $RAFT --env "$HARD" --out "$OUT/raft-hard-prm" --reward prm --prm "$OUT/prm-consistent4"
 [ -f "$OUT/raft-hard-orm/metrics.jsonl" ] || $R raft $RAFT --env "$HARD" --out "$OUT/raft-hard-orm" --reward prm --prm "$OUT/orm" --aggregation last
+# does the PRM still judge the RAFT policies' solutions? held-out solutions of each, exactly labelled, judged by it
+for reward in outcome prm; do
+  [ -f "$OUT/heldout-raft-$reward.jsonl" ] || $R prm label --policy "$OUT/raft-$reward" --env "sums:" --data-split eval \
+    --problems 100 --samples-per-problem 4 --out "$OUT/heldout-raft-$reward.jsonl" $ENGINE
+  $R prm judge --prm "$OUT/prm-consistent4" --data "$OUT/heldout-raft-$reward.jsonl" > "$OUT/judge-raft-$reward.json"
+done
 # two more training seeds of every variant (the labels are the same; data order and head initialisation change)
 variants -s1 --seed 1
 variants -s2 --seed 2

@@ -99,3 +99,29 @@ def test_report_draws_held_out_evaluations_as_points(tmp_path, monkeypatch):
     write_report(tmp_path)
     styles = {k["label"]: k.get("linestyle") for k in drawn}
     assert styles["held-out (greedy)"] == "none" and styles["train"] is None  # points vs a per-step line
+
+
+def _command_paths(table: dict, prefix: tuple[str, ...] = ()):
+    """Every runnable command line prefix: each verb, and each subcommand of a table of them."""
+    from reasonrl.cli import Command
+
+    for name, command in table.items():
+        target = command.resolve() if isinstance(command, Command) else command
+        if isinstance(target, dict):
+            yield from _command_paths(target, (*prefix, name))
+        else:
+            yield (*prefix, name)
+
+
+def test_every_command_renders_its_help(capsys):
+    """argparse formats help strings with %: a stray percent sign in a docstring-made help text
+    breaks --help of that command (it did for distill-draft's --gate-cost)."""
+    from reasonrl.cli import VERBS
+
+    paths = list(_command_paths(VERBS))
+    assert ("distill-draft",) in paths and ("bench", "spec") in paths and len(paths) > 30
+    for path in paths:
+        with pytest.raises(SystemExit) as exit_:
+            main([*path, "--help"])
+        assert exit_.value.code == 0, path
+        assert "usage:" in capsys.readouterr().out, path

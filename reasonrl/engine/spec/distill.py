@@ -94,7 +94,7 @@ class DistillConfig:
     for its draft visual FLOPs, is lowest; distill_vlm.py); 0: the Gumbel-softmax alone, as in the paper."""
     gate_cost: float = 0.05
     """The charge: a branch's loss counts (1 + gate_cost x its draft visual FLOPs / those of every
-    visual row), so a branch that keeps every row must save 5% of the loss to beat text-only."""
+    visual row), so a branch that keeps every row must save 5 percent of the loss to beat text-only."""
     eval_every: int = 100
     """Steps between held-out accepted-length checks (the draft is saved at each)."""
     epochs: int | None = None

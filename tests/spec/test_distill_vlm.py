@@ -118,3 +118,6 @@ def test_forcing_a_branch_overrides_the_gate_and_names_bad_branches():
         with comp.force("conv"):
             pass
     assert comp.forced is None
+    concat = VisualCompressor(16, 2, CompressorConfig(mode="concat", branches=("pool", "resampler"))).eval()
+    with concat.force("resampler"):  # in any mode
+        assert concat(x, q)[0].shape == (2, 16)

@@ -128,6 +128,8 @@ class VisualCompressor(nn.Module):
     def forward(self, x: torch.Tensor, question: torch.Tensor) -> tuple[torch.Tensor, str]:
         """x (K, h) an image's draft rows, question (h,) -> (K', h) and what was used."""
         c = self.config
+        if self.forced is not None:
+            return self.branch(self.forced, x), self.forced
         logits = self.gate(question.to(self.gate.weight.dtype)).float()
         if c.mode == "concat":
             parts = [self.branch(b, x, c.coarse_ratio if b in ("prune", "pool") else c.ratio) for b in c.branches]
@@ -135,8 +137,6 @@ class VisualCompressor(nn.Module):
         if c.mode == "weighted":
             w = logits.softmax(-1).to(x.dtype)
             return sum(w[i] * self.branch(b, x) for i, b in enumerate(self.gated)), "weighted"
-        if self.forced is not None:
-            return self.branch(self.forced, x), self.forced
         if self.training:  # straight-through Gumbel-softmax: one branch forward, the gate's gradient through its weight
             hard = F.gumbel_softmax(logits, tau=c.tau, hard=True)
             i = int(hard.argmax())

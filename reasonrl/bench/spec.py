@@ -156,9 +156,8 @@ def bench_spec(c: SpecBenchConfig) -> dict:
                                                 draft_tokens=c.draft_tokens, draft_adaptive=c.adaptive,
                                                 draft_max_batch=c.draft_max_batch),
                      draft=DraftHead.load(draft_path, target))
-    timers = Timer(spec.speculator, "propose", target.device), Timer(spec.runner, "run", target.device)
-    # the rest of what speculation adds to a step besides verification's rows: the policy and the features
-    overhead = timers[0], Timer(spec.speculator, "step_done", target.device), Timer(spec, "_collect_features", target.device)
+    overhead = speculation_timers(spec)
+    timers = overhead[0], Timer(spec.runner, "run", target.device)  # draft proposals, target steps
     shares: dict[int, list[float]] = {}
     arms = {"plain": plain, "speculative": spec}
     for engine in arms.values():  # warm-up
@@ -231,6 +230,15 @@ def _add_costs(acc: dict, before: dict, after: dict, timers) -> None:
     acc["emitted"] += after["spec_emitted_tokens"] - before["spec_emitted_tokens"]
     acc["draft_s"] += timers[0].seconds
     acc["verify_s"] += timers[1].seconds
+
+
+def speculation_timers(engine: LLMEngine) -> tuple[Timer, ...]:
+    """Timers on all a speculative engine adds to a step besides verification's extra rows:
+    drafting (`propose`), the adaptive policy (`step_done`) and the hand-over of the target's
+    features to the draft. Their sum over a run's seconds is `speculation_time_share`."""
+    device = engine.model.device
+    return (Timer(engine.speculator, "propose", device), Timer(engine.speculator, "step_done", device),
+            Timer(engine, "_collect_features", device))
 
 
 def arm_order(arms: dict, repeat: int) -> list:

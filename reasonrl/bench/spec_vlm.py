@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import statistics
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from reasonrl.bench.common import device_name
-from reasonrl.bench.spec import DEMO, SpecBenchConfig, Timer, arm_order, decode, paired_ratio
+from reasonrl.bench.spec import DEMO, SpecBenchConfig, arm_order, decode, paired_ratio, speculation_timers
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.spec.draft import DraftHead
@@ -71,8 +72,7 @@ def _ratio(rates, name: str, level: int) -> float:
 
 def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
     rates, cpu_rates, outputs, batch1, shares = {}, {}, {}, {name: [0, 0] for name in arms}, {}
-    overhead = {name: (Timer(e.speculator, "propose", e.model.device), Timer(e.speculator, "step_done", e.model.device),
-                       Timer(e, "_collect_features", e.model.device)) for name, e in arms.items() if e.speculator is not None}
+    overhead = {name: speculation_timers(e) for name, e in arms.items() if e.speculator is not None}
     for engine in arms.values():  # warm-up
         decode(engine, prompts[:2], 8, 2)
     for r in range(c.repeats):
@@ -84,7 +84,7 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
                     t.reset()
                 engine.reset_prefix_cache()
                 run = decode(engine, work, c.max_tokens, level)
-                if name in overhead:  # bench/spec.py's speculation_time_share
+                if name in overhead:
                     shares.setdefault((name, level), []).append(sum(t.seconds for t in overhead[name]) / run.seconds)
                 rates.setdefault((name, level), []).append(run.tokens / run.seconds)
                 cpu_rates.setdefault((name, level), []).append(run.tokens / run.cpu_seconds)
@@ -104,14 +104,11 @@ def _draft_figures(engine: LLMEngine, rounds_emitted, prompts, items, max_tokens
     without the image, and on the `detail` family), from one more pass with the full tree forced,
     so every request's draft reads its image: under the adaptive policy a request whose draft
     restarted past its image, or that never ran a tree, would not count."""
-    spec, policy = engine.speculator, engine.speculator.policy
+    spec = engine.speculator
     spec.visual_reports.clear()
     engine.reset_prefix_cache()  # every prompt prefilled afresh, as in the timed runs
-    enabled, policy.config.enabled = policy.config.enabled, False
-    try:
+    with _full_tree(engine):
         decode(engine, prompts, 8, 8)
-    finally:
-        policy.config.enabled = enabled
     mine = [spec.visual_reports[str(i)] for i in range(len(items)) if str(i) in spec.visual_reports]
     out = {"accepted_length": rounds_emitted[1] / max(rounds_emitted[0], 1),
            "visual_tokens_per_request": statistics.mean(r.visual_tokens for r in mine) if mine else 0.0,
@@ -123,31 +120,42 @@ def _draft_figures(engine: LLMEngine, rounds_emitted, prompts, items, max_tokens
                      and str(i) in spec.visual_reports for b in spec.visual_reports[str(i)].branches]
             out[f"text_only_rate_{family}"] = sum(chose) / len(chose) if chose else None
             out[f"gate_questions_{family}"] = len(chose)
-        out["accepted_length_by_branch"] = _by_branch(engine, prompts, items, max_tokens)
+        out["accepted_length_by_branch"], out["draft_visual_tokens_by_branch"] = _by_branch(engine, prompts, items, max_tokens)
     return out
 
 
-def _by_branch(engine: LLMEngine, prompts, items, max_tokens: int) -> dict[str, dict[str, float]]:
-    """Accepted length on the `text` and `detail` questions with each compressor branch forced
-    (full tree, 8 in flight): what each branch's visual rows are worth to the draft, by which the
-    gate's choices can be judged."""
-    spec = engine.speculator
-    compressor, policy, out = spec.draft.compressor, spec.policy, {}
+@contextmanager
+def _full_tree(engine: LLMEngine):
+    """The configured tree every step, whatever the adaptive policy would choose."""
+    policy = engine.speculator.policy
     enabled, policy.config.enabled = policy.config.enabled, False
     try:
+        yield
+    finally:
+        policy.config.enabled = enabled
+
+
+def _by_branch(engine: LLMEngine, prompts, items, max_tokens: int) -> tuple[dict, dict]:
+    """Accepted length on the `text` and `detail` questions with each compressor branch forced
+    (full tree, 8 in flight): what each branch's visual rows are worth to the draft, by which the
+    gate's choices can be judged; and the draft visual tokens per request each branch kept."""
+    spec = engine.speculator
+    compressor, lengths, rows = spec.draft.compressor, {}, {}
+    with _full_tree(engine):
         for family in ("text", "detail"):
             mine = [p for p, item in zip(prompts, items) if item.metadata["family"] == family]
             for branch in compressor.gated if mine else ():
                 engine.reset_prefix_cache()
+                spec.visual_reports.clear()
                 before = engine.stats()
                 with compressor.force(branch):
                     decode(engine, mine, max_tokens, 8)
                 after = engine.stats()
-                out.setdefault(family, {})[branch] = ((after["spec_emitted_tokens"] - before["spec_emitted_tokens"])
-                                                      / max(after["spec_rounds"] - before["spec_rounds"], 1))
-    finally:
-        policy.config.enabled = enabled
-    return out
+                lengths.setdefault(family, {})[branch] = ((after["spec_emitted_tokens"] - before["spec_emitted_tokens"])
+                                                          / max(after["spec_rounds"] - before["spec_rounds"], 1))
+                reports = spec.visual_reports.values()
+                rows.setdefault(family, {})[branch] = statistics.mean(r.draft_visual_tokens for r in reports) if reports else 0.0
+    return lengths, rows
 
 
 def _print(r: dict) -> None:
@@ -165,5 +173,6 @@ def _print(r: dict) -> None:
                   f"{a['draft_visual_tokens_per_request']:.1f} of {a['visual_tokens_per_request']:.1f}, "
                   f"{a['draft_visual_gflops_per_request']:.4f} GFLOPs per request{gate}")
             for family, by in a.get("accepted_length_by_branch", {}).items():
-                print(f"  accepted length on {family} questions, branch forced: "
-                      + "  ".join(f"{b} {v:.2f}" for b, v in by.items()))
+                rows = a["draft_visual_tokens_by_branch"][family]
+                print(f"  accepted length on {family} questions, branch forced (draft visual tokens): "
+                      + "  ".join(f"{b} {v:.2f} ({rows[b]:.0f})" for b, v in by.items()))

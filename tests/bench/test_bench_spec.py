@@ -77,6 +77,8 @@ def test_bench_spec_vlm_compares_plain_eaglevlm_and_specvlm_on_image_prompts(tmp
     by = spec["accepted_length_by_branch"]  # every branch forced in turn on both families
     assert sorted(by) == ["detail", "text"] and all(list(b) == ["prune", "pool", "conv", "resampler", "text_only"]
                                                    and min(b.values()) >= 1 for b in by.values())
+    assert spec["draft_visual_tokens_by_branch"]["detail"] == {"prune": 4, "pool": 4, "conv": 4, "resampler": 2,
+                                                               "text_only": 0}  # the forced branch, not the gate's pool
     assert "accepted_length_by_branch" not in eagle
     assert all(0 < a[f"batch{n}_speculation_time_share"] < 1 for a in (eagle, spec) for n in (1, 2))
 

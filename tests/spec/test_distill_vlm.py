@@ -121,3 +121,13 @@ def test_forcing_a_branch_overrides_the_gate_and_names_bad_branches():
     concat = VisualCompressor(16, 2, CompressorConfig(mode="concat", branches=("pool", "resampler"))).eval()
     with concat.force("resampler"):  # in any mode
         assert concat(x, q)[0].shape == (2, 16)
+
+
+def test_negative_gate_knobs_are_refused_by_name(tmp_path, capsys):
+    from reasonrl.cli import main
+
+    with pytest.raises(ValueError, match="gate_weight and gate_cost"):
+        DistillConfig(gate_cost=-0.1)
+    assert main(["distill-draft", "unused", "--out", str(tmp_path / "d"), "--gate-weight", "-1"]) == 2
+    assert "gate_weight and gate_cost must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

@@ -2,8 +2,8 @@
 sequence; packed codes, fp16 scales, zero points and head-means are loaded from the blocks in
 place and dequantized in registers (no decoded copy of the cache is ever written).
 
-Same scheme as `paged_attention.py`: one program per (sequence, KV head) serves the GQA group,
-online softmax over blocks. The full blocks of a sequence (its first ctx // block_size) are read
+Same scheme as `paged_attention.py`: one program per (sequence, KV head, split) serves the GQA
+group, online softmax over blocks, long tables split and merged with its helpers. The full blocks of a sequence (its first ctx // block_size) are read
 from their codes; the partly filled last block, if any, from the full-precision staging pool
 (`stage_table[block]` gives its slot). Storage layouts, all contiguous, per layer:
 
@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from reasonrl.kernels.paged_attention import online_softmax, query_group
+from reasonrl.kernels.paged_attention import (combine_splits, num_splits, online_softmax, query_group, split_workspace,
+                                              store_group)
 
 
 @dataclass
@@ -65,12 +66,13 @@ def _load_codes(codes_ptr, scale_ptr, zero_ptr, mean_ptr, block, kv_head, num_kv
 
 @triton.jit
 def _quant_decode_kernel(
-    q_ptr, out_ptr, tables_ptr, lens_ptr, stage_table_ptr, k_stage_ptr, v_stage_ptr,
+    q_ptr, out_ptr, part_ptr, tables_ptr, lens_ptr, stage_table_ptr, k_stage_ptr, v_stage_ptr,
     kc_ptr, ks_ptr, kz_ptr, km_ptr, vc_ptr, vs_ptr, vz_ptr, vm_ptr,
-    scale, num_kv_heads, stride_qb, stride_qh, stride_tb, stride_ob, stride_oh,
+    scale, per_split, num_kv_heads, stride_qb, stride_qh, stride_tb, stride_ob, stride_oh,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
     K_BITS: tl.constexpr, K_GROUP: tl.constexpr, K_PER_CHANNEL: tl.constexpr,
     V_BITS: tl.constexpr, V_GROUP: tl.constexpr, HAS_MEAN: tl.constexpr, PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -80,16 +82,17 @@ def _quant_decode_kernel(
     heads, g_ok, q, m, l, acc = query_group(q_ptr, b, kv_head, stride_qb, stride_qh, GROUP, GROUP_PAD, HEAD_DIM)
     full = ctx // BLOCK
     all_ok = t < BLOCK
-    for i in range(0, full):  # quantized blocks
+    first = tl.program_id(2) * per_split
+    for i in range(first, tl.minimum(first + per_split, full)):  # quantized blocks of this split
         block = tl.load(tables_ptr + b * stride_tb + i).to(tl.int64)
         k = _load_codes(kc_ptr, ks_ptr, kz_ptr, km_ptr, block, kv_head, num_kv_heads, t, d, all_ok,
                         BLOCK, HEAD_DIM, K_BITS, K_GROUP, K_PER_CHANNEL, HAS_MEAN)
         v = _load_codes(vc_ptr, vs_ptr, vz_ptr, vm_ptr, block, kv_head, num_kv_heads, t, d, all_ok,
                         BLOCK, HEAD_DIM, V_BITS, V_GROUP, False, HAS_MEAN)
         m, l, acc = online_softmax(q, k, v, all_ok, m, l, acc, scale, PRECISION)
-    # the partly filled last block, from the staging pool; with none, every token is masked and
-    # the update leaves m, l and acc as they are (p = 0, alpha = 1)
-    rem = ctx - full * BLOCK
+    # the partly filled last block, from the staging pool, in the split whose stretch holds it; with
+    # none, every token is masked and the update leaves m, l and acc as they are (p = 0, alpha = 1)
+    rem = tl.where(full // per_split == tl.program_id(2), ctx - full * BLOCK, 0)
     t_ok = t < rem
     block = tl.load(tables_ptr + b * stride_tb + full, mask=rem > 0, other=0).to(tl.int64)
     slot = tl.maximum(tl.load(stage_table_ptr + block, mask=rem > 0, other=0), 0).to(tl.int64)
@@ -97,16 +100,15 @@ def _quant_decode_kernel(
     k = tl.load(k_stage_ptr + offs, mask=t_ok[:, None], other=0.0).to(tl.float32)
     v = tl.load(v_stage_ptr + offs, mask=t_ok[:, None], other=0.0).to(tl.float32)
     m, l, acc = online_softmax(q, k, v, t_ok, m, l, acc, scale, PRECISION)
-    out = acc / l[:, None]
-    tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=g_ok[:, None])
+    store_group(out_ptr, part_ptr, b, heads, g_ok, m, l, acc, stride_ob, stride_oh, GROUP, HEAD_DIM, SPLIT)
 
 
 def quant_paged_decode(q: torch.Tensor, k: QuantCodes, v: QuantCodes, k_stage: torch.Tensor, v_stage: torch.Tensor,
                        stage_table: torch.Tensor, block_tables: torch.Tensor, context_lens: torch.Tensor,
-                       scale: float | None = None) -> torch.Tensor:
+                       scale: float | None = None, splits: int | None = None) -> torch.Tensor:
     """q (B, Hq, D); k, v: one layer's codes; k_stage, v_stage (slots, block_size, Hkv, D); stage_table
-    (blocks,) int32 (-1: no slot); block_tables (B, max_blocks) int32; context_lens (B,) int32 -> (B, Hq, D)."""
+    (blocks,) int32 (-1: no slot); block_tables (B, max_blocks) int32; context_lens (B,) int32 -> (B, Hq, D).
+    `splits`: of the block table (default: `num_splits`)."""
     batch, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_stage.shape
     if v.per_channel:
@@ -117,16 +119,18 @@ def quant_paged_decode(q: torch.Tensor, k: QuantCodes, v: QuantCodes, k_stage: t
             raise ValueError(f"quant_paged_decode: {name} must be contiguous")
     q = q.contiguous()
     out = torch.empty_like(q)
+    splits = splits or num_splits(batch, num_kv_heads, block_tables.shape[1], q.device)
+    part = split_workspace(q, splits)
     group = num_heads // num_kv_heads
     has_mean = k.mean is not None
     dummy = k.scale  # stands in for absent means (never read: HAS_MEAN is False)
-    _quant_decode_kernel[(batch, num_kv_heads)](
-        q, out, block_tables, context_lens, stage_table, k_stage, v_stage,
+    _quant_decode_kernel[(batch, num_kv_heads, splits)](
+        q, out, part, block_tables, context_lens, stage_table, k_stage, v_stage,
         k.codes, k.scale, k.zero, k.mean if has_mean else dummy, v.codes, v.scale, v.zero, v.mean if has_mean else dummy,
-        scale or head_dim ** -0.5, num_kv_heads, q.stride(0), q.stride(1), block_tables.stride(0),
+        scale or head_dim ** -0.5, -(-block_tables.shape[1] // splits), num_kv_heads, q.stride(0), q.stride(1), block_tables.stride(0),
         out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK=block_size,
         K_BITS=k.bits, K_GROUP=k.group, K_PER_CHANNEL=k.per_channel, V_BITS=v.bits, V_GROUP=v.group,
-        HAS_MEAN=has_mean, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        HAS_MEAN=has_mean, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SPLIT=splits > 1,
     )
-    return out
+    return combine_splits(part, out) if splits > 1 else out

@@ -14,8 +14,9 @@ With the format's `bits` option (composition with TaDA) the kept key values are 
 one fp16 scale and zero per (token, head): kept[rank] = code[rank] * scale + zero. Values are
 TaDA's: v = mean(token) - (code * scale + zero), mean fp16 per token. The kernel reads the codes.
 
-One program per (sequence, KV head) covers the query heads of its GQA group; online softmax over
-blocks, as `paged_attention.py`. Runs under `TRITON_INTERPRET=1` on CPU for tests.
+One program per (sequence, KV head, split) covers the query heads of its GQA group; online softmax
+over blocks, long tables split and merged, as `paged_attention.py` (the step's own token is
+attended by the first split). Runs under `TRITON_INTERPRET=1` on CPU for tests.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from reasonrl.kernels.paged_attention import online_softmax, query_group
+from reasonrl.kernels.paged_attention import (combine_splits, num_splits, online_softmax, query_group, split_workspace,
+                                              store_group)
 
 
 @dataclass
@@ -69,14 +71,14 @@ def _rebuild(kept_ptr, bitmap_ptr, scale_ptr, zero_ptr, row, t_ok, d, STRIDE: tl
 
 @triton.jit
 def _spark_decode_kernel(
-    q_ptr, kn_ptr, vn_ptr, out_ptr,
+    q_ptr, kn_ptr, vn_ptr, out_ptr, part_ptr,
     kept_ptr, bitmap_ptr, signs_ptr, avg_ptr, qnorm_ptr, vkept_ptr, vbitmap_ptr,
     kscale_ptr, kzero_ptr, vscale_ptr, vzero_ptr, vmean_ptr,
-    kstage_ptr, vstage_ptr, stage_table_ptr, tables_ptr, lens_ptr, scale, stride_tb,
+    kstage_ptr, vstage_ptr, stage_table_ptr, tables_ptr, lens_ptr, scale, per_split, stride_tb,
     KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK: tl.constexpr, KEEP: tl.constexpr, PRUNED: tl.constexpr, BITMAP_BYTES: tl.constexpr,
     SIGN_BYTES: tl.constexpr, VKEEP: tl.constexpr, K_STRIDE: tl.constexpr, BITS: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, SPLIT: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -85,7 +87,8 @@ def _spark_decode_kernel(
     t = tl.arange(0, BLOCK)
     heads, g_ok, q, m, l, acc = query_group(q_ptr, b, h, KV_HEADS * GROUP * HEAD_DIM, HEAD_DIM, GROUP, GROUP_PAD,
                                             HEAD_DIM)
-    for i in range(0, tl.cdiv(ctx, BLOCK)):
+    first = tl.program_id(2) * per_split
+    for i in range(first, tl.minimum(first + per_split, tl.cdiv(ctx, BLOCK))):
         block = tl.load(tables_ptr + b * stride_tb + i).to(tl.int64)
         slot = tl.load(stage_table_ptr + block).to(tl.int64)
         t_ok = i * BLOCK + t < ctx
@@ -119,23 +122,24 @@ def _spark_decode_kernel(
         v_st = tl.load(vstage_ptr + srow[:, None] * HEAD_DIM + d[None, :], mask=st_ok[:, None], other=0.0)
         v = tl.where(st_ok[:, None], v_st.to(tl.float32), v)
         m, l, acc = online_softmax(q, k, v, t_ok, m, l, acc, scale, PRECISION)
-    # this step's own token, whole
+    # this step's own token, whole, in the first split (-inf in the others: p = 0, alpha = 1)
     kn = tl.load(kn_ptr + (b * KV_HEADS + h) * HEAD_DIM + d).to(tl.float32)
     vn = tl.load(vn_ptr + (b * KV_HEADS + h) * HEAD_DIM + d).to(tl.float32)
     s = tl.sum(q.to(tl.float32) * kn[None, :], 1) * scale  # (GROUP_PAD,)
+    s = tl.where(tl.program_id(2) == 0, s, float("-inf"))
     m_new = tl.maximum(m, s)
     p = tl.exp(s - m_new)
     alpha = tl.exp(m - m_new)
     l = l * alpha + p
     acc = acc * alpha[:, None] + p[:, None] * vn[None, :]
-    out = acc / l[:, None]
-    tl.store(out_ptr + (b * KV_HEADS * GROUP + heads[:, None]) * HEAD_DIM + d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=g_ok[:, None])
+    m = m_new  # a split's state is merged by its max: it must include this token's score
+    store_group(out_ptr, part_ptr, b, heads, g_ok, m, l, acc, KV_HEADS * GROUP * HEAD_DIM, HEAD_DIM, GROUP,
+                HEAD_DIM, SPLIT)
 
 
 def spark_paged_decode(q, k_new, v_new, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, staging, stage_table,
                        block_tables, prev_lens, value_pruned: bool = False, scale: float | None = None,
-                       keep: int | None = None, quant: QuantParts | None = None):
+                       keep: int | None = None, quant: QuantParts | None = None, splits: int | None = None):
     """One layer's SPARK storage (see `SparkKV.allocate`):
     q (B, Hq, D); k_new, v_new (B, Hkv, D) this step's tokens; kept (blocks, bs, Hkv, T);
     bitmap (blocks, bs, Hkv, ceil(D/8)) uint8; signs (blocks, bs, Hkv, ceil(P/8)) uint8;
@@ -144,7 +148,8 @@ def spark_paged_decode(q, k_new, v_new, kept, bitmap, signs, avg, qnorm, v_kept,
     stage_table (blocks,) int32; block_tables (B, max_blocks) int32; prev_lens (B,) tokens before
     this step's -> (B, Hq, D).
     With `quant` (the format's `bits`): kept is the packed key codes (blocks, bs, Hkv, ceil(T*bits/8))
-    uint8, `keep` = T must be given, and v_kept the value deviation codes (blocks, bs, Hkv, D*bits/8)."""
+    uint8, `keep` = T must be given, and v_kept the value deviation codes (blocks, bs, Hkv, D*bits/8).
+    `splits`: of the block table (default: `num_splits`)."""
     batch, num_heads, head_dim = q.shape
     _, block_size, kv_heads, stride = kept.shape
     keep = stride if keep is None else keep
@@ -154,14 +159,17 @@ def spark_paged_decode(q, k_new, v_new, kept, bitmap, signs, avg, qnorm, v_kept,
     (q, k_new, v_new, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, k_scale, k_zero, v_scale, v_zero, v_mean,
      k_stage, v_stage) = (x.contiguous() for x in tensors)
     out = torch.empty_like(q)
-    _spark_decode_kernel[(batch, kv_heads)](
-        q, k_new, v_new, out, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, k_scale, k_zero, v_scale, v_zero,
+    splits = splits or num_splits(batch, kv_heads, block_tables.shape[1], q.device)
+    part = split_workspace(q, splits)
+    _spark_decode_kernel[(batch, kv_heads, splits)](
+        q, k_new, v_new, out, part, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, k_scale, k_zero, v_scale, v_zero,
         v_mean, k_stage, v_stage, stage_table,
-        block_tables, prev_lens.to(torch.int32), scale or head_dim ** -0.5, block_tables.stride(0),
+        block_tables, prev_lens.to(torch.int32), scale or head_dim ** -0.5, -(-block_tables.shape[1] // splits),
+        block_tables.stride(0),
         KV_HEADS=kv_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK=block_size, KEEP=keep, PRUNED=head_dim - keep, BITMAP_BYTES=bitmap.shape[-1],
         SIGN_BYTES=max(1, signs.shape[-1]), VKEEP=v_kept.shape[-1] if value_pruned else head_dim,
         K_STRIDE=stride, BITS=quant.bits if quant else 0,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SPLIT=splits > 1,
     )
-    return out
+    return combine_splits(part, out) if splits > 1 else out

@@ -1,10 +1,15 @@
 """Paged decode attention in Triton: one query token per sequence, keys and values read in place
 from the block table (no gathered copy).
 
-One program per (sequence, KV head) handles all query heads of that KV head's GQA group, so each
-key/value block is loaded once per group. Softmax is computed online over blocks (flash-decoding
-without the split over the context; long contexts at small batch would add a split-K pass).
-Runs under `TRITON_INTERPRET=1` on CPU for tests.
+One program per (sequence, KV head, split) handles all query heads of that KV head's GQA group, so
+each key/value block is loaded once per group; softmax is computed online over blocks. With few
+sequences and long contexts, (sequence, KV head) pairs alone leave most of a GPU idle (8 x 8
+programs for 132 multiprocessors at batch 8 with 8 KV heads), so the block table is split
+(flash-decoding): each program folds one stretch of it into a partial state (running max,
+denominator, output) in a float32 workspace, and `combine_splits` merges the stretches.
+`num_splits` picks the count from the table's width, the batch and the GPU; short tables run in
+one pass, straight into the output. The compressed-KV kernels (`kv_quant.py`, `kv_spark.py`)
+split the same way with the same helpers. Runs under `TRITON_INTERPRET=1` on CPU for tests.
 """
 
 from __future__ import annotations
@@ -44,11 +49,74 @@ def online_softmax(q, k, v, t_ok, m, l, acc, scale, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def store_group(out_ptr, part_ptr, b, heads, g_ok, m, l, acc, stride_ob, stride_oh, GROUP: tl.constexpr,
+                HEAD_DIM: tl.constexpr, SPLIT: tl.constexpr):
+    """The query group's result: normalised into out (one pass) or, with SPLIT, its partial state
+    (acc, m, l) into row (b, head, split) of the workspace (batch, heads, splits, HEAD_DIM + 2)."""
+    d = tl.arange(0, HEAD_DIM)
+    if SPLIT:
+        row = (b * tl.num_programs(1) * GROUP + heads) * tl.num_programs(2) + tl.program_id(2)
+        tl.store(part_ptr + row[:, None] * (HEAD_DIM + 2) + d[None, :], acc, mask=g_ok[:, None])
+        tl.store(part_ptr + row * (HEAD_DIM + 2) + HEAD_DIM, m, mask=g_ok)
+        tl.store(part_ptr + row * (HEAD_DIM + 2) + HEAD_DIM + 1, l, mask=g_ok)
+    else:
+        out = acc / l[:, None]
+        tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=g_ok[:, None])
+
+
+@triton.jit
+def _combine_splits_kernel(part_ptr, out_ptr, num_splits, stride_ob, stride_oh, HEAD_DIM: tl.constexpr,
+                           SPLITS_PAD: tl.constexpr):
+    """One program per (sequence, query head): the splits' partial states merged, as the online
+    softmax would have merged them in one pass (an empty split has m = -1e30, l = 0: weight 0)."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    s = tl.arange(0, SPLITS_PAD)
+    d = tl.arange(0, HEAD_DIM)
+    ok = s < num_splits
+    row = (b * tl.num_programs(1) + h) * num_splits + s
+    m = tl.load(part_ptr + row * (HEAD_DIM + 2) + HEAD_DIM, mask=ok, other=-1e30)
+    l = tl.load(part_ptr + row * (HEAD_DIM + 2) + HEAD_DIM + 1, mask=ok, other=0.0)
+    acc = tl.load(part_ptr + row[:, None] * (HEAD_DIM + 2) + d[None, :], mask=ok[:, None], other=0.0)
+    w = tl.exp(m - tl.max(m, 0))
+    out = tl.sum(acc * w[:, None], 0) / tl.sum(l * w, 0)
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
+
+
+def num_splits(batch: int, kv_heads: int, width: int, device: torch.device) -> int:
+    """Splits of a block table `width` blocks wide: enough (sequence, KV head, split) programs to
+    fill the GPU's multiprocessors four times over, each split at least 16 blocks, at most 64;
+    1 on a CPU (the interpreter) and for tables under 32 blocks."""
+    if device.type != "cuda" or width < 32:
+        return 1
+    programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(-(-programs // (batch * kv_heads)), width // 16, 64))
+
+
+def split_workspace(q: torch.Tensor, splits: int) -> torch.Tensor:
+    """The float32 partial states of `splits` > 1 splits (batch, heads, splits, D + 2); with one
+    split the kernels write the output directly and this is an unused stand-in."""
+    batch, heads, dim = q.shape
+    if splits == 1:
+        return q.new_empty(1, dtype=torch.float32)
+    return torch.empty(batch, heads, splits, dim + 2, dtype=torch.float32, device=q.device)
+
+
+def combine_splits(part: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out (B, Hq, D) from the workspace `part` (B, Hq, splits, D + 2) of a split launch."""
+    batch, heads, splits, _ = part.shape
+    _combine_splits_kernel[(batch, heads)](part, out, splits, out.stride(0), out.stride(1), HEAD_DIM=out.shape[2],
+                                           SPLITS_PAD=triton.next_power_of_2(splits))
+    return out
+
+
+@triton.jit
 def _paged_decode_kernel(
-    q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, lens_ptr, scale,
+    q_ptr, k_ptr, v_ptr, out_ptr, part_ptr, tables_ptr, lens_ptr, scale, per_split,
     stride_qb, stride_qh, stride_kb, stride_kt, stride_kh, stride_tb, stride_ob, stride_oh,
     GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, SPLIT: tl.constexpr,
 ):
     b = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -56,33 +124,34 @@ def _paged_decode_kernel(
     d = tl.arange(0, HEAD_DIM)
     t = tl.arange(0, BLOCK)
     heads, g_ok, q, m, l, acc = query_group(q_ptr, b, kv_head, stride_qb, stride_qh, GROUP, GROUP_PAD, HEAD_DIM)
-    for i in range(0, tl.cdiv(ctx, BLOCK)):
+    first = tl.program_id(2) * per_split
+    for i in range(first, tl.minimum(first + per_split, tl.cdiv(ctx, BLOCK))):
         block = tl.load(tables_ptr + b * stride_tb + i).to(tl.int64)
         t_ok = i * BLOCK + t < ctx
         offs = block * stride_kb + t[:, None] * stride_kt + kv_head * stride_kh + d[None, :]
         k = tl.load(k_ptr + offs, mask=t_ok[:, None], other=0.0)  # (BLOCK, D)
         v = tl.load(v_ptr + offs, mask=t_ok[:, None], other=0.0)
         m, l, acc = online_softmax(q, k, v, t_ok, m, l, acc, scale, PRECISION)
-    out = acc / l[:, None]
-    tl.store(out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=g_ok[:, None])
+    store_group(out_ptr, part_ptr, b, heads, g_ok, m, l, acc, stride_ob, stride_oh, GROUP, HEAD_DIM, SPLIT)
 
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-                 context_lens: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+                 context_lens: torch.Tensor, scale: float | None = None, splits: int | None = None) -> torch.Tensor:
     """q (B, Hq, D); k_cache, v_cache (blocks, block_size, Hkv, D); block_tables (B, max_blocks) int32;
-    context_lens (B,) int32 -> (B, Hq, D)."""
+    context_lens (B,) int32 -> (B, Hq, D). `splits`: of the block table (default: `num_splits`)."""
     batch, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = num_heads // num_kv_heads
+    splits = splits or num_splits(batch, num_kv_heads, block_tables.shape[1], q.device)
     q = q.contiguous()
     out = torch.empty_like(q)
-    grid = (batch, num_kv_heads)
-    _paged_decode_kernel[grid](
-        q, k_cache, v_cache, out, block_tables, context_lens, scale or head_dim ** -0.5,
+    part = split_workspace(q, splits)
+    _paged_decode_kernel[(batch, num_kv_heads, splits)](
+        q, k_cache, v_cache, out, part, block_tables, context_lens, scale or head_dim ** -0.5,
+        -(-block_tables.shape[1] // splits),
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK=block_size,
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SPLIT=splits > 1,
     )
-    return out
+    return combine_splits(part, out) if splits > 1 else out

@@ -63,6 +63,11 @@ def test_compiled_decode_is_token_identical_to_eager_in_greedy_fp32(hf_checkpoin
     assert stats["decode_mode"] == "compiled" and stats["decode_buckets"] == [1, 2]
     assert stats["decode_fast_steps"] > 0 and stats["decode_eager_steps"] > 0  # both paths ran
     assert stats["decode_compile_seconds"] > 0
+    from reasonrl.bench.engine import fast_forward_seconds
+
+    assert fast_forward_seconds(engine) > 0  # the bench's forward-only timing, between requests
+    assert _greedy(engine) == eager  # its dummy steps wrote slot 0 and reset the prefix cache: nothing corrupted
+    assert fast_forward_seconds(_engine(path)) is None  # eager: no fast forward to time
 
 
 class _Recorded:

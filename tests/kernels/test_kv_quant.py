@@ -48,9 +48,10 @@ def filled_cache(fmt, opts, heads, kv_heads, device, dtype, seed=0, head_dim=16,
     return kv, q, tables.to(device), torch.tensor(lens, dtype=torch.int32, device=device)
 
 
-def kernel(kv, layer, q, tables, lens):
+def kernel(kv, layer, q, tables, lens, splits=None):
     kc, vc = kv._kernel_codes(layer)
-    return quant_paged_decode(q, kc, vc, kv.staging[layer, 0], kv.staging[layer, 1], kv.slots.table, tables, lens)
+    return quant_paged_decode(q, kc, vc, kv.staging[layer, 0], kv.staging[layer, 1], kv.slots.table, tables, lens,
+                              splits=splits)
 
 
 def pytorch_path(kv, layer, q, tables, lens):
@@ -74,6 +75,15 @@ def test_kernel_matches_pytorch_path_cpu_interpreter(fmt, opts, heads, kv_heads)
                                    atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("splits", [2, 3])
+def test_split_table_merges_to_the_pytorch_path(splits):
+    """Flash-decoding over codes: the staged last block is read by the split whose stretch holds it
+    (3 splits of a 4-block table: the third is empty for every sequence)."""
+    kv, q, tables, lens = filled_cache(TadaKV, {"bits": 4}, 14, 2, "cpu", torch.float32, seed=2)
+    torch.testing.assert_close(kernel(kv, 1, q, tables, lens, splits), pytorch_path(kv, 1, q, tables, lens),
+                               atol=1e-5, rtol=1e-5)
+
+
 def test_kernel_reads_the_codes():
     """Changing one stored code changes the kernel's output: it reads the compressed blocks."""
     kv, q, tables, lens = filled_cache(TadaKV, {"bits": 4}, 4, 2, "cpu", torch.float32)
@@ -91,6 +101,6 @@ def test_kernel_reads_the_codes():
 def test_kernel_matches_pytorch_path_gpu(fmt, opts, heads, kv_heads, dtype):
     kv, q, tables, lens = filled_cache(fmt, opts, heads, kv_heads, "cuda", dtype, head_dim=64)
     atol = 1e-4 if dtype == torch.float32 else 3e-2
-    for layer in range(2):
-        torch.testing.assert_close(kernel(kv, layer, q, tables, lens).float().cpu(),
+    for layer, splits in ((0, None), (1, None), (1, 3)):
+        torch.testing.assert_close(kernel(kv, layer, q, tables, lens, splits).float().cpu(),
                                    pytorch_path(kv, layer, q, tables, lens), atol=atol, rtol=atol)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from reasonrl.engine.kv.dense import DenseKV
-from reasonrl.kernels.paged_attention import paged_decode
+from reasonrl.kernels.paged_attention import combine_splits, paged_decode
 from reasonrl.models.tiny import tiny_config
 
 
@@ -73,10 +73,45 @@ def test_paged_decode_matches_pytorch_cpu_interpreter(heads, kv_heads):
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("splits", [2, 3, 7])
+def test_split_context_decode_merges_to_the_one_pass_result(splits, monkeypatch):
+    """Flash-decoding: each split folds a stretch of the block table, the merge must give what one
+    pass gives, also where a short sequence leaves some splits empty (7 splits of 5 blocks)."""
+    import reasonrl.kernels.paged_attention as pa
+
+    merged = []
+    monkeypatch.setattr(pa, "combine_splits", lambda part, out: merged.append(part.shape) or combine_splits(part, out))
+    q, k, v, tables, lens = random_cache(4, 14, 2, 16, 16, "cpu", torch.float32, seed=1)
+    lens[0] = 3  # one block: every split past the first is empty for this row
+    expected = reference(q, k, v, tables, lens)
+    torch.testing.assert_close(paged_decode(q, k, v, tables, lens, splits=splits), expected, atol=1e-5, rtol=1e-5)
+    assert merged == [(4, 14, splits, 16 + 2)]  # the partial states went through the merge
+
+
+def test_splits_fill_the_gpu_and_stay_whole_on_short_tables_and_on_cpu():
+    from reasonrl.kernels.paged_attention import num_splits
+
+    assert num_splits(8, 8, 2048, torch.device("cpu")) == 1  # the interpreter: one pass
+    assert num_splits(8, 8, 31, torch.device("cuda")) == 1  # under 32 blocks: one pass, no device asked
+
+
+@pytest.mark.gpu
+def test_split_counts_on_a_gpu():
+    from reasonrl.kernels.paged_attention import num_splits
+
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    dev = torch.device("cuda")
+    assert num_splits(8, 8, 2048, dev) == -(-4 * sms // 64)  # 8 x 8 programs: split to fill the GPU 4x
+    assert num_splits(1, 2, 40, dev) == 2  # at least 16 blocks a split
+    assert num_splits(1, 1, 1 << 20, dev) == 64  # at most 64
+    assert num_splits(512, 8, 2048, dev) == 1  # enough programs already
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_paged_decode_matches_pytorch_gpu(dtype):
     q, k, v, tables, lens = random_cache(8, 14, 2, 64, 16, "cuda", dtype)
     atol = 1e-4 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(paged_decode(q, k, v, tables, lens).float(), reference(q, k, v, tables, lens),
-                               atol=atol, rtol=atol)
+    for splits in (None, 1, 3):
+        torch.testing.assert_close(paged_decode(q, k, v, tables, lens, splits=splits).float(),
+                                   reference(q, k, v, tables, lens), atol=atol, rtol=atol)

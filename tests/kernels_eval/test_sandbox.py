@@ -185,3 +185,39 @@ def test_gpu_mode_allows_exactly_the_compilers(tmp_path):
     assert guard._judge("subprocess.Popen", ("/bin/sh", ["sh", "-c", "id"], None, None)) == "subprocess.Popen"
     assert guard._judge("subprocess.Popen", (None, [str(tmp_path / "ptxas")], None, None)) == "subprocess.Popen"
     assert Guard(str(tmp_path), [])._judge("subprocess.Popen", (ptxas, [ptxas], None, None)) == "subprocess.Popen"
+
+
+def test_a_sandbox_that_fails_to_start_says_why():
+    """The child's own last line (the exception that stopped its set-up) is in the verdict's
+    message, so a machine where the sandbox cannot start is diagnosable from the verdict alone."""
+    from reasonrl.envs.kernels.evaluate.judge import _ending
+    from reasonrl.envs.kernels.evaluate.sandbox import CHILD_ERROR
+
+    answer = {"timed_out": False, "exit_code": CHILD_ERROR, "signal": None,
+              "stderr": "Traceback (most recent call last):\n  ...\nPermissionError: [Errno 1] unshare failed\n"}
+    v = _ending("vector_add", answer, None, {})
+    assert v.status == "sandbox_error"
+    assert v.message == "the sandbox failed to start: PermissionError: [Errno 1] unshare failed"
+    assert _ending("vector_add", {**answer, "stderr": ""}, None, {}).message == "the sandbox failed to start"
+
+
+def _make_temp_dir(ctx):
+    import tempfile
+
+    print(tempfile.mkdtemp(), flush=True)
+
+
+def test_temporary_files_go_to_the_work_directory_even_when_tempfile_cached_another(tmp_path, monkeypatch):
+    """Triton builds its GPU launchers in tempfile directories; the worker that forks the sandbox
+    has cached its own temp dir (read-only inside): the child must make them in its work dir."""
+    import tempfile
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(elsewhere))
+    job = tmp_path / "job"
+    (job / "out").mkdir(parents=True)
+    outcome = run_sandboxed(_make_temp_dir, str(job), SandboxLimits(), [])
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.stdout.strip().startswith(str(job / "out"))
+    assert list(elsewhere.iterdir()) == []

@@ -54,7 +54,9 @@ def _ending(task_id: str, answer: dict, result: dict | None, base: dict) -> Verd
         return Verdict(task_id, "timeout", "the run passed its wall-clock limit and was killed", **base)
     if result is None:
         if answer["exit_code"] == CHILD_ERROR:
-            return Verdict(task_id, "sandbox_error", "the sandbox failed to start", **base)
+            cause = next((line.strip() for line in reversed(answer["stderr"].splitlines()) if line.strip()), "")
+            return Verdict(task_id, "sandbox_error", "the sandbox failed to start" + (f": {cause}" if cause else ""),
+                           **base)
         how = f"signal {answer['signal']}" if answer["signal"] else f"exit code {answer['exit_code']}"
         return Verdict(task_id, "crashed", f"the process died ({how}) before saving a result; a memory, CPU or "
                        "file-size limit, or the process exiting on its own", **base)

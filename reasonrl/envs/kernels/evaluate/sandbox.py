@@ -25,6 +25,7 @@ import os
 import select
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -170,6 +171,9 @@ def _scrub_environment(work: str) -> None:
     kept = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
     os.environ.clear()
     os.environ.update(kept, HOME=work, TMPDIR=work, TRITON_CACHE_DIR=os.path.join(work, ".triton"))
+    # tempfile caches its directory on first use (the zygote's, read-only in here): Triton's
+    # compiler makes its build directories with tempfile, so a GPU run needs this
+    tempfile.tempdir = work
 
 
 def _become_namespace_init() -> None:

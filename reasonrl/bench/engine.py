@@ -143,16 +143,13 @@ def fast_forward_seconds(engine: LLMEngine, steps: int = 50) -> float | None:
     fast = engine.runner.fast
     if fast is None or engine.has_unfinished():
         return None
-    inputs = fast._dummy(1, 2)
-    run = (lambda: fast.graphs.replay(1, *inputs)) if fast.graphs is not None and 1 in fast.graphs.captured \
-        else (lambda: fast._run(*inputs))
     for _ in range(3):
-        run()
+        fast.run_dummy(1)
     device = engine.model.device
     sync(device)
     start = time.perf_counter()
     for _ in range(steps):
-        run()
+        fast.run_dummy(1)
     sync(device)
     engine.reset_prefix_cache()
     return (time.perf_counter() - start) / steps

@@ -3,8 +3,8 @@ sequence; packed codes, fp16 scales, zero points and head-means are loaded from 
 place and dequantized in registers (no decoded copy of the cache is ever written).
 
 Same scheme as `paged_attention.py`: one program per (sequence, KV head, split) serves the GQA
-group, online softmax over blocks, long tables split and merged with its helpers. The full blocks of a sequence (its first ctx // block_size) are read
-from their codes; the partly filled last block, if any, from the full-precision staging pool
+group, online softmax over blocks, long tables split and merged with its helpers. The full blocks
+of a sequence (its first ctx // block_size) are read from their codes; the partly filled last block, if any, from the full-precision staging pool
 (`stage_table[block]` gives its slot). Storage layouts, all contiguous, per layer:
 
     codes  (blocks, block_size, H, D * bits / 8) uint8, code i of a row at bits * (i % per) of byte i // per
@@ -24,8 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from reasonrl.kernels.paged_attention import (combine_splits, num_splits, online_softmax, query_group, split_workspace,
-                                              store_group)
+from reasonrl.kernels.paged_attention import combine_splits, online_softmax, plan_splits, query_group, store_group
 
 
 @dataclass
@@ -119,18 +118,17 @@ def quant_paged_decode(q: torch.Tensor, k: QuantCodes, v: QuantCodes, k_stage: t
             raise ValueError(f"quant_paged_decode: {name} must be contiguous")
     q = q.contiguous()
     out = torch.empty_like(q)
-    splits = splits or num_splits(batch, num_kv_heads, block_tables.shape[1], q.device)
-    part = split_workspace(q, splits)
+    splits, per_split, part = plan_splits(q, out, num_kv_heads, block_tables, splits)
     group = num_heads // num_kv_heads
     has_mean = k.mean is not None
     dummy = k.scale  # stands in for absent means (never read: HAS_MEAN is False)
     _quant_decode_kernel[(batch, num_kv_heads, splits)](
         q, out, part, block_tables, context_lens, stage_table, k_stage, v_stage,
         k.codes, k.scale, k.zero, k.mean if has_mean else dummy, v.codes, v.scale, v.zero, v.mean if has_mean else dummy,
-        scale or head_dim ** -0.5, -(-block_tables.shape[1] // splits), num_kv_heads, q.stride(0), q.stride(1), block_tables.stride(0),
+        scale or head_dim ** -0.5, per_split, num_kv_heads, q.stride(0), q.stride(1), block_tables.stride(0),
         out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK=block_size,
         K_BITS=k.bits, K_GROUP=k.group, K_PER_CHANNEL=k.per_channel, V_BITS=v.bits, V_GROUP=v.group,
         HAS_MEAN=has_mean, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SPLIT=splits > 1,
     )
-    return combine_splits(part, out) if splits > 1 else out
+    return combine_splits(part, out)

@@ -27,8 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from reasonrl.kernels.paged_attention import (combine_splits, num_splits, online_softmax, query_group, split_workspace,
-                                              store_group)
+from reasonrl.kernels.paged_attention import combine_splits, online_softmax, plan_splits, query_group, store_group
 
 
 @dataclass
@@ -159,17 +158,15 @@ def spark_paged_decode(q, k_new, v_new, kept, bitmap, signs, avg, qnorm, v_kept,
     (q, k_new, v_new, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, k_scale, k_zero, v_scale, v_zero, v_mean,
      k_stage, v_stage) = (x.contiguous() for x in tensors)
     out = torch.empty_like(q)
-    splits = splits or num_splits(batch, kv_heads, block_tables.shape[1], q.device)
-    part = split_workspace(q, splits)
+    splits, per_split, part = plan_splits(q, out, kv_heads, block_tables, splits)
     _spark_decode_kernel[(batch, kv_heads, splits)](
         q, k_new, v_new, out, part, kept, bitmap, signs, avg, qnorm, v_kept, v_bitmap, k_scale, k_zero, v_scale, v_zero,
         v_mean, k_stage, v_stage, stage_table,
-        block_tables, prev_lens.to(torch.int32), scale or head_dim ** -0.5, -(-block_tables.shape[1] // splits),
-        block_tables.stride(0),
+        block_tables, prev_lens.to(torch.int32), scale or head_dim ** -0.5, per_split, block_tables.stride(0),
         KV_HEADS=kv_heads, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim,
         BLOCK=block_size, KEEP=keep, PRUNED=head_dim - keep, BITMAP_BYTES=bitmap.shape[-1],
         SIGN_BYTES=max(1, signs.shape[-1]), VKEEP=v_kept.shape[-1] if value_pruned else head_dim,
         K_STRIDE=stride, BITS=quant.bits if quant else 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SPLIT=splits > 1,
     )
-    return combine_splits(part, out) if splits > 1 else out
+    return combine_splits(part, out)

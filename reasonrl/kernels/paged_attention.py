@@ -94,17 +94,23 @@ def num_splits(batch: int, kv_heads: int, width: int, device: torch.device) -> i
     return max(1, min(-(-programs // (batch * kv_heads)), width // 16, 64))
 
 
-def split_workspace(q: torch.Tensor, splits: int) -> torch.Tensor:
-    """The float32 partial states of `splits` > 1 splits (batch, heads, splits, D + 2); with one
-    split the kernels write the output directly and this is an unused stand-in."""
+def plan_splits(q: torch.Tensor, out: torch.Tensor, kv_heads: int, block_tables: torch.Tensor,
+                splits: int | None) -> tuple[int, int, torch.Tensor]:
+    """-> (splits, blocks per split, workspace) of a decode launch over `block_tables` (`splits`
+    None: `num_splits`). The workspace holds the splits' float32 partial states (B, Hq, splits,
+    D + 2); with one split it is `out` itself, which the kernel then writes directly."""
     batch, heads, dim = q.shape
-    if splits == 1:
-        return q.new_empty(1, dtype=torch.float32)
-    return torch.empty(batch, heads, splits, dim + 2, dtype=torch.float32, device=q.device)
+    width = block_tables.shape[1]
+    splits = splits or num_splits(batch, kv_heads, width, q.device)
+    part = out if splits == 1 else torch.empty(batch, heads, splits, dim + 2, dtype=torch.float32, device=q.device)
+    return splits, -(-width // splits), part
 
 
 def combine_splits(part: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out (B, Hq, D) from the workspace `part` (B, Hq, splits, D + 2) of a split launch."""
+    """out (B, Hq, D) from the workspace of a split launch (B, Hq, splits, D + 2); a one-pass
+    launch (the workspace is `out`) already wrote it."""
+    if part is out:
+        return out
     batch, heads, splits, _ = part.shape
     _combine_splits_kernel[(batch, heads)](part, out, splits, out.stride(0), out.stride(1), HEAD_DIM=out.shape[2],
                                            SPLITS_PAD=triton.next_power_of_2(splits))
@@ -142,16 +148,14 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     batch, num_heads, head_dim = q.shape
     _, block_size, num_kv_heads, _ = k_cache.shape
     group = num_heads // num_kv_heads
-    splits = splits or num_splits(batch, num_kv_heads, block_tables.shape[1], q.device)
     q = q.contiguous()
     out = torch.empty_like(q)
-    part = split_workspace(q, splits)
+    splits, per_split, part = plan_splits(q, out, num_kv_heads, block_tables, splits)
     _paged_decode_kernel[(batch, num_kv_heads, splits)](
-        q, k_cache, v_cache, out, part, block_tables, context_lens, scale or head_dim ** -0.5,
-        -(-block_tables.shape[1] // splits),
+        q, k_cache, v_cache, out, part, block_tables, context_lens, scale or head_dim ** -0.5, per_split,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1),
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=head_dim, BLOCK=block_size,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SPLIT=splits > 1,
     )
-    return combine_splits(part, out) if splits > 1 else out
+    return combine_splits(part, out)

@@ -68,9 +68,9 @@ def test_spark_kernel_matches_pytorch_cpu_interpreter(key_ratio, value_ratio, he
 @pytest.mark.parametrize("bits", [None, 4])
 def test_spark_split_table_merges_to_the_pytorch_path(splits, bits, monkeypatch):
     """Flash-decoding over SPARK blocks: the step's own token is attended once (by the first split)."""
-    import reasonrl.kernels.kv_spark as ks
+    import reasonrl.kernels.paged_attention as pa
 
-    monkeypatch.setattr(ks, "num_splits", lambda *a: splits)
+    monkeypatch.setattr(pa, "num_splits", lambda *a: splits)
     # head_dim 64, seed 0: the step's own token holds the highest score of one head's first split
     kv, q, k, v, meta = filled_format(14, 2, 64, 16, 0.5, 0.0, bits=bits)
     torch.testing.assert_close(kv.attend_kernel(0, q, k, v, meta), kv.attend_torch(0, q, k, v, meta),
@@ -107,10 +107,10 @@ def test_spark_kernel_reads_codes_with_bits_cpu_interpreter(bits, key_ratio, hea
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("splits", [None, 3])
 def test_spark_kernel_matches_pytorch_gpu(dtype, bits, splits, monkeypatch):
-    import reasonrl.kernels.kv_spark as ks
+    import reasonrl.kernels.paged_attention as pa
 
     if splits:
-        monkeypatch.setattr(ks, "num_splits", lambda *a: splits)
+        monkeypatch.setattr(pa, "num_splits", lambda *a: splits)
     kv, q, k, v, meta = filled_format(14, 2, 64, 16, 0.5, 0.0, dtype=dtype, bits=bits)
     kv_gpu_fields = {name: t.cuda() for name, t in kv.t.items()}
     kv.t, kv.staging, kv.slots.table = kv_gpu_fields, kv.staging.cuda(), kv.slots.table.cuda()

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from reasonrl.kernels.paged_attention import (_combine_splits_kernel, _paged_decode_kernel, combine_splits, num_splits,
-                                              online_softmax, paged_decode, query_group, split_workspace, store_group)
+                                              online_softmax, paged_decode, plan_splits, query_group, store_group)
 
 from ..task import KernelTask, randn
 
@@ -172,7 +172,7 @@ TASKS = [
         "def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: "
         "torch.Tensor, context_lens: torch.Tensor) -> torch.Tensor",
         _paged_ref, _paged_inputs, (query_group, online_softmax, store_group, _combine_splits_kernel, num_splits,
-                                    split_workspace, combine_splits, _paged_decode_kernel, paged_decode),
+                                    plan_splits, combine_splits, _paged_decode_kernel, paged_decode),
         ((2, 4, 2, 33, 16, 8), (3, 6, 3, 17, 32, 16), (1, 8, 1, 70, 64, 16)),
         perf_shapes=((64, 32, 8, 4096, 128, 16),)),
     KernelTask(

@@ -101,7 +101,10 @@ def plan_splits(q: torch.Tensor, out: torch.Tensor, kv_heads: int, block_tables:
     D + 2); with one split it is `out` itself, which the kernel then writes directly."""
     batch, heads, dim = q.shape
     width = block_tables.shape[1]
-    splits = splits or num_splits(batch, kv_heads, width, q.device)
+    if splits is None:
+        splits = num_splits(batch, kv_heads, width, q.device)
+    elif splits < 1:
+        raise ValueError(f"decode splits must be at least 1, got {splits}")
     part = out if splits == 1 else torch.empty(batch, heads, splits, dim + 2, dtype=torch.float32, device=q.device)
     return splits, -(-width // splits), part
 

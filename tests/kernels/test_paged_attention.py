@@ -88,6 +88,12 @@ def test_split_context_decode_merges_to_the_one_pass_result(splits, monkeypatch)
     assert merged == [(4, 14, splits, 16 + 2)]  # the partial states went through the merge
 
 
+def test_a_split_count_below_one_is_refused_by_name():
+    q, k, v, tables, lens = random_cache(2, 4, 2, 16, 16, "cpu", torch.float32)
+    with pytest.raises(ValueError, match="decode splits must be at least 1, got 0"):
+        paged_decode(q, k, v, tables, lens, splits=0)
+
+
 def test_splits_fill_the_gpu_and_stay_whole_on_short_tables_and_on_cpu():
     from reasonrl.kernels.paged_attention import num_splits
 

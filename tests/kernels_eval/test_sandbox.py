@@ -135,6 +135,96 @@ def test_guard_decisions(tmp_path, event, args, denied):
     assert (guard._judge(event, args) is not None) == denied
 
 
+TRUSTED_LIB = """
+import ctypes
+
+
+def cosine(x, name="libm.so.6"):
+    lib = ctypes.CDLL(name)
+    f = lib.cos
+    f.restype, f.argtypes = ctypes.c_double, [ctypes.c_double]
+    return f(x)
+
+
+def program_symbols():
+    return ctypes.CDLL(None)
+
+
+def call(fn, *args):
+    return fn(*args)
+"""
+
+
+def test_ctypes_is_allowed_only_from_trusted_code_and_only_for_system_libraries(tmp_path):
+    """On a GPU, Triton and torch.cuda load the driver's libraries with ctypes after confinement.
+    Their functions (code objects taken before the hook) may; the candidate's own code, a trusted
+    module's function it replaces, a trusted function handed a library the candidate placed in the
+    work directory (outside Triton's cache), a library that is not the GPU's, the program's own symbols, and a candidate
+    callback that trusted code calls may not."""
+    import shutil
+    import sys
+
+    from reasonrl.envs.kernels.evaluate.guard import trusted_code
+
+    work = tmp_path / "work"
+    (tmp_path / "trustedlib").mkdir()
+    (tmp_path / "trustedlib" / "__init__.py").write_text(TRUSTED_LIB)
+    work.mkdir()
+    libm = next(p for p in ("/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6",
+                            "/lib64/libm.so.6", "/usr/lib64/libm.so.6") if os.path.exists(p))
+    shutil.copy(libm, work / "libm.so.6")
+    (work / ".triton").mkdir()
+    shutil.copy(libm, work / ".triton" / "built.so")
+
+    def body():
+        import ctypes
+
+        sys.path.insert(0, str(tmp_path))
+        import trustedlib
+
+        guard = Guard(str(work), [], trusted=trusted_code(("trustedlib",)), libraries=("libm.",),
+                      builds=str(work / ".triton"))
+        guard.install()
+
+        def denied(action):
+            try:
+                action()
+                return "ok"
+            except PermissionError as exc:
+                return str(exc)
+
+        spoofed = compile("def cosine(x, name='libm.so.6'):\n    import ctypes\n    return ctypes.CDLL(name)\n",
+                          trustedlib.__file__, "exec")
+        namespace = {}
+        exec(spoofed, namespace)
+        allowed = trustedlib.cosine(0.0), trustedlib.cosine(0.0, str(work / ".triton" / "built.so"))
+        outcomes = [
+            denied(lambda: ctypes.CDLL("libm.so.6")),  # the candidate's own dlopen
+            denied(lambda: trustedlib.cosine(0.0, str(work / "libm.so.6"))),  # a library in the work dir
+            denied(trustedlib.program_symbols),  # CDLL(None): libc's system() and the rest
+            denied(lambda: namespace["cosine"](0.0)),  # same file name, not the same code
+            denied(lambda: ctypes.CDLL(str(work / ".triton" / "built.so"))),  # Triton's build, but our call
+            denied(lambda: trustedlib.cosine(0.0, "libc.so.6")),  # not one of `libraries`
+            denied(lambda: trustedlib.call(lambda: ctypes.CDLL("libm.so.6"))),  # a callback of ours
+        ]
+        return allowed, outcomes, guard.violations
+
+    allowed, outcomes, violations = in_child(body)["ok"]
+    assert allowed == [1.0, 1.0]
+    assert all(o.startswith("sandbox: ctypes.dlopen") for o in outcomes), outcomes
+    assert "(a library in the work directory)" in outcomes[1]
+    assert "from trustedlib:" in outcomes[1] and "(cosine)" in outcomes[1]  # the caller, named
+    assert "test_sandbox:" in outcomes[0] and "(not a GPU library)" in outcomes[5]
+    assert len(violations) == len(outcomes)
+
+
+def test_without_a_gpu_every_ctypes_use_is_denied(tmp_path):
+    """The CPU sandbox trusts no code: even torch.cuda's own ctypes use is refused."""
+    guard = Guard(str(tmp_path), [])
+    assert guard._judge("ctypes.dlopen", ("libcuda.so.1",), None).startswith("ctypes.dlopen libcuda.so.1 from ?")
+    assert guard._judge("ctypes.call_function", (0, ()), None) == "ctypes.call_function from ?"
+
+
 def _sleep_forever(ctx):
     print("started", flush=True)
     time.sleep(3600)

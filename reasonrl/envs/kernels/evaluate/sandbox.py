@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import isolation, limits as rlimits, seccomp
-from .guard import Guard, compilers
+from .guard import Guard, compilers, trusted_code
 from .limits import SandboxLimits
 
 KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
@@ -116,7 +116,8 @@ def _child(body, work: str, limits: SandboxLimits, hidden: list[str], namespaces
     Triton compiles a kernel at its first launch: the device and Triton's driver are initialized
     before confinement (that uses ctypes and ldconfig), the work directory stays executable
     (Triton loads the launcher it builds there), seccomp lets processes start (ptxas, the C
-    compiler) and the audit hook lets exactly Triton's compilers run (guard.compilers()); the
+    compiler) and the audit hook lets exactly Triton's compilers run (guard.compilers()) and
+    Triton's and torch.cuda's own functions load system libraries with ctypes (guard.trusted_code()); the
     memory limit is on data, not address space (limits.py)."""
     try:
         os.setsid()
@@ -133,7 +134,8 @@ def _child(body, work: str, limits: SandboxLimits, hidden: list[str], namespaces
         rlimits.apply(limits, "user-namespace" in layers, gpu)
         if seccomp.install(processes=gpu):
             layers.add("seccomp" if not gpu else "seccomp-gpu")
-        guard = Guard(work, hidden, compilers() if gpu else frozenset())
+        guard = Guard(work, hidden, compilers() if gpu else frozenset(), trusted_code() if gpu else frozenset(),
+                      builds=os.environ["TRITON_CACHE_DIR"] if gpu else None)
         _forget_harness(hidden)
         guard.install()
     except BaseException:  # the sandbox could not be built: say so, run nothing

@@ -14,6 +14,9 @@ Parts:
   target: each format within 1.1x of dense.
 - spec: speculative against plain decoding at batch 1 on the demo policy and its draft.
 - april: APRIL's rollout throughput over synchronous rollout; target >= 1.4x.
+- kernels: every Triton kernel task's expert judged by the kernel evaluator in its GPU sandbox and
+  timed against the PyTorch reference (`bench kernels`' GPU half): the sandbox's GPU mode checked
+  end to end, and the experts' speedups; target: every expert passes.
 - compiled (only when asked for: it compiles for minutes): the engine with `compile_decode` and
   CUDA graphs against the eager engine, smaller workload, no transformers arm.
 
@@ -40,7 +43,7 @@ class GpuBenchConfig:
     smoke: bool = False
     """Tiny shapes on any device (CPU too): checks that every part runs, not the figures."""
     parts: list[str] | None = None
-    """Parts to run, in order (default: engine kv-decode spec april; "compiled" adds the engine with
+    """Parts to run, in order (default: engine kv-decode spec april kernels; "compiled" adds the engine with
     compile_decode and CUDA graphs against eager, which compiles for minutes)."""
     device: str | None = None
     """cpu, cuda or cuda:N (default: cuda when available)."""
@@ -112,9 +115,22 @@ def _compiled(c: GpuBenchConfig) -> dict:
     return bench_engine(cfg)
 
 
+def _kernels(c: GpuBenchConfig) -> dict:
+    from reasonrl.agents.geak.agent import resolve_tasks
+    from reasonrl.bench.kernels import expert_speedups
+    from reasonrl.models.loader import resolve_device
+
+    device = "cuda" if resolve_device(c.device).type == "cuda" else "cpu"  # the evaluator picks its own GPU
+    # one task at a time while more than 30 s of the part's alarm (run_part: the budget left) remain,
+    # so a short budget still reports the tasks judged so far
+    stop = lambda: 0 < signal.getitimer(signal.ITIMER_REAL)[0] < 30  # noqa: E731
+    return expert_speedups(resolve_tasks("vector_add,softmax" if c.smoke else "kernels:"), 120.0, device, stop)
+
+
 PARTS: dict[str, Callable[[GpuBenchConfig], object]] = {
-    "engine": _engine, "kv-decode": _kv_decode, "spec": _spec, "april": _april, "compiled": _compiled}
-DEFAULT_PARTS = ["engine", "kv-decode", "spec", "april"]
+    "engine": _engine, "kv-decode": _kv_decode, "spec": _spec, "april": _april, "kernels": _kernels,
+    "compiled": _compiled}
+DEFAULT_PARTS = ["engine", "kv-decode", "spec", "april", "kernels"]
 
 
 def bench_gpu(c: GpuBenchConfig) -> dict:
@@ -230,5 +246,20 @@ def _april_rows(a: dict) -> list[tuple[str, str, str]]:
     return [("APRIL / synchronous rollout throughput", f"{a['throughput_ratio']:.2f}x", ">= 1.4x")]
 
 
+def _kernels_rows(k: dict) -> list[tuple[str, str, str]]:
+    s, per_task = k["summary"], k["per_task"]
+    failed = [f"{t}: {v['status']}" for t, v in per_task.items() if v["status"] != "passed"]
+    rows = [("kernel experts passing in the GPU sandbox", f"{s.get('correct', 0)} of {s.get('tasks', 0)}", "all")]
+    if s.get("geomean_speedup") is not None:
+        rows.append(("experts over the PyTorch references: geomean; mean; share > 1x",
+                     f"{s['geomean_speedup']:.2f}x; {s['mean_speedup_correct']:.2f}x; {s['fast_1']:.2f}", ""))
+    if failed:
+        first = next(v for v in per_task.values() if v["status"] != "passed")
+        rows.append(("failures (first message)", "; ".join(failed[:6]) + f" ({first.get('message', '')[:100]})", ""))
+    if k.get("not_run"):
+        rows.append(("not judged (the budget ran out)", str(len(k["not_run"])), ""))
+    return rows
+
+
 ROWS = {"engine": _engine_rows, "kv-decode": _kv_rows, "spec": _spec_rows, "april": _april_rows,
-        "compiled": _engine_rows}
+        "kernels": _kernels_rows, "compiled": _engine_rows}

@@ -25,6 +25,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from statistics import median
+from typing import Callable
 
 SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -65,7 +66,7 @@ def bench_kernels(cfg: KernelBenchConfig) -> dict:
         out["runs"].append(run)
     out["median_parallel_over_serial"] = median(r["parallel_over_serial"] for r in out["runs"])
     if device == "cuda":
-        out["gpu_speedups"] = _gpu_speedups(tasks, cfg.timeout)
+        out["gpu_speedups"] = expert_speedups(tasks, cfg.timeout)
     return out
 
 
@@ -112,16 +113,24 @@ def serial_main(ids: str, path: str) -> None:
         json.dump(_rates({"seconds": time.monotonic() - start, "verdicts": verdicts}), f)
 
 
-def _gpu_speedups(tasks, timeout: float) -> dict:
+def expert_speedups(tasks, timeout: float, device: str = "cuda", stop: Callable[[], bool] | None = None) -> dict:
+    """Every task's expert judged in the sandbox on `device` (timed against its reference on a GPU),
+    one task at a time until `stop()` says the time is up: {"per_task": {id: status, speedup, flags,
+    and for a failure its message}, "summary": timing.aggregate over those judged, "not_run": ids}."""
     from reasonrl.envs.kernels.evaluate import EvaluatorConfig, KernelEvaluator, SandboxLimits
     from reasonrl.envs.kernels.evaluate.timing import KernelResult, aggregate
 
     timed = [t for t in tasks if getattr(t, "perf_shapes", ())]
-    with KernelEvaluator(EvaluatorConfig(workers=1, device="cuda"), SandboxLimits(timeout=timeout)) as ev:
-        verdicts = ev.evaluate_many([(t, t.expert_source()) for t in timed])
-    per_task = {v.task_id: {"status": v.status, "speedup": v.speedup, "flags": v.flags} for v in verdicts}
+    verdicts = []
+    with KernelEvaluator(EvaluatorConfig(workers=1, device=device), SandboxLimits(timeout=timeout)) as ev:
+        for task in timed:
+            if stop is not None and stop():
+                break
+            verdicts += ev.evaluate_many([(task, task.expert_source())])
+    per_task = {v.task_id: {"status": v.status, "speedup": v.speedup, "flags": v.flags,
+                            **({} if v.exec_ok else {"message": v.message[:400]})} for v in verdicts}
     summary = aggregate([KernelResult(v.task_id, v.exec_ok, v.speedup, v.expert_speedup) for v in verdicts])
-    return {"per_task": per_task, "summary": summary}
+    return {"per_task": per_task, "summary": summary, "not_run": [t.id for t in timed[len(verdicts):]]}
 
 
 def _device(device: str) -> str:

@@ -13,7 +13,7 @@ def test_bench_gpu_smoke_writes_every_part_and_the_table(tmp_path, capsys):
     out = tmp_path / "gpu.json"
     assert main(["bench", "gpu", "--smoke", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert r["smoke"] is True and list(r["parts"]) == ["engine", "kv-decode", "spec", "april"]
+    assert r["smoke"] is True and list(r["parts"]) == ["engine", "kv-decode", "spec", "april", "kernels"]
     for name, part in r["parts"].items():
         assert part["status"] == "ok", (name, part.get("error"))
         assert part["seconds"] >= 0
@@ -22,6 +22,32 @@ def test_bench_gpu_smoke_writes_every_part_and_the_table(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| april | APRIL / synchronous rollout throughput |" in printed
     assert "| spec | speculative speedup at batch 1 |" in printed
+    kernels = r["parts"]["kernels"]["result"]  # the sandboxed evaluator, on this CPU under the interpreter
+    assert {t: v["status"] for t, v in kernels["per_task"].items()} == {"vector_add": "passed", "softmax": "passed"}
+    assert "| kernels | kernel experts passing in the GPU sandbox | 2 of 2 | all |" in printed
+
+
+def test_the_kernels_part_stops_between_tasks_and_says_which_were_not_judged():
+    from reasonrl.agents.geak.agent import resolve_tasks
+    from reasonrl.bench.kernels import expert_speedups
+
+    asked = []
+    r = expert_speedups(resolve_tasks("vector_add,softmax"), 60.0, "cpu", stop=lambda: asked.append(1) or len(asked) > 1)
+    assert list(r["per_task"]) == ["vector_add"] and r["not_run"] == ["softmax"]
+    assert r["summary"]["tasks"] == 1 and r["summary"]["correct"] == 1
+
+
+def test_kernel_failures_reach_the_table_with_their_message():
+    result = {"per_task": {"vector_add": {"status": "passed", "speedup": 1.2, "flags": []},
+                           "softmax": {"status": "forbidden", "speedup": None, "flags": [],
+                                       "message": "the sandbox denied: ctypes.dlopen libcuda.so.1 from x:1 (f)"}},
+              "summary": {"tasks": 2, "correct": 1, "geomean_speedup": 1.1, "mean_speedup_correct": 1.2, "fast_1": 0.5},
+              "not_run": ["matmul"]}
+    table = format_table({"device": "X", "seconds": 1.0, "smoke": False,
+                          "parts": {"kernels": {"status": "ok", "result": result, "seconds": 1.0}}})
+    assert "| kernels | kernel experts passing in the GPU sandbox | 1 of 2 | all |" in table
+    assert "softmax: forbidden (the sandbox denied: ctypes.dlopen libcuda.so.1" in table
+    assert "| kernels | not judged (the budget ran out) | 1 |" in table
 
 
 def test_a_failing_part_records_its_error_and_the_others_still_run(monkeypatch):

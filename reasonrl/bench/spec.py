@@ -10,9 +10,9 @@ The speculative engine chooses its tree size per step (engine/spec/adaptive.py) 
 `--no-adaptive`; one engine serves every level and repeat, so what it learns carries over, as it
 would in a server.
 
-Costs in the terms of SpecVLM's Eq. 2: the draft's time per verification round and the
-speculative target step's time per round, each divided by the plain engine's time per token at
-batch 1. speedup ~= accepted_length / (draft_cost_ratio + verify_cost_ratio + bookkeeping).
+Costs in the terms of SpecVLM's Eq. 2, over the batch-1 steps that ran a tree (one round each):
+the draft's time proposing it and the target step's time verifying it, each divided by the plain
+engine's time per token at batch 1. speedup ~= accepted_length / (draft_cost_ratio + verify_cost_ratio + bookkeeping).
 """
 
 from __future__ import annotations
@@ -69,24 +69,47 @@ def decode(engine: LLMEngine, prompts: list[list[int]], max_tokens: int, batch: 
 
 
 class Timer:
-    """Accumulated wall time of one bound method (draft proposals, target steps) on one engine."""
+    """Accumulated time of one bound method (draft proposals, target steps) on one engine, over
+    the calls `counts(args, kwargs, output)` accepts (default: every call). On CUDA each call is
+    bracketed by two events on the stream, read once at the end: no synchronisation, so the timed
+    arm keeps the overlap of host and device that the untimed arm has (a host sync around every
+    call would slow the speculative arm alone)."""
 
-    def __init__(self, obj, name: str, device: torch.device):
-        self.seconds = 0.0
+    def __init__(self, obj, name: str, device: torch.device, counts=None):
+        self.device, self.calls, self._seconds, self._events = device, 0, 0.0, []
         inner = getattr(obj, name)
+        cuda = device.type == "cuda"
 
         def timed(*args, **kwargs):
-            sync(device)
-            start = time.perf_counter()
+            if cuda:
+                begin = torch.cuda.Event(enable_timing=True)
+                begin.record(torch.cuda.current_stream(device))
+            else:
+                start = time.perf_counter()
             out = inner(*args, **kwargs)
-            sync(device)
-            self.seconds += time.perf_counter() - start
+            if counts is None or counts(args, kwargs, out):
+                self.calls += 1
+                if cuda:
+                    end = torch.cuda.Event(enable_timing=True)
+                    end.record(torch.cuda.current_stream(device))
+                    self._events.append((begin, end))
+                else:
+                    self._seconds += time.perf_counter() - start
             return out
 
         setattr(obj, name, timed)
 
+    @property
+    def seconds(self) -> float:
+        if self._events:
+            sync(self.device)
+            self._seconds += sum(b.elapsed_time(e) for b, e in self._events) / 1e3
+            self._events.clear()
+        return self._seconds
+
     def reset(self):
-        self.seconds = 0.0
+        self.calls, self._seconds = 0, 0.0
+        self._events.clear()
 
 
 @dataclass
@@ -157,7 +180,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
                                                 draft_max_batch=c.draft_max_batch),
                      draft=DraftHead.load(draft_path, target))
     overhead = speculation_timers(spec)
-    timers = overhead[0], Timer(spec.runner, "run", target.device)  # draft proposals, target steps
+    timers = tree_step_timers(spec)
     shares: dict[int, list[float]] = {}
     arms = {"plain": plain, "speculative": spec}
     for engine in arms.values():  # warm-up
@@ -165,7 +188,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
     rates: dict[tuple[str, int], list[float]] = {}
     cpu_rates: dict[tuple[str, int], list[float]] = {}
     outputs: dict[str, list[list[int]]] = {}
-    batch1 = {"rounds": 0, "emitted": 0, "draft_s": 0.0, "verify_s": 0.0}
+    batch1 = {"rounds": 0, "emitted": 0, "tree_steps": 0, "draft_s": 0.0, "verify_s": 0.0}
     for r in range(c.repeats):
         for level in levels:
             work = prompts[: max(c.num_prompts, 4 * level)]
@@ -186,7 +209,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
                       f"{run.tokens / run.seconds:8.1f} tok/s", file=sys.stderr, flush=True)
     per_token_plain = 1 / statistics.median(rates[("plain", levels[0])])
     on_cpu = target.device.type == "cpu"
-    rounds = max(batch1["rounds"], 1)
+    rounds, tree_steps = max(batch1["rounds"], 1), max(batch1["tree_steps"], 1)
     result = {
         "device": device_name(target.device), "dtype": str(target.dtype).removeprefix("torch."),
         "model": str(model_path), "draft": str(draft_path), "prompts": c.num_prompts, "max_tokens": c.max_tokens,
@@ -197,8 +220,9 @@ def bench_spec(c: SpecBenchConfig) -> dict:
         "greedy_identical": all(outs == outputs[f"plain@{k.split('@')[1]}"] for k, outs in outputs.items()),
         **{f"batch{level}": {**_arm(rates, level, cpu_rates if on_cpu else None),
                              "speculation_time_share": statistics.median(shares[level])} for level in levels},
-        "draft_cost_ratio": batch1["draft_s"] / rounds / per_token_plain,
-        "verify_cost_ratio": batch1["verify_s"] / rounds / per_token_plain,
+        "tree_steps_at_batch1": batch1["tree_steps"],
+        "draft_cost_ratio": batch1["draft_s"] / tree_steps / per_token_plain,
+        "verify_cost_ratio": batch1["verify_s"] / tree_steps / per_token_plain,
         "tree_tokens_by_batch": {k.removeprefix("spec_tree_tokens_at_batch_"): v for k, v in spec.stats().items()
                                  if k.startswith("spec_tree_tokens_at_batch_")},
     }
@@ -225,11 +249,21 @@ def _prompts(c: SpecBenchConfig, model_path: Path, n: int) -> list[list[int]]:
 
 
 def _add_costs(acc: dict, before: dict, after: dict, timers) -> None:
-    """Batch-1 verification rounds, their tokens, and the draft's and target's seconds."""
+    """Batch-1 verification rounds, their tokens, and the steps with trees: their number, the
+    draft's seconds proposing them and the target's verifying them."""
     acc["rounds"] += after["spec_rounds"] - before["spec_rounds"]
     acc["emitted"] += after["spec_emitted_tokens"] - before["spec_emitted_tokens"]
+    acc["tree_steps"] += timers[1].calls
     acc["draft_s"] += timers[0].seconds
     acc["verify_s"] += timers[1].seconds
+
+
+def tree_step_timers(engine: LLMEngine) -> tuple[Timer, Timer]:
+    """The draft's proposals and the target's steps, counted only for steps that ran trees: with
+    the adaptive policy most steps may run none, and their time is not a tree's cost."""
+    device = engine.model.device
+    return (Timer(engine.speculator, "propose", device, counts=lambda args, kwargs, trees: bool(trees)),
+            Timer(engine.runner, "run", device, counts=lambda args, kwargs, out: bool(out.verdicts)))
 
 
 def speculation_timers(engine: LLMEngine) -> tuple[Timer, ...]:

@@ -17,16 +17,37 @@ def test_bench_spec_cli_compares_plain_and_speculative_on_the_same_prompts(tmp_p
     assert len(r["batch2"]["pairwise_speedups"]) == 2 and r["concurrency"] == [1, 2]
     assert r["batch2"]["cpu_speedup"] > 0  # on a CPU, the ratio of tokens per CPU-second too
     assert all(0 < r[f"batch{n}"]["speculation_time_share"] < 1 for n in (1, 2))  # the draft's and policy's time
+    assert r["tree_steps_at_batch1"] > 0 and r["verify_cost_ratio"] > 0
+
+
+def test_a_timer_counts_only_the_calls_it_is_told_to():
+    import torch
+
+    from reasonrl.bench.spec import Timer
+
+    class Step:
+        def run(self, trees=None):
+            return {"verdicts": trees or {}}
+
+    step = Step()
+    timer = Timer(step, "run", torch.device("cpu"), counts=lambda args, kwargs, out: bool(out["verdicts"]))
+    for trees in (None, {1: "tree"}, None, {2: "tree"}, None):
+        step.run(trees=trees)
+    assert timer.calls == 2 and timer.seconds > 0
+    timer.reset()
+    assert timer.calls == 0 and timer.seconds == 0
 
 
 def test_bench_spec_with_draft_max_batch_zero_never_drafts(tmp_path, capsys):
     """--draft-max-batch 0: the speculative engine carries its draft but never speculates, which
     measures what speculation costs when it is off."""
     out = tmp_path / "spec.json"
-    assert main(["bench", "spec", "--num-prompts", "3", "--max-tokens", "16", "--repeats", "1", "--concurrency", "2",
+    assert main(["bench", "spec", "--num-prompts", "3", "--max-tokens", "16", "--repeats", "1", "--concurrency", "1", "2",
                  "--draft-max-batch", "0", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["greedy_identical"] is True and r["accepted_length"] == 0  # not one verification round
+    # costs are per step with a tree: steps without one are not charged to trees (there are none)
+    assert r["tree_steps_at_batch1"] == 0 and r["draft_cost_ratio"] == r["verify_cost_ratio"] == 0
     assert main(["bench", "spec", "--draft-max-batch", "-1"]) == 2
     assert "--draft-max-batch" in capsys.readouterr().err
 

@@ -105,18 +105,20 @@ class ModelRunner:
             if tree is None and start + n == seq.num_tokens:
                 sample_rows.append(query_start[-1] - 1)
                 sample_seqs.append(seq)
-        width = max(len(t) for t in tables)
-        dev = self.device
+        width, rows, seqs = max(len(t) for t in tables), len(ids), len(tables)
+        # two host-to-device copies a step, not five (on a GPU each is a synchronous transfer)
+        longs = torch.tensor(ids + positions + slots, dtype=torch.long, device=self.device)
+        ints = torch.tensor(context_lens + [b for t in tables for b in t + [0] * (width - len(t))], dtype=torch.int32,
+                            device=self.device)
         meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            slot_mapping=longs[2 * rows:],
             query_start=query_start,
             context_lens=context_lens,
-            block_tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=dev),
-            context_lens_t=torch.tensor(context_lens, dtype=torch.int32, device=dev),
+            block_tables=ints[seqs:].view(seqs, width),
+            context_lens_t=ints[:seqs],
             masks=masks if trees else None,
         )
-        batch = StepBatch(torch.tensor(ids, dtype=torch.long, device=dev), torch.tensor(positions, dtype=torch.long, device=dev),
-                          meta, sample_rows, sample_seqs)
+        batch = StepBatch(longs[:rows], longs[rows: 2 * rows], meta, sample_rows, sample_seqs)
         if self.images is not None:
             batch.positions, batch.model_inputs = self.images.step_inputs(scheduled, query_start, batch.positions)
         if self.latents is not None:
@@ -180,7 +182,9 @@ class ModelRunner:
         logits = adjust(self.model.compute_logits(hidden[batch.sample_rows]), batch.sample_seqs, self.eos_ids)
         logits = mask_logits(logits, batch.sample_seqs, self.eos_ids, self.grammars)
         tokens, logprobs, top = sample(logits, self.sampling_batch(batch.sample_seqs))
-        tokens, logprobs = tokens.tolist(), logprobs.tolist()
+        # one device-to-host transfer (ids below 2^53 are exact in float64, as float32 log-probs are)
+        tokens, logprobs = torch.stack((tokens.double(), logprobs.double())).tolist()
+        tokens = [int(t) for t in tokens]
         out = {}
         for i, seq in enumerate(batch.sample_seqs):
             tops = None
@@ -191,15 +195,15 @@ class ModelRunner:
         return out
 
     def sampling_batch(self, seqs: list[Sequence]) -> SamplingBatch:
-        dev = self.device
+        """The rows' parameters in two host-to-device copies (floats, longs)."""
         params = [s.params for s in seqs]
+        floats = torch.tensor([[p.temperature for p in params], [p.top_p for p in params], [p.min_p for p in params]],
+                              dtype=torch.float32, device=self.device)
+        longs = torch.tensor([[max(p.top_k, 0) for p in params], [s.seed for s in seqs], [len(s.output_ids) for s in seqs]],
+                             dtype=torch.long, device=self.device)
         return SamplingBatch(
-            temperature=torch.tensor([p.temperature for p in params], dtype=torch.float32, device=dev),
-            top_k=torch.tensor([max(p.top_k, 0) for p in params], dtype=torch.long, device=dev),
-            top_p=torch.tensor([p.top_p for p in params], dtype=torch.float32, device=dev),
-            min_p=torch.tensor([p.min_p for p in params], dtype=torch.float32, device=dev),
-            seeds=torch.tensor([s.seed for s in seqs], dtype=torch.long, device=dev),
-            steps=torch.tensor([len(s.output_ids) for s in seqs], dtype=torch.long, device=dev),
+            temperature=floats[0], top_k=longs[0], top_p=floats[1], min_p=floats[2], seeds=longs[1], steps=longs[2],
             num_top=max(p.logprobs for p in params),
             any_filter=any(p.top_k > 0 or p.top_p < 1 or p.min_p > 0 for p in params if not p.greedy),
+            all_greedy=all(p.greedy for p in params),
         )

@@ -32,6 +32,7 @@ class SamplingBatch:
     steps: torch.Tensor  # (S,) long: index of the token being sampled within the response
     num_top: int = 0  # top-n log-probs to return
     any_filter: bool = False
+    all_greedy: bool | None = None  # known on the host (saves reading `temperature` back); None: look
 
 
 def _fmix(x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +90,8 @@ def sample(logits: torch.Tensor, batch: SamplingBatch):
     scaled = logits / temp
     logprobs = scaled.log_softmax(-1)
     tokens = logits.argmax(-1)
-    if not bool(greedy.all()):
+    all_greedy = batch.all_greedy if batch.all_greedy is not None else bool(greedy.all())
+    if not all_greedy:
         candidates = filter_logits(scaled, batch) if batch.any_filter else scaled
         drawn = (candidates + gumbel_noise(batch.seeds, batch.steps, logits.shape[1])).argmax(-1)
         tokens = torch.where(greedy, tokens, drawn)

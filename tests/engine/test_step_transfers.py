@@ -1,0 +1,43 @@
+"""The host work of a decode step: how many tensors the runner builds from host lists (each a
+synchronous host-to-device copy on a GPU) and how many it reads back (each a wait for the device).
+On a GPU at batch 1 the engine's host work is a third of a step (docs/benchmarks.md, H200), so
+these counts are pinned: a change that adds a transfer per step must say why here."""
+
+import sys
+
+import torch
+
+from reasonrl.engine import LLMEngine, SamplingParams
+from reasonrl.engine.config import EngineConfig
+from reasonrl.models import load_model
+
+RUNNER_FILES = ("model_runner.py", "sampler.py")
+
+
+def test_a_greedy_decode_step_makes_four_host_to_device_copies_and_one_read_back(hf_checkpoint, monkeypatch):
+    path, _ = hf_checkpoint("qwen2")
+    engine = LLMEngine(load_model(path, "cpu"), None, EngineConfig(kv_cache_memory=1 << 22, block_size=4))
+    for i in range(4):
+        engine.add_request(str(i), [1, 2, 3, 4 + i], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+    engine.step()  # the prefills
+    made, read = [], []
+    tensor, tolist = torch.tensor, torch.Tensor.tolist
+
+    def counting_tensor(*args, **kwargs):
+        if sys._getframe(1).f_code.co_filename.endswith(RUNNER_FILES):
+            made.append(1)
+        return tensor(*args, **kwargs)
+
+    def counting_tolist(self):
+        if sys._getframe(1).f_code.co_filename.endswith(RUNNER_FILES):
+            read.append(1)
+        return tolist(self)
+
+    monkeypatch.setattr(torch, "tensor", counting_tensor)
+    monkeypatch.setattr(torch.Tensor, "tolist", counting_tolist)
+    engine.step()  # four sequences, one token each
+    assert len(made) == 4  # ids + positions + slots; lengths + block tables; two of sampling parameters
+    assert len(read) == 1  # tokens and log-probs together
+    monkeypatch.undo()
+    outs = engine.drain()
+    assert all(len(o.outputs[0].token_ids) == 8 for o in outs.values())

@@ -57,7 +57,8 @@ WORKLOADS = {
                           "reasonrl.cli.bench:structured"),
     "lvr": Command("LVR on shapes detail questions: SFT with and without latents, GRPO, causality and steps figures",
                    "reasonrl.cli.bench:lvr"),
-    "gpu": Command("every open GPU figure in one run (engine, kv-decode kernels, spec, APRIL): one JSON, a markdown table",
+    "gpu": Command("every open GPU figure in one run (engine, kv-decode kernels, spec, APRIL, the kernel "
+                   "evaluator): one JSON, a markdown table",
                    "reasonrl.cli.bench:gpu"),
     "kernels": Command("kernel evaluator: verdicts per minute, sandboxed and parallel vs serial; GPU speedups",
                        "reasonrl.cli.bench:kernels"),

@@ -199,8 +199,8 @@ class ModelRunner:
         params = [s.params for s in seqs]
         floats = torch.tensor([[p.temperature for p in params], [p.top_p for p in params], [p.min_p for p in params]],
                               dtype=torch.float32, device=self.device)
-        longs = torch.tensor([[max(p.top_k, 0) for p in params], [s.seed for s in seqs], [len(s.output_ids) for s in seqs]],
-                             dtype=torch.long, device=self.device)
+        longs = torch.tensor([[max(p.top_k, 0) for p in params], [s.seed for s in seqs],
+                              [len(s.output_ids) for s in seqs]], dtype=torch.long, device=self.device)
         return SamplingBatch(
             temperature=floats[0], top_k=longs[0], top_p=floats[1], min_p=floats[2], seeds=longs[1], steps=longs[2],
             num_top=max(p.logprobs for p in params),

@@ -32,7 +32,8 @@ def test_the_kernels_part_stops_between_tasks_and_says_which_were_not_judged():
     from reasonrl.bench.kernels import expert_speedups
 
     asked = []
-    r = expert_speedups(resolve_tasks("vector_add,softmax"), 60.0, "cpu", stop=lambda: asked.append(1) or len(asked) > 1)
+    r = expert_speedups(resolve_tasks("vector_add,softmax"), 60.0, "cpu",
+                        stop=lambda: asked.append(1) or len(asked) > 1)
     assert list(r["per_task"]) == ["vector_add"] and r["not_run"] == ["softmax"]
     assert r["summary"]["tasks"] == 1 and r["summary"]["correct"] == 1
 

@@ -132,7 +132,8 @@ class LLMEngine:
                              f"kv_format {cfg.kv_format!r} cannot (use dense)")
         draft = draft or DraftHead.load(cfg.draft, self.model)
         adaptive = AdaptiveConfig(cfg.draft_adaptive, cfg.draft_max_batch, cfg.draft_explore_every, margin=cfg.draft_margin)
-        spec = SpecConfig(top_k=cfg.draft_top_k, depth=cfg.draft_depth, num_nodes=cfg.draft_tokens, adaptive=adaptive)
+        spec = SpecConfig(top_k=cfg.draft_top_k, depth=cfg.draft_depth, num_nodes=cfg.draft_tokens, adaptive=adaptive,
+                          compile=cfg.draft_compile)
         return Speculator(draft, self.kv, self.block_manager, spec, self.max_model_len, self.images)
 
     @classmethod

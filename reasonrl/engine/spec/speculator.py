@@ -34,6 +34,7 @@ from reasonrl.engine.sequence import Sequence
 from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, StepLog, TreeShape, ladder
 from reasonrl.engine.spec.draft import DraftHead
 from reasonrl.engine.spec.draft_state import DraftAttention, DraftState, PaddedDraftAttention, padded_past
+from reasonrl.engine.spec.grow import GrowStep, graph_count
 from reasonrl.engine.spec.tree import DraftTree, TreeSearch
 from reasonrl.engine.spec.visual import RowSource, VisualReport, catch_up_rows
 from reasonrl.engine.spec.verify import Verdict
@@ -50,6 +51,8 @@ class SpecConfig:
     Validated where they are set: `EngineConfig.draft_*`."""
     adaptive: AdaptiveConfig = field(default_factory=AdaptiveConfig)
     """How each step's tree size is chosen (adaptive.py); the three above are the largest tree."""
+    compile: bool = False
+    """Run each depth of tree growth through torch.compile (grow.py); compiled at start-up."""
 
 
 MAX_LAG = 512
@@ -76,6 +79,8 @@ class Speculator:
         self.rounds = self.emitted = self.drafted = 0
         self.shapes = ladder(config.top_k, config.depth, config.num_nodes)
         self.policy = AdaptivePolicy(self.shapes, config.adaptive)
+        self.grow_step = GrowStep(draft, config.compile)
+        self.grow_step.warm_up(config.top_k)
         self.step_log: StepLog | None = None
         self.steps_without_trees = 0
         self.collecting = True  # this step's target features go to the draft (adaptive.py: wants_features)
@@ -172,8 +177,10 @@ class Speculator:
             depths.append(room)
         if not cands:
             return {}
+        graphs = graph_count()
         roots = self._catch_up(cands)
         trees = self._grow(cands, roots, [min(d, shape.depth) for d in depths], shape)
+        self.step_log.compiled = graph_count() != graphs  # a step that compiled says nothing of its cost
         out = {}
         for seq, tree in zip(cands, trees):
             extra = tree.size - 1
@@ -246,15 +253,14 @@ class Speculator:
         for d in range(1, max(depths)):
             tokens = search.frontier_tokens()  # (B, k)
             # each frontier node sees the committed rows, its ancestors among the drafted ones, itself
-            attn = PaddedDraftAttention(*past, torch.cat([ancestors, own_row], 2),
-                                        extra=None if temp_k is None else (temp_k, temp_v))
             positions = (roots_pos[:, None] + d).expand(b, k).reshape(-1)
-            out = draft(tokens.reshape(-1), parent_out.reshape(b * k, -1), positions, attn).view(b, k, -1)
-            new_k = attn.new_k.view(b, k, *attn.new_k.shape[1:])
-            new_v = attn.new_v.view(b, k, *attn.new_v.shape[1:])
+            out, logprobs, new_k, new_v = self.grow_step(tokens.reshape(-1), parent_out.reshape(b * k, -1), positions,
+                                                         *past, torch.cat([ancestors, own_row], 2), temp_k, temp_v)
+            out = out.view(b, k, -1)
+            new_k, new_v = new_k.view(b, k, *new_k.shape[1:]), new_v.view(b, k, *new_v.shape[1:])
             temp_k = new_k if temp_k is None else torch.cat([temp_k, new_k], 1)
             temp_v = new_v if temp_v is None else torch.cat([temp_v, new_v], 1)
-            slot = search.expand(draft.logits(out).float().log_softmax(-1))  # (B, k) parent slot of the new frontier
+            slot = search.expand(logprobs.view(b, k, -1))  # (B, k) parent slot of the new frontier
             own = torch.eye(k, dtype=torch.bool, device=dev)[slot]  # (B, k, k): the parent's own row
             ancestors = torch.cat([ancestors.gather(1, slot[:, :, None].expand(-1, -1, ancestors.shape[2])), own], 2)
             parent_out = out.gather(1, slot[:, :, None].expand(-1, -1, out.shape[2]))
@@ -302,4 +308,5 @@ class Speculator:
     def stats(self) -> dict[str, float]:
         return {"spec_rounds": self.rounds, "spec_draft_tokens": self.drafted, "spec_emitted_tokens": self.emitted,
                 "spec_accepted_length": self.accepted_length, "spec_steps_without_trees": self.steps_without_trees,
+                "spec_draft_compiled": self.grow_step.compiled, "spec_draft_compile_seconds": self.grow_step.compile_seconds,
                 **self.policy.stats()}

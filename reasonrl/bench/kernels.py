@@ -113,20 +113,25 @@ def serial_main(ids: str, path: str) -> None:
         json.dump(_rates({"seconds": time.monotonic() - start, "verdicts": verdicts}), f)
 
 
-def expert_speedups(tasks, timeout: float, device: str = "cuda", stop: Callable[[], bool] | None = None) -> dict:
+def expert_speedups(tasks, timeout: float, device: str = "cuda", stop: Callable[[], bool] | None = None,
+                    interrupt: tuple[type[BaseException], ...] = ()) -> dict:
     """Every task's expert judged in the sandbox on `device` (timed against its reference on a GPU),
-    one task at a time until `stop()` says the time is up: {"per_task": {id: status, speedup, flags,
-    and for a failure its message}, "summary": timing.aggregate over those judged, "not_run": ids}."""
+    one task at a time until `stop()` says the time is up or one of `interrupt` is raised (the
+    evaluator is closed first): {"per_task": {id: status, speedup, flags, and for a failure its
+    message}, "summary": timing.aggregate over those judged, "not_run": ids}."""
     from reasonrl.envs.kernels.evaluate import EvaluatorConfig, KernelEvaluator, SandboxLimits
     from reasonrl.envs.kernels.evaluate.timing import KernelResult, aggregate
 
     timed = [t for t in tasks if getattr(t, "perf_shapes", ())]
     verdicts = []
-    with KernelEvaluator(EvaluatorConfig(workers=1, device=device), SandboxLimits(timeout=timeout)) as ev:
-        for task in timed:
-            if stop is not None and stop():
-                break
-            verdicts += ev.evaluate_many([(task, task.expert_source())])
+    try:
+        with KernelEvaluator(EvaluatorConfig(workers=1, device=device), SandboxLimits(timeout=timeout)) as ev:
+            for task in timed:
+                if stop is not None and stop():
+                    break
+                verdicts += ev.evaluate_many([(task, task.expert_source())])
+    except interrupt:
+        pass  # what was judged before still counts
     per_task = {v.task_id: {"status": v.status, "speedup": v.speedup, "flags": v.flags,
                             **({} if v.exec_ok else {"message": v.message[:400]})} for v in verdicts}
     summary = aggregate([KernelResult(v.task_id, v.exec_ok, v.speedup, v.expert_speedup) for v in verdicts])

@@ -66,8 +66,9 @@ class EngineConfig:
     (sequential sibling acceptance with residual renormalisation: same distribution, other tokens)."""
     draft_compile: bool = False
     """Speculative decoding: run each depth of draft-tree growth through torch.compile (dynamic
-    shapes), compiled at start-up (engine/spec/grow.py; stats report the seconds). Output is
-    unchanged (the draft only proposes). Off by default: it costs a compile at every engine start."""
+    shapes), compiled at start-up (engine/spec/grow.py; stats report the seconds). Greedy and
+    coupled-sampled output is unchanged (the draft only proposes). Off by default: it costs a
+    compile at every engine start."""
     compile_decode: bool = False
     """Compile the forward of all-decode steps with torch.compile (inductor), one static shape per
     batch bucket, at start-up (engine/compiled.py; stats report the seconds). Off by default: on a

@@ -106,19 +106,22 @@ class ModelRunner:
                 sample_rows.append(query_start[-1] - 1)
                 sample_seqs.append(seq)
         width, rows, seqs = max(len(t) for t in tables), len(ids), len(tables)
-        # two host-to-device copies a step, not five (on a GPU each is a synchronous transfer)
-        longs = torch.tensor(ids + positions + slots, dtype=torch.long, device=self.device)
-        ints = torch.tensor(context_lens + [b for t in tables for b in t + [0] * (width - len(t))], dtype=torch.int32,
-                            device=self.device)
+        # two host-to-device copies a step, not five (on a GPU each is a synchronous transfer); each
+        # part starts 16-byte aligned, as a kernel specialised on aligned pointers expects
+        r, n = rows + rows % 2, seqs + (-seqs) % 4
+        longs = torch.tensor(ids + [0] * (r - rows) + positions + [0] * (r - rows) + slots, dtype=torch.long,
+                             device=self.device)
+        ints = torch.tensor(context_lens + [0] * (n - seqs) + [b for t in tables for b in t + [0] * (width - len(t))],
+                            dtype=torch.int32, device=self.device)
         meta = AttentionMetadata(
-            slot_mapping=longs[2 * rows:],
+            slot_mapping=longs[2 * r:],
             query_start=query_start,
             context_lens=context_lens,
-            block_tables=ints[seqs:].view(seqs, width),
+            block_tables=ints[n:].view(seqs, width),
             context_lens_t=ints[:seqs],
             masks=masks if trees else None,
         )
-        batch = StepBatch(longs[:rows], longs[rows: 2 * rows], meta, sample_rows, sample_seqs)
+        batch = StepBatch(longs[:rows], longs[r: r + rows], meta, sample_rows, sample_seqs)
         if self.images is not None:
             batch.positions, batch.model_inputs = self.images.step_inputs(scheduled, query_start, batch.positions)
         if self.latents is not None:

@@ -38,6 +38,24 @@ def test_the_kernels_part_stops_between_tasks_and_says_which_were_not_judged():
     assert r["summary"]["tasks"] == 1 and r["summary"]["correct"] == 1
 
 
+def test_the_kernels_part_keeps_what_it_judged_when_the_budget_runs_out_mid_task(monkeypatch):
+    from reasonrl.agents.geak.agent import resolve_tasks
+    from reasonrl.bench.kernels import expert_speedups
+    from reasonrl.envs.kernels.evaluate import KernelEvaluator
+
+    judge, calls = KernelEvaluator.evaluate_many, []
+
+    def alarm_on_the_second(self, jobs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise gpu.PartTimeout()  # what run_part's alarm raises
+        return judge(self, jobs)
+
+    monkeypatch.setattr(KernelEvaluator, "evaluate_many", alarm_on_the_second)
+    r = expert_speedups(resolve_tasks("vector_add,softmax"), 60.0, "cpu", interrupt=(gpu.PartTimeout,))
+    assert list(r["per_task"]) == ["vector_add"] and r["not_run"] == ["softmax"]
+
+
 def test_kernel_failures_reach_the_table_with_their_message():
     result = {"per_task": {"vector_add": {"status": "passed", "speedup": 1.2, "flags": []},
                            "softmax": {"status": "forbidden", "speedup": None, "flags": [],

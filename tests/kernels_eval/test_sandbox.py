@@ -123,6 +123,8 @@ def test_rlimits_cap_memory_and_file_size(tmp_path):
     ("import", ("reasonrl.envs.kernels.suite", None, None, None, None), True),
     ("import", ("numpy.linalg", None, None, None, None), False),
     ("ctypes.dlopen", ("libc.so.6",), True),
+    ("ctypes.dlopen", ("libcuda.so.1",), True),
+    ("ctypes.call_function", (0, ()), True),
     ("gc.get_referrers", (), True),
     ("object.__setattr__", (lambda: 0, "__code__", None), True),
     ("resource.setrlimit", (9, (1, 1)), True),
@@ -135,94 +137,46 @@ def test_guard_decisions(tmp_path, event, args, denied):
     assert (guard._judge(event, args) is not None) == denied
 
 
-TRUSTED_LIB = """
-import ctypes
-
-
-def cosine(x, name="libm.so.6"):
-    lib = ctypes.CDLL(name)
-    f = lib.cos
-    f.restype, f.argtypes = ctypes.c_double, [ctypes.c_double]
-    return f(x)
-
-
-def program_symbols():
-    return ctypes.CDLL(None)
-
-
-def call(fn, *args):
-    return fn(*args)
-"""
-
-
-def test_ctypes_is_allowed_only_from_trusted_code_and_only_for_system_libraries(tmp_path):
-    """On a GPU, Triton and torch.cuda load the driver's libraries with ctypes after confinement.
-    Their functions (code objects taken before the hook) may; the candidate's own code, a trusted
-    module's function it replaces, a trusted function handed a library the candidate placed in the
-    work directory (outside Triton's cache), a library that is not the GPU's, the program's own symbols, and a candidate
-    callback that trusted code calls may not."""
-    import shutil
-    import sys
-
-    from reasonrl.envs.kernels.evaluate.guard import trusted_code
-
-    work = tmp_path / "work"
-    (tmp_path / "trustedlib").mkdir()
-    (tmp_path / "trustedlib" / "__init__.py").write_text(TRUSTED_LIB)
-    work.mkdir()
-    libm = next(p for p in ("/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6",
-                            "/lib64/libm.so.6", "/usr/lib64/libm.so.6") if os.path.exists(p))
-    shutil.copy(libm, work / "libm.so.6")
-    (work / ".triton").mkdir()
-    shutil.copy(libm, work / ".triton" / "built.so")
+def test_ctypes_is_denied_with_the_library_and_the_caller_named(tmp_path):
+    """ctypes stays denied on a GPU too (what Triton and torch load with it is loaded before
+    confinement); the denial says which library and which function asked, so a platform that
+    loads one later says what to warm up."""
 
     def body():
         import ctypes
 
-        sys.path.insert(0, str(tmp_path))
-        import trustedlib
-
-        guard = Guard(str(work), [], trusted=trusted_code(("trustedlib",)), libraries=("libm.",),
-                      builds=str(work / ".triton"))
+        guard = Guard(str(tmp_path), [])
         guard.install()
+        try:
+            ctypes.CDLL("libm.so.6")
+        except PermissionError as exc:
+            return str(exc), guard.violations
+        return "loaded", guard.violations
 
-        def denied(action):
-            try:
-                action()
-                return "ok"
-            except PermissionError as exc:
-                return str(exc)
-
-        spoofed = compile("def cosine(x, name='libm.so.6'):\n    import ctypes\n    return ctypes.CDLL(name)\n",
-                          trustedlib.__file__, "exec")
-        namespace = {}
-        exec(spoofed, namespace)
-        allowed = trustedlib.cosine(0.0), trustedlib.cosine(0.0, str(work / ".triton" / "built.so"))
-        outcomes = [
-            denied(lambda: ctypes.CDLL("libm.so.6")),  # the candidate's own dlopen
-            denied(lambda: trustedlib.cosine(0.0, str(work / "libm.so.6"))),  # a library in the work dir
-            denied(trustedlib.program_symbols),  # CDLL(None): libc's system() and the rest
-            denied(lambda: namespace["cosine"](0.0)),  # same file name, not the same code
-            denied(lambda: ctypes.CDLL(str(work / ".triton" / "built.so"))),  # Triton's build, but our call
-            denied(lambda: trustedlib.cosine(0.0, "libc.so.6")),  # not one of `libraries`
-            denied(lambda: trustedlib.call(lambda: ctypes.CDLL("libm.so.6"))),  # a callback of ours
-        ]
-        return allowed, outcomes, guard.violations
-
-    allowed, outcomes, violations = in_child(body)["ok"]
-    assert allowed == [1.0, 1.0]
-    assert all(o.startswith("sandbox: ctypes.dlopen") for o in outcomes), outcomes
-    assert "(a library in the work directory)" in outcomes[1]
-    assert "from trustedlib:" in outcomes[1] and "(cosine)" in outcomes[1]  # the caller, named
-    assert "test_sandbox:" in outcomes[0] and "(not a GPU library)" in outcomes[5]
-    assert len(violations) == len(outcomes)
+    message, violations = in_child(body)["ok"]
+    assert message.startswith("sandbox: ctypes.dlopen libm.so.6 from test_sandbox:") and "(body)" in message
+    assert violations == [message.removeprefix("sandbox: ").removesuffix(" is not allowed")]
 
 
-def test_without_a_gpu_every_ctypes_use_is_denied(tmp_path):
-    """The CPU sandbox trusts no code: even torch.cuda's own ctypes use is refused."""
-    guard = Guard(str(tmp_path), [])
-    assert guard._judge("ctypes.dlopen", ("libcuda.so.1",), None).startswith("ctypes.dlopen libcuda.so.1 from ?")
-    assert guard._judge("ctypes.call_function", (0, ()), None) == "ctypes.call_function from ?"
+def test_an_event_with_no_python_caller_is_still_judged_and_recorded(tmp_path):
+    """A thread started on a C function raises its audit events with no Python frame: the guard
+    must still deny and record them (looking up the caller must not fail)."""
+
+    def body():
+        import _thread
+        import time as clock
+
+        guard = Guard(str(tmp_path / "work"), [])
+        guard.install()
+        _thread.start_new_thread(open, (str(tmp_path / "outside.txt"), "w"))
+        for _ in range(100):
+            if guard.violations:
+                break
+            clock.sleep(0.01)
+        return guard.violations, os.path.exists(tmp_path / "outside.txt")
+
+    violations, written = in_child(body)["ok"]
+    assert not written and len(violations) == 1 and "writing outside the work directory" in violations[0]
 
 
 def _sleep_forever(ctx):

@@ -8,15 +8,17 @@ was drafting). `GrowStep` runs the depth through `torch.compile` (inductor, dyna
 committed rows and the frontier rows drafted so far grow from call to call) when
 `EngineConfig.draft_compile` asks for it.
 
-Output cannot change: the draft only proposes, and verification decides every token. Compiled and
-eager drafts may round differently, so they may propose other tokens now and then (the accepted
-length moves, the output does not).
+Greedy and `coupled`-sampled output cannot change: the draft only proposes, and verification
+decides every token. Compiled and eager drafts may round differently, so they may propose other
+tokens now and then (the accepted length moves; with `draft_sampling="residual"` the tokens drawn
+move too, their distribution does not).
 
 Compiling happens at engine start (`warm_up`: batch 2 and batch 1, each with and without earlier
-frontier rows, which are the graphs a run needs); a shape that still compiles later (a size of 1
-elsewhere, which torch.compile specialises) shows in `compiles`, and the speculator keeps such a
-step's time out of the adaptive policy's measurements. A compile that fails (no C++ compiler
-for inductor, say) logs a warning and the draft runs eager from then on.
+frontier rows, which are the graphs a run needs); when a shape still compiles later (a size of 1
+elsewhere, which torch.compile specialises), the speculator sees the process's graph count move
+(`graph_count`) and keeps that step's time out of the adaptive policy's measurements (a compile in
+another thread at that moment counts too, which costs one measurement). A compile that fails (no
+C++ compiler for inductor, say) logs a warning and the draft runs eager from then on.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class GrowStep:
 
     def __init__(self, draft: DraftHead, compile: bool):
         self.draft = draft
+        if compile:  # every engine's draft shares grow_step's graphs (about four each): room for many
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.fn = torch.compile(grow_step, dynamic=True) if compile else grow_step
         self.compile_seconds = 0.0
 

@@ -15,12 +15,12 @@ stderr as one `[sandbox] denied ...` line, which the parent also reads.
 
 On a GPU, Triton compiles a kernel at its first launch by running `ptxas` (or `ld.lld`) and a C
 compiler for its launcher: those programs (`compilers()`, by real path) may be started there.
-Triton's and `torch.cuda`'s own code also loads the GPU driver's libraries with ctypes (Triton
-checks that the CUDA driver is active; torch counts devices through NVML): there, ctypes events
-are allowed when the Python function that raises them is one of the functions those packages
-defined before the hook went in (`trusted_code()`, by code object: a function the candidate
-writes, or a trusted module's attribute it replaces, is not one of them), and a library they open
-is a system one (a bare name, or a path outside the work directory: nothing the candidate built).
+ctypes stays denied on a GPU too: what Triton and torch load with it (the CUDA driver, NVML) is
+loaded before confinement (sandbox.py, `_warm_gpu`). Trusting "their" calls afterwards was tried
+and dropped: a trusted function can be handed the candidate's callable or globals, and torch.cuda
+itself compiles and launches CUDA C through ctypes, which would let a candidate pass without
+Triton. A denial names the library and the Python function that asked (`module:line (name)`),
+so a platform whose libraries load later says what to warm up.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import types
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 DENY_ALWAYS = frozenset({
@@ -39,9 +38,6 @@ DENY_ALWAYS = frozenset({
 })
 CTYPES_EVENTS = frozenset({"ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.cdata",
                            "ctypes.call_function", "ctypes.PyObj_FromPtr"})
-TRUSTED_PACKAGES = ("triton", "torch.cuda")  # whose functions may use ctypes on a GPU (module docstring)
-GPU_LIBRARIES = ("libcuda.", "libnvidia-ml.", "libnvrtc", "libcudart", "libamdhip64", "libamd_smi", "libhiprtc")
-"""The libraries trusted code may open (by file name prefix): the GPU drivers' and runtimes'."""
 PATH_EVENTS = {  # event -> index of the path argument that gets written
     "os.rename": 1, "os.replace": 1, "os.remove": 0, "os.rmdir": 0, "os.mkdir": 0, "os.symlink": 1,
     "os.link": 1, "os.truncate": 0, "os.chmod": 0, "os.chown": 0, "os.utime": 0, "os.chflags": 0,
@@ -68,51 +64,12 @@ def compilers() -> frozenset[str]:
     return frozenset(found)
 
 
-def trusted_code(packages: tuple[str, ...] = TRUSTED_PACKAGES) -> frozenset[types.CodeType]:
-    """The code objects of every function (methods and nested functions included) that the loaded
-    modules of `packages` define: taken before the hook goes in, so nothing the candidate makes
-    later is among them."""
-    found: set[types.CodeType] = set()
-
-    def add(code: types.CodeType) -> None:
-        if code not in found:
-            found.add(code)
-            for const in code.co_consts:
-                if isinstance(const, types.CodeType):
-                    add(const)
-
-    def walk(namespace: dict, module: str, depth: int = 0) -> None:
-        for value in list(namespace.values()):
-            if isinstance(value, (staticmethod, classmethod)):
-                value = value.__func__
-            if isinstance(value, property):
-                for f in (value.fget, value.fset, value.fdel):
-                    if isinstance(f, types.FunctionType):
-                        add(f.__code__)
-            elif isinstance(value, types.FunctionType) and value.__module__ == module:
-                add(value.__code__)
-            elif isinstance(value, type) and value.__module__ == module and depth < 3:
-                walk(vars(value), module, depth + 1)
-
-    for name, module in list(sys.modules.items()):
-        if module is not None and any(name == p or name.startswith(p + ".") for p in packages):
-            walk(vars(module), name)
-    return frozenset(found)
-
-
 class Guard:
-    def __init__(self, writable: str, hidden: list[str], executables: frozenset[str] = frozenset(),
-                 trusted: frozenset[types.CodeType] = frozenset(), libraries: tuple[str, ...] = GPU_LIBRARIES,
-                 builds: str | None = None):
-        """`executables`: programs that may be started; `trusted`: code objects whose ctypes use is
-        allowed (`trusted_code()`), `libraries`: file name prefixes of the system libraries they may
-        open, `builds`: a directory (in the work directory) whose libraries they may open too (all
-        only on a GPU, see the module docstring)."""
+    def __init__(self, writable: str, hidden: list[str], executables: frozenset[str] = frozenset()):
+        """`executables`: programs that may be started (on a GPU, Triton's compilers)."""
         self.writable = os.path.realpath(writable)
         self.hidden = [os.path.realpath(p) for p in hidden]
-        self.executables, self.trusted, self.libraries = executables, trusted, libraries
-        self.builds = os.path.realpath(builds) if builds else None
-        self.ctypes_code = trusted_code(("ctypes",))  # frames skipped to find who raised a ctypes event
+        self.executables = executables
         self.violations: list[str] = []
         self._busy = False
 
@@ -125,7 +82,7 @@ class Guard:
             return
         self._busy = True
         try:
-            reason = self._judge(event, args, sys._getframe(1))
+            reason = self._judge(event, args, _caller())
         finally:
             self._busy = False
         if reason and _from_linecache():  # a traceback quoting a hidden harness file: deny, quietly
@@ -159,30 +116,15 @@ class Guard:
             return self._path(event, args[READ_EVENTS[event]], write=False)
         return None
 
-    def _ctypes(self, event: str, args: tuple, frame) -> str | None:
-        """None when the function that raised the event (the first frame outside ctypes itself) is
-        trusted and, for a dlopen, the library is a GPU one or one Triton built; else the reason, naming the library
-        and the caller so a denial on a new platform says what to allow."""
-        while frame is not None and frame.f_code in self.ctypes_code:
+    @staticmethod
+    def _ctypes(event: str, args: tuple, frame) -> str:
+        """The reason, naming the library (for a dlopen) and the first Python function outside
+        ctypes that asked, so a denial on a new platform says what to load before confinement."""
+        while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "ctypes":
             frame = frame.f_back
         caller = f"{frame.f_globals.get('__name__')}:{frame.f_lineno} ({frame.f_code.co_name})" if frame else "?"
-        what = event
-        if event == "ctypes.dlopen":
-            name = args[0] if args else None
-            what = f"{event} {name}"
-            if not isinstance(name, (str, bytes, os.PathLike)):
-                return f"{what} from {caller}"  # CDLL(None): the program's own symbols, libc's included
-            name = os.fsdecode(name)
-            real = os.path.realpath(name) if os.sep in name else None
-            if real and self.builds and _under(real, self.builds):
-                pass  # one Triton built
-            elif real and _under(real, self.writable):
-                return f"{what} from {caller} (a library in the work directory)"
-            elif not os.path.basename(name).startswith(self.libraries):
-                return f"{what} from {caller} (not a GPU library)"
-        if frame is None or frame.f_code not in self.trusted:
-            return f"{what} from {caller}"
-        return None
+        what = f"{event} {args[0] if args else None}" if event == "ctypes.dlopen" else event
+        return f"{what} from {caller}"
 
     def _program(self, args: tuple) -> str | None:
         """The real path of the program a spawn event starts (its executable, else argv[0])."""
@@ -209,8 +151,19 @@ class Guard:
         return None
 
 
+def _caller():
+    """The Python frame that raised the event being judged (None when no Python code did)."""
+    try:
+        return sys._getframe(2)  # 0: _caller, 1: Guard.__call__, 2: the frame that raised the event
+    except ValueError:
+        return None
+
+
 def _from_linecache() -> bool:
-    frame = sys._getframe(2)
+    try:
+        frame = sys._getframe(2)
+    except ValueError:  # no Python frame raised the event
+        return False
     for _ in range(6):
         if frame is None:
             return False

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import isolation, limits as rlimits, seccomp
-from .guard import Guard, compilers, trusted_code
+from .guard import Guard, compilers
 from .limits import SandboxLimits
 
 KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
@@ -116,8 +116,7 @@ def _child(body, work: str, limits: SandboxLimits, hidden: list[str], namespaces
     Triton compiles a kernel at its first launch: the device and Triton's driver are initialized
     before confinement (that uses ctypes and ldconfig), the work directory stays executable
     (Triton loads the launcher it builds there), seccomp lets processes start (ptxas, the C
-    compiler) and the audit hook lets exactly Triton's compilers run (guard.compilers()) and
-    Triton's and torch.cuda's own functions load system libraries with ctypes (guard.trusted_code()); the
+    compiler) and the audit hook lets exactly Triton's compilers run (guard.compilers()); the
     memory limit is on data, not address space (limits.py)."""
     try:
         os.setsid()
@@ -134,8 +133,7 @@ def _child(body, work: str, limits: SandboxLimits, hidden: list[str], namespaces
         rlimits.apply(limits, "user-namespace" in layers, gpu)
         if seccomp.install(processes=gpu):
             layers.add("seccomp" if not gpu else "seccomp-gpu")
-        guard = Guard(work, hidden, compilers() if gpu else frozenset(), trusted_code() if gpu else frozenset(),
-                      builds=os.environ["TRITON_CACHE_DIR"] if gpu else None)
+        guard = Guard(work, hidden, compilers() if gpu else frozenset())
         _forget_harness(hidden)
         guard.install()
     except BaseException:  # the sandbox could not be built: say so, run nothing
@@ -191,13 +189,22 @@ def _become_namespace_init() -> None:
 
 
 def _warm_gpu() -> None:
-    """CUDA and Triton's driver up before confinement (Triton's driver runs ldconfig and loads
-    libcuda with ctypes, which the sandbox would refuse later)."""
+    """CUDA, torch's device queries and Triton's driver up before confinement: Triton's driver
+    runs ldconfig and loads libcuda with ctypes, and torch counts devices through NVML with
+    ctypes, all of which the sandbox refuses later (guard.py). On an H200 a candidate's first
+    launch was still denied a `ctypes.dlopen` whose caller the message did not name then; it does
+    now, and whatever it names belongs here."""
     import torch
     from triton.runtime import driver
 
     torch.cuda.init()
+    torch.cuda.device_count()
+    torch.cuda.get_device_properties(torch.cuda.current_device())
+    nvml_count = getattr(torch.cuda, "_device_count_nvml", None)  # private: absent in some versions
+    if nvml_count is not None:
+        nvml_count()
     driver.active.get_current_device()
+    driver.active.get_current_target()
     driver.active.utils  # noqa: B018 - builds and loads Triton's CUDA helpers into the cache
 
 

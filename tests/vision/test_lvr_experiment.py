@@ -162,3 +162,28 @@ def test_reasonrl_data_lvr_writes_the_training_examples_regions(setup, path, tmp
         assert row["roi_tokens"] == ex.lvr.targets
         assert row["response"] == ("<|lvr_start|>" + "<|lvr|>" * len(ex.lvr.targets) + "<|lvr_end|>"
                                    f"\\boxed{{{row['answer']}}}")
+
+
+@pytest.mark.slow
+def test_the_latent_inputs_flag_reaches_the_lvr_loss(path, tmp_path, monkeypatch):
+    """`--latent-inputs own --own-passes 2` on the experiment's command line reaches lvr_sft_loss."""
+    from reasonrl.vision.lvr import experiment, train
+
+    seen, real = [], train.lvr_sft_loss
+
+    def spy(*args, **kwargs):
+        seen.append(args[6:8])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "lvr_sft_loss", spy)
+    out = tmp_path / "own"
+    assert experiment.main(["--out", str(out), "--base", str(path), "--train-problems", "4", "--eval-problems", "1",
+                            "--sft-steps", "2", "--batch", "2", "--arms", "lvr", "--stages", "sft", "--sweep", "4",
+                            "--latent-inputs", "own", "--own-passes", "2"]) == 0
+    assert seen == [("own", 2)] * 2
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["latent_inputs"] == "own" and saved["config"]["own_passes"] == 2
+    assert saved["sft_lvr"]["final_loss"]["input_cosine"] < 0.99
+    assert train.LVRTrainConfig().latent_inputs == experiment.LVRExperimentConfig().latent_inputs == "teacher"
+    with pytest.raises(SystemExit):
+        experiment.main(["--latent-inputs", "mine"])

@@ -36,13 +36,20 @@ def test_region_tokens_are_the_cells_the_box_touches():
     assert roi_tokens((56, 28, 84, 56), (112, 168), grid) == [1]  # the image was resized by half
 
 
-def reference(model, seq, prompt):
-    """Hidden states by a plain forward: image rows and latent rows overwritten in the embeddings."""
+def teacher_inputs(model, seq, prompt):
+    """The sequence's input embeddings with the image rows and, at the latent rows, the region
+    tokens written in (teacher forcing); and the image tokens."""
     with torch.no_grad():
         images = model.encode_images(prompt.pixel_values, prompt.image_grid_thw)
     x = model.embed_tokens(torch.tensor(seq.input_ids)).clone()
     x[prompt.image_rows] = images
     x[seq.latent_rows] = images[seq.targets]
+    return x, images
+
+
+def reference(model, seq, prompt):
+    """Hidden states by a plain forward: image rows and latent rows overwritten in the embeddings."""
+    x, images = teacher_inputs(model, seq, prompt)
     t = len(seq.input_ids)
     return model.forward_embeds(x, prompt.positions_for(0, t), CausalAttention(1, t)), images
 
@@ -119,3 +126,91 @@ def test_shapes_world_examples_target_the_tokens_of_the_question_region(setup):
         done += 1
     with pytest.raises(ValueError, match="no region"):
         lvr_example(tok, model, image, type(item)("How many?", "3", "count", "number", True), latent)
+
+
+class Recorder:
+    """The latent rows' input embeddings of every forward of the model (a forward pre-hook)."""
+
+    def __init__(self, model, seqs, t):
+        self.calls, self.seqs, self.t = [], seqs, t
+        self.handle = model.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        ids, _, _, embeds, rows = args
+        flat = dict(zip(rows.tolist(), embeds))
+        self.calls.append([torch.stack([flat[i * self.t + r] for r in s.latent_rows]) for i, s in enumerate(self.seqs)])
+        self.requires_grad = embeds.requires_grad
+
+
+def autoregressive(model, seq, prompt, scale, passes=None):
+    """The latents inference feeds back, by a plain loop: latent k = scale x the final hidden state of
+    the row before it, the earlier latents being the model's own (after `passes` refinements of the
+    teacher-forced inputs when given: each pass feeds the previous one's predictions at once)."""
+    with torch.no_grad():
+        x, _ = teacher_inputs(model, seq, prompt)
+        t = len(seq.input_ids)
+        steps = passes if passes is not None else len(seq.latent_rows)
+        for k in range(steps):
+            hidden = model.forward_embeds(x, prompt.positions_for(0, t), CausalAttention(1, t))
+            if passes is not None:
+                x[seq.latent_rows] = hidden[[r - 1 for r in seq.latent_rows]] * scale
+            else:
+                x[seq.latent_rows[k]] = hidden[seq.latent_rows[k] - 1] * scale
+    return x[seq.latent_rows]
+
+
+@pytest.mark.parametrize("passes", [1, 2, 3])
+def test_own_latents_feed_the_graded_pass_the_models_predictions_not_the_region_tokens(setup, passes):
+    tok, model, latent, prompts, seqs = setup
+    scale, t = 2.5, max(len(s.input_ids) for s in seqs)
+    rec = Recorder(model, seqs, t)
+    try:
+        loss, stats = lvr_sft_loss(model, seqs, prompts, 0.1, scale=scale, latent_inputs="own", own_passes=passes)
+    finally:
+        rec.handle.remove()
+    assert len(rec.calls) == passes + 1  # passes without gradient, then the graded one
+    first, graded = rec.calls[0], rec.calls[-1]
+    assert not rec.requires_grad  # the fed latents are detached
+    for i, (s, p) in enumerate(zip(seqs, prompts)):
+        _, images = reference(model, s, p)
+        torch.testing.assert_close(first[i], images[s.targets])  # the first pass is teacher-forced
+        torch.testing.assert_close(graded[i], autoregressive(model, s, p, scale, passes), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(graded[i], images[s.targets], atol=1e-3)
+        if passes >= len(s.latent_rows):  # as many passes as latents: exactly what inference feeds back
+            torch.testing.assert_close(graded[i], autoregressive(model, s, p, scale), atol=1e-5, rtol=1e-5)
+    assert stats["input_cosine"] < 0.99
+
+
+def test_own_latents_keep_the_loss_ce_plus_mse_to_the_true_region_tokens(setup):
+    tok, model, latent, prompts, seqs = setup
+    scale = 2.5
+    loss, stats = lvr_sft_loss(model, seqs, prompts, 0.1, scale=scale, latent_inputs="own", own_passes=2)
+    ce_terms, mse_terms = [], []
+    for s, p in zip(seqs, prompts):
+        with torch.no_grad():
+            images = model.encode_images(p.pixel_values, p.image_grid_thw)
+            x = model.embed_tokens(torch.tensor(s.input_ids)).clone()
+            x[p.image_rows] = images
+            x[s.latent_rows] = autoregressive(model, s, p, scale, passes=2)
+            t = len(s.input_ids)
+            hidden = model.forward_embeds(x, p.positions_for(0, t), CausalAttention(1, t))
+        logits = model.compute_logits(hidden).float()
+        targets = [j for j in range(s.answer_start, len(s.input_ids)) if j not in s.latent_rows]
+        ce_terms.append(F.cross_entropy(logits[[j - 1 for j in targets]], torch.tensor(s.input_ids)[targets], reduction="sum"))
+        mse_terms.append(((hidden[[r - 1 for r in s.latent_rows]] - images[s.targets] / scale) ** 2).sum())
+    n_tokens = sum(len(s.input_ids) - s.answer_start - len(s.latent_rows) for s in seqs)
+    n_latent = sum(len(s.latent_rows) for s in seqs) * model.config.hidden_size
+    torch.testing.assert_close(loss, sum(ce_terms) / n_tokens + 0.1 * sum(mse_terms) / n_latent, atol=1e-5, rtol=1e-5)
+    teacher = lvr_sft_loss(model, seqs, prompts, 0.1, scale=scale)
+    assert teacher[1]["input_cosine"] == pytest.approx(1.0) and abs(float(teacher[0].detach()) - float(loss.detach())) > 1e-4
+    loss.backward()
+    assert all(p.grad is None for p in model.visual.parameters())
+    model.zero_grad()
+
+
+def test_latent_inputs_options_are_checked(setup):
+    tok, model, latent, prompts, seqs = setup
+    with pytest.raises(ValueError, match="latent_inputs"):
+        lvr_sft_loss(model, seqs, prompts, latent_inputs="mine")
+    with pytest.raises(ValueError, match="own_passes"):
+        lvr_sft_loss(model, seqs, prompts, latent_inputs="own", own_passes=0)

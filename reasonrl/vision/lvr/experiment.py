@@ -5,7 +5,8 @@
 1. the embedded VLM (reasonrl/demo/vlm) gets LVR's three tokens (`lvr_policy`);
 2. two SFT arms from it on the same detail questions, steps, order and optimizer: LVR (latent span
    over the region's merged tokens, teacher-forced, CE + 0.1 x MSE) and the control (same answers,
-   no span); vision tower and merger frozen;
+   no span); vision tower and merger frozen; `--latent-inputs own` feeds the LVR arm its own predicted
+   latents instead of the region tokens (against exposure bias; not in the paper, sft.py);
 3. GRPO from the LVR arm through `reasonrl train`'s loop (`grpo_recipe`: the `lvr` environment,
    accuracy + format rewards, latent mode in the engine, latents replayed, spans masked);
 4. measured on held-out questions (evaluate.py): accuracy of both arms; the LVR arm with 4, 8 and
@@ -23,6 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -54,6 +56,12 @@ class LVRExperimentConfig:
     """SFT peak learning rate."""
     mse_weight: float = 0.1
     """Weight of the latent MSE next to cross-entropy in the LVR arm (LVR: 0.1)."""
+    latent_inputs: Literal["teacher", "own"] = "teacher"
+    """Inputs of the LVR arm's latent rows in SFT: teacher (the true region tokens, LVR) or own (the model's
+    own predicted latents, as inference feeds back; not in the paper, vision/lvr/sft.py)."""
+    own_passes: int = 1
+    """With --latent-inputs own: forwards without gradient giving the latents fed to the graded one (each
+    fed the previous one's; p passes: the first p latents of a span are the autoregressive ones)."""
     stages: tuple[str, ...] = ("sft", "grpo")
     """sft (train and measure the arms) and grpo (from OUT/sft-lvr, e.g. an earlier run's)."""
     arms: tuple[str, ...] = ("plain", "lvr")
@@ -124,10 +132,12 @@ def run_experiment(cfg: LVRExperimentConfig, log=None) -> dict:
     for arm in arms:
         policy = copy.deepcopy(model)
         sft = LVRTrainConfig(latents=arm == "lvr", steps=cfg.sft_steps, batch=cfg.batch, lr=cfg.lr, weight=cfg.mse_weight,
-                             seed=cfg.seed)
+                             latent_inputs=cfg.latent_inputs, own_passes=cfg.own_passes, seed=cfg.seed)
+        sft_start = time.time()
         history = train_sft_lvr(policy, train, sft, partial(_log_step, log, arm))
+        sft_seconds = time.time() - sft_start
         save_model(policy, out / f"sft-{arm}", tok)
-        results[f"sft_{arm}"] = {"final_loss": history[-1],
+        results[f"sft_{arm}"] = {"final_loss": history[-1], "sft_seconds": sft_seconds,
                                  **(measure(policy, tok, items, latent, cfg) if arm == "lvr" else
                                     {"accuracy": ev.accuracy(tok, items, ev.generate(policy, tok, items, None))})}
         log(f"sft {arm}: {results[f'sft_{arm}']} ({time.time() - start:.0f}s)")
@@ -175,7 +185,7 @@ def markdown(results: dict) -> str:
 def _log_step(log, arm: str, step: int, steps: int, stats: dict, seconds: float) -> None:
     if step % 25 == 0 or step == steps:
         log(f"sft {arm} {step}/{steps} loss {stats['loss']:.3f} ce {stats['ce']:.3f} "
-            f"mse {stats['latent_mse']:.4f} ({seconds:.0f}s)")
+            f"mse {stats['latent_mse']:.4f} input-cos {stats.get('input_cosine', float('nan')):.3f} ({seconds:.0f}s)")
 
 
 def _save(out: Path, results: dict) -> None:

@@ -17,6 +17,17 @@ state regresses onto region token / s and the engine feeds back s x hidden state
 norm's output has the RMS of its weight whatever its input, so without s its states cannot reach
 tokens of another scale (the embedded VLM's merged tokens have RMS 5.5, its final norm 1.24: the
 MSE stayed at the level of predicting zeros; docs/vision.md). LVR's Qwen2.5-VL needs s = 1.
+
+Own latents (`latent_inputs="own"`, not in the paper, whose teacher forcing stays the default): the
+teacher-forced model reads the answer from perfect latents, but at inference it is fed its own
+(exposure bias). With "own", `own_passes` forwards without gradient come first: the first one
+teacher-forced, each next one fed the previous one's predictions; a pass's prediction for latent
+row r is s x the final hidden state of row r - 1, exactly what the engine feeds back
+(`LatentReasoning.intercept`). The graded forward then takes the last pass's predictions, detached,
+as the inputs of the latent rows; the loss is unchanged (CE without the latent targets + weight x
+MSE to the true region tokens / s). Latent k's prediction depends only on the inputs before it, so
+after p passes the inputs of the first p latents of a span are exactly the ones autoregressive
+inference produces (p >= the span's length: all of them); each pass costs one more forward.
 """
 
 from __future__ import annotations
@@ -72,34 +83,62 @@ def latent_scale(model, region_tokens: torch.Tensor) -> float:
     return float(region_tokens.detach().float().pow(2).mean().sqrt() / weight.pow(2).mean().sqrt())
 
 
+LATENT_INPUTS = ("teacher", "own")
+
+
 def lvr_sft_loss(model, sequences: list[LVRSequence], prompts: list[MultimodalPrompt], weight: float = 0.1,
-                 image_embeds: torch.Tensor | None = None, scale: float = 1.0):
+                 image_embeds: torch.Tensor | None = None, scale: float = 1.0, latent_inputs: str = "teacher",
+                 own_passes: int = 1):
     """(CE + weight x MSE, stats) of a batch; each prompt's first image holds its region. `image_embeds`:
     the prompts' merged image tokens already encoded (the frozen tower's output, prompt after prompt).
     `scale`: the latent scale (LatentConfig.scale): the hidden states regress onto targets / scale.
-    A batch without latents (`plain_sequence`) has CE alone."""
+    `latent_inputs`: what the latent rows are fed: "teacher" (the true region tokens, LVR) or "own"
+    (the model's own predictions after `own_passes` forwards without gradient; module docstring).
+    A batch without latents (`plain_sequence`) has CE alone. stats["input_cosine"]: mean cosine of
+    the latent rows' inputs with the true region tokens (1.0 teacher-forced)."""
+    if latent_inputs not in LATENT_INPUTS:
+        raise ValueError(f"latent_inputs must be one of {', '.join(LATENT_INPUTS)}, got {latent_inputs!r}")
+    if not isinstance(own_passes, int) or own_passes < 1:
+        raise ValueError(f"own_passes must be a positive integer, got {own_passes!r}")
     b, t = len(sequences), max(len(s.input_ids) for s in sequences)
     ids = torch.tensor([s.input_ids + [0] * (t - len(s.input_ids)) for s in sequences], device=model.device)
     with torch.no_grad():
         images = image_embeds if image_embeds is not None else model.encode_images(
             torch.cat([p.pixel_values for p in prompts]), torch.cat([p.image_grid_thw for p in prompts]))
-    embeds, rows, targets, start = [], [], [], 0
+    image_parts, rows, targets, start = [], [], [], 0
     for i, (s, p) in enumerate(zip(sequences, prompts, strict=True)):
         mine = images[start: start + len(p.image_rows)]
         start += len(p.image_rows)
-        embeds += [mine, mine[s.targets]]  # the prompt's image tokens, then the teacher-forced latents
+        image_parts.append(mine)
         latent_rows = torch.tensor(s.latent_rows, dtype=torch.long, device=ids.device)
         rows += [i * t + p.image_rows.to(ids.device), i * t + latent_rows]
-        targets.append(mine[s.targets])
+        targets.append(mine[s.targets])  # the true region tokens: teacher-forced inputs and MSE targets
+    rows = torch.cat(rows)
     positions = torch.stack([p.positions_for(0, t) for p in prompts], dim=1).to(model.device)  # (3, B, T)
-    hidden = model(ids.reshape(-1), positions.reshape(3, -1), CausalAttention(b, t), torch.cat(embeds), torch.cat(rows))
-    hidden = hidden.view(b, t, -1)
+
+    def forward(latents: list[torch.Tensor]) -> torch.Tensor:
+        """(B, T, hidden): each prompt's image tokens, then `latents[i]` at sequence i's latent rows."""
+        embeds = [x for pair in zip(image_parts, latents) for x in pair]
+        return model(ids.reshape(-1), positions.reshape(3, -1), CausalAttention(b, t), torch.cat(embeds), rows).view(b, t, -1)
+
+    def predicted(hidden: torch.Tensor) -> torch.Tensor:
+        """Final hidden states of the rows before the latent rows, sequence after sequence."""
+        return torch.cat([hidden[i, [r - 1 for r in s.latent_rows]] for i, s in enumerate(sequences)])
+
+    inputs = targets
+    if latent_inputs == "own" and any(s.latent_rows for s in sequences):
+        counts = [len(s.latent_rows) for s in sequences]
+        with torch.no_grad():
+            for _ in range(own_passes):  # what the engine feeds back: scale x the previous row's final state
+                inputs = list((predicted(forward(inputs)) * scale).to(images.dtype).split(counts))
+    hidden = forward([x.detach() for x in inputs])
     ce, tokens = _cross_entropy(model, hidden, ids, sequences)
-    predicted = torch.cat([hidden[i, [r - 1 for r in s.latent_rows]] for i, s in enumerate(sequences)])
-    targets = torch.cat(targets).to(hidden.dtype) / scale
-    mse = F.mse_loss(predicted, targets) if len(targets) else hidden.new_zeros(())
+    targets = torch.cat(targets)
+    fed = torch.cat(inputs).detach()
+    mse = F.mse_loss(predicted(hidden), targets.to(hidden.dtype) / scale) if len(targets) else hidden.new_zeros(())
     loss = ce + weight * mse
-    return loss, {"ce": float(ce.detach()), "latent_mse": float(mse.detach()), "tokens": tokens}
+    cosine = float(F.cosine_similarity(fed.float(), targets.float(), dim=1).mean()) if len(targets) else float("nan")
+    return loss, {"ce": float(ce.detach()), "latent_mse": float(mse.detach()), "tokens": tokens, "input_cosine": cosine}
 
 
 def _cross_entropy(model, hidden: torch.Tensor, ids: torch.Tensor, sequences: list[LVRSequence]):

@@ -17,6 +17,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -54,6 +55,12 @@ class LVRTrainConfig:
     """Linear warm-up steps."""
     weight: float = 0.1
     """Weight of the latent MSE next to cross-entropy (LVR: 0.1)."""
+    latent_inputs: Literal["teacher", "own"] = "teacher"
+    """Inputs of the latent rows in training: teacher (the true region tokens, LVR) or own (the model's own
+    predicted latents, as inference feeds back; sft.py)."""
+    own_passes: int = 1
+    """With latent_inputs own: forwards without gradient before the graded one, each fed the previous one's
+    predictions (p passes make the first p latents of a span exactly the autoregressive ones)."""
     seed: int = 0
     """Seeds the data order."""
 
@@ -94,7 +101,7 @@ def make_examples(model, tok: Tokenizer, problems: list[Problem], latent: Latent
 
 
 def train_sft_lvr(model, examples: list[LVRExample], cfg: LVRTrainConfig, log=None) -> list[dict[str, float]]:
-    """Train in place; per step {loss, ce, latent_mse}. The LVR arm records its latent scale in the
+    """Train in place; per step {loss, ce, latent_mse, input_cosine}. The LVR arm records its latent scale in the
     model's config (saved with it as `lvr_latent_scale`, read by the engine)."""
     freeze_vision(model)
     scale = 1.0
@@ -112,13 +119,14 @@ def train_sft_lvr(model, examples: list[LVRExample], cfg: LVRTrainConfig, log=No
             order += epoch
         batch, order = [examples[i] for i in order[:cfg.batch]], order[cfg.batch:]
         loss, stats = lvr_sft_loss(model, [e.lvr if cfg.latents else e.plain for e in batch], [e.prompt for e in batch],
-                                   cfg.weight, torch.cat([e.image for e in batch]), scale)
+                                   cfg.weight, torch.cat([e.image for e in batch]), scale, cfg.latent_inputs, cfg.own_passes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable(model), optim.grad_clip)
         optimizer.step()
         scheduler.step()
-        history.append({"loss": float(loss.detach()), "ce": stats["ce"], "latent_mse": stats["latent_mse"]})
+        history.append({"loss": float(loss.detach()), "ce": stats["ce"], "latent_mse": stats["latent_mse"],
+                        "input_cosine": stats["input_cosine"]})
         if log is not None:
             log(step, cfg.steps, history[-1], time.perf_counter() - start)
     model.eval()

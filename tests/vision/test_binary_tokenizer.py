@@ -32,6 +32,30 @@ def test_bits_threshold_at_eval_and_straight_through_gradient():
     assert torch.allclose(zz.grad, p.detach() * (1 - p.detach()) * q.embed.sum(1))
 
 
+def test_linear_straight_through_keeps_the_gradient_of_saturated_logits():
+    torch.manual_seed(0)
+    grads = {}
+    for st in ("sigmoid", "linear"):
+        q = BinaryQuantizer(bits=4, dim=4, train_temp=0.1, straight_through=st).train()
+        with torch.no_grad():
+            q.proj[0].weight.copy_(torch.eye(4) * 50.0)  # logits +-50: saturated
+            q.proj[0].bias.zero_()
+        h = torch.tensor([[[1.0, -1.0, 1.0, -1.0]]], requires_grad=True)
+        out = q(h)
+        assert torch.equal(out.codes, torch.tensor([[[1.0, 0.0, 1.0, 0.0]]]))  # the value is the bits either way
+        out.embedding.sum().backward()
+        grads[st] = h.grad
+    assert grads["sigmoid"].abs().max() < 1e-12  # the paper's estimate: sigmoid'(50) vanishes
+    assert torch.allclose(grads["linear"], 50.0 / 4 * q.embed.sum(1))  # dz/dh = 50, slope 1/4
+    with pytest.raises(ValueError, match="straight_through"):
+        BinaryQuantizer(bits=4, dim=4, straight_through="identity")
+
+
+def test_straight_through_reaches_the_quantizer():
+    assert BitTokenizer(TokenizerConfig(**TINY)).quantizer.straight_through == "sigmoid"
+    assert BitTokenizer(TokenizerConfig(**TINY, straight_through="linear")).quantizer.straight_through == "linear"
+
+
 def test_training_draws_follow_the_temperature():
     q = BinaryQuantizer(bits=1, dim=1, train_temp=1.0).train()
     with torch.no_grad():

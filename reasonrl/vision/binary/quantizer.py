@@ -6,6 +6,15 @@ straight-through estimate b~ = b + sigmoid(z) - sg(sigmoid(z)) carries the gradi
 embedding is b~ E, E (d, dim): the sum of the codebook rows its set bits select. The auxiliary
 "codebook" loss mean sigmoid(z)(1 - sigmoid(z)) pushes every bit towards 0 or 1.
 
+Departure (an option, `straight_through`): the paper's estimate passes sigmoid'(z) = p(1 - p) to
+the logits, which vanishes once they saturate (under the polarising loss most logits of a small
+tokenizer end beyond +-4 within a few hundred steps, and the encoder stops learning). `linear`
+passes the constant slope sigmoid'(0) = 1/4 instead: b~ = b + (z - sg(z)) / 4, the same at z = 0
+and never vanishing. `sigmoid` (the paper's) stays the default: `linear` keeps the gradient but
+has no restoring force, and the logits drift outward (mean |z| 28 after 1000 steps, 214 after
+3500 in docs/benchmarks.md's run, where bits then no longer flip), so it has not been shown to
+reconstruct better; pair it with something that bounds the logits.
+
 vq (the baseline, VQ-VAE, van den Oord et al. 2017, arXiv 1711.00937, with the l2-normalised
 low-dimensional lookup of ViT-VQGAN, Yu et al. 2021, arXiv 2110.04627): one of 2^d codes per
 token, so a token carries the same d bits. Loss ||sg(z) - q||^2 + beta ||z - sg(q)||^2; codes
@@ -33,9 +42,11 @@ class Quantized:
 
 
 class BinaryQuantizer(nn.Module):
-    def __init__(self, bits: int, dim: int, train_temp: float = 0.1):
+    def __init__(self, bits: int, dim: int, train_temp: float = 0.1, straight_through: str = "sigmoid"):
         super().__init__()
-        self.bits, self.train_temp = bits, train_temp
+        if straight_through not in ("sigmoid", "linear"):
+            raise ValueError(f"straight_through must be sigmoid or linear, got {straight_through!r}")
+        self.bits, self.train_temp, self.straight_through = bits, train_temp, straight_through
         self.proj = nn.Sequential(nn.Linear(dim, bits))  # Sequential: the public key is proj.0
         self.embed = nn.Parameter(torch.randn(bits, dim) * 0.02)
 
@@ -46,7 +57,10 @@ class BinaryQuantizer(nn.Module):
         polarise = (p * (1 - p)).mean()
         draw = self.training if sample is None else sample
         bits = torch.bernoulli(torch.sigmoid(z / self.train_temp)) if draw else (p > 0.5).to(p.dtype)
-        straight = bits + p - p.detach()  # value: the bits; gradient: that of sigmoid(z)
+        if self.straight_through == "sigmoid":
+            straight = bits + p - p.detach()  # value: the bits; gradient: that of sigmoid(z)
+        else:
+            straight = bits + (z - z.detach()) / 4  # value: the bits; gradient: 1/4, saturated or not
         return Quantized(straight @ self.embed, polarise, bits.detach())
 
     def embed_codes(self, bits: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,8 @@ Departures from the paper:
 - Twice-the-resolution decoding is trained directly (a share of steps decodes to the 2x render,
   `hires_fraction` in TokenizerTrainConfig); the paper trains at several resolutions.
 - `quantizer: vq` swaps in the one-hot VQ baseline with the same bits per token (quantizer.py).
+- `straight_through: linear` (an option; default `sigmoid`, the paper's) passes a constant slope
+  to the bit logits instead of sigmoid'(z), which vanishes once they saturate (quantizer.py).
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class TokenizerConfig:
     """d, the bits per latent token (Instella's name for it)."""
     train_temp: float = 0.1
     """tau of the training-time Bernoulli draw, b ~ Bernoulli(sigmoid(z / tau))."""
+    straight_through: Literal["sigmoid", "linear"] = "sigmoid"
+    """binary: the gradient the bits pass to their logits in training: sigmoid (Instella's, sigmoid'(z), which
+    vanishes for saturated logits) or linear (the constant 1/4 = sigmoid'(0); a departure, quantizer.py)."""
     quantizer: Literal["binary", "vq"] = "binary"
     """binary (Instella's bits) or vq (one-hot codes, 2^d of them: the baseline at equal bits)."""
     vq_dim: int = 16
@@ -135,7 +140,7 @@ class BitTokenizer(nn.Module):
                                cfg.upsample_idx, cfg.axes_dims_rope, cfg.absolute_positions)
         self.to_pixel = nn.Linear(cfg.decoder_head_dim * cfg.decoder_num_heads, cfg.patch_size ** 2 * cfg.in_channels)
         if cfg.quantizer == "binary":
-            self.quantizer = BinaryQuantizer(cfg.codebook_size, latent_dim, cfg.train_temp)
+            self.quantizer = BinaryQuantizer(cfg.codebook_size, latent_dim, cfg.train_temp, cfg.straight_through)
         else:
             self.quantizer = VQQuantizer(cfg.codebook_size, latent_dim, cfg.vq_dim)
         if cfg.refine_channels:

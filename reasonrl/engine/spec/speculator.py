@@ -177,10 +177,11 @@ class Speculator:
             depths.append(room)
         if not cands:
             return {}
-        graphs = graph_count()
+        graphs = graph_count() if self.grow_step.compiled else None
         roots = self._catch_up(cands)
         trees = self._grow(cands, roots, [min(d, shape.depth) for d in depths], shape)
-        self.step_log.compiled = graph_count() != graphs  # a step that compiled says nothing of its cost
+        # a step in which something compiled says nothing of its cost
+        self.step_log.compiled = graphs is not None and graph_count() != graphs
         out = {}
         for seq, tree in zip(cands, trees):
             extra = tree.size - 1

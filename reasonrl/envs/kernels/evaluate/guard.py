@@ -82,7 +82,8 @@ class Guard:
             return
         self._busy = True
         try:
-            reason = self._judge(event, args, _caller())
+            # the raising frame is looked up only where it is reported: not on every open or import
+            reason = self._judge(event, args, _caller() if event in CTYPES_EVENTS else None)
         finally:
             self._busy = False
         if reason and _from_linecache():  # a traceback quoting a hidden harness file: deny, quietly

@@ -2,9 +2,8 @@
 
 Growing a tree (speculator.py, `_grow`) runs the draft once per depth over every sequence's
 frontier: its decoder layer, the target's LM head and a log-softmax. On small models each of
-those is dozens of operations whose launch or dispatch costs more than their arithmetic (on the
-2-core CPU a depth took about 1.1 ms eager, 0.55 ms compiled; half of a speculative step's time
-was drafting). `GrowStep` runs the depth through `torch.compile` (inductor, dynamic shapes: the
+those is dozens of operations whose launch or dispatch costs more than their arithmetic (what
+compiling buys, measured: docs/spec.md, "Compiled draft"). `GrowStep` runs the depth through `torch.compile` (inductor, dynamic shapes: the
 committed rows and the frontier rows drafted so far grow from call to call) when
 `EngineConfig.draft_compile` asks for it.
 

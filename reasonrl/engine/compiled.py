@@ -102,7 +102,6 @@ class FastDecode:
         self.kv_key = id(kv)
         _FORMATS[self.kv_key] = kv
         self.kernel = model.device.type == "cuda"
-        self.graph_memory = graph_memory
         self.forward_fn = decode_forward
         self.compiled = compile_decode
         if compile_decode:
@@ -111,9 +110,10 @@ class FastDecode:
             self.forward_fn = torch.compile(decode_forward, fullgraph=True, dynamic=False)
         self.graphs = None
         if cuda_graphs:
-            from reasonrl.engine.cuda_graphs import DecodeGraphs
+            from reasonrl.engine.cuda_graphs import DecodeGraphs, GraphPool
 
-            self.graphs = DecodeGraphs(self._run, model.device, self.max_blocks, graph_memory, lambda: kv.cache.data_ptr())
+            self.graphs = DecodeGraphs(self._run, self.max_blocks, GraphPool(model.device, graph_memory),
+                                       lambda: kv.cache.data_ptr())
         self.compile_seconds = self.capture_seconds = 0.0
         self.fast_steps = self.eager_steps = 0
 

@@ -75,12 +75,14 @@ class EngineConfig:
     2-core CPU it made no measurable difference, against 40-90 s of compiling (docs/benchmarks.md)."""
     cuda_graphs: bool = True
     """CUDA: capture the forward of all-decode steps in CUDA graphs, one per batch bucket, at
-    start-up; larger batches run eager. Ignored on CPU."""
+    start-up, and, with a draft, the growth of its trees, one graph per batch bucket, committed-row
+    bucket and tree shape, the first time one is needed; larger batches run eager. Ignored on CPU."""
     max_decode_bucket: int = 256
     """Largest padded batch of compiled or captured decode (buckets 1, 2, 4, ... up to it and
     max_num_seqs)."""
     cuda_graph_memory: ByteSize = 1 << 30
-    """Device memory the CUDA graphs' shared pool may take; buckets past it (largest first) run eager."""
+    """Device memory the decode graphs' shared pool may take, and the draft's trees' pool too;
+    buckets past it run eager."""
 
     def __post_init__(self):
         if isinstance(self.kv_cache_memory, str):  # "64MiB" from Python as from a recipe or a flag

@@ -1,4 +1,6 @@
-"""CUDA graphs of the decode forward, one per batch bucket (engine/compiled.py pads steps to them).
+"""CUDA graphs: a memory pool within a budget (`GraphPool`), and the decode forward's graphs, one
+per batch bucket (`DecodeGraphs`; engine/compiled.py pads steps to them). The draft's tree growth
+has its own (engine/spec/grow.py, `TreeGraphs`).
 
 A graph replays the kernels recorded at capture on the same memory: each bucket owns static input
 buffers (token ids, positions, cache slots, block tables of the cache's full width, context
@@ -13,24 +15,70 @@ A graph records the addresses of the KV cache; when the cache is allocated again
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 Inputs = tuple[torch.Tensor, ...]  # ids, positions, slots (B,), tables (B, W), lens (B,)
 
 
+class GraphPool:
+    """One memory pool shared by a set of graphs that never run at the same time, and the bytes it
+    may take. Graphs sharing a pool may reuse each other's scratch memory, so a graph's outputs are
+    valid until the next replay of any graph of the pool: read them first."""
+
+    def __init__(self, device: torch.device, budget: int):
+        self.device, self.budget = device, budget
+        self.handle = None
+        self.bytes = 0  # what the pool grew by in kept captures, and the static buffers charged to it
+
+    def capture(self, fn: Callable[..., Any], static: tuple) -> tuple[Any, Any] | None:
+        """(graph, output) of `fn(*static)` recorded in the pool (run twice uncaptured first, to
+        warm up); None, and nothing kept, when the pool would exceed the budget."""
+        graph, out, grown = self.record(fn, static)
+        if self.bytes + grown > self.budget:
+            del graph, out
+            self.handle = None  # the pool keeps what this capture took: a fresh one, so the next capture counts its own
+            if torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
+            return None
+        self.bytes += grown
+        return graph, out
+
+    def charge(self, nbytes: int) -> bool:
+        """Count `nbytes` of static buffers against the budget; False when they do not fit."""
+        if self.bytes + nbytes > self.budget:
+            return False
+        self.bytes += nbytes
+        return True
+
+    def reset(self) -> None:
+        """Forget every graph (their memory goes with them): a fresh pool for the next captures."""
+        self.handle, self.bytes = None, 0
+
+    def record(self, fn: Callable[..., Any], static: tuple) -> tuple[torch.cuda.CUDAGraph, Any, int]:
+        """-> (graph, its output, bytes the pool grew by)."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # kernels compiled and tuned, allocator warmed, outside the capture
+                fn(*static)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        before = torch.cuda.memory_reserved(self.device)
+        graph = torch.cuda.CUDAGraph()
+        self.handle = self.handle or torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(graph, pool=self.handle):
+            out = fn(*static)
+        return graph, out, torch.cuda.memory_reserved(self.device) - before
+
+
 class DecodeGraphs:
-    def __init__(self, forward: Callable[..., torch.Tensor], device: torch.device, width: int, memory_budget: int,
-                 cache_id: Callable[[], int]):
+    def __init__(self, forward: Callable[..., torch.Tensor], width: int, pool: GraphPool, cache_id: Callable[[], int]):
         """`forward(ids, positions, slots, tables, lens) -> hidden (B, d)`: what is captured;
         `cache_id()`: the address of the KV cache now (a new one invalidates the graphs)."""
-        self.forward, self.device, self.width, self.memory_budget = forward, device, width, memory_budget
-        self.cache_id = cache_id
+        self.forward, self.width, self.pool, self.cache_id = forward, width, pool, cache_id
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, Inputs, torch.Tensor]] = {}
         self.skipped: list[int] = []  # buckets over the memory budget
-        self.pool = None
-        self.pool_bytes = 0
         self.cache_ptr = None
         self.replays = 0
         self.recaptures = 0
@@ -46,42 +94,22 @@ class DecodeGraphs:
                 self.skipped.append(b)
 
     def capture(self, bucket: int, inputs: Inputs) -> bool:
-        """Records the forward on static copies of `inputs` (which it also runs, uncaptured, to warm
-        up); False, and nothing kept, if the pool would exceed the memory budget."""
+        """Records the forward on static copies of `inputs`; False, and nothing kept, if the pool
+        would exceed the memory budget."""
         static = tuple(x.clone() for x in inputs)
-        graph, out, grown = self.record(static)
-        if self.pool_bytes + grown > self.memory_budget:
-            del graph, out
-            # the pool keeps what this capture took: start a fresh one, so the next capture counts its own
-            self.pool = None
-            if torch.cuda.is_initialized():
-                torch.cuda.empty_cache()
+        captured = self.pool.capture(self.forward, static)
+        if captured is None:
             return False
-        self.pool_bytes += grown
-        self.graphs[bucket] = (graph, static, out)
+        self.graphs[bucket] = (captured[0], static, captured[1])
         self.cache_ptr = self.cache_id()
         return True
-
-    def record(self, static: Inputs) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, int]:
-        """-> (graph, its output tensor, bytes the shared pool grew by)."""
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # kernels compiled and tuned, allocator warmed, outside the capture
-                self.forward(*static)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        before = torch.cuda.memory_reserved(self.device)
-        graph = torch.cuda.CUDAGraph()
-        self.pool = self.pool or torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self.pool):
-            out = self.forward(*static)
-        return graph, out, torch.cuda.memory_reserved(self.device) - before
 
     def replay(self, bucket: int, ids, positions, slots, tables, lens) -> torch.Tensor | None:
         """The captured forward on these (padded) inputs; None when the bucket has no graph."""
         if self.cache_ptr is not None and self.cache_id() != self.cache_ptr:  # the cache was allocated again
             self.graphs.clear()
-            self.pool, self.pool_bytes, self.cache_ptr = None, 0, None  # a fresh pool for the new graphs
+            self.pool.reset()
+            self.cache_ptr = None
             self.recaptures += 1
         entry = self.graphs.get(bucket)
         if entry is None:
@@ -107,5 +135,5 @@ class DecodeGraphs:
         return ids, positions, slots, full, lens
 
     def stats(self) -> dict:
-        return {"cuda_graph_buckets": self.captured, "cuda_graph_pool_bytes": self.pool_bytes,
+        return {"cuda_graph_buckets": self.captured, "cuda_graph_pool_bytes": self.pool.bytes,
                 "cuda_graph_replays": self.replays, "cuda_graph_recaptures": self.recaptures}

@@ -26,8 +26,9 @@ import torch
 
 from reasonrl.engine.admission import check_request
 from reasonrl.engine.block_manager import BlockManager
-from reasonrl.engine.compiled import FastDecode
+from reasonrl.engine.compiled import FastDecode, bucket_sizes
 from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.cuda_graphs import GraphPool
 from reasonrl.engine.eviction import EvictionConfig, Evictor
 from reasonrl.engine.grammar import Grammars
 from reasonrl.engine.images import Images
@@ -40,6 +41,7 @@ from reasonrl.engine.scheduler import Scheduler
 from reasonrl.engine.sequence import RequestOutput, Sequence
 from reasonrl.engine.spec.adaptive import AdaptiveConfig
 from reasonrl.engine.spec.draft import DraftHead
+from reasonrl.engine.spec.grow import TreeGraphs
 from reasonrl.engine.spec.speculator import SpecConfig, Speculator
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
@@ -134,7 +136,11 @@ class LLMEngine:
         adaptive = AdaptiveConfig(cfg.draft_adaptive, cfg.draft_max_batch, cfg.draft_explore_every, margin=cfg.draft_margin)
         spec = SpecConfig(top_k=cfg.draft_top_k, depth=cfg.draft_depth, num_nodes=cfg.draft_tokens, adaptive=adaptive,
                           compile=cfg.draft_compile)
-        return Speculator(draft, self.kv, self.block_manager, spec, self.max_model_len, self.images)
+        graphs = None
+        if cfg.cuda_graphs and self.model.device.type == "cuda":
+            graphs = TreeGraphs(draft.config, bucket_sizes(cfg.max_num_seqs, cfg.max_decode_bucket), self.max_model_len,
+                                self.model.config.vocab_size, GraphPool(self.model.device, cfg.cuda_graph_memory))
+        return Speculator(draft, self.kv, self.block_manager, spec, self.max_model_len, self.images, graphs)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device=None, dtype=None, latent: LatentConfig | None = None,

@@ -7,7 +7,7 @@ import torch
 from reasonrl.engine import LLMEngine, SamplingParams
 from reasonrl.engine.compiled import FastDecode, bucket_sizes, pad_rows, pick_bucket
 from reasonrl.engine.config import EngineConfig
-from reasonrl.engine.cuda_graphs import DecodeGraphs
+from reasonrl.engine.cuda_graphs import DecodeGraphs, GraphPool
 from reasonrl.models.loader import load_model
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], list(range(10, 40)), [3] * 17, [5, 6]]
@@ -71,22 +71,31 @@ def test_compiled_decode_is_token_identical_to_eager_in_greedy_fp32(hf_checkpoin
 
 
 class _Recorded:
-    """Stands in for a CUDA graph on CPU: replay reruns the forward on the static inputs into the
-    captured output tensor, as a graph replays its kernels on the same memory."""
+    """Stands in for a CUDA graph on CPU: replay reruns the function on the static inputs into the
+    captured output tensors, as a graph replays its kernels on the same memory."""
 
-    def __init__(self, forward, static, out):
-        self.forward, self.static, self.out = forward, static, out
+    def __init__(self, fn, static, out):
+        self.fn, self.static, self.out = fn, static, out
 
     def replay(self):
-        self.out.copy_(self.forward(*self.static))
+        new = self.fn(*self.static)
+        for dst, src in zip(*(x if isinstance(x, (tuple, list)) else (x,) for x in (self.out, new))):
+            dst.copy_(src)
 
 
-class _CPUGraphs(DecodeGraphs):
-    grows = {4: 100, 2: 30, 1: 10}  # bytes the pool would grow by per bucket
+class CPUPool(GraphPool):
+    """A `GraphPool` whose captures are `_Recorded` on CPU; `grows(static)`: the bytes a capture
+    would take (the budget logic is the real one)."""
 
-    def record(self, static):
-        out = self.forward(*static)
-        return _Recorded(self.forward, static, out), out, self.grows[static[0].shape[0]]
+    def __init__(self, budget: int, grows):
+        super().__init__(torch.device("cpu"), budget)
+        self.grows, self.captures = grows, 0
+
+    def record(self, fn, static):
+        self.captures += 1
+        out = fn(*static)  # cloned: a graph's output may be an expanded view, which a replay here could not write
+        out = tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
+        return _Recorded(fn, static, out), out, self.grows(static)
 
 
 def _forward(ids, positions, slots, tables, lens):
@@ -97,14 +106,15 @@ def _forward(ids, positions, slots, tables, lens):
 
 def test_graph_capture_keeps_the_buckets_that_fit_the_budget_largest_first_and_replays_static_copies():
     cache = {"ptr": 1}
-    graphs = _CPUGraphs(_forward, torch.device("cpu"), 6, 50, lambda: cache["ptr"])
+    grows = {4: 100, 2: 30, 1: 10}  # bytes the pool would grow by per bucket
+    graphs = DecodeGraphs(_forward, 6, CPUPool(50, lambda static: grows[static[0].shape[0]]), lambda: cache["ptr"])
 
     def dummy(b):
         zeros = torch.zeros(b, dtype=torch.long)
         return zeros, zeros, zeros, torch.zeros(b, 6, dtype=torch.int32), torch.ones(b, dtype=torch.int32)
 
     graphs.capture_all([1, 2, 4], dummy)
-    assert graphs.captured == [1, 2] and graphs.skipped == [4] and graphs.pool_bytes == 40  # 4 would take 100 > 50
+    assert graphs.captured == [1, 2] and graphs.skipped == [4] and graphs.pool.bytes == 40  # 4 would take 100 > 50
     ids, pos, slots = torch.tensor([3, 5]), torch.tensor([7, 9]), torch.tensor([11, 13])
     tables, lens = torch.tensor([[1, 2], [3, 4]], dtype=torch.int32), torch.tensor([5, 2], dtype=torch.int32)
     out = graphs.replay(2, ids, pos, slots, tables, lens)  # tables narrower than the graph's: copied into its left

@@ -31,7 +31,7 @@ def test_a_compiled_draft_compiles_at_start_and_leaves_greedy_output_unchanged(d
 def test_a_step_that_compiled_teaches_the_policy_nothing_and_its_trial_runs_again():
     policy = AdaptivePolicy(ladder(8, 6, 32))
     rung = policy.choose(1)
-    policy.observe(StepLog(1, rung, tree_rows=32, emitted=5, verified=1, compiled=True), 30.0)  # a 30 s compile
+    policy.observe(StepLog(1, rung, tree_rows=32, emitted=5, verified=1, built=True), 30.0)  # a 30 s compile
     assert policy.buckets[1].cost == {} and policy.rate(1, rung) is None
     policy.observe(StepLog(1, rung, tree_rows=32, emitted=5, verified=1), 0.01)
     assert policy.rate(1, rung) == pytest.approx(5 / 0.01)
@@ -43,7 +43,7 @@ def test_a_draft_whose_compile_fails_runs_eager_with_the_same_result(demo, caplo
     step = GrowStep(draft, compile=False)
     step.fn = lambda *args: (_ for _ in ()).throw(RuntimeError("no C++ compiler"))  # as a failed compile raises
     rows = torch.zeros(1, 3, c.num_kv_heads, c.head_dim)
-    args = (torch.tensor([5, 6]), torch.randn(2, c.hidden_size), torch.tensor([3, 3]), rows, rows, torch.tensor([3]),
+    args = (2, torch.tensor([5, 6]), torch.randn(2, c.hidden_size), torch.tensor([3, 3]), rows, rows, torch.tensor([3]),
             torch.ones(1, 2, 2, dtype=torch.bool), None, None)
     with torch.no_grad():
         out = step(*args)

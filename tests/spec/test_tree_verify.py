@@ -19,7 +19,7 @@ def test_expansion_keeps_the_top_k_by_cumulative_value_and_reranks_the_whole_tre
     search = TreeSearch(logprobs([0.6, 0.3, 0.05, 0.05]), top_k=2)
     assert search.frontier_tokens().tolist() == [[0, 1]]
     # children of token 0: 2 (0.9), 3 (0.1); of token 1: 0 (0.6), 3 (0.4)
-    slot = search.expand(logprobs([0.0, 0.0, 0.9, 0.1], [0.6, 0.0, 0.0, 0.4])[None])
+    slot = search.expand(*logprobs([0.0, 0.0, 0.9, 0.1], [0.6, 0.0, 0.0, 0.4])[None].topk(2))
     # values: 0->2 0.54, 0->3 0.06, 1->0 0.18, 1->3 0.12: the frontier is 0->2 and 1->0
     assert search.frontier_tokens().tolist() == [[2, 0]]
     assert slot.tolist() == [[0, 1]]
@@ -32,7 +32,7 @@ def test_selection_respects_each_sequence_depth_limit_and_is_connected():
     torch.manual_seed(0)
     search = TreeSearch(torch.randn(2, 16).log_softmax(-1), top_k=3)
     for _ in range(3):
-        search.expand(torch.randn(2, 3, 16).log_softmax(-1))
+        search.expand(*torch.randn(2, 3, 16).log_softmax(-1).topk(3))
     shallow, deep = search.select([1, 2], num_nodes=20, max_depth=[1, 4])
     assert max(shallow.depths) == 1 and shallow.size == 4  # only the root's 3 children
     assert max(deep.depths) <= 4 and deep.size == 21

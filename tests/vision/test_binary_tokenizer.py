@@ -142,3 +142,36 @@ def test_config_errors():
         TokenizerConfig(quantizer="vq", codebook_size=16)
     with pytest.raises(ValueError, match="head size"):
         BitTokenizer(TokenizerConfig(**{**TINY, "axes_dims_rope": (4, 4, 4)}))
+
+
+def test_latent_positions_tell_the_decoder_which_latent_token_is_which():
+    # Without rotary positions on the latent axis the decoder is blind to the latent tokens' order: permuting
+    # them leaves its output unchanged. `latent_positions` adds a learned embedding per latent index, so the
+    # order matters (this is what let a decoder copy latent k to patch k within 300 steps: docs/benchmarks.md).
+    cfg = dict(TINY, axes_dims_rope=(0, 8, 8))
+    x = torch.randn(2, 4, 32)
+    perm = torch.tensor([2, 0, 3, 1])
+    torch.manual_seed(0)
+    plain = BitTokenizer(TokenizerConfig(**cfg)).eval()
+    assert "decoder.latent_pos" not in plain.state_dict()
+    assert torch.allclose(plain.decode_embedding(x, 32, 32), plain.decode_embedding(x[:, perm], 32, 32), atol=1e-5)
+    torch.manual_seed(0)
+    tok = BitTokenizer(TokenizerConfig(**cfg, latent_positions=True)).eval()
+    assert tok.state_dict()["decoder.latent_pos"].shape == (1, 4, 32)
+    assert tok.decoder.latent_pos.abs().mean() > 0.1  # not the 0.02 of the other embeddings: it must matter at once
+    out = tok.decode_embedding(x, 32, 32)
+    assert not torch.allclose(out, tok.decode_embedding(x[:, perm], 32, 32), atol=1e-3)
+    out.square().mean().backward()
+    assert tok.decoder.latent_pos.grad is not None and tok.decoder.latent_pos.grad.abs().sum() > 0
+    assert tok.decode(tok.encode(torch.rand(1, 3, 32, 32)), 64, 64).shape == (1, 3, 64, 64)  # 2x still decodes
+    with pytest.raises(ValueError, match="latent positions"):
+        tok.decode_embedding(x[:, :3], 32, 32)
+
+
+def test_latent_positions_round_trip_and_old_checkpoints_load(tmp_path):
+    torch.manual_seed(1)
+    tok = BitTokenizer(TokenizerConfig(**TINY, latent_positions=True)).eval()
+    save_model_dir(tok, tok.config, tmp_path)
+    back = load_model_dir(tmp_path, expect="bit_tokenizer")
+    assert back.config.latent_positions and torch.equal(back.decoder.latent_pos, tok.decoder.latent_pos)
+    assert TokenizerConfig().latent_positions is False  # a config saved without the field loads as before

@@ -145,7 +145,7 @@ class StepLog:
     verified: int = 0  # such sequences
     cold_emitted: int = 0  # the same for drafts whose context restarted mid-sequence
     cold_verified: int = 0
-    compiled: bool = False  # torch.compile made a graph during the step (grow.py): its time is not measured
+    built: bool = False  # torch.compile made a graph or a CUDA graph was captured in the step (grow.py): not measured
 
 
 @dataclass
@@ -207,7 +207,7 @@ class AdaptivePolicy:
         count only until a whole-sequence one is seen: they accept less, and would make a trial
         after a stretch without features look worse than the tree runs)."""
         c = self.config
-        if not c.enabled or log.compiled:  # a step that compiled: a trial in it runs again
+        if not c.enabled or log.built:  # a step that compiled or captured: a trial in it runs again
             return
         if not log.tree_rows:
             self.rows.add(log.prefill_rows + log.num_seqs, seconds)

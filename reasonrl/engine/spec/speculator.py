@@ -34,8 +34,8 @@ from reasonrl.engine.sequence import Sequence
 from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, StepLog, TreeShape, ladder
 from reasonrl.engine.spec.draft import DraftHead
 from reasonrl.engine.spec.draft_state import DraftAttention, DraftState, PaddedDraftAttention, padded_past
-from reasonrl.engine.spec.grow import GrowStep, graph_count
-from reasonrl.engine.spec.tree import DraftTree, TreeSearch
+from reasonrl.engine.spec.grow import GrowStep, TreeGraphs
+from reasonrl.engine.spec.tree import DraftTree
 from reasonrl.engine.spec.visual import RowSource, VisualReport, catch_up_rows
 from reasonrl.engine.spec.verify import Verdict
 
@@ -66,8 +66,10 @@ most LONG too, when padding at most doubles the rows."""
 
 
 class Speculator:
-    def __init__(self, draft: DraftHead, kv, blocks: BlockManager, config: SpecConfig, max_model_len: int, images=None):
-        """`images`: the engine's `Images`, where the draft reads the merged image tokens of prompts with images."""
+    def __init__(self, draft: DraftHead, kv, blocks: BlockManager, config: SpecConfig, max_model_len: int, images=None,
+                 graphs: TreeGraphs | None = None):
+        """`images`: the engine's `Images`, where the draft reads the merged image tokens of prompts
+        with images; `graphs`: capture tree growth in CUDA graphs (grow.py)."""
         self.draft, self.kv, self.blocks, self.config, self.images = draft, kv, blocks, config, images
         self.visual_reports: dict[str, VisualReport] = {}  # by request id: the draft's visual tokens and FLOPs
         self.max_model_len = max_model_len
@@ -79,7 +81,7 @@ class Speculator:
         self.rounds = self.emitted = self.drafted = 0
         self.shapes = ladder(config.top_k, config.depth, config.num_nodes)
         self.policy = AdaptivePolicy(self.shapes, config.adaptive)
-        self.grow_step = GrowStep(draft, config.compile)
+        self.grow_step = GrowStep(draft, config.compile, graphs)
         self.grow_step.warm_up(config.top_k)
         self.step_log: StepLog | None = None
         self.steps_without_trees = 0
@@ -177,11 +179,11 @@ class Speculator:
             depths.append(room)
         if not cands:
             return {}
-        graphs = graph_count() if self.grow_step.compiled else None
+        builds = self.grow_step.builds()
         roots = self._catch_up(cands)
         trees = self._grow(cands, roots, [min(d, shape.depth) for d in depths], shape)
-        # a step in which something compiled says nothing of its cost
-        self.step_log.compiled = graphs is not None and graph_count() != graphs
+        # a step in which something compiled or was captured says nothing of its cost
+        self.step_log.built = self.grow_step.builds() != builds
         out = {}
         for seq, tree in zip(cands, trees):
             extra = tree.size - 1
@@ -241,30 +243,11 @@ class Speculator:
         return torch.empty(0, c.num_kv_heads, c.head_dim, device=self.draft.target.device, dtype=self.draft.target.dtype)
 
     def _grow(self, seqs: list[Sequence], root_out: torch.Tensor, depths: list[int], shape: TreeShape) -> list[DraftTree]:
-        """EAGLE-2 expansion: one draft forward per depth over every sequence's frontier."""
-        draft, dev = self.draft, self.draft.target.device
-        search = TreeSearch(draft.logits(root_out).float().log_softmax(-1), shape.top_k)
-        b, k = len(seqs), search.k
-        parent_out = root_out[:, None, :].expand(b, k, -1)  # draft output feeding each frontier node
-        temp_k = temp_v = None  # (B, R, H, D): keys/values of the frontier rows drafted so far
-        ancestors = torch.zeros(b, k, 0, dtype=torch.bool, device=dev)
-        roots_pos = torch.tensor([s.num_tokens - 1 + (s.mm.rope_delta if s.mm is not None else 0) for s in seqs], device=dev)
-        past = padded_past([self.states[s.seq_id] for s in seqs], self._no_rows())
-        own_row = torch.eye(k, dtype=torch.bool, device=dev).expand(b, k, k)
-        for d in range(1, max(depths)):
-            tokens = search.frontier_tokens()  # (B, k)
-            # each frontier node sees the committed rows, its ancestors among the drafted ones, itself
-            positions = (roots_pos[:, None] + d).expand(b, k).reshape(-1)
-            out, logprobs, new_k, new_v = self.grow_step(tokens.reshape(-1), parent_out.reshape(b * k, -1), positions,
-                                                         *past, torch.cat([ancestors, own_row], 2), temp_k, temp_v)
-            out = out.view(b, k, -1)
-            new_k, new_v = new_k.view(b, k, *new_k.shape[1:]), new_v.view(b, k, *new_v.shape[1:])
-            temp_k = new_k if temp_k is None else torch.cat([temp_k, new_k], 1)
-            temp_v = new_v if temp_v is None else torch.cat([temp_v, new_v], 1)
-            slot = search.expand(logprobs.view(b, k, -1))  # (B, k) parent slot of the new frontier
-            own = torch.eye(k, dtype=torch.bool, device=dev)[slot]  # (B, k, k): the parent's own row
-            ancestors = torch.cat([ancestors.gather(1, slot[:, :, None].expand(-1, -1, ancestors.shape[2])), own], 2)
-            parent_out = out.gather(1, slot[:, :, None].expand(-1, -1, out.shape[2]))
+        """EAGLE-2 expansion (grow.py): one draft forward per depth over every sequence's frontier."""
+        roots_pos = torch.tensor([s.num_tokens - 1 + (s.mm.rope_delta if s.mm is not None else 0) for s in seqs],
+                                 device=root_out.device)
+        search = self.grow_step.tree([self.states[s.seq_id] for s in seqs], root_out, roots_pos, shape.top_k,
+                                     max(depths), self._no_rows())
         return search.select([s.token(s.num_tokens - 1) for s in seqs], shape.num_nodes, depths)
 
     # ---- after verification -----------------------------------------------------------------------
@@ -310,4 +293,5 @@ class Speculator:
         return {"spec_rounds": self.rounds, "spec_draft_tokens": self.drafted, "spec_emitted_tokens": self.emitted,
                 "spec_accepted_length": self.accepted_length, "spec_steps_without_trees": self.steps_without_trees,
                 "spec_draft_compiled": self.grow_step.compiled, "spec_draft_compile_seconds": self.grow_step.compile_seconds,
+                **(self.grow_step.graphs.stats() if self.grow_step.graphs is not None else {}),
                 **self.policy.stats()}

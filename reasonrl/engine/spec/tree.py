@@ -65,18 +65,32 @@ class TreeSearch:
         """(B, k) tokens of the newest frontier: the next draft forward's inputs."""
         return self.tokens[-1].gather(1, self.frontier[-1])
 
-    def expand(self, child_logprobs: torch.Tensor) -> torch.Tensor:
-        """child_logprobs (B, k, V): the draft's log-probs after each frontier node. Adds a depth;
-        returns (B, k) the slot in the previous frontier of each new frontier node's parent."""
-        b, k = child_logprobs.shape[:2]
-        lp, tok = child_logprobs.float().topk(self.k, dim=-1)  # (B, k, k)
+    def expand(self, child_lp: torch.Tensor, child_tokens: torch.Tensor) -> torch.Tensor:
+        """child_lp, child_tokens (B, k, k): the draft's k most likely tokens after each frontier
+        node and their log-probs. Adds a depth; returns (B, k) the slot in the previous frontier of
+        each new frontier node's parent."""
+        b, k = child_lp.shape[:2]
         parent_scores = self.scores[-1].gather(1, self.frontier[-1])  # (B, k)
-        scores = (parent_scores[:, :, None] + lp).reshape(b, k * self.k)
+        scores = (parent_scores[:, :, None] + child_lp.float()).reshape(b, k * self.k)
         self.parents.append(self.frontier[-1].repeat_interleave(self.k, dim=1))
-        self.tokens.append(tok.reshape(b, k * self.k))
+        self.tokens.append(child_tokens.reshape(b, k * self.k))
         self.scores.append(scores)
         self.frontier.append(scores.topk(self.k, dim=-1).indices)
         return self.frontier[-1] // self.k
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """Everything the search holds, flat (what a captured tree step outputs)."""
+        return (*self.tokens, *self.scores, *self.parents, *self.frontier)
+
+    @classmethod
+    def of_tensors(cls, k: int, tensors: tuple[torch.Tensor, ...], rows: int) -> TreeSearch:
+        """The search `tensors()` came from, for its first `rows` sequences (a padded batch's real ones)."""
+        d = len(tensors) // 4
+        search = cls.__new__(cls)
+        search.k = k
+        search.tokens, search.scores, search.parents, search.frontier = (
+            [t[:rows] for t in tensors[i * d:(i + 1) * d]] for i in range(4))
+        return search
 
     def select(self, roots: list[int], num_nodes: int, max_depth: list[int]) -> list[DraftTree]:
         """Each sequence's tree under its root token: the top `num_nodes` nodes by value, no deeper

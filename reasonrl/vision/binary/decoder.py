@@ -19,10 +19,13 @@ from .blocks import EPS, Block
 from .resample import Up
 from .rope import axial_cos_sin, grid_positions, sinusoidal, token_ids
 
+LATENT_POS_STD = 0.2  # about the size of `input_layer`'s outputs at initialisation (0.02 x sqrt(width 128))
+
 
 class Decoder(nn.Module):
     def __init__(self, in_channels: int, num_layers: int, head_dim: int, num_heads: int,
-                 upsample_idx: tuple[int, ...], axes_dims: tuple[int, ...], absolute: bool = False):
+                 upsample_idx: tuple[int, ...], axes_dims: tuple[int, ...], absolute: bool = False,
+                 num_latent: int = 0):
         super().__init__()
         dim = head_dim * num_heads
         if sum(axes_dims) != head_dim:
@@ -34,6 +37,8 @@ class Decoder(nn.Module):
             self.up_layers = nn.ModuleList(Up(dim) for _ in self.upsample_idx)
         self.norm_out = RMSNorm(dim, EPS)
         self.mask_tokens = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        if num_latent:  # a learned embedding per latent index (`latent_positions`; not in Instella)
+            self.latent_pos = nn.Parameter(torch.randn(1, num_latent, dim) * LATENT_POS_STD)
 
     def rope(self, num_latent: int, height: int, width: int, scale, x: torch.Tensor):
         cos, sin = axial_cos_sin(token_ids(num_latent, height, width, scale), self.axes_dims, x.dtype)
@@ -43,6 +48,10 @@ class Decoder(nn.Module):
         """latent (B, K, in_channels), the patch grid height x width -> image tokens (B, height * width, dim)."""
         x = self.input_layer(latent)
         b, k = x.shape[:2]
+        if hasattr(self, "latent_pos"):
+            if k != self.latent_pos.shape[1]:
+                raise ValueError(f"{k} latent tokens given to a decoder with {self.latent_pos.shape[1]} latent positions")
+            x = x + self.latent_pos
         shrink = 2 ** len(self.upsample_idx)
         h, w = height // shrink, width // shrink
         scale = None if scale is None else scale / shrink

@@ -85,6 +85,10 @@ class TokenizerConfig:
     absolute_positions: bool = True
     """Add fixed sinusoidal features of each mask token's (stretched) grid position to it (not in Instella,
     which places mask tokens by rotary positions alone); False for the public checkpoint's behaviour."""
+    latent_positions: bool = False
+    """Add a learned embedding per latent index to the decoder's latent tokens (not in Instella, where the
+    decoder tells its latent tokens apart only by their rotary index); False for the public checkpoint's
+    behaviour and for tokenizers saved before this option."""
     refine_channels: int = 32
     """Width of a small convolutional refiner after `to_pixel` (two 3 x 3 convolutions, residual, last one
     zero-initialised); 0: none, as in Instella's public checkpoint."""
@@ -137,7 +141,8 @@ class BitTokenizer(nn.Module):
                                cfg.patch_size, cfg.num_latent_tkns, cfg.downsample_idx, cfg.axes_dims_rope,
                                cfg.absolute_positions)
         self.decoder = Decoder(latent_dim, cfg.decoder_layers, cfg.decoder_head_dim, cfg.decoder_num_heads,
-                               cfg.upsample_idx, cfg.axes_dims_rope, cfg.absolute_positions)
+                               cfg.upsample_idx, cfg.axes_dims_rope, cfg.absolute_positions,
+                               cfg.num_latent_tkns if cfg.latent_positions else 0)
         self.to_pixel = nn.Linear(cfg.decoder_head_dim * cfg.decoder_num_heads, cfg.patch_size ** 2 * cfg.in_channels)
         if cfg.quantizer == "binary":
             self.quantizer = BinaryQuantizer(cfg.codebook_size, latent_dim, cfg.train_temp, cfg.straight_through)

@@ -75,8 +75,8 @@ class EngineConfig:
     2-core CPU it made no measurable difference, against 40-90 s of compiling (docs/benchmarks.md)."""
     cuda_graphs: bool = True
     """CUDA: capture the forward of all-decode steps in CUDA graphs, one per batch bucket, at
-    start-up, and, with a draft, the growth of its trees, one graph per batch bucket, committed-row
-    bucket and tree shape, the first time one is needed; larger batches run eager. Ignored on CPU."""
+    start-up, and, with a draft, its steps (catch-up and tree growth, engine/spec/grow.py), one graph
+    per shape the first time it is needed; larger batches run eager. Ignored on CPU."""
     max_decode_bucket: int = 256
     """Largest padded batch of compiled or captured decode (buckets 1, 2, 4, ... up to it and
     max_num_seqs)."""

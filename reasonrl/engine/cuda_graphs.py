@@ -1,13 +1,14 @@
 """CUDA graphs: a memory pool within a budget (`GraphPool`), and the decode forward's graphs, one
-per batch bucket (`DecodeGraphs`; engine/compiled.py pads steps to them). The draft's tree growth
-has its own (engine/spec/grow.py, `TreeGraphs`).
+per batch bucket (`DecodeGraphs`; engine/compiled.py pads steps to them). The draft's steps have
+a pool of their own (engine/spec/grow.py, `DraftGraphs`).
 
 A graph replays the kernels recorded at capture on the same memory: each bucket owns static input
 buffers (token ids, positions, cache slots, block tables of the cache's full width, context
 lengths) that a step copies its padded inputs into before the replay, and the output tensor the
 capture produced. All graphs share one memory pool, captured largest bucket first, so the pool
-is about the size the largest needs; buckets whose capture would take the pool past
-`memory_budget` bytes are left out (their steps run eager; a smaller one may still fit).
+is about the size the largest needs; buckets whose capture would take the pool past its budget
+(`EngineConfig.cuda_graph_memory`) are left out (their steps run eager; a smaller one may still
+fit). A capture that fails (out of memory, say) logs a warning and its bucket runs eager too.
 
 A graph records the addresses of the KV cache; when the cache is allocated again (`wake()` after
 `sleep()`) every graph is dropped and captured again at its bucket's next step.
@@ -15,9 +16,12 @@ A graph records the addresses of the KV cache; when the cache is allocated again
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import torch
+
+log = logging.getLogger(__name__)
 
 Inputs = tuple[torch.Tensor, ...]  # ids, positions, slots (B,), tables (B, W), lens (B,)
 
@@ -34,16 +38,26 @@ class GraphPool:
 
     def capture(self, fn: Callable[..., Any], static: tuple) -> tuple[Any, Any] | None:
         """(graph, output) of `fn(*static)` recorded in the pool (run twice uncaptured first, to
-        warm up); None, and nothing kept, when the pool would exceed the budget."""
-        graph, out, grown = self.record(fn, static)
+        warm up); None, and nothing kept, when the pool would exceed the budget or the capture
+        fails (logged: the caller runs eager)."""
+        try:
+            graph, out, grown = self.record(fn, static)
+        except Exception as e:  # noqa: BLE001 - out of memory, an operation a graph cannot hold: run eager
+            log.warning("capturing a CUDA graph failed (%s: %s); that shape runs eager", type(e).__name__, e)
+            self._drop_pool()
+            return None
         if self.bytes + grown > self.budget:
             del graph, out
-            self.handle = None  # the pool keeps what this capture took: a fresh one, so the next capture counts its own
-            if torch.cuda.is_initialized():
-                torch.cuda.empty_cache()
+            self._drop_pool()
             return None
         self.bytes += grown
         return graph, out
+
+    def _drop_pool(self) -> None:
+        # the pool keeps what a refused capture took: a fresh one, so the next capture counts its own
+        self.handle = None
+        if torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
 
     def charge(self, nbytes: int) -> bool:
         """Count `nbytes` of static buffers against the budget; False when they do not fit."""
@@ -58,18 +72,24 @@ class GraphPool:
 
     def record(self, fn: Callable[..., Any], static: tuple) -> tuple[torch.cuda.CUDAGraph, Any, int]:
         """-> (graph, its output, bytes the pool grew by)."""
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):  # kernels compiled and tuned, allocator warmed, outside the capture
-                fn(*static)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        before = torch.cuda.memory_reserved(self.device)
-        graph = torch.cuda.CUDAGraph()
-        self.handle = self.handle or torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self.handle):
-            out = fn(*static)
-        return graph, out, torch.cuda.memory_reserved(self.device) - before
+        with torch.cuda.device(self.device):  # the capture stream is made on the current device
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # kernels compiled and tuned, allocator warmed, outside the capture
+                    fn(*static)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            # what entering the capture does anyway, done before measuring: the free cached blocks
+            # (the warm-ups', the engine's freed activations) released now are not the pool's growth
+            torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
+            before = torch.cuda.memory_reserved(self.device)
+            graph = torch.cuda.CUDAGraph()
+            self.handle = self.handle or torch.cuda.graph_pool_handle()
+            # thread_local: only this thread's unsafe calls abort the capture, not another thread's CUDA work
+            with torch.cuda.graph(graph, pool=self.handle, capture_error_mode="thread_local"):
+                out = fn(*static)
+            return graph, out, torch.cuda.memory_reserved(self.device) - before
 
 
 class DecodeGraphs:

@@ -41,7 +41,7 @@ from reasonrl.engine.scheduler import Scheduler
 from reasonrl.engine.sequence import RequestOutput, Sequence
 from reasonrl.engine.spec.adaptive import AdaptiveConfig
 from reasonrl.engine.spec.draft import DraftHead
-from reasonrl.engine.spec.grow import TreeGraphs
+from reasonrl.engine.spec.grow import DraftGraphs
 from reasonrl.engine.spec.speculator import SpecConfig, Speculator
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
@@ -138,7 +138,7 @@ class LLMEngine:
                           compile=cfg.draft_compile)
         graphs = None
         if cfg.cuda_graphs and self.model.device.type == "cuda":
-            graphs = TreeGraphs(draft.config, bucket_sizes(cfg.max_num_seqs, cfg.max_decode_bucket), self.max_model_len,
+            graphs = DraftGraphs(draft.config, bucket_sizes(cfg.max_num_seqs, cfg.max_decode_bucket), self.max_model_len,
                                 self.model.config.vocab_size, GraphPool(self.model.device, cfg.cuda_graph_memory))
         return Speculator(draft, self.kv, self.block_manager, spec, self.max_model_len, self.images, graphs)
 

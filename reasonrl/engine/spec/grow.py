@@ -14,14 +14,18 @@ docs/spec.md, "Compiled draft"). Two ways out, each optional:
   the process's graph count move (`graph_count`) and keeps that step out of the adaptive policy's
   measurements. A compile that fails (no C++ compiler for inductor, say) logs a warning and the
   draft runs eager from then on.
-- captured (`EngineConfig.cuda_graphs`, CUDA only; `TreeGraphs`): the whole growth of a tree, every
-  depth and the frontier selection between them, is one CUDA graph per batch bucket, committed-row
-  bucket, top-k and depth, replayed with one launch. The sequences' committed draft rows are
-  copied into the graph's static buffers (padded to the row bucket; padding rows repeat the last
-  sequence and are dropped from the result). Graphs are captured lazily, the first time a key is
-  met, into one memory pool within `EngineConfig.cuda_graph_memory` (a key that does not fit runs
-  eager); a step that captured is kept out of the adaptive policy's measurements, as a compile is.
-  A captured graph may hold the compiled step.
+- captured (`EngineConfig.cuda_graphs`, CUDA only; `DraftGraphs`): the whole growth of a tree,
+  every depth and the frontier selection between them, is one CUDA graph per batch bucket,
+  committed-row bucket, top-k and depth (the rung's: selection cuts each tree to its own room),
+  replayed with one launch; so is the step's catch-up over the tokens the last verification
+  accepted (`catch_up_step`, one graph per batch bucket, committed-row bucket and catch-up bucket
+  of 1-16 new rows; longer catch-ups, such as a prompt's, and M-RoPE positions run eager). The
+  sequences' committed draft rows are copied into the graphs' static buffers (padded to the row
+  bucket; padding sequences take the last one's inputs, padding rows of a catch-up repeat the
+  sequence's last row; both are dropped from the result). Graphs are captured lazily, the first
+  time a key is met, into a pool of their own within `EngineConfig.cuda_graph_memory` (a key that
+  does not fit, or whose capture fails, runs eager); a step that captured is kept out of the
+  adaptive policy's measurements, as a compile is. A captured tree may hold the compiled step.
 
 Greedy and `coupled`-sampled output cannot change: the draft only proposes, and verification
 decides every token. Compiled, captured (padded) and eager drafts may round differently, so they
@@ -31,6 +35,7 @@ the tokens drawn move too, their distribution does not).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Callable
@@ -93,6 +98,17 @@ def grow_tree(draft: DraftHead, step: Step, top_k: int, depth: int, root_out: to
     return search
 
 
+def catch_up_step(draft: DraftHead, rows: int, x: torch.Tensor, positions: torch.Tensor, past_k: torch.Tensor,
+                  past_v: torch.Tensor, past_lens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A catch-up of B sequences by `rows` new rows each (x (B * rows, h) fused rows, (B * rows,)
+    positions; causal among the new rows, after the committed ones) -> the draft's outputs and the
+    new rows' keys and values, flat as x. A sequence with fewer rows pads them after its last:
+    its real rows never see the padding."""
+    attn = PaddedDraftAttention(past_k, past_v, past_lens, lengths=[rows] * past_k.shape[0])
+    out = draft.decode(x, positions, attn)
+    return out, attn.new_k, attn.new_v
+
+
 def graph_count() -> int:
     """Graphs torch.compile has made in this process so far."""
     return counters["stats"]["unique_graphs"]
@@ -102,14 +118,12 @@ class GrowStep:
     """Tree growth for the speculator: `grow_step` compiled or eager, the whole tree captured or
     not (module docstring)."""
 
-    def __init__(self, draft: DraftHead, compile: bool, graphs: TreeGraphs | None = None):
+    def __init__(self, draft: DraftHead, compile: bool, graphs: DraftGraphs | None = None):
         self.draft, self.graphs = draft, graphs
         if compile:  # every engine's draft shares grow_step's graphs (about four each): room for many
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.fn = torch.compile(grow_step, dynamic=True) if compile else grow_step
         self.compile_seconds = 0.0
-        if graphs is not None:
-            graphs.grow = lambda *args: grow_tree(draft, self, *args)
 
     @property
     def compiled(self) -> bool:
@@ -121,12 +135,26 @@ class GrowStep:
         return (graph_count() if self.compiled else 0) + (self.graphs.captures if self.graphs is not None else 0)
 
     def tree(self, states: list[DraftState], root_out: torch.Tensor, roots_pos: torch.Tensor, top_k: int, depth: int,
-             no_rows: torch.Tensor) -> TreeSearch:
-        """The grown search over these sequences' trees (`grow_tree`), captured when it can be.
+             no_rows: torch.Tensor, graph_depth: int | None = None) -> TreeSearch:
+        """The grown search over these sequences' trees (`grow_tree` to `depth`), captured when it
+        can be: then grown to `graph_depth` (>= depth, the tree shape's: one graph for every
+        sequence's room; the caller's selection keeps each tree within its own depth).
         `no_rows`: an empty (0, H, D) key tensor, for a sequence without committed rows."""
-        if self.graphs is not None and (search := self.graphs.run(states, root_out, roots_pos, top_k, depth)) is not None:
-            return search
+        if self.graphs is not None:
+            grow = lambda *args: grow_tree(self.draft, self, *args)  # noqa: E731
+            search = self.graphs.run(states, root_out, roots_pos, top_k, max(depth, graph_depth or depth), grow)
+            if search is not None:
+                return search
         return grow_tree(self.draft, self, top_k, depth, root_out, roots_pos, *padded_past(states, no_rows))
+
+    def catch_up(self, states: list[DraftState], x: torch.Tensor, positions: torch.Tensor,
+                 lengths: list[int]) -> tuple[torch.Tensor, ...] | None:
+        """The draft's outputs and new keys and values for a catch-up of these sequences by
+        `lengths` rows each (x (sum, h), positions (sum,)), through a CUDA graph; None when it does
+        not run captured (no graphs, M-RoPE positions, a long catch-up, over budget): decode eager."""
+        if self.graphs is None or positions.dim() != 1:
+            return None
+        return self.graphs.catch_up(states, x, positions, lengths, lambda *args: catch_up_step(self.draft, *args))
 
     def __call__(self, *args) -> tuple[torch.Tensor, ...]:
         """`grow_step` of the draft on these arguments."""
@@ -178,6 +206,11 @@ class _Group:
     """Static inputs shared by the trees of one (batch bucket, row bucket): the roots' draft
     outputs and positions, the committed rows and their counts."""
 
+    @staticmethod
+    def size(batch: int, rows: int, hidden: int, kv_heads: int, head_dim: int, dtype) -> int:
+        """Bytes of a group's buffers (what __init__ allocates)."""
+        return batch * (hidden + 2 * rows * kv_heads * head_dim) * dtype.itemsize + 2 * batch * 8
+
     def __init__(self, batch: int, rows: int, hidden: int, kv_heads: int, head_dim: int, device, dtype):
         self.root_out = torch.zeros(batch, hidden, device=device, dtype=dtype)
         self.roots_pos = torch.zeros(batch, dtype=torch.long, device=device)
@@ -193,51 +226,101 @@ class _Group:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors)
 
-    def load(self, states: list[DraftState], root_out: torch.Tensor, roots_pos: torch.Tensor) -> None:
-        """The sequences' inputs into rows 0..B-1; the padding rows after them repeat the last one's
-        outputs, position and row count (their committed rows are stale but finite: masked or not,
-        their results are dropped)."""
-        batch = self.root_out.shape[0]
+    def load_past(self, states: list[DraftState]) -> None:
+        """The sequences' committed rows and their counts into rows 0..B-1; a padding row after
+        them takes the last one's count (its committed rows are stale but finite: masked or not,
+        its results are dropped)."""
         for i, st in enumerate(states):
             if st.cache.len:
                 k, v = st.cache.view()
                 self.past_k[i, : st.cache.len].copy_(k)
                 self.past_v[i, : st.cache.len].copy_(v)
         lens = [st.cache.len for st in states]
-        self.past_lens.copy_(torch.tensor(lens + lens[-1:] * (batch - len(lens))), non_blocking=True)
-        self.root_out.copy_(pad_rows(root_out, batch))
-        self.roots_pos.copy_(pad_rows(roots_pos, batch))
+        self.past_lens.copy_(torch.tensor(lens + lens[-1:] * (self.past_lens.shape[0] - len(lens))), non_blocking=True)
+
+    def load_roots(self, root_out: torch.Tensor, roots_pos: torch.Tensor) -> None:
+        """The roots' draft outputs and positions; padding rows repeat the last."""
+        self.root_out.copy_(pad_rows(root_out, self.root_out.shape[0]))
+        self.roots_pos.copy_(pad_rows(roots_pos, self.roots_pos.shape[0]))
 
 
-class TreeGraphs:
-    """Tree growth captured in CUDA graphs (module docstring): one graph per (batch bucket, row
-    bucket, top-k, depth), captured the first time it is needed, within the pool's budget."""
+CATCH_UP_BUCKETS = [1, 2, 4, 8, 16]
+"""New rows per sequence a captured catch-up is padded to (a step's catch-up is what the last
+verification accepted: a few rows; longer ones, such as a prompt's, run eager)."""
+
+
+class DraftGraphs:
+    """The draft's steps captured in CUDA graphs (module docstring): tree growth, one graph per
+    (batch bucket, row bucket, top-k, depth), and the catch-up, one per (batch bucket, row bucket,
+    catch-up bucket); each captured the first time it is needed, within the pool's budget."""
 
     def __init__(self, config, batch_buckets: list[int], max_rows: int, vocab_size: int, pool: GraphPool):
         """`config`: the draft layer's model config (hidden size, key/value heads, head dim)."""
         self.config, self.batch_buckets, self.rows, self.vocab_size = config, batch_buckets, row_buckets(max_rows), vocab_size
         self.pool = pool
-        self.grow: Callable[..., TreeSearch] | None = None  # grow_tree(top_k, depth, *group tensors); GrowStep sets it
+        self.inputs: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # catch-up key -> static x, positions
         self.groups: dict[tuple[int, int], _Group] = {}
-        self.graphs: dict[tuple[int, int, int, int], tuple] = {}  # (batch, rows, top_k, depth) -> (graph, outputs)
+        self.graphs: dict[tuple, tuple] = {}  # ("tree", batch, rows, top_k, depth) or ("catch_up", batch, rows, new) -> (graph, outputs)
         self.skipped: set[tuple] = set()  # groups and graphs over the memory budget
         self.captures = self.replays = 0
 
     def run(self, states: list[DraftState], root_out: torch.Tensor, roots_pos: torch.Tensor, top_k: int,
-            depth: int) -> TreeSearch | None:
-        """`grow_tree` for these sequences through a graph; None when none fits (batch above the
-        largest bucket, rows above the largest, or over the memory budget): grow eager."""
+            depth: int, grow: Callable[..., TreeSearch]) -> TreeSearch | None:
+        """`grow(top_k, depth, root_out, roots_pos, past_k, past_v, past_lens)` (`grow_tree`) for
+        these sequences through a graph; None when none fits (batch above the largest bucket, rows
+        above the largest, over the memory budget, a failed capture): grow eager."""
         batch = pick_bucket(len(states), self.batch_buckets)
         rows = pick_bucket(max(st.cache.len for st in states), self.rows)
         if batch is None or rows is None:
             return None
-        group, key = self._group(batch, rows, root_out.dtype, root_out.device), (batch, rows, top_k, depth)
+        group, key = self._group(batch, rows, root_out.dtype, root_out.device), ("tree", batch, rows, top_k, depth)
         if group is None or key in self.skipped:
             return None
-        group.load(states, root_out, roots_pos)
+        group.load_past(states)
+        group.load_roots(root_out, roots_pos)
+        outputs = self._replay(key, lambda *g: grow(top_k, depth, *g).tensors(), group.tensors)
+        return None if outputs is None else TreeSearch.of_tensors(min(top_k, self.vocab_size), outputs, len(states))
+
+    def catch_up(self, states: list[DraftState], x: torch.Tensor, positions: torch.Tensor, lengths: list[int],
+                 decode: Callable[..., tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...] | None:
+        """`decode(rows, x, positions, past_k, past_v, past_lens)` (`catch_up_step`) for these
+        sequences through a graph, its outputs flat as x (the padding dropped); None when none
+        fits: decode eager."""
+        batch = pick_bucket(len(states), self.batch_buckets)
+        rows = pick_bucket(max(st.cache.len for st in states), self.rows)
+        new = pick_bucket(max(lengths), CATCH_UP_BUCKETS)
+        if batch is None or rows is None or new is None or min(lengths) < 1:
+            return None
+        group, key = self._group(batch, rows, x.dtype, x.device), ("catch_up", batch, rows, new)
+        if group is None or key in self.skipped:
+            return None
+        static = self.inputs.get(key)
+        if static is None:
+            if not self.pool.charge(batch * new * (x.shape[1] * x.element_size() + positions.element_size())):
+                self.skipped.add(key)
+                return None
+            static = self.inputs[key] = (torch.zeros(batch * new, x.shape[1], device=x.device, dtype=x.dtype),
+                                         torch.zeros(batch * new, dtype=positions.dtype, device=x.device))
+        # padded row j of sequence i is its row min(j, n_i - 1); padding sequences repeat the last
+        starts = [0, *itertools.accumulate(lengths)]
+        spread = [starts[i] + min(j, lengths[i] - 1) for i in range(len(lengths)) for j in range(new)]
+        spread += spread[-new:] * (batch - len(lengths))
+        index = torch.tensor(spread, device=x.device)
+        static[0].copy_(x[index])
+        static[1].copy_(positions[index])
+        group.load_past(states)
+        outputs = self._replay(key, lambda *a: decode(new, *a), (*static, group.past_k, group.past_v, group.past_lens))
+        if outputs is None:
+            return None
+        real = torch.tensor([i * new + j for i, n in enumerate(lengths) for j in range(n)], device=x.device)
+        return tuple(t[real] for t in outputs)
+
+    def _replay(self, key: tuple, fn: Callable, static: tuple) -> tuple[torch.Tensor, ...] | None:
+        """Replay the graph of `key` (captured now from `fn(*static)` if it is new); its outputs,
+        or None when its capture does not fit the budget or fails (and it is not tried again)."""
         entry = self.graphs.get(key)
         if entry is None:
-            captured = self.pool.capture(lambda *g: self.grow(top_k, depth, *g).tensors(), group.tensors)
+            captured = self.pool.capture(fn, static)
             self.captures += 1
             if captured is None:
                 self.skipped.add(key)
@@ -246,19 +329,19 @@ class TreeGraphs:
         graph, outputs = entry
         graph.replay()
         self.replays += 1
-        return TreeSearch.of_tensors(min(top_k, self.vocab_size), outputs, len(states))
+        return outputs
 
     def _group(self, batch: int, rows: int, dtype, device) -> _Group | None:
         key = (batch, rows)
         if key not in self.groups and key not in self.skipped:
             c = self.config
-            group = _Group(batch, rows, c.hidden_size, c.num_kv_heads, c.head_dim, device, dtype)
-            if self.pool.charge(group.nbytes):
-                self.groups[key] = group
-            else:
+            if self.pool.charge(_Group.size(batch, rows, c.hidden_size, c.num_kv_heads, c.head_dim, dtype)):
+                self.groups[key] = _Group(batch, rows, c.hidden_size, c.num_kv_heads, c.head_dim, device, dtype)
+            else:  # charged before allocating: buffers over the budget are never allocated
                 self.skipped.add(key)
         return self.groups.get(key)
 
     def stats(self) -> dict:
         return {"spec_draft_graphs": len(self.graphs), "spec_draft_graph_replays": self.replays,
+                "spec_draft_catch_up_graphs": sum(key[0] == "catch_up" for key in self.graphs),
                 "spec_draft_graph_pool_bytes": self.pool.bytes}

@@ -34,7 +34,7 @@ from reasonrl.engine.sequence import Sequence
 from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, StepLog, TreeShape, ladder
 from reasonrl.engine.spec.draft import DraftHead
 from reasonrl.engine.spec.draft_state import DraftAttention, DraftState, PaddedDraftAttention, padded_past
-from reasonrl.engine.spec.grow import GrowStep, TreeGraphs
+from reasonrl.engine.spec.grow import GrowStep, DraftGraphs
 from reasonrl.engine.spec.tree import DraftTree
 from reasonrl.engine.spec.visual import RowSource, VisualReport, catch_up_rows
 from reasonrl.engine.spec.verify import Verdict
@@ -67,7 +67,7 @@ most LONG too, when padding at most doubles the rows."""
 
 class Speculator:
     def __init__(self, draft: DraftHead, kv, blocks: BlockManager, config: SpecConfig, max_model_len: int, images=None,
-                 graphs: TreeGraphs | None = None):
+                 graphs: DraftGraphs | None = None):
         """`images`: the engine's `Images`, where the draft reads the merged image tokens of prompts
         with images; `graphs`: capture tree growth in CUDA graphs (grow.py)."""
         self.draft, self.kv, self.blocks, self.config, self.images = draft, kv, blocks, config, images
@@ -206,12 +206,17 @@ class Speculator:
                 behind.append(seq)
         if items:
             rows = catch_up_rows(self.draft, items, self.visual_reports)
-            attn = self._catch_up_attention(behind, rows.lengths)
-            out = self.draft.decode(rows.x, rows.positions, attn)
+            states = [self.states[seq.seq_id] for seq in behind]
+            captured = self.grow_step.catch_up(states, rows.x, rows.positions, rows.lengths)
+            if captured is not None:
+                out, new_k, new_v = captured
+            else:
+                attn = self._catch_up_attention(behind, rows.lengths)
+                out = self.draft.decode(rows.x, rows.positions, attn)
+                new_k, new_v = attn.new_k, attn.new_v
             bounds = list(itertools.accumulate(rows.lengths, initial=0))
-            for seq, lo, hi, removed in zip(behind, bounds, bounds[1:], rows.removed):
-                st = self.states[seq.seq_id]
-                st.cache.append(attn.new_k[lo:hi], attn.new_v[lo:hi])
+            for st, lo, hi, removed in zip(states, bounds, bounds[1:], rows.removed):
+                st.cache.append(new_k[lo:hi], new_v[lo:hi])
                 st.removed += removed
                 st.last_out = out[hi - 1]
                 # keep the features the draft has not used, and those of a block not yet recorded
@@ -247,7 +252,7 @@ class Speculator:
         roots_pos = torch.tensor([s.num_tokens - 1 + (s.mm.rope_delta if s.mm is not None else 0) for s in seqs],
                                  device=root_out.device)
         search = self.grow_step.tree([self.states[s.seq_id] for s in seqs], root_out, roots_pos, shape.top_k,
-                                     max(depths), self._no_rows())
+                                     max(depths), self._no_rows(), graph_depth=shape.depth)
         return search.select([s.token(s.num_tokens - 1) for s in seqs], shape.num_nodes, depths)
 
     # ---- after verification -----------------------------------------------------------------------

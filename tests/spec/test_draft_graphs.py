@@ -106,6 +106,21 @@ def test_a_captured_tree_grows_what_the_eager_one_does_and_reads_new_inputs_at_e
 
 
 @torch.no_grad()
+def test_the_shortest_contexts_graphs_are_captured_at_start_for_every_batch_bucket(draft):
+    graphs = _graphs(draft, _pool(draft, 1 << 30), buckets=(1, 2, 4))
+    step = GrowStep(draft, compile=False, graphs=graphs)
+    step.warm_up(3, 4)  # full tree top-k 3, depth 4: catch-ups of up to 5 rows (buckets 1, 2, 4, 8)
+    assert sorted(graphs.graphs) == sorted([("tree", b, 64, 3, 4) for b in (1, 2, 4)] +
+                                           [("catch_up", b, 64, n) for b in (1, 2, 4) for n in (1, 2, 4, 8)])
+    assert graphs.stats()["spec_draft_capture_seconds"] > 0
+    captures = graphs.captures
+    states, root_out, pos = _inputs(draft, [5, 37, 0], 0)  # a short context at batch 3: nothing new to capture
+    _assert_same_search(step.tree(states, root_out, pos, 3, 4, _no_rows(draft)),
+                        GrowStep(draft, compile=False).tree(states, root_out, pos, 3, 4, _no_rows(draft)))
+    assert graphs.captures == captures and graphs.replays > 0
+
+
+@torch.no_grad()
 def test_draft_steps_beyond_the_buckets_or_the_memory_budget_run_eager(draft):
     states, root_out, pos = _inputs(draft, [5, 37, 0], 0)
     eager = GrowStep(draft, compile=False).tree(states, root_out, pos, 3, 4, _no_rows(draft))

@@ -22,10 +22,12 @@ docs/spec.md, "Compiled draft"). Two ways out, each optional:
   of 1-16 new rows; longer catch-ups, such as a prompt's, and M-RoPE positions run eager). The
   sequences' committed draft rows are copied into the graphs' static buffers (padded to the row
   bucket; padding sequences take the last one's inputs, padding rows of a catch-up repeat the
-  sequence's last row; both are dropped from the result). Graphs are captured lazily, the first
-  time a key is met, into a pool of their own within `EngineConfig.cuda_graph_memory` (a key that
-  does not fit, or whose capture fails, runs eager); a step that captured is kept out of the
-  adaptive policy's measurements, as a compile is. A captured tree may hold the compiled step.
+  sequence's last row; both are dropped from the result). The graphs of the shortest contexts
+  (the first row bucket: the full tree and its catch-ups, every batch bucket) are captured at
+  engine start; the others the first time their key is met, mid-run. All go into a pool of their
+  own within `EngineConfig.cuda_graph_memory` (a key that does not fit, or whose capture fails,
+  runs eager); a step that captured is kept out of the adaptive policy's measurements, as a
+  compile is. A captured tree may hold the compiled step.
 
 Greedy and `coupled`-sampled output cannot change: the draft only proposes, and verification
 decides every token. Compiled, captured (padded) and eager drafts may round differently, so they
@@ -174,23 +176,26 @@ class GrowStep:
             return grow_step(self.draft, *args)
 
     @torch.no_grad()
-    def warm_up(self, top_k: int) -> None:
-        """Compile the graphs a run needs now (module docstring), on dummy rows."""
-        if not self.compiled:
-            return
-        start, c = time.perf_counter(), self.draft.config
-        dev, dtype = self.draft.target.device, self.draft.target.dtype
-        for b in (2, 1):
-            for extra in (0, 2 * top_k):
-                n, rows = b * top_k, lambda m: torch.zeros(b, m, c.num_kv_heads, c.head_dim, device=dev, dtype=dtype)
-                mask = torch.ones(b, top_k, extra + top_k, dtype=torch.bool, device=dev)
-                self(top_k, torch.zeros(n, dtype=torch.long, device=dev),
-                     torch.zeros(n, c.hidden_size, device=dev, dtype=dtype), torch.full((n,), 5, device=dev), rows(5),
-                     rows(5), torch.full((b,), 5, device=dev), mask, rows(extra) if extra else None,
-                     rows(extra) if extra else None)
-        self.compile_seconds = time.perf_counter() - start
+    def warm_up(self, top_k: int, depth: int) -> None:
+        """Compile the graphs a run needs now (module docstring), on dummy rows; then capture the
+        CUDA graphs of the shortest contexts for the full tree (`DraftGraphs.warm_up`)."""
         if self.compiled:
+            start, c = time.perf_counter(), self.draft.config
+            dev, dtype = self.draft.target.device, self.draft.target.dtype
+            for b in (2, 1):
+                for extra in (0, 2 * top_k):
+                    n, rows = b * top_k, lambda m: torch.zeros(b, m, c.num_kv_heads, c.head_dim, device=dev, dtype=dtype)
+                    mask = torch.ones(b, top_k, extra + top_k, dtype=torch.bool, device=dev)
+                    self(top_k, torch.zeros(n, dtype=torch.long, device=dev),
+                         torch.zeros(n, c.hidden_size, device=dev, dtype=dtype), torch.full((n,), 5, device=dev),
+                         rows(5), rows(5), torch.full((b,), 5, device=dev), mask, rows(extra) if extra else None,
+                         rows(extra) if extra else None)
+            self.compile_seconds = time.perf_counter() - start
             log.info("compiled the draft's tree step in %.1fs", self.compile_seconds)
+        if self.graphs is not None:
+            self.graphs.warm_up(lambda *args: grow_tree(self.draft, self, *args),
+                                lambda *args: catch_up_step(self.draft, *args), top_k, depth,
+                                self.draft.target.dtype, self.draft.target.device)
 
 
 def row_buckets(max_rows: int, smallest: int = 64) -> list[int]:
@@ -263,6 +268,23 @@ class DraftGraphs:
         self.graphs: dict[tuple, tuple] = {}  # ("tree", batch, rows, top_k, depth) or ("catch_up", batch, rows, new) -> (graph, outputs)
         self.skipped: set[tuple] = set()  # groups and graphs over the memory budget
         self.captures = self.replays = 0
+        self.capture_seconds = 0.0  # at start-up (warm_up)
+
+    def warm_up(self, grow: Callable[..., TreeSearch], decode: Callable[..., tuple[torch.Tensor, ...]], top_k: int,
+                depth: int, dtype, device) -> None:
+        """Capture now, for every batch bucket, the graphs of the shortest contexts (the first row
+        bucket): the full tree (`top_k`, `depth`) and the catch-ups of up to depth + 1 rows (what
+        a verification can accept). Other keys (longer contexts, smaller rungs) are captured when
+        first met; what did not fit the budget runs eager."""
+        start, c = time.perf_counter(), self.config
+        for batch in self.batch_buckets:
+            states = [DraftState.at(0) for _ in range(batch)]
+            zeros = lambda n, *shape, dt=torch.long: torch.zeros(n, *shape, dtype=dt, device=device)  # noqa: E731
+            self.run(states, zeros(batch, c.hidden_size, dt=dtype), zeros(batch), top_k, depth, grow)
+            for new in CATCH_UP_BUCKETS[: CATCH_UP_BUCKETS.index(pick_bucket(min(depth + 1, 16), CATCH_UP_BUCKETS)) + 1]:
+                self.catch_up(states, zeros(batch * new, c.hidden_size, dt=dtype), zeros(batch * new), [new] * batch, decode)
+        self.capture_seconds = time.perf_counter() - start
+        log.info("captured %d draft graphs at start-up in %.1fs", len(self.graphs), self.capture_seconds)
 
     def run(self, states: list[DraftState], root_out: torch.Tensor, roots_pos: torch.Tensor, top_k: int,
             depth: int, grow: Callable[..., TreeSearch]) -> TreeSearch | None:
@@ -344,4 +366,5 @@ class DraftGraphs:
     def stats(self) -> dict:
         return {"spec_draft_graphs": len(self.graphs), "spec_draft_graph_replays": self.replays,
                 "spec_draft_catch_up_graphs": sum(key[0] == "catch_up" for key in self.graphs),
+                "spec_draft_capture_seconds": self.capture_seconds,
                 "spec_draft_graph_pool_bytes": self.pool.bytes}

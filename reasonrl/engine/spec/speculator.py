@@ -82,7 +82,7 @@ class Speculator:
         self.shapes = ladder(config.top_k, config.depth, config.num_nodes)
         self.policy = AdaptivePolicy(self.shapes, config.adaptive)
         self.grow_step = GrowStep(draft, config.compile, graphs)
-        self.grow_step.warm_up(config.top_k)
+        self.grow_step.warm_up(config.top_k, config.depth)
         self.step_log: StepLog | None = None
         self.steps_without_trees = 0
         self.collecting = True  # this step's target features go to the draft (adaptive.py: wants_features)

@@ -175,3 +175,27 @@ def test_latent_positions_round_trip_and_old_checkpoints_load(tmp_path):
     back = load_model_dir(tmp_path, expect="bit_tokenizer")
     assert back.config.latent_positions and torch.equal(back.decoder.latent_pos, tok.decoder.latent_pos)
     assert TokenizerConfig().latent_positions is False  # a config saved without the field loads as before
+
+
+def test_pooled_latents_start_as_local_summaries_of_the_image():
+    from reasonrl.vision.binary.encoder import latent_grid, pool_to_latents
+    assert latent_grid(32) == (4, 8) and latent_grid(16) == (4, 4) and latent_grid(7) == (1, 7)
+    grid = torch.arange(16.0).view(1, 1, 4, 4)
+    assert pool_to_latents(grid, 4).flatten().tolist() == [2.5, 4.5, 10.5, 12.5]  # means of 2 x 2 blocks
+    # With every block's output zeroed the encoder is blind to the image except through the pooling: a change in
+    # one 8 x 8 region of the image moves only the latent token of that region (here K = 4 regions, patch 8).
+    cfg = dict(TINY, patch_size=8)
+    for pooled in (False, True):
+        torch.manual_seed(0)
+        tok = BitTokenizer(TokenizerConfig(**cfg, pooled_latents=pooled)).eval()
+        for block in tok.encoder.transformer_blocks:
+            torch.nn.init.zeros_(block.attn.o_proj.weight)
+            torch.nn.init.zeros_(block.mlp.down_proj.weight)
+        x = torch.rand(1, 3, 32, 32) * 2 - 1
+        y = x.clone()
+        y[:, :, 16:, :16] = -y[:, :, 16:, :16]  # the bottom-left quarter: region 2 of the 2 x 2 layout
+        moved = (tok.encoder(x) - tok.encoder(y)).abs().amax(-1)[0]  # (K,)
+        if pooled:
+            assert moved[2] > 1e-2 and moved[[0, 1, 3]].max() < 1e-6
+        else:
+            assert moved.max() < 1e-6  # learned latent tokens alone: the image never reaches them

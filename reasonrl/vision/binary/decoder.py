@@ -6,6 +6,10 @@ runs over both (rope.py; the grid's positions are stretched onto the reference g
 a finer grid decodes the same tokens at a larger resolution), an optional 2 x 2 split of the
 image tokens follows given blocks (resample.Up; the grid then starts at half size), and the
 latent tokens are dropped. `BitTokenizer.to_pixel` turns each remaining token into a patch.
+
+`num_latent` > 0 (TokenizerConfig.latent_positions, an option, not in Instella) adds a learned embedding
+per latent index to the widened latent tokens, so a mask token can find "latent k" by what it is
+and not only through the coarse rotary index.
 """
 
 from __future__ import annotations

@@ -25,6 +25,13 @@ Departures from the paper:
 - `quantizer: vq` swaps in the one-hot VQ baseline with the same bits per token (quantizer.py).
 - `straight_through: linear` (an option; default `sigmoid`, the paper's) passes a constant slope
   to the bit logits instead of sigmoid'(z), which vanishes once they saturate (quantizer.py).
+- Two options (off by default: the public checkpoint and tokenizers saved before them have neither) that take
+  a small tokenizer off its "background only" plateau within a few hundred steps (docs/benchmarks.md):
+  `latent_positions`, a learned embedding per latent index in the decoder (its rotary index alone, 4
+  frequencies over 8 dimensions, barely tells 32 latent tokens apart: given each patch's content as latent
+  token k, a decoder without it could not learn to copy token k to patch k in 300 steps, with it 25 dB), and
+  `pooled_latents`, the encoder's latent tokens starting as means of the patch tokens over a grid of image
+  regions (encoder.py), so the latents carry local content from the first step.
 """
 
 from __future__ import annotations
@@ -85,6 +92,10 @@ class TokenizerConfig:
     absolute_positions: bool = True
     """Add fixed sinusoidal features of each mask token's (stretched) grid position to it (not in Instella,
     which places mask tokens by rotary positions alone); False for the public checkpoint's behaviour."""
+    pooled_latents: bool = False
+    """Encoder: latent token k starts as its learned token plus the mean of the patch tokens of the k-th region
+    of a near-square layout of the image (32 tokens: 4 x 8 regions), so the latents carry local summaries
+    from the first step (not in Instella, whose latent tokens start image-independent)."""
     latent_positions: bool = False
     """Add a learned embedding per latent index to the decoder's latent tokens (not in Instella, where the
     decoder tells its latent tokens apart only by their rotary index); False for the public checkpoint's
@@ -139,7 +150,7 @@ class BitTokenizer(nn.Module):
         latent_dim = cfg.encoder_head_dim * cfg.encoder_num_heads
         self.encoder = Encoder(cfg.in_channels, cfg.encoder_layers, cfg.encoder_head_dim, cfg.encoder_num_heads,
                                cfg.patch_size, cfg.num_latent_tkns, cfg.downsample_idx, cfg.axes_dims_rope,
-                               cfg.absolute_positions)
+                               cfg.absolute_positions, cfg.pooled_latents)
         self.decoder = Decoder(latent_dim, cfg.decoder_layers, cfg.decoder_head_dim, cfg.decoder_num_heads,
                                cfg.upsample_idx, cfg.axes_dims_rope, cfg.absolute_positions,
                                cfg.num_latent_tkns if cfg.latent_positions else 0)

@@ -51,6 +51,27 @@ def test_linear_straight_through_keeps_the_gradient_of_saturated_logits():
         BinaryQuantizer(bits=4, dim=4, straight_through="identity")
 
 
+def test_a_logit_bound_pulls_only_the_logits_beyond_it_back():
+    h = torch.tensor([[[1.0, -1.0, 0.5, -0.5]]], requires_grad=True)
+    pulls = {}
+    for bound in (0.0, 2.0):
+        q = BinaryQuantizer(bits=4, dim=4, straight_through="linear", logit_bound=bound).train()
+        with torch.no_grad():
+            q.proj[0].weight.copy_(torch.eye(4) * 6.0)  # logits 6, -6, 3, -3
+            q.proj[0].bias.zero_()
+        h.grad = None
+        q(h).aux_loss.backward()
+        pulls[bound] = h.grad[0, 0]
+    z = torch.tensor([6.0, -6.0, 3.0, -3.0])
+    # the polarising loss alone pushes every logit outward (descent against the gradient grows |z|)
+    assert (pulls[0.0] * z < 0).all()
+    # with bound 2: gradient descent moves every logit beyond +-2 towards 0, the larger ones harder
+    assert (pulls[2.0] * z > 0).all()
+    assert pulls[2.0][0].abs() > 4 * pulls[2.0][2].abs()
+    with pytest.raises(ValueError, match="logit_bound"):
+        BinaryQuantizer(bits=4, dim=4, logit_bound=-1)
+
+
 def test_straight_through_reaches_the_quantizer():
     assert BitTokenizer(TokenizerConfig(**TINY)).quantizer.straight_through == "sigmoid"
     assert BitTokenizer(TokenizerConfig(**TINY, straight_through="linear")).quantizer.straight_through == "linear"

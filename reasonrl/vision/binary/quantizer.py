@@ -13,7 +13,9 @@ passes the constant slope sigmoid'(0) = 1/4 instead: b~ = b + (z - sg(z)) / 4, t
 and never vanishing. `sigmoid` (the paper's) stays the default: `linear` keeps the gradient but
 has no restoring force, and the logits drift outward (mean |z| 28 after 1000 steps, 214 after
 3500 in docs/benchmarks.md's run, where bits then no longer flip), so it has not been shown to
-reconstruct better; pair it with something that bounds the logits.
+reconstruct better; pair it with something that bounds the logits: `logit_bound` (an option, a
+departure too) adds 10 mean(relu(|z| - bound)^2) to the auxiliary loss, a restoring force on
+logits beyond +-bound only.
 
 vq (the baseline, VQ-VAE, van den Oord et al. 2017, arXiv 1711.00937, with the l2-normalised
 low-dimensional lookup of ViT-VQGAN, Yu et al. 2021, arXiv 2110.04627): one of 2^d codes per
@@ -42,11 +44,15 @@ class Quantized:
 
 
 class BinaryQuantizer(nn.Module):
-    def __init__(self, bits: int, dim: int, train_temp: float = 0.1, straight_through: str = "sigmoid"):
+    def __init__(self, bits: int, dim: int, train_temp: float = 0.1, straight_through: str = "sigmoid",
+                 logit_bound: float = 0.0):
         super().__init__()
         if straight_through not in ("sigmoid", "linear"):
             raise ValueError(f"straight_through must be sigmoid or linear, got {straight_through!r}")
+        if logit_bound < 0:
+            raise ValueError(f"logit_bound must be >= 0 (0: off), got {logit_bound}")
         self.bits, self.train_temp, self.straight_through = bits, train_temp, straight_through
+        self.logit_bound = logit_bound
         self.proj = nn.Sequential(nn.Linear(dim, bits))  # Sequential: the public key is proj.0
         self.embed = nn.Parameter(torch.randn(bits, dim) * 0.02)
 
@@ -55,6 +61,8 @@ class BinaryQuantizer(nn.Module):
         z = self.proj(h)
         p = torch.sigmoid(z)
         polarise = (p * (1 - p)).mean()
+        if self.logit_bound:
+            polarise = polarise + 10 * F.relu(z.abs() - self.logit_bound).pow(2).mean()
         draw = self.training if sample is None else sample
         bits = torch.bernoulli(torch.sigmoid(z / self.train_temp)) if draw else (p > 0.5).to(p.dtype)
         if self.straight_through == "sigmoid":

@@ -83,6 +83,9 @@ class TokenizerConfig:
     straight_through: Literal["sigmoid", "linear"] = "sigmoid"
     """binary: the gradient the bits pass to their logits in training: sigmoid (Instella's, sigmoid'(z), which
     vanishes for saturated logits) or linear (the constant 1/4 = sigmoid'(0); a departure, quantizer.py)."""
+    logit_bound: float = 0.0
+    """Binary quantiser: add 10 mean(relu(|z| - bound)^2) to its auxiliary loss, pulling bit logits back
+    inside +-bound (0: off; a departure, meant for `straight_through: linear`, whose logits drift)."""
     quantizer: Literal["binary", "vq"] = "binary"
     """binary (Instella's bits) or vq (one-hot codes, 2^d of them: the baseline at equal bits)."""
     vq_dim: int = 16
@@ -156,7 +159,8 @@ class BitTokenizer(nn.Module):
                                cfg.num_latent_tkns if cfg.latent_positions else 0)
         self.to_pixel = nn.Linear(cfg.decoder_head_dim * cfg.decoder_num_heads, cfg.patch_size ** 2 * cfg.in_channels)
         if cfg.quantizer == "binary":
-            self.quantizer = BinaryQuantizer(cfg.codebook_size, latent_dim, cfg.train_temp, cfg.straight_through)
+            self.quantizer = BinaryQuantizer(cfg.codebook_size, latent_dim, cfg.train_temp, cfg.straight_through,
+                                             cfg.logit_bound)
         else:
             self.quantizer = VQQuantizer(cfg.codebook_size, latent_dim, cfg.vq_dim)
         if cfg.refine_channels:

@@ -12,11 +12,11 @@ from reasonrl.engine import SamplingParams
 from reasonrl.engine.cuda_graphs import GraphPool
 from reasonrl.engine.spec.draft import DraftHead
 from reasonrl.engine.spec.draft_state import DraftState, PaddedDraftAttention, padded_past
-from reasonrl.engine.spec.grow import DraftGraphs, GrowStep, _Group, row_buckets
+from reasonrl.engine.spec.grow import DraftGraphs, GrowStep, row_buckets
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.tiny import init_weights, tiny_config
 from tests.engine.test_compiled import CPUPool
-from tests.spec.test_spec_engine import assert_same, demo, engine, random_prompts, run  # noqa: F401  (demo: fixture)
+from tests.spec.test_spec_engine import assert_same, demo, engine, greedy_requests, random_prompts, run  # noqa: F401  (demo: fixture)
 
 
 def _tiny(device: str = "cpu") -> DraftHead:
@@ -69,8 +69,9 @@ def _graphs(draft, pool, buckets=(1, 2, 4), max_rows=200):
 
 
 def _group_bytes(draft, batch: int, rows: int) -> int:
-    c = draft.config
-    return _Group.size(batch, rows, c.hidden_size, c.num_kv_heads, c.head_dim, draft.target.dtype)
+    """What a group's static buffers take: root outputs, roots' positions, committed keys and values, row counts."""
+    c, item = draft.config, draft.target.dtype.itemsize
+    return batch * (c.hidden_size + 2 * rows * c.num_kv_heads * c.head_dim) * item + 2 * batch * 8
 
 
 def test_row_buckets_double_from_64_until_one_holds_the_longest_context():
@@ -183,7 +184,7 @@ def test_a_captured_catch_up_decodes_what_the_eager_one_does_and_long_ones_run_e
 @pytest.mark.slow
 def test_speculation_with_captured_draft_steps_is_exact_and_capture_steps_are_not_measured(demo):
     policy_model, _, draft, prompts = demo
-    reqs = {str(i): (p, SamplingParams(temperature=0, max_tokens=48), {}) for i, p in enumerate(prompts[:6])}
+    reqs = greedy_requests(prompts[:6])
     plain = run(engine(policy_model, max_model_len=256), reqs)
     eager = engine(policy_model, draft, max_model_len=256, max_num_seqs=4)
     spec = engine(policy_model, draft, max_model_len=256, max_num_seqs=4)

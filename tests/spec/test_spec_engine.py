@@ -28,6 +28,11 @@ def run(engine, requests):
     return engine.drain()
 
 
+def greedy_requests(prompts, max_tokens: int = 48):
+    """{rid: (prompt, greedy params, {})} for `run`."""
+    return {str(i): (p, SamplingParams(temperature=0, max_tokens=max_tokens), {}) for i, p in enumerate(prompts)}
+
+
 def random_prompts(n, vocab, seed=0, longest=40):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, vocab, (int(n_),), generator=g).tolist() for n_ in torch.randint(2, longest, (n,), generator=g)]

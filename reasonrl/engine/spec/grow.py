@@ -143,11 +143,10 @@ class GrowStep:
         sequence's room; the caller's selection keeps each tree within its own depth).
         `no_rows`: an empty (0, H, D) key tensor, for a sequence without committed rows."""
         if self.graphs is not None:
-            grow = lambda *args: grow_tree(self.draft, self, *args)  # noqa: E731
-            search = self.graphs.run(states, root_out, roots_pos, top_k, max(depth, graph_depth or depth), grow)
+            search = self.graphs.run(states, root_out, roots_pos, top_k, max(depth, graph_depth or depth), self._grow)
             if search is not None:
                 return search
-        return grow_tree(self.draft, self, top_k, depth, root_out, roots_pos, *padded_past(states, no_rows))
+        return self._grow(top_k, depth, root_out, roots_pos, *padded_past(states, no_rows))
 
     def catch_up(self, states: list[DraftState], x: torch.Tensor, positions: torch.Tensor,
                  lengths: list[int]) -> tuple[torch.Tensor, ...] | None:
@@ -156,7 +155,14 @@ class GrowStep:
         not run captured (no graphs, M-RoPE positions, a long catch-up, over budget): decode eager."""
         if self.graphs is None or positions.dim() != 1:
             return None
-        return self.graphs.catch_up(states, x, positions, lengths, lambda *args: catch_up_step(self.draft, *args))
+        return self.graphs.catch_up(states, x, positions, lengths, self._decode)
+
+    # what the graphs capture, passed at each call (a graph keeps no reference to this step)
+    def _grow(self, *args) -> TreeSearch:
+        return grow_tree(self.draft, self, *args)
+
+    def _decode(self, *args) -> tuple[torch.Tensor, ...]:
+        return catch_up_step(self.draft, *args)
 
     def __call__(self, *args) -> tuple[torch.Tensor, ...]:
         """`grow_step` of the draft on these arguments."""
@@ -193,9 +199,8 @@ class GrowStep:
             self.compile_seconds = time.perf_counter() - start
             log.info("compiled the draft's tree step in %.1fs", self.compile_seconds)
         if self.graphs is not None:
-            self.graphs.warm_up(lambda *args: grow_tree(self.draft, self, *args),
-                                lambda *args: catch_up_step(self.draft, *args), top_k, depth,
-                                self.draft.target.dtype, self.draft.target.device)
+            self.graphs.warm_up(self._grow, self._decode, top_k, depth, self.draft.target.dtype,
+                                self.draft.target.device)
 
 
 def row_buckets(max_rows: int, smallest: int = 64) -> list[int]:
@@ -210,11 +215,6 @@ def row_buckets(max_rows: int, smallest: int = 64) -> list[int]:
 class _Group:
     """Static inputs shared by the trees of one (batch bucket, row bucket): the roots' draft
     outputs and positions, the committed rows and their counts."""
-
-    @staticmethod
-    def size(batch: int, rows: int, hidden: int, kv_heads: int, head_dim: int, dtype) -> int:
-        """Bytes of a group's buffers (what __init__ allocates)."""
-        return batch * (hidden + 2 * rows * kv_heads * head_dim) * dtype.itemsize + 2 * batch * 8
 
     def __init__(self, batch: int, rows: int, hidden: int, kv_heads: int, head_dim: int, device, dtype):
         self.root_out = torch.zeros(batch, hidden, device=device, dtype=dtype)
@@ -276,13 +276,15 @@ class DraftGraphs:
         bucket): the full tree (`top_k`, `depth`) and the catch-ups of up to depth + 1 rows (what
         a verification can accept). Other keys (longer contexts, smaller rungs) are captured when
         first met; what did not fit the budget runs eager."""
-        start, c = time.perf_counter(), self.config
+        start, h = time.perf_counter(), self.config.hidden_size
+        longest = pick_bucket(min(depth + 1, CATCH_UP_BUCKETS[-1]), CATCH_UP_BUCKETS)
+        rows = lambda n: torch.zeros(n, h, dtype=dtype, device=device)  # noqa: E731
+        ids = lambda n: torch.zeros(n, dtype=torch.long, device=device)  # noqa: E731
         for batch in self.batch_buckets:
             states = [DraftState.at(0) for _ in range(batch)]
-            zeros = lambda n, *shape, dt=torch.long: torch.zeros(n, *shape, dtype=dt, device=device)  # noqa: E731
-            self.run(states, zeros(batch, c.hidden_size, dt=dtype), zeros(batch), top_k, depth, grow)
-            for new in CATCH_UP_BUCKETS[: CATCH_UP_BUCKETS.index(pick_bucket(min(depth + 1, 16), CATCH_UP_BUCKETS)) + 1]:
-                self.catch_up(states, zeros(batch * new, c.hidden_size, dt=dtype), zeros(batch * new), [new] * batch, decode)
+            self.run(states, rows(batch), ids(batch), top_k, depth, grow)
+            for new in (n for n in CATCH_UP_BUCKETS if n <= longest):
+                self.catch_up(states, rows(batch * new), ids(batch * new), [new] * batch, decode)
         self.capture_seconds = time.perf_counter() - start
         log.info("captured %d draft graphs at start-up in %.1fs", len(self.graphs), self.capture_seconds)
 
@@ -291,11 +293,8 @@ class DraftGraphs:
         """`grow(top_k, depth, root_out, roots_pos, past_k, past_v, past_lens)` (`grow_tree`) for
         these sequences through a graph; None when none fits (batch above the largest bucket, rows
         above the largest, over the memory budget, a failed capture): grow eager."""
-        batch = pick_bucket(len(states), self.batch_buckets)
-        rows = pick_bucket(max(st.cache.len for st in states), self.rows)
-        if batch is None or rows is None:
-            return None
-        group, key = self._group(batch, rows, root_out.dtype, root_out.device), ("tree", batch, rows, top_k, depth)
+        batch, rows, group = self._group(states, root_out.dtype, root_out.device)
+        key = ("tree", batch, rows, top_k, depth)
         if group is None or key in self.skipped:
             return None
         group.load_past(states)
@@ -308,12 +307,11 @@ class DraftGraphs:
         """`decode(rows, x, positions, past_k, past_v, past_lens)` (`catch_up_step`) for these
         sequences through a graph, its outputs flat as x (the padding dropped); None when none
         fits: decode eager."""
-        batch = pick_bucket(len(states), self.batch_buckets)
-        rows = pick_bucket(max(st.cache.len for st in states), self.rows)
         new = pick_bucket(max(lengths), CATCH_UP_BUCKETS)
-        if batch is None or rows is None or new is None or min(lengths) < 1:
+        if new is None or min(lengths) < 1:
             return None
-        group, key = self._group(batch, rows, x.dtype, x.device), ("catch_up", batch, rows, new)
+        batch, rows, group = self._group(states, x.dtype, x.device)
+        key = ("catch_up", batch, rows, new)
         if group is None or key in self.skipped:
             return None
         static = self.inputs.get(key)
@@ -353,15 +351,23 @@ class DraftGraphs:
         self.replays += 1
         return outputs
 
-    def _group(self, batch: int, rows: int, dtype, device) -> _Group | None:
+    def _group(self, states: list[DraftState], dtype, device) -> tuple[int | None, int | None, _Group | None]:
+        """(batch bucket, row bucket, their group) for these sequences; the group is None when a
+        bucket is exceeded or its buffers do not fit the budget (charged before they are allocated)."""
+        batch = pick_bucket(len(states), self.batch_buckets)
+        rows = pick_bucket(max(st.cache.len for st in states), self.rows)
         key = (batch, rows)
-        if key not in self.groups and key not in self.skipped:
+        if batch is None or rows is None or key in self.skipped:
+            return batch, rows, None
+        if key not in self.groups:
             c = self.config
-            if self.pool.charge(_Group.size(batch, rows, c.hidden_size, c.num_kv_heads, c.head_dim, dtype)):
-                self.groups[key] = _Group(batch, rows, c.hidden_size, c.num_kv_heads, c.head_dim, device, dtype)
-            else:  # charged before allocating: buffers over the budget are never allocated
+            shape = (batch, rows, c.hidden_size, c.num_kv_heads, c.head_dim)
+            if self.pool.charge(_Group(*shape, "meta", dtype).nbytes):  # sized on the meta device: nothing allocated
+                self.groups[key] = _Group(*shape, device, dtype)
+            else:
                 self.skipped.add(key)
-        return self.groups.get(key)
+                return batch, rows, None
+        return batch, rows, self.groups[key]
 
     def stats(self) -> dict:
         return {"spec_draft_graphs": len(self.graphs), "spec_draft_graph_replays": self.replays,

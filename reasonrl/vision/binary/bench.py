@@ -3,12 +3,15 @@
 image-tokenizer trains one tokenizer per (quantiser, K x d) with the same steps and data and
 reports held-out PSNR against total bits, code usage, and PSNR at twice the resolution.
 image-gen samples the same held-out prompts with each generator and scores them with
-GenEval-lite; the real renders are scored too (the judge's ceiling).
+GenEval-lite; the real renders are scored too (the judge's ceiling), and so are the real renders
+passed through each generator's tokenizer (encoded and decoded: the most a generator of those
+bits can score).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -19,7 +22,7 @@ from reasonrl.vision.gen.images import ImageConfig, make_images
 from reasonrl.vision.gen.io import SHIPPED, load_model_dir
 from reasonrl.vision.gen.prompt import prompt
 
-from .generator import load_pipeline
+from .generator import load_pipeline, resolve
 from .measure import measure_tokenizer, reconstruct
 from .sample import SampleConfig, generate
 from .tokenizer import TokenizerConfig
@@ -115,8 +118,15 @@ def bench_generators(cfg: GenBenchConfig) -> list[dict]:
     rows = [{"model": "real renders", **geneval(held.scenes, held.images), "palette_fd": 0.0}]
     reference = make_images(ImageConfig(), cfg.prompts, HELD_OUT_SEED + 8 + cfg.seed).images
     rows[0]["palette_fd"] = palette_fd(held.images, reference)  # two real sets: the distance's noise floor
+    ceilings: set[str] = set()
     for path in cfg.models:
         pipe = load_pipeline(path)
+        tokenizer = str(resolve(pipe.generator.config.image_tokenizer, path).resolve())
+        if tokenizer not in ceilings:  # the best any generator over these bits can score: the renders' own codes
+            ceilings.add(tokenizer)
+            _, recon = reconstruct(pipe.tokenizer, held.images)
+            rows.append({"model": f"real renders through {Path(tokenizer).name} (its generators' ceiling)", **geneval(held.scenes, recon),
+                         "palette_fd": palette_fd(recon, held.images)})
         start = time.perf_counter()
         images = generate(pipe, prompts, replace(SampleConfig(), guidance=cfg.guidance, seed=cfg.seed))
         seconds = time.perf_counter() - start
@@ -130,7 +140,7 @@ def bench_generators(cfg: GenBenchConfig) -> list[dict]:
 
 
 def format_rows(rows: list[dict]) -> str:
-    keys = [k for k in rows[0] if k not in ("model",)] if rows else []
+    keys = list(dict.fromkeys(k for r in rows for k in r if k != "model"))  # every row's keys, first seen first
     lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for r in rows:
         cells = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in keys]

@@ -13,8 +13,8 @@ Stages and their order (later ones read earlier ones' directories):
     realism                   the realism classifier (needs smarli)
     grpo, grpo-quality        layout GRPO of smarli with the layout reward / the quality reward alone
 
-The sizes are chosen to train on a shared 2-core CPU in about an hour all told; every figure in
-docs/benchmarks.md names the stage it measured.
+The sizes are chosen to train on a 2-core CPU in about two hours all told (the two tokenizers are
+most of it); every figure in docs/benchmarks.md names the stage it measured.
 """
 
 from __future__ import annotations
@@ -28,19 +28,21 @@ from safetensors.torch import load_file, save_file
 
 from reasonrl.vision.gen.io import SHIPPED, WEIGHTS
 
-TOKENIZER = ["--num-latent-tkns", "32", "--codebook-size", "8", "--patch-size", "8", "--steps", "300",
-             "--images-per-step", "32", "--eval-images", "128", "--save-every", "100"]
+TOKENIZER = ["--num-latent-tkns", "32", "--codebook-size", "8", "--patch-size", "8", "--steps", "3500",
+             "--images-per-step", "32", "--lr", "1e-3", "--warmup-steps", "100", "--schedule", "cosine",
+             "--object-weight", "1", "--hires-fraction", "0", "--eval-images", "256", "--eval-every", "250",
+             "--save-every", "250", "--latent-positions", "--pooled-latents"]
 GENERATOR = ["--text-model", "{out}/text", "--image-tokenizer", "{out}/tokenizer", "--width", "128",
-             "--num-heads", "4", "--steps", "200", "--prompts-per-step", "32", "--eval-prompts", "64",
-             "--save-every", "100"]
-SMARLI = ["--width", "96", "--num-layers", "4", "--steps", "500", "--layouts-per-step", "16",
-          "--eval-layouts", "64", "--save-every", "100"]
+             "--num-heads", "4", "--steps", "3000", "--prompts-per-step", "32", "--eval-prompts", "64",
+             "--eval-every", "500", "--save-every", "500"]
+SMARLI = ["--width", "96", "--num-layers", "4", "--steps", "3000", "--layouts-per-step", "16",
+          "--eval-layouts", "64", "--save-every", "500"]
 GRPO = ["--policy", "{out}/smarli", "--realism", "{out}/realism", "--steps", "20", "--lr", "2e-4", "--layouts-per-step", "8",
         "--samples-per-layout", "4", "--eval-layouts", "64", "--beta", "0", "--save-every", "10"]
 
 STAGES: dict[str, list[str]] = {
-    "tokenizer": ["tokenizer", *TOKENIZER],
-    "tokenizer-vq": ["tokenizer", *TOKENIZER, "--quantizer", "vq"],
+    "tokenizer": ["tokenizer", *TOKENIZER, "--straight-through", "linear", "--aux-weight", "0.01", "--logit-bound", "2"],
+    "tokenizer-vq": ["tokenizer", *TOKENIZER, "--quantizer", "vq", "--aux-weight", "1.0"],
     "text": ["text"],
     "ar": ["generator", "--method", "ar", *GENERATOR],
     "diffusion": ["generator", "--method", "diffusion", *GENERATOR],

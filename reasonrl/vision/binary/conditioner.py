@@ -7,6 +7,17 @@ then frozen. `TextEncoder.encode` runs it once over a batch of prompts and retur
 every decoder layer: block i of a generator reads layer i (Instella takes `hidden_states[1:]`).
 A prompt is `<|im_start|>` + its tokens; the empty prompt (classifier-free guidance's
 unconditional branch) is `<|im_start|>` alone.
+
+Departure, the identity probe (`identity_weight`): a pretrained language model keeps every word
+apart, a tiny one trained by next-token prediction on these prompts does not. Colour and shape are
+drawn independently, so "red" and "blue" say nothing about the next token and the model has no
+reason to tell them apart: with tied embeddings the states of "a large red circle at the top left"
+and "... blue ..." differed by 1% (layer 0; 37% for "bottom right" instead of "top left"), and a
+generator conditioned on them ignored colour and shape words entirely (its teacher-forced loss
+unchanged when they are swapped). So training adds, on every layer's states, a linear probe that
+predicts the token at that position (discarded afterwards), and the embeddings are untied: the
+difference becomes 17% (11% at the last layer) with next-token loss unchanged, and a generator's
+held-out colour score after 1000 steps rose from 0.11 to 0.26 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -47,6 +58,16 @@ class TextTrainConfig:
     """Peak AdamW learning rate (cosine schedule)."""
     seed: int = 0
     """Seeds the weights and the prompts."""
+    identity_weight: float = 1.0
+    """Weight of the identity probe: per layer, a linear map that predicts each position's own token
+    from its state (a training-time head, not saved); 0: next-token prediction alone."""
+    tie_embeddings: bool = False
+    """Tie the output head to the input embeddings (the default before the identity probe: tied heads pull
+    words that are predicted alike, such as the colours, together)."""
+
+    def __post_init__(self):
+        if self.identity_weight < 0:
+            raise ValueError(f"identity_weight must be at least 0, got {self.identity_weight}")
 
 
 class TextEncoder:
@@ -112,23 +133,33 @@ def train_text_model(cfg: TextTrainConfig, images: ImageConfig, out: str | Path,
     torch.manual_seed(cfg.seed)
     lm = init_weights(DecoderLM(tiny_config("qwen2", tokenizer.vocab_size, cfg.hidden_size, cfg.num_layers,
                                             cfg.num_heads, cfg.num_heads, max_position_embeddings=256,
+                                            tie_word_embeddings=cfg.tie_embeddings,
                                             eos_token_ids=tokenizer.eos_token_ids)), seed=cfg.seed)
+    probe = torch.nn.Linear(cfg.hidden_size, tokenizer.vocab_size)  # the identity probe; not saved
     encoder = TextEncoder(lm, tokenizer)
     lm.train().requires_grad_(True)
-    optimizer, scheduler = make_optimizer(lm.parameters(), OptimSection(lr=cfg.lr, schedule="cosine",
-                                                                        warmup_steps=20), cfg.steps)
+    params = [*lm.parameters(), *(probe.parameters() if cfg.identity_weight else ())]
+    optimizer, scheduler = make_optimizer(params, OptimSection(lr=cfg.lr, schedule="cosine", warmup_steps=20), cfg.steps)
     eos = tokenizer.eos_token_ids[0]
     for step in range(cfg.steps):
         ids, mask = encoder.ids([next(stream) for _ in range(cfg.prompts_per_step)])
         targets = torch.cat([ids[:, 1:], ids.new_full((len(ids), 1), -100)], 1)
         targets[:, :-1][~mask[:, 1:]] = -100
         targets[torch.arange(len(ids)), mask.sum(1) - 1] = eos  # learn to end the prompt
-        logits = lm.compute_logits(lm.forward_padded(ids))
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+        states = layer_states(lm, ids)
+        logits = lm.compute_logits(lm.norm(states[-1]))
+        next_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        identity = identity_loss(probe, states, ids.masked_fill(~mask, -100)) if cfg.identity_weight else torch.zeros(())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (next_loss + cfg.identity_weight * identity).backward()
         optimizer.step()
         scheduler.step()
         if log and (step + 1) % 100 == 0:
-            log(f"text model step {step + 1}/{cfg.steps}: loss {float(loss):.4f}")
+            log(f"text model step {step + 1}/{cfg.steps}: loss {float(next_loss):.4f}, identity {float(identity):.4f}")
     return save_model(lm.eval(), out, tokenizer)
+
+
+def identity_loss(probe: torch.nn.Module, states: list[torch.Tensor], ids: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of the cross-entropy of predicting each position's own token (ids, -100:
+    padding) from that layer's state: it keeps words that predict nothing apart."""
+    return sum(F.cross_entropy(probe(s).flatten(0, 1), ids.flatten(), ignore_index=-100) for s in states) / len(states)

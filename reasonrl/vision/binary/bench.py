@@ -10,8 +10,8 @@ bits can score).
 
 from __future__ import annotations
 
+import os
 import time
-from pathlib import Path
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -22,7 +22,7 @@ from reasonrl.vision.gen.images import ImageConfig, make_images
 from reasonrl.vision.gen.io import SHIPPED, load_model_dir
 from reasonrl.vision.gen.prompt import prompt
 
-from .generator import load_pipeline, resolve
+from .generator import load_pipeline
 from .measure import measure_tokenizer, reconstruct
 from .sample import SampleConfig, generate
 from .tokenizer import TokenizerConfig
@@ -118,15 +118,14 @@ def bench_generators(cfg: GenBenchConfig) -> list[dict]:
     rows = [{"model": "real renders", **geneval(held.scenes, held.images), "palette_fd": 0.0}]
     reference = make_images(ImageConfig(), cfg.prompts, HELD_OUT_SEED + 8 + cfg.seed).images
     rows[0]["palette_fd"] = palette_fd(held.images, reference)  # two real sets: the distance's noise floor
-    ceilings: set[str] = set()
+    ceilings: set = set()
     for path in cfg.models:
         pipe = load_pipeline(path)
-        tokenizer = str(resolve(pipe.generator.config.image_tokenizer, path).resolve())
-        if tokenizer not in ceilings:  # the best any generator over these bits can score: the renders' own codes
-            ceilings.add(tokenizer)
+        if pipe.tokenizer_dir not in ceilings:  # the best any generator over these bits can score: the renders' own codes
+            ceilings.add(pipe.tokenizer_dir)
             _, recon = reconstruct(pipe.tokenizer, held.images)
-            rows.append({"model": f"real renders through {Path(tokenizer).name} (its generators' ceiling)", **geneval(held.scenes, recon),
-                         "palette_fd": palette_fd(recon, held.images)})
+            rows.append({"model": f"real renders through {os.path.relpath(pipe.tokenizer_dir)} (its generators' ceiling)",
+                         **geneval(held.scenes, recon), "palette_fd": palette_fd(recon, held.images)})
         start = time.perf_counter()
         images = generate(pipe, prompts, replace(SampleConfig(), guidance=cfg.guidance, seed=cfg.seed))
         seconds = time.perf_counter() - start

@@ -62,6 +62,8 @@ class Pipeline:
     generator: torch.nn.Module
     text: TextEncoder
     tokenizer: BitTokenizer
+    tokenizer_dir: Path | None = None
+    """Where the tokenizer was loaded from (None: built in memory)."""
 
 
 def load_pipeline(directory: str | Path) -> Pipeline:
@@ -74,8 +76,8 @@ def load_pipeline(directory: str | Path) -> Pipeline:
 
     generator = load_model_dir(directory)
     text = TextEncoder.from_dir(resolve(raw["text_model"], directory))
-    tok = load_model_dir(resolve(raw["image_tokenizer"], directory), expect="bit_tokenizer")
-    return Pipeline(generator, text, tok)
+    tokenizer_dir = resolve(raw["image_tokenizer"], directory).resolve()
+    return Pipeline(generator, text, load_model_dir(tokenizer_dir, expect="bit_tokenizer"), tokenizer_dir)
 
 
 def guided(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

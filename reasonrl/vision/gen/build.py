@@ -37,12 +37,11 @@ GENERATOR = ["--text-model", "{out}/text", "--image-tokenizer", "{out}/tokenizer
              "--eval-every", "500", "--save-every", "500"]
 SMARLI = ["--width", "96", "--num-layers", "4", "--steps", "3000", "--layouts-per-step", "16",
           "--eval-layouts", "64", "--save-every", "500"]
-GRPO = ["--policy", "{out}/smarli", "--realism", "{out}/realism", "--steps", "60", "--lr", "1e-4", "--layouts-per-step", "8",
-        "--samples-per-layout", "8", "--eval-layouts", "64", "--beta", "0", "--save-every", "20"]
+GRPO_BASE = ["--policy", "{out}/smarli", "--realism", "{out}/realism", "--layouts-per-step", "8", "--eval-layouts", "64",
+             "--beta", "0"]
+GRPO = [*GRPO_BASE, "--steps", "60", "--lr", "1e-4", "--samples-per-layout", "8", "--save-every", "20"]
 # the quality-only ablation keeps the shorter recipe it was measured with (docs/benchmarks.md)
-GRPO_QUALITY = ["--policy", "{out}/smarli", "--realism", "{out}/realism", "--steps", "20", "--lr", "2e-4",
-                "--layouts-per-step", "8", "--samples-per-layout", "4", "--eval-layouts", "64", "--beta", "0",
-                "--save-every", "10"]
+GRPO_QUALITY = [*GRPO_BASE, "--steps", "20", "--lr", "2e-4", "--samples-per-layout", "4", "--save-every", "10"]
 
 STAGES: dict[str, list[str]] = {
     "tokenizer": ["tokenizer", *TOKENIZER, "--straight-through", "linear", "--aux-weight", "0.01", "--logit-bound", "2"],

@@ -139,10 +139,10 @@ def train_text_model(cfg: TextTrainConfig, images: ImageConfig, out: str | Path,
                                             cfg.num_heads, cfg.num_heads, max_position_embeddings=256,
                                             tie_word_embeddings=cfg.tie_embeddings,
                                             eos_token_ids=tokenizer.eos_token_ids)), seed=cfg.seed)
-    probe = torch.nn.Linear(cfg.hidden_size, tokenizer.vocab_size)  # the identity probe; not saved
+    probe = torch.nn.Linear(cfg.hidden_size, tokenizer.vocab_size) if cfg.identity_weight else None  # not saved
     encoder = TextEncoder(lm, tokenizer)
     lm.train().requires_grad_(True)
-    params = [*lm.parameters(), *(probe.parameters() if cfg.identity_weight else ())]
+    params = [*lm.parameters(), *(probe.parameters() if probe is not None else ())]
     optimizer, scheduler = make_optimizer(params, OptimSection(lr=cfg.lr, schedule="cosine", warmup_steps=20), cfg.steps)
     eos = tokenizer.eos_token_ids[0]
     for step in range(cfg.steps):
@@ -153,13 +153,13 @@ def train_text_model(cfg: TextTrainConfig, images: ImageConfig, out: str | Path,
         states = layer_states(lm, ids)
         logits = lm.compute_logits(lm.norm(states[-1]))
         next_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-        identity = identity_loss(probe, states, ids.masked_fill(~mask, -100)) if cfg.identity_weight else torch.zeros(())
+        identity = identity_loss(probe, states, ids.masked_fill(~mask, -100)) if probe is not None else None
         optimizer.zero_grad(set_to_none=True)
-        (next_loss + cfg.identity_weight * identity).backward()
+        (next_loss if identity is None else next_loss + cfg.identity_weight * identity).backward()
         optimizer.step()
         scheduler.step()
         if log and (step + 1) % 100 == 0:
-            probed = f", identity {identity.item():.4f}" if cfg.identity_weight else ""
+            probed = f", identity {identity.item():.4f}" if identity is not None else ""
             log(f"text model step {step + 1}/{cfg.steps}: loss {next_loss.item():.4f}{probed}")
     return save_model(lm.eval(), out, tokenizer)
 

@@ -9,7 +9,7 @@ import pytest
 from reasonrl.engine import SamplingParams
 from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, StepLog, TreeShape, bucket_of, ladder
 
-from tests.spec.test_spec_engine import assert_same, demo, engine, run  # noqa: F401  (demo is a fixture)
+from tests.spec.test_spec_engine import assert_same, demo, engine, plain_run, run  # noqa: F401  (demo is a fixture)
 
 
 def test_ladder_halves_the_tree_down_to_a_chain_then_none():
@@ -109,7 +109,7 @@ def test_switching_tree_sizes_mid_request_with_many_in_flight_stays_exact(demo, 
     policy_model, _, draft, prompts = demo
     reqs = {str(i): (p, SamplingParams(temperature=temperature, top_p=0.95, max_tokens=64, seed=7 + i), {})
             for i, p in enumerate(prompts[:12])}
-    plain = run(engine(policy_model, max_model_len=256), reqs)
+    plain = plain_run(policy_model, reqs)
     e = engine(policy_model, draft, max_model_len=256, max_num_batched_tokens=96)
     n = len(e.speculator.shapes)
     e.speculator.policy = Cycling(e.speculator.shapes, [0, n - 1, n - 1, 3, n - 2, 1, n - 1, 2], skip_features=True)
@@ -123,7 +123,7 @@ def test_adaptive_engine_stays_exact_and_learns(demo):
     """The real policy, on the real clock: whatever it picks, greedy output is plain greedy's."""
     policy_model, _, draft, prompts = demo
     reqs = {str(i): (p, SamplingParams(temperature=0, max_tokens=48), {}) for i, p in enumerate(prompts)}
-    plain = run(engine(policy_model, max_model_len=256), reqs)
+    plain = plain_run(policy_model, reqs)
     e = engine(policy_model, draft, max_model_len=256, draft_adaptive=True, draft_explore_every=2)
     assert_same(plain, run(e, reqs))
     assert e.speculator.policy.buckets  # it measured steps
@@ -136,7 +136,7 @@ def test_a_draft_that_fell_far_behind_restarts_its_context_and_stays_exact(demo,
     monkeypatch.setattr(speculator, "MAX_LAG", 3)
     policy_model, _, draft, prompts = demo
     reqs = {str(i): (p, SamplingParams(temperature=0, max_tokens=48), {}) for i, p in enumerate(prompts[:8])}
-    plain = run(engine(policy_model, max_model_len=256), reqs)
+    plain = plain_run(policy_model, reqs)
     e = engine(policy_model, draft, max_model_len=256)
     n = len(e.speculator.shapes)
     e.speculator.policy = Cycling(e.speculator.shapes, [0] + [n - 1] * 5)  # five steps without trees: lag > 3

@@ -6,14 +6,14 @@ import torch
 
 from reasonrl.engine.spec.adaptive import AdaptivePolicy, StepLog, ladder
 from reasonrl.engine.spec.grow import GrowStep, graph_count, grow_step
-from tests.spec.test_spec_engine import assert_same, demo, engine, greedy_requests, run  # noqa: F401  (demo is a fixture)
+from tests.spec.test_spec_engine import assert_same, demo, engine, greedy_requests, plain_run, run  # noqa: F401  (demo is a fixture)
 
 
 @pytest.mark.slow
 def test_a_compiled_draft_compiles_at_start_and_leaves_greedy_output_unchanged(demo):
     policy_model, _, draft, prompts = demo
     reqs = greedy_requests(prompts[:6])
-    plain = run(engine(policy_model, max_model_len=256), reqs)
+    plain = plain_run(policy_model, reqs)
     eager = engine(policy_model, draft, max_model_len=256, max_num_seqs=2)
     compiled = engine(policy_model, draft, max_model_len=256, max_num_seqs=2, draft_compile=True)
     stats = compiled.stats()

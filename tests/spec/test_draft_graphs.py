@@ -16,7 +16,7 @@ from reasonrl.engine.spec.grow import DraftGraphs, GrowStep, row_buckets
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.tiny import init_weights, tiny_config
 from tests.engine.test_compiled import CPUPool
-from tests.spec.test_spec_engine import assert_same, demo, engine, greedy_requests, random_prompts, run  # noqa: F401  (demo: fixture)
+from tests.spec.test_spec_engine import assert_same, demo, engine, greedy_requests, plain_run, random_prompts, run  # noqa: F401  (demo: fixture)
 
 
 def _tiny(device: str = "cpu") -> DraftHead:
@@ -185,7 +185,7 @@ def test_a_captured_catch_up_decodes_what_the_eager_one_does_and_long_ones_run_e
 def test_speculation_with_captured_draft_steps_is_exact_and_capture_steps_are_not_measured(demo):
     policy_model, _, draft, prompts = demo
     reqs = greedy_requests(prompts[:6])
-    plain = run(engine(policy_model, max_model_len=256), reqs)
+    plain = plain_run(policy_model, reqs)
     eager = engine(policy_model, draft, max_model_len=256, max_num_seqs=4)
     spec = engine(policy_model, draft, max_model_len=256, max_num_seqs=4)
     graphs = _graphs(draft, CPUPool(1 << 30, lambda static: 0), buckets=(1, 2, 4), max_rows=256)

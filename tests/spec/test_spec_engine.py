@@ -33,6 +33,11 @@ def greedy_requests(prompts, max_tokens: int = 48):
     return {str(i): (p, SamplingParams(temperature=0, max_tokens=max_tokens), {}) for i, p in enumerate(prompts)}
 
 
+def plain_run(policy_model, reqs) -> dict:
+    """What plain decoding (no draft) outputs for `reqs`: the reference every speculative run must match."""
+    return run(engine(policy_model, max_model_len=256), reqs)
+
+
 def random_prompts(n, vocab, seed=0, longest=40):
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(0, vocab, (int(n_),), generator=g).tolist() for n_ in torch.randint(2, longest, (n,), generator=g)]

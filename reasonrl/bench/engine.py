@@ -188,6 +188,11 @@ class EngineBenchConfig:
     eager_arm: bool = False
     """Also run an engine with compile_decode and cuda_graphs off, interleaved in the same run
     (reported under "eager", with the speedup over it)."""
+    column_major_weights: bool = True
+    """The engine's column_major_weights (CPU: wide weight matrices stored column-major)."""
+    row_major_arm: bool = False
+    """Also run an engine with column_major_weights off on its own copy of the model, interleaved in
+    the same run (reported under "row_major", with the speedup over it)."""
 
     def __post_init__(self):
         if self.repeats < 1:
@@ -197,13 +202,14 @@ class EngineBenchConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
-def _engine(lm, c: EngineBenchConfig, compile_decode: bool, cuda_graphs: bool) -> LLMEngine:
-    """An engine for the workload, warmed up (compiles and captures happen here, untimed). With an
-    eager arm on CUDA both engines get a fixed KV budget, as the first would otherwise take the
+def _engine(lm, c: EngineBenchConfig, compile_decode: bool, cuda_graphs: bool, column_major: bool) -> LLMEngine:
+    """An engine for the workload, warmed up (compiles and captures happen here, untimed). With a
+    second arm on CUDA every engine gets a fixed KV budget, as the first would otherwise take the
     device's free memory."""
-    fixed = c.eager_arm and lm.device.type == "cuda"
+    fixed = (c.eager_arm or c.row_major_arm) and lm.device.type == "cuda"
     engine = LLMEngine(lm, None, EngineConfig(max_num_seqs=c.concurrency, max_model_len=c.prompt_len[1] + c.max_tokens + 8,
                                               compile_decode=compile_decode, cuda_graphs=cuda_graphs,
+                                              column_major_weights=column_major,
                                               kv_cache_memory=4 << 30 if fixed else None))
     run_engine(engine, make_workload(lm.config.vocab_size, c.concurrency, (8, 16), 8, 8, c.seed + 1))  # warm-up
     return engine
@@ -223,15 +229,19 @@ def bench_engine(c: EngineBenchConfig) -> dict:
     lm = load_model(model, dev, torch_dtype)
     cfg = lm.config
     w = make_workload(cfg.vocab_size, c.num_prompts, c.prompt_len, c.median_tokens, c.max_tokens, c.seed)
-    engine = _engine(lm, c, c.compile_decode, c.cuda_graphs)
-    eager = _engine(lm, c, False, False) if c.eager_arm else None
-    engine_runs, hf_runs, eager_runs = [], [], []
+    arms = {"engine": _engine(lm, c, c.compile_decode, c.cuda_graphs, c.column_major_weights)}
+    if c.eager_arm:  # the same model: compiling and capturing leave the weights as they are
+        arms["eager"] = _engine(lm, c, False, False, c.column_major_weights)
+    if c.row_major_arm:  # its own copy: the layout is a property of the weights themselves
+        arms["row_major"] = _engine(load_model(model, dev, torch_dtype), c, c.compile_decode, c.cuda_graphs, False)
+    runs: dict[str, list[float]] = {name: [] for name in arms}
+    hf_runs = []
     for _ in range(c.repeats):
-        engine_runs.append(run_engine(engine, w))
-        if eager is not None:
-            eager_runs.append(run_engine(eager, w))
+        for name, arm in arms.items():
+            runs[name].append(run_engine(arm, w))
         if not c.skip_hf:
             hf_runs.append(run_transformers(model, w, c.concurrency, dev, torch_dtype))
+    engine, engine_runs = arms["engine"], runs["engine"]
     engine_s = statistics.median(engine_runs)
     flops = workload_flops(cfg, w)
     peak = matmul_peak_flops(dev, torch_dtype)
@@ -248,11 +258,12 @@ def bench_engine(c: EngineBenchConfig) -> dict:
     }
     result["engine_seconds_per_repeat"] = engine_runs
     result.update(decode_roofline(engine))
-    if eager is not None:
-        eager_s = statistics.median(eager_runs)
-        result["eager"] = {"engine_seconds": eager_s, "engine_seconds_per_repeat": eager_runs,
-                           "engine_tokens_per_s": w.output_tokens / eager_s, **decode_roofline(eager)}
-        result["speedup_over_eager"] = eager_s / engine_s
+    for name in ("eager", "row_major"):
+        if name in arms:
+            arm_s = statistics.median(runs[name])
+            result[name] = {"engine_seconds": arm_s, "engine_seconds_per_repeat": runs[name],
+                            "engine_tokens_per_s": w.output_tokens / arm_s, **decode_roofline(arms[name])}
+            result[f"speedup_over_{name}"] = arm_s / engine_s
     if not c.skip_hf:
         hf_s = statistics.median(hf_runs)
         result.update(hf_seconds=hf_s, hf_seconds_per_repeat=hf_runs, hf_tokens_per_s=w.output_tokens / hf_s,

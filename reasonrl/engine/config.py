@@ -77,6 +77,11 @@ class EngineConfig:
     """CUDA: capture the forward of all-decode steps in CUDA graphs, one per batch bucket, at
     start-up, and, with a draft, its steps (catch-up and tree growth, engine/spec/grow.py), one graph
     per shape the first time it is needed; larger batches run eager. Ignored on CPU."""
+    column_major_weights: bool = True
+    """CPU: store the model's (and draft's) wide weight matrices, those with at least as many outputs
+    as inputs, column-major, in place: same values and shapes, 1.3-1.7x faster batch-1 decode on the
+    CPU measured (engine/weight_layout.py, docs/benchmarks.md). A colocated trainer shares the
+    weights, so it sees the layout too. Ignored on CUDA."""
     max_decode_bucket: int = 256
     """Largest padded batch of compiled or captured decode (buckets 1, 2, 4, ... up to it and
     max_num_seqs)."""

@@ -43,6 +43,7 @@ from reasonrl.engine.spec.adaptive import AdaptiveConfig
 from reasonrl.engine.spec.draft import DraftHead
 from reasonrl.engine.spec.grow import DraftGraphs
 from reasonrl.engine.spec.speculator import SpecConfig, Speculator
+from reasonrl.engine.weight_layout import store_wide_weights_column_major
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 from reasonrl.models.tokenizer import IncrementalDecoder, Tokenizer
@@ -78,6 +79,7 @@ class LLMEngine:
         self.model, self.tokenizer = model, tokenizer
         self.config = cfg = config or EngineConfig()
         mcfg = model.config
+        self.column_major_bytes = self._column_major(model)  # before any compile traces the weights
         self.max_model_len = cfg.max_model_len or mcfg.max_position_embeddings
         self.eos_ids = set(tokenizer.eos_token_ids if tokenizer else mcfg.eos_token_ids)
         fmt = get_format(cfg.kv_format)
@@ -133,6 +135,7 @@ class LLMEngine:
             raise ValueError(f"speculative decoding needs a KV format that can move cache slots; "
                              f"kv_format {cfg.kv_format!r} cannot (use dense)")
         draft = draft or DraftHead.load(cfg.draft, self.model)
+        self.column_major_bytes += self._column_major(draft)
         adaptive = AdaptiveConfig(cfg.draft_adaptive, cfg.draft_max_batch, cfg.draft_explore_every, margin=cfg.draft_margin)
         spec = SpecConfig(top_k=cfg.draft_top_k, depth=cfg.draft_depth, num_nodes=cfg.draft_tokens, adaptive=adaptive,
                           compile=cfg.draft_compile)
@@ -141,6 +144,12 @@ class LLMEngine:
             graphs = DraftGraphs(draft.config, bucket_sizes(cfg.max_num_seqs, cfg.max_decode_bucket), self.max_model_len,
                                 self.model.config.vocab_size, GraphPool(self.model.device, cfg.cuda_graph_memory))
         return Speculator(draft, self.kv, self.block_manager, spec, self.max_model_len, self.images, graphs)
+
+    def _column_major(self, model: torch.nn.Module) -> int:
+        """`config.column_major_weights` on CPU: wide weights re-stored column-major; the bytes moved."""
+        if not self.config.column_major_weights or next(model.parameters()).device.type != "cpu":
+            return 0
+        return store_wide_weights_column_major(model)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device=None, dtype=None, latent: LatentConfig | None = None,
@@ -440,4 +449,5 @@ class LLMEngine:
                 "preemptions": self.scheduler.num_preemptions,
                 "generated_tokens": self.num_generated_tokens, **(self.speculator.stats() if self.speculator else {}),
                 **(self.evictor.stats() if self.evictor else {}), **(self.images.stats() if self.images else {}),
+                "column_major_weight_bytes": self.column_major_bytes,
                 **(self.runner.fast.stats() if self.runner.fast else {})}

@@ -13,7 +13,7 @@ Stages and their order (later ones read earlier ones' directories):
     realism                   the realism classifier (needs smarli)
     grpo, grpo-quality        layout GRPO of smarli with the layout reward / the quality reward alone
 
-The sizes are chosen to train on a 2-core CPU in about two hours all told (the two tokenizers are
+The sizes are chosen to train on a 2-core CPU in about three hours all told (the two tokenizers are
 most of it); every figure in docs/benchmarks.md names the stage it measured.
 """
 
@@ -28,12 +28,12 @@ from safetensors.torch import load_file, save_file
 
 from reasonrl.vision.gen.io import SHIPPED, WEIGHTS
 
-TOKENIZER = ["--num-latent-tkns", "32", "--codebook-size", "8", "--patch-size", "8", "--steps", "3500",
+TOKENIZER = ["--num-latent-tkns", "32", "--codebook-size", "8", "--patch-size", "8", "--steps", "5000",
              "--images-per-step", "32", "--lr", "1e-3", "--warmup-steps", "100", "--schedule", "cosine",
              "--object-weight", "1", "--hires-fraction", "0", "--eval-images", "256", "--eval-every", "250",
              "--save-every", "250", "--latent-positions", "--pooled-latents"]
 GENERATOR = ["--text-model", "{out}/text", "--image-tokenizer", "{out}/tokenizer", "--width", "128",
-             "--num-heads", "4", "--steps", "3000", "--prompts-per-step", "32", "--eval-prompts", "64",
+             "--num-heads", "4", "--steps", "5000", "--prompts-per-step", "32", "--eval-prompts", "64",
              "--eval-every", "500", "--save-every", "500"]
 SMARLI = ["--width", "96", "--num-layers", "4", "--steps", "3000", "--layouts-per-step", "16",
           "--eval-layouts", "64", "--save-every", "500"]

@@ -79,8 +79,8 @@ class EngineConfig:
     per shape the first time it is needed; larger batches run eager. Ignored on CPU."""
     column_major_weights: bool = True
     """CPU: store the model's (and draft's) wide weight matrices, those with at least as many outputs
-    as inputs, column-major, in place: same values and shapes, 1.3-1.7x faster batch-1 decode on the
-    CPU measured (engine/weight_layout.py, docs/benchmarks.md). A colocated trainer shares the
+    as inputs, column-major, in place: same values and shapes; batch-1 decode 1.27-1.34x faster on
+    the CPU measured (engine/weight_layout.py, docs/benchmarks.md). A colocated trainer shares the
     weights, so it sees the layout too. Ignored on CUDA."""
     max_decode_bucket: int = 256
     """Largest padded batch of compiled or captured decode (buckets 1, 2, 4, ... up to it and

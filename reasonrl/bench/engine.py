@@ -190,9 +190,11 @@ class EngineBenchConfig:
     (reported under "eager", with the speedup over it)."""
     column_major_weights: bool = True
     """The engine's column_major_weights (CPU: wide weight matrices stored column-major)."""
-    row_major_arm: bool = False
-    """Also run an engine with column_major_weights off on its own copy of the model, interleaved in
-    the same run (reported under "row_major", with the speedup over it)."""
+    split_small_matmuls: bool = True
+    """The engine's split_small_matmuls (CPU: products of a few rows split over threads)."""
+    plain_linear_arm: bool = False
+    """Also run an engine with column_major_weights and split_small_matmuls off, on its own copy of
+    the model, interleaved in the same run (reported under "plain_linear", with the speedup over it)."""
 
     def __post_init__(self):
         if self.repeats < 1:
@@ -202,14 +204,15 @@ class EngineBenchConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
-def _engine(lm, c: EngineBenchConfig, compile_decode: bool, cuda_graphs: bool, column_major: bool) -> LLMEngine:
+def _engine(lm, c: EngineBenchConfig, compile_decode: bool, cuda_graphs: bool, cpu_linear: bool = True) -> LLMEngine:
     """An engine for the workload, warmed up (compiles and captures happen here, untimed). With a
     second arm on CUDA every engine gets a fixed KV budget, as the first would otherwise take the
-    device's free memory."""
-    fixed = (c.eager_arm or c.row_major_arm) and lm.device.type == "cuda"
+    device's free memory. `cpu_linear` False turns the CPU weight options off whatever `c` says."""
+    fixed = (c.eager_arm or c.plain_linear_arm) and lm.device.type == "cuda"
     engine = LLMEngine(lm, None, EngineConfig(max_num_seqs=c.concurrency, max_model_len=c.prompt_len[1] + c.max_tokens + 8,
                                               compile_decode=compile_decode, cuda_graphs=cuda_graphs,
-                                              column_major_weights=column_major,
+                                              column_major_weights=cpu_linear and c.column_major_weights,
+                                              split_small_matmuls=cpu_linear and c.split_small_matmuls,
                                               kv_cache_memory=4 << 30 if fixed else None))
     run_engine(engine, make_workload(lm.config.vocab_size, c.concurrency, (8, 16), 8, 8, c.seed + 1))  # warm-up
     return engine
@@ -229,11 +232,11 @@ def bench_engine(c: EngineBenchConfig) -> dict:
     lm = load_model(model, dev, torch_dtype)
     cfg = lm.config
     w = make_workload(cfg.vocab_size, c.num_prompts, c.prompt_len, c.median_tokens, c.max_tokens, c.seed)
-    arms = {"engine": _engine(lm, c, c.compile_decode, c.cuda_graphs, c.column_major_weights)}
+    arms = {"engine": _engine(lm, c, c.compile_decode, c.cuda_graphs)}
     if c.eager_arm:  # the same model: compiling and capturing leave the weights as they are
-        arms["eager"] = _engine(lm, c, False, False, c.column_major_weights)
-    if c.row_major_arm:  # its own copy: the layout is a property of the weights themselves
-        arms["row_major"] = _engine(load_model(model, dev, torch_dtype), c, c.compile_decode, c.cuda_graphs, False)
+        arms["eager"] = _engine(lm, c, False, False)
+    if c.plain_linear_arm:  # its own copy: layout and linear class belong to the model itself
+        arms["plain_linear"] = _engine(load_model(model, dev, torch_dtype), c, c.compile_decode, c.cuda_graphs, False)
     runs: dict[str, list[float]] = {name: [] for name in arms}
     hf_runs = []
     for _ in range(c.repeats):
@@ -258,7 +261,7 @@ def bench_engine(c: EngineBenchConfig) -> dict:
     }
     result["engine_seconds_per_repeat"] = engine_runs
     result.update(decode_roofline(engine))
-    for name in ("eager", "row_major"):
+    for name in ("eager", "plain_linear"):
         if name in arms:
             arm_s = statistics.median(runs[name])
             result[name] = {"engine_seconds": arm_s, "engine_seconds_per_repeat": runs[name],

@@ -82,6 +82,10 @@ class EngineConfig:
     as inputs, column-major, in place: same values and shapes; batch-1 decode 1.27-1.34x faster on
     the CPU measured (engine/weight_layout.py, docs/benchmarks.md). A colocated trainer shares the
     weights, so it sees the layout too. Ignored on CUDA."""
+    split_small_matmuls: bool = True
+    """CPU with two or more torch threads: a product of at most 4 rows (a decode step of a few
+    sequences) runs as one slice of the weight per thread (engine/weight_layout.py), where MKL would
+    use one thread. Same parameters; the last bits of fp32 change. Ignored on CUDA."""
     max_decode_bucket: int = 256
     """Largest padded batch of compiled or captured decode (buckets 1, 2, 4, ... up to it and
     max_num_seqs)."""

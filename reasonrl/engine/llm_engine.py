@@ -43,7 +43,7 @@ from reasonrl.engine.spec.adaptive import AdaptiveConfig
 from reasonrl.engine.spec.draft import DraftHead
 from reasonrl.engine.spec.grow import DraftGraphs
 from reasonrl.engine.spec.speculator import SpecConfig, Speculator
-from reasonrl.engine.weight_layout import store_wide_weights_column_major
+from reasonrl.engine.weight_layout import split_small_matmuls, store_wide_weights_column_major
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 from reasonrl.models.tokenizer import IncrementalDecoder, Tokenizer
@@ -146,10 +146,13 @@ class LLMEngine:
         return Speculator(draft, self.kv, self.block_manager, spec, self.max_model_len, self.images, graphs)
 
     def _column_major(self, model: torch.nn.Module) -> int:
-        """`config.column_major_weights` on CPU: wide weights re-stored column-major; the bytes moved."""
-        if not self.config.column_major_weights or next(model.parameters()).device.type != "cpu":
+        """On CPU, `config.column_major_weights`: wide weights re-stored column-major (the bytes moved
+        are returned); `config.split_small_matmuls`: linear layers split small products over threads."""
+        if next(model.parameters()).device.type != "cpu":
             return 0
-        return store_wide_weights_column_major(model)
+        if self.config.split_small_matmuls:
+            split_small_matmuls(model)
+        return store_wide_weights_column_major(model) if self.config.column_major_weights else 0
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device=None, dtype=None, latent: LatentConfig | None = None,

@@ -1,4 +1,5 @@
-"""Column-major storage of a CPU model's wide weight matrices: faster small-batch decode, same values.
+"""Faster small-batch products on CPU, same weights: wide matrices stored column-major, and products
+of a few rows split over threads.
 
 At batch 1 a decode step is one matrix-vector product per weight matrix, so its speed is that of
 reading the weights. `F.linear(x, W)` with W stored row-major (out, in), as checkpoints and
@@ -16,6 +17,20 @@ move in the last bits of fp32 (tests/engine/test_weight_layout.py bounds it).
 
 CPU only: cuBLAS reads both layouts at full speed, and CUDA graphs or kernels that assume a
 row-major weight are untouched. Off with `EngineConfig.column_major_weights=False`.
+
+Second, `SplitLinear`: the same product at a few rows (a decode step of 1-4 sequences) runs on one
+thread in MKL whatever `torch.get_num_threads()` says, so a 2-core machine reads the weights with
+one core. Split into one batched product with a slice per thread, `torch.bmm` runs the slices in
+parallel: a column-major weight, stored as W^T (K, N), as (t, K/t, N), the input split the same way and the t
+partial products summed; a row-major one as (t, N/t, K), each slice a share of the outputs. Measured
+in a microbenchmark with two threads: 33-47 GB/s against 22-27 unsplit; the engine figure is in
+docs/benchmarks.md. Splitting the inner dimension changes the summation order again (the last bits
+of fp32, as above). The engine swaps the class of its model's `nn.Linear` modules to `SplitLinear`
+(same parameters, state dict and `isinstance`; more rows, one thread or a size the thread count
+does not divide run `F.linear` as before, and so does a forward under `torch.compile`); off with
+`EngineConfig.split_small_matmuls=False`. Since a step's row count now picks the kernel, a sequence's
+log-probs depend on how many sequences shared its steps in the last bits of fp32 (they did before
+too, MKL choosing its own kernels by shape); greedy tokens are unchanged in the tests.
 """
 
 from __future__ import annotations
@@ -47,3 +62,39 @@ def store_wide_weights_column_major(*models: nn.Module) -> int:
             weight.data = weight.data.t().contiguous().t()
             moved += weight.numel() * weight.element_size()
     return moved
+
+
+SPLIT_MAX_ROWS = 4  # above this a step is a matrix product, which MKL already spreads over threads
+
+
+class SplitLinear(nn.Linear):
+    """`nn.Linear` whose products of at most SPLIT_MAX_ROWS rows run as one slice per thread (above)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # compiled decode (engine/compiled.py) leaves products to inductor
+            return super().forward(x)
+        parts = torch.get_num_threads()
+        if parts < 2 or x.dim() != 2 or x.shape[0] > SPLIT_MAX_ROWS or x.device.type != "cpu":
+            return super().forward(x)
+        w, rows = self.weight, x.shape[0]
+        out_features, in_features = w.shape
+        if is_column_major(w) and in_features % parts == 0:  # slices of the inputs; partial sums added
+            xs = x.reshape(rows, parts, in_features // parts).transpose(0, 1)  # (t, rows, K/t)
+            y = torch.bmm(xs, w.t().view(parts, in_features // parts, out_features)).sum(0)
+        elif w.is_contiguous() and out_features % parts == 0:  # slices of the outputs
+            ws = w.view(parts, out_features // parts, in_features).transpose(1, 2)  # (t, K, N/t)
+            y = torch.bmm(x.expand(parts, rows, in_features), ws).transpose(0, 1).reshape(rows, out_features)
+        else:
+            return super().forward(x)
+        return y if self.bias is None else y + self.bias
+
+
+def split_small_matmuls(*models: nn.Module) -> int:
+    """Make every `nn.Linear` of `models` a `SplitLinear`, in place; how many were swapped."""
+    swapped = 0
+    for model in models:
+        for module in model.modules():
+            if type(module) is nn.Linear:
+                module.__class__ = SplitLinear
+                swapped += 1
+    return swapped

@@ -69,23 +69,24 @@ def test_bench_rejects_zero_repeats_with_one_line(workload, capsys):
     assert "repeats must be at least 1, got 0" in capsys.readouterr().err
 
 
-def test_the_row_major_arm_runs_on_its_own_copy_of_the_weights(tmp_path, monkeypatch):
-    """The arm's engine must not share the measured engine's model: the layout is the weights' own."""
+def test_the_plain_linear_arm_runs_on_its_own_copy_of_the_weights(tmp_path, monkeypatch):
+    """The arm's engine must not share the measured engine's model: layout and class are the model's own."""
     from reasonrl.bench import engine as bench
-    from reasonrl.engine.weight_layout import is_column_major
+    from reasonrl.engine.weight_layout import SplitLinear, is_column_major
 
     layouts = []
     original = bench.run_engine
 
     def run(engine, w):
-        layouts.append((id(engine.model), is_column_major(engine.model.lm_head.weight)))
+        head = engine.model.lm_head
+        layouts.append((id(engine.model), is_column_major(head.weight) and isinstance(head, SplitLinear)))
         return original(engine, w)
 
     monkeypatch.setattr(bench, "run_engine", run)
     out = tmp_path / "engine.json"
     assert main(["bench", "engine", "--preset", "tiny", "--num-prompts", "4", "--concurrency", "2", "--median-tokens", "4",
-                 "--max-tokens", "8", "--repeats", "1", "--skip-hf", "--row-major-arm", "--json", str(out)]) == 0
+                 "--max-tokens", "8", "--repeats", "1", "--skip-hf", "--plain-linear-arm", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["speedup_over_row_major"] == result["row_major"]["engine_seconds"] / result["engine_seconds"]
+    assert result["speedup_over_plain_linear"] == result["plain_linear"]["engine_seconds"] / result["engine_seconds"]
     timed = layouts[-2:]  # warm-ups first, then one repeat of each arm
     assert [col for _, col in timed] == [True, False] and timed[0][0] != timed[1][0]

@@ -1,11 +1,13 @@
-"""Column-major wide weights on CPU (engine/weight_layout.py): which matrices move, that their values
-and everything reading them by shape stay the same, and that decoding is unchanged."""
+"""Column-major wide weights and small products split over threads on CPU (engine/weight_layout.py):
+which matrices move, that their values and everything reading them by shape stay the same, that the
+split products equal the plain ones, and that decoding is unchanged."""
 
+import pytest
 import torch
 
 from reasonrl.engine import LLMEngine, SamplingParams
 from reasonrl.engine.config import EngineConfig
-from reasonrl.engine.weight_layout import is_column_major, store_wide_weights_column_major
+from reasonrl.engine.weight_layout import SplitLinear, is_column_major, split_small_matmuls, store_wide_weights_column_major
 from reasonrl.models.loader import load_model, save_model
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], list(range(10, 40)), [5, 6]]
@@ -59,7 +61,7 @@ def test_greedy_decoding_matches_the_row_major_engine(hf_checkpoint):
     path, _ = hf_checkpoint("qwen2")
     outputs = []
     for on in (True, False):
-        engine = _engine(path, column_major_weights=on)
+        engine = _engine(path, column_major_weights=on, split_small_matmuls=on)
         assert is_column_major(engine.model.lm_head.weight) == on
         for i, p in enumerate(PROMPTS):
             engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
@@ -85,3 +87,52 @@ def test_weights_written_later_keep_the_layout_and_save_row_major(hf_checkpoint,
         assert torch.equal(v, engine.model.state_dict()[k]), k
     engine.load_weights(path)
     assert is_column_major(engine.model.lm_head.weight)
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("column_major", [True, False])
+def test_split_products_equal_plain_ones_and_larger_ones_are_not_split(two_threads, column_major, monkeypatch):
+    torch.manual_seed(0)
+    for out_features, in_features in ((96, 64), (64, 96), (50, 64), (64, 50)):  # 50: not divisible by 2
+        plain = torch.nn.Linear(in_features, out_features)
+        split = torch.nn.Linear(in_features, out_features)
+        split.load_state_dict(plain.state_dict())
+        split_small_matmuls(split)
+        if column_major:
+            split.weight.data = split.weight.data.t().contiguous().t()
+        assert isinstance(split, SplitLinear) and isinstance(split, torch.nn.Linear)
+        calls = []
+        original = torch.bmm
+        with torch.no_grad():
+            for rows in (1, 2, 4, 5, 16):
+                x = torch.randn(rows, in_features)
+                monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(rows) or original(*a))
+                y = split(x)
+                monkeypatch.undo()
+                torch.testing.assert_close(y, plain(x), atol=1e-5, rtol=1e-5)
+        divisible = (in_features if column_major else out_features) % 2 == 0
+        assert calls == ([1, 2, 4] if divisible else [])  # 5 and 16 rows: F.linear as before
+
+
+def test_one_thread_runs_the_plain_product(two_threads):
+    layer = torch.nn.Linear(64, 96)
+    reference = layer(torch.ones(1, 64))
+    split_small_matmuls(layer)
+    torch.set_num_threads(1)
+    assert torch.equal(layer(torch.ones(1, 64)), reference)
+
+
+def test_the_engine_splits_on_cpu_unless_told_not_to(hf_checkpoint):
+    path, _ = hf_checkpoint("qwen2")
+    keys = set(load_model(path, "cpu", torch.float32).state_dict())
+    on, off = _engine(path), _engine(path, split_small_matmuls=False)
+    assert all(isinstance(m, SplitLinear) for m in _linears(on.model).values())
+    assert not any(isinstance(m, SplitLinear) for m in _linears(off.model).values())
+    assert set(on.model.state_dict()) == keys

@@ -85,7 +85,7 @@ class EngineConfig:
     split_small_matmuls: bool = True
     """CPU with two or more torch threads: a product of at most 4 rows (a decode step of a few
     sequences) runs as one slice of the weight per thread (engine/weight_layout.py), where MKL would
-    use one thread. Same parameters; the last bits of fp32 change. Ignored on CUDA."""
+    use one thread. Same parameters, bit-identical results. Ignored on CUDA."""
     max_decode_bucket: int = 256
     """Largest padded batch of compiled or captured decode (buckets 1, 2, 4, ... up to it and
     max_num_seqs)."""

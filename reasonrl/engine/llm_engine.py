@@ -79,7 +79,7 @@ class LLMEngine:
         self.model, self.tokenizer = model, tokenizer
         self.config = cfg = config or EngineConfig()
         mcfg = model.config
-        self.column_major_bytes = self._column_major(model)  # before any compile traces the weights
+        self.column_major_bytes = self._cpu_linear(model)  # before any compile traces the weights
         self.max_model_len = cfg.max_model_len or mcfg.max_position_embeddings
         self.eos_ids = set(tokenizer.eos_token_ids if tokenizer else mcfg.eos_token_ids)
         fmt = get_format(cfg.kv_format)
@@ -135,7 +135,7 @@ class LLMEngine:
             raise ValueError(f"speculative decoding needs a KV format that can move cache slots; "
                              f"kv_format {cfg.kv_format!r} cannot (use dense)")
         draft = draft or DraftHead.load(cfg.draft, self.model)
-        self.column_major_bytes += self._column_major(draft)
+        self.column_major_bytes += self._cpu_linear(draft)
         adaptive = AdaptiveConfig(cfg.draft_adaptive, cfg.draft_max_batch, cfg.draft_explore_every, margin=cfg.draft_margin)
         spec = SpecConfig(top_k=cfg.draft_top_k, depth=cfg.draft_depth, num_nodes=cfg.draft_tokens, adaptive=adaptive,
                           compile=cfg.draft_compile)
@@ -145,7 +145,7 @@ class LLMEngine:
                                 self.model.config.vocab_size, GraphPool(self.model.device, cfg.cuda_graph_memory))
         return Speculator(draft, self.kv, self.block_manager, spec, self.max_model_len, self.images, graphs)
 
-    def _column_major(self, model: torch.nn.Module) -> int:
+    def _cpu_linear(self, model: torch.nn.Module) -> int:
         """On CPU, `config.column_major_weights`: wide weights re-stored column-major (the bytes moved
         are returned); `config.split_small_matmuls`: linear layers split small products over threads."""
         if next(model.parameters()).device.type != "cpu":

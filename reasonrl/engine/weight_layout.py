@@ -20,17 +20,15 @@ row-major weight are untouched. Off with `EngineConfig.column_major_weights=Fals
 
 Second, `SplitLinear`: the same product at a few rows (a decode step of 1-4 sequences) runs on one
 thread in MKL whatever `torch.get_num_threads()` says, so a 2-core machine reads the weights with
-one core. Split into one batched product with a slice per thread, `torch.bmm` runs the slices in
-parallel: a column-major weight, stored as W^T (K, N), as (t, K/t, N), the input split the same way and the t
-partial products summed; a row-major one as (t, N/t, K), each slice a share of the outputs. Measured
-in a microbenchmark with two threads: 33-47 GB/s against 22-27 unsplit; the engine figure is in
-docs/benchmarks.md. Splitting the inner dimension changes the summation order again (the last bits
-of fp32, as above). The engine swaps the class of its model's `nn.Linear` modules to `SplitLinear`
-(same parameters, state dict and `isinstance`; more rows, one thread or a size the thread count
-does not divide run `F.linear` as before, and so does a forward under `torch.compile`); off with
-`EngineConfig.split_small_matmuls=False`. Since a step's row count now picks the kernel, a sequence's
-log-probs depend on how many sequences shared its steps in the last bits of fp32 (they did before
-too, MKL choosing its own kernels by shape); greedy tokens are unchanged in the tests.
+one core. Split into one batched product with a slice of the outputs per thread (views of the weight
+in either layout), `torch.bmm` runs the slices in parallel. Each output is still one dot product over
+all the inputs, so the result is bit-identical to the unsplit product (tested); the thread count
+only decides who computes which outputs. Measured in a microbenchmark with two threads: 27-31 GB/s
+against 20-22 unsplit for the 20M model's column-major matrices; the engine figure is in
+docs/benchmarks.md. The engine swaps the class of its model's `nn.Linear` modules to `SplitLinear`
+(same parameters, state dict and `isinstance`; more rows, one thread, outputs the thread count does
+not divide, or a forward under `torch.compile` run `F.linear` as before); off with
+`EngineConfig.split_small_matmuls=False`.
 """
 
 from __future__ import annotations
@@ -78,15 +76,15 @@ class SplitLinear(nn.Linear):
             return super().forward(x)
         w, rows = self.weight, x.shape[0]
         out_features, in_features = w.shape
-        if is_column_major(w) and in_features % parts == 0:  # slices of the inputs; partial sums added
-            xs = x.reshape(rows, parts, in_features // parts).transpose(0, 1)  # (t, rows, K/t)
-            y = torch.bmm(xs, w.t().view(parts, in_features // parts, out_features)).sum(0)
-        elif w.is_contiguous() and out_features % parts == 0:  # slices of the outputs
-            ws = w.view(parts, out_features // parts, in_features).transpose(1, 2)  # (t, K, N/t)
-            y = torch.bmm(x.expand(parts, rows, in_features), ws).transpose(0, 1).reshape(rows, out_features)
-        else:
+        if out_features % parts:
             return super().forward(x)
-        return y if self.bias is None else y + self.bias
+        ws = w.t().unflatten(1, (parts, out_features // parts)).transpose(0, 1)  # (t, K, N/t) views, either layout
+        xs = x.expand(parts, rows, in_features)
+        if self.bias is None:
+            y = torch.bmm(xs, ws)
+        else:  # the bias inside the product, as F.linear's addmm has it: bit-identical, not just close
+            y = torch.baddbmm(self.bias.view(parts, 1, -1).expand(parts, rows, -1), xs, ws)
+        return y.transpose(0, 1).reshape(rows, out_features)
 
 
 def split_small_matmuls(*models: nn.Module) -> int:

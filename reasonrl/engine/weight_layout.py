@@ -69,22 +69,37 @@ class SplitLinear(nn.Linear):
     """`nn.Linear` whose products of at most SPLIT_MAX_ROWS rows run as one slice per thread (above)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_compiling():  # compiled decode (engine/compiled.py) leaves products to inductor
+        if x.dim() != 2 or x.shape[0] > SPLIT_MAX_ROWS or x.device.type != "cpu" or torch.compiler.is_compiling():
+            return super().forward(x)  # compiled decode (engine/compiled.py) leaves products to inductor
+        ws = self._slices(torch.get_num_threads())
+        if ws is None:
             return super().forward(x)
-        parts = torch.get_num_threads()
-        if parts < 2 or x.dim() != 2 or x.shape[0] > SPLIT_MAX_ROWS or x.device.type != "cpu":
-            return super().forward(x)
-        w, rows = self.weight, x.shape[0]
-        out_features, in_features = w.shape
-        if out_features % parts:
-            return super().forward(x)
-        ws = w.t().unflatten(1, (parts, out_features // parts)).transpose(0, 1)  # (t, K, N/t) views, either layout
-        xs = x.expand(parts, rows, in_features)
+        parts, rows = ws.shape[0], x.shape[0]
+        xs = x.expand(parts, rows, x.shape[1])
         if self.bias is None:
             y = torch.bmm(xs, ws)
         else:  # the bias inside the product, as F.linear's addmm has it: bit-identical, not just close
             y = torch.baddbmm(self.bias.view(parts, 1, -1).expand(parts, rows, -1), xs, ws)
-        return y.transpose(0, 1).reshape(rows, out_features)
+        return y.transpose(0, 1).reshape(rows, self.out_features)
+
+    def _slices(self, parts: int) -> torch.Tensor | None:
+        """The weight as `parts` (K, N/parts) views of its outputs, either layout; None where it does
+        not split. Kept between no-grad calls (a decode step makes dozens) until the weight's
+        storage, layout or the thread count changes."""
+        w = self.weight
+        if parts < 2 or w.shape[0] % parts:
+            return None
+        if torch.is_grad_enabled() and w.requires_grad:  # a view kept from a no-grad call would cut the graph
+            return self._split(w, parts)
+        key = (parts, w.data_ptr(), w.stride())
+        cached = self.__dict__.get("_split_views")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_split_views"] = (key, self._split(w, parts))
+        return cached[1]
+
+    @staticmethod
+    def _split(w: torch.Tensor, parts: int) -> torch.Tensor:
+        return w.t().unflatten(1, (parts, w.shape[0] // parts)).transpose(0, 1)
 
 
 def split_small_matmuls(*models: nn.Module) -> int:

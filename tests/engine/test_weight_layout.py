@@ -137,3 +137,17 @@ def test_the_engine_splits_on_cpu_unless_told_not_to(hf_checkpoint):
     assert all(isinstance(m, SplitLinear) for m in _linears(on.model).values())
     assert not any(isinstance(m, SplitLinear) for m in _linears(off.model).values())
     assert set(on.model.state_dict()) == keys
+
+
+def test_kept_weight_slices_follow_new_weights_and_never_cut_the_graph(two_threads):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(32, 64)
+    split_small_matmuls(layer)
+    x = torch.randn(2, 32)
+    with torch.no_grad():
+        layer(x)  # slices kept
+        layer.weight.data = torch.randn(64, 32)  # new storage: the kept slices are stale
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    layer(x).sum().backward()  # with grad: fresh slices, so the weight gets its gradient
+    assert layer.weight.grad is not None
+    torch.testing.assert_close(layer.weight.grad, torch.ones(2, 64).t() @ x)

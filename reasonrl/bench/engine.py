@@ -27,6 +27,7 @@ import torch
 from reasonrl.bench.common import device_name, matmul_peak_flops, memory_bandwidth, sync
 from reasonrl.engine import LLMEngine, SamplingParams
 from reasonrl.engine.config import EngineConfig
+from reasonrl.kernels import cpu_decode
 from reasonrl.models.config import ModelConfig
 from reasonrl.models.loader import load_model, resolve_device, resolve_dtype
 from reasonrl.models.tiny import make_checkpoint
@@ -195,6 +196,11 @@ class EngineBenchConfig:
     plain_linear_arm: bool = False
     """Also run an engine with column_major_weights and split_small_matmuls off, on its own copy of
     the model, interleaved in the same run (reported under "plain_linear", with the speedup over it)."""
+    cpu_decode_kernel: bool = True
+    """The engine's cpu_decode_kernel (CPU, fp32: decode attention in C++ over the blocks in place)."""
+    gather_attention_arm: bool = False
+    """Also run an engine with cpu_decode_kernel off (decode attention gathers, then SDPA), same
+    model, interleaved in the same run (reported under "gather_attention", with the speedup over it)."""
 
     def __post_init__(self):
         if self.repeats < 1:
@@ -204,15 +210,18 @@ class EngineBenchConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
-def _engine(lm, c: EngineBenchConfig, compile_decode: bool, cuda_graphs: bool, cpu_linear: bool = True) -> LLMEngine:
+def _engine(lm, c: EngineBenchConfig, compile_decode: bool, cuda_graphs: bool, cpu_linear: bool = True,
+            cpu_kernel: bool = True) -> LLMEngine:
     """An engine for the workload, warmed up (compiles and captures happen here, untimed). With a
     second arm on CUDA every engine gets a fixed KV budget, as the first would otherwise take the
-    device's free memory. `cpu_linear` False turns the CPU weight options off whatever `c` says."""
-    fixed = (c.eager_arm or c.plain_linear_arm) and lm.device.type == "cuda"
+    device's free memory. `cpu_linear` (`cpu_kernel`) False turns the CPU weight options (the CPU
+    decode kernel) off whatever `c` says."""
+    fixed = (c.eager_arm or c.plain_linear_arm or c.gather_attention_arm) and lm.device.type == "cuda"
     engine = LLMEngine(lm, None, EngineConfig(max_num_seqs=c.concurrency, max_model_len=c.prompt_len[1] + c.max_tokens + 8,
                                               compile_decode=compile_decode, cuda_graphs=cuda_graphs,
                                               column_major_weights=cpu_linear and c.column_major_weights,
                                               split_small_matmuls=cpu_linear and c.split_small_matmuls,
+                                              cpu_decode_kernel=cpu_kernel and c.cpu_decode_kernel,
                                               kv_cache_memory=4 << 30 if fixed else None))
     run_engine(engine, make_workload(lm.config.vocab_size, c.concurrency, (8, 16), 8, 8, c.seed + 1))  # warm-up
     return engine
@@ -237,6 +246,8 @@ def bench_engine(c: EngineBenchConfig) -> dict:
         arms["eager"] = _engine(lm, c, False, False)
     if c.plain_linear_arm:  # its own copy: layout and linear class belong to the model itself
         arms["plain_linear"] = _engine(load_model(model, dev, torch_dtype), c, c.compile_decode, c.cuda_graphs, False)
+    if c.gather_attention_arm:  # the same model: the kernel reads the cache, not the weights
+        arms["gather_attention"] = _engine(lm, c, c.compile_decode, c.cuda_graphs, cpu_kernel=False)
     runs: dict[str, list[float]] = {name: [] for name in arms}
     hf_runs = []
     for _ in range(c.repeats):
@@ -257,11 +268,12 @@ def bench_engine(c: EngineBenchConfig) -> dict:
         "engine_flops_per_s": flops / engine_s, "peak_matmul_flops_per_s": peak,
         "flops_fraction_of_peak": flops / engine_s / peak, "preemptions": engine.stats()["preemptions"],
         "decode_mode": engine.stats().get("decode_mode", "eager"),
+        "cpu_decode_kernel": engine.kv.cpu_kernel and bool(cpu_decode.status().get("ok")) and dev.type == "cpu",
         "decode_compile_seconds": engine.stats().get("decode_compile_seconds", 0.0),
     }
     result["engine_seconds_per_repeat"] = engine_runs
     result.update(decode_roofline(engine))
-    for name in ("eager", "plain_linear"):
+    for name in ("eager", "plain_linear", "gather_attention"):
         if name in arms:
             arm_s = statistics.median(runs[name])
             result[name] = {"engine_seconds": arm_s, "engine_seconds_per_repeat": runs[name],

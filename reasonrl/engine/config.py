@@ -86,6 +86,11 @@ class EngineConfig:
     """CPU with two or more torch threads: a product of at most 4 rows (a decode step of a few
     sequences) runs as one slice of the weight per thread (engine/weight_layout.py), where MKL would
     use one thread. Same parameters, bit-identical results. Ignored on CUDA."""
+    cpu_decode_kernel: bool = True
+    """CPU, fp32, dense KV: decode rows attend with a C++ kernel that reads the cache blocks in place
+    (kernels/cpu_decode.py; built with the system compiler on first use, ~10 s, then cached), where
+    the PyTorch path gathers each sequence's context into a copy first. Falls back to that path,
+    with a warning, where it cannot be built. Ignored on CUDA."""
     max_decode_bucket: int = 256
     """Largest padded batch of compiled or captured decode (buckets 1, 2, 4, ... up to it and
     max_num_seqs)."""

@@ -87,6 +87,7 @@ class LLMEngine:
         fixed = fmt.fixed_bytes(mcfg, cfg.block_size, model.dtype, cfg.max_num_seqs, **cfg.kv_options)
         num_blocks = self._num_blocks(fmt.bytes_per_block(mcfg, cfg.block_size, model.dtype, **cfg.kv_options), fixed)
         self.kv = fmt(mcfg, num_blocks, cfg.block_size, model.device, model.dtype, cfg.max_num_seqs, **cfg.kv_options)
+        self.kv.cpu_kernel = cfg.cpu_decode_kernel
         self.kv.allocate()
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching, self.kv.free_blocks)
         self.evictor = self._evictor()

@@ -90,3 +90,26 @@ def test_the_plain_linear_arm_runs_on_its_own_copy_of_the_weights(tmp_path, monk
     assert result["speedup_over_plain_linear"] == result["plain_linear"]["engine_seconds"] / result["engine_seconds"]
     timed = layouts[-2:]  # warm-ups first, then one repeat of each arm
     assert [col for _, col in timed] == [True, False] and timed[0][0] != timed[1][0]
+
+
+def test_the_gather_attention_arm_runs_without_the_cpu_kernel(tmp_path, monkeypatch):
+    from reasonrl.bench import engine as bench
+    from reasonrl.kernels import cpu_decode
+
+    if not cpu_decode.available():
+        pytest.skip(f"kernel not built: {cpu_decode.status()}")
+    kernels = []
+    original = bench.run_engine
+
+    def run(engine, w):
+        kernels.append(engine.kv.cpu_kernel)
+        return original(engine, w)
+
+    monkeypatch.setattr(bench, "run_engine", run)
+    out = tmp_path / "engine.json"
+    assert main(["bench", "engine", "--preset", "tiny", "--num-prompts", "4", "--concurrency", "2", "--median-tokens", "4",
+                 "--max-tokens", "8", "--repeats", "1", "--skip-hf", "--gather-attention-arm", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["cpu_decode_kernel"] is True
+    assert result["speedup_over_gather_attention"] == result["gather_attention"]["engine_seconds"] / result["engine_seconds"]
+    assert kernels[-2:] == [True, False]  # one timed repeat of each arm, after the warm-ups

@@ -185,6 +185,7 @@ def test_key_ratio_zero_generates_exactly_what_dense_does(hf_checkpoint):
 def teacher_forced_logits(model, ids, prompt_len, fmt="dense", block_size=4, **opts):
     """Logits of every position from prompt_len - 1 on: one prefill step, then one token per step."""
     kv = get_format(fmt)(model.config, 64, block_size, CPU, torch.float32, 4, **opts)
+    kv.cpu_kernel = False  # dense decodes through SDPA as SPARK does, so that ratio 0 can match it bit for bit
     kv.allocate()
     table = torch.arange(-(-len(ids) // block_size), dtype=torch.int32)[None]
 
@@ -227,6 +228,7 @@ def test_attention_output_error_is_ordered_by_ratio():
 
     def outputs(fmt, **opts):
         kv = get_format(fmt)(cfg, 16, 4, CPU, torch.float32, 2, **opts)
+        kv.cpu_kernel = False  # dense decodes through SDPA as SPARK does: ratio 0 must match it bit for bit
         kv.allocate()
         out = []
         for start, stop in ((0, 24),) + tuple((p, p + 1) for p in range(24, n)):  # prefill, then decode

@@ -27,6 +27,8 @@ class KVFormat:
     """Implements `read_prefix` and `write_entries`: token eviction (engine/eviction.py) can use it."""
     supports_speculation = False
     """Implements `copy_slots`: speculative decoding can move accepted draft rows into place."""
+    cpu_kernel = True
+    """Decode rows on CPU may use the format's C++ kernel where it has one (`EngineConfig.cpu_decode_kernel`)."""
 
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype,
                  max_num_seqs: int = 256, **options):
@@ -92,7 +94,7 @@ class KVFormat:
         raise NotImplementedError
 
     def attend(self, layer: int, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """The PyTorch path over `gather`ed blocks, and `decode_kernel` for CUDA decode rows: decode
+        """The PyTorch path over `gather`ed blocks, and `decode_kernel` (CUDA; dense CPU) for decode rows: decode
         rows (one query, no mask) are batched by context length, draft trees padded into one masked
         call, other sequences (prefill chunks) attend one at a time (batching those would change
         their numerics against formats that attend them one by one). A format that needs more
@@ -134,9 +136,9 @@ class KVFormat:
     def decode(self, layer: int, q: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor,
                lens_list: list[int]) -> torch.Tensor:
         """One query per sequence: q (B, Hq, D), tables (B, max_blocks), lens (B,) and as a list.
-        On CUDA the format's kernel if it has one; else groups of similar length, each gathered
-        padded to its longest, one masked SDPA per group."""
-        if q.is_cuda and (out := self.decode_kernel(layer, q, tables, lens)) is not None:
+        The format's kernel for the device if it has one; else groups of similar length, each
+        gathered padded to its longest, one masked SDPA per group."""
+        if (out := self.decode_kernel(layer, q, tables, lens)) is not None:
             return out
         groups = length_groups(lens_list)
         if len(groups) == 1:
@@ -163,7 +165,8 @@ class KVFormat:
         raise NotImplementedError
 
     def decode_kernel(self, layer: int, q: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor):
-        """The format's CUDA decode kernel, reading the stored blocks in place; None: none."""
+        """The format's decode kernel for q's device, reading the stored blocks in place; None: none
+        (the gathering PyTorch path runs)."""
         return None
 
     def read_prefix(self, layer: int, blocks: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,8 @@
 """Dense paged KV: keys and values stored as they are, in the model's dtype.
 
-Attention on CPU (and for prefill on GPU) gathers a sequence's blocks and runs PyTorch SDPA;
-all-decode steps are batched into one SDPA call with a length mask. On CUDA, decode steps use the
-Triton paged decode kernel, which reads the blocks in place.
+Prefill and draft-tree rows gather a sequence's blocks and run PyTorch SDPA. Decode rows read the
+blocks in place: on CUDA with the Triton paged decode kernel, on CPU in fp32 with the C++ one
+(kernels/cpu_decode.py); otherwise they are batched into masked SDPA calls over gathered copies.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from reasonrl.engine.kv.base import KVFormat
+from reasonrl.kernels.cpu_decode import paged_decode_cpu
 
 
 class DenseKV(KVFormat):
@@ -50,10 +51,12 @@ class DenseKV(KVFormat):
         flat[:, :, dst] = flat[:, :, src]
 
     def gather(self, layer, tables, lens):
-        c = self.cache[layer]  # (2, blocks, block_size, H, D)
-        return c[0][tables].flatten(1, 2), c[1][tables].flatten(1, 2)
+        kv = self.cache[layer][:, tables].flatten(2, 3)  # keys and values in one gather: (2, B, nb * block_size, H, D)
+        return kv[0], kv[1]
 
     def decode_kernel(self, layer, q, tables, lens):
+        if not q.is_cuda:  # fp32: the C++ kernel (None where it does not apply or could not be built)
+            return paged_decode_cpu(q, self.cache[layer, 0], self.cache[layer, 1], tables, lens) if self.cpu_kernel else None
         from reasonrl.kernels.paged_attention import paged_decode
 
         return paged_decode(q, self.cache[layer, 0], self.cache[layer, 1], tables, lens)

@@ -174,6 +174,8 @@ class QuantizedKV(KVFormat):
         return k.flatten(1, 2), v.flatten(1, 2)
 
     def decode_kernel(self, layer, q, tables, lens):
+        if not q.is_cuda:
+            return None
         from reasonrl.kernels.kv_quant import quant_paged_decode
 
         kc, vc = self._kernel_codes(layer)

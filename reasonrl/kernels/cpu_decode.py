@@ -1,0 +1,88 @@
+"""Paged decode attention on CPU in C++ (`csrc/paged_decode_cpu.cpp`): keys and values read in place
+from the block table, where the PyTorch path gathers every sequence's context into a padded copy
+each layer and step and then runs SDPA over the copy.
+
+Built with the system's C++ compiler the first time an engine needs it (about ten seconds; the
+library is kept under PyTorch's extensions directory, `TORCH_EXTENSIONS_DIR`, and rebuilt when the
+source changes),
+then registered as `torch.ops.reasonrl_cpu.paged_decode`. Where it cannot be built (no compiler)
+the engine warns once and keeps the PyTorch path; `REASONRL_CPU_KERNELS=0` skips the build.
+
+fp32 only; numerics: an exact softmax over fp32 scores with 8-lane partial sums in each dot
+product, so results match SDPA's to float rounding, not bit for bit; a sequence's output depends
+on its own context alone, never on the other sequences of the batch or the padding.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).parent / "csrc" / "paged_decode_cpu.cpp"
+STALE_LOCK_S = 600
+"""A build lock older than this is a killed build's, and is removed (a real build takes seconds)."""
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "ok": bool once tried, "error": why it is unavailable, "seconds": build time
+
+
+def available() -> bool:
+    """Build and load the library once per process; False (and a warning, once) where it cannot."""
+    if "ok" in _state:
+        return bool(_state["ok"])
+    with _lock:
+        if "ok" not in _state:
+            _state.update(_build())
+    return bool(_state["ok"])
+
+
+def _build() -> dict[str, object]:
+    if os.environ.get("REASONRL_CPU_KERNELS", "1") == "0":
+        return {"ok": False, "error": "disabled by REASONRL_CPU_KERNELS=0"}
+    start = time.perf_counter()
+    try:
+        from torch.utils.cpp_extension import load
+
+        build = _build_dir()
+        stale = build / "lock"  # left by a build that was killed: PyTorch would wait on it for ever
+        if stale.exists() and time.time() - stale.stat().st_mtime > STALE_LOCK_S:
+            stale.unlink(missing_ok=True)
+        log.info("building the CPU paged-attention kernel in %s (once; rebuilt when the source changes)", build)
+        # -fopenmp: at::parallel_for runs on torch's own OpenMP threads (symbols resolved from torch's runtime)
+        load(name="reasonrl_cpu_decode", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"], is_python_module=False,
+             build_directory=str(build), verbose=False)
+        torch.ops.reasonrl_cpu.paged_decode  # noqa: B018 (raises if the library did not register the op)
+    except Exception as e:  # no compiler, headers or ninja: the PyTorch path still works
+        log.warning("CPU paged-attention kernel unavailable, decode attention gathers instead: %s", e)
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    return {"ok": True, "seconds": time.perf_counter() - start}
+
+
+def _build_dir() -> Path:
+    """PyTorch's extensions directory (`TORCH_EXTENSIONS_DIR`, else ~/.cache/torch_extensions), one
+    folder per torch version."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    path = Path(root) / f"reasonrl_cpu_decode_torch{torch.__version__.replace('+', '_')}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def status() -> dict[str, object]:
+    """What the last build attempt gave (empty before any)."""
+    return dict(_state)
+
+
+def paged_decode_cpu(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor,
+                     lens: torch.Tensor, scale: float | None = None) -> torch.Tensor | None:
+    """q (B, Hq, D); caches (blocks, block_size, Hkv, D); tables (B, max_blocks) and lens (B,) int32
+    -> (B, Hq, D); None where the kernel does not apply (not fp32 on CPU, or not built)."""
+    if q.is_cuda or q.dtype != torch.float32 or k_cache.dtype != torch.float32 or not available():
+        return None
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return torch.ops.reasonrl_cpu.paged_decode(q, k_cache, v_cache, tables.to(torch.int32), lens.to(torch.int32), scale)

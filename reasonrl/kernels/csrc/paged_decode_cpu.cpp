@@ -1,0 +1,112 @@
+// Paged decode attention on CPU: one query token per sequence, keys and values read in place from
+// the block table, no gathered copy (the PyTorch path copies every sequence's context once per
+// layer and step, then reads the copy again). Built on first use by reasonrl/kernels/cpu_decode.py.
+//
+// One task per (sequence, KV head) on torch's intra-op threads. A task scores every cached key
+// against the G query heads that share the KV head (each key read once for the group), takes an
+// exact softmax over the stored scores (max, then exp and sum), and sums the values weighted by it
+// (each value read once). fp32 throughout. A sequence's result depends on its own context only, not
+// on the batch it runs in.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t LANES = 8;  // independent partial sums: the compiler vectorises them without reassociating
+
+inline float dot(const float* a, const float* b, int64_t n) {
+  float part[LANES] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  int64_t d = 0;
+  for (; d + LANES <= n; d += LANES)
+    for (int64_t j = 0; j < LANES; ++j) part[j] += a[d + j] * b[d + j];
+  float s = 0.f;
+  for (int64_t j = 0; j < LANES; ++j) s += part[j];
+  for (; d < n; ++d) s += a[d] * b[d];
+  return s;
+}
+
+// One (sequence, KV head): its G queries q (G, D) against the n cached tokens listed by `table`;
+// k and v point at the KV head's slice of token 0 of block 0, a token's row is `row` floats.
+// Compiled for AVX-512, AVX2 + FMA and plain x86-64; the loader picks the CPU's best at run time.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+void attend(const float* q, const float* k, const float* v, const int32_t* table, int64_t n, int64_t block,
+            int64_t row, int64_t G, int64_t D, float scale, float* scores, float* out) {
+  for (int64_t s = 0; s < n; ++s) {
+    const float* ks = k + (static_cast<int64_t>(table[s / block]) * block + s % block) * row;
+    for (int64_t g = 0; g < G; ++g) scores[g * n + s] = dot(q + g * D, ks, D) * scale;
+  }
+  for (int64_t g = 0; g < G; ++g) {  // exact softmax over the stored scores
+    float* sc = scores + g * n;
+    const float m = *std::max_element(sc, sc + n);
+    float total = 0.f;
+    for (int64_t s = 0; s < n; ++s) total += (sc[s] = std::exp(sc[s] - m));
+    const float inv = 1.f / total;
+    for (int64_t s = 0; s < n; ++s) sc[s] *= inv;
+  }
+  std::fill_n(out, G * D, 0.f);
+  for (int64_t s = 0; s < n; ++s) {
+    const float* vs = v + (static_cast<int64_t>(table[s / block]) * block + s % block) * row;
+    for (int64_t g = 0; g < G; ++g) {
+      float* o = out + g * D;
+      const float p = scores[g * n + s];
+      for (int64_t d = 0; d < D; ++d) o[d] += p * vs[d];
+    }
+  }
+}
+
+at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                        const at::Tensor& tables, const at::Tensor& lens, double scale) {
+  TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == at::kFloat, "paged_decode_cpu: q must be a float32 CPU tensor");
+  TORCH_CHECK(q.dim() == 3, "paged_decode_cpu: q must be (sequences, query heads, head dim)");
+  TORCH_CHECK(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(),
+              "paged_decode_cpu: caches must be (blocks, block size, kv heads, head dim), keys and values alike");
+  TORCH_CHECK(k_cache.scalar_type() == at::kFloat && v_cache.scalar_type() == at::kFloat,
+              "paged_decode_cpu: caches must be float32");
+  TORCH_CHECK(tables.scalar_type() == at::kInt && lens.scalar_type() == at::kInt,
+              "paged_decode_cpu: block tables and lengths must be int32");
+  const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2);
+  const int64_t block = k_cache.size(1), Hkv = k_cache.size(2);
+  TORCH_CHECK(k_cache.size(3) == D && Hq % Hkv == 0, "paged_decode_cpu: head dim or GQA group mismatch");
+  TORCH_CHECK(tables.dim() == 2 && tables.size(0) == B && lens.numel() == B, "paged_decode_cpu: one table and length per sequence");
+  auto qc = q.contiguous();
+  auto kc = k_cache.contiguous(), vc = v_cache.contiguous();  // views of the engine's cache: already contiguous
+  auto tc = tables.contiguous(), lc = lens.contiguous();
+  auto out = at::empty({B, Hq, D}, q.options());
+  const int64_t G = Hq / Hkv, width = tc.size(1);
+  const float* qp = qc.data_ptr<float>();
+  const float* kp = kc.data_ptr<float>();
+  const float* vp = vc.data_ptr<float>();
+  const int32_t* tp = tc.data_ptr<int32_t>();
+  const int32_t* lp = lc.data_ptr<int32_t>();
+  float* op = out.data_ptr<float>();
+  const int64_t row = Hkv * D;  // floats between consecutive tokens of one block
+  for (int64_t b = 0; b < B; ++b)
+    TORCH_CHECK(lp[b] >= 1 && lp[b] <= width * block, "paged_decode_cpu: sequence ", b, " has context length ", lp[b],
+                " outside 1..", width * block);
+
+  at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / Hkv, h = task % Hkv, n = lp[b];
+      scores.resize(G * n);
+      attend(qp + (b * Hq + h * G) * D, kp + h * D, vp + h * D, tp + b * width, n, block, row, G, D,
+             static_cast<float>(scale), scores.data(), op + (b * Hq + h * G) * D);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(reasonrl_cpu, m) {
+  m.def("paged_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor tables, Tensor lens, float scale) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(reasonrl_cpu, CPU, m) { m.impl("paged_decode", &paged_decode); }

@@ -1,0 +1,99 @@
+"""The C++ paged decode attention on CPU (kernels/cpu_decode.py): against SDPA over gathered
+blocks, independent of the batch it runs in, strict about bad input, and the engine's decoding
+with it the same as without it."""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reasonrl.engine import LLMEngine, SamplingParams
+from reasonrl.engine.config import EngineConfig
+from reasonrl.kernels import cpu_decode
+from reasonrl.kernels.cpu_decode import paged_decode_cpu
+from reasonrl.models.loader import load_model
+
+pytestmark = pytest.mark.skipif(not cpu_decode.available(), reason=f"kernel not built: {cpu_decode.status()}")
+
+
+def _paged(batch, kv_heads, group, head_dim, block, lens, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    width = max(-(-n // block) for n in lens)
+    num_blocks = batch * width + 3
+    cache = torch.randn(2, num_blocks, block, kv_heads, head_dim, generator=g)
+    tables = torch.randperm(num_blocks, generator=g)[: batch * width].view(batch, width).int()  # scattered blocks
+    q = torch.randn(batch, kv_heads * group, head_dim, generator=g)
+    return q, cache, tables, torch.tensor(lens, dtype=torch.int32)
+
+
+def _reference(q, cache, tables, lens):
+    out = []
+    for b, n in enumerate(lens.tolist()):
+        k, v = (cache[i][tables[b].long()].flatten(0, 1)[:n].transpose(0, 1) for i in (0, 1))  # (Hkv, n, D)
+        o = F.scaled_dot_product_attention(q[b, :, None], k, v, enable_gqa=q.shape[1] != k.shape[0])
+        out.append(o[:, 0])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("kv_heads,group,head_dim,block", [(2, 4, 64, 16), (1, 1, 24, 4), (3, 2, 13, 8)])
+def test_matches_sdpa_over_the_gathered_blocks(kv_heads, group, head_dim, block):
+    lens = [1, 5, block, block + 1, 3 * block - 1, 70]
+    q, cache, tables, lens_t = _paged(len(lens), kv_heads, group, head_dim, block, lens)
+    out = paged_decode_cpu(q, cache[0], cache[1], tables, lens_t)
+    torch.testing.assert_close(out, _reference(q, cache, tables, lens_t), atol=2e-6, rtol=1e-5)
+
+
+def test_a_sequence_gets_the_same_bits_alone_or_in_any_batch():
+    lens = [40, 9, 77, 16, 1]
+    q, cache, tables, lens_t = _paged(len(lens), 2, 4, 32, 16, lens, seed=3)
+    torch.set_num_threads(2)
+    together = paged_decode_cpu(q, cache[0], cache[1], tables, lens_t)
+    for b in range(len(lens)):
+        alone = paged_decode_cpu(q[b: b + 1], cache[0], cache[1], tables[b: b + 1], lens_t[b: b + 1])
+        assert torch.equal(alone[0], together[b])
+    order = torch.tensor([4, 2, 0, 3, 1])
+    shuffled = paged_decode_cpu(q[order], cache[0], cache[1], tables[order], lens_t[order])
+    assert torch.equal(shuffled, together[order])
+
+
+def test_bad_lengths_are_named_and_other_dtypes_are_declined():
+    q, cache, tables, lens = _paged(2, 2, 2, 16, 4, [3, 8])
+    with pytest.raises(RuntimeError, match="sequence 1 has context length 9"):
+        paged_decode_cpu(q, cache[0], cache[1], tables, torch.tensor([3, 9], dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="context length 0"):
+        paged_decode_cpu(q, cache[0], cache[1], tables, torch.tensor([0, 2], dtype=torch.int32))
+    assert paged_decode_cpu(q.double(), cache[0].double(), cache[1].double(), tables, lens) is None
+    assert paged_decode_cpu(q.bfloat16(), cache[0].bfloat16(), cache[1].bfloat16(), tables, lens) is None
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("REASONRL_CPU_KERNELS", "0")
+    assert cpu_decode._build() == {"ok": False, "error": "disabled by REASONRL_CPU_KERNELS=0"}
+
+
+def test_engine_decodes_the_same_with_and_without_the_kernel(hf_checkpoint, monkeypatch):
+    path, _ = hf_checkpoint("qwen2")
+    prompts = [[1, 2, 3, 4, 5], [7, 8, 9], list(range(10, 60)), [5, 6]]  # contexts over several blocks
+    runs = {}
+    for on in (True, False):
+        engine = LLMEngine(load_model(path, "cpu", torch.float32), None,
+                           EngineConfig(max_num_seqs=4, max_model_len=160, block_size=8, cpu_decode_kernel=on))
+        used, kernel = [], engine.kv.decode_kernel
+        monkeypatch.setattr(engine.kv, "decode_kernel", lambda *a: (out := kernel(*a), used.append(out is not None))[0])
+        for i, p in enumerate(prompts):
+            engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))
+        runs[on] = {k: v.outputs[0] for k, v in engine.drain().items()}
+        assert used and all(used) == on and any(used) == on  # every decode step took the kernel, or none did
+    for k, off in runs[False].items():
+        assert runs[True][k].token_ids == off.token_ids, k
+        torch.testing.assert_close(torch.tensor(runs[True][k].logprobs), torch.tensor(off.logprobs), atol=1e-4, rtol=0)
+
+
+def test_a_killed_builds_lock_does_not_hang_the_next_build():
+    lock = cpu_decode._build_dir() / "lock"
+    lock.touch()
+    old = lock.stat().st_mtime - cpu_decode.STALE_LOCK_S - 1
+    os.utime(lock, (old, old))
+    assert cpu_decode._build()["ok"]  # PyTorch would have waited on the lock for ever
+    assert not lock.exists()

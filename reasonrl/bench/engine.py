@@ -111,25 +111,29 @@ def run_transformers(path: Path, w: Workload, batch: int, device, dtype) -> floa
     return elapsed
 
 
-def decode_roofline(engine: LLMEngine, tokens: int = 64) -> dict[str, float]:
-    """Batch-1 decode tokens/s against weight bytes / memory bandwidth."""
+def decode_roofline(engine: LLMEngine, tokens: int = 64, repeats: int = 5) -> dict[str, float]:
+    """Batch-1 decode tokens/s (median of `repeats` requests of `tokens` tokens: one run of a
+    fraction of a second swings by a quarter on a shared VM) against weight bytes / memory bandwidth."""
     model = engine.model
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     bandwidth = memory_bandwidth(model.device)
     engine.add_request("warm", [1, 2, 3, 4], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
     while engine.has_unfinished():
         engine.step()
-    engine.add_request("b1", [1, 2, 3, 4], SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True))
-    engine.step()  # prefill and first token
-    sync(model.device)
-    start = time.perf_counter()
-    while engine.has_unfinished():
-        engine.step()
-    sync(model.device)
-    tps = (tokens - 1) / (time.perf_counter() - start)
+    runs = []
+    for r in range(repeats):
+        engine.add_request(f"b1-{r}", [1, 2, 3, 4], SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True))
+        engine.step()  # prefill and first token
+        sync(model.device)
+        start = time.perf_counter()
+        while engine.has_unfinished():
+            engine.step()
+        sync(model.device)
+        runs.append((tokens - 1) / (time.perf_counter() - start))
+    tps = statistics.median(runs)
     roofline = bandwidth / weight_bytes
-    out = {"batch1_tokens_per_s": tps, "roofline_tokens_per_s": roofline, "fraction_of_roofline": tps / roofline,
-           "weight_bytes": weight_bytes, "memory_bandwidth_bytes_per_s": bandwidth}
+    out = {"batch1_tokens_per_s": tps, "batch1_tokens_per_s_per_run": runs, "roofline_tokens_per_s": roofline,
+           "fraction_of_roofline": tps / roofline, "weight_bytes": weight_bytes, "memory_bandwidth_bytes_per_s": bandwidth}
     forward_s = fast_forward_seconds(engine)
     if forward_s is not None:  # how much of a step is the model, how much the engine around it
         out.update(batch1_forward_ms=forward_s * 1e3, forward_fraction_of_roofline=1 / forward_s / roofline,

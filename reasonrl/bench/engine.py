@@ -272,7 +272,8 @@ def bench_engine(c: EngineBenchConfig) -> dict:
         "engine_flops_per_s": flops / engine_s, "peak_matmul_flops_per_s": peak,
         "flops_fraction_of_peak": flops / engine_s / peak, "preemptions": engine.stats()["preemptions"],
         "decode_mode": engine.stats().get("decode_mode", "eager"),
-        "cpu_decode_kernel": engine.kv.cpu_kernel and bool(cpu_decode.status().get("ok")) and dev.type == "cpu",
+        "cpu_decode_kernel": engine.kv.cpu_kernel and bool(cpu_decode.status().get("ok")) and dev.type == "cpu"
+                             and torch_dtype == torch.float32 and engine.config.kv_format == "dense",
         "decode_compile_seconds": engine.stats().get("decode_compile_seconds", 0.0),
     }
     result["engine_seconds_per_repeat"] = engine_runs

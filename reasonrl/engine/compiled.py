@@ -61,7 +61,8 @@ _FORMATS: weakref.WeakValueDictionary[int, object] = weakref.WeakValueDictionary
 def decode_attend(cache: torch.Tensor, kv_key: int, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   slots: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor, kernel: bool) -> torch.Tensor:
     """Writes the step's keys and values into `cache` (the format's storage) and attends: the
-    format's CUDA kernel (`kernel`) or its padded PyTorch path. One opaque op to the compiler:
+    format's CUDA kernel (`kernel`) or its `decode` (on CPU, the dense format's C++ kernel or the
+    padded PyTorch path). One opaque op to the compiler:
     a cache write traced into the graph would be functionalised, i.e. the whole cache copied."""
     kv = _FORMATS[kv_key]
     kv.write(layer, slots, k, v)

@@ -91,11 +91,15 @@ class SplitLinear(nn.Linear):
             return None
         if torch.is_grad_enabled() and w.requires_grad:  # a view kept from a no-grad call would cut the graph
             return self._split(w, parts)
-        key = (parts, w.data_ptr(), w.stride())
+        key = (parts, w.data_ptr(), w.shape, w.stride(), w.dtype)
         cached = self.__dict__.get("_split_views")
         if cached is None or cached[0] != key:
             cached = self.__dict__["_split_views"] = (key, self._split(w, parts))
         return cached[1]
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__.pop("_split_views", None)  # .to() / .cuda(): the kept views would pin the old storage
+        return super()._apply(fn, *args, **kwargs)
 
     @staticmethod
     def _split(w: torch.Tensor, parts: int) -> torch.Tensor:

@@ -51,13 +51,18 @@ def _build() -> dict[str, object]:
 
         build = _build_dir()
         stale = build / "lock"  # left by a build that was killed: PyTorch would wait on it for ever
-        if stale.exists() and time.time() - stale.stat().st_mtime > STALE_LOCK_S:
-            stale.unlink(missing_ok=True)
+        try:
+            if time.time() - stale.stat().st_mtime > STALE_LOCK_S:
+                stale.unlink(missing_ok=True)
+        except FileNotFoundError:  # none, or another process's build just finished
+            pass
         log.info("building the CPU paged-attention kernel in %s (once; rebuilt when the source changes)", build)
         # -fopenmp: at::parallel_for runs on torch's own OpenMP threads (symbols resolved from torch's runtime)
         load(name="reasonrl_cpu_decode", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"], is_python_module=False,
              build_directory=str(build), verbose=False)
         torch.ops.reasonrl_cpu.paged_decode  # noqa: B018 (raises if the library did not register the op)
+        # its output's shape for tracers (torch.compile, export) that meet the op outside engine/compiled.py's custom op
+        torch.library.register_fake("reasonrl_cpu::paged_decode")(lambda q, k_cache, v_cache, tables, lens, scale: torch.empty_like(q))
     except Exception as e:  # no compiler, headers or ninja: the PyTorch path still works
         log.warning("CPU paged-attention kernel unavailable, decode attention gathers instead: %s", e)
         return {"ok": False, "error": f"{type(e).__name__}: {e}"}
@@ -81,8 +86,10 @@ def status() -> dict[str, object]:
 def paged_decode_cpu(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor,
                      lens: torch.Tensor, scale: float | None = None) -> torch.Tensor | None:
     """q (B, Hq, D); caches (blocks, block_size, Hkv, D); tables (B, max_blocks) and lens (B,) int32
-    -> (B, Hq, D); None where the kernel does not apply (not fp32 on CPU, or not built)."""
-    if q.is_cuda or q.dtype != torch.float32 or k_cache.dtype != torch.float32 or not available():
+    -> (B, Hq, D); None where the kernel does not apply (not fp32 on CPU, or not built). Raises,
+    naming the sequence, on a context length or block id outside the table or the cache."""
+    if q.device.type != "cpu" or k_cache.device.type != "cpu" or q.dtype != torch.float32 or \
+            k_cache.dtype != torch.float32 or not available():
         return None
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return torch.ops.reasonrl_cpu.paged_decode(q, k_cache, v_cache, tables.to(torch.int32), lens.to(torch.int32), scale)

@@ -151,3 +151,15 @@ def test_kept_weight_slices_follow_new_weights_and_never_cut_the_graph(two_threa
     layer(x).sum().backward()  # with grad: fresh slices, so the weight gets its gradient
     assert layer.weight.grad is not None
     torch.testing.assert_close(layer.weight.grad, torch.ones(2, 64).t() @ x)
+
+
+def test_moving_a_split_layer_drops_its_kept_slices(two_threads):
+    layer = torch.nn.Linear(32, 64)
+    split_small_matmuls(layer)
+    with torch.no_grad():
+        layer(torch.randn(1, 32))
+        assert "_split_views" in layer.__dict__
+        layer.double()  # the kept views would pin the float32 storage
+        assert "_split_views" not in layer.__dict__
+        x = torch.randn(1, 32, dtype=torch.float64)
+        assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))

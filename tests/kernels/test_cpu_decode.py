@@ -63,8 +63,24 @@ def test_bad_lengths_are_named_and_other_dtypes_are_declined():
         paged_decode_cpu(q, cache[0], cache[1], tables, torch.tensor([3, 9], dtype=torch.int32))
     with pytest.raises(RuntimeError, match="context length 0"):
         paged_decode_cpu(q, cache[0], cache[1], tables, torch.tensor([0, 2], dtype=torch.int32))
+    for bad in (cache.shape[1], -1):  # a block id outside the cache is refused, not read
+        wrong = tables.clone()
+        wrong[1, 1] = bad
+        with pytest.raises(RuntimeError, match=f"sequence 1 lists block {bad} of a cache of {cache.shape[1]}"):
+            paged_decode_cpu(q, cache[0], cache[1], wrong, lens)
+    wrong = tables.clone()
+    wrong[0, 1] = -1  # past sequence 0's context (3 tokens, one block): never read, so allowed
+    torch.testing.assert_close(paged_decode_cpu(q, cache[0], cache[1], wrong, lens), _reference(q, cache, tables, lens))
     assert paged_decode_cpu(q.double(), cache[0].double(), cache[1].double(), tables, lens) is None
     assert paged_decode_cpu(q.bfloat16(), cache[0].bfloat16(), cache[1].bfloat16(), tables, lens) is None
+
+
+def test_the_op_has_a_shape_for_tracers():
+    q, cache, tables, lens = _paged(2, 2, 2, 16, 4, [3, 8])
+    real = (q, cache[0], cache[1], tables, lens)
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake = torch.ops.reasonrl_cpu.paged_decode(*(mode.from_tensor(t) for t in real), 0.25)
+    assert fake.shape == q.shape and fake.dtype == q.dtype
 
 
 def test_disabled_by_environment(monkeypatch):

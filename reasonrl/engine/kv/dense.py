@@ -55,8 +55,10 @@ class DenseKV(KVFormat):
         return kv[0], kv[1]
 
     def decode_kernel(self, layer, q, tables, lens):
-        if not q.is_cuda:  # fp32: the C++ kernel (None where it does not apply or could not be built)
+        if q.device.type == "cpu":  # fp32: the C++ kernel (None where it does not apply or could not be built)
             return paged_decode_cpu(q, self.cache[layer, 0], self.cache[layer, 1], tables, lens) if self.cpu_kernel else None
+        if not q.is_cuda:
+            return None
         from reasonrl.kernels.paged_attention import paged_decode
 
         return paged_decode(q, self.cache[layer, 0], self.cache[layer, 1], tables, lens)

@@ -34,8 +34,11 @@ inline float dot(const float* a, const float* b, int64_t n) {
 
 // One (sequence, KV head): its G queries q (G, D) against the n cached tokens listed by `table`;
 // k and v point at the KV head's slice of token 0 of block 0, a token's row is `row` floats.
-// Compiled for AVX-512, AVX2 + FMA and plain x86-64; the loader picks the CPU's best at run time.
+// With GCC 11+ on x86-64: compiled for AVX-512, AVX2 + FMA and plain x86-64, the best for the CPU
+// picked at load time; elsewhere (ARM, clang, older GCC) once, for the compiler's default target.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
 __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
 void attend(const float* q, const float* k, const float* v, const int32_t* table, int64_t n, int64_t block,
             int64_t row, int64_t G, int64_t D, float scale, float* scores, float* out) {
   for (int64_t s = 0; s < n; ++s) {
@@ -72,8 +75,9 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
   TORCH_CHECK(tables.scalar_type() == at::kInt && lens.scalar_type() == at::kInt,
               "paged_decode_cpu: block tables and lengths must be int32");
   const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2);
-  const int64_t block = k_cache.size(1), Hkv = k_cache.size(2);
-  TORCH_CHECK(k_cache.size(3) == D && Hq % Hkv == 0, "paged_decode_cpu: head dim or GQA group mismatch");
+  const int64_t blocks = k_cache.size(0), block = k_cache.size(1), Hkv = k_cache.size(2);
+  TORCH_CHECK(Hkv > 0 && block > 0 && k_cache.size(3) == D && Hq % Hkv == 0,
+              "paged_decode_cpu: head dim or GQA group mismatch");
   TORCH_CHECK(tables.dim() == 2 && tables.size(0) == B && lens.numel() == B, "paged_decode_cpu: one table and length per sequence");
   auto qc = q.contiguous();
   auto kc = k_cache.contiguous(), vc = v_cache.contiguous();  // views of the engine's cache: already contiguous
@@ -87,9 +91,13 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
   const int32_t* lp = lc.data_ptr<int32_t>();
   float* op = out.data_ptr<float>();
   const int64_t row = Hkv * D;  // floats between consecutive tokens of one block
-  for (int64_t b = 0; b < B; ++b)
+  for (int64_t b = 0; b < B; ++b) {  // every block a sequence's context reads must be in the cache
     TORCH_CHECK(lp[b] >= 1 && lp[b] <= width * block, "paged_decode_cpu: sequence ", b, " has context length ", lp[b],
                 " outside 1..", width * block);
+    for (int64_t i = 0; i < (lp[b] + block - 1) / block; ++i)
+      TORCH_CHECK(tp[b * width + i] >= 0 && tp[b * width + i] < blocks, "paged_decode_cpu: sequence ", b,
+                  " lists block ", tp[b * width + i], " of a cache of ", blocks);
+  }
 
   at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;

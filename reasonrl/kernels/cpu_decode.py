@@ -3,8 +3,8 @@ from the block table, where the PyTorch path gathers every sequence's context in
 each layer and step and then runs SDPA over the copy.
 
 Built with the system's C++ compiler the first time an engine needs it (about ten seconds; the
-library is kept under PyTorch's extensions directory, `TORCH_EXTENSIONS_DIR`, and rebuilt when the
-source changes),
+library is kept under PyTorch's extensions directory, `TORCH_EXTENSIONS_DIR`, one folder per torch
+version and source text, so every checkout with the same source shares it),
 then registered as `torch.ops.reasonrl_cpu.paged_decode`. Where it cannot be built (no compiler)
 the engine warns once and keeps the PyTorch path; `REASONRL_CPU_KERNELS=0` skips the build.
 
@@ -15,6 +15,7 @@ on its own context alone, never on the other sequences of the batch or the paddi
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -47,19 +48,12 @@ def _build() -> dict[str, object]:
         return {"ok": False, "error": "disabled by REASONRL_CPU_KERNELS=0"}
     start = time.perf_counter()
     try:
-        from torch.utils.cpp_extension import load
-
         build = _build_dir()
-        stale = build / "lock"  # left by a build that was killed: PyTorch would wait on it for ever
-        try:
-            if time.time() - stale.stat().st_mtime > STALE_LOCK_S:
-                stale.unlink(missing_ok=True)
-        except FileNotFoundError:  # none, or another process's build just finished
-            pass
-        log.info("building the CPU paged-attention kernel in %s (once; rebuilt when the source changes)", build)
-        # -fopenmp: at::parallel_for runs on torch's own OpenMP threads (symbols resolved from torch's runtime)
-        load(name="reasonrl_cpu_decode", sources=[str(SOURCE)], extra_cflags=["-O3", "-fopenmp"], is_python_module=False,
-             build_directory=str(build), verbose=False)
+        library = build / "reasonrl_cpu_decode.so"
+        if library.exists() and not (build / "lock").exists():  # built for this source and torch: just load it
+            torch.ops.load_library(str(library))  # (ninja's own check rebuilt it when two processes' flags differed)
+        else:
+            _compile(build)
         torch.ops.reasonrl_cpu.paged_decode  # noqa: B018 (raises if the library did not register the op)
         # its output's shape for tracers (torch.compile, export) that meet the op outside engine/compiled.py's custom op
         torch.library.register_fake("reasonrl_cpu::paged_decode")(lambda q, k_cache, v_cache, tables, lens, scale: torch.empty_like(q))
@@ -69,11 +63,31 @@ def _build() -> dict[str, object]:
     return {"ok": True, "seconds": time.perf_counter() - start}
 
 
+def _compile(build: Path) -> None:
+    from torch.utils.cpp_extension import load
+
+    source = build / SOURCE.name  # compiled from here: the build command is the same for every checkout
+    if not source.exists() or source.read_bytes() != SOURCE.read_bytes():
+        source.write_bytes(SOURCE.read_bytes())
+    stale = build / "lock"  # left by a build that was killed: PyTorch would wait on it for ever
+    try:
+        if time.time() - stale.stat().st_mtime > STALE_LOCK_S:
+            stale.unlink(missing_ok=True)
+    except FileNotFoundError:  # none, or another process's build just finished
+        pass
+    log.info("building the CPU paged-attention kernel in %s (once per torch version and source)", build)
+    # -fopenmp: at::parallel_for runs on torch's own OpenMP threads (symbols resolved from torch's runtime)
+    load(name="reasonrl_cpu_decode", sources=[str(source)], extra_cflags=["-O3", "-fopenmp"], is_python_module=False,
+         build_directory=str(build), verbose=False)
+
+
 def _build_dir() -> Path:
     """PyTorch's extensions directory (`TORCH_EXTENSIONS_DIR`, else ~/.cache/torch_extensions), one
-    folder per torch version."""
+    folder per torch version and source text: checkouts with the same source share one build
+    (keyed by path, every checkout, or a test's copy of the package, would rebuild it in turn)."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
-    path = Path(root) / f"reasonrl_cpu_decode_torch{torch.__version__.replace('+', '_')}"
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    path = Path(root) / f"reasonrl_cpu_decode_torch{torch.__version__.replace('+', '_')}_{digest}"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

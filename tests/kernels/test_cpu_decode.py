@@ -3,6 +3,7 @@ blocks, independent of the batch it runs in, strict about bad input, and the eng
 with it the same as without it."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,3 +114,18 @@ def test_a_killed_builds_lock_does_not_hang_the_next_build():
     os.utime(lock, (old, old))
     assert cpu_decode._build()["ok"]  # PyTorch would have waited on the lock for ever
     assert not lock.exists()
+
+
+def test_a_copy_of_the_package_reuses_the_build(tmp_path):
+    """Keyed by the source text, not its path: the docs' examples run from copies of the package,
+    and a build keyed by path would be redone for each of them."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copytree(Path(cpu_decode.__file__).parents[1], tmp_path / "reasonrl")
+    log = cpu_decode._build_dir() / ".ninja_log"
+    before = log.read_text()
+    code = "from reasonrl.kernels import cpu_decode; assert cpu_decode.available(), cpu_decode.status()"
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert log.read_text() == before  # ninja found nothing to do

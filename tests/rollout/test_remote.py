@@ -20,10 +20,20 @@ from reasonrl.rl.metrics import read_metrics
 from reasonrl.rollout.remote import RemoteBackend
 
 
+STEP_S = 0.005
+"""Seconds each engine step of the served model is held back (see `serve`)."""
+
+
 def serve(path):
     """A `reasonrl serve` app over a fresh engine on `path`, in a thread: (url, engine, stop)."""
     engine = LLMEngine(load_model(path), Tokenizer.from_dir(path),
                        EngineConfig(kv_cache_memory=1 << 24, max_num_seqs=12, max_model_len=256))
+    step = engine.step
+
+    def paced_step():  # a step as slow as a real model's, so that a round of decoding outlasts the
+        time.sleep(STEP_S)  # client's polling and the groups queued behind the 12 slots are still
+        return step()  # running when the needed ones are done (with the tiny model it raced)
+    engine.step = paced_step
     app = create_app(engine, ServeConfig(served_model_name="m"))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -57,7 +67,6 @@ def remote_trainer(path, url, run_dir, steps, over_provision=1.0):
 def test_april_over_http_keeps_partial_groups_and_pushes_weights(served, tmp_path):
     path, url, server_engine = served
     # 8 groups of 4 for the server's 12 slots: groups still queued or running when two are done
-    # (with 2.0, a fast enough server finished all four before the abort, and nothing was left to keep)
     trainer = remote_trainer(path, url, tmp_path / "run", 2, over_provision=4.0)
     assert isinstance(trainer.backend, RemoteBackend)  # nothing allocated locally
     trainer.train()

@@ -453,5 +453,5 @@ class LLMEngine:
                 "preemptions": self.scheduler.num_preemptions,
                 "generated_tokens": self.num_generated_tokens, **(self.speculator.stats() if self.speculator else {}),
                 **(self.evictor.stats() if self.evictor else {}), **(self.images.stats() if self.images else {}),
-                "column_major_weight_bytes": self.column_major_bytes,
+                "column_major_weight_bytes": self.column_major_bytes, "cpu_decode_kernel": self.kv.on_cpu_kernel,
                 **(self.runner.fast.stats() if self.runner.fast else {})}

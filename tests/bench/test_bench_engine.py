@@ -69,47 +69,44 @@ def test_bench_rejects_zero_repeats_with_one_line(workload, capsys):
     assert "repeats must be at least 1, got 0" in capsys.readouterr().err
 
 
-def test_the_plain_linear_arm_runs_on_its_own_copy_of_the_weights(tmp_path, monkeypatch):
-    """The arm's engine must not share the measured engine's model: layout and class are the model's own."""
+def _bench_with_arm(tmp_path, monkeypatch, flag: str, seen) -> tuple[dict, list]:
+    """`bench engine` on the tiny preset with one extra arm; `seen(engine)` is recorded for every
+    engine run (warm-ups first, then one repeat of each arm)."""
     from reasonrl.bench import engine as bench
-    from reasonrl.engine.weight_layout import SplitLinear, is_column_major
 
-    layouts = []
-    original = bench.run_engine
+    records, original = [], bench.run_engine
 
     def run(engine, w):
-        head = engine.model.lm_head
-        layouts.append((id(engine.model), is_column_major(head.weight) and isinstance(head, SplitLinear)))
+        records.append(seen(engine))
         return original(engine, w)
 
     monkeypatch.setattr(bench, "run_engine", run)
     out = tmp_path / "engine.json"
     assert main(["bench", "engine", "--preset", "tiny", "--num-prompts", "4", "--concurrency", "2", "--median-tokens", "4",
-                 "--max-tokens", "8", "--repeats", "1", "--skip-hf", "--plain-linear-arm", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
+                 "--max-tokens", "8", "--repeats", "1", "--skip-hf", flag, "--json", str(out)]) == 0
+    return json.loads(out.read_text()), records
+
+
+def test_the_plain_linear_arm_runs_on_its_own_copy_of_the_weights(tmp_path, monkeypatch):
+    """The arm's engine must not share the measured engine's model: layout and class are the model's own."""
+    from reasonrl.engine.weight_layout import SplitLinear, is_column_major
+
+    def layout(engine):
+        head = engine.model.lm_head
+        return id(engine.model), is_column_major(head.weight) and isinstance(head, SplitLinear)
+
+    result, layouts = _bench_with_arm(tmp_path, monkeypatch, "--plain-linear-arm", layout)
     assert result["speedup_over_plain_linear"] == result["plain_linear"]["engine_seconds"] / result["engine_seconds"]
-    timed = layouts[-2:]  # warm-ups first, then one repeat of each arm
+    timed = layouts[-2:]  # one timed repeat of each arm
     assert [col for _, col in timed] == [True, False] and timed[0][0] != timed[1][0]
 
 
 def test_the_gather_attention_arm_runs_without_the_cpu_kernel(tmp_path, monkeypatch):
-    from reasonrl.bench import engine as bench
     from reasonrl.kernels import cpu_decode
 
     if not cpu_decode.available():
         pytest.skip(f"kernel not built: {cpu_decode.status()}")
-    kernels = []
-    original = bench.run_engine
-
-    def run(engine, w):
-        kernels.append(engine.kv.cpu_kernel)
-        return original(engine, w)
-
-    monkeypatch.setattr(bench, "run_engine", run)
-    out = tmp_path / "engine.json"
-    assert main(["bench", "engine", "--preset", "tiny", "--num-prompts", "4", "--concurrency", "2", "--median-tokens", "4",
-                 "--max-tokens", "8", "--repeats", "1", "--skip-hf", "--gather-attention-arm", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
+    result, kernels = _bench_with_arm(tmp_path, monkeypatch, "--gather-attention-arm", lambda engine: engine.kv.on_cpu_kernel)
     assert result["cpu_decode_kernel"] is True
     assert result["speedup_over_gather_attention"] == result["gather_attention"]["engine_seconds"] / result["engine_seconds"]
     assert kernels[-2:] == [True, False]  # one timed repeat of each arm, after the warm-ups

@@ -11,9 +11,11 @@ import torch.nn.functional as F
 
 from reasonrl.engine import LLMEngine, SamplingParams
 from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.kv import get_format
 from reasonrl.kernels import cpu_decode
 from reasonrl.kernels.cpu_decode import paged_decode_cpu
 from reasonrl.models.loader import load_model
+from reasonrl.models.tiny import tiny_config
 
 pytestmark = pytest.mark.skipif(not cpu_decode.available(), reason=f"kernel not built: {cpu_decode.status()}")
 
@@ -76,6 +78,18 @@ def test_bad_lengths_are_named_and_other_dtypes_are_declined():
     assert paged_decode_cpu(q.bfloat16(), cache[0].bfloat16(), cache[1].bfloat16(), tables, lens) is None
 
 
+@pytest.mark.parametrize("fmt,dtype,switch,runs", [("dense", torch.float32, True, True), ("dense", torch.float32, False, False),
+                                                   ("dense", torch.bfloat16, True, False), ("tada", torch.float32, True, False)])
+def test_only_the_dense_format_in_fp32_runs_it(fmt, dtype, switch, runs):
+    kv = get_format(fmt)(tiny_config(), 8, 4, torch.device("cpu"), dtype, 2)
+    kv.cpu_kernel = switch
+    kv.allocate()
+    assert kv.on_cpu_kernel is runs
+    q = torch.randn(1, 4, tiny_config().head_dim, dtype=dtype)
+    table, lens = torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32)
+    assert (kv.decode_kernel(0, q, table, lens) is not None) is runs
+
+
 def test_the_op_has_a_shape_for_tracers():
     q, cache, tables, lens = _paged(2, 2, 2, 16, 4, [3, 8])
     real = (q, cache[0], cache[1], tables, lens)
@@ -102,6 +116,7 @@ def test_engine_decodes_the_same_with_and_without_the_kernel(hf_checkpoint, monk
             engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=40, ignore_eos=True))
         runs[on] = {k: v.outputs[0] for k, v in engine.drain().items()}
         assert used and all(used) == on and any(used) == on  # every decode step took the kernel, or none did
+        assert engine.stats()["cpu_decode_kernel"] is on
     for k, off in runs[False].items():
         assert runs[True][k].token_ids == off.token_ids, k
         torch.testing.assert_close(torch.tensor(runs[True][k].logprobs), torch.tensor(off.logprobs), atol=1e-4, rtol=0)
@@ -123,9 +138,12 @@ def test_a_copy_of_the_package_reuses_the_build(tmp_path):
     import subprocess
     import sys
 
-    shutil.copytree(Path(cpu_decode.__file__).parents[1], tmp_path / "reasonrl")
+    package = Path(cpu_decode.__file__).parents[1]
+    shutil.copytree(package / "kernels", tmp_path / "reasonrl" / "kernels")
+    shutil.copy(package / "__init__.py", tmp_path / "reasonrl")
     log = cpu_decode._build_dir() / ".ninja_log"
     before = log.read_text()
-    code = "from reasonrl.kernels import cpu_decode; assert cpu_decode.available(), cpu_decode.status()"
+    code = ("from reasonrl.kernels import cpu_decode; assert cpu_decode.available(), cpu_decode.status(); "
+            f"assert cpu_decode.__file__.startswith({str(tmp_path)!r})")
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert log.read_text() == before  # ninja found nothing to do

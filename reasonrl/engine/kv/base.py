@@ -29,6 +29,8 @@ class KVFormat:
     """Implements `copy_slots`: speculative decoding can move accepted draft rows into place."""
     cpu_kernel = True
     """Decode rows on CPU may use the format's C++ kernel where it has one (`EngineConfig.cpu_decode_kernel`)."""
+    on_cpu_kernel = False
+    """Decode rows do run a C++ kernel (the formats that have one say when)."""
 
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device: torch.device, dtype: torch.dtype,
                  max_num_seqs: int = 256, **options):

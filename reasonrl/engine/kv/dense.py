@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from reasonrl.engine.kv.base import KVFormat
-from reasonrl.kernels.cpu_decode import paged_decode_cpu
+from reasonrl.kernels import cpu_decode
 
 
 class DenseKV(KVFormat):
@@ -54,9 +54,15 @@ class DenseKV(KVFormat):
         kv = self.cache[layer][:, tables].flatten(2, 3)  # keys and values in one gather: (2, B, nb * block_size, H, D)
         return kv[0], kv[1]
 
+    @property
+    def on_cpu_kernel(self) -> bool:
+        """CPU, fp32, switched on and built (kernels/cpu_decode.py builds it on first ask)."""
+        return self.cpu_kernel and self.device.type == "cpu" and self.dtype == torch.float32 and cpu_decode.available()
+
     def decode_kernel(self, layer, q, tables, lens):
-        if q.device.type == "cpu":  # fp32: the C++ kernel (None where it does not apply or could not be built)
-            return paged_decode_cpu(q, self.cache[layer, 0], self.cache[layer, 1], tables, lens) if self.cpu_kernel else None
+        if q.device.type == "cpu":
+            return cpu_decode.paged_decode_cpu(q, self.cache[layer, 0], self.cache[layer, 1], tables, lens) \
+                if self.on_cpu_kernel else None
         if not q.is_cuda:
             return None
         from reasonrl.kernels.paged_attention import paged_decode

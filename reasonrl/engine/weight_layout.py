@@ -71,39 +71,17 @@ class SplitLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[0] > SPLIT_MAX_ROWS or x.device.type != "cpu" or torch.compiler.is_compiling():
             return super().forward(x)  # compiled decode (engine/compiled.py) leaves products to inductor
-        ws = self._slices(torch.get_num_threads())
-        if ws is None:
+        parts, w = torch.get_num_threads(), self.weight
+        if parts < 2 or w.shape[0] % parts:
             return super().forward(x)
-        parts, rows = ws.shape[0], x.shape[0]
+        rows = x.shape[0]
+        ws = w.t().unflatten(1, (parts, w.shape[0] // parts)).transpose(0, 1)  # (t, K, N/t) views, either layout
         xs = x.expand(parts, rows, x.shape[1])
         if self.bias is None:
             y = torch.bmm(xs, ws)
         else:  # the bias inside the product, as F.linear's addmm has it: bit-identical, not just close
             y = torch.baddbmm(self.bias.view(parts, 1, -1).expand(parts, rows, -1), xs, ws)
         return y.transpose(0, 1).reshape(rows, self.out_features)
-
-    def _slices(self, parts: int) -> torch.Tensor | None:
-        """The weight as `parts` (K, N/parts) views of its outputs, either layout; None where it does
-        not split. Kept between no-grad calls (a decode step makes dozens) until the weight's
-        storage, layout or the thread count changes."""
-        w = self.weight
-        if parts < 2 or w.shape[0] % parts:
-            return None
-        if torch.is_grad_enabled() and w.requires_grad:  # a view kept from a no-grad call would cut the graph
-            return self._split(w, parts)
-        key = (parts, w.data_ptr(), w.shape, w.stride(), w.dtype)
-        cached = self.__dict__.get("_split_views")
-        if cached is None or cached[0] != key:
-            cached = self.__dict__["_split_views"] = (key, self._split(w, parts))
-        return cached[1]
-
-    def _apply(self, fn, *args, **kwargs):
-        self.__dict__.pop("_split_views", None)  # .to() / .cuda(): the kept views would pin the old storage
-        return super()._apply(fn, *args, **kwargs)
-
-    @staticmethod
-    def _split(w: torch.Tensor, parts: int) -> torch.Tensor:
-        return w.t().unflatten(1, (parts, w.shape[0] // parts)).transpose(0, 1)
 
 
 def split_small_matmuls(*models: nn.Module) -> int:

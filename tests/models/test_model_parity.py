@@ -157,3 +157,18 @@ def test_bad_dtype_and_device(hf_checkpoint):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="cuda.*not available|is_available"):
             load_model(path, "cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_is_the_hugging_face_formula_bit_for_bit(dtype):
+    """RMSNorm runs F.rms_norm (one kernel); it must give what the explicit formula of the Hugging
+    Face modules gives: normalise in fp32, cast back, then scale."""
+    from reasonrl.models.model import RMSNorm
+
+    torch.manual_seed(0)
+    norm = RMSNorm(96, 1e-6).to(dtype)
+    norm.weight.data = torch.randn(96).to(dtype)
+    x = (torch.randn(5, 7, 96) * 3).to(dtype)
+    h = x.float()
+    expected = norm.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
+    assert torch.equal(norm(x), expected)

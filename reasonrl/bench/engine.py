@@ -196,9 +196,16 @@ class EngineBenchConfig:
     """The engine's column_major_weights (CPU: wide weight matrices stored column-major)."""
     split_small_matmuls: bool = True
     """The engine's split_small_matmuls (CPU: products of a few rows split over threads)."""
+    cpu_linear_kernel: bool = True
+    """The engine's cpu_linear_kernel (CPU, fp32: products of a few rows in C++)."""
     plain_linear_arm: bool = False
-    """Also run an engine with column_major_weights and split_small_matmuls off, on its own copy of
-    the model, interleaved in the same run (reported under "plain_linear", with the speedup over it)."""
+    """Also run an engine with column_major_weights, split_small_matmuls and cpu_linear_kernel off, on
+    its own copy of the model, interleaved in the same run (reported under "plain_linear", with the
+    speedup over it)."""
+    split_linear_arm: bool = False
+    """Also run an engine with cpu_linear_kernel off (small products split over threads as torch.bmm
+    slices instead), on its own copy of the model, interleaved in the same run (reported under
+    "split_linear", with the speedup over it)."""
     cpu_decode_kernel: bool = True
     """The engine's cpu_decode_kernel (CPU, fp32: decode attention in C++ over the blocks in place)."""
     gather_attention_arm: bool = False
@@ -214,17 +221,18 @@ class EngineBenchConfig:
 
 
 def _engine(lm, c: EngineBenchConfig, compile_decode: bool, cuda_graphs: bool, cpu_linear: bool = True,
-            cpu_kernel: bool = True) -> LLMEngine:
+            cpu_kernel: bool = True, linear_kernel: bool = True) -> LLMEngine:
     """An engine for the workload, warmed up (compiles and captures happen here, untimed). With a
     second arm on CUDA every engine gets a fixed KV budget, as the first would otherwise take the
-    device's free memory. `cpu_linear` (`cpu_kernel`) False turns the CPU weight options (the CPU
-    decode kernel) off whatever `c` says."""
-    fixed = (c.eager_arm or c.plain_linear_arm or c.gather_attention_arm) and lm.device.type == "cuda"
+    device's free memory. `cpu_linear` (`cpu_kernel`, `linear_kernel`) False turns the CPU weight
+    options (the CPU decode attention kernel, the small-product kernel) off whatever `c` says."""
+    fixed = (c.eager_arm or c.plain_linear_arm or c.gather_attention_arm or c.split_linear_arm) and lm.device.type == "cuda"
     engine = LLMEngine(lm, None, EngineConfig(max_num_seqs=c.concurrency, max_model_len=c.prompt_len[1] + c.max_tokens + 8,
                                               compile_decode=compile_decode, cuda_graphs=cuda_graphs,
                                               column_major_weights=cpu_linear and c.column_major_weights,
                                               split_small_matmuls=cpu_linear and c.split_small_matmuls,
                                               cpu_decode_kernel=cpu_kernel and c.cpu_decode_kernel,
+                                              cpu_linear_kernel=cpu_linear and linear_kernel and c.cpu_linear_kernel,
                                               kv_cache_memory=4 << 30 if fixed else None))
     run_engine(engine, make_workload(lm.config.vocab_size, c.concurrency, (8, 16), 8, 8, c.seed + 1))  # warm-up
     return engine
@@ -251,6 +259,9 @@ def bench_engine(c: EngineBenchConfig) -> dict:
         arms["plain_linear"] = _engine(load_model(model, dev, torch_dtype), c, c.compile_decode, c.cuda_graphs, False)
     if c.gather_attention_arm:  # the same model: the kernel reads the cache, not the weights
         arms["gather_attention"] = _engine(lm, c, c.compile_decode, c.cuda_graphs, cpu_kernel=False)
+    if c.split_linear_arm:  # its own copy: the linear modules' switches are the model's own
+        arms["split_linear"] = _engine(load_model(model, dev, torch_dtype), c, c.compile_decode, c.cuda_graphs,
+                                       linear_kernel=False)
     runs: dict[str, list[float]] = {name: [] for name in arms}
     hf_runs = []
     for _ in range(c.repeats):
@@ -272,11 +283,12 @@ def bench_engine(c: EngineBenchConfig) -> dict:
         "flops_fraction_of_peak": flops / engine_s / peak, "preemptions": engine.stats()["preemptions"],
         "decode_mode": engine.stats().get("decode_mode", "eager"),
         "cpu_decode_kernel": engine.stats()["cpu_decode_kernel"],
+        "cpu_linear_kernel": engine.stats()["cpu_linear_kernel"],
         "decode_compile_seconds": engine.stats().get("decode_compile_seconds", 0.0),
     }
     result["engine_seconds_per_repeat"] = engine_runs
     result.update(decode_roofline(engine))
-    for name in ("eager", "plain_linear", "gather_attention"):
+    for name in ("eager", "plain_linear", "gather_attention", "split_linear"):
         if name in arms:
             arm_s = statistics.median(runs[name])
             result[name] = {"engine_seconds": arm_s, "engine_seconds_per_repeat": runs[name],

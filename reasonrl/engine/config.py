@@ -84,11 +84,18 @@ class EngineConfig:
     weights, so it sees the layout too. Ignored on CUDA."""
     split_small_matmuls: bool = True
     """CPU with two or more torch threads: a product of at most 4 rows (a decode step of a few
-    sequences) runs as one slice of the weight per thread (engine/weight_layout.py), where MKL would
-    use one thread. Same parameters, bit-identical results. Ignored on CUDA."""
+    sequences) that `cpu_linear_kernel` does not take runs as one slice of the weight per thread
+    (engine/weight_layout.py), where MKL would use one thread. Same parameters, bit-identical
+    results. Ignored on CUDA."""
+    cpu_linear_kernel: bool = True
+    """CPU, fp32: a product of at most 4 rows runs a C++ kernel that spreads the outputs over the
+    threads, each streaming its share of the weight (kernels/cpu_ops.py, built with
+    `cpu_decode_kernel`'s library); results agree with `F.linear` to float rounding and a row's do
+    not depend on the batch. Falls back to `split_small_matmuls` where it cannot be built. Ignored
+    on CUDA."""
     cpu_decode_kernel: bool = True
     """CPU, fp32, dense KV: decode rows attend with a C++ kernel that reads the cache blocks in place
-    (kernels/cpu_decode.py; built with the system compiler on first use, ~10 s, then cached), where
+    (kernels/cpu_ops.py; built with the system compiler on first use, ~10 s, then cached), where
     the PyTorch path gathers each sequence's context into a copy first. Falls back to that path,
     with a warning, where it cannot be built. Ignored on CUDA."""
     max_decode_bucket: int = 256

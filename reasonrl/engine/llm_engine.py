@@ -43,7 +43,7 @@ from reasonrl.engine.spec.adaptive import AdaptiveConfig
 from reasonrl.engine.spec.draft import DraftHead
 from reasonrl.engine.spec.grow import DraftGraphs
 from reasonrl.engine.spec.speculator import SpecConfig, Speculator
-from reasonrl.engine.weight_layout import split_small_matmuls, store_wide_weights_column_major
+from reasonrl.engine.weight_layout import runs_linear_kernel, small_products, store_wide_weights_column_major
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 from reasonrl.models.tokenizer import IncrementalDecoder, Tokenizer
@@ -148,11 +148,13 @@ class LLMEngine:
 
     def _cpu_linear(self, model: torch.nn.Module) -> int:
         """On CPU, `config.column_major_weights`: wide weights re-stored column-major (the bytes moved
-        are returned); `config.split_small_matmuls`: linear layers split small products over threads."""
+        are returned); `config.cpu_linear_kernel` / `split_small_matmuls`: linear layers spread small
+        products over threads."""
+        cfg = self.config
         if next(model.parameters()).device.type != "cpu":
             return 0
-        if self.config.split_small_matmuls:
-            split_small_matmuls(model)
+        if cfg.cpu_linear_kernel or cfg.split_small_matmuls:
+            small_products(model, kernel=cfg.cpu_linear_kernel, split=cfg.split_small_matmuls)
         return store_wide_weights_column_major(model) if self.config.column_major_weights else 0
 
     @classmethod
@@ -454,4 +456,5 @@ class LLMEngine:
                 "generated_tokens": self.num_generated_tokens, **(self.speculator.stats() if self.speculator else {}),
                 **(self.evictor.stats() if self.evictor else {}), **(self.images.stats() if self.images else {}),
                 "column_major_weight_bytes": self.column_major_bytes, "cpu_decode_kernel": self.kv.on_cpu_kernel,
+                "cpu_linear_kernel": runs_linear_kernel(self.model),
                 **(self.runner.fast.stats() if self.runner.fast else {})}

@@ -1,5 +1,5 @@
 """Faster small-batch products on CPU, same weights: wide matrices stored column-major, and products
-of a few rows split over threads.
+of a few rows spread over threads.
 
 At batch 1 a decode step is one matrix-vector product per weight matrix, so its speed is that of
 reading the weights. `F.linear(x, W)` with W stored row-major (out, in), as checkpoints and
@@ -18,23 +18,31 @@ move in the last bits of fp32 (tests/engine/test_weight_layout.py bounds it).
 CPU only: cuBLAS reads both layouts at full speed, and CUDA graphs or kernels that assume a
 row-major weight are untouched. Off with `EngineConfig.column_major_weights=False`.
 
-Second, `SplitLinear`: the same product at a few rows (a decode step of 1-4 sequences) runs on one
+Second, `SmallLinear`: the same product at a few rows (a decode step of 1-4 sequences) runs on one
 thread in MKL whatever `torch.get_num_threads()` says, so a 2-core machine reads the weights with
-one core. Split into one batched product with a slice of the outputs per thread (views of the weight
-in either layout), `torch.bmm` runs the slices in parallel. Each output is still one dot product over
-all the inputs, so the result is bit-identical to the unsplit product (tested); the thread count
-only decides who computes which outputs. Measured in a microbenchmark with two threads: 27-31 GB/s
-against 20-22 unsplit for the 20M model's column-major matrices; the engine figure is in
-docs/benchmarks.md. The engine swaps the class of its model's `nn.Linear` modules to `SplitLinear`
-(same parameters, state dict and `isinstance`; more rows, one thread, outputs the thread count does
-not divide, or a forward under `torch.compile` run `F.linear` as before); off with
-`EngineConfig.split_small_matmuls=False`.
+one core. Two ways round it, the first that applies is taken:
+- the C++ kernel (`kernels/csrc/small_linear_cpu.cpp`, fp32, `EngineConfig.cpu_linear_kernel`):
+  the outputs split over the threads, each streaming its share of the weight in either layout.
+  Each output is summed in a fixed order of its own, so a row's result does not depend on the other
+  rows or the thread count, but differs from `F.linear`'s in the last bits (as the column-major
+  layout's does). Measured in docs/benchmarks.md.
+- one batched product with a slice of the outputs per thread (views of the weight in either
+  layout), which `torch.bmm` runs in parallel (`EngineConfig.split_small_matmuls`, any dtype, two
+  or more threads). Each output is still one dot product over all the inputs, so the result is
+  bit-identical to the unsplit product (tested); the thread count only decides who computes which
+  outputs. Measured in a microbenchmark with two threads: 27-31 GB/s against 20-22 unsplit for the
+  20M model's column-major matrices.
+The engine swaps the class of its model's `nn.Linear` modules to `SmallLinear` (same parameters,
+state dict and `isinstance`; more rows, a forward that records gradients, or one under
+`torch.compile` run `F.linear` as before).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from reasonrl.kernels import cpu_ops
 
 
 def is_column_major(weight: torch.Tensor) -> bool:
@@ -62,17 +70,25 @@ def store_wide_weights_column_major(*models: nn.Module) -> int:
     return moved
 
 
-SPLIT_MAX_ROWS = 4  # above this a step is a matrix product, which MKL already spreads over threads
+SMALL_ROWS = 4  # above this a step is a matrix product, which MKL already spreads over threads
 
 
-class SplitLinear(nn.Linear):
-    """`nn.Linear` whose products of at most SPLIT_MAX_ROWS rows run as one slice per thread (above)."""
+class SmallLinear(nn.Linear):
+    """`nn.Linear` whose products of at most SMALL_ROWS rows on CPU run the C++ kernel (`kernel`) or
+    one slice of the weight per thread (`split`), the first switched on that applies (above)."""
+
+    kernel = False
+    split = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2 or x.shape[0] > SPLIT_MAX_ROWS or x.device.type != "cpu" or torch.compiler.is_compiling():
+        if x.dim() != 2 or x.shape[0] > SMALL_ROWS or x.device.type != "cpu" or torch.compiler.is_compiling():
             return super().forward(x)  # compiled decode (engine/compiled.py) leaves products to inductor
+        if self.kernel and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)):
+            y = cpu_ops.small_linear_cpu(x, self.weight, self.bias)  # no autograd formula: inference only
+            if y is not None:
+                return y
         parts, w = torch.get_num_threads(), self.weight
-        if parts < 2 or w.shape[0] % parts:
+        if not self.split or parts < 2 or w.shape[0] % parts:
             return super().forward(x)
         rows = x.shape[0]
         ws = w.t().unflatten(1, (parts, w.shape[0] // parts)).transpose(0, 1)  # (t, K, N/t) views, either layout
@@ -84,12 +100,20 @@ class SplitLinear(nn.Linear):
         return y.transpose(0, 1).reshape(rows, self.out_features)
 
 
-def split_small_matmuls(*models: nn.Module) -> int:
-    """Make every `nn.Linear` of `models` a `SplitLinear`, in place; how many were swapped."""
+def small_products(*models: nn.Module, kernel: bool = True, split: bool = True) -> int:
+    """Make every `nn.Linear` of `models` a `SmallLinear` with these switches, in place; how many."""
     swapped = 0
     for model in models:
         for module in model.modules():
-            if type(module) is nn.Linear:
-                module.__class__ = SplitLinear
+            if type(module) in (nn.Linear, SmallLinear):
+                module.__class__ = SmallLinear
+                module.kernel, module.split = kernel, split
                 swapped += 1
     return swapped
+
+
+def runs_linear_kernel(model: nn.Module) -> bool:
+    """Whether `model`'s small products run the C++ kernel: CPU, fp32, switched on, built."""
+    linear = next((m for m in model.modules() if isinstance(m, SmallLinear)), None)
+    return linear is not None and linear.kernel and linear.weight.device.type == "cpu" and \
+        linear.weight.dtype == torch.float32 and cpu_ops.available()

@@ -89,11 +89,11 @@ def _bench_with_arm(tmp_path, monkeypatch, flag: str, seen) -> tuple[dict, list]
 
 def test_the_plain_linear_arm_runs_on_its_own_copy_of_the_weights(tmp_path, monkeypatch):
     """The arm's engine must not share the measured engine's model: layout and class are the model's own."""
-    from reasonrl.engine.weight_layout import SplitLinear, is_column_major
+    from reasonrl.engine.weight_layout import SmallLinear, is_column_major
 
     def layout(engine):
         head = engine.model.lm_head
-        return id(engine.model), is_column_major(head.weight) and isinstance(head, SplitLinear)
+        return id(engine.model), is_column_major(head.weight) and isinstance(head, SmallLinear)
 
     result, layouts = _bench_with_arm(tmp_path, monkeypatch, "--plain-linear-arm", layout)
     assert result["speedup_over_plain_linear"] == result["plain_linear"]["engine_seconds"] / result["engine_seconds"]
@@ -102,10 +102,10 @@ def test_the_plain_linear_arm_runs_on_its_own_copy_of_the_weights(tmp_path, monk
 
 
 def test_the_gather_attention_arm_runs_without_the_cpu_kernel(tmp_path, monkeypatch):
-    from reasonrl.kernels import cpu_decode
+    from reasonrl.kernels import cpu_ops
 
-    if not cpu_decode.available():
-        pytest.skip(f"kernel not built: {cpu_decode.status()}")
+    if not cpu_ops.available():
+        pytest.skip(f"kernel not built: {cpu_ops.status()}")
     result, kernels = _bench_with_arm(tmp_path, monkeypatch, "--gather-attention-arm", lambda engine: engine.kv.on_cpu_kernel)
     assert result["cpu_decode_kernel"] is True
     assert result["speedup_over_gather_attention"] == result["gather_attention"]["engine_seconds"] / result["engine_seconds"]

@@ -1,13 +1,14 @@
-"""Column-major wide weights and small products split over threads on CPU (engine/weight_layout.py):
+"""Column-major wide weights and small products spread over threads on CPU (engine/weight_layout.py):
 which matrices move, that their values and everything reading them by shape stay the same, that the
-split products are bit-identical to the plain ones, and that decoding is unchanged."""
+split products are bit-identical to the plain ones, and that decoding is unchanged. The C++ kernel
+of small products is tested in tests/kernels/test_cpu_linear.py."""
 
 import pytest
 import torch
 
 from reasonrl.engine import LLMEngine, SamplingParams
 from reasonrl.engine.config import EngineConfig
-from reasonrl.engine.weight_layout import SplitLinear, is_column_major, split_small_matmuls, store_wide_weights_column_major
+from reasonrl.engine.weight_layout import SmallLinear, is_column_major, small_products, store_wide_weights_column_major
 from reasonrl.models.loader import load_model, save_model
 
 PROMPTS = [[1, 2, 3, 4, 5], [7, 8, 9], list(range(10, 40)), [5, 6]]
@@ -61,7 +62,7 @@ def test_greedy_decoding_matches_the_row_major_engine(hf_checkpoint):
     path, _ = hf_checkpoint("qwen2")
     outputs = []
     for on in (True, False):
-        engine = _engine(path, column_major_weights=on, split_small_matmuls=on)
+        engine = _engine(path, column_major_weights=on, split_small_matmuls=on, cpu_linear_kernel=on)
         assert is_column_major(engine.model.lm_head.weight) == on
         for i, p in enumerate(PROMPTS):
             engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))
@@ -111,8 +112,8 @@ def test_split_products_are_bit_identical_and_larger_ones_are_not_split(two_thre
             split.weight.data = split.weight.data.t().contiguous().t()
         weight, b = split.weight.detach().clone(), None if split.bias is None else split.bias.detach().clone()
         weight = weight.t().contiguous().t() if column_major else weight  # the same layout, unsplit
-        split_small_matmuls(split)
-        assert isinstance(split, SplitLinear) and isinstance(split, torch.nn.Linear)
+        small_products(split, kernel=False)
+        assert isinstance(split, SmallLinear) and isinstance(split, torch.nn.Linear)
         with torch.no_grad():
             for rows in (1, 2, 4, 5, 16):
                 x = torch.randn(rows, in_features)
@@ -125,24 +126,26 @@ def test_split_products_are_bit_identical_and_larger_ones_are_not_split(two_thre
 def test_one_thread_runs_the_plain_product(two_threads):
     layer = torch.nn.Linear(64, 96)
     reference = layer(torch.ones(1, 64))
-    split_small_matmuls(layer)
+    small_products(layer, kernel=False)
     torch.set_num_threads(1)
     assert torch.equal(layer(torch.ones(1, 64)), reference)
 
 
-def test_the_engine_splits_on_cpu_unless_told_not_to(hf_checkpoint):
+def test_the_engine_swaps_its_linears_on_cpu_unless_told_not_to(hf_checkpoint):
     path, _ = hf_checkpoint("qwen2")
     keys = set(load_model(path, "cpu", torch.float32).state_dict())
-    on, off = _engine(path), _engine(path, split_small_matmuls=False)
-    assert all(isinstance(m, SplitLinear) for m in _linears(on.model).values())
-    assert not any(isinstance(m, SplitLinear) for m in _linears(off.model).values())
+    on, off = _engine(path), _engine(path, split_small_matmuls=False, cpu_linear_kernel=False)
+    split_only = _engine(path, cpu_linear_kernel=False)
+    assert all(isinstance(m, SmallLinear) and m.kernel and m.split for m in _linears(on.model).values())
+    assert all(not m.kernel and m.split for m in _linears(split_only.model).values())
+    assert not any(isinstance(m, SmallLinear) for m in _linears(off.model).values())
     assert set(on.model.state_dict()) == keys
 
 
 def test_split_products_follow_new_weights_and_carry_gradients(two_threads):
     torch.manual_seed(0)
     layer = torch.nn.Linear(32, 64)
-    split_small_matmuls(layer)
+    small_products(layer, kernel=False)
     x = torch.randn(2, 32)
     with torch.no_grad():
         layer(x)

@@ -1,4 +1,4 @@
-"""The C++ paged decode attention on CPU (kernels/cpu_decode.py): against SDPA over gathered
+"""The C++ paged decode attention on CPU (kernels/cpu_ops.py): against SDPA over gathered
 blocks, independent of the batch it runs in, strict about bad input, and the engine's decoding
 with it the same as without it."""
 
@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from reasonrl.engine import LLMEngine, SamplingParams
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.kv import get_format
-from reasonrl.kernels import cpu_decode
-from reasonrl.kernels.cpu_decode import paged_decode_cpu
+from reasonrl.kernels import cpu_ops
+from reasonrl.kernels.cpu_ops import paged_decode_cpu
 from reasonrl.models.loader import load_model
 from reasonrl.models.tiny import tiny_config
 
-pytestmark = pytest.mark.skipif(not cpu_decode.available(), reason=f"kernel not built: {cpu_decode.status()}")
+pytestmark = pytest.mark.skipif(not cpu_ops.available(), reason=f"kernel not built: {cpu_ops.status()}")
 
 
 def _paged(batch, kv_heads, group, head_dim, block, lens, seed=0):
@@ -100,7 +100,7 @@ def test_the_op_has_a_shape_for_tracers():
 
 def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("REASONRL_CPU_KERNELS", "0")
-    assert cpu_decode._build() == {"ok": False, "error": "disabled by REASONRL_CPU_KERNELS=0"}
+    assert cpu_ops._build() == {"ok": False, "error": "disabled by REASONRL_CPU_KERNELS=0"}
 
 
 def test_engine_decodes_the_same_with_and_without_the_kernel(hf_checkpoint, monkeypatch):
@@ -123,11 +123,11 @@ def test_engine_decodes_the_same_with_and_without_the_kernel(hf_checkpoint, monk
 
 
 def test_a_killed_builds_lock_does_not_hang_the_next_build():
-    lock = cpu_decode._build_dir() / "lock"
+    lock = cpu_ops._build_dir() / "lock"
     lock.touch()
-    old = lock.stat().st_mtime - cpu_decode.STALE_LOCK_S - 1
+    old = lock.stat().st_mtime - cpu_ops.STALE_LOCK_S - 1
     os.utime(lock, (old, old))
-    assert cpu_decode._build()["ok"]  # PyTorch would have waited on the lock for ever
+    assert cpu_ops._build()["ok"]  # PyTorch would have waited on the lock for ever
     assert not lock.exists()
 
 
@@ -138,12 +138,12 @@ def test_a_copy_of_the_package_reuses_the_build(tmp_path):
     import subprocess
     import sys
 
-    package = Path(cpu_decode.__file__).parents[1]
+    package = Path(cpu_ops.__file__).parents[1]
     shutil.copytree(package / "kernels", tmp_path / "reasonrl" / "kernels")
     shutil.copy(package / "__init__.py", tmp_path / "reasonrl")
-    log = cpu_decode._build_dir() / ".ninja_log"
+    log = cpu_ops._build_dir() / ".ninja_log"
     before = log.read_text()
-    code = ("from reasonrl.kernels import cpu_decode; assert cpu_decode.available(), cpu_decode.status(); "
-            f"assert cpu_decode.__file__.startswith({str(tmp_path)!r})")
+    code = ("from reasonrl.kernels import cpu_ops; assert cpu_ops.available(), cpu_ops.status(); "
+            f"assert cpu_ops.__file__.startswith({str(tmp_path)!r})")
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert log.read_text() == before  # ninja found nothing to do

@@ -2,7 +2,7 @@
 
 Prefill and draft-tree rows gather a sequence's blocks and run PyTorch SDPA. Decode rows read the
 blocks in place: on CUDA with the Triton paged decode kernel, on CPU in fp32 with the C++ one
-(kernels/cpu_decode.py); otherwise they are batched into masked SDPA calls over gathered copies.
+(kernels/cpu_ops.py); otherwise they are batched into masked SDPA calls over gathered copies.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from reasonrl.engine.kv.base import KVFormat
-from reasonrl.kernels import cpu_decode
+from reasonrl.kernels import cpu_ops
 
 
 class DenseKV(KVFormat):
@@ -56,12 +56,12 @@ class DenseKV(KVFormat):
 
     @property
     def on_cpu_kernel(self) -> bool:
-        """CPU, fp32, switched on and built (kernels/cpu_decode.py builds it on first ask)."""
-        return self.cpu_kernel and self.device.type == "cpu" and self.dtype == torch.float32 and cpu_decode.available()
+        """CPU, fp32, switched on and built (kernels/cpu_ops.py builds it on first ask)."""
+        return self.cpu_kernel and self.device.type == "cpu" and self.dtype == torch.float32 and cpu_ops.available()
 
     def decode_kernel(self, layer, q, tables, lens):
         if q.device.type == "cpu":
-            return cpu_decode.paged_decode_cpu(q, self.cache[layer, 0], self.cache[layer, 1], tables, lens) \
+            return cpu_ops.paged_decode_cpu(q, self.cache[layer, 0], self.cache[layer, 1], tables, lens) \
                 if self.on_cpu_kernel else None
         if not q.is_cuda:
             return None

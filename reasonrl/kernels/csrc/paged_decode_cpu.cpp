@@ -1,6 +1,6 @@
 // Paged decode attention on CPU: one query token per sequence, keys and values read in place from
 // the block table, no gathered copy (the PyTorch path copies every sequence's context once per
-// layer and step, then reads the copy again). Built on first use by reasonrl/kernels/cpu_decode.py.
+// layer and step, then reads the copy again). Built on first use by reasonrl/kernels/cpu_ops.py.
 //
 // One task per (sequence, KV head) on torch's intra-op threads. A task scores every cached key
 // against the G query heads that share the KV head (each key read once for the group), takes an

@@ -1,0 +1,131 @@
+"""The engine's C++ kernels for CPU decode, one library (`csrc/*.cpp`):
+
+- `paged_decode_cpu` (`csrc/paged_decode_cpu.cpp`): decode attention with keys and values read in
+  place from the block table, where the PyTorch path gathers every sequence's context into a padded
+  copy each layer and step and then runs SDPA over the copy. An exact softmax over fp32 scores with
+  8-lane partial sums in each dot product, so results match SDPA's to float rounding, not bit for
+  bit.
+- `small_linear_cpu` (`csrc/small_linear_cpu.cpp`): a linear layer at a few rows (1-4 sequences
+  decoding) with the outputs split over torch's threads, each streaming its share of the weight;
+  outputs match `F.linear` to float rounding (a fixed order of summation, not MKL's).
+
+Both are batch-invariant: a row's (a sequence's) result never depends on the other rows of the
+batch or the padding.
+
+Built with the system's C++ compiler the first time an engine needs it (about fifteen seconds; the
+library is kept under PyTorch's extensions directory, `TORCH_EXTENSIONS_DIR`, one folder per torch
+version and source text, so every checkout with the same sources shares it), then registered as
+`torch.ops.reasonrl_cpu.*`. Where it cannot be built (no compiler) the engine warns once and keeps
+the PyTorch paths; `REASONRL_CPU_KERNELS=0` skips the build. fp32 only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("paged_decode_cpu.cpp", "small_linear_cpu.cpp"))
+LIBRARY = "reasonrl_cpu"
+STALE_LOCK_S = 600
+"""A build lock older than this is a killed build's, and is removed (a real build takes seconds)."""
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "ok": bool once tried, "error": why it is unavailable, "seconds": build time
+
+
+def available() -> bool:
+    """Build and load the library once per process; False (and a warning, once) where it cannot."""
+    if "ok" in _state:
+        return bool(_state["ok"])
+    with _lock:
+        if "ok" not in _state:
+            _state.update(_build())
+    return bool(_state["ok"])
+
+
+def _build() -> dict[str, object]:
+    if os.environ.get("REASONRL_CPU_KERNELS", "1") == "0":
+        return {"ok": False, "error": "disabled by REASONRL_CPU_KERNELS=0"}
+    start = time.perf_counter()
+    try:
+        build = _build_dir()
+        library = build / f"{LIBRARY}.so"
+        if library.exists() and not (build / "lock").exists():  # built for these sources and torch: just load it
+            torch.ops.load_library(str(library))  # (ninja's own check rebuilt it when two processes' flags differed)
+        else:
+            _compile(build)
+        ops = torch.ops.reasonrl_cpu
+        ops.paged_decode, ops.small_linear  # noqa: B018 (raises if the library did not register the ops)
+        # their outputs' shapes for tracers (torch.compile, export) that meet them outside the engine's custom ops
+        torch.library.register_fake("reasonrl_cpu::paged_decode")(lambda q, k_cache, v_cache, tables, lens, scale: torch.empty_like(q))
+        torch.library.register_fake("reasonrl_cpu::small_linear")(lambda x, weight, bias: x.new_empty(x.shape[0], weight.shape[0]))
+    except Exception as e:  # no compiler, headers or ninja: the PyTorch paths still work
+        log.warning("CPU decode kernels unavailable, the engine uses its PyTorch paths: %s", e)
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    return {"ok": True, "seconds": time.perf_counter() - start}
+
+
+def _compile(build: Path) -> None:
+    from torch.utils.cpp_extension import load
+
+    sources = [build / src.name for src in SOURCES]  # compiled from here: the build command is the same for every checkout
+    for src, copy in zip(SOURCES, sources):
+        if not copy.exists() or copy.read_bytes() != src.read_bytes():
+            copy.write_bytes(src.read_bytes())
+    stale = build / "lock"  # left by a build that was killed: PyTorch would wait on it for ever
+    try:
+        if time.time() - stale.stat().st_mtime > STALE_LOCK_S:
+            stale.unlink(missing_ok=True)
+    except FileNotFoundError:  # none, or another process's build just finished
+        pass
+    log.info("building the CPU decode kernels in %s (once per torch version and source)", build)
+    # -fopenmp: at::parallel_for runs on torch's own OpenMP threads (symbols resolved from torch's runtime)
+    load(name=LIBRARY, sources=[str(s) for s in sources], extra_cflags=["-O3", "-fopenmp"], is_python_module=False,
+         build_directory=str(build), verbose=False)
+
+
+def _build_dir() -> Path:
+    """PyTorch's extensions directory (`TORCH_EXTENSIONS_DIR`, else ~/.cache/torch_extensions), one
+    folder per torch version and source text: checkouts with the same sources share one build
+    (keyed by path, every checkout, or a test's copy of the package, would rebuild it in turn)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    digest = hashlib.sha256(b"".join(src.read_bytes() for src in SOURCES)).hexdigest()[:12]
+    path = Path(root) / f"{LIBRARY}_torch{torch.__version__.replace('+', '_')}_{digest}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def status() -> dict[str, object]:
+    """What the last build attempt gave (empty before any)."""
+    return dict(_state)
+
+
+def paged_decode_cpu(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor,
+                     lens: torch.Tensor, scale: float | None = None) -> torch.Tensor | None:
+    """q (B, Hq, D); caches (blocks, block_size, Hkv, D); tables (B, max_blocks) and lens (B,) int32
+    -> (B, Hq, D); None where the kernel does not apply (not fp32 on CPU, or not built). Raises,
+    naming the sequence, on a context length or block id outside the table or the cache."""
+    if q.device.type != "cpu" or k_cache.device.type != "cpu" or q.dtype != torch.float32 or \
+            k_cache.dtype != torch.float32 or not available():
+        return None
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return torch.ops.reasonrl_cpu.paged_decode(q, k_cache, v_cache, tables.to(torch.int32), lens.to(torch.int32), scale)
+
+
+def small_linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+    """`F.linear(x, weight, bias)` for x (rows, in) and weight (out, in) stored row- or column-major
+    -> (rows, out); None where the kernel does not apply (not fp32 on CPU, another weight layout,
+    or not built). Meant for a few rows: each is a pass over the whole weight."""
+    if x.device.type != "cpu" or weight.device.type != "cpu" or x.dtype != torch.float32 or \
+            weight.dtype != torch.float32 or x.dim() != 2 or not available():
+        return None
+    if not (weight.is_contiguous() or weight.stride() == (1, weight.shape[0])):
+        return None
+    return torch.ops.reasonrl_cpu.small_linear(x, weight, bias)

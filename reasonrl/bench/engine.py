@@ -226,7 +226,8 @@ def _engine(lm, c: EngineBenchConfig, compile_decode: bool, cuda_graphs: bool, c
     second arm on CUDA every engine gets a fixed KV budget, as the first would otherwise take the
     device's free memory. `cpu_linear` (`cpu_kernel`, `linear_kernel`) False turns the CPU weight
     options (the CPU decode attention kernel, the small-product kernel) off whatever `c` says."""
-    fixed = (c.eager_arm or c.plain_linear_arm or c.gather_attention_arm or c.split_linear_arm) and lm.device.type == "cuda"
+    fixed = lm.device.type == "cuda" and (c.eager_arm or c.plain_linear_arm or c.gather_attention_arm
+                                          or c.split_linear_arm)
     engine = LLMEngine(lm, None, EngineConfig(max_num_seqs=c.concurrency, max_model_len=c.prompt_len[1] + c.max_tokens + 8,
                                               compile_decode=compile_decode, cuda_graphs=cuda_graphs,
                                               column_major_weights=cpu_linear and c.column_major_weights,

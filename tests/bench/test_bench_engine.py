@@ -110,3 +110,17 @@ def test_the_gather_attention_arm_runs_without_the_cpu_kernel(tmp_path, monkeypa
     assert result["cpu_decode_kernel"] is True
     assert result["speedup_over_gather_attention"] == result["gather_attention"]["engine_seconds"] / result["engine_seconds"]
     assert kernels[-2:] == [True, False]  # one timed repeat of each arm, after the warm-ups
+
+
+def test_the_split_linear_arm_runs_without_the_linear_kernel_on_its_own_model(tmp_path, monkeypatch):
+    from reasonrl.kernels import cpu_ops
+
+    if not cpu_ops.available():
+        pytest.skip(f"kernels not built: {cpu_ops.status()}")
+    result, arms = _bench_with_arm(tmp_path, monkeypatch, "--split-linear-arm",
+                                   lambda engine: (id(engine.model), engine.stats()["cpu_linear_kernel"]))
+    assert result["cpu_linear_kernel"] is True
+    assert result["speedup_over_split_linear"] == \
+        result["split_linear"]["engine_seconds"] / result["engine_seconds"]
+    (model_on, on), (model_off, off) = arms[-2:]  # one timed repeat of each arm, after the warm-ups
+    assert (on, off) == (True, False) and model_on != model_off

@@ -155,7 +155,7 @@ class LLMEngine:
             return 0
         if cfg.cpu_linear_kernel or cfg.split_small_matmuls:
             small_products(model, kernel=cfg.cpu_linear_kernel, split=cfg.split_small_matmuls)
-        return store_wide_weights_column_major(model) if self.config.column_major_weights else 0
+        return store_wide_weights_column_major(model) if cfg.column_major_weights else 0
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device=None, dtype=None, latent: LatentConfig | None = None,

@@ -33,6 +33,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("paged_decode_cpu.cpp", "small_linear_cpu.cpp"))
+FILES = SOURCES + (Path(__file__).parent / "csrc" / "cpu_common.h",)  # what is copied to build and hashed
 LIBRARY = "reasonrl_cpu"
 STALE_LOCK_S = 600
 """A build lock older than this is a killed build's, and is removed (a real build takes seconds)."""
@@ -75,8 +76,8 @@ def _build() -> dict[str, object]:
 def _compile(build: Path) -> None:
     from torch.utils.cpp_extension import load
 
-    sources = [build / src.name for src in SOURCES]  # compiled from here: the build command is the same for every checkout
-    for src, copy in zip(SOURCES, sources):
+    for src in FILES:  # compiled from here: the build command is the same for every checkout
+        copy = build / src.name
         if not copy.exists() or copy.read_bytes() != src.read_bytes():
             copy.write_bytes(src.read_bytes())
     stale = build / "lock"  # left by a build that was killed: PyTorch would wait on it for ever
@@ -87,8 +88,8 @@ def _compile(build: Path) -> None:
         pass
     log.info("building the CPU decode kernels in %s (once per torch version and source)", build)
     # -fopenmp: at::parallel_for runs on torch's own OpenMP threads (symbols resolved from torch's runtime)
-    load(name=LIBRARY, sources=[str(s) for s in sources], extra_cflags=["-O3", "-fopenmp"], is_python_module=False,
-         build_directory=str(build), verbose=False)
+    load(name=LIBRARY, sources=[str(build / src.name) for src in SOURCES], extra_cflags=["-O3", "-fopenmp"],
+         is_python_module=False, build_directory=str(build), verbose=False)
 
 
 def _build_dir() -> Path:
@@ -96,7 +97,7 @@ def _build_dir() -> Path:
     folder per torch version and source text: checkouts with the same sources share one build
     (keyed by path, every checkout, or a test's copy of the package, would rebuild it in turn)."""
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
-    digest = hashlib.sha256(b"".join(src.read_bytes() for src in SOURCES)).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(src.read_bytes() for src in FILES)).hexdigest()[:12]
     path = Path(root) / f"{LIBRARY}_torch{torch.__version__.replace('+', '_')}_{digest}"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -17,33 +17,21 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_common.h"
+
 namespace {
 
-constexpr int64_t LANES = 8;  // independent partial sums: the compiler vectorises them without reassociating
-
-inline float dot(const float* a, const float* b, int64_t n) {
-  float part[LANES] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  int64_t d = 0;
-  for (; d + LANES <= n; d += LANES)
-    for (int64_t j = 0; j < LANES; ++j) part[j] += a[d + j] * b[d + j];
-  float s = 0.f;
-  for (int64_t j = 0; j < LANES; ++j) s += part[j];
-  for (; d < n; ++d) s += a[d] * b[d];
-  return s;
-}
+constexpr int64_t LANES = 8;  // partial sums of each query-key dot product
 
 // One (sequence, KV head): its G queries q (G, D) against the n cached tokens listed by `table`;
 // k and v point at the KV head's slice of token 0 of block 0, a token's row is `row` floats.
-// With GCC 11+ on x86-64: compiled for AVX-512, AVX2 + FMA and plain x86-64, the best for the CPU
-// picked at load time; elsewhere (ARM, clang, older GCC) once, for the compiler's default target.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#endif
+// Compiled per CPU generation (cpu_common.h).
+REASONRL_CLONES
 void attend(const float* q, const float* k, const float* v, const int32_t* table, int64_t n, int64_t block,
             int64_t row, int64_t G, int64_t D, float scale, float* scores, float* out) {
   for (int64_t s = 0; s < n; ++s) {
     const float* ks = k + (static_cast<int64_t>(table[s / block]) * block + s % block) * row;
-    for (int64_t g = 0; g < G; ++g) scores[g * n + s] = dot(q + g * D, ks, D) * scale;
+    for (int64_t g = 0; g < G; ++g) scores[g * n + s] = reasonrl_cpu::dot<LANES>(q + g * D, ks, D) * scale;
   }
   for (int64_t g = 0; g < G; ++g) {  // exact softmax over the stored scores
     float* sc = scores + g * n;

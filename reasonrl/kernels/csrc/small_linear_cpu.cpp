@@ -19,17 +19,13 @@
 
 #include <algorithm>
 
+#include "cpu_common.h"
+
 namespace {
 
 constexpr int64_t KB = 8;      // weight rows added per pass over the outputs (column-major case)
 constexpr int64_t LANES = 16;  // independent partial sums of a dot product (row-major case)
 constexpr int64_t TILE = 64;   // outputs per unit of work handed to a thread
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-#define REASONRL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define REASONRL_CLONES
-#endif
 
 // Outputs n0..n1 of every row, W^T = wt (K, N) contiguous: y[r, n] = b[n] + sum_k x[r, k] wt[k, n],
 // summed in order of k.
@@ -68,14 +64,7 @@ void row_major(const float* x, const float* w, const float* bias, float* y, int6
   for (int64_t n = n0; n < n1; ++n) {
     const float* wn = w + n * K;
     for (int64_t r = 0; r < R; ++r) {
-      const float* xr = x + r * K;
-      float part[LANES] = {};
-      int64_t k = 0;
-      for (; k + LANES <= K; k += LANES)
-        for (int64_t j = 0; j < LANES; ++j) part[j] += xr[k + j] * wn[k + j];
-      float s = 0.f;
-      for (int64_t j = 0; j < LANES; ++j) s += part[j];
-      for (; k < K; ++k) s += xr[k] * wn[k];
+      const float s = reasonrl_cpu::dot<LANES>(x + r * K, wn, K);
       y[r * N + n] = bias ? s + bias[n] : s;
     }
   }

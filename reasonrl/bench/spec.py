@@ -133,6 +133,9 @@ class SpecBenchConfig:
     which measures what a loaded draft costs when speculation is off); None: the policy decides."""
     draft_compile: bool = False
     """Compile the draft's tree step (EngineConfig.draft_compile); its seconds are reported."""
+    cpu_draft_kernel: bool = True
+    """The speculative engine's cpu_draft_kernel (CPU, fp32: tree growth and catch-ups in C++);
+    off measures the draft as PyTorch runs it."""
     vlm: bool = False
     """Benchmark a vision-language model on shapes-world image prompts instead (bench/spec_vlm.py):
     --model (default: the demo VLM), --draft the EagleVLM draft, --compressed-draft the SpecVLM one."""
@@ -179,7 +182,8 @@ def bench_spec(c: SpecBenchConfig) -> dict:
     plain = LLMEngine(target, None, EngineConfig(**opts))
     spec = LLMEngine(target, None, EngineConfig(**opts, draft_top_k=c.draft_top_k, draft_depth=c.draft_depth,
                                                 draft_tokens=c.draft_tokens, draft_adaptive=c.adaptive,
-                                                draft_max_batch=c.draft_max_batch, draft_compile=c.draft_compile),
+                                                draft_max_batch=c.draft_max_batch, draft_compile=c.draft_compile,
+                                                cpu_draft_kernel=c.cpu_draft_kernel),
                      draft=DraftHead.load(draft_path, target))
     overhead = speculation_timers(spec)
     timers = tree_step_timers(spec)
@@ -224,6 +228,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
                              "speculation_time_share": statistics.median(shares[level])} for level in levels},
         "tree_steps_at_batch1": batch1["tree_steps"],
         "draft_compile_seconds": spec.stats()["spec_draft_compile_seconds"],
+        "draft_kernel": spec.stats()["spec_draft_kernel"],
         "draft_cost_ratio": batch1["draft_s"] / tree_steps / per_token_plain,
         "verify_cost_ratio": batch1["verify_s"] / tree_steps / per_token_plain,
         "tree_tokens_by_batch": {k.removeprefix("spec_tree_tokens_at_batch_"): v for k, v in spec.stats().items()

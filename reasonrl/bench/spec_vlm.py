@@ -46,7 +46,8 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
             arms[name] = LLMEngine(target, None, EngineConfig(**opts, draft_top_k=c.draft_top_k, draft_depth=c.draft_depth,
                                                               draft_tokens=c.draft_tokens, draft_adaptive=c.adaptive,
                                                               draft_max_batch=c.draft_max_batch,
-                                                              draft_compile=c.draft_compile),
+                                                              draft_compile=c.draft_compile,
+                                                              cpu_draft_kernel=c.cpu_draft_kernel),
                                    draft=DraftHead.load(path, target))
     if len(arms) == 1:
         raise ValueError("--vlm found no draft: give --draft (EagleVLM) and/or --compressed-draft (SpecVLM)")

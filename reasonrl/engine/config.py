@@ -69,6 +69,12 @@ class EngineConfig:
     shapes), compiled at start-up (engine/spec/grow.py; stats report the seconds). Greedy and
     coupled-sampled output is unchanged (the draft only proposes). Off by default: it costs a
     compile at every engine start."""
+    cpu_draft_kernel: bool = True
+    """Speculative decoding on CPU, fp32: grow each step's draft trees, and catch the draft up over
+    the tokens the last verification accepted, in one C++ call each (engine/spec/grow.py), where
+    the PyTorch path dispatches every operation of the draft from Python. Takes precedence over
+    `draft_compile`. Greedy and coupled-sampled output is unchanged (the draft only proposes).
+    Ignored on CUDA."""
     compile_decode: bool = False
     """Compile the forward of all-decode steps with torch.compile (inductor), one static shape per
     batch bucket, at start-up (engine/compiled.py; stats report the seconds). Off by default: on a
@@ -94,9 +100,10 @@ class EngineConfig:
     not depend on the batch. Falls back to `split_small_matmuls` where it cannot be built. Ignored
     on CUDA."""
     cpu_decode_kernel: bool = True
-    """CPU, fp32, dense KV: decode rows attend with a C++ kernel that reads the cache blocks in place
-    (kernels/cpu_ops.py; built with the system compiler on first use, ~10 s, then cached), where
-    the PyTorch path gathers each sequence's context into a copy first. Falls back to that path,
+    """CPU, fp32, dense KV: decode rows, and the rows of draft trees under verification, attend with
+    C++ kernels that read the cache blocks in place (kernels/cpu_ops.py; built with the system
+    compiler on first use, ~10 s, then cached), where the PyTorch path gathers each sequence's
+    context into a copy first. Falls back to that path,
     with a warning, where it cannot be built. Ignored on CUDA."""
     max_decode_bucket: int = 256
     """Largest padded batch of compiled or captured decode (buckets 1, 2, 4, ... up to it and

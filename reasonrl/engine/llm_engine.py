@@ -139,7 +139,7 @@ class LLMEngine:
         self.column_major_bytes += self._cpu_linear(draft)
         adaptive = AdaptiveConfig(cfg.draft_adaptive, cfg.draft_max_batch, cfg.draft_explore_every, margin=cfg.draft_margin)
         spec = SpecConfig(top_k=cfg.draft_top_k, depth=cfg.draft_depth, num_nodes=cfg.draft_tokens, adaptive=adaptive,
-                          compile=cfg.draft_compile)
+                          compile=cfg.draft_compile, native=cfg.cpu_draft_kernel)
         graphs = None
         if cfg.cuda_graphs and self.model.device.type == "cuda":
             graphs = DraftGraphs(draft.config, bucket_sizes(cfg.max_num_seqs, cfg.max_decode_bucket), self.max_model_len,

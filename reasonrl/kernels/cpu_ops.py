@@ -5,11 +5,16 @@
   copy each layer and step and then runs SDPA over the copy. An exact softmax over fp32 scores with
   8-lane partial sums in each dot product, so results match SDPA's to float rounding, not bit for
   bit.
+- `paged_masked_cpu` (same file): a few query rows per sequence, each with its row of a mask (a
+  draft tree's verification), read in place the same way.
 - `small_linear_cpu` (`csrc/small_linear_cpu.cpp`): a linear layer at a few rows (1-4 sequences
   decoding) with the outputs split over torch's threads, each streaming its share of the weight;
   outputs match `F.linear` to float rounding (a fixed order of summation, not MKL's).
+- `draft_tree_cpu`, `draft_rows_cpu` (`csrc/draft_tree_cpu.cpp`): the EAGLE draft's tree growth
+  and its catch-up over newly accepted rows (engine/spec/grow.py), each one call, where the PyTorch
+  path dispatches dozens of operations per depth.
 
-Both are batch-invariant: a row's (a sequence's) result never depends on the other rows of the
+The first two are batch-invariant: a row's (a sequence's) result never depends on the other rows of the
 batch or the padding.
 
 Built with the system's C++ compiler the first time an engine needs it (about fifteen seconds; the
@@ -32,7 +37,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("paged_decode_cpu.cpp", "small_linear_cpu.cpp"))
+SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("paged_decode_cpu.cpp", "small_linear_cpu.cpp", "draft_tree_cpu.cpp"))
 FILES = SOURCES + (Path(__file__).parent / "csrc" / "cpu_common.h",)  # what is copied to build and hashed
 LIBRARY = "reasonrl_cpu"
 STALE_LOCK_S = 600
@@ -63,9 +68,11 @@ def _build() -> dict[str, object]:
         else:
             _compile(build)
         ops = torch.ops.reasonrl_cpu
-        ops.paged_decode, ops.small_linear  # noqa: B018 (raises if the library did not register the ops)
+        ops.paged_decode, ops.paged_masked, ops.small_linear, ops.draft_tree, ops.draft_rows  # noqa: B018 (raises if the library did not register the ops)
         # their outputs' shapes for tracers (torch.compile, export) that meet them outside the engine's custom ops
         torch.library.register_fake("reasonrl_cpu::paged_decode")(lambda q, k_cache, v_cache, tables, lens, scale: torch.empty_like(q))
+        torch.library.register_fake("reasonrl_cpu::paged_masked")(
+            lambda q, k_cache, v_cache, tables, lens, mask, scale: torch.empty_like(q))
         torch.library.register_fake("reasonrl_cpu::small_linear")(lambda x, weight, bias: x.new_empty(x.shape[0], weight.shape[0]))
     except Exception as e:  # no compiler, headers or ninja: the PyTorch paths still work
         log.warning("CPU decode kernels unavailable, the engine uses its PyTorch paths: %s", e)
@@ -120,6 +127,20 @@ def paged_decode_cpu(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     return torch.ops.reasonrl_cpu.paged_decode(q, k_cache, v_cache, tables.to(torch.int32), lens.to(torch.int32), scale)
 
 
+def paged_masked_cpu(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor,
+                     lens: torch.Tensor, mask: torch.Tensor, scale: float | None = None) -> torch.Tensor | None:
+    """q (B, Q, Hq, D): a few query rows per sequence (padded to Q), each attending the cached tokens
+    its row of mask (B, Q, S >= the longest context) allows; caches, tables and lens as in
+    `paged_decode_cpu` -> (B, Q, Hq, D), zeros for a row that attends nothing; None where the
+    kernel does not apply."""
+    if q.device.type != "cpu" or k_cache.device.type != "cpu" or q.dtype != torch.float32 or \
+            k_cache.dtype != torch.float32 or not available():
+        return None
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return torch.ops.reasonrl_cpu.paged_masked(q, k_cache, v_cache, tables.to(torch.int32), lens.to(torch.int32), mask,
+                                               scale)
+
+
 def small_linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor | None:
     """`F.linear(x, weight, bias)` for x (rows, in) and weight (out, in) stored row- or column-major
     -> (rows, out); None where the kernel does not apply (not fp32 on CPU, another weight layout,
@@ -130,3 +151,41 @@ def small_linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if not (weight.is_contiguous() or weight.stride() == (1, weight.shape[0])):
         return None
     return torch.ops.reasonrl_cpu.small_linear(x, weight, bias)
+
+
+def draft_weights(draft) -> list[torch.Tensor] | None:
+    """The tensors of a `DraftHead` (engine/spec/draft.py) in the order the draft kernels read them,
+    an absent bias or norm as an empty tensor; None where the kernels do not apply (not fp32 on
+    CPU, the library not built, or an embedding other than `nn.Embedding`)."""
+    layer, target = draft.layer, draft.target
+    attn, mlp = layer.self_attn, layer.mlp
+    first = draft.fc.weight
+    if first.device.type != "cpu" or first.dtype != torch.float32 or type(target.embed_tokens) is not torch.nn.Embedding \
+            or not available():
+        return None
+    none = first.new_empty(0)
+    opt = lambda t: none if t is None else t.detach()  # noqa: E731
+    norm = lambda m: none if m is None else m.weight.detach()  # noqa: E731
+    return [target.embed_tokens.weight.detach(), draft.embed_norm.weight.detach(), draft.feature_norm.weight.detach(),
+            draft.fc.weight.detach(), opt(draft.fc.bias), layer.input_layernorm.weight.detach(),
+            attn.qkv_proj.weight.detach(), opt(attn.qkv_proj.bias), norm(attn.q_norm), norm(attn.k_norm),
+            attn.o_proj.weight.detach(), opt(attn.o_proj.bias), layer.post_attention_layernorm.weight.detach(),
+            mlp.gate_up_proj.weight.detach(), opt(mlp.gate_up_proj.bias), mlp.down_proj.weight.detach(),
+            opt(mlp.down_proj.bias), target.lm_head.weight.detach(), target.rotary.inv_freq.float()]
+
+
+def draft_tree_cpu(weights: list[torch.Tensor], config, root_out: torch.Tensor, roots_pos: torch.Tensor,
+                   past_k: list[torch.Tensor], past_v: list[torch.Tensor], top_k: int, depth: int) -> tuple[torch.Tensor, ...]:
+    """EAGLE-2 growth of B draft trees (engine/spec/grow.py `grow_tree`) in one call: `weights` from
+    `draft_weights`, `config` the draft's ModelConfig, the roots' draft outputs (B, h) and positions
+    (B,), each sequence's committed draft keys and values (rows, H, D) -> `TreeSearch.tensors()`."""
+    return tuple(torch.ops.reasonrl_cpu.draft_tree(weights, config.num_heads, config.num_kv_heads, config.rms_norm_eps,
+                                                   root_out, roots_pos, past_k, past_v, top_k, depth))
+
+
+def draft_rows_cpu(weights: list[torch.Tensor], config, x: torch.Tensor, positions: torch.Tensor,
+                   past_k: list[torch.Tensor], past_v: list[torch.Tensor], lengths: list[int]) -> tuple[torch.Tensor, ...]:
+    """The draft layer over `lengths` new fused rows per sequence (x (sum, h), positions (sum,)),
+    causal after each sequence's committed rows -> outputs (sum, h), new keys and values (sum, H, D)."""
+    return tuple(torch.ops.reasonrl_cpu.draft_rows(weights, config.num_heads, config.num_kv_heads, config.rms_norm_eps,
+                                                   x, positions, past_k, past_v, lengths))

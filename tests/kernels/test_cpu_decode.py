@@ -13,7 +13,7 @@ from reasonrl.engine import LLMEngine, SamplingParams
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.kv import get_format
 from reasonrl.kernels import cpu_ops
-from reasonrl.kernels.cpu_ops import paged_decode_cpu
+from reasonrl.kernels.cpu_ops import paged_decode_cpu, paged_masked_cpu
 from reasonrl.models.loader import load_model
 from reasonrl.models.tiny import tiny_config
 
@@ -45,6 +45,42 @@ def test_matches_sdpa_over_the_gathered_blocks(kv_heads, group, head_dim, block)
     q, cache, tables, lens_t = _paged(len(lens), kv_heads, group, head_dim, block, lens)
     out = paged_decode_cpu(q, cache[0], cache[1], tables, lens_t)
     torch.testing.assert_close(out, _reference(q, cache, tables, lens_t), atol=2e-6, rtol=1e-5)
+
+
+def _masked_reference(q, cache, tables, lens, mask):
+    out = torch.zeros_like(q)
+    for b, n in enumerate(lens.tolist()):
+        k, v = (cache[i][tables[b].long()].flatten(0, 1)[:n].transpose(0, 1) for i in (0, 1))  # (Hkv, n, D)
+        for r in range(q.shape[1]):
+            if mask[b, r, :n].any():
+                o = F.scaled_dot_product_attention(q[b, r, :, None], k, v, attn_mask=mask[b, r, None, :n],
+                                                   enable_gqa=q.shape[2] != k.shape[0])
+                out[b, r] = o[:, 0]
+    return out
+
+
+@pytest.mark.parametrize("kv_heads,group,head_dim,block", [(2, 4, 64, 16), (1, 1, 24, 4), (3, 2, 13, 8)])
+def test_masked_rows_match_sdpa_and_a_row_that_sees_nothing_is_zero(kv_heads, group, head_dim, block):
+    lens, rows = [9, 3 * block - 1, 70], 6
+    _, cache, tables, lens_t = _paged(len(lens), kv_heads, group, head_dim, block, lens)
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(len(lens), rows, kv_heads * group, head_dim, generator=g)
+    mask = torch.rand(len(lens), rows, max(lens) + 5, generator=g) < 0.6  # past a context: never read
+    mask[:, :, 0] = True
+    mask[2, 5] = False  # a padding row: attends nothing
+    out = paged_masked_cpu(q, cache[0], cache[1], tables, lens_t, mask)
+    torch.testing.assert_close(out, _masked_reference(q, cache, tables, lens_t, mask), atol=2e-6, rtol=1e-5)
+    assert torch.equal(out[2, 5], torch.zeros_like(out[2, 5]))
+    # a row that sees the whole context is the decode kernel's row, bit for bit (a tree verified
+    # through one kernel and decoded through the other attends alike)
+    full = torch.ones_like(mask)
+    one = paged_masked_cpu(q, cache[0], cache[1], tables, lens_t, full)
+    assert torch.equal(one[:, 3], paged_decode_cpu(q[:, 3].contiguous(), cache[0], cache[1], tables, lens_t))
+    with pytest.raises(RuntimeError, match="mask must be bool"):
+        paged_masked_cpu(q, cache[0], cache[1], tables, lens_t, mask[:, :, :60])  # shorter than a context
+    with pytest.raises(RuntimeError, match="paged_masked_cpu: sequence 0 has context length 0"):
+        paged_masked_cpu(q, cache[0], cache[1], tables, torch.tensor([0, 1, 1], dtype=torch.int32), mask)
+    assert paged_masked_cpu(q.double(), cache[0].double(), cache[1].double(), tables, lens_t, mask) is None
 
 
 def test_a_sequence_gets_the_same_bits_alone_or_in_any_batch():

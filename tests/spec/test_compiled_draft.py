@@ -14,8 +14,9 @@ def test_a_compiled_draft_compiles_at_start_and_leaves_greedy_output_unchanged(d
     policy_model, _, draft, prompts = demo
     reqs = greedy_requests(prompts[:6])
     plain = plain_run(policy_model, reqs)
-    eager = engine(policy_model, draft, max_model_len=256, max_num_seqs=2)
-    compiled = engine(policy_model, draft, max_model_len=256, max_num_seqs=2, draft_compile=True)
+    eager = engine(policy_model, draft, max_model_len=256, max_num_seqs=2, cpu_draft_kernel=False)
+    compiled = engine(policy_model, draft, max_model_len=256, max_num_seqs=2, draft_compile=True, cpu_draft_kernel=False)
+    assert not engine(policy_model, draft, max_model_len=256, draft_compile=True).stats()["spec_draft_compiled"]  # the kernel first
     stats = compiled.stats()
     assert stats["spec_draft_compiled"] and stats["spec_draft_compile_seconds"] > 0
     assert not eager.stats()["spec_draft_compiled"]

@@ -127,8 +127,13 @@ class KVFormat:
                      out: torch.Tensor) -> None:
         """Sequences `seqs`, each a few query rows (a draft tree: the step every speculating
         sequence takes) in one SDPA: queries padded to the most rows, contexts to the longest,
-        one (B, Q, S) mask built once per step (`PaddedQueries`) and shared by every layer."""
+        one (B, Q, S) mask built once per step (`PaddedQueries`) and shared by every layer; or the
+        format's kernel for them, reading the stored blocks in place (`short_kernel`)."""
         pad = meta.padded_queries(seqs, q.device)
+        o = self.short_kernel(layer, q[pad.rows], meta.block_tables[pad.idx], meta.context_lens_t[pad.idx], pad.mask)
+        if o is not None:
+            out[pad.rows[pad.valid]] = o[pad.valid]
+            return
         k, v = self.gather(layer, meta.block_tables[pad.idx, : -(-pad.max_ctx // self.block_size)], meta.context_lens_t[pad.idx])
         k, v = (t[:, : pad.max_ctx].to(q.dtype).transpose(1, 2) for t in (k, v))  # (B, H, S, D)
         o = F.scaled_dot_product_attention(q[pad.rows].transpose(1, 2), k, v, attn_mask=pad.mask[:, None],
@@ -165,6 +170,12 @@ class KVFormat:
         """A temporary of the listed blocks as the format stores them, decoded: tables (B, nb),
         lens (B,) -> k, v (B, nb * block_size, H, D)."""
         raise NotImplementedError
+
+    def short_kernel(self, layer: int, q: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor | None:
+        """The format's kernel for a few masked query rows per sequence (`attend_short`): q (B, Q, Hq, D),
+        tables (B, nb), lens (B,), mask (B, Q, S) -> (B, Q, Hq, D); None: none (gather, then SDPA)."""
+        return None
 
     def decode_kernel(self, layer: int, q: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor):
         """The format's decode kernel for q's device, reading the stored blocks in place; None: none

@@ -1,8 +1,10 @@
 """Dense paged KV: keys and values stored as they are, in the model's dtype.
 
-Prefill and draft-tree rows gather a sequence's blocks and run PyTorch SDPA. Decode rows read the
-blocks in place: on CUDA with the Triton paged decode kernel, on CPU in fp32 with the C++ one
+Prefill rows gather a sequence's blocks and run PyTorch SDPA. Decode rows read the blocks in
+place: on CUDA with the Triton paged decode kernel, on CPU in fp32 with the C++ one
 (kernels/cpu_ops.py); otherwise they are batched into masked SDPA calls over gathered copies.
+Draft-tree rows (a few masked rows per sequence) read them in place on CPU in fp32 too, else are
+gathered into one padded SDPA.
 """
 
 from __future__ import annotations
@@ -68,3 +70,8 @@ class DenseKV(KVFormat):
         from reasonrl.kernels.paged_attention import paged_decode
 
         return paged_decode(q, self.cache[layer, 0], self.cache[layer, 1], tables, lens)
+
+    def short_kernel(self, layer, q, tables, lens, mask):
+        if q.device.type != "cpu" or not self.on_cpu_kernel:
+            return None
+        return cpu_ops.paged_masked_cpu(q, self.cache[layer, 0], self.cache[layer, 1], tables, lens, mask)

@@ -28,6 +28,11 @@ docs/spec.md, "Compiled draft"). Two ways out, each optional:
   own within `EngineConfig.cuda_graph_memory` (a key that does not fit, or whose capture fails,
   runs eager); a step that captured is kept out of the adaptive policy's measurements, as a
   compile is. A captured tree may hold the compiled step.
+- native (`EngineConfig.cpu_draft_kernel`, CPU, fp32; the default there): the whole growth of a
+  tree is one call of a C++ kernel (kernels/csrc/draft_tree_cpu.cpp), and so is a catch-up of at
+  most `NATIVE_CATCH_UP` rows per sequence; the same arithmetic as the eager step, without a
+  Python dispatch per operation. It takes precedence over compiling. Where the library cannot be
+  built the draft runs as the other switches say.
 
 Greedy and `coupled`-sampled output cannot change: the draft only proposes, and verification
 decides every token. Compiled, captured (padded) and eager drafts may round differently, so they
@@ -51,6 +56,7 @@ from reasonrl.engine.cuda_graphs import GraphPool
 from reasonrl.engine.spec.draft import DraftHead
 from reasonrl.engine.spec.draft_state import DraftState, PaddedDraftAttention, padded_past
 from reasonrl.engine.spec.tree import TreeSearch
+from reasonrl.kernels import cpu_ops
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +117,11 @@ def catch_up_step(draft: DraftHead, rows: int, x: torch.Tensor, positions: torch
     return out, attn.new_k, attn.new_v
 
 
+NATIVE_CATCH_UP = 64
+"""Longest catch-up per sequence (new rows) the C++ kernel runs: its attention is a plain loop over
+rows, right for the rows one verification accepted, not for a long prompt's (SDPA's kernels)."""
+
+
 def graph_count() -> int:
     """Graphs torch.compile has made in this process so far."""
     return counters["stats"]["unique_graphs"]
@@ -120,8 +131,11 @@ class GrowStep:
     """Tree growth for the speculator: `grow_step` compiled or eager, the whole tree captured or
     not (module docstring)."""
 
-    def __init__(self, draft: DraftHead, compile: bool, graphs: DraftGraphs | None = None):
+    def __init__(self, draft: DraftHead, compile: bool, graphs: DraftGraphs | None = None, native: bool = False):
         self.draft, self.graphs = draft, graphs
+        # read in place at every call: weights updated in place (a colocated trainer's step) are seen
+        self.weights = cpu_ops.draft_weights(draft) if native else None
+        compile = compile and not self.native
         if compile:  # every engine's draft shares grow_step's graphs (about four each): room for many
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self.fn = torch.compile(grow_step, dynamic=True) if compile else grow_step
@@ -130,6 +144,10 @@ class GrowStep:
     @property
     def compiled(self) -> bool:
         return self.fn is not grow_step
+
+    @property
+    def native(self) -> bool:
+        return self.weights is not None
 
     def builds(self) -> int:
         """Compiled graphs made in this process plus CUDA graphs captured here so far: a change
@@ -146,14 +164,26 @@ class GrowStep:
             search = self.graphs.run(states, root_out, roots_pos, top_k, max(depth, graph_depth or depth), self._grow)
             if search is not None:
                 return search
+        if self.native:
+            past_k, past_v = _committed(states, no_rows)
+            tensors = cpu_ops.draft_tree_cpu(self.weights, self.draft.config, root_out, roots_pos,
+                                             past_k, past_v, top_k, depth)
+            return TreeSearch.of_tensors(min(top_k, self.draft.config.vocab_size), tensors, root_out.shape[0])
         return self._grow(top_k, depth, root_out, roots_pos, *padded_past(states, no_rows))
 
     def catch_up(self, states: list[DraftState], x: torch.Tensor, positions: torch.Tensor,
                  lengths: list[int]) -> tuple[torch.Tensor, ...] | None:
         """The draft's outputs and new keys and values for a catch-up of these sequences by
-        `lengths` rows each (x (sum, h), positions (sum,)), through a CUDA graph; None when it does
-        not run captured (no graphs, M-RoPE positions, a long catch-up, over budget): decode eager."""
-        if self.graphs is None or positions.dim() != 1:
+        `lengths` rows each (x (sum, h), positions (sum,)), through a CUDA graph or the C++ kernel;
+        None when it runs neither (no graphs, M-RoPE positions, a long catch-up, over budget): decode
+        eager."""
+        if positions.dim() != 1:
+            return None
+        if self.native and max(lengths) <= NATIVE_CATCH_UP:
+            no_rows = x.new_empty(0, self.draft.config.num_kv_heads, self.draft.config.head_dim)
+            return cpu_ops.draft_rows_cpu(self.weights, self.draft.config, x, positions, *_committed(states, no_rows),
+                                          lengths)
+        if self.graphs is None:
             return None
         return self.graphs.catch_up(states, x, positions, lengths, self._decode)
 
@@ -201,6 +231,12 @@ class GrowStep:
         if self.graphs is not None:
             self.graphs.warm_up(self._grow, self._decode, top_k, depth, self.draft.target.dtype,
                                 self.draft.target.device)
+
+
+def _committed(states: list[DraftState], no_rows: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each sequence's committed draft keys and values, (rows, H, D) views, unpadded."""
+    views = [st.cache.view() if st.cache.len else (no_rows, no_rows) for st in states]
+    return [k for k, _ in views], [v for _, v in views]
 
 
 def row_buckets(max_rows: int, smallest: int = 64) -> list[int]:

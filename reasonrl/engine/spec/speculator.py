@@ -53,6 +53,8 @@ class SpecConfig:
     """How each step's tree size is chosen (adaptive.py); the three above are the largest tree."""
     compile: bool = False
     """Run each depth of tree growth through torch.compile (grow.py); compiled at start-up."""
+    native: bool = False
+    """CPU, fp32: grow trees and run short catch-ups in one C++ call each (grow.py)."""
 
 
 MAX_LAG = 512
@@ -81,7 +83,7 @@ class Speculator:
         self.rounds = self.emitted = self.drafted = 0
         self.shapes = ladder(config.top_k, config.depth, config.num_nodes)
         self.policy = AdaptivePolicy(self.shapes, config.adaptive)
-        self.grow_step = GrowStep(draft, config.compile, graphs)
+        self.grow_step = GrowStep(draft, config.compile, graphs, config.native)
         self.grow_step.warm_up(config.top_k, config.depth)
         self.step_log: StepLog | None = None
         self.steps_without_trees = 0
@@ -297,6 +299,6 @@ class Speculator:
     def stats(self) -> dict[str, float]:
         return {"spec_rounds": self.rounds, "spec_draft_tokens": self.drafted, "spec_emitted_tokens": self.emitted,
                 "spec_accepted_length": self.accepted_length, "spec_steps_without_trees": self.steps_without_trees,
-                "spec_draft_compiled": self.grow_step.compiled, "spec_draft_compile_seconds": self.grow_step.compile_seconds,
+                "spec_draft_compiled": self.grow_step.compiled, "spec_draft_kernel": self.grow_step.native, "spec_draft_compile_seconds": self.grow_step.compile_seconds,
                 **(self.grow_step.graphs.stats() if self.grow_step.graphs is not None else {}),
                 **self.policy.stats()}

@@ -2,6 +2,8 @@
 // build them).
 #pragma once
 
+#include <ATen/ATen.h>
+
 #include <cstdint>
 
 // With GCC 11+ on x86-64: a function compiled for AVX-512, AVX2 + FMA and plain x86-64, the best for
@@ -13,6 +15,10 @@
 #endif
 
 namespace reasonrl_cpu {
+
+// y = x weight^T + bias for a few rows x (R, K), weight (N, K) row- or column-major
+// (small_linear_cpu.cpp; the draft kernels call it too).
+at::Tensor small_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
 
 // a . b in LANES independent partial sums (the compiler vectorises them without reassociating), so
 // the order of summation is fixed by n alone.

@@ -52,21 +52,37 @@ void attend(const float* q, const float* k, const float* v, const int32_t* table
   }
 }
 
+// The checks both entry points make: shapes, dtypes, and every block a context reads inside the cache.
+void check_paged(const char* name, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                 const at::Tensor& tables, const at::Tensor& lens) {
+  TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == at::kFloat, name, ": q must be a float32 CPU tensor");
+  TORCH_CHECK(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(),
+              name, ": caches must be (blocks, block size, kv heads, head dim), keys and values alike");
+  TORCH_CHECK(k_cache.scalar_type() == at::kFloat && v_cache.scalar_type() == at::kFloat, name, ": caches must be float32");
+  TORCH_CHECK(tables.scalar_type() == at::kInt && lens.scalar_type() == at::kInt, name, ": block tables and lengths must be int32");
+  const int64_t B = q.size(0), Hq = q.size(-2), D = q.size(-1);
+  const int64_t blocks = k_cache.size(0), block = k_cache.size(1), Hkv = k_cache.size(2);
+  TORCH_CHECK(Hkv > 0 && block > 0 && k_cache.size(3) == D && Hq % Hkv == 0, name, ": head dim or GQA group mismatch");
+  TORCH_CHECK(tables.dim() == 2 && tables.size(0) == B && lens.numel() == B, name, ": one table and length per sequence");
+  auto tc = tables.contiguous(), lc = lens.contiguous();
+  const int32_t* tp = tc.data_ptr<int32_t>();
+  const int32_t* lp = lc.data_ptr<int32_t>();
+  const int64_t width = tc.size(1);
+  for (int64_t b = 0; b < B; ++b) {  // every block a sequence's context reads must be in the cache
+    TORCH_CHECK(lp[b] >= 1 && lp[b] <= width * block, name, ": sequence ", b, " has context length ", lp[b], " outside 1..",
+                width * block);
+    for (int64_t i = 0; i < (lp[b] + block - 1) / block; ++i)
+      TORCH_CHECK(tp[b * width + i] >= 0 && tp[b * width + i] < blocks, name, ": sequence ", b, " lists block ",
+                  tp[b * width + i], " of a cache of ", blocks);
+  }
+}
+
 at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                         const at::Tensor& tables, const at::Tensor& lens, double scale) {
-  TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == at::kFloat, "paged_decode_cpu: q must be a float32 CPU tensor");
   TORCH_CHECK(q.dim() == 3, "paged_decode_cpu: q must be (sequences, query heads, head dim)");
-  TORCH_CHECK(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(),
-              "paged_decode_cpu: caches must be (blocks, block size, kv heads, head dim), keys and values alike");
-  TORCH_CHECK(k_cache.scalar_type() == at::kFloat && v_cache.scalar_type() == at::kFloat,
-              "paged_decode_cpu: caches must be float32");
-  TORCH_CHECK(tables.scalar_type() == at::kInt && lens.scalar_type() == at::kInt,
-              "paged_decode_cpu: block tables and lengths must be int32");
+  check_paged("paged_decode_cpu", q, k_cache, v_cache, tables, lens);
   const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2);
-  const int64_t blocks = k_cache.size(0), block = k_cache.size(1), Hkv = k_cache.size(2);
-  TORCH_CHECK(Hkv > 0 && block > 0 && k_cache.size(3) == D && Hq % Hkv == 0,
-              "paged_decode_cpu: head dim or GQA group mismatch");
-  TORCH_CHECK(tables.dim() == 2 && tables.size(0) == B && lens.numel() == B, "paged_decode_cpu: one table and length per sequence");
+  const int64_t block = k_cache.size(1), Hkv = k_cache.size(2);
   auto qc = q.contiguous();
   auto kc = k_cache.contiguous(), vc = v_cache.contiguous();  // views of the engine's cache: already contiguous
   auto tc = tables.contiguous(), lc = lens.contiguous();
@@ -79,13 +95,6 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
   const int32_t* lp = lc.data_ptr<int32_t>();
   float* op = out.data_ptr<float>();
   const int64_t row = Hkv * D;  // floats between consecutive tokens of one block
-  for (int64_t b = 0; b < B; ++b) {  // every block a sequence's context reads must be in the cache
-    TORCH_CHECK(lp[b] >= 1 && lp[b] <= width * block, "paged_decode_cpu: sequence ", b, " has context length ", lp[b],
-                " outside 1..", width * block);
-    for (int64_t i = 0; i < (lp[b] + block - 1) / block; ++i)
-      TORCH_CHECK(tp[b * width + i] >= 0 && tp[b * width + i] < blocks, "paged_decode_cpu: sequence ", b,
-                  " lists block ", tp[b * width + i], " of a cache of ", blocks);
-  }
 
   at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
@@ -99,10 +108,59 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
   return out;
 }
 
+// A few query rows per sequence (a draft tree's, EAGLE verification), each attending the cached
+// tokens its row of `mask` allows: q (B, Q, Hq, D) padded to Q rows, mask (B, Q, S) with S at least
+// the longest context. One task per (sequence, KV head), as paged_decode; a row with no allowed
+// token (padding) gets zeros.
+at::Tensor paged_masked(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                        const at::Tensor& tables, const at::Tensor& lens, const at::Tensor& mask, double scale) {
+  TORCH_CHECK(q.dim() == 4, "paged_masked_cpu: q must be (sequences, rows, query heads, head dim)");
+  check_paged("paged_masked_cpu", q, k_cache, v_cache, tables, lens);
+  const int64_t B = q.size(0), Q = q.size(1), Hq = q.size(2), D = q.size(3);
+  const int64_t block = k_cache.size(1), Hkv = k_cache.size(2), G = Hq / Hkv, row = Hkv * D;
+  auto lc = lens.contiguous();
+  const int32_t* lp = lc.data_ptr<int32_t>();
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 3 && mask.size(0) == B && mask.size(1) == Q &&
+                  mask.size(2) >= *std::max_element(lp, lp + B),
+              "paged_masked_cpu: mask must be bool (", B, ", ", Q, ", at least the longest context), got ", mask.sizes());
+  auto qc = q.contiguous(), mc = mask.contiguous(), tc = tables.contiguous();
+  auto kc = k_cache.contiguous(), vc = v_cache.contiguous();
+  auto out = at::zeros({B, Q, Hq, D}, q.options());
+  const float *qp = qc.data_ptr<float>(), *kp = kc.data_ptr<float>(), *vp = vc.data_ptr<float>();
+  const bool* mp = mc.data_ptr<bool>();
+  const int32_t* tp = tc.data_ptr<int32_t>();
+  float* op = out.data_ptr<float>();
+  const int64_t width = tc.size(1), S = mc.size(2);
+  at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    std::vector<int32_t> seen;  // the token slots a row may attend, as a block table of single tokens
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / Hkv, h = task % Hkv, n = lp[b];
+      for (int64_t i = 0; i < Q; ++i) {
+        seen.clear();
+        const bool* m = mp + (b * Q + i) * S;
+        for (int64_t s = 0; s < n; ++s)
+          if (m[s]) seen.push_back(tp[b * width + s / block] * static_cast<int32_t>(block) + static_cast<int32_t>(s % block));
+        if (seen.empty()) continue;
+        scores.resize(G * seen.size());
+        const int64_t at = ((b * Q + i) * Hq + h * G) * D;
+        attend(qp + at, kp + h * D, vp + h * D, seen.data(), static_cast<int64_t>(seen.size()), 1, row, G, D,
+               static_cast<float>(scale), scores.data(), op + at);
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(reasonrl_cpu, m) {
   m.def("paged_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor tables, Tensor lens, float scale) -> Tensor");
+  m.def("paged_masked(Tensor q, Tensor k_cache, Tensor v_cache, Tensor tables, Tensor lens, Tensor mask, float scale) "
+        "-> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(reasonrl_cpu, CPU, m) { m.impl("paged_decode", &paged_decode); }
+TORCH_LIBRARY_IMPL(reasonrl_cpu, CPU, m) {
+  m.impl("paged_decode", &paged_decode);
+  m.impl("paged_masked", &paged_masked);
+}

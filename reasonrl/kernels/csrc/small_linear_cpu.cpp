@@ -70,6 +70,10 @@ void row_major(const float* x, const float* w, const float* bias, float* y, int6
   }
 }
 
+}  // namespace
+
+namespace reasonrl_cpu {
+
 at::Tensor small_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "small_linear_cpu: x and weight must be CPU tensors");
   TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat,
@@ -103,8 +107,8 @@ at::Tensor small_linear(const at::Tensor& x, const at::Tensor& weight, const c10
   return y;
 }
 
-}  // namespace
+}  // namespace reasonrl_cpu
 
 TORCH_LIBRARY_FRAGMENT(reasonrl_cpu, m) { m.def("small_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor"); }
 
-TORCH_LIBRARY_IMPL(reasonrl_cpu, CPU, m) { m.impl("small_linear", &small_linear); }
+TORCH_LIBRARY_IMPL(reasonrl_cpu, CPU, m) { m.impl("small_linear", &reasonrl_cpu::small_linear); }

@@ -1,0 +1,348 @@
+// The EAGLE draft's work in one call each on CPU (reasonrl/engine/spec/grow.py says what is computed;
+// this is the same arithmetic without a Python dispatch per operation). Built on first use by
+// reasonrl/kernels/cpu_ops.py, next to the other CPU kernels.
+//
+// - draft_tree: grow B draft trees from their roots (EAGLE-2 expansion, engine/spec/tree.py): per
+//   depth, the draft's layer over every frontier row, the LM head, a log-softmax and a top-k, then
+//   the next frontier. Returns what TreeSearch.tensors() holds.
+// - draft_rows: the draft's layer over a catch-up of new rows per sequence, causal after the
+//   sequence's committed rows.
+//
+// On a small draft every one of those operations costs more to dispatch from Python than to
+// compute (docs/spec.md); here only the products with the weights go through ATen (the small-product
+// kernel at a few rows, MKL above), and everything between them is a loop over a few rows. fp32.
+// The draft only proposes, verification decides every token: a different rounding here (the sums
+// run in another order than PyTorch's) can move the accepted length, never the output.
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "cpu_common.h"
+
+namespace {
+
+constexpr int64_t LANES = 8;
+
+// The draft's weights, in the order cpu_ops.draft_weights() lists them; an absent bias or norm is
+// an empty tensor.
+struct Draft {
+  at::Tensor embed, embed_norm, feature_norm, fc_w, fc_b, in_norm, qkv_w, qkv_b, q_norm, k_norm, o_w, o_b, post_norm,
+      gu_w, gu_b, down_w, down_b, lm_head, inv_freq;
+  int64_t h, hq, hk, d, inter, vocab;
+  float eps;
+
+  Draft(at::TensorList w, int64_t num_heads, int64_t num_kv_heads, double eps_) {
+    TORCH_CHECK(w.size() == 19, "draft kernels: expected 19 weight tensors, got ", w.size());
+    embed = w[0], embed_norm = w[1], feature_norm = w[2], fc_w = w[3], fc_b = w[4], in_norm = w[5], qkv_w = w[6];
+    qkv_b = w[7], q_norm = w[8], k_norm = w[9], o_w = w[10], o_b = w[11], post_norm = w[12], gu_w = w[13];
+    gu_b = w[14], down_w = w[15], down_b = w[16], lm_head = w[17], inv_freq = w[18].contiguous();
+    for (const auto& t : w)
+      TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat, "draft kernels: weights must be float32 on CPU");
+    h = embed.size(1), hq = num_heads, hk = num_kv_heads, inter = gu_w.size(0) / 2, vocab = lm_head.size(0);
+    TORCH_CHECK(hq > 0 && hk > 0 && hq % hk == 0, "draft kernels: ", hq, " query heads over ", hk, " kv heads");
+    d = qkv_w.size(0) / (hq + 2 * hk);
+    TORCH_CHECK(qkv_w.size(0) == (hq + 2 * hk) * d && d % 2 == 0 && inv_freq.numel() == d / 2,
+                "draft kernels: qkv_proj of ", qkv_w.size(0), " outputs does not fit ", hq, "+2x", hk, " heads");
+    TORCH_CHECK(embed.size(1) == h && fc_w.size(0) == h && fc_w.size(1) == 2 * h &&
+                    o_w.size(0) == h && down_w.size(0) == h && lm_head.size(1) == h,
+                "draft kernels: weight shapes do not fit hidden size ", h);
+    eps = static_cast<float>(eps_);
+  }
+};
+
+const float* ptr(const at::Tensor& t) { return t.numel() ? t.data_ptr<float>() : nullptr; }
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  const c10::optional<at::Tensor> bias = b.numel() ? c10::optional<at::Tensor>(b) : c10::nullopt;
+  if (x.size(0) <= 4) return reasonrl_cpu::small_linear(x, w, bias);
+  return bias ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+}
+
+// y = w * x / sqrt(mean(x^2) + eps), n values, in place allowed.
+void rms_norm(const float* x, const float* w, float* y, int64_t n, float eps) {
+  float ss = 0.f;
+  for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
+  const float r = 1.f / std::sqrt(ss / static_cast<float>(n) + eps);
+  for (int64_t i = 0; i < n; ++i) y[i] = w[i] * (x[i] * r);
+}
+
+// Half-split rotary embedding of one head (the Llama/Qwen convention, models/rope.py).
+void rotate(float* x, int64_t pos, const float* inv_freq, int64_t d) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float f = static_cast<float>(pos) * inv_freq[i];
+    const float c = std::cos(f), s = std::sin(f), a = x[i], b = x[i + half];
+    x[i] = a * c - b * s;
+    x[i + half] = b * c + a * s;
+  }
+}
+
+// The keys and values one row attends: pointers to (kv heads, head dim) rows, in order.
+struct Context {
+  std::vector<const float*> k, v;
+  void clear() { k.clear(), v.clear(); }
+  void add(const float* kr, const float* vr) { k.push_back(kr), v.push_back(vr); }
+};
+
+// Row i's attention output (hq, d) over ctx, its queries q (hq, d); scratch of ctx.k.size() floats.
+REASONRL_CLONES
+void attend(const Draft& m, const float* q, const Context& ctx, float* out, std::vector<float>& scratch) {
+  const int64_t n = static_cast<int64_t>(ctx.k.size()), group = m.hq / m.hk;
+  const float scale = 1.f / std::sqrt(static_cast<float>(m.d));
+  scratch.resize(n);
+  for (int64_t head = 0; head < m.hq; ++head) {
+    const int64_t kv = head / group;
+    const float* qh = q + head * m.d;
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t s = 0; s < n; ++s) mx = std::max(mx, scratch[s] = reasonrl_cpu::dot<LANES>(qh, ctx.k[s] + kv * m.d, m.d) * scale);
+    float total = 0.f;
+    for (int64_t s = 0; s < n; ++s) total += (scratch[s] = std::exp(scratch[s] - mx));
+    const float inv = 1.f / total;
+    float* o = out + head * m.d;
+    std::fill_n(o, m.d, 0.f);
+    for (int64_t s = 0; s < n; ++s) {
+      const float p = scratch[s] * inv;
+      const float* vs = ctx.v[s] + kv * m.d;
+      for (int64_t j = 0; j < m.d; ++j) o[j] += p * vs[j];
+    }
+  }
+}
+
+// Fused input rows of tokens and parent features: fc([embed_norm(embed[tok]), feature_norm(feat)]).
+at::Tensor fuse(const Draft& m, const int64_t* tokens, const float* features, int64_t n) {
+  auto cat = at::empty({n, 2 * m.h}, m.embed.options());
+  float* c = cat.data_ptr<float>();
+  const float* e = m.embed.data_ptr<float>();  // tied to a column-major LM head, the embedding is strided
+  const int64_t s0 = m.embed.stride(0), s1 = m.embed.stride(1);
+  std::vector<float> token(m.h);
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(tokens[i] >= 0 && tokens[i] < m.embed.size(0), "draft kernels: token id ", tokens[i], " out of range");
+    for (int64_t j = 0; j < m.h; ++j) token[j] = e[tokens[i] * s0 + j * s1];
+    rms_norm(token.data(), ptr(m.embed_norm), c + i * 2 * m.h, m.h, m.eps);
+    rms_norm(features + i * m.h, ptr(m.feature_norm), c + i * 2 * m.h + m.h, m.h, m.eps);
+  }
+  return linear(cat, m.fc_w, m.fc_b);
+}
+
+// The draft's decoder layer over n rows x (n, h) at `pos`: returns the outputs (n, h) and fills
+// new_k, new_v (n, hk, d). `context(i, ctx)` lists what row i attends before its own new row.
+template <typename ContextFn>
+at::Tensor layer(const Draft& m, const at::Tensor& x, const int64_t* pos, at::Tensor& new_k, at::Tensor& new_v,
+                 ContextFn context) {
+  const int64_t n = x.size(0), h = m.h, d = m.d, qs = m.hq * d, ks = m.hk * d;
+  auto normed = at::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) rms_norm(xp + i * h, ptr(m.in_norm), normed.data_ptr<float>() + i * h, h, m.eps);
+  auto qkv = linear(normed, m.qkv_w, m.qkv_b).contiguous();  // (n, q heads, then k heads, then v heads)
+  new_k = at::empty({n, m.hk, d}, x.options());
+  new_v = at::empty({n, m.hk, d}, x.options());
+  float *qkvp = qkv.data_ptr<float>(), *kp = new_k.data_ptr<float>(), *vp = new_v.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    float* r = qkvp + i * (qs + 2 * ks);
+    for (int64_t head = 0; head < m.hq + m.hk; ++head) {
+      float* x1 = r + head * d;
+      if (m.q_norm.numel()) rms_norm(x1, ptr(head < m.hq ? m.q_norm : m.k_norm), x1, d, m.eps);  // Qwen3
+      rotate(x1, pos[i], m.inv_freq.data_ptr<float>(), d);
+    }
+    std::copy_n(r + qs, ks, kp + i * ks);
+    std::copy_n(r + qs + ks, ks, vp + i * ks);
+  }
+  auto att = at::empty({n, qs}, x.options());
+  Context ctx;
+  std::vector<float> scratch;
+  for (int64_t i = 0; i < n; ++i) {
+    ctx.clear();
+    context(i, ctx);
+    ctx.add(kp + i * ks, vp + i * ks);
+    attend(m, qkvp + i * (qs + 2 * ks), ctx, att.data_ptr<float>() + i * qs, scratch);
+  }
+  auto y = x + linear(att, m.o_w, m.o_b);
+  const float* yp = y.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) rms_norm(yp + i * h, ptr(m.post_norm), normed.data_ptr<float>() + i * h, h, m.eps);
+  auto gu = linear(normed, m.gu_w, m.gu_b).contiguous();
+  auto act = at::empty({n, m.inter}, x.options());
+  const float* g = gu.data_ptr<float>();
+  float* a = act.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m.inter; ++j) {
+      const float gv = g[i * 2 * m.inter + j];
+      a[i * m.inter + j] = gv / (1.f + std::exp(-gv)) * g[i * 2 * m.inter + m.inter + j];
+    }
+  return y.add_(linear(act, m.down_w, m.down_b));
+}
+
+// The k most likely next tokens of each row's logits, with their log-probs, most likely first
+// (ties: the lower token id first).
+void top_log_probs(const float* logits, int64_t vocab, int64_t k, float* lp, int64_t* tok) {
+  const float mx = *std::max_element(logits, logits + vocab);
+  float total = 0.f;
+  for (int64_t t = 0; t < vocab; ++t) total += std::exp(logits[t] - mx);
+  const float lse = mx + std::log(total);
+  int64_t filled = 0;
+  for (int64_t t = 0; t < vocab; ++t) {
+    const float s = logits[t];
+    if (filled == k && s <= lp[k - 1]) continue;
+    int64_t j = filled < k ? filled++ : k - 1;
+    while (j > 0 && lp[j - 1] < s) lp[j] = lp[j - 1], tok[j] = tok[j - 1], --j;
+    lp[j] = s, tok[j] = t;
+  }
+  for (int64_t j = 0; j < k; ++j) lp[j] -= lse;
+}
+
+// Committed rows of every sequence: keys and values (rows, hk, d), contiguous.
+void check_past(const Draft& m, at::TensorList past_k, at::TensorList past_v, int64_t b) {
+  TORCH_CHECK(static_cast<int64_t>(past_k.size()) == b && past_v.size() == past_k.size(),
+              "draft kernels: ", b, " sequences but ", past_k.size(), " key and ", past_v.size(), " value caches");
+  for (int64_t s = 0; s < b; ++s)
+    TORCH_CHECK(past_k[s].is_contiguous() && past_v[s].is_contiguous() && past_k[s].dim() == 3 &&
+                    past_k[s].size(1) == m.hk && past_k[s].size(2) == m.d && past_v[s].sizes() == past_k[s].sizes() &&
+                    past_k[s].scalar_type() == at::kFloat,
+                "draft kernels: sequence ", s, "'s committed keys and values must be contiguous float32 (rows, ", m.hk,
+                ", ", m.d, ")");
+}
+
+void add_past(Context& ctx, const at::Tensor& k, const at::Tensor& v, int64_t row) {
+  const float *kp = k.data_ptr<float>(), *vp = v.data_ptr<float>();
+  for (int64_t t = 0; t < k.size(0); ++t) ctx.add(kp + t * row, vp + t * row);
+}
+
+std::vector<at::Tensor> draft_tree(at::TensorList weights, int64_t num_heads, int64_t num_kv_heads,
+                                   double eps, const at::Tensor& root_out, const at::Tensor& roots_pos,
+                                   at::TensorList past_k, at::TensorList past_v,
+                                   int64_t top_k, int64_t depth) {
+  const Draft m(weights, num_heads, num_kv_heads, eps);
+  TORCH_CHECK(root_out.dim() == 2 && root_out.size(1) == m.h && root_out.scalar_type() == at::kFloat,
+              "draft_tree: root outputs must be float32 (sequences, ", m.h, ")");
+  const int64_t b = root_out.size(0), k = std::min(top_k, m.vocab), row = m.hk * m.d;
+  TORCH_CHECK(k >= 1 && depth >= 1, "draft_tree: top_k and depth must be at least 1, got ", top_k, " and ", depth);
+  TORCH_CHECK(roots_pos.dim() == 1 && roots_pos.size(0) == b, "draft_tree: one root position per sequence");
+  check_past(m, past_k, past_v, b);
+  auto pos_root = roots_pos.to(at::kLong).contiguous();
+  const int64_t* rp = pos_root.data_ptr<int64_t>();
+  auto i64 = root_out.options().dtype(at::kLong);
+  std::vector<at::Tensor> tokens, scores, parents, frontier;
+  {  // depth 1: the root's top k
+    auto logits = linear(root_out.contiguous(), m.lm_head, at::Tensor()).contiguous();
+    auto lp = at::empty({b, k}, root_out.options());
+    auto tok = at::empty({b, k}, i64);
+    for (int64_t s = 0; s < b; ++s)
+      top_log_probs(logits.data_ptr<float>() + s * m.vocab, m.vocab, k, lp.data_ptr<float>() + s * k,
+                    tok.data_ptr<int64_t>() + s * k);
+    tokens.push_back(tok), scores.push_back(lp), parents.push_back(at::full({b, k}, -1, i64));
+    frontier.push_back(at::arange(k, i64).expand({b, k}).contiguous());
+  }
+  auto parent_out = root_out.contiguous().repeat_interleave(k, 0);  // (b * k, h): features feeding each frontier node
+  std::vector<at::Tensor> drafted_k, drafted_v;                      // per depth: (b * k, hk, d) frontier rows
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> ancestors(b * k);  // (depth, row) drafted rows each node sees
+  std::vector<int64_t> in_tok(b * k), in_pos(b * k);
+  auto lp = at::empty({b * k, k}, root_out.options());
+  for (int64_t dep = 1; dep < depth; ++dep) {
+    const int64_t* prev_tok = tokens.back().data_ptr<int64_t>();
+    const int64_t* prev_front = frontier.back().data_ptr<int64_t>();
+    const int64_t width = tokens.back().size(1);
+    for (int64_t s = 0; s < b; ++s)
+      for (int64_t j = 0; j < k; ++j) {
+        in_tok[s * k + j] = prev_tok[s * width + prev_front[s * k + j]];
+        in_pos[s * k + j] = rp[s] + dep;
+      }
+    at::Tensor new_k, new_v;
+    auto x = fuse(m, in_tok.data(), parent_out.data_ptr<float>(), b * k);
+    auto out = layer(m, x, in_pos.data(), new_k, new_v, [&](int64_t i, Context& ctx) {
+      add_past(ctx, past_k[i / k], past_v[i / k], row);
+      for (const auto& [dd, r] : ancestors[i])
+        ctx.add(drafted_k[dd].data_ptr<float>() + r * row, drafted_v[dd].data_ptr<float>() + r * row);
+    });
+    auto logits = linear(out, m.lm_head, at::Tensor()).contiguous();
+    auto tok = at::empty({b, k * k}, i64), sc = at::empty({b, k * k}, root_out.options());
+    auto par = at::empty({b, k * k}, i64), front = at::empty({b, k}, i64);
+    float *lpp = lp.data_ptr<float>(), *scp = sc.data_ptr<float>();
+    int64_t *tp = tok.data_ptr<int64_t>(), *pp = par.data_ptr<int64_t>(), *fp = front.data_ptr<int64_t>();
+    const float* prev_sc = scores.back().data_ptr<float>();
+    for (int64_t i = 0; i < b * k; ++i)
+      top_log_probs(logits.data_ptr<float>() + i * m.vocab, m.vocab, k, lpp + i * k, tp + i * k);
+    std::vector<float> best(k);
+    for (int64_t s = 0; s < b; ++s) {
+      for (int64_t j = 0; j < k; ++j) {  // child c of frontier slot j: candidate j * k + c
+        const float parent_score = prev_sc[s * width + prev_front[s * k + j]];
+        for (int64_t c = 0; c < k; ++c) {
+          scp[s * k * k + j * k + c] = parent_score + lpp[(s * k + j) * k + c];
+          pp[s * k * k + j * k + c] = prev_front[s * k + j];
+        }
+      }
+      int64_t filled = 0;  // the new frontier: the top k candidates by score, the lower index first on ties
+      for (int64_t c = 0; c < k * k; ++c) {
+        const float v = scp[s * k * k + c];
+        if (filled == k && v <= best[k - 1]) continue;
+        int64_t j = filled < k ? filled++ : k - 1;
+        while (j > 0 && best[j - 1] < v) best[j] = best[j - 1], fp[s * k + j] = fp[s * k + j - 1], --j;
+        best[j] = v, fp[s * k + j] = c;
+      }
+    }
+    // each new frontier node sees its parent's ancestors and its parent's row; takes its parent's output
+    std::vector<std::vector<std::pair<int64_t, int64_t>>> next(b * k);
+    auto next_out = at::empty_like(parent_out);
+    for (int64_t s = 0; s < b; ++s)
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t parent_row = s * k + fp[s * k + j] / k;
+        next[s * k + j] = ancestors[parent_row];
+        next[s * k + j].emplace_back(dep - 1, parent_row);
+        std::copy_n(out.data_ptr<float>() + parent_row * m.h, m.h, next_out.data_ptr<float>() + (s * k + j) * m.h);
+      }
+    ancestors = std::move(next);
+    parent_out = next_out;
+    drafted_k.push_back(new_k), drafted_v.push_back(new_v);
+    tokens.push_back(tok), scores.push_back(sc), parents.push_back(par), frontier.push_back(front);
+  }
+  std::vector<at::Tensor> result;
+  for (auto* part : {&tokens, &scores, &parents, &frontier}) result.insert(result.end(), part->begin(), part->end());
+  return result;
+}
+
+std::vector<at::Tensor> draft_rows(at::TensorList weights, int64_t num_heads, int64_t num_kv_heads,
+                                   double eps, const at::Tensor& x, const at::Tensor& positions,
+                                   at::TensorList past_k, at::TensorList past_v,
+                                   at::IntArrayRef lengths) {
+  const Draft m(weights, num_heads, num_kv_heads, eps);
+  const int64_t b = static_cast<int64_t>(lengths.size()), row = m.hk * m.d;
+  check_past(m, past_k, past_v, b);
+  int64_t n = 0;
+  for (const int64_t len : lengths) {
+    TORCH_CHECK(len >= 0, "draft_rows: a sequence cannot have ", len, " new rows");
+    n += len;
+  }
+  TORCH_CHECK(x.dim() == 2 && x.size(0) == n && x.size(1) == m.h && x.scalar_type() == at::kFloat,
+              "draft_rows: x must be float32 (", n, " rows, ", m.h, "), got ", x.sizes());
+  TORCH_CHECK(positions.dim() == 1 && positions.size(0) == n, "draft_rows: one position per row");
+  auto pos = positions.to(at::kLong).contiguous();
+  std::vector<int64_t> seq_of(n), start_of(n);
+  for (int64_t s = 0, lo = 0; s < b; lo += lengths[s], ++s)
+    for (int64_t i = lo; i < lo + lengths[s]; ++i) seq_of[i] = s, start_of[i] = lo;
+  at::Tensor new_k, new_v;
+  const float *kp = nullptr, *vp = nullptr;
+  auto out = layer(m, x.contiguous(), pos.data_ptr<int64_t>(), new_k, new_v, [&](int64_t i, Context& ctx) {
+    add_past(ctx, past_k[seq_of[i]], past_v[seq_of[i]], row);
+    if (!kp) kp = new_k.data_ptr<float>(), vp = new_v.data_ptr<float>();
+    for (int64_t j = start_of[i]; j < i; ++j) ctx.add(kp + j * row, vp + j * row);  // causal among its new rows
+  });
+  return {out, new_k, new_v};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(reasonrl_cpu, m) {
+  m.def("draft_tree(Tensor[] weights, int num_heads, int num_kv_heads, float eps, Tensor root_out, Tensor roots_pos, "
+        "Tensor[] past_k, Tensor[] past_v, int top_k, int depth) -> Tensor[]");
+  m.def("draft_rows(Tensor[] weights, int num_heads, int num_kv_heads, float eps, Tensor x, Tensor positions, "
+        "Tensor[] past_k, Tensor[] past_v, int[] lengths) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(reasonrl_cpu, CPU, m) {
+  m.impl("draft_tree", &draft_tree);
+  m.impl("draft_rows", &draft_rows);
+}

@@ -211,6 +211,11 @@ class EngineBenchConfig:
     gather_attention_arm: bool = False
     """Also run an engine with cpu_decode_kernel off (decode attention gathers, then SDPA), same
     model, interleaved in the same run (reported under "gather_attention", with the speedup over it)."""
+    cpu_forward_kernel: bool = True
+    """The engine's cpu_forward_kernel (CPU, fp32: decode steps' whole forward in one C++ call)."""
+    python_forward_arm: bool = False
+    """Also run an engine with cpu_forward_kernel off (every layer's operations from Python), same
+    model, interleaved in the same run (reported under "python_forward", with the speedup over it)."""
 
     def __post_init__(self):
         if self.repeats < 1:
@@ -221,19 +226,21 @@ class EngineBenchConfig:
 
 
 def _engine(lm, c: EngineBenchConfig, compile_decode: bool, cuda_graphs: bool, cpu_linear: bool = True,
-            cpu_kernel: bool = True, linear_kernel: bool = True) -> LLMEngine:
+            cpu_kernel: bool = True, linear_kernel: bool = True, forward_kernel: bool = True) -> LLMEngine:
     """An engine for the workload, warmed up (compiles and captures happen here, untimed). With a
     second arm on CUDA every engine gets a fixed KV budget, as the first would otherwise take the
     device's free memory. `cpu_linear` (`cpu_kernel`, `linear_kernel`) False turns the CPU weight
-    options (the CPU decode attention kernel, the small-product kernel) off whatever `c` says."""
+    options (the CPU decode attention kernel, the small-product kernel, the C++ forward) off whatever
+    `c` says."""
     fixed = lm.device.type == "cuda" and (c.eager_arm or c.plain_linear_arm or c.gather_attention_arm
-                                          or c.split_linear_arm)
+                                          or c.split_linear_arm or c.python_forward_arm)
     engine = LLMEngine(lm, None, EngineConfig(max_num_seqs=c.concurrency, max_model_len=c.prompt_len[1] + c.max_tokens + 8,
                                               compile_decode=compile_decode, cuda_graphs=cuda_graphs,
                                               column_major_weights=cpu_linear and c.column_major_weights,
                                               split_small_matmuls=cpu_linear and c.split_small_matmuls,
                                               cpu_decode_kernel=cpu_kernel and c.cpu_decode_kernel,
                                               cpu_linear_kernel=cpu_linear and linear_kernel and c.cpu_linear_kernel,
+                                              cpu_forward_kernel=forward_kernel and c.cpu_forward_kernel,
                                               kv_cache_memory=4 << 30 if fixed else None))
     run_engine(engine, make_workload(lm.config.vocab_size, c.concurrency, (8, 16), 8, 8, c.seed + 1))  # warm-up
     return engine
@@ -263,6 +270,8 @@ def bench_engine(c: EngineBenchConfig) -> dict:
     if c.split_linear_arm:  # its own copy: the linear modules' switches are the model's own
         arms["split_linear"] = _engine(load_model(model, dev, torch_dtype), c, c.compile_decode, c.cuda_graphs,
                                        linear_kernel=False)
+    if c.python_forward_arm:  # the same model: the C++ forward reads the weights in place
+        arms["python_forward"] = _engine(lm, c, c.compile_decode, c.cuda_graphs, forward_kernel=False)
     runs: dict[str, list[float]] = {name: [] for name in arms}
     hf_runs = []
     for _ in range(c.repeats):
@@ -285,11 +294,12 @@ def bench_engine(c: EngineBenchConfig) -> dict:
         "decode_mode": engine.stats().get("decode_mode", "eager"),
         "cpu_decode_kernel": engine.stats()["cpu_decode_kernel"],
         "cpu_linear_kernel": engine.stats()["cpu_linear_kernel"],
+        "cpu_forward_kernel": "cpu_forward_steps" in engine.stats(),
         "decode_compile_seconds": engine.stats().get("decode_compile_seconds", 0.0),
     }
     result["engine_seconds_per_repeat"] = engine_runs
     result.update(decode_roofline(engine))
-    for name in ("eager", "plain_linear", "gather_attention", "split_linear"):
+    for name in ("eager", "plain_linear", "gather_attention", "split_linear", "python_forward"):
         if name in arms:
             arm_s = statistics.median(runs[name])
             result[name] = {"engine_seconds": arm_s, "engine_seconds_per_repeat": runs[name],

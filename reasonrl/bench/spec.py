@@ -136,6 +136,8 @@ class SpecBenchConfig:
     cpu_draft_kernel: bool = True
     """The speculative engine's cpu_draft_kernel (CPU, fp32: tree growth and catch-ups in C++);
     off measures the draft as PyTorch runs it."""
+    cpu_forward_kernel: bool = True
+    """Both engines' cpu_forward_kernel (CPU, fp32: decode and verification steps' forward in C++)."""
     vlm: bool = False
     """Benchmark a vision-language model on shapes-world image prompts instead (bench/spec_vlm.py):
     --model (default: the demo VLM), --draft the EagleVLM draft, --compressed-draft the SpecVLM one."""
@@ -178,7 +180,8 @@ def bench_spec(c: SpecBenchConfig) -> dict:
     levels = sorted(set(c.concurrency))
     prompts = _prompts(c, model_path, max(c.num_prompts, 4 * levels[-1]))
     opts = dict(max_model_len=max(map(len, prompts)) + c.max_tokens + 1, max_num_seqs=levels[-1],
-                kv_cache_memory=1 << 28)  # fixed: on CUDA the first engine would otherwise take the free memory
+                kv_cache_memory=1 << 28,  # fixed: on CUDA the first engine would otherwise take the free memory
+                cpu_forward_kernel=c.cpu_forward_kernel)
     plain = LLMEngine(target, None, EngineConfig(**opts))
     spec = LLMEngine(target, None, EngineConfig(**opts, draft_top_k=c.draft_top_k, draft_depth=c.draft_depth,
                                                 draft_tokens=c.draft_tokens, draft_adaptive=c.adaptive,
@@ -229,6 +232,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
         "tree_steps_at_batch1": batch1["tree_steps"],
         "draft_compile_seconds": spec.stats()["spec_draft_compile_seconds"],
         "draft_kernel": spec.stats()["spec_draft_kernel"],
+        "forward_kernel": "cpu_forward_steps" in spec.stats(),
         "draft_cost_ratio": batch1["draft_s"] / tree_steps / per_token_plain,
         "verify_cost_ratio": batch1["verify_s"] / tree_steps / per_token_plain,
         "tree_tokens_by_batch": {k.removeprefix("spec_tree_tokens_at_batch_"): v for k, v in spec.stats().items()

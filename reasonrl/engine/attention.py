@@ -65,6 +65,9 @@ class PaddedQueries:
     valid: torch.Tensor  # (B, Q) bool: the slot holds a real row
     mask: torch.Tensor  # (B, Q, S) bool, S the longest context: who each slot attends to
     max_ctx: int
+    tables: torch.Tensor  # (B, max_blocks) the sequences' block tables
+    lens: torch.Tensor  # (B,) their context lengths
+    out_rows: torch.Tensor  # rows of q of the real slots, in the order of `valid`'s True entries
 
     @classmethod
     def build(cls, meta: AttentionMetadata, seqs: list[int], device) -> PaddedQueries:
@@ -77,7 +80,8 @@ class PaddedQueries:
         mask[:, :, 0] = True  # padding rows attend to something (no NaN); their output is dropped
         for i, (b, n) in enumerate(zip(seqs, lens)):  # the tree masks live on the device already
             mask[i, :n, : meta.context_lens[b]] = causal_mask(n, meta.context_lens[b], meta.masks[b], device)
-        return cls(torch.tensor(seqs, device=device), rows, valid, mask, s_max)
+        idx = torch.tensor(seqs, device=device)
+        return cls(idx, rows, valid, mask, s_max, meta.block_tables[idx], meta.context_lens_t[idx], rows[valid])
 
 
 class PagedAttention:

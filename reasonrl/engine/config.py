@@ -69,6 +69,12 @@ class EngineConfig:
     shapes), compiled at start-up (engine/spec/grow.py; stats report the seconds). Greedy and
     coupled-sampled output is unchanged (the draft only proposes). Off by default: it costs a
     compile at every engine start."""
+    cpu_forward_kernel: bool = True
+    """CPU, fp32, dense KV: a step whose sequences each have one decode row or a draft tree to verify
+    runs the model's whole forward in one C++ call (engine/cpu_forward.py), where the PyTorch path
+    dispatches every operation of every layer from Python; prefill steps run the PyTorch forward.
+    The same model to float rounding (not bit for bit); a row's result does not depend on the
+    other rows. `compile_decode`, where on, takes precedence. Ignored on CUDA."""
     cpu_draft_kernel: bool = True
     """Speculative decoding on CPU, fp32: grow each step's draft trees, and catch the draft up over
     the tokens the last verification accepted, in one C++ call each (engine/spec/grow.py), where

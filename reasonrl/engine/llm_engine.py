@@ -28,6 +28,7 @@ from reasonrl.engine.admission import check_request
 from reasonrl.engine.block_manager import BlockManager
 from reasonrl.engine.compiled import FastDecode, bucket_sizes
 from reasonrl.engine.config import EngineConfig
+from reasonrl.engine.cpu_forward import CPUForward
 from reasonrl.engine.cuda_graphs import GraphPool
 from reasonrl.engine.eviction import EvictionConfig, Evictor
 from reasonrl.engine.grammar import Grammars
@@ -97,7 +98,9 @@ class LLMEngine:
         latent = latent or self._latent_config(tokenizer)
         self.latents = LatentReasoning(latent, model) if latent is not None else None
         plain = self.evictor is None and self.images is None and self.latents is None  # these decode eager
-        fast = FastDecode.build(model, self.kv, cfg, self.max_model_len) if plain else None
+        fast = None
+        if plain:  # compiled or captured decode if asked for, else on CPU the C++ forward
+            fast = FastDecode.build(model, self.kv, cfg, self.max_model_len) or CPUForward.build(model, self.kv, cfg)
         self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids,
                                   grammars=self.grammars, latents=self.latents, fast=fast)
         self.speculator = self._speculator(draft)
@@ -313,11 +316,13 @@ class LLMEngine:
         for seq, n in scheduled:
             verdict = result.verdicts.get(seq.seq_id)
             if verdict is not None:
-                self.speculator.record(seq, verdict)
+                used = 0
                 for i, token in enumerate(verdict.tokens):
                     self._append(seq, Sampled(token, verdict.logprobs[i], verdict.top[i] if verdict.top else None))
+                    used += 1
                     if seq.finished:
                         break
+                self.speculator.record(seq, verdict, used)
                 if not seq.finished:
                     self.speculator.settle(seq, verdict)
                 seq.num_computed += len(verdict.rows)

@@ -14,6 +14,7 @@ import torch
 
 from reasonrl.engine.attention import AttentionMetadata, PagedAttention
 from reasonrl.engine.compiled import FastDecode
+from reasonrl.engine.cpu_forward import CPUForward
 from reasonrl.engine.eviction import Evictor
 from reasonrl.engine.grammar import Grammars, mask_logits
 from reasonrl.engine.images import Images
@@ -69,9 +70,9 @@ class StepResult:
 class ModelRunner:
     def __init__(self, model: DecoderLM, kv: KVFormat, block_size: int, evictor: Evictor | None = None,
                  images: Images | None = None, eos_ids: set[int] | None = None, grammars: Grammars | None = None,
-                 latents=None, fast: FastDecode | None = None):
+                 latents=None, fast: FastDecode | CPUForward | None = None):
         self.model, self.kv, self.block_size = model, kv, block_size
-        self.fast = fast  # compiled / CUDA-graph forward of all-decode steps (engine/compiled.py)
+        self.fast = fast  # compiled / CUDA-graph forward of all-decode steps (engine/compiled.py), or the C++ one (cpu_forward.py)
         self.evictor = evictor  # records the queries token eviction selects with
         self.images = images  # image embeddings and M-RoPE positions of prompts with images
         self.latents = latents  # LatentReasoning: latent positions' input embeddings (engine/latent.py)

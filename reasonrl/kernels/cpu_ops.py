@@ -10,9 +10,11 @@
 - `small_linear_cpu` (`csrc/small_linear_cpu.cpp`): a linear layer at a few rows (1-4 sequences
   decoding) with the outputs split over torch's threads, each streaming its share of the weight;
   outputs match `F.linear` to float rounding (a fixed order of summation, not MKL's).
-- `draft_tree_cpu`, `draft_rows_cpu` (`csrc/draft_tree_cpu.cpp`): the EAGLE draft's tree growth
+- `draft_tree_cpu`, `draft_rows_cpu` (`csrc/decoder_cpu.cpp`): the EAGLE draft's tree growth
   and its catch-up over newly accepted rows (engine/spec/grow.py), each one call, where the PyTorch
   path dispatches dozens of operations per depth.
+- `decoder_forward_cpu` (same file): the target model's forward over a step of decode and
+  draft-tree rows (engine/cpu_forward.py), one call, reading and writing the paged cache in place.
 
 The first two are batch-invariant: a row's (a sequence's) result never depends on the other rows of the
 batch or the padding.
@@ -37,7 +39,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("paged_decode_cpu.cpp", "small_linear_cpu.cpp", "draft_tree_cpu.cpp"))
+SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("paged_decode_cpu.cpp", "small_linear_cpu.cpp", "decoder_cpu.cpp"))
 FILES = SOURCES + (Path(__file__).parent / "csrc" / "cpu_common.h",)  # what is copied to build and hashed
 LIBRARY = "reasonrl_cpu"
 STALE_LOCK_S = 600
@@ -68,7 +70,7 @@ def _build() -> dict[str, object]:
         else:
             _compile(build)
         ops = torch.ops.reasonrl_cpu
-        ops.paged_decode, ops.paged_masked, ops.small_linear, ops.draft_tree, ops.draft_rows  # noqa: B018 (raises if the library did not register the ops)
+        ops.paged_decode, ops.paged_masked, ops.small_linear, ops.draft_tree, ops.draft_rows, ops.decoder_forward  # noqa: B018 (raises if the library did not register the ops)
         # their outputs' shapes for tracers (torch.compile, export) that meet them outside the engine's custom ops
         torch.library.register_fake("reasonrl_cpu::paged_decode")(lambda q, k_cache, v_cache, tables, lens, scale: torch.empty_like(q))
         torch.library.register_fake("reasonrl_cpu::paged_masked")(
@@ -153,25 +155,56 @@ def small_linear_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return torch.ops.reasonrl_cpu.small_linear(x, weight, bias)
 
 
+def _layer_weights(layer) -> list[torch.Tensor]:
+    """A `DecoderLayer`'s 12 tensors in the order the C++ `Layer` reads them (empty: absent)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    none = attn.qkv_proj.weight.new_empty(0)
+    opt = lambda t: none if t is None else t.detach()  # noqa: E731
+    norm = lambda m: none if m is None else m.weight.detach()  # noqa: E731
+    return [layer.input_layernorm.weight.detach(), attn.qkv_proj.weight.detach(), opt(attn.qkv_proj.bias),
+            norm(attn.q_norm), norm(attn.k_norm), attn.o_proj.weight.detach(), opt(attn.o_proj.bias),
+            layer.post_attention_layernorm.weight.detach(), mlp.gate_up_proj.weight.detach(), opt(mlp.gate_up_proj.bias),
+            mlp.down_proj.weight.detach(), opt(mlp.down_proj.bias)]
+
+
+def _applies(weight: torch.Tensor, embed) -> bool:
+    return weight.device.type == "cpu" and weight.dtype == torch.float32 and type(embed) is torch.nn.Embedding \
+        and available()
+
+
+def decoder_weights(model) -> list[torch.Tensor] | None:
+    """A `DecoderLM`'s tensors in the order `decoder_forward_cpu` reads them; None where the kernel
+    does not apply (not fp32 on CPU, the library not built, an embedding other than `nn.Embedding`,
+    M-RoPE)."""
+    if not _applies(model.norm.weight, model.embed_tokens) or model.rotary.mrope_section is not None:
+        return None
+    return [model.embed_tokens.weight.detach(), model.norm.weight.detach(), model.rotary.inv_freq.float(),
+            *(t for layer in model.layers for t in _layer_weights(layer))]
+
+
+def decoder_forward_cpu(weights: list[torch.Tensor], config, ids: torch.Tensor, positions: torch.Tensor,
+                        cache: torch.Tensor, slots: torch.Tensor, tables: torch.Tensor, query_start: list[int],
+                        context_lens: list[int], masks: list[torch.Tensor]) -> torch.Tensor:
+    """The model's final hidden states (rows, h) for a step of rows: ids, positions and cache slots
+    (rows,) int64, the dense cache (layers, 2, blocks, block size, H, D), per sequence its block
+    table (int32), row offsets, context length after this step and mask among its rows ((n, n)
+    bool, or an empty tensor: causal). Writes the rows' keys and values into the cache."""
+    return torch.ops.reasonrl_cpu.decoder_forward(weights, config.num_layers, config.num_heads, config.num_kv_heads,
+                                                  config.rms_norm_eps, ids, positions, cache, slots, tables,
+                                                  query_start, context_lens, masks)
+
+
 def draft_weights(draft) -> list[torch.Tensor] | None:
     """The tensors of a `DraftHead` (engine/spec/draft.py) in the order the draft kernels read them,
     an absent bias or norm as an empty tensor; None where the kernels do not apply (not fp32 on
     CPU, the library not built, or an embedding other than `nn.Embedding`)."""
-    layer, target = draft.layer, draft.target
-    attn, mlp = layer.self_attn, layer.mlp
-    first = draft.fc.weight
-    if first.device.type != "cpu" or first.dtype != torch.float32 or type(target.embed_tokens) is not torch.nn.Embedding \
-            or not available():
+    target = draft.target
+    if not _applies(draft.fc.weight, target.embed_tokens):
         return None
-    none = first.new_empty(0)
-    opt = lambda t: none if t is None else t.detach()  # noqa: E731
-    norm = lambda m: none if m is None else m.weight.detach()  # noqa: E731
+    none = draft.fc.weight.new_empty(0)
     return [target.embed_tokens.weight.detach(), draft.embed_norm.weight.detach(), draft.feature_norm.weight.detach(),
-            draft.fc.weight.detach(), opt(draft.fc.bias), layer.input_layernorm.weight.detach(),
-            attn.qkv_proj.weight.detach(), opt(attn.qkv_proj.bias), norm(attn.q_norm), norm(attn.k_norm),
-            attn.o_proj.weight.detach(), opt(attn.o_proj.bias), layer.post_attention_layernorm.weight.detach(),
-            mlp.gate_up_proj.weight.detach(), opt(mlp.gate_up_proj.bias), mlp.down_proj.weight.detach(),
-            opt(mlp.down_proj.bias), target.lm_head.weight.detach(), target.rotary.inv_freq.float()]
+            draft.fc.weight.detach(), none if draft.fc.bias is None else draft.fc.bias.detach(),
+            *_layer_weights(draft.layer), target.lm_head.weight.detach(), target.rotary.inv_freq.float()]
 
 
 def draft_tree_cpu(weights: list[torch.Tensor], config, root_out: torch.Tensor, roots_pos: torch.Tensor,

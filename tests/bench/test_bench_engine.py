@@ -124,3 +124,17 @@ def test_the_split_linear_arm_runs_without_the_linear_kernel_on_its_own_model(tm
         result["split_linear"]["engine_seconds"] / result["engine_seconds"]
     (model_on, on), (model_off, off) = arms[-2:]  # one timed repeat of each arm, after the warm-ups
     assert (on, off) == (True, False) and model_on != model_off
+
+
+def test_the_python_forward_arm_runs_without_the_cpu_forward(tmp_path, monkeypatch):
+    from reasonrl.engine.cpu_forward import CPUForward
+    from reasonrl.kernels import cpu_ops
+
+    if not cpu_ops.available():
+        pytest.skip(f"kernels not built: {cpu_ops.status()}")
+    result, fast = _bench_with_arm(tmp_path, monkeypatch, "--python-forward-arm",
+                                   lambda engine: isinstance(engine.runner.fast, CPUForward))
+    assert result["cpu_forward_kernel"] is True
+    assert result["speedup_over_python_forward"] == result["python_forward"]["engine_seconds"] / result["engine_seconds"]
+    assert fast[-2:] == [True, False]  # one timed repeat of each arm, after the warm-ups
+    assert result["batch1_forward_ms"] > 0  # the roofline's forward alone, timed through the C++ forward

@@ -18,15 +18,16 @@ def test_bench_spec_cli_compares_plain_and_speculative_on_the_same_prompts(tmp_p
     assert r["batch2"]["cpu_speedup"] > 0  # on a CPU, the ratio of tokens per CPU-second too
     assert all(0 < r[f"batch{n}"]["speculation_time_share"] < 1 for n in (1, 2))  # the draft's and policy's time
     assert r["tree_steps_at_batch1"] > 0 and r["verify_cost_ratio"] > 0
-    assert r["draft_kernel"] is True  # CPU, fp32: the draft's C++ kernel, the default
+    assert r["draft_kernel"] is True and r["forward_kernel"] is True  # CPU, fp32: the C++ kernels, the default
 
 
-def test_bench_spec_can_measure_the_draft_without_its_kernel(tmp_path):
+def test_bench_spec_can_measure_the_draft_and_the_forward_without_their_kernels(tmp_path):
     out = tmp_path / "spec.json"
     assert main(["bench", "spec", "--num-prompts", "3", "--max-tokens", "16", "--repeats", "1", "--concurrency", "1",
-                 "--no-cpu-draft-kernel", "--json", str(out)]) == 0
+                 "--no-cpu-draft-kernel", "--no-cpu-forward-kernel", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert r["draft_kernel"] is False and r["greedy_identical"] is True and r["accepted_length"] > 1
+    assert r["draft_kernel"] is False and r["forward_kernel"] is False
+    assert r["greedy_identical"] is True and r["accepted_length"] > 1
 
 
 def test_a_timer_counts_only_the_calls_it_is_told_to():

@@ -36,6 +36,8 @@ def test_padding_rows_repeat_the_last_real_row():
 
 
 def _engine(path, **kw):
+    """The PyTorch forward, eager or compiled (the C++ forward is tests/engine/test_cpu_forward.py's)."""
+    kw.setdefault("cpu_forward_kernel", False)
     model = load_model(path, "cpu", torch.float32)
     return LLMEngine(model, None, EngineConfig(max_num_seqs=4, max_model_len=200, kv_cache_memory=1 << 22, **kw))
 

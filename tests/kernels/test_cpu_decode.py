@@ -145,7 +145,8 @@ def test_engine_decodes_the_same_with_and_without_the_kernel(hf_checkpoint, monk
     runs = {}
     for on in (True, False):
         engine = LLMEngine(load_model(path, "cpu", torch.float32), None,
-                           EngineConfig(max_num_seqs=4, max_model_len=160, block_size=8, cpu_decode_kernel=on))
+                           EngineConfig(max_num_seqs=4, max_model_len=160, block_size=8, cpu_decode_kernel=on,
+                                        cpu_forward_kernel=False))  # the PyTorch forward's attention
         used, kernel = [], engine.kv.decode_kernel
         monkeypatch.setattr(engine.kv, "decode_kernel", lambda *a: (out := kernel(*a), used.append(out is not None))[0])
         for i, p in enumerate(prompts):

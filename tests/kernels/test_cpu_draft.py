@@ -1,4 +1,4 @@
-"""The draft's C++ kernels on CPU (kernels/csrc/draft_tree_cpu.cpp, `EngineConfig.cpu_draft_kernel`):
+"""The draft's C++ kernels on CPU (kernels/csrc/decoder_cpu.cpp, `EngineConfig.cpu_draft_kernel`):
 tree growth and catch-up as the eager PyTorch draft computes them, for each model family's layer,
 and an engine whose greedy output is unchanged by them."""
 

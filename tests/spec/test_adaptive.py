@@ -228,3 +228,20 @@ def test_batch_one_starts_with_the_full_tree_and_an_off_bucket_tries_its_smaller
     policy.buckets[1].best = 2  # batch 1 settled on an 8-token tree
     assert policy._round(policy.buckets[2]) == [2]
     assert policy._round(policy._bucket(4)) == []  # 4 starts off like 2 and, above it, makes no trials
+
+
+
+def test_the_policy_learns_from_the_tokens_a_sequence_keeps_not_those_past_its_end(demo):
+    """A stop string ends answers mid-tree: the tokens accepted past it count for the accepted
+    length (the draft proposed them well) but not for the policy (they add nothing to the output)."""
+    policy_model, _, draft, prompts = demo
+    e = engine(policy_model, draft, max_model_len=256, max_num_seqs=2, draft_adaptive=True)
+    seen, record = [], e.speculator.record
+    e.speculator.record = lambda seq, verdict, used: seen.append((len(verdict.tokens), used)) or record(seq, verdict, used)
+    logs, observe = [], e.speculator.policy.observe
+    e.speculator.policy.observe = lambda log, seconds: logs.append(log) or observe(log, seconds)
+    reqs = {str(i): (p, SamplingParams(temperature=0, max_tokens=64, stop=["="]), {}) for i, p in enumerate(prompts[:8])}
+    run(e, reqs)
+    assert any(used < n for n, used in seen)  # some trees ran past the stop
+    assert sum(log.emitted + log.cold_emitted for log in logs) == sum(used for _, used in seen)
+    assert e.stats()["spec_emitted_tokens"] == sum(n for n, _ in seen) > sum(used for _, used in seen)

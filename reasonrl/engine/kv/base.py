@@ -130,15 +130,15 @@ class KVFormat:
         one (B, Q, S) mask built once per step (`PaddedQueries`) and shared by every layer; or the
         format's kernel for them, reading the stored blocks in place (`short_kernel`)."""
         pad = meta.padded_queries(seqs, q.device)
-        o = self.short_kernel(layer, q[pad.rows], meta.block_tables[pad.idx], meta.context_lens_t[pad.idx], pad.mask)
+        o = self.short_kernel(layer, q[pad.rows], pad.tables, pad.lens, pad.mask)
         if o is not None:
-            out[pad.rows[pad.valid]] = o[pad.valid]
+            out[pad.out_rows] = o[pad.valid]
             return
-        k, v = self.gather(layer, meta.block_tables[pad.idx, : -(-pad.max_ctx // self.block_size)], meta.context_lens_t[pad.idx])
+        k, v = self.gather(layer, pad.tables[:, : -(-pad.max_ctx // self.block_size)], pad.lens)
         k, v = (t[:, : pad.max_ctx].to(q.dtype).transpose(1, 2) for t in (k, v))  # (B, H, S, D)
         o = F.scaled_dot_product_attention(q[pad.rows].transpose(1, 2), k, v, attn_mask=pad.mask[:, None],
                                            enable_gqa=q.shape[1] != k.shape[1])  # (B, H, Q, D)
-        out[pad.rows[pad.valid]] = o.transpose(1, 2)[pad.valid]
+        out[pad.out_rows] = o.transpose(1, 2)[pad.valid]
 
     def decode(self, layer: int, q: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor,
                lens_list: list[int]) -> torch.Tensor:

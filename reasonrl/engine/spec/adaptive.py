@@ -11,8 +11,9 @@ where this hardware, this model and this draft put it:
 - Shapes: a ladder from the configured tree down. Rung r has `num_nodes / 2^r` draft tokens
   (depth capped at that count, top-k the fewest that fill it: a chain at the bottom), and the
   last rung is no tree at all.
-- Acceptance, per rung: an EMA of the tokens a verified sequence emits per step (accepted drafts
-  plus the target's own), L(rung), from drafts that have seen the whole sequence (one whose
+- Acceptance, per rung: an EMA of the tokens a verified sequence emits and keeps per step
+  (accepted drafts plus the target's own, less any past a stop or the length limit: they add
+  nothing to the output), L(rung), from drafts that have seen the whole sequence (one whose
   context restarted mid-sequence accepts less; it counts only where nothing else is known). No
   tree emits 1 token.
 - Cost, per batch-size bucket (the step's decoding sequences, rounded up to a power of two) and
@@ -141,7 +142,7 @@ class StepLog:
     rung: int
     prefill_rows: int = 0  # prompt rows computed in the same step
     tree_rows: int = 0  # draft rows the step's trees added to the target's batch
-    emitted: int = 0  # tokens emitted by sequences that verified a tree with a whole-sequence draft
+    emitted: int = 0  # tokens kept by sequences that verified a tree with a whole-sequence draft
     verified: int = 0  # such sequences
     cold_emitted: int = 0  # the same for drafts whose context restarted mid-sequence
     cold_verified: int = 0

@@ -29,7 +29,7 @@ docs/spec.md, "Compiled draft"). Two ways out, each optional:
   runs eager); a step that captured is kept out of the adaptive policy's measurements, as a
   compile is. A captured tree may hold the compiled step.
 - native (`EngineConfig.cpu_draft_kernel`, CPU, fp32; the default there): the whole growth of a
-  tree is one call of a C++ kernel (kernels/csrc/draft_tree_cpu.cpp), and so is a catch-up of at
+  tree is one call of a C++ kernel (kernels/csrc/decoder_cpu.cpp), and so is a catch-up of at
   most `NATIVE_CATCH_UP` rows per sequence; the same arithmetic as the eager step, without a
   Python dispatch per operation. It takes precedence over compiling. Where the library cannot be
   built the draft runs as the other switches say.

@@ -270,17 +270,20 @@ class Speculator:
                                torch.tensor([slot(d) for _, d in moves], device=dev))
         self.blocks.settle(seq, len(verdict.rows))
 
-    def record(self, seq: Sequence, verdict: Verdict) -> None:
-        """Count a verification (tokens past a stop still count: they were accepted)."""
+    def record(self, seq: Sequence, verdict: Verdict, used: int) -> None:
+        """Count a verification whose first `used` tokens the sequence kept (the rest lay past a stop
+        or the length limit). The accepted length counts them all: they were accepted. The policy
+        learns from the kept ones: a tree's worth is the tokens it adds to the output, and with
+        short answers the last tree of each runs past the end."""
         self.rounds += 1
         self.emitted += len(verdict.tokens)
         log = self.step_log
         if log is not None:
             if self.states[seq.seq_id].first > 0:  # the draft's context restarted mid-sequence
-                log.cold_emitted += len(verdict.tokens)
+                log.cold_emitted += used
                 log.cold_verified += 1
             else:
-                log.emitted += len(verdict.tokens)
+                log.emitted += used
                 log.verified += 1
 
     def step_done(self, scheduled: list[tuple[Sequence, int]], seconds: float) -> None:

@@ -72,7 +72,7 @@ class ModelRunner:
                  images: Images | None = None, eos_ids: set[int] | None = None, grammars: Grammars | None = None,
                  latents=None, fast: FastDecode | CPUForward | None = None):
         self.model, self.kv, self.block_size = model, kv, block_size
-        self.fast = fast  # compiled / CUDA-graph forward of all-decode steps (engine/compiled.py), or the C++ one (cpu_forward.py)
+        self.fast = fast  # compiled / CUDA-graph decode forward (engine/compiled.py), or the C++ one (cpu_forward.py)
         self.evictor = evictor  # records the queries token eviction selects with
         self.images = images  # image embeddings and M-RoPE positions of prompts with images
         self.latents = latents  # LatentReasoning: latent positions' input embeddings (engine/latent.py)

@@ -39,7 +39,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = tuple(Path(__file__).parent / "csrc" / name for name in ("paged_decode_cpu.cpp", "small_linear_cpu.cpp", "decoder_cpu.cpp"))
+SOURCES = tuple(Path(__file__).parent / "csrc" / name
+                for name in ("paged_decode_cpu.cpp", "small_linear_cpu.cpp", "decoder_cpu.cpp"))
 FILES = SOURCES + (Path(__file__).parent / "csrc" / "cpu_common.h",)  # what is copied to build and hashed
 LIBRARY = "reasonrl_cpu"
 STALE_LOCK_S = 600
@@ -70,7 +71,8 @@ def _build() -> dict[str, object]:
         else:
             _compile(build)
         ops = torch.ops.reasonrl_cpu
-        ops.paged_decode, ops.paged_masked, ops.small_linear, ops.draft_tree, ops.draft_rows, ops.decoder_forward  # noqa: B018 (raises if the library did not register the ops)
+        # raises if the library did not register the ops
+        ops.paged_decode, ops.paged_masked, ops.small_linear, ops.draft_tree, ops.draft_rows, ops.decoder_forward  # noqa: B018
         # their outputs' shapes for tracers (torch.compile, export) that meet them outside the engine's custom ops
         torch.library.register_fake("reasonrl_cpu::paged_decode")(lambda q, k_cache, v_cache, tables, lens, scale: torch.empty_like(q))
         torch.library.register_fake("reasonrl_cpu::paged_masked")(

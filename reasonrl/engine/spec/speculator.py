@@ -302,6 +302,7 @@ class Speculator:
     def stats(self) -> dict[str, float]:
         return {"spec_rounds": self.rounds, "spec_draft_tokens": self.drafted, "spec_emitted_tokens": self.emitted,
                 "spec_accepted_length": self.accepted_length, "spec_steps_without_trees": self.steps_without_trees,
-                "spec_draft_compiled": self.grow_step.compiled, "spec_draft_kernel": self.grow_step.native, "spec_draft_compile_seconds": self.grow_step.compile_seconds,
+                "spec_draft_compiled": self.grow_step.compiled, "spec_draft_compile_seconds": self.grow_step.compile_seconds,
+                "spec_draft_kernel": self.grow_step.native,
                 **(self.grow_step.graphs.stats() if self.grow_step.graphs is not None else {}),
                 **self.policy.stats()}

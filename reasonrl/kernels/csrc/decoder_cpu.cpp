@@ -132,7 +132,8 @@ void attend(const Layer& m, const float* q, const Context& ctx, float* out, std:
     const int64_t kv = head / group;
     const float* qh = q + head * m.d;
     float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t s = 0; s < n; ++s) mx = std::max(mx, scratch[s] = reasonrl_cpu::dot<LANES>(qh, ctx.k[s] + kv * m.d, m.d) * scale);
+    for (int64_t s = 0; s < n; ++s)
+      mx = std::max(mx, scratch[s] = reasonrl_cpu::dot<LANES>(qh, ctx.k[s] + kv * m.d, m.d) * scale);
     float total = 0.f;
     for (int64_t s = 0; s < n; ++s) total += (scratch[s] = std::exp(scratch[s] - mx));
     const float inv = 1.f / total;
@@ -370,7 +371,8 @@ std::vector<at::Tensor> draft_rows(at::TensorList weights, int64_t num_heads, in
                    [&] { kp = new_k.data_ptr<float>(), vp = new_v.data_ptr<float>(); },
                    [&](int64_t i, Context& ctx) {
                      add_past(ctx, past_k[seq_of[i]], past_v[seq_of[i]], row);
-                     for (int64_t j = start_of[i]; j < i; ++j) ctx.add(kp + j * row, vp + j * row);  // causal among its new rows
+                     for (int64_t j = start_of[i]; j < i; ++j)  // causal among its new rows
+                       ctx.add(kp + j * row, vp + j * row);
                    });
   return {out, new_k, new_v};
 }
@@ -405,7 +407,8 @@ at::Tensor decoder_forward(at::TensorList weights, int64_t num_layers, int64_t n
                   cache.size(5) == m.d && cache.scalar_type() == at::kFloat && cache.is_contiguous(),
               "decoder_forward: cache must be contiguous float32 (", num_layers, ", 2, blocks, block size, ", m.hk, ", ", m.d,
               "), got ", cache.sizes());
-  TORCH_CHECK(tables.dim() == 2 && tables.size(0) == B && tables.scalar_type() == at::kInt, "decoder_forward: tables must be int32 (", B, ", blocks)");
+  TORCH_CHECK(tables.dim() == 2 && tables.size(0) == B && tables.scalar_type() == at::kInt,
+              "decoder_forward: tables must be int32 (", B, ", blocks)");
   const int64_t blocks = cache.size(2), block = cache.size(3), width = tables.size(1);
   auto tc = tables.contiguous();
   auto ids_c = ids.contiguous(), pos_c = positions.contiguous(), slots_c = slots.contiguous();

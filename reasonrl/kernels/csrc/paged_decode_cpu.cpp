@@ -59,7 +59,8 @@ void check_paged(const char* name, const at::Tensor& q, const at::Tensor& k_cach
   TORCH_CHECK(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(),
               name, ": caches must be (blocks, block size, kv heads, head dim), keys and values alike");
   TORCH_CHECK(k_cache.scalar_type() == at::kFloat && v_cache.scalar_type() == at::kFloat, name, ": caches must be float32");
-  TORCH_CHECK(tables.scalar_type() == at::kInt && lens.scalar_type() == at::kInt, name, ": block tables and lengths must be int32");
+  TORCH_CHECK(tables.scalar_type() == at::kInt && lens.scalar_type() == at::kInt, name,
+              ": block tables and lengths must be int32");
   const int64_t B = q.size(0), Hq = q.size(-2), D = q.size(-1);
   const int64_t blocks = k_cache.size(0), block = k_cache.size(1), Hkv = k_cache.size(2);
   TORCH_CHECK(Hkv > 0 && block > 0 && k_cache.size(3) == D && Hq % Hkv == 0, name, ": head dim or GQA group mismatch");

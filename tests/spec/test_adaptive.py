@@ -245,3 +245,18 @@ def test_the_policy_learns_from_the_tokens_a_sequence_keeps_not_those_past_its_e
     assert any(used < n for n, used in seen)  # some trees ran past the stop
     assert sum(log.emitted + log.cold_emitted for log in logs) == sum(used for _, used in seen)
     assert e.stats()["spec_emitted_tokens"] == sum(n for n, _ in seen) > sum(used for _, used in seen)
+
+
+def test_one_slow_step_does_not_flip_a_bucket_two_do():
+    """Step costs are medians of the last three: a pause of the host in one step (20x) leaves the
+    choice alone, where an average would have switched batch 1 to a losing tree until its next trial."""
+    policy = AdaptivePolicy(ladder(1, 1, 1), AdaptiveConfig())
+    tree = StepLog(1, 0, tree_rows=1, emitted=2, verified=1)
+    for _ in range(3):
+        policy.observe(tree, 2.5e-3)  # 2 tokens in 2.5 ms: 800 tokens/s
+        policy.observe(StepLog(1, policy.off), 1e-3)  # 1 token in 1 ms: 1,000 tokens/s
+    assert policy.buckets[1].best == policy.off
+    policy.observe(StepLog(1, policy.off), 20e-3)
+    assert policy.buckets[1].best == policy.off and policy.buckets[1].cost[policy.off] == pytest.approx(1e-3)
+    policy.observe(StepLog(1, policy.off), 20e-3)  # no tree really got slower: the tree wins now
+    assert policy.buckets[1].best == 0

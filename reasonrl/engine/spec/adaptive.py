@@ -17,8 +17,11 @@ where this hardware, this model and this draft put it:
   context restarted mid-sequence accepts less; it counts only where nothing else is known). No
   tree emits 1 token.
 - Cost, per batch-size bucket (the step's decoding sequences, rounded up to a power of two) and
-  rung, no tree included: an EMA of a step's wall seconds per decoding sequence, c(bucket, rung),
-  measured on the steps that run it there. It holds everything a tree costs: draft forwards,
+  rung, no tree included: the median of the last `COST_WINDOW` (3) measurements of a step's wall
+  seconds per decoding sequence, c(bucket, rung), on the steps that run it there. A median, not an
+  average: step times have a long upper tail (a pause of the host costs ten steps' time), and a
+  rung measured only by one-step trials would carry one slow trial in an average until its next
+  trial, many steps on; on the demo policy with the C++ forward that held batch 1 on losing trees. It holds everything a tree costs: draft forwards,
   masks, verification, cache bookkeeping, and the draft's catch-up (over a new prompt, the draft's
   prefill: a real price of speculating). Prompt rows that share the step are taken out at the
   price of a row, the slope of a running least-squares fit of steps without trees (seconds by
@@ -50,6 +53,8 @@ picks among smaller trees too, not only on or off.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 
 
@@ -65,7 +70,8 @@ class AdaptiveConfig:
     max_explore_every: int = 512
     """Cap of the trial interval, which doubles after each losing trial (bounds what trials cost)."""
     ema: float = 0.25
-    """Weight of the newest measurement in the running estimates of step time and acceptance."""
+    """Weight of the newest measurement in the running estimate of acceptance (step costs are medians:
+    `COST_WINDOW`)."""
     margin: float = 0.05
     """A tree is chosen over no tree only when its estimated rate is this fraction higher: where the
     two are close, noisy step timings would otherwise flip a bucket back and forth, and every
@@ -98,6 +104,11 @@ def ladder(top_k: int, depth: int, num_nodes: int) -> list[TreeShape | None]:
         shapes.append(TreeShape(min(top_k, math.ceil(n / d)), d, n))
         n //= 2
     return shapes + [None]
+
+
+COST_WINDOW = 3
+"""A rung's cost in a bucket is the median of its last this many step measurements there: one slow
+step cannot move it, two agreeing ones do."""
 
 
 def bucket_of(num_seqs: int) -> int:
@@ -157,7 +168,8 @@ class _Bucket:
     interval: int
     trial: int | None = None
     queue: list[int] = field(default_factory=list)  # trials still to run, one step apart
-    cost: dict[int, float] = field(default_factory=dict)  # rung -> EMA of a step's seconds per decoding sequence
+    cost: dict[int, float] = field(default_factory=dict)  # rung -> median of a step's recent seconds per decoding sequence
+    samples: dict[int, deque] = field(default_factory=dict)  # rung -> those recent seconds, at most COST_WINDOW
 
 
 class AdaptivePolicy:
@@ -219,7 +231,9 @@ class AdaptivePolicy:
         if log.prefill_rows and not self.rows.fitted:
             return  # the prompt rows' share is not known yet (a trial in this step runs again)
         prefill = self.rows.slope() * log.prefill_rows
-        b.cost[rung] = _ema(b.cost.get(rung), max(seconds - prefill, 0.0) / log.num_seqs, c.ema)
+        recent = b.samples.setdefault(rung, deque(maxlen=COST_WINDOW))
+        recent.append(max(seconds - prefill, 0.0) / log.num_seqs)
+        b.cost[rung] = statistics.median(recent)
         if log.verified:  # a cold draft's figure stood in until now
             old = self.accepted.get(rung) if rung in self.whole else None
             self.accepted[rung] = _ema(old, log.emitted / log.verified, c.ema)

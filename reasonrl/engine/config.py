@@ -108,7 +108,7 @@ class EngineConfig:
     cpu_decode_kernel: bool = True
     """CPU, fp32, dense KV: decode rows, and the rows of draft trees under verification, attend with
     C++ kernels that read the cache blocks in place (kernels/cpu_ops.py; built with the system
-    compiler on first use, ~10 s, then cached), where the PyTorch path gathers each sequence's
+    compiler on first use, 20-30 s, then cached), where the PyTorch path gathers each sequence's
     context into a copy first. Falls back to that path,
     with a warning, where it cannot be built. Ignored on CUDA."""
     max_decode_bucket: int = 256

@@ -19,7 +19,7 @@
 The first two are batch-invariant: a row's (a sequence's) result never depends on the other rows of the
 batch or the padding.
 
-Built with the system's C++ compiler the first time an engine needs it (about fifteen seconds; the
+Built with the system's C++ compiler the first time an engine needs it (twenty to thirty seconds; the
 library is kept under PyTorch's extensions directory, `TORCH_EXTENSIONS_DIR`, one folder per torch
 version and source text, so every checkout with the same sources shares it), then registered as
 `torch.ops.reasonrl_cpu.*`. Where it cannot be built (no compiler) the engine warns once and keeps

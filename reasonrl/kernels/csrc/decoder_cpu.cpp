@@ -83,6 +83,14 @@ struct Draft {
   }
 };
 
+// Row `token` of an embedding into out (h floats); tied to a column-major LM head, the embedding is
+// strided.
+void embed_row(const at::Tensor& embed, int64_t token, float* out, const char* who) {
+  TORCH_CHECK(token >= 0 && token < embed.size(0), who, ": token id ", token, " out of range");
+  const float* e = embed.data_ptr<float>() + token * embed.stride(0);
+  for (int64_t j = 0; j < embed.size(1); ++j) out[j] = e[j * embed.stride(1)];
+}
+
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   const c10::optional<at::Tensor> bias = b.numel() ? c10::optional<at::Tensor>(b) : c10::nullopt;
   // the small-product kernel streams a column-major weight once for all rows, about twice MKL's speed
@@ -151,12 +159,9 @@ void attend(const Layer& m, const float* q, const Context& ctx, float* out, std:
 at::Tensor fuse(const Draft& m, const int64_t* tokens, const float* features, int64_t n) {
   auto cat = at::empty({n, 2 * m.h}, m.embed.options());
   float* c = cat.data_ptr<float>();
-  const float* e = m.embed.data_ptr<float>();  // tied to a column-major LM head, the embedding is strided
-  const int64_t s0 = m.embed.stride(0), s1 = m.embed.stride(1);
   std::vector<float> token(m.h);
   for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK(tokens[i] >= 0 && tokens[i] < m.embed.size(0), "draft kernels: token id ", tokens[i], " out of range");
-    for (int64_t j = 0; j < m.h; ++j) token[j] = e[tokens[i] * s0 + j * s1];
+    embed_row(m.embed, tokens[i], token.data(), "draft kernels");
     rms_norm(token.data(), ptr(m.embed_norm), c + i * 2 * m.h, m.h, m.layer.eps);
     rms_norm(features + i * m.h, ptr(m.feature_norm), c + i * 2 * m.h + m.h, m.h, m.layer.eps);
   }
@@ -432,11 +437,7 @@ at::Tensor decoder_forward(at::TensorList weights, int64_t num_layers, int64_t n
     }
   }
   auto x = at::empty({N, h}, cache.options());
-  const float* e = embed.data_ptr<float>();  // tied to a column-major LM head, the embedding is strided
-  for (int64_t i = 0; i < N; ++i) {
-    TORCH_CHECK(idp[i] >= 0 && idp[i] < embed.size(0), "decoder_forward: token id ", idp[i], " out of range");
-    for (int64_t j = 0; j < h; ++j) x.data_ptr<float>()[i * h + j] = e[idp[i] * embed.stride(0) + j * embed.stride(1)];
-  }
+  for (int64_t i = 0; i < N; ++i) embed_row(embed, idp[i], x.data_ptr<float>() + i * h, "decoder_forward");
   float* base = cache.data_ptr<float>();
   const int64_t plane = blocks * block * row;  // floats of one layer's keys (or values)
   for (int64_t l = 0; l < num_layers; ++l) {

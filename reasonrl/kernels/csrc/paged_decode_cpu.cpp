@@ -115,7 +115,8 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
 // token (padding) gets zeros.
 at::Tensor paged_masked(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                         const at::Tensor& tables, const at::Tensor& lens, const at::Tensor& mask, double scale) {
-  TORCH_CHECK(q.dim() == 4, "paged_masked_cpu: q must be (sequences, rows, query heads, head dim)");
+  TORCH_CHECK(q.dim() == 4 && q.size(0) >= 1, "paged_masked_cpu: q must be (sequences, rows, query heads, head dim), "
+              "at least one sequence");
   check_paged("paged_masked_cpu", q, k_cache, v_cache, tables, lens);
   const int64_t B = q.size(0), Q = q.size(1), Hq = q.size(2), D = q.size(3);
   const int64_t block = k_cache.size(1), Hkv = k_cache.size(2), G = Hq / Hkv, row = Hkv * D;

@@ -73,8 +73,8 @@ class EngineConfig:
     """CPU, fp32, dense KV: a step whose sequences each have one decode row or a draft tree to verify
     runs the model's whole forward in one C++ call (engine/cpu_forward.py), where the PyTorch path
     dispatches every operation of every layer from Python; prefill steps run the PyTorch forward.
-    The same model to float rounding (not bit for bit); a row's result does not depend on the
-    other rows. `compile_decode`, where on, takes precedence. Ignored on CUDA."""
+    The same model to float rounding (not bit for bit); in a step of up to 4 rows a row's result
+    does not depend on the others. `compile_decode`, where on, takes precedence. Ignored on CUDA."""
     cpu_draft_kernel: bool = True
     """Speculative decoding on CPU, fp32: grow each step's draft trees, and catch the draft up over
     the tokens the last verification accepted, in one C++ call each (engine/spec/grow.py), where
@@ -109,8 +109,8 @@ class EngineConfig:
     """CPU, fp32, dense KV: decode rows, and the rows of draft trees under verification, attend with
     C++ kernels that read the cache blocks in place (kernels/cpu_ops.py; built with the system
     compiler on first use, 20-30 s, then cached), where the PyTorch path gathers each sequence's
-    context into a copy first. Falls back to that path,
-    with a warning, where it cannot be built. Ignored on CUDA."""
+    context into a copy first. Falls back to that path, with a warning, where it cannot be built.
+    Ignored on CUDA."""
     max_decode_bucket: int = 256
     """Largest padded batch of compiled or captured decode (buckets 1, 2, 4, ... up to it and
     max_num_seqs)."""

@@ -16,8 +16,8 @@
 - `decoder_forward_cpu` (same file): the target model's forward over a step of decode and
   draft-tree rows (engine/cpu_forward.py), one call, reading and writing the paged cache in place.
 
-The first two are batch-invariant: a row's (a sequence's) result never depends on the other rows of the
-batch or the padding.
+The first three are batch-invariant: a row's (a sequence's) result never depends on the other rows
+of the batch or the padding.
 
 Built with the system's C++ compiler the first time an engine needs it (twenty to thirty seconds; the
 library is kept under PyTorch's extensions directory, `TORCH_EXTENSIONS_DIR`, one folder per torch

@@ -21,7 +21,8 @@ where this hardware, this model and this draft put it:
   seconds per decoding sequence, c(bucket, rung), on the steps that run it there. A median, not an
   average: step times have a long upper tail (a pause of the host costs ten steps' time), and a
   rung measured only by one-step trials would carry one slow trial in an average until its next
-  trial, many steps on; on the demo policy with the C++ forward that held batch 1 on losing trees. It holds everything a tree costs: draft forwards,
+  trial, many steps on; on the demo policy with the C++ forward that held batch 1 on losing trees.
+  It holds everything a tree costs: draft forwards,
   masks, verification, cache bookkeeping, and the draft's catch-up (over a new prompt, the draft's
   prefill: a real price of speculating). Prompt rows that share the step are taken out at the
   price of a row, the slope of a running least-squares fit of steps without trees (seconds by

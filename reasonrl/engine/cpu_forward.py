@@ -1,4 +1,4 @@
-"""The model's forward in one C++ call on CPU, for steps of decode and draft-tree rows.
+"""The model's forward in one C++ call on CPU, for steps of decode, draft-tree and short prompt rows.
 
 A decode step of a small model on a CPU is mostly dispatch: every layer is a few dozen PyTorch
 operations called from Python, each costing microseconds whatever its size, and a batch-1 step
@@ -10,9 +10,13 @@ above), norms, rotary embedding and
 activation as loops over the rows, attention one row at a time over the cache blocks in place,
 keys and values written to their slots. The logits, sampling and verification stay as they are.
 
-Which steps: every sequence of the step has one decode row, or the rows of a draft tree of at
-most `MAX_TREE_ROWS` (speculative verification). Steps with prefill rows, image or latent inputs,
-M-RoPE, token eviction or a KV format other than dense run the PyTorch forward. CPU, fp32,
+Which steps: every sequence of the step has at most `MAX_ROWS` rows: one decode row, the rows of a
+draft tree (speculative verification, with its tree mask) or a prompt chunk (causal after the
+cached context). A short prompt's prefill through PyTorch costs about ten decode steps of the
+demo policy (1.8 ms for 35 tokens against 0.17 ms a step, docs/benchmarks.md), nearly all of it
+dispatch. Longer chunks keep SDPA's blocked attention (the kernel's is a loop over the rows);
+image or latent inputs, M-RoPE, token eviction or a KV format other than dense run the PyTorch
+forward too. CPU, fp32,
 `EngineConfig.cpu_forward_kernel` (on by default); off, or where the library cannot be built,
 everything runs as before.
 
@@ -29,8 +33,9 @@ import torch
 from reasonrl.engine.attention import AttentionMetadata
 from reasonrl.kernels import cpu_ops
 
-MAX_TREE_ROWS = 64
-"""Largest draft tree (rows, root included) a step may verify through the kernel."""
+MAX_ROWS = 64
+"""Most rows of one sequence (a draft tree, root included, or a prompt chunk) a step may run
+through the kernel."""
 
 
 class CPUForward:
@@ -51,10 +56,10 @@ class CPUForward:
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 model_inputs: dict) -> torch.Tensor | None:
-        """Hidden states (rows, h) of a step of decode and tree rows, or None: not a step this runs."""
+        """Hidden states (rows, h) of a step of at most `MAX_ROWS` rows per sequence, or None: not a
+        step this runs. A sequence without a mask is causal over its rows (decode, prompt chunk)."""
         masks = meta.masks or [None] * meta.num_seqs
-        runs = not model_inputs and positions.dim() == 1 and all(
-            meta.q_len(b) == 1 if m is None else meta.q_len(b) <= MAX_TREE_ROWS for b, m in enumerate(masks))
+        runs = not model_inputs and positions.dim() == 1 and all(meta.q_len(b) <= MAX_ROWS for b in range(meta.num_seqs))
         if not runs:
             self.eager_steps += 1
             return None

@@ -1,13 +1,14 @@
 """The model's forward in one C++ call on CPU (engine/cpu_forward.py, `EngineConfig.cpu_forward_kernel`):
-the same decoding as the PyTorch forward for every model family, draft trees verified through it,
-weights read in place, a row independent of its batch, and the steps and inputs it leaves alone."""
+the same decoding and prompt log-probs as the PyTorch forward for every model family, short prompt
+chunks prefilled through it (after cached blocks too), draft trees verified through it, weights
+read in place, a row independent of its batch, and the steps and inputs it leaves alone."""
 
 import pytest
 import torch
 
 from reasonrl.engine import LLMEngine, SamplingParams
 from reasonrl.engine.config import EngineConfig
-from reasonrl.engine.cpu_forward import CPUForward
+from reasonrl.engine.cpu_forward import MAX_ROWS, CPUForward
 from reasonrl.engine.spec.draft import DraftHead
 from reasonrl.kernels import cpu_ops
 from reasonrl.models.model import DecoderLM
@@ -31,50 +32,75 @@ def _engine(model, draft=None, **kw):
                                                block_size=4, **kw), draft=draft)
 
 
-def _run(engine, prompts, max_tokens=24):
+def _run(engine, prompts, max_tokens=24, outputs=False, **params):
     for i, p in enumerate(prompts):
-        engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=1))
-    return {rid: o.outputs[0] for rid, o in engine.drain().items()}
+        engine.add_request(str(i), p, SamplingParams(temperature=0, max_tokens=max_tokens, logprobs=1, **params))
+    done = engine.drain()
+    return done if outputs else {rid: o.outputs[0] for rid, o in done.items()}
 
 
 PROMPTS = [[3, 4, 5, 6, 7], [9, 10], list(range(11, 40)), [5] * 9, [20, 21, 22]]
+LONG = [2 + (7 * i) % 60 for i in range(MAX_ROWS + 6)]  # one prompt chunk longer than the kernel takes
+
+
+def _record_steps(monkeypatch, engine) -> list[tuple[int, int, bool]]:
+    """(trees, most rows of a sequence, taken by the kernel) of every step the engine runs from now."""
+    steps, forward = [], engine.runner.fast.forward
+
+    def recorded(ids, positions, meta, inputs):
+        out = forward(ids, positions, meta, inputs)
+        steps.append((sum(m is not None for m in meta.masks or []), max(map(meta.q_len, range(meta.num_seqs))),
+                      out is not None))
+        return out
+
+    monkeypatch.setattr(engine.runner.fast, "forward", recorded)
+    return steps
 
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama"])
-def test_decoding_matches_the_pytorch_forward_and_runs_its_decode_steps(family):
+def test_decoding_and_prompt_logprobs_match_the_pytorch_forward(family, monkeypatch):
     model = _model(family)
     on, off = _engine(model), _engine(model, cpu_forward_kernel=False)
     assert isinstance(on.runner.fast, CPUForward) and off.runner.fast is None
-    a, b = _run(on, PROMPTS), _run(off, PROMPTS)  # 5 requests, 4 in flight: continuous batching
-    for rid in b:
-        assert a[rid].token_ids == b[rid].token_ids, rid
-        torch.testing.assert_close(torch.tensor(a[rid].logprobs), torch.tensor(b[rid].logprobs), atol=1e-4, rtol=0)
-    stats = on.stats()
-    assert stats["cpu_forward_steps"] > 20 and stats["cpu_forward_eager_steps"] > 0  # prefills stay PyTorch's
+    steps = _record_steps(monkeypatch, on)
+    prompts = [*PROMPTS, LONG]
+    # 6 requests, 4 in flight: continuous batching, prompts prefilled next to decode rows; the second
+    # pass (without prompt log-probs, which compute every prompt row) finds the prompts' full blocks
+    # in the prefix cache, so its chunks attend cached context
+    for params in ({"prompt_logprobs": 1}, {}):
+        a, b = (_run(e, prompts, outputs=True, **params) for e in (on, off))
+        for rid in b:
+            x, y = a[rid], b[rid]
+            assert x.outputs[0].token_ids == y.outputs[0].token_ids, rid
+            torch.testing.assert_close(torch.tensor(x.outputs[0].logprobs), torch.tensor(y.outputs[0].logprobs),
+                                       atol=1e-4, rtol=0)
+            assert x.num_cached_tokens == y.num_cached_tokens
+            if params:
+                torch.testing.assert_close(torch.tensor(x.prompt_logprobs[1:]), torch.tensor(y.prompt_logprobs[1:]),
+                                           atol=1e-4, rtol=0)
+    assert sum(o.num_cached_tokens > 0 for o in a.values()) >= 4
+    # every step ran through the kernel but the one carrying the long prompt's chunk (in the first
+    # pass: in the second, most of it came from the cache)
+    assert all(taken == (rows <= MAX_ROWS) for _, rows, taken in steps)
+    assert sum(not taken for *_, taken in steps) == 1 and sum(1 < rows <= MAX_ROWS for _, rows, _ in steps) >= 2
 
 
 def test_draft_trees_are_verified_through_it_losslessly(monkeypatch):
     model = _model("qwen2")
     draft = init_weights(DraftHead(model), std=0.3, seed=2)
-    plain = _run(_engine(model, cpu_forward_kernel=False), PROMPTS, 32)
+    prompts = [*PROMPTS, LONG]
+    plain = _run(_engine(model, cpu_forward_kernel=False), prompts, 32)
     spec = _engine(model, draft, draft_top_k=3, draft_depth=4, draft_tokens=10)
-    steps, forward = [], spec.runner.fast.forward
-
-    def recorded(ids, positions, meta, inputs):  # (trees, prefill rows, taken) of every step
-        masks = meta.masks or [None] * meta.num_seqs
-        out = forward(ids, positions, meta, inputs)
-        steps.append((sum(m is not None for m in masks),
-                      sum(meta.q_len(b) > 1 and m is None for b, m in enumerate(masks)), out is not None))
-        return out
-
-    monkeypatch.setattr(spec.runner.fast, "forward", recorded)
-    got = _run(spec, PROMPTS, 32)
+    steps = _record_steps(monkeypatch, spec)
+    got = _run(spec, prompts, 32)
     assert {r: o.token_ids for r, o in got.items()} == {r: o.token_ids for r, o in plain.items()}
     assert spec.stats()["spec_rounds"] > 10
-    # every step with trees and no prompt rows verified them through the C++ forward; only steps
-    # carrying a prefill chunk were left to PyTorch
+    # every step verified its trees through the C++ forward, next to prompt chunks too, but the
+    # step that carried the long prompt's chunk
     assert any(trees and taken for trees, _, taken in steps)
-    assert all(taken == (prefill == 0) for _, prefill, taken in steps)
+    assert any(trees and 1 < rows <= MAX_ROWS and taken for trees, rows, taken in steps) or \
+        all(not trees for trees, rows, _ in steps if rows > 1)
+    assert all(taken == (rows <= MAX_ROWS) for _, rows, taken in steps) and not all(taken for *_, taken in steps)
 
 
 def test_a_rows_hidden_state_does_not_depend_on_the_other_rows():

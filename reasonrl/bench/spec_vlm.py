@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from reasonrl.bench.common import device_name
-from reasonrl.bench.spec import DEMO, SpecBenchConfig, arm_order, decode, paired_ratio, speculation_timers
+from reasonrl.bench.spec import DEMO, SpecBenchConfig, arm_order, decode, paired_ratio, timed_run
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.spec.draft import DraftHead
@@ -60,8 +60,7 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
             continue
         result[name] = {**_draft_figures(engine, batch1[name], prompts, items, c.max_tokens),
                         **{f"batch{level}_speedup": _ratio(rates, name, level) for level in levels},
-                        **{f"batch{level}_speculation_time_share": statistics.median(shares[(name, level)])
-                           for level in levels},
+                        **{f"batch{level}_speculation_time_share": shares[(name, level)] for level in levels},
                         **({f"batch{level}_cpu_speedup": _ratio(cpu_rates, name, level) for level in levels}
                            if on_cpu else {})}
     _print(result)
@@ -74,7 +73,6 @@ def _ratio(rates, name: str, level: int) -> float:
 
 def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
     rates, cpu_rates, outputs, batch1, shares = {}, {}, {}, {name: [0, 0] for name in arms}, {}
-    overhead = {name: speculation_timers(e) for name, e in arms.items() if e.speculator is not None}
     for engine in arms.values():  # warm-up
         decode(engine, prompts[:2], 8, 2)
     for r in range(c.repeats):
@@ -82,12 +80,8 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
             work = prompts[: max(c.num_prompts, 4 * level)]
             for name, engine in arm_order(arms, r):
                 before = engine.stats()
-                for t in overhead.get(name, ()):
-                    t.reset()
                 engine.reset_prefix_cache()
                 run = decode(engine, work, c.max_tokens, level)
-                if name in overhead:
-                    shares.setdefault((name, level), []).append(sum(t.seconds for t in overhead[name]) / run.seconds)
                 rates.setdefault((name, level), []).append(run.tokens / run.seconds)
                 cpu_rates.setdefault((name, level), []).append(run.tokens / run.cpu_seconds)
                 outputs.setdefault(f"{name}@{level}", run.outputs)
@@ -97,6 +91,12 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
                     batch1[name][1] += after["spec_emitted_tokens"] - before["spec_emitted_tokens"]
                 print(f"  repeat {r + 1}/{c.repeats}  in flight {level:>3}  {name:<9} "
                       f"{run.tokens / run.seconds:8.1f} tok/s", file=sys.stderr, flush=True)
+    for name, engine in arms.items():  # the drafting share, from one more run with timers (bench/spec.py `timed_run`)
+        if engine.speculator is not None:
+            for level in levels:
+                run, overhead, _ = timed_run(engine, prompts[: max(c.num_prompts, 4 * level)], c.max_tokens, level)
+                shares[(name, level)] = sum(overhead) / run.seconds
+                outputs[f"{name}-timed@{level}"] = run.outputs
     return rates, cpu_rates, outputs, batch1, shares
 
 

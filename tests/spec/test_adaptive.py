@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from reasonrl.engine import SamplingParams
-from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, StepLog, TreeShape, bucket_of, ladder
+from reasonrl.engine.spec.adaptive import COST_WINDOW, AdaptiveConfig, AdaptivePolicy, StepLog, TreeShape, bucket_of, ladder
 
 from tests.spec.test_spec_engine import assert_same, demo, engine, plain_run, run  # noqa: F401  (demo is a fixture)
 
@@ -91,6 +91,9 @@ class Cycling:
 
     def wants_features(self, num_seqs):
         return next(self.features)
+
+    def resting(self, num_seqs):  # every step runs the bookkeeping
+        return False
 
     def choose(self, num_seqs):
         rung = next(self.order)
@@ -247,16 +250,107 @@ def test_the_policy_learns_from_the_tokens_a_sequence_keeps_not_those_past_its_e
     assert e.stats()["spec_emitted_tokens"] == sum(n for n, _ in seen) > sum(used for _, used in seen)
 
 
-def test_one_slow_step_does_not_flip_a_bucket_two_do():
-    """Step costs are medians of the last three: a pause of the host in one step (20x) leaves the
-    choice alone, where an average would have switched batch 1 to a losing tree until its next trial."""
+def _tree_ahead() -> AdaptivePolicy:
+    """Batch 1 running a 1-token chain that emits 2 tokens in 1.5 ms (1,333 tokens/s) against no tree's
+    1 token in 1 ms, long settled: its next trial is far off."""
     policy = AdaptivePolicy(ladder(1, 1, 1), AdaptiveConfig())
-    tree = StepLog(1, 0, tree_rows=1, emitted=2, verified=1)
     for _ in range(3):
-        policy.observe(tree, 2.5e-3)  # 2 tokens in 2.5 ms: 800 tokens/s
-        policy.observe(StepLog(1, policy.off), 1e-3)  # 1 token in 1 ms: 1,000 tokens/s
+        policy.observe(StepLog(1, policy.off), 1e-3)
+        policy.observe(StepLog(1, 0, tree_rows=1, emitted=2, verified=1), 1.5e-3)
+    b = policy.buckets[1]
+    b.queue, b.countdown = [], 500
+    assert b.best == 0
+    return policy
+
+
+def _run(policy, steps: int, tree_seconds: float, off_seconds: float) -> list[int]:
+    chosen = []
+    for _ in range(steps):
+        rung = policy.choose(1)
+        chosen.append(rung)
+        tree = rung == 0
+        policy.observe(StepLog(1, 0, tree_rows=1, emitted=2, verified=1) if tree else StepLog(1, policy.off),
+                       tree_seconds if tree else off_seconds)
+    return chosen
+
+
+def test_one_slow_step_does_not_flip_a_bucket_two_do_and_the_rung_it_left_is_looked_at_again():
+    """Step costs are medians of the last three: a pause of the host in one step (20x) leaves the
+    choice alone. Two in a row switch the bucket, and the rung it left is measured afresh within
+    COST_WINDOW steps: the pause is over by then, and the bucket goes back (it had stayed on the
+    losing side until its next trial, hundreds of steps on)."""
+    tree = StepLog(1, 0, tree_rows=1, emitted=2, verified=1)
+    policy = _tree_ahead()
+    policy.observe(tree, 30e-3)
+    assert policy.buckets[1].best == 0 and policy.buckets[1].cost[0] == pytest.approx(1.5e-3)
+    policy.observe(tree, 30e-3)  # two slow steps in a row: no tree wins for now
     assert policy.buckets[1].best == policy.off
-    policy.observe(StepLog(1, policy.off), 20e-3)
-    assert policy.buckets[1].best == policy.off and policy.buckets[1].cost[policy.off] == pytest.approx(1e-3)
-    policy.observe(StepLog(1, policy.off), 20e-3)  # no tree really got slower: the tree wins now
-    assert policy.buckets[1].best == 0
+    chosen = _run(policy, 3 * COST_WINDOW, tree_seconds=1.5e-3, off_seconds=1e-3)
+    assert 0 in chosen[:COST_WINDOW] and policy.buckets[1].best == 0
+    assert chosen[2 * COST_WINDOW:] == [0] * COST_WINDOW
+
+
+def test_a_rung_that_really_got_slower_stays_left_after_its_second_look():
+    policy = _tree_ahead()
+    chosen = _run(policy, 4 * COST_WINDOW, tree_seconds=30e-3, off_seconds=1e-3)  # the tree stays slow
+    assert policy.buckets[1].best == policy.off and chosen[-COST_WINDOW:] == [policy.off] * COST_WINDOW
+
+
+def test_a_bucket_settled_without_trees_measures_no_tree_only_before_its_next_trial():
+    """Between trials a bucket without trees keeps no figures (its bookkeeping was about 5% of a
+    batch-1 step of the demo policy); the COST_WINDOW steps before a trial measure no tree afresh."""
+    policy = AdaptivePolicy(ladder(1, 1, 1), AdaptiveConfig())
+    for _ in range(3):
+        policy.observe(StepLog(1, 0, tree_rows=1, emitted=2, verified=1), 2.5e-3)
+        policy.observe(StepLog(1, policy.off), 1e-3)
+    b = policy.buckets[1]
+    b.queue, b.countdown = [], 500
+    assert b.best == policy.off
+    for _ in range(5):
+        policy.observe(StepLog(1, policy.off), 30e-3)  # a long pause: nothing learned, nothing flips
+    assert b.best == policy.off and list(b.samples[policy.off]) == [1e-3] * 3
+    b.countdown = COST_WINDOW  # the last steps before a trial
+    for _ in range(COST_WINDOW):
+        policy.observe(StepLog(1, policy.off), 0.5e-3)
+    assert b.cost[policy.off] == pytest.approx(0.5e-3)
+
+
+def test_a_trial_of_no_tree_is_judged_on_fresh_steps_not_on_the_first():
+    """A bucket running trees measures no tree only in trials, and the first step after a tree is
+    slow (caches hold the draft's weights): judged on that one step, batch 1 of the demo policy
+    stayed on 16-token trees at 0.86x of plain decoding. A trial of no tree runs `COST_WINDOW` steps."""
+    policy = AdaptivePolicy(ladder(1, 1, 1), AdaptiveConfig(explore_every=4))
+    tree = StepLog(1, 0, tree_rows=1, emitted=2, verified=1)
+    policy.observe(tree, 2.5e-3)  # 2 tokens in 2.5 ms: 800 tokens/s, the tree batch 1 starts with
+    steps = []
+    for _ in range(12):
+        rung = policy.choose(1)
+        steps.append(rung)
+        first = rung == policy.off and steps[-2:-1] != [policy.off]
+        # no tree: 1 token in 1 ms (1,000 tokens/s), but 3 ms right after a tree step
+        policy.observe(tree if rung == 0 else StepLog(1, policy.off), 2.5e-3 if rung == 0 else 3e-3 if first else 1e-3)
+    assert steps[:4] == [0, policy.off, policy.off, policy.off]  # one tree step, then the trial: three steps
+    assert policy.buckets[1].best == policy.off and steps[4:].count(0) <= 2  # off, but for one-step trials of the tree
+
+
+def test_a_resting_bucket_skips_the_speculators_bookkeeping(demo):
+    """Settled without trees and far from its next trial, a step costs the speculator a bucket
+    lookup: no step log, no measurement, no features; output unchanged."""
+    policy_model, _, draft, prompts = demo
+    reqs = {str(i): (p, SamplingParams(temperature=0, max_tokens=32), {}) for i, p in enumerate(prompts[:3])}
+    plain = plain_run(policy_model, reqs)
+    e = engine(policy_model, draft, max_model_len=256, max_num_seqs=1, draft_adaptive=True)
+    policy = e.speculator.policy
+    b = policy._bucket(1)
+    b.best, b.queue, b.countdown, b.interval = policy.off, [], 10 ** 6, 512
+    logs, observe = [], policy.observe
+    policy.observe = lambda log, seconds: logs.append(log) or observe(log, seconds)
+    handed = []  # features handed to the draft
+    e.speculator.observe = lambda *args: handed.append(args)
+    e.speculator.observe_row = lambda *args: handed.append(args)
+    got = run(e, reqs)
+    assert_same(plain, got)
+    assert logs and all(log.num_seqs == 0 for log in logs)  # only the prefill steps were logged
+    decode_steps = sum(len(o.outputs[0].token_ids) - 1 for o in got.values())
+    assert e.stats()["spec_steps_without_trees"] == decode_steps > 0 and not handed
+    assert policy.resting(1) and not policy.resting(2)  # a bucket not yet seen has everything to learn

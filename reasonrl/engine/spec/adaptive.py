@@ -32,7 +32,15 @@ where this hardware, this model and this draft put it:
 - Choice: rung r is estimated at L(r) / c(bucket, r) tokens per sequence-second; each bucket runs
   the best, a tree only when it beats no tree by `margin` (5%), so noise does not flip a bucket
   to and fro. Every `explore_every` of its steps it measures what it could switch to, one step
-  each: without a tree, the best tree measured there, else the tree the next smaller bucket runs
+  each, no tree `COST_WINDOW` steps (a bucket that runs trees measures no tree only in its trials,
+  and the first step after a tree is slow: on the demo policy the first no-tree step at batch 1
+  took 250-400 us where the next took 170-200, and that one sample held batch 1 on 16-token trees
+  at 0.86x of plain decoding; a tree that runs is measured at every step and corrects itself).
+  A trial is judged on its own steps (the rung's older figures are dropped when it starts). A
+  bucket that leaves its rung between trials (its own newest steps got slower than another
+  rung's older figures) tries the rung it left `COST_WINDOW` steps later: two slow steps in a row
+  (a pause of the host: 856 and 573 us among steps of 170) had switched batch 1 from no tree to
+  8-token trees for hundreds of steps, until its next trial measured no tree again. The trials: without a tree, the best tree measured there, else the tree the next smaller bucket runs
   (in the smallest bucket, the smallest tree), and none at all while a smaller bucket runs
   without trees (a tree's extra rows only cost more with more sequences); with one, the sizes
   either side and no tree, walking on at once toward larger trees while they win. A round that
@@ -42,6 +50,9 @@ where this hardware, this model and this draft put it:
 - Off is free: a bucket without trees and with no trial due hands the draft no features
   (`wants_features`); its context restarts where they resume, so a later tree catches up over
   a few rows, not over the stretch it skipped (and its acceptance is not taken for the tree's).
+  Nor does it keep measuring no tree: only the `COST_WINDOW` steps before a trial do, so the
+  comparison uses fresh figures, and the steps between cost the policy a bucket lookup (on the
+  demo policy at batch 1 the bookkeeping of every step was about 5% of a 0.19 ms step).
 
 Output does not depend on any of this: every rung, none included, is lossless (greedy and coupled
 sampling token-identical to plain decoding), so the choice may follow wall-clock noise freely.
@@ -168,6 +179,7 @@ class _Bucket:
     countdown: int  # steps to the next trial
     interval: int
     trial: int | None = None
+    trial_steps: int = 0  # steps the current trial has run
     queue: list[int] = field(default_factory=list)  # trials still to run, one step apart
     cost: dict[int, float] = field(default_factory=dict)  # rung -> median of a step's recent seconds per decoding sequence
     samples: dict[int, deque] = field(default_factory=dict)  # rung -> those recent seconds, at most COST_WINDOW
@@ -196,6 +208,7 @@ class AdaptivePolicy:
                 b.queue = b.queue or self._round(b)
                 if b.queue:
                     b.trial = b.queue.pop(0)
+                    b.samples.pop(b.trial, None)  # a fresh look: judged on the trial's own steps
                 else:  # nothing worth trying: wait longer
                     b.interval = b.countdown = min(2 * b.interval, c.max_explore_every)
         return b.best if b.trial is None else b.trial
@@ -208,10 +221,24 @@ class AdaptivePolicy:
         c = self.config
         if not c.enabled:
             return True
-        if c.max_batch is not None and num_seqs > c.max_batch:
+        if c.max_batch is not None and (num_seqs > c.max_batch or c.max_batch == 0):  # 0: never a tree, prompts included
             return False
         b = self.buckets.get(bucket_of(num_seqs))
         return b is None or b.best != self.off or b.trial is not None or bool(b.queue) or b.countdown <= 2
+
+    def resting(self, num_seqs: int) -> bool:
+        """Whether a step of `num_seqs` decoding sequences run without a tree has nothing to teach:
+        over `max_batch`, or in a bucket settled without trees and more than `COST_WINDOW` steps
+        before its next trial. The speculator skips its bookkeeping for such steps (`observe`
+        would drop them)."""
+        c = self.config
+        if c.max_batch is not None and num_seqs > c.max_batch:
+            return True
+        b = self.buckets.get(bucket_of(num_seqs))
+        return b is not None and self._resting(b)
+
+    def _resting(self, b: _Bucket) -> bool:
+        return b.best == self.off and b.trial is None and not b.queue and b.countdown > COST_WINDOW
 
     def observe(self, log: StepLog, seconds: float) -> None:
         """The step `log` describes took `seconds`. Steps without tree rows (any batch size,
@@ -228,6 +255,8 @@ class AdaptivePolicy:
         if not log.num_seqs or (c.max_batch is not None and log.num_seqs > c.max_batch):
             return
         b = self._bucket(bucket_of(log.num_seqs))
+        if log.rung == self.off and self._resting(b):
+            return  # settled without trees: no tree is measured afresh in the steps before the next trial
         rung = log.rung if log.tree_rows else self.off  # a tree rung whose sequences drafted nothing ran as none
         if log.prefill_rows and not self.rows.fitted:
             return  # the prompt rows' share is not known yet (a trial in this step runs again)
@@ -242,9 +271,17 @@ class AdaptivePolicy:
         elif log.cold_verified and rung not in self.whole:
             self.accepted[rung] = _ema(self.accepted.get(rung), log.cold_emitted / log.cold_verified, c.ema)
         if b.trial is not None and b.trial == log.rung:
-            self._settle_trial(b)
+            b.trial_steps += 1
+            if b.trial != self.off or b.trial_steps >= COST_WINDOW:
+                self._settle_trial(b)
         else:
-            b.best = self._argmax(b)
+            best = self._argmax(b)
+            if best != b.best and b.trial is None:
+                # it left what it ran on that rung's newest steps against the others' older figures:
+                # a pause of the host does that, so the rung it left is measured afresh soon
+                b.queue = [b.best, *(r for r in b.queue if r not in (b.best, best))]
+                b.countdown = min(b.countdown, COST_WINDOW)
+            b.best = best
 
     def rate(self, bucket: int, rung: int) -> float | None:
         """Estimated tokens per sequence-second of `rung` for a decode step of `bucket` sequences
@@ -285,7 +322,7 @@ class AdaptivePolicy:
 
     def _settle_trial(self, b: _Bucket) -> None:
         trial, before = b.trial, b.best
-        b.trial = None
+        b.trial, b.trial_steps = None, 0
         won = self._score(b, trial) > self._score(b, before)
         if won and trial < before and trial > 0:
             b.queue = [trial - 1, *b.queue]  # a larger tree won: try the next larger one at once

@@ -164,7 +164,12 @@ class Speculator:
         trees costs nothing more here."""
         decoding = sum(1 for _, n in scheduled if n == 1)
         rung = self.policy.choose(decoding) if decoding else len(self.shapes) - 1
-        self.step_log, shape = StepLog(decoding, rung), self.shapes[rung]
+        shape = self.shapes[rung]
+        if shape is None and decoding and self.policy.resting(decoding):  # nothing to draft, learn or hand over
+            self.step_log, self.collecting = None, False
+            self.steps_without_trees += 1
+            return {}
+        self.step_log = StepLog(decoding, rung)
         self.collecting = shape is not None or self.policy.wants_features(decoding)
         if shape is None:
             self.steps_without_trees += decoding > 0

@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 // With GCC 11+ on x86-64: a function compiled for AVX-512, AVX2 + FMA and plain x86-64, the best for
@@ -32,6 +34,38 @@ inline float dot(const float* a, const float* b, int64_t n) {
   for (int64_t j = 0; j < LANES; ++j) s += part[j];
   for (; d < n; ++d) s += a[d] * b[d];
   return s;
+}
+
+// Attention of the G query heads q (G, D) that share one KV head over n tokens: token s's key at
+// k[s] + offset and its value at v[s] + offset (D floats each; the callers list cache rows, paged or
+// not, and offset picks the KV head). scores: G * n floats of scratch; out (G, D). Each key and value
+// is read once for the group; the softmax is exact (max, then exp and sum) over the stored scores.
+// Dot products in 8 partial sums. Every sum's order is fixed by n and D alone, so a row's result never depends on what else runs.
+// The one attention loop of the CPU kernels: paged decode and tree rows (paged_decode_cpu.cpp) and
+// the decoder forward and draft layers (decoder_cpu.cpp). Compiled per CPU generation, per caller.
+static REASONRL_CLONES void attend_group(const float* q, const float* const* k, const float* const* v, int64_t offset,
+                                         int64_t n, int64_t G, int64_t D, float scale, float* scores, float* out) {
+  for (int64_t s = 0; s < n; ++s) {
+    const float* ks = k[s] + offset;
+    for (int64_t g = 0; g < G; ++g) scores[g * n + s] = dot<8>(q + g * D, ks, D) * scale;
+  }
+  for (int64_t g = 0; g < G; ++g) {
+    float* sc = scores + g * n;
+    const float m = *std::max_element(sc, sc + n);
+    float total = 0.f;
+    for (int64_t s = 0; s < n; ++s) total += (sc[s] = std::exp(sc[s] - m));
+    const float inv = 1.f / total;
+    for (int64_t s = 0; s < n; ++s) sc[s] *= inv;
+  }
+  std::fill_n(out, G * D, 0.f);
+  for (int64_t s = 0; s < n; ++s) {
+    const float* vs = v[s] + offset;
+    for (int64_t g = 0; g < G; ++g) {
+      float* o = out + g * D;
+      const float p = scores[g * n + s];
+      for (int64_t d = 0; d < D; ++d) o[d] += p * vs[d];
+    }
+  }
 }
 
 }  // namespace reasonrl_cpu

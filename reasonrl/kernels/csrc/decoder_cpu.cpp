@@ -22,7 +22,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <utility>
 #include <vector>
 
@@ -130,29 +129,15 @@ struct Context {
   void add(const float* kr, const float* vr) { k.push_back(kr), v.push_back(vr); }
 };
 
-// Row i's attention output (hq, d) over ctx, its queries q (hq, d); scratch of ctx.k.size() floats.
-REASONRL_CLONES
+// Row i's attention output (hq, d) over ctx, its queries q (hq, d): each KV head's group of query
+// heads through `attend_group` (cpu_common.h); scratch grows to group * ctx.k.size() floats.
 void attend(const Layer& m, const float* q, const Context& ctx, float* out, std::vector<float>& scratch) {
   const int64_t n = static_cast<int64_t>(ctx.k.size()), group = m.hq / m.hk;
   const float scale = 1.f / std::sqrt(static_cast<float>(m.d));
-  scratch.resize(n);
-  for (int64_t head = 0; head < m.hq; ++head) {
-    const int64_t kv = head / group;
-    const float* qh = q + head * m.d;
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t s = 0; s < n; ++s)
-      mx = std::max(mx, scratch[s] = reasonrl_cpu::dot<LANES>(qh, ctx.k[s] + kv * m.d, m.d) * scale);
-    float total = 0.f;
-    for (int64_t s = 0; s < n; ++s) total += (scratch[s] = std::exp(scratch[s] - mx));
-    const float inv = 1.f / total;
-    float* o = out + head * m.d;
-    std::fill_n(o, m.d, 0.f);
-    for (int64_t s = 0; s < n; ++s) {
-      const float p = scratch[s] * inv;
-      const float* vs = ctx.v[s] + kv * m.d;
-      for (int64_t j = 0; j < m.d; ++j) o[j] += p * vs[j];
-    }
-  }
+  scratch.resize(group * n);
+  for (int64_t kv = 0; kv < m.hk; ++kv)
+    reasonrl_cpu::attend_group(q + kv * group * m.d, ctx.k.data(), ctx.v.data(), kv * m.d, n, group, m.d, scale,
+                               scratch.data(), out + kv * group * m.d);
 }
 
 // Fused input rows of tokens and parent features: fc([embed_norm(embed[tok]), feature_norm(feat)]).

@@ -2,10 +2,10 @@
 // the block table, no gathered copy (the PyTorch path copies every sequence's context once per
 // layer and step, then reads the copy again). Built on first use by reasonrl/kernels/cpu_ops.py.
 //
-// One task per (sequence, KV head) on torch's intra-op threads. A task scores every cached key
-// against the G query heads that share the KV head (each key read once for the group), takes an
-// exact softmax over the stored scores (max, then exp and sum), and sums the values weighted by it
-// (each value read once). fp32 throughout. A sequence's result depends on its own context only, not
+// One task per (sequence, KV head) on torch's intra-op threads. A task lists the cache rows of the
+// sequence's context from its block table and runs `attend_group` (cpu_common.h): every cached key
+// scored against the G query heads that share the KV head (each key read once for the group), an
+// exact softmax, the values summed by it (each read once). fp32 throughout. A sequence's result depends on its own context only, not
 // on the batch it runs in.
 
 #include <ATen/ATen.h>
@@ -14,41 +14,20 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "cpu_common.h"
 
 namespace {
 
-constexpr int64_t LANES = 8;  // partial sums of each query-key dot product
-
-// One (sequence, KV head): its G queries q (G, D) against the n cached tokens listed by `table`;
-// k and v point at the KV head's slice of token 0 of block 0, a token's row is `row` floats.
-// Compiled per CPU generation (cpu_common.h).
-REASONRL_CLONES
-void attend(const float* q, const float* k, const float* v, const int32_t* table, int64_t n, int64_t block,
-            int64_t row, int64_t G, int64_t D, float scale, float* scores, float* out) {
+// The cache rows of a sequence's first n tokens, listed by its block table: keys into kr, values
+// into vr (token s's row of `row` floats, its KV heads side by side).
+void rows_of(const float* k, const float* v, const int32_t* table, int64_t n, int64_t block, int64_t row,
+             std::vector<const float*>& kr, std::vector<const float*>& vr) {
+  kr.resize(n), vr.resize(n);
   for (int64_t s = 0; s < n; ++s) {
-    const float* ks = k + (static_cast<int64_t>(table[s / block]) * block + s % block) * row;
-    for (int64_t g = 0; g < G; ++g) scores[g * n + s] = reasonrl_cpu::dot<LANES>(q + g * D, ks, D) * scale;
-  }
-  for (int64_t g = 0; g < G; ++g) {  // exact softmax over the stored scores
-    float* sc = scores + g * n;
-    const float m = *std::max_element(sc, sc + n);
-    float total = 0.f;
-    for (int64_t s = 0; s < n; ++s) total += (sc[s] = std::exp(sc[s] - m));
-    const float inv = 1.f / total;
-    for (int64_t s = 0; s < n; ++s) sc[s] *= inv;
-  }
-  std::fill_n(out, G * D, 0.f);
-  for (int64_t s = 0; s < n; ++s) {
-    const float* vs = v + (static_cast<int64_t>(table[s / block]) * block + s % block) * row;
-    for (int64_t g = 0; g < G; ++g) {
-      float* o = out + g * D;
-      const float p = scores[g * n + s];
-      for (int64_t d = 0; d < D; ++d) o[d] += p * vs[d];
-    }
+    const int64_t slot = static_cast<int64_t>(table[s / block]) * block + s % block;
+    kr[s] = k + slot * row, vr[s] = v + slot * row;
   }
 }
 
@@ -99,11 +78,13 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache, const at
 
   at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
+    std::vector<const float*> kr, vr;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / Hkv, h = task % Hkv, n = lp[b];
       scores.resize(G * n);
-      attend(qp + (b * Hq + h * G) * D, kp + h * D, vp + h * D, tp + b * width, n, block, row, G, D,
-             static_cast<float>(scale), scores.data(), op + (b * Hq + h * G) * D);
+      rows_of(kp, vp, tp + b * width, n, block, row, kr, vr);
+      reasonrl_cpu::attend_group(qp + (b * Hq + h * G) * D, kr.data(), vr.data(), h * D, n, G, D,
+                                 static_cast<float>(scale), scores.data(), op + (b * Hq + h * G) * D);
     }
   });
   return out;
@@ -135,19 +116,20 @@ at::Tensor paged_masked(const at::Tensor& q, const at::Tensor& k_cache, const at
   const int64_t width = tc.size(1), S = mc.size(2);
   at::parallel_for(0, B * Hkv, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
-    std::vector<int32_t> seen;  // the token slots a row may attend, as a block table of single tokens
+    std::vector<const float*> kr, vr, ks, vs;  // the context's rows; those a row may attend
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / Hkv, h = task % Hkv, n = lp[b];
+      rows_of(kp, vp, tp + b * width, n, block, row, kr, vr);
       for (int64_t i = 0; i < Q; ++i) {
-        seen.clear();
+        ks.clear(), vs.clear();
         const bool* m = mp + (b * Q + i) * S;
         for (int64_t s = 0; s < n; ++s)
-          if (m[s]) seen.push_back(tp[b * width + s / block] * static_cast<int32_t>(block) + static_cast<int32_t>(s % block));
-        if (seen.empty()) continue;
-        scores.resize(G * seen.size());
-        const int64_t at = ((b * Q + i) * Hq + h * G) * D;
-        attend(qp + at, kp + h * D, vp + h * D, seen.data(), static_cast<int64_t>(seen.size()), 1, row, G, D,
-               static_cast<float>(scale), scores.data(), op + at);
+          if (m[s]) ks.push_back(kr[s]), vs.push_back(vr[s]);
+        if (ks.empty()) continue;
+        const int64_t seen = static_cast<int64_t>(ks.size()), at = ((b * Q + i) * Hq + h * G) * D;
+        scores.resize(G * seen);
+        reasonrl_cpu::attend_group(qp + at, ks.data(), vs.data(), h * D, seen, G, D, static_cast<float>(scale),
+                                   scores.data(), op + at);
       }
     }
   });

@@ -157,11 +157,10 @@ class Speculator:
         self.block_features.clear()
 
     # ---- proposing --------------------------------------------------------------------------------
-    @torch.no_grad()
     def propose(self, scheduled: list[tuple[Sequence, int]], budget: int) -> dict[int, DraftTree]:
         """Draft trees for the decoding sequences of this step, within `budget` extra tokens. The
         policy decides first, from the number of decoding sequences, so a step it runs without
-        trees costs nothing more here."""
+        trees costs nothing more here (not even a no-grad context: a microsecond of a 0.19 ms step)."""
         decoding = sum(1 for _, n in scheduled if n == 1)
         rung = self.policy.choose(decoding) if decoding else len(self.shapes) - 1
         shape = self.shapes[rung]
@@ -174,6 +173,10 @@ class Speculator:
         if shape is None:
             self.steps_without_trees += decoding > 0
             return {}
+        return self._draft(scheduled, budget, shape)
+
+    @torch.no_grad()
+    def _draft(self, scheduled: list[tuple[Sequence, int]], budget: int, shape: TreeShape) -> dict[int, DraftTree]:
         cands, depths = [], []
         for seq, n in scheduled:
             if n != 1 or seq.num_pending != 1 or not self.wants(seq):

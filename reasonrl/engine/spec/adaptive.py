@@ -40,7 +40,8 @@ where this hardware, this model and this draft put it:
   bucket that leaves its rung between trials (its own newest steps got slower than another
   rung's older figures) tries the rung it left `COST_WINDOW` steps later: two slow steps in a row
   (a pause of the host: 856 and 573 us among steps of 170) had switched batch 1 from no tree to
-  8-token trees for hundreds of steps, until its next trial measured no tree again. The trials: without a tree, the best tree measured there, else the tree the next smaller bucket runs
+  8-token trees for hundreds of steps, until its next trial measured no tree again. The trials:
+  without a tree, the best tree measured there, else the tree the next smaller bucket runs
   (in the smallest bucket, the smallest tree), and none at all while a smaller bucket runs
   without trees (a tree's extra rows only cost more with more sequences); with one, the sizes
   either side and no tree, walking on at once toward larger trees while they win. A round that

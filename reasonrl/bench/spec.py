@@ -268,19 +268,23 @@ def _prompts(c: SpecBenchConfig, model_path: Path, n: int) -> list[list[int]]:
             for p in env.prompts(n=n, seed=c.seed + 1, split="eval")]
 
 
-def timed_run(engine: LLMEngine, prompts: list, max_tokens: int, level: int) -> tuple[Decoded, list[float], list[tuple[float, int]]]:
+def timed_run(engine: LLMEngine, prompts: list, max_tokens: int, level: int,
+              name: str = "speculative") -> tuple[Decoded, list[float], list[tuple[float, int]]]:
     """One more run of a speculative engine at `level`, with timers on: the run, the seconds of each
     `speculation_timers` timer, and (seconds, calls) of each `tree_step_timers` one. Apart from the
     timed repeats: the timers' own Python (five wrapped calls a step) cost the speculative arm alone
-    about 5% of a batch-1 step of the demo policy when they ran on every repeat."""
-    timers = [*speculation_timers(engine), *tree_step_timers(engine)]
+    about 5% of a batch-1 step of the demo policy when they ran on every repeat. One run, so its
+    shares move more from run to run than a median over repeats would."""
+    timers: list[Timer] = []
     engine.reset_prefix_cache()
     try:
+        timers += speculation_timers(engine)
+        timers += tree_step_timers(engine)
         run = decode(engine, prompts, max_tokens, level)
     finally:
         for t in reversed(timers):
             t.remove()
-    print(f"  timed run   in flight {level:>3}  speculative {run.tokens / run.seconds:8.1f} tok/s (timers on: "
+    print(f"  timed run   in flight {level:>3}  {name:<11} {run.tokens / run.seconds:8.1f} tok/s (timers on: "
           f"not in the speedup)", file=sys.stderr, flush=True)
     return run, [t.seconds for t in timers[:3]], [(t.seconds, t.calls) for t in timers[3:]]
 

@@ -94,7 +94,7 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
     for name, engine in arms.items():  # the drafting share, from one more run with timers (bench/spec.py `timed_run`)
         if engine.speculator is not None:
             for level in levels:
-                run, overhead, _ = timed_run(engine, prompts[: max(c.num_prompts, 4 * level)], c.max_tokens, level)
+                run, overhead, _ = timed_run(engine, prompts[: max(c.num_prompts, 4 * level)], c.max_tokens, level, name)
                 shares[(name, level)] = sum(overhead) / run.seconds
                 outputs[f"{name}-timed@{level}"] = run.outputs
     return rates, cpu_rates, outputs, batch1, shares

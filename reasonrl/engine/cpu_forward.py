@@ -12,9 +12,10 @@ keys and values written to their slots. The logits, sampling and verification st
 
 Which steps: every sequence of the step has at most `MAX_ROWS` rows: one decode row, the rows of a
 draft tree (speculative verification, with its tree mask) or a prompt chunk (causal after the
-cached context). A short prompt's prefill through PyTorch costs about ten decode steps of the
-demo policy (1.8 ms for 35 tokens against 0.17 ms a step, docs/benchmarks.md), nearly all of it
-dispatch. Longer chunks keep SDPA's blocked attention (the kernel's is a loop over the rows);
+cached context) of at most `MAX_PROMPT_WORK` rows x context. A short prompt's prefill through
+PyTorch costs about ten decode steps of the demo policy (1.8 ms for 35 tokens against 0.17 ms a
+step, docs/benchmarks.md), nearly all of it dispatch. Longer chunks, and short ones after a long
+cached prefix, keep SDPA's blocked attention (the kernel's is a loop over the rows);
 image or latent inputs, M-RoPE, token eviction or a KV format other than dense run the PyTorch
 forward too. CPU, fp32,
 `EngineConfig.cpu_forward_kernel` (on by default); off, or where the library cannot be built,
@@ -36,6 +37,13 @@ from reasonrl.kernels import cpu_ops
 MAX_ROWS = 64
 """Most rows of one sequence (a draft tree, root included, or a prompt chunk) a step may run
 through the kernel."""
+
+MAX_PROMPT_WORK = 64 * 128
+"""Most rows x context length of a prompt chunk the kernel takes: its attention is a loop over the
+rows, each over its whole context, which loses to SDPA's blocked kernels once chunks reach about
+200 rows from an empty cache (200 x 200, docs/benchmarks.md; 128 x 128 still won); a short chunk
+after a long cached prefix (the tail of a chunked prompt, a prefix-cache hit) does the same work
+per row as a long one."""
 
 
 class CPUForward:
@@ -59,7 +67,10 @@ class CPUForward:
         """Hidden states (rows, h) of a step of at most `MAX_ROWS` rows per sequence, or None: not a
         step this runs. A sequence without a mask is causal over its rows (decode, prompt chunk)."""
         masks = meta.masks or [None] * meta.num_seqs
-        runs = not model_inputs and positions.dim() == 1 and all(meta.q_len(b) <= MAX_ROWS for b in range(meta.num_seqs))
+        runs = not model_inputs and positions.dim() == 1 and all(
+            meta.q_len(b) <= MAX_ROWS and (m is not None or meta.q_len(b) == 1 or
+                                           meta.q_len(b) * meta.context_lens[b] <= MAX_PROMPT_WORK)
+            for b, m in enumerate(masks))
         if not runs:
             self.eager_steps += 1
             return None

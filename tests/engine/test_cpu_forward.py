@@ -8,7 +8,7 @@ import torch
 
 from reasonrl.engine import LLMEngine, SamplingParams
 from reasonrl.engine.config import EngineConfig
-from reasonrl.engine.cpu_forward import MAX_ROWS, CPUForward
+from reasonrl.engine.cpu_forward import MAX_PROMPT_WORK, MAX_ROWS, CPUForward
 from reasonrl.engine.spec.draft import DraftHead
 from reasonrl.kernels import cpu_ops
 from reasonrl.models.model import DecoderLM
@@ -43,14 +43,18 @@ PROMPTS = [[3, 4, 5, 6, 7], [9, 10], list(range(11, 40)), [5] * 9, [20, 21, 22]]
 LONG = [2 + (7 * i) % 60 for i in range(MAX_ROWS + 6)]  # one prompt chunk longer than the kernel takes
 
 
-def _record_steps(monkeypatch, engine) -> list[tuple[int, int, bool]]:
-    """(trees, most rows of a sequence, taken by the kernel) of every step the engine runs from now."""
+def _record_steps(monkeypatch, engine, chunks: list | None = None) -> list[tuple[int, int, bool]]:
+    """(trees, most rows of a sequence, taken by the kernel) of every step the engine runs from now;
+    `chunks` gets (prompt chunks as (rows, context length), taken) of every step."""
     steps, forward = [], engine.runner.fast.forward
 
     def recorded(ids, positions, meta, inputs):
         out = forward(ids, positions, meta, inputs)
-        steps.append((sum(m is not None for m in meta.masks or []), max(map(meta.q_len, range(meta.num_seqs))),
-                      out is not None))
+        masks = meta.masks or [None] * meta.num_seqs
+        steps.append((sum(m is not None for m in masks), max(map(meta.q_len, range(meta.num_seqs))), out is not None))
+        if chunks is not None:
+            chunks.append(([(meta.q_len(b), meta.context_lens[b]) for b, m in enumerate(masks)
+                            if m is None and meta.q_len(b) > 1], out is not None))
         return out
 
     monkeypatch.setattr(engine.runner.fast, "forward", recorded)
@@ -91,16 +95,33 @@ def test_draft_trees_are_verified_through_it_losslessly(monkeypatch):
     prompts = [*PROMPTS, LONG]
     plain = _run(_engine(model, cpu_forward_kernel=False), prompts, 32)
     spec = _engine(model, draft, draft_top_k=3, draft_depth=4, draft_tokens=10)
-    steps = _record_steps(monkeypatch, spec)
+    chunks = []
+    steps = _record_steps(monkeypatch, spec, chunks)
     got = _run(spec, prompts, 32)
     assert {r: o.token_ids for r, o in got.items()} == {r: o.token_ids for r, o in plain.items()}
     assert spec.stats()["spec_rounds"] > 10
     # every step verified its trees through the C++ forward, next to prompt chunks too, but the
     # step that carried the long prompt's chunk
-    assert any(trees and taken for trees, _, taken in steps)
-    assert any(trees and 1 < rows <= MAX_ROWS and taken for trees, rows, taken in steps) or \
-        all(not trees for trees, rows, _ in steps if rows > 1)
+    assert any(trees and prompt and taken for (trees, _, taken), (prompt, _) in zip(steps, chunks))
     assert all(taken == (rows <= MAX_ROWS) for _, rows, taken in steps) and not all(taken for *_, taken in steps)
+
+
+def test_a_short_chunk_after_a_long_prefix_keeps_sdpa():
+    """A chunked prompt: its chunks run through the kernel while rows x context stays within
+    MAX_PROMPT_WORK (the kernel's attention is a loop over each row's whole context), the later ones
+    through PyTorch; the output is the PyTorch forward's."""
+    model = _model("qwen2")
+    kw = dict(max_model_len=400, max_num_batched_tokens=48, kv_cache_memory=1 << 23)
+    on = LLMEngine(model, None, EngineConfig(max_num_seqs=2, block_size=4, **kw))
+    off = LLMEngine(model, None, EngineConfig(max_num_seqs=2, block_size=4, cpu_forward_kernel=False, **kw))
+    chunks = []
+    _record_steps(pytest.MonkeyPatch(), on, chunks)
+    prompt = [2 + (5 * i) % 60 for i in range(300)]
+    a, b = _run(on, [prompt], 8), _run(off, [prompt], 8)
+    assert a["0"].token_ids == b["0"].token_ids
+    seen = [(rows * ctx, taken) for prompt_chunks, taken in chunks for rows, ctx in prompt_chunks]
+    assert len(seen) >= 6 and all(taken == (work <= MAX_PROMPT_WORK) for work, taken in seen)
+    assert any(taken for _, taken in seen) and not all(taken for _, taken in seen)
 
 
 def test_a_rows_hidden_state_does_not_depend_on_the_other_rows():

@@ -31,16 +31,18 @@ where this hardware, this model and this draft put it:
   put a one-row step at 1.1 ms where such steps take 2.5-3.7 ms).
 - Choice: rung r is estimated at L(r) / c(bucket, r) tokens per sequence-second; each bucket runs
   the best, a tree only when it beats no tree by `margin` (5%), so noise does not flip a bucket
-  to and fro. Every `explore_every` of its steps it measures what it could switch to, one step
-  each, no tree `COST_WINDOW` steps (a bucket that runs trees measures no tree only in its trials,
-  and the first step after a tree is slow: on the demo policy the first no-tree step at batch 1
-  took 250-400 us where the next took 170-200, and that one sample held batch 1 on 16-token trees
-  at 0.86x of plain decoding; a tree that runs is measured at every step and corrects itself).
-  A trial is judged on its own steps (the rung's older figures are dropped when it starts). A
-  bucket that leaves its rung between trials (its own newest steps got slower than another
-  rung's older figures) tries the rung it left `COST_WINDOW` steps later: two slow steps in a row
-  (a pause of the host: 856 and 573 us among steps of 170) had switched batch 1 from no tree to
-  8-token trees for hundreds of steps, until its next trial measured no tree again. The trials:
+  to and fro. Every `explore_every` of its steps it measures what it could switch to, for
+  `COST_WINDOW` steps each, judged on those steps alone (the rung's older figures are dropped when
+  the trial starts): the first step after a switch is slow (on the demo policy at batch 1 the
+  first no-tree step after a tree took 250-400 us where the next took 170-200), and judged on that
+  one step, as one-step trials were, batch 1 stayed on 16-token trees at 0.86x of plain decoding,
+  and a tree a third faster than no tree, whose first step after a stretch without trees is slow
+  too, could be left for good. A bucket that leaves its rung between trials (its own newest steps got
+  slower than another rung's older figures) gives the rung it left a second look of
+  `COST_WINDOW` steps within `COST_WINDOW` steps, which does not reset its trial interval: two
+  slow steps in a row (a pause of the host: 856 and 573 us among steps of 170) had switched
+  batch 1 from no tree to 8-token trees for hundreds of steps, until its next trial measured no
+  tree again. The trials:
   without a tree, the best tree measured there, else the tree the next smaller bucket runs
   (in the smallest bucket, the smallest tree), and none at all while a smaller bucket runs
   without trees (a tree's extra rows only cost more with more sequences); with one, the sizes
@@ -51,9 +53,11 @@ where this hardware, this model and this draft put it:
 - Off is free: a bucket without trees and with no trial due hands the draft no features
   (`wants_features`); its context restarts where they resume, so a later tree catches up over
   a few rows, not over the stretch it skipped (and its acceptance is not taken for the tree's).
-  Nor does it keep measuring no tree: only the `COST_WINDOW` steps before a trial do, so the
-  comparison uses fresh figures, and the steps between cost the policy a bucket lookup (on the
-  demo policy at batch 1 the bookkeeping of every step was about 5% of a 0.19 ms step).
+  Nor does it keep measuring no tree: only `COST_WINDOW` steps shortly before a trial do (before
+  the `FEATURE_LEAD` steps that hand the draft features again, so the figures are those of plain
+  steps), and the steps between cost the policy a bucket lookup and no step log (on the demo
+  policy at batch 1 that bookkeeping was about 5% of a 0.19 ms step; they no longer teach the
+  price of a row either, which steps with prompt rows and trial windows still do).
 
 Output does not depend on any of this: every rung, none included, is lossless (greedy and coupled
 sampling token-identical to plain decoding), so the choice may follow wall-clock noise freely.
@@ -125,6 +129,10 @@ COST_WINDOW = 3
 """A rung's cost in a bucket is the median of its last this many step measurements there: one slow
 step cannot move it, two agreeing ones do."""
 
+FEATURE_LEAD = 2
+"""Steps before a trial in which a bucket without trees hands the draft the target's features
+again, so the trial's draft has some context."""
+
 
 def bucket_of(num_seqs: int) -> int:
     return 1 << max(num_seqs - 1, 0).bit_length()
@@ -182,7 +190,8 @@ class _Bucket:
     countdown: int  # steps to the next trial
     interval: int
     trial: int | None = None
-    trial_steps: int = 0  # steps the current trial has run
+    trial_steps: int = 0  # steps the current trial has run (it runs COST_WINDOW)
+    recheck: int | None = None  # the rung the bucket left between trials, queued for a second look
     queue: list[int] = field(default_factory=list)  # trials still to run, one step apart
     cost: dict[int, float] = field(default_factory=dict)  # rung -> median of a step's recent seconds per decoding sequence
     samples: dict[int, deque] = field(default_factory=dict)  # rung -> those recent seconds, at most COST_WINDOW
@@ -211,14 +220,15 @@ class AdaptivePolicy:
                 b.queue = b.queue or self._round(b)
                 if b.queue:
                     b.trial = b.queue.pop(0)
-                    b.samples.pop(b.trial, None)  # a fresh look: judged on the trial's own steps
+                    b.samples.pop(b.trial, None)  # a fresh look, judged on the trial's own steps alone
+                    b.cost.pop(b.trial, None)
                 else:  # nothing worth trying: wait longer
                     b.interval = b.countdown = min(2 * b.interval, c.max_explore_every)
         return b.best if b.trial is None else b.trial
 
     def wants_features(self, num_seqs: int) -> bool:
         """Whether a step with `num_seqs` decoding sequences should hand the draft the target's
-        features: yes where trees run or a trial is due within two steps; no in a bucket that
+        features: yes where trees run or a trial is due within `FEATURE_LEAD` steps; no in a bucket that
         runs without trees (there, speculation costs nothing; the draft's context restarts
         where features resume, so the next tree needs no catch-up over the skipped stretch)."""
         c = self.config
@@ -227,25 +237,32 @@ class AdaptivePolicy:
         if c.max_batch is not None and (num_seqs > c.max_batch or c.max_batch == 0):  # 0: never a tree, prompts included
             return False
         b = self.buckets.get(bucket_of(num_seqs))
-        return b is None or b.best != self.off or b.trial is not None or bool(b.queue) or b.countdown <= 2
+        return b is None or b.best != self.off or b.trial is not None or bool(b.queue) or b.countdown <= FEATURE_LEAD
 
     def resting(self, num_seqs: int) -> bool:
-        """Whether a step of `num_seqs` decoding sequences run without a tree has nothing to teach:
-        over `max_batch`, or in a bucket settled without trees and more than `COST_WINDOW` steps
-        before its next trial. The speculator skips its bookkeeping for such steps (`observe`
-        would drop them)."""
+        """Whether a step of `num_seqs` decoding sequences run without a tree needs nothing from the
+        speculator: over `max_batch`, or in a bucket settled without trees more than
+        `FEATURE_LEAD + COST_WINDOW` steps before its next trial. The speculator then skips its
+        bookkeeping (no step log: such steps teach the policy nothing, not even the price of a row)."""
         c = self.config
         if c.max_batch is not None and num_seqs > c.max_batch:
             return True
         b = self.buckets.get(bucket_of(num_seqs))
-        return b is not None and self._resting(b)
+        return b is not None and self._settled_off(b) and b.countdown > FEATURE_LEAD + COST_WINDOW
 
-    def _resting(self, b: _Bucket) -> bool:
-        return b.best == self.off and b.trial is None and not b.queue and b.countdown > COST_WINDOW
+    def _settled_off(self, b: _Bucket) -> bool:
+        return b.best == self.off and b.trial is None and not b.queue
+
+    def _measures_off(self, b: _Bucket) -> bool:
+        """A bucket settled without trees measures no tree (once it has a figure for it) in the
+        `COST_WINDOW` steps before it starts handing the draft features for its next trial: fresh
+        figures, on steps that cost what a step without trees costs (the `FEATURE_LEAD` steps after
+        them carry the hand-over)."""
+        return not self._settled_off(b) or self.off not in b.cost or FEATURE_LEAD < b.countdown <= FEATURE_LEAD + COST_WINDOW
 
     def observe(self, log: StepLog, seconds: float) -> None:
         """The step `log` describes took `seconds`. Steps without tree rows (any batch size,
-        prefill-only ones too) teach what a row costs; steps with decoding sequences the cost per
+        prefill-only ones too; resting steps have no log) teach what a row costs; steps with decoding sequences the cost per
         sequence of their rung at their bucket, the prompt rows they carried taken out at that
         price; verified trees the acceptance of their rung (drafts that restarted mid-sequence
         count only until a whole-sequence one is seen: they accept less, and would make a trial
@@ -258,8 +275,8 @@ class AdaptivePolicy:
         if not log.num_seqs or (c.max_batch is not None and log.num_seqs > c.max_batch):
             return
         b = self._bucket(bucket_of(log.num_seqs))
-        if log.rung == self.off and self._resting(b):
-            return  # settled without trees: no tree is measured afresh in the steps before the next trial
+        if log.rung == self.off and not self._measures_off(b):
+            return  # settled without trees: no tree is measured afresh shortly before the next trial
         rung = log.rung if log.tree_rows else self.off  # a tree rung whose sequences drafted nothing ran as none
         if log.prefill_rows and not self.rows.fitted:
             return  # the prompt rows' share is not known yet (a trial in this step runs again)
@@ -275,13 +292,14 @@ class AdaptivePolicy:
             self.accepted[rung] = _ema(self.accepted.get(rung), log.cold_emitted / log.cold_verified, c.ema)
         if b.trial is not None and b.trial == log.rung:
             b.trial_steps += 1
-            if b.trial != self.off or b.trial_steps >= COST_WINDOW:
+            if b.trial_steps >= COST_WINDOW:
                 self._settle_trial(b)
         else:
             best = self._argmax(b)
             if best != b.best and b.trial is None:
                 # it left what it ran on that rung's newest steps against the others' older figures:
-                # a pause of the host does that, so the rung it left is measured afresh soon
+                # a pause of the host does that, so the rung it left gets a second look soon
+                b.recheck = b.best
                 b.queue = [b.best, *(r for r in b.queue if r not in (b.best, best))]
                 b.countdown = min(b.countdown, COST_WINDOW)
             b.best = best
@@ -325,13 +343,18 @@ class AdaptivePolicy:
 
     def _settle_trial(self, b: _Bucket) -> None:
         trial, before = b.trial, b.best
+        recheck = trial == b.recheck
         b.trial, b.trial_steps = None, 0
+        if recheck:
+            b.recheck = None
         won = self._score(b, trial) > self._score(b, before)
-        if won and trial < before and trial > 0:
+        if won and trial < before and trial > 0 and not recheck:
             b.queue = [trial - 1, *b.queue]  # a larger tree won: try the next larger one at once
         b.best = self._argmax(b)
         if b.queue:
             b.countdown = 1
+        elif recheck:  # a second look after a pause is not an exploration: the interval stands
+            b.countdown = b.interval
         else:
             b.interval = self.config.explore_every if won else min(2 * b.interval, self.config.max_explore_every)
             b.countdown = b.interval

@@ -45,6 +45,8 @@ inline float dot(const float* a, const float* b, int64_t n) {
 // the decoder forward and draft layers (decoder_cpu.cpp). Compiled per CPU generation, per caller.
 static REASONRL_CLONES void attend_group(const float* q, const float* const* k, const float* const* v, int64_t offset,
                                          int64_t n, int64_t G, int64_t D, float scale, float* scores, float* out) {
+  std::fill_n(out, G * D, 0.f);
+  if (n == 0) return;  // nothing to attend: zeros (no caller passes an empty context today)
   for (int64_t s = 0; s < n; ++s) {
     const float* ks = k[s] + offset;
     for (int64_t g = 0; g < G; ++g) scores[g * n + s] = dot<8>(q + g * D, ks, D) * scale;
@@ -57,7 +59,6 @@ static REASONRL_CLONES void attend_group(const float* q, const float* const* k, 
     const float inv = 1.f / total;
     for (int64_t s = 0; s < n; ++s) sc[s] *= inv;
   }
-  std::fill_n(out, G * D, 0.f);
   for (int64_t s = 0; s < n; ++s) {
     const float* vs = v[s] + offset;
     for (int64_t g = 0; g < G; ++g) {

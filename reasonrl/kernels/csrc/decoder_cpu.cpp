@@ -6,8 +6,9 @@
 //   a top-k, then the next frontier. Returns what TreeSearch.tensors() holds.
 // - draft_rows: the draft's layer over a catch-up of new rows per sequence, causal after the
 //   sequence's committed rows.
-// - decoder_forward: the target model's forward over a step of decode rows and draft-tree rows
-//   (engine/cpu_forward.py), keys and values written to and read from the paged cache in place.
+// - decoder_forward: the target model's forward over a step of decode rows, draft-tree rows and
+//   short prompt chunks (engine/cpu_forward.py), keys and values written to and read from the paged
+//   cache in place.
 //
 // On a small model every one of those operations costs more to dispatch from Python than to
 // compute (docs/spec.md); here only the products with the weights go through ATen (the small-product

@@ -205,13 +205,13 @@ def bench_spec(c: SpecBenchConfig) -> dict:
         for level in levels:
             work = prompts[: max(c.num_prompts, 4 * level)]
             for name, engine in arm_order(arms, r):
-                before = spec.stats()
+                before = spec.stats() if name == "speculative" and level == 1 else None
                 engine.reset_prefix_cache()
                 run = decode(engine, work, c.max_tokens, level)
                 rates.setdefault((name, level), []).append(run.tokens / run.seconds)
                 cpu_rates.setdefault((name, level), []).append(run.tokens / run.cpu_seconds)
                 outputs.setdefault(f"{name}@{level}", run.outputs)
-                if name == "speculative" and level == 1:
+                if before is not None:
                     after = spec.stats()
                     batch1["rounds"] += after["spec_rounds"] - before["spec_rounds"]
                     batch1["emitted"] += after["spec_emitted_tokens"] - before["spec_emitted_tokens"]
@@ -275,18 +275,19 @@ def timed_run(engine: LLMEngine, prompts: list, max_tokens: int, level: int,
     timed repeats: the timers' own Python (five wrapped calls a step) cost the speculative arm alone
     about 5% of a batch-1 step of the demo policy when they ran on every repeat. One run, so its
     shares move more from run to run than a median over repeats would."""
-    timers: list[Timer] = []
+    overhead: tuple[Timer, ...] = ()
+    trees: tuple[Timer, ...] = ()
     engine.reset_prefix_cache()
     try:
-        timers += speculation_timers(engine)
-        timers += tree_step_timers(engine)
+        overhead = speculation_timers(engine)
+        trees = tree_step_timers(engine)
         run = decode(engine, prompts, max_tokens, level)
     finally:
-        for t in reversed(timers):
+        for t in reversed((*overhead, *trees)):  # the newest wrapper first
             t.remove()
     print(f"  timed run   in flight {level:>3}  {name:<11} {run.tokens / run.seconds:8.1f} tok/s (timers on: "
           f"not in the speedup)", file=sys.stderr, flush=True)
-    return run, [t.seconds for t in timers[:3]], [(t.seconds, t.calls) for t in timers[3:]]
+    return run, [t.seconds for t in overhead], [(t.seconds, t.calls) for t in trees]
 
 
 def tree_step_timers(engine: LLMEngine) -> tuple[Timer, Timer]:

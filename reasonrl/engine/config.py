@@ -73,7 +73,8 @@ class EngineConfig:
     """CPU, fp32, dense KV: a step whose sequences each have at most 64 rows (a decode row, a draft
     tree to verify, a prompt chunk) runs the model's whole forward in one C++ call
     (engine/cpu_forward.py), where the PyTorch path dispatches every operation of every layer from
-    Python; steps with a longer prompt chunk run the PyTorch forward.
+    Python; steps with a longer prompt chunk, or one whose rows x context exceed 64 x 128, run
+    the PyTorch forward.
     The same model to float rounding (not bit for bit); in a step of up to 4 rows a row's result
     does not depend on the others. `compile_decode`, where on, takes precedence. Ignored on CUDA."""
     cpu_draft_kernel: bool = True

@@ -13,8 +13,9 @@
 - `draft_tree_cpu`, `draft_rows_cpu` (`csrc/decoder_cpu.cpp`): the EAGLE draft's tree growth
   and its catch-up over newly accepted rows (engine/spec/grow.py), each one call, where the PyTorch
   path dispatches dozens of operations per depth.
-- `decoder_forward_cpu` (same file): the target model's forward over a step of decode and
-  draft-tree rows (engine/cpu_forward.py), one call, reading and writing the paged cache in place.
+- `decoder_forward_cpu` (same file): the target model's forward over a step of decode rows,
+  draft-tree rows and short prompt chunks (engine/cpu_forward.py), one call, reading and writing the
+  paged cache in place. All of them attend through one loop, `attend_group` (`csrc/cpu_common.h`).
 
 The first three are batch-invariant: a row's (a sequence's) result never depends on the other rows
 of the batch or the padding.

@@ -225,3 +225,12 @@ def draft_rows_cpu(weights: list[torch.Tensor], config, x: torch.Tensor, positio
     causal after each sequence's committed rows -> outputs (sum, h), new keys and values (sum, H, D)."""
     return tuple(torch.ops.reasonrl_cpu.draft_rows(weights, config.num_heads, config.num_kv_heads, config.rms_norm_eps,
                                                    x, positions, past_k, past_v, lengths))
+
+
+def draft_catch_up_cpu(weights: list[torch.Tensor], config, ids: list[int], features: list[torch.Tensor],
+                       first_pos: list[int], past_k: list[torch.Tensor], past_v: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """`draft_rows_cpu` for text tokens, their rows fused in C++ as `DraftHead.fuse` does: every
+    sequence's new token ids in order, its target features of the positions before them (rows, h),
+    and the position of its first new token -> outputs (sum, h), new keys and values (sum, H, D)."""
+    return tuple(torch.ops.reasonrl_cpu.draft_catch_up(weights, config.num_heads, config.num_kv_heads,
+                                                       config.rms_norm_eps, ids, features, first_pos, past_k, past_v))

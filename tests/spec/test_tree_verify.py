@@ -41,6 +41,41 @@ def test_selection_respects_each_sequence_depth_limit_and_is_connected():
             assert tree.parents[row] < row and tree.depths[row] == tree.depths[tree.parents[row]] + 1
 
 
+def _coarse_search(gen: torch.Generator, b: int, k: int, depth: int) -> tuple[TreeSearch, list[torch.Tensor]]:
+    """A search whose values are sums of log-probs 0, -1 or -2 (ties within and across depths);
+    candidate i of depth d (1-based) drafts token 100 d + i."""
+    tokens, scores, parents, frontier = [], [], [], []
+    for d in range(depth):
+        n = k if d == 0 else k * k
+        step = -torch.randint(0, 3, (b, n), generator=gen).float()
+        par = torch.full((b, n), -1) if d == 0 else frontier[-1].repeat_interleave(k, dim=1)
+        scores.append(step if d == 0 else scores[-1].gather(1, par) + step)
+        tokens.append(torch.arange(n).expand(b, n) + 100 * (d + 1))
+        parents.append(par)
+        frontier.append(torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(b)]))
+    return TreeSearch.of_tensors(k, (*tokens, *scores, *parents, *frontier), b), scores
+
+
+def test_selection_takes_the_top_values_with_ties_to_the_shallower_then_earlier_candidate():
+    gen = torch.Generator().manual_seed(1)
+    for trial in range(60):
+        k, depth, m = 1 + trial % 3, 2 + trial % 4, 1 + trial % 7
+        search, scores = _coarse_search(gen, 2, k, depth)
+        limits = [depth, max(1, depth - 1)]
+        for row, tree in enumerate(search.select([0, 0], m, limits)):
+            # the oracle: every candidate within the depth limit by value, then depth, then index
+            ranked = sorted((-scores[d][row, i].item(), d + 1, i) for d in range(limits[row])
+                            for i in range(scores[d].shape[1]))[:m]
+            got = [(tree.depths[r], tree.tokens[r] - 100 * tree.depths[r]) for r in range(1, tree.size)]
+            assert got == [(d, i) for _, d, i in sorted(ranked, key=lambda x: x[1])]  # by depth, then value order
+            for r in range(1, tree.size):
+                assert tree.parents[r] < r and tree.depths[r] == tree.depths[tree.parents[r]] + 1
+                parent = tree.parents[r]
+                if parent:  # the drafted parent is the candidate the search recorded
+                    d, i = got[r - 1]
+                    assert search.parents[d - 1][row, i].item() == got[parent - 1][1]
+
+
 def test_tree_mask_is_ancestors_and_self():
     tree = DraftTree([5, 1, 2, 3], [-1, 0, 0, 1], [0, 1, 1, 2])
     assert tree.mask().int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 1]]

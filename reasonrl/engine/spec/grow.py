@@ -171,6 +171,20 @@ class GrowStep:
             return TreeSearch.of_tensors(min(top_k, self.draft.config.vocab_size), tensors, root_out.shape[0])
         return self._grow(top_k, depth, root_out, roots_pos, *padded_past(states, no_rows))
 
+    def catch_up_text(self, states: list[DraftState], sources: list) -> tuple[torch.Tensor, ...] | None:
+        """`catch_up` of text sources (visual.RowSource without images) with their rows fused in the
+        C++ kernel as well, from token ids and features (a batch-1 round's fusing in PyTorch cost as
+        much as the draft layer); None where that kernel does not apply (images, no kernel, a long
+        catch-up)."""
+        if not self.native or any(src.mm is not None for src in sources) or \
+                max(len(src.ids) for src in sources) > NATIVE_CATCH_UP:
+            return None
+        c = self.draft.config
+        no_rows = sources[0].features.new_empty(0, c.num_kv_heads, c.head_dim)
+        return cpu_ops.draft_catch_up_cpu(self.weights, c, [t for src in sources for t in src.ids],
+                                          [src.features for src in sources], [src.start + 1 for src in sources],
+                                          *_committed(states, no_rows))
+
     def catch_up(self, states: list[DraftState], x: torch.Tensor, positions: torch.Tensor,
                  lengths: list[int]) -> tuple[torch.Tensor, ...] | None:
         """The draft's outputs and new keys and values for a catch-up of these sequences by
@@ -337,6 +351,20 @@ class DraftGraphs:
         group.load_roots(root_out, roots_pos)
         outputs = self._replay(key, lambda *g: grow(top_k, depth, *g).tensors(), group.tensors)
         return None if outputs is None else TreeSearch.of_tensors(min(top_k, self.vocab_size), outputs, len(states))
+
+    def catch_up_text(self, states: list[DraftState], sources: list) -> tuple[torch.Tensor, ...] | None:
+        """`catch_up` of text sources (visual.RowSource without images) with their rows fused in the
+        C++ kernel as well, from token ids and features (a batch-1 round's fusing in PyTorch cost as
+        much as the draft layer); None where that kernel does not apply (images, no kernel, a long
+        catch-up)."""
+        if not self.native or any(src.mm is not None for src in sources) or \
+                max(len(src.ids) for src in sources) > NATIVE_CATCH_UP:
+            return None
+        c = self.draft.config
+        no_rows = sources[0].features.new_empty(0, c.num_kv_heads, c.head_dim)
+        return cpu_ops.draft_catch_up_cpu(self.weights, c, [t for src in sources for t in src.ids],
+                                          [src.features for src in sources], [src.start + 1 for src in sources],
+                                          *_committed(states, no_rows))
 
     def catch_up(self, states: list[DraftState], x: torch.Tensor, positions: torch.Tensor, lengths: list[int],
                  decode: Callable[..., tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...] | None:

@@ -215,23 +215,31 @@ class Speculator:
                 items.append(self._source(seq, start, end, st.features[start - st.feature_start: end - st.feature_start]))
                 behind.append(seq)
         if items:
-            rows = catch_up_rows(self.draft, items, self.visual_reports)
             states = [self.states[seq.seq_id] for seq in behind]
-            captured = self.grow_step.catch_up(states, rows.x, rows.positions, rows.lengths)
-            if captured is not None:
-                out, new_k, new_v = captured
-            else:
-                attn = self._catch_up_attention(behind, rows.lengths)
-                out = self.draft.decode(rows.x, rows.positions, attn)
-                new_k, new_v = attn.new_k, attn.new_v
-            bounds = list(itertools.accumulate(rows.lengths, initial=0))
-            for st, lo, hi, removed in zip(states, bounds, bounds[1:], rows.removed):
+            out, new_k, new_v, lengths, removed_rows = self._draft_rows(behind, states, items)
+            bounds = list(itertools.accumulate(lengths, initial=0))
+            for st, lo, hi, removed in zip(states, bounds, bounds[1:], removed_rows):
                 st.cache.append(new_k[lo:hi], new_v[lo:hi])
                 st.removed += removed
                 st.last_out = out[hi - 1]
                 # keep the features the draft has not used, and those of a block not yet recorded
                 st.drop_features_before(min(st.rows_end, st.stored) if st.stored >= 0 else st.rows_end)
         return torch.stack([self.states[s.seq_id].last_out for s in seqs])
+
+    def _draft_rows(self, seqs: list[Sequence], states: list[DraftState], items: list[RowSource]):
+        """The draft's rows for `items` (one per sequence): outputs, new keys and values, rows per
+        sequence and tokens per sequence the compressor took away. Text alone goes to the C++ kernel
+        whole (ids and features in, rows fused there); otherwise the rows are fused here, then run
+        through the kernel, a captured graph or eager."""
+        native = self.grow_step.catch_up_text(states, items)
+        if native is not None:
+            return (*native, [len(src.ids) for src in items], [0] * len(items))
+        rows = catch_up_rows(self.draft, items, self.visual_reports)
+        captured = self.grow_step.catch_up(states, rows.x, rows.positions, rows.lengths)
+        if captured is None:
+            attn = self._catch_up_attention(seqs, rows.lengths)
+            captured = self.draft.decode(rows.x, rows.positions, attn), attn.new_k, attn.new_v
+        return (*captured, rows.lengths, rows.removed)
 
     def _source(self, seq: Sequence, start: int, end: int, features: torch.Tensor) -> RowSource:
         src = RowSource(seq.tokens(start + 1, end + 1), features, start, seq.mm, key=seq.request_id)

@@ -40,12 +40,16 @@ class DraftTree:
         return out
 
     def mask(self, device=None) -> torch.Tensor:
-        """(size, size) bool: row i may attend row j iff j is i or an ancestor of i."""
+        """(size, size) bool: row i may attend row j iff j is i or an ancestor of i. Built in host
+        bytes, a row from its parent's (parents come first), then one tensor: a tree's rows as tensor
+        operations cost more than the rest of its step's bookkeeping at batch 1."""
         n = self.size
-        m = torch.eye(n, dtype=torch.bool)
-        for row in range(1, n):
-            m[row] |= m[self.parents[row]]
-        return m.to(device)
+        m = bytearray(n * n)
+        for row, parent in enumerate(self.parents):
+            if parent >= 0:
+                m[row * n: row * n + n] = m[parent * n: parent * n + n]
+            m[row * n + row] = 1
+        return torch.frombuffer(m, dtype=torch.bool).view(n, n).to(device)
 
 
 class TreeSearch:
@@ -88,38 +92,38 @@ class TreeSearch:
         d = len(tensors) // 4
         search = cls.__new__(cls)
         search.k = k
+        padded = tensors[0].shape[0] != rows
         search.tokens, search.scores, search.parents, search.frontier = (
-            [t[:rows] for t in tensors[i * d:(i + 1) * d]] for i in range(4))
+            [t[:rows] if padded else t for t in tensors[i * d:(i + 1) * d]] for i in range(4))
         return search
 
     def select(self, roots: list[int], num_nodes: int, max_depth: list[int]) -> list[DraftTree]:
         """Each sequence's tree under its root token: the top `num_nodes` nodes by value, no deeper
-        than its max_depth."""
+        than its max_depth; among equal values the shallower node, then the earlier candidate. On
+        the host, in Python: a few dozen candidates per sequence sort faster as lists than as tensors."""
         sizes = [t.shape[1] for t in self.tokens]
-        scores = torch.cat(self.scores, 1)  # (B, total), shallower depths first
-        depth_of = torch.cat([torch.full((n,), d + 1) for d, n in enumerate(sizes)]).to(scores.device)
-        limit = torch.tensor(max_depth, device=scores.device)[:, None]
-        scores = scores.masked_fill(depth_of[None, :] > limit, float("-inf"))
-        order = scores.sort(dim=1, descending=True, stable=True).indices[:, :num_nodes]  # ties: shallower first
-        picked_scores = scores.gather(1, order)
+        # one device-to-host copy each, not one per node
+        scores = torch.cat(self.scores, 1).tolist()
+        tokens = torch.cat(self.tokens, 1).tolist()
+        parents = torch.cat(self.parents, 1).tolist()
+        depth_of = [d + 1 for d, n in enumerate(sizes) for _ in range(n)]
         offsets = [0]
         for n in sizes:
             offsets.append(offsets[-1] + n)
-        tokens = torch.cat(self.tokens, 1).tolist()  # one device-to-host copy each, not one per node
-        parents = torch.cat(self.parents, 1).tolist()
-        depths = depth_of.tolist()
         trees = []
-        for b, (row_order, row_scores) in enumerate(zip(order.tolist(), picked_scores.tolist())):
-            chosen = sorted((depths[i], rank, i) for rank, (i, s) in enumerate(zip(row_order, row_scores))
-                            if s > float("-inf"))
+        for b, root in enumerate(roots):
+            value, limit = scores[b], max_depth[b]
+            # candidates are laid out shallower depths first, so a stable sort puts the shallower first on ties
+            live = [i for i, (d, v) in enumerate(zip(depth_of, value)) if d <= limit and v > float("-inf")]
+            top = sorted(live, key=lambda i: -value[i])[:num_nodes]
+            top.sort(key=depth_of.__getitem__)  # parents before children; within a depth, value order
             row_of = {-1: 0}
-            tree = DraftTree([roots[b]], [-1], [0])
-            for depth, _, i in chosen:
-                parent = parents[b][i]
-                parent_global = -1 if depth == 1 else offsets[depth - 2] + parent
+            tree = DraftTree([root], [-1], [0])
+            for i in top:
+                depth, parent = depth_of[i], parents[b][i]
                 row_of[i] = tree.size
                 tree.tokens.append(tokens[b][i])
-                tree.parents.append(row_of[parent_global])
+                tree.parents.append(row_of[-1 if depth == 1 else offsets[depth - 2] + parent])
                 tree.depths.append(depth)
             trees.append(tree)
         return trees

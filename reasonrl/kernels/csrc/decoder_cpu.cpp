@@ -5,7 +5,8 @@
 //   grow.py): per depth, the draft's layer over every frontier row, the LM head, a log-softmax and
 //   a top-k, then the next frontier. Returns what TreeSearch.tensors() holds.
 // - draft_rows: the draft's layer over a catch-up of new rows per sequence, causal after the
-//   sequence's committed rows.
+//   sequence's committed rows; draft_catch_up: the same for text tokens, their input rows fused here
+//   from the token ids and the target's features.
 // - decoder_forward: the target model's forward over a step of decode rows, draft-tree rows and
 //   short prompt chunks (engine/cpu_forward.py), keys and values written to and read from the paged
 //   cache in place.
@@ -337,12 +338,32 @@ std::vector<at::Tensor> draft_tree(at::TensorList weights, int64_t num_heads, in
   return result;
 }
 
+// The draft layer over `lengths` new rows per sequence (x (sum, h) at pos), causal after each
+// sequence's committed rows: outputs (sum, h), new keys and values (sum, hk, d).
+std::vector<at::Tensor> rows_after(const Draft& m, const at::Tensor& x, const int64_t* pos, at::TensorList past_k,
+                                   at::TensorList past_v, const std::vector<int64_t>& lengths) {
+  const int64_t b = static_cast<int64_t>(lengths.size()), row = m.layer.hk * m.layer.d, n = x.size(0);
+  std::vector<int64_t> seq_of(n), start_of(n);
+  for (int64_t s = 0, lo = 0; s < b; lo += lengths[s], ++s)
+    for (int64_t i = lo; i < lo + lengths[s]; ++i) seq_of[i] = s, start_of[i] = lo;
+  at::Tensor new_k, new_v;
+  const float *kp = nullptr, *vp = nullptr;
+  auto out = layer(m.layer, x, pos, new_k, new_v, true,
+                   [&] { kp = new_k.data_ptr<float>(), vp = new_v.data_ptr<float>(); },
+                   [&](int64_t i, Context& ctx) {
+                     add_past(ctx, past_k[seq_of[i]], past_v[seq_of[i]], row);
+                     for (int64_t j = start_of[i]; j < i; ++j)  // causal among its new rows
+                       ctx.add(kp + j * row, vp + j * row);
+                   });
+  return {out, new_k, new_v};
+}
+
 std::vector<at::Tensor> draft_rows(at::TensorList weights, int64_t num_heads, int64_t num_kv_heads,
                                    double eps, const at::Tensor& x, const at::Tensor& positions,
                                    at::TensorList past_k, at::TensorList past_v,
                                    at::IntArrayRef lengths) {
   const Draft m(weights, num_heads, num_kv_heads, eps);
-  const int64_t b = static_cast<int64_t>(lengths.size()), row = m.layer.hk * m.layer.d;
+  const int64_t b = static_cast<int64_t>(lengths.size());
   check_past(m.layer, past_k, past_v, b);
   int64_t n = 0;
   for (const int64_t len : lengths) {
@@ -353,19 +374,31 @@ std::vector<at::Tensor> draft_rows(at::TensorList weights, int64_t num_heads, in
               "draft_rows: x must be float32 (", n, " rows, ", m.h, "), got ", x.sizes());
   TORCH_CHECK(positions.dim() == 1 && positions.size(0) == n, "draft_rows: one position per row");
   auto pos = positions.to(at::kLong).contiguous();
-  std::vector<int64_t> seq_of(n), start_of(n);
-  for (int64_t s = 0, lo = 0; s < b; lo += lengths[s], ++s)
-    for (int64_t i = lo; i < lo + lengths[s]; ++i) seq_of[i] = s, start_of[i] = lo;
-  at::Tensor new_k, new_v;
-  const float *kp = nullptr, *vp = nullptr;
-  auto out = layer(m.layer, x.contiguous(), pos.data_ptr<int64_t>(), new_k, new_v, true,
-                   [&] { kp = new_k.data_ptr<float>(), vp = new_v.data_ptr<float>(); },
-                   [&](int64_t i, Context& ctx) {
-                     add_past(ctx, past_k[seq_of[i]], past_v[seq_of[i]], row);
-                     for (int64_t j = start_of[i]; j < i; ++j)  // causal among its new rows
-                       ctx.add(kp + j * row, vp + j * row);
-                   });
-  return {out, new_k, new_v};
+  return rows_after(m, x.contiguous(), pos.data_ptr<int64_t>(), past_k, past_v, lengths.vec());
+}
+
+// `draft_rows` for text tokens, their rows fused here: each sequence's new token ids (all in order
+// in `ids`), the target's features of the positions before them (rows, h), and the position of its
+// first new token; the rows of one sequence are consecutive positions.
+std::vector<at::Tensor> draft_catch_up(at::TensorList weights, int64_t num_heads, int64_t num_kv_heads, double eps,
+                                       at::IntArrayRef ids, at::TensorList features, at::IntArrayRef first_pos,
+                                       at::TensorList past_k, at::TensorList past_v) {
+  const Draft m(weights, num_heads, num_kv_heads, eps);
+  const int64_t b = static_cast<int64_t>(features.size());
+  check_past(m.layer, past_k, past_v, b);
+  TORCH_CHECK(static_cast<int64_t>(first_pos.size()) == b, "draft_catch_up: ", b, " sequences but ", first_pos.size(),
+              " first positions");
+  std::vector<int64_t> lengths, pos;
+  for (int64_t s = 0; s < b; ++s) {
+    TORCH_CHECK(features[s].dim() == 2 && features[s].size(1) == m.h && features[s].scalar_type() == at::kFloat,
+                "draft_catch_up: sequence ", s, "'s features must be float32 (rows, ", m.h, "), got ", features[s].sizes());
+    lengths.push_back(features[s].size(0));
+    for (int64_t j = 0; j < lengths.back(); ++j) pos.push_back(first_pos[s] + j);
+  }
+  const int64_t n = static_cast<int64_t>(pos.size());
+  TORCH_CHECK(static_cast<int64_t>(ids.size()) == n, "draft_catch_up: ", n, " feature rows but ", ids.size(), " token ids");
+  auto feats = at::cat(features).contiguous();
+  return rows_after(m, fuse(m, ids.data(), feats.data_ptr<float>(), n), pos.data(), past_k, past_v, lengths);
 }
 
 // The target's forward over one step of decode and draft-tree rows (engine/cpu_forward.py): the N
@@ -461,6 +494,8 @@ TORCH_LIBRARY_FRAGMENT(reasonrl_cpu, m) {
         "Tensor[] past_k, Tensor[] past_v, int top_k, int depth) -> Tensor[]");
   m.def("draft_rows(Tensor[] weights, int num_heads, int num_kv_heads, float eps, Tensor x, Tensor positions, "
         "Tensor[] past_k, Tensor[] past_v, int[] lengths) -> Tensor[]");
+  m.def("draft_catch_up(Tensor[] weights, int num_heads, int num_kv_heads, float eps, int[] ids, Tensor[] features, "
+        "int[] first_pos, Tensor[] past_k, Tensor[] past_v) -> Tensor[]");
   m.def("decoder_forward(Tensor[] weights, int num_layers, int num_heads, int num_kv_heads, float eps, Tensor ids, "
         "Tensor positions, Tensor cache, Tensor slots, Tensor tables, int[] query_start, int[] context_lens, "
         "Tensor[] masks) -> Tensor");
@@ -469,5 +504,6 @@ TORCH_LIBRARY_FRAGMENT(reasonrl_cpu, m) {
 TORCH_LIBRARY_IMPL(reasonrl_cpu, CPU, m) {
   m.impl("draft_tree", &draft_tree);
   m.impl("draft_rows", &draft_rows);
+  m.impl("draft_catch_up", &draft_catch_up);
   m.impl("decoder_forward", &decoder_forward);
 }

@@ -295,10 +295,15 @@ class LLMEngine:
 
     def _collect_features(self, scheduled: list[tuple[Sequence, int]], result: StepResult) -> None:
         """Hand the draft the target's hidden states of the tokens that stay in the cache (where
-        the adaptive policy may draft from them)."""
-        if not self.speculator.collecting:
-            return
+        the adaptive policy may draft from them); where it may not, only the features of prompts'
+        full blocks, kept for the prefix cache's later hits (`Speculator.keep_prompt_blocks`)."""
         starts, kept = result.batch.meta.query_start, None
+        if not self.speculator.collecting:
+            for b, (seq, n) in enumerate(scheduled):
+                if seq.num_computed + n <= len(seq.prompt_ids) and n >= self.block_manager.block_size and \
+                        self.speculator.wants(seq):
+                    self.speculator.keep_prompt_blocks(seq, seq.num_computed, result.hidden[starts[b]: starts[b + 1]])
+            return
         for b, (seq, _) in enumerate(scheduled):
             if not self.speculator.wants(seq):
                 continue

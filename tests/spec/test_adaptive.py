@@ -5,6 +5,7 @@ output stays token-identical to plain decoding (fp32)."""
 import itertools
 
 import pytest
+import torch
 
 from reasonrl.engine import SamplingParams
 from reasonrl.engine.spec.adaptive import COST_WINDOW, AdaptiveConfig, AdaptivePolicy, StepLog, TreeShape, bucket_of, ladder
@@ -372,3 +373,30 @@ def test_a_tree_that_wins_is_kept_though_its_first_step_after_a_stretch_without_
         chosen.append(rung)
         last = rung
     assert policy.buckets[1].best == 0 and chosen[-200:].count(0) >= 190
+
+
+def test_prompts_prefilled_while_resting_leave_their_blocks_features_for_later_requests(demo):
+    """A bucket settled without trees hands the draft no features, but a prompt's full blocks still
+    leave theirs: a later request served those blocks by the prefix cache drafts from position 0
+    (whole context) once trees run, not from past the cached prefix (a cold draft, accepting less),
+    which had lasted for as long as the prefix stayed cached."""
+    policy_model, _, draft, prompts = demo
+    first, again = prompts[0], prompts[0] + []  # the same prompt: its blocks come from the cache
+    reqs = {"a": (first, SamplingParams(temperature=0, max_tokens=8), {})}
+    e = engine(policy_model, draft, max_model_len=256, max_num_seqs=1, draft_adaptive=True)
+    policy, spec, bs = e.speculator.policy, e.speculator, e.block_manager.block_size
+    b = policy._bucket(1)
+    b.best, b.queue, b.countdown, b.interval = policy.off, [], 10 ** 6, 512
+    run(e, reqs)
+    assert len(spec.block_features) == len(first) // bs  # the prompt's full blocks, no draft state
+    with torch.no_grad():
+        hidden = policy_model.forward_padded(torch.tensor([first]))[0]  # the target's final hidden states
+    torch.testing.assert_close(torch.cat(list(spec.block_features.values())), hidden[: len(first) // bs * bs],
+                               atol=1e-4, rtol=1e-4)
+    b.best, b.countdown = 0, 10 ** 6  # now trees run
+    starts, start = [], spec._start
+    spec._start = lambda seq, at: starts.append((at, s := start(seq, at))) or s
+    out = run(e, {"b": (again, SamplingParams(temperature=0, max_tokens=8), {})})
+    assert out["b"].num_cached_tokens >= bs and starts[0][0] == out["b"].num_cached_tokens
+    assert starts[0][1].first == 0  # the draft's context starts at the prompt's first token
+    assert_same(plain_run(policy_model, {"b": reqs["a"]}), out)

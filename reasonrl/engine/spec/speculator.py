@@ -149,6 +149,20 @@ class Speculator:
         while len(self.block_features) > self.max_block_features:
             self.block_features.popitem(last=False)
 
+    def keep_prompt_blocks(self, seq: Sequence, start: int, features: torch.Tensor) -> None:
+        """In a step that hands the draft no features: the features of the full blocks among a
+        prompt chunk's rows (positions start .. start + len - 1), for later requests that share them
+        through the prefix cache, and no draft state. Without them every request after a stretch
+        without trees would start its draft past the shared prefix (cold, accepting less) for as long
+        as the prefix stayed cached; a prompt's rows come once per request, so this costs little."""
+        bs, chain = self.blocks.block_size, None
+        for i in range((start + features.shape[0]) // bs):
+            chain = hash((chain, tuple(seq.tokens(i * bs, (i + 1) * bs))))
+            if i * bs >= start and chain not in self.block_features:
+                self.block_features[chain] = features[i * bs - start: (i + 1) * bs - start].clone()
+        while len(self.block_features) > self.max_block_features:
+            self.block_features.popitem(last=False)
+
     def forget(self, seq: Sequence) -> None:
         self.states.pop(seq.seq_id, None)
 

@@ -54,7 +54,8 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
     rates, cpu_rates, outputs, batch1, shares = _run(arms, prompts, c, levels)
     on_cpu = target.device.type == "cpu"
     result = {"device": device_name(target.device), "model": str(model_path), "concurrency": levels,
-              "greedy_identical": all(o == outputs[f"plain@{k.split('@')[1]}"] for k, o in outputs.items())}
+              "greedy_identical": all(o == outputs[f"plain@{k.split('@')[1]}"] for k, o in outputs.items()),
+              "plain_tokens_per_s": {level: statistics.median(rates[("plain", level)]) for level in levels}}
     for name, engine in arms.items():
         if name == "plain":
             continue

@@ -16,8 +16,10 @@ cached context) of at most `MAX_PROMPT_WORK` rows x context. A short prompt's pr
 PyTorch costs about ten decode steps of the demo policy (1.8 ms for 35 tokens against 0.17 ms a
 step, docs/benchmarks.md), nearly all of it dispatch. Longer chunks, and short ones after a long
 cached prefix, keep SDPA's blocked attention (the kernel's is a loop over the rows);
-image or latent inputs, M-RoPE, token eviction or a KV format other than dense run the PyTorch
-forward too. CPU, fp32,
+steps with image rows (an image prompt's chunks, at M-RoPE positions), latent inputs, token
+eviction or a KV format other than dense run the PyTorch forward too. An image model's other steps
+(its decode and tree rows are text at one position per row, plain rotary: Qwen2.5-VL) run here.
+CPU, fp32,
 `EngineConfig.cpu_forward_kernel` (on by default); off, or where the library cannot be built,
 everything runs as before.
 
@@ -55,7 +57,7 @@ class CPUForward:
     @classmethod
     def build(cls, model, kv, config) -> CPUForward | None:
         """None where it does not apply (switched off, not CPU fp32, a KV format other than dense,
-        an M-RoPE model, the library not built)."""
+        the library not built)."""
         if not config.cpu_forward_kernel or model.device.type != "cpu" or model.dtype != torch.float32 or \
                 kv.name != "dense":
             return None

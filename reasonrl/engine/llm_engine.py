@@ -97,10 +97,13 @@ class LLMEngine:
         self.grammars = Grammars(tokenizer, mcfg.vocab_size, self.eos_ids)  # structured outputs (engine/grammar.py)
         latent = latent or self._latent_config(tokenizer)
         self.latents = LatentReasoning(latent, model) if latent is not None else None
-        plain = self.evictor is None and self.images is None and self.latents is None  # these decode eager
         fast = None
-        if plain:  # compiled or captured decode if asked for, else on CPU the C++ forward
-            fast = FastDecode.build(model, self.kv, cfg, self.max_model_len) or CPUForward.build(model, self.kv, cfg)
+        if self.evictor is None and self.latents is None:  # these decode eager
+            # compiled or captured decode if asked for, else on CPU the C++ forward, which also takes
+            # an image model's text steps (it declines steps with image rows or M-RoPE positions)
+            if self.images is None:
+                fast = FastDecode.build(model, self.kv, cfg, self.max_model_len)
+            fast = fast or CPUForward.build(model, self.kv, cfg)
         self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids,
                                   grammars=self.grammars, latents=self.latents, fast=fast)
         self.speculator = self._speculator(draft)

@@ -177,9 +177,10 @@ def _applies(weight: torch.Tensor, embed) -> bool:
 
 def decoder_weights(model) -> list[torch.Tensor] | None:
     """A `DecoderLM`'s tensors in the order `decoder_forward_cpu` reads them; None where the kernel
-    does not apply (not fp32 on CPU, the library not built, an embedding other than `nn.Embedding`,
-    M-RoPE)."""
-    if not _applies(model.norm.weight, model.embed_tokens) or model.rotary.mrope_section is not None:
+    does not apply (not fp32 on CPU, the library not built, an embedding other than `nn.Embedding`).
+    An M-RoPE model (Qwen2.5-VL) qualifies: the kernel takes one position per row, and a text row's
+    three M-RoPE positions are equal, which is plain rotary at that position."""
+    if not _applies(model.norm.weight, model.embed_tokens):
         return None
     return [model.embed_tokens.weight.detach(), model.norm.weight.detach(), model.rotary.inv_freq.float(),
             *(t for layer in model.layers for t in _layer_weights(layer))]

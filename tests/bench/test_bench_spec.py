@@ -124,6 +124,7 @@ def test_bench_spec_vlm_compares_plain_eaglevlm_and_specvlm_on_image_prompts(tmp
                  "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["greedy_identical"] is True and r["concurrency"] == [1, 2]
+    assert sorted(r["plain_tokens_per_s"]) == ["1", "2"] and min(r["plain_tokens_per_s"].values()) > 0
     eagle, spec = r["eaglevlm"], r["specvlm"]
     assert eagle["visual_tokens_per_request"] == eagle["draft_visual_tokens_per_request"] == 16  # 112 px: 4 x 4 merged
     assert spec["draft_visual_tokens_per_request"] == 4 < eagle["draft_visual_tokens_per_request"]

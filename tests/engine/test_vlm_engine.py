@@ -8,6 +8,7 @@ import torch
 
 from reasonrl.engine import LLM, LLMEngine, SamplingParams
 from reasonrl.engine.config import EngineConfig
+from reasonrl.kernels import cpu_ops
 from reasonrl.models import load_model
 from reasonrl.models.qwen2_5_vl import MultimodalPrompt
 from reasonrl.models.tiny_vlm import make_vlm_tokenizer
@@ -124,6 +125,26 @@ def test_greedy_matches_transformers_under_kv_pressure_and_chunked_prefill(model
     assert any(splits_an_image(mm, start, n) for mm, start, n in seen)
     assert tokens(outs) == {str(i): e for i, e in enumerate(expected)}
     assert engine.stats()["images_encoded"] == 6  # once per request, however often it was re-prefilled
+
+
+@pytest.mark.skipif(not cpu_ops.available(), reason="the CPU kernels could not be built here")
+def test_text_steps_of_image_requests_run_the_cpu_forward(model, prompts, expected):
+    """Decode steps (text rows at their M-RoPE position, one number per row) go through the C++
+    forward; steps with image rows do not. Same tokens as transformers, log-probs as the PyTorch
+    forward's to float rounding."""
+    outs = {}
+    for kernel in (True, False):
+        engine = engine_for(model, cpu_forward_kernel=kernel)
+        outs[kernel] = run(engine, {str(i): (p, SEEDED, {}) for i, p in enumerate(prompts)})
+        if kernel:
+            stats = engine.stats()
+            assert stats["cpu_forward_steps"] >= SEEDED.max_tokens - 1 and stats["cpu_forward_eager_steps"] >= 1
+            greedy = run(engine, {str(i): (p, GREEDY, {}) for i, p in enumerate(prompts)})
+            assert tokens(greedy) == {str(i): e for i, e in enumerate(expected)}
+    for rid, out in outs[True].items():
+        assert out.outputs[0].token_ids == outs[False][rid].outputs[0].token_ids
+        torch.testing.assert_close(torch.tensor(out.outputs[0].logprobs), torch.tensor(outs[False][rid].outputs[0].logprobs),
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_logprobs_equal_the_training_forward(model, prompts):

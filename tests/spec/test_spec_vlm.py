@@ -165,3 +165,26 @@ def test_switching_tree_sizes_mid_request_with_images_in_flight_stays_exact(mode
     assert_same(plain, run(e, reqs))
     assert e.stats()["spec_steps_without_trees"] > 0 and e.stats()["spec_accepted_length"] > 1.5
     assert_same(plain, run(engine(model, oracle_draft(model), draft_adaptive=True, draft_explore_every=2), reqs))
+
+
+def test_text_catch_ups_after_an_image_prompt_run_in_the_cpu_kernel_at_their_m_rope_positions(model, prompts):
+    """Past an image prompt every row is text at one position on all three M-RoPE axes (shifted by
+    the prompt's rope_delta): the C++ catch-up takes those rows, and drafts what the eager draft
+    drafts (an oracle draft: a wrong position would cost it most of its accepted tokens)."""
+    reqs = requests(prompts)
+    plain = run(engine(model), reqs)
+    accepted, native_rows = {}, []
+    for kernel in (False, True):
+        e = engine(model, oracle_draft(model), draft_top_k=4, draft_depth=4, draft_tokens=8, cpu_draft_kernel=kernel)
+        step, catch_up_text = e.speculator.grow_step, e.speculator.grow_step.catch_up_text
+
+        def spy(states, sources, catch_up_text=catch_up_text):
+            out = catch_up_text(states, sources)
+            native_rows.extend(s.mm is not None for s in sources if out is not None)
+            return out
+
+        step.catch_up_text = spy
+        assert_same(plain, run(e, reqs))
+        accepted[kernel] = e.stats()["spec_accepted_length"]
+    assert any(native_rows)  # image requests' catch-ups went to the kernel
+    assert accepted[True] == pytest.approx(accepted[False], abs=0.05) and accepted[False] > 2.0

@@ -303,8 +303,7 @@ class LLMEngine:
         starts, kept = result.batch.meta.query_start, None
         if not self.speculator.collecting:
             for b, (seq, n) in enumerate(scheduled):
-                if seq.num_computed + n <= len(seq.prompt_ids) and n >= self.block_manager.block_size and \
-                        self.speculator.wants(seq):
+                if seq.num_computed + n <= len(seq.prompt_ids) and n >= self.block_manager.block_size:
                     self.speculator.keep_prompt_blocks(seq, seq.num_computed, result.hidden[starts[b]: starts[b + 1]])
             return
         for b, (seq, _) in enumerate(scheduled):

@@ -399,4 +399,19 @@ def test_prompts_prefilled_while_resting_leave_their_blocks_features_for_later_r
     out = run(e, {"b": (again, SamplingParams(temperature=0, max_tokens=8), {})})
     assert out["b"].num_cached_tokens >= bs and starts[0][0] == out["b"].num_cached_tokens
     assert starts[0][1].first == 0  # the draft's context starts at the prompt's first token
+    assert list(spec.block_features)[-1] == starts[0][1].chain  # blocks in use are the last to be dropped
     assert_same(plain_run(policy_model, {"b": reqs["a"]}), out)
+
+
+def test_a_chunked_prompt_keeps_only_the_blocks_a_draft_can_start_behind(demo):
+    """Chunks of 10 rows over blocks of 4: the first chunk leaves blocks 0-1; the second starts
+    inside block 2, whose features no chunk saw whole, so a draft could never start past it and
+    nothing after it is kept (it would only push useful blocks out)."""
+    policy_model, _, draft, prompts = demo
+    e = engine(policy_model, draft, max_model_len=256, max_num_seqs=1, draft_adaptive=True, max_num_batched_tokens=10)
+    policy, spec = e.speculator.policy, e.speculator
+    b = policy._bucket(1)
+    b.best, b.queue, b.countdown, b.interval = policy.off, [], 10 ** 6, 512
+    assert len(prompts[1]) > 20
+    run(e, {"a": (prompts[1], SamplingParams(temperature=0, max_tokens=4), {})})
+    assert len(spec.block_features) == 2

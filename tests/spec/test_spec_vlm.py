@@ -187,4 +187,23 @@ def test_text_catch_ups_after_an_image_prompt_run_in_the_cpu_kernel_at_their_m_r
         assert_same(plain, run(e, reqs))
         accepted[kernel] = e.stats()["spec_accepted_length"]
     assert any(native_rows)  # image requests' catch-ups went to the kernel
+    assert any(p.rope_delta != 0 for p in prompts if not isinstance(p, list))  # so a left-out shift would show
     assert accepted[True] == pytest.approx(accepted[False], abs=0.05) and accepted[False] > 2.0
+
+
+def test_block_features_are_keyed_by_image_content_as_the_prefix_cache_keys_blocks(tok, model):
+    """Two prompts with the same token ids and different images: the draft's kept block features
+    follow the prefix cache's keys (ids and image digests), so the second image's blocks get their
+    own features, not the first image's."""
+    cfg = model.vlm_config
+    first, second = images_prompt(tok, cfg, [(56, 84)], seed=1), images_prompt(tok, cfg, [(56, 84)], seed=9)
+    assert first.input_ids == second.input_ids
+    e = engine(model, oracle_draft(model), draft_adaptive=True)
+    policy, spec = e.speculator.policy, e.speculator
+    b = policy._bucket(1)
+    b.best, b.queue, b.countdown, b.interval = policy.off, [], 10 ** 6, 512  # resting: prompts keep their blocks only
+    run(e, {"a": (first, GREEDY, {})})
+    kept = len(spec.block_features)
+    run(e, {"b": (second, GREEDY, {})})
+    image_start = int(first.image_rows.min()) // 4 * 4  # blocks of 4 from the one holding the first image row
+    assert len(spec.block_features) == kept + len(first.input_ids) // 4 - image_start // 4

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from reasonrl.engine.sampling_params import SamplingParams
+from reasonrl.engine.spec import tree as tree_module
 from reasonrl.engine.spec.tree import DraftTree, TreeSearch
 from reasonrl.engine.spec.verify import _sample_row, verify
 
@@ -56,16 +57,20 @@ def _coarse_search(gen: torch.Generator, b: int, k: int, depth: int) -> tuple[Tr
     return TreeSearch.of_tensors(k, (*tokens, *scores, *parents, *frontier), b), scores
 
 
-def test_selection_takes_the_top_values_with_ties_to_the_shallower_then_earlier_candidate():
+@pytest.mark.parametrize("host_ranking", [10 ** 9, 0], ids=["python", "tensor"])
+def test_selection_takes_the_top_values_with_ties_to_the_shallower_then_earlier_candidate(host_ranking, monkeypatch):
+    monkeypatch.setattr(tree_module, "HOST_RANKING", host_ranking)
     gen = torch.Generator().manual_seed(1)
     for trial in range(60):
         k, depth, m = 1 + trial % 3, 2 + trial % 4, 1 + trial % 7
         search, scores = _coarse_search(gen, 2, k, depth)
+        if trial % 5 == 0:  # a broken draft's leaves: never chosen
+            scores[-1][0, 0], scores[-1][0, -1] = float("nan"), float("-inf")  # leaves of row 0 (row 1 stops short)
         limits = [depth, max(1, depth - 1)]
         for row, tree in enumerate(search.select([0, 0], m, limits)):
             # the oracle: every candidate within the depth limit by value, then depth, then index
             ranked = sorted((-scores[d][row, i].item(), d + 1, i) for d in range(limits[row])
-                            for i in range(scores[d].shape[1]))[:m]
+                            for i in range(scores[d].shape[1]) if scores[d][row, i] > float("-inf"))[:m]
             got = [(tree.depths[r], tree.tokens[r] - 100 * tree.depths[r]) for r in range(1, tree.size)]
             assert got == [(d, i) for _, d, i in sorted(ranked, key=lambda x: x[1])]  # by depth, then value order
             for r in range(1, tree.size):

@@ -353,21 +353,6 @@ class DraftGraphs:
         outputs = self._replay(key, lambda *g: grow(top_k, depth, *g).tensors(), group.tensors)
         return None if outputs is None else TreeSearch.of_tensors(min(top_k, self.vocab_size), outputs, len(states))
 
-    def catch_up_text(self, states: list[DraftState], sources: list) -> tuple[torch.Tensor, ...] | None:
-        """`catch_up` of text rows (visual.RowSource) with their rows fused in the C++ kernel as
-        well, from token ids and features (a batch-1 round's fusing in PyTorch cost as much as the
-        draft layer); None where that kernel does not apply (no kernel, a long catch-up, rows of an
-        image prompt's prompt). Past an image prompt's prompt every token is text, at one position
-        on all three M-RoPE axes, shifted by the prompt's `rope_delta`: plain rotary at that position."""
-        if not self.native or max(len(src.ids) for src in sources) > NATIVE_CATCH_UP or \
-                any(src.mm is not None and src.start + 1 < len(src.mm.input_ids) for src in sources):
-            return None
-        c = self.draft.config
-        no_rows = sources[0].features.new_empty(0, c.num_kv_heads, c.head_dim)
-        first = [src.start + 1 + (src.mm.rope_delta if src.mm is not None else 0) for src in sources]
-        return cpu_ops.draft_catch_up_cpu(self.weights, c, [t for src in sources for t in src.ids],
-                                          [src.features for src in sources], first, *_committed(states, no_rows))
-
     def catch_up(self, states: list[DraftState], x: torch.Tensor, positions: torch.Tensor, lengths: list[int],
                  decode: Callable[..., tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...] | None:
         """`decode(rows, x, positions, past_k, past_v, past_lens)` (`catch_up_step`) for these

@@ -126,8 +126,8 @@ class Speculator:
         served are known, else from `start`."""
         bs, known, chain = self.blocks.block_size, [], None
         for i in range(start // bs if start % bs == 0 else 0):
-            chain = hash((chain, tuple(seq.tokens(i * bs, (i + 1) * bs))))
-            f = self.block_features.get(chain)
+            chain = self._chain(seq, chain, i)
+            f = self._cached_block(chain)
             if f is None:
                 return DraftState.at(start)
             known.append(f)
@@ -141,25 +141,43 @@ class Speculator:
         if st.stored < 0 or end - st.stored < bs:
             return
         while end - st.stored >= bs:
-            st.chain = hash((st.chain, tuple(seq.tokens(st.stored, st.stored + bs))))
+            st.chain = self._chain(seq, st.chain, st.stored // bs)
             lo = st.stored - st.feature_start
-            self.block_features[st.chain] = st.features[lo: lo + bs]
-            self.block_features.move_to_end(st.chain)
+            self._store_block(st.chain, st.features[lo: lo + bs])
             st.stored += bs
-        while len(self.block_features) > self.max_block_features:
-            self.block_features.popitem(last=False)
 
     def keep_prompt_blocks(self, seq: Sequence, start: int, features: torch.Tensor) -> None:
         """In a step that hands the draft no features: the features of the full blocks among a
         prompt chunk's rows (positions start .. start + len - 1), for later requests that share them
         through the prefix cache, and no draft state. Without them every request after a stretch
         without trees would start its draft past the shared prefix (cold, accepting less) for as long
-        as the prefix stayed cached; a prompt's rows come once per request, so this costs little."""
+        as the prefix stayed cached; a prompt's rows come once per request, so this costs little.
+        Only behind known blocks: a block this chunk starts inside of (a chunked prompt) is not
+        known, and a draft cannot start past it, so nothing after it is kept."""
         bs, chain = self.blocks.block_size, None
         for i in range((start + features.shape[0]) // bs):
-            chain = hash((chain, tuple(seq.tokens(i * bs, (i + 1) * bs))))
-            if i * bs >= start and chain not in self.block_features:
-                self.block_features[chain] = features[i * bs - start: (i + 1) * bs - start].clone()
+            chain = self._chain(seq, chain, i)
+            if i * bs >= start:
+                if self._cached_block(chain) is None:
+                    self._store_block(chain, features[i * bs - start: (i + 1) * bs - start].clone())
+            elif self._cached_block(chain) is None:
+                return
+
+    def _chain(self, seq: Sequence, chain: int | None, i: int) -> int:
+        """The key of the sequence's block i, after the key `chain` of blocks 0 .. i - 1: what the
+        prefix cache keys it by (`Sequence.block_content`: token ids and the images behind them)."""
+        bs = self.blocks.block_size
+        return hash((chain, seq.block_content(i * bs, (i + 1) * bs)))
+
+    def _cached_block(self, chain: int) -> torch.Tensor | None:
+        f = self.block_features.get(chain)
+        if f is not None:
+            self.block_features.move_to_end(chain)  # in use: the last to be dropped
+        return f
+
+    def _store_block(self, chain: int, features: torch.Tensor) -> None:
+        self.block_features[chain] = features
+        self.block_features.move_to_end(chain)
         while len(self.block_features) > self.max_block_features:
             self.block_features.popitem(last=False)
 

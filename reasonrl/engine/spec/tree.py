@@ -18,6 +18,11 @@ from dataclasses import dataclass
 import torch
 
 
+HOST_RANKING = 1024
+"""Most candidate values (sequences x candidates) `TreeSearch.select` ranks as Python lists; above, as
+one sorted tensor."""
+
+
 @dataclass
 class DraftTree:
     """One sequence's flattened draft. Row 0 is the root: the last sampled token, whose keys and
@@ -99,23 +104,19 @@ class TreeSearch:
 
     def select(self, roots: list[int], num_nodes: int, max_depth: list[int]) -> list[DraftTree]:
         """Each sequence's tree under its root token: the top `num_nodes` nodes by value, no deeper
-        than its max_depth; among equal values the shallower node, then the earlier candidate. On
-        the host, in Python: a few dozen candidates per sequence sort faster as lists than as tensors."""
+        than its max_depth; among equal values the shallower node, then the earlier candidate; a
+        node valued -inf or NaN never."""
         sizes = [t.shape[1] for t in self.tokens]
+        depth_of = [d + 1 for d, n in enumerate(sizes) for _ in range(n)]
+        ranked = self._ranked(num_nodes, max_depth, depth_of)
         # one device-to-host copy each, not one per node
-        scores = torch.cat(self.scores, 1).tolist()
         tokens = torch.cat(self.tokens, 1).tolist()
         parents = torch.cat(self.parents, 1).tolist()
-        depth_of = [d + 1 for d, n in enumerate(sizes) for _ in range(n)]
         offsets = [0]
         for n in sizes:
             offsets.append(offsets[-1] + n)
         trees = []
-        for b, root in enumerate(roots):
-            value, limit = scores[b], max_depth[b]
-            # candidates are laid out shallower depths first, so a stable sort puts the shallower first on ties
-            live = [i for i, (d, v) in enumerate(zip(depth_of, value)) if d <= limit and v > float("-inf")]
-            top = sorted(live, key=lambda i: -value[i])[:num_nodes]
+        for b, (root, top) in enumerate(zip(roots, ranked)):
             top.sort(key=depth_of.__getitem__)  # parents before children; within a depth, value order
             row_of = {-1: 0}
             tree = DraftTree([root], [-1], [0])
@@ -127,3 +128,21 @@ class TreeSearch:
                 tree.depths.append(depth)
             trees.append(tree)
         return trees
+
+    def _ranked(self, num_nodes: int, max_depth: list[int], depth_of: list[int]) -> list[list[int]]:
+        """Per sequence, the candidates it keeps, most valuable first. Candidates are laid out
+        shallower depths first, so a stable sort puts the shallower first on ties. A few hundred
+        values sort faster as Python lists than through tensor operations (batch 1); more, as one
+        sorted tensor."""
+        scores = torch.cat(self.scores, 1)
+        if scores.numel() <= HOST_RANKING:
+            out = []
+            for value, limit in zip(scores.tolist(), max_depth):
+                live = [i for i, (d, v) in enumerate(zip(depth_of, value)) if d <= limit and v > float("-inf")]
+                out.append(sorted(live, key=lambda i: -value[i])[:num_nodes])
+            return out
+        too_deep = torch.tensor(depth_of, device=scores.device)[None, :] > torch.tensor(max_depth, device=scores.device)[:, None]
+        scores = scores.masked_fill(too_deep | scores.isnan(), float("-inf"))
+        order = scores.sort(dim=1, descending=True, stable=True).indices[:, :num_nodes]
+        picked = scores.gather(1, order)
+        return [[i for i, v in zip(o, p) if v > float("-inf")] for o, p in zip(order.tolist(), picked.tolist())]

@@ -22,17 +22,23 @@ _M32 = 0xFFFFFFFF
 
 @dataclass
 class SamplingBatch:
-    """Per-row sampling parameters, as tensors on the logits' device."""
+    """Per-row sampling parameters, as tensors on the logits' device (None in an all-greedy batch:
+    `greedy`)."""
 
-    temperature: torch.Tensor  # (S,) float, 0 = greedy
-    top_k: torch.Tensor  # (S,) long, 0 = off
-    top_p: torch.Tensor  # (S,) float
-    min_p: torch.Tensor  # (S,) float
-    seeds: torch.Tensor  # (S,) long
-    steps: torch.Tensor  # (S,) long: index of the token being sampled within the response
+    temperature: torch.Tensor | None  # (S,) float, 0 = greedy
+    top_k: torch.Tensor | None  # (S,) long, 0 = off
+    top_p: torch.Tensor | None  # (S,) float
+    min_p: torch.Tensor | None  # (S,) float
+    seeds: torch.Tensor | None  # (S,) long
+    steps: torch.Tensor | None  # (S,) long: index of the token being sampled within the response
     num_top: int = 0  # top-n log-probs to return
     any_filter: bool = False
     all_greedy: bool | None = None  # known on the host (saves reading `temperature` back); None: look
+
+    @classmethod
+    def greedy(cls, num_top: int = 0) -> SamplingBatch:
+        """Every row greedy: nothing per row is needed (no host-to-device copy, no noise)."""
+        return cls(None, None, None, None, None, None, num_top=num_top, all_greedy=True)
 
 
 def _fmix(x: torch.Tensor) -> torch.Tensor:
@@ -85,16 +91,18 @@ def filter_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
 def sample(logits: torch.Tensor, batch: SamplingBatch):
     """logits (S, V) -> token ids (S,), their log-probs (S,), and (ids, log-probs) of the top-n or None."""
     logits = logits.float()
-    greedy = batch.temperature == 0
-    temp = torch.where(greedy, torch.ones_like(batch.temperature), batch.temperature)[:, None]
-    scaled = logits / temp
-    logprobs = scaled.log_softmax(-1)
     tokens = logits.argmax(-1)
-    all_greedy = batch.all_greedy if batch.all_greedy is not None else bool(greedy.all())
-    if not all_greedy:
-        candidates = filter_logits(scaled, batch) if batch.any_filter else scaled
-        drawn = (candidates + gumbel_noise(batch.seeds, batch.steps, logits.shape[1])).argmax(-1)
-        tokens = torch.where(greedy, tokens, drawn)
+    if batch.all_greedy:  # known on the host: log-probs at T = 1, the same values as dividing by 1
+        logprobs = logits.log_softmax(-1)
+    else:
+        greedy = batch.temperature == 0
+        temp = torch.where(greedy, torch.ones_like(batch.temperature), batch.temperature)[:, None]
+        scaled = logits / temp
+        logprobs = scaled.log_softmax(-1)
+        if batch.all_greedy is False or not bool(greedy.all()):  # None: read the rows
+            candidates = filter_logits(scaled, batch) if batch.any_filter else scaled
+            drawn = (candidates + gumbel_noise(batch.seeds, batch.steps, logits.shape[1])).argmax(-1)
+            tokens = torch.where(greedy, tokens, drawn)
     token_logprobs = logprobs.gather(1, tokens[:, None])[:, 0]
     top = logprobs.topk(batch.num_top, dim=-1) if batch.num_top else None
     return tokens, token_logprobs, (None if top is None else (top.indices, top.values))

@@ -34,6 +34,18 @@ def chi_square(counts, probs):
     return (((counts - expected) ** 2)[keep] / expected[keep]).sum().item()
 
 
+def test_an_all_greedy_batch_needs_no_row_tensors_and_gives_the_same_tokens_and_logprobs():
+    logits = torch.randn(5, 40, generator=torch.Generator().manual_seed(0)) * 3
+    rows = batch(5, temperature=0.0)
+    for num_top in (0, 3):
+        rows.num_top = num_top
+        want = sample(logits, rows)  # the rows read back from their temperatures
+        got = sample(logits, SamplingBatch.greedy(num_top))
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])  # bit for bit
+        assert (got[2] is None) == (want[2] is None) and (got[2] is None or all(map(torch.equal, got[2], want[2])))
+    assert torch.equal(got[0], logits.argmax(-1))
+
+
 def test_sampling_follows_the_softmax_distribution():
     # 20k draws over 6 categories: chi-square with 5 dof; 20.5 is the p = 0.001 critical value.
     for temperature in (1.0, 0.5):

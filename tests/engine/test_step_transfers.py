@@ -5,6 +5,7 @@ these counts are pinned: a change that adds a transfer per step must say why her
 
 import sys
 
+import pytest
 import torch
 
 from reasonrl.engine import LLMEngine, SamplingParams
@@ -14,11 +15,14 @@ from reasonrl.models import load_model
 RUNNER_FILES = ("model_runner.py", "sampler.py")
 
 
-def test_a_greedy_decode_step_makes_four_host_to_device_copies_and_one_read_back(hf_checkpoint, monkeypatch):
+@pytest.mark.parametrize("temperature,copies", [(0.0, 2), (1.0, 4)], ids=["greedy", "sampled"])
+def test_a_decode_step_makes_two_host_to_device_copies_two_more_when_sampling_and_one_read_back(
+        hf_checkpoint, monkeypatch, temperature, copies):
     path, _ = hf_checkpoint("qwen2")
     engine = LLMEngine(load_model(path, "cpu"), None, EngineConfig(kv_cache_memory=1 << 22, block_size=4))
     for i in range(3):  # an odd number of rows and sequences: the packed parts must stay aligned
-        engine.add_request(str(i), [1, 2, 3, 4 + i], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
+        engine.add_request(str(i), [1, 2, 3, 4 + i], SamplingParams(temperature=temperature, max_tokens=8,
+                                                                    ignore_eos=True, seed=i))
     engine.step()  # the prefills
     made, read, batches = [], [], []
     tensor, tolist, truth, prepare = torch.tensor, torch.Tensor.tolist, torch.Tensor.__bool__, engine.runner.prepare
@@ -43,7 +47,7 @@ def test_a_greedy_decode_step_makes_four_host_to_device_copies_and_one_read_back
     monkeypatch.setattr(torch.Tensor, "__bool__", counting_bool)
     monkeypatch.setattr(engine.runner, "prepare", lambda *a: batches.append(prepare(*a)) or batches[-1])
     engine.step()  # three sequences, one token each
-    assert len(made) == 4  # ids + positions + slots; lengths + block tables; two of sampling parameters
+    assert len(made) == copies  # ids + positions + slots; lengths + block tables; sampling: its parameters, two
     assert len(read) == 1  # tokens and log-probs together
     monkeypatch.undo()
     b = batches[0]

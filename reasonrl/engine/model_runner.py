@@ -200,7 +200,7 @@ class ModelRunner:
 
     def sampling_batch(self, seqs: list[Sequence]) -> SamplingBatch:
         """The rows' parameters in two host-to-device copies (floats, longs); none when every row is
-        greedy (at batch 1 of a small model the copies and the noise cost about 8% of a step)."""
+        greedy (building them was about 5% of a batch-1 step of the demo policy, docs/benchmarks.md)."""
         params = [s.params for s in seqs]
         if all(p.greedy for p in params):
             return SamplingBatch.greedy(max(p.logprobs for p in params))

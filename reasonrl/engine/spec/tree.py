@@ -141,7 +141,8 @@ class TreeSearch:
                 live = [i for i, (d, v) in enumerate(zip(depth_of, value)) if d <= limit and v > float("-inf")]
                 out.append(sorted(live, key=lambda i: -value[i])[:num_nodes])
             return out
-        too_deep = torch.tensor(depth_of, device=scores.device)[None, :] > torch.tensor(max_depth, device=scores.device)[:, None]
+        dev = scores.device
+        too_deep = torch.tensor(depth_of, device=dev)[None, :] > torch.tensor(max_depth, device=dev)[:, None]
         scores = scores.masked_fill(too_deep | scores.isnan(), float("-inf"))
         order = scores.sort(dim=1, descending=True, stable=True).indices[:, :num_nodes]
         picked = scores.gather(1, order)

@@ -16,9 +16,10 @@ cached context) of at most `MAX_PROMPT_WORK` rows x context. A short prompt's pr
 PyTorch costs about ten decode steps of the demo policy (1.8 ms for 35 tokens against 0.17 ms a
 step, docs/benchmarks.md), nearly all of it dispatch. Longer chunks, and short ones after a long
 cached prefix, keep SDPA's blocked attention (the kernel's is a loop over the rows);
-steps with image rows (an image prompt's chunks, at M-RoPE positions), latent inputs, token
-eviction or a KV format other than dense run the PyTorch forward too. An image model's other steps
-(its decode and tree rows are text at one position per row, plain rotary: Qwen2.5-VL) run here.
+steps with image rows (an image prompt's chunks, at M-RoPE positions), latent inputs (LVR's latent
+steps), token eviction or a KV format other than dense run the PyTorch forward too. An image
+model's other steps (its decode and tree rows are text at one position per row, plain rotary:
+Qwen2.5-VL) and a latent engine's token steps run here.
 CPU, fp32,
 `EngineConfig.cpu_forward_kernel` (on by default); off, or where the library cannot be built,
 everything runs as before.

@@ -98,10 +98,11 @@ class LLMEngine:
         latent = latent or self._latent_config(tokenizer)
         self.latents = LatentReasoning(latent, model) if latent is not None else None
         fast = None
-        if self.evictor is None and self.latents is None:  # these decode eager
+        if self.evictor is None:  # eviction decodes eager
             # compiled or captured decode if asked for, else on CPU the C++ forward, which also takes
-            # an image model's text steps (it declines steps with image rows or M-RoPE positions)
-            if self.images is None:
+            # an image model's text steps and a latent engine's token steps (it declines steps with
+            # image rows, latent inputs or M-RoPE positions)
+            if self.images is None and self.latents is None:
                 fast = FastDecode.build(model, self.kv, cfg, self.max_model_len)
             fast = fast or CPUForward.build(model, self.kv, cfg)
         self.runner = ModelRunner(model, self.kv, cfg.block_size, self.evictor, self.images, self.eos_ids,

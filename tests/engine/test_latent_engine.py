@@ -11,6 +11,7 @@ import torch
 from reasonrl.engine import LLMEngine, SamplingParams
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.latent import LatentConfig, Latents
+from reasonrl.kernels import cpu_ops
 from reasonrl.models import load_model
 from reasonrl.models.model import CausalAttention
 from reasonrl.models.qwen2_5_vl import MultimodalPrompt
@@ -105,8 +106,11 @@ def cases(model, tok, ids):
 def test_engine_matches_the_full_forward_reference(model, cases, name):
     prompt, cfg = cases[name]
     tokens, latents, _ = reference(model, prompt, cfg)
-    out = run(engine_for(model, cfg), {"a": (prompt, GREEDY, {})})["a"]
+    engine = engine_for(model, cfg)
+    out = run(engine, {"a": (prompt, GREEDY, {})})["a"]
     assert out.token_ids == tokens
+    if cpu_ops.available():  # token steps run the C++ forward, latent steps (and image chunks) PyTorch
+        assert engine.stats()["cpu_forward_steps"] > 0 and engine.stats()["cpu_forward_eager_steps"] > 0
     assert cfg.latent_id in tokens and cfg.end_id in tokens  # a whole span ran
     assert out.latents.positions == [i for i, t in enumerate(tokens) if t == cfg.latent_id]
     torch.testing.assert_close(out.latents.vectors, latents, atol=1e-4, rtol=1e-4)

@@ -303,6 +303,8 @@ class LLMEngine:
         full blocks, kept for the prefix cache's later hits (`Speculator.keep_prompt_blocks`)."""
         starts, kept = result.batch.meta.query_start, None
         if not self.speculator.collecting:
+            if starts[-1] == len(scheduled):  # one row each: decode steps, no prompt chunk to keep
+                return
             for b, (seq, n) in enumerate(scheduled):
                 if seq.num_computed + n <= len(seq.prompt_ids) and n >= self.block_manager.block_size:
                     self.speculator.keep_prompt_blocks(seq, seq.num_computed, result.hidden[starts[b]: starts[b + 1]])

@@ -399,8 +399,21 @@ def test_prompts_prefilled_while_resting_leave_their_blocks_features_for_later_r
     out = run(e, {"b": (again, SamplingParams(temperature=0, max_tokens=8), {})})
     assert out["b"].num_cached_tokens >= bs and starts[0][0] == out["b"].num_cached_tokens
     assert starts[0][1].first == 0  # the draft's context starts at the prompt's first token
-    assert list(spec.block_features)[-1] == starts[0][1].chain  # blocks in use are the last to be dropped
     assert_same(plain_run(policy_model, {"b": reqs["a"]}), out)
+
+
+def test_kept_block_features_drop_the_least_recently_used_first(demo):
+    """A block a draft started from is the last to be dropped: a shared system prompt's blocks,
+    stored first and served to every later request, must outlive blocks nobody asked for again."""
+    policy_model, _, draft, prompts = demo
+    e = engine(policy_model, draft, max_model_len=256, max_num_seqs=1)
+    spec, bs = e.speculator, e.block_manager.block_size
+    run(e, {"a": (prompts[0], SamplingParams(temperature=0, max_tokens=4), {})})
+    oldest = next(iter(spec.block_features))
+    spec.max_block_features = len(spec.block_features)
+    assert spec._cached_block(oldest) is not None  # a hit, as a later request's draft start makes
+    spec._store_block(-1, torch.zeros(bs, policy_model.config.hidden_size))  # one over the cap
+    assert oldest in spec.block_features and len(spec.block_features) == spec.max_block_features
 
 
 def test_a_chunked_prompt_keeps_only_the_blocks_a_draft_can_start_behind(demo):

@@ -44,7 +44,6 @@ class DraftState:
     pending: list = field(default_factory=list)  # (step hidden states, row): features after `stacked`, not copied yet
     last_out: torch.Tensor | None = None  # draft output of the newest committed row
     stored: int = -1  # features of positions below this are in Speculator.block_features (-1: not kept)
-    chain: int | None = None  # prefix-cache chain hash of the blocks below `stored`
     removed: int = 0  # tokens whose draft rows the visual compressor took away
 
     @property

@@ -124,26 +124,28 @@ class Speculator:
     def _start(self, seq: Sequence, start: int) -> DraftState:
         """A new draft context: from position 0 when the features of the blocks the prefix cache
         served are known, else from `start`."""
-        bs, known, chain = self.blocks.block_size, [], None
+        bs, known = self.blocks.block_size, []
         for i in range(start // bs if start % bs == 0 else 0):
-            chain = self._chain(seq, chain, i)
-            f = self._cached_block(chain)
+            f = self._cached_block(self._block_key(seq, i))
             if f is None:
                 return DraftState.at(start)
             known.append(f)
         if not known:
             return DraftState.at(start) if start else DraftState(first=0, stored=0)
-        return DraftState(first=0, stacked=torch.cat(known), stored=start, chain=chain)
+        return DraftState(first=0, stacked=torch.cat(known), stored=start)
 
     def _keep_blocks(self, seq: Sequence, st: DraftState) -> None:
-        """Record the features of the sequence's blocks that just became full."""
+        """Record the features of the sequence's blocks that are full and registered by the prefix
+        cache (a draft tree's accepted rows are once the step settles: the next call takes them)."""
         bs, end = self.blocks.block_size, st.feature_start + st.num_features
         if st.stored < 0 or end - st.stored < bs:
             return
         while end - st.stored >= bs:
-            st.chain = self._chain(seq, st.chain, st.stored // bs)
+            key = self._block_key(seq, st.stored // bs)
+            if key is None:
+                return
             lo = st.stored - st.feature_start
-            self._store_block(st.chain, st.features[lo: lo + bs])
+            self._store_block(key, st.features[lo: lo + bs])
             st.stored += bs
 
     def keep_prompt_blocks(self, seq: Sequence, start: int, features: torch.Tensor) -> None:
@@ -154,30 +156,32 @@ class Speculator:
         as the prefix stayed cached; a prompt's rows come once per request, so this costs little.
         Only behind known blocks: a block this chunk starts inside of (a chunked prompt) is not
         known, and a draft cannot start past it, so nothing after it is kept."""
-        bs, chain = self.blocks.block_size, None
+        bs = self.blocks.block_size
         for i in range((start + features.shape[0]) // bs):
-            chain = self._chain(seq, chain, i)
+            key = self._block_key(seq, i)
+            if key is None:
+                return
             if i * bs >= start:
-                if self._cached_block(chain) is None:
-                    self._store_block(chain, features[i * bs - start: (i + 1) * bs - start].clone())
-            elif self._cached_block(chain) is None:
+                if self._cached_block(key) is None:
+                    self._store_block(key, features[i * bs - start: (i + 1) * bs - start].clone())
+            elif self._cached_block(key) is None:
                 return
 
-    def _chain(self, seq: Sequence, chain: int | None, i: int) -> int:
-        """The key of the sequence's block i, after the key `chain` of blocks 0 .. i - 1: what the
-        prefix cache keys it by (`Sequence.block_content`: token ids and the images behind them)."""
-        bs = self.blocks.block_size
-        return hash((chain, seq.block_content(i * bs, (i + 1) * bs)))
+    def _block_key(self, seq: Sequence, i: int) -> int | None:
+        """The prefix cache's key of the sequence's block i (`BlockManager`: its content, image
+        digests included, chained to the blocks before it); None while the block is not registered
+        (not full, a draft tree's provisional rows, prefix caching off)."""
+        return self.blocks.blocks[seq.block_table[i]].hash if i < len(seq.block_table) else None
 
-    def _cached_block(self, chain: int) -> torch.Tensor | None:
-        f = self.block_features.get(chain)
+    def _cached_block(self, key: int | None) -> torch.Tensor | None:
+        f = self.block_features.get(key) if key is not None else None
         if f is not None:
-            self.block_features.move_to_end(chain)  # in use: the last to be dropped
+            self.block_features.move_to_end(key)  # in use: the last to be dropped
         return f
 
-    def _store_block(self, chain: int, features: torch.Tensor) -> None:
-        self.block_features[chain] = features
-        self.block_features.move_to_end(chain)
+    def _store_block(self, key: int, features: torch.Tensor) -> None:
+        self.block_features[key] = features
+        self.block_features.move_to_end(key)
         while len(self.block_features) > self.max_block_features:
             self.block_features.popitem(last=False)
 

@@ -106,7 +106,7 @@ def test_draft_trees_are_verified_through_it_losslessly(monkeypatch):
     assert all(taken == (rows <= MAX_ROWS) for _, rows, taken in steps) and not all(taken for *_, taken in steps)
 
 
-def test_a_short_chunk_after_a_long_prefix_keeps_sdpa():
+def test_a_short_chunk_after_a_long_prefix_keeps_sdpa(monkeypatch):
     """A chunked prompt: its chunks run through the kernel while rows x context stays within
     MAX_PROMPT_WORK (the kernel's attention is a loop over each row's whole context), the later ones
     through PyTorch; the output is the PyTorch forward's."""
@@ -115,7 +115,7 @@ def test_a_short_chunk_after_a_long_prefix_keeps_sdpa():
     on = LLMEngine(model, None, EngineConfig(max_num_seqs=2, block_size=4, **kw))
     off = LLMEngine(model, None, EngineConfig(max_num_seqs=2, block_size=4, cpu_forward_kernel=False, **kw))
     chunks = []
-    _record_steps(pytest.MonkeyPatch(), on, chunks)
+    _record_steps(monkeypatch, on, chunks)
     prompt = [2 + (5 * i) % 60 for i in range(300)]
     a, b = _run(on, [prompt], 8), _run(off, [prompt], 8)
     assert a["0"].token_ids == b["0"].token_ids

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -86,6 +87,12 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         groups, rollout_stats = self.rollout.collect(self.step, self.version)
+        if not groups:  # dynamic sampling filtered every group the step's budget allowed: nothing to learn from
+            launched = rollout_stats.get("launched_groups", 0)
+            warnings.warn(f"step {self.step}: dynamic sampling filtered all {launched:.0f} groups the step could launch "
+                          "(rollout.max_groups_per_step): every group's rewards were equal; no update this step",
+                          stacklevel=2)
+            return {**rollout_stats, "trained_groups": 0, "skipped_update": 1.0}
         sample_stats = self.sample_stats(groups)
         samples = [s for g in groups for s in g.samples]
         rewards = torch.tensor([s.reward for s in samples])

@@ -15,10 +15,14 @@ Where this departs from the paper and from slime, its reference implementation:
 - Dynamic sampling (DAPO) launches replacement groups for the ones it filters out, like slime,
   up to `max_groups_per_step`.
 - The buffer is part of the checkpoint (`state_dict`).
+- A sample whose request the engine failed alone (finish_reason "error": step isolation, e.g. out
+  of memory in its step) is resubmitted at once from its tokens, up to `MAX_FAILURES` times,
+  then the rollout raises; one failing during the abort is buffered like the others.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -34,7 +38,13 @@ from reasonrl.rollout.buffer import Group, PartialBuffer
 from reasonrl.rollout.config import RolloutConfig
 from reasonrl.rollout.sample import Sample, Status
 
-STATUS = {"stop": Status.COMPLETED, "length": Status.TRUNCATED, "abort": Status.ABORTED}
+STATUS = {"stop": Status.COMPLETED, "length": Status.TRUNCATED, "abort": Status.ABORTED, "error": Status.ABORTED}
+
+MAX_FAILURES = 3
+"""Times one sample's request may fail in the engine (finish_reason "error") before the rollout
+gives up: a transient failure (memory) is retried, one that recurs is a bug to surface."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,6 +85,7 @@ class AprilRollout:
         self.buffer = PartialBuffer()
         self.rng = random.Random(seed)
         self.next_group_id = 0
+        self.failures: dict[str, int] = {}  # sample key -> requests the engine failed (not checkpointed)
 
     def collect(self, step: int, version: int) -> tuple[list[Group], RolloutStats]:
         """Roll out until prompts_per_step groups are done; returns them (maybe a few more)."""
@@ -89,10 +100,11 @@ class AprilRollout:
             for key, out in self.backend.poll():
                 self._update(live, done, key, out, version, stats)
             stats.timeline.append((time.perf_counter() - start, self.backend.num_running))
-            if spec.dynamic_sampling and len(done) + len(live) < target and stats.launched_groups < budget:
-                self._launch(live, target - len(done) - len(live), step, version, stats)
+            if spec.dynamic_sampling and len(done) < spec.prompts_per_step and len(done) + len(live) < target \
+                    and stats.launched_groups < budget:  # replacements for filtered groups, never past the budget
+                self._launch(live, min(target - len(done) - len(live), budget - stats.launched_groups), step, version, stats)
         for key, out in self.backend.abort_all():  # at once; groups that finished meanwhile are kept
-            self._update(live, done, key, out, version, stats)
+            self._update(live, done, key, out, version, stats, aborting=True)
         for group in live.values():
             self.buffer.put(group)
         stats.buffered_groups = len(live)
@@ -112,11 +124,15 @@ class AprilRollout:
             for s in group.samples:
                 s.multimodal = multimodal(inp)
             for s in group.unfinished():
-                s.status = Status.RUNNING
-                params = SamplingParams(temperature=self.spec.temperature, top_p=self.spec.top_p, seed=s.seed,
-                                        max_tokens=self.spec.max_tokens, detokenize=False)
-                latents = {"output_latents": s.latents} if s.latents is not None else {}  # LVR latent mode
-                self.backend.submit(f"{group.group_id}:{s.index}", inp, params, s.response_ids, s.logprobs, **latents)
+                self._submit(group, s, inp)
+
+    def _submit(self, group: Group, s: Sample, inp: ModelInput) -> None:
+        """Generate sample `s`, resuming from the tokens it has."""
+        s.status = Status.RUNNING
+        params = SamplingParams(temperature=self.spec.temperature, top_p=self.spec.top_p, seed=s.seed,
+                                max_tokens=self.spec.max_tokens, detokenize=False)
+        latents = {"output_latents": s.latents} if s.latents is not None else {}  # LVR latent mode
+        self.backend.submit(f"{group.group_id}:{s.index}", inp, params, s.response_ids, s.logprobs, **latents)
 
     def _new_group(self, prompt: Prompt, step: int) -> Group:
         gid = self.next_group_id
@@ -126,7 +142,8 @@ class AprilRollout:
                    for i in range(self.spec.samples_per_prompt)]
         return Group(gid, prompt, ids, samples, born_step=step)
 
-    def _update(self, live, done, key: str, out: CompletionOutput, version: int, stats: RolloutStats) -> None:
+    def _update(self, live, done, key: str, out: CompletionOutput, version: int, stats: RolloutStats,
+                aborting: bool = False) -> None:
         gid, index = (int(x) for x in key.split(":"))
         group = live[gid]
         s = group.samples[index]
@@ -139,6 +156,8 @@ class AprilRollout:
         s.latents = out.latents  # LVR latent mode: all of the response's latents, resumed ones included
         s.status = STATUS[out.finish_reason]
         stats.new_tokens += len(new)
+        if out.finish_reason == "error" and not aborting:
+            self._retry(group, s, key)
         if not s.status.finished:
             return
         stats.completed_tokens += len(s.response_ids)
@@ -149,6 +168,17 @@ class AprilRollout:
                 stats.filtered_groups += 1
             else:
                 done.append(group)
+
+    def _retry(self, group: Group, s: Sample, key: str) -> None:
+        """The engine failed this sample's request alone: resubmit it from its tokens, or raise after
+        `MAX_FAILURES` (waiting on it would stall the step: nothing else brings its group back)."""
+        n = self.failures[key] = self.failures.get(key, 0) + 1
+        if n > MAX_FAILURES:
+            raise RuntimeError(f"sample {key}: the engine failed its request {n} times (finish_reason 'error'; "
+                               "the engine's log has each exception), giving up")
+        log.warning("sample %s: the engine failed its request (%d of %d tries); resubmitting it from its %d tokens",
+                    key, n, MAX_FAILURES, len(s.response_ids))
+        self._submit(group, s, self.encode(group.prompt))
 
     def state_dict(self) -> dict:
         return {"buffer": self.buffer.state_dict(), "rng": self.rng.getstate(), "next_group_id": self.next_group_id}

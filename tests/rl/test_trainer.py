@@ -41,6 +41,26 @@ def make_trainer(policy_dir, run_dir, **overrides):
     return Trainer(cfg, LetterEnvironment(), load_model(policy_dir), Tokenizer.from_dir(policy_dir), console=False)
 
 
+class FlatLetters(LetterEnvironment):
+    """Every response scores 0: every group's rewards are equal (a policy that never solves the task yet)."""
+
+    def rewards(self, prompts, texts):
+        return [0.0] * len(texts)
+
+
+def test_a_step_whose_groups_dynamic_sampling_all_filters_updates_nothing_and_goes_on(policy_dir, tmp_path):
+    cfg = load_config(None, config(policy_dir, tmp_path / "run", **{
+        "train.steps": 2, "rollout.dynamic_sampling": True, "rollout.max_groups_per_step": 6}))
+    trainer = Trainer(cfg, FlatLetters(), load_model(policy_dir), Tokenizer.from_dir(policy_dir), console=False)
+    before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    with pytest.warns(UserWarning, match="dynamic sampling filtered all 6 groups"):
+        trainer.train()  # raised ZeroDivisionError before
+    assert all(torch.equal(v, trainer.policy.state_dict()[k]) for k, v in before.items())
+    rows = [r for r in read_metrics(tmp_path / "run") if "skipped_update" in r]
+    assert [(r["step"], r["trained_groups"], r["filtered_groups"]) for r in rows] == [(1, 0, 6), (2, 0, 6)]
+    assert latest_checkpoint(tmp_path / "run") is not None
+
+
 @pytest.mark.slow
 def test_grpo_raises_the_reward_of_a_tiny_model(policy_dir, tmp_path):
     trainer = make_trainer(policy_dir, tmp_path / "run", **{"train.steps": 14, "rollout.over_provision": 1.5})

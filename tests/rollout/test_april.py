@@ -131,8 +131,8 @@ def test_abort_follows_the_target_with_no_extra_engine_step():
     polls_at_target = []
     original = m._update
 
-    def watch(live, done, key, out, version, stats):
-        original(live, done, key, out, version, stats)
+    def watch(live, done, key, out, version, stats, **kwargs):
+        original(live, done, key, out, version, stats, **kwargs)
         if len(done) >= 2 and not polls_at_target:
             polls_at_target.append(engine.polls)
 
@@ -204,3 +204,65 @@ def test_tail_idle_fraction_is_higher_for_synchronous_rollout():
     idle_sync = sum(sync.collect(s, s)[1].tail_idle_fraction() for s in range(4))
     idle_april = sum(april.collect(s, s)[1].tail_idle_fraction() for s in range(4))
     assert idle_april < idle_sync
+
+
+def test_replacement_groups_stop_once_the_target_is_met():
+    """Dynamic sampling refills filtered groups only while the step still needs groups: none is
+    launched in the poll that completes the step (its requests would be aborted before their first
+    token), and never more than the step's group budget."""
+    class Spy(FakeEngine):
+        def __init__(self):
+            super().__init__(max_running=16)
+            self.submitted: list[tuple[int, str]] = []
+
+        def submit(self, key, *args):
+            self.submitted.append((self.polls, key))
+            super().submit(key, *args)
+
+    def half_flat(group: Group):
+        score(group)
+        if group.group_id % 2:  # every other group all-equal: filtered
+            for s in group.samples:
+                s.reward = 0.0
+
+    late = 0
+    for seed in range(20):
+        engine = Spy()
+        spec = RolloutConfig(4, 4, 2.0, 40, dynamic_sampling=True, max_groups_per_step=13)
+        rollout = AprilRollout(engine, spec, prompts(), lambda p: [1, 2, 3], half_flat, seed)
+        _, stats = rollout.collect(0, version=0)
+        late += sum(1 for poll, _ in engine.submitted if poll == engine.polls and poll > 0)
+        assert stats.launched_groups <= 13 and stats.dropped_groups == 0
+    assert late == 0  # 16 requests over these seeds before the fix
+
+
+class FailingEngine(FakeEngine):
+    """Fails request `key` (finish_reason "error", its tokens so far) at its 5th token, `times` times."""
+
+    def __init__(self, key: str, times: int):
+        super().__init__(max_running=64)
+        self.key, self.times = key, times
+
+    def poll(self):
+        failed = []
+        r = self.reqs.get(self.key)
+        if self.times and r is not None and len(r["ids"]) == 5:
+            self.times -= 1
+            failed.append(self._out(self.key, "error"))
+        return failed + super().poll()
+
+
+def test_a_request_the_engine_fails_is_resubmitted_from_its_tokens():
+    spec = RolloutConfig(4, 4, 1.0, 40)
+    plain = AprilRollout(FakeEngine(64), spec, prompts(), lambda p: [1, 2, 3], score, 0)
+    want, _ = plain.collect(0, version=0)
+    engine = FailingEngine("1:2", times=2)  # long enough to reach 5 tokens
+    assert target_length(want[1].samples[2].seed, 40) > 5
+    failing = AprilRollout(engine, spec, prompts(), lambda p: [1, 2, 3], score, 0)
+    got, stats = failing.collect(0, version=0)
+    assert engine.times == 0 and failing.failures == {"1:2": 2}
+    assert [[s.response_ids for s in g.samples] for g in got] == [[s.response_ids for s in g.samples] for g in want]
+    assert stats.dropped_groups == 0
+    stuck = AprilRollout(FailingEngine("1:2", times=99), spec, prompts(), lambda p: [1, 2, 3], score, 0)
+    with pytest.raises(RuntimeError, match="sample 1:2: the engine failed its request 4 times"):
+        stuck.collect(0, version=0)

@@ -15,14 +15,12 @@ call, and nothing here raises on it.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from typing import Any
 
 from reasonrl.engine.structured import JSON_OPTIONS, StructuredOutput
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
-_BLOCK = re.compile(re.escape(OPEN) + r"(.*?)" + re.escape(CLOSE), re.S)
 
 
 def call_constraint(tools: list[dict[str, Any]], name: str | None = None, parallel: bool = True) -> StructuredOutput:
@@ -57,7 +55,10 @@ def parse(text: str) -> tuple[str | None, list[dict[str, Any]]]:
 
 def _calls(text: str, final: bool) -> list[dict[str, Any]]:
     """The valid calls of the blocks in `text`; when `final`, an unclosed last block counts too."""
-    bodies = [m.group(1) for m in _BLOCK.finditer(text)]
+    bodies, pos = [], 0  # each OPEN to the first CLOSE after it, by find: linear in the text
+    while (start := text.find(OPEN, pos)) >= 0 and (end := text.find(CLOSE, start + len(OPEN))) >= 0:
+        bodies.append(text[start + len(OPEN): end])
+        pos = end + len(CLOSE)
     tail = text[text.rfind(CLOSE) + len(CLOSE):] if CLOSE in text else text
     if final and OPEN in tail:
         bodies.append(tail[tail.index(OPEN) + len(OPEN):])

@@ -176,6 +176,10 @@ def _answer(value: Any, schema: JsonlSchema) -> Any:
         if len(letter) != 1 or not "A" <= letter <= "Z":
             raise _Bad(schema.answer, f"must be an option letter A-Z, got {value!r}")
         return letter
+    if schema.reward == "exact" and (scalar(value) or isinstance(value, list)):
+        for v in value if isinstance(value, list) else [value]:
+            if scalar(v) and not normalize_text(str(v)):  # "?", "...", "$": an empty response would match
+                raise _Bad(schema.answer, f"{v!r} normalizes to nothing (edge punctuation and $ are dropped)")
     if scalar(value) and value == value and value not in (float("inf"), float("-inf")):
         return value
     if schema.reward == "exact" and isinstance(value, list) and value and all(scalar(v) for v in value):
@@ -215,7 +219,8 @@ def exact_reward(response: str, answer: Any, think: str | None = None) -> float:
     if candidate is None:
         return 0.0
     accepted = answer if isinstance(answer, list) else [answer]
-    return 1.0 if normalize_text(candidate) in {normalize_text(str(a)) for a in accepted} else 0.0
+    said = normalize_text(candidate)
+    return 1.0 if said and said in {normalize_text(str(a)) for a in accepted} else 0.0
 
 
 _LETTER = re.compile(r"\(?([A-Z])\)?(?=$|[\s.:)\]])")

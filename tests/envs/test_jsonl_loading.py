@@ -84,6 +84,9 @@ def test_strict_mode_names_file_line_and_field(mixed):
     good_then_bad = write(mixed.parent / "late.jsonl", GOOD[:1] + [json.dumps({"question": "q", "answer": [1]})])
     with pytest.raises(JsonlError, match=r"late\.jsonl:2: field 'answer': must be a string or a number"):
         load_jsonl(good_then_bad, prompt="question", strict=True)
+    empty = write(mixed.parent / "empty.jsonl", [json.dumps({"question": "q", "answer": ["?", "yes"]})])
+    with pytest.raises(JsonlError, match=r"empty\.jsonl:1: field 'answer': '\?' normalizes to nothing"):
+        load_jsonl(empty, prompt="question", reward="exact", strict=True)
 
 
 def test_a_file_without_good_rows_fails(tmp_path):
@@ -107,6 +110,7 @@ def test_exact_reward():
     assert exact_reward("42", 42) == 1.0
     assert exact_reward("<think>Paris?</think>Answer: Rome", "Rome", think="</think>") == 1.0
     assert exact_reward("<think>Answer: Rome", "Rome", think="</think>") == 0.0  # delimiter absent
+    assert exact_reward("", "?") == exact_reward("   ", ["...", "Paris"]) == 0.0  # nothing said matches nothing
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,7 @@ def test_batched_scores_equal_single_scores(prm_dir):
 @pytest.mark.parametrize("response, steps", [
     ("no-delimiter-at-all", 1), ("", 0), ("   ", 0), ("a  b", 2),
     ("\x00\ufffd garbage <|step|> <|im_end|>", 4), ("1+1=2 " * 400, 400),
+    ("\ud800 lone \udfff surrogates", 4),  # JSON escapes; the tokenizer raised on them
 ])
 def test_untrusted_responses_score_without_raising(prm_dir, response, steps):
     prm, tok = load_prm(prm_dir, device="cpu")

@@ -7,7 +7,7 @@ sandbox truncates output, `Verdict.feedback` caps its length, reflections are cu
 
 from __future__ import annotations
 
-from reasonrl.envs.kernels.prompt import SYSTEM_PROMPT, THINK
+from reasonrl.envs.kernels.prompt import SYSTEM_PROMPT, without_thinking
 
 from .memory import Attempt, Trajectory
 
@@ -88,6 +88,6 @@ def clean_reflection(text: str | None) -> str:
     """The reflection as shown to the generator: reasoning blocks dropped, code fences cut, capped."""
     if not text:
         return ""
-    text = THINK.sub("", text)
+    text = without_thinking(text)
     text = text.split("```")[0] if text.count("```") >= 2 and len(text) > MAX_REFLECTION else text
     return text.strip()[:MAX_REFLECTION]

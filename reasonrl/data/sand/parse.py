@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+UP_TO_LAST_CLOSE = re.compile(r"(?s).*" + re.escape(THINK_CLOSE), re.IGNORECASE)
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 
 
@@ -23,11 +24,12 @@ def after_reasoning(text: str) -> tuple[str | None, str | None]:
     """(the text after the reasoning block, None), or (None, why) when there is none to read."""
     if not isinstance(text, str):
         return None, "no text"
-    lowered = text.lower()
-    close = lowered.rfind(THINK_CLOSE)
-    if close >= 0:
-        return text[close + len(THINK_CLOSE):], None
-    if THINK_OPEN in lowered:
+    # matched in the text itself, not in text.lower(): lowering may change its length (U+0130 -> two
+    # characters), and an index in the one would cut the other elsewhere
+    close = UP_TO_LAST_CLOSE.match(text)  # anchored: one greedy scan back from the end
+    if close is not None:
+        return text[close.end():], None
+    if re.search(re.escape(THINK_OPEN), text, re.IGNORECASE):
         return None, "unclosed reasoning block"
     return text, None
 

@@ -23,8 +23,9 @@ SYSTEM_PROMPT = (
     "result with your Triton kernel(s), allocate outputs on the inputs' device, and leave its inputs unchanged. "
     "Do not call the PyTorch operation you are asked to implement, do not print, do not read or write files."
 )
-FENCE = re.compile(r"```[ \t]*(?:python|py|python3)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
-THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
+# one run of blanks before the newline whether or not a language is named (two runs side by side
+# backtrack quadratically over a fence followed by spaces)
+FENCE = re.compile(r"```(?:[ \t]*(?:python3|python|py))?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 
 
 def user_prompt(task) -> str:
@@ -40,9 +41,19 @@ def extract_code(response: object, entry: str = "") -> str | None:
     if not isinstance(response, str):
         return None
     try:
-        return _extract(THINK.sub("", response), entry)
+        return _extract(without_thinking(response), entry)
     except Exception:  # never raise on model output (a pathological regex input, a JSON bomb, ...)
         return None
+
+
+def without_thinking(text: str) -> str:
+    """`text` without its closed <think>...</think> blocks, in linear time (a lazy regex rescans the
+    rest of the text from every unclosed <think>)."""
+    parts, pos = [], 0
+    while (start := text.find("<think>", pos)) >= 0 and (end := text.find("</think>", start + 7)) >= 0:
+        parts.append(text[pos:start])
+        pos = end + len("</think>")
+    return "".join(parts) + text[pos:]
 
 
 def _extract(text: str, entry: str) -> str | None:

@@ -9,7 +9,8 @@ Model output is untrusted and scoring never raises on it: steps are cut as `step
 response without a delimiter is one step, empty steps are dropped, an empty response has no
 steps), a step longer than `max_step_tokens` tokens is cut to them, the separator's text inside a
 response is dropped rather than taken for a separator, and steps past `max_len` tokens are not seen
-and score 0.0 (`StepScores.seen` counts the others). An aggregate of no steps is 0.0.
+(nor tokenized) and score 0.0 (`StepScores.seen` counts the others); a lone surrogate (a JSON
+escape) is read as '?'. An aggregate of no steps is 0.0.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from reasonrl.reward.prm.steps import step_texts
 from reasonrl.rl.batch import token_batches
 
 PromptLike = str | list[dict] | list[int] | MultimodalPrompt  # chat messages, text, or encoded
+
+STEPS_PER_BATCH = 64
+"""Steps tokenized per call: a response of a million steps is read only as far as `max_len` reaches."""
 
 
 @dataclass
@@ -56,7 +60,7 @@ class PRMScorer:
     def prompt_input(self, prompt: PromptLike) -> list[int] | MultimodalPrompt:
         if isinstance(prompt, MultimodalPrompt) or (isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)):
             return prompt
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        messages = [{"role": "user", "content": _utf8(prompt)}] if isinstance(prompt, str) else prompt
         if self.cfg.chat:
             return self.encoder(messages)
         return self.tokenizer.encode(render_text(messages))
@@ -66,13 +70,14 @@ class PRMScorer:
         separator, while they fit in max_len."""
         inp = self.prompt_input(prompt)
         ids, positions, sep = token_ids(inp), [], self.prm.separator_id
-        pieces = self.tokenizer.tok.encode_batch(list(steps), add_special_tokens=False) if steps else []
-        for piece in pieces:
-            step = [t for t in piece.ids if t != sep][:self.cfg.max_step_tokens]
-            if len(ids) + len(step) + 1 > self.cfg.max_len:
-                break
-            ids += step + [sep]
-            positions.append(len(ids) - 1)
+        for lo in range(0, len(steps), STEPS_PER_BATCH):  # batches of steps: stop tokenizing once full
+            batch = [_utf8(step) for step in steps[lo: lo + STEPS_PER_BATCH]]
+            for piece in self.tokenizer.tok.encode_batch(batch, add_special_tokens=False):
+                step = [t for t in piece.ids if t != sep][:self.cfg.max_step_tokens]
+                if len(ids) + len(step) + 1 > self.cfg.max_len:
+                    return Encoded(ids, positions, len(steps), multimodal(inp))
+                ids += step + [sep]
+                positions.append(len(ids) - 1)
         return Encoded(ids, positions, len(steps), multimodal(inp))
 
     # ---- scoring ----------------------------------------------------------------------------------
@@ -142,3 +147,9 @@ def check_aggregations(names: Any) -> list[str]:
     if unknown:
         raise ValueError(f"unknown aggregation(s) {', '.join(map(str, unknown))}; known: {', '.join(AGGREGATIONS)}")
     return list(names)
+
+
+
+def _utf8(text: str) -> str:
+    """Text the tokenizer accepts: a lone surrogate (a JSON escape such as \\ud800) becomes '?'."""
+    return text.encode("utf-8", "replace").decode("utf-8")

@@ -23,7 +23,8 @@ from reasonrl.envs.shapes import ShapesVQAConfig, ShapesVQAEnvironment
 from reasonrl.vision.world import score_answer
 
 FORMAT = re.compile(r"<\|lvr_start\|>(?:<\|lvr\|>)+<\|lvr_end\|>\s*\\boxed\{[^{}]*\}")
-END_TOKENS = re.compile(r"(?:\s*<\|(?!lvr)[a-z_]+\|>)+\s*$")  # <|im_end|>, <|endoftext|> ... closing a turn
+END_TOKEN = re.compile(r"<\|(?!lvr)[a-z_]+\|>")  # <|im_end|>, <|endoftext|> ... closing a turn
+MAX_CHARS = 20_000  # longer than any well-formed response: format 0 without reading it
 
 
 @dataclass
@@ -42,9 +43,22 @@ class LVRShapesConfig:
 
 def format_reward(response: str) -> float:
     """1.0 for exactly a latent span, then a boxed answer, then only end-of-turn tokens; else 0.0."""
-    if not isinstance(response, str):
+    if not isinstance(response, str) or len(response) > MAX_CHARS:
         return 0.0
-    return 1.0 if FORMAT.fullmatch(END_TOKENS.sub("", response).strip()) else 0.0
+    return 1.0 if FORMAT.fullmatch(_without_end_tokens(response).strip()) else 0.0
+
+
+def _without_end_tokens(text: str) -> str:
+    """`text` without the end-of-turn tokens (and white space) it ends with, in linear time (a regex
+    anchored at the end backtracks quadratically over a run of spaces or tokens)."""
+    end = len(text)
+    while True:
+        while end and text[end - 1].isspace():
+            end -= 1
+        start = text.rfind("<|", 0, end - 2) if text.startswith("|>", end - 2) else -1
+        if start < 0 or not END_TOKEN.fullmatch(text, start, end):
+            return text[:end]
+        end = start
 
 
 class LVRShapesEnvironment(ShapesVQAEnvironment):

@@ -65,14 +65,18 @@ class SelfAttention(nn.Module):
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps) if cfg.qk_norm else None
 
     def forward(self, x, cos, sin, attn: Attention):
+        out = attn(self.layer, *self.project(x, cos, sin))
+        return self.o_proj(out.reshape(-1, self.q_size))
+
+    def project(self, x, cos, sin) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rows x (N, hidden) -> q (N, Hq, D), k and v (N, Hkv, D), q and k rotated."""
         qk, v = self.qkv_proj(x).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
         qk = qk.view(-1, self.num_heads + self.num_kv_heads, self.head_dim)  # q's heads, then k's
         if self.q_norm is not None:  # Qwen3 normalises each head before rotating it
             q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
             qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=1)
         q, k = apply_rotary(qk, cos, sin).split([self.num_heads, self.num_kv_heads], dim=1)  # one rotation for both
-        out = attn(self.layer, q, k, v.view(-1, self.num_kv_heads, self.head_dim))
-        return self.o_proj(out.reshape(-1, self.q_size))
+        return q, k, v.view(-1, self.num_kv_heads, self.head_dim)
 
 
 class MLP(nn.Module):

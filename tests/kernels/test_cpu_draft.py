@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from reasonrl.engine.spec.draft import DraftHead
-from reasonrl.engine.spec.draft_state import DraftAttention, DraftState
-from reasonrl.engine.spec.grow import NATIVE_CATCH_UP, GrowStep
+from reasonrl.engine.spec.draft_state import DraftState, NewestRowAttention
+from reasonrl.engine.spec.grow import GrowStep
 from reasonrl.engine.spec.visual import RowSource
 from reasonrl.engine.weight_layout import small_products, store_wide_weights_column_major
 from reasonrl.kernels import cpu_ops
@@ -54,31 +54,30 @@ def test_a_native_tree_is_the_eager_tree(family, column_major):
             [(t.tokens, t.parents) for t in want.select(roots, 8, [depth] * len(rows))]
 
 
+def _eager_catch_up(draft, states, x, positions, lengths):
+    newest = torch.tensor(lengths).cumsum(0) - 1
+    return draft.decode_newest(x, positions, newest, NewestRowAttention(states, lengths, _no_rows(draft)))
+
+
 @pytest.mark.parametrize("family,column_major", FAMILIES)
 def test_a_native_catch_up_is_the_eager_one(family, column_major):
     draft = _draft(family, column_major)
     c, g = draft.config, torch.Generator().manual_seed(5)
     states, _, _ = _inputs(draft, [7, 0, 30], seed=6)
-    lengths = [3, 1, 6]  # ragged: each sequence's rows see its own committed and new rows only
-    x = torch.randn(sum(lengths), c.hidden_size, generator=g)
-    starts = [st.cache.len for st in states]
-    positions = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lengths)])
     step = GrowStep(draft, compile=False, native=True)
-    with torch.no_grad():
-        out, new_k, new_v = step.catch_up(states, x, positions, lengths)
-        segments, lo = [], 0
-        for st, n in zip(states, lengths):
-            past = st.cache.view() if st.cache.len else (_no_rows(draft),) * 2
-            segments.append((lo, lo + n, *past, None))
-            lo += n
-        attn = DraftAttention(segments)
-        want = draft.decode(x, positions, attn)
-    # outputs reach about 60 here: both paths are 4-5e-5 from a float64 evaluation (measured)
-    for got, expected in ((out, want), (new_k, attn.new_k), (new_v, attn.new_v)):
-        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
-    # a long catch-up (a prompt's) is left to the PyTorch path, as are M-RoPE positions
-    long = [NATIVE_CATCH_UP + 1]
-    assert step.catch_up(states[:1], torch.zeros(long[0], c.hidden_size), torch.arange(long[0]), long) is None
+    # ragged: each sequence's rows see its own committed and new rows only; then a prompt's length
+    for lengths in ([3, 1, 6], [2, 300, 1]):
+        x = torch.randn(sum(lengths), c.hidden_size, generator=g)
+        starts = [st.cache.len for st in states]
+        positions = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lengths)])
+        with torch.no_grad():
+            got = step.catch_up(states, x, positions, lengths)
+            want = _eager_catch_up(draft, states, x, positions, lengths)
+        # outputs reach about 60 here: both paths are 4-5e-5 from a float64 evaluation (measured)
+        assert got[0].shape == (3, c.hidden_size) and got[1].shape == (sum(lengths), c.num_kv_heads, c.head_dim)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # M-RoPE positions are left to the PyTorch path
     assert step.catch_up(states[:1], x[:3], positions[:3].expand(3, -1), [3]) is None
 
 
@@ -87,23 +86,21 @@ def test_a_text_catch_up_fuses_its_rows_as_the_draft_does(family, column_major):
     draft = _draft(family, column_major)
     c, g = draft.config, torch.Generator().manual_seed(7)
     states, _, _ = _inputs(draft, [7, 0, 30], seed=8)
-    lengths = [3, 1, 6]
-    sources = [RowSource(torch.randint(0, c.vocab_size, (n,), generator=g).tolist(),
-                         torch.randn(n, c.hidden_size, generator=g), st.cache.len - 1) for st, n in zip(states, lengths)]
     step = GrowStep(draft, compile=False, native=True)
-    with torch.no_grad():
-        got = step.catch_up_text(states, sources)
-        x = draft.fuse(draft.embed(torch.tensor([t for src in sources for t in src.ids])),
-                       torch.cat([src.features for src in sources]))
-        positions = torch.cat([torch.arange(src.start + 1, src.end + 1) for src in sources])
-        want = step.catch_up(states, x, positions, lengths)  # the kernel on rows fused in PyTorch
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for lengths in ([3, 1, 6], [200, 1, 2]):  # a prompt's catch-up too
+        sources = [RowSource(torch.randint(0, c.vocab_size, (n,), generator=g).tolist(),
+                             torch.randn(n, c.hidden_size, generator=g), st.cache.len - 1) for st, n in zip(states, lengths)]
+        with torch.no_grad():
+            got = step.catch_up_text(states, sources)
+            x = draft.fuse(draft.embed(torch.tensor([t for src in sources for t in src.ids])),
+                           torch.cat([src.features for src in sources]))
+            positions = torch.cat([torch.arange(src.start + 1, src.end + 1) for src in sources])
+            want = _eager_catch_up(draft, states, x, positions, lengths)  # rows fused in PyTorch
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     shifted = [RowSource(src.ids, src.features, src.start + 1) for src in sources]  # positions matter
     with torch.no_grad():
         assert not torch.allclose(step.catch_up_text(states, shifted)[0], got[0], atol=1e-3)
-    long = [RowSource([1] * (NATIVE_CATCH_UP + 1), torch.zeros(NATIVE_CATCH_UP + 1, c.hidden_size), 0)]
-    assert step.catch_up_text(states[:1], long) is None  # a prompt's catch-up: the PyTorch path
     assert GrowStep(draft, compile=False).catch_up_text(states, sources) is None  # no kernel
     weights = cpu_ops.draft_weights(draft)
     ks, vs = [st.cache.view()[0] for st in states[:1]], [st.cache.view()[1] for st in states[:1]]
@@ -113,6 +110,8 @@ def test_a_text_catch_up_fuses_its_rows_as_the_draft_does(family, column_major):
         cpu_ops.draft_catch_up_cpu(weights, c, [1], [torch.zeros(1, c.hidden_size + 1)], [7], ks, vs)
     with pytest.raises(RuntimeError, match="token id 99 out of range"):
         cpu_ops.draft_catch_up_cpu(weights, c, [99], [torch.zeros(1, c.hidden_size)], [7], ks, vs)
+    with pytest.raises(RuntimeError, match="sequence 0 has no new rows"):
+        cpu_ops.draft_catch_up_cpu(weights, c, [], [torch.zeros(0, c.hidden_size)], [7], ks, vs)
 
 
 def test_the_kernels_refuse_bad_inputs_by_name_and_decline_other_dtypes():

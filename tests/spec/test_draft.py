@@ -101,15 +101,39 @@ def test_distill_draft_cli_saves_a_loadable_draft_and_its_log(tmp_path, tokenize
     DraftHead.load(out, load_model(ckpt, "cpu"))  # no warning: same target
 
 
-def test_draft_attention_in_chunks_equals_one_causal_pass():
-    """A catch-up over a long prompt is attended in row chunks (no full mask): same output."""
-    from reasonrl.engine.spec.draft_state import DraftAttention
-    from reasonrl.models.model import CausalAttention
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama"])
+def test_a_catch_up_computes_the_newest_rows_of_the_whole_layer(family):
+    """`decode_newest`: each sequence's newest row's output and every row's key and value are those
+    of the whole layer over all rows (one layer: a row's key and value are its own), with biases,
+    Qwen3's per-head norms and committed rows before the new ones. Fails if a row's key or value
+    depended on the rows before it, or if the newest row missed some of its context."""
+    from reasonrl.engine.spec.draft_state import DraftState, NewestRowAttention
+    from tests.spec.test_padded_attention import catch_up_segments, segment_attention
 
-    torch.manual_seed(0)
-    q, k, v = torch.randn(50, 4, 16), torch.randn(50, 2, 16), torch.randn(50, 2, 16)
-    whole = CausalAttention(1, 50)(0, q, k, v)
-    past_k, past_v = k[:20], v[:20]
-    attn = DraftAttention([(0, 30, past_k, past_v, None)])
-    attn.chunk = 7
-    torch.testing.assert_close(attn(0, q[20:], k[20:], v[20:]), whole[20:], atol=1e-5, rtol=1e-5)
+    model = init_weights(DecoderLM(tiny_config(family, vocab_size=32, hidden_size=64)), std=0.3, seed=0)
+    draft = init_weights(DraftHead(model), std=0.3, seed=1)
+    c, g = draft.config, torch.Generator().manual_seed(2)
+    states, lengths = [], [3, 1, 40]
+    for n in (7, 0, 2):
+        st = DraftState.at(0)
+        if n:
+            st.cache.append(torch.randn(n, c.num_kv_heads, c.head_dim, generator=g),
+                            torch.randn(n, c.num_kv_heads, c.head_dim, generator=g))
+        states.append(st)
+    x = torch.randn(sum(lengths), c.hidden_size, generator=g)
+    positions = torch.cat([torch.arange(st.cache.len + 1, st.cache.len + 1 + n) for st, n in zip(states, lengths)])
+    newest = torch.tensor(lengths).cumsum(0) - 1
+    no_rows = torch.empty(0, c.num_kv_heads, c.head_dim)
+
+    class Reference:  # the whole layer's attention, recording every row's key and value
+        def __call__(self, layer, q, k, v):
+            self.k, self.v = k, v
+            return segment_attention(catch_up_segments(states, lengths, no_rows), q, k, v)
+
+    with torch.no_grad():
+        ref = Reference()
+        want = draft.decode(x, positions, ref)[newest]
+        out, k, v = draft.decode_newest(x, positions, newest, NewestRowAttention(states, lengths, no_rows))
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k, ref.k, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(v, ref.v, atol=1e-6, rtol=1e-6)

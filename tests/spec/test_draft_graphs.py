@@ -11,7 +11,7 @@ import torch
 from reasonrl.engine import SamplingParams
 from reasonrl.engine.cuda_graphs import GraphPool
 from reasonrl.engine.spec.draft import DraftHead
-from reasonrl.engine.spec.draft_state import DraftState, PaddedDraftAttention, padded_past
+from reasonrl.engine.spec.draft_state import DraftState, NewestRowAttention
 from reasonrl.engine.spec.grow import DraftGraphs, GrowStep, row_buckets
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.tiny import init_weights, tiny_config
@@ -169,8 +169,8 @@ def test_a_captured_catch_up_decodes_what_the_eager_one_does_and_long_ones_run_e
         x = torch.randn(sum(lengths), h, generator=g).to(dev)
         positions = torch.cat([torch.arange(p + 1, p + 1 + n) for p, n in zip(past, lengths)]).to(dev)
         got = step.catch_up(states, x, positions, lengths)
-        attn = PaddedDraftAttention(*padded_past(states, _no_rows(draft)), lengths=lengths)
-        want = (draft.decode(x, positions, attn), attn.new_k, attn.new_v)
+        newest = torch.tensor(lengths, device=dev).cumsum(0) - 1
+        want = draft.decode_newest(x, positions, newest, NewestRowAttention(states, lengths, _no_rows(draft)))
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)  # padded attention rounds differently
     assert graphs.captures == 1 and graphs.replays == 2 and list(graphs.graphs) == [("catch_up", 4, 64, 8)]

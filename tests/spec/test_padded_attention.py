@@ -1,14 +1,14 @@
 """Batched attention for speculative steps: the target's draft-tree rows padded into one SDPA call
-(`KVFormat.attend_short`) and the draft's padded attention (`PaddedDraftAttention`) equal the
-one-sequence-at-a-time reference they replace, with ragged row counts, tree masks and mixed
-decode/prefill batches (fp32)."""
+(`KVFormat.attend_short`), the draft's padded attention (`PaddedDraftAttention`) and a catch-up's
+newest-row attention (`NewestRowAttention`) equal the one-sequence-at-a-time reference they
+replace, with ragged row counts, tree masks and mixed decode/prefill batches (fp32)."""
 
 import torch
 
 from reasonrl.engine.attention import AttentionMetadata, causal_mask
 from reasonrl.engine.kv.base import SHORT_QUERIES
 from reasonrl.engine.kv.dense import DenseKV
-from reasonrl.engine.spec.draft_state import DraftAttention, DraftState, PaddedDraftAttention, padded_past
+from reasonrl.engine.spec.draft_state import DraftState, NewestRowAttention, PaddedDraftAttention, padded_past
 from reasonrl.models.config import ModelConfig
 
 H, KV_H, D, BS = 4, 2, 8, 4
@@ -75,17 +75,49 @@ def past_of(st: DraftState):
     return st.cache.view() if st.cache.len else (empty, empty)
 
 
-def test_draft_catch_up_with_ragged_rows_equals_per_sequence_attention():
-    g = torch.Generator().manual_seed(1)
-    states, lengths = draft_states([5, 0, 12], g), [3, 1, 4]
-    q, k, v = (torch.randn(sum(lengths), h, D, generator=g) for h in (H, KV_H, KV_H))
+def segment_attention(segments, q, k, v) -> torch.Tensor:
+    """The reference: segments[b] = (lo, hi, past_k, past_v, mask): rows lo:hi attend past keys, then
+    the new rows lo:hi; mask (hi - lo, past + hi - lo) bool, or None for causal."""
+    out = torch.empty_like(q)
+    for lo, hi, past_k, past_v, mask in segments:
+        keys, values = torch.cat([past_k, k[lo:hi]]), torch.cat([past_v, v[lo:hi]])
+        if mask is None:
+            mask = causal_mask(hi - lo, keys.shape[0], None, q.device)
+        out[lo:hi] = torch.nn.functional.scaled_dot_product_attention(
+            q[lo:hi].transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), attn_mask=mask,
+            enable_gqa=q.shape[1] != keys.shape[1]).transpose(0, 1)
+    return out
+
+
+def catch_up_segments(states, lengths, no_rows=None):
+    """Causal segments of a catch-up by `lengths` new rows after each state's committed rows."""
     segments, lo = [], 0
     for st, n in zip(states, lengths):
-        segments.append((lo, lo + n, *past_of(st), None))
+        segments.append((lo, lo + n, *(past_of(st) if no_rows is None or st.cache.len else (no_rows, no_rows)), None))
         lo += n
-    want = DraftAttention(segments)(0, q, k, v)
-    got = PaddedDraftAttention(*padded_past(states, torch.empty(0, KV_H, D)), lengths=lengths)(0, q, k, v)
+    return segments
+
+
+def test_draft_catch_up_with_the_same_rows_each_equals_per_sequence_attention():
+    g = torch.Generator().manual_seed(1)
+    states, lengths = draft_states([5, 0, 12], g), [4, 4, 4]
+    q, k, v = (torch.randn(sum(lengths), h, D, generator=g) for h in (H, KV_H, KV_H))
+    want = segment_attention(catch_up_segments(states, lengths), q, k, v)
+    got = PaddedDraftAttention(*padded_past(states, torch.empty(0, KV_H, D)), rows=4)(0, q, k, v)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_catch_ups_newest_rows_attend_as_in_the_whole_causal_pass():
+    """Even contexts in one padded call, uneven ones (a prompt beside a few accepted tokens) one
+    sequence at a time: both are the newest rows of the full causal attention."""
+    g = torch.Generator().manual_seed(3)
+    for past, lengths in (([5, 0, 12], [3, 1, 4]), ([2, 0, 1], [1, 90, 2])):
+        states = draft_states(past, g)
+        q, k, v = (torch.randn(sum(lengths), h, D, generator=g) for h in (H, KV_H, KV_H))
+        newest = torch.tensor(lengths).cumsum(0) - 1
+        want = segment_attention(catch_up_segments(states, lengths), q, k, v)[newest]
+        got = NewestRowAttention(states, lengths, torch.empty(0, KV_H, D))(q[newest], k, v)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_draft_tree_depth_with_drafted_ancestors_equals_per_sequence_attention():
@@ -101,6 +133,6 @@ def test_draft_tree_depth_with_drafted_ancestors_equals_per_sequence_attention()
         full = torch.ones(k_front, pk.shape[0] + drafted + k_front, dtype=torch.bool)
         full[:, pk.shape[0]:] = mask[i]
         segments.append((i * k_front, (i + 1) * k_front, torch.cat([pk, extra_k[i]]), torch.cat([pv, extra_v[i]]), full))
-    want = DraftAttention(segments)(0, q, k, v)
+    want = segment_attention(segments, q, k, v)
     got = PaddedDraftAttention(*padded_past(states, torch.empty(0, KV_H, D)), mask, extra=(extra_k, extra_v))(0, q, k, v)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -105,6 +105,19 @@ class DraftHead(nn.Module):
         cos, sin = self.target.rotary(positions, x.dtype)  # the target's rotary tables, shared
         return self.layer(x, cos, sin, attn)
 
+    def decode_newest(self, x: torch.Tensor, positions: torch.Tensor, newest: torch.Tensor,
+                      attend) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A catch-up's layer: the outputs of rows `newest` (B,) only, and every row's key and value
+        (N, Hkv, D). The draft has one layer, so a row's key and value depend on that row alone;
+        the rows behind each sequence's newest need neither attention nor the MLP (a prompt's
+        catch-up costs its projections, not a prefill). `attend(q, k, v)`: the newest rows'
+        queries (B, Hq, D) over every row's keys and values -> (B, Hq, D)."""
+        layer = self.layer
+        cos, sin = self.target.rotary(positions, x.dtype)
+        q, k, v = layer.self_attn.project(layer.input_layernorm(x), cos, sin)
+        y = x[newest] + layer.self_attn.o_proj(attend(q[newest], k, v).flatten(1))
+        return y + layer.mlp(layer.post_attention_layernorm(y)), k, v
+
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         return self.target.compute_logits(features)
 

@@ -1,15 +1,15 @@
 """A sequence's draft context: its one-layer key/value cache (`DraftCache`), what the speculator
 knows of it (`DraftState`: target features not yet consumed, the positions its rows cover), and
-attention over several sequences' contexts at once (`DraftAttention`)."""
+attention over several sequences' contexts at once (`NewestRowAttention` for a catch-up,
+`PaddedDraftAttention` for tree growth)."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-
-from reasonrl.engine.attention import causal_mask
 
 
 class DraftCache:
@@ -85,35 +85,29 @@ class DraftState:
         self.stacked, self.feature_start = (rest if rest.shape[0] else None), position
 
 
-class DraftAttention:
-    """Attention for a draft forward over several sequences' new rows.
+class NewestRowAttention:
+    """A catch-up's attention (`DraftHead.decode_newest`): each sequence's newest row over its
+    committed rows and all its new ones. Contexts of similar length go to one padded SDPA call; very
+    uneven ones (a prompt next to a few accepted tokens) one sequence at a time, so that padding
+    never more than doubles what is attended."""
 
-    segments[b] = (lo, hi, past_k, past_v, mask): rows lo:hi attend past rows then themselves;
-    mask (hi - lo, past + hi - lo) bool, or None for causal. The new rows' keys and values are
-    kept in `new_k`, `new_v` for the caller to commit or to use as tree rows."""
+    def __init__(self, states: list[DraftState], lengths: list[int], no_rows: torch.Tensor):
+        self.pasts = [st.cache.view() if st.cache.len else (no_rows, no_rows) for st in states]
+        self.lengths = lengths
 
-    def __init__(self, segments):
-        self.segments = segments
-        self.new_k = self.new_v = None
-
-    chunk = 1024  # causal rows attended per call: a catch-up over a long prompt never builds a full mask
-
-    def __call__(self, layer, q, k, v):
-        self.new_k, self.new_v = k, v
-        out = torch.empty_like(q)
-        for lo, hi, past_k, past_v, mask in self.segments:
-            if hi == lo:
-                continue
-            keys, values = torch.cat([past_k, k[lo:hi]]), torch.cat([past_v, v[lo:hi]])
-            if mask is not None:
-                out[lo:hi] = _attend(q[lo:hi], keys, values, mask)
-                continue
-            past = past_k.shape[0]
-            for start in range(lo, hi, self.chunk):  # rows start..end see the past and new rows up to themselves
-                end = min(start + self.chunk, hi)
-                ctx = past + end - lo
-                out[start:end] = _attend(q[start:end], keys[:ctx], values[:ctx], causal_mask(end - start, ctx, None, q.device))
-        return out
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (B, Hq, D) of the newest rows; k, v (N, Hkv, D) of every new row -> (B, Hq, D)."""
+        bounds = list(itertools.accumulate(self.lengths, initial=0))
+        keys = [torch.cat([pk, k[lo:hi]]) for (pk, _), lo, hi in zip(self.pasts, bounds, bounds[1:])]
+        values = [torch.cat([pv, v[lo:hi]]) for (_, pv), lo, hi in zip(self.pasts, bounds, bounds[1:])]
+        sizes = [t.shape[0] for t in keys]
+        if len(sizes) * max(sizes) > 2 * sum(sizes):
+            return torch.cat([_attend(q[b: b + 1], keys[b], values[b], None) for b in range(len(keys))])
+        seen = torch.arange(max(sizes), device=q.device)[None, :] < torch.tensor(sizes, device=q.device)[:, None]
+        padded_k, padded_v = (torch.nn.utils.rnn.pad_sequence(t, batch_first=True).transpose(1, 2) for t in (keys, values))
+        o = F.scaled_dot_product_attention(q[:, :, None], padded_k, padded_v, attn_mask=seen[:, None, None],
+                                           enable_gqa=q.shape[1] != k.shape[1])
+        return o[:, :, 0]
 
 
 def _attend(q, keys, values, mask):
@@ -124,26 +118,19 @@ def _attend(q, keys, values, mask):
 
 
 class PaddedDraftAttention:
-    """Draft attention for many sequences with a few new rows each, in one SDPA call.
+    """Draft attention for many sequences with the same number of new rows each, in one SDPA call.
 
     Sequence b's new rows attend its committed draft rows (`past`, padded to the longest: keys
     (B, P, H, D) and their count per sequence), then `extra` keys every sequence has the same
     number of (a tree's frontier rows drafted at earlier depths, (B, X, H, D)), then its own new
     rows; `mask` (B, n, X + n) says which of the extra and new ones each new row sees (None:
-    causal among the new rows, no extra). `lengths`: new rows per sequence, flat in the call's q
-    (None: n each)."""
+    causal among `rows` new rows each, no extra)."""
 
     def __init__(self, past_k: torch.Tensor, past_v: torch.Tensor, past_lens: torch.Tensor, mask: torch.Tensor | None = None,
-                 extra: tuple[torch.Tensor, torch.Tensor] | None = None, lengths: list[int] | None = None):
+                 extra: tuple[torch.Tensor, torch.Tensor] | None = None, rows: int | None = None):
         self.past_k, self.past_v, self.extra = past_k, past_v, extra
         b, p, dev = past_k.shape[0], past_k.shape[1], past_k.device
-        n = max(lengths) if lengths else mask.shape[1]
-        self.rows = self.valid = None
-        if lengths is not None and any(m != n for m in lengths):  # ragged: scatter the flat rows into (B, n) slots
-            starts = torch.tensor([0, *lengths[:-1]], device=dev).cumsum(0)
-            self.valid = torch.arange(n, device=dev)[None, :] < torch.tensor(lengths, device=dev)[:, None]
-            rows = torch.where(self.valid, starts[:, None] + torch.arange(n, device=dev)[None, :], starts[:, None])
-            self.rows = rows.clamp(max=sum(lengths) - 1)  # a sequence with no new rows points at a real one
+        n = rows if mask is None else mask.shape[1]
         if mask is None:
             mask = torch.ones(n, n, dtype=torch.bool, device=dev).tril().expand(b, n, n)
         seen = (torch.arange(p, device=dev)[None, :] < past_lens[:, None])[:, None, :].expand(b, n, p)
@@ -153,14 +140,13 @@ class PaddedDraftAttention:
     def __call__(self, layer, q, k, v):
         self.new_k, self.new_v = k, v
         b = self.past_k.shape[0]
-        # flat rows (N, H, D) -> (B, n, H, D); a ragged batch's padding slots repeat a real row
-        q, k, v = (t[self.rows] if self.rows is not None else t.view(b, -1, *t.shape[1:]) for t in (q, k, v))
+        q, k, v = (t.view(b, -1, *t.shape[1:]) for t in (q, k, v))  # flat rows (N, H, D) -> (B, n, H, D)
         keys = [self.past_k, *([self.extra[0]] if self.extra else []), k]
         values = [self.past_v, *([self.extra[1]] if self.extra else []), v]
         o = F.scaled_dot_product_attention(q.transpose(1, 2), torch.cat(keys, 1).transpose(1, 2),
                                            torch.cat(values, 1).transpose(1, 2), attn_mask=self.mask,
                                            enable_gqa=q.shape[2] != k.shape[2]).transpose(1, 2)  # (B, n, Hq, D)
-        return o[self.valid] if self.rows is not None else o.reshape(-1, *o.shape[2:])
+        return o.reshape(-1, *o.shape[2:])
 
 
 def padded_past(states: list[DraftState], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

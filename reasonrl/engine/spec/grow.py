@@ -29,9 +29,9 @@ docs/spec.md, "Compiled draft"). Two ways out, each optional:
   runs eager); a step that captured is kept out of the adaptive policy's measurements, as a
   compile is. A captured tree may hold the compiled step.
 - native (`EngineConfig.cpu_draft_kernel`, CPU, fp32; the default there): the whole growth of a
-  tree is one call of a C++ kernel (kernels/csrc/decoder_cpu.cpp), and so is a catch-up of at
-  most `NATIVE_CATCH_UP` rows per sequence; the same arithmetic as the eager step, without a
-  Python dispatch per operation. It takes precedence over compiling. Where the library cannot be
+  tree is one call of a C++ kernel (kernels/csrc/decoder_cpu.cpp), and so is a catch-up over
+  text positions, a prompt's included; the same arithmetic as the eager step, without a Python
+  dispatch per operation. It takes precedence over compiling. Where the library cannot be
   built the draft runs as the other switches say.
 
 Greedy and `coupled`-sampled output cannot change: the draft only proposes, and verification
@@ -112,14 +112,9 @@ def catch_up_step(draft: DraftHead, rows: int, x: torch.Tensor, positions: torch
     positions; causal among the new rows, after the committed ones) -> the draft's outputs and the
     new rows' keys and values, flat as x. A sequence with fewer rows pads them after its last:
     its real rows never see the padding."""
-    attn = PaddedDraftAttention(past_k, past_v, past_lens, lengths=[rows] * past_k.shape[0])
+    attn = PaddedDraftAttention(past_k, past_v, past_lens, rows=rows)
     out = draft.decode(x, positions, attn)
     return out, attn.new_k, attn.new_v
-
-
-NATIVE_CATCH_UP = 64
-"""Longest catch-up per sequence (new rows) the C++ kernel runs: its attention is a plain loop over
-rows, right for the rows one verification accepted, not for a long prompt's (SDPA's kernels)."""
 
 
 def graph_count() -> int:
@@ -174,11 +169,10 @@ class GrowStep:
     def catch_up_text(self, states: list[DraftState], sources: list) -> tuple[torch.Tensor, ...] | None:
         """`catch_up` of text rows (visual.RowSource) with their rows fused in the C++ kernel as
         well, from token ids and features (a batch-1 round's fusing in PyTorch cost as much as the
-        draft layer); None where that kernel does not apply (no kernel, a long catch-up, rows of an
-        image prompt's prompt). Past an image prompt's prompt every token is text, at one position
-        on all three M-RoPE axes, shifted by the prompt's `rope_delta`: plain rotary at that position."""
-        if not self.native or max(len(src.ids) for src in sources) > NATIVE_CATCH_UP or \
-                any(src.mm is not None and src.start + 1 < len(src.mm.input_ids) for src in sources):
+        draft layer); None where that kernel does not apply (no kernel, rows of an image prompt's
+        prompt). Past an image prompt's prompt every token is text, at one position on all three
+        M-RoPE axes, shifted by the prompt's `rope_delta`: plain rotary at that position."""
+        if not self.native or any(src.mm is not None and src.start + 1 < len(src.mm.input_ids) for src in sources):
             return None
         c = self.draft.config
         no_rows = sources[0].features.new_empty(0, c.num_kv_heads, c.head_dim)
@@ -188,13 +182,13 @@ class GrowStep:
 
     def catch_up(self, states: list[DraftState], x: torch.Tensor, positions: torch.Tensor,
                  lengths: list[int]) -> tuple[torch.Tensor, ...] | None:
-        """The draft's outputs and new keys and values for a catch-up of these sequences by
-        `lengths` rows each (x (sum, h), positions (sum,)), through a CUDA graph or the C++ kernel;
-        None when it runs neither (no graphs, M-RoPE positions, a long catch-up, over budget): decode
-        eager."""
+        """A catch-up of these sequences by `lengths` (>= 1) rows each (x (sum, h), positions (sum,))
+        through the C++ kernel or a CUDA graph: each sequence's newest row's output (B, h) and every
+        new row's key and value (`DraftHead.decode_newest`); None when it runs neither (no kernel
+        and no graphs, M-RoPE positions, a long catch-up for the graphs, over budget): decode eager."""
         if positions.dim() != 1:
             return None
-        if self.native and max(lengths) <= NATIVE_CATCH_UP:
+        if self.native:
             no_rows = x.new_empty(0, self.draft.config.num_kv_heads, self.draft.config.head_dim)
             return cpu_ops.draft_rows_cpu(self.weights, self.draft.config, x, positions, *_committed(states, no_rows),
                                           lengths)
@@ -356,8 +350,8 @@ class DraftGraphs:
     def catch_up(self, states: list[DraftState], x: torch.Tensor, positions: torch.Tensor, lengths: list[int],
                  decode: Callable[..., tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...] | None:
         """`decode(rows, x, positions, past_k, past_v, past_lens)` (`catch_up_step`) for these
-        sequences through a graph, its outputs flat as x (the padding dropped); None when none
-        fits: decode eager."""
+        sequences through a graph: each sequence's newest row's output and every real row's key and
+        value (the padding dropped); None when none fits: decode eager."""
         new = pick_bucket(max(lengths), CATCH_UP_BUCKETS)
         if new is None or min(lengths) < 1:
             return None
@@ -384,7 +378,8 @@ class DraftGraphs:
         if outputs is None:
             return None
         real = torch.tensor([i * new + j for i, n in enumerate(lengths) for j in range(n)], device=x.device)
-        return tuple(t[real] for t in outputs)
+        newest = torch.tensor([i * new + n - 1 for i, n in enumerate(lengths)], device=x.device)
+        return outputs[0][newest], outputs[1][real], outputs[2][real]
 
     def _replay(self, key: tuple, fn: Callable, static: tuple) -> tuple[torch.Tensor, ...] | None:
         """Replay the graph of `key` (captured now from `fn(*static)` if it is new); its outputs,

@@ -33,7 +33,7 @@ from reasonrl.engine.block_manager import BlockManager
 from reasonrl.engine.sequence import Sequence
 from reasonrl.engine.spec.adaptive import AdaptiveConfig, AdaptivePolicy, StepLog, TreeShape, ladder
 from reasonrl.engine.spec.draft import DraftHead
-from reasonrl.engine.spec.draft_state import DraftAttention, DraftState, PaddedDraftAttention, padded_past
+from reasonrl.engine.spec.draft_state import DraftState, NewestRowAttention
 from reasonrl.engine.spec.grow import GrowStep, DraftGraphs
 from reasonrl.engine.spec.tree import DraftTree
 from reasonrl.engine.spec.visual import RowSource, VisualReport, catch_up_rows
@@ -61,10 +61,6 @@ MAX_LAG = 512
 """Features a sequence may hold for its draft while decoding without trees; past this the draft's
 context restarts at the newest token (bounds memory and copying during long stretches without
 speculation, at the cost of a shorter draft context afterwards)."""
-
-SHORT_CATCH_UP, LONG_CATCH_UP = 16, 256
-"""A catch-up of at most SHORT rows per sequence runs as one padded call for all of them; one of at
-most LONG too, when padding at most doubles the rows."""
 
 
 class Speculator:
@@ -252,29 +248,32 @@ class Speculator:
                 behind.append(seq)
         if items:
             states = [self.states[seq.seq_id] for seq in behind]
-            out, new_k, new_v, lengths, removed_rows = self._draft_rows(behind, states, items)
+            newest, new_k, new_v, lengths, removed_rows = self._draft_rows(states, items)
             bounds = list(itertools.accumulate(lengths, initial=0))
-            for st, lo, hi, removed in zip(states, bounds, bounds[1:], removed_rows):
+            for b, (st, lo, hi, removed) in enumerate(zip(states, bounds, bounds[1:], removed_rows)):
                 st.cache.append(new_k[lo:hi], new_v[lo:hi])
                 st.removed += removed
-                st.last_out = out[hi - 1]
+                st.last_out = newest[b]
                 # keep the features the draft has not used, and those of a block not yet recorded
                 st.drop_features_before(min(st.rows_end, st.stored) if st.stored >= 0 else st.rows_end)
         return torch.stack([self.states[s.seq_id].last_out for s in seqs])
 
-    def _draft_rows(self, seqs: list[Sequence], states: list[DraftState], items: list[RowSource]):
-        """The draft's rows for `items` (one per sequence): outputs, new keys and values, rows per
+    def _draft_rows(self, states: list[DraftState], items: list[RowSource]):
+        """The draft's rows for `items` (one per sequence): the output of each sequence's newest row
+        (the only one read: `DraftHead.decode_newest`), every new row's key and value, rows per
         sequence and tokens per sequence the compressor took away. Text alone goes to the C++ kernel
         whole (ids and features in, rows fused there); otherwise the rows are fused here, then run
-        through the kernel, a captured graph or eager."""
+        through the kernel, a captured graph or eager. A sequence's newest row is the token the
+        last step sampled, never compressed away: every sequence has rows."""
         native = self.grow_step.catch_up_text(states, items)
         if native is not None:
             return (*native, [len(src.ids) for src in items], [0] * len(items))
         rows = catch_up_rows(self.draft, items, self.visual_reports)
         captured = self.grow_step.catch_up(states, rows.x, rows.positions, rows.lengths)
         if captured is None:
-            attn = self._catch_up_attention(seqs, rows.lengths)
-            captured = self.draft.decode(rows.x, rows.positions, attn), attn.new_k, attn.new_v
+            newest = torch.tensor(list(itertools.accumulate(rows.lengths)), device=rows.x.device) - 1
+            captured = self.draft.decode_newest(rows.x, rows.positions, newest,
+                                                NewestRowAttention(states, rows.lengths, self._no_rows()))
         return (*captured, rows.lengths, rows.removed)
 
     def _source(self, seq: Sequence, start: int, end: int, features: torch.Tensor) -> RowSource:
@@ -283,19 +282,6 @@ class Speculator:
             _, k0, k1 = seq.mm.image_rows_in(start + 1, end + 1)
             src.image_embeds = self.images.embeds_of(seq) if k1 > k0 else None
         return src
-
-    def _catch_up_attention(self, seqs: list[Sequence], lengths: list[int]):
-        """Rows of similar count per sequence (the steady state: what the last tree accepted; a batch
-        of similar prompts): one padded call; else (long or very uneven catch-ups) one sequence at
-        a time, chunked."""
-        states, most = [self.states[seq.seq_id] for seq in seqs], max(lengths)
-        if 0 < most <= SHORT_CATCH_UP or (most <= LONG_CATCH_UP and len(lengths) * most <= 2 * sum(lengths)):
-            return PaddedDraftAttention(*padded_past(states, self._no_rows()), lengths=lengths)
-        segments, lo = [], 0
-        for st, n in zip(states, lengths):
-            segments.append((lo, lo + n, *(st.cache.view() if st.cache.len else (self._no_rows(),) * 2), None))
-            lo += n
-        return DraftAttention(segments)
 
     def _no_rows(self) -> torch.Tensor:
         c = self.draft.config

@@ -4,9 +4,10 @@
 // - draft_tree: grow B draft trees from their roots (EAGLE-2 expansion, engine/spec/tree.py and
 //   grow.py): per depth, the draft's layer over every frontier row, the LM head, a log-softmax and
 //   a top-k, then the next frontier. Returns what TreeSearch.tensors() holds.
-// - draft_rows: the draft's layer over a catch-up of new rows per sequence, causal after the
-//   sequence's committed rows; draft_catch_up: the same for text tokens, their input rows fused here
-//   from the token ids and the target's features.
+// - draft_rows: the draft's layer over a catch-up of new rows per sequence, after the sequence's
+//   committed rows: every row's key and value, and the newest row's output only (one layer: the
+//   other rows' outputs are read by nobody); draft_catch_up: the same for text tokens, their input
+//   rows fused here from the token ids and the target's features.
 // - decoder_forward: the target model's forward over a step of decode rows, draft-tree rows and
 //   short prompt chunks (engine/cpu_forward.py), keys and values written to and read from the paged
 //   cache in place.
@@ -159,10 +160,12 @@ at::Tensor fuse(const Draft& m, const int64_t* tokens, const float* features, in
 // (n, hk, d). `store()` runs once they exist, before any row attends (the target writes them into
 // its cache); `context(i, ctx)` lists what row i attends, and `own_row` appends row i's own new key
 // and value last (the draft's rows, which are in no cache). Rows attend in parallel on torch's
-// threads, each through the same function: a row's result never depends on the others.
+// threads, each through the same function: a row's result never depends on the others. With
+// `outputs`, only those rows attend and go on through the MLP, and the result is theirs (a
+// one-layer draft's catch-up: the other rows' keys and values are all it needs of them).
 template <typename StoreFn, typename ContextFn>
 at::Tensor layer(const Layer& m, const at::Tensor& x, const int64_t* pos, at::Tensor& new_k, at::Tensor& new_v,
-                 bool own_row, StoreFn store, ContextFn context) {
+                 bool own_row, StoreFn store, ContextFn context, const std::vector<int64_t>* outputs = nullptr) {
   const int64_t n = x.size(0), h = m.h, d = m.d, qs = m.hq * d, ks = m.hk * d;
   auto normed = at::empty_like(x);
   const float* xp = x.data_ptr<float>();
@@ -184,26 +187,30 @@ at::Tensor layer(const Layer& m, const at::Tensor& x, const int64_t* pos, at::Te
     std::copy_n(r + qs + ks, ks, vp + i * ks);
   }
   store();
-  auto att = at::empty({n, qs}, x.options());
+  const int64_t r = outputs ? static_cast<int64_t>(outputs->size()) : n;  // rows that go on
+  auto att = at::empty({r, qs}, x.options());
   float* ap = att.data_ptr<float>();
-  at::parallel_for(0, n, 4, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, r, 4, [&](int64_t begin, int64_t end) {
     Context ctx;
     std::vector<float> scratch;
-    for (int64_t i = begin; i < end; ++i) {
+    for (int64_t o = begin; o < end; ++o) {
+      const int64_t i = outputs ? (*outputs)[o] : o;
       ctx.clear();
       context(i, ctx);
       if (own_row) ctx.add(kp + i * ks, vp + i * ks);
-      attend(m, qkvp + i * (qs + 2 * ks), ctx, ap + i * qs, scratch);
+      attend(m, qkvp + i * (qs + 2 * ks), ctx, ap + o * qs, scratch);
     }
   });
-  auto y = x + linear(att, m.o_w, m.o_b);
+  const at::Tensor base = outputs ? x.index_select(0, at::tensor(*outputs, at::kLong)) : x;
+  auto y = base + linear(att, m.o_w, m.o_b);
   const float* yp = y.data_ptr<float>();
-  for (int64_t i = 0; i < n; ++i) rms_norm(yp + i * h, ptr(m.post_norm), normed.data_ptr<float>() + i * h, h, m.eps);
+  normed = at::empty({r, h}, x.options());
+  for (int64_t i = 0; i < r; ++i) rms_norm(yp + i * h, ptr(m.post_norm), normed.data_ptr<float>() + i * h, h, m.eps);
   auto gu = linear(normed, m.gu_w, m.gu_b).contiguous();
-  auto act = at::empty({n, m.inter}, x.options());
+  auto act = at::empty({r, m.inter}, x.options());
   const float* g = gu.data_ptr<float>();
   float* a = act.data_ptr<float>();
-  for (int64_t i = 0; i < n; ++i)
+  for (int64_t i = 0; i < r; ++i)
     for (int64_t j = 0; j < m.inter; ++j) {
       const float gv = g[i * 2 * m.inter + j];
       a[i * m.inter + j] = gv / (1.f + std::exp(-gv)) * g[i * 2 * m.inter + m.inter + j];
@@ -338,14 +345,17 @@ std::vector<at::Tensor> draft_tree(at::TensorList weights, int64_t num_heads, in
   return result;
 }
 
-// The draft layer over `lengths` new rows per sequence (x (sum, h) at pos), causal after each
-// sequence's committed rows: outputs (sum, h), new keys and values (sum, hk, d).
+// The draft layer over `lengths` (>= 1) new rows per sequence (x (sum, h) at pos), after each
+// sequence's committed rows: the output of each sequence's newest row (b, h), which attends its
+// committed and all its new rows, and every new row's key and value (sum, hk, d).
 std::vector<at::Tensor> rows_after(const Draft& m, const at::Tensor& x, const int64_t* pos, at::TensorList past_k,
                                    at::TensorList past_v, const std::vector<int64_t>& lengths) {
   const int64_t b = static_cast<int64_t>(lengths.size()), row = m.layer.hk * m.layer.d, n = x.size(0);
-  std::vector<int64_t> seq_of(n), start_of(n);
-  for (int64_t s = 0, lo = 0; s < b; lo += lengths[s], ++s)
+  std::vector<int64_t> seq_of(n), start_of(n), newest(b);
+  for (int64_t s = 0, lo = 0; s < b; lo += lengths[s], ++s) {
     for (int64_t i = lo; i < lo + lengths[s]; ++i) seq_of[i] = s, start_of[i] = lo;
+    newest[s] = lo + lengths[s] - 1;
+  }
   at::Tensor new_k, new_v;
   const float *kp = nullptr, *vp = nullptr;
   auto out = layer(m.layer, x, pos, new_k, new_v, true,
@@ -354,7 +364,8 @@ std::vector<at::Tensor> rows_after(const Draft& m, const at::Tensor& x, const in
                      add_past(ctx, past_k[seq_of[i]], past_v[seq_of[i]], row);
                      for (int64_t j = start_of[i]; j < i; ++j)  // causal among its new rows
                        ctx.add(kp + j * row, vp + j * row);
-                   });
+                   },
+                   &newest);
   return {out, new_k, new_v};
 }
 
@@ -367,7 +378,7 @@ std::vector<at::Tensor> draft_rows(at::TensorList weights, int64_t num_heads, in
   check_past(m.layer, past_k, past_v, b);
   int64_t n = 0;
   for (const int64_t len : lengths) {
-    TORCH_CHECK(len >= 0, "draft_rows: a sequence cannot have ", len, " new rows");
+    TORCH_CHECK(len >= 1, "draft_rows: a sequence cannot have ", len, " new rows");
     n += len;
   }
   TORCH_CHECK(x.dim() == 2 && x.size(0) == n && x.size(1) == m.h && x.scalar_type() == at::kFloat,
@@ -392,6 +403,7 @@ std::vector<at::Tensor> draft_catch_up(at::TensorList weights, int64_t num_heads
   for (int64_t s = 0; s < b; ++s) {
     TORCH_CHECK(features[s].dim() == 2 && features[s].size(1) == m.h && features[s].scalar_type() == at::kFloat,
                 "draft_catch_up: sequence ", s, "'s features must be float32 (rows, ", m.h, "), got ", features[s].sizes());
+    TORCH_CHECK(features[s].size(0) >= 1, "draft_catch_up: sequence ", s, " has no new rows");
     lengths.push_back(features[s].size(0));
     for (int64_t j = 0; j < lengths.back(); ++j) pos.push_back(first_pos[s] + j);
   }

@@ -76,8 +76,8 @@ def test_max_batch_and_disabled_policy():
     shapes = ladder(4, 3, 8)
     assert AdaptivePolicy(shapes, AdaptiveConfig(max_batch=4)).choose(5) == len(shapes) - 1
     assert AdaptivePolicy(shapes, AdaptiveConfig(enabled=False)).choose(64) == 0
-    with pytest.raises(ValueError, match="ema"):
-        AdaptiveConfig(ema=0)
+    with pytest.raises(ValueError, match="acceptance_window"):
+        AdaptiveConfig(acceptance_window=0)
 
 
 class Cycling:
@@ -428,3 +428,29 @@ def test_a_chunked_prompt_keeps_only_the_blocks_a_draft_can_start_behind(demo):
     assert len(prompts[1]) > 20
     run(e, {"a": (prompts[1], SamplingParams(temperature=0, max_tokens=4), {})})
     assert len(spec.block_features) == 2
+
+
+def test_a_bucket_without_trees_walks_down_to_a_small_tree_that_pays():
+    """Where large trees cost more than they gain but a small one pays (extra rows dear, a step's
+    overhead not), a bucket that left the full tree for none tries smaller trees, one rung per
+    round, and settles on one that beats no tree (it never tried them, and ran without trees, before)."""
+    policy = AdaptivePolicy(ladder(8, 6, 32), AdaptiveConfig(explore_every=4, max_explore_every=16))
+    cost = costs(per_row=1e-3, overhead=1e-3, num_seqs=1)  # rates: none 500, 2 tokens 700, 32 tokens 176
+    chosen = simulate(policy, 1, cost, steps=400, prefill_every=10**9)
+    best = policy.buckets[1].best
+    assert policy.shapes[best] is not None and policy.shapes[best].num_nodes <= 4
+    assert chosen[-50:].count(best) >= 30  # the rest: trials of its neighbours and of no tree
+
+
+def test_acceptance_is_the_mean_over_the_newest_verified_sequences():
+    """At batch 1 a step is one sequence, whose kept tokens swing from 1 to the tree's depth: a
+    rung's acceptance is the mean over its newest `acceptance_window` sequences, not a running
+    average that the last few steps of a short trial move (the EMA before held the demo policy's
+    4-token chain at 2.5-2.9 tokens where it keeps 4.3, and batch 1 never ran it)."""
+    policy = AdaptivePolicy(ladder(1, 4, 4), AdaptiveConfig(acceptance_window=8))
+    kept = [5, 1, 5, 1, 5, 1, 5, 1, 1, 1]
+    for k in kept:
+        policy.observe(StepLog(1, 0, tree_rows=4, emitted=k, verified=1), 1e-3)
+    assert policy.accepted[0] == pytest.approx(sum(kept[-8:]) / 8)  # 2.5 (the EMA: 2.0)
+    policy.observe(StepLog(4, 0, tree_rows=16, emitted=20, verified=4), 1e-3)  # a step weighs its sequences
+    assert policy.accepted[0] == pytest.approx((sum(kept[-4:]) + 20) / 8)

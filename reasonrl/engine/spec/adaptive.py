@@ -11,11 +11,11 @@ where this hardware, this model and this draft put it:
 - Shapes: a ladder from the configured tree down. Rung r has `num_nodes / 2^r` draft tokens
   (depth capped at that count, top-k the fewest that fill it: a chain at the bottom), and the
   last rung is no tree at all.
-- Acceptance, per rung: an EMA of the tokens a verified sequence emits and keeps per step
+- Acceptance, per rung: the mean of the tokens a verified sequence emits and keeps per step
   (accepted drafts plus the target's own, less any past a stop or the length limit: they add
-  nothing to the output), L(rung), from drafts that have seen the whole sequence (one whose
-  context restarted mid-sequence accepts less; it counts only where nothing else is known). No
-  tree emits 1 token.
+  nothing to the output) over the rung's newest `acceptance_window` (32) verified sequences,
+  L(rung), from drafts that have seen the whole sequence (one whose context restarted
+  mid-sequence accepts less; it counts only where nothing else is known). No tree emits 1 token.
 - Cost, per batch-size bucket (the step's decoding sequences, rounded up to a power of two) and
   rung, no tree included: the median of the last `COST_WINDOW` (3) measurements of a step's wall
   seconds per decoding sequence, c(bucket, rung), on the steps that run it there. A median, not an
@@ -88,9 +88,11 @@ class AdaptiveConfig:
     """Cap of the trial interval, which doubles after each losing trial (bounds what trials cost: at
     batch 1 of the demo policy on a CPU a losing trial of a 16-token tree costs about ten no-tree
     steps, about 1.5% of the time at a cap of 512; a bucket still looks again within 0.4 s there)."""
-    ema: float = 0.25
-    """Weight of the newest measurement in the running estimate of acceptance (step costs are medians:
-    `COST_WINDOW`)."""
+    acceptance_window: int = 32
+    """Verified sequences a rung's acceptance is the mean over, the newest (step costs are medians:
+    `COST_WINDOW`). Per sequence: at batch 1 one step is one sequence, whose kept tokens swing from 1
+    to the tree's depth, and an average over a trial's three steps alone (an EMA of them, as before)
+    held the demo policy's 4-token chain at 2.5-2.9 tokens where it keeps 4.3."""
     margin: float = 0.05
     """A tree is chosen over no tree only when its estimated rate is this fraction higher: where the
     two are close, noisy step timings would otherwise flip a bucket back and forth, and every
@@ -99,9 +101,7 @@ class AdaptiveConfig:
     def __post_init__(self):
         if not 0 <= self.margin < 1:
             raise ValueError(f"adaptive speculation: margin must be in [0, 1), got {self.margin!r}")
-        if not 0 < self.ema <= 1:
-            raise ValueError(f"adaptive speculation: ema must be in (0, 1], got {self.ema!r}")
-        for name in ("explore_every", "max_explore_every"):
+        for name in ("explore_every", "max_explore_every", "acceptance_window"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"adaptive speculation: {name} must be a positive integer, got {getattr(self, name)!r}")
         if self.max_batch is not None and (not isinstance(self.max_batch, int) or self.max_batch < 0):
@@ -201,7 +201,8 @@ class AdaptivePolicy:
     def __init__(self, shapes: list[TreeShape | None], config: AdaptiveConfig | None = None):
         self.shapes, self.config = shapes, config or AdaptiveConfig()
         self.off = len(shapes) - 1  # the rung without a tree
-        self.accepted = {self.off: 1.0}  # rung -> EMA of tokens per verified sequence and step
+        self.accepted = {self.off: 1.0}  # rung -> tokens kept per verified sequence and step (`Acceptance.mean`)
+        self.acceptance: dict[int, Acceptance] = {}
         self.whole = {self.off}  # rungs whose acceptance comes from drafts that saw the whole sequence
         self.rows = LinearFit(weight=0.05)  # seconds of a step without trees, by the rows it computes
         self.buckets: dict[int, _Bucket] = {}
@@ -284,12 +285,14 @@ class AdaptivePolicy:
         recent = b.samples.setdefault(rung, deque(maxlen=COST_WINDOW))
         recent.append(max(seconds - prefill, 0.0) / log.num_seqs)
         b.cost[rung] = statistics.median(recent)
-        if log.verified:  # a cold draft's figure stood in until now
-            old = self.accepted.get(rung) if rung in self.whole else None
-            self.accepted[rung] = _ema(old, log.emitted / log.verified, c.ema)
-            self.whole.add(rung)
+        if log.verified:
+            if rung not in self.whole:  # a cold draft's figure stood in until now
+                self.acceptance[rung] = Acceptance(c.acceptance_window)
+                self.whole.add(rung)
+            self.accepted[rung] = self.acceptance[rung].add(log.emitted, log.verified)
         elif log.cold_verified and rung not in self.whole:
-            self.accepted[rung] = _ema(self.accepted.get(rung), log.cold_emitted / log.cold_verified, c.ema)
+            window = self.acceptance.setdefault(rung, Acceptance(c.acceptance_window))
+            self.accepted[rung] = window.add(log.cold_emitted, log.cold_verified)
         if b.trial is not None and b.trial == log.rung:
             b.trial_steps += 1
             if b.trial_steps >= COST_WINDOW:
@@ -327,17 +330,21 @@ class AdaptivePolicy:
 
     def _round(self, b: _Bucket) -> list[int]:
         """Without a tree: the tree measured best here (one noisy step may have turned the bucket
-        off; the smallest tree gains least and would rarely win it back); when none is, the tree
-        the next smaller bucket runs, or, in the smallest bucket, the smallest tree; and nothing
-        while a smaller bucket runs without trees too (a tree's extra rows cost more the more
-        sequences carry one). With one: the trees either side, and no tree."""
+        off; the smallest tree gains least and would rarely win it back), then the next smaller
+        tree than any measured here, until the ladder's smallest has been (where a large tree
+        costs more than it gains, a small one may still pay: on the demo policy at batch 1 the
+        4-token chain does, the 16- and 32-token trees the bucket starts from do not); when none is
+        measured, the tree the next smaller bucket runs, or, in the smallest bucket, the smallest
+        tree; and nothing while a smaller bucket runs without trees too (a tree's extra rows cost
+        more the more sequences carry one). With one: the trees either side, and no tree."""
         if b.best == self.off:
             smaller = [k for k in self.buckets if k < b.size]
             if smaller and self.buckets[max(smaller)].best == self.off:
                 return []
             measured = [r for r in b.cost if r != self.off and self.rate(b.size, r)]
             if measured:
-                return [max(measured, key=lambda r: self.rate(b.size, r))]
+                below = max(measured) + 1  # rungs grow smaller down the ladder
+                return [max(measured, key=lambda r: self.rate(b.size, r)), *([below] if below < self.off else [])]
             return [self.buckets[max(smaller)].best if smaller else self.off - 1]
         return list(dict.fromkeys(r for r in (b.best - 1, b.best + 1, self.off) if 0 <= r <= self.off))
 
@@ -381,5 +388,20 @@ class AdaptivePolicy:
         return out
 
 
-def _ema(old: float | None, new: float, weight: float) -> float:
-    return new if old is None else (1 - weight) * old + weight * new
+class Acceptance:
+    """Tokens kept per verified sequence over a rung's newest `window` verified sequences (whole
+    steps: a step's sequences come and go together)."""
+
+    def __init__(self, window: int):
+        self.window = window
+        self.steps: deque[tuple[int, int]] = deque()  # (tokens kept, sequences verified) per step
+        self.kept = self.seqs = 0
+
+    def add(self, kept: int, seqs: int) -> float:
+        """Record a step; the mean now."""
+        self.steps.append((kept, seqs))
+        self.kept, self.seqs = self.kept + kept, self.seqs + seqs
+        while self.seqs - self.steps[0][1] >= self.window:
+            old_kept, old_seqs = self.steps.popleft()
+            self.kept, self.seqs = self.kept - old_kept, self.seqs - old_seqs
+        return self.kept / self.seqs

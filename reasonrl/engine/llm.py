@@ -33,9 +33,7 @@ class LLM:
         if isinstance(model, DecoderLM):
             self.engine = LLMEngine(model, tokenizer, EngineConfig.from_kwargs(**engine_kwargs))
         else:
-            self.engine = LLMEngine.from_pretrained(model, device=device, dtype=dtype, **engine_kwargs)
-            if tokenizer is not None:
-                self.engine.tokenizer = tokenizer
+            self.engine = LLMEngine.from_pretrained(model, device=device, dtype=dtype, tokenizer=tokenizer, **engine_kwargs)
         self._counter = 0
 
     @property

@@ -64,7 +64,7 @@ class Request:
     def output(self) -> RequestOutput:
         first = self.seqs[0]
         return RequestOutput(self.request_id, self.prompt_ids, [s.output() for s in self.seqs], self.finished,
-                             first.num_cached, _copy(first.prompt_logprobs), _copy(first.prompt_top_logprobs),
+                             first.prompt_cached or 0, _copy(first.prompt_logprobs), _copy(first.prompt_top_logprobs),
                              _copy(first.prompt_ranks))
 
 
@@ -166,7 +166,9 @@ class LLMEngine:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device=None, dtype=None, latent: LatentConfig | None = None,
-                        **engine_kwargs) -> LLMEngine:
+                        tokenizer: Tokenizer | None = None, **engine_kwargs) -> LLMEngine:
+        """An engine on the checkpoint at `path`, with its tokenizer unless `tokenizer` is given (the
+        engine's end-of-sequence ids, structured outputs and detokenizing all follow the one it gets)."""
         from reasonrl.models.loader import load_model
 
         config = EngineConfig.from_kwargs(**engine_kwargs)
@@ -175,7 +177,8 @@ class LLMEngine:
 
             config.kv_options = {**config.kv_options, "profile": resolve_profile(path, config.kv_options["profile"])}
         model = load_model(path, device, dtype, max_len=config.max_model_len)
-        tokenizer = Tokenizer.from_dir(path) if (Path(path) / "tokenizer.json").is_file() else None
+        if tokenizer is None and (Path(path) / "tokenizer.json").is_file():
+            tokenizer = Tokenizer.from_dir(path)
         return cls(model, tokenizer, config, latent=latent)
 
     def _num_blocks(self, bytes_per_block: int, fixed_bytes: int = 0) -> int:
@@ -241,6 +244,10 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already running")
         check_request(request_id, prompt_ids, params, output_ids, output_logprobs, self.model.config.vocab_size,
                       self.max_model_len)
+        if params.stop and (self.tokenizer is None or not params.detokenize):
+            raise ValueError(f"request {request_id!r}: stop strings {params.stop!r} need the output text, but "
+                             + ("this engine has no tokenizer" if self.tokenizer is None else "detokenize=False")
+                             + " (stop_token_ids work on token ids)")
 
     def _check_images(self, request_id: str, mm: MultimodalPrompt) -> None:
         if self.images is None:
@@ -389,7 +396,7 @@ class LLMEngine:
             seq.finish("stop", s.token)
         elif s.token in self.eos_ids and (not p.ignore_eos or seq.guide is not None):
             seq.finish("stop")  # stop_reason None for end-of-sequence, as vLLM reports it
-        elif p.stop and piece and self._stop_string(seq, len(piece)):
+        elif p.stop and piece and len(seq.output_ids) >= p.min_tokens and self._stop_string(seq, len(piece)):
             pass
         elif len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:
             seq.finish("length")

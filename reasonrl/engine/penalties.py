@@ -41,7 +41,7 @@ def _adjust_row(row: torch.Tensor, seq: Sequence, eos_ids: set[int], vocab: int)
         row = row.index_put((seen,), torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty))
     if p.logit_bias:
         ids = torch.tensor([t for t in p.logit_bias if t < vocab], dtype=torch.long, device=dev)
-        row = row.index_add(0, ids, torch.tensor([p.logit_bias[t] for t in ids.tolist()], device=dev))
+        row = row.index_add(0, ids, torch.tensor([float(p.logit_bias[t]) for t in ids.tolist()], dtype=row.dtype, device=dev))
     if len(seq.output_ids) < p.min_tokens:
         stops = [t for t in (set() if p.ignore_eos else eos_ids) | set(p.stop_token_ids) if t < vocab]
         row = row.index_fill(0, torch.tensor(stops, dtype=torch.long, device=dev), float("-inf")) if stops else row

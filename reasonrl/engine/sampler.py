@@ -80,8 +80,10 @@ def filter_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     ranks = torch.arange(logits.shape[1], device=logits.device)[None, :]
     k = torch.where(batch.top_k > 0, batch.top_k, logits.shape[1])[:, None]
     drop = ranks >= k
-    # top-p keeps the smallest prefix whose mass reaches p (the token crossing p is kept)
-    drop |= (probs.cumsum(-1) - probs) >= batch.top_p[:, None]
+    # top-p keeps the smallest prefix whose mass reaches p (the token crossing p is kept); p = 1 keeps
+    # everything (a float32 cumulative sum reaches 1 before the tail, which would drop it, and then a
+    # row without filters would depend on a neighbour that has one)
+    drop |= ((probs.cumsum(-1) - probs) >= batch.top_p[:, None]) & (batch.top_p[:, None] < 1)
     drop |= probs < batch.min_p[:, None] * probs[:, :1]
     drop[:, 0] = False  # the most likely token always survives
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))

@@ -57,7 +57,9 @@ class Sequence:
         # log-probs are kept as they were (the behaviour policy's), never recomputed.
         self.output_ids: list[int] = list(output_ids or [])
         self.output_logprobs: list[float] = list(output_logprobs or [])
-        self.top_logprobs: list[dict[int, float]] | None = [] if params.logprobs else None
+        # a resumed request's given tokens have no top log-probs: an empty entry each keeps the list
+        # aligned with output_ids (the i-th entry is the i-th token's)
+        self.top_logprobs: list[dict[int, float]] | None = [{} for _ in self.output_ids] if params.logprobs else None
         self.reuse_before: int | None = None  # the prefix cache may serve only tokens before this index
         # Prompt log-probs (params.prompt_logprobs), filled at prefill; only the request's first sample
         # computes them, and it computes its whole prompt (no prefix cache reuse).
@@ -79,6 +81,7 @@ class Sequence:
         self.block_table: list[int] = []
         self.num_computed = 0  # tokens whose keys/values have been computed
         self.num_cached = 0  # of those, served by the prefix cache at admission
+        self.prompt_cached: int | None = None  # prompt tokens the prefix cache served at the first admission
         self.num_evicted = 0  # of those, dropped from the cache by token eviction (engine/eviction.py)
         # Constraints an engine feature puts on scheduling (the scheduler knows no feature):
         self.chunk_boundary: int | None = None  # no prefill chunk crosses this token index

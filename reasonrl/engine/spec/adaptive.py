@@ -37,7 +37,9 @@ where this hardware, this model and this draft put it:
   first no-tree step after a tree took 250-400 us where the next took 170-200), and judged on that
   one step, as one-step trials were, batch 1 stayed on 16-token trees at 0.86x of plain decoding,
   and a tree a third faster than no tree, whose first step after a stretch without trees is slow
-  too, could be left for good. A bucket that leaves its rung between trials (its own newest steps got
+  too, could be left for good. A tree's trial runs one step more and leaves its first out of the
+  cost (that step and a request's first tree step, which carries the prompt's catch-up, made two
+  slow steps of three at batch 1, and the median was theirs). A bucket that leaves its rung between trials (its own newest steps got
   slower than another rung's older figures) gives the rung it left a second look of
   `COST_WINDOW` steps within `COST_WINDOW` steps, which does not reset its trial interval: two
   slow steps in a row (a pause of the host: 856 and 573 us among steps of 170) had switched
@@ -281,10 +283,12 @@ class AdaptivePolicy:
         rung = log.rung if log.tree_rows else self.off  # a tree rung whose sequences drafted nothing ran as none
         if log.prefill_rows and not self.rows.fitted:
             return  # the prompt rows' share is not known yet (a trial in this step runs again)
-        prefill = self.rows.slope() * log.prefill_rows
-        recent = b.samples.setdefault(rung, deque(maxlen=COST_WINDOW))
-        recent.append(max(seconds - prefill, 0.0) / log.num_seqs)
-        b.cost[rung] = statistics.median(recent)
+        trial = b.trial is not None and b.trial == log.rung
+        if not (trial and rung != self.off and b.trial_steps == 0):  # a tree trial's first step warms up
+            prefill = self.rows.slope() * log.prefill_rows
+            recent = b.samples.setdefault(rung, deque(maxlen=COST_WINDOW))
+            recent.append(max(seconds - prefill, 0.0) / log.num_seqs)
+            b.cost[rung] = statistics.median(recent)
         if log.verified:
             if rung not in self.whole:  # a cold draft's figure stood in until now
                 self.acceptance[rung] = Acceptance(c.acceptance_window)
@@ -293,9 +297,9 @@ class AdaptivePolicy:
         elif log.cold_verified and rung not in self.whole:
             window = self.acceptance.setdefault(rung, Acceptance(c.acceptance_window))
             self.accepted[rung] = window.add(log.cold_emitted, log.cold_verified)
-        if b.trial is not None and b.trial == log.rung:
+        if trial:
             b.trial_steps += 1
-            if b.trial_steps >= COST_WINDOW:
+            if b.trial_steps >= COST_WINDOW + (rung != self.off):
                 self._settle_trial(b)
         else:
             best = self._argmax(b)

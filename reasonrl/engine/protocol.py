@@ -106,7 +106,7 @@ class _Common(BaseModel):
                 raise ValueError(f"{name}: structured outputs and tools are not supported by this server yet")
         if self.resume is not None and self.n != 1:
             raise ValueError("resume needs n=1 (resume one sample at a time)")
-        bad = [k for k in self.logit_bias if not k.isdigit()]
+        bad = [k for k in self.logit_bias if not (k.isascii() and k.isdigit())]  # "²" and "١" are digits to isdigit
         if bad:
             raise ValueError(f"logit_bias keys must be token ids, got {bad[0]!r}")
         given = self.constraint_fields()

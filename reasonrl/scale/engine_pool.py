@@ -111,12 +111,12 @@ class EnginePool(RolloutBackend):
             finished += self._receive(waiting[ref], ref)
         return finished
 
-    def _receive(self, engine: Engine, ref) -> list[Finished]:
+    def _receive(self, engine: Engine, ref, resubmit: bool = True) -> list[Finished]:
         engine.collecting = None
         try:
             done, progress = self.ray.get(ref)
         except self.ray.exceptions.RayActorError:
-            self._lost(engine)
+            self._lost(engine, resubmit)
             return []
         for key, (ids, logprobs) in progress.items():
             request = self.requests.get(key)
@@ -140,9 +140,9 @@ class EnginePool(RolloutBackend):
         """Abort on every engine at once; each request comes back with its tokens."""
         self._flush()
         finished = []
-        for e in self.engines:
-            if e.collecting is not None:
-                finished += self._receive(e, e.collecting)
+        for e in list(self.engines):  # a dead engine leaves the list: every other one is still read
+            if e.collecting is not None:  # its requests come back aborted below, not queued on another
+                finished += self._receive(e, e.collecting, resubmit=False)
         aborts = {e.index: e.actor.abort_all.remote() for e in self.engines if self.balance.count(e.index)}
         for index, ref in aborts.items():
             try:

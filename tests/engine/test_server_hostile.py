@@ -100,6 +100,7 @@ BAD = [  # (body, the parameter the error names)
     ({"resume": {"token_ids": [999], "logprobs": [-1.0]}, "prompt": [1]}, "output_ids"),
     ({"resume": {"token_ids": [5], "logprobs": [-1.0]}, "prompt": [[1], [2]]}, None),
     ({"logit_bias": {"5": 101.0}}, "logit_bias"), ({"logit_bias": {"x": 1.0}}, "logit_bias"),
+    ({"logit_bias": {"\u00b2": 1.0}}, "logit_bias"), ({"logit_bias": {"\u0661": 1.0}}, "logit_bias"),  # digits to isdigit: a 500, token 1
     ({"logit_bias": {str(VOCAB): 1.0}}, "logit_bias"), ({"min_tokens": 5}, "min_tokens"), ({"suffix": "x"}, "suffix"),
 ]
 

@@ -112,3 +112,19 @@ def test_streamed_echo_sends_the_prompt_in_the_first_chunk(served):
     assert texts[0].startswith("the quick") and "".join(texts) == whole["text"]
     # each chunk's tokens start where the text sent so far ends, the echoed prompt included (as vLLM streams)
     assert len(starts) >= 2 and all(offset == sent for offset, sent in starts)
+
+
+@pytest.mark.parametrize("echo", [False, True])
+def test_streamed_text_offsets_are_the_unstreamed_ones_while_a_stop_string_holds_text_back(served, echo):
+    """The text streamed lags the tokens while it could still start a stop string; the tokens' offsets
+    must not (they repeated, [0, 0, ..., 1, 2], with a 10-character stop string before)."""
+    client, _, _ = served
+    body = {"prompt": "the quick", "max_tokens": 12, "temperature": 0, "ignore_eos": True, "logprobs": 1,
+            "echo": echo, "stop": ["ZZZZZZZZZZ"]}
+    whole = client.post("/v1/completions", json=body).json()["choices"][0]["logprobs"]["text_offset"]
+    streamed = []
+    with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                streamed += httpx.Response(200, content=line[6:]).json()["choices"][0]["logprobs"]["text_offset"]
+    assert streamed == whole and len(set(whole)) == len(whole)

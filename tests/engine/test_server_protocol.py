@@ -96,6 +96,16 @@ def test_chat_generation_prompt_and_continue_final_message(client, tokenizer):
     prefix = text[:text.rindex("Bob plays") + len("Bob plays")]
     same = client.post("/v1/completions", json={"prompt": tokenizer.encode(prefix, add_special_tokens=False), **GREEDY}).json()
     assert cont["choices"][0]["token_ids"] == same["choices"][0]["token_ids"]
+    # the text also occurs in what the template writes after it ("end" in "<|im_end|>"): cut after the message
+    ends = [messages[0], {"role": "assistant", "content": "end"}]
+    cont = client.post("/v1/chat/completions", json={"messages": ends, "add_generation_prompt": False,
+                                                     "continue_final_message": True, **GREEDY}).json()
+    text = tokenizer.apply_chat_template(ends, add_generation_prompt=False, tokenize=False)
+    prompts = {cut: tokenizer.encode(text[:cut], add_special_tokens=False)
+               for cut in (text.index("end<|im_end|>") + 3, text.rindex("end") + 3)}  # right, and where rfind cut
+    right, wrong = (client.post("/v1/completions", json={"prompt": ids, **GREEDY}).json()["choices"][0]["token_ids"]
+                    for ids in prompts.values())
+    assert right != wrong and cont["choices"][0]["token_ids"] == right
     bad = client.post("/v1/chat/completions", json={"messages": messages[:1], "continue_final_message": True,
                                                     "add_generation_prompt": False})
     assert bad.status_code == 400 and "continue_final_message" in bad.json()["error"]["message"]

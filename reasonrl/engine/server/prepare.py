@@ -144,12 +144,14 @@ class Preparer:
                 messages = [_template_message({**m.model_dump(exclude_none=True), "content": m.text()})
                             for m in body.messages]
             tools = {"tools": [t.model_dump(exclude_none=True) for t in body.tools]} if body.tools else {}
+            if body.continue_final_message:
+                messages = [*messages[:-1], _between_sentinels(messages[-1])]
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt,
                                                       tokenize=False, **tools, **body.chat_template_kwargs)
         except Exception as exc:  # the template is fixed: whatever fails to render, the request made fail
             raise APIError(f"cannot render the chat template for these messages: {type(exc).__name__}: {exc}",
                            param="messages") from None
-        return _continue_final(text, messages[-1]) if body.continue_final_message else text
+        return _continue_final(text) if body.continue_final_message else text
 
     def _encode(self, prompt: str | list[int], param: str = "prompt", add_special_tokens: bool = True) -> list[int]:
         if isinstance(prompt, list):
@@ -199,14 +201,23 @@ def _template_message(message: dict) -> dict:
     return {**message, "tool_calls": out}
 
 
-def _continue_final(text: str, message: dict) -> str:
-    """The rendered conversation cut right after the last message's text, so the model continues it."""
+CONTINUE_START, CONTINUE_END = "\ue000continue-from\ue000", "\ue000continue-to\ue000"  # private-use characters
+
+
+def _between_sentinels(message: dict) -> dict:
     content = message["content"] if isinstance(message["content"], str) else ""
-    at = text.rfind(content) if content else -1
-    if at < 0:
+    return {**message, "content": CONTINUE_START + content + CONTINUE_END}
+
+
+def _continue_final(text: str) -> str:
+    """The conversation rendered with the last message's text between sentinels (`_between_sentinels`)
+    cut right after that text, so the model continues it. Found by the sentinels, not by searching for
+    the text (which may also occur in what the template writes after it: "end" in "<|im_end|>")."""
+    start, end = text.find(CONTINUE_START), text.rfind(CONTINUE_END)
+    if start < 0 or end < start:
         raise APIError("continue_final_message needs the last message to have text the chat template keeps",
                        param="messages")
-    return text[:at + len(content)]
+    return text[:start] + text[start + len(CONTINUE_START): end]
 
 
 def validate_body(data: dict, model: type[BaseModel]):

@@ -36,7 +36,9 @@ class View:
         self.tools = job.chat and job.body.calls_tools  # read the output for tool calls (engine/tool_calls.py)
         self.tool_streams: dict[tuple[str, int], ToolStream] = {}
         self.created = int(time.time())
-        self.sent: dict[tuple[str, int], tuple[int, int]] = {}  # (rid, index) -> (tokens, chars) streamed
+        # (rid, index) -> (tokens, chars) streamed, and the text_offset of the next token in the logprobs
+        # (the token strings' lengths so far: the text streamed lags the tokens while a stop string may start)
+        self.sent: dict[tuple[str, int], tuple[int, int, int]] = {}
         self.closed: set[tuple[str, int]] = set()  # choices whose final chunk went out
         self.holdback = max((len(s) for s in job.params[0].stop), default=1) - 1
         self.completion_tokens = 0
@@ -77,21 +79,25 @@ class View:
             return
         for o in out.outputs:
             key = (out.request_id, o.index)
-            tokens_sent, chars_sent = self.sent.get(key, (0, 0))
+            tokens_sent, chars_sent, offset = self.sent.get(key, (0, 0, 0))
             if key in self.closed or (key in self.sent and tokens_sent == len(o.token_ids) and not o.finish_reason):
                 continue
             # hold back text that may turn out to start a stop string
             end = len(o.text) if o.finish_reason else max(chars_sent, len(o.text) - self.holdback)
             delta_tokens = o.token_ids[tokens_sent:]
-            self.sent[key] = (len(o.token_ids), end)
+            first = chars_sent == 0 and tokens_sent == 0
+            if self.want_logprobs and not self.chat:  # where the next chunk's tokens start in the text
+                logged = [*(out.prompt_ids if first and self.echo else []), *delta_tokens]  # an echoed prompt goes first
+                next_offset = offset + sum(len(self._token(t)) for t in logged)
+            else:
+                next_offset = 0
+            self.sent[key] = (len(o.token_ids), end, next_offset)
             if o.finish_reason:
                 self.closed.add(key)
                 self.completion_tokens += len(o.token_ids)
             tops = o.top_logprobs[tokens_sent:] if o.top_logprobs is not None else None
-            first = chars_sent == 0 and tokens_sent == 0
-            echoed = 0 if first else len(self.prompt_texts.get(out.request_id, ""))  # an echoed prompt went first
             choice = self._choice(out, o, o.text[chars_sent:end], delta_tokens, o.logprobs[tokens_sent:],
-                                  tops, o.finish_reason, first=first, offset=chars_sent + echoed, visible=o.text[:end])
+                                  tops, o.finish_reason, first=first, offset=offset, visible=o.text[:end])
             yield {"id": self.rids[0], "object": "chat.completion.chunk" if self.chat else "text_completion",
                    "created": self.created, "model": self.model, "choices": [choice]}
 

@@ -52,6 +52,7 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     torch_dtype: str = "float32"
     raw: dict[str, Any] = field(default_factory=dict, repr=False)  # the config.json as read, kept for saving
+    generation: dict[str, Any] = field(default_factory=dict, repr=False)  # generation_config.json as read, kept for saving
 
     @property
     def family(self) -> str:

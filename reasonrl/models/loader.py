@@ -102,6 +102,11 @@ def empty_model(path: str | Path, device: str | torch.device | None = None, dtyp
     model = model.to_empty(device=device)
     model.tie_weights()
     model.rotary.inv_freq = inv_frequencies(model.config, max_len).to(device)  # fp32; to_empty left it uninitialised
+    generation = path / "generation_config.json"
+    try:
+        model.config.generation = json.loads(generation.read_text()) if generation.is_file() else {}
+    except json.JSONDecodeError:
+        log.warning("%s is not valid JSON; it is not kept", generation)
     return model
 
 
@@ -259,15 +264,27 @@ def save_model(model: DecoderLM, path: str | Path, tokenizer=None, max_shard_byt
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     if vlm:
         (path / "preprocessor_config.json").write_text(json.dumps(model.image_config.to_dict(), indent=2) + "\n")
-    gen = {"eos_token_id": list(cfg.eos_token_ids)} if cfg.eos_token_ids else {}
-    if cfg.bos_token_id is not None:
-        gen["bos_token_id"] = cfg.bos_token_id
-    (path / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+    (path / "generation_config.json").write_text(json.dumps(_generation_config(cfg, tokenizer), indent=2) + "\n")
     extra = {k: v.detach().contiguous().cpu() for k, v in (extra_tensors or {}).items()}
     _write_shards({**local_to_hf(model), **extra}, path, max_shard_bytes)
     if tokenizer is not None:
         tokenizer.save(path)
     return path
+
+
+def _generation_config(cfg: ModelConfig, tokenizer=None) -> dict:
+    """The checkpoint's generation_config.json as loaded (sampling defaults and all), its end-of-sequence
+    ids the union of its own, config.json's and the tokenizer's: an instruct checkpoint lists the end
+    of a turn there (Qwen2.5's <|im_end|> and <|endoftext|>), and a saved copy must stop as it did."""
+    gen = dict(cfg.generation)
+    own = gen.get("eos_token_id")
+    own = own if isinstance(own, list) else [] if own is None else [own]
+    eos = list(dict.fromkeys([*cfg.eos_token_ids, *own, *(tokenizer.eos_token_ids if tokenizer is not None else ())]))
+    if eos:
+        gen["eos_token_id"] = eos
+    if cfg.bos_token_id is not None:
+        gen.setdefault("bos_token_id", cfg.bos_token_id)
+    return gen
 
 
 def _write_shards(tensors: dict[str, torch.Tensor], path: Path, max_shard_bytes: int) -> None:

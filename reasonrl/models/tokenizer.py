@@ -19,13 +19,17 @@ from tokenizers import Tokenizer as HFTokenizer
 
 class Tokenizer:
     def __init__(self, tok: HFTokenizer, chat_template: str | None = None, eos_token: str | None = None,
-                 bos_token: str | None = None, pad_token: str | None = None, extra_eos_ids: tuple[int, ...] = ()):
+                 bos_token: str | None = None, pad_token: str | None = None, extra_eos_ids: tuple[int, ...] = (),
+                 named_templates: dict[str, str] | None = None):
+        """`named_templates`: the other templates of a checkpoint that names several ("tool_use" is
+        rendered when tools are given, as transformers does); `chat_template` is the default one."""
         self.tok = tok
         self.chat_template = chat_template
+        self.named_templates = dict(named_templates or {})
         self.eos_token, self.bos_token, self.pad_token = eos_token, bos_token, pad_token
         eos = [tok.token_to_id(eos_token)] if eos_token else []
         self.eos_token_ids = tuple(dict.fromkeys(i for i in [*eos, *extra_eos_ids] if i is not None))
-        self._template = None
+        self._compiled: dict[str, Any] = {}
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
@@ -34,9 +38,10 @@ class Tokenizer:
             raise FileNotFoundError(f"no tokenizer.json in {path}")
         tok = HFTokenizer.from_file(str(path / "tokenizer.json"))
         cfg = _read_json(path / "tokenizer_config.json")
-        template = cfg.get("chat_template")
-        if isinstance(template, list):  # older multi-template form: take the default one
-            template = next((t["template"] for t in template if t.get("name") == "default"), template[0]["template"])
+        template, named = cfg.get("chat_template"), {}
+        if isinstance(template, list):  # the named form: [{"name": "default", ...}, {"name": "tool_use", ...}]
+            named = {t["name"]: t["template"] for t in template if isinstance(t, dict) and "name" in t}
+            template = named.pop("default", template[0]["template"])
         if (path / "chat_template.json").is_file():
             template = _read_json(path / "chat_template.json").get("chat_template", template)
         if (path / "chat_template.jinja").is_file():
@@ -46,7 +51,7 @@ class Tokenizer:
             ids = _read_json(path / file).get("eos_token_id")
             extra += ids if isinstance(ids, list) else [] if ids is None else [ids]
         return cls(tok, template, _token(cfg.get("eos_token")), _token(cfg.get("bos_token")),
-                   _token(cfg.get("pad_token")), tuple(extra))
+                   _token(cfg.get("pad_token")), tuple(extra), named)
 
     @property
     def vocab_size(self) -> int:
@@ -70,10 +75,14 @@ class Tokenizer:
                             tokenize: bool = True, **kwargs) -> str | list[int]:
         if not self.chat_template:
             raise ValueError("this tokenizer has no chat template (tokenizer_config.json has no 'chat_template')")
-        if self._template is None:
-            self._template = _compile(self.chat_template)
-        text = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                     bos_token=self.bos_token or "", eos_token=self.eos_token or "", **kwargs)
+        name = "tool_use" if kwargs.get("tools") and "tool_use" in self.named_templates else "default"
+        if name not in self._compiled:
+            self._compiled[name] = _compile(self.named_templates.get(name, self.chat_template))
+        # what transformers passes: tools and documents as None when absent (templates test `is not none`),
+        # the special tokens by name, then the caller's variables
+        variables = {"tools": None, "documents": None, "bos_token": self.bos_token or "", "eos_token": self.eos_token or "",
+                     "pad_token": self.pad_token or "", **kwargs}
+        text = self._compiled[name].render(messages=messages, add_generation_prompt=add_generation_prompt, **variables)
         # The template writes any BOS itself, so encoding must not add another.
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
@@ -86,7 +95,10 @@ class Tokenizer:
         added = {str(i): {"content": t.content, "lstrip": t.lstrip, "rstrip": t.rstrip, "normalized": t.normalized,
                           "single_word": t.single_word, "special": t.special}
                  for i, t in sorted(self.tok.get_added_tokens_decoder().items())}
-        cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": self.chat_template,
+        template = ([{"name": "default", "template": self.chat_template},
+                     *({"name": n, "template": t} for n, t in self.named_templates.items())]
+                    if self.named_templates and self.chat_template else self.chat_template)
+        cfg = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": template,
                "eos_token": self.eos_token, "bos_token": self.bos_token, "pad_token": self.pad_token,
                "added_tokens_decoder": added}
         (path / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}, indent=2) + "\n")
@@ -133,8 +145,23 @@ def _token(value: Any) -> str | None:
 
 
 def _compile(template: str):
-    from jinja2.ext import loopcontrols
+    from jinja2 import nodes
+    from jinja2.ext import Extension, loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(Extension):
+        """`{% generation %}...{% endgeneration %}` (templates that mark the assistant's tokens for a
+        loss mask, TRL's): rendered as its body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller):
+            return caller()
 
     def raise_exception(message):
         raise ValueError(f"chat template error: {message}")
@@ -142,7 +169,7 @@ def _compile(template: str):
     def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
         return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, Generation])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)

@@ -40,8 +40,9 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and not p.name.endswith(".tmp")
-                  and (p / "trainer_state.pt").is_file())
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit()
+             and (p / "trainer_state.pt").is_file()]
+    return sorted(found, key=checkpoint_step)  # by step: by name, step_1000000 came before step_999999
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

@@ -50,3 +50,43 @@ def test_incremental_decoding_equals_full_decoding(tokenizer):
     pieces = [dec.push([t]) for t in ids]
     assert "".join(pieces) == tokenizer.decode(ids)
     assert any(p == "" for p in pieces)  # multi-byte characters are held back until complete
+
+
+TEMPLATE_CASES = {
+    # TRL's assistant-mask templates
+    "generation tag": "{% for m in messages %}{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}"
+                      "{% endgeneration %}{% else %}{{ m['content'] }}{% endif %}{% endfor %}",
+    # tools and documents are None when not given, not undefined
+    "tools is not none": "{% if tools is not none %}TOOLS:{% endif %}{{ messages[0]['content'] }}",
+    "documents is not none": "{% if documents is not none %}DOCS:{% endif %}{{ messages[0]['content'] }}",
+    "pad token": "{{ pad_token }}{{ messages[0]['content'] }}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATE_CASES))
+def test_templates_render_as_transformers_renders_them(tokenizer, tmp_path, name):
+    import transformers
+
+    tokenizer.save(tmp_path)
+    cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": TEMPLATE_CASES[name],
+                                                                "pad_token": tokenizer.eos_token}))
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "there"}]
+    ours = Tokenizer.from_dir(tmp_path).apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+    ref = transformers.AutoTokenizer.from_pretrained(tmp_path).apply_chat_template(messages, add_generation_prompt=False,
+                                                                                 tokenize=False)
+    assert ours == ref
+
+
+def test_named_templates_render_tool_use_with_tools_and_are_saved_by_name(tokenizer, tmp_path):
+    tokenizer.save(tmp_path)
+    cfg = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    named = [{"name": "default", "template": "PLAIN {{ messages[0]['content'] }}"},
+             {"name": "tool_use", "template": "TOOLS {{ tools | length }} {{ messages[0]['content'] }}"}]
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": named}))
+    tok = Tokenizer.from_dir(tmp_path)
+    msg = [{"role": "user", "content": "hi"}]
+    assert tok.apply_chat_template(msg, tokenize=False) == "PLAIN hi"
+    assert tok.apply_chat_template(msg, tokenize=False, tools=[{"name": "f"}]) == "TOOLS 1 hi"  # was always the default
+    tok.save(tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "tokenizer_config.json").read_text())["chat_template"] == named

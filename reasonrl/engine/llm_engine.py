@@ -209,6 +209,9 @@ class LLMEngine:
         self._validate(request_id, prompt_ids, params, output_ids, output_logprobs)
         if mm is not None:
             self._check_images(request_id, mm)
+        elif self.images is not None and self.model.vlm_config.image_token_id in prompt_ids:
+            raise ValueError(f"request {request_id!r}: the prompt holds image placeholder tokens "
+                             f"({self.model.vlm_config.image_token_id}) but no images; pass a MultimodalPrompt")
         if params.structured is not None:
             self.grammars.compile(params.structured)  # a ParamError before anything is admitted
         if output_latents is not None and self.latents is None:

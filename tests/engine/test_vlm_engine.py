@@ -258,6 +258,9 @@ def test_refusals_name_the_problem(model, prompts, vlm):
     with pytest.raises(ValueError, match="pixel_values"):
         engine.add_request("x", bad, GREEDY)
     assert not engine.requests
+    with pytest.raises(ValueError, match="image placeholder tokens .* but no images"):  # ran as text before
+        engine.add_request("x", list(mm.input_ids), GREEDY)
+    assert not engine.requests
 
 
 def test_text_model_refuses_images(hf_checkpoint, prompts):

@@ -158,3 +158,11 @@ def test_bytes_per_token_ratio_is_the_formula_from_allocated_tensors():
 def test_bad_options_are_named(opts, match):
     with pytest.raises(ValueError, match=match):
         KiviKV(tiny_config(), 4, 16, CPU, torch.float32, 2, **opts)
+
+
+def test_the_default_group_divides_any_head_dim():
+    """head_dim 80 or 100 (open_llama_3b): the default group was 32, and the engine refused to start
+    blaming an option the user never set."""
+    for head_dim, group in ((64, 32), (128, 32), (80, 20), (100, 25), (16, 16)):
+        cfg = tiny_config(hidden_size=2 * head_dim, num_heads=2, num_kv_heads=1)
+        assert cfg.head_dim == head_dim and KiviKV.settings(cfg)[2] == group

@@ -57,6 +57,8 @@ def test_preprocess_paths_and_bad_inputs(tmp_path):
         preprocess([[1, 2, 3]])
     with pytest.raises(ValueError, match="aspect ratio"):
         preprocess([noise_image(2, 500)])
+    with pytest.raises(ValueError, match="at least one pixel"):  # a ZeroDivisionError before
+        preprocess([np.zeros((0, 10, 3), dtype=np.uint8)])
 
 
 # ---- vision tower and logits -----------------------------------------------------------------

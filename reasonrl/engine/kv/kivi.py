@@ -39,7 +39,8 @@ class KiviKV(QuantizedKV):
 
     @classmethod
     def settings(cls, cfg, k_bits=2, v_bits=2, group_size=None) -> tuple[int, int, int]:
-        group = check_group(cls.name, min(32, cfg.head_dim) if group_size is None else group_size, cfg.head_dim)
+        default = max(g for g in range(1, min(32, cfg.head_dim) + 1) if cfg.head_dim % g == 0)  # 32, or 20 at head_dim 80
+        group = check_group(cls.name, default if group_size is None else group_size, cfg.head_dim)
         return check_bits(cls.name, "k_bits", k_bits), check_bits(cls.name, "v_bits", v_bits), group
 
     @classmethod

@@ -76,6 +76,8 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
                  max_pixels: int = 28 * 28 * 16384) -> tuple[int, int]:
     """(height, width) rounded to multiples of `factor`, then scaled (keeping the aspect ratio) into
     [min_pixels, max_pixels] if rounding left it outside."""
+    if min(height, width) < 1:
+        raise ValueError(f"image of {height}x{width} pixels: an image needs at least one pixel each way")
     if max(height, width) / min(height, width) > 200:
         raise ValueError(f"image of {height}x{width} pixels: aspect ratio must be at most 200")
     h, w = round(height / factor) * factor, round(width / factor) * factor  # a 0 side falls below min_pixels

@@ -7,7 +7,9 @@ alone: that request is failed (finish_reason "error", its blocks freed) and the 
 their step as if the scheduler had batched them apart.
 
 Rerunning part of a batch is exact: a sequence's rows write keys and values only into its own
-new slots and read its own context, so a retry rewrites whatever a failed attempt left there.
+new slots and read its own context, so a retry rewrites whatever a failed attempt left there. A
+KV format that keeps bookkeeping of its writes (tada and kivi's staging slots) undoes the failed
+attempt's first (`KVFormat.rollback`); spark does not yet, so there a failure fails the step.
 One dependency crosses sequences: a sequence admitted in this step may reuse full prefix blocks
 that another sequence computes in this same step (block_manager.py registers blocks before the
 forward). When that other sequence is removed from the step, those blocks were never computed
@@ -67,6 +69,7 @@ class _IsolatedStep:
         try:
             result = self.engine.runner.run(batch, self.trees, self.engine.config.draft_sampling)
         except Exception as exc:
+            self.engine.kv.rollback()  # a staged format's slot bookkeeping, back to before this attempt
             if len(units) == 1:
                 self._fail(units[0], exc, computed=False)
                 return

@@ -65,6 +65,27 @@ def test_fault_mid_decode_fails_only_its_request(clean, monkeypatch):
     assert outs["r1"].outputs[0].token_ids == clean["r1"][:5]
 
 
+@pytest.mark.parametrize("kv", [{"kv_format": "tada", "kv_options": {"bits": 4}}, {"kv_format": "kivi"}])
+def test_a_fault_in_a_step_that_fills_blocks_fails_only_its_request_with_staged_formats(kv, monkeypatch):
+    """tada and kivi hand a filled block's staging slot back during the step: the others' rerun found
+    its rows gone and failed them too, until the failed attempt's slot changes were rolled back
+    (`KVFormat.rollback`). r1 fails at its 3rd token, in the step whose tokens fill every sequence's
+    first block (block size 8: 5 prompt tokens, then 3 generated)."""
+    kv = {**kv, "max_num_seqs": 8}  # the staging pool is sized by it
+    clean = {rid: out.outputs[0].token_ids for rid, out in run(demo_engine(**kv), PROMPTS).items()}
+    engine = demo_engine(**kv)
+    sampling_batch = engine.runner.sampling_batch
+
+    def faulty(seqs):
+        if any(s.request_id == "r1" and len(s.output_ids) == 3 for s in seqs):
+            raise ValueError("injected")
+        return sampling_batch(seqs)
+
+    monkeypatch.setattr(engine.runner, "sampling_batch", faulty)
+    outs = run(engine, PROMPTS)
+    assert_clean_after(engine, outs, clean, {"r1"})  # every request failed before
+
+
 def test_fault_applying_results_fails_only_its_request(clean, monkeypatch):
     engine = demo_engine()
     append = engine._append

@@ -166,3 +166,25 @@ def test_the_default_group_divides_any_head_dim():
     for head_dim, group in ((64, 32), (128, 32), (80, 20), (100, 25), (16, 16)):
         cfg = tiny_config(hidden_size=2 * head_dim, num_heads=2, num_kv_heads=1)
         assert cfg.head_dim == head_dim and KiviKV.settings(cfg)[2] == group
+
+
+def test_rollback_restores_a_filled_blocks_staged_rows_that_a_new_block_overwrote():
+    """A step fills block 0 (staged from earlier steps) and starts block 1, which takes the slot block
+    0 just handed back and writes over its rows. `rollback` (engine/isolation.py, after a failed
+    attempt) must give block 0 its slot and rows back, so that the rerun can fill it again."""
+    cfg = tiny_config(hidden_size=128, num_heads=4, num_kv_heads=2)
+    kv = KiviKV(cfg, 4, 8, CPU, torch.float32, 1)  # one staging slot: block 1 must take block 0's
+    kv.allocate()
+    g = torch.Generator().manual_seed(0)
+    k, v = torch.randn(8, 2, 32, generator=g), torch.randn(8, 2, 32, generator=g)
+    for layer in range(cfg.num_layers):
+        kv.write(layer, torch.arange(5), k[:5], v[:5])  # block 0, offsets 0-4: staged
+    before = kv.staging.clone()
+    for layer in range(cfg.num_layers):
+        kv.write(layer, torch.tensor([5, 6, 7, 8, 9]), k[:5], v[:5])  # fills block 0, starts block 1 (slots 8, 9)
+    assert kv.slots.of == {1: 0} and not torch.equal(kv.staging, before)
+    kv.rollback()
+    assert kv.slots.of == {0: 0} and kv.slots.table.tolist() == [0, -1, -1, -1] and torch.equal(kv.staging, before)
+    for layer in range(cfg.num_layers):  # the rerun, as the first attempt: no "never staged" error
+        kv.write(layer, torch.tensor([5, 6, 7, 8, 9]), k[:5], v[:5])
+    assert kv.slots.of == {1: 0}

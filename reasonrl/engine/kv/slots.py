@@ -49,6 +49,14 @@ class StagingSlots:
             self.free.append(slot)
             self._updates[block] = -1
 
+    def restore(self, of: dict[int, int], free: list[int]) -> None:
+        """Go back to an earlier map (`of`, `free`: copies taken then), the table included."""
+        for block in set(self.of) | set(of):
+            if self.of.get(block) != of.get(block):
+                self._updates[block] = of.get(block, -1)
+        self.of, self.free = dict(of), list(free)
+        self.flush()
+
     def flush(self) -> None:
         """One device write for the changes collected on the host."""
         if self._updates:

@@ -84,9 +84,10 @@ class QuantizedKV(KVFormat):
                                    dtype=self.dtype, device=dev)
         self.slots = StagingSlots(self.name, self.max_num_seqs, self.num_blocks, dev)
         self._plan: WritePlan | None = None
+        self._undo: tuple[dict[int, int], list[int], dict[int, torch.Tensor]] | None = None
 
     def release(self):
-        self.tensors, self.staging, self.slots, self._plan = None, None, None, None
+        self.tensors, self.staging, self.slots, self._plan, self._undo = None, None, None, None, None
 
     def storage(self):
         if getattr(self, "tensors", None) is None:
@@ -117,6 +118,10 @@ class QuantizedKV(KVFormat):
         block arrive in order, so a block whose offsets 0 and block_size - 1 are both here is here
         whole."""
         bs = self.block_size
+        # what `rollback` restores: the slot map before this plan, and the rows of a slot that a
+        # block filling in this step hands back and another block takes in the same step
+        self._undo = (dict(self.slots.of), list(self.slots.free), {})
+        handed_back: set[int] = set()
         by_block: dict[int, list[tuple[int, int]]] = {}
         for row, slot in enumerate(slots.tolist()):
             by_block.setdefault(slot // bs, []).append((slot % bs, row))
@@ -138,11 +143,14 @@ class QuantizedKV(KVFormat):
                 fill_blocks.append(block)
                 fill_slots.append(slot)
                 self.slots.drop(block)  # back to the pool now; write() reads it before any reuse
+                handed_back.add(slot)
             else:
                 slot = self.slots.take(block) if items[0][0] == 0 else self.slots.of.get(block)
                 if slot is None:
                     raise RuntimeError(f"kv_format {self.name!r}: block {block} written from offset {items[0][0]} but "
                                        f"its offset-0 token was never written (a block's tokens must be written in order)")
+                if slot in handed_back and slot not in self._undo[2]:
+                    self._undo[2][slot] = self.staging[:, :, slot].clone()  # the filled block's rows, every layer
                 stage_rows += [row for _, row in items]
                 stage_dst += [slot * bs + off for off, _ in items]
         self.slots.flush()
@@ -155,6 +163,18 @@ class QuantizedKV(KVFormat):
         for block in block_ids:
             self.slots.drop(block)
         self.slots.flush()
+
+    def rollback(self):
+        """The last plan's slot changes undone, and the rows of slots it let another block take
+        restored: a rerun of the step's other sequences finds each filling block's staged rows
+        where they were (without this, it found none, and failed those sequences too)."""
+        if self._undo is None:
+            return
+        of, free, saved = self._undo
+        self.slots.restore(of, free)
+        for slot, rows in saved.items():
+            self.staging[:, :, slot] = rows
+        self._undo = None
 
     # ---- attention (PyTorch path; CUDA decode uses the Triton kernel) ------------------------------
     def gather(self, layer: int, tables: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -181,8 +181,12 @@ def _post_and_hang_up(port, body, engine, read_first=False):
         payload = json.dumps(body).encode()
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
-        if read_first:
-            sock.recv(4096)  # headers and the first events: generation is under way
+        if read_first:  # until the first event: generation is under way (the headers alone may come first)
+            received = b""
+            while b"data:" not in received:
+                chunk = sock.recv(4096)
+                assert chunk, "the server closed the stream before its first event"
+                received += chunk
         while not engine.requests:
             time.sleep(0.01)
     assert wait_idle(engine)

@@ -33,16 +33,21 @@ def assert_clean_after(engine, outs, clean, bad: set[str]):
     assert not engine.requests and not engine.scheduler.waiting and bm.num_free == len(bm.blocks)
 
 
-def test_sampling_fault_fails_only_its_request(clean, monkeypatch):
-    engine = demo_engine()
+def fail_sampling(engine, monkeypatch, rid: str, at: int | None = None, error: Exception = ValueError("injected")):
+    """Sampling raises `error` for steps with request `rid` (only when it has `at` tokens, if given)."""
     sampling_batch = engine.runner.sampling_batch
 
     def faulty(seqs):
-        if any(s.request_id == "r3" for s in seqs):
-            raise RuntimeError("injected sampling fault")
+        if any(s.request_id == rid and (at is None or len(s.output_ids) == at) for s in seqs):
+            raise error
         return sampling_batch(seqs)
 
     monkeypatch.setattr(engine.runner, "sampling_batch", faulty)
+
+
+def test_sampling_fault_fails_only_its_request(clean, monkeypatch):
+    engine = demo_engine()
+    fail_sampling(engine, monkeypatch, "r3", error=RuntimeError("injected sampling fault"))
     outs = run(engine, PROMPTS)
     assert set(outs) == set(PROMPTS)
     assert_clean_after(engine, outs, clean, {"r3"})
@@ -52,14 +57,7 @@ def test_sampling_fault_fails_only_its_request(clean, monkeypatch):
 def test_fault_mid_decode_fails_only_its_request(clean, monkeypatch):
     """r1 fails at its 6th token: it keeps what it had, the others run on to the end."""
     engine = demo_engine()
-    sampling_batch = engine.runner.sampling_batch
-
-    def faulty(seqs):
-        if any(s.request_id == "r1" and len(s.output_ids) == 5 for s in seqs):
-            raise ValueError("injected")
-        return sampling_batch(seqs)
-
-    monkeypatch.setattr(engine.runner, "sampling_batch", faulty)
+    fail_sampling(engine, monkeypatch, "r1", at=5)
     outs = run(engine, PROMPTS)
     assert_clean_after(engine, outs, clean, {"r1"})
     assert outs["r1"].outputs[0].token_ids == clean["r1"][:5]
@@ -74,14 +72,7 @@ def test_a_fault_in_a_step_that_fills_blocks_fails_only_its_request_with_staged_
     kv = {**kv, "max_num_seqs": 8}  # the staging pool is sized by it
     clean = {rid: out.outputs[0].token_ids for rid, out in run(demo_engine(**kv), PROMPTS).items()}
     engine = demo_engine(**kv)
-    sampling_batch = engine.runner.sampling_batch
-
-    def faulty(seqs):
-        if any(s.request_id == "r1" and len(s.output_ids) == 3 for s in seqs):
-            raise ValueError("injected")
-        return sampling_batch(seqs)
-
-    monkeypatch.setattr(engine.runner, "sampling_batch", faulty)
+    fail_sampling(engine, monkeypatch, "r1", at=3)
     outs = run(engine, PROMPTS)
     assert_clean_after(engine, outs, clean, {"r1"})  # every request failed before
 

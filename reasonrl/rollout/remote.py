@@ -10,6 +10,7 @@ server must be able to read that directory (same machine or a shared file system
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import threading
@@ -22,6 +23,8 @@ from reasonrl.engine.sequence import CompletionOutput
 from reasonrl.models.loader import save_model
 from reasonrl.rollout.backend import Finished, RolloutBackend
 from reasonrl.rollout.dialects import DIALECTS
+
+log = logging.getLogger(__name__)
 
 
 def api_key_from_env(variable: str | None) -> str | None:
@@ -76,7 +79,9 @@ class RemoteBackend(RolloutBackend):
     async def _post(self, key: str, route: str, body: dict, sample: tuple[list[int], list[float], int]) -> None:
         """One sample's request; a full server queue (429) is waited out, unless an abort comes
         first, when the sample comes back as it was submitted (finish_reason "abort"), as it does
-        when a server answers an aborted request with an error."""
+        when a server answers an aborted request with an error. A server error (5xx) or a dropped
+        connection brings it back as submitted with finish_reason "error" (APRIL resubmits it, three
+        times at most); any other refusal raises."""
         ids, logprobs, seed = sample
         try:
             epoch = self.abort_epoch
@@ -86,9 +91,15 @@ class RemoteBackend(RolloutBackend):
                     return self.results.put((key, CompletionOutput(0, ids, logprobs, "", "abort", seed=seed)))
             if r.status_code != 200 and self.abort_epoch != epoch:
                 return self.results.put((key, CompletionOutput(0, ids, logprobs, "", "abort", seed=seed)))
+            if r.status_code >= 500:  # the server failed this sample: "error", resubmitted by APRIL (april.py)
+                log.warning("sample %s: %s answered %d: %s", key, route, r.status_code, r.text[:300])
+                return self.results.put((key, CompletionOutput(0, ids, logprobs, "", "error", seed=seed)))
             if r.status_code != 200:
                 raise RuntimeError(f"server refused sample {key}: {r.status_code} {r.text[:300]}")
             self.results.put((key, self.dialect.parse(r.json(), ids, logprobs, seed)))
+        except httpx.TransportError as exc:  # the connection dropped: the same as a server error
+            log.warning("sample %s: %s failed: %s: %s", key, route, type(exc).__name__, exc)
+            self.results.put((key, CompletionOutput(0, ids, logprobs, "", "error", seed=seed)))
         except Exception as exc:  # surfaced in the trainer's thread by poll()
             self.results.put((key, exc))
 

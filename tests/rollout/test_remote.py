@@ -140,6 +140,42 @@ def test_remote_abort_returns_partials_and_resume_is_exact(served):
     backend.close()
 
 
+def test_a_sample_the_server_fails_comes_back_as_an_error_to_resubmit(served, monkeypatch):
+    """A 500 for one sample (the server's engine failed its request) is finish_reason "error" with the
+    tokens it was submitted with, which APRIL resubmits (rollout/april.py), instead of an exception
+    that ended the run; resubmitted, it gives what an unfailed run does."""
+    from reasonrl.engine import SamplingParams
+
+    _, url, server_engine = served
+    backend = RemoteBackend(url)
+    params = SamplingParams(temperature=1.0, seed=4242, max_tokens=12)
+    backend.submit("ok:0", [5, 6, 7, 8], params, [], [])
+    want = []
+    while not want:
+        want = backend.poll()
+    sampling_batch, failures = server_engine.runner.sampling_batch, []
+
+    def faulty(seqs):
+        if not failures and any(s.params.seed == 4242 for s in seqs):
+            failures.append(1)
+            raise RuntimeError("injected server-side fault")
+        return sampling_batch(seqs)
+
+    monkeypatch.setattr(server_engine.runner, "sampling_batch", faulty)
+    backend.submit("bad:0", [5, 6, 7, 8], params, [], [])
+    got = []
+    while not got:
+        got = backend.poll()  # raised RuntimeError("server refused sample bad:0: 500 ...") before
+    [(key, out)] = got
+    assert key == "bad:0" and out.finish_reason == "error" and out.token_ids == [] and failures
+    backend.submit("bad:0", [5, 6, 7, 8], params, out.token_ids, out.logprobs)
+    again = []
+    while not again:
+        again = backend.poll()
+    assert again[0][1].token_ids == want[0][1].token_ids
+    backend.close()
+
+
 def test_dead_endpoint_gives_one_clear_error():
     with pytest.raises(ConnectionError, match="no reasonrl server at http://127.0.0.1:9"):
         RemoteBackend("http://127.0.0.1:9")

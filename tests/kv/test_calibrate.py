@@ -81,6 +81,9 @@ def test_missing_profile_is_a_clear_error(tmp_path, model):
         load_profile(tmp_path, "nope")
     with pytest.raises(FileNotFoundError, match="no TaDA bit profile"):
         TadaKV(model.config, 4, 16, torch.device("cpu"), torch.float32, 2, profile=str(tmp_path / "missing.json"))
+    (tmp_path / "kv_profiles" / "odd.json").write_text(json.dumps({"bits": [4.7] + [4] * (LAYERS - 1)}))
+    with pytest.raises(ValueError, match="bits must be whole numbers, got 4.7"):  # read as 4 before
+        load_profile(tmp_path, "odd")
 
 
 def test_a_profile_is_loaded_by_name_next_to_the_checkpoint(tmp_path, tokenizer):

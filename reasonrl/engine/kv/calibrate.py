@@ -208,4 +208,7 @@ def read_profile(path: str | Path) -> list[int]:
     data = json.loads(path.read_text())
     if not isinstance(data.get("bits"), list):
         raise ValueError(f"TaDA bit profile {path} has no 'bits' list")
+    bad = [b for b in data["bits"] if isinstance(b, bool) or not isinstance(b, (int, float)) or b != int(b)]
+    if bad:  # int() read 4.7 as 4
+        raise ValueError(f"TaDA bit profile {path}: bits must be whole numbers, got {bad[0]!r}")
     return [int(b) for b in data["bits"]]

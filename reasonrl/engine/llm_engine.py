@@ -243,7 +243,7 @@ class LLMEngine:
             self.scheduler.add(seq)
 
     def _validate(self, request_id, prompt_ids, params, output_ids, output_logprobs) -> None:
-        if request_id in self.requests:
+        if request_id in self.requests or any(out.request_id == request_id for out in self._done_at_add):
             raise ValueError(f"request id {request_id!r} is already running")
         check_request(request_id, prompt_ids, params, output_ids, output_logprobs, self.model.config.vocab_size,
                       self.max_model_len)

@@ -103,3 +103,15 @@ def test_llm_with_a_tokenizer_uses_it_everywhere(tmp_path, tok):
     assert llm.engine.eos_ids == set(tok.eos_token_ids)
     out = llm.generate("The quick", SamplingParams(temperature=0, max_tokens=8, structured=StructuredOutput(choice=["yes", "no"])))
     assert out[0].outputs[0].text in ("yes", "no")  # "structured outputs need the model's tokenizer" before
+
+
+def test_a_request_finished_on_arrival_still_holds_its_id_until_stepped(ckpt):
+    """A resumed request already at max_tokens finishes when added and waits for the next step to be
+    returned: a second request under the same id was accepted, and both came back under it."""
+    eng = engine(ckpt)
+    params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+    eng.add_request("r", [5, 6, 7], params, output_ids=[8, 9], output_logprobs=[-0.1, -0.2])
+    with pytest.raises(ValueError, match="'r' is already running"):
+        eng.add_request("r", [5, 6, 7], params)
+    assert [o.request_id for o in eng.step()] == ["r"]
+    eng.add_request("r", [5, 6, 7], params)  # returned: the id is free again

@@ -66,6 +66,7 @@ class _IsolatedStep:
         if retry and self.engine.evictor is not None:
             for seq, _ in batch:  # a failed attempt may have selected some layers' kept entries
                 self.engine.evictor.kept.pop(seq.seq_id, None)
+        self.engine.kv.begin_attempt()
         try:
             result = self.engine.runner.run(batch, self.trees, self.engine.config.draft_sampling)
         except Exception as exc:

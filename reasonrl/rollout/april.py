@@ -160,6 +160,7 @@ class AprilRollout:
             self._retry(group, s, key)
         if not s.status.finished:
             return
+        self.failures.pop(key, None)
         stats.completed_tokens += len(s.response_ids)
         if group.finished:
             del live[gid]

@@ -68,13 +68,25 @@ def test_a_fault_in_a_step_that_fills_blocks_fails_only_its_request_with_staged_
     """tada and kivi hand a filled block's staging slot back during the step: the others' rerun found
     its rows gone and failed them too, until the failed attempt's slot changes were rolled back
     (`KVFormat.rollback`). r1 fails at its 3rd token, in the step whose tokens fill every sequence's
-    first block (block size 8: 5 prompt tokens, then 3 generated)."""
+    first block (block size 8: 5 prompt tokens, then 3 generated); and, in another run, before the
+    forward of the step after one that started blocks (a rollback must undo only the failed
+    attempt's writes: one that undid the previous step's took the new blocks' slots away)."""
     kv = {**kv, "max_num_seqs": 8}  # the staging pool is sized by it
     clean = {rid: out.outputs[0].token_ids for rid, out in run(demo_engine(**kv), PROMPTS).items()}
     engine = demo_engine(**kv)
     fail_sampling(engine, monkeypatch, "r1", at=3)
     outs = run(engine, PROMPTS)
     assert_clean_after(engine, outs, clean, {"r1"})  # every request failed before
+    engine = demo_engine(**kv)
+    step = engine.runner.run
+
+    def fails_before_the_forward(scheduled, *args):
+        if any(seq.request_id == "r1" and len(seq.output_ids) == 4 for seq, _ in scheduled):
+            raise RuntimeError("injected before the forward")
+        return step(scheduled, *args)
+
+    monkeypatch.setattr(engine.runner, "run", fails_before_the_forward)
+    assert_clean_after(engine, run(engine, PROMPTS), clean, {"r1"})
 
 
 def test_fault_applying_results_fails_only_its_request(clean, monkeypatch):

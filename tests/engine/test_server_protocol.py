@@ -142,3 +142,19 @@ def test_responses_api_for_text(client):
     r = client.post("/v1/responses", json={"input": "x", "stream": True, "max_output_tokens": 3})
     assert r.status_code == 200 and r.text.startswith("event: response.created\ndata: ")
     assert "[DONE]" not in r.text and "event: response." in r.text.rstrip().split("\n\n")[-1]
+
+
+def test_continue_final_message_keeps_an_image_messages_parts():
+    """A last message of an image and text (a vision-language server) continues after its text, the
+    image kept (it was emptied between the sentinels); one without text is refused."""
+    from reasonrl.engine.server.errors import APIError
+    from reasonrl.engine.server.prepare import _between_sentinels, _continue_final
+
+    message = {"role": "assistant", "content": [{"type": "image"}, {"type": "text", "text": "The cat is"}]}
+    wrapped = _between_sentinels(message)["content"]
+    assert wrapped[0] == {"type": "image"}
+    assert _continue_final("<vision>" + wrapped[1]["text"] + "<|im_end|>") == "<vision>The cat is"
+    only_image = {"role": "assistant", "content": [{"type": "image"}]}
+    assert _between_sentinels(only_image) == only_image  # nothing to mark: the rendered text has no sentinel
+    with pytest.raises(APIError, match="continue_final_message needs the last message to have text"):
+        _continue_final("<vision><|im_end|>")

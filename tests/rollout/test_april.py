@@ -260,7 +260,7 @@ def test_a_request_the_engine_fails_is_resubmitted_from_its_tokens():
     assert target_length(want[1].samples[2].seed, 40) > 5
     failing = AprilRollout(engine, spec, prompts(), lambda p: [1, 2, 3], score, 0)
     got, stats = failing.collect(0, version=0)
-    assert engine.times == 0 and failing.failures == {"1:2": 2}
+    assert engine.times == 0 and failing.failures == {}  # two failures, then it finished: its count is gone
     assert [[s.response_ids for s in g.samples] for g in got] == [[s.response_ids for s in g.samples] for g in want]
     assert stats.dropped_groups == 0
     stuck = AprilRollout(FailingEngine("1:2", times=99), spec, prompts(), lambda p: [1, 2, 3], score, 0)

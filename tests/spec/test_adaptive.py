@@ -479,3 +479,18 @@ def test_a_tree_trials_first_step_warms_up_and_is_not_measured():
             break
     # settled on the median of 3e-3, 1.5e-3, 1.5e-3: the tree (on the first three steps: no tree)
     assert step == COST_WINDOW + 1 and list(b.samples[0]) == seconds[1:] and b.best == 0
+
+
+def test_the_warm_up_is_the_tree_trials_first_step_that_drafts():
+    """A tree trial's step in which no sequence drafted (no room, say) ran as no tree: it is not the
+    warm-up, and the first step that drafts still is (it was measured before)."""
+    policy = AdaptivePolicy(ladder(1, 1, 1), AdaptiveConfig(explore_every=4))
+    for _ in range(COST_WINDOW):
+        policy.observe(StepLog(1, policy.off), 1e-3)
+    b = policy.buckets[1]
+    b.best, b.queue, b.trial, b.trial_steps = policy.off, [], 0, 0
+    b.cost.pop(0, None)
+    policy.observe(StepLog(1, 0), 1e-3)  # the tree's rung, nothing drafted
+    for t in (3e-3, 1.5e-3, 1.5e-3):
+        policy.observe(StepLog(1, 0, tree_rows=1, emitted=2, verified=1), t)
+    assert b.trial is None and list(b.samples[0]) == [1.5e-3, 1.5e-3] and b.best == 0

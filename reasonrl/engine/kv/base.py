@@ -198,10 +198,13 @@ class KVFormat:
         """Called when no sequence holds these blocks any more (a full one may still be reused from
         the prefix cache; a partly filled one never is): release per-block side state."""
 
+    def begin_attempt(self) -> None:
+        """A forward is about to run (engine/isolation.py): what `rollback` would undo starts here."""
+
     def rollback(self) -> None:
-        """Undo the bookkeeping of the last forward's writes, which failed (engine/isolation.py reruns
-        the step's other sequences): a rerun must find the state that forward found. Dense writes
-        keep no bookkeeping: a rerun rewrites the same slots."""
+        """Undo the bookkeeping of the writes since `begin_attempt`, whose forward failed
+        (engine/isolation.py reruns the step's other sequences): a rerun must find the state that
+        forward found. Dense writes keep no bookkeeping: a rerun rewrites the same slots."""
 
     def copy_slots(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         """Move the keys and values of cache slots `src` to slots `dst` in every layer (speculative

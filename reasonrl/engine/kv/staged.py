@@ -164,6 +164,9 @@ class QuantizedKV(KVFormat):
             self.slots.drop(block)
         self.slots.flush()
 
+    def begin_attempt(self):
+        self._undo = None  # a failure before this attempt's first write has nothing to undo
+
     def rollback(self):
         """The last plan's slot changes undone, and the rows of slots it let another block take
         restored: a rerun of the step's other sequences finds each filling block's staged rows

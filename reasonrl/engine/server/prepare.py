@@ -145,7 +145,7 @@ class Preparer:
                             for m in body.messages]
             tools = {"tools": [t.model_dump(exclude_none=True) for t in body.tools]} if body.tools else {}
             if body.continue_final_message:
-                messages = [*messages[:-1], _between_sentinels(messages[-1])]
+                messages = [*messages[:-1], _between_sentinels(messages[-1])]  # None: no text to continue
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt,
                                                       tokenize=False, **tools, **body.chat_template_kwargs)
         except Exception as exc:  # the template is fixed: whatever fails to render, the request made fail
@@ -205,8 +205,17 @@ CONTINUE_START, CONTINUE_END = "\ue000continue-from\ue000", "\ue000continue-to\u
 
 
 def _between_sentinels(message: dict) -> dict:
-    content = message["content"] if isinstance(message["content"], str) else ""
-    return {**message, "content": CONTINUE_START + content + CONTINUE_END}
+    """The message with its text between the sentinels: the whole content, or a list of parts' last
+    text part (an image-and-text message keeps its image)."""
+    content = message["content"]
+    if isinstance(content, str):
+        return {**message, "content": CONTINUE_START + content + CONTINUE_END}
+    parts = list(content) if isinstance(content, list) else []
+    last = max((i for i, part in enumerate(parts) if isinstance(part, dict) and part.get("type") == "text"), default=None)
+    if last is None:
+        return message  # no text: `_continue_final` finds no sentinel and says so
+    parts[last] = {**parts[last], "text": CONTINUE_START + str(parts[last].get("text", "")) + CONTINUE_END}
+    return {**message, "content": parts}
 
 
 def _continue_final(text: str) -> str:

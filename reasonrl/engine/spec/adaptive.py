@@ -192,7 +192,8 @@ class _Bucket:
     countdown: int  # steps to the next trial
     interval: int
     trial: int | None = None
-    trial_steps: int = 0  # steps the current trial has run (it runs COST_WINDOW)
+    trial_steps: int = 0  # steps the current trial has run (COST_WINDOW, a tree's one more)
+    warmed: bool = False  # the current tree trial's first step that drafted has run (and was left out)
     recheck: int | None = None  # the rung the bucket left between trials, queued for a second look
     queue: list[int] = field(default_factory=list)  # trials still to run, one step apart
     cost: dict[int, float] = field(default_factory=dict)  # rung -> median of a step's recent seconds per decoding sequence
@@ -284,7 +285,9 @@ class AdaptivePolicy:
         if log.prefill_rows and not self.rows.fitted:
             return  # the prompt rows' share is not known yet (a trial in this step runs again)
         trial = b.trial is not None and b.trial == log.rung
-        if not (trial and rung != self.off and b.trial_steps == 0):  # a tree trial's first step warms up
+        warm_up = trial and rung != self.off and not b.warmed  # a tree trial's first step that drafts warms up
+        b.warmed |= warm_up
+        if not warm_up:
             prefill = self.rows.slope() * log.prefill_rows
             recent = b.samples.setdefault(rung, deque(maxlen=COST_WINDOW))
             recent.append(max(seconds - prefill, 0.0) / log.num_seqs)
@@ -299,7 +302,7 @@ class AdaptivePolicy:
             self.accepted[rung] = window.add(log.cold_emitted, log.cold_verified)
         if trial:
             b.trial_steps += 1
-            if b.trial_steps >= COST_WINDOW + (rung != self.off):
+            if b.trial_steps >= COST_WINDOW + (log.rung != self.off):
                 self._settle_trial(b)
         else:
             best = self._argmax(b)
@@ -355,7 +358,7 @@ class AdaptivePolicy:
     def _settle_trial(self, b: _Bucket) -> None:
         trial, before = b.trial, b.best
         recheck = trial == b.recheck
-        b.trial, b.trial_steps = None, 0
+        b.trial, b.trial_steps, b.warmed = None, 0, False
         if recheck:
             b.recheck = None
         won = self._score(b, trial) > self._score(b, before)

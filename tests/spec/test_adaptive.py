@@ -461,17 +461,23 @@ def test_acceptance_is_the_mean_over_the_newest_verified_sequences():
     assert policy.accepted[0] == pytest.approx((sum(kept[-4:]) + 20) / 8)
 
 
-def test_a_tree_trials_first_step_warms_up_and_is_not_measured():
-    """The first tree step after a stretch without trees is slow (the draft's weights are out of the
-    caches, its context restarts): a tree trial runs one step more than COST_WINDOW and drops its
-    first from the cost, so two slow steps at its start (that step and a request's first tree
-    step, which carries the prompt's catch-up) do not decide the trial through the median."""
+def _tree_trial_after_no_tree():
+    """Batch 1 without trees (1 token in 1 ms), a trial of the 1-token chain starting: (policy, bucket)."""
     policy = AdaptivePolicy(ladder(1, 1, 1), AdaptiveConfig(explore_every=4))
     for _ in range(COST_WINDOW):
         policy.observe(StepLog(1, policy.off), 1e-3)
     b = policy.buckets[1]
     b.best, b.queue, b.trial, b.trial_steps = policy.off, [], 0, 0
     b.cost.pop(0, None)
+    return policy, b
+
+
+def test_a_tree_trials_first_step_warms_up_and_is_not_measured():
+    """The first tree step after a stretch without trees is slow (the draft's weights are out of the
+    caches, its context restarts): a tree trial runs one step more than COST_WINDOW and drops its
+    first from the cost, so two slow steps at its start (that step and a request's first tree
+    step, which carries the prompt's catch-up) do not decide the trial through the median."""
+    policy, b = _tree_trial_after_no_tree()
     seconds = [3e-3, 3e-3, 1.5e-3, 1.5e-3]  # 2 tokens a step: 1,333 tokens/s once warm, against 1,000
     for step, t in enumerate(seconds, 1):
         policy.observe(StepLog(1, 0, tree_rows=1, emitted=2, verified=1), t)
@@ -484,12 +490,7 @@ def test_a_tree_trials_first_step_warms_up_and_is_not_measured():
 def test_the_warm_up_is_the_tree_trials_first_step_that_drafts():
     """A tree trial's step in which no sequence drafted (no room, say) ran as no tree: it is not the
     warm-up, and the first step that drafts still is (it was measured before)."""
-    policy = AdaptivePolicy(ladder(1, 1, 1), AdaptiveConfig(explore_every=4))
-    for _ in range(COST_WINDOW):
-        policy.observe(StepLog(1, policy.off), 1e-3)
-    b = policy.buckets[1]
-    b.best, b.queue, b.trial, b.trial_steps = policy.off, [], 0, 0
-    b.cost.pop(0, None)
+    policy, b = _tree_trial_after_no_tree()
     policy.observe(StepLog(1, 0), 1e-3)  # the tree's rung, nothing drafted
     for t in (3e-3, 1.5e-3, 1.5e-3):
         policy.observe(StepLog(1, 0, tree_rows=1, emitted=2, verified=1), t)

@@ -181,6 +181,7 @@ def _post_and_hang_up(port, body, engine, read_first=False):
         payload = json.dumps(body).encode()
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        sock.settimeout(120)  # a server that never answers fails the test, not the suite
         if read_first:  # until the first event: generation is under way (the headers alone may come first)
             received = b""
             while b"data:" not in received:

@@ -17,6 +17,7 @@ import re
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 UP_TO_LAST_CLOSE = re.compile(r"(?s).*" + re.escape(THINK_CLOSE), re.IGNORECASE)
+OPEN = re.compile(re.escape(THINK_OPEN), re.IGNORECASE)
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 
 
@@ -29,7 +30,7 @@ def after_reasoning(text: str) -> tuple[str | None, str | None]:
     close = UP_TO_LAST_CLOSE.match(text)  # anchored: one greedy scan back from the end
     if close is not None:
         return text[close.end():], None
-    if re.search(re.escape(THINK_OPEN), text, re.IGNORECASE):
+    if OPEN.search(text):
         return None, "unclosed reasoning block"
     return text, None
 

@@ -145,7 +145,7 @@ class Preparer:
                             for m in body.messages]
             tools = {"tools": [t.model_dump(exclude_none=True) for t in body.tools]} if body.tools else {}
             if body.continue_final_message:
-                messages = [*messages[:-1], _between_sentinels(messages[-1])]  # None: no text to continue
+                messages = [*messages[:-1], _between_sentinels(messages[-1])]
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt,
                                                       tokenize=False, **tools, **body.chat_template_kwargs)
         except Exception as exc:  # the template is fixed: whatever fails to render, the request made fail

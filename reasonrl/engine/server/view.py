@@ -37,7 +37,8 @@ class View:
         self.tool_streams: dict[tuple[str, int], ToolStream] = {}
         self.created = int(time.time())
         # (rid, index) -> (tokens, chars) streamed, and the text_offset of the next token in the logprobs
-        # (the token strings' lengths so far: the text streamed lags the tokens while a stop string may start)
+        # (the token strings' lengths so far, as unstreamed: the text streamed lags the tokens while a
+        # stop string may start)
         self.sent: dict[tuple[str, int], tuple[int, int, int]] = {}
         self.closed: set[tuple[str, int]] = set()  # choices whose final chunk went out
         self.holdback = max((len(s) for s in job.params[0].stop), default=1) - 1
@@ -86,18 +87,16 @@ class View:
             end = len(o.text) if o.finish_reason else max(chars_sent, len(o.text) - self.holdback)
             delta_tokens = o.token_ids[tokens_sent:]
             first = chars_sent == 0 and tokens_sent == 0
-            if self.want_logprobs and not self.chat:  # where the next chunk's tokens start in the text
-                logged = [*(out.prompt_ids if first and self.echo else []), *delta_tokens]  # an echoed prompt goes first
-                next_offset = offset + sum(len(self._token(t)) for t in logged)
-            else:
-                next_offset = 0
-            self.sent[key] = (len(o.token_ids), end, next_offset)
             if o.finish_reason:
                 self.closed.add(key)
                 self.completion_tokens += len(o.token_ids)
             tops = o.top_logprobs[tokens_sent:] if o.top_logprobs is not None else None
             choice = self._choice(out, o, o.text[chars_sent:end], delta_tokens, o.logprobs[tokens_sent:],
                                   tops, o.finish_reason, first=first, offset=offset, visible=o.text[:end])
+            logged = choice["logprobs"] if not self.chat else None  # completions: where the next chunk's tokens start
+            if logged and logged["tokens"]:
+                offset = logged["text_offset"][-1] + len(logged["tokens"][-1])
+            self.sent[key] = (len(o.token_ids), end, offset)
             yield {"id": self.rids[0], "object": "chat.completion.chunk" if self.chat else "text_completion",
                    "created": self.created, "model": self.model, "choices": [choice]}
 

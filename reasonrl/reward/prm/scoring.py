@@ -149,7 +149,6 @@ def check_aggregations(names: Any) -> list[str]:
     return list(names)
 
 
-
 def _utf8(text: str) -> str:
     """Text the tokenizer accepts: a lone surrogate (a JSON escape such as \\ud800) becomes '?'."""
     return text.encode("utf-8", "replace").decode("utf-8")

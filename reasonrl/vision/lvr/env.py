@@ -55,7 +55,7 @@ def _without_end_tokens(text: str) -> str:
     while True:
         while end and text[end - 1].isspace():
             end -= 1
-        start = text.rfind("<|", 0, end - 2) if text.startswith("|>", end - 2) else -1
+        start = text.rfind("<|", 0, end - 2) if end >= 4 and text.startswith("|>", end - 2) else -1
         if start < 0 or not END_TOKEN.fullmatch(text, start, end):
             return text[:end]
         end = start

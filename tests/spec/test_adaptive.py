@@ -242,8 +242,8 @@ def test_the_policy_learns_from_the_tokens_a_sequence_keeps_not_those_past_its_e
     """A stop string ends answers mid-tree: the tokens accepted past it count for the accepted
     length (the draft proposed them well) but not for the policy (they add nothing to the output)."""
     policy_model, tok, draft, prompts = demo
-    e = engine(policy_model, draft, max_model_len=256, max_num_seqs=2)  # the full tree every step: not the clock's choice
-    e.tokenizer = tok  # stop strings are read in the text (without a tokenizer they were ignored, and only the length limit cut trees)
+    # the full tree every step, not the clock's choice; a tokenizer: stop strings are read in the text
+    e = engine(policy_model, draft, tokenizer=tok, max_model_len=256, max_num_seqs=2)
     seen, record = [], e.speculator.record
     e.speculator.record = lambda seq, verdict, used: seen.append((len(verdict.tokens), used)) or record(seq, verdict, used)
     logs, observe = [], e.speculator.policy.observe

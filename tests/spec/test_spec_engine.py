@@ -55,13 +55,13 @@ def demo():
     return policy, tok, draft, prompts
 
 
-def engine(model, draft=None, **kw):
+def engine(model, draft=None, tokenizer=None, **kw):
     """Trees of the configured size every step unless a test asks for the adaptive policy (whose
-    choice follows the clock; tests/spec/test_adaptive.py)."""
+    choice follows the clock; tests/spec/test_adaptive.py). A tokenizer for tests with stop strings."""
     kw.setdefault("kv_cache_memory", 1 << 22)
     kw.setdefault("draft_adaptive", False)
     kw.setdefault("block_size", 4)
-    return LLMEngine(model, None, EngineConfig(**kw), draft=draft)
+    return LLMEngine(model, tokenizer, EngineConfig(**kw), draft=draft)
 
 
 def assert_same(plain, spec, logprob_tol=1e-4):
@@ -118,8 +118,7 @@ def test_mixed_batches_chunked_prefill_stop_strings_and_opt_out(demo):
                                 logprobs=2 if i % 5 == 2 else 0)
         reqs[str(i)] = (p, params, {})
     kw = dict(max_model_len=256, max_num_batched_tokens=48, block_size=8)  # long prompts are chunked
-    plain_engine, spec_engine = engine(policy, **kw), engine(policy, draft, **kw)
-    plain_engine.tokenizer = spec_engine.tokenizer = tok
+    plain_engine, spec_engine = engine(policy, tokenizer=tok, **kw), engine(policy, draft, tokenizer=tok, **kw)
     plain, spec = run(plain_engine, reqs), run(spec_engine, reqs)
     assert_same(plain, spec)
     for rid in plain:

@@ -1,7 +1,8 @@
 """Load and save Hugging Face checkpoint directories, offline.
 
 A directory holds config.json and either model.safetensors, a sharded
-model.safetensors.index.json, or (older checkpoints) pytorch_model.bin. Hugging Face tensor
+model.safetensors.index.json, or (older checkpoints) pytorch_model.bin or its sharded
+pytorch_model.bin.index.json. Hugging Face tensor
 names map onto `DecoderLM` parameters through `hf_to_local`; the separate q/k/v and gate/up
 projections land in slices of the fused parameters.
 
@@ -185,20 +186,21 @@ def read_tensors(path: Path) -> list[tuple[str, torch.Tensor]]:
     unreadable or corrupt file is a CheckpointError naming it."""
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        files = _shards(index)
-    elif (path / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    elif (path / "pytorch_model.bin").is_file():
-        return _read_file(path / "pytorch_model.bin", lambda f: list(torch.load(f, map_location="cpu", weights_only=True).items()))
+    for index in (path / "model.safetensors.index.json", path / "pytorch_model.bin.index.json"):
+        if index.is_file():
+            files = _shards(index)
+            break
     else:
-        raise FileNotFoundError(f"no weights in {path}: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin")
+        index = None
+        files = [f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()][:1]
+    if not files:
+        raise FileNotFoundError(f"no weights in {path}: expected model.safetensors, pytorch_model.bin "
+                                "or the index of either's shards (model.safetensors.index.json, pytorch_model.bin.index.json)")
     tensors = []
     for file in files:
         if not (path / file).is_file():
             raise FileNotFoundError(f"shard {file} listed in {index.name} is missing from {path}")
-        tensors += _read_file(path / file, _read_safetensors)
+        tensors += _read_file(path / file, _read_safetensors if file.endswith(".safetensors") else _read_pickle)
     return tensors
 
 
@@ -207,6 +209,11 @@ def _shards(index: Path) -> list[str]:
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) and "/" not in v for v in weight_map.values()):
         raise CheckpointError(f"{index} has no valid weight_map (tensor name -> shard file in the same directory)")
     return sorted(set(weight_map.values()))
+
+
+def _read_pickle(file: Path) -> list[tuple[str, torch.Tensor]]:
+    """A torch.save'd state dict, loaded with weights_only (no code from the file runs)."""
+    return list(torch.load(file, map_location="cpu", weights_only=True).items())
 
 
 def _read_safetensors(file: Path) -> list[tuple[str, torch.Tensor]]:

@@ -53,6 +53,29 @@ def test_legacy_rope_keys_and_sharded_checkpoint(hf_checkpoint):
         torch.testing.assert_close(logits_of(ours, ids), ref(ids).logits, atol=1e-4, rtol=0)
 
 
+def test_sharded_pickle_checkpoint_loads(hf_checkpoint, tmp_path):
+    """Older hub checkpoints: pytorch_model-0000i-of-0000n.bin shards and pytorch_model.bin.index.json."""
+    from safetensors.torch import load_file
+
+    src, ref = hf_checkpoint("llama", max_shard_size="40KB")
+    path = tmp_path / "bin"
+    path.mkdir()
+    (path / "config.json").write_text((src / "config.json").read_text())
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    renamed = {f: f.replace("model-", "pytorch_model-").replace(".safetensors", ".bin") for f in set(index["weight_map"].values())}
+    for shard, target in renamed.items():
+        torch.save(load_file(src / shard), path / target)
+    index["weight_map"] = {name: renamed[f] for name, f in index["weight_map"].items()}
+    (path / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    assert len(renamed) > 1
+    ids = torch.randint(0, 256, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(load_model(path, "cpu"), ids), ref(ids).logits, atol=1e-4, rtol=0)
+    (path / sorted(renamed.values())[-1]).unlink()
+    with pytest.raises(FileNotFoundError, match=r"shard pytorch_model-.*\.bin listed in pytorch_model\.bin\.index\.json"):
+        load_model(path, "cpu")
+
+
 def test_dynamic_ntk_matches_transformers_at_the_planned_length(hf_checkpoint):
     """Dynamic NTK is fixed from max_len (see rope.py): equal to transformers' full-sequence forward
     at that length, and plain RoPE within max_position_embeddings."""

@@ -181,8 +181,12 @@ def _rope_params(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None, tuple
     if scaling:
         scaling = dict(scaling)
         mrope_section = scaling.pop("mrope_section", None)
-        rope_type = scaling.pop("type", None) or scaling.get("rope_type") or "default"
-        rope_type = "default" if rope_type == "mrope" else rope_type
+        spelled = {k: "default" if scaling[k] == "mrope" else scaling[k] for k in ("rope_type", "type") if scaling.get(k)}
+        scaling.pop("type", None)
+        if len(set(spelled.values())) > 1:  # transformers 5 would read rope_type, 4.x type: refuse the ambiguity
+            raise ConfigError(f"'rope_scaling' names two rope types, rope_type {spelled['rope_type']!r} and "
+                              f"type {spelled['type']!r}; keep one")
+        rope_type = next(iter(spelled.values()), "default")
         scaling["rope_type"] = rope_type
         if rope_type not in ROPE_TYPES:
             raise ConfigError(f"unsupported rope type {rope_type!r} in 'rope_scaling'; supported: {', '.join(ROPE_TYPES)}")

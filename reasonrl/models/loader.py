@@ -142,14 +142,15 @@ def _stage(model: DecoderLM, tensors, source) -> list[tuple[torch.Tensor, torch.
     """(parameter or slice of one, checked checkpoint tensor) for every tensor the model uses."""
     cfg = model.config
     params = dict(model.named_parameters(remove_duplicate=False))
-    staged, filled, seen = [], {}, set()
+    staged, filled, seen, unused = [], {}, set(), []
+    tensors = _tied_head_checked(cfg, list(tensors), source)
     for name, tensor in tensors:
         target = hf_to_local(name, cfg)
         if target is None:
             continue
         local, offset, rows = target
         if local not in params:
-            log.warning("ignoring tensor %r: no such parameter in %s", name, cfg.architecture)
+            unused.append(name)
             continue
         if (local, offset) in seen:
             raise CheckpointError(f"checkpoint {source} gives tensor {name!r} twice")
@@ -158,8 +159,26 @@ def _stage(model: DecoderLM, tensors, source) -> list[tuple[torch.Tensor, torch.
         _check_tensor(name, tensor, tuple(dest.shape))
         staged.append((dest, tensor))
         filled[local] = filled.get(local, 0) + dest.numel()
+    if unused:  # e.g. biases or q/k norms a config leaves out: the model would run without them
+        more = f" and {len(unused) - 5} more" if len(unused) > 5 else ""
+        raise CheckpointError(f"checkpoint {source} has tensors a {cfg.architecture} with this config.json does not use: "
+                              f"{', '.join(unused[:5])}{more} (does config.json describe these weights?)")
     _check_complete(model, params, filled, source)
     return staged
+
+
+def _tied_head_checked(cfg: ModelConfig, tensors: list, source) -> list:
+    """A tied model reads its LM head from the embedding: a separate lm_head.weight in the file is
+    dropped if it equals the embedding, and refused if it differs (transformers would untie the two;
+    which one a tied model kept would otherwise depend on the order of the files)."""
+    if not cfg.tie_word_embeddings:
+        return tensors
+    heads = [t for n, t in tensors if n == "lm_head.weight"]
+    embeds = [t for n, t in tensors if hf_to_local(n, cfg) == ("embed_tokens.weight", 0, -1)]
+    if heads and embeds and heads[0].device.type != "meta" and not torch.equal(heads[0], embeds[0]):
+        raise CheckpointError(f"checkpoint {source}: config.json ties the word embeddings, but the file's lm_head.weight "
+                              "differs from its embedding; set tie_word_embeddings to false if the head is separate")
+    return [(n, t) for n, t in tensors if n != "lm_head.weight"] if embeds else tensors
 
 
 def _check_tensor(name: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
@@ -186,14 +205,13 @@ def read_tensors(path: Path) -> list[tuple[str, torch.Tensor]]:
     unreadable or corrupt file is a CheckpointError naming it."""
     if not path.is_dir():
         raise FileNotFoundError(f"checkpoint directory {path} does not exist")
-    for index in (path / "model.safetensors.index.json", path / "pytorch_model.bin.index.json"):
-        if index.is_file():
-            files = _shards(index)
+    index = None  # transformers' order of preference, single files first (an index can outlive its shards)
+    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"):
+        if (path / name).is_file():
+            index = path / name if name.endswith(".json") else None
+            files = _shards(index) if index else [name]
             break
     else:
-        index = None
-        files = [f for f in ("model.safetensors", "pytorch_model.bin") if (path / f).is_file()][:1]
-    if not files:
         raise FileNotFoundError(f"no weights in {path}: expected model.safetensors, pytorch_model.bin "
                                 "or the index of either's shards (model.safetensors.index.json, pytorch_model.bin.index.json)")
     tensors = []

@@ -180,6 +180,7 @@ class PolicyUpdate:
 
         path = self.cfg.model.path
         ref = load_model(path, self.policy.device, self.policy.dtype) if path else copy.deepcopy(self.policy)
+        ref.rotary.inv_freq = self.policy.rotary.inv_freq.clone()  # dynamic NTK is fixed from the policy's max_len (rope.py)
         return ref.requires_grad_(False).eval()
 
     def _reference_logp(self, batch: TrainBatch) -> torch.Tensor | None:

@@ -147,6 +147,11 @@ def test_unsupported_architecture_and_rope(hf_checkpoint):
         ModelConfig.from_dict(_config(path, rope_scaling={"type": "llama3", "factor": 8.0}))
     with pytest.raises(ConfigError, match="hidden_size"):
         ModelConfig.from_dict(_config(path, hidden_size="64"))
+    with pytest.raises(ConfigError, match="two rope types, rope_type 'linear' and type 'default'"):
+        ModelConfig.from_dict(_config(path, rope_scaling={"type": "default", "rope_type": "linear", "factor": 4.0}))
+    # Qwen2.5-VL's hub configs spell M-RoPE both ways ("mrope" and "default"): one type, no error
+    assert ModelConfig.from_dict(_config(path, rope_scaling={"type": "mrope", "rope_type": "default",
+                                                             "mrope_section": [2, 3, 3]})).rope_type == "default"
 
 
 def test_shape_mismatch_names_the_tensor(hf_checkpoint, tmp_path):
@@ -195,3 +200,55 @@ def test_rms_norm_is_the_hugging_face_formula_bit_for_bit(dtype):
     h = x.float()
     expected = norm.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
     assert torch.equal(norm(x), expected)
+
+
+def _rewritten(path, tmp_path, tensors, **config):
+    from safetensors.torch import save_file
+
+    out = tmp_path / "rewritten"
+    out.mkdir()
+    save_file(tensors, out / "model.safetensors")
+    (out / "config.json").write_text(json.dumps(_config(path, **config)))
+    return out
+
+
+def test_tensors_the_config_does_not_use_are_refused(hf_checkpoint, tmp_path):
+    """Biases in the file of a config without them: the model would run without them, wrongly."""
+    from safetensors.torch import load_file
+
+    path, _ = hf_checkpoint("llama", attention_bias=True)
+    bad = _rewritten(path, tmp_path, load_file(path / "model.safetensors"), attention_bias=False)
+    with pytest.raises(CheckpointError, match=r"does not use: model\.layers\.0\.self_attn\.[qkvo]_proj\.bias"):
+        load_model(bad)
+
+
+def test_a_tied_config_refuses_a_separate_head_and_drops_an_equal_one(hf_checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    path, ref = hf_checkpoint("qwen2", tie_word_embeddings=True)
+    tensors = load_file(path / "model.safetensors")
+    assert "lm_head.weight" not in tensors
+    embed = tensors["model.embed_tokens.weight"]
+    equal = _rewritten(path, tmp_path, {**tensors, "lm_head.weight": embed.clone()})
+    ids = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(load_model(equal, "cpu"), ids), ref(ids).logits, atol=1e-4, rtol=0)
+    (equal / "model.safetensors").unlink()
+    from safetensors.torch import save_file
+    save_file({**tensors, "lm_head.weight": torch.randn_like(embed)}, equal / "model.safetensors")
+    with pytest.raises(CheckpointError, match="ties the word embeddings, but the file's lm_head.weight differs"):
+        load_model(equal)
+
+
+def test_a_single_file_wins_over_a_stale_index(hf_checkpoint, tmp_path):
+    """save_pretrained unsharded into a directory that held shards leaves the old index behind;
+    transformers then reads model.safetensors, and so do we."""
+    import shutil
+
+    path, ref = hf_checkpoint("qwen2")
+    stale = tmp_path / "stale"
+    shutil.copytree(path, stale)
+    (stale / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": "model-00001-of-00002.safetensors"}}))
+    ids = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(logits_of(load_model(stale, "cpu"), ids), ref(ids).logits, atol=1e-4, rtol=0)

@@ -129,3 +129,18 @@ def test_the_trainer_runs_on_any_backend_and_reports_the_step_metrics(policy_dir
                 "eval_accuracy", "reward_mean", "lr"):
         assert key in metrics, key
     assert metrics["reward_mean"] == pytest.approx(0.75)  # "aaab" scores 3/4 on prompts asking for a
+
+
+def test_the_reference_rotates_positions_as_the_policy_does(hf_checkpoint, tmp_path):
+    """Dynamic NTK is fixed from the max_len a model is loaded with (rope.py): a reference loaded
+    without the policy's max_len rotated differently, and the KL term was not 0 before any update."""
+    path, _ = hf_checkpoint("llama", rope_parameters={"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0},
+                            max_position_embeddings=32)
+    cfg = load_config(None, {"model.path": str(path), "train.run_dir": str(tmp_path), "train.reference_model": True,
+                             "loss.beta": 0.1, "engine.max_model_len": 128})
+    policy = load_model(path, max_len=128)
+    update = PolicyUpdate(policy, cfg, pad_id=0)
+    batch = collate(samples(4), [0.0] * 4, 0, "cpu")
+    with torch.no_grad():
+        own = response_logprobs(policy, batch, 1.0)
+    torch.testing.assert_close(update._reference_logp(batch), own, atol=0, rtol=0)

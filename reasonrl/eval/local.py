@@ -59,8 +59,7 @@ class LocalModel:
                 for out in self.engine.step():
                     if out.finished:
                         run = runs.pop(out.request_id)
-                        batch += [(run[o.index], Completion(o.text, len(o.token_ids), o.finish_reason))
-                                  for o in out.outputs]
+                        batch += [(run[o.index], _result(o, out.error)) for o in out.outputs]
                 yield batch
         finally:  # interrupted: free the engine for whoever uses it next
             self.engine.abort_all()
@@ -69,6 +68,14 @@ class LocalModel:
         if self.chat:
             return self.encoder(job.prompt.messages)
         return self.tokenizer.encode(render_text(job.prompt.messages))
+
+
+def _result(output, error: str | None) -> Completion | Failure:
+    """A sample the engine failed (finish_reason "error": its partial text is not an answer) is a
+    Failure, not recorded, as a remote server's 500 is: a rerun asks for it again."""
+    if output.finish_reason == "error":
+        return Failure(f"the engine failed this request: {error or 'no reason given'}")
+    return Completion(output.text, len(output.token_ids), output.finish_reason)
 
 
 def _consecutive_runs(jobs: Sequence[Job]) -> list[list[Job]]:

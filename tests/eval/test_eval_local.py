@@ -77,3 +77,33 @@ def test_reasonrl_serve_gives_the_local_samples(checkpoint, tmp_path):
         server.stop()
     assert summary["response_length"]["unit"] == "tokens"
     assert rows_by_key(tmp_path / "served") == rows_by_key(tmp_path / "local")
+
+
+def test_a_sample_the_engine_fails_is_not_recorded_and_a_rerun_asks_again(checkpoint, tmp_path, monkeypatch):
+    """Step isolation ends one request with finish_reason "error" and partial text: that is no
+    answer. It was stored as a finished sample with reward 0 and the run called complete."""
+    from reasonrl.engine.llm_engine import LLMEngine
+    from reasonrl.eval.harness import IncompleteEval
+
+    load = LLMEngine.from_pretrained.__func__
+
+    def faulty_engine(cls, *args, **kwargs):
+        engine = load(cls, *args, **kwargs)
+        sampling = engine.runner.sampling_batch
+
+        def sampling_batch(seqs):
+            if any(s.request_id == "eval-1" and len(s.output_ids) == 2 for s in seqs):
+                raise RuntimeError("injected fault")
+            return sampling(seqs)
+
+        engine.runner.sampling_batch = sampling_batch
+        return engine
+
+    with monkeypatch.context() as m:
+        m.setattr(LLMEngine, "from_pretrained", classmethod(faulty_engine))
+        with pytest.raises(IncompleteEval, match="injected fault"):
+            run_eval("ttt:all", model=str(checkpoint), out=tmp_path / "a", n=2, **OPTIONS)
+    rows = rows_by_key(tmp_path / "a")
+    assert len(rows) == 6 and all(r["finish_reason"] != "error" for r in rows.values())
+    summary = run_eval("ttt:all", model=str(checkpoint), out=tmp_path / "a", n=2, **OPTIONS)
+    assert summary["complete"] and summary["samples"] == 8 and summary["run"]["asked"] == 2

@@ -78,3 +78,32 @@ def test_label_job_writes_rows_costs_and_quality(tmp_path):
 def test_label_job_refuses_bad_options():
     with pytest.raises(ValueError, match="completions"):
         LabelJob(policy=POLICY, out="x", weak=POLICY, completions=0)
+
+
+def test_a_continuation_the_engine_fails_is_run_again_not_scored(completer):
+    """A request ended with finish_reason "error" holds partial text: scored as a continuation it
+    read as "did not reach the answer" and biased the step labels towards wrong."""
+    from reasonrl.reward.prm.completer import ATTEMPTS, Request
+
+    env = SumsEnvironment(max_terms=3)
+    [prompt] = env.prompts(1, seed=0)
+    clean = Request(prompt, seed=1)
+    completer.run([clean])
+    sampling, faults = completer.engine.runner.sampling_batch, []
+
+    def sampling_batch(seqs, limit):
+        if len(faults) < limit and any(s.request_id == "c0" and len(s.output_ids) == 2 for s in seqs):
+            faults.append(1)
+            raise RuntimeError("injected fault")
+        return sampling(seqs)
+
+    try:
+        completer.engine.runner.sampling_batch = lambda seqs: sampling_batch(seqs, 1)
+        again = Request(prompt, seed=1)
+        completer.run([again])
+        assert faults and again.texts == clean.texts  # the failed run was repeated, with its seed
+        completer.engine.runner.sampling_batch = lambda seqs: sampling_batch(seqs, 1 + ATTEMPTS)
+        with pytest.raises(RuntimeError, match=f"failed 1 completion request.*{ATTEMPTS} times.*injected fault"):
+            completer.run([Request(prompt, seed=1)])
+    finally:
+        completer.engine.runner.sampling_batch = sampling

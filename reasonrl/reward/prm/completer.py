@@ -19,6 +19,7 @@ from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.envs.base import Prompt
 from reasonrl.models.chat import ChatEncoder, token_ids
 
+ATTEMPTS = 3  # runs of a request the engine fails (a sample's step raised) before the labelling stops
 
 @dataclass
 class Cost:
@@ -58,22 +59,37 @@ class Completer:
         return cls(LLMEngine.from_pretrained(path, device=device, **engine_kwargs), n, temperature, max_tokens)
 
     def run(self, requests: Sequence[Request], n: int | None = None) -> Cost:
-        """Fill each request's `texts` with n continuations of its prefix; returns the cost."""
+        """Fill each request's `texts` with n continuations of its prefix; returns the cost. A
+        request the engine fails (finish_reason "error", its partial texts no continuations) is
+        run again, up to `ATTEMPTS` times in all, then a RuntimeError names it."""
         n = n or self.n
-        start, cost, pending = time.perf_counter(), Cost(), {}
-        for i, r in enumerate(requests):
-            ids = token_ids(self.encoder(r.prompt.messages))
-            if r.prefix:
-                ids += self.engine.tokenizer.encode(r.prefix, add_special_tokens=False)
-            params = SamplingParams(n=n, temperature=self.temperature, max_tokens=self.max_tokens, seed=r.seed)
-            self.engine.add_request(f"c{i}", ids, params)
-            pending[f"c{i}"] = r
-            cost.prompt_tokens += len(ids)
-        for rid, out in self.engine.drain().items():
-            pending[rid].texts = [o.text for o in out.outputs]
-            cost.completions += len(out.outputs)
-            cost.generated_tokens += sum(len(o.token_ids) for o in out.outputs)
-            cost.cached_tokens += out.num_cached_tokens
+        start, cost = time.perf_counter(), Cost()
+        todo = dict(enumerate(requests))
+        for attempt in range(ATTEMPTS):
+            for i, r in todo.items():
+                ids = token_ids(self.encoder(r.prompt.messages))
+                if r.prefix:
+                    ids += self.engine.tokenizer.encode(r.prefix, add_special_tokens=False)
+                params = SamplingParams(n=n, temperature=self.temperature, max_tokens=self.max_tokens, seed=r.seed)
+                self.engine.add_request(f"c{i}", ids, params)
+                cost.prompt_tokens += len(ids)
+            failed = {}
+            for rid, out in self.engine.drain().items():
+                i = int(rid[1:])
+                cost.completions += len(out.outputs)
+                cost.generated_tokens += sum(len(o.token_ids) for o in out.outputs)
+                cost.cached_tokens += out.num_cached_tokens
+                if any(o.finish_reason == "error" for o in out.outputs):
+                    failed[i] = out.error
+                else:
+                    todo[i].texts = [o.text for o in out.outputs]
+            todo = {i: todo[i] for i in failed}
+            if not todo:
+                break
+        if todo:
+            i, error = next(iter(failed.items()))
+            raise RuntimeError(f"the engine failed {len(todo)} completion request(s) {ATTEMPTS} times, e.g. the "
+                               f"continuation of {todo[i].prefix[-80:]!r}: {error}")
         cost.seconds = time.perf_counter() - start
         return cost
 

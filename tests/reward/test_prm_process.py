@@ -18,6 +18,45 @@ def test_step_ends_map_to_the_token_that_completes_each_step():
         assert len(tok.decode(ids[:k + 1])) >= s.end > len(tok.decode(ids[:k]))
 
 
+def test_a_step_ending_in_a_character_split_across_tokens_ends_at_its_last_byte():
+    """An incomplete UTF-8 sequence decodes to one U+FFFD, so a prefix reached the step's length a
+    token or more before the step's last character was complete."""
+    tok = Tokenizer.from_dir("reasonrl/demo/policy")
+    for text in ["\U0001f9ee\U0001f9ee\U0001f9ee x", "a\U0001f9ee b", "\u4e2d\u4e2d\u4e2d\u4e2d x y"]:
+        ids = tok.encode(text, add_special_tokens=False)
+        steps = split_steps(text, StepFormat(delimiter=" "))
+        ends = step_token_ends(tok.decode, ids, [s.end for s in steps])
+        for s, k in zip(steps, ends):
+            assert tok.decode(ids[:k + 1]).startswith(text[:s.end]), (text, s.text)
+            assert not tok.decode(ids[:k]).startswith(text[:s.end])
+
+
+def test_steps_the_prm_did_not_read_get_no_process_advantage():
+    """Steps past the PRM's max_len score 0.0 as a placeholder; read as "wrong" they gave a long
+    response large negative advantages on a tail the PRM never saw."""
+    from types import SimpleNamespace
+
+    from reasonrl.reward.prm.process import ProcessReward
+    from reasonrl.reward.prm.scoring import StepScores
+
+    fmt = StepFormat(delimiter=" ")
+
+    class Scorer:
+        cfg = SimpleNamespace(steps=fmt)
+
+        def score_steps(self, items):  # "right" on every step it reads; it reads 2 steps at most
+            return [StepScores(list(steps), [0.9] * min(2, len(steps)) + [0.0] * (len(steps) - 2), min(2, len(steps)))
+                    for _, steps in items]
+
+    reward = object.__new__(ProcessReward)
+    reward.cfg, reward.scorer, reward.decode = ProcessRewardConfig(coef=1.0), Scorer(), lambda ids: "".join(map(chr, ids))
+    texts = ["a b c d", "a b"]
+    samples = [SimpleNamespace(response_text=t, response_ids=[ord(c) for c in t], group_id=0,
+                               prompt=SimpleNamespace(messages=[])) for t in texts]
+    long, short = reward.advantages(samples, [0.0, 0.0])
+    assert long == [0.0] * 7 and short == [0.0] * 3  # every read step scored alike: nothing to tell apart
+
+
 def test_process_advantages_are_group_normalised_suffix_sums():
     # one group, two samples: A has steps scoring 1.0 then 0.0 (tokens 0-1, 2-3), B one step of 0.5 (tokens 0-2)
     out = process_advantages([[1.0, 0.0], [0.5]], [[1, 3], [2]], [5, 4], [0, 0], eps=0.0)

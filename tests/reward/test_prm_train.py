@@ -35,6 +35,60 @@ def test_processbench_metrics():
     assert auc([0.5, 0.5], [1, 0]) == 0.5 and auc([0.1, 0.9], [1, 0]) == 0.0
 
 
+def test_an_empty_class_has_no_accuracy_and_no_f1():
+    """With no correct (or no erroneous) solutions, a perfect PRM scored F1 0."""
+    only_wrong = processbench([[0.9, 0.1]], [[1, 0]])
+    assert only_wrong["erroneous_accuracy"] == 1.0 and only_wrong["correct_accuracy"] is None and only_wrong["f1"] is None
+    only_right = processbench([[0.9, 0.8]], [[1, 1]])
+    assert only_right["correct_accuracy"] == 1.0 and only_right["erroneous_accuracy"] is None and only_right["f1"] is None
+    with pytest.raises(ValueError, match="one score per labelled step"):
+        processbench([[0.9, 0.8]], [[1, 1, 0]])
+
+
+def test_solutions_past_max_len_are_left_out_of_the_judgement():
+    """Steps the PRM did not read score 0.0 as a placeholder: an all-correct long solution was
+    judged erroneous at its first unread step."""
+    scorer = new_prm(POLICY, PRMConfig(steps=SPACE, max_len=80), "cpu", seed=3)
+    with torch.no_grad():  # a head that says "right" everywhere
+        scorer.prm.score[-1].weight.zero_()
+        scorer.prm.score[-1].bias.copy_(torch.tensor([-5.0, 5.0]))
+    prompt = [{"role": "user", "content": "Add: 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1"}]
+    long = [f"{i}+1={i + 1}" for i in range(1, 10)] + ["\\boxed{10}"]
+    rows = [{"prompt": prompt, "steps": long, "exact": [1] * 10, "outcome": 1},
+            {"prompt": prompt, "steps": long[:2], "exact": [1, 1], "outcome": 0},
+            {"prompt": prompt, "steps": long[:2], "exact": [1, 0], "outcome": 0}]
+    assert scorer.score_steps([(prompt, long)])[0].seen < 10
+    metrics = judge(scorer, rows)
+    assert metrics["unread"] == 1 and metrics["solutions"] == 2 and metrics["correct_accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("row, labels, error", [
+    ({"steps": ["a"], "outcome": 1}, None, "missing prompt"),
+    ({"prompt": "p", "steps": "a b", "outcome": 1}, None, "steps must be a list of strings"),
+    ({"prompt": "p", "steps": ["a", "b"], "outcome": 1, "exact": [1]}, None, "exact must be one 0 or 1 per step"),
+    ({"prompt": "p", "steps": ["a"], "outcome": 1, "exact": None}, "exact", "no exact step labels"),
+    ({"prompt": "p", "steps": ["a"], "outcome": 1}, "consistent", "no weak completer outcomes"),
+    ({"prompt": "p", "steps": ["a"], "outcome": 1, "mc": {"weak": [[1]]}}, "consistent", "no strong completer outcomes"),
+    ({"prompt": "p", "steps": ["a", "b"], "outcome": 1, "mc": {"weak": [[1]]}}, "weak", "mc.weak must be one list"),
+])
+def test_bad_rows_are_named_by_line_and_field(tmp_path, row, labels, error):
+    import json
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=f"rows.jsonl:2: {error}"):
+        read_rows(path, labels=labels)
+
+
+def test_rows_may_hold_line_separators_inside_their_strings(tmp_path):
+    import json
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"prompt": "p", "steps": ["a\u2028b", "c\x85"], "outcome": 1}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    assert read_rows(path)[0]["steps"] == ["a\u2028b", "c\x85"]
+
+
 def test_upsampling_repeats_solutions_with_a_negative_step(tmp_path):
     scorer = new_prm(POLICY, PRMConfig(steps=SPACE), "cpu")
     data = examples(scorer, sums_rows(40, "train"), "exact")

@@ -107,6 +107,23 @@ def labels_of(row: dict[str, Any], source: Source, n: int | None = None, hard: b
     return [w if w == s else None for w, s in zip(weak, strong)]
 
 
+def label_problem(row: dict[str, Any], source: Source) -> str | None:
+    """What keeps a row from giving `source` labels (None: nothing): exact labels must be there, and
+    Monte Carlo ones (weak, strong, consistent: both) one list of 0/1 outcomes per step."""
+    if source == "exact" and row.get("exact") is None:
+        return "no exact step labels (exact is missing or null)"
+    roles = {"weak": ["weak"], "strong": ["strong"], "consistent": ["weak", "strong"]}.get(source, [])
+    mc = row.get("mc")
+    for role in roles:
+        outcomes = mc.get(role) if isinstance(mc, dict) else None
+        if outcomes is None:
+            return f"no {role} completer outcomes (mc.{role}), which --labels {source} needs; label with --{role}"
+        if (not isinstance(outcomes, list) or len(outcomes) != len(row["steps"])
+                or not all(isinstance(b, list) and all(x in (0, 1) for x in b) for b in outcomes)):
+            return f"mc.{role} must be one list of 0/1 outcomes per step ({len(row['steps'])} steps)"
+    return None
+
+
 def label_quality(rows: Sequence[dict[str, Any]], source: Source, n: int | None = None) -> dict[str, float]:
     """Hard labels of `source` against the exact step labels: accuracy over the steps it labels,
     the share of steps it labels (retention), and, among labelled steps, the share of truly wrong

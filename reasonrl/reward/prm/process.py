@@ -10,8 +10,8 @@ Where this departs from it:
   GRPO's), so outcome and process rewards train together; the paper uses process supervision alone.
 - Steps are cut from the response text by the PRM's step format and mapped to response tokens by
   decoding prefixes: a step ends at the first token whose prefix covers the step's text. Tokens
-  after the last step (e.g. the end-of-sequence token) get no process part; a response with no step
-  gets none at all. A group's std is the unbiased one, with eps, like the outcome estimator's.
+  after the last step (e.g. the end-of-sequence token), and those of steps past the PRM's `max_len`
+  (which it did not read), get no process part; a response with no step gets none at all. A group's std is the unbiased one, with eps, like the outcome estimator's.
 """
 
 from __future__ import annotations
@@ -40,22 +40,26 @@ class ProcessRewardConfig:
 
 def step_token_ends(decode, response_ids: Sequence[int], char_ends: Sequence[int]) -> list[int]:
     """For each step's end (a character offset of the response text), the index of the response token
-    that completes it. `decode(ids) -> str` is the tokenizer's; prefixes decode to growing texts."""
-    lengths = _PrefixLengths(decode, response_ids)
+    that completes it: the first prefix of the tokens whose text agrees with the whole response's up
+    to that offset (a length test alone would take a character split across tokens, decoded as
+    U+FFFD, for the finished one). `decode(ids) -> str` is the tokenizer's."""
+    prefix = _Prefixes(decode, response_ids)
+    full = decode(list(response_ids))
     out = []
-    for end in char_ends:  # the smallest k with len(decode(ids[:k + 1])) >= end
-        k = bisect.bisect_left(range(len(response_ids)), end, key=lengths)
+    for end in char_ends:
+        covered = lambda k: prefix(k)[:end] == full[:end]  # False, then True from the step's last token on
+        k = bisect.bisect_left(range(len(response_ids)), True, key=covered)
         out.append(min(k, len(response_ids) - 1))
     return out
 
 
-class _PrefixLengths:
+class _Prefixes:
     def __init__(self, decode, ids):
         self.decode, self.ids, self.cache = decode, list(ids), {}
 
-    def __call__(self, k: int) -> int:
+    def __call__(self, k: int) -> str:
         if k not in self.cache:
-            self.cache[k] = len(self.decode(self.ids[:k + 1]))
+            self.cache[k] = self.decode(self.ids[:k + 1])
         return self.cache[k]
 
 
@@ -111,6 +115,9 @@ class ProcessReward:
         scored = self.scorer.score_steps([(s.prompt.messages, [x.text for x in st]) for s, st in zip(samples, steps)])
         ends = [step_token_ends(self.decode, s.response_ids, [x.end for x in st]) if s.response_ids else []
                 for s, st in zip(samples, steps)]
-        process = process_advantages([o.scores for o in scored], ends, [len(s.response_ids) for s in samples],
+        # steps past the PRM's max_len were not read (scored 0.0 as a placeholder): like tokens after
+        # the last step they get no process part and stay out of the group's statistics
+        process = process_advantages([o.scores[:o.seen] for o in scored], [e[:o.seen] for e, o in zip(ends, scored)],
+                                     [len(s.response_ids) for s in samples],
                                      [s.group_id for s in samples], self.cfg.eps)
         return [[a + self.cfg.coef * p for p in row] for a, row in zip(outcome, process)]

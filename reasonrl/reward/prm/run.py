@@ -21,6 +21,7 @@ from reasonrl.config import to_dict
 from reasonrl.models import load_model
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.reward.prm.judge import processbench
+from reasonrl.reward.prm.labels import Source, label_problem
 from reasonrl.reward.prm.model import PRMConfig, from_backbone, load_prm, save_prm
 from reasonrl.reward.prm.best_of_n import Candidate, curves, rules
 from reasonrl.reward.prm.scoring import PRMScorer, aggregate, check_aggregations
@@ -55,22 +56,42 @@ class JudgeJob:
     """cpu, cuda or cuda:N (default: cuda when available)."""
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
+def read_rows(path: str | Path, need: Sequence[str] = (), labels: Source | None = None) -> list[dict[str, Any]]:
+    """Labelled solutions, each checked: a JSON object with `prompt`, `steps` (strings), `outcome` (a
+    number) and the fields in `need`; `exact` step labels, where given, 0 or 1 per step; what
+    `labels` needs (labels.py `label_problem`). A bad row is a ValueError naming the file, the line
+    and the field."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labelled solutions {path} do not exist")
     rows = []
-    for i, line in enumerate(path.read_text().splitlines()):
+    for i, line in enumerate(path.read_bytes().split(b"\n")):  # not splitlines(): JSON strings may hold U+2028
         if line.strip():
             try:
                 row = json.loads(line)
-                missing = {"prompt", "steps", "outcome"} - set(row)
-            except (json.JSONDecodeError, TypeError):
-                raise ValueError(f"{path}:{i + 1}: not a JSON object") from None
-            if missing:
-                raise ValueError(f"{path}:{i + 1}: missing {', '.join(sorted(missing))}")
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                row = None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{i + 1}: not a JSON object")
+            problem = _row_problem(row, need) or (label_problem(row, labels) if labels else None)
+            if problem:
+                raise ValueError(f"{path}:{i + 1}: {problem}")
             rows.append(row)
     return rows
+
+
+def _row_problem(row: dict[str, Any], need: Sequence[str]) -> str | None:
+    missing = {"prompt", "steps", "outcome", *need} - set(row)
+    if missing:
+        return f"missing {', '.join(sorted(missing))}"
+    steps, exact = row["steps"], row.get("exact")
+    if not isinstance(steps, list) or not all(isinstance(x, str) for x in steps):
+        return "steps must be a list of strings"
+    if isinstance(row["outcome"], bool) or not isinstance(row["outcome"], (int, float)):
+        return f"outcome must be a number, got {row['outcome']!r}"
+    if exact is not None and (not isinstance(exact, list) or len(exact) != len(steps) or any(x not in (0, 1) for x in exact)):
+        return f"exact must be one 0 or 1 per step ({len(steps)} steps), got {exact!r}"
+    return None
 
 
 def new_prm(base: str, cfg: PRMConfig, device=None, seed: int = 0) -> PRMScorer:
@@ -80,18 +101,23 @@ def new_prm(base: str, cfg: PRMConfig, device=None, seed: int = 0) -> PRMScorer:
     return PRMScorer(from_backbone(backbone, tokenizer, cfg, seed), tokenizer)
 
 
-def judge(scorer: PRMScorer, rows: Sequence[dict[str, Any]], threshold: float = 0.5) -> dict[str, float]:
-    """ProcessBench metrics of the PRM's step scores on rows with exact step labels."""
+def judge(scorer: PRMScorer, rows: Sequence[dict[str, Any]], threshold: float = 0.5) -> dict[str, Any]:
+    """ProcessBench metrics of the PRM's step scores on rows with exact step labels. A solution
+    longer than the PRM's max_len (it did not read every step) is left out and counted in `unread`:
+    its unread steps have no score, and taking their placeholder 0.0 for "wrong" would misjudge it."""
     rows = [r for r in rows if r.get("exact") is not None and r["steps"]]
     if not rows:
         raise ValueError("no solution with exact step labels to judge against")
-    scores = [s.scores for s in scorer.score_steps([(r["prompt"], r["steps"]) for r in rows])]
-    return processbench(scores, [r["exact"] for r in rows], threshold)
+    scored = scorer.score_steps([(r["prompt"], r["steps"]) for r in rows])
+    read = [(s.scores, r["exact"]) for s, r in zip(scored, rows) if s.seen == len(r["steps"])]
+    if not read:
+        raise ValueError(f"none of the {len(rows)} solutions fits the PRM's max_len ({scorer.cfg.max_len} tokens)")
+    return {**processbench(*zip(*read), threshold), "unread": len(rows) - len(read)}
 
 
 def run_train(job: PRMTrainJob, prm_cfg: PRMConfig, cfg: PRMTrainConfig, log=print) -> dict[str, Any]:
-    rows = read_rows(job.data)
-    held_out = read_rows(job.eval_data) if job.eval_data else None
+    rows = read_rows(job.data, labels=cfg.labels)
+    held_out = read_rows(job.eval_data, labels="exact") if job.eval_data else None
     scorer = new_prm(job.base, prm_cfg, job.device, cfg.seed)
     history = train_prm(scorer, rows, cfg, log)
     out = save_prm(scorer.prm, job.out, scorer.tokenizer)
@@ -106,7 +132,7 @@ def run_train(job: PRMTrainJob, prm_cfg: PRMConfig, cfg: PRMTrainConfig, log=pri
 
 def run_judge(job: JudgeJob) -> dict[str, float]:
     prm, tokenizer = load_prm(job.prm, device=job.device)
-    return judge(PRMScorer(prm, tokenizer), read_rows(job.data), job.threshold)
+    return judge(PRMScorer(prm, tokenizer), read_rows(job.data, labels="exact"), job.threshold)
 
 
 @dataclass
@@ -149,7 +175,9 @@ def _step_scores(path: str, rows, device) -> list[list[float]]:
 
 
 def run_best_of_n(job: BestOfNJob) -> dict[str, Any]:
-    pools = candidates(read_rows(job.pool), job.prm, job.orm, job.device)
+    if not job.ns or any(not isinstance(n, int) or n < 1 for n in job.ns):
+        raise ValueError(f"ns must be candidate counts >= 1, got {list(job.ns)}")
+    pools = candidates(read_rows(job.pool, need=("id",)), job.prm, job.orm, job.device)
     check_aggregations([job.vote_by])
     result = curves(pools, job.ns, rules(job.vote_by, job.orm is not None), job.trials, job.seed)
     Path(job.out).parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ has seen, and can sample, the worked-out form that would have been right.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import zlib
@@ -32,6 +33,14 @@ from reasonrl.envs.math.extract import last_boxed
 
 _STEP = re.compile(r"(\d{1,6})\+(\d{1,6})=(\d{1,7})")
 _BOX = re.compile(r"\\boxed\{(\d{1,7})\}")
+
+
+MAX_MISSES = 10_000  # draws in a row that give no new problem of the split before it is taken as used up
+
+
+def _held_out(terms: tuple[int, ...]) -> bool:
+    """Train and eval never share a problem: the split is a hash of the terms (a tenth held out)."""
+    return zlib.crc32(repr(terms).encode()) % 10 == 0
 
 
 def problem_terms(rng: random.Random, max_terms: int = 10, p: float = 0.3, min_terms: int = 2) -> list[int]:
@@ -67,19 +76,31 @@ class SumsEnvironment(Environment):
         self.max_terms, self.p, self.min_terms = max_terms, p, min_terms
 
     def prompts(self, n=None, seed=0, split="train"):
+        """n prompts of the split (2000 by default), or all it has when that is fewer: `max_terms=2`
+        makes 81 problems in all, about 8 of them held out."""
         rng = random.Random(zlib.crc32(f"{split}:{seed}".encode()))
-        out, seen = [], set()
-        while len(out) < (n or 2000):
-            terms = problem_terms(rng, self.max_terms, self.p, self.min_terms)
-            key = tuple(terms)
-            # train and eval never share a problem: the split is a hash of the terms
-            if key in seen or (zlib.crc32(repr(key).encode()) % 10 == 0) != (split == "eval"):
+        want, out, seen, misses = n or 2000, [], set(), 0
+        while len(out) < want and misses < MAX_MISSES:
+            key = tuple(problem_terms(rng, self.max_terms, self.p, self.min_terms))
+            if key in seen or _held_out(key) != (split == "eval"):
+                misses += 1
                 continue
             seen.add(key)
-            text = "Add: " + " + ".join(map(str, terms))
-            out.append(Prompt(id=f"{split}-{len(out)}", messages=[{"role": "user", "content": text}],
-                              answer=sum(terms), metadata={"terms": len(terms)}))
+            out.append(self._prompt(split, len(out), key))
+            misses = 0
+        if len(out) < want:  # draws keep repeating: the split is (nearly) used up, so list the rest
+            rest = (k for k in self._problems() if k not in seen and _held_out(k) == (split == "eval"))
+            out += [self._prompt(split, len(out) + i, k) for i, k in zip(range(want - len(out)), rest)]
         return out
+
+    def _prompt(self, split: str, index: int, terms: tuple[int, ...]) -> Prompt:
+        return Prompt(id=f"{split}-{index}", messages=[{"role": "user", "content": "Add: " + " + ".join(map(str, terms))}],
+                      answer=sum(terms), metadata={"terms": len(terms)})
+
+    def _problems(self):
+        """Every problem, shortest first (reached only when a split runs out, so its space is small)."""
+        for k in range(self.min_terms, self.max_terms + 1):
+            yield from itertools.product(range(1, 10), repeat=k)
 
     def score(self, prompt, response):
         boxed = last_boxed(response[-2000:])

@@ -23,6 +23,8 @@ from reasonrl.envs.math.quick import normalize, quick_verdict
         ("The answer is 7.", "7"),
         ("The answer is 3.\nWait, no. The final answer is 4.", "4"),  # the last line wins
         ("Answer: 5\nso \\boxed{6}", "6"),  # a box beats an Answer: line
+        ("Answer: **5**.", "5"),  # markdown around the answer, a full stop after it
+        ("answer: `5`", "5"),
         ("no final answer here", None),
         ("\\boxed{}", None),
         ("", None),
@@ -55,7 +57,9 @@ def test_long_or_hostile_text_is_bounded():
 @pytest.mark.parametrize(
     "reference, expected",
     [(42, "42"), (0.5, "0.5"), ("$\\frac{1}{2}$", "\\frac{1}{2}"), ("so \\boxed{x+1}.", "x+1"),
-     (True, None), (None, None), (float("nan"), None), ([1], None), ("", None)],
+     (True, None), (None, None), (float("nan"), None), ([1], None), ("", None),
+     # floats in positional notation: repr's 1e-07 reads as Euler's e minus 7 to a math parser
+     (1e-07, "0.0000001"), (1e20, "100000000000000000000"), (-2.5e-05, "-0.000025"), (float("inf"), None)],
 )
 def test_reference_answer(reference, expected):
     assert reference_answer(reference) == expected

@@ -71,6 +71,12 @@ def test_equivalent_and_different_answers_through_the_pool(verifier):
     assert verifier.stats["pooled"] - before >= len(EQUIVALENT + DIFFERENT) - 1  # not all quick
 
 
+def test_float_references_in_scientific_notation(verifier):
+    """A JSON answer 0.0000001 loads as the float 1e-07, whose repr a math parser reads as e - 7."""
+    assert verifier.judge_many([("\\boxed{10^{-7}}", 1e-7), ("\\boxed{0.0000001}", 1e-7), ("\\boxed{e-7}", 1e-7),
+                                ("\\boxed{100000000000000000000}", 1e20), ("\\boxed{e+20}", 1e20)]) == [1.0, 1.0, 0.0, 1.0, 0.0]
+
+
 def test_judge_many_keeps_order_and_deduplicates(verifier):
     pairs = [("\\boxed{\\sqrt{8}}", "2\\sqrt{2}"), ("no answer", "1"), ("\\boxed{3}", "3"),
              ("\\boxed{\\sqrt{8}}", "2\\sqrt{2}"), ("\\boxed{\\sqrt{7}}", "2\\sqrt{2}")]

@@ -19,7 +19,9 @@ Departures from lm-eval-harness `last_boxed_only_string`, which we otherwise fol
 
 from __future__ import annotations
 
+import math
 import re
+from decimal import Decimal
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 # "Answer: 12", "**Final Answer:** 12", "The final answer is 12." (case-insensitive, to end of line)
@@ -79,9 +81,16 @@ def answer_line(text: str) -> str | None:
         pass
     if last is None:
         return None
-    answer = strip_math(last.group(1).strip().strip("*").strip())
-    answer = answer.rstrip(".").strip()
+    answer = _undecorated(strip_math(_undecorated(last.group(1))))
     return answer or None
+
+
+def _undecorated(text: str) -> str:
+    """Markdown emphasis, code ticks and a closing full stop taken off, in any nesting ("**5**.", "`5`")."""
+    previous = None
+    while text != previous:
+        previous, text = text, text.strip().strip("*`").strip().rstrip(".")
+    return text
 
 
 def extract_answer(response: str, think_delimiter: str | None = None, max_chars: int = 1000) -> str | None:
@@ -106,7 +115,8 @@ def reference_answer(reference: object, max_chars: int = 10_000) -> str | None:
     if isinstance(reference, int):
         return str(reference)
     if isinstance(reference, float):
-        return repr(reference) if reference == reference and abs(reference) != float("inf") else None
+        # positional notation: repr's "1e-07" reads as Euler's e minus 7 to a math parser
+        return format(Decimal(repr(reference)), "f") if math.isfinite(reference) else None
     if not isinstance(reference, str):
         return None
     boxed = last_boxed(reference, max_chars)

@@ -26,6 +26,8 @@ STTT = "ABCDEFGHIJKLMNOPQRSTUVWXY"
     ("A fork is coming. Alice must play position C", "C"),
     ("The answer:\n\n**F**\n", "F"),
     ("- G\n", "G"),
+    ("Answer: I", "I"),
+    ("Bob threatens I, so play at I.", "I"),
 ])
 def test_reads_the_committed_label(text, want):
     assert extract_answer(text, OTTT) == want
@@ -34,6 +36,8 @@ def test_reads_the_committed_label(text, want):
 @pytest.mark.parametrize("text", [
     "",
     "I think A good move exists. I am sure.",  # capitals of ordinary prose
+    "The move I recommend is E.",  # after a cue word, I before a lowercase word is the pronoun (was read as I)
+    "So the answer I would give is C.",
     "\\boxed{}",
     "\\boxed{A or B}",  # two labels: no answer
     "\\boxed{J}",  # not an oTTT label

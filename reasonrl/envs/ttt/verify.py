@@ -17,7 +17,8 @@ Reading rule (model output is untrusted: never raises, bounded work, garbage sco
    quotes, asterisks or a parenthesis, e.g. "play at E", "the answer is **E**", "Answer: E";
    or stands alone on its own line, possibly in markup ("**E**", "(E).").
    A capital letter in ordinary prose ("I think", "A fork") has no cue word before it and
-   is not on a line of its own, so it is never read as a label.
+   is not on a line of its own, so it is never read as a label; after a cue word, "I" followed
+   by a lowercase word ("the move I recommend is E") is the pronoun, not label I.
 The score is 1.0 if the answer is in the solution set, else 0.0.
 """
 
@@ -35,6 +36,7 @@ _LABEL = re.compile(_ALONE)
 _CUE = re.compile(
     r"(?i:\b(?:position|point|vertex|cell|square|spot|at|plays?|move|answer|choose|"
     r"places?|takes?|pick))[ \t]{0,3}(?i:is|=|:|-)?[ \t]{0,3}[*\"'`(]{0,3}[ \t]{0,2}" + _ALONE
+    + r"(?!(?<=I)[ \t]{1,3}[a-z])"  # "the move I recommend is E": I before a lowercase word is the pronoun
 )
 _LINE = re.compile(r"^[ \t>*#_\"'`(-]{0,6}" + _ALONE + r"[ \t*_\"'`).!]{0,6}$", re.MULTILINE)
 

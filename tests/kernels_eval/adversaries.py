@@ -146,6 +146,17 @@ import os
 def vector_add(x, y):
     os._exit(0)
 '''),
+    # writes its own result file (device "meta" tensors, the right number of cases) and exits: the
+    # parent's comparison raised, and the environment zeroed the whole batch's rewards
+    "forged_result": ("crashed", KERNEL + '''
+import os
+
+def vector_add(x, y):
+    m = torch.empty(x.shape, device="meta")
+    torch.save({{"stage": "done", "outputs": [m] * {cases}, "inputs_after": [], "launches": [1] * {cases},
+                "violations": [], "layers": []}}, ".result.pt")
+    os._exit(0)
+'''),
     "syntax_error": ("import_error", "def vector_add(x, y)\n    return x\n"),
     "wrong_name": ("missing_entry", KERNEL + '''
 def add(x, y):

@@ -39,7 +39,8 @@ def listener():
 
 def run_suite(evaluator, listener, outside):
     task = get_task("vector_add")
-    sources = {name: source.format(expert_path=family.__file__, outside_path=str(outside), port=listener.port)
+    sources = {name: source.format(expert_path=family.__file__, outside_path=str(outside), port=listener.port,
+                                   cases=len(task.cases()))
                for name, (_, source) in ADVERSARIES.items()}
     verdicts = evaluator.evaluate_many([(task, s) for s in sources.values()] + [(task, task.expert_source())])
     return dict(zip([*sources, "expert"], verdicts))

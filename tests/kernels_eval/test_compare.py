@@ -52,3 +52,15 @@ def test_identical_finds_overwritten_inputs():
     b = a.clone()
     b[1] = 0
     assert "argument 0: 1 of 4 values overwritten" == identical((a, 2.0), (b, 2.0))
+
+
+def test_complex_outputs_compare_both_parts():
+    """.double() on a complex tensor keeps the real part only: any imaginary part passed."""
+    ref = torch.tensor([1 + 1j, 2 + 2j])
+    assert compare(ref, torch.tensor([1 + 1.001j, 2 + 2j]), atol=1e-2, rtol=0) is None
+    assert "1 of 4 real and imaginary parts" in compare(ref, torch.tensor([1 + 100j, 2 + 2j]), atol=1e-2, rtol=0)
+    assert compare(ref, torch.tensor([1 - 1j, 2 - 2j]).conj(), atol=0, rtol=0) is None  # a lazy conjugate is its value
+
+
+def test_identical_tells_a_scalar_from_a_tensor():
+    assert identical((torch.ones(2), 2.0), (torch.ones(2), torch.tensor(2.0))) == "argument 1: changed type or shape"

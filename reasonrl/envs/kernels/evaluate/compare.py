@@ -65,6 +65,10 @@ def _tensor(expected: torch.Tensor, actual: Any, atol: float, rtol: float, where
         first = tuple(i.item() for i in (expected != actual).nonzero()[0])
         return (f"{where}: {wrong} of {expected.numel()} values differ (exact comparison); first at {first}: "
                 f"expected {expected[first].item()}, got {actual[first].item()}")
+    unit = "values"
+    if expected.is_complex():  # real and imaginary parts each within tolerance (.double() would drop the latter)
+        expected, actual = torch.view_as_real(expected.resolve_conj()), torch.view_as_real(actual.resolve_conj())
+        unit = "real and imaginary parts"
     e, a = expected.double(), actual.double()
     nan_e, nan_a = torch.isnan(e), torch.isnan(a)
     finite = torch.isfinite(e) & torch.isfinite(a)
@@ -74,7 +78,7 @@ def _tensor(expected: torch.Tensor, actual: Any, atol: float, rtol: float, where
     bad = ~close
     first = tuple(i.item() for i in bad.nonzero()[0])
     worst = torch.where(finite, (a - e).abs(), torch.full_like(e, math.inf))[bad].max().item()
-    return (f"{where}: {int(bad.sum())} of {e.numel()} values outside atol={atol:g}, rtol={rtol:g} (largest error "
+    return (f"{where}: {int(bad.sum())} of {e.numel()} {unit} outside atol={atol:g}, rtol={rtol:g} (largest error "
             f"{worst:.4g}); first at {first}: expected {e[first].item():.6g}, got {a[first].item():.6g}")
 
 
@@ -96,8 +100,9 @@ def _dtype(t: torch.Tensor) -> str:
 
 def identical(before: Any, after: Any) -> str | None:
     """Exact equality of two argument structures (NaN equal to NaN); the first difference."""
-    if isinstance(before, torch.Tensor):
-        if not isinstance(after, torch.Tensor) or after.shape != before.shape or after.dtype != before.dtype:
+    if isinstance(before, torch.Tensor) or isinstance(after, torch.Tensor):
+        if not (isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor)) \
+                or after.shape != before.shape or after.dtype != before.dtype:
             return "changed type or shape"
         same = (before == after) | (torch.isnan(before) & torch.isnan(after)) if before.is_floating_point() \
             else before == after

@@ -45,7 +45,10 @@ def judge(task_id: str, plan: Plan, answer: dict[str, Any] | None) -> Verdict:
     if result.get("stage") != "done":
         status = STAGE_STATUS.get(result.get("stage"), "runtime_error")
         return Verdict(task_id, status, _error_text(result, plan), **base)
-    return _cases(task_id, plan, result, base)
+    try:
+        return _cases(task_id, plan, result, base)
+    except Exception as exc:  # the candidate's process writes the result, so it may be anything: its verdict only
+        return Verdict(task_id, "crashed", f"its result could not be judged ({type(exc).__name__}: {str(exc)[:200]})", **base)
 
 
 def _ending(task_id: str, answer: dict, result: dict | None, base: dict) -> Verdict | None:

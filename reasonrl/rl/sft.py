@@ -31,7 +31,7 @@ from reasonrl.models.model import DecoderLM
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.rl.batch import micro_batches
 from reasonrl.rl.config import OptimSection
-from reasonrl.rl.update import freeze_vision, make_optimizer, trainable
+from reasonrl.rl.update import freeze_vision, make_optimizer, resume_optimizer, trainable
 from reasonrl.rollout.sample import Sample
 
 
@@ -204,8 +204,8 @@ class SFTTrainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = state["step"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        resume_optimizer(self.optimizer, self.scheduler, lambda: self.optimizer.load_state_dict(state["optimizer"]),
+                         state["scheduler"])
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         self.order = list(state["order"])

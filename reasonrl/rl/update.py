@@ -61,6 +61,25 @@ def make_optimizer(params, optim: OptimSection, total_steps: int):
     return optimizer, scheduler
 
 
+def resume_optimizer(optimizer, scheduler, load_optimizer, scheduler_state: dict | None) -> None:
+    """Adam's moments and the schedule's step from a checkpoint (`load_optimizer()` loads the
+    former), the hyper-parameters from the current config: a run resumed with --accept-changes
+    trains with the lr, betas and weight decay it accepted, at its new schedule's value for the
+    restored step (loading the saved state alone brought the saved ones back, silently)."""
+    hyper = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    base_lrs = list(scheduler.base_lrs) if scheduler is not None else None
+    load_optimizer()
+    for group, h in zip(optimizer.param_groups, hyper):
+        group.update(h)
+    if scheduler is None or scheduler_state is None:
+        return
+    scheduler.load_state_dict(scheduler_state)
+    scheduler.base_lrs = base_lrs
+    for group, base, factor in zip(optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports
+
+
 class _Totals:
     """Sums of weighted statistics over micro-batches, turned into means at the end."""
 
@@ -198,8 +217,8 @@ class PolicyUpdate:
                 "shuffle": self.shuffle.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        resume_optimizer(self.optimizer, self.scheduler, lambda: self.optimizer.load_state_dict(state["optimizer"]),
+                         state["scheduler"])
         if "shuffle" in state:
             self.shuffle.set_state(state["shuffle"])
 

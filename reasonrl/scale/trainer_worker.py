@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from reasonrl.rl.config import RunConfig
-from reasonrl.rl.update import PolicyUpdate
+from reasonrl.rl.update import PolicyUpdate, resume_optimizer
 from reasonrl.rollout.sample import Sample
 from reasonrl.scale.cluster import free_port, node_ip
 from reasonrl.scale.data_parallel import DataParallel
@@ -123,9 +123,10 @@ class TrainerWorker:
             return self.update.load_state_dict(state)
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-        set_optimizer_state_dict(self.policy, self.update.optimizer, _by_name(state["optimizer"], self._names()),
-                                 options=_options())
-        self.update.scheduler.load_state_dict(state["scheduler"])
+        resume_optimizer(self.update.optimizer, self.update.scheduler,
+                         lambda: set_optimizer_state_dict(self.policy, self.update.optimizer,
+                                                          _by_name(state["optimizer"], self._names()), options=_options()),
+                         state["scheduler"])
         if "shuffle" in state:
             self.update.shuffle.set_state(state["shuffle"])
 

@@ -77,6 +77,24 @@ def test_accepted_changes_continue_the_run_and_are_recorded(tmp_path):
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["steps"] == 3
 
 
+def test_accepted_optimizer_changes_are_what_the_resumed_run_trains_with(tmp_path):
+    """The saved optimizer and schedule state brought the saved lr, weight decay and schedule back
+    over the accepted ones: recorded as changed, trained as before."""
+    import torch
+
+    path = recipe(tmp_path, **{"optim.schedule": "cosine"})
+    assert main(["train", str(path)]) == 0
+    assert main(["train", str(path), "--set", "train.steps=4", "--set", "optim.lr=0.001", "--set",
+                 "optim.weight_decay=0.5", "--set", "optim.betas=[0.8, 0.9]", "--accept-changes"]) == 0
+    lrs = {r["step"]: r["lr"] for r in read_metrics(tmp_path / "run") if "lr" in r}
+    # the new 4-step cosine at steps 3 and 4 (factors 0.5 and 0.146), not the old 2-step one's 0
+    assert lrs[1] == pytest.approx(1e-2) and lrs[3] == pytest.approx(5e-4) and lrs[4] == pytest.approx(1.4645e-4, rel=1e-3)
+    state = torch.load(latest_checkpoint(tmp_path / "run") / "trainer_state.pt", weights_only=False)
+    [group] = state["update"]["optimizer"]["param_groups"]
+    assert group["weight_decay"] == 0.5 and tuple(group["betas"]) == (0.8, 0.9) and group["initial_lr"] == 1e-3
+    assert state["update"]["optimizer"]["state"]  # Adam's moments came through the resume
+
+
 def test_overwrite_starts_afresh_and_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
     path = recipe(tmp_path)
     assert main(["train", str(path)]) == 0

@@ -25,6 +25,7 @@ from reasonrl.rl.checkpoint import checkpoint_dir, latest_checkpoint, list_check
 from reasonrl.rl.metrics import MetricsLogger, StepClock
 from reasonrl.rl.run import open_run
 from reasonrl.rl.train import RunControl
+from reasonrl.rl.update import resume_optimizer
 from reasonrl.stop import StopSignal
 from reasonrl.vision.gen.io import load_weights, save_model_dir
 
@@ -49,9 +50,8 @@ class JobState:
 
     def load_state_dict(self, state: dict) -> None:
         self.step_count = state["step"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        resume_optimizer(self.optimizer, self.scheduler, lambda: self.optimizer.load_state_dict(state["optimizer"]),
+                         state.get("scheduler"))
 
 
 FREE_KEYS = {"run.save_every", "run.keep_checkpoints", "run.eval_every", "run.out"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import textwrap
+from pathlib import Path
 
 import yaml
 
@@ -32,9 +33,24 @@ def train(parser: argparse.ArgumentParser):
             overrides["cluster.ray"] = True
         if args.config is None:
             return demo(overrides, control)
-        return run_training(load_config(args.config, overrides), control)
+        cfg = load_config(args.config, overrides)
+        _check_own_run(Path(args.config), cfg)
+        return run_training(cfg, control)
 
     return run
+
+
+def _check_own_run(path: Path, cfg) -> None:
+    """A run's own RUN/config.yaml names its directories as they were given when it started,
+    relative ones from that working directory: from another one it would start a new run elsewhere."""
+    from reasonrl.rl.config import ConfigError
+    from reasonrl.rl.run import CONFIG_FILE, is_run_dir
+
+    folder = path.resolve().parent
+    if path.name == CONFIG_FILE and is_run_dir(folder) and Path(cfg.train.run_dir).resolve() != folder:
+        raise ConfigError(f"{path} is the config of the run in {folder}, but its train.run_dir {cfg.train.run_dir!r} "
+                          f"means {Path(cfg.train.run_dir).resolve()} from here: run it from the directory the run "
+                          "was started in (its relative paths are from there)")
 
 
 def demo(overrides: dict, control) -> int:

@@ -25,7 +25,7 @@ from reasonrl.rl.checkpoint import latest_checkpoint
 from reasonrl.rl.config import RunConfig, load_config
 from reasonrl.rl.metrics import read_metrics
 from reasonrl.rl.report import write_report
-from reasonrl.rl.run import open_run
+from reasonrl.rl.run import RunMismatch, is_run_dir, open_run
 from reasonrl.rl.trainer import Trainer
 from reasonrl.rollout.backend import EngineBackend
 from reasonrl.rollout.manager import RolloutManager
@@ -63,6 +63,10 @@ def run_demo(run_dir: str | Path = "runs/demo", steps: int | None = None, measur
     run_dir = Path(cfg.train.run_dir)  # `--set train.run_dir=...` wins
     if run_dir.exists():  # the demo always starts afresh; the last run is kept aside
         previous = run_dir.with_name(run_dir.name + ".previous")
+        for path in (run_dir, previous):
+            if path.exists() and not is_run_dir(path):
+                raise RunMismatch(f"{path} exists and is not a reasonrl run directory: the demo would move or delete "
+                                  "it; choose another train.run_dir")
         shutil.rmtree(previous, ignore_errors=True)
         run_dir.rename(previous)
         say(f"(the previous run in {run_dir} is now {previous})")

@@ -42,6 +42,9 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, overwrite: bool = F
     run_dir = Path(run_dir)
     if overwrite:
         _delete_run(run_dir)
+    if run_dir.exists() and not is_run_dir(run_dir) and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise RunMismatch(f"{run_dir} exists and is not a reasonrl run directory (no {', '.join(RUN_FILES)}); "
+                          "choose a new or empty directory for the run")
     saved_path = run_dir / CONFIG_FILE
     if saved_path.is_file() and any((run_dir / name).exists() for name in work):  # else it never did anything
         saved = yaml.safe_load(saved_path.read_text()) or {}
@@ -68,10 +71,15 @@ def _mismatch_message(run_dir: Path, changed: list[tuple[str, Any, Any]]) -> str
     return "\n".join(lines)
 
 
+def is_run_dir(path: Path) -> bool:
+    """A directory holding what a run writes (a directory without any of it is never moved or deleted)."""
+    return path.is_dir() and any((path / name).exists() for name in RUN_FILES)
+
+
 def _delete_run(run_dir: Path) -> None:
     if not run_dir.exists():
         return
-    if not run_dir.is_dir() or not any((run_dir / name).exists() for name in RUN_FILES):
+    if not is_run_dir(run_dir):
         raise RunMismatch(f"--overwrite: {run_dir} is not a reasonrl run directory (no {', '.join(RUN_FILES)}); "
                           "refusing to delete it")
     shutil.rmtree(run_dir)

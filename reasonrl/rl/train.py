@@ -39,7 +39,7 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
 
     run_dir = open_run(cfg.train.run_dir, cfg.to_dict(), overwrite=control.overwrite,
                        accept_changes=control.accept_changes, console=console)
-    resume = f"reasonrl train {run_dir / 'config.yaml'}"
+    resume = f"reasonrl train {run_dir / 'config.yaml'}" + ("" if run_dir.is_absolute() else f" (from {Path.cwd()})")
     done = checkpoint_step(latest_checkpoint(run_dir))
     if done >= cfg.train.steps:
         say(f"{run_dir}: this run is finished (step {done} of {cfg.train.steps}); nothing to do. To train longer, raise "

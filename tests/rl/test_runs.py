@@ -95,6 +95,32 @@ def test_accepted_optimizer_changes_are_what_the_resumed_run_trains_with(tmp_pat
     assert state["update"]["optimizer"]["state"]  # Adam's moments came through the resume
 
 
+def test_a_runs_own_config_from_another_directory_is_refused_not_started_afresh(tmp_path, capsys, monkeypatch):
+    """RUN/config.yaml keeps relative paths as given: run from elsewhere it started a new run there."""
+    monkeypatch.chdir(tmp_path)
+    data = yaml.safe_load(recipe(tmp_path).read_text())
+    data["train"]["run_dir"] = "run"  # relative, as in the recipes
+    (tmp_path / "relative.yaml").write_text(yaml.safe_dump(data))
+    assert main(["train", "relative.yaml"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "run" / "config.yaml")]) == 2
+    assert "run it from the directory the run was started in" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere" / "run").exists()
+
+
+def test_the_demo_never_moves_or_deletes_a_directory_that_is_not_a_run(tmp_path, capsys):
+    mine = tmp_path / "mydata"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main(["train", "--set", f"train.run_dir={mine}"]) == 2
+    assert "not a reasonrl run directory" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep me" and not (tmp_path / "mydata.previous").exists()
+    assert main(["train", str(recipe(tmp_path, **{"train.run_dir": str(mine)}))]) == 2  # nor does a run write into it
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
 def test_overwrite_starts_afresh_and_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
     path = recipe(tmp_path)
     assert main(["train", str(path)]) == 0

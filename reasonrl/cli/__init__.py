@@ -90,7 +90,7 @@ def _run(run, args: argparse.Namespace, prog: str) -> int:
 
     try:
         return int(run(args) or 0)
-    except (FileNotFoundError, ValueError, ConfigError) as exc:  # bad input: one clear line, not a traceback
+    except (OSError, ValueError, ConfigError) as exc:  # bad input (a path, a value): one clear line, not a traceback
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
 

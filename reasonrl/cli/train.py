@@ -71,7 +71,10 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--set expects section.key=value, got {pair!r}")
-        out[key] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        # "sums:" or "math:data/x.jsonl" (environment specs) parse as one-key mappings; a mapping is
+        # written in braces ({a: 1}), so anything else is the text as typed
+        out[key] = value if isinstance(parsed, dict) and not value.lstrip().startswith("{") else parsed
     return out
 
 

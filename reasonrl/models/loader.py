@@ -74,7 +74,10 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, cfg: Mo
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False (is this a CPU build of torch?)")
     return device

@@ -60,6 +60,9 @@ class EnvSection:
     eval_size: int = 64
     """Held-out prompts for accuracy before/after training and every `train.eval_every` steps."""
 
+    def __post_init__(self):
+        check(self.eval_size >= 1, "env.eval_size", f"must be >= 1, got {self.eval_size}")
+
 
 @dataclass(slots=True)
 class OptimSection:

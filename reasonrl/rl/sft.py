@@ -26,6 +26,7 @@ from typing import Literal
 
 import torch
 
+from reasonrl.config import check
 from reasonrl.models.chat import ChatEncoder, multimodal, token_ids
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.tokenizer import Tokenizer
@@ -63,6 +64,15 @@ class SFTConfig:
     """Vision-language models: keep the vision tower and merger frozen (as LVR and ImageDoctor do)."""
     seed: int = 0
     """Seeds the data order (and the held-out split)."""
+
+    def __post_init__(self):
+        check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        for name in ("samples_per_step", "max_tokens_per_microbatch", "max_len"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        try:  # lr, weight decay, betas, clip and warm-up, checked as the RL run's are
+            self.optim()
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix("optim.")) from None
 
     def optim(self) -> OptimSection:
         """The same optimizer settings in the RL run's terms (one AdamW and LR schedule for both)."""

@@ -54,6 +54,8 @@ class SFTRun:
         for name in ("save_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (0: only at the start and the end), got {self.eval_every}")
 
 
 def say(text: str) -> None:

@@ -82,6 +82,28 @@ def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
     assert main(["data", "ttt", "--game", "oTTT", "--out", str(tmp_path / "t.jsonl"), "--n", "3"]) == 0
 
 
+@pytest.mark.parametrize("args, message", [
+    (["data", "ttt", "--game", "oTTT", "--out", "{afile}/t.jsonl", "--n", "3"], "afile"),  # an OSError: was a traceback
+    (["generate", "--model", "reasonrl/demo/policy", "--device", "gpu", "hi"], "unknown device 'gpu'"),
+    (["sft", "--model", "m", "--data", "d", "--out", "o", "--epochs", "0"], "epochs: must be > 0"),
+    (["sft", "--model", "m", "--data", "d", "--out", "o", "--samples-per-step", "0"], "samples_per_step: must be >= 1"),
+    (["train", "--set", "env.eval_size=0"], "env.eval_size: must be >= 1"),
+])
+def test_more_bad_input_is_one_line(tmp_path, capsys, args, message):
+    (tmp_path / "afile").write_text("")
+    assert main([a.format(afile=tmp_path / "afile") for a in args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and message in err and err.count("\n") == 1
+
+
+def test_an_environment_spec_passes_through_set_as_typed():
+    from reasonrl.cli.train import parse_overrides
+
+    assert parse_overrides(["env.name=sums:", "env.name=math:data/x.jsonl?key=answer"]) == {"env.name": "math:data/x.jsonl?key=answer"}
+    assert parse_overrides(["env.name=sums:"]) == {"env.name": "sums:"}  # was {"sums": None}
+    assert parse_overrides(["a.b={x: 1}", "a.c=[0.8, 0.9]", "a.d=3"]) == {"a.b": {"x": 1}, "a.c": [0.8, 0.9], "a.d": 3}
+
+
 def test_report_draws_held_out_evaluations_as_points(tmp_path, monkeypatch):
     import json
 

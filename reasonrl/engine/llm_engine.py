@@ -316,11 +316,11 @@ class LLMEngine:
             if starts[-1] == len(scheduled):  # one row each: decode steps, no prompt chunk to keep
                 return
             for b, (seq, n) in enumerate(scheduled):
-                if seq.num_computed + n <= len(seq.prompt_ids) and n >= self.block_manager.block_size:
-                    self.speculator.keep_prompt_blocks(seq, seq.num_computed, result.hidden[starts[b]: starts[b + 1]])
+                self._keep_prompt_blocks(seq, n, result.hidden[starts[b]: starts[b + 1]])
             return
-        for b, (seq, _) in enumerate(scheduled):
-            if not self.speculator.wants(seq):
+        for b, (seq, n) in enumerate(scheduled):
+            if not self.speculator.wants(seq):  # its prompt's blocks still serve later requests' prefix hits
+                self._keep_prompt_blocks(seq, n, result.hidden[starts[b]: starts[b + 1]])
                 continue
             verdict = result.verdicts.get(seq.seq_id)
             if verdict is None and starts[b + 1] - starts[b] == 1:  # a decode step without a tree
@@ -330,6 +330,10 @@ class LLMEngine:
                 continue
             rows = range(starts[b], starts[b + 1]) if verdict is None else [starts[b] + r for r in verdict.rows]
             self.speculator.observe(seq, seq.num_computed, result.hidden[list(rows)])
+
+    def _keep_prompt_blocks(self, seq: Sequence, n: int, hidden) -> None:
+        if seq.num_computed + n <= len(seq.prompt_ids) and n >= self.block_manager.block_size:
+            self.speculator.keep_prompt_blocks(seq, seq.num_computed, hidden)
 
     def _postprocess(self, scheduled: list[tuple[Sequence, int]], result: StepResult) -> list[RequestOutput]:
         touched: dict[str, Request] = {}

@@ -48,6 +48,23 @@ def test_a_draft_is_tied_to_its_target(tmp_path):
     assert raw["format"] == "reasonrl-draft" and raw["target_fingerprint"] == fingerprint(model)
 
 
+def test_a_draft_for_another_architecture_or_layer_shape_is_refused_by_name(tmp_path):
+    """Same vocabulary and hidden size, other architecture or heads: a raw load_state_dict traceback before."""
+    model = target()
+    DraftHead(model).save(tmp_path / "d", info(model))
+    llama = init_weights(DecoderLM(tiny_config("llama", vocab_size=32, hidden_size=64)), std=0.3)
+    with pytest.raises(ValueError, match="made for a Qwen2ForCausalLM target; this one is a LlamaForCausalLM"):
+        DraftHead.load(tmp_path / "d", llama)
+    wide = init_weights(DecoderLM(tiny_config(vocab_size=32, hidden_size=64, intermediate_size=96)), std=0.3)
+    with pytest.raises(ValueError, match="does not fit this target's layer shape.*mlp"):
+        DraftHead.load(tmp_path / "d", wide)
+
+
+def test_the_same_target_in_bfloat16_is_the_same_target():
+    model = target()
+    assert fingerprint(model) == fingerprint(model.to(torch.bfloat16))  # was a "distilled against other weights" warning
+
+
 def test_distillation_loss_matches_its_definition_on_one_row():
     model = target()
     draft = DraftHead(model)
@@ -137,3 +154,16 @@ def test_a_catch_up_computes_the_newest_rows_of_the_whole_layer(family):
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(k, ref.k, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(v, ref.v, atol=1e-6, rtol=1e-6)
+
+
+def test_distill_refuses_an_out_path_that_is_not_a_draft_before_training(tmp_path, capsys):
+    """It trained until the first evaluation, then died on the save with a FileExistsError."""
+    from reasonrl.cli import main
+
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("keep")
+    for out in ("afile", "notes"):
+        assert main(["distill-draft", "reasonrl/demo/policy", "--out", str(tmp_path / out), "--steps", "1"]) == 2
+        assert "is not a draft directory" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "a.txt").read_text() == "keep"

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams
-from reasonrl.engine.spec.draft import DraftHead, DraftInfo, fingerprint, read_info
+from reasonrl.engine.spec.draft import CONFIG_FILE, DraftHead, DraftInfo, fingerprint, read_info
 from reasonrl.models.model import CausalAttention, DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt, build_prompt
 from reasonrl.models.tokenizer import Tokenizer
@@ -220,6 +220,10 @@ def run_distill(job: DistillJob, cfg: DistillConfig) -> Path:
     from reasonrl.envs.registry import load_environment
     from reasonrl.models.loader import load_model
 
+    out = Path(job.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG_FILE).is_file())):
+        raise ValueError(f"--out {out} exists and is not a draft directory: the draft would be written into it "
+                         "(or fail to be, after training); choose a new path")
     env = load_environment(job.env if ":" in job.env else job.env + ":")
     target_path, init = job.target, job.init
     target = load_model(target_path, job.device, job.dtype)
@@ -232,7 +236,6 @@ def run_distill(job: DistillJob, cfg: DistillConfig) -> Path:
         compressor = CompressorConfig(mode=job.compressor, branches=job.compressor_branches, ratio=job.compressor_ratio)
     draft = DraftHead.load(init, target) if init else DraftHead(target, compressor)
     steps_before = read_info(init).steps if init else 0
-    out = Path(job.out)
 
     def save(draft: DraftHead, history: list[dict]) -> None:
         info = DraftInfo(target.config.architecture, target.config.vocab_size, target.config.hidden_size,

@@ -53,11 +53,12 @@ class DraftInfo:
 
 def fingerprint(target: DecoderLM, rows: int = 1024) -> str:
     """A hash of the target's embedding and LM head, from at most `rows` evenly spaced rows of
-    each (a 150k-token vocabulary is not copied to the host to tell two checkpoints apart)."""
+    each (a 150k-token vocabulary is not copied to the host to tell two checkpoints apart), rounded
+    to bfloat16 first so that the same checkpoint loaded in float32 or bfloat16 hashes alike."""
     h = hashlib.sha256()
     for w in (target.embed_tokens.weight, target.lm_head.weight):
         sample = w.detach()[:: max(1, w.shape[0] // rows)]
-        h.update(sample.float().cpu().contiguous().numpy().tobytes())
+        h.update(sample.to(torch.bfloat16).float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -153,11 +154,21 @@ class DraftHead(nn.Module):
         if (info.vocab_size, info.hidden_size) != (cfg.vocab_size, cfg.hidden_size):
             raise ValueError(f"draft {path} was made for a target with vocab {info.vocab_size} and hidden size "
                              f"{info.hidden_size}; this target has {cfg.vocab_size} and {cfg.hidden_size}")
+        if info.target_architecture != cfg.architecture:
+            raise ValueError(f"draft {path} was made for a {info.target_architecture} target; this one is a "
+                             f"{cfg.architecture} (its layer differs: distill a draft for it)")
         if info.target_fingerprint != fingerprint(target):
             warnings.warn(f"draft {path} was distilled against other weights ({info.target_path or 'unknown'}): "
                           "decoding stays exact but fewer draft tokens will be accepted", stacklevel=2)
         draft = cls(target, CompressorConfig(**info.compressor) if info.compressor else None)
-        draft.load_state_dict({k: v.to(target.device, target.dtype) for k, v in load_file(str(path / WEIGHTS_FILE)).items()})
+        weights = load_file(str(path / WEIGHTS_FILE))
+        expected = {k: tuple(v.shape) for k, v in draft.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in weights.items()}
+        if found != expected:
+            wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+            raise ValueError(f"draft {path} does not fit this target's layer shape (heads, MLP width): "
+                             + ", ".join(f"{k} {found.get(k, 'missing')} (needs {expected.get(k, 'none')})" for k in wrong[:4]))
+        draft.load_state_dict({k: v.to(target.device, target.dtype) for k, v in weights.items()})
         return draft
 
 

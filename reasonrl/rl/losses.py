@@ -47,9 +47,10 @@ Where this code departs from them:
   rho = pi_theta/old_logp; they differ in large weights: `tis` truncates at `tis_cap`,
   `decoupled` zeroes tokens above `decoupled_cap` (AReaL's filter) or keeps all if unset.
 - `mask` mode is applied where the batch is built (`mask_stale_tokens`); the loss then runs
-  as `none`. It masks by per-token policy version: only tokens older than the current policy
-  lose their loss, so a never-recycled sibling in a recycled group keeps all its tokens
-  (slime's flag zeroes a sample's mask each time it re-enters generation).
+  as `none`. It masks by per-token policy version: every token older than the current policy
+  loses its loss, so a resumed sample keeps its fresh tokens' loss, and a sibling that finished
+  under an older policy (its group recycled) loses all of it while its reward still enters the
+  group's statistics (slime's flag zeroes a sample's mask each time it re-enters generation).
 - `clip_fraction` counts the elements (tokens; samples for GSPO) whose gradient the clip
   removed: A > 0 above 1 + eps_high, A < 0 below 1 - eps_low.
 """
@@ -66,16 +67,25 @@ from torch import Tensor
 LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 OFF_POLICY_MODES = ("none", "mask", "tis", "decoupled")
 _LOSSES: dict[str, LossFn] = {}
+_SAMPLE_STATS: dict[str, tuple[str, ...]] = {}
 
 
-def register_loss(name: str) -> Callable[[LossFn], LossFn]:
+def register_loss(name: str, sample_stats: tuple[str, ...] = ()) -> Callable[[LossFn], LossFn]:
+    """`sample_stats`: the statistics this loss reports as means over samples; the others are
+    means over training tokens (a step's micro-batches are merged by those counts, so that
+    neither depends on how the batch was split)."""
     def add(fn: LossFn) -> LossFn:
         if name in _LOSSES:
             raise ValueError(f"loss {name!r} is already registered")
-        _LOSSES[name] = fn
+        _LOSSES[name], _SAMPLE_STATS[name] = fn, sample_stats
         return fn
 
     return add
+
+
+def sample_stats(name: str) -> tuple[str, ...]:
+    get_loss(name)
+    return _SAMPLE_STATS[name]
 
 
 def get_loss(name: str) -> LossFn:
@@ -291,7 +301,7 @@ def dapo_loss(logp, old_logp, behaviour_logp, advantages, mask, cfg, *, ref_logp
     )
 
 
-@register_loss("gspo")
+@register_loss("gspo", sample_stats=("clip_fraction", "ratio_mean", "is_weight_mean"))
 def gspo_loss(logp, old_logp, behaviour_logp, advantages, mask, cfg, *, ref_logp=None):
     """GSPO: 1/|S| sum_i -w_i min(s_i A_i, clip(s_i, 1-3e-4, 1+4e-4) A_i) (+ beta k3 token mean),
     s_i = exp(1/|o_i| sum_t log rho_it), the length-normalised sequence ratio."""
@@ -311,7 +321,7 @@ def gspo_loss(logp, old_logp, behaviour_logp, advantages, mask, cfg, *, ref_logp
     )
 
 
-@register_loss("gspo_token")
+@register_loss("gspo_token", sample_stats=("is_weight_mean",))
 def gspo_token_loss(logp, old_logp, behaviour_logp, advantages, mask, cfg, *, ref_logp=None):
     """GSPO-token: s_it = sg[s_i] * pi_theta(o_t) / sg[pi_theta(o_t)], i.e. the value s_i with
     the gradient of token t alone, so per-token advantages work; clip 3e-4/4e-4, per-sample

@@ -29,7 +29,7 @@ import torch
 from reasonrl.models.model import DecoderLM
 from reasonrl.rl.batch import TrainBatch, collate, micro_batches, response_logprobs
 from reasonrl.rl.config import OptimSection, RunConfig
-from reasonrl.rl.losses import get_loss, mask_stale_tokens
+from reasonrl.rl.losses import get_loss, mask_stale_tokens, sample_stats
 from reasonrl.rollout.sample import Sample
 
 
@@ -99,7 +99,7 @@ class PolicyUpdate:
     def __init__(self, policy: DecoderLM, cfg: RunConfig, pad_id: int, parallel=None):
         """`parallel`: this process's rank of a data-parallel trainer group (scale/data_parallel.py)."""
         self.policy, self.cfg, self.pad_id, self.parallel = policy, cfg, pad_id, parallel
-        self.loss_fn = get_loss(cfg.loss.name)
+        self.loss_fn, self.sample_stats = get_loss(cfg.loss.name), sample_stats(cfg.loss.name)
         if cfg.model.freeze_vision:
             freeze_vision(policy)
         self.optimizer, self.scheduler = make_optimizer(trainable(policy), cfg.optim, cfg.train.steps)
@@ -168,8 +168,9 @@ class PolicyUpdate:
             (loss * 0.0).backward()
             return 0.0
         (loss * d).backward()
-        for key, value in stats.items():
-            totals.add(key, float(value), d)
+        counts = {"tokens": float(mask.sum()), "samples": float(mask.any(-1).sum())}
+        for key, value in stats.items():  # means over tokens or samples, merged by those counts
+            totals.add(key, float(value), counts["samples" if key in self.sample_stats else "tokens"])
         totals.add("policy_loss", float(loss.detach()), d)
         tokens = float(batch.mask.sum())
         totals.add("entropy", float(entropy[batch.mask].sum()) / max(tokens, 1), tokens)

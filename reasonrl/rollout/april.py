@@ -57,7 +57,7 @@ class RolloutStats:
     dropped_groups: int = 0  # must be 0: finished groups neither trained nor buffered
     resumed_samples: int = 0
     new_tokens: int = 0  # tokens generated this step
-    completed_tokens: int = 0  # response tokens of the samples that finished this step
+    trained_tokens: int = 0  # response tokens of the samples returned for training (not buffered, not filtered)
     timeline: list[tuple[float, int]] = field(default_factory=list)  # (time, running sequences) per engine step
 
     def tail_idle_fraction(self) -> float:
@@ -73,7 +73,7 @@ class RolloutStats:
                 "done_groups": self.done_groups, "filtered_groups": self.filtered_groups,
                 "buffered_groups": self.buffered_groups, "dropped_groups": self.dropped_groups,
                 "resumed_samples": self.resumed_samples, "rollout_new_tokens": self.new_tokens,
-                "rollout_tokens_per_s": self.completed_tokens / max(self.seconds, 1e-9),
+                "rollout_tokens_per_s": self.trained_tokens / max(self.seconds, 1e-9),
                 "tail_idle_fraction": self.tail_idle_fraction()}
 
 
@@ -111,6 +111,7 @@ class AprilRollout:
         stats.done_groups = len(done)
         stats.dropped_groups = stats.launched_groups - stats.done_groups - stats.filtered_groups - stats.buffered_groups
         stats.seconds = time.perf_counter() - start
+        stats.trained_tokens = sum(len(smp.response_ids) for g in done for smp in g.samples)
         return sorted(done, key=lambda g: g.group_id), stats  # launch order, whatever the finishing order
 
     def _launch(self, live: dict[int, Group], n: int, step: int, version: int, stats: RolloutStats) -> None:
@@ -161,7 +162,6 @@ class AprilRollout:
         if not s.status.finished:
             return
         self.failures.pop(key, None)
-        stats.completed_tokens += len(s.response_ids)
         if group.finished:
             del live[gid]
             self.score(group)

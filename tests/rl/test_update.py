@@ -144,3 +144,17 @@ def test_the_reference_rotates_positions_as_the_policy_does(hf_checkpoint, tmp_p
     with torch.no_grad():
         own = response_logprobs(policy, batch, 1.0)
     torch.testing.assert_close(update._reference_logp(batch), own, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("loss", ["grpo", "gspo_token", "gspo", "dapo"])
+def test_step_statistics_do_not_depend_on_the_micro_batch_split(policy_dir, tmp_path, loss):
+    """Token means were merged by the loss's denominator, which is samples for GRPO: approx_kl
+    moved by 65% with max_tokens_per_microbatch, which the docs say changes nothing."""
+    stats = []
+    for budget in (100_000, 1):
+        torch.manual_seed(0)
+        update = update_for(policy_dir, tmp_path / str(budget), **{"optim.ppo_epochs": 2, "loss.name": loss,
+                                                                   "optim.max_tokens_per_microbatch": budget})
+        stats.append(update(samples(), [1.0, -1.0, 0.5, -0.5] * 2, version=0))
+    for key in ("approx_kl", "clip_fraction", "ratio_mean", "policy_loss", "entropy"):
+        assert stats[0][key] == pytest.approx(stats[1][key], rel=1e-4, abs=1e-7), key

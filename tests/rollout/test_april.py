@@ -266,3 +266,14 @@ def test_a_request_the_engine_fails_is_resubmitted_from_its_tokens():
     stuck = AprilRollout(FailingEngine("1:2", times=99), spec, prompts(), lambda p: [1, 2, 3], score, 0)
     with pytest.raises(RuntimeError, match="sample 1:2: the engine failed its request 4 times"):
         stuck.collect(0, version=0)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_rollout_throughput_counts_the_tokens_of_the_samples_trained_on(dynamic):
+    """Every sample finished during the step was counted, also those of groups left in the buffer
+    or filtered by dynamic sampling: APRIL's throughput figure was inflated (4%, 23% in a probe)."""
+    m = manager(2.0, max_running=16, n=4, g=4, dynamic=dynamic)
+    for step in range(4):
+        groups, stats = m.collect(step, version=step)
+        trained = sum(len(s.response_ids) for g in groups for s in g.samples)
+        assert stats.as_dict()["rollout_tokens_per_s"] * stats.seconds == pytest.approx(trained)

@@ -130,6 +130,11 @@ class Grammars:
         if matcher.is_error():
             raise ParamError(f"structured.{spec.kind}",
                              f"structured.{spec.kind} cannot be compiled: {matcher.get_error().strip()[:500]}")
+        first, probe = torch.zeros(1, (self.vocab_size + 31) // 32, dtype=torch.int32), Guide(matcher.deep_copy())
+        probe.fill(first, 0)
+        if probe.failed or not bool(first.any()):  # its first mask found no way on: no output satisfies it
+            raise ParamError(f"structured.{spec.kind}", f"structured.{spec.kind} admits no output (no first token "
+                                                        "and no empty output); check it")
         with self._lock:
             self._cache[key] = matcher
             if len(self._cache) > MAX_CACHED:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from reasonrl.engine.sampling_params import ParamError
 from reasonrl.engine.structured import ANY_JSON_OBJECT, StructuredOutput
@@ -57,8 +57,15 @@ class FunctionSpec(BaseModel):
     name: str = Field(pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    """A JSON schema of the arguments; None takes any object."""
+    """A JSON schema of the arguments, an object's (as OpenAI requires); None takes any object."""
     strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _object_schema(cls, value):
+        if value is not None and value.get("type", "object") != "object":
+            raise ValueError(f"parameters must be the JSON schema of an object (type \"object\"), got type {value['type']!r}")
+        return value
 
 
 class Tool(BaseModel):

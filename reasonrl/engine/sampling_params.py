@@ -99,6 +99,9 @@ class SamplingParams:
                "prompt_logprobs", self.prompt_logprobs, "None or an integer in [0, 20]")
         _check(self.structured is None or isinstance(self.structured, StructuredOutput), "structured", self.structured,
                "None or a StructuredOutput")
+        # where the constraint's output is complete it allows only the end of sequence, which min_tokens forbids
+        _check(self.structured is None or not self.min_tokens, "min_tokens", self.min_tokens,
+               "0 with a structured output (the constraint decides where the output ends)")
 
     @property
     def greedy(self) -> bool:

@@ -56,5 +56,6 @@ class StructuredOutput:
         return next(name for name in ("json", "regex", "choice", "grammar") if getattr(self, name) is not None)
 
     def key(self) -> str:
-        """A text that identifies the constraint (grammars are cached by it)."""
-        return self.kind + ":" + json.dumps(getattr(self, self.kind), sort_keys=True)
+        """A text that identifies the constraint (grammars are cached by it). Key order is kept: a
+        schema's property order is the order the output writes them in."""
+        return self.kind + ":" + json.dumps(getattr(self, self.kind))

@@ -15,6 +15,7 @@ call, and nothing here raises on it.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from typing import Any
 
@@ -55,20 +56,39 @@ def parse(text: str) -> tuple[str | None, list[dict[str, Any]]]:
 
 def _calls(text: str, final: bool) -> list[dict[str, Any]]:
     """The valid calls of the blocks in `text`; when `final`, an unclosed last block counts too."""
-    bodies, pos = [], 0  # each OPEN to the first CLOSE after it, by find: linear in the text
-    while (start := text.find(OPEN, pos)) >= 0 and (end := text.find(CLOSE, start + len(OPEN))) >= 0:
+    bodies, pos = [], 0
+    while (start := text.find(OPEN, pos)) >= 0 and (end := _block_end(text, start + len(OPEN))) is not None:
         bodies.append(text[start + len(OPEN): end])
         pos = end + len(CLOSE)
-    tail = text[text.rfind(CLOSE) + len(CLOSE):] if CLOSE in text else text
+    tail = text[pos:]
     if final and OPEN in tail:
         bodies.append(tail[tail.index(OPEN) + len(OPEN):])
     return [c for c in map(_call, bodies) if c is not None]
 
 
+_JSON, _SPACE = json.JSONDecoder(), re.compile(r"\s*")
+
+
+def _block_end(text: str, at: int) -> int | None:
+    """Where the block whose body starts at `at` closes: after the JSON object there when one parses
+    and CLOSE follows it (an argument may hold CLOSE's text inside a string), else at the first CLOSE
+    (None: not closed). Each scan stops at its own value's end or first error: linear overall."""
+    try:
+        _, after = _JSON.raw_decode(text, _SPACE.match(text, at).end())
+    except (ValueError, RecursionError):
+        after = None
+    if after is not None:
+        close = _SPACE.match(text, after).end()
+        if text.startswith(CLOSE, close):
+            return close
+    end = text.find(CLOSE, at)
+    return end if end >= 0 else None
+
+
 def _call(body: str) -> dict[str, Any] | None:
     try:
         obj = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the decoder's stack
         return None
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None

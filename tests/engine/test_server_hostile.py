@@ -149,6 +149,9 @@ def test_chat_edge_cases(client):
                           b'{"messages": [{"role": "user", "content": "\\udc00"}]}')
     assert code == 400 and error_of(body)["param"] == "messages.0.content"
     assert post(tool_choice="required").status_code == 400
+    string_args = [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]
+    r = post(tools=string_args, tool_choice="required")  # was 200, and the forced output never became a call
+    assert r.status_code == 400 and "object" in r.json()["error"]["message"], r.text
     assert post(messages=[{"role": "user", "content": "x" * 20_000}]).status_code == 400
 
 

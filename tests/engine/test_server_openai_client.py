@@ -170,6 +170,9 @@ def test_responses_api_plain_and_streamed(client):
     kw = dict(model="demo", input="What is 2+3?", max_output_tokens=12, temperature=0)
     r = client.responses.create(**kw)
     assert r.status in ("completed", "incomplete") and r.output_text == r.output[0].content[0].text
+    # the SDK types these details as required (reading them raised AttributeError on None)
+    assert r.usage.output_tokens_details.reasoning_tokens == 0
+    assert r.usage.input_tokens_details.cached_tokens + r.usage.input_tokens_details.cache_write_tokens == r.usage.input_tokens
     events = list(client.responses.create(**kw, stream=True))
     types = [e.type for e in events]
     assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added",

@@ -166,6 +166,30 @@ def test_bad_constraints_are_parameter_errors_naming_the_field(engine):
     assert not engine.requests
 
 
+def test_a_constraint_no_output_satisfies_and_min_tokens_with_a_constraint_are_refused(engine):
+    """Both were answered with output that broke the constraint: an empty first mask let the row only
+    end; min_tokens masked the end a finished constraint allows alone (token 0 sampled, NaN log-probs)."""
+    with pytest.raises(ParamError, match="admits no output") as err:
+        engine.add_request("x", prompt(engine), SamplingParams(structured=StructuredOutput(regex="[^\\x00-\\x{10FFFF}]")))
+    assert err.value.param == "structured.regex"
+    with pytest.raises(ParamError) as err:
+        SamplingParams(min_tokens=4, structured=StructuredOutput(choice=["yes", "no"]))
+    assert err.value.param == "min_tokens"
+    assert not engine.requests
+
+
+def test_schemas_differing_only_in_property_order_keep_their_own_order(engine):
+    """The grammar cache keyed schemas with sorted keys: the second schema got the first's grammar."""
+    props = {"answer": {"enum": [1, 2]}, "reasoning": {"const": "x"}}
+    outs = []
+    for order in (["answer", "reasoning"], ["reasoning", "answer"]):
+        schema = {"type": "object", "properties": {k: props[k] for k in order}, "required": ["answer", "reasoning"],
+                  "additionalProperties": False}
+        engine.add_request(order[0], prompt(engine), SamplingParams(max_tokens=40, structured=StructuredOutput(json=schema)))
+        outs.append(list(json.loads(engine.drain()[order[0]].outputs[0].text)))
+    assert outs == [["answer", "reasoning"], ["reasoning", "answer"]]
+
+
 def test_without_llguidance_the_error_names_the_extra(monkeypatch, engine):
     monkeypatch.setitem(sys.modules, "llguidance", None)
     grammars = Grammars(engine.tokenizer, engine.model.config.vocab_size, engine.eos_ids)

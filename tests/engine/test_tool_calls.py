@@ -22,8 +22,19 @@ def test_parse_content_and_calls():
 def test_untrusted_output_is_content_never_an_error():
     for text in ("<tool_call>not json</tool_call>", '<tool_call>{"name": 3}</tool_call>', "<tool_call>[1]</tool_call>",
                  '<tool_call>{"name": "f", "arguments": "x"}</tool_call>', "<tool_call>", "</tool_call>", "",
-                 "<tool_call>\ud800</tool_call>"):
+                 "<tool_call>\ud800</tool_call>", "<tool_call>" + "[" * 100_000 + "</tool_call>"):
         assert parse(text) == (text, [])
+
+
+def test_an_argument_holding_the_closing_tag_stays_one_call():
+    """The grammar of a forced call allows any JSON string: a file's text with </tool_call> in it cut
+    the block inside the string, and the call came back as content."""
+    text = '<tool_call>\n{"name": "write", "arguments": {"content": "<b>x</b> see </tool_call> tag"}}\n</tool_call>'
+    assert names(parse(text)[1]) == [("write", {"content": "<b>x</b> see </tool_call> tag"})]
+    stream, calls = ToolStream(), []
+    for end in range(1, len(text) + 1):
+        calls += stream.push(text[:end], final=end == len(text))[1]
+    assert names(calls) == names(parse(text)[1])
 
 
 def test_streamed_in_any_pieces_gives_the_same_content_and_calls():

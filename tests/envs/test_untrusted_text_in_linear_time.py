@@ -26,6 +26,8 @@ assert _without_end_tokens("<|a|>" * (n // 5) + "x<|a|>") == "<|a|>" * (n // 5) 
 assert extract_code("```" + " " * n) is None
 assert extract_code("<think>" * (n // 7)) is None
 assert parse("<tool_call>" * (n // 11)) == ("<tool_call>" * (n // 11), [])
+assert parse(("<tool_call>" + '"' + "a" * 20 + "</tool_call>") * (n // 40))[1] == []
+assert parse("<tool_call>" + "[" * n + "</tool_call>")[1] == []  # deeper than the JSON decoder's stack: was a RecursionError
 assert after_reasoning("</thin" * (n // 6)) == ("</thin" * (n // 6), None)
 print("ok")
 """

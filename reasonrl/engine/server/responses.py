@@ -36,8 +36,13 @@ def response_object(out: RequestOutput, model: str, created: int, body, prompt_t
             "output": output if done else [], "parallel_tool_calls": body.parallel_tool_calls,
             "tool_choice": _tool_choice(body.tool_choice), "tools": _tools(body.tools),
             "temperature": body.temperature, "top_p": body.top_p,
-            "usage": None if not done else {"input_tokens": prompt_tokens, "output_tokens": len(o.token_ids),
-                                            "total_tokens": prompt_tokens + len(o.token_ids)}}
+            "usage": None if not done else {
+                "input_tokens": prompt_tokens, "output_tokens": len(o.token_ids), "total_tokens": prompt_tokens + len(o.token_ids),
+                # the SDK's ResponseUsage requires these; every output token is visible text here (none hidden),
+                # and the prompt tokens computed (not served by the prefix cache) are what enters it
+                "input_tokens_details": {"cached_tokens": out.num_cached_tokens,
+                                         "cache_write_tokens": prompt_tokens - out.num_cached_tokens},
+                "output_tokens_details": {"reasoning_tokens": 0}}}
 
 
 def _message(request_id: str, text: str, status: str) -> dict[str, Any]:

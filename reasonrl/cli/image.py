@@ -184,6 +184,10 @@ class GenerateImageJob:
     grid: bool = False
     """Also write grid.png, all images in one picture (upscaled 2x)."""
 
+    def __post_init__(self):
+        if not isinstance(self.per_prompt, int) or self.per_prompt < 1:
+            raise ValueError(f"per_prompt must be >= 1, got {self.per_prompt!r}")
+
 
 def generate_image(parser: argparse.ArgumentParser):
     from reasonrl.vision.binary.sample import SampleConfig

@@ -51,12 +51,12 @@ class ShapesVQAEnvironment(Environment):
         """The world's problems behind `prompts` (scenes, renders, rows), e.g. to write SFT traces."""
         if split not in SPLIT_SEEDS:
             raise ValueError(f"shapes: unknown split {split!r}; known: {', '.join(SPLIT_SEEDS)}")
-        return list(iter_problems(self._data(n, SPLIT_SEEDS[split] + seed)))
+        return list(iter_problems(self._data(n, SPLIT_SEEDS[split] + seed, "train" if split == "train" else "held_out")))
 
-    def _data(self, n: int, seed: int) -> ShapesDataConfig:
+    def _data(self, n: int, seed: int, text_side: str = "any") -> ShapesDataConfig:
         c = self.cfg
         return ShapesDataConfig(task="vqa", n=n, seed=seed, image_size=c.image_size, min_objects=c.min_objects,
-                                max_objects=c.max_objects, families=c.families)
+                                max_objects=c.max_objects, families=c.families, text_side=text_side)
 
     def score(self, prompt: Prompt, response: str) -> float:
         return score_answer(response, prompt.answer, prompt.metadata["answer_type"])

@@ -65,12 +65,13 @@ def say(text: str) -> None:
 def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), console: bool = True) -> int:
     """Fine-tune to the end (or to a stop signal); the process exit code."""
     from reasonrl.models import Tokenizer, load_model
+    from reasonrl.models.chat import ChatEncoder
     from reasonrl.models.loader import load_weights, save_model
 
     out = open_run(run.out, {"run": to_dict(run), "sft": to_dict(cfg)}, overwrite=control.overwrite,
                    accept_changes=control.accept_changes, free_keys=FREE_KEYS, console=console)
     model, tokenizer = load_model(run.model, run.device), Tokenizer.from_dir(run.model)
-    data, held = _data(run, cfg, tokenizer)
+    data, held = _data(run, cfg, ChatEncoder(tokenizer, model))  # with the model: a VLM's image parts load
     trainer = SFTTrainer(model, data, cfg)
     logger = MetricsLogger(out, trainer.steps, console)
     latest = latest_checkpoint(out)
@@ -110,11 +111,11 @@ def _loop(trainer: SFTTrainer, held, run: SFTRun, logger: MetricsLogger, tokeniz
             save_checkpoint(out, step, trainer.model, tokenizer, {"sft": trainer.state_dict()}, run.keep_checkpoints)
 
 
-def _data(run: SFTRun, cfg: SFTConfig, tokenizer):
+def _data(run: SFTRun, cfg: SFTConfig, encoder):
     """(training examples, held-out examples)."""
-    data = load_sft_data(run.data, tokenizer, cfg.chat, cfg.max_len)
+    data = load_sft_data(run.data, encoder, cfg.chat, cfg.max_len)
     if run.eval_data:
-        return data, load_sft_data(run.eval_data, tokenizer, cfg.chat, cfg.max_len)
+        return data, load_sft_data(run.eval_data, encoder, cfg.chat, cfg.max_len)
     if not run.eval_fraction:
         return data, []
     order = list(range(len(data)))

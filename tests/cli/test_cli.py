@@ -88,6 +88,11 @@ def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
     (["sft", "--model", "m", "--data", "d", "--out", "o", "--epochs", "0"], "epochs: must be > 0"),
     (["sft", "--model", "m", "--data", "d", "--out", "o", "--samples-per-step", "0"], "samples_per_step: must be >= 1"),
     (["train", "--set", "env.eval_size=0"], "env.eval_size: must be >= 1"),
+    (["generate-image", "--per-prompt", "0", "--prompts", "a"], "per_prompt must be >= 1"),  # torch.cat() of nothing
+    (["train-image", "layout-grpo", "--policy", "p", "--out", "{afile}.run", "--layouts-per-step", "0"],
+     "layouts_per_step must be >= 1"),  # a reshape traceback
+    (["train-image", "layout-grpo", "--policy", "p", "--out", "{afile}.run", "--samples-per-layout", "1"],
+     "samples_per_layout must be >= 2"),  # trained with zero gradient, silently
 ])
 def test_more_bad_input_is_one_line(tmp_path, capsys, args, message):
     (tmp_path / "afile").write_text("")

@@ -77,3 +77,33 @@ def test_palette_fd():
 def test_judge_view_doubles():
     image = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
     assert judge_view(image).shape == (4, 4, 3) and (judge_view(image)[1, 1] == image[0, 0]).all()
+
+
+def test_eight_object_scenes_are_assigned_exactly_and_fast():
+    """The search over permutations took about a minute per 8-object image; the scenes allow 8."""
+    import itertools
+    import time
+
+    s = make_images(ImageConfig(side=32, min_objects=8, max_objects=8), 3, 5)
+    start = time.perf_counter()
+    assert geneval(s.scenes, s.renders)["count"] == 1.0 and geneval(s.scenes, s.renders)["colour"] == 1.0
+    assert time.perf_counter() - start < 10
+    five = make_images(ImageConfig(side=32, min_objects=5, max_objects=5), 4, 6)
+    for scene, render_ in zip(five.scenes, five.renders):  # against brute force, fewer detections than objects
+        found = detect(render_)[:4]
+        pairs = assign(scene, found)
+        score = lambda p: sum(4 * (found[k].colour == scene.objects[i].colour) + 2 * (found[k].shape == scene.objects[i].shape)  # noqa: E731
+                              + (region(found[k].box, scene.width, scene.height) == region(scene.box(i), scene.width, scene.height))
+                              for i, k in enumerate(p) if k is not None)
+        best = max(score(c) for c in itertools.permutations(list(range(len(found))) + [None] * 5, 5))
+        assert score(pairs) == best and len({k for k in pairs if k is not None}) == sum(k is not None for k in pairs)
+
+
+def test_images_at_another_size_are_judged_at_the_render_size():
+    """A 128-px image of a 64-px render scored position 0.10 and overall 0, with no error."""
+    s = make_images(ImageConfig(side=32, max_objects=4), 8, 3)
+    larger = s.renders.repeat(2, axis=1).repeat(2, axis=2)
+    assert geneval(s.scenes, larger) == geneval(s.scenes, s.renders)
+    assert geneval(s.scenes, s.images) == geneval(s.scenes, np.stack([judge_view(i) for i in s.images]))
+    with pytest.raises(ValueError, match="another aspect ratio"):
+        score_image(s.scenes[0], s.renders[0][:, :60])

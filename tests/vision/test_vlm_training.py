@@ -74,6 +74,23 @@ def test_sft_reads_images_from_the_data_file_and_can_freeze_the_vision_tower(vlm
         load_sft_data(bad, ChatEncoder(Tokenizer.from_dir(vlm_dir), model))
 
 
+def test_the_sft_command_trains_a_vlm_on_image_rows(vlm_dir, tmp_path):
+    """`reasonrl sft` read the data with the bare tokenizer: every row with an image was refused as
+    meant for a text-only model, whatever the checkpoint."""
+    from reasonrl.cli import main
+
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i, p in enumerate(env().prompts(4)):
+        write_png(p.messages[0]["content"][0]["image"], tmp_path / "images" / f"{i}.png")
+        content = [{"type": "image", "image": f"images/{i}.png"}, p.messages[0]["content"][1]]
+        rows.append({"prompt": [{"role": "user", "content": content}], "response": f"\\boxed{{{p.answer}}}"})
+    (tmp_path / "vqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["sft", "--model", str(vlm_dir), "--data", str(tmp_path / "vqa.jsonl"), "--out", str(tmp_path / "run"),
+                 "--samples-per-step", "2", "--device", "cpu", "--freeze-vision"]) == 0
+    assert (tmp_path / "run" / "config.json").is_file()
+
+
 def test_the_rl_update_recomputes_logprobs_with_the_images(vlm_dir, tmp_path):
     """The trainer's log-probs of a response depend on the image it was sampled for, and equal a
     forward of the VLM over prompt + response with that image."""

@@ -21,6 +21,9 @@ def test_answers_are_read_whatever_their_case_spacing_and_form(response, answer,
     ("4", "3", "number"), ("3 or 4", "3", "number"), ("3.5", "3", "number"), ("red or blue", "red", "colour"),
     ("blue", "red", "colour"), ("yes and no", "yes", "yes_no"), ("", "yes", "yes_no"),
     ("the answer is in the picture", "red", "colour"), ("left, or maybe above", "left", "direction"),
+    # a negated value names the opposite: "no stripes" was read as striped (the LVR reward's family)
+    ("\\boxed{no stripes}", "striped", "texture"), ("\\boxed{It has no stripes}", "striped", "texture"),
+    ("\\boxed{not striped}", "striped", "texture"), ("\\boxed{not red}", "red", "colour"),
 ])
 def test_wrong_or_hedged_answers_score_zero(response, answer, answer_type):
     assert score_answer(response, answer, answer_type) == 0.0

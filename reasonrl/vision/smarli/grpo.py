@@ -75,6 +75,14 @@ class LayoutGRPOConfig:
             raise ValueError("policy is required (a SMARLI model directory)")
         if self.reward != "layout" and not self.realism:
             raise ValueError(f"reward {self.reward!r} needs a realism classifier (realism)")
+        for name in ("steps", "layouts_per_step", "sample_steps", "eval_layouts"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.samples_per_layout, int) or self.samples_per_layout < 2:
+            raise ValueError(f"samples_per_layout must be >= 2 (a group of one has no advantage to learn from), "
+                             f"got {self.samples_per_layout!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
 
 
 class LayoutGRPOJob(JobState):

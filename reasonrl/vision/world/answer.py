@@ -10,7 +10,8 @@ Reading rule:
 3. Case, punctuation and spacing are ignored; the words are read against the answer type's
    vocabulary (synonyms and plurals map to the canonical word: "circles" -> circle, "to the
    left" -> left, "three" -> 3). The answer is the one canonical value the text names; a text
-   naming two different values ("red or blue") or none is no answer and scores 0.
+   naming two different values ("red or blue") or none, or negating one ("no stripes", "not
+   red": a negation word up to two words before it), is no answer and scores 0.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ VOCABULARY: dict[str, dict[str, str]] = {
 }
 ANSWER_TYPES: tuple[str, ...] = tuple(VOCABULARY)
 _WORD = re.compile(r"[a-z]+|\d+")
+_NEGATIONS = {"no", "not", "non", "without", "isn", "never", "neither", "nor"}  # "isn't" reads as isn, t
 
 
 def read_answer(response: object, answer_type: str) -> str | None:
@@ -51,12 +53,17 @@ def read_answer(response: object, answer_type: str) -> str | None:
     if answer is None:
         return None
     vocabulary = VOCABULARY[answer_type]
-    values = set()
-    for word in _WORD.findall(answer.lower()):
+    values, words = set(), _WORD.findall(answer.lower())
+    for i, word in enumerate(words):
         if answer_type == "number" and word.isdigit():
-            values.add(str(int(word)))
+            value = str(int(word))
         elif word in vocabulary:
-            values.add(vocabulary[word])
+            value = vocabulary[word]
+        else:
+            continue
+        if answer_type != "yes_no" and _NEGATIONS & set(words[max(0, i - 2):i]):
+            return None  # "no stripes", "not red": a negated value is no answer (it named the opposite before)
+        values.add(value)
     return values.pop() if len(values) == 1 else None
 
 

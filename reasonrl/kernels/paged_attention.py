@@ -14,9 +14,25 @@ split the same way with the same helpers. Runs under `TRITON_INTERPRET=1` on CPU
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import triton
 import triton.language as tl
+
+
+def kernel_fits(block_size: int, head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether these kernels (and the compressed-KV ones) compile for the shape on an NVIDIA GPU:
+    `tl.arange` takes powers of two, and `tl.dot` an inner size (the head, and the block in p @ v)
+    of at least 16 for 16-bit inputs, 8 for float32. Otherwise the format's PyTorch path decodes
+    (a warning says so once)."""
+    least = 8 if dtype == torch.float32 else 16
+    fits = all(n >= least and n & (n - 1) == 0 for n in (block_size, head_dim))
+    if not fits:
+        warnings.warn(f"the Triton decode kernels need a block size and head_dim that are powers of two and at least "
+                      f"{least} for {dtype}; block_size={block_size}, head_dim={head_dim}: decode attention runs the "
+                      "PyTorch path over gathered blocks instead (slower)", stacklevel=2)
+    return fits
 
 
 @triton.jit

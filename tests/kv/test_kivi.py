@@ -75,6 +75,8 @@ def decode_attention_error(opts, seed=0):
     k, v = keys_with_outlier_channels(len(slots), seed=seed), torch.randn(len(slots), 2, 32)
     for layer in range(2):
         kv.write(layer, slots, k, v)
+    for layer in range(2):  # a later step, writing nothing: it reads those tokens as stored, not as written
+        kv.write(layer, slots[:0], k[:0], v[:0])
     q = torch.randn(3, 4, 32, generator=torch.Generator().manual_seed(seed + 1)) * 0.2
     meta = AttentionMetadata(slots[[12, 36, 66]], [0, 1, 2, 3], lens, tables, torch.tensor(lens, dtype=torch.int32))
     out, errs, start = kv.attend(0, q, meta), [], 0
@@ -188,3 +190,27 @@ def test_rollback_restores_a_filled_blocks_staged_rows_that_a_new_block_overwrot
     for layer in range(cfg.num_layers):  # the rerun, as the first attempt: no "never staged" error
         kv.write(layer, torch.tensor([5, 6, 7, 8, 9]), k[:5], v[:5])
     assert kv.slots.of == {1: 0}
+
+
+def test_codes_that_would_not_fill_whole_bytes_are_refused_at_start():
+    """head_dim 10 at 2 bits: 2 bytes were allocated for 3 bytes of codes, and the first write crashed."""
+    from reasonrl.engine.kv.tada import TadaKV
+    from reasonrl.models.tiny import tiny_config as config
+
+    cfg = config(hidden_size=40, num_heads=4)  # head_dim 10
+    with pytest.raises(ValueError, match="option k_bits=2 needs head_dim=10 to be a multiple of 4"):
+        KiviKV(cfg, 4, 16, CPU, torch.float32, 2, group_size=5)
+    with pytest.raises(ValueError, match="option bits=2 needs head_dim=10 to be a multiple of 4"):
+        TadaKV(cfg, 4, 16, CPU, torch.float32, 2, bits=2)
+    TadaKV(cfg, 4, 16, CPU, torch.float32, 2, bits=4)  # 10 four-bit codes fill 5 bytes
+
+
+def test_shapes_the_triton_decode_kernels_cannot_compile_fall_back_with_a_warning():
+    """On an NVIDIA GPU tl.dot needs an inner size of 16 for 16-bit inputs: a block size of 8 failed
+    to compile and every decode step failed with it (found by compiling for sm_90 without a GPU)."""
+    from reasonrl.kernels.paged_attention import kernel_fits
+
+    assert kernel_fits(16, 64, torch.bfloat16) and kernel_fits(8, 64, torch.float32)
+    for block, head, dtype in ((8, 64, torch.bfloat16), (4, 64, torch.float32), (16, 80, torch.float16), (12, 64, torch.float32)):
+        with pytest.warns(UserWarning, match="PyTorch path"):
+            assert not kernel_fits(block, head, dtype)

@@ -102,6 +102,8 @@ def decode_attention_error(fmt, opts, seed=0):
     k, v = heads_with_a_shared_part(len(slots), 2, 32, seed=seed), heads_with_a_shared_part(len(slots), 2, 32, seed=seed + 1)
     for layer in range(cfg.num_layers):
         kv.write(layer, slots, k, v)
+    for layer in range(2):  # a later step, writing nothing: it reads those tokens as stored, not as written
+        kv.write(layer, slots[:0], k[:0], v[:0])
     q = torch.randn(3, 4, 32, generator=torch.Generator().manual_seed(seed + 2))
     meta = AttentionMetadata(slots[[12, 36, 66]], [0, 1, 2, 3], lens, tables, torch.tensor(lens, dtype=torch.int32))
     out = kv.attend(1, q, meta)
@@ -212,3 +214,20 @@ def test_a_fixed_kv_budget_holds_more_tokens(hf_checkpoint):
     staging = TadaKV.fixed_bytes(cfg, 16, torch.bfloat16, 4, bits=2)
     assert tada == 16 * ((budget - staging) // TadaKV.bytes_per_block(cfg, 16, torch.bfloat16, bits=2))
     assert tada / dense == pytest.approx((1 - staging / budget) / (1 / 2 + 2 / 16 + 2 / 16), rel=0.01)
+
+
+@pytest.mark.parametrize("fmt, opts", [("tada", {"bits": 2}), ("kivi", {})])
+def test_a_step_attends_its_own_tokens_as_computed(hf_checkpoint, fmt, opts):
+    """A prefill of whole blocks quantized them before attention and read its own keys and values
+    back from the codes (KL 0.35-1.1 at 2 bits against dense at the prefill's next token); the
+    format's loss must start with the tokens of later steps."""
+    from reasonrl.engine.kv import get_format
+
+    path, _ = hf_checkpoint("qwen2")
+    model = load_model(path, "cpu")
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(0, 256, (40,), generator=g).tolist() for _ in range(3)]
+    dense = teacher_forced_logprobs(model, DenseKV, seqs, 32, 8)
+    lossy = teacher_forced_logprobs(model, get_format(fmt), seqs, 32, 8, **opts)
+    torch.testing.assert_close(lossy[:3], dense[:3], atol=1e-4, rtol=0)  # the prefill step: 4 whole blocks
+    assert (lossy[3:] - dense[3:]).abs().max() > 1e-2  # later steps read those blocks' codes

@@ -67,8 +67,10 @@ class DenseKV(KVFormat):
                 if self.on_cpu_kernel else None
         if not q.is_cuda:
             return None
-        from reasonrl.kernels.paged_attention import paged_decode
+        from reasonrl.kernels.paged_attention import kernel_fits, paged_decode
 
+        if not kernel_fits(self.block_size, q.shape[-1], q.dtype):
+            return None
         return paged_decode(q, self.cache[layer, 0], self.cache[layer, 1], tables, lens)
 
     def short_kernel(self, layer, q, tables, lens, mask):

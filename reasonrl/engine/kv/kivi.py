@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from reasonrl.engine.kv.quant import (check_bits, check_group, decode, dequantize, encode, pack, quantize,
+from reasonrl.engine.kv.quant import (check_bits, check_group, check_packable, decode, dequantize, encode, pack, quantize,
                                       scale_zero, unpack)
 from reasonrl.engine.kv.staged import QuantizedKV
 
@@ -41,7 +41,8 @@ class KiviKV(QuantizedKV):
     def settings(cls, cfg, k_bits=2, v_bits=2, group_size=None) -> tuple[int, int, int]:
         default = max(g for g in range(1, min(32, cfg.head_dim) + 1) if cfg.head_dim % g == 0)  # 32, or 20 at head_dim 80
         group = check_group(cls.name, default if group_size is None else group_size, cfg.head_dim)
-        return check_bits(cls.name, "k_bits", k_bits), check_bits(cls.name, "v_bits", v_bits), group
+        return (check_packable(cls.name, "k_bits", check_bits(cls.name, "k_bits", k_bits), cfg.head_dim),
+                check_packable(cls.name, "v_bits", check_bits(cls.name, "v_bits", v_bits), cfg.head_dim), group)
 
     @classmethod
     def layout(cls, cfg, block_size, **options):

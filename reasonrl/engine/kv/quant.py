@@ -67,6 +67,14 @@ def check_bits(name: str, option: str, bits) -> int:
     return int(bits)
 
 
+def check_packable(name: str, option: str, bits: int, head_dim: int) -> int:
+    """`bits`-bit codes of a head_dim-long row fill whole bytes (`pack` needs it)."""
+    if head_dim % (8 // bits):
+        raise ValueError(f"kv_format {name!r}: option {option}={bits} needs head_dim={head_dim} to be a multiple of "
+                         f"{8 // bits} (its codes fill whole bytes)")
+    return bits
+
+
 def check_group(name: str, group_size, head_dim: int) -> int:
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 or head_dim % group_size:
         raise ValueError(f"kv_format {name!r}: option group_size must be a positive divisor of head_dim={head_dim}, "

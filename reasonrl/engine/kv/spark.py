@@ -202,7 +202,7 @@ class SparkKV(KVFormat):
             raise RuntimeError(f"kv_format 'spark': attend(layer={layer}) without its write")
         _, k_new, v_new = pending
         self.commit(layer, q, k_new, v_new, meta)
-        if meta.decode_only and q.is_cuda:
+        if meta.decode_only and q.is_cuda and self._kernel_fits(q):
             out = self.attend_kernel(layer, q, k_new, v_new, meta)
         else:
             out = self.attend_torch(layer, q, k_new, v_new, meta)
@@ -394,6 +394,11 @@ class SparkKV(KVFormat):
                                                attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
             out[lo:hi] = o.transpose(0, 1)
         return out
+
+    def _kernel_fits(self, q: torch.Tensor) -> bool:
+        from reasonrl.kernels.paged_attention import kernel_fits
+
+        return kernel_fits(self.block_size, q.shape[-1], q.dtype)
 
     def attend_kernel(self, layer, q, k_new, v_new, meta: AttentionMetadata) -> torch.Tensor:
         """Decode step (one query per sequence) through the Triton kernel, which restores in registers

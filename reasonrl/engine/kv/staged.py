@@ -84,10 +84,13 @@ class QuantizedKV(KVFormat):
                                    dtype=self.dtype, device=dev)
         self.slots = StagingSlots(self.name, self.max_num_seqs, self.num_blocks, dev)
         self._plan: WritePlan | None = None
+        self._fresh: dict[int, list[torch.Tensor]] = {}  # layer -> (blocks, k, v) its write in this step quantized
+        self._attending: list[torch.Tensor] | None = None  # the attending layer's entry of _fresh
         self._undo: tuple[dict[int, int], list[int], dict[int, torch.Tensor]] | None = None
 
     def release(self):
         self.tensors, self.staging, self.slots, self._plan, self._undo = None, None, None, None, None
+        self._fresh, self._attending = {}, None
 
     def storage(self):
         if getattr(self, "tensors", None) is None:
@@ -97,16 +100,22 @@ class QuantizedKV(KVFormat):
     # ---- writes ----------------------------------------------------------------------------------
     def write(self, layer, slots, k, v):
         if layer == 0:  # a step writes the same slots in every layer, layer 0 first
-            self._plan = self._make_plan(slots)
+            self._plan, self._fresh = self._make_plan(slots), {}
         p, bs = self._plan, self.block_size
+        fresh = []  # (blocks, k, v) of the blocks this write quantizes: this step attends them as computed
         if p.direct_blocks.numel():
             shape = (-1, bs) + k.shape[1:]
-            self._quantize(layer, p.direct_blocks, k[p.direct_rows].view(shape), v[p.direct_rows].view(shape))
+            kd, vd = k[p.direct_rows].view(shape), v[p.direct_rows].view(shape)
+            self._quantize(layer, p.direct_blocks, kd, vd)
+            fresh.append((p.direct_blocks, kd, vd))
         if p.fill_blocks.numel():  # before staging: a slot returned by a filled block may be retaken this step
             kf, vf = self.staging[layer, 0][p.fill_slots], self.staging[layer, 1][p.fill_slots]  # copies
             kf.flatten(0, 1)[p.fill_pos] = k[p.fill_rows].to(self.dtype)
             vf.flatten(0, 1)[p.fill_pos] = v[p.fill_rows].to(self.dtype)
             self._quantize(layer, p.fill_blocks, kf, vf)
+            fresh.append((p.fill_blocks, kf, vf))
+        if fresh:
+            self._fresh[layer] = [torch.cat(part) for part in zip(*fresh)]
         if p.stage_rows.numel():
             flat = self.staging[layer].flatten(1, 2)  # (2, slots * block_size, H, D)
             flat[0].index_copy_(0, p.stage_dst, k[p.stage_rows].to(self.dtype))
@@ -180,11 +189,34 @@ class QuantizedKV(KVFormat):
         self._undo = None
 
     # ---- attention (PyTorch path; CUDA decode uses the Triton kernel) ------------------------------
+    def attend(self, layer, q, meta):
+        """As the base class's, but the blocks this layer's write quantized in this step are read
+        as written (`gather`); any other read of them (a later step, a direct `gather`) decodes the
+        codes, and nothing written is held past the step's last layer."""
+        self._attending = self._fresh.pop(layer, None)
+        try:
+            return super().attend(layer, q, meta)
+        finally:
+            self._attending = None
+            if layer == self.cfg.num_layers - 1:
+                self._fresh.clear()
+
     def gather(self, layer: int, tables: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A temporary of the listed blocks, decoded: tables (B, nb), lens (B,) -> k, v (B, nb * block_size, H, D)
-        float32; the partial last block of each row comes from the staging pool."""
+        float32; the partial last block of each row comes from the staging pool, and inside `attend`
+        the blocks the layer's write quantized in this step come as written (the step attends its
+        own tokens as it computed them, earlier ones as stored; the Triton decode kernel reads a
+        block a decode token completes from its codes)."""
         b, nb = tables.shape
-        k, v = self._dequantize(layer, tables.flatten().long())  # (B * nb, bs, H, D)
+        flat = tables.flatten().long()
+        k, v = self._dequantize(layer, flat)  # (B * nb, bs, H, D)
+        if self._attending is not None:
+            blocks, kf, vf = self._attending
+            match = flat[:, None] == blocks[None, :]  # (B * nb, m)
+            hit = match.any(1)
+            if bool(hit.any()):
+                which = match.to(torch.int8).argmax(1)[hit]
+                k[hit], v[hit] = kf[which].float(), vf[which].float()
         k, v = k.view(b, nb, *k.shape[1:]), v.view(b, nb, *v.shape[1:])
         rows = torch.nonzero(lens % self.block_size).flatten()
         if rows.numel():
@@ -200,7 +232,10 @@ class QuantizedKV(KVFormat):
         if not q.is_cuda:
             return None
         from reasonrl.kernels.kv_quant import quant_paged_decode
+        from reasonrl.kernels.paged_attention import kernel_fits
 
+        if not kernel_fits(self.block_size, q.shape[-1], q.dtype):
+            return None
         kc, vc = self._kernel_codes(layer)
         return quant_paged_decode(q, kc, vc, self.staging[layer, 0], self.staging[layer, 1], self.slots.table, tables,
                                   lens)

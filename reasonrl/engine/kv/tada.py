@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from reasonrl.engine.kv.quant import check_bits, check_group, dequantize, quantize
+from reasonrl.engine.kv.quant import check_bits, check_group, check_packable, dequantize, quantize
 from reasonrl.engine.kv.staged import QuantizedKV
 
 U8, F16 = torch.uint8, torch.float16
@@ -55,8 +55,8 @@ class TadaKV(QuantizedKV):
             if len(bits) != cfg.num_layers:
                 raise ValueError(f"kv_format {cls.name!r}: option bits lists {len(bits)} layers, the model has "
                                  f"{cfg.num_layers}")
-            return [check_bits(cls.name, "bits", b) for b in bits]
-        return [check_bits(cls.name, "bits", bits)] * cfg.num_layers
+            return [check_packable(cls.name, "bits", check_bits(cls.name, "bits", b), cfg.head_dim) for b in bits]
+        return [check_packable(cls.name, "bits", check_bits(cls.name, "bits", bits), cfg.head_dim)] * cfg.num_layers
 
     @classmethod
     def layout(cls, cfg, block_size, group_size=None, **options):

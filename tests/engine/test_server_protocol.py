@@ -139,6 +139,13 @@ def test_responses_api_for_text(client):
                                                      "max_tokens": 5, "temperature": 0}).json()
     assert text == chat["choices"][0]["message"]["content"]
     assert body["usage"]["output_tokens"] <= 5 and body["status"] in ("completed", "incomplete")
+    # errors name the fields this request sent, not those of the chat request it is translated into
+    for extra, param in (({"max_output_tokens": 10 ** 6}, "max_output_tokens"), ({"text": {"format": {"type": "xml"}}}, "text.format"),
+                         ({"input": [{"role": "robot", "content": "x"}]}, "input")):
+        r = client.post("/v1/responses", json={"input": "x", **extra})
+        assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 10 ** 6})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
     r = client.post("/v1/responses", json={"input": "x", "stream": True, "max_output_tokens": 3})
     assert r.status_code == 200 and r.text.startswith("event: response.created\ndata: ")
     assert "[DONE]" not in r.text and "event: response." in r.text.rstrip().split("\n\n")[-1]

@@ -76,7 +76,13 @@ class Preparer:
             chat = body.chat_body()
         except ValueError as exc:  # a malformed input item, named
             raise APIError(str(exc), param="input") from None
-        return replace(self._chat(validate_body(chat, ChatRequest)), api="responses")
+        try:
+            return replace(self._chat(validate_body(chat, ChatRequest)), api="responses")
+        except APIError as exc:  # named as the client sent it, not as the chat request it became
+            name = _responses_param(exc.param)
+            if name == exc.param:
+                raise
+            raise APIError(str(exc).replace(exc.param, name, 1), exc.status, name, exc.headers) from None
 
     def tokenize(self, raw: bytes) -> dict:
         body = self._validate(raw, TokenizeRequest)
@@ -169,8 +175,9 @@ class Preparer:
             if len(p) >= self.max_len:
                 raise APIError(f"the prompt ({len(p)} tokens) does not fit the context length {self.max_len}", param=param)
             if len(p) + max_tokens > self.max_len:
-                raise APIError(f"prompt ({len(p)} tokens) plus max_tokens ({max_tokens}) exceeds the context "
-                               f"length {self.max_len}", param="max_tokens")
+                name = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
+                raise APIError(f"prompt ({len(p)} tokens) plus {name} ({max_tokens}) exceeds the context "
+                               f"length {self.max_len}", param=name)
         try:
             params = body.sampling_params(max_tokens, logprobs, prompt_logprobs)
             if params.structured is not None and self.grammars is not None:
@@ -227,6 +234,15 @@ def _continue_final(text: str) -> str:
         raise APIError("continue_final_message needs the last message to have text the chat template keeps",
                        param="messages")
     return text[:start] + text[start + len(CONTINUE_START): end]
+
+
+def _responses_param(param: str | None) -> str | None:
+    """A chat request's field as the Responses request that was translated into it names it (its
+    input items are not one-to-one with messages: instructions and merged calls, so `input`)."""
+    head = (param or "").split(".")[0]
+    renamed = {"messages": "input", "response_format": "text.format", "max_tokens": "max_output_tokens",
+               "max_completion_tokens": "max_output_tokens"}.get(head)
+    return renamed or param
 
 
 def validate_body(data: dict, model: type[BaseModel]):

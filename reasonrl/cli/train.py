@@ -33,24 +33,28 @@ def train(parser: argparse.ArgumentParser):
             overrides["cluster.ray"] = True
         if args.config is None:
             return demo(overrides, control)
-        cfg = load_config(args.config, overrides)
-        _check_own_run(Path(args.config), cfg)
-        return run_training(cfg, control)
+        _check_own_run(Path(args.config), overrides)
+        return run_training(load_config(args.config, overrides), control)
 
     return run
 
 
-def _check_own_run(path: Path, cfg) -> None:
+def _check_own_run(path: Path, overrides: dict) -> None:
     """A run's own RUN/config.yaml names its directories as they were given when it started,
-    relative ones from that working directory: from another one it would start a new run elsewhere."""
-    from reasonrl.rl.config import ConfigError
-    from reasonrl.rl.run import CONFIG_FILE, is_run_dir
+    relative ones from that working directory: from another one it would start a new run elsewhere.
+    Refused when the file sits in a run that has done work, names that run relatively, and the name
+    means another directory from here (an absolute name, or --set train.run_dir, is taken as meant)."""
+    from reasonrl.rl.config import ConfigError, read_yaml
+    from reasonrl.rl.run import CONFIG_FILE, WORK
 
     folder = path.resolve().parent
-    if path.name == CONFIG_FILE and is_run_dir(folder) and Path(cfg.train.run_dir).resolve() != folder:
-        raise ConfigError(f"{path} is the config of the run in {folder}, but its train.run_dir {cfg.train.run_dir!r} "
-                          f"means {Path(cfg.train.run_dir).resolve()} from here: run it from the directory the run "
-                          "was started in (its relative paths are from there)")
+    if path.name != CONFIG_FILE or "train.run_dir" in overrides or not any((folder / w).exists() for w in WORK):
+        return
+    saved = ((read_yaml(path) or {}).get("train") or {}).get("run_dir")
+    if isinstance(saved, str) and not Path(saved).is_absolute() and Path(saved).resolve() != folder:
+        raise ConfigError(f"{path} is the config of the run in {folder}, but its train.run_dir {saved!r} means "
+                          f"{Path(saved).resolve()} from here: run it from the directory the run was started in "
+                          "(its relative paths are from there), or name the run directory with --set train.run_dir")
 
 
 def demo(overrides: dict, control) -> int:

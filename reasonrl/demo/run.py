@@ -53,6 +53,10 @@ def rollout_throughput(cfg: RunConfig, env, policy, tokenizer, ratio: float, ste
     return {"tokens_per_s": tokens / seconds, "tail_idle_fraction": idle / seconds, "seconds": seconds}
 
 
+def _empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
 def run_demo(run_dir: str | Path = "runs/demo", steps: int | None = None, measure_steps: int = 4,
              overrides: dict | None = None, stop=lambda: False) -> dict | None:
     """The demo's summary, or None when `stop()` ended it early (the run is then checkpointed and
@@ -61,10 +65,10 @@ def run_demo(run_dir: str | Path = "runs/demo", steps: int | None = None, measur
     cfg = load_config(RECIPE, {"model.path": str(SHIPPED), "train.run_dir": str(run_dir),
                                **({"train.steps": steps} if steps else {}), **(overrides or {})})
     run_dir = Path(cfg.train.run_dir)  # `--set train.run_dir=...` wins
-    if run_dir.exists():  # the demo always starts afresh; the last run is kept aside
+    if run_dir.exists() and not _empty_dir(run_dir):  # the demo always starts afresh; the last run is kept aside
         previous = run_dir.with_name(run_dir.name + ".previous")
         for path in (run_dir, previous):
-            if path.exists() and not is_run_dir(path):
+            if path.exists() and not is_run_dir(path) and not _empty_dir(path):
                 raise RunMismatch(f"{path} exists and is not a reasonrl run directory: the demo would move or delete "
                                   "it; choose another train.run_dir")
         shutil.rmtree(previous, ignore_errors=True)

@@ -98,8 +98,11 @@ class SumsEnvironment(Environment):
                       answer=sum(terms), metadata={"terms": len(terms)})
 
     def _problems(self):
-        """Every problem, shortest first (reached only when a split runs out, so its space is small)."""
-        for k in range(self.min_terms, self.max_terms + 1):
+        """Every problem the draws can give, shortest first (reached only when a split runs out, so its
+        space is small): p >= 1 never adds a term past min_terms, p <= 0 always goes to max_terms."""
+        low = self.max_terms if self.p <= 0 else self.min_terms
+        high = self.min_terms if self.p >= 1 else self.max_terms
+        for k in range(low, high + 1):
             yield from itertools.product(range(1, 10), repeat=k)
 
     def score(self, prompt, response):

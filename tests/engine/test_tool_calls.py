@@ -35,6 +35,8 @@ def test_an_argument_holding_the_closing_tag_stays_one_call():
     for end in range(1, len(text) + 1):
         calls += stream.push(text[:end], final=end == len(text))[1]
     assert names(calls) == names(parse(text)[1])
+    unclosed = text.removesuffix("\n</tool_call>")  # the output ended after the object (end of sequence)
+    assert names(parse(unclosed)[1]) == [("write", {"content": "<b>x</b> see </tool_call> tag"})]
 
 
 def test_streamed_in_any_pieces_gives_the_same_content_and_calls():

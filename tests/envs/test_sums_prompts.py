@@ -24,3 +24,9 @@ def test_splits_are_disjoint_and_prompts_distinct():
     train, held = env.prompts(500, seed=1), env.prompts(200, seed=1, split="eval")
     assert len({terms(p) for p in train}) == 500 and len({terms(p) for p in held}) == 200
     assert not {terms(p) for p in train} & {terms(p) for p in held}
+
+
+def test_a_used_up_split_is_completed_only_with_problems_the_draws_can_give():
+    env = SumsEnvironment(max_terms=6, p=1.0)  # every draw has exactly min_terms = 2 terms
+    prompts = env.prompts(200)
+    assert len(prompts) < 81 and {len(terms(p)) for p in prompts} == {2}

@@ -28,6 +28,9 @@ STTT = "ABCDEFGHIJKLMNOPQRSTUVWXY"
     ("- G\n", "G"),
     ("Answer: I", "I"),
     ("Bob threatens I, so play at I.", "I"),
+    ("Position I is the best move.", "I"),  # the label, followed by lowercase words
+    ("The best move is I because it blocks the column.", "I"),
+    ("Bob must take I to block.", "I"),
 ])
 def test_reads_the_committed_label(text, want):
     assert extract_answer(text, OTTT) == want

@@ -108,6 +108,13 @@ def test_a_runs_own_config_from_another_directory_is_refused_not_started_afresh(
     assert main(["train", str(tmp_path / "run" / "config.yaml")]) == 2
     assert "run it from the directory the run was started in" in capsys.readouterr().err
     assert not (tmp_path / "elsewhere" / "run").exists()
+    # a recipe that happens to be named config.yaml, or a run's config reused for a new run, is no such case
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "run" / "config.yaml"), "--set", f"train.run_dir={tmp_path / 'b'}"]) == 0
+    (tmp_path / "mine").mkdir()
+    data["train"]["run_dir"] = str(tmp_path / "c")
+    (tmp_path / "mine" / "config.yaml").write_text(yaml.safe_dump(data))
+    assert main(["train", str(tmp_path / "mine" / "config.yaml")]) == 0
 
 
 def test_the_demo_never_moves_or_deletes_a_directory_that_is_not_a_run(tmp_path, capsys):
@@ -119,6 +126,9 @@ def test_the_demo_never_moves_or_deletes_a_directory_that_is_not_a_run(tmp_path,
     assert (mine / "notes.txt").read_text() == "keep me" and not (tmp_path / "mydata.previous").exists()
     assert main(["train", str(recipe(tmp_path, **{"train.run_dir": str(mine)}))]) == 2  # nor does a run write into it
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    (tmp_path / "empty").mkdir()  # an empty directory is as good as a new one
+    assert main(["train", "--set", f"train.run_dir={tmp_path / 'empty'}", "--set", "train.steps=1",
+                 "--set", "env.eval_size=4"]) == 0
 
 
 def test_overwrite_starts_afresh_and_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):

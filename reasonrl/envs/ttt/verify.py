@@ -18,7 +18,8 @@ Reading rule (model output is untrusted: never raises, bounded work, garbage sco
    or stands alone on its own line, possibly in markup ("**E**", "(E).").
    A capital letter in ordinary prose ("I think", "A fork") has no cue word before it and
    is not on a line of its own, so it is never read as a label; after a cue word, "I" followed
-   by a lowercase word ("the move I recommend is E") is the pronoun, not label I.
+   by a word that follows the pronoun ("the move I recommend is E", "the answer I would give")
+   is the pronoun, not label I ("position I is best", "take I to block" are the label).
 The score is 1.0 if the answer is in the solution set, else 0.0.
 """
 
@@ -33,10 +34,13 @@ _BOXED = re.compile(r"\\(?:boxed|fbox)[ \t]{0,3}\{")
 _BRACE = re.compile(r"[{}]")
 _ALONE = r"(?<!\w)([A-Z])(?!\w|['’]\w)"  # a capital letter not part of a word (or "I'm")
 _LABEL = re.compile(_ALONE)
+# words that follow the pronoun I, never a position label ("the move I recommend", "the answer I would give")
+_PRONOUN_VERBS = (r"(?:would|will|think|recommend|believe|suggest|guess|say|choose|pick|prefer|want|need|am|have|had|"
+                  r"can|could|should|must|might|may|see|know|feel|expect|propose|reckon|'d|'ll|'m|'ve)")
 _CUE = re.compile(
     r"(?i:\b(?:position|point|vertex|cell|square|spot|at|plays?|move|answer|choose|"
     r"places?|takes?|pick))[ \t]{0,3}(?i:is|=|:|-)?[ \t]{0,3}[*\"'`(]{0,3}[ \t]{0,2}" + _ALONE
-    + r"(?!(?<=I)[ \t]{1,3}[a-z])"  # "the move I recommend is E": I before a lowercase word is the pronoun
+    + r"(?!(?<=I)[ \t]{1,3}" + _PRONOUN_VERBS + r"\b)"  # "the move I recommend is E": the pronoun, not label I
 )
 _LINE = re.compile(r"^[ \t>*#_\"'`(-]{0,6}" + _ALONE + r"[ \t*_\"'`).!]{0,6}$", re.MULTILINE)
 

@@ -93,6 +93,10 @@ def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
      "layouts_per_step must be >= 1"),  # a reshape traceback
     (["train-image", "layout-grpo", "--policy", "p", "--out", "{afile}.run", "--samples-per-layout", "1"],
      "samples_per_layout must be >= 2"),  # trained with zero gradient, silently
+    (["train-image", "layout-grpo", "--policy", "p", "--out", "{afile}.run", "--in-box-weight", "-1"],
+     "in_box_weight must be a finite number > 0"),  # flipped the in-box advantages
+    (["train-image", "smarli", "--out", "{afile}.run", "--layouts-per-step", "0"], "layouts_per_step must be >= 1"),
+    (["data", "lvr", "--model", "{afile}.none", "--out", "{afile}.lvr"], "is not a checkpoint directory"),
 ])
 def test_more_bad_input_is_one_line(tmp_path, capsys, args, message):
     (tmp_path / "afile").write_text("")

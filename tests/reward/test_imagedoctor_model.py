@@ -153,3 +153,21 @@ def test_save_and_load_in_the_hugging_face_layout(tiny, tmp_path):
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(Exception, match="artifact_token_id"):
         load_doctor(path, "cpu")
+
+
+def test_the_ablation_judge_without_task_tokens_saves_and_loads_as_itself(tiny, tmp_path):
+    """Its learned queries were not saved and it loaded as a plain ImageDoctor, whose maps then came
+    from whatever hidden states held the placeholder token ids (usually none: all-zero maps)."""
+    from reasonrl.reward.imagedoctor.build import NoTaskTokenDoctor
+
+    tok, doctor = tiny
+    ablation = NoTaskTokenDoctor(doctor.backbone, doctor.cfg)
+    with torch.no_grad():
+        ablation.task_queries.normal_()
+    loaded = load_doctor(save_doctor(ablation, tmp_path / "ablation", tok), "cpu")
+    assert type(loaded) is NoTaskTokenDoctor and torch.equal(loaded.task_queries, ablation.task_queries)
+    ids, prompt = judged(tok, doctor, [(56, 84)], tokens=("x", "y"))  # no task token in the text
+    with torch.no_grad():
+        want, got = ablation(ids, [prompt])[1], loaded(ids, [prompt])[1]
+    assert bool(got.found.all()) and float(got.maps[0].sum()) > 0
+    torch.testing.assert_close(got.maps[0], want.maps[0])

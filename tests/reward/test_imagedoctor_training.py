@@ -185,3 +185,16 @@ def test_head_ablation_trains_two_heads_on_a_frozen_judge():
     for k, h in heads.items():
         after = [p for n, p in h.named_parameters() if n.startswith("heatmap.")]
         assert any(not torch.equal(a, b) for a, b in zip(before[k], after))
+
+
+def test_images_the_processor_resizes_train_and_score_at_their_own_size(doctor):
+    """A side that is not a multiple of the patch (100 -> 112): the maps came out at 112 and every
+    loss and reward against the 100 x 100 true masks raised a shape error."""
+    judge, tok = doctor
+    examples = judge_examples(DoctorDataConfig(out="unused", n=2, image_size=100))
+    items = judge_items(examples, tok, judge.backbone)
+    assert tuple(items[0].maps.shape) == (2, 100, 100)
+    loss, parts = judge_loss(judge, items, tok.pad_token_id)
+    assert np.isfinite(parts["heatmap_mse"])
+    env = JudgeEnvironment(judge, tok, items, items)
+    assert set(env.parts(items[0], examples[0].judgement())) == {"score", "heatmap", "grounding", "format"}

@@ -62,6 +62,8 @@ def add_task_tokens(backbone, tokenizer: Tokenizer) -> list[int]:
 
 
 class NoTaskTokenDoctor(ImageDoctor):
+    variant = "learned_queries"
+
     def __init__(self, backbone, cfg: DoctorConfig):
         super().__init__(backbone, cfg)
         self.task_queries = nn.Parameter(torch.randn(2, backbone.config.hidden_size) * 0.02)  # (2, hidden)

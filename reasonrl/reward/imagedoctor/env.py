@@ -30,7 +30,7 @@ from reasonrl.envs.base import Environment, Prompt
 from reasonrl.reward.imagedoctor.build import JudgeItem
 from reasonrl.reward.imagedoctor.export import judge_messages
 from reasonrl.reward.imagedoctor.judgement import format_reward, parse_judgement, score_reward
-from reasonrl.reward.imagedoctor.model import TASKS, ImageDoctor
+from reasonrl.reward.imagedoctor.model import TASKS, ImageDoctor, at_size
 from reasonrl.reward.imagedoctor.rewards import compactness, completeness, heatmap_reward, uniqueness
 
 
@@ -67,7 +67,7 @@ class JudgeEnvironment(Environment):
         """The (2, H, W) maps of the rollout's text, and whether each task token was in it."""
         ids = list(item.prompt.input_ids) + self.tokenizer.encode(response, add_special_tokens=False)
         _, maps = self.doctor(torch.tensor([ids]), [item.prompt])
-        return maps.maps[0].float().numpy(), maps.found[0].tolist()
+        return at_size(maps.maps[0].float(), item.maps.shape[-2:]).numpy(), maps.found[0].tolist()
 
     def metrics(self, prompts: Sequence[Prompt], responses: Sequence[str], rewards: Sequence[float]) -> dict[str, float]:
         out = super().metrics(prompts, responses, rewards)

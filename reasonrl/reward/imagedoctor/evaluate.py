@@ -15,7 +15,7 @@ import torch
 
 from reasonrl.reward.imagedoctor.build import JudgeItem
 from reasonrl.reward.imagedoctor.judgement import ASPECTS, parse_judgement
-from reasonrl.reward.imagedoctor.model import TASKS, ImageDoctor
+from reasonrl.reward.imagedoctor.model import TASKS, ImageDoctor, at_size
 
 
 def pearson(x, y) -> float:
@@ -69,7 +69,7 @@ def predicted_maps(doctor: ImageDoctor, items: list[JudgeItem], responses: list[
         for i, s in enumerate(seqs):
             ids[i, :len(s)] = torch.tensor(s)
         _, maps = doctor(ids, [it.prompt for it, _ in chunk])
-        out += [m.float().numpy() for m in maps.maps]
+        out += [at_size(m.float(), it.maps.shape[-2:]).numpy() for m, (it, _) in zip(maps.maps, chunk)]
     return out
 
 

@@ -43,7 +43,7 @@ from reasonrl.models.qwen2_5_vl.model import Qwen2_5_VL
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 from reasonrl.reward.imagedoctor.decoder import HeatmapConfig, MaskDecoder, PromptEncoder
 
-HEAD_PREFIXES = ("text_hidden_fcs.", "image_hidden_fcs.", "prompt_encoder.", "heatmap.")
+HEAD_PREFIXES = ("text_hidden_fcs.", "image_hidden_fcs.", "prompt_encoder.", "heatmap.", "task_queries")
 TASKS = ("misalignment", "artifact")  # the order of the maps
 
 
@@ -78,6 +78,8 @@ class Heatmaps:
 
 
 class ImageDoctor(nn.Module):
+    variant = "task_tokens"  # saved with the checkpoint: which class `load_doctor` rebuilds
+
     def __init__(self, backbone: Qwen2_5_VL, cfg: DoctorConfig):
         super().__init__()
         if getattr(backbone, "vlm_config", None) is None:
@@ -138,9 +140,17 @@ def emitting_row(ids: torch.Tensor, token: int) -> int | None:
     return int(at[0]) if at.numel() else None
 
 
+def at_size(m: torch.Tensor, size) -> torch.Tensor:
+    """(2, h, w) maps at the preprocessed image's size, resampled (bilinear) to `size`, the image's
+    own pixels where the true masks live (the processor resizes a side that is not a multiple of
+    its patch: 100 -> 112)."""
+    size = tuple(size)
+    return m if tuple(m.shape[-2:]) == size else F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
 def heatmap_loss(maps: Heatmaps, targets: list[torch.Tensor], weight: float) -> torch.Tensor:
     """weight x (MSE misalignment + MSE artifact), averaged over the samples; targets per sample (2, H, W)."""
-    per = [((m - t.to(m)) ** 2).mean(dim=(1, 2)).sum() for m, t in zip(maps.maps, targets, strict=True)]
+    per = [((at_size(m, t.shape[-2:]) - t.to(m)) ** 2).mean(dim=(1, 2)).sum() for m, t in zip(maps.maps, targets, strict=True)]
     return weight * torch.stack(per).mean()
 
 
@@ -151,7 +161,8 @@ def save_doctor(doctor: ImageDoctor, path: str | Path, tokenizer=None) -> Path:
     config = json.loads((path / "config.json").read_text())
     cfg = doctor.cfg
     config.update(misalignment_token_id=cfg.misalignment_token_id, artifact_token_id=cfg.artifact_token_id,
-                  heatmap_weight=cfg.heatmap_weight, imagedoctor_heatmap=asdict(cfg.heatmap))
+                  heatmap_weight=cfg.heatmap_weight, imagedoctor_heatmap=asdict(cfg.heatmap),
+                  imagedoctor_variant=doctor.variant)
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return path
 
@@ -166,13 +177,29 @@ def doctor_config(config: dict) -> DoctorConfig:
                         float(config.get("heatmap_weight", 1.0)), heatmap)
 
 
+VARIANTS = ("task_tokens", "learned_queries")
+
+
+def variant_class(variant: str) -> type[ImageDoctor]:
+    """The judge's class: the paper's (maps prompted by the task tokens' states), or the ablation's
+    (build.py's NoTaskTokenDoctor, maps prompted by learned queries)."""
+    if variant == "learned_queries":
+        from reasonrl.reward.imagedoctor.build import NoTaskTokenDoctor
+
+        return NoTaskTokenDoctor
+    return ImageDoctor
+
+
 def load_doctor(path: str | Path, device=None, dtype=None) -> ImageDoctor:
     """An ImageDoctor directory's model in eval mode; all or nothing, every head tensor checked."""
     path = Path(path)
     cfg = doctor_config(json.loads((path / "config.json").read_text()))
+    variant = json.loads((path / "config.json").read_text()).get("imagedoctor_variant", ImageDoctor.variant)
+    if variant not in VARIANTS:
+        raise CheckpointError(f"{path}: unknown imagedoctor_variant {variant!r}; known: {', '.join(VARIANTS)}")
     backbone = empty_model(path, device, dtype)
     tensors = read_tensors(path)
-    doctor = ImageDoctor(backbone, cfg).to(backbone.device, backbone.dtype)
+    doctor = variant_class(variant)(backbone, cfg).to(backbone.device, backbone.dtype)
     expected = {k: tuple(v.shape) for k, v in doctor.head_state().items()}
     head = {n: t for n, t in tensors if n.startswith(HEAD_PREFIXES)}
     wrong = sorted(set(head) ^ set(expected)) + sorted(n for n in set(head) & set(expected)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from reasonrl.reward.imagedoctor.build import JudgeItem
-from reasonrl.reward.imagedoctor.model import Heatmaps, ImageDoctor
+from reasonrl.reward.imagedoctor.model import Heatmaps, ImageDoctor, at_size
 from reasonrl.rl.config import OptimSection
 from reasonrl.rl.update import freeze_vision, make_optimizer, trainable
 
@@ -61,7 +61,7 @@ def balanced_heatmap_loss(maps: Heatmaps, targets: list[torch.Tensor], weight: f
     """weight x the class-balanced squared error of both maps, averaged over the samples; targets per sample (2, H, W)."""
     per = []
     for m, t in zip(maps.maps, targets, strict=True):
-        t = t.to(m)
+        m, t = at_size(m, t.shape[-2:]), t.to(m)
         err, pos = (m - t) ** 2, (t >= 0.5).to(m)  # (2, H, W)
         n_pos, n_neg = pos.sum(dim=(1, 2)), (1 - pos).sum(dim=(1, 2))
         on, off = (err * pos).sum(dim=(1, 2)), (err * (1 - pos)).sum(dim=(1, 2))

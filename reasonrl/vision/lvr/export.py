@@ -56,6 +56,8 @@ def lvr_response(answer: str, n_latents: int) -> str:
 
 def export_lvr(cfg: LVRDataConfig) -> int:
     """Write the rows and images; -> the number written."""
+    if not (Path(cfg.model) / "config.json").is_file():  # the region tokens depend on its preprocessing
+        raise FileNotFoundError(f"model {cfg.model} is not a checkpoint directory (no config.json)")
     image = ImageConfig.from_dir(cfg.model)
     env = LVRShapesEnvironment(LVRShapesConfig(image_size=cfg.image_size, max_objects=cfg.max_objects))
     out = Path(cfg.out)

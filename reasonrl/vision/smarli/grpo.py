@@ -19,6 +19,7 @@ layout reward, the quality score alone (the paper's HPS-only ablation) or their 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -83,6 +84,8 @@ class LayoutGRPOConfig:
                              f"got {self.samples_per_layout!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if not (math.isfinite(self.in_box_weight) and self.in_box_weight > 0):  # negative flips the in-box signal
+            raise ValueError(f"in_box_weight must be a finite number > 0, got {self.in_box_weight!r}")
 
 
 class LayoutGRPOJob(JobState):

@@ -68,6 +68,14 @@ class SmarliTrainConfig:
     seed: int = 0
     """Seeds the weights, codebook, tokenizer and scenes."""
 
+    def __post_init__(self):
+        for name in ("width", "num_heads", "num_layers", "patterns", "codebook_scenes", "steps", "layouts_per_step",
+                     "sample_steps", "eval_layouts"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} must be a multiple of num_heads {self.num_heads}")
+
 
 class SmarliJob(JobState):
     def __init__(self, cfg: SmarliTrainConfig, images: ImageConfig | None = None):

@@ -21,6 +21,7 @@ def kernel_agent(parser: argparse.ArgumentParser):
 
     def run(args) -> int:
         from reasonrl.agents.geak import run_agent
+        from reasonrl.agents.geak.log import SandboxFailure
         from reasonrl.envs.kernels.evaluate import KernelEvaluator
         from reasonrl.eval.client import EndpointError
 
@@ -29,7 +30,7 @@ def kernel_agent(parser: argparse.ArgumentParser):
                                     SandboxLimits(**values(args, SandboxLimits)), TimingConfig(**values(args, TimingConfig)))
         try:
             run_agent(config, evaluator=evaluator)
-        except EndpointError as exc:
+        except (EndpointError, SandboxFailure) as exc:
             print(f"reasonrl kernel-agent: {exc}; the log in {config.out} keeps what was done: rerun the same "
                   "command to resume", file=sys.stderr)
             return 1

@@ -27,7 +27,7 @@ class ScriptedLLM:
         self.script, self.reflection, self.fail_at = script, reflection, fail_at
         self.calls = []
 
-    def complete(self, calls):
+    def complete(self, calls, on_reply=None):
         out = []
         for call in calls:
             task, trajectory, iteration, role = parse_key(call.key)
@@ -39,6 +39,8 @@ class ScriptedLLM:
             else:
                 text = self.script(task, trajectory, iteration)
                 out.append(text if isinstance(text, Reply) else Reply(text, tokens=80, prompt_tokens=500))
+            if on_reply is not None:
+                on_reply(call, out[-1])
         return out
 
 

@@ -143,3 +143,60 @@ def test_resume_replays_the_log_and_asks_only_for_the_rest(tmp_path, evaluator):
     assert rows(tmp_path / "run") == rows(tmp_path / "fresh" / "run")
     with pytest.raises(ValueError, match="other settings"):
         run_agent(config(tmp_path, temperature=0.2), ScriptedLLM(script), evaluator, progress=False)
+
+
+class DiesAfter(ScriptedLLM):
+    """Answers `live` calls, then the endpoint dies in the middle of a batch."""
+
+    def __init__(self, script, live):
+        super().__init__(script)
+        self.live = live
+
+    def complete(self, calls, on_reply=None):
+        out = []
+        for call in calls:
+            if len(self.calls) >= self.live:
+                raise EndpointError("the endpoint went away")
+            out += super().complete([call], on_reply)
+        return out
+
+
+def test_replies_paid_for_before_an_endpoint_dies_mid_batch_are_kept(tmp_path, evaluator):
+    """The log was written once the whole batch had returned: a kill or a dead endpoint after 6 of
+    12 replies left none of them, and the rerun paid for all 6 again."""
+    cfg = config(tmp_path, parallel=4, iterations=2)
+    with pytest.raises(EndpointError):
+        run_agent(cfg, DiesAfter(lambda task, k, i: fenced(WRONG), live=6), evaluator, progress=False)
+    logged = (tmp_path / "run" / "calls.jsonl").read_text().splitlines()
+    assert len(logged) == 6
+    again = ScriptedLLM(lambda task, k, i: fenced(WRONG))
+    run_agent(cfg, again, evaluator, progress=False)
+    assert not {c.key for c in again.calls} & {json.loads(line)["key"] for line in logged}  # none asked twice
+
+
+class SandboxDown:
+    """An evaluator whose sandbox cannot start (a full disk): not the candidate's doing."""
+
+    device = "cpu"
+
+    def evaluate_many(self, pairs):
+        return [Verdict(task.id, "sandbox_error", "No space left on device") for task, _ in pairs]
+
+
+def test_a_sandbox_failure_stops_the_run_and_the_candidate_is_judged_on_resume(tmp_path, evaluator):
+    """It was logged as the candidate's verdict, fed back as its failure and replayed on resume:
+    a right kernel stayed failed after the sandbox was fixed."""
+    from reasonrl.agents.geak.log import SandboxFailure
+
+    llm = lambda: ScriptedLLM(lambda task, k, i: fenced(EXPERT))  # noqa: E731
+    with pytest.raises(SandboxFailure, match="No space left"):
+        run_agent(config(tmp_path), llm(), SandboxDown(), progress=False)
+    assert not (tmp_path / "run" / "candidates.jsonl").exists() or not (tmp_path / "run" / "candidates.jsonl").read_text()
+    assert run_agent(config(tmp_path), llm(), evaluator, progress=False)["solved"] == 1
+
+
+def test_the_summary_counts_only_the_iterations_asked_for(tmp_path, evaluator):
+    llm = ScriptedLLM(lambda task, k, i: fenced(WRONG))
+    four = run_agent(config(tmp_path, iterations=4), llm, evaluator, progress=False)
+    two = run_agent(config(tmp_path, iterations=2), ScriptedLLM(lambda task, k, i: fenced(WRONG)), evaluator, progress=False)
+    assert two["cost"]["calls"] < four["cost"]["calls"]

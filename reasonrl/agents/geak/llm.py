@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from reasonrl.envs.base import Prompt
 from reasonrl.eval.client import ClientConfig, OpenAIClient
@@ -39,7 +39,10 @@ class Reply:
 
 
 class LLM(Protocol):
-    def complete(self, calls: Sequence[Call]) -> list[Reply]: ...
+    def complete(self, calls: Sequence[Call], on_reply: Callable[[Call, Reply], None] | None = None) -> list[Reply]:
+        """One reply per call; `on_reply`, when given, is called with each as it arrives (the run log
+        appends it then, so a kill or a dead endpoint mid-batch keeps the replies already paid for)."""
+        ...
 
 
 class EndpointLLM:
@@ -55,8 +58,9 @@ class EndpointLLM:
     def probe(self) -> None:
         self.client.probe()
 
-    def complete(self, calls: Sequence[Call]) -> list[Reply]:
+    def complete(self, calls: Sequence[Call], on_reply: Callable[[Call, Reply], None] | None = None) -> list[Reply]:
         start = time.monotonic()
+        by_key = {call.key: call for call in calls}
         jobs = [Job(Prompt(call.key, call.messages), 0, call.seed) for call in calls]
         replies: dict[str, Reply] = {}
         for batch in self.client.generate(jobs):
@@ -66,4 +70,6 @@ class EndpointLLM:
                     replies[job.prompt.id] = Reply(out.text, out.tokens, out.prompt_tokens, None, seconds)
                 else:
                     replies[job.prompt.id] = Reply(None, error=out.error, seconds=seconds)
+                if on_reply is not None:
+                    on_reply(by_key[job.prompt.id], replies[job.prompt.id])
         return [replies.get(call.key, Reply(None, error="no reply")) for call in calls]

@@ -27,6 +27,11 @@ from .llm import LLM, Call, Reply
 log = logging.getLogger(__name__)
 
 
+class SandboxFailure(RuntimeError):
+    """The evaluator could not run a candidate at all (verdict `sandbox_error`): the run stops, and
+    the candidate is judged again when it resumes."""
+
+
 class RunLog:
     def __init__(self, out: str | Path, settings: dict[str, Any]):
         self.out = Path(out)
@@ -40,11 +45,18 @@ class RunLog:
         """Replies to `calls`, from the log when it has them, else from `llm` (then logged)."""
         todo = [(c, m) for c, m in zip(calls, meta) if c.key not in self.calls]
         if todo:
-            replies = llm.complete([c for c, _ in todo])
-            rows = [{"key": c.key, "role": c.role, **m, "seed": c.seed, "messages": c.messages, "text": r.text,
-                     "tokens": r.tokens, "prompt_tokens": r.prompt_tokens, "error": r.error, "seconds": r.seconds}
-                    for (c, m), r in zip(todo, replies, strict=True)]
-            self._append("calls.jsonl", rows, self.calls)
+            meta_of = {c.key: m for c, m in todo}
+
+            def keep(c: Call, r: Reply) -> None:  # each reply as it arrives: paid for, never asked again
+                if c.key not in self.calls:
+                    self._append("calls.jsonl", [{
+                        "key": c.key, "role": c.role, **meta_of[c.key], "seed": c.seed, "messages": c.messages,
+                        "text": r.text, "tokens": r.tokens, "prompt_tokens": r.prompt_tokens, "error": r.error,
+                        "seconds": r.seconds}], self.calls)
+
+            replies = llm.complete([c for c, _ in todo], on_reply=keep)
+            for (c, _), r in zip(todo, replies, strict=True):
+                keep(c, r)  # those the model gave without calling back
         self.replayed["calls"] += len(calls) - len(todo)
         return [_reply(self.calls[c.key]) for c in calls]
 
@@ -55,7 +67,10 @@ class RunLog:
             verdicts = evaluator.evaluate_many([(task, code) for _, task, code, _ in todo])
             rows = [{"key": key, **meta, "code": code, "verdict": v.to_dict()}
                     for (key, _, code, meta), v in zip(todo, verdicts, strict=True)]
-            self._append("candidates.jsonl", rows, self.candidates)
+            self._append("candidates.jsonl", [r for r in rows if r["verdict"]["status"] != "sandbox_error"], self.candidates)
+            broken = next((v for v in verdicts if v.status == "sandbox_error"), None)
+            if broken is not None:  # the machine's failure, not the candidate's: stop, and judge it again on resume
+                raise SandboxFailure(f"the evaluator's sandbox failed ({broken.message}); the candidate was not judged")
         self.replayed["candidates"] += len(items) - len(todo)
         return [Verdict.from_dict(self.candidates[key]["verdict"]) for key, *_ in items]
 

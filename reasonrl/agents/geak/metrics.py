@@ -36,7 +36,8 @@ def summarize(trajectories: Sequence[Trajectory], run: RunLog, config: AgentConf
     solved_tasks = [tid for tid, ts in by_task.items() if any(t.solved_at is not None for t in ts)]
     counts = [(n, sum(t.solved_at is not None for t in ts)) for ts in by_task.values()]
     keys = {f"{t.task.id}/t{t.index}/" for t in trajectories}
-    calls = [row for key, row in run.calls.items() if key[: key.rfind("/i")] + "/" in keys]
+    calls = [row for key, row in run.calls.items()  # this run's trajectories, not a longer earlier run's iterations
+             if key[: key.rfind("/i")] + "/" in keys and row.get("iteration", 0) < config.iterations]
     out: dict[str, Any] = {
         "kind": "kernel-agent", "model": config.model, "tasks": len(by_task), "parallel": n,
         "iterations": config.iterations, "solved": len(solved_tasks),

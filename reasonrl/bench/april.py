@@ -37,7 +37,7 @@ from reasonrl.rl.trainer import Trainer
 
 
 def heavy_tailed_policy(root: Path, median: int = 24, max_len: int = 256, seed: int = 0, sft_steps: int = 120,
-                        hidden: int = 128) -> Path:
+                        hidden: int = 128, device: str | None = None) -> Path:
     """A small checkpoint that writes letter runs of log-normal length, then stops."""
     rng = random.Random(seed)
     env = LetterEnvironment()
@@ -53,21 +53,22 @@ def heavy_tailed_policy(root: Path, median: int = 24, max_len: int = 256, seed: 
                            max_position_embeddings=1024, seed=seed)
     data = root / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    model = load_model(base)
+    model = load_model(base, device)
     samples = load_sft_data(data, Tokenizer.from_dir(base))
     train_sft(model, samples, SFTConfig(epochs=sft_steps * 32 / len(samples), lr=3e-3, samples_per_step=32, seed=seed))
     return save_model(model, root / "policy", Tokenizer.from_dir(base))
 
 
 def run_arm(policy: Path, run_dir: Path, ratio: float, steps: int, prompts_per_step: int, samples_per_prompt: int,
-            max_tokens: int, max_num_seqs: int, seed: int, off_policy: str = "tis", lr: float = 2e-3) -> dict:
+            max_tokens: int, max_num_seqs: int, seed: int, off_policy: str = "tis", lr: float = 2e-3,
+            device: str | None = None) -> dict:
     cfg = load_config(None, {
-        "model.path": str(policy), "train.run_dir": str(run_dir), "train.steps": steps, "train.seed": seed,
+        "model.path": str(policy), "model.device": device, "train.run_dir": str(run_dir), "train.steps": steps, "train.seed": seed,
         "train.save_every": steps, "env.name": "letter", "env.eval_size": 64, "rollout.over_provision": ratio,
         "rollout.prompts_per_step": prompts_per_step, "rollout.samples_per_prompt": samples_per_prompt,
         "rollout.max_tokens": max_tokens, "optim.lr": lr, "engine.max_num_seqs": max_num_seqs, "loss.off_policy": off_policy,
         "engine.kv_cache_memory": 1 << 28})
-    trainer = Trainer(cfg, LetterEnvironment(), load_model(policy), Tokenizer.from_dir(policy), console=False)
+    trainer = Trainer(cfg, LetterEnvironment(), load_model(policy, device), Tokenizer.from_dir(policy), console=False)
     trainer.train()
     records = read_metrics(run_dir)
     rows = [r for r in records if "reward_mean" in r]
@@ -123,6 +124,8 @@ class AprilBenchConfig:
     """Learning rate of both arms."""
     repeats: int = 2
     """Runs per arm, interleaved; medians reported."""
+    device: str | None = None
+    """cpu, cuda or cuda:N (default: cuda when available)."""
 
     def __post_init__(self):
         if self.repeats < 1:
@@ -136,13 +139,14 @@ def bench_april(c: AprilBenchConfig) -> dict:
     exactly (same seeds), so only the timings differ, and throughput uses each arm's median."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        policy = heavy_tailed_policy(root, max_len=c.max_tokens, seed=c.seed, sft_steps=c.sft_steps)
-        before = sampled_reward(load_model(policy), Tokenizer.from_dir(policy), c.max_tokens, c.seed)
+        policy = heavy_tailed_policy(root, max_len=c.max_tokens, seed=c.seed, sft_steps=c.sft_steps, device=c.device)
+        before = sampled_reward(load_model(policy, c.device), Tokenizer.from_dir(policy), c.max_tokens, c.seed)
         runs: dict[str, list[dict]] = {"sync": [], "april": []}
         for rep in range(c.repeats):
             for name, r in (("sync", 1.0), ("april", c.ratio)):
                 runs[name].append(run_arm(policy, root / f"{name}{rep}", r, c.steps, c.prompts_per_step,
-                                          c.samples_per_prompt, c.max_tokens, c.max_num_seqs, c.seed, c.off_policy, c.lr))
+                                          c.samples_per_prompt, c.max_tokens, c.max_num_seqs, c.seed, c.off_policy, c.lr,
+                                          c.device))
     arms = {}
     for name, results in runs.items():
         arms[name] = {**results[0], "tokens_per_s": statistics.median(x["tokens_per_s"] for x in results),
@@ -150,7 +154,7 @@ def bench_april(c: AprilBenchConfig) -> dict:
                       "tokens_per_s_per_repeat": [x["tokens_per_s"] for x in results],
                       "rollout_seconds_per_repeat": [x["rollout_seconds"] for x in results]}
         del arms[name]["rollout_seconds"]
-    return {"device": device_name(resolve_device(None)), "steps": c.steps, "prompts_per_step": c.prompts_per_step,
+    return {"device": device_name(resolve_device(c.device)), "steps": c.steps, "prompts_per_step": c.prompts_per_step,
             "samples_per_prompt": c.samples_per_prompt, "max_tokens": c.max_tokens, "max_num_seqs": c.max_num_seqs,
             "off_policy": c.off_policy, "lr": c.lr, "repeats": c.repeats,
             "throughput_ratio": arms["april"]["tokens_per_s"] / arms["sync"]["tokens_per_s"],

@@ -223,6 +223,8 @@ class EngineBenchConfig:
         for name in ("num_prompts", "concurrency", "median_tokens", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if len(self.prompt_len) != 2 or not 1 <= self.prompt_len[0] <= self.prompt_len[1]:
+            raise ValueError(f"prompt_len must be two lengths, shortest first, each at least 1; got {list(self.prompt_len)}")
 
 
 def _engine(lm, c: EngineBenchConfig, compile_decode: bool, cuda_graphs: bool, cpu_linear: bool = True,

@@ -96,8 +96,8 @@ def _april(c: GpuBenchConfig) -> dict:
 
     if c.smoke:
         return bench_april(AprilBenchConfig(steps=1, prompts_per_step=2, samples_per_prompt=2, max_tokens=12,
-                                            max_num_seqs=8, sft_steps=2, repeats=1))
-    return bench_april(AprilBenchConfig(steps=8, repeats=1))
+                                            max_num_seqs=8, sft_steps=2, repeats=1, device=c.device))
+    return bench_april(AprilBenchConfig(steps=8, repeats=1, device=c.device))
 
 
 def _compiled(c: GpuBenchConfig) -> dict:
@@ -147,8 +147,12 @@ def bench_gpu(c: GpuBenchConfig) -> dict:
         parts[name] = run_part(PARTS[name], c, left) if left > 1 else {"status": "skipped", "seconds": 0.0,
                                                                         "error": "the global time budget was spent"}
         _log(f"{name}: {parts[name]['status']} in {parts[name]['seconds']:.0f}s")
-    return {"device": device_name(resolve_device(c.device)), "smoke": c.smoke, "budget_s": c.budget_s,
-            "seconds": time.monotonic() - start, "parts": parts}
+    try:
+        device = device_name(resolve_device(c.device))
+    except Exception as exc:  # every part's result is kept whatever the device says
+        device = f"{c.device} (unavailable: {exc})"
+    return {"device": device, "smoke": c.smoke, "budget_s": c.budget_s, "seconds": time.monotonic() - start,
+            "parts": parts}
 
 
 def run_part(fn: Callable[[GpuBenchConfig], object], c: GpuBenchConfig, seconds: float) -> dict:

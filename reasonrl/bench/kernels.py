@@ -55,6 +55,9 @@ def bench_kernels(cfg: KernelBenchConfig) -> dict:
     out = {"device": _device(device), "tasks": len(tasks), "workers": cfg.workers, "runs": []}
     coverage = _sandboxed(tasks, 1, cfg.timeout)
     checked = [t for t, v in zip(tasks, coverage["verdicts"]) if v.exec_ok]
+    if not checked:
+        raise ValueError(f"none of the tasks {', '.join(t.id for t in tasks)} can be checked on this {device}: "
+                         + "; ".join(f"{v.task_id}: {v.message}" for v in coverage["verdicts"])[:500])
     out["cpu_share"] = len(checked) / len(tasks) if device == "cpu" else None
     out["not_on_this_cpu"] = {v.task_id: v.message for v in coverage["verdicts"] if not v.exec_ok}
     ids = ",".join(t.id for t in checked)

@@ -266,20 +266,26 @@ def row(fmt: str, params: dict, bytes_per_token: float, dense16: int, accuracy: 
 
 
 def check_targets(rows: list[dict]) -> None:
-    """Adds `target` to the TaDA rows and to eviction + SPARK 80%: the issue's targets, met or not."""
+    """Adds `target` to the TaDA rows and to eviction + SPARK 80%: the issue's targets, met or not,
+    or None (undetermined) where the baseline scores 0: nothing can be lost against it."""
     dense = next(r for r in rows if r["format"] == "dense")
     for r in rows:
         if r["format"] == "tada":
             lost = (dense["accuracy"] - r["accuracy"]) * 100
-            r["target"] = {"rule": "<= 0.30 of dense bytes and <= 1 point of accuracy lost",
-                           "points_lost": lost, "met": r["bytes_per_token_ratio"] <= 0.30 and lost <= 1.0}
+            r["target"] = {"rule": "<= 0.30 of dense bytes and <= 1 point of accuracy lost", "points_lost": lost,
+                           "met": r["bytes_per_token_ratio"] <= 0.30 and lost <= 1.0 if dense["accuracy"] else None}
     for r in rows:
         evict = next((e for e in rows if e["format"] == "snapkv" and e["path"] == r["path"]), None)
         if evict and r["format"] == "snapkv+spark" and r["params"].get("key_ratio") == 0.8 and "bits" not in r["params"]:
-            rel_loss = 1 - r["accuracy"] / evict["accuracy"] if evict["accuracy"] else 0.0
+            rel_loss = 1 - r["accuracy"] / evict["accuracy"] if evict["accuracy"] else None
             saved = 1 - r["bytes_per_token"] / evict["bytes_per_token"]
             r["target"] = {"rule": "<= 5% relative accuracy loss vs eviction alone, >= 30% fewer bytes",
-                           "relative_loss": rel_loss, "bytes_saved": saved, "met": rel_loss <= 0.05 and saved >= 0.30}
+                           "relative_loss": rel_loss, "bytes_saved": saved,
+                           "met": None if rel_loss is None else rel_loss <= 0.05 and saved >= 0.30}
+
+
+def _verdict(met: bool | None) -> str:
+    return "undetermined (the baseline scores 0)" if met is None else "met" if met else "NOT met"
 
 
 def format_table(rows: list[dict]) -> str:
@@ -287,7 +293,7 @@ def format_table(rows: list[dict]) -> str:
              "-" * 124]
     for r in rows:
         params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
-        target = "" if "target" not in r else ("met" if r["target"]["met"] else "NOT met")
+        target = "" if "target" not in r else _verdict(r["target"]["met"])
         lines.append(f"{r['format']:<14}{params:<50}{r['path']:<18}{r['bytes_per_token']:>12.1f}"
                      f"{r['bytes_per_token_ratio']:>8.3f}{r['accuracy']:>10.3f}  {target}")
     return "\n".join(lines + [""] + summary(rows))
@@ -297,14 +303,16 @@ def summary(rows: list[dict]) -> list[str]:
     """One line per target of the issue: met or not, and by which row."""
     tada = [r for r in rows if r["format"] == "tada"]
     met = [r for r in tada if r["target"]["met"]]
+    undetermined = bool(tada) and tada[0]["target"]["met"] is None
     out = ["TaDA target (<= 0.30 of dense bytes, <= 1 point lost): " + (
-        f"met by {met[0]['params']}" if met else "NOT met: " + "; ".join(
+        _verdict(None) if undetermined else f"met by {met[0]['params']}" if met else "NOT met: " + "; ".join(
             f"{r['params'].get('bits')} bits at {r['bytes_per_token_ratio']:.3f} lose "
             f"{r['target']['points_lost']:.1f} points" for r in tada))]
     for spark in (r for r in rows if "target" in r and r["format"] == "snapkv+spark"):
         t = spark["target"]
         out.append(f"SPARK 80% target, {spark['path']} (<= 5% relative loss vs eviction, >= 30% fewer bytes): "
-                   f"{'met' if t['met'] else 'NOT met'} ({t['relative_loss']:.1%} loss, {t['bytes_saved']:.1%} fewer bytes)")
+                   f"{_verdict(t['met'])}" + ("" if t["relative_loss"] is None else
+                                             f" ({t['relative_loss']:.1%} loss, {t['bytes_saved']:.1%} fewer bytes)"))
     return out
 
 

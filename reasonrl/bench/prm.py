@@ -31,13 +31,14 @@ class PRMBenchConfig:
 
 
 def _scorer(cfg: PRMBenchConfig):
+    from reasonrl.demo.policy import SHIPPED
     from reasonrl.reward.prm.model import PRMConfig, load_prm
     from reasonrl.reward.prm.run import new_prm
     from reasonrl.reward.prm.scoring import PRMScorer
     from reasonrl.reward.prm.steps import StepFormat
 
     if cfg.prm is None:
-        scorer = new_prm("reasonrl/demo/policy", PRMConfig(steps=StepFormat(delimiter=" ")), cfg.device)
+        scorer = new_prm(str(SHIPPED), PRMConfig(steps=StepFormat(delimiter=" ")), cfg.device)
         scorer.max_tokens_per_batch = cfg.max_tokens_per_batch
         return scorer
     model, tokenizer = load_prm(cfg.prm, device=cfg.device)

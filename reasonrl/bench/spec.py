@@ -12,7 +12,8 @@ would in a server.
 
 Costs in the terms of SpecVLM's Eq. 2, over the batch-1 steps that ran a tree (one round each):
 the draft's time proposing it and the target step's time verifying it, each divided by the plain
-engine's time per token at batch 1. speedup ~= accepted_length / (draft_cost_ratio + verify_cost_ratio + bookkeeping).
+engine's time per token at batch 1 (these and the accepted length are taken at the lowest level
+asked for, `figures_at_concurrency`, when 1 is not among them). speedup ~= accepted_length / (draft_cost_ratio + verify_cost_ratio + bookkeeping).
 These costs and each level's `speculation_time_share` come from one more run of the speculative
 arm per level with timers on (`timed_run`), after the repeats; the speedups never include it.
 """
@@ -205,7 +206,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
         for level in levels:
             work = prompts[: max(c.num_prompts, 4 * level)]
             for name, engine in arm_order(arms, r):
-                before = spec.stats() if name == "speculative" and level == 1 else None
+                before = spec.stats() if name == "speculative" and level == levels[0] else None
                 engine.reset_prefix_cache()
                 run = decode(engine, work, c.max_tokens, level)
                 rates.setdefault((name, level), []).append(run.tokens / run.seconds)
@@ -222,7 +223,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
         run, overhead, timers = timed_run(spec, prompts[: max(c.num_prompts, 4 * level)], c.max_tokens, level)
         shares[level] = sum(overhead) / run.seconds
         outputs[f"timed@{level}"] = run.outputs
-        if level == 1:
+        if level == levels[0]:  # the acceptance and cost figures: at batch 1, or the fewest requests asked for
             batch1.update(tree_steps=timers[1][1], draft_s=timers[0][0], verify_s=timers[1][0])
     per_token_plain = 1 / statistics.median(rates[("plain", levels[0])])
     on_cpu = target.device.type == "cpu"
@@ -232,7 +233,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
         "model": str(model_path), "draft": str(draft_path), "prompts": c.num_prompts, "max_tokens": c.max_tokens,
         "tree": {"top_k": c.draft_top_k, "depth": c.draft_depth, "tokens": c.draft_tokens}, "adaptive": c.adaptive,
         "repeats": c.repeats, "concurrency": levels,
-        "accepted_length": batch1["emitted"] / rounds,
+        "accepted_length": batch1["emitted"] / rounds, "figures_at_concurrency": levels[0],
         "speedup": paired_ratio(rates[("speculative", levels[0])], rates[("plain", levels[0])]),
         "greedy_identical": all(outs == outputs[f"plain@{k.split('@')[1]}"] for k, outs in outputs.items()),
         **{f"batch{level}": {**_arm(rates, level, cpu_rates if on_cpu else None),

@@ -43,6 +43,11 @@ class StructuredBenchConfig:
     device: str | None = None
     """cpu, cuda or cuda:N (default: cuda when available)."""
 
+    def __post_init__(self):
+        for name in ("requests", "max_tokens", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
 
 def bench_structured(cfg: StructuredBenchConfig) -> dict:
     from reasonrl.engine import LLMEngine, SamplingParams

@@ -83,9 +83,9 @@ def workload(config: str, measure: str, table: str | None = None):
 
                 torch.set_num_threads(options.threads)
             result = resolve(measure)(config_cls(**values(args, config_cls)))
+            write_json(result, options.json)  # first: a table that fails to format loses nothing
             if table is not None:
                 print(resolve(table)(result))
-            write_json(result, options.json)
             return 0
 
         return run

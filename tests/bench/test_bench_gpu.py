@@ -101,3 +101,12 @@ def test_the_global_budget_stops_a_running_part_and_skips_the_rest(monkeypatch):
 def test_unknown_parts_are_refused():
     with pytest.raises(ValueError, match="unknown part"):
         GpuBenchConfig(parts=["engine", "warp-drive"])
+
+
+def test_a_device_that_is_not_there_still_writes_the_json(tmp_path, capsys):
+    """`--device cuda` where CUDA fails: each part recorded its error, then naming the device raised
+    and nothing was written (the april part's 51 s of work included)."""
+    out = tmp_path / "gpu.json"
+    assert main(["bench", "gpu", "--device", "cuda", "--parts", "kv-decode", "spec", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["device"].startswith("cuda (unavailable") and {p["status"] for p in r["parts"].values()} == {"error"}

@@ -142,3 +142,17 @@ def test_bench_kv_cli_passes_its_flags_and_writes_the_rows(tmp_path, capsys, mon
     assert len(rows) == 14 and all(r["n"] == 3 for r in rows)
     assert json.loads((tmp_path / "m" / "recall_task.json").read_text())["config"]["train"]["steps"] == 2
     assert "TaDA target" in capsys.readouterr().out  # the table and its summary
+
+
+def test_no_target_is_met_against_a_baseline_that_scores_zero():
+    """Dense at accuracy 0 lost nothing to lose: every target read "met"."""
+    from reasonrl.bench.kv import check_targets, summary
+
+    rows = [{"format": "dense", "path": "-", "params": {}, "accuracy": 0.0, "bytes_per_token": 100.0, "bytes_per_token_ratio": 1.0},
+            {"format": "tada", "path": "-", "params": {"bits": 2}, "accuracy": 0.0, "bytes_per_token": 20.0, "bytes_per_token_ratio": 0.2},
+            {"format": "snapkv", "path": "torch", "params": {}, "accuracy": 0.0, "bytes_per_token": 50.0, "bytes_per_token_ratio": 0.5},
+            {"format": "snapkv+spark", "path": "torch", "params": {"key_ratio": 0.8}, "accuracy": 0.0, "bytes_per_token": 20.0,
+             "bytes_per_token_ratio": 0.2}]
+    check_targets(rows)
+    assert rows[1]["target"]["met"] is None and rows[3]["target"]["met"] is None
+    assert all("undetermined" in line and " met" not in line.replace("undetermined", "") for line in summary(rows))

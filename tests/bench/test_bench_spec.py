@@ -149,3 +149,12 @@ def test_speedups_pair_the_arms_within_each_repeat_and_alternate_their_order():
     arms = {"plain": 0, "speculative": 1}
     assert [n for n, _ in arm_order(arms, 0)] == ["plain", "speculative"]
     assert [n for n, _ in arm_order(arms, 1)] == ["speculative", "plain"]
+
+
+def test_without_batch_one_the_figures_come_from_the_lowest_level(tmp_path):
+    """They were gathered at batch 1 only: without it, accepted length and cost ratios read 0."""
+    out = tmp_path / "spec.json"
+    assert main(["bench", "spec", "--num-prompts", "3", "--max-tokens", "24", "--repeats", "1", "--concurrency", "2",
+                 "--draft-depth", "4", "--no-adaptive", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["figures_at_concurrency"] == 2 and 1 < r["accepted_length"] <= 5 and r["verify_cost_ratio"] > 0

@@ -97,6 +97,8 @@ def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
      "in_box_weight must be a finite number > 0"),  # flipped the in-box advantages
     (["train-image", "smarli", "--out", "{afile}.run", "--layouts-per-step", "0"], "layouts_per_step must be >= 1"),
     (["data", "lvr", "--model", "{afile}.none", "--out", "{afile}.lvr"], "is not a checkpoint directory"),
+    (["bench", "structured", "--repeats", "0"], "repeats must be at least 1"),  # an UnboundLocalError
+    (["bench", "engine", "--prompt-len", "8", "4"], "prompt_len must be two lengths, shortest first"),
 ])
 def test_more_bad_input_is_one_line(tmp_path, capsys, args, message):
     (tmp_path / "afile").write_text("")

@@ -56,6 +56,12 @@ def test_defaults_fill_every_model_calling_stage_and_a_stage_wins(files):
     ({"hike": {"topics": "/no/topics.yaml"}}, "topic file /no/topics.yaml does not exist"),
     ({"decontaminate": {"eval_sets": ["/no/aime.jsonl"]}}, "evaluation set /no/aime.jsonl does not exist"),
     ({"generate": {"problems": 0}}, "generate.problems: 0 with no generate.seed_problems"),
+    # windows that drop every problem, after every call was paid for
+    ({"rate": {"min_rating": 8, "max_rating": 3}}, "rate: min_rating: 8.0 is above max_rating 3.0"),
+    ({"rate": {"min_rating": 11}}, "rate: min_rating: must be a rating in"),
+    ({"measure": {"min_difficulty": 1.5}}, "measure: min_difficulty: must be a difficulty in"),
+    ({"measure": {"top_p": 0}}, "measure: top_p: must be in"),
+    ({"consistency": {"tail_chars": 0}}, "consistency: tail_chars: must be >= 1"),
 ])
 def test_bad_recipes_fail_at_load_naming_the_key(files, change, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("{", r"\{")):

@@ -145,6 +145,7 @@ class ConsistencySection(LLMSection):
         check(self.min_agreeing is None or self.min_agreeing >= 1, "min_agreeing", "must be >= 1")
         check(self.verifier_workers >= 1, "verifier_workers", "must be >= 1")
         check(self.verifier_timeout > 0, "verifier_timeout", "must be > 0")
+        check(self.tail_chars >= 1, "tail_chars", f"must be >= 1 (0 showed the whole solution), got {self.tail_chars}")
 
 
 @dataclass
@@ -216,6 +217,12 @@ class RateSection(LLMSection):
     def __post_init__(self):
         super().__post_init__()
         check(self.ratings >= 1, "ratings", f"must be >= 1, got {self.ratings}")
+        for name in ("min_rating", "max_rating"):
+            value = getattr(self, name)
+            check(value is None or 1 <= value <= 10, name, f"must be a rating in [1, 10], got {value}")
+        check(self.min_rating is None or self.max_rating is None or self.min_rating <= self.max_rating, "min_rating",
+              f"{self.min_rating} is above max_rating {self.max_rating}: every problem would be dropped")
+        check(self.max_solution_chars >= 1, "max_solution_chars", f"must be >= 1, got {self.max_solution_chars}")
 
 
 @dataclass
@@ -251,6 +258,14 @@ class MeasureSection:
     def __post_init__(self):
         check(self.k >= 1 and self.max_tokens >= 1, "k", "k and max_tokens must be >= 1")
         check(self.temperature >= 0, "temperature", "must be >= 0")
+        check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        check(self.concurrency >= 1, "concurrency", f"must be >= 1, got {self.concurrency}")
+        for name in ("min_difficulty", "max_difficulty"):
+            value = getattr(self, name)
+            check(value is None or 0 <= value <= 1, name, f"must be a difficulty in [0, 1], got {value}")
+        check(self.min_difficulty is None or self.max_difficulty is None or self.min_difficulty <= self.max_difficulty,
+              "min_difficulty", f"{self.min_difficulty} is above max_difficulty {self.max_difficulty}: every problem "
+              "would be dropped")
 
 
 @dataclass

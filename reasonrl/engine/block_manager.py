@@ -51,8 +51,6 @@ class BlockManager:
         seq.num_computed = seq.num_cached = seq.num_evicted = 0
         if self.enable_prefix_caching:
             self._take_cached_prefix(seq, compute_from)
-        if seq.prompt_cached is None:  # a re-admission (preemption) finds its own blocks: not what the request was served
-            seq.prompt_cached = min(seq.num_cached, len(seq.prompt_ids))
 
     def _take_cached_prefix(self, seq: Sequence, compute_from: int | None) -> None:
         # At least the last token is always computed: its logits are needed to sample.

@@ -46,24 +46,29 @@ class LLM:
         if isinstance(prompts, (str, dict, MultimodalPrompt)) or (isinstance(prompts, list) and prompts
                                                                   and isinstance(prompts[0], int)):
             prompts = [prompts]
-        params = params or SamplingParams()
+        params = SamplingParams() if params is None else params
         params = params if isinstance(params, list) else [params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
-        ids = []
-        for prompt, p in zip(prompts, params):
-            rid = f"gen-{self._counter}"
-            self._counter += 1
-            self.engine.add_request(rid, self._encode(prompt), p)
-            ids.append(rid)
+        ids: list[str] = []
         done: dict[str, RequestOutput] = {}
-        start = time.perf_counter()
-        while len(done) < len(ids):
-            for out in self.engine.step():
-                if out.finished:
-                    done[out.request_id] = out
-            if progress:
-                _progress(len(done), len(ids), self.engine.num_generated_tokens, time.perf_counter() - start)
+        try:  # a prompt refused, or an interrupt, leaves none of this call's requests in the engine
+            for prompt, p in zip(prompts, params):
+                rid = f"gen-{self._counter}"
+                self._counter += 1
+                self.engine.add_request(rid, self._encode(prompt), p)
+                ids.append(rid)
+            mine, start = set(ids), time.perf_counter()
+            while len(done) < len(ids):
+                for out in self.engine.step():
+                    if out.finished and out.request_id in mine:
+                        done[out.request_id] = out
+                if progress:
+                    _progress(len(done), len(ids), self.engine.num_generated_tokens, time.perf_counter() - start)
+        finally:
+            for rid in ids:
+                if rid not in done:
+                    self.engine.abort(rid)
         if progress:
             print(file=sys.stderr)
         return [done[rid] for rid in ids]

@@ -51,8 +51,13 @@ def _fmix(x: torch.Tensor) -> torch.Tensor:
 
 
 def _key(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    """(S,) a 32-bit hash of each (seed, step): the root of every random draw at that step."""
-    return _fmix(_fmix(_fmix((seeds >> 32) & _M32) ^ (seeds & _M32)) ^ _fmix(steps & _M32))
+    """(S,) a 32-bit hash of each (seed, step): the root of every random draw at that step. Seed and
+    step go through different salted functions: with one and the same (fmix, whose fixed point is
+    0), a seed below 2^32 made the key symmetric, (a, b) drawing as (b, a) and (s, s) always as 0,
+    so the samples of a request with n > 1 (seeds s, s + 1, ...) shared their noise."""
+    seed_part = _fmix(_fmix(((seeds >> 32) & _M32) ^ 0x243F6A88) ^ (seeds & _M32))
+    step_part = _fmix((steps * 0x9E3779B9 + 0x7F4A7C15) & _M32)
+    return _fmix(seed_part ^ step_part)
 
 
 def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -74,12 +79,13 @@ def uniform(seeds: torch.Tensor, steps: torch.Tensor, salt: int) -> torch.Tensor
 
 
 def filter_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """Mask to -inf what top-k, top-p and min-p exclude. logits (S, V) are already temperature-scaled."""
+    """Mask to -inf what top-k, top-p and min-p exclude. logits (S, V) are already temperature-scaled.
+    As vLLM and transformers do: top-k keeps every token tied with the k-th, and top-p is taken over
+    the distribution renormalised after top-k (min-p, relative to the top token, is the same either way)."""
     sorted_logits, order = logits.sort(dim=-1, descending=True)
-    probs = sorted_logits.softmax(-1)
-    ranks = torch.arange(logits.shape[1], device=logits.device)[None, :]
-    k = torch.where(batch.top_k > 0, batch.top_k, logits.shape[1])[:, None]
-    drop = ranks >= k
+    k = torch.where(batch.top_k > 0, batch.top_k, logits.shape[1]).clamp(max=logits.shape[1])[:, None]
+    drop = sorted_logits < sorted_logits.gather(1, k - 1)  # below the k-th largest
+    probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(-1)
     # top-p keeps the smallest prefix whose mass reaches p (the token crossing p is kept); p = 1 keeps
     # everything (a float32 cumulative sum reaches 1 before the tail, which would drop it, and then a
     # row without filters would depend on a neighbour that has one)

@@ -67,6 +67,8 @@ class Scheduler:
                 self.blocks.release(seq)
                 break
             self.waiting.popleft()
+            if seq.prompt_cached is None:  # the admission that holds; a re-admission (preemption) finds its own blocks
+                seq.prompt_cached = min(seq.num_cached, len(seq.prompt_ids))
             self.blocks.append(seq, n)
             seq.status = SeqStatus.RUNNING
             self.running.append(seq)

@@ -115,3 +115,37 @@ def test_a_request_finished_on_arrival_still_holds_its_id_until_stepped(ckpt):
         eng.add_request("r", [5, 6, 7], params)
     assert [o.request_id for o in eng.step()] == ["r"]
     eng.add_request("r", [5, 6, 7], params)  # returned: the id is free again
+
+
+def test_the_prefix_cache_count_is_taken_when_an_admission_holds(ckpt):
+    """A first attempt that failed for memory recorded the hit it would have had; by the real
+    admission those blocks had been reclaimed, and the request reported 32 cached tokens for 0."""
+    import random
+
+    rng = random.Random(0)
+    eng = engine(ckpt, kv_cache_memory=20 * 2 * 2 * 2 * 8 * 16 * 4, block_size=8, max_model_len=160)
+    shared = [rng.randrange(3, 300) for _ in range(32)]  # 4 full blocks, cached once A is done
+    run(eng, shared + [7], SamplingParams(temperature=0, max_tokens=1, ignore_eos=True))
+    eng.add_request("R", [rng.randrange(3, 300) for _ in range(100)], SamplingParams(temperature=0, max_tokens=58, ignore_eos=True))
+    eng.add_request("B", shared + [rng.randrange(3, 300) for _ in range(60)], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
+    b, served = eng.requests["B"].seqs[0], None
+    while eng.has_unfinished():
+        for out in eng.step():
+            if out.request_id == "B" and out.finished:
+                assert out.num_cached_tokens == served
+        if served is None and b.status.name == "RUNNING":
+            served = b.num_cached
+    assert served is not None
+
+
+def test_generate_leaves_nothing_behind_when_a_prompt_is_refused(ckpt, tok):
+    """Prompts before a refused one stayed in the engine; the next generate then returned early and
+    raised KeyError. An empty list of parameters silently meant the defaults."""
+    llm = LLM(load_model(ckpt, "cpu"), tok, kv_cache_memory=1 << 22, max_model_len=64)
+    params = SamplingParams(temperature=0, max_tokens=4)
+    with pytest.raises(ValueError):
+        llm.generate([[5, 6, 7], [8, 9], list(range(3, 70))], params)
+    assert not llm.engine.requests
+    assert [len(o.outputs[0].token_ids) for o in llm.generate([[5, 6, 7], [8, 9]], params)] == [4, 4]
+    with pytest.raises(ValueError, match="got 0 SamplingParams for 2 prompts"):
+        llm.generate([[5, 6, 7], [8, 9]], [])

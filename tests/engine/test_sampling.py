@@ -69,8 +69,35 @@ def test_noise_is_a_pure_function_of_seed_step_and_token():
     g = gumbel_noise(seeds, steps, 1000)
     assert torch.equal(g[0], g[3]) and not torch.equal(g[0], g[1]) and not torch.equal(g[0], g[2])
     assert torch.equal(gumbel_noise(seeds[:1], steps[:1], 1000), g[:1])
-    u = torch.exp(-torch.exp(-g.flatten()))  # back to uniforms: mean 1/2, variance 1/12
-    assert abs(u.mean().item() - 0.5) < 0.01 and abs(u.var().item() - 1 / 12) < 0.005
+    many = gumbel_noise(torch.arange(100), torch.arange(100), 1000)  # 100k draws: the mean's sd is about 0.001
+    u = torch.exp(-torch.exp(-many.flatten()))  # back to uniforms: mean 1/2, variance 1/12
+    assert abs(u.mean().item() - 0.5) < 0.005 and abs(u.var().item() - 1 / 12) < 0.002
+
+
+def test_draws_of_different_seeds_and_steps_are_not_mirrored():
+    """With one hash for seed and step, (seed a, step b) drew as (seed b, step a), and (s, s) always
+    as the same noise: sample i and j of a request with n > 1 and seed 0 shared theirs."""
+    seeds = torch.arange(8).repeat_interleave(8)
+    steps = torch.arange(8).repeat(8)
+    tokens = gumbel_noise(seeds, steps, 1000).argmax(-1).view(8, 8)  # uniform logits: the noise decides
+    mirrored = sum(int(tokens[i, j] == tokens[j, i]) for i in range(8) for j in range(8) if i != j)
+    assert mirrored <= 4 and len(set(tokens.diagonal().tolist())) > 4  # was 56 of 56, and one token on the diagonal
+
+
+def test_top_p_is_taken_after_top_k_and_top_k_keeps_ties():
+    """As vLLM and transformers: top-p over the distribution renormalised after top-k (the engine
+    kept a fourth token at top_k 5, top_p 0.9, T 0.7 that both drop), and top-k keeps every token
+    tied with the k-th."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    from reasonrl.engine.sampler import filter_logits
+
+    logits = torch.tensor([[2.0, 1.3, 0.6, -0.1, -0.8, -1.5, -2.2, -2.9]]) / 0.7
+    ours = filter_logits(logits, batch(1, top_k=5, top_p=0.9))
+    theirs = TopPLogitsWarper(0.9)(None, TopKLogitsWarper(5)(None, logits.clone()))
+    assert torch.equal(torch.isinf(ours), torch.isinf(theirs))
+    ties = torch.tensor([[2.0, 1.0, 1.0, 1.0, 0.0]])
+    assert torch.isinf(filter_logits(ties, batch(1, top_k=2))).tolist() == [[False, False, False, False, True]]
 
 
 def test_greedy_and_reported_logprobs():

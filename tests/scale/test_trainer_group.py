@@ -64,10 +64,13 @@ def test_two_engines_and_two_gloo_ranks_take_the_single_process_update(ray_clust
     stats = single(samples, advantages, version)
     assert stats["optimizer_steps"] == 1
     # Adam's first step is ~lr per weight, and sums in another order move it by far less: any real
-    # difference (a rank's gradient missing, counted twice, or divided by its own denominator) is ~lr
+    # difference (a rank's gradient missing, counted twice, or divided by its own denominator) is ~lr.
+    # Where a gradient is near Adam's eps (1e-8), g / (|g| + eps) turns summation-order noise into
+    # up to a few 1e-3 lr: a handful of such weights may exceed the tight bound, never 0.1 lr
     lr = cfg.optim.lr
     for name, p in single.policy.state_dict().items():
-        assert float((after[name] - p).abs().max()) <= 1e-3 * lr, name
+        diff = (after[name] - p).abs()
+        assert float(diff.max()) <= 0.1 * lr and float((diff > 1e-3 * lr).float().mean()) < 1e-3, name
     assert any(not torch.equal(after[n], p) for n, p in load_model(policy_dir).state_dict().items())  # it moved
     rows = [r for r in read_metrics(tmp_path / "run") if "reward_mean" in r]
     assert len(rows) == 2 and all(r["dropped_groups"] == 0 for r in rows)

@@ -200,5 +200,8 @@ def _check(cfg: RunConfig) -> None:
         raise ConfigError("model.path: is required (the policy's checkpoint directory, also with rollout.remote_url)")
     if cfg.cluster.ray and importlib.util.find_spec("ray") is None:
         raise ConfigError("cluster.ray: needs Ray, an optional dependency: pip install 'reasonrl[ray]'")
+    if cfg.cluster.ray and cfg.rollout.remote_url:  # on Ray the engine actors roll out: the servers would get nothing
+        raise ConfigError("rollout.remote_url: rollouts run either on remote servers or on Ray's engine actors "
+                          "(cluster.ray), not both; drop one")
     if cfg.loss.beta > 0 and not cfg.train.reference_model:
         raise ConfigError("loss.beta: a KL term needs train.reference_model: true")

@@ -108,7 +108,8 @@ class EngineBackend(RolloutBackend):
         return self.engine.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.engine.load_state_dict(state)
+        if state:  # a checkpoint from Ray's engine pool or a remote server carries no engine state
+            self.engine.load_state_dict(state)
 
 
 def make_backend(cfg: RolloutConfig, engine_cfg: EngineConfig, policy: DecoderLM, tokenizer: Tokenizer,

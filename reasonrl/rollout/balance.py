@@ -14,9 +14,10 @@ class LeastOutstanding:
         self.load = {e: 0 for e in engines}  # outstanding tokens per engine
         self.where: dict[str, list[int]] = {}  # request -> [engine, its remaining cost]
 
-    def place(self, key: str, cost: int) -> int:
-        """The engine for request `key` (which then carries its cost)."""
-        engine = min(self.load, key=lambda e: (self.load[e], self.count(e), e))
+    def place(self, key: str, cost: int, avoid=()) -> int:
+        """The engine for request `key` (which then carries its cost); engines in `avoid` only when
+        every engine is in it."""
+        engine = min(self.load, key=lambda e: (e in avoid, self.load[e], self.count(e), e))
         self.load[engine] += cost
         self.where[key] = [engine, cost]
         return engine

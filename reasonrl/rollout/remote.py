@@ -124,7 +124,10 @@ class RemoteBackend(RolloutBackend):
         if self.in_flight:
             self.abort_epoch += 1
             route, body = self.dialect.abort_all()
-            self._request("POST", route, 30, json=body)
+            try:
+                self._request("POST", route, 30, json=body)
+            except httpx.TransportError as exc:  # a server that is down: its requests come back failed on their own
+                log.warning("%s: abort not delivered (%s); waiting for its requests to fail", self.base_url, exc)
         out, deadline = [], time.monotonic() + timeout
         while self.in_flight and time.monotonic() < deadline:
             out += self.poll(wait=0.1)

@@ -8,26 +8,38 @@ writes the new weights once to the shared `sync_dir` and every server loads them
 
 from __future__ import annotations
 
+import logging
+
+import httpx
+
 from reasonrl.models.chat import token_ids
 from reasonrl.rollout.backend import Finished, RolloutBackend
 from reasonrl.rollout.balance import LeastOutstanding
 from reasonrl.rollout.remote import RemoteBackend
+
+log = logging.getLogger(__name__)
 
 
 class RemotePool(RolloutBackend):
     def __init__(self, servers: list[RemoteBackend]):
         self.servers = servers
         self.balance = LeastOutstanding(list(range(len(servers))))
+        self.failing: set[int] = set()  # servers whose last answer was a failure: new requests go elsewhere
 
     def submit(self, key, prompt_ids, params, output_ids, output_logprobs) -> None:
         cost = len(token_ids(prompt_ids)) + params.max_tokens
-        self.servers[self.balance.place(key, cost)].submit(key, prompt_ids, params, output_ids, output_logprobs)
+        server = self.balance.place(key, cost, avoid=self.failing)  # a resubmitted sample leaves a failing server
+        self.servers[server].submit(key, prompt_ids, params, output_ids, output_logprobs)
 
     def poll(self) -> list[Finished]:
         wait = 0.05 / len(self.servers)
         finished = [item for s in self.servers for item in s.poll(wait=wait)]
-        for key, _ in finished:
-            self.balance.done(key)
+        for key, out in finished:
+            server = self.balance.done(key)
+            if server is not None and out.finish_reason == "error":
+                self.failing.add(server)
+            elif server is not None:
+                self.failing.discard(server)
         return finished
 
     def abort_all(self) -> list[Finished]:
@@ -47,8 +59,17 @@ class RemotePool(RolloutBackend):
 
     def stats(self) -> dict[str, float]:
         totals: dict[str, float] = {}
-        for s in self.servers:
-            for k, v in s.stats().items():
+        answers = []
+        for i, s in enumerate(self.servers):
+            try:
+                answers.append(s.stats())
+            except (httpx.HTTPError, RuntimeError) as exc:  # counters of the others: a down server's samples fail alone
+                log.warning("server %s gave no stats: %s", s.base_url, exc)
+                self.failing.add(i)
+        if not answers:
+            raise ConnectionError(f"no server answered: {', '.join(s.base_url for s in self.servers)}")
+        for answer in answers:
+            for k, v in answer.items():
                 if isinstance(v, (int, float)):
                     totals[k] = totals.get(k, 0) + v
         return totals

@@ -75,7 +75,10 @@ class Cluster:
         if self.cfg.address is not None:
             return {}
         c = self.cfg
-        need = c.engines * c.engine_threads + c.trainers * c.trainer_threads
+        if c.placement == "colocated":  # each bundle holds an engine's threads and a trainer's (_bundles)
+            need = max(c.engines, c.trainers) * (c.engine_threads + c.trainer_threads)
+        else:
+            need = c.engines * c.engine_threads + c.trainers * c.trainer_threads
         return {"num_cpus": max(os.cpu_count() or 1, need)}
 
     def _bundles(self) -> list[dict[str, float]]:

@@ -34,6 +34,8 @@ class EngineWorker:
         self.finished: list[tuple[str, CompletionOutput]] = []
         self.reported: dict[str, int] = {}  # request -> tokens already handed to the driver
         self.ops: list[tuple[Callable, Future]] = []  # run by the stepping thread, between two steps
+        self.refused: list[str] = []  # requests add_request refused: the next collect raises them to the driver
+        self.failure: BaseException | None = None  # what ended the stepping thread, raised to every later call
         self.cond = threading.Condition()
         self.stopped = False
         self.thread = threading.Thread(target=self._loop, name="reasonrl-engine", daemon=True)
@@ -41,6 +43,16 @@ class EngineWorker:
 
     # ---- the stepping thread: the only one that touches the engine ----------------------------
     def _loop(self) -> None:
+        try:
+            self._steps()
+        except BaseException as exc:  # past step isolation (the scheduler, a draft): every caller hears of it
+            with self.cond:
+                self.failure, ops, self.ops = exc, self.ops, []
+                self.cond.notify_all()
+            for _, future in ops:
+                future.set_exception(exc)
+
+    def _steps(self) -> None:
         while True:
             with self.cond:
                 while not (self.stopped or self.ops or self.engine.has_unfinished()):
@@ -63,6 +75,8 @@ class EngineWorker:
         """Run `fn` in the stepping thread between two steps; its result."""
         future: Future = Future()
         with self.cond:
+            if self.failure is not None:
+                raise RuntimeError(f"this engine actor's stepping thread failed: {self.failure!r}") from self.failure
             self.ops.append((fn, future))
             self.cond.notify_all()
         return future.result()
@@ -71,10 +85,15 @@ class EngineWorker:
     def submit(self, requests: list[tuple[str, object, SamplingParams, list[int], list[float]]]) -> None:
         """Start requests `(key, prompt, params, output_ids, output_logprobs)`: resumed from their partial
         tokens and behaviour log-probs when `output_ids` is not empty."""
-        def add():
+        def add():  # the driver does not wait for this call: a refusal is raised by the next collect
             for key, prompt, params, output_ids, output_logprobs in requests:
                 resume = {"output_ids": output_ids, "output_logprobs": output_logprobs} if output_ids else {}
-                self.engine.add_request(key, prompt, params, **resume)
+                try:
+                    self.engine.add_request(key, prompt, params, **resume)
+                except ValueError as exc:  # e.g. a prompt past max_model_len: this request only
+                    with self.cond:
+                        self.refused.append(str(exc))
+                    continue
                 self.reported[key] = len(output_ids)
         self._call(add)
 
@@ -84,6 +103,9 @@ class EngineWorker:
         with self.cond:
             if not self.finished:
                 self.cond.wait(wait)
+            refused, self.refused = self.refused, []
+        if refused:  # as an in-process engine raises at submit
+            raise ValueError("; ".join(refused))
         return self._call(self._harvest)
 
     def _harvest(self) -> tuple[list[tuple[str, CompletionOutput]], Progress]:

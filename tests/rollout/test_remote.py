@@ -231,3 +231,28 @@ def test_april_over_two_servers_balances_aborts_everywhere_and_syncs_both(served
                 assert torch.equal(p, q), name  # each server runs the trained weights
     finally:
         stop()
+
+
+@pytest.mark.parametrize("down", ["before", "between"])
+def test_a_pool_rolls_out_on_the_servers_that_answer(served, tmp_path, down):
+    """One of two servers down: its stats() ended the step with a ConnectError, and its failed
+    samples were resubmitted to it (the least loaded) until the rollout gave up."""
+    from reasonrl.models.chat import ChatEncoder
+    from reasonrl.rollout.config import RolloutConfig
+    from reasonrl.rollout.manager import RolloutManager
+    from reasonrl.rollout.remote_pool import RemotePool
+
+    path, url, engine = served
+    url_b, _, stop_b = serve(path)
+    tok = Tokenizer.from_dir(path)
+    pool = RemotePool([RemoteBackend(u, sync_dir=tmp_path / "sync", tokenizer=tok) for u in (url, url_b)])
+    if down == "between":
+        pool.stats = lambda: {}  # past the counters: the failed samples' resubmission is what is tested
+    stop_b()
+    manager = RolloutManager(pool, LetterEnvironment(), ChatEncoder(tok),
+                             RolloutConfig(prompts_per_step=2, samples_per_prompt=2, max_tokens=8), seed=0)
+    try:
+        groups, _ = manager.collect(step=1, version=0)
+        assert len(groups) == 2 and all(len(s.response_ids) > 0 for g in groups for s in g.samples)
+    finally:
+        pool.close()

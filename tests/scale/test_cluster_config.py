@@ -87,3 +87,37 @@ def test_a_run_saved_before_the_cluster_section_existed_resumes(tmp_path):
     open_run(tmp_path, old, console=False)
     (tmp_path / "metrics.jsonl").write_text("{}\n")
     open_run(tmp_path, load_config(None, {"model.path": "m"}).to_dict(), console=False)
+
+
+def test_a_local_cluster_reserves_what_its_bundles_ask_for(monkeypatch):
+    """Colocated bundles hold an engine's and a trainer's threads each: the local cluster reserved
+    their sum per role instead, and on a 2-core machine the run waited out placement_timeout."""
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    for placement in ("colocated", "disaggregated"):
+        cluster = Cluster.__new__(Cluster)
+        cluster.cfg, cluster.use_gpus = ClusterConfig(ray=True, engines=2, trainers=1, placement=placement), False
+        assert cluster._local_resources()["num_cpus"] >= sum(b["CPU"] for b in cluster._bundles())
+
+
+def test_ray_and_remote_servers_are_not_combined():
+    """On Ray the engine actors roll out: the remote servers were silently left out."""
+    pytest.importorskip("ray")
+    with pytest.raises(ConfigError, match="rollout.remote_url: rollouts run either on remote servers or on Ray"):
+        load_config(None, {"model.path": "m", "cluster.ray": True, "rollout.remote_url": "http://127.0.0.1:1"})
+
+
+def test_a_checkpoint_without_engine_state_resumes_in_one_process():
+    """Ray's engine pool and a remote server save no engine state: an in-process resume raised
+    KeyError 'seed_rng' on it."""
+    from reasonrl.rollout.backend import EngineBackend
+
+    class Engine:
+        loaded = None
+
+        def load_state_dict(self, state):
+            self.loaded = state["seed_rng"]
+
+    backend = EngineBackend.__new__(EngineBackend)
+    backend.engine = Engine()
+    backend.load_state_dict({})
+    assert backend.engine.loaded is None

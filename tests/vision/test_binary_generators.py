@@ -138,3 +138,12 @@ def test_identity_probe_keeps_words_that_predict_nothing_apart(tmp_path):
     assert saved == set(load_file(str(untied / "model.safetensors"))) and "lm_head.weight" in saved
     with pytest.raises(ValueError, match="identity_weight"):
         TextTrainConfig(identity_weight=-1)
+
+
+def test_guidance_one_is_the_conditional_logits_exactly():
+    """uncond + 1 * (cond - uncond) rounds: 1e-8 against 1.0 came back 0.0, flipping a bit at threshold."""
+    from reasonrl.vision.binary.generator import guided
+
+    cond, uncond = torch.tensor([1e-8, -3e-9]), torch.tensor([1.0, -1.0])
+    assert torch.equal(guided(cond, uncond, 1.0), cond)
+    assert torch.equal(guided(cond, uncond, 0.0), uncond)

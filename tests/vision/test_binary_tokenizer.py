@@ -99,6 +99,11 @@ def test_vq_codes_and_dead_code_restart():
     q(h)  # second step: codes unused for 2 steps are restarted at encoder outputs
     unused = [c for c in range(8) if c not in set(out.codes.flatten().tolist())]
     assert unused and not torch.allclose(q.codebook[unused], before[unused])
+    # encode (sample=False) only looks codes up, even in train mode (60 calls rewrote 249 of 256 rows)
+    before = q.codebook.detach().clone()
+    for _ in range(5):
+        q(torch.randn(2, 5, 8), sample=False)
+    assert torch.equal(q.codebook, before)
 
 
 def test_reconstruction_shapes_and_twice_the_resolution():
@@ -110,6 +115,9 @@ def test_reconstruction_shapes_and_twice_the_resolution():
     assert tok.decode(codes, 64, 64).shape == (2, 3, 64, 64)
     with pytest.raises(ValueError, match="patch"):
         tok.decode(codes, 30, 30)
+    up = BitTokenizer(TokenizerConfig(**{**TINY, "upsample_idx": (0,)})).eval()  # tokens split 2 x 2 once
+    with pytest.raises(ValueError, match="not a multiple of 8"):  # a reshape error, or 64 images for 81
+        up.decode(up.encode(torch.rand(2, 3, 32, 32)), 36, 36)
 
 
 def test_positions_are_rescaled_onto_the_reference_grid():

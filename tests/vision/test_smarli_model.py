@@ -109,6 +109,15 @@ def test_sampling_records_states_and_replay_matches(world):
     assert torch.allclose(replay(model, b, rollout), rollout.logp, atol=1e-5)
     again = sample(model, b, steps=5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(again.tokens, rollout.tokens)
+    # at another temperature the recorded log-probs are the sampling policy's, and replay scores the same
+    # (they were the model's at T = 1: layout GRPO's ratios were against another distribution)
+    hot = sample(model, b, steps=5, temperature=0.5, generator=torch.Generator().manual_seed(0))
+    policy = torch.zeros_like(hot.logp)
+    with torch.no_grad():
+        for state, new in zip(hot.states, hot.kept):
+            step = (model(b, state) / 0.5).log_softmax(-1).gather(-1, hot.tokens[..., None])[..., 0]
+            policy = torch.where(new, step, policy)
+    assert torch.allclose(hot.logp, policy, atol=1e-5) and torch.allclose(replay(model, b, hot), policy, atol=1e-5)
 
 
 def test_judge_on_exact_and_wrong_images(make_scene):

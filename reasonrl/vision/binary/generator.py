@@ -81,8 +81,9 @@ def load_pipeline(directory: str | Path) -> Pipeline:
 
 
 def guided(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance on logits: uncond + scale * (cond - uncond) (scale 1: cond alone)."""
-    return uncond + scale * (cond - uncond)
+    """Classifier-free guidance on logits: uncond + scale * (cond - uncond) (scale 1: cond alone,
+    exactly: the formula rounds it, enough to flip a bit at threshold)."""
+    return cond if scale == 1 else uncond + scale * (cond - uncond)
 
 
 def with_unconditional(text: TextEncoder, prompts: list[str]):

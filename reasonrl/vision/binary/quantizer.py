@@ -94,7 +94,7 @@ class VQQuantizer(nn.Module):
         idx = self.lookup(z.reshape(-1, z.shape[-1])).view(z.shape[:-1])
         q = F.normalize(self.codebook, dim=-1)[idx]
         loss = F.mse_loss(q, z.detach()) + self.beta * F.mse_loss(z, q.detach())
-        if self.training:
+        if self.training and sample is not False:  # encode() (sample=False) only looks codes up, whatever the mode
             self._restart_dead(z.detach().reshape(-1, z.shape[-1]), idx)
         straight = z + (q - z).detach()
         return Quantized(self.expand(straight), loss, idx.detach())

@@ -181,8 +181,10 @@ class BitTokenizer(nn.Module):
     def decode_embedding(self, embedding: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(B, K, dim) -> pixels (B, C, height, width); any size that is a multiple of the patch."""
         p, c = self.config.patch_size, self.config.in_channels
-        if height % p or width % p:
-            raise ValueError(f"decode size {height}x{width} is not a multiple of the patch size {p}")
+        unit = p * 2 ** len(self.config.upsample_idx)  # the decoder splits each token 2 x 2 per upsampling block
+        if height % unit or width % unit:
+            raise ValueError(f"decode size {height}x{width} is not a multiple of {unit} (the patch size {p} times 2 "
+                             "per upsampling block)")
         h, w = height // p, width // p
         x = self.to_pixel(self.decoder(embedding, h, w, self._scale(h, w)))  # (B, h*w, p*p*c)
         x = x.view(-1, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(-1, c, height, width)

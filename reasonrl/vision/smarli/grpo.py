@@ -191,4 +191,4 @@ def _rollout_rows(rollout, rows: torch.Tensor):
     from .sampler import Rollout
 
     return Rollout(rollout.tokens[rows], [s[rows] for s in rollout.states], [k[rows] for k in rollout.kept],
-                   rollout.logp[rows])
+                   rollout.logp[rows], rollout.temperature)

@@ -32,7 +32,10 @@ class Rollout:
     kept: list[torch.Tensor]
     """Per step, (B, N) bool: the positions decided at that step."""
     logp: torch.Tensor
-    """(B, N) log-probability of each token at the step it was kept, under the sampling policy."""
+    """(B, N) log-probability of each token at the step it was kept, under the sampling policy (the
+    model's distribution at `temperature`, as the text RL path records it)."""
+    temperature: float = 1.0
+    """The sampling temperature, which `replay` scores at too."""
 
 
 def masked_after(step: int, steps: int, n: int) -> int:
@@ -50,9 +53,10 @@ def sample(model: Smarli, batch: Batch, steps: int = 8, temperature: float = 1.0
     for s in range(steps):
         masked = tokens == cfg.mask_id
         logprobs = model(batch, tokens)  # (B, N, V)
+        policy = tempered(logprobs, temperature)
         drawn = torch.multinomial((logprobs / max(temperature, 1e-6)).softmax(-1).reshape(b * n, -1), 1,
                                   generator=generator).view(b, n)
-        chosen = logprobs.gather(-1, drawn[..., None])[..., 0]
+        chosen = logprobs.gather(-1, drawn[..., None])[..., 0]  # the model's confidence orders the keeping
         gumbel = -torch.log(-torch.log(torch.rand(b, n, generator=generator).clamp(1e-20, 1)))
         confidence = torch.where(masked, chosen + choice_temperature * (1 - (s + 1) / steps) * gumbel, float("inf"))
         keep_masked = masked_after(s, steps, n)
@@ -64,17 +68,23 @@ def sample(model: Smarli, batch: Batch, steps: int = 8, temperature: float = 1.0
         states.append(tokens.clone())
         kept.append(new)
         tokens = torch.where(new, drawn, tokens)
-        logp = torch.where(new, chosen, logp)
-    return Rollout(tokens, states, kept, logp)
+        logp = torch.where(new, policy.gather(-1, drawn[..., None])[..., 0], logp)
+    return Rollout(tokens, states, kept, logp, temperature)
+
+
+def tempered(logprobs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-probabilities of the sampling policy: the model's at `temperature` (1: unchanged)."""
+    return logprobs if temperature == 1 else (logprobs / max(temperature, 1e-6)).log_softmax(-1)
 
 
 def replay(model: Smarli, batch: Batch, rollout: Rollout) -> torch.Tensor:
-    """(B, N) log-probability of each kept token under `model`, from the recorded states (with grad)."""
+    """(B, N) log-probability of each kept token under `model` at the rollout's temperature, from the
+    recorded states (with grad)."""
     out = torch.zeros(rollout.tokens.shape, dtype=torch.float32)
     for state, new in zip(rollout.states, rollout.kept):
         if not new.any():
             continue
-        logprobs = model(batch, state)
+        logprobs = tempered(model(batch, state), rollout.temperature)
         step_logp = logprobs.gather(-1, rollout.tokens[..., None])[..., 0]
         out = torch.where(new, step_logp, out)
     return out

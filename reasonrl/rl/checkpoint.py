@@ -27,8 +27,14 @@ def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, state: dic
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, tokenizer)
-    torch.save({**state, "rng": rng_state()}, tmp / "trainer_state.pt")
+    try:
+        save_model(model, tmp, tokenizer)
+        torch.save({**state, "rng": rng_state()}, tmp / "trainer_state.pt")
+    except Exception as exc:  # a full disk surfaces as OSError, RuntimeError or SafetensorError
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = latest_checkpoint(run_dir)
+        raise OSError(f"saving checkpoint {final.name} failed ({type(exc).__name__}: {str(exc)[:200]}); the last "
+                      f"good checkpoint is {last.name if last else 'none'}") from exc
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in list_checkpoints(run_dir)[:-keep]:

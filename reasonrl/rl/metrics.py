@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from reasonrl.rl.trackers import Tracker
+
+log = logging.getLogger(__name__)
 
 CONSOLE = [  # (label, key, format)
     ("reward", "reward_mean", "{:.3f}"), ("acc", "accuracy", "{:.2f}"), ("loss", "loss", "{:.4f}"),
@@ -65,8 +68,10 @@ class MetricsLogger:
         """On resume: forget steps logged after the checkpoint (they will run again); -1 forgets all."""
         if not self.path.is_file():
             return
-        keep = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = [json.dumps(r) for r in _records(self.path) if r.get("step", 0) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        tmp.replace(self.path)  # atomic: a kill here leaves the old file or the new one
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
@@ -98,4 +103,23 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _records(path)
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The file's records; a last line cut short (a kill, a full disk mid-append) is dropped with a
+    warning, a bad line elsewhere is a ValueError naming the file and the line."""
+    lines = path.read_text().split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}:{i + 1}: not a JSON record ({exc})") from None
+            log.warning("%s: its last line was cut short (a kill or a full disk mid-write); dropped", path)
+    return out

@@ -117,8 +117,9 @@ def select(prompts: Sequence[Prompt], texts: list[list[str]], rewards: list[floa
 
 
 def held_out_accuracy(model, tokenizer, env: Environment, prompts: Sequence[Prompt], max_tokens: int) -> float:
+    """Greedy accuracy as the environment defines it (`reasonrl train`'s eval_accuracy), not the mean reward."""
     responses = [t[0] for t in sample(model, tokenizer, prompts, 1, 0.0, max_tokens, "eval")]
-    return sum(env.rewards(prompts, responses)) / max(len(prompts), 1)
+    return env.metrics(prompts, responses, env.rewards(prompts, responses))["accuracy"]
 
 
 def run_raft(cfg: RaftConfig, log=print) -> list[dict[str, Any]]:
@@ -152,5 +153,6 @@ def raft_round(cfg: RaftConfig, env: Environment, model, tokenizer, score: Score
         data = [sft_example(p.messages, r, tokenizer) for p, r in kept]
         train_sft(model, data, SFTConfig(epochs=cfg.epochs, lr=cfg.lr, samples_per_step=16, seed=cfg.seed + rnd))
     truth = env.rewards([p for p, _ in kept], [r for _, r in kept]) if kept else []
+    correct = env.metrics([p for p, _ in kept], [r for _, r in kept], truth)["accuracy"] if kept else 0.0
     return {"round": rnd, "samples": samples + len(rewards), "kept": len(kept),
-            "kept_correct": sum(truth) / max(len(truth), 1), "seconds": time.perf_counter() - start}
+            "kept_correct": correct, "seconds": time.perf_counter() - start}

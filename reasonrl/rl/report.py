@@ -96,9 +96,11 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         out["reward_first"] = sum(r["reward_mean"] for r in train[:k]) / k
         out["reward_last"] = sum(r["reward_mean"] for r in train[-k:]) / k
         out["rollout_tokens_per_s"] = sum(r.get("rollout_tokens_per_s", 0) for r in train) / len(train)
-        out["dropped_groups"] = sum(r.get("dropped_groups", 0) for r in train)
-        out["rollout_seconds"] = sum(r.get("rollout_seconds", 0) for r in train)
-        out["train_seconds"] = sum(r.get("train_seconds", 0) for r in train)
+    rolled = [r for r in records if "rollout_seconds" in r]  # also steps that skipped their update
+    if rolled:
+        out["dropped_groups"] = sum(r.get("dropped_groups", 0) for r in rolled)
+        out["rollout_seconds"] = sum(r["rollout_seconds"] for r in rolled)
+        out["train_seconds"] = sum(r.get("train_seconds", 0) for r in rolled)
     losses = [r for r in records if "loss" in r and "reward_mean" not in r]  # an SFT run
     if losses:
         out["loss_first"], out["loss_last"] = losses[0]["loss"], losses[-1]["loss"]
@@ -111,6 +113,8 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 def write_report(run_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
+    if records and "step" not in records[0]:  # RAFT logs rounds; its summary.json is its report
+        raise ValueError(f"{run_dir} is not a train or sft run (its metrics have no step): nothing to report")
     plots = plot(records, run_dir)
     summary = {**summarize(records), **(extra or {})}
     lines = [f"# Run report: {run_dir.name}", "", "| metric | value |", "|---|---|"]

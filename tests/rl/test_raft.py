@@ -34,3 +34,17 @@ def test_raft_rounds_with_the_outcome_reward(tmp_path):
     assert [r["round"] for r in rows] == [0, 1] and rows[1]["samples"] == 32
     assert rows[1]["kept"] > 0 and rows[1]["kept_correct"] == 1.0  # the verifier keeps only right answers
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+
+
+def test_held_out_accuracy_is_the_environments_not_the_mean_reward(monkeypatch):
+    """With rewards of 0.5 for right answers (the letter env's partial credit), 'accuracy' read 0.5."""
+    from reasonrl.envs.base import Environment, Prompt
+    from reasonrl.rl import raft
+
+    class Half(Environment):
+        def score(self, prompt, response):
+            return 0.5 if response == "right" else 0.0
+
+    prompts = [Prompt(id=str(i), messages=[{"role": "user", "content": "q"}], answer=None) for i in range(4)]
+    monkeypatch.setattr(raft, "sample", lambda *a, **k: [["right"], ["right"], ["wrong"], ["right"]])
+    assert raft.held_out_accuracy(None, None, Half(), prompts, 8) == 0.75  # the base class: reward > 0

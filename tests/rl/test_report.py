@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from reasonrl.rl.report import family_table, write_report
 
 
@@ -32,3 +34,48 @@ def test_a_family_missing_from_one_evaluation_is_shown_as_missing():
 def test_a_run_without_families_has_no_family_table_or_plot(tmp_path):
     text = write_report(_run(tmp_path, [{"step": 0, "eval_accuracy": 0.1}, {"step": 1, "reward_mean": 0.2}])).read_text()
     assert "family" not in text and not (tmp_path / "accuracy_by_family.png").exists()
+
+
+def test_a_cut_off_last_line_is_dropped_and_a_bad_middle_line_named(tmp_path):
+    """A kill or a full disk mid-append left half a record: every rerun, and the report, died on it."""
+    import json
+
+    from reasonrl.rl.metrics import MetricsLogger, read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "reward_mean": 0.5, "rollout_seconds": 1.0} for s in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "reward_me')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2, 3]
+    MetricsLogger(tmp_path, 10, console=False).truncate_after(2)  # a resume from step 2
+    assert [r["step"] for r in read_metrics(tmp_path)] == [0, 1, 2] and path.read_text().endswith("}\n")
+    path.write_text(json.dumps(rows[0]) + "\n{oops\n" + json.dumps(rows[1]) + "\n")
+    with pytest.raises(ValueError, match="metrics.jsonl:2: not a JSON record"):
+        read_metrics(tmp_path)
+
+
+def test_steps_that_skipped_their_update_still_count_their_time():
+    from reasonrl.rl.report import summarize
+
+    records = [{"step": 1, "skipped_update": 1, "rollout_seconds": 5.0, "dropped_groups": 0},
+               {"step": 2, "reward_mean": 0.5, "rollout_seconds": 1.0, "train_seconds": 2.0, "dropped_groups": 0}]
+    summary = summarize(records)
+    assert summary["rollout_seconds"] == 6.0 and summary["train_seconds"] == 2.0
+
+
+def test_a_failed_checkpoint_save_names_the_last_good_one_and_leaves_no_partial(tmp_path, monkeypatch):
+    import torch
+
+    from reasonrl.rl import checkpoint
+
+    (tmp_path / "checkpoints" / "step_000002").mkdir(parents=True)
+    torch.save({}, tmp_path / "checkpoints" / "step_000002" / "trainer_state.pt")
+
+    def full_disk(model, path, tokenizer):
+        path.mkdir(parents=True)
+        (path / "model.safetensors").write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 664064 vs 663956")
+
+    monkeypatch.setattr(checkpoint, "save_model", full_disk)
+    with pytest.raises(OSError, match="saving checkpoint step_000004 failed.*last good checkpoint is step_000002"):
+        checkpoint.save_checkpoint(tmp_path, 4, None, None, {}, keep=2)
+    assert not (tmp_path / "checkpoints" / "step_000004.tmp").exists()

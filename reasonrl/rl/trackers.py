@@ -32,18 +32,25 @@ def _need(module: str, extra: str):
 
 
 class TensorBoardTracker:
+    """Its writer opens at the first step logged, with that step as `purge_step`: after a resume,
+    the events an interrupted run logged past its checkpoint are dropped, as metrics.jsonl drops
+    them (else TensorBoard plots the re-run steps twice)."""
+
     def __init__(self, run_dir: Path):
         _need("tensorboard", "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.make_writer, self.dir, self.writer = SummaryWriter, str(run_dir / "tensorboard"), None
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
+        if self.writer is None:
+            self.writer = self.make_writer(self.dir, purge_step=step)
         for key, value in scalars.items():
             self.writer.add_scalar(key, value, step)
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class WandbTracker:

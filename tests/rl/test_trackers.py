@@ -54,7 +54,7 @@ def test_tensorboard_writer_gets_every_scalar(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", types.ModuleType("tensorboard"))
 
     class Writer:
-        def __init__(self, logdir):
+        def __init__(self, logdir, purge_step=None):
             written.append(("dir", logdir))
 
         def add_scalar(self, key, value, step):
@@ -71,3 +71,29 @@ def test_tensorboard_writer_gets_every_scalar(tmp_path, monkeypatch):
     logger.close()
     assert written[0] == ("dir", str(tmp_path / "tensorboard"))
     assert ("loss", 0.25, 2) in written and ("grad_norm", 1.5, 2) in written and written[-1] == ("closed",)
+
+
+def test_tensorboard_drops_the_steps_a_resumed_run_logs_again(tmp_path, monkeypatch):
+    """Without purge_step the events logged past the checkpoint stayed, and TensorBoard plotted the
+    re-run steps twice."""
+    made = []
+
+    class SummaryWriter:
+        def __init__(self, log_dir, purge_step=None):
+            made.append(purge_step)
+
+        def add_scalar(self, key, value, step):
+            pass
+
+        def close(self):
+            pass
+
+    board = types.ModuleType("torch.utils.tensorboard")
+    board.SummaryWriter = SummaryWriter
+    monkeypatch.setitem(sys.modules, "tensorboard", types.ModuleType("tensorboard"))
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", board)
+    [tracker] = make_trackers(["tensorboard"], tmp_path, {})
+    tracker.log(3, {"reward_mean": 0.5})  # the first step after a resume from step 2
+    tracker.log(4, {"reward_mean": 0.6})
+    tracker.close()
+    assert made == [3]

@@ -92,16 +92,31 @@ def _compile(build: Path) -> None:
         copy = build / src.name
         if not copy.exists() or copy.read_bytes() != src.read_bytes():
             copy.write_bytes(src.read_bytes())
-    stale = build / "lock"  # left by a build that was killed: PyTorch would wait on it for ever
-    try:
-        if time.time() - stale.stat().st_mtime > STALE_LOCK_S:
-            stale.unlink(missing_ok=True)
-    except FileNotFoundError:  # none, or another process's build just finished
-        pass
+    _wait_for_lock(build / "lock")
     log.info("building the CPU decode kernels in %s (once per torch version and source)", build)
     # -fopenmp: at::parallel_for runs on torch's own OpenMP threads (symbols resolved from torch's runtime)
     load(name=LIBRARY, sources=[str(build / src.name) for src in SOURCES], extra_cflags=["-O3", "-fopenmp"],
          is_python_module=False, build_directory=str(build), verbose=False)
+
+
+def _wait_for_lock(lock: Path) -> None:
+    """Wait while another process's build holds `lock`; a lock older than STALE_LOCK_S was left by a
+    build that was killed (PyTorch would wait on it for ever) and is removed. Its age is looked at
+    again every second: a start soon after a killed build waited for ever before."""
+    told = False
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:  # none, or the other build just finished: go on (ninja skips what is done)
+            return
+        if age > STALE_LOCK_S:
+            lock.unlink(missing_ok=True)
+            return
+        if not told:
+            log.warning("waiting for %s: another process is building the CPU kernels, or a killed build left it "
+                        "(removed once %d s old)", lock, STALE_LOCK_S)
+            told = True
+        time.sleep(1.0)
 
 
 def _build_dir() -> Path:

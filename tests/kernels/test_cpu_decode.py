@@ -3,6 +3,7 @@ blocks, independent of the batch it runs in, strict about bad input, and the eng
 with it the same as without it."""
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,14 @@ def test_a_copy_of_the_package_reuses_the_build(tmp_path):
             f"assert cpu_ops.__file__.startswith({str(tmp_path)!r})")
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert log.read_text() == before  # ninja found nothing to do
+
+
+def test_a_start_soon_after_a_killed_build_waits_only_until_its_lock_is_stale(monkeypatch):
+    """The lock's age was looked at once: a start less than STALE_LOCK_S after a killed build waited
+    on it for ever (PyTorch's own wait never ends)."""
+    lock = cpu_ops._build_dir() / "lock"
+    lock.touch()  # a build killed just now
+    monkeypatch.setattr(cpu_ops, "STALE_LOCK_S", 2)
+    start = time.monotonic()
+    cpu_ops._wait_for_lock(lock)
+    assert not lock.exists() and 2 <= time.monotonic() - start < 10

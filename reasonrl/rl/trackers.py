@@ -62,8 +62,12 @@ class WandbTracker:
         id_file = run_dir / "wandb_id"
         if not id_file.is_file():
             id_file.write_text(uuid.uuid4().hex[:12])
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "reasonrl"), name=run_dir.name, dir=str(run_dir), config=config,
-                              id=id_file.read_text().strip(), resume="allow")
+        try:
+            self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "reasonrl"), name=run_dir.name, dir=str(run_dir),
+                                  config=config, id=id_file.read_text().strip(), resume="allow")
+        except Exception as exc:  # no login, no network: one line naming the ways out, not wandb's traceback
+            raise MissingTracker(f"train.trackers: wandb could not start ({type(exc).__name__}: {str(exc)[:200]}); "
+                                 "log in (wandb login), set WANDB_MODE=offline, or drop it from train.trackers") from None
 
     def log(self, step: int, scalars: dict[str, float]) -> None:
         self.run.log(scalars, step=step)

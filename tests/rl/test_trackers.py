@@ -97,3 +97,15 @@ def test_tensorboard_drops_the_steps_a_resumed_run_logs_again(tmp_path, monkeypa
     tracker.log(4, {"reward_mean": 0.6})
     tracker.close()
     assert made == [3]
+
+
+def test_wandb_that_cannot_start_is_one_line_naming_the_ways_out(tmp_path, monkeypatch):
+    module = types.ModuleType("wandb")
+
+    def init(**kwargs):
+        raise RuntimeError("No API key configured. Use `wandb login` to log in.")
+
+    module.init = init
+    monkeypatch.setitem(sys.modules, "wandb", module)
+    with pytest.raises(MissingTracker, match="wandb could not start.*No API key.*WANDB_MODE=offline"):
+        make_trackers(["wandb"], tmp_path, {})

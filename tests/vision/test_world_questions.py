@@ -173,3 +173,17 @@ def test_image_free_questions_never_cross_from_train_to_eval():
     text = lambda probs: [p.row["question"] for p in probs if p.row["family"] == "text"]  # noqa: E731
     assert len(set(text(train))) == len(text(train)) == 200  # no repeats within a split either
     assert not set(text(train)) & set(text(held)) and len(text(held)) == 50
+
+
+def test_extremes_are_not_asked_about_overlapping_objects():
+    """Under occlusion a large circle with 462 of its 812 pixels in view was named the largest next
+    to a whole medium square of 576: the answer depended on how size is judged."""
+    from reasonrl.vision.world import Background, Scene, SceneObject
+    from reasonrl.vision.world.questions import _extreme_object
+
+    bg = Background((128, 128, 128), (128, 128, 128))
+    objects = (SceneObject("circle", "orange", "large", 70, 35), SceneObject("square", "pink", "medium", 85, 43),
+               SceneObject("cross", "orange", "small", 33, 91))
+    assert _extreme_object(Scene(112, 112, bg, objects), True) is None
+    apart = (objects[0], SceneObject("square", "pink", "small", 5, 5))  # boxes apart: still asked
+    assert _extreme_object(Scene(112, 112, bg, apart), True) == 0

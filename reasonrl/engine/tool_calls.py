@@ -72,7 +72,8 @@ _JSON, _SPACE = json.JSONDecoder(), re.compile(r"\s*")
 def _block_end(text: str, at: int) -> int | None:
     """Where the block whose body starts at `at` closes: after the JSON object there when one parses
     and CLOSE follows it (an argument may hold CLOSE's text inside a string), else at the first CLOSE
-    after that object, or after `at` when none parses (None: not closed). Each scan stops at its own value's end or first error: linear overall."""
+    after that object, or after `at` when none parses (None: not closed). Each scan stops at its
+    own value's end or first error: linear overall."""
     try:
         _, after = _JSON.raw_decode(text, _SPACE.match(text, at).end())
     except (ValueError, RecursionError):

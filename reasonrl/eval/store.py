@@ -69,18 +69,21 @@ def read_samples(path: Path) -> list[Row]:
                      "a sample row")
 
 
-def read_rows(path: Path, is_row: Callable[[dict[str, Any]], bool], what: str = "a row") -> list[dict[str, Any]]:
+def read_rows(path: Path, is_row: Callable[[dict[str, Any]], bool], what: str = "a row",
+              cut: bool = True) -> list[dict[str, Any]]:
     """The JSON objects of an append-only JSONL file for which `is_row` holds. A half-written last
-    line (a process killed mid-write) is dropped and cut off the file, so the next append starts
-    on a line of its own; other unreadable lines are skipped with a warning."""
+    line (a process killed mid-write) is dropped and, with `cut`, cut off the file, so the next
+    append starts on a line of its own (a reader beside a live writer passes cut=False); other
+    unreadable lines are skipped with a warning."""
     if not path.exists():
         return []
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
         keep = data.rfind(b"\n") + 1
         log.info("%s: dropping a half-written last line (%d bytes)", path, len(data) - keep)
-        with open(path, "r+b") as f:
-            f.truncate(keep)
+        if cut:
+            with open(path, "r+b") as f:
+                f.truncate(keep)
         data = data[:keep]
     rows = []
     for line_no, line in enumerate(data.splitlines(), start=1):

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from reasonrl.eval.store import read_rows
 from reasonrl.rl.trackers import Tracker
-
-log = logging.getLogger(__name__)
 
 CONSOLE = [  # (label, key, format)
     ("reward", "reward_mean", "{:.3f}"), ("acc", "accuracy", "{:.2f}"), ("loss", "loss", "{:.4f}"),
@@ -68,7 +66,7 @@ class MetricsLogger:
         """On resume: forget steps logged after the checkpoint (they will run again); -1 forgets all."""
         if not self.path.is_file():
             return
-        keep = [json.dumps(r) for r in _records(self.path) if r.get("step", 0) <= step]
+        keep = [json.dumps(r) for r in _records(self.path, cut=True) if r.get("step", 0) <= step]
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text("".join(line + "\n" for line in keep))
         tmp.replace(self.path)  # atomic: a kill here leaves the old file or the new one
@@ -106,20 +104,6 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return _records(path)
 
 
-def _records(path: Path) -> list[dict[str, Any]]:
-    """The file's records; a last line cut short (a kill, a full disk mid-append) is dropped with a
-    warning, a bad line elsewhere is a ValueError naming the file and the line."""
-    lines = path.read_text().split("\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if i < len(lines) - 1:
-                raise ValueError(f"{path}:{i + 1}: not a JSON record ({exc})") from None
-            log.warning("%s: its last line was cut short (a kill or a full disk mid-write); dropped", path)
-    return out
+def _records(path: Path, cut: bool = False) -> list[dict[str, Any]]:
+    """The file's records; a last line cut short (a kill, a full disk mid-append) is dropped."""
+    return read_rows(path, lambda row: True, "a metrics record", cut=cut)

@@ -16,15 +16,14 @@ the interrupted one stopped. A half-written last line (a killed process) is drop
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any, Sequence
 
 from reasonrl.envs.kernels.evaluate import Verdict
+from reasonrl.eval.store import read_rows as store_rows
 
 from .llm import LLM, Call, Reply
 
-log = logging.getLogger(__name__)
 
 
 class SandboxFailure(RuntimeError):
@@ -92,25 +91,7 @@ def _reply(row: dict) -> Reply:
 
 def read_rows(path: Path) -> list[dict]:
     """The rows of a JSONL log with a "key" each; a half-written last line is cut off and dropped."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-        data = data[:keep]
-    rows = []
-    for number, line in enumerate(data.splitlines(), start=1):
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict) or not isinstance(row.get("key"), str):
-                raise ValueError("no key")
-        except ValueError as exc:
-            log.warning("%s:%d skipped (%s)", path, number, exc)
-            continue
-        rows.append(row)
-    return rows
+    return store_rows(path, lambda row: isinstance(row.get("key"), str), "a row with a key")
 
 
 def _check_settings(path: Path, settings: dict[str, Any]) -> None:

@@ -193,8 +193,8 @@ def variant_class(variant: str) -> type[ImageDoctor]:
 def load_doctor(path: str | Path, device=None, dtype=None) -> ImageDoctor:
     """An ImageDoctor directory's model in eval mode; all or nothing, every head tensor checked."""
     path = Path(path)
-    cfg = doctor_config(json.loads((path / "config.json").read_text()))
-    variant = json.loads((path / "config.json").read_text()).get("imagedoctor_variant", ImageDoctor.variant)
+    config = json.loads((path / "config.json").read_text())
+    cfg, variant = doctor_config(config), config.get("imagedoctor_variant", ImageDoctor.variant)
     if variant not in VARIANTS:
         raise CheckpointError(f"{path}: unknown imagedoctor_variant {variant!r}; known: {', '.join(VARIANTS)}")
     backbone = empty_model(path, device, dtype)

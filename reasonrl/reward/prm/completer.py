@@ -65,7 +65,7 @@ class Completer:
         n = n or self.n
         start, cost = time.perf_counter(), Cost()
         todo = dict(enumerate(requests))
-        for attempt in range(ATTEMPTS):
+        for _ in range(ATTEMPTS):
             for i, r in todo.items():
                 ids = token_ids(self.encoder(r.prompt.messages))
                 if r.prefix:

@@ -14,7 +14,7 @@ def params(**kw):
     return SamplingParams(**{"temperature": 1.0, "seed": 1, "max_tokens": 8, "detokenize": False, **kw})
 
 
-def drain(worker, keys, seconds=30):
+def drain(worker, keys, seconds=300):
     done, deadline = {}, time.monotonic() + seconds
     while set(done) != set(keys) and time.monotonic() < deadline:
         done.update(dict(worker.collect(0.05)[0]))
@@ -45,7 +45,7 @@ def test_a_failed_step_is_raised_to_every_later_call_instead_of_hanging(policy_d
     worker.engine.scheduler.schedule = flaky
     try:
         worker.submit([("a", [5, 6, 7], params(max_tokens=16), [], [])])
-        worker.thread.join(10)
+        worker.thread.join(120)
         assert not worker.thread.is_alive()
         for call in (lambda: worker.collect(0.05), worker.abort_all, worker.stats):
             with pytest.raises(RuntimeError, match="stepping thread failed.*out of memory"):

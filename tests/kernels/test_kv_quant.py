@@ -104,3 +104,44 @@ def test_kernel_matches_pytorch_path_gpu(fmt, opts, heads, kv_heads, dtype):
     for layer, splits in ((0, None), (1, None), (1, 3)):
         torch.testing.assert_close(kernel(kv, layer, q, tables, lens, splits).float().cpu(),
                                    pytorch_path(kv, layer, q, tables, lens), atol=atol, rtol=atol)
+
+
+@pytest.mark.parametrize("fmt,opts,heads,kv_heads", [CASES[0], CASES[3]])
+def test_a_block_the_decode_token_completes_is_read_as_written(fmt, opts, heads, kv_heads):
+    """A decode step whose token completes sequence 0's staged block: the kernel attends that block as the
+    step wrote it, as the PyTorch path does (it read the codes the block had just been quantized into),
+    inside `attend` and in a compiled step (the kernel called right after the write)."""
+    g, bs, head_dim = torch.Generator().manual_seed(3), 16, 16
+    cfg = tiny_config(hidden_size=heads * head_dim, num_heads=heads, num_kv_heads=kv_heads)
+    kv = fmt(cfg, 8, bs, torch.device("cpu"), torch.float32, 4, **opts)
+    kv.allocate()
+    tables = torch.tensor([[5, 0], [2, 7]], dtype=torch.int32)
+    before = [bs - 1, bs + 4]  # the decode token completes block 5, and stays staged in block 7
+
+    def rows(n):
+        return torch.randn(n, kv_heads, head_dim, generator=g)
+
+    prefill = torch.tensor([5 * bs + p for p in range(before[0])] + [2 * bs + p for p in range(bs)]
+                           + [7 * bs + p for p in range(before[1] - bs)])
+    k, v = rows(len(prefill)), rows(len(prefill))
+    for layer in range(cfg.num_layers):
+        kv.write(layer, prefill, k, v)
+    step = torch.tensor([5 * bs + before[0], 7 * bs + before[1] - bs])
+    lens = torch.tensor([n + 1 for n in before], dtype=torch.int32)
+    q, k, v = torch.randn(2, heads, head_dim, generator=g), rows(2), rows(2)
+    for layer in range(cfg.num_layers):
+        kv.write(layer, step, k, v)
+        compiled = kv.triton_decode(layer, q, tables, lens)
+        kv._attending = kv._fresh.pop(layer)
+        eager = kv.triton_decode(layer, q, tables, lens)
+        kc, vc = kv._kernel_codes(layer)
+        split = quant_paged_decode(q, kc, vc, kv.staging[layer, 0], kv.staging[layer, 1], kv.slots.table, tables, lens,
+                                   splits=2, fresh=kv._completed_now(layer, tables, lens))
+        reference = kv.decode(layer, q, tables, lens, lens.tolist())
+        kv._attending = None
+        torch.testing.assert_close(eager, reference, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(compiled, reference, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(split, reference, atol=1e-5, rtol=1e-5)
+        from_codes = kernel(kv, layer, q, tables, lens)
+        assert not torch.allclose(from_codes[0], reference[0], atol=1e-3)  # the case is exercised
+        torch.testing.assert_close(from_codes[1], reference[1], atol=1e-5, rtol=1e-5)

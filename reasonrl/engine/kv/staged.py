@@ -188,7 +188,7 @@ class QuantizedKV(KVFormat):
             self.staging[:, :, slot] = rows
         self._undo = None
 
-    # ---- attention (PyTorch path; CUDA decode uses the Triton kernel) ------------------------------
+    # ---- attention (PyTorch path; CUDA decode uses the Triton kernel, which reads the same) ---------
     def attend(self, layer, q, meta):
         """As the base class's, but the blocks this layer's write quantized in this step are read
         as written (`gather`); any other read of them (a later step, a direct `gather`) decodes the
@@ -205,8 +205,7 @@ class QuantizedKV(KVFormat):
         """A temporary of the listed blocks, decoded: tables (B, nb), lens (B,) -> k, v (B, nb * block_size, H, D)
         float32; the partial last block of each row comes from the staging pool, and inside `attend`
         the blocks the layer's write quantized in this step come as written (the step attends its
-        own tokens as it computed them, earlier ones as stored; the Triton decode kernel reads a
-        block a decode token completes from its codes)."""
+        own tokens as it computed them, earlier ones as stored; so does the Triton decode kernel)."""
         b, nb = tables.shape
         flat = tables.flatten().long()
         k, v = self._dequantize(layer, flat)  # (B * nb, bs, H, D)
@@ -231,14 +230,35 @@ class QuantizedKV(KVFormat):
     def decode_kernel(self, layer, q, tables, lens):
         if not q.is_cuda:
             return None
-        from reasonrl.kernels.kv_quant import quant_paged_decode
         from reasonrl.kernels.paged_attention import kernel_fits
 
         if not kernel_fits(self.block_size, q.shape[-1], q.dtype):
             return None
+        return self.triton_decode(layer, q, tables, lens)
+
+    def triton_decode(self, layer, q, tables, lens):
+        """The Triton decode kernel over this layer's blocks in place (on CPU only under TRITON_INTERPRET=1):
+        what `gather` reads, a block the decode token completes included (as written, not from its codes)."""
+        from reasonrl.kernels.kv_quant import quant_paged_decode
+
         kc, vc = self._kernel_codes(layer)
         return quant_paged_decode(q, kc, vc, self.staging[layer, 0], self.staging[layer, 1], self.slots.table, tables,
-                                  lens)
+                                  lens, fresh=self._completed_now(layer, tables, lens))
+
+    def _completed_now(self, layer, tables, lens):
+        """(fresh_of (B,) int32, k, v) for the kernel: per row, the index among the blocks this layer's write
+        quantized in this step of its last block if the row's context ends on it (-1: none); None when the write
+        quantized nothing. Inside `attend` the entry is `_attending`; a compiled step calls the kernel right after
+        the write, with the entry still in `_fresh`."""
+        written = self._attending if self._attending is not None else self._fresh.get(layer)
+        if written is None:
+            return None
+        blocks, kf, vf = written
+        full = lens.long() // self.block_size
+        last = tables.long().gather(1, (full - 1).clamp(min=0)[:, None])[:, 0]
+        match = (last[:, None] == blocks[None, :]) & ((lens % self.block_size == 0) & (full > 0))[:, None]
+        fresh_of = torch.where(match.any(1), match.to(torch.int32).argmax(1), -1).to(torch.int32)
+        return fresh_of, kf.contiguous(), vf.contiguous()
 
     # ---- per format ------------------------------------------------------------------------------
     def _quantize(self, layer: int, blocks: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

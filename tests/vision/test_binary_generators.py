@@ -8,7 +8,8 @@ from reasonrl.models.tiny import init_weights, make_tokenizer, tiny_config
 from reasonrl.vision.binary.ar import BitAR
 from reasonrl.vision.binary.conditioner import TextEncoder, layer_states
 from reasonrl.vision.binary.diffusion import BitDiffusion, noise, x0_logits
-from reasonrl.vision.binary.generator import GeneratorConfig, guided, with_unconditional
+from reasonrl.vision.binary.generator import GeneratorConfig, Pipeline, guided, with_unconditional
+from reasonrl.vision.binary.sample import SampleConfig, generate_bits
 
 PROMPTS = ["a large red circle at the top left", "a medium blue square at the right and a large green star at the top"]
 
@@ -147,3 +148,16 @@ def test_guidance_one_is_the_conditional_logits_exactly():
     cond, uncond = torch.tensor([1e-8, -3e-9]), torch.tensor([1.0, -1.0])
     assert torch.equal(guided(cond, uncond, 1.0), cond)
     assert torch.equal(guided(cond, uncond, 0.0), uncond)
+
+
+@pytest.mark.parametrize("kind", [BitAR, BitDiffusion])
+def test_a_seeded_image_does_not_depend_on_the_batch_it_runs_in(text, kind):
+    torch.manual_seed(0)
+    pipe = Pipeline(kind(config()).eval(), text, tokenizer=None)
+    prompts = PROMPTS + ["a small green triangle"]
+    together = generate_bits(pipe, prompts, SampleConfig(steps=4, batch_size=3, seed=7))
+    one_by_one = generate_bits(pipe, prompts, SampleConfig(steps=4, batch_size=1, seed=7))
+    assert torch.equal(together, one_by_one)
+    assert torch.equal(generate_bits(pipe, prompts[:1], SampleConfig(steps=4, seed=7)), together[:1])
+    assert not torch.equal(generate_bits(pipe, prompts, SampleConfig(steps=4, seed=8)), together)
+    assert not torch.equal(together[0], together[1])

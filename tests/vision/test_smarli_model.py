@@ -6,6 +6,8 @@ import torch
 
 from reasonrl.models.tiny import make_tokenizer
 from reasonrl.vision.gen.images import make_images, subsample
+from reasonrl.vision.gen.noise import row_generators
+from reasonrl.vision.smarli.bench import images_for
 from reasonrl.vision.smarli.cells import EMPTY, CellCodebook, fit_patterns
 from reasonrl.vision.smarli.judge import judge
 from reasonrl.vision.smarli.layout import Layout, encode_layouts
@@ -119,6 +121,17 @@ def test_sampling_records_states_and_replay_matches(world):
             policy = torch.where(new, step, policy)
     assert torch.allclose(hot.logp, policy, atol=1e-5) and torch.allclose(replay(model, b, hot), policy, atol=1e-5)
 
+
+def test_a_seeded_image_does_not_depend_on_the_batch_it_runs_in(world):
+    data, codebook, tok = world
+    model = tiny(codebook, tok)
+    layouts = [Layout.of(s) for s in data.scenes[:3]]
+    together = images_for(model, tok, codebook, layouts, steps=4, seed=3, batch=3)
+    one_by_one = images_for(model, tok, codebook, layouts, steps=4, seed=3, batch=1)
+    assert np.array_equal(together, one_by_one)
+    assert not np.array_equal(images_for(model, tok, codebook, layouts, steps=4, seed=4, batch=3), together)
+    with pytest.raises(ValueError, match="2 generators for a batch of 3"):
+        sample(model, batch_of(model, tok, layouts), steps=2, generator=row_generators(0, 0, 2))
 
 def test_judge_on_exact_and_wrong_images(make_scene):
     scene = make_scene(("square", "blue", "large", 40, 40), ("circle", "red", "medium", 2, 2), size=64)

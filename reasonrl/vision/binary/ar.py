@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reasonrl.vision.gen.io import register_kind
+from reasonrl.vision.gen.noise import Draws, uniform
 
 from .blocks import KVCache, init_linear
 from .generator import GeneratorConfig, guided
@@ -56,8 +57,8 @@ class BitAR(nn.Module):
 
     @torch.no_grad()
     def sample(self, states, text_mask, guidance: float = 3.0, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """states/mask of 2B rows (B prompts, then B empty prompts) -> bits (B, K, d)."""
+               generator: Draws = None) -> torch.Tensor:
+        """states/mask of 2B rows (B prompts, then B empty prompts) -> bits (B, K, d); generator: gen/noise.py."""
         rows, half = text_mask.shape[0], text_mask.shape[0] // 2
         prefixes = self.stack.prefixes(states)
         caches = [KVCache() for _ in self.stack.blocks]
@@ -72,9 +73,9 @@ class BitAR(nn.Module):
         return torch.stack(out, 1)
 
 
-def draw_bits(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+def draw_bits(logits: torch.Tensor, temperature: float, generator: Draws) -> torch.Tensor:
     """Bernoulli(sigmoid(logits / temperature)) draws; temperature 0: threshold at 0."""
     if temperature == 0:
         return (logits > 0).to(logits.dtype)
     p = torch.sigmoid(logits / temperature)
-    return (torch.rand(p.shape, generator=generator, dtype=p.dtype) < p).to(p.dtype)
+    return (uniform(p.shape, generator, p.dtype) < p).to(p.dtype)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reasonrl.vision.gen.io import register_kind
+from reasonrl.vision.gen.noise import Draws, uniform
 
 from .blocks import init_linear
 from .generator import GeneratorConfig, guided
@@ -39,10 +40,10 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([angles.cos(), angles.sin()], 1)
 
 
-def noise(x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def noise(x0: torch.Tensor, t: torch.Tensor, generator: Draws = None) -> torch.Tensor:
     """x_t ~ Bernoulli((1 - t) x0 + t / 2), t (B,) broadcast over tokens and bits."""
     p = (1 - t)[:, None, None] * x0 + t[:, None, None] / 2
-    return (torch.rand(p.shape, generator=generator, dtype=p.dtype) < p).to(x0.dtype)
+    return (uniform(p.shape, generator, p.dtype) < p).to(x0.dtype)
 
 
 def x0_logits(flip: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
@@ -74,12 +75,12 @@ class BitDiffusion(nn.Module):
 
     @torch.no_grad()
     def sample(self, states, text_mask, guidance: float = 3.0, steps: int = 20,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """states/mask of 2B rows (B prompts, then B empty prompts) -> bits (B, K, d)."""
+               generator: Draws = None) -> torch.Tensor:
+        """states/mask of 2B rows (B prompts, then B empty prompts) -> bits (B, K, d); generator: gen/noise.py."""
         rows, half = text_mask.shape[0], text_mask.shape[0] // 2
         prefixes = self.stack.prefixes(states)
         shape = (half, self.config.num_tokens, self.config.bits)
-        xt = (torch.rand(shape, generator=generator) < 0.5).float()
+        xt = (uniform(shape, generator) < 0.5).float()
         times = torch.linspace(1, 0, steps + 1)
         for t, t_next in zip(times[:-1], times[1:]):
             flip = self(xt.repeat(2, 1, 1), t.expand(rows), prefixes, text_mask)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from reasonrl.vision.gen.images import to_uint8
+from reasonrl.vision.gen.noise import row_generators
 
 from .ar import BitAR
 from .generator import Pipeline, with_unconditional
@@ -26,20 +27,22 @@ class SampleConfig:
     batch_size: int = 64
     """Prompts per batch."""
     seed: int = 0
-    """Seeds the draws: the same prompts and seed give the same images."""
+    """Seeds the draws: image k of a run depends on the seed, k and its prompt only (not on the batch size
+    or the other prompts)."""
 
     def __post_init__(self):
-        if self.guidance < 0 or self.temperature < 0 or self.steps < 1 or self.batch_size < 1:
-            raise ValueError("guidance and temperature must be >= 0, steps and batch_size >= 1")
+        if self.guidance < 0 or self.temperature < 0 or self.steps < 1 or self.batch_size < 1 or self.seed < 0:
+            raise ValueError("guidance, temperature and seed must be >= 0, steps and batch_size >= 1")
 
 
 @torch.no_grad()
 def generate_bits(pipe: Pipeline, prompts: list[str], cfg: SampleConfig) -> torch.Tensor:
     """(N, K, d) bits for the prompts."""
-    gen = torch.Generator().manual_seed(cfg.seed)
     out = []
     for start in range(0, len(prompts), cfg.batch_size):
-        states, mask = with_unconditional(pipe.text, prompts[start:start + cfg.batch_size])
+        batch = prompts[start:start + cfg.batch_size]
+        states, mask = with_unconditional(pipe.text, batch)
+        gen = row_generators(cfg.seed, start, len(batch))
         if isinstance(pipe.generator, BitAR):
             out.append(pipe.generator.sample(states, mask, cfg.guidance, cfg.temperature, gen))
         else:

@@ -16,6 +16,7 @@ import torch
 
 from reasonrl.vision.gen.grid import save_grid
 from reasonrl.vision.gen.images import make_images
+from reasonrl.vision.gen.noise import row_generators
 
 from .judge import judge_all
 from .layout import Layout, encode_layouts
@@ -58,9 +59,10 @@ def pair_layouts(n: int, seed: int, side: int) -> list[Layout]:
 
 @torch.no_grad()
 def images_for(model, tok, codebook, layouts: list[Layout], steps: int, seed: int, batch: int = 64) -> np.ndarray:
-    c, gen, out = model.config, torch.Generator().manual_seed(seed), []
+    c, out = model.config, []
     for i in range(0, len(layouts), batch):
         b = encode_layouts(layouts[i:i + batch], tok, c.prompt_slots, c.layout_slots, c.grid, c.rules)
+        gen = row_generators(seed, i, len(layouts[i:i + batch]))
         out += [codebook.decode(t) for t in sample(model.eval(), b, steps, generator=gen).tokens.numpy()]
     return np.stack(out)
 

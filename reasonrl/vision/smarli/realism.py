@@ -17,6 +17,7 @@ from torch import nn
 
 from reasonrl.vision.gen.images import make_images, to_tensor
 from reasonrl.vision.gen.io import register_kind
+from reasonrl.vision.gen.noise import row_generators
 from reasonrl.vision.gen.run import JobState
 
 from .layout import Layout
@@ -116,9 +117,10 @@ def policy_samples(policy, tok, codebook, images, n: int, seed: int, batch: int 
 
     c = policy.config
     scenes = make_images(images, n, seed).scenes
-    out, gen = [], torch.Generator().manual_seed(seed)
+    out = []
     for i in range(0, n, batch):
         lays = [Layout.of(s) for s in scenes[i:i + batch]]
         b = encode_layouts(lays, tok, c.prompt_slots, c.layout_slots, c.grid, c.rules)
-        out += [codebook.decode(t) for t in sample(policy.eval(), b, generator=gen).tokens.numpy()]
+        tokens = sample(policy.eval(), b, generator=row_generators(seed, i, len(lays))).tokens
+        out += [codebook.decode(t) for t in tokens.numpy()]
     return np.stack(out)

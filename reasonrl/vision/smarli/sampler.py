@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from reasonrl.vision.gen.noise import Draws, categorical, uniform
+
 from .layout import Batch
 from .model import Smarli
 
@@ -44,7 +46,8 @@ def masked_after(step: int, steps: int, n: int) -> int:
 
 @torch.no_grad()
 def sample(model: Smarli, batch: Batch, steps: int = 8, temperature: float = 1.0, choice_temperature: float = 2.0,
-           generator: torch.Generator | None = None) -> Rollout:
+           generator: Draws = None) -> Rollout:
+    """`generator`: one for the batch, or one per row (gen/noise.py: then a row's draws do not depend on the batch)."""
     cfg = model.config
     b, n = batch.text_ids.shape[0], cfg.grid * cfg.grid
     tokens = torch.full((b, n), cfg.mask_id, dtype=torch.long)
@@ -54,10 +57,9 @@ def sample(model: Smarli, batch: Batch, steps: int = 8, temperature: float = 1.0
         masked = tokens == cfg.mask_id
         logprobs = model(batch, tokens)  # (B, N, V)
         policy = tempered(logprobs, temperature)
-        drawn = torch.multinomial((logprobs / max(temperature, 1e-6)).softmax(-1).reshape(b * n, -1), 1,
-                                  generator=generator).view(b, n)
+        drawn = categorical((logprobs / max(temperature, 1e-6)).softmax(-1), generator)
         chosen = logprobs.gather(-1, drawn[..., None])[..., 0]  # the model's confidence orders the keeping
-        gumbel = -torch.log(-torch.log(torch.rand(b, n, generator=generator).clamp(1e-20, 1)))
+        gumbel = -torch.log(-torch.log(uniform((b, n), generator).clamp(1e-20, 1)))
         confidence = torch.where(masked, chosen + choice_temperature * (1 - (s + 1) / steps) * gumbel, float("inf"))
         keep_masked = masked_after(s, steps, n)
         # the keep_masked least confident masked positions stay masked; decided ones have confidence inf

@@ -5,8 +5,29 @@ these errors with a 400). Images are checked by engine/images.py."""
 from __future__ import annotations
 
 import math
+import operator
 
 from reasonrl.engine.sampling_params import SamplingParams
+
+
+def as_token_ids(request_id: str, name: str, ids) -> list[int] | None:
+    """`ids` as a list of Python ints: a list or tuple of integers (numpy's and 0-d integer tensors
+    included), or a 1-D numpy array or tensor; ValueError naming the first that is not an integer."""
+    if ids is None:
+        return None
+    if getattr(ids, "ndim", None) == 1:  # a numpy array or a tensor
+        ids = ids.tolist()
+    if isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+        raise ValueError(f"request {request_id!r}: {name} must be a list of token ids, got {type(ids).__name__}")
+    out = []
+    for t in ids:
+        try:
+            if isinstance(t, bool) or type(t).__name__ == "bool_":
+                raise TypeError
+            out.append(operator.index(t))
+        except TypeError:
+            raise ValueError(f"request {request_id!r}: {name} token id {t!r} is not an integer") from None
+    return out
 
 
 def check_request(request_id: str, prompt_ids: list[int], params: SamplingParams, output_ids: list[int] | None,

@@ -130,7 +130,7 @@ class AsyncEngine:
     def health(self) -> tuple[bool, str]:
         """(whether the engine can serve, why not)."""
         if self.error is not None or not self.thread.is_alive():
-            return False, f"the engine is broken: {self.error!r}"
+            return False, self._why_unavailable()
         stalled = time.monotonic() - self.beat
         if stalled > self.stall_seconds and self.engine.has_unfinished():  # (an idle loop beats every 0.1 s)
             return False, f"the engine has been stuck in one step for {stalled:.0f} s"
@@ -147,15 +147,18 @@ class AsyncEngine:
 
     async def _call(self, loop, *command):
         if self.error is not None or not self.thread.is_alive():
-            raise EngineUnavailable(f"the engine is broken: {self.error!r}")
+            raise EngineUnavailable(self._why_unavailable())
         future = loop.create_future()
         self.commands.put((future, loop, command))
         return await future
 
     def shutdown(self) -> None:
+        """Stop the engine thread; requests still in flight and commands not yet applied fail with
+        `EngineUnavailable` (their awaiters are released, never left waiting)."""
         self.stopped.set()
         self.commands.put(None)
         self.thread.join(timeout=10)
+        self._fail_commands()  # any that arrived while the thread was ending
 
     # ---- the engine thread ------------------------------------------------------------------
     def _loop(self) -> None:
@@ -175,6 +178,27 @@ class AsyncEngine:
             log.exception("engine thread died")
             self.error = exc
             self._fail_streams(f"the engine thread died: {exc!r}")
+            self._fail_commands()
+            return
+        self.error = EngineUnavailable("the engine was shut down")
+        self._fail_streams("the engine was shut down", EngineUnavailable)
+        self._fail_commands()
+
+    def _fail_commands(self) -> None:
+        """Settle every command still queued with the reason the engine serves no more."""
+        while True:
+            try:
+                item = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None and item[0] is not None:
+                future, loop, _ = item
+                loop.call_soon_threadsafe(_settle, future, None, EngineUnavailable(self._why_unavailable()))
+
+    def _why_unavailable(self) -> str:
+        if isinstance(self.error, EngineUnavailable):  # shut down
+            return str(self.error)
+        return f"the engine is broken: {self.error!r}"
 
     def _apply_commands(self, block: bool) -> None:
         while True:
@@ -260,9 +284,9 @@ class AsyncEngine:
         if stats["kv_blocks_used"] or stats["running"] or stats["waiting"]:
             self.error = RuntimeError(f"after {exc!r}, {stats['kv_blocks_used']} KV blocks could not be freed")
 
-    def _fail_streams(self, message: str) -> None:
+    def _fail_streams(self, message: str, kind: type[Exception] = RuntimeError) -> None:
         for rid, s in self.streams.items():
-            s.put(RuntimeError(f"request {rid!r}: {message}"))
+            s.put(kind(f"request {rid!r}: {message}"))
         self.streams.clear()
         self.timing.clear()
         self.awaiting_first.clear()

@@ -15,13 +15,14 @@ from reasonrl.engine.sequence import Sequence
 
 
 class Block:
-    __slots__ = ("block_id", "ref_count", "hash", "content")
+    __slots__ = ("block_id", "ref_count", "hash", "content", "stale")
 
     def __init__(self, block_id: int):
         self.block_id = block_id
         self.ref_count = 0
         self.hash: int | None = None
         self.content: tuple = ()  # what the prefix cache keyed it by (Sequence.block_content)
+        self.stale = False  # held across a prefix-cache reset: its keys and values predate it, never cached
 
 
 class BlockManager:
@@ -105,7 +106,7 @@ class BlockManager:
         block = self.blocks[block_id]
         if block.hash is not None and self.cached.get(block.hash) == block_id:
             del self.cached[block.hash]
-        block.hash, block.content = None, ()
+        block.hash, block.content, block.stale = None, (), False
         block.ref_count = 1
         return block_id
 
@@ -118,8 +119,8 @@ class BlockManager:
             if block.hash is not None:
                 continue
             prev = self.blocks[seq.block_table[i - 1]].hash if i else None
-            if i and prev is None:  # the chain was cut (cache reset mid-sequence): nothing after it is cacheable
-                return
+            if block.stale or (i and prev is None):  # the chain was cut (cache reset mid-sequence): nothing
+                return                               # from here on is cacheable
             block.content = seq.block_content(i * bs, (i + 1) * bs)
             block.hash = hash((prev, block.content))
             self.cached.setdefault(block.hash, block.block_id)
@@ -174,7 +175,10 @@ class BlockManager:
             block.hash, block.content = None, ()
 
     def reset_prefix_cache(self) -> None:
-        """Forget every cached hash, e.g. after the weights change and cached keys/values are stale."""
+        """Forget every cached hash, e.g. after the weights change and cached keys/values are stale. The
+        blocks running sequences hold are never cached again (a partly filled one would be once it
+        fills, with keys and values computed partly before the reset), until they are reused."""
         self.cached.clear()
         for block in self.blocks:
             block.hash, block.content = None, ()
+            block.stale = block.ref_count > 0

@@ -11,6 +11,7 @@ paths): chat content parts {"type": "image", "image": ...}, a `MultimodalPrompt`
 
 from __future__ import annotations
 
+import numbers
 import sys
 import time
 from pathlib import Path
@@ -43,8 +44,7 @@ class LLM:
     def generate(self, prompts: Prompt | list[Prompt], params: SamplingParams | list[SamplingParams] | None = None,
                  progress: bool = False) -> list[RequestOutput]:
         """Generate for every prompt (text, token ids, or either with images); outputs come back in prompt order."""
-        if isinstance(prompts, (str, dict, MultimodalPrompt)) or (isinstance(prompts, list) and prompts
-                                                                  and isinstance(prompts[0], int)):
+        if _one_prompt(prompts):
             prompts = [prompts]
         params = SamplingParams() if params is None else params
         params = params if isinstance(params, list) else [params] * len(prompts)
@@ -118,6 +118,17 @@ class LLM:
         if self.engine.tokenizer is None:
             raise ValueError("text prompts need a tokenizer: the checkpoint has no tokenizer.json; pass token ids")
         return self.engine.tokenizer
+
+
+def _one_prompt(prompts) -> bool:
+    """Whether `generate` was given one prompt rather than a list of them: text, a dict or multimodal
+    prompt, a 1-D array or tensor of ids, or a list whose first element is a token id."""
+    if isinstance(prompts, (str, dict, MultimodalPrompt)) or getattr(prompts, "ndim", None) == 1:
+        return True
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        return False
+    first = prompts[0]
+    return isinstance(first, numbers.Integral) or getattr(first, "ndim", None) == 0
 
 
 def _progress(done: int, total: int, tokens: int, seconds: float) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from reasonrl.engine.admission import check_request
+from reasonrl.engine.admission import as_token_ids, check_request
 from reasonrl.engine.block_manager import BlockManager
 from reasonrl.engine.compiled import FastDecode, bucket_sizes
 from reasonrl.engine.config import EngineConfig
@@ -204,8 +204,11 @@ class LLMEngine:
         """`prompt`: token ids, or a `MultimodalPrompt` (a vision-language model's prompt with images).
         `output_latents`: a resumed output's latents (its `CompletionOutput.latents`), in latent mode."""
         params = params or SamplingParams()
+        if not self.kv.storage():
+            raise RuntimeError(f"request {request_id!r}: the engine is asleep (its KV cache is freed); call wake() first")
         mm = prompt if isinstance(prompt, MultimodalPrompt) and prompt.num_images else None
-        prompt_ids = prompt.input_ids if isinstance(prompt, MultimodalPrompt) else prompt
+        prompt_ids = as_token_ids(request_id, "prompt", prompt.input_ids if isinstance(prompt, MultimodalPrompt) else prompt)
+        output_ids = as_token_ids(request_id, "output_ids", output_ids)
         self._validate(request_id, prompt_ids, params, output_ids, output_logprobs)
         if mm is not None:
             self._check_images(request_id, mm)
@@ -412,15 +415,21 @@ class LLMEngine:
 
     @staticmethod
     def _stop_string(seq: Sequence, new_chars: int) -> bool:
+        """Cut at the earliest stop string in the text (whatever their order in the list; the
+        shortest of those starting there), if one ends in the new text."""
+        found = []
         for stop in seq.params.stop:
             # only a match that ends in the new text is new
             start = max(0, len(seq.text) - new_chars - len(stop) + 1)
             at = seq.text.find(stop, start)
             if at >= 0:
-                seq.text = seq.text[: at + len(stop) if seq.params.include_stop_str_in_output else at]
-                seq.finish("stop", stop)
-                return True
-        return False
+                found.append((at, len(stop), stop))
+        if not found:
+            return False
+        at, length, stop = min(found)
+        seq.text = seq.text[: at + length if seq.params.include_stop_str_in_output else at]
+        seq.finish("stop", stop)
+        return True
 
     # ---- memory -------------------------------------------------------------------------------
     def reset_prefix_cache(self) -> None:

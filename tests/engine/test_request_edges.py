@@ -8,6 +8,7 @@ import torch
 from reasonrl.engine import LLM, LLMEngine, SamplingParams
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.sampler import SamplingBatch, filter_logits
+from reasonrl.engine.sequence import Sequence
 from reasonrl.engine.structured import StructuredOutput
 from reasonrl.models import load_model
 from reasonrl.models.tiny import make_checkpoint, make_tokenizer
@@ -79,6 +80,17 @@ def test_min_tokens_holds_back_stop_strings_and_stop_strings_need_text(ckpt, tok
         engine(ckpt).add_request("x", prompt, SamplingParams(stop=["ab"]))
 
 
+
+@pytest.mark.parametrize("stops", [["ed", "ken"], ["ken", "ed"]])
+@pytest.mark.parametrize("include", [False, True])
+def test_two_stop_strings_in_one_token_cut_at_the_earliest(stops, include):
+    """A token's text ("kenized") holds two stop strings: the text is cut at the one that comes first in it,
+    whatever their order in the list (the list's first won, and the text kept the other stop string)."""
+    seq = Sequence(0, "r", 0, [1], SamplingParams(stop=stops, include_stop_str_in_output=include), seed=0)
+    seq.text = "a text, tokenized"
+    assert LLMEngine._stop_string(seq, len("kenized"))
+    assert seq.stop_reason == "ken" and seq.text == ("a text, token" if include else "a text, to")
+
 def test_the_prefix_cache_count_is_of_the_prompt_and_of_the_first_admission(ckpt):
     eng = engine(ckpt)
     prompt = list(range(5, 15))  # 10 tokens: two full blocks of 4
@@ -149,3 +161,24 @@ def test_generate_leaves_nothing_behind_when_a_prompt_is_refused(ckpt, tok):
     assert [len(o.outputs[0].token_ids) for o in llm.generate([[5, 6, 7], [8, 9]], params)] == [4, 4]
     with pytest.raises(ValueError, match="got 0 SamplingParams for 2 prompts"):
         llm.generate([[5, 6, 7], [8, 9]], [])
+
+
+def test_token_ids_as_numpy_or_torch_integers(ckpt):
+    import numpy as np
+
+    llm = LLM(ckpt, kv_cache_memory=1 << 22, block_size=4)
+    greedy = SamplingParams(temperature=0, max_tokens=4)
+    want = llm.generate([5, 6, 7], greedy)[0].outputs[0].token_ids
+    for prompt in (list(np.array([5, 6, 7])), np.array([5, 6, 7]), torch.tensor([5, 6, 7]), (5, 6, 7)):
+        [out] = llm.generate(prompt, greedy)  # one prompt, not three
+        assert out.outputs[0].token_ids == want
+    assert [o.outputs[0].token_ids for o in llm.generate(np.array([[5, 6, 7], [5, 6, 7]]), greedy)] == [want, want]
+    with pytest.raises(ValueError, match="prompt token id 5.5 is not an integer"):
+        llm.engine.add_request("x", [5, 5.5], greedy)
+    with pytest.raises(ValueError, match="prompt token id 400 is outside the vocabulary"):
+        llm.engine.add_request("x", np.array([5, 400]), greedy)
+    llm.engine.sleep()
+    with pytest.raises(RuntimeError, match="the engine is asleep"):
+        llm.engine.add_request("x", [5, 6], greedy)
+    llm.engine.wake()
+    assert llm.generate([5, 6, 7], greedy)[0].outputs[0].token_ids == want

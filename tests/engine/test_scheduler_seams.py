@@ -36,3 +36,33 @@ def test_admission_takes_cached_blocks_only_before_reuse_before():
     blocks.admit(free)
     blocks.admit(limited, limited.reuse_before)
     assert free.num_cached == 20 and limited.num_cached == 8  # whole blocks before token 9 only
+
+
+def test_a_block_held_across_a_prefix_cache_reset_is_never_cached():
+    """reset_prefix_cache (after the weights change in place) with a sequence running whose first block is
+    partly filled: once it fills, its keys and values are partly the old weights', and no later request may
+    get it from the cache (it did: only blocks after the first checked the chain)."""
+    blocks = BlockManager(16, 4)
+    running = seq(0, [1, 2, 3])
+    blocks.admit(running)
+    blocks.append(running, 3)
+    running.num_computed = 3
+    blocks.reset_prefix_cache()
+    running.output_ids += [4, 5, 6, 7, 8]
+    blocks.append(running, 5)  # fills block 0 (old and new keys) and block 1 (new only, but chained to 0)
+    running.num_computed = 8
+    later = seq(1, [1, 2, 3, 4, 5, 6, 7, 8, 9])
+    blocks.admit(later)
+    assert later.num_cached == 0
+    blocks.release(running)
+    again = seq(2, [1, 2, 3, 4, 5, 6, 7, 8, 9])
+    blocks.admit(again)
+    assert again.num_cached == 0
+    # a block freed and handed out afresh is cacheable again
+    fresh = seq(3, [1, 2, 3, 4, 9])
+    blocks.admit(fresh)
+    blocks.append(fresh, 5)
+    fresh.num_computed = 5
+    probe = seq(4, [1, 2, 3, 4, 9])
+    blocks.admit(probe)
+    assert probe.num_cached == 4

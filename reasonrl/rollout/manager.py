@@ -12,6 +12,7 @@ with one, and a trainer holds one.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 
 from reasonrl.engine.sampling_params import SamplingParams
@@ -19,13 +20,14 @@ from reasonrl.envs.base import Environment, Prompt
 from reasonrl.models.chat import ChatEncoder, ModelInput
 from reasonrl.rl.advantages import overlong_penalty
 from reasonrl.rl.metrics import percentile
-from reasonrl.rollout.april import AprilRollout
+from reasonrl.rollout.april import MAX_FAILURES, AprilRollout
 from reasonrl.rollout.backend import RolloutBackend
 from reasonrl.rollout.buffer import Group
 from reasonrl.rollout.config import RolloutConfig
 from reasonrl.rollout.prompts import PromptSource
 
 CACHED = 2048
+log = logging.getLogger(__name__)
 
 
 class RolloutManager:
@@ -52,18 +54,36 @@ class RolloutManager:
             return {}
         self.backend.prepare()
         params = SamplingParams(temperature=0, max_tokens=self.cfg.max_tokens, detokenize=False)
-        for i, p in enumerate(prompts):
-            self.backend.submit(f"eval:{i}", self.encode(p), params, [], [])
-        outs: dict = {}
-        while len(outs) < len(prompts):
-            outs.update(self.backend.poll())
-        self.backend.release()
+        try:
+            for i, p in enumerate(prompts):
+                self.backend.submit(f"eval:{i}", self.encode(p), params, [], [])
+            outs: dict = {}
+            failures: dict[str, int] = {}
+            while len(outs) < len(prompts):
+                for key, out in self.backend.poll():
+                    if out.finish_reason == "error":  # not the model's answer: ask again (greedy: the same one)
+                        self._retry_eval(key, prompts[int(key.split(":")[1])], params, failures)
+                    else:
+                        outs[key] = out
+        finally:
+            self.backend.release()
         ids = [outs[f"eval:{i}"].token_ids for i in range(len(prompts))]
         texts = [self._decode(t) for t in ids]
         rewards = self.env.rewards(prompts, texts)
         lengths = [len(t) for t in ids]
         return {**self.env.metrics(prompts, texts, rewards), "length_p50": percentile(lengths, 50),
                 "length_p99": percentile(lengths, 99)}
+
+    def _retry_eval(self, key: str, prompt: Prompt, params: SamplingParams, failures: dict[str, int]) -> None:
+        """An evaluation request the backend failed (an engine step that raised, a server's 5xx) is
+        submitted again, up to MAX_FAILURES times, then the evaluation raises; it is never scored."""
+        n = failures[key] = failures.get(key, 0) + 1
+        if n > MAX_FAILURES:
+            raise RuntimeError(f"evaluation request {key}: the backend failed it {n} times (finish_reason 'error'), "
+                               "giving up")
+        log.warning("evaluation request %s: the backend failed it (%d of %d tries); submitting it again",
+                    key, n, MAX_FAILURES)
+        self.backend.submit(key, self.encode(prompt), params, [], [])
 
     def encode(self, prompt: Prompt) -> ModelInput:
         """The prompt as the policy takes it (token ids, or ids with images), built once per prompt id."""

@@ -1,5 +1,6 @@
 """APRIL on a deterministic fake engine with heavy-tailed response lengths."""
 
+import dataclasses
 import math
 import random
 
@@ -277,3 +278,42 @@ def test_rollout_throughput_counts_the_tokens_of_the_samples_trained_on(dynamic)
         groups, stats = m.collect(step, version=step)
         trained = sum(len(s.response_ids) for g in groups for s in g.samples)
         assert stats.as_dict()["rollout_tokens_per_s"] * stats.seconds == pytest.approx(trained)
+
+
+def test_evaluation_asks_again_for_a_request_the_backend_failed():
+    """A held-out request that comes back with finish_reason "error" (an engine step that raised, a
+    server's 5xx) is not the model's answer: it was scored as one (an empty response, reward 0)."""
+    from reasonrl.envs.base import Environment
+    from reasonrl.models.chat import ChatEncoder
+    from reasonrl.models.tiny import make_tokenizer
+    from reasonrl.rollout.manager import RolloutManager
+
+    class AnyAnswer(Environment):
+        def prompts(self, n=None, seed=0, split="train"):
+            return [Prompt(id=f"q{i}", messages=[{"role": "user", "content": "say"}]) for i in range(n or 4)]
+
+        def score(self, prompt, response):
+            return float(bool(response))
+
+    class Backend(FailingEngine):
+        def submit(self, key, prompt_ids, params, output_ids, output_logprobs):
+            super().submit(key, prompt_ids, dataclasses.replace(params, seed=1), output_ids, output_logprobs)
+
+        def prepare(self):
+            pass
+
+        def release(self):
+            pass
+
+        def stats(self):
+            return {}
+
+    tok = make_tokenizer(["say one two three"] * 10, vocab_size=280)
+    env = AnyAnswer()
+
+    def evaluate(backend):
+        return RolloutManager(backend, env, ChatEncoder(tok), RolloutConfig(2, 2, 1.0, 40)).evaluate(env.prompts(4))
+
+    assert evaluate(Backend("eval:1", times=2))["accuracy"] == 1.0  # 0.75 before
+    with pytest.raises(RuntimeError, match="evaluation request eval:1: the backend failed it 4 times"):
+        evaluate(Backend("eval:1", times=99))

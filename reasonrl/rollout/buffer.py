@@ -9,7 +9,7 @@ loses it).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from reasonrl.envs.base import Prompt
@@ -33,7 +33,11 @@ class Group:
         return [s for s in self.samples if not s.status.finished]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"group_id": self.group_id, "prompt": asdict(self.prompt), "prompt_ids": self.prompt_ids,
+        """The group for the (pickled) checkpoint. The prompt's fields are kept as they are: its answer
+        or metadata may be an environment's own objects (`asdict` turned nested dataclasses into
+        dicts, and their rewards into 0 after a resume)."""
+        prompt = {f.name: getattr(self.prompt, f.name) for f in fields(self.prompt)}
+        return {"group_id": self.group_id, "prompt": prompt, "prompt_ids": self.prompt_ids,
                 "samples": [s.to_dict() for s in self.samples],
                 "born_step": self.born_step, "metadata": self.metadata}
 

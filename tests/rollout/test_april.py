@@ -317,3 +317,26 @@ def test_evaluation_asks_again_for_a_request_the_backend_failed():
     assert evaluate(Backend("eval:1", times=2))["accuracy"] == 1.0  # 0.75 before
     with pytest.raises(RuntimeError, match="evaluation request eval:1: the backend failed it 4 times"):
         evaluate(Backend("eval:1", times=99))
+
+
+@dataclasses.dataclass
+class Item:  # an environment's own answer object (ImageDoctor's JudgeItem is one)
+    scores: dict
+    nested: Prompt
+
+
+def test_a_buffered_prompts_answer_keeps_its_type_through_a_checkpoint(tmp_path):
+    """`asdict` turned a dataclass answer (and any dataclass inside it) into dicts: after a resume every
+    buffered group's reward function raised on them and scored 0."""
+    from reasonrl.rollout.buffer import PartialBuffer
+
+    answer = Item({"overall": 0.5}, Prompt(id="inner", messages=[], answer=3))
+    buffer = PartialBuffer()
+    buffer.put(Group(7, Prompt(id="p", messages=[{"role": "user", "content": "x"}], answer=answer,
+                               metadata={"item": answer}), [1, 2], [], born_step=2))
+    torch.save(buffer.state_dict(), tmp_path / "state.pt")
+    back = PartialBuffer()
+    back.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    prompt = back.groups[0].prompt
+    assert prompt.answer == answer and isinstance(prompt.answer.nested, Prompt)
+    assert isinstance(prompt.metadata["item"], Item)

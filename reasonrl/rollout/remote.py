@@ -25,6 +25,7 @@ from reasonrl.rollout.backend import Finished, RolloutBackend
 from reasonrl.rollout.dialects import DIALECTS
 
 log = logging.getLogger(__name__)
+ABORT_RESEND_S = 0.5  # abort_all sends the abort again this often while requests are out
 
 
 def api_key_from_env(variable: str | None) -> str | None:
@@ -120,20 +121,29 @@ class RemoteBackend(RolloutBackend):
         return finished
 
     def abort_all(self, timeout: float = 60.0) -> list[Finished]:
-        """Abort every request; each in-flight HTTP response then returns with what it has."""
+        """Abort every request; each in-flight HTTP response then returns with what it has. The abort is
+        sent again every `ABORT_RESEND_S` while requests are out: one whose POST had left but not yet
+        reached the server's engine missed the first (it ran to max_tokens, or past the timeout)."""
         if self.in_flight:
             self.abort_epoch += 1
-            route, body = self.dialect.abort_all()
-            try:
-                self._request("POST", route, 30, json=body)
-            except httpx.TransportError as exc:  # a server that is down: its requests come back failed on their own
-                log.warning("%s: abort not delivered (%s); waiting for its requests to fail", self.base_url, exc)
+            self._send_abort()
         out, deadline = [], time.monotonic() + timeout
+        resend = time.monotonic() + ABORT_RESEND_S
         while self.in_flight and time.monotonic() < deadline:
             out += self.poll(wait=0.1)
+            if self.in_flight and time.monotonic() >= resend:
+                self._send_abort()
+                resend = time.monotonic() + ABORT_RESEND_S
         if self.in_flight:
             raise TimeoutError(f"{len(self.in_flight)} aborted requests did not return within {timeout} s")
         return out
+
+    def _send_abort(self) -> None:
+        route, body = self.dialect.abort_all()
+        try:
+            self._request("POST", route, 30, json=body)
+        except httpx.TransportError as exc:  # a server that is down: its requests come back failed on their own
+            log.warning("%s: abort not delivered (%s); waiting for its requests to fail", self.base_url, exc)
 
     @property
     def num_running(self) -> int:

@@ -1,5 +1,6 @@
 """APRIL against a `reasonrl serve` endpoint: abort over HTTP, resume over HTTP, weights pushed."""
 
+import asyncio
 import threading
 import time
 
@@ -139,6 +140,27 @@ def test_remote_abort_returns_partials_and_resume_is_exact(served):
                                    torch.tensor(full[f"full:{i}"].logprobs), atol=1e-5, rtol=0)
     backend.close()
 
+
+
+def test_abort_all_reaches_requests_still_on_their_way_to_the_server(served):
+    """abort_all right after a burst of submissions: requests whose POST had not reached the server's
+    engine when the abort did were not aborted (they ran to max_tokens, or abort_all timed out)."""
+    from reasonrl.engine import SamplingParams
+
+    _, url, server_engine = served
+    backend = RemoteBackend(url)
+    post = backend.client.post
+
+    async def slow_post(*args, **kwargs):  # a network slower than the abort's
+        await asyncio.sleep(0.3)
+        return await post(*args, **kwargs)
+    backend.client.post = slow_post
+    for i in range(48):
+        backend.submit(f"burst:{i}", [5, 6, 7, 8], SamplingParams(temperature=1.0, seed=i, max_tokens=200), [], [])
+    outs = dict(backend.abort_all(timeout=20))
+    assert len(outs) == 48 and {o.finish_reason for o in outs.values()} == {"abort"}
+    assert not server_engine.requests
+    backend.close()
 
 def test_a_sample_the_server_fails_comes_back_as_an_error_to_resubmit(served, monkeypatch):
     """A 500 for one sample (the server's engine failed its request) is finish_reason "error" with the

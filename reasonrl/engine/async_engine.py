@@ -44,7 +44,10 @@ class Observer(Protocol):
 
     def first_token(self, seconds: float) -> None: ...
 
-    def finished(self, out: RequestOutput, seconds: float, first_token_seconds: float | None) -> None: ...
+    def finished(self, out: RequestOutput, seconds: float, first_token_seconds: float | None,
+                 new_tokens: int) -> None:
+        """`new_tokens`: the most tokens one of its samples generated here (a resumed request's given
+        tokens are not)."""
 
 
 @dataclass
@@ -60,6 +63,7 @@ class _Stream:
 class _Timing:
     arrival: float
     first_token: float | None = None
+    resumed: int = 0  # tokens a resumed request arrived with
 
 
 class AsyncEngine:
@@ -233,9 +237,10 @@ class AsyncEngine:
                 self.engine.abort(rid)
             raise
         now = time.monotonic()
+        resumed = len(resume.get("output_ids") or ())
         for rid in added:
             self.streams[rid] = s
-            self.timing[rid] = self.awaiting_first[rid] = _Timing(now)
+            self.timing[rid] = self.awaiting_first[rid] = _Timing(now, resumed=resumed)
 
     def _do_abort(self, request_id):
         out = self.engine.abort(request_id)
@@ -313,10 +318,12 @@ class AsyncEngine:
         if t is None or self.observer is None:
             return
         now = time.monotonic()
-        if t.first_token is None and any(o.token_ids for o in out.outputs) and not out.error:
+        new_tokens = max((len(o.token_ids) - t.resumed for o in out.outputs), default=0)
+        if t.first_token is None and new_tokens > 0 and not out.error:
             t.first_token = now  # its first token came in the step that finished it
             self.observer.first_token(now - t.arrival)
-        self.observer.finished(out, now - t.arrival, None if t.first_token is None else t.first_token - t.arrival)
+        self.observer.finished(out, now - t.arrival, None if t.first_token is None else t.first_token - t.arrival,
+                               new_tokens)
 
 
 def _settle(future: asyncio.Future, result, exc) -> None:

@@ -33,3 +33,35 @@ def test_shutdown_fails_the_requests_in_flight_instead_of_hanging_them(ckpt):
         assert engine.health() == (False, "the engine was shut down")
 
     asyncio.run(main())
+
+
+def test_timings_of_a_resumed_request_count_only_the_tokens_it_generated(ckpt):
+    """Time per output token divided by the resumed tokens too (50x low for resume traffic), and a resume
+    that generated nothing gave a time-to-first-token sample."""
+    class Recorder:
+        def __init__(self):
+            self.first, self.done = [], []
+
+        def first_token(self, seconds):
+            self.first.append(seconds)
+
+        def finished(self, out, seconds, first_token_seconds, new_tokens):
+            self.done.append(new_tokens)
+
+    async def main():
+        seen = Recorder()
+        engine = AsyncEngine(LLMEngine(load_model(ckpt, "cpu"), None, EngineConfig(kv_cache_memory=1 << 22, max_model_len=256)),
+                             observer=seen)
+        greedy = dict(temperature=0, ignore_eos=True)
+        resume = {"output_ids": [5, 6, 7, 8, 9], "output_logprobs": [-1.0] * 5}
+        try:
+            async for _ in engine.generate("full", [1, 2, 3], SamplingParams(max_tokens=5, **greedy), **resume):
+                pass
+            assert seen.first == [] and seen.done == [0]  # it came back as it was: nothing generated
+            async for _ in engine.generate("more", [1, 2, 3], SamplingParams(max_tokens=8, **greedy), **resume):
+                pass
+            assert len(seen.first) == 1 and seen.done == [0, 3]
+        finally:
+            engine.shutdown()
+
+    asyncio.run(main())

@@ -145,6 +145,24 @@ def test_abort_one_returns_partial_and_the_request_ends(client, server):
     assert bm.num_free == len(bm.blocks)
 
 
+
+def test_abort_by_a_multi_prompt_requests_own_id_stops_all_its_prompts(client, server):
+    """Its prompts run as ID-0, ID-1: aborting ID found nothing, and both ran on to max_tokens."""
+    body = {"prompt": [[1, 2, 3], [1, 2, 4]], "max_tokens": 200, "temperature": 0, "ignore_eos": True,
+            "request_id": "job42"}
+    with httpx.Client(base_url=server.url, timeout=30) as other:
+        result = {}
+        t = threading.Thread(target=lambda: result.update(r=other.post("/v1/completions", json=body).json()))
+        t.start()
+        while len(server.engine.requests) < 2 or min(r.seqs[0].num_computed for r in server.engine.requests.values()) < 5:
+            time.sleep(0.01)
+        aborted = client.post("/v1/abort", json={"request_id": "job42"}).json()["aborted"]
+        t.join(timeout=10)
+    assert sorted(a["request_id"] for a in aborted) == ["job42-0", "job42-1"]
+    assert [c["finish_reason"] for c in result["r"]["choices"]] == ["abort", "abort"]
+    assert wait_idle(server.engine)
+    assert client.post("/v1/abort", json={"request_id": "job42"}).json() == {"aborted": []}
+
 def test_resume_over_http_continues_exactly(client):
     body = {"prompt": [7, 8, 9], "max_tokens": 12, "temperature": 1.0, "seed": 3, "ignore_eos": True,
             "return_token_ids": True, "logprobs": 0}

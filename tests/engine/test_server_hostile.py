@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import threading
 import time
@@ -69,6 +70,8 @@ RAW = [
     (b'{"prompt": "x", "seed": 1' + b"0" * 5000 + b"}", 400, None),
     (b'{"prompt": "\\ud800 lone surrogate"}', 400, "prompt"),
     (b'{"prompt": "x", "stop": ["\\udfff"]}', 400, "stop.0"),
+    (b'{"prompt": "a", "max_tokens": 2, "\\udc00": 1}', 400, "?"),  # in a key: the error quoted it, a 500
+    (b'{"prompt": "a", "max_tokens": 2, "logit_bias": {"\\ud800": 1}}', 400, "logit_bias.?"),
     (b'{"prompt": [1, 2], "max_tokens": 2, "resume": {"token_ids": [5], "logprobs": [NaN]}}', 400, None),
     (b'{"prompt": [1, 2], "max_tokens": 2, "resume": {"token_ids": [5], "logprobs": [-1e999]}}', 400, None),
 ]
@@ -227,6 +230,17 @@ def _hang_up(port, body, path="/v1/completions", read_first=False):
         else:
             time.sleep(0.3)  # the request is in the engine by now
 
+
+def test_a_client_hanging_up_mid_body_is_no_server_error(srv, caplog):
+    """A client that closes before its body is complete was logged as an unhandled error with a traceback."""
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"prompt\": ")
+            time.sleep(0.1)
+    time.sleep(0.5)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert no_leaks(srv.engine)
 
 @pytest.fixture
 def slow_steps(srv, monkeypatch):

@@ -151,6 +151,23 @@ def test_responses_api_for_text(client):
     assert "[DONE]" not in r.text and "event: response." in r.text.rstrip().split("\n\n")[-1]
 
 
+
+@pytest.mark.parametrize("reason,status,why", [("stop", "completed", None), ("length", "incomplete", "max_output_tokens"),
+                                               ("abort", "incomplete", "aborted")])
+def test_an_aborted_response_is_incomplete_not_completed(reason, status, why):
+    """A /v1/responses answer stopped by /v1/abort said status "completed" (its stream ended with
+    response.completed): a cut answer that looked whole."""
+    from types import SimpleNamespace
+
+    from reasonrl.engine.sequence import CompletionOutput, RequestOutput
+    from reasonrl.engine.server.responses import response_object
+
+    out = RequestOutput("r", [1], [CompletionOutput(0, [5, 6], [-0.1, -0.2], "ab", reason, None, None, 0)], True)
+    body = SimpleNamespace(parallel_tool_calls=True, tool_choice=None, tools=None, temperature=1.0, top_p=1.0)
+    obj = response_object(out, "m", 0, body, 1)
+    assert obj["status"] == status and obj["output"][0]["status"] == status
+    assert obj["incomplete_details"] == (None if why is None else {"reason": why})
+
 def test_continue_final_message_keeps_an_image_messages_parts():
     """A last message of an image and text (a vision-language server) continues after its text, the
     image kept (it was emptied between the sentinels); one without text is refused."""

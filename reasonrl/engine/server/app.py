@@ -130,8 +130,8 @@ def create_app(engine: LLMEngine, config: ServeConfig | None = None) -> FastAPI:
         if body.all:
             auth.require_admin(request)
             return {"aborted": [_abort_record(o) for o in await _engine_call(core.abort_all())]}
-        out = await _engine_call(core.abort(body.request_id))
-        return {"aborted": [_abort_record(out)] if out else []}
+        outs = [await _engine_call(core.abort(rid)) for rid in generate.engine_ids(body.request_id)]
+        return {"aborted": [_abort_record(out) for out in outs if out]}
 
     @app.post("/v1/load_weights")
     async def load_weights(request: Request):

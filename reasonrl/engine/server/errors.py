@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE = 2000  # characters of an error message (it may quote what the client sent)
@@ -26,10 +27,15 @@ class APIError(Exception):
 def error_response(message: str, status: int = 400, param: str | None = None, headers: dict | None = None) -> JSONResponse:
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + "..."
-    message = message.encode("utf-8", "replace").decode("utf-8")  # nothing unencodable reaches the JSON encoder
+    message = _encodable(message)  # nothing unencodable reaches the JSON encoder (a param may quote a key)
+    param = None if param is None else _encodable(param)
     kind = TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": status}}, status,
                         headers=headers)
+
+
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def install(app: FastAPI) -> None:
@@ -47,6 +53,11 @@ def install(app: FastAPI) -> None:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or None
         return error_response(f"{loc}: {err['msg']}", 400, loc)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request, exc: ClientDisconnect):  # hung up while sending its body: nobody to answer
+        log.info("client disconnected while sending %s %s", request.method, request.url.path)
+        return error_response("the client closed the connection while sending the request", 499)
 
     @app.exception_handler(Exception)
     async def _crash(_, exc: Exception):

@@ -31,14 +31,21 @@ from reasonrl.models.tokenizer import Tokenizer
 class Generator:
     def __init__(self, engine: AsyncEngine, offload: Offload, cfg: ServeConfig, tokenizer: Tokenizer | None):
         self.engine, self.offload, self.cfg, self.tokenizer = engine, offload, cfg, tokenizer
+        self.groups: dict[str, list[str]] = {}  # a multi-prompt request's id -> its prompts' engine ids, while it runs
+
+    def engine_ids(self, request_id: str) -> list[str]:
+        """The engine requests a client's request id names: `id-0`, `id-1`, ... for a request with
+        several prompts (what /v1/abort with that id stops), else the id itself."""
+        return list(self.groups.get(request_id, [request_id]))
 
     async def __call__(self, request: Request, prepare: Callable[[bytes], Job]) -> Response:
         raw = await read_body(request, self.cfg.max_body_bytes)
-        watch = DisconnectWatch(request)
+        watch, rids = DisconnectWatch(request), []
         try:
             job = await self.offload.run(prepare, raw)
             watch.check()  # gone while we prepared: start nothing
             rids = _request_ids(job, request)
+            self._group(rids)
             stream = self.engine.new_stream()
             watch.on_disconnect = lambda: self._abort(rids)
             await self._submit(stream, job, rids)
@@ -50,8 +57,9 @@ class Generator:
             body = await self.offload.run(lambda: json.dumps(view.response(outputs)).encode())  # may be megabytes
             return Response(body, media_type="application/json")
         finally:
-            if watch is not None:
+            if watch is not None:  # (a stream's generator owns the watch and the group)
                 watch.stop()
+                self._ungroup(rids)
 
     async def _submit(self, stream, job: Job, rids: list[str]) -> None:
         resume = job.body.resume
@@ -107,6 +115,15 @@ class Generator:
         finally:  # client gone (task cancelled) or done: nothing may keep running for nobody
             watch.stop()
             self._abort([rid for rid in view.rids if rid not in finished])
+            self._ungroup(view.rids)
+
+    def _group(self, rids: list[str]) -> None:
+        if len(rids) > 1:
+            self.groups[rids[0].rsplit("-", 1)[0]] = rids
+
+    def _ungroup(self, rids: list[str]) -> None:
+        if len(rids) > 1:
+            self.groups.pop(rids[0].rsplit("-", 1)[0], None)
 
     def _abort(self, rids: list[str]) -> None:
         for rid in rids:

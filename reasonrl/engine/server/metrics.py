@@ -46,13 +46,13 @@ class Metrics:
     def first_token(self, seconds: float) -> None:
         self.ttft.observe(seconds)
 
-    def finished(self, out: RequestOutput, seconds: float, first_token_seconds: float | None) -> None:
+    def finished(self, out: RequestOutput, seconds: float, first_token_seconds: float | None,
+                 new_tokens: int) -> None:
         self.e2e.observe(seconds)
         for o in out.outputs:
             self.finishes.labels(self.model_name, o.finish_reason or "unknown").inc()
-        new = max((len(o.token_ids) for o in out.outputs), default=0)
-        if first_token_seconds is not None and new > 1:
-            self.tpot.observe((seconds - first_token_seconds) / (new - 1))
+        if first_token_seconds is not None and new_tokens > 1:  # generated here: a resume's given tokens are not
+            self.tpot.observe((seconds - first_token_seconds) / (new_tokens - 1))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

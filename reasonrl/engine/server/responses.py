@@ -6,7 +6,7 @@ events, each sent as `event: TYPE` + `data: {..., "sequence_number": k}`:
     response.output_item.added, response.function_call_arguments.delta / .done,
     response.output_item.done; at the end response.output_text.done, response.content_part.done,
     response.output_item.done, and response.completed (or response.incomplete when
-    max_output_tokens ended it)
+    max_output_tokens or an abort ended it)
 
 The output is the assistant's message (always the first item, its text possibly empty when the
 model only called tools), then one `function_call` item per call (engine/tool_calls.py reads them;
@@ -22,17 +22,23 @@ from reasonrl.engine.sequence import RequestOutput
 from reasonrl.engine.tool_calls import ToolStream
 
 
+INCOMPLETE = {"length": "max_output_tokens", "abort": "aborted"}
+"""Finish reasons that leave a response incomplete, and the reason its incomplete_details gives
+("aborted": stopped by /v1/abort; an aborted answer was reported "completed")."""
+
+
 def response_object(out: RequestOutput, model: str, created: int, body, prompt_tokens: int, status: str | None = None,
                     text: str | None = None, calls: list[dict] = ()) -> dict[str, Any]:
     """The Responses API's object for one answer: its message `text` (default: the whole output) and
     `calls` (OpenAI tool calls); `status` overrides the one the output implies."""
     o = out.outputs[0]
-    status = status or ("incomplete" if o.finish_reason == "length" else "completed")
+    cut = INCOMPLETE.get(o.finish_reason)
+    status = status or ("incomplete" if cut else "completed")
     done = status != "in_progress"
     output = [_message(out.request_id, o.text if text is None else text, status), *map(_function_call, calls)]
     return {"id": f"resp_{out.request_id}", "object": "response", "created_at": created, "model": model,
             "status": status, "error": None,
-            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "incomplete_details": {"reason": cut} if status == "incomplete" else None,
             "output": output if done else [], "parallel_tool_calls": body.parallel_tool_calls,
             "tool_choice": _tool_choice(body.tool_choice), "tools": _tools(body.tools),
             "temperature": body.temperature, "top_p": body.top_p,

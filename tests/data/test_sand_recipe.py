@@ -98,6 +98,21 @@ def test_files_are_read_at_load_with_file_and_line(files, tmp_path):
         from_dict(recipe(files, generate={"seed_problems": str(seeds)}))
 
 
+def test_seed_answers_that_are_numbers_are_written_positionally(tmp_path):
+    """str(1e-07) is '1e-07', which a math parser reads as Euler's e minus 7: correct solutions
+    scored 0 and \\boxed{e-7} scored 1."""
+    from reasonrl.data.sand.source import load_seed_problems
+
+    seeds = tmp_path / "seeds.jsonl"
+    answers = (1e-07, 1e20, -2.5e-05, 0.5, 12, "1e-07")
+    seeds.write_text("".join(json.dumps({"problem": "?", "answer": a}) + "\n" for a in answers))
+    assert [p.answer for p in load_seed_problems(seeds)] == [
+        "0.0000001", "100000000000000000000", "-0.000025", "0.5", "12", "1e-07"]  # a string is the author's
+    seeds.write_text('{"problem": "?", "answer": NaN}\n')
+    with pytest.raises(ValueError, match=r"seeds.jsonl:1: \"answer\" must be a finite number"):
+        load_seed_problems(seeds)
+
+
 def test_yaml_file_with_overrides_and_a_saved_resolved_recipe_reloads_equal(files, tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe(files, solve={"n": 4})))

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import time
 
 import pytest
 
@@ -111,6 +112,15 @@ def test_exact_reward():
     assert exact_reward("<think>Paris?</think>Answer: Rome", "Rome", think="</think>") == 1.0
     assert exact_reward("<think>Answer: Rome", "Rome", think="</think>") == 0.0  # delimiter absent
     assert exact_reward("", "?") == exact_reward("   ", ["...", "Paris"]) == 0.0  # nothing said matches nothing
+
+
+def test_exact_and_choice_rewards_are_bounded():
+    """The "Answer:" line was read whole and unbounded: a megabyte of "*." took 10 s per reward."""
+    hostile = "Answer: " + "*." * 500_000
+    start = time.perf_counter()
+    assert exact_reward(hostile, "Paris") == choice_reward(hostile, "B") == 0.0
+    assert time.perf_counter() - start < 2.0
+    assert exact_reward("Answer: " + "a" * 2000, "a" * 2000) == 0.0  # an answer longer than a box may be
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,14 @@ def test_quick_path_agrees_with_math_verify():
         assert math_verify_equal(pred, gold) == bool(verdict), (pred, gold)
 
 
+def test_digit_groups_spaced_as_thousands_parse_as_one_number():
+    """math-verify alone reads 10\\,000 as 10*000 = 0."""
+    assert math_verify_equal("10\\,000\\,\\text{m}", "10000") and not math_verify_equal("10\\,000\\,\\text{m}", "0")
+    assert math_verify_equal("2\\,500", "2500") and not math_verify_equal("10\\,000", "0")
+    assert math_verify_equal("5000", "5\\,000")  # the reference is read the same way
+    assert math_verify_equal("\\frac{1}{2}\\,\\text{cm}", "\\frac{1}{2}") and math_verify_equal("2\\,x", "2x")
+
+
 def _expression(rng: random.Random) -> str:
     a, b, k = rng.randint(1, 9), rng.randint(1, 9), rng.randint(2, 7)
     return rng.choice([

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from reasonrl.envs.math.extract import extract_answer, last_boxed, reference_answer
+from reasonrl.envs.math.extract import answer_line, extract_answer, last_boxed, reference_answer
 from reasonrl.envs.math.quick import normalize, quick_verdict
 
 
@@ -54,6 +54,16 @@ def test_long_or_hostile_text_is_bounded():
     assert last_boxed("\\boxed{" + "{" * 5000 + "}" * 5000 + "}", max_chars=1000) is None
 
 
+def test_a_decorated_answer_line_is_read_in_linear_time():
+    """Markdown used to come off a layer per pass, each pass a copy: a megabyte of "*." took 8 s."""
+    start = time.perf_counter()
+    assert extract_answer("Answer: " + "*." * 500_000) is None
+    assert extract_answer("Answer: 5" + " *`." * 250_000) == "5"
+    assert time.perf_counter() - start < 2.0
+    assert answer_line("Answer: " + "1" * 2000) is None  # longer than max_chars, like a box
+    assert answer_line("Answer: " + "1" * 2000, max_chars=5000) == "1" * 2000
+
+
 @pytest.mark.parametrize(
     "reference, expected",
     [(42, "42"), (0.5, "0.5"), ("$\\frac{1}{2}$", "\\frac{1}{2}"), ("so \\boxed{x+1}.", "x+1"),
@@ -70,6 +80,16 @@ def test_normalize_keeps_meaning():
     assert normalize("$\\dfrac{1}{2}$.") == "\\frac{1}{2}"
     assert normalize("2 3") == "2 3"  # a space between words is kept: 2 3 is not 23
     assert normalize("\\pi r") != normalize("\\pir")
+
+
+def test_digit_groups_spaced_as_thousands_are_one_number():
+    """math-verify reads 10\\,000 as 10*000 = 0: it matched a reference 0 and missed 10000."""
+    for spaced in ("10\\,000", "10\\;000", "10\\:000", "10\\!000", "10\\ 000", "10 000", "10~000"):
+        assert normalize(spaced) == "10000", spaced
+    assert normalize("1\\,234\\,567.5") == "1234567.5"
+    # spacing before anything but a group of exactly three digits stays spacing
+    assert normalize("2\\,x") == "2 x" and normalize("\\frac{1}{2}\\,\\text{cm}") == "\\frac{1}{2}\\text{cm}"
+    assert normalize("1\\,23") == "1 23" and normalize("1\\,2345") == "1 2345"
 
 
 # (pred, gold, verdict): None means "ask math-verify"
@@ -94,6 +114,10 @@ QUICK = [
     ("x = 6", "5", None),
     ("1,000", "1000", None),
     ("\\{1,000\\}", "\\{1000\\}", None),
+    ("2\\,500", "2500", 1.0),  # thousands separators: math-verify read 10\,000 as 10*000
+    ("12\\,345", "12345", 1.0),
+    ("1\\;250", "1250", 1.0),
+    ("10\\,000", "0", 0.0),
     ("x^2+1", "1+x^2", None),
     ("\\sqrt{8}", "2\\sqrt{2}", None),
     ("", "1", 0.0),

@@ -54,12 +54,14 @@ EQUIVALENT = [
     ("\\boxed{0.333333}", "\\frac{1}{3}"),  # math-verify rounds decimals to 6 places
     ("\\boxed{10\\%}", "0.1"),
     ("\\boxed{3i+2}", "2+3i"),
+    ("\\boxed{10\\,000\\,\\text{m}}", "10000"),  # a thousands separator, not 10*000
 ]
 DIFFERENT = [
     ("\\boxed{\\sqrt{3}}", "\\sqrt{2}"),
     ("\\boxed{x^2+1}", "x^2-1"),
     ("\\boxed{0.3333}", "\\frac{1}{3}"),
     ("\\boxed{(1, 2)}", "[1, 2]"),
+    ("\\boxed{10\\,000\\,\\text{m}}", "0"),
     ("\\boxed{1 < x < 2}", "(1, 2)"),  # math-verify is asymmetric: a relation does not match an interval gold
 ]
 

@@ -31,30 +31,96 @@ def test_a_step_ending_in_a_character_split_across_tokens_ends_at_its_last_byte(
             assert not tok.decode(ids[:k]).startswith(text[:s.end])
 
 
-def test_steps_the_prm_did_not_read_get_no_process_advantage():
-    """Steps past the PRM's max_len score 0.0 as a placeholder; read as "wrong" they gave a long
-    response large negative advantages on a tail the PRM never saw."""
+def _reference_step_token_ends(decode, ids, char_ends):
+    """The definition, decoding every prefix from token 0 (quadratic): the first k whose prefix text
+    agrees with the whole text up to the step's end."""
+    full = decode(ids)
+    return [next((k for k in range(len(ids)) if decode(ids[:k + 1])[:end] == full[:end]), len(ids) - 1)
+            for end in char_ends]
+
+
+def test_step_ends_match_the_prefix_by_prefix_definition():
+    tok = Tokenizer.from_dir("reasonrl/demo/policy")
+    texts = ["4+7=11 11+2=13 \\boxed{13}", "Step 1.\n\nStep 2: \u00e9 \u00fc \u00df\n\n\\boxed{3}",
+             "a\U0001f9ee\U0001f9ee b \u65e5\u672c \u8a9e", "  lead  spaces  "]
+    for text in texts:
+        ids = tok.encode(text, add_special_tokens=False) + list(tok.eos_token_ids[:1])
+        for delimiter in (" ", "\n\n"):
+            ends = [s.end for s in split_steps(text, StepFormat(delimiter=delimiter))]
+            assert step_token_ends(tok.decode, ids, ends) == _reference_step_token_ends(tok.decode, ids, ends), text
+    lead = tok.encode("\U0001f9ee", add_special_tokens=False)[0]  # a 4-byte character's first byte alone
+    garbage = [lead] * 20 + tok.encode(" x y", add_special_tokens=False)  # every prefix ends in U+FFFD
+    ends = [1, 5, 20, 23]
+    assert step_token_ends(tok.decode, garbage, ends) == _reference_step_token_ends(tok.decode, garbage, ends)
+
+
+class CountingDecode:
+    """A tokenizer's decode that counts the tokens it is given."""
+
+    def __init__(self, decode):
+        self.decode, self.tokens = decode, 0
+
+    def __call__(self, ids):
+        self.tokens += len(ids)
+        return self.decode(ids)
+
+
+def test_mapping_step_ends_is_linear_in_the_response():
+    """Each step used to bisect over prefixes decoded from token 0: 16k tokens of `1 ` took 12 s."""
+    tok = Tokenizer.from_dir("reasonrl/demo/policy")
+    text = "1 " * 1000
+    ids = tok.encode(text, add_special_tokens=False)
+    decode = CountingDecode(tok.decode)
+    ends = step_token_ends(decode, ids, [s.end for s in split_steps(text, StepFormat(delimiter=" "))])
+    assert ends == list(range(0, len(ids), 2))
+    assert decode.tokens <= 6 * len(ids)
+
+
+def _reward_reading_two_steps(decode):
+    """A ProcessReward whose PRM reads 2 steps at most and calls each of them "right"."""
     from types import SimpleNamespace
 
     from reasonrl.reward.prm.process import ProcessReward
     from reasonrl.reward.prm.scoring import StepScores
 
-    fmt = StepFormat(delimiter=" ")
-
     class Scorer:
-        cfg = SimpleNamespace(steps=fmt)
+        cfg = SimpleNamespace(steps=StepFormat(delimiter=" "))
 
-        def score_steps(self, items):  # "right" on every step it reads; it reads 2 steps at most
+        def score_steps(self, items):
             return [StepScores(list(steps), [0.9] * min(2, len(steps)) + [0.0] * (len(steps) - 2), min(2, len(steps)))
                     for _, steps in items]
 
     reward = object.__new__(ProcessReward)
-    reward.cfg, reward.scorer, reward.decode = ProcessRewardConfig(coef=1.0), Scorer(), lambda ids: "".join(map(chr, ids))
-    texts = ["a b c d", "a b"]
-    samples = [SimpleNamespace(response_text=t, response_ids=[ord(c) for c in t], group_id=0,
-                               prompt=SimpleNamespace(messages=[])) for t in texts]
-    long, short = reward.advantages(samples, [0.0, 0.0])
+    reward.cfg, reward.scorer, reward.decode = ProcessRewardConfig(coef=1.0), Scorer(), decode
+    return reward
+
+
+def _char_samples(texts):
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(response_text=t, response_ids=[ord(c) for c in t], group_id=0,
+                            prompt=SimpleNamespace(messages=[])) for t in texts]
+
+
+def _chars(ids):
+    return "".join(map(chr, ids))
+
+
+def test_steps_the_prm_did_not_read_get_no_process_advantage():
+    """Steps past the PRM's max_len score 0.0 as a placeholder; read as "wrong" they gave a long
+    response large negative advantages on a tail the PRM never saw."""
+    reward = _reward_reading_two_steps(_chars)
+    long, short = reward.advantages(_char_samples(["a b c d", "a b"]), [0.0, 0.0])
     assert long == [0.0] * 7 and short == [0.0] * 3  # every read step scored alike: nothing to tell apart
+
+
+def test_only_the_steps_the_prm_read_are_mapped_to_tokens():
+    """Mapping the unread tail too made a long response's cost grow with steps the PRM never saw."""
+    decode = CountingDecode(_chars)
+    reward = _reward_reading_two_steps(decode)
+    text = "a " * 2000
+    reward.advantages(_char_samples([text]), [0.0])
+    assert decode.tokens <= len(text) + 20  # the whole response once, then the two steps' few tokens
 
 
 def test_process_advantages_are_group_normalised_suffix_sums():

@@ -9,7 +9,8 @@ from reasonrl.vision.world import read_answer, score_answer
     ("none", "0", "number"), ("\\boxed{0}", "0", "number"),
     ("RED", "red", "colour"), ("  The stripes are pink. ", "pink", "colour"), ("Violet", "purple", "colour"),
     ("circles", "circle", "shape"), ("\\boxed{\\text{Cross}}", "cross", "shape"),
-    ("Yes, there is.", "yes", "yes_no"), ("no", "no", "yes_no"),
+    ("Yes, there is.", "yes", "yes_no"), ("no", "no", "yes_no"), ("No, no.", "no", "yes_no"),
+    ("Answer: no, it is not", "no", "yes_no"),
     ("To the LEFT.", "left", "direction"), ("It is below the square", "below", "direction"),
     ("striped", "striped", "texture"), ("It has stripes", "striped", "texture"), ("plain", "solid", "texture"),
 ])
@@ -24,6 +25,10 @@ def test_answers_are_read_whatever_their_case_spacing_and_form(response, answer,
     # a negated value names the opposite: "no stripes" was read as striped (the LVR reward's family)
     ("\\boxed{no stripes}", "striped", "texture"), ("\\boxed{It has no stripes}", "striped", "texture"),
     ("\\boxed{not striped}", "striped", "texture"), ("\\boxed{not red}", "red", "colour"),
+    # yes/no too: "not true" was read as yes
+    ("\\boxed{Not true}", "yes", "yes_no"), ("\\boxed{not yes}", "yes", "yes_no"),
+    ("\\boxed{Not false}", "no", "yes_no"), ("Answer: that is not true.", "yes", "yes_no"),
+    ("It isn't true", "yes", "yes_no"), ("not no", "no", "yes_no"),
 ])
 def test_wrong_or_hedged_answers_score_zero(response, answer, answer_type):
     assert score_answer(response, answer, answer_type) == 0.0

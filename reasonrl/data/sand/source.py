@@ -15,6 +15,8 @@ import random
 from dataclasses import replace
 from pathlib import Path
 
+from reasonrl.envs.math.extract import reference_answer
+
 from . import parse, prompts
 from .calls import Call, ask, llm_client
 from .problem import Problem, Verdict
@@ -89,6 +91,11 @@ def seed_problem(row, default_id: str, where: str) -> Problem:
     answer, solution = row.get("answer"), row.get("solution")
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float, type(None))):
         raise ValueError(f"{where}: \"answer\" must be a string or a number")
+    if isinstance(answer, (int, float)):
+        # as the verifier writes a float reference, positionally: str(1e-07) reads as Euler's e minus 7
+        answer = reference_answer(answer)
+        if answer is None:
+            raise ValueError(f"{where}: \"answer\" must be a finite number")
     if answer is None and not isinstance(solution, str):
         raise ValueError(f"{where}: needs an \"answer\" or a \"solution\" string")
     ident = row.get("id", default_id)
@@ -98,4 +105,4 @@ def seed_problem(row, default_id: str, where: str) -> Problem:
     return Problem(id=f"s-{ident}" if "id" in row else default_id, origin="seed",
                    branch=branch if isinstance(branch, str) else None, problem=row["problem"].strip(),
                    solution=solution if isinstance(solution, str) else "",
-                   answer=None if answer is None else str(answer))
+                   answer=answer)

@@ -11,6 +11,8 @@ Departures from calling math-verify directly:
   `signal.alarm`, which only works in a main thread and cannot interrupt long C calls; the
   pool around us kills the whole process instead (pool.py).
 - math_verify is imported on first use, so the trainer process never pays for importing it.
+- Digit groups spaced as thousands are joined first (`quick.join_digit_groups`): math-verify
+  reads `10\\,000` as 10*000 = 0.
 - Parsed references are cached (a GRPO group shares one reference across its samples).
 - `refuted` first evaluates plain expressions at one point (~1 ms): values that differ prove
   the answers unequal, which verify() would conclude through `simplify` in ~15-60 ms. It
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import logging
 from functools import lru_cache
+
+from .quick import join_digit_groups
 
 
 @lru_cache(maxsize=1)
@@ -39,14 +43,15 @@ def _math_verify():
 @lru_cache(maxsize=4096)
 def _parse_gold(gold: str):
     math_verify, config = _math_verify()
-    return math_verify.parse("\\boxed{" + gold + "}", extraction_config=config, parsing_timeout=None)
+    return math_verify.parse("\\boxed{" + join_digit_groups(gold) + "}", extraction_config=config, parsing_timeout=None)
 
 
 def math_verify_equal(pred: str, gold: str) -> bool:
     """True when the predicted answer equals the reference answer (both bare, unboxed)."""
     math_verify, config = _math_verify()
     gold_parsed = _parse_gold(gold)
-    pred_parsed = math_verify.parse("\\boxed{" + pred + "}", extraction_config=config, parsing_timeout=None)
+    pred_parsed = math_verify.parse("\\boxed{" + join_digit_groups(pred) + "}", extraction_config=config,
+                                    parsing_timeout=None)
     if not gold_parsed or not pred_parsed or refuted(gold_parsed, pred_parsed):
         return False
     return bool(math_verify.verify(gold_parsed, pred_parsed, timeout_seconds=None))

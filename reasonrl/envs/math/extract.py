@@ -11,7 +11,7 @@ What counts as the answer of a response, in priority order:
 4. Otherwise nothing: no answer, score 0.
 
 Everything here runs in the trainer's process, so it is linear in the input and bounded by
-`max_chars`: a box longer than that is treated as no answer.
+`max_chars`: a box or an answer line longer than that is treated as no answer.
 
 Departures from lm-eval-harness `last_boxed_only_string`, which we otherwise follow: we match
 `\\fbox` too, tolerate a space before the brace, and skip unclosed boxes instead of failing.
@@ -74,23 +74,29 @@ def _braced(text: str, start: int, max_chars: int) -> str | None:
     return None
 
 
-def answer_line(text: str) -> str | None:
-    """The answer stated on the last "Answer: ..." / "The answer is ..." line, or None."""
+def answer_line(text: str, max_chars: int = 1000) -> str | None:
+    """The answer stated on the last "Answer: ..." / "The answer is ..." line, or None (also when it
+    is longer than `max_chars`)."""
     last = None
     for last in _ANSWER_LINE.finditer(text):
         pass
     if last is None:
         return None
     answer = _undecorated(strip_math(_undecorated(last.group(1))))
-    return answer or None
+    return answer if answer and len(answer) <= max_chars else None
+
+
+_LEADING_DECORATION = re.compile(r"[\s*`]*")
+_TRAILING_DECORATION = re.compile(r"[\s*`.]*")  # matched on the reversed text
 
 
 def _undecorated(text: str) -> str:
-    """Markdown emphasis, code ticks and a closing full stop taken off, in any nesting ("**5**.", "`5`")."""
-    previous = None
-    while text != previous:
-        previous, text = text, text.strip().strip("*`").strip().rstrip(".")
-    return text
+    """Markdown emphasis, code ticks and closing full stops taken off, in any nesting ("**5**.", "`5`").
+
+    One pass from each end (taking a layer off at a time was quadratic on a line of "*.*.*.")."""
+    start = _LEADING_DECORATION.match(text).end()
+    end = len(text) - _TRAILING_DECORATION.match(text[::-1]).end()
+    return text[start:end] if start < end else ""
 
 
 def extract_answer(response: str, think_delimiter: str | None = None, max_chars: int = 1000) -> str | None:
@@ -102,7 +108,7 @@ def extract_answer(response: str, think_delimiter: str | None = None, max_chars:
         return None
     answer = last_boxed(text, max_chars)
     if answer is None:
-        answer = answer_line(text)
+        answer = answer_line(text, max_chars)
     if not answer or len(answer) > max_chars:
         return None
     return answer

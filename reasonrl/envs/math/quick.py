@@ -3,7 +3,8 @@
 `quick_verdict(pred, gold)` returns 1.0 or 0.0 only where math-verify could not disagree, and
 None (ask math-verify) everywhere else:
 - equal normal forms -> 1 (normalisation only drops spacing, `\\left`/`\\right`, `$..$`, a
-  trailing period, and maps `\\dfrac`/`\\tfrac` to `\\frac`);
+  trailing period, joins digit groups spaced as thousands (`10\\,000`, see `join_digit_groups`),
+  and maps `\\dfrac`/`\\tfrac` to `\\frac`);
 - plain numbers (integer, decimal, a/b, \\frac{a}{b}): equal values -> 1; unequal -> 0 only when
   neither is a decimal, since math-verify compares decimals after rounding (0.333333 = 1/3);
 - flat sets `\\{..\\}`, intervals and tuples of plain numbers and +-\\infty, with the same
@@ -21,14 +22,21 @@ from fractions import Fraction
 
 from .extract import strip_math
 
+_DIGIT_GROUP_SPACING = re.compile(r"(?<=\d)(?:\\[,;:! ]|[ ~])(?=\d{3}(?!\d))", re.ASCII)
 _SPACING = re.compile(r"\\[,;:! ]|\\left\b|\\right\b")
 _SPACE_INSIDE_WORDS = re.compile(r"(?<=\w)\s+(?=\w)")  # "\pi r", "2 3": one space, kept
 _SPACE = re.compile(r"\s+")
 
 
+def join_digit_groups(answer: str) -> str:
+    """`10\\,000` -> `10000`: spacing (`\\,` `\\;` `\\:` `\\!` `\\ `, a space, `~`) between a digit and a
+    group of exactly three is a thousands separator. math-verify reads `10\\,000` as 10*000 = 0."""
+    return _DIGIT_GROUP_SPACING.sub("", answer)
+
+
 def normalize(answer: str) -> str:
     """Canonical text of a math answer; two answers with equal normal forms are equal."""
-    text = strip_math(_drop_period(answer.strip()))
+    text = strip_math(_drop_period(join_digit_groups(answer).strip()))
     text = _SPACING.sub(" ", text).replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
     text = _SPACE_INSIDE_WORDS.sub("\x00", text.strip())
     return _drop_period(_SPACE.sub("", text).replace("\x00", " "))

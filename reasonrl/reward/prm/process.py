@@ -16,7 +16,6 @@ Where this departs from it:
 
 from __future__ import annotations
 
-import bisect
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -39,28 +38,62 @@ class ProcessRewardConfig:
 
 
 def step_token_ends(decode, response_ids: Sequence[int], char_ends: Sequence[int]) -> list[int]:
-    """For each step's end (a character offset of the response text), the index of the response token
-    that completes it: the first prefix of the tokens whose text agrees with the whole response's up
-    to that offset (a length test alone would take a character split across tokens, decoded as
-    U+FFFD, for the finished one). `decode(ids) -> str` is the tokenizer's."""
-    prefix = _Prefixes(decode, response_ids)
-    full = decode(list(response_ids))
-    out = []
+    """For each step's end (a character offset of the response text, ascending), the index of the
+    response token that completes it: the first prefix of the tokens whose text agrees with the whole
+    response's up to that offset (a length test alone would take a character split across tokens,
+    decoded as U+FFFD, for the finished one). `decode(ids) -> str` is the tokenizer's.
+
+    One pass over the tokens, stopping at the last step's: linear in the tokens read (decoding every
+    prefix from token 0 is quadratic: minutes and a gigabyte for a long response of short steps)."""
+    ids = list(response_ids)
+    full = decode(ids)
+    prefixes = _prefix_agreement(decode, ids, full)
+    out, k, (agreed, length) = [], 0, next(prefixes, (0, 0))
     for end in char_ends:
-        covered = lambda k: prefix(k)[:end] == full[:end]  # False, then True from the step's last token on
-        k = bisect.bisect_left(range(len(response_ids)), True, key=covered)
-        out.append(min(k, len(response_ids) - 1))
+        while k < len(ids) - 1 and not _covers(agreed, length, end, len(full)):
+            k, (agreed, length) = k + 1, next(prefixes)
+        out.append(k)
     return out
 
 
-class _Prefixes:
-    def __init__(self, decode, ids):
-        self.decode, self.ids, self.cache = decode, list(ids), {}
+def _covers(agreed: int, length: int, end: int, total: int) -> bool:
+    """`text[:end] == full[:end]`, for a text of `length` characters whose first `agreed` are those of
+    `full` (`total` characters long)."""
+    return agreed >= end if end <= total else agreed == length == total
 
-    def __call__(self, k: int) -> str:
-        if k not in self.cache:
-            self.cache[k] = self.decode(self.ids[:k + 1])
-        return self.cache[k]
+
+_MAX_PENDING = 8
+"""Tokens held back at most while their text ends in U+FFFD: a UTF-8 character takes 4 bytes at most,
+so more is garbage, and holding it longer would make the decode windows grow with it."""
+
+
+def _prefix_agreement(decode, ids: list[int], full: str):
+    """For each k, (how many leading characters the text of ids[:k+1] shares with `full`, its length).
+
+    Decodes a short window per token, as streaming detokenizers do: the tokens last committed (as
+    context, so leading-space rules and merges come out as in a whole decode) plus those not yet
+    committed; a token's text is committed once it no longer ends in an incomplete character."""
+    done = agreed = 0  # characters committed, and how many of them agree with `full`
+    start = read = 0  # ids[start:read]: the context window; ids[read:k + 1]: pending
+    context = ""
+    for k in range(len(ids)):
+        tail = decode(ids[start:k + 1])[len(context):]
+        more = _common_prefix(tail, full, done) if agreed == done else 0
+        yield agreed + more, done + len(tail)
+        if not tail.endswith("\ufffd") or k + 1 - read >= _MAX_PENDING:
+            done, agreed = done + len(tail), agreed + more
+            start, read = read, k + 1
+            context = decode(ids[start:read])
+
+
+def _common_prefix(text: str, full: str, offset: int) -> int:
+    """How many leading characters of `text` match `full` from `offset` on."""
+    n = 0
+    for a, b in zip(text, full[offset:offset + len(text)]):
+        if a != b:
+            break
+        n += 1
+    return n
 
 
 def process_advantages(step_scores: Sequence[Sequence[float]], step_ends: Sequence[Sequence[int]],
@@ -113,11 +146,11 @@ class ProcessReward:
         fmt = self.scorer.cfg.steps
         steps = [split_steps(s.response_text, fmt) for s in samples]
         scored = self.scorer.score_steps([(s.prompt.messages, [x.text for x in st]) for s, st in zip(samples, steps)])
-        ends = [step_token_ends(self.decode, s.response_ids, [x.end for x in st]) if s.response_ids else []
-                for s, st in zip(samples, steps)]
         # steps past the PRM's max_len were not read (scored 0.0 as a placeholder): like tokens after
-        # the last step they get no process part and stay out of the group's statistics
-        process = process_advantages([o.scores[:o.seen] for o in scored], [e[:o.seen] for e, o in zip(ends, scored)],
+        # the last step they get no process part, stay out of the group's statistics and are not mapped
+        ends = [step_token_ends(self.decode, s.response_ids, [x.end for x in st[:o.seen]]) if s.response_ids else []
+                for s, st, o in zip(samples, steps, scored)]
+        process = process_advantages([o.scores[:o.seen] for o in scored], ends,
                                      [len(s.response_ids) for s in samples],
                                      [s.group_id for s in samples], self.cfg.eps)
         return [[a + self.cfg.coef * p for p in row] for a, row in zip(outcome, process)]

@@ -11,7 +11,8 @@ Reading rule:
    vocabulary (synonyms and plurals map to the canonical word: "circles" -> circle, "to the
    left" -> left, "three" -> 3). The answer is the one canonical value the text names; a text
    naming two different values ("red or blue") or none, or negating one ("no stripes", "not
-   red": a negation word up to two words before it), is no answer and scores 0.
+   red", "not true": a negation word up to two words before it), is no answer and scores 0.
+   For yes/no questions "no" is an answer, not a negation ("not no" is still negated).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ VOCABULARY: dict[str, dict[str, str]] = {
 ANSWER_TYPES: tuple[str, ...] = tuple(VOCABULARY)
 _WORD = re.compile(r"[a-z]+|\d+")
 _NEGATIONS = {"no", "not", "non", "without", "isn", "never", "neither", "nor"}  # "isn't" reads as isn, t
+_YES_NO_NEGATIONS = _NEGATIONS - {"no"}  # where "no" is an answer: "no, no" says no
 
 
 def read_answer(response: object, answer_type: str) -> str | None:
@@ -53,6 +55,7 @@ def read_answer(response: object, answer_type: str) -> str | None:
     if answer is None:
         return None
     vocabulary = VOCABULARY[answer_type]
+    negations = _YES_NO_NEGATIONS if answer_type == "yes_no" else _NEGATIONS
     values, words = set(), _WORD.findall(answer.lower())
     for i, word in enumerate(words):
         if answer_type == "number" and word.isdigit():
@@ -61,7 +64,7 @@ def read_answer(response: object, answer_type: str) -> str | None:
             value = vocabulary[word]
         else:
             continue
-        if answer_type != "yes_no" and _NEGATIONS & set(words[max(0, i - 2):i]):
+        if negations & set(words[max(0, i - 2):i]):
             return None  # "no stripes", "not red": a negated value is no answer (it named the opposite before)
         values.add(value)
     return values.pop() if len(values) == 1 else None

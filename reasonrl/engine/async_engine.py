@@ -52,11 +52,30 @@ class Observer(Protocol):
 
 @dataclass
 class _Stream:
+    """The outputs of the requests submitted with it, for one reader. A request's output holds all of
+    its tokens so far, so one the reader has not taken yet is replaced by the next instead of queued
+    behind it: a reader that stops reading (a streaming client whose socket is full) holds one output
+    per request, not one per step (each a copy of everything so far: memory quadratic in the length)."""
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)  # request ids, in arrival order, or exceptions
+    unread: dict[str, RequestOutput] = field(default_factory=dict)  # each request's latest output not yet read
 
     def put(self, item) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        """From the engine thread: an output, or an exception for the reader."""
+        self.loop.call_soon_threadsafe(self._put, item)
+
+    def _put(self, item) -> None:  # on the event loop
+        if isinstance(item, RequestOutput):
+            queued = item.request_id in self.unread
+            self.unread[item.request_id] = item
+            if queued:
+                return
+            item = item.request_id
+        self.queue.put_nowait(item)
+
+    async def get(self) -> RequestOutput | BaseException:
+        item = await self.queue.get()
+        return self.unread.pop(item) if isinstance(item, str) else item
 
 
 @dataclass
@@ -99,7 +118,7 @@ class AsyncEngine:
 
     @staticmethod
     async def next_output(stream: _Stream) -> RequestOutput:
-        out = await stream.queue.get()
+        out = await stream.get()
         if isinstance(out, BaseException):
             raise out
         return out

@@ -104,6 +104,10 @@ class Tokenizer:
         (path / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}, indent=2) + "\n")
 
 
+MAX_PENDING = 8
+"""Ids an IncrementalDecoder holds back at most (a UTF-8 character is 4 bytes at most)."""
+
+
 class IncrementalDecoder:
     """Decodes a growing list of token ids into text pieces without re-decoding everything.
 
@@ -119,11 +123,20 @@ class IncrementalDecoder:
         self.read_offset = len(self.ids)
 
     def push(self, token_ids: list[int], final: bool = False) -> str:
-        """Text the new ids complete; `final` also releases an incomplete tail (as U+FFFD)."""
+        """Text the new ids complete; `final` also releases an incomplete tail (as U+FFFD). Ids are held
+        back `MAX_PENDING` at most: a longer run that adds no text (skipped special tokens) leaves the
+        window, one that never completes a character (invalid bytes) is written out, so the window never
+        grows with the output (it did: each push decoded all of such a run again, quadratic in a
+        degenerate response)."""
         self.ids.extend(token_ids)
         prefix = self.tokenizer.decode(self.ids[self.prefix_offset:self.read_offset], self.skip)
         full = self.tokenizer.decode(self.ids[self.prefix_offset:], self.skip)
-        if len(full) <= len(prefix) or (full.endswith("\ufffd") and not final):
+        pending = len(self.ids) - self.read_offset
+        if len(full) <= len(prefix):  # no new text
+            if pending >= MAX_PENDING:  # ids that write nothing: out of the window, the context stays
+                del self.ids[self.read_offset:]
+            return ""
+        if full.endswith("\ufffd") and not final and pending < MAX_PENDING:
             return ""
         # the emitted ids become the next context window; older ones are never decoded again
         self.ids = self.ids[self.read_offset:]

@@ -65,3 +65,34 @@ def test_timings_of_a_resumed_request_count_only_the_tokens_it_generated(ckpt):
             engine.shutdown()
 
     asyncio.run(main())
+
+
+def test_a_stream_nobody_reads_holds_one_output_per_request(ckpt):
+    """Every step's output of a streamed request was queued until read, each a copy of all tokens so far:
+    a client that stopped reading made the server hold memory quadratic in the output's length."""
+    async def main():
+        engine = AsyncEngine(LLMEngine(load_model(ckpt, "cpu"), None, EngineConfig(kv_cache_memory=1 << 22,
+                                                                                     max_model_len=256)))
+        try:
+            stream = engine.new_stream()
+            params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+            await engine.submit(stream, [("a", [1, 2, 3], params), ("b", [4, 5], params)], every_step=True)
+            while engine.engine.has_unfinished() or engine.streams:  # the reader sleeps through it all
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            assert stream.queue.qsize() == 2
+            outs = [await engine.next_output(stream) for _ in range(2)]
+            assert sorted(o.request_id for o in outs) == ["a", "b"]
+            assert all(o.finished and len(o.outputs[0].token_ids) == 40 for o in outs)
+            # read as they come, every step's output arrives
+            stream = engine.new_stream()
+            await engine.submit(stream, [("c", [1, 2, 3], params)], every_step=True)
+            seen = []
+            while not seen or not seen[-1].finished:
+                seen.append(await engine.next_output(stream))
+            assert len(seen) > 1 and [len(o.outputs[0].token_ids) for o in seen] == sorted(
+                len(o.outputs[0].token_ids) for o in seen)
+        finally:
+            engine.shutdown()
+
+    asyncio.run(main())

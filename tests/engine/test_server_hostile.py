@@ -14,11 +14,12 @@ import time
 import httpx
 import pytest
 import torch
+import uvicorn
 from safetensors.torch import save_file
 from serve_helpers import Server, demo_engine, error_of, no_leaks, raw_post, wait_idle
 
 from reasonrl.demo.policy import SHIPPED
-from reasonrl.engine.server import ServeConfig
+from reasonrl.engine.server import ServeConfig, create_app
 from reasonrl.models.loader import local_to_hf, save_model
 
 GREEDY = {"prompt": "1+2=", "max_tokens": 12, "temperature": 0, "ignore_eos": True, "return_token_ids": True}
@@ -351,3 +352,29 @@ def test_after_the_battery_alive_unchanged_and_nothing_leaked(srv, client):
     assert greedy_unchanged(client, srv)
     assert no_leaks(srv.engine)
     assert not srv.core.streams and not srv.core.timing
+
+
+def test_shutdown_is_bounded_with_a_client_that_stopped_reading():
+    """uvicorn waits for ever on open connections by default: a streaming client that stays connected but
+    reads nothing kept a stopped server alive (60 s and counting in the review's probe)."""
+    from reasonrl.engine.server.main import uvicorn_config
+
+    engine = demo_engine(max_model_len=512, kv_cache_memory=1 << 24, max_num_seqs=64)
+    app = create_app(engine, ServeConfig(served_model_name="demo", shutdown_timeout=1))
+    server = uvicorn.Server(uvicorn_config(app, ServeConfig(shutdown_timeout=1), port=0, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    body = json.dumps({"prompt": "Add: 2 + 3", "max_tokens": 400, "ignore_eos": True, "n": 32, "logprobs": 5,
+                       "stream": True}).encode()
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(1.0)  # streaming by now, and the socket's buffers fill
+        server.should_exit = True
+        thread.join(timeout=30)
+        assert not thread.is_alive()

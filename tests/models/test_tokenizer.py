@@ -90,3 +90,24 @@ def test_named_templates_render_tool_use_with_tools_and_are_saved_by_name(tokeni
     assert tok.apply_chat_template(msg, tokenize=False, tools=[{"name": "f"}]) == "TOOLS 1 hi"  # was always the default
     tok.save(tmp_path / "again")
     assert json.loads((tmp_path / "again" / "tokenizer_config.json").read_text())["chat_template"] == named
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_incremental_decoding_of_degenerate_runs_keeps_a_bounded_window(tokenizer, skip):
+    """A run of skipped special tokens, or of bytes that never make a character, stayed in the window:
+    each push decoded the whole run again (quadratic in a degenerate response)."""
+    special = tokenizer.encode("<|im_end|>")
+    lead = tokenizer.encode("\u00e9")[:1] if len(tokenizer.encode("\u00e9")) > 1 else None
+    runs = [tokenizer.encode("ok ") + special * 300 + tokenizer.encode(" after")]
+    if lead is not None:
+        runs.append(tokenizer.encode("ok ") + lead * 300 + tokenizer.encode(" after"))
+    for ids in runs:
+        dec = IncrementalDecoder(tokenizer, skip_special_tokens=skip)
+        widest = 0
+        pieces = []
+        for t in ids:
+            pieces.append(dec.push([t]))
+            widest = max(widest, len(dec.ids))
+        pieces.append(dec.push([], final=True))
+        assert widest <= 20
+        assert "".join(pieces) == tokenizer.decode(ids, skip)

@@ -66,6 +66,9 @@ class ServeConfig:
     """/health answers 503 when one engine step has run longer than this."""
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     """uvicorn's log level: critical, error, warning, info, debug or trace."""
+    shutdown_timeout: float = 30.0
+    """On SIGTERM or Ctrl-C, seconds the requests in flight get to finish; then their connections are
+    closed and they are aborted (a client that stops reading cannot hold the server up for ever)."""
 
     def __post_init__(self):
         for name in ("max_body_bytes", "max_image_bytes"):
@@ -83,6 +86,10 @@ class ServeConfig:
                                  "at either end")
         _positive(self, "max_body_bytes", "max_sequences_per_request", "prepare_workers", "retry_after_seconds",
                   "max_image_bytes", "max_image_pixels")
+        if isinstance(self.shutdown_timeout, bool) or not isinstance(self.shutdown_timeout, (int, float)) \
+                or not self.shutdown_timeout > 0:
+            raise ValueError(f"ServeConfig.shutdown_timeout must be a positive number of seconds, got "
+                             f"{self.shutdown_timeout!r}")
         if self.max_images_per_request is not None:
             _positive(self, "max_images_per_request")
         if self.max_waiting_sequences is not None:

@@ -38,4 +38,13 @@ def serve(engine: LLMEngine, config: ServeConfig | None = None) -> None:
 
     cfg = config or ServeConfig()
     print(banner(engine, cfg), file=sys.stderr, flush=True)
-    uvicorn.run(create_app(engine, cfg), host=cfg.host, port=cfg.port, log_level=cfg.log_level)
+    uvicorn.Server(uvicorn_config(create_app(engine, cfg), cfg)).run()
+
+
+def uvicorn_config(app, cfg: ServeConfig, **overrides):
+    """How uvicorn runs the app: where it listens, its log level, and how long a shutdown waits on the
+    requests in flight (uvicorn's own default waits for ever, e.g. on a client that stopped reading)."""
+    import uvicorn
+
+    return uvicorn.Config(app, **{"host": cfg.host, "port": cfg.port, "log_level": cfg.log_level,
+                                  "timeout_graceful_shutdown": cfg.shutdown_timeout, **overrides})

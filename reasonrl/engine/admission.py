@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import operator
 
-from reasonrl.engine.sampling_params import SamplingParams
+from reasonrl.engine.sampling_params import ParamError, SamplingParams
 
 
 def as_token_ids(request_id: str, name: str, ids) -> list[int] | None:
@@ -32,16 +32,17 @@ def as_token_ids(request_id: str, name: str, ids) -> list[int] | None:
 
 def check_request(request_id: str, prompt_ids: list[int], params: SamplingParams, output_ids: list[int] | None,
                   output_logprobs: list[float] | None, vocab: int, max_model_len: int) -> None:
-    """ValueError naming the request and the offending input."""
+    """ValueError naming the request and the offending input (a ParamError naming the field, for the
+    server's 400: prompt, output_ids, stop_token_ids, logit_bias)."""
     if not prompt_ids:
-        raise ValueError(f"request {request_id!r}: the prompt is empty")
+        raise ParamError("prompt", f"request {request_id!r}: the prompt is empty")
     if not isinstance(params, SamplingParams):
         raise ValueError(f"request {request_id!r}: params must be SamplingParams, got {type(params).__name__}")
     for name, ids in (("prompt", prompt_ids), ("output_ids", output_ids or []), ("stop_token_ids", params.stop_token_ids),
                       ("logit_bias", list(params.logit_bias))):
         bad = next((t for t in ids if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab), None)
         if bad is not None:
-            raise ValueError(f"request {request_id!r}: {name} token id {bad!r} is outside the vocabulary [0, {vocab})")
+            raise ParamError(name, f"request {request_id!r}: {name} token id {bad!r} is outside the vocabulary [0, {vocab})")
     if len(prompt_ids) >= max_model_len:
         raise ValueError(f"request {request_id!r}: prompt of {len(prompt_ids)} tokens leaves no room in "
                          f"max_model_len={max_model_len}")

@@ -28,6 +28,10 @@ from reasonrl.engine.server.view import View, error_event
 from reasonrl.models.tokenizer import Tokenizer
 
 
+RESUME_FIELDS = {"output_ids": "resume.token_ids", "output_logprobs": "resume.logprobs"}
+"""The engine's names of a resumed request's inputs, as a request body spells them."""
+
+
 class Generator:
     def __init__(self, engine: AsyncEngine, offload: Offload, cfg: ServeConfig, tokenizer: Tokenizer | None):
         self.engine, self.offload, self.cfg, self.tokenizer = engine, offload, cfg, tokenizer
@@ -71,7 +75,8 @@ class Generator:
         except EngineUnavailable as exc:
             raise APIError(str(exc), 503) from None
         except ValueError as exc:
-            raise APIError(str(exc), param=exc.param if isinstance(exc, ParamError) else None) from None
+            param = exc.param if isinstance(exc, ParamError) else None
+            raise APIError(str(exc), param=RESUME_FIELDS.get(param, param)) from None
 
     async def _collect(self, stream, rids: list[str]) -> dict[str, RequestOutput]:
         done: dict[str, RequestOutput] = {}

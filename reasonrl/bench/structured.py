@@ -30,7 +30,7 @@ SCHEMA = {"type": "array", "items": RECORD, "minItems": 1000}
 @dataclass
 class StructuredBenchConfig:
     model: str | None = None
-    """Checkpoint directory (default: the demo policy, a 320-token vocabulary)."""
+    """Checkpoint directory (default: the demo policy, whose small vocabulary the result's `vocab` reports)."""
     vocab: int = 0
     """When set, instead a random tiny model with a byte-level BPE of this many tokens, trained here on
     generated words (the mask's cost grows with the vocabulary; real models have 32k-150k)."""

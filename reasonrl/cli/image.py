@@ -64,30 +64,19 @@ def tokenizer(parser: argparse.ArgumentParser):
     return run
 
 
-@dataclass
-class TextJob:
-    out: str
-    """Directory of the language model checkpoint to write."""
-    side: int = 32
-    """Image side the prompts' scenes are drawn for (their regions depend on it only through the layout)."""
-
-
 def text(parser: argparse.ArgumentParser):
     from reasonrl.vision.binary.conditioner import TextTrainConfig
     from reasonrl.vision.gen.images import ImageConfig
 
-    add_flags(parser, TextJob, title="output")
+    _run_flags(parser)
     add_flags(parser, TextTrainConfig, title="training")
-    add_flags(parser, ImageConfig, exclude=("side",), title="scenes (ImageConfig)")
+    add_flags(parser, ImageConfig, title="scenes of the prompts (ImageConfig)")
 
     def run(args) -> int:
-        from reasonrl.vision.binary.conditioner import train_text_model
+        from reasonrl.vision.binary.conditioner import TextJob
 
-        job = TextJob(**values(args, TextJob))
-        path = train_text_model(TextTrainConfig(**values(args, TextTrainConfig)), _images(args, job.side), job.out,
-                                log=lambda line: print(line, file=sys.stderr, flush=True))
-        print(f"saved {path}")
-        return 0
+        train, images = TextTrainConfig(**values(args, TextTrainConfig)), ImageConfig(**values(args, ImageConfig))
+        return _launch(args, TextJob(train, images), {"train": to_dict(train), "images": to_dict(images)})
 
     return run
 

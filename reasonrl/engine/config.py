@@ -42,7 +42,7 @@ class EngineConfig:
     """LVR latent mode (engine/latent.py; docs/vision.md): latents per `<|lvr_start|>` span. None: off.
     Needs a vision-language checkpoint whose tokenizer has `<|lvr_start|>`, `<|lvr|>` and `<|lvr_end|>`."""
     latent_exit: Literal["steps", "end_token"] = "steps"
-    """LVR latent mode: "steps" forces `<|lvr_end|>` after latent_steps latents (LVR's default);
+    """LVR latent mode: "steps" forces `<|lvr_end|>` after latent_steps latents (as LVR does);
     "end_token" leaves when `<|lvr_end|>` is sampled at a latent position, at the latest after latent_steps."""
     draft_top_k: int = 8
     """Draft tree: children per expanded node and nodes expanded per depth."""

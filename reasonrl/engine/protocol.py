@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from reasonrl.engine.output_constraints import GUIDED, NamedToolChoice, Tool, structured_output
 from reasonrl.engine.sampling_params import INT64_MAX, ParamError, SamplingParams
@@ -31,8 +31,9 @@ from reasonrl.engine.tool_calls import call_constraint
 MAX_N = 128
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 OPEN = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)  # unknown fields kept aside, see above
-CONSTRAINTS = ("functions", "function_call")
-"""Unknown fields that would constrain the output: refused, never ignored."""
+LEGACY = {"functions": "tools", "function_call": "tool_choice"}
+"""OpenAI's legacy function-calling fields, which would constrain the output: refused, never ignored,
+with the field that replaces each."""
 TokenId = Annotated[int, Field(ge=0, le=INT64_MAX)]
 StopString = Annotated[str, Field(min_length=1, max_length=1024)]
 
@@ -90,6 +91,9 @@ class _Common(BaseModel):
     """vLLM's; accepted and unused (this server has one backend, llguidance)."""
     structured_outputs: dict[str, Any] | None = None
     """vLLM's newer form: one of json, regex, choice, grammar, or json_object: true."""
+    functions: Any = None
+    function_call: Any = None
+    """OpenAI's legacy function calling (LEGACY): a 400 naming the field and its replacement."""
 
     @model_validator(mode="before")
     @classmethod
@@ -99,11 +103,14 @@ class _Common(BaseModel):
             return {k: v for k, v in data.items() if v is not None or k in ("prompt", "messages")}
         return data
 
+    @field_validator(*LEGACY)
+    @classmethod
+    def _legacy(cls, value, info: ValidationInfo):
+        raise ValueError(f"the legacy function-calling fields are not supported; use {LEGACY[info.field_name]!r} "
+                         "(chat completions) instead")
+
     @model_validator(mode="after")
     def _checks(self):
-        for name in CONSTRAINTS:
-            if name in (self.model_extra or {}):
-                raise ValueError(f"{name}: structured outputs and tools are not supported by this server yet")
         if self.resume is not None and self.n != 1:
             raise ValueError("resume needs n=1 (resume one sample at a time)")
         bad = [k for k in self.logit_bias if not (k.isascii() and k.isdigit())]  # "²" and "١" are digits to isdigit

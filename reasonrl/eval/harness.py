@@ -52,7 +52,7 @@ class EvalConfig:
     max_tokens: int = 1024
     """Response tokens per sample."""
     seed: int = 0
-    """Sample j of problem p is drawn with seed crc32(f"{seed}:{p.id}") + j."""
+    """Sample j of problem p is drawn with seed (crc32(f"{seed}:{p.id}") & 0x3FFFFFFF) + j."""
     limit: int | None = None
     """Problems to use (default: the environment's set: all rows, TTT's published sizes)."""
     split: str = "eval"

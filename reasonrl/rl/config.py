@@ -55,8 +55,9 @@ class ModelSection:
 
 @dataclass(slots=True)
 class EnvSection:
-    name: str = "count"
-    """An environment spec: `ttt:oTTT`, `ttt:all`, `math:FILE.jsonl`, `jsonl:FILE?...`, `sums:`, `letter`."""
+    name: str = "sums:"
+    """An environment spec: `sums:` (the demo's task), `ttt:oTTT`, `ttt:all`, `math:FILE.jsonl`, `jsonl:FILE?...`,
+    `letter`; its scheme (before the first ":") must be registered (reasonrl/envs/registry.py)."""
     eval_size: int = 64
     """Held-out prompts for accuracy before/after training and every `train.eval_every` steps."""
 
@@ -177,7 +178,20 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if not isinstance(data[section], dict):
             raise ConfigError(f"{section}: must be a mapping")
         data[section][key] = value
-    return from_dict(data)
+    cfg = from_dict(data)
+    _check_environment(cfg.env.name)
+    return cfg
+
+
+def _check_environment(spec: str) -> None:
+    """A recipe's environment must be registered (checked here, not in `from_dict`: code that hands the
+    trainer an environment object of its own, as the ImageDoctor bench does, may name it freely)."""
+    from reasonrl.envs.registry import ENVIRONMENTS
+
+    scheme = spec.partition(":")[0]
+    if scheme not in ENVIRONMENTS:
+        raise ConfigError(f"env.name: unknown environment {scheme!r} in {spec!r}; "
+                          f"known: {', '.join(sorted(ENVIRONMENTS))}")
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:

@@ -248,3 +248,26 @@ def test_async_client_runs_concurrent_constrained_and_free_requests(server):
     a, b, streamed = asyncio.run(main())
     assert a.choices[0].message.role == "assistant"
     assert b.choices[0].message.content in ("red", "blue") and re.fullmatch("[0-9]{3}", streamed)
+
+
+def serve_md_example() -> str:
+    """docs/serve.md's openai-client example: the python block whose doc-test note names this file."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "serve.md").read_text()
+    start = page.index("```python\n", page.index("tests/engine/test_server_openai_client.py runs this block"))
+    return page[start + len("```python\n"):page.index("```", start + 3)]
+
+
+def test_the_serve_docs_example_runs_on_the_demo_policy_as_served(capsys):
+    """Its own chat template and no seed: the bounded schemas and max_tokens make every answer end."""
+    engine = LLMEngine.from_pretrained(POLICY, device="cpu", kv_cache_memory=1 << 23, block_size=8, max_model_len=1024)
+    srv = Server(engine, ServeConfig(served_model_name="policy"))  # the name `reasonrl serve --model .../policy` serves
+    try:
+        code = serve_md_example()
+        assert "http://127.0.0.1:8000/v1" in code
+        for _ in range(3):
+            exec(code.replace("http://127.0.0.1:8000/v1", f"{srv.url}/v1"), {})
+            parsed, arguments = capsys.readouterr().out.splitlines()
+            assert re.fullmatch(r"total=\d+", parsed), parsed
+            assert set(json.loads(arguments)) == {"a", "b"}, arguments
+    finally:
+        srv.stop()

@@ -53,7 +53,11 @@ def test_unknown_fields_are_ignored_with_a_warning_and_refused_when_strict(clien
 def test_legacy_function_calling_is_refused_never_silently_ignored(client, field):
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
                                                   field: [{"name": "f"}] if field == "functions" else "auto"})
-    assert r.status_code == 400 and field in r.json()["error"]["message"]
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["param"] == field and error["message"].startswith(f"{field}: ")
+    replacement = {"functions": "tools", "function_call": "tool_choice"}[field]
+    assert "not supported" in error["message"] and repr(replacement) in error["message"]
+    assert "structured outputs" not in error["message"]  # the server has them, and tools: only this form is refused
 
 
 def test_explicit_nulls_mean_defaults(client):

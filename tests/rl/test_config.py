@@ -58,3 +58,12 @@ engine: {draft: /ckpt/draft, draft_depth: 4, kv_options: {}}
     assert cfg.engine.draft == "/ckpt/draft" and cfg.engine.draft_depth == 4 and cfg.engine.draft_top_k == 8
     with pytest.raises(ConfigError, match="draft_depth"):
         load_config(write(tmp_path, "model: /ckpt\nengine: {draft_depth: 0}\n"))
+
+
+def test_env_name_defaults_to_the_demos_task_and_an_unknown_one_fails_at_load(tmp_path):
+    from reasonrl.envs.registry import load_environment
+
+    cfg = load_config(write(tmp_path, "model: /c"))  # a recipe without an env section
+    assert cfg.env.name == "sums:" and load_environment(cfg.env.name).name
+    with pytest.raises(ConfigError, match=r"env\.name: unknown environment 'count'.*known: .*sums"):
+        load_config(write(tmp_path, "model: /c\nenv: {name: count}"))

@@ -121,12 +121,17 @@ def colour_gap(path) -> float:
 def test_identity_probe_keeps_words_that_predict_nothing_apart(tmp_path):
     from safetensors.torch import load_file
 
-    from reasonrl.vision.binary.conditioner import TextTrainConfig, train_text_model
+    from reasonrl.vision.binary.conditioner import TextJob, TextTrainConfig
     from reasonrl.vision.gen.images import ImageConfig
+    from reasonrl.vision.gen.run import RunSettings, run_job
+
+    def train(cfg, out):
+        assert run_job(TextJob(cfg, ImageConfig()), RunSettings(out=str(out)), {}, console=False) == 0
+        return out
 
     small = dict(hidden_size=32, num_layers=2, num_heads=2, steps=120, prompts_per_step=16)
-    plain = train_text_model(TextTrainConfig(**small, identity_weight=0.0, tie_embeddings=True), ImageConfig(), tmp_path / "a")
-    probed = train_text_model(TextTrainConfig(**small), ImageConfig(), tmp_path / "b")
+    plain = train(TextTrainConfig(**small, identity_weight=0.0, tie_embeddings=True), tmp_path / "a")
+    probed = train(TextTrainConfig(**small), tmp_path / "b")
     # colour is drawn independently of everything after it, so next-token prediction alone lets
     # "red" and "blue" collapse together; the probe keeps them apart (measured at these sizes: 0.03
     # without, 0.27 with; untying alone gives 0.02: the probe does the work)

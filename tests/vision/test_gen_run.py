@@ -5,6 +5,7 @@ import os
 import signal
 
 import pytest
+import torch
 
 from reasonrl.rl.checkpoint import latest_checkpoint
 from reasonrl.rl.run import RunMismatch
@@ -67,3 +68,53 @@ def test_a_changed_config_is_refused_unless_accepted(tmp_path):
 def test_run_settings_are_checked():
     with pytest.raises(ValueError, match="save_every"):
         RunSettings(out="x", save_every=0)
+
+
+TEXT = ["--hidden-size", "32", "--num-layers", "2", "--num-heads", "2", "--prompts-per-step", "4", "--steps", "4"]
+
+
+def test_train_image_text_is_a_run_a_rerun_skips_and_a_change_is_refused(tmp_path, capsys):
+    from reasonrl.cli import main
+    from reasonrl.vision.binary.conditioner import TextEncoder
+
+    out = tmp_path / "text"
+    assert main(["train-image", "text", *TEXT, "--out", str(out)]) == 0
+    assert (out / "config.yaml").is_file() and latest_checkpoint(out).name == "step_000004"
+    assert [r["step"] for r in records(out)] == [0, 1, 2, 3, 4] and "eval_loss" in records(out)[-1]
+    assert TextEncoder.from_dir(out).num_layers == 2
+    weights = (out / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["train-image", "text", *TEXT, "--out", str(out)]) == 0  # finished: not trained again
+    assert "this run is finished" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == weights and len(records(out)) == 5
+    assert main(["train-image", "text", *TEXT, "--lr", "1e-2", "--out", str(out)]) == 2
+    assert "train.lr" in capsys.readouterr().err and (out / "model.safetensors").read_bytes() == weights
+
+
+def test_a_stopped_text_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from reasonrl.vision.binary.conditioner import TextJob, TextTrainConfig
+
+    def text_job(stop_at=None):
+        cfg = TextTrainConfig(hidden_size=32, num_layers=2, num_heads=2, prompts_per_step=4, steps=4)
+        j = TextJob(cfg, ImageConfig())
+        step = j.train_step
+
+        def interrupted():
+            if j.step_count + 1 == stop_at:
+                os.kill(os.getpid(), signal.SIGINT)
+            return step()
+
+        j.train_step = interrupted
+        return j
+
+    config = {"steps": 4}
+    straight = RunSettings(out=str(tmp_path / "straight"))
+    assert run_job(text_job(), straight, config, console=False) == 0
+    stopped = RunSettings(out=str(tmp_path / "stopped"), save_every=10)
+    assert run_job(text_job(stop_at=2), stopped, config, console=False) == 128 + signal.SIGINT
+    assert latest_checkpoint(tmp_path / "stopped").name == "step_000002"
+    assert run_job(text_job(), stopped, config, console=False) == 0
+    a, b = (load_file(str(tmp_path / run / "model.safetensors")) for run in ("straight", "stopped"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

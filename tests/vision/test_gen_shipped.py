@@ -85,6 +85,18 @@ def test_build_commands_are_train_image_commands(tmp_path):
     assert str(tmp_path / "tokenizer") in argv and set(STAGES) >= {"tokenizer", "diffusion", "smarli", "grpo"}
 
 
+def test_a_rerun_of_the_build_skips_its_finished_text_stage(tmp_path, monkeypatch, capsys):
+    from reasonrl.vision.gen import build
+
+    monkeypatch.setitem(build.STAGES, "text", ["text", "--hidden-size", "32", "--num-layers", "2", "--num-heads", "2",
+                                               "--prompts-per-step", "4", "--steps", "2"])
+    assert build.main(["--out", str(tmp_path), "--only", "text"]) == 0
+    weights = (tmp_path / "text" / WEIGHTS).read_bytes()
+    capsys.readouterr()
+    assert build.main(["--out", str(tmp_path), "--only", "text"]) == 0
+    assert "this run is finished" in capsys.readouterr().err and (tmp_path / "text" / WEIGHTS).read_bytes() == weights
+
+
 def test_bench_image_gen_scores_the_tokenizer_ceiling_once_per_tokenizer(tmp_path):
     import shutil
 

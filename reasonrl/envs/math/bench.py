@@ -169,6 +169,10 @@ def benchmark(cfg: MathBenchConfig = MathBenchConfig()) -> dict:
 
     `cpu_seconds` (trainer process + workers) and the load average at the start are reported
     because a shared machine's other jobs change the wall-clock rate, not the work done."""
+    import torch
+
+    from reasonrl.bench.common import device_name
+
     n, workers, hangs, timeout, batch = cfg.n, cfg.workers, cfg.hangs, cfg.timeout, cfg.batch
     items = make_mix(n)
     with MathVerifier(workers=workers, timeout=timeout) as verifier:
@@ -179,9 +183,10 @@ def benchmark(cfg: MathBenchConfig = MathBenchConfig()) -> dict:
         seconds, cpu, scores = _timed(verifier, items, batch)
         stats = dict(verifier.stats)
         result = {
-            "n": n, "workers": workers, "timeout_s": timeout, "batch": batch, "load_average_1min": load,
-            "startup_s": round(startup, 2), "seconds": round(seconds, 3), "cpu_seconds": round(cpu, 3),
-            "judgements_per_s": round(n / seconds, 1), "judgements_per_cpu_s": round(n / cpu, 1),
+            "device": device_name(torch.device("cpu")), "n": n, "workers": workers, "timeout_s": timeout,
+            "batch": batch, "load_average_1min": load, "startup_s": round(startup, 2), "seconds": round(seconds, 3),
+            "cpu_seconds": round(cpu, 3), "judgements_per_s": round(n / seconds, 1),
+            "judgements_per_cpu_s": round(n / cpu, 1),
             "mix": {name: sum(item[0] == name for item in items) for name, _ in OUTCOMES},
             "quick": stats["quick"], "no_answer": stats["no_answer"], "pooled": stats["pooled"] - 1,
             "timeouts": stats["timeouts"], "wrong_rewards": _wrong(scores, items),

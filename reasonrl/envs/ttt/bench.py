@@ -164,9 +164,13 @@ class TTTBenchConfig:
 
 
 def benchmark(cfg: TTTBenchConfig = TTTBenchConfig()) -> dict:
-    """Per game: problem-space size (if `count`), generator and verifier throughput."""
+    """Per game: problem-space size (if `count`), generator and verifier throughput; and `device`."""
+    import torch
+
+    from reasonrl.bench.common import device_name
+
     games, n, count, judgements = cfg.games, cfg.n, cfg.count, cfg.judgements
-    report = {}
+    report = {"device": device_name(torch.device("cpu"))}
     for name in games:
         game = get_game(name)
         entry = {"raw_positions": raw_positions(game)}

@@ -2,9 +2,10 @@
 the image generators, as Instella-T2I conditions on a frozen AMD-OLMo-1B.
 
 The language model is reasonrl's own `DecoderLM` (Qwen2 architecture, tiny), with a byte-level BPE
-tokenizer, trained here on the prompts (next-token prediction; nothing can be downloaded) and
-then frozen. `TextEncoder.encode` runs it once over a batch of prompts and returns the output of
-every decoder layer: block i of a generator reads layer i (Instella takes `hidden_states[1:]`).
+tokenizer, trained here on the prompts (next-token prediction; nothing can be downloaded) by
+`TextJob`, a resumable run like the other image models' (gen/run.py), and then frozen.
+`TextEncoder.encode` runs it once over a batch of prompts and returns the output of every decoder
+layer: block i of a generator reads layer i (Instella takes `hidden_states[1:]`).
 A prompt is `<|im_start|>` + its tokens; the empty prompt (classifier-free guidance's
 unconditional branch) is `<|im_start|>` alone.
 
@@ -28,10 +29,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from reasonrl.models.loader import load_model, save_model
+from reasonrl.models.loader import load_model, load_weights, save_model
 from reasonrl.models.model import CausalAttention, DecoderLM
 from reasonrl.models.tiny import init_weights, make_tokenizer, tiny_config
 from reasonrl.models.tokenizer import Tokenizer
@@ -39,6 +41,7 @@ from reasonrl.rl.config import OptimSection
 from reasonrl.rl.update import make_optimizer
 from reasonrl.vision.gen.images import ImageConfig, draw_scene
 from reasonrl.vision.gen.prompt import prompt
+from reasonrl.vision.gen.run import JobState
 
 BOS = "<|im_start|>"
 
@@ -70,6 +73,8 @@ class TextTrainConfig:
     that are predicted alike, such as the colours, together)."""
 
     def __post_init__(self):
+        if self.steps < 1 or self.prompts_per_step < 1:
+            raise ValueError(f"steps and prompts_per_step must be >= 1, got {self.steps} and {self.prompts_per_step}")
         if self.identity_weight < 0:
             raise ValueError(f"identity_weight must be at least 0, got {self.identity_weight}")
 
@@ -121,47 +126,80 @@ def layer_states(lm: DecoderLM, ids: torch.Tensor) -> list[torch.Tensor]:
     return states
 
 
-def prompt_stream(images: ImageConfig, seed: int):
-    """Prompts of random scenes, forever, reproducible from `seed`."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    while True:
-        yield prompt(draw_scene(rng, images))
+HELD_OUT_SEED = 7 * 10 ** 6  # held-out prompts come from a seed the training stream never uses
 
 
-def train_text_model(cfg: TextTrainConfig, images: ImageConfig, out: str | Path, log=None) -> Path:
-    """Train the conditioning language model on prompts and save it as a checkpoint directory."""
-    stream = prompt_stream(images, cfg.seed)
-    tokenizer = make_tokenizer([next(stream) for _ in range(2000)], vocab_size=cfg.vocab_size)
-    torch.manual_seed(cfg.seed)
-    lm = init_weights(DecoderLM(tiny_config("qwen2", tokenizer.vocab_size, cfg.hidden_size, cfg.num_layers,
-                                            cfg.num_heads, cfg.num_heads, max_position_embeddings=256,
-                                            tie_word_embeddings=cfg.tie_embeddings,
-                                            eos_token_ids=tokenizer.eos_token_ids)), seed=cfg.seed)
-    probe = torch.nn.Linear(cfg.hidden_size, tokenizer.vocab_size) if cfg.identity_weight else None  # not saved
-    encoder = TextEncoder(lm, tokenizer)
-    lm.train().requires_grad_(True)
-    params = [*lm.parameters(), *(probe.parameters() if probe is not None else ())]
-    optimizer, scheduler = make_optimizer(params, OptimSection(lr=cfg.lr, schedule="cosine", warmup_steps=20), cfg.steps)
-    eos = tokenizer.eos_token_ids[0]
-    for step in range(cfg.steps):
-        ids, mask = encoder.ids([next(stream) for _ in range(cfg.prompts_per_step)])
+def draw_prompts(rng: np.random.Generator, images: ImageConfig, n: int) -> list[str]:
+    """The prompts of n random scenes drawn from `rng`."""
+    return [prompt(draw_scene(rng, images)) for _ in range(n)]
+
+
+class TextJob(JobState):
+    """Training the conditioning language model as a resumable run (gen/run.py): BPE on the first
+    2000 prompts of the seeded stream, then each step next-token prediction plus the identity probe
+    on the stream's next `prompts_per_step` prompts (the stream's position is checkpointed)."""
+
+    def __init__(self, cfg: TextTrainConfig, images: ImageConfig):
+        self.cfg, self.steps, self.step_count = cfg, cfg.steps, 0
+        self.images, self.stream = images, np.random.default_rng(cfg.seed)
+        self.tokenizer = make_tokenizer(draw_prompts(self.stream, images, 2000), vocab_size=cfg.vocab_size)
+        torch.manual_seed(cfg.seed)
+        self.model = init_weights(DecoderLM(tiny_config(
+            "qwen2", self.tokenizer.vocab_size, cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.num_heads,
+            max_position_embeddings=256, tie_word_embeddings=cfg.tie_embeddings,
+            eos_token_ids=self.tokenizer.eos_token_ids)), seed=cfg.seed)
+        self.probe = torch.nn.Linear(cfg.hidden_size, self.tokenizer.vocab_size) if cfg.identity_weight else None
+        self.encoder = TextEncoder(self.model, self.tokenizer)  # freezes the model: unfrozen below for training
+        self.model.train().requires_grad_(True)
+        params = [*self.model.parameters(), *(self.probe.parameters() if self.probe is not None else ())]
+        self.optimizer, self.scheduler = make_optimizer(
+            params, OptimSection(lr=cfg.lr, schedule="cosine", warmup_steps=20), cfg.steps)
+        self.held = draw_prompts(np.random.default_rng(HELD_OUT_SEED + cfg.seed), images, 256)
+
+    def losses(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Next-token loss (each prompt ends with EOS) and identity-probe loss (None without a probe)."""
+        ids, mask = self.encoder.ids(prompts)
         targets = torch.cat([ids[:, 1:], ids.new_full((len(ids), 1), -100)], 1)
         targets[:, :-1][~mask[:, 1:]] = -100
-        targets[torch.arange(len(ids)), mask.sum(1) - 1] = eos  # learn to end the prompt
-        states = layer_states(lm, ids)
-        logits = lm.compute_logits(lm.norm(states[-1]))
+        targets[torch.arange(len(ids)), mask.sum(1) - 1] = self.tokenizer.eos_token_ids[0]  # learn to end the prompt
+        states = layer_states(self.model, ids)
+        logits = self.model.compute_logits(self.model.norm(states[-1]))
         next_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
-        identity = identity_loss(probe, states, ids.masked_fill(~mask, -100)) if probe is not None else None
-        optimizer.zero_grad(set_to_none=True)
-        (next_loss if identity is None else next_loss + cfg.identity_weight * identity).backward()
-        optimizer.step()
-        scheduler.step()
-        if log and (step + 1) % 100 == 0:
-            probed = f", identity {identity.item():.4f}" if identity is not None else ""
-            log(f"text model step {step + 1}/{cfg.steps}: loss {next_loss.item():.4f}{probed}")
-    return save_model(lm.eval(), out, tokenizer)
+        if self.probe is None:
+            return next_loss, None
+        return next_loss, identity_loss(self.probe, states, ids.masked_fill(~mask, -100))
+
+    def train_step(self) -> dict[str, float]:
+        next_loss, identity = self.losses(draw_prompts(self.stream, self.images, self.cfg.prompts_per_step))
+        self.optimizer.zero_grad(set_to_none=True)
+        (next_loss if identity is None else next_loss + self.cfg.identity_weight * identity).backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step_count += 1
+        metrics = {"loss": float(next_loss.detach()), "lr": self.scheduler.get_last_lr()[0]}
+        return metrics if identity is None else {**metrics, "identity_loss": float(identity.detach())}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        next_loss, identity = self.losses(self.held)
+        metrics = {"eval_loss": float(next_loss)}
+        return metrics if identity is None else {**metrics, "eval_identity_loss": float(identity)}
+
+    def save(self, path: Path) -> Path:
+        return save_model(self.model, path, self.tokenizer)  # the probe's head is not part of the model
+
+    def load(self, path: Path) -> None:
+        load_weights(self.model, path)
+
+    def state_dict(self) -> dict:
+        probe = self.probe.state_dict() if self.probe is not None else None
+        return {**super().state_dict(), "probe": probe, "stream": self.stream.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if self.probe is not None:
+            self.probe.load_state_dict(state["probe"])
+        self.stream.bit_generator.state = state["stream"]
 
 
 def identity_loss(probe: torch.nn.Module, states: list[torch.Tensor], ids: torch.Tensor) -> torch.Tensor:

@@ -35,6 +35,10 @@ class DetectorBenchConfig:
 
 
 def bench_detector(cfg: DetectorBenchConfig = DetectorBenchConfig()) -> dict:
+    import torch
+
+    from reasonrl.bench.common import device_name
+
     rng, noise_rng = np.random.default_rng(cfg.seed), np.random.default_rng([cfg.seed, 1])  # same scenes at any noise
     scene_cfg = SceneConfig(cfg.image_size, cfg.image_size)
     clock = {"sample": 0.0, "render": 0.0, "detect": 0.0}
@@ -48,8 +52,9 @@ def bench_detector(cfg: DetectorBenchConfig = DetectorBenchConfig()) -> dict:
         found = _timed(clock, "detect", detect, image)
         _count(counts, scene, rendering, found, cfg.min_iou)
     total = max(counts["objects"], 1)
-    return {"config": asdict(cfg), "objects": counts["objects"], "recall": counts["matched"] / total,
-            "attribute_accuracy": counts["attributes"] / total, "exact_masks": counts["exact_masks"] / total,
+    return {"device": device_name(torch.device("cpu")), "config": asdict(cfg), "objects": counts["objects"],
+            "recall": counts["matched"] / total, "attribute_accuracy": counts["attributes"] / total,
+            "exact_masks": counts["exact_masks"] / total,
             **{f"{k}_ms_per_image": 1000 * v / max(cfg.n, 1) for k, v in clock.items()}}
 
 

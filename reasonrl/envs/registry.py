@@ -15,8 +15,8 @@ The scheme picks a factory from `ENVIRONMENTS`; the factory gets the text after 
 
 Registering another environment (the hook): add `"name": "package.module:factory"` to
 `ENVIRONMENTS` (a string keeps its import lazy, so loading `jsonl:` never imports TTT), or call
-`register_environment("name", factory)` at run time. For example TTT-Bench would register
-`"ttt": "reasonrl.envs.ttt:from_spec"`, and `ttt:oTTT` would call `from_spec("oTTT")`.
+`register_environment("name", factory)` at run time. For example TTT-Bench registers
+`"ttt": "reasonrl.envs.ttt:from_spec"`, and `ttt:oTTT` calls `from_spec("oTTT")`.
 """
 
 from __future__ import annotations

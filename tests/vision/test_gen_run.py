@@ -22,7 +22,12 @@ MODEL = TokenizerConfig(encoder_layers=1, decoder_layers=1, encoder_head_dim=8, 
 
 def job(steps: int, stop_at: int | None = None) -> TokenizerJob:
     j = TokenizerJob(MODEL, TokenizerTrainConfig(steps=steps, images_per_step=4, eval_images=4, warmup_steps=1), ImageConfig())
-    if stop_at is not None:  # Ctrl-C arrives during step `stop_at`
+    return interrupt_at(j, stop_at)
+
+
+def interrupt_at(j, stop_at: int | None):
+    """`j`, with Ctrl-C arriving during step `stop_at` (None: never)."""
+    if stop_at is not None:
         step = j.train_step
 
         def interrupted():
@@ -98,16 +103,7 @@ def test_a_stopped_text_run_resumes_to_the_uninterrupted_weights(tmp_path):
 
     def text_job(stop_at=None):
         cfg = TextTrainConfig(hidden_size=32, num_layers=2, num_heads=2, prompts_per_step=4, steps=4)
-        j = TextJob(cfg, ImageConfig())
-        step = j.train_step
-
-        def interrupted():
-            if j.step_count + 1 == stop_at:
-                os.kill(os.getpid(), signal.SIGINT)
-            return step()
-
-        j.train_step = interrupted
-        return j
+        return interrupt_at(TextJob(cfg, ImageConfig()), stop_at)
 
     config = {"steps": 4}
     straight = RunSettings(out=str(tmp_path / "straight"))

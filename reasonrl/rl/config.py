@@ -219,3 +219,6 @@ def _check(cfg: RunConfig) -> None:
                           "(cluster.ray), not both; drop one")
     if cfg.loss.beta > 0 and not cfg.train.reference_model:
         raise ConfigError("loss.beta: a KL term needs train.reference_model: true")
+    if cfg.advantage.name == "grpo" and cfg.rollout.samples_per_prompt < 2:
+        raise ConfigError("rollout.samples_per_prompt: GRPO's advantages are relative to each prompt's group, so a "
+                          "group of 1 has advantage 0 and nothing trains; use 2 or more")

@@ -28,6 +28,7 @@ engine: {max_num_seqs: 32}
     ("model: /c\nroll: {}", "roll"),
     ("model: /c\nloss: {name: ppo2}", "loss"),
     ("model: /c\nloss: {beta: 0.1}", "loss.beta"),
+    ("model: /c\nrollout: {samples_per_prompt: 1}", "rollout.samples_per_prompt"),  # trained nothing, silently
     ("model: /c\noptim: {betas: [0.9]}", "optim.betas"),
     ("model: /c\noptim: {schedule: linear}", "optim.schedule"),
     ("model: /c\nengine: {max_num_seqs: 0}", "engine"),

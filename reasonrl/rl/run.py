@@ -5,13 +5,15 @@ command resumes from the latest checkpoint; rerunning with other settings is ref
 differing keys named, unless the user starts afresh (`overwrite`: the old run is deleted) or
 accepts the changes (`accept_changes`: they are recorded in `RUN/config_changes.jsonl`). Keys that
 do not change what is trained (how often to save or evaluate, which trackers, where it runs: a run
-started on Ray may resume in one process and back) may change freely.
+started on Ray may resume in one process and back) may change freely. A run directory another live
+process is running in is refused (`RUN/.claim` names it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -24,6 +26,7 @@ from reasonrl.config import differences
 from reasonrl.scale.config import ClusterConfig
 
 CONFIG_FILE = "config.yaml"
+CLAIM_FILE = ".claim"  # the pid and start time of the process running in the directory
 RUN_FILES = (CONFIG_FILE, "metrics.jsonl", "checkpoints")  # a directory holding none of these is not a run
 WORK = ("metrics.jsonl", "checkpoints")  # a run that wrote neither never logged a step
 FREE_KEYS = {"train.save_every", "train.keep_checkpoints", "train.trackers", "train.eval_every",
@@ -40,9 +43,10 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, overwrite: bool = F
     """Check that `config` may run in `run_dir` (see the module docstring), then save and print it.
     `work`: what a run writes once it has done something (before that, its saved config binds nothing)."""
     run_dir = Path(run_dir)
+    _refuse_if_busy(run_dir)
     if overwrite:
         _delete_run(run_dir)
-    if run_dir.exists() and not is_run_dir(run_dir) and (not run_dir.is_dir() or any(run_dir.iterdir())):
+    if run_dir.exists() and not is_run_dir(run_dir) and (not run_dir.is_dir() or _holds_more_than_a_claim(run_dir)):
         raise RunMismatch(f"{run_dir} exists and is not a reasonrl run directory (no {', '.join(RUN_FILES)}); "
                           "choose a new or empty directory for the run")
     saved_path = run_dir / CONFIG_FILE
@@ -55,12 +59,58 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, overwrite: bool = F
             with (run_dir / "config_changes.jsonl").open("a") as f:
                 f.write(json.dumps({"time": time.time(), "changes": [list(d) for d in changed]}) + "\n")
     run_dir.mkdir(parents=True, exist_ok=True)
+    _claim(run_dir)
     text = yaml.safe_dump(config, default_flow_style=None, sort_keys=False, width=110)
     saved_path.write_text(text)
     if console:
         print(f"config ({saved_path}):\n" + "".join(f"  {line}\n" for line in text.splitlines()), file=sys.stderr,
               end="", flush=True)
     return run_dir
+
+
+def _refuse_if_busy(run_dir: Path) -> None:
+    """A run directory another live process is running in (two reruns of one command at once both
+    resumed from the same checkpoint and interleaved their steps in metrics.jsonl) is refused."""
+    holder = _holder(run_dir / CLAIM_FILE)
+    if holder is not None and holder != os.getpid():
+        raise RunMismatch(f"{run_dir} is in use by another process (pid {holder}); wait for it to end, or stop it")
+
+
+def _claim(run_dir: Path) -> None:
+    """Mark the run directory as this process's (its pid and start time: a claim outlives a killed
+    process only until that pid is seen to be gone)."""
+    _refuse_if_busy(run_dir)
+    (run_dir / CLAIM_FILE).write_text(f"{os.getpid()} {_started(os.getpid())}\n")
+
+
+def _holder(claim: Path) -> int | None:
+    """The live process that claimed a run directory, if any."""
+    try:
+        pid_text, started = claim.read_text().split()
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    if started == "-":  # no /proc (not Linux): alive or not is all we can tell
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:  # alive, another user's
+            pass
+        return pid
+    return pid if _started(pid) == started else None  # gone, or its pid taken by another process
+
+
+def _started(pid: int) -> str:
+    """A process's start time (clock ticks since boot, /proc/PID/stat field 22), "-" where unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "-" if not Path("/proc/self/stat").exists() else "gone"
+
+
+def _holds_more_than_a_claim(run_dir: Path) -> bool:
+    return any(p.name != CLAIM_FILE for p in run_dir.iterdir())
 
 
 def _mismatch_message(run_dir: Path, changed: list[tuple[str, Any, Any]]) -> str:

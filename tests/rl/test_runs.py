@@ -48,6 +48,34 @@ def test_rerunning_a_finished_run_says_so_and_exits_0(tmp_path, capsys):
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [0, 1, 2]
 
 
+def test_a_finished_run_that_was_stopped_before_its_report_gets_it_on_the_rerun(tmp_path, capsys):
+    """Stopped during its last step, a run had its last checkpoint but no report; the rerun said
+    "finished" and never wrote it."""
+    path = recipe(tmp_path)
+    assert main(["train", str(path)]) == 0
+    for name in ("report.md", "reward.png"):
+        (tmp_path / "run" / name).unlink()
+    assert main(["train", str(path)]) == 0
+    assert "this run is finished" in capsys.readouterr().err
+    assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "reward.png").is_file()
+
+
+def test_a_run_directory_another_live_process_runs_in_is_refused(tmp_path, capsys):
+    """Two reruns of one command at once both resumed from one checkpoint and interleaved their steps."""
+    path = recipe(tmp_path)
+    assert main(["train", str(path)]) == 0
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started = open(f"/proc/{other.pid}/stat").read().rsplit(")", 1)[1].split()[19]
+        (tmp_path / "run" / ".claim").write_text(f"{other.pid} {started}\n")
+        assert main(["train", str(path)]) == 2
+        assert f"is in use by another process (pid {other.pid})" in capsys.readouterr().err
+    finally:
+        other.kill()
+        other.wait()
+    assert main(["train", str(path)]) == 0  # its process is gone: the claim binds nothing
+    assert (tmp_path / "run" / ".claim").read_text().split()[0] == str(os.getpid())
+
 def test_a_changed_config_is_refused_naming_the_keys(tmp_path, capsys):
     path = recipe(tmp_path)
     assert main(["train", str(path)]) == 0

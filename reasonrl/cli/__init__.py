@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -93,6 +94,9 @@ def _run(run, args: argparse.Namespace, prog: str) -> int:
     except (OSError, ValueError, ConfigError) as exc:  # bad input (a path, a value): one clear line, not a traceback
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a job's stop handler is in place, or a second one: stop now
+        print(f"\n{prog}: interrupted; nothing was saved since the last checkpoint", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from reasonrl.engine.grammar import Grammars
 from reasonrl.engine.images import Images
 from reasonrl.engine.isolation import run_isolated
 from reasonrl.engine.kv import get_format
-from reasonrl.engine.latent import LatentConfig, LatentReasoning, Latents
+from reasonrl.engine.latent import SCALE_KEY, LatentConfig, LatentReasoning, Latents
 from reasonrl.engine.model_runner import ModelRunner, Sampled, StepResult
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.scheduler import Scheduler
@@ -120,6 +121,11 @@ class LLMEngine:
         """`config.latent_steps` turns latent mode on with the tokenizer's LVR tokens."""
         cfg = self.config
         if cfg.latent_steps is None:
+            raw = getattr(getattr(self.model, "vlm_config", None), "raw", None) or {}
+            if SCALE_KEY in raw:  # its answers were trained after latent spans: without them they are worse
+                warnings.warn("this checkpoint was trained for LVR latent reasoning (its config.json has "
+                              f"{SCALE_KEY}), but latent mode is off: set EngineConfig.latent_steps (--latent-steps 8 "
+                              "on the command line) to run it as trained", stacklevel=3)
             return None
         if tokenizer is None:
             raise ValueError("EngineConfig.latent_steps needs the checkpoint's tokenizer (for the LVR token ids)")

@@ -158,3 +158,17 @@ def test_every_command_renders_its_help(capsys):
             main([*path, "--help"])
         assert exit_.value.code == 0, path
         assert "usage:" in capsys.readouterr().out, path
+
+
+def test_ctrl_c_outside_a_jobs_stop_handler_is_one_line_and_exit_130(capsys):
+    """Ctrl-C while an engine was starting, or a second Ctrl-C ("stop at once"), printed a traceback."""
+    import argparse
+
+    from reasonrl.cli import _run
+
+    def starting(args):
+        raise KeyboardInterrupt
+
+    assert _run(starting, argparse.Namespace(), "reasonrl train") == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "reasonrl train: interrupted; nothing was saved since the last checkpoint"

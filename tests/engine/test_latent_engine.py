@@ -5,12 +5,14 @@ the last hidden state appended as the next embedding in latent mode. The engine 
 tokens and latents alone, mixed in one batch with ordinary requests, under preemption and chunked
 prefill, and after abort and resume."""
 
+import warnings
+
 import pytest
 import torch
 
 from reasonrl.engine import LLMEngine, SamplingParams
 from reasonrl.engine.config import EngineConfig
-from reasonrl.engine.latent import LatentConfig, Latents
+from reasonrl.engine.latent import SCALE_KEY, LatentConfig, Latents
 from reasonrl.kernels import cpu_ops
 from reasonrl.models import load_model
 from reasonrl.models.model import CausalAttention
@@ -264,3 +266,17 @@ def test_n_samples_each_equal_the_single_request_with_their_seed(model, cases):
         torch.testing.assert_close(sample.latents.vectors, alone.latents.vectors, atol=1e-4, rtol=1e-4)
     assert len({tuple(s.token_ids) for s in samples}) > 1
     torch.testing.assert_close(samples[0].latents.vectors[:4], samples[1].latents.vectors[:4], atol=1e-4, rtol=1e-4)  # same context
+
+
+def test_an_lvr_checkpoint_without_latent_mode_warns(model):
+    """A checkpoint LVR SFT trained (its config records lvr_latent_scale) was run with latent mode off,
+    silently: reasonrl eval scored it 0.625 where it scores 0.688 as trained."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LLMEngine(model, None, EngineConfig(kv_cache_memory=1 << 22, block_size=4))  # no record: no warning
+    model.vlm_config.raw[SCALE_KEY] = 1.5
+    try:
+        with pytest.warns(UserWarning, match="trained for LVR latent reasoning"):
+            LLMEngine(model, None, EngineConfig(kv_cache_memory=1 << 22, block_size=4))
+    finally:
+        del model.vlm_config.raw[SCALE_KEY]

@@ -189,6 +189,7 @@ def test_banner_names_the_image_limits(ckpt):
     text = banner(engine, ServeConfig(**LIMITS))
     assert "images: data: URLs (PNG, JPEG), up to 3 per request, 65536 bytes and 4194304 pixels each" in text
     assert "up to 128 per request" in banner(engine, ServeConfig())  # 512 tokens / 4 tokens of a 56x56 image
+    assert "(Qwen2_5_VLForConditionalGeneration)" in text  # it named the text decoder's, Qwen2ForCausalLM
 
 
 def test_after_the_battery_alive_and_nothing_held(srv, client):

@@ -8,11 +8,13 @@ from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.server.app import create_app
 from reasonrl.engine.server.config import ServeConfig
 from reasonrl.engine.server.images import ChatImages
+from reasonrl.models.qwen2_5_vl.config import ARCHITECTURE as VLM_ARCHITECTURE
 
 
 def banner(engine: LLMEngine, cfg: ServeConfig, port: int | None = None) -> str:
     stats, model = engine.stats(), engine.model
-    lines = [f"reasonrl serve: model {cfg.model_name!r} ({model.config.architecture}) on {model.device}, "
+    architecture = VLM_ARCHITECTURE if getattr(model, "vlm_config", None) is not None else model.config.architecture
+    lines = [f"reasonrl serve: model {cfg.model_name!r} ({architecture}) on {model.device}, "
              f"{str(model.dtype).removeprefix('torch.')}, context {engine.max_model_len} tokens",
              f"  KV cache: {engine.config.kv_format}, {stats['kv_capacity_tokens']} tokens "
              f"({stats['kv_blocks_total']} blocks of {engine.config.block_size})"

@@ -136,12 +136,25 @@ class IncrementalDecoder:
             if pending >= MAX_PENDING:  # ids that write nothing: out of the window, the context stays
                 del self.ids[self.read_offset:]
             return ""
-        if full.endswith("\ufffd") and not final and pending < MAX_PENDING:
-            return ""
-        # the emitted ids become the next context window; older ones are never decoded again
-        self.ids = self.ids[self.read_offset:]
-        self.prefix_offset, self.read_offset = 0, len(self.ids)
-        return full[len(prefix):]
+        if full.endswith("\ufffd") and not final:
+            if pending < MAX_PENDING:
+                return ""
+            # a long run that ends inside a character (a resume's given ids, or garbage): written out up to
+            # the last of the 3 cuts before its end that ends no character early (a character's incomplete
+            # start is 3 bytes at most), the ids after it left for a later id to complete
+            for upto in range(len(self.ids) - 1, len(self.ids) - 4, -1):
+                text = self.tokenizer.decode(self.ids[self.prefix_offset:upto], self.skip)
+                if not text.endswith("\ufffd"):
+                    return self._emit(upto, prefix, text)
+        return self._emit(len(self.ids), prefix, full)
+
+    def _emit(self, upto: int, prefix: str, text: str) -> str:
+        """`text` (of the ids up to `upto`) after `prefix`; those ids become the next context window (older
+        ids are never decoded again), the ids after them stay pending."""
+        context = self.ids[self.read_offset:upto]
+        self.ids = context + self.ids[upto:]
+        self.prefix_offset, self.read_offset = 0, len(context)
+        return text[len(prefix):]
 
 
 def _read_json(file: Path) -> dict:

@@ -65,6 +65,9 @@ class RolloutManager:
                         self._retry_eval(key, prompts[int(key.split(":")[1])], params, failures)
                     else:
                         outs[key] = out
+        except BaseException:  # nothing of this evaluation stays in the engine (and release can put it to sleep)
+            self.backend.abort_all()
+            raise
         finally:
             self.backend.release()
         ids = [outs[f"eval:{i}"].token_ids for i in range(len(prompts))]

@@ -80,7 +80,6 @@ def test_min_tokens_holds_back_stop_strings_and_stop_strings_need_text(ckpt, tok
         engine(ckpt).add_request("x", prompt, SamplingParams(stop=["ab"]))
 
 
-
 @pytest.mark.parametrize("stops", [["ed", "ken"], ["ken", "ed"]])
 @pytest.mark.parametrize("include", [False, True])
 def test_two_stop_strings_in_one_token_cut_at_the_earliest(stops, include):
@@ -90,6 +89,7 @@ def test_two_stop_strings_in_one_token_cut_at_the_earliest(stops, include):
     seq.text = "a text, tokenized"
     assert LLMEngine._stop_string(seq, len("kenized"))
     assert seq.stop_reason == "ken" and seq.text == ("a text, token" if include else "a text, to")
+
 
 def test_the_prefix_cache_count_is_of_the_prompt_and_of_the_first_admission(ckpt):
     eng = engine(ckpt)

@@ -102,6 +102,8 @@ def test_streaming_completion_holds_back_stop_strings(client):
     ({"prompt": list(range(250)), "max_tokens": 10}, "max_tokens"),
     ({"prompt": [1, 99999]}, None),
 ])
+
+
 def test_bad_completion_requests_get_400_with_json_error(client, body, param):
     r = client.post("/v1/completions", json=body)
     assert r.status_code == 400, r.text
@@ -145,7 +147,6 @@ def test_abort_one_returns_partial_and_the_request_ends(client, server):
     assert bm.num_free == len(bm.blocks)
 
 
-
 def test_abort_by_a_multi_prompt_requests_own_id_stops_all_its_prompts(client, server):
     """Its prompts run as ID-0, ID-1: aborting ID found nothing, and both ran on to max_tokens."""
     body = {"prompt": [[1, 2, 3], [1, 2, 4]], "max_tokens": 200, "temperature": 0, "ignore_eos": True,
@@ -156,12 +157,14 @@ def test_abort_by_a_multi_prompt_requests_own_id_stops_all_its_prompts(client, s
         t.start()
         while len(server.engine.requests) < 2 or min(r.seqs[0].num_computed for r in server.engine.requests.values()) < 5:
             time.sleep(0.01)
-        aborted = client.post("/v1/abort", json={"request_id": "job42"}).json()["aborted"]
+        assert client.post("/v1/completions", json=body).status_code == 400  # a retry with the running id: refused,
+        aborted = client.post("/v1/abort", json={"request_id": "job42"}).json()["aborted"]  # and it took the entry
         t.join(timeout=10)
     assert sorted(a["request_id"] for a in aborted) == ["job42-0", "job42-1"]
     assert [c["finish_reason"] for c in result["r"]["choices"]] == ["abort", "abort"]
     assert wait_idle(server.engine)
     assert client.post("/v1/abort", json={"request_id": "job42"}).json() == {"aborted": []}
+
 
 def test_resume_over_http_continues_exactly(client):
     body = {"prompt": [7, 8, 9], "max_tokens": 12, "temperature": 1.0, "seed": 3, "ignore_eos": True,

@@ -123,10 +123,13 @@ def test_out_of_range_and_coerced_values_get_400(client, extra, param):
     ({"prompt": [VOCAB]}, "prompt"), ({"prompt": ["a", ""]}, "prompt"), ({"stop_token_ids": [VOCAB]}, "stop_token_ids"),
     ({"logit_bias": {str(VOCAB): 1.0}}, "logit_bias"),
     ({"resume": {"token_ids": [VOCAB], "logprobs": [-1.0]}, "prompt": [1]}, "resume.token_ids")])
+
+
 def test_the_engines_own_refusals_name_the_field(client, extra, param):
     """Token ids the engine refuses (out of the vocabulary, an empty prompt) were 400s with param null."""
     r = client.post("/v1/completions", json={"prompt": "1+1=", "max_tokens": 4, **extra})
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
 
 BOUNDARY = [  # the largest (smallest) values the engine represents are served, not refused
     {"seed": I64}, {"seed": I64 - 3, "n": 4}, {"seed": 0}, {"top_k": I64}, {"top_k": -1}, {"temperature": 0.01},
@@ -251,6 +254,7 @@ def test_a_client_hanging_up_mid_body_is_no_server_error(srv, caplog):
     time.sleep(0.5)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert no_leaks(srv.engine)
+
 
 @pytest.fixture
 def slow_steps(srv, monkeypatch):

@@ -155,9 +155,10 @@ def test_responses_api_for_text(client):
     assert "[DONE]" not in r.text and "event: response." in r.text.rstrip().split("\n\n")[-1]
 
 
-
 @pytest.mark.parametrize("reason,status,why", [("stop", "completed", None), ("length", "incomplete", "max_output_tokens"),
                                                ("abort", "incomplete", "aborted")])
+
+
 def test_an_aborted_response_is_incomplete_not_completed(reason, status, why):
     """A /v1/responses answer stopped by /v1/abort said status "completed" (its stream ended with
     response.completed): a cut answer that looked whole."""
@@ -171,6 +172,7 @@ def test_an_aborted_response_is_incomplete_not_completed(reason, status, why):
     obj = response_object(out, "m", 0, body, 1)
     assert obj["status"] == status and obj["output"][0]["status"] == status
     assert obj["incomplete_details"] == (None if why is None else {"reason": why})
+
 
 def test_continue_final_message_keeps_an_image_messages_parts():
     """A last message of an image and text (a vision-language server) continues after its text, the

@@ -111,3 +111,15 @@ def test_incremental_decoding_of_degenerate_runs_keeps_a_bounded_window(tokenize
         pieces.append(dec.push([], final=True))
         assert widest <= 20
         assert "".join(pieces) == tokenizer.decode(ids, skip)
+
+
+def test_a_resumed_output_cut_inside_a_character_decodes_whole(tokenizer):
+    """A resume pushes its given ids at once; with 8 or more of them ending inside a character, the
+    bounded window wrote the partial character out as U+FFFD and lost it when the next id completed it."""
+    ids = tokenizer.encode("0 1 2 3 4 5 6 7 8 9 a b c 🙂🙂 Ünïcödé")
+    cuts = [k for k in range(8, len(ids)) if tokenizer.decode(ids[:k]).endswith("\ufffd")]
+    assert cuts  # the emoji and accents span several byte-level ids
+    for k in cuts:
+        dec = IncrementalDecoder(tokenizer)
+        text = dec.push(ids[:k]) + "".join(dec.push([t]) for t in ids[k:]) + dec.push([], final=True)
+        assert text == tokenizer.decode(ids), k

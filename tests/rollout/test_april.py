@@ -340,3 +340,45 @@ def test_a_buffered_prompts_answer_keeps_its_type_through_a_checkpoint(tmp_path)
     prompt = back.groups[0].prompt
     assert prompt.answer == answer and isinstance(prompt.answer.nested, Prompt)
     assert isinstance(prompt.metadata["item"], Item)
+
+
+def test_an_evaluation_that_gives_up_leaves_nothing_in_the_engine(tmp_path):
+    """Giving up while other held-out requests ran: release() put the engine to sleep with them in flight,
+    and its "cannot sleep" error hid the real one."""
+    from reasonrl.engine import LLMEngine
+    from reasonrl.engine.config import EngineConfig
+    from reasonrl.envs.base import Environment
+    from reasonrl.models import load_model
+    from reasonrl.models.chat import ChatEncoder
+    from reasonrl.models.tiny import make_checkpoint, make_tokenizer
+    from reasonrl.rollout.backend import EngineBackend
+    from reasonrl.rollout.manager import RolloutManager
+
+    class Say(Environment):
+        def prompts(self, n=None, seed=0, split="train"):
+            return [Prompt(id=f"q{i}", messages=[{"role": "user", "content": f"say {i}"}]) for i in range(n or 4)]
+
+        def score(self, prompt, response):
+            return 1.0
+
+    class FailsOne(EngineBackend):  # eval:1 fails in its first step, every time
+        def submit(self, key, prompt_ids, params, *args, **kw):
+            if key == "eval:1":
+                self.failing = key
+                return
+            super().submit(key, prompt_ids, dataclasses.replace(params, ignore_eos=True), *args, **kw)
+
+        def poll(self):
+            out = super().poll()
+            if getattr(self, "failing", None):
+                out.append((self.failing, CompletionOutput(0, [], [], "", "error")))
+                self.failing = None
+            return out
+
+    tok = make_tokenizer(["say one two three four"] * 10, vocab_size=280)
+    path = make_checkpoint(tmp_path / "m", "qwen2", tok, std=0.2, hidden_size=64, num_layers=2)
+    engine = LLMEngine(load_model(path, "cpu"), tok, EngineConfig(kv_cache_memory=1 << 22, block_size=4))
+    manager = RolloutManager(FailsOne(engine), Say(), ChatEncoder(tok), RolloutConfig(2, 2, 1.0, 40))
+    with pytest.raises(RuntimeError, match="evaluation request eval:1: the backend failed it 4 times"):
+        manager.evaluate(Say().prompts(4))
+    assert not engine.requests

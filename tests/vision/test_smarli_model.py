@@ -133,6 +133,7 @@ def test_a_seeded_image_does_not_depend_on_the_batch_it_runs_in(world):
     with pytest.raises(ValueError, match="2 generators for a batch of 3"):
         sample(model, batch_of(model, tok, layouts), steps=2, generator=row_generators(0, 0, 2))
 
+
 def test_judge_on_exact_and_wrong_images(make_scene):
     scene = make_scene(("square", "blue", "large", 40, 40), ("circle", "red", "medium", 2, 2), size=64)
     layout = Layout.of(scene)

@@ -247,13 +247,11 @@ class QuantizedKV(KVFormat):
 
     def _completed_now(self, layer, tables, lens):
         """(fresh_of (B,) int32, k, v) for the kernel: per row, the index among the blocks this layer's write
-        quantized in this step of its last block if the row's context ends on it (-1: none); None when the write
-        quantized nothing. Inside `attend` the entry is `_attending`; a compiled step calls the kernel right after
-        the write, with the entry still in `_fresh`."""
-        written = self._attending if self._attending is not None else self._fresh.get(layer)
-        if written is None:
+        quantized in this step (`attend`'s `_attending`) of its last block if the row's context ends on it
+        (-1: none); None when the write quantized nothing."""
+        if self._attending is None:
             return None
-        blocks, kf, vf = written
+        blocks, kf, vf = self._attending
         full = lens.long() // self.block_size
         last = tables.long().gather(1, (full - 1).clamp(min=0)[:, None])[:, 0]
         match = (last[:, None] == blocks[None, :]) & ((lens % self.block_size == 0) & (full > 0))[:, None]

@@ -49,10 +49,10 @@ class Generator:
             job = await self.offload.run(prepare, raw)
             watch.check()  # gone while we prepared: start nothing
             rids = _request_ids(job, request)
-            self._group(rids)
             stream = self.engine.new_stream()
             watch.on_disconnect = lambda: self._abort(rids)
             await self._submit(stream, job, rids)
+            self._group(rids)  # (not before: a refused duplicate of a running request's id must not take its entry)
             view = View(job, rids, self.cfg.model_name, self.tokenizer)
             if job.body.stream:
                 response, watch = StreamingResponse(self._sse(stream, view, watch), media_type="text/event-stream"), None
@@ -127,8 +127,9 @@ class Generator:
             self.groups[rids[0].rsplit("-", 1)[0]] = rids
 
     def _ungroup(self, rids: list[str]) -> None:
-        if len(rids) > 1:
-            self.groups.pop(rids[0].rsplit("-", 1)[0], None)
+        base = rids[0].rsplit("-", 1)[0] if len(rids) > 1 else None
+        if base is not None and self.groups.get(base) is rids:  # its own entry only
+            del self.groups[base]
 
     def _abort(self, rids: list[str]) -> None:
         for rid in rids:

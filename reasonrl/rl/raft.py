@@ -97,28 +97,31 @@ def reward_fn(cfg: RaftConfig, env: Environment) -> Scorer:
                                        scorer.score([(p.messages, r) for p, r in zip(prompts, responses)])]
 
 
-def sample(model, tokenizer, prompts: Sequence[Prompt], n: int, temperature: float, max_tokens: int, seed) -> list[list[str]]:
-    """n responses per prompt from the model as it is now (a fresh engine: the weights changed)."""
+def sample(model, tokenizer, prompts: Sequence[Prompt], n: int, temperature: float, max_tokens: int, seed
+           ) -> list[Request]:
+    """n responses per prompt from the model as it is now (a fresh engine: the weights changed): each
+    prompt's request, its `texts` and whether each `ended` on its own."""
     engine = LLMEngine(model, tokenizer)
     requests = [Request(p, seed=seed_of(seed, p.id)) for p in prompts]
     Completer(engine, n, temperature, max_tokens).run(requests)
-    return [r.texts for r in requests]
+    return requests
 
 
-def select(prompts: Sequence[Prompt], texts: list[list[str]], rewards: list[float], keep: int, min_reward: float
-           ) -> list[tuple[Prompt, str]]:
-    """The best `keep` responses of each prompt that reach `min_reward` (rewards flat, prompt-major)."""
+def select(requests: Sequence[Request], rewards: list[float], keep: int, min_reward: float) -> list[tuple[Prompt, str]]:
+    """The best `keep` responses of each prompt that reach `min_reward` (rewards flat, prompt-major).
+    A response cut at max_tokens is never kept: fine-tuned with an end-of-sequence after it, it would
+    teach the model to stop where the limit fell."""
     out, i = [], 0
-    for prompt, group in zip(prompts, texts):
-        ranked = sorted(zip(rewards[i:i + len(group)], range(len(group))), key=lambda x: -x[0])
-        out += [(prompt, group[j]) for r, j in ranked[:keep] if r >= min_reward]
-        i += len(group)
+    for r in requests:
+        ranked = sorted(zip(rewards[i:i + len(r.texts)], range(len(r.texts))), key=lambda x: -x[0])
+        out += [(r.prompt, r.texts[j]) for reward, j in ranked if reward >= min_reward and r.ended[j]][:keep]
+        i += len(r.texts)
     return out
 
 
 def held_out_accuracy(model, tokenizer, env: Environment, prompts: Sequence[Prompt], max_tokens: int) -> float:
     """Greedy accuracy as the environment defines it (`reasonrl train`'s eval_accuracy), not the mean reward."""
-    responses = [t[0] for t in sample(model, tokenizer, prompts, 1, 0.0, max_tokens, "eval")]
+    responses = [r.texts[0] for r in sample(model, tokenizer, prompts, 1, 0.0, max_tokens, "eval")]
     return env.metrics(prompts, responses, env.rewards(prompts, responses))["accuracy"]
 
 
@@ -145,10 +148,9 @@ def raft_round(cfg: RaftConfig, env: Environment, model, tokenizer, score: Score
     """Sample, rank, keep, fine-tune in place; what happened."""
     start = time.perf_counter()
     prompts = env.prompts(cfg.prompts_per_round, seed=cfg.seed * 1000 + rnd, split="train")
-    texts = sample(model, tokenizer, prompts, cfg.samples_per_prompt, cfg.temperature, cfg.max_tokens, (cfg.seed, rnd))
-    flat_prompts = [p for p, group in zip(prompts, texts) for _ in group]
-    rewards = score(flat_prompts, [t for group in texts for t in group])
-    kept = select(prompts, texts, rewards, cfg.keep_per_prompt, cfg.min_reward)
+    requests = sample(model, tokenizer, prompts, cfg.samples_per_prompt, cfg.temperature, cfg.max_tokens, (cfg.seed, rnd))
+    rewards = score([r.prompt for r in requests for _ in r.texts], [t for r in requests for t in r.texts])
+    kept = select(requests, rewards, cfg.keep_per_prompt, cfg.min_reward)
     if kept:
         data = [sft_example(p.messages, r, tokenizer) for p, r in kept]
         train_sft(model, data, SFTConfig(epochs=cfg.epochs, lr=cfg.lr, samples_per_step=16, seed=cfg.seed + rnd))

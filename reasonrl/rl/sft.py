@@ -15,11 +15,14 @@ finishing the step and saving. The fine-tuned model is saved at the run director
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import random
 import sys
 import time
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -115,7 +118,8 @@ def load_sft_data(path: str | Path, encoder: ChatEncoder | Tokenizer, chat: bool
     if not path.is_file():
         raise FileNotFoundError(f"SFT data file {path} does not exist")
     out, skipped = [], 0
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    # lines end at "\n" only: splitlines() also splits at U+2028, U+0085..., which JSON strings hold raw
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
         if not line.strip():
             continue
         try:
@@ -125,10 +129,15 @@ def load_sft_data(path: str | Path, encoder: ChatEncoder | Tokenizer, chat: bool
         prompt, response = row.get("prompt") if isinstance(row, dict) else None, row.get("response") if isinstance(row, dict) else None
         if not isinstance(response, str) or not isinstance(prompt, (str, list)):
             raise ValueError(f"{path}:{n}: needs a string 'response' and a 'prompt' (string or chat messages)")
+        if isinstance(prompt, list) and not all(map(_is_message, prompt)):
+            raise ValueError(f"{path}:{n}: a chat prompt is a list of messages, each with a string 'role' and a "
+                             "'content' (a string, or a list of parts; null with 'tool_calls')")
         try:
             sample = sft_example(_resolve_images(prompt, path.parent), response, encoder, chat)
         except (ValueError, OSError) as exc:  # e.g. an unreadable image, images for a text-only model
             raise ValueError(f"{path}:{n}: {exc}") from None
+        if not sample.prompt_ids:  # (chat=False): the first response token would have nothing to follow
+            raise ValueError(f"{path}:{n}: the prompt encodes to no tokens")
         if len(sample.prompt_ids) + len(sample.response_ids) > max_len:
             skipped += 1
             continue
@@ -138,6 +147,12 @@ def load_sft_data(path: str | Path, encoder: ChatEncoder | Tokenizer, chat: bool
     if not out:
         raise ValueError(f"{path}: no usable examples")
     return out
+
+
+def _is_message(m) -> bool:
+    content = m.get("content", ...) if isinstance(m, dict) else ...
+    return (isinstance(m, dict) and isinstance(m.get("role"), str)
+            and (isinstance(content, (str, list)) or (content is None and "tool_calls" in m)))
 
 
 def sft_loss(model: DecoderLM, samples: list[Sample]) -> tuple[torch.Tensor, int]:
@@ -208,17 +223,37 @@ class SFTTrainer:
             total, tokens = total + float(loss), tokens + n
         return total / max(tokens, 1)
 
+    @functools.cached_property
+    def data_key(self) -> str:
+        """The data's fingerprint, computed when a checkpoint needs it (data drawn on access, as the demo
+        VLM's, are not all drawn for nothing)."""
+        return data_fingerprint(self.data)
+
     def state_dict(self) -> dict:
         return {"step": self.step_count, "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": self.rng.getstate(), "order": self.order}
+                "scheduler": self.scheduler.state_dict(), "rng": self.rng.getstate(), "order": self.order,
+                "data": self.data_key}
 
     def load_state_dict(self, state: dict) -> None:
+        """ValueError when the run was trained on other data: its saved order indexes that data (a
+        rewritten file resumed on other examples, or failed with an IndexError)."""
+        if state.get("data", self.data_key) != self.data_key:
+            raise ValueError(f"the training data are not those this run was trained on ({len(self.data)} examples now, "
+                             "other contents): resume with the same data file, or add --overwrite to start afresh")
         self.step_count = state["step"]
         resume_optimizer(self.optimizer, self.scheduler, lambda: self.optimizer.load_state_dict(state["optimizer"]),
                          state["scheduler"])
         version, internal, gauss = state["rng"]
         self.rng.setstate((version, tuple(internal), gauss))
         self.order = list(state["order"])
+
+
+def data_fingerprint(data: list[Sample]) -> str:
+    """A digest of the examples' token ids, in order (a resumed run must see the data it started with)."""
+    digest = hashlib.sha1(str(len(data)).encode())
+    for s in data:
+        digest.update(array("q", s.prompt_ids).tobytes() + b"|" + array("q", s.response_ids).tobytes() + b";")
+    return digest.hexdigest()
 
 
 def train_sft(model: DecoderLM, data: list[Sample], cfg: SFTConfig, log=None) -> list[float]:

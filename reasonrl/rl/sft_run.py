@@ -85,15 +85,17 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
     if checkpoint_step(latest) >= trainer.steps:
         say(f"{out}: this run is finished (step {trainer.step_count} of {trainer.steps}); nothing to do. "
             "To train longer, raise --epochs and add --accept-changes; to start over, add --overwrite.")
+        if not (out / "model.safetensors").is_file():  # it stopped (or failed) after its last checkpoint
+            say(f"saved {save_model(model, out, tokenizer)} (from {latest})")
         return 0
     with StopSignal("the current step") as stop:
         _loop(trainer, held, run, logger, tokenizer, out, stop)
     logger.close()
-    if stop:
+    if stop and trainer.step_count < trainer.steps:
         say(f"stopped at step {trainer.step_count} of {trainer.steps}; checkpoint: {latest_checkpoint(out)}\n"
             "resume with the same command")
         return stop.exit_code
-    path = save_model(model, out, tokenizer)
+    path = save_model(model, out, tokenizer)  # (a stop during the last step: training is done, the model is saved)
     say(f"saved {path}")
     return 0
 

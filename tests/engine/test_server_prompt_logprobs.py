@@ -112,7 +112,8 @@ def test_streamed_echo_sends_the_prompt_in_the_first_chunk(served):
     # the tokens' offsets, the echoed prompt's included, are the unstreamed ones: running sums of the
     # token strings (vLLM anchors each chunk at the text sent so far, which repeats offsets while a
     # stop string holds text back, and differs wherever token strings do not add up to the text)
-    assert len(texts) >= 2 and offsets == whole["logprobs"]["text_offset"] and offsets[0] == 0
+    # (a reader slower than the engine gets the steps it missed in one chunk: so chunks may be fewer than steps)
+    assert offsets == whole["logprobs"]["text_offset"] and offsets[0] == 0
 
 
 @pytest.mark.parametrize("echo", [False, True])

@@ -6,15 +6,29 @@ import pytest
 
 from reasonrl.cli import main
 from reasonrl.envs.base import Prompt
+from reasonrl.reward.prm.completer import Request
 from reasonrl.rl.raft import RaftConfig, select
 
 POLICY = "reasonrl/demo/policy"
 
 
+def requests(prompts, texts, ended=None):
+    return [Request(p, texts=t, ended=e or [True] * len(t)) for p, t, e in zip(prompts, texts, ended or [None] * 9)]
+
+
 def test_select_keeps_the_best_that_reach_the_bar():
     p = [Prompt(id="a", messages=[], answer="1"), Prompt(id="b", messages=[], answer="2")]
-    kept = select(p, [["x", "y", "z"], ["u", "v"]], [0.2, 0.9, 0.7, 0.1, 0.3], keep=2, min_reward=0.5)
+    kept = select(requests(p, [["x", "y", "z"], ["u", "v"]]), [0.2, 0.9, 0.7, 0.1, 0.3], keep=2, min_reward=0.5)
     assert kept == [(p[0], "y"), (p[0], "z")]  # b: nothing reaches 0.5
+
+
+def test_a_response_cut_at_max_tokens_is_never_kept():
+    """Kept, it was fine-tuned with an end-of-sequence after it: the model learned to stop where the limit
+    fell (every kept row of a policy that writes past max_tokens)."""
+    p = [Prompt(id="a", messages=[], answer="1")]
+    kept = select(requests(p, [["cut", "whole", "low"]], [[False, True, True]]), [0.9, 0.8, 0.1], keep=1,
+                  min_reward=0.5)
+    assert kept == [(p[0], "whole")]
 
 
 def test_bad_options_are_named():
@@ -46,5 +60,5 @@ def test_held_out_accuracy_is_the_environments_not_the_mean_reward(monkeypatch):
             return 0.5 if response == "right" else 0.0
 
     prompts = [Prompt(id=str(i), messages=[{"role": "user", "content": "q"}], answer=None) for i in range(4)]
-    monkeypatch.setattr(raft, "sample", lambda *a, **k: [["right"], ["right"], ["wrong"], ["right"]])
+    monkeypatch.setattr(raft, "sample", lambda *a, **k: requests(prompts, [["right"], ["right"], ["wrong"], ["right"]]))
     assert raft.held_out_accuracy(None, None, Half(), prompts, 8) == 0.75  # the base class: reward > 0

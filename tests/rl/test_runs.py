@@ -271,3 +271,32 @@ def _demo_policy():
     from reasonrl.demo.policy import SHIPPED
 
     return SHIPPED
+
+
+def test_an_sft_run_stopped_in_its_last_step_still_writes_its_model(tmp_path, monkeypatch, capsys):
+    """A stop during the last step saved the checkpoint but not the fine-tuned model, and the rerun said
+    "finished" without writing it either."""
+    from reasonrl.models.tiny import make_checkpoint, make_tokenizer
+    from reasonrl.rl.sft import SFTTrainer
+
+    tok = make_tokenizer(["Write the letter a many times. aaaa bbbb"] * 10, vocab_size=300)
+    base = make_checkpoint(tmp_path / "base", "qwen2", tok, hidden_size=32, num_layers=1)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Write {c}.", "response": c * 4}) + "\n" for c in "ab" * 8))
+    args = ["sft", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "sft"), "--epochs", "1",
+            "--samples-per-step", "8", "--device", "cpu"]
+    step = SFTTrainer.step
+
+    def stopped_in_the_last(self):
+        if self.step_count + 1 == self.steps:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self)
+
+    monkeypatch.setattr(SFTTrainer, "step", stopped_in_the_last)
+    assert main(args) == 0
+    assert (tmp_path / "sft" / "model.safetensors").is_file()
+    monkeypatch.setattr(SFTTrainer, "step", step)
+    (tmp_path / "sft" / "model.safetensors").unlink()  # as after a stop or a failure past the last checkpoint
+    assert main(args) == 0
+    assert "this run is finished" in capsys.readouterr().err
+    assert (tmp_path / "sft" / "model.safetensors").is_file()

@@ -162,3 +162,34 @@ def test_sft_learns_the_response_and_ignores_the_prompt(policy_dir, tmp_path):
     bad.write_text('{"prompt": "x", "response": "y"}\n{"prompt": "x"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         load_sft_data(bad, tok)
+
+
+@pytest.mark.parametrize("rows,error", [
+    ([{"prompt": ["hi"], "response": "a"}], "rows.jsonl:1: a chat prompt is a list of messages"),  # a traceback
+    ([{"prompt": [{"content": "hi"}], "response": "a"}], "rows.jsonl:1: a chat prompt"),  # rendered without a role
+    ([{"prompt": "Write", "response": "a"}, {"prompt": "", "response": "b"}], "rows.jsonl:2: the prompt encodes to no"),
+])
+def test_sft_rows_that_cannot_train_are_refused_naming_the_line(policy_dir, tmp_path, rows, error):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=error):
+        load_sft_data(data, Tokenizer.from_dir(policy_dir), chat=error.startswith("rows.jsonl:1"))
+
+
+def test_sft_rows_holding_unicode_line_separators_load(policy_dir, tmp_path):
+    """SAND writes its traces with raw U+2028/U+0085 in JSON strings; splitlines() cut those rows in two."""
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "p", "response": f"a{sep}b"}, ensure_ascii=False) + "\n"
+                            for sep in ("\u2028", "\u2029", "\x85")), encoding="utf-8")
+    assert len(load_sft_data(data, Tokenizer.from_dir(policy_dir))) == 3
+
+
+def test_an_sft_run_resumed_on_other_data_is_refused(policy_dir):
+    from reasonrl.rl.sft import SFTTrainer, sft_example
+
+    tok = Tokenizer.from_dir(policy_dir)
+    data = [sft_example(f"Write {c}.", c * 4, tok) for c in "abcd"]
+    state = SFTTrainer(load_model(policy_dir), data, SFTConfig(samples_per_step=2)).state_dict()
+    SFTTrainer(load_model(policy_dir), list(data), SFTConfig(samples_per_step=2)).load_state_dict(state)  # the same
+    with pytest.raises(ValueError, match="not those this run was trained on"):
+        SFTTrainer(load_model(policy_dir), data[:3], SFTConfig(samples_per_step=2)).load_state_dict(state)

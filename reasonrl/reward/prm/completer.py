@@ -44,6 +44,7 @@ class Request:
     prefix: str = ""  # the response so far; the completer continues after it
     seed: int = 0
     texts: list[str] = field(default_factory=list)  # filled by `run`: the n continuations
+    ended: list[bool] = field(default_factory=list)  # each continuation ended on its own (not cut at max_tokens)
 
 
 class Completer:
@@ -83,6 +84,7 @@ class Completer:
                     failed[i] = out.error
                 else:
                     todo[i].texts = [o.text for o in out.outputs]
+                    todo[i].ended = [o.finish_reason != "length" for o in out.outputs]
             todo = {i: todo[i] for i in failed}
             if not todo:
                 break

@@ -10,6 +10,7 @@ server must be able to read that directory (same machine or a shared file system
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import queue
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.sequence import CompletionOutput
 from reasonrl.models.loader import save_model
 from reasonrl.rollout.backend import Finished, RolloutBackend
@@ -26,6 +28,9 @@ from reasonrl.rollout.dialects import DIALECTS
 
 log = logging.getLogger(__name__)
 ABORT_RESEND_S = 0.5  # abort_all sends the abort again this often while requests are out
+CARRIED = {"temperature", "top_p", "seed", "max_tokens", "stop_token_ids",  # what every dialect sends
+           "detokenize", "skip_special_tokens", "logprobs", "speculative"}  # (the server's business, or unused)
+DEFAULTS = SamplingParams()
 
 
 def api_key_from_env(variable: str | None) -> str | None:
@@ -72,6 +77,11 @@ class RemoteBackend(RolloutBackend):
         if not isinstance(prompt_ids, list):
             raise ValueError("remote rollouts take text prompts only for now: the completions API has no image "
                              "input (roll out a vision-language policy with the in-process engine)")
+        dropped = [f.name for f in dataclasses.fields(params) if f.name not in CARRIED
+                   and getattr(params, f.name) != getattr(DEFAULTS, f.name)]
+        if dropped:
+            raise ValueError(f"remote rollouts carry {', '.join(sorted(CARRIED))} of the sampling parameters; "
+                             f"{', '.join(dropped)} would be dropped")
         route, body = self.dialect.generate(key, prompt_ids, params, output_ids, output_logprobs)
         self.in_flight.add(key)
         sample = (list(output_ids), list(output_logprobs), params.seed or 0)

@@ -199,6 +199,22 @@ def test_a_sample_the_server_fails_comes_back_as_an_error_to_resubmit(served, mo
     backend.close()
 
 
+
+def test_sampling_parameters_a_dialect_cannot_carry_are_refused_not_dropped(served):
+    """The dialects send temperature, top_p, seed, max_tokens and stop ids: top_k or ignore_eos were
+    dropped without a word, and the server sampled from another distribution than asked."""
+    from reasonrl.engine import SamplingParams
+
+    _, url, _ = served
+    backend = RemoteBackend(url)
+    try:
+        for field in ({"top_k": 5}, {"ignore_eos": True}, {"presence_penalty": 0.5}, {"n": 2}):
+            with pytest.raises(ValueError, match=f"{next(iter(field))} would be dropped"):
+                backend.submit("x", [5, 6], SamplingParams(max_tokens=4, **field), [], [])
+        assert not backend.in_flight
+    finally:
+        backend.close()
+
 def test_dead_endpoint_gives_one_clear_error():
     with pytest.raises(ConnectionError, match="no reasonrl server at http://127.0.0.1:9"):
         RemoteBackend("http://127.0.0.1:9")

@@ -115,11 +115,12 @@ def test_exact_reward():
 
 
 def test_exact_and_choice_rewards_are_bounded():
-    """The "Answer:" line was read whole and unbounded: a megabyte of "*." took 10 s per reward."""
-    hostile = "Answer: " + "*." * 500_000
+    """The "Answer:" line was read whole and unbounded: a megabyte of "*." took 10 s per reward, so these
+    8 MB would take minutes (the bound is a loaded machine's, far above what they take now)."""
+    hostile = "Answer: " + "*." * 4_000_000
     start = time.perf_counter()
     assert exact_reward(hostile, "Paris") == choice_reward(hostile, "B") == 0.0
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 60
     assert exact_reward("Answer: " + "a" * 2000, "a" * 2000) == 0.0  # an answer longer than a box may be
 
 

@@ -55,11 +55,12 @@ def test_long_or_hostile_text_is_bounded():
 
 
 def test_a_decorated_answer_line_is_read_in_linear_time():
-    """Markdown used to come off a layer per pass, each pass a copy: a megabyte of "*." took 8 s."""
+    """Markdown used to come off a layer per pass, each pass a copy: a megabyte of "*." took 8 s, so these
+    8 MB would take minutes (the bound is a loaded machine's, far above the milliseconds they take now)."""
     start = time.perf_counter()
-    assert extract_answer("Answer: " + "*." * 500_000) is None
-    assert extract_answer("Answer: 5" + " *`." * 250_000) == "5"
-    assert time.perf_counter() - start < 2.0
+    assert extract_answer("Answer: " + "*." * 4_000_000) is None
+    assert extract_answer("Answer: 5" + " *`." * 2_000_000) == "5"
+    assert time.perf_counter() - start < 60
     assert answer_line("Answer: " + "1" * 2000) is None  # longer than max_chars, like a box
     assert answer_line("Answer: " + "1" * 2000, max_chars=5000) == "1" * 2000
 

@@ -57,7 +57,7 @@ def sample(model: Smarli, batch: Batch, steps: int = 8, temperature: float = 1.0
         masked = tokens == cfg.mask_id
         logprobs = model(batch, tokens)  # (B, N, V)
         policy = tempered(logprobs, temperature)
-        drawn = categorical((logprobs / max(temperature, 1e-6)).softmax(-1), generator)
+        drawn = categorical(policy.exp(), generator)
         chosen = logprobs.gather(-1, drawn[..., None])[..., 0]  # the model's confidence orders the keeping
         gumbel = -torch.log(-torch.log(uniform((b, n), generator).clamp(1e-20, 1)))
         confidence = torch.where(masked, chosen + choice_temperature * (1 - (s + 1) / steps) * gumbel, float("inf"))

@@ -30,6 +30,7 @@ from typing import Callable
 
 import numpy as np
 
+from .match import iou_matrix
 from .palette import COLOURS
 from .refer import describe, indefinite, matching, plural, refer
 from .scene import Box, Scene, SceneObject
@@ -138,7 +139,7 @@ def _extreme_object(scene: Scene, largest: bool) -> int | None:
     Not asked when objects overlap (`--occlusion`): an occluded object's visible area can reverse the
     order of the whole ones, and the answer would depend on how size is judged."""
     n = len(scene.objects)
-    if n < 2 or any(_overlap(scene.box(a), scene.box(b)) for a in range(n) for b in range(a + 1, n)):
+    if n < 2 or np.triu(iou_matrix(*2 * [[scene.box(j) for j in range(n)]]), 1).any():  # some two overlap
         return None
     size_class = [SIZES.index(o.size) for o in scene.objects]
     i = (max if largest else min)(range(n), key=lambda j: (size_class[j], scene.area(j)))
@@ -147,11 +148,6 @@ def _extreme_object(scene: Scene, largest: bool) -> int | None:
         if j != i and (size_class[big] <= size_class[small] or scene.area(big) < AREA_MARGIN * scene.area(small)):
             return None
     return i
-
-
-def _overlap(a, b) -> bool:
-    """Boxes (x0, y0, x1, y1), end-exclusive, share a pixel."""
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def exists(scene: Scene, rng: np.random.Generator) -> QAItem:

@@ -91,10 +91,14 @@ class Evictor:
         self.num_evictions = 0  # a preempted sequence is evicted again when it is re-prefilled
         self.num_evicted_tokens = 0  # cache entries dropped, over every eviction so far
         self.num_skipped = 0
+        self.whole: set[int] = set()  # seq_ids whose eviction was skipped: they keep their prompt whole for good
 
     def applies(self, seq: Sequence) -> bool:
-        """The prompt is longer than what eviction keeps, and it has not been evicted yet."""
-        return not seq.num_evicted and len(seq.prompt_ids) > self.cfg.budget + self.cfg.window
+        """The prompt is longer than what eviction keeps, it has not been evicted yet, and its
+        eviction was not skipped (a sequence that decoded on its whole prompt must not switch to the
+        evicted cache when it is re-prefilled after a preemption)."""
+        return (not seq.num_evicted and seq.seq_id not in self.whole
+                and len(seq.prompt_ids) > self.cfg.budget + self.cfg.window)
 
     def prepare(self, seq: Sequence) -> None:
         """A new sequence: if it will evict, its prefill chunks end at the prompt's end (so the
@@ -148,7 +152,8 @@ class Evictor:
     def after_step(self, seq: Sequence) -> None:
         """Evict the prompt once all of it is computed: its kept entries replace its blocks. When
         the blocks it frees (those no other sequence shares) and the free ones cannot hold the kept
-        entries, the prompt stays whole (`evictions_skipped`): correct, only not smaller."""
+        entries, the prompt stays whole (`evictions_skipped`): correct, only not smaller, and for
+        good: re-prefilled after a preemption, it is rebuilt whole again."""
         kept = self.kept.pop(seq.seq_id, None)
         if kept is None:
             return
@@ -157,6 +162,8 @@ class Evictor:
         assert len(kept) == self.kv.cfg.num_layers and seq.num_computed == prompt
         if not self.blocks.can_compact(seq, n):
             self.num_skipped += 1
+            self.whole.add(seq.seq_id)
+            seq.chunk_boundary = None  # (its reuse_before stays: it only narrows what the prefix cache serves)
             return
         new_table = torch.tensor(self.blocks.compact(seq, n), dtype=torch.long, device=self.kv.device)
         slots = (new_table[:, None] * bs + torch.arange(bs, device=self.kv.device)).flatten()[:n]
@@ -167,6 +174,7 @@ class Evictor:
         self.num_evicted_tokens += prompt - n
 
     def forget(self, seq: Sequence) -> None:
+        self.whole.discard(seq.seq_id)
         self.window_q.pop(seq.seq_id, None)
         self.kept.pop(seq.seq_id, None)
 

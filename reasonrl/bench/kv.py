@@ -142,8 +142,13 @@ def engine_accuracy(model: DecoderLM, items: list[RecallItem], kv_format: str, k
     for i, it in enumerate(items):
         engine.add_request(str(i), it.prompt_ids, params)
     done = engine.drain()
+    stats = engine.stats()
+    if stats["preemptions"]:  # the cache is sized for every sequence at once; a preempted one is evicted
+        # again when re-prefilled, and kv_evicted_tokens (the eviction rows' bytes) counts it twice
+        raise RuntimeError(f"bench kv: the {kv_format} engine preempted {stats['preemptions']} sequences; "
+                           "its byte figures would count re-evictions twice")
     correct = sum(done[str(i)].outputs[0].token_ids == it.answer_ids for i, it in enumerate(items))
-    return correct / len(items), engine.stats()
+    return correct / len(items), stats
 
 
 def dense_bytes(model: DecoderLM, tokens: int) -> int:

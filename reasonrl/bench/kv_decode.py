@@ -11,8 +11,9 @@ as in serving); in each, layer 0 runs untimed (it carries the step's once-per-st
 the quantized formats' write plan) and layer 1 is timed: `KVFormat.write` + `KVFormat.attend`,
 what `PagedAttention` runs per layer. On CUDA this is the Triton decode
 kernel of each format (dense: `kernels/paged_attention.py`; TaDA/KIVI: `kernels/kv_quant.py`;
-SPARK: `kernels/kv_spark.py`); on CPU it is the PyTorch path (a temporary of the gathered blocks),
-which says nothing about the kernels: run it on a GPU for the target.
+SPARK: `kernels/kv_spark.py`); on CPU it is every format's PyTorch path (a temporary of the gathered
+blocks; dense's C++ decode kernel is turned off, so that dense is timed as the others are), which
+says nothing about the kernels: run it on a GPU for the target.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def filled_cache(name: str, options: dict, cfg: DecodeBenchConfig, device: torch
     tables = torch.randperm(num_blocks, generator=torch.Generator().manual_seed(cfg.seed))
     tables = tables.view(cfg.batch, per_seq).to(torch.int32).to(device)
     kv = get_format(name)(mcfg, num_blocks, bs, device, dtype, cfg.batch, **options)
+    kv.cpu_kernel = False  # on CPU every format runs its PyTorch path, dense too (none other has a C++ kernel)
     kv.allocate()
     for start in range(0, cfg.context, cfg.chunk):
         n = min(cfg.chunk, cfg.context - start)

@@ -87,6 +87,22 @@ def test_bench_kv_rows_are_well_formed(tmp_path):
     assert "snapkv+spark" in format_table(rows)
 
 
+def test_an_engine_that_preempts_is_refused_not_counted(tmp_path, monkeypatch):
+    """A preempted sequence is evicted again when re-prefilled: kv_evicted_tokens would count its
+    prompt twice and the eviction rows' bytes would come out too small."""
+    import reasonrl.bench.kv as kv_bench
+    from reasonrl.bench.recall import RecallItem
+
+    cfg = tiny_bench_config()
+    recall_model(tmp_path / "m", cfg)
+    model = kv_bench.load_model(tmp_path / "m", None, torch.float32)
+    items = [RecallItem(it.prompt_ids, (it.answer_ids * 10)[:20]) for it in recall_items(cfg.task, 6, cfg.seed)]
+    real = kv_bench.dense_bytes
+    monkeypatch.setattr(kv_bench, "dense_bytes", lambda m, tokens: real(m, 2 * 44))  # room for two sequences
+    with pytest.raises(RuntimeError, match="preempted"):
+        kv_bench.engine_accuracy(model, items, "dense", {}, cfg)
+
+
 def test_model_shapes_are_presets_that_do_not_leak_into_each_other():
     wide = config_from_args(items=5, train_steps=7, seed=3, shape="32x128")
     assert (wide.model["num_kv_heads"], wide.model["head_dim"], wide.task.pairs) == (32, 128, 32)

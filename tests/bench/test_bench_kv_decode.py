@@ -40,6 +40,15 @@ def test_the_cache_is_filled_as_the_engine_fills_it(name, options):
     assert tables.shape == (2, 5) and sorted(tables.flatten().tolist()) == list(range(10))
 
 
+def test_dense_is_timed_on_its_pytorch_path_as_the_other_formats_are():
+    """On CPU dense has a C++ decode kernel and no other format has one: the reference row would
+    be some 3x faster than the path the formats' rows are compared with."""
+    import torch
+
+    kv, _ = filled_cache("dense", {}, DecodeBenchConfig(**SMALL), torch.device("cpu"), torch.float32)
+    assert not kv.on_cpu_kernel
+
+
 def test_cli_writes_the_rows(tmp_path, capsys):
     out = tmp_path / "d.json"
     assert main(["bench", "kv-decode", "--device", "cpu", "--context", "40", "--batch", "2", "--iters", "2",

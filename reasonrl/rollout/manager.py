@@ -46,7 +46,8 @@ class RolloutManager:
         groups, stats = self.april.collect(step, version)
         self.backend.release()
         metrics = {**stats.as_dict(), **self.april.buffer.stats(step)}
-        return groups, {**metrics, **_spec_metrics(before, self.backend.stats())}
+        after = self.backend.stats()
+        return groups, {**metrics, **_spec_metrics(before, after), **_pool_metrics(after)}
 
     def evaluate(self, prompts: list[Prompt]) -> dict[str, float]:
         """Greedy pass@1 on held-out prompts, through the same backend as the rollouts."""
@@ -118,6 +119,15 @@ class RolloutManager:
         self.prompts.load_state_dict(state["prompts"])
         self.april.load_state_dict(state["april"])
         self.backend.load_state_dict(state["backend"])
+
+
+POOL_METRICS = ("engines", "engine_deaths", "engine_restarts", "recovered_samples", "recovered_tokens")
+
+
+def _pool_metrics(stats: dict[str, float]) -> dict[str, float]:
+    """Ray's engine pool (scale/engine_pool.py): live engines, and cumulative deaths, restarts and
+    the samples and tokens resumed on another engine after a death."""
+    return {k: stats[k] for k in POOL_METRICS if k in stats}
 
 
 def _spec_metrics(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

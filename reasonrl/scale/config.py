@@ -43,3 +43,5 @@ class ClusterConfig:
         check(self.trainers >= 1, "cluster.trainers", f"must be >= 1, got {self.trainers}")
         check(self.engine_threads >= 1, "cluster.engine_threads", f"must be >= 1, got {self.engine_threads}")
         check(self.trainer_threads >= 1, "cluster.trainer_threads", f"must be >= 1, got {self.trainer_threads}")
+        check(self.placement_timeout > 0, "cluster.placement_timeout",  # Ray aborts the process on a negative wait
+              f"must be > 0 seconds, got {self.placement_timeout}")

@@ -200,3 +200,71 @@ def test_the_summary_counts_only_the_iterations_asked_for(tmp_path, evaluator):
     four = run_agent(config(tmp_path, iterations=4), llm, evaluator, progress=False)
     two = run_agent(config(tmp_path, iterations=2), ScriptedLLM(lambda task, k, i: fenced(WRONG)), evaluator, progress=False)
     assert two["cost"]["calls"] < four["cost"]["calls"]
+
+
+FORGER = """import torch, os
+
+def vector_add(x, y):
+    torch.save({'stage': 'import', 'error': 'boom', 'layers': torch.ones(2)}, '.result.pt')
+    os._exit(0)
+"""
+
+
+def test_a_forged_result_file_is_a_crash_and_the_run_goes_on(tmp_path, evaluator):
+    """Its tensor `layers` reached the verdict: logging it raised "Object of type Tensor is not JSON
+    serializable", and every rerun died again on the replayed reply."""
+    for _ in range(2):  # the rerun replays the log
+        llm = ScriptedLLM(lambda task, k, i: fenced(FORGER))
+        summary = run_agent(config(tmp_path, iterations=2, reflect=False), llm, evaluator, progress=False)
+    assert summary["tasks_detail"]["vector_add"]["last_status"] == ["crashed"]
+
+
+def test_a_task_whose_reference_fails_is_skipped_with_the_reason(tmp_path):
+    """Its verdict was `sandbox_error`, which stops the run ("rerun to resume"), and the rerun stopped again."""
+    from reasonrl.agents.geak.log import SandboxFailure  # noqa: F401 - what used to be raised
+
+    class BrokenReference(FakeEvaluator):
+        def evaluate_many(self, pairs):
+            return [Verdict(task.id, "task_error", "this task's reference failed: RuntimeError: Found no NVIDIA driver")
+                    if task.id == "flip" else Verdict(task.id, "passed", "ok", speedup=1.0) for task, _ in pairs]
+
+    llm = ScriptedLLM(lambda task, k, i: fenced(EXPERT))
+    summary = run_agent(config(tmp_path, tasks="vector_add,flip", iterations=3), llm, BrokenReference(None),
+                        progress=False)
+    assert "Found no NVIDIA driver" in summary["skipped"]["flip"] and list(summary["skipped"]) == ["flip"]
+    flip_calls = [c for c in llm.calls if c.key.startswith("flip/")]
+    assert [c.role for c in flip_calls] == ["generate"]  # skipped after its first verdict: no reflection, no more tries
+    assert summary["tasks_detail"]["vector_add"]["solved_at"] == [0]
+    assert "Found no NVIDIA driver" in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_evaluator_options_in_the_task_spec_are_refused_by_name(tmp_path):
+    """`kernels:?ids=vector_add&timeout=2&workers=1` ran with the default evaluator: the options were
+    silently dropped (a 0.5 s/call candidate passed after 6 s)."""
+    fake = FakeEvaluator(lambda task, code: Verdict(task.id, "passed", "ok"))
+    llm = ScriptedLLM(lambda task, k, i: "no code")
+    with pytest.raises(ValueError, match=r"option\(s\) timeout, workers do nothing for the agent.*--timeout"):
+        run_agent(config(tmp_path, tasks="kernels:?ids=vector_add&timeout=2&workers=1"), llm, fake, progress=False)
+    with pytest.raises(ValueError, match="holdout"):
+        run_agent(config(tmp_path / "b", tasks="kernels:?ids=vector_add&holdout=0"), llm, fake, progress=False)
+    assert not fake.seen
+
+
+def test_a_solved_kernel_of_the_same_family_is_a_one_shot_example(tmp_path):
+    """A published suite puts every task in one family, and the family was excluded from retrieval: no
+    solved kernel was ever shown. Only experts of the family are kept out (answer keys); the run's own
+    solutions of other tasks are fair examples."""
+    from reasonrl.envs.kernels.published import ScriptTask
+
+    def task(name):
+        return ScriptTask(f"tritonbench/{name}", "tritonbench", f"Write {name}, an elementwise add of two vectors.",
+                          f"def {name}(x, y)", "", "", (1e-2, 1e-1), entry=name)
+
+    first, second = task("add_one"), task("add_two")
+    fake = FakeEvaluator(lambda t, code: Verdict(t.id, "passed" if t is first else "wrong_output", "ok", speedup=1.0))
+    llm = ScriptedLLM(lambda t, k, i: fenced(f"def {t.split('/')[1]}(x, y):\n    return x + y  # mine {i}\n"))
+    run_agent(config(tmp_path, one_shot="solved", iterations=2, reflect=False), llm, fake, tasks=[first, second],
+              progress=False)
+    second_calls = [user_text(c) for c in llm.calls if c.key.startswith("tritonbench/add_two/")]
+    assert "similar to this one" not in second_calls[0]  # nothing solved yet
+    assert "a solved task similar to this one" in second_calls[1] and "def add_one(x, y)" in second_calls[1]

@@ -101,3 +101,67 @@ def test_reasonrl_eval_on_the_kernel_environment(tmp_path):
     assert summary["env_metrics"]["exec_accuracy"] == pytest.approx(2 / 3)
     assert summary["parse_failure_rate"] == pytest.approx(1 / 3)
     assert "exec_accuracy" in (tmp_path / "run" / "summary.md").read_text()
+
+
+FORGED = "import torch, os\n\ndef vector_add(x, y):\n    torch.save({payload}, '.result.pt')\n    os._exit(0)\n"
+
+
+def test_a_forged_result_file_is_that_candidates_crash_and_no_one_elses(evaluator):
+    """A candidate writes the result file itself and exits: a structure the judge did not expect made
+    evaluate_many raise (TypeError), so the environment scored the whole batch 0, the expert too."""
+    import json
+
+    task = get_task("vector_add")
+    env = KernelEnvironment([task], evaluator=evaluator)
+    (prompt,) = env.prompts(split="all")
+    payloads = ['{"stage": "done", "violations": 5}', '{"stage": ["done"]}',
+                '{"stage": "import", "error": "boom", "layers": torch.ones(2)}', '{"stage": "call", "case": "0"}',
+                '{"stage": "done", "outputs": [], "launches": [1.5]}']
+    responses = [fenced(task.expert_source())] + [fenced(FORGED.format(payload=p)) for p in payloads]
+    assert env.rewards([prompt] * len(responses), responses) == [1.0] + [0.0] * len(payloads)
+    verdicts = env.judge([prompt] * len(responses), responses)
+    assert [v.status for v in verdicts[1:]] == ["crashed"] * len(payloads)
+    assert all("malformed" in v.message for v in verdicts[1:])
+    json.dumps([v.to_dict() for v in verdicts])  # what the agent logs
+
+
+AUTOTUNED = '''
+import torch, triton, triton.language as tl
+
+@triton.autotune(configs=[triton.Config({"BLOCK": 128}), triton.Config({"BLOCK": 256})], key=["n"])
+@triton.jit
+def _add(x_ptr, y_ptr, o_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n
+    tl.store(o_ptr + offs, tl.load(x_ptr + offs, mask=m) + tl.load(y_ptr + offs, mask=m), mask=m)
+
+def vector_add(x, y):
+    out = torch.empty_like(x)
+    n = x.numel()
+    _add[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](x, y, out, n)
+    return out
+'''
+
+
+def test_an_autotuned_kernel_runs_its_first_config_on_the_cpu(evaluator):
+    """Triton's autotuner benchmarks through the active driver, and under the interpreter there is
+    none: every correct @triton.autotune kernel was rejected ("0 active drivers")."""
+    verdict = evaluator.evaluate(get_task("vector_add"), AUTOTUNED)
+    assert verdict.status == "passed", (verdict.message, verdict.stderr[-500:])
+
+
+def test_the_cpu_limit_follows_the_timeout_and_a_cpu_kill_says_so():
+    """`timeout=120` left the CPU limit at 60 s (under the interpreter CPU time runs with the clock),
+    and a run killed at the CPU limit read as a bare "exit code 137"."""
+    assert SandboxLimits(timeout=120).cpu_seconds == 120 and SandboxLimits(timeout=0.5).cpu_seconds == 1
+    assert SandboxLimits(timeout=120, cpu_seconds=7).cpu_seconds == 7
+    env = load_environment("kernels:?ids=vector_add&timeout=120")
+    assert env.evaluator.limits.cpu_seconds == 120
+    env.close()
+    spin = get_task("vector_add").expert_source().replace(
+        "    out = torch.empty_like(x)", "    import time\n    t = time.process_time()\n"
+        "    while time.process_time() - t < 5:\n        pass\n    out = torch.empty_like(x)", 1)
+    assert "process_time" in spin
+    with KernelEvaluator(EvaluatorConfig(workers=1), SandboxLimits(timeout=30.0, cpu_seconds=1)) as ev:
+        verdict = ev.evaluate(get_task("vector_add"), spin)
+    assert verdict.status == "crashed" and "CPU-time limit of 1 s" in verdict.message

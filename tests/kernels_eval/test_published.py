@@ -118,3 +118,53 @@ def test_published_tasks_are_judged_by_their_tests(suites):
     assert [v.status for v in verdicts] == ["passed", "wrong_output", "passed", "passed", "passed", "wrong_output"]
     assert "output['case_1']" in verdicts[1].message
     assert "test_add[" in verdicts[5].message  # the ROCm key names the parametrized case
+
+
+BROKEN_TESTS = '''
+def test_add():
+    torch.cuda.get_device_name()  # a test written for a GPU only
+    return add(torch.ones(3, device='cuda'), torch.ones(3, device='cuda'))
+
+
+result_gold = test_add()
+'''
+PEEK = '''
+import glob
+_src = open(glob.glob({directory!r} + "/*.py")[0]).read().split("#" * 146)[0]
+exec(_src)
+'''
+
+
+def test_the_suites_directory_is_hidden_from_candidates(suites):
+    """The suite's files are the answer keys: a candidate globbed them and ran the reference (passed)."""
+    tb, _, _ = suites
+    (task,) = load_tritonbench(tb)
+    with KernelEvaluator(EvaluatorConfig(workers=1)) as evaluator:
+        peek = evaluator.evaluate(task, PEEK.format(directory=str(tb)))
+        assert str(tb.resolve()) in evaluator.hidden
+    assert peek.status == "forbidden" and "(hidden)" in peek.message, peek.message
+
+
+def test_a_failing_reference_is_the_tasks_problem_and_a_timeout_is_not_kept(suites):
+    """A published task whose reference fails was judged `sandbox_error` (the machine's failure: the
+    agent stopped, and stopped again on every rerun); a timeout of the reference was kept for the
+    evaluator's lifetime."""
+    tb, _, _ = suites
+    (good,) = load_tritonbench(tb)
+    broken_dir = tb.parent / "broken"
+    broken_dir.mkdir()
+    (broken_dir / "b_add.py").write_text(KERNEL + SEPARATOR + "\n" + BROKEN_TESTS)
+    (broken,) = load_tritonbench(broken_dir)
+    with KernelEvaluator(EvaluatorConfig(workers=1)) as evaluator:
+        bad = evaluator.evaluate(broken, KERNEL)
+        assert bad.status == "task_error" and "get_device_name" in bad.message, bad.message
+        real, runs = evaluator._run_reference, []
+
+        def timed_out(job):
+            runs.append(job)
+            return {"result": None, "exit_code": None, "signal": 9, "timed_out": True, "elapsed": 1.0,
+                    "stdout": "", "stderr": ""}
+        evaluator._run_reference = timed_out
+        assert evaluator.evaluate(good, KERNEL).status == "task_error" and len(runs) == 1
+        evaluator._run_reference = real
+        assert evaluator.evaluate(good, KERNEL).status == "passed"  # planned again: the timeout was not kept

@@ -197,6 +197,34 @@ def test_timeout_kills_the_process_group(tmp_path):
     assert "started" in outcome.stdout
 
 
+def _fill(ctx, files=8, then_sleep=True):
+    block = b"\0" * (1 << 20)
+    for i in range(files):
+        with open(f"flood{i}.bin", "wb") as f:
+            f.write(block)
+    while then_sleep:
+        time.sleep(1)
+
+
+def _many_empty_files(ctx):
+    for i in range(3000):
+        open(f"e{i}", "w").close()
+
+
+def test_the_disk_limit_caps_all_files_together(tmp_path):
+    """RLIMIT_FSIZE caps each file only: eight files under it, 8 x 60 MiB, passed. Past `disk` a
+    running candidate is killed (long before its timeout), and one that ended is caught after."""
+    limits = SandboxLimits(timeout=30.0, file_size=2 << 20, disk=4 << 20)
+    for body, job in ((_fill, "running"), (lambda ctx: _fill(ctx, then_sleep=False), "ended"),
+                      (_many_empty_files, "empties")):
+        (tmp_path / job / "out").mkdir(parents=True)
+        start = time.monotonic()
+        outcome = run_sandboxed(body, str(tmp_path / job), limits, [])
+        assert outcome.over_disk and not outcome.timed_out and time.monotonic() - start < 15, job
+    (tmp_path / "small" / "out").mkdir(parents=True)
+    assert not run_sandboxed(lambda ctx: _fill(ctx, 2, False), str(tmp_path / "small"), limits, []).over_disk
+
+
 def test_output_is_truncated(tmp_path):
     job = tmp_path / "job"
     (job / "out").mkdir(parents=True)

@@ -382,3 +382,35 @@ def test_an_evaluation_that_gives_up_leaves_nothing_in_the_engine(tmp_path):
     with pytest.raises(RuntimeError, match="evaluation request eval:1: the backend failed it 4 times"):
         manager.evaluate(Say().prompts(4))
     assert not engine.requests
+
+
+def test_a_rollout_phase_logs_the_engine_pools_counters():
+    """Ray's EnginePool counts engines, deaths, restarts and recovered samples and tokens (docs/scale.md
+    promises them in every step row); the manager kept only the speculative-decoding metrics."""
+    from reasonrl.envs.base import Environment
+    from reasonrl.models.chat import ChatEncoder
+    from reasonrl.models.tiny import make_tokenizer
+    from reasonrl.rollout.manager import RolloutManager
+
+    class AnyAnswer(Environment):
+        def prompts(self, n=None, seed=0, split="train"):
+            return [Prompt(id=f"q{i}", messages=[{"role": "user", "content": "say"}]) for i in range(n or 4)]
+
+        def score(self, prompt, response):
+            return float(len(response) % 2)
+
+    pool = {"engines": 2, "engine_deaths": 1, "engine_restarts": 1, "recovered_samples": 3, "recovered_tokens": 17}
+
+    class Pool(FakeEngine):
+        def prepare(self):
+            pass
+
+        def release(self):
+            pass
+
+        def stats(self):
+            return {**pool, "running": 0}
+
+    tok = make_tokenizer(["say one two three"] * 10, vocab_size=280)
+    _, stats = RolloutManager(Pool(), AnyAnswer(), ChatEncoder(tok), RolloutConfig(2, 2, 1.0, 20)).collect(1, 0)
+    assert {k: stats[k] for k in pool} == pool and "running" not in stats

@@ -23,6 +23,13 @@ def test_cluster_section_is_validated_and_off_by_default():
         load_config(None, {"model.path": "m", "cluster.placement": "everywhere"})
 
 
+def test_a_negative_placement_timeout_is_refused_by_name():
+    """Ray aborted the whole process with a C++ check failure (timeout_ms >= 0) on a negative one."""
+    for bad in (-5.0, 0):
+        with pytest.raises(ValueError, match="cluster.placement_timeout: must be > 0"):
+            load_config(None, {"model.path": "m", "cluster.placement_timeout": bad})
+
+
 def test_without_ray_the_error_says_how_to_install_it(monkeypatch):
     real_find, real_import = importlib.util.find_spec, builtins.__import__
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find(name, *a))

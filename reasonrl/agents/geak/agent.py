@@ -28,6 +28,7 @@ import logging
 import sys
 import zlib
 from typing import Sequence
+from urllib.parse import parse_qsl
 
 from reasonrl.envs.kernels.prompt import extract_code
 
@@ -85,17 +86,20 @@ class Loop:
                 (_key(t, iteration, "candidate"), t.task, code, _meta(t, iteration)) for t, code in zip(active, codes)])
             attempts = [Attempt(iteration, code, v.status, _feedback(v, r), v.exec_ok, v.speedup, v.expert_speedup)
                         for code, v, r in zip(codes, verdicts, gen_replies)]
-            if self.config.reflect:
-                self._reflect(active, attempts, iteration)
+            judged = [(t, a) for t, a in zip(active, attempts) if a.status != "task_error"]
+            if self.config.reflect and judged:
+                self._reflect(*map(list, zip(*judged)), iteration)
             for trajectory, attempt in zip(active, attempts):
                 trajectory.record(attempt)
                 if attempt.passed and attempt.code:
                     self.corpus.add(f"solved:{trajectory.task.id}", trajectory.task.family, trajectory.task.instruction,
-                                    attempt.code)
+                                    attempt.code, solved=True)
             self._report(iteration)
         return self.trajectories
 
     def _done(self, trajectory: Trajectory) -> bool:
+        if trajectory.skipped:  # its task cannot be judged: reported in the summary, no more calls
+            return True
         return trajectory.solved_at is not None and not (self.timed and self.config.optimizer)
 
     def _generate(self, active: list[Trajectory], iteration: int):
@@ -148,7 +152,7 @@ def _feedback(verdict, reply) -> str:
 
 
 def corpus(tasks: Sequence) -> BM25:
-    """Our task set's experts (all families: the query's own family is excluded at query time)."""
+    """Our task set's experts (all families: the query's own family's experts are excluded at query time)."""
     from reasonrl.envs.kernels.suite import TASKS
 
     index = BM25()
@@ -158,9 +162,16 @@ def corpus(tasks: Sequence) -> BM25:
 
 
 def resolve_tasks(spec: str) -> list:
-    """Tasks from a kernels: spec, or from comma-separated task ids."""
-    from reasonrl.envs.kernels import from_spec
+    """Tasks from a kernels: spec, or from comma-separated task ids. The spec selects tasks only:
+    the agent's evaluator is set by its own flags, and it has no reward or split, so any other
+    option is refused by name rather than silently ignored."""
+    from reasonrl.envs.kernels import TASK_OPTIONS, from_spec
 
-    if spec.startswith("kernels:"):
-        return list(from_spec(spec.removeprefix("kernels:")).tasks.values())
-    return list(from_spec(f"?ids={spec}").tasks.values())
+    argument = spec.removeprefix("kernels:") if spec.startswith("kernels:") else f"?ids={spec}"
+    tasks = list(from_spec(argument).tasks.values())  # unknown options and bad values are refused here
+    unused = sorted({key for key, _ in parse_qsl(argument.partition("?")[2], keep_blank_values=True)} - TASK_OPTIONS)
+    if unused:
+        raise ValueError(f"--tasks {spec}: option(s) {', '.join(unused)} do nothing for the agent, which takes only "
+                         f"task filters ({', '.join(sorted(TASK_OPTIONS))}); set the evaluator with its flags "
+                         "(--workers, --timeout, --timing, --cpu-seconds, ...)")
+    return tasks

@@ -34,7 +34,7 @@ class AgentConfig:
     """Add the Triton knowledge notes to the system prompt (GEAK's knowledge injection)."""
     one_shot: Literal["experts", "solved", "none"] = "experts"
     """One-shot example: the most similar solved task by BM25 among other families' experts and this run's
-    solutions (experts), this run's solutions only (solved), or none."""
+    solutions of other tasks (experts), this run's solutions of other tasks only (solved), or none."""
     max_repeated_errors: int = 3
     """The debugger: after this many identical errors in a row, drop the line and start afresh."""
     ancestors: int = 5

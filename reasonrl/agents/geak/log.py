@@ -4,7 +4,8 @@
     calls.jsonl        one row per LLM call: key, role, task, trajectory, iteration, the messages sent,
                        the reply's text, tokens, error and seconds
     candidates.jsonl   one row per candidate: key, task, trajectory, iteration, the code extracted
-                       (None when there was none) and the evaluator's verdict
+                       (None when there was none) and the evaluator's verdict (not a `task_error`
+                       or `sandbox_error`: those are judged again on resume)
     summary.json/.md   written at the end (metrics.py)
 
 Resuming is replaying: the agent runs its loop from the start, and every call or candidate whose
@@ -24,6 +25,7 @@ from reasonrl.eval.store import read_rows as store_rows
 
 from .llm import LLM, Call, Reply
 
+UNLOGGED = {"sandbox_error", "task_error"}  # not the candidate's doing: judged again when the run resumes
 
 
 class SandboxFailure(RuntimeError):
@@ -60,18 +62,24 @@ class RunLog:
         return [_reply(self.calls[c.key]) for c in calls]
 
     def evaluate(self, evaluator, items: Sequence[tuple[str, object, str | None, dict]]) -> list[Verdict]:
-        """Verdicts of (key, task, code, meta) items, from the log or the evaluator (then logged)."""
+        """Verdicts of (key, task, code, meta) items, from the log or the evaluator (then logged).
+        A `task_error` (the task's reference failed) is returned but not logged, so that a rerun
+        asks again (a fixed suite file, a reference that timed out once)."""
         todo = [item for item in items if item[0] not in self.candidates]
+        fresh = {}
         if todo:
             verdicts = evaluator.evaluate_many([(task, code) for _, task, code, _ in todo])
             rows = [{"key": key, **meta, "code": code, "verdict": v.to_dict()}
                     for (key, _, code, meta), v in zip(todo, verdicts, strict=True)]
-            self._append("candidates.jsonl", [r for r in rows if r["verdict"]["status"] != "sandbox_error"], self.candidates)
+            self._append("candidates.jsonl", [r for r in rows if r["verdict"]["status"] not in UNLOGGED],
+                         self.candidates)
             broken = next((v for v in verdicts if v.status == "sandbox_error"), None)
             if broken is not None:  # the machine's failure, not the candidate's: stop, and judge it again on resume
                 raise SandboxFailure(f"the evaluator's sandbox failed ({broken.message}); the candidate was not judged")
+            fresh = {key: v for (key, *_), v in zip(todo, verdicts)}
         self.replayed["candidates"] += len(items) - len(todo)
-        return [Verdict.from_dict(self.candidates[key]["verdict"]) for key, *_ in items]
+        return [fresh[key] if key in fresh and key not in self.candidates
+                else Verdict.from_dict(self.candidates[key]["verdict"]) for key, *_ in items]
 
     def _append(self, name: str, rows: list[dict], index: dict) -> None:
         with open(self.out / name, "a", encoding="utf-8") as f:

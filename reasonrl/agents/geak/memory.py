@@ -46,6 +46,7 @@ class Trajectory:
     restart_note: str = ""
     streak: tuple[str, int] = ("", 0)
     resets: int = 0
+    skipped: str = ""  # why the task cannot be judged (its reference failed): the trajectory is closed
 
     @property
     def solved_at(self) -> int | None:
@@ -54,6 +55,9 @@ class Trajectory:
     def record(self, attempt: Attempt) -> None:
         self.attempts.append(attempt)
         self.restart_note = ""
+        if attempt.status == "task_error":  # nothing a next attempt could change
+            self.skipped = attempt.feedback
+            return
         if attempt.passed:
             self.passing.append(attempt)
             self.last, self.streak = attempt, ("", 0)

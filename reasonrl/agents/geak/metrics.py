@@ -9,7 +9,9 @@
   curve as run, next to the pass@k estimate);
 - cost: LLM calls, completion and prompt tokens, per task solved; how often an answer held no
   code, how often a call failed, how often the debugger restarted a line;
-- on a GPU, each task's best speedup aggregated four ways (evaluate/timing.py).
+- on a GPU, each task's best speedup aggregated four ways (evaluate/timing.py);
+- `skipped`: the tasks that could not be judged (their reference failed), with the reason; they
+  count as unsolved.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def summarize(trajectories: Sequence[Trajectory], run: RunLog, config: AgentConf
         "cost": cost(calls, len(solved_tasks)),
         "debugger_resets": sum(t.resets for t in trajectories),
         "tasks_detail": {tid: _task_detail(ts) for tid, ts in by_task.items()},
+        "skipped": {tid: next(t.skipped for t in ts if t.skipped) for tid, ts in by_task.items()
+                    if any(t.skipped for t in ts)},
     }
     if timed:
         out["speedup"] = aggregate([_best(tid, ts) for tid, ts in by_task.items()])
@@ -121,6 +125,10 @@ def markdown(summary: dict[str, Any]) -> str:
     lines += ["", "| cost | value |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in cost_.items()]
     lines += [f"| debugger_resets | {summary['debugger_resets']} |"]
+    if summary.get("skipped"):
+        lines += ["", "Skipped (the task's reference failed; counted as unsolved):", ""]
+        lines += [f"- {tid}: {reason.splitlines()[-1][:300] if reason.strip() else '-'}"
+                  for tid, reason in summary["skipped"].items()]
     if "speedup" in summary:
         lines += ["", "| speedup | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in summary["speedup"].items()]

@@ -3,9 +3,10 @@ with whitespace tokens, top 1; geak.md §1.3).
 
 Departures: tokens are lower-cased identifiers and numbers (code and prose both split well on
 them); the corpus is our other tasks' experts (families other than the query's, so that
-log_softmax's expert is not softmax's answer) plus the kernels this run has solved, instead of
-TritonBench's crawled GitHub snippets. Like GEAK, the first iteration queries with the task's
-instruction and later ones with the previous attempt's code.
+log_softmax's expert is not softmax's answer) plus the kernels this run has solved for any other
+task, whatever its family (the run's own work, not an answer key: a published suite puts all its
+tasks in one family), instead of TritonBench's crawled GitHub snippets. Like GEAK, the first
+iteration queries with the task's instruction and later ones with the previous attempt's code.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class Document:
     family: str
     instruction: str
     code: str
+    solved: bool = False
+    """A kernel this run solved (the family exclusion is for experts only)."""
     counts: Counter = field(default_factory=Counter)
     length: int = 0
 
@@ -38,15 +41,16 @@ class BM25:
         self.docs: list[Document] = []
         self.df: Counter = Counter()
 
-    def add(self, doc_id: str, family: str, instruction: str, code: str) -> None:
+    def add(self, doc_id: str, family: str, instruction: str, code: str, solved: bool = False) -> None:
         terms = tokens(f"{instruction}\n{code}")
-        doc = Document(doc_id, family, instruction, code, Counter(terms), len(terms))
+        doc = Document(doc_id, family, instruction, code, solved, Counter(terms), len(terms))
         self.docs.append(doc)
         self.df.update(doc.counts.keys())
 
     def best(self, query: str, exclude_ids: set[str] = frozenset(), exclude_family: str | None = None
              ) -> Document | None:
-        """The highest-scoring document not excluded; None when none scores above zero."""
+        """The highest-scoring document not excluded (by id, or an expert of `exclude_family`); None
+        when none scores above zero."""
         if not self.docs:
             return None
         n = len(self.docs)
@@ -54,7 +58,7 @@ class BM25:
         terms = set(tokens(query))
         best, best_score = None, 0.0
         for doc in self.docs:
-            if doc.id in exclude_ids or (exclude_family and doc.family == exclude_family):
+            if doc.id in exclude_ids or (exclude_family and doc.family == exclude_family and not doc.solved):
                 continue
             score = 0.0
             for term in terms & doc.counts.keys():

@@ -21,10 +21,12 @@ from urllib.parse import parse_qsl
 from .environment import KernelEnvironment, KernelRewardConfig
 from .task import Case, KernelTask
 
-__all__ = ["Case", "KernelEnvironment", "KernelRewardConfig", "KernelTask", "from_spec", "select_tasks"]
+__all__ = ["Case", "KernelEnvironment", "KernelRewardConfig", "KernelTask", "TASK_OPTIONS", "from_spec",
+           "select_tasks"]
 
-_OPTIONS = {"family", "level", "cpu", "ids", "workers", "timeout", "timing", "holdout", "call_credit",
-            "speedup_weight", "instructions"}
+TASK_OPTIONS = {"family", "level", "cpu", "ids", "instructions"}
+"""The options that select tasks; the others set the evaluator (workers, timeout, timing) and the reward."""
+_OPTIONS = TASK_OPTIONS | {"workers", "timeout", "timing", "holdout", "call_credit", "speedup_weight"}
 
 
 def select_tasks(tasks, family: str | None = None, level: str | None = None, cpu: bool | None = None,

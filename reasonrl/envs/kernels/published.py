@@ -85,6 +85,8 @@ class ScriptTask:
     cpu: bool = True
     cpu_note: str = "test code rewritten from cuda to cpu"
     entry: str = ""
+    directory: str = ""
+    """The suite's directory: the evaluator hides it from candidates (its files hold the references)."""
 
     def prompt_text(self) -> str:
         return f"{self.instruction}\n\nKeep exactly these signatures (and their imports):\n\n{self.signature}"
@@ -166,7 +168,7 @@ def _load(directory, instructions, family: str, tolerance, prepare) -> list[Scri
                                                  f"with these signatures.")
         level = row.get("difficulty")
         tasks.append(ScriptTask(f"{family}/{path.stem}", family, instruction, sig, code, prepare(tests), tolerance,
-                                level=int(level) if str(level).isdigit() else 3))
+                                level=int(level) if str(level).isdigit() else 3, directory=str(directory.resolve())))
     if not tasks:
         raise ValueError(f"no {family} task files (code, a line of #s, tests) in {directory}")
     return tasks

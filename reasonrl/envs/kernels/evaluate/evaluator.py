@@ -17,6 +17,7 @@ whose check needs a GPU get the verdict `not_on_cpu`.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -28,12 +29,13 @@ from typing import Literal, Sequence
 
 from reasonrl.envs.math.pool import WorkerPool
 
-from .judge import judge, no_code
+from .judge import judge, no_code, reference_failed
 from .limits import SandboxLimits
 from .plan import Plan, make_plan, script_source
 from .timing import TimingConfig
 from .verdict import Verdict
 
+log = logging.getLogger(__name__)
 WORKER_ENV = ("PATH", "LANG", "LC_ALL", "TMPDIR", "HOME", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES",
               "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "CUDA_HOME", "ROCM_PATH", "LD_LIBRARY_PATH")
 SLACK = 30.0  # seconds the pool waits past a job's own timeout before it kills the worker itself
@@ -90,18 +92,42 @@ class KernelEvaluator:
                 verdicts[i] = no_code(task.id)
             elif not task.cpu and self.device == "cpu":
                 verdicts[i] = Verdict(task.id, "not_on_cpu", f"this task's check needs a GPU: {task.cpu_note}")
+            elif (plan := self.plan(task)).reference_error:
+                verdicts[i] = reference_failed(task.id, plan)
             else:
-                todo.append((i, task, self.plan(task), source))
+                todo.append((i, task, plan, source))
         answers = self._pool.run([(self._job(plan, source),) for _, _, plan, source in todo]) if todo else []
         for (i, task, plan, _), answer in zip(todo, answers):
-            verdicts[i] = judge(task.id, plan, answer)
+            try:
+                verdicts[i] = judge(task.id, plan, answer)
+            except Exception as exc:  # a bug in judging one answer: that candidate's verdict, not the batch's
+                log.error("judging a candidate for %s failed: %r", task.id, exc)
+                verdicts[i] = Verdict(task.id, "crashed", f"its result could not be judged ({type(exc).__name__})")
         self._time(pairs, verdicts)
         return verdicts
 
     def plan(self, task) -> Plan:
-        if task.id not in self._plans:
-            self._plans[task.id] = make_plan(task, self.device, self._run_reference)
-        return self._plans[task.id]
+        """The task's plan, made once (a transient failure of its reference is not kept: the next
+        call plans again). A published suite's directory is hidden from every run from then on."""
+        if task.id in self._plans:
+            return self._plans[task.id]
+        self._hide(getattr(task, "directory", ""))
+        plan = make_plan(task, self.device, self._run_reference)
+        if not plan.transient:
+            self._plans[task.id] = plan
+        return plan
+
+    def _hide(self, directory: str) -> None:
+        """Add a suite's directory (its reference files are the answer keys) to the hidden paths,
+        unless it holds what a run needs: the jobs' directory or the Python installation."""
+        if not directory:
+            return
+        path = Path(directory).resolve()
+        needed = [Path(self._jobs_dir).resolve(), *(Path(p).resolve() for p in (sys.prefix, sys.base_prefix))]
+        if any(path == n or path in n.parents for n in needed):
+            log.warning("cannot hide %s from candidates: it holds the evaluator's job directory or Python", path)
+        elif str(path) not in self.hidden:
+            self.hidden.append(str(path))
 
     def _job(self, plan: Plan, source: str) -> dict:
         if plan.job["kind"] == "script":  # the published suites append their tests to the answer

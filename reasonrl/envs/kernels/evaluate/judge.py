@@ -1,8 +1,9 @@
 """From a worker's raw answer to a verdict, in the parent, where no candidate code runs.
 
-The order of checks is the order of the statuses in verdict.py: how the process ended, what
-the sandbox denied, how far the run got, then per case the outputs (compare.py), the inputs
-(untouched) and the Triton launch count.
+The order of checks is the order of the statuses in verdict.py: how the process ended (the
+wall clock, the disk, the CPU limit), whether the result file it left is well formed (the
+candidate's process can write anything there), what the sandbox denied, how far the run got,
+then per case the outputs (compare.py), the inputs (untouched) and the Triton launch count.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import signal
 from typing import Any
 
 import torch
@@ -28,9 +30,16 @@ def no_code(task_id: str) -> Verdict:
     return Verdict(task_id, "no_code", "the response has no code: put the whole module in one ```python block")
 
 
+def reference_failed(task_id: str, plan: Plan) -> Verdict:
+    if plan.reference_status == "sandbox_error":
+        return Verdict(task_id, "sandbox_error", f"cannot judge: {plan.reference_error}")
+    return Verdict(task_id, "task_error", "this task's reference failed, so no candidate can be judged on it (the "
+                   f"task's problem, not the candidate's): {plan.reference_error}")
+
+
 def judge(task_id: str, plan: Plan, answer: dict[str, Any] | None) -> Verdict:
     if plan.reference_error:
-        return Verdict(task_id, "sandbox_error", f"cannot judge: {plan.reference_error}")
+        return reference_failed(task_id, plan)
     if answer is None:  # the pool's own deadline or a dead worker: the worker was replaced
         return Verdict(task_id, "timeout", "the evaluator's worker did not answer in time")
     base = dict(elapsed=round(answer["elapsed"], 3), stdout=answer["stdout"], stderr=answer["stderr"],
@@ -39,15 +48,18 @@ def judge(task_id: str, plan: Plan, answer: dict[str, Any] | None) -> Verdict:
     ended = _ending(task_id, answer, result, base)
     if ended:
         return ended
-    base.update(layers=result.get("layers", []), violations=_violations(result, answer))
+    malformed = _malformed(result)
+    if malformed:  # the candidate's process writes the result, so it may be anything: its verdict only
+        return Verdict(task_id, "crashed", f"its result file is malformed ({malformed}): only the harness "
+                       "writes it, so do not write it or exit the process yourself", **base)
+    base.update(layers=list(result.get("layers", [])), violations=_violations(result, answer))
     if base["violations"]:
         return Verdict(task_id, "forbidden", "the sandbox denied: " + "; ".join(base["violations"][:5]), **base)
-    if result.get("stage") != "done":
-        status = STAGE_STATUS.get(result.get("stage"), "runtime_error")
-        return Verdict(task_id, status, _error_text(result, plan), **base)
+    if result["stage"] != "done":
+        return Verdict(task_id, STAGE_STATUS[result["stage"]], _error_text(result, plan), **base)
     try:
         return _cases(task_id, plan, result, base)
-    except Exception as exc:  # the candidate's process writes the result, so it may be anything: its verdict only
+    except Exception as exc:  # e.g. tensors the comparison cannot read: still its verdict only
         return Verdict(task_id, "crashed", f"its result could not be judged ({type(exc).__name__}: {str(exc)[:200]})", **base)
 
 
@@ -55,15 +67,34 @@ def _ending(task_id: str, answer: dict, result: dict | None, base: dict) -> Verd
     """A verdict when the process itself ended badly, before anything it reported counts."""
     if answer["timed_out"]:
         return Verdict(task_id, "timeout", "the run passed its wall-clock limit and was killed", **base)
+    if answer.get("over_disk"):
+        return Verdict(task_id, "crashed", f"it left more than {_mib(answer['disk_limit'])} in its directory (the "
+                       "disk limit, all its files together) and was killed; write only what you return", **base)
     if result is None:
         if answer["exit_code"] == CHILD_ERROR:
             cause = next((line.strip() for line in reversed(answer["stderr"].splitlines()) if line.strip()), "")
             return Verdict(task_id, "sandbox_error", "the sandbox failed to start" + (f": {cause}" if cause else ""),
                            **base)
         how = f"signal {answer['signal']}" if answer["signal"] else f"exit code {answer['exit_code']}"
-        return Verdict(task_id, "crashed", f"the process died ({how}) before saving a result; a memory, CPU or "
+        if _cpu_killed(answer):
+            return Verdict(task_id, "crashed", f"the process was killed ({how}) at its CPU-time limit of "
+                           f"{answer['cpu_limit']} s (it used {answer['cpu_seconds']:.1f} s of CPU)", **base)
+        return Verdict(task_id, "crashed", f"the process died ({how}) before saving a result; a memory or "
                        "file-size limit, or the process exiting on its own", **base)
     return None
+
+
+def _cpu_killed(answer: dict) -> bool:
+    """Killed by RLIMIT_CPU: SIGXCPU at the soft limit or SIGKILL at the hard one (a PID
+    namespace's init reports a signal death as 128 + the signal), with the CPU time to show for it."""
+    code = answer["exit_code"]
+    sig = answer["signal"] or (code - 128 if isinstance(code, int) and code > 128 else None)
+    limit, used = answer.get("cpu_limit"), answer.get("cpu_seconds")
+    return sig in (signal.SIGXCPU, signal.SIGKILL) and limit is not None and used is not None and used >= 0.95 * limit
+
+
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):g} MiB"
 
 
 def _cases(task_id: str, plan: Plan, result: dict, base: dict) -> Verdict:
@@ -97,6 +128,34 @@ def _load(blob: bytes | None) -> dict | None:
     return result if isinstance(result, dict) else None
 
 
+STAGES = {*STAGE_STATUS, "done"}
+RESULT_FIELDS = {  # key -> (what it must be, its check); runner.py writes them
+    "stage": ("one of " + ", ".join(sorted(STAGES)), lambda v: type(v) is str and v in STAGES),
+    "case": ("an integer", lambda v: type(v) is int),
+    "error": ("a string", lambda v: v is None or type(v) is str),
+    "outputs": ("a list", lambda v: type(v) is list),
+    "inputs_after": ("a list", lambda v: type(v) is list),
+    "launches": ("a list of integers", lambda v: type(v) is list and all(type(n) is int for n in v)),
+    "violations": ("a list of strings", lambda v: type(v) is list and all(type(x) is str for x in v)),
+    "layers": ("a list of strings", lambda v: type(v) is list and all(type(x) is str for x in v)),
+}
+
+
+def _malformed(result: dict) -> str | None:
+    """What is wrong with the result's structure, or None: `stage` present, every known key of the
+    type runner.py writes (a forged file must not reach the comparison, nor the JSON logs)."""
+    if "stage" not in result:
+        return "no stage"
+    for key, (kind, ok) in RESULT_FIELDS.items():
+        try:
+            good = key not in result or ok(result[key])
+        except Exception:  # a comparison a forged value refuses (a tensor's truth value)
+            good = False
+        if not good:
+            return f"{key} is not {kind}"
+    return None
+
+
 def _list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else []
 
@@ -104,16 +163,15 @@ def _list(value: Any) -> list:
 def _violations(result: dict, answer: dict) -> list[str]:
     """Denials the run reported, and those it printed (a candidate can clear the first list,
     not what it already wrote to stderr)."""
-    found = [str(v) for v in result.get("violations", [])]
+    found = list(result.get("violations", []))
     return list(dict.fromkeys(found + DENIED.findall(answer.get("stderr", ""))))
 
 
 def _error_text(result: dict, plan: Plan) -> str:
     """The traceback from the candidate's first frame on (harness frames say nothing useful)."""
-    error = str(result.get("error") or "no error text")
+    error = result.get("error") or "no error text"
     lines = error.splitlines()
     start = next((i for i, line in enumerate(lines) if "candidate" in line and line.strip().startswith("File")), None)
     text = "\n".join(lines[start:] if start is not None else lines[-12:])
-    where = f"case {plan.case_names[result['case']]}: " if isinstance(result.get("case"), int) and \
-        0 <= result["case"] < len(plan.case_names) else ""
+    where = f"case {plan.case_names[result['case']]}: " if 0 <= result.get("case", -1) < len(plan.case_names) else ""
     return where + text[-3000:]

@@ -7,6 +7,7 @@ soft one: SIGXCPU first, then SIGKILL from the kernel, which also reaches a PID-
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import signal
@@ -19,24 +20,34 @@ from reasonrl.config import ByteSize
 class SandboxLimits:
     timeout: float = 60.0
     """Wall-clock seconds per candidate run (all its test cases); its whole process group is killed after."""
-    cpu_seconds: int = 60
-    """CPU seconds per candidate run (RLIMIT_CPU)."""
+    cpu_seconds: int | None = None
+    """CPU seconds per candidate run (RLIMIT_CPU); none: the timeout, rounded up (under Triton's
+    interpreter CPU time runs about as fast as the clock, so a lower limit would cut what the timeout allows)."""
     memory: ByteSize = 4 << 30
     """Address space a candidate may add to the interpreter's own (RLIMIT_AS above what is mapped at fork)."""
     processes: int = 64
     """Tasks (processes and threads) of the sandbox's user (RLIMIT_NPROC; root is exempt, seccomp stands there)."""
     file_size: ByteSize = 64 << 20
     """Largest file a candidate may write (RLIMIT_FSIZE), its outputs and logs included."""
+    disk: ByteSize = 256 << 20
+    """All a candidate may leave in its directory together (watched while it runs and checked after:
+    over it the run is killed, `crashed`, and the directory removed)."""
     open_files: int = 256
     """File descriptors (RLIMIT_NOFILE)."""
     output: ByteSize = 16 << 10
     """Characters of stdout/stderr kept (head and tail) and shown to anyone, the agent's LLM included."""
 
     def __post_init__(self):
-        if not self.timeout > 0 or self.cpu_seconds < 1 or self.memory < (64 << 20):
-            raise ValueError("sandbox limits: timeout must be > 0, cpu_seconds >= 1 and memory >= 64MiB")
+        if not self.timeout > 0:
+            raise ValueError("sandbox limits: timeout must be > 0")
+        if self.cpu_seconds is None:  # frozen: set once, here
+            object.__setattr__(self, "cpu_seconds", math.ceil(self.timeout))
+        if self.cpu_seconds < 1 or self.memory < (64 << 20):
+            raise ValueError("sandbox limits: cpu_seconds >= 1 and memory >= 64MiB")
         if self.processes < 1 or self.file_size < 4096 or self.open_files < 16 or self.output < 256:
             raise ValueError("sandbox limits: processes >= 1, file_size >= 4KiB, open_files >= 16, output >= 256")
+        if self.disk < self.file_size:
+            raise ValueError("sandbox limits: disk must be >= file_size")
 
 
 def apply(limits: SandboxLimits, user_namespace: bool, gpu: bool = False) -> None:

@@ -3,7 +3,10 @@
 For our own tasks (task.py) the parent makes every case's inputs and runs the PyTorch
 reference on copies of them, here, out of any candidate's reach. For a published suite's task
 (published.py: a script whose tests fill `result_gold`) the reference file is itself run in
-the sandbox, once, and its `result_gold` is what candidates must reproduce.
+the sandbox, once, and its `result_gold` is what candidates must reproduce. A reference that
+fails makes the plan a `task_error` (the task's problem, never a candidate's or the machine's);
+one that ran out of time or got no answer is `transient`, and the evaluator plans it again next
+time instead of keeping it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 
 from ..published import for_cpu
 from ..task import KernelTask
+from .sandbox import CHILD_ERROR
 
 
 @dataclass
@@ -29,6 +33,11 @@ class Plan:
     """Each case's arguments before the call (None: no mutation check, scripts)."""
     tolerances: list[tuple[float, float]]
     reference_error: str | None = None
+    """Why no candidate can be judged on this task (its reference failed); None when it can."""
+    reference_status: str = "task_error"
+    """The verdict every candidate then gets: task_error, or sandbox_error when the sandbox did not start."""
+    transient: bool = False
+    """The failure may not recur (a timeout, a lost worker, a sandbox that did not start): plan again."""
 
 
 def make_plan(task, device: str, run_reference: Callable[[dict], dict | None]) -> Plan:
@@ -49,15 +58,34 @@ def function_plan(task: KernelTask) -> Plan:
 
 def script_plan(task, device: str, run_reference: Callable[[dict], dict | None]) -> Plan:
     answer = run_reference({"kind": "script", "source": script_source(task.reference_source, task.tests, device)})
-    expected, error = None, "the reference produced no result"
-    if answer and answer.get("result"):
-        result = torch.load(io.BytesIO(answer["result"]), weights_only=True)
-        if result.get("stage") == "done" and result["outputs"][0] is not None:
-            expected, error = result["outputs"][0], None
-        else:
-            error = f"the reference failed: {result.get('error', 'no result_gold')}"[-2000:]
-    return Plan({"kind": "script", "tests": task.tests}, ["result_gold"], [expected], None, [task.tolerance],
-                reference_error=error)
+    plan = Plan({"kind": "script", "tests": task.tests}, ["result_gold"], [None], None, [task.tolerance])
+    if answer is None:
+        plan.reference_error, plan.transient = "the evaluator's worker did not answer for the reference", True
+    elif answer["timed_out"]:
+        plan.reference_error, plan.transient = "the reference passed the wall-clock limit", True
+    elif not answer.get("result") and answer["exit_code"] == CHILD_ERROR:
+        plan.reference_error, plan.reference_status = "the sandbox failed to start", "sandbox_error"
+        plan.transient = True
+    else:
+        expected, error = _gold(answer["result"])
+        plan.expected[0], plan.reference_error = expected, error and f"the reference failed: {error}"[-2000:]
+    return plan
+
+
+def _gold(blob: bytes | None) -> tuple[Any, str | None]:
+    """The reference run's `result_gold`, or why there is none (the reference file is a suite's
+    file, untrusted: its result is read as carefully as a candidate's)."""
+    try:
+        result = torch.load(io.BytesIO(blob), weights_only=True) if blob else None
+    except Exception as exc:  # noqa: BLE001 - unreadable is a failed reference
+        return None, f"its result could not be read ({type(exc).__name__})"
+    if not isinstance(result, dict):
+        return None, "it saved no result"
+    outputs = result.get("outputs")
+    if result.get("stage") == "done" and type(outputs) is list and outputs and outputs[0] is not None:
+        return outputs[0], None
+    error = result.get("error")
+    return None, error if isinstance(error, str) and error else "no result_gold"
 
 
 def script_source(answer: str, tests: str, device: str) -> str:

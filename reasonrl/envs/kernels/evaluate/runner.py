@@ -29,6 +29,7 @@ from typing import Any
 import numpy
 import torch
 import triton  # noqa: F401  (imported before the candidate, as the candidate will)
+from triton.runtime.autotuner import Autotuner
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
@@ -40,7 +41,8 @@ MAX_DEPTH = 8  # output containers nested deeper than this are not serialized
 
 class LaunchCounter:
     """Counts Triton kernel launches by wrapping `run` of the JIT and interpreter kernel classes
-    (autotuned and heuristic kernels end in one of them)."""
+    (autotuned and heuristic kernels end in one of them; on the CPU an autotuned kernel runs its
+    first config, see `autotune_first_config`)."""
 
     def __init__(self):
         self.count = 0
@@ -56,6 +58,19 @@ class LaunchCounter:
         return counted
 
 
+def autotune_first_config() -> None:
+    """Under Triton's interpreter (no GPU) the autotuner cannot benchmark: it asks for the active
+    driver's benchmarker and there is none. Each `@triton.autotune` kernel then runs the first
+    config its own pruning keeps, the path Triton itself takes for a single config; on a GPU the
+    autotuner is untouched. Patched in the sandboxed child only."""
+    prune = Autotuner.prune_configs
+
+    def first(self, kwargs):
+        return prune(self, kwargs)[:1]
+
+    Autotuner.prune_configs = first
+
+
 def load_candidate(path: str, name: str = "candidate"):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -67,6 +82,8 @@ def load_candidate(path: str, name: str = "candidate"):
 def run_function(ctx: Context, source_path: str, entry: str, inputs_blob: bytes, device: str) -> None:
     """The body of a function job: the candidate's `entry` over every case."""
     counter = LaunchCounter()  # before the candidate's import, which may keep references to `run`
+    if device == "cpu":
+        autotune_first_config()
     result = {"stage": "call", "outputs": [], "inputs_after": [], "launches": []}
     try:
         cases = torch.load(io.BytesIO(inputs_blob), weights_only=True)
@@ -116,6 +133,8 @@ def run_script(ctx: Context, source_path: str, device: str) -> None:
     result: dict[str, Any] = {"stage": "import"}
     try:
         counter = LaunchCounter()
+        if device == "cpu":
+            autotune_first_config()
         module = load_candidate(source_path, "__candidate__")
         _synchronize(device)
         result["stage"] = "done"

@@ -14,9 +14,12 @@ directory, the one place it may write). The parent forks; the child
 3. sets rlimits (limits.py), installs the seccomp filter (seccomp.py) and the audit hook
    (guard.py), and calls `body(context)`.
 
-The parent waits on a pidfd with the wall-clock timeout, then kills the whole process group
-with SIGKILL whatever happened, and reaps. Stdout and stderr come back truncated to
-`limits.output` characters (head and tail), never whole.
+The parent waits on a pidfd with the wall-clock timeout, measuring `out/` every WATCH_EVERY
+seconds (the rlimit caps each file, not their sum: a run past `limits.disk` is killed then, and
+`out/` is measured once more after it ends), then kills the whole process group with SIGKILL
+whatever happened, and reaps, reading the CPU time the run used (so that a kill at the CPU limit
+can be told from other deaths). Stdout and stderr come back truncated to `limits.output`
+characters (head and tail), never whole.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from .limits import SandboxLimits
 KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
             "ROCR_VISIBLE_DEVICES", "CUDA_HOME", "ROCM_PATH", "LD_LIBRARY_PATH")
 CHILD_ERROR = 70  # the sandbox itself failed to set up (not the candidate's fault)
+WATCH_EVERY = 0.25  # seconds between two measurements of the work directory
+ENTRY_BYTES = 4096  # what any file or directory counts for at least (a flood of empty files fills a disk too)
 
 
 @dataclass
@@ -57,6 +62,10 @@ class Outcome:
     elapsed: float
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0
+    """CPU time of the run (the child and every process it reaped)."""
+    over_disk: bool = False
+    """It left more than `limits.disk` bytes in its directory (and was killed when seen running)."""
 
 
 def run_sandboxed(body: Callable[[Context], None], job_dir: str, limits: SandboxLimits, hidden: list[str],
@@ -79,27 +88,56 @@ def start_sandboxed(body: Callable[[Context], None], job_dir: str, limits: Sandb
 
 
 def finish_sandboxed(pid: int, job_dir: str, limits: SandboxLimits, start: float, wait: bool = True) -> Outcome:
-    """Wait for the child until `start + limits.timeout` (or not at all), kill its process group
-    whatever happened, reap it, and read its output."""
+    """Wait for the child until `start + limits.timeout` (or not at all) while watching its disk
+    use, kill its process group whatever happened, reap it, and read its output."""
     work = os.path.join(job_dir, "out")
-    timed_out = not _wait(pid, max(0.0, start + limits.timeout - time.monotonic()) if wait else 0.0)
+    ended, over_disk = _watch(pid, start + limits.timeout if wait else time.monotonic(), work, limits.disk)
     _kill_group(pid)
-    _, status = os.waitpid(pid, 0)
+    _, status, usage = os.wait4(pid, 0)
     _kill_group(pid)  # anything the candidate left in its group
+    over_disk = over_disk or disk_usage(work, limits.disk) > limits.disk
     code = os.waitstatus_to_exitcode(status)
-    return Outcome(code if code >= 0 else None, -code if code < 0 else None, timed_out and wait,
+    return Outcome(code if code >= 0 else None, -code if code < 0 else None, not ended and wait and not over_disk,
                    time.monotonic() - start, truncate(_read(os.path.join(work, ".stdout")), limits.output),
-                   truncate(_read(os.path.join(work, ".stderr")), limits.output))
+                   truncate(_read(os.path.join(work, ".stderr")), limits.output),
+                   usage.ru_utime + usage.ru_stime, over_disk)
 
 
-def _wait(pid: int, timeout: float) -> bool:
-    """True when `pid` exited within `timeout` seconds."""
+def _watch(pid: int, deadline: float, work: str, disk: int) -> tuple[bool, bool]:
+    """(whether `pid` exited before `deadline`, whether `work` went over `disk` bytes first)."""
     fd = os.pidfd_open(pid)
     try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        return bool(ready)
+        while True:
+            ready, _, _ = select.select([fd], [], [], max(0.0, min(WATCH_EVERY, deadline - time.monotonic())))
+            if ready:
+                return True, False
+            if disk_usage(work, disk) > disk:
+                return False, True
+            if time.monotonic() >= deadline:
+                return False, False
     finally:
         os.close(fd)
+
+
+def disk_usage(path: str, limit: int) -> int:
+    """Bytes under `path` (blocks in use, at least ENTRY_BYTES per entry), counted until past `limit`."""
+    total, todo = 0, [path]
+    while todo and total <= limit:
+        try:
+            with os.scandir(todo.pop()) as entries:
+                for entry in entries:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += max(st.st_blocks * 512, ENTRY_BYTES)
+                    if entry.is_dir(follow_symlinks=False):
+                        todo.append(entry.path)
+                    if total > limit:
+                        break
+        except OSError:  # gone, or unreadable: what could be read counts
+            continue
+    return total
 
 
 def _kill_group(pid: int) -> None:

@@ -17,6 +17,8 @@ Statuses, from the first thing that went wrong:
     no_kernel       a call launched no Triton kernel (e.g. it called PyTorch instead)
     not_on_cpu      the task's correctness check needs a GPU and none is present
     sandbox_error   the sandbox itself failed to start (not the candidate's doing)
+    task_error      the task's own reference failed (a published suite's file), so nothing can be
+                    judged on it (the task's problem, not the candidate's nor the machine's)
 
 Call accuracy counts verdicts whose code ran every case to completion (`call_ok`); execution
 accuracy those that passed (`exec_ok`).
@@ -29,7 +31,7 @@ from typing import Any
 
 CALL_OK = {"passed", "wrong_output", "mutated_input", "no_kernel"}
 STATUSES = CALL_OK | {"no_code", "import_error", "missing_entry", "runtime_error", "timeout", "crashed",
-                      "output_too_large", "forbidden", "not_on_cpu", "sandbox_error"}
+                      "output_too_large", "forbidden", "not_on_cpu", "sandbox_error", "task_error"}
 SUSPICIOUS_SPEEDUP = 10.0  # KernelBench's "excessive speedup": flagged for a human, never dropped
 
 

@@ -5,7 +5,8 @@
     outs[0].outputs[0].text
 
 On a vision-language checkpoint (Qwen2.5-VL) prompts may hold images (PIL images, uint8 arrays or
-paths): chat content parts {"type": "image", "image": ...}, a `MultimodalPrompt`, or
+paths): chat content parts {"type": "image", "image": ...} or OpenAI's {"type": "image_url",
+"image_url": {"url": path or data: URL}}, a `MultimodalPrompt`, or
 {"prompt": text or ids with one <|image_pad|> per image, "images": [...]}.
 """
 
@@ -76,7 +77,8 @@ class LLM:
     def chat(self, conversations: list[dict] | list[list[dict]], params: SamplingParams | None = None,
              **template_kwargs) -> list[RequestOutput]:
         """Generate replies to chat conversations, rendered with the checkpoint's chat template; user
-        turns may hold image parts {"type": "image", "image": PIL image | uint8 array | path}."""
+        turns may hold image parts {"type": "image", "image": PIL image | uint8 array | path} or
+        {"type": "image_url", "image_url": {"url": path | data: URL}}."""
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]
         tok = self._require_tokenizer()

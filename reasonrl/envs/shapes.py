@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from reasonrl.envs.base import Environment, Prompt
-from reasonrl.vision.world import FAMILIES, Problem, ShapesDataConfig, iter_problems, score_answer
+from reasonrl.vision.world import FAMILIES, Problem, ShapesDataConfig, iter_problems, read_answer, score_answer
 
 INSTRUCTION = "Put the answer in \\boxed{}."
 SPLIT_SEEDS = {"train": 0, "eval": 1_000_003, "test": 2_000_003}
@@ -60,6 +60,12 @@ class ShapesVQAEnvironment(Environment):
 
     def score(self, prompt: Prompt, response: str) -> float:
         return score_answer(response, prompt.answer, prompt.metadata["answer_type"])
+
+    def extract(self, prompt: Prompt, response: str) -> str | None:
+        try:
+            return read_answer(response, prompt.metadata["answer_type"])  # the answer `score` compares
+        except Exception:  # untrusted input: no answer, never an error
+            return None
 
     def metrics(self, prompts: Sequence[Prompt], responses: Sequence[str], rewards: Sequence[float]) -> dict[str, float]:
         out = super().metrics(prompts, responses, rewards)

@@ -1,7 +1,8 @@
 """`ChatEncoder`: chat messages -> the model's input, one rule for rollouts, SFT and evaluation.
 
 Text models get the tokenizer's chat template as token ids. A vision-language model given
-messages with image parts (`{"type": "image", "image": path | PIL image | uint8 array}`) gets a
+messages with image parts (`{"type": "image", "image": path | PIL image | uint8 array}`, or
+OpenAI's `{"type": "image_url", "image_url": {"url": path | base64 PNG/JPEG data: URL}}`) gets a
 `MultimodalPrompt`: the template rendered, each image's placeholder widened to its merged tokens,
 pixels preprocessed, M-RoPE positions computed. Both the engine (`add_request`) and the training
 forward take either form; `token_ids` gives the ids of both.

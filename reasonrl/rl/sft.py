@@ -4,8 +4,10 @@ Each line is {"prompt": str | [chat messages], "response": str}. A string prompt
 message rendered with the tokenizer's chat template (`chat=False`: plain concatenation); the
 response is followed by the end-of-sequence token, so the policy learns to stop. Messages may
 hold images for a vision-language model (`{"type": "image", "image": "images/x.png"}`, a path
-relative to the JSONL file); the loss is then computed with them, and `freeze_vision` keeps the
-vision tower and merger fixed.
+relative to the JSONL file, or OpenAI's `{"type": "image_url", "image_url": {"url": ...}}` with such
+a path or a data: URL); the loss is then computed with them, and `freeze_vision` keeps the vision
+tower and merger fixed. An example keeps its images as the row names them and they are preprocessed
+for each batch that holds it, so memory does not grow with the pixels of the data set.
 
 A run (`sft_run.py`) behaves like an RL run: config saved in the run directory and checked on rerun,
 checkpoints every `save_every` steps with optimizer, schedule and data order, resume by rerunning,
@@ -32,6 +34,7 @@ import torch
 from reasonrl.config import check
 from reasonrl.models.chat import ChatEncoder, multimodal, token_ids
 from reasonrl.models.model import DecoderLM
+from reasonrl.models.qwen2_5_vl.prompt import REMOTE, MultimodalPrompt, images_prompt
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.rl.batch import micro_batches
 from reasonrl.rl.config import OptimSection
@@ -101,14 +104,22 @@ def sft_example(prompt: str | list[dict], response: str, encoder: ChatEncoder | 
 
 
 def _resolve_images(prompt, base: Path):
-    """Image parts' relative paths, taken relative to the data file."""
+    """Image parts' relative paths (of image and image_url parts), taken relative to the data file."""
     if not isinstance(prompt, list):
         return prompt
     for message in prompt:
         for part in message.get("content") if isinstance(message, dict) and isinstance(message.get("content"), list) else []:
             if isinstance(part, dict) and part.get("type") == "image" and isinstance(part.get("image"), str):
-                part["image"] = str(base / part["image"])
+                part["image"] = _local(part["image"], base)
+            elif isinstance(part, dict) and part.get("type") == "image_url" and isinstance(part.get("image_url"), dict) \
+                    and isinstance(part["image_url"].get("url"), str):
+                part["image_url"] = {**part["image_url"], "url": _local(part["image_url"]["url"], base)}
     return prompt
+
+
+def _local(path: str, base: Path) -> str:
+    """A relative path from the data file's directory; data: and other URLs as they are."""
+    return path if path.startswith("data:") or REMOTE.match(path) else str(base / path)
 
 
 def load_sft_data(path: str | Path, encoder: ChatEncoder | Tokenizer, chat: bool = True, max_len: int = 2048
@@ -141,6 +152,8 @@ def load_sft_data(path: str | Path, encoder: ChatEncoder | Tokenizer, chat: bool
         if len(sample.prompt_ids) + len(sample.response_ids) > max_len:
             skipped += 1
             continue
+        if sample.multimodal is not None:  # the images as the row names them, not their pixels: see `sft_loss`
+            sample.prompt, sample.multimodal = prompt, None
         out.append(sample)
     if skipped:
         print(f"sft: skipped {skipped} examples longer than max_len={max_len}", file=sys.stderr)
@@ -164,11 +177,20 @@ def sft_loss(model: DecoderLM, samples: list[Sample]) -> tuple[torch.Tensor, int
         seq = s.prompt_ids + s.response_ids
         ids[i, :len(seq)] = torch.tensor(seq)
         labels[i, len(s.prompt_ids) - 1:len(seq) - 1] = torch.tensor(s.response_ids)  # position p predicts p + 1
-    images = [s.multimodal for s in samples]
+    images = [example_images(model, s) for s in samples]
     hidden = model.forward_padded(ids, images) if any(m is not None for m in images) else model.forward_padded(ids)
     logits = model.compute_logits(hidden).float()
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
     return loss, int((labels != -100).sum())
+
+
+def example_images(model: DecoderLM, sample: Sample) -> MultimodalPrompt | None:
+    """A sample's images and positions: those it holds (`sft_example`), or, for an example
+    `load_sft_data` read, its messages' images preprocessed now, for this batch only (as rollouts
+    rebuild theirs from the prompt): a data set holds no example's pixel values."""
+    if sample.multimodal is not None or not isinstance(sample.prompt, list):
+        return sample.multimodal
+    return images_prompt(sample.prompt_ids, sample.prompt, model.vlm_config, model.image_config)
 
 
 class SFTTrainer:

@@ -99,6 +99,20 @@ def test_same_image_with_detail_and_text_only_chats(client):
     assert client.post("/v1/chat/completions", json=chat("How many squares are there?")).status_code == 200
 
 
+def test_tokenize_counts_an_image_chat_as_the_chat_completion_does(client, llm):
+    """/tokenize refused image chats as text only ("'image_url' is not supported")."""
+    body = chat("Describe both images.", data_url(IMAGES[0]), "and", data_url(IMAGES[1]))
+    r = client.post("/tokenize", json={"messages": body["messages"]})
+    assert r.status_code == 200, r.text
+    expected = llm.chat([{"role": "user", "content": [
+        {"type": "text", "text": "Describe both images."}, {"type": "image", "image": IMAGES[0]},
+        {"type": "text", "text": "and"}, {"type": "image", "image": IMAGES[1]}]}],
+        SamplingParams(temperature=0, max_tokens=1))[0]
+    assert r.json()["tokens"] == expected.prompt_ids and r.json()["count"] == len(expected.prompt_ids)
+    assert r.json()["count"] == client.post("/v1/chat/completions", json=body).json()["usage"]["prompt_tokens"]
+    bad = client.post("/tokenize", json={"messages": chat("Look:", "https://example.com/cat.png")["messages"]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages.0.content.1.image_url"
+
 
 def test_resume_a_chat_with_an_image_over_http(client):
     body = chat("What is in the picture?", data_url(IMAGES[1]), temperature=1.0, seed=4, logprobs=True)
@@ -188,8 +202,29 @@ def test_banner_names_the_image_limits(ckpt):
     engine = LLMEngine.from_pretrained(ckpt, **ENGINE)
     text = banner(engine, ServeConfig(**LIMITS))
     assert "images: data: URLs (PNG, JPEG), up to 3 per request, 65536 bytes and 4194304 pixels each" in text
-    assert "up to 128 per request" in banner(engine, ServeConfig())  # 512 tokens / 4 tokens of a 56x56 image
+    assert "up to 127 per request" in banner(engine, ServeConfig())  # 511 tokens / 4 tokens of a 56x56 image
     assert "(Qwen2_5_VLForConditionalGeneration)" in text  # it named the text decoder's, Qwen2ForCausalLM
+
+
+def test_the_default_image_cap_is_what_a_prompt_holds(ckpt):
+    """The cap was 512 // 4 = 128 images of 56x56, but 128 of them take all 512 tokens: the last was
+    refused as taking "more than the context length 512"."""
+    from reasonrl.engine.protocol import ChatMessage
+    from reasonrl.engine.server.errors import APIError
+    from reasonrl.engine.server.images import ChatImages
+    from reasonrl.models import load_model
+
+    images = ChatImages(load_model(ckpt), ServeConfig(), 512)
+
+    def chat_of(n, side=56):
+        part = {"type": "image_url", "image_url": {"url": data_url(Image.new("RGB", (side, side)))}}
+        return [ChatMessage(role="user", content=[part] * n)]
+
+    assert sum(n for *_, n in images.messages(chat_of(images.max_images))[1]) == 4 * images.max_images == 508
+    with pytest.raises(APIError, match="more than 127 images"):
+        images.messages(chat_of(128))
+    with pytest.raises(APIError, match="take 512 tokens, at least the context length 512"):
+        images.messages(chat_of(2, 448))  # 256 tokens each
 
 
 def test_after_the_battery_alive_and_nothing_held(srv, client):

@@ -292,6 +292,34 @@ def test_llm_chat_and_generate_take_pil_arrays_and_paths(vlm, tok, model, tmp_pa
         llm.generate({"prompt": text, "images": [image, image]}, GREEDY)
 
 
+def test_llm_chat_reads_openai_image_url_parts(vlm, tok, model, tmp_path):
+    """image_url parts were dropped: the chat ran text-only, even with a file that does not exist."""
+    import base64
+    import io
+
+    llm = LLM(vlm[0], device="cpu", kv_cache_memory=1 << 22, block_size=4)
+    image = noise_image(56, 84, 5)
+    image.save(tmp_path / "a.png")
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    data = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    def chat(part):
+        return [{"role": "user", "content": [part, {"type": "text", "text": "What is in the picture?"}]}]
+
+    urls = [chat({"type": "image_url", "image_url": {"url": u}}) for u in (str(tmp_path / "a.png"), data)]
+    outs = llm.chat([chat({"type": "image", "image": image}), *urls], GREEDY)
+    assert outs[0].prompt_ids == outs[1].prompt_ids == outs[2].prompt_ids != llm.chat(chat({"type": "text", "text": ""}),
+                                                                                     GREEDY)[0].prompt_ids
+    assert outs[0].outputs[0].token_ids == outs[1].outputs[0].token_ids == outs[2].outputs[0].token_ids
+    with pytest.raises(FileNotFoundError, match="x.png does not exist"):
+        llm.chat(chat({"type": "image_url", "image_url": {"url": str(tmp_path / "x.png")}}), GREEDY)
+    with pytest.raises(ValueError, match="messages.0.content.0: image URL 'https://e.com/a.png': only local paths"):
+        llm.chat(chat({"type": "image_url", "image_url": {"url": "https://e.com/a.png"}}), GREEDY)
+    with pytest.raises(ValueError, match="messages.0.content.0: an image_url part is"):
+        llm.chat(chat({"type": "image_url", "image_url": "a.png"}), GREEDY)
+
+
 def test_a_failing_vision_pass_fails_its_request_alone(model, prompts, expected):
     """The tower runs inside the isolated step: a request whose images make it raise fails alone."""
     poisoned = prompts[0]

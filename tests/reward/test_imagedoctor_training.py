@@ -62,9 +62,10 @@ def test_data_command_writes_sft_jsonl_with_maps(tmp_path):
     tok = Tokenizer.from_dir(VLM)
     from reasonrl.models.chat import ChatEncoder
     from reasonrl.models.loader import load_model
+    from reasonrl.models.qwen2_5_vl.prompt import message_images
 
     samples = load_sft_data(tmp_path / "judge.jsonl", ChatEncoder(tok, load_model(VLM)))
-    assert len(samples) == 3 and all(s.multimodal is not None for s in samples)
+    assert len(samples) == 3 and all(message_images(s.prompt) for s in samples)  # images kept as paths (rl/sft.py)
     assert main(["data", "doctor", "--out", str(tmp_path), "--split", "test"]) == 2  # bad input: exit 2
 
 

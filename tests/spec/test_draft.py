@@ -167,3 +167,15 @@ def test_distill_refuses_an_out_path_that_is_not_a_draft_before_training(tmp_pat
         assert main(["distill-draft", "reasonrl/demo/policy", "--out", str(tmp_path / out), "--steps", "1"]) == 2
         assert "is not a draft directory" in capsys.readouterr().err
     assert (tmp_path / "notes" / "a.txt").read_text() == "keep"
+
+
+def test_distill_refuses_image_prompts_for_a_text_only_target(tmp_path, capsys):
+    """A text-only target on an image environment was distilled on the Python repr of the pixel
+    arrays (the template rendered `[{'type': 'image', 'image': array(...`)."""
+    from reasonrl.cli import main
+
+    out = tmp_path / "draft"
+    assert main(["distill-draft", "reasonrl/demo/policy", "--out", str(out), "--env", "shapes:?image_size=64",
+                 "--steps", "1", "--num-prompts", "2", "--eval-prompts", "0"]) == 2
+    assert "these messages hold images, but the model is text-only" in capsys.readouterr().err
+    assert not (out / CONFIG_FILE).exists()

@@ -6,13 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from reasonrl.envs.base import Environment
 from reasonrl.envs.shapes import ShapesVQAConfig, ShapesVQAEnvironment
 from reasonrl.models import Tokenizer, load_model
 from reasonrl.models.chat import ChatEncoder, multimodal, token_ids
 from reasonrl.models.tiny_vlm import make_vlm_checkpoint, make_vlm_tokenizer
 from reasonrl.rl.batch import collate, response_logprobs
 from reasonrl.rl.config import load_config
-from reasonrl.rl.sft import SFTConfig, load_sft_data, train_sft
+from reasonrl.models.qwen2_5_vl.prompt import message_images
+from reasonrl.rl.sft import SFTConfig, load_sft_data, sft_example, sft_loss, train_sft
 from reasonrl.rl.update import PolicyUpdate
 from reasonrl.rollout.sample import Sample
 from reasonrl.vision.world import write_png
@@ -39,6 +41,16 @@ def test_vqa_prompts_hold_images_and_the_reward_reads_boxed_answers():
     assert "accuracy/count" in e.metrics(train, ["x"] * 8, [0.0] * 8)
 
 
+def test_shapes_extracts_the_answer_its_reward_reads():
+    """`extract` was the base class's: every sample's answer was unknown (eval's parse failures blank)."""
+    e = env()
+    p = next(q for q in e.prompts(8) if q.metadata["answer_type"] == "number")
+    assert e.extract(p, f"There are {p.answer}. \\boxed{{{p.answer}}}") == p.answer
+    assert e.extract(p, "\\boxed{3} \\boxed{two}") == "2"  # the last box, in the canonical form `score` compares
+    assert e.extract(p, "\\boxed{") is None and e.extract(p, None) is None and e.extract(p, "z" * 100_000) is None
+    assert type(e).extract is not Environment.extract  # the harness reports parse failures for overriders only
+
+
 def test_the_encoder_gives_images_to_a_vlm_and_refuses_them_to_a_text_model(vlm_dir, tokenizer):
     vlm = load_model(vlm_dir)
     prompt = env().prompts(1)[0]
@@ -60,7 +72,7 @@ def test_sft_reads_images_from_the_data_file_and_can_freeze_the_vision_tower(vlm
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     model = load_model(vlm_dir)
     samples = load_sft_data(data, ChatEncoder(Tokenizer.from_dir(vlm_dir), model))
-    assert all(s.multimodal is not None for s in samples)
+    assert all(len(message_images(s.prompt)) == 1 for s in samples)
     vision = {k: v.clone() for k, v in model.visual.state_dict().items()}
     decoder = model.layers[0].mlp.down_proj.weight.clone()
     losses = train_sft(model, samples, SFTConfig(epochs=8, lr=3e-3, samples_per_step=6, freeze_vision=True))
@@ -72,6 +84,64 @@ def test_sft_reads_images_from_the_data_file_and_can_freeze_the_vision_tower(vlm
                                "response": "x"}) + "\n")
     with pytest.raises(ValueError, match="bad.jsonl:1"):
         load_sft_data(bad, ChatEncoder(Tokenizer.from_dir(vlm_dir), model))
+
+
+def _image_rows(tmp_path, n=4):
+    """(rows naming their images as paths, image_url paths and data: URLs, the same rows with the images as arrays)"""
+    import base64
+
+    rows, eager = [], []
+    (tmp_path / "images").mkdir()
+    for i, p in enumerate(env().prompts(n)):
+        image, question = p.messages[0]["content"]
+        write_png(image["image"], tmp_path / "images" / f"{i}.png")
+        url = f"images/{i}.png" if i % 3 else "data:image/png;base64," + base64.b64encode(
+            (tmp_path / "images" / f"{i}.png").read_bytes()).decode()
+        part = {"type": "image", "image": f"images/{i}.png"} if i % 2 else {"type": "image_url", "image_url": {"url": url}}
+        rows.append({"prompt": [{"role": "user", "content": [part, question]}], "response": f"\\boxed{{{p.answer}}}"})
+        eager.append(([{"role": "user", "content": [image, question]}], rows[-1]["response"]))
+    (tmp_path / "vqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "vqa.jsonl", eager
+
+
+def test_sft_examples_keep_their_image_paths_not_pixels_and_train_as_before(vlm_dir, tmp_path):
+    """Each example held its preprocessed float pixels: 4.6 MB per row of one 448px image, 46 GB for
+    10k rows before training started. Now the pixels are built per batch, with the same tokens and loss."""
+    encoder = ChatEncoder(Tokenizer.from_dir(vlm_dir), load_model(vlm_dir))
+    data, eager = _image_rows(tmp_path)
+    samples = load_sft_data(data, encoder)
+    assert all(s.multimodal is None and all(isinstance(i, str) for i in message_images(s.prompt)) for s in samples)
+    eager = [sft_example(prompt, response, encoder) for prompt, response in eager]  # pixels held, as before
+    assert all(e.multimodal is not None for e in eager)
+    assert [s.prompt_ids for s in samples] == [e.prompt_ids for e in eager]
+    assert [s.response_ids for s in samples] == [e.response_ids for e in eager]
+    losses = []
+    for examples in (samples, eager):
+        torch.manual_seed(0)
+        model = load_model(vlm_dir)
+        losses.append(train_sft(model, examples, SFTConfig(epochs=2, lr=3e-3, samples_per_step=2)))
+        losses.append(sft_loss(model, examples)[0].item())
+    assert losses[0] == losses[2] and losses[1] == losses[3]
+
+
+def test_chat_encoder_reads_image_url_parts_and_names_bad_image_parts(vlm_dir, tmp_path, tokenizer):
+    """image_url parts were dropped (text only, even for a file that does not exist); an image part
+    without an image was a bare TypeError, with no file:line."""
+    encoder = ChatEncoder(Tokenizer.from_dir(vlm_dir), load_model(vlm_dir))
+    image, question = env().prompts(1)[0].messages[0]["content"]
+    write_png(image["image"], tmp_path / "a.png")
+    chat = lambda part: [{"role": "user", "content": [question, part]}]  # noqa: E731
+    by_image = encoder(chat(image))
+    by_url = encoder(chat({"type": "image_url", "image_url": {"url": str(tmp_path / "a.png"), "detail": "low"}}))
+    assert by_url.input_ids == by_image.input_ids and torch.equal(by_url.pixel_values, by_image.pixel_values)
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        encoder(chat({"type": "image_url", "image_url": {"url": "nope.png"}}))
+    with pytest.raises(ValueError, match="text-only"):
+        ChatEncoder(tokenizer)(chat({"type": "image_url", "image_url": {"url": "a.png"}}))
+    for i, part in enumerate([{"type": "image"}, {"type": "image", "image": None}, {"type": "image", "image": 5}]):
+        (tmp_path / f"bad{i}.jsonl").write_text(json.dumps({"prompt": chat(part), "response": "x"}) + "\n")
+        with pytest.raises(ValueError, match=f"bad{i}.jsonl:1: messages.0.content.1: an image part needs"):
+            load_sft_data(tmp_path / f"bad{i}.jsonl", encoder)
 
 
 def test_the_sft_command_trains_a_vlm_on_image_rows(vlm_dir, tmp_path):

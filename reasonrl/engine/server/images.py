@@ -8,7 +8,7 @@ All of it runs in the prepare workers, off the event loop. Every refusal is a 40
 type other than PNG or JPEG, bad base64, more than `max_image_bytes`, a header declaring more than
 `max_image_pixels` pixels (checked before a pixel is decoded: decompression bombs stop there), data
 that does not decode as the type it claims, more images than `max_images_per_request`, or images
-whose tokens alone pass the context length (checked from the headers, before preprocessing).
+whose tokens alone fill the context length (checked from the headers, before preprocessing).
 `detail` is accepted and ignored: images are sized by the checkpoint's preprocessor pixel bounds.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import re
 from typing import Any
 
 import torch
@@ -25,11 +24,8 @@ from PIL import Image
 
 from reasonrl.engine.server.config import ServeConfig
 from reasonrl.engine.server.errors import APIError
-from reasonrl.models.qwen2_5_vl.processor import preprocess, smart_resize
+from reasonrl.models.qwen2_5_vl.processor import DATA_URL, FORMATS, preprocess, smart_resize
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt, expand_image_tokens
-
-FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}
-DATA_URL = re.compile(r"data:([^;,]*)((?:;[^;,]*)*),(.*)", re.DOTALL)
 
 
 class ChatImages:
@@ -39,7 +35,8 @@ class ChatImages:
         self.vlm, self.image_cfg, self.cfg, self.max_len = model.vlm_config, model.image_config, cfg, max_model_len
         self.factor = self.image_cfg.patch_size * self.image_cfg.merge_size
         smallest = smart_resize(self.factor, self.factor, self.factor, self.image_cfg.min_pixels, self.image_cfg.max_pixels)
-        fits = max(1, max_model_len // self._tokens(*smallest))
+        # a prompt is shorter than the context (its images leave a token at least): the most smallest images that fit
+        fits = max(1, (max_model_len - 1) // self._tokens(*smallest))
         self.max_images = min(cfg.max_images_per_request or fits, fits)
 
     def _tokens(self, height: int, width: int) -> int:
@@ -69,7 +66,7 @@ class ChatImages:
         images.append((f"{where}.image_url", image, self._image_tokens(image, f"{where}.image_url")))
         tokens = sum(n for _, _, n in images)
         if tokens >= self.max_len:
-            raise APIError(f"{where}: the images so far take {tokens} tokens, more than the context length "
+            raise APIError(f"{where}: the images so far take {tokens} tokens, at least the context length "
                            f"{self.max_len}", param=where)
         return {"type": "image"}
 

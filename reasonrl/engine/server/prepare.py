@@ -92,7 +92,7 @@ class Preparer:
         else:
             chat = ChatRequest.model_validate({"messages": [m.model_dump(exclude_none=True) for m in body.messages],
                                                "add_generation_prompt": body.add_generation_prompt})
-            ids = self._encode(self._render(chat), param="messages", add_special_tokens=False)
+            ids = _ids(self._chat_prompt(chat))  # as a chat completion has them: images' placeholders expanded
         return {"count": len(ids), "max_model_len": self.max_len, "tokens": ids}
 
     def detokenize(self, raw: bytes) -> dict:
@@ -109,14 +109,17 @@ class Preparer:
         if self.tokenizer is None or not self.tokenizer.chat_template:
             raise APIError("this model has no chat template; use /v1/completions")
         self._check_size(body, 1)
-        messages, images = self.images.messages(body.messages) if self.images else (None, [])
-        prompt = self._encode(self._render(body, messages), param="messages", add_special_tokens=False)
-        if images:
-            prompt = self.images.prompt(prompt, images)
+        prompt = self._chat_prompt(body)
         max_tokens = body.max_completion_tokens or body.max_tokens or max(1, self.max_len - len(_ids(prompt)))
         logprobs = (body.top_logprobs or 0) if body.logprobs else 0
         return Job(body, True, [prompt], self._params(body, [prompt], max_tokens, logprobs, "messages"), body.logprobs,
                    "chat")
+
+    def _chat_prompt(self, body: ChatRequest) -> list[int] | MultimodalPrompt:
+        """The chat rendered and tokenised: token ids, or ids with images (a vision-language model)."""
+        messages, images = self.images.messages(body.messages) if self.images else (None, [])
+        prompt = self._encode(self._render(body, messages), param="messages", add_special_tokens=False)
+        return self.images.prompt(prompt, images) if images else prompt
 
     def _validate(self, raw: bytes, model: type[BaseModel]):
         body = validate_body(parse_json(raw), model)

@@ -34,8 +34,9 @@ from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.spec.draft import CONFIG_FILE, DraftHead, DraftInfo, fingerprint, read_info
+from reasonrl.models.chat import ChatEncoder
 from reasonrl.models.model import CausalAttention, DecoderLM
-from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt, build_prompt
+from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.vision.spec.compressor import BRANCHES, CompressorConfig
 
@@ -228,7 +229,8 @@ def run_distill(job: DistillJob, cfg: DistillConfig) -> Path:
     target_path, init = job.target, job.init
     target = load_model(target_path, job.device, job.dtype)
     tok = Tokenizer.from_dir(target_path)
-    encode = lambda prompts: [_encode(tok, target, p.messages) for p in prompts]  # noqa: E731
+    encoder = ChatEncoder(tok, target)  # images for a vision-language target; refused by a text-only one
+    encode = lambda prompts: [encoder(p.messages) for p in prompts]  # noqa: E731
     train = encode(env.prompts(n=job.num_prompts, seed=cfg.seed, split="train"))
     held = encode(env.prompts(n=job.eval_prompts, seed=cfg.seed, split="eval")) if job.eval_prompts else []
     compressor = None
@@ -250,13 +252,6 @@ def run_distill(job: DistillJob, cfg: DistillConfig) -> Path:
 
     distill_draft(target, train, held, cfg, draft, on_eval=save)  # the last step is always evaluated
     return out
-
-
-def _encode(tok: Tokenizer, target: DecoderLM, messages: list[dict]) -> list[int] | MultimodalPrompt:
-    """A chat as the target's prompt: token ids, or a `MultimodalPrompt` for a vision-language target."""
-    if getattr(target, "vlm_config", None) is None:
-        return tok.apply_chat_template(messages, add_generation_prompt=True)
-    return build_prompt(tok, messages, target.vlm_config, target.image_config)
 
 
 def write_epoch_report(out: Path, history: list[dict]) -> None:

@@ -10,8 +10,12 @@ transformers' Qwen2-VL image processor (Pillow backend) step for step, so the pi
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -21,6 +25,8 @@ import torch
 from PIL import Image
 
 ImageInput = Union[Image.Image, np.ndarray, str, Path]
+FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG"}  # what a data: URL may hold
+DATA_URL = re.compile(r"data:([^;,]*)((?:;[^;,]*)*),(.*)", re.DOTALL)  # media type, ;parameters, data
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -93,8 +99,11 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
 
 
 def to_rgb(image: ImageInput) -> Image.Image:
-    """A Pillow RGB image from a path, a Pillow image, or a uint8 array (H, W), (H, W, 1|3|4)."""
-    if isinstance(image, (str, Path)):
+    """A Pillow RGB image from a path, a base64 PNG or JPEG `data:` URL, a Pillow image, or a uint8
+    array (H, W), (H, W, 1|3|4)."""
+    if isinstance(image, str) and image.startswith("data:"):
+        image = open_data_url(image)
+    elif isinstance(image, (str, Path)):
         if not Path(image).is_file():
             raise FileNotFoundError(f"image file {image} does not exist")
         image = Image.open(image)
@@ -107,6 +116,21 @@ def to_rgb(image: ImageInput) -> Image.Image:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def open_data_url(url: str) -> Image.Image:
+    """A base64 PNG or JPEG `data:` URL, as `reasonrl serve` reads them, decoded; ValueError otherwise."""
+    m = DATA_URL.fullmatch(url)
+    media = m.group(1).strip().lower() if m else ""
+    if m is None or media not in FORMATS or "base64" not in m.group(2).lower().split(";"):
+        raise ValueError(f"image URL {url[:40]!r}: a data: URL must hold a base64 PNG or JPEG image "
+                         "(data:image/png;base64,...)")
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(m.group(3), validate=True)), formats=[FORMATS[media]])
+        image.load()
+    except (binascii.Error, ValueError, OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"image URL {url[:40]!r}: not a valid {FORMATS[media]} image ({type(exc).__name__})") from None
+    return image
 
 
 def _array_rgb(a: np.ndarray) -> np.ndarray:

@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from reasonrl.models.qwen2_5_vl.config import VLMConfig
 from reasonrl.models.qwen2_5_vl.mrope import mrope_positions, text_positions
 from reasonrl.models.qwen2_5_vl.processor import ImageConfig, preprocess
+
+REMOTE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")  # http://, file://...: a URL to fetch, not a path
 
 
 @dataclass
@@ -89,9 +95,54 @@ def expand_image_tokens(ids: Sequence[int], image_grid_thw: torch.Tensor, image_
 
 
 def message_images(messages: list[dict[str, Any]]) -> list[Any]:
-    """Images of a chat, in order: content parts {"type": "image", "image": <path|PIL|array>}."""
-    parts = [p for m in messages if isinstance(m.get("content"), list) for p in m["content"]]
-    return [p.get("image") for p in parts if isinstance(p, dict) and p.get("type") == "image"]
+    """Images of a chat, in order: content parts {"type": "image", "image": <path|PIL|array|data: URL>}
+    and OpenAI's {"type": "image_url", "image_url": {"url": <path|data: URL>}}. A part without a usable
+    image is a ValueError naming it (`messages.0.content.1`)."""
+    return [_image_of(part, where) for where, part in _image_parts(messages)]
+
+
+def with_image_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chat with each image_url part as an image part, the kind chat templates render as a placeholder."""
+    urls = {id(part): _image_of(part, where) for where, part in _image_parts(messages) if part["type"] == "image_url"}
+    if not urls:
+        return messages
+    return [{**m, "content": [{"type": "image", "image": urls[id(p)]} if id(p) in urls else p for p in m["content"]]}
+            if isinstance(m.get("content"), list) else m for m in messages]
+
+
+def _image_parts(messages: list[dict[str, Any]]):
+    """(name, part) of each image or image_url part."""
+    for i, m in enumerate(messages):
+        for j, part in enumerate(m.get("content") if isinstance(m.get("content"), list) else []):
+            if isinstance(part, dict) and part.get("type") in ("image", "image_url"):
+                yield f"messages.{i}.content.{j}", part
+
+
+def _image_of(part: dict, where: str) -> Any:
+    if part["type"] == "image_url":  # a path or a data: URL (read by `to_rgb`); nothing is fetched
+        spec = part.get("image_url")
+        url = spec.get("url") if isinstance(spec, dict) else None
+        if not isinstance(url, str):
+            raise ValueError(f'{where}: an image_url part is {{"type": "image_url", "image_url": {{"url": a path or '
+                             f'a data: URL}}}}, got {str(part)[:80]}')
+        if REMOTE.match(url):
+            raise ValueError(f"{where}: image URL {url[:40]!r}: only local paths and data: URLs are read (nothing is "
+                             "fetched)")
+        return url
+    image = part.get("image")
+    if not isinstance(image, (str, Path, Image.Image, np.ndarray)):
+        raise ValueError(f'{where}: an image part needs "image": a path, a PIL image or a uint8 array, got '
+                         f"{type(image).__name__} ({str(part)[:80]})")
+    return image
+
+
+def images_prompt(input_ids: Sequence[int], messages: list[dict[str, Any]], cfg: VLMConfig,
+                  image_cfg: ImageConfig | None = None) -> MultimodalPrompt:
+    """The prompt `build_prompt` gave for `messages`, from its ids (placeholders expanded) and the
+    messages' images preprocessed again: a data set keeps each example's images as they came (a path,
+    uint8 pixels), not their float patches, and builds these per batch."""
+    pixel_values, grid = preprocess(message_images(messages), image_cfg or ImageConfig())
+    return MultimodalPrompt.from_ids(input_ids, pixel_values, grid, cfg)
 
 
 def build_prompt(tokenizer, messages: list[dict[str, Any]], cfg: VLMConfig, image_cfg: ImageConfig | None = None,
@@ -103,6 +154,7 @@ def build_prompt(tokenizer, messages: list[dict[str, Any]], cfg: VLMConfig, imag
     model = (cfg.vision.patch_size, cfg.vision.spatial_merge_size, cfg.vision.temporal_patch_size)
     if ours != model:
         raise ValueError(f"image config (patch, merge, temporal) sizes {ours} differ from the model's {model}")
+    messages = with_image_parts(messages)
     pixel_values, grid = preprocess(message_images(messages), image_cfg)
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, **template_kwargs)
     ids = expand_image_tokens(ids, grid, cfg.image_token_id, cfg.vision.spatial_merge_size)

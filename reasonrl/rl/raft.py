@@ -93,8 +93,8 @@ def reward_fn(cfg: RaftConfig, env: Environment) -> Scorer:
 
     check_aggregations([cfg.aggregation])
     scorer = PRMScorer(*load_prm(cfg.prm, device=cfg.device))
-    return lambda prompts, responses: [aggregate(s.scores, cfg.aggregation) for s in
-                                       scorer.score([(p.messages, r) for p, r in zip(prompts, responses)])]
+    return lambda prompts, responses: [aggregate(s.read, cfg.aggregation) for s in  # (steps past max_len unread,
+                                       scorer.score([(p.messages, r) for p, r in zip(prompts, responses)])]  # not 0)
 
 
 def sample(model, tokenizer, prompts: Sequence[Prompt], n: int, temperature: float, max_tokens: int, seed

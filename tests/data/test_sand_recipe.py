@@ -113,6 +113,19 @@ def test_seed_answers_that_are_numbers_are_written_positionally(tmp_path):
         load_seed_problems(seeds)
 
 
+def test_seed_and_eval_lines_may_hold_line_separators_inside_their_strings(tmp_path):
+    """splitlines() cut a line at U+2028 or U+0085 inside a JSON string (SAND's own problems.jsonl
+    writes them raw): a valid file was refused as "not valid JSON"."""
+    from reasonrl.data.sand.decontam import load_eval_sets
+    from reasonrl.data.sand.source import load_seed_problems
+
+    rows = [{"problem": "Find x.\u2028Given x+1=3.", "answer": "2"}, {"problem": "Compute 1+1\x85 now", "answer": 2}]
+    path = tmp_path / "problems.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert [p.problem for p in load_seed_problems(path)] == [r["problem"] for r in rows]
+    assert sorted(e.text for e in load_eval_sets([str(path)])) == sorted(r["problem"] for r in rows)
+
+
 def test_yaml_file_with_overrides_and_a_saved_resolved_recipe_reloads_equal(files, tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(recipe(files, solve={"n": 4})))

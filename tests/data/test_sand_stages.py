@@ -261,6 +261,12 @@ def test_export_drops_short_solutions(tmp_path):
     for row in map(json.loads, (out / "sft.jsonl").read_text().splitlines()):
         assert len(row["response"].split()) >= 4
     assert summary["accepted"]["all"] == export["kept"]
+    # the difficulty section describes the exported problems, not the export stage's inputs
+    assert 0 < export["kept"] < export["inputs"]
+    exported = [json.loads(line) for line in (out / "problems.jsonl").read_text().splitlines()]
+    base = summary["difficulty"]["base"]
+    assert base["problems"] == summary["accepted"]["base"] == len(exported)
+    assert base["rating_mean"] == pytest.approx(sum(p["rating"] for p in exported) / len(exported))
 
 
 def test_empirical_difficulty_is_one_minus_the_reference_policy_pass_rate(tmp_path):
@@ -284,3 +290,34 @@ def test_empirical_difficulty_is_one_minus_the_reference_policy_pass_rate(tmp_pa
         assert row["problem"]["empirical_difficulty"] == pytest.approx(1 - correct / 3)
         assert row["kept"] == (1 - correct / 3 <= 0.9)
     assert report(out)["by_stage"]["base.measure"]["policy_samples"] == len(samples)
+
+
+def test_a_changed_measure_recipe_applies_to_the_problems_not_yet_measured(tmp_path):
+    """--accept-changes with another measure.temperature was refused by the eval run directory
+    ("measure/base.measure holds a run with other settings"), though the docs promise the change
+    applies to the problems not yet decided."""
+    from tests_policy import DEMO_POLICY
+
+    def recipe(n, **measure):
+        seeds = write_jsonl(tmp_path / f"seeds{n}.jsonl", [
+            {"id": f"p{d}", "problem": f"Add: {d} + {d} + {d}", "answer": 3 * d} for d in range(2, 2 + n)])
+        return sums_recipe(tmp_path, server.url, generate={"problems": 0, "seed_problems": seeds},
+                           hike={"enabled": False}, measure={"model": str(DEMO_POLICY), "k": 3, "max_tokens": 48,
+                                                             "system_prompt": None, "device": "cpu", **measure})
+
+    server = ScriptedServer()
+    try:
+        out = tmp_path / "run"
+        run(recipe(2), out)
+        before = ledger(out, "base.measure")
+        run(recipe(4, k=2, temperature=0.5), out, accept_changes=True)
+    finally:
+        server.stop()
+    after = ledger(out, "base.measure")
+    assert len(before) == 2 and len(after) == 4 and all(after[i] == row for i, row in before.items())
+    [moved] = (out / "measure" / "base.measure").glob("settings-*/samples.jsonl")
+    new = [json.loads(line) for line in moved.read_text().splitlines()]
+    assert {s["problem_id"] for s in new} == set(after) - set(before) and len(new) == 2 * 2
+    for pid in set(after) - set(before):
+        assert after[pid]["problem"]["samples"] == 2
+    assert report(out)["by_stage"]["base.measure"]["policy_samples"] == 3 * 2 + 2 * 2

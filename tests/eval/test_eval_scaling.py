@@ -12,6 +12,7 @@ from reasonrl.models import load_model
 from reasonrl.models.tiny import make_checkpoint, make_tokenizer
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.reward.prm.model import PRMConfig, from_backbone, save_prm
+from reasonrl.reward.prm.scoring import StepScores
 from reasonrl.reward.prm.steps import StepFormat
 
 ENGINE = {"kv_cache_memory": 1 << 23, "max_model_len": 512, "block_size": 16}
@@ -33,7 +34,8 @@ def problems(count=60, n=4, p=0.35, seed=0):
 def scorer(prefer_correct: bool):
     """A stand-in PRM: two steps, scored high on correct responses (or on wrong ones)."""
     def score(items):
-        return [[0.5, 0.9 if (response.endswith("A") == prefer_correct) else 0.1] for _, response in items]
+        return [StepScores(["step", response], [0.5, 0.9 if (response.endswith("A") == prefer_correct) else 0.1], 2)
+                for _, response in items]
     return score
 
 
@@ -77,6 +79,22 @@ def test_orm_rule_and_incomplete_problems(tmp_path):
     assert "no curves" in "\n".join(markdown(empty))
 
 
+def test_steps_past_max_len_are_left_out_and_counted(tmp_path):
+    """The placeholder 0.0 of steps the PRM never read ranked every long correct sample last."""
+    data = problems()
+
+    def score(items):  # correct samples are long: the PRM read 2 of their 3 steps, and liked them
+        return [StepScores(["a", "b", "c"], [0.9, 0.9, 0.0], 2) if response.endswith("A")
+                else StepScores(["a", "b"], [0.5, 0.5], 2) for _, response in items]
+
+    out = best_of_n(data, config(tmp_path), prm=score)
+    correct = sum(row["reward"] for _, rows in data for row in rows)
+    assert out["unread"] == {"prm": correct}
+    for rule in ("prm-min", "prm-mean", "prm-last", "prm-product"):
+        assert out["curves"][rule]["4"]["accuracy"] == out["curves"]["oracle"]["4"]["accuracy"]
+    assert f"ranked on the steps it read: PRM {int(correct)}." in "\n".join(markdown(out))
+
+
 def test_bad_options_are_named(tmp_path):
     with pytest.raises(ValueError, match="n >= 2"):
         EvalConfig("sums:", str(tmp_path), tmp_path, n=1, prm="x")
@@ -111,6 +129,7 @@ def test_eval_with_a_prm_end_to_end(policy_and_prm, tmp_path):
     assert summary["run"]["asked"] == 0
     scaling = summary["best_of_n"]
     assert scaling["ns"] == [1, 2, 4] and scaling["problems"] == 6 and scaling["prm"] == str(prm)
+    assert set(scaling["unread"]) == {"prm", "orm"}
     assert {"majority", "prm-min", "prm-vote", "orm", "oracle"} <= set(scaling["curves"])
     assert scaling["curves"]["oracle"]["4"]["accuracy"] >= scaling["curves"]["prm-min"]["4"]["accuracy"]
     assert "## Test-time scaling (best of N)" in (tmp_path / "summary.md").read_text()

@@ -41,3 +41,49 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     (tmp_path / "pool.jsonl").write_text("[1, 2]\n")
     assert main(["prm", "best-of-n", "--pool", str(tmp_path / "pool.jsonl"), "--prm", "x", "--out", "y"]) == 2
     assert "pool.jsonl:1" in capsys.readouterr().err
+
+
+def test_best_of_n_options_are_checked_before_any_scoring(tmp_path):
+    """A bad --vote-by, or an N larger than a pool, was refused only after the PRM had scored the pool."""
+    import pytest
+
+    from reasonrl.reward.prm.run import BestOfNJob, run_best_of_n
+
+    write_pool(tmp_path / "pool.jsonl", 3, 2, "eval")
+    job = dict(pool=str(tmp_path / "pool.jsonl"), prm=str(tmp_path / "no-prm-here"), out=str(tmp_path / "bon.json"))
+    with pytest.raises(ValueError, match="aggregation"):
+        run_best_of_n(BestOfNJob(**job, vote_by="median", ns=(1, 2)))
+    with pytest.raises(ValueError, match="N=4 candidates, the smallest pool .* has 2"):
+        run_best_of_n(BestOfNJob(**job, ns=(1, 4)))
+    rows = [json.loads(line) for line in (tmp_path / "pool.jsonl").read_text().splitlines()]
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps({**r, "id": f"p{i}"}) + "\n" for i, r in enumerate(rows)))
+    with pytest.raises(ValueError, match="has 1: a problem's pool is the rows whose ids share the part before the last"):
+        run_best_of_n(BestOfNJob(**job, ns=(1, 2)))
+
+
+def test_best_of_n_leaves_unread_steps_out_and_counts_them(tmp_path):
+    """Steps past the PRM's max_len scored 0.0: a right but long solution lost to every short one."""
+    import torch
+
+    from reasonrl.reward.prm.model import PRMConfig, save_prm
+    from reasonrl.reward.prm.run import BestOfNJob, new_prm, run_best_of_n
+
+    scorer = new_prm("reasonrl/demo/policy", PRMConfig(steps=StepFormat(delimiter=" "), max_len=80), "cpu")
+    with torch.no_grad():  # a head that says "right" at every step it reads
+        scorer.prm.score[-1].weight.zero_()
+        scorer.prm.score[-1].bias.copy_(torch.tensor([-5.0, 5.0]))
+    prm = save_prm(scorer.prm, tmp_path / "prm", scorer.tokenizer)
+    prompt = [{"role": "user", "content": "Add: 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1"}]
+    long = [f"{i}+1={i + 1}" for i in range(1, 10)] + ["\\boxed{10}"]
+    rows = [row for p in range(4) for row in (
+        {"id": f"q{p}/0", "prompt": prompt, "steps": long, "final": "10", "outcome": 1},       # right, read in part
+        {"id": f"q{p}/1", "prompt": prompt, "steps": ["\\boxed{9}"], "final": "9", "outcome": 0})]  # wrong, read
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    logged = []
+    job = BestOfNJob(pool=str(tmp_path / "pool.jsonl"), prm=str(prm), out=str(tmp_path / "bon.json"), ns=(2,),
+                     trials=20, device="cpu")
+    result = run_best_of_n(job, log=logged.append)
+    # every read step scores the same: the two candidates tie and the first drawn wins, not always the short one
+    assert 0.0 < result["prm-min"][2]["accuracy"] < 1.0
+    assert json.loads((tmp_path / "bon.json").read_text())["unread"] == {"prm": 4}
+    assert logged == ["4 of 8 solutions go past the PRM's max_len: ranked on the steps it read"]

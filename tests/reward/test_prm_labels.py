@@ -6,8 +6,8 @@ import pytest
 
 from reasonrl.envs.sums import SumsEnvironment
 from reasonrl.reward.prm.completer import Completer
-from reasonrl.reward.prm.labels import (LabelJob, label_quality, labels_of, mc_labels, monte_carlo, run_label_job,
-                                        sample_solutions)
+from reasonrl.reward.prm.labels import (LabelJob, label_problem, label_quality, labels_of, mc_labels, monte_carlo,
+                                        run_label_job, sample_solutions, solution_row)
 from reasonrl.reward.prm.steps import StepFormat
 
 POLICY = "reasonrl/demo/policy"
@@ -25,6 +25,7 @@ def test_hard_soft_and_first_n():
     assert mc_labels(outcomes) == [1.0, 0.0, 1.0]
     assert mc_labels(outcomes, n=2) == [0.0, 0.0, 1.0]
     assert mc_labels(outcomes, hard=False) == [0.5, 0.0, 1.0]
+    assert mc_labels([[], [1]]) == [None, 1.0] and mc_labels([[]], hard=False) == [None]  # not continued: no label
 
 
 def test_consistency_keeps_only_agreeing_steps():
@@ -78,6 +79,22 @@ def test_label_job_writes_rows_costs_and_quality(tmp_path):
 def test_label_job_refuses_bad_options():
     with pytest.raises(ValueError, match="completions"):
         LabelJob(policy=POLICY, out="x", weak=POLICY, completions=0)
+
+
+def test_a_prefix_that_fills_the_context_is_left_unlabelled(completer):
+    """A solution cut at the context limit has step prefixes that leave no room in max_model_len: the
+    engine refused them and `prm label` crashed after all the sampling, writing nothing."""
+    env = SumsEnvironment(max_terms=3)
+    [prompt] = env.prompts(1, seed=0)
+    response = " ".join(f"{10 ** 9 + i}+1={10 ** 9 + i + 1}" for i in range(12))  # ~250 tokens, max_model_len 192
+    row = solution_row(env, prompt, response, SPACE, "p/0")
+    cost = monte_carlo(completer, env, [row], SPACE, "weak", seed=1)
+    outcomes, k = row["mc"]["weak"], len(row["steps"])
+    assert 0 < cost.no_room < k and cost.completions == 4 * (k - cost.no_room)
+    assert outcomes[k - cost.no_room:] == [[]] * cost.no_room and all(len(b) == 4 for b in outcomes[:k - cost.no_room])
+    labels = labels_of(row, "weak")  # a step never continued has no label (not "wrong")
+    assert labels[k - cost.no_room:] == [None] * cost.no_room and None not in labels[:k - cost.no_room]
+    assert label_problem(row, "weak", 4) is None  # nor is its empty list "fewer continuations than asked"
 
 
 def test_a_continuation_the_engine_fails_is_run_again_not_scored(completer):

@@ -78,6 +78,18 @@ def test_untrusted_responses_score_without_raising(prm_dir, response, steps):
     assert enc.ids.count(prm.separator_id) == len(enc.positions) == out.seen
 
 
+@pytest.mark.parametrize("wrap", [
+    lambda text: text,
+    lambda text: [{"role": "user", "content": text}],
+    lambda text: [{"role": "user", "content": [{"type": "text", "text": text}]}],
+])
+def test_a_lone_surrogate_in_the_prompt_is_read_as_a_question_mark(prm_dir, wrap):
+    """Text prompts were made valid UTF-8, chat messages were not: the tokenizer raised TypeError."""
+    prm, tok = load_prm(prm_dir, device="cpu")
+    [out, clean] = PRMScorer(prm, tok).score([(wrap("Add: 4 + 7 \ud800"), "4+7=11"), (wrap("Add: 4 + 7 ?"), "4+7=11")])
+    assert out.seen == 1 and out.scores == pytest.approx(clean.scores, abs=1e-5)
+
+
 def test_long_step_is_cut(prm_dir):
     prm, tok = load_prm(prm_dir, device="cpu")
     prm.cfg.max_step_tokens = 3

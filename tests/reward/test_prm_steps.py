@@ -28,6 +28,15 @@ def test_tags():
 
 
 @pytest.mark.parametrize("response, expected", [
+    ("<step></step>", []), ("<step>  </step>trailing", []), ("<step>", []),  # tags, all empty: no step
+    ("no tags here", ["no tags here"]), ("</step> only a close", ["</step> only a close"]),
+])
+def test_tags_that_hold_nothing_are_no_step(response, expected):
+    """Empty tag pairs fell back to "no tag at all" and made the raw markup one step."""
+    assert step_texts(response, StepFormat(split="tags")) == expected
+
+
+@pytest.mark.parametrize("response, expected", [
     ("no delimiter here", ["no delimiter here"]),
     ("", []), ("   ", []), (None, []), ("\x00\x01garbage", ["\x00\x01garbage"]),
 ])

@@ -62,6 +62,19 @@ def test_solutions_past_max_len_are_left_out_of_the_judgement():
     assert metrics["unread"] == 1 and metrics["solutions"] == 2 and metrics["correct_accuracy"] == 1.0
 
 
+@pytest.mark.timeout(120)  # the old code looped forever on the empty ORM data
+def test_orm_init_with_no_outcome_label_in_reach_is_refused_not_a_hang():
+    """The outcome label is on a solution's last step: with every solution longer than max_len the
+    ORM phase had no data, and filling its first batch from an empty order never ended."""
+    scorer = new_prm(POLICY, PRMConfig(steps=SPACE, max_len=80), "cpu")
+    prompt = [{"role": "user", "content": "Add: 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1"}]
+    steps = [f"{i}+1={i + 1}" for i in range(1, 10)] + ["\\boxed{10}"]
+    rows = [{"prompt": prompt, "steps": steps, "exact": [1] * 10, "outcome": 1}]
+    assert 0 < scorer.score_steps([(prompt, steps)])[0].seen < 10
+    with pytest.raises(ValueError, match="ORM initialisation.*max_len \\(80 tokens\\).*orm_init_epochs to 0"):
+        train_prm(scorer, rows, PRMTrainConfig(labels="exact", orm_init_epochs=1, samples_per_step=2))
+
+
 @pytest.mark.parametrize("row, labels, error", [
     ({"steps": ["a"], "outcome": 1}, None, "missing prompt"),
     ({"prompt": "p", "steps": "a b", "outcome": 1}, None, "steps must be a list of strings"),
@@ -136,3 +149,19 @@ def test_bad_inputs_are_named(tmp_path):
         PRMTrainConfig(labels="gold")
     with pytest.raises(ValueError, match="negative_upsample"):
         PRMTrainConfig(negative_upsample=0)
+    for completions in (-4, 0, 2.5):  # -4 labelled every step 0 (bits[:-4] of 4 outcomes is none)
+        with pytest.raises(ValueError, match="completions must be an integer >= 1"):
+            PRMTrainConfig(completions=completions)
+
+
+def test_more_completions_than_stored_are_refused_naming_the_row(tmp_path):
+    """--completions 100 on rows holding 4 continuations per step silently used the 4."""
+    import json
+
+    path = tmp_path / "labels.jsonl"
+    rows = [{"prompt": "p", "steps": ["a", "b"], "outcome": 1, "mc": {"weak": [[1, 0, 1, 1], [0] * 4]}}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = PRMTrainJob(data=str(path), out=str(tmp_path / "prm"), device="cpu")
+    with pytest.raises(ValueError, match="labels.jsonl:1: mc.weak holds 4 continuations .* fewer than the 100"):
+        run_train(job, PRMConfig(steps=SPACE), PRMTrainConfig(labels="weak", completions=100))
+    assert read_rows(path, labels="weak", completions=4)

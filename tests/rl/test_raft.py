@@ -38,6 +38,28 @@ def test_bad_options_are_named():
         RaftConfig(policy=POLICY, out="x", rounds=0)
 
 
+def test_the_prm_reward_aggregates_only_the_steps_the_prm_read(monkeypatch):
+    """Steps past the PRM's max_len score a placeholder 0.0: aggregated, they sank every long response
+    (min, last and product to 0, mean diluted) whatever the PRM thought of what it read."""
+    from reasonrl.reward.prm import model, scoring
+    from reasonrl.reward.prm.scoring import StepScores
+    from reasonrl.rl import raft
+
+    class Scorer:
+        def __init__(self, *a, **k):
+            pass
+
+        def score(self, pairs):
+            return [StepScores(steps=["a", "b", "c"], scores=[0.9, 0.8, 0.0], seen=2) for _ in pairs]
+
+    monkeypatch.setattr(model, "load_prm", lambda *a, **k: (None, None))
+    monkeypatch.setattr(scoring, "PRMScorer", Scorer)
+    prompts = [Prompt(id="a", messages=[{"role": "user", "content": "q"}], answer=None)]
+    for aggregation, expected in (("min", 0.8), ("last", 0.8), ("mean", 0.85)):
+        cfg = RaftConfig(policy=POLICY, out="x", reward="prm", prm="p", aggregation=aggregation)
+        assert raft.reward_fn(cfg, None)(prompts, ["a\n\nb\n\nc"]) == [pytest.approx(expected)]
+
+
 @pytest.mark.slow
 def test_raft_rounds_with_the_outcome_reward(tmp_path):
     out = tmp_path / "raft"

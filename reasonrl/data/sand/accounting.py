@@ -54,7 +54,7 @@ def stage_report(ctx, name: str, problems: list, ledger: Ledger, seconds: float)
                          seconds=round(seconds, 3))
     for calls in call_ledgers(ctx.out, name):
         add_calls(report, calls)
-    add_policy_samples(report, ctx.out / "measure" / name / "samples.jsonl")
+    add_policy_samples(report, ctx.out / "measure" / name)
     return report
 
 
@@ -81,8 +81,9 @@ def add_calls(report: StageReport, ledger: Ledger) -> None:
         report.completion_tokens += completion or 0
 
 
-def add_policy_samples(report: StageReport, path: Path) -> None:
-    rows = read_samples(path) if path.exists() else []
+def add_policy_samples(report: StageReport, folder: Path) -> None:
+    """The measure stage's samples: its eval run directory's, and those of settings changed since (measure.py)."""
+    rows = [row for path in sorted(folder.rglob("samples.jsonl")) for row in read_samples(path)]
     report.policy_samples = len(rows)
     report.policy_tokens = sum(r.get("tokens") or 0 for r in rows)
 
@@ -98,10 +99,11 @@ def mean(values: list[float | None]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def difficulty_summary(base: list, hiked: list) -> dict[str, Any]:
-    """Mean LLM rating and empirical difficulty of the final base and hiked sets, and of the base
-    problems the accepted hiked ones were rewritten from (a paired view of what hiking did)."""
-    by_id = {p.id: p for p in base}
+def difficulty_summary(base: list, hiked: list, hike_inputs: list) -> dict[str, Any]:
+    """Mean LLM rating and empirical difficulty of the accepted (exported) base and hiked problems,
+    and of the base problems the accepted hiked ones were rewritten from (a paired view of what
+    hiking did), looked up among `hike_inputs`, the base problems hiking was given."""
+    by_id = {p.id: p for p in hike_inputs}
     sources = [by_id[p.hiked_from] for p in hiked if p.hiked_from in by_id]
     out = {}
     for label, group in (("base", base), ("hiked", hiked), ("hiked_sources", sources)):
@@ -110,9 +112,11 @@ def difficulty_summary(base: list, hiked: list) -> dict[str, Any]:
     return out
 
 
-def summary(reports: list[StageReport], base: list, hiked: list, exported: dict[str, int]) -> dict[str, Any]:
+def summary(reports: list[StageReport], base: list, hiked: list, hike_inputs: list,
+            exported: dict[str, int]) -> dict[str, Any]:
+    """The report's figures; `base` and `hiked` are the accepted problems (see `difficulty_summary`)."""
     spent = totals(reports)
     accepted = exported.get("all", 0)
     return {"accepted": exported, "spent": spent,
             "accepted_per_call": accepted / spent["calls"] if spent["calls"] else None,
-            "difficulty": difficulty_summary(base, hiked), "stages": [r.to_dict() for r in reports]}
+            "difficulty": difficulty_summary(base, hiked, hike_inputs), "stages": [r.to_dict() for r in reports]}

@@ -28,6 +28,7 @@ import numpy as np
 from . import parse, prompts
 from .calls import Call, ask, llm_client
 from .embeddings import EmbeddingClient
+from .export import jsonl_lines
 from .problem import Problem, Verdict
 from .sections import DecontamSection, api_key
 
@@ -51,7 +52,7 @@ def load_eval_sets(paths: list[str], field: str = "problem") -> list[EvalProblem
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"evaluation set {path} does not exist")
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        for n, line in enumerate(jsonl_lines(path), 1):
             if not line.strip():
                 continue
             try:

@@ -54,13 +54,17 @@ def sft_row(p: Problem, cfg) -> dict:
 
 def write_files(out: Path, accepted: list[Problem], cfg) -> dict[str, int]:
     """The export files (see the module docstring); how many examples each holds."""
-    base = [p for p in accepted if p.origin != "hiked"]
-    hiked = [p for p in accepted if p.origin == "hiked"]
+    base, hiked = by_origin(accepted)
     write_jsonl(out / "problems.jsonl", [{k: getattr(p, k) for k in PROBLEM_FIELDS} | {
         "solution": p.chosen_solution()["text"]} for p in accepted])
     for file, group in (("sft.jsonl", accepted), ("sft_base.jsonl", base), ("sft_hiked.jsonl", hiked)):
         write_jsonl(out / file, [sft_row(p, cfg) for p in group])
     return {"all": len(accepted), "base": len(base), "hiked": len(hiked)}
+
+
+def by_origin(problems: list[Problem]) -> tuple[list[Problem], list[Problem]]:
+    """(the base problems: generated or seed, the hiked ones)."""
+    return [p for p in problems if p.origin != "hiked"], [p for p in problems if p.origin == "hiked"]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -69,3 +73,9 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
         for row in rows:
             f.write(json_line(row))
     os.replace(tmp, path)  # a reader never sees half a file
+
+
+def jsonl_lines(path: Path) -> list[str]:
+    """The lines of a JSONL file, split at "\\n" only: splitlines() also splits at U+2028, U+0085...,
+    which JSON strings hold raw (`write_jsonl` writes them so, and so may a seed or evaluation file)."""
+    return Path(path).read_text(encoding="utf-8").split("\n")

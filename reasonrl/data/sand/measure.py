@@ -9,16 +9,25 @@ by the math verifier against the problem's reference answer, and
 
 is recorded next to the rating, and can filter (`min_difficulty`, `max_difficulty`). Not in
 SAND-Math; with no `measure.model` the stage keeps every problem unmeasured.
+
+The samples go to `measure/NAME/`, an eval run directory, which holds samples of one set of
+settings. A recipe changed with --accept-changes (another k, temperature, model...) applies to the
+problems not yet measured: their samples go to `measure/NAME/settings-DIGEST/`, and the problems
+already decided keep their verdicts and their samples.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 from reasonrl.envs.base import Prompt
 from reasonrl.envs.math import MathEnvironment
-from reasonrl.eval import IncompleteEval, run_eval
-from reasonrl.eval.store import read_samples
+from reasonrl.eval import EvalConfig, IncompleteEval, evaluate
+from reasonrl.eval.store import SETTINGS_FILE, read_samples
 
 from . import prompts
 from .calls import StageIncomplete, Stopped
@@ -43,17 +52,31 @@ def pass_counts(ctx, name: str, todo: list[Problem]) -> dict[str, int]:
                    api_key_env=cfg.api_key_env, progress=ctx.recipe.run.progress)
     if cfg.base_url is None and cfg.device:
         options["engine_kwargs"] = {"device": cfg.device}
+    config = EvalConfig(env, cfg.model, out, **options)
+    config = replace(config, out=samples_dir(out, config.settings()))
     try:
-        summary = run_eval(env, model=cfg.model, out=out, stop=ctx.stop, **options)
+        summary = evaluate(config, ctx.stop)
     except IncompleteEval as exc:
         raise StageIncomplete(f"{name}: {exc}") from None
     if summary.get("stopped"):
         raise Stopped(name)
     correct = {p.id: 0 for p in todo}
-    for row in read_samples(out / "samples.jsonl"):
+    for row in read_samples(Path(config.out) / "samples.jsonl"):
         if row["problem_id"] in correct and row["sample"] < cfg.k and row["reward"] >= 1.0:
             correct[row["problem_id"]] += 1
     return correct
+
+
+def samples_dir(out: Path, settings: dict[str, Any]) -> Path:
+    """`out` for the settings of its first samples (or when it has none), else a directory of its
+    own for these settings inside it (see the module docstring)."""
+    stored, samples = out / SETTINGS_FILE, out / "samples.jsonl"
+    if not (stored.exists() and samples.exists() and samples.stat().st_size):  # nothing binds it yet
+        return out
+    if json.loads(stored.read_text()) == json.loads(json.dumps(settings)):  # compared as stored
+        return out
+    digest = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=6).hexdigest()
+    return out / f"settings-{digest}"
 
 
 def judged(p: Problem, correct: int, cfg) -> Verdict:

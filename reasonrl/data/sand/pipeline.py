@@ -21,7 +21,7 @@ from . import accounting
 from .consistency import consistency
 from .decontam import decontaminate
 from .dedupe import dedupe_stage
-from .export import export, write_files
+from .export import by_origin, export, write_files
 from .hike import hike
 from .measure import measure
 from .problem import Problem
@@ -53,8 +53,10 @@ def run_sand(recipe: Recipe, out: str | Path, stop: Callable[[], bool] = lambda:
     for calls in accounting.call_ledgers(out, "eval-sets.embed"):
         accounting.add_calls(eval_embeddings, calls)
     reports = ctx.reports + ([eval_embeddings] if eval_embeddings.embedding_calls else [])
-    summary = accounting.summary(reports, base, hiked, write_files(out, accepted, recipe.export))
-    report = write_report(out, summary, base, hiked)
+    exported_base, exported_hiked = by_origin(accepted)  # the report describes what was exported
+    summary = accounting.summary(reports, exported_base, exported_hiked, base,
+                                 write_files(out, accepted, recipe.export))
+    report = write_report(out, summary, exported_base, exported_hiked)
     if console_output:
         print(console(summary), file=sys.stderr)
         print(f"report: {report}", file=sys.stderr)

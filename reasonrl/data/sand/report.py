@@ -1,8 +1,8 @@
 """The run's report: report.json (every figure), report.md (tables and plots), and a console table.
 
 Plots (PNG, as `reasonrl report` draws them): the funnel (problems in and kept per stage), the
-drops (every reason, per stage), the calls spent per stage, and the difficulty of the base and
-hiked sets (LLM rating and empirical difficulty).
+drops (every reason, per stage), the calls spent per stage, and the difficulty of the accepted
+base and hiked problems (LLM rating and empirical difficulty).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from reasonrl.envs.math.extract import reference_answer
 
 from . import parse, prompts
 from .calls import Call, ask, llm_client
+from .export import jsonl_lines
 from .problem import Problem, Verdict
 
 
@@ -68,7 +69,7 @@ def load_seed_problems(path: str | Path) -> list[Problem]:
     if not path.is_file():
         raise FileNotFoundError(f"seed problem file {path} does not exist")
     out, seen = [], set()
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(jsonl_lines(path), 1):
         if not line.strip():
             continue
         try:

@@ -4,7 +4,9 @@ Monte Carlo step labelling asks a completer for N continuations of every step pr
 solution. All of them go to one `LLMEngine` at once: one request per prefix with n = N (the N
 samples share the prefix's KV blocks), and consecutive prefixes of one solution share their
 common blocks through the prefix cache. Sample j of a request is drawn with `seed + j`, so a
-labelling run is reproducible whatever the batching. `Cost` counts what it took.
+labelling run is reproducible whatever the batching. A request whose prompt and prefix leave no
+room in the engine's max_model_len (a solution cut at the context limit) is not run: it gets no
+continuations, and `Cost.no_room` counts it. `Cost` counts what it took.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class Cost:
     """Tokens sampled."""
     seconds: float = 0.0
     """Wall time."""
+    no_room: int = 0
+    """Requests not run: their prompt and prefix fill max_model_len (no continuations)."""
 
     def add(self, other: Cost) -> Cost:
         return Cost(*(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__))
@@ -60,20 +64,22 @@ class Completer:
         return cls(LLMEngine.from_pretrained(path, device=device, **engine_kwargs), n, temperature, max_tokens)
 
     def run(self, requests: Sequence[Request], n: int | None = None) -> Cost:
-        """Fill each request's `texts` with n continuations of its prefix; returns the cost. A
-        request the engine fails (finish_reason "error", its partial texts no continuations) is
-        run again, up to `ATTEMPTS` times in all, then a RuntimeError names it."""
+        """Fill each request's `texts` with n continuations of its prefix; returns the cost. A request
+        leaving no room in max_model_len gets none (`texts` empty, counted in `no_room`). A request
+        the engine fails (finish_reason "error", its partial texts no continuations) is run again,
+        up to `ATTEMPTS` times in all, then a RuntimeError names it."""
         n = n or self.n
         start, cost = time.perf_counter(), Cost()
-        todo = dict(enumerate(requests))
+        inputs = {i: self._input(r) for i, r in enumerate(requests)}
+        todo = {i: r for i, r in enumerate(requests) if len(inputs[i]) < self.engine.max_model_len}
+        for i in inputs.keys() - todo.keys():  # the engine would refuse it: nothing to sample
+            requests[i].texts, requests[i].ended = [], []
+        cost.no_room = len(requests) - len(todo)
         for _ in range(ATTEMPTS):
             for i, r in todo.items():
-                ids = token_ids(self.encoder(r.prompt.messages))
-                if r.prefix:
-                    ids += self.engine.tokenizer.encode(r.prefix, add_special_tokens=False)
                 params = SamplingParams(n=n, temperature=self.temperature, max_tokens=self.max_tokens, seed=r.seed)
-                self.engine.add_request(f"c{i}", ids, params)
-                cost.prompt_tokens += len(ids)
+                self.engine.add_request(f"c{i}", inputs[i], params)
+                cost.prompt_tokens += len(inputs[i])
             failed = {}
             for rid, out in self.engine.drain().items():
                 i = int(rid[1:])
@@ -94,6 +100,10 @@ class Completer:
                                f"continuation of {todo[i].prefix[-80:]!r}: {error}")
         cost.seconds = time.perf_counter() - start
         return cost
+
+    def _input(self, r: Request) -> list[int]:
+        ids = token_ids(self.encoder(r.prompt.messages))
+        return ids + self.engine.tokenizer.encode(r.prefix, add_special_tokens=False) if r.prefix else ids
 
 
 def seed_of(*parts) -> int:

@@ -17,10 +17,13 @@ Where this departs from them:
 - Each continuation's outcome is stored, so one labelling run with N per completer gives the
   labels of any smaller N (the first n), and single-completer and consistency labels at an equal
   budget (n + n consistent against 2n from one completer) come from the same samples.
+- A step prefix that leaves the completer no room to continue (a solution cut at the context
+  limit, max_model_len) is not completed: its outcome list is empty and the step has no label.
 
 A labelled solution is one JSONL row:
     {"id", "prompt": [messages], "answer", "metadata", "response", "steps": [texts], "final": extracted answer,
      "outcome": 0/1, "exact": [0/1 per step] or null, "mc": {"weak": [[0/1 per continuation] per step], "strong": ...}}
+(a step's continuation list is empty when its prefix left the completer no room: it has no label)
 """
 
 from __future__ import annotations
@@ -84,18 +87,19 @@ def as_prompt(row: dict[str, Any]) -> Prompt:
 
 
 # ---- from stored outcomes to labels ---------------------------------------------------------------
-def mc_labels(outcomes: list[list[int]], n: int | None = None, hard: bool = True) -> list[float]:
-    """Per step: 1.0 if any of the first n continuations succeeded (hard), else their success rate."""
+def mc_labels(outcomes: list[list[int]], n: int | None = None, hard: bool = True) -> list[float | None]:
+    """Per step: 1.0 if any of the first n continuations succeeded (hard), else their success rate;
+    None for a step with no continuation (its prefix left the completer no room)."""
     out = []
     for bits in outcomes:
         bits = bits[:n] if n else bits
-        out.append(float(any(bits)) if hard else sum(bits) / max(len(bits), 1))
+        out.append(None if not bits else float(any(bits)) if hard else sum(bits) / len(bits))
     return out
 
 
 def labels_of(row: dict[str, Any], source: Source, n: int | None = None, hard: bool = True) -> list[float | None]:
     """The training targets of a row's steps; None where the source gives no label (a step the
-    completers disagree on, or every step but the last for outcome labels)."""
+    completers disagree on or did not continue, or every step but the last for outcome labels)."""
     k = len(row["steps"])
     if source == "exact":
         return [float(x) for x in row["exact"]]
@@ -107,9 +111,10 @@ def labels_of(row: dict[str, Any], source: Source, n: int | None = None, hard: b
     return [w if w == s else None for w, s in zip(weak, strong)]
 
 
-def label_problem(row: dict[str, Any], source: Source) -> str | None:
+def label_problem(row: dict[str, Any], source: Source, n: int | None = None) -> str | None:
     """What keeps a row from giving `source` labels (None: nothing): exact labels must be there, and
-    Monte Carlo ones (weak, strong, consistent: both) one list of 0/1 outcomes per step."""
+    Monte Carlo ones (weak, strong, consistent: both) one list of 0/1 outcomes per step, each at
+    least `n` long when labels from the first n continuations are asked for."""
     if source == "exact" and row.get("exact") is None:
         return "no exact step labels (exact is missing or null)"
     roles = {"weak": ["weak"], "strong": ["strong"], "consistent": ["weak", "strong"]}.get(source, [])
@@ -121,6 +126,9 @@ def label_problem(row: dict[str, Any], source: Source) -> str | None:
         if (not isinstance(outcomes, list) or len(outcomes) != len(row["steps"])
                 or not all(isinstance(b, list) and all(x in (0, 1) for x in b) for b in outcomes)):
             return f"mc.{role} must be one list of 0/1 outcomes per step ({len(row['steps'])} steps)"
+        short = [len(b) for b in outcomes if 0 < len(b) < (n or 0)]  # none at all: a step never continued
+        if short:
+            return f"mc.{role} holds {min(short)} continuations of a step, fewer than the {n} completions asked for"
     return None
 
 
@@ -192,13 +200,14 @@ def run_label_job(job: LabelJob, fmt: StepFormat, engine_kwargs: dict | None = N
     sampling = dict(temperature=job.temperature, max_tokens=job.max_tokens, device=job.device, **options)
     prompts = env.prompts(job.problems, seed=job.data_seed, split=job.data_split)
     rows, costs = _solutions(job, env, prompts, fmt, sampling)
-    log(f"{len(rows)} solutions of {len(prompts)} problems, {sum(len(r['steps']) for r in rows)} steps")
+    log(f"{len(rows)} solutions of {len(prompts)} problems, {sum(len(r['steps']) for r in rows)} steps"
+        + _no_room(costs["solutions"], "prompts", "no solutions"))
     for role in ("weak", "strong"):
         path = getattr(job, role)
         if path is not None:
             costs[role] = monte_carlo(Completer.load(path, job.completions, **sampling), env, rows, fmt, role, job.seed)
             log(f"{role} completer: {costs[role].completions} continuations, {costs[role].generated_tokens} tokens, "
-                f"{costs[role].seconds:.0f}s")
+                f"{costs[role].seconds:.0f}s" + _no_room(costs[role], "step prefixes", "left unlabelled"))
     out = Path(job.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -213,6 +222,10 @@ def _solutions(job: LabelJob, env, prompts, fmt, sampling) -> tuple[list[dict[st
     rows, cost = sample_solutions(writer, env, prompts, job.samples_per_problem, fmt, job.seed, job.distinct)
     del writer  # its KV cache goes before the completers allocate theirs
     return rows, {"solutions": cost}
+
+
+def _no_room(cost: Cost, what: str, so: str) -> str:
+    return f"; {cost.no_room} {what} fill max_model_len: {so}" if cost.no_room else ""
 
 
 def quality_table(rows: Sequence[dict[str, Any]], n: int) -> dict[str, dict[str, float]]:

@@ -11,6 +11,7 @@ Labelled solutions are the JSONL rows of `labels.py`; the held-out set needs exa
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +25,7 @@ from reasonrl.reward.prm.judge import processbench
 from reasonrl.reward.prm.labels import Source, label_problem
 from reasonrl.reward.prm.model import PRMConfig, from_backbone, load_prm, save_prm
 from reasonrl.reward.prm.best_of_n import Candidate, curves, rules
-from reasonrl.reward.prm.scoring import PRMScorer, aggregate, check_aggregations
+from reasonrl.reward.prm.scoring import PRMScorer, StepScores, aggregate, check_aggregations
 from reasonrl.reward.prm.train import PRMTrainConfig, train_prm
 
 
@@ -56,11 +57,12 @@ class JudgeJob:
     """cpu, cuda or cuda:N (default: cuda when available)."""
 
 
-def read_rows(path: str | Path, need: Sequence[str] = (), labels: Source | None = None) -> list[dict[str, Any]]:
+def read_rows(path: str | Path, need: Sequence[str] = (), labels: Source | None = None,
+              completions: int | None = None) -> list[dict[str, Any]]:
     """Labelled solutions, each checked: a JSON object with `prompt`, `steps` (strings), `outcome` (a
     number) and the fields in `need`; `exact` step labels, where given, 0 or 1 per step; what
-    `labels` needs (labels.py `label_problem`). A bad row is a ValueError naming the file, the line
-    and the field."""
+    `labels` needs from the first `completions` continuations (labels.py `label_problem`). A bad row
+    is a ValueError naming the file, the line and the field."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labelled solutions {path} do not exist")
@@ -73,7 +75,7 @@ def read_rows(path: str | Path, need: Sequence[str] = (), labels: Source | None 
                 row = None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{i + 1}: not a JSON object")
-            problem = _row_problem(row, need) or (label_problem(row, labels) if labels else None)
+            problem = _row_problem(row, need) or (label_problem(row, labels, completions) if labels else None)
             if problem:
                 raise ValueError(f"{path}:{i + 1}: {problem}")
             rows.append(row)
@@ -116,7 +118,7 @@ def judge(scorer: PRMScorer, rows: Sequence[dict[str, Any]], threshold: float = 
 
 
 def run_train(job: PRMTrainJob, prm_cfg: PRMConfig, cfg: PRMTrainConfig, log=print) -> dict[str, Any]:
-    rows = read_rows(job.data, labels=cfg.labels)
+    rows = read_rows(job.data, labels=cfg.labels, completions=cfg.completions)
     held_out = read_rows(job.eval_data, labels="exact") if job.eval_data else None
     scorer = new_prm(job.base, prm_cfg, job.device, cfg.seed)
     history = train_prm(scorer, rows, cfg, log)
@@ -157,29 +159,57 @@ class BestOfNJob:
     """cpu, cuda or cuda:N (default: cuda when available)."""
 
 
-def candidates(rows: Sequence[dict[str, Any]], prm: str, orm: str | None, device=None) -> list[list[Candidate]]:
-    """Rows grouped by problem as candidates, scored by the PRM (and the ORM)."""
+def candidates(rows: Sequence[dict[str, Any]], prm: str, orm: str | None,
+               device=None) -> tuple[list[list[Candidate]], dict[str, int]]:
+    """Rows grouped by problem as candidates, scored by the PRM (and the ORM) on the steps it read,
+    and how many solutions each reward model did not read to the end ({"prm": k, "orm": k})."""
     scored = {"prm": _step_scores(prm, rows, device)}
     if orm:
-        scored["orm"] = [aggregate(s, "last") for s in _step_scores(orm, rows, device)]
+        scored["orm"] = _step_scores(orm, rows, device)
     pools: dict[str, list[Candidate]] = {}
     for i, row in enumerate(rows):
-        c = Candidate(row.get("final"), row["outcome"] >= 1.0, scored["prm"][i], scored["orm"][i] if orm else None)
-        pools.setdefault(row["id"].rsplit("/", 1)[0], []).append(c)
-    return list(pools.values())
+        outcome = aggregate(scored["orm"][i].read, "last") if orm else None
+        c = Candidate(row.get("final"), row["outcome"] >= 1.0, scored["prm"][i].read, outcome)
+        pools.setdefault(problem_of(row), []).append(c)
+    return list(pools.values()), {name: sum(s.unread for s in out) for name, out in scored.items()}
 
 
-def _step_scores(path: str, rows, device) -> list[list[float]]:
+def problem_of(row: dict[str, Any]) -> str:
+    """A pool row's problem: its id up to the last '/' (`prm label` writes PROBLEM/0, PROBLEM/1, ...)."""
+    return str(row["id"]).rsplit("/", 1)[0]
+
+
+def check_pools(rows: Sequence[dict[str, Any]], n: int) -> None:
+    """Every problem has at least n candidates (before any scoring)."""
+    sizes = Counter(problem_of(r) for r in rows)
+    if not sizes:
+        raise ValueError("the pool holds no solutions")
+    smallest = min(sizes, key=sizes.get)
+    if sizes[smallest] < n:
+        raise ValueError(f"every problem needs at least N={n} candidates, the smallest pool ({smallest!r}) has "
+                         f"{sizes[smallest]}: a problem's pool is the rows whose ids share the part before the last "
+                         f"'/' (PROBLEM/0, PROBLEM/1, ... as `prm label` writes them)")
+
+
+def _step_scores(path: str, rows, device) -> list[StepScores]:
     model, tokenizer = load_prm(path, device=device)
-    return [s.scores for s in PRMScorer(model, tokenizer).score_steps([(r["prompt"], r["steps"]) for r in rows])]
+    return PRMScorer(model, tokenizer).score_steps([(r["prompt"], r["steps"]) for r in rows])
 
 
-def run_best_of_n(job: BestOfNJob) -> dict[str, Any]:
+def run_best_of_n(job: BestOfNJob, log=print) -> dict[str, Any]:
+    """Best-of-N curves of the pool. Steps past a reward model's max_len are left out of its
+    aggregates (not scored 0.0); the solutions that had some are counted in `unread`."""
     if not job.ns or any(not isinstance(n, int) or n < 1 for n in job.ns):
         raise ValueError(f"ns must be candidate counts >= 1, got {list(job.ns)}")
-    pools = candidates(read_rows(job.pool, need=("id",)), job.prm, job.orm, job.device)
     check_aggregations([job.vote_by])
+    rows = read_rows(job.pool, need=("id",))
+    check_pools(rows, max(job.ns))
+    pools, unread = candidates(rows, job.prm, job.orm, job.device)
+    for name, k in unread.items():
+        if k:
+            log(f"{k} of {len(rows)} solutions go past the {name.upper()}'s max_len: ranked on the steps it read")
     result = curves(pools, job.ns, rules(job.vote_by, job.orm is not None), job.trials, job.seed)
     Path(job.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(job.out).write_text(json.dumps({"job": to_dict(job), "problems": len(pools), "curves": result}, indent=2) + "\n")
+    Path(job.out).write_text(json.dumps({"job": to_dict(job), "problems": len(pools), "unread": unread,
+                                         "curves": result}, indent=2) + "\n")
     return result

@@ -10,7 +10,8 @@ response without a delimiter is one step, empty steps are dropped, an empty resp
 steps), a step longer than `max_step_tokens` tokens is cut to them, the separator's text inside a
 response is dropped rather than taken for a separator, and steps past `max_len` tokens are not seen
 (nor tokenized) and score 0.0 (`StepScores.seen` counts the others); a lone surrogate (a JSON
-escape) is read as '?'. An aggregate of no steps is 0.0.
+escape) in a response or a prompt (text or a message's content) is read as '?'. An aggregate of no
+steps is 0.0.
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ class StepScores:
     scores: list[float]  # P(step correct), one per step; 0.0 for steps past max_len
     seen: int  # steps the model read (the first `seen`)
 
+    @property
+    def read(self) -> list[float]:
+        """The scores of the steps the model read, without the placeholders of the others."""
+        return self.scores[:self.seen]
+
+    @property
+    def unread(self) -> bool:
+        """Some step lies past max_len: an aggregate of `read` judges a prefix of the solution."""
+        return self.seen < len(self.steps)
+
 
 class PRMScorer:
     def __init__(self, prm: ProcessRewardModel, tokenizer: Tokenizer, max_tokens_per_batch: int = 16384):
@@ -60,7 +71,7 @@ class PRMScorer:
     def prompt_input(self, prompt: PromptLike) -> list[int] | MultimodalPrompt:
         if isinstance(prompt, MultimodalPrompt) or (isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)):
             return prompt
-        messages = [{"role": "user", "content": _utf8(prompt)}] if isinstance(prompt, str) else prompt
+        messages = _utf8_messages([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt)
         if self.cfg.chat:
             return self.encoder(messages)
         return self.tokenizer.encode(render_text(messages))
@@ -152,3 +163,15 @@ def check_aggregations(names: Any) -> list[str]:
 def _utf8(text: str) -> str:
     """Text the tokenizer accepts: a lone surrogate (a JSON escape such as \\ud800) becomes '?'."""
     return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _utf8_messages(messages: list[dict]) -> list[dict]:
+    """Messages whose text is `_utf8`: a string content, or each text part of a list (images untouched)."""
+    return [{**m, "content": _utf8_content(m["content"])} if isinstance(m, dict) and "content" in m else m
+            for m in messages]
+
+
+def _utf8_content(content: Any) -> Any:
+    if isinstance(content, list):
+        return [{**p, "text": _utf8_content(p["text"])} if isinstance(p, dict) and "text" in p else p for p in content]
+    return _utf8(content) if isinstance(content, str) else content

@@ -9,8 +9,9 @@ Two ways to cut a response, chosen by `StepFormat.split`:
 - `tags`: the text inside each `open_tag ... close_tag` pair (`<step>...</step>`).
 
 Model output is untrusted and nothing here raises on it: steps that are empty or only whitespace
-are dropped (two delimiters in a row make no step), a response without any delimiter (or, in tag
-mode, without any tag pair) is one step, an empty response has no steps. A step's `end` is where
+are dropped (two delimiters in a row make no step; `<step></step>` is no step, nor is text outside
+the tags), a response without any delimiter (or, in tag mode, without any open tag) is one step, an
+empty response has no steps. A step's `end` is where
 the response prefix through that step ends, so a completer can continue from `text[:end]`.
 """
 
@@ -49,10 +50,10 @@ def split_steps(response: str, fmt: StepFormat) -> list[Step]:
     """The non-empty steps of `response`, in order."""
     if not isinstance(response, str):
         return []
-    steps = _tagged(response, fmt) if fmt.split == "tags" else _delimited(response, fmt.delimiter)
-    if not steps and response.strip():  # no delimiter or tag at all: the whole response is one step
-        steps = [Step(response.strip(), len(response.rstrip()))]
-    return steps
+    marker = fmt.open_tag if fmt.split == "tags" else fmt.delimiter
+    if marker not in response:  # no delimiter or tag at all: the whole response is one step
+        return [Step(response.strip(), len(response.rstrip()))] if response.strip() else []
+    return _tagged(response, fmt) if fmt.split == "tags" else _delimited(response, fmt.delimiter)
 
 
 def _delimited(response: str, delimiter: str) -> list[Step]:

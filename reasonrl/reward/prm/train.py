@@ -63,6 +63,8 @@ class PRMTrainConfig:
             raise ValueError(f"labels must be one of {', '.join(SOURCES)}, got {self.labels!r}")
         if not isinstance(self.negative_upsample, int) or self.negative_upsample < 1:
             raise ValueError(f"negative_upsample must be an integer >= 1, got {self.negative_upsample!r}")
+        if self.completions is not None and (not isinstance(self.completions, int) or self.completions < 1):
+            raise ValueError(f"completions must be an integer >= 1 (or unset: all), got {self.completions!r}")
         if self.epochs <= 0 or self.orm_init_epochs < 0:
             raise ValueError(f"epochs must be > 0 and orm_init_epochs >= 0, got {self.epochs}, {self.orm_init_epochs}")
 
@@ -106,7 +108,9 @@ def step_loss(scorer: PRMScorer, batch: Sequence[Example]) -> tuple[torch.Tensor
 
 
 def train_phase(scorer: PRMScorer, data: list[Example], cfg: PRMTrainConfig, epochs: float, log=None) -> list[float]:
-    """Train the PRM in place on `data`; the mean step loss of every optimizer step."""
+    """Train the PRM in place on `data` (not empty); the mean step loss of every optimizer step."""
+    if not data:  # an empty order never fills a batch
+        raise ValueError("no labelled solution to train on")
     prm, rng = scorer.prm, random.Random(cfg.seed)
     steps = max(1, math.ceil(len(data) * epochs / cfg.samples_per_step))
     optimizer, scheduler = make_optimizer(trainable(prm), cfg.optim(), steps)
@@ -143,12 +147,16 @@ def train_prm(scorer: PRMScorer, rows: Sequence[dict[str, Any]], cfg: PRMTrainCo
     """ORM initialisation (when asked), then the step labels, negative solutions up-sampled."""
     torch.manual_seed(cfg.seed)
     history: dict[str, Any] = {}
-    if cfg.orm_init_epochs > 0:
-        orm = upsample(examples(scorer, rows, "outcome"), cfg.negative_upsample)
-        history["orm_loss"] = train_phase(scorer, orm, cfg, cfg.orm_init_epochs, log)
     data = upsample(examples(scorer, rows, cfg.labels, cfg.completions, cfg.soft), cfg.negative_upsample)
     if not data:
         raise ValueError(f"no solution has a {cfg.labels} label on a step the PRM sees")
+    if cfg.orm_init_epochs > 0:
+        orm = upsample(examples(scorer, rows, "outcome"), cfg.negative_upsample)
+        if not orm:  # an outcome label is on a solution's last step only
+            raise ValueError(f"ORM initialisation (orm_init_epochs={cfg.orm_init_epochs}) has nothing to train on: no "
+                             f"solution's last step, which holds its outcome label, fits in the PRM's max_len "
+                             f"({scorer.cfg.max_len} tokens); raise max_len or set orm_init_epochs to 0")
+        history["orm_loss"] = train_phase(scorer, orm, cfg, cfg.orm_init_epochs, log)
     history["loss"] = train_phase(scorer, data, cfg, cfg.epochs, log)
     history["examples"] = len(data)
     return history

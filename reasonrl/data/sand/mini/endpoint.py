@@ -18,6 +18,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from ..export import jsonl_lines
 from .teacher import SumsTeacher
 
 MODEL = "sums-teacher"
@@ -77,7 +78,7 @@ class TeacherServer:
 
 
 def known_problems(paths: list[str]) -> list[str]:
-    return [json.loads(line)["problem"] for path in paths for line in Path(path).read_text().splitlines() if line.strip()]
+    return [json.loads(line)["problem"] for path in paths for line in jsonl_lines(path) if line.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,7 @@ from reasonrl.eval import run_eval
 from reasonrl.rl.config import read_yaml
 
 from .. import from_dict, run_sand
+from ..export import jsonl_lines
 from .endpoint import TeacherServer, create_teacher_app, known_problems
 from .splits import write_splits
 from .teacher import SumsTeacher
@@ -111,7 +112,7 @@ def build_sets(cfg: MiniConfig, out: Path, eval_sets: list[str]) -> dict:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in jsonl_lines(path) if line.strip()]
 
 
 def equal_sets(out: Path, size: int) -> dict[str, Path]:

@@ -65,7 +65,8 @@ class AdvantageConfig:
     name: str = "grpo"
     """Advantage estimator, a registry key."""
     std_normalize: bool = True
-    """Divide by the group's reward std (GRPO); false: Dr. GRPO."""
+    """Divide by the group's reward std (GRPO); false: Dr. GRPO's advantage. Its other half (no
+    division by each response's length) is the loss's aggregation: use loss.name dapo with it."""
     eps: float = 1e-6
     """Added to the std before dividing."""
 

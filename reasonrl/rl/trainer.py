@@ -56,7 +56,8 @@ class Trainer:
         self.backend = backend or make_backend(cfg.rollout, cfg.engine, policy, tokenizer, self.run_dir / "sync")
         self.rollout = RolloutManager(self.backend, env, ChatEncoder(tokenizer, policy), cfg.rollout, cfg.train.seed)
         self.advantage_fn = get_advantage(cfg.advantage.name)
-        self.process = ProcessReward(cfg.process, tokenizer, policy.device) if cfg.process.prm else None
+        self.process = (ProcessReward(cfg.process, tokenizer, policy.device, env.special_tokens_in_responses)
+                        if cfg.process.prm else None)
         self.step = self.version = 0
         self.console = console
         trackers = make_trackers(cfg.train.trackers, self.run_dir, to_dict(cfg))

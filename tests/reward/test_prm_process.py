@@ -95,6 +95,27 @@ def _reward_reading_two_steps(decode):
     return reward
 
 
+def test_step_ends_are_mapped_through_the_decoding_the_response_text_had(monkeypatch):
+    """An environment that keeps special tokens in its responses' text (LVR's markers) had its steps
+    cut from that text and mapped back through a decoding that dropped them: offsets slid, and
+    the last steps piled onto the final token."""
+    from reasonrl.reward.prm import model, scoring
+    from reasonrl.reward.prm.process import ProcessReward
+
+    class Tok:
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join("<|m|>" if i == 0 else chr(i) for i in ids if i or not skip_special_tokens)
+
+    monkeypatch.setattr(model, "load_prm", lambda *a, **k: (None, None))
+    monkeypatch.setattr(scoring, "PRMScorer", lambda *a, **k: None)
+    text = "ab<|m|>cd"
+    ids = [ord("a"), ord("b"), 0, ord("c"), ord("d")]
+    keeps = ProcessReward(ProcessRewardConfig(prm="p"), Tok(), special_tokens=True)
+    assert keeps.decode(ids) == text
+    assert step_token_ends(keeps.decode, ids, [2, len(text)]) == [1, 4]
+    assert ProcessReward(ProcessRewardConfig(prm="p"), Tok()).decode(ids) == "abcd"
+
+
 def _char_samples(texts):
     from types import SimpleNamespace
 

@@ -134,11 +134,15 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 class ProcessReward:
     """Scores rollout samples with a PRM and adds their process advantages to the outcome ones."""
 
-    def __init__(self, cfg: ProcessRewardConfig, policy_tokenizer, device=None):
+    def __init__(self, cfg: ProcessRewardConfig, policy_tokenizer, device=None, special_tokens: bool = False):
+        """`special_tokens`: the responses' text keeps special tokens (the environment's
+        `special_tokens_in_responses`, e.g. LVR's latent markers); step ends are mapped back to
+        tokens through the same decoding, or their character offsets would not line up."""
         from reasonrl.reward.prm.model import load_prm
         from reasonrl.reward.prm.scoring import PRMScorer
 
-        self.cfg, self.decode = cfg, lambda ids: policy_tokenizer.decode(ids)
+        self.cfg = cfg
+        self.decode = lambda ids: policy_tokenizer.decode(ids, skip_special_tokens=not special_tokens)
         self.scorer = PRMScorer(*load_prm(cfg.prm, device=device))
 
     def advantages(self, samples, outcome: Sequence[float]) -> list[list[float]]:

@@ -172,6 +172,8 @@ class GenerateImageJob:
     """Images per prompt."""
     grid: bool = False
     """Also write grid.png, all images in one picture (upscaled 2x)."""
+    overwrite: bool = False
+    """Delete an earlier run's NNNN.png, grid.png and prompts.jsonl in `out` first (without it they are refused)."""
 
     def __post_init__(self):
         if not isinstance(self.per_prompt, int) or self.per_prompt < 1:

@@ -49,3 +49,21 @@ def test_table_names_both_arms():
            "evals": [{"judge": 0.3, "oracle": 0.35}]}
     table = format_rows({"scalar": arm, "dense": arm})
     assert "| scalar | 0.200 | 3 | 0.600 | 0.100 | 0.300 -> 0.500 | 0.350 -> 0.400 |" in table and "| dense |" in table
+
+
+def test_the_real_judge_scores_images_and_pools_its_maps_to_the_grid(tmp_path):
+    """The scorer on a tiny real judge, through the engine and `predicted_maps` (the documented
+    command crashed there: it handed `predicted_maps` prompts where it read held items' masks)."""
+    from reasonrl.reward.imagedoctor.build import doctor_from_vlm
+    from reasonrl.reward.imagedoctor.decoder import HeatmapConfig
+    from reasonrl.reward.imagedoctor.dense import JudgeScorer
+    from reasonrl.reward.imagedoctor.model import save_doctor
+
+    head = HeatmapConfig(dim=16, heads=2, mlp_dim=16, conv_channels=(8, 8), up_channels=(8, 4), mask_in_chans=4)
+    judge, tok = doctor_from_vlm("reasonrl/demo/vlm", head)
+    save_doctor(judge, tmp_path / "judge", tok)
+    scorer = JudgeScorer(str(tmp_path / "judge"), side=64)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    scalars, heat = scorer(["a red circle", "a blue square"], images, grid=8)
+    assert scalars.shape == (2,) and heat.shape == (2, 8, 8)
+    assert np.isfinite(heat).all() and (heat >= 0).all() and (heat <= 1).all()

@@ -132,6 +132,17 @@ def test_environment_rewards_the_true_judgement_over_garbage(doctor):
     assert len(env.prompts(n=1, split="train")) == 1
 
 
+@pytest.mark.parametrize("garbage", ["", "asdkjh", "<think></think>", "\x00" * 8])
+def test_garbage_earns_nothing_on_a_flawless_image(doctor, garbage):
+    """No box on a flawless image earned the full grounding reward even with no judgement at all."""
+    judge, tok = doctor
+    examples = [ex for ex in small(12) if not ex.boxes][:1]
+    item = judge_items(examples, tok, judge.backbone)[0]
+    env = JudgeEnvironment(judge, tok, [item], [item])
+    assert env.parts(item, garbage) == {"score": 0.0, "heatmap": 0.0, "grounding": 0.0, "format": 0.0}
+    assert env.parts(item, examples[0].judgement())["grounding"] == 1.0  # the true judgement: no box, no flaw
+
+
 def test_correlations_and_iou():
     x = np.array([0.1, 0.4, 0.2, 0.9])
     assert pearson(x, 3 * x + 1) == pytest.approx(1.0) and pearson(x, -x) == pytest.approx(-1.0)
@@ -199,3 +210,59 @@ def test_images_the_processor_resizes_train_and_score_at_their_own_size(doctor):
     assert np.isfinite(parts["heatmap_mse"])
     env = JudgeEnvironment(judge, tok, items, items)
     assert set(env.parts(items[0], examples[0].judgement())) == {"score", "heatmap", "grounding", "format"}
+
+
+TINY_BENCH = dict(train_images=4, eval_images=2, sft_epochs=1, ablation_steps=1, grpo_steps=2, prompts_per_step=2,
+                  samples_per_prompt=2, max_tokens=32, stages=("sft", "grpo"))
+
+
+@pytest.mark.slow  # SFT and two GRPO steps of the tiny judge, twice: ~30 s
+def test_bench_grpo_stops_cleanly_resumes_and_stages_made_with_other_settings_are_refused(tmp_path, monkeypatch):
+    """Ctrl-C during GRPO lost every step (no stop hook, a checkpoint every 1000 steps) and a rerun
+    started over; a rerun under other settings reused the stages and recorded settings that never
+    produced them."""
+    import dataclasses
+    import os
+    import signal
+
+    from reasonrl.reward.imagedoctor.experiment import JudgeBenchConfig, bench_judge
+    from reasonrl.rl.checkpoint import latest_checkpoint
+    from reasonrl.rl.trainer import Trainer
+
+    cfg = JudgeBenchConfig(out=str(tmp_path), **TINY_BENCH)
+    step = Trainer.train_step
+
+    def interrupted(self):
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        bench_judge(cfg, log=lambda *_: None)
+    assert stopped.value.code == 128 + signal.SIGINT
+    assert latest_checkpoint(tmp_path / "grpo" / "run").name == "step_000001"
+    monkeypatch.setattr(Trainer, "train_step", step)
+    result = bench_judge(cfg, log=lambda *_: None)
+    logged = [json.loads(line)["step"] for line in (tmp_path / "grpo" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [0, 1, 2] and len(result["grpo"]["rewards"]) == 2  # resumed at step 2, not started over
+    assert bench_judge(cfg, log=lambda *_: None)["sft"] == result["sft"]  # the same settings: reused
+    for change, key in (({"sft_lr": 1e-3}, "sft_lr"), ({"grpo_steps": 3, "stages": ("grpo",)}, "grpo_steps")):
+        with pytest.raises(ValueError, match=key):
+            bench_judge(dataclasses.replace(cfg, **change), log=lambda *_: None)
+
+
+def test_data_doctor_refuses_an_earlier_runs_output_unless_overwrite(tmp_path, capsys):
+    """A smaller second export into the same --out overwrote judge.jsonl and left the first's extra images."""
+    from reasonrl.cli import main
+
+    base = ["data", "doctor", "--out", str(tmp_path), "--image-size", "64"]
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main([*base, "--n", "3"]) == 0
+    assert main([*base, "--n", "2", "--split", "eval"]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert len((tmp_path / "judge.jsonl").read_text().splitlines()) == 3
+    assert main([*base, "--n", "2", "--split", "eval", "--overwrite"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "judge.jsonl").read_text().splitlines()]
+    assert [r["id"][:4] for r in rows] == ["eval"] * 2
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["doctor_000000.png", "doctor_000001.png"]
+    assert len(list((tmp_path / "maps").iterdir())) == 2 and (tmp_path / "notes.txt").read_text() == "mine"

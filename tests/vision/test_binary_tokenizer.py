@@ -173,6 +173,28 @@ def test_config_errors():
         BitTokenizer(TokenizerConfig(**{**TINY, "axes_dims_rope": (4, 4, 4)}))
 
 
+TINY_FLAGS = ["--encoder-layers", "1", "--decoder-layers", "1", "--encoder-num-heads", "2", "--decoder-num-heads", "2",
+              "--encoder-head-dim", "8", "--decoder-head-dim", "8", "--axes-dims-rope", "2", "2", "4",
+              "--num-latent-tkns", "4", "--codebook-size", "4", "--steps", "1", "--images-per-step", "2",
+              "--eval-images", "2", "--warmup-steps", "0"]
+
+
+@pytest.mark.parametrize("flags, key", [(["--train-temp", "0"], "train_temp"), (["--train-temp", "-1"], "train_temp"),
+                                        (["--train-temp", "nan"], "train_temp"), (["--upsample-idx", "5"], "upsample_idx"),
+                                        (["--downsample-idx", "7"], "downsample_idx"),
+                                        (["--upsample-idx", "0", "0"], "upsample_idx"),
+                                        (["--object-weight", "-1"], "object_weight"), (["--lr", "0"], "lr"),
+                                        (["--aux-weight", "-0.5"], "aux_weight")])
+def test_bad_tokenizer_flags_are_refused_by_name_before_the_run_directory_is_made(tmp_path, capsys, flags, key):
+    """They crashed inside torch, trained inverted, or were ignored, and left a config.yaml that
+    refused the corrected rerun."""
+    from reasonrl.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train-image", "tokenizer", *TINY_FLAGS, *flags, "--out", str(out)]) == 2
+    assert key in capsys.readouterr().err and not out.exists()
+
+
 def test_latent_positions_tell_the_decoder_which_latent_token_is_which():
     # Without rotary positions on the latent axis the decoder is blind to the latent tokens' order: permuting
     # them leaves its output unchanged. `latent_positions` adds a learned embedding per latent index, so the

@@ -7,6 +7,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -123,3 +124,96 @@ def test_bench_image_gen_scores_the_tokenizer_ceiling_once_per_tokenizer(tmp_pat
     # the same generator named by a relative and an absolute path: still one tokenizer
     rel = os.path.relpath(copy / "ar")
     assert len(ceilings([rel, (copy / "ar").resolve()])) == 1
+
+
+def test_a_generator_refuses_a_tokenizer_retrained_in_place(tmp_path, recwarn):
+    """A tokenizer retrained in place (other weights, or other K) decoded the generator's bits silently."""
+    from reasonrl.vision.binary.generator import load_pipeline
+    from reasonrl.vision.binary.train_generator import GeneratorJob, GeneratorTrainConfig
+
+    cfg = TokenizerConfig(encoder_layers=1, decoder_layers=1, encoder_head_dim=8, decoder_head_dim=8,
+                          encoder_num_heads=2, decoder_num_heads=2, axes_dims_rope=(2, 2, 4), num_latent_tkns=2,
+                          codebook_size=4, patch_size=8)
+    torch.manual_seed(0)
+    save_model_dir(BitTokenizer(cfg), cfg, tmp_path / "tokenizer")
+    train = GeneratorTrainConfig(text_model=str(SHIPPED / "text"), image_tokenizer=str(tmp_path / "tokenizer"), width=16,
+                                 num_heads=2, steps=1, prompts_per_step=2, eval_prompts=2)
+    GeneratorJob(train, ImageConfig()).save(tmp_path / "gen")
+    load_pipeline(tmp_path / "gen")
+    assert not recwarn.list
+    torch.manual_seed(1)  # the same config, retrained: other weights
+    save_model_dir(BitTokenizer(cfg), cfg, tmp_path / "tokenizer")
+    with pytest.raises(ValueError, match="not the tokenizer the generator was trained on"):
+        load_pipeline(tmp_path / "gen")
+    other = TokenizerConfig(**{**cfg.__dict__, "num_latent_tkns": 4})
+    save_model_dir(BitTokenizer(other), other, tmp_path / "tokenizer")
+    with pytest.raises(ValueError, match="4 tokens of 4 bits"):
+        load_pipeline(tmp_path / "gen")
+    config = json.loads((tmp_path / "gen" / "config.json").read_text())
+    del config["image_tokenizer_digest"]  # a generator saved before the digest: loads, with a warning
+    (tmp_path / "gen" / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(1)
+    save_model_dir(BitTokenizer(cfg), cfg, tmp_path / "tokenizer")
+    with pytest.warns(UserWarning, match="no tokenizer digest"):
+        load_pipeline(tmp_path / "gen")
+
+
+def test_the_shipped_generators_pin_the_shipped_tokenizer_through_float16_shipping(tmp_path, recwarn):
+    from reasonrl.vision.binary.generator import load_pipeline, tokenizer_digest
+
+    for name in ("ar", "diffusion"):
+        load_pipeline(SHIPPED / name)
+    assert not recwarn.list
+    torch.manual_seed(0)
+    cfg = TokenizerConfig(encoder_layers=1, decoder_layers=1, encoder_head_dim=8, decoder_head_dim=8,
+                          encoder_num_heads=2, decoder_num_heads=2, axes_dims_rope=(2, 2, 4), num_latent_tkns=2,
+                          codebook_size=4, patch_size=8)
+    tok = BitTokenizer(cfg)
+    save_model_dir(tok, cfg, tmp_path / "runs" / "tokenizer")
+    ship(tmp_path / "runs", stages=("tokenizer",), to=tmp_path / "shipped")
+    assert tokenizer_digest(load_model_dir(tmp_path / "shipped" / "tokenizer")) == tokenizer_digest(tok)
+
+
+def test_bench_image_gen_writes_one_grid_per_model_even_of_one_class(tmp_path):
+    """Two AR generators wrote one PREFIX_BitAR.png, the second over the first."""
+    from reasonrl.vision.binary.bench import GenBenchConfig, bench_generators
+
+    bench_generators(GenBenchConfig(models=[str(SHIPPED / "ar")] * 2, prompts=2, grid=str(tmp_path / "gen")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen_0.png", "gen_1.png"]
+
+
+def test_generate_image_refuses_an_earlier_runs_images_unless_overwrite(tmp_path, capsys):
+    """Fewer prompts into the same --out left the earlier run's extra PNGs beside the new prompts.jsonl."""
+    argv = ["generate-image", "--model", str(SHIPPED / "diffusion"), "--out", str(tmp_path), "--steps", "2"]
+    (tmp_path / "notes.png").write_text("mine")
+    assert main([*argv, "--prompts", *PROMPTS, "--grid"]) == 0
+    assert main([*argv, "--prompts", PROMPTS[0]]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main([*argv, "--prompts", PROMPTS[0], "--overwrite"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0000.png", "notes.png", "prompts.jsonl"]
+
+
+@pytest.mark.parametrize("flags, key", [(["--guidance", "nan"], "guidance"), (["--temperature", "nan"], "temperature"),
+                                        (["--size", "0"], "size")])
+def test_degenerate_sampling_flags_are_refused_by_name(tmp_path, capsys, flags, key):
+    """NaN guidance or temperature wrote images; --size 0 silently meant the default."""
+    out = tmp_path / "out"
+    assert main(["generate-image", "--prompts", PROMPTS[0], "--out", str(out), *flags]) == 2
+    assert key in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("argv, key", [(["smarli", "--models", str(SHIPPED / "smarli"), "--sample-steps", "0"], "sample_steps"),
+                                       (["smarli", "--models", str(SHIPPED / "smarli"), "--layouts", "0"], "layouts"),
+                                       (["smarli", "--models", str(SHIPPED / "smarli"), "--pairs", "0"], "pairs"),
+                                       (["image-tokenizer", "--models", str(SHIPPED / "tokenizer"), "--eval-images", "0"],
+                                        "eval_images"),
+                                       (["image-gen", "--prompts", "0"], "prompts"),
+                                       (["image-gen", "--guidance", "nan"], "guidance")])
+def test_degenerate_bench_sizes_are_refused_by_name(capsys, argv, key):
+    """An all-zero table, or a numpy/torch error about stacking nothing."""
+    assert main(["bench", *argv]) == 2 and key in capsys.readouterr().err
+
+
+def test_a_directory_of_another_kind_says_what_it_holds_and_what_was_needed(tmp_path, capsys):
+    assert main(["train-image", "layout-grpo", "--policy", str(SHIPPED / "diffusion"), "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "diffusion bit generator" in err and "SMARLI model" in err and "import the module" not in err

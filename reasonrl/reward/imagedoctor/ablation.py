@@ -17,7 +17,7 @@ import random
 import torch
 
 from reasonrl.reward.imagedoctor.build import JudgeItem, NoTaskTokenDoctor
-from reasonrl.reward.imagedoctor.evaluate import generate_judgements, map_metrics, predicted_maps
+from reasonrl.reward.imagedoctor.evaluate import generate_judgements, item_maps, map_metrics
 from reasonrl.reward.imagedoctor.model import ImageDoctor
 from reasonrl.reward.imagedoctor.sft import balanced_heatmap_loss, batch_tensors
 
@@ -59,7 +59,7 @@ def head_ablation(judge: ImageDoctor, tokenizer, train: list[JudgeItem], held: l
     heads = fresh_heads(judge, seed)
     train_heads(heads, train, steps, batch, lr, tokenizer.pad_token_id, seed, log)
     responses = generate_judgements(judge, tokenizer, held, max_tokens)
-    out = {"steps": steps, "judge_head": map_metrics(predicted_maps(judge, held, responses), held)}
+    out = {"steps": steps, "judge_head": map_metrics(item_maps(judge, held, responses), held)}
     for name, head in heads.items():
-        out[name] = map_metrics(predicted_maps(head.eval(), held, responses), held)
+        out[name] = map_metrics(item_maps(head.eval(), held, responses), held)
     return out

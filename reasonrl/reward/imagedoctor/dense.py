@@ -90,16 +90,9 @@ class JudgeScorer:
         outs = self.llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=384))
         responses = [o.outputs[0].token_ids for o in outs]
         scalars = np.array([judge_reward(parse_judgement(self.tokenizer.decode(r)).scores) for r in responses])
-        items = [_Prompted(p) for p in prompts]
-        maps = predicted_maps(self.doctor, items, responses)
+        maps = predicted_maps(self.doctor, prompts, responses, [big.shape[1:3]] * len(prompts))
         heat = np.stack([1.0 - dense_reward(1.0, m, (grid, grid)) for m in maps])  # pooled mean map
         return scalars, heat
-
-
-@dataclass
-class _Prompted:
-    """What `predicted_maps` reads of an item: its prompt."""
-    prompt: object
 
 
 def make_job(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer):

@@ -10,7 +10,8 @@ ImageDoctor's R = R_S + R_H + R_G (arXiv 2510.01010) plus its format reward, ave
   whose task token the text lacks scores 0 (its all-zero map would otherwise beat a real map on
   every flawless image: the first GRPO run learned to drop the tokens, see docs/benchmarks.md);
 - R_G, the grounding rewards (completeness, compactness, uniqueness) of the think block's boxes
-  against the union of the two true maps (a box may mark either kind of flaw), averaged;
+  against the union of the two true maps (a box may mark either kind of flaw), averaged, and 0
+  unless the judgement is well-formed (else any garbage, giving no box, scored 1 on a flawless image);
 - R_F, 1 for a well-formed judgement (`judgement.format_reward`).
 
 Departures: the four terms are averaged rather than summed (the advantage normalises the scale
@@ -58,7 +59,9 @@ class JudgeEnvironment(Environment):
         heat = float(np.mean([heatmap_reward(maps[k], item.maps[k].numpy(), t) if found[k] else 0.0
                               for k, t in enumerate(TASKS)]))
         truth = item.maps.max(0).values.numpy()
-        ground = float(np.mean([f(judgement.boxes, truth) for f in (completeness, compactness, uniqueness)]))
+        ground = 0.0  # "no box" earns 1 on a flawless image only as part of a judgement, never as garbage
+        if judgement.well_formed:
+            ground = float(np.mean([f(judgement.boxes, truth) for f in (completeness, compactness, uniqueness)]))
         return {"score": score_reward(judgement, item.scores), "heatmap": heat, "grounding": ground,
                 "format": format_reward(judgement)}
 

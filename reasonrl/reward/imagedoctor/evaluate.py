@@ -59,18 +59,24 @@ def generate_judgements(doctor: ImageDoctor, tokenizer, items: list[JudgeItem], 
 
 
 @torch.no_grad()
-def predicted_maps(doctor: ImageDoctor, items: list[JudgeItem], responses: list[list[int]], batch: int = 8) -> list[np.ndarray]:
-    """(2, H, W) maps per item from the judge run on its prompt plus `responses`."""
+def predicted_maps(doctor: ImageDoctor, prompts: list, responses: list[list[int]], sizes: list[tuple[int, int]],
+                   batch: int = 8) -> list[np.ndarray]:
+    """(2, H, W) maps per prompt from the judge run on it plus its response, resampled to its (H, W) in `sizes`."""
     out = []
-    for lo in range(0, len(items), batch):
-        chunk = list(zip(items[lo:lo + batch], responses[lo:lo + batch]))
-        seqs = [list(it.prompt.input_ids) + list(r) for it, r in chunk]
+    for lo in range(0, len(prompts), batch):
+        chunk = list(zip(prompts[lo:lo + batch], responses[lo:lo + batch], sizes[lo:lo + batch]))
+        seqs = [list(p.input_ids) + list(r) for p, r, _ in chunk]
         ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
         for i, s in enumerate(seqs):
             ids[i, :len(s)] = torch.tensor(s)
-        _, maps = doctor(ids, [it.prompt for it, _ in chunk])
-        out += [at_size(m.float(), it.maps.shape[-2:]).numpy() for m, (it, _) in zip(maps.maps, chunk)]
+        _, maps = doctor(ids, [p for p, _, _ in chunk])
+        out += [at_size(m.float(), size).numpy() for m, (_, _, size) in zip(maps.maps, chunk)]
     return out
+
+
+def item_maps(doctor: ImageDoctor, items: list[JudgeItem], responses: list[list[int]]) -> list[np.ndarray]:
+    """`predicted_maps` of held items, each at its true masks' size."""
+    return predicted_maps(doctor, [it.prompt for it in items], responses, [tuple(it.maps.shape[-2:]) for it in items])
 
 
 def judge_metrics(doctor: ImageDoctor, tokenizer, items: list[JudgeItem], max_tokens: int = 384) -> dict[str, float]:
@@ -86,7 +92,7 @@ def judge_metrics(doctor: ImageDoctor, tokenizer, items: list[JudgeItem], max_to
         out[f"parsed/{aspect}"] = float(np.mean([j.scores[aspect] is not None for j in parsed]))
     out["plcc/mean"] = float(np.mean([out[f"plcc/{a}"] for a in ASPECTS]))
     out["srcc/mean"] = float(np.mean([out[f"srcc/{a}"] for a in ASPECTS]))
-    out.update(map_metrics(predicted_maps(doctor, items, responses), items))
+    out.update(map_metrics(item_maps(doctor, items, responses), items))
     return out
 
 

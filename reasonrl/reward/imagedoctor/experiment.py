@@ -7,7 +7,10 @@ plus heatmap MSE), (2) the ablation without task tokens on (1)'s frozen judge (a
 fresh heads, task-token prompted or learned queries), (3) GRPO from (1) through the ordinary
 trainer with `JudgeEnvironment`'s rewards. Each is measured on the same held-out images
 (`evaluate.judge_metrics`). Stages already finished under `out` are read back (sft/, ablation/,
-grpo/), so a rerun after a stop goes on where it was, and stages may run in separate processes.
+grpo/), so a rerun after a stop goes on where it was, and stages may run in separate processes;
+GRPO stopped by Ctrl-C or SIGTERM saves a checkpoint and resumes from it. Each stage records the
+settings it depends on (STAGE/stage.json; ablation and GRPO also depend on SFT's): a stage made
+with other settings is refused, naming the differing keys, rather than reused under the new ones.
 """
 
 from __future__ import annotations
@@ -15,18 +18,23 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from reasonrl.config import differences
 from reasonrl.reward.imagedoctor.build import doctor_from_vlm, judge_items
 from reasonrl.reward.imagedoctor.decoder import HeatmapConfig
 from reasonrl.reward.imagedoctor.evaluate import judge_metrics
 from reasonrl.reward.imagedoctor.export import DoctorDataConfig, judge_examples
 from reasonrl.reward.imagedoctor.sft import JudgeSFTConfig, train_judge_sft
 
+STAGE_KEYS = {"sft": ("vlm", "train_images", "eval_images", "sft_epochs", "sft_lr", "max_tokens", "seed"),
+              "ablation": ("ablation_steps",),
+              "grpo": ("grpo_steps", "grpo_lr", "prompts_per_step", "samples_per_prompt")}
 SMALL_HEAD = HeatmapConfig(dim=64, heads=2, mlp_dim=128, conv_channels=(64, 32), up_channels=(32, 16, 8), mask_in_chans=8)
 
 
@@ -74,24 +82,48 @@ def bench_judge(cfg: JudgeBenchConfig, log=functools.partial(print, flush=True))
     if unknown:
         raise ValueError(f"--stages: unknown {sorted(unknown)}; known: sft, ablation, grpo")
     result = {"config": asdict(cfg), "device": f"CPU, {torch.get_num_threads()} threads"}
-    stages = {"sft": ("sft", out / "sft", lambda: _sft(cfg, train_ex, eval_ex, out / "sft", log)),
-              "ablation": ("ablation", out / "ablation", lambda: _ablation(cfg, train_ex, eval_ex, out, log)),
-              "grpo": ("grpo", out / "grpo", lambda: _grpo(cfg, train_ex, eval_ex, out, log))}
+    stages = {"sft": lambda: _sft(cfg, train_ex, eval_ex, out / "sft", log),
+              "ablation": lambda: _ablation(cfg, train_ex, eval_ex, out, log),
+              "grpo": lambda: _grpo(cfg, train_ex, eval_ex, out, log)}
+    for name in cfg.stages:  # every refusal before any work
+        _check_stage(out / name, stage_settings(cfg, name))
+        if name != "sft":
+            _check_stage(out / "sft", stage_settings(cfg, "sft"))  # the model it starts from
     for name in cfg.stages:
-        key, path, run = stages[name]
-        result[key] = _stage(path, run, log)
+        result[name] = _stage(out / name, stage_settings(cfg, name), stages[name], log)
     result["seconds"] = time.perf_counter() - start
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def _stage(path: Path, run, log) -> dict:
+def stage_settings(cfg: JudgeBenchConfig, name: str) -> dict:
+    """What stage `name` depends on: SFT's settings, and its own."""
+    keys = STAGE_KEYS["sft"] + (STAGE_KEYS[name] if name != "sft" else ())
+    return json.loads(json.dumps({k: getattr(cfg, k) for k in keys}))  # tuples as JSON gives them back
+
+
+def _check_stage(path: Path, settings: dict) -> None:
+    """Refuse a stage that holds results (metrics.json, or a GRPO run to resume) made with other settings."""
+    saved = path / "stage.json"
+    if not saved.is_file() or not ((path / "metrics.json").is_file() or (path / "run").exists()):
+        return
+    changed = differences(json.loads(saved.read_text()), settings)
+    if changed:
+        raise ValueError(f"{path} was made with other settings:\n"
+                         + "".join(f"  {key}: {old!r} (saved) -> {new!r} (now)\n" for key, old, new in changed)
+                         + "rerun with the saved settings, or choose another --out (or delete that stage)")
+
+
+def _stage(path: Path, settings: dict, run, log) -> dict:
     done = path / "metrics.json"
     if done.is_file():
+        if not (path / "stage.json").is_file():
+            log(f"imagedoctor: {path} records no settings (made before they were recorded); reusing it as it is")
         log(f"imagedoctor: reusing {done}")
         return json.loads(done.read_text())
-    metrics = run()
     path.mkdir(parents=True, exist_ok=True)
+    (path / "stage.json").write_text(json.dumps(settings, indent=2) + "\n")
+    metrics = run()
     done.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -130,23 +162,32 @@ def _grpo(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
     from reasonrl.reward.imagedoctor.env import JudgeEnvironment
     from reasonrl.reward.imagedoctor.model import load_doctor, save_doctor
     from reasonrl.rl.config import from_dict
+    from reasonrl.rl.run import open_run
     from reasonrl.rl.trainer import Trainer
+    from reasonrl.stop import StopSignal
 
     doctor, tok = load_doctor(out / "sft" / "model"), Tokenizer.from_dir(out / "sft" / "model")
     train, held = judge_items(train_ex, tok, doctor.backbone), judge_items(eval_ex, tok, doctor.backbone)
     env = JudgeEnvironment(doctor, tok, train, held)
-    run = from_dict(grpo_recipe(cfg, out / "sft" / "model", out / "grpo" / "run"))
+    recipe = grpo_recipe(cfg, out / "sft" / "model", out / "grpo" / "run")
+    open_run(recipe["train"]["run_dir"], recipe, console=False)  # a run made with another recipe is refused
     t = time.perf_counter()
-    trainer = Trainer(run, env, doctor.backbone, tok, console=False)
-    try:
-        last = trainer.train()
-    finally:
-        trainer.close()
+    trainer = Trainer(from_dict(recipe), env, doctor.backbone, tok, console=False)
+    with StopSignal("the current GRPO step") as stop:
+        try:
+            trainer.train(stop)  # resumes from grpo/run's latest checkpoint
+        finally:
+            trainer.close()
+    if stop:
+        print(f"imagedoctor: GRPO stopped at step {trainer.step} of {cfg.grpo_steps}, checkpoint saved in "
+              f"{out / 'grpo' / 'run'}; rerun the same command to resume", file=sys.stderr, flush=True)
+        raise SystemExit(stop.exit_code)
     history = [json.loads(line) for line in (out / "grpo" / "run" / "metrics.jsonl").read_text().splitlines() if line]
     rewards = [h["reward_mean"] for h in history if "reward_mean" in h]
     metrics = {"train_seconds": time.perf_counter() - t, "reward_first": rewards[0] if rewards else None,
                "reward_last": rewards[-1] if rewards else None, "rewards": rewards,
-               "well_formed_last": last.get("well_formed"), **judge_metrics(doctor, tok, held, cfg.max_tokens)}
+               "well_formed_last": next((h["well_formed"] for h in reversed(history) if "well_formed" in h), None),
+               **judge_metrics(doctor, tok, held, cfg.max_tokens)}
     save_doctor(doctor, out / "grpo" / "model", tok)
     log(f"imagedoctor grpo: {metrics}")
     return metrics
@@ -160,7 +201,7 @@ def grpo_recipe(cfg: JudgeBenchConfig, model: Path, run_dir: Path) -> dict:
             "engine": {"max_num_seqs": 64, "kv_cache_memory": "256MiB", "max_model_len": 640},
             "loss": {"name": "grpo"},
             "optim": {"lr": cfg.grpo_lr, "schedule": "constant", "grad_clip": 1.0, "max_tokens_per_microbatch": 8192},
-            "train": {"steps": cfg.grpo_steps, "seed": cfg.seed, "run_dir": str(run_dir), "save_every": 1000,
+            "train": {"steps": cfg.grpo_steps, "seed": cfg.seed, "run_dir": str(run_dir), "save_every": 5,
                       "keep_checkpoints": 1, "eval_every": 0}}
 
 

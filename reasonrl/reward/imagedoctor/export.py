@@ -3,7 +3,8 @@
 Layout of `cfg.out`: judge.jsonl, one row per image, in `reasonrl sft`'s format ({"prompt": chat
 messages with the image, "response": the look-think-predict text}) plus "scores" (the analytic
 ones), "boxes" and "maps" (an .npz path with `misalignment` and `artifact`, (H, W) uint8 in {0, 1});
-images/doctor_NNNNNN.png and maps/doctor_NNNNNN.npz. `reasonrl sft` on the JSONL trains the text
+images/doctor_NNNNNN.png and maps/doctor_NNNNNN.npz. A directory holding an earlier run's files is
+refused unless `overwrite` (which deletes them first). `reasonrl sft` on the JSONL trains the text
 alone (cross-entropy); the heatmap term needs the maps (`reward/imagedoctor/sft.py`).
 """
 
@@ -41,12 +42,14 @@ class DoctorDataConfig:
     """Objects perturbed at most per image."""
     artifacts_max: int = 2
     """Artifact patches at most per image."""
+    overwrite: bool = False
+    """Delete an earlier run's judge.jsonl, images/ and maps/ in `out` first (without it they are refused)."""
 
     def __post_init__(self):
         if self.split not in SPLIT_SEEDS:
             raise ValueError(f"--split must be one of {', '.join(SPLIT_SEEDS)}, got {self.split!r}")
-        if self.n < 1 or self.image_size < 28 or self.max_objects < 1:
-            raise ValueError("--n must be >= 1, --image-size >= 28 and --max-objects >= 1")
+        if self.n < 1 or self.image_size < 64 or self.max_objects < 1:  # 64: the smallest shapes-world scene
+            raise ValueError("--n must be >= 1, --image-size >= 64 and --max-objects >= 1")
 
     def judge_config(self) -> JudgeDataConfig:
         scene = SceneConfig(width=self.image_size, height=self.image_size, max_objects=self.max_objects)
@@ -67,9 +70,11 @@ def judge_messages(caption: str, image) -> list[dict]:
 
 
 def export_judge_data(cfg: DoctorDataConfig) -> int:
+    from reasonrl.vision.gen.io import clear_outputs
     from reasonrl.vision.world.export import write_png
 
     out = Path(cfg.out)
+    clear_outputs(out, [out / "judge.jsonl", out / "images", out / "maps"], cfg.overwrite)
     for sub in ("images", "maps"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     path = out / "judge.jsonl"

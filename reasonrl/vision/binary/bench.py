@@ -10,6 +10,7 @@ bits can score).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -52,6 +53,12 @@ class TokenizerBenchConfig:
     grid: str | None = None
     """With `models`: also write PREFIX_K.png (8 held-out images over their reconstructions) and
     PREFIX_K_2x.png (the same codes decoded at twice the resolution) per model."""
+
+
+    def __post_init__(self):
+        for name in ("steps", "images_per_step", "eval_images"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
 
 
 def parse_shape(spec: str) -> tuple[str, int, int]:
@@ -109,7 +116,14 @@ class GenBenchConfig:
     seed: int = 0
     """Seeds the prompts' scenes and the draws."""
     grid: str | None = None
-    """Also write a PNG grid of the first 16 prompts' images per model to this path prefix (PREFIX_NAME.png)."""
+    """Also write a PNG grid of the first 16 prompts' images per model to this path prefix (PREFIX_K.png, K the
+    model's index in `models`)."""
+
+    def __post_init__(self):
+        if not isinstance(self.prompts, int) or self.prompts < 1:
+            raise ValueError(f"prompts must be an integer >= 1, got {self.prompts!r}")
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):
+            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
 
 
 def bench_generators(cfg: GenBenchConfig) -> list[dict]:
@@ -119,7 +133,7 @@ def bench_generators(cfg: GenBenchConfig) -> list[dict]:
     reference = make_images(ImageConfig(), cfg.prompts, HELD_OUT_SEED + 8 + cfg.seed).images
     rows[0]["palette_fd"] = palette_fd(held.images, reference)  # two real sets: the distance's noise floor
     ceilings: set = set()
-    for path in cfg.models:
+    for k, path in enumerate(cfg.models):
         pipe = load_pipeline(path)
         if pipe.tokenizer_dir not in ceilings:  # the best any generator over these bits can score: the renders' own codes
             ceilings.add(pipe.tokenizer_dir)
@@ -134,7 +148,7 @@ def bench_generators(cfg: GenBenchConfig) -> list[dict]:
         rows.append({"model": path, "kind": name, "params": params, **geneval(held.scenes, images),
                      "palette_fd": palette_fd(images, held.images), "images_per_s": len(images) / seconds})
         if cfg.grid:
-            save_grid(images[:16], f"{cfg.grid}_{name}.png", columns=8, scale=2)
+            save_grid(images[:16], f"{cfg.grid}_{k}.png", columns=8, scale=2)
     return rows
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from reasonrl.vision.gen.grid import save_grid
-from reasonrl.vision.gen.io import SHIPPED
+from reasonrl.vision.gen.io import SHIPPED, clear_outputs
 from reasonrl.vision.world import write_png
 
 from .generator import load_pipeline
@@ -18,10 +19,12 @@ def default_model() -> Path:
 
 def generate_images(job, cfg: SampleConfig) -> list[Path]:
     """Write job.per_prompt images per prompt under job.out; returns their paths."""
+    out = Path(job.out)
+    earlier = [p for p in out.glob("*.png") if re.fullmatch(r"[0-9]{4,}\.png|grid\.png", p.name)]  # empty if no dir
+    clear_outputs(out, [out / "prompts.jsonl", *earlier], job.overwrite)  # before the work: a refusal costs nothing
     pipe = load_pipeline(job.model or default_model())
     prompts = [p for p in job.prompts for _ in range(job.per_prompt)]
     images = generate(pipe, prompts, cfg)
-    out = Path(job.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     with open(out / "prompts.jsonl", "w", encoding="utf-8") as index:

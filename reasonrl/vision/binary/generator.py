@@ -4,18 +4,24 @@ and classifier-free guidance.
 A generator directory holds config.json and model.safetensors; its config names the conditioning
 language model (`text_model`) and the bit tokenizer that turns its bits into pixels
 (`image_tokenizer`), as paths relative to the directory (so a copied or shipped set of
-directories keeps working).
+directories keeps working), and the tokenizer's digest at training time (`image_tokenizer_digest`):
+a tokenizer retrained in place would decode the bits into other pictures, so loading refuses one
+whose digest differs (a generator saved before the digest was recorded loads with a warning).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
 
+from reasonrl.config import to_dict
 from reasonrl.vision.gen.io import load_model_dir, read_config
 
 from .conditioner import TextEncoder
@@ -42,6 +48,19 @@ class GeneratorConfig:
     """Directory of the bit tokenizer the bits belong to (same rule)."""
     method: Literal["ar", "diffusion"] = "diffusion"
     """Which generator this config builds."""
+    image_tokenizer_digest: str = ""
+    """`tokenizer_digest` of the tokenizer it was trained on ("": saved before it was recorded)."""
+
+
+def tokenizer_digest(tokenizer: BitTokenizer) -> str:
+    """sha256 of a tokenizer's config and weights, the weights as float16 (shipping halves them:
+    the shipped copy keeps the digest of the one trained)."""
+    h = hashlib.sha256(json.dumps(to_dict(tokenizer.config), sort_keys=True).encode())
+    for name, t in sorted(tokenizer.state_dict().items()):
+        t = t.detach().cpu().to(torch.float16) if t.is_floating_point() else t.detach().cpu()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def with_paths_relative_to(cfg: GeneratorConfig, directory: str | Path) -> GeneratorConfig:
@@ -77,7 +96,24 @@ def load_pipeline(directory: str | Path) -> Pipeline:
     generator = load_model_dir(directory)
     text = TextEncoder.from_dir(resolve(raw["text_model"], directory))
     tokenizer_dir = resolve(raw["image_tokenizer"], directory).resolve()
-    return Pipeline(generator, text, load_model_dir(tokenizer_dir, expect="bit_tokenizer"), tokenizer_dir)
+    tokenizer = load_model_dir(tokenizer_dir, expect="bit_tokenizer")
+    check_tokenizer(generator.config, tokenizer, f"{directory}: its tokenizer {tokenizer_dir}")
+    return Pipeline(generator, text, tokenizer, tokenizer_dir)
+
+
+def check_tokenizer(cfg: GeneratorConfig, tokenizer: BitTokenizer, where: str) -> None:
+    """Refuse a tokenizer other than the one the generator was trained on (its bits would decode wrongly)."""
+    tc = tokenizer.config
+    if (tc.num_latent_tkns, tc.codebook_size) != (cfg.num_tokens, cfg.bits):
+        raise ValueError(f"{where} makes {tc.num_latent_tkns} tokens of {tc.codebook_size} bits; the generator "
+                         f"was trained on {cfg.num_tokens} of {cfg.bits}")
+    if not cfg.image_tokenizer_digest:
+        warnings.warn(f"{where}: the generator records no tokenizer digest (saved before it was recorded), so "
+                      "a tokenizer retrained in place since would go unnoticed", stacklevel=3)
+    elif cfg.image_tokenizer_digest != tokenizer_digest(tokenizer):
+        raise ValueError(f"{where} is not the tokenizer the generator was trained on (its config or weights "
+                         "changed: retrained in place?); its bits would decode into other pictures. Point "
+                         "image_tokenizer in the generator's config.json at that tokenizer, or retrain the generator")
 
 
 def guided(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:

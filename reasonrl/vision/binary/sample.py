@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,8 +32,13 @@ class SampleConfig:
     or the other prompts)."""
 
     def __post_init__(self):
-        if self.guidance < 0 or self.temperature < 0 or self.steps < 1 or self.batch_size < 1 or self.seed < 0:
-            raise ValueError("guidance, temperature and seed must be >= 0, steps and batch_size >= 1")
+        for name in ("guidance", "temperature"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.seed < 0:
+            raise ValueError("steps and batch_size must be >= 1, seed >= 0")
+        if self.size is not None and self.size < 1:
+            raise ValueError(f"size must be >= 1 pixels (leave it out for the tokenizer's own size), got {self.size}")
 
 
 @torch.no_grad()

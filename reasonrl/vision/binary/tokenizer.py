@@ -36,6 +36,7 @@ Departures from the paper:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -111,6 +112,15 @@ class TokenizerConfig:
         for name in ("encoder_layers", "decoder_layers", "num_latent_tkns", "codebook_size", "patch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"TokenizerConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name, layers in (("downsample_idx", "encoder_layers"), ("upsample_idx", "decoder_layers")):
+            idx, n = tuple(getattr(self, name)), getattr(self, layers)
+            if len(set(idx)) != len(idx) or any(not isinstance(i, int) or not 0 <= i < n for i in idx):
+                raise ValueError(f"TokenizerConfig.{name} {list(idx)}: distinct block indices in [0, {layers} = {n}) "
+                                 "(one 2 x 2 merge or split after each)")
+        if not (isinstance(self.train_temp, (int, float)) and math.isfinite(self.train_temp) and self.train_temp > 0):
+            raise ValueError(f"TokenizerConfig.train_temp must be a finite number > 0, got {self.train_temp!r}")
+        if not (math.isfinite(self.logit_bound) and self.logit_bound >= 0):
+            raise ValueError(f"TokenizerConfig.logit_bound must be >= 0 (0: off), got {self.logit_bound!r}")
         if self.quantizer == "vq" and self.codebook_size > 14:
             raise ValueError(f"TokenizerConfig.codebook_size {self.codebook_size}: a one-hot VQ of 2^d codes is "
                              "only practical for d <= 14")

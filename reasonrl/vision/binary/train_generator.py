@@ -27,7 +27,7 @@ from reasonrl.vision.gen.prompt import prompt
 from .ar import BitAR
 from .conditioner import TextEncoder
 from .diffusion import BitDiffusion, noise, x0_logits
-from .generator import GeneratorConfig, Pipeline, with_paths_relative_to
+from .generator import GeneratorConfig, Pipeline, tokenizer_digest, with_paths_relative_to
 from .sample import SampleConfig, generate
 
 HELD_OUT_SEED = 2 * 10 ** 6
@@ -80,7 +80,7 @@ class GeneratorJob(JobState):
         tc = self.tokenizer.config
         self.model_config = GeneratorConfig(tc.num_latent_tkns, tc.codebook_size, cfg.width, cfg.num_heads,
                                             self.text.num_layers, self.text.width, cfg.text_model,
-                                            cfg.image_tokenizer, cfg.method)
+                                            cfg.image_tokenizer, cfg.method, tokenizer_digest(self.tokenizer))
         self.model = (BitAR if cfg.method == "ar" else BitDiffusion)(self.model_config)
         optim = OptimSection(lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="cosine", betas=(0.9, 0.99))
         self.optimizer, self.scheduler = make_optimizer(self.model.parameters(), optim, cfg.steps)

@@ -12,6 +12,7 @@ unweighted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,6 +60,10 @@ class TokenizerTrainConfig:
             raise ValueError("steps, images_per_step and eval_images must be >= 1")
         if not 0 <= self.hires_fraction <= 1:
             raise ValueError(f"hires_fraction must be in [0, 1], got {self.hires_fraction}")
+        for name, low, strict in (("lr", 0.0, True), ("object_weight", 0.0, True), ("aux_weight", 0.0, False)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and (value > low if strict else value >= low)):
+                raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
 
 
 def object_mask(images: np.ndarray) -> torch.Tensor:

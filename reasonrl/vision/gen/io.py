@@ -9,6 +9,7 @@ into the module's own dtype.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,10 @@ SHIPPED = Path(__file__).resolve().parent / "shipped"  # the small trained model
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 _KINDS: dict[str, tuple[type, type]] = {}  # kind -> (module class, config dataclass)
+KIND_NAMES = {"bit_tokenizer": "a bit tokenizer (train-image tokenizer)", "bit_ar": "an AR bit generator "
+              "(train-image generator)", "bit_diffusion": "a diffusion bit generator (train-image generator)",
+              "smarli": "a SMARLI model (train-image smarli or layout-grpo)",
+              "realism": "a realism classifier (train-image realism)"}  # for errors: what a directory holds
 
 
 def register_kind(kind: str, config_cls: type) -> Callable[[type], type]:
@@ -56,11 +61,12 @@ def load_model_dir(path: str | Path, expect: str | None = None) -> torch.nn.Modu
     """The model saved in `path`, in float32 and eval mode; `expect` names the kind it must be."""
     raw = read_config(path)
     kind = raw.pop("kind", None)
+    if expect is not None and kind != expect:
+        raise ValueError(f"{path} holds {KIND_NAMES.get(kind, f'a model of kind {kind!r}')} (config.json kind "
+                         f"{kind!r}); this needs {KIND_NAMES.get(expect, expect)} (kind {expect!r})")
     if kind not in _KINDS:
         raise ValueError(f"{path}: config.json kind {kind!r} is none of the loaded model kinds "
                          f"({', '.join(sorted(_KINDS))}); import the module that defines it first")
-    if expect is not None and kind != expect:
-        raise ValueError(f"{path}: config.json kind {kind!r} is not {expect}")
     cls, config_cls = _KINDS[kind]
     names = {f for f in config_cls.__dataclass_fields__}
     module = cls(build(config_cls, {k: v for k, v in raw.items() if k in names}))
@@ -79,3 +85,16 @@ def load_weights(module: torch.nn.Module, path: str | Path) -> None:
     if missing or unexpected:
         raise ValueError(f"{file}: missing tensors {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
     module.load_state_dict(state)
+
+
+def clear_outputs(out: str | Path, outputs: list[Path], overwrite: bool) -> None:
+    """Before a command writes `outputs` (files and folders) under `out`: refuse if an earlier run left
+    any of them (a smaller rerun would leave its extra files beside the new index), unless `overwrite`,
+    which deletes them. Nothing else in `out` is touched."""
+    found = sorted(p for p in outputs if p.exists())
+    if found and not overwrite:
+        names = ", ".join(p.name for p in found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise ValueError(f"--out {out} holds an earlier run's output ({names}); choose another --out, or add "
+                         "--overwrite to delete it first")
+    for p in found:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()

@@ -12,6 +12,11 @@
 4. measured on held-out questions (evaluate.py): accuracy of both arms; the LVR arm with 4, 8 and
    16 latent steps; its latents replaced by zeros, by noise and by the true region tokens;
    reconstruction cosine; GRPO against SFT. `OUT/results.json` holds every figure.
+
+A rerun of some stages keeps the other stages' figures in results.json, and GRPO stopped by Ctrl-C
+or SIGTERM resumes from its checkpoint in OUT/grpo. results.json records the settings each stage
+was made with (`stages`); figures or a GRPO run kept from a stage made with other settings are
+refused, naming the differing keys, rather than reported under the new ones.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Literal
 
 import torch
 
+from reasonrl.config import differences
 from reasonrl.demo.vlm_policy import SHIPPED
 from reasonrl.engine.latent import LatentConfig
 from reasonrl.envs.shapes import vqa_prompt
@@ -129,6 +135,9 @@ def run_experiment(cfg: LVRExperimentConfig, log=None) -> dict:
     log(f"data: {len(train)} train, {len(items)} eval examples ({time.time() - start:.0f}s)")
     saved = out / "results.json"  # a rerun of some stages keeps the others' figures
     results: dict = {**(json.loads(saved.read_text()) if saved.is_file() else {}), "config": asdict(cfg)}
+    grpo = "grpo" in cfg.stages and cfg.grpo_steps
+    _check_kept(cfg, out, results, arms, grpo, log)
+    results.setdefault("stages", {})
     for arm in arms:
         policy = copy.deepcopy(model)
         sft = LVRTrainConfig(latents=arm == "lvr", steps=cfg.sft_steps, batch=cfg.batch, lr=cfg.lr, weight=cfg.mse_weight,
@@ -140,14 +149,44 @@ def run_experiment(cfg: LVRExperimentConfig, log=None) -> dict:
         results[f"sft_{arm}"] = {"final_loss": history[-1], "sft_seconds": sft_seconds,
                                  **(measure(policy, tok, items, latent, cfg) if arm == "lvr" else
                                     {"accuracy": ev.accuracy(tok, items, ev.generate(policy, tok, items, None))})}
+        results["stages"][f"sft_{arm}"] = stage_settings(cfg, "sft")
         log(f"sft {arm}: {results[f'sft_{arm}']} ({time.time() - start:.0f}s)")
         _save(out, results)
-    if "grpo" in cfg.stages and cfg.grpo_steps:
+    if grpo:
+        results.pop("grpo", None)
+        results["stages"]["grpo"] = stage_settings(cfg, "grpo")  # before training: a stopped run is bound to it
+        _save(out, results)
         results["grpo"] = run_grpo(cfg, tok, items, latent)
         log(f"grpo: {results['grpo']} ({time.time() - start:.0f}s)")
     results["seconds"] = time.time() - start
     _save(out, results)
     return results
+
+
+def stage_settings(cfg: LVRExperimentConfig, stage: str) -> dict:
+    """What a stage's figures depend on: every setting but where and which stages run (and for SFT, GRPO's)."""
+    skip = {"out", "stages", "arms"} | ({"grpo_steps", "grpo_lr"} if stage == "sft" else set())
+    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in skip}))
+
+
+def _check_kept(cfg: LVRExperimentConfig, out: Path, results: dict, arms, grpo: bool, log) -> None:
+    """Refuse figures this run keeps, or a model or GRPO run it goes on from, made with other settings."""
+    kept = {f"sft_{arm}" for arm in ("plain", "lvr") if f"sft_{arm}" in results and arm not in arms}
+    if grpo:
+        kept |= {"sft_lvr"} if "lvr" not in arms else set()  # GRPO starts from OUT/sft-lvr as it is
+        kept |= {"grpo"} if (out / "grpo" / "checkpoints").exists() else set()  # and resumes OUT/grpo
+    elif "grpo" in results:
+        kept.add("grpo")
+    recorded = results.get("stages")
+    if kept and recorded is None:
+        log(f"{out / 'results.json'} records no stage settings (made before they were recorded); "
+            "keeping its stages as they are")
+    for stage in sorted(kept & set(recorded or {})):
+        changed = differences(recorded[stage], stage_settings(cfg, stage.split("_")[0]))
+        if changed:
+            raise ValueError(f"{out}: {stage} was made with other settings:\n"
+                             + "".join(f"  {key}: {old!r} (saved) -> {new!r} (now)\n" for key, old, new in changed)
+                             + f"rerun it (--stages), rerun with the saved settings, or choose another --out")
 
 
 def run_grpo(cfg: LVRExperimentConfig, tok, items, latent: LatentConfig) -> dict:
@@ -157,9 +196,11 @@ def run_grpo(cfg: LVRExperimentConfig, tok, items, latent: LatentConfig) -> dict
     from reasonrl.rl.train import RunControl, run_training
 
     recipe = from_dict(grpo_recipe(cfg, str(Path(cfg.out) / "sft-lvr")))
-    code = run_training(recipe, RunControl(overwrite=True), console=False)
-    if code != 0:
-        raise RuntimeError(f"the GRPO run stopped with exit code {code}")
+    code = run_training(recipe, RunControl(), console=False)  # resumes OUT/grpo; refuses one of another recipe
+    if code != 0:  # stopped (Ctrl-C, SIGTERM) after saving a checkpoint
+        print(f"lvr: GRPO stopped; rerun the same command to resume it from {recipe.train.run_dir}", file=sys.stderr,
+              flush=True)
+        raise SystemExit(code)
     policy = load_model(latest_checkpoint(Path(recipe.train.run_dir)))
     return measure(policy, tok, items, latent, cfg)
 

@@ -44,6 +44,9 @@ class SmarliBenchConfig:
     def __post_init__(self):
         if not self.models:
             raise ValueError("models: name at least one SMARLI model directory")
+        for name in ("layouts", "pairs", "sample_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
 
 
 def pair_layouts(n: int, seed: int, side: int) -> list[Layout]:

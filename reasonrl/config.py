@@ -123,7 +123,10 @@ def coerce(key: str, hint, value):
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # X | None: X's own error, which names its choices or the reason
+            return coerce(key, options[0], value)
+        for arg in options:
             try:
                 return coerce(key, arg, value)
             except ConfigError:
@@ -172,6 +175,8 @@ def type_name(hint) -> str:
         return "a size (e.g. 512MiB)"
     if typing.get_origin(hint) is Literal:
         return " | ".join(map(str, typing.get_args(hint)))
+    if strip_optional(hint) is not hint:
+        return f"{type_name(strip_optional(hint))} (or null)"
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 

@@ -100,5 +100,9 @@ def _run(run, args: argparse.Namespace, prog: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch("reasonrl", VERBS, sys.argv[1:] if argv is None else list(argv),
-                    "RL post-training of reasoning models, with its own rollout engine.")
+    try:
+        return dispatch("reasonrl", VERBS, sys.argv[1:] if argv is None else list(argv),
+                        "RL post-training of reasoning models, with its own rollout engine.")
+    except KeyboardInterrupt:  # Ctrl-C while a command's modules import or its flags are built: nothing ran yet
+        print("\nreasonrl: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT

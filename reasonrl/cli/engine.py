@@ -72,9 +72,13 @@ def generate(parser: argparse.ArgumentParser):
         from reasonrl.engine import LLM
 
         model = model_options(args)
-        llm = LLM(model["path"], device=model["device"], dtype=model["dtype"], **engine_options(args))
         params = SamplingParams(**values(args, SamplingParams))
+        if not args.prompt and sys.stdin.isatty():
+            print("reading prompts from stdin, one per line (end with Ctrl-D)", file=sys.stderr)
         prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if not prompts:  # (an option taking several values, such as --stop, also takes the prompts after it)
+            raise ValueError("no prompts: give them as arguments (before --stop, or after --) or on stdin, one per line")
+        llm = LLM(model["path"], device=model["device"], dtype=model["dtype"], **engine_options(args))
         if args.chat:
             outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
         else:

@@ -34,7 +34,7 @@ def evaluate(parser: argparse.ArgumentParser):
             print(f"reasonrl eval: {exc}", file=sys.stderr)
             return 1
         except IncompleteEval as exc:
-            print(f"reasonrl eval: {exc} (rerun the same command to ask only for the missing samples)", file=sys.stderr)
+            print(f"reasonrl eval: {exc}", file=sys.stderr)
             return 1
         print(Path(out) / "summary.md")
         print((Path(out) / "summary.md").read_text())
@@ -57,6 +57,10 @@ class TTTData:
     """Problems (fewer when the game's whole problem space is smaller)."""
     seed: int = 0
     """Which problems: the same seed gives the same file."""
+
+    def __post_init__(self):
+        if isinstance(self.n, bool) or self.n < 1:
+            raise ValueError(f"--n must be a positive number of problems, got {self.n}")
 
 
 @dataclass

@@ -78,6 +78,8 @@ class SumsEnvironment(Environment):
     def prompts(self, n=None, seed=0, split="train"):
         """n prompts of the split (2000 by default), or all it has when that is fewer: `max_terms=2`
         makes 81 problems in all, about 8 of them held out."""
+        if split not in ("train", "eval"):  # (any other name drew from the training side)
+            raise ValueError(f"sums: unknown split {split!r}; known: train, eval")
         rng = random.Random(zlib.crc32(f"{split}:{seed}".encode()))
         want, out, seen, misses = n or 2000, [], set(), 0
         while len(out) < want and misses < MAX_MISSES:

@@ -177,8 +177,11 @@ def evaluate(cfg: EvalConfig, stop: Callable[[], bool] = lambda: False) -> dict[
     (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (cfg.out / "summary.md").write_text(markdown(summary))
     if failures and not summary["stopped"]:
+        advice = ("the model or server refused them, so a rerun with the same settings fails the same way: change "
+                  "what the error names" if all(f.rejected for f in failures) else
+                  "rerun the same command to ask only for the missing samples")
         raise IncompleteEval(f"{len(failures)} of {len(todo)} samples failed (first error: {failures[0].error}); "
-                             f"the summary in {cfg.out} counts the rest; rerun the same command to retry them", summary)
+                             f"the summary in {cfg.out} counts the rest; {advice}", summary)
     return summary
 
 

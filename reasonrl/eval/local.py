@@ -48,7 +48,7 @@ class LocalModel:
             try:
                 self.engine.add_request(rid, self._encode(run[0]), params)
             except ValueError as exc:  # e.g. a prompt longer than max_model_len: this problem only
-                failed += [(job, Failure(str(exc))) for job in run]
+                failed += [(job, Failure(str(exc), rejected=True)) for job in run]  # asking again: the same answer
                 continue
             runs[rid] = run
         if failed:

@@ -92,7 +92,10 @@ def markdown(summary: dict[str, Any]) -> str:
     finish = ", ".join(f"{k} {v}" for k, v in summary["finish_reasons"].items())
     lines += ["", f"Mean response length: {_fmt(length['mean'])} {length['unit']}. Finish reasons: {finish or '-'}."]
     if not summary["complete"]:
-        lines += ["", f"**Incomplete:** {summary['failed']} samples failed and are not counted; rerun to retry them."]
+        why = [f"{summary['failed']} samples failed"] if summary["failed"] else []
+        why += ["the run was stopped before every sample finished"] if summary.get("stopped") else []
+        lines += ["", f"**Incomplete:** {' and '.join(why) or 'samples are missing'}; the missing samples are not "
+                      "counted: rerun the same command to ask only for them."]
     for key, groups in summary["subsets"].items():
         lines += ["", f"## By {key}", ""]
         lines += _table(key, head, list(groups.items()))

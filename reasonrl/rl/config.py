@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -88,10 +89,10 @@ class OptimSection:
     """Padded tokens per forward/backward; larger mini-batches accumulate gradients (same result)."""
 
     def __post_init__(self):
-        check(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
-        check(self.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(0 < self.lr < math.inf, "optim.lr", f"must be a finite number > 0, got {self.lr}")
+        check(0 <= self.weight_decay < math.inf, "optim.weight_decay", f"must be a finite number >= 0, got {self.weight_decay}")
         check(all(0 <= b < 1 for b in self.betas), "optim.betas", f"must be in [0, 1), got {list(self.betas)}")
-        check(self.grad_clip > 0, "optim.grad_clip", f"must be > 0, got {self.grad_clip}")
+        check(self.grad_clip > 0, "optim.grad_clip", f"must be > 0, got {self.grad_clip}")  # (inf: no clipping)
         check(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         check(self.ppo_epochs >= 1, "optim.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
         check(self.minibatches_per_epoch >= 1, "optim.minibatches_per_epoch", f"must be >= 1, got {self.minibatches_per_epoch}")

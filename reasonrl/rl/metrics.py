@@ -79,7 +79,8 @@ class MetricsLogger:
         for tracker in self.trackers:
             tracker.log(step, scalars)
         if self.console:
-            parts = [f"{label} {fmt.format(record[key])}" for label, key, fmt in CONSOLE if record.get(key) is not None]
+            parts = [f"{label} {_shown(metrics.get(key), record[key], fmt)}" for label, key, fmt in CONSOLE
+                     if record.get(key) is not None or _nonfinite(metrics.get(key))]
             if record.get("eta_seconds") is not None and step < self.total_steps:
                 parts.append(f"eta {duration(record['eta_seconds'])}")
             print(f"step {step}/{self.total_steps} | " + " | ".join(parts), file=sys.stderr, flush=True)
@@ -87,6 +88,16 @@ class MetricsLogger:
     def close(self) -> None:
         for tracker in self.trackers:
             tracker.close()
+
+
+def _nonfinite(v: Any) -> bool:
+    v = v.item() if hasattr(v, "item") else v
+    return isinstance(v, float) and not math.isfinite(v)
+
+
+def _shown(raw: Any, plain: Any, fmt: str) -> str:
+    """The console's text of a value: nan and inf as such (the JSON record holds null for them)."""
+    return str(raw.item() if hasattr(raw, "item") else raw) if _nonfinite(raw) else fmt.format(plain)
 
 
 def _plain(v: Any) -> Any:

@@ -8,6 +8,7 @@ held-out accuracy per family, first evaluation against last, and a plot of each 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,9 @@ def plot(records: list[dict[str, Any]], out_dir: Path) -> list[Path]:
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    train = [r for r in records if "reward_mean" in r]
-    evals = [r for r in records if "eval_accuracy" in r]
+    """Headline figures; a null value (a nan or inf the logger wrote as null) counts as missing."""
+    train = [r for r in records if r.get("reward_mean") is not None]
+    evals = [r for r in records if r.get("eval_accuracy") is not None]
     out: dict[str, Any] = {"steps": max((r["step"] for r in records), default=0)}
     if evals:
         out["accuracy_before"] = evals[0]["eval_accuracy"]
@@ -95,13 +97,13 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         k = max(1, len(train) // 5)
         out["reward_first"] = sum(r["reward_mean"] for r in train[:k]) / k
         out["reward_last"] = sum(r["reward_mean"] for r in train[-k:]) / k
-        out["rollout_tokens_per_s"] = sum(r.get("rollout_tokens_per_s", 0) for r in train) / len(train)
-    rolled = [r for r in records if "rollout_seconds" in r]  # also steps that skipped their update
+        out["rollout_tokens_per_s"] = sum(r.get("rollout_tokens_per_s") or 0 for r in train) / len(train)
+    rolled = [r for r in records if r.get("rollout_seconds") is not None]  # also steps that skipped their update
     if rolled:
-        out["dropped_groups"] = sum(r.get("dropped_groups", 0) for r in rolled)
+        out["dropped_groups"] = sum(r.get("dropped_groups") or 0 for r in rolled)
         out["rollout_seconds"] = sum(r["rollout_seconds"] for r in rolled)
-        out["train_seconds"] = sum(r.get("train_seconds", 0) for r in rolled)
-    losses = [r for r in records if "loss" in r and "reward_mean" not in r]  # an SFT run
+        out["train_seconds"] = sum(r.get("train_seconds") or 0 for r in rolled)
+    losses = [r for r in records if r.get("loss") is not None and "reward_mean" not in r]  # an SFT run
     if losses:
         out["loss_first"], out["loss_last"] = losses[0]["loss"], losses[-1]["loss"]
     held = [r for r in records if r.get("eval_loss") is not None]
@@ -116,7 +118,11 @@ def write_report(run_dir: str | Path, extra: dict[str, Any] | None = None) -> Pa
     if records and "step" not in records[0]:  # RAFT logs rounds; its summary.json is its report
         raise ValueError(f"{run_dir} is not a train or sft run (its metrics have no step): nothing to report")
     plots = plot(records, run_dir)
-    summary = {**summarize(records), **(extra or {})}
+    summary = summarize(records)
+    if extra is None and (run_dir / "summary.json").is_file():  # the demo's own figures, kept when regenerated
+        stored = json.loads((run_dir / "summary.json").read_text())
+        extra = {k: v for k, v in stored.items() if k not in summary} if isinstance(stored, dict) else None
+    summary = {**summary, **(extra or {})}
     lines = [f"# Run report: {run_dir.name}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in summary.items()]
     if table := family_table(records):

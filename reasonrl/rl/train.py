@@ -35,7 +35,7 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
     from reasonrl.envs.registry import load_environment
     from reasonrl.models import Tokenizer, load_model
     from reasonrl.rl.report import write_report
-    from reasonrl.rl.trainer import Trainer
+    from reasonrl.rl.trainer import Trainer, TrainingDiverged
 
     run_dir = open_run(cfg.train.run_dir, cfg.to_dict(), overwrite=control.overwrite,
                        accept_changes=control.accept_changes, console=console)
@@ -60,6 +60,9 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
     with StopSignal("the current step") as stop:
         try:
             trainer.train(stop)
+        except TrainingDiverged as exc:
+            say(f"error: {exc}")
+            return 1
         finally:
             trainer.close()
             if hasattr(env, "close"):

@@ -15,6 +15,10 @@ denominator` and the mini-batch's gradient is divided by the summed denominator 
 Data parallelism (`parallel`, reasonrl/scale/data_parallel.py) is one more such split: each rank
 backpropagates its share of every mini-batch, and the gradient sums and denominators are summed
 over ranks before the division, so M ranks take the optimizer step one process would.
+
+A gradient norm that is not finite (nan or inf in a loss or its gradients) skips that optimizer
+step, so the weights stay finite; the step's `nonfinite_updates` counts such steps and the trainer
+stops the run on it (`TrainingDiverged`).
 """
 
 from __future__ import annotations
@@ -125,6 +129,7 @@ class PolicyUpdate:
         seconds = time.perf_counter() - start
         tokens = sum(len(s.response_ids) for s in samples)
         return {**totals.means(), "grad_norm": sum(grad_norms) / len(grad_norms), "optimizer_steps": len(grad_norms),
+                "nonfinite_updates": sum(not math.isfinite(g) for g in grad_norms),
                 "train_seconds": seconds, "train_tokens_per_s": tokens * o.ppo_epochs / seconds}
 
     def _step(self, part: list[int], samples, advantages, old, version: int, totals: _Totals, first_pass: bool) -> float:
@@ -148,8 +153,12 @@ class PolicyUpdate:
             if p.grad is not None and denominator > 0:
                 p.grad /= denominator
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable(self.policy), self.cfg.optim.grad_clip)
-        self.optimizer.step()
-        return float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # a DTensor if sharded
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # a DTensor if sharded
+        if math.isfinite(grad_norm):  # (the same on every rank: the norm is of the reduced gradients)
+            self.optimizer.step()
+        else:  # a nan/inf loss or gradient: no step, so the weights stay finite (the trainer stops the run)
+            self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
 
     def _backward(self, batch: TrainBatch, version: int, totals: _Totals, first_pass: bool, idle: bool = False) -> float:
         """Backpropagate `loss * denominator` of one micro-batch; its denominator. `idle`: a pass that

@@ -56,11 +56,32 @@ def test_sizes_with_units_in_recipes_flags_and_python(tmp_path, capsys):
     assert EngineConfig(kv_cache_memory="1.5GiB").kv_cache_memory == 3 << 29
     assert parse_size("2GB") == 2 * 10 ** 9 and parse_size(4096) == 4096
     recipe.write_text("model: /c\nengine: {kv_cache_memory: lots}\n")
-    with pytest.raises(ConfigError, match=r"engine.kv_cache_memory: expected a size \(e.g. 512MiB\), got 'lots'"):
+    with pytest.raises(ConfigError, match=r"engine.kv_cache_memory: not a size: 'lots' \(examples: 512MiB"):
         load_config(recipe)
     with pytest.raises(SystemExit):
         main(["generate", "--model", "x", "--kv-cache-memory", "lots", "hi"])
     assert "--kv-cache-memory: not a size: 'lots'" in capsys.readouterr().err
+
+
+def test_an_optional_fields_error_names_its_choices_or_reason():
+    """`model.dtype: expected Optional, got 'bf16'`, and a size of 0 reported as not a size."""
+    from reasonrl.rl.config import ModelSection
+
+    hints = type_hints(ModelSection)
+    with pytest.raises(ConfigError, match="model.dtype: expected one of float32, bfloat16, float16, got 'bf16'"):
+        coerce("model.dtype", hints["dtype"], "bf16")
+    with pytest.raises(ConfigError, match="must be a positive number of bytes, got 0"):
+        coerce("engine.kv_cache_memory", type_hints(EngineConfig)["kv_cache_memory"], 0)
+    assert coerce("model.dtype", hints["dtype"], None) is None
+
+
+def test_generate_without_prompts_is_a_usage_error(monkeypatch, capsys):
+    """`--stop "=" "Add: 2 + 3"` took the prompt as a second stop string: nothing ran, exit 0."""
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["generate", "--model", "reasonrl/demo/policy", "--stop", "=", "Add: 2 + 3"]) == 2
+    assert "no prompts: give them as arguments (before --stop, or after --)" in capsys.readouterr().err
 
 
 def test_coercion_is_strict():
@@ -172,3 +193,15 @@ def test_ctrl_c_outside_a_jobs_stop_handler_is_one_line_and_exit_130(capsys):
     assert _run(starting, argparse.Namespace(), "reasonrl train") == 130
     err = capsys.readouterr().err
     assert err.strip() == "reasonrl train: interrupted; nothing was saved since the last checkpoint"
+
+
+def test_ctrl_c_while_a_command_imports_is_one_line_and_exit_130(capsys, monkeypatch):
+    """Imports and flag building run before the command's own handler: a traceback from inside sympy or torch."""
+    from reasonrl import cli
+
+    def importing(target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "resolve", importing)
+    assert cli.main(["eval", "sums:"]) == 130
+    assert capsys.readouterr().err.strip() == "reasonrl: interrupted"

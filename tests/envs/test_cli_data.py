@@ -20,6 +20,14 @@ def test_data_ttt_exports_the_schema_with_moves_and_solution_list(tmp_path):
     assert again.read_text() == out.read_text()  # reproducible from the seed
 
 
+def test_data_ttt_refuses_no_problems(tmp_path, capsys):
+    """`--n -3` wrote an empty file and said "wrote 0 oTTT problems", exit 0."""
+    for n in ("0", "-3"):
+        assert main(["data", "ttt", "--game", "oTTT", "--n", n, "--out", str(tmp_path / "x.jsonl")]) == 2
+        assert f"--n must be a positive number of problems, got {n}" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()
+
+
 @pytest.mark.parametrize("spec", ["ttt:oTTT", "ttt:all", "sums:", "letter:ab", "arith:?n=5"])
 def test_registered_environments_load(spec):
     env = load_environment(spec)

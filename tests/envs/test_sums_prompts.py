@@ -30,3 +30,11 @@ def test_a_used_up_split_is_completed_only_with_problems_the_draws_can_give():
     env = SumsEnvironment(max_terms=6, p=1.0)  # every draw has exactly min_terms = 2 terms
     prompts = env.prompts(200)
     assert len(prompts) < 81 and {len(terms(p)) for p in prompts} == {2}
+
+
+def test_an_unknown_split_is_refused_not_drawn_from_the_training_side():
+    """`reasonrl eval sums: --split test` scored training problems under held-out-looking ids."""
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown split 'test'; known: train, eval"):
+        SumsEnvironment().prompts(3, split="test")

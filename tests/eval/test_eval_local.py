@@ -101,9 +101,26 @@ def test_a_sample_the_engine_fails_is_not_recorded_and_a_rerun_asks_again(checkp
 
     with monkeypatch.context() as m:
         m.setattr(LLMEngine, "from_pretrained", classmethod(faulty_engine))
-        with pytest.raises(IncompleteEval, match="injected fault"):
+        with pytest.raises(IncompleteEval, match="injected fault.*rerun the same command to ask only for the missing"):
             run_eval("ttt:all", model=str(checkpoint), out=tmp_path / "a", n=2, **OPTIONS)
     rows = rows_by_key(tmp_path / "a")
     assert len(rows) == 6 and all(r["finish_reason"] != "error" for r in rows.values())
     summary = run_eval("ttt:all", model=str(checkpoint), out=tmp_path / "a", n=2, **OPTIONS)
     assert summary["complete"] and summary["samples"] == 8 and summary["run"]["asked"] == 2
+
+
+def test_a_prompt_the_engine_refuses_is_not_worth_a_rerun(checkpoint, tmp_path):
+    """It told the user to rerun the same command, which failed the same way every time."""
+    from reasonrl.eval.harness import IncompleteEval
+
+    with pytest.raises(IncompleteEval, match="leaves no room.*a rerun with the same settings fails the same way") as info:
+        run_eval("ttt:all", model=str(checkpoint), out=tmp_path / "a", **{**OPTIONS, "engine_kwargs": {
+            **OPTIONS.get("engine_kwargs", {}), "max_model_len": 16}})
+    assert "rerun the same command" not in str(info.value)
+
+
+def test_a_stopped_runs_summary_says_it_was_stopped(checkpoint, tmp_path):
+    """It said "0 samples failed and are not counted; rerun to retry them" for a run the user stopped."""
+    run_eval("ttt:all", model=str(checkpoint), out=tmp_path / "a", n=2, stop=lambda: True, **OPTIONS)
+    text = (tmp_path / "a" / "summary.md").read_text()
+    assert "**Incomplete:** the run was stopped before every sample finished" in text and "0 samples failed" not in text

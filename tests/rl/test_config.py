@@ -30,6 +30,7 @@ engine: {max_num_seqs: 32}
     ("model: /c\nloss: {beta: 0.1}", "loss.beta"),
     ("model: /c\nrollout: {samples_per_prompt: 1}", "rollout.samples_per_prompt"),  # trained nothing, silently
     ("model: /c\noptim: {betas: [0.9]}", "optim.betas"),
+    ("model: /c\noptim: {lr: .inf}", "optim.lr"),  # trained one step into weights of inf, then nan
     ("model: /c\noptim: {schedule: linear}", "optim.schedule"),
     ("model: /c\nengine: {max_num_seqs: 0}", "engine"),
     ("model: /c\ntrain: {steps: true}", "train.steps"),

@@ -63,6 +63,24 @@ def test_steps_that_skipped_their_update_still_count_their_time():
     assert summary["rollout_seconds"] == 6.0 and summary["train_seconds"] == 2.0
 
 
+def test_null_values_the_logger_writes_for_nan_are_missing_not_a_crash(tmp_path):
+    records = [{"step": 0, "eval_accuracy": None}, {"step": 1, "reward_mean": 0.5, "rollout_seconds": 1.0},
+               {"step": 2, "reward_mean": None, "rollout_seconds": None, "train_seconds": None, "dropped_groups": None}]
+    text = write_report(_run(tmp_path, records)).read_text()
+    assert "| reward_first | 0.5 |" in text and "| rollout_seconds | 1 |" in text
+
+
+def test_a_regenerated_report_keeps_the_demos_own_figures(tmp_path):
+    """`reasonrl report runs/demo` dropped the rows only the demo computes (they live in summary.json)."""
+    run = _run(tmp_path, [{"step": 0, "eval_accuracy": 0.5}, {"step": 1, "reward_mean": 0.25},
+                          {"step": 2, "eval_accuracy": 0.75}])
+    write_report(run, {"april_speedup": 1.5, "accuracy_after": 0.75})
+    (run / "summary.json").write_text(json.dumps({"april_speedup": 1.5, "accuracy_after": 0.1, "steps": 99}))
+    text = write_report(run).read_text()
+    assert "| april_speedup | 1.5 |" in text
+    assert "| accuracy_after | 0.75 |" in text and "| steps | 2 |" in text  # recomputed rows from the metrics
+
+
 def test_a_failed_checkpoint_save_names_the_last_good_one_and_leaves_no_partial(tmp_path, monkeypatch):
     import torch
 

@@ -15,7 +15,7 @@ from reasonrl.envs.letter import LetterEnvironment
 from reasonrl.models import Tokenizer, load_model
 from reasonrl.models.loader import load_weights
 from reasonrl.models.tiny import make_checkpoint, make_tokenizer
-from reasonrl.rl.checkpoint import latest_checkpoint
+from reasonrl.rl.checkpoint import checkpoint_step, latest_checkpoint
 from reasonrl.rl.config import load_config
 from reasonrl.rl.metrics import read_metrics
 from reasonrl.rl.report import write_report
@@ -59,6 +59,30 @@ def test_a_step_whose_groups_dynamic_sampling_all_filters_updates_nothing_and_go
     rows = [r for r in read_metrics(tmp_path / "run") if "skipped_update" in r]
     assert [(r["step"], r["trained_groups"], r["filtered_groups"]) for r in rows] == [(1, 0, 6), (2, 0, 6)]
     assert latest_checkpoint(tmp_path / "run") is not None
+
+
+def test_a_step_whose_loss_is_not_finite_stops_the_run_with_finite_weights(policy_dir, tmp_path, capsys):
+    """It went on training: metrics null, exit 0, and a checkpoint whose every weight was nan."""
+    from reasonrl.rl.trainer import TrainingDiverged
+
+    trainer = make_trainer(policy_dir, tmp_path / "run", **{"train.steps": 3, "train.save_every": 1})
+    trainer.logger.console = True
+    loss_fn, calls = trainer.update.loss_fn, []
+
+    def nan_from_step_2(*args, **kwargs):
+        loss, stats = loss_fn(*args, **kwargs)
+        calls.append(trainer.step)
+        return (loss * float("nan") if trainer.step >= 2 else loss), stats
+
+    trainer.update.loss_fn = nan_from_step_2
+    with pytest.raises(TrainingDiverged, match=r"step 2: 1 of 1 optimizer steps .* not finite.*step_000001"):
+        trainer.train()
+    trainer.close()
+    assert all(torch.isfinite(p).all() for p in trainer.policy.parameters())
+    assert checkpoint_step(latest_checkpoint(tmp_path / "run")) == 1  # nothing saved after it
+    row = read_metrics(tmp_path / "run")[-1]
+    assert row["step"] == 2 and row["nonfinite_updates"] == 1 and row["grad_norm"] is None
+    assert "gnorm nan" in capsys.readouterr().err  # shown, not left out
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ from reasonrl.models.qwen2_5_vl.prompt import REMOTE, MultimodalPrompt, images_p
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.rl.batch import micro_batches
 from reasonrl.rl.config import OptimSection
-from reasonrl.rl.update import freeze_vision, make_optimizer, resume_optimizer, trainable
+from reasonrl.rl.update import freeze_vision, make_optimizer, resume_optimizer, step_if_finite, trainable
 from reasonrl.rollout.sample import Sample
 
 
@@ -226,14 +226,14 @@ class SFTTrainer:
         for p in trainable(self.model):
             if p.grad is not None:
                 p.grad /= max(tokens, 1)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable(self.model), self.cfg.grad_clip)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable(self.model), self.cfg.grad_clip))
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
+        finite = step_if_finite(self.optimizer, grad_norm)  # (sft_run stops a run whose step was not)
         self.scheduler.step()
         self.model.eval()
         self.step_count += 1
         seconds = time.perf_counter() - start
-        return {"loss": total / max(tokens, 1), "lr": lr, "grad_norm": float(grad_norm),
+        return {"loss": total / max(tokens, 1), "lr": lr, "grad_norm": grad_norm, "nonfinite_updates": int(not finite),
                 "train_tokens_per_s": tokens / max(seconds, 1e-9)}
 
     @torch.no_grad()

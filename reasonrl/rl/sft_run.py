@@ -19,6 +19,7 @@ from reasonrl.rl.metrics import MetricsLogger, StepClock
 from reasonrl.rl.run import open_run
 from reasonrl.rl.sft import SFTConfig, SFTTrainer, load_sft_data
 from reasonrl.rl.train import RunControl
+from reasonrl.rl.update import TrainingDiverged
 from reasonrl.stop import StopSignal
 
 FREE_KEYS = {"run.save_every", "run.keep_checkpoints", "run.eval_every"}
@@ -89,7 +90,12 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
             say(f"saved {save_model(model, out, tokenizer)} (from {latest})")
         return 0
     with StopSignal("the current step") as stop:
-        _loop(trainer, held, run, logger, tokenizer, out, stop)
+        try:
+            _loop(trainer, held, run, logger, tokenizer, out, stop)
+        except TrainingDiverged as exc:
+            logger.close()
+            say(f"error: {exc}")
+            return 1
     logger.close()
     if stop and trainer.step_count < trainer.steps:
         say(f"stopped at step {trainer.step_count} of {trainer.steps}; checkpoint: {latest_checkpoint(out)}\n"
@@ -109,6 +115,8 @@ def _loop(trainer: SFTTrainer, held, run: SFTRun, logger: MetricsLogger, tokeniz
             metrics["eval_loss"] = trainer.held_out_loss(held)
         metrics.update(clock.tick(step))
         logger.log(step, metrics)
+        if metrics["nonfinite_updates"]:
+            raise TrainingDiverged(step, 1, 1, latest_checkpoint(out), hint="--lr")
         if step % run.save_every == 0 or step == trainer.steps or stop:
             save_checkpoint(out, step, trainer.model, tokenizer, {"sft": trainer.state_dict()}, run.keep_checkpoints)
 

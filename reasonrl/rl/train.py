@@ -35,7 +35,8 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
     from reasonrl.envs.registry import load_environment
     from reasonrl.models import Tokenizer, load_model
     from reasonrl.rl.report import write_report
-    from reasonrl.rl.trainer import Trainer, TrainingDiverged
+    from reasonrl.rl.trainer import Trainer
+    from reasonrl.rl.update import TrainingDiverged
 
     run_dir = open_run(cfg.train.run_dir, cfg.to_dict(), overwrite=control.overwrite,
                        accept_changes=control.accept_changes, console=console)

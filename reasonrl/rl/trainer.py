@@ -32,15 +32,11 @@ from reasonrl.rl.checkpoint import latest_checkpoint, load_trainer_state, save_c
 from reasonrl.rl.config import RunConfig
 from reasonrl.rl.metrics import MetricsLogger, StepClock, percentile
 from reasonrl.rl.trackers import make_trackers
-from reasonrl.rl.update import PolicyUpdate
+from reasonrl.rl.update import PolicyUpdate, TrainingDiverged
 from reasonrl.rollout.backend import RolloutBackend, make_backend
 from reasonrl.rollout.buffer import Group
 from reasonrl.rollout.manager import RolloutManager
 from reasonrl.rollout.sample import Status
-
-
-class TrainingDiverged(RuntimeError):
-    """A step's update was not finite (`PolicyUpdate` skipped it): the run cannot go on as configured."""
 
 
 class Trainer:
@@ -87,19 +83,12 @@ class Trainer:
             self.logger.log(self.step, metrics)
             if metrics.get("nonfinite_updates"):
                 self.logger.close()
-                raise TrainingDiverged(self._diverged(metrics))
+                raise TrainingDiverged(self.step, metrics["nonfinite_updates"], metrics["optimizer_steps"],
+                                       latest_checkpoint(self.run_dir))
             if self.step % t.save_every == 0 or self.step == t.steps or stop():
                 self.save()
         self.logger.close()
         return metrics
-
-    def _diverged(self, metrics: dict[str, float]) -> str:
-        checkpoint = latest_checkpoint(self.run_dir)
-        return (f"step {self.step}: {metrics['nonfinite_updates']:.0f} of {metrics['optimizer_steps']:.0f} optimizer "
-                "steps had a gradient norm that is not finite (nan or inf in the loss or its gradients) and were "
-                "skipped; the run stops here, unsaved (" + (f"the last checkpoint, {checkpoint}, holds finite weights"
-                if checkpoint else "no checkpoint yet") + "). Usual causes: optim.lr too high, or rewards or "
-                "log-probs out of range; change the recipe and rerun with --accept-changes to resume from the checkpoint.")
 
     def train_step(self) -> dict[str, float]:
         groups, rollout_stats = self.rollout.collect(self.step, self.version)

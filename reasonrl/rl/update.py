@@ -37,6 +37,28 @@ from reasonrl.rl.losses import get_loss, mask_stale_tokens, sample_stats
 from reasonrl.rollout.sample import Sample
 
 
+class TrainingDiverged(RuntimeError):
+    """A step's update was not finite (its optimizer step was skipped): the run cannot go on as configured."""
+
+    def __init__(self, step: int, skipped: int, steps: int, checkpoint, hint: str = "optim.lr"):
+        super().__init__(
+            f"step {step}: {skipped} of {steps} optimizer steps had a gradient norm that is not finite (nan or inf "
+            "in the loss or its gradients) and were skipped; the run stops here, unsaved ("
+            + (f"the last checkpoint, {checkpoint}, holds finite weights" if checkpoint else "no checkpoint yet")
+            + f"). Usual causes: {hint} too high, or rewards or log-probs out of range; change it and rerun with "
+            "--accept-changes to go on from the checkpoint.")
+
+
+def step_if_finite(optimizer, grad_norm: float) -> bool:
+    """Take the optimizer step unless the gradient norm is nan or inf (a nan or inf loss or gradient):
+    then the gradients are dropped and the weights stay finite. Whether the step was taken."""
+    if math.isfinite(grad_norm):
+        optimizer.step()
+        return True
+    optimizer.zero_grad(set_to_none=True)
+    return False
+
+
 def lr_factor(step: int, warmup_steps: int, schedule: str, total_steps: int) -> float:
     """Multiplier of the peak learning rate at schedule step `step` (0-based): linear warm-up, then
     constant or cosine decay to 0 at `total_steps`."""
@@ -154,10 +176,7 @@ class PolicyUpdate:
                 p.grad /= denominator
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable(self.policy), self.cfg.optim.grad_clip)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # a DTensor if sharded
-        if math.isfinite(grad_norm):  # (the same on every rank: the norm is of the reduced gradients)
-            self.optimizer.step()
-        else:  # a nan/inf loss or gradient: no step, so the weights stay finite (the trainer stops the run)
-            self.optimizer.zero_grad(set_to_none=True)
+        step_if_finite(self.optimizer, grad_norm)  # (the same on every rank: the norm is of the reduced gradients)
         return grad_norm
 
     def _backward(self, batch: TrainBatch, version: int, totals: _Totals, first_pass: bool, idle: bool = False) -> float:

@@ -300,3 +300,32 @@ def test_an_sft_run_stopped_in_its_last_step_still_writes_its_model(tmp_path, mo
     assert main(args) == 0
     assert "this run is finished" in capsys.readouterr().err
     assert (tmp_path / "sft" / "model.safetensors").is_file()
+
+
+def test_an_sft_step_whose_loss_is_not_finite_stops_the_run_unsaved(tmp_path, monkeypatch, capsys):
+    """It stepped the optimizer with nan gradients, went on, and wrote an all-nan model, exit 0."""
+    import torch
+
+    from reasonrl.models.tiny import make_checkpoint, make_tokenizer
+    from reasonrl.rl import sft
+
+    tok = make_tokenizer(["Write the letter a many times. aaaa bbbb"] * 10, vocab_size=300)
+    base = make_checkpoint(tmp_path / "base", "qwen2", tok, hidden_size=32, num_layers=1)
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Write {c}.", "response": c * 4}) + "\n" for c in "ab" * 8))
+    loss_of, calls = sft.sft_loss, []
+
+    def nan_from_step_2(model, samples):
+        loss, n = loss_of(model, samples)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) > 1 else loss), n
+
+    monkeypatch.setattr(sft, "sft_loss", nan_from_step_2)
+    out = tmp_path / "sft"
+    assert main(["sft", "--model", str(base), "--data", str(data), "--out", str(out), "--epochs", "2",
+                 "--samples-per-step", "16", "--save-every", "1", "--device", "cpu"]) == 1
+    assert "step 2: 1 of 1 optimizer steps had a gradient norm that is not finite" in capsys.readouterr().err
+    assert latest_checkpoint(out).name == "step_000001" and not (out / "model.safetensors").exists()
+    from safetensors.torch import load_file
+
+    assert all(torch.isfinite(t).all() for t in load_file(latest_checkpoint(out) / "model.safetensors").values())

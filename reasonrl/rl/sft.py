@@ -7,7 +7,8 @@ hold images for a vision-language model (`{"type": "image", "image": "images/x.p
 relative to the JSONL file, or OpenAI's `{"type": "image_url", "image_url": {"url": ...}}` with such
 a path or a data: URL); the loss is then computed with them, and `freeze_vision` keeps the vision
 tower and merger fixed. An example keeps its images as the row names them and they are preprocessed
-for each batch that holds it, so memory does not grow with the pixels of the data set.
+for each batch that holds it (the next batch's on a worker thread during a step), so memory does not
+grow with the pixels of the data set.
 
 A run (`sft_run.py`) behaves like an RL run: config saved in the run directory and checked on rerun,
 checkpoints every `save_every` steps with optimizer, schedule and data order, resume by rerunning,
@@ -25,6 +26,7 @@ import random
 import sys
 import time
 from array import array
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -168,8 +170,10 @@ def _is_message(m) -> bool:
             and (isinstance(content, (str, list)) or (content is None and "tool_calls" in m)))
 
 
-def sft_loss(model: DecoderLM, samples: list[Sample]) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy of the response tokens, and their number."""
+def sft_loss(model: DecoderLM, samples: list[Sample], images: list[MultimodalPrompt | None] | None = None
+             ) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy of the response tokens, and their number. `images`: the samples'
+    `example_images`, when they were built ahead (by default they are built here)."""
     width = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
     ids = torch.zeros(len(samples), width, dtype=torch.long, device=model.device)
     labels = torch.full_like(ids, -100)
@@ -177,7 +181,7 @@ def sft_loss(model: DecoderLM, samples: list[Sample]) -> tuple[torch.Tensor, int
         seq = s.prompt_ids + s.response_ids
         ids[i, :len(seq)] = torch.tensor(seq)
         labels[i, len(s.prompt_ids) - 1:len(seq) - 1] = torch.tensor(s.response_ids)  # position p predicts p + 1
-    images = [example_images(model, s) for s in samples]
+    images = images if images is not None else [example_images(model, s) for s in samples]
     hidden = model.forward_padded(ids, images) if any(m is not None for m in images) else model.forward_padded(ids)
     logits = model.compute_logits(hidden).float()
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
@@ -205,22 +209,45 @@ class SFTTrainer:
         self.rng = random.Random(cfg.seed)
         self.order: list[int] = []
         self.step_count = 0
+        self._ahead: tuple[list[int], Future] | None = None  # the next batch's images, preprocessed meanwhile
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sft-images") if any(
+            s.multimodal is None and isinstance(s.prompt, list) for s in data) else None
         torch.manual_seed(cfg.seed)
+
+    def _next(self, k: int) -> list[int]:
+        """The next k indices of the data order (epochs shuffled as they are reached; drawing one
+        early, to look ahead, gives the same order)."""
+        while len(self.order) < k:
+            epoch = list(range(len(self.data)))
+            self.rng.shuffle(epoch)
+            self.order += epoch
+        return self.order[:k]
+
+    def _images(self, indices: list[int]) -> list[MultimodalPrompt | None]:
+        """The batch's images: preprocessed during the previous step when it looked ahead, else now."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == indices:
+            return ahead[1].result()
+        return [example_images(self.model, self.data[i]) for i in indices]
+
+    def _look_ahead(self) -> None:
+        """Preprocess the next batch's images on a worker thread while this step computes."""
+        if self._pool is not None and self.step_count + 1 < self.steps:
+            indices = self._next(self.cfg.samples_per_step)
+            self._ahead = indices, self._pool.submit(lambda: [example_images(self.model, self.data[i]) for i in indices])
 
     def step(self) -> dict[str, float]:
         """One optimizer step on the next `samples_per_step` examples; the mean token loss and more."""
         start = time.perf_counter()
-        while len(self.order) < self.cfg.samples_per_step:
-            epoch = list(range(len(self.data)))
-            self.rng.shuffle(epoch)
-            self.order += epoch
-        batch = [self.data[i] for i in self.order[:self.cfg.samples_per_step]]
+        indices = self._next(self.cfg.samples_per_step)
         self.order = self.order[self.cfg.samples_per_step:]
+        batch, images = [self.data[i] for i in indices], self._images(indices)
+        self._look_ahead()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         total, tokens = 0.0, 0
         for idx in micro_batches(batch, self.cfg.max_tokens_per_microbatch):
-            loss, n = sft_loss(self.model, [batch[i] for i in idx])
+            loss, n = sft_loss(self.model, [batch[i] for i in idx], [images[i] for i in idx])
             loss.backward()
             total, tokens = total + loss.detach().item(), tokens + n
         for p in trainable(self.model):

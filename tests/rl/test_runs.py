@@ -315,8 +315,8 @@ def test_an_sft_step_whose_loss_is_not_finite_stops_the_run_unsaved(tmp_path, mo
     data.write_text("".join(json.dumps({"prompt": f"Write {c}.", "response": c * 4}) + "\n" for c in "ab" * 8))
     loss_of, calls = sft.sft_loss, []
 
-    def nan_from_step_2(model, samples):
-        loss, n = loss_of(model, samples)
+    def nan_from_step_2(model, samples, images=None):
+        loss, n = loss_of(model, samples, images)
         calls.append(1)
         return (loss * float("nan") if len(calls) > 1 else loss), n
 

@@ -14,7 +14,7 @@ from reasonrl.models.tiny_vlm import make_vlm_checkpoint, make_vlm_tokenizer
 from reasonrl.rl.batch import collate, response_logprobs
 from reasonrl.rl.config import load_config
 from reasonrl.models.qwen2_5_vl.prompt import message_images
-from reasonrl.rl.sft import SFTConfig, load_sft_data, sft_example, sft_loss, train_sft
+from reasonrl.rl.sft import SFTConfig, SFTTrainer, load_sft_data, sft_example, sft_loss, train_sft
 from reasonrl.rl.update import PolicyUpdate
 from reasonrl.rollout.sample import Sample
 from reasonrl.vision.world import write_png
@@ -122,6 +122,31 @@ def test_sft_examples_keep_their_image_paths_not_pixels_and_train_as_before(vlm_
         losses.append(train_sft(model, examples, SFTConfig(epochs=2, lr=3e-3, samples_per_step=2)))
         losses.append(sft_loss(model, examples)[0].item())
     assert losses[0] == losses[2] and losses[1] == losses[3]
+
+
+def test_sft_preprocesses_the_next_batchs_images_while_a_step_computes(vlm_dir, tmp_path, monkeypatch):
+    """Built per batch, the images cost CPU time in the training loop (12 ms a 448 px PNG, 108 ms at
+    1024 px): every batch after the first is preprocessed on a worker thread during the step before."""
+    import threading
+
+    from reasonrl.rl import sft
+
+    data, _ = _image_rows(tmp_path)
+    samples = load_sft_data(data, ChatEncoder(Tokenizer.from_dir(vlm_dir), load_model(vlm_dir)))
+    built, images_of = [], sft.example_images
+
+    def example_images(model, sample):
+        built.append((samples.index(sample), threading.current_thread().name.startswith("sft-images")))
+        return images_of(model, sample)
+
+    monkeypatch.setattr(sft, "example_images", example_images)
+    trainer = SFTTrainer(load_model(vlm_dir), samples, SFTConfig(epochs=3, lr=3e-3, samples_per_step=2))
+    order = []
+    for _ in range(trainer.steps):
+        order += trainer._next(2)
+        trainer.step()
+    assert trainer.steps >= 3 and [i for i, _ in built] == order  # each batch built once, in the order trained
+    assert [ahead for _, ahead in built] == [False] * 2 + [True] * (len(order) - 2)
 
 
 def test_chat_encoder_reads_image_url_parts_and_names_bad_image_parts(vlm_dir, tmp_path, tokenizer):

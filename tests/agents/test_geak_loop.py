@@ -238,6 +238,30 @@ def test_a_task_whose_reference_fails_is_skipped_with_the_reason(tmp_path):
     assert "Found no NVIDIA driver" in (tmp_path / "run" / "summary.md").read_text()
 
 
+def test_a_reference_that_timed_out_once_neither_closes_the_trajectory_nor_is_logged(tmp_path):
+    """A timeout of the task's reference was a `task_error`: the trajectory closed for the rest of the
+    run (`skipped`), though the next evaluation would have judged its candidates."""
+    from reasonrl.agents.geak.memory import Attempt, Trajectory
+
+    class SlowReferenceOnce(FakeEvaluator):
+        def evaluate_many(self, pairs):
+            first = not self.seen
+            self.seen += pairs
+            return [Verdict(task.id, "not_judged", "not judged this time: the reference passed the wall-clock limit")
+                    if first else Verdict(task.id, "passed", "ok", speedup=1.0) for task, _ in pairs]
+
+    llm = ScriptedLLM(lambda task, k, i: fenced(EXPERT))
+    summary = run_agent(config(tmp_path, iterations=2), llm, SlowReferenceOnce(None), progress=False)
+    assert not summary["skipped"] and summary["tasks_detail"]["vector_add"]["solved_at"] == [1]
+    assert [c.role for c in llm.calls] == ["generate", "generate", "reflect"]  # no reflection on what was not judged
+    rows = [json.loads(line) for line in (tmp_path / "run" / "candidates.jsonl").read_text().splitlines()]
+    assert [r["verdict"]["status"] for r in rows] == ["passed"]  # judged again on resume
+    trajectory, wrong = Trajectory(TASK, 0), Attempt(0, WRONG, "wrong_output", "case 1: wrong", False)
+    trajectory.record(wrong)
+    trajectory.record(Attempt(1, EXPERT, "not_judged", "not judged this time", False))
+    assert not trajectory.skipped and trajectory.last is wrong and trajectory.streak[1] == 1  # the same line repaired
+
+
 def test_evaluator_options_in_the_task_spec_are_refused_by_name(tmp_path):
     """`kernels:?ids=vector_add&timeout=2&workers=1` ran with the default evaluator: the options were
     silently dropped (a 0.5 s/call candidate passed after 6 s)."""

@@ -165,6 +165,46 @@ def test_a_failing_reference_is_the_tasks_problem_and_a_timeout_is_not_kept(suit
             return {"result": None, "exit_code": None, "signal": 9, "timed_out": True, "elapsed": 1.0,
                     "stdout": "", "stderr": ""}
         evaluator._run_reference = timed_out
-        assert evaluator.evaluate(good, KERNEL).status == "task_error" and len(runs) == 1
+        assert evaluator.evaluate(good, KERNEL).status == "not_judged" and len(runs) == 1
         evaluator._run_reference = real
         assert evaluator.evaluate(good, KERNEL).status == "passed"  # planned again: the timeout was not kept
+
+
+TIMED_OUT = {"result": None, "exit_code": None, "signal": 9, "timed_out": True, "elapsed": 5.0, "stdout": "",
+             "stderr": ""}
+
+
+def failed(error):
+    import io
+
+    import torch
+
+    blob = io.BytesIO()
+    torch.save({"stage": "import", "error": error}, blob)
+    return {"result": blob.getvalue(), "exit_code": 1, "signal": None, "timed_out": False, "elapsed": 0.1,
+            "stdout": "", "stderr": ""}
+
+
+def test_a_reference_that_times_out_runs_once_per_call_and_blames_no_one():
+    """Its reference ran again for every candidate of a batch (8 candidates: 8 runs, each up to the
+    timeout, one after the other), and every candidate got `task_error` ("the task's problem"),
+    which closes a GEAK trajectory for good; a KernelEnvironment kept that verdict per response."""
+    from reasonrl.envs.base import Prompt
+    from reasonrl.envs.kernels import KernelEnvironment
+    from reasonrl.envs.kernels.published import ScriptTask
+
+    task = ScriptTask("suite/t", "suite", "do it", "def f(x)", "def f(x): return x", "result_gold = 1", (1e-3, 1e-3))
+    runs, answers = [], iter([TIMED_OUT, TIMED_OUT, TIMED_OUT, failed("RuntimeError: boom")])
+    with KernelEvaluator(EvaluatorConfig(workers=1)) as evaluator:
+        evaluator._run_reference = lambda job: (runs.append(job), next(answers))[1]
+        verdicts = evaluator.evaluate_many([(task, f"def f(x): return x + {i}") for i in range(8)])
+        assert len(runs) == 1 and {v.status for v in verdicts} == {"not_judged"}
+        assert "task's problem" not in verdicts[0].message and "passed the wall-clock limit" in verdicts[0].message
+        evaluator.evaluate_many([(task, "def f(x): return x")] * 2)
+        assert len(runs) == 2  # not kept: planned again at the next call
+        env = KernelEnvironment([task], evaluator=evaluator)
+        prompt, response = Prompt("suite/t", [], answer="suite/t"), "```python\ndef f(x): return x\n```"
+        assert env.judge([prompt], [response])[0].status == "not_judged" and len(runs) == 3
+        assert env.judge([prompt], [response])[0].status == "task_error" and len(runs) == 4  # judged again
+        assert env.judge([prompt], [response])[0].status == "task_error" and len(runs) == 4  # a failure is kept
+        assert evaluator.evaluate(task, "def f(x): return 2 * x").status == "task_error" and len(runs) == 4

@@ -225,6 +225,61 @@ def test_the_disk_limit_caps_all_files_together(tmp_path):
     assert not run_sandboxed(lambda ctx: _fill(ctx, 2, False), str(tmp_path / "small"), limits, []).over_disk
 
 
+def _empty_files_then_sleep(ctx, files=2000, seconds=0.0):
+    for i in range(files):
+        open(f"e{i}", "w").close()
+    time.sleep(seconds)
+
+
+def test_the_files_limit_caps_how_many_entries_are_left(tmp_path):
+    """60,000 empty files (4 KiB each as counted: under the 256 MiB disk limit) were not over any
+    limit, and each measurement of them cost the parent ~0.2 s of CPU, every 0.25 s."""
+    limits = SandboxLimits(timeout=30.0)
+    assert limits.files == 10_000 and limits.files * 4096 < limits.disk  # the files limit binds first for empty files
+    (tmp_path / "many" / "out").mkdir(parents=True)
+    start = time.monotonic()
+    outcome = run_sandboxed(lambda ctx: _empty_files_then_sleep(ctx, limits.files + 1, 60.0), str(tmp_path / "many"),
+                            limits, [])
+    assert outcome.over_disk and not outcome.timed_out and time.monotonic() - start < 15
+    (tmp_path / "few" / "out").mkdir(parents=True)
+    assert not run_sandboxed(lambda ctx: _empty_files_then_sleep(ctx, 100), str(tmp_path / "few"), limits, []).over_disk
+
+
+def test_an_expensive_disk_measurement_is_made_less_often(tmp_path, monkeypatch):
+    """The watcher measured every 0.25 s however long a measurement took (the parent's CPU, charged
+    to no candidate): now it waits at least 10 times the last measurement's duration."""
+    from reasonrl.envs.kernels.evaluate import sandbox
+
+    real, spent = sandbox.disk_usage, []
+
+    def slow(*args):
+        began = time.monotonic()
+        time.sleep(0.1)  # as long as measuring ~30,000 entries takes
+        try:
+            return real(*args)
+        finally:
+            spent.append(time.monotonic() - began)
+
+    monkeypatch.setattr(sandbox, "disk_usage", slow)
+    (tmp_path / "job" / "out").mkdir(parents=True)
+    start = time.monotonic()
+    outcome = run_sandboxed(lambda ctx: _empty_files_then_sleep(ctx, 10, 3.0), str(tmp_path / "job"),
+                            SandboxLimits(timeout=30.0), [])
+    wall = time.monotonic() - start
+    assert outcome.exit_code == 0 and not outcome.over_disk
+    assert sum(spent[:-1]) / wall < 0.15, (len(spent), wall)  # every 0.25 s: 0.1 s of every 0.35 s (~30%)
+
+
+def test_the_disk_limit_grows_with_the_file_size_unless_set():
+    """`SandboxLimits(file_size=512 << 20)` was refused ("disk must be >= file_size") since the disk
+    limit (256 MiB) was added; the flags' names were not in the message."""
+    assert SandboxLimits().disk == 256 << 20 and SandboxLimits(file_size=1 << 20).disk == 256 << 20
+    assert SandboxLimits(file_size=512 << 20).disk == 512 << 20
+    assert SandboxLimits(file_size=512 << 20, disk=1 << 30).disk == 1 << 30
+    with pytest.raises(ValueError, match="--disk .* must be >= --file-size"):
+        SandboxLimits(file_size=512 << 20, disk=256 << 20)
+
+
 def test_output_is_truncated(tmp_path):
     job = tmp_path / "job"
     (job / "out").mkdir(parents=True)

@@ -189,6 +189,49 @@ def test_the_latent_inputs_flag_reaches_the_lvr_loss(path, tmp_path, monkeypatch
         experiment.main(["--latent-inputs", "mine"])
 
 
+def test_a_stage_named_in_stages_is_rerun_and_only_a_stopped_grpo_run_resumes(path, tmp_path, monkeypatch):
+    """`--stages grpo` with another grpo_lr, or `--stages sft grpo` with other sft_steps, on an earlier
+    OUT was refused ("grpo was made with other settings ... rerun it (--stages)"); with the same
+    settings a finished GRPO run was resumed (nothing trained), even from an SFT model just retrained."""
+    import dataclasses
+    import shutil
+
+    from reasonrl.rl import train as rl_train
+    from reasonrl.vision.lvr import experiment
+
+    class Trained(Exception):
+        pass
+
+    def training(recipe, control, console=True):
+        raise Trained(control.overwrite)
+
+    monkeypatch.setattr(rl_train, "run_training", training)
+    out = tmp_path / "lvr"
+    cfg = experiment.LVRExperimentConfig(out=str(out), base=str(path), train_problems=4, eval_problems=1, sft_steps=2,
+                                         batch=2, arms=("lvr",), grpo_steps=2, sweep=(4,))
+
+    def overwrites(step: int, **change) -> bool:
+        """Whether GRPO starts over on an OUT whose SFT is done and whose GRPO stopped at `step` of 2."""
+        shutil.rmtree(out, ignore_errors=True)
+        checkpoint = out / "grpo" / "checkpoints" / f"step_{step:06d}"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "trainer_state.pt").write_bytes(b"")
+        stages = {"sft_lvr": experiment.stage_settings(cfg, "sft"), "grpo": experiment.stage_settings(cfg, "grpo")}
+        (out / "results.json").write_text(json.dumps({"sft_lvr": {"accuracy": 0.5}, "stages": stages}))
+        with pytest.raises(Trained) as ran:
+            experiment.run_experiment(dataclasses.replace(cfg, **change), log=lambda text: None)
+        return ran.value.args[0]
+
+    assert overwrites(2, stages=("grpo",), grpo_lr=1e-4)  # what was asked: GRPO again with the new lr
+    assert overwrites(2, stages=("grpo",))  # a finished run is trained again, not "resumed" to nothing
+    assert not overwrites(1, stages=("grpo",))  # a stopped one made with these settings goes on
+    assert overwrites(1, stages=("grpo",), grpo_lr=1e-4)
+    assert overwrites(1, stages=("sft", "grpo"))  # from an SFT model retrained just now
+    assert overwrites(1, stages=("sft", "grpo"), sft_steps=3)
+    with pytest.raises(ValueError, match="sft_steps"):  # a stage not named is kept, and checked
+        overwrites(1, stages=("grpo",), sft_steps=3)
+
+
 @pytest.mark.slow
 def test_a_stopped_grpo_stage_resumes_and_kept_stages_of_other_settings_are_refused(path, tmp_path, monkeypatch):
     """Ctrl-C during GRPO ended in a traceback and the rerun deleted the checkpoint and started over

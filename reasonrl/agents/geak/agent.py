@@ -86,7 +86,7 @@ class Loop:
                 (_key(t, iteration, "candidate"), t.task, code, _meta(t, iteration)) for t, code in zip(active, codes)])
             attempts = [Attempt(iteration, code, v.status, _feedback(v, r), v.exec_ok, v.speedup, v.expert_speedup)
                         for code, v, r in zip(codes, verdicts, gen_replies)]
-            judged = [(t, a) for t, a in zip(active, attempts) if a.status != "task_error"]
+            judged = [(t, a) for t, a in zip(active, attempts) if a.status not in ("task_error", "not_judged")]
             if self.config.reflect and judged:
                 self._reflect(*map(list, zip(*judged)), iteration)
             for trajectory, attempt in zip(active, attempts):

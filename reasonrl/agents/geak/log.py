@@ -4,8 +4,8 @@
     calls.jsonl        one row per LLM call: key, role, task, trajectory, iteration, the messages sent,
                        the reply's text, tokens, error and seconds
     candidates.jsonl   one row per candidate: key, task, trajectory, iteration, the code extracted
-                       (None when there was none) and the evaluator's verdict (not a `task_error`
-                       or `sandbox_error`: those are judged again on resume)
+                       (None when there was none) and the evaluator's verdict (not a `task_error`,
+                       `not_judged` or `sandbox_error`: those are judged again on resume)
     summary.json/.md   written at the end (metrics.py)
 
 Resuming is replaying: the agent runs its loop from the start, and every call or candidate whose
@@ -25,7 +25,7 @@ from reasonrl.eval.store import read_rows as store_rows
 
 from .llm import LLM, Call, Reply
 
-UNLOGGED = {"sandbox_error", "task_error"}  # not the candidate's doing: judged again when the run resumes
+UNLOGGED = {"sandbox_error", "not_judged", "task_error"}  # not the candidate's doing: judged again on resume
 
 
 class SandboxFailure(RuntimeError):
@@ -63,8 +63,8 @@ class RunLog:
 
     def evaluate(self, evaluator, items: Sequence[tuple[str, object, str | None, dict]]) -> list[Verdict]:
         """Verdicts of (key, task, code, meta) items, from the log or the evaluator (then logged).
-        A `task_error` (the task's reference failed) is returned but not logged, so that a rerun
-        asks again (a fixed suite file, a reference that timed out once)."""
+        A `task_error` (the task's reference failed) or `not_judged` (it timed out once) is returned
+        but not logged, so that a rerun asks again (a fixed suite file, a quieter machine)."""
         todo = [item for item in items if item[0] not in self.candidates]
         fresh = {}
         if todo:

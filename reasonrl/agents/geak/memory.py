@@ -54,6 +54,8 @@ class Trajectory:
 
     def record(self, attempt: Attempt) -> None:
         self.attempts.append(attempt)
+        if attempt.status == "not_judged":  # the evaluator's hiccup, not an answer: the next try repairs the same line
+            return
         self.restart_note = ""
         if attempt.status == "task_error":  # nothing a next attempt could change
             self.skipped = attempt.feedback

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 from ..base import Environment, Prompt
 from .evaluate import EvaluatorConfig, KernelEvaluator, SandboxLimits, Verdict
 from .evaluate.timing import KernelResult, aggregate
+from .evaluate.verdict import UNSETTLED
 from .prompt import SYSTEM_PROMPT, extract_code, messages
 
 log = logging.getLogger(__name__)
@@ -104,14 +105,15 @@ class KernelEnvironment(Environment):
         return [self.reward_of(v) for v in verdicts]
 
     def judge(self, prompts: Sequence[Prompt], responses: Sequence[Any]) -> list[Verdict]:
-        """A verdict per response, kept for `metrics` (the same response is not judged twice)."""
+        """A verdict per response, kept for `metrics` (the same response is not judged twice, unless its
+        verdict was the machine's failure, `sandbox_error` or `not_judged`: that one is judged again)."""
         keys = [(p.id, _digest(r)) for p, r in zip(prompts, responses, strict=True)]
         todo = {}
         for key, prompt, response in zip(keys, prompts, responses):
             task = self.tasks.get(prompt.answer)
             if task is None:
                 self._remember(key, Verdict(str(prompt.id), "no_code", f"not a task of this environment: {prompt.answer!r}"))
-            elif key not in self._verdicts:
+            elif key not in self._verdicts or self._verdicts[key].status in UNSETTLED:
                 todo[key] = (task, extract_code(response, task.entry))
         if todo:
             for key, verdict in zip(todo, self.evaluator.evaluate_many(list(todo.values()))):

@@ -13,10 +13,12 @@
    16 latent steps; its latents replaced by zeros, by noise and by the true region tokens;
    reconstruction cosine; GRPO against SFT. `OUT/results.json` holds every figure.
 
-A rerun of some stages keeps the other stages' figures in results.json, and GRPO stopped by Ctrl-C
-or SIGTERM resumes from its checkpoint in OUT/grpo. results.json records the settings each stage
-was made with (`stages`); figures or a GRPO run kept from a stage made with other settings are
-refused, naming the differing keys, rather than reported under the new ones.
+A rerun of some stages keeps the other stages' figures in results.json. A stage named in --stages
+is run again, replacing what it made before, except that GRPO stopped by Ctrl-C or SIGTERM resumes
+from its checkpoint in OUT/grpo when rerun with the same settings on the same OUT/sft-lvr
+(`--stages grpo`: retraining the LVR arm starts GRPO over). results.json records the settings each
+stage was made with (`stages`); figures or a model kept from a stage not named in --stages and made
+with other settings are refused, naming the differing keys, rather than reported under the new ones.
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ def run_experiment(cfg: LVRExperimentConfig, log=None) -> dict:
     results: dict = {**(json.loads(saved.read_text()) if saved.is_file() else {}), "config": asdict(cfg)}
     grpo = "grpo" in cfg.stages and cfg.grpo_steps
     _check_kept(cfg, out, results, arms, grpo, log)
+    resume = bool(grpo) and _resumes_grpo(cfg, out, results, arms)
     results.setdefault("stages", {})
     for arm in arms:
         policy = copy.deepcopy(model)
@@ -156,7 +159,7 @@ def run_experiment(cfg: LVRExperimentConfig, log=None) -> dict:
         results.pop("grpo", None)
         results["stages"]["grpo"] = stage_settings(cfg, "grpo")  # before training: a stopped run is bound to it
         _save(out, results)
-        results["grpo"] = run_grpo(cfg, tok, items, latent)
+        results["grpo"] = run_grpo(cfg, tok, items, latent, resume)
         log(f"grpo: {results['grpo']} ({time.time() - start:.0f}s)")
     results["seconds"] = time.time() - start
     _save(out, results)
@@ -170,11 +173,11 @@ def stage_settings(cfg: LVRExperimentConfig, stage: str) -> dict:
 
 
 def _check_kept(cfg: LVRExperimentConfig, out: Path, results: dict, arms, grpo: bool, log) -> None:
-    """Refuse figures this run keeps, or a model or GRPO run it goes on from, made with other settings."""
+    """Refuse figures this run keeps, or a model it goes on from, made with other settings (a stage
+    it runs is not kept: its old run is replaced, or resumed when made with these settings)."""
     kept = {f"sft_{arm}" for arm in ("plain", "lvr") if f"sft_{arm}" in results and arm not in arms}
     if grpo:
         kept |= {"sft_lvr"} if "lvr" not in arms else set()  # GRPO starts from OUT/sft-lvr as it is
-        kept |= {"grpo"} if (out / "grpo" / "checkpoints").exists() else set()  # and resumes OUT/grpo
     elif "grpo" in results:
         kept.add("grpo")
     recorded = results.get("stages")
@@ -189,17 +192,28 @@ def _check_kept(cfg: LVRExperimentConfig, out: Path, results: dict, arms, grpo: 
                              + f"rerun it (--stages), rerun with the saved settings, or choose another --out")
 
 
-def run_grpo(cfg: LVRExperimentConfig, tok, items, latent: LatentConfig) -> dict:
+def _resumes_grpo(cfg: LVRExperimentConfig, out: Path, results: dict, arms) -> bool:
+    """Whether GRPO goes on with OUT/grpo instead of replacing it: a stopped run (a checkpoint short of
+    grpo_steps) made with these settings, from the OUT/sft-lvr it would start from (not retrained now)."""
+    from reasonrl.rl.checkpoint import checkpoint_step, latest_checkpoint
+
+    made = (results.get("stages") or {}).get("grpo")
+    done = checkpoint_step(latest_checkpoint(out / "grpo"))
+    return "lvr" not in arms and made == stage_settings(cfg, "grpo") and 0 < done < cfg.grpo_steps
+
+
+def run_grpo(cfg: LVRExperimentConfig, tok, items, latent: LatentConfig, resume: bool = False) -> dict:
+    """GRPO from OUT/sft-lvr; `resume`: go on with the stopped run in OUT/grpo, else start it over."""
     from reasonrl.models import load_model
     from reasonrl.rl.checkpoint import latest_checkpoint
     from reasonrl.rl.config import from_dict
     from reasonrl.rl.train import RunControl, run_training
 
     recipe = from_dict(grpo_recipe(cfg, str(Path(cfg.out) / "sft-lvr")))
-    code = run_training(recipe, RunControl(), console=False)  # resumes OUT/grpo; refuses one of another recipe
+    code = run_training(recipe, RunControl(overwrite=not resume), console=False)
     if code != 0:  # stopped (Ctrl-C, SIGTERM) after saving a checkpoint
-        print(f"lvr: GRPO stopped; rerun the same command to resume it from {recipe.train.run_dir}", file=sys.stderr,
-              flush=True)
+        print(f"lvr: GRPO stopped; rerun with --stages grpo and the same settings to resume it from "
+              f"{recipe.train.run_dir}", file=sys.stderr, flush=True)
         raise SystemExit(code)
     policy = load_model(latest_checkpoint(Path(recipe.train.run_dir)))
     return measure(policy, tok, items, latent, cfg)

@@ -86,13 +86,13 @@ class KernelEvaluator:
         """A verdict per (task, source); None or empty source is `no_code`. Never raises on
         what a candidate does."""
         verdicts: list[Verdict | None] = [None] * len(pairs)
-        todo = []
+        todo, plans = [], {}
         for i, (task, source) in enumerate(pairs):
             if not source or not source.strip():
                 verdicts[i] = no_code(task.id)
             elif not task.cpu and self.device == "cpu":
                 verdicts[i] = Verdict(task.id, "not_on_cpu", f"this task's check needs a GPU: {task.cpu_note}")
-            elif (plan := self.plan(task)).reference_error:
+            elif (plan := self._plan_once(task, plans)).reference_error:
                 verdicts[i] = reference_failed(task.id, plan)
             else:
                 todo.append((i, task, plan, source))
@@ -105,6 +105,13 @@ class KernelEvaluator:
                 verdicts[i] = Verdict(task.id, "crashed", f"its result could not be judged ({type(exc).__name__})")
         self._time(pairs, verdicts)
         return verdicts
+
+    def _plan_once(self, task, plans: dict[str, Plan]) -> Plan:
+        """The task's plan for one call: its reference runs at most once per call, even when its
+        failure is transient (not kept), not once per candidate."""
+        if task.id not in plans:
+            plans[task.id] = self.plan(task)
+        return plans[task.id]
 
     def plan(self, task) -> Plan:
         """The task's plan, made once (a transient failure of its reference is not kept: the next

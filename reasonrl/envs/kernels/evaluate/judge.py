@@ -33,6 +33,9 @@ def no_code(task_id: str) -> Verdict:
 def reference_failed(task_id: str, plan: Plan) -> Verdict:
     if plan.reference_status == "sandbox_error":
         return Verdict(task_id, "sandbox_error", f"cannot judge: {plan.reference_error}")
+    if plan.reference_status == "not_judged":
+        return Verdict(task_id, "not_judged", f"not judged this time: {plan.reference_error}, which may not "
+                       "recur (not the candidate's doing); it is judged again when asked again")
     return Verdict(task_id, "task_error", "this task's reference failed, so no candidate can be judged on it (the "
                    f"task's problem, not the candidate's): {plan.reference_error}")
 
@@ -68,8 +71,9 @@ def _ending(task_id: str, answer: dict, result: dict | None, base: dict) -> Verd
     if answer["timed_out"]:
         return Verdict(task_id, "timeout", "the run passed its wall-clock limit and was killed", **base)
     if answer.get("over_disk"):
-        return Verdict(task_id, "crashed", f"it left more than {_mib(answer['disk_limit'])} in its directory (the "
-                       "disk limit, all its files together) and was killed; write only what you return", **base)
+        return Verdict(task_id, "crashed", f"it left more than {_mib(answer['disk_limit'])} or more than "
+                       f"{answer['files_limit']} files in its directory (the disk limits, all its files together) "
+                       "and was killed; write only what you return", **base)
     if result is None:
         if answer["exit_code"] == CHILD_ERROR:
             cause = next((line.strip() for line in reversed(answer["stderr"].splitlines()) if line.strip()), "")

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from reasonrl.config import ByteSize
 
+DISK = 256 << 20  # the disk limit unless set (or file_size, when that is larger)
+
 
 @dataclass(frozen=True)
 class SandboxLimits:
@@ -29,9 +31,12 @@ class SandboxLimits:
     """Tasks (processes and threads) of the sandbox's user (RLIMIT_NPROC; root is exempt, seccomp stands there)."""
     file_size: ByteSize = 64 << 20
     """Largest file a candidate may write (RLIMIT_FSIZE), its outputs and logs included."""
-    disk: ByteSize = 256 << 20
+    disk: ByteSize | None = None
     """All a candidate may leave in its directory together (watched while it runs and checked after:
-    over it the run is killed, `crashed`, and the directory removed)."""
+    over it the run is killed, `crashed`, and the directory removed); default 256MiB, or file_size when larger."""
+    files: int = 10_000
+    """Files and directories a candidate may leave in its directory (each measurement of the disk reads
+    them all, in the parent: over it the run is killed and `crashed`, as past `disk`)."""
     open_files: int = 256
     """File descriptors (RLIMIT_NOFILE)."""
     output: ByteSize = 16 << 10
@@ -44,10 +49,14 @@ class SandboxLimits:
             object.__setattr__(self, "cpu_seconds", math.ceil(self.timeout))
         if self.cpu_seconds < 1 or self.memory < (64 << 20):
             raise ValueError("sandbox limits: cpu_seconds >= 1 and memory >= 64MiB")
-        if self.processes < 1 or self.file_size < 4096 or self.open_files < 16 or self.output < 256:
-            raise ValueError("sandbox limits: processes >= 1, file_size >= 4KiB, open_files >= 16, output >= 256")
+        if self.processes < 1 or self.file_size < 4096 or self.open_files < 16 or self.output < 256 or self.files < 1:
+            raise ValueError("sandbox limits: processes >= 1, file_size >= 4KiB, open_files >= 16, output >= 256, "
+                             "files >= 1")
+        if self.disk is None:  # frozen: set once, here
+            object.__setattr__(self, "disk", max(DISK, self.file_size))
         if self.disk < self.file_size:
-            raise ValueError("sandbox limits: disk must be >= file_size")
+            raise ValueError(f"sandbox limits: --disk ({self.disk} bytes) must be >= --file-size ({self.file_size} "
+                             "bytes), or left unset (it is then the larger of 256MiB and --file-size)")
 
 
 def apply(limits: SandboxLimits, user_namespace: bool, gpu: bool = False) -> None:

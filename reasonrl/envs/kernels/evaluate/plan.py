@@ -5,8 +5,8 @@ reference on copies of them, here, out of any candidate's reach. For a published
 (published.py: a script whose tests fill `result_gold`) the reference file is itself run in
 the sandbox, once, and its `result_gold` is what candidates must reproduce. A reference that
 fails makes the plan a `task_error` (the task's problem, never a candidate's or the machine's);
-one that ran out of time or got no answer is `transient`, and the evaluator plans it again next
-time instead of keeping it.
+one that ran out of time or got no answer is `transient` and `not_judged` (it may not recur, so it
+blames neither), and the evaluator plans it again at its next call instead of keeping it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ class Plan:
     reference_error: str | None = None
     """Why no candidate can be judged on this task (its reference failed); None when it can."""
     reference_status: str = "task_error"
-    """The verdict every candidate then gets: task_error, or sandbox_error when the sandbox did not start."""
+    """The verdict every candidate then gets: task_error, not_judged (a timeout, no answer), or
+    sandbox_error when the sandbox did not start."""
     transient: bool = False
     """The failure may not recur (a timeout, a lost worker, a sandbox that did not start): plan again."""
 
@@ -59,10 +60,10 @@ def function_plan(task: KernelTask) -> Plan:
 def script_plan(task, device: str, run_reference: Callable[[dict], dict | None]) -> Plan:
     answer = run_reference({"kind": "script", "source": script_source(task.reference_source, task.tests, device)})
     plan = Plan({"kind": "script", "tests": task.tests}, ["result_gold"], [None], None, [task.tolerance])
-    if answer is None:
-        plan.reference_error, plan.transient = "the evaluator's worker did not answer for the reference", True
-    elif answer["timed_out"]:
-        plan.reference_error, plan.transient = "the reference passed the wall-clock limit", True
+    if answer is None or answer["timed_out"]:
+        plan.reference_error = ("the evaluator's worker did not answer for the reference" if answer is None
+                                else "the reference passed the wall-clock limit")
+        plan.reference_status, plan.transient = "not_judged", True
     elif not answer.get("result") and answer["exit_code"] == CHILD_ERROR:
         plan.reference_error, plan.reference_status = "the sandbox failed to start", "sandbox_error"
         plan.transient = True

@@ -15,8 +15,9 @@ directory, the one place it may write). The parent forks; the child
    (guard.py), and calls `body(context)`.
 
 The parent waits on a pidfd with the wall-clock timeout, measuring `out/` every WATCH_EVERY
-seconds (the rlimit caps each file, not their sum: a run past `limits.disk` is killed then, and
-`out/` is measured once more after it ends), then kills the whole process group with SIGKILL
+seconds, or WATCH_COST times as long as the last measurement took when that is longer (the rlimit
+caps each file, not their sum: a run past `limits.disk` bytes or `limits.files` entries is killed
+then, and `out/` is measured once more after it ends), then kills the whole process group with SIGKILL
 whatever happened, and reaps, reading the CPU time the run used (so that a kill at the CPU limit
 can be told from other deaths). Stdout and stderr come back truncated to `limits.output`
 characters (head and tail), never whole.
@@ -41,7 +42,8 @@ from .limits import SandboxLimits
 KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TRITON_INTERPRET", "CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
             "ROCR_VISIBLE_DEVICES", "CUDA_HOME", "ROCM_PATH", "LD_LIBRARY_PATH")
 CHILD_ERROR = 70  # the sandbox itself failed to set up (not the candidate's fault)
-WATCH_EVERY = 0.25  # seconds between two measurements of the work directory
+WATCH_EVERY = 0.25  # seconds between two measurements of the work directory, at least
+WATCH_COST = 10  # and at least this many times the last one's duration: measuring is the parent's CPU, uncharged
 ENTRY_BYTES = 4096  # what any file or directory counts for at least (a flood of empty files fills a disk too)
 
 
@@ -91,11 +93,11 @@ def finish_sandboxed(pid: int, job_dir: str, limits: SandboxLimits, start: float
     """Wait for the child until `start + limits.timeout` (or not at all) while watching its disk
     use, kill its process group whatever happened, reap it, and read its output."""
     work = os.path.join(job_dir, "out")
-    ended, over_disk = _watch(pid, start + limits.timeout if wait else time.monotonic(), work, limits.disk)
+    ended, over_disk = _watch(pid, start + limits.timeout if wait else time.monotonic(), work, limits)
     _kill_group(pid)
     _, status, usage = os.wait4(pid, 0)
     _kill_group(pid)  # anything the candidate left in its group
-    over_disk = over_disk or disk_usage(work, limits.disk) > limits.disk
+    over_disk = over_disk or over_limits(work, limits)
     code = os.waitstatus_to_exitcode(status)
     return Outcome(code if code >= 0 else None, -code if code < 0 else None, not ended and wait and not over_disk,
                    time.monotonic() - start, truncate(_read(os.path.join(work, ".stdout")), limits.output),
@@ -103,29 +105,40 @@ def finish_sandboxed(pid: int, job_dir: str, limits: SandboxLimits, start: float
                    usage.ru_utime + usage.ru_stime, over_disk)
 
 
-def _watch(pid: int, deadline: float, work: str, disk: int) -> tuple[bool, bool]:
-    """(whether `pid` exited before `deadline`, whether `work` went over `disk` bytes first)."""
+def _watch(pid: int, deadline: float, work: str, limits: SandboxLimits) -> tuple[bool, bool]:
+    """(whether `pid` exited before `deadline`, whether `work` went over the disk limits first)."""
     fd = os.pidfd_open(pid)
+    every = WATCH_EVERY
     try:
         while True:
-            ready, _, _ = select.select([fd], [], [], max(0.0, min(WATCH_EVERY, deadline - time.monotonic())))
+            ready, _, _ = select.select([fd], [], [], max(0.0, min(every, deadline - time.monotonic())))
             if ready:
                 return True, False
-            if disk_usage(work, disk) > disk:
+            began = time.monotonic()
+            if over_limits(work, limits):
                 return False, True
+            every = max(WATCH_EVERY, WATCH_COST * (time.monotonic() - began))
             if time.monotonic() >= deadline:
                 return False, False
     finally:
         os.close(fd)
 
 
-def disk_usage(path: str, limit: int) -> int:
-    """Bytes under `path` (blocks in use, at least ENTRY_BYTES per entry), counted until past `limit`."""
-    total, todo = 0, [path]
-    while todo and total <= limit:
+def over_limits(work: str, limits: SandboxLimits) -> bool:
+    """Whether `work` holds more than `limits.disk` bytes or `limits.files` entries."""
+    used, entries = disk_usage(work, limits.disk, limits.files)
+    return used > limits.disk or entries > limits.files
+
+
+def disk_usage(path: str, limit: int, files: int) -> tuple[int, int]:
+    """(bytes under `path`: blocks in use, at least ENTRY_BYTES per entry; entries), counted until
+    past `limit` bytes or `files` entries (so that a scan costs at most `files` entries' stats)."""
+    total, count, todo = 0, 0, [path]
+    while todo and total <= limit and count <= files:
         try:
             with os.scandir(todo.pop()) as entries:
                 for entry in entries:
+                    count += 1
                     try:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
@@ -133,11 +146,11 @@ def disk_usage(path: str, limit: int) -> int:
                     total += max(st.st_blocks * 512, ENTRY_BYTES)
                     if entry.is_dir(follow_symlinks=False):
                         todo.append(entry.path)
-                    if total > limit:
+                    if total > limit or count > files:
                         break
         except OSError:  # gone, or unreadable: what could be read counts
             continue
-    return total
+    return total, count
 
 
 def _kill_group(pid: int) -> None:

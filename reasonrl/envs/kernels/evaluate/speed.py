@@ -233,7 +233,8 @@ def orchestrate(job: dict, job_dir: str, source_path: str) -> dict:
         shutil.rmtree(ref_dir, ignore_errors=True)
     answer["stderr"] = outcome.stderr if outcome else ""
     if outcome is not None and outcome.over_disk and not answer["error"]:
-        answer["error"] = f"the candidate left more than {limits.disk} bytes in its directory (the disk limit)"
+        answer["error"] = (f"the candidate left more than {limits.disk} bytes or {limits.files} files in its "
+                           "directory (the disk limits)")
     return answer
 
 

@@ -17,8 +17,13 @@ Statuses, from the first thing that went wrong:
     no_kernel       a call launched no Triton kernel (e.g. it called PyTorch instead)
     not_on_cpu      the task's correctness check needs a GPU and none is present
     sandbox_error   the sandbox itself failed to start (not the candidate's doing)
+    not_judged      not judged this time: the task's reference ran out of time or its worker did not
+                    answer, which may not recur (blamed on neither the candidate nor the task)
     task_error      the task's own reference failed (a published suite's file), so nothing can be
                     judged on it (the task's problem, not the candidate's nor the machine's)
+
+`sandbox_error` and `not_judged` are UNSETTLED: the machine's failure, which may not recur, so a
+caller judges the candidate again when asked again instead of keeping the verdict.
 
 Call accuracy counts verdicts whose code ran every case to completion (`call_ok`); execution
 accuracy those that passed (`exec_ok`).
@@ -31,7 +36,8 @@ from typing import Any
 
 CALL_OK = {"passed", "wrong_output", "mutated_input", "no_kernel"}
 STATUSES = CALL_OK | {"no_code", "import_error", "missing_entry", "runtime_error", "timeout", "crashed",
-                      "output_too_large", "forbidden", "not_on_cpu", "sandbox_error", "task_error"}
+                      "output_too_large", "forbidden", "not_on_cpu", "sandbox_error", "not_judged", "task_error"}
+UNSETTLED = {"sandbox_error", "not_judged"}  # not final: judged again when asked again
 SUSPICIOUS_SPEEDUP = 10.0  # KernelBench's "excessive speedup": flagged for a human, never dropped
 
 

@@ -53,7 +53,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 "exit_code": outcome.exit_code, "signal": outcome.signal, "timed_out": outcome.timed_out,
                 "elapsed": outcome.elapsed, "stdout": _relative(outcome.stdout, job_dir),
                 "stderr": _relative(outcome.stderr, job_dir), "cpu_seconds": outcome.cpu_seconds,
-                "cpu_limit": limits.cpu_seconds, "over_disk": outcome.over_disk, "disk_limit": limits.disk}
+                "cpu_limit": limits.cpu_seconds, "over_disk": outcome.over_disk, "disk_limit": limits.disk,
+                "files_limit": limits.files}
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
 

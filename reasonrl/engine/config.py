@@ -125,10 +125,13 @@ class EngineConfig:
             self.kv_cache_memory = parse_size(self.kv_cache_memory)
         if isinstance(self.cuda_graph_memory, str):
             self.cuda_graph_memory = parse_size(self.cuda_graph_memory)
+        for f in fields(self):  # a switch is true or false: "no" or "off" from Python read as on
+            if f.type in (bool, "bool") and not isinstance(getattr(self, f.name), bool):
+                raise ValueError(f"EngineConfig.{f.name} must be true or false, got {getattr(self, f.name)!r}")
         for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "draft_top_k", "draft_depth", "draft_tokens",
                      "max_decode_bucket", "draft_explore_every"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
             raise ValueError(f"EngineConfig.max_model_len must be an integer >= 2, got {self.max_model_len!r}")
@@ -141,7 +144,8 @@ class EngineConfig:
             if self.draft is not None:
                 raise ValueError("EngineConfig.evict_budget cannot be combined with speculative decoding (draft): "
                                  "draft trees address the cache by position")
-        if self.draft_max_batch is not None and (not isinstance(self.draft_max_batch, int) or self.draft_max_batch < 0):
+        if self.draft_max_batch is not None and (not isinstance(self.draft_max_batch, int)
+                                                 or isinstance(self.draft_max_batch, bool) or self.draft_max_batch < 0):
             raise ValueError(f"EngineConfig.draft_max_batch must be a non-negative integer, got {self.draft_max_batch!r}")
         if not isinstance(self.draft_margin, (int, float)) or not 0 <= self.draft_margin < 1:
             raise ValueError(f"EngineConfig.draft_margin must be in [0, 1), got {self.draft_margin!r}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -142,6 +142,9 @@ class LLMEngine:
     def _speculator(self, draft: DraftHead | None) -> Speculator | None:
         cfg = self.config
         if draft is None and cfg.draft is None:
+            if changed := [f.name for f in fields(cfg) if f.name.startswith("draft_") and getattr(cfg, f.name) != f.default]:
+                warnings.warn(f"{', '.join(changed)} set without a draft: decoding is not speculative (give "
+                              "EngineConfig.draft, --draft)", stacklevel=3)
             return None
         if self.evictor is not None:
             raise ValueError("speculative decoding cannot be combined with token eviction (evict_budget)")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from reasonrl.engine.spec.distill import DistillConfig, distill_draft, distillation_loss
-from reasonrl.engine.spec.draft import CONFIG_FILE, DraftHead, DraftInfo, fingerprint
+from reasonrl.engine.spec.draft import CONFIG_FILE, DraftHead, DraftInfo, attention_layout, fingerprint
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.tiny import init_weights, tiny_config
 
@@ -17,7 +17,7 @@ def target(seed=0, vocab=32, hidden=64):
 
 def info(model):
     c = model.config
-    return DraftInfo(c.architecture, c.vocab_size, c.hidden_size, fingerprint(model))
+    return DraftInfo(c.architecture, c.vocab_size, c.hidden_size, fingerprint(model), attention=attention_layout(c))
 
 
 def test_save_load_round_trip_keeps_only_the_draft_weights(tmp_path):
@@ -58,6 +58,16 @@ def test_a_draft_for_another_architecture_or_layer_shape_is_refused_by_name(tmp_
     wide = init_weights(DecoderLM(tiny_config(vocab_size=32, hidden_size=64, intermediate_size=96)), std=0.3)
     with pytest.raises(ValueError, match="does not fit this target's layer shape.*mlp"):
         DraftHead.load(tmp_path / "d", wide)
+
+
+def test_a_draft_for_another_split_of_the_same_width_into_heads_is_refused(tmp_path):
+    """4 heads of 16 (2 KV heads) and 8 of 8 (4 KV heads) have the same projection shapes: the draft
+    loaded with a warning about other weights and ran its layer split the target's way."""
+    model = target()
+    DraftHead(model).save(tmp_path / "d", info(model))
+    split = init_weights(DecoderLM(tiny_config(vocab_size=32, hidden_size=64, num_heads=8, num_kv_heads=4)), std=0.3)
+    with pytest.raises(ValueError, match=r"\[heads, KV heads, head size\] \[4, 2, 16\]; this target has \[8, 4, 8\]"):
+        DraftHead.load(tmp_path / "d", split)
 
 
 def test_the_same_target_in_bfloat16_is_the_same_target():
@@ -116,6 +126,52 @@ def test_distill_draft_cli_saves_a_loadable_draft_and_its_log(tmp_path, tokenize
     raw = json.loads((out / CONFIG_FILE).read_text())
     assert raw["steps"] == 4 and raw["accepted_length"] == log[-1]["accepted_length"]
     DraftHead.load(out, load_model(ckpt, "cpu"))  # no warning: same target
+
+
+def test_distill_init_goes_on_from_the_draft_it_loads(tmp_path, tokenizer):
+    """--init retrained on the first run's prompts and seeds again and replaced its log, numbered from 1."""
+    from reasonrl.cli import main
+    from reasonrl.engine.spec import distill
+    from reasonrl.models.tiny import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "policy", "qwen2", tokenizer, hidden_size=32, num_layers=1)
+    seen, generate = [], distill.generate
+    distill.generate = lambda engine, prompts, params: seen.append(params.seed) or generate(engine, prompts, params)
+    try:
+        args = ["distill-draft", str(ckpt), "--steps", "2", "--eval-every", "2", "--prompts-per-step", "4",
+                "--max-new-tokens", "8", "--num-prompts", "16", "--eval-prompts", "2"]
+        assert main([*args, "--out", str(tmp_path / "d")]) == 0
+        first, seen[:] = [s for s in seen if s is not None], []
+        assert main([*args, "--out", str(tmp_path / "d"), "--init", str(tmp_path / "d")]) == 0
+    finally:
+        distill.generate = generate
+    assert not set(first) & {s for s in seen if s is not None}  # other responses than the first run's
+    log = [json.loads(line) for line in (tmp_path / "d" / "distill_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [2, 4]
+    assert json.loads((tmp_path / "d" / CONFIG_FILE).read_text())["steps"] == 4
+
+
+@pytest.mark.parametrize("option, value", [("grad_clip", -1.0), ("grad_clip", 0.0), ("logit_weight", -1.0),
+                                           ("feature_weight", float("nan")), ("feature_noise", -0.1)])
+def test_distill_options_that_train_away_from_the_target_are_refused(option, value):
+    with pytest.raises(ValueError, match=f"distill: {option} must be a finite number"):
+        DistillConfig(**{option: value})
+    with pytest.raises(ValueError, match="nothing to learn"):
+        DistillConfig(logit_weight=0.0, feature_weight=0.0)
+
+
+def test_engine_switches_are_booleans_and_draft_options_need_a_draft():
+    from reasonrl.engine import LLMEngine
+    from reasonrl.engine.config import EngineConfig
+
+    for option, value in (("draft_adaptive", "no"), ("draft_compile", "false"), ("cpu_draft_kernel", "off")):
+        with pytest.raises(ValueError, match=f"EngineConfig.{option} must be true or false"):
+            EngineConfig(**{option: value})
+    for option in ("draft_top_k", "draft_max_batch", "draft_explore_every"):
+        with pytest.raises(ValueError, match=f"EngineConfig.{option} must be a"):
+            EngineConfig(**{option: True})
+    with pytest.warns(UserWarning, match="draft_depth, draft_sampling set without a draft"):
+        LLMEngine(target(), None, EngineConfig(draft_depth=5, draft_sampling="residual", kv_cache_memory=1 << 20))
 
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama"])

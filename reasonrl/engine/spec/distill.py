@@ -20,9 +20,11 @@ unnormalised features).
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 import time
+import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -33,7 +35,7 @@ import torch.nn.functional as F
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams
-from reasonrl.engine.spec.draft import CONFIG_FILE, DraftHead, DraftInfo, fingerprint, read_info
+from reasonrl.engine.spec.draft import CONFIG_FILE, DraftHead, DraftInfo, attention_layout, fingerprint, read_info
 from reasonrl.models.chat import ChatEncoder
 from reasonrl.models.model import CausalAttention, DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
@@ -114,6 +116,15 @@ class DistillConfig:
             raise ValueError(f"distill: gate_weight and gate_cost must be >= 0, got {self.gate_weight!r}, {self.gate_cost!r}")
         if self.lr <= 0 or self.temperature < 0:
             raise ValueError("distill: lr must be > 0 and temperature >= 0")
+        for name, low in (("grad_clip", None), ("logit_weight", 0), ("feature_weight", 0), ("feature_noise", 0),
+                          ("weight_decay", 0)):  # (a negative one trained the draft away from the target, and saved it)
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or (
+                    value <= 0 if low is None else value < low):
+                raise ValueError(f"distill: {name} must be a finite number {'> 0' if low is None else '>= 0'}, "
+                                 f"got {value!r}")
+        if self.logit_weight == self.feature_weight == 0:
+            raise ValueError("distill: logit_weight and feature_weight are both 0: nothing to learn")
 
 
 def distillation_loss(draft: DraftHead, ids: torch.Tensor, lengths: torch.Tensor, cfg: DistillConfig,
@@ -164,9 +175,12 @@ def accepted_length(engine: LLMEngine, prompts: list[list[int]], max_new_tokens:
 
 def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: list[list[int]], cfg: DistillConfig,
                   draft: DraftHead | None = None, engine_options: dict | None = None, log=None,
-                  on_eval=None) -> tuple[DraftHead, list[dict]]:
+                  on_eval=None, first_step: int = 0, first_epoch: int = 0) -> tuple[DraftHead, list[dict]]:
     """Train a draft for `target`; returns it and the log (one dict per logged step).
-    `on_eval(draft, history)` runs after every evaluation (e.g. to save, so a killed run keeps it)."""
+    `on_eval(draft, history)` runs after every evaluation (e.g. to save, so a killed run keeps it).
+    `first_step`, `first_epoch`: a draft trained that far already (--init): steps and epochs are
+    numbered on from there, and the prompts, responses and noise are drawn afresh (seeded by the
+    seed and `first_step`), not those of its first steps again; AdamW starts afresh."""
     if not prompts:
         raise ValueError("distill: no training prompts")
     steps_per_epoch = None
@@ -174,8 +188,9 @@ def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: lis
         steps_per_epoch = -(-len(prompts) // cfg.prompts_per_step)
         cfg = replace(cfg, steps=cfg.epochs * steps_per_epoch, eval_every=steps_per_epoch)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
+    seed = cfg.seed if not first_step else hash_seed(cfg.seed, first_step)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
     draft = draft or DraftHead(target)
     target.requires_grad_(False)
     longest = max(len(p.input_ids if isinstance(p, MultimodalPrompt) else p) for p in prompts + eval_prompts)
@@ -186,9 +201,10 @@ def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: lis
     eval_engine = LLMEngine(target, None, EngineConfig.from_kwargs(**eval_options), draft=draft) if eval_prompts else None
     opt = torch.optim.AdamW(draft.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     params = SamplingParams(temperature=cfg.temperature, max_tokens=cfg.max_new_tokens)
-    noise = torch.Generator().manual_seed(cfg.seed)
+    noise = torch.Generator().manual_seed(seed)
     history, start = [], time.perf_counter()
-    for step in range(1, cfg.steps + 1):
+    for done in range(1, cfg.steps + 1):
+        step = first_step + done
         chosen = rng.sample(prompts, min(cfg.prompts_per_step, len(prompts)))
         batch = generate(generator_engine, chosen, replace(params, seed=rng.randrange(1 << 31)))
         ids, lengths = _pad(batch, target.device)
@@ -199,11 +215,11 @@ def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: lis
         loss.backward()
         torch.nn.utils.clip_grad_norm_(draft.parameters(), cfg.grad_clip)
         opt.step()
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if done % cfg.eval_every == 0 or done == cfg.steps:
             draft.eval()
             row = {"step": step, "loss": loss.item(), **parts, "seconds": round(time.perf_counter() - start, 1)}
             if steps_per_epoch:
-                row["epoch"] = step // steps_per_epoch
+                row["epoch"] = first_epoch + done // steps_per_epoch
             if eval_engine is not None:
                 with torch.no_grad():
                     row["accepted_length"] = accepted_length(eval_engine, eval_prompts, cfg.max_new_tokens)
@@ -238,20 +254,37 @@ def run_distill(job: DistillJob, cfg: DistillConfig) -> Path:
         compressor = CompressorConfig(mode=job.compressor, branches=job.compressor_branches, ratio=job.compressor_ratio)
     draft = DraftHead.load(init, target) if init else DraftHead(target, compressor)
     steps_before = read_info(init).steps if init else 0
+    before = _earlier_log(init, steps_before) if init else []  # the log goes on from the draft's own
 
     def save(draft: DraftHead, history: list[dict]) -> None:
         info = DraftInfo(target.config.architecture, target.config.vocab_size, target.config.hidden_size,
-                         fingerprint(target), str(target_path), steps_before + history[-1]["step"],
-                         history[-1].get("accepted_length"),
-                         asdict(draft.compressor.config) if draft.compressor is not None else None)
+                         fingerprint(target), str(target_path), history[-1]["step"], history[-1].get("accepted_length"),
+                         asdict(draft.compressor.config) if draft.compressor is not None else None,
+                         attention_layout(target.config))
         draft.save(out, info)
         with open(out / "distill_log.jsonl", "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in history)
+            f.writelines(json.dumps(row) + "\n" for row in before + history)
         if cfg.epochs:
-            write_epoch_report(out, history)
+            write_epoch_report(out, before + history)
 
-    distill_draft(target, train, held, cfg, draft, on_eval=save)  # the last step is always evaluated
+    first_epoch = max((r["epoch"] for r in before if "epoch" in r), default=0)
+    distill_draft(target, train, held, cfg, draft, on_eval=save, first_step=steps_before,  # the last step is
+                  first_epoch=first_epoch)  # always evaluated
     return out
+
+
+def _earlier_log(init: str | Path, steps: int) -> list[dict]:
+    """The rows of `init`'s distill_log.jsonl up to its saved step (none when it has no log)."""
+    path = Path(init) / "distill_log.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
+    return [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= steps]
+
+
+def hash_seed(*parts) -> int:
+    """A 31-bit seed from `parts` (the same on every run and machine)."""
+    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
 def write_epoch_report(out: Path, history: list[dict]) -> None:

@@ -49,6 +49,7 @@ class DraftInfo:
     steps: int = 0
     accepted_length: float | None = None  # on the held-out set at the last evaluation
     compressor: dict | None = None  # the visual compressor's CompressorConfig, when the draft has one
+    attention: list[int] | None = None  # the target's [heads, KV heads, head size] (None: a draft saved before it was kept)
 
 
 def fingerprint(target: DecoderLM, rows: int = 1024) -> str:
@@ -157,6 +158,10 @@ class DraftHead(nn.Module):
         if info.target_architecture != cfg.architecture:
             raise ValueError(f"draft {path} was made for a {info.target_architecture} target; this one is a "
                              f"{cfg.architecture} (its layer differs: distill a draft for it)")
+        layout = attention_layout(cfg)
+        if info.attention is not None and list(info.attention) != layout:
+            raise ValueError(f"draft {path} was made for a target with [heads, KV heads, head size] {list(info.attention)}; "
+                             f"this target has {layout} (its layer splits heads differently: distill a draft for it)")
         if info.target_fingerprint != fingerprint(target):
             warnings.warn(f"draft {path} was distilled against other weights ({info.target_path or 'unknown'}): "
                           "decoding stays exact but fewer draft tokens will be accepted", stacklevel=2)
@@ -170,6 +175,12 @@ class DraftHead(nn.Module):
                              + ", ".join(f"{k} {found.get(k, 'missing')} (needs {expected.get(k, 'none')})" for k in wrong[:4]))
         draft.load_state_dict({k: v.to(target.device, target.dtype) for k, v in weights.items()})
         return draft
+
+
+def attention_layout(cfg) -> list[int]:
+    """[heads, KV heads, head size] of a model config: weight shapes alone do not tell them apart
+    (8 heads of 16 and 4 of 32 have the same projections)."""
+    return [cfg.num_heads, cfg.num_kv_heads, cfg.head_dim]
 
 
 def read_info(path: str | Path) -> DraftInfo:

@@ -62,19 +62,23 @@ def make_workload(vocab: int, num_prompts: int, prompt_len: tuple[int, int], med
     return Workload(prompts, [int(t) for t in targets])
 
 
-def forward_flops(cfg: ModelConfig, new_tokens: int, context: int) -> float:
-    """Matmul FLOPs of running `new_tokens` tokens at context length `context` (2 per MAC)."""
+def forward_flops(cfg: ModelConfig, new_tokens: int, context: int, logit_rows: int | None = None) -> float:
+    """Matmul FLOPs of running `new_tokens` tokens at context length `context` (2 per MAC), the LM
+    head on `logit_rows` of them (default all)."""
     d, hq, hkv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    per_token = cfg.num_layers * (d * hd * (2 * hq + 2 * hkv) + 3 * d * cfg.intermediate_size) + d * cfg.vocab_size
+    per_token = cfg.num_layers * (d * hd * (2 * hq + 2 * hkv) + 3 * d * cfg.intermediate_size)
     attention = cfg.num_layers * 2 * hq * hd * context  # q.k and p.v
-    return 2.0 * new_tokens * (per_token + attention)
+    head = d * cfg.vocab_size * (new_tokens if logit_rows is None else logit_rows)
+    return 2.0 * (new_tokens * (per_token + attention) + head)
 
 
 def workload_flops(cfg: ModelConfig, w: Workload) -> float:
+    """The engine's matmul FLOPs for the workload: a prompt's logits only at its last token (the one
+    sampled from), every decode token's."""
     total = 0.0
     for p, t in zip(w.prompts, w.targets):
-        total += forward_flops(cfg, len(p), len(p) / 2)  # prefill, mean context len/2
-        total += forward_flops(cfg, t, len(p) + t / 2)  # decode, mean context
+        total += forward_flops(cfg, len(p), len(p) / 2, logit_rows=1)  # prefill, mean context len/2
+        total += forward_flops(cfg, t - 1, len(p) + t / 2)  # decode (the first token came from the prefill)
     return total
 
 
@@ -94,6 +98,9 @@ def run_transformers(path: Path, w: Workload, batch: int, device, dtype) -> floa
     import transformers
 
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    with torch.no_grad():  # untimed warm-up, as the engine arms get (a cold first generate ran 2.5x slower on a GPU)
+        model.generate(input_ids=torch.tensor([w.prompts[0]], device=device), max_new_tokens=8, min_new_tokens=8,
+                       do_sample=False, pad_token_id=0)
     elapsed = 0.0
     for i in range(0, len(w.prompts), batch):
         prompts, targets = w.prompts[i:i + batch], w.targets[i:i + batch]
@@ -119,19 +126,25 @@ def decode_roofline(engine: LLMEngine, tokens: int = 64, repeats: int = 5) -> di
     engine.add_request("warm", [1, 2, 3, 4], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
     while engine.has_unfinished():
         engine.step()
-    runs = []
+    runs, made_per_run = [], []
     for r in range(repeats):
         engine.add_request(f"b1-{r}", [1, 2, 3, 4], SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True))
         engine.step()  # prefill and first token
         sync(model.device)
-        start = time.perf_counter()
+        start, done = time.perf_counter(), None
         while engine.has_unfinished():
-            engine.step()
+            done = next((o for o in engine.step() if o.finished), done)
         sync(model.device)
-        runs.append((tokens - 1) / (time.perf_counter() - start))
+        made = len(done.outputs[0].token_ids) - 1 if done is not None else 0  # fewer when max_model_len cuts it
+        if made < 1:
+            raise ValueError(f"bench engine: the batch-1 probe generated no decode token (max_model_len "
+                             f"{engine.config.max_model_len} leaves no room for {tokens} tokens)")
+        runs.append(made / (time.perf_counter() - start))
+        made_per_run.append(made)
     tps = statistics.median(runs)
     roofline = bandwidth / weight_bytes
-    out = {"batch1_tokens_per_s": tps, "batch1_tokens_per_s_per_run": runs, "roofline_tokens_per_s": roofline,
+    out = {"batch1_tokens_per_s": tps, "batch1_tokens_per_s_per_run": runs, "batch1_decode_tokens": made_per_run[0],
+           "roofline_tokens_per_s": roofline,
            "fraction_of_roofline": tps / roofline, "weight_bytes": weight_bytes, "memory_bandwidth_bytes_per_s": bandwidth}
     forward_s = fast_forward_seconds(engine)
     if forward_s is not None:  # how much of a step is the model, how much the engine around it

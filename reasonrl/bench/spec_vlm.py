@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from reasonrl.bench.common import device_name
-from reasonrl.bench.spec import DEMO, SpecBenchConfig, arm_order, decode, paired_ratio, timed_run
+from reasonrl.bench.spec import DEMO, SpecBenchConfig, arm_order, decode, greedy_identical, paired_ratio, timed_run
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.spec.draft import DraftHead
@@ -54,7 +54,7 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
     rates, cpu_rates, outputs, batch1, shares = _run(arms, prompts, c, levels)
     on_cpu = target.device.type == "cpu"
     result = {"device": device_name(target.device), "model": str(model_path), "concurrency": levels,
-              "greedy_identical": all(o == outputs[f"plain@{k.split('@')[1]}"] for k, o in outputs.items()),
+              "greedy_identical": greedy_identical(outputs, levels),
               "plain_tokens_per_s": {level: statistics.median(rates[("plain", level)]) for level in levels}}
     for name, engine in arms.items():
         if name == "plain":
@@ -85,7 +85,7 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
                 run = decode(engine, work, c.max_tokens, level)
                 rates.setdefault((name, level), []).append(run.tokens / run.seconds)
                 cpu_rates.setdefault((name, level), []).append(run.tokens / run.cpu_seconds)
-                outputs.setdefault(f"{name}@{level}", run.outputs)
+                outputs.setdefault(f"{name}@{level}", []).append(run.outputs)
                 if level == levels[0] and engine.speculator is not None:
                     after = engine.stats()
                     batch1[name][0] += after["spec_rounds"] - before["spec_rounds"]
@@ -97,7 +97,7 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
             for level in levels:
                 run, overhead, _ = timed_run(engine, prompts[: max(c.num_prompts, 4 * level)], c.max_tokens, level, name)
                 shares[(name, level)] = sum(overhead) / run.seconds
-                outputs[f"{name}-timed@{level}"] = run.outputs
+                outputs[f"{name}-timed@{level}"] = [run.outputs]
     return rates, cpu_rates, outputs, batch1, shares
 
 

@@ -35,6 +35,26 @@ def test_forward_flops_counts_matmuls():
     # attention at context 3: 2 * heads 2 * dim 4 * 3 = 48 MACs
     assert forward_flops(cfg, 1, 3) == 2 * (656 + 48)
     assert isinstance(Workload([[1]], [2]).output_tokens, int)
+    # the engine computes a prompt's logits at its last token only, and 2 tokens take one decode forward
+    # (the first comes from the prefill): the LM head counted on every prompt token overstated FLOP/s 9-13%
+    from reasonrl.bench.engine import workload_flops
+
+    prefill = 2 * (3 * 576 + 80) + 2 * 3 * 2 * 2 * 4 * 1.5
+    assert workload_flops(cfg, Workload([[1, 2, 3]], [2])) == prefill + forward_flops(cfg, 1, 4)
+
+
+def test_the_batch1_probe_counts_the_tokens_it_generated(tmp_path):
+    """With max_model_len too small for the 64-token probe, 63 tokens were divided by the time of 20."""
+    from reasonrl.bench.engine import decode_roofline
+    from reasonrl.engine import LLMEngine
+    from reasonrl.engine.config import EngineConfig
+    from reasonrl.models import load_model
+    from reasonrl.models.tiny import make_checkpoint
+
+    engine = LLMEngine(load_model(make_checkpoint(tmp_path / "m", "qwen2")), None,
+                       EngineConfig(max_num_seqs=2, kv_cache_memory=1 << 22, block_size=4, max_model_len=24))
+    out = decode_roofline(engine, tokens=64, repeats=1)
+    assert out["batch1_decode_tokens"] == 24 - 4 - 1  # 20 generated from a 4-token prompt, the first by the prefill
 
 
 def test_every_engine_repeat_prefills_its_prompts(tmp_path):

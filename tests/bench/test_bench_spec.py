@@ -158,3 +158,35 @@ def test_without_batch_one_the_figures_come_from_the_lowest_level(tmp_path):
                  "--draft-depth", "4", "--no-adaptive", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["figures_at_concurrency"] == 2 and 1 < r["accepted_length"] <= 5 and r["verify_cost_ratio"] > 0
+
+
+def test_greedy_identical_reads_every_repeat_and_every_level():
+    """Only each arm's first repeat was compared: a second repeat's wrong tokens went unseen."""
+    from reasonrl.bench.spec import greedy_identical
+
+    plain1, plain8 = [[1, 2], [3]], [[1, 2], [3], [4], [5]]  # a level decodes its own, larger prompt set
+    good = {"plain@1": [plain1, plain1], "speculative@1": [plain1, plain1], "plain@8": [plain8],
+            "speculative@8": [plain8], "timed@1": [plain1]}
+    assert greedy_identical(good, [1, 8])
+    assert not greedy_identical({**good, "speculative@1": [plain1, [[1, 9], [3]]]}, [1, 8])  # a later repeat
+    assert not greedy_identical({**good, "plain@8": [[[1, 2], [7], [4], [5]]], "speculative@8": [[[1, 2], [7], [4], [5]]]},
+                                [1, 8])  # plain decoding itself disagrees across levels
+
+
+def test_kept_tokens_are_those_that_reached_the_outputs():
+    """The accepted length counts tokens a round accepted past a stop or max_tokens; the tokens that
+    reached the outputs are counted apart (15% fewer on the demo's short answers)."""
+    from reasonrl.bench.spec import DEMO, _prompts, SpecBenchConfig, decode
+    from reasonrl.engine.config import EngineConfig
+    from reasonrl.engine.llm_engine import LLMEngine
+    from reasonrl.engine.spec.draft import DraftHead
+    from reasonrl.models.loader import load_model
+
+    target = load_model(DEMO / "policy", "cpu", None)
+    prompts = _prompts(SpecBenchConfig(), DEMO / "policy", 6)
+    engine = LLMEngine(target, None, EngineConfig(max_model_len=256, draft_adaptive=False),
+                       draft=DraftHead.load(DEMO / "draft", target))
+    run = decode(engine, prompts, 96, 1)  # the answers end at EOS, mostly inside a round
+    stats = engine.stats()
+    assert stats["spec_kept_tokens"] == sum(len(o) for o in run.outputs) - len(prompts)  # the first from the prefill
+    assert stats["spec_kept_tokens"] < stats["spec_emitted_tokens"]

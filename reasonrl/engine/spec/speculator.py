@@ -76,7 +76,7 @@ class Speculator:
         # first tokens came from the prefix cache takes their features from here (LRU, bounded).
         self.block_features: OrderedDict[int, torch.Tensor] = OrderedDict()
         self.max_block_features = 4096
-        self.rounds = self.emitted = self.drafted = 0
+        self.rounds = self.emitted = self.kept = self.drafted = 0
         self.shapes = ladder(config.top_k, config.depth, config.num_nodes)
         self.policy = AdaptivePolicy(self.shapes, config.adaptive)
         self.grow_step = GrowStep(draft, config.compile, graphs, config.native)
@@ -310,11 +310,13 @@ class Speculator:
 
     def record(self, seq: Sequence, verdict: Verdict, used: int) -> None:
         """Count a verification whose first `used` tokens the sequence kept (the rest lay past a stop
-        or the length limit). The accepted length counts them all: they were accepted. The policy
+        or the length limit). The accepted length counts them all: they were accepted (EAGLE's
+        tau); `spec_kept_tokens` counts what reached outputs (a round past a stop keeps fewer). The policy
         learns from the kept ones: a tree's worth is the tokens it adds to the output, and with
         short answers the last tree of each runs past the end."""
         self.rounds += 1
         self.emitted += len(verdict.tokens)
+        self.kept += used
         log = self.step_log
         if log is not None:
             if self.states[seq.seq_id].first > 0:  # the draft's context restarted mid-sequence
@@ -339,6 +341,7 @@ class Speculator:
 
     def stats(self) -> dict[str, float]:
         return {"spec_rounds": self.rounds, "spec_draft_tokens": self.drafted, "spec_emitted_tokens": self.emitted,
+                "spec_kept_tokens": self.kept,
                 "spec_accepted_length": self.accepted_length, "spec_steps_without_trees": self.steps_without_trees,
                 "spec_draft_compiled": self.grow_step.compiled, "spec_draft_compile_seconds": self.grow_step.compile_seconds,
                 "spec_draft_kernel": self.grow_step.native,

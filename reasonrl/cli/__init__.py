@@ -94,6 +94,13 @@ def _run(run, args: argparse.Namespace, prog: str) -> int:
     except (OSError, ValueError, ConfigError) as exc:  # bad input (a path, a value): one clear line, not a traceback
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        from reasonrl.rl.update import TrainingDiverged
+
+        if not isinstance(exc, TrainingDiverged):
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)  # (the demo and the benches train without run_training)
+        return 1
     except KeyboardInterrupt:  # Ctrl-C before a job's stop handler is in place, or a second one: stop now
         print(f"\n{prog}: interrupted; nothing was saved since the last checkpoint", file=sys.stderr)
         return 128 + signal.SIGINT

@@ -121,7 +121,8 @@ def write_report(run_dir: str | Path, extra: dict[str, Any] | None = None) -> Pa
     summary = summarize(records)
     if extra is None and (run_dir / "summary.json").is_file():  # the demo's own figures, kept when regenerated
         stored = json.loads((run_dir / "summary.json").read_text())
-        extra = {k: v for k, v in stored.items() if k not in summary} if isinstance(stored, dict) else None
+        if isinstance(stored, dict) and stored.get("steps") == summary["steps"]:  # not once the run went on
+            extra = {k: v for k, v in stored.items() if k not in summary and k != "report"}
     summary = {**summary, **(extra or {})}
     lines = [f"# Run report: {run_dir.name}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in summary.items()]

@@ -210,7 +210,9 @@ class SFTTrainer:
         self.order: list[int] = []
         self.step_count = 0
         self._ahead: tuple[list[int], Future] | None = None  # the next batch's images, preprocessed meanwhile
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sft-images") if any(
+        # only for a loaded data set (a list): a sequence that builds its examples on access (the demo's)
+        # would build every one here, and each looked-ahead one twice
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sft-images") if isinstance(data, list) and any(
             s.multimodal is None and isinstance(s.prompt, list) for s in data) else None
         torch.manual_seed(cfg.seed)
 
@@ -223,12 +225,12 @@ class SFTTrainer:
             self.order += epoch
         return self.order[:k]
 
-    def _images(self, indices: list[int]) -> list[MultimodalPrompt | None]:
+    def _images(self, indices: list[int], batch: list[Sample]) -> list[MultimodalPrompt | None]:
         """The batch's images: preprocessed during the previous step when it looked ahead, else now."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] == indices:
             return ahead[1].result()
-        return [example_images(self.model, self.data[i]) for i in indices]
+        return [example_images(self.model, s) for s in batch]
 
     def _look_ahead(self) -> None:
         """Preprocess the next batch's images on a worker thread while this step computes."""
@@ -241,7 +243,8 @@ class SFTTrainer:
         start = time.perf_counter()
         indices = self._next(self.cfg.samples_per_step)
         self.order = self.order[self.cfg.samples_per_step:]
-        batch, images = [self.data[i] for i in indices], self._images(indices)
+        batch = [self.data[i] for i in indices]
+        images = self._images(indices, batch)
         self._look_ahead()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)

@@ -116,7 +116,7 @@ def _loop(trainer: SFTTrainer, held, run: SFTRun, logger: MetricsLogger, tokeniz
         metrics.update(clock.tick(step))
         logger.log(step, metrics)
         if metrics["nonfinite_updates"]:
-            raise TrainingDiverged(step, 1, 1, latest_checkpoint(out), hint="--lr")
+            raise TrainingDiverged(step, 1, 1, latest_checkpoint(out), causes="--lr too high")
         if step % run.save_every == 0 or step == trainer.steps or stop:
             save_checkpoint(out, step, trainer.model, tokenizer, {"sft": trainer.state_dict()}, run.keep_checkpoints)
 

@@ -40,13 +40,14 @@ from reasonrl.rollout.sample import Sample
 class TrainingDiverged(RuntimeError):
     """A step's update was not finite (its optimizer step was skipped): the run cannot go on as configured."""
 
-    def __init__(self, step: int, skipped: int, steps: int, checkpoint, hint: str = "optim.lr"):
-        super().__init__(
-            f"step {step}: {skipped} of {steps} optimizer steps had a gradient norm that is not finite (nan or inf "
-            "in the loss or its gradients) and were skipped; the run stops here, unsaved ("
-            + (f"the last checkpoint, {checkpoint}, holds finite weights" if checkpoint else "no checkpoint yet")
-            + f"). Usual causes: {hint} too high, or rewards or log-probs out of range; change it and rerun with "
-            "--accept-changes to go on from the checkpoint.")
+    def __init__(self, step: int, skipped: int, steps: int, checkpoint, causes: str = "optim.lr too high, or "
+                 "rewards or log-probs out of range"):
+        went_on = (f"the last checkpoint, {checkpoint}, holds finite weights); usual causes: {causes}. Change the "
+                   "setting and rerun with --accept-changes to go on from that checkpoint" if checkpoint else
+                   f"no checkpoint yet); usual causes: {causes}. Change the setting and start again")
+        super().__init__(f"step {step}: {skipped} of {steps} optimizer steps had a gradient norm that is not finite "
+                         f"(nan or inf in the loss or its gradients) and were skipped; the run stops here, unsaved "
+                         f"({went_on}.")
 
 
 def step_if_finite(optimizer, grad_norm: float) -> bool:

@@ -205,3 +205,20 @@ def test_ctrl_c_while_a_command_imports_is_one_line_and_exit_130(capsys, monkeyp
     monkeypatch.setattr(cli, "resolve", importing)
     assert cli.main(["eval", "sums:"]) == 130
     assert capsys.readouterr().err.strip() == "reasonrl: interrupted"
+
+
+def test_a_diverged_run_from_any_entry_point_is_one_line_and_exit_1(capsys):
+    """The demo and the benches train without run_training: a TrainingDiverged traceback whose advice
+    read "no checkpoint yet ... go on from the checkpoint"."""
+    import argparse
+
+    from reasonrl.cli import _run
+    from reasonrl.rl.update import TrainingDiverged
+
+    def diverging(args):
+        raise TrainingDiverged(2, 1, 1, None)
+
+    assert _run(diverging, argparse.Namespace(), "reasonrl train") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("reasonrl train: error: step 2: 1 of 1 optimizer steps") and "\n" not in err
+    assert "no checkpoint yet" in err and "start again" in err and "checkpoint to go on" not in err

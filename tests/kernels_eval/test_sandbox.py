@@ -278,6 +278,8 @@ def test_the_disk_limit_grows_with_the_file_size_unless_set():
     assert SandboxLimits(file_size=512 << 20, disk=1 << 30).disk == 1 << 30
     with pytest.raises(ValueError, match="--disk .* must be >= --file-size"):
         SandboxLimits(file_size=512 << 20, disk=256 << 20)
+    with pytest.raises(ValueError, match="files >= 3"):  # the sandbox's own two files failed every candidate
+        SandboxLimits(files=2)
 
 
 def test_output_is_truncated(tmp_path):

@@ -75,10 +75,16 @@ def test_a_regenerated_report_keeps_the_demos_own_figures(tmp_path):
     run = _run(tmp_path, [{"step": 0, "eval_accuracy": 0.5}, {"step": 1, "reward_mean": 0.25},
                           {"step": 2, "eval_accuracy": 0.75}])
     write_report(run, {"april_speedup": 1.5, "accuracy_after": 0.75})
-    (run / "summary.json").write_text(json.dumps({"april_speedup": 1.5, "accuracy_after": 0.1, "steps": 99}))
+    (run / "summary.json").write_text(json.dumps({"april_speedup": 1.5, "accuracy_after": 0.1, "steps": 2}))
     text = write_report(run).read_text()
     assert "| april_speedup | 1.5 |" in text
     assert "| accuracy_after | 0.75 |" in text and "| steps | 2 |" in text  # recomputed rows from the metrics
+    (run / "summary.json").write_text(json.dumps({"april_speedup": 1.5, "steps": 2, "report": "report.md"}))
+    text = write_report(run).read_text()
+    assert "| april_speedup | 1.5 |" in text and "| report |" not in text
+    with (run / "metrics.jsonl").open("a") as f:  # trained on past the demo's summary: its figures are stale
+        f.write(json.dumps({"step": 3, "reward_mean": 0.5}) + "\n")
+    assert "april_speedup" not in write_report(run).read_text()
 
 
 def test_a_failed_checkpoint_save_names_the_last_good_one_and_leaves_no_partial(tmp_path, monkeypatch):

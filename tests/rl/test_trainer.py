@@ -188,6 +188,32 @@ def test_sft_learns_the_response_and_ignores_the_prompt(policy_dir, tmp_path):
         load_sft_data(bad, tok)
 
 
+def test_sft_draws_each_example_of_a_lazy_data_set_once_per_step(policy_dir, tmp_path):
+    """The demo's data build their examples when drawn: the trainer scanned them all when it started
+    (minutes of image rendering for the VLM demo) and drew every batch's twice."""
+    from collections.abc import Sequence
+
+    tok = Tokenizer.from_dir(policy_dir)
+    rows = tmp_path / "sft.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"Write {c}.", "response": c * 4}) + "\n" for c in "ab" * 4))
+    samples, drawn = load_sft_data(rows, tok), []
+
+    class Drawn(Sequence):
+        def __len__(self):
+            return len(samples)
+
+        def __getitem__(self, i):
+            drawn.append(i)
+            return samples[i]
+
+    from reasonrl.rl.sft import SFTTrainer
+
+    trainer = SFTTrainer(load_model(policy_dir), Drawn(), SFTConfig(epochs=1, lr=1e-3, samples_per_step=4))
+    assert drawn == []
+    trainer.step()
+    assert len(drawn) == 4 and len(set(drawn)) == 4
+
+
 @pytest.mark.parametrize("rows,error", [
     ([{"prompt": ["hi"], "response": "a"}], "rows.jsonl:1: a chat prompt is a list of messages"),  # a traceback
     ([{"prompt": [{"content": "hi"}], "response": "a"}], "rows.jsonl:1: a chat prompt"),  # rendered without a role

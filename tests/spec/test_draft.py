@@ -235,3 +235,13 @@ def test_distill_refuses_image_prompts_for_a_text_only_target(tmp_path, capsys):
                  "--steps", "1", "--num-prompts", "2", "--eval-prompts", "0"]) == 2
     assert "these messages hold images, but the model is text-only" in capsys.readouterr().err
     assert not (out / CONFIG_FILE).exists()
+
+
+def test_an_older_drafts_log_is_numbered_to_end_at_its_step_count(tmp_path):
+    """A draft continued with --init before today: config steps 600, its (replaced) log numbered 100-300."""
+    from reasonrl.engine.spec.distill import _earlier_log
+
+    (tmp_path / "distill_log.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (100, 200, 300)))
+    assert [r["step"] for r in _earlier_log(tmp_path, 600)] == [400, 500, 600]
+    assert [r["step"] for r in _earlier_log(tmp_path, 300)] == [100, 200, 300]
+    assert _earlier_log(tmp_path / "none", 10) == []

@@ -274,12 +274,16 @@ def run_distill(job: DistillJob, cfg: DistillConfig) -> Path:
 
 
 def _earlier_log(init: str | Path, steps: int) -> list[dict]:
-    """The rows of `init`'s distill_log.jsonl up to its saved step (none when it has no log)."""
+    """The rows of `init`'s distill_log.jsonl up to its saved step (none when it has no log). A
+    draft continued with --init before its log was kept numbered that log from 1 (a log ending at
+    300 of 600 steps): its rows are moved to end at the draft's step count."""
     path = Path(init) / "distill_log.jsonl"
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().split("\n") if line.strip()]
-    return [r for r in rows if isinstance(r, dict) and r.get("step", 0) <= steps]
+    rows = [r for r in (json.loads(line) for line in path.read_text().split("\n") if line.strip())
+            if isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] <= steps]
+    shift = steps - rows[-1]["step"] if rows else 0
+    return [{**r, "step": r["step"] + shift} for r in rows]
 
 
 def hash_seed(*parts) -> int:

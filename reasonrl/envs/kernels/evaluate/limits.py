@@ -49,9 +49,9 @@ class SandboxLimits:
             object.__setattr__(self, "cpu_seconds", math.ceil(self.timeout))
         if self.cpu_seconds < 1 or self.memory < (64 << 20):
             raise ValueError("sandbox limits: cpu_seconds >= 1 and memory >= 64MiB")
-        if self.processes < 1 or self.file_size < 4096 or self.open_files < 16 or self.output < 256 or self.files < 1:
+        if self.processes < 1 or self.file_size < 4096 or self.open_files < 16 or self.output < 256 or self.files < 3:
             raise ValueError("sandbox limits: processes >= 1, file_size >= 4KiB, open_files >= 16, output >= 256, "
-                             "files >= 1")
+                             "files >= 3 (the sandbox's own stdout and stderr files count)")
         if self.disk is None:  # frozen: set once, here
             object.__setattr__(self, "disk", max(DISK, self.file_size))
         if self.disk < self.file_size:

@@ -85,3 +85,23 @@ def _to_legacy_config(path):
         params["type"] = params.pop("rope_type")
         cfg["rope_scaling"] = params
     (path / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.fixture
+def ctrl_c_in_train_step(monkeypatch):
+    """`Trainer.train_step` sends this process a SIGINT (a Ctrl-C) when it starts step 1; calling the
+    fixture's value puts the real step back."""
+    import os
+    import signal
+
+    from reasonrl.rl.trainer import Trainer
+
+    step = Trainer.train_step
+
+    def interrupted(self):
+        if self.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    return lambda: monkeypatch.setattr(Trainer, "train_step", step)

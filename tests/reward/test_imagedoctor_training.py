@@ -217,32 +217,22 @@ TINY_BENCH = dict(train_images=4, eval_images=2, sft_epochs=1, ablation_steps=1,
 
 
 @pytest.mark.slow  # SFT and two GRPO steps of the tiny judge, twice: ~30 s
-def test_bench_grpo_stops_cleanly_resumes_and_stages_made_with_other_settings_are_refused(tmp_path, monkeypatch):
+def test_bench_grpo_stops_cleanly_resumes_and_stages_made_with_other_settings_are_refused(tmp_path, ctrl_c_in_train_step):
     """Ctrl-C during GRPO lost every step (no stop hook, a checkpoint every 1000 steps) and a rerun
     started over; a rerun under other settings reused the stages and recorded settings that never
     produced them."""
     import dataclasses
-    import os
     import signal
 
     from reasonrl.reward.imagedoctor.experiment import JudgeBenchConfig, bench_judge
     from reasonrl.rl.checkpoint import latest_checkpoint
-    from reasonrl.rl.trainer import Trainer
 
     cfg = JudgeBenchConfig(out=str(tmp_path), **TINY_BENCH)
-    step = Trainer.train_step
-
-    def interrupted(self):
-        if self.step == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", interrupted)
     with pytest.raises(SystemExit) as stopped:
         bench_judge(cfg, log=lambda *_: None)
     assert stopped.value.code == 128 + signal.SIGINT
     assert latest_checkpoint(tmp_path / "grpo" / "run").name == "step_000001"
-    monkeypatch.setattr(Trainer, "train_step", step)
+    ctrl_c_in_train_step()  # the real step again
     result = bench_judge(cfg, log=lambda *_: None)
     logged = [json.loads(line)["step"] for line in (tmp_path / "grpo" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert logged == [0, 1, 2] and len(result["grpo"]["rewards"]) == 2  # resumed at step 2, not started over

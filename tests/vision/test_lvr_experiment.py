@@ -233,32 +233,22 @@ def test_a_stage_named_in_stages_is_rerun_and_only_a_stopped_grpo_run_resumes(pa
 
 
 @pytest.mark.slow
-def test_a_stopped_grpo_stage_resumes_and_kept_stages_of_other_settings_are_refused(path, tmp_path, monkeypatch):
+def test_a_stopped_grpo_stage_resumes_and_kept_stages_of_other_settings_are_refused(path, tmp_path, ctrl_c_in_train_step):
     """Ctrl-C during GRPO ended in a traceback and the rerun deleted the checkpoint and started over
     (RunControl(overwrite=True)); figures kept from other settings were reported under the new ones."""
     import dataclasses
-    import os
     import signal
 
     from reasonrl.rl.checkpoint import latest_checkpoint
-    from reasonrl.rl.trainer import Trainer
     from reasonrl.vision.lvr.experiment import LVRExperimentConfig, run_experiment
 
     cfg = LVRExperimentConfig(out=str(tmp_path / "lvr"), base=str(path), train_problems=8, eval_problems=2, sft_steps=2,
                               batch=2, arms=("lvr",), grpo_steps=2, sweep=(4,))
-    step = Trainer.train_step
-
-    def interrupted(self):
-        if self.step == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", interrupted)
     with pytest.raises(SystemExit) as stopped:
         run_experiment(cfg, log=lambda text: None)
     assert stopped.value.code == 128 + signal.SIGINT
     assert latest_checkpoint(tmp_path / "lvr" / "grpo").name == "step_000001"
-    monkeypatch.setattr(Trainer, "train_step", step)
+    ctrl_c_in_train_step()  # the real step again
     results = run_experiment(dataclasses.replace(cfg, stages=("grpo",)), log=lambda text: None)
     logged = [json.loads(line)["step"] for line in (tmp_path / "lvr" / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert logged == [0, 1, 2] and "accuracy" in results["grpo"] and "accuracy" in results["sft_lvr"]

@@ -38,9 +38,23 @@ class ChatEncoder:
         return self.vlm_config is not None
 
     def __call__(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> ModelInput:
+        _check_parts(messages)
         if not message_images(messages):
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
         if not self.takes_images:
             raise ValueError("these messages hold images, but the model is text-only (use a vision-language "
                              "checkpoint such as Qwen2.5-VL)")
         return build_prompt(self.tokenizer, messages, self.vlm_config, self.image_config, add_generation_prompt)
+
+
+PART_TYPES = ("text", "image", "image_url")
+
+
+def _check_parts(messages: list[dict[str, Any]]) -> None:
+    """A content part of another type (audio, video, ...) is a ValueError naming it: chat templates
+    drop what they do not know, and the model would answer without it."""
+    for i, m in enumerate(messages):
+        for j, part in enumerate(m.get("content") if isinstance(m, dict) and isinstance(m.get("content"), list) else []):
+            if isinstance(part, dict) and part.get("type", "text") not in PART_TYPES:
+                raise ValueError(f"messages.{i}.content.{j}: content parts of type {str(part.get('type'))[:40]!r} are "
+                                 f"not supported (only {', '.join(PART_TYPES)})")

@@ -290,3 +290,12 @@ def test_the_vlm_check_names_a_bad_checkpoint(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             main(["--check", str(bad)])
         assert exit_.value.code == 2 and f"--check {bad}" in capsys.readouterr().err
+
+
+def test_content_parts_the_model_cannot_read_are_refused_by_name(tokenizer):
+    """An audio or video part was dropped by the chat template: the model answered without it."""
+    for kind in ("input_audio", "video"):
+        chat = [{"role": "user", "content": [{"type": "text", "text": "What is said?"}, {"type": kind}]}]
+        with pytest.raises(ValueError, match=f"messages.0.content.1: content parts of type '{kind}' are not supported"):
+            ChatEncoder(tokenizer)(chat)
+    assert ChatEncoder(tokenizer)([{"role": "user", "content": [{"type": "text", "text": "hi"}]}])

@@ -94,7 +94,7 @@ def empty_model(path: str | Path, device: str | torch.device | None = None, dtyp
     process reward model loads its backbone's tensors and its head's from one file)."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+        raise FileNotFoundError(missing_checkpoint(path))
     vlm = _is_vlm(path)
     cfg = VLMConfig.from_dir(path) if vlm else ModelConfig.from_dir(path)
     device = resolve_device(device)
@@ -203,11 +203,18 @@ def _check_complete(model: DecoderLM, params: dict, filled: dict[str, int], sour
         raise CheckpointError(f"checkpoint {source} is missing tensors: {', '.join(hf)}{more}")
 
 
+def missing_checkpoint(path: Path) -> str:
+    """The error for a checkpoint directory that is not there; a relative path says where it was
+    looked for (a recipe's paths are taken from the current directory, not the recipe's)."""
+    where = "" if path.is_absolute() else f" (relative to the current directory, {Path.cwd()})"
+    return f"checkpoint directory {path} does not exist{where}"
+
+
 def read_tensors(path: Path) -> list[tuple[str, torch.Tensor]]:
     """(name, tensor) from whichever weight files the directory has, all read into memory; an
     unreadable or corrupt file is a CheckpointError naming it."""
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+        raise FileNotFoundError(missing_checkpoint(path))
     index = None  # transformers' order of preference, single files first (an index can outlive its shards)
     for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"):
         if (path / name).is_file():

@@ -117,8 +117,10 @@ def test_bfloat16_load(hf_checkpoint):
 # ---- clear errors ----------------------------------------------------------------------------
 
 def test_missing_directory_and_files(tmp_path, hf_checkpoint):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist$"):
         load_model(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match=r"nope does not exist \(relative to the current directory, /"):
+        load_model("no/such/nope")  # a recipe's relative path run from another directory
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_model(tmp_path / "empty")

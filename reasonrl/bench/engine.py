@@ -126,7 +126,7 @@ def decode_roofline(engine: LLMEngine, tokens: int = 64, repeats: int = 5) -> di
     engine.add_request("warm", [1, 2, 3, 4], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True))
     while engine.has_unfinished():
         engine.step()
-    runs, made_per_run = [], []
+    runs = []
     for r in range(repeats):
         engine.add_request(f"b1-{r}", [1, 2, 3, 4], SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True))
         engine.step()  # prefill and first token
@@ -140,10 +140,9 @@ def decode_roofline(engine: LLMEngine, tokens: int = 64, repeats: int = 5) -> di
             raise ValueError(f"bench engine: the batch-1 probe generated no decode token (max_model_len "
                              f"{engine.config.max_model_len} leaves no room for {tokens} tokens)")
         runs.append(made / (time.perf_counter() - start))
-        made_per_run.append(made)
     tps = statistics.median(runs)
     roofline = bandwidth / weight_bytes
-    out = {"batch1_tokens_per_s": tps, "batch1_tokens_per_s_per_run": runs, "batch1_decode_tokens": made_per_run[0],
+    out = {"batch1_tokens_per_s": tps, "batch1_tokens_per_s_per_run": runs, "batch1_decode_tokens": made,
            "roofline_tokens_per_s": roofline,
            "fraction_of_roofline": tps / roofline, "weight_bytes": weight_bytes, "memory_bandwidth_bytes_per_s": bandwidth}
     forward_s = fast_forward_seconds(engine)

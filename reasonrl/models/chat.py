@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt, build_prompt, message_images
+from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt, build_prompt, content_parts, message_images
 from reasonrl.models.tokenizer import Tokenizer
 
 ModelInput = list[int] | MultimodalPrompt
@@ -53,8 +53,7 @@ PART_TYPES = ("text", "image", "image_url")
 def _check_parts(messages: list[dict[str, Any]]) -> None:
     """A content part of another type (audio, video, ...) is a ValueError naming it: chat templates
     drop what they do not know, and the model would answer without it."""
-    for i, m in enumerate(messages):
-        for j, part in enumerate(m.get("content") if isinstance(m, dict) and isinstance(m.get("content"), list) else []):
-            if isinstance(part, dict) and part.get("type", "text") not in PART_TYPES:
-                raise ValueError(f"messages.{i}.content.{j}: content parts of type {str(part.get('type'))[:40]!r} are "
-                                 f"not supported (only {', '.join(PART_TYPES)})")
+    for where, part in content_parts(messages):
+        if part.get("type", "text") not in PART_TYPES:
+            raise ValueError(f"{where}: content parts of type {str(part.get('type'))[:40]!r} are not supported "
+                             f"(only {', '.join(PART_TYPES)})")

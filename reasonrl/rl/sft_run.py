@@ -91,12 +91,9 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
         return 0
     with StopSignal("the current step") as stop:
         try:
-            _loop(trainer, held, run, logger, tokenizer, out, stop)
-        except TrainingDiverged as exc:
+            _loop(trainer, held, run, logger, tokenizer, out, stop)  # (a TrainingDiverged: the CLI's one-line error)
+        finally:
             logger.close()
-            say(f"error: {exc}")
-            return 1
-    logger.close()
     if stop and trainer.step_count < trainer.steps:
         say(f"stopped at step {trainer.step_count} of {trainer.steps}; checkpoint: {latest_checkpoint(out)}\n"
             "resume with the same command")

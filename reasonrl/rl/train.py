@@ -36,7 +36,6 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
     from reasonrl.models import Tokenizer, load_model
     from reasonrl.rl.report import write_report
     from reasonrl.rl.trainer import Trainer
-    from reasonrl.rl.update import TrainingDiverged
 
     run_dir = open_run(cfg.train.run_dir, cfg.to_dict(), overwrite=control.overwrite,
                        accept_changes=control.accept_changes, console=console)
@@ -60,10 +59,7 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
     trainer = Trainer(cfg, env, policy, Tokenizer.from_dir(cfg.model.path), console=console)
     with StopSignal("the current step") as stop:
         try:
-            trainer.train(stop)
-        except TrainingDiverged as exc:
-            say(f"error: {exc}")
-            return 1
+            trainer.train(stop)  # (a TrainingDiverged is the CLI's one-line error, exit 1)
         finally:
             trainer.close()
             if hasattr(env, "close"):

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from reasonrl.envs.kernels.evaluate import Verdict
+from reasonrl.envs.kernels.evaluate.verdict import UNSETTLED
 from reasonrl.eval.store import read_rows as store_rows
 
 from .llm import LLM, Call, Reply
 
-UNLOGGED = {"sandbox_error", "not_judged", "task_error"}  # not the candidate's doing: judged again on resume
+UNLOGGED = UNSETTLED | {"task_error"}  # not the candidate's doing: judged again on resume
 
 
 class SandboxFailure(RuntimeError):

@@ -110,12 +110,17 @@ def with_image_parts(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if isinstance(m.get("content"), list) else m for m in messages]
 
 
+def content_parts(messages: list[dict[str, Any]]):
+    """(name, part) of each content part given as a dict, named as `messages.0.content.1`."""
+    for i, m in enumerate(messages):
+        for j, part in enumerate(m.get("content") if isinstance(m, dict) and isinstance(m.get("content"), list) else []):
+            if isinstance(part, dict):
+                yield f"messages.{i}.content.{j}", part
+
+
 def _image_parts(messages: list[dict[str, Any]]):
     """(name, part) of each image or image_url part."""
-    for i, m in enumerate(messages):
-        for j, part in enumerate(m.get("content") if isinstance(m.get("content"), list) else []):
-            if isinstance(part, dict) and part.get("type") in ("image", "image_url"):
-                yield f"messages.{i}.content.{j}", part
+    return ((where, part) for where, part in content_parts(messages) if part.get("type") in ("image", "image_url"))
 
 
 def _image_of(part: dict, where: str) -> Any:

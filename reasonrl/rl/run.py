@@ -114,11 +114,14 @@ def _holds_more_than_a_claim(run_dir: Path) -> bool:
 
 
 def _mismatch_message(run_dir: Path, changed: list[tuple[str, Any, Any]]) -> str:
-    lines = [f"{run_dir} holds a run started with other settings:"]
-    lines += [f"  {key}: {old!r} (saved) -> {new!r} (now)" for key, old, new in changed]
-    lines.append("rerun with the saved settings to resume it, add --overwrite to delete it and start afresh, or "
-                 "--accept-changes to continue it under the new settings")
-    return "\n".join(lines)
+    return settings_changed(f"{run_dir} holds a run started with other settings", changed,
+                            "rerun with the saved settings to resume it, add --overwrite to delete it and start "
+                            "afresh, or --accept-changes to continue it under the new settings")
+
+
+def settings_changed(head: str, changed: list[tuple[str, Any, Any]], advice: str) -> str:
+    """The message refusing work made with other settings: `head`, each key saved -> now, `advice`."""
+    return "\n".join([f"{head}:", *(f"  {key}: {old!r} (saved) -> {new!r} (now)" for key, old, new in changed), advice])
 
 
 def is_run_dir(path: Path) -> bool:

@@ -31,6 +31,8 @@ from reasonrl.reward.imagedoctor.decoder import HeatmapConfig
 from reasonrl.reward.imagedoctor.evaluate import judge_metrics
 from reasonrl.reward.imagedoctor.export import DoctorDataConfig, judge_examples
 from reasonrl.reward.imagedoctor.sft import JudgeSFTConfig, train_judge_sft
+from reasonrl.rl.metrics import read_metrics
+from reasonrl.rl.run import settings_changed
 
 STAGE_KEYS = {"sft": ("vlm", "train_images", "eval_images", "sft_epochs", "sft_lr", "max_tokens", "seed"),
               "ablation": ("ablation_steps",),
@@ -109,9 +111,8 @@ def _check_stage(path: Path, settings: dict) -> None:
         return
     changed = differences(json.loads(saved.read_text()), settings)
     if changed:
-        raise ValueError(f"{path} was made with other settings:\n"
-                         + "".join(f"  {key}: {old!r} (saved) -> {new!r} (now)\n" for key, old, new in changed)
-                         + "rerun with the saved settings, or choose another --out (or delete that stage)")
+        raise ValueError(settings_changed(f"{path} was made with other settings", changed,
+                                          "rerun with the saved settings, or choose another --out (or delete that stage)"))
 
 
 def _stage(path: Path, settings: dict, run, log) -> dict:
@@ -182,7 +183,7 @@ def _grpo(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
         print(f"imagedoctor: GRPO stopped at step {trainer.step} of {cfg.grpo_steps}, checkpoint saved in "
               f"{out / 'grpo' / 'run'}; rerun the same command to resume", file=sys.stderr, flush=True)
         raise SystemExit(stop.exit_code)
-    history = [json.loads(line) for line in (out / "grpo" / "run" / "metrics.jsonl").read_text().splitlines() if line]
+    history = read_metrics(out / "grpo" / "run")  # (a line cut by a kill is dropped)
     rewards = [h["reward_mean"] for h in history if "reward_mean" in h]
     metrics = {"train_seconds": time.perf_counter() - t, "reward_first": rewards[0] if rewards else None,
                "reward_last": rewards[-1] if rewards else None, "rewards": rewards,

@@ -41,6 +41,7 @@ from reasonrl.engine.latent import LatentConfig
 from reasonrl.envs.shapes import vqa_prompt
 from reasonrl.models.chat import ChatEncoder, multimodal
 from reasonrl.models.loader import save_model
+from reasonrl.rl.run import settings_changed
 from reasonrl.vision.lvr import evaluate as ev
 from reasonrl.vision.lvr.env import LVRShapesConfig, LVRShapesEnvironment
 from reasonrl.vision.lvr.train import LVRExample, LVRTrainConfig, lvr_policy, make_examples, train_sft_lvr
@@ -187,9 +188,8 @@ def _check_kept(cfg: LVRExperimentConfig, out: Path, results: dict, arms, grpo: 
     for stage in sorted(kept & set(recorded or {})):
         changed = differences(recorded[stage], stage_settings(cfg, stage.split("_")[0]))
         if changed:
-            raise ValueError(f"{out}: {stage} was made with other settings:\n"
-                             + "".join(f"  {key}: {old!r} (saved) -> {new!r} (now)\n" for key, old, new in changed)
-                             + f"rerun it (--stages), rerun with the saved settings, or choose another --out")
+            raise ValueError(settings_changed(f"{out}: {stage} was made with other settings", changed,
+                                              "rerun it (--stages), rerun with the saved settings, or choose another --out"))
 
 
 def _resumes_grpo(cfg: LVRExperimentConfig, out: Path, results: dict, arms) -> bool:

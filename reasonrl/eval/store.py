@@ -69,6 +69,12 @@ def read_samples(path: Path) -> list[Row]:
                      "a sample row")
 
 
+def jsonl_lines(path: Path) -> list[str]:
+    """The lines of a JSONL file, split at "\\n" only: splitlines() also splits at U+2028, U+0085...,
+    which JSON strings hold raw (`json_line` writes them so, and so may any other writer)."""
+    return Path(path).read_text(encoding="utf-8").split("\n")
+
+
 def read_rows(path: Path, is_row: Callable[[dict[str, Any]], bool], what: str = "a row",
               cut: bool = True) -> list[dict[str, Any]]:
     """The JSON objects of an append-only JSONL file for which `is_row` holds. A half-written last

@@ -34,6 +34,7 @@ from typing import Literal
 import torch
 
 from reasonrl.config import check
+from reasonrl.eval.store import jsonl_lines
 from reasonrl.models.chat import ChatEncoder, multimodal, token_ids
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import REMOTE, MultimodalPrompt, images_prompt
@@ -132,7 +133,7 @@ def load_sft_data(path: str | Path, encoder: ChatEncoder | Tokenizer, chat: bool
         raise FileNotFoundError(f"SFT data file {path} does not exist")
     out, skipped = [], 0
     # lines end at "\n" only: splitlines() also splits at U+2028, U+0085..., which JSON strings hold raw
-    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):
+    for n, line in enumerate(jsonl_lines(path), 1):
         if not line.strip():
             continue
         try:

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from reasonrl.eval.store import jsonl_lines
+
 from . import parse, prompts
 from .calls import Call, ask, llm_client
 from .embeddings import EmbeddingClient
-from .export import jsonl_lines
 from .problem import Problem, Verdict
 from .sections import DecontamSection, api_key
 

@@ -73,9 +73,3 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
         for row in rows:
             f.write(json_line(row))
     os.replace(tmp, path)  # a reader never sees half a file
-
-
-def jsonl_lines(path: Path) -> list[str]:
-    """The lines of a JSONL file, split at "\\n" only: splitlines() also splits at U+2028, U+0085...,
-    which JSON strings hold raw (`write_jsonl` writes them so, and so may a seed or evaluation file)."""
-    return Path(path).read_text(encoding="utf-8").split("\n")

@@ -16,10 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from reasonrl.envs.math.extract import reference_answer
+from reasonrl.eval.store import jsonl_lines
 
 from . import parse, prompts
 from .calls import Call, ask, llm_client
-from .export import jsonl_lines
 from .problem import Problem, Verdict
 
 

@@ -36,6 +36,7 @@ from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.spec.draft import CONFIG_FILE, DraftHead, DraftInfo, attention_layout, fingerprint, read_info
+from reasonrl.eval.store import jsonl_lines
 from reasonrl.models.chat import ChatEncoder
 from reasonrl.models.model import CausalAttention, DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
@@ -280,7 +281,7 @@ def _earlier_log(init: str | Path, steps: int) -> list[dict]:
     path = Path(init) / "distill_log.jsonl"
     if not path.is_file():
         return []
-    rows = [r for r in (json.loads(line) for line in path.read_text().split("\n") if line.strip())
+    rows = [r for r in (json.loads(line) for line in jsonl_lines(path) if line.strip())
             if isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] <= steps]
     shift = steps - rows[-1]["step"] if rows else 0
     return [{**r, "step": r["step"] + shift} for r in rows]

@@ -18,7 +18,8 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from ..export import jsonl_lines
+from reasonrl.eval.store import jsonl_lines
+
 from .teacher import SumsTeacher
 
 MODEL = "sums-teacher"

@@ -37,10 +37,10 @@ from reasonrl.demo.policy import SHIPPED
 from reasonrl.envs.base import Prompt
 from reasonrl.envs.math import MathEnvironment
 from reasonrl.eval import run_eval
+from reasonrl.eval.store import jsonl_lines
 from reasonrl.rl.config import read_yaml
 
 from .. import from_dict, run_sand
-from ..export import jsonl_lines
 from .endpoint import TeacherServer, create_teacher_app, known_problems
 from .splits import write_splits
 from .teacher import SumsTeacher

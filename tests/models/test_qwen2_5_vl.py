@@ -59,6 +59,12 @@ def test_preprocess_paths_and_bad_inputs(tmp_path):
         preprocess([noise_image(2, 500)])
     with pytest.raises(ValueError, match="at least one pixel"):  # a ZeroDivisionError before
         preprocess([np.zeros((0, 10, 3), dtype=np.uint8)])
+    with pytest.raises(ValueError, match="'image/gif' is not supported"):  # what serve says too
+        preprocess(["data:image/gif;base64,R0lGOD"])
+    with pytest.raises(ValueError, match="must be base64"):
+        preprocess(["data:image/png,rawbytes"])
+    with pytest.raises(ValueError, match="not a valid PNG image"):
+        preprocess(["data:image/png;base64,aGVsbG8="])
 
 
 # ---- vision tower and logits -----------------------------------------------------------------

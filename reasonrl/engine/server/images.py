@@ -24,7 +24,7 @@ from PIL import Image
 
 from reasonrl.engine.server.config import ServeConfig
 from reasonrl.engine.server.errors import APIError
-from reasonrl.models.qwen2_5_vl.processor import DATA_URL, FORMATS, preprocess, smart_resize
+from reasonrl.models.qwen2_5_vl.processor import preprocess, smart_resize, split_data_url
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt, expand_image_tokens
 
 
@@ -116,16 +116,10 @@ def _text_part(part: dict, where: str) -> dict:
 
 def decode_data_url(url: str, cfg: ServeConfig, where: str) -> Image.Image:
     """A PNG or JPEG data: URL -> a decoded Pillow image, or a 400 naming `where` and the problem."""
-    m = DATA_URL.fullmatch(url)
-    if m is None:
-        scheme = url.split(":", 1)[0][:20] if ":" in url else "no scheme"
-        raise APIError(f"{where}: only data: URLs are accepted (this server fetches nothing), got {scheme}", param=where)
-    media, params, data = m.group(1).strip().lower(), m.group(2).lower().split(";"), m.group(3)
-    if media not in FORMATS:
-        raise APIError(f"{where}: image type {media[:64] or 'none'!r} is not supported (image/png or image/jpeg)",
-                       param=where)
-    if "base64" not in params:
-        raise APIError(f"{where}: the data: URL must be base64 (data:{media};base64,...)", param=where)
+    try:
+        fmt, data = split_data_url(url)
+    except ValueError as exc:
+        raise APIError(f"{where}: {exc}", param=where) from None
     if len(data) // 4 * 3 > cfg.max_image_bytes + 3:  # refused before decoding
         raise APIError(f"{where}: the image is larger than this server's limit of {cfg.max_image_bytes} bytes", param=where)
     try:
@@ -134,7 +128,7 @@ def decode_data_url(url: str, cfg: ServeConfig, where: str) -> Image.Image:
         raise APIError(f"{where}: the image data is not valid base64 ({exc})", param=where) from None
     if len(raw) > cfg.max_image_bytes:
         raise APIError(f"{where}: the image is larger than this server's limit of {cfg.max_image_bytes} bytes", param=where)
-    return _open(raw, FORMATS[media], cfg.max_image_pixels, where)
+    return _open(raw, fmt, cfg.max_image_pixels, where)
 
 
 def _open(raw: bytes, fmt: str, max_pixels: int, where: str) -> Image.Image:

@@ -118,18 +118,32 @@ def to_rgb(image: ImageInput) -> Image.Image:
     return image.convert("RGB")
 
 
-def open_data_url(url: str) -> Image.Image:
-    """A base64 PNG or JPEG `data:` URL, as `reasonrl serve` reads them, decoded; ValueError otherwise."""
+def split_data_url(url: str) -> tuple[str, str]:
+    """A base64 PNG or JPEG `data:` URL -> (its Pillow format, the base64 payload, not yet decoded);
+    ValueError naming what is wrong otherwise. `reasonrl serve` and the processor read them alike."""
     m = DATA_URL.fullmatch(url)
-    media = m.group(1).strip().lower() if m else ""
-    if m is None or media not in FORMATS or "base64" not in m.group(2).lower().split(";"):
-        raise ValueError(f"image URL {url[:40]!r}: a data: URL must hold a base64 PNG or JPEG image "
-                         "(data:image/png;base64,...)")
+    if m is None:
+        scheme = url.split(":", 1)[0][:20] if ":" in url else "no scheme"
+        raise ValueError(f"only data: URLs are accepted (nothing is fetched), got {scheme}")
+    media, params = m.group(1).strip().lower(), m.group(2).lower().split(";")
+    if media not in FORMATS:
+        raise ValueError(f"image type {media[:64] or 'none'!r} is not supported (image/png or image/jpeg)")
+    if "base64" not in params:
+        raise ValueError(f"the data: URL must be base64 (data:{media};base64,...)")
+    return FORMATS[media], m.group(3)
+
+
+def open_data_url(url: str) -> Image.Image:
+    """A base64 PNG or JPEG `data:` URL decoded; ValueError naming the URL and the problem otherwise."""
     try:
-        image = Image.open(io.BytesIO(base64.b64decode(m.group(3), validate=True)), formats=[FORMATS[media]])
+        fmt, data = split_data_url(url)
+    except ValueError as exc:
+        raise ValueError(f"image URL {url[:40]!r}: {exc}") from None
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)), formats=[fmt])
         image.load()
     except (binascii.Error, ValueError, OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"image URL {url[:40]!r}: not a valid {FORMATS[media]} image ({type(exc).__name__})") from None
+        raise ValueError(f"image URL {url[:40]!r}: not a valid {fmt} image ({type(exc).__name__})") from None
     return image
 
 

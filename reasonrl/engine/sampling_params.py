@@ -8,6 +8,7 @@ divide float32 logits (a positive temperature below `MIN_TEMPERATURE` can overfl
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, field
 
 from reasonrl.engine.structured import StructuredOutput
@@ -16,6 +17,12 @@ INT64_MAX = (1 << 63) - 1
 MIN_TEMPERATURE = 1e-2
 """Smallest positive temperature: logits / T must stay finite in float32 (vLLM clamps to the same)."""
 MAX_TEMPERATURE = 1e4
+
+
+def stable_seed(*parts, bits: int = 30) -> int:
+    """A seed that is a pure function of `parts` (the same on every run, machine and Python: not
+    `hash`), below 2**bits; the default 30 bits fit any server's int, with room for `seed + i`."""
+    return zlib.crc32(":".join(map(str, parts)).encode()) & ((1 << bits) - 1)
 
 
 @dataclass(slots=True)

@@ -7,9 +7,9 @@ on `limit`, on batching, or on whether the run was interrupted and resumed.
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 
+from reasonrl.engine.sampling_params import stable_seed
 from reasonrl.envs.base import Prompt
 
 
@@ -42,7 +42,7 @@ class Failure:
 
 def problem_seed(seed: int, problem_id: str) -> int:
     """Base seed of a problem; sample j uses `problem_seed + j` (the engine's rule for n > 1)."""
-    return zlib.crc32(f"{seed}:{problem_id}".encode()) & 0x3FFFFFFF  # < 2**30: fits any server's int
+    return stable_seed(seed, problem_id)
 
 
 def jobs_for(prompt: Prompt, samples: range | list[int], seed: int) -> list[Job]:

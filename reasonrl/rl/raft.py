@@ -25,11 +25,12 @@ import torch
 
 from reasonrl.config import to_dict
 from reasonrl.engine.llm_engine import LLMEngine
+from reasonrl.engine.sampling_params import stable_seed
 from reasonrl.envs.base import Environment, Prompt
 from reasonrl.models import load_model
 from reasonrl.models.loader import save_model
 from reasonrl.models.tokenizer import Tokenizer
-from reasonrl.reward.prm.completer import Completer, Request, seed_of
+from reasonrl.reward.prm.completer import Completer, Request
 from reasonrl.rl.sft import SFTConfig, sft_example, train_sft
 
 
@@ -102,7 +103,7 @@ def sample(model, tokenizer, prompts: Sequence[Prompt], n: int, temperature: flo
     """n responses per prompt from the model as it is now (a fresh engine: the weights changed): each
     prompt's request, its `texts` and whether each `ended` on its own."""
     engine = LLMEngine(model, tokenizer)
-    requests = [Request(p, seed=seed_of(seed, p.id)) for p in prompts]
+    requests = [Request(p, seed=stable_seed(seed, p.id)) for p in prompts]
     Completer(engine, n, temperature, max_tokens).run(requests)
     return requests
 

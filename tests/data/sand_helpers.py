@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from reasonrl.data.sand import from_dict, run_sand
-from reasonrl.data.sand.calls import call_seed
+from reasonrl.engine.sampling_params import stable_seed
 
 REPO = Path(__file__).resolve().parents[2]
 SUMS_TOPICS = REPO / "recipes" / "sand-sums-topics.yaml"
@@ -46,7 +46,7 @@ def write_recipe(path: Path, data: dict) -> Path:
 
 def slot_of(seed: int | None, stage: str, ids: list[str], run_seed: int = 0) -> str | None:
     """Which problem id a call of `stage` with this seed was for."""
-    return next((i for i in ids if call_seed(run_seed, stage, i) == seed), None)
+    return next((i for i in ids if stable_seed(run_seed, stage, i) == seed), None)
 
 
 def ledger(out: Path, name: str) -> dict[str, dict]:

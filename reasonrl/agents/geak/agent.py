@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import logging
 import sys
-import zlib
 from typing import Sequence
 from urllib.parse import parse_qsl
 
+from reasonrl.engine.sampling_params import stable_seed
 from reasonrl.envs.kernels.prompt import extract_code
 
 from . import prompts
@@ -126,7 +126,7 @@ class Loop:
         return (doc.instruction, doc.code) if doc else None
 
     def _seed(self, trajectory: Trajectory, iteration: int, role: str) -> int:
-        return zlib.crc32(f"{self.config.seed}:{_key(trajectory, iteration, role)}".encode()) & 0x3FFFFFFF
+        return stable_seed(self.config.seed, _key(trajectory, iteration, role))
 
     def _report(self, iteration: int) -> None:
         if not self.progress:

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import sys
 import time
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
+from reasonrl.engine.sampling_params import stable_seed
 from reasonrl.envs.base import Prompt
 from reasonrl.eval.client import EndpointError, OpenAIClient
 from reasonrl.eval.jobs import Completion, Failure, Job
@@ -60,10 +60,6 @@ def llm_client(section: LLMSection) -> OpenAIClient:
                         section.extra_body)
 
 
-def call_seed(seed: int, name: str, key: str) -> int:
-    return zlib.crc32(f"{seed}:{name}:{key}".encode()) & 0x3FFFFFFF  # < 2**30: fits any server's int
-
-
 def ask(ctx, name: str, client: Callable[[], Client], calls: list[Call]) -> dict[str, Row]:
     """The answer row of every call in `calls` (see the module docstring); `client()` is only
     built (and probed) when some answer is missing. Raises Stopped, StageIncomplete or EndpointError."""
@@ -76,7 +72,7 @@ def ask(ctx, name: str, client: Callable[[], Client], calls: list[Call]) -> dict
 
 def _run(ctx, name: str, client: Client, todo: list[Call], ledger) -> None:
     client.probe()
-    jobs = [Job(Prompt(c.key, c.messages), 0, call_seed(ctx.recipe.run.seed, name, c.key)) for c in todo]
+    jobs = [Job(Prompt(c.key, c.messages), 0, stable_seed(ctx.recipe.run.seed, name, c.key)) for c in todo]
     rejected: list[Row] = []
     failed: list[Failure] = []
     line = ProgressLine(name, len(jobs), ctx.recipe.run.progress)

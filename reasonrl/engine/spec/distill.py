@@ -24,7 +24,6 @@ import math
 import random
 import sys
 import time
-import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
-from reasonrl.engine.sampling_params import SamplingParams
+from reasonrl.engine.sampling_params import SamplingParams, stable_seed
 from reasonrl.engine.spec.draft import CONFIG_FILE, DraftHead, DraftInfo, attention_layout, fingerprint, read_info
 from reasonrl.eval.store import jsonl_lines
 from reasonrl.models.chat import ChatEncoder
@@ -189,7 +188,7 @@ def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: lis
         steps_per_epoch = -(-len(prompts) // cfg.prompts_per_step)
         cfg = replace(cfg, steps=cfg.epochs * steps_per_epoch, eval_every=steps_per_epoch)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    seed = cfg.seed if not first_step else hash_seed(cfg.seed, first_step)
+    seed = cfg.seed if not first_step else stable_seed(cfg.seed, first_step, bits=31)
     torch.manual_seed(seed)
     rng = random.Random(seed)
     draft = draft or DraftHead(target)
@@ -285,11 +284,6 @@ def _earlier_log(init: str | Path, steps: int) -> list[dict]:
             if isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] <= steps]
     shift = steps - rows[-1]["step"] if rows else 0
     return [{**r, "step": r["step"] + shift} for r in rows]
-
-
-def hash_seed(*parts) -> int:
-    """A 31-bit seed from `parts` (the same on every run and machine)."""
-    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
 
 def write_epoch_report(out: Path, history: list[dict]) -> None:

@@ -12,7 +12,6 @@ continuations, and `Cost.no_room` counts it. `Cost` counts what it took.
 from __future__ import annotations
 
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -106,6 +105,3 @@ class Completer:
         return ids + self.engine.tokenizer.encode(r.prefix, add_special_tokens=False) if r.prefix else ids
 
 
-def seed_of(*parts) -> int:
-    """A request's seed, a pure function of what it is (problem, sample, step, completer role)."""
-    return zlib.crc32(":".join(map(str, parts)).encode()) & 0x3FFFFFFF

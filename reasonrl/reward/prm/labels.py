@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 from reasonrl.config import to_dict
+from reasonrl.engine.sampling_params import stable_seed
 from reasonrl.envs.base import Environment, Prompt
-from reasonrl.reward.prm.completer import Completer, Cost, Request, seed_of
+from reasonrl.reward.prm.completer import Completer, Cost, Request
 from reasonrl.reward.prm.steps import StepFormat, split_steps
 
 Source = Literal["exact", "outcome", "weak", "strong", "consistent"]
@@ -46,7 +47,7 @@ def sample_solutions(completer: Completer, env: Environment, prompts: Sequence[P
                      seed: int = 0, distinct: bool = True) -> tuple[list[dict[str, Any]], Cost]:
     """`samples` solutions per prompt from the completer (duplicates of a prompt's solution dropped
     when `distinct`; kept for best-of-N pools, where votes count them), as rows with their steps, outcome and, when the environment knows them, exact step labels."""
-    requests = [Request(p, seed=seed_of(seed, p.id, "solution")) for p in prompts]
+    requests = [Request(p, seed=stable_seed(seed, p.id, "solution")) for p in prompts]
     cost = completer.run(requests, n=samples)
     rows = []
     for r in requests:
@@ -71,7 +72,7 @@ def monte_carlo(completer: Completer, env: Environment, rows: list[dict[str, Any
     for i, row in enumerate(rows):
         prompt = as_prompt(row)
         for k, step in enumerate(split_steps(row["response"], fmt)):
-            requests.append(Request(prompt, row["response"][:step.end], seed_of(seed, row["id"], k, role)))
+            requests.append(Request(prompt, row["response"][:step.end], stable_seed(seed, row["id"], k, role)))
             owners.append(i)
     cost = completer.run(requests)
     for row in rows:

@@ -83,7 +83,7 @@ class LLMEngine:
         mcfg = model.config
         self.column_major_bytes = self._cpu_linear(model)  # before any compile traces the weights
         self.max_model_len = cfg.max_model_len or mcfg.max_position_embeddings
-        self.eos_ids = set(tokenizer.eos_token_ids if tokenizer else mcfg.eos_token_ids)
+        self.eos_ids = set(tokenizer.eos_token_ids if tokenizer else mcfg.stop_token_ids)
         fmt = get_format(cfg.kv_format)
         fmt.check_options(cfg.kv_options)
         fixed = fmt.fixed_bytes(mcfg, cfg.block_size, model.dtype, cfg.max_num_seqs, **cfg.kv_options)

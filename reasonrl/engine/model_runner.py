@@ -77,7 +77,7 @@ class ModelRunner:
         self.images = images  # image embeddings and M-RoPE positions of prompts with images
         self.latents = latents  # LatentReasoning: latent positions' input embeddings (engine/latent.py)
         self.device = model.device
-        self.eos_ids = eos_ids if eos_ids is not None else set(model.config.eos_token_ids)  # what min_tokens holds back
+        self.eos_ids = eos_ids if eos_ids is not None else set(model.config.stop_token_ids)  # what min_tokens holds back
         self.grammars = grammars  # fills structured outputs' masks in parallel (engine/grammar.py)
 
     def prepare(self, scheduled: list[tuple[Sequence, int]], trees: dict[int, DraftTree] | None = None) -> StepBatch:

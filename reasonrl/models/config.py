@@ -55,6 +55,14 @@ class ModelConfig:
     generation: dict[str, Any] = field(default_factory=dict, repr=False)  # generation_config.json as read, kept for saving
 
     @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """config.json's end-of-sequence ids and generation_config.json's: generation stops on any of
+        them (Qwen2.5-Instruct lists <|im_end|> in one and <|endoftext|> in the other)."""
+        ids = self.generation.get("eos_token_id") if isinstance(self.generation, dict) else None
+        ids = ids if isinstance(ids, list) else [] if ids is None else [ids]
+        return tuple(dict.fromkeys([*self.eos_token_ids, *(i for i in ids if isinstance(i, int) and not isinstance(i, bool))]))
+
+    @property
     def family(self) -> str:
         return ARCHITECTURES[self.architecture]
 
@@ -72,16 +80,18 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         archs = d.get("architectures") or []
         arch = next((a for a in archs if a in ARCHITECTURES), None)
+        if arch is None and not archs:  # no 'architectures' key: transformers goes by model_type
+            arch = next((a for a, family in ARCHITECTURES.items() if family == d.get("model_type")), None)
         if arch is None:
-            raise ConfigError(
-                f"unsupported architecture {archs or d.get('model_type')!r} in config.json 'architectures'; "
-                f"supported: {', '.join(ARCHITECTURES)}"
-            )
+            named = f"'architectures' {archs!r}" if archs else f"'model_type' {d.get('model_type')!r} (no 'architectures')"
+            raise ConfigError(f"unsupported architecture: config.json {named}; supported: {', '.join(ARCHITECTURES)}")
         family = ARCHITECTURES[arch]
         if d.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"unsupported 'hidden_act' {d['hidden_act']!r}: only 'silu' (SwiGLU) is implemented")
-        if d.get("use_sliding_window"):
-            raise ConfigError("'use_sliding_window': true is not supported (full attention only)")
+        sliding = _sliding_layers(d)
+        if sliding:
+            raise ConfigError(f"'use_sliding_window': true makes layers {sliding[0]}-{sliding[-1]} slide (from "
+                              "'max_window_layers' or 'layer_types'); sliding-window attention is not supported")
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
             if not isinstance(d.get(key), int) or d[key] <= 0:
                 raise ConfigError(f"config.json key {key!r} must be a positive integer, got {d.get(key)!r}")
@@ -167,6 +177,19 @@ class ModelConfig:
         return d
 
 
+def _sliding_layers(d: dict[str, Any]) -> list[int]:
+    """The layers transformers runs with sliding-window attention (Qwen2/Qwen3's rule: with
+    use_sliding_window and a window, layer i slides if layer_types says so, or if i >= max_window_layers)."""
+    if not d.get("use_sliding_window") or d.get("sliding_window") is None:
+        return []
+    n = d.get("num_hidden_layers") if isinstance(d.get("num_hidden_layers"), int) else 0
+    types = d.get("layer_types")
+    if not isinstance(types, list):
+        first = d.get("max_window_layers", 28)
+        types = ["sliding_attention" if i >= first else "full_attention" for i in range(n)]
+    return [i for i, t in enumerate(types) if t == "sliding_attention"]
+
+
 def _rope_params(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None, tuple[int, ...] | None]:
     """(theta, scaling, mrope_section) from either the classic `rope_theta`/`rope_scaling` keys or
     transformers>=5 `rope_parameters`. M-RoPE is default RoPE whose rotary pairs read three
@@ -177,6 +200,11 @@ def _rope_params(d: dict[str, Any]) -> tuple[float, dict[str, Any] | None, tuple
     if isinstance(params, dict):
         theta = params.get("rope_theta", theta)
         scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    elif isinstance(scaling, dict) and "rope_theta" in scaling:  # some transformers 4.5x configs keep it there
+        inner = scaling["rope_theta"]
+        if theta is not None and float(theta) != float(inner):
+            raise ConfigError(f"'rope_theta' is {theta} but 'rope_scaling' holds 'rope_theta' {inner}; keep one")
+        theta, scaling = inner, {k: v for k, v in scaling.items() if k != "rope_theta"}
     mrope_section = None
     if scaling:
         scaling = dict(scaling)

@@ -156,6 +156,44 @@ def test_unsupported_architecture_and_rope(hf_checkpoint):
                                                              "mrope_section": [2, 3, 3]})).rope_type == "default"
 
 
+def test_config_forms_of_real_checkpoints(hf_checkpoint):
+    """Config spellings found on the Hub that transformers reads; each once read wrong or refused."""
+    path, _ = hf_checkpoint("qwen2")
+    inner = _config(path, rope_scaling={"rope_type": "default", "rope_theta": 1e6})  # transformers 4.5x configs
+    inner.pop("rope_theta", None)
+    cfg = ModelConfig.from_dict(inner)
+    assert cfg.rope_theta == 1e6 and cfg.rope_scaling is None  # was 10000: silently wrong, and saved so
+    assert cfg.to_dict()["rope_theta"] == 1e6
+    with pytest.raises(ConfigError, match="'rope_theta' is 500000.0 but 'rope_scaling' holds 'rope_theta' 1000000.0"):
+        ModelConfig.from_dict({**inner, "rope_theta": 5e5})
+    unnamed = _config(path)
+    del unnamed["architectures"]
+    assert ModelConfig.from_dict(unnamed).architecture == "Qwen2ForCausalLM"  # transformers goes by model_type
+    with pytest.raises(ConfigError, match="'model_type' 'gpt2' \\(no 'architectures'\\)"):
+        ModelConfig.from_dict({**unnamed, "model_type": "gpt2"})
+    layers = unnamed["num_hidden_layers"]
+    window = dict(use_sliding_window=True, sliding_window=16)
+    assert ModelConfig.from_dict(_config(path, **window, max_window_layers=layers))  # no layer slides
+    assert ModelConfig.from_dict(_config(path, **window, layer_types=["full_attention"] * layers))
+    assert ModelConfig.from_dict(_config(path, use_sliding_window=True, sliding_window=None, max_window_layers=0))
+    slides = {k: v for k, v in _config(path, **window, max_window_layers=1).items() if k != "layer_types"}
+    with pytest.raises(ConfigError, match=f"layers 1-{layers - 1} slide"):  # layer_types, when given, decides
+        ModelConfig.from_dict(slides)
+
+
+def test_generation_config_eos_stops_without_a_tokenizer(hf_checkpoint, tmp_path):
+    """A checkpoint whose generation_config.json lists an end-of-sequence id config.json does not
+    (Qwen2.5-Instruct's <|endoftext|>) stops on it when driven by token ids, as transformers does."""
+    from reasonrl.engine import EngineConfig, LLMEngine
+
+    path, _ = hf_checkpoint("qwen2")
+    model = load_model(path)
+    model.config.generation = {"eos_token_id": [7, 202]}
+    assert {7, 202} <= set(model.config.stop_token_ids)
+    engine = LLMEngine(model, None, EngineConfig(kv_cache_memory="4MiB"))
+    assert {7, 202} <= engine.eos_ids and set(model.config.eos_token_ids) <= engine.eos_ids
+
+
 def test_shape_mismatch_names_the_tensor(hf_checkpoint, tmp_path):
     path, _ = hf_checkpoint("qwen2")
     bad = tmp_path / "bad"

@@ -93,7 +93,7 @@ class SFTConfig:
 def sft_example(prompt: str | list[dict], response: str, encoder: ChatEncoder | Tokenizer, chat: bool = True) -> Sample:
     """One example as a sample: the prompt (a string, or chat messages, images included for a VLM)
     through the chat template with its generation prompt, or encoded as it is when not `chat`; the
-    response ends with EOS."""
+    response ends with the template's end of turn where generation stops on it, else with EOS."""
     encoder = encoder if isinstance(encoder, ChatEncoder) else ChatEncoder(encoder)
     tokenizer, inp = encoder.tokenizer, None
     if chat:
@@ -101,8 +101,8 @@ def sft_example(prompt: str | list[dict], response: str, encoder: ChatEncoder | 
         prompt_ids = token_ids(inp)
     else:
         prompt_ids = tokenizer.encode(prompt if isinstance(prompt, str) else json.dumps(prompt))
-    eos = list(tokenizer.eos_token_ids[:1])
-    return Sample(prompt_ids=prompt_ids, response_ids=tokenizer.encode(response, add_special_tokens=False) + eos,
+    end = tokenizer.end_of_turn_ids if chat else list(tokenizer.eos_token_ids[:1])
+    return Sample(prompt_ids=prompt_ids, response_ids=tokenizer.encode(response, add_special_tokens=False) + end,
                   multimodal=multimodal(inp) if inp is not None else None)
 
 

@@ -30,6 +30,22 @@ def test_eos_ids_are_the_union_of_all_sources(tokenizer, tmp_path):
     assert tok.eos_token_ids == (tokenizer.eos_token_ids[0], 5, 7, 9)
 
 
+def test_a_response_ends_with_the_templates_end_of_turn_when_it_stops_generation(tokenizer):
+    """SFT targets end where the chat template ends an assistant turn (Llama 3's <|eot_id|> after a
+    tokenizer_config EOS of <|end_of_text|>), unless generation would not stop there."""
+    im_end, text_end = tokenizer.tok.token_to_id("<|im_end|>"), tokenizer.tok.token_to_id("<|endoftext|>")
+    both = Tokenizer(tokenizer.tok, tokenizer.chat_template, "<|endoftext|>", extra_eos_ids=(im_end,))
+    assert both.eos_token_ids[0] == text_end and both.end_of_turn_ids == [im_end]
+    base = Tokenizer(tokenizer.tok, tokenizer.chat_template, "<|endoftext|>")  # a base model's: <|im_end|> stops nothing
+    assert base.end_of_turn_ids == [text_end]
+    assert Tokenizer(tokenizer.tok, None, "<|endoftext|>").end_of_turn_ids == [text_end]  # no template
+    assert tokenizer.end_of_turn_ids == [im_end]
+    from reasonrl.rl.sft import sft_example
+
+    assert sft_example("q", "r", both).response_ids[-1] == im_end  # was <|endoftext|>: the template's turn never ended
+    assert sft_example("q", "r", both, chat=False).response_ids[-1] == text_end
+
+
 def test_chat_template_file_and_missing_template(tokenizer, tmp_path):
     tokenizer.save(tmp_path)
     (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}[{{ m['content'] }}]{% endfor %}")

@@ -92,7 +92,7 @@ class JudgeItem:
 
 def judge_items(examples: list[JudgeExample], tokenizer: Tokenizer, model, task_tokens: bool = True) -> list[JudgeItem]:
     encoder = ChatEncoder(tokenizer, model)
-    eos = list(tokenizer.eos_token_ids[:1])
+    eos = tokenizer.end_of_turn_ids
     out = []
     for ex in examples:
         text = render_judgement(ex.scores, ex.boxes, " ".join(ex.notes) or "The image matches the caption.",

@@ -26,5 +26,5 @@ def lvr_example(tokenizer, model, image: np.ndarray, item: QAItem, latent: Laten
     prompt = build_prompt(tokenizer, messages, model.vlm_config, model.image_config)
     cfg = model.vlm_config.vision
     roi = roi_tokens(item.roi, image.shape[:2], prompt.image_grid_thw[0], cfg.spatial_merge_size, cfg.patch_size)
-    answer = tokenizer.encode(f"\\boxed{{{item.answer}}}") + [tokenizer.eos_token_ids[0]]
+    answer = tokenizer.encode(f"\\boxed{{{item.answer}}}") + tokenizer.end_of_turn_ids
     return lvr_sequence(prompt, roi, answer, latent), prompt

@@ -3,15 +3,18 @@ decisions, and run_sandboxed's timeout, process-group kill and output truncation
 
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
-from reasonrl.envs.kernels.evaluate import isolation, limits, seccomp
+from reasonrl.envs.kernels.evaluate import isolation, limits, sandbox, seccomp
 from reasonrl.envs.kernels.evaluate.guard import Guard
 from reasonrl.envs.kernels.evaluate.limits import SandboxLimits
-from reasonrl.envs.kernels.evaluate.sandbox import run_sandboxed, truncate
+from reasonrl.envs.kernels.evaluate.sandbox import remove_tree, run_sandboxed, truncate
 
 
 def in_child(fn):
@@ -223,6 +226,49 @@ def test_the_disk_limit_caps_all_files_together(tmp_path):
         assert outcome.over_disk and not outcome.timed_out and time.monotonic() - start < 15, job
     (tmp_path / "small" / "out").mkdir(parents=True)
     assert not run_sandboxed(lambda ctx: _fill(ctx, 2, False), str(tmp_path / "small"), limits, []).over_disk
+
+
+def _unprivileged(fn, home) -> int:
+    """fn() in a forked child that permissions bind (as root, which reads a chmod 000 directory
+    anyway, the child becomes nobody and `home` is given to it); its exit code."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            if os.geteuid() == 0:
+                os.chown(home, 65534, 65534)
+                os.setgid(65534)
+                os.setuid(65534)
+            code = fn()
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_a_directory_the_candidate_locks_is_still_measured_and_removed():
+    """A candidate may chmod 000 a directory of its own after filling it: the parent, the same user,
+    then measured nothing in it, and rmtree(ignore_errors=True) left it and its files on disk."""
+    home = Path(tempfile.mkdtemp(prefix="locked-test-"))  # in /tmp: a path nobody can reach
+    home.chmod(0o755)
+
+    def lock_measure_remove() -> int:
+        locked = home / "job" / "out" / "locked"
+        locked.mkdir(parents=True)
+        (locked / "deeper").mkdir()
+        for i in range(3):
+            (locked / "deeper" / f"f{i}").write_bytes(os.urandom(1 << 20))
+        (locked / "deeper").chmod(0)
+        locked.chmod(0o500)  # readable, but its entries cannot be unlinked
+        used, _ = sandbox.disk_usage(str(home / "job"), 8 << 20, 100)
+        if used < 3 << 20:
+            return 2
+        remove_tree(str(home / "job"))
+        return 3 if (home / "job").exists() else 0
+
+    try:
+        assert _unprivileged(lock_measure_remove, home) == 0
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _empty_files_then_sleep(ctx, files=2000, seconds=0.0):

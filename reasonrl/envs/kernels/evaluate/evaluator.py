@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import weakref
@@ -32,6 +31,7 @@ from reasonrl.envs.math.pool import WorkerPool
 from .judge import judge, no_code, reference_failed
 from .limits import SandboxLimits
 from .plan import Plan, make_plan, script_source
+from .sandbox import remove_tree
 from .timing import TimingConfig
 from .verdict import Verdict
 
@@ -69,7 +69,7 @@ class KernelEvaluator:
         self.device = resolve_device(self.config.device)
         self.hidden = hidden_paths() + [str(Path(p).resolve()) for p in self.config.hidden_paths]
         self._jobs_dir = tempfile.mkdtemp(prefix="reasonrl-kernels-")  # every job's directory, gone at close()
-        self._cleanup = weakref.finalize(self, shutil.rmtree, self._jobs_dir, True)
+        self._cleanup = weakref.finalize(self, remove_tree, self._jobs_dir)
         self._plans: dict[str, Plan] = {}
         self._pool = self._make_pool(self.config.workers, self.limits.timeout)
         self._timing_pool: WorkerPool | None = None

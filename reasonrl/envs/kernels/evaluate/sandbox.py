@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import sys
 import tempfile
@@ -132,25 +133,65 @@ def over_limits(work: str, limits: SandboxLimits) -> bool:
 
 def disk_usage(path: str, limit: int, files: int) -> tuple[int, int]:
     """(bytes under `path`: blocks in use, at least ENTRY_BYTES per entry; entries), counted until
-    past `limit` bytes or `files` entries (so that a scan costs at most `files` entries' stats)."""
+    past `limit` bytes or `files` entries (so that a scan costs at most `files` entries' stats). A
+    directory the candidate locked (chmod 000: the parent is the same user) is unlocked to be read;
+    one that still cannot be read counts as over the limit."""
     total, count, todo = 0, 0, [path]
     while todo and total <= limit and count <= files:
+        directory = todo.pop()
         try:
-            with os.scandir(todo.pop()) as entries:
-                for entry in entries:
-                    count += 1
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    total += max(st.st_blocks * 512, ENTRY_BYTES)
-                    if entry.is_dir(follow_symlinks=False):
-                        todo.append(entry.path)
-                    if total > limit or count > files:
-                        break
-        except OSError:  # gone, or unreadable: what could be read counts
+            entries = _scandir(directory)
+        except (FileNotFoundError, NotADirectoryError):  # gone
             continue
+        except OSError:
+            return limit + 1, count
+        with entries:
+            for entry in entries:
+                count += 1
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                total += max(st.st_blocks * 512, ENTRY_BYTES)
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append(entry.path)
+                if total > limit or count > files:
+                    break
     return total, count
+
+
+def _scandir(directory: str):
+    try:
+        return os.scandir(directory)
+    except PermissionError:
+        _unlock(directory)
+        return os.scandir(directory)
+
+
+def _unlock(directory: str) -> None:
+    """Give the owner back rwx on `directory`, never through a symlink (the candidate may still be
+    running and swap one in: the path is opened without following links, then changed by its fd)."""
+    fd = os.open(directory, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY)
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", 0o700)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: str) -> None:
+    """shutil.rmtree, after unlocking every directory under `path` (rmtree with ignore_errors leaves
+    a directory the candidate made unreadable, and everything in it, on disk)."""
+    todo = [path]
+    while todo:
+        directory = todo.pop()
+        try:
+            with _scandir(directory) as entries:
+                todo += [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+            if not os.access(directory, os.W_OK | os.X_OK):  # its files could not be unlinked
+                _unlock(directory)
+        except OSError:
+            continue
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _kill_group(pid: int) -> None:

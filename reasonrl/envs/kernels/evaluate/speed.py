@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import time
 from functools import partial
@@ -38,7 +37,7 @@ import torch
 
 from .limits import SandboxLimits
 from .runner import load_candidate
-from .sandbox import finish_sandboxed, start_sandboxed
+from .sandbox import finish_sandboxed, remove_tree, start_sandboxed
 from .timing import round_order
 
 CLOCK_NS = time.perf_counter_ns  # captured before any candidate is imported
@@ -230,7 +229,7 @@ def orchestrate(job: dict, job_dir: str, source_path: str) -> dict:
         except ProcessLookupError:
             pass
         os.waitpid(ref_pid, 0)
-        shutil.rmtree(ref_dir, ignore_errors=True)
+        remove_tree(ref_dir)
     answer["stderr"] = outcome.stderr if outcome else ""
     if outcome is not None and outcome.over_disk and not answer["error"]:
         answer["error"] = (f"the candidate left more than {limits.disk} bytes or {limits.files} files in its "

@@ -29,7 +29,7 @@ import torch
 
 from . import runner, speed
 from .limits import SandboxLimits
-from .sandbox import run_sandboxed
+from .sandbox import remove_tree, run_sandboxed
 
 MAX_RESULT_BYTES = 256 << 20
 
@@ -56,7 +56,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                 "cpu_limit": limits.cpu_seconds, "over_disk": outcome.over_disk, "disk_limit": limits.disk,
                 "files_limit": limits.files}
     finally:
-        shutil.rmtree(job_dir, ignore_errors=True)
+        remove_tree(job_dir)
 
 
 def _relative(text: str, job_dir: str) -> str:

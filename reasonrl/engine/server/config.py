@@ -53,7 +53,7 @@ class ServeConfig:
     a small file that would decode to a huge image (a decompression bomb) gets a 400."""
     max_images_per_request: int | None = None
     """Images in one chat request, at most (400 above). None, or anything larger: as many as the
-    context can hold at the smallest image size (max_model_len divided by the tokens of a min_pixels
+    context can hold at the smallest image size ((max_model_len - 1) divided by the tokens of a min_pixels
     image)."""
     retry_after_seconds: int = 1
     """The Retry-After of a 429."""

@@ -11,8 +11,13 @@ optionally the id, metadata and multiple-choice options fields. Reward kinds:
   may be a list of accepted strings.
 - `choice`: the letter that starts the final answer ("B", "(B)", "B. text", `\\boxed{B}`)
   equals the reference letter; without a box or "Answer:" line, only a response that is just
-  the letter ("B", "(b)") counts. With a `choices` field, the options are listed under the
-  prompt as "A. ..." and the reference letter must name one of them.
+  the letter ("B", "(b)") counts. The final answer is the last box, else what follows the last
+  "Answer:" / "The answer is" cue, read up to its first clause boundary ("C, because ...",
+  "C; B is wrong", "C。": math/extract.py `first_clause`). An answer that names another option
+  letter right after it ("A or B", "A B C D", "A, B, C or D", "A and maybe B") names none
+  and scores 0; "(B) Vitamin C" is B, and "I" before a lowercase word is the pronoun ("B, I
+  think"). With a `choices` field, the options are listed under the prompt as "A. ..." and the
+  reference letter must name one of them.
 
 A row that is not a JSON object or has a missing or wrongly typed field (or a repeated id) is
 reported with file, line and field and skipped; with `strict=True` the first one raises
@@ -36,7 +41,7 @@ from typing import Any, Sequence
 
 from .base import Environment, Prompt
 from .math.environment import MATH_SYSTEM_PROMPT, MathEnvironment, select
-from .math.extract import after_delimiter, answer_line, last_boxed
+from .math.extract import after_delimiter, answer_clause, answer_line, first_clause, last_boxed
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +206,8 @@ def normalize_text(text: str) -> str:
 
 
 def final_answer(response: str, think: str | None, whole_text_up_to: int) -> str | None:
-    """The last box, else the last "Answer:" line, else the whole text (after `think`) when it
-    is at most `whole_text_up_to` characters long."""
+    """The last box, else what follows the last "Answer:" cue on its line, else the whole text
+    (after `think`) when it is at most `whole_text_up_to` characters long."""
     text = after_delimiter(response, think)
     if text is None:
         return None
@@ -223,19 +228,32 @@ def exact_reward(response: str, answer: Any, think: str | None = None) -> float:
     return 1.0 if said and said in {normalize_text(str(a)) for a in accepted} else 0.0
 
 
-_LETTER = re.compile(r"\(?([A-Z])\)?(?=$|[\s.:)\]])")
+_LETTER = re.compile(r"\(?([A-Z])\)?(?=$|[\s.,;:!?)\]\u3002\uff0c\uff1b\uff1a\uff01\uff1f\u3001])")
+# another capital standing alone right after the letter, past at most separators and three lowercase
+# words ("A or B", "A, B", "A and maybe B"), names a second option; "B) Vitamin C" does not, nor
+# "I" before a lowercase word (the pronoun)
+_SECOND_LETTER = re.compile(r"(?:\s*(?:[,/&;+]|[a-z]+)){0,3}\s*\(?([A-Z])\)?(?![A-Za-z'’])(?!(?<=I)\s+[a-z])")
 
 
 def choice_letter(response: str, think: str | None = None) -> str | None:
-    """The option letter the final answer starts with, or None."""
-    candidate = final_answer(response, think, whole_text_up_to=4)  # "B", "(B)", "B.": not "I think"
+    """The one option letter the final answer starts with and names, or None (module docstring)."""
+    text = after_delimiter(response, think)
+    if text is None:
+        return None
+    candidate = last_boxed(text)
+    candidate = answer_clause(text) if candidate is None else first_clause(candidate)
+    if candidate is None and len(text.strip()) <= 4:  # "B", "(B)", "B.": not "I think"
+        candidate = text
     if candidate is None:
         return None
     candidate = _TEXT_WRAPPER.sub(r"\1", candidate).replace("$", "").strip(_EDGE_PUNCTUATION)
     if len(candidate) == 1:
         candidate = candidate.upper()
     match = _LETTER.match(candidate)
-    return match.group(1) if match else None
+    second = _SECOND_LETTER.match(candidate, match.end()) if match else None
+    if match is None or (second and second.group(1) != match.group(1)):
+        return None  # "A or B", "A B C D": a hedge over options is no answer
+    return match.group(1)
 
 
 def choice_reward(response: str, answer: str, think: str | None = None) -> float:

@@ -134,6 +134,18 @@ def test_choice_reward(response, score):
     assert choice_reward(response, "B") == score
 
 
+def test_choice_reads_the_last_answer_clause_and_refuses_hedges():
+    """A comma, semicolon or CJK stop after the letter hid it, an earlier "Answer:" cue was read as "I",
+    and "A or B" / \\boxed{A B C D} were credited with A."""
+    for said in ("Answer: C, because the others fail.", "The answer is C; B is wrong.", "Answer: C\u3002",
+                 "Answer: I believe the answer is C", "Answer: C! Clearly.", "\\boxed{C. Paris}", "Answer: C, I think"):
+        assert choice_reward(said, "C") == 1.0, said
+    for hedge in ("Answer: A or B", "\\boxed{A B C D}", "Answer: A, B, C or D", "Answer: A/B", "Answer: A and maybe B"):
+        assert choice_reward(hedge, "A") == 0.0, hedge
+    assert choice_reward("Answer: (C) I and II only", "C") == 1.0  # "I" before a lowercase word is not option I
+    assert choice_reward("Answer: (B) Vitamin C", "B") == 1.0  # an option's own text may hold a capital
+
+
 def test_choice_rows_render_options(tmp_path):
     path = write(tmp_path / "mc.jsonl", [
         json.dumps({"q": "Capital of France?", "options": ["Rome", "Paris"], "label": "(b)"}),

@@ -65,6 +65,52 @@ def test_a_decorated_answer_line_is_read_in_linear_time():
     assert answer_line("Answer: " + "1" * 2000, max_chars=5000) == "1" * 2000
 
 
+def test_the_answer_line_fallback_ends_at_its_first_clause():
+    """The rest of the line went to math-verify, which reads an equation's right-hand side: "The answer
+    is 7 (check: 7 - 4 = 3)" scored 1 against 3 and 0 against 7."""
+    assert extract_answer("The answer is 7 (check: 7 - 4 = 3)") == "7"
+    assert extract_answer("The answer is 5 because 2+4=6") == "5"
+    assert extract_answer("The answer is 5, not 6.") == "5"
+    assert extract_answer("The answer is 12 (since 3*4 = 12)") == "12"
+    assert extract_answer("The answer is 7. Check: 3 + 4 = 7") == "7"
+    assert extract_answer("The answer is $5$; the rest is checking.") == "5"
+    assert extract_answer("Final Answer: The final answer is $5$. I hope it is correct.") == "5"
+    assert extract_answer("The answer is 5\u3002") == "5"
+    # a number, a fraction, a set, an interval, an equation or a list is one answer, whatever its commas
+    for kept in ("1,000", "3.5", "\\frac{1}{2}", "\\{1, 2\\}", "[1, 2)", "x = 1, y = 2", "1, 2, 3, ..., 100",
+                 "10\\,000", "5!", "x = (1, 2)", "5, or 6"):
+        assert extract_answer(f"The answer is {kept}. It checks out.") == kept, kept
+    assert extract_answer("The answer is $x = 5$, since 2x = 10.") == "x = 5"
+    assert extract_answer("The answer is \\(1, 2\\), as shown.") == "1, 2"
+    assert answer_line("The answer is 5, not 6.") == "5, not 6"  # the exact reward reads the whole line
+
+
+def test_the_last_answer_cue_on_a_line_wins():
+    """A cue took the rest of its line, so a later cue on the same line was never found."""
+    assert extract_answer("Answer: 6? No wait, the answer is 5.") == "5"
+    assert answer_line("Answer: I believe the answer is Paris") == "Paris"
+    assert extract_answer("The answer is 3.\nWait, no. The final answer is 4.") == "4"
+
+
+def test_a_hostile_answer_line_is_cut_in_bounded_time():
+    """The clause scan is a Python loop over brackets and dollars: it must stop after max_chars."""
+    start = time.perf_counter()
+    for hostile in ("(" * 2_000_000, "$" * 2_000_000, "\\" * 2_000_000, ", " * 2_000_000, " " * 2_000_000 + "x"):
+        assert extract_answer("Answer: 5" + hostile) is None
+    assert extract_answer("Answer: 5, because" + " x" * 1_000_000) == "5"  # too long a line, but a short answer
+    assert time.perf_counter() - start < 60  # a loaded machine's bound; it takes well under a second
+
+
+def test_a_last_box_longer_than_max_chars_is_no_answer():
+    """A too-long last box was skipped like an unclosed one, so the earlier guess in the box was scored."""
+    long_box = "\\boxed{" + "x+" * 600 + "1}"
+    assert extract_answer("First guess \\boxed{5}. Final answer: " + long_box) is None
+    assert last_boxed("\\boxed{5} " + long_box) is None
+    assert last_boxed("\\boxed{5} then truncated \\boxed{" + "1" * 2000) is None  # open past max_chars: too long
+    assert last_boxed("\\boxed{5} then truncated \\boxed{12") == "5"  # a short unclosed box still falls back
+    assert last_boxed("\\boxed{5} " + long_box, max_chars=2000) == "x+" * 600 + "1"
+
+
 @pytest.mark.parametrize(
     "reference, expected",
     [(42, "42"), (0.5, "0.5"), ("$\\frac{1}{2}$", "\\frac{1}{2}"), ("so \\boxed{x+1}.", "x+1"),

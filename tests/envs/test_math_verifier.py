@@ -79,6 +79,17 @@ def test_float_references_in_scientific_notation(verifier):
                                 ("\\boxed{100000000000000000000}", 1e20), ("\\boxed{e+20}", 1e20)]) == [1.0, 1.0, 0.0, 1.0, 0.0]
 
 
+def test_an_answer_line_is_judged_on_its_answer_not_its_explanation(verifier):
+    """math-verify read the last equation of an explanation left on the answer line (7 scored against 3),
+    and a too-long last box fell back to an earlier guess."""
+    check, because, retract = "The answer is 7 (check: 7 - 4 = 3)", "The answer is 5 because 2+4=6", \
+        "Answer: 6? No wait, the answer is 5."
+    long_box = "First guess \\boxed{5}. Final answer: \\boxed{" + "x+" * 600 + "1}"
+    pairs = [(check, "7"), (check, "3"), (because, "5"), (because, "6"), ("The answer is 5, not 6.", "5"),
+             (retract, "5"), (retract, "6"), (long_box, "5")]
+    assert verifier.judge_many(pairs) == [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+
+
 def test_judge_many_keeps_order_and_deduplicates(verifier):
     pairs = [("\\boxed{\\sqrt{8}}", "2\\sqrt{2}"), ("no answer", "1"), ("\\boxed{3}", "3"),
              ("\\boxed{\\sqrt{8}}", "2\\sqrt{2}"), ("\\boxed{\\sqrt{7}}", "2\\sqrt{2}")]

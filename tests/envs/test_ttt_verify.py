@@ -55,6 +55,14 @@ def test_no_answer(text):
     assert extract_answer(text, OTTT) is None
 
 
+def test_a_box_that_merely_contains_a_lowercase_letter_names_no_label():
+    """Every non-letter was dropped before the single-letter rule: \\boxed{1e5} read as E, \\frac{a}{2} as A."""
+    for text in ("\\boxed{1e5}", "\\boxed{2.5e3}", "\\boxed{\\frac{a}{2}}", "\\boxed{-e}", "\\boxed{e^2}"):
+        assert extract_answer(text, OTTT) is None, text
+    for text in ("\\boxed{e}", "\\boxed{ \\text{ e } }", "\\boxed{\\mathrm{e}}"):
+        assert extract_answer(text, OTTT) == "E", text
+
+
 def test_box_beats_prose_and_an_unclosed_box_falls_back():
     assert extract_answer("play at A. \\boxed{B}", OTTT) == "B"
     assert extract_answer("\\boxed{C} and later \\boxed{D", OTTT) == "C"  # last complete box

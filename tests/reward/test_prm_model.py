@@ -1,6 +1,7 @@
 """The PRM: a separator after every step, a head there; HF directory save/load; batched scoring
 that equals one-at-a-time scoring; untrusted responses score without raising; a Qwen2.5-VL backbone."""
 
+import copy
 import json
 import math
 
@@ -95,6 +96,37 @@ def test_long_step_is_cut(prm_dir):
     prm.cfg.max_step_tokens = 3
     enc = PRMScorer(prm, tok).encode("Add: 1", ["1+1=2" * 50, "x"])
     assert enc.positions[1] - enc.positions[0] == 2 and len(enc.positions) == 2
+
+
+class _SpyTokenizer:
+    """The tokenizer's `tok`, recording the longest text each encode_batch call is given."""
+
+    def __init__(self, tok):
+        self.tok, self.longest = tok, []
+
+    def encode_batch(self, texts, **kwargs):
+        self.longest.append(max(map(len, texts)))
+        return self.tok.encode_batch(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_a_huge_step_is_sliced_before_it_is_tokenized(prm_dir):
+    """A whole step was tokenized before being cut to max_step_tokens: a 10 MB one-step response took 25 s."""
+    prm, tok = load_prm(prm_dir, device="cpu")
+    prm.cfg.max_step_tokens = 3
+    steps = ["1+1=2" * 40_000, "x", "4+7=11 11+2=13"]
+    scorer = PRMScorer(prm, tok)
+    spy = copy.copy(tok)
+    spy.tok = _SpyTokenizer(tok.tok)
+    scorer.tokenizer = spy
+    enc = scorer.encode("Add: 1", steps)
+    longest_token = max(map(len, tok.tok.get_vocab(with_added_tokens=True)))
+    assert max(spy.tok.longest) <= 2 * 4 * longest_token < len(steps[0])  # 2 x (max_step_tokens + 1) tokens' worth
+    # the same tokens as tokenizing every step whole, then cutting it
+    whole = [[t for t in tok.tok.encode(s, add_special_tokens=False).ids if t != prm.separator_id][:3] for s in steps]
+    assert enc.ids == scorer.prompt_input("Add: 1") + [t for w in whole for t in w + [prm.separator_id]]
 
 
 def test_aggregations():

@@ -34,6 +34,25 @@ def test_wrong_or_hedged_answers_score_zero(response, answer, answer_type):
     assert score_answer(response, answer, answer_type) == 0.0
 
 
+@pytest.mark.parametrize("response, answer, answer_type", [
+    ("\\boxed{-3}", "3", "number"), ("\\boxed{+3}", "3", "number"), ("\\boxed{3+}", "3", "number"),
+    ("\\boxed{< 3}", "3", "number"), ("\\boxed{\\le 3}", "3", "number"), ("\\boxed{fewer than 3}", "3", "number"),
+    ("\\boxed{more than 3}", "3", "number"), ("Answer: at least 3", "3", "number"), ("\\boxed{about 3}", "3", "number"),
+    ("\\boxed{nothing is red}", "red", "colour"), ("\\boxed{none of them is red}", "red", "colour"),
+    ("Answer: red, blue", "red", "colour"),
+])
+def test_a_signed_compared_or_quantified_value_is_no_answer(response, answer, answer_type):
+    """-3, "fewer than 3" and "more than 3" scored 1 against 3, "nothing is red" against red."""
+    assert score_answer(response, answer, answer_type) == 0.0
+
+
+def test_qualifying_words_that_are_values_or_answer_yes_no_still_read():
+    assert read_answer("Yes, more than one", "yes_no") == "yes"
+    assert read_answer("\\boxed{none}", "number") == "0"
+    assert read_answer("It is above the circle", "direction") == "above"
+    assert read_answer("Answer: I think the answer is red", "colour") == "red"
+
+
 def test_the_final_answer_wins_over_words_in_the_reasoning():
     response = "The circle looks red at first, but the stripes are blue.\nAnswer: blue"
     assert read_answer(response, "colour") == "blue"

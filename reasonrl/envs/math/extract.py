@@ -5,13 +5,20 @@ What counts as the answer of a response, in priority order:
    a response without the delimiter has no answer (it scores 0: the model never finished
    thinking, and rewarding answers inside the reasoning would teach it to skip the delimiter).
 2. The content of the last complete `\\boxed{...}` or `\\fbox{...}`, braces matched (nested braces
-   and escaped `\\{ \\}` are fine). A box whose braces never close (a truncated response) does
-   not count; an earlier complete box then wins.
-3. Otherwise the last "Answer: X" / "Final answer: X" / "The (final) answer is X" line.
+   and escaped `\\{ \\}` are fine). A box whose braces never close before the text ends (a
+   truncated response) does not count; an earlier complete box then wins. A last box still open
+   after `max_chars` characters is too long: no answer, not a fall back to an earlier box.
+3. Otherwise the answer stated after the last "Answer:" / "Final answer:" / "The (final) answer is"
+   cue, to the end of its line and only up to its first clause boundary: ". " (or a final "."),
+   ";", "?", ", <word>", " because", " since", " as", " which", " so", " therefore", " thus",
+   " hence", " (<word>", "—" and CJK stops. A boundary inside brackets, braces or `$...$` does not
+   count, nor does a comma in a number or before a single letter ("1,000", "x = 1, y = 2", "1, 2, 3"),
+   nor ", and"/", or"; "!" is a factorial. "The answer is 7 (check: 7 - 4 = 3)" answers 7, and
+   "Answer: 6? No wait, the answer is 5." answers 5.
 4. Otherwise nothing: no answer, score 0.
 
 Everything here runs in the trainer's process, so it is linear in the input and bounded by
-`max_chars`: a box or an answer line longer than that is treated as no answer.
+`max_chars`: a box or an answer longer than that is treated as no answer.
 
 Departures from lm-eval-harness `last_boxed_only_string`, which we otherwise follow: we match
 `\\fbox` too, tolerate a space before the brace, and skip unclosed boxes instead of failing.
@@ -24,10 +31,16 @@ import re
 from decimal import Decimal
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
-# "Answer: 12", "**Final Answer:** 12", "The final answer is 12." (case-insensitive, to end of line)
-_ANSWER_LINE = re.compile(
-    r"(?:\banswer\s*(?:is\s*)?[:：]|\bthe\s+(?:final\s+)?answer\s+is\b:?)[ \t*]*([^\n]*)",
-    re.IGNORECASE,
+# "Answer: 12", "**Final Answer:** 12", "The final answer is 12." (case-insensitive); only the cue, so
+# that a later cue on the same line ("Answer: 6? No wait, the answer is 5.") is found and wins
+_ANSWER_CUE = re.compile(r"\banswer\s*(?:is\s*)?[:：]|\bthe\s+(?:final\s+)?answer\s+is\b:?", re.IGNORECASE)
+# What ends an answer's clause (group `end`) and what shields a boundary inside it (brackets, $...$).
+# A command is matched whole so that \ldots, \! and \, are never a full stop, factorial or comma.
+_CLAUSE_TOKEN = re.compile(
+    r"(?P<end>(?<!\.)\.(?=\s|$)|[;?\uff1b\uff1f\u3002\uff01\uff0c\u3001\u2014]"  # a sentence's end: not "3.5", "..."
+    r"|,(?=[ \t]*(?!(?i:and|or|nor)\b)[A-Za-z]{2})"  # ", not 6", ", because": not "1,000" or "1, 2"
+    r"|[ \t](?:(?i:because|since|as|which|so|therefore|thus|hence)\b|\((?=[A-Za-z]{2})))"  # one blank: no backtracking
+    r"|(?P<open>\\?[{(\[])|(?P<close>\\?[})\]])|(?P<math>\$+)|\\[A-Za-z]+|\\."
 )
 _MATH_WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 
@@ -41,7 +54,8 @@ def after_delimiter(text: str, delimiter: str | None) -> str | None:
 
 
 def last_boxed(text: str, max_chars: int = 1000, max_tries: int = 16) -> str | None:
-    """Content of the last complete `\\boxed{}`/`\\fbox{}` in `text`, or None.
+    """Content of the last complete `\\boxed{}`/`\\fbox{}` in `text`, or None (also when that box is
+    longer than `max_chars`: an earlier box is not its answer).
 
     Only the last `max_tries` candidates are tried, so a flood of unclosed boxes stays linear."""
     end = len(text)
@@ -51,9 +65,13 @@ def last_boxed(text: str, max_chars: int = 1000, max_tries: int = 16) -> str | N
             return None
         end = at
         box = _BOX.match(text, at)
-        content = _braced(text, box.end(), max_chars) if box else None
+        if box is None:
+            continue
+        content = _braced(text, box.end(), max_chars)
         if content is not None:
             return content.strip()
+        if len(text) > box.end() + max_chars:  # still open past max_chars: too long, not unclosed
+            return None
     return None
 
 
@@ -75,14 +93,49 @@ def _braced(text: str, start: int, max_chars: int) -> str | None:
 
 
 def answer_line(text: str, max_chars: int = 1000) -> str | None:
-    """The answer stated on the last "Answer: ..." / "The answer is ..." line, or None (also when it
-    is longer than `max_chars`)."""
+    """What follows the last "Answer:" / "The answer is" cue, to the end of its line, or None (also
+    when it is longer than `max_chars`)."""
+    line = _after_last_cue(text)
+    return None if line is None else _cleaned(line, max_chars)
+
+
+def answer_clause(text: str, max_chars: int = 1000) -> str | None:
+    """`answer_line` up to its first clause boundary (rule 3 of the module docstring), or None."""
+    line = _after_last_cue(text)
+    return None if line is None else _cleaned(first_clause(line, max_chars), max_chars)
+
+
+def first_clause(text: str, max_chars: int = 1000) -> str:
+    """`text` up to its first clause boundary outside brackets and `$...$` (rule 3), else all of it.
+
+    Only the first `max_chars` characters (past leading markup) are scanned: an answer that runs
+    longer is no answer whatever follows, and the scan stays bounded on a hostile line."""
+    depth, in_math = 0, False
+    start = _LEADING_DECORATION.match(text).end()
+    for token in _CLAUSE_TOKEN.finditer(text, start, start + max_chars + 8):  # 8: room for "$$...$$"
+        if token.group("open"):
+            depth += 1
+        elif token.group("close"):
+            depth = max(0, depth - 1)  # a stray ")" in prose must not shield the rest of the line
+        elif token.group("math"):
+            in_math = not in_math
+        elif token.group("end") and depth == 0 and not in_math:
+            return text[:token.start()]
+    return text
+
+
+def _after_last_cue(text: str) -> str | None:
     last = None
-    for last in _ANSWER_LINE.finditer(text):
+    for last in _ANSWER_CUE.finditer(text):
         pass
     if last is None:
         return None
-    answer = _undecorated(strip_math(_undecorated(last.group(1))))
+    end = text.find("\n", last.end())
+    return text[last.end():end if end >= 0 else len(text)]
+
+
+def _cleaned(answer: str, max_chars: int) -> str | None:
+    answer = _undecorated(strip_math(_undecorated(answer)))
     return answer if answer and len(answer) <= max_chars else None
 
 
@@ -108,7 +161,7 @@ def extract_answer(response: str, think_delimiter: str | None = None, max_chars:
         return None
     answer = last_boxed(text, max_chars)
     if answer is None:
-        answer = answer_line(text, max_chars)
+        answer = answer_clause(text, max_chars)
     if not answer or len(answer) > max_chars:
         return None
     return answer

@@ -10,7 +10,8 @@ Reading rule (model output is untrusted: never raises, bounded work, garbage sco
    matched in one pass, so nesting like \boxed{\text{E}} works. Inside it the answer is the
    one distinct position label standing alone (no letter or digit touching it), e.g. "E",
    "\text{E}", "Position E", "**E**". No label, or two different labels, is no answer (0);
-   a box holding a single lowercase letter is read as that label.
+   a box holding just a lowercase letter ("e", "\text{e}", "\mathrm{ e }") is read as that
+   label, but not one that merely contains one ("1e5", "\frac{a}{2}").
 3. Otherwise the answer is the last label that stands alone and either follows a cue word
    ("position", "point", "vertex", "cell", "square", "spot", "at", "play(s)", "move", "answer",
    "choose", "place(s)", "take(s)", "pick"), optionally followed by "is", ":", "=", "-" and
@@ -42,6 +43,8 @@ _CUE = re.compile(
     r"places?|takes?|pick))[ \t]{0,3}(?i:is|=|:|-)?[ \t]{0,3}[*\"'`(]{0,3}[ \t]{0,2}" + _ALONE
     + r"(?!(?<=I)[ \t]{1,3}" + _PRONOUN_VERBS + r"\b)"  # "the move I recommend is E": the pronoun, not label I
 )
+# a box that is just a letter, perhaps in one \text{}-like wrapper ("e", "\mathrm{ e }"): not "1e5"
+_BARE_LETTER = re.compile(r"\s*(?:\\(?:text|textbf|textrm|mathrm|mathbf|mathit)\s*\{\s*([A-Za-z])\s*\}|([A-Za-z]))\s*")
 _LINE = re.compile(r"^[ \t>*#_\"'`(-]{0,6}" + _ALONE + r"[ \t*_\"'`).!]{0,6}$", re.MULTILINE)
 
 
@@ -91,8 +94,6 @@ def _label_in_box(content: str, labels: str) -> str | None:
     found = {m.group(1) for m in _LABEL.finditer(content)} & set(labels)
     if len(found) == 1:
         return found.pop()
-    if not found:
-        bare = re.sub(r"\\[A-Za-z]+|[^A-Za-z]", "", content)  # drop commands, braces, spaces
-        if len(bare) == 1 and bare.upper() in labels:
-            return bare.upper()
-    return None
+    bare = None if found else _BARE_LETTER.fullmatch(content)
+    letter = bare and (bare.group(1) or bare.group(2)).upper()
+    return letter if letter and letter in labels else None

@@ -7,11 +7,12 @@ solutions per forward pass, read one score per step; aggregate step scores into 
 
 Model output is untrusted and scoring never raises on it: steps are cut as `steps.py` says (a
 response without a delimiter is one step, empty steps are dropped, an empty response has no
-steps), a step longer than `max_step_tokens` tokens is cut to them, the separator's text inside a
-response is dropped rather than taken for a separator, and steps past `max_len` tokens are not seen
-(nor tokenized) and score 0.0 (`StepScores.seen` counts the others); a lone surrogate (a JSON
-escape) in a response or a prompt (text or a message's content) is read as '?'. An aggregate of no
-steps is 0.0.
+steps), a step longer than `max_step_tokens` tokens is cut to them (only its first 2 x
+(`max_step_tokens` + 1) x the vocabulary's longest token characters are tokenized, so a 10 MB step
+costs what a short one does), the separator's text inside a response is dropped rather than taken
+for a separator, and steps past `max_len` tokens are not seen (nor tokenized) and score 0.0
+(`StepScores.seen` counts the others); a lone surrogate (a JSON escape) in a response or a prompt
+(text or a message's content) is read as '?'. An aggregate of no steps is 0.0.
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ class PRMScorer:
         self.prm, self.tokenizer, self.cfg = prm, tokenizer, prm.cfg
         self.encoder = ChatEncoder(tokenizer, prm.backbone)
         self.max_tokens_per_batch = max_tokens_per_batch
+        # no token spans more characters than its vocabulary entry has bytes (byte-level BPE)
+        self.longest_token = max(map(len, tokenizer.tok.get_vocab(with_added_tokens=True)), default=1)
 
     # ---- encoding ---------------------------------------------------------------------------------
     def prompt_input(self, prompt: PromptLike) -> list[int] | MultimodalPrompt:
@@ -81,8 +84,11 @@ class PRMScorer:
         separator, while they fit in max_len."""
         inp = self.prompt_input(prompt)
         ids, positions, sep = token_ids(inp), [], self.prm.separator_id
+        # a step's first max_step_tokens tokens lie well inside this prefix (x 2: room for merges at the
+        # cut and for normalization); the rest would be tokenized only to be thrown away
+        chars = 2 * (self.cfg.max_step_tokens + 1) * self.longest_token
         for lo in range(0, len(steps), STEPS_PER_BATCH):  # batches of steps: stop tokenizing once full
-            batch = [_utf8(step) for step in steps[lo: lo + STEPS_PER_BATCH]]
+            batch = [_utf8(step[:chars]) for step in steps[lo: lo + STEPS_PER_BATCH]]
             for piece in self.tokenizer.tok.encode_batch(batch, add_special_tokens=False):
                 step = [t for t in piece.ids if t != sep][:self.cfg.max_step_tokens]
                 if len(ids) + len(step) + 1 > self.cfg.max_len:

@@ -4,8 +4,8 @@ Model output is untrusted: `score_answer` never raises and returns 0.0 for anyth
 
 Reading rule:
 1. Only the last MAX_CHARS characters are read.
-2. The answer text is the last complete \\boxed{...}, else the last "Answer: ..." / "The answer
-   is ..." line (envs/math/extract.py), else the response's last non-empty line if it has at
+2. The answer text is the last complete \\boxed{...}, else what follows the last "Answer:" / "The
+   answer is" cue on its line (envs/math/extract.py), else the response's last non-empty line if it has at
    most MAX_LINE characters (a bare "red" or "3").
 3. Case, punctuation and spacing are ignored; the words are read against the answer type's
    vocabulary (synonyms and plurals map to the canonical word: "circles" -> circle, "to the
@@ -13,13 +13,17 @@ Reading rule:
    naming two different values ("red or blue") or none, or negating one ("no stripes", "not
    red", "not true": a negation word up to two words before it), is no answer and scores 0.
    For yes/no questions "no" is an answer, not a negation ("not no" is still negated).
+4. Except for yes/no questions, a text that qualifies its value rather than naming it is no
+   answer either: a signed or compared number ("-3", "+3", "3+", "< 3", "\\le 3") or a
+   comparison or quantifier word anywhere ("fewer than 3", "at least 3", "about 3", "nothing is
+   red", "none of them"), unless the word is a value of the type ("none" is 0, "above" a direction).
 """
 
 from __future__ import annotations
 
 import re
 
-from reasonrl.envs.math.extract import extract_answer
+from reasonrl.envs.math.extract import answer_line, last_boxed
 
 from .palette import COLOURS
 from .shapes import SHAPES, TEXTURES
@@ -40,7 +44,11 @@ VOCABULARY: dict[str, dict[str, str]] = {
 ANSWER_TYPES: tuple[str, ...] = tuple(VOCABULARY)
 _WORD = re.compile(r"[a-z]+|\d+")
 _NEGATIONS = {"no", "not", "non", "without", "isn", "never", "neither", "nor"}  # "isn't" reads as isn, t
-_YES_NO_NEGATIONS = _NEGATIONS - {"no"}  # where "no" is an answer: "no, no" says no
+# words that make a value a bound, a guess or a count of nothing: "fewer than 3", "nothing is red"
+_QUALIFIERS = {"fewer", "less", "more", "than", "least", "most", "over", "under", "above", "below", "beyond",
+               "between", "about", "around", "approximately", "roughly", "nearly", "almost", "minus", "plus",
+               "nothing", "none", "nobody", "neither", "le", "leq", "ge", "geq", "lt", "gt", "ne", "neq", "approx"}
+_SIGNED = re.compile(r"[-+−±<>≤≥≠≈~]\s*\d|\d\s*\+")  # "-3", "< 3", "3+": not one count
 
 
 def read_answer(response: object, answer_type: str) -> str | None:
@@ -48,15 +56,20 @@ def read_answer(response: object, answer_type: str) -> str | None:
     if not isinstance(response, str) or answer_type not in VOCABULARY:
         return None
     text = response[-MAX_CHARS:]
-    answer = extract_answer(text)
+    answer = last_boxed(text)
+    if answer is None:
+        answer = answer_line(text)  # the whole line: "red, blue" must stay a hedge, not be cut to "red"
     if answer is None:
         lines = [line for line in text.splitlines() if line.strip()]
         answer = lines[-1] if lines and len(lines[-1].strip()) <= MAX_LINE else None
     if answer is None:
         return None
     vocabulary = VOCABULARY[answer_type]
-    negations = _YES_NO_NEGATIONS if answer_type == "yes_no" else _NEGATIONS
+    negations = _NEGATIONS - vocabulary.keys()  # "no" answers a yes/no question; "none" counts 0
     values, words = set(), _WORD.findall(answer.lower())
+    if answer_type != "yes_no" and ((_QUALIFIERS - vocabulary.keys()) & set(words) or
+                                    (answer_type == "number" and _SIGNED.search(answer))):
+        return None  # "Yes, more than one" answers its question; "more than 3" does not
     for i, word in enumerate(words):
         if answer_type == "number" and word.isdigit():
             value = str(int(word))

@@ -236,6 +236,9 @@ def test_bench_grpo_stops_cleanly_resumes_and_stages_made_with_other_settings_ar
     result = bench_judge(cfg, log=lambda *_: None)
     logged = [json.loads(line)["step"] for line in (tmp_path / "grpo" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert logged == [0, 1, 2] and len(result["grpo"]["rewards"]) == 2  # resumed at step 2, not started over
+    rows = [json.loads(line) for line in (tmp_path / "grpo" / "run" / "metrics.jsonl").read_text().splitlines()]
+    seconds = sum(r["step_seconds"] for r in rows if "step_seconds" in r)
+    assert result["grpo"]["train_seconds"] == pytest.approx(seconds)  # both steps, not only the resumed process's
     assert bench_judge(cfg, log=lambda *_: None)["sft"] == result["sft"]  # the same settings: reused
     for change, key in (({"sft_lr": 1e-3}, "sft_lr"), ({"grpo_steps": 3, "stages": ("grpo",)}, "grpo_steps")):
         with pytest.raises(ValueError, match=key):

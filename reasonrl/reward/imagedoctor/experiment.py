@@ -172,7 +172,6 @@ def _grpo(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
     env = JudgeEnvironment(doctor, tok, train, held)
     recipe = grpo_recipe(cfg, out / "sft" / "model", out / "grpo" / "run")
     open_run(recipe["train"]["run_dir"], recipe, console=False)  # a run made with another recipe is refused
-    t = time.perf_counter()
     trainer = Trainer(from_dict(recipe), env, doctor.backbone, tok, console=False)
     with StopSignal("the current GRPO step") as stop:
         try:
@@ -185,7 +184,9 @@ def _grpo(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
         raise SystemExit(stop.exit_code)
     history = read_metrics(out / "grpo" / "run")  # (a line cut by a kill is dropped)
     rewards = [h["reward_mean"] for h in history if "reward_mean" in h]
-    metrics = {"train_seconds": time.perf_counter() - t, "reward_first": rewards[0] if rewards else None,
+    # every step's time, the steps of a run stopped and resumed included (not just this process's)
+    seconds = sum(h["step_seconds"] for h in history if isinstance(h.get("step_seconds"), (int, float)))
+    metrics = {"train_seconds": seconds, "reward_first": rewards[0] if rewards else None,
                "reward_last": rewards[-1] if rewards else None, "rewards": rewards,
                "well_formed_last": next((h["well_formed"] for h in reversed(history) if "well_formed" in h), None),
                **judge_metrics(doctor, tok, held, cfg.max_tokens)}

@@ -44,6 +44,15 @@ def check(ok: bool, key: str, message: str) -> None:
         raise ValueError(f"{key}: {message}")
 
 
+def positive_ints(obj, names: tuple[str, ...], prefix: str) -> None:
+    """ValueError(f"{prefix}{name} must be a positive integer, got ...") for the first of `names` on
+    `obj` that is not an int >= 1 (True is not 1 here)."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{prefix}{name} must be a positive integer, got {value!r}")
+
+
 def parse_size(text: str | int) -> int:
     """Bytes from `512MiB`, `2GiB`, `1.5GB`, `4096` (binary units are powers of 1024)."""
     if isinstance(text, int) and not isinstance(text, bool):

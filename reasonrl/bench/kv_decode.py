@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 
 from reasonrl.bench.common import device_name, sync
+from reasonrl.config import positive_ints
 from reasonrl.engine.attention import AttentionMetadata, PagedAttention
 from reasonrl.engine.kv import get_format
 from reasonrl.models.tiny import tiny_config
@@ -65,10 +66,8 @@ class DecodeBenchConfig:
     """Default: bfloat16 on CUDA, float32 on CPU."""
 
     def __post_init__(self):
-        for name in ("context", "batch", "num_heads", "num_kv_heads", "head_dim", "block_size", "chunk", "iters"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"bench kv-decode: {name} must be a positive integer, got {value!r}")
+        positive_ints(self, ("context", "batch", "num_heads", "num_kv_heads", "head_dim", "block_size", "chunk", "iters"),
+                      "bench kv-decode: ")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"bench kv-decode: num_heads={self.num_heads} must be a multiple of "
                              f"num_kv_heads={self.num_kv_heads}")

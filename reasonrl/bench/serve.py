@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 
 from reasonrl.bench.common import device_name
+from reasonrl.config import positive_ints
 
 BAD_BODIES: list[bytes] = [
     b'{"messages": [{"role": "user", "content": "hi"}], "seed": 18446744073709551616}',
@@ -61,10 +62,7 @@ class ServeBenchConfig:
     """Engine device; None: CUDA if available, else CPU."""
 
     def __post_init__(self):
-        for name in ("num_requests", "concurrency", "max_tokens", "rounds", "max_num_seqs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"bench serve: {name} must be a positive integer, got {value!r}")
+        positive_ints(self, ("num_requests", "concurrency", "max_tokens", "rounds", "max_num_seqs"), "bench serve: ")
         if not 0 <= self.bad_fraction < 1:
             raise ValueError(f"bench serve: bad_fraction must be in [0, 1), got {self.bad_fraction!r}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from reasonrl.config import ByteSize, parse_size
+from reasonrl.config import ByteSize, parse_size, positive_ints
 
 
 @dataclass(slots=True)
@@ -128,11 +128,8 @@ class EngineConfig:
         for f in fields(self):  # a switch is true or false: "no" or "off" from Python read as on
             if f.type in (bool, "bool") and not isinstance(getattr(self, f.name), bool):
                 raise ValueError(f"EngineConfig.{f.name} must be true or false, got {getattr(self, f.name)!r}")
-        for name in ("max_num_seqs", "max_num_batched_tokens", "block_size", "draft_top_k", "draft_depth", "draft_tokens",
-                     "max_decode_bucket", "draft_explore_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")
+        positive_ints(self, ("max_num_seqs", "max_num_batched_tokens", "block_size", "draft_top_k", "draft_depth",
+                             "draft_tokens", "max_decode_bucket", "draft_explore_every"), "EngineConfig.")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
             raise ValueError(f"EngineConfig.max_model_len must be an integer >= 2, got {self.max_model_len!r}")
         if self.kv_cache_memory is not None and (not isinstance(self.kv_cache_memory, int) or self.kv_cache_memory <= 0):

@@ -78,6 +78,8 @@ def test_max_batch_and_disabled_policy():
     assert AdaptivePolicy(shapes, AdaptiveConfig(enabled=False)).choose(64) == 0
     with pytest.raises(ValueError, match="acceptance_window"):
         AdaptiveConfig(acceptance_window=0)
+    with pytest.raises(ValueError, match="explore_every must be a positive integer, got True"):  # a YAML "yes"
+        AdaptiveConfig(explore_every=True)
 
 
 class Cycling:

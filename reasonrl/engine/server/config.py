@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from reasonrl.config import ByteSize, parse_size
+from reasonrl.config import ByteSize, parse_size, positive_ints
 
 API_KEY_ENV = "REASONRL_API_KEY"
 ADMIN_KEY_ENV = "REASONRL_ADMIN_KEY"
@@ -84,16 +84,16 @@ class ServeConfig:
                                     or len(key.strip()) != len(key) or not key):
                 raise ValueError(f"ServeConfig.{name} must be a non-empty printable ASCII string without spaces "
                                  "at either end")
-        _positive(self, "max_body_bytes", "max_sequences_per_request", "prepare_workers", "retry_after_seconds",
-                  "max_image_bytes", "max_image_pixels")
+        positive_ints(self, ("max_body_bytes", "max_sequences_per_request", "prepare_workers", "retry_after_seconds",
+                             "max_image_bytes", "max_image_pixels"), "ServeConfig.")
         if isinstance(self.shutdown_timeout, bool) or not isinstance(self.shutdown_timeout, (int, float)) \
                 or not self.shutdown_timeout > 0:
             raise ValueError(f"ServeConfig.shutdown_timeout must be a positive number of seconds, got "
                              f"{self.shutdown_timeout!r}")
         if self.max_images_per_request is not None:
-            _positive(self, "max_images_per_request")
+            positive_ints(self, ("max_images_per_request",), "ServeConfig.")
         if self.max_waiting_sequences is not None:
-            _positive(self, "max_waiting_sequences")
+            positive_ints(self, ("max_waiting_sequences",), "ServeConfig.")
             if self.max_waiting_sequences < self.max_sequences_per_request:
                 raise ValueError(f"ServeConfig.max_waiting_sequences ({self.max_waiting_sequences}) must be at least "
                                  f"max_sequences_per_request ({self.max_sequences_per_request}): the largest request "
@@ -115,10 +115,3 @@ class ServeConfig:
     def exposed(self) -> bool:
         """Bound to an address other machines may reach."""
         return self.host not in ("127.0.0.1", "localhost", "::1")
-
-
-def _positive(cfg: ServeConfig, *names: str) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"ServeConfig.{name} must be a positive integer, got {value!r}")

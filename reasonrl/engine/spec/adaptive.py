@@ -76,6 +76,8 @@ import statistics
 from collections import deque
 from dataclasses import dataclass, field
 
+from reasonrl.config import positive_ints
+
 
 @dataclass
 class AdaptiveConfig:
@@ -103,9 +105,7 @@ class AdaptiveConfig:
     def __post_init__(self):
         if not 0 <= self.margin < 1:
             raise ValueError(f"adaptive speculation: margin must be in [0, 1), got {self.margin!r}")
-        for name in ("explore_every", "max_explore_every", "acceptance_window"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"adaptive speculation: {name} must be a positive integer, got {getattr(self, name)!r}")
+        positive_ints(self, ("explore_every", "max_explore_every", "acceptance_window"), "adaptive speculation: ")
         if self.max_batch is not None and (not isinstance(self.max_batch, int) or self.max_batch < 0):
             raise ValueError(f"adaptive speculation: max_batch must be a non-negative integer, got {self.max_batch!r}")
 

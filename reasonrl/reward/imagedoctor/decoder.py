@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from reasonrl.config import positive_ints
 from reasonrl.reward.imagedoctor.sam import TwoWayTransformer
 
 
@@ -47,9 +48,7 @@ class HeatmapConfig:
     """SAM prompt encoder's mask-input channels (unused by ImageDoctor, kept for the layout)."""
 
     def __post_init__(self):
-        for name in ("dim", "depth", "heads", "mlp_dim", "mask_in_chans"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"HeatmapConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        positive_ints(self, ("dim", "depth", "heads", "mlp_dim", "mask_in_chans"), "HeatmapConfig.")
         if self.dim % 4 or (self.dim // 2) % self.heads:
             raise ValueError(f"HeatmapConfig.dim {self.dim} must be divisible by 4 and dim/2 by heads {self.heads}")
         self.conv_channels, self.up_channels = tuple(self.conv_channels), tuple(self.up_channels)

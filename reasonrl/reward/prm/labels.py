@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from reasonrl.config import to_dict
+from reasonrl.config import positive_ints, to_dict
 from reasonrl.engine.sampling_params import stable_seed
 from reasonrl.envs.base import Environment, Prompt
 from reasonrl.reward.prm.completer import Completer, Cost, Request
@@ -188,9 +188,7 @@ class LabelJob:
     """cpu, cuda or cuda:N (default: cuda when available)."""
 
     def __post_init__(self):
-        for name in ("problems", "samples_per_problem", "completions", "max_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        positive_ints(self, ("problems", "samples_per_problem", "completions", "max_tokens"), "")
 
 
 def run_label_job(job: LabelJob, fmt: StepFormat, engine_kwargs: dict | None = None, log=print) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from reasonrl.config import build, to_dict
+from reasonrl.config import build, positive_ints, to_dict
 from reasonrl.models.loader import CheckpointError, empty_model, load_state, read_tensors, save_model
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
@@ -54,9 +54,7 @@ class PRMConfig:
     def __post_init__(self):
         if not isinstance(self.separator, str) or not self.separator:
             raise ValueError("PRMConfig.separator must be a non-empty string")
-        for name in ("max_len", "max_step_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"PRMConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        positive_ints(self, ("max_len", "max_step_tokens"), "PRMConfig.")
 
     @classmethod
     def from_dir(cls, path: str | Path) -> PRMConfig:

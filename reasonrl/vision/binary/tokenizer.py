@@ -43,6 +43,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from reasonrl.config import positive_ints
 from reasonrl.vision.gen.io import register_kind
 
 from .blocks import init_linear
@@ -109,9 +110,8 @@ class TokenizerConfig:
     zero-initialised); 0: none, as in Instella's public checkpoint."""
 
     def __post_init__(self):
-        for name in ("encoder_layers", "decoder_layers", "num_latent_tkns", "codebook_size", "patch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"TokenizerConfig.{name} must be a positive integer, got {getattr(self, name)!r}")
+        positive_ints(self, ("encoder_layers", "decoder_layers", "num_latent_tkns", "codebook_size", "patch_size"),
+                      "TokenizerConfig.")
         for name, layers in (("downsample_idx", "encoder_layers"), ("upsample_idx", "decoder_layers")):
             idx, n = tuple(getattr(self, name)), getattr(self, layers)
             if len(set(idx)) != len(idx) or any(not isinstance(i, int) or not 0 <= i < n for i in idx):

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reasonrl.config import positive_ints
+
 BRANCHES = ("prune", "pool", "conv", "resampler", "text_only")
 
 
@@ -63,9 +65,7 @@ class CompressorConfig:
             raise ValueError(f"compressor: branches must be a non-empty subset of {BRANCHES}, got {self.branches}")
         if self.mode == "weighted" and not set(self.branches) & {"prune", "pool", "conv"}:
             raise ValueError("compressor: weighted mode mixes prune, pool and conv; the branch set has none")
-        for name in ("ratio", "coarse_ratio", "num_queries"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"compressor: {name} must be a positive integer, got {getattr(self, name)!r}")
+        positive_ints(self, ("ratio", "coarse_ratio", "num_queries"), "compressor: ")
         if self.mode not in ("select", "weighted", "concat") or self.tau <= 0:
             raise ValueError(f"compressor: mode must be select, weighted or concat and tau > 0, got {self.mode!r}, {self.tau}")
 

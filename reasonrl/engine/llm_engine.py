@@ -245,7 +245,12 @@ class LLMEngine:
             seqs.append(seq)
         request = Request(request_id, list(prompt_ids), seqs, stream)
         if seqs[0].num_resumed >= params.max_tokens or seqs[0].num_tokens >= self.max_model_len:
+            if params.prompt_logprobs is not None:  # they come from a forward this request will not run
+                raise ValueError(f"request {request_id!r} already holds all the tokens it may have (max_tokens or "
+                                 "the context): nothing runs, so prompt_logprobs cannot be computed; leave it out")
             seqs[0].finish("length")
+            if seqs[0].decoder is not None:  # the text of a character cut at the end, as _append gives it
+                seqs[0].text += seqs[0].decoder.push([], final=True)
             self._done_at_add.append(request.output())
             return
         self.requests[request_id] = request
@@ -407,14 +412,15 @@ class LLMEngine:
             seq.top_logprobs.append(s.top or {})
         self.num_generated_tokens += 1
         p = seq.params
-        piece = seq.decoder.push([s.token]) if seq.decoder is not None else ""
+        stop_token = s.token in p.stop_token_ids or (s.token in self.eos_ids and (not p.ignore_eos or seq.guide is not None))
+        # a stop token's id stays in the output, its text (say <|im_end|>) only on request, as a stop string's
+        shown = seq.decoder is not None and not (stop_token and not p.include_stop_str_in_output)
+        piece = seq.decoder.push([s.token]) if shown else ""
         seq.text += piece
         if seq.guide is not None:
             seq.guide.advance(s.token)  # the mask allowed it; after the grammar's end only EOS is allowed
-        if s.token in p.stop_token_ids:
-            seq.finish("stop", s.token)
-        elif s.token in self.eos_ids and (not p.ignore_eos or seq.guide is not None):
-            seq.finish("stop")  # stop_reason None for end-of-sequence, as vLLM reports it
+        if stop_token:  # stop_reason: the stop token's id, None for end-of-sequence (as vLLM reports them)
+            seq.finish("stop", s.token if s.token in p.stop_token_ids else None)
         elif p.stop and piece and len(seq.output_ids) >= p.min_tokens and self._stop_string(seq, len(piece)):
             pass
         elif len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.max_model_len:

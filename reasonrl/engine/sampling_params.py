@@ -44,11 +44,12 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     """Stop when the text ends with one of these strings (left out of the text)."""
     stop_token_ids: list[int] = field(default_factory=list)
-    """Stop after one of these token ids (kept in the output), besides the end-of-sequence tokens."""
+    """Stop after one of these token ids (kept in the output's token ids), besides the end-of-sequence
+    tokens; a stop token's text is left out of the text, as a stop string's is."""
     ignore_eos: bool = False
     """Keep generating past the end-of-sequence token (until max_tokens)."""
     include_stop_str_in_output: bool = False
-    """Keep the matched stop string in the text."""
+    """Keep the matched stop string, or the stop token's text, in the text (vLLM's rule)."""
     min_tokens: int = 0
     """Response tokens before end-of-sequence or a stop token may end it (they are masked until then)."""
     presence_penalty: float = 0.0

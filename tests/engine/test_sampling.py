@@ -134,6 +134,11 @@ def test_stop_token_ids_and_max_tokens(llm):
                                                    stop_token_ids=[stop_at]))[0].outputs[0]
     first = free.token_ids.index(stop_at)
     assert out.token_ids == free.token_ids[:first + 1] and out.finish_reason == "stop" and out.stop_reason == stop_at
+    # the stop token's id is kept, its text is left out unless asked for (vLLM's rule; it was always kept)
+    assert out.text == llm.tokenizer.decode(out.token_ids[:-1])
+    kept = llm.generate("the quick", SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, stop_token_ids=[stop_at],
+                                                    include_stop_str_in_output=True))[0].outputs[0]
+    assert kept.text == llm.tokenizer.decode(out.token_ids) != out.text
 
 
 def test_eos_stops_unless_ignored(llm):
@@ -146,6 +151,7 @@ def test_eos_stops_unless_ignored(llm):
         llm.engine.eos_ids = saved
     first = free.token_ids.index(free.token_ids[3])
     assert out.token_ids == free.token_ids[:first + 1] and out.finish_reason == "stop"  # EOS kept in the ids
+    assert out.text == llm.tokenizer.decode(out.token_ids[:-1])  # and out of the text, even if it is not special
     assert ignored.token_ids == free.token_ids
 
 
@@ -227,3 +233,24 @@ def test_sleep_frees_the_cache_and_wake_restores_it(hf_checkpoint):
     while engine.has_unfinished():
         engine.step()
     assert math.isfinite(engine.stats()["kv_bytes_per_token"])
+
+
+def test_a_request_resumed_with_all_its_tokens_reads_as_the_uninterrupted_one(llm):
+    """Resubmitted with max_tokens response tokens it finishes at admission: its text lost the final
+    flush of a character cut at the end ('' for what read '\ufffd'), and prompt_logprobs came back
+    as Nones."""
+    from reasonrl.engine.structured import StructuredOutput
+
+    engine, prompt = llm.engine, llm.tokenizer.encode("emoji")
+    cut = 0
+    for max_tokens in range(1, 5):
+        params = SamplingParams(temperature=0, max_tokens=max_tokens, structured=StructuredOutput(choice=["🙂🙂"]))
+        full = llm.generate([prompt], params)[0].outputs[0]
+        engine.add_request("again", prompt, params, output_ids=full.token_ids, output_logprobs=full.logprobs)
+        again = engine.drain()["again"].outputs[0]
+        assert again.text == full.text and again.finish_reason == "length", max_tokens
+        cut += full.text.endswith("\ufffd")
+    assert cut  # some max_tokens ends inside the emoji's bytes
+    with pytest.raises(ValueError, match="prompt_logprobs cannot be computed"):
+        engine.add_request("q", prompt, SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=1),
+                           output_ids=[5], output_logprobs=[0.0])

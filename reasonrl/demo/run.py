@@ -25,7 +25,7 @@ from reasonrl.rl.checkpoint import latest_checkpoint
 from reasonrl.rl.config import RunConfig, load_config
 from reasonrl.rl.metrics import read_metrics
 from reasonrl.rl.report import write_report
-from reasonrl.rl.run import RunMismatch, is_run_dir, open_run
+from reasonrl.rl.run import RunMismatch, _refuse_if_busy, is_run_dir, open_run
 from reasonrl.rl.trainer import Trainer
 from reasonrl.rollout.backend import EngineBackend
 from reasonrl.rollout.manager import RolloutManager
@@ -68,6 +68,7 @@ def run_demo(run_dir: str | Path = "runs/demo", steps: int | None = None, measur
     if run_dir.exists() and not _empty_dir(run_dir):  # the demo always starts afresh; the last run is kept aside
         previous = run_dir.with_name(run_dir.name + ".previous")
         for path in (run_dir, previous):
+            _refuse_if_busy(path)  # (a live run moved aside goes on, by name, in the new one)
             if path.exists() and not is_run_dir(path) and not _empty_dir(path):
                 raise RunMismatch(f"{path} exists and is not a reasonrl run directory: the demo would move or delete "
                                   "it; choose another train.run_dir")

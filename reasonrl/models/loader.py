@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import shutil
 from pathlib import Path
 
 import torch
@@ -33,6 +35,7 @@ from reasonrl.models.rope import inv_frequencies
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ENTRY_FILES = ("model.safetensors", "model.safetensors.index.json")  # the file a loader opens first
 _FUSED = re.compile(r"^(layers\.\d+)\.(self_attn|mlp)\.(q|k|v|gate|up)_proj\.(weight|bias)$")
 
 
@@ -287,10 +290,19 @@ def hf_views(model: DecoderLM) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: DecoderLM, path: str | Path, tokenizer=None, max_shard_bytes: int = 4 << 30,
-               extra_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+               extra_tensors: dict[str, torch.Tensor] | None = None, atomic: bool = False) -> Path:
     """Write config.json, generation_config.json, (sharded) safetensors and the tokenizer;
-    `extra_tensors` (e.g. a reward model's head) are saved beside the model's, under their names."""
+    `extra_tensors` (e.g. a reward model's head) are saved beside the model's, under their names.
+    `atomic`: for a directory that holds other things too (a run's root), the files are written
+    elsewhere, flushed and moved in weights last, so `has_weights(path)` means the whole model is
+    there, whenever the save was killed or the power cut."""
     path = Path(path)
+    if atomic:
+        staging = path / ".saving"
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed save left
+        save_model(model, staging, tokenizer, max_shard_bytes, extra_tensors)
+        _move_in(staging, path)
+        return path
     path.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     cfg.torch_dtype = str(model.dtype).removeprefix("torch.")
@@ -345,3 +357,47 @@ def _write_shards(tensors: dict[str, torch.Tensor], path: Path, max_shard_bytes:
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def has_weights(path: Path) -> bool:
+    """Whether a directory holds safetensors weights (one file, or the index of shards)."""
+    return any((path / name).is_file() for name in ENTRY_FILES)
+
+
+def _move_in(staging: Path, path: Path) -> None:
+    """Move a saved model's files into `path`: the old weights go first, the new entry file comes
+    last, each step on disk before the next (a model saved twice has its shards replaced too)."""
+    flush_dir(staging)
+    for stale in [*(path / n for n in ENTRY_FILES), *path.glob("model-*-of-*.safetensors")]:
+        stale.unlink(missing_ok=True)
+    for file in sorted(staging.iterdir(), key=lambda f: f.name in ENTRY_FILES):  # (False < True: the entry last)
+        if file.name in ENTRY_FILES:
+            flush(path)  # the rest is in place before the entry says so
+        os.replace(file, path / file.name)
+    flush(path)
+    staging.rmdir()
+
+
+def publish_dir(staging: Path, path: Path) -> None:
+    """Rename a finished directory to `path` (which must not exist, or be empty), flushed to disk
+    first: after a power cut `path` is whole or absent (a kill alone loses nothing written)."""
+    flush_dir(staging)
+    staging.rename(path)
+    flush(path.parent)
+
+
+def flush_dir(path: Path) -> None:
+    """fsync a directory's files, then the directory itself."""
+    for file in path.iterdir():
+        if file.is_file():
+            flush(file)
+    flush(path)
+
+
+def flush(path: Path) -> None:
+    """fsync one file or directory (a directory's entries: the names of what was created or renamed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

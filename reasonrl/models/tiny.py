@@ -7,13 +7,14 @@ directories, which every other part of reasonrl then loads like a real one.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
 from reasonrl.models.config import ModelConfig
-from reasonrl.models.loader import save_model
+from reasonrl.models.loader import publish_dir, save_model
 from reasonrl.models.model import DecoderLM, RMSNorm
 from reasonrl.models.tokenizer import Tokenizer
 
@@ -95,6 +96,16 @@ def make_checkpoint(path: str | Path, family: str = "qwen2", tokenizer: Tokenize
 
 
 def make_starting_checkpoint(path: str | Path, family: str, corpus: list[str], seed: int = 0) -> Path:
-    """A tiny random checkpoint whose tokenizer is trained on `corpus` (a recipe's `model.init`)."""
+    """A tiny random checkpoint whose tokenizer is trained on `corpus` (a recipe's `model.init`),
+    made beside `path` and renamed to it: a kill leaves no half-made `path` (config.json without
+    weights) that a rerun would take for made."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"model.init: {path} holds files but no checkpoint (config.json); it makes one only "
+                              "in a new or empty directory")
     tokenizer = make_tokenizer(corpus * max(1, 200 // max(len(corpus), 1)), vocab_size=300)
-    return make_checkpoint(path, family, tokenizer, seed=seed, hidden_size=64, num_layers=2)
+    staging = path.with_name(path.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)  # what a killed attempt left
+    make_checkpoint(staging, family, tokenizer, seed=seed, hidden_size=64, num_layers=2)
+    publish_dir(staging, path)
+    return path

@@ -3,7 +3,9 @@
 `RUN/checkpoints/step_000010/` holds config.json, safetensors and the tokenizer (so `reasonrl
 eval` and `reasonrl serve` take it as it is) and trainer_state.pt: optimizer and LR-schedule
 state, RNG states, step, policy version, prompt cursor and the APRIL buffer. It is written to a
-temporary directory and renamed, so a kill mid-save leaves the previous checkpoint intact.
+temporary directory, flushed to disk and renamed, so a kill or a power cut mid-save leaves the
+previous checkpoint intact. A checkpoint that cannot be read all the same (a disk that lied, a
+file damaged by hand) stops a resume with one line naming it and what to do.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from reasonrl.models.loader import save_model
+from reasonrl.models.loader import CheckpointError, load_state, publish_dir, read_tensors, save_model
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
@@ -36,7 +38,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, state: dic
         raise OSError(f"saving checkpoint {final.name} failed ({type(exc).__name__}: {str(exc)[:200]}); the last "
                       f"good checkpoint is {last.name if last else 'none'}") from exc
     shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    publish_dir(tmp, final)  # on disk before older checkpoints go
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -61,10 +63,35 @@ def checkpoint_step(path: Path | None) -> int:
     return 0 if path is None else int(path.name.removeprefix("step_"))
 
 
+def load_checkpoint(path: Path, model) -> dict[str, Any]:
+    """Load a checkpoint's weights into `model`; its trainer state, the RNG states restored."""
+    try:
+        tensors = read_tensors(path)
+    except (CheckpointError, FileNotFoundError) as exc:  # (each names the file and what is wrong with it)
+        raise _damaged(path, str(exc)) from None
+    state = load_trainer_state(path)
+    load_state(model, tensors, path)
+    return state
+
+
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
-    state = torch.load(Path(path) / "trainer_state.pt", map_location="cpu", weights_only=False)
+    path = Path(path)
+    try:
+        state = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated zip, a bad pickle, an unreadable file: it is unusable
+        raise _damaged(path, f"trainer_state.pt: {type(exc).__name__}: {exc}") from None
     set_rng_state(state["rng"])
     return state
+
+
+def _damaged(path: Path, cause: str) -> CheckpointError:
+    """The one-line error for a checkpoint a resume cannot read, and how to go on without it."""
+    names = [p.name for p in list_checkpoints(path.parent.parent)]
+    earlier = names[:names.index(path.name)] if path.name in names else []
+    then = f"resume from {earlier[-1]}" if earlier else "start the run afresh"
+    cause = " ".join(cause.split()).split(". ")[0][:300]  # one line, its first sentence (torch's run on)
+    return CheckpointError(f"checkpoint {path} cannot be read ({cause}); it is damaged: delete that directory "
+                           f"and rerun to {then}")
 
 
 def rng_state() -> dict[str, Any]:

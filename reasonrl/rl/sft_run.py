@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reasonrl.config import to_dict
-from reasonrl.rl.checkpoint import checkpoint_step, latest_checkpoint, load_trainer_state, save_checkpoint
+from reasonrl.rl.checkpoint import checkpoint_step, latest_checkpoint, load_checkpoint, save_checkpoint
 from reasonrl.rl.metrics import MetricsLogger, StepClock
 from reasonrl.rl.run import open_run
 from reasonrl.rl.sft import SFTConfig, SFTTrainer, load_sft_data
@@ -67,7 +67,7 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
     """Fine-tune to the end (or to a stop signal); the process exit code."""
     from reasonrl.models import Tokenizer, load_model
     from reasonrl.models.chat import ChatEncoder
-    from reasonrl.models.loader import load_weights, save_model
+    from reasonrl.models.loader import has_weights, save_model
 
     out = open_run(run.out, {"run": to_dict(run), "sft": to_dict(cfg)}, overwrite=control.overwrite,
                    accept_changes=control.accept_changes, free_keys=FREE_KEYS, console=console)
@@ -77,8 +77,7 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
     logger = MetricsLogger(out, trainer.steps, console)
     latest = latest_checkpoint(out)
     if latest is not None:
-        load_weights(model, latest)
-        trainer.load_state_dict(load_trainer_state(latest)["sft"])
+        trainer.load_state_dict(load_checkpoint(latest, model)["sft"])
         logger.truncate_after(trainer.step_count)
     else:
         logger.truncate_after(-1)
@@ -86,8 +85,8 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
     if checkpoint_step(latest) >= trainer.steps:
         say(f"{out}: this run is finished (step {trainer.step_count} of {trainer.steps}); nothing to do. "
             "To train longer, raise --epochs and add --accept-changes; to start over, add --overwrite.")
-        if not (out / "model.safetensors").is_file():  # it stopped (or failed) after its last checkpoint
-            say(f"saved {save_model(model, out, tokenizer)} (from {latest})")
+        if not has_weights(out):  # stopped, failed or killed before its model was whole (weights come last)
+            say(f"saved {save_model(model, out, tokenizer, atomic=True)} (from {latest})")
         return 0
     with StopSignal("the current step") as stop:
         try:
@@ -98,7 +97,7 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
         say(f"stopped at step {trainer.step_count} of {trainer.steps}; checkpoint: {latest_checkpoint(out)}\n"
             "resume with the same command")
         return stop.exit_code
-    path = save_model(model, out, tokenizer)  # (a stop during the last step: training is done, the model is saved)
+    path = save_model(model, out, tokenizer, atomic=True)  # (also after a stop in the last step: training is done)
     say(f"saved {path}")
     return 0
 

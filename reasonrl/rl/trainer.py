@@ -23,12 +23,11 @@ import torch
 from reasonrl.config import to_dict
 from reasonrl.envs.base import Environment
 from reasonrl.models.chat import ChatEncoder
-from reasonrl.models.loader import load_weights
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.reward.prm.process import ProcessReward
 from reasonrl.rl.advantages import get_advantage
-from reasonrl.rl.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from reasonrl.rl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from reasonrl.rl.config import RunConfig
 from reasonrl.rl.metrics import MetricsLogger, StepClock, percentile
 from reasonrl.rl.trackers import make_trackers
@@ -144,8 +143,7 @@ class Trainer:
         path = latest_checkpoint(self.run_dir)
         if path is None:
             return False
-        load_weights(self.policy, path)
-        state = load_trainer_state(path)
+        state = load_checkpoint(path, self.policy)  # (a damaged one: the CLI's one-line error, naming it)
         self.step, self.version = state["step"], state["version"]
         self.update.load_state_dict(state["update"])
         self.rollout.load_state_dict(state["rollout"])

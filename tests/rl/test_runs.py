@@ -2,10 +2,12 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -28,6 +30,10 @@ def recipe(tmp_path, steps=2, **overrides):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+class Killed(BaseException):
+    """A kill at a code point: raised there, it passes every `except Exception` of the code under test."""
 
 
 def test_the_resolved_config_is_printed_saved_and_is_itself_a_recipe(tmp_path, capsys):
@@ -66,8 +72,7 @@ def test_a_run_directory_another_live_process_runs_in_is_refused(tmp_path, capsy
     assert main(["train", str(path)]) == 0
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        started = open(f"/proc/{other.pid}/stat").read().rsplit(")", 1)[1].split()[19]
-        (tmp_path / "run" / ".claim").write_text(f"{other.pid} {started}\n")
+        _claim_by(other, tmp_path / "run")
         assert main(["train", str(path)]) == 2
         assert f"is in use by another process (pid {other.pid})" in capsys.readouterr().err
     finally:
@@ -75,6 +80,74 @@ def test_a_run_directory_another_live_process_runs_in_is_refused(tmp_path, capsy
         other.wait()
     assert main(["train", str(path)]) == 0  # its process is gone: the claim binds nothing
     assert (tmp_path / "run" / ".claim").read_text().split()[0] == str(os.getpid())
+
+
+def _claim_by(proc, run_dir):
+    """Mark `run_dir` as the live process `proc`'s, as its run would (RUN/.claim: pid, start time)."""
+    started = open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[19]
+    (run_dir / ".claim").write_text(f"{proc.pid} {started}\n")
+
+
+def test_the_demo_refuses_a_run_directory_another_live_process_runs_in(tmp_path, monkeypatch, capsys):
+    """A second demo moved the first one's live run directory aside, to DIR.previous, before any check, and the
+    two then wrote into one run directory (or it deleted a DIR.previous that a resumed run was writing in)."""
+    import reasonrl.demo.run as demo
+
+    def went_on(name):
+        raise AssertionError("the demo moved on past its run directory")
+
+    monkeypatch.setattr(demo, "load_environment", went_on)
+    run, previous = tmp_path / "demo", tmp_path / "demo.previous"
+    for d in (run, previous):
+        (d / "checkpoints").mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for busy in (run, previous):
+            _claim_by(other, busy)
+            assert main(["train", "--set", f"train.run_dir={run}"]) == 2
+            assert f"{busy} is in use by another process (pid {other.pid})" in capsys.readouterr().err
+            assert (run / "checkpoints").is_dir() and (previous / "checkpoints").is_dir()  # nothing moved
+            (busy / ".claim").unlink()
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.parametrize("damage", ["trainer_state.pt", "model.safetensors"])
+def test_a_damaged_latest_checkpoint_stops_the_resume_with_one_line_saying_what_to_do(tmp_path, capsys, damage):
+    """A latest checkpoint a power cut left truncated ended the resume in a PytorchStreamReader traceback,
+    or a one-line SafetensorError with no advice."""
+    path = recipe(tmp_path)
+    assert main(["train", str(path)]) == 0
+    latest = latest_checkpoint(tmp_path / "run")
+    file = latest / damage
+    file.write_bytes(file.read_bytes()[:len(file.read_bytes()) // 2] if damage == "trainer_state.pt" else b"")
+    capsys.readouterr()
+    longer = ["train", str(path), "--set", "train.steps=3", "--accept-changes"]
+    assert main(longer) == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert line.startswith(f"reasonrl train: error: checkpoint {latest} cannot be read") and damage in line
+    assert line.endswith("delete that directory and rerun to resume from step_000001")
+    shutil.rmtree(latest)
+    assert main(longer) == 0
+    assert _steps(tmp_path / "run") == [0, 1, 2, 3]
+
+
+def test_a_kill_while_model_init_makes_the_starting_checkpoint_leaves_a_rerun_that_makes_it(tmp_path, monkeypatch):
+    """Killed while it wrote the starting checkpoint's weights, model.init left config.json without
+    them, which every rerun took for a made checkpoint: "no weights in ...", exit 2."""
+    from reasonrl.models import loader
+
+    def killed(*args):
+        raise Killed
+
+    path = recipe(tmp_path)
+    monkeypatch.setattr(loader, "_write_shards", killed)
+    with pytest.raises(Killed):
+        main(["train", str(path)])
+    monkeypatch.undo()
+    assert main(["train", str(path)]) == 0
+
 
 def test_a_changed_config_is_refused_naming_the_keys(tmp_path, capsys):
     path = recipe(tmp_path)
@@ -273,18 +346,24 @@ def _demo_policy():
     return SHIPPED
 
 
-def test_an_sft_run_stopped_in_its_last_step_still_writes_its_model(tmp_path, monkeypatch, capsys):
-    """A stop during the last step saved the checkpoint but not the fine-tuned model, and the rerun said
-    "finished" without writing it either."""
+def _tiny_sft_args(tmp_path):
+    """`reasonrl sft` arguments for two steps of a one-layer model on 16 examples, out: tmp_path/sft."""
     from reasonrl.models.tiny import make_checkpoint, make_tokenizer
-    from reasonrl.rl.sft import SFTTrainer
 
     tok = make_tokenizer(["Write the letter a many times. aaaa bbbb"] * 10, vocab_size=300)
     base = make_checkpoint(tmp_path / "base", "qwen2", tok, hidden_size=32, num_layers=1)
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Write {c}.", "response": c * 4}) + "\n" for c in "ab" * 8))
-    args = ["sft", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "sft"), "--epochs", "1",
+    return ["sft", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "sft"), "--epochs", "1",
             "--samples-per-step", "8", "--device", "cpu"]
+
+
+def test_an_sft_run_stopped_in_its_last_step_still_writes_its_model(tmp_path, monkeypatch, capsys):
+    """A stop during the last step saved the checkpoint but not the fine-tuned model, and the rerun said
+    "finished" without writing it either."""
+    from reasonrl.rl.sft import SFTTrainer
+
+    args = _tiny_sft_args(tmp_path)
     step = SFTTrainer.step
 
     def stopped_in_the_last(self):
@@ -300,6 +379,49 @@ def test_an_sft_run_stopped_in_its_last_step_still_writes_its_model(tmp_path, mo
     assert main(args) == 0
     assert "this run is finished" in capsys.readouterr().err
     assert (tmp_path / "sft" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("at", ["tokenizer", "weights"])
+def test_a_kill_while_sft_saves_its_model_is_repaired_by_the_rerun(tmp_path, monkeypatch, capsys, at):
+    """Killed while it wrote the fine-tuned model at the run directory's root (after the weights, or
+    halfway through them), a run kept a model without tokenizer.json or with a truncated
+    model.safetensors, and every rerun said "finished; nothing to do"."""
+    import torch
+    from safetensors.torch import load_file
+
+    from reasonrl.models import Tokenizer, load_model, loader
+
+    args = _tiny_sft_args(tmp_path)
+    out = tmp_path / "sft"
+    save_tokenizer, write_shards = Tokenizer.save, loader._write_shards
+
+    def final(path):
+        return "checkpoints" not in Path(path).parts
+
+    def killed_before_the_tokenizer(self, path):
+        if final(path):
+            raise Killed
+        save_tokenizer(self, path)
+
+    def killed_halfway_through_the_weights(tensors, path, max_shard_bytes):
+        if final(path):
+            (path / "model.safetensors").write_bytes(b"\0" * 1000)  # what the kill left of it
+            raise Killed
+        write_shards(tensors, path, max_shard_bytes)
+
+    if at == "tokenizer":
+        monkeypatch.setattr(Tokenizer, "save", killed_before_the_tokenizer)
+    else:
+        monkeypatch.setattr(loader, "_write_shards", killed_halfway_through_the_weights)
+    with pytest.raises(Killed):
+        main(args)
+    monkeypatch.undo()
+    assert main(args) == 0
+    assert "this run is finished" in capsys.readouterr().err
+    load_model(out, "cpu")  # a whole model: config, weights and tokenizer load
+    Tokenizer.from_dir(out)
+    saved, last = load_file(out / "model.safetensors"), load_file(latest_checkpoint(out) / "model.safetensors")
+    assert saved.keys() == last.keys() and all(torch.equal(saved[k], last[k]) for k in saved)
 
 
 def test_an_sft_step_whose_loss_is_not_finite_stops_the_run_unsaved(tmp_path, monkeypatch, capsys):

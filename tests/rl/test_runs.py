@@ -451,3 +451,13 @@ def test_an_sft_step_whose_loss_is_not_finite_stops_the_run_unsaved(tmp_path, mo
     from safetensors.torch import load_file
 
     assert all(torch.isfinite(t).all() for t in load_file(latest_checkpoint(out) / "model.safetensors").values())
+
+
+def test_a_stopped_run_names_the_callers_resume_command(tmp_path, ctrl_c_in_train_step, capsys):
+    """LVR's GRPO stage runs run_training: a stop printed `reasonrl train RUN/config.yaml`, which
+    would run the GRPO recipe without LVR's latent data, and then LVR's own hint."""
+    from reasonrl.rl.train import RunControl, run_training
+
+    code = run_training(load_config(recipe(tmp_path, steps=3)), RunControl(resume="lvr --stages grpo"), console=False)
+    err = capsys.readouterr().err
+    assert code == 128 + signal.SIGINT and "resume with: lvr --stages grpo" in err and "reasonrl train" not in err

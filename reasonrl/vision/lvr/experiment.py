@@ -210,10 +210,9 @@ def run_grpo(cfg: LVRExperimentConfig, tok, items, latent: LatentConfig, resume:
     from reasonrl.rl.train import RunControl, run_training
 
     recipe = from_dict(grpo_recipe(cfg, str(Path(cfg.out) / "sft-lvr")))
-    code = run_training(recipe, RunControl(overwrite=not resume), console=False)
-    if code != 0:  # stopped (Ctrl-C, SIGTERM) after saving a checkpoint
-        print(f"lvr: GRPO stopped; rerun with --stages grpo and the same settings to resume it from "
-              f"{recipe.train.run_dir}", file=sys.stderr, flush=True)
+    hint = f"the same command with --stages grpo and the same settings (it goes on from {recipe.train.run_dir})"
+    code = run_training(recipe, RunControl(overwrite=not resume, resume=hint), console=False)
+    if code != 0:  # stopped (Ctrl-C, SIGTERM) after saving a checkpoint; run_training said how to resume
         raise SystemExit(code)
     policy = load_model(latest_checkpoint(Path(recipe.train.run_dir)))
     return measure(policy, tok, items, latent, cfg)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -64,9 +65,16 @@ def json_line(row: dict[str, Any]) -> str:
 
 
 def read_samples(path: Path) -> list[Row]:
-    """The rows of a samples file, dropping a half-written last line (and cutting it off)."""
-    return read_rows(path, lambda row: isinstance(row.get("problem_id"), str) and isinstance(row.get("sample"), int),
-                     "a sample row")
+    """The rows of a samples file, dropping a half-written last line (and cutting it off); a row
+    missing what the summary reads (an edited file) is skipped, so it is sampled again."""
+    return read_rows(path, _is_sample, "a sample row")
+
+
+def _is_sample(row: dict[str, Any]) -> bool:
+    reward = row.get("reward")
+    return (isinstance(row.get("problem_id"), str) and isinstance(row.get("sample"), int)
+            and isinstance(row.get("response"), str) and isinstance(reward, (int, float)) and not isinstance(reward, bool)
+            and math.isfinite(reward) and (row.get("extracted") is None or isinstance(row["extracted"], str)))
 
 
 def jsonl_lines(path: Path) -> list[str]:

@@ -96,6 +96,8 @@ def test_registry_spec():
         from_spec("oTTT?n=3")
     with pytest.raises(ValueError):
         from_spec("xTTT")
+    with pytest.raises(ValueError, match=r"spec option \?published=DIR"):  # a CLI user has no constructor to call
+        from_spec("oTTT").prompts(split="published")
 
 
 def test_space_estimate_agrees_with_the_exact_count():

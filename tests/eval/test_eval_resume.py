@@ -103,18 +103,28 @@ def test_a_larger_n_or_limit_extends_the_run(solutions, tmp_path):
         server.stop()
 
 
+def row(problem, sample, reward, response="r"):
+    return {"problem_id": problem, "sample": sample, "response": response, "extracted": None, "reward": reward}
+
+
 def test_store_drops_a_torn_last_line_and_keeps_the_latest_row(tmp_path):
     settings = {"benchmark": "x", "temperature": 1.0}
     with SampleStore(tmp_path, settings) as store:
-        store.append([{"problem_id": "a", "sample": 0, "reward": 0.0}, {"problem_id": "a", "sample": 1, "reward": 1.0}])
-        store.append([{"problem_id": "a", "sample": 0, "reward": 1.0}])
+        store.append([row("a", 0, 0.0), row("a", 1, 1.0)])
+        store.append([row("a", 0, 1.0)])
     with open(tmp_path / "samples.jsonl", "ab") as f:
         f.write(b'{"problem_id": "b", "sam')
     with SampleStore(tmp_path, settings) as store:
         assert set(store.rows) == {("a", 0), ("a", 1)} and store.rows[("a", 0)]["reward"] == 1.0
-        store.append([{"problem_id": "b", "sample": 0, "reward": 0.5, "response": "\ud800 torn emoji \U0001f642"}])
+        store.append([row("b", 0, 0.5, "\ud800 torn emoji \U0001f642")])
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
-    assert rows[-1] == {"problem_id": "b", "sample": 0, "reward": 0.5, "response": "\ud800 torn emoji \U0001f642"}
+    assert rows[-1] == row("b", 0, 0.5, "\ud800 torn emoji \U0001f642")
     assert len(rows) == 4
+    # a row edited out of shape (no reward, a reward as text) is sampled again, not a KeyError at the summary
+    lines = (tmp_path / "samples.jsonl").read_text().splitlines()
+    broken = [{k: v for k, v in rows[1].items() if k != "reward"}, {**rows[2], "reward": "1.0"}]
+    (tmp_path / "samples.jsonl").write_text("\n".join([lines[0], *map(json.dumps, broken), lines[3]]) + "\n")
+    with SampleStore(tmp_path, settings) as store:
+        assert set(store.rows) == {("a", 0), ("b", 0)}
     with pytest.raises(ValueError, match="other settings: temperature=0.0 \\(was 1.0\\)"):
         SampleStore(tmp_path, {**settings, "temperature": 0.0})

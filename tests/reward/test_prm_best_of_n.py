@@ -21,6 +21,15 @@ def test_rules_pick_what_they_should():
     assert majority([c(None, False, [])]).answer is None
 
 
+def test_a_vote_counts_answers_equal_in_value_as_one():
+    """\\frac{1}{2}, 0.5 and 1/2 were three answers of one vote each: 3, twice, won a math vote."""
+    pool = [c("\\frac{1}{2}", True, [0.5]), c("0.5", True, [0.5]), c("1/2", True, [0.5]), c("3", False, [0.9]),
+            c("3", False, [0.9]), c("$\\dfrac{1}{2}$", True, [0.5])]
+    assert majority(pool[:5]).answer == "\\frac{1}{2}"  # the first drawn of the winning answer
+    assert rules("min")["prm-vote"](pool).correct  # 4 x 0.5 against 2 x 0.9
+    assert majority([c("x+1", False, []), c("x + 1", True, []), c("2", False, [])]).answer == "x+1"
+
+
 def test_curves_rank_a_perfect_verifier_above_majority_and_n1_equals_the_sample_accuracy():
     # each problem: 3 of 8 samples right (with a perfect PRM score), the 5 wrong ones share one answer
     pools = [[c("r", True, [1.0])] * 3 + [c("w", False, [0.1])] * 5 for _ in range(20)]

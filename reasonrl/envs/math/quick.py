@@ -42,6 +42,14 @@ def normalize(answer: str) -> str:
     return _drop_period(_SPACE.sub("", text).replace("\x00", " "))
 
 
+def answer_key(answer: str) -> str:
+    """A key equal for answers the quick path calls equal, for votes: the normal form, and a plain
+    number's value (`\\frac{1}{2}`, `1/2` and `0.5` all count for one answer)."""
+    text = normalize(answer)
+    value = as_rational(text)
+    return str(value[0]) if value is not None else text
+
+
 def _drop_period(text: str) -> str:
     """One sentence-ending period; "..." stays (1, 2, ... is not 1, 2)."""
     return text[:-1] if text.endswith(".") and not text.endswith("..") else text

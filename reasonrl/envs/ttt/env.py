@@ -81,7 +81,8 @@ class TTTEnvironment(Environment):
 
     def _published(self, n: int | None) -> list[Prompt]:
         if self.published_dir is None:
-            raise ValueError("the 'published' split needs TTTEnvironment(published_dir=...)")
+            raise ValueError("the 'published' split needs the published games' directory: the spec option "
+                             "?published=DIR (e.g. ttt:oTTT?published=DIR), or TTTEnvironment(published_dir=DIR)")
         records = load_published_dir(self.published_dir, self.games)
         return [_published_prompt(r, i) for i, r in enumerate(records[:n])]
 

@@ -1,7 +1,8 @@
 """Test-time scaling: pick one of N sampled solutions by a verifier, accuracy against N.
 
 Selection rules (each a pure function of N candidates):
-- `majority`: the most frequent final answer (self-consistency); ties go to the first candidate drawn;
+- `majority`: the most frequent final answer (self-consistency), answers equal in value counted as
+  one (`envs/math/quick.answer_key`: `\\frac{1}{2}`, `1/2`, `0.5`); ties go to the first candidate drawn;
 - `prm-<agg>`: the candidate whose step scores aggregate highest (min, mean, last, product; Athena-PRM,
   Qwen2.5-Math-PRM report best-of-N with such aggregations);
 - `prm-vote`: PRM-weighted majority vote, each answer's weight the sum of its candidates' `vote_by` scores;
@@ -20,6 +21,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from reasonrl.envs.math.quick import answer_key
 from reasonrl.reward.prm.scoring import AGGREGATIONS, aggregate
 
 
@@ -36,13 +38,14 @@ Rule = Callable[[Sequence[Candidate]], Candidate]
 
 def majority(cands: Sequence[Candidate], weight: Callable[[Candidate], float] = lambda c: 1.0) -> Candidate:
     totals: dict[str, float] = defaultdict(float)
-    for c in cands:
-        if c.answer is not None:
-            totals[c.answer] += weight(c)
+    keys = [None if c.answer is None else answer_key(c.answer) for c in cands]
+    for c, key in zip(cands, keys):
+        if key is not None:
+            totals[key] += weight(c)
     if not totals:
         return cands[0]
     best = max(totals.values())
-    return next(c for c in cands if c.answer is not None and totals[c.answer] == best)
+    return next(c for c, key in zip(cands, keys) if key is not None and totals[key] == best)
 
 
 def rules(vote_by: str = "min", with_orm: bool = False) -> dict[str, Rule]:

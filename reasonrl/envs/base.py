@@ -28,6 +28,9 @@ class Environment:
     name: str = "env"
     special_tokens_in_responses: bool = False
     """True: `score` gets responses decoded with their special tokens (e.g. LVR's latent span)."""
+    held_out: bool = True
+    """Whether `prompts(split="eval")` holds prompts that training does not see; False for an
+    environment built from one file, whose every split is that file."""
 
     def prompts(self, n: int | None = None, seed: int = 0, split: str = "train") -> list[Prompt]:
         raise NotImplementedError

@@ -261,6 +261,7 @@ def choice_reward(response: str, answer: str, think: str | None = None) -> float
 
 
 class AnswerEnvironment(Environment):
+    held_out = False  # one file: another split means another file
     """Prompts with reference answers scored by `exact` or `choice` (see the module docstring)."""
 
     def __init__(self, prompts: Sequence[Prompt], reward: str, name: str, think: str | None = None):

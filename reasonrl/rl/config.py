@@ -60,7 +60,12 @@ class EnvSection:
     """An environment spec: `sums:` (the demo's task), `ttt:oTTT`, `ttt:all`, `math:FILE.jsonl`, `jsonl:FILE?...`,
     `letter`; its scheme (before the first ":") must be registered (reasonrl/envs/registry.py)."""
     eval_size: int = 64
-    """Held-out prompts for accuracy before/after training and every `train.eval_every` steps."""
+    """Held-out prompts for accuracy before/after training and every `train.eval_every` steps (at
+    most the distinct prompts the evaluation environment has)."""
+    eval_name: str | None = None
+    """An environment spec to evaluate on instead (e.g. `math:test.jsonl` next to `math:train.jsonl`);
+    None: `name`'s eval split. An environment built from one file has no other split: its eval
+    prompts are training prompts, and the run warns so."""
 
     def __post_init__(self):
         check(self.eval_size >= 1, "env.eval_size", f"must be >= 1, got {self.eval_size}")

@@ -54,6 +54,14 @@ class Trainer:
             self.update = PolicyUpdate(policy, cfg, tokenizer.pad_token_id)
         self.backend = backend or make_backend(cfg.rollout, cfg.engine, policy, tokenizer, self.run_dir / "sync")
         self.rollout = RolloutManager(self.backend, env, ChatEncoder(tokenizer, policy), cfg.rollout, cfg.train.seed)
+        self.eval_env = env
+        if cfg.env.eval_name is not None:
+            from reasonrl.envs.registry import load_environment
+
+            self.eval_env = load_environment(cfg.env.eval_name)
+        elif not env.held_out:
+            warnings.warn(f"env {cfg.env.name!r} is one file with no held-out split: the eval_* metrics measure "
+                          "training prompts; set env.eval_name to a held-out file's spec", stacklevel=2)
         self.advantage_fn = get_advantage(cfg.advantage.name)
         self.process = (ProcessReward(cfg.process, tokenizer, policy.device, env.special_tokens_in_responses)
                         if cfg.process.prm else None)
@@ -117,8 +125,9 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Greedy pass@1 on the environment's held-out prompts, as `eval_*` metrics."""
-        prompts = self.env.prompts(n=self.cfg.env.eval_size, seed=self.cfg.train.seed, split="eval")
-        return {f"eval_{k}": v for k, v in self.rollout.evaluate(prompts).items()}
+        prompts = self.eval_env.prompts(n=self.cfg.env.eval_size, seed=self.cfg.train.seed, split="eval")
+        prompts = list({p.id: p for p in prompts}.values())  # a set smaller than eval_size: each prompt once
+        return {f"eval_{k}": v for k, v in self.rollout.evaluate(prompts, self.eval_env).items()}
 
     def sample_stats(self, groups: list[Group]) -> dict[str, float]:
         samples = [s for g in groups for s in g.samples]
@@ -126,7 +135,8 @@ class Trainer:
         lengths = [len(s.response_ids) for s in samples]
         stale = sum(sum(v < self.version for v in s.versions) for s in samples)
         mean = sum(rewards) / len(rewards)
-        env = self.env.metrics([s.prompt for s in samples], [s.response_text for s in samples], rewards)
+        raw = [s.reward if s.env_reward is None else s.env_reward for s in samples]  # task accuracy, not length shaping
+        env = self.env.metrics([s.prompt for s in samples], [s.response_text for s in samples], raw)
         return {**env, "reward_mean": mean, "reward_std": math.sqrt(sum((x - mean) ** 2 for x in rewards) / len(rewards)),
                 "length_p50": percentile(lengths, 50), "length_p90": percentile(lengths, 90), "length_max": max(lengths),
                 "truncated_fraction": sum(s.status is Status.TRUNCATED for s in samples) / len(samples),
@@ -154,6 +164,8 @@ class Trainer:
         return True
 
     def close(self) -> None:
+        if self.eval_env is not self.env and hasattr(self.eval_env, "close"):
+            self.eval_env.close()
         if self.scale is not None:
             self.scale.close()
         else:

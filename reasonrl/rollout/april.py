@@ -157,8 +157,8 @@ class AprilRollout:
         s.latents = out.latents  # LVR latent mode: all of the response's latents, resumed ones included
         s.status = STATUS[out.finish_reason]
         stats.new_tokens += len(new)
-        if out.finish_reason == "error" and not aborting:
-            self._retry(group, s, key)
+        if out.finish_reason in ("error", "abort") and not aborting:  # an abort this rollout did not ask for
+            self._retry(group, s, key, out.finish_reason)
         if not s.status.finished:
             return
         self.failures.pop(key, None)
@@ -170,15 +170,17 @@ class AprilRollout:
             else:
                 done.append(group)
 
-    def _retry(self, group: Group, s: Sample, key: str) -> None:
-        """The engine failed this sample's request alone: resubmit it from its tokens, or raise after
-        `MAX_FAILURES` (waiting on it would stall the step: nothing else brings its group back)."""
+    def _retry(self, group: Group, s: Sample, key: str, reason: str = "error") -> None:
+        """The engine failed this sample's request alone, or aborted it unasked (another client's
+        /v1/abort on a shared server): resubmit it from its tokens, or raise after `MAX_FAILURES`
+        (waiting on it would stall the step forever: nothing else brings its group back)."""
         n = self.failures[key] = self.failures.get(key, 0) + 1
         if n > MAX_FAILURES:
-            raise RuntimeError(f"sample {key}: the engine failed its request {n} times (finish_reason 'error'; "
-                               "the engine's log has each exception), giving up")
-        log.warning("sample %s: the engine failed its request (%d of %d tries); resubmitting it from its %d tokens",
-                    key, n, MAX_FAILURES, len(s.response_ids))
+            raise RuntimeError(f"sample {key}: the engine ended its request {n} times (finish_reason {reason!r}; "
+                               + ("the engine's log has each exception" if reason == "error" else
+                                  "something else aborts this rollout's requests") + "), giving up")
+        log.warning("sample %s: the engine %s its request (%d of %d tries); resubmitting it from its %d tokens",
+                    key, "aborted" if reason == "abort" else "failed", n, MAX_FAILURES, len(s.response_ids))
         self._submit(group, s, self.encode(group.prompt))
 
     def state_dict(self) -> dict:

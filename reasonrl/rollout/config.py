@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,6 +53,10 @@ class RolloutConfig:
               f"must be > 0 for RL (log-probs of sampled tokens), got {self.temperature}")
         check(0 < self.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {self.top_p}")
         check(self.max_groups_per_step >= 0, "rollout.max_groups_per_step", f"must be >= 0, got {self.max_groups_per_step}")
+        at_once = math.ceil(self.prompts_per_step * self.over_provision)
+        check(not self.dynamic_sampling or not self.max_groups_per_step or self.max_groups_per_step >= at_once,
+              "rollout.max_groups_per_step", f"must be at least the groups a step launches at once, "
+              f"ceil(prompts_per_step x over_provision) = {at_once}, got {self.max_groups_per_step}")
         check(self.overlong_max == 0 or 0 < self.overlong_cache <= self.overlong_max, "rollout.overlong_cache",
               "must be in (0, overlong_max] when overlong_max is set")
         urls = [] if self.remote_url is None else [u.strip() for u in self.remote_url.split(",")]

@@ -49,8 +49,10 @@ class RolloutManager:
         after = self.backend.stats()
         return groups, {**metrics, **_spec_metrics(before, after), **_pool_metrics(after)}
 
-    def evaluate(self, prompts: list[Prompt]) -> dict[str, float]:
-        """Greedy pass@1 on held-out prompts, through the same backend as the rollouts."""
+    def evaluate(self, prompts: list[Prompt], env: Environment | None = None) -> dict[str, float]:
+        """Greedy pass@1 on held-out prompts, through the same backend as the rollouts, scored by `env`
+        (default: the training environment)."""
+        env = env or self.env
         if not prompts:
             return {}
         self.backend.prepare()
@@ -62,8 +64,9 @@ class RolloutManager:
             failures: dict[str, int] = {}
             while len(outs) < len(prompts):
                 for key, out in self.backend.poll():
-                    if out.finish_reason == "error":  # not the model's answer: ask again (greedy: the same one)
-                        self._retry_eval(key, prompts[int(key.split(":")[1])], params, failures)
+                    # not the model's answer (a failed step, an abort by someone else): ask again (greedy: the same one)
+                    if out.finish_reason in ("error", "abort"):
+                        self._retry_eval(key, prompts[int(key.split(":")[1])], params, failures, out.finish_reason)
                     else:
                         outs[key] = out
         except BaseException:  # nothing of this evaluation stays in the engine (and release can put it to sleep)
@@ -72,21 +75,23 @@ class RolloutManager:
         finally:
             self.backend.release()
         ids = [outs[f"eval:{i}"].token_ids for i in range(len(prompts))]
-        texts = [self._decode(t) for t in ids]
-        rewards = self.env.rewards(prompts, texts)
+        texts = [self._decode(t, env) for t in ids]
+        rewards = env.rewards(prompts, texts)
         lengths = [len(t) for t in ids]
-        return {**self.env.metrics(prompts, texts, rewards), "length_p50": percentile(lengths, 50),
+        return {**env.metrics(prompts, texts, rewards), "length_p50": percentile(lengths, 50),
                 "length_p99": percentile(lengths, 99)}
 
-    def _retry_eval(self, key: str, prompt: Prompt, params: SamplingParams, failures: dict[str, int]) -> None:
-        """An evaluation request the backend failed (an engine step that raised, a server's 5xx) is
-        submitted again, up to MAX_FAILURES times, then the evaluation raises; it is never scored."""
+    def _retry_eval(self, key: str, prompt: Prompt, params: SamplingParams, failures: dict[str, int],
+                    reason: str = "error") -> None:
+        """An evaluation request the backend failed (an engine step that raised, a server's 5xx) or
+        aborted (another client's /v1/abort on a shared server) is submitted again, up to MAX_FAILURES
+        times, then the evaluation raises; its partial answer is never scored."""
         n = failures[key] = failures.get(key, 0) + 1
         if n > MAX_FAILURES:
-            raise RuntimeError(f"evaluation request {key}: the backend failed it {n} times (finish_reason 'error'), "
+            raise RuntimeError(f"evaluation request {key}: the backend ended it {n} times (finish_reason {reason!r}), "
                                "giving up")
-        log.warning("evaluation request %s: the backend failed it (%d of %d tries); submitting it again",
-                    key, n, MAX_FAILURES)
+        log.warning("evaluation request %s: the backend %s it (%d of %d tries); submitting it again",
+                    key, "aborted" if reason == "abort" else "failed", n, MAX_FAILURES)
         self.backend.submit(key, self.encode(prompt), params, [], [])
 
     def encode(self, prompt: Prompt) -> ModelInput:
@@ -104,12 +109,12 @@ class RolloutManager:
             s.response_text = self._decode(s.response_ids)
         rewards = self.env.rewards([group.prompt] * len(group.samples), [s.response_text for s in group.samples])
         for s, reward in zip(group.samples, rewards):
-            s.reward = reward
+            s.reward = s.env_reward = reward
             if self.cfg.overlong_max:
                 s.reward += overlong_penalty(len(s.response_ids), self.cfg.overlong_max, self.cfg.overlong_cache)
 
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=not self.env.special_tokens_in_responses)
+    def _decode(self, ids: list[int], env: Environment | None = None) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=not (env or self.env).special_tokens_in_responses)
 
     def state_dict(self) -> dict:
         return {"prompts": self.prompts.state_dict(), "april": self.april.state_dict(),

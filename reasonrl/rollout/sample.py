@@ -27,7 +27,8 @@ class Sample:
     versions: list[int] = field(default_factory=list)  # policy version that sampled each response token
     status: Status = Status.PENDING
     response_text: str = ""
-    reward: float | None = None
+    reward: float | None = None  # what the advantages use: the environment's, plus any length shaping
+    env_reward: float | None = None  # the environment's alone (accuracy metrics read it)
     group_id: int = 0  # samples of one prompt share a group (GRPO normalises within it)
     index: int = 0  # position inside its group
     seed: int | None = None  # sampling seed: a resumed sample continues its own random stream

@@ -29,6 +29,10 @@ engine: {max_num_seqs: 32}
     ("model: /c\nloss: {name: ppo2}", "loss"),
     ("model: /c\nloss: {beta: 0.1}", "loss.beta"),
     ("model: /c\nrollout: {samples_per_prompt: 1}", "rollout.samples_per_prompt"),  # trained nothing, silently
+    # the first launch passed the budget: 8 groups launched under a budget of 4
+    ("model: /c\nrollout: {prompts_per_step: 4, over_provision: 2.0, dynamic_sampling: true, max_groups_per_step: 4}",
+     "rollout.max_groups_per_step: must be at least the groups a step launches at once, ceil(prompts_per_step x "
+     "over_provision) = 8"),
     ("model: /c\noptim: {betas: [0.9]}", "optim.betas"),
     ("model: /c\noptim: {lr: .inf}", "optim.lr"),  # trained one step into weights of inf, then nan
     ("model: /c\noptim: {schedule: linear}", "optim.schedule"),

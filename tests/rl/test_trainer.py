@@ -243,3 +243,60 @@ def test_an_sft_run_resumed_on_other_data_is_refused(policy_dir):
     SFTTrainer(load_model(policy_dir), list(data), SFTConfig(samples_per_step=2)).load_state_dict(state)  # the same
     with pytest.raises(ValueError, match="not those this run was trained on"):
         SFTTrainer(load_model(policy_dir), data[:3], SFTConfig(samples_per_step=2)).load_state_dict(state)
+
+
+def test_accuracy_metrics_read_the_environments_reward_not_the_length_shaped_one():
+    """With DAPO's overlong shaping a correct answer in the penalty band has a reward below 1 (or
+    below 0): training accuracy counted it wrong (-0.156 logged where 0.143 was true, in a probe)."""
+    from types import SimpleNamespace
+
+    from reasonrl.envs.base import Prompt
+    from reasonrl.models.chat import ChatEncoder
+    from reasonrl.rollout.buffer import Group
+    from reasonrl.rollout.config import RolloutConfig
+    from reasonrl.rollout.manager import RolloutManager
+    from reasonrl.rollout.sample import Sample
+
+    env, tok = LetterEnvironment("a"), make_tokenizer(["a" * 40, "b" * 40] * 5, vocab_size=280)
+    manager = RolloutManager(SimpleNamespace(), env, ChatEncoder(tok),
+                             RolloutConfig(1, 4, 1.0, 24, overlong_max=24, overlong_cache=16))
+    prompt = env.prompts(n=1)[0]
+    a, b = (tok.encode(c, add_special_tokens=False)[0] for c in "ab")
+    ids = [[a] * 20, [a] * 20, [b] * 20, [b] * 4]  # two right (in the penalty band), one wrong, one wrong and short
+    samples = [Sample(prompt_ids=[1], response_ids=r, prompt=prompt, versions=[0]) for r in ids]
+    group = Group(0, prompt, [1], samples, born_step=0)
+    manager.score(group)
+    assert samples[0].reward < samples[0].env_reward  # shaped: in the penalty band
+    stats = Trainer.sample_stats(SimpleNamespace(env=env, version=0), [group])
+    assert stats["accuracy"] == 0.5 and stats["reward_mean"] == pytest.approx(sum(s.reward for s in samples) / 4)
+
+
+def test_a_one_file_environment_is_evaluated_on_eval_name_or_with_a_warning_and_each_prompt_once(policy_dir, tmp_path):
+    """A jsonl:/math: environment has one split: its "held-out" accuracy was training accuracy, said
+    nowhere, and an eval_size past the file repeated prompts (3 rows: 4 evaluated, one twice)."""
+    from reasonrl.envs.registry import load_environment
+
+    def rows(name, letters):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"prompt": f"Write the letter {c} many times.", "answer": c}) + "\n"
+                                for c in letters))
+        return f"jsonl:{path}?reward=exact"
+
+    train_spec, test_spec = rows("train", "abc"), rows("test", "xy")
+    overrides = {"env.name": train_spec, "env.eval_size": 7}
+    cfg = load_config(None, config(policy_dir, tmp_path / "one", **overrides))
+    seen = []
+    with pytest.warns(UserWarning, match="no held-out split: the eval_\\* metrics measure training prompts"):
+        trainer = Trainer(cfg, load_environment(train_spec), load_model(policy_dir), Tokenizer.from_dir(policy_dir),
+                          console=False)
+    trainer.rollout.evaluate = lambda prompts, env: seen.append(([p.id for p in prompts], env)) or {}
+    trainer.evaluate()
+    assert sorted(seen[0][0]) == ["train-1", "train-2", "train-3"] and seen[0][1] is trainer.env
+    trainer.close()
+    cfg = load_config(None, config(policy_dir, tmp_path / "two", **overrides, **{"env.eval_name": test_spec}))
+    trainer = Trainer(cfg, load_environment(train_spec), load_model(policy_dir), Tokenizer.from_dir(policy_dir),
+                      console=False)
+    trainer.rollout.evaluate = lambda prompts, env: seen.append(([p.id for p in prompts], env)) or {}
+    trainer.evaluate()
+    assert sorted(seen[1][0]) == ["test-1", "test-2"] and seen[1][1] is trainer.eval_env is not trainer.env
+    trainer.close()

@@ -238,34 +238,38 @@ def test_replacement_groups_stop_once_the_target_is_met():
 
 
 class FailingEngine(FakeEngine):
-    """Fails request `key` (finish_reason "error", its tokens so far) at its 5th token, `times` times."""
+    """Ends request `key` (finish_reason `reason`: "error", or "abort" as another client's /v1/abort
+    on a shared server does; its tokens so far) at its 5th token, `times` times."""
 
-    def __init__(self, key: str, times: int):
+    def __init__(self, key: str, times: int, reason: str = "error"):
         super().__init__(max_running=64)
-        self.key, self.times = key, times
+        self.key, self.times, self.reason = key, times, reason
 
     def poll(self):
         failed = []
         r = self.reqs.get(self.key)
         if self.times and r is not None and len(r["ids"]) == 5:
             self.times -= 1
-            failed.append(self._out(self.key, "error"))
+            failed.append(self._out(self.key, self.reason))
         return failed + super().poll()
 
 
-def test_a_request_the_engine_fails_is_resubmitted_from_its_tokens():
+@pytest.mark.parametrize("reason", ["error", "abort"])
+def test_a_request_the_engine_fails_is_resubmitted_from_its_tokens(reason):
+    """An abort the rollout did not ask for left its sample neither running nor done: collect() spun
+    on an idle engine forever."""
     spec = RolloutConfig(4, 4, 1.0, 40)
     plain = AprilRollout(FakeEngine(64), spec, prompts(), lambda p: [1, 2, 3], score, 0)
     want, _ = plain.collect(0, version=0)
-    engine = FailingEngine("1:2", times=2)  # long enough to reach 5 tokens
+    engine = FailingEngine("1:2", times=2, reason=reason)  # long enough to reach 5 tokens
     assert target_length(want[1].samples[2].seed, 40) > 5
     failing = AprilRollout(engine, spec, prompts(), lambda p: [1, 2, 3], score, 0)
     got, stats = failing.collect(0, version=0)
     assert engine.times == 0 and failing.failures == {}  # two failures, then it finished: its count is gone
     assert [[s.response_ids for s in g.samples] for g in got] == [[s.response_ids for s in g.samples] for g in want]
     assert stats.dropped_groups == 0
-    stuck = AprilRollout(FailingEngine("1:2", times=99), spec, prompts(), lambda p: [1, 2, 3], score, 0)
-    with pytest.raises(RuntimeError, match="sample 1:2: the engine failed its request 4 times"):
+    stuck = AprilRollout(FailingEngine("1:2", times=99, reason=reason), spec, prompts(), lambda p: [1, 2, 3], score, 0)
+    with pytest.raises(RuntimeError, match=f"sample 1:2: the engine ended its request 4 times \\(finish_reason '{reason}'"):
         stuck.collect(0, version=0)
 
 
@@ -280,9 +284,10 @@ def test_rollout_throughput_counts_the_tokens_of_the_samples_trained_on(dynamic)
         assert stats.as_dict()["rollout_tokens_per_s"] * stats.seconds == pytest.approx(trained)
 
 
-def test_evaluation_asks_again_for_a_request_the_backend_failed():
+@pytest.mark.parametrize("reason", ["error", "abort"])
+def test_evaluation_asks_again_for_a_request_the_backend_failed(reason):
     """A held-out request that comes back with finish_reason "error" (an engine step that raised, a
-    server's 5xx) is not the model's answer: it was scored as one (an empty response, reward 0)."""
+    server's 5xx) or "abort" (someone else's) is not the model's answer: it was scored as one."""
     from reasonrl.envs.base import Environment
     from reasonrl.models.chat import ChatEncoder
     from reasonrl.models.tiny import make_tokenizer
@@ -314,9 +319,9 @@ def test_evaluation_asks_again_for_a_request_the_backend_failed():
     def evaluate(backend):
         return RolloutManager(backend, env, ChatEncoder(tok), RolloutConfig(2, 2, 1.0, 40)).evaluate(env.prompts(4))
 
-    assert evaluate(Backend("eval:1", times=2))["accuracy"] == 1.0  # 0.75 before
-    with pytest.raises(RuntimeError, match="evaluation request eval:1: the backend failed it 4 times"):
-        evaluate(Backend("eval:1", times=99))
+    assert evaluate(Backend("eval:1", times=2, reason=reason))["accuracy"] == 1.0  # 0.75 before
+    with pytest.raises(RuntimeError, match="evaluation request eval:1: the backend ended it 4 times"):
+        evaluate(Backend("eval:1", times=99, reason=reason))
 
 
 @dataclasses.dataclass
@@ -379,7 +384,7 @@ def test_an_evaluation_that_gives_up_leaves_nothing_in_the_engine(tmp_path):
     path = make_checkpoint(tmp_path / "m", "qwen2", tok, std=0.2, hidden_size=64, num_layers=2)
     engine = LLMEngine(load_model(path, "cpu"), tok, EngineConfig(kv_cache_memory=1 << 22, block_size=4))
     manager = RolloutManager(FailsOne(engine), Say(), ChatEncoder(tok), RolloutConfig(2, 2, 1.0, 40))
-    with pytest.raises(RuntimeError, match="evaluation request eval:1: the backend failed it 4 times"):
+    with pytest.raises(RuntimeError, match="evaluation request eval:1: the backend ended it 4 times"):
         manager.evaluate(Say().prompts(4))
     assert not engine.requests
 

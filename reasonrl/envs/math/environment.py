@@ -26,6 +26,7 @@ MATH_SYSTEM_PROMPT = (
 
 
 class MathEnvironment(Environment):
+    held_out = False  # one file: another split means another file
     """Math problems with reference answers; reward 1.0 when the boxed answer is equivalent."""
 
     name = "math"

@@ -101,8 +101,9 @@ def _run(run, args: argparse.Namespace, prog: str) -> int:
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)  # (the demo and the benches train without run_training)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C before a job's stop handler is in place, or a second one: stop now
-        print(f"\n{prog}: interrupted; nothing was saved since the last checkpoint", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C before a job's stop handler is in place, or a second one: stop now
+        # a job that knows what it saved re-raises with that, and how to go on from it
+        print(f"\n{prog}: interrupted; {str(exc) or 'nothing was saved since the last checkpoint'}", file=sys.stderr)
         return 128 + signal.SIGINT
 
 

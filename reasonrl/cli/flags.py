@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import typing
 from typing import Any, Literal
 
@@ -60,6 +61,29 @@ def values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
         if hasattr(args, dest):
             out[f.name] = getattr(args, dest)
     return out
+
+
+def command_line(*objs) -> list[str]:
+    """The arguments that `add_flags` parses back into these dataclass instances (positional fields
+    first, fields at their default left out): the command to print for a rerun."""
+    positional, flags = [], []
+    for obj in objs:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if not f.init or f.metadata.get("cli") is False or value == default_of(f) or value is None:
+                continue  # (None, where it is not the default, has no flag spelling)
+            if f.metadata.get("positional"):
+                positional.append(str(value))
+            elif isinstance(value, bool):
+                flags.append(flag_name(f) if value else "--no-" + flag_name(f)[2:])
+            elif isinstance(value, (list, tuple)):
+                flags += [flag_name(f), *map(str, value)]
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    flags += [flag_name(f), f"{key}={json.dumps(item)}"]  # (JSON is YAML, as the value is read)
+            else:
+                flags += [flag_name(f), str(value)]
+    return positional + flags
 
 
 def _kind(name: str, hint, default) -> dict[str, Any]:

@@ -41,17 +41,20 @@ def train(parser: argparse.ArgumentParser):
     from reasonrl.reward.prm.run import PRMTrainJob
     from reasonrl.reward.prm.steps import StepFormat
     from reasonrl.reward.prm.train import PRMTrainConfig
+    from reasonrl.rl.train import RunControl
 
     add_flags(parser, PRMTrainJob, title="job")
     add_flags(parser, PRMTrainConfig, title="training (PRMTrainConfig)")
     add_flags(parser, PRMConfig, title="model (PRMConfig)")
     _steps(parser)
+    add_flags(parser, RunControl, title="output directory", only=["overwrite"])  # (trained in one go: no resume)
 
     def run(args) -> int:
         from reasonrl.reward.prm.run import run_train
 
         cfg = PRMConfig(**values(args, PRMConfig), steps=StepFormat(**values(args, StepFormat)))
-        result = run_train(PRMTrainJob(**values(args, PRMTrainJob)), cfg, PRMTrainConfig(**values(args, PRMTrainConfig)))
+        result = run_train(PRMTrainJob(**values(args, PRMTrainJob)), cfg, PRMTrainConfig(**values(args, PRMTrainConfig)),
+                           control=RunControl(**values(args, RunControl)))
         print(json.dumps(result.get("eval", {}), indent=2))
         return 0
 
@@ -100,13 +103,18 @@ COMMANDS = {
 
 def raft(parser: argparse.ArgumentParser):
     from reasonrl.rl.raft import RaftConfig
+    from reasonrl.rl.train import RunControl
 
     add_flags(parser, RaftConfig)
+    add_flags(parser, RunControl, title="run directory", only=["overwrite", "accept_changes"])
 
     def run(args) -> int:
         from reasonrl.rl.raft import run_raft
+        from reasonrl.stop import StopSignal
 
-        run_raft(RaftConfig(**values(args, RaftConfig)))
-        return 0
+        cfg = RaftConfig(**values(args, RaftConfig))
+        with StopSignal("the current round") as stop:
+            history = run_raft(cfg, RunControl(**values(args, RunControl)), stop)
+        return stop.exit_code if len(history) <= cfg.rounds else 0
 
     return run

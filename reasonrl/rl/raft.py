@@ -11,11 +11,14 @@ Where this departs from them:
   restart from the base model); each round gets a fresh engine, since the weights changed.
 - Held-out accuracy (greedy, the environment's verifier) is measured before the first round and
   after every round, with the number of samples drawn so far, so runs compare at equal samples.
+- `--out` is a run directory like `reasonrl train`'s: each round is checkpointed (policy and the
+  metrics so far), and rerunning the same command goes on after the last saved round.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +31,13 @@ from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import stable_seed
 from reasonrl.envs.base import Environment, Prompt
 from reasonrl.models import load_model
-from reasonrl.models.loader import save_model
+from reasonrl.models.loader import load_weights, save_model
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.reward.prm.completer import Completer, Request
+from reasonrl.rl.checkpoint import checkpoint_step, latest_checkpoint, load_trainer_state, save_checkpoint
+from reasonrl.rl.run import open_run
 from reasonrl.rl.sft import SFTConfig, sft_example, train_sft
+from reasonrl.rl.train import RunControl
 
 
 @dataclass
@@ -39,7 +45,8 @@ class RaftConfig:
     policy: str
     """Checkpoint to improve."""
     out: str
-    """Directory: the final policy, metrics.jsonl (one line per round)."""
+    """Run directory: config.yaml, metrics.jsonl (one line per round), checkpoints/ (the last round's,
+    to resume from) and the final policy at its root."""
     env: str = "sums:"
     """Environment spec: training prompts, the outcome reward, held-out problems."""
     reward: Literal["outcome", "prm"] = "outcome"
@@ -126,23 +133,62 @@ def held_out_accuracy(model, tokenizer, env: Environment, prompts: Sequence[Prom
     return env.metrics(prompts, responses, env.rewards(prompts, responses))["accuracy"]
 
 
-def run_raft(cfg: RaftConfig, log=print) -> list[dict[str, Any]]:
+def run_raft(cfg: RaftConfig, control: RunControl = RunControl(), stop=None, log=print) -> list[dict[str, Any]]:
+    """Every round's metrics (round 0: before the first) up to the last round, or the one `stop`
+    (a StopSignal) ended. `cfg.out` is a run directory (rl/run.py: new, empty or this run's own;
+    other settings refused unless `control` says so), each round is checkpointed there, and a rerun
+    goes on after the last round saved: its seeds are the round's own, so it ends where an
+    uninterrupted run does."""
     from reasonrl.envs.registry import load_environment
 
-    env, out = load_environment(cfg.env), Path(cfg.out)
+    out = open_run(cfg.out, {"raft": to_dict(cfg)}, overwrite=control.overwrite, accept_changes=control.accept_changes,
+                   free_keys=set(), console=False, inputs=(cfg.policy, cfg.prm))
+    latest = latest_checkpoint(out)
+    if checkpoint_step(latest) >= cfg.rounds:
+        say(f"{out}: this run is finished (round {checkpoint_step(latest)} of {cfg.rounds}); nothing to do. For more "
+            "rounds, raise --rounds and add --accept-changes; to start over, add --overwrite.")
+        if not (out / "model.safetensors").is_file():  # stopped after its last checkpoint, before the policy
+            save_model(load_model(latest, device=cfg.device, dtype=torch.float32), out, Tokenizer.from_dir(latest))
+        return load_trainer_state(latest)["raft"]
+    env = load_environment(cfg.env)
     model, tokenizer = load_model(cfg.policy, device=cfg.device, dtype=torch.float32), Tokenizer.from_dir(cfg.policy)
     score, held_out = reward_fn(cfg, env), env.prompts(cfg.eval_problems, seed=cfg.seed, split="eval")
-    history = [{"round": 0, "samples": 0, "accuracy": held_out_accuracy(model, tokenizer, env, held_out, cfg.max_tokens)}]
-    log(json.dumps(history[-1]))
-    for rnd in range(1, cfg.rounds + 1):
-        history.append(raft_round(cfg, env, model, tokenizer, score, rnd, history[-1]["samples"]))
-        history[-1]["accuracy"] = held_out_accuracy(model, tokenizer, env, held_out, cfg.max_tokens)
+    if latest is not None:
+        load_weights(model, latest)
+        history = load_trainer_state(latest)["raft"]
+        say(f"resuming after round {len(history) - 1} ({latest})")
+    else:
+        history = [{"round": 0, "samples": 0, "accuracy": held_out_accuracy(model, tokenizer, env, held_out, cfg.max_tokens)}]
         log(json.dumps(history[-1]))
-    out.mkdir(parents=True, exist_ok=True)
+        _write_metrics(out, history)
+    try:
+        while len(history) <= cfg.rounds and not stop:
+            rnd = len(history)
+            history.append(raft_round(cfg, env, model, tokenizer, score, rnd, history[-1]["samples"]))
+            history[-1]["accuracy"] = held_out_accuracy(model, tokenizer, env, held_out, cfg.max_tokens)
+            log(json.dumps(history[-1]))
+            save_checkpoint(out, rnd, model, tokenizer, {"raft": history}, keep=1)
+            _write_metrics(out, history)
+    except KeyboardInterrupt:  # (a second Ctrl-C: now, mid-round)
+        saved = checkpoint_step(latest_checkpoint(out))
+        raise KeyboardInterrupt(f"the policy after round {saved} is saved in {out}: rerun the same command to go on "
+                                "from there" if saved else "nothing was saved: a rerun starts from round 0") from None
+    if len(history) <= cfg.rounds:
+        say(f"stopped after round {len(history) - 1} of {cfg.rounds}; checkpoint: {latest_checkpoint(out)}\n"
+            "resume with the same command")
+        return history
     save_model(model, out, tokenizer)
-    (out / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    (out / "raft.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
     return history
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    tmp = out / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
+    tmp.replace(out / "metrics.jsonl")  # a kill mid-write leaves the last whole file
 
 
 def raft_round(cfg: RaftConfig, env: Environment, model, tokenizer, score: Scorer, rnd: int, samples: int) -> dict[str, Any]:

@@ -6,7 +6,8 @@ differing keys named, unless the user starts afresh (`overwrite`: the old run is
 accepts the changes (`accept_changes`: they are recorded in `RUN/config_changes.jsonl`). Keys that
 do not change what is trained (how often to save or evaluate, which trackers, where it runs: a run
 started on Ray may resume in one process and back) may change freely. A run directory another live
-process is running in is refused (`RUN/.claim` names it).
+process is running in is refused (`RUN/.claim` names it), and so is one that is, or holds, a path
+the run reads (its starting model, its data).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -39,10 +40,15 @@ class RunMismatch(ValueError):
 
 
 def open_run(run_dir: str | Path, config: dict[str, Any], *, overwrite: bool = False, accept_changes: bool = False,
-             free_keys: set[str] = FREE_KEYS, console: bool = True, work: tuple[str, ...] = WORK) -> Path:
+             free_keys: set[str] = FREE_KEYS, console: bool = True, work: tuple[str, ...] = WORK,
+             inputs: Sequence[str | Path | None] = (), resumes: bool = True) -> Path:
     """Check that `config` may run in `run_dir` (see the module docstring), then save and print it.
-    `work`: what a run writes once it has done something (before that, its saved config binds nothing)."""
+    `work`: what a run writes once it has done something (before that, its saved config binds nothing).
+    `inputs`: paths the run reads (the model it starts from, its data): a run directory that is one
+    of them or holds one is refused, since writing (or --overwrite) would destroy it. `resumes`:
+    False for a job that starts afresh on every rerun (no --accept-changes to offer)."""
     run_dir = Path(run_dir)
+    _refuse_inputs(run_dir, inputs)
     _refuse_if_busy(run_dir)
     if overwrite:
         _delete_run(run_dir)
@@ -53,8 +59,8 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, overwrite: bool = F
     if saved_path.is_file() and any((run_dir / name).exists() for name in work):  # else it never did anything
         saved = yaml.safe_load(saved_path.read_text()) or {}
         changed = [d for d in differences(saved, config) if d[0] not in free_keys]
-        if changed and not accept_changes:
-            raise RunMismatch(_mismatch_message(run_dir, changed))
+        if changed and not (accept_changes and resumes):
+            raise RunMismatch(_mismatch_message(run_dir, changed, resumes))
         if changed:
             with (run_dir / "config_changes.jsonl").open("a") as f:
                 f.write(json.dumps({"time": time.time(), "changes": [list(d) for d in changed]}) + "\n")
@@ -66,6 +72,15 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, overwrite: bool = F
         print(f"config ({saved_path}):\n" + "".join(f"  {line}\n" for line in text.splitlines()), file=sys.stderr,
               end="", flush=True)
     return run_dir
+
+
+def _refuse_inputs(run_dir: Path, inputs: Sequence[str | Path | None]) -> None:
+    here = run_dir.resolve()
+    for path in filter(None, inputs):
+        there = Path(path).resolve()
+        if there == here or here in there.parents:
+            raise RunMismatch(f"{run_dir} {'is' if there == here else 'holds'} {path}, which this run reads: writing "
+                              "its output there would destroy it; choose another directory")
 
 
 def _refuse_if_busy(run_dir: Path) -> None:
@@ -113,7 +128,10 @@ def _holds_more_than_a_claim(run_dir: Path) -> bool:
     return any(p.name != CLAIM_FILE for p in run_dir.iterdir())
 
 
-def _mismatch_message(run_dir: Path, changed: list[tuple[str, Any, Any]]) -> str:
+def _mismatch_message(run_dir: Path, changed: list[tuple[str, Any, Any]], resumes: bool = True) -> str:
+    if not resumes:
+        return settings_changed(f"{run_dir} holds the output of this command with other settings", changed,
+                                "rerun with the saved settings, or add --overwrite to delete it and start afresh")
     return settings_changed(f"{run_dir} holds a run started with other settings", changed,
                             "rerun with the saved settings to resume it, add --overwrite to delete it and start "
                             "afresh, or --accept-changes to continue it under the new settings")

@@ -24,26 +24,27 @@ class RunControl:
     accept_changes: bool = False
     """Continue a run whose saved config differs from this one (the changes are recorded in
     RUN/config_changes.jsonl); without it such a rerun is refused, naming the differing keys."""
-    resume: str | None = None
-    """How to resume a stopped run, for a caller whose own command does it (LVR's --stages grpo);
-    None: `reasonrl train RUN/config.yaml`."""
 
 
 def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bool = True) -> int:
-    """Train `cfg` to its end (or to a stop signal); the process exit code."""
+def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bool = True,
+                 resume: str | None = None) -> int:
+    """Train `cfg` to its end (or to a stop signal); the process exit code. `resume`: how a stopped run
+    is resumed, for a caller whose own command does it (LVR's --stages grpo); None: `reasonrl train
+    RUN/config.yaml`."""
     from reasonrl.envs.registry import load_environment
     from reasonrl.models import Tokenizer, load_model
     from reasonrl.rl.report import write_report
     from reasonrl.rl.trainer import Trainer
 
     run_dir = open_run(cfg.train.run_dir, cfg.to_dict(), overwrite=control.overwrite,
-                       accept_changes=control.accept_changes, console=console)
-    resume = control.resume or (f"reasonrl train {run_dir / 'config.yaml'}"
-                                + ("" if run_dir.is_absolute() else f" (from {Path.cwd()})"))
+                       accept_changes=control.accept_changes, console=console,
+                       inputs=(cfg.model.path,) if control.overwrite else ())  # --overwrite would delete it
+    resume = resume or (f"reasonrl train {run_dir / 'config.yaml'}"
+                        + ("" if run_dir.is_absolute() else f" (from {Path.cwd()})"))
     done = checkpoint_step(latest_checkpoint(run_dir))
     if done >= cfg.train.steps:
         say(f"{run_dir}: this run is finished (step {done} of {cfg.train.steps}); nothing to do. To train longer, raise "

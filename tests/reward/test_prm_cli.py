@@ -87,3 +87,30 @@ def test_best_of_n_leaves_unread_steps_out_and_counts_them(tmp_path):
     assert 0.0 < result["prm-min"][2]["accuracy"] < 1.0
     assert json.loads((tmp_path / "bon.json").read_text())["unread"] == {"prm": 4}
     assert logged == ["4 of 8 solutions go past the PRM's max_len: ranked on the steps it read"]
+
+
+def test_prm_train_out_follows_the_run_directory_rules(tmp_path, capsys):
+    """`prm train --base P --out P` trained over the policy it started from, and a rerun with other
+    settings replaced the PRM without a word."""
+    import shutil
+
+    write_pool(tmp_path / "train.jsonl", 12, 1, "train")
+    policy = shutil.copytree("reasonrl/demo/policy", tmp_path / "policy")
+    weights = (policy / "model.safetensors").read_bytes()
+    args = ["prm", "train", "--data", str(tmp_path / "train.jsonl"), "--labels", "exact", "--epochs", "1",
+            "--device", "cpu", "--delimiter", " "]
+    assert main([*args, "--base", str(policy), "--out", str(policy)]) == 2
+    assert "which this run reads" in capsys.readouterr().err
+    assert (policy / "model.safetensors").read_bytes() == weights
+    prm = tmp_path / "prm"
+    assert main([*args, "--out", str(prm)]) == 0
+    trained = (prm / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main([*args, "--out", str(prm), "--lr", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert "train.lr: 0.001 (saved) -> 0.01 (now)" in err and "--overwrite" in err and "--accept-changes" not in err
+    assert (prm / "model.safetensors").read_bytes() == trained
+    assert main([*args, "--out", str(prm)]) == 0
+    assert "trained already; nothing to do" in capsys.readouterr().out
+    assert main([*args, "--out", str(prm), "--lr", "0.01", "--overwrite"]) == 0
+    assert (prm / "model.safetensors").read_bytes() != trained

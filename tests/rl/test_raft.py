@@ -3,11 +3,13 @@
 import json
 
 import pytest
+import torch
 
 from reasonrl.cli import main
 from reasonrl.envs.base import Prompt
 from reasonrl.reward.prm.completer import Request
 from reasonrl.rl.raft import RaftConfig, select
+from tests.rl.test_runs import Killed
 
 POLICY = "reasonrl/demo/policy"
 
@@ -84,3 +86,85 @@ def test_held_out_accuracy_is_the_environments_not_the_mean_reward(monkeypatch):
     prompts = [Prompt(id=str(i), messages=[{"role": "user", "content": "q"}], answer=None) for i in range(4)]
     monkeypatch.setattr(raft, "sample", lambda *a, **k: requests(prompts, [["right"], ["right"], ["wrong"], ["right"]]))
     assert raft.held_out_accuracy(None, None, Half(), prompts, 8) == 0.75  # the base class: reward > 0
+
+
+def raft_args(out, *more):
+    return ["raft", "--policy", POLICY, "--out", str(out), "--env", "sums:?max_terms=4", "--rounds", "2",
+            "--prompts-per-round", "4", "--samples-per-prompt", "2", "--eval-problems", "4", "--max-tokens", "32",
+            "--epochs", "1", "--device", "cpu", *more]
+
+
+@pytest.mark.slow
+def test_a_raft_run_killed_after_a_round_resumes_there_and_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    """RAFT saved nothing until its last round: a kill lost every round, a rerun started from round 0."""
+    from safetensors.torch import load_file
+
+    from reasonrl.rl import raft
+
+    assert main(raft_args(tmp_path / "whole")) == 0
+    one_round, rounds = raft.raft_round, []
+
+    def killed_in_round_2(cfg, *args):
+        if args[4] == 2:
+            raise Killed
+        return one_round(cfg, *args)
+
+    monkeypatch.setattr(raft, "raft_round", killed_in_round_2)
+    with pytest.raises(Killed):
+        main(raft_args(tmp_path / "cut"))
+    assert (tmp_path / "cut" / "checkpoints" / "step_000001").is_dir()
+    monkeypatch.setattr(raft, "raft_round", lambda cfg, *args: rounds.append(args[4]) or one_round(cfg, *args))
+    assert main(raft_args(tmp_path / "cut")) == 0
+    assert rounds == [2]  # round 1 was not run again
+    metrics = [[{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in
+                (tmp_path / run / "metrics.jsonl").read_text().splitlines()] for run in ("whole", "cut")]
+    assert metrics[0] == metrics[1] and [r["round"] for r in metrics[0]] == [0, 1, 2]
+    whole, cut = (load_file(tmp_path / run / "model.safetensors") for run in ("whole", "cut"))
+    assert all(torch.equal(whole[k], cut[k]) for k in whole) and whole.keys() == cut.keys()
+
+
+def test_raft_out_follows_the_run_directory_rules(tmp_path, monkeypatch, capsys):
+    """It wrote into any --out: over its own --policy, into a directory of unrelated files, and over a
+    run made with other settings."""
+    import shutil
+
+    from reasonrl.rl import raft
+
+    monkeypatch.setattr(raft, "held_out_accuracy", lambda *a: 0.5)  # the directory rules, not the training
+    monkeypatch.setattr(raft, "raft_round", lambda cfg, env, model, tok, score, rnd, samples: {"round": rnd, "samples": 0})
+    policy = shutil.copytree(POLICY, tmp_path / "policy")
+    weights = (policy / "model.safetensors").read_bytes()
+    assert main([str(policy) if a == POLICY else a for a in raft_args(policy)]) == 2  # --policy P --out P
+    assert "which this run reads" in capsys.readouterr().err
+    assert (policy / "model.safetensors").read_bytes() == weights
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("keep")
+    assert main(raft_args(tmp_path / "notes")) == 2
+    assert "is not a reasonrl run directory" in capsys.readouterr().err
+    assert main(raft_args(tmp_path / "run")) == 0
+    assert main(raft_args(tmp_path / "run", "--seed", "1")) == 2
+    assert "raft.seed: 0 (saved) -> 1 (now)" in capsys.readouterr().err
+    assert main(raft_args(tmp_path / "run", "--seed", "1", "--overwrite")) == 0
+
+
+def test_a_stopped_or_interrupted_raft_says_what_is_saved(tmp_path, monkeypatch, capsys):
+    """Ctrl-C said "nothing was saved since the last checkpoint": RAFT had no checkpoint, nor saved anything."""
+    from reasonrl.rl import raft
+    from reasonrl.stop import StopSignal
+
+    stop = StopSignal()
+
+    def one_round(cfg, env, model, tok, score, rnd, samples):
+        if rnd == 2:
+            raise KeyboardInterrupt  # a second Ctrl-C, mid-round
+        stop.request() if cfg.seed == 1 else None  # a first one: stop after this round
+        return {"round": rnd, "samples": 0}
+
+    monkeypatch.setattr(raft, "held_out_accuracy", lambda *a: 0.5)
+    monkeypatch.setattr(raft, "raft_round", one_round)
+    assert main(raft_args(tmp_path / "run")) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted; the policy after round 1 is saved in {tmp_path / 'run'}: rerun the same command" in err
+    cfg = RaftConfig(policy=POLICY, out=str(tmp_path / "stopped"), rounds=2, eval_problems=4, seed=1, device="cpu")
+    assert [h["round"] for h in raft.run_raft(cfg, stop=stop, log=lambda *a: None)] == [0, 1]
+    assert "stopped after round 1 of 2" in capsys.readouterr().err

@@ -458,6 +458,18 @@ def test_a_stopped_run_names_the_callers_resume_command(tmp_path, ctrl_c_in_trai
     would run the GRPO recipe without LVR's latent data, and then LVR's own hint."""
     from reasonrl.rl.train import RunControl, run_training
 
-    code = run_training(load_config(recipe(tmp_path, steps=3)), RunControl(resume="lvr --stages grpo"), console=False)
+    code = run_training(load_config(recipe(tmp_path, steps=3)), RunControl(), console=False, resume="lvr --stages grpo")
     err = capsys.readouterr().err
     assert code == 128 + signal.SIGINT and "resume with: lvr --stages grpo" in err and "reasonrl train" not in err
+
+
+def test_an_sft_run_may_not_write_where_its_model_or_data_is(tmp_path, capsys):
+    """`sft --model X --out X --overwrite` deleted the model it was about to fine-tune (and without
+    --overwrite wrote the fine-tuned model over it)."""
+    args = _tiny_sft_args(tmp_path)
+    model = args[args.index("--model") + 1]
+    for out, extra in ((model, []), (model, ["--overwrite"]), (str(tmp_path), [])):  # is it, or holds it
+        argv = [*args, *extra]
+        argv[argv.index("--out") + 1] = out
+        assert main(argv) == 2 and "which this run reads" in capsys.readouterr().err
+    assert (tmp_path / "base" / "config.json").is_file() and (tmp_path / "data.jsonl").is_file()

@@ -9,6 +9,7 @@ from reasonrl.engine.spec.distill import DistillConfig, distill_draft, distillat
 from reasonrl.engine.spec.draft import CONFIG_FILE, DraftHead, DraftInfo, attention_layout, fingerprint
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.tiny import init_weights, tiny_config
+from tests.rl.test_runs import Killed
 
 
 def target(seed=0, vocab=32, hidden=64):
@@ -245,3 +246,113 @@ def test_an_older_drafts_log_is_numbered_to_end_at_its_step_count(tmp_path):
     assert [r["step"] for r in _earlier_log(tmp_path, 600)] == [400, 500, 600]
     assert [r["step"] for r in _earlier_log(tmp_path, 300)] == [100, 200, 300]
     assert _earlier_log(tmp_path / "none", 10) == []
+
+
+@pytest.mark.parametrize("at", ["weights", "config"])
+def test_a_kill_mid_save_keeps_the_last_whole_draft(tmp_path, monkeypatch, at):
+    """save_file wrote draft.safetensors in place: a kill mid-write left half a file (a SafetensorError
+    traceback from `generate --draft` and `--init`), a kill after it step-4 weights under step 2's config."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    import safetensors.torch
+
+    from reasonrl.engine.spec.draft import read_info
+
+    model = target()
+    old, new = init_weights(DraftHead(model), std=0.1, seed=3), init_weights(DraftHead(model), std=0.1, seed=4)
+    old.save(tmp_path / "d", replace(info(model), steps=2))
+    write = safetensors.torch.save_file
+
+    def killed(tensors, file, *args, **kwargs):
+        write(tensors, file, *args, **kwargs)
+        if at == "weights":  # killed with the file half written
+            Path(file).write_bytes(Path(file).read_bytes()[: Path(file).stat().st_size // 2])
+        raise Killed
+
+    monkeypatch.setattr(safetensors.torch, "save_file", killed)
+    with pytest.raises(Killed):
+        new.save(tmp_path / "d", replace(info(model), steps=4))
+    loaded = DraftHead.load(tmp_path / "d", model)
+    assert read_info(tmp_path / "d").steps == 2
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_an_unreadable_draft_is_one_error_naming_its_file(tmp_path, capsys):
+    """A cut draft.safetensors was a raw SafetensorError traceback from `generate --draft` and `--init`."""
+    import shutil
+
+    from reasonrl.cli import main
+    from reasonrl.models.loader import CheckpointError
+
+    draft = tmp_path / "draft"
+    shutil.copytree("reasonrl/demo/draft", draft)
+    weights = draft / "draft.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    from reasonrl.models.loader import load_model
+
+    with pytest.raises(CheckpointError, match=f"cannot read {weights}: SafetensorError"):
+        DraftHead.load(draft, load_model("reasonrl/demo/policy", "cpu"))
+    capsys.readouterr()
+    assert main(["generate", "--model", "reasonrl/demo/policy", "--device", "cpu", "--draft", str(draft), "1+1"]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"reasonrl generate: error: cannot read {weights}")
+    (draft / CONFIG_FILE).write_text('{"format": "reasonrl-dr')
+    assert main(["distill-draft", "reasonrl/demo/policy", "--out", str(tmp_path / "d2"), "--init", str(draft),
+                 "--num-prompts", "4", "--eval-prompts", "0", "--device", "cpu"]) == 2
+    assert f"cannot read {draft / CONFIG_FILE}: JSONDecodeError" in capsys.readouterr().err
+
+
+def test_distill_into_a_saved_draft_is_refused_without_init_or_overwrite(tmp_path, tokenizer, capsys):
+    """Rerunning the command after Ctrl-C trained from step 0 over the draft it had saved."""
+    from reasonrl.cli import main
+    from reasonrl.models.tiny import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "policy", "qwen2", tokenizer, hidden_size=32, num_layers=1)
+    out = tmp_path / "d"
+    args = ["distill-draft", str(ckpt), "--out", str(out), "--steps", "2", "--eval-every", "2", "--prompts-per-step",
+            "4", "--max-new-tokens", "8", "--num-prompts", "16", "--eval-prompts", "2"]
+    assert main(args) == 0
+    saved = (out / "draft.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"holds a draft (2 steps): continue it with --init {out}" in err and "--overwrite" in err
+    assert (out / "draft.safetensors").read_bytes() == saved
+    assert main([*args, "--overwrite"]) == 0  # afresh: step 2 again, not 4
+    assert json.loads((out / CONFIG_FILE).read_text())["steps"] == 2
+    assert main([*args, "--init", str(out), "--overwrite"]) == 2
+    assert "--overwrite would delete the draft --init" in capsys.readouterr().err
+
+
+def test_an_interrupted_distill_prints_the_command_that_continues_it(tmp_path, tokenizer, capsys):
+    """Ctrl-C said "nothing was saved since the last checkpoint", with a draft saved and no word of --init."""
+    import shlex
+
+    from reasonrl.cli import main
+    from reasonrl.engine.spec import distill
+    from reasonrl.models.tiny import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "policy", "qwen2", tokenizer, hidden_size=32, num_layers=1)
+    out = tmp_path / "d"
+    calls, generate = [], distill.generate
+
+    def interrupted_at_step_3(engine, prompts, params):
+        calls.append(params.temperature)
+        if [t for t in calls if t != 0] == [1.0] * 3:  # the third step's responses (eval decodes greedily)
+            raise KeyboardInterrupt
+        return generate(engine, prompts, params)
+
+    distill.generate = interrupted_at_step_3
+    try:
+        assert main(["distill-draft", str(ckpt), "--out", str(out), "--steps", "4", "--eval-every", "2",
+                     "--prompts-per-step", "4", "--max-new-tokens", "8", "--num-prompts", "16", "--eval-prompts", "2",
+                     "--lr", "0.002"]) == 130
+    finally:
+        distill.generate = generate
+    err = capsys.readouterr().err
+    assert f"interrupted; the draft of step 2 is saved in {out}; to train the rest of it, continue with:" in err
+    command = shlex.split(err.strip().splitlines()[-1])
+    assert command[:3] == ["reasonrl", "distill-draft", str(ckpt)] and "--lr" in command
+    assert command[command.index("--init") + 1] == str(out) and command[command.index("--steps") + 1] == "2"
+    assert main(command[1:]) == 0
+    assert [json.loads(line)["step"] for line in (out / "distill_log.jsonl").read_text().splitlines()] == [2, 4]

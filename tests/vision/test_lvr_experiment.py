@@ -202,7 +202,7 @@ def test_a_stage_named_in_stages_is_rerun_and_only_a_stopped_grpo_run_resumes(pa
     class Trained(Exception):
         pass
 
-    def training(recipe, control, console=True):
+    def training(recipe, control, console=True, resume=None):
         raise Trained(control.overwrite)
 
     monkeypatch.setattr(rl_train, "run_training", training)

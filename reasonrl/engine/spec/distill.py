@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -34,13 +35,17 @@ import torch.nn.functional as F
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams, stable_seed
-from reasonrl.engine.spec.draft import CONFIG_FILE, DraftHead, DraftInfo, attention_layout, fingerprint, read_info
+from reasonrl.engine.spec.draft import (CONFIG_FILE, WEIGHTS_FILE, DraftHead, DraftInfo, attention_layout, fingerprint,
+                                        read_info)
 from reasonrl.eval.store import jsonl_lines
 from reasonrl.models.chat import ChatEncoder
 from reasonrl.models.model import CausalAttention, DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.vision.spec.compressor import BRANCHES, CompressorConfig
+
+LOG_FILE = "distill_log.jsonl"
+DRAFT_FILES = (CONFIG_FILE, WEIGHTS_FILE, LOG_FILE, "accepted_length.md", "accepted_length.png")  # what --out holds
 
 
 @dataclass
@@ -56,7 +61,10 @@ class DistillJob:
     eval_prompts: int = 32
     """Held-out prompts (the environment's eval split) for the accepted-length checks."""
     init: str | None = None
-    """A draft checkpoint to continue from."""
+    """A draft checkpoint to continue from (--out itself, to continue the draft there)."""
+    overwrite: bool = False
+    """Replace the draft --out holds with one trained from step 0 (without it, a draft there is
+    only continued, with --init OUT)."""
     device: str | None = None
     """cpu, cuda or cuda:N (default: cuda when available)."""
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
@@ -233,14 +241,14 @@ def distill_draft(target: DecoderLM, prompts: list[list[int]], eval_prompts: lis
 
 def run_distill(job: DistillJob, cfg: DistillConfig) -> Path:
     """`reasonrl distill-draft`: prompts from the job's environment, rendered with the target's chat
-    template; the draft and its log (`distill_log.jsonl`) are saved to `job.out` at every evaluation."""
+    template; the draft and its log (`distill_log.jsonl`) are saved to `job.out` at every evaluation.
+    Interrupted (KeyboardInterrupt), it says where the last saved draft is and the command that
+    trains the rest."""
     from reasonrl.envs.registry import load_environment
     from reasonrl.models.loader import load_model
 
     out = Path(job.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / CONFIG_FILE).is_file())):
-        raise ValueError(f"--out {out} exists and is not a draft directory: the draft would be written into it "
-                         "(or fail to be, after training); choose a new path")
+    continues = _check_out(out, job)
     env = load_environment(job.env if ":" in job.env else job.env + ":")
     target_path, init = job.target, job.init
     target = load_model(target_path, job.device, job.dtype)
@@ -255,6 +263,8 @@ def run_distill(job: DistillJob, cfg: DistillConfig) -> Path:
     draft = DraftHead.load(init, target) if init else DraftHead(target, compressor)
     steps_before = read_info(init).steps if init else 0
     before = _earlier_log(init, steps_before) if init else []  # the log goes on from the draft's own
+    first_epoch = max((r["epoch"] for r in before if "epoch" in r), default=0)
+    saved = [steps_before, first_epoch] if continues else []  # the step and epoch of the draft in `out`
 
     def save(draft: DraftHead, history: list[dict]) -> None:
         info = DraftInfo(target.config.architecture, target.config.vocab_size, target.config.hidden_size,
@@ -262,22 +272,63 @@ def run_distill(job: DistillJob, cfg: DistillConfig) -> Path:
                          asdict(draft.compressor.config) if draft.compressor is not None else None,
                          attention_layout(target.config))
         draft.save(out, info)
-        with open(out / "distill_log.jsonl", "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in before + history)
+        saved[:] = [history[-1]["step"], history[-1].get("epoch")]
+        log = out / (LOG_FILE + ".tmp")
+        log.write_text("".join(json.dumps(row) + "\n" for row in before + history))
+        log.replace(out / LOG_FILE)  # a kill mid-write leaves the last whole log
         if cfg.epochs:
             write_epoch_report(out, before + history)
 
-    first_epoch = max((r["epoch"] for r in before if "epoch" in r), default=0)
-    distill_draft(target, train, held, cfg, draft, on_eval=save, first_step=steps_before,  # the last step is
-                  first_epoch=first_epoch)  # always evaluated
+    if job.overwrite:
+        for name in DRAFT_FILES:
+            (out / name).unlink(missing_ok=True)
+    try:
+        distill_draft(target, train, held, cfg, draft, on_eval=save, first_step=steps_before,  # the last step is
+                      first_epoch=first_epoch)  # always evaluated
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(_interrupted(job, cfg, saved, steps_before, first_epoch)) from None
     return out
+
+
+def _check_out(out: Path, job: DistillJob) -> bool:
+    """Refuse an --out the draft may not go to (before anything loads); whether it is --init's draft,
+    continued. A draft already there is continued (--init OUT) or replaced (--overwrite), never
+    silently retrained from step 0 over a run's saved progress."""
+    if out.exists() and not (out.is_dir() and ((out / CONFIG_FILE).is_file() or all(
+            p.name.removesuffix(".tmp") in DRAFT_FILES for p in out.iterdir()))):
+        raise ValueError(f"--out {out} exists and is not a draft directory: the draft would be written into it "
+                         "(or fail to be, after training); choose a new path")
+    continues = job.init is not None and Path(job.init).resolve() == out.resolve()
+    if continues and job.overwrite:
+        raise ValueError(f"--overwrite would delete the draft --init {job.init} continues from: give one of them")
+    if (out / CONFIG_FILE).is_file() and not continues and not job.overwrite:
+        raise ValueError(f"--out {out} holds a draft ({read_info(out).steps} steps): continue it with --init {job.out} "
+                         "(it trains --steps steps more), or add --overwrite to train one afresh in its place")
+    return continues
+
+
+def _interrupted(job: DistillJob, cfg: DistillConfig, saved: list, steps_before: int, first_epoch: int) -> str:
+    """The interrupt message: the draft last saved to --out and the command that trains the rest of
+    the job from it. `saved`: its [step, epoch], empty when nothing is there."""
+    from reasonrl.cli.flags import command_line
+
+    if not saved:
+        every = "epoch" if cfg.epochs else f"{cfg.eval_every} steps"
+        return f"nothing was saved (the draft is saved at every evaluation, every {every})"
+    step, epoch = saved
+    left = cfg.epochs - (epoch - first_epoch) if cfg.epochs else cfg.steps - (step - steps_before)
+    if left < 1:
+        return f"the draft of step {step}, the last, is saved in {job.out}"
+    rest = replace(cfg, **{"epochs" if cfg.epochs else "steps": left})
+    command = shlex.join(["reasonrl", "distill-draft", *command_line(replace(job, init=job.out, overwrite=False), rest)])
+    return f"the draft of step {step} is saved in {job.out}; to train the rest of it, continue with:\n  {command}"
 
 
 def _earlier_log(init: str | Path, steps: int) -> list[dict]:
     """The rows of `init`'s distill_log.jsonl up to its saved step (none when it has no log). A
     draft continued with --init before its log was kept numbered that log from 1 (a log ending at
     300 of 600 steps): its rows are moved to end at the draft's step count."""
-    path = Path(init) / "distill_log.jsonl"
+    path = Path(init) / LOG_FILE
     if not path.is_file():
         return []
     rows = [r for r in (json.loads(line) for line in jsonl_lines(path) if line.strip())

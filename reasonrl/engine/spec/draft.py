@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from reasonrl.models.loader import CheckpointError
 from reasonrl.models.model import Attention, DecoderLayer, DecoderLM, RMSNorm
 from reasonrl.vision.spec.compressor import CompressorConfig, VisualCompressor
 
@@ -131,12 +133,19 @@ class DraftHead(nn.Module):
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self, path: str | Path, info: DraftInfo) -> Path:
+        """Write the draft over the one `path` may hold. Each file is written under a temporary name
+        and renamed over the old one, the config last: a kill mid-save leaves the last whole draft
+        (at worst, killed between the two renames, the new weights under the last save's config:
+        the same target and shape, its `steps` one save behind)."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(path / WEIGHTS_FILE))
-        (path / CONFIG_FILE).write_text(json.dumps({"format": "reasonrl-draft", **asdict(info)}, indent=2) + "\n")
+        weights, config = path / (WEIGHTS_FILE + ".tmp"), path / (CONFIG_FILE + ".tmp")
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(weights))
+        config.write_text(json.dumps({"format": "reasonrl-draft", **asdict(info)}, indent=2) + "\n")
+        os.replace(weights, path / WEIGHTS_FILE)
+        os.replace(config, path / CONFIG_FILE)
         return path
 
     @classmethod
@@ -166,7 +175,10 @@ class DraftHead(nn.Module):
             warnings.warn(f"draft {path} was distilled against other weights ({info.target_path or 'unknown'}): "
                           "decoding stays exact but fewer draft tokens will be accepted", stacklevel=2)
         draft = cls(target, CompressorConfig(**info.compressor) if info.compressor else None)
-        weights = load_file(str(path / WEIGHTS_FILE))
+        try:
+            weights = load_file(str(path / WEIGHTS_FILE))
+        except Exception as exc:  # safetensors' own error (a truncated or foreign file) is no OSError or ValueError
+            raise CheckpointError(f"cannot read {path / WEIGHTS_FILE}: {type(exc).__name__}: {exc}") from None
         expected = {k: tuple(v.shape) for k, v in draft.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in weights.items()}
         if found != expected:
@@ -184,8 +196,15 @@ def attention_layout(cfg) -> list[int]:
 
 
 def read_info(path: str | Path) -> DraftInfo:
-    raw = json.loads((Path(path) / CONFIG_FILE).read_text())
-    if raw.pop("format", None) != "reasonrl-draft":
-        raise ValueError(f"{path}/{CONFIG_FILE} is not a reasonrl draft config")
+    file = Path(path) / CONFIG_FILE
+    try:
+        raw = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {file}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(raw, dict) or raw.pop("format", None) != "reasonrl-draft":
+        raise CheckpointError(f"{file} is not a reasonrl draft config")
+    unknown = set(raw) - {f.name for f in fields(DraftInfo)}
+    if unknown:
+        raise CheckpointError(f"{file} has keys a draft config does not: {', '.join(sorted(unknown))}")
     return DraftInfo(**raw)
 

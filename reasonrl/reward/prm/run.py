@@ -23,10 +23,12 @@ from reasonrl.models import load_model
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.reward.prm.judge import processbench
 from reasonrl.reward.prm.labels import Source, label_problem
-from reasonrl.reward.prm.model import PRMConfig, from_backbone, load_prm, save_prm
+from reasonrl.reward.prm.model import CONFIG_FILE, PRMConfig, from_backbone, load_prm, save_prm
 from reasonrl.reward.prm.best_of_n import Candidate, curves, rules
 from reasonrl.reward.prm.scoring import PRMScorer, StepScores, aggregate, check_aggregations
 from reasonrl.reward.prm.train import PRMTrainConfig, train_prm
+from reasonrl.rl.run import open_run
+from reasonrl.rl.train import RunControl
 
 
 @dataclass
@@ -34,7 +36,8 @@ class PRMTrainJob:
     data: str
     """JSONL of labelled solutions (`reasonrl prm label`)."""
     out: str
-    """Directory of the trained PRM (a Hugging Face checkpoint plus prm_config.json); eval.json beside it."""
+    """Directory of the trained PRM (a Hugging Face checkpoint plus prm_config.json), train.json (its
+    metrics) and config.yaml (the settings: a rerun with others is refused without --overwrite)."""
     base: str = "reasonrl/demo/policy"
     """Checkpoint whose architecture and weights the PRM starts from (usually the policy)."""
     eval_data: str | None = None
@@ -117,12 +120,27 @@ def judge(scorer: PRMScorer, rows: Sequence[dict[str, Any]], threshold: float = 
     return {**processbench(*zip(*read), threshold), "unread": len(rows) - len(read)}
 
 
-def run_train(job: PRMTrainJob, prm_cfg: PRMConfig, cfg: PRMTrainConfig, log=print) -> dict[str, Any]:
+def run_train(job: PRMTrainJob, prm_cfg: PRMConfig, cfg: PRMTrainConfig, log=print,
+              control: RunControl = RunControl()) -> dict[str, Any]:
+    """Train a PRM into `job.out` under `reasonrl train`'s rules for a run directory (rl/run.py): a
+    new or empty directory, or this command's own output (its config.yaml), never the base model
+    or the data; other settings than that output's are refused unless `control.overwrite`. Done
+    already (train.json), it is not trained again."""
     rows = read_rows(job.data, labels=cfg.labels, completions=cfg.completions)
     held_out = read_rows(job.eval_data, labels="exact") if job.eval_data else None
+    out = open_run(job.out, {"job": to_dict(job), "model": to_dict(prm_cfg), "train": to_dict(cfg)},
+                   overwrite=control.overwrite, free_keys=set(), console=False, work=("train.json", CONFIG_FILE),
+                   inputs=(job.base, job.data, job.eval_data), resumes=False)
+    if (out / "train.json").is_file():
+        log(f"{out}: this PRM is trained already; nothing to do (add --overwrite to train it afresh)")
+        return json.loads((out / "train.json").read_text())
     scorer = new_prm(job.base, prm_cfg, job.device, cfg.seed)
-    history = train_prm(scorer, rows, cfg, log)
-    out = save_prm(scorer.prm, job.out, scorer.tokenizer)
+    try:
+        history = train_prm(scorer, rows, cfg, log)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("nothing was saved (a PRM is saved when trained): rerun the same command to train "
+                                "it afresh") from None
+    save_prm(scorer.prm, out, scorer.tokenizer)
     result = {"job": to_dict(job), "train": to_dict(cfg), "examples": history["examples"],
               "final_loss": history["loss"][-1]}
     if held_out is not None:

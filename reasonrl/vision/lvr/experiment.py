@@ -211,7 +211,7 @@ def run_grpo(cfg: LVRExperimentConfig, tok, items, latent: LatentConfig, resume:
 
     recipe = from_dict(grpo_recipe(cfg, str(Path(cfg.out) / "sft-lvr")))
     hint = f"the same command with --stages grpo and the same settings (it goes on from {recipe.train.run_dir})"
-    code = run_training(recipe, RunControl(overwrite=not resume, resume=hint), console=False)
+    code = run_training(recipe, RunControl(overwrite=not resume), console=False, resume=hint)
     if code != 0:  # stopped (Ctrl-C, SIGTERM) after saving a checkpoint; run_training said how to resume
         raise SystemExit(code)
     policy = load_model(latest_checkpoint(Path(recipe.train.run_dir)))

@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal, Sequence
 
 import torch
 
-from reasonrl.config import to_dict
+from reasonrl.config import positive_ints, to_dict
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import stable_seed
 from reasonrl.envs.base import Environment, Prompt
@@ -85,9 +85,7 @@ class RaftConfig:
             raise ValueError(f"reward must be outcome or prm, got {self.reward!r}")
         if self.reward == "prm" and not self.prm:
             raise ValueError("reward=prm needs --prm DIR")
-        for name in ("rounds", "prompts_per_round", "samples_per_prompt", "keep_per_prompt", "max_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        positive_ints(self, ("rounds", "prompts_per_round", "samples_per_prompt", "keep_per_prompt", "max_tokens"), "")
 
 
 Scorer = Callable[[Sequence[Prompt], Sequence[str]], list[float]]

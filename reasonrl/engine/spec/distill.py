@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from reasonrl.config import positive_ints
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams, stable_seed
@@ -115,11 +116,8 @@ class DistillConfig:
     """Seeds the prompts, the responses and the noise."""
 
     def __post_init__(self):
-        if self.epochs is not None and (not isinstance(self.epochs, int) or self.epochs < 1):
-            raise ValueError(f"distill: epochs must be a positive integer, got {self.epochs!r}")
-        for name in ("steps", "prompts_per_step", "max_new_tokens", "eval_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"distill: {name} must be a positive integer, got {getattr(self, name)!r}")
+        positive_ints(self, ("steps", "prompts_per_step", "max_new_tokens", "eval_every")
+                      + (("epochs",) if self.epochs is not None else ()), "distill: ")
         if self.gate_weight < 0 or self.gate_cost < 0:
             raise ValueError(f"distill: gate_weight and gate_cost must be >= 0, got {self.gate_weight!r}, {self.gate_cost!r}")
         if self.lr <= 0 or self.temperature < 0:

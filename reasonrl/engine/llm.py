@@ -21,6 +21,7 @@ from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.sequence import RequestOutput
+from reasonrl.models.chat import check_parts
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt, build_prompt, expand_image_tokens, message_images
 from reasonrl.models.qwen2_5_vl.processor import preprocess
@@ -84,6 +85,7 @@ class LLM:
         tok = self._require_tokenizer()
         prompts = []
         for c in conversations:
+            check_parts(c)  # a video or audio part the template would drop: the model would answer without it
             if message_images(c):
                 prompts.append(build_prompt(tok, c, *self._vision("image parts"), **template_kwargs))
             else:

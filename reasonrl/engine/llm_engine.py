@@ -224,6 +224,9 @@ class LLMEngine:
         elif self.images is not None and self.model.vlm_config.image_token_id in prompt_ids:
             raise ValueError(f"request {request_id!r}: the prompt holds image placeholder tokens "
                              f"({self.model.vlm_config.image_token_id}) but no images; pass a MultimodalPrompt")
+        if self.images is not None and self.model.vlm_config.video_token_id in prompt_ids:
+            raise ValueError(f"request {request_id!r}: the prompt holds video placeholder tokens "
+                             f"({self.model.vlm_config.video_token_id}); videos are not supported")
         if params.structured is not None:
             self.grammars.compile(params.structured)  # a ParamError before anything is admitted
         if output_latents is not None and self.latents is None:

@@ -38,7 +38,7 @@ class ChatEncoder:
         return self.vlm_config is not None
 
     def __call__(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> ModelInput:
-        _check_parts(messages)
+        check_parts(messages)
         if not message_images(messages):
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
         if not self.takes_images:
@@ -50,7 +50,7 @@ class ChatEncoder:
 PART_TYPES = ("text", "image", "image_url")
 
 
-def _check_parts(messages: list[dict[str, Any]]) -> None:
+def check_parts(messages: list[dict[str, Any]]) -> None:
     """A content part of another type (audio, video, ...) is a ValueError naming it: chat templates
     drop what they do not know, and the model would answer without it."""
     for where, part in content_parts(messages):

@@ -208,3 +208,35 @@ def test_chat_template_json_is_read(vlm_tok, tmp_path):
     assert Tokenizer.from_dir(tmp_path).chat_template is None
     (tmp_path / "chat_template.json").write_text(json.dumps({"chat_template": template}))
     assert Tokenizer.from_dir(tmp_path).chat_template == template
+
+
+def test_image_bounds_saved_by_transformers_5_are_read(vlm_tok, tmp_path):
+    """transformers 5 saves the image processor inside processor_config.json and no
+    preprocessor_config.json: its max_pixels was ignored, and an 800x600 image got 609 tokens, not 54."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from reasonrl.models.qwen2_5_vl import preprocess
+
+    make_vlm_checkpoint(tmp_path, vlm_tok)
+    (tmp_path / "preprocessor_config.json").unlink()
+    processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_processor": processor.to_dict(),
+                                                                "processor_class": "Qwen2_5_VLProcessor"}))
+    image = noise_image(600, 800)
+    theirs = Qwen2VLImageProcessorPil.from_pretrained(tmp_path)([image], return_tensors="pt")["image_grid_thw"]
+    ours = preprocess([image], load_model(tmp_path, "cpu").image_config)[1]
+    assert ours.tolist() == theirs.tolist() == [[1, 12, 18]]
+
+
+def test_video_parts_and_placeholders_are_refused(vlm_tok, tmp_path):
+    """Videos are not supported: LLM.chat dropped a video part (the template kept one bare
+    <|video_pad|>) and the engine ran a prompt of video placeholders as text."""
+    from reasonrl.engine import LLM, SamplingParams
+
+    make_vlm_checkpoint(tmp_path, vlm_tok)
+    llm = LLM(str(tmp_path), kv_cache_memory=1 << 22)
+    video = [{"role": "user", "content": [{"type": "video", "video": "clip.mp4"}, {"type": "text", "text": "what?"}]}]
+    with pytest.raises(ValueError, match="content parts of type 'video' are not supported"):
+        llm.chat(video, SamplingParams(max_tokens=2))
+    with pytest.raises(ValueError, match="video placeholder tokens"):
+        llm.generate([[llm.engine.model.vlm_config.video_token_id] * 3], SamplingParams(max_tokens=2))

@@ -54,10 +54,12 @@ class ImageConfig:
 
     @classmethod
     def from_dir(cls, path: str | Path) -> ImageConfig:
-        """A checkpoint's preprocessor_config.json (either the min/max_pixels or the `size` spelling);
-        defaults where the file or a key is missing."""
-        file = Path(path) / "preprocessor_config.json"
-        d = json.loads(file.read_text()) if file.is_file() else {}
+        """A checkpoint's image processor settings, where transformers reads them: processor_config.json's
+        "image_processor" (transformers 5 saves them only there), else preprocessor_config.json (either
+        the min/max_pixels or the `size` spelling); defaults where the files or a key are missing."""
+        processor, file = Path(path) / "processor_config.json", Path(path) / "preprocessor_config.json"
+        nested = json.loads(processor.read_text()).get("image_processor") if processor.is_file() else None
+        d = nested if isinstance(nested, dict) else json.loads(file.read_text()) if file.is_file() else {}
         size = d.get("size") or {}
         kw = {"min_pixels": d.get("min_pixels", size.get("shortest_edge")),
               "max_pixels": d.get("max_pixels", size.get("longest_edge")),

@@ -218,13 +218,21 @@ def to_dict(obj) -> Any:
 
 
 def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, old value, new value) for every leaf that differs between two nested dicts."""
+    """(dotted key, old value, new value) for every leaf that differs between two nested dicts. A key
+    only one side has, whose value there is None, false or empty, is no difference: an option added
+    (or removed) since the old dict was saved, off (a run saved before env.eval_name existed resumes)."""
     out = []
     for key in sorted(set(old) | set(new), key=str):
         a, b = old.get(key, dataclasses.MISSING), new.get(key, dataclasses.MISSING)
         name = f"{prefix}{key}"
+        if dataclasses.MISSING in (a, b) and _off(b if a is dataclasses.MISSING else a):
+            continue
         if isinstance(a, dict) and isinstance(b, dict) and a and b:
             out += differences(a, b, name + ".")
         elif a != b:
             out.append((name, None if a is dataclasses.MISSING else a, None if b is dataclasses.MISSING else b))
     return out
+
+
+def _off(value) -> bool:
+    return value is None or value is False or (isinstance(value, (dict, list, tuple, str)) and not value)

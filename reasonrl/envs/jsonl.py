@@ -14,9 +14,9 @@ optionally the id, metadata and multiple-choice options fields. Reward kinds:
   the letter ("B", "(b)") counts. The final answer is the last box, else what follows the last
   "Answer:" / "The answer is" cue, read up to its first clause boundary ("C, because ...",
   "C; B is wrong", "C。": math/extract.py `first_clause`). An answer that names another option
-  letter right after it ("A or B", "A B C D", "A, B, C or D", "A and maybe B") names none
-  and scores 0; "(B) Vitamin C" is B, and "I" before a lowercase word is the pronoun ("B, I
-  think"). With a `choices` field, the options are listed under the prompt as "A. ..." and the
+  letter joined to it by a hedge ("A or B", "A B C D", "A, B, C or D", "A and maybe B") names
+  none and scores 0; "(B) Vitamin C", "D) A and B" and "B (A is wrong)" are B, D and B, and "I"
+  before a lowercase word is the pronoun ("B, I think"). With a `choices` field, the options are listed under the prompt as "A. ..." and the
   reference letter must name one of them.
 
 A row that is not a JSON object or has a missing or wrongly typed field (or a repeated id) is
@@ -229,10 +229,12 @@ def exact_reward(response: str, answer: Any, think: str | None = None) -> float:
 
 
 _LETTER = re.compile(r"\(?([A-Z])\)?(?=$|[\s.,;:!?)\]\u3002\uff0c\uff1b\uff1a\uff01\uff1f\u3001])")
-# another capital standing alone right after the letter, past at most separators and three lowercase
-# words ("A or B", "A, B", "A and maybe B"), names a second option; "B) Vitamin C" does not, nor
-# "I" before a lowercase word (the pronoun)
-_SECOND_LETTER = re.compile(r"(?:\s*(?:[,/&;+]|[a-z]+)){0,3}\s*\(?([A-Z])\)?(?![A-Za-z'’])(?!(?<=I)\s+[a-z])")
+# a second option letter joined to the first by a hedge ("A or B", "A, B", "A/B", "A and maybe B"), or
+# after a bare letter and a space ("A B C D"); "D) A and B", "B (A is wrong)", "B rather than A" and
+# "I" before a lowercase word (the pronoun: "C, I think") name no second option
+_HEDGE = r"(?:\s*(?:[,/&;+]|\b(?:or|and|maybe|possibly|perhaps|probably|either|also)\b))+\s*\(?"
+_SECOND_LETTER = re.compile(rf"{_HEDGE}([A-Z])\)?(?![A-Za-z'’])(?!(?<=I)\s+[a-z])")
+_NEXT_BARE_LETTER = re.compile(r"\s+([A-Z])(?![A-Za-z'’])(?!(?<=I)\s+[a-z])")
 
 
 def choice_letter(response: str, think: str | None = None) -> str | None:
@@ -250,8 +252,12 @@ def choice_letter(response: str, think: str | None = None) -> str | None:
     if len(candidate) == 1:
         candidate = candidate.upper()
     match = _LETTER.match(candidate)
-    second = _SECOND_LETTER.match(candidate, match.end()) if match else None
-    if match is None or (second and second.group(1) != match.group(1)):
+    if match is None:
+        return None
+    closed = match.group(0).endswith(")") or candidate[match.end():match.end() + 1] in (".", ":", "]")
+    second = _SECOND_LETTER.match(candidate, match.end()) or (
+        None if closed else _NEXT_BARE_LETTER.match(candidate, match.end()))
+    if second and second.group(1) != match.group(1):
         return None  # "A or B", "A B C D": a hedge over options is no answer
     return match.group(1)
 

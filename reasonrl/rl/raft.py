@@ -31,7 +31,7 @@ from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import stable_seed
 from reasonrl.envs.base import Environment, Prompt
 from reasonrl.models import load_model
-from reasonrl.models.loader import load_weights, save_model
+from reasonrl.models.loader import has_weights, load_weights, save_model
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.reward.prm.completer import Completer, Request
 from reasonrl.rl.checkpoint import checkpoint_step, latest_checkpoint, load_trainer_state, save_checkpoint
@@ -145,8 +145,9 @@ def run_raft(cfg: RaftConfig, control: RunControl = RunControl(), stop=None, log
     if checkpoint_step(latest) >= cfg.rounds:
         say(f"{out}: this run is finished (round {checkpoint_step(latest)} of {cfg.rounds}); nothing to do. For more "
             "rounds, raise --rounds and add --accept-changes; to start over, add --overwrite.")
-        if not (out / "model.safetensors").is_file():  # stopped after its last checkpoint, before the policy
-            save_model(load_model(latest, device=cfg.device, dtype=torch.float32), out, Tokenizer.from_dir(latest))
+        if not has_weights(out):  # stopped after its last checkpoint, before the policy (its weights go in last)
+            save_model(load_model(latest, device=cfg.device, dtype=torch.float32), out, Tokenizer.from_dir(latest),
+                       atomic=True)
         return load_trainer_state(latest)["raft"]
     env = load_environment(cfg.env)
     model, tokenizer = load_model(cfg.policy, device=cfg.device, dtype=torch.float32), Tokenizer.from_dir(cfg.policy)
@@ -175,7 +176,7 @@ def run_raft(cfg: RaftConfig, control: RunControl = RunControl(), stop=None, log
         say(f"stopped after round {len(history) - 1} of {cfg.rounds}; checkpoint: {latest_checkpoint(out)}\n"
             "resume with the same command")
         return history
-    save_model(model, out, tokenizer)
+    save_model(model, out, tokenizer, atomic=True)  # a kill mid-save leaves no weights file: the rerun saves again
     return history
 
 

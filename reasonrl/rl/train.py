@@ -42,7 +42,7 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
 
     run_dir = open_run(cfg.train.run_dir, cfg.to_dict(), overwrite=control.overwrite,
                        accept_changes=control.accept_changes, console=console,
-                       inputs=(cfg.model.path,) if control.overwrite else ())  # --overwrite would delete it
+                       inputs=(cfg.model.path, *_env_files(cfg)) if control.overwrite else ())  # it would delete them
     resume = resume or (f"reasonrl train {run_dir / 'config.yaml'}"
                         + ("" if run_dir.is_absolute() else f" (from {Path.cwd()})"))
     done = checkpoint_step(latest_checkpoint(run_dir))
@@ -77,3 +77,8 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
     print(f"run directory: {run_dir}\nreport: {report}\ncheckpoint: {checkpoint}")
     return 0
 
+
+def _env_files(cfg: RunConfig) -> list[str]:
+    """The files the environment specs name (`math:FILE`, `jsonl:FILE?...`), where they exist."""
+    paths = [spec.split(":", 1)[1].split("?", 1)[0] for spec in (cfg.env.name, cfg.env.eval_name) if spec and ":" in spec]
+    return [p for p in paths if p and Path(p).exists()]

@@ -144,6 +144,11 @@ def test_choice_reads_the_last_answer_clause_and_refuses_hedges():
         assert choice_reward(hedge, "A") == 0.0, hedge
     assert choice_reward("Answer: (C) I and II only", "C") == 1.0  # "I" before a lowercase word is not option I
     assert choice_reward("Answer: (B) Vitamin C", "B") == 1.0  # an option's own text may hold a capital
+    for said, letter in (("Answer: D) A and B", "D"), ("The answer is (D) A and B only", "D"),  # option text naming letters
+                         ("Answer: B (A is wrong)", "B"), ("The answer is (B) and not (C)", "B"),
+                         ("The answer is B rather than A", "B")):
+        assert choice_reward(said, letter) == 1.0, said
+    assert choice_reward("Answer: (A) or (B)", "A") == 0.0
 
 
 def test_choice_rows_render_options(tmp_path):

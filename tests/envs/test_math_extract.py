@@ -83,6 +83,11 @@ def test_the_answer_line_fallback_ends_at_its_first_clause():
     assert extract_answer("The answer is $x = 5$, since 2x = 10.") == "x = 5"
     assert extract_answer("The answer is \\(1, 2\\), as shown.") == "1, 2"
     assert answer_line("The answer is 5, not 6.") == "5, not 6"  # the exact reward reads the whole line
+    # a clause that offers a second answer makes a hedge, no answer; an abbreviation's period ends nothing
+    for hedge in ("The answer is 5 (or maybe 6).", "The answer is 2 \u2014 or 3.", "The answer is 2 as well as 3"):
+        assert extract_answer(hedge) is None, hedge
+    assert extract_answer("The answer is approx. 3.14") == "approx. 3.14"
+    assert extract_answer("The answer is i.e. 4") == "i.e. 4"
 
 
 def test_the_last_answer_cue_on_a_line_wins():

@@ -28,6 +28,9 @@ def test_a_vote_counts_answers_equal_in_value_as_one():
     assert majority(pool[:5]).answer == "\\frac{1}{2}"  # the first drawn of the winning answer
     assert rules("min")["prm-vote"](pool).correct  # 4 x 0.5 against 2 x 0.9
     assert majority([c("x+1", False, []), c("x + 1", True, []), c("2", False, [])]).answer == "x+1"
+    assert majority([c("3", False, []), c("3", False, []), c("x = 2", True, []), c("2", True, []), c("y=2", True, [])]).correct
+    assert majority([c("999", False, []), c("999", False, []), c("1,000", True, []), c("1000", True, []),
+                     c("1{,}000", True, [])]).correct
 
 
 def test_curves_rank_a_perfect_verifier_above_majority_and_n1_equals_the_sample_accuracy():

@@ -121,6 +121,16 @@ def test_a_raft_run_killed_after_a_round_resumes_there_and_ends_as_an_uninterrup
     assert metrics[0] == metrics[1] and [r["round"] for r in metrics[0]] == [0, 1, 2]
     whole, cut = (load_file(tmp_path / run / "model.safetensors") for run in ("whole", "cut"))
     assert all(torch.equal(whole[k], cut[k]) for k in whole) and whole.keys() == cut.keys()
+    # a kill while the final policy is saved leaves no weights file (it goes in last), so the rerun saves it again
+    from reasonrl.models import load_model, loader
+
+    (tmp_path / "whole" / "model.safetensors").unlink()
+    monkeypatch.setattr(loader, "_move_in", lambda *a: (_ for _ in ()).throw(Killed()))
+    with pytest.raises(Killed):
+        main(raft_args(tmp_path / "whole"))
+    monkeypatch.undo()
+    assert not loader.has_weights(tmp_path / "whole") and main(raft_args(tmp_path / "whole")) == 0
+    assert load_model(tmp_path / "whole") is not None
 
 
 def test_raft_out_follows_the_run_directory_rules(tmp_path, monkeypatch, capsys):

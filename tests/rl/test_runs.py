@@ -473,3 +473,27 @@ def test_an_sft_run_may_not_write_where_its_model_or_data_is(tmp_path, capsys):
         argv[argv.index("--out") + 1] = out
         assert main(argv) == 2 and "which this run reads" in capsys.readouterr().err
     assert (tmp_path / "base" / "config.json").is_file() and (tmp_path / "data.jsonl").is_file()
+
+
+def test_a_run_saved_before_an_option_existed_resumes_unless_the_option_is_set(tmp_path):
+    """env.eval_name was added after runs were started: their saved config lacks it, and resuming
+    with the same recipe was refused ('env.eval_name: None (saved) -> None (now)')."""
+    from reasonrl.rl.run import RunMismatch, open_run
+
+    run = tmp_path / "run"
+    saved = {"env": {"name": "sums:", "eval_size": 4}, "train": {"steps": 3}}
+    open_run(run, saved, console=False)
+    (run / "metrics.jsonl").write_text('{"step": 0}\n')  # it did some work: its config binds
+    open_run(run, {"env": {**saved["env"], "eval_name": None}, "train": {"steps": 3}}, console=False)
+    with pytest.raises(RunMismatch, match="env.eval_name"):
+        open_run(run, {"env": {**saved["env"], "eval_name": "math:test.jsonl"}, "train": {"steps": 3}}, console=False)
+
+
+def test_train_overwrite_refuses_a_run_directory_holding_its_data(tmp_path, capsys):
+    """`--overwrite` deleted the run directory and with it the math: file the recipe trains on."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data.jsonl").write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    path = recipe(tmp_path, **{"env.name": f"math:{run / 'data.jsonl'}"})
+    assert main(["train", str(path), "--overwrite"]) == 2 and "which this run reads" in capsys.readouterr().err
+    assert (run / "data.jsonl").is_file()

@@ -68,3 +68,15 @@ def test_the_final_answer_wins_over_words_in_the_reasoning():
 def test_garbage_scores_zero_and_never_raises(garbage):
     for answer_type in ("number", "colour", "shape", "yes_no", "direction", "texture", "no_such_type"):
         assert score_answer(garbage, "3", answer_type) == 0.0
+
+
+@pytest.mark.parametrize("response, answer_type, answer", [
+    ("The square above the circle is red.", "colour", "red"),  # a position word near a colour
+    ("Answer: red (the one above the circle)", "colour", "red"),
+    ("The answer is circle, the shape above.", "shape", "circle"),
+    ("There are 2 shapes above the line.", "number", "2"),  # a position word is no bound on a count
+    ("It is the most common colour: red", "colour", "red"),  # "most" bounds counts only
+])
+def test_comparison_words_bound_counts_only(response, answer_type, answer):
+    """The refusal of bounded or guessed values ("fewer than 3") refused these correct answers too."""
+    assert read_answer(response, answer_type) == answer

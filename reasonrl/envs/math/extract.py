@@ -13,8 +13,10 @@ What counts as the answer of a response, in priority order:
    ";", "?", ", <word>", " because", " since", " as", " which", " so", " therefore", " thus",
    " hence", " (<word>", "—" and CJK stops. A boundary inside brackets, braces or `$...$` does not
    count, nor does a comma in a number or before a single letter ("1,000", "x = 1, y = 2", "1, 2, 3"),
-   nor ", and"/", or"; "!" is a factorial. "The answer is 7 (check: 7 - 4 = 3)" answers 7, and
-   "Answer: 6? No wait, the answer is 5." answers 5.
+   nor ", and"/", or", nor the period of "approx.", "i.e.", "e.g."; "!" is a factorial. "The answer
+   is 7 (check: 7 - 4 = 3)" answers 7, and "Answer: 6? No wait, the answer is 5." answers 5. A
+   clause followed by another answer offered ("5 (or maybe 6)", "2 — or 3", "2 as well as 3") is a
+   hedge: no answer.
 4. Otherwise nothing: no answer, score 0.
 
 Everything here runs in the trainer's process, so it is linear in the input and bounded by
@@ -37,11 +39,14 @@ _ANSWER_CUE = re.compile(r"\banswer\s*(?:is\s*)?[:：]|\bthe\s+(?:final\s+)?answ
 # What ends an answer's clause (group `end`) and what shields a boundary inside it (brackets, $...$).
 # A command is matched whole so that \ldots, \! and \, are never a full stop, factorial or comma.
 _CLAUSE_TOKEN = re.compile(
-    r"(?P<end>(?<!\.)\.(?=\s|$)|[;?\uff1b\uff1f\u3002\uff01\uff0c\u3001\u2014]"  # a sentence's end: not "3.5", "..."
+    r"(?P<end>(?<!\.)(?<!\bapprox)(?<!\bca)(?<!\bi\.e)(?<!\be\.g)(?<!\bviz)\.(?=\s|$)"  # a sentence's end: not
+    r"|[;?\uff1b\uff1f\u3002\uff01\uff0c\u3001\u2014]"  # "3.5", "...", "approx. 3", "i.e. 4"
     r"|,(?=[ \t]*(?!(?i:and|or|nor)\b)[A-Za-z]{2})"  # ", not 6", ", because": not "1,000" or "1, 2"
     r"|[ \t](?:(?i:because|since|as|which|so|therefore|thus|hence)\b|\((?=[A-Za-z]{2})))"  # one blank: no backtracking
     r"|(?P<open>\\?[{(\[])|(?P<close>\\?[})\]])|(?P<math>\$+)|\\[A-Za-z]+|\\."
 )
+# what, right after the clause, offers a second answer (a hedge is no answer)
+_ANOTHER = re.compile(r"[\s(\u2014,;-]*(?:or|and/or|as\s+well\s+as)\b", re.IGNORECASE)
 _MATH_WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 
 
@@ -100,9 +105,15 @@ def answer_line(text: str, max_chars: int = 1000) -> str | None:
 
 
 def answer_clause(text: str, max_chars: int = 1000) -> str | None:
-    """`answer_line` up to its first clause boundary (rule 3 of the module docstring), or None."""
+    """`answer_line` up to its first clause boundary (rule 3 of the module docstring), or None (also
+    when the clause after it offers another answer: "5 (or maybe 6)", "2 — or 3", "2 as well as 3")."""
     line = _after_last_cue(text)
-    return None if line is None else _cleaned(first_clause(line, max_chars), max_chars)
+    if line is None:
+        return None
+    clause = first_clause(line, max_chars)
+    if _ANOTHER.match(line, len(clause)):
+        return None
+    return _cleaned(clause, max_chars)
 
 
 def first_clause(text: str, max_chars: int = 1000) -> str:

@@ -43,9 +43,14 @@ def normalize(answer: str) -> str:
 
 
 def answer_key(answer: str) -> str:
-    """A key equal for answers the quick path calls equal, for votes: the normal form, and a plain
-    number's value (`\\frac{1}{2}`, `1/2` and `0.5` all count for one answer)."""
-    text = normalize(answer)
+    """A key equal for answers the verifier calls equal, for votes: the normal form, the value of an
+    assignment's right side, and a plain number's value (`\\frac{1}{2}`, `1/2`, `0.5`, `x = 0.5` all
+    count for one answer; `1,000`, `1{,}000` and `1000` for another)."""
+    text = normalize(answer).replace("{,}", ",")
+    assignment = _ASSIGNMENT.fullmatch(text)  # "x = 2" is 2, as the verifier reads it
+    text = assignment.group(1) if assignment else text
+    if _GROUPED.fullmatch(text):  # "1,000": one number in a vote (the verifier reads it so against 1000)
+        text = text.replace(",", "")
     value = as_rational(text)
     return str(value[0]) if value is not None else text
 
@@ -67,6 +72,7 @@ _INFINITY = {"\\infty": "+inf", "+\\infty": "+inf", "-\\infty": "-inf"}
 _STRUCTURE = re.compile(r"(\\\{|[\[(])([^\[\](){}]*)(\\\}|[\])])")
 _THOUSANDS = re.compile(r"\d,\d{3}(?!\d)", re.ASCII)  # "1,000": a number or a pair? math-verify's call
 _ASSIGNMENT = re.compile(r"[A-Za-z]=([^=]+)")
+_GROUPED = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?", re.ASCII)
 
 Value = tuple[Fraction | str, bool]  # (value, exact); "+inf"/"-inf" are exact
 

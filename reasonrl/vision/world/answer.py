@@ -44,10 +44,11 @@ VOCABULARY: dict[str, dict[str, str]] = {
 ANSWER_TYPES: tuple[str, ...] = tuple(VOCABULARY)
 _WORD = re.compile(r"[a-z]+|\d+")
 _NEGATIONS = {"no", "not", "non", "without", "isn", "never", "neither", "nor"}  # "isn't" reads as isn, t
-# words that make a value a bound, a guess or a count of nothing: "fewer than 3", "nothing is red"
-_QUALIFIERS = {"fewer", "less", "more", "than", "least", "most", "over", "under", "above", "below", "beyond",
-               "between", "about", "around", "approximately", "roughly", "nearly", "almost", "minus", "plus",
-               "nothing", "none", "nobody", "neither", "le", "leq", "ge", "geq", "lt", "gt", "ne", "neq", "approx"}
+# words that make a count a bound or a guess ("fewer than 3", "about 3"; "2 shapes above the line" is a count)
+_COMPARATIVES = {"fewer", "less", "more", "than", "least", "most", "beyond", "between", "about", "around",
+                 "approximately", "roughly", "nearly", "almost", "minus", "plus", "le", "leq", "ge", "geq", "lt", "gt",
+                 "ne", "neq", "approx"}
+_NOTHING = {"nothing", "none", "nobody", "neither"}  # "nothing is red" names no colour ("none" counts 0)
 _SIGNED = re.compile(r"[-+−±<>≤≥≠≈~]\s*\d|\d\s*\+")  # "-3", "< 3", "3+": not one count
 
 
@@ -67,9 +68,9 @@ def read_answer(response: object, answer_type: str) -> str | None:
     vocabulary = VOCABULARY[answer_type]
     negations = _NEGATIONS - vocabulary.keys()  # "no" answers a yes/no question; "none" counts 0
     values, words = set(), _WORD.findall(answer.lower())
-    if answer_type != "yes_no" and ((_QUALIFIERS - vocabulary.keys()) & set(words) or
-                                    (answer_type == "number" and _SIGNED.search(answer))):
-        return None  # "Yes, more than one" answers its question; "more than 3" does not
+    refused = set() if answer_type == "yes_no" else (_NOTHING | (_COMPARATIVES if answer_type == "number" else set()))
+    if (refused - vocabulary.keys()) & set(words) or (answer_type == "number" and _SIGNED.search(answer)):
+        return None  # "Yes, more than one" answers its question; "more than 3" does not; "the most common colour: red" does
     for i, word in enumerate(words):
         if answer_type == "number" and word.isdigit():
             value = str(int(word))

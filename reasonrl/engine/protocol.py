@@ -4,7 +4,9 @@ Nothing is coerced (a boolean is true or false, never "yes" or 1), numbers must 
 lists and strings have bounds that keep per-token work small. An explicit null means the field's
 default, as the OpenAI spec allows. Unknown top-level fields are collected in `model_extra`: the
 server ignores them with a logged warning, as vLLM does (newer OpenAI fields such as `store` or
-`metadata`, other servers' extensions), or refuses them under `--strict-api`. Output constraints
+`metadata`, other servers' extensions), or refuses them under `--strict-api`; so do `stream_options`
+and a chat tool with fields of their own (`include_obfuscation`, `continuous_usage_stats`,
+`cache_control`): `unknown_fields()` lists them all. Output constraints
 (engine/grammar.py): OpenAI's `response_format` (json_object, json_schema), vLLM's `guided_json`,
 `guided_regex`, `guided_choice`, `guided_grammar` and `structured_outputs`, and on chat OpenAI's
 `tools` with `tool_choice` "required" or a named function (engine/tool_calls.py). The legacy
@@ -36,6 +38,7 @@ LEGACY = {"functions": "tools", "function_call": "tool_choice"}
 with the field that replaces each."""
 TokenId = Annotated[int, Field(ge=0, le=INT64_MAX)]
 StopString = Annotated[str, Field(min_length=1, max_length=1024)]
+Stop = StopString | Annotated[list[StopString], Field(max_length=16)] | None  # 16 strings at most, not 16 characters
 
 
 class Resume(BaseModel):
@@ -46,13 +49,17 @@ class Resume(BaseModel):
     @model_validator(mode="after")
     def _same_length(self):
         if len(self.token_ids) != len(self.logprobs):
-            raise ValueError("resume.logprobs must have one entry per resume.token_ids entry")
+            raise ParamError("logprobs", "resume.logprobs must have one entry per resume.token_ids entry")
         return self
 
 
 class StreamOptions(BaseModel):
-    model_config = STRICT
+    model_config = OPEN  # the SDK's include_obfuscation, vLLM's continuous_usage_stats: ignored, see above
     include_usage: bool = False
+
+
+class ChatTool(Tool):
+    model_config = OPEN  # e.g. cache_control: ignored, see above
 
 
 class _Common(BaseModel):
@@ -64,7 +71,7 @@ class _Common(BaseModel):
     top_k: int = Field(0, ge=-1, le=INT64_MAX)
     min_p: float = Field(0.0, ge=0, le=1)
     seed: int | None = Field(None, ge=0, le=INT64_MAX)
-    stop: StopString | list[StopString] | None = Field(None, max_length=16)
+    stop: Stop = None
     stop_token_ids: list[TokenId] = Field(default_factory=list, max_length=256)
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
@@ -112,14 +119,21 @@ class _Common(BaseModel):
     @model_validator(mode="after")
     def _checks(self):
         if self.resume is not None and self.n != 1:
-            raise ValueError("resume needs n=1 (resume one sample at a time)")
+            raise ParamError("n", "resume needs n=1 (resume one sample at a time)")
         bad = [k for k in self.logit_bias if not (k.isascii() and k.isdigit())]  # "²" and "١" are digits to isdigit
         if bad:
-            raise ValueError(f"logit_bias keys must be token ids, got {bad[0]!r}")
+            raise ParamError("logit_bias", f"logit_bias keys must be token ids, got {bad[0]!r}")
         given = self.constraint_fields()
         if len(given) > 1:
-            raise ValueError(f"{given[1]}: give one output constraint, not {' and '.join(given)}")
+            raise ParamError(given[1], f"{given[1]}: give one output constraint, not {' and '.join(given)}")
         return self
+
+    def unknown_fields(self) -> list[str]:
+        """The fields this server does not know, dotted (`stream_options.include_obfuscation`)."""
+        names = list(self.model_extra or {})
+        if self.stream_options is not None:
+            names += [f"stream_options.{k}" for k in self.stream_options.model_extra or {}]
+        return sorted(names)
 
     def constraint_fields(self) -> list[str]:
         return [n for n in GUIDED if getattr(self, n) is not None and getattr(self, n) != {"type": "text"}]
@@ -159,11 +173,11 @@ class CompletionRequest(_Common):
     @model_validator(mode="after")
     def _prompt(self):
         if isinstance(self.prompt, list) and not self.prompt:
-            raise ValueError("prompt is empty")
+            raise ParamError("prompt", "prompt is empty")
         if self.best_of not in (None, self.n):
-            raise ValueError("best_of is not supported (leave it unset or equal to n)")
+            raise ParamError("best_of", "best_of is not supported (leave it unset or equal to n)")
         if self.resume is not None and len(self.prompts()) != 1:
-            raise ValueError("resume needs a single prompt")
+            raise ParamError("resume", "resume needs a single prompt")
         return self
 
     def prompt_logprobs_wanted(self) -> int | None:
@@ -201,7 +215,7 @@ class ChatRequest(_Common):
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    tools: list[Tool] | None = Field(None, max_length=256)
+    tools: list[ChatTool] | None = Field(None, max_length=256)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     """OpenAI's: "auto" (the default with tools) lets the model call tools, "required" or a named
     function makes the output such calls (a grammar), "none" leaves the output as text."""
@@ -216,21 +230,30 @@ class ChatRequest(_Common):
     def _unsupported(self):
         taken = sorted(set(self.chat_template_kwargs) & RENDER_ARGUMENTS)
         if taken:
-            raise ValueError(f"chat_template_kwargs may not set {', '.join(taken)} (the server sets them)")
+            raise ParamError("chat_template_kwargs",
+                             f"chat_template_kwargs may not set {', '.join(taken)} (the server sets them)")
         if self.continue_final_message and (self.add_generation_prompt or self.messages[-1].role != "assistant"):
-            raise ValueError("continue_final_message needs add_generation_prompt=false and an assistant message last")
+            raise ParamError("continue_final_message",
+                             "continue_final_message needs add_generation_prompt=false and an assistant message last")
+        if self.top_logprobs is not None and not self.logprobs:  # as OpenAI and vLLM refuse it
+            raise ParamError("top_logprobs", "top_logprobs needs logprobs: true")
         return self
 
     @model_validator(mode="after")
     def _tools(self):
         forced = self.tool_choice == "required" or isinstance(self.tool_choice, NamedToolChoice)
         if forced and not self.tools:
-            raise ValueError("tool_choice: a required or named tool choice needs tools")
+            raise ParamError("tool_choice", "tool_choice: a required or named tool choice needs tools")
         if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in self.tool_names():
-            raise ValueError(f"tool_choice: no tool is named {self.tool_choice.function.name!r}")
+            raise ParamError("tool_choice", f"tool_choice: no tool is named {self.tool_choice.function.name!r}")
         if forced and self.constraint_fields():
-            raise ValueError(f"{self.constraint_fields()[0]}: a required or named tool_choice already constrains the output")
+            field = self.constraint_fields()[0]
+            raise ParamError(field, f"{field}: a required or named tool_choice already constrains the output")
         return self
+
+    def unknown_fields(self) -> list[str]:
+        return sorted([*super().unknown_fields(),
+                       *(f"tools.{i}.{k}" for i, t in enumerate(self.tools or []) for k in t.model_extra or {})])
 
     def tool_names(self) -> list[str]:
         return [t.function.name for t in self.tools or []]

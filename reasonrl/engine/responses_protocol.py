@@ -3,15 +3,21 @@
 `input_text`/`output_text` parts), `function_call` items (a call the model made) and
 `function_call_output` items (its result). `instructions` becomes a system message. The request
 runs as the equivalent chat completion (`chat_body()`); unknown fields (store, metadata, ...) are
-ignored with a warning, as on the other endpoints."""
+ignored with a warning, as on the other endpoints. `previous_response_id` and `conversation` name a
+conversation stored on the server, which this one does not keep: refused, never ignored (the answer
+would be to a conversation the client did not send)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from reasonrl.engine.protocol import OPEN, STRICT
+from reasonrl.engine.sampling_params import ParamError
+
+FORMATS = '{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "name": ..., "schema": {...}}'
+"""The `text.format` values the Responses API takes (the schema at the top, not in chat's `json_schema`)."""
 
 
 class ResponsesTool(BaseModel):
@@ -45,6 +51,8 @@ class ResponsesRequest(BaseModel):
     parallel_tool_calls: bool = True
     text: dict[str, Any] | None = None
     """{"format": {"type": "text" | "json_object"}} or {"format": {"type": "json_schema", "schema": ...}}."""
+    previous_response_id: Any = None
+    conversation: Any = None
 
     @model_validator(mode="before")
     @classmethod
@@ -52,6 +60,26 @@ class ResponsesRequest(BaseModel):
         if isinstance(data, dict):
             return {k: v for k, v in data.items() if v is not None or k == "input"}
         return data
+
+    @field_validator("previous_response_id", "conversation")
+    @classmethod
+    def _stored(cls, value):
+        raise ValueError("stored conversations are not supported (this server keeps no responses): send the "
+                         "whole conversation as `input`")
+
+    @field_validator("text")
+    @classmethod
+    def _format(cls, text):
+        fmt = text.get("format")
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if fmt is not None and kind not in ("text", "json_object") and \
+                not (kind == "json_schema" and isinstance(fmt.get("schema"), dict)):
+            raise ParamError("format", f"format must be {FORMATS}")
+        return text
+
+    def unknown_fields(self) -> list[str]:
+        """The fields this server does not know (ignored with a warning, refused under --strict-api)."""
+        return sorted(self.model_extra or {})
 
     def chat_body(self) -> dict[str, Any]:
         """The same request as a chat completion's body (ValueError naming a malformed input item)."""

@@ -10,6 +10,7 @@ Chat templates render in a sandboxed Jinja environment configured like transform
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ class Tokenizer:
         eos = [tok.token_to_id(eos_token)] if eos_token else []
         self.eos_token_ids = tuple(dict.fromkeys(i for i in [*eos, *extra_eos_ids] if i is not None))
         self._compiled: dict[str, Any] = {}
+        decoder = json.loads(tok.decoder.__getstate__()) if tok.decoder is not None else {}
+        self._decoders = {d.get("type") for d in [decoder, *decoder.get("decoders", [])]}  # e.g. {"ByteLevel"}
+        self._added = set(tok.get_added_tokens_decoder())
 
     @classmethod
     def from_dir(cls, path: str | Path) -> Tokenizer:
@@ -90,6 +94,18 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for, where decoding it alone gives U+FFFD for a piece of a
+        character: a byte-level BPE token's own bytes (GPT-2's byte-to-character map undone), a
+        byte-fallback token's (`<0xE2>`) one byte; any other token's text in UTF-8."""
+        piece = self.tok.id_to_token(token_id)
+        if piece is not None and token_id not in self._added:  # (an added token is its text)
+            if "ByteLevel" in self._decoders and all(c in BYTE_OF_CHAR for c in piece):
+                return bytes(BYTE_OF_CHAR[c] for c in piece)
+            if "ByteFallback" in self._decoders and BYTE_TOKEN.fullmatch(piece):
+                return bytes([int(piece[3:5], 16)])
+        return self.decode([token_id], skip_special_tokens=False).encode()
+
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
                             tokenize: bool = True, **kwargs) -> str | list[int]:
         if not self.chat_template:
@@ -121,6 +137,18 @@ class Tokenizer:
                "eos_token": self.eos_token, "bos_token": self.bos_token, "pad_token": self.pad_token,
                "added_tokens_decoder": added}
         (path / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}, indent=2) + "\n")
+
+
+def _byte_of_char() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, inverted: the printable bytes stand for themselves, the others
+    for the characters from U+0100 on, in byte order."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
+
+
+BYTE_OF_CHAR = _byte_of_char()
+BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # a byte-fallback token
 
 
 MAX_PENDING = 8

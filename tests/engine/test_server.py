@@ -222,3 +222,53 @@ def test_client_disconnect_aborts_and_frees_blocks(server, slow_engine, stream):
     assert 0 < generated < 100  # aborted early, not left decoding 200 tokens for nobody
     bm = slow_engine.block_manager
     assert bm.num_free == len(bm.blocks)
+
+
+def _first_event(lines) -> dict:
+    return json.loads(next(line[6:] for line in lines if line.startswith("data: {")))
+
+
+def test_the_id_a_client_sees_aborts_its_whole_request(client, server, slow_engine):
+    """A 3-prompt stream's chunks all said `cmpl-...-0` (its first prompt's engine id), so aborting the
+    id the client saw stopped 1 prompt of 3; a Responses object's `resp_...` id aborted nothing."""
+    body = {"prompt": [[1, 2, 3], [1, 2, 4], [1, 2, 5]], "max_tokens": 200, "temperature": 0, "ignore_eos": True,
+            "stream": True}
+    with httpx.Client(base_url=server.url, timeout=30) as other:
+        with other.stream("POST", "/v1/completions", json=body) as r:
+            lines = r.iter_lines()
+            first = _first_event(lines)
+            aborted = client.post("/v1/abort", json={"request_id": first["id"]}).json()["aborted"]
+            chunks = [first, *(json.loads(line[6:]) for line in lines if line.startswith("data: {"))]
+        assert len(aborted) == 3 and {c["id"] for c in chunks} == {first["id"]}
+        ends = [c["choices"][0] for c in chunks if c["choices"][0]["finish_reason"]]
+        assert sorted(c["index"] for c in ends) == [0, 1, 2] and {c["finish_reason"] for c in ends} == {"abort"}
+        body = {"input": "x", "max_output_tokens": 200, "temperature": 0, "stream": True}
+        with other.stream("POST", "/v1/responses", json=body) as r:
+            lines = r.iter_lines()
+            rid = _first_event(lines)["response"]["id"]
+            aborted = client.post("/v1/abort", json={"request_id": rid}).json()["aborted"]
+            last = [json.loads(line[6:]) for line in lines if line.startswith("data: {")][-1]
+    assert rid.startswith("resp_") and len(aborted) == 1 and aborted[0]["request_id"] == rid.removeprefix("resp_")
+    assert last["response"]["incomplete_details"] == {"reason": "aborted"}
+    r = client.post("/v1/completions", json={"prompt": [[1], [2]], "max_tokens": 2, "request_id": "grp"}).json()
+    assert r["id"] == "grp"  # not grp-0
+    assert wait_idle(server.engine)
+
+
+def test_a_request_id_in_flight_is_refused_naming_the_field(client, server, slow_engine):
+    """A request's id, and each of its prompts' ids, are taken while it runs: a second request with
+    one of them would make /v1/abort with it stop the wrong one (a refusal said param null)."""
+    body = {"prompt": [[1, 2], [1, 3]], "max_tokens": 200, "temperature": 0, "ignore_eos": True, "request_id": "busy"}
+    with httpx.Client(base_url=server.url, timeout=30) as other:
+        t = threading.Thread(target=lambda: other.post("/v1/completions", json=body))
+        t.start()
+        while len(server.engine.requests) < 2:
+            time.sleep(0.01)
+        for extra, headers, param in (({"request_id": "busy"}, {}, "request_id"),
+                                      ({"request_id": "busy-1"}, {}, "request_id"),
+                                      ({}, {"X-Request-Id": "busy"}, "x-request-id")):
+            r = client.post("/v1/completions", json={"prompt": [1], "max_tokens": 2, **extra}, headers=headers)
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+        client.post("/v1/abort", json={"request_id": "busy"})
+        t.join(timeout=10)
+    assert wait_idle(server.engine)

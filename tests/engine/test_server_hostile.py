@@ -391,3 +391,49 @@ def test_shutdown_is_bounded_with_a_client_that_stopped_reading():
         server.should_exit = True
         thread.join(timeout=30)
         assert not thread.is_alive()
+
+
+def test_a_shutdown_timeout_answers_unfinished_requests_with_their_partial_outputs(caplog):
+    """When --shutdown-timeout ran out, uvicorn cancelled a non-streaming request: its client got a
+    plain-text 500 and the log a CancelledError traceback. Now it gets its response, every prompt
+    aborted with what it had; a stream ends with its aborted choices and [DONE]."""
+    from reasonrl.engine.server.main import uvicorn_config
+
+    engine = demo_engine(max_num_seqs=8)
+    step = engine.step
+    engine.step = lambda: (time.sleep(0.03), step())[1]  # 200 tokens: 6 s, unless cut
+    cfg = ServeConfig(served_model_name="demo", shutdown_timeout=1)
+    server = uvicorn.Server(uvicorn_config(create_app(engine, cfg), cfg, port=0, log_config=None, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    requests = {"/v1/completions": {"prompt": [[1, 2], [1, 3]], "n": 2, "max_tokens": 200, "ignore_eos": True,
+                                    "return_token_ids": True},
+                "/v1/chat/completions": {"messages": [{"role": "user", "content": "x"}], "max_tokens": 200,
+                                         "ignore_eos": True, "stream": True}}
+    answers = {}
+
+    def post(path):
+        answers[path] = httpx.post(url + path, json=requests[path], timeout=60)
+
+    posts = [threading.Thread(target=post, args=(path,)) for path in requests]
+    with caplog.at_level(logging.ERROR):
+        for t in posts:
+            t.start()
+        deadline = time.monotonic() + 30
+        while (len(engine.requests) < 3 or engine.stats()["generated_tokens"] < 10) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.should_exit = True
+        for t in posts:
+            t.join(timeout=30)
+        thread.join(timeout=30)
+    completion, chat = answers["/v1/completions"], answers["/v1/chat/completions"]
+    assert completion.status_code == 200, completion.text
+    choices = completion.json()["choices"]
+    assert [c["finish_reason"] for c in choices] == ["abort"] * 4
+    assert all(0 < len(c["token_ids"]) < 200 for c in choices)
+    events = [line[6:] for line in chat.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and json.loads(events[-2])["choices"][0]["finish_reason"] == "abort"
+    assert not [r for r in caplog.records if r.exc_info or "Exception in ASGI" in r.getMessage()]

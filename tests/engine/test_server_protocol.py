@@ -188,3 +188,95 @@ def test_continue_final_message_keeps_an_image_messages_parts():
     assert _between_sentinels(only_image) == only_image  # nothing to mark: the rendered text has no sentinel
     with pytest.raises(APIError, match="continue_final_message needs the last message to have text"):
         _continue_final("<vision><|im_end|>")
+
+
+def test_one_stop_string_may_be_longer_than_16_characters(client):
+    """The 16-item bound on `stop` also capped a single string at 16 characters."""
+    free = client.post("/v1/completions", json={"prompt": "the quick", **GREEDY, "max_tokens": 30}).json()["choices"][0]
+    stop = free["text"][3:23]
+    r = client.post("/v1/completions", json={"prompt": "the quick", **GREEDY, "max_tokens": 30, "stop": stop})
+    assert len(stop) == 20 and r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == free["text"][:3] and r.json()["choices"][0]["stop_reason"] == stop
+    r = client.post("/v1/completions", json={"prompt": "x", "stop": ["a"] * 17})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "stop" and "16" in r.json()["error"]["message"]
+
+
+def test_newer_fields_inside_stream_options_and_tools_are_ignored_with_a_warning(client, engine, caplog):
+    """The SDK's stream_options.include_obfuscation, vLLM's continuous_usage_stats and a tool's
+    cache_control were 400s, where the same rule as for top-level fields applies."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    body = {"messages": [{"role": "user", "content": "x"}], **GREEDY, "stream": True, "tools": [tool, tool],
+            "stream_options": {"include_usage": True, "include_obfuscation": False, "continuous_usage_stats": True}}
+    plain = client.post("/v1/chat/completions",
+                        json={**body, "tools": [tool], "stream_options": {"include_usage": True}})
+    cached = {**tool, "cache_control": {"type": "ephemeral"}}
+    with caplog.at_level("WARNING", logger="reasonrl.serve"):
+        r = client.post("/v1/chat/completions", json={**body, "tools": [tool, cached]})
+    assert r.status_code == 200 and r.text.count('"usage"') == plain.text.count('"usage"') == 1, r.text
+    warned = " ".join(rec.getMessage() for rec in caplog.records)
+    assert all(name in warned for name in ("stream_options.include_obfuscation", "stream_options.continuous_usage_stats",
+                                           "tools.cache_control"))
+    strict = Server(engine, ServeConfig(served_model_name="tiny", strict_api=True))
+    try:
+        r = httpx.post(f"{strict.url}/v1/chat/completions", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "stream_options.continuous_usage_stats", r.text
+    finally:
+        strict.stop()
+
+
+@pytest.mark.parametrize("field,value", [("previous_response_id", "resp_123"), ("conversation", {"id": "conv_1"})])
+def test_stored_conversations_are_refused_not_dropped(client, field, value):
+    """A follow-up by previous_response_id was answered as if it were the first turn."""
+    r = client.post("/v1/responses", json={"input": "and then?", "max_output_tokens": 3, field: value})
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["param"] == field and "stored conversations" in error["message"]
+
+
+def test_chat_logprob_bytes_are_the_tokens_own_bytes(client, tokenizer):
+    """A token holding part of a character decodes alone to U+FFFD, and its `bytes` were U+FFFD's."""
+    byte_token = tokenizer.tok.token_to_id("Ã")  # byte 0xC3 in the byte-level alphabet
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}], **GREEDY,
+                                                  "logprobs": True, "top_logprobs": 2,
+                                                  "logit_bias": {str(byte_token): 100}}).json()
+    first = r["choices"][0]["logprobs"]["content"][0]
+    assert r["choices"][0]["token_ids"][0] == byte_token and first["token"] == "\ufffd" and first["bytes"] == [0xC3]
+    assert first["top_logprobs"][0]["bytes"] == [0xC3]
+
+
+def test_token_bytes_undo_byte_level_and_byte_fallback_tokens(tokenizer):
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models
+
+    from reasonrl.models.tokenizer import Tokenizer as ReasonTokenizer
+
+    text = "é🙂 ok"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert b"".join(tokenizer.token_bytes(i) for i in ids) == text.encode()
+    vocab = {"<unk>": 0, "▁ok": 1, **{f"<0x{b:02X}>": 2 + b for b in range(256)}}
+    fallback = HFTokenizer(models.BPE(vocab, [], unk_token="<unk>", byte_fallback=True))
+    fallback.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    sentencepiece = ReasonTokenizer(fallback)
+    assert [sentencepiece.token_bytes(i) for i in (2 + 0xC3, 2 + 0xA9, 1)] == [b"\xc3", b"\xa9", b" ok"]
+
+
+@pytest.mark.parametrize("path,body,param,says", [
+    ("/v1/completions", {"prompt": 5}, "prompt", "prompt: "),
+    ("/v1/completions", {"prompt": "x", "stop": [""]}, "stop", "stop.0: String should have at least 1 character"),
+    ("/v1/completions", {"prompt": "x", "logit_bias": {"x": 1.0}}, "logit_bias", "token ids"),
+    ("/v1/completions", {"prompt": [1], "max_tokens": 2, "resume": {"token_ids": [5, 6, 7], "logprobs": [-1.0] * 3}},
+     "resume.token_ids", "more than max_tokens (2)"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, "messages.0.content", "messages.0.content: "),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tool_choice": "any"}, "tool_choice", "'auto'"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}, "tool_choice",
+     "needs tools"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, "top_logprobs",
+     "logprobs: true"),
+    ("/v1/responses", {"input": "x", "text": {"format": {"type": "json_schema", "json_schema": {"schema": {}}}}},
+     "text.format", 'or {"type": "json_schema", "name": ..., "schema": {...}}'),
+])
+def test_errors_name_the_field_as_the_client_sent_it(client, path, body, param, says):
+    """`param` held pydantic's union labels (`stop.list[constrained-str].0`, `prompt.str`), null for
+    checks of the whole body; a chat top_logprobs without logprobs was served, a resume longer than
+    max_tokens returned more tokens than asked, and a bad text.format was described in chat's layout."""
+    r = client.post(path, json=body)
+    error = r.json()["error"]
+    assert r.status_code == 400 and error["param"] == param and says in error["message"], r.text

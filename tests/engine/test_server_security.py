@@ -111,3 +111,19 @@ def test_banner_says_what_is_served_and_warns_when_exposed():
     assert "WARNING" in text and "OS entropy" in text
     assert "WARNING" not in banner(engine, ServeConfig(host="0.0.0.0", api_key="k"))
     assert "WARNING" not in banner(engine, ServeConfig())
+
+
+def test_the_banner_names_the_port_bound_with_port_0(monkeypatch, capsys):
+    """--port 0 printed `listening on http://127.0.0.1:0`: the banner went out before the socket was bound."""
+    import uvicorn
+
+    from reasonrl.engine.server.main import serve
+
+    bound = []
+
+    async def main_loop(self):  # listening: note the port, then shut down at once
+        bound.append(self.servers[0].sockets[0].getsockname()[1])
+
+    monkeypatch.setattr(uvicorn.Server, "main_loop", main_loop)
+    serve(demo_engine(), ServeConfig(port=0, log_level="critical"))
+    assert bound[0] != 0 and f"listening on http://127.0.0.1:{bound[0]}\n" in capsys.readouterr().err

@@ -3,11 +3,12 @@
 Endpoints: GET /health (200 when the engine can serve, else 503 saying why; never needs a key),
 GET /v1/models (and /v1/models/{id}), GET /v1/stats, GET /metrics (Prometheus), GET /version,
 GET /tokenizer_info, POST /tokenize and /detokenize (vLLM's), POST /v1/completions and POST
-/v1/chat/completions (both with SSE streaming), POST /v1/responses (text and function tools, with SSE streaming), POST /v1/abort ({"request_id": ...}, or
-{"all": true}: administrative), which returns the partial outputs (the aborted requests' own
-responses end with finish_reason "abort"), and POST /v1/load_weights ({"path": checkpoint dir},
-administrative) for trainers that push new weights: all or nothing, a rejected checkpoint leaves
-the served weights as they were. With `prm` set, POST /v1/prm/score returns a process reward
+/v1/chat/completions (both with SSE streaming), POST /v1/responses (text and function tools, with
+SSE streaming), POST /v1/abort ({"request_id": ...}, or {"all": true}: administrative), which
+returns the partial outputs (the aborted requests' own responses end with finish_reason "abort"; a
+request's id, as its response has it, stops all its prompts, and so does the Responses API's
+`resp_ID`), and POST /v1/load_weights ({"path": checkpoint dir}, administrative) for trainers that
+push new weights: all or nothing, a rejected checkpoint leaves the served weights as they were. With `prm` set, POST /v1/prm/score returns a process reward
 model's step scores (engine/server/prm.py).
 
 Every error is an OpenAI-style JSON body naming the problem: 400 for bad input, 401/403 for keys
@@ -18,6 +19,7 @@ the engine failed, 503 when the engine is broken.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -45,6 +47,7 @@ from reasonrl import __version__
 from reasonrl.models.loader import CheckpointError
 
 log = logging.getLogger(__name__)
+SHUTDOWN_ABORT_SECONDS = 10  # the engine thread's own bound on stopping
 
 
 def create_app(engine: LLMEngine, config: ServeConfig | None = None) -> FastAPI:
@@ -61,6 +64,12 @@ def create_app(engine: LLMEngine, config: ServeConfig | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_):
         yield
+        # the requests the shutdown timeout cancelled answer with their partial outputs (generate.py):
+        # the engine delivers them before it stops, unless it is stuck in a step
+        try:
+            await asyncio.wait_for(core.abort_all(), SHUTDOWN_ABORT_SECONDS)
+        except (EngineUnavailable, TimeoutError):
+            pass
         core.shutdown()
         offload.shutdown()
 

@@ -4,12 +4,15 @@ framework's own 404 / 405 / validation errors included."""
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+
+from reasonrl.engine.sampling_params import ParamError
 
 log = logging.getLogger(__name__)
 MAX_MESSAGE = 2000  # characters of an error message (it may quote what the client sent)
@@ -22,6 +25,46 @@ class APIError(Exception):
     def __init__(self, message: str, status: int = 400, param: str | None = None, headers: dict | None = None):
         super().__init__(message)
         self.status, self.param, self.headers = status, param, headers
+
+
+def validation_error(errors: list[dict]) -> APIError:
+    """A pydantic validation failure as a 400 naming the field the client sent. A union's members are
+    tried in turn and each adds a label to the location (`stop.list[constrained-str].0`): `param`
+    stops at the first one, and of the members' errors the one past the type check is reported (a
+    17-string `stop` is too long, not "not a string"). A ParamError raised by a validator names its
+    field below the location (a whole-body check's location is empty; its message names the field)."""
+    first = errors[0]
+    param = _field(first["loc"])
+    err = next((e for e in errors if _field(e["loc"]) == param and not _type_mismatch(e)), first)
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, ParamError):
+        param = ".".join(p for p in (param, cause.param) if p)
+    where = ".".join(str(x) for x in err["loc"] if not _union_label(x))
+    message = err["msg"].removeprefix("Value error, ")
+    return APIError(f"{where}: {message}" if where else message, param=param or None)
+
+
+UNION_LABEL = re.compile(r"[\[\]\-,']|^[A-Z]|^(str|int|float|bool|none)$")
+"""What pydantic labels a union member with in a location (a type: `str`, `list[int]`,
+`constrained-str`, `literal['auto']`, a model's class name); a request's fields are lowercase names."""
+
+
+def _union_label(part) -> bool:
+    return isinstance(part, str) and UNION_LABEL.search(part) is not None
+
+
+def _field(loc) -> str:
+    head = []
+    for part in loc:
+        if _union_label(part):
+            break
+        head.append(str(part))
+    return ".".join(head)
+
+
+def _type_mismatch(err: dict) -> bool:
+    """An error that only says the value is not of a union member's type."""
+    return err["type"].endswith("_type") or err["type"] in ("literal_error", "is_instance_of", "none_required")
 
 
 def error_response(message: str, status: int = 400, param: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -50,9 +93,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_, exc: RequestValidationError):
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or None
-        return error_response(f"{loc}: {err['msg']}", 400, loc)
+        err = validation_error(list(exc.errors()))
+        return error_response(str(err), err.status, err.param)
 
     @app.exception_handler(ClientDisconnect)
     async def _gone(request, exc: ClientDisconnect):  # hung up while sending its body: nobody to answer

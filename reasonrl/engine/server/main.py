@@ -1,8 +1,10 @@
-"""`serve`: run the app with uvicorn, after a banner that says what is served, where, and how safely."""
+"""`serve`: run the app with uvicorn, with a banner that says what is served, where, and how safely."""
 
 from __future__ import annotations
 
 import sys
+
+import uvicorn
 
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.server.app import create_app
@@ -36,17 +38,25 @@ def banner(engine: LLMEngine, cfg: ServeConfig, port: int | None = None) -> str:
 
 def serve(engine: LLMEngine, config: ServeConfig | None = None) -> None:
     """Serve until interrupted."""
-    import uvicorn
-
     cfg = config or ServeConfig()
-    print(banner(engine, cfg), file=sys.stderr, flush=True)
-    uvicorn.Server(uvicorn_config(create_app(engine, cfg), cfg)).run()
+    _Server(uvicorn_config(create_app(engine, cfg), cfg), lambda port: banner(engine, cfg, port)).run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, printing the banner once it listens: with the port bound (the one --port 0 picked)."""
+
+    def __init__(self, config: uvicorn.Config, banner_for_port):
+        super().__init__(config)
+        self.banner_for_port = banner_for_port
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            print(self.banner_for_port(self.servers[0].sockets[0].getsockname()[1]), file=sys.stderr, flush=True)
 
 
 def uvicorn_config(app, cfg: ServeConfig, **overrides):
     """How uvicorn runs the app: where it listens, its log level, and how long a shutdown waits on the
     requests in flight (uvicorn's own default waits for ever, e.g. on a client that stopped reading)."""
-    import uvicorn
-
     return uvicorn.Config(app, **{"host": cfg.host, "port": cfg.port, "log_level": cfg.log_level,
                                   "timeout_graceful_shutdown": cfg.shutdown_timeout, **overrides})

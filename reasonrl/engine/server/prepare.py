@@ -17,7 +17,7 @@ from reasonrl.engine.protocol import ChatRequest, CompletionRequest, DetokenizeR
 from reasonrl.engine.responses_protocol import ResponsesRequest
 from reasonrl.engine.sampling_params import ParamError, SamplingParams
 from reasonrl.engine.server.config import ServeConfig
-from reasonrl.engine.server.errors import APIError
+from reasonrl.engine.server.errors import APIError, validation_error
 from reasonrl.engine.server.images import ChatImages
 from reasonrl.engine.server.intake import parse_json
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
@@ -85,7 +85,7 @@ class Preparer:
             raise APIError(str(exc).replace(exc.param, name, 1), exc.status, name, exc.headers) from None
 
     def tokenize(self, raw: bytes) -> dict:
-        body = self._validate(raw, TokenizeRequest)
+        body = validate_body(parse_json(raw), TokenizeRequest)
         _check_model(body.model, self.cfg.model_name)
         if body.prompt is not None:
             ids = self._encode(body.prompt, add_special_tokens=body.add_special_tokens)
@@ -96,7 +96,7 @@ class Preparer:
         return {"count": len(ids), "max_model_len": self.max_len, "tokens": ids}
 
     def detokenize(self, raw: bytes) -> dict:
-        body = self._validate(raw, DetokenizeRequest)
+        body = validate_body(parse_json(raw), DetokenizeRequest)
         _check_model(body.model, self.cfg.model_name)
         if self.tokenizer is None:
             raise APIError("this model has no tokenizer")
@@ -121,15 +121,16 @@ class Preparer:
         prompt = self._encode(self._render(body, messages), param="messages", add_special_tokens=False)
         return self.images.prompt(prompt, images) if images else prompt
 
-    def _validate(self, raw: bytes, model: type[BaseModel]):
+    def _validate(self, raw: bytes, model: type[CompletionRequest | ChatRequest | ResponsesRequest]):
         body = validate_body(parse_json(raw), model)
-        unknown = sorted(body.model_extra or {})
+        unknown = body.unknown_fields()
         if unknown and self.cfg.strict_api:
             raise APIError(f"{unknown[0]}: unknown field (the server runs with --strict-api)", param=unknown[0])
         for name in unknown:
-            if name not in self.warned and len(self.warned) < 256:  # once per field name, bounded
-                self.warned.add(name)
-                log.warning("ignoring unknown request field %r (pass --strict-api to refuse such requests)", name[:64])
+            key = ".".join(part for part in name.split(".") if not part.isdigit())  # tools.0.x and tools.1.x: one
+            if key not in self.warned and len(self.warned) < 256:  # once per field name, bounded
+                self.warned.add(key)
+                log.warning("ignoring unknown request field %r (pass --strict-api to refuse such requests)", key[:64])
         return body
 
     def _check_size(self, body, num_prompts: int) -> None:
@@ -152,7 +153,8 @@ class Preparer:
             if messages is None:
                 messages = [_template_message({**m.model_dump(exclude_none=True), "content": m.text()})
                             for m in body.messages]
-            tools = {"tools": [t.model_dump(exclude_none=True) for t in body.tools]} if body.tools else {}
+            tools = {"tools": [t.model_dump(exclude_none=True, exclude=set(t.model_extra or ())) for t in body.tools]
+                     } if body.tools else {}  # (a tool's unknown fields ignored)
             if body.continue_final_message:
                 messages = [*messages[:-1], _between_sentinels(messages[-1])]
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt,
@@ -174,13 +176,16 @@ class Preparer:
 
     def _params(self, body, prompts: list, max_tokens: int, logprobs: int, param: str,
                 prompt_logprobs: int | None = None) -> list[SamplingParams]:
+        name = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
         for p in map(_ids, prompts):
             if len(p) >= self.max_len:
                 raise APIError(f"the prompt ({len(p)} tokens) does not fit the context length {self.max_len}", param=param)
             if len(p) + max_tokens > self.max_len:
-                name = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) else "max_tokens"
                 raise APIError(f"prompt ({len(p)} tokens) plus {name} ({max_tokens}) exceeds the context "
                                f"length {self.max_len}", param=name)
+        resumed = len(body.resume.token_ids) if body.resume else 0
+        if resumed > max_tokens:  # the engine would return them all: more tokens than the request asks for
+            raise APIError(f"resume holds {resumed} tokens, more than {name} ({max_tokens})", param="resume.token_ids")
         try:
             params = body.sampling_params(max_tokens, logprobs, prompt_logprobs)
             if params.structured is not None and self.grammars is not None:
@@ -253,10 +258,7 @@ def validate_body(data: dict, model: type[BaseModel]):
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"]) or None
-        msg = err["msg"].removeprefix("Value error, ")
-        raise APIError(f"{loc}: {msg}" if loc else msg, param=loc) from None
+        raise validation_error(exc.errors()) from None
 
 
 def _check_model(requested: str | None, served: str) -> None:

@@ -4,7 +4,11 @@ Log-probs are model output, untrusted: a non-finite one is rendered as -9999.0 (
 a response is always valid JSON. A completion with `echo` starts with its prompt (in the first
 chunk of a stream), and its log-probs with the prompt tokens' (None for the first token, which
 nothing predicts); `text_offset` is each token's character offset in the choice's text, as the
-cumulative length of the tokens' strings (as vLLM computes it).
+cumulative length of the tokens' strings (as vLLM computes it). A chat log-prob's `bytes` are the
+token's own bytes (a token holding part of a character reads as U+FFFD, its bytes do not).
+
+A response's `id` is the request's: with several prompts, the one that names them all (their
+engine requests are `ID-0`, `ID-1`, ...), which /v1/abort takes.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ def finite(x: float) -> float:
 class View:
     """Renders engine outputs as OpenAI completion / chat responses and stream chunks."""
 
-    def __init__(self, job: Job, rids: list[str], model_name: str, tokenizer: Tokenizer | None):
-        self.body, self.rids, self.prompt_tokens, self.chat = job.body, rids, job.prompt_tokens, job.chat
+    def __init__(self, job: Job, request_id: str, rids: list[str], model_name: str, tokenizer: Tokenizer | None):
+        """`request_id`: the request's id, `rids` its prompts' engine ids (the same one for one prompt)."""
+        self.body, self.id, self.rids = job.body, request_id, rids
+        self.prompt_tokens, self.chat = job.prompt_tokens, job.chat
         self.want_logprobs, self.model, self.tokenizer = job.logprobs, model_name, tokenizer
         self.api = job.api
         self.tools = job.chat and job.body.calls_tools  # read the output for tool calls (engine/tool_calls.py)
@@ -70,7 +76,7 @@ class View:
                                             first=True))
         completion = sum(len(o.token_ids) for out in outputs.values() for o in out.outputs)
         prompt = self.prompt_tokens
-        return {"id": self.rids[0], "object": "chat.completion" if self.chat else "text_completion",
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": choices,
                 "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}}
 
@@ -97,12 +103,12 @@ class View:
             if logged and logged["tokens"]:
                 offset = logged["text_offset"][-1] + len(logged["tokens"][-1])
             self.sent[key] = (len(o.token_ids), end, offset)
-            yield {"id": self.rids[0], "object": "chat.completion.chunk" if self.chat else "text_completion",
+            yield {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                    "created": self.created, "model": self.model, "choices": [choice]}
 
     def usage_chunk(self) -> dict[str, Any]:
         prompt = self.prompt_tokens
-        return {"id": self.rids[0], "object": "chat.completion.chunk" if self.chat else "text_completion",
+        return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": [],
                 "usage": {"prompt_tokens": prompt, "completion_tokens": self.completion_tokens,
                           "total_tokens": prompt + self.completion_tokens}}
@@ -154,13 +160,15 @@ class View:
     def _token(self, tid: int) -> str:
         return self.tokenizer.decode([tid], skip_special_tokens=False) if self.tokenizer else str(tid)
 
+    def _bytes(self, tid: int) -> list[int]:
+        return list(self.tokenizer.token_bytes(tid) if self.tokenizer else str(tid).encode())
+
     def _chat_logprobs(self, token_ids, logprobs, tops):
         tops = tops or [{} for _ in token_ids]
         content = []
         for tid, lp, top in zip(token_ids, logprobs, tops):
-            s = self._token(tid)
-            content.append({"token": s, "logprob": finite(lp), "bytes": list(s.encode()),
-                            "top_logprobs": [{"token": self._token(t), "logprob": finite(v), "bytes": list(self._token(t).encode())}
+            content.append({"token": self._token(tid), "logprob": finite(lp), "bytes": self._bytes(tid),
+                            "top_logprobs": [{"token": self._token(t), "logprob": finite(v), "bytes": self._bytes(t)}
                                              for t, v in top.items()]})
         return {"content": content}
 

@@ -141,7 +141,7 @@ def test_april_keeps_latents_through_abort_buffer_and_resume(model, tok):
     for _ in range(STEPS + 3):  # the span (3 latents, its end) and a token or two past it
         engine.step()
     for key, out in april.backend.abort_all():
-        april._update(live, [], key, out, 0, stats)
+        april._update(live, [], key, out, 0, stats, aborting=True)  # as collect() ends a step
     group = live[0]
     assert all(s.status is Status.ABORTED and s.latents.positions == [0, 1, 2] for s in group.samples)
     buffer = PartialBuffer()

@@ -18,7 +18,6 @@ Where this departs from them:
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,13 +30,13 @@ from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import stable_seed
 from reasonrl.envs.base import Environment, Prompt
 from reasonrl.models import load_model
-from reasonrl.models.loader import has_weights, load_weights, save_model
+from reasonrl.models.loader import has_weights, save_model
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.reward.prm.completer import Completer, Request
 from reasonrl.rl.checkpoint import checkpoint_step, latest_checkpoint, load_trainer_state, save_checkpoint
 from reasonrl.rl.run import open_run
 from reasonrl.rl.sft import SFTConfig, sft_example, train_sft
-from reasonrl.rl.train import RunControl
+from reasonrl.rl.train import RunControl, say
 
 
 @dataclass
@@ -150,10 +149,11 @@ def run_raft(cfg: RaftConfig, control: RunControl = RunControl(), stop=None, log
                        atomic=True)
         return load_trainer_state(latest)["raft"]
     env = load_environment(cfg.env)
-    model, tokenizer = load_model(cfg.policy, device=cfg.device, dtype=torch.float32), Tokenizer.from_dir(cfg.policy)
+    # a resumed run starts from its last round's policy, read once
+    model = load_model(latest or cfg.policy, device=cfg.device, dtype=torch.float32)
+    tokenizer = Tokenizer.from_dir(cfg.policy)
     score, held_out = reward_fn(cfg, env), env.prompts(cfg.eval_problems, seed=cfg.seed, split="eval")
     if latest is not None:
-        load_weights(model, latest)
         history = load_trainer_state(latest)["raft"]
         say(f"resuming after round {len(history) - 1} ({latest})")
     else:
@@ -178,10 +178,6 @@ def run_raft(cfg: RaftConfig, control: RunControl = RunControl(), stop=None, log
         return history
     save_model(model, out, tokenizer, atomic=True)  # a kill mid-save leaves no weights file: the rerun saves again
     return history
-
-
-def say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:

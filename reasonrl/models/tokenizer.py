@@ -9,6 +9,7 @@ Chat templates render in a sandboxed Jinja environment configured like transform
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from datetime import datetime
@@ -57,24 +58,20 @@ class Tokenizer:
         return cls(tok, template, _token(cfg.get("eos_token")), _token(cfg.get("bos_token")),
                    _token(cfg.get("pad_token")), tuple(extra), named)
 
-    @property
+    @functools.cached_property
     def end_of_turn_ids(self) -> list[int]:
         """The token a trained response ends with: the one the chat template writes right after an
         assistant message when generation stops on it (Llama 3's <|eot_id|>, Qwen's <|im_end|>), else
         the first end-of-sequence id (a template whose turn end is not a stop token, e.g. a base
         Qwen2.5's <|im_end|>, would leave the model running on past its answer)."""
-        if "_end_of_turn" not in self.__dict__:
-            self._end_of_turn = self.eos_token_ids[:1]
-            sentinel = "reasonrl-end-of-turn-7f3a"
-            try:
-                text = self.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": sentinel}],
-                                                add_generation_prompt=False, tokenize=False)
-            except Exception:  # a template that renders no assistant turn this way: EOS it is
-                text = ""
-            after = self.encode(text.split(sentinel, 1)[1], add_special_tokens=False)[:1] if sentinel in text else []
-            if after and after[0] in self.eos_token_ids:
-                self._end_of_turn = (after[0],)
-        return list(self._end_of_turn)
+        sentinel = "reasonrl-end-of-turn-7f3a"
+        try:
+            text = self.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": sentinel}],
+                                            add_generation_prompt=False, tokenize=False)
+        except Exception:  # a template that renders no assistant turn this way: EOS it is
+            text = ""
+        after = self.encode(text.split(sentinel, 1)[1], add_special_tokens=False)[:1] if sentinel in text else []
+        return after if after and after[0] in self.eos_token_ids else list(self.eos_token_ids[:1])
 
     @property
     def vocab_size(self) -> int:

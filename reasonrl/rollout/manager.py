@@ -52,7 +52,7 @@ class RolloutManager:
     def evaluate(self, prompts: list[Prompt], env: Environment | None = None) -> dict[str, float]:
         """Greedy pass@1 on held-out prompts, through the same backend as the rollouts, scored by `env`
         (default: the training environment)."""
-        env = env or self.env
+        env = self.env if env is None else env
         if not prompts:
             return {}
         self.backend.prepare()

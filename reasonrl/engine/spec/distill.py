@@ -38,7 +38,7 @@ from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams, stable_seed
 from reasonrl.engine.spec.draft import (CONFIG_FILE, WEIGHTS_FILE, DraftHead, DraftInfo, attention_layout, fingerprint,
                                         read_info)
-from reasonrl.eval.store import jsonl_lines
+from reasonrl.eval.store import read_rows
 from reasonrl.models.chat import ChatEncoder
 from reasonrl.models.model import CausalAttention, DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
@@ -326,11 +326,8 @@ def _earlier_log(init: str | Path, steps: int) -> list[dict]:
     """The rows of `init`'s distill_log.jsonl up to its saved step (none when it has no log). A
     draft continued with --init before its log was kept numbered that log from 1 (a log ending at
     300 of 600 steps): its rows are moved to end at the draft's step count."""
-    path = Path(init) / LOG_FILE
-    if not path.is_file():
-        return []
-    rows = [r for r in (json.loads(line) for line in jsonl_lines(path) if line.strip())
-            if isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] <= steps]
+    rows = read_rows(Path(init) / LOG_FILE, lambda r: isinstance(r.get("step"), int), "a log row", cut=False)
+    rows = [r for r in rows if r["step"] <= steps]  # (a damaged line is skipped with a warning, as in every log)
     shift = steps - rows[-1]["step"] if rows else 0
     return [{**r, "step": r["step"] + shift} for r in rows]
 

@@ -114,7 +114,8 @@ class RolloutManager:
                 s.reward += overlong_penalty(len(s.response_ids), self.cfg.overlong_max, self.cfg.overlong_cache)
 
     def _decode(self, ids: list[int], env: Environment | None = None) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=not (self.env if env is None else env).special_tokens_in_responses)
+        env = self.env if env is None else env
+        return self.tokenizer.decode(ids, skip_special_tokens=not env.special_tokens_in_responses)
 
     def state_dict(self) -> dict:
         return {"prompts": self.prompts.state_dict(), "april": self.april.state_dict(),

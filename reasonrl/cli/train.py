@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import textwrap
 from pathlib import Path
 
 import yaml
 
-from reasonrl.cli.flags import add_flags, values
+from reasonrl.cli.flags import add_flags, command_line, values
 
 
 def train(parser: argparse.ArgumentParser):
@@ -139,9 +140,16 @@ def distill_draft(parser: argparse.ArgumentParser):
     add_flags(parser, DistillConfig, title="training (DistillConfig)")
 
     def run(args) -> int:
-        from reasonrl.engine.spec.distill import run_distill
+        from reasonrl.engine.spec.distill import DistillInterrupted, run_distill
 
-        print(f"saved {run_distill(DistillJob(**values(args, DistillJob)), DistillConfig(**values(args, DistillConfig)))}")
+        try:
+            out = run_distill(DistillJob(**values(args, DistillJob)), DistillConfig(**values(args, DistillConfig)))
+        except DistillInterrupted as exc:
+            if exc.rest is None:
+                raise
+            command = shlex.join(["reasonrl", "distill-draft", *command_line(*exc.rest)])
+            raise KeyboardInterrupt(f"{exc}; to train the rest of it, continue with:\n  {command}") from None
+        print(f"saved {out}")
         return 0
 
     return run

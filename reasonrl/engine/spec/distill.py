@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -284,8 +283,17 @@ def run_distill(job: DistillJob, cfg: DistillConfig) -> Path:
         distill_draft(target, train, held, cfg, draft, on_eval=save, first_step=steps_before,  # the last step is
                       first_epoch=first_epoch)  # always evaluated
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(_interrupted(job, cfg, saved, steps_before, first_epoch)) from None
+        raise _interrupted(job, cfg, saved, steps_before, first_epoch) from None
     return out
+
+
+class DistillInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `run_distill`. Its message says what --out holds; `rest`, where some of the job
+    is left, is the job and config that train the rest from that draft (the CLI prints it as a command)."""
+
+    def __init__(self, message: str, rest: tuple[DistillJob, DistillConfig] | None = None):
+        super().__init__(message)
+        self.rest = rest
 
 
 def _check_out(out: Path, job: DistillJob) -> bool:
@@ -305,21 +313,20 @@ def _check_out(out: Path, job: DistillJob) -> bool:
     return continues
 
 
-def _interrupted(job: DistillJob, cfg: DistillConfig, saved: list, steps_before: int, first_epoch: int) -> str:
-    """The interrupt message: the draft last saved to --out and the command that trains the rest of
-    the job from it. `saved`: its [step, epoch], empty when nothing is there."""
-    from reasonrl.cli.flags import command_line
-
+def _interrupted(job: DistillJob, cfg: DistillConfig, saved: list, steps_before: int,
+                 first_epoch: int) -> DistillInterrupted:
+    """What an interrupt leaves: the draft last saved to --out and the job that trains the rest of it.
+    `saved`: its [step, epoch], empty when nothing is there."""
     if not saved:
         every = "epoch" if cfg.epochs else f"{cfg.eval_every} steps"
-        return f"nothing was saved (the draft is saved at every evaluation, every {every})"
+        return DistillInterrupted(f"nothing was saved (the draft is saved at every evaluation, every {every})")
     step, epoch = saved
     left = cfg.epochs - (epoch - first_epoch) if cfg.epochs else cfg.steps - (step - steps_before)
     if left < 1:
-        return f"the draft of step {step}, the last, is saved in {job.out}"
+        return DistillInterrupted(f"the draft of step {step}, the last, is saved in {job.out}")
     rest = replace(cfg, **{"epochs" if cfg.epochs else "steps": left})
-    command = shlex.join(["reasonrl", "distill-draft", *command_line(replace(job, init=job.out, overwrite=False), rest)])
-    return f"the draft of step {step} is saved in {job.out}; to train the rest of it, continue with:\n  {command}"
+    return DistillInterrupted(f"the draft of step {step} is saved in {job.out}",
+                              (replace(job, init=job.out, overwrite=False), rest))
 
 
 def _earlier_log(init: str | Path, steps: int) -> list[dict]:

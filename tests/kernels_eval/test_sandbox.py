@@ -4,6 +4,7 @@ decisions, and run_sandboxed's timeout, process-group kill and output truncation
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -399,3 +400,20 @@ def test_temporary_files_go_to_the_work_directory_even_when_tempfile_cached_anot
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.stdout.strip().startswith(str(job / "out"))
     assert list(elsewhere.iterdir()) == []
+
+
+def _segfault(ctx):
+    import faulthandler
+
+    faulthandler.disable()
+    faulthandler._read_null()  # a real memory fault (raising a signal is denied in the sandbox)
+
+
+def test_a_signal_death_is_reported_as_that_signal_through_the_namespace_init(tmp_path):
+    """Behind a PID namespace the sandbox's init exited with 128 + the signal, so a candidate killed by a
+    signal read as "exit code 134" (and one that exited 137 itself could pass for a SIGKILL)."""
+    job = tmp_path / "job"
+    (job / "out").mkdir(parents=True)
+    outcome = run_sandboxed(_segfault, str(job), SandboxLimits(timeout=30.0), [])
+    assert (outcome.exit_code, outcome.signal) == (None, signal.SIGSEGV)
+    assert not list((job / "out").glob("core*"))  # no core dump left behind

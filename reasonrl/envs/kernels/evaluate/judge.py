@@ -89,12 +89,11 @@ def _ending(task_id: str, answer: dict, result: dict | None, base: dict) -> Verd
 
 
 def _cpu_killed(answer: dict) -> bool:
-    """Killed by RLIMIT_CPU: SIGXCPU at the soft limit or SIGKILL at the hard one (a PID
-    namespace's init reports a signal death as 128 + the signal), with the CPU time to show for it."""
-    code = answer["exit_code"]
-    sig = answer["signal"] or (code - 128 if isinstance(code, int) and code > 128 else None)
+    """Killed by RLIMIT_CPU: SIGXCPU at the soft limit or SIGKILL at the hard one, with the CPU time
+    to show for it."""
     limit, used = answer.get("cpu_limit"), answer.get("cpu_seconds")
-    return sig in (signal.SIGXCPU, signal.SIGKILL) and limit is not None and used is not None and used >= 0.95 * limit
+    return (answer["signal"] in (signal.SIGXCPU, signal.SIGKILL) and limit is not None and used is not None
+            and used >= 0.95 * limit)
 
 
 def _mib(size: int) -> str:

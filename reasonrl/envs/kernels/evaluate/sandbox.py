@@ -26,6 +26,7 @@ characters (head and tail), never whole.
 from __future__ import annotations
 
 import os
+import resource
 import select
 import shutil
 import signal
@@ -270,14 +271,20 @@ def _scrub_environment(work: str) -> None:
 
 def _become_namespace_init() -> None:
     """Fork once more: the child is PID 1 of the new namespace and goes on; this process waits
-    for it and exits with its status (a signal death becomes 128 + signal)."""
+    for it and ends as it did: with its exit code, or killed by its signal."""
     pid = os.fork()
     if pid == 0:
         isolation.set_parent_death_signal(signal.SIGKILL)
         return
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    os._exit(code if code >= 0 else 128 - code)
+    if code < 0:  # die of the same signal, so the parent reads a signal death and not 128 + the signal
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if -code != signal.SIGKILL:
+            signal.signal(-code, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [-code])
+        os.kill(os.getpid(), -code)
+    os._exit(code if code >= 0 else 128 - code)  # (a signal whose default is not to end the process)
 
 
 def _warm_gpu() -> None:

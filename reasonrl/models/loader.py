@@ -61,8 +61,15 @@ def hf_to_local(name: str, cfg: ModelConfig) -> tuple[str, int, int] | None:
     return f"{prefix}.{block}.{fused}.{kind}", *offsets[proj]
 
 
+MASTER_DTYPE = "float32"
+"""What trainers load the weights they update in unless told otherwise, on every device: an AdamW
+step of lr 1e-6 is far below half a bfloat16 unit of a typical weight, so bfloat16 weights would
+mostly not move (compute in bfloat16 through autocast instead)."""
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, cfg: ModelConfig | None = None) -> torch.dtype:
-    """None picks float32 on CPU and the checkpoint's dtype on an accelerator."""
+    """None picks float32 on CPU and the checkpoint's dtype on an accelerator (for inference; trainers
+    pass MASTER_DTYPE)."""
     if isinstance(dtype, torch.dtype):
         name = str(dtype).removeprefix("torch.")
     elif dtype in (None, "auto"):

@@ -44,7 +44,8 @@ class ModelSection:
     device: str | None = None
     """cpu, cuda or cuda:N (default: cuda when available)."""
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
-    """Weights' dtype (default: float32 on CPU; for training, keep float32 master weights and use autocast)."""
+    """The trained weights' dtype (default float32 on every device: master weights, with `autocast` for
+    low-precision compute; bfloat16 weights lose AdamW's small updates, and are warned about)."""
     autocast: Literal["bfloat16", "float16"] | None = None
     """Compute dtype on CUDA under torch.autocast; None: the weights' dtype throughout (CPU)."""
     freeze_vision: bool = False

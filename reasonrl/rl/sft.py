@@ -41,7 +41,7 @@ from reasonrl.models.qwen2_5_vl.prompt import REMOTE, MultimodalPrompt, images_p
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.rl.batch import micro_batches
 from reasonrl.rl.config import OptimSection
-from reasonrl.rl.update import freeze_vision, make_optimizer, resume_optimizer, step_if_finite, trainable
+from reasonrl.rl.update import autocast, freeze_vision, make_optimizer, resume_optimizer, step_if_finite, trainable
 from reasonrl.rollout.sample import Sample
 
 
@@ -71,6 +71,8 @@ class SFTConfig:
     """Render string prompts as a user message with the chat template; false: concatenate as they are."""
     freeze_vision: bool = False
     """Vision-language models: keep the vision tower and merger frozen (as LVR and ImageDoctor do)."""
+    autocast: Literal["bfloat16", "float16"] | None = None
+    """Compute dtype on CUDA under torch.autocast, over the float32 weights; None: float32 throughout."""
     seed: int = 0
     """Seeds the data order (and the held-out split)."""
 
@@ -251,7 +253,8 @@ class SFTTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         total, tokens = 0.0, 0
         for idx in micro_batches(batch, self.cfg.max_tokens_per_microbatch):
-            loss, n = sft_loss(self.model, [batch[i] for i in idx], [images[i] for i in idx])
+            with autocast(self.model.device, self.cfg.autocast):
+                loss, n = sft_loss(self.model, [batch[i] for i in idx], [images[i] for i in idx])
             loss.backward()
             total, tokens = total + loss.detach().item(), tokens + n
         for p in trainable(self.model):
@@ -272,7 +275,8 @@ class SFTTrainer:
         """Mean response-token loss on `samples` (no update)."""
         total, tokens = 0.0, 0
         for idx in micro_batches(samples, self.cfg.max_tokens_per_microbatch):
-            loss, n = sft_loss(self.model, [samples[i] for i in idx])
+            with autocast(self.model.device, self.cfg.autocast):
+                loss, n = sft_loss(self.model, [samples[i] for i in idx])
             total, tokens = total + float(loss), tokens + n
         return total / max(tokens, 1)
 

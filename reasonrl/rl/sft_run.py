@@ -67,12 +67,12 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
     """Fine-tune to the end (or to a stop signal); the process exit code."""
     from reasonrl.models import Tokenizer, load_model
     from reasonrl.models.chat import ChatEncoder
-    from reasonrl.models.loader import has_weights, save_model
+    from reasonrl.models.loader import MASTER_DTYPE, has_weights, save_model
 
     out = open_run(run.out, {"run": to_dict(run), "sft": to_dict(cfg)}, overwrite=control.overwrite,
                    accept_changes=control.accept_changes, free_keys=FREE_KEYS, console=console,
                    inputs=(run.model, run.data, run.eval_data))  # the model is written at the root
-    model, tokenizer = load_model(run.model, run.device), Tokenizer.from_dir(run.model)
+    model, tokenizer = load_model(run.model, run.device, MASTER_DTYPE), Tokenizer.from_dir(run.model)
     data, held = _data(run, cfg, ChatEncoder(tokenizer, model))  # with the model: a VLM's image parts load
     trainer = SFTTrainer(model, data, cfg)
     logger = MetricsLogger(out, trainer.steps, console)

@@ -104,7 +104,9 @@ class Trainer:
             warnings.warn(f"step {self.step}: dynamic sampling filtered all {launched:.0f} groups the step could launch "
                           "(rollout.max_groups_per_step): every group's rewards were equal; no update this step",
                           stacklevel=2)
-            return {**rollout_stats, "trained_groups": 0, "skipped_update": 1.0}
+            lr = self.update.lr()
+            self.update.skip()
+            return {**rollout_stats, "trained_groups": 0, "skipped_update": 1.0, "lr": lr}
         sample_stats = self.sample_stats(groups)
         samples = [s for g in groups for s in g.samples]
         rewards = torch.tensor([s.reward for s in samples])

@@ -122,6 +122,11 @@ class _Totals:
         return {k: v / self.weights[k] for k, v in self.sums.items() if self.weights[k] > 0}
 
 
+def autocast(device: torch.device, dtype: str | None):
+    """Compute in `dtype` (bfloat16, float16) over float32 weights on CUDA; elsewhere, or with None, as is."""
+    return torch.autocast(device.type, getattr(torch, dtype)) if dtype and device.type == "cuda" else nullcontext()
+
+
 class PolicyUpdate:
     def __init__(self, policy: DecoderLM, cfg: RunConfig, pad_id: int, parallel=None):
         """`parallel`: this process's rank of a data-parallel trainer group (scale/data_parallel.py)."""
@@ -131,8 +136,6 @@ class PolicyUpdate:
             freeze_vision(policy)
         self.optimizer, self.scheduler = make_optimizer(trainable(policy), cfg.optim, cfg.train.steps)
         self.reference = self._reference() if cfg.train.reference_model else None
-        use_autocast = cfg.model.autocast and policy.device.type == "cuda"
-        self.autocast = getattr(torch, cfg.model.autocast) if use_autocast else None
         self.shuffle = torch.Generator().manual_seed(cfg.train.seed)
 
     def __call__(self, samples: list[Sample], advantages: list[float], version: int) -> dict[str, float]:
@@ -222,7 +225,7 @@ class PolicyUpdate:
         return out
 
     def _autocast(self):
-        return torch.autocast(self.policy.device.type, self.autocast) if self.autocast else nullcontext()
+        return autocast(self.policy.device, self.cfg.model.autocast)
 
     def _reference(self) -> DecoderLM:
         from reasonrl.models.loader import load_model
@@ -241,6 +244,10 @@ class PolicyUpdate:
     def lr(self) -> float:
         """The learning rate the next update uses."""
         return self.scheduler.get_last_lr()[0]
+
+    def skip(self) -> None:
+        """A training step without an update: the schedule still moves on (it counts training steps)."""
+        self.scheduler.step()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

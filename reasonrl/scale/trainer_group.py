@@ -50,6 +50,10 @@ class TrainerGroup:
     def lr(self) -> float:
         return self.ray.get(self.workers[0].lr.remote())
 
+    def skip(self) -> None:
+        """A training step without an update, on every rank (PolicyUpdate.skip)."""
+        self.ray.get([w.skip.remote() for w in self.workers])
+
     def state_dict(self) -> dict:
         return self.ray.get([w.state_dict.remote() for w in self.workers])[0]
 

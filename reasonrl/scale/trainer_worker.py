@@ -53,11 +53,12 @@ class TrainerWorker:
     def __init__(self, cfg: RunConfig, rank: int, world: int, pad_id: int, device: str, threads: int,
                  fsdp: bool = False):
         from reasonrl.models import load_model
+        from reasonrl.models.loader import MASTER_DTYPE
 
         torch.set_num_threads(threads)
         self.cfg, self.rank, self.world, self.pad_id = cfg, rank, world, pad_id
         self.device, self.fsdp = device, fsdp  # on GPUs, Ray shows each actor only its own GPU: cuda:0
-        self.policy = load_model(cfg.model.path, device, cfg.model.dtype, max_len=cfg.engine.max_model_len)
+        self.policy = load_model(cfg.model.path, device, cfg.model.dtype or MASTER_DTYPE, max_len=cfg.engine.max_model_len)
         self.update: PolicyUpdate | None = None
 
     def rendezvous(self) -> str:
@@ -105,6 +106,9 @@ class TrainerWorker:
 
     def lr(self) -> float:
         return self.update.lr()
+
+    def skip(self) -> None:
+        self.update.skip()
 
     def state_dict(self) -> dict:
         """The update's state with the optimizer's in the single-process format (every rank calls it)."""

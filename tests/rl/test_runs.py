@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from reasonrl.cli import main
@@ -497,3 +498,37 @@ def test_train_overwrite_refuses_a_run_directory_holding_its_data(tmp_path, caps
     path = recipe(tmp_path, **{"env.name": f"math:{run / 'data.jsonl'}"})
     assert main(["train", str(path), "--overwrite"]) == 2 and "which this run reads" in capsys.readouterr().err
     assert (run / "data.jsonl").is_file()
+
+
+def test_rl_and_sft_update_float32_master_weights_where_loading_keeps_the_checkpoints_dtype(tmp_path, monkeypatch):
+    """On a GPU, where loading without a dtype keeps the checkpoint's, a run without model.dtype (and every SFT
+    run) updated a bfloat16 checkpoint's weights in bfloat16: an AdamW step at lr 1e-6 moved 2% of them. That
+    loading default is imitated here on the CPU."""
+    from safetensors.torch import load_file
+
+    from reasonrl.models import Tokenizer, load_model, loader
+    from reasonrl.models.loader import save_model
+    from reasonrl.models.tiny import make_checkpoint, make_tokenizer
+
+    tok = make_tokenizer(["Write the letter a many times. aaaa bbbb"] * 10, vocab_size=300)
+    base = make_checkpoint(tmp_path / "fp32", "qwen2", tok, hidden_size=32, num_layers=1)
+    base = save_model(load_model(base, dtype=torch.bfloat16), tmp_path / "base", Tokenizer.from_dir(base))
+    real = loader.resolve_dtype
+    monkeypatch.setattr(loader, "resolve_dtype", lambda dtype, device, cfg=None: real(
+        cfg.torch_dtype if dtype in (None, "auto") and cfg is not None else dtype, device, cfg))
+    assert load_model(base).dtype == torch.bfloat16  # (the accelerator's default)
+
+    path = recipe(tmp_path, steps=1, **{"model.path": str(base), "model.init": None})
+    assert main(["train", str(path)]) == 0
+    weights = load_file(str(latest_checkpoint(tmp_path / "run") / "model.safetensors"))
+    assert {v.dtype for v in weights.values()} == {torch.float32}
+
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "Write the letter a.", "response": "aaaa"}) + "\n" for _ in range(8)))
+    assert main(["sft", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "sft"), "--epochs", "1",
+                 "--samples-per-step", "8"]) == 0
+    assert {v.dtype for v in load_file(str(tmp_path / "sft" / "model.safetensors")).values()} == {torch.float32}
+    path = recipe(tmp_path, steps=1, **{"model.path": str(base), "model.init": None, "model.dtype": "bfloat16",
+                                        "train.run_dir": str(tmp_path / "bf16")})
+    with pytest.warns(UserWarning, match="model.dtype bfloat16: the optimizer updates bfloat16 weights"):
+        assert main(["train", str(path)]) == 0  # asked for: done, and warned about

@@ -50,7 +50,8 @@ class FlatLetters(LetterEnvironment):
 
 def test_a_step_whose_groups_dynamic_sampling_all_filters_updates_nothing_and_goes_on(policy_dir, tmp_path):
     cfg = load_config(None, config(policy_dir, tmp_path / "run", **{
-        "train.steps": 2, "rollout.dynamic_sampling": True, "rollout.max_groups_per_step": 6}))
+        "train.steps": 2, "rollout.dynamic_sampling": True, "rollout.max_groups_per_step": 6,
+        "optim.warmup_steps": 4}))
     trainer = Trainer(cfg, FlatLetters(), load_model(policy_dir), Tokenizer.from_dir(policy_dir), console=False)
     before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
     with pytest.warns(UserWarning, match="dynamic sampling filtered all 6 groups"):
@@ -58,6 +59,9 @@ def test_a_step_whose_groups_dynamic_sampling_all_filters_updates_nothing_and_go
     assert all(torch.equal(v, trainer.policy.state_dict()[k]) for k, v in before.items())
     rows = [r for r in read_metrics(tmp_path / "run") if "skipped_update" in r]
     assert [(r["step"], r["trained_groups"], r["filtered_groups"]) for r in rows] == [(1, 0, 6), (2, 0, 6)]
+    # the schedule counts training steps, skipped or not (it stood still: the warm-up outlasted the run)
+    assert [r["lr"] for r in rows] == pytest.approx([1e-2 / 4, 2e-2 / 4])
+    assert trainer.update.lr() == pytest.approx(3e-2 / 4)
     assert latest_checkpoint(tmp_path / "run") is not None
 
 

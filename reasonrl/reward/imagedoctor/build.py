@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from reasonrl.models.chat import ChatEncoder
-from reasonrl.models.loader import load_model
+from reasonrl.models.loader import MASTER_DTYPE, load_model
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.reward.imagedoctor.data import JudgeExample
@@ -39,7 +39,7 @@ def doctor_from_vlm(path: str, heatmap: HeatmapConfig, heatmap_weight: float = 1
                     seed: int = 0) -> tuple[ImageDoctor, Tokenizer]:
     """The VLM at `path` with the task tokens added and a new heatmap head (seeded); the ablation
     (`task_tokens=False`) gets a `NoTaskTokenDoctor` and an unchanged vocabulary."""
-    backbone, tokenizer = load_model(path), Tokenizer.from_dir(path)
+    backbone, tokenizer = load_model(path, dtype=MASTER_DTYPE), Tokenizer.from_dir(path)
     if task_tokens:
         ids = add_task_tokens(backbone, tokenizer)
     else:  # ids only name the config's tokens; nothing in the text emits them

@@ -24,6 +24,7 @@ import torch
 from reasonrl.engine.latent import SCALE_KEY, LatentConfig
 from reasonrl.models import Tokenizer, load_model
 from reasonrl.models.grow import add_special_tokens
+from reasonrl.models.loader import MASTER_DTYPE
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 from reasonrl.models.tiny_vlm import LVR_TOKENS
 from reasonrl.rl.config import OptimSection
@@ -67,7 +68,7 @@ class LVRTrainConfig:
 
 def lvr_policy(path: str | Path, device: str = "cpu"):
     """A vision-language checkpoint with LVR's tokens added (embeddings grown) -> (model, tokenizer)."""
-    model, tok = load_model(path, device), Tokenizer.from_dir(path)
+    model, tok = load_model(path, device, MASTER_DTYPE), Tokenizer.from_dir(path)
     add_special_tokens(model, tok, LVR_TOKENS)
     return model, tok
 

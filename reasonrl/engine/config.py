@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Literal
 
 from reasonrl.config import ByteSize, parse_size, positive_ints
@@ -156,6 +157,16 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.kv_options must be a mapping of format parameters, got {self.kv_options!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"EngineConfig.gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization!r}")
+
+    def for_checkpoint(self, path: str | Path) -> EngineConfig:
+        """This config on the checkpoint at `path`: a TaDA profile given by name (`profile: avg4`) is
+        that checkpoint's `kv_profiles/avg4.json` (a path is kept as it is)."""
+        profile = self.kv_options.get("profile")
+        if not isinstance(profile, str):
+            return self
+        from reasonrl.engine.kv.calibrate import resolve_profile
+
+        return replace(self, kv_options={**self.kv_options, "profile": resolve_profile(path, profile)})
 
     @classmethod
     def from_kwargs(cls, **kwargs) -> EngineConfig:

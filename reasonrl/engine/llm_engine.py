@@ -180,11 +180,7 @@ class LLMEngine:
         engine's end-of-sequence ids, structured outputs and detokenizing all follow the one it gets)."""
         from reasonrl.models.loader import load_model
 
-        config = EngineConfig.from_kwargs(**engine_kwargs)
-        if isinstance(config.kv_options.get("profile"), str):  # a TaDA profile may be named: <path>/kv_profiles/NAME.json
-            from reasonrl.engine.kv.calibrate import resolve_profile
-
-            config.kv_options = {**config.kv_options, "profile": resolve_profile(path, config.kv_options["profile"])}
+        config = EngineConfig.from_kwargs(**engine_kwargs).for_checkpoint(path)
         model = load_model(path, device, dtype, max_len=config.max_model_len)
         if tokenizer is None and (Path(path) / "tokenizer.json").is_file():
             tokenizer = Tokenizer.from_dir(path)

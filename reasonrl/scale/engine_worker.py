@@ -29,7 +29,7 @@ class EngineWorker:
 
         torch.set_num_threads(threads)
         policy = load_model(model_path, device, dtype, max_len=engine_cfg.max_model_len)
-        self.engine = LLMEngine(policy, Tokenizer.from_dir(model_path), engine_cfg)
+        self.engine = LLMEngine(policy, Tokenizer.from_dir(model_path), engine_cfg.for_checkpoint(model_path))
         self.version = 0
         self.finished: list[tuple[str, CompletionOutput]] = []
         self.reported: dict[str, int] = {}  # request -> tokens already handed to the driver

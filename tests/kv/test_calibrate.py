@@ -67,7 +67,8 @@ def test_profile_round_trip_and_engine_option(tmp_path, model, scorer):
     path = save_profile(tmp_path, "budget5", result)
     assert path == profile_path(tmp_path, "budget5") == tmp_path / "kv_profiles" / "budget5.json"
     data = json.loads(path.read_text())
-    assert data == {"bits": result.bits, "avg_bits": result.avg_bits, "kl": result.kl, "method": "greedy"}
+    assert data == {"bits": result.bits, "avg_bits": result.avg_bits, "kl": result.kl, "method": "greedy",
+                    "group_size": 16}  # the head size: the scorer's default group
     assert load_profile(tmp_path, "budget5") == result.bits
     engine = LLMEngine(model, None, EngineConfig(kv_cache_memory=1 << 23, kv_format="tada", max_num_seqs=8,
                                                  kv_options={"profile": str(path)}))
@@ -98,3 +99,46 @@ def test_a_profile_is_loaded_by_name_next_to_the_checkpoint(tmp_path, tokenizer)
     assert resolve_profile(ckpt, "/elsewhere/p.json") == "/elsewhere/p.json"  # paths stay paths
     with pytest.raises(FileNotFoundError, match="profiles in .*: mixed"):
         LLM(str(ckpt), kv_format="tada", kv_options={"profile": "nope"}, kv_cache_memory=1 << 22, max_num_seqs=4)
+
+
+def test_a_profile_keeps_the_group_its_bits_were_searched_with(tmp_path, model):
+    """A profile searched with group_size 8 loaded into an engine quantising per head_dim channels, silently."""
+    seqs = [list(range(3, 19)), list(range(40, 56))]
+    path = save_profile(tmp_path, "g8", search_bits(model, seqs, 5, prompt_len=8, block_size=4, group_size=8))
+    assert json.loads(path.read_text())["group_size"] == 8
+    engine = LLMEngine(model, None, EngineConfig(kv_cache_memory=1 << 23, kv_format="tada", max_num_seqs=8,
+                                                 kv_options={"profile": str(path)}))
+    assert engine.kv.group_size == 8 and [t["k_scale"].shape[-1] for t in engine.kv.tensors] == [2] * LAYERS
+    with pytest.raises(ValueError, match="option group_size 16, but profile .* was searched with group size 8"):
+        LLMEngine(model, None, EngineConfig(kv_cache_memory=1 << 23, kv_format="tada", max_num_seqs=8,
+                                            kv_options={"profile": str(path), "group_size": 16}))
+    old = json.loads(path.read_text())
+    del old["group_size"]
+    path.write_text(json.dumps(old))  # a profile saved before the group was recorded: the head size, as then
+    engine = LLMEngine(model, None, EngineConfig(kv_cache_memory=1 << 23, kv_format="tada", max_num_seqs=8,
+                                                 kv_options={"profile": str(path)}))
+    assert engine.kv.group_size == 16
+
+
+def test_a_training_run_finds_a_profile_named_next_to_its_policy(tmp_path, tokenizer):
+    """`engine.kv_options.profile: mixed` worked in `reasonrl generate` and failed in `reasonrl train` on the same
+    checkpoint ("no TaDA bit profile at mixed; profiles in .: none")."""
+    from reasonrl.envs.letter import LetterEnvironment
+    from reasonrl.models import Tokenizer, load_model
+    from reasonrl.models.tiny import make_checkpoint
+    from reasonrl.rl.config import load_config
+    from reasonrl.rl.trainer import Trainer
+
+    ckpt = make_checkpoint(tmp_path / "policy", "qwen2", tokenizer, hidden_size=32, num_layers=2)
+    save_profile(ckpt, "mixed", SearchResult([8, 2], 5.0, 0.1, "greedy", group_size=8))
+    cfg = load_config(None, {"model.path": str(ckpt), "train.run_dir": str(tmp_path / "run"), "env.name": "letter",
+                             "engine.kv_cache_memory": 1 << 22, "engine.max_num_seqs": 8, "engine.kv_format": "tada",
+                             "engine.kv_options": {"profile": "mixed"}})
+    trainer = Trainer(cfg, LetterEnvironment(), load_model(ckpt), Tokenizer.from_dir(ckpt), console=False)
+    try:
+        assert trainer.backend.engine.kv.bits == [8, 2] and trainer.backend.engine.kv.group_size == 8
+    finally:
+        trainer.close()
+    with pytest.raises(FileNotFoundError, match="a profile given by name is looked up in a checkpoint's kv_profiles/"):
+        LLMEngine(load_model(ckpt), None, EngineConfig(kv_cache_memory=1 << 22, kv_format="tada",
+                                                       kv_options={"profile": "mixed"}))

@@ -43,6 +43,8 @@ class SearchResult:
     kl: float
     method: str
     trials: list[tuple[list[int], float]] = field(default_factory=list)  # every candidate scored
+    group_size: int | None = None
+    """The quantiser group the bits were scored with (an engine on the profile uses it)."""
 
 
 class KLScorer:
@@ -56,7 +58,8 @@ class KLScorer:
             raise ValueError(f"prompt_len={self.prompt_len} must leave at least one token to decode in every "
                              f"calibration sequence (shortest has {shortest})")
         self.model, self.sequences, self.block_size = model, sequences, block_size
-        self.options = {} if group_size is None else {"group_size": group_size}
+        self.group_size = group_size or model.config.head_dim
+        self.options = {"group_size": self.group_size}
         self.reference = teacher_forced_logprobs(model, DenseKV, sequences, self.prompt_len, block_size)
         self.cache: dict[tuple[int, ...], float] = {}
 
@@ -157,7 +160,7 @@ def greedy_search(score: KLScorer, num_layers: int, avg_bits: float) -> SearchRe
 def _best(score: KLScorer, candidates: list[list[int]], avg_bits: float, method: str) -> SearchResult:
     trials = [(c, score(c)) for c in candidates if _mean(c) <= avg_bits]
     bits, kl = min(trials, key=lambda t: t[1])
-    return SearchResult(list(bits), _mean(bits), kl, method, trials)
+    return SearchResult(list(bits), _mean(bits), kl, method, trials, score.group_size)
 
 
 def search_bits(model: DecoderLM, sequences: list[list[int]], avg_bits: float, method: str = "greedy",
@@ -194,6 +197,11 @@ def resolve_profile(checkpoint_dir: str | Path, profile: str) -> str:
     return profile
 
 
+def profile_group_size(path: str | Path) -> int | None:
+    """The quantiser group a profile's bits were searched with (None: not recorded, the head size)."""
+    return json.loads(Path(path).read_text()).get("group_size")
+
+
 def load_profile(checkpoint_dir: str | Path, name: str) -> list[int]:
     return read_profile(profile_path(checkpoint_dir, name))
 
@@ -201,6 +209,10 @@ def load_profile(checkpoint_dir: str | Path, name: str) -> list[int]:
 def read_profile(path: str | Path) -> list[int]:
     """The per-layer bits of a profile file; a missing file names the profiles that do exist."""
     path = Path(path)
+    if not path.is_file() and path.name == str(path) and not path.suffix:
+        raise FileNotFoundError(f"TaDA bit profile {path!r}: a profile given by name is looked up in a checkpoint's "
+                                "kv_profiles/ (reasonrl train, generate and serve, LLMEngine.from_pretrained); an engine "
+                                "built on a model object needs the profile file's path")
     if not path.is_file():
         found = sorted(p.stem for p in path.parent.glob("*.json")) if path.parent.is_dir() else []
         raise FileNotFoundError(f"no TaDA bit profile at {path}; profiles in {path.parent}: "

@@ -25,7 +25,8 @@ Options:
                 (`calibrate.profile_path(checkpoint_dir, name)` gives `<checkpoint>/kv_profiles/<name>.json`;
                 `LLMEngine.from_pretrained` also takes the bare name);
                 excludes `bits`
-    group_size  channels per scale and zero point; a divisor of head_dim (default head_dim)
+    group_size  channels per scale and zero point; a divisor of head_dim (default: the profile's, else
+                head_dim; a profile's bits were searched with its group, so another is refused)
 """
 
 from __future__ import annotations
@@ -59,11 +60,25 @@ class TadaKV(QuantizedKV):
         return [check_packable(cls.name, "bits", check_bits(cls.name, "bits", bits), cfg.head_dim)] * cfg.num_layers
 
     @classmethod
-    def layout(cls, cfg, block_size, group_size=None, **options):
+    def group(cls, cfg, group_size=None, profile=None, **_) -> int:
+        """Channels per scale and zero point: the option, or the group the profile's bits were searched with."""
+        if profile is not None:
+            from reasonrl.engine.kv.calibrate import profile_group_size
+
+            searched = profile_group_size(profile) or cfg.head_dim  # (a profile saved before the group was recorded)
+            if group_size is not None and group_size != searched:
+                raise ValueError(f"kv_format {cls.name!r}: option group_size {group_size!r}, but profile {profile} was "
+                                 f"searched with group size {searched}; drop the option or search a profile with it")
+            group_size = searched
+        return check_group(cls.name, cfg.head_dim if group_size is None else group_size, cfg.head_dim)
+
+    @classmethod
+    def layout(cls, cfg, block_size, **options):
         h, d = cfg.num_kv_heads, cfg.head_dim
-        g = check_group(cls.name, d if group_size is None else group_size, d)
+        layer_bits = cls.layer_bits(cfg, **options)  # (a missing profile is named here first)
+        g = cls.group(cfg, **options)
         out = []
-        for bits in cls.layer_bits(cfg, **options):
+        for bits in layer_bits:
             side = {"codes": ((block_size, h, d * bits // 8), U8), "scale": ((block_size, h, d // g), F16),
                     "zero": ((block_size, h, d // g), F16), "mean": ((block_size, d), F16)}
             out.append({f"{kv}_{name}": spec for kv in "kv" for name, spec in side.items()})
@@ -71,8 +86,8 @@ class TadaKV(QuantizedKV):
 
     def __init__(self, cfg, num_blocks, block_size, device, dtype, max_num_seqs=256, **options):
         super().__init__(cfg, num_blocks, block_size, device, dtype, max_num_seqs, **options)
-        self.bits = self.layer_bits(cfg, **{k: v for k, v in options.items() if k != "group_size"})
-        self.group_size = options.get("group_size") or cfg.head_dim
+        self.bits = self.layer_bits(cfg, **options)
+        self.group_size = self.group(cfg, **options)
 
     def _quantize(self, layer, blocks, k, v):
         t, bits, g = self.tensors[layer], self.bits[layer], self.group_size

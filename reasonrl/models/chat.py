@@ -40,7 +40,7 @@ class ChatEncoder:
     def __call__(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> ModelInput:
         check_parts(messages)
         if not message_images(messages):
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+            return self.tokenizer.apply_chat_template(text_only(messages), add_generation_prompt=add_generation_prompt)
         if not self.takes_images:
             raise ValueError("these messages hold images, but the model is text-only (use a vision-language "
                              "checkpoint such as Qwen2.5-VL)")
@@ -48,6 +48,24 @@ class ChatEncoder:
 
 
 PART_TYPES = ("text", "image", "image_url")
+
+
+def text_only(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chat with each content given as text parts joined into one string, as the server joins them:
+    text models' templates render a string (Qwen3's put nothing of a list in the prompt, Llama 3.1's its
+    Python repr). For chats without image parts."""
+    out = []
+    for i, m in enumerate(messages):
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list):
+            texts = [p.get("text") if isinstance(p, dict) else None for p in content]
+            if not all(isinstance(t, str) for t in texts):
+                j = next(j for j, t in enumerate(texts) if not isinstance(t, str))
+                raise ValueError(f'messages.{i}.content.{j}: a text part is {{"type": "text", "text": a string}}, '
+                                 f"got {str(content[j])[:80]}")
+            m = {**m, "content": "".join(texts)}
+        out.append(m)
+    return out
 
 
 def check_parts(messages: list[dict[str, Any]]) -> None:

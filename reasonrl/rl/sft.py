@@ -35,7 +35,7 @@ import torch
 
 from reasonrl.config import check
 from reasonrl.eval.store import jsonl_lines
-from reasonrl.models.chat import ChatEncoder, multimodal, token_ids
+from reasonrl.models.chat import ChatEncoder, multimodal, text_only, token_ids
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import REMOTE, MultimodalPrompt, images_prompt
 from reasonrl.models.tokenizer import Tokenizer
@@ -98,14 +98,48 @@ def sft_example(prompt: str | list[dict], response: str, encoder: ChatEncoder | 
     response ends with the template's end of turn where generation stops on it, else with EOS."""
     encoder = encoder if isinstance(encoder, ChatEncoder) else ChatEncoder(encoder)
     tokenizer, inp = encoder.tokenizer, None
-    if chat:
-        inp = encoder([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt)
-        prompt_ids = token_ids(inp)
-    else:
+    if not chat:
         prompt_ids = tokenizer.encode(prompt if isinstance(prompt, str) else json.dumps(prompt))
-    end = tokenizer.end_of_turn_ids if chat else list(tokenizer.eos_token_ids[:1])
-    return Sample(prompt_ids=prompt_ids, response_ids=tokenizer.encode(response, add_special_tokens=False) + end,
-                  multimodal=multimodal(inp) if inp is not None else None)
+        response_ids = tokenizer.encode(response, add_special_tokens=False) + list(tokenizer.eos_token_ids[:1])
+        return Sample(prompt_ids=prompt_ids, response_ids=response_ids)
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+    inp = encoder(messages)
+    prompt_ids, response_ids = token_ids(inp), None
+    if multimodal(inp) is None:
+        response_ids = template_turn(tokenizer, text_only(messages), response)
+    if response_ids is None:
+        response_ids = not_reopened(tokenizer, prompt_ids, tokenizer.encode(response, add_special_tokens=False))
+        response_ids += tokenizer.end_of_turn_ids
+    return Sample(prompt_ids=prompt_ids, response_ids=response_ids, multimodal=multimodal(inp))
+
+
+def template_turn(tokenizer: Tokenizer, messages: list[dict], response: str) -> list[int] | None:
+    """The ids of the chat template's own rendering of `response` as the assistant's turn after
+    `messages`, past the generation prompt, up to and with its end of turn (Qwen3's writes an empty
+    <think></think> block before an answer without reasoning: a model fine-tuned on the bare answer
+    would learn to skip it). None where that rendering does not extend the generation prompt, drops
+    part of the response (R1-Distill's drops the reasoning of assistant turns) or does not end the
+    turn with the end-of-turn token."""
+    turn = [*messages, {"role": "assistant", "content": response}]
+    try:
+        before, prompt, full = (tokenizer.apply_chat_template(m, add_generation_prompt=g, tokenize=False)
+                                for m, g in ((messages, False), (messages, True), (turn, False)))
+    except Exception:  # noqa: BLE001 - a template that renders no such turn: the response as it is
+        return None
+    if not (full.startswith(prompt) and full.startswith(before)) or response.strip() not in full[len(before):]:
+        return None
+    ids, end = tokenizer.encode(full[len(prompt):], add_special_tokens=False), tokenizer.end_of_turn_ids[0]
+    return ids[:ids.index(end) + 1] if end in ids else None
+
+
+def not_reopened(tokenizer: Tokenizer, prompt_ids: list[int], response_ids: list[int]) -> list[int]:
+    """The response without a start that repeats the end of the generation prompt, special tokens
+    included (a template that opens <think> in the prompt, and a trace that opens it again)."""
+    added = tokenizer.tok.get_added_tokens_decoder()
+    for k in range(min(8, len(prompt_ids), len(response_ids)), 0, -1):
+        if prompt_ids[-k:] == response_ids[:k] and any(i in added for i in response_ids[:k]):
+            return response_ids[k:]
+    return response_ids
 
 
 def _resolve_images(prompt, base: Path):
@@ -150,7 +184,7 @@ def load_sft_data(path: str | Path, encoder: ChatEncoder | Tokenizer, chat: bool
                              "'content' (a string, or a list of parts; null with 'tool_calls')")
         try:
             sample = sft_example(_resolve_images(prompt, path.parent), response, encoder, chat)
-        except (ValueError, OSError) as exc:  # e.g. an unreadable image, images for a text-only model
+        except (ValueError, TypeError, OSError) as exc:  # an unreadable image, images for a text model, a template
             raise ValueError(f"{path}:{n}: {exc}") from None
         if not sample.prompt_ids:  # (chat=False): the first response token would have nothing to follow
             raise ValueError(f"{path}:{n}: the prompt encodes to no tokens")

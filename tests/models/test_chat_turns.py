@@ -1,0 +1,87 @@
+"""How chats render for templates that reason: text parts, Qwen3's think block in a trained turn, and
+templates that open <think> in the generation prompt (trimmed copies of the public templates' logic)."""
+
+import pytest
+
+from reasonrl.models.chat import ChatEncoder, text_only
+from reasonrl.models.tiny import make_tokenizer
+from reasonrl.models.tokenizer import Tokenizer
+from reasonrl.rl.sft import load_sft_data, sft_example
+
+# Qwen3's: a string content renders, anything else as ''; the last assistant turn after the last query gets a
+# <think> block, its reasoning split off the content
+QWEN3 = (
+    "{%- set ns = namespace(last_query_index=messages|length - 1) %}"
+    "{%- for message in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}"
+    "{%- if message.role == 'user' and ns.last_query_index == messages|length - 1 %}"
+    "{%- set ns.last_query_index = index %}{%- endif %}{%- endfor %}"
+    "{%- for message in messages %}"
+    "{%- if message.content is string %}{%- set content = message.content %}{%- else %}{%- set content = '' %}"
+    "{%- endif %}"
+    "{%- if message.role == 'user' or message.role == 'system' %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>' + '\\n' }}"
+    "{%- elif message.role == 'assistant' %}{%- set reasoning_content = '' %}"
+    "{%- if '</think>' in content %}"
+    "{%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{%- if loop.index0 > ns.last_query_index and (loop.last or reasoning_content) %}"
+    "{{- '<|im_start|>' + message.role + '\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n'"
+    " + content.lstrip('\\n') }}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\\n' + content }}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+# DeepSeek-R1-Distill's newer one: assistant turns lose their reasoning; the generation prompt opens <think>
+R1 = ("{% for message in messages %}{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] }}"
+      "{% elif message['role'] == 'assistant' %}{% set content = message['content'] %}"
+      "{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}"
+      "{{ 'Assistant: ' + content + '<|im_end|>' }}{% endif %}{% endfor %}"
+      "{% if add_generation_prompt %}{{ 'Assistant: <think>\\n' }}{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def base():
+    corpus = ["What is 2+2? add them The answer is 4. User: Assistant: Think"] * 20
+    return make_tokenizer(corpus, vocab_size=320, extra_special_tokens=["<think>", "</think>"])
+
+
+def with_template(base, template):
+    return Tokenizer(base.tok, template, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+
+
+def target(tok, prompt, response):
+    return tok.decode(sft_example(prompt, response, tok).response_ids, skip_special_tokens=False)
+
+
+def test_text_parts_render_as_their_joined_text(base, tmp_path):
+    """Qwen3's template put nothing of a list content in the prompt (the question was gone from the trained
+    prompt), Llama 3.1's its Python repr; the server joined the parts."""
+    tok = with_template(base, QWEN3)
+    parts = [{"role": "user", "content": [{"type": "text", "text": "What is "}, {"type": "text", "text": "2+2?"}]}]
+    plain = [{"role": "user", "content": "What is 2+2?"}]
+    assert ChatEncoder(tok)(parts) == ChatEncoder(tok)(plain)
+    assert "What is 2+2?" in tok.decode(sft_example(parts, "4", tok).prompt_ids, skip_special_tokens=False)
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": [{"role": "user", "content": [{"type": "text", "text": 7}]}], "response": "4"}\n')
+    with pytest.raises(ValueError, match=r"d.jsonl:1: messages.0.content.0: a text part is"):
+        load_sft_data(data, tok)
+    assert text_only(plain) == plain
+
+
+def test_a_trained_turn_is_the_one_the_template_writes(base):
+    """Qwen3's template writes an empty think block before an answer without reasoning; SFT trained on the
+    bare answer, teaching the model to skip the block."""
+    tok, prompt = with_template(base, QWEN3), "What is 2+2?"
+    assert target(tok, prompt, "The answer is 4.") == "<think>\n\n</think>\n\nThe answer is 4.<|im_end|>"
+    trace = "<think>\nadd them\n</think>\n\nThe answer is 4."
+    assert target(tok, prompt, trace) == trace + "<|im_end|>"
+    chatml = with_template(base, base.chat_template)  # a template without reasoning: the response as it is
+    assert target(chatml, prompt, "The answer is 4.") == "The answer is 4.<|im_end|>"
+
+
+def test_a_trace_is_not_reopened_after_a_prompt_that_opened_it(base):
+    """R1-Distill's newer template opens <think> in the generation prompt and drops the reasoning of assistant
+    turns: a trace that opens <think> again trained on <think> twice."""
+    tok = with_template(base, R1)
+    assert target(tok, "What is 2+2?", "<think>\nadd them\n</think>\n\nThe answer is 4.") == \
+        "add them\n</think>\n\nThe answer is 4.<|im_end|>"
+    assert target(tok, "What is 2+2?", "The answer is 4.") == "The answer is 4.<|im_end|>"

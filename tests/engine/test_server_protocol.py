@@ -2,6 +2,8 @@
 as defaults, sampling extensions, tokenizer endpoints, /version, model retrieval, stop_reason as
 vLLM reports it, and /v1/responses."""
 
+import json
+
 import httpx
 import pytest
 
@@ -10,6 +12,7 @@ from reasonrl.engine import LLMEngine
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.server import ServeConfig
 from reasonrl.models import Tokenizer, load_model
+from reasonrl.models.tiny import CHATML
 
 from serve_helpers import Server
 from test_penalties import reference
@@ -176,18 +179,114 @@ def test_an_aborted_response_is_incomplete_not_completed(reason, status, why):
 
 def test_continue_final_message_keeps_an_image_messages_parts():
     """A last message of an image and text (a vision-language server) continues after its text, the
-    image kept (it was emptied between the sentinels); one without text is refused."""
+    image kept; one without text is refused."""
     from reasonrl.engine.server.errors import APIError
-    from reasonrl.engine.server.prepare import _between_sentinels, _continue_final
+    from reasonrl.engine.server.prepare import _continue_final, _mark_final
 
     message = {"role": "assistant", "content": [{"type": "image"}, {"type": "text", "text": "The cat is"}]}
-    wrapped = _between_sentinels(message)["content"]
+    marked, final = _mark_final(message)
+    wrapped = marked["content"]
+    assert final == "The cat is"
     assert wrapped[0] == {"type": "image"}
     assert _continue_final("<vision>" + wrapped[1]["text"] + "<|im_end|>") == "<vision>The cat is"
     only_image = {"role": "assistant", "content": [{"type": "image"}]}
-    assert _between_sentinels(only_image) == only_image  # nothing to mark: the rendered text has no sentinel
+    assert _mark_final(only_image) == (only_image, "")  # nothing to mark: the rendered text has no tag
     with pytest.raises(APIError, match="continue_final_message needs the last message to have text"):
         _continue_final("<vision><|im_end|>")
+
+
+# Trimmed from the real templates: Qwen3's reasoning extraction (only what follows `<think>` is kept,
+# its own think block written around it; a first system message goes in a header block, any other
+# role it does not know is dropped) and Llama-3.1's (`| trim` on each message, a first system
+# message folded into its system turn, every other role written under its own header).
+QWEN3_STYLE = (
+    "{%- if messages[0].role == 'system' %}{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}{%- set content = message.content %}"
+    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}{%- set reasoning_content = '' %}"
+    "{%- if '</think>' in content %}"
+    "{%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{%- if loop.last or reasoning_content %}"
+    "{{- '<|im_start|>assistant\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + content.lstrip('\\n') }}"
+    "{%- else %}{{- '<|im_start|>assistant\\n' + content }}{%- endif %}{{- '<|im_end|>\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+LLAMA31_STYLE = (
+    "{{- bos_token }}{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content']|trim %}"
+    "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' + system_message + '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
+R1_STYLE = (  # R1-Distill's: an assistant message's think block dropped
+    "{%- for message in messages %}{%- if message.role == 'user' %}{{- '<|User|>' + message.content }}"
+    "{%- else %}{%- set content = message.content %}{%- if '</think>' in content %}"
+    "{%- set content = content.split('</think>')[-1] %}{%- endif %}{{- '<|Assistant|>' + content + '<|end|>' }}"
+    "{%- endif %}{%- endfor %}")
+QWEN_HEAD, LLAMA_HEAD = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n", (
+    "<|start_header_id|>system<|end_header_id|>\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
+    "What is 2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def _preparer(tokenizer, template):
+    from reasonrl.engine.server.prepare import Preparer
+
+    return Preparer(Tokenizer(tokenizer.tok, template, eos_token="<|im_end|>"), 4096, ServeConfig())
+
+
+def test_continue_final_message_renders_what_transformers_does(tokenizer):
+    """An assistant prefill with a think block (`<think>\\n\\n</think>\\n\\n`, how a client turns Qwen3's
+    thinking off) was a 400 on Qwen3's template: the start sentinel went before `<think>`, which its
+    reasoning extraction drops. And on Llama-3.1's, "The answer is " kept its trailing space where the
+    template trims the message (transformers and vLLM cut it). The prompt is now what transformers'
+    apply_chat_template(continue_final_message=True) renders: up to the message's end, trimmed as the
+    template trims it; a template that drops part of the text still gets a 400."""
+    from reasonrl.engine.server.errors import APIError
+
+    cases = [(QWEN3_STYLE, "<think>\n\n</think>\n\n", QWEN_HEAD + "<think>\n\n</think>\n\n"),
+             (QWEN3_STYLE, "<think>\nadd them\n</think>\n\nThe answer is", QWEN_HEAD + "<think>\nadd them\n</think>\n\nThe answer is"),
+             (QWEN3_STYLE, "The answer is ", QWEN_HEAD + "<think>\n\n</think>\n\nThe answer is "),  # not trimmed: kept
+             (LLAMA31_STYLE, "The answer is ", LLAMA_HEAD + "The answer is"),
+             (LLAMA31_STYLE, "The answer is\n\n", LLAMA_HEAD + "The answer is"),
+             (LLAMA31_STYLE, "The answer is", LLAMA_HEAD + "The answer is")]
+    for template, partial, expected in cases:
+        body = {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": partial}],
+                "add_generation_prompt": False, "continue_final_message": True, "max_tokens": 4}
+        job = _preparer(tokenizer, template).chat(json.dumps(body).encode())
+        assert tokenizer.decode(job.prompts[0], skip_special_tokens=False) == expected, (partial, template[:20])
+        assert job.prompts[0] == tokenizer.encode(expected, add_special_tokens=False)
+    # a template that drops the think block: nothing to continue as sent (transformers refuses it too)
+    body["messages"][-1]["content"] = "<think>\nadd\n</think>\n\nThe answer is"
+    with pytest.raises(APIError, match="continue_final_message needs the last message to have text"):
+        _preparer(tokenizer, R1_STYLE).chat(json.dumps(body).encode())
+    body["messages"][-1]["content"] = "The answer is"  # with nothing dropped, it continues
+    job = _preparer(tokenizer, R1_STYLE).chat(json.dumps(body).encode())
+    assert tokenizer.decode(job.prompts[0], skip_special_tokens=False) == "<|User|>What is 2+2?<|Assistant|>The answer is"
+
+
+def test_a_developer_message_is_rendered_as_a_system_message(tokenizer):
+    """OpenAI's `developer` role (accepted on chat completions and in /v1/responses input) was dropped
+    by Qwen's templates, which render only the roles they know, and written under a `developer`
+    header by Llama's. It is the system role under its newer name: rendered as `system`, unless the
+    template itself names the role."""
+    messages = [{"role": "developer", "content": "Always answer in French."}, {"role": "user", "content": "What is 2+2?"}]
+    system = [{**messages[0], "role": "system"}, messages[1]]
+    for template in (QWEN3_STYLE, LLAMA31_STYLE, CHATML):
+        preparer = _preparer(tokenizer, template)
+        expected = preparer.tokenizer.apply_chat_template(system, add_generation_prompt=True, tokenize=False)
+        assert "Always answer in French." in expected
+        chat = preparer.chat(json.dumps({"messages": messages, "max_tokens": 4}).encode())
+        responses = preparer.responses(json.dumps({"input": [{"type": "message", **m} for m in messages],
+                                                   "max_output_tokens": 4}).encode())
+        assert tokenizer.decode(chat.prompts[0], skip_special_tokens=False) == expected, template[:20]
+        assert responses.prompts[0] == chat.prompts[0]
+    knows = CHATML.replace("{{ message['role'] }}", "{{ 'dev' if message['role'] == 'developer' else message['role'] }}")
+    preparer = _preparer(tokenizer, knows)
+    chat = preparer.chat(json.dumps({"messages": messages, "max_tokens": 4}).encode())
+    assert tokenizer.decode(chat.prompts[0], skip_special_tokens=False).startswith("<|im_start|>dev\nAlways")
 
 
 def test_one_stop_string_may_be_longer_than_16_characters(client):

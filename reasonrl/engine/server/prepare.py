@@ -59,6 +59,10 @@ class Preparer:
         # no text longer than this can fit the context, whatever it says: refuse it untokenised
         longest = max((len(t) for t in tokenizer.tok.get_vocab(with_added_tokens=True)), default=1) if tokenizer else 1
         self.max_chars = max_model_len * longest * NORMALISED_SHRINK
+        # a template that names the `developer` role renders it itself; any other gets it as `system`
+        templates = ([tokenizer.chat_template or "", *getattr(tokenizer, "named_templates", {}).values()]
+                     if tokenizer else [])
+        self._knows_developer = any("developer" in t for t in templates if isinstance(t, str))
 
     def completion(self, raw: bytes) -> Job:
         body = self._validate(raw, CompletionRequest)
@@ -155,14 +159,18 @@ class Preparer:
                             for m in body.messages]
             tools = {"tools": [t.model_dump(exclude_none=True, exclude=set(t.model_extra or ())) for t in body.tools]
                      } if body.tools else {}  # (a tool's unknown fields ignored)
+            if not self._knows_developer:
+                messages = [_developer_as_system(m) for m in messages]
+            final = ""
             if body.continue_final_message:
-                messages = [*messages[:-1], _between_sentinels(messages[-1])]
+                last, final = _mark_final(messages[-1])
+                messages = [*messages[:-1], last]
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt,
                                                       tokenize=False, **tools, **body.chat_template_kwargs)
         except Exception as exc:  # the template is fixed: whatever fails to render, the request made fail
             raise APIError(f"cannot render the chat template for these messages: {type(exc).__name__}: {exc}",
                            param="messages") from None
-        return _continue_final(text) if body.continue_final_message else text
+        return _continue_final(text, final) if body.continue_final_message else text
 
     def _encode(self, prompt: str | list[int], param: str = "prompt", add_special_tokens: bool = True) -> list[int]:
         if isinstance(prompt, list):
@@ -216,32 +224,53 @@ def _template_message(message: dict) -> dict:
     return {**message, "tool_calls": out}
 
 
-CONTINUE_START, CONTINUE_END = "\ue000continue-from\ue000", "\ue000continue-to\ue000"  # private-use characters
+def _developer_as_system(message: dict) -> dict:
+    """OpenAI's `developer` role is its newer name for the system role (instructions from whoever
+    builds on the API). Chat templates that do not name it drop such a message (Qwen's) or write it
+    under a header the model never saw (Llama's), so it is rendered as `system`, as vLLM does."""
+    return {**message, "role": "system"} if message.get("role") == "developer" else message
 
 
-def _between_sentinels(message: dict) -> dict:
-    """The message with its text between the sentinels: the whole content, or a list of parts' last
-    text part (an image-and-text message keeps its image)."""
+# Where the last message's text ends: private-use characters, then a space. The rendering is cut
+# there; a template that trims the message (Llama's `| trim`) also drops that space, and the text
+# before the tag then loses its trailing whitespace too. transformers' `continue_final_message`
+# works this way, so the prompt is the text it renders. Nothing marks where the message starts:
+# templates rewrite the start (Qwen3 keeps only what follows `<think>` and writes its own think block).
+CONTINUE_TAG = "\ue000continue-here\ue000 "
+
+
+def _mark_final(message: dict) -> tuple[dict, str]:
+    """The message with the tag after its text (the whole content, or a list of parts' last text
+    part: an image-and-text message keeps its image), and that text."""
     content = message["content"]
     if isinstance(content, str):
-        return {**message, "content": CONTINUE_START + content + CONTINUE_END}
+        return {**message, "content": content + CONTINUE_TAG}, content
     parts = list(content) if isinstance(content, list) else []
     last = max((i for i, part in enumerate(parts) if isinstance(part, dict) and part.get("type") == "text"), default=None)
     if last is None:
-        return message  # no text: `_continue_final` finds no sentinel and says so
-    parts[last] = {**parts[last], "text": CONTINUE_START + str(parts[last].get("text", "")) + CONTINUE_END}
-    return {**message, "content": parts}
+        return message, ""  # no text: `_continue_final` finds no tag and says so
+    text = str(parts[last].get("text", ""))
+    parts[last] = {**parts[last], "text": text + CONTINUE_TAG}
+    return {**message, "content": parts}, text
 
 
-def _continue_final(text: str) -> str:
-    """The conversation rendered with the last message's text between sentinels (`_between_sentinels`)
-    cut right after that text, so the model continues it. Found by the sentinels, not by searching for
-    the text (which may also occur in what the template writes after it: "end" in "<|im_end|>")."""
-    start, end = text.find(CONTINUE_START), text.rfind(CONTINUE_END)
-    if start < 0 or end < start:
+def _continue_final(text: str, final: str = "") -> str:
+    """The conversation rendered with the tag after the last message's text (`_mark_final`), cut
+    there so the model continues that text (found by the tag, not by searching for the text, which
+    may also occur in what the template writes after it: "end" in "<|im_end|>"). `final`, the text
+    as sent, must be in what is kept (what transformers checks): a template that drops or rewrites
+    part of it (R1-Distill's drops the think block) leaves nothing the model could continue as sent."""
+    tag = CONTINUE_TAG.rstrip()
+    at = text.rfind(tag)
+    if at < 0:
         raise APIError("continue_final_message needs the last message to have text the chat template keeps",
                        param="messages")
-    return text[:start] + text[start + len(CONTINUE_START): end]
+    trimmed = not text.startswith(CONTINUE_TAG, at)  # the template stripped the message's trailing space
+    kept = text[:at].rstrip() if trimmed else text[:at]
+    if final.strip() not in kept:
+        raise APIError("continue_final_message needs the last message to have text the chat template keeps: "
+                       "this template drops or rewrites part of it", param="messages")
+    return kept
 
 
 def _responses_param(param: str | None) -> str | None:

@@ -47,10 +47,11 @@ class BlockManager:
 
     def admit(self, seq: Sequence, compute_from: int | None = None) -> None:
         """Give a waiting sequence the cached blocks of its longest cached prefix, ending at or
-        before token `compute_from` if given (tokens from there on are computed)."""
+        before token `compute_from` if given (tokens from there on are computed); none for a sequence
+        with `private_blocks`."""
         assert not seq.block_table
         seq.num_computed = seq.num_cached = seq.num_evicted = 0
-        if self.enable_prefix_caching:
+        if self.enable_prefix_caching and not seq.private_blocks:
             self._take_cached_prefix(seq, compute_from)
 
     def _take_cached_prefix(self, seq: Sequence, compute_from: int | None) -> None:
@@ -111,8 +112,8 @@ class BlockManager:
         return block_id
 
     def _register(self, seq: Sequence, num_tokens: int) -> None:
-        if seq.num_evicted:  # its blocks hold the kept entries, no longer the tokens' runs
-            return
+        if seq.num_evicted or seq.private_blocks:  # its blocks hold the kept entries, no longer the tokens' runs;
+            return                                  # or they must stay its own
         bs = self.block_size
         for i in range(seq.num_computed // bs, num_tokens // bs):
             block = self.blocks[seq.block_table[i]]

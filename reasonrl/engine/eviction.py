@@ -91,7 +91,9 @@ class Evictor:
         self.num_evictions = 0  # a preempted sequence is evicted again when it is re-prefilled
         self.num_evicted_tokens = 0  # cache entries dropped, over every eviction so far
         self.num_skipped = 0
+        self.num_redone = 0  # re-prefills that could not compact and were prefilled again in blocks of their own
         self.whole: set[int] = set()  # seq_ids whose eviction was skipped: they keep their prompt whole for good
+        self.evicted: set[int] = set()  # seq_ids evicted once: re-prefilled, they must be evicted again
 
     def applies(self, seq: Sequence) -> bool:
         """The prompt is longer than what eviction keeps, it has not been evicted yet, and its
@@ -150,10 +152,19 @@ class Evictor:
         self.kept.setdefault(seq.seq_id, []).append((k.gather(0, idx), v.gather(0, idx)))
 
     def after_step(self, seq: Sequence) -> None:
-        """Evict the prompt once all of it is computed: its kept entries replace its blocks. When
-        the blocks it frees (those no other sequence shares) and the free ones cannot hold the kept
-        entries, the prompt stays whole (`evictions_skipped`): correct, only not smaller, and for
-        good: re-prefilled after a preemption, it is rebuilt whole again."""
+        """Evict the prompt once all of it is computed: its kept entries replace its blocks.
+
+        When the blocks it frees (those no other sequence shares) and the free ones cannot hold the
+        kept entries:
+        - a sequence that never decoded on an evicted cache keeps its prompt whole
+          (`evictions_skipped`): correct, only not smaller, and for good: re-prefilled after a
+          preemption, it is rebuilt whole again;
+        - a sequence evicted before (re-prefilled after a preemption), or resumed with tokens
+          decoded after its first, must not go on from its whole prompt (its tokens would come from
+          two caches): it lets its blocks go and is prefilled again from its first token, in blocks
+          of its own (`private_blocks`: the prefix cache neither serves nor shares them), which it
+          can always compact (`evictions_redone`). It stays running: the scheduler finds it blocks,
+          or preempts it, as for any prefill."""
         kept = self.kept.pop(seq.seq_id, None)
         if kept is None:
             return
@@ -161,6 +172,15 @@ class Evictor:
         prompt, bs, n = len(seq.prompt_ids), self.blocks.block_size, kept[0][0].shape[0]
         assert len(kept) == self.kv.cfg.num_layers and seq.num_computed == prompt
         if not self.blocks.can_compact(seq, n):
+            if seq.seq_id in self.evicted or seq.num_resumed > 1:
+                # held by it alone, its prompt's blocks (budget + window tokens and more) hold the kept entries
+                assert not seq.private_blocks, "a sequence holding only its own blocks always compacts"
+                assert seq.output_ids  # output still to prefill: this step sampled nothing
+                self.blocks.release(seq)
+                seq.num_cached = 0
+                seq.private_blocks = True
+                self.num_redone += 1
+                return
             self.num_skipped += 1
             self.whole.add(seq.seq_id)
             seq.chunk_boundary = None  # (its reuse_before stays: it only narrows what the prefix cache serves)
@@ -170,14 +190,16 @@ class Evictor:
         for layer, (k, v) in enumerate(kept):
             self.kv.write_entries(layer, slots, k, v, window_q[layer])
         seq.num_evicted = prompt - n
+        self.evicted.add(seq.seq_id)
         self.num_evictions += 1
         self.num_evicted_tokens += prompt - n
 
     def forget(self, seq: Sequence) -> None:
         self.whole.discard(seq.seq_id)
+        self.evicted.discard(seq.seq_id)
         self.window_q.pop(seq.seq_id, None)
         self.kept.pop(seq.seq_id, None)
 
     def stats(self) -> dict[str, int]:
         return {"evictions": self.num_evictions, "kv_evicted_tokens": self.num_evicted_tokens,
-                "evictions_skipped": self.num_skipped}
+                "evictions_skipped": self.num_skipped, "evictions_redone": self.num_redone}

@@ -85,6 +85,9 @@ class Sequence:
         self.num_evicted = 0  # of those, dropped from the cache by token eviction (engine/eviction.py)
         # Constraints an engine feature puts on scheduling (the scheduler knows no feature):
         self.chunk_boundary: int | None = None  # no prefill chunk crosses this token index
+        # its blocks are its own: the prefix cache neither serves its tokens nor takes its blocks (token
+        # eviction's re-prefill, which must compact them: engine/eviction.py)
+        self.private_blocks = False
         # A prompt with images (engine/images.py): the prompt, and what its placeholder tokens hold
         self.mm = None  # MultimodalPrompt: images, M-RoPE positions; None for token ids
         self.content_keys: list[tuple[int, int, bytes]] = []  # (start, stop, key): tokens start..stop-1 hold

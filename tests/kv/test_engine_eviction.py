@@ -251,3 +251,117 @@ def test_generate_cli_takes_the_eviction_flags(tmp_path, tokenizer, capsys, monk
     cfg = engines[0].config
     assert (cfg.evict_budget, cfg.evict_window, cfg.kv_format) == (8, 4, "spark")
     assert engines[0].stats()["evictions"] == 1
+
+
+@pytest.fixture(scope="module")
+def llama_seed0(tmp_path_factory):
+    """A tiny random llama built here with a fixed seed (the workload below was found on these weights)."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                   initializer_range=0.2, tie_word_embeddings=False)
+    path = tmp_path_factory.mktemp("llama_seed0")
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(path)
+    return load_model(path, "cpu", torch.float32)
+
+
+def test_a_preempted_evicted_sample_is_evicted_again_even_when_its_prompt_blocks_are_shared(llama_seed0):
+    """A sample evicted and decoding on its evicted cache is preempted; re-prefilled, its prompt's
+    blocks come from the prefix cache, still held by siblings and by a request sharing the prefix,
+    so its kept entries do not fit. It must not go on from its whole prompt (its later tokens would
+    come from another cache than its earlier ones, neither run's output): it is prefilled again in
+    blocks of its own and evicted. Every sample is the evicted run's, token for token (fp32)."""
+    from reasonrl.engine.kv import get_format
+
+    model, ev = llama_seed0, {"evict_budget": 6, "evict_window": 4}
+    p9 = [72, 172, 139, 174, 93, 40, 101, 6, 99, 127, 74, 168, 211, 121, 180, 225, 157, 62, 146, 4, 173, 163, 29, 185,
+          94, 52, 83, 73, 243, 207, 180]
+    work = [  # (id, prompt, max_tokens, n, arrival step, prompt_logprobs, temperature), found by a fuzzer
+        ("0", p9[:22] + [41, 254, 116, 98, 45, 90, 235, 57, 19], 37, 1, 0, 0, 0.9),
+        ("3", [10, 60, 176, 113, 15, 103, 56, 201, 159, 30, 196, 144, 60, 49, 23, 182, 74, 13, 114, 74, 131, 92, 158,
+               167, 189, 17, 135, 121, 98, 57, 90, 76, 120, 125], 31, 1, 1, 2, 0.9),
+        ("4", [219, 26, 8, 239, 19, 213, 238, 173, 134, 61, 27, 112, 246, 117, 32, 173, 112, 252, 38, 142, 84, 229, 163,
+               146, 45, 253, 182, 230, 17, 146, 47, 133, 212, 25, 106, 159, 111, 175, 156, 124, 126, 159, 102, 142, 11,
+               168, 189, 25, 251, 53, 253], 33, 1, 1, None, 0.9),
+        ("8", p9[:22] + [41, 254, 116, 98], 5, 3, 4, None, 0.9),
+        ("9", p9, 22, 3, 1, 0, 0.0)]
+
+    def params(max_tokens, n, plp, temperature, seed):
+        return SamplingParams(temperature=temperature, max_tokens=max_tokens, ignore_eos=True, n=n, prompt_logprobs=plp,
+                              seed=seed)
+
+    def alone(**cfg):
+        eng = LLMEngine(model, None, EngineConfig(block_size=8, kv_cache_memory=4 << 20, max_num_seqs=16, max_model_len=104,
+                                                  enable_prefix_caching=False, **cfg))
+        eng.add_request("9", p9, params(22, 3, 0, 0.0, 9))
+        return [o.token_ids for o in eng.drain()["9"].outputs]
+
+    evicted, whole = alone(**ev), alone()
+    eng = LLMEngine(model, None, EngineConfig(block_size=8, max_num_seqs=8, max_num_batched_tokens=64, max_model_len=104,
+                                              kv_cache_memory=14 * get_format("dense").bytes_per_block(model.config, 8, model.dtype),
+                                              **ev))
+    pending, step, out = sorted(work, key=lambda w: w[4]), 0, None
+    while pending or eng.has_unfinished():
+        while pending and pending[0][4] <= step:
+            rid, prompt, max_tokens, n, _, plp, temperature = pending.pop(0)
+            eng.add_request(rid, prompt, params(max_tokens, n, plp, temperature, int(rid)))
+        for o in eng.step():
+            if o.request_id == "9" and o.finished:
+                out = [c.token_ids for c in o.outputs]
+        step += 1
+    assert evicted != whole
+    assert out == evicted  # before the fix: samples 1 and 2 went on from their whole prompt after 6-7 tokens
+    stats = eng.stats()
+    assert stats["preemptions"] > 0 and stats["evictions_redone"] > 0 and stats["evictions_skipped"] == 0
+    assert eng.block_manager.num_free == len(eng.block_manager.blocks)  # nothing leaked
+
+
+def test_private_blocks_are_neither_served_nor_shared_by_the_prefix_cache():
+    """A sequence eviction re-prefills in blocks of its own (`private_blocks`) holds only blocks
+    with one reference: it takes no cached prefix and registers none for others."""
+    from reasonrl.engine.block_manager import BlockManager
+    from reasonrl.engine.sequence import Sequence
+
+    blocks, prompt = BlockManager(8, 4), list(range(10, 22))  # 3 full blocks
+    first = Sequence(0, "a", 0, prompt, GREEDY, 0)
+    blocks.admit(first)
+    blocks.append(first, len(prompt))
+    first.num_computed = len(prompt)
+    private = Sequence(1, "a", 1, prompt, GREEDY, 0)
+    private.private_blocks = True
+    blocks.admit(private)
+    assert private.num_cached == 0 and not private.block_table
+    blocks.append(private, len(prompt))
+    private.num_computed = len(prompt)
+    assert all(blocks.blocks[b].ref_count == 1 for b in first.block_table + private.block_table)
+    assert not set(first.block_table) & set(private.block_table)
+    assert blocks.can_compact(private, len(prompt))
+    cached = list(first.block_table)
+    blocks.release(first)  # its blocks stay cached; the private sequence's were never cached
+    later = Sequence(2, "b", 0, prompt + [1], GREEDY, 0)
+    blocks.admit(later)
+    assert later.block_table == cached and later.num_cached == 12
+
+
+def test_a_resumed_sample_whose_kept_entries_do_not_fit_is_prefilled_again_not_kept_whole(qwen2):
+    """A resumed request's earlier tokens (past its first) were decoded on an evicted cache: when its
+    kept entries do not fit at the re-prefill (forced here), it is prefilled again in blocks of its
+    own and evicted, never continued on its whole prompt."""
+    prompt = prompts(1, 40, seed=5)[0]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    expected = run(engine(qwen2), [prompt], params)[0]
+    eng = engine(qwen2)
+    eng.add_request("r", prompt, params)
+    for _ in range(8):
+        eng.step()
+    partial = eng.abort("r").outputs[0]
+    assert 1 < len(partial.token_ids) < 24
+    real, calls = eng.block_manager.can_compact, []
+    eng.block_manager.can_compact = lambda seq, n: bool(calls.append(seq.private_blocks)) or (seq.private_blocks and real(seq, n))
+    eng.add_request("r", prompt, params, output_ids=partial.token_ids, output_logprobs=partial.logprobs)
+    assert eng.drain()["r"].outputs[0].token_ids == expected
+    stats = eng.stats()
+    assert calls == [False, True] and stats["evictions_redone"] == 1 and stats["evictions_skipped"] == 0
+    assert eng.block_manager.num_free == len(eng.block_manager.blocks)

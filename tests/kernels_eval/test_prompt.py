@@ -13,6 +13,9 @@ CODE = "import triton\n\n@triton.jit\ndef k(x):\n    pass\n\ndef add(x, y):\n   
     (f"```py\n{CODE}```", CODE),
     (f"```\n{CODE}```", CODE),
     (f"<think>```python\nwrong = 1\n```</think>\n```python\n{CODE}```", CODE),
+    # the prompt opened the reasoning (Qwen3-Thinking-2507's template, R1-Distill's newer one): a draft in it was graded
+    ("```python\nwrong = 1\n```</think>\nNo kernel this time.", None),
+    (f"```python\nwrong = 1\n```\n</think>\n```python\n{CODE}```", CODE),
     (f"```python\nhelper = 1\n```\n```python\n{CODE}```\n```python\nprint('usage')\n```", CODE),  # the block with add
     (f"```python\n{CODE}", CODE),  # truncated: the fence never closes
     ('{"thought": "tile it", "code": "import triton\\n@triton.jit\\ndef k(x):\\n    pass\\n"}',

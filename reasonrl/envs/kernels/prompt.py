@@ -47,8 +47,13 @@ def extract_code(response: object, entry: str = "") -> str | None:
 
 
 def without_thinking(text: str) -> str:
-    """`text` without its closed <think>...</think> blocks, in linear time (a lazy regex rescans the
-    rest of the text from every unclosed <think>)."""
+    """`text` without its closed <think>...</think> blocks, and without everything up to a first
+    </think> that no <think> opened (the chat template opened it in the prompt: Qwen3-Thinking-2507's,
+    R1-Distill's newer one); in linear time (a lazy regex rescans the rest of the text from every
+    unclosed <think>)."""
+    close = text.find("</think>")
+    if close >= 0 and not 0 <= text.find("<think>") < close:
+        text = text[close + len("</think>"):]
     parts, pos = [], 0
     while (start := text.find("<think>", pos)) >= 0 and (end := text.find("</think>", start + 7)) >= 0:
         parts.append(text[pos:start])

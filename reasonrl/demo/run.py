@@ -41,7 +41,7 @@ def rollout_throughput(cfg: RunConfig, env, policy, tokenizer, ratio: float, ste
     """Rollouts only (no training) from the starting policy, through the same rollout manager the
     trainer uses: response tokens of finished groups per rollout second, and the tail idle fraction."""
     backend = EngineBackend(LLMEngine(policy, tokenizer, cfg.engine))
-    rollout = RolloutManager(backend, env, ChatEncoder(tokenizer, policy),
+    rollout = RolloutManager(backend, env, ChatEncoder(tokenizer, policy, cfg.rollout.chat_template_kwargs),
                              dataclasses.replace(cfg.rollout, over_provision=ratio), cfg.train.seed)
     seconds = tokens = idle = 0.0
     rollout.collect(0, 0)  # warm-up, not counted

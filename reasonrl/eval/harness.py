@@ -61,6 +61,9 @@ class EvalConfig:
     """Which problems (generated sets, or a subset of a file)."""
     chat: bool = True
     """Chat messages (chat template / chat endpoint); --no-chat: their text as a plain prompt (base models)."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Variables for the chat template, locally or sent to the endpoint (enable_thinking=false: Qwen3's
+    non-thinking mode)."""
     concurrency: int = 16
     """Remote: requests in flight."""
     retries: int = 5
@@ -121,6 +124,8 @@ class EvalConfig:
                         PRMConfig.from_dir(getattr(self, name))
                     except (FileNotFoundError, ValueError) as exc:
                         raise ValueError(f"{name}: {exc}") from None
+        if self.chat_template_kwargs and not self.chat:
+            raise ValueError("chat_template_kwargs: --no-chat prompts are not rendered with the chat template")
         if not isinstance(self.bon_trials, int) or self.bon_trials < 1:
             raise ValueError(f"bon_trials must be an integer >= 1, got {self.bon_trials!r}")
         if self.base_url is None and not Path(self.model).is_dir():
@@ -136,7 +141,8 @@ class EvalConfig:
         model = self.model if self.base_url else str(Path(self.model).resolve())
         return {"benchmark": self.benchmark_name, "model": model, "local": self.base_url is None, "chat": self.chat,
                 "temperature": float(self.temperature), "top_p": float(self.top_p), "max_tokens": self.max_tokens,
-                "seed": self.seed, "split": self.split, "data_seed": self.data_seed}
+                "seed": self.seed, "split": self.split, "data_seed": self.data_seed,
+                **({"chat_template_kwargs": self.chat_template_kwargs} if self.chat_template_kwargs else {})}
 
 
 class IncompleteEval(RuntimeError):
@@ -239,8 +245,9 @@ def make_model(cfg: EvalConfig):
         from .local import LocalModel  # imports torch and the engine: not needed for endpoints
 
         return LocalModel(cfg.model, chat=cfg.chat, max_tokens=cfg.max_tokens, temperature=cfg.temperature,
-                          top_p=cfg.top_p, engine_kwargs=cfg.engine_kwargs)
+                          top_p=cfg.top_p, engine_kwargs=cfg.engine_kwargs, template_kwargs=cfg.chat_template_kwargs)
     config = ClientConfig(cfg.base_url, cfg.model, api_key=api_key(cfg.api_key_env), chat=cfg.chat,
+                          chat_template_kwargs=cfg.chat_template_kwargs,
                           concurrency=cfg.concurrency, retries=cfg.retries, backoff=cfg.backoff,
                           timeout=cfg.request_timeout)
     client = OpenAIClient(config, cfg.max_tokens, cfg.temperature, cfg.top_p)

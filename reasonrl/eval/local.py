@@ -23,7 +23,7 @@ Result = tuple[Job, Completion | Failure]
 
 class LocalModel:
     def __init__(self, path: str | Path, *, chat: bool, max_tokens: int, temperature: float, top_p: float,
-                 engine_kwargs: dict | None = None):
+                 engine_kwargs: dict | None = None, template_kwargs: dict | None = None):
         options = dict(engine_kwargs or {})
         device, dtype = options.pop("device", None), options.pop("dtype", None)
         if not Path(path).is_dir():
@@ -35,7 +35,7 @@ class LocalModel:
         if chat and not self.tokenizer.chat_template:
             raise ValueError(f"{path} has no chat template: evaluate it with chat=False (plain-text prompts)")
         self.chat = chat
-        self.encoder = ChatEncoder(self.tokenizer, self.engine.model)  # images too, for a vision-language model
+        self.encoder = ChatEncoder(self.tokenizer, self.engine.model, template_kwargs)  # images too, for a VLM
         self.sampling = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p)
 
     def generate(self, jobs: Sequence[Job]) -> Iterator[list[Result]]:

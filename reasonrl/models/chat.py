@@ -28,8 +28,10 @@ def multimodal(inp: ModelInput) -> MultimodalPrompt | None:
 
 
 class ChatEncoder:
-    def __init__(self, tokenizer: Tokenizer, model: Any = None):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer: Tokenizer, model: Any = None, template_kwargs: dict[str, Any] | None = None):
+        """`template_kwargs`: variables for the chat template ({"enable_thinking": False}: Qwen3's
+        non-thinking mode)."""
+        self.tokenizer, self.template_kwargs = tokenizer, dict(template_kwargs or {})
         self.vlm_config = getattr(model, "vlm_config", None)
         self.image_config = getattr(model, "image_config", None)
 
@@ -40,11 +42,13 @@ class ChatEncoder:
     def __call__(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> ModelInput:
         check_parts(messages)
         if not message_images(messages):
-            return self.tokenizer.apply_chat_template(text_only(messages), add_generation_prompt=add_generation_prompt)
+            return self.tokenizer.apply_chat_template(text_only(messages), add_generation_prompt=add_generation_prompt,
+                                                      **self.template_kwargs)
         if not self.takes_images:
             raise ValueError("these messages hold images, but the model is text-only (use a vision-language "
                              "checkpoint such as Qwen2.5-VL)")
-        return build_prompt(self.tokenizer, messages, self.vlm_config, self.image_config, add_generation_prompt)
+        return build_prompt(self.tokenizer, messages, self.vlm_config, self.image_config, add_generation_prompt,
+                            **self.template_kwargs)
 
 
 PART_TYPES = ("text", "image", "image_url")

@@ -27,9 +27,9 @@ import sys
 import time
 from array import array
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -69,6 +69,8 @@ class SFTConfig:
     """Examples longer than this (prompt + response) are skipped, and counted."""
     chat: bool = True
     """Render string prompts as a user message with the chat template; false: concatenate as they are."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Variables for the chat template ({enable_thinking: false}: Qwen3's non-thinking mode)."""
     freeze_vision: bool = False
     """Vision-language models: keep the vision tower and merger frozen (as LVR and ImageDoctor do)."""
     autocast: Literal["bfloat16", "float16"] | None = None
@@ -106,14 +108,15 @@ def sft_example(prompt: str | list[dict], response: str, encoder: ChatEncoder | 
     inp = encoder(messages)
     prompt_ids, response_ids = token_ids(inp), None
     if multimodal(inp) is None:
-        response_ids = template_turn(tokenizer, text_only(messages), response)
+        response_ids = template_turn(tokenizer, text_only(messages), response, encoder.template_kwargs)
     if response_ids is None:
         response_ids = not_reopened(tokenizer, prompt_ids, tokenizer.encode(response, add_special_tokens=False))
         response_ids += tokenizer.end_of_turn_ids
     return Sample(prompt_ids=prompt_ids, response_ids=response_ids, multimodal=multimodal(inp))
 
 
-def template_turn(tokenizer: Tokenizer, messages: list[dict], response: str) -> list[int] | None:
+def template_turn(tokenizer: Tokenizer, messages: list[dict], response: str, template_kwargs: dict | None = None
+                  ) -> list[int] | None:
     """The ids of the chat template's own rendering of `response` as the assistant's turn after
     `messages`, past the generation prompt, up to and with its end of turn (Qwen3's writes an empty
     <think></think> block before an answer without reasoning: a model fine-tuned on the bare answer
@@ -122,7 +125,8 @@ def template_turn(tokenizer: Tokenizer, messages: list[dict], response: str) -> 
     turn with the end-of-turn token."""
     turn = [*messages, {"role": "assistant", "content": response}]
     try:
-        before, prompt, full = (tokenizer.apply_chat_template(m, add_generation_prompt=g, tokenize=False)
+        before, prompt, full = (tokenizer.apply_chat_template(m, add_generation_prompt=g, tokenize=False,
+                                                              **(template_kwargs or {}))
                                 for m, g in ((messages, False), (messages, True), (turn, False)))
     except Exception:  # noqa: BLE001 - a template that renders no such turn: the response as it is
         return None

@@ -73,7 +73,7 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
                    accept_changes=control.accept_changes, free_keys=FREE_KEYS, console=console,
                    inputs=(run.model, run.data, run.eval_data))  # the model is written at the root
     model, tokenizer = load_model(run.model, run.device, MASTER_DTYPE), Tokenizer.from_dir(run.model)
-    data, held = _data(run, cfg, ChatEncoder(tokenizer, model))  # with the model: a VLM's image parts load
+    data, held = _data(run, cfg, ChatEncoder(tokenizer, model, cfg.chat_template_kwargs))  # with the model: a VLM's image parts load
     trainer = SFTTrainer(model, data, cfg)
     logger = MetricsLogger(out, trainer.steps, console)
     latest = latest_checkpoint(out)

@@ -54,7 +54,9 @@ class Trainer:
             self.update = PolicyUpdate(policy, cfg, tokenizer.pad_token_id)
         self.backend = backend or make_backend(cfg.rollout, cfg.engine.for_checkpoint(cfg.model.path), policy, tokenizer,
                                                 self.run_dir / "sync")
-        self.rollout = RolloutManager(self.backend, env, ChatEncoder(tokenizer, policy), cfg.rollout, cfg.train.seed)
+        self.rollout = RolloutManager(self.backend, env,
+                                      ChatEncoder(tokenizer, policy, cfg.rollout.chat_template_kwargs), cfg.rollout,
+                                      cfg.train.seed)
         self.eval_env = env
         if cfg.env.eval_name is not None:
             from reasonrl.envs.registry import load_environment

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from reasonrl.config import check
 
@@ -24,6 +24,9 @@ class RolloutConfig:
     """Sampling temperature of the rollouts (the trainer's log-probs use the same)."""
     top_p: float = 1.0
     """Nucleus sampling of the rollouts (keep 1.0 for RL: the log-probs are of the full distribution)."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Variables for the chat template in rollouts and evaluation ({enable_thinking: false}: Qwen3's
+    non-thinking mode)."""
     dynamic_sampling: bool = False
     """DAPO: drop groups whose rewards are all equal and launch more until N groups remain."""
     max_groups_per_step: int = 0

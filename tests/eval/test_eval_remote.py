@@ -168,3 +168,17 @@ def test_progress_line_on_stderr_and_off(solutions, tmp_path, capsys):
         assert capsys.readouterr().err == ""
     finally:
         server.stop()
+
+
+def test_chat_template_variables_are_sent_and_bind_the_run(solutions, tmp_path):
+    """`--chat-template-kwargs enable_thinking=false` (Qwen3's non-thinking mode) had no way to reach the endpoint."""
+    server = FakeServer(oracle(solutions))
+    try:
+        run_eval("ttt:all", model="fake", base_url=server.url, out=tmp_path, n=1, limit=2,
+                 chat_template_kwargs={"enable_thinking": False}, **FAST)
+    finally:
+        server.stop()
+    assert [b["chat_template_kwargs"] for b in server.requests] == [{"enable_thinking": False}] * 2
+    with pytest.raises(ValueError, match="chat_template_kwargs: --no-chat prompts"):
+        run_eval("ttt:all", model="fake", base_url=server.url, out=tmp_path / "plain", chat=False,
+                 chat_template_kwargs={"enable_thinking": False}, **FAST)

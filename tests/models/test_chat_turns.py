@@ -29,7 +29,9 @@ QWEN3 = (
     " + content.lstrip('\\n') }}"
     "{%- else %}{{- '<|im_start|>' + message.role + '\\n' + content }}{%- endif %}"
     "{{- '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}")
 # DeepSeek-R1-Distill's newer one: assistant turns lose their reasoning; the generation prompt opens <think>
 R1 = ("{% for message in messages %}{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] }}"
       "{% elif message['role'] == 'assistant' %}{% set content = message['content'] %}"
@@ -85,3 +87,28 @@ def test_a_trace_is_not_reopened_after_a_prompt_that_opened_it(base):
     assert target(tok, "What is 2+2?", "<think>\nadd them\n</think>\n\nThe answer is 4.") == \
         "add them\n</think>\n\nThe answer is 4.<|im_end|>"
     assert target(tok, "What is 2+2?", "The answer is 4.") == "The answer is 4.<|im_end|>"
+
+
+def test_template_variables_reach_the_prompt_and_the_trained_turn(base, tmp_path):
+    """Qwen3's non-thinking mode ({enable_thinking: false}) could not be asked for in rollouts, SFT or eval."""
+    from reasonrl.envs.letter import LetterEnvironment
+    from reasonrl.models import load_model
+    from reasonrl.models.tiny import make_checkpoint
+    from reasonrl.rl.config import load_config
+    from reasonrl.rl.trainer import Trainer
+
+    tok, off = with_template(base, QWEN3), {"enable_thinking": False}
+    chat = [{"role": "user", "content": "What is 2+2?"}]
+    rendered = tok.decode(ChatEncoder(tok, template_kwargs=off)(chat), skip_special_tokens=False)
+    assert rendered.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    example = sft_example(chat, "The answer is 4.", ChatEncoder(tok, template_kwargs=off))
+    assert tok.decode(example.response_ids, skip_special_tokens=False) == "The answer is 4.<|im_end|>"
+
+    ckpt = make_checkpoint(tmp_path / "policy", "qwen2", tok, hidden_size=32, num_layers=1)
+    cfg = load_config(None, {"model.path": str(ckpt), "train.run_dir": str(tmp_path / "run"), "env.name": "letter",
+                             "engine.kv_cache_memory": 1 << 22, "rollout.chat_template_kwargs": off})
+    trainer = Trainer(cfg, LetterEnvironment(), load_model(ckpt), tok, console=False)
+    try:
+        assert tok.decode(trainer.rollout.encoder(chat), skip_special_tokens=False) == rendered
+    finally:
+        trainer.close()

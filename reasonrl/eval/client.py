@@ -199,6 +199,10 @@ class OpenAIClient:
             data = r.json()
             choice = data["choices"][0]
             text = (choice["message"].get("content") if self.config.chat else choice["text"]) or ""
+            reasoning = choice["message"].get("reasoning_content", choice["message"].get("reasoning")) \
+                if self.config.chat else None
+            if isinstance(reasoning, str) and reasoning and isinstance(text, str):
+                text = f"<think>{reasoning}</think>{text}"  # what a server's reasoning parser split off, put back
             usage = data.get("usage") or {}
             tokens, prompt_tokens = usage.get("completion_tokens"), usage.get("prompt_tokens")
             if not isinstance(text, str):

@@ -1,6 +1,7 @@
 """A fake OpenAI-compatible endpoint for the eval tests: FastAPI + uvicorn in a thread, 127.0.0.1, port 0.
 
-`reply(body, attempt)` decides each answer: a string (HTTP 200 with that text), or (status, message).
+`reply(body, attempt)` decides each answer: a string (HTTP 200 with that text), a dict (the chat
+message's fields: content, reasoning_content, ...), or (status, message).
 `attempt` counts earlier requests with the same (problem text, seed), so a test can fail the first
 tries of every sample. Every request body is kept in `requests`, the ones answered 200 in `served`.
 """
@@ -76,11 +77,12 @@ class FakeServer:
         with self.lock:
             self.served.append(body)
         choice = {"index": 0, "finish_reason": "stop"}
-        choice.update({"message": {"role": "assistant", "content": out}} if chat else {"text": out})
+        message = out if isinstance(out, dict) else {"content": out}
+        choice.update({"message": {"role": "assistant", **message}} if chat else {"text": out})
         data = {"id": "x", "object": "chat.completion" if chat else "text_completion", "model": self.model,
                 "choices": [choice]}
         if self.usage:
-            data["usage"] = {"prompt_tokens": 1, "completion_tokens": len(out.split()), "total_tokens": 1}
+            data["usage"] = {"prompt_tokens": 1, "completion_tokens": len(str(message).split()), "total_tokens": 1}
         return data
 
     def stop(self) -> None:

@@ -182,3 +182,19 @@ def test_chat_template_variables_are_sent_and_bind_the_run(solutions, tmp_path):
     with pytest.raises(ValueError, match="chat_template_kwargs: --no-chat prompts"):
         run_eval("ttt:all", model="fake", base_url=server.url, out=tmp_path / "plain", chat=False,
                  chat_template_kwargs={"enable_thinking": False}, **FAST)
+
+
+def test_reasoning_a_server_split_off_is_put_back_before_the_answer(tmp_path):
+    """Behind a server with a reasoning parser (vLLM's --reasoning-parser), the reasoning came back in
+    reasoning_content and was dropped: a benchmark scoring after </think> scored every sample 0."""
+    rows = [{"id": "q1", "question": "2 + 2?", "answer": "4"}]
+    data = tmp_path / "q.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    server = FakeServer(lambda body, attempt: {"reasoning_content": "add them", "content": "\\boxed{4}"})
+    try:
+        summary = run_eval(f"jsonl:{data}?prompt=question&think=</think>", model="fake", base_url=server.url,
+                           out=tmp_path / "run", n=1, **FAST)
+    finally:
+        server.stop()
+    assert summary["pass@1"] == 1.0
+    assert read_rows(tmp_path / "run")[0]["response"] == "<think>add them</think>\\boxed{4}"

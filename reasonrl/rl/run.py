@@ -13,6 +13,7 @@ the run reads (its starting model, its data).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -93,9 +94,13 @@ def _refuse_if_busy(run_dir: Path) -> None:
 
 def _claim(run_dir: Path) -> None:
     """Mark the run directory as this process's (its pid and start time: a claim outlives a killed
-    process only until that pid is seen to be gone)."""
-    _refuse_if_busy(run_dir)
-    (run_dir / CLAIM_FILE).write_text(f"{os.getpid()} {_started(os.getpid())}\n")
+    process only until that pid is seen to be gone). Check and write hold a lock on the claim file,
+    so of two processes claiming at once the second sees the first's claim."""
+    with open(run_dir / CLAIM_FILE, "a+") as claim:
+        fcntl.flock(claim, fcntl.LOCK_EX)  # (released when the file closes)
+        _refuse_if_busy(run_dir)
+        claim.truncate(0)
+        claim.write(f"{os.getpid()} {_started(os.getpid())}\n")
 
 
 def _holder(claim: Path) -> int | None:

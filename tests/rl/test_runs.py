@@ -532,3 +532,25 @@ def test_rl_and_sft_update_float32_master_weights_where_loading_keeps_the_checkp
                                         "train.run_dir": str(tmp_path / "bf16")})
     with pytest.warns(UserWarning, match="model.dtype bfloat16: the optimizer updates bfloat16 weights"):
         assert main(["train", str(path)]) == 0  # asked for: done, and warned about
+
+
+def test_of_two_processes_claiming_a_run_directory_at_once_the_second_is_refused(tmp_path):
+    """The claim was checked, then written: two reruns started together could both see no claim and both run."""
+    import fcntl
+
+    run = tmp_path / "run"
+    run.mkdir()
+    script = ("import sys; from pathlib import Path; from reasonrl.rl.run import _claim, RunMismatch\n"
+              "print('ready', flush=True)\n"
+              "try:\n    _claim(Path(sys.argv[1])); print('claimed')\n"
+              "except RunMismatch as exc:\n    print('refused', exc)\n")
+    with open(run / ".claim", "a+") as claim:
+        fcntl.flock(claim, fcntl.LOCK_EX)  # this process is between its check and its write
+        other = subprocess.Popen([sys.executable, "-c", script, str(run)], stdout=subprocess.PIPE, text=True)
+        assert other.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # the other claims now: it must wait for this claim, not go ahead of it
+        started = open(f"/proc/{os.getpid()}/stat").read().rsplit(")", 1)[1].split()[19]
+        claim.write(f"{os.getpid()} {started}\n")
+        claim.flush()
+    out = other.communicate(timeout=60)[0]
+    assert out.startswith(f"refused {run} is in use by another process (pid {os.getpid()})"), out

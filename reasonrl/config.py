@@ -44,6 +44,20 @@ def check(ok: bool, key: str, message: str) -> None:
         raise ValueError(f"{key}: {message}")
 
 
+RENDER_ARGUMENTS = frozenset({"messages", "add_generation_prompt", "tokenize", "bos_token", "eos_token"})
+"""What the renderer sets itself: chat template variables may not."""
+
+
+def check_template_kwargs(kwargs: Any, where: str) -> dict:
+    """`kwargs` as chat template variables, or a ValueError naming `where`."""
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ValueError(f"{where} must be a mapping of template variable names to values, got {kwargs!r}")
+    taken = sorted(set(kwargs) & RENDER_ARGUMENTS)
+    if taken:
+        raise ValueError(f"{where} may not set {', '.join(taken)} (the renderer sets them)")
+    return dict(kwargs)
+
+
 def positive_ints(obj, names: tuple[str, ...], prefix: str) -> None:
     """ValueError(f"{prefix}{name} must be a positive integer, got ...") for the first of `names` on
     `obj` that is not an int >= 1 (True is not 1 here)."""

@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from reasonrl.config import RENDER_ARGUMENTS
 from reasonrl.engine.output_constraints import GUIDED, NamedToolChoice, Tool, structured_output
 from reasonrl.engine.sampling_params import INT64_MAX, ParamError, SamplingParams
 from reasonrl.engine.structured import StructuredOutput
@@ -268,9 +269,6 @@ class ChatRequest(_Common):
             name = self.tool_choice.function.name if isinstance(self.tool_choice, NamedToolChoice) else None
             return call_constraint([t.function.model_dump() for t in self.tools], name, self.parallel_tool_calls)
         return super().structured()
-
-
-RENDER_ARGUMENTS = {"messages", "add_generation_prompt", "tokenize", "bos_token", "eos_token"}
 
 
 class AbortRequest(BaseModel):

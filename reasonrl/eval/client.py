@@ -23,7 +23,7 @@ import logging
 import queue
 import random
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 from urllib.parse import urlsplit
 
@@ -48,7 +48,6 @@ class ClientConfig:
     model: str
     api_key: str | None = None
     chat: bool = True  # POST /chat/completions with the messages; else /completions with their text
-    chat_template_kwargs: dict = field(default_factory=dict)  # sent with chat requests (vLLM's and our server's)
     concurrency: int = 16  # requests in flight at most
     retries: int = 5  # further attempts after a retryable failure
     backoff: float = 0.5  # seconds before the first retry; doubles per attempt
@@ -190,8 +189,7 @@ class OpenAIClient:
     def _body(self, job: Job) -> tuple[str, dict]:
         body = {"model": self.config.model, **self.sampling, "seed": job.seed}
         if self.config.chat:
-            kwargs = {"chat_template_kwargs": self.config.chat_template_kwargs} if self.config.chat_template_kwargs else {}
-            return f"{self.root}/chat/completions", {**body, "messages": openai_messages(job.prompt.messages), **kwargs}
+            return f"{self.root}/chat/completions", {**body, "messages": openai_messages(job.prompt.messages)}
         return f"{self.root}/completions", {**body, "prompt": render_text(job.prompt.messages)}
 
     def _parse(self, r: httpx.Response) -> Completion | Failure:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from reasonrl.config import check_template_kwargs
 from reasonrl.envs.base import Environment, Prompt
 from reasonrl.envs.registry import load_environment
 
@@ -126,6 +127,7 @@ class EvalConfig:
                         raise ValueError(f"{name}: {exc}") from None
         if self.chat_template_kwargs and not self.chat:
             raise ValueError("chat_template_kwargs: --no-chat prompts are not rendered with the chat template")
+        check_template_kwargs(self.chat_template_kwargs, "chat_template_kwargs")
         if not isinstance(self.bon_trials, int) or self.bon_trials < 1:
             raise ValueError(f"bon_trials must be an integer >= 1, got {self.bon_trials!r}")
         if self.base_url is None and not Path(self.model).is_dir():
@@ -247,10 +249,10 @@ def make_model(cfg: EvalConfig):
         return LocalModel(cfg.model, chat=cfg.chat, max_tokens=cfg.max_tokens, temperature=cfg.temperature,
                           top_p=cfg.top_p, engine_kwargs=cfg.engine_kwargs, template_kwargs=cfg.chat_template_kwargs)
     config = ClientConfig(cfg.base_url, cfg.model, api_key=api_key(cfg.api_key_env), chat=cfg.chat,
-                          chat_template_kwargs=cfg.chat_template_kwargs,
                           concurrency=cfg.concurrency, retries=cfg.retries, backoff=cfg.backoff,
                           timeout=cfg.request_timeout)
-    client = OpenAIClient(config, cfg.max_tokens, cfg.temperature, cfg.top_p)
+    template = {"chat_template_kwargs": cfg.chat_template_kwargs} if cfg.chat_template_kwargs else None
+    client = OpenAIClient(config, cfg.max_tokens, cfg.temperature, cfg.top_p, extra_body=template)
     client.probe()
     return client
 

@@ -10,8 +10,11 @@ forward take either form; `token_ids` gives the ids of both.
 
 from __future__ import annotations
 
+import functools
+import re
 from typing import Any
 
+from reasonrl.config import check_template_kwargs
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt, build_prompt, content_parts, message_images
 from reasonrl.models.tokenizer import Tokenizer
 
@@ -31,7 +34,8 @@ class ChatEncoder:
     def __init__(self, tokenizer: Tokenizer, model: Any = None, template_kwargs: dict[str, Any] | None = None):
         """`template_kwargs`: variables for the chat template ({"enable_thinking": False}: Qwen3's
         non-thinking mode)."""
-        self.tokenizer, self.template_kwargs = tokenizer, dict(template_kwargs or {})
+        self.tokenizer = tokenizer
+        self.template_kwargs = check_template_kwargs(template_kwargs or {}, "chat_template_kwargs")
         self.vlm_config = getattr(model, "vlm_config", None)
         self.image_config = getattr(model, "image_config", None)
 
@@ -41,6 +45,7 @@ class ChatEncoder:
 
     def __call__(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> ModelInput:
         check_parts(messages)
+        messages = developer_as_system(messages, self.tokenizer)
         if not message_images(messages):
             return self.tokenizer.apply_chat_template(text_only(messages), add_generation_prompt=add_generation_prompt,
                                                       **self.template_kwargs)
@@ -52,6 +57,22 @@ class ChatEncoder:
 
 
 PART_TYPES = ("text", "image", "image_url")
+
+
+def developer_as_system(messages: list[dict[str, Any]], tokenizer: Tokenizer) -> list[dict[str, Any]]:
+    """OpenAI's `developer` role (its newer name for instructions from whoever builds on the API) as
+    `system`, where the chat template does not name the role: Qwen's drop such a message, Llama's
+    write it under a header the model never saw (vLLM does the same)."""
+    if not any(isinstance(m, dict) and m.get("role") == "developer" for m in messages) or _names_developer(
+            tokenizer.chat_template, *tokenizer.named_templates.values()):
+        return messages
+    return [{**m, "role": "system"} if isinstance(m, dict) and m.get("role") == "developer" else m for m in messages]
+
+
+@functools.lru_cache(maxsize=16)
+def _names_developer(*templates: str | None) -> bool:
+    """Whether a template compares a role with the string 'developer' (gpt-oss's does)."""
+    return any(isinstance(t, str) and re.search(r"""['"]developer['"]""", t) for t in templates)
 
 
 def text_only(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

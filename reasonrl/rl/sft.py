@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import torch
 
-from reasonrl.config import check
+from reasonrl.config import check, check_template_kwargs
 from reasonrl.eval.store import jsonl_lines
 from reasonrl.models.chat import ChatEncoder, multimodal, text_only, token_ids
 from reasonrl.models.model import DecoderLM
@@ -80,6 +80,7 @@ class SFTConfig:
 
     def __post_init__(self):
         check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        check_template_kwargs(self.chat_template_kwargs, "chat_template_kwargs")
         for name in ("samples_per_step", "max_tokens_per_microbatch", "max_len"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         try:  # lr, weight decay, betas, clip and warm-up, checked as the RL run's are
@@ -94,7 +95,13 @@ class SFTConfig:
                             max_tokens_per_microbatch=self.max_tokens_per_microbatch)
 
 
-def sft_example(prompt: str | list[dict], response: str, encoder: ChatEncoder | Tokenizer, chat: bool = True) -> Sample:
+Turn = Literal["template", "response"]
+"""What an example trains on after its prompt: the assistant turn the chat template writes for the
+response (`template_turn`), or the response as given (how runs started before that were trained)."""
+
+
+def sft_example(prompt: str | list[dict], response: str, encoder: ChatEncoder | Tokenizer, chat: bool = True,
+                turn: Turn = "template") -> Sample:
     """One example as a sample: the prompt (a string, or chat messages, images included for a VLM)
     through the chat template with its generation prompt, or encoded as it is when not `chat`; the
     response ends with the template's end of turn where generation stops on it, else with EOS."""
@@ -106,11 +113,12 @@ def sft_example(prompt: str | list[dict], response: str, encoder: ChatEncoder | 
         return Sample(prompt_ids=prompt_ids, response_ids=response_ids)
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
     inp = encoder(messages)
-    prompt_ids, response_ids = token_ids(inp), None
-    if multimodal(inp) is None:
-        response_ids = template_turn(tokenizer, text_only(messages), response, encoder.template_kwargs)
-    if response_ids is None:
-        response_ids = not_reopened(tokenizer, prompt_ids, tokenizer.encode(response, add_special_tokens=False))
+    prompt_ids, response_ids = token_ids(inp), tokenizer.encode(response, add_special_tokens=False)
+    if turn == "template":
+        turn_ids = template_turn(tokenizer, text_only(messages), response, encoder.template_kwargs) \
+            if multimodal(inp) is None else None
+        response_ids = turn_ids or not_reopened(tokenizer, prompt_ids, response_ids) + tokenizer.end_of_turn_ids
+    else:
         response_ids += tokenizer.end_of_turn_ids
     return Sample(prompt_ids=prompt_ids, response_ids=response_ids, multimodal=multimodal(inp))
 
@@ -165,8 +173,8 @@ def _local(path: str, base: Path) -> str:
     return path if path.startswith("data:") or REMOTE.match(path) else str(base / path)
 
 
-def load_sft_data(path: str | Path, encoder: ChatEncoder | Tokenizer, chat: bool = True, max_len: int = 2048
-                  ) -> list[Sample]:
+def load_sft_data(path: str | Path, encoder: ChatEncoder | Tokenizer, chat: bool = True, max_len: int = 2048,
+                  turn: Turn = "template") -> list[Sample]:
     """Examples as samples (prompt ids and images, response ids); bad lines raise naming file and line."""
     path = Path(path)
     if not path.is_file():
@@ -187,7 +195,7 @@ def load_sft_data(path: str | Path, encoder: ChatEncoder | Tokenizer, chat: bool
             raise ValueError(f"{path}:{n}: a chat prompt is a list of messages, each with a string 'role' and a "
                              "'content' (a string, or a list of parts; null with 'tool_calls')")
         try:
-            sample = sft_example(_resolve_images(prompt, path.parent), response, encoder, chat)
+            sample = sft_example(_resolve_images(prompt, path.parent), response, encoder, chat, turn)
         except (ValueError, TypeError, OSError) as exc:  # an unreadable image, images for a text model, a template
             raise ValueError(f"{path}:{n}: {exc}") from None
         if not sample.prompt_ids:  # (chat=False): the first response token would have nothing to follow
@@ -241,8 +249,9 @@ def example_images(model: DecoderLM, sample: Sample) -> MultimodalPrompt | None:
 class SFTTrainer:
     """The SFT loop's state: model, optimizer and schedule, the data order. `step()` runs one step."""
 
-    def __init__(self, model: DecoderLM, data: list[Sample], cfg: SFTConfig):
-        self.model, self.data, self.cfg = model, data, cfg
+    def __init__(self, model: DecoderLM, data: list[Sample], cfg: SFTConfig, turn: Turn = "template"):
+        """`turn`: what the examples of `data` train on (sft_example), saved with the state."""
+        self.model, self.data, self.cfg, self.turn = model, data, cfg, turn
         self.steps = max(1, math.ceil(len(data) * cfg.epochs / cfg.samples_per_step))
         if cfg.freeze_vision:
             freeze_vision(model)
@@ -327,7 +336,7 @@ class SFTTrainer:
     def state_dict(self) -> dict:
         return {"step": self.step_count, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "rng": self.rng.getstate(), "order": self.order,
-                "data": self.data_key}
+                "data": self.data_key, "turn": self.turn}
 
     def load_state_dict(self, state: dict) -> None:
         """ValueError when the run was trained on other data: its saved order indexes that data (a

@@ -73,12 +73,18 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
                    accept_changes=control.accept_changes, free_keys=FREE_KEYS, console=console,
                    inputs=(run.model, run.data, run.eval_data))  # the model is written at the root
     model, tokenizer = load_model(run.model, run.device, MASTER_DTYPE), Tokenizer.from_dir(run.model)
-    data, held = _data(run, cfg, ChatEncoder(tokenizer, model, cfg.chat_template_kwargs))  # with the model: a VLM's image parts load
-    trainer = SFTTrainer(model, data, cfg)
-    logger = MetricsLogger(out, trainer.steps, console)
     latest = latest_checkpoint(out)
-    if latest is not None:
-        trainer.load_state_dict(load_checkpoint(latest, model)["sft"])
+    state = load_checkpoint(latest, model)["sft"] if latest is not None else None
+    turn = state.get("turn", "response") if state else "template"  # a run goes on training what it started on
+    if turn != "template":
+        say(f"{out} was started before SFT trained the chat template's own assistant turn: it goes on training "
+            "the responses as given")
+    encoder = ChatEncoder(tokenizer, model, cfg.chat_template_kwargs)  # with the model: a VLM's image parts load
+    data, held = _data(run, cfg, encoder, turn)
+    trainer = SFTTrainer(model, data, cfg, turn)
+    logger = MetricsLogger(out, trainer.steps, console)
+    if state is not None:
+        trainer.load_state_dict(state)
         logger.truncate_after(trainer.step_count)
     else:
         logger.truncate_after(-1)
@@ -118,11 +124,11 @@ def _loop(trainer: SFTTrainer, held, run: SFTRun, logger: MetricsLogger, tokeniz
             save_checkpoint(out, step, trainer.model, tokenizer, {"sft": trainer.state_dict()}, run.keep_checkpoints)
 
 
-def _data(run: SFTRun, cfg: SFTConfig, encoder):
+def _data(run: SFTRun, cfg: SFTConfig, encoder, turn):
     """(training examples, held-out examples)."""
-    data = load_sft_data(run.data, encoder, cfg.chat, cfg.max_len)
+    data = load_sft_data(run.data, encoder, cfg.chat, cfg.max_len, turn)
     if run.eval_data:
-        return data, load_sft_data(run.eval_data, encoder, cfg.chat, cfg.max_len)
+        return data, load_sft_data(run.eval_data, encoder, cfg.chat, cfg.max_len, turn)
     if not run.eval_fraction:
         return data, []
     order = list(range(len(data)))

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from reasonrl.config import check
+from reasonrl.config import check, check_template_kwargs
 
 
 @dataclass(slots=True)
@@ -47,6 +47,10 @@ class RolloutConfig:
     aborting are administrative); unset, REASONRL_API_KEY is used; neither set: no key is sent."""
 
     def __post_init__(self):
+        try:
+            check_template_kwargs(self.chat_template_kwargs, "chat_template_kwargs")
+        except ValueError as exc:
+            check(False, "rollout.chat_template_kwargs", str(exc).removeprefix("chat_template_kwargs "))
         check(self.prompts_per_step >= 1, "rollout.prompts_per_step", f"must be >= 1, got {self.prompts_per_step}")
         check(self.samples_per_prompt >= 1, "rollout.samples_per_prompt", f"must be >= 1, got {self.samples_per_prompt}")
         check(self.over_provision >= 1.0, "rollout.over_provision",

@@ -251,7 +251,9 @@ def test_continue_final_message_renders_what_transformers_does(tokenizer):
              (QWEN3_STYLE, "The answer is ", QWEN_HEAD + "<think>\n\n</think>\n\nThe answer is "),  # not trimmed: kept
              (LLAMA31_STYLE, "The answer is ", LLAMA_HEAD + "The answer is"),
              (LLAMA31_STYLE, "The answer is\n\n", LLAMA_HEAD + "The answer is"),
-             (LLAMA31_STYLE, "The answer is", LLAMA_HEAD + "The answer is")]
+             (LLAMA31_STYLE, "The answer is", LLAMA_HEAD + "The answer is"),
+             # nothing of the message survives the trim: what the template wrote before it stays
+             (LLAMA31_STYLE, "", LLAMA_HEAD), (LLAMA31_STYLE, "\n", LLAMA_HEAD)]
     for template, partial, expected in cases:
         body = {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": partial}],
                 "add_generation_prompt": False, "continue_final_message": True, "max_tokens": 4}

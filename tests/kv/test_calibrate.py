@@ -114,10 +114,11 @@ def test_a_profile_keeps_the_group_its_bits_were_searched_with(tmp_path, model):
                                             kv_options={"profile": str(path), "group_size": 16}))
     old = json.loads(path.read_text())
     del old["group_size"]
-    path.write_text(json.dumps(old))  # a profile saved before the group was recorded: the head size, as then
-    engine = LLMEngine(model, None, EngineConfig(kv_cache_memory=1 << 23, kv_format="tada", max_num_seqs=8,
-                                                 kv_options={"profile": str(path)}))
-    assert engine.kv.group_size == 16
+    path.write_text(json.dumps(old))  # a profile saved before the group was recorded: the option, or head_dim, as then
+    for options, group in (({}, 16), ({"group_size": 8}, 8)):
+        engine = LLMEngine(model, None, EngineConfig(kv_cache_memory=1 << 23, kv_format="tada", max_num_seqs=8,
+                                                     kv_options={"profile": str(path), **options}))
+        assert engine.kv.group_size == group
 
 
 def test_a_training_run_finds_a_profile_named_next_to_its_policy(tmp_path, tokenizer):

@@ -112,3 +112,66 @@ def test_template_variables_reach_the_prompt_and_the_trained_turn(base, tmp_path
         assert tok.decode(trainer.rollout.encoder(chat), skip_special_tokens=False) == rendered
     finally:
         trainer.close()
+
+
+def test_a_developer_message_renders_as_system_everywhere(base, tmp_path):
+    """The server rendered OpenAI's developer role as system; SFT, local eval and LLM.chat dropped it (Qwen's
+    templates render only the roles they know), so one checkpoint got two prompts."""
+    tok = with_template(base, QWEN3)
+    developer = [{"role": "developer", "content": "Answer in French."}, {"role": "user", "content": "What is 2+2?"}]
+    system = [{**developer[0], "role": "system"}, developer[1]]
+    assert ChatEncoder(tok)(developer) == ChatEncoder(tok)(system)
+    assert "Answer in French." in tok.decode(sft_example(developer, "4", tok).prompt_ids, skip_special_tokens=False)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"add_generation_prompt": False}, "may not set add_generation_prompt"),
+                                             ({"tokenize": False}, "may not set tokenize"),
+                                             ("enable_thinking", "must be a mapping")])
+def test_template_variables_the_renderer_sets_are_refused_by_name(kwargs, message, tmp_path):
+    """rollout.chat_template_kwargs {add_generation_prompt: false} loaded the model, then failed with a
+    TypeError traceback ({tokenize: false}: "prompt must be a list of token ids")."""
+    from reasonrl.eval.harness import EvalConfig
+    from reasonrl.rl.config import load_config
+    from reasonrl.rl.sft import SFTConfig
+
+    with pytest.raises(ValueError, match="rollout.chat_template_kwargs: " + (".*" + message if kwargs != "enable_thinking"
+                                                                            else "expected dict")):
+        load_config(None, {"model.path": "x", "rollout.chat_template_kwargs": kwargs})
+    with pytest.raises(ValueError, match=message):
+        SFTConfig(chat_template_kwargs=kwargs)
+    with pytest.raises(ValueError, match=message):
+        EvalConfig(benchmark="ttt:all", model="m", out=tmp_path, base_url="http://127.0.0.1:1/v1",
+                   chat_template_kwargs=kwargs)
+
+
+def test_an_sft_run_started_on_the_responses_as_given_resumes_on_them(base, tmp_path, capsys):
+    """Runs saved before SFT trained the template's turn fingerprinted other targets: on Qwen3's template a
+    resume was refused as "not the data this run was trained on", and --overwrite lost the run."""
+    import json
+
+    import torch
+
+    from reasonrl.cli import main
+    from reasonrl.models.tiny import make_checkpoint
+    from reasonrl.rl.checkpoint import latest_checkpoint
+    from reasonrl.rl.sft import data_fingerprint
+
+    tok = with_template(base, QWEN3)
+    ckpt = make_checkpoint(tmp_path / "base", "qwen2", tok, hidden_size=32, num_layers=1)
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "What is 2+2?", "response": "The answer is 4."}) + "\n"
+                            for _ in range(8)))
+    args = ["sft", "--model", str(ckpt), "--data", str(data), "--out", str(tmp_path / "run"), "--samples-per-step", "4",
+            "--save-every", "1"]
+    assert main([*args, "--epochs", "1"]) == 0
+    state_file = latest_checkpoint(tmp_path / "run") / "trainer_state.pt"
+    state = torch.load(state_file, weights_only=False)
+    assert state["sft"]["turn"] == "template"
+    del state["sft"]["turn"]  # as such a run saved it: its fingerprint of the responses as given
+    state["sft"]["data"] = data_fingerprint(load_sft_data(data, tok, turn="response"))
+    torch.save(state, state_file)
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2", "--accept-changes"]) == 0
+    assert "it goes on training the responses as given" in capsys.readouterr().err
+    assert torch.load(latest_checkpoint(tmp_path / "run") / "trainer_state.pt", weights_only=False)["sft"]["turn"] == \
+        "response"

@@ -65,11 +65,11 @@ class TadaKV(QuantizedKV):
         if profile is not None:
             from reasonrl.engine.kv.calibrate import profile_group_size
 
-            searched = profile_group_size(profile) or cfg.head_dim  # (a profile saved before the group was recorded)
-            if group_size is not None and group_size != searched:
+            searched = profile_group_size(profile)  # None: saved before the group was recorded: as then
+            if None not in (searched, group_size) and group_size != searched:
                 raise ValueError(f"kv_format {cls.name!r}: option group_size {group_size!r}, but profile {profile} was "
                                  f"searched with group size {searched}; drop the option or search a profile with it")
-            group_size = searched
+            group_size = group_size if searched is None else searched
         return check_group(cls.name, cfg.head_dim if group_size is None else group_size, cfg.head_dim)
 
     @classmethod

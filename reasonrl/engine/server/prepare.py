@@ -20,6 +20,7 @@ from reasonrl.engine.server.config import ServeConfig
 from reasonrl.engine.server.errors import APIError, validation_error
 from reasonrl.engine.server.images import ChatImages
 from reasonrl.engine.server.intake import parse_json
+from reasonrl.models.chat import developer_as_system
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 from reasonrl.models.tokenizer import Tokenizer
 
@@ -59,10 +60,6 @@ class Preparer:
         # no text longer than this can fit the context, whatever it says: refuse it untokenised
         longest = max((len(t) for t in tokenizer.tok.get_vocab(with_added_tokens=True)), default=1) if tokenizer else 1
         self.max_chars = max_model_len * longest * NORMALISED_SHRINK
-        # a template that names the `developer` role renders it itself; any other gets it as `system`
-        templates = ([tokenizer.chat_template or "", *getattr(tokenizer, "named_templates", {}).values()]
-                     if tokenizer else [])
-        self._knows_developer = any("developer" in t for t in templates if isinstance(t, str))
 
     def completion(self, raw: bytes) -> Job:
         body = self._validate(raw, CompletionRequest)
@@ -159,8 +156,7 @@ class Preparer:
                             for m in body.messages]
             tools = {"tools": [t.model_dump(exclude_none=True, exclude=set(t.model_extra or ())) for t in body.tools]
                      } if body.tools else {}  # (a tool's unknown fields ignored)
-            if not self._knows_developer:
-                messages = [_developer_as_system(m) for m in messages]
+            messages = developer_as_system(messages, self.tokenizer)
             final = ""
             if body.continue_final_message:
                 last, final = _mark_final(messages[-1])
@@ -224,13 +220,6 @@ def _template_message(message: dict) -> dict:
     return {**message, "tool_calls": out}
 
 
-def _developer_as_system(message: dict) -> dict:
-    """OpenAI's `developer` role is its newer name for the system role (instructions from whoever
-    builds on the API). Chat templates that do not name it drop such a message (Qwen's) or write it
-    under a header the model never saw (Llama's), so it is rendered as `system`, as vLLM does."""
-    return {**message, "role": "system"} if message.get("role") == "developer" else message
-
-
 # Where the last message's text ends: private-use characters, then a space. The rendering is cut
 # there; a template that trims the message (Llama's `| trim`) also drops that space, and the text
 # before the tag then loses its trailing whitespace too. transformers' `continue_final_message`
@@ -265,8 +254,9 @@ def _continue_final(text: str, final: str = "") -> str:
     if at < 0:
         raise APIError("continue_final_message needs the last message to have text the chat template keeps",
                        param="messages")
-    trimmed = not text.startswith(CONTINUE_TAG, at)  # the template stripped the message's trailing space
-    kept = text[:at].rstrip() if trimmed else text[:at]
+    kept = text[:at]
+    if not text.startswith(CONTINUE_TAG, at) and final.strip():  # the template trimmed the message: so is its end
+        kept = kept[:len(kept) - (len(final) - len(final.rstrip()))]  # (only the message's: not what came before)
     if final.strip() not in kept:
         raise APIError("continue_final_message needs the last message to have text the chat template keeps: "
                        "this template drops or rewrites part of it", param="messages")

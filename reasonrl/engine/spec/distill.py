@@ -68,7 +68,8 @@ class DistillJob:
     device: str | None = None
     """cpu, cuda or cuda:N (default: cuda when available)."""
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
-    """The target's dtype (default: float32 on CPU, the checkpoint's on GPU)."""
+    """The target's dtype, and so the draft's (default float32 on every device: the draft trains in it, and
+    bfloat16 weights lose AdamW's small steps; a draft loads into an engine in that engine's dtype)."""
     compressor: Literal["none", "select", "weighted", "concat"] = "none"
     """Vision-language target: give the draft SpecVLM's elastic visual compressor in this mode
     (none: EagleVLM, every visual token). Ignored with --init (the draft keeps its own)."""
@@ -242,13 +243,13 @@ def run_distill(job: DistillJob, cfg: DistillConfig) -> Path:
     Interrupted (KeyboardInterrupt), it says where the last saved draft is and the command that
     trains the rest."""
     from reasonrl.envs.registry import load_environment
-    from reasonrl.models.loader import load_model
+    from reasonrl.models.loader import MASTER_DTYPE, load_model
 
     out = Path(job.out)
     continues = _check_out(out, job)
     env = load_environment(job.env if ":" in job.env else job.env + ":")
     target_path, init = job.target, job.init
-    target = load_model(target_path, job.device, job.dtype)
+    target = load_model(target_path, job.device, job.dtype or MASTER_DTYPE)
     tok = Tokenizer.from_dir(target_path)
     encoder = ChatEncoder(tok, target)  # images for a vision-language target; refused by a text-only one
     encode = lambda prompts: [encoder(p.messages) for p in prompts]  # noqa: E731

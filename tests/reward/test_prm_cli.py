@@ -114,3 +114,18 @@ def test_prm_train_out_follows_the_run_directory_rules(tmp_path, capsys):
     assert "trained already; nothing to do" in capsys.readouterr().out
     assert main([*args, "--out", str(prm), "--lr", "0.01", "--overwrite"]) == 0
     assert (prm / "model.safetensors").read_bytes() != trained
+
+
+def test_a_step_format_that_does_not_cut_the_labelled_steps_is_refused(tmp_path, capsys):
+    """`prm train` trained on the rows' steps but saved the command's step format (its default a space, for
+    sums): a PRM labelled on "\\n\\n" steps then scored each word as a step wherever it was used."""
+    env, rng = SumsEnvironment(max_terms=5), random.Random(0)
+    rows = [solution_row(env, p, worked(terms_of(p), rng, 0.3).replace(" ", "\n\n"), StepFormat(), f"{p.id}/0")
+            for p in env.prompts(8, split="train")]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["prm", "train", "--data", str(tmp_path / "train.jsonl"), "--labels", "exact", "--epochs", "1",
+            "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "prm")]) == 2
+    assert "cuts into 1 steps with this step format" in capsys.readouterr().err
+    assert not (tmp_path / "prm").exists()
+    assert main([*args, "--out", str(tmp_path / "prm"), "--delimiter", "\n\n"]) == 0

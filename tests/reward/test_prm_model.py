@@ -164,3 +164,20 @@ def test_qwen2_5_vl_backbone_scores_image_prompts(tmp_path):
     assert [len(o.scores) for o in out] == [2, 2] and out[0].scores != out[1].scores  # the images differ
     alone = PRMScorer(prm, tok, max_tokens_per_batch=1).score(items[1:])[0]
     assert alone.scores == pytest.approx(out[1].scores, abs=1e-5)
+
+
+def test_a_prompt_is_encoded_once_for_all_its_responses_and_never_when_no_step_could_follow(prm_dir):
+    """The server's scoring rendered and tokenized a request's prompt again for each of its responses: one
+    1 MB prompt with 64 responses held a preparing thread for a minute, and chat completions waited."""
+    prm, tok = load_prm(prm_dir, device="cpu")
+    scorer, calls = PRMScorer(prm, tok), []
+    encode_prompt = scorer.prompt_input
+    scorer.prompt_input = lambda prompt: calls.append(prompt) or encode_prompt(prompt)
+    messages = [{"role": "user", "content": "Add: 4 + 7 + 2"}]
+    together = scorer.score([(messages, s) for s in SOLUTIONS])
+    assert len(calls) == 1
+    for out, solution in zip(together, SOLUTIONS):
+        assert out.scores == pytest.approx(PRMScorer(prm, tok).score([(messages, solution)])[0].scores, abs=1e-5)
+    huge = [{"role": "user", "content": "7 " * (3 * prm.cfg.max_len * scorer.longest_token)}]
+    [out] = scorer.score([(huge, SOLUTIONS[0])])
+    assert len(calls) == 1 and out.seen == 0 and out.steps == ["4+7=11", "11+2=13", "\\boxed{13}"]

@@ -10,9 +10,10 @@ response text scores (none raises: see reward/prm/scoring.py). Scoring runs off 
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel, Field, model_validator
 
 from reasonrl.engine.protocol import STRICT
@@ -56,16 +57,17 @@ def install_prm(app: FastAPI, path: str, device, max_body_bytes: int, offload: O
 
     scorer = PRMScorer(*load_prm(path, device=device))
 
-    def score(body: ScoreRequest) -> dict:
+    def score(body: ScoreRequest) -> bytes:
+        """The answer as JSON bytes, rendered here, off the event loop (it may be megabytes)."""
         try:
             out = scorer.score(body.items())
         except ValueError as exc:  # a chat template that refuses these messages
             raise APIError(f"messages: {exc}", param="messages") from None
-        return {"object": "prm.scores", "data": [{"index": i, "steps": s.steps, "scores": s.scores, "seen": s.seen}
-                                                 for i, s in enumerate(out)]}
+        return json.dumps({"object": "prm.scores", "data": [
+            {"index": i, "steps": s.steps, "scores": s.scores, "seen": s.seen} for i, s in enumerate(out)]}).encode()
 
     @app.post("/v1/prm/score")
     async def prm_score(request: Request):
         raw = await read_body(request, max_body_bytes)
         body = await offload.run(lambda: validate_body(parse_json(raw), ScoreRequest))
-        return await offload.run(lambda: score(body))
+        return Response(await offload.run(lambda: score(body)), media_type="application/json")

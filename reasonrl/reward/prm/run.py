@@ -26,6 +26,7 @@ from reasonrl.reward.prm.labels import Source, label_problem
 from reasonrl.reward.prm.model import CONFIG_FILE, PRMConfig, from_backbone, load_prm, save_prm
 from reasonrl.reward.prm.best_of_n import Candidate, curves, rules
 from reasonrl.reward.prm.scoring import PRMScorer, StepScores, aggregate, check_aggregations
+from reasonrl.reward.prm.steps import StepFormat, split_steps
 from reasonrl.reward.prm.train import PRMTrainConfig, train_prm
 from reasonrl.rl.run import open_run
 from reasonrl.rl.train import RunControl
@@ -120,6 +121,19 @@ def judge(scorer: PRMScorer, rows: Sequence[dict[str, Any]], threshold: float = 
     return {**processbench(*zip(*read), threshold), "unread": len(rows) - len(read)}
 
 
+def check_step_format(path, rows: list[dict], fmt: StepFormat) -> None:
+    """A ValueError where `fmt` does not cut the rows' responses into the steps they were labelled
+    with: the PRM saves `fmt`, and every later use of it (eval --prm, serve --prm, raft, a process
+    reward) cuts responses with it, so it would score other steps than it was trained on."""
+    for n, row in enumerate(rows, 1):
+        cut = [s.text for s in split_steps(row["response"], fmt)] if isinstance(row.get("response"), str) else None
+        if cut is not None and cut != row["steps"]:
+            got = len(cut)
+            raise ValueError(f"{path}: row {n}'s response cuts into {got} steps with this step format "
+                             f"({to_dict(fmt)}), not the {len(row['steps'])} it was labelled with: give the step "
+                             "format `prm label` used (--split, --delimiter; for sums, --delimiter ' ')")
+
+
 def run_train(job: PRMTrainJob, prm_cfg: PRMConfig, cfg: PRMTrainConfig, log=print,
               control: RunControl = RunControl()) -> dict[str, Any]:
     """Train a PRM into `job.out` under `reasonrl train`'s rules for a run directory (rl/run.py): a
@@ -128,6 +142,7 @@ def run_train(job: PRMTrainJob, prm_cfg: PRMConfig, cfg: PRMTrainConfig, log=pri
     already (train.json), it is not trained again."""
     rows = read_rows(job.data, labels=cfg.labels, completions=cfg.completions)
     held_out = read_rows(job.eval_data, labels="exact") if job.eval_data else None
+    check_step_format(job.data, rows, prm_cfg.steps)
     out = open_run(job.out, {"job": to_dict(job), "model": to_dict(prm_cfg), "train": to_dict(cfg)},
                    overwrite=control.overwrite, free_keys=set(), console=False, work=("train.json", CONFIG_FILE),
                    inputs=(job.base, job.data, job.eval_data), resumes=False)

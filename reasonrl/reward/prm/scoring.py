@@ -79,10 +79,17 @@ class PRMScorer:
             return self.encoder(messages)
         return self.tokenizer.encode(render_text(messages))
 
-    def encode(self, prompt: PromptLike, steps: Sequence[str]) -> Encoded:
+    def encode(self, prompt: PromptLike, steps: Sequence[str], inputs: dict | None = None) -> Encoded:
         """Prompt tokens, then per step its tokens (at most max_step_tokens, separators removed) and a
-        separator, while they fit in max_len."""
-        inp = self.prompt_input(prompt)
+        separator, while they fit in max_len. `inputs`: prompts already encoded, by id (a request's
+        many responses to one prompt render and tokenize it once)."""
+        # a normaliser may merge up to 4 characters into one: past this, no step could follow the prompt
+        if _text_length(prompt) > 4 * self.cfg.max_len * self.longest_token:
+            return Encoded([], [], len(steps), None)
+        inputs = {} if inputs is None else inputs
+        if id(prompt) not in inputs:
+            inputs[id(prompt)] = self.prompt_input(prompt)
+        inp = inputs[id(prompt)]
         ids, positions, sep = token_ids(inp), [], self.prm.separator_id
         # a step's first max_step_tokens tokens lie well inside this prefix (x 2: room for merges at the
         # cut and for normalization); the rest would be tokenized only to be thrown away
@@ -106,7 +113,8 @@ class PRMScorer:
     @torch.inference_mode()
     def score_steps(self, items: Sequence[tuple[PromptLike, Sequence[str]]]) -> list[StepScores]:
         """`score` for responses already cut into steps."""
-        encoded = [self.encode(prompt, steps) for prompt, steps in items]
+        inputs: dict = {}  # (the prompts stay alive in `items`: their ids are theirs throughout)
+        encoded = [self.encode(prompt, steps, inputs) for prompt, steps in items]
         probs = self.step_probs(encoded)
         return [StepScores(list(s), p + [0.0] * (len(s) - len(p)), len(p)) for (_, s), p in zip(items, probs)]
 
@@ -169,6 +177,19 @@ def check_aggregations(names: Any) -> list[str]:
 def _utf8(text: str) -> str:
     """Text the tokenizer accepts: a lone surrogate (a JSON escape such as \\ud800) becomes '?'."""
     return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _text_length(prompt: PromptLike) -> int:
+    """Characters of a prompt's text (of its messages' text parts), 0 for token ids and prepared prompts."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    total = 0
+    for m in prompt if isinstance(prompt, list) else []:
+        content = m.get("content") if isinstance(m, dict) else None
+        for part in content if isinstance(content, list) else [content]:
+            text = part.get("text") if isinstance(part, dict) else part
+            total += len(text) if isinstance(text, str) else 0
+    return total
 
 
 def _utf8_messages(messages: list[dict]) -> list[dict]:

@@ -228,6 +228,36 @@ def test_latent_positions_round_trip_and_old_checkpoints_load(tmp_path):
     assert TokenizerConfig().latent_positions is False  # a config saved without the field loads as before
 
 
+@pytest.mark.parametrize("quantizer", ["binary", "vq"])
+def test_latent_mlp_makes_a_token_embedding_a_nonlinear_function_of_its_code(quantizer, tmp_path):
+    # A binary token's embedding is the sum of the codebook rows its bits select: with bits a and b disjoint,
+    # e(a) + e(b) = e(a | b) + e(0). `latent_mlp` adds x + MLP(RMSNorm(x)) per token before the decoder; its last
+    # layer starts at zero (the identity, so training starts where it did without it), and once that layer is
+    # non-zero the decoder's input is no longer linear in the bits.
+    torch.manual_seed(0)
+    tok = BitTokenizer(TokenizerConfig(**TINY, quantizer=quantizer, latent_mlp=16)).eval()
+    assert "latent_mlp.mlp.down_proj.weight" in tok.state_dict()
+    codes = tok.encode(torch.rand(2, 3, 32, 32))
+    x = tok.quantizer.embed_codes(codes)
+    assert torch.equal(tok.latent_mlp(x), x)
+    before = tok.decode(codes)
+    torch.nn.init.normal_(tok.latent_mlp.mlp.down_proj.weight, 0.0, 0.5)
+    assert not torch.allclose(tok.decode(codes), before, atol=1e-3)  # decode() goes through it ...
+    out, _ = tok(torch.rand(2, 3, 32, 32))
+    out.square().mean().backward()  # ... and so does training
+    assert tok.latent_mlp.mlp.down_proj.weight.grad.abs().sum() > 0
+    if quantizer == "binary":
+        bits = torch.zeros(4, 1, 8)
+        bits[1, 0, :4] = bits[2, 0, 4:] = bits[3, 0] = 1  # a, b, a | b (and 0 in row 0)
+        e = tok.latent_mlp(tok.quantizer.embed_codes(bits))
+        assert not torch.allclose(e[1] + e[2], e[3] + e[0], atol=1e-3)
+    save_model_dir(tok, tok.config, tmp_path)
+    back = load_model_dir(tmp_path, expect="bit_tokenizer")
+    assert back.config.latent_mlp == 16 and torch.equal(back.decode(codes), tok.decode(codes))
+    plain = BitTokenizer(TokenizerConfig(**TINY, quantizer=quantizer))
+    assert TokenizerConfig().latent_mlp == 0 and not any("latent_mlp" in k for k in plain.state_dict())
+
+
 def test_pooled_latents_start_as_local_summaries_of_the_image():
     from reasonrl.vision.binary.encoder import latent_grid, pool_to_latents
     assert latent_grid(32) == (4, 8) and latent_grid(16) == (4, 4) and latent_grid(7) == (1, 7)

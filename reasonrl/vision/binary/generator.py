@@ -52,10 +52,17 @@ class GeneratorConfig:
     """`tokenizer_digest` of the tokenizer it was trained on ("": saved before it was recorded)."""
 
 
+LATER_FIELDS = ("latent_mlp",)
+"""TokenizerConfig fields added after generators began to record digests: left out of the digest
+at their default, so a tokenizer digested before they existed still matches."""
+
+
 def tokenizer_digest(tokenizer: BitTokenizer) -> str:
     """sha256 of a tokenizer's config and weights, the weights as float16 (shipping halves them:
     the shipped copy keeps the digest of the one trained)."""
-    h = hashlib.sha256(json.dumps(to_dict(tokenizer.config), sort_keys=True).encode())
+    config, default = to_dict(tokenizer.config), to_dict(type(tokenizer.config)())
+    config = {k: v for k, v in config.items() if k not in LATER_FIELDS or v != default[k]}
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name, t in sorted(tokenizer.state_dict().items()):
         t = t.detach().cpu().to(torch.float16) if t.is_floating_point() else t.detach().cpu()
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())

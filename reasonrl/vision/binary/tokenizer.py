@@ -32,6 +32,10 @@ Departures from the paper:
   token k, a decoder without it could not learn to copy token k to patch k in 300 steps, with it 25 dB), and
   `pooled_latents`, the encoder's latent tokens starting as means of the patch tokens over a grid of image
   regions (encoder.py), so the latents carry local content from the first step.
+- `latent_mlp` (an option, off by default for the same reason): a residual per-token MLP on the quantised
+  embedding before the decoder, for both quantisers. A binary token's embedding is the sum of the codebook rows
+  its bits select, linear in its d bits, where VQ's 2^d codes are free points; the MLP lets each token's
+  embedding be any function of its code before the decoder's attention mixes the tokens.
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ import torch
 from torch import nn
 
 from reasonrl.config import positive_ints
+from reasonrl.models.model import RMSNorm
 from reasonrl.vision.gen.io import register_kind
 
-from .blocks import init_linear
+from .blocks import EPS, MLP, init_linear
 from .decoder import Decoder
 from .encoder import Encoder
 from .quantizer import BinaryQuantizer, Quantized, VQQuantizer
@@ -105,6 +110,10 @@ class TokenizerConfig:
     """Add a learned embedding per latent index to the decoder's latent tokens (not in Instella, where the
     decoder tells its latent tokens apart only by their rotary index); False for the public checkpoint's
     behaviour and for tokenizers saved before this option."""
+    latent_mlp: int = 0
+    """Hidden width of a residual per-token MLP on the quantised embedding before the decoder, x + MLP(RMSNorm(x))
+    (SwiGLU, last layer zero-initialised so it starts as the identity), for both quantisers: a binary embedding is
+    otherwise linear in its token's bits; 0: none, as in Instella and tokenizers saved before this option."""
     refine_channels: int = 32
     """Width of a small convolutional refiner after `to_pixel` (two 3 x 3 convolutions, residual, last one
     zero-initialised); 0: none, as in Instella's public checkpoint."""
@@ -137,6 +146,21 @@ class TokenizerConfig:
     def grid(self) -> int:
         """Patches per side of a training image: the reference grid."""
         return self.image_size // self.patch_size
+
+
+class LatentMLP(nn.Module):
+    """x + MLP(RMSNorm(x)) per latent token: a nonlinear function of each token's code before the decoder."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.norm = RMSNorm(dim, EPS)
+        self.mlp = MLP(dim, hidden)
+
+    def zero(self) -> None:
+        nn.init.zeros_(self.mlp.down_proj.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.norm(x))
 
 
 class Refiner(nn.Module):
@@ -173,9 +197,13 @@ class BitTokenizer(nn.Module):
                                              cfg.logit_bound)
         else:
             self.quantizer = VQQuantizer(cfg.codebook_size, latent_dim, cfg.vq_dim)
+        if cfg.latent_mlp:
+            self.latent_mlp = LatentMLP(latent_dim, cfg.latent_mlp)
         if cfg.refine_channels:
             self.refine = Refiner(cfg.in_channels, cfg.refine_channels)
         init_linear(self)
+        if cfg.latent_mlp:
+            self.latent_mlp.zero()
         if cfg.refine_channels:
             self.refine.zero()
 
@@ -196,6 +224,8 @@ class BitTokenizer(nn.Module):
             raise ValueError(f"decode size {height}x{width} is not a multiple of {unit} (the patch size {p} times 2 "
                              "per upsampling block)")
         h, w = height // p, width // p
+        if self.config.latent_mlp:
+            embedding = self.latent_mlp(embedding)
         x = self.to_pixel(self.decoder(embedding, h, w, self._scale(h, w)))  # (B, h*w, p*p*c)
         x = x.view(-1, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(-1, c, height, width)
         return self.refine(x) if self.config.refine_channels else x

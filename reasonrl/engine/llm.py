@@ -21,7 +21,7 @@ from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.sequence import RequestOutput
-from reasonrl.models.chat import check_parts, developer_as_system, text_only
+from reasonrl.models.chat import check_parts, developer_as_system, text_chat
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt, build_prompt, expand_image_tokens, message_images
 from reasonrl.models.qwen2_5_vl.processor import preprocess
@@ -86,11 +86,11 @@ class LLM:
         prompts = []
         for c in conversations:
             check_parts(c)  # a video or audio part the template would drop: the model would answer without it
-            c = developer_as_system(c, tok)
             if message_images(c):
-                prompts.append(build_prompt(tok, c, *self._vision("image parts"), **template_kwargs))
+                prompts.append(build_prompt(tok, developer_as_system(c, tok), *self._vision("image parts"),
+                                            **template_kwargs))
             else:
-                prompts.append(tok.apply_chat_template(text_only(c), add_generation_prompt=True, **template_kwargs))
+                prompts.append(tok.apply_chat_template(text_chat(c, tok), add_generation_prompt=True, **template_kwargs))
         return self.generate(prompts, params)
 
     def _encode(self, prompt: Prompt) -> list[int] | MultimodalPrompt:

@@ -45,18 +45,22 @@ class ChatEncoder:
 
     def __call__(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> ModelInput:
         check_parts(messages)
-        messages = developer_as_system(messages, self.tokenizer)
         if not message_images(messages):
-            return self.tokenizer.apply_chat_template(text_only(messages), add_generation_prompt=add_generation_prompt,
-                                                      **self.template_kwargs)
+            return self.tokenizer.apply_chat_template(text_chat(messages, self.tokenizer),
+                                                      add_generation_prompt=add_generation_prompt, **self.template_kwargs)
         if not self.takes_images:
             raise ValueError("these messages hold images, but the model is text-only (use a vision-language "
                              "checkpoint such as Qwen2.5-VL)")
-        return build_prompt(self.tokenizer, messages, self.vlm_config, self.image_config, add_generation_prompt,
-                            **self.template_kwargs)
+        return build_prompt(self.tokenizer, developer_as_system(messages, self.tokenizer), self.vlm_config,
+                            self.image_config, add_generation_prompt, **self.template_kwargs)
 
 
 PART_TYPES = ("text", "image", "image_url")
+
+
+def text_chat(messages: list[dict[str, Any]], tokenizer: Tokenizer) -> list[dict[str, Any]]:
+    """A chat without image parts as a text template renders it: developer as system, text parts joined."""
+    return text_only(developer_as_system(messages, tokenizer))
 
 
 def developer_as_system(messages: list[dict[str, Any]], tokenizer: Tokenizer) -> list[dict[str, Any]]:

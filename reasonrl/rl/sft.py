@@ -35,7 +35,7 @@ import torch
 
 from reasonrl.config import check, check_template_kwargs
 from reasonrl.eval.store import jsonl_lines
-from reasonrl.models.chat import ChatEncoder, multimodal, text_only, token_ids
+from reasonrl.models.chat import ChatEncoder, multimodal, text_chat, token_ids
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import REMOTE, MultimodalPrompt, images_prompt
 from reasonrl.models.tokenizer import Tokenizer
@@ -115,7 +115,7 @@ def sft_example(prompt: str | list[dict], response: str, encoder: ChatEncoder | 
     inp = encoder(messages)
     prompt_ids, response_ids = token_ids(inp), tokenizer.encode(response, add_special_tokens=False)
     if turn == "template":
-        turn_ids = template_turn(tokenizer, text_only(messages), response, encoder.template_kwargs) \
+        turn_ids = template_turn(tokenizer, text_chat(messages, tokenizer), response, encoder.template_kwargs) \
             if multimodal(inp) is None else None
         response_ids = turn_ids or not_reopened(tokenizer, prompt_ids, response_ids) + tokenizer.end_of_turn_ids
     else:

@@ -280,3 +280,10 @@ def test_pooled_latents_start_as_local_summaries_of_the_image():
             assert moved[2] > 1e-2 and moved[[0, 1, 3]].max() < 1e-6
         else:
             assert moved.max() < 1e-6  # learned latent tokens alone: the image never reaches them
+
+
+@pytest.mark.parametrize("width", [-3, 2.5, True])
+def test_a_bad_latent_mlp_width_is_refused_by_name(width):
+    """A negative width failed deep in torch ("Trying to create tensor with negative dimension")."""
+    with pytest.raises(ValueError, match="TokenizerConfig.latent_mlp must be an integer >= 0"):
+        TokenizerConfig(latent_mlp=width)

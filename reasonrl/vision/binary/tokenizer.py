@@ -128,6 +128,8 @@ class TokenizerConfig:
                                  "(one 2 x 2 merge or split after each)")
         if not (isinstance(self.train_temp, (int, float)) and math.isfinite(self.train_temp) and self.train_temp > 0):
             raise ValueError(f"TokenizerConfig.train_temp must be a finite number > 0, got {self.train_temp!r}")
+        if isinstance(self.latent_mlp, bool) or not isinstance(self.latent_mlp, int) or self.latent_mlp < 0:
+            raise ValueError(f"TokenizerConfig.latent_mlp must be an integer >= 0 (0: none), got {self.latent_mlp!r}")
         if not (math.isfinite(self.logit_bound) and self.logit_bound >= 0):
             raise ValueError(f"TokenizerConfig.logit_bound must be >= 0 (0: off), got {self.logit_bound!r}")
         if self.quantizer == "vq" and self.codebook_size > 14:

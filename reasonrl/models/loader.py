@@ -124,6 +124,24 @@ def empty_model(path: str | Path, device: str | torch.device | None = None, dtyp
     return model
 
 
+def generation_model(policy: DecoderLM, path: str | Path, dtype: str | None = None,
+                     max_len: int | None = None) -> DecoderLM:
+    """What an engine colocated with a trainer generates with: `policy` itself (its weights shared,
+    nothing copied) when `dtype` is the policy's, else a model of `path`'s architecture in `dtype` on
+    the policy's device, its weights cast from the policy's here and at every sync
+    (`LLMEngine.set_weights`). `dtype` None resolves as loading for inference does: float32 on CPU,
+    the checkpoint's own dtype on an accelerator, so a float32-master policy on a GPU rolls out in
+    the checkpoint's bfloat16 (as verl and slime do) at one bfloat16 copy of the weights."""
+    if resolve_dtype(dtype, policy.device, policy.config) == policy.dtype:
+        return policy
+    engine_model = empty_model(path, policy.device, dtype, max_len).eval()
+    with torch.no_grad():
+        own = engine_model.state_dict()
+        for name, tensor in policy.state_dict().items():
+            own[name].copy_(tensor)
+    return engine_model
+
+
 def _is_vlm(path: Path) -> bool:
     file = path / "config.json"
     try:

@@ -53,7 +53,7 @@ class Trainer:
         else:
             self.update = PolicyUpdate(policy, cfg, tokenizer.pad_token_id)
         self.backend = backend or make_backend(cfg.rollout, cfg.engine.for_checkpoint(cfg.model.path), policy, tokenizer,
-                                                self.run_dir / "sync")
+                                                self.run_dir / "sync", cfg.model.path)
         self.rollout = RolloutManager(self.backend, env,
                                       ChatEncoder(tokenizer, policy, cfg.rollout.chat_template_kwargs), cfg.rollout,
                                       cfg.train.seed)

@@ -15,6 +15,7 @@ from reasonrl.engine.latent import Latents
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.sequence import CompletionOutput
+from reasonrl.models.loader import generation_model
 from reasonrl.models.model import DecoderLM
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.rollout.config import RolloutConfig
@@ -68,7 +69,8 @@ class RolloutBackend(ABC):
 
 class EngineBackend(RolloutBackend):
     """An `LLMEngine` in this process. Colocated with the trainer it shares the policy's weights (no
-    copy at sync, only the prefix cache is reset) and frees its KV cache while training runs."""
+    copy at sync, only the prefix cache is reset), or holds them cast to another dtype (copied at
+    sync), and frees its KV cache while training runs."""
 
     def __init__(self, engine: LLMEngine):
         self.engine = engine
@@ -113,9 +115,10 @@ class EngineBackend(RolloutBackend):
 
 
 def make_backend(cfg: RolloutConfig, engine_cfg: EngineConfig, policy: DecoderLM, tokenizer: Tokenizer,
-                 sync_dir) -> RolloutBackend:
+                 sync_dir, model_path: str) -> RolloutBackend:
     """The backend a run's `rollout` section asks for: remote endpoints (weights pushed through
-    `sync_dir`; several: a `RemotePool`), else an engine in this process sharing the policy's weights."""
+    `sync_dir`; several: a `RemotePool`), else an engine in this process on the policy's weights, or
+    on a copy of them in `rollout.dtype` (`generation_model`; `model_path` names the architecture)."""
     if cfg.remote_url:
         from reasonrl.rollout.remote import RemoteBackend, api_key_from_env
 
@@ -126,5 +129,6 @@ def make_backend(cfg: RolloutConfig, engine_cfg: EngineConfig, policy: DecoderLM
         from reasonrl.rollout.remote_pool import RemotePool
 
         return RemotePool(servers)
-    return EngineBackend(LLMEngine(policy, tokenizer, engine_cfg))
+    return EngineBackend(LLMEngine(generation_model(policy, model_path, cfg.dtype, engine_cfg.max_model_len),
+                                   tokenizer, engine_cfg))
 

@@ -24,6 +24,14 @@ class RolloutConfig:
     """Sampling temperature of the rollouts (the trainer's log-probs use the same)."""
     top_p: float = 1.0
     """Nucleus sampling of the rollouts (keep 1.0 for RL: the log-probs are of the full distribution)."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """The dtype rollouts are generated in (the engine's weights and KV cache). None: as loading for
+    inference does, float32 on CPU, the checkpoint's own dtype on a GPU. Where it is not the trained
+    weights' (model.dtype: float32 master weights), the in-process engine generates with a copy of the
+    policy in this dtype, cast from the trained weights after every update (one more copy of the
+    weights in memory, half the size in bfloat16); Ray engine actors load the checkpoint in it. The
+    trainer recomputes the log-probs it trains on, so the engine's precision enters only through
+    loss.off_policy tis or decoupled, and is logged as `logprob_mismatch`."""
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     """Variables for the chat template in rollouts and evaluation ({enable_thinking: false}: Qwen3's
     non-thinking mode)."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -246,8 +247,11 @@ class PolicyUpdate:
         return self.scheduler.get_last_lr()[0]
 
     def skip(self) -> None:
-        """A training step without an update: the schedule still moves on (it counts training steps)."""
-        self.scheduler.step()
+        """A training step without an update: the schedule still moves on (it counts training steps).
+        torch warns of a schedule stepped before any optimizer step, which here is what is meant."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            self.scheduler.step()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),

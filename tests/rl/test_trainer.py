@@ -54,8 +54,9 @@ def test_a_step_whose_groups_dynamic_sampling_all_filters_updates_nothing_and_go
         "optim.warmup_steps": 4}))
     trainer = Trainer(cfg, FlatLetters(), load_model(policy_dir), Tokenizer.from_dir(policy_dir), console=False)
     before = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
-    with pytest.warns(UserWarning, match="dynamic sampling filtered all 6 groups"):
+    with pytest.warns(UserWarning, match="dynamic sampling filtered all 6 groups") as caught:
         trainer.train()  # raised ZeroDivisionError before
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)]  # torch's warning of an early schedule step
     assert all(torch.equal(v, trainer.policy.state_dict()[k]) for k, v in before.items())
     rows = [r for r in read_metrics(tmp_path / "run") if "skipped_update" in r]
     assert [(r["step"], r["trained_groups"], r["filtered_groups"]) for r in rows] == [(1, 0, 6), (2, 0, 6)]
@@ -304,3 +305,21 @@ def test_a_one_file_environment_is_evaluated_on_eval_name_or_with_a_warning_and_
     trainer.evaluate()
     assert sorted(seen[1][0]) == ["test-1", "test-2"] and seen[1][1] is trainer.eval_env is not trainer.env
     trainer.close()
+
+
+def test_rollouts_in_another_dtype_run_on_a_cast_copy_kept_in_step_with_the_trained_weights(policy_dir, tmp_path):
+    """rollout.dtype bfloat16 beside float32 master weights (what a GPU run gets by default from a
+    bfloat16 checkpoint): the engine generates with its own bfloat16 copy, re-cast after each update;
+    the default on CPU shares the policy itself."""
+    shared = make_trainer(policy_dir, tmp_path / "shared", **{"train.steps": 1})
+    assert shared.backend.engine.model is shared.policy
+    trainer = make_trainer(policy_dir, tmp_path / "run", **{"train.steps": 2, "rollout.dtype": "bfloat16"})
+    engine_model = trainer.backend.engine.model
+    assert engine_model is not trainer.policy and trainer.policy.dtype == torch.float32
+    assert engine_model.dtype == torch.bfloat16 and trainer.backend.engine.kv.dtype == torch.bfloat16
+    initial = {k: v.clone() for k, v in trainer.policy.state_dict().items()}
+    metrics = trainer.train()
+    trained, served = trainer.policy.state_dict(), engine_model.state_dict()
+    assert any(not torch.equal(initial[k], trained[k]) for k in trained)  # the update moved the master weights
+    assert all(torch.equal(served[k], trained[k].to(torch.bfloat16)) for k in trained)  # and the copy followed
+    assert metrics["logprob_mismatch"] > 0  # bfloat16 behaviour log-probs against float32 recomputed ones

@@ -115,3 +115,26 @@ def test_a_stopped_ray_run_resumes_with_its_buffer_weights_and_optimizer(ray_clu
         second.close()
     rows = [r for r in read_metrics(tmp_path / "run") if "reward_mean" in r]
     assert [r["step"] for r in rows] == [1, 2] and rows[1]["resumed_samples"] > 0 and rows[1]["dropped_groups"] == 0
+
+
+@pytest.mark.slow
+def test_a_step_without_an_update_steps_the_schedule_on_every_rank(ray_cluster, policy_dir, tmp_path):
+    """Dynamic sampling filtered every group: no update, but each rank's learning-rate schedule moves on
+    (a rank left behind would train the next update at another rate than rank 0 reports)."""
+    class FlatLetters(LetterEnvironment):
+        def rewards(self, prompts, texts):
+            return [0.0] * len(texts)
+
+    cfg = load_config(None, settings(policy_dir, tmp_path / "run", **{
+        "train.steps": 2, "rollout.dynamic_sampling": True, "rollout.max_groups_per_step": 4,
+        "optim.warmup_steps": 4, "cluster.engines": 1}))
+    trainer = Trainer(cfg, FlatLetters(), load_model(policy_dir), Tokenizer.from_dir(policy_dir), console=False)
+    try:
+        with pytest.warns(UserWarning, match="dynamic sampling filtered all 4 groups"):
+            trainer.train()
+        ranks = trainer.update.ray.get([w.lr.remote() for w in trainer.update.workers])
+    finally:
+        trainer.close()
+    rows = [r for r in read_metrics(tmp_path / "run") if "skipped_update" in r]
+    assert [r["lr"] for r in rows] == pytest.approx([1e-2 / 4, 2e-2 / 4])
+    assert ranks == pytest.approx([3e-2 / 4, 3e-2 / 4])

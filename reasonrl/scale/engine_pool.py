@@ -198,7 +198,8 @@ class EnginePool(RolloutBackend):
         try:
             if self.members != members:  # first sync, or an engine was replaced: a new group
                 address, world = self.ray.get(self.source.rendezvous.remote()), len(members) + 1
-                self.ray.get([self.source.join_broadcast.remote(address, world)] + [
+                dtypes = self.ray.get(members[0].weight_dtypes.remote())  # every engine loads the same spec
+                self.ray.get([self.source.join_broadcast.remote(address, world, dtypes)] + [
                     a.join_broadcast.remote(address, i + 1, world, self.cluster.device) for i, a in enumerate(members)])
                 self.members = members
             self.ray.get([self.source.broadcast_weights.remote()] + [a.receive_weights.remote(version) for a in members])

@@ -145,6 +145,10 @@ class EngineWorker:
 
         self.broadcast = WeightBroadcast(address, rank, world, device)
 
+    def weight_dtypes(self) -> dict[str, torch.dtype]:
+        """The dtype of every tensor of the served model (what a broadcast to it must send)."""
+        return {name: t.dtype for name, t in self.engine.model.state_dict().items()}
+
     def receive_weights(self, version: int) -> int:
         """Take part in one broadcast of new weights, then load them between two steps."""
         tensors = self.broadcast.receive(self.engine.model.state_dict())

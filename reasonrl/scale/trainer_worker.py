@@ -94,15 +94,17 @@ class TrainerWorker:
         self.full = full if self.rank == 0 else {}  # what broadcast_weights sends
         return self.full
 
-    def join_broadcast(self, address: str, world: int) -> None:
-        """Join the weight-broadcast group to the engines as its sender, rank 0 (weight_sync.py)."""
+    def join_broadcast(self, address: str, world: int, dtypes: dict[str, torch.dtype]) -> None:
+        """Join the weight-broadcast group to the engines as its sender, rank 0 (weight_sync.py).
+        `dtypes`: the engines' dtype of every tensor (rollout.dtype, e.g. bfloat16 beside these float32
+        master weights), which the broadcast's buckets are laid out in."""
         from reasonrl.scale.weight_sync import WeightBroadcast
 
-        self.broadcast = WeightBroadcast(address, 0, world, self.device)
+        self.broadcast, self.engine_dtypes = WeightBroadcast(address, 0, world, self.device), dtypes
 
     def broadcast_weights(self) -> None:
-        """Send the weights of the last update (gathered by `weights()`) to the engines."""
-        self.broadcast.send({k: v.to(self.device) for k, v in self.full.items()})
+        """Send the weights of the last update (gathered by `weights()`) to the engines, in their dtype."""
+        self.broadcast.send({k: v.to(self.device, self.engine_dtypes[k]) for k, v in self.full.items()})
 
     def lr(self) -> float:
         return self.update.lr()

@@ -138,3 +138,27 @@ def test_a_step_without_an_update_steps_the_schedule_on_every_rank(ray_cluster, 
     rows = [r for r in read_metrics(tmp_path / "run") if "skipped_update" in r]
     assert [r["lr"] for r in rows] == pytest.approx([1e-2 / 4, 2e-2 / 4])
     assert ranks == pytest.approx([3e-2 / 4, 3e-2 / 4])
+
+
+@pytest.mark.slow
+def test_a_broadcast_reaches_engines_that_roll_out_in_another_dtype_than_the_master_weights(ray_cluster, policy_dir,
+                                                                                              tmp_path):
+    """Float32 master weights on the trainer, bfloat16 engines (a GPU run's default, rollout.dtype): the
+    broadcast is laid out in the engines' dtype. It sent float32 buckets that the engines' receive,
+    sized for bfloat16, aborted on (gloo) and would hang on or misread (NCCL)."""
+    cfg = load_config(None, settings(policy_dir, tmp_path / "run", **{
+        "train.steps": 2, "cluster.engines": 1, "cluster.trainers": 1, "cluster.weight_sync": "broadcast",
+        "rollout.dtype": "bfloat16"}))
+    trainer = Trainer(cfg, LetterEnvironment(), load_model(policy_dir), Tokenizer.from_dir(policy_dir), console=False)
+    try:
+        trainer.train()
+        stats = trainer.backend.stats()
+        assert [s["version"] for s in trainer.backend._each("stats")] == [2]
+        served = on_each_engine(trainer.backend, list(range(5, 30)), greedy)[0]
+    finally:
+        trainer.close()
+    assert stats["engine_deaths"] == 0 and trainer.backend.members is not None
+    reference = LLMEngine(trainer.policy.to(torch.bfloat16), Tokenizer.from_dir(policy_dir),
+                          EngineConfig(kv_cache_memory=1 << 24))
+    reference.add_request("r", list(range(5, 30)), greedy)
+    assert served.token_ids == reference.drain()["r"].outputs[0].token_ids  # the engine holds the trained weights

@@ -330,7 +330,10 @@ def save_model(model: DecoderLM, path: str | Path, tokenizer=None, max_shard_byt
         return path
     path.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    cfg.torch_dtype = str(model.dtype).removeprefix("torch.")
+    if not (model.dtype == torch.float32 and cfg.torch_dtype in ("bfloat16", "float16")):
+        cfg.torch_dtype = str(model.dtype).removeprefix("torch.")
+    # else float32 master weights of a half-precision checkpoint (trainers): float32 tensors, so a resume is
+    # exact, and config.json still names the dtype inference loads on an accelerator (serve, eval, rollouts)
     vlm = isinstance(model, Qwen2_5_VL)
     config = model.vlm_config.to_dict() if vlm else cfg.to_dict()
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -528,6 +528,10 @@ def test_rl_and_sft_update_float32_master_weights_where_loading_keeps_the_checkp
     assert main(["sft", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "sft"), "--epochs", "1",
                  "--samples-per-step", "8"]) == 0
     assert {v.dtype for v in load_file(str(tmp_path / "sft" / "model.safetensors")).values()} == {torch.float32}
+    # and what they save still serves in the checkpoint's dtype (it said float32: later runs rolled out in it)
+    for saved in (latest_checkpoint(tmp_path / "run"), tmp_path / "sft"):
+        assert json.loads((saved / "config.json").read_text())["torch_dtype"] == "bfloat16"
+        assert load_model(saved).dtype == torch.bfloat16 and load_model(saved, dtype="float32").dtype == torch.float32
     path = recipe(tmp_path, steps=1, **{"model.path": str(base), "model.init": None, "model.dtype": "bfloat16",
                                         "train.run_dir": str(tmp_path / "bf16")})
     with pytest.warns(UserWarning, match="model.dtype bfloat16: the optimizer updates bfloat16 weights"):

@@ -73,6 +73,15 @@ def _copy(values: list | None) -> list | None:
     return None if values is None else list(values)
 
 
+def default_kv_budget(config: EngineConfig, device: torch.device) -> int:
+    """The KV cache's bytes when `kv_cache_memory` is unset: on CUDA `gpu_memory_utilization` of the
+    device less what is in use now, else 1 GiB."""
+    if device.type != "cuda":
+        return 1 << 30
+    free, total = torch.cuda.mem_get_info(device)
+    return int(total * config.gpu_memory_utilization) - (total - free)
+
+
 class LLMEngine:
     def __init__(self, model: DecoderLM, tokenizer: Tokenizer | None = None, config: EngineConfig | None = None,
                  draft: DraftHead | None = None, latent: LatentConfig | None = None):
@@ -188,11 +197,7 @@ class LLMEngine:
 
     def _num_blocks(self, bytes_per_block: int, fixed_bytes: int = 0) -> int:
         """Blocks that fit the KV budget once the format's fixed buffers are taken out of it."""
-        budget = self.config.kv_cache_memory
-        if budget is None and self.model.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.model.device)
-            budget = int(total * self.config.gpu_memory_utilization) - (total - free)
-        budget = budget if budget is not None else 1 << 30
+        budget = self.config.kv_cache_memory or default_kv_budget(self.config, self.model.device)
         num_blocks = max(budget - fixed_bytes, 0) // bytes_per_block
         needed = -(-self.max_model_len // self.config.block_size)
         if num_blocks < needed:

@@ -52,8 +52,10 @@ class Trainer:
             backend, self.update = self.scale.backend, self.scale.update
         else:
             self.update = PolicyUpdate(policy, cfg, tokenizer.pad_token_id)
+        self.process = (ProcessReward(cfg.process, tokenizer, policy.device, env.special_tokens_in_responses)
+                        if cfg.process.prm else None)  # (loaded before a GPU engine sizes its cache on what is free)
         self.backend = backend or make_backend(cfg.rollout, cfg.engine.for_checkpoint(cfg.model.path), policy, tokenizer,
-                                                self.run_dir / "sync", cfg.model.path)
+                                                self.run_dir / "sync", cfg.model.path, self.update.state_bytes)
         self.rollout = RolloutManager(self.backend, env,
                                       ChatEncoder(tokenizer, policy, cfg.rollout.chat_template_kwargs), cfg.rollout,
                                       cfg.train.seed)
@@ -66,8 +68,6 @@ class Trainer:
             warnings.warn(f"env {cfg.env.name!r} is one file with no held-out split: the eval_* metrics measure "
                           "training prompts; set env.eval_name to a held-out file's spec", stacklevel=2)
         self.advantage_fn = get_advantage(cfg.advantage.name)
-        self.process = (ProcessReward(cfg.process, tokenizer, policy.device, env.special_tokens_in_responses)
-                        if cfg.process.prm else None)
         self.step = self.version = 0
         self.console = console
         trackers = make_trackers(cfg.train.trackers, self.run_dir, to_dict(cfg))

@@ -149,6 +149,7 @@ class PolicyUpdate:
                 else list(range(len(samples)))
             for part in _split(order, o.minibatches_per_epoch):
                 grad_norms.append(self._step(part, samples, advantages, old, version, totals, first_pass=epoch == 0))
+        self.optimizer.zero_grad(set_to_none=True)  # a weights-sized buffer the rollout's KV cache can have meanwhile
         self.scheduler.step()
         self.policy.eval()
         if self.parallel is not None:
@@ -241,6 +242,12 @@ class PolicyUpdate:
             return None
         with torch.no_grad():
             return response_logprobs(self.reference, batch, self.cfg.rollout.temperature)
+
+    @property
+    def state_bytes(self) -> int:
+        """Device bytes AdamW's state will take (two moments per trainable weight, made at the first
+        update): what an engine colocated on a GPU leaves out of its KV cache, sized before that."""
+        return sum(2 * p.numel() * p.element_size() for p in trainable(self.policy))
 
     def lr(self) -> float:
         """The learning rate the next update uses."""

@@ -9,10 +9,11 @@ metrics and checkpoints. Neither knows which backend it has.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import replace
 
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.latent import Latents
-from reasonrl.engine.llm_engine import LLMEngine
+from reasonrl.engine.llm_engine import LLMEngine, default_kv_budget
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.sequence import CompletionOutput
 from reasonrl.models.loader import generation_model
@@ -115,10 +116,12 @@ class EngineBackend(RolloutBackend):
 
 
 def make_backend(cfg: RolloutConfig, engine_cfg: EngineConfig, policy: DecoderLM, tokenizer: Tokenizer,
-                 sync_dir, model_path: str) -> RolloutBackend:
+                 sync_dir, model_path: str, train_state_bytes: int = 0) -> RolloutBackend:
     """The backend a run's `rollout` section asks for: remote endpoints (weights pushed through
     `sync_dir`; several: a `RemotePool`), else an engine in this process on the policy's weights, or
-    on a copy of them in `rollout.dtype` (`generation_model`; `model_path` names the architecture)."""
+    on a copy of them in `rollout.dtype` (`generation_model`; `model_path` names the architecture).
+    `train_state_bytes`: what the trainer beside it allocates later (its optimizer state), kept out of
+    a GPU engine's default KV budget, which is what is free when the engine starts."""
     if cfg.remote_url:
         from reasonrl.rollout.remote import RemoteBackend, api_key_from_env
 
@@ -129,6 +132,21 @@ def make_backend(cfg: RolloutConfig, engine_cfg: EngineConfig, policy: DecoderLM
         from reasonrl.rollout.remote_pool import RemotePool
 
         return RemotePool(servers)
-    return EngineBackend(LLMEngine(generation_model(policy, model_path, cfg.dtype, engine_cfg.max_model_len),
-                                   tokenizer, engine_cfg))
+    model = generation_model(policy, model_path, cfg.dtype, engine_cfg.max_model_len)
+    return EngineBackend(LLMEngine(model, tokenizer, beside_trainer(engine_cfg, model.device, train_state_bytes)))
+
+
+def beside_trainer(engine_cfg: EngineConfig, device, train_state_bytes: int) -> EngineConfig:
+    """`engine_cfg` for an engine that shares its GPU with a trainer: the default KV budget (what is
+    free now, up to gpu_memory_utilization) less the `train_state_bytes` the trainer allocates after
+    the engine starts. Without it the cache, released for each update and allocated again at the
+    next rollout, no longer fits once the optimizer's state exists."""
+    if not train_state_bytes or engine_cfg.kv_cache_memory is not None or device.type != "cuda":
+        return engine_cfg
+    budget = default_kv_budget(engine_cfg, device) - train_state_bytes
+    if budget <= 0:
+        raise ValueError(f"no room for the KV cache on {device}: the trainer's optimizer state will take "
+                         f"{train_state_bytes / 2**30:.1f} GiB of what engine.gpu_memory_utilization "
+                         f"({engine_cfg.gpu_memory_utilization}) leaves; raise it, or set engine.kv_cache_memory")
+    return replace(engine_cfg, kv_cache_memory=budget)
 

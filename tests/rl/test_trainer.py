@@ -323,3 +323,28 @@ def test_rollouts_in_another_dtype_run_on_a_cast_copy_kept_in_step_with_the_trai
     assert any(not torch.equal(initial[k], trained[k]) for k in trained)  # the update moved the master weights
     assert all(torch.equal(served[k], trained[k].to(torch.bfloat16)) for k in trained)  # and the copy followed
     assert metrics["logprob_mismatch"] > 0  # bfloat16 behaviour log-probs against float32 recomputed ones
+
+
+def test_a_gpu_engine_beside_a_trainer_leaves_the_optimizer_state_out_of_its_kv_cache(monkeypatch):
+    """The KV budget on CUDA is what is free when the engine starts; AdamW's state comes at the first
+    update, and the cache allocated again for the next rollout must still fit beside it."""
+    from reasonrl.engine.config import EngineConfig
+    from reasonrl.rollout.backend import beside_trainer
+
+    gib, cuda = 1 << 30, torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (60 * gib, 80 * gib))
+    cfg = EngineConfig(gpu_memory_utilization=0.85)
+    assert beside_trainer(cfg, cuda, 10 * gib).kv_cache_memory == int(80 * gib * 0.85) - 20 * gib - 10 * gib
+    assert beside_trainer(cfg, cuda, 0) is cfg and beside_trainer(cfg, torch.device("cpu"), 10 * gib) is cfg
+    assert beside_trainer(EngineConfig(kv_cache_memory=gib), cuda, 10 * gib).kv_cache_memory == gib  # as set
+    with pytest.raises(ValueError, match="optimizer state will take 50.0 GiB.*engine.kv_cache_memory"):
+        beside_trainer(cfg, cuda, 50 * gib)
+
+
+def test_the_update_frees_its_gradients_and_its_optimizer_state_is_the_size_it_reserves(policy_dir, tmp_path):
+    trainer = make_trainer(policy_dir, tmp_path / "run", **{"train.steps": 1})
+    trainer.train()
+    assert all(p.grad is None for p in trainer.policy.parameters())  # not held through the next rollout
+    moments = [v for state in trainer.update.optimizer.state.values() for k, v in state.items()
+               if k in ("exp_avg", "exp_avg_sq")]
+    assert sum(v.numel() * v.element_size() for v in moments) == trainer.update.state_bytes > 0

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -65,6 +66,16 @@ MASTER_DTYPE = "float32"
 """What trainers load the weights they update in unless told otherwise, on every device: an AdamW
 step of lr 1e-6 is far below half a bfloat16 unit of a typical weight, so bfloat16 weights would
 mostly not move (compute in bfloat16 through autocast instead)."""
+
+
+def master_dtype(dtype: str | None, option: str, autocast_option: str) -> str:
+    """The dtype a trainer loads the weights it updates in: `dtype` as asked (a half-precision one is
+    warned about, naming the run's `option` and `autocast_option`), else MASTER_DTYPE."""
+    if dtype not in (None, MASTER_DTYPE):
+        warnings.warn(f"{option} {dtype}: the optimizer updates {dtype} weights and loses every update below half "
+                      f"a unit in their last place; keep float32 master weights and compute in low precision with "
+                      f"{autocast_option}", stacklevel=3)
+    return dtype or MASTER_DTYPE
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device, cfg: ModelConfig | None = None) -> torch.dtype:

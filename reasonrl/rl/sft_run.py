@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import sys
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 from reasonrl.config import to_dict
@@ -46,6 +47,9 @@ class SFTRun:
     """Held-out loss every k steps (0: only at the start and the end)."""
     device: str | None = None
     """cpu, cuda or cuda:N (default: cuda when available)."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """The trained weights' dtype (default float32 master weights; bfloat16 halves the memory of weights,
+    gradients and AdamW's state but loses the updates below half a unit of a weight, and is warned about)."""
 
     def __post_init__(self):
         if not 0 <= self.eval_fraction < 1:
@@ -67,12 +71,13 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
     """Fine-tune to the end (or to a stop signal); the process exit code."""
     from reasonrl.models import Tokenizer, load_model
     from reasonrl.models.chat import ChatEncoder
-    from reasonrl.models.loader import MASTER_DTYPE, has_weights, save_model
+    from reasonrl.models.loader import has_weights, master_dtype, save_model
 
     out = open_run(run.out, {"run": to_dict(run), "sft": to_dict(cfg)}, overwrite=control.overwrite,
                    accept_changes=control.accept_changes, free_keys=FREE_KEYS, console=console,
                    inputs=(run.model, run.data, run.eval_data))  # the model is written at the root
-    model, tokenizer = load_model(run.model, run.device, MASTER_DTYPE), Tokenizer.from_dir(run.model)
+    model = load_model(run.model, run.device, master_dtype(run.dtype, "--dtype", "--autocast"))
+    tokenizer = Tokenizer.from_dir(run.model)
     latest = latest_checkpoint(out)
     state = load_checkpoint(latest, model)["sft"] if latest is not None else None
     turn = state.get("turn", "response") if state else "template"  # a run goes on training what it started on

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +37,7 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
     RUN/config.yaml`."""
     from reasonrl.envs.registry import load_environment
     from reasonrl.models import Tokenizer, load_model
-    from reasonrl.models.loader import MASTER_DTYPE
+    from reasonrl.models.loader import master_dtype
     from reasonrl.rl.report import write_report
     from reasonrl.rl.trainer import Trainer
 
@@ -62,11 +61,8 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
         make_starting_checkpoint(cfg.model.path, cfg.model.init, corpus, cfg.train.seed)
         say(f"made a tiny random {cfg.model.init} checkpoint in {cfg.model.path} (model.init)")
     device = "cpu" if cfg.cluster.ray else cfg.model.device  # on Ray the actors hold the devices; this copy is for checkpoints
-    if cfg.model.dtype not in (None, MASTER_DTYPE):
-        warnings.warn(f"model.dtype {cfg.model.dtype}: the optimizer updates {cfg.model.dtype} weights and loses every "
-                      "update below half a unit in their last place; keep float32 master weights and compute in low "
-                      "precision with model.autocast", stacklevel=2)
-    policy = load_model(cfg.model.path, device, cfg.model.dtype or MASTER_DTYPE, max_len=cfg.engine.max_model_len)
+    dtype = master_dtype(cfg.model.dtype, "model.dtype", "model.autocast")
+    policy = load_model(cfg.model.path, device, dtype, max_len=cfg.engine.max_model_len)
     trainer = Trainer(cfg, env, policy, Tokenizer.from_dir(cfg.model.path), console=console)
     with StopSignal("the current step") as stop:
         try:

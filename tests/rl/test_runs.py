@@ -536,6 +536,10 @@ def test_rl_and_sft_update_float32_master_weights_where_loading_keeps_the_checkp
                                         "train.run_dir": str(tmp_path / "bf16")})
     with pytest.warns(UserWarning, match="model.dtype bfloat16: the optimizer updates bfloat16 weights"):
         assert main(["train", str(path)]) == 0  # asked for: done, and warned about
+    with pytest.warns(UserWarning, match="--dtype bfloat16: the optimizer updates bfloat16 weights.*--autocast"):
+        assert main(["sft", "--model", str(base), "--data", str(data), "--out", str(tmp_path / "sft16"), "--epochs", "1",
+                     "--samples-per-step", "8", "--dtype", "bfloat16"]) == 0  # half the memory, when asked for
+    assert {v.dtype for v in load_file(str(tmp_path / "sft16" / "model.safetensors")).values()} == {torch.bfloat16}
 
 
 def test_of_two_processes_claiming_a_run_directory_at_once_the_second_is_refused(tmp_path):

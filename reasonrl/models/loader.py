@@ -135,17 +135,26 @@ def empty_model(path: str | Path, device: str | torch.device | None = None, dtyp
     return model
 
 
+def rollout_dtype(dtype: str | None, trained: str | torch.dtype | None) -> str | None:
+    """What rollouts of weights trained in `trained` are generated in: `dtype` (rollout.dtype) when set,
+    else what loading for inference picks (None: float32 on CPU, the checkpoint's dtype on a GPU),
+    but never more precise than half-precision trained weights, whose own dtype is kept."""
+    trained = None if trained is None else str(trained).removeprefix("torch.")
+    return dtype or (trained if trained in ("bfloat16", "float16") else None)
+
+
 def generation_model(policy: DecoderLM, path: str | Path, dtype: str | None = None,
                      max_len: int | None = None) -> DecoderLM:
     """What an engine colocated with a trainer generates with: `policy` itself (its weights shared,
-    nothing copied) when `dtype` is the policy's, else a model of `path`'s architecture in `dtype` on
-    the policy's device, its weights cast from the policy's here and at every sync
-    (`LLMEngine.set_weights`). `dtype` None resolves as loading for inference does: float32 on CPU,
-    the checkpoint's own dtype on an accelerator, so a float32-master policy on a GPU rolls out in
-    the checkpoint's bfloat16 (as verl and slime do) at one bfloat16 copy of the weights."""
+    nothing copied) when the rollout dtype (`rollout_dtype`) is the policy's, else a model of `path`'s
+    architecture in it on the policy's device, its weights cast from the policy's here and at every
+    sync (`LLMEngine.set_weights`): a float32-master policy on a GPU rolls out in the checkpoint's
+    bfloat16 (as verl and slime do) at one bfloat16 copy of the weights."""
+    dtype = rollout_dtype(dtype, policy.dtype)
     if resolve_dtype(dtype, policy.device, policy.config) == policy.dtype:
         return policy
     engine_model = empty_model(path, policy.device, dtype, max_len).eval()
+    engine_model.rotary.inv_freq = policy.rotary.inv_freq.clone()  # the policy's rope (max_len), not recomputed
     with torch.no_grad():
         own = engine_model.state_dict()
         for name, tensor in policy.state_dict().items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from reasonrl.models.loader import rollout_dtype
 from reasonrl.models.model import DecoderLM
 from reasonrl.rl.config import RunConfig
 from reasonrl.rollout.backend import RolloutBackend
@@ -19,7 +20,8 @@ class ScaleOut:
             if cfg.cluster.weight_sync == "broadcast" and cfg.cluster.placement == "colocated" and self.cluster.use_gpus:
                 raise ValueError("cluster.weight_sync: broadcast cannot run colocated on GPUs (NCCL cannot join two "
                                  "processes on one GPU); use object_store, or the disaggregated placement")
-            self.backend = backend or EnginePool(self.cluster, cfg.model.path, cfg.engine, cfg.rollout.dtype)
+            self.backend = backend or EnginePool(self.cluster, cfg.model.path, cfg.engine,
+                                                 rollout_dtype(cfg.rollout.dtype, cfg.model.dtype))
             self.update = TrainerGroup(self.cluster, policy, cfg, pad_id)
             if cfg.cluster.weight_sync == "broadcast" and isinstance(self.backend, EnginePool):
                 self.backend.source = self.update.workers[0]  # rank 0 sends, every engine receives

@@ -325,6 +325,29 @@ def test_rollouts_in_another_dtype_run_on_a_cast_copy_kept_in_step_with_the_trai
     assert metrics["logprob_mismatch"] > 0  # bfloat16 behaviour log-probs against float32 recomputed ones
 
 
+def test_the_rollout_dtype_is_never_more_precise_than_half_precision_trained_weights(policy_dir, tmp_path):
+    from reasonrl.models.loader import rollout_dtype
+
+    assert rollout_dtype(None, torch.float32) is None and rollout_dtype(None, None) is None  # as inference loads
+    assert rollout_dtype(None, torch.bfloat16) == "bfloat16" and rollout_dtype(None, "float16") == "float16"
+    assert rollout_dtype("float32", torch.bfloat16) == "float32"  # asked for
+    cfg = load_config(None, config(policy_dir, tmp_path / "run", **{"model.dtype": "bfloat16"}))
+    policy = load_model(policy_dir, dtype=torch.bfloat16)
+    trainer = Trainer(cfg, LetterEnvironment(), policy, Tokenizer.from_dir(policy_dir), console=False)
+    assert trainer.backend.engine.model is policy  # shared, as before: no float32 copy of bfloat16 weights
+
+
+def test_a_cast_copy_keeps_the_policys_rotary_frequencies(policy_dir):
+    """inv_freq is not in the state dict, so a sync never carries it: the copy takes the policy's (built
+    for its max_len, which a dynamic rope scales) instead of recomputing its own."""
+    from reasonrl.models.loader import generation_model
+
+    policy = load_model(policy_dir)
+    policy.rotary.inv_freq = policy.rotary.inv_freq * 0.5
+    copy = generation_model(policy, policy_dir, "bfloat16")
+    assert copy is not policy and torch.equal(copy.rotary.inv_freq, policy.rotary.inv_freq)
+
+
 def test_a_gpu_engine_beside_a_trainer_leaves_the_optimizer_state_out_of_its_kv_cache(monkeypatch):
     """The KV budget on CUDA is what is free when the engine starts; AdamW's state comes at the first
     update, and the cache allocated again for the next rollout must still fit beside it."""

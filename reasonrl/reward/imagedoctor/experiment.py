@@ -147,9 +147,10 @@ def _sft(cfg: JudgeBenchConfig, train_ex, eval_ex, save: Path, log) -> dict:
 def _ablation(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
     from reasonrl.models.tokenizer import Tokenizer
     from reasonrl.reward.imagedoctor.ablation import head_ablation
+    from reasonrl.models.loader import MASTER_DTYPE
     from reasonrl.reward.imagedoctor.model import load_doctor
 
-    judge, tok = load_doctor(out / "sft" / "model"), Tokenizer.from_dir(out / "sft" / "model")
+    judge, tok = load_doctor(out / "sft" / "model", dtype=MASTER_DTYPE), Tokenizer.from_dir(out / "sft" / "model")
     subset = train_ex[:8 * cfg.ablation_steps]  # each seen about twice: less memory than all of them
     train, held = judge_items(subset, tok, judge.backbone), judge_items(eval_ex, tok, judge.backbone)
     result = head_ablation(judge, tok, train, held, cfg.ablation_steps, lr=cfg.sft_lr, seed=cfg.seed,
@@ -161,13 +162,14 @@ def _ablation(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
 def _grpo(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
     from reasonrl.models.tokenizer import Tokenizer
     from reasonrl.reward.imagedoctor.env import JudgeEnvironment
+    from reasonrl.models.loader import MASTER_DTYPE
     from reasonrl.reward.imagedoctor.model import load_doctor, save_doctor
     from reasonrl.rl.config import from_dict
     from reasonrl.rl.run import open_run
     from reasonrl.rl.trainer import Trainer
     from reasonrl.stop import StopSignal
 
-    doctor, tok = load_doctor(out / "sft" / "model"), Tokenizer.from_dir(out / "sft" / "model")
+    doctor, tok = load_doctor(out / "sft" / "model", dtype=MASTER_DTYPE), Tokenizer.from_dir(out / "sft" / "model")
     train, held = judge_items(train_ex, tok, doctor.backbone), judge_items(eval_ex, tok, doctor.backbone)
     env = JudgeEnvironment(doctor, tok, train, held)
     recipe = grpo_recipe(cfg, out / "sft" / "model", out / "grpo" / "run")

@@ -40,7 +40,7 @@ from reasonrl.demo.vlm_policy import SHIPPED
 from reasonrl.engine.latent import LatentConfig
 from reasonrl.envs.shapes import vqa_prompt
 from reasonrl.models.chat import ChatEncoder, multimodal
-from reasonrl.models.loader import save_model
+from reasonrl.models.loader import MASTER_DTYPE, save_model
 from reasonrl.rl.run import settings_changed
 from reasonrl.vision.lvr import evaluate as ev
 from reasonrl.vision.lvr.env import LVRShapesConfig, LVRShapesEnvironment
@@ -214,7 +214,7 @@ def run_grpo(cfg: LVRExperimentConfig, tok, items, latent: LatentConfig, resume:
     code = run_training(recipe, RunControl(overwrite=not resume), console=False, resume=hint)
     if code != 0:  # stopped (Ctrl-C, SIGTERM) after saving a checkpoint; run_training said how to resume
         raise SystemExit(code)
-    policy = load_model(latest_checkpoint(Path(recipe.train.run_dir)))
+    policy = load_model(latest_checkpoint(Path(recipe.train.run_dir)), dtype=MASTER_DTYPE)  # as the SFT arms are measured
     return measure(policy, tok, items, latent, cfg)
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from reasonrl.vision.binary.quantizer import BinaryQuantizer, VQQuantizer
 from reasonrl.vision.binary.rope import grid_positions, token_ids
@@ -168,7 +169,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_config_errors():
     with pytest.raises(ValueError, match="only practical"):
-        TokenizerConfig(quantizer="vq", codebook_size=16)
+        TokenizerConfig(quantizer="vq", codebook_size=17)
     with pytest.raises(ValueError, match="head size"):
         BitTokenizer(TokenizerConfig(**{**TINY, "axes_dims_rope": (4, 4, 4)}))
 
@@ -287,3 +288,12 @@ def test_a_bad_latent_mlp_width_is_refused_by_name(width):
     """A negative width failed deep in torch ("Trying to create tensor with negative dimension")."""
     with pytest.raises(ValueError, match="TokenizerConfig.latent_mlp must be an integer >= 0"):
         TokenizerConfig(latent_mlp=width)
+
+
+def test_vq_lookup_of_a_large_codebook_is_chunked_and_exact():
+    """2^16 codes are looked up 256 rows at a time; every row still gets its nearest code by cosine."""
+    vq = VQQuantizer(bits=16, dim=8)
+    z = F.normalize(torch.randn(600, 16), dim=-1)
+    whole = (z @ F.normalize(vq.codebook, dim=-1).T).argmax(-1)
+    assert torch.equal(vq.lookup(z), whole)
+    assert TokenizerConfig(quantizer="vq", codebook_size=16).codebook_size == 16

@@ -86,8 +86,10 @@ class VQQuantizer(nn.Module):
         self.register_buffer("idle", torch.zeros(2 ** bits, dtype=torch.long))  # training steps since last use
 
     def lookup(self, z: torch.Tensor) -> torch.Tensor:
-        """(N, code_dim) l2-normalised -> (N,) nearest code (by cosine)."""
-        return (z @ F.normalize(self.codebook, dim=-1).T).argmax(-1)
+        """(N, code_dim) l2-normalised -> (N,) nearest code (by cosine), in chunks of rows so that the
+        score matrix stays near 2^24 entries however large the codebook (2^16 codes: 256 rows at a time)."""
+        codes = F.normalize(self.codebook, dim=-1).T
+        return torch.cat([(part @ codes).argmax(-1) for part in z.split(max(1, 2 ** 24 >> self.bits))])
 
     def forward(self, h: torch.Tensor, sample: bool | None = None) -> Quantized:
         z = F.normalize(self.proj(h), dim=-1)  # (B, K, c)

@@ -132,9 +132,9 @@ class TokenizerConfig:
             raise ValueError(f"TokenizerConfig.latent_mlp must be an integer >= 0 (0: none), got {self.latent_mlp!r}")
         if not (math.isfinite(self.logit_bound) and self.logit_bound >= 0):
             raise ValueError(f"TokenizerConfig.logit_bound must be >= 0 (0: off), got {self.logit_bound!r}")
-        if self.quantizer == "vq" and self.codebook_size > 14:
+        if self.quantizer == "vq" and self.codebook_size > 16:
             raise ValueError(f"TokenizerConfig.codebook_size {self.codebook_size}: a one-hot VQ of 2^d codes is "
-                             "only practical for d <= 14")
+                             "only practical for d <= 16")
         if self.image_size % (self.patch_size * 2 ** len(self.downsample_idx)):
             raise ValueError(f"TokenizerConfig.image_size {self.image_size} must be a multiple of the patch "
                              f"size {self.patch_size} times 2 per merge")

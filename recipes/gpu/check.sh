@@ -27,6 +27,7 @@ run_tests() {  # name, seconds, files...
 run_tests kernels-eval 80 tests/kernels_eval/test_experts.py tests/kernels_eval/test_timing.py
 run_tests kernels 60 tests/kernels/test_paged_attention.py tests/kernels/test_kv_quant.py tests/kernels/test_kv_spark.py
 run_tests compiled 120 tests/engine/test_compiled.py tests/spec/test_draft_graphs.py
+run_tests training 90 tests/rl/test_gpu_training.py
 "$PY" -m reasonrl.cli bench gpu --budget-s "${BUDGET_S:-220}" --parts engine kv-decode spec april kernels \
   --json "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench-gpu.log" || status=1
 exit $status

@@ -11,8 +11,8 @@ from __future__ import annotations
 import random
 import sys
 from dataclasses import dataclass
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 from reasonrl.config import to_dict
 from reasonrl.rl.checkpoint import checkpoint_step, latest_checkpoint, load_checkpoint, save_checkpoint

@@ -26,13 +26,13 @@ class RolloutConfig:
     """Nucleus sampling of the rollouts (keep 1.0 for RL: the log-probs are of the full distribution)."""
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     """The dtype rollouts are generated in (the engine's weights and KV cache). None: as loading for
-    inference does, float32 on CPU, the checkpoint's own dtype on a GPU, but bfloat16/float16 trained
-    weights (model.dtype) roll out in their own dtype. Where it is not the trained
-    weights' (model.dtype: float32 master weights), the in-process engine generates with a copy of the
-    policy in this dtype, cast from the trained weights after every update (one more copy of the
-    weights in memory, half the size in bfloat16); Ray engine actors load the checkpoint in it. The
-    trainer recomputes the log-probs it trains on, so the engine's precision enters only through
-    loss.off_policy tis or decoupled, and is logged as `logprob_mismatch`."""
+    inference does, float32 on CPU, the checkpoint's own dtype on a GPU; bfloat16/float16 trained
+    weights (model.dtype) roll out in their own dtype. Where it is not the trained weights' (float32
+    master weights by default), the in-process engine generates with a copy of the policy in it, cast
+    from the trained weights after every update (one more copy of the weights in memory, half their
+    size in bfloat16); Ray engine actors load the checkpoint in it. The trainer recomputes the
+    log-probs it trains on, so the engine's precision enters only through loss.off_policy tis or
+    decoupled, and is logged as `logprob_mismatch`."""
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     """Variables for the chat template in rollouts and evaluation ({enable_thinking: false}: Qwen3's
     non-thinking mode)."""

@@ -145,9 +145,9 @@ def _sft(cfg: JudgeBenchConfig, train_ex, eval_ex, save: Path, log) -> dict:
 
 
 def _ablation(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
+    from reasonrl.models.loader import MASTER_DTYPE
     from reasonrl.models.tokenizer import Tokenizer
     from reasonrl.reward.imagedoctor.ablation import head_ablation
-    from reasonrl.models.loader import MASTER_DTYPE
     from reasonrl.reward.imagedoctor.model import load_doctor
 
     judge, tok = load_doctor(out / "sft" / "model", dtype=MASTER_DTYPE), Tokenizer.from_dir(out / "sft" / "model")
@@ -160,9 +160,9 @@ def _ablation(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
 
 
 def _grpo(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
+    from reasonrl.models.loader import MASTER_DTYPE
     from reasonrl.models.tokenizer import Tokenizer
     from reasonrl.reward.imagedoctor.env import JudgeEnvironment
-    from reasonrl.models.loader import MASTER_DTYPE
     from reasonrl.reward.imagedoctor.model import load_doctor, save_doctor
     from reasonrl.rl.config import from_dict
     from reasonrl.rl.run import open_run

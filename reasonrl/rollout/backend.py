@@ -145,8 +145,9 @@ def beside_trainer(engine_cfg: EngineConfig, device, train_state_bytes: int) -> 
         return engine_cfg
     budget = default_kv_budget(engine_cfg, device) - train_state_bytes
     if budget <= 0:
-        raise ValueError(f"no room for the KV cache on {device}: the trainer's optimizer state will take "
-                         f"{train_state_bytes / 2**30:.1f} GiB of what engine.gpu_memory_utilization "
-                         f"({engine_cfg.gpu_memory_utilization}) leaves; raise it, or set engine.kv_cache_memory")
+        raise ValueError(f"no room for the KV cache on {device}: the trainer beside the engine will allocate "
+                         f"{train_state_bytes / 2**30:.1f} GiB (its optimizer state; on Ray its weights too) of what "
+                         f"engine.gpu_memory_utilization ({engine_cfg.gpu_memory_utilization}) leaves; raise it, or "
+                         "set engine.kv_cache_memory")
     return replace(engine_cfg, kv_cache_memory=budget)
 

@@ -60,11 +60,12 @@ class Engine:
 
 class EnginePool(RolloutBackend):
     def __init__(self, cluster: Cluster, model_path: str, engine_cfg: EngineConfig, dtype: str | None = None,
-                 poll_wait: float = 0.05, engines: int | None = None):
-        """`engines`: use the first this many engine bundles of the cluster (default: all of them)."""
+                 poll_wait: float = 0.05, engines: int | None = None, reserve_bytes: int = 0):
+        """`engines`: use the first this many engine bundles of the cluster (default: all of them);
+        `reserve_bytes`: device memory each engine leaves to the trainer rank beside it (EngineWorker)."""
         self.ray, self.cluster, self.poll_wait = cluster.ray, cluster, poll_wait
         self.colocated = cluster.cfg.placement == "colocated"
-        self.spec = (model_path, engine_cfg, cluster.device, dtype, cluster.cfg.engine_threads)
+        self.spec = (model_path, engine_cfg, cluster.device, dtype, cluster.cfg.engine_threads, reserve_bytes)
         self.actor_cls = self.ray.remote(EngineWorker)
         self.engines = [self._start(i) for i in range(engines or cluster.cfg.engines)]
         self.balance = LeastOutstanding([e.index for e in self.engines])

@@ -24,12 +24,17 @@ Progress = dict[str, tuple[list[int], list[float]]]  # request -> (new token ids
 
 
 class EngineWorker:
-    def __init__(self, model_path: str, engine_cfg: EngineConfig, device: str, dtype: str | None, threads: int):
+    def __init__(self, model_path: str, engine_cfg: EngineConfig, device: str, dtype: str | None, threads: int,
+                 reserve_bytes: int = 0):
+        """`reserve_bytes`: what a trainer rank on the same GPU allocates after this engine starts (its
+        weights and optimizer state), kept out of the default KV budget (`beside_trainer`)."""
         from reasonrl.models import Tokenizer, load_model
+        from reasonrl.rollout.backend import beside_trainer
 
         torch.set_num_threads(threads)
         policy = load_model(model_path, device, dtype, max_len=engine_cfg.max_model_len)
-        self.engine = LLMEngine(policy, Tokenizer.from_dir(model_path), engine_cfg.for_checkpoint(model_path))
+        config = beside_trainer(engine_cfg.for_checkpoint(model_path), policy.device, reserve_bytes)
+        self.engine = LLMEngine(policy, Tokenizer.from_dir(model_path), config)
         self.version = 0
         self.finished: list[tuple[str, CompletionOutput]] = []
         self.reported: dict[str, int] = {}  # request -> tokens already handed to the driver

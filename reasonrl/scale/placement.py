@@ -5,6 +5,7 @@ from __future__ import annotations
 from reasonrl.models.loader import rollout_dtype
 from reasonrl.models.model import DecoderLM
 from reasonrl.rl.config import RunConfig
+from reasonrl.rl.update import trainable
 from reasonrl.rollout.backend import RolloutBackend
 from reasonrl.scale.cluster import Cluster
 from reasonrl.scale.engine_pool import EnginePool
@@ -21,7 +22,8 @@ class ScaleOut:
                 raise ValueError("cluster.weight_sync: broadcast cannot run colocated on GPUs (NCCL cannot join two "
                                  "processes on one GPU); use object_store, or the disaggregated placement")
             self.backend = backend or EnginePool(self.cluster, cfg.model.path, cfg.engine,
-                                                 rollout_dtype(cfg.rollout.dtype, cfg.model.dtype))
+                                                 rollout_dtype(cfg.rollout.dtype, cfg.model.dtype),
+                                                 reserve_bytes=trainer_rank_bytes(policy, cfg, self.cluster.device))
             self.update = TrainerGroup(self.cluster, policy, cfg, pad_id)
             if cfg.cluster.weight_sync == "broadcast" and isinstance(self.backend, EnginePool):
                 self.backend.source = self.update.workers[0]  # rank 0 sends, every engine receives
@@ -33,3 +35,14 @@ class ScaleOut:
         self.update.close()
         self.backend.close()
         self.cluster.close()
+
+
+def trainer_rank_bytes(policy: DecoderLM, cfg: RunConfig, device: str) -> int:
+    """Device bytes a trainer rank colocated with an engine on a GPU allocates after the engines start:
+    its weights (the driver's `policy` is the trained dtype) and AdamW's two moments per trainable
+    weight, a rank's share of them under FSDP (gradients are freed after each update); 0 elsewhere."""
+    if cfg.cluster.placement != "colocated" or device != "cuda":
+        return 0
+    total = sum(p.numel() * p.element_size() for p in policy.parameters())
+    total += sum(2 * p.numel() * p.element_size() for p in trainable(policy))
+    return total // cfg.cluster.trainers if cfg.cluster.fsdp else total

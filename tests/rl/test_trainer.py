@@ -360,7 +360,7 @@ def test_a_gpu_engine_beside_a_trainer_leaves_the_optimizer_state_out_of_its_kv_
     assert beside_trainer(cfg, cuda, 10 * gib).kv_cache_memory == int(80 * gib * 0.85) - 20 * gib - 10 * gib
     assert beside_trainer(cfg, cuda, 0) is cfg and beside_trainer(cfg, torch.device("cpu"), 10 * gib) is cfg
     assert beside_trainer(EngineConfig(kv_cache_memory=gib), cuda, 10 * gib).kv_cache_memory == gib  # as set
-    with pytest.raises(ValueError, match="optimizer state will take 50.0 GiB.*engine.kv_cache_memory"):
+    with pytest.raises(ValueError, match="will allocate 50.0 GiB.*engine.kv_cache_memory"):
         beside_trainer(cfg, cuda, 50 * gib)
 
 

@@ -128,3 +128,19 @@ def test_a_checkpoint_without_engine_state_resumes_in_one_process():
     backend.engine = Engine()
     backend.load_state_dict({})
     assert backend.engine.loaded is None
+
+
+def test_an_engine_sharing_a_gpu_with_a_trainer_rank_leaves_it_the_ranks_weights_and_adam_state():
+    """Engine actors start before the trainer group and sized their KV cache from what was free then."""
+    import torch
+
+    from reasonrl.scale.placement import trainer_rank_bytes
+
+    policy = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 2))  # 110 + 22 float32 weights
+    policy[1].requires_grad_(False)
+    weights, adam = 132 * 4, 2 * 110 * 4
+    colocated = {"model.path": "m", "cluster.placement": "colocated", "cluster.trainers": 2}
+    assert trainer_rank_bytes(policy, load_config(None, colocated), "cuda") == weights + adam
+    assert trainer_rank_bytes(policy, load_config(None, {**colocated, "cluster.fsdp": True}), "cuda") == (weights + adam) // 2
+    assert trainer_rank_bytes(policy, load_config(None, colocated), "cpu") == 0
+    assert trainer_rank_bytes(policy, load_config(None, {"model.path": "m"}), "cuda") == 0  # disaggregated

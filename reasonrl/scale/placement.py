@@ -39,10 +39,14 @@ class ScaleOut:
 
 def trainer_rank_bytes(policy: DecoderLM, cfg: RunConfig, device: str) -> int:
     """Device bytes a trainer rank colocated with an engine on a GPU allocates after the engines start:
-    its weights (the driver's `policy` is the trained dtype) and AdamW's two moments per trainable
-    weight, a rank's share of them under FSDP (gradients are freed after each update); 0 elsewhere."""
+    its weights (the driver's `policy` is in the trained dtype) and AdamW's two moments per trainable
+    weight, a rank's share of them under FSDP, though never less than the whole weights it loads before
+    sharding them; plus a whole frozen reference copy with train.reference_model. Gradients are freed
+    after each update. 0 where no trainer shares an engine's GPU."""
     if cfg.cluster.placement != "colocated" or device != "cuda":
         return 0
-    total = sum(p.numel() * p.element_size() for p in policy.parameters())
-    total += sum(2 * p.numel() * p.element_size() for p in trainable(policy))
-    return total // cfg.cluster.trainers if cfg.cluster.fsdp else total
+    weights = sum(p.numel() * p.element_size() for p in policy.parameters())
+    steady = weights + sum(2 * p.numel() * p.element_size() for p in trainable(policy))
+    if cfg.cluster.fsdp:
+        steady = max(weights, steady // cfg.cluster.trainers)
+    return steady + (weights if cfg.train.reference_model else 0)

@@ -142,5 +142,9 @@ def test_an_engine_sharing_a_gpu_with_a_trainer_rank_leaves_it_the_ranks_weights
     colocated = {"model.path": "m", "cluster.placement": "colocated", "cluster.trainers": 2}
     assert trainer_rank_bytes(policy, load_config(None, colocated), "cuda") == weights + adam
     assert trainer_rank_bytes(policy, load_config(None, {**colocated, "cluster.fsdp": True}), "cuda") == (weights + adam) // 2
+    assert trainer_rank_bytes(policy, load_config(None, {**colocated, "cluster.fsdp": True, "cluster.trainers": 8}),
+                              "cuda") == weights  # loaded whole before it is sharded
+    assert trainer_rank_bytes(policy, load_config(None, {**colocated, "train.reference_model": True}),
+                              "cuda") == 2 * weights + adam  # a whole frozen copy beside it
     assert trainer_rank_bytes(policy, load_config(None, colocated), "cpu") == 0
     assert trainer_rank_bytes(policy, load_config(None, {"model.path": "m"}), "cuda") == 0  # disaggregated

@@ -154,11 +154,8 @@ def generation_model(policy: DecoderLM, path: str | Path, dtype: str | None = No
     if resolve_dtype(dtype, policy.device, policy.config) == policy.dtype:
         return policy
     engine_model = empty_model(path, policy.device, dtype, max_len).eval()
+    engine_model.load_state_dict(policy.state_dict())  # (cast into the copy's dtype)
     engine_model.rotary.inv_freq = policy.rotary.inv_freq.clone()  # the policy's rope (max_len), not recomputed
-    with torch.no_grad():
-        own = engine_model.state_dict()
-        for name, tensor in policy.state_dict().items():
-            own[name].copy_(tensor)
     return engine_model
 
 

@@ -76,6 +76,11 @@ def trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def adam_state_bytes(model: torch.nn.Module) -> int:
+    """Bytes AdamW's state takes once made (at the first update): two moments per trainable weight."""
+    return sum(2 * p.numel() * p.element_size() for p in trainable(model))
+
+
 def freeze_vision(model: torch.nn.Module) -> None:
     """Keep a vision-language model's vision tower and merger fixed; a text model has none."""
     if hasattr(model, "visual"):
@@ -245,9 +250,9 @@ class PolicyUpdate:
 
     @property
     def state_bytes(self) -> int:
-        """Device bytes AdamW's state will take (two moments per trainable weight, made at the first
-        update): what an engine colocated on a GPU leaves out of its KV cache, sized before that."""
-        return sum(2 * p.numel() * p.element_size() for p in trainable(self.policy))
+        """Device bytes AdamW's state will take: what an engine colocated on a GPU leaves out of its KV
+        cache, sized before the first update makes it."""
+        return adam_state_bytes(self.policy)
 
     def lr(self) -> float:
         """The learning rate the next update uses."""

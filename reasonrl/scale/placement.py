@@ -5,7 +5,7 @@ from __future__ import annotations
 from reasonrl.models.loader import rollout_dtype
 from reasonrl.models.model import DecoderLM
 from reasonrl.rl.config import RunConfig
-from reasonrl.rl.update import trainable
+from reasonrl.rl.update import adam_state_bytes
 from reasonrl.rollout.backend import RolloutBackend
 from reasonrl.scale.cluster import Cluster
 from reasonrl.scale.engine_pool import EnginePool
@@ -46,7 +46,7 @@ def trainer_rank_bytes(policy: DecoderLM, cfg: RunConfig, device: str) -> int:
     if cfg.cluster.placement != "colocated" or device != "cuda":
         return 0
     weights = sum(p.numel() * p.element_size() for p in policy.parameters())
-    steady = weights + sum(2 * p.numel() * p.element_size() for p in trainable(policy))
+    steady = weights + adam_state_bytes(policy)
     if cfg.cluster.fsdp:
         steady = max(weights, steady // cfg.cluster.trainers)
     return steady + (weights if cfg.train.reference_model else 0)

@@ -21,7 +21,8 @@ FORMATS = '{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", 
 
 
 class ResponsesTool(BaseModel):
-    """The Responses API's function tool: the function's fields at the top level."""
+    """The Responses API's function tool: the function's fields at the top level. Fields of its own
+    (`cache_control`) are ignored with a warning, as a chat tool's are, and never reach the template."""
 
     model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
     type: Literal["function"]
@@ -79,7 +80,8 @@ class ResponsesRequest(BaseModel):
 
     def unknown_fields(self) -> list[str]:
         """The fields this server does not know (ignored with a warning, refused under --strict-api)."""
-        return sorted(self.model_extra or {})
+        return sorted([*(self.model_extra or {}),
+                       *(f"tools.{i}.{k}" for i, t in enumerate(self.tools or []) for k in t.model_extra or {})])
 
     def chat_body(self) -> dict[str, Any]:
         """The same request as a chat completion's body (ValueError naming a malformed input item)."""
@@ -89,8 +91,8 @@ class ResponsesRequest(BaseModel):
         choice = self.tool_choice
         if isinstance(choice, ResponsesNamedChoice):
             choice = {"type": "function", "function": {"name": choice.name}}
-        tools = [{"type": "function", "function": t.model_dump(exclude={"type"}, exclude_none=True)}
-                 for t in self.tools] if self.tools else None
+        tools = [{"type": "function", "function": t.model_dump(exclude={"type", *(t.model_extra or ())}, exclude_none=True)}
+                 for t in self.tools] if self.tools else None  # a tool's unknown fields (cache_control) ignored
         fields = {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_output_tokens,
                   "stream": self.stream, "tools": tools, "tool_choice": choice,
                   "parallel_tool_calls": self.parallel_tool_calls, "response_format": self._response_format()}

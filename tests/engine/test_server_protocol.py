@@ -325,6 +325,26 @@ def test_newer_fields_inside_stream_options_and_tools_are_ignored_with_a_warning
         strict.stop()
 
 
+def test_a_responses_tool_field_of_its_own_is_ignored_with_a_warning_not_rendered(client, engine, caplog):
+    """A Responses tool carries the function's fields at its top level; its `cache_control` went into the
+    function the chat template rendered (the prompt grew by it) and was not reported, even under --strict-api."""
+    tool = {"type": "function", "name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "string"}}}}
+    body = {"input": "x", "max_output_tokens": 2, "temperature": 0}
+    plain = client.post("/v1/responses", json={**body, "tools": [tool]}).json()
+    with caplog.at_level("WARNING", logger="reasonrl.serve"):
+        r = client.post("/v1/responses", json={**body, "tools": [{**tool, "cache_control": {"type": "ephemeral"}}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["input_tokens"] == plain["usage"]["input_tokens"]
+    assert r.json()["tools"] == plain["tools"] and "cache_control" not in r.text
+    assert "tools.cache_control" in " ".join(rec.getMessage() for rec in caplog.records)
+    strict = Server(engine, ServeConfig(served_model_name="tiny", strict_api=True))
+    try:
+        r = httpx.post(f"{strict.url}/v1/responses", json={**body, "tools": [tool, {**tool, "cache_control": {}}]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tools.1.cache_control", r.text
+    finally:
+        strict.stop()
+
+
 @pytest.mark.parametrize("field,value", [("previous_response_id", "resp_123"), ("conversation", {"id": "conv_1"})])
 def test_stored_conversations_are_refused_not_dropped(client, field, value):
     """A follow-up by previous_response_id was answered as if it were the first turn."""

@@ -114,6 +114,23 @@ def test_tokenize_counts_an_image_chat_as_the_chat_completion_does(client, llm):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "messages.0.content.1.image_url"
 
 
+def test_tokenize_counts_images_from_their_sizes_without_preprocessing_pixels(client, monkeypatch):
+    """/tokenize normalised, patchified and hashed every image only to count its tokens; the count comes
+    from the image's size, as preprocessing resizes it (odd sizes included)."""
+    body = chat("Two:", data_url(noise_image(45, 71, 1)), "and", data_url(noise_image(130, 33, 2)))
+    want = client.post("/v1/chat/completions", json=body).json()["usage"]["prompt_tokens"]
+    import reasonrl.engine.server.images as server_images
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("preprocess called by /tokenize")
+
+    monkeypatch.setattr(server_images, "preprocess", refuse)
+    r = client.post("/tokenize", json={"messages": body["messages"]})
+    assert r.status_code == 200 and r.json()["count"] == want, r.text
+    r = client.post("/tokenize", json={"messages": chat("<|image_pad|>", data_url(noise_image(45, 71, 1)))["messages"]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+
+
 def test_resume_a_chat_with_an_image_over_http(client):
     body = chat("What is in the picture?", data_url(IMAGES[1]), temperature=1.0, seed=4, logprobs=True)
     full = client.post("/v1/chat/completions", json=body).json()["choices"][0]

@@ -85,23 +85,31 @@ class ChatImages:
             raise APIError(f"{where} must be {{\"url\": \"data:...\", \"detail\" (optional): auto|low|high}}", param=where)
         return decode_data_url(spec["url"], self.cfg, where)
 
-    def prompt(self, ids: list[int], images: list[tuple[str, Image.Image, int]]) -> MultimodalPrompt:
-        """The rendered ids (one placeholder per image) with the images preprocessed and placed."""
-        pixels, grids = [], []
+    def prompt(self, ids: list[int], images: list[tuple[str, Image.Image, int]], pixels: bool = True) -> MultimodalPrompt:
+        """The rendered ids (one placeholder per image) with the images preprocessed and placed. Without
+        `pixels` (POST /tokenize) the same ids and checks, the grids from the images' sizes, nothing
+        normalised or hashed: the prompt has no pixel values."""
+        values, grids = [], []
         for where, image, _ in images:
+            if not pixels:
+                height, width = smart_resize(image.height, image.width, self.factor, self.image_cfg.min_pixels,
+                                             self.image_cfg.max_pixels)  # as preprocess resizes it
+                grids.append(torch.tensor([[1, height // self.image_cfg.patch_size, width // self.image_cfg.patch_size]]))
+                continue
             try:
                 p, g = preprocess([image], self.image_cfg)
             except Exception as exc:  # the image's content made preprocessing fail: the request's fault
                 raise APIError(f"{where}: cannot use this image: {exc}", param=where) from None
-            pixels.append(p)
+            values.append(p)
             grids.append(g)
         grid = torch.cat(grids)
         try:
             ids = expand_image_tokens(ids, grid, self.vlm.image_token_id, self.vlm.vision.spatial_merge_size)
-            prompt = MultimodalPrompt.from_ids(ids, torch.cat(pixels), grid, self.vlm)
+            prompt = MultimodalPrompt.from_ids(ids, torch.cat(values) if values else None, grid, self.vlm)
         except ValueError as exc:  # e.g. image placeholder tokens written in the text
             raise APIError(f"the messages do not place their images: {exc}", param="messages") from None
-        _ = prompt.image_digests  # hashed here, in the worker, rather than in the engine's thread
+        if pixels:
+            _ = prompt.image_digests  # hashed here, in the worker, rather than in the engine's thread
         return prompt
 
 

@@ -93,7 +93,7 @@ class Preparer:
         else:
             chat = ChatRequest.model_validate({"messages": [m.model_dump(exclude_none=True) for m in body.messages],
                                                "add_generation_prompt": body.add_generation_prompt})
-            ids = _ids(self._chat_prompt(chat))  # as a chat completion has them: images' placeholders expanded
+            ids = _ids(self._chat_prompt(chat, pixels=False))  # as a chat completion has them: placeholders expanded
         return {"count": len(ids), "max_model_len": self.max_len, "tokens": ids}
 
     def detokenize(self, raw: bytes) -> dict:
@@ -116,11 +116,12 @@ class Preparer:
         return Job(body, True, [prompt], self._params(body, [prompt], max_tokens, logprobs, "messages"), body.logprobs,
                    "chat")
 
-    def _chat_prompt(self, body: ChatRequest) -> list[int] | MultimodalPrompt:
-        """The chat rendered and tokenised: token ids, or ids with images (a vision-language model)."""
+    def _chat_prompt(self, body: ChatRequest, pixels: bool = True) -> list[int] | MultimodalPrompt:
+        """The chat rendered and tokenised: token ids, or ids with images (a vision-language model;
+        without `pixels`, ids and image grids only: ChatImages.prompt)."""
         messages, images = self.images.messages(body.messages) if self.images else (None, [])
         prompt = self._encode(self._render(body, messages), param="messages", add_special_tokens=False)
-        return self.images.prompt(prompt, images) if images else prompt
+        return self.images.prompt(prompt, images, pixels) if images else prompt
 
     def _validate(self, raw: bytes, model: type[CompletionRequest | ChatRequest | ResponsesRequest]):
         body = validate_body(parse_json(raw), model)

@@ -150,6 +150,27 @@ def test_the_shipped_recipe_is_the_experiment_grpo_stage():
     assert load_config(recipe).to_dict() == from_dict(grpo_recipe(LVRExperimentConfig(), "runs/lvr/sft-lvr")).to_dict()
 
 
+def test_the_scene_settings_reach_the_sft_data_and_the_grpo_environment(monkeypatch, tmp_path):
+    """--image-size, --min-objects and --max-objects: the same scenes for both SFT arms, the held-out
+    questions and GRPO's environment."""
+    from reasonrl.envs.registry import load_environment
+    from reasonrl.vision.lvr import experiment
+
+    cfg = experiment.LVRExperimentConfig(out=str(tmp_path), image_size=168, min_objects=5, max_objects=7)
+    env = load_environment(experiment.grpo_recipe(cfg, "x")["env"]["name"])
+    assert env.lvr == cfg.scenes() and (env.lvr.image_size, env.lvr.min_objects, env.lvr.max_objects) == (168, 5, 7)
+    made = []
+
+    def environment(scenes):  # the one environment every example comes from; stop there
+        made.append(scenes)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment, "LVRShapesEnvironment", environment)
+    with pytest.raises(KeyboardInterrupt):
+        experiment.run_experiment(cfg, log=lambda text: None)
+    assert made == [cfg.scenes()]
+
+
 def test_reasonrl_data_lvr_writes_the_training_examples_regions(setup, path, tmp_path):
     from reasonrl.cli import main
 

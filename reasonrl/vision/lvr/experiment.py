@@ -54,7 +54,7 @@ class LVRExperimentConfig:
     base: str = str(SHIPPED)
     """The vision-language checkpoint to start from (the embedded VLM)."""
     train_problems: int = 3000
-    """Distinct training questions (detail family, 224-pixel scenes of 1-4 objects)."""
+    """Distinct training questions (detail family, scenes as image_size, min_objects and max_objects say)."""
     eval_problems: int = 300
     """Held-out questions (the test split) every figure is measured on."""
     sft_steps: int = 800
@@ -85,12 +85,22 @@ class LVRExperimentConfig:
     """Latent steps the accuracy is measured at."""
     seed: int = 0
     """Seeds data, order and noise."""
+    image_size: int = 224
+    """Width and height of the scenes (the embedded VLM's 224: 8 x 8 merged tokens)."""
+    min_objects: int = 1
+    """Fewest objects in a scene."""
+    max_objects: int = 4
+    """Most objects in a scene (the world draws up to 8): more objects, more distractors to look past."""
+
+    def scenes(self) -> LVRShapesConfig:
+        return LVRShapesConfig(image_size=self.image_size, min_objects=self.min_objects, max_objects=self.max_objects)
 
 
 def grpo_recipe(cfg: LVRExperimentConfig, policy: str) -> dict:
     """The GRPO run as a `reasonrl train` recipe (also recipes/lvr-shapes.yaml)."""
     return {"model": {"path": policy, "freeze_vision": True},
-            "env": {"name": "lvr:?max_objects=4", "eval_size": cfg.eval_problems},
+            "env": {"name": f"lvr:?image_size={cfg.image_size}&min_objects={cfg.min_objects}&max_objects={cfg.max_objects}",
+                    "eval_size": cfg.eval_problems},
             "rollout": {"prompts_per_step": 8, "samples_per_prompt": 8, "max_tokens": 32, "temperature": 1.0},
             "engine": {"max_num_seqs": 128, "kv_cache_memory": "256MiB", "max_model_len": 512,
                        "latent_steps": cfg.latent_steps},
@@ -125,7 +135,7 @@ def run_experiment(cfg: LVRExperimentConfig, log=None) -> dict:
     out, start = Path(cfg.out), time.time()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    env = LVRShapesEnvironment(LVRShapesConfig())
+    env = LVRShapesEnvironment(cfg.scenes())
     model, tok = lvr_policy(cfg.base)
     latent = LatentConfig.from_tokenizer(tok, steps=cfg.latent_steps)
     if set(cfg.arms) - {"plain", "lvr"} or set(cfg.stages) - {"sft", "grpo"}:

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from reasonrl.cli import Command
 from reasonrl.cli.flags import add_flags, values
+from reasonrl.config import to_dict
 
 
-def _steps(parser: argparse.ArgumentParser, delimiter: str = " "):
+def _steps(parser: argparse.ArgumentParser, unset: str):
     from reasonrl.reward.prm.steps import StepFormat
 
-    add_flags(parser, StepFormat, title="step format (StepFormat; sums: one step per running total)",
-              defaults={"delimiter": delimiter})
+    add_flags(parser, StepFormat, title=f"step format (StepFormat; flags left unset: {unset})",
+              defaults={f.name: None for f in dataclasses.fields(StepFormat)})
+
+
+def _step_format(args, default):
+    """The step format the flags give, over `default` where they leave a field unset."""
+    from reasonrl.reward.prm.steps import StepFormat
+
+    given = {k: v for k, v in values(args, StepFormat).items() if v is not None}
+    return StepFormat(**{**to_dict(default), **given})
 
 
 def label(parser: argparse.ArgumentParser):
@@ -22,14 +32,17 @@ def label(parser: argparse.ArgumentParser):
     from reasonrl.reward.prm.steps import StepFormat
 
     add_flags(parser, LabelJob, title="labelling")
-    _steps(parser)
+    _steps(parser, "the environment's, a space for sums: (one step per running total), else a blank line")
     add_flags(parser, EngineConfig, title="engine", only=["max_num_seqs", "kv_cache_memory", "max_model_len"])
 
     def run(args) -> int:
         from reasonrl.reward.prm.labels import run_label_job
 
-        result = run_label_job(LabelJob(**values(args, LabelJob)), StepFormat(**values(args, StepFormat)),
-                               values(args, EngineConfig))
+        from reasonrl.envs.registry import load_environment
+
+        job = LabelJob(**values(args, LabelJob))
+        fmt = _step_format(args, StepFormat(delimiter=load_environment(job.env).step_delimiter))
+        result = run_label_job(job, fmt, values(args, EngineConfig))
         print(json.dumps(result["quality"], indent=2))
         return 0
 
@@ -46,14 +59,15 @@ def train(parser: argparse.ArgumentParser):
     add_flags(parser, PRMTrainJob, title="job")
     add_flags(parser, PRMTrainConfig, title="training (PRMTrainConfig)")
     add_flags(parser, PRMConfig, title="model (PRMConfig)")
-    _steps(parser)
+    _steps(parser, "the one `prm label` cut the rows with")
     add_flags(parser, RunControl, title="output directory", only=["overwrite"])  # (trained in one go: no resume)
 
     def run(args) -> int:
-        from reasonrl.reward.prm.run import run_train
+        from reasonrl.reward.prm.run import recorded_step_format, run_train
 
-        cfg = PRMConfig(**values(args, PRMConfig), steps=StepFormat(**values(args, StepFormat)))
-        result = run_train(PRMTrainJob(**values(args, PRMTrainJob)), cfg, PRMTrainConfig(**values(args, PRMTrainConfig)),
+        job = PRMTrainJob(**values(args, PRMTrainJob))
+        cfg = PRMConfig(**values(args, PRMConfig), steps=_step_format(args, recorded_step_format(job.data)))
+        result = run_train(job, cfg, PRMTrainConfig(**values(args, PRMTrainConfig)),
                            control=RunControl(**values(args, RunControl)))
         print(json.dumps(result.get("eval", {}), indent=2))
         return 0

@@ -31,6 +31,8 @@ class Environment:
     held_out: bool = True
     """Whether `prompts(split="eval")` holds prompts that training does not see; False for an
     environment built from one file, whose every split is that file."""
+    step_delimiter: str = "\n\n"
+    """What separates a solution's steps (`reasonrl prm label`'s default step format): a blank line."""
 
     def prompts(self, n: int | None = None, seed: int = 0, split: str = "train") -> list[Prompt]:
         raise NotImplementedError

@@ -69,6 +69,7 @@ def guess(terms: list[int]) -> str:
 
 class SumsEnvironment(Environment):
     name = "sums"
+    step_delimiter = " "  # one step per running total
 
     def __init__(self, max_terms: int = 10, p: float = 0.3, min_terms: int = 2):
         if not 2 <= min_terms <= max_terms:

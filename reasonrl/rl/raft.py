@@ -144,10 +144,12 @@ def run_raft(cfg: RaftConfig, control: RunControl = RunControl(), stop=None, log
     if checkpoint_step(latest) >= cfg.rounds:
         say(f"{out}: this run is finished (round {checkpoint_step(latest)} of {cfg.rounds}); nothing to do. For more "
             "rounds, raise --rounds and add --accept-changes; to start over, add --overwrite.")
+        history = load_trainer_state(latest)["raft"]
+        _write_metrics(out, history)  # killed between the last checkpoint and its metrics: the checkpoint's
         if not has_weights(out):  # stopped after its last checkpoint, before the policy (its weights go in last)
             save_model(load_model(latest, device=cfg.device, dtype=torch.float32), out, Tokenizer.from_dir(latest),
                        atomic=True)
-        return load_trainer_state(latest)["raft"]
+        return history
     env = load_environment(cfg.env)
     # a resumed run starts from its last round's policy, read once
     model = load_model(latest or cfg.policy, device=cfg.device, dtype=torch.float32)
@@ -155,6 +157,7 @@ def run_raft(cfg: RaftConfig, control: RunControl = RunControl(), stop=None, log
     score, held_out = reward_fn(cfg, env), env.prompts(cfg.eval_problems, seed=cfg.seed, split="eval")
     if latest is not None:
         history = load_trainer_state(latest)["raft"]
+        _write_metrics(out, history)  # as the checkpoint has them (a kill may have come between the two)
         say(f"resuming after round {len(history) - 1} ({latest})")
     else:
         history = [{"round": 0, "samples": 0, "accuracy": held_out_accuracy(model, tokenizer, env, held_out, cfg.max_tokens)}]

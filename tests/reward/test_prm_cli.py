@@ -118,14 +118,82 @@ def test_prm_train_out_follows_the_run_directory_rules(tmp_path, capsys):
 
 def test_a_step_format_that_does_not_cut_the_labelled_steps_is_refused(tmp_path, capsys):
     """`prm train` trained on the rows' steps but saved the command's step format (its default a space, for
-    sums): a PRM labelled on "\\n\\n" steps then scored each word as a step wherever it was used."""
+    sums): a PRM labelled on "\\n\\n" steps then scored each word as a step wherever it was used. Unset,
+    the step format is the one the rows were labelled with."""
     env, rng = SumsEnvironment(max_terms=5), random.Random(0)
     rows = [solution_row(env, p, worked(terms_of(p), rng, 0.3).replace(" ", "\n\n"), StepFormat(), f"{p.id}/0")
             for p in env.prompts(8, split="train")]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     args = ["prm", "train", "--data", str(tmp_path / "train.jsonl"), "--labels", "exact", "--epochs", "1",
             "--device", "cpu"]
-    assert main([*args, "--out", str(tmp_path / "prm")]) == 2
+    assert main([*args, "--out", str(tmp_path / "prm"), "--delimiter", " "]) == 2
     assert "cuts into 1 steps with this step format" in capsys.readouterr().err
     assert not (tmp_path / "prm").exists()
-    assert main([*args, "--out", str(tmp_path / "prm"), "--delimiter", "\n\n"]) == 0
+    assert main([*args, "--out", str(tmp_path / "prm")]) == 0
+    assert json.loads((tmp_path / "prm" / "prm_config.json").read_text())["steps"]["delimiter"] == "\n\n"
+    unrecorded = tmp_path / "old.jsonl"  # rows labelled before the step format was recorded: the default
+    unrecorded.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "step_format"}) + "\n" for r in rows))
+    assert main([*args[:3], str(unrecorded), *args[4:], "--out", str(tmp_path / "prm-old")]) == 0
+
+
+def test_prm_label_cuts_steps_as_its_environment_does(tmp_path, monkeypatch):
+    """`prm label`'s default step format was a space whatever the environment: a prose solution's every
+    word became a step, each continued N times by every completer."""
+    from reasonrl.reward.prm import labels
+
+    used = {}
+
+    def record(job, fmt, engine_kwargs=None, log=print):
+        used[job.env] = fmt
+        return {"quality": {}}
+
+    monkeypatch.setattr(labels, "run_label_job", record)
+    for env in ("sums:", "letter"):
+        assert main(["prm", "label", "--policy", "p", "--out", str(tmp_path / "x.jsonl"), "--env", env]) == 0
+    assert used["sums:"] == StepFormat(delimiter=" ") and used["letter"] == StepFormat(delimiter="\n\n")
+    assert main(["prm", "label", "--policy", "p", "--out", str(tmp_path / "x.jsonl"), "--split", "tags"]) == 0
+    assert used["sums:"] == StepFormat(split="tags", delimiter=" ")
+
+
+def test_pool_and_prompt_shapes_are_checked_before_scoring(tmp_path, capsys, monkeypatch):
+    """A prompt that is not chat messages was rendered without its question and scored; a pool row's
+    numeric `final`, --trials 0 and a bad --orm directory failed only after the PRM had scored the pool."""
+    import pytest
+
+    from reasonrl.reward.prm.run import BestOfNJob, run_best_of_n
+
+    from reasonrl.reward.prm.model import PRMConfig, save_prm
+    from reasonrl.reward.prm.run import new_prm
+
+    scorer = new_prm("reasonrl/demo/policy", PRMConfig(steps=StepFormat(delimiter=" ")), "cpu")
+    prm = str(save_prm(scorer.prm, tmp_path / "prm", scorer.tokenizer))
+    rows = write_pool(tmp_path / "pool.jsonl", 3, 2, "eval")
+    for bad in ({"content": "Add: 1 + 2"}, ["Add: 1 + 2"], [{"role": "user"}], None, 3):
+        (tmp_path / "bad.jsonl").write_text(json.dumps({**rows[0], "prompt": bad}) + "\n")
+        assert main(["prm", "judge", "--prm", prm, "--data", str(tmp_path / "bad.jsonl"), "--device", "cpu"]) == 2
+        assert "bad.jsonl:1: prompt must be a string or a non-empty list of chat messages" in capsys.readouterr().err
+        with pytest.raises(ValueError, match="prompt must be"):
+            scorer.score_steps([(bad, ["1+2=3"])])
+    (tmp_path / "bad.jsonl").write_text(json.dumps({**rows[0], "final": 3}) + "\n")
+    assert main(["prm", "judge", "--prm", prm, "--data", str(tmp_path / "bad.jsonl"), "--device", "cpu"]) == 2
+    assert "bad.jsonl:1: final must be" in capsys.readouterr().err
+    job = dict(pool=str(tmp_path / "pool.jsonl"), prm=prm, out=str(tmp_path / "bon.json"), ns=(1, 2), device="cpu")
+    with pytest.raises(ValueError, match="trials must be >= 1"):
+        run_best_of_n(BestOfNJob(**job, trials=0))
+    import reasonrl.reward.prm.run as run
+
+    scored = []
+    monkeypatch.setattr(run, "_step_scores", lambda *a: scored.append(a) or [])
+    with pytest.raises(FileNotFoundError, match="no_orm is not a process reward model"):
+        run_best_of_n(BestOfNJob(**job, orm=str(tmp_path / "no_orm")))
+    assert scored == []
+
+
+def test_soft_labels_need_a_single_completer():
+    import pytest
+
+    from reasonrl.reward.prm.train import PRMTrainConfig
+
+    with pytest.raises(ValueError, match="soft"):
+        PRMTrainConfig(soft=True)  # consistent labels are hard by construction
+    assert PRMTrainConfig(soft=True, labels="weak").soft

@@ -124,3 +124,21 @@ def test_a_continuation_the_engine_fails_is_run_again_not_scored(completer):
             completer.run([Request(prompt, seed=1)])
     finally:
         completer.engine.runner.sampling_batch = sampling
+
+
+def test_solutions_cut_at_max_tokens_are_kept_in_pools_and_left_out_of_labelling(tmp_path):
+    """A solution cut at max_tokens ends in a fragment of a step, which the completers went on from and
+    labelled as if it were a step (often "right")."""
+    common = dict(policy=POLICY, env="sums:?min_terms=5&max_terms=5", problems=2, samples_per_problem=2,
+                  completions=1, max_tokens=12, device="cpu")  # 12 tokens: no worked 5-term solution ends
+    pool = LabelJob(out=str(tmp_path / "pool.jsonl"), distinct=False, **common)
+    assert run_label_job(pool, SPACE, ENGINE, log=lambda *a: None)["cut"] == 0  # no completer: nothing labelled
+    rows = [json.loads(line) for line in (tmp_path / "pool.jsonl").read_text().splitlines()]
+    cut = {(r["id"].split("/")[0], r["response"]) for r in rows if not r["ended"]}
+    assert len(rows) == 4 and cut and rows[0]["step_format"]["delimiter"] == " "
+    logged = []
+    result = run_label_job(LabelJob(out=str(tmp_path / "labels.jsonl"), weak=POLICY, **common), SPACE, ENGINE,
+                           log=logged.append)
+    labelled = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert result["cut"] == len(cut) and result["rows"] == len(labelled) and all(r["ended"] for r in labelled)
+    assert f"{len(cut)} solutions cut at max_tokens (12) left out of labelling" in logged

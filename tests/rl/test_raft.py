@@ -121,6 +121,12 @@ def test_a_raft_run_killed_after_a_round_resumes_there_and_ends_as_an_uninterrup
     assert metrics[0] == metrics[1] and [r["round"] for r in metrics[0]] == [0, 1, 2]
     whole, cut = (load_file(tmp_path / run / "model.safetensors") for run in ("whole", "cut"))
     assert all(torch.equal(whole[k], cut[k]) for k in whole) and whole.keys() == cut.keys()
+    # a kill between the last round's checkpoint and its metrics: the rerun finds the run finished and
+    # writes the metrics the checkpoint holds (it left metrics.jsonl a round short)
+    lines = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "whole" / "metrics.jsonl").write_text("".join(lines[:-1]))
+    assert main(raft_args(tmp_path / "whole")) == 0
+    assert (tmp_path / "whole" / "metrics.jsonl").read_text() == "".join(lines)
     # a kill while the final policy is saved leaves no weights file (it goes in last), so the rerun saves it again
     from reasonrl.models import load_model, loader
 

@@ -51,17 +51,26 @@ def sample_solutions(completer: Completer, env: Environment, prompts: Sequence[P
     cost = completer.run(requests, n=samples)
     rows = []
     for r in requests:
-        for j, text in enumerate(dict.fromkeys(r.texts) if distinct else r.texts):
-            rows.append(solution_row(env, r.prompt, text, fmt, f"{r.prompt.id}/{j}"))
+        pairs = list(zip(r.texts, r.ended))
+        if distinct:  # a duplicate solution once, where it first came
+            first: dict[str, bool] = {}
+            for text, ended in pairs:
+                first.setdefault(text, ended)
+            pairs = list(first.items())
+        for j, (text, ended) in enumerate(pairs):
+            rows.append(solution_row(env, r.prompt, text, fmt, f"{r.prompt.id}/{j}", ended))
     return rows, cost
 
 
-def solution_row(env: Environment, prompt: Prompt, response: str, fmt: StepFormat, row_id: str) -> dict[str, Any]:
+def solution_row(env: Environment, prompt: Prompt, response: str, fmt: StepFormat, row_id: str,
+                 ended: bool = True) -> dict[str, Any]:
+    """`ended`: the response ended on its own, not cut at max_tokens (then its last step is a fragment)."""
     steps = [s.text for s in split_steps(response, fmt)]
     exact = env.step_labels(prompt, steps) if hasattr(env, "step_labels") else None
     return {"id": row_id, "prompt": prompt.messages, "answer": prompt.answer, "metadata": prompt.metadata,
             "response": response, "steps": steps, "final": env.extract(prompt, response),
-            "outcome": env.reward(prompt, response), "exact": exact, "mc": {}}
+            "outcome": env.reward(prompt, response), "exact": exact, "ended": ended, "step_format": to_dict(fmt),
+            "mc": {}}
 
 
 def monte_carlo(completer: Completer, env: Environment, rows: list[dict[str, Any]], fmt: StepFormat, role: str,
@@ -199,6 +208,10 @@ def run_label_job(job: LabelJob, fmt: StepFormat, engine_kwargs: dict | None = N
     sampling = dict(temperature=job.temperature, max_tokens=job.max_tokens, device=job.device, **options)
     prompts = env.prompts(job.problems, seed=job.data_seed, split=job.data_split)
     rows, costs = _solutions(job, env, prompts, fmt, sampling)
+    cut = [r for r in rows if not r["ended"]] if job.weak or job.strong else []
+    if cut:  # a cut solution's last step is a fragment, which a completer would go on from as if it were a step
+        rows = [r for r in rows if r["ended"]]
+        log(f"{len(cut)} solutions cut at max_tokens ({job.max_tokens}) left out of labelling")
     log(f"{len(rows)} solutions of {len(prompts)} problems, {sum(len(r['steps']) for r in rows)} steps"
         + _no_room(costs["solutions"], "prompts", "no solutions"))
     for role in ("weak", "strong"):
@@ -213,7 +226,7 @@ def run_label_job(job: LabelJob, fmt: StepFormat, engine_kwargs: dict | None = N
     Path(f"{out}.cost.json").write_text(json.dumps({k: to_dict(v) for k, v in costs.items()}, indent=2) + "\n")
     quality = quality_table(rows, job.completions) if all(r["exact"] is not None for r in rows) else {}
     Path(f"{out}.quality.json").write_text(json.dumps(quality, indent=2) + "\n")
-    return {"rows": len(rows), "costs": {k: to_dict(v) for k, v in costs.items()}, "quality": quality}
+    return {"rows": len(rows), "cut": len(cut), "costs": {k: to_dict(v) for k, v in costs.items()}, "quality": quality}
 
 
 def _solutions(job: LabelJob, env, prompts, fmt, sampling) -> tuple[list[dict[str, Any]], dict[str, Cost]]:

@@ -25,7 +25,7 @@ from reasonrl.reward.prm.judge import processbench
 from reasonrl.reward.prm.labels import Source, label_problem
 from reasonrl.reward.prm.model import CONFIG_FILE, PRMConfig, from_backbone, load_prm, save_prm
 from reasonrl.reward.prm.best_of_n import Candidate, curves, rules
-from reasonrl.reward.prm.scoring import PRMScorer, StepScores, aggregate, check_aggregations
+from reasonrl.reward.prm.scoring import PRMScorer, StepScores, aggregate, check_aggregations, prompt_problem
 from reasonrl.reward.prm.steps import StepFormat, split_steps
 from reasonrl.reward.prm.train import PRMTrainConfig, train_prm
 from reasonrl.rl.run import open_run
@@ -86,13 +86,32 @@ def read_rows(path: str | Path, need: Sequence[str] = (), labels: Source | None 
     return rows
 
 
+def recorded_step_format(path: str | Path) -> StepFormat:
+    """The step format `prm label` cut the rows of `path` with (recorded in each row), or the default
+    StepFormat for rows that record none; the rows are checked against it before training."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"labelled solutions {path} do not exist")
+    with path.open("rb") as f:
+        first = next((line for line in f if line.strip()), b"")
+    try:
+        recorded = json.loads(first).get("step_format")
+        return StepFormat(**recorded) if recorded is not None else StepFormat()
+    except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, unknown or bad fields
+        raise ValueError(f"{path}:1: step_format must be a step format as `prm label` records it ({exc})") from None
+
+
 def _row_problem(row: dict[str, Any], need: Sequence[str]) -> str | None:
     missing = {"prompt", "steps", "outcome", *need} - set(row)
     if missing:
         return f"missing {', '.join(sorted(missing))}"
     steps, exact = row["steps"], row.get("exact")
+    if (shape := prompt_problem(row["prompt"])) is not None:
+        return shape
     if not isinstance(steps, list) or not all(isinstance(x, str) for x in steps):
         return "steps must be a list of strings"
+    if row.get("final") is not None and not isinstance(row["final"], str):
+        return f"final must be the extracted answer as a string or null, got {row['final']!r}"
     if isinstance(row["outcome"], bool) or not isinstance(row["outcome"], (int, float)):
         return f"outcome must be a number, got {row['outcome']!r}"
     if exact is not None and (not isinstance(exact, list) or len(exact) != len(steps) or any(x not in (0, 1) for x in exact)):
@@ -234,9 +253,14 @@ def run_best_of_n(job: BestOfNJob, log=print) -> dict[str, Any]:
     aggregates (not scored 0.0); the solutions that had some are counted in `unread`."""
     if not job.ns or any(not isinstance(n, int) or n < 1 for n in job.ns):
         raise ValueError(f"ns must be candidate counts >= 1, got {list(job.ns)}")
+    if job.trials < 1:
+        raise ValueError(f"trials must be >= 1 bootstrap trials, got {job.trials}")
     check_aggregations([job.vote_by])
     rows = read_rows(job.pool, need=("id",))
     check_pools(rows, max(job.ns))
+    for path in (job.prm, job.orm):  # both reward models exist before either scores the pool
+        if path is not None:
+            PRMConfig.from_dir(path)
     pools, unread = candidates(rows, job.prm, job.orm, job.device)
     for name, k in unread.items():
         if k:

@@ -72,8 +72,11 @@ class PRMScorer:
 
     # ---- encoding ---------------------------------------------------------------------------------
     def prompt_input(self, prompt: PromptLike) -> list[int] | MultimodalPrompt:
-        if isinstance(prompt, MultimodalPrompt) or (isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)):
+        if isinstance(prompt, MultimodalPrompt) or (isinstance(prompt, list) and prompt
+                                                    and all(isinstance(t, int) for t in prompt)):
             return prompt
+        if (shape := prompt_problem(prompt)) is not None:
+            raise ValueError(shape)
         messages = _utf8_messages([{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt)
         if self.cfg.chat:
             return self.encoder(messages)
@@ -177,6 +180,19 @@ def check_aggregations(names: Any) -> list[str]:
 def _utf8(text: str) -> str:
     """Text the tokenizer accepts: a lone surrogate (a JSON escape such as \\ud800) becomes '?'."""
     return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def prompt_problem(prompt: Any) -> str | None:
+    """Why `prompt` is not a prompt the PRM can read (text, or chat messages each with a string role and
+    a string or list content), or None. A malformed prompt rendered by the chat template would be
+    scored with the question left out, not refused."""
+    if isinstance(prompt, str):
+        return None
+    if isinstance(prompt, list) and prompt and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                                   and isinstance(m.get("content"), (str, list)) for m in prompt):
+        return None
+    return ("prompt must be a string or a non-empty list of chat messages, each with a string role and a string "
+            f"or list content; got {str(prompt)[:80]!r}")
 
 
 def _text_length(prompt: PromptLike) -> int:

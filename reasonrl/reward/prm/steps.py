@@ -26,7 +26,8 @@ class StepFormat:
     split: Literal["delimiter", "tags"] = "delimiter"
     """How a response is cut into steps: at each delimiter, or the text inside each tag pair."""
     delimiter: str = "\n\n"
-    """split=delimiter: the text between steps ("\\n\\n" for prose; " " for `sums`, one step per running total)."""
+    """split=delimiter: the text between steps ("\\n\\n" for prose; " " for `sums`, one step per running total).
+    Unset, `prm label` takes its environment's, `prm train` the one its labelled rows were cut with."""
     open_tag: str = "<step>"
     """split=tags: what opens a step."""
     close_tag: str = "</step>"

@@ -65,6 +65,9 @@ class PRMTrainConfig:
             raise ValueError(f"negative_upsample must be an integer >= 1, got {self.negative_upsample!r}")
         if self.completions is not None and (not isinstance(self.completions, int) or self.completions < 1):
             raise ValueError(f"completions must be an integer >= 1 (or unset: all), got {self.completions!r}")
+        if self.soft and self.labels not in ("weak", "strong"):
+            raise ValueError(f"soft labels are the success rate of one completer's continuations (labels weak or "
+                             f"strong); labels {self.labels} have none, so soft would change nothing")
         if self.epochs <= 0 or self.orm_init_epochs < 0:
             raise ValueError(f"epochs must be > 0 and orm_init_epochs >= 0, got {self.epochs}, {self.orm_init_epochs}")
 

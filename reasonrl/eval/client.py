@@ -12,8 +12,14 @@ Failures (model output is untrusted, and so is the network):
 - A dead endpoint is one error, not one per sample: `probe()` raises `EndpointError` naming the
   URL when GET /models cannot connect; during the run, when `max(8, concurrency)` samples in a
   row have failed (samples go sample-major, so these are different problems: not one bad
-  prompt), the run stops with an `EndpointError` naming the URL and the last failure. A run
-  with fewer failures ends normally and the harness reports them (IncompleteEval).
+  prompt), the run stops with an `EndpointError` naming the URL and the last failure. A refusal
+  breaks the row: the server read the request and answered, so it is alive (a run of prompts
+  too long for its context is not a dead endpoint, and a rerun asks for the same ones again).
+- A server that refused at least `max(8, concurrency)` requests and answered none is likely wrong
+  itself (a context shorter than every prompt plus max_tokens): `RefusedAll`, an EndpointError,
+  once every request is done, so that its refusals are not taken for the requests' fault. A
+  caller holding answers given under the same settings before knows better and may go on.
+- A run with fewer failures ends normally and the harness reports them (IncompleteEval).
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ _DONE = object()
 
 class EndpointError(ConnectionError):
     """The endpoint cannot be used at all (unreachable, refusing the key, failing every request)."""
+
+
+class RefusedAll(EndpointError):
+    """The endpoint refused every request of a run (at least the trip count) and answered none."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +121,9 @@ class OpenAIClient:
     def generate(self, jobs: Sequence[Job], wait: float = 0.5) -> Iterator[list[Result]]:
         """Finished samples in batches as they arrive (an empty batch every `wait` s of quiet).
 
-        Raises EndpointError when `max(8, concurrency)` samples in a row failed; samples
-        finished before that are yielded first. Closing the iterator cancels the rest."""
+        Raises EndpointError when `max(8, concurrency)` samples in a row failed other than by a
+        refusal (samples finished before that are yielded first), or after the last batch when at
+        least that many were refused and none answered. Closing the iterator cancels the rest."""
         results: queue.Queue = queue.Queue()
         loop = asyncio.new_event_loop()
         task = loop.create_task(self._run(list(jobs), results))
@@ -120,12 +131,16 @@ class OpenAIClient:
                                   daemon=True)
         thread.start()
         trip_after = max(8, self.config.concurrency)
-        failed_in_a_row, finished = 0, False
+        failed_in_a_row, answered, refused, finished = 0, 0, 0, False
         try:
             while not finished:
                 batch, finished = _drain(results, wait)
                 for _, out in batch:
-                    failed_in_a_row = failed_in_a_row + 1 if isinstance(out, Failure) else 0
+                    failed = isinstance(out, Failure)
+                    answered += not failed  # a completion, or a subclass's result (an embedding)
+                    if failed and out.rejected:
+                        refused, last_refusal = refused + 1, out.error
+                    failed_in_a_row = failed_in_a_row + 1 if failed and not out.rejected else 0
                     if failed_in_a_row >= trip_after:
                         last = out.error
                         _cancel(loop, task)
@@ -135,6 +150,10 @@ class OpenAIClient:
                         raise EndpointError(f"the endpoint {self.root} failed the last {failed_in_a_row} requests "
                                             f"in a row; the last error: {last}")
                 yield batch
+            if refused >= trip_after and not answered:
+                raise RefusedAll(f"the endpoint {self.root} refused all {refused} requests and answered none (is its "
+                                 "context too short for the prompt plus max_tokens?); the last refusal: "
+                                 f"{last_refusal}")
         finally:
             if thread.is_alive():
                 _cancel(loop, task)
@@ -196,9 +215,13 @@ class OpenAIClient:
         try:
             data = r.json()
             choice = data["choices"][0]
-            text = (choice["message"].get("content") if self.config.chat else choice["text"]) or ""
-            reasoning = choice["message"].get("reasoning_content", choice["message"].get("reasoning")) \
-                if self.config.chat else None
+            if self.config.chat:
+                message = choice["message"]
+                text = message.get("content") or ""
+                # vLLM's old field or its new one; a proxy may send both, one of them null
+                reasoning = message.get("reasoning_content") or message.get("reasoning")
+            else:
+                text, reasoning = choice["text"] or "", None
             if isinstance(reasoning, str) and reasoning and isinstance(text, str):
                 text = f"<think>{reasoning}</think>{text}"  # what a server's reasoning parser split off, put back
             usage = data.get("usage") or {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -23,10 +24,10 @@ from reasonrl.config import check_template_kwargs
 from reasonrl.envs.base import Environment, Prompt
 from reasonrl.envs.registry import load_environment
 
-from .client import ClientConfig, EndpointError, OpenAIClient
+from .client import ClientConfig, EndpointError, OpenAIClient, RefusedAll
 from .jobs import Completion, Failure, Job, jobs_for
 from .progress import Progress
-from .store import SampleStore
+from .store import SampleStore, fingerprint
 from .summary import markdown, summarize
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ class EvalConfig:
             raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise ValueError(f"limit must be an integer >= 1, got {self.limit!r}")
+        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)):
+            raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.prm is not None and self.n < 2:
@@ -148,11 +151,12 @@ class EvalConfig:
 
 
 class IncompleteEval(RuntimeError):
-    """Some samples failed after their retries; the summary (also on disk) counts the others."""
+    """Some samples failed after their retries; the summary (also on disk) counts the others.
+    `failures` names each failed sample (its job) and why (a `Failure`: refused or not)."""
 
-    def __init__(self, message: str, summary: dict[str, Any]):
+    def __init__(self, message: str, summary: dict[str, Any], failures: list[tuple[Job, Failure]]):
         super().__init__(message)
-        self.summary = summary
+        self.summary, self.failures = summary, failures
 
 
 def run_eval(benchmark: str | Environment, *, model: str, out: str | Path, stop: Callable[[], bool] = lambda: False,
@@ -170,6 +174,7 @@ def evaluate(cfg: EvalConfig, stop: Callable[[], bool] = lambda: False) -> dict[
     try:
         prompts = select_prompts(env, cfg)
         with SampleStore(cfg.out, cfg.settings()) as store:
+            check_problems(prompts, store)
             todo = missing_jobs(prompts, store, cfg)
             resumed = [store.rows[(p.id, j)] for p in prompts for j in range(cfg.n) if (p.id, j) in store.rows]
             failures = generate(env, cfg, todo, store, resumed, stop) if todo else []
@@ -186,10 +191,10 @@ def evaluate(cfg: EvalConfig, stop: Callable[[], bool] = lambda: False) -> dict[
     (cfg.out / "summary.md").write_text(markdown(summary))
     if failures and not summary["stopped"]:
         advice = ("the model or server refused them, so a rerun with the same settings fails the same way: change "
-                  "what the error names" if all(f.rejected for f in failures) else
+                  "what the error names" if all(f.rejected for _, f in failures) else
                   "rerun the same command to ask only for the missing samples")
-        raise IncompleteEval(f"{len(failures)} of {len(todo)} samples failed (first error: {failures[0].error}); "
-                             f"the summary in {cfg.out} counts the rest; {advice}", summary)
+        raise IncompleteEval(f"{len(failures)} of {len(todo)} samples failed (first error: {failures[0][1].error}); "
+                             f"the summary in {cfg.out} counts the rest; {advice}", summary, failures)
     return summary
 
 
@@ -204,6 +209,20 @@ def select_prompts(env: Environment, cfg: EvalConfig) -> list[Prompt]:
     return unique
 
 
+def check_problems(prompts: list[Prompt], store: SampleStore) -> None:
+    """Refuse samples drawn for another problem under the same id: a file's ids are its line
+    numbers, so a benchmark file edited or regenerated in place would mix two runs. A row from
+    before rows carried a fingerprint is taken to match, as it always was."""
+    current = {p.id: fingerprint(p) for p in prompts}
+    changed = sorted({pid for (pid, _), row in store.rows.items()
+                      if pid in current and row.get("fingerprint", current[pid]) != current[pid]})
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise ValueError(f"{store.path} holds samples of other problems under the ids {shown} (the benchmark "
+                         "changed since they were drawn); use another output directory, or delete this one to "
+                         "start over")
+
+
 def missing_jobs(prompts: list[Prompt], store: SampleStore, cfg: EvalConfig) -> list[Job]:
     """The samples `store` lacks, sample-major (sample 0 of every problem first), so that an
     early stop leaves a spread of problems and the running pass@1 is not one problem's."""
@@ -213,26 +232,30 @@ def missing_jobs(prompts: list[Prompt], store: SampleStore, cfg: EvalConfig) -> 
 
 
 def generate(env: Environment, cfg: EvalConfig, todo: list[Job], store: SampleStore, resumed: list[dict],
-             stop: Callable[[], bool] = lambda: False) -> list[Failure]:
+             stop: Callable[[], bool] = lambda: False) -> list[tuple[Job, Failure]]:
     """Ask the model for `todo`, scoring and recording samples as they finish, until done or
-    `stop()`; the failures."""
+    `stop()`; the failed samples."""
     if cfg.temperature == 0 and cfg.n > 1:
         log.warning("temperature 0 is greedy: the %d samples of a problem will be identical", cfg.n)
     model = make_model(cfg)
     correct = sum(r["reward"] >= cfg.threshold for r in resumed)
     progress = Progress(len(resumed) + len(todo), len(resumed), correct, enabled=cfg.progress)
-    failures: list[Failure] = []
+    failures: list[tuple[Job, Failure]] = []
     batches = model.generate(todo)
     try:
         for batch in batches:
             finished = [(job, out) for job, out in batch if isinstance(out, Completion)]
-            failed = [out for _, out in batch if isinstance(out, Failure)]
+            failed = [(job, out) for job, out in batch if isinstance(out, Failure)]
             rows = score(env, finished)
             store.append(rows)
             failures += failed
             progress.update(len(rows), sum(r["reward"] >= cfg.threshold for r in rows), len(failed))
             if stop():
                 break  # closing the generator cancels what is in flight
+    except RefusedAll:
+        if not store.rows:  # nothing was ever answered with these settings: the server's are wrong
+            raise
+        # else samples of these settings were answered before: these prompts are refused for their own sake
     except EndpointError as exc:
         raise EndpointError(f"{exc}. {len(store.rows)} finished samples are saved in {store.path}; rerun the same "
                             "command to resume") from None
@@ -273,7 +296,7 @@ def score(env: Environment, finished: list[tuple[Job, Completion]]) -> list[dict
     rewards = env.rewards([job.prompt for job, _ in finished], [out.text for _, out in finished])
     return [{"problem_id": job.prompt.id, "sample": job.sample, "seed": job.seed, "response": out.text,
              "extracted": extract(env, job.prompt, out.text), "reward": float(reward), "tokens": out.tokens,
-             "finish_reason": out.finish_reason}
+             "finish_reason": out.finish_reason, "fingerprint": fingerprint(job.prompt)}
             for (job, out), reward in zip(finished, rewards, strict=True)]
 
 
@@ -294,7 +317,7 @@ def extract(env: Environment, prompt: Prompt, response: str) -> str | None:
 
 
 def build_summary(env: Environment, cfg: EvalConfig, prompts: list[Prompt], store: SampleStore,
-                  failures: list[Failure]) -> dict[str, Any]:
+                  failures: list[tuple[Job, Failure]]) -> dict[str, Any]:
     problems = [(p, [store.rows[(p.id, j)] for j in range(cfg.n) if (p.id, j) in store.rows]) for p in prompts]
     summary = {"benchmark": cfg.benchmark_name, "model": cfg.model, "n": cfg.n, "k": sorted({1, *cfg.k}),
                "threshold": cfg.threshold, "complete": not failures, "failed": len(failures)}

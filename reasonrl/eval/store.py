@@ -4,7 +4,8 @@ The samples file is append-only and flushed after every batch; on start it is re
 only the samples it lacks are asked for. A process killed mid-write leaves at most one
 half-written last line: it is dropped (the file is cut back to its last newline, so the next
 row starts on a line of its own) and its sample is asked again. A later row for the same
-(problem_id, sample) replaces an earlier one.
+(problem_id, sample) replaces an earlier one. Each row carries its problem's `fingerprint`, so
+that a resume can tell a problem that changed under the same id (the harness refuses it).
 
 `run.json` holds the settings that decide what a sample is (benchmark, model, endpoint,
 sampling). Once a sample is recorded, a rerun with other settings into the same directory is
@@ -14,6 +15,7 @@ change (a larger n or limit extends the run; a restarted server may listen elsew
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -21,11 +23,13 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from reasonrl.envs.base import Prompt
+
 log = logging.getLogger(__name__)
 
 SAMPLES_FILE = "samples.jsonl"
 SETTINGS_FILE = "run.json"
-Row = dict[str, Any]  # problem_id, sample, seed, response, extracted, reward, tokens, finish_reason
+Row = dict[str, Any]  # problem_id, sample, seed, response, extracted, reward, tokens, finish_reason, fingerprint
 
 
 class SampleStore:
@@ -64,6 +68,13 @@ def json_line(row: dict[str, Any]) -> str:
     return line + "\n"
 
 
+def fingerprint(prompt: Prompt) -> str:
+    """A short hash of what a problem asks (its messages) and of its reference answer. What JSON
+    cannot hold (an image) counts by its type only: a repr may hold a memory address."""
+    data = json.dumps([prompt.messages, prompt.answer], default=lambda obj: type(obj).__name__)
+    return hashlib.blake2b(data.encode(), digest_size=8).hexdigest()
+
+
 def read_samples(path: Path) -> list[Row]:
     """The rows of a samples file, dropping a half-written last line (and cutting it off); a row
     missing what the summary reads (an edited file) is skipped, so it is sampled again."""
@@ -80,7 +91,26 @@ def _is_sample(row: dict[str, Any]) -> bool:
 def jsonl_lines(path: Path) -> list[str]:
     """The lines of a JSONL file, split at "\\n" only: splitlines() also splits at U+2028, U+0085...,
     which JSON strings hold raw (`json_line` writes them so, and so may any other writer)."""
-    return Path(path).read_text(encoding="utf-8").split("\n")
+    try:
+        return Path(path).read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise not_utf8(path, exc) from None
+
+
+def not_utf8(path: Path, exc: UnicodeDecodeError) -> ValueError:
+    """The error for a file that is not UTF-8, naming it and the line of the first bad byte."""
+    line = exc.object.count(b"\n", 0, exc.start) + 1
+    return ValueError(f"{path}:{line}: not UTF-8 text ({exc.reason}: byte {exc.object[exc.start]:#04x})")
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in `path`; a damaged file raises ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise not_utf8(path, exc) from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
 
 
 def read_rows(path: Path, is_row: Callable[[dict[str, Any]], bool], what: str = "a row",
@@ -118,7 +148,9 @@ def _check_settings(settings_path: Path, samples_path: Path, settings: dict[str,
     settings = json.loads(json.dumps(settings))  # compare as stored: tuples are lists, 0 == 0.0
     has_samples = samples_path.exists() and samples_path.stat().st_size > 0
     if settings_path.exists() and has_samples:
-        before = json.loads(settings_path.read_text())
+        before = read_json(settings_path)
+        if not isinstance(before, dict):
+            raise ValueError(f"{settings_path}: expected the settings as a JSON object")
         changed = [f"{k}={settings.get(k)!r} (was {before.get(k)!r})" for k in sorted(set(before) | set(settings))
                    if before.get(k) != settings.get(k)]
         if changed:

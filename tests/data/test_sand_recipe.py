@@ -98,6 +98,18 @@ def test_files_are_read_at_load_with_file_and_line(files, tmp_path):
         from_dict(recipe(files, generate={"seed_problems": str(seeds)}))
 
 
+def test_files_not_in_utf8_are_refused_naming_the_file_and_line(files, tmp_path):
+    """A Latin-1 file failed with "'utf-8' codec can't decode byte 0xe9 ...", naming no file."""
+    evals = tmp_path / "evals.jsonl"
+    evals.write_bytes(b'{"problem": "1+1"}\n{"problem": "Caf\xe9: 1+1"}\n')
+    with pytest.raises(ConfigError, match=r"evals.jsonl:2: not UTF-8"):
+        from_dict(recipe(files, decontaminate={"eval_sets": [str(evals)]}))
+    topics = tmp_path / "topics.yaml"
+    topics.write_bytes(b"Algebra:\n  Inequalities:\n    theorems: [Caf\xe9]\n")
+    with pytest.raises(ConfigError, match=r"topics.yaml:3: not UTF-8"):
+        from_dict(recipe(files, hike={"topics": str(topics)}))
+
+
 def test_seed_answers_that_are_numbers_are_written_positionally(tmp_path):
     """str(1e-07) is '1e-07', which a math parser reads as Euler's e minus 7: correct solutions
     scored 0 and \\boxed{e-7} scored 1."""

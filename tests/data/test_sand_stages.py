@@ -8,7 +8,9 @@ import pytest
 from sand_double import CLEAN, ScriptedServer
 from sand_helpers import ledger, report, run, slot_of, sums_recipe, write_jsonl
 
+from reasonrl.data.sand import StageIncomplete
 from reasonrl.data.sand.mini.teacher import Reply, SumsTeacher
+from reasonrl.eval import EndpointError
 
 TEACHER = SumsTeacher()
 
@@ -321,3 +323,68 @@ def test_a_changed_measure_recipe_applies_to_the_problems_not_yet_measured(tmp_p
     for pid in set(after) - set(before):
         assert after[pid]["problem"]["samples"] == 2
     assert report(out)["by_stage"]["base.measure"]["policy_samples"] == 3 * 2 + 2 * 2
+
+
+def test_measure_drops_a_problem_the_policy_server_refuses_and_asks_again_only_for_other_failures(tmp_path):
+    """docs/sand.md: a refused request drops its problem. In measure, one refused sample ended the
+    stage with StageIncomplete, and every rerun asked again and stopped there: hike and export never ran."""
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"id": i, "problem": p, "answer": a} for i, p, a in [
+        ("short", "Add: 12 + 7", 19), ("long", "Add: 45 + 8 + 3", 56), ("flaky", "Add: 9 + 31 + 6 + 2", 48)]])
+    broken = {"flaky": True}
+
+    def policy_script(prompt, seed, body):
+        if "45 + 8" in prompt:
+            return (400, "maximum context length is 64 tokens")
+        if "9 + 31" in prompt and broken["flaky"]:
+            return (200, "not a completion")  # malformed: a failure that is not a refusal
+        return "\\boxed{19}"
+
+    teacher, policy = ScriptedServer(teacher=CLEAN), ScriptedServer(policy_script)
+
+    def measured(out):
+        return run(sums_recipe(tmp_path, teacher.url, generate={"problems": 0, "seed_problems": seeds},
+                               hike={"enabled": False},
+                               measure={"model": "double", "base_url": policy.url, "k": 2, "system_prompt": None}), out)
+
+    try:
+        with pytest.raises(StageIncomplete, match="base.measure: ") as info:
+            measured(tmp_path / "run")
+        assert "malformed" in str(info.value) and "HTTP 400" not in str(info.value)  # what a rerun can mend
+        assert policy.statuses[400] == 2
+        broken["flaky"] = False
+        summary = measured(tmp_path / "run")
+        assert policy.statuses[400] == 2  # the refusals were recorded: the rerun did not ask for them again
+        assert measured(tmp_path / "again")["accepted"]["all"] == 2  # refusals alone: the stage goes on at once
+    finally:
+        teacher.stop()
+        policy.stop()
+    rows = ledger(tmp_path / "run", "base.measure")
+    assert (rows["s-long"]["reason"], rows["s-long"]["detail"]) == ("request rejected by the server",
+                                                                     "HTTP 400: maximum context length is 64 tokens")
+    assert rows["s-short"]["problem"]["empirical_difficulty"] == 0.0
+    assert rows["s-flaky"]["problem"]["empirical_difficulty"] == 1.0
+    assert summary["accepted"]["all"] == 2 and report(tmp_path / "run")["by_stage"]["base.measure"]["rejected"] == 2
+    assert ledger(tmp_path / "again", "base.measure")["s-long"]["reason"] == "request rejected by the server"
+
+
+def test_refusals_before_an_endpoint_failure_are_recorded(tmp_path):
+    """The refusals a stage had collected were thrown away when the endpoint then failed: a rerun
+    asked for them again."""
+    served = Counter()
+
+    def script(prompt, seed, body):
+        served["n"] += 1
+        if served["n"] > 6:
+            return (503, "no healthy upstream")  # the endpoint goes down
+        return (400, "prompt too long") if served["n"] % 2 else TEACHER.respond(prompt, seed)
+
+    server = ScriptedServer(script)
+    try:
+        data = sums_recipe(tmp_path, server.url, generate={"problems": 16})
+        data["defaults"].update(concurrency=1, retries=0)  # one at a time: 3 answered, 3 refused, then 10 failures
+        with pytest.raises(EndpointError, match="failed the last 8 requests in a row"):
+            run(data, tmp_path / "run")
+    finally:
+        server.stop()
+    calls = [json.loads(line) for line in (tmp_path / "run" / "calls" / "base.generate.jsonl").read_text().splitlines()]
+    assert sum("rejected" in c for c in calls) == 3 and sum("text" in c for c in calls) == 3

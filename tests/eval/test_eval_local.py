@@ -33,7 +33,7 @@ def test_local_checkpoint_end_to_end(checkpoint, tmp_path):
     assert len(rows) == 8 and {s for _, s in rows} == {0, 1}
     for row in rows.values():
         assert set(row) == {"problem_id", "sample", "seed", "response", "extracted", "reward", "tokens",
-                            "finish_reason"}
+                            "finish_reason", "fingerprint"}
         assert isinstance(row["response"], str) and 1 <= row["tokens"] <= 8
         assert row["finish_reason"] in ("stop", "length") and row["reward"] in (0.0, 1.0)
     assert summary["problems"] == 4 and summary["samples"] == 8 and summary["complete"]

@@ -7,9 +7,10 @@ import pytest
 from eval_fake_server import FakeServer, free_port, problem_text
 
 from reasonrl.envs.registry import load_environment
-from reasonrl.eval import EndpointError, IncompleteEval, run_eval
+from reasonrl.eval import EndpointError, EvalConfig, IncompleteEval, run_eval
 
-ROW_FIELDS = {"problem_id", "sample", "seed", "response", "extracted", "reward", "tokens", "finish_reason"}
+ROW_FIELDS = {"problem_id", "sample", "seed", "response", "extracted", "reward", "tokens", "finish_reason",
+              "fingerprint"}
 FAST = dict(progress=False, backoff=0.01, request_timeout=10.0)
 
 
@@ -111,6 +112,30 @@ def test_4xx_is_not_retried_and_leaves_the_run_incomplete(solutions, tmp_path):
         server.stop()
 
 
+def test_a_run_of_prompts_the_server_refuses_is_no_dead_endpoint(tmp_path):
+    """20 prompts in a row too long for the context (HTTP 400) tripped the dead-endpoint check: the run
+    stopped with EndpointError, and so did every rerun, on the same prompts."""
+    rows = [{"problem": ("long " * 50 if 2 <= i < 22 else "") + f"What is {i}+0?", "answer": str(i)} for i in range(26)]
+    data = tmp_path / "b.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def reply(body, attempt):
+        text = problem_text(body)
+        return (400, "maximum context length is 64 tokens") if text.startswith("long") else \
+            "\\boxed{%s}" % text.split("is ")[1].split("+")[0]
+
+    server = FakeServer(reply)
+    try:
+        for _ in range(2):  # the rerun asks for the refused samples only: all refused, but others were answered
+            with pytest.raises(IncompleteEval, match="refused them") as info:
+                run_eval(f"math:{data}", model="fake", base_url=server.url, out=tmp_path / "run", concurrency=4,
+                         **FAST)
+            assert info.value.summary["failed"] == 20 and info.value.summary["samples"] == 6
+    finally:
+        server.stop()
+    assert all(f.rejected for _, f in info.value.failures) and len(read_rows(tmp_path / "run")) == 6
+
+
 def test_dead_port_is_one_clear_error(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/v1"
     t0 = time.monotonic()
@@ -198,3 +223,23 @@ def test_reasoning_a_server_split_off_is_put_back_before_the_answer(tmp_path):
         server.stop()
     assert summary["pass@1"] == 1.0
     assert read_rows(tmp_path / "run")[0]["response"] == "<think>add them</think>\\boxed{4}"
+
+
+def test_reasoning_beside_a_null_reasoning_content_is_kept(tmp_path):
+    """A proxy that sends both fields, "reasoning_content": null beside "reasoning", lost the reasoning."""
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    message = {"content": "\\boxed{2}", "reasoning_content": None, "reasoning": "one plus one is two"}
+    server = FakeServer(lambda body, attempt: message)
+    try:
+        run_eval(f"math:{data}", model="fake", base_url=server.url, out=tmp_path / "run", **FAST)
+    finally:
+        server.stop()
+    assert read_rows(tmp_path / "run")[0]["response"] == "<think>one plus one is two</think>\\boxed{2}"
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), "1"])
+def test_threshold_must_be_a_finite_number(threshold, tmp_path):
+    """--threshold nan was taken: no reward is >= nan, so a perfect model scored pass@1 0."""
+    with pytest.raises(ValueError, match="threshold must be a finite number"):
+        EvalConfig("sums:", "fake", tmp_path, base_url="http://127.0.0.1:9/v1", threshold=threshold)

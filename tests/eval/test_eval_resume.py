@@ -128,3 +128,48 @@ def test_store_drops_a_torn_last_line_and_keeps_the_latest_row(tmp_path):
         assert set(store.rows) == {("a", 0), ("b", 0)}
     with pytest.raises(ValueError, match="other settings: temperature=0.0 \\(was 1.0\\)"):
         SampleStore(tmp_path, {**settings, "temperature": 0.0})
+
+
+def test_samples_of_a_benchmark_file_changed_in_place_are_refused_not_mixed(tmp_path):
+    """A file's ids are its line numbers: regenerated in place, its old samples were resumed as
+    samples of the new problems (a perfect model's answers scored for another model's run)."""
+    bench = tmp_path / "bench.jsonl"
+
+    def write(pairs):
+        bench.write_text("".join(json.dumps({"problem": f"What is {a}+{b}?", "answer": str(a + b)}) + "\n"
+                                 for a, b in pairs))
+
+    server = FakeServer(lambda body, attempt: "\\boxed{2}")
+    try:
+        write([(1, 1), (2, 2), (3, 3)])
+        run_eval(f"math:{bench}", model="fake", base_url=server.url, out=tmp_path / "out", n=2, progress=False)
+        asked = len(server.requests)
+        write([(1, 1), (20, 20), (30, 30)])  # lines 2 and 3 are other problems now
+        with pytest.raises(ValueError, match="other problems under the ids bench-2, bench-3 .*another output dir"):
+            run_eval(f"math:{bench}", model="fake", base_url=server.url, out=tmp_path / "out", n=4, progress=False)
+        assert len(server.requests) == asked
+
+        # rows written before rows had fingerprints resume as they always did
+        samples = tmp_path / "out" / "samples.jsonl"
+        rows = [json.loads(line) for line in samples.read_text().splitlines()]
+        samples.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "fingerprint"}) + "\n" for r in rows))
+        summary = run_eval(f"math:{bench}", model="fake", base_url=server.url, out=tmp_path / "out", n=2,
+                           progress=False)
+        assert summary["run"]["resumed"] == 6 and len(server.requests) == asked
+    finally:
+        server.stop()
+
+
+def test_a_damaged_run_json_or_a_file_not_in_utf8_is_an_error_naming_it(tmp_path):
+    from reasonrl.eval.store import jsonl_lines
+
+    settings = {"benchmark": "x"}
+    with SampleStore(tmp_path, settings) as store:
+        store.append([row("a", 0, 1.0)])
+    (tmp_path / "run.json").write_text('{"benchmark": "x"')  # cut short
+    with pytest.raises(ValueError, match=r"run\.json: not valid JSON"):
+        SampleStore(tmp_path, settings)
+    latin1 = tmp_path / "evals.jsonl"
+    latin1.write_bytes(b'{"problem": "1+1"}\n{"problem": "Caf\xe9: 1+1"}\n')
+    with pytest.raises(ValueError, match=r"evals\.jsonl:2: not UTF-8"):
+        jsonl_lines(latin1)

@@ -8,11 +8,15 @@ per-request timeout and the dead-endpoint check are the client's (reasonrl/eval/
 
 What cannot be answered:
 - A request the server refuses for itself (a 4xx other than 408/429: a prompt longer than the
-  context, a bad parameter) is recorded as `rejected` with the server's message once the stage's
-  calls are done, and its problem is dropped with that message. Rejections are free (nothing was
-  generated), so a run that stops early records none and a rerun asks again.
+  context, a bad parameter) is recorded as `rejected` with the server's message, and its problem
+  is dropped with that message. Refusals are recorded once the stage's calls are done, or when
+  the endpoint fails (`EndpointError`) if it has answered some call of the stage: then the
+  refusals are the requests' own. Rejections are free (nothing was generated), so a run that
+  stops early records none and a rerun asks again.
 - A call still failing after its retries is not recorded: the stage ends with `StageIncomplete`
-  and a rerun asks again. An endpoint that fails every request ends it with `EndpointError`.
+  and a rerun asks again. An endpoint that fails every request ends it with `EndpointError`, and
+  so does one that refused every request and never answered a call of the stage (a context too
+  short for the prompt plus max_tokens): nothing is recorded, and the fixed server is asked again.
 
 Each call is seeded from (run seed, stage, call key): a server that honours seeds (vLLM, SGLang,
 `reasonrl serve`) answers a rerun the same way.
@@ -27,7 +31,7 @@ from typing import Any, Callable, Protocol
 
 from reasonrl.engine.sampling_params import stable_seed
 from reasonrl.envs.base import Prompt
-from reasonrl.eval.client import EndpointError, OpenAIClient
+from reasonrl.eval.client import EndpointError, OpenAIClient, RefusedAll
 from reasonrl.eval.jobs import Completion, Failure, Job
 
 from .sections import LLMSection
@@ -79,8 +83,7 @@ def _run(ctx, name: str, client: Client, todo: list[Call], ledger) -> None:
     batches = client.generate(jobs)
     try:
         for batch in batches:
-            answered = [answer_row(job, out) for job, out in batch if not isinstance(out, Failure)]
-            ledger.append(answered)
+            ledger.append(answer_row(job, out) for job, out in batch if not isinstance(out, Failure))
             rejected += [{"key": job.prompt.id, "rejected": out.error} for job, out in batch
                          if isinstance(out, Failure) and out.rejected]
             failed += [out for _, out in batch if isinstance(out, Failure) and not out.rejected]
@@ -88,8 +91,15 @@ def _run(ctx, name: str, client: Client, todo: list[Call], ledger) -> None:
             if ctx.stop():
                 break
     except EndpointError as exc:
-        raise EndpointError(f"{exc}. The {len(ledger)} answered calls of {name} are saved in {ledger.path}; rerun "
-                            "the same command to resume") from None
+        # A server that answered calls of this stage (in this run or before) refused these for their own
+        # sake; one that never did and refused all has wrong settings (its context), so nothing is recorded.
+        trusted = any("rejected" not in row for row in ledger.rows.values())
+        if not (trusted and isinstance(exc, RefusedAll)):  # else the stage ends as usual, its refusals recorded
+            message = (f"{exc}. The {len(ledger)} answered calls of {name} are saved in {ledger.path}; rerun the same "
+                       "command to resume")
+            if trusted:
+                ledger.append(rejected)
+            raise EndpointError(message) from None
     finally:
         batches.close()  # cancels what is still in flight
         line.close()

@@ -14,6 +14,11 @@ The samples go to `measure/NAME/`, an eval run directory, which holds samples of
 settings. A recipe changed with --accept-changes (another k, temperature, model...) applies to the
 problems not yet measured: their samples go to `measure/NAME/settings-DIGEST/`, and the problems
 already decided keep their verdicts and their samples.
+
+A sample the policy's server refuses (HTTP 400: the problem too long for its context) drops its
+problem, as the other stages do: the refusal is recorded in `calls/NAME.jsonl` (keyed by problem
+id and sample index), so a rerun does not ask for that problem again. Samples that failed
+otherwise end the stage with StageIncomplete, and a rerun asks for them again.
 """
 
 from __future__ import annotations
@@ -27,19 +32,24 @@ from typing import Any
 from reasonrl.envs.base import Prompt
 from reasonrl.envs.math import MathEnvironment
 from reasonrl.eval import EvalConfig, IncompleteEval, evaluate
-from reasonrl.eval.store import SETTINGS_FILE, read_samples
+from reasonrl.eval.jobs import Failure, Job
+from reasonrl.eval.store import SETTINGS_FILE, read_json, read_samples
 
 from . import prompts
 from .calls import StageIncomplete, Stopped
 from .problem import Problem, Verdict
+from .solve import solution_key
 
 
 def measure(ctx, name: str, todo: list[Problem]) -> list[Verdict]:
     cfg = ctx.recipe.measure
     if cfg.model is None:
         return [Verdict.keep(p) for p in todo]
-    correct = pass_counts(ctx, name, todo)
-    return [judged(p, correct[p.id], cfg) for p in todo]
+    asked = [p for p in todo if p.id not in refusals(ctx, name)]  # a refused problem is not asked again
+    correct = pass_counts(ctx, name, asked) if asked else {}
+    refused = refusals(ctx, name)  # with this run's
+    return [Verdict.drop(p, "request rejected by the server", refused[p.id]) if p.id in refused
+            else judged(p, correct[p.id], cfg) for p in todo]
 
 
 def pass_counts(ctx, name: str, todo: list[Problem]) -> dict[str, int]:
@@ -57,7 +67,13 @@ def pass_counts(ctx, name: str, todo: list[Problem]) -> dict[str, int]:
     try:
         summary = evaluate(config, ctx.stop)
     except IncompleteEval as exc:
-        raise StageIncomplete(f"{name}: {exc}") from None
+        record_refusals(ctx, name, exc.failures)
+        failed = [f for _, f in exc.failures if not f.rejected]
+        if failed:
+            raise StageIncomplete(f"{name}: {len(failed)} policy samples failed after their retries (first error: "
+                                  f"{failed[0].error}); the others are saved: rerun the same command to ask again") \
+                from None
+        summary = exc.summary
     if summary.get("stopped"):
         raise Stopped(name)
     correct = {p.id: 0 for p in todo}
@@ -67,13 +83,24 @@ def pass_counts(ctx, name: str, todo: list[Problem]) -> dict[str, int]:
     return correct
 
 
+def refusals(ctx, name: str) -> dict[str, str]:
+    """problem id -> the server's message, for the problems whose samples it refused."""
+    rows = ctx.ledger("calls", name).rows.values()
+    return {row["key"].rsplit("/", 1)[0]: row["rejected"] for row in rows if "rejected" in row}
+
+
+def record_refusals(ctx, name: str, failures: list[tuple[Job, Failure]]) -> None:
+    ctx.ledger("calls", name).append({"key": solution_key(job.prompt.id, job.sample), "rejected": failure.error}
+                                     for job, failure in failures if failure.rejected)
+
+
 def samples_dir(out: Path, settings: dict[str, Any]) -> Path:
     """`out` for the settings of its first samples (or when it has none), else a directory of its
     own for these settings inside it (see the module docstring)."""
     stored, samples = out / SETTINGS_FILE, out / "samples.jsonl"
     if not (stored.exists() and samples.exists() and samples.stat().st_size):  # nothing binds it yet
         return out
-    if json.loads(stored.read_text()) == json.loads(json.dumps(settings)):  # compared as stored
+    if read_json(stored) == json.loads(json.dumps(settings)):  # compared as stored
         return out
     digest = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=6).hexdigest()
     return out / f"settings-{digest}"

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from reasonrl.eval.store import not_utf8
+
 
 @dataclass(frozen=True)
 class Topics:
@@ -41,7 +43,9 @@ def load_topics(path: str | Path) -> Topics:
     if not path.is_file():
         raise FileNotFoundError(f"topic file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise not_utf8(path, exc) from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict) or not data:

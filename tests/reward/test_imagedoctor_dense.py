@@ -67,3 +67,33 @@ def test_the_real_judge_scores_images_and_pools_its_maps_to_the_grid(tmp_path):
     scalars, heat = scorer(["a red circle", "a blue square"], images, grid=8)
     assert scalars.shape == (2,) and heat.shape == (2, 8, 8)
     assert np.isfinite(heat).all() and (heat >= 0).all() and (heat <= 1).all()
+
+
+def test_the_scorer_leaves_room_for_a_whole_judgement_after_a_larger_sides_prompt(tmp_path, monkeypatch):
+    """The scorer's engine held 640 tokens whatever --judge-side was: at 448 px the prompt is ~346
+    tokens and only ~294 of the judgement's were generated (cut before </answer>: no scores)."""
+    from types import SimpleNamespace
+
+    from reasonrl.engine.llm import LLM
+    from reasonrl.reward.imagedoctor.build import doctor_from_vlm
+    from reasonrl.reward.imagedoctor.decoder import HeatmapConfig
+    from reasonrl.reward.imagedoctor.dense import JudgeScorer
+    from reasonrl.reward.imagedoctor.model import save_doctor
+
+    seen = []
+
+    def generate(self, prompts, params=None, progress=False):  # the engine's size and request, no decoding
+        seen.append((self.engine.max_model_len, max(len(p.input_ids) for p in prompts), params.max_tokens))
+        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=[])]) for _ in prompts]
+
+    monkeypatch.setattr(LLM, "generate", generate)
+    head = HeatmapConfig(dim=16, heads=2, mlp_dim=16, conv_channels=(8, 8), up_channels=(8, 4), mask_in_chans=4)
+    judge, tok = doctor_from_vlm("reasonrl/demo/vlm", head)
+    save_doctor(judge, tmp_path / "judge", tok)
+    scorer = JudgeScorer(str(tmp_path / "judge"), side=448)
+    scorer(["a red circle left of a blue square."], np.zeros((1, 32, 32, 3), dtype=np.uint8), grid=8)
+    [(context, prompt, max_tokens)] = seen
+    assert prompt > 300 and context - prompt >= max_tokens
+    from reasonrl.reward.imagedoctor.evaluate import JUDGEMENT_TOKENS
+
+    assert max_tokens == JUDGEMENT_TOKENS

@@ -171,3 +171,22 @@ def test_the_ablation_judge_without_task_tokens_saves_and_loads_as_itself(tiny, 
         want, got = ablation(ids, [prompt])[1], loaded(ids, [prompt])[1]
     assert bool(got.found.all()) and float(got.maps[0].sum()) > 0
     torch.testing.assert_close(got.maps[0], want.maps[0])
+
+
+@pytest.mark.parametrize("key,value,named", [
+    ("imagedoctor_heatmap", {"dim": 32, "bogus": 1}, "imagedoctor_heatmap.bogus: unknown key"),
+    ("imagedoctor_heatmap", {"dim": 30}, "imagedoctor_heatmap: HeatmapConfig.dim 30"),
+    ("imagedoctor_heatmap", "wide", "imagedoctor_heatmap: expected dict"),
+    ("heatmap_weight", None, "heatmap_weight: expected float, got None"),
+], ids=["unknown-key", "bad-size", "not-a-dict", "no-weight"])
+def test_a_malformed_config_is_refused_naming_the_file_and_key(tiny, tmp_path, key, value, named):
+    """A bad head config or weight raised a bare TypeError that named neither the file nor the key."""
+    from reasonrl.models.loader import CheckpointError
+
+    tok, doctor = tiny
+    path = save_doctor(doctor, tmp_path / "doctor", tok)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(CheckpointError) as refused:
+        load_doctor(path, "cpu")
+    assert str(refused.value).startswith(f"{path / 'config.json'}: {named}")

@@ -213,10 +213,10 @@ def test_images_the_processor_resizes_train_and_score_at_their_own_size(doctor):
 
 
 TINY_BENCH = dict(train_images=4, eval_images=2, sft_epochs=1, ablation_steps=1, grpo_steps=2, prompts_per_step=2,
-                  samples_per_prompt=2, max_tokens=32, stages=("sft", "grpo"))
+                  samples_per_prompt=2, stages=("sft", "grpo"))
 
 
-@pytest.mark.slow  # SFT and two GRPO steps of the tiny judge, twice: ~30 s
+@pytest.mark.slow  # SFT and two GRPO steps of the tiny judge (judgements up to 512 tokens), twice: ~65 s
 def test_bench_grpo_stops_cleanly_resumes_and_stages_made_with_other_settings_are_refused(tmp_path, ctrl_c_in_train_step):
     """Ctrl-C during GRPO lost every step (no stop hook, a checkpoint every 1000 steps) and a rerun
     started over; a rerun under other settings reused the stages and recorded settings that never
@@ -259,3 +259,54 @@ def test_data_doctor_refuses_an_earlier_runs_output_unless_overwrite(tmp_path, c
     assert [r["id"][:4] for r in rows] == ["eval"] * 2
     assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["doctor_000000.png", "doctor_000001.png"]
     assert len(list((tmp_path / "maps").iterdir())) == 2 and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_the_generation_budget_holds_every_target_judgement(doctor, tmp_path):
+    """max_tokens was 384 and the GRPO engine's context 640 while the data's targets run past 384
+    tokens: a judgement cut before </answer> parses to no scores, so even a perfect judge measured
+    PLCC 0.52-0.85 and GRPO gave the most flawed images' complete judgements 0."""
+    import dataclasses
+
+    from reasonrl.reward.imagedoctor.experiment import JudgeBenchConfig, bench_judge, grpo_recipe
+
+    judge, tok = doctor
+    cfg = JudgeBenchConfig(out=str(tmp_path / "bench"), train_images=40, eval_images=20)
+    examples = judge_examples(DoctorDataConfig(out="unused", n=40)) + judge_examples(
+        DoctorDataConfig(out="unused", n=20, split="eval"))
+    items = judge_items(examples, tok, judge.backbone)
+    longest = max(len(it.response_ids) for it in items)
+    assert 384 < longest <= cfg.max_tokens
+    prompt = max(len(it.prompt.input_ids) for it in items)
+    recipe = grpo_recipe(cfg, tmp_path / "model", tmp_path / "run", prompt)
+    assert recipe["rollout"]["max_tokens"] == cfg.max_tokens
+    assert recipe["engine"]["max_model_len"] - prompt >= cfg.max_tokens  # room after the longest prompt
+    with pytest.raises(ValueError, match=f"--max-tokens 300 .*{longest} tokens"):
+        bench_judge(dataclasses.replace(cfg, max_tokens=300), log=lambda *_: None)
+    assert not (tmp_path / "bench").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("stage", ["ablation", "grpo"])
+def test_a_stage_from_the_sft_judge_is_refused_until_sft_has_finished(tmp_path, stage):
+    """The ablation (or GRPO) run beside SFT on a fresh --out wrote its stage.json, then failed on a
+    missing (or half-written) OUT/sft/model with a bare FileNotFoundError."""
+    from reasonrl.reward.imagedoctor.experiment import JudgeBenchConfig, bench_judge
+
+    cfg = JudgeBenchConfig(out=str(tmp_path / "out"), train_images=2, eval_images=2, stages=(stage,))
+    with pytest.raises(ValueError, match="run --stages sft first"):
+        bench_judge(cfg, log=lambda *_: None)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "out" / "sft" / "model").mkdir(parents=True)  # SFT still saving: no metrics.json yet
+    with pytest.raises(ValueError, match="no metrics.json"):
+        bench_judge(cfg, log=lambda *_: None)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sft"]
+
+
+@pytest.mark.parametrize("flag", ["--misaligned-max", "--artifacts-max"])
+def test_data_doctor_names_a_negative_count_before_writing(tmp_path, capsys, flag):
+    """They failed with "high <= 0", naming no option, after making the output directories (so the
+    corrected rerun was refused without --overwrite)."""
+    from reasonrl.cli import main
+
+    out = tmp_path / "data"
+    assert main(["data", "doctor", "--out", str(out), "--n", "2", "--image-size", "64", flag, "-1"]) == 2
+    assert f"{flag} must be >= 0" in capsys.readouterr().err and not out.exists()

@@ -52,3 +52,15 @@ def test_bad_options_are_named():
     with pytest.raises(ValueError, match="lvr"):
         load_environment("lvr:?colour=red")
     assert isinstance(load_environment("lvr:"), LVRShapesEnvironment)
+
+
+@pytest.mark.parametrize("options, named", [
+    ("format_weight=-1", "lvr.format_weight must be >= 0"),
+    ("size=0", "lvr.size must be a positive integer"),
+    ("min_objects=5&max_objects=2", "min_objects and max_objects"),  # the world's own check (it caps at 8)
+    ("max_objects=9", "min_objects and max_objects"),
+])
+def test_out_of_range_options_are_refused_naming_the_option(options, named):
+    """format_weight=-1 (a reward for breaking the format) and size=0 were accepted."""
+    with pytest.raises(ValueError, match=named):
+        load_environment("lvr:?" + options)

@@ -185,6 +185,22 @@ def test_reasonrl_data_lvr_writes_the_training_examples_regions(setup, path, tmp
                                    f"\\boxed{{{row['answer']}}}")
 
 
+def test_reasonrl_data_lvr_refuses_an_earlier_runs_output_unless_overwrite(tmp_path, capsys):
+    """A smaller rerun into the same --out left the first run's extra images beside a shorter
+    lvr.jsonl, where `reasonrl data doctor` refuses."""
+    from reasonrl.cli import main
+
+    base = ["data", "lvr", "--out", str(tmp_path), "--image-size", "112", "--max-objects", "3"]
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main([*base, "--n", "3"]) == 0
+    assert main([*base, "--n", "1"]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert len((tmp_path / "lvr.jsonl").read_text().splitlines()) == 3
+    assert main([*base, "--n", "1", "--overwrite"]) == 0
+    assert len((tmp_path / "lvr.jsonl").read_text().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["lvr_000000.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "lvr.jsonl", "notes.txt"]  # no .partial left
+
+
 @pytest.mark.slow
 def test_the_latent_inputs_flag_reaches_the_lvr_loss(path, tmp_path, monkeypatch):
     """`--latent-inputs own --own-passes 2` on the experiment's command line reaches lvr_sft_loss."""

@@ -17,7 +17,7 @@ import random
 import torch
 
 from reasonrl.reward.imagedoctor.build import JudgeItem, NoTaskTokenDoctor
-from reasonrl.reward.imagedoctor.evaluate import generate_judgements, item_maps, map_metrics
+from reasonrl.reward.imagedoctor.evaluate import JUDGEMENT_TOKENS, generate_judgements, item_maps, map_metrics
 from reasonrl.reward.imagedoctor.model import ImageDoctor
 from reasonrl.reward.imagedoctor.sft import balanced_heatmap_loss, batch_tensors
 
@@ -55,10 +55,11 @@ def train_heads(heads: dict[str, ImageDoctor], items: list[JudgeItem], steps: in
 
 
 def head_ablation(judge: ImageDoctor, tokenizer, train: list[JudgeItem], held: list[JudgeItem], steps: int,
-                  batch: int = 16, lr: float = 3e-3, seed: int = 0, max_tokens: int = 384, log=None) -> dict:
+                  batch: int = 16, lr: float = 3e-3, seed: int = 0, max_tokens: int = JUDGEMENT_TOKENS,
+                  log=None) -> dict:
     heads = fresh_heads(judge, seed)
     train_heads(heads, train, steps, batch, lr, tokenizer.pad_token_id, seed, log)
-    responses = generate_judgements(judge, tokenizer, held, max_tokens)
+    responses = generate_judgements(judge, tokenizer, [it.prompt for it in held], max_tokens)
     out = {"steps": steps, "judge_head": map_metrics(item_maps(judge, held, responses), held)}
     for name, head in heads.items():
         out[name] = map_metrics(item_maps(head.eval(), held, responses), held)

@@ -51,14 +51,20 @@ def doctor_from_vlm(path: str, heatmap: HeatmapConfig, heatmap_weight: float = 1
 
 def add_task_tokens(backbone, tokenizer: Tokenizer) -> list[int]:
     """The ids of TASK_TOKENS, added to the tokenizer (and the embedding grown) where missing."""
+    ids = task_token_ids(tokenizer)
+    if max(ids) >= backbone.config.vocab_size:
+        resize_vocab(backbone, max(ids) + 1)
+    return ids
+
+
+def task_token_ids(tokenizer: Tokenizer) -> list[int]:
+    """The ids of TASK_TOKENS, added to the tokenizer alone where missing (the judge's text then
+    tokenises as the judge's does, without loading a model)."""
     from tokenizers import AddedToken
 
     missing = [t for t in TASK_TOKENS if tokenizer.tok.token_to_id(t) is None]
     tokenizer.tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in missing])
-    ids = [tokenizer.tok.token_to_id(t) for t in TASK_TOKENS]
-    if max(ids) >= backbone.config.vocab_size:
-        resize_vocab(backbone, max(ids) + 1)
-    return ids
+    return [tokenizer.tok.token_to_id(t) for t in TASK_TOKENS]
 
 
 class NoTaskTokenDoctor(ImageDoctor):
@@ -92,12 +98,22 @@ class JudgeItem:
 
 def judge_items(examples: list[JudgeExample], tokenizer: Tokenizer, model, task_tokens: bool = True) -> list[JudgeItem]:
     encoder = ChatEncoder(tokenizer, model)
-    eos = tokenizer.end_of_turn_ids
     out = []
     for ex in examples:
-        text = render_judgement(ex.scores, ex.boxes, " ".join(ex.notes) or "The image matches the caption.",
-                                TASK_TOKENS if task_tokens else PLAIN_LOCATIONS)
         maps = torch.from_numpy(np.stack([ex.misalignment, ex.artifact]))
-        out.append(JudgeItem(encoder(judge_messages(ex.caption, ex.image)), tokenizer.encode(text, add_special_tokens=False)
-                             + eos, maps, ex.scores, ex.boxes, ex.caption, ex.image))
+        out.append(JudgeItem(encoder(judge_messages(ex.caption, ex.image)), target_ids(ex, tokenizer, task_tokens),
+                             maps, ex.scores, ex.boxes, ex.caption, ex.image))
     return out
+
+
+def target_ids(ex: JudgeExample, tokenizer: Tokenizer, task_tokens: bool = True) -> list[int]:
+    """The judgement the judge is trained to write for `ex`, end of turn included."""
+    text = render_judgement(ex.scores, ex.boxes, " ".join(ex.notes) or "The image matches the caption.",
+                            TASK_TOKENS if task_tokens else PLAIN_LOCATIONS)
+    return tokenizer.encode(text, add_special_tokens=False) + tokenizer.end_of_turn_ids
+
+
+def longest_target(examples: list[JudgeExample], tokenizer: Tokenizer) -> int:
+    """Tokens of the longest target judgement among `examples` (the task tokens added to `tokenizer`)."""
+    task_token_ids(tokenizer)
+    return max(len(target_ids(ex, tokenizer)) for ex in examples)

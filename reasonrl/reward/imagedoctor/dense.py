@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from reasonrl.reward.imagedoctor.evaluate import JUDGEMENT_TOKENS, generate_judgements, predicted_maps
 from reasonrl.reward.imagedoctor.export import judge_messages
 from reasonrl.reward.imagedoctor.judgement import parse_judgement
 from reasonrl.reward.imagedoctor.rewards import dense_reward, judge_reward
@@ -68,27 +69,22 @@ class DenseJudgeConfig:
 class JudgeScorer:
     """The judge as a reward model: greedy judgement, scalar reward, maps pooled to the generator's grid."""
 
-    def __init__(self, path: str, side: int):
-        from reasonrl.engine.llm import LLM
+    def __init__(self, path: str, side: int, max_tokens: int = JUDGEMENT_TOKENS):
         from reasonrl.models.chat import ChatEncoder
         from reasonrl.models.tokenizer import Tokenizer
         from reasonrl.reward.imagedoctor.model import load_doctor
 
         self.doctor, self.tokenizer = load_doctor(path), Tokenizer.from_dir(path)
-        self.encoder, self.side = ChatEncoder(self.tokenizer, self.doctor.backbone), side
-        self.llm = LLM(self.doctor.backbone, self.tokenizer, max_num_seqs=64, kv_cache_memory="256MiB", max_model_len=640)
+        self.encoder, self.side, self.max_tokens = ChatEncoder(self.tokenizer, self.doctor.backbone), side, max_tokens
 
     @torch.no_grad()
     def __call__(self, captions: list[str], images: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
         """images (B, S, S, 3) -> (scalar rewards (B,), mean heatmap pooled to (B, grid, grid))."""
-        from reasonrl.engine.sampling_params import SamplingParams
-        from reasonrl.reward.imagedoctor.evaluate import predicted_maps
-
         k = self.side // images.shape[1]
         big = images.repeat(k, axis=1).repeat(k, axis=2)
         prompts = [self.encoder(judge_messages(c, img)) for c, img in zip(captions, big)]
-        outs = self.llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=384))
-        responses = [o.outputs[0].token_ids for o in outs]
+        # an engine sized to these prompts (they grow with the side): every judgement gets max_tokens
+        responses = generate_judgements(self.doctor, self.tokenizer, prompts, self.max_tokens)
         scalars = np.array([judge_reward(parse_judgement(self.tokenizer.decode(r)).scores) for r in responses])
         maps = predicted_maps(self.doctor, prompts, responses, [big.shape[1:3]] * len(prompts))
         heat = np.stack([1.0 - dense_reward(1.0, m, (grid, grid)) for m in maps])  # pooled mean map

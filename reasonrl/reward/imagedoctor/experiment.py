@@ -7,10 +7,13 @@ plus heatmap MSE), (2) the ablation without task tokens on (1)'s frozen judge (a
 fresh heads, task-token prompted or learned queries), (3) GRPO from (1) through the ordinary
 trainer with `JudgeEnvironment`'s rewards. Each is measured on the same held-out images
 (`evaluate.judge_metrics`). Stages already finished under `out` are read back (sft/, ablation/,
-grpo/), so a rerun after a stop goes on where it was, and stages may run in separate processes;
-GRPO stopped by Ctrl-C or SIGTERM saves a checkpoint and resumes from it. Each stage records the
+grpo/), so a rerun after a stop goes on where it was; once SFT has finished, the ablation and GRPO
+may run in separate processes (either is refused, before anything is written, until it has). GRPO
+stopped by Ctrl-C or SIGTERM saves a checkpoint and resumes from it. Each stage records the
 settings it depends on (STAGE/stage.json; ablation and GRPO also depend on SFT's): a stage made
 with other settings is refused, naming the differing keys, rather than reused under the new ones.
+Judgements are generated up to `max_tokens`, refused if shorter than the data's longest target (a
+judgement cut before </answer> parses to no scores).
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from pathlib import Path
 import torch
 
 from reasonrl.config import differences
-from reasonrl.reward.imagedoctor.build import doctor_from_vlm, judge_items
+from reasonrl.models.tokenizer import Tokenizer
+from reasonrl.reward.imagedoctor.build import doctor_from_vlm, judge_items, longest_target
 from reasonrl.reward.imagedoctor.decoder import HeatmapConfig
-from reasonrl.reward.imagedoctor.evaluate import judge_metrics
+from reasonrl.reward.imagedoctor.evaluate import JUDGEMENT_TOKENS, judge_metrics
 from reasonrl.reward.imagedoctor.export import DoctorDataConfig, judge_examples
 from reasonrl.reward.imagedoctor.sft import JudgeSFTConfig, train_judge_sft
 from reasonrl.rl.metrics import read_metrics
@@ -65,33 +69,36 @@ class JudgeBenchConfig:
     samples_per_prompt: int = 4
     """GRPO judgements per image (the group)."""
     stages: tuple[str, ...] = ("sft", "ablation", "grpo")
-    """Stages to run, of sft, ablation and grpo (both need sft's model); run separately
-    (e.g. in two processes) and then all together, finished ones are read back."""
-    max_tokens: int = 384
-    """Longest judgement generated."""
+    """Stages to run, of sft, ablation and grpo (both start from sft's judge: run sft first, then
+    the others, e.g. in two processes, then all together); finished ones are read back."""
+    max_tokens: int = JUDGEMENT_TOKENS
+    """Longest judgement generated; refused if shorter than the data's longest target."""
     seed: int = 0
     """Data and initialisation."""
 
 
 def bench_judge(cfg: JudgeBenchConfig, log=functools.partial(print, flush=True)) -> dict:
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    unknown = set(cfg.stages) - set(STAGE_KEYS)
+    if unknown:
+        raise ValueError(f"--stages: unknown {sorted(unknown)}; known: sft, ablation, grpo")
+    names = [name for name in STAGE_KEYS if name in cfg.stages]  # sft first: the others start from its judge
     data = DoctorDataConfig(out=str(out), n=cfg.train_images, seed=cfg.seed)
     train_ex, eval_ex = judge_examples(data), judge_examples(DoctorDataConfig(out=str(out), n=cfg.eval_images,
                                                                              seed=cfg.seed, split="eval"))
-    unknown = set(cfg.stages) - {"sft", "ablation", "grpo"}
-    if unknown:
-        raise ValueError(f"--stages: unknown {sorted(unknown)}; known: sft, ablation, grpo")
+    _check_budget(cfg, train_ex + eval_ex)
+    for name in names:  # every refusal before any work, and before anything is written
+        _check_stage(out / name, stage_settings(cfg, name))
+        if name != "sft":
+            _check_stage(out / "sft", stage_settings(cfg, "sft"))  # the model it starts from
+            _check_sft_finished(out / "sft", name, names)
+    out.mkdir(parents=True, exist_ok=True)
     result = {"config": asdict(cfg), "device": f"CPU, {torch.get_num_threads()} threads"}
     stages = {"sft": lambda: _sft(cfg, train_ex, eval_ex, out / "sft", log),
               "ablation": lambda: _ablation(cfg, train_ex, eval_ex, out, log),
               "grpo": lambda: _grpo(cfg, train_ex, eval_ex, out, log)}
-    for name in cfg.stages:  # every refusal before any work
-        _check_stage(out / name, stage_settings(cfg, name))
-        if name != "sft":
-            _check_stage(out / "sft", stage_settings(cfg, "sft"))  # the model it starts from
-    for name in cfg.stages:
+    for name in names:
         result[name] = _stage(out / name, stage_settings(cfg, name), stages[name], log)
     result["seconds"] = time.perf_counter() - start
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -113,6 +120,23 @@ def _check_stage(path: Path, settings: dict) -> None:
     if changed:
         raise ValueError(settings_changed(f"{path} was made with other settings", changed,
                                           "rerun with the saved settings, or choose another --out (or delete that stage)"))
+
+
+def _check_budget(cfg: JudgeBenchConfig, examples) -> None:
+    """Refuse a --max-tokens that would cut a target judgement: one cut before </answer> parses to
+    no scores, so even a perfect judge would measure low and GRPO would give its complete judgements 0."""
+    longest = longest_target(examples, Tokenizer.from_dir(cfg.vlm))
+    if longest > cfg.max_tokens:
+        raise ValueError(f"--max-tokens {cfg.max_tokens} is shorter than the data's longest target judgement "
+                         f"({longest} tokens, end of turn included): raise it to at least {longest}")
+
+
+def _check_sft_finished(sft: Path, name: str, names: list[str]) -> None:
+    """Refuse a stage that starts from SFT's judge unless SFT runs first here or has finished (its
+    metrics.json is written after the model is saved: a model without it may be half-written)."""
+    if "sft" not in names and not (sft / "metrics.json").is_file():
+        raise ValueError(f"--stages {name} starts from the SFT judge, and {sft} holds no finished SFT stage "
+                         f"(no metrics.json): run --stages sft first, or add sft to --stages")
 
 
 def _stage(path: Path, settings: dict, run, log) -> dict:
@@ -146,7 +170,6 @@ def _sft(cfg: JudgeBenchConfig, train_ex, eval_ex, save: Path, log) -> dict:
 
 def _ablation(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
     from reasonrl.models.loader import MASTER_DTYPE
-    from reasonrl.models.tokenizer import Tokenizer
     from reasonrl.reward.imagedoctor.ablation import head_ablation
     from reasonrl.reward.imagedoctor.model import load_doctor
 
@@ -161,7 +184,6 @@ def _ablation(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
 
 def _grpo(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
     from reasonrl.models.loader import MASTER_DTYPE
-    from reasonrl.models.tokenizer import Tokenizer
     from reasonrl.reward.imagedoctor.env import JudgeEnvironment
     from reasonrl.reward.imagedoctor.model import load_doctor, save_doctor
     from reasonrl.rl.config import from_dict
@@ -172,7 +194,8 @@ def _grpo(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
     doctor, tok = load_doctor(out / "sft" / "model", dtype=MASTER_DTYPE), Tokenizer.from_dir(out / "sft" / "model")
     train, held = judge_items(train_ex, tok, doctor.backbone), judge_items(eval_ex, tok, doctor.backbone)
     env = JudgeEnvironment(doctor, tok, train, held)
-    recipe = grpo_recipe(cfg, out / "sft" / "model", out / "grpo" / "run")
+    prompt_tokens = max(len(it.prompt.input_ids) for it in train + held)
+    recipe = grpo_recipe(cfg, out / "sft" / "model", out / "grpo" / "run", prompt_tokens)
     open_run(recipe["train"]["run_dir"], recipe, console=False)  # a run made with another recipe is refused
     trainer = Trainer(from_dict(recipe), env, doctor.backbone, tok, console=False)
     with StopSignal("the current GRPO step") as stop:
@@ -197,12 +220,14 @@ def _grpo(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
     return metrics
 
 
-def grpo_recipe(cfg: JudgeBenchConfig, model: Path, run_dir: Path) -> dict:
+def grpo_recipe(cfg: JudgeBenchConfig, model: Path, run_dir: Path, prompt_tokens: int) -> dict:
+    """The GRPO stage's recipe; its engine holds the longest prompt (`prompt_tokens`) plus a whole judgement."""
     return {"model": {"path": str(model), "freeze_vision": True},
             "env": {"name": "imagedoctor", "eval_size": 8},
             "rollout": {"prompts_per_step": cfg.prompts_per_step, "samples_per_prompt": cfg.samples_per_prompt,
                         "max_tokens": cfg.max_tokens, "temperature": 1.0},
-            "engine": {"max_num_seqs": 64, "kv_cache_memory": "256MiB", "max_model_len": 640},
+            "engine": {"max_num_seqs": 64, "kv_cache_memory": "256MiB",
+                       "max_model_len": prompt_tokens + cfg.max_tokens},
             "loss": {"name": "grpo"},
             "optim": {"lr": cfg.grpo_lr, "schedule": "constant", "grad_clip": 1.0, "max_tokens_per_microbatch": 8192},
             "train": {"steps": cfg.grpo_steps, "seed": cfg.seed, "run_dir": str(run_dir), "save_every": 5,

@@ -50,6 +50,9 @@ class DoctorDataConfig:
             raise ValueError(f"--split must be one of {', '.join(SPLIT_SEEDS)}, got {self.split!r}")
         if self.n < 1 or self.image_size < 64 or self.max_objects < 1:  # 64: the smallest shapes-world scene
             raise ValueError("--n must be >= 1, --image-size >= 64 and --max-objects >= 1")
+        for flag, value in (("--misaligned-max", self.misaligned_max), ("--artifacts-max", self.artifacts_max)):
+            if value < 0:
+                raise ValueError(f"{flag} must be >= 0, got {value}")
 
     def judge_config(self) -> JudgeDataConfig:
         scene = SceneConfig(width=self.image_size, height=self.image_size, max_objects=self.max_objects)

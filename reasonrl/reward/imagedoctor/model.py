@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reasonrl.config import ConfigError, build, coerce
 from reasonrl.models.loader import CheckpointError, empty_model, load_state, read_tensors, save_model
 from reasonrl.models.qwen2_5_vl.model import Qwen2_5_VL
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
@@ -167,14 +168,19 @@ def save_doctor(doctor: ImageDoctor, path: str | Path, tokenizer=None) -> Path:
     return path
 
 
-def doctor_config(config: dict) -> DoctorConfig:
-    """The judge's settings from a checkpoint's config.json; CheckpointError naming what is missing."""
+def doctor_config(config: dict, file: str | Path = "config.json") -> DoctorConfig:
+    """The judge's settings from a checkpoint's config.json (`file`, named in errors); CheckpointError
+    naming the file and the key that is missing or malformed."""
     missing = [k for k in ("misalignment_token_id", "artifact_token_id") if not isinstance(config.get(k), int)]
     if missing:
-        raise CheckpointError(f"config.json lacks {', '.join(missing)}: not an ImageDoctor checkpoint")
-    heatmap = HeatmapConfig(**(config.get("imagedoctor_heatmap") or {}))
-    return DoctorConfig(config["misalignment_token_id"], config["artifact_token_id"],
-                        float(config.get("heatmap_weight", 1.0)), heatmap)
+        raise CheckpointError(f"{file} lacks {', '.join(missing)}: not an ImageDoctor checkpoint")
+    try:
+        sizes = coerce("imagedoctor_heatmap", dict, config.get("imagedoctor_heatmap") or {})
+        heatmap = build(HeatmapConfig, sizes, "imagedoctor_heatmap")
+        weight = coerce("heatmap_weight", float, config.get("heatmap_weight", 1.0))
+    except ConfigError as exc:  # its message starts with the key
+        raise CheckpointError(f"{file}: {exc}") from None
+    return DoctorConfig(config["misalignment_token_id"], config["artifact_token_id"], weight, heatmap)
 
 
 VARIANTS = ("task_tokens", "learned_queries")
@@ -194,7 +200,7 @@ def load_doctor(path: str | Path, device=None, dtype=None) -> ImageDoctor:
     """An ImageDoctor directory's model in eval mode; all or nothing, every head tensor checked."""
     path = Path(path)
     config = json.loads((path / "config.json").read_text())
-    cfg, variant = doctor_config(config), config.get("imagedoctor_variant", ImageDoctor.variant)
+    cfg, variant = doctor_config(config, path / "config.json"), config.get("imagedoctor_variant", ImageDoctor.variant)
     if variant not in VARIANTS:
         raise CheckpointError(f"{path}: unknown imagedoctor_variant {variant!r}; known: {', '.join(VARIANTS)}")
     backbone = empty_model(path, device, dtype)

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from reasonrl.config import positive_ints
 from reasonrl.envs.base import Prompt
 from reasonrl.envs.shapes import ShapesVQAConfig, ShapesVQAEnvironment
 from reasonrl.vision.world import score_answer
@@ -39,6 +40,12 @@ class LVRShapesConfig:
     """Prompts `prompts()` returns when no n is asked for."""
     format_weight: float = 1.0
     """Weight of the format reward next to accuracy (LVR adds the two)."""
+
+    def __post_init__(self):
+        # image_size and the object counts are checked by the world's configs when the environment is built
+        positive_ints(self, ("size",), "lvr.")
+        if not self.format_weight >= 0:  # (NaN too) a negative weight would reward a broken format
+            raise ValueError(f"lvr.format_weight must be >= 0, got {self.format_weight!r}")
 
 
 def format_reward(response: str) -> float:

@@ -14,17 +14,21 @@ The region tokens depend on how the checkpoint named by `model` resizes and patc
 (preprocessor_config.json: patch and merge sizes, pixel bounds). The LVR loss needs the teacher-
 forced region tokens: train with `reasonrl.vision.lvr.train` (the experiment builds the same
 examples in memory); plain `reasonrl sft` on these rows would learn the placeholders as text.
+An `out` holding an earlier run's lvr.jsonl or images/ is refused unless `overwrite` (which deletes
+them first), as `reasonrl data doctor` does: a smaller rerun would leave stale images beside it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from reasonrl.envs.shapes import INSTRUCTION
 from reasonrl.models.qwen2_5_vl.processor import ImageConfig, smart_resize
+from reasonrl.vision.gen.io import clear_outputs
 from reasonrl.vision.lvr.env import LVRShapesConfig, LVRShapesEnvironment
 from reasonrl.vision.lvr.sft import roi_tokens
 from reasonrl.vision.world.export import write_png
@@ -48,6 +52,8 @@ class LVRDataConfig:
     """Most objects in a scene."""
     model: str = EMBEDDED_VLM
     """The vision-language checkpoint whose image preprocessing places the region tokens."""
+    overwrite: bool = False
+    """Delete an earlier run's lvr.jsonl and images/ in `out` first (without it they are refused)."""
 
 
 def lvr_response(answer: str, n_latents: int) -> str:
@@ -60,19 +66,24 @@ def export_lvr(cfg: LVRDataConfig) -> int:
         raise FileNotFoundError(f"model {cfg.model} is not a checkpoint directory (no config.json)")
     image = ImageConfig.from_dir(cfg.model)
     env = LVRShapesEnvironment(LVRShapesConfig(image_size=cfg.image_size, max_objects=cfg.max_objects))
+    problems = env.problems(cfg.n, seed=cfg.seed, split=cfg.split)  # (bad options refused before any file is touched)
     out = Path(cfg.out)
+    clear_outputs(out, [out / "lvr.jsonl", out / "images"], cfg.overwrite)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, problem in enumerate(env.problems(cfg.n, seed=cfg.seed, split=cfg.split)):
-        row, name = problem.row, f"images/lvr_{i:06d}.png"
-        write_png(problem.rendering.image, out / name)
-        h, w = problem.rendering.image.shape[:2]
-        rh, rw = smart_resize(h, w, image.patch_size * image.merge_size, image.min_pixels, image.max_pixels)
-        cells = roi_tokens(row["roi"], (h, w), (1, rh // image.patch_size, rw // image.patch_size), image.merge_size,
-                           image.patch_size)
-        prompt = [{"role": "user", "content": [{"type": "image", "image": name},
-                                               {"type": "text", "text": f"{row['question']} {INSTRUCTION}"}]}]
-        rows.append({"id": row["id"], "image": name, "prompt": prompt, "response": lvr_response(row["answer"], len(cells)),
-                     "answer": row["answer"], "answer_type": row["answer_type"], "roi": row["roi"], "roi_tokens": cells})
-    (out / "lvr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return len(rows)
+    path = out / "lvr.jsonl"
+    partial = path.with_suffix(".jsonl.partial")  # a stopped run leaves no lvr.jsonl that looks complete
+    with open(partial, "w", encoding="utf-8") as jsonl:
+        for i, problem in enumerate(problems):
+            row, name = problem.row, f"images/lvr_{i:06d}.png"
+            write_png(problem.rendering.image, out / name)
+            h, w = problem.rendering.image.shape[:2]
+            rh, rw = smart_resize(h, w, image.patch_size * image.merge_size, image.min_pixels, image.max_pixels)
+            grid = (1, rh // image.patch_size, rw // image.patch_size)
+            cells = roi_tokens(row["roi"], (h, w), grid, image.merge_size, image.patch_size)
+            prompt = [{"role": "user", "content": [{"type": "image", "image": name},
+                                                   {"type": "text", "text": f"{row['question']} {INSTRUCTION}"}]}]
+            jsonl.write(json.dumps({"id": row["id"], "image": name, "prompt": prompt,
+                                    "response": lvr_response(row["answer"], len(cells)), "answer": row["answer"],
+                                    "answer_type": row["answer_type"], "roi": row["roi"], "roi_tokens": cells}) + "\n")
+    os.replace(partial, path)
+    return len(problems)

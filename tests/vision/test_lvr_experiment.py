@@ -292,3 +292,19 @@ def test_a_stopped_grpo_stage_resumes_and_kept_stages_of_other_settings_are_refu
     for change, key in (({"stages": ("grpo",), "sft_steps": 3}, "sft_steps"), ({"stages": ("sft",), "grpo_lr": 1e-4}, "grpo_lr")):
         with pytest.raises(ValueError, match=key):
             run_experiment(dataclasses.replace(cfg, **change), log=lambda text: None)
+
+
+def test_autocast_reaches_the_sft_forward_and_the_grpo_recipe(setup, monkeypatch):
+    """LVR's trainings had no compute-dtype option: a real Qwen2.5-VL trained in float32 on a GPU."""
+    from contextlib import nullcontext
+
+    from reasonrl.vision.lvr import experiment, train
+
+    model, tok, latent, problems, examples = setup
+    seen = []
+    monkeypatch.setattr(train, "autocast", lambda device, dtype: seen.append((device.type, dtype)) or nullcontext())
+    train_sft_lvr(load_model_copy(model), examples[:4], LVRTrainConfig(steps=2, batch=2, autocast="bfloat16"))
+    assert seen == [("cpu", "bfloat16")] * 2
+    cfg = experiment.LVRExperimentConfig(autocast="bfloat16")
+    assert experiment.grpo_recipe(cfg, "x")["model"]["autocast"] == "bfloat16"
+    assert experiment.stage_settings(cfg, "sft")["autocast"] == "bfloat16"  # other figures: not reused

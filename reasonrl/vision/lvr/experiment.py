@@ -85,6 +85,8 @@ class LVRExperimentConfig:
     """Latent steps the accuracy is measured at."""
     seed: int = 0
     """Seeds data, order and noise."""
+    autocast: Literal["bfloat16", "float16"] | None = None
+    """SFT and GRPO compute dtype on CUDA under torch.autocast, over float32 weights; None: float32 throughout."""
     image_size: int = 224
     """Width and height of the scenes (the embedded VLM's 224: 8 x 8 merged tokens)."""
     min_objects: int = 1
@@ -98,7 +100,7 @@ class LVRExperimentConfig:
 
 def grpo_recipe(cfg: LVRExperimentConfig, policy: str) -> dict:
     """The GRPO run as a `reasonrl train` recipe (also recipes/lvr-shapes.yaml)."""
-    return {"model": {"path": policy, "freeze_vision": True},
+    return {"model": {"path": policy, "freeze_vision": True, "autocast": cfg.autocast},
             "env": {"name": f"lvr:?image_size={cfg.image_size}&min_objects={cfg.min_objects}&max_objects={cfg.max_objects}",
                     "eval_size": cfg.eval_problems},
             "rollout": {"prompts_per_step": 8, "samples_per_prompt": 8, "max_tokens": 32, "temperature": 1.0},
@@ -155,7 +157,8 @@ def run_experiment(cfg: LVRExperimentConfig, log=None) -> dict:
     for arm in arms:
         policy = copy.deepcopy(model)
         sft = LVRTrainConfig(latents=arm == "lvr", steps=cfg.sft_steps, batch=cfg.batch, lr=cfg.lr, weight=cfg.mse_weight,
-                             latent_inputs=cfg.latent_inputs, own_passes=cfg.own_passes, seed=cfg.seed)
+                             latent_inputs=cfg.latent_inputs, own_passes=cfg.own_passes, autocast=cfg.autocast,
+                             seed=cfg.seed)
         sft_start = time.time()
         history = train_sft_lvr(policy, train, sft, partial(_log_step, log, arm))
         sft_seconds = time.time() - sft_start

@@ -28,7 +28,7 @@ from reasonrl.models.loader import MASTER_DTYPE
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 from reasonrl.models.tiny_vlm import LVR_TOKENS
 from reasonrl.rl.config import OptimSection
-from reasonrl.rl.update import freeze_vision, make_optimizer, trainable
+from reasonrl.rl.update import autocast, freeze_vision, make_optimizer, trainable
 from reasonrl.vision.lvr.data import lvr_example
 from reasonrl.vision.lvr.sft import LVRSequence, latent_scale, lvr_sft_loss, plain_sequence
 from reasonrl.vision.world import Problem, QAItem
@@ -62,6 +62,8 @@ class LVRTrainConfig:
     own_passes: int = 1
     """With latent_inputs own: forwards without gradient before the graded one, each fed the previous one's
     predictions (p passes make the first p latents of a span exactly the autoregressive ones)."""
+    autocast: Literal["bfloat16", "float16"] | None = None
+    """Compute dtype on CUDA under torch.autocast, over the float32 weights; None: float32 throughout."""
     seed: int = 0
     """Seeds the data order."""
 
@@ -119,8 +121,10 @@ def train_sft_lvr(model, examples: list[LVRExample], cfg: LVRTrainConfig, log=No
             rng.shuffle(epoch)
             order += epoch
         batch, order = [examples[i] for i in order[:cfg.batch]], order[cfg.batch:]
-        loss, stats = lvr_sft_loss(model, [e.lvr if cfg.latents else e.plain for e in batch], [e.prompt for e in batch],
-                                   cfg.weight, torch.cat([e.image for e in batch]), scale, cfg.latent_inputs, cfg.own_passes)
+        with autocast(model.device, cfg.autocast):
+            loss, stats = lvr_sft_loss(model, [e.lvr if cfg.latents else e.plain for e in batch],
+                                       [e.prompt for e in batch], cfg.weight, torch.cat([e.image for e in batch]), scale,
+                                       cfg.latent_inputs, cfg.own_passes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable(model), optim.grad_clip)

@@ -310,3 +310,22 @@ def test_data_doctor_names_a_negative_count_before_writing(tmp_path, capsys, fla
     out = tmp_path / "data"
     assert main(["data", "doctor", "--out", str(out), "--n", "2", "--image-size", "64", flag, "-1"]) == 2
     assert f"{flag} must be >= 0" in capsys.readouterr().err and not out.exists()
+
+
+def test_autocast_reaches_the_judge_sft_forward_and_the_grpo_recipe(monkeypatch, tmp_path):
+    """The judge's trainings had no compute-dtype option: a real Qwen2.5-VL judge trained in float32 on a GPU."""
+    from contextlib import nullcontext
+
+    from reasonrl.reward.imagedoctor import sft
+    from reasonrl.reward.imagedoctor.experiment import JudgeBenchConfig, grpo_recipe, stage_settings
+
+    judge, tok = doctor_from_vlm(VLM, HEAD, seed=1)
+    items = judge_items(small(2), tok, judge.backbone)
+    seen = []
+    monkeypatch.setattr(sft, "autocast", lambda device, dtype: seen.append((device.type, dtype)) or nullcontext())
+    train_judge_sft(judge, items, JudgeSFTConfig(epochs=2, samples_per_step=2, microbatch=1, autocast="bfloat16"),
+                    tok.pad_token_id, log=None)
+    assert seen == [("cpu", "bfloat16")] * 4  # every micro-batch's forward
+    cfg = JudgeBenchConfig(autocast="bfloat16")
+    assert grpo_recipe(cfg, tmp_path / "m", tmp_path / "r", 100)["model"]["autocast"] == "bfloat16"
+    assert stage_settings(cfg, "sft")["autocast"] == "bfloat16"

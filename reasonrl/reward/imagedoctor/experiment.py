@@ -25,6 +25,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -38,7 +39,7 @@ from reasonrl.reward.imagedoctor.sft import JudgeSFTConfig, train_judge_sft
 from reasonrl.rl.metrics import read_metrics
 from reasonrl.rl.run import settings_changed
 
-STAGE_KEYS = {"sft": ("vlm", "train_images", "eval_images", "sft_epochs", "sft_lr", "max_tokens", "seed"),
+STAGE_KEYS = {"sft": ("vlm", "train_images", "eval_images", "sft_epochs", "sft_lr", "max_tokens", "autocast", "seed"),
               "ablation": ("ablation_steps",),
               "grpo": ("grpo_steps", "grpo_lr", "prompts_per_step", "samples_per_prompt")}
 SMALL_HEAD = HeatmapConfig(dim=64, heads=2, mlp_dim=128, conv_channels=(64, 32), up_channels=(32, 16, 8), mask_in_chans=8)
@@ -73,6 +74,8 @@ class JudgeBenchConfig:
     the others, e.g. in two processes, then all together); finished ones are read back."""
     max_tokens: int = JUDGEMENT_TOKENS
     """Longest judgement generated; refused if shorter than the data's longest target."""
+    autocast: Literal["bfloat16", "float16"] | None = None
+    """SFT and GRPO compute dtype on CUDA under torch.autocast, over float32 weights; None: float32 throughout."""
     seed: int = 0
     """Data and initialisation."""
 
@@ -159,8 +162,8 @@ def _sft(cfg: JudgeBenchConfig, train_ex, eval_ex, save: Path, log) -> dict:
     doctor, tok = doctor_from_vlm(cfg.vlm, SMALL_HEAD, seed=cfg.seed)
     train, held = judge_items(train_ex, tok, doctor.backbone), judge_items(eval_ex, tok, doctor.backbone)
     t = time.perf_counter()
-    history = train_judge_sft(doctor, train, JudgeSFTConfig(epochs=cfg.sft_epochs, lr=cfg.sft_lr, seed=cfg.seed),
-                              tok.pad_token_id, log)
+    sft = JudgeSFTConfig(epochs=cfg.sft_epochs, lr=cfg.sft_lr, autocast=cfg.autocast, seed=cfg.seed)
+    history = train_judge_sft(doctor, train, sft, tok.pad_token_id, log)
     metrics = {"train_seconds": time.perf_counter() - t, "final_ce": history[-1]["ce"],
                "final_heatmap_mse": history[-1]["heatmap_mse"], **judge_metrics(doctor, tok, held, cfg.max_tokens)}
     save_doctor(doctor, save / "model", tok)
@@ -222,7 +225,7 @@ def _grpo(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
 
 def grpo_recipe(cfg: JudgeBenchConfig, model: Path, run_dir: Path, prompt_tokens: int) -> dict:
     """The GRPO stage's recipe; its engine holds the longest prompt (`prompt_tokens`) plus a whole judgement."""
-    return {"model": {"path": str(model), "freeze_vision": True},
+    return {"model": {"path": str(model), "freeze_vision": True, "autocast": cfg.autocast},
             "env": {"name": "imagedoctor", "eval_size": 8},
             "rollout": {"prompts_per_step": cfg.prompts_per_step, "samples_per_prompt": cfg.samples_per_prompt,
                         "max_tokens": cfg.max_tokens, "temperature": 1.0},

@@ -18,6 +18,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from reasonrl.reward.imagedoctor.build import JudgeItem
 from reasonrl.reward.imagedoctor.model import Heatmaps, ImageDoctor, at_size
 from reasonrl.rl.config import OptimSection
-from reasonrl.rl.update import freeze_vision, make_optimizer, trainable
+from reasonrl.rl.update import autocast, freeze_vision, make_optimizer, trainable
 
 
 @dataclass
@@ -38,6 +39,8 @@ class JudgeSFTConfig:
     """Items per optimizer step."""
     microbatch: int = 8
     """Items per forward/backward."""
+    autocast: Literal["bfloat16", "float16"] | None = None
+    """Compute dtype on CUDA under torch.autocast, over the float32 weights; None: float32 throughout."""
     seed: int = 0
     """Data order."""
 
@@ -100,7 +103,8 @@ def train_judge_sft(doctor: ImageDoctor, items: list[JudgeItem], cfg: JudgeSFTCo
         parts = {"ce": 0.0, "heatmap_mse": 0.0}
         for lo in range(0, len(batch), cfg.microbatch):
             chunk = batch[lo:lo + cfg.microbatch]
-            loss, stats = judge_loss(doctor, chunk, pad)
+            with autocast(next(doctor.parameters()).device, cfg.autocast):
+                loss, stats = judge_loss(doctor, chunk, pad)
             (loss * len(chunk) / len(batch)).backward()
             parts = {k: parts[k] + stats[k] * len(chunk) / len(batch) for k in parts}
         torch.nn.utils.clip_grad_norm_(trainable(doctor), 1.0)

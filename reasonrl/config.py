@@ -58,13 +58,21 @@ def check_template_kwargs(kwargs: Any, where: str) -> dict:
     return dict(kwargs)
 
 
-def positive_ints(obj, names: tuple[str, ...], prefix: str) -> None:
+def positive_ints(obj, names: tuple[str, ...], prefix: str = "") -> None:
     """ValueError(f"{prefix}{name} must be a positive integer, got ...") for the first of `names` on
     `obj` that is not an int >= 1 (True is not 1 here)."""
-    for name in names:
+    min_ints(obj, dict.fromkeys(names, 1), prefix)
+
+
+def min_ints(obj, minimums: dict[str, int], prefix: str = "") -> None:
+    """ValueError naming the first field of `obj` that is not an int >= its minimum (True is not 1
+    here). Configs call it when built, before anything is written: a count that failed mid-run would
+    leave output that refuses the corrected rerun."""
+    for name, low in minimums.items():
         value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{prefix}{name} must be a positive integer, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            what = "a positive integer" if low == 1 else f"an integer >= {low}"
+            raise ValueError(f"{prefix}{name} must be {what}, got {value!r}")
 
 
 def parse_size(text: str | int) -> int:

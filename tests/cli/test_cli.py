@@ -111,12 +111,13 @@ def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
     (["train", "--set", "env.eval_size=0"], "env.eval_size: must be >= 1"),
     (["generate-image", "--per-prompt", "0", "--prompts", "a"], "per_prompt must be >= 1"),  # torch.cat() of nothing
     (["train-image", "layout-grpo", "--policy", "p", "--out", "{afile}.run", "--layouts-per-step", "0"],
-     "layouts_per_step must be >= 1"),  # a reshape traceback
+     "layouts_per_step must be a positive integer"),  # a reshape traceback
     (["train-image", "layout-grpo", "--policy", "p", "--out", "{afile}.run", "--samples-per-layout", "1"],
      "samples_per_layout must be >= 2"),  # trained with zero gradient, silently
     (["train-image", "layout-grpo", "--policy", "p", "--out", "{afile}.run", "--in-box-weight", "-1"],
      "in_box_weight must be a finite number > 0"),  # flipped the in-box advantages
-    (["train-image", "smarli", "--out", "{afile}.run", "--layouts-per-step", "0"], "layouts_per_step must be >= 1"),
+    (["train-image", "smarli", "--out", "{afile}.run", "--layouts-per-step", "0"],
+     "layouts_per_step must be a positive integer"),
     (["data", "lvr", "--model", "{afile}.none", "--out", "{afile}.lvr"], "is not a checkpoint directory"),
     (["bench", "structured", "--repeats", "0"], "repeats must be at least 1"),  # an UnboundLocalError
     (["bench", "engine", "--prompt-len", "8", "4"], "prompt_len must be two lengths, shortest first"),

@@ -297,3 +297,25 @@ def test_vq_lookup_of_a_large_codebook_is_chunked_and_exact():
     whole = (z @ F.normalize(vq.codebook, dim=-1).T).argmax(-1)
     assert torch.equal(vq.lookup(z), whole)
     assert TokenizerConfig(quantizer="vq", codebook_size=16).codebook_size == 16
+
+
+
+@pytest.mark.parametrize("fraction, hires_steps", [(0.25, [3, 7]), (1 / 3, [2, 5, 8]), (0.4, [2, 4, 7, 9]),
+                                                   (0.7, [1, 2, 4, 5, 7, 8, 9]), (0, []), (1, list(range(10)))])
+def test_hires_fraction_is_the_share_of_2x_steps(fraction, hires_steps):
+    """It was every round(1/f)-th step: 0.7 and 0.9 made every step 2x, 0.4 half of them. f = 1/n keeps
+    the old schedule (steps n-1, 2n-1, ...)."""
+    from reasonrl.vision.binary.train_tokenizer import is_hires_step
+
+    assert [s for s in range(10) if is_hires_step(s, fraction)] == hires_steps
+
+
+def test_tokenizer_training_decodes_at_2x_on_the_scheduled_steps():
+    from reasonrl.vision.binary.train_tokenizer import TokenizerJob, TokenizerTrainConfig
+    from reasonrl.vision.gen.images import ImageConfig
+
+    model = TokenizerConfig(**{**TINY, "patch_size": 8, "encoder_head_dim": 8, "decoder_head_dim": 8,
+                               "axes_dims_rope": (2, 2, 4), "num_latent_tkns": 2})
+    job = TokenizerJob(model, TokenizerTrainConfig(steps=3, images_per_step=1, eval_images=1, warmup_steps=0,
+                                                   hires_fraction=0.7), ImageConfig())
+    assert [job.train_step()["hires"] for _ in range(3)] == [0, 1, 1]  # every step was 2x

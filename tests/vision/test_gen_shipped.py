@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from reasonrl.cli import main
 from reasonrl.vision.binary.measure import measure_tokenizer
@@ -63,6 +63,16 @@ def test_no_prompts_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_bad_size_is_refused_before_overwrite_deletes_the_earlier_images(tmp_path, capsys):
+    """--overwrite deleted them, then the size failed after generating everything."""
+    out = str(tmp_path)
+    assert main(["generate-image", "--prompts", PROMPTS[0], "--steps", "1", "--out", out]) == 0
+    assert main(["generate-image", "--prompts", PROMPTS[0], "--steps", "1", "--size", "50", "--overwrite",
+                 "--out", out]) == 2
+    assert "decode size 50x50" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["0000.png", "prompts.jsonl"]
+
+
 def test_ship_halves_weights_and_keeps_the_model(tmp_path):
     torch.manual_seed(0)
     cfg = TokenizerConfig(encoder_layers=1, decoder_layers=1, encoder_head_dim=8, decoder_head_dim=8,
@@ -78,6 +88,32 @@ def test_ship_halves_weights_and_keeps_the_model(tmp_path):
     back = load_model_dir(shipped, expect="bit_tokenizer")
     x = to_tensor(make_images(ImageConfig(), 4, 0).images)
     assert torch.allclose(back(x)[0], tok(x)[0], atol=2e-2)
+
+
+def _fake_model(path, marker: str) -> None:
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"kind": marker}))
+    save_file({"w": torch.ones(2)}, str(path / WEIGHTS))
+
+
+def test_build_ships_only_its_stages_and_replaces_nothing_when_one_is_unfinished(tmp_path, monkeypatch, capsys):
+    from reasonrl.vision.gen import build
+
+    runs, shipped = tmp_path / "runs", tmp_path / "shipped"
+    for stage in ("tokenizer", "smarli", "grpo"):
+        _fake_model(shipped / stage, "old")
+    _fake_model(runs / "grpo", "new")  # smarli was not trained
+    monkeypatch.setattr(build, "run_stage", lambda stage, out: 0)
+    monkeypatch.setattr(build, "SHIPPED", shipped)
+    with pytest.raises(SystemExit, match="stages: smarli;"):
+        build.main(["--out", str(runs), "--only", "smarli,grpo", "--ship"])
+    kinds = {s: json.loads((shipped / s / "config.json").read_text())["kind"] for s in ("tokenizer", "smarli", "grpo")}
+    assert kinds == {"tokenizer": "old", "smarli": "old", "grpo": "old"}
+    _fake_model(runs / "smarli", "new")
+    assert build.main(["--out", str(runs), "--only", "smarli,grpo", "--ship"]) == 0
+    kinds = {s: json.loads((shipped / s / "config.json").read_text())["kind"] for s in ("tokenizer", "smarli", "grpo")}
+    assert kinds == {"tokenizer": "old", "smarli": "new", "grpo": "new"}  # the tokenizer was not in --only
+    assert sorted(p.name for p in shipped.iterdir()) == ["grpo", "smarli", "tokenizer"]  # no temporary folders left
 
 
 def test_build_commands_are_train_image_commands(tmp_path):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from reasonrl.config import min_ints
 from reasonrl.vision.gen.geneval import geneval, palette_fd
 from reasonrl.vision.gen.grid import save_grid
 from reasonrl.vision.gen.images import ImageConfig, make_images
@@ -56,9 +57,7 @@ class TokenizerBenchConfig:
 
 
     def __post_init__(self):
-        for name in ("steps", "images_per_step", "eval_images"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        min_ints(self, dict.fromkeys(("steps", "images_per_step", "eval_images"), 1))
 
 
 def parse_shape(spec: str) -> tuple[str, int, int]:
@@ -110,7 +109,7 @@ class GenBenchConfig:
     models: list[str] = field(default_factory=lambda: [str(SHIPPED / "ar"), str(SHIPPED / "diffusion")])
     """Generator directories to compare (default: the shipped AR and diffusion models)."""
     prompts: int = 256
-    """Held-out prompts (scenes) sampled once per generator."""
+    """Held-out prompts (scenes) sampled once per generator (at least 2: the palette distance fits a covariance)."""
     guidance: float = 3.0
     """Classifier-free guidance scale."""
     seed: int = 0
@@ -120,8 +119,7 @@ class GenBenchConfig:
     model's index in `models`)."""
 
     def __post_init__(self):
-        if not isinstance(self.prompts, int) or self.prompts < 1:
-            raise ValueError(f"prompts must be an integer >= 1, got {self.prompts!r}")
+        min_ints(self, {"prompts": 2})
         if not (math.isfinite(self.guidance) and self.guidance >= 0):
             raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
 

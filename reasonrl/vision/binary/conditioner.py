@@ -33,9 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reasonrl.config import min_ints
 from reasonrl.models.loader import load_model, load_weights, save_model
 from reasonrl.models.model import CausalAttention, DecoderLM
-from reasonrl.models.tiny import init_weights, make_tokenizer, tiny_config
+from reasonrl.models.tiny import SPECIAL_TOKENS, init_weights, make_tokenizer, tiny_config
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.rl.config import OptimSection
 from reasonrl.rl.update import make_optimizer
@@ -44,6 +45,7 @@ from reasonrl.vision.gen.prompt import prompt
 from reasonrl.vision.gen.run import JobState
 
 BOS = "<|im_start|>"
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # the BPE vocabulary starts with every byte and the special tokens
 
 
 @dataclass
@@ -73,8 +75,7 @@ class TextTrainConfig:
     that are predicted alike, such as the colours, together)."""
 
     def __post_init__(self):
-        if self.steps < 1 or self.prompts_per_step < 1:
-            raise ValueError(f"steps and prompts_per_step must be >= 1, got {self.steps} and {self.prompts_per_step}")
+        min_ints(self, {"steps": 1, "prompts_per_step": 1, "vocab_size": MIN_VOCAB})
         if self.identity_weight < 0:
             raise ValueError(f"identity_weight must be at least 0, got {self.identity_weight}")
 

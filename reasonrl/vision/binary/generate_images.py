@@ -20,9 +20,11 @@ def default_model() -> Path:
 def generate_images(job, cfg: SampleConfig) -> list[Path]:
     """Write job.per_prompt images per prompt under job.out; returns their paths."""
     out = Path(job.out)
-    earlier = [p for p in out.glob("*.png") if re.fullmatch(r"[0-9]{4,}\.png|grid\.png", p.name)]  # empty if no dir
-    clear_outputs(out, [out / "prompts.jsonl", *earlier], job.overwrite)  # before the work: a refusal costs nothing
     pipe = load_pipeline(job.model or default_model())
+    if cfg.size is not None:  # a bad model or size must fail before --overwrite deletes the earlier images
+        pipe.tokenizer.check_decode_size(cfg.size, cfg.size)
+    earlier = [p for p in out.glob("*.png") if re.fullmatch(r"[0-9]{4,}\.png|grid\.png", p.name)]  # empty if no dir
+    clear_outputs(out, [out / "prompts.jsonl", *earlier], job.overwrite)  # before generating: a refusal costs little
     prompts = [p for p in job.prompts for _ in range(job.per_prompt)]
     images = generate(pipe, prompts, cfg)
     out.mkdir(parents=True, exist_ok=True)

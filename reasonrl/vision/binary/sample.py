@@ -59,6 +59,8 @@ def generate_bits(pipe: Pipeline, prompts: list[str], cfg: SampleConfig) -> torc
 @torch.no_grad()
 def generate(pipe: Pipeline, prompts: list[str], cfg: SampleConfig = SampleConfig()) -> np.ndarray:
     """(N, S, S, 3) uint8 images for the prompts."""
+    if cfg.size is not None:
+        pipe.tokenizer.check_decode_size(cfg.size, cfg.size)  # before sampling, not after
     pipe.generator.eval()
     bits = generate_bits(pipe, prompts, cfg)
     return np.concatenate([to_uint8(pipe.tokenizer.decode(bits[i:i + cfg.batch_size], cfg.size, cfg.size))

@@ -220,17 +220,22 @@ class BitTokenizer(nn.Module):
 
     def decode_embedding(self, embedding: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(B, K, dim) -> pixels (B, C, height, width); any size that is a multiple of the patch."""
+        self.check_decode_size(height, width)
         p, c = self.config.patch_size, self.config.in_channels
-        unit = p * 2 ** len(self.config.upsample_idx)  # the decoder splits each token 2 x 2 per upsampling block
-        if height % unit or width % unit:
-            raise ValueError(f"decode size {height}x{width} is not a multiple of {unit} (the patch size {p} times 2 "
-                             "per upsampling block)")
         h, w = height // p, width // p
         if self.config.latent_mlp:
             embedding = self.latent_mlp(embedding)
         x = self.to_pixel(self.decoder(embedding, h, w, self._scale(h, w)))  # (B, h*w, p*p*c)
         x = x.view(-1, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(-1, c, height, width)
         return self.refine(x) if self.config.refine_channels else x
+
+    def check_decode_size(self, height: int, width: int) -> None:
+        """Raise unless the decoder can draw height x width pixels (callers check before costly work)."""
+        p = self.config.patch_size
+        unit = p * 2 ** len(self.config.upsample_idx)  # the decoder splits each token 2 x 2 per upsampling block
+        if height % unit or width % unit:
+            raise ValueError(f"decode size {height}x{width} is not a multiple of {unit} (the patch size {p} times 2 "
+                             "per upsampling block)")
 
     def decode(self, codes: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
         """Codes from `encode` (or a generator) -> pixels (B, C, H, W), by default at the training size."""

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from reasonrl.config import min_ints
 from reasonrl.rl.config import OptimSection
 from reasonrl.rl.update import make_optimizer
 from reasonrl.vision.gen.geneval import geneval, palette_fd
@@ -56,7 +57,8 @@ class GeneratorTrainConfig:
     cond_dropout: float = 0.1
     """Share of prompts replaced by the empty prompt (classifier-free guidance)."""
     eval_prompts: int = 64
-    """Held-out prompts for the loss, bit accuracy and GenEval-lite."""
+    """Held-out prompts for the loss, bit accuracy and GenEval-lite (at least 2: the palette distance
+    fits a covariance to them)."""
     guidance: float = 3.0
     """Classifier-free guidance scale of the held-out samples."""
     seed: int = 0
@@ -65,6 +67,7 @@ class GeneratorTrainConfig:
     def __post_init__(self):
         if not self.text_model or not self.image_tokenizer:
             raise ValueError("text_model and image_tokenizer are required (directories of trained models)")
+        min_ints(self, {"steps": 1, "prompts_per_step": 1, "eval_prompts": 2})
         if not 0 <= self.cond_dropout < 1:
             raise ValueError(f"cond_dropout must be in [0, 1), got {self.cond_dropout}")
 

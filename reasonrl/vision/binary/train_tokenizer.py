@@ -1,8 +1,9 @@
 """Training a tokenizer (binary or VQ) on shapes-world images, as a resumable run (gen/run.py).
 
 Each step draws fresh scenes (seeded by the run seed and the step, so a resumed run sees the same
-images), reconstructs them with pixel MSE plus the quantiser's own loss, and on every
-1/hires_fraction-th step decodes at twice the resolution against the 2x render instead.
+images), reconstructs them with pixel MSE plus the quantiser's own loss, and on a share
+hires_fraction of the steps, spread evenly (`is_hires_step`), decodes at twice the resolution
+against the 2x render instead.
 
 The MSE weighs object pixels `object_weight` times more than background pixels (a departure):
 objects cover a few percent of a shapes image, and with a plain MSE a small ViT spends its first
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Literal
 
 import numpy as np
@@ -66,6 +68,14 @@ class TokenizerTrainConfig:
                 raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
 
 
+def is_hires_step(step: int, fraction: float) -> bool:
+    """Step `step` (from 0) decodes at 2x when floor((step + 1) f) > floor(step f): a share f of the
+    steps, spread evenly, and fixed by the step alone (a resumed run keeps the schedule). For f = 1/n it
+    is steps n-1, 2n-1, ..."""
+    f = Fraction(fraction).limit_denominator(10 ** 6)  # exact, so that f = 1/3 gives every third step
+    return math.floor((step + 1) * f) > math.floor(step * f)
+
+
 def object_mask(images: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 1, H, W) float: 1 on palette (object) pixels, 0 on background."""
     return torch.from_numpy(np.stack([quantise(i) >= 0 for i in images])).float()[:, None]
@@ -81,12 +91,11 @@ class TokenizerJob(JobState):
         optim = OptimSection(lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule=cfg.schedule, betas=(0.9, 0.99))
         self.optimizer, self.scheduler = make_optimizer(self.model.parameters(), optim, cfg.steps)
         self.held = make_images(images, cfg.eval_images, HELD_OUT_SEED + cfg.seed)
-        self.hires_every = round(1 / cfg.hires_fraction) if cfg.hires_fraction else 0
 
     def train_step(self) -> dict[str, float]:
         self.model.train()
         batch = make_images(self.images, self.cfg.images_per_step, self.cfg.seed * 10 ** 7 + self.step_count)
-        hires = bool(self.hires_every) and self.step_count % self.hires_every == self.hires_every - 1
+        hires = is_hires_step(self.step_count, self.cfg.hires_fraction)
         target_images = batch.renders if hires else batch.images
         target = to_tensor(target_images)
         recon, q = self.model(to_tensor(batch.images), *target.shape[-2:])

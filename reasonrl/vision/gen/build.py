@@ -3,7 +3,8 @@
 Each stage is one `reasonrl train-image ...` command (the same argv a user would type, listed in
 docs/images.md), run as a resumable run under OUT/NAME; rerunning resumes or skips finished
 stages. `--only` picks stages (comma-separated, in order); `--ship` then copies the finished
-models named in SHIPPED_STAGES into reasonrl/vision/gen/shipped/ with float16 weights.
+models of the chosen stages named in SHIPPED_STAGES into reasonrl/vision/gen/shipped/ (float16 weights),
+leaving the other shipped models as they are.
 
 Stages and their order (later ones read earlier ones' directories):
     tokenizer, tokenizer-vq   binary and one-hot VQ tokenizers, 32 tokens x 8 bits (256 bits)
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from reasonrl.vision.gen.io import SHIPPED, WEIGHTS
+from reasonrl.vision.gen.io import CONFIG, SHIPPED, WEIGHTS
 
 TOKENIZER = ["--num-latent-tkns", "32", "--codebook-size", "8", "--patch-size", "8", "--steps", "5000",
              "--images-per-step", "32", "--lr", "1e-3", "--warmup-steps", "100", "--schedule", "cosine",
@@ -74,19 +75,35 @@ def run_stage(stage: str, out: Path) -> int:
 
 
 def ship(out: Path, stages=SHIPPED_STAGES, to: Path = SHIPPED) -> None:
-    """Copy finished model directories (no checkpoints, logs or reports) with float16 weights."""
+    """Copy finished model directories (no checkpoints, logs or reports) with float16 weights.
+
+    Every stage must hold a finished model before anything is replaced, and each is written beside
+    its destination and renamed into place, so a failure never leaves a shipped folder empty or
+    half-written."""
+    unfinished = [s for s in stages if not all((out / s / f).is_file() for f in (CONFIG, WEIGHTS))]
+    if unfinished:
+        raise FileNotFoundError(f"nothing shipped: no finished model ({CONFIG} and {WEIGHTS}) under {out} for these "
+                                f"stages: {', '.join(unfinished)}; run them first (--only {','.join(unfinished)})")
     for stage in stages:
-        src, dst = out / stage, to / stage
-        shutil.rmtree(dst, ignore_errors=True)
-        dst.mkdir(parents=True)
-        for f in src.iterdir():
-            if f.name == WEIGHTS and stage != "text":  # the text model loads in its saved dtype: kept fp32
-                state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(f)).items()}
-                save_file(state, str(dst / f.name))
-            elif f.name == WEIGHTS:
-                shutil.copy(f, dst / f.name)
-            elif f.is_file() and f.suffix == ".json" and f.name != "metrics.json":
-                shutil.copy(f, dst / f.name)
+        dst = to / stage
+        tmp, old = dst.with_name(f".{stage}.tmp"), dst.with_name(f".{stage}.old")
+        for stale in (tmp, old):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        _copy_model(out / stage, tmp, half=stage != "text")  # the text model loads in its saved dtype: kept fp32
+        if dst.exists():
+            dst.rename(old)
+        tmp.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _copy_model(src: Path, dst: Path, half: bool) -> None:
+    for f in src.iterdir():
+        if f.name == WEIGHTS and half:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(f)).items()}
+            save_file(state, str(dst / f.name))
+        elif f.name == WEIGHTS or (f.is_file() and f.suffix == ".json" and f.name != "metrics.json"):
+            shutil.copy(f, dst / f.name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,13 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ship", action="store_true", help="copy the shipped stages into reasonrl/vision/gen/shipped")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
-    for stage in [s for s in args.only.split(",") if s]:
-        if stage not in STAGES:
-            raise SystemExit(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+    stages = [s for s in args.only.split(",") if s]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise SystemExit(f"unknown stage {unknown[0]!r}; known: {', '.join(STAGES)}")
+    for stage in stages:
         if run_stage(stage, out):
             return 1
     if args.ship:
-        ship(out)
+        try:
+            ship(out, stages=[s for s in SHIPPED_STAGES if s in stages], to=SHIPPED)  # only what this build ran
+        except FileNotFoundError as e:
+            raise SystemExit(str(e)) from None
     return 0
 
 

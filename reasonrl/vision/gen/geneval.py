@@ -142,6 +142,8 @@ def palette_features(images: np.ndarray, grid: int = 2) -> np.ndarray:
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between Gaussians fitted to rows of a and b."""
+    if len(a) < 2 or len(b) < 2:  # one row has no covariance (np.cov gives NaN, then the eigenvalues fail)
+        raise ValueError(f"the Frechet distance needs at least 2 rows on each side, got {len(a)} and {len(b)}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     # eigenvalues of S_a S_b (a product of PSD matrices) are real and >= 0 up to rounding

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
+from reasonrl.config import min_ints
 from reasonrl.rl.checkpoint import checkpoint_dir, latest_checkpoint, list_checkpoints, load_trainer_state, rng_state
 from reasonrl.rl.metrics import MetricsLogger, StepClock
 from reasonrl.rl.run import open_run
@@ -69,11 +70,7 @@ class RunSettings:
     """Held-out metrics every k steps (0: only at the start and the end)."""
 
     def __post_init__(self):
-        for name in ("save_every", "keep_checkpoints"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        if not isinstance(self.eval_every, int) or self.eval_every < 0:
-            raise ValueError(f"eval_every must be an integer >= 0, got {self.eval_every!r}")
+        min_ints(self, {"save_every": 1, "keep_checkpoints": 1, "eval_every": 0})
 
 
 class Job(Protocol):

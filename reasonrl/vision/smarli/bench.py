@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from reasonrl.config import min_ints
 from reasonrl.vision.gen.grid import save_grid
 from reasonrl.vision.gen.images import make_images
 from reasonrl.vision.gen.noise import row_generators
@@ -44,9 +45,7 @@ class SmarliBenchConfig:
     def __post_init__(self):
         if not self.models:
             raise ValueError("models: name at least one SMARLI model directory")
-        for name in ("layouts", "pairs", "sample_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        min_ints(self, dict.fromkeys(("layouts", "pairs", "sample_steps"), 1))
 
 
 def pair_layouts(n: int, seed: int, side: int) -> list[Layout]:

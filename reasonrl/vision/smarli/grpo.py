@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from reasonrl.config import min_ints
 from reasonrl.rl.advantages import AdvantageConfig, get_advantage
 from reasonrl.rl.config import OptimSection
 from reasonrl.rl.losses import LossConfig, get_loss
@@ -76,9 +77,7 @@ class LayoutGRPOConfig:
             raise ValueError("policy is required (a SMARLI model directory)")
         if self.reward != "layout" and not self.realism:
             raise ValueError(f"reward {self.reward!r} needs a realism classifier (realism)")
-        for name in ("steps", "layouts_per_step", "sample_steps", "eval_layouts"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        min_ints(self, dict.fromkeys(("steps", "layouts_per_step", "sample_steps", "eval_layouts"), 1))
         if not isinstance(self.samples_per_layout, int) or self.samples_per_layout < 2:
             raise ValueError(f"samples_per_layout must be >= 2 (a group of one has no advantage to learn from), "
                              f"got {self.samples_per_layout!r}")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reasonrl.config import min_ints
 from reasonrl.vision.gen.images import make_images, to_tensor
 from reasonrl.vision.gen.io import register_kind
 from reasonrl.vision.gen.noise import row_generators
@@ -62,7 +63,7 @@ class RealismTrainConfig:
     steps: int = 300
     """Optimizer steps."""
     images_per_step: int = 64
-    """Images per step, half real, half generated."""
+    """Images per step, half real, half generated (at least 2)."""
     generated: int = 1024
     """Samples drawn from the policy once, at the start (on layouts of their own seeds)."""
     lr: float = 2e-3
@@ -73,6 +74,7 @@ class RealismTrainConfig:
     def __post_init__(self):
         if not self.policy:
             raise ValueError("policy is required (a SMARLI model directory)")
+        min_ints(self, {"steps": 1, "generated": 1, "images_per_step": 2})
 
 
 class RealismJob(JobState):

@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from reasonrl.config import min_ints
 from reasonrl.models.tiny import make_tokenizer
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.rl.config import OptimSection
@@ -24,6 +25,7 @@ from reasonrl.rl.update import make_optimizer
 from reasonrl.vision.gen.images import ImageConfig, make_images
 from reasonrl.vision.gen.io import load_model_dir
 from reasonrl.vision.gen.run import JobState
+from reasonrl.vision.world import COLOURS, SHAPES
 
 from .cells import CellCodebook, fit_patterns
 from .judge import judge_all
@@ -69,10 +71,8 @@ class SmarliTrainConfig:
     """Seeds the weights, codebook, tokenizer and scenes."""
 
     def __post_init__(self):
-        for name in ("width", "num_heads", "num_layers", "patterns", "codebook_scenes", "steps", "layouts_per_step",
-                     "sample_steps", "eval_layouts"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        min_ints(self, dict.fromkeys(("width", "num_heads", "num_layers", "patterns", "codebook_scenes", "steps",
+                                          "layouts_per_step", "sample_steps", "eval_layouts"), 1))
         if self.width % self.num_heads:
             raise ValueError(f"width {self.width} must be a multiple of num_heads {self.num_heads}")
 
@@ -86,9 +86,22 @@ class SmarliJob(JobState):
         self.tokenizer = make_tokenizer([Layout.of(s).prompt for s in fit.scenes], vocab_size=384)
         self.model = Smarli(SmarliConfig(self.tokenizer.vocab_size, self.codebook.patterns, cfg.width, cfg.num_heads,
                                          cfg.num_layers, self.images.side // 4, 4, rules=cfg.rules))
+        self._check_layout_slots()
         optim = OptimSection(lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="cosine", betas=(0.9, 0.99))
         self.optimizer, self.scheduler = make_optimizer(self.model.parameters(), optim, cfg.steps)
         self.held = make_images(self.images, cfg.eval_layouts, HELD_OUT_SEED + cfg.seed)
+
+    def _check_layout_slots(self) -> None:
+        """Refuse, before the run starts, a tokenizer fitted on so few scenes (`codebook_scenes`) that it
+        splits unseen words into bytes and a full layout would overflow the model's layout slots."""
+        words = [f"{size} {colour} {shape}" for size in self.images.sizes for colour in COLOURS for shape in SHAPES]
+        longest = max(len(self.tokenizer.encode(w, add_special_tokens=False)) for w in words)  # unstriped objects
+        slots = self.model.config.layout_slots
+        if self.images.max_objects * (longest + 1) > slots:  # + 1: each object's box token
+            raise ValueError(f"codebook_scenes={self.cfg.codebook_scenes} is too few: the text tokenizer fitted on "
+                             f"them splits an object's words into up to {longest} tokens, and "
+                             f"{self.images.max_objects} such objects overflow the {slots} layout slots; fit it on "
+                             "more scenes (the default 2000; 30 suffice for seeds 0-2)")
 
     def encode(self, layouts: list[Layout]):
         c = self.model.config

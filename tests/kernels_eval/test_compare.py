@@ -1,10 +1,13 @@
 """compare(): the tolerance holds at every depth (GEAK dropped it inside lists and tuples)."""
 
+import collections
 import math
 
+import pytest
 import torch
 
 from reasonrl.envs.kernels.evaluate.compare import compare, identical
+from reasonrl.envs.kernels.evaluate.runner import Unrepresentable, plain
 
 
 def test_tolerance_applies_inside_nested_containers():
@@ -64,3 +67,30 @@ def test_complex_outputs_compare_both_parts():
 
 def test_identical_tells_a_scalar_from_a_tensor():
     assert identical((torch.ones(2), 2.0), (torch.ones(2), torch.tensor(2.0))) == "argument 1: changed type or shape"
+
+
+def test_a_non_finite_scalar_must_be_met_exactly():
+    """|a - inf| <= atol + rtol * inf holds for every a: an expected inf accepted any float."""
+    pairs = [(math.inf, -math.inf), (math.inf, 0.0), (-math.inf, 1e308), (1.0, math.inf), (math.nan, 1.0)]
+    for expected, actual in pairs:
+        assert compare(expected, actual, 1e-4, 1e-4) is not None, (expected, actual)
+        assert compare((torch.ones(2), expected), (torch.ones(2), actual), 1e-2, 1e-2) is not None
+    for value in (math.inf, -math.inf, math.nan):
+        assert compare(value, value, 0, 0) is None  # NaN meets NaN, as in a tensor
+
+
+def test_plain_keeps_what_it_can_compare_and_refuses_the_rest():
+    """An OrderedDict, a defaultdict, a dtype or a nest deeper than 8 became the same placeholder string
+    on both sides, and equal placeholders passed: a wrong kernel passed a task whose gold was an OrderedDict."""
+    right, wrong = torch.arange(4.0), torch.full((4,), 1e6)
+    for kind in (collections.OrderedDict, lambda **kw: collections.defaultdict(list, **kw)):
+        gold, got = plain(kind(case_1=right)), plain(kind(case_1=wrong))
+        assert type(gold) is dict and compare(gold, got, 1e-2, 1e-1) is not None
+    assert plain({"dtype": torch.float16, "device": torch.device("cpu")}) == {"dtype": "torch.float16", "device": "cpu"}
+    assert compare(plain(torch.float16), plain(torch.float32), 0, 0) is not None
+    nested = right
+    for _ in range(10):
+        nested = [nested]
+    for unrepresentable in (nested, {1, 2}, object(), {1: right, "1": wrong}):
+        with pytest.raises(Unrepresentable):
+            plain(unrepresentable)

@@ -79,6 +79,17 @@ def test_specs_select_tasks():
             load_environment(bad)
 
 
+@pytest.mark.parametrize("option, value", [("speedup_weight", "nan"), ("speedup_weight", "inf"), ("timeout", "inf"),
+                                           ("timeout", "1e400"), ("timeout", "nan")])
+def test_a_spec_value_that_is_not_finite_is_refused_by_name(option, value):
+    """speedup_weight=nan passed every `<` check and made every reward NaN; timeout=inf raised a bare
+    OverflowError from math.ceil, naming nothing."""
+    with pytest.raises(ValueError, match=f"{option} must be a finite number"):
+        load_environment(f"kernels:?ids=vector_add&{option}={value}")
+    with pytest.raises(ValueError, match="speedup_cap must be a finite number"):
+        KernelRewardConfig(speedup_cap=float("inf"))
+
+
 def test_reasonrl_eval_on_the_kernel_environment(tmp_path):
     from reasonrl.eval import run_eval
 

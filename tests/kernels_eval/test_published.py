@@ -120,6 +120,38 @@ def test_published_tasks_are_judged_by_their_tests(suites):
     assert "test_add[" in verdicts[5].message  # the ROCm key names the parametrized case
 
 
+ORDERED_TESTS = '''
+import collections
+
+def test_add():
+    torch.manual_seed(42)
+    x, y = torch.randn(1000, device='cuda'), torch.randn(1000, device='cuda')
+    return collections.OrderedDict(case_1=add(x, y), dtype=x.dtype)
+
+
+result_gold = test_add()
+'''
+
+
+def test_a_gold_the_evaluator_cannot_represent_never_passes_a_candidate(tmp_path):
+    """An OrderedDict gold became the string '<unsupported collections.OrderedDict>' on both sides,
+    and equal placeholders passed: x - y passed a task whose tests add x and y."""
+    returns_a_set = ORDERED_TESTS.replace("collections.OrderedDict(case_1=add(x, y), dtype=x.dtype)", "{1, 2}")
+    for name, tests in (("ordered", ORDERED_TESTS), ("set", returns_a_set)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / f"{name}_add.py").write_text(KERNEL + SEPARATOR + "\n" + tests)
+    (ordered,) = load_tritonbench(tmp_path / "ordered")
+    (unsupported,) = load_tritonbench(tmp_path / "set")
+    set_kernel = WRONG.replace("    return out", "    return {1, 2}")
+    with KernelEvaluator(EvaluatorConfig(workers=2)) as evaluator:
+        verdicts = evaluator.evaluate_many([(ordered, KERNEL), (ordered, WRONG), (ordered, set_kernel),
+                                            (unsupported, KERNEL)])
+    assert [v.status for v in verdicts] == ["passed", "wrong_output", "runtime_error", "task_error"], verdicts
+    assert "output['case_1']" in verdicts[1].message
+    assert "builtins.set, which cannot be compared" in verdicts[2].message
+    assert "builtins.set, which cannot be compared" in verdicts[3].message
+
+
 BROKEN_TESTS = '''
 def test_add():
     torch.cuda.get_device_name()  # a test written for a GPU only

@@ -369,15 +369,15 @@ def test_gpu_mode_allows_exactly_the_compilers(tmp_path):
 def test_a_sandbox_that_fails_to_start_says_why():
     """The child's own last line (the exception that stopped its set-up) is in the verdict's
     message, so a machine where the sandbox cannot start is diagnosable from the verdict alone."""
-    from reasonrl.envs.kernels.evaluate.judge import _ending
+    from reasonrl.envs.kernels.evaluate.judge import _died
     from reasonrl.envs.kernels.evaluate.sandbox import CHILD_ERROR
 
     answer = {"timed_out": False, "exit_code": CHILD_ERROR, "signal": None,
               "stderr": "Traceback (most recent call last):\n  ...\nPermissionError: [Errno 1] unshare failed\n"}
-    v = _ending("vector_add", answer, None, {})
+    v = _died("vector_add", answer, {})
     assert v.status == "sandbox_error"
     assert v.message == "the sandbox failed to start: PermissionError: [Errno 1] unshare failed"
-    assert _ending("vector_add", {**answer, "stderr": ""}, None, {}).message == "the sandbox failed to start"
+    assert _died("vector_add", {**answer, "stderr": ""}, {}).message == "the sandbox failed to start"
 
 
 def _make_temp_dir(ctx):

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from reasonrl.envs.kernels.evaluate import EvaluatorConfig, KernelEvaluator
+from reasonrl.envs.kernels.evaluate.speed import Bench, Schedule
 from reasonrl.envs.kernels.evaluate.speedup import apply_timing, timing_job
 from reasonrl.envs.kernels.evaluate.timing import (KernelResult, TimingConfig, aggregate, reject_outliers,
                                                    round_order, speedup, summarize)
@@ -89,7 +90,62 @@ def test_timing_protocol_end_to_end_on_cpu():
         for party in ("reference", "expert", "candidate"):
             assert [len(s) for s in answer["samples"][party]] == [4, 4]  # rounds x reps, per shape
             assert all(ms > 0 for s in answer["samples"][party] for ms in s)  # the patched clock is not ours
-    assert "input set 1" in cached["mismatch"]  # same pointers, new contents: the cache answers stale
+    assert cached["mismatch"].startswith("timing shape (1000,)")  # same pointers, new contents: the cache answers stale
+
+
+def test_no_two_timed_calls_see_the_same_inputs_and_the_checked_ones_are_drawn_at_random():
+    """Three input sets rotated: from the fourth timed call on, a memo keyed on the inputs' contents
+    answered every call (763x the expert's speed), and only the last call on each set was checked."""
+    import torch
+
+    config = dataclasses.asdict(TimingConfig(warmup=2, reps=5, rounds=4, input_sets=2, checked_calls=3))
+    seen = []
+
+    def record(x, n):
+        seen.append((tuple(x.tolist()), n))
+        return x * 2
+
+    sets = [(torch.tensor([1.0, 2.0]), 7), (torch.tensor([3.0, 4.0]), 7)]
+    bench = Bench(record, sets, "cpu", flush=False)
+    bench.warm_up(config["warmup"])
+    seen.clear()
+    schedules = [Schedule(config, shapes=1) for _ in range(2)]
+    for r in range(config["rounds"]):
+        (plan,) = schedules[0].round(r, "candidate")
+        assert len(bench.run(plan["calls"], plan["keep"])) == config["reps"]
+    assert len(seen) == 20 and len(set(seen)) == 20  # every timed call met contents no other call had
+    assert {n for _, n in seen} == {7}  # non-tensor arguments are passed as they are
+    (kept,) = schedules[0].kept
+    assert len(kept) == len(bench.kept) == 3
+    for (j, scale), out in zip(kept, bench.kept):  # what the reference process recomputes
+        assert torch.equal(out, sets[j][0] * scale * 2)
+    assert schedules[0].checked != schedules[1].checked or schedules[0].kept != schedules[1].kept
+    assert all(plan["keep"] == [] for r in range(4) for plan in schedules[0].round(r, "expert"))
+
+
+CACHE_BY_CONTENTS = '''
+_memo = {}
+_honest = vector_add
+
+def vector_add(x, y):
+    key = (tuple(x.view(-1)[:4].tolist()), tuple(y.view(-1)[:4].tolist()))
+    if key not in _memo:
+        _memo[key] = _honest(x, y)
+    return _memo[key]
+'''
+
+
+def test_a_memo_on_the_inputs_contents_gains_nothing_and_a_stale_answer_fails():
+    task = dataclasses.replace(get_task("vector_add"), perf_shapes=((20000,),))
+    config = TimingConfig(warmup=3, reps=3, rounds=2, input_sets=3, flush_cache=False)
+    key = "(tuple(x.view(-1)[:4].tolist()), tuple(y.view(-1)[:4].tolist()))"
+    stale = task.expert_source() + CACHE_BY_CONTENTS.replace(key, "x.shape")  # computed once, on the warm-up's inputs
+    with KernelEvaluator(EvaluatorConfig(workers=1)) as evaluator:
+        memo = evaluator.run_timing(timing_job(task, task.expert_source() + CACHE_BY_CONTENTS, config))
+        stale_answer = evaluator.run_timing(timing_job(task, stale, config))
+    verdict = apply_timing(Verdict("vector_add", "passed"), memo)
+    assert memo["error"] is None and memo["mismatch"] is None and verdict.expert_speedup < 3, verdict.expert_speedup
+    assert stale_answer["mismatch"].startswith("timing shape (20000,), a timed call on input set")
 
 
 @pytest.mark.gpu

@@ -48,6 +48,10 @@ class KernelRewardConfig:
     """Share of tasks in the eval split (chosen by a hash of the task id, stable across runs)."""
 
     def __post_init__(self):
+        for name in ("call_credit", "speedup_weight", "speedup_cap", "holdout"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):  # NaN passes every `<` check below
+                raise ValueError(f"kernel reward: {name} must be a finite number, got {value!r}")
         if not 0 <= self.call_credit < 1 or self.speedup_weight < 0 or self.speedup_cap <= 1:
             raise ValueError("kernel reward: need 0 <= call_credit < 1, speedup_weight >= 0, speedup_cap > 1")
         if not 0 <= self.holdout < 1:

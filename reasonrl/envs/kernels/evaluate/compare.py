@@ -5,7 +5,8 @@ GEAK's evaluator (geak.md §2.3) drops its tolerance inside lists and tuples (th
 allclose's defaults) and never reaches its namedtuple branch. Here one function walks both
 structures together and applies the same (atol, rtol) to every floating-point leaf, however
 deep: tensors with `|a - b| <= atol + rtol * |b|` elementwise (NaN must meet NaN, infinities
-must match), Python floats the same way, integer and boolean tensors and every other leaf
+must match), Python floats the same way (a non-finite one on either side must equal the other:
+`|a - inf| <= atol + rtol * inf` holds for any a), integer and boolean tensors and every other leaf
 exactly. Shapes and dtypes must match: an fp32 answer to an fp16 task is a different kernel.
 Lists and tuples are interchangeable (a wrapper may return either); dict keys must match.
 
@@ -83,9 +84,9 @@ def _tensor(expected: torch.Tensor, actual: Any, atol: float, rtol: float, where
 
 
 def _close_scalar(expected: float, actual: float, atol: float, rtol: float) -> bool:
-    if math.isnan(expected) or math.isnan(actual):
-        return math.isnan(expected) and math.isnan(actual)
-    return expected == actual or abs(actual - expected) <= atol + rtol * abs(expected)
+    if not (math.isfinite(expected) and math.isfinite(actual)):  # the tensor rule: NaN meets NaN, inf meets inf
+        return expected == actual or (math.isnan(expected) and math.isnan(actual))
+    return abs(actual - expected) <= atol + rtol * abs(expected)
 
 
 def _kind(value: Any) -> str:

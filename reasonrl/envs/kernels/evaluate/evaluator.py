@@ -29,7 +29,7 @@ from typing import Literal, Sequence
 from reasonrl.envs.math.pool import WorkerPool
 
 from .judge import judge, no_code, reference_failed
-from .limits import SandboxLimits
+from .limits import SandboxLimits, worker_memory
 from .plan import Plan, make_plan, script_source
 from .sandbox import remove_tree
 from .timing import TimingConfig
@@ -75,7 +75,8 @@ class KernelEvaluator:
         self._timing_pool: WorkerPool | None = None
 
     def _make_pool(self, workers: int, timeout: float) -> WorkerPool:
-        return WorkerPool("reasonrl.envs.kernels.evaluate.zygote:run_job", workers, timeout + SLACK, None,
+        return WorkerPool("reasonrl.envs.kernels.evaluate.zygote:run_job", workers, timeout + SLACK,
+                          worker_memory(self.limits) >> 20,
                           worker="reasonrl.envs.kernels.evaluate.zygote", result_type=dict,
                           environment={**worker_environment(self.device), "TMPDIR": self._jobs_dir})
 
@@ -139,7 +140,7 @@ class KernelEvaluator:
     def _job(self, plan: Plan, source: str) -> dict:
         if plan.job["kind"] == "script":  # the published suites append their tests to the answer
             source = script_source(source, plan.job["tests"], self.device)
-        return self._complete({**plan.job, "source": source})
+        return self._complete({**plan.job, "source": source, "result_bytes": plan.result_bytes})
 
     def _complete(self, job: dict, limits: SandboxLimits | None = None) -> dict:
         return {**job, "limits": asdict(limits or self.limits), "hidden": self.hidden,

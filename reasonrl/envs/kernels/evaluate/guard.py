@@ -10,8 +10,9 @@ covers what those layers cannot see from outside the interpreter:
 - sockets, new processes and programs, signals, rlimit changes, ctypes;
 - reaching into the harness: gc's object walks, trace and profile hooks, code replacement.
 
-Once added a hook cannot be removed; each violation is appended to `violations` and written to
-stderr as one `[sandbox] denied ...` line, which the parent also reads.
+Once added a hook cannot be removed; each violation is written to stderr as one `[sandbox] denied
+...` line, which the parent also reads, and kept in `violations` (the first MAX_VIOLATIONS distinct
+ones, VIOLATION_CHARS characters each: the parent reads no more than that of a result either).
 
 On a GPU, Triton compiles a kernel at its first launch by running `ptxas` (or `ld.lld`) and a C
 compiler for its launcher: those programs (`compilers()`, by real path) may be started there.
@@ -45,6 +46,8 @@ PATH_EVENTS = {  # event -> index of the path argument that gets written
 }
 READ_EVENTS = {"os.listdir": 0, "os.scandir": 0, "glob.glob": 0, "os.chdir": 0}
 SPAWN_EVENTS = {"subprocess.Popen", "os.posix_spawn"}
+MAX_VIOLATIONS = 20
+VIOLATION_CHARS = 300
 COMPILER_NAMES = ("cc", "gcc", "clang", "g++", "clang++", "ldconfig", "hipconfig")
 
 
@@ -89,7 +92,8 @@ class Guard:
         if reason and _from_linecache():  # a traceback quoting a hidden harness file: deny, quietly
             raise PermissionError(f"sandbox: {reason} is not allowed")
         if reason:
-            self.violations.append(reason)
+            if len(self.violations) < MAX_VIOLATIONS and reason[:VIOLATION_CHARS] not in self.violations:
+                self.violations.append(reason[:VIOLATION_CHARS])
             try:
                 os.write(2, f"\n[sandbox] denied {reason}\n".encode(errors="replace"))
             except OSError:

@@ -4,6 +4,10 @@ The order of checks is the order of the statuses in verdict.py: how the process 
 wall clock, the disk, the CPU limit), whether the result file it left is well formed (the
 candidate's process can write anything there), what the sandbox denied, how far the run got,
 then per case the outputs (compare.py), the inputs (untouched) and the Triton launch count.
+
+What the parent loads is bounded before it is unpickled: a result file larger than the plan's
+`result_bytes` is `output_too_large` unread, and of what is loaded only the known layer names and
+the first MAX_VIOLATIONS denials (VIOLATION_CHARS each) are kept.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from typing import Any
 import torch
 
 from .compare import compare, identical
+from .guard import MAX_VIOLATIONS, VIOLATION_CHARS
 from .plan import Plan
-from .sandbox import CHILD_ERROR
+from .sandbox import CHILD_ERROR, LAYERS
 from .verdict import Verdict
 
 STAGE_STATUS = {"import": "import_error", "entry": "missing_entry", "call": "runtime_error",
@@ -47,15 +52,16 @@ def judge(task_id: str, plan: Plan, answer: dict[str, Any] | None) -> Verdict:
         return Verdict(task_id, "timeout", "the evaluator's worker did not answer in time")
     base = dict(elapsed=round(answer["elapsed"], 3), stdout=answer["stdout"], stderr=answer["stderr"],
                 cases=len(plan.case_names))
-    result = _load(answer.get("result"))
-    ended = _ending(task_id, answer, result, base)
+    ended = _ending(task_id, answer, base) or _unread(task_id, plan, answer, base)
     if ended:
         return ended
+    result = _load(answer.get("result"))
+    if result is None:
+        return _died(task_id, answer, base)
     malformed = _malformed(result)
     if malformed:  # the candidate's process writes the result, so it may be anything: its verdict only
-        return Verdict(task_id, "crashed", f"its result file is malformed ({malformed}): only the harness "
-                       "writes it, so do not write it or exit the process yourself", **base)
-    base.update(layers=list(result.get("layers", [])), violations=_violations(result, answer))
+        return _forged(task_id, malformed, base)
+    base.update(layers=sorted(LAYERS.intersection(result.get("layers", []))), violations=_violations(result, answer))
     if base["violations"]:
         return Verdict(task_id, "forbidden", "the sandbox denied: " + "; ".join(base["violations"][:5]), **base)
     if result["stage"] != "done":
@@ -66,7 +72,7 @@ def judge(task_id: str, plan: Plan, answer: dict[str, Any] | None) -> Verdict:
         return Verdict(task_id, "crashed", f"its result could not be judged ({type(exc).__name__}: {str(exc)[:200]})", **base)
 
 
-def _ending(task_id: str, answer: dict, result: dict | None, base: dict) -> Verdict | None:
+def _ending(task_id: str, answer: dict, base: dict) -> Verdict | None:
     """A verdict when the process itself ended badly, before anything it reported counts."""
     if answer["timed_out"]:
         return Verdict(task_id, "timeout", "the run passed its wall-clock limit and was killed", **base)
@@ -74,18 +80,39 @@ def _ending(task_id: str, answer: dict, result: dict | None, base: dict) -> Verd
         return Verdict(task_id, "crashed", f"it left more than {_mib(answer['disk_limit'])} or more than "
                        f"{answer['files_limit']} files in its directory (the disk limits, all its files together) "
                        "and was killed; write only what you return", **base)
-    if result is None:
-        if answer["exit_code"] == CHILD_ERROR:
-            cause = next((line.strip() for line in reversed(answer["stderr"].splitlines()) if line.strip()), "")
-            return Verdict(task_id, "sandbox_error", "the sandbox failed to start" + (f": {cause}" if cause else ""),
-                           **base)
-        how = f"signal {answer['signal']}" if answer["signal"] else f"exit code {answer['exit_code']}"
-        if _cpu_killed(answer):
-            return Verdict(task_id, "crashed", f"the process was killed ({how}) at its CPU-time limit of "
-                           f"{answer['cpu_limit']} s (it used {answer['cpu_seconds']:.1f} s of CPU)", **base)
-        return Verdict(task_id, "crashed", f"the process died ({how}) before saving a result; a memory or "
-                       "file-size limit, or the process exiting on its own", **base)
     return None
+
+
+def _unread(task_id: str, plan: Plan, answer: dict, base: dict) -> Verdict | None:
+    """A verdict when the result file was not read (the worker says why) or is larger than this
+    task's outputs can need (never unpickled: that would cost this process, not the candidate's)."""
+    if answer.get("result_error"):
+        return _forged(task_id, answer["result_error"], base)
+    size = answer.get("result_size", len(answer.get("result") or b""))  # result_size: the worker did not read it
+    if "result_size" in answer or size > plan.result_bytes:
+        return Verdict(task_id, "output_too_large", f"its result is {_mib(size)}, more than this task's outputs "
+                       f"can need ({_mib(plan.result_bytes)}): return tensors of the expected shapes and dtypes",
+                       **base)
+    return None
+
+
+def _died(task_id: str, answer: dict, base: dict) -> Verdict:
+    """The verdict of a run that left no result: the sandbox did not start, or the process died."""
+    if answer["exit_code"] == CHILD_ERROR:
+        cause = next((line.strip() for line in reversed(answer["stderr"].splitlines()) if line.strip()), "")
+        return Verdict(task_id, "sandbox_error", "the sandbox failed to start" + (f": {cause}" if cause else ""),
+                       **base)
+    how = f"signal {answer['signal']}" if answer["signal"] else f"exit code {answer['exit_code']}"
+    if _cpu_killed(answer):
+        return Verdict(task_id, "crashed", f"the process was killed ({how}) at its CPU-time limit of "
+                       f"{answer['cpu_limit']} s (it used {answer['cpu_seconds']:.1f} s of CPU)", **base)
+    return Verdict(task_id, "crashed", f"the process died ({how}) before saving a result; a memory or "
+                   "file-size limit, or the process exiting on its own", **base)
+
+
+def _forged(task_id: str, what: str, base: dict) -> Verdict:
+    return Verdict(task_id, "crashed", f"its result file is malformed ({what}): only the harness writes it, so "
+                   "do not write it or exit the process yourself", **base)
 
 
 def _cpu_killed(answer: dict) -> bool:
@@ -165,9 +192,9 @@ def _list(value: Any) -> list:
 
 def _violations(result: dict, answer: dict) -> list[str]:
     """Denials the run reported, and those it printed (a candidate can clear the first list,
-    not what it already wrote to stderr)."""
-    found = list(result.get("violations", []))
-    return list(dict.fromkeys(found + DENIED.findall(answer.get("stderr", ""))))
+    not what it already wrote to stderr): the first MAX_VIOLATIONS distinct ones, as the guard keeps them."""
+    found = [*result.get("violations", []), *DENIED.findall(answer.get("stderr", ""))]
+    return list(dict.fromkeys(v[:VIOLATION_CHARS] for v in found))[:MAX_VIOLATIONS]
 
 
 def _error_text(result: dict, plan: Plan) -> str:

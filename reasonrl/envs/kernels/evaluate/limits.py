@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from reasonrl.config import ByteSize
 
 DISK = 256 << 20  # the disk limit unless set (or file_size, when that is larger)
+WORKER_SLACK = 1 << 30  # a worker's memory for its own work, beside the files it reads back (worker_memory)
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,8 @@ class SandboxLimits:
     """Characters of stdout/stderr kept (head and tail) and shown to anyone, the agent's LLM included."""
 
     def __post_init__(self):
-        if not self.timeout > 0:
-            raise ValueError("sandbox limits: timeout must be > 0")
+        if not (isinstance(self.timeout, (int, float)) and math.isfinite(self.timeout) and self.timeout > 0):
+            raise ValueError(f"sandbox limits: timeout must be a finite number of seconds > 0, got {self.timeout!r}")
         if self.cpu_seconds is None:  # frozen: set once, here
             object.__setattr__(self, "cpu_seconds", math.ceil(self.timeout))
         if self.cpu_seconds < 1 or self.memory < (64 << 20):
@@ -76,6 +77,30 @@ def apply(limits: SandboxLimits, user_namespace: bool, gpu: bool = False) -> Non
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails (EFBIG) instead of killing
 
 
+def worker_memory(limits: SandboxLimits) -> int:
+    """Bytes an evaluator worker (zygote.py) may add to its data segment after start-up: a result
+    file read back (at most `file_size`: no candidate can write more) and its copy on the way to
+    the parent, and WORKER_SLACK for the rest (a timing job's messages, the warm-up kernel)."""
+    return 2 * limits.file_size + WORKER_SLACK
+
+
+def cap_data(extra: int) -> None:
+    """The soft RLIMIT_DATA of this process (a worker, which reads what candidates leave) at its
+    data segment now plus `extra` bytes. Soft only: each process the worker forks lifts it
+    (`lift_data`) and then gets its own limits, so a candidate's limits and CUDA's start-up in a
+    child stay what they were without the worker's cap."""
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    soft = _data_bytes() + extra
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def lift_data() -> None:
+    """The soft RLIMIT_DATA back at the hard limit (see `cap_data`)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
+
+
 def _set(which: int, soft: int, hard: int | None = None) -> None:
     hard = soft if hard is None else hard
     _, current = resource.getrlimit(which)
@@ -92,6 +117,14 @@ def _mapped_bytes() -> int:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
+        return 0
+
+
+def _data_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[5]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
         return 0
 
 

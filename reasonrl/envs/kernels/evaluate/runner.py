@@ -6,7 +6,7 @@ only hold tensors, numbers, strings and containers) has:
 
     stage        "done", or where it stopped: "import", "entry", "call", "save"
     case         the index of the case that raised (stage "call")
-    error        the traceback, when something raised
+    error        the traceback, when something raised (its last ERROR_CHARS characters)
     outputs      per case, what the function returned (tensors detached, on the CPU)
     inputs_after per case, the arguments after the call (the parent checks nothing changed)
     launches     per case, Triton kernel launches during the call
@@ -24,6 +24,7 @@ import io
 import os
 import sys
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 import numpy
@@ -37,6 +38,13 @@ from .sandbox import Context
 
 RESULT_FILE = ".result.pt"
 MAX_DEPTH = 8  # output containers nested deeper than this are not serialized
+ERROR_CHARS = 64 << 10  # of a traceback, the tail kept (the judge shows the last 3000 characters of it)
+
+
+class Unrepresentable(TypeError):
+    """An output `plain` cannot turn into what the parent loads: a run that returns one fails (the
+    reference's run too: then no candidate can be judged on the task), since two different
+    values of such a type would otherwise compare equal as the same placeholder."""
 
 
 class LaunchCounter:
@@ -96,7 +104,7 @@ def run_function(ctx: Context, source_path: str, entry: str, inputs_blob: bytes,
 def error_text(source_path: str) -> str:
     """The current exception's traceback, with the job's temporary directory left out (so the
     same error reads the same in every run)."""
-    return traceback.format_exc().replace(os.path.dirname(source_path) + os.sep, "")
+    return traceback.format_exc().replace(os.path.dirname(source_path) + os.sep, "")[-ERROR_CHARS:]
 
 
 def execute_function(source_path: str, entry: str, cases: list[tuple], device: str, counter: LaunchCounter,
@@ -137,9 +145,10 @@ def run_script(ctx: Context, source_path: str, device: str) -> None:
             autotune_first_config()
         module = load_candidate(source_path, "__candidate__")
         _synchronize(device)
-        result["stage"] = "done"
+        result["stage"] = "call"  # what its tests returned, turned into what the parent can compare
         result["outputs"] = [plain(getattr(module, "result_gold", None))]
         result["launches"] = [counter.count]
+        result["stage"] = "done"
     except BaseException:
         result["error"] = error_text(source_path)
     finish(ctx, result)
@@ -158,26 +167,33 @@ def finish(ctx: Context, result: dict[str, Any]) -> None:
 
 def plain(value: Any, depth: int = 0) -> Any:
     """`value` as what `torch.load(weights_only=True)` accepts: plain tensors on the CPU,
-    numbers, strings, None, and lists/tuples/dicts of those. Anything else becomes a string
-    naming its type (which then fails the comparison, as it should)."""
+    numbers, strings, None, and lists/tuples/dicts of those (any mapping becomes a dict with
+    string keys, a dtype or device its name). Anything else, or nesting deeper than MAX_DEPTH,
+    raises Unrepresentable."""
     if depth > MAX_DEPTH:
-        return "<nested too deep>"
+        raise Unrepresentable(f"the output is nested deeper than {MAX_DEPTH} containers")
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu").as_subclass(torch.Tensor).clone()
     if value is None or type(value) in (bool, int, float, str, complex):
         return value
+    if isinstance(value, (torch.dtype, torch.device)):
+        return str(value)
     if type(value) is list:
         return [plain(v, depth + 1) for v in value]
     if isinstance(value, tuple):  # namedtuples and other tuple subclasses become plain tuples
         return tuple(plain(v, depth + 1) for v in value)
-    if type(value) is dict:
-        return {str(k): plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, Mapping):
+        out = {str(k): plain(v, depth + 1) for k, v in value.items()}
+        if len(out) != len(value):
+            raise Unrepresentable(f"the output's keys {sorted(map(str, value))[:10]} are equal as strings")
+        return out
     if type(value).__module__ == "numpy":
         try:
             return plain(torch.from_numpy(numpy.array(value)), depth + 1)
         except Exception:
             pass
-    return f"<unsupported {type(value).__module__}.{type(value).__qualname__}>"
+    raise Unrepresentable(f"the output holds a {type(value).__module__}.{type(value).__qualname__}, which cannot "
+                          "be compared: return tensors, numbers, strings, and lists, tuples or dicts of them")
 
 
 def _to(value: Any, device: str) -> Any:

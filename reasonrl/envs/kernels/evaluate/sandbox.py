@@ -21,15 +21,21 @@ then, and `out/` is measured once more after it ends), then kills the whole proc
 whatever happened, and reaps, reading the CPU time the run used (so that a kill at the CPU limit
 can be told from other deaths). Stdout and stderr come back truncated to `limits.output`
 characters (head and tail), never whole.
+
+Whatever the harness reads back from `out/` (the logs here, the result file in zygote.py, the
+timed outputs in speed.py) the candidate may have replaced: a symlink to /dev/zero reads without
+end, a FIFO blocks `open` until a writer comes. Every such read goes through `open_out_file`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import select
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import time
@@ -47,6 +53,9 @@ CHILD_ERROR = 70  # the sandbox itself failed to set up (not the candidate's fau
 WATCH_EVERY = 0.25  # seconds between two measurements of the work directory, at least
 WATCH_COST = 10  # and at least this many times the last one's duration: measuring is the parent's CPU, uncharged
 ENTRY_BYTES = 4096  # what any file or directory counts for at least (a flood of empty files fills a disk too)
+LOG_BYTES = 1 << 20  # bytes read back of each of stdout and stderr (head and tail), before `limits.output` applies
+LAYERS = frozenset({"user-namespace", "network-namespace", "pid-namespace", "hidden-paths", "read-only-filesystem",
+                    "private-proc", "seccomp", "seccomp-gpu"})  # every layer a run can report (isolation.py, here)
 
 
 @dataclass
@@ -179,6 +188,45 @@ def _unlock(directory: str) -> None:
         os.close(fd)
 
 
+class UnreadableFile(OSError):
+    """A file in `out/` that is not read: a symlink, or not a regular file."""
+
+
+class FileTooLarge(UnreadableFile):
+    """A regular file in `out/` over the size limit of its read; `size`: its size."""
+
+    def __init__(self, path: str, limit: int, size: int):
+        super().__init__(f"{os.path.basename(path)} holds more than {limit} bytes")
+        self.size = size
+
+
+def open_out_file(path: str):
+    """`path` (a file in a candidate's `out/`) open for reading in binary, if it is a regular file:
+    never through a symlink, never waiting on a FIFO. FileNotFoundError when there is none,
+    UnreadableFile when it is something else."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnreadableFile(f"{os.path.basename(path)} is a symbolic link") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnreadableFile(f"{os.path.basename(path)} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def read_out_file(path: str, limit: int) -> bytes:
+    """All of a regular file in a candidate's `out/` (see `open_out_file`), reading at most `limit`
+    + 1 bytes: FileTooLarge when it holds more than `limit`."""
+    with open_out_file(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(limit + 1) if size <= limit else b""
+    if max(size, len(data)) > limit:  # (a file that grew after the fstat is caught by the read)
+        raise FileTooLarge(path, limit, max(size, len(data)))
+    return data
+
+
 def remove_tree(path: str) -> None:
     """shutil.rmtree, after unlocking every directory under `path` (rmtree with ignore_errors leaves
     a directory the candidate made unreadable, and everything in it, on disk)."""
@@ -212,6 +260,7 @@ def _child(body, work: str, limits: SandboxLimits, hidden: list[str], namespaces
     compiler) and the audit hook lets exactly Triton's compilers run (guard.compilers()); the
     memory limit is on data, not address space (limits.py)."""
     try:
+        rlimits.lift_data()  # the worker's own memory cap; this child's limits are set below
         os.setsid()
         isolation.set_parent_death_signal(signal.SIGKILL)
         _redirect_output(work, keep_fds)
@@ -325,17 +374,20 @@ def _forget_harness(hidden: list[str]) -> None:
     sys.path_importer_cache.clear()
 
 
-def _read(path: str, limit: int = 1 << 20) -> str:
+def _read(path: str, limit: int = LOG_BYTES) -> str:
+    """A log the candidate's process wrote: whole up to `limit` bytes, else its head and tail."""
     try:
-        with open(path, "rb") as f:
+        with open_out_file(path) as f:
             size = os.fstat(f.fileno()).st_size
+            if size <= limit:
+                return f.read(limit).decode(errors="replace")
             head = f.read(limit // 2)
-            if size > limit:
-                f.seek(size - limit // 2)
-                head += b"\n...\n" + f.read()
-            return head.decode(errors="replace")
-    except OSError:
+            f.seek(size - limit // 2)
+            return (head + b"\n...\n" + f.read(limit // 2)).decode(errors="replace")
+    except FileNotFoundError:
         return ""
+    except OSError as exc:
+        return f"[{os.path.basename(path)} was not read: {exc}]"
 
 
 def truncate(text: str, limit: int) -> str:

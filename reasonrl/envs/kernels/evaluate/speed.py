@@ -7,25 +7,37 @@ Three parties, two processes, both forked by the worker (zygote.py) for one job:
   directory the candidate cannot see, and times the reference and the expert;
 - the candidate process is a sandbox like any other (sandbox.py); it keeps one pipe open.
 
-The worker (`orchestrate`) drives rounds over the pipes in `round_order`, so the three
-parties' samples interleave; then the candidate saves its outputs of the last call on each
-input set and the reference process compares them with the reference's (a kernel that is
-right on the small test shapes and wrong, or cached, on large ones fails here).
+The worker (`orchestrate`) drives rounds over the pipes in `round_order`, so the three parties'
+samples interleave. Each round it tells the party, per timing shape, every timed call's input
+set and a scale in [1 - SCALE_SPREAD, 1 + SCALE_SPREAD], drawn from os.urandom (`Schedule`).
 
-Each timed call (`timed_calls`): the next input set is copied into fixed buffers (the pointer
-stays, the contents change: no caching by pointer), a 256 MiB buffer is overwritten (no warm
-L2), the device is synchronized, the clock read, the function called, the device synchronized,
-the clock read. The clock and the synchronization are builtins captured when this module is
-imported, before any candidate code runs: a candidate that patches `time.perf_counter` or
-`torch.cuda.synchronize` patches something nobody reads here. Timings a candidate reports
-about itself are in its own process and a determined attacker can still forge them; speedups
-of 10x or more are flagged for review for that reason (timing.py).
+Each timed call (`Bench.run`): its input set is written into fixed buffers, floating-point
+tensors multiplied by the call's scale (the pointer stays and the contents are new on every
+call), a 256 MiB buffer is overwritten (no warm L2), the device is synchronized, the clock read,
+the function called, the device synchronized, the clock read. The clock and the synchronization
+are builtins captured when this module is imported, before any candidate code runs: a candidate
+that patches `time.perf_counter` or `torch.cuda.synchronize` patches something nobody reads here.
+
+Then the outputs are checked: the worker picks `checked_calls` of the candidate's timed calls per
+shape at random, the candidate keeps those calls' outputs (it is told which at the start of each
+round) and saves them, and the reference process runs the reference on the same inputs (set and
+scale) and compares. What this defends: caching by pointer or by contents (no two timed calls see
+the same inputs, so a memo only adds its own cost; its stale answers fail the check), and answers
+made up on a share f of the calls (caught with probability 1 - (1 - f)^checked_calls per shape),
+as well as a kernel right on the small test shapes and wrong at scale. What it does not: code
+that reads the harness's state in its own process (which calls a round keeps, the scales) or
+forges its samples (timings a candidate reports about itself are taken in its own process:
+speedups of 10x or more are flagged for review for that reason, timing.py); inputs with no
+floating-point tensor, whose contents repeat every `input_sets` calls; a memo keyed on what the
+scale leaves unchanged (the direction of its input) for an output that the scale leaves unchanged too.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import random
 import tempfile
 import time
 from functools import partial
@@ -35,16 +47,20 @@ from typing import Any, Callable
 
 import torch
 
-from .limits import SandboxLimits
+from .compare import compare
+from .limits import SandboxLimits, lift_data
 from .runner import load_candidate
-from .sandbox import finish_sandboxed, remove_tree, start_sandboxed
+from .sandbox import finish_sandboxed, read_out_file, remove_tree, start_sandboxed
 from .timing import round_order
 
 CLOCK_NS = time.perf_counter_ns  # captured before any candidate is imported
 _CUDA_SYNC = getattr(torch._C, "_cuda_synchronize", None)
 FLUSH_BYTES = 256 << 20
 PARTIES = ("reference", "expert", "candidate")
+TIMED_OUTPUTS = "timed_outputs.pt"  # in the candidate's out/: the outputs of its checked calls
 MAX_MESSAGE = 64 << 20
+SCALE_SPREAD = 0.125  # a timed call's floating-point inputs are its set's times a scale in 1 +- this
+SCALED = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # (float8 has no multiply kernel)
 
 
 def send(conn: Connection, message: Any) -> None:
@@ -60,9 +76,32 @@ def synchronizer(device: str) -> Callable[[], None]:
     return _CUDA_SYNC if device.startswith("cuda") and _CUDA_SYNC is not None else (lambda: None)
 
 
+class Schedule:
+    """What the worker tells the parties each round: per timing shape, every timed call's input set
+    and scale, and (the candidate only) which calls' outputs to keep; and what those calls were."""
+
+    def __init__(self, timing: dict, shapes: int):
+        self.timing = timing
+        self.rng = random.SystemRandom()  # os.urandom: nothing a forked candidate inherits predicts it
+        total = timing["rounds"] * timing["reps"]
+        self.checked = [set(self.rng.sample(range(total), min(timing["checked_calls"], total))) for _ in range(shapes)]
+        self.kept: list[list[list]] = [[] for _ in range(shapes)]
+        """Per shape, [input set, scale] of each call the candidate keeps, in order."""
+
+    def round(self, r: int, party: str) -> list[dict]:
+        reps, sets = self.timing["reps"], self.timing["input_sets"]
+        plans = []
+        for checked, kept in zip(self.checked, self.kept):
+            calls = [[(r * reps + i) % sets, 1 + self.rng.uniform(-SCALE_SPREAD, SCALE_SPREAD)] for i in range(reps)]
+            keep = [i for i in range(reps) if party == "candidate" and r * reps + i in checked]
+            kept += [calls[i] for i in keep]
+            plans.append({"calls": calls, "keep": keep})
+        return plans
+
+
 class Bench:
     """One party's timing state for one shape: its input sets on the device, the fixed buffers
-    they are copied into, and the output of the last call on each set."""
+    each call's inputs are written into, and the outputs of the calls it was told to keep."""
 
     def __init__(self, fn: Callable, sets: list[tuple], device: str, flush: bool):
         self.fn = fn
@@ -70,21 +109,28 @@ class Bench:
         self.buffers = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in self.sets[0])
         self.flush = torch.empty(FLUSH_BYTES, dtype=torch.int8, device=device) if flush else None
         self.sync = synchronizer(device)
-        self.last: list[Any] = [None] * len(sets)
-        self.calls = 0
+        self.kept: list[Any] = []
 
-    def _load(self, j: int) -> tuple:
+    def load(self, j: int, scale: float = 1.0) -> tuple:
+        """Input set `j` in the fixed buffers, its floating-point tensors times `scale`."""
         for buffer, value in zip(self.buffers, self.sets[j]):
-            if isinstance(buffer, torch.Tensor):
+            if isinstance(buffer, torch.Tensor) and buffer.dtype in SCALED:
+                torch.mul(value, scale, out=buffer)
+            elif isinstance(buffer, torch.Tensor):
                 buffer.copy_(value)
         return tuple(b if isinstance(b, torch.Tensor) else v for b, v in zip(self.buffers, self.sets[j]))
 
-    def run(self, reps: int, keep: bool = False) -> list[float]:
-        """`reps` timed calls, rotating the input sets; milliseconds each."""
+    def warm_up(self, calls: int) -> None:
+        for i in range(calls):
+            self.fn(*self.load(i % len(self.sets)))
+        self.sync()
+
+    def run(self, calls: list[list], keep: list[int]) -> list[float]:
+        """One round's timed calls, each on its [input set, scale]; milliseconds each. The outputs
+        of the calls numbered in `keep` are kept (copied after the clock stopped)."""
         samples = []
-        for _ in range(reps):
-            j = self.calls % len(self.sets)
-            args = self._load(j)
+        for i, (j, scale) in enumerate(calls):
+            args = self.load(j, scale)
             if self.flush is not None:
                 self.flush.zero_()
             self.sync()
@@ -92,9 +138,8 @@ class Bench:
             out = self.fn(*args)
             self.sync()
             samples.append((CLOCK_NS() - start) / 1e6)
-            if keep:
-                self.last[j] = _detach(out)
-            self.calls += 1
+            if i in keep:
+                self.kept.append(_detach(out))
         return samples
 
 
@@ -109,18 +154,18 @@ def _detach(value: Any) -> Any:
 
 
 def serve_party(conn: Connection, benches: dict[str, list[Bench]], timing: dict) -> Any:
-    """Answer ("round", party) with that party's samples per shape until ("save", path) or
+    """Answer ("round", party, plans) with that party's samples per shape until ("save",) or
     ("check", ...) arrives; return that last message."""
     for per_shape in benches.values():
         for bench in per_shape:
-            bench.run(timing["warmup"])
-            bench.calls = 0
+            bench.warm_up(timing["warmup"])
     send(conn, ["ready"])
     while True:
         message = recv(conn)
         if message[0] != "round":
             return message
-        send(conn, [bench.run(timing["reps"], keep=True) for bench in benches[message[1]]])
+        _, party, plans = message
+        send(conn, [bench.run(plan["calls"], plan["keep"]) for bench, plan in zip(benches[party], plans)])
 
 
 def load_sets(path: str) -> list[list[tuple]]:
@@ -136,7 +181,7 @@ def run_candidate(ctx, conn_fd: int, source_path: str, entry: str, inputs_path: 
         benches = {"candidate": [Bench(fn, sets, device, timing["flush_cache"]) for sets in load_sets(inputs_path)]}
         message = serve_party(conn, benches, timing)
         if message[0] == "save":
-            torch.save([bench.last for bench in benches["candidate"]], os.path.join(ctx.work, "timed_outputs.pt"))
+            torch.save([bench.kept for bench in benches["candidate"]], os.path.join(ctx.work, TIMED_OUTPUTS))
             send(conn, ["saved"])
     except BaseException as exc:  # noqa: BLE001 - reported through the pipe, judged by the parent
         try:
@@ -149,7 +194,6 @@ def run_reference(conn: Connection, job: dict, in_dir: str, ref_dir: str) -> Non
     """The reference process's side: inputs, the reference and the expert, the final check."""
     from ..suite import get_task  # this process is trusted; the worker itself never imports tasks
     from ..task import Case
-    from .compare import compare
 
     try:
         task = get_task(job["task_id"])
@@ -166,19 +210,25 @@ def run_reference(conn: Connection, job: dict, in_dir: str, ref_dir: str) -> Non
         benches = {"reference": [Bench(task.reference, s, job["device"], flush) for s in sets],
                    "expert": [Bench(expert, s, job["device"], flush) for s in sets]}
         message = serve_party(conn, benches, timing)
-        outputs = torch.load(message[1], weights_only=True)
-        atol, rtol = task.tolerance_for(dtype)
-        mismatch = None
-        for shape, per_set, expected in zip(job["shapes"], outputs, (b.last for b in benches["reference"])):
-            for j, (out, ref) in enumerate(zip(per_set, expected)):
-                mismatch = mismatch or _where(compare(ref, out, atol, rtol), shape, j)
-        send(conn, ["checked", mismatch])
+        saved = torch.load(io.BytesIO(read_out_file(message[1], job["limits"]["file_size"])), weights_only=True)
+        send(conn, ["checked", _check(job["shapes"], benches["reference"], saved, message[2],
+                                      task.tolerance_for(dtype))])
     except BaseException as exc:  # noqa: BLE001 - a broken task is the evaluator's error, reported
         send(conn, ["error", f"reference side: {type(exc).__name__}: {exc}"[:2000]])
 
 
-def _where(found: str | None, shape, j: int) -> str | None:
-    return f"timing shape {tuple(shape)}, input set {j}: {found}" if found else None
+def _check(shapes: list, benches: list[Bench], saved: Any, kept: list[list[list]], tolerance) -> str | None:
+    """The first difference between the candidate's saved outputs of its checked calls and the
+    reference's on the same inputs (`kept`: per shape, each call's [input set, scale])."""
+    if not (type(saved) is list and len(saved) == len(kept)
+            and all(type(s) is list and len(s) == len(k) for s, k in zip(saved, kept))):
+        return "the outputs of the checked timed calls are missing (the harness saves one per checked call)"
+    for shape, bench, outputs, calls in zip(shapes, benches, saved, kept):
+        for out, (j, scale) in zip(outputs, calls):
+            found = compare(_detach(bench.fn(*bench.load(j, scale))), out, *tolerance)
+            if found:
+                return f"timing shape {tuple(shape)}, a timed call on input set {j} scaled by {scale:.4f}: {found}"
+    return None
 
 
 def orchestrate(job: dict, job_dir: str, source_path: str) -> dict:
@@ -188,9 +238,11 @@ def orchestrate(job: dict, job_dir: str, source_path: str) -> dict:
     ref_conn, ref_end = Pipe()
     start = time.monotonic()
     deadline = start + limits.timeout
+    schedule = Schedule(job["timing"], len(job["shapes"]))
     ref_pid = os.fork()
     if ref_pid == 0:
         ref_conn.close()
+        lift_data()  # the worker's own memory cap (zygote.py): this process is trusted and may start CUDA
         run_reference(ref_end, job, os.path.join(job_dir, "in"), ref_dir)
         os._exit(0)
     ref_end.close()
@@ -209,7 +261,7 @@ def orchestrate(job: dict, job_dir: str, source_path: str) -> dict:
         conns = {"reference": ref_conn, "expert": ref_conn, "candidate": cand_conn}
         for r in range(job["timing"]["rounds"]):
             for party in round_order(PARTIES, r):
-                send(conns[party], ["round", party])
+                send(conns[party], ["round", party, schedule.round(r, party)])
                 got = _receive(conns[party], deadline)
                 if not isinstance(got, list) or len(got) != len(job["shapes"]):
                     raise ValueError(f"{party} sent no samples")
@@ -217,7 +269,7 @@ def orchestrate(job: dict, job_dir: str, source_path: str) -> dict:
                     shape_samples.extend(_milliseconds(values))
         send(cand_conn, ["save"])
         _expect(cand_conn, deadline, "saved")
-        send(ref_conn, ["check", os.path.join(job_dir, "out", "timed_outputs.pt")])
+        send(ref_conn, ["check", os.path.join(job_dir, "out", TIMED_OUTPUTS), schedule.kept])
         answer["mismatch"] = _expect(ref_conn, deadline, "checked")[1]
     except (TimeoutError, EOFError, OSError, RuntimeError, TypeError, ValueError) as exc:
         answer["error"] = f"{type(exc).__name__}: {exc}"[:2000]

@@ -38,13 +38,17 @@ class TimingConfig:
     rounds: int = 10
     """Interleaved rounds: reference, expert, candidate, then in reverse order, and so on."""
     input_sets: int = 3
-    """Distinct input sets rotated through one set of buffers, so results cannot be cached by pointer."""
+    """Distinct input sets rotated through one set of buffers, each call's floating-point inputs
+    scaled anew (speed.py), so results cannot be cached by pointer or by contents."""
+    checked_calls: int = 3
+    """Per timing shape, how many of the candidate's timed calls, chosen at random, have their outputs
+    compared with the reference's on the same inputs."""
     flush_cache: bool = True
     """Overwrite a 256 MiB buffer before every timed call so no call starts with a warm L2."""
 
     def __post_init__(self):
-        if min(self.reps, self.rounds, self.input_sets) < 1 or self.warmup < 0:
-            raise ValueError("timing: reps, rounds and input_sets must be >= 1, warmup >= 0")
+        if min(self.reps, self.rounds, self.input_sets, self.checked_calls) < 1 or self.warmup < 0:
+            raise ValueError("timing: reps, rounds, input_sets and checked_calls must be >= 1, warmup >= 0")
 
 
 def round_order(parties: Sequence[str], round_index: int) -> list[str]:

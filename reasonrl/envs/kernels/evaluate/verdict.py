@@ -9,7 +9,8 @@ Statuses, from the first thing that went wrong:
     runtime_error   the function raised on a case
     timeout         the run passed its wall-clock limit (its process group was killed)
     crashed         the process died (a signal, a memory or CPU limit, an unreadable result)
-    output_too_large  its outputs passed the file-size limit
+    output_too_large  its outputs passed the file-size limit, or its result file is larger than the
+                    task's outputs can need (plan.py: never unpickled)
     forbidden       the sandbox denied something it tried (a socket, a process, a write outside
                     its directory, reading the task suite, ...)
     wrong_output    an output differs from the reference beyond the tolerance

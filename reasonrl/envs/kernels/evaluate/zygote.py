@@ -9,7 +9,15 @@ why a verdict under the interpreter takes about as long as the kernel itself.
 It speaks the protocol of reasonrl/envs/math/worker.py (WorkerPool in envs/math/pool.py
 drives it): ("ready", pid) once, then one answer per item of each chunk, in order. A job is a
 dict (evaluator.py builds it) and its answer a dict of bytes and numbers: the parent loads the
-result with `torch.load(weights_only=True)`, this process does not even unpickle it.
+result with `torch.load(weights_only=True)`, this process does not even unpickle it. A result
+file that is not a regular file is not read (the answer says why: `result_error`, the candidate's
+`crashed`), nor one larger than the job's `result_bytes` (what the task's outputs can need,
+plan.py; `file_size` when unset) or `file_size` (no candidate can write more): the answer gives
+its size, and the parent's verdict is `output_too_large`.
+
+It runs no candidate code but reads what candidates leave, so it caps its own memory: the pool's
+`--max-memory-mb` (limits.worker_memory) above what it holds at start-up, as a soft RLIMIT_DATA
+that every process it forks lifts before setting its own limits.
 
 It imports no task, reference or expert: the children it forks inherit its memory.
 """
@@ -28,10 +36,8 @@ from typing import Any
 import torch
 
 from . import runner, speed
-from .limits import SandboxLimits
-from .sandbox import remove_tree, run_sandboxed
-
-MAX_RESULT_BYTES = 256 << 20
+from .limits import SandboxLimits, cap_data
+from .sandbox import FileTooLarge, UnreadableFile, read_out_file, remove_tree, run_sandboxed
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -49,7 +55,8 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             body = functools.partial(runner.run_script, source_path=source_path, device=job["device"])
         outcome = run_sandboxed(body, job_dir, limits, job["hidden"], job.get("namespaces", True),
                                 gpu=job["device"].startswith("cuda"))
-        return {"result": _read_result(os.path.join(job_dir, "out", runner.RESULT_FILE)),
+        limit = min(limits.file_size, job.get("result_bytes", limits.file_size))
+        return {**_read_result(os.path.join(job_dir, "out", runner.RESULT_FILE), limit),
                 "exit_code": outcome.exit_code, "signal": outcome.signal, "timed_out": outcome.timed_out,
                 "elapsed": outcome.elapsed, "stdout": _relative(outcome.stdout, job_dir),
                 "stderr": _relative(outcome.stderr, job_dir), "cpu_seconds": outcome.cpu_seconds,
@@ -75,14 +82,20 @@ def _stage(job_dir: str, source: str) -> str:
     return path
 
 
-def _read_result(path: str) -> bytes | None:
+def _read_result(path: str, limit: int) -> dict[str, Any]:
+    """The answer's `result` (the file's bytes; None when there is none, it is not a regular file
+    or it is larger than `limit`), with `result_size` when it is too large, `result_error` (why it
+    was not read) when it is not a regular file."""
     try:
-        if os.path.getsize(path) > MAX_RESULT_BYTES:
-            return None
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
+        return {"result": read_out_file(path, limit)}
+    except FileNotFoundError:
+        return {"result": None}
+    except FileTooLarge as exc:
+        return {"result": None, "result_size": exc.size}
+    except UnreadableFile as exc:
+        return {"result": None, "result_error": str(exc)}
+    except OSError as exc:  # e.g. the candidate took its own read permission away
+        return {"result": None, "result_error": f"{os.path.basename(path)} could not be read ({exc.strerror})"}
 
 
 WARM_UP_KERNEL = '''
@@ -147,7 +160,10 @@ def main() -> None:
     parser.add_argument("--check", default="")  # WorkerPool's flags; the job function is fixed
     parser.add_argument("--cpu-limit", type=float, default=0)
     parser.add_argument("--max-memory-mb", type=int, default=0)
-    serve(Connection(parser.parse_args().fd))
+    args = parser.parse_args()
+    if args.max_memory_mb > 0:
+        cap_data(args.max_memory_mb << 20)
+    serve(Connection(args.fd))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,10 @@ Failures (model output is untrusted, and so is the network):
 - 5xx, 408, 429, timeouts and broken connections are retried `retries` times with exponential
   backoff and jitter: wait `uniform(d/2, d)` with `d = min(max_backoff, backoff * 2**attempt)`,
   or the server's Retry-After when it gives one (capped the same way).
-- Any other 4xx is not retried: the request itself is wrong (a prompt too long, a bad parameter).
+- Any other 4xx is not retried. 400, 413 and 422 are *refusals* (`Failure.rejected`): the request
+  itself is wrong (a prompt too long, a bad parameter). The rest (401, 402, 403, 404...) say
+  something about the endpoint (a revoked key, credits run out, a model unloaded behind a proxy):
+  failures like a 5xx's, never taken for the request's own fault.
 - A sample that still fails becomes a `Failure`: it is not recorded, so a rerun asks again.
 - A dead endpoint is one error, not one per sample: `probe()` raises `EndpointError` naming the
   URL when GET /models cannot connect; during the run, when `max(8, concurrency)` samples in a
@@ -42,6 +45,11 @@ log = logging.getLogger(__name__)
 Result = tuple[Job, Completion | Failure]
 CONNECTIONS_PER_POOL = 16
 _DONE = object()
+
+
+REFUSALS = (400, 413, 422)
+"""HTTP statuses that refuse the request for its content (too long, malformed): the same request
+always gets the same answer, so it is the request's failure, not the endpoint's."""
 
 
 class EndpointError(ConnectionError):
@@ -191,8 +199,10 @@ class OpenAIClient:
                 if r.status_code == 200:
                     return self._parse(r)
                 error = f"HTTP {r.status_code}: {_error_text(r)}"
-                if r.status_code < 500 and r.status_code not in (408, 429):
+                if r.status_code in REFUSALS:
                     return Failure(error, rejected=True)  # the request is wrong: asking again gives the same answer
+                if r.status_code < 500 and r.status_code not in (408, 429):
+                    return Failure(error)  # the endpoint's (its key, credits, models): not retried, not recorded
                 retry_after = _retry_after(r)
             if attempt < self.config.retries:
                 await asyncio.sleep(self._delay(attempt, retry_after))

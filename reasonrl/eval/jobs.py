@@ -37,7 +37,7 @@ class Failure:
     """A job that got no response (after retries); it is not recorded, so a rerun asks again."""
 
     error: str
-    rejected: bool = False  # the server refused this request itself (a 4xx other than 408/429): asking again is futile
+    rejected: bool = False  # the server refused this request for its content (400, 413, 422): asking again is futile
 
 
 def problem_seed(seed: int, problem_id: str) -> int:

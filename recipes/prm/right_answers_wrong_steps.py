@@ -34,7 +34,7 @@ def main() -> None:
     if not hasattr(env, "step_labels"):
         parser.error(f"{args.env}: this environment has no exact step labels (sums: has)")
     model, tokenizer = load_model(args.policy, dtype=torch.float32), Tokenizer.from_dir(args.policy)
-    fmt = StepFormat(delimiter=" ")  # a sums solution's steps, as recipes/prm/reproduce.sh cuts them
+    fmt = StepFormat(delimiter=env.step_delimiter)  # a sums solution's steps: one per running total
     samples = right = wrong_step = 0
     for request in sample(model, tokenizer, env.prompts(args.prompts), args.samples, 1.0, 128, 0):
         for text in request.texts:

@@ -388,3 +388,38 @@ def test_refusals_before_an_endpoint_failure_are_recorded(tmp_path):
         server.stop()
     calls = [json.loads(line) for line in (tmp_path / "run" / "calls" / "base.generate.jsonl").read_text().splitlines()]
     assert sum("rejected" in c for c in calls) == 3 and sum("text" in c for c in calls) == 3
+
+
+def test_an_accepted_change_of_system_prompt_measures_the_rest_apart(tmp_path):
+    """A measure stopped part-way, then rerun with another measure.system_prompt and --accept-changes:
+    the new prompts met the old ones' samples under the same ids in the same directory, and the
+    rerun failed ("holds samples of other problems")."""
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", [{"id": i, "problem": p, "answer": a} for i, p, a in [
+        ("short", "Add: 12 + 7", 19), ("flaky", "Add: 9 + 31 + 6 + 2", 48)]])
+    broken, systems = {"flaky": True}, set()
+
+    def policy_script(prompt, seed, body):
+        systems.update(m["content"] for m in body["messages"] if m["role"] == "system")
+        if "9 + 31" in prompt and broken["flaky"] and seed % 2:
+            return (200, "not a completion")  # one of flaky's samples fails: the stage stops part-way
+        return "\\boxed{19}"
+
+    teacher, policy = ScriptedServer(teacher=CLEAN), ScriptedServer(policy_script)
+
+    def measured(system_prompt, **options):
+        return run(sums_recipe(tmp_path, teacher.url, generate={"problems": 0, "seed_problems": seeds},
+                               hike={"enabled": False}, measure={"model": "double", "base_url": policy.url, "k": 2,
+                                                                 "concurrency": 1, "system_prompt": system_prompt}),
+                   tmp_path / "run", **options)
+
+    try:
+        with pytest.raises(StageIncomplete):
+            measured(None)
+        broken["flaky"] = False
+        summary = measured("Think step by step.", accept_changes=True)
+    finally:
+        teacher.stop()
+        policy.stop()
+    assert summary["accepted"]["all"] >= 1
+    moved = list((tmp_path / "run" / "measure" / "base.measure").glob("settings-*/samples.jsonl"))
+    assert len(moved) == 1 and systems == {"Think step by step."}

@@ -59,3 +59,17 @@ def test_a_server_that_refuses_every_request_is_one_error():
     finally:
         server.stop()
     assert all(isinstance(out, Failure) and out.rejected for out in few) and len(few) == 5
+
+
+@pytest.mark.parametrize("status", [401, 402, 403, 404])
+def test_an_account_or_endpoint_error_mid_run_trips_and_is_no_refusal(status):
+    """A revoked key, credits run out or a model unloaded behind a proxy (401-404) counted as the
+    requests' own refusals: the breaker never tripped and SAND dropped those problems for good."""
+    answered = {"q0", "q1", "q2", "q3"}
+    server = FakeServer(lambda body, attempt: "ok" if problem_text(body) in answered else (status, "no credits left"))
+    try:
+        with pytest.raises(EndpointError, match="failed the last 8 requests in a row") as error:
+            results(server, 16)
+    finally:
+        server.stop()
+    assert not isinstance(error.value, RefusedAll)

@@ -97,3 +97,6 @@ def test_the_scorer_leaves_room_for_a_whole_judgement_after_a_larger_sides_promp
     from reasonrl.reward.imagedoctor.evaluate import JUDGEMENT_TOKENS
 
     assert max_tokens == JUDGEMENT_TOKENS
+    engine = scorer.llm  # the scorer is called every training step: one engine, not one per call
+    scorer(["a red circle."], np.zeros((1, 32, 32, 3), dtype=np.uint8), grid=8)
+    assert scorer.llm is engine and len(seen) == 2

@@ -131,9 +131,12 @@ def test_a_step_format_that_does_not_cut_the_labelled_steps_is_refused(tmp_path,
     assert not (tmp_path / "prm").exists()
     assert main([*args, "--out", str(tmp_path / "prm")]) == 0
     assert json.loads((tmp_path / "prm" / "prm_config.json").read_text())["steps"]["delimiter"] == "\n\n"
-    unrecorded = tmp_path / "old.jsonl"  # rows labelled before the step format was recorded: the default
-    unrecorded.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "step_format"}) + "\n" for r in rows))
+    # rows labelled before the step format was recorded were cut as prm label cut them then: at a space
+    spaced = write_pool(tmp_path / "spaced.jsonl", 8, 1, "train")
+    unrecorded = tmp_path / "old.jsonl"
+    unrecorded.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "step_format"}) + "\n" for r in spaced))
     assert main([*args[:3], str(unrecorded), *args[4:], "--out", str(tmp_path / "prm-old")]) == 0
+    assert json.loads((tmp_path / "prm-old" / "prm_config.json").read_text())["steps"]["delimiter"] == " "
 
 
 def test_prm_label_cuts_steps_as_its_environment_does(tmp_path, monkeypatch):

@@ -308,3 +308,38 @@ def test_autocast_reaches_the_sft_forward_and_the_grpo_recipe(setup, monkeypatch
     cfg = experiment.LVRExperimentConfig(autocast="bfloat16")
     assert experiment.grpo_recipe(cfg, "x")["model"]["autocast"] == "bfloat16"
     assert experiment.stage_settings(cfg, "sft")["autocast"] == "bfloat16"  # other figures: not reused
+
+
+def test_stages_recorded_before_the_scene_options_are_kept_with_the_same_scenes(tmp_path):
+    """results.json written before --image-size, --min-objects, --max-objects and --autocast existed
+    records none of them: its stages were refused under the very settings they were made with, and
+    the GRPO recipe's environment spec changed under a stopped run."""
+    from reasonrl.vision.lvr.experiment import LVRExperimentConfig, _check_kept, env_spec, stage_settings
+
+    cfg = LVRExperimentConfig(out=str(tmp_path), stages=("grpo",))
+    new = ("autocast", "image_size", "min_objects", "max_objects")
+    old = {k: v for k, v in stage_settings(cfg, "sft").items() if k not in new}
+    _check_kept(cfg, tmp_path, {"stages": {"sft_lvr": old, "sft_plain": old}}, (), True, lambda text: None)
+    other = LVRExperimentConfig(out=str(tmp_path), stages=("grpo",), max_objects=8)
+    with pytest.raises(ValueError, match="max_objects"):
+        _check_kept(other, tmp_path, {"stages": {"sft_lvr": old}}, (), True, lambda text: None)
+    assert env_spec(cfg) == "lvr:?max_objects=4"  # the spec runs made before recorded
+    spec = env_spec(LVRExperimentConfig(image_size=168, min_objects=2))
+    assert spec == "lvr:?max_objects=4&image_size=168&min_objects=2"
+
+
+def test_reasonrl_data_lvr_takes_every_scene_option_of_the_experiment(monkeypatch, tmp_path):
+    """`reasonrl data lvr` had no --min-objects: it could not write the data of such an experiment."""
+    from reasonrl.cli import main
+    from reasonrl.vision.lvr import export
+
+    made = []
+
+    def environment(scenes):  # stop once the scenes are known
+        made.append(scenes)
+        raise LookupError("stop")
+
+    monkeypatch.setattr(export, "LVRShapesEnvironment", environment)
+    with pytest.raises(LookupError):
+        main(["data", "lvr", "--out", str(tmp_path), "--image-size", "112", "--min-objects", "3", "--max-objects", "5"])
+    assert made == [LVRShapesConfig(image_size=112, min_objects=3, max_objects=5)]

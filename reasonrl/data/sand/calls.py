@@ -7,7 +7,7 @@ died). Concurrency, retries with backoff and jitter on 429/5xx/timeouts, Retry-A
 per-request timeout and the dead-endpoint check are the client's (reasonrl/eval/client.py).
 
 What cannot be answered:
-- A request the server refuses for itself (a 4xx other than 408/429: a prompt longer than the
+- A request the server refuses for itself (400, 413 or 422: a prompt longer than the
   context, a bad parameter) is recorded as `rejected` with the server's message, and its problem
   is dropped with that message. Refusals are recorded once the stage's calls are done, or when
   the endpoint fails (`EndpointError`) if it has answered some call of the stage: then the

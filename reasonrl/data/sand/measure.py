@@ -56,7 +56,7 @@ def pass_counts(ctx, name: str, todo: list[Problem]) -> dict[str, int]:
     """problem id -> correct samples out of k (asking the policy only for samples not yet on disk)."""
     cfg, out = ctx.recipe.measure, ctx.out / "measure" / name
     env = MathEnvironment([Prompt(p.id, prompts.solve(p.problem, cfg.system_prompt), answer=p.answer) for p in todo],
-                          name=name, verifier=ctx.verifier)
+                          name=benchmark_name(name, cfg.system_prompt), verifier=ctx.verifier)
     options = dict(base_url=cfg.base_url, n=cfg.k, k=[1], temperature=cfg.temperature, top_p=cfg.top_p,
                    max_tokens=cfg.max_tokens, seed=ctx.recipe.run.seed, chat=cfg.chat, concurrency=cfg.concurrency,
                    api_key_env=cfg.api_key_env, progress=ctx.recipe.run.progress)
@@ -81,6 +81,17 @@ def pass_counts(ctx, name: str, todo: list[Problem]) -> dict[str, int]:
         if row["problem_id"] in correct and row["sample"] < cfg.k and row["reward"] >= 1.0:
             correct[row["problem_id"]] += 1
     return correct
+
+
+def benchmark_name(name: str, system_prompt: str | None) -> str:
+    """The eval run's benchmark name: the stage's, plus a digest of the system prompt when it is not
+    the default. The name is part of the eval settings, so an accepted change of system prompt puts
+    the problems not yet measured in a `settings-DIGEST/` directory of their own (their samples
+    under the old prompt would not be theirs); the default keeps the names of earlier runs."""
+    if system_prompt == prompts.SOLVE_SYSTEM:
+        return name
+    digest = hashlib.blake2b(json.dumps(system_prompt).encode(), digest_size=4).hexdigest()
+    return f"{name}+system-{digest}"
 
 
 def refusals(ctx, name: str) -> dict[str, str]:

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reasonrl.reward.imagedoctor.evaluate import JUDGEMENT_TOKENS, generate_judgements, predicted_maps
+from reasonrl.reward.imagedoctor.evaluate import (JUDGEMENT_TOKENS, generate_judgements, judge_engine,
+                                                  needed_len, predicted_maps)
 from reasonrl.reward.imagedoctor.export import judge_messages
 from reasonrl.reward.imagedoctor.judgement import parse_judgement
 from reasonrl.reward.imagedoctor.rewards import dense_reward, judge_reward
@@ -76,6 +77,7 @@ class JudgeScorer:
 
         self.doctor, self.tokenizer = load_doctor(path), Tokenizer.from_dir(path)
         self.encoder, self.side, self.max_tokens = ChatEncoder(self.tokenizer, self.doctor.backbone), side, max_tokens
+        self.llm = None  # built at the first call, once the prompts' length is known; rebuilt only to grow
 
     @torch.no_grad()
     def __call__(self, captions: list[str], images: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +86,9 @@ class JudgeScorer:
         big = images.repeat(k, axis=1).repeat(k, axis=2)
         prompts = [self.encoder(judge_messages(c, img)) for c, img in zip(captions, big)]
         # an engine sized to these prompts (they grow with the side): every judgement gets max_tokens
-        responses = generate_judgements(self.doctor, self.tokenizer, prompts, self.max_tokens)
+        if self.llm is None or self.llm.engine.max_model_len < needed_len(prompts, self.max_tokens):
+            self.llm = judge_engine(self.doctor, self.tokenizer, needed_len(prompts, self.max_tokens))
+        responses = generate_judgements(self.doctor, self.tokenizer, prompts, self.max_tokens, self.llm)
         scalars = np.array([judge_reward(parse_judgement(self.tokenizer.decode(r)).scores) for r in responses])
         maps = predicted_maps(self.doctor, prompts, responses, [big.shape[1:3]] * len(prompts))
         heat = np.stack([1.0 - dense_reward(1.0, m, (grid, grid)) for m in maps])  # pooled mean map

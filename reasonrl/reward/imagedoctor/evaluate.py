@@ -52,17 +52,28 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
     return float((p & t).sum() / union) if union else 1.0
 
 
-def generate_judgements(doctor: ImageDoctor, tokenizer, prompts: list,
-                        max_tokens: int = JUDGEMENT_TOKENS) -> list[list[int]]:
-    """Greedy response ids per prompt from the engine, sharing the judge's weights; its context
-    holds the longest prompt plus `max_tokens`, so no judgement is cut short of `max_tokens`."""
-    from reasonrl.engine.llm import LLM
+def generate_judgements(doctor: ImageDoctor, tokenizer, prompts: list, max_tokens: int = JUDGEMENT_TOKENS,
+                        llm=None) -> list[list[int]]:
+    """Greedy response ids per prompt from an engine sharing the judge's weights: `llm` (a caller's,
+    kept between calls; its context must hold `needed_len`) or a new one sized so that no judgement
+    is cut short of `max_tokens`."""
     from reasonrl.engine.sampling_params import SamplingParams
 
-    longest = max(len(p.input_ids) for p in prompts) + max_tokens
-    llm = LLM(doctor.backbone, tokenizer, max_num_seqs=64, kv_cache_memory="256MiB", max_model_len=longest)
+    llm = llm or judge_engine(doctor, tokenizer, needed_len(prompts, max_tokens))
     outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens))
     return [o.outputs[0].token_ids for o in outs]
+
+
+def needed_len(prompts: list, max_tokens: int) -> int:
+    """The context that holds the longest of `prompts` plus a whole judgement."""
+    return max(len(p.input_ids) for p in prompts) + max_tokens
+
+
+def judge_engine(doctor: ImageDoctor, tokenizer, max_model_len: int):
+    """An engine on the judge's weights (shared, not copied) with a context of `max_model_len`."""
+    from reasonrl.engine.llm import LLM
+
+    return LLM(doctor.backbone, tokenizer, max_num_seqs=64, kv_cache_memory="256MiB", max_model_len=max_model_len)
 
 
 @torch.no_grad()

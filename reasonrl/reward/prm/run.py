@@ -86,9 +86,13 @@ def read_rows(path: str | Path, need: Sequence[str] = (), labels: Source | None 
     return rows
 
 
+LEGACY_STEP_FORMAT = StepFormat(delimiter=" ")
+"""How `prm label` cut steps before it recorded the format in its rows (2026-12-06): at a space."""
+
+
 def recorded_step_format(path: str | Path) -> StepFormat:
-    """The step format `prm label` cut the rows of `path` with (recorded in each row), or the default
-    StepFormat for rows that record none; the rows are checked against it before training."""
+    """The step format `prm label` cut the rows of `path` with (recorded in each row), or
+    LEGACY_STEP_FORMAT for rows that record none; the rows are checked against it before training."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labelled solutions {path} do not exist")
@@ -96,7 +100,7 @@ def recorded_step_format(path: str | Path) -> StepFormat:
         first = next((line for line in f if line.strip()), b"")
     try:
         recorded = json.loads(first).get("step_format")
-        return StepFormat(**recorded) if recorded is not None else StepFormat()
+        return StepFormat(**recorded) if recorded is not None else LEGACY_STEP_FORMAT
     except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, unknown or bad fields
         raise ValueError(f"{path}:1: step_format must be a step format as `prm label` records it ({exc})") from None
 

@@ -98,17 +98,29 @@ class LVRExperimentConfig:
         return LVRShapesConfig(image_size=self.image_size, min_objects=self.min_objects, max_objects=self.max_objects)
 
 
+LEGACY_SETTINGS = {"image_size": 224, "min_objects": 1, "max_objects": 4, "autocast": None}
+"""What stages recorded before these settings were options were made with."""
+
+
 def grpo_recipe(cfg: LVRExperimentConfig, policy: str) -> dict:
     """The GRPO run as a `reasonrl train` recipe (also recipes/lvr-shapes.yaml)."""
     return {"model": {"path": policy, "freeze_vision": True, "autocast": cfg.autocast},
-            "env": {"name": f"lvr:?image_size={cfg.image_size}&min_objects={cfg.min_objects}&max_objects={cfg.max_objects}",
-                    "eval_size": cfg.eval_problems},
+            "env": {"name": env_spec(cfg), "eval_size": cfg.eval_problems},
             "rollout": {"prompts_per_step": 8, "samples_per_prompt": 8, "max_tokens": 32, "temperature": 1.0},
             "engine": {"max_num_seqs": 128, "kv_cache_memory": "256MiB", "max_model_len": 512,
                        "latent_steps": cfg.latent_steps},
             "loss": {"name": "grpo"}, "optim": {"lr": cfg.grpo_lr, "warmup_steps": 2, "max_tokens_per_microbatch": 16384},
             "train": {"steps": cfg.grpo_steps, "seed": cfg.seed, "run_dir": str(Path(cfg.out) / "grpo"),
                       "save_every": cfg.grpo_steps, "keep_checkpoints": 1}}
+
+
+def env_spec(cfg: LVRExperimentConfig) -> str:
+    """The `lvr:` spec of the experiment's scenes: max_objects always, the others where not the default
+    (the spec of runs made before they were options is unchanged, so their GRPO runs resume)."""
+    default = LVRShapesConfig()
+    extra = "".join(f"&{key}={getattr(cfg, key)}" for key in ("image_size", "min_objects")
+                    if getattr(cfg, key) != getattr(default, key))
+    return f"lvr:?max_objects={cfg.max_objects}{extra}"
 
 
 def eval_items(model, tok, env: LVRShapesEnvironment, examples: list[LVRExample], problems) -> list[ev.EvalItem]:
@@ -199,7 +211,7 @@ def _check_kept(cfg: LVRExperimentConfig, out: Path, results: dict, arms, grpo: 
         log(f"{out / 'results.json'} records no stage settings (made before they were recorded); "
             "keeping its stages as they are")
     for stage in sorted(kept & set(recorded or {})):
-        changed = differences(recorded[stage], stage_settings(cfg, stage.split("_")[0]))
+        changed = differences({**LEGACY_SETTINGS, **recorded[stage]}, stage_settings(cfg, stage.split("_")[0]))
         if changed:
             raise ValueError(settings_changed(f"{out}: {stage} was made with other settings", changed,
                                               "rerun it (--stages), rerun with the saved settings, or choose another --out"))
@@ -212,7 +224,8 @@ def _resumes_grpo(cfg: LVRExperimentConfig, out: Path, results: dict, arms) -> b
 
     made = (results.get("stages") or {}).get("grpo")
     done = checkpoint_step(latest_checkpoint(out / "grpo"))
-    return "lvr" not in arms and made == stage_settings(cfg, "grpo") and 0 < done < cfg.grpo_steps
+    return "lvr" not in arms and made is not None and {**LEGACY_SETTINGS, **made} == stage_settings(cfg, "grpo") \
+        and 0 < done < cfg.grpo_steps
 
 
 def run_grpo(cfg: LVRExperimentConfig, tok, items, latent: LatentConfig, resume: bool = False) -> dict:

@@ -48,6 +48,8 @@ class LVRDataConfig:
     """Output directory: lvr.jsonl and images/lvr_NNNNNN.png go inside it."""
     image_size: int = 224
     """Width and height of the scenes."""
+    min_objects: int = 1
+    """Fewest objects in a scene."""
     max_objects: int = 4
     """Most objects in a scene."""
     model: str = EMBEDDED_VLM
@@ -65,7 +67,8 @@ def export_lvr(cfg: LVRDataConfig) -> int:
     if not (Path(cfg.model) / "config.json").is_file():  # the region tokens depend on its preprocessing
         raise FileNotFoundError(f"model {cfg.model} is not a checkpoint directory (no config.json)")
     image = ImageConfig.from_dir(cfg.model)
-    env = LVRShapesEnvironment(LVRShapesConfig(image_size=cfg.image_size, max_objects=cfg.max_objects))
+    env = LVRShapesEnvironment(LVRShapesConfig(image_size=cfg.image_size, min_objects=cfg.min_objects,
+                                               max_objects=cfg.max_objects))
     problems = env.problems(cfg.n, seed=cfg.seed, split=cfg.split)  # (bad options refused before any file is touched)
     out = Path(cfg.out)
     clear_outputs(out, [out / "lvr.jsonl", out / "images"], cfg.overwrite)

@@ -7,9 +7,11 @@ optionally the id, metadata and multiple-choice options fields. Reward kinds:
 - `math`: a MathEnvironment (math-verify equivalence of the final boxed answer).
 - `exact`: the final answer (last `\\boxed{}`, else the last "Answer:" line, else the whole
   response if at most 1000 characters) equals the reference after Unicode NFKC, case folding,
-  `$`/`\\text{}` unwrapping, whitespace collapsing and edge punctuation stripping. The answer
-  may be a list of accepted strings.
-- `choice`: the letter that starts the final answer ("B", "(B)", "B. text", `\\boxed{B}`)
+  `$`/`\\text{}` unwrapping, whitespace collapsing and edge punctuation stripping (never a
+  decimal point before a digit nor a factorial "!" after one); plain decimal numbers match by
+  value. The answer may be a list of accepted strings.
+- `choice`: the letter that starts the final answer ("B", "(B)", "B. text", `\\boxed{B}`,
+  "Option B")
   equals the reference letter; without a box or "Answer:" line, only a response that is just
   the letter ("B", "(b)") counts. The final answer is the last box, else what follows the last
   "Answer:" / "The answer is" cue, read up to its first clause boundary ("C, because ...",
@@ -36,12 +38,13 @@ import logging
 import re
 import unicodedata
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Sequence
 
 from .base import Environment, Prompt
 from .math.environment import MATH_SYSTEM_PROMPT, MathEnvironment, select
-from .math.extract import after_delimiter, answer_clause, answer_line, first_clause, last_boxed
+from .math.extract import after_delimiter, answer_clause, answer_line, first_clause, last_box
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +203,32 @@ _EDGE_PUNCTUATION = " \t\n.,;:!?\"'`*"
 
 
 def normalize_text(text: str) -> str:
-    """NFKC, case-folded, `$`/`\\text{}` unwrapped, whitespace collapsed, edge punctuation off."""
+    """NFKC, case-folded, `$`/`\\text{}` unwrapped, whitespace collapsed, edge punctuation off, but
+    never a decimal point before a digit (".5" is not "5") nor a factorial after one ("5!" is not "5")."""
     text = _TEXT_WRAPPER.sub(r"\1", unicodedata.normalize("NFKC", text).replace("$", ""))
-    return " ".join(text.casefold().split()).strip(_EDGE_PUNCTUATION)
+    text = " ".join(text.casefold().split())
+    start, end = 0, len(text)
+    while start < end and text[start] in _EDGE_PUNCTUATION and not (text[start] == "." and _digit(text, start + 1)):
+        start += 1
+    while end > start and text[end - 1] in _EDGE_PUNCTUATION and not (text[end - 1] == "!" and _digit(text, end - 2)):
+        end -= 1
+    return text[start:end]
+
+
+def _digit(text: str, i: int) -> bool:
+    return 0 <= i < len(text) and text[i].isdigit()
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
+def same_answer(said: str, reference: str) -> bool:
+    """Normalized texts equal, or both plain decimal numbers of equal value ("0.5" and ".5", "5" and "5.0")."""
+    if said == reference:
+        return True
+    if _NUMBER.fullmatch(said) and _NUMBER.fullmatch(reference):
+        return Decimal(said) == Decimal(reference)
+    return False
 
 
 def final_answer(response: str, think: str | None, whole_text_up_to: int) -> str | None:
@@ -211,7 +237,9 @@ def final_answer(response: str, think: str | None, whole_text_up_to: int) -> str
     text = after_delimiter(response, think)
     if text is None:
         return None
-    answer = last_boxed(text)
+    answer, too_long = last_box(text)
+    if too_long:  # the answer is that box, and it is too long: no cue or text before it stands in
+        return None
     if answer is None:
         answer = answer_line(text)
     if answer is None and len(text.strip()) <= whole_text_up_to:
@@ -225,9 +253,10 @@ def exact_reward(response: str, answer: Any, think: str | None = None) -> float:
         return 0.0
     accepted = answer if isinstance(answer, list) else [answer]
     said = normalize_text(candidate)
-    return 1.0 if said and said in {normalize_text(str(a)) for a in accepted} else 0.0
+    return 1.0 if said and any(same_answer(said, normalize_text(str(a))) for a in accepted) else 0.0
 
 
+_OPTION_WORD = re.compile(r"^(?:option|choice)\s+(?=\(?[A-Za-z]\b)", re.IGNORECASE)
 _LETTER = re.compile(r"\(?([A-Z])\)?(?=$|[\s.,;:!?)\]\u3002\uff0c\uff1b\uff1a\uff01\uff1f\u3001])")
 # a second option letter joined to the first by a hedge ("A or B", "A, B", "A/B", "A and maybe B"), or
 # after a bare letter and a space ("A B C D"); "D) A and B", "B (A is wrong)", "B rather than A" and
@@ -242,13 +271,16 @@ def choice_letter(response: str, think: str | None = None) -> str | None:
     text = after_delimiter(response, think)
     if text is None:
         return None
-    candidate = last_boxed(text)
+    candidate, too_long = last_box(text)
+    if too_long:
+        return None
     candidate = answer_clause(text) if candidate is None else first_clause(candidate)
     if candidate is None and len(text.strip()) <= 4:  # "B", "(B)", "B.": not "I think"
         candidate = text
     if candidate is None:
         return None
     candidate = _TEXT_WRAPPER.sub(r"\1", candidate).replace("$", "").strip(_EDGE_PUNCTUATION)
+    candidate = _OPTION_WORD.sub("", candidate, count=1)  # "Option B", "choice (C)": the letter follows
     if len(candidate) == 1:
         candidate = candidate.upper()
     match = _LETTER.match(candidate)

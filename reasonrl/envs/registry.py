@@ -22,7 +22,7 @@ Registering another environment (the hook): add `"name": "package.module:factory
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 from .base import Environment
 
@@ -63,20 +63,35 @@ def _resolve(factory: Factory | str) -> Factory:
     return getattr(importlib.import_module(module), name)
 
 
-def arithmetic_from_spec(argument: str) -> Environment:
-    """`arith:?n=1000&seed=0&digits=2`: generated integer arithmetic, the math reward."""
+def spec_options(argument: str, env: str, kinds: dict[str, type]) -> dict[str, Any]:
+    """The `?key=value&...` options of an `env:` spec, each converted by its kind (int or float); a
+    ValueError names an unknown, repeated, valueless or malformed option (a typo is never ignored)."""
     from urllib.parse import parse_qsl
 
+    text, out = argument.lstrip("?"), {}
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True) if text else []
+    except ValueError:
+        raise ValueError(f"{env}: options are key=value pairs joined by &, got {argument!r}") from None
+    for key, value in pairs:
+        if key not in kinds:
+            raise ValueError(f"unknown option {key!r} for {env}:; known: {', '.join(kinds)}")
+        if key in out:
+            raise ValueError(f"{env}: option {key} is given twice")
+        try:
+            out[key] = kinds[key](value)
+        except ValueError:
+            kind = "an integer" if kinds[key] is int else "a number"
+            raise ValueError(f"{env}: option {key} must be {kind}, got {value!r}") from None
+    return out
+
+
+def arithmetic_from_spec(argument: str) -> Environment:
+    """`arith:?n=1000&seed=0&digits=2`: generated integer arithmetic, the math reward."""
     from .math.environment import MathEnvironment, arithmetic_problems
 
-    options = {"n": 1000, "seed": 0, "digits": 2}
-    for key, value in parse_qsl(argument.lstrip("?"), keep_blank_values=True):
-        if key not in options:
-            raise ValueError(f"unknown option {key!r} for arith:; known: n, seed, digits")
-        try:
-            options[key] = int(value)
-        except ValueError:
-            raise ValueError(f"arith: option {key} must be an integer, got {value!r}") from None
+    options = {"n": 1000, "seed": 0, "digits": 2,
+               **spec_options(argument, "arith", {"n": int, "seed": int, "digits": int})}
     if options["n"] < 1 or not 1 <= options["digits"] <= 9:
         raise ValueError("arith: needs n >= 1 and 1 <= digits <= 9")
     return MathEnvironment(arithmetic_problems(**options), name="arith")
@@ -84,23 +99,15 @@ def arithmetic_from_spec(argument: str) -> Environment:
 
 def sums_from_spec(argument: str) -> Environment:
     """`sums:?max_terms=10&p=0.3&min_terms=2`: chains of single-digit additions with a scratchpad."""
-    from urllib.parse import parse_qsl
-
     from .sums import SumsEnvironment
 
-    options = dict(parse_qsl(argument.lstrip("?")))
-    unknown = set(options) - {"max_terms", "p", "min_terms"}
-    if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(sorted(unknown))} for sums:; known: max_terms, p, min_terms")
-    try:
-        max_terms, p, min_terms = int(options.get("max_terms", 10)), float(options.get("p", 0.3)), int(options.get("min_terms", 2))
-    except ValueError:
-        raise ValueError(f"sums: options must be numbers, got {options}") from None
-    return SumsEnvironment(max_terms, p, min_terms)
+    return SumsEnvironment(**spec_options(argument, "sums", {"max_terms": int, "p": float, "min_terms": int}))
 
 
 def letter_from_spec(argument: str) -> Environment:
     """`letter:ab`: answer with one of these letters (a smoke test of the RL loop)."""
     from .letter import LetterEnvironment
 
+    if argument and not (argument.isascii() and argument.isalpha()):
+        raise ValueError(f"letter: the spec is the letters to answer with (letter:ab), got {argument!r}")
     return LetterEnvironment(argument or "ab")

@@ -74,6 +74,8 @@ class SumsEnvironment(Environment):
     def __init__(self, max_terms: int = 10, p: float = 0.3, min_terms: int = 2):
         if not 2 <= min_terms <= max_terms:
             raise ValueError(f"sums: need 2 <= min_terms <= max_terms, got min_terms={min_terms}, max_terms={max_terms}")
+        if not 0.0 <= p <= 1.0:  # (a NaN fails too)
+            raise ValueError(f"sums: p is a probability (0 to 1), got {p}")
         self.max_terms, self.p, self.min_terms = max_terms, p, min_terms
 
     def prompts(self, n=None, seed=0, split="train"):

@@ -9,7 +9,7 @@ import pytest
 from reasonrl.envs import registry
 from reasonrl.envs.base import Environment, Prompt
 from reasonrl.envs.jsonl import (
-    AnswerEnvironment, JsonlError, JsonlSchema, choice_reward, exact_reward, load_jsonl, read_jsonl)
+    AnswerEnvironment, JsonlError, JsonlSchema, choice_letter, choice_reward, exact_reward, load_jsonl, read_jsonl)
 from reasonrl.envs.math import MATH_SYSTEM_PROMPT, MathEnvironment
 from reasonrl.envs.registry import load_environment, register_environment
 
@@ -234,3 +234,34 @@ def test_registration_hook(monkeypatch):
     assert load_environment("lazy").argument == ""
     with pytest.raises(ValueError):
         register_environment("bad name", _Echo)
+
+
+@pytest.mark.parametrize("reference, response, reward", [
+    ("5", "Answer: .5", 0.0), (".5", "Answer: 5", 0.0), ("5", "Answer: 5!", 0.0),  # scored 1.0: edges stripped
+    ("5", "Answer: 5.", 1.0), ("0.5", "Answer: .5", 1.0), ("5", "Answer: 5.0", 1.0), ("Paris", "Answer: Paris!", 1.0)])
+def test_exact_keeps_a_decimal_point_and_a_factorial_and_compares_numbers_by_value(reference, response, reward):
+    assert exact_reward(response, reference) == reward
+
+
+def test_a_last_box_too_long_is_no_answer_in_the_exact_and_choice_rewards_too():
+    """A policy could state an answer, then open a box and ramble: the answer cue before it was read."""
+    ramble = "\\boxed{" + "x" * 1500
+    assert exact_reward("Answer: 5\n" + ramble, "5") == 0.0 and exact_reward("Answer: 5\n", "5") == 1.0
+    assert choice_letter("The answer is B.\n" + ramble) is None and choice_letter("The answer is B.") == "B"
+
+
+@pytest.mark.parametrize("response", ["Answer: Option B", "The answer is option B.", "Answer: choice (B)"])
+def test_choice_reads_the_letter_after_option(response):
+    assert choice_letter(response) == "B"
+
+
+@pytest.mark.parametrize("spec, named", [
+    ("sums:?max_trems", "key=value"), ("sums:?max_terms=", "max_terms must be an integer"),
+    ("sums:?p=nan", "p is a probability"), ("sums:?p=2", "p is a probability"),
+    ("sums:?max_terms=5&max_terms=7", "max_terms is given twice"), ("sums:?terms=5", "unknown option 'terms'"),
+    ("arith:?n=5&n=6", "n is given twice"), ("letter:?x=1", "letter:"), ("letter:a,b", "letter:")])
+def test_spec_typos_repeats_and_bad_values_are_refused_by_name(spec, named):
+    """`sums:` dropped an option without `=`, took a blank value as the default, the last of a repeated
+    option, and any p; `letter:` took any text as its letters."""
+    with pytest.raises(ValueError, match=named):
+        load_environment(spec)

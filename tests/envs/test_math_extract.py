@@ -179,3 +179,11 @@ QUICK = [
 @pytest.mark.parametrize("pred, gold, verdict", QUICK)
 def test_quick_verdict(pred, gold, verdict):
     assert quick_verdict(pred, gold) == verdict
+
+
+def test_a_last_box_too_long_does_not_fall_back_to_an_answer_cue():
+    """The docs: a last box still open past max_chars gives no answer. An earlier cue was read."""
+    ramble = "\\boxed{" + "x" * 1501
+    assert extract_answer("The answer is 5.\n" + ramble) is None
+    assert extract_answer("The answer is 5.\n" + ramble + "}") is None  # closed, but too long
+    assert extract_answer("The answer is 5.\n\\boxed{6") == "5"  # unclosed and short: a truncated box

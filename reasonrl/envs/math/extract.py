@@ -7,7 +7,8 @@ What counts as the answer of a response, in priority order:
 2. The content of the last complete `\\boxed{...}` or `\\fbox{...}`, braces matched (nested braces
    and escaped `\\{ \\}` are fine). A box whose braces never close before the text ends (a
    truncated response) does not count; an earlier complete box then wins. A last box still open
-   after `max_chars` characters is too long: no answer, not a fall back to an earlier box.
+   after `max_chars` characters is too long: no answer, not a fall back to an earlier box nor to an
+   answer cue before it.
 3. Otherwise the answer stated after the last "Answer:" / "Final answer:" / "The (final) answer is"
    cue, to the end of its line and only up to its first clause boundary: ". " (or a final "."),
    ";", "?", ", <word>", " because", " since", " as", " which", " so", " therefore", " thus",
@@ -60,24 +61,30 @@ def after_delimiter(text: str, delimiter: str | None) -> str | None:
 
 def last_boxed(text: str, max_chars: int = 1000, max_tries: int = 16) -> str | None:
     """Content of the last complete `\\boxed{}`/`\\fbox{}` in `text`, or None (also when that box is
-    longer than `max_chars`: an earlier box is not its answer).
+    longer than `max_chars`: an earlier box is not its answer)."""
+    return last_box(text, max_chars, max_tries)[0]
+
+
+def last_box(text: str, max_chars: int = 1000, max_tries: int = 16) -> tuple[str | None, bool]:
+    """(`last_boxed`, whether the last box is still open past `max_chars`): a box that long is the
+    answer and too long, so a caller must not fall back to an answer cue before it either.
 
     Only the last `max_tries` candidates are tried, so a flood of unclosed boxes stays linear."""
     end = len(text)
     for _ in range(max_tries):
         at = max(text.rfind("\\boxed", 0, end), text.rfind("\\fbox", 0, end))
         if at < 0:
-            return None
+            return None, False
         end = at
         box = _BOX.match(text, at)
         if box is None:
             continue
         content = _braced(text, box.end(), max_chars)
         if content is not None:
-            return content.strip()
+            return content.strip(), False
         if len(text) > box.end() + max_chars:  # still open past max_chars: too long, not unclosed
-            return None
-    return None
+            return None, True
+    return None, False
 
 
 _BRACE_OR_ESCAPE = re.compile(r"\\.|[{}]", re.DOTALL)
@@ -170,8 +177,8 @@ def extract_answer(response: str, think_delimiter: str | None = None, max_chars:
     text = after_delimiter(response, think_delimiter)
     if text is None:
         return None
-    answer = last_boxed(text, max_chars)
-    if answer is None:
+    answer, too_long = last_box(text, max_chars)
+    if answer is None and not too_long:
         answer = answer_clause(text, max_chars)
     if not answer or len(answer) > max_chars:
         return None

@@ -76,7 +76,10 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--set expects section.key=value, got {pair!r}")
-        parsed = yaml.safe_load(value)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--set {key}: {value!r} is not valid YAML ({exc.problem or exc})") from None
         # "sums:" or "math:data/x.jsonl" (environment specs) parse as one-key mappings; a mapping is
         # written in braces ({a: 1}), so anything else is the text as typed
         out[key] = value if isinstance(parsed, dict) and not value.lstrip().startswith("{") else parsed

@@ -409,12 +409,17 @@ def has_weights(path: Path) -> bool:
     return any((path / name).is_file() for name in ENTRY_FILES)
 
 
+def drop_weights(path: Path) -> None:
+    """Delete a directory's safetensors weights, the entry file first (`has_weights` is then false)."""
+    for stale in [*(path / n for n in ENTRY_FILES), *path.glob("model-*-of-*.safetensors")]:
+        stale.unlink(missing_ok=True)
+
+
 def _move_in(staging: Path, path: Path) -> None:
     """Move a saved model's files into `path`: the old weights go first, the new entry file comes
     last, each step on disk before the next (a model saved twice has its shards replaced too)."""
     flush_dir(staging)
-    for stale in [*(path / n for n in ENTRY_FILES), *path.glob("model-*-of-*.safetensors")]:
-        stale.unlink(missing_ok=True)
+    drop_weights(path)
     for file in sorted(staging.iterdir(), key=lambda f: f.name in ENTRY_FILES):  # (False < True: the entry last)
         if file.name in ENTRY_FILES:
             flush(path)  # the rest is in place before the entry says so

@@ -79,7 +79,7 @@ class SFTConfig:
     """Seeds the data order (and the held-out split)."""
 
     def __post_init__(self):
-        check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        check(0 < self.epochs < math.inf, "epochs", f"must be a finite number > 0, got {self.epochs}")
         check_template_kwargs(self.chat_template_kwargs, "chat_template_kwargs")
         for name in ("samples_per_step", "max_tokens_per_microbatch", "max_len"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")

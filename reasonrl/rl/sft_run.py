@@ -71,7 +71,7 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
     """Fine-tune to the end (or to a stop signal); the process exit code."""
     from reasonrl.models import Tokenizer, load_model
     from reasonrl.models.chat import ChatEncoder
-    from reasonrl.models.loader import has_weights, master_dtype, save_model
+    from reasonrl.models.loader import drop_weights, has_weights, master_dtype, save_model
 
     out = open_run(run.out, {"run": to_dict(run), "sft": to_dict(cfg)}, overwrite=control.overwrite,
                    accept_changes=control.accept_changes, free_keys=FREE_KEYS, console=console,
@@ -100,6 +100,9 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
         if not has_weights(out):  # stopped, failed or killed before its model was whole (weights come last)
             say(f"saved {save_model(model, out, tokenizer, atomic=True)} (from {latest})")
         return 0
+    # a finished run trained further (--accept-changes): its model at the root is no longer the run's, and a
+    # kill before the new one is saved must not leave it to pass for it (the rerun saves it from the checkpoint)
+    drop_weights(out)
     with StopSignal("the current step") as stop:
         try:
             _loop(trainer, held, run, logger, tokenizer, out, stop)  # (a TrainingDiverged: the CLI's one-line error)

@@ -50,8 +50,9 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
     if done >= cfg.train.steps:
         say(f"{run_dir}: this run is finished (step {done} of {cfg.train.steps}); nothing to do. To train longer, raise "
             "train.steps and add --accept-changes; to start over, add --overwrite.")
-        if not (run_dir / "report.md").is_file():  # stopped during its last step, before the report
-            say(f"report: {write_report(run_dir)}")
+        # stopped or killed during its last step, before the report, or trained further since (--accept-changes)
+        # and killed after its last checkpoint: the report is rewritten from the metrics (it is cheap)
+        say(f"report: {write_report(run_dir)}")
         return 0
     env = load_environment(cfg.env.name)
     if cfg.model.init and not (Path(cfg.model.path) / "config.json").is_file():

@@ -106,8 +106,9 @@ def test_bad_input_is_one_line_naming_it(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["data", "ttt", "--game", "oTTT", "--out", "{afile}/t.jsonl", "--n", "3"], "afile"),  # an OSError: was a traceback
     (["generate", "--model", "reasonrl/demo/policy", "--device", "gpu", "hi"], "unknown device 'gpu'"),
-    (["sft", "--model", "m", "--data", "d", "--out", "o", "--epochs", "0"], "epochs: must be > 0"),
+    (["sft", "--model", "m", "--data", "d", "--out", "o", "--epochs", "0"], "epochs: must be a finite number > 0"),
     (["sft", "--model", "m", "--data", "d", "--out", "o", "--samples-per-step", "0"], "samples_per_step: must be >= 1"),
+    (["sft", "--model", "m", "--data", "d", "--out", "o", "--epochs", "inf"], "epochs: must be a finite number > 0"),
     (["train", "--set", "env.eval_size=0"], "env.eval_size: must be >= 1"),
     (["generate-image", "--per-prompt", "0", "--prompts", "a"], "per_prompt must be >= 1"),  # torch.cat() of nothing
     (["train-image", "layout-grpo", "--policy", "p", "--out", "{afile}.run", "--layouts-per-step", "0"],

@@ -65,6 +65,11 @@ def test_a_finished_run_that_was_stopped_before_its_report_gets_it_on_the_rerun(
     assert main(["train", str(path)]) == 0
     assert "this run is finished" in capsys.readouterr().err
     assert (tmp_path / "run" / "report.md").is_file() and (tmp_path / "run" / "reward.png").is_file()
+    # trained further (--accept-changes) and killed after the last checkpoint, before the new report: the
+    # finished rerun kept the earlier run's report, which disagreed with metrics.jsonl
+    (tmp_path / "run" / "report.md").write_text("| steps | 1 |\n")
+    assert main(["train", str(path)]) == 0
+    assert "| steps | 1 |" not in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_a_run_directory_another_live_process_runs_in_is_refused(tmp_path, capsys):
@@ -562,3 +567,42 @@ def test_of_two_processes_claiming_a_run_directory_at_once_the_second_is_refused
         claim.flush()
     out = other.communicate(timeout=60)[0]
     assert out.startswith(f"refused {run} is in use by another process (pid {os.getpid()})"), out
+
+
+def test_an_extended_sft_run_killed_after_its_last_checkpoint_does_not_keep_the_old_model(tmp_path, monkeypatch, capsys):
+    """A finished run trained further (--accept-changes) and killed after its last checkpoint, before its
+    model was saved, kept the earlier model at the root, and the rerun said "finished" over it."""
+    from safetensors.torch import load_file
+
+    import reasonrl.models.loader as loader
+
+    args = _tiny_sft_args(tmp_path)
+    out = tmp_path / "sft"
+    assert main(args) == 0
+    longer = [*args[:args.index("--epochs")], "--epochs", "2", *args[args.index("--epochs") + 2:]]
+    real = loader.save_model
+
+    def killed_at_the_root(model, path, *a, **k):
+        if "checkpoints" not in Path(path).parts:
+            raise Killed
+        return real(model, path, *a, **k)
+
+    monkeypatch.setattr(loader, "save_model", killed_at_the_root)
+    with pytest.raises(Killed):
+        main([*longer, "--accept-changes"])
+    monkeypatch.undo()
+    assert not (out / "model.safetensors").exists()  # not the earlier run's model passing for this one
+    assert main(longer) == 0 and "this run is finished" in capsys.readouterr().err
+    saved, last = load_file(out / "model.safetensors"), load_file(latest_checkpoint(out) / "model.safetensors")
+    assert saved.keys() == last.keys() and all(torch.equal(saved[k], last[k]) for k in saved)
+
+
+def test_a_recipe_with_a_key_given_twice_or_a_bad_set_value_is_one_line(tmp_path, capsys):
+    """A second `optim:` section silently replaced the first (its lr dropped); a --set value that is not
+    YAML printed a traceback."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("optim: {lr: 1.0e-2}\nenv: {name: 'letter:ab'}\noptim: {weight_decay: 0.01}\n")
+    assert main(["train", str(path)]) == 2
+    assert "key 'optim' is given twice" in capsys.readouterr().err
+    assert main(["train", str(recipe(tmp_path)), "--set", "optim.betas=[0.9, 0.95"]) == 2
+    assert "--set optim.betas: '[0.9, 0.95' is not valid YAML" in capsys.readouterr().err

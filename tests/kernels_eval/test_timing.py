@@ -95,7 +95,7 @@ def test_timing_protocol_end_to_end_on_cpu():
 
 def test_no_two_timed_calls_see_the_same_inputs_and_the_checked_ones_are_drawn_at_random():
     """Three input sets rotated: from the fourth timed call on, a memo keyed on the inputs' contents
-    answered every call (763x the expert's speed), and only the last call on each set was checked."""
+    answered every call from its memo, and only the last call on each set was checked."""
     import torch
 
     config = dataclasses.asdict(TimingConfig(warmup=2, reps=5, rounds=4, input_sets=2, checked_calls=3))
@@ -135,7 +135,9 @@ def vector_add(x, y):
 '''
 
 
-def test_a_memo_on_the_inputs_contents_gains_nothing_and_a_stale_answer_fails():
+def test_a_memo_on_the_inputs_contents_never_hits_and_a_stale_answer_fails():
+    """(That the memo never hits is the schedule's: no two timed calls meet the same contents, tested
+    above; how fast it runs is a timing figure, not asserted here.)"""
     task = dataclasses.replace(get_task("vector_add"), perf_shapes=((20000,),))
     config = TimingConfig(warmup=3, reps=3, rounds=2, input_sets=3, flush_cache=False)
     key = "(tuple(x.view(-1)[:4].tolist()), tuple(y.view(-1)[:4].tolist()))"
@@ -143,8 +145,7 @@ def test_a_memo_on_the_inputs_contents_gains_nothing_and_a_stale_answer_fails():
     with KernelEvaluator(EvaluatorConfig(workers=1)) as evaluator:
         memo = evaluator.run_timing(timing_job(task, task.expert_source() + CACHE_BY_CONTENTS, config))
         stale_answer = evaluator.run_timing(timing_job(task, stale, config))
-    verdict = apply_timing(Verdict("vector_add", "passed"), memo)
-    assert memo["error"] is None and memo["mismatch"] is None and verdict.expert_speedup < 3, verdict.expert_speedup
+    assert memo["error"] is None and memo["mismatch"] is None  # a memo that never hits answers right
     assert stale_answer["mismatch"].startswith("timing shape (20000,), a timed call on input set")
 
 

@@ -30,7 +30,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    env = load_environment(args.env)
+    try:
+        env = load_environment(args.env)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not hasattr(env, "step_labels"):
         parser.error(f"{args.env}: this environment has no exact step labels (sums: has)")
     model, tokenizer = load_model(args.policy, dtype=torch.float32), Tokenizer.from_dir(args.policy)

@@ -75,6 +75,25 @@ def min_ints(obj, minimums: dict[str, int], prefix: str = "") -> None:
             raise ValueError(f"{prefix}{name} must be {what}, got {value!r}")
 
 
+def is_number(x) -> bool:
+    """A finite int or float; True is not 1 here. Range checks alone let NaN through (every
+    comparison with it is false), and a NaN weight or scale makes every result NaN."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def finite_numbers(obj, above: dict[str, float] | None = None, at_least: dict[str, float] | None = None,
+                   prefix: str = "") -> None:
+    """ValueError naming the first field of `obj` that is not a finite number strictly above its bound
+    in `above`, or at least its bound in `at_least` (-inf: any finite number)."""
+    bounds = [(name, low, ">") for name, low in (above or {}).items()]
+    bounds += [(name, low, ">=") for name, low in (at_least or {}).items()]
+    for name, low, rule in bounds:
+        value = getattr(obj, name)
+        if not is_number(value) or (value <= low if rule == ">" else value < low):
+            what = "a finite number" + ("" if low == -math.inf else f" {rule} {low:g}")
+            raise ValueError(f"{prefix}{name} must be {what}, got {value!r}")
+
+
 def parse_size(text: str | int) -> int:
     """Bytes from `512MiB`, `2GiB`, `1.5GB`, `4096` (binary units are powers of 1024)."""
     if isinstance(text, int) and not isinstance(text, bool):

@@ -4,9 +4,9 @@ these errors with a 400). Images are checked by engine/images.py."""
 
 from __future__ import annotations
 
-import math
 import operator
 
+from reasonrl.config import is_number
 from reasonrl.engine.sampling_params import ParamError, SamplingParams
 
 
@@ -51,5 +51,5 @@ def check_request(request_id: str, prompt_ids: list[int], params: SamplingParams
             raise ValueError(f"request {request_id!r}: resume one sample at a time (n=1), got n={params.n}")
         if output_logprobs is None or len(output_logprobs) != len(output_ids):
             raise ValueError(f"request {request_id!r}: output_logprobs must give one log-prob per resumed token")
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in output_logprobs):
+        if not all(is_number(x) for x in output_logprobs):
             raise ValueError(f"request {request_id!r}: output_logprobs must be finite numbers")

@@ -7,10 +7,10 @@ divide float32 logits (a positive temperature below `MIN_TEMPERATURE` can overfl
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import dataclass, field
 
+from reasonrl.config import is_number
 from reasonrl.engine.structured import StructuredOutput
 
 INT64_MAX = (1 << 63) - 1
@@ -80,11 +80,11 @@ class SamplingParams:
             self.stop = [self.stop]
         _check(_is_int(self.n) and 1 <= self.n <= 1 << 20, "n", self.n, "an integer in [1, 2^20]")
         t = self.temperature
-        _check(_is_float(t) and (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE), "temperature", t,
+        _check(is_number(t) and (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE), "temperature", t,
                f"0 (greedy) or a number in [{MIN_TEMPERATURE}, {MAX_TEMPERATURE:g}]")
         _check(_is_int(self.top_k) and -1 <= self.top_k <= INT64_MAX, "top_k", self.top_k, "an integer in [-1, 2^63)")
-        _check(_is_float(self.top_p) and 0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")
-        _check(_is_float(self.min_p) and 0 <= self.min_p <= 1, "min_p", self.min_p, "in [0, 1]")
+        _check(is_number(self.top_p) and 0 < self.top_p <= 1, "top_p", self.top_p, "in (0, 1]")
+        _check(is_number(self.min_p) and 0 <= self.min_p <= 1, "min_p", self.min_p, "in [0, 1]")
         _check(self.seed is None or (_is_int(self.seed) and 0 <= self.seed <= INT64_MAX - (self.n - 1)), "seed",
                self.seed, "a non-negative integer with seed + n - 1 < 2^63")
         _check(_is_int(self.max_tokens) and 1 <= self.max_tokens <= INT64_MAX, "max_tokens", self.max_tokens,
@@ -96,11 +96,11 @@ class SamplingParams:
         _check(_is_int(self.min_tokens) and 0 <= self.min_tokens <= self.max_tokens, "min_tokens", self.min_tokens,
                "an integer in [0, max_tokens]")
         for name in ("presence_penalty", "frequency_penalty"):
-            _check(_is_float(getattr(self, name)) and -2 <= getattr(self, name) <= 2, name, getattr(self, name), "in [-2, 2]")
-        _check(_is_float(self.repetition_penalty) and 0 < self.repetition_penalty <= 100, "repetition_penalty",
+            _check(is_number(getattr(self, name)) and -2 <= getattr(self, name) <= 2, name, getattr(self, name), "in [-2, 2]")
+        _check(is_number(self.repetition_penalty) and 0 < self.repetition_penalty <= 100, "repetition_penalty",
                self.repetition_penalty, "in (0, 100]")
         _check(isinstance(self.logit_bias, dict) and len(self.logit_bias) <= 1024
-               and all(_is_int(k) and 0 <= k <= INT64_MAX and _is_float(v) and -100 <= v <= 100 for k, v in self.logit_bias.items()),
+               and all(_is_int(k) and 0 <= k <= INT64_MAX and is_number(v) and -100 <= v <= 100 for k, v in self.logit_bias.items()),
                "logit_bias", self.logit_bias, "at most 1024 token ids, each mapped to a number in [-100, 100]")
         _check(_is_int(self.logprobs) and 0 <= self.logprobs <= 20, "logprobs", self.logprobs, "an integer in [0, 20]")
         _check(self.prompt_logprobs is None or (_is_int(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= 20),
@@ -138,10 +138,6 @@ class ParamError(ValueError):
 
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_float(x) -> bool:
-    return (isinstance(x, float) or _is_int(x)) and math.isfinite(x)
 
 
 def _check(ok: bool, name: str, value, expected: str) -> None:

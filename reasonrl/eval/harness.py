@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from reasonrl.config import check_template_kwargs
+from reasonrl.config import check_template_kwargs, finite_numbers
 from reasonrl.envs.base import Environment, Prompt
 from reasonrl.envs.registry import load_environment
 
@@ -110,8 +110,7 @@ class EvalConfig:
             raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         if self.limit is not None and (not isinstance(self.limit, int) or self.limit < 1):
             raise ValueError(f"limit must be an integer >= 1, got {self.limit!r}")
-        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)):
-            raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
+        finite_numbers(self, at_least={"threshold": -math.inf})
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.prm is not None and self.n < 2:

@@ -33,12 +33,13 @@ Where this code departs from them:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
+
+from reasonrl.config import finite_numbers
 
 AdvantageFn = Callable[[Tensor, Tensor, "AdvantageConfig"], Tensor]
 _ESTIMATORS: dict[str, AdvantageFn] = {}
@@ -75,9 +76,7 @@ class AdvantageConfig:
             raise ValueError(f"AdvantageConfig.name: unknown estimator {self.name!r}; known: {', '.join(sorted(_ESTIMATORS))}")
         if not isinstance(self.std_normalize, bool):
             raise ValueError(f"AdvantageConfig.std_normalize must be true or false; got {self.std_normalize!r}")
-        eps_ok = isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool) and math.isfinite(self.eps)
-        if not (eps_ok and self.eps >= 0):
-            raise ValueError(f"AdvantageConfig.eps must be a number >= 0; got {self.eps!r}")
+        finite_numbers(self, at_least={"eps": 0}, prefix="AdvantageConfig.")
 
 
 class GroupStats(NamedTuple):

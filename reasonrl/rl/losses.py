@@ -57,12 +57,13 @@ Where this code departs from them:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+from reasonrl.config import is_number
 
 LossFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 OFF_POLICY_MODES = ("none", "mask", "tis", "decoupled")
@@ -141,8 +142,7 @@ class LossConfig:
 def _check(field: str, value, ok: Callable[[float], bool], rule: str, optional: bool = False) -> None:
     if optional and value is None:
         return
-    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not (number and ok(value)):
+    if not (is_number(value) and ok(value)):
         rule = f"a number {rule}" + (" or None" if optional else "")
         raise ValueError(f"LossConfig.{field} must be {rule}; got {value!r}")
 

@@ -153,7 +153,9 @@ def test_distill_init_goes_on_from_the_draft_it_loads(tmp_path, tokenizer):
 
 
 @pytest.mark.parametrize("option, value", [("grad_clip", -1.0), ("grad_clip", 0.0), ("logit_weight", -1.0),
-                                           ("feature_weight", float("nan")), ("feature_noise", -0.1)])
+                                           ("feature_weight", float("nan")), ("feature_noise", -0.1),
+                                           ("gate_weight", float("nan")), ("lr", float("nan")),
+                                           ("temperature", float("nan"))])
 def test_distill_options_that_train_away_from_the_target_are_refused(option, value):
     with pytest.raises(ValueError, match=f"distill: {option} must be a finite number"):
         DistillConfig(**{option: value})

@@ -7,11 +7,11 @@ another response parser: one text per request, one vector back.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import httpx
 
+from reasonrl.config import is_number
 from reasonrl.eval.client import ClientConfig, OpenAIClient
 from reasonrl.eval.jobs import Failure, Job
 
@@ -36,8 +36,7 @@ class EmbeddingClient(OpenAIClient):
         try:
             data = r.json()
             vector = data["data"][0]["embedding"]
-            if not isinstance(vector, list) or not vector or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in vector):
+            if not isinstance(vector, list) or not vector or not all(is_number(v) for v in vector):
                 raise ValueError("the embedding is not a non-empty list of finite numbers")
             tokens = (data.get("usage") or {}).get("prompt_tokens")
             return Embedding([float(v) for v in vector], tokens if isinstance(tokens, int) else None)

@@ -20,7 +20,6 @@ unnormalised features).
 from __future__ import annotations
 
 import json
-import math
 import random
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from reasonrl.config import positive_ints
+from reasonrl.config import finite_numbers, positive_ints
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams, stable_seed
@@ -118,17 +117,10 @@ class DistillConfig:
     def __post_init__(self):
         positive_ints(self, ("steps", "prompts_per_step", "max_new_tokens", "eval_every")
                       + (("epochs",) if self.epochs is not None else ()), "distill: ")
-        if self.gate_weight < 0 or self.gate_cost < 0:
-            raise ValueError(f"distill: gate_weight and gate_cost must be >= 0, got {self.gate_weight!r}, {self.gate_cost!r}")
-        if self.lr <= 0 or self.temperature < 0:
-            raise ValueError("distill: lr must be > 0 and temperature >= 0")
-        for name, low in (("grad_clip", None), ("logit_weight", 0), ("feature_weight", 0), ("feature_noise", 0),
-                          ("weight_decay", 0)):  # (a negative one trained the draft away from the target, and saved it)
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or (
-                    value <= 0 if low is None else value < low):
-                raise ValueError(f"distill: {name} must be a finite number {'> 0' if low is None else '>= 0'}, "
-                                 f"got {value!r}")
+        # (a negative weight trained the draft away from the target, and saved it)
+        finite_numbers(self, above={"lr": 0, "grad_clip": 0},
+                       at_least=dict.fromkeys(("temperature", "weight_decay", "logit_weight", "feature_weight",
+                                               "feature_noise", "gate_weight", "gate_cost"), 0), prefix="distill: ")
         if self.logit_weight == self.feature_weight == 0:
             raise ValueError("distill: logit_weight and feature_weight are both 0: nothing to learn")
 

@@ -25,6 +25,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from reasonrl.config import finite_numbers
 from ..base import Environment, Prompt
 from .evaluate import EvaluatorConfig, KernelEvaluator, SandboxLimits, Verdict
 from .evaluate.timing import KernelResult, aggregate
@@ -48,14 +49,11 @@ class KernelRewardConfig:
     """Share of tasks in the eval split (chosen by a hash of the task id, stable across runs)."""
 
     def __post_init__(self):
-        for name in ("call_credit", "speedup_weight", "speedup_cap", "holdout"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value)):  # NaN passes every `<` check below
-                raise ValueError(f"kernel reward: {name} must be a finite number, got {value!r}")
-        if not 0 <= self.call_credit < 1 or self.speedup_weight < 0 or self.speedup_cap <= 1:
-            raise ValueError("kernel reward: need 0 <= call_credit < 1, speedup_weight >= 0, speedup_cap > 1")
-        if not 0 <= self.holdout < 1:
-            raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
+        finite_numbers(self, above={"speedup_cap": 1}, at_least={"call_credit": 0, "speedup_weight": 0, "holdout": 0},
+                       prefix="kernel reward: ")
+        for name in ("call_credit", "holdout"):
+            if getattr(self, name) >= 1:
+                raise ValueError(f"kernel reward: {name} must be below 1, got {getattr(self, name)!r}")
 
 
 class KernelEnvironment(Environment):

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from reasonrl.config import finite_numbers
 from reasonrl.reward.prm.steps import split_steps
 
 
@@ -33,8 +34,7 @@ class ProcessRewardConfig:
     """Added to the group's std of step rewards."""
 
     def __post_init__(self):
-        if not math.isfinite(self.coef) or self.coef < 0:
-            raise ValueError(f"process.coef must be a finite number >= 0, got {self.coef!r}")
+        finite_numbers(self, at_least={"coef": 0}, prefix="process.")
 
 
 def step_token_ends(decode, response_ids: Sequence[int], char_ends: Sequence[int]) -> list[int]:

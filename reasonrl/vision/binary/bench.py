@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from reasonrl.config import min_ints
+from reasonrl.config import finite_numbers, min_ints
 from reasonrl.vision.gen.geneval import geneval, palette_fd
 from reasonrl.vision.gen.grid import save_grid
 from reasonrl.vision.gen.images import ImageConfig, make_images
@@ -120,8 +120,7 @@ class GenBenchConfig:
 
     def __post_init__(self):
         min_ints(self, {"prompts": 2})
-        if not (math.isfinite(self.guidance) and self.guidance >= 0):
-            raise ValueError(f"guidance must be a finite number >= 0, got {self.guidance!r}")
+        finite_numbers(self, at_least={"guidance": 0})
 
 
 def bench_generators(cfg: GenBenchConfig) -> list[dict]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from reasonrl.config import finite_numbers
 from reasonrl.vision.gen.images import to_uint8
 from reasonrl.vision.gen.noise import row_generators
 
@@ -32,9 +32,7 @@ class SampleConfig:
     or the other prompts)."""
 
     def __post_init__(self):
-        for name in ("guidance", "temperature"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
+        finite_numbers(self, at_least={"guidance": 0, "temperature": 0})
         if self.steps < 1 or self.batch_size < 1 or self.seed < 0:
             raise ValueError("steps and batch_size must be >= 1, seed >= 0")
         if self.size is not None and self.size < 1:

@@ -47,7 +47,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from reasonrl.config import positive_ints
+from reasonrl.config import finite_numbers, positive_ints
 from reasonrl.models.model import RMSNorm
 from reasonrl.vision.gen.io import register_kind
 
@@ -126,12 +126,9 @@ class TokenizerConfig:
             if len(set(idx)) != len(idx) or any(not isinstance(i, int) or not 0 <= i < n for i in idx):
                 raise ValueError(f"TokenizerConfig.{name} {list(idx)}: distinct block indices in [0, {layers} = {n}) "
                                  "(one 2 x 2 merge or split after each)")
-        if not (isinstance(self.train_temp, (int, float)) and math.isfinite(self.train_temp) and self.train_temp > 0):
-            raise ValueError(f"TokenizerConfig.train_temp must be a finite number > 0, got {self.train_temp!r}")
+        finite_numbers(self, above={"train_temp": 0}, at_least={"logit_bound": 0}, prefix="TokenizerConfig.")
         if isinstance(self.latent_mlp, bool) or not isinstance(self.latent_mlp, int) or self.latent_mlp < 0:
             raise ValueError(f"TokenizerConfig.latent_mlp must be an integer >= 0 (0: none), got {self.latent_mlp!r}")
-        if not (math.isfinite(self.logit_bound) and self.logit_bound >= 0):
-            raise ValueError(f"TokenizerConfig.logit_bound must be >= 0 (0: off), got {self.logit_bound!r}")
         if self.quantizer == "vq" and self.codebook_size > 16:
             raise ValueError(f"TokenizerConfig.codebook_size {self.codebook_size}: a one-hot VQ of 2^d codes is "
                              "only practical for d <= 16")

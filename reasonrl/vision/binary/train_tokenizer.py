@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from reasonrl.config import finite_numbers
 from reasonrl.rl.config import OptimSection
 from reasonrl.rl.update import make_optimizer
 from reasonrl.vision.gen.images import ImageConfig, make_images, to_tensor
@@ -62,10 +63,7 @@ class TokenizerTrainConfig:
             raise ValueError("steps, images_per_step and eval_images must be >= 1")
         if not 0 <= self.hires_fraction <= 1:
             raise ValueError(f"hires_fraction must be in [0, 1], got {self.hires_fraction}")
-        for name, low, strict in (("lr", 0.0, True), ("object_weight", 0.0, True), ("aux_weight", 0.0, False)):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and (value > low if strict else value >= low)):
-                raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
+        finite_numbers(self, above={"lr": 0, "object_weight": 0}, at_least={"aux_weight": 0})
 
 
 def is_hires_step(step: int, fraction: float) -> bool:

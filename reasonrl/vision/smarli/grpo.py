@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from reasonrl.config import min_ints
+from reasonrl.config import finite_numbers, min_ints
 from reasonrl.rl.advantages import AdvantageConfig, get_advantage
 from reasonrl.rl.config import OptimSection
 from reasonrl.rl.losses import LossConfig, get_loss
@@ -83,8 +83,7 @@ class LayoutGRPOConfig:
                              f"got {self.samples_per_layout!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-        if not (math.isfinite(self.in_box_weight) and self.in_box_weight > 0):  # negative flips the in-box signal
-            raise ValueError(f"in_box_weight must be a finite number > 0, got {self.in_box_weight!r}")
+        finite_numbers(self, above={"in_box_weight": 0})  # a negative one flips the in-box signal
 
 
 class LayoutGRPOJob(JobState):

@@ -13,7 +13,7 @@ import resource
 import signal
 from dataclasses import dataclass
 
-from reasonrl.config import ByteSize
+from reasonrl.config import ByteSize, finite_numbers
 
 DISK = 256 << 20  # the disk limit unless set (or file_size, when that is larger)
 WORKER_SLACK = 1 << 30  # a worker's memory for its own work, beside the files it reads back (worker_memory)
@@ -44,8 +44,7 @@ class SandboxLimits:
     """Characters of stdout/stderr kept (head and tail) and shown to anyone, the agent's LLM included."""
 
     def __post_init__(self):
-        if not (isinstance(self.timeout, (int, float)) and math.isfinite(self.timeout) and self.timeout > 0):
-            raise ValueError(f"sandbox limits: timeout must be a finite number of seconds > 0, got {self.timeout!r}")
+        finite_numbers(self, above={"timeout": 0}, prefix="sandbox limits: ")
         if self.cpu_seconds is None:  # frozen: set once, here
             object.__setattr__(self, "cpu_seconds", math.ceil(self.timeout))
         if self.cpu_seconds < 1 or self.memory < (64 << 20):

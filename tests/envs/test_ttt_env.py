@@ -65,6 +65,24 @@ def test_published_split_reads_the_files(tmp_path):
     assert env.score(prompt, "\\boxed{G}") == 1.0
 
 
+def test_score_reads_the_mover_from_the_question(tmp_path):
+    """A move the response gives the other player is not its answer: the environment tells the
+    verifier who is to move, from the problem's closing question."""
+    env = TTTEnvironment(games=("oTTT",))
+    for prompt in env.prompts(4, seed=3):
+        mover = "Alice" if prompt.messages[-1]["content"].endswith("Alice play next?") else "Bob"
+        other = "Bob" if mover == "Alice" else "Alice"
+        wrong = next(c for c in get_game("oTTT").labels if c not in prompt.answer)
+        assert env.score(prompt, f"{mover} plays at {prompt.answer[0]}, then {other} plays at {wrong}.") == 1.0
+        assert env.score(prompt, f"{mover} plays at {wrong}, then {other} plays at {prompt.answer[0]}.") == 0.0
+        assert env.extract(prompt, f"{other} should play at {prompt.answer[0]}.") is None
+    record = {"problem": "Alice and Bob are playing a game on a 3x3 grid. Alice first places a white stone at E. "
+                         "Bob places a black stone at A. Where should Alice play next?", "solution": "C, G"}
+    (tmp_path / "ttt_puzzles_test.json").write_text(json.dumps([record]))
+    (prompt,) = TTTEnvironment(games=("oTTT",), published_dir=tmp_path).prompts(split="published")
+    assert env.score(prompt, "Alice plays at G, then Bob plays at D.") == 1.0
+
+
 def test_export_jsonl_writes_the_schema(tmp_path):
     out = tmp_path / "sub" / "ottt.jsonl"
     assert export_jsonl("oTTT", 5, 0, out) == 5

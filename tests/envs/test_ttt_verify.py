@@ -50,9 +50,57 @@ def test_reads_the_committed_label(text, want):
     "I'm going with the centre.",
     "The move is a fork.",
     "position E5",
+    "If Bob plays at E, Alice wins.",  # a condition, not an answer (was E)
 ])
 def test_no_answer(text):
     assert extract_answer(text, OTTT) is None
+
+
+@pytest.mark.parametrize("text,want", [
+    # the reviewer's probe: the last cue was Bob's move in a line of play (read as I)
+    ("Alice must block the diagonal, so I will play at C. If Bob then plays at I, I win with G.", "C"),
+    ("Alice should take C. If the opponent plays at I, Alice answers at G.", "C"),  # was G
+    ("The answer is E.\n\nIf Bob plays at I, Alice wins at G.", "E"),  # was G
+    ("Alice must play at E; otherwise Bob plays at D and wins.", "E"),  # was D
+    ("So Alice must block at G. Then the opponent takes D.", "G"),  # was D
+    ("Play at B, and they will answer at H.", "B"),  # was H
+    ("Alice should play at C, because if she doesn't, Bob plays at C and wins.", "C"),
+])
+def test_a_line_of_play_after_the_answer_is_not_the_answer(text, want):
+    """Rule 3 takes the last cue that states the mover's own move, not one inside a condition
+    nor one said of the opponent."""
+    assert extract_answer(text, OTTT) == want
+
+
+@pytest.mark.parametrize("text,mover,want", [
+    ("Alice plays at C, then Bob plays at I.", "Alice", "C"),  # was I
+    ("Alice plays at C, then Bob plays at I.", "Bob", "I"),
+    ("Bob should play at E.", "Bob", "E"),
+    ("Bob should play at E.", "Alice", None),  # was E: Bob's move, but Alice is to move
+    ("I think Bob will play at G.", "Alice", None),  # was G
+    ("He should play at E.", "Bob", "E"),
+    ("He should play at E.", "Alice", None),  # was E
+    ("Bob threatens I, so play at I.", "Alice", "I"),  # a clause naming no one is the mover's
+    ("Alice must block Bob at G.", "Alice", "G"),  # the first person the clause names is its subject
+    ("Bob's best reply is I, so Alice plays at C.", "Alice", "C"),
+])
+def test_a_named_player_other_than_the_mover_is_not_the_answer(text, mover, want):
+    assert extract_answer(text, OTTT, mover) == want
+
+
+@pytest.mark.parametrize("text", ["I play at E.", "My move: E", "I will place my stone at E.", "I choose E.",
+                                  "Answer: E", "We should take E, and then Bob is stuck."])
+def test_a_first_person_answer_without_a_box_is_read(text):
+    for mover in (None, "Alice", "Bob"):
+        assert extract_answer(text, OTTT, mover) == "E", (text, mover)
+
+
+def test_many_rejected_cues_are_skipped():
+    """Every cue but the first is in a condition (or Bob's): all sentences are walked back over."""
+    assert extract_answer("Alice plays at C. " + "If Bob plays at E, Alice wins. " * 600, OTTT) == "C"
+    assert extract_answer("Alice plays at C, " + "Bob plays at E, " * 1200, OTTT, "Alice") == "C"
+    assert extract_answer("if " + "play at E " * 1500, OTTT) is None  # one sentence, under MAX_CHARS
+    assert score("Bob plays at E, " * 1200, ["E"], OTTT, "Alice") == 0.0
 
 
 def test_a_box_that_merely_contains_a_lowercase_letter_names_no_label():

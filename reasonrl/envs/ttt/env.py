@@ -15,7 +15,7 @@ from typing import Sequence
 from urllib.parse import parse_qsl
 
 from ..base import Environment, Prompt
-from . import verify
+from . import text, verify
 from .games import GAMES, get_game
 from .generate import generate
 from .problem import Problem, stones
@@ -62,11 +62,11 @@ class TTTEnvironment(Environment):
 
     def score(self, prompt: Prompt, response: str) -> float:
         labels = get_game(prompt.metadata["game"]).labels
-        return verify.score(response, prompt.answer, labels)
+        return verify.score(response, prompt.answer, labels, _mover(prompt))
 
     def extract(self, prompt: Prompt, response: str) -> str | None:
         try:
-            return verify.extract_answer(response, get_game(prompt.metadata["game"]).labels)
+            return verify.extract_answer(response, get_game(prompt.metadata["game"]).labels, _mover(prompt))
         except Exception:  # untrusted input: no answer, never an error
             return None
 
@@ -103,6 +103,11 @@ def _spread(n: int | None, games: tuple[str, ...]) -> dict[str, int]:
         return {g: get_game(g).published_size for g in games}
     base, extra = divmod(n, len(games))
     return {g: base + (i < extra) for i, g in enumerate(games)}
+
+
+def _mover(prompt: Prompt) -> str | None:
+    """The player to move, as the problem's question names it (the verifier skips the other's moves)."""
+    return text.asked_player(prompt.messages[-1]["content"])
 
 
 def _messages(problem: str) -> list[dict[str, str]]:

@@ -107,6 +107,11 @@ def problem_text(game: Game, moves: list[str]) -> str:
     return " ".join(sentences)
 
 
+def asked_player(problem: str) -> str | None:
+    """The player a problem's closing question ("Where should Bob play next?") names, or None."""
+    return next((who for who in PLAYERS if problem.rstrip().endswith(f"Where should {who} play next?")), None)
+
+
 def drawing(game: Game, moves: list[str] | None = None) -> str:
     """The board drawing: labels when `moves` is None, else W / B / * for each cell."""
     frame = FRAME[game.name]

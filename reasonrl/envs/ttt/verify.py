@@ -21,12 +21,24 @@ Reading rule (model output is untrusted: never raises, bounded work, garbage sco
    is not on a line of its own, so it is never read as a label; after a cue word, "I" followed
    by a word that follows the pronoun ("the move I recommend is E", "the answer I would give")
    is the pronoun, not label I ("position I is best", "take I to block" are the label).
+   A cue counts only if it states the move of the player to move, not a line of play:
+   - not after a condition word ("if", "unless", "suppose", "assuming", "otherwise") in the same
+     sentence (ended by . ! ? ; or a line break): in "I will play at C. If Bob then plays at I,
+     I win with G." the answer is C;
+   - not when the first person its clause names before it is someone else: "the opponent",
+     "they", or, given the player to move (`mover`), the other one by name or pronoun ("Bob",
+     "he" when Alice is to move; "we", "you" are the mover). A clause ends at , : and the
+     sentence ends, and at "and", "but", "so", "or", "because", "since", "while". "Alice plays
+     at C, then Bob plays at I" answers C for Alice; a clause naming no one ("so play at I",
+     "my move: I") is the mover's. Without `mover`, names and he/she count as the mover's.
 The score is 1.0 if the answer is in the solution set, else 0.0.
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
+from functools import cached_property
 from typing import Iterable
 
 MAX_CHARS = 20_000
@@ -46,28 +58,36 @@ _CUE = re.compile(
 # a box that is just a letter, perhaps in one \text{}-like wrapper ("e", "\mathrm{ e }"): not "1e5"
 _BARE_LETTER = re.compile(r"\s*(?:\\(?:text|textbf|textrm|mathrm|mathbf|mathit)\s*\{\s*([A-Za-z])\s*\}|([A-Za-z]))\s*")
 _LINE = re.compile(r"^[ \t>*#_\"'`(-]{0,6}" + _ALONE + r"[ \t*_\"'`).!]{0,6}$", re.MULTILINE)
+# Whose move a cue states (rule 3): the sentence and clause it sits in, and the people named there.
+_SENTENCE_END = re.compile(r"[.!?;\n]")
+_CLAUSE_END = re.compile(r"[.!?;:,\n]|(?i:\b(?:and|but|so|or|because|since|while)\b)")
+_CONDITION = re.compile(r"(?i:\b(?:if|unless|suppose|supposing|assuming|otherwise)\b)")
+_PERSON = re.compile(r"(?i:\b(alice|she|her|bob|he|him|his|opponents?|they|them|their|we|you)\b)")
+_WHO = {"alice": "Alice", "she": "Alice", "her": "Alice", "bob": "Bob", "he": "Bob", "him": "Bob", "his": "Bob"}
+_OTHERS = {"opponent", "opponents", "they", "them", "their"}
 
 
-def extract_answer(response: str, labels: str) -> str | None:
-    """The position label the response commits to, or None (see the module docstring)."""
+def extract_answer(response: str, labels: str, mover: str | None = None) -> str | None:
+    """The position label the response commits to, or None (see the module docstring).
+
+    `mover` is the player to move ("Alice" or "Bob"), as the problem asks; None: unknown, so
+    only "the opponent" and "they" mark another player's move."""
     if not isinstance(response, str) or not response:
         return None
     text = response[-MAX_CHARS:]
     boxed = _last_boxed(text)
     if boxed is not None:
         return _label_in_box(boxed, labels)
-    found = None
-    for pattern in (_CUE, _LINE):
-        for match in pattern.finditer(text):
-            if match.group(1) in labels and (found is None or match.start(1) > found[0]):
-                found = (match.start(1), match.group(1))
-    return found[1] if found else None
+    found = [(m.start(1), m.group(1)) for m in _LINE.finditer(text) if m.group(1) in labels][-1:]
+    cue = _own_cue(text, labels, mover)
+    found += [cue] if cue else []
+    return max(found)[1] if found else None  # the later of the last line and the last own cue
 
 
-def score(response: str, solution: Iterable[str], labels: str) -> float:
+def score(response: str, solution: Iterable[str], labels: str, mover: str | None = None) -> float:
     """1.0 if the response's answer is one of the solution labels, else 0.0; never raises."""
     try:
-        answer = extract_answer(response, labels)
+        answer = extract_answer(response, labels, mover)
         return 1.0 if answer is not None and answer in set(solution) else 0.0
     except Exception:  # untrusted input must never stop training
         return 0.0
@@ -97,3 +117,47 @@ def _label_in_box(content: str, labels: str) -> str | None:
     bare = None if found else _BARE_LETTER.fullmatch(content)
     letter = bare and (bare.group(1) or bare.group(2)).upper()
     return letter if letter and letter in labels else None
+
+
+def _own_cue(text: str, labels: str, mover: str | None) -> tuple[int, str] | None:
+    """(position, label) of the last cue that states the mover's own move (rule 3), or None.
+
+    Walks back from the last cue and reads each sentence at most once: linear, and usually it
+    reads only the last sentence."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    sentence = None
+    for cue in reversed([m for m in _CUE.finditer(text) if m.group(1) in labels]):
+        i = bisect_right(ends, cue.start())
+        start, end = ends[i - 1] if i else 0, ends[i] if i < len(ends) else len(text)
+        if sentence is None or sentence.start != start:
+            sentence = _Sentence(text, start, end, mover)
+        if sentence.states_own_move(cue.start()):
+            return cue.start(1), cue.group(1)
+    return None
+
+
+class _Sentence:
+    """Where text[start:end]'s first condition word, clause ends and people are (rule 3)."""
+
+    def __init__(self, text: str, start: int, end: int, mover: str | None):
+        self.text, self.start, self.end, self.mover = text, start, end, mover
+        condition = _CONDITION.search(text, start, end)
+        self.condition = condition.start() if condition else end
+
+    def states_own_move(self, cue: int) -> bool:
+        if self.condition < cue:  # a condition's scope: a line of play, not the answer
+            return False
+        i = bisect_right(self.clauses, cue)
+        at, other = self.people
+        first = bisect_left(at, self.clauses[i - 1] if i else self.start)  # first person in the clause
+        return not (first < len(at) and at[first] < cue and other[first])
+
+    @cached_property
+    def clauses(self) -> list[int]:  # where each clause after the first starts
+        return [m.end() for m in _CLAUSE_END.finditer(self.text, self.start, self.end)]
+
+    @cached_property
+    def people(self) -> tuple[list[int], list[bool]]:  # where each person word is, and whether it is not the mover
+        words = [(m.start(), m.group(1).lower()) for m in _PERSON.finditer(self.text, self.start, self.end)]
+        other = [w in _OTHERS or (self.mover is not None and _WHO.get(w, self.mover) != self.mover) for _, w in words]
+        return [at for at, _ in words], other

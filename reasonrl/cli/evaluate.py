@@ -146,7 +146,7 @@ def data_sand(parser: argparse.ArgumentParser):
         from reasonrl.stop import StopSignal
 
         job, control = SandJob(**values(args, SandJob)), RunControl(**values(args, RunControl))
-        recipe = load_recipe(job.recipe, parse_overrides(args.set))
+        recipe = load_recipe(job.recipe, parse_overrides(args.set, section_types()))
         with StopSignal("the calls in flight are cancelled") as stop:
             try:
                 run_sand(recipe, job.out, stop, overwrite=control.overwrite, accept_changes=control.accept_changes)

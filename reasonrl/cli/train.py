@@ -70,19 +70,28 @@ def demo(overrides: dict, control) -> int:
     return 0 if summary is not None else stop.exit_code
 
 
-def parse_overrides(pairs: list[str]) -> dict:
+def parse_overrides(pairs: list[str], sections: dict[str, type] | None = None) -> dict:
+    """`--set section.key=value` pairs as {"section.key": value}. A text key of `sections` (name ->
+    dataclass; default: the RL run's) takes the value as typed (`a # b` keeps its `#`, `2024` stays
+    text; `null`, or nothing, is none where the key may be none); any other value is read as YAML."""
+    from reasonrl.config import strip_optional, type_hints
+    from reasonrl.rl.config import sections as run_sections
+
+    sections = sections or run_sections()
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"--set expects section.key=value, got {pair!r}")
+        section, _, name = key.partition(".")
+        hint = type_hints(sections[section]).get(name) if section in sections else None
+        if strip_optional(hint) is str:  # (as YAML, `a # b` lost its comment and 2024 was a number)
+            out[key] = None if hint is not str and value in ("", "null") else value
+            continue
         try:
-            parsed = yaml.safe_load(value)
+            out[key] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             raise ValueError(f"--set {key}: {value!r} is not valid YAML ({exc.problem or exc})") from None
-        # "sums:" or "math:data/x.jsonl" (environment specs) parse as one-key mappings; a mapping is
-        # written in braces ({a: 1}), so anything else is the text as typed
-        out[key] = value if isinstance(parsed, dict) and not value.lstrip().startswith("{") else parsed
     return out
 
 

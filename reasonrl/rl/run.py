@@ -5,9 +5,10 @@ command resumes from the latest checkpoint; rerunning with other settings is ref
 differing keys named, unless the user starts afresh (`overwrite`: the old run is deleted) or
 accepts the changes (`accept_changes`: they are recorded in `RUN/config_changes.jsonl`). Keys that
 do not change what is trained (how often to save or evaluate, which trackers, where it runs: a run
-started on Ray may resume in one process and back) may change freely. A run directory another live
-process is running in is refused (`RUN/.claim` names it), and so is one that is, or holds, a path
-the run reads (its starting model, its data).
+started on Ray may resume in one process and back) may change freely, and the run directory may be
+named another way (`runs/e/`, `./runs/e`, its absolute path). A run directory another live process
+is running in is refused (`RUN/.claim` names it), and so is one that is, or holds, a path the run
+reads (its starting model, its data).
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ class RunMismatch(ValueError):
 
 def open_run(run_dir: str | Path, config: dict[str, Any], *, overwrite: bool = False, accept_changes: bool = False,
              free_keys: set[str] = FREE_KEYS, console: bool = True, work: tuple[str, ...] = WORK,
-             inputs: Sequence[str | Path | None] = (), resumes: bool = True) -> Path:
+             inputs: Sequence[str | Path | None] = (), resumes: bool = True, save: bool = True) -> Path:
     """Check that `config` may run in `run_dir` (see the module docstring), then save and print it.
     `work`: what a run writes once it has done something (before that, its saved config binds nothing).
     `inputs`: paths the run reads (the model it starts from, its data): a run directory that is one
     of them or holds one is refused, since writing (or --overwrite) would destroy it. `resumes`:
-    False for a job that starts afresh on every rerun (no --accept-changes to offer)."""
+    False for a job that starts afresh on every rerun (no --accept-changes to offer). `save`: False
+    leaves a saved config.yaml as it is until the caller's `save_config`, once what can still refuse
+    the run (an environment that does not load) has passed: a refused rerun changes nothing."""
     run_dir = Path(run_dir)
     _refuse_inputs(run_dir, inputs)
     _refuse_if_busy(run_dir)
@@ -56,23 +59,60 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, overwrite: bool = F
     if run_dir.exists() and not is_run_dir(run_dir) and (not run_dir.is_dir() or _holds_more_than_a_claim(run_dir)):
         raise RunMismatch(f"{run_dir} exists and is not a reasonrl run directory (no {', '.join(RUN_FILES)}); "
                           "choose a new or empty directory for the run")
-    saved_path = run_dir / CONFIG_FILE
-    if saved_path.is_file() and any((run_dir / name).exists() for name in work):  # else it never did anything
-        saved = yaml.safe_load(saved_path.read_text()) or {}
-        changed = [d for d in differences(saved, config) if d[0] not in free_keys]
-        if changed and not (accept_changes and resumes):
-            raise RunMismatch(_mismatch_message(run_dir, changed, resumes))
-        if changed:
-            with (run_dir / "config_changes.jsonl").open("a") as f:
-                f.write(json.dumps({"time": time.time(), "changes": [list(d) for d in changed]}) + "\n")
+    changed = _changes(run_dir, config, free_keys, work)
+    if changed and not (accept_changes and resumes):
+        raise RunMismatch(_mismatch_message(run_dir, changed, resumes))
     run_dir.mkdir(parents=True, exist_ok=True)
     _claim(run_dir)
-    text = yaml.safe_dump(config, default_flow_style=None, sort_keys=False, width=110)
-    saved_path.write_text(text)
+    text = _config_text(config)
+    if save or not (run_dir / CONFIG_FILE).is_file():  # (a new run's config marks the directory as a run's at once)
+        save_config(run_dir, config, free_keys, work)
     if console:
-        print(f"config ({saved_path}):\n" + "".join(f"  {line}\n" for line in text.splitlines()), file=sys.stderr,
-              end="", flush=True)
+        print(f"config ({run_dir / CONFIG_FILE}):\n" + "".join(f"  {line}\n" for line in text.splitlines()),
+              file=sys.stderr, end="", flush=True)
     return run_dir
+
+
+def save_config(run_dir: str | Path, config: dict[str, Any], free_keys: set[str] = FREE_KEYS,
+                work: tuple[str, ...] = WORK) -> None:
+    """Write `config` as the run's config.yaml, recording how it differs from the saved one (the
+    changes `open_run` accepted) in config_changes.jsonl."""
+    run_dir = Path(run_dir)
+    changed = _changes(run_dir, config, free_keys, work)
+    if changed:
+        with (run_dir / "config_changes.jsonl").open("a") as f:
+            f.write(json.dumps({"time": time.time(), "changes": [list(d) for d in changed]}) + "\n")
+    (run_dir / CONFIG_FILE).write_text(_config_text(config))
+
+
+def _config_text(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, default_flow_style=None, sort_keys=False, width=110)
+
+
+def _changes(run_dir: Path, config: dict[str, Any], free_keys: set[str],
+             work: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
+    """The keys whose values in `config` differ from the saved config's, where that binds (its run did work)."""
+    saved_path = run_dir / CONFIG_FILE
+    if not saved_path.is_file() or not any((run_dir / name).exists() for name in work):  # it never did anything
+        return []
+    saved = yaml.safe_load(saved_path.read_text()) or {}
+    return [d for d in differences(saved, config) if d[0] not in free_keys and not _names_run_dir(run_dir, *d[1:])]
+
+
+def _names_run_dir(run_dir: Path, saved: Any, now: Any) -> bool:
+    """Whether two spellings of a value both name the run directory (`runs/e`, `runs/e/`, `./runs/e`,
+    its absolute path). A relative saved one is from the directory the run was started in: from
+    another one, it names the run directory if it is the end of the run directory's path."""
+    if not (isinstance(saved, str) and isinstance(now, str) and saved and now):
+        return False
+    here = run_dir.resolve()
+    if Path(now).resolve() != here:
+        return False
+    if Path(saved).resolve() == here:
+        return True
+    tail = tuple(p for p in Path(os.path.normpath(saved)).parts if p != "..")  # (normpath leaves ".." only in front)
+    return (not Path(saved).is_absolute() and bool(tail)
+            and any(path.parts[-len(tail):] == tail for path in (here, Path(os.path.abspath(run_dir)))))
 
 
 def _refuse_inputs(run_dir: Path, inputs: Sequence[str | Path | None]) -> None:

@@ -1,9 +1,9 @@
 """`reasonrl sft`: an SFT run with the same run directory, checkpoints, resume, metrics and stop
 handling as an RL run (see rl/train.py).
 
-    open the run directory -> load model and data (held-out split) -> resume from the latest
-    checkpoint -> steps until done or Ctrl-C/SIGTERM, checkpointing -> the fine-tuned model at
-    the run directory's root
+    open the run directory -> load model and data (held-out split) -> save the config -> resume
+    from the latest checkpoint -> steps until done or Ctrl-C/SIGTERM, checkpointing -> the
+    fine-tuned model at the run directory's root
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Literal
 from reasonrl.config import to_dict
 from reasonrl.rl.checkpoint import checkpoint_step, latest_checkpoint, load_checkpoint, save_checkpoint
 from reasonrl.rl.metrics import MetricsLogger, StepClock
-from reasonrl.rl.run import open_run
+from reasonrl.rl.run import open_run, save_config
 from reasonrl.rl.sft import SFTConfig, SFTTrainer, load_sft_data
 from reasonrl.rl.train import RunControl
 from reasonrl.rl.update import TrainingDiverged
@@ -73,8 +73,9 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
     from reasonrl.models.chat import ChatEncoder
     from reasonrl.models.loader import drop_weights, has_weights, master_dtype, save_model
 
-    out = open_run(run.out, {"run": to_dict(run), "sft": to_dict(cfg)}, overwrite=control.overwrite,
-                   accept_changes=control.accept_changes, free_keys=FREE_KEYS, console=console,
+    config = {"run": to_dict(run), "sft": to_dict(cfg)}
+    out = open_run(run.out, config, overwrite=control.overwrite, accept_changes=control.accept_changes,
+                   free_keys=FREE_KEYS, console=console, save=False,
                    inputs=(run.model, run.data, run.eval_data))  # the model is written at the root
     model = load_model(run.model, run.device, master_dtype(run.dtype, "--dtype", "--autocast"))
     tokenizer = Tokenizer.from_dir(run.model)
@@ -87,6 +88,7 @@ def run_sft(run: SFTRun, cfg: SFTConfig, control: RunControl = RunControl(), con
     encoder = ChatEncoder(tokenizer, model, cfg.chat_template_kwargs)  # with the model: a VLM's image parts load
     data, held = _data(run, cfg, encoder, turn)
     trainer = SFTTrainer(model, data, cfg, turn)
+    save_config(out, config, FREE_KEYS)  # only now: a rerun refused on the way (its data unreadable) changes nothing
     logger = MetricsLogger(out, trainer.steps, console)
     if state is not None:
         trainer.load_state_dict(state)

@@ -1,7 +1,7 @@
 """`reasonrl train RECIPE`: one RL run from its config to its report, safe to interrupt and rerun.
 
-    open the run directory (config saved, a changed config refused) -> finished? say so ->
-    build environment, policy, trainer -> train until done or Ctrl-C/SIGTERM -> checkpoint ->
+    open the run directory (a changed config refused) -> finished? say so -> build environment,
+    policy, trainer -> save the config -> train until done or Ctrl-C/SIGTERM -> checkpoint ->
     report, or how to resume
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from reasonrl.rl.checkpoint import checkpoint_step, latest_checkpoint
 from reasonrl.rl.config import RunConfig
-from reasonrl.rl.run import open_run
+from reasonrl.rl.run import open_run, save_config
 from reasonrl.stop import StopSignal
 
 
@@ -42,7 +42,7 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
     from reasonrl.rl.trainer import Trainer
 
     run_dir = open_run(cfg.train.run_dir, cfg.to_dict(), overwrite=control.overwrite,
-                       accept_changes=control.accept_changes, console=console,
+                       accept_changes=control.accept_changes, console=console, save=False,
                        inputs=(cfg.model.path, *_env_files(cfg)) if control.overwrite else ())  # it would delete them
     resume = resume or (f"reasonrl train {run_dir / 'config.yaml'}"
                         + ("" if run_dir.is_absolute() else f" (from {Path.cwd()})"))
@@ -50,6 +50,7 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
     if done >= cfg.train.steps:
         say(f"{run_dir}: this run is finished (step {done} of {cfg.train.steps}); nothing to do. To train longer, raise "
             "train.steps and add --accept-changes; to start over, add --overwrite.")
+        save_config(run_dir, cfg.to_dict())
         # stopped or killed during its last step, before the report, or trained further since (--accept-changes)
         # and killed after its last checkpoint: the report is rewritten from the metrics (it is cheap)
         say(f"report: {write_report(run_dir)}")
@@ -65,6 +66,7 @@ def run_training(cfg: RunConfig, control: RunControl = RunControl(), console: bo
     dtype = master_dtype(cfg.model.dtype, "model.dtype", "model.autocast")
     policy = load_model(cfg.model.path, device, dtype, max_len=cfg.engine.max_model_len)
     trainer = Trainer(cfg, env, policy, Tokenizer.from_dir(cfg.model.path), console=console)
+    save_config(run_dir, cfg.to_dict())  # only now: a rerun refused on the way leaves the run as it was
     with StopSignal("the current step") as stop:
         try:
             trainer.train(stop)  # (a TrainingDiverged is the CLI's one-line error, exit 1)

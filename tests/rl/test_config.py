@@ -73,3 +73,35 @@ def test_env_name_defaults_to_the_demos_task_and_an_unknown_one_fails_at_load(tm
     assert cfg.env.name == "sums:" and load_environment(cfg.env.name).name
     with pytest.raises(ConfigError, match=r"env\.name: unknown environment 'count'.*known: .*sums"):
         load_config(write(tmp_path, "model: /c\nenv: {name: count}"))
+
+
+def test_set_takes_a_text_key_as_typed():
+    """`--set` read every value as YAML: `a # b` lost its `# b` (a comment) and `2024` became a number,
+    then refused as one for a text key."""
+    from reasonrl.cli.train import parse_overrides
+    from reasonrl.data.sand.sections import section_types
+
+    got = parse_overrides(["train.run_dir=runs/a # b", "env.name=2024", "env.eval_name=null", "model.device=",
+                           "optim.lr=0.5 # a comment", "rollout.max_tokens=8", "optim.betas=[0.9, 0.95]",
+                           "rollout.chat_template_kwargs={enable_thinking: false}", "train.trackers=[tensorboard]"])
+    assert got == {"train.run_dir": "runs/a # b", "env.name": "2024", "env.eval_name": None, "model.device": None,
+                   "optim.lr": 0.5, "rollout.max_tokens": 8, "optim.betas": [0.9, 0.95],
+                   "rollout.chat_template_kwargs": {"enable_thinking": False}, "train.trackers": ["tensorboard"]}
+    cfg = load_config(None, {"model.path": "/c", **parse_overrides(["train.run_dir=2024", "model.path=m #1"])})
+    assert cfg.train.run_dir == "2024" and cfg.model.path == "m #1"
+    prompt = "Reason step by step. # Answer in \\boxed{}: 2024"  # sand's solver prompt, a text key of its own sections
+    assert parse_overrides([f"solve.system_prompt={prompt}"], section_types()) == {"solve.system_prompt": prompt}
+    with pytest.raises(ConfigError, match=r"^rollout.max_tokens: expected int, got 'many'$"):
+        load_config(None, {"model.path": "/c", **parse_overrides(["rollout.max_tokens=many"])})
+
+
+def test_an_empty_section_is_all_defaults_and_a_section_that_is_no_mapping_is_refused(tmp_path):
+    """`train:` with every key commented out is `train: null` to YAML, and was refused."""
+    cfg = load_config(write(tmp_path, "model: /c\ntrain:\n  # steps: 3\noptim:\n"))
+    assert cfg.train.steps == 100 and cfg.optim.lr == 1e-5
+    assert load_config(write(tmp_path, "model: /c\ntrain:\n"), {"train.steps": 3}).train.steps == 3
+    for text in ("model: /c\ntrain: [steps, 3]", "model: /c\ntrain: 3"):
+        with pytest.raises(ConfigError, match="^train: must be a mapping"):
+            load_config(write(tmp_path, text))
+        with pytest.raises(ConfigError, match="^train: must be a mapping"):
+            load_config(write(tmp_path, text), {"train.steps": 3})

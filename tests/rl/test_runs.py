@@ -606,3 +606,58 @@ def test_a_recipe_with_a_key_given_twice_or_a_bad_set_value_is_one_line(tmp_path
     assert "key 'optim' is given twice" in capsys.readouterr().err
     assert main(["train", str(recipe(tmp_path)), "--set", "optim.betas=[0.9, 0.95"]) == 2
     assert "--set optim.betas: '[0.9, 0.95' is not valid YAML" in capsys.readouterr().err
+
+
+def test_the_run_directory_named_another_way_is_the_same_run(tmp_path, capsys, monkeypatch):
+    """`runs/e/`, `./runs/e` and the absolute path were "other settings" than the saved `runs/e`, and
+    so was the absolute path that the refusal of RUN/config.yaml from another directory asked for."""
+    monkeypatch.chdir(tmp_path)
+    data = yaml.safe_load(recipe(tmp_path).read_text())
+    data["train"]["run_dir"] = "runs/e"  # relative, as in the recipes
+    (tmp_path / "relative.yaml").write_text(yaml.safe_dump(data))
+    assert main(["train", "relative.yaml"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "runs" / "e" / "config.yaml")]) == 2
+    assert "--set train.run_dir" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "runs" / "e" / "config.yaml"), "--set",
+                 f"train.run_dir={tmp_path / 'runs' / 'e'}"]) == 0
+    assert "this run is finished" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    for name in ("runs/e/", "./runs/e", str(tmp_path / "runs" / "e"), "runs/e"):
+        assert main(["train", "relative.yaml", "--set", f"train.run_dir={name}"]) == 0
+        assert "this run is finished" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "e" / "config_changes.jsonl").exists()
+    assert main(["train", "relative.yaml", "--set", "train.run_dir=runs/e/", "--set", "optim.lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lr" in err and "train.run_dir" not in err  # other settings are still refused
+
+
+def test_a_rerun_refused_after_accepting_its_changes_leaves_the_run_as_it_was(tmp_path, capsys):
+    """--accept-changes rewrote config.yaml and config_changes.jsonl before the new environment failed
+    to load: the original command was then refused, its own settings being "other settings"."""
+    path = recipe(tmp_path)
+    assert main(["train", str(path)]) == 0
+    run = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".claim"}
+    capsys.readouterr()
+    assert main(["train", str(path), "--set", f"env.name=math:{tmp_path / 'missing.jsonl'}", "--set",
+                 "train.steps=3", "--accept-changes"]) != 0
+    assert "missing.jsonl" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".claim"} == before
+    assert main(["train", str(path)]) == 0 and "this run is finished" in capsys.readouterr().err
+    assert main(["train", str(path), "--set", "train.steps=3", "--accept-changes"]) == 0
+    changes = [json.loads(line) for line in (run / "config_changes.jsonl").read_text().splitlines()]
+    assert [c["changes"] for c in changes] == [[["train.steps", 2, 3]]]
+    # so with SFT, whose data is read after the run directory is opened
+    args = _tiny_sft_args(tmp_path)
+    assert main(args) == 0
+    out = tmp_path / "sft"
+    before = (out / "config.yaml").read_bytes()
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    bad = [*args, "--accept-changes"]
+    bad[bad.index("--data") + 1] = str(tmp_path / "bad.jsonl")
+    assert main(bad) != 0
+    assert (out / "config.yaml").read_bytes() == before and not (out / "config_changes.jsonl").exists()
+    assert main(args) == 0 and "this run is finished" in capsys.readouterr().err

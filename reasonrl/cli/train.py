@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shlex
 import textwrap
 from pathlib import Path
@@ -42,20 +43,28 @@ def train(parser: argparse.ArgumentParser):
 
 def _check_own_run(path: Path, overrides: dict) -> None:
     """A run's own RUN/config.yaml names its directories as they were given when it started,
-    relative ones from that working directory: from another one it would start a new run elsewhere.
-    Refused when the file sits in a run that has done work, names that run relatively, and the name
-    means another directory from here (an absolute name, or --set train.run_dir, is taken as meant)."""
+    relative ones from that working directory: from another one it would start a new run elsewhere,
+    or (with --set train.run_dir naming the run) resume it reading its model and data from the wrong
+    place. Refused when the file sits in a run that has done work, names that run relatively, and
+    this is not the directory it was started in; --set train.run_dir naming another directory
+    starts a new run from the config, as from any recipe."""
     from reasonrl.rl.config import ConfigError, read_yaml
     from reasonrl.rl.run import CONFIG_FILE, WORK
 
     folder = path.resolve().parent
-    if path.name != CONFIG_FILE or "train.run_dir" in overrides or not any((folder / w).exists() for w in WORK):
+    if path.name != CONFIG_FILE or not any((folder / w).exists() for w in WORK):
         return
     saved = ((read_yaml(path) or {}).get("train") or {}).get("run_dir")
-    if isinstance(saved, str) and not Path(saved).is_absolute() and Path(saved).resolve() != folder:
-        raise ConfigError(f"{path} is the config of the run in {folder}, but its train.run_dir {saved!r} means "
-                          f"{Path(saved).resolve()} from here: run it from the directory the run was started in "
-                          "(its relative paths are from there), or name the run directory with --set train.run_dir")
+    given = overrides.get("train.run_dir")
+    if not isinstance(saved, str) or Path(saved).is_absolute() or Path(saved).resolve() == folder:
+        return
+    if isinstance(given, str) and given and Path(given).resolve() != folder:
+        return  # a new run from this config
+    tail = Path(os.path.normpath(saved)).parts
+    start = Path(*folder.parts[:-len(tail)]) if ".." not in tail and folder.parts[-len(tail):] == tail else None
+    raise ConfigError(f"{path} is the config of the run in {folder}, and its relative paths (train.run_dir "
+                      f"{saved!r}, and any model or data path) are from the directory the run was started in: "
+                      f"run it from there{f' ({start})' if start else ''}")
 
 
 def demo(overrides: dict, control) -> int:
@@ -73,7 +82,8 @@ def demo(overrides: dict, control) -> int:
 def parse_overrides(pairs: list[str], sections: dict[str, type] | None = None) -> dict:
     """`--set section.key=value` pairs as {"section.key": value}. A text key of `sections` (name ->
     dataclass; default: the RL run's) takes the value as typed (`a # b` keeps its `#`, `2024` stays
-    text; `null`, or nothing, is none where the key may be none); any other value is read as YAML."""
+    text; `null`, or nothing, is none, which a key that may not be none refuses by name: an unset
+    `$OUT` in `--set train.run_dir=$OUT` is no run directory); any other value is read as YAML."""
     from reasonrl.config import strip_optional, type_hints
     from reasonrl.rl.config import sections as run_sections
 
@@ -86,7 +96,7 @@ def parse_overrides(pairs: list[str], sections: dict[str, type] | None = None) -
         section, _, name = key.partition(".")
         hint = type_hints(sections[section]).get(name) if section in sections else None
         if strip_optional(hint) is str:  # (as YAML, `a # b` lost its comment and 2024 was a number)
-            out[key] = None if hint is not str and value in ("", "null") else value
+            out[key] = None if value in ("", "null") else value
             continue
         try:
             out[key] = yaml.safe_load(value)

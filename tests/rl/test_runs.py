@@ -213,8 +213,15 @@ def test_a_runs_own_config_from_another_directory_is_refused_not_started_afresh(
     monkeypatch.chdir(tmp_path / "elsewhere")
     capsys.readouterr()
     assert main(["train", str(tmp_path / "run" / "config.yaml")]) == 2
-    assert "run it from the directory the run was started in" in capsys.readouterr().err
+    assert f"run it from there ({tmp_path})" in capsys.readouterr().err
     assert not (tmp_path / "elsewhere" / "run").exists()
+    # naming the run itself does not help: its model and data paths would be read from here
+    for name in (str(tmp_path / "run"), "../run", "../run/"):
+        assert main(["train", str(tmp_path / "run" / "config.yaml"), "--set", f"train.run_dir={name}"]) == 2
+        assert "run it from there" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "relative.yaml"), "--set", "train.run_dir="]) == 2  # an unset $OUT
+    assert "train.run_dir: expected str, got None" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == []
     # a recipe that happens to be named config.yaml, or a run's config reused for a new run, is no such case
     capsys.readouterr()
     assert main(["train", str(tmp_path / "run" / "config.yaml"), "--set", f"train.run_dir={tmp_path / 'b'}"]) == 0
@@ -609,22 +616,13 @@ def test_a_recipe_with_a_key_given_twice_or_a_bad_set_value_is_one_line(tmp_path
 
 
 def test_the_run_directory_named_another_way_is_the_same_run(tmp_path, capsys, monkeypatch):
-    """`runs/e/`, `./runs/e` and the absolute path were "other settings" than the saved `runs/e`, and
-    so was the absolute path that the refusal of RUN/config.yaml from another directory asked for."""
+    """`runs/e/`, `./runs/e` and the absolute path were "other settings" than the saved `runs/e`."""
     monkeypatch.chdir(tmp_path)
     data = yaml.safe_load(recipe(tmp_path).read_text())
     data["train"]["run_dir"] = "runs/e"  # relative, as in the recipes
     (tmp_path / "relative.yaml").write_text(yaml.safe_dump(data))
     assert main(["train", "relative.yaml"]) == 0
-    (tmp_path / "elsewhere").mkdir()
-    monkeypatch.chdir(tmp_path / "elsewhere")
     capsys.readouterr()
-    assert main(["train", str(tmp_path / "runs" / "e" / "config.yaml")]) == 2
-    assert "--set train.run_dir" in capsys.readouterr().err
-    assert main(["train", str(tmp_path / "runs" / "e" / "config.yaml"), "--set",
-                 f"train.run_dir={tmp_path / 'runs' / 'e'}"]) == 0
-    assert "this run is finished" in capsys.readouterr().err
-    monkeypatch.chdir(tmp_path)
     for name in ("runs/e/", "./runs/e", str(tmp_path / "runs" / "e"), "runs/e"):
         assert main(["train", "relative.yaml", "--set", f"train.run_dir={name}"]) == 0
         assert "this run is finished" in capsys.readouterr().err

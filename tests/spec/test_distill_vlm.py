@@ -126,8 +126,8 @@ def test_forcing_a_branch_overrides_the_gate_and_names_bad_branches():
 def test_negative_gate_knobs_are_refused_by_name(tmp_path, capsys):
     from reasonrl.cli import main
 
-    with pytest.raises(ValueError, match="gate_weight and gate_cost"):
+    with pytest.raises(ValueError, match="distill: gate_cost must be a finite number >= 0"):
         DistillConfig(gate_cost=-0.1)
     assert main(["distill-draft", "unused", "--out", str(tmp_path / "d"), "--gate-weight", "-1"]) == 2
-    assert "gate_weight and gate_cost must be >= 0" in capsys.readouterr().err
+    assert "gate_weight must be a finite number >= 0" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()

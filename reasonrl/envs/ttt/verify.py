@@ -21,24 +21,25 @@ Reading rule (model output is untrusted: never raises, bounded work, garbage sco
    is not on a line of its own, so it is never read as a label; after a cue word, "I" followed
    by a word that follows the pronoun ("the move I recommend is E", "the answer I would give")
    is the pronoun, not label I ("position I is best", "take I to block" are the label).
-   A cue counts only if it states the move of the player to move, not a line of play:
-   - not after a condition word ("if", "unless", "suppose", "assuming", "otherwise") in the same
-     sentence (ended by . ! ? ; or a line break): in "I will play at C. If Bob then plays at I,
-     I win with G." the answer is C;
-   - not when the first person its clause names before it is someone else: "the opponent",
-     "they", or, given the player to move (`mover`), the other one by name or pronoun ("Bob",
-     "he" when Alice is to move; "we", "you" are the mover). A clause ends at , : and the
-     sentence ends, and at "and", "but", "so", "or", "because", "since", "while". "Alice plays
-     at C, then Bob plays at I" answers C for Alice; a clause naming no one ("so play at I",
-     "my move: I") is the mover's. Without `mover`, names and he/she count as the mover's.
+   A cue is skipped when its subject is another player: the text just before it is that player,
+   then at most three of "then", "will", "would", "could", "can", "might", "should", "must",
+   "also", "instead", "just" ("'ll" may be joined to the player), then, unless the cue word is
+   itself a verb (play, move, answer, choose, place, take, pick), a move verb (play, take,
+   place, put, move, go, answer, respond, reply, block, pick, choose, win; present or past) and
+   perhaps a stone ("his stone", "a black stone"). Another player is "opponent" ("the
+   opponent"), "they", and, given the player to move (`mover`), the other one's name or subject
+   pronoun ("Bob", "he" when Alice is to move; "Alice", "she" when Bob is). So "If Bob then
+   plays at I", "Then the opponent takes D", "they will answer at H" and "Bob places his stone
+   at C" are skipped, and "Bob should play at E" answers nothing when Alice is to move. An
+   object is never a subject ("stop him at C", "block the opponent at C", "the opponent's fork
+   ... play at E" count), and a condition word skips nothing by itself ("Alice wins if she
+   plays at E" answers E). Without `mover`, names and he/she are never another player.
 The score is 1.0 if the answer is in the solution set, else 0.0.
 """
 
 from __future__ import annotations
 
 import re
-from bisect import bisect_left, bisect_right
-from functools import cached_property
 from typing import Iterable
 
 MAX_CHARS = 20_000
@@ -58,13 +59,26 @@ _CUE = re.compile(
 # a box that is just a letter, perhaps in one \text{}-like wrapper ("e", "\mathrm{ e }"): not "1e5"
 _BARE_LETTER = re.compile(r"\s*(?:\\(?:text|textbf|textrm|mathrm|mathbf|mathit)\s*\{\s*([A-Za-z])\s*\}|([A-Za-z]))\s*")
 _LINE = re.compile(r"^[ \t>*#_\"'`(-]{0,6}" + _ALONE + r"[ \t*_\"'`).!]{0,6}$", re.MULTILINE)
-# Whose move a cue states (rule 3): the sentence and clause it sits in, and the people named there.
-_SENTENCE_END = re.compile(r"[.!?;\n]")
-_CLAUSE_END = re.compile(r"[.!?;:,\n]|(?i:\b(?:and|but|so|or|because|since|while)\b)")
-_CONDITION = re.compile(r"(?i:\b(?:if|unless|suppose|supposing|assuming|otherwise)\b)")
-_PERSON = re.compile(r"(?i:\b(alice|she|her|bob|he|him|his|opponents?|they|them|their|we|you)\b)")
-_WHO = {"alice": "Alice", "she": "Alice", "her": "Alice", "bob": "Bob", "he": "Bob", "him": "Bob", "his": "Bob"}
-_OTHERS = {"opponent", "opponents", "they", "them", "their"}
+# Whose move a cue states (rule 3): another player as the subject of the words just before it.
+_VERB_CUE = re.compile(r"(?i:play|move|answer|choose|place|take|pick)")  # a cue word that is a move verb
+_SUBJECT_CHARS = 80  # looked back from a cue: "the opponent'll then also place a black stone " fits
+_GAP = r"[ \t\n]{1,3}"
+_AUX = r"(?:then|will|would|could|can|might|should|must|also|instead|just)"
+_MOVE_VERB = (r"(?:play|plays|played|take|takes|took|place|places|placed|put|puts|move|moves|moved|go|goes|went|"
+              r"answer|answers|answered|respond|responds|responded|reply|replies|replied|block|blocks|blocked|"
+              r"pick|picks|picked|choose|chooses|chose|win|wins|won)")
+_STONE = rf"(?:(?:a|the|his|her|their|its){_GAP})?(?:(?:black|white){_GAP})?(?:stone|piece|mark|token){_GAP}"
+
+
+def _subject(*players: str) -> re.Pattern:
+    """Matches the text just before a cue whose subject is another player; group "verb" is the
+    move verb between them, if any ("Bob will play " before "at I")."""
+    others = "|".join(("opponent", "they") + players)  # "the opponent", "your opponent"
+    return re.compile(rf"(?i:\b(?:{others})(?:['’]ll)?(?:{_GAP}{_AUX}){{0,3}}{_GAP}"
+                      rf"(?:(?P<verb>{_MOVE_VERB}){_GAP}(?:{_STONE})?)?)$")
+
+
+_OTHER_SUBJECT = {None: _subject(), "Alice": _subject("bob", "he"), "Bob": _subject("alice", "she")}
 
 
 def extract_answer(response: str, labels: str, mover: str | None = None) -> str | None:
@@ -120,44 +134,12 @@ def _label_in_box(content: str, labels: str) -> str | None:
 
 
 def _own_cue(text: str, labels: str, mover: str | None) -> tuple[int, str] | None:
-    """(position, label) of the last cue that states the mover's own move (rule 3), or None.
+    """(position, label) of the last cue whose subject is not another player (rule 3), or None.
 
-    Walks back from the last cue and reads each sentence at most once: linear, and usually it
-    reads only the last sentence."""
-    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
-    sentence = None
+    Each cue looks back at most _SUBJECT_CHARS characters: linear in the text."""
+    subject = _OTHER_SUBJECT[mover if mover in ("Alice", "Bob") else None]
     for cue in reversed([m for m in _CUE.finditer(text) if m.group(1) in labels]):
-        i = bisect_right(ends, cue.start())
-        start, end = ends[i - 1] if i else 0, ends[i] if i < len(ends) else len(text)
-        if sentence is None or sentence.start != start:
-            sentence = _Sentence(text, start, end, mover)
-        if sentence.states_own_move(cue.start()):
+        said_of_other = subject.search(text, max(0, cue.start() - _SUBJECT_CHARS), cue.start())
+        if not said_of_other or not (said_of_other.group("verb") or _VERB_CUE.match(text, cue.start())):
             return cue.start(1), cue.group(1)
     return None
-
-
-class _Sentence:
-    """Where text[start:end]'s first condition word, clause ends and people are (rule 3)."""
-
-    def __init__(self, text: str, start: int, end: int, mover: str | None):
-        self.text, self.start, self.end, self.mover = text, start, end, mover
-        condition = _CONDITION.search(text, start, end)
-        self.condition = condition.start() if condition else end
-
-    def states_own_move(self, cue: int) -> bool:
-        if self.condition < cue:  # a condition's scope: a line of play, not the answer
-            return False
-        i = bisect_right(self.clauses, cue)
-        at, other = self.people
-        first = bisect_left(at, self.clauses[i - 1] if i else self.start)  # first person in the clause
-        return not (first < len(at) and at[first] < cue and other[first])
-
-    @cached_property
-    def clauses(self) -> list[int]:  # where each clause after the first starts
-        return [m.end() for m in _CLAUSE_END.finditer(self.text, self.start, self.end)]
-
-    @cached_property
-    def people(self) -> tuple[list[int], list[bool]]:  # where each person word is, and whether it is not the mover
-        words = [(m.start(), m.group(1).lower()) for m in _PERSON.finditer(self.text, self.start, self.end)]
-        other = [w in _OTHERS or (self.mover is not None and _WHO.get(w, self.mover) != self.mover) for _, w in words]
-        return [at for at, _ in words], other

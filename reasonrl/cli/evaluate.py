@@ -118,7 +118,7 @@ def exporter(config: str, export: str, message):
 
 
 data_shapes = exporter(
-    "reasonrl.vision.world:ShapesDataConfig", "reasonrl.vision.world:export_shapes",
+    "reasonrl.vision.world.export:ShapesExportConfig", "reasonrl.vision.world.export:export_command",
     lambda cfg, n: f"wrote {n} {cfg.task} problems to {Path(cfg.out) / (cfg.task + '.jsonl')} "
                    f"(images in {Path(cfg.out) / 'images'})")
 data_lvr = exporter(

@@ -8,7 +8,8 @@ colour, where, which is largest, is there, what is inside a small object, and qu
 without the image); the answer is exact, because the world knows every object. The reward is the
 world's answer checker (`score_answer`): 1 for the right answer in any accepted form, in the last
 `\\boxed{}` preferably, 0 for anything else, and it never raises on model output. Splits are
-disjoint seeds of the same generator.
+disjoint seeds of the same generator: split s with seed k draws from generator seed SPLIT_SEEDS[s] + k,
+so k must stay below SEEDS_PER_SPLIT (another would draw another split's data).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from typing import Sequence
 
 from reasonrl.envs.base import Environment, Prompt
 from reasonrl.vision.world import FAMILIES, Problem, ShapesDataConfig, iter_problems, read_answer, score_answer
+from reasonrl.vision.world.export import check_image_size
 
 INSTRUCTION = "Put the answer in \\boxed{}."
 SPLIT_SEEDS = {"train": 0, "eval": 1_000_003, "test": 2_000_003}
+SEEDS_PER_SPLIT = 1_000_000  # the smallest gap between two splits' first seeds (eval to test)
 
 
 @dataclass
@@ -43,6 +46,7 @@ class ShapesVQAEnvironment(Environment):
     def __init__(self, cfg: ShapesVQAConfig = ShapesVQAConfig()):
         self.cfg = cfg
         self._data(1, 0)  # checks the options now, naming the bad one
+        check_image_size(cfg.image_size)
 
     def prompts(self, n=None, seed=0, split="train") -> list[Prompt]:
         return [vqa_prompt(p, split) for p in self.problems(n or self.cfg.size, seed, split)]
@@ -51,6 +55,7 @@ class ShapesVQAEnvironment(Environment):
         """The world's problems behind `prompts` (scenes, renders, rows), e.g. to write SFT traces."""
         if split not in SPLIT_SEEDS:
             raise ValueError(f"shapes: unknown split {split!r}; known: {', '.join(SPLIT_SEEDS)}")
+        check_split_seed(seed)
         return list(iter_problems(self._data(n, SPLIT_SEEDS[split] + seed, "train" if split == "train" else "held_out")))
 
     def _data(self, n: int, seed: int, text_side: str = "any") -> ShapesDataConfig:
@@ -73,6 +78,13 @@ class ShapesVQAEnvironment(Environment):
             mine = [r for p, r in zip(prompts, rewards) if p.metadata["family"] == family]
             out[f"accuracy/{family}"] = sum(r > 0 for r in mine) / len(mine)
         return out
+
+
+def check_split_seed(seed: int) -> None:
+    """ValueError unless 0 <= seed < SEEDS_PER_SPLIT: the splits' streams stay disjoint."""
+    if not 0 <= seed < SEEDS_PER_SPLIT:
+        raise ValueError(f"the seed (--seed) must be >= 0 and < {SEEDS_PER_SPLIT:,}, the gap between the splits' "
+                         f"seeds (another would draw another split's data), got {seed!r}")
 
 
 def vqa_prompt(problem: Problem, split: str = "train") -> Prompt:

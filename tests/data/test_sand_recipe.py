@@ -183,3 +183,19 @@ def test_the_recipe_printed_in_docs_is_the_shipped_one():
 
     block = re.search(r"```yaml\n(.*?)```", (REPO / "docs" / "sand.md").read_text(), re.S).group(1)
     assert yaml.safe_load(block) == read_yaml(REPO / "recipes" / "sand-math.yaml")
+
+
+def test_generate_problems_has_an_upper_bound_and_building_the_slots_stops_when_asked():
+    from types import SimpleNamespace
+
+    from reasonrl.data.sand.calls import Stopped
+    from reasonrl.data.sand.sections import MAX_PROBLEMS, GenerateSection
+    from reasonrl.data.sand.source import slots
+
+    with pytest.raises(ValueError, match=r"problems: must be >= 0 and <= 1,000,000"):
+        GenerateSection(problems=MAX_PROBLEMS + 1)
+    recipe = SimpleNamespace(generate=GenerateSection(problems=20_001), run=SimpleNamespace(seed=0))
+    asked = []
+    with pytest.raises(Stopped, match="base.generate"):
+        slots(recipe, lambda: asked.append(1) or len(asked) > 1)  # true on the second look
+    assert len(asked) == 2

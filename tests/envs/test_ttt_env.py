@@ -124,3 +124,20 @@ def test_space_estimate_agrees_with_the_exact_count():
     exact = count_problems("cTTT")
     estimate = estimate_problems("cTTT", samples=6000, seed=0)
     assert abs(estimate["problems"] - exact["problems"]) < 4 * estimate["standard_error"] + 1
+
+
+def test_a_stopped_export_leaves_the_earlier_file_as_it_was(tmp_path, monkeypatch):
+    from reasonrl.envs.ttt import bench
+
+    out = tmp_path / "good.jsonl"
+    export_jsonl("oTTT", 5, 0, out)
+    before, generate = out.read_bytes(), bench.generate
+
+    def stop_after_two(game, n, seed):
+        yield from generate(game, 2, seed)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "generate", stop_after_two)
+    with pytest.raises(KeyboardInterrupt, match="good.jsonl is as it was"):
+        export_jsonl("oTTT", 100, 1, out)
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["good.jsonl"]

@@ -102,3 +102,54 @@ def test_a_family_the_scenes_cannot_ask_is_an_error_naming_it(tmp_path):
     one_object = ShapesDataConfig(out=str(tmp_path), n=2, families=("extreme",), min_objects=1, max_objects=1)
     with pytest.raises(ValueError, match="no new extreme problem"):
         export_shapes(one_object)
+
+
+def test_a_second_export_into_the_same_out_is_refused_unless_overwrite(tmp_path):
+    from reasonrl.vision.world.export import ShapesExportConfig, export_command
+
+    _export(tmp_path, "d", task="caption", n=3, seed=0)  # another task's files are left alone
+    export_command(ShapesExportConfig(out=str(tmp_path / "d"), n=6, seed=0))
+    with pytest.raises(ValueError, match="holds an earlier run's output.*--overwrite"):
+        export_command(ShapesExportConfig(out=str(tmp_path / "d"), n=2, seed=1))
+    assert len(list((tmp_path / "d" / "images").glob("vqa_*.png"))) == 6  # refused before anything was written
+    export_command(ShapesExportConfig(out=str(tmp_path / "d"), n=2, seed=1, overwrite=True))
+    _export(tmp_path, "fresh", n=2, seed=1)
+    files = _files(tmp_path / "d")
+    assert {k: v for k, v in files.items() if "caption" not in k} == _files(tmp_path / "fresh")  # no stale images
+    assert sum("caption" in k for k in files) == 4
+
+
+def test_a_stopped_export_leaves_no_jsonl_that_looks_complete_and_says_so(tmp_path, monkeypatch):
+    from reasonrl.vision.world import export
+
+    out = tmp_path / "d"
+    real, calls = export.write_png, []
+
+    def write_then_stop(image, path):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real(image, path)
+
+    monkeypatch.setattr(export, "write_png", write_then_stop)
+    with pytest.raises(KeyboardInterrupt, match=r"vqa\.jsonl\.partial.*--overwrite") as stopped:
+        export_shapes(ShapesDataConfig(out=str(out), n=10))
+    assert "nothing" not in str(stopped.value) and not (out / "vqa.jsonl").exists()
+    with pytest.raises(ValueError, match="--overwrite"):  # the leftovers are refused, not mixed into a new export
+        export_shapes(ShapesDataConfig(out=str(out), n=10))
+
+
+def test_an_image_size_over_the_maximum_is_refused_before_anything_is_written(tmp_path):
+    from reasonrl.vision.world.export import MAX_IMAGE_SIZE
+
+    with pytest.raises(ValueError, match=f"--image-size .*at most {MAX_IMAGE_SIZE}"):
+        export_shapes(ShapesDataConfig(out=str(tmp_path / "d"), n=1, image_size=MAX_IMAGE_SIZE + 1))
+    assert not (tmp_path / "d").exists()
+
+
+def test_data_shapes_takes_overwrite(tmp_path, capsys):
+    from reasonrl.cli import main
+
+    args = ["data", "shapes", "--n", "2", "--out", str(tmp_path / "d")]
+    assert main(args) == 0 and main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0

@@ -65,7 +65,7 @@ def run_sand(recipe: Recipe, out: str | Path, stop: Callable[[], bool] = lambda:
 
 def sources(ctx: Context) -> list[Problem]:
     gen = ctx.recipe.generate
-    generated = run_stage(ctx, "base.generate", slots(ctx.recipe), generate) if gen.problems else []
+    generated = run_stage(ctx, "base.generate", slots(ctx.recipe, ctx.stop), generate) if gen.problems else []
     return generated + (load_seed_problems(gen.seed_problems) if gen.seed_problems else [])
 
 

@@ -16,6 +16,7 @@ from reasonrl.eval.client import ClientConfig
 
 from .prompts import SOLVE_SYSTEM
 
+MAX_PROBLEMS = 1_000_000  # generate.problems: a run's slots are built up front (about 13 s and 1 GB at this many)
 AIME_BRANCHES = ["algebra", "geometry", "trigonometry", "number theory", "probability", "combinatorics"]
 
 
@@ -82,7 +83,7 @@ class RunSection:
 @dataclass
 class GenerateSection(LLMSection):
     problems: int = 100
-    """Candidate problems to generate (one call each)."""
+    """Candidate problems to generate (one call each; at most 1,000,000 per run)."""
     seed_problems: str | None = None
     """A JSONL file of problems to start from as well: {"problem", and "answer" or "solution"; optional "id",
     "branch"} per line. They skip generation and go through every other stage."""
@@ -103,7 +104,8 @@ class GenerateSection(LLMSection):
 
     def __post_init__(self):
         super().__post_init__()
-        check(self.problems >= 0, "problems", f"must be >= 0, got {self.problems}")
+        check(0 <= self.problems <= MAX_PROBLEMS, "problems",
+              f"must be >= 0 and <= {MAX_PROBLEMS:,}, got {self.problems}")
         check(len(set(self.branches)) >= 2, "branches", "must name at least two distinct branches (one is mixed in)")
         check(self.max_problem_chars >= 1, "max_problem_chars", "must be >= 1")
 

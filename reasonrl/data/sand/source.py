@@ -14,22 +14,26 @@ import json
 import random
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from reasonrl.envs.math.extract import reference_answer
 from reasonrl.eval.store import jsonl_lines
 
 from . import parse, prompts
-from .calls import Call, ask, llm_client
+from .calls import Call, Stopped, ask, llm_client
 from .problem import Problem, Verdict
 
 
-def slots(recipe) -> list[Problem]:
-    """The candidates to generate: ids and branches, a pure function of the recipe."""
+def slots(recipe, stop: Callable[[], bool] = lambda: False) -> list[Problem]:
+    """The candidates to generate: ids and branches, a pure function of the recipe. Stopped when
+    `stop()` turns true (a million take seconds to build)."""
     gen, seed = recipe.generate, recipe.run.seed
     order = list(dict.fromkeys(gen.branches))
     random.Random(f"{seed}:branches").shuffle(order)
     out = []
     for i in range(gen.problems):
+        if i % 10_000 == 0 and stop():
+            raise Stopped("base.generate")
         branch = order[i % len(order)]
         mix = random.Random(f"{seed}:mix:{i}").choice([b for b in order if b != branch])
         out.append(Problem(id=f"g{i:06d}", origin="generated", branch=branch, mix=mix))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections import Counter
@@ -40,14 +41,20 @@ TIME_ENUMERATION_LIMIT = 100_000  # raw positions: oTTT and cTTT are also enumer
 
 
 def export_jsonl(game: str, n: int, seed: int, out: str | Path) -> int:
-    """Write up to `n` fresh problems of `game` to `out` as JSON lines; returns how many."""
+    """Write up to `n` fresh problems of `game` to `out` as JSON lines; returns how many. The lines go
+    to OUT.partial first, renamed into place at the end: a stopped run leaves `out` as it was."""
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    with path.open("w", encoding="utf-8") as f:
-        for problem in generate(game, n, seed):
-            f.write(json.dumps(problem.record(), ensure_ascii=False) + "\n")
-            written += 1
+    partial, written = path.with_name(path.name + ".partial"), 0
+    try:
+        with partial.open("w", encoding="utf-8") as f:
+            for problem in generate(game, n, seed):
+                f.write(json.dumps(problem.record(), ensure_ascii=False) + "\n")
+                written += 1
+    except KeyboardInterrupt:
+        partial.unlink(missing_ok=True)
+        raise KeyboardInterrupt(f"nothing was written: {path} is as it was") from None
+    os.replace(partial, path)
     return written
 
 

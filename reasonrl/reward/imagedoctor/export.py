@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from reasonrl.envs.shapes import check_split_seed
 from reasonrl.reward.imagedoctor.data import JudgeDataConfig, JudgeExample, judge_example
 from reasonrl.vision.world import SceneConfig
+from reasonrl.vision.world.export import check_image_size
 
 INSTRUCTION = "Judge the image against the caption."
-SPLIT_SEEDS = {"train": 0, "eval": 1_000_003}  # disjoint streams of the same generator
+SPLIT_SEEDS = {"train": 0, "eval": 1_000_003}  # disjoint streams of the same generator (see check_split_seed)
 
 
 @dataclass
@@ -31,7 +33,7 @@ class DoctorDataConfig:
     n: int = 1000
     """Images to write."""
     seed: int = 0
-    """Which images: the same seed gives the same files."""
+    """Which images: the same seed gives the same files (0 <= seed < 1,000,000: the splits stay disjoint)."""
     split: str = "train"
     """train or eval: disjoint streams, so an eval set never repeats a training image."""
     image_size: int = 224
@@ -50,6 +52,8 @@ class DoctorDataConfig:
             raise ValueError(f"--split must be one of {', '.join(SPLIT_SEEDS)}, got {self.split!r}")
         if self.n < 1 or self.image_size < 64 or self.max_objects < 1:  # 64: the smallest shapes-world scene
             raise ValueError("--n must be >= 1, --image-size >= 64 and --max-objects >= 1")
+        check_image_size(self.image_size)
+        check_split_seed(self.seed)
         for flag, value in (("--misaligned-max", self.misaligned_max), ("--artifacts-max", self.artifacts_max)):
             if value < 0:
                 raise ValueError(f"{flag} must be >= 0, got {value}")

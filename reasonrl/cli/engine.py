@@ -36,6 +36,20 @@ def engine_options(args) -> dict:
     return values(args, EngineConfig)
 
 
+def read_prompts(given: list[str] | None) -> list[str]:
+    """The prompts given, else stdin's lines that are not blank (without their LF or CRLF); one that is
+    not valid UTF-8 is an error naming it (it would fail in the tokenizer, after the model loaded)."""
+    if not given and hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")  # a bad byte reaches the check below, not a decode error
+    prompts = given or [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    for i, prompt in enumerate(prompts, start=1):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:  # argv and stdin carry undecodable bytes as lone surrogates
+            raise ValueError(f"prompt {i} is not valid UTF-8: {prompt!r}") from None
+    return prompts
+
+
 def serve(parser: argparse.ArgumentParser):
     from reasonrl.engine.server import ServeConfig
 
@@ -75,7 +89,7 @@ def generate(parser: argparse.ArgumentParser):
         params = SamplingParams(**values(args, SamplingParams))
         if not args.prompt and sys.stdin.isatty():
             print("reading prompts from stdin, one per line (end with Ctrl-D)", file=sys.stderr)
-        prompts = args.prompt or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        prompts = read_prompts(args.prompt)
         if not prompts:  # (an option taking several values, such as --stop, also takes the prompts after it)
             raise ValueError("no prompts: give them as arguments (before --stop, or after --) or on stdin, one per line")
         llm = LLM(model["path"], device=model["device"], dtype=model["dtype"], **engine_options(args))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -187,10 +186,11 @@ def generate_image(parser: argparse.ArgumentParser):
     add_flags(parser, SampleConfig, title="sampling (SampleConfig)")
 
     def run(args) -> int:
+        from reasonrl.cli.engine import read_prompts
         from reasonrl.vision.binary.generate_images import generate_images
 
         job = GenerateImageJob(**values(args, GenerateImageJob))
-        prompts = job.prompts or [line.strip() for line in sys.stdin if line.strip()]
+        prompts = [p.strip() for p in read_prompts(job.prompts)]
         if not prompts:
             raise ValueError("no prompts: give them as --prompts or one per line on stdin")
         written = generate_images(replace(job, prompts=prompts), SampleConfig(**values(args, SampleConfig)))

@@ -249,8 +249,10 @@ def _check_complete(model: DecoderLM, params: dict, filled: dict[str, int], sour
 
 
 def missing_checkpoint(path: Path) -> str:
-    """The error for a checkpoint directory that is not there; a relative path says where it was
-    looked for (a recipe's paths are taken from the current directory, not the recipe's)."""
+    """The error for a checkpoint directory that is not there (or is a file); a relative path says where
+    it was looked for (a recipe's paths are taken from the current directory, not the recipe's)."""
+    if path.exists():
+        return f"checkpoint {path} is not a directory (a checkpoint is a directory holding config.json and weights)"
     where = "" if path.is_absolute() else f" (relative to the current directory, {Path.cwd()})"
     return f"checkpoint directory {path} does not exist{where}"
 

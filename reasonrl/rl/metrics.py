@@ -7,7 +7,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from reasonrl.eval.store import read_rows
 from reasonrl.rl.trackers import Tracker
@@ -75,7 +75,7 @@ class MetricsLogger:
         record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        scalars = {k: v for k, v in record.items() if _is_number(v) and k != "step"}
         for tracker in self.trackers:
             tracker.log(step, scalars)
         if self.console:
@@ -108,13 +108,26 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+def read_metrics(run_dir: str | Path, numbers: Callable[[str], bool] = lambda key: False) -> list[dict[str, Any]]:
+    """The run's records; a row without an integer step, or with a value that is not a number or null
+    under a key `numbers` names (those a reader computes with), is skipped with a warning."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}")
-    return _records(path)
+    return _records(path, numbers=numbers)
 
 
-def _records(path: Path, cut: bool = False) -> list[dict[str, Any]]:
+def _records(path: Path, cut: bool = False, numbers: Callable[[str], bool] = lambda key: False) -> list[dict[str, Any]]:
     """The file's records; a last line cut short (a kill, a full disk mid-append) is dropped."""
-    return read_rows(path, lambda row: True, "a metrics record", cut=cut)
+    return read_rows(path, lambda row: _is_record(row, numbers), "a metrics record", cut=cut)
+
+
+def _is_record(row: dict[str, Any], numbers: Callable[[str], bool]) -> bool:
+    if "step" not in row and "round" in row:  # a RAFT round: the report says it has no steps to report
+        return True
+    return _is_number(row.get("step")) and isinstance(row["step"], int) and all(
+        v is None or _is_number(v) for k, v in row.items() if numbers(k))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)

@@ -9,11 +9,13 @@ held-out accuracy per family, first evaluation against last, and a plot of each 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from reasonrl.rl.metrics import read_metrics
 
+log = logging.getLogger(__name__)
 PLOTS = {  # file -> (title, y label, [(metric key, label)])
     "reward.png": ("Reward", "mean reward", [("reward_mean", "train reward"), ("eval_reward_mean", "held-out reward")]),
     "accuracy.png": ("Accuracy", "accuracy", [("accuracy", "train"), ("eval_accuracy", "held-out (greedy)")]),
@@ -23,6 +25,13 @@ PLOTS = {  # file -> (title, y label, [(metric key, label)])
     "length.png": ("Response length", "tokens", [("length_p50", "p50"), ("length_p90", "p90"), ("length_max", "max")]),
     "throughput.png": ("Throughput", "tokens / s", [("rollout_tokens_per_s", "rollout"), ("train_tokens_per_s", "training")]),
 }
+NUMBERS = {key for _, _, series in PLOTS.values() for key, _ in series} | {  # and those summarize() adds up
+    "rollout_seconds", "train_seconds", "dropped_groups"}
+
+
+def is_number_metric(key: str) -> bool:
+    """A key the report computes with: a row holding anything but a number or null there is skipped."""
+    return key in NUMBERS or key.startswith("eval_accuracy/")
 
 
 def families(records: list[dict[str, Any]]) -> list[str]:
@@ -114,14 +123,13 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 def write_report(run_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
     run_dir = Path(run_dir)
-    records = read_metrics(run_dir)
+    records = read_metrics(run_dir, numbers=is_number_metric)
     if records and "step" not in records[0]:  # RAFT logs rounds; its summary.json is its report
         raise ValueError(f"{run_dir} is not a train or sft run (its metrics have no step): nothing to report")
     plots = plot(records, run_dir)
     summary = summarize(records)
-    if extra is None and (run_dir / "summary.json").is_file():  # the demo's own figures, kept when regenerated
-        stored = json.loads((run_dir / "summary.json").read_text())
-        if isinstance(stored, dict) and stored.get("steps") == summary["steps"]:  # not once the run went on
+    if extra is None and (stored := _stored_summary(run_dir / "summary.json")):  # the demo's own figures, kept
+        if stored.get("steps") == summary["steps"]:  # not once the run went on
             extra = {k: v for k, v in stored.items() if k not in summary and k != "report"}
     summary = {**summary, **(extra or {})}
     lines = [f"# Run report: {run_dir.name}", "", "| metric | value |", "|---|---|"]
@@ -132,3 +140,17 @@ def write_report(run_dir: str | Path, extra: dict[str, Any] | None = None) -> Pa
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _stored_summary(path: Path) -> dict[str, Any]:
+    """summary.json's object; a damaged one (not JSON, not an object) is ignored with a warning naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text())
+        if not isinstance(stored, dict):
+            raise ValueError(f"not a JSON object but a {type(stored).__name__}")
+    except ValueError as exc:
+        log.warning("%s: ignored (%s)", path, exc)
+        return {}
+    return stored

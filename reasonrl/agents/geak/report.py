@@ -12,9 +12,10 @@ from .metrics import markdown
 def is_agent_run(run_dir: str | Path) -> bool:
     path = Path(run_dir) / "summary.json"
     try:
-        return path.exists() and json.loads(path.read_text()).get("kind") == "kernel-agent"
+        summary = json.loads(path.read_text()) if path.exists() else None
     except ValueError:
         return False
+    return isinstance(summary, dict) and summary.get("kind") == "kernel-agent"
 
 
 def plot(summary: dict[str, Any], out: Path) -> list[Path]:

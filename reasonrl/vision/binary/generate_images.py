@@ -11,7 +11,7 @@ from reasonrl.vision.gen.io import SHIPPED, clear_outputs
 from reasonrl.vision.world import write_png
 
 from .generator import load_pipeline
-from .sample import SampleConfig, generate
+from .sample import SampleConfig, generate, sampler_options
 
 def default_model() -> Path:
     return SHIPPED / "diffusion"
@@ -23,11 +23,14 @@ def generate_images(job, cfg: SampleConfig) -> list[Path]:
     pipe = load_pipeline(job.model or default_model())
     if cfg.size is not None:  # a bad model or size must fail before --overwrite deletes the earlier images
         pipe.tokenizer.check_decode_size(cfg.size, cfg.size)
-    earlier = [p for p in out.glob("*.png") if re.fullmatch(r"[0-9]{4,}\.png|grid\.png", p.name)]  # empty if no dir
+    sampler_options(pipe, cfg)  # (so must an option of the other kind of generator)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a directory")
+    out.mkdir(parents=True, exist_ok=True)  # (an unwritable --out fails here too, not after sampling)
+    earlier = [p for p in out.glob("*.png") if re.fullmatch(r"[0-9]{4,}\.png|grid\.png", p.name)]
     clear_outputs(out, [out / "prompts.jsonl", *earlier], job.overwrite)  # before generating: a refusal costs little
     prompts = [p for p in job.prompts for _ in range(job.per_prompt)]
     images = generate(pipe, prompts, cfg)
-    out.mkdir(parents=True, exist_ok=True)
     paths = []
     with open(out / "prompts.jsonl", "w", encoding="utf-8") as index:
         for k, (text, image) in enumerate(zip(prompts, images)):

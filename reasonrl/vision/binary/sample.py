@@ -19,10 +19,10 @@ from .generator import Pipeline, with_unconditional
 class SampleConfig:
     guidance: float = 3.0
     """Classifier-free guidance scale (1: no guidance)."""
-    temperature: float = 1.0
-    """AR: temperature of the bit draws (0: threshold)."""
-    steps: int = 20
-    """Diffusion: sampling steps."""
+    temperature: float | None = None
+    """AR generators only: temperature of the bit draws (0: threshold; default: the model's, 1)."""
+    steps: int | None = None
+    """Diffusion generators only: sampling steps (default: the model's, 20)."""
     size: int | None = None
     """Decode at this side in pixels (default: the tokenizer's training size; 2x uses the position rescaling)."""
     batch_size: int = 64
@@ -32,25 +32,33 @@ class SampleConfig:
     or the other prompts)."""
 
     def __post_init__(self):
-        finite_numbers(self, at_least={"guidance": 0, "temperature": 0})
-        if self.steps < 1 or self.batch_size < 1 or self.seed < 0:
+        finite_numbers(self, at_least={"guidance": 0, **({} if self.temperature is None else {"temperature": 0})})
+        if (self.steps is not None and self.steps < 1) or self.batch_size < 1 or self.seed < 0:
             raise ValueError("steps and batch_size must be >= 1, seed >= 0")
         if self.size is not None and self.size < 1:
             raise ValueError(f"size must be >= 1 pixels (leave it out for the tokenizer's own size), got {self.size}")
 
 
+def sampler_options(pipe: Pipeline, cfg: SampleConfig) -> dict:
+    """The generator's own option that `cfg` sets (AR: temperature, diffusion: steps; unset, the
+    model's default); the other kind's option, set, is an error rather than silently ignored."""
+    ar = isinstance(pipe.generator, BitAR)
+    own, other = ("temperature", "steps") if ar else ("steps", "temperature")
+    if getattr(cfg, other) is not None:
+        raise ValueError(f"--{other} does not apply to this model, {'an AR' if ar else 'a diffusion'} generator "
+                         f"(its option is --{own})")
+    return {} if getattr(cfg, own) is None else {own: getattr(cfg, own)}
+
+
 @torch.no_grad()
 def generate_bits(pipe: Pipeline, prompts: list[str], cfg: SampleConfig) -> torch.Tensor:
     """(N, K, d) bits for the prompts."""
-    out = []
+    options, out = sampler_options(pipe, cfg), []
     for start in range(0, len(prompts), cfg.batch_size):
         batch = prompts[start:start + cfg.batch_size]
         states, mask = with_unconditional(pipe.text, batch)
         gen = row_generators(cfg.seed, start, len(batch))
-        if isinstance(pipe.generator, BitAR):
-            out.append(pipe.generator.sample(states, mask, cfg.guidance, cfg.temperature, gen))
-        else:
-            out.append(pipe.generator.sample(states, mask, cfg.guidance, cfg.steps, gen))
+        out.append(pipe.generator.sample(states, mask, cfg.guidance, generator=gen, **options))
     return torch.cat(out)
 
 

@@ -202,13 +202,19 @@ def test_accepted_optimizer_changes_are_what_the_resumed_run_trains_with(tmp_pat
     assert state["update"]["optimizer"]["state"]  # Adam's moments came through the resume
 
 
-def test_a_runs_own_config_from_another_directory_is_refused_not_started_afresh(tmp_path, capsys, monkeypatch):
-    """RUN/config.yaml keeps relative paths as given: run from elsewhere it started a new run there."""
+def run_started_here(tmp_path, monkeypatch, run_dir: str) -> dict:
+    """A finished run started in tmp_path from relative.yaml, its train.run_dir relative (as in the recipes)."""
     monkeypatch.chdir(tmp_path)
     data = yaml.safe_load(recipe(tmp_path).read_text())
-    data["train"]["run_dir"] = "run"  # relative, as in the recipes
+    data["train"]["run_dir"] = run_dir
     (tmp_path / "relative.yaml").write_text(yaml.safe_dump(data))
     assert main(["train", "relative.yaml"]) == 0
+    return data
+
+
+def test_a_runs_own_config_from_another_directory_is_refused_not_started_afresh(tmp_path, capsys, monkeypatch):
+    """RUN/config.yaml keeps relative paths as given: run from elsewhere it started a new run there."""
+    data = run_started_here(tmp_path, monkeypatch, "run")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     capsys.readouterr()
@@ -617,11 +623,7 @@ def test_a_recipe_with_a_key_given_twice_or_a_bad_set_value_is_one_line(tmp_path
 
 def test_the_run_directory_named_another_way_is_the_same_run(tmp_path, capsys, monkeypatch):
     """`runs/e/`, `./runs/e` and the absolute path were "other settings" than the saved `runs/e`."""
-    monkeypatch.chdir(tmp_path)
-    data = yaml.safe_load(recipe(tmp_path).read_text())
-    data["train"]["run_dir"] = "runs/e"  # relative, as in the recipes
-    (tmp_path / "relative.yaml").write_text(yaml.safe_dump(data))
-    assert main(["train", "relative.yaml"]) == 0
+    run_started_here(tmp_path, monkeypatch, "runs/e")
     capsys.readouterr()
     for name in ("runs/e/", "./runs/e", str(tmp_path / "runs" / "e"), "runs/e"):
         assert main(["train", "relative.yaml", "--set", f"train.run_dir={name}"]) == 0

@@ -66,7 +66,7 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, overwrite: bool = F
     _claim(run_dir)
     text = _config_text(config)
     if save or not (run_dir / CONFIG_FILE).is_file():  # (a new run's config marks the directory as a run's at once)
-        save_config(run_dir, config, free_keys, work)
+        _write_config(run_dir, text, changed)
     if console:
         print(f"config ({run_dir / CONFIG_FILE}):\n" + "".join(f"  {line}\n" for line in text.splitlines()),
               file=sys.stderr, end="", flush=True)
@@ -78,11 +78,14 @@ def save_config(run_dir: str | Path, config: dict[str, Any], free_keys: set[str]
     """Write `config` as the run's config.yaml, recording how it differs from the saved one (the
     changes `open_run` accepted) in config_changes.jsonl."""
     run_dir = Path(run_dir)
-    changed = _changes(run_dir, config, free_keys, work)
+    _write_config(run_dir, _config_text(config), _changes(run_dir, config, free_keys, work))
+
+
+def _write_config(run_dir: Path, text: str, changed: list[tuple[str, Any, Any]]) -> None:
     if changed:
         with (run_dir / "config_changes.jsonl").open("a") as f:
             f.write(json.dumps({"time": time.time(), "changes": [list(d) for d in changed]}) + "\n")
-    (run_dir / CONFIG_FILE).write_text(_config_text(config))
+    (run_dir / CONFIG_FILE).write_text(text)
 
 
 def _config_text(config: dict[str, Any]) -> str:
@@ -100,19 +103,11 @@ def _changes(run_dir: Path, config: dict[str, Any], free_keys: set[str],
 
 
 def _names_run_dir(run_dir: Path, saved: Any, now: Any) -> bool:
-    """Whether two spellings of a value both name the run directory (`runs/e`, `runs/e/`, `./runs/e`,
-    its absolute path). A relative saved one is from the directory the run was started in: from
-    another one, it names the run directory if it is the end of the run directory's path."""
-    if not (isinstance(saved, str) and isinstance(now, str) and saved and now):
-        return False
+    """Whether two spellings of a value both name the run directory from here (`runs/e`, `runs/e/`,
+    `./runs/e`, its absolute path). A relative saved one from another working directory names
+    another place and stays a difference: the run's other relative paths would be read from here."""
     here = run_dir.resolve()
-    if Path(now).resolve() != here:
-        return False
-    if Path(saved).resolve() == here:
-        return True
-    tail = tuple(p for p in Path(os.path.normpath(saved)).parts if p != "..")  # (normpath leaves ".." only in front)
-    return (not Path(saved).is_absolute() and bool(tail)
-            and any(path.parts[-len(tail):] == tail for path in (here, Path(os.path.abspath(run_dir)))))
+    return all(isinstance(v, str) and v and Path(v).resolve() == here for v in (saved, now))
 
 
 def _refuse_inputs(run_dir: Path, inputs: Sequence[str | Path | None]) -> None:

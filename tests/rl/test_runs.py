@@ -632,6 +632,11 @@ def test_the_run_directory_named_another_way_is_the_same_run(tmp_path, capsys, m
     assert main(["train", "relative.yaml", "--set", "train.run_dir=runs/e/", "--set", "optim.lr=0.5"]) == 2
     err = capsys.readouterr().err
     assert "optim.lr" in err and "train.run_dir" not in err  # other settings are still refused
+    # a recipe from another directory, naming the run: its relative paths would be read from there
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["train", str(tmp_path / "relative.yaml"), "--set", f"train.run_dir={tmp_path / 'runs' / 'e'}"]) == 2
+    assert "train.run_dir" in capsys.readouterr().err
 
 
 def test_a_rerun_refused_after_accepting_its_changes_leaves_the_run_as_it_was(tmp_path, capsys):

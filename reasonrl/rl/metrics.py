@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from reasonrl.config import is_number
 from reasonrl.eval.store import read_rows
 from reasonrl.rl.trackers import Tracker
 
@@ -75,7 +76,7 @@ class MetricsLogger:
         record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        scalars = {k: v for k, v in record.items() if _is_number(v) and k != "step"}
+        scalars = {k: v for k, v in record.items() if is_number(v) and k != "step"}
         for tracker in self.trackers:
             tracker.log(step, scalars)
         if self.console:
@@ -125,9 +126,6 @@ def _records(path: Path, cut: bool = False, numbers: Callable[[str], bool] = lam
 def _is_record(row: dict[str, Any], numbers: Callable[[str], bool]) -> bool:
     if "step" not in row and "round" in row:  # a RAFT round: the report says it has no steps to report
         return True
-    return _is_number(row.get("step")) and isinstance(row["step"], int) and all(
-        v is None or _is_number(v) for k, v in row.items() if numbers(k))
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    step = row.get("step")  # (a record holds null for a value that was not finite)
+    return isinstance(step, int) and not isinstance(step, bool) and all(
+        v is None or is_number(v) for k, v in row.items() if numbers(k))

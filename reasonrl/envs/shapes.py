@@ -19,7 +19,6 @@ from typing import Sequence
 
 from reasonrl.envs.base import Environment, Prompt
 from reasonrl.vision.world import FAMILIES, Problem, ShapesDataConfig, iter_problems, read_answer, score_answer
-from reasonrl.vision.world.export import check_image_size
 
 INSTRUCTION = "Put the answer in \\boxed{}."
 SPLIT_SEEDS = {"train": 0, "eval": 1_000_003, "test": 2_000_003}
@@ -46,7 +45,6 @@ class ShapesVQAEnvironment(Environment):
     def __init__(self, cfg: ShapesVQAConfig = ShapesVQAConfig()):
         self.cfg = cfg
         self._data(1, 0)  # checks the options now, naming the bad one
-        check_image_size(cfg.image_size)
 
     def prompts(self, n=None, seed=0, split="train") -> list[Prompt]:
         return [vqa_prompt(p, split) for p in self.problems(n or self.cfg.size, seed, split)]

@@ -60,7 +60,7 @@ def test_judge_data_refuses_a_seed_that_would_reach_another_split(tmp_path, seed
 
 
 def test_an_image_size_over_the_maximum_is_refused_naming_the_flag(tmp_path):
-    match = f"--image-size .*at most {MAX_IMAGE_SIZE}"
+    match = rf"--image-size\b.*at most {MAX_IMAGE_SIZE}"
     with pytest.raises(ValueError, match=match):
         ShapesVQAEnvironment(ShapesVQAConfig(image_size=MAX_IMAGE_SIZE + 1))
     with pytest.raises(ValueError, match=match):

@@ -140,9 +140,9 @@ def test_a_stopped_export_leaves_no_jsonl_that_looks_complete_and_says_so(tmp_pa
 
 
 def test_an_image_size_over_the_maximum_is_refused_before_anything_is_written(tmp_path):
-    from reasonrl.vision.world.export import MAX_IMAGE_SIZE
+    from reasonrl.vision.world.shapes import MAX_SIDE as MAX_IMAGE_SIZE
 
-    with pytest.raises(ValueError, match=f"--image-size .*at most {MAX_IMAGE_SIZE}"):
+    with pytest.raises(ValueError, match=rf"--image-size\b.*at most {MAX_IMAGE_SIZE}"):
         export_shapes(ShapesDataConfig(out=str(tmp_path / "d"), n=1, image_size=MAX_IMAGE_SIZE + 1))
     assert not (tmp_path / "d").exists()
 

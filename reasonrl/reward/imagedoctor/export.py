@@ -20,7 +20,7 @@ import numpy as np
 from reasonrl.envs.shapes import check_split_seed
 from reasonrl.reward.imagedoctor.data import JudgeDataConfig, JudgeExample, judge_example
 from reasonrl.vision.world import SceneConfig
-from reasonrl.vision.world.export import check_image_size
+from reasonrl.vision.world.shapes import MAX_SIDE, MIN_SIDE
 
 INSTRUCTION = "Judge the image against the caption."
 SPLIT_SEEDS = {"train": 0, "eval": 1_000_003}  # disjoint streams of the same generator (see check_split_seed)
@@ -50,9 +50,10 @@ class DoctorDataConfig:
     def __post_init__(self):
         if self.split not in SPLIT_SEEDS:
             raise ValueError(f"--split must be one of {', '.join(SPLIT_SEEDS)}, got {self.split!r}")
-        if self.n < 1 or self.image_size < 64 or self.max_objects < 1:  # 64: the smallest shapes-world scene
-            raise ValueError("--n must be >= 1, --image-size >= 64 and --max-objects >= 1")
-        check_image_size(self.image_size)
+        if self.n < 1 or self.max_objects < 1:
+            raise ValueError("--n must be >= 1 and --max-objects >= 1")
+        if not MIN_SIDE <= self.image_size <= MAX_SIDE:
+            raise ValueError(f"--image-size must be >= {MIN_SIDE} and at most {MAX_SIDE}, got {self.image_size!r}")
         check_split_seed(self.seed)
         for flag, value in (("--misaligned-max", self.misaligned_max), ("--artifacts-max", self.artifacts_max)):
             if value < 0:

@@ -20,8 +20,6 @@ from PIL import Image
 
 from .problems import ShapesDataConfig, iter_problems
 
-MAX_IMAGE_SIZE = 2048  # pixels a side: a 20,000-pixel scene takes gigabytes to render
-
 
 @dataclass(frozen=True)
 class ShapesExportConfig(ShapesDataConfig):
@@ -34,7 +32,6 @@ def export_shapes(cfg: ShapesDataConfig, overwrite: bool = False) -> int:
     """Write cfg.n problems of cfg.task under cfg.out; returns the number written."""
     from reasonrl.vision.gen.io import clear_outputs
 
-    check_image_size(cfg.image_size)
     out = Path(cfg.out)
     path = out / f"{cfg.task}.jsonl"
     partial = path.with_suffix(".jsonl.partial")  # a failed export leaves no JSONL that looks complete
@@ -57,12 +54,6 @@ def export_shapes(cfg: ShapesDataConfig, overwrite: bool = False) -> int:
 def export_command(cfg: ShapesExportConfig) -> int:
     """`reasonrl data shapes`."""
     return export_shapes(cfg, cfg.overwrite)
-
-
-def check_image_size(size: int) -> None:
-    """ValueError for a side over MAX_IMAGE_SIZE (the smallest is checked where the scene is built)."""
-    if size > MAX_IMAGE_SIZE:
-        raise ValueError(f"--image-size (image_size) must be at most {MAX_IMAGE_SIZE}, got {size!r}")
 
 
 def write_png(image: np.ndarray, path: str | Path) -> None:

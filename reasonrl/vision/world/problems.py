@@ -36,7 +36,7 @@ from .refer import indefinite, object_phrase
 from .render import Rendering, render
 from .sampling import SceneConfig, sample_scene
 from .scene import Scene
-from .shapes import MIN_SIDE
+from .shapes import MAX_SIDE, MIN_SIDE
 
 TASKS = ("vqa", "caption", "layout")
 MAX_MISSES = 5000  # scenes drawn in a row without a new problem before giving up
@@ -76,8 +76,9 @@ class ShapesDataConfig:
             raise ValueError(f"ShapesDataConfig.task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if not isinstance(self.n, int) or self.n < 0:
             raise ValueError(f"ShapesDataConfig.n must be a non-negative integer, got {self.n!r}")
-        if not isinstance(self.image_size, int) or self.image_size < MIN_SIDE:
-            raise ValueError(f"ShapesDataConfig.image_size must be an integer >= {MIN_SIDE}, got {self.image_size!r}")
+        if not isinstance(self.image_size, int) or not MIN_SIDE <= self.image_size <= MAX_SIDE:
+            raise ValueError(f"ShapesDataConfig.image_size (--image-size) must be an integer >= {MIN_SIDE} and at most "
+                             f"{MAX_SIDE}, got {self.image_size!r}")
         families = tuple(self.families.split(",")) if isinstance(self.families, str) else tuple(self.families)
         unknown = [f for f in families if f not in FAMILIES]
         if unknown or not families:

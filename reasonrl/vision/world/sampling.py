@@ -16,7 +16,7 @@ import numpy as np
 from .palette import BACKGROUND_MAX, BACKGROUND_MIN, COLOURS, MIN_GRADIENT_CONTRAST, sample_background_colour
 from .render import render
 from .scene import Background, Scene, SceneObject
-from .shapes import MIN_SIDE, SHAPES, SIZES, size_extent, template_box
+from .shapes import MAX_SIDE, MIN_SIDE, SHAPES, SIZES, size_extent, template_box
 
 GAP = 2  # background pixels at least between two objects' boxes in a clean scene
 BORDER = 1  # background pixels at least between an object's square and the image edge
@@ -45,8 +45,9 @@ class SceneConfig:
 
     def __post_init__(self):
         for name in ("width", "height"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < MIN_SIDE:
-                raise ValueError(f"SceneConfig.{name} must be an integer >= {MIN_SIDE}, got {getattr(self, name)!r}")
+            if not isinstance(getattr(self, name), int) or not MIN_SIDE <= getattr(self, name) <= MAX_SIDE:
+                raise ValueError(f"SceneConfig.{name} must be an integer >= {MIN_SIDE} and at most {MAX_SIDE}, "
+                                 f"got {getattr(self, name)!r}")
         if not (isinstance(self.min_objects, int) and isinstance(self.max_objects, int)
                 and 1 <= self.min_objects <= self.max_objects <= 8):
             raise ValueError(f"SceneConfig.min_objects and max_objects must satisfy 1 <= min <= max <= 8, "

@@ -24,6 +24,7 @@ SIZES: tuple[str, ...] = ("small", "medium", "large")
 SIZE_FRACTIONS = {"small": 1 / 7, "medium": 3 / 14, "large": 2 / 7}  # of the image side: 16, 24, 32 at 112
 TEXTURES: tuple[str, ...] = ("solid", "striped")
 MIN_SIDE = 64  # smallest image side: small objects are 9 pixels there, still with visible stripes
+MAX_SIDE = 2048  # largest: a 20,000-pixel scene takes gigabytes to render
 CROSS_HALF_ARM = 0.18  # half the width of a cross's bars, as a fraction of the extent
 STAR_INNER = 0.5  # inner / outer radius of the star (a regular star is 0.38: too thin when small)
 

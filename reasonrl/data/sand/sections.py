@@ -16,7 +16,7 @@ from reasonrl.eval.client import ClientConfig
 
 from .prompts import SOLVE_SYSTEM
 
-MAX_PROBLEMS = 1_000_000  # generate.problems: a run's slots are built up front (about 13 s and 1 GB at this many)
+MAX_PROBLEMS = 1_000_000  # generate.problems: a run's slots are all built up front, in memory
 AIME_BRANCHES = ["algebra", "geometry", "trigonometry", "number theory", "probability", "combinatorics"]
 
 

@@ -98,10 +98,11 @@ def arithmetic_from_spec(argument: str) -> Environment:
 
 
 def sums_from_spec(argument: str) -> Environment:
-    """`sums:?max_terms=10&p=0.3&min_terms=2`: chains of single-digit additions with a scratchpad."""
+    """`sums:?max_terms=10&p=0.3&min_terms=2&tolerance=0`: chains of single-digit additions with a scratchpad."""
     from .sums import SumsEnvironment
 
-    return SumsEnvironment(**spec_options(argument, "sums", {"max_terms": int, "p": float, "min_terms": int}))
+    return SumsEnvironment(**spec_options(argument, "sums", {"max_terms": int, "p": float, "min_terms": int,
+                                                                  "tolerance": int}))
 
 
 def letter_from_spec(argument: str) -> Environment:

@@ -7,6 +7,10 @@ The number of terms follows a geometric law (2 terms most often, up to `max_term
 chain of thought, one step per term, varies a lot in length: a few rollouts are long, most
 short, as in reasoning RL. The reward is 1 when the last `\\boxed{}` holds the exact sum.
 `min_terms` raises the shortest problem (a held-out hard split: `sums:?min_terms=7`).
+`tolerance` makes the verifier lenient, as a grader with a numeric tolerance is: a box within
+`tolerance` of the sum is rewarded too (`sums:?tolerance=2`), so a round-number guess near the
+total often passes. The step labels stay exact: with it, the outcome reward accepts answers the
+process labels call wrong, the case a process reward model is for (docs/prm.md).
 
 Every step of a worked response (steps separated by spaces: each `a+b=c` running total, then
 `\\boxed{s}`) is exactly right or wrong, so `step_labels` gives exact process labels: step k is
@@ -33,6 +37,7 @@ from reasonrl.envs.math.extract import last_boxed
 
 _STEP = re.compile(r"(\d{1,6})\+(\d{1,6})=(\d{1,7})")
 _BOX = re.compile(r"\\boxed\{(\d{1,7})\}")
+_NUMBER = re.compile(r"[0-9]{1,7}")
 
 
 MAX_MISSES = 10_000  # draws in a row that give no new problem of the split before it is taken as used up
@@ -71,12 +76,14 @@ class SumsEnvironment(Environment):
     name = "sums"
     step_delimiter = " "  # one step per running total
 
-    def __init__(self, max_terms: int = 10, p: float = 0.3, min_terms: int = 2):
+    def __init__(self, max_terms: int = 10, p: float = 0.3, min_terms: int = 2, tolerance: int = 0):
         if not 2 <= min_terms <= max_terms:
             raise ValueError(f"sums: need 2 <= min_terms <= max_terms, got min_terms={min_terms}, max_terms={max_terms}")
         if not 0.0 <= p <= 1.0:  # (a NaN fails too)
             raise ValueError(f"sums: p is a probability (0 to 1), got {p}")
-        self.max_terms, self.p, self.min_terms = max_terms, p, min_terms
+        if tolerance < 0:
+            raise ValueError(f"sums: tolerance is a distance from the sum (0: exact), got {tolerance}")
+        self.max_terms, self.p, self.min_terms, self.tolerance = max_terms, p, min_terms, tolerance
 
     def prompts(self, n=None, seed=0, split="train"):
         """n prompts of the split (2000 by default), or all it has when that is fewer: `max_terms=2`
@@ -111,8 +118,11 @@ class SumsEnvironment(Environment):
             yield from itertools.product(range(1, 10), repeat=k)
 
     def score(self, prompt, response):
-        boxed = last_boxed(response[-2000:])
-        return 1.0 if boxed is not None and boxed.strip() == str(prompt.answer) else 0.0
+        boxed = (last_boxed(response[-2000:]) or "").strip()
+        if boxed == str(prompt.answer):
+            return 1.0
+        near = self.tolerance and _NUMBER.fullmatch(boxed) and abs(int(boxed) - prompt.answer) <= self.tolerance
+        return 1.0 if near else 0.0
 
     def extract(self, prompt, response):
         return last_boxed(response[-2000:])

@@ -6,11 +6,14 @@ prompts with the current policy (our engine), ranks each prompt's responses by t
 the best `keep_per_prompt` of those scoring at least `min_reward`, and runs SFT on them.
 
 Where this departs from them:
-- Rewards: `outcome` (the environment's verifier) or `prm` (a PRM's aggregated step scores); the
-  paper's reward models are not ours. The policy is fine-tuned in place round after round (no
-  restart from the base model); each round gets a fresh engine, since the weights changed.
+- Rewards: `outcome` (the environment's verifier), `prm` (a PRM's aggregated step scores) or
+  `outcome+prm` (the PRM ranks the samples the verifier accepts); the paper's reward models are
+  not ours. The policy is fine-tuned in place round after round (no restart from the base
+  model); each round gets a fresh engine, since the weights changed.
 - Held-out accuracy (greedy, the environment's verifier) is measured before the first round and
   after every round, with the number of samples drawn so far, so runs compare at equal samples.
+  `eval_env` measures it, and judges the kept samples, with another verifier than the one that
+  ranks: train on a lenient outcome reward, measure against the exact one.
 - `--out` is a run directory like `reasonrl train`'s: each round is checkpointed (policy and the
   metrics so far), and rerunning the same command goes on after the last saved round.
 """
@@ -34,7 +37,7 @@ from reasonrl.models.loader import has_weights, save_model
 from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.reward.prm.completer import Completer, Request
 from reasonrl.rl.checkpoint import checkpoint_step, latest_checkpoint, load_trainer_state, save_checkpoint
-from reasonrl.rl.run import open_run
+from reasonrl.rl.run import open_run, save_config
 from reasonrl.rl.sft import SFTConfig, sft_example, train_sft
 from reasonrl.rl.train import RunControl, say
 
@@ -48,12 +51,17 @@ class RaftConfig:
     to resume from) and the final policy at its root."""
     env: str = "sums:"
     """Environment spec: training prompts, the outcome reward, held-out problems."""
-    reward: Literal["outcome", "prm"] = "outcome"
-    """What ranks the samples: the environment's verifier, or a PRM's aggregated step scores."""
+    eval_env: str | None = None
+    """Environment spec of the held-out problems and of the verifier that measures accuracy and judges
+    the kept samples (default: env). The same environment as env, with other options (e.g.
+    env "sums:?tolerance=2", eval_env "sums:")."""
+    reward: Literal["outcome", "prm", "outcome+prm"] = "outcome"
+    """What ranks the samples: the environment's verifier, a PRM's aggregated step scores, or both
+    (outcome+prm: the PRM's score where the verifier accepts the answer, 0 elsewhere)."""
     prm: str | None = None
-    """reward=prm: the PRM directory."""
+    """reward=prm or outcome+prm: the PRM directory."""
     aggregation: str = "min"
-    """reward=prm: how step scores make a solution's score (min, mean, last, product)."""
+    """reward=prm or outcome+prm: how step scores make a solution's score (min, mean, last, product)."""
     rounds: int = 3
     """Sample-rank-fine-tune rounds."""
     prompts_per_round: int = 64
@@ -80,10 +88,10 @@ class RaftConfig:
     """cpu, cuda or cuda:N (default: cuda when available)."""
 
     def __post_init__(self):
-        if self.reward not in ("outcome", "prm"):
-            raise ValueError(f"reward must be outcome or prm, got {self.reward!r}")
-        if self.reward == "prm" and not self.prm:
-            raise ValueError("reward=prm needs --prm DIR")
+        if self.reward not in ("outcome", "prm", "outcome+prm"):
+            raise ValueError(f"reward must be outcome, prm or outcome+prm, got {self.reward!r}")
+        if self.reward != "outcome" and not self.prm:
+            raise ValueError(f"reward={self.reward} needs --prm DIR")
         positive_ints(self, ("rounds", "prompts_per_round", "samples_per_prompt", "keep_per_prompt", "max_tokens"), "")
 
 
@@ -98,8 +106,36 @@ def reward_fn(cfg: RaftConfig, env: Environment) -> Scorer:
 
     check_aggregations([cfg.aggregation])
     scorer = PRMScorer(*load_prm(cfg.prm, device=cfg.device))
-    return lambda prompts, responses: [aggregate(s.read, cfg.aggregation) for s in  # (steps past max_len unread,
-                                       scorer.score([(p.messages, r) for p, r in zip(prompts, responses)])]  # not 0)
+
+    def prm(prompts, responses):
+        return [aggregate(s.read, cfg.aggregation) for s in  # (steps past max_len unread, not 0)
+                scorer.score([(p.messages, r) for p, r in zip(prompts, responses)])]
+
+    if cfg.reward == "prm":
+        return prm
+
+    def verified(prompts, responses):  # the PRM reads only what the verifier accepts
+        accepted = [i for i, r in enumerate(env.rewards(prompts, responses)) if r >= 0.5]
+        out = [0.0] * len(responses)
+        for i, score in zip(accepted, prm([prompts[i] for i in accepted], [responses[i] for i in accepted])):
+            out[i] = score
+        return out
+
+    return verified
+
+
+def environments(cfg: RaftConfig) -> tuple[Environment, Environment]:
+    """The training environment and the one that measures (the same one without eval_env)."""
+    from reasonrl.envs.registry import load_environment
+
+    env = load_environment(cfg.env)
+    if cfg.eval_env is None:
+        return env, env
+    judge = load_environment(cfg.eval_env)
+    if type(judge) is not type(env):  # its verifier would read the kept samples' prompts as its own
+        raise ValueError(f"--eval-env {cfg.eval_env!r} is another environment than --env {cfg.env!r}: it judges the "
+                         "kept training samples, so it must be the same environment with other options")
+    return env, judge
 
 
 def sample(model, tokenizer, prompts: Sequence[Prompt], n: int, temperature: float, max_tokens: int, seed
@@ -136,38 +172,39 @@ def run_raft(cfg: RaftConfig, control: RunControl = RunControl(), stop=None, log
     other settings refused unless `control` says so), each round is checkpointed there, and a rerun
     goes on after the last round saved: its seeds are the round's own, so it ends where an
     uninterrupted run does."""
-    from reasonrl.envs.registry import load_environment
-
-    out = open_run(cfg.out, {"raft": to_dict(cfg)}, overwrite=control.overwrite, accept_changes=control.accept_changes,
-                   free_keys=set(), console=False, inputs=(cfg.policy, cfg.prm))
+    config = {"raft": to_dict(cfg)}
+    out = open_run(cfg.out, config, overwrite=control.overwrite, accept_changes=control.accept_changes,
+                   free_keys=set(), console=False, inputs=(cfg.policy, cfg.prm), save=False)
     latest = latest_checkpoint(out)
     if checkpoint_step(latest) >= cfg.rounds:
         say(f"{out}: this run is finished (round {checkpoint_step(latest)} of {cfg.rounds}); nothing to do. For more "
             "rounds, raise --rounds and add --accept-changes; to start over, add --overwrite.")
+        save_config(out, config, free_keys=set())
         history = load_trainer_state(latest)["raft"]
         _write_metrics(out, history)  # killed between the last checkpoint and its metrics: the checkpoint's
         if not has_weights(out):  # stopped after its last checkpoint, before the policy (its weights go in last)
             save_model(load_model(latest, device=cfg.device, dtype=torch.float32), out, Tokenizer.from_dir(latest),
                        atomic=True)
         return history
-    env = load_environment(cfg.env)
+    env, judge = environments(cfg)
     # a resumed run starts from its last round's policy, read once
     model = load_model(latest or cfg.policy, device=cfg.device, dtype=torch.float32)
     tokenizer = Tokenizer.from_dir(cfg.policy)
-    score, held_out = reward_fn(cfg, env), env.prompts(cfg.eval_problems, seed=cfg.seed, split="eval")
+    score, held_out = reward_fn(cfg, env), judge.prompts(cfg.eval_problems, seed=cfg.seed, split="eval")
+    save_config(out, config, free_keys=set())  # only now: a rerun refused on the way leaves the run as it was
     if latest is not None:
         history = load_trainer_state(latest)["raft"]
         _write_metrics(out, history)  # as the checkpoint has them (a kill may have come between the two)
         say(f"resuming after round {len(history) - 1} ({latest})")
     else:
-        history = [{"round": 0, "samples": 0, "accuracy": held_out_accuracy(model, tokenizer, env, held_out, cfg.max_tokens)}]
+        history = [{"round": 0, "samples": 0, "accuracy": held_out_accuracy(model, tokenizer, judge, held_out, cfg.max_tokens)}]
         log(json.dumps(history[-1]))
         _write_metrics(out, history)
     try:
         while len(history) <= cfg.rounds and not stop:
             rnd = len(history)
-            history.append(raft_round(cfg, env, model, tokenizer, score, rnd, history[-1]["samples"]))
-            history[-1]["accuracy"] = held_out_accuracy(model, tokenizer, env, held_out, cfg.max_tokens)
+            history.append(raft_round(cfg, env, judge, model, tokenizer, score, rnd, history[-1]["samples"]))
+            history[-1]["accuracy"] = held_out_accuracy(model, tokenizer, judge, held_out, cfg.max_tokens)
             log(json.dumps(history[-1]))
             save_checkpoint(out, rnd, model, tokenizer, {"raft": history}, keep=1)
             _write_metrics(out, history)
@@ -189,8 +226,10 @@ def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
     tmp.replace(out / "metrics.jsonl")  # a kill mid-write leaves the last whole file
 
 
-def raft_round(cfg: RaftConfig, env: Environment, model, tokenizer, score: Scorer, rnd: int, samples: int) -> dict[str, Any]:
-    """Sample, rank, keep, fine-tune in place; what happened."""
+def raft_round(cfg: RaftConfig, env: Environment, judge: Environment, model, tokenizer, score: Scorer, rnd: int,
+               samples: int) -> dict[str, Any]:
+    """Sample, rank, keep, fine-tune in place; what happened (`kept_correct`: the share of kept samples
+    the evaluation verifier, `judge`, accepts)."""
     start = time.perf_counter()
     prompts = env.prompts(cfg.prompts_per_round, seed=cfg.seed * 1000 + rnd, split="train")
     requests = sample(model, tokenizer, prompts, cfg.samples_per_prompt, cfg.temperature, cfg.max_tokens, (cfg.seed, rnd))
@@ -199,7 +238,7 @@ def raft_round(cfg: RaftConfig, env: Environment, model, tokenizer, score: Score
     if kept:
         data = [sft_example(p.messages, r, tokenizer) for p, r in kept]
         train_sft(model, data, SFTConfig(epochs=cfg.epochs, lr=cfg.lr, samples_per_step=16, seed=cfg.seed + rnd))
-    truth = env.rewards([p for p, _ in kept], [r for _, r in kept]) if kept else []
-    correct = env.metrics([p for p, _ in kept], [r for _, r in kept], truth)["accuracy"] if kept else 0.0
+    truth = judge.rewards([p for p, _ in kept], [r for _, r in kept]) if kept else []
+    correct = judge.metrics([p for p, _ in kept], [r for _, r in kept], truth)["accuracy"] if kept else 0.0
     return {"round": rnd, "samples": samples + len(rewards), "kept": len(kept),
             "kept_correct": correct, "seconds": time.perf_counter() - start}

@@ -43,6 +43,12 @@ HARD="sums:?min_terms=7&max_terms=12"
 [ -f "$OUT/raft-hard-outcome/metrics.jsonl" ] || $R raft $RAFT --env "$HARD" --out "$OUT/raft-hard-outcome" --reward outcome
 [ -f "$OUT/raft-hard-prm/metrics.jsonl" ] || $R raft $RAFT --env "$HARD" --out "$OUT/raft-hard-prm" --reward prm --prm "$OUT/prm-consistent4"
 [ -f "$OUT/raft-hard-orm/metrics.jsonl" ] || $R raft $RAFT --env "$HARD" --out "$OUT/raft-hard-orm" --reward prm --prm "$OUT/orm" --aggregation last
+# a lenient verifier (a box within 2 of the sum passes, so a round-number guess often does), measured exactly
+lenient() { name=$1; shift; [ -f "$OUT/$name/metrics.jsonl" ] || $R raft $RAFT --env "$HARD&tolerance=2" --eval-env "$HARD" \
+  --out "$OUT/$name" "$@"; }
+lenient raft-lenient-outcome --reward outcome
+lenient raft-lenient-prm --reward prm --prm "$OUT/prm-consistent4"
+lenient raft-lenient-outcome-prm --reward outcome+prm --prm "$OUT/prm-consistent4"
 # does the PRM still judge the RAFT policies' solutions? held-out solutions of each, exactly labelled, judged by it
 for reward in outcome prm; do
   [ -f "$OUT/heldout-raft-$reward.jsonl" ] || $R prm label --policy "$OUT/raft-$reward" --env "sums:" --data-split eval \

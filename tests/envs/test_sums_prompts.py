@@ -38,3 +38,23 @@ def test_an_unknown_split_is_refused_not_drawn_from_the_training_side():
 
     with pytest.raises(ValueError, match="unknown split 'test'; known: train, eval"):
         SumsEnvironment().prompts(3, split="test")
+
+
+def test_a_tolerance_makes_the_outcome_lenient_and_leaves_the_step_labels_exact():
+    """`sums:?tolerance=2`: a grader with a numeric tolerance, which a round-number guess near the total
+    passes, while the process labels still call that box wrong (the case a PRM is for)."""
+    import pytest
+
+    from reasonrl.envs.registry import load_environment
+
+    exact, lenient = load_environment("sums:"), load_environment("sums:?tolerance=2")
+    prompt = exact.prompts(1, seed=3)[0]
+    near, far = f"\\boxed{{{prompt.answer + 2}}}", f"\\boxed{{{prompt.answer + 3}}}"
+    assert [exact.score(prompt, r) for r in (near, far)] == [0.0, 0.0]
+    assert [lenient.score(prompt, r) for r in (near, far)] == [1.0, 0.0]
+    assert lenient.step_labels(prompt, [near]) == exact.step_labels(prompt, [near]) == [0]
+    for garbage in ("\\boxed{²}", "\\boxed{-1}", "\\boxed{1e9}", "\\boxed{}", "", "\\boxed{" + "9" * 40 + "}"):
+        assert lenient.score(prompt, garbage) == 0.0
+    assert exact.score(prompt, f"\\boxed{{0{prompt.answer}}}") == 0.0  # exact stays a string match
+    with pytest.raises(ValueError, match="tolerance"):
+        load_environment("sums:?tolerance=-1")

@@ -38,6 +38,8 @@ def test_bad_options_are_named():
         RaftConfig(policy=POLICY, out="x", reward="prm")
     with pytest.raises(ValueError, match="rounds"):
         RaftConfig(policy=POLICY, out="x", rounds=0)
+    with pytest.raises(ValueError, match="outcome\\+prm needs --prm"):
+        RaftConfig(policy=POLICY, out="x", reward="outcome+prm")
 
 
 def test_the_prm_reward_aggregates_only_the_steps_the_prm_read(monkeypatch):
@@ -60,6 +62,32 @@ def test_the_prm_reward_aggregates_only_the_steps_the_prm_read(monkeypatch):
     for aggregation, expected in (("min", 0.8), ("last", 0.8), ("mean", 0.85)):
         cfg = RaftConfig(policy=POLICY, out="x", reward="prm", prm="p", aggregation=aggregation)
         assert raft.reward_fn(cfg, None)(prompts, ["a\n\nb\n\nc"]) == [pytest.approx(expected)]
+
+
+def test_outcome_plus_prm_ranks_only_what_the_verifier_accepts(monkeypatch):
+    from reasonrl.envs.registry import load_environment
+    from reasonrl.reward.prm import model, scoring
+    from reasonrl.reward.prm.scoring import StepScores
+    from reasonrl.rl import raft
+
+    read = []
+
+    class Scorer:
+        def __init__(self, *a, **k):
+            pass
+
+        def score(self, pairs):
+            read.extend(r for _, r in pairs)
+            return [StepScores(steps=[r], scores=[0.3 if "guess" in r else 0.9], seen=1) for _, r in pairs]
+
+    monkeypatch.setattr(model, "load_prm", lambda *a, **k: (None, None))
+    monkeypatch.setattr(scoring, "PRMScorer", Scorer)
+    env = load_environment("sums:")
+    p = env.prompts(1)[0]
+    right, guess, wrong = f"worked \\boxed{{{p.answer}}}", f"guess \\boxed{{{p.answer}}}", "\\boxed{0}"
+    cfg = RaftConfig(policy=POLICY, out="x", reward="outcome+prm", prm="p")
+    assert raft.reward_fn(cfg, env)([p] * 3, [wrong, guess, right]) == [0.0, 0.3, 0.9]
+    assert read == [guess, right]  # the PRM never read the rejected sample
 
 
 @pytest.mark.slow
@@ -105,7 +133,7 @@ def test_a_raft_run_killed_after_a_round_resumes_there_and_ends_as_an_uninterrup
     one_round, rounds = raft.raft_round, []
 
     def killed_in_round_2(cfg, *args):
-        if args[4] == 2:
+        if args[5] == 2:
             raise Killed
         return one_round(cfg, *args)
 
@@ -113,7 +141,7 @@ def test_a_raft_run_killed_after_a_round_resumes_there_and_ends_as_an_uninterrup
     with pytest.raises(Killed):
         main(raft_args(tmp_path / "cut"))
     assert (tmp_path / "cut" / "checkpoints" / "step_000001").is_dir()
-    monkeypatch.setattr(raft, "raft_round", lambda cfg, *args: rounds.append(args[4]) or one_round(cfg, *args))
+    monkeypatch.setattr(raft, "raft_round", lambda cfg, *args: rounds.append(args[5]) or one_round(cfg, *args))
     assert main(raft_args(tmp_path / "cut")) == 0
     assert rounds == [2]  # round 1 was not run again
     metrics = [[{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in
@@ -147,7 +175,7 @@ def test_raft_out_follows_the_run_directory_rules(tmp_path, monkeypatch, capsys)
     from reasonrl.rl import raft
 
     monkeypatch.setattr(raft, "held_out_accuracy", lambda *a: 0.5)  # the directory rules, not the training
-    monkeypatch.setattr(raft, "raft_round", lambda cfg, env, model, tok, score, rnd, samples: {"round": rnd, "samples": 0})
+    monkeypatch.setattr(raft, "raft_round", lambda cfg, env, judge, model, tok, score, rnd, samples: {"round": rnd, "samples": 0})
     policy = shutil.copytree(POLICY, tmp_path / "policy")
     weights = (policy / "model.safetensors").read_bytes()
     assert main([str(policy) if a == POLICY else a for a in raft_args(policy)]) == 2  # --policy P --out P
@@ -170,7 +198,7 @@ def test_a_stopped_or_interrupted_raft_says_what_is_saved(tmp_path, monkeypatch,
 
     stop = StopSignal()
 
-    def one_round(cfg, env, model, tok, score, rnd, samples):
+    def one_round(cfg, env, judge, model, tok, score, rnd, samples):
         if rnd == 2:
             raise KeyboardInterrupt  # a second Ctrl-C, mid-round
         stop.request() if cfg.seed == 1 else None  # a first one: stop after this round
@@ -184,3 +212,41 @@ def test_a_stopped_or_interrupted_raft_says_what_is_saved(tmp_path, monkeypatch,
     cfg = RaftConfig(policy=POLICY, out=str(tmp_path / "stopped"), rounds=2, eval_problems=4, seed=1, device="cpu")
     assert [h["round"] for h in raft.run_raft(cfg, stop=stop, log=lambda *a: None)] == [0, 1]
     assert "stopped after round 1 of 2" in capsys.readouterr().err
+
+
+def test_eval_env_measures_with_its_own_verifier(tmp_path, monkeypatch):
+    """Trained on a lenient outcome reward (a box within 3 of the sum passes), measured against the exact one:
+    every sample is one off, so every one is kept, none is right, and held-out accuracy is 0, not 1."""
+    from reasonrl.rl import raft
+
+    def one_off(model, tokenizer, prompts, n, *a):
+        return requests(prompts, [[f"\\boxed{{{p.answer + 1}}}"] * n for p in prompts])
+
+    monkeypatch.setattr(raft, "sample", one_off)
+    monkeypatch.setattr(raft, "train_sft", lambda *a, **k: None)
+    args = raft_args(tmp_path / "run", "--rounds", "1")
+    args[args.index("sums:?max_terms=4")] = "sums:?max_terms=4&tolerance=3"
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["accuracy"] for r in rows] == [1.0, 1.0] and rows[1]["kept"] == 4 and rows[1]["kept_correct"] == 1.0
+    assert main(args[:args.index("--out") + 1] + [str(tmp_path / "exact")] + args[args.index("--out") + 2:]
+                + ["--eval-env", "sums:?max_terms=4"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "exact" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["accuracy"] for r in rows] == [0.0, 0.0] and rows[1]["kept"] == 4 and rows[1]["kept_correct"] == 0.0
+
+
+def test_a_refused_rerun_leaves_the_saved_config(tmp_path, monkeypatch, capsys):
+    """open_run saved the new config before the environments loaded: a rerun refused for a bad --env or
+    --eval-env (after --accept-changes) had rewritten config.yaml and logged the changes anyway."""
+    from reasonrl.rl import raft
+
+    monkeypatch.setattr(raft, "held_out_accuracy", lambda *a: 0.5)
+    monkeypatch.setattr(raft, "raft_round", lambda cfg, env, judge, model, tok, score, rnd, samples: {"round": rnd, "samples": 0})
+    assert main(raft_args(tmp_path / "run")) == 0
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    for bad, message in ((["--eval-env", "letter:a"], "another environment than --env"),
+                         (["--env", "sums:?max_terms=4&bogus=1"], "unknown option 'bogus'")):
+        assert main(raft_args(tmp_path / "run", "--rounds", "3", *bad, "--accept-changes")) == 2
+        assert message in capsys.readouterr().err
+        assert (tmp_path / "run" / "config.yaml").read_text() == saved
+        assert not (tmp_path / "run" / "config_changes.jsonl").exists()

@@ -140,6 +140,36 @@ def test_train_job_saves_a_prm_that_loads_and_scores_the_same(tmp_path):
     assert (tmp_path / "prm" / "train.json").is_file()
 
 
+def test_a_rerun_refused_before_the_prm_is_saved_leaves_the_config_as_it_was(tmp_path, monkeypatch):
+    """A started run's config was rewritten before a base that does not load, or data with no label
+    the PRM sees, refused the rerun."""
+    import json
+    from dataclasses import replace
+
+    import reasonrl.reward.prm.run as prm_run
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in sums_rows(8, "train")))
+    job, quiet = PRMTrainJob(data=str(data), out=str(tmp_path / "prm"), device="cpu"), lambda *a: None
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # Ctrl-C while training: the run directory holds its config only
+        m.setattr(prm_run, "train_prm", interrupted)
+        with pytest.raises(KeyboardInterrupt, match="nothing was saved"):
+            run_train(job, PRMConfig(steps=SPACE), PRMTrainConfig(labels="exact"), log=quiet)
+    saved = (tmp_path / "prm" / "config.yaml").read_bytes()
+    with pytest.raises(FileNotFoundError, match="no-model does not exist"):
+        run_train(replace(job, base=str(tmp_path / "no-model"), threshold=0.3), PRMConfig(steps=SPACE),
+                  PRMTrainConfig(labels="exact"), log=quiet)
+    assert (tmp_path / "prm" / "config.yaml").read_bytes() == saved
+    with pytest.raises(ValueError, match="no solution has a exact label on a step the PRM sees"):
+        run_train(job, PRMConfig(steps=SPACE, max_len=2), PRMTrainConfig(labels="exact"), log=quiet)
+    assert (tmp_path / "prm" / "config.yaml").read_bytes() == saved
+    assert not (tmp_path / "prm" / "config_changes.jsonl").exists()
+
+
 def test_bad_inputs_are_named(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": []}\n')

@@ -70,6 +70,21 @@ def test_a_changed_config_is_refused_unless_accepted(tmp_path):
     assert longer.step_count == 2
 
 
+def test_an_accepted_rerun_refused_on_the_way_leaves_the_config_as_it_was(tmp_path):
+    """The saved config was rewritten (and the change recorded) before the checkpoint failed to load."""
+    from dataclasses import replace
+
+    run = RunSettings(out=str(tmp_path / "run"))
+    assert run_job(job(1), run, {"model": "tiny", "steps": 1}, console=False) == 0
+    saved = (tmp_path / "run" / "config.yaml").read_bytes()
+    bigger = TokenizerJob(replace(MODEL, encoder_layers=2), TokenizerTrainConfig(steps=2, images_per_step=4,
+                                                                                 eval_images=4), ImageConfig())
+    with pytest.raises(ValueError, match="missing tensors"):  # the checkpoint has one encoder layer
+        run_job(bigger, run, {"model": "two layers", "steps": 2}, RunControl(accept_changes=True), console=False)
+    assert (tmp_path / "run" / "config.yaml").read_bytes() == saved
+    assert not (tmp_path / "run" / "config_changes.jsonl").exists()
+
+
 def test_run_settings_are_checked():
     with pytest.raises(ValueError, match="save_every"):
         RunSettings(out="x", save_every=0)

@@ -28,7 +28,7 @@ from reasonrl.reward.prm.best_of_n import Candidate, curves, rules
 from reasonrl.reward.prm.scoring import PRMScorer, StepScores, aggregate, check_aggregations, prompt_problem
 from reasonrl.reward.prm.steps import StepFormat, split_steps
 from reasonrl.reward.prm.train import PRMTrainConfig, train_prm
-from reasonrl.rl.run import open_run
+from reasonrl.rl.run import open_run, save_config
 from reasonrl.rl.train import RunControl
 
 
@@ -166,9 +166,9 @@ def run_train(job: PRMTrainJob, prm_cfg: PRMConfig, cfg: PRMTrainConfig, log=pri
     rows = read_rows(job.data, labels=cfg.labels, completions=cfg.completions)
     held_out = read_rows(job.eval_data, labels="exact") if job.eval_data else None
     check_step_format(job.data, rows, prm_cfg.steps)
-    out = open_run(job.out, {"job": to_dict(job), "model": to_dict(prm_cfg), "train": to_dict(cfg)},
-                   overwrite=control.overwrite, free_keys=set(), console=False, work=("train.json", CONFIG_FILE),
-                   inputs=(job.base, job.data, job.eval_data), resumes=False)
+    config, work = {"job": to_dict(job), "model": to_dict(prm_cfg), "train": to_dict(cfg)}, ("train.json", CONFIG_FILE)
+    out = open_run(job.out, config, overwrite=control.overwrite, free_keys=set(), console=False, work=work,
+                   inputs=(job.base, job.data, job.eval_data), resumes=False, save=False)
     if (out / "train.json").is_file():
         log(f"{out}: this PRM is trained already; nothing to do (add --overwrite to train it afresh)")
         return json.loads((out / "train.json").read_text())
@@ -178,6 +178,9 @@ def run_train(job: PRMTrainJob, prm_cfg: PRMConfig, cfg: PRMTrainConfig, log=pri
     except KeyboardInterrupt:
         raise KeyboardInterrupt("nothing was saved (a PRM is saved when trained): rerun the same command to train "
                                 "it afresh") from None
+    # only now: nothing is written before the trained PRM, and a rerun refused on the way (a base that does not
+    # load, data with no label the PRM sees) leaves the run as it was
+    save_config(out, config, set(), work)
     save_prm(scorer.prm, out, scorer.tokenizer)
     result = {"job": to_dict(job), "train": to_dict(cfg), "examples": history["examples"],
               "final_loss": history["loss"][-1]}

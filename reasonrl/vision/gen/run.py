@@ -24,7 +24,7 @@ import torch
 from reasonrl.config import min_ints
 from reasonrl.rl.checkpoint import checkpoint_dir, latest_checkpoint, list_checkpoints, load_trainer_state, rng_state
 from reasonrl.rl.metrics import MetricsLogger, StepClock
-from reasonrl.rl.run import open_run
+from reasonrl.rl.run import open_run, save_config
 from reasonrl.rl.train import RunControl
 from reasonrl.rl.update import resume_optimizer
 from reasonrl.stop import StopSignal
@@ -96,10 +96,13 @@ def run_job(job: Job, run: RunSettings, config: dict[str, Any], control: RunCont
     from reasonrl.rl.report import write_report
 
     out = open_run(run.out, config, overwrite=control.overwrite, accept_changes=control.accept_changes,
-                   free_keys=FREE_KEYS, console=console)
+                   free_keys=FREE_KEYS, console=console, save=False)
+    resumed = _resume(job, out, console)
+    # only now: a rerun refused on the way (an accepted model change its checkpoint does not fit) changes nothing
+    save_config(out, config, FREE_KEYS)
     logger = MetricsLogger(out, job.steps, console)
-    if not _resume(job, out, logger, console):
-        logger.truncate_after(-1)
+    logger.truncate_after(job.step_count if resumed else -1)
+    if not resumed:
         logger.log(0, job.evaluate())
     elif job.step_count >= job.steps:
         say(f"{out}: this run is finished (step {job.step_count} of {job.steps}); nothing to do. To train longer, "
@@ -145,14 +148,13 @@ def save_job_checkpoint(run_dir: Path, job: Job, keep: int) -> Path:
     return final
 
 
-def _resume(job: Job, out: Path, logger: MetricsLogger, console: bool) -> bool:
+def _resume(job: Job, out: Path, console: bool) -> bool:
     path = latest_checkpoint(out)
     if path is None:
         return False
     job.load(path)
     state = load_trainer_state(path)  # also restores the RNG states
     job.load_state_dict(state["job"])
-    logger.truncate_after(job.step_count)
     if console:
         say(f"resumed from {path} (step {job.step_count} of {job.steps})")
     return True

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import MISSING
 from pathlib import Path
 
 from reasonrl.cli.flags import add_flags, values
+from reasonrl.progress import EVERY
 
 
 def add_model_flags(parser: argparse.ArgumentParser, with_path: bool = True) -> None:
@@ -50,6 +52,17 @@ def read_prompts(given: list[str] | None) -> list[str]:
     return prompts
 
 
+def progress_interval(text: str) -> float:
+    """--progress-every: seconds, >= 0 (inf: no progress lines)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if math.isnan(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"not a number of seconds >= 0 (inf: none): {text!r}")
+    return value
+
+
 def serve(parser: argparse.ArgumentParser):
     from reasonrl.engine.server import ServeConfig
 
@@ -77,6 +90,10 @@ def generate(parser: argparse.ArgumentParser):
     parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=False,
                         help="render each prompt as a user message with the checkpoint's chat template (the demo "
                              "policy and chat models need it) (default: False)")
+    parser.add_argument("--progress-every", type=progress_interval, default=EVERY, metavar="SECONDS",
+                        help="seconds between progress lines on stderr (`generate: 37/500 prompts done (12.3 s, ...)`; "
+                             "none for a job quicker than that; 0: after every engine step, inf: none) "
+                             f"(default: {EVERY:g})")
     add_model_flags(parser)
     add_flags(parser, SamplingParams, only=["temperature", "top_p", "top_k", "min_p", "max_tokens", "seed", "n", "stop"],
               title="sampling (SamplingParams)", defaults={"temperature": 0.0, "max_tokens": 128})
@@ -94,9 +111,9 @@ def generate(parser: argparse.ArgumentParser):
             raise ValueError("no prompts: give them as arguments (before --stop, or after --) or on stdin, one per line")
         llm = LLM(model["path"], device=model["device"], dtype=model["dtype"], **engine_options(args))
         if args.chat:
-            outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params)
+            outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], params, progress=args.progress_every)
         else:
-            outs = llm.generate(prompts, params)
+            outs = llm.generate(prompts, params, progress=args.progress_every)
         for p, out in zip(prompts, outs):
             texts = [o.text for o in out.outputs]
             print(f"### {p}\n" + "\n---\n".join(texts) + "\n")

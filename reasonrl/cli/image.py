@@ -173,10 +173,16 @@ class GenerateImageJob:
     """Also write grid.png, all images in one picture (upscaled 2x)."""
     overwrite: bool = False
     """Delete an earlier run's NNNN.png, grid.png and prompts.jsonl in `out` first (without it they are refused)."""
+    progress_every: float = 5.0
+    """Seconds between progress lines on stderr (`generate-image: 64/500 images done (12.3 s)`, after each
+    batch; none for a job quicker than that; 0: after every batch, inf: none)."""
 
     def __post_init__(self):
         if not isinstance(self.per_prompt, int) or self.per_prompt < 1:
             raise ValueError(f"per_prompt must be >= 1, got {self.per_prompt!r}")
+        every = self.progress_every
+        if isinstance(every, bool) or not isinstance(every, (int, float)) or not every >= 0:  # (NaN too)
+            raise ValueError(f"progress_every must be a number of seconds >= 0 (inf: none), got {every!r}")
 
 
 def generate_image(parser: argparse.ArgumentParser):
@@ -193,7 +199,8 @@ def generate_image(parser: argparse.ArgumentParser):
         prompts = [p.strip() for p in read_prompts(job.prompts)]
         if not prompts:
             raise ValueError("no prompts: give them as --prompts or one per line on stdin")
-        written = generate_images(replace(job, prompts=prompts), SampleConfig(**values(args, SampleConfig)))
+        written = generate_images(replace(job, prompts=prompts), SampleConfig(**values(args, SampleConfig)),
+                                  progress=job.progress_every)
         print(f"wrote {len(written)} images to {Path(job.out)}")
         return 0
 

@@ -13,7 +13,6 @@ paths): chat content parts {"type": "image", "image": ...} or OpenAI's {"type": 
 from __future__ import annotations
 
 import numbers
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from reasonrl.models.model import DecoderLM
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt, build_prompt, expand_image_tokens, message_images
 from reasonrl.models.qwen2_5_vl.processor import preprocess
 from reasonrl.models.tokenizer import Tokenizer
+from reasonrl.progress import Progress
 
 Prompt = str | list[int] | MultimodalPrompt | dict  # dict: {"prompt": str | list[int], "images": [...]}
 
@@ -44,8 +44,10 @@ class LLM:
         return self.engine.tokenizer
 
     def generate(self, prompts: Prompt | list[Prompt], params: SamplingParams | list[SamplingParams] | None = None,
-                 progress: bool = False) -> list[RequestOutput]:
-        """Generate for every prompt (text, token ids, or either with images); outputs come back in prompt order."""
+                 progress: bool | float = False) -> list[RequestOutput]:
+        """Generate for every prompt (text, token ids, or either with images); outputs come back in prompt order.
+        `progress`: True, or seconds between lines: `generate: 37/500 prompts done (12.3 s, ...)` on
+        stderr (`reasonrl.progress.Progress`: none for a job quicker than that; True is every 5 s)."""
         if _one_prompt(prompts):
             prompts = [prompts]
         params = SamplingParams() if params is None else params
@@ -60,26 +62,27 @@ class LLM:
                 self._counter += 1
                 self.engine.add_request(rid, self._encode(prompt), p)
                 ids.append(rid)
-            mine, start = set(ids), time.perf_counter()
+            mine, line = set(ids), _progress_line(progress, len(ids))
+            tokens = self.engine.num_generated_tokens
             while len(done) < len(ids):
                 for out in self.engine.step():
                     if out.finished and out.request_id in mine:
                         done[out.request_id] = out
-                if progress:
-                    _progress(len(done), len(ids), self.engine.num_generated_tokens, time.perf_counter() - start)
+                if line is not None:
+                    line.update(len(done), _tokens(self.engine.num_generated_tokens - tokens, line))
         finally:
             for rid in ids:
                 if rid not in done:
                     self.engine.abort(rid)
-        if progress:
-            print(file=sys.stderr)
+        if line is not None:
+            line.close(_tokens(self.engine.num_generated_tokens - tokens, line))
         return [done[rid] for rid in ids]
 
     def chat(self, conversations: list[dict] | list[list[dict]], params: SamplingParams | None = None,
-             **template_kwargs) -> list[RequestOutput]:
+             *, progress: bool | float = False, **template_kwargs) -> list[RequestOutput]:
         """Generate replies to chat conversations, rendered with the checkpoint's chat template; user
         turns may hold image parts {"type": "image", "image": PIL image | uint8 array | path} or
-        {"type": "image_url", "image_url": {"url": path | data: URL}}."""
+        {"type": "image_url", "image_url": {"url": path | data: URL}}. `progress` as in `generate`."""
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]
         tok = self._require_tokenizer()
@@ -91,7 +94,7 @@ class LLM:
                                             **template_kwargs))
             else:
                 prompts.append(tok.apply_chat_template(text_chat(c, tok), add_generation_prompt=True, **template_kwargs))
-        return self.generate(prompts, params)
+        return self.generate(prompts, params, progress)
 
     def _encode(self, prompt: Prompt) -> list[int] | MultimodalPrompt:
         if isinstance(prompt, MultimodalPrompt):
@@ -136,6 +139,13 @@ def _one_prompt(prompts) -> bool:
     return isinstance(first, numbers.Integral) or getattr(first, "ndim", None) == 0
 
 
-def _progress(done: int, total: int, tokens: int, seconds: float) -> None:
-    rate = tokens / seconds if seconds > 0 else 0.0
-    print(f"\r  {done}/{total} requests  {tokens} tokens  {rate:,.0f} tok/s", end="", file=sys.stderr, flush=True)
+def _progress_line(progress: bool | float, total: int) -> Progress | None:
+    """The stderr progress line `generate` asked for: False none, True every 5 s, a number every that many s."""
+    if progress is False or progress is None:
+        return None
+    return Progress("generate", total, "prompts", **({} if progress is True else {"every": progress}))
+
+
+def _tokens(tokens: int, line: Progress) -> str:
+    seconds = time.monotonic() - line.start
+    return f"{tokens:,} tokens, {tokens / seconds if seconds > 0 else 0.0:,.0f} tok/s"

@@ -38,7 +38,10 @@ class SamplingParams:
     min_p: float = 0.0
     """Drop tokens whose probability is below min_p times the most likely token's."""
     seed: int | None = None
-    """Per-request seed: outputs then do not depend on batching, preemption or abort/resume."""
+    """Per-request seed: outputs then do not depend on batching, preemption or abort/resume. Unset (the
+    default), the engine draws the request's seed from its generator, seeded with EngineConfig.seed (0
+    unless set): the same requests sent in the same order repeat their outputs, but each one depends
+    on its place in that order."""
     max_tokens: int = 256
     """Response tokens, counting tokens a resumed request already carries."""
     stop: list[str] = field(default_factory=list)

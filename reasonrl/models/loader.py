@@ -116,7 +116,7 @@ def empty_model(path: str | Path, device: str | torch.device | None = None, dtyp
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(missing_checkpoint(path))
-    vlm = _is_vlm(path)
+    vlm = is_vlm(path)
     cfg = VLMConfig.from_dir(path) if vlm else ModelConfig.from_dir(path)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device, cfg.text if vlm else cfg)
@@ -159,8 +159,10 @@ def generation_model(policy: DecoderLM, path: str | Path, dtype: str | None = No
     return engine_model
 
 
-def _is_vlm(path: Path) -> bool:
-    file = path / "config.json"
+def is_vlm(path: str | Path) -> bool:
+    """Whether a checkpoint directory holds a vision-language model (Qwen2.5-VL: its config.json's
+    'architectures'), which `load_model` loads as a `Qwen2_5_VL`; False for a text model or no config."""
+    file = Path(path) / "config.json"
     try:
         return VLM_ARCHITECTURE in (json.loads(file.read_text()).get("architectures") or [])
     except (OSError, json.JSONDecodeError):

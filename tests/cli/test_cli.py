@@ -49,6 +49,45 @@ def test_every_engine_flag_shows_the_dataclass_default(capsys):
     assert "--temperature X 0 means greedy;" in text and "(default: 0.0)" in text  # generate's own default, greedy
 
 
+def test_generate_help_says_what_an_unset_seed_does(capsys):
+    """It said `--seed N ... (default: none)`, yet unseeded outputs repeat: the engine draws seeds from seed 0."""
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    seed = text[text.index("--seed N Per-request"):text.index("--max-tokens N Response")]
+    assert "(default: none)" not in seed and "Unset (the default), the engine draws the request's seed" in seed
+    assert "seeded with EngineConfig.seed (0 unless set)" in seed and "repeat their outputs" in seed
+
+
+def test_an_unseeded_request_draws_its_seed_in_arrival_order_from_the_engine_seed():
+    """What the --seed help says: seeds come from random.Random(EngineConfig.seed), one per request in order."""
+    import random
+
+    from reasonrl.engine import LLM, SamplingParams
+
+    params = SamplingParams(temperature=1.0, max_tokens=3)
+    prompts = ["Add: 1 + 2", "Add: 3 + 4"]
+    first, again = (LLM("reasonrl/demo/policy", device="cpu").generate(prompts, params) for _ in range(2))
+    rng = random.Random(0)
+    assert [o.outputs[0].seed for o in first] == [rng.randrange(1 << 62) for _ in prompts]
+    assert [o.outputs[0].token_ids for o in first] == [o.outputs[0].token_ids for o in again]
+    swapped = LLM("reasonrl/demo/policy", device="cpu").generate(prompts[::-1], params)
+    assert [o.outputs[0].seed for o in swapped] == [o.outputs[0].seed for o in first]  # by place, not by prompt
+
+
+def test_data_lvr_refuses_a_text_only_checkpoint_up_front(tmp_path, capsys):
+    """A Qwen2 directory was taken: its missing image preprocessing silently meant the defaults."""
+    from reasonrl.models.tiny import make_checkpoint
+
+    model = make_checkpoint(tmp_path / "qwen2")
+    assert main(["data", "lvr", "--model", str(model), "--out", str(tmp_path / "lvr"), "--n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert f"model {model} is a qwen2 model (architectures ['Qwen2ForCausalLM']), not a vision-language" in err
+    assert "needs a Qwen2.5-VL one (Qwen2_5_VLForConditionalGeneration)" in err
+    assert not (tmp_path / "lvr").exists()
+
+
 def test_sizes_with_units_in_recipes_flags_and_python(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: /c\nengine: {kv_cache_memory: 64MiB}\n")  # a recipe accepts what the CLI accepts

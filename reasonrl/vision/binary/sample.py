@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,23 +52,27 @@ def sampler_options(pipe: Pipeline, cfg: SampleConfig) -> dict:
 
 
 @torch.no_grad()
-def generate_bits(pipe: Pipeline, prompts: list[str], cfg: SampleConfig) -> torch.Tensor:
-    """(N, K, d) bits for the prompts."""
+def generate_bits(pipe: Pipeline, prompts: list[str], cfg: SampleConfig,
+                  progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """(N, K, d) bits for the prompts; `progress(done)` after each batch."""
     options, out = sampler_options(pipe, cfg), []
     for start in range(0, len(prompts), cfg.batch_size):
         batch = prompts[start:start + cfg.batch_size]
         states, mask = with_unconditional(pipe.text, batch)
         gen = row_generators(cfg.seed, start, len(batch))
         out.append(pipe.generator.sample(states, mask, cfg.guidance, generator=gen, **options))
+        if progress is not None:
+            progress(start + len(batch))
     return torch.cat(out)
 
 
 @torch.no_grad()
-def generate(pipe: Pipeline, prompts: list[str], cfg: SampleConfig = SampleConfig()) -> np.ndarray:
-    """(N, S, S, 3) uint8 images for the prompts."""
+def generate(pipe: Pipeline, prompts: list[str], cfg: SampleConfig = SampleConfig(),
+             progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """(N, S, S, 3) uint8 images for the prompts; `progress(done)` after each batch is sampled."""
     if cfg.size is not None:
         pipe.tokenizer.check_decode_size(cfg.size, cfg.size)  # before sampling, not after
     pipe.generator.eval()
-    bits = generate_bits(pipe, prompts, cfg)
+    bits = generate_bits(pipe, prompts, cfg, progress)
     return np.concatenate([to_uint8(pipe.tokenizer.decode(bits[i:i + cfg.batch_size], cfg.size, cfg.size))
                            for i in range(0, len(bits), cfg.batch_size)])

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Literal
 
 from reasonrl.envs.shapes import INSTRUCTION
+from reasonrl.models.loader import is_vlm
+from reasonrl.models.qwen2_5_vl.config import ARCHITECTURE as VLM_ARCHITECTURE
 from reasonrl.models.qwen2_5_vl.processor import ImageConfig, smart_resize
 from reasonrl.vision.gen.io import clear_outputs
 from reasonrl.vision.lvr.env import LVRShapesConfig, LVRShapesEnvironment
@@ -58,6 +60,17 @@ class LVRDataConfig:
     """Delete an earlier run's lvr.jsonl and images/ in `out` first (without it they are refused)."""
 
 
+def _what(model: Path) -> str:
+    """What a checkpoint's config.json says it is: `a qwen2 model (architectures ['Qwen2ForCausalLM'])`."""
+    try:
+        config = json.loads((model / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"not readable as a checkpoint (config.json: {e})"
+    if not isinstance(config, dict):
+        return "not a checkpoint (config.json holds no object)"
+    return f"a {config.get('model_type', 'model_type-less')} model (architectures {config.get('architectures')})"
+
+
 def lvr_response(answer: str, n_latents: int) -> str:
     return "<|lvr_start|>" + "<|lvr|>" * n_latents + f"<|lvr_end|>\\boxed{{{answer}}}"
 
@@ -66,6 +79,9 @@ def export_lvr(cfg: LVRDataConfig) -> int:
     """Write the rows and images; -> the number written."""
     if not (Path(cfg.model) / "config.json").is_file():  # the region tokens depend on its preprocessing
         raise FileNotFoundError(f"model {cfg.model} is not a checkpoint directory (no config.json)")
+    if not is_vlm(cfg.model):  # a text model has no image preprocessing: the defaults would place the regions
+        raise ValueError(f"model {cfg.model} is {_what(Path(cfg.model))}, not a vision-language checkpoint: "
+                         f"LVR data needs a Qwen2.5-VL one ({VLM_ARCHITECTURE}), such as the default, {EMBEDDED_VLM}")
     image = ImageConfig.from_dir(cfg.model)
     env = LVRShapesEnvironment(LVRShapesConfig(image_size=cfg.image_size, min_objects=cfg.min_objects,
                                                max_objects=cfg.max_objects))

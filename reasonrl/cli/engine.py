@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import MISSING
 from pathlib import Path
 
 from reasonrl.cli.flags import add_flags, values
-from reasonrl.progress import EVERY
+from reasonrl.progress import EVERY, check_interval
 
 
 def add_model_flags(parser: argparse.ArgumentParser, with_path: bool = True) -> None:
@@ -55,12 +54,9 @@ def read_prompts(given: list[str] | None) -> list[str]:
 def progress_interval(text: str) -> float:
     """--progress-every: seconds, >= 0 (inf: no progress lines)."""
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if math.isnan(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"not a number of seconds >= 0 (inf: none): {text!r}")
-    return value
+        return check_interval(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def serve(parser: argparse.ArgumentParser):

@@ -9,6 +9,7 @@ from pathlib import Path
 from reasonrl.cli import Command
 from reasonrl.cli.flags import add_flags, values
 from reasonrl.config import to_dict
+from reasonrl.progress import check_interval
 
 TRAINERS = {
     "tokenizer": Command("binary (or VQ) image tokenizer on shapes-world images", "reasonrl.cli.image:tokenizer"),
@@ -180,9 +181,7 @@ class GenerateImageJob:
     def __post_init__(self):
         if not isinstance(self.per_prompt, int) or self.per_prompt < 1:
             raise ValueError(f"per_prompt must be >= 1, got {self.per_prompt!r}")
-        every = self.progress_every
-        if isinstance(every, bool) or not isinstance(every, (int, float)) or not every >= 0:  # (NaN too)
-            raise ValueError(f"progress_every must be a number of seconds >= 0 (inf: none), got {every!r}")
+        self.progress_every = check_interval(self.progress_every)
 
 
 def generate_image(parser: argparse.ArgumentParser):

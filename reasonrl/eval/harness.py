@@ -26,7 +26,7 @@ from reasonrl.envs.registry import load_environment
 
 from .client import ClientConfig, EndpointError, OpenAIClient, RefusedAll
 from .jobs import Completion, Failure, Job, jobs_for
-from .progress import Progress
+from .progress import EvalProgress
 from .store import SampleStore, fingerprint
 from .summary import markdown, summarize
 
@@ -238,7 +238,7 @@ def generate(env: Environment, cfg: EvalConfig, todo: list[Job], store: SampleSt
         log.warning("temperature 0 is greedy: the %d samples of a problem will be identical", cfg.n)
     model = make_model(cfg)
     correct = sum(r["reward"] >= cfg.threshold for r in resumed)
-    progress = Progress(len(resumed) + len(todo), len(resumed), correct, enabled=cfg.progress)
+    progress = EvalProgress(len(resumed) + len(todo), len(resumed), correct, enabled=cfg.progress)
     failures: list[tuple[Job, Failure]] = []
     batches = model.generate(todo)
     try:

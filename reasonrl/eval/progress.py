@@ -1,44 +1,34 @@
-"""One updating stderr line: samples done/total, samples per second, running pass@1, failures."""
+"""The eval progress line, `eval: 1200/3296 samples done (85.0 s, 14.2/s, pass@1 0.405, 3 failed)`
+(reasonrl.progress.Progress); the rate counts only this run's samples, not resumed ones."""
 
 from __future__ import annotations
 
-import sys
-import time
+import math
 from typing import TextIO
 
+from reasonrl.progress import Progress
 
-class Progress:
-    def __init__(self, total: int, done: int, correct: int, *, enabled: bool = True, stream: TextIO | None = None,
-                 every: float = 0.2):
-        self.total, self.done, self.correct, self.failed = total, done, correct, 0
-        self.resumed = done  # finished before this process started: not part of the rate
-        self.enabled, self.stream, self.every = enabled, stream or sys.stderr, every
-        self.start = self.last = time.monotonic()
-        self.width = 0
+
+class EvalProgress(Progress):
+    def __init__(self, total: int, done: int, correct: int, *, enabled: bool = True, stream: TextIO | None = None):
+        super().__init__("eval", total, "samples", done=done, every=None if enabled else math.inf, stream=stream)
+        self.enabled, self.correct, self.failed = enabled, correct, 0
 
     def update(self, finished: int, correct: int, failed: int) -> None:
-        self.done += finished
+        """Increments: samples finished, of them correct, samples failed."""
         self.correct += correct
         self.failed += failed
-        self.refresh()
+        self.done += finished
+        super().update(self.done, self.detail())
 
-    def refresh(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self.last < self.every):
-            return
-        self.last = now
-        rate = (self.done - self.resumed) / max(now - self.start, 1e-9)
-        line = f"eval {self.done}/{self.total} samples  {rate:.1f}/s"
+    def detail(self) -> str:
+        parts = [f"{self.rate():.1f}/s"]
         if self.done:
-            line += f"  pass@1 {self.correct / self.done:.3f}"
+            parts.append(f"pass@1 {self.correct / self.done:.3f}")
         if self.failed:
-            line += f"  failed {self.failed}"
-        self.stream.write("\r" + line.ljust(self.width))
-        self.stream.flush()
-        self.width = len(line)
+            parts.append(f"{self.failed} failed")
+        return ", ".join(parts)
 
     def close(self) -> None:
         if self.enabled:
-            self.refresh(force=True)
-            self.stream.write("\n")
-            self.stream.flush()
+            super().close(self.detail(), final=True)

@@ -186,9 +186,9 @@ def test_progress_line_on_stderr_and_off(solutions, tmp_path, capsys):
     try:
         run_eval("ttt:all", model="fake", base_url=server.url, out=tmp_path / "a", n=2, limit=8, backoff=0.01)
         err = capsys.readouterr().err
-        assert err.startswith("\reval ") and err.endswith("\n") and err.count("\n") == 1  # one line, updated in place
-        final = err.rstrip("\n").rsplit("\r", 1)[-1]
-        assert final.startswith("eval 16/16 samples") and "/s" in final and "pass@1 1.000" in final
+        assert err.endswith("\n") and "\r" not in err  # (not a terminal: whole lines)
+        final = err.splitlines()[-1]
+        assert final.startswith("eval: 16/16 samples done (") and "/s" in final and "pass@1 1.000" in final
         run_eval("ttt:all", model="fake", base_url=server.url, out=tmp_path / "b", n=2, limit=8, **FAST)
         assert capsys.readouterr().err == ""
     finally:

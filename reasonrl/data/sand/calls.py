@@ -24,8 +24,7 @@ Each call is seeded from (run seed, stage, call key): a server that honours seed
 
 from __future__ import annotations
 
-import sys
-import time
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -33,6 +32,7 @@ from reasonrl.engine.sampling_params import stable_seed
 from reasonrl.envs.base import Prompt
 from reasonrl.eval.client import EndpointError, OpenAIClient, RefusedAll
 from reasonrl.eval.jobs import Completion, Failure, Job
+from reasonrl.progress import Progress
 
 from .sections import LLMSection
 
@@ -118,29 +118,21 @@ def answer_row(job: Job, out: Any) -> Row:
     return {"key": job.prompt.id, **out.row()}  # e.g. an embedding
 
 
-class ProgressLine:
-    """`base.solve 120/400 calls (3.1/s)` on stderr, rewritten in place."""
+class ProgressLine(Progress):
+    """`base.solve: 120/400 calls done (38.7 s, 3.1/s, 2 failed)` on stderr (reasonrl.progress.Progress)."""
 
-    def __init__(self, name: str, total: int, enabled: bool, every: float = 0.5):
-        self.name, self.total, self.enabled, self.every = name, total, enabled, every
-        self.done = self.failed = 0
-        self.start = self.last = time.monotonic()
+    def __init__(self, name: str, total: int, enabled: bool):
+        super().__init__(name, total, "calls", every=None if enabled else math.inf)
+        self.enabled, self.failed = enabled, 0
 
     def update(self, done: int, failed: int) -> None:
+        """`done` more calls answered (an increment); `failed` so far (a count)."""
         self.done, self.failed = self.done + done, failed
-        now = time.monotonic()
-        if self.enabled and now - self.last >= self.every:
-            self.last = now
-            self._write()
+        super().update(self.done, self.detail())
 
-    def _write(self) -> None:
-        rate = self.done / max(time.monotonic() - self.start, 1e-9)
-        failed = f", {self.failed} failed" if self.failed else ""
-        sys.stderr.write(f"\r{self.name} {self.done}/{self.total} calls ({rate:.1f}/s{failed})")
-        sys.stderr.flush()
+    def detail(self) -> str:
+        return f"{self.rate():.1f}/s" + (f", {self.failed} failed" if self.failed else "")
 
     def close(self) -> None:
         if self.enabled:
-            self._write()
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+            super().close(self.detail(), final=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Athena-PRM on `sums`, measured against exact step labels (docs/benchmarks.md, "Process reward models").
-# CPU, 13 minutes on 2 quiet cores (about an hour on a shared machine). Run from the repository root: bash recipes/prm/reproduce.sh [OUT]
+# CPU, about 30 minutes on 2 quiet cores (longer on a shared machine). Run from the repository root: bash recipes/prm/reproduce.sh [OUT]
 set -euo pipefail
 OUT=${1:-runs/prm}
 R="python -m reasonrl.cli"
@@ -43,12 +43,27 @@ HARD="sums:?min_terms=7&max_terms=12"
 [ -f "$OUT/raft-hard-outcome/metrics.jsonl" ] || $R raft $RAFT --env "$HARD" --out "$OUT/raft-hard-outcome" --reward outcome
 [ -f "$OUT/raft-hard-prm/metrics.jsonl" ] || $R raft $RAFT --env "$HARD" --out "$OUT/raft-hard-prm" --reward prm --prm "$OUT/prm-consistent4"
 [ -f "$OUT/raft-hard-orm/metrics.jsonl" ] || $R raft $RAFT --env "$HARD" --out "$OUT/raft-hard-orm" --reward prm --prm "$OUT/orm" --aggregation last
-# a lenient verifier (a box within 2 of the sum passes, so a round-number guess often does), measured exactly
-lenient() { name=$1; shift; [ -f "$OUT/$name/metrics.jsonl" ] || $R raft $RAFT --env "$HARD&tolerance=2" --eval-env "$HARD" \
+# a lenient verifier (a box within 2 of the sum passes, so a round-number guess often does), measured exactly, 5 seeds;
+# and a PRM trained on the hard split's own solutions
+[ -f "$OUT/labels-hard.jsonl" ] || $R prm label --policy reasonrl/demo/policy --weak "$OUT/weak" --strong reasonrl/demo/policy \
+  --env "$HARD" --problems 150 --samples-per-problem 4 --completions 8 --max-tokens 128 --out "$OUT/labels-hard.jsonl" $ENGINE
+[ -f "$OUT/heldout-hard.jsonl" ] || $R prm label --policy reasonrl/demo/policy --env "$HARD" --data-split eval --problems 100 \
+  --samples-per-problem 4 --max-tokens 128 --out "$OUT/heldout-hard.jsonl" $ENGINE
+[ -f "$OUT/prm-hard-consistent4/train.json" ] || eval $R prm train --data "$OUT/labels-hard.jsonl" --out "$OUT/prm-hard-consistent4" \
+  ${TRAIN/heldout.jsonl/heldout-hard.jsonl} --labels consistent --completions 4
+lenient() { name=$1; shift; [ -f "$OUT/$name/model.safetensors" ] || $R raft $RAFT --env "$HARD&tolerance=2" --eval-env "$HARD" \
   --out "$OUT/$name" "$@"; }
-lenient raft-lenient-outcome --reward outcome
-lenient raft-lenient-prm --reward prm --prm "$OUT/prm-consistent4"
-lenient raft-lenient-outcome-prm --reward outcome+prm --prm "$OUT/prm-consistent4"
+for s in 0 1 2 3 4; do
+  x=$([ $s = 0 ] || echo "-s$s")
+  [ -f "$OUT/raft-hard-outcome$x/model.safetensors" ] || $R raft $RAFT --env "$HARD" --out "$OUT/raft-hard-outcome$x" --seed $s
+  lenient raft-lenient-outcome$x --reward outcome --seed $s
+  lenient raft-lenient-prm$x --reward prm --prm "$OUT/prm-consistent4" --seed $s
+  lenient raft-lenient-outcome-prm$x --reward outcome+prm --prm "$OUT/prm-consistent4" --seed $s
+  lenient raft-lenient-prm-bar08$x --reward prm --prm "$OUT/prm-consistent4" --min-reward 0.8 --seed $s
+  [ $s -gt 2 ] || lenient raft-lenient-hardprm$x --reward prm --prm "$OUT/prm-hard-consistent4" --seed $s
+done
+python recipes/prm/raft_table.py "$OUT" raft-hard-outcome raft-lenient-outcome raft-lenient-prm raft-lenient-outcome-prm \
+  raft-lenient-prm-bar08 raft-lenient-hardprm
 # does the PRM still judge the RAFT policies' solutions? held-out solutions of each, exactly labelled, judged by it
 for reward in outcome prm; do
   [ -f "$OUT/heldout-raft-$reward.jsonl" ] || $R prm label --policy "$OUT/raft-$reward" --env "sums:" --data-split eval \

@@ -46,7 +46,7 @@ def main() -> None:
                 continue
             right += 1
             wrong_step += min(env.step_labels(request.prompt, [s.text for s in split_steps(text, fmt)]), default=1) == 0
-    print(f"{args.env}: {samples} samples, {right} with the right answer, {wrong_step} of those with a wrong step "
+    print(f"{args.env}: {samples} samples, {right} the outcome reward accepts, {wrong_step} of those with a wrong step "
           f"({wrong_step / max(right, 1):.1%})")
 
 

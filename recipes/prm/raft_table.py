@@ -1,0 +1,51 @@
+"""Held-out accuracy of RAFT runs by samples drawn, averaged over seeds: `reasonrl raft` run directories
+named ARM (seed 0) and ARM-sN (seed N), as recipes/prm/reproduce.sh writes them.
+
+    python recipes/prm/raft_table.py runs/prm raft-lenient-outcome raft-lenient-prm raft-hard-outcome
+
+Prints, per arm, the mean accuracy after each round (and every seed's), the mean share of kept
+samples the evaluation verifier accepts, and the seeds found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from statistics import mean
+
+
+def seeds(root: Path, arm: str) -> dict[int, list[dict]]:
+    out = {}
+    for run in sorted(root.glob(f"{arm}*")):
+        match = re.fullmatch(re.escape(arm) + r"(?:-s(\d+))?", run.name)
+        if match and (run / "metrics.jsonl").is_file():
+            out[int(match.group(1) or 0)] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path)
+    parser.add_argument("arms", nargs="+")
+    args = parser.parse_args()
+    for arm in args.arms:
+        runs = seeds(args.root, arm)
+        rounds = min((len(h) for h in runs.values()), default=0)
+        if not rounds:
+            print(f"{arm}: no runs under {args.root}")
+            continue
+        accuracy = [mean(h[r]["accuracy"] for h in runs.values()) for r in range(rounds)]
+        kept = [mean(h[r]["kept_correct"] for h in runs.values()) for r in range(1, rounds)]
+        samples = [runs[min(runs)][r]["samples"] for r in range(rounds)]
+        print(f"{arm} (seeds {sorted(runs)}):")
+        print("  samples  " + " ".join(f"{s:>6}" for s in samples))
+        print("  accuracy " + " ".join(f"{a:6.3f}" for a in accuracy))
+        for seed, h in sorted(runs.items()):
+            print(f"    seed {seed} " + " ".join(f"{h[r]['accuracy']:6.3f}" for r in range(rounds)))
+        print("  kept right       " + " ".join(f"{k:6.2f}" for k in kept))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,7 +9,7 @@ from pathlib import Path
 from reasonrl.cli import Command
 from reasonrl.cli.flags import add_flags, values
 from reasonrl.config import to_dict
-from reasonrl.progress import check_interval
+from reasonrl.progress import EVERY, check_interval
 
 TRAINERS = {
     "tokenizer": Command("binary (or VQ) image tokenizer on shapes-world images", "reasonrl.cli.image:tokenizer"),
@@ -174,7 +174,7 @@ class GenerateImageJob:
     """Also write grid.png, all images in one picture (upscaled 2x)."""
     overwrite: bool = False
     """Delete an earlier run's NNNN.png, grid.png and prompts.jsonl in `out` first (without it they are refused)."""
-    progress_every: float = 5.0
+    progress_every: float = EVERY
     """Seconds between progress lines on stderr (`generate-image: 64/500 images done (12.3 s)`, after each
     batch; none for a job quicker than that; 0: after every batch, inf: none)."""
 

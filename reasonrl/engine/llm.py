@@ -56,14 +56,14 @@ class LLM:
             raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
         ids: list[str] = []
         done: dict[str, RequestOutput] = {}
+        line, tokens = _progress_line(progress, len(prompts)), self.engine.num_generated_tokens
         try:  # a prompt refused, or an interrupt, leaves none of this call's requests in the engine
             for prompt, p in zip(prompts, params):
                 rid = f"gen-{self._counter}"
                 self._counter += 1
                 self.engine.add_request(rid, self._encode(prompt), p)
                 ids.append(rid)
-            mine, line = set(ids), _progress_line(progress, len(ids))
-            tokens = self.engine.num_generated_tokens
+            mine = set(ids)
             while len(done) < len(ids):
                 for out in self.engine.step():
                     if out.finished and out.request_id in mine:
@@ -74,8 +74,8 @@ class LLM:
             for rid in ids:
                 if rid not in done:
                     self.engine.abort(rid)
-        if line is not None:
-            line.close(_tokens(self.engine.num_generated_tokens - tokens, line))
+            if line is not None:  # (ended on an error too: a traceback starts on a line of its own)
+                line.close(_tokens(self.engine.num_generated_tokens - tokens, line))
         return [done[rid] for rid in ids]
 
     def chat(self, conversations: list[dict] | list[list[dict]], params: SamplingParams | None = None,

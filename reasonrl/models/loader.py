@@ -164,9 +164,10 @@ def is_vlm(path: str | Path) -> bool:
     'architectures'), which `load_model` loads as a `Qwen2_5_VL`; False for a text model or no config."""
     file = Path(path) / "config.json"
     try:
-        return VLM_ARCHITECTURE in (json.loads(file.read_text()).get("architectures") or [])
+        config = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError):
         return False  # ModelConfig.from_dir names the problem
+    return isinstance(config, dict) and VLM_ARCHITECTURE in (config.get("architectures") or [])
 
 
 def load_weights(model: DecoderLM, path: str | Path) -> DecoderLM:

@@ -21,6 +21,7 @@ Where this departs from them:
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +103,8 @@ def reward_fn(cfg: RaftConfig, env: Environment) -> Scorer:
     if cfg.reward == "outcome":
         return env.rewards
     from reasonrl.reward.prm.model import load_prm
-    from reasonrl.reward.prm.scoring import PRMScorer, aggregate, check_aggregations
+    from reasonrl.reward.prm.scoring import PRMScorer, aggregate
 
-    check_aggregations([cfg.aggregation])
     scorer = PRMScorer(*load_prm(cfg.prm, device=cfg.device))
 
     def prm(prompts, responses):
@@ -114,9 +114,9 @@ def reward_fn(cfg: RaftConfig, env: Environment) -> Scorer:
     if cfg.reward == "prm":
         return prm
 
-    def verified(prompts, responses):  # the PRM reads only what the verifier accepts
-        accepted = [i for i, r in enumerate(env.rewards(prompts, responses)) if r >= 0.5]
-        out = [0.0] * len(responses)
+    def verified(prompts, responses):  # the PRM reads only what the verifier accepts (a reward > 0, as
+        accepted = [i for i, r in enumerate(env.rewards(prompts, responses)) if r > 0]  # `metrics` counts it)
+        out = [-math.inf] * len(responses)  # below any --min-reward: a rejected sample is never kept
         for i, score in zip(accepted, prm([prompts[i] for i in accepted], [responses[i] for i in accepted])):
             out[i] = score
         return out
@@ -172,6 +172,13 @@ def run_raft(cfg: RaftConfig, control: RunControl = RunControl(), stop=None, log
     other settings refused unless `control` says so), each round is checkpointed there, and a rerun
     goes on after the last round saved: its seeds are the round's own, so it ends where an
     uninterrupted run does."""
+    env, judge = environments(cfg)  # what can be checked is, before --overwrite deletes the old run
+    if cfg.reward != "outcome":
+        from reasonrl.reward.prm.model import PRMConfig
+        from reasonrl.reward.prm.scoring import check_aggregations
+
+        check_aggregations([cfg.aggregation])
+        PRMConfig.from_dir(cfg.prm)  # (a directory that holds no PRM)
     config = {"raft": to_dict(cfg)}
     out = open_run(cfg.out, config, overwrite=control.overwrite, accept_changes=control.accept_changes,
                    free_keys=set(), console=False, inputs=(cfg.policy, cfg.prm), save=False)
@@ -179,14 +186,12 @@ def run_raft(cfg: RaftConfig, control: RunControl = RunControl(), stop=None, log
     if checkpoint_step(latest) >= cfg.rounds:
         say(f"{out}: this run is finished (round {checkpoint_step(latest)} of {cfg.rounds}); nothing to do. For more "
             "rounds, raise --rounds and add --accept-changes; to start over, add --overwrite.")
-        save_config(out, config, free_keys=set())
         history = load_trainer_state(latest)["raft"]
         _write_metrics(out, history)  # killed between the last checkpoint and its metrics: the checkpoint's
         if not has_weights(out):  # stopped after its last checkpoint, before the policy (its weights go in last)
             save_model(load_model(latest, device=cfg.device, dtype=torch.float32), out, Tokenizer.from_dir(latest),
                        atomic=True)
         return history
-    env, judge = environments(cfg)
     # a resumed run starts from its last round's policy, read once
     model = load_model(latest or cfg.policy, device=cfg.device, dtype=torch.float32)
     tokenizer = Tokenizer.from_dir(cfg.policy)

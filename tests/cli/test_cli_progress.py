@@ -150,3 +150,37 @@ def test_sand_stage_line_counts_calls_and_failures(monkeypatch, capsys):
     off.update(4, 0)
     off.close()
     assert capsys.readouterr().err == ""
+
+
+def test_a_line_in_place_is_ended_when_generate_fails(monkeypatch):
+    """The line was closed only after a successful run: on a terminal, Ctrl-C or an error glued its
+    traceback to the end of the progress line."""
+    import sys
+
+    from reasonrl.engine.llm import LLM
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    monkeypatch.setattr(sys, "stderr", stream)
+    llm = LLM("reasonrl/demo/policy", device="cpu")
+    steps = llm.engine.step
+
+    def interrupted():
+        if llm.engine.num_generated_tokens > 3:
+            raise KeyboardInterrupt
+        return steps()
+
+    monkeypatch.setattr(llm.engine, "step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate(PROMPTS, progress=0)
+    assert stream.getvalue().startswith("\rgenerate: 0/3 prompts done") and stream.getvalue().endswith("\n")
+
+
+def test_a_config_that_is_no_object_is_no_vlm(tmp_path):
+    from reasonrl.models.loader import is_vlm
+
+    (tmp_path / "config.json").write_text("[1]")
+    assert not is_vlm(tmp_path)  # (it raised AttributeError: 'list' object has no attribute 'get')

@@ -86,8 +86,11 @@ def test_outcome_plus_prm_ranks_only_what_the_verifier_accepts(monkeypatch):
     p = env.prompts(1)[0]
     right, guess, wrong = f"worked \\boxed{{{p.answer}}}", f"guess \\boxed{{{p.answer}}}", "\\boxed{0}"
     cfg = RaftConfig(policy=POLICY, out="x", reward="outcome+prm", prm="p")
-    assert raft.reward_fn(cfg, env)([p] * 3, [wrong, guess, right]) == [0.0, 0.3, 0.9]
+    rewards = raft.reward_fn(cfg, env)([p] * 3, [wrong, guess, right])
+    assert rewards == [float("-inf"), 0.3, 0.9]
     assert read == [guess, right]  # the PRM never read the rejected sample
+    # whatever the bar, a rejected sample is never kept (scored 0.0, it reached --min-reward 0)
+    assert select(requests([p], [[wrong, guess]]), rewards[:2], keep=2, min_reward=0.0) == [(p, guess)]
 
 
 @pytest.mark.slow
@@ -250,3 +253,27 @@ def test_a_refused_rerun_leaves_the_saved_config(tmp_path, monkeypatch, capsys):
         assert message in capsys.readouterr().err
         assert (tmp_path / "run" / "config.yaml").read_text() == saved
         assert not (tmp_path / "run" / "config_changes.jsonl").exists()
+
+
+def test_checkable_settings_are_checked_before_overwrite_deletes_the_run(tmp_path, monkeypatch, capsys):
+    """A bad --eval-env, --env, aggregation or --prm was refused only after --overwrite had deleted the
+    finished run; and a finished run's rerun with accepted changes rewrote its config (nothing ran under it)."""
+    from reasonrl.rl import raft
+
+    monkeypatch.setattr(raft, "held_out_accuracy", lambda *a: 0.5)
+    monkeypatch.setattr(raft, "raft_round", lambda cfg, env, judge, model, tok, score, rnd, samples: {"round": rnd,
+                                                                                                      "samples": 0})
+    run = tmp_path / "run"
+    assert main(raft_args(run)) == 0
+    files = sorted(p.relative_to(run) for p in run.rglob("*"))
+    saved = (run / "config.yaml").read_text()
+    for bad, message in ((["--eval-env", "letter:a"], "another environment than --env"),
+                         (["--env", "sums:?bogus=1"], "unknown option 'bogus'"),
+                         (["--reward", "prm", "--prm", str(tmp_path)], "is not a process reward model"),
+                         (["--reward", "prm", "--prm", str(tmp_path), "--aggregation", "median"], "unknown aggregation")):
+        assert main(raft_args(run, *bad, "--overwrite")) == 2
+        assert message in capsys.readouterr().err
+        assert sorted(p.relative_to(run) for p in run.rglob("*")) == files
+    assert main(raft_args(run, "--eval-env", "sums:", "--accept-changes")) == 0
+    assert "this run is finished" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == saved and not (run / "config_changes.jsonl").exists()

@@ -33,7 +33,11 @@ def generate_images(job, cfg: SampleConfig, progress: float | None = None) -> li
     clear_outputs(out, [out / "prompts.jsonl", *earlier], job.overwrite)  # before generating: a refusal costs little
     prompts = [p for p in job.prompts for _ in range(job.per_prompt)]
     line = None if progress is None else Progress("generate-image", len(prompts), "images", every=progress)
-    images = generate(pipe, prompts, cfg, None if line is None else line.update)
+    try:
+        images = generate(pipe, prompts, cfg, None if line is None else line.update)
+    finally:
+        if line is not None:  # (ended on an error too: a traceback starts on a line of its own)
+            line.close()
     paths = []
     with open(out / "prompts.jsonl", "w", encoding="utf-8") as index:
         for k, (text, image) in enumerate(zip(prompts, images)):
@@ -43,6 +47,4 @@ def generate_images(job, cfg: SampleConfig, progress: float | None = None) -> li
             paths.append(path)
     if job.grid:
         save_grid(images, out / "grid.png", columns=max(job.per_prompt, 1) if job.per_prompt > 1 else 8)
-    if line is not None:
-        line.close()
     return paths

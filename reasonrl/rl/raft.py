@@ -58,7 +58,7 @@ class RaftConfig:
     env "sums:?tolerance=2", eval_env "sums:")."""
     reward: Literal["outcome", "prm", "outcome+prm"] = "outcome"
     """What ranks the samples: the environment's verifier, a PRM's aggregated step scores, or both
-    (outcome+prm: the PRM's score where the verifier accepts the answer, 0 elsewhere)."""
+    (outcome+prm: the PRM's score where the verifier accepts the answer; the rest are never kept)."""
     prm: str | None = None
     """reward=prm or outcome+prm: the PRM directory."""
     aggregation: str = "min"

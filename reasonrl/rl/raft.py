@@ -114,9 +114,11 @@ def reward_fn(cfg: RaftConfig, env: Environment) -> Scorer:
     if cfg.reward == "prm":
         return prm
 
-    def verified(prompts, responses):  # the PRM reads only what the verifier accepts (a reward > 0, as
-        accepted = [i for i, r in enumerate(env.rewards(prompts, responses)) if r > 0]  # `metrics` counts it)
-        out = [-math.inf] * len(responses)  # below any --min-reward: a rejected sample is never kept
+    def verified(prompts, responses):
+        """The PRM's score of each response the verifier accepts (a reward above 0, which `metrics`
+        counts as right); -inf, below any --min-reward, for the rest, which the PRM never reads."""
+        accepted = [i for i, r in enumerate(env.rewards(prompts, responses)) if r > 0]
+        out = [-math.inf] * len(responses)
         for i, score in zip(accepted, prm([prompts[i] for i in accepted], [responses[i] for i in accepted])):
             out[i] = score
         return out
@@ -172,7 +174,7 @@ def run_raft(cfg: RaftConfig, control: RunControl = RunControl(), stop=None, log
     other settings refused unless `control` says so), each round is checkpointed there, and a rerun
     goes on after the last round saved: its seeds are the round's own, so it ends where an
     uninterrupted run does."""
-    env, judge = environments(cfg)  # what can be checked is, before --overwrite deletes the old run
+    env, judge = environments(cfg)  # settings that can be refused are, before --overwrite deletes a run
     if cfg.reward != "outcome":
         from reasonrl.reward.prm.model import PRMConfig
         from reasonrl.reward.prm.scoring import check_aggregations

@@ -245,6 +245,10 @@ def raft_round(cfg: RaftConfig, env: Environment, judge: Environment, model, tok
     if kept:
         data = [sft_example(p.messages, r, tokenizer) for p, r in kept]
         train_sft(model, data, SFTConfig(epochs=cfg.epochs, lr=cfg.lr, samples_per_step=16, seed=cfg.seed + rnd))
+    else:  # (a PRM whose scores all sit below the bar kept nothing, round after round, and said nothing)
+        finite = [r for r in rewards if math.isfinite(r)]
+        say(f"round {rnd}: no sample reached --min-reward {cfg.min_reward} (the best scored "
+            f"{max(finite, default=math.nan):.3g}), so the policy was not fine-tuned this round")
     truth = judge.rewards([p for p, _ in kept], [r for _, r in kept]) if kept else []
     correct = judge.metrics([p for p, _ in kept], [r for _, r in kept], truth)["accuracy"] if kept else 0.0
     return {"round": rnd, "samples": samples + len(rewards), "kept": len(kept),

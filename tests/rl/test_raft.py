@@ -277,3 +277,17 @@ def test_checkable_settings_are_checked_before_overwrite_deletes_the_run(tmp_pat
     assert main(raft_args(run, "--eval-env", "sums:", "--accept-changes")) == 0
     assert "this run is finished" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == saved and not (run / "config_changes.jsonl").exists()
+
+
+def test_a_round_that_keeps_nothing_says_so(monkeypatch, capsys):
+    """A PRM whose scores all sat below --min-reward kept nothing and trained nothing, every round, silently."""
+    from reasonrl.envs.registry import load_environment
+    from reasonrl.rl import raft
+
+    env = load_environment("sums:")
+    monkeypatch.setattr(raft, "sample", lambda model, tok, prompts, n, *a: requests(prompts, [["x"] * n for _ in prompts]))
+    monkeypatch.setattr(raft, "train_sft", lambda *a, **k: pytest.fail("nothing to fine-tune on"))
+    cfg = RaftConfig(policy=POLICY, out="x", prompts_per_round=2, samples_per_prompt=3)
+    row = raft.raft_round(cfg, env, env, None, None, lambda p, r: [0.3] * len(r), 1, 0)
+    assert row["kept"] == 0
+    assert "round 1: no sample reached --min-reward 0.5 (the best scored 0.3)" in capsys.readouterr().err

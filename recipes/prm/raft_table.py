@@ -2,9 +2,10 @@
 named ARM (seed 0) and ARM-sN (seed N), as recipes/prm/reproduce.sh writes them.
 
     python recipes/prm/raft_table.py runs/prm raft-lenient-outcome raft-lenient-prm raft-hard-outcome
+    python recipes/prm/raft_table.py runs/prm raft-lenient-outcome raft-lenient-prm --seeds 5 6 7 8 9
 
 Prints, per arm, the mean accuracy after each round (and every seed's), the mean share of kept
-samples the evaluation verifier accepts, and the seeds found.
+samples the evaluation verifier accepts, and the seeds found (of `--seeds`, when given).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from pathlib import Path
 from statistics import mean
 
 
-def seeds(root: Path, arm: str) -> dict[int, list[dict]]:
+def seeds(root: Path, arm: str, only: list[int] | None = None) -> dict[int, list[dict]]:
     out = {}
     for run in sorted(root.glob(f"{arm}*")):
         match = re.fullmatch(re.escape(arm) + r"(?:-s(\d+))?", run.name)
-        if match and (run / "metrics.jsonl").is_file():
+        if match and (run / "metrics.jsonl").is_file() and (only is None or int(match.group(1) or 0) in only):
             out[int(match.group(1) or 0)] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return out
 
@@ -29,9 +30,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path)
     parser.add_argument("arms", nargs="+")
+    parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds (default: every one found)")
     args = parser.parse_args()
     for arm in args.arms:
-        runs = seeds(args.root, arm)
+        runs = seeds(args.root, arm, args.seeds)
         rounds = min((len(h) for h in runs.values()), default=0)
         if not rounds:
             print(f"{arm}: no runs under {args.root}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Athena-PRM on `sums`, measured against exact step labels (docs/benchmarks.md, "Process reward models").
-# CPU, about 30 minutes on 2 quiet cores (longer on a shared machine). Run from the repository root: bash recipes/prm/reproduce.sh [OUT]
+# CPU, about an hour on 2 quiet cores (longer on a shared machine). Run from the repository root: bash recipes/prm/reproduce.sh [OUT]
 set -euo pipefail
 OUT=${1:-runs/prm}
 R="python -m reasonrl.cli"
@@ -51,19 +51,33 @@ HARD="sums:?min_terms=7&max_terms=12"
   --samples-per-problem 4 --max-tokens 128 --out "$OUT/heldout-hard.jsonl" $ENGINE
 [ -f "$OUT/prm-hard-consistent4/train.json" ] || eval $R prm train --data "$OUT/labels-hard.jsonl" --out "$OUT/prm-hard-consistent4" \
   ${TRAIN/heldout.jsonl/heldout-hard.jsonl} --labels consistent --completions 4
+# a PRM trained on the solutions of two policies (the demo policy's labels above and the weak policy's), seed 1 prompts
+[ -f "$OUT/labels-weakpolicy.jsonl" ] || $R prm label --policy "$OUT/weak" --weak "$OUT/weak" --strong reasonrl/demo/policy \
+  --env "sums:" --problems 150 --samples-per-problem 4 --completions 8 --seed 1 --out "$OUT/labels-weakpolicy.jsonl" $ENGINE
+[ -f "$OUT/labels-mix.jsonl" ] || cat "$OUT/labels.jsonl" "$OUT/labels-weakpolicy.jsonl" > "$OUT/labels-mix.jsonl"
+[ -f "$OUT/prm-mix-consistent4/train.json" ] || eval $R prm train --data "$OUT/labels-mix.jsonl" --out "$OUT/prm-mix-consistent4" \
+  $TRAIN --labels consistent --completions 4
 lenient() { name=$1; shift; [ -f "$OUT/$name/model.safetensors" ] || $R raft $RAFT --env "$HARD&tolerance=2" --eval-env "$HARD" \
   --out "$OUT/$name" "$@"; }
-for s in 0 1 2 3 4; do
+for s in 0 1 2 3 4 5 6 7 8 9; do  # seeds 5-9: the arms chosen on seeds 0-4, checked on fresh ones
   x=$([ $s = 0 ] || echo "-s$s")
   [ -f "$OUT/raft-hard-outcome$x/model.safetensors" ] || $R raft $RAFT --env "$HARD" --out "$OUT/raft-hard-outcome$x" --seed $s
   lenient raft-lenient-outcome$x --reward outcome --seed $s
+  lenient raft-lenient-mixprm-bar0$x --reward prm --prm "$OUT/prm-mix-consistent4" --min-reward 0 --seed $s
+  lenient raft-lenient-outcome-mixprm-bar0$x --reward outcome+prm --prm "$OUT/prm-mix-consistent4" --min-reward 0 --seed $s
+  [ $s -gt 4 ] && continue
   lenient raft-lenient-prm$x --reward prm --prm "$OUT/prm-consistent4" --seed $s
   lenient raft-lenient-outcome-prm$x --reward outcome+prm --prm "$OUT/prm-consistent4" --seed $s
+  lenient raft-lenient-outcome-prm-bar0$x --reward outcome+prm --prm "$OUT/prm-consistent4" --min-reward 0 --seed $s
   lenient raft-lenient-prm-bar08$x --reward prm --prm "$OUT/prm-consistent4" --min-reward 0.8 --seed $s
+  lenient raft-lenient-mixprm$x --reward prm --prm "$OUT/prm-mix-consistent4" --seed $s
   [ $s -gt 2 ] || lenient raft-lenient-hardprm$x --reward prm --prm "$OUT/prm-hard-consistent4" --seed $s
 done
-python recipes/prm/raft_table.py "$OUT" raft-hard-outcome raft-lenient-outcome raft-lenient-prm raft-lenient-outcome-prm \
-  raft-lenient-prm-bar08 raft-lenient-hardprm
+ARMS="raft-hard-outcome raft-lenient-outcome raft-lenient-mixprm-bar0 raft-lenient-outcome-mixprm-bar0"
+python recipes/prm/raft_table.py "$OUT" $ARMS raft-lenient-prm raft-lenient-outcome-prm raft-lenient-outcome-prm-bar0 \
+  raft-lenient-prm-bar08 raft-lenient-mixprm raft-lenient-hardprm --seeds 0 1 2 3 4
+python recipes/prm/raft_table.py "$OUT" $ARMS --seeds 5 6 7 8 9
+python recipes/prm/raft_table.py "$OUT" $ARMS
 # does the PRM still judge the RAFT policies' solutions? held-out solutions of each, exactly labelled, judged by it
 for reward in outcome prm; do
   [ -f "$OUT/heldout-raft-$reward.jsonl" ] || $R prm label --policy "$OUT/raft-$reward" --env "sums:" --data-split eval \

@@ -83,7 +83,8 @@ def parse_overrides(pairs: list[str], sections: dict[str, type] | None = None) -
     """`--set section.key=value` pairs as {"section.key": value}. A text key of `sections` (name ->
     dataclass; default: the RL run's) takes the value as typed (`a # b` keeps its `#`, `2024` stays
     text; `null`, or nothing, is none, which a key that may not be none refuses by name: an unset
-    `$OUT` in `--set train.run_dir=$OUT` is no run directory); any other value is read as YAML."""
+    `$OUT` in `--set train.run_dir=$OUT` is no run directory; quoted, as YAML quotes, it is the text
+    inside: `'null'`, `" a"`); any other value is read as YAML."""
     from reasonrl.config import strip_optional, type_hints
     from reasonrl.rl.config import sections as run_sections
 
@@ -95,7 +96,8 @@ def parse_overrides(pairs: list[str], sections: dict[str, type] | None = None) -
             raise ValueError(f"--set expects section.key=value, got {pair!r}")
         section, _, name = key.partition(".")
         hint = type_hints(sections[section]).get(name) if section in sections else None
-        if strip_optional(hint) is str:  # (as YAML, `a # b` lost its comment and 2024 was a number)
+        quoted = len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""
+        if strip_optional(hint) is str and not quoted:  # (as YAML, `a # b` lost its comment and 2024 was a number)
             out[key] = None if value in ("", "null") else value
             continue
         try:

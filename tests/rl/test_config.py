@@ -93,6 +93,11 @@ def test_set_takes_a_text_key_as_typed():
     assert parse_overrides([f"solve.system_prompt={prompt}"], section_types()) == {"solve.system_prompt": prompt}
     with pytest.raises(ConfigError, match=r"^rollout.max_tokens: expected int, got 'many'$"):
         load_config(None, {"model.path": "/c", **parse_overrides(["rollout.max_tokens=many"])})
+    # quoted as in a recipe file, a text key is the text inside the quotes (the quotes were kept)
+    assert parse_overrides(["model.path='my model'", 'env.name="null"', "train.run_dir=' a'", "model.device='"]) == {
+        "model.path": "my model", "env.name": "null", "train.run_dir": " a", "model.device": "'"}
+    with pytest.raises(ValueError, match="model.path: .* is not valid YAML"):
+        parse_overrides(["model.path='it's'"])
 
 
 def test_an_empty_section_is_all_defaults_and_a_section_that_is_no_mapping_is_refused(tmp_path):

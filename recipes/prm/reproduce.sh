@@ -78,6 +78,18 @@ python recipes/prm/raft_table.py "$OUT" $ARMS raft-lenient-prm raft-lenient-outc
   raft-lenient-prm-bar08 raft-lenient-mixprm raft-lenient-hardprm --seeds 0 1 2 3 4
 python recipes/prm/raft_table.py "$OUT" $ARMS --seeds 5 6 7 8 9
 python recipes/prm/raft_table.py "$OUT" $ARMS
+# three rounds more: a copy of each run of these arms, resumed with --rounds 6 (a changed config: --accept-changes)
+more() { run=$1$2; shift 2; [ -d "$OUT/r6-$run" ] || cp -r "$OUT/$run" "$OUT/r6-$run"
+  $R raft $RAFT --rounds 6 --out "$OUT/r6-$run" --accept-changes "$@"; }
+MIX="--prm $OUT/prm-mix-consistent4 --min-reward 0"
+for s in 0 1 2 3 4 5 6 7 8 9; do
+  x=$([ $s = 0 ] || echo "-s$s")
+  more raft-hard-outcome "$x" --env "$HARD" --seed $s
+  more raft-lenient-outcome "$x" --env "$HARD&tolerance=2" --eval-env "$HARD" --seed $s
+  more raft-lenient-mixprm-bar0 "$x" --env "$HARD&tolerance=2" --eval-env "$HARD" --reward prm $MIX --seed $s
+  more raft-lenient-outcome-mixprm-bar0 "$x" --env "$HARD&tolerance=2" --eval-env "$HARD" --reward outcome+prm $MIX --seed $s
+done
+python recipes/prm/raft_table.py "$OUT" $(for a in $ARMS; do echo r6-$a; done)
 # does the PRM still judge the RAFT policies' solutions? held-out solutions of each, exactly labelled, judged by it
 for reward in outcome prm; do
   [ -f "$OUT/heldout-raft-$reward.jsonl" ] || $R prm label --policy "$OUT/raft-$reward" --env "sums:" --data-split eval \

@@ -7,7 +7,7 @@
 
 On a terminal the line is rewritten in place; to anything else (a log file, a CI console) each
 update is a whole line. Nothing is printed before `every` seconds have passed, so a quick job stays
-silent (unless `close(final=True)`); `every=0` prints at every update (deterministic, for tests),
+silent (unless `final`); `every=0` prints at every update (deterministic, for tests),
 `every=inf` never. Stdout is left alone: it carries results.
 """
 
@@ -38,16 +38,20 @@ def check_interval(value: float | str) -> float:
 class Progress:
     """`label: done/total unit done (elapsed s, detail)`. `done`: items finished before this
     process started (resumed), counted in the line but not in `rate()`. `every=None`: LIVE_EVERY
-    on a terminal, EVERY otherwise."""
+    on a terminal, EVERY otherwise. `final`: `close` prints the last count even when nothing was
+    printed before; `enabled=False` prints nothing at all. A subclass's `detail()` is what `close`
+    shows when it is given none."""
 
     def __init__(self, label: str, total: int, unit: str = "items", *, done: int = 0, every: float | None = EVERY,
-                 stream: TextIO | None = None):
+                 stream: TextIO | None = None, final: bool = False, enabled: bool = True):
         self.stream = stream if stream is not None else sys.stderr
         try:
             self.live = bool(self.stream.isatty())
         except (AttributeError, ValueError):  # (no isatty, or a closed stream)
             self.live = False
-        self.every = (LIVE_EVERY if self.live else EVERY) if every is None else check_interval(every)
+        self.every = math.inf if not enabled else (LIVE_EVERY if self.live else EVERY) if every is None \
+            else check_interval(every)
+        self.final = final and enabled
         self.label, self.total, self.unit, self.done, self.resumed = label, total, unit, done, done
         self.start = self.last = time.monotonic()
         self.printed = self.pending = False  # a line was printed / an update was not shown
@@ -66,10 +70,14 @@ class Progress:
             self.last = now
             self._write(now, detail)
 
-    def close(self, detail: str = "", *, final: bool = False) -> None:
+    def detail(self) -> str:
+        """What follows the time in the line `close` prints, when it is given no detail."""
+        return ""
+
+    def close(self, detail: str | None = None) -> None:
         """Show the last update if a line was printed and missed it, or if `final` and none was; end the line."""
-        if (self.printed and self.pending) or (final and not self.printed):
-            self._write(time.monotonic(), detail)
+        if (self.printed and self.pending) or (self.final and not self.printed):
+            self._write(time.monotonic(), self.detail() if detail is None else detail)
         if self.width:  # (a line in place)
             self.stream.write("\n")
             self.stream.flush()

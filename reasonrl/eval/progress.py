@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import TextIO
 
 from reasonrl.progress import Progress
@@ -11,8 +10,8 @@ from reasonrl.progress import Progress
 
 class EvalProgress(Progress):
     def __init__(self, total: int, done: int, correct: int, *, enabled: bool = True, stream: TextIO | None = None):
-        super().__init__("eval", total, "samples", done=done, every=None if enabled else math.inf, stream=stream)
-        self.enabled, self.correct, self.failed = enabled, correct, 0
+        super().__init__("eval", total, "samples", done=done, every=None, stream=stream, final=True, enabled=enabled)
+        self.correct, self.failed = correct, 0
 
     def update(self, finished: int, correct: int, failed: int) -> None:
         """Increments: samples finished, of them correct, samples failed."""
@@ -28,7 +27,3 @@ class EvalProgress(Progress):
         if self.failed:
             parts.append(f"{self.failed} failed")
         return ", ".join(parts)
-
-    def close(self) -> None:
-        if self.enabled:
-            super().close(self.detail(), final=True)

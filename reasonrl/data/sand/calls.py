@@ -24,7 +24,6 @@ Each call is seeded from (run seed, stage, call key): a server that honours seed
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -122,8 +121,8 @@ class ProgressLine(Progress):
     """`base.solve: 120/400 calls done (38.7 s, 3.1/s, 2 failed)` on stderr (reasonrl.progress.Progress)."""
 
     def __init__(self, name: str, total: int, enabled: bool):
-        super().__init__(name, total, "calls", every=None if enabled else math.inf)
-        self.enabled, self.failed = enabled, 0
+        super().__init__(name, total, "calls", every=None, final=True, enabled=enabled)
+        self.failed = 0
 
     def update(self, done: int, failed: int) -> None:
         """`done` more calls answered (an increment); `failed` so far (a count)."""
@@ -132,7 +131,3 @@ class ProgressLine(Progress):
 
     def detail(self) -> str:
         return f"{self.rate():.1f}/s" + (f", {self.failed} failed" if self.failed else "")
-
-    def close(self) -> None:
-        if self.enabled:
-            super().close(self.detail(), final=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import TextIO
+from typing import Callable, TextIO
 
 EVERY = 5.0
 """Default seconds between lines."""
@@ -39,11 +39,13 @@ class Progress:
     """`label: done/total unit done (elapsed s, detail)`. `done`: items finished before this
     process started (resumed), counted in the line but not in `rate()`. `every=None`: LIVE_EVERY
     on a terminal, EVERY otherwise. `final`: `close` prints the last count even when nothing was
-    printed before; `enabled=False` prints nothing at all. A subclass's `detail()` is what `close`
-    shows when it is given none."""
+    printed before; `enabled=False` prints nothing at all. `detail` (or a subclass's `detail()`)
+    makes what follows the time, called only when a line is printed: updates on a hot path cost a
+    clock read."""
 
     def __init__(self, label: str, total: int, unit: str = "items", *, done: int = 0, every: float | None = EVERY,
-                 stream: TextIO | None = None, final: bool = False, enabled: bool = True):
+                 stream: TextIO | None = None, final: bool = False, enabled: bool = True,
+                 detail: Callable[[], str] | None = None):
         self.stream = stream if stream is not None else sys.stderr
         try:
             self.live = bool(self.stream.isatty())
@@ -51,7 +53,7 @@ class Progress:
             self.live = False
         self.every = math.inf if not enabled else (LIVE_EVERY if self.live else EVERY) if every is None \
             else check_interval(every)
-        self.final = final and enabled
+        self.final, self._detail = final and enabled, detail
         self.label, self.total, self.unit, self.done, self.resumed = label, total, unit, done, done
         self.start = self.last = time.monotonic()
         self.printed = self.pending = False  # a line was printed / an update was not shown
@@ -62,28 +64,29 @@ class Progress:
         seconds = time.monotonic() - self.start
         return (self.done - self.resumed) / seconds if seconds > 0 else 0.0
 
-    def update(self, done: int, detail: str = "") -> None:
-        """`done` items of `total` are finished (a count, not an increment); `detail` is shown after the time."""
+    def update(self, done: int) -> None:
+        """`done` items of `total` are finished (a count, not an increment)."""
         self.done, self.pending = done, True
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
-            self._write(now, detail)
+            self._write(now)
 
     def detail(self) -> str:
-        """What follows the time in the line `close` prints, when it is given no detail."""
-        return ""
+        """What follows the time in a line."""
+        return self._detail() if self._detail is not None else ""
 
-    def close(self, detail: str | None = None) -> None:
+    def close(self) -> None:
         """Show the last update if a line was printed and missed it, or if `final` and none was; end the line."""
         if (self.printed and self.pending) or (self.final and not self.printed):
-            self._write(time.monotonic(), self.detail() if detail is None else detail)
+            self._write(time.monotonic())
         if self.width:  # (a line in place)
             self.stream.write("\n")
             self.stream.flush()
             self.width = 0  # (closing twice ends the line once)
 
-    def _write(self, now: float, detail: str) -> None:
+    def _write(self, now: float) -> None:
+        detail = self.detail()
         extra = f", {detail}" if detail else ""
         text = f"{self.label}: {self.done}/{self.total} {self.unit} done ({now - self.start:.1f} s{extra})"
         self.stream.write("\r" + text.ljust(self.width) if self.live else text + "\n")

@@ -56,7 +56,7 @@ class LLM:
             raise ValueError(f"got {len(params)} SamplingParams for {len(prompts)} prompts")
         ids: list[str] = []
         done: dict[str, RequestOutput] = {}
-        line, tokens = _progress_line(progress, len(prompts)), self.engine.num_generated_tokens
+        line = _progress_line(progress, len(prompts), self.engine)
         try:  # a prompt refused, or an interrupt, leaves none of this call's requests in the engine
             for prompt, p in zip(prompts, params):
                 rid = f"gen-{self._counter}"
@@ -69,13 +69,13 @@ class LLM:
                     if out.finished and out.request_id in mine:
                         done[out.request_id] = out
                 if line is not None:
-                    line.update(len(done), _tokens(self.engine.num_generated_tokens - tokens, line))
+                    line.update(len(done))
         finally:
             for rid in ids:
                 if rid not in done:
                     self.engine.abort(rid)
             if line is not None:  # (ended on an error too: a traceback starts on a line of its own)
-                line.close(_tokens(self.engine.num_generated_tokens - tokens, line))
+                line.close()
         return [done[rid] for rid in ids]
 
     def chat(self, conversations: list[dict] | list[list[dict]], params: SamplingParams | None = None,
@@ -139,13 +139,16 @@ def _one_prompt(prompts) -> bool:
     return isinstance(first, numbers.Integral) or getattr(first, "ndim", None) == 0
 
 
-def _progress_line(progress: bool | float, total: int) -> Progress | None:
-    """The stderr progress line `generate` asked for: False none, True every 5 s, a number every that many s."""
+def _progress_line(progress: bool | float, total: int, engine) -> Progress | None:
+    """The stderr progress line `generate` asked for: False none, True every 5 s, a number every that
+    many s; its detail, the tokens generated since it started and their rate."""
     if progress is False or progress is None:
         return None
-    return Progress("generate", total, "prompts", **({} if progress is True else {"every": progress}))
+    start = engine.num_generated_tokens
 
+    def tokens() -> str:
+        made, seconds = engine.num_generated_tokens - start, time.monotonic() - line.start
+        return f"{made:,} tokens, {made / seconds if seconds > 0 else 0.0:,.0f} tok/s"
 
-def _tokens(tokens: int, line: Progress) -> str:
-    seconds = time.monotonic() - line.start
-    return f"{tokens:,} tokens, {tokens / seconds if seconds > 0 else 0.0:,.0f} tok/s"
+    line = Progress("generate", total, "prompts", detail=tokens, **({} if progress is True else {"every": progress}))
+    return line

@@ -18,7 +18,7 @@ class EvalProgress(Progress):
         self.correct += correct
         self.failed += failed
         self.done += finished
-        super().update(self.done, self.detail())
+        super().update(self.done)
 
     def detail(self) -> str:
         parts = [f"{self.rate():.1f}/s"]

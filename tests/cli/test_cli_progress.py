@@ -24,8 +24,9 @@ def test_progress_lines_are_whole_lines_and_quick_jobs_print_none():
         quick.update(done)
     quick.close()
     assert stream.getvalue() == ""  # (the default, 5 s: none for a job quicker than that)
-    every = Progress("job", 3, "prompts", every=0, stream=stream)
-    every.update(0, "12 tokens")
+    details = iter(["12 tokens"])
+    every = Progress("job", 3, "prompts", every=0, stream=stream, detail=lambda: next(details, ""))
+    every.update(0)
     every.update(2)
     every.every = float("inf")
     every.update(3)  # not shown yet
@@ -76,8 +77,9 @@ class Terminal(io.StringIO):
 
 def test_on_a_terminal_one_line_is_rewritten_in_place_and_ended_once():
     stream = Terminal()
-    line = Progress("job", 3, "prompts", every=0, stream=stream)
-    line.update(1, "a long detail")
+    details = iter(["a long detail"])
+    line = Progress("job", 3, "prompts", every=0, stream=stream, detail=lambda: next(details, ""))
+    line.update(1)
     line.update(2)
     line.every = float("inf")
     line.update(3)
@@ -184,3 +186,13 @@ def test_a_config_that_is_no_object_is_no_vlm(tmp_path):
 
     (tmp_path / "config.json").write_text("[1]")
     assert not is_vlm(tmp_path)  # (it raised AttributeError: 'list' object has no attribute 'get')
+
+
+def test_the_detail_is_made_only_when_a_line_is_printed():
+    """generate formatted its token count and rate after every engine step, printed or not."""
+    made = []
+    line = Progress("job", 100, stream=io.StringIO(), every=float("inf"), detail=lambda: made.append(1) or "x")
+    for done in range(100):
+        line.update(done)
+    line.close()
+    assert made == []

@@ -127,7 +127,7 @@ class ProgressLine(Progress):
     def update(self, done: int, failed: int) -> None:
         """`done` more calls answered (an increment); `failed` so far (a count)."""
         self.done, self.failed = self.done + done, failed
-        super().update(self.done, self.detail())
+        super().update(self.done)
 
     def detail(self) -> str:
         return f"{self.rate():.1f}/s" + (f", {self.failed} failed" if self.failed else "")

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from reasonrl.envs.shapes import check_split_seed
+from reasonrl.envs.shapes import SPLIT_SEEDS as SHAPES_SPLIT_SEEDS, check_split_seed
 from reasonrl.reward.imagedoctor.data import JudgeDataConfig, JudgeExample, judge_example
 from reasonrl.vision.world import SceneConfig
 from reasonrl.vision.world.shapes import MAX_SIDE, MIN_SIDE
 
 INSTRUCTION = "Judge the image against the caption."
-SPLIT_SEEDS = {"train": 0, "eval": 1_000_003}  # disjoint streams of the same generator (see check_split_seed)
+SPLIT_SEEDS = {s: SHAPES_SPLIT_SEEDS[s] for s in ("train", "eval")}  # the shapes world's disjoint streams
 
 
 @dataclass

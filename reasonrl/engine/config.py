@@ -45,6 +45,9 @@ class EngineConfig:
     latent_exit: Literal["steps", "end_token"] = "steps"
     """LVR latent mode: "steps" forces `<|lvr_end|>` after latent_steps latents (as LVR does);
     "end_token" leaves when `<|lvr_end|>` is sampled at a latent position, at the latest after latent_steps."""
+    latent_feedback: Literal["state", "image_token"] | None = None
+    """LVR latent mode: what a latent position is fed, "state" (the final hidden state, LVR) or "image_token"
+    (the prompt's image token nearest to it; engine/latent.py). None: what the checkpoint was trained for."""
     draft_top_k: int = 8
     """Draft tree: children per expanded node and nodes expanded per depth."""
     draft_depth: int = 6
@@ -151,6 +154,9 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.latent_steps must be a positive integer or None, got {self.latent_steps!r}")
         if self.latent_exit not in ("steps", "end_token"):
             raise ValueError(f"EngineConfig.latent_exit must be 'steps' or 'end_token', got {self.latent_exit!r}")
+        if self.latent_feedback not in (None, "state", "image_token"):
+            raise ValueError("EngineConfig.latent_feedback must be 'state', 'image_token' or None, got "
+                             f"{self.latent_feedback!r}")
         if self.draft_sampling not in ("coupled", "residual"):
             raise ValueError(f"EngineConfig.draft_sampling must be 'coupled' or 'residual', got {self.draft_sampling!r}")
         if not isinstance(self.kv_options, dict):

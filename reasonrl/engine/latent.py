@@ -33,6 +33,13 @@ only the hidden states); the state fed back may be scaled (`LatentConfig.scale`,
 `lvr_latent_scale`: a final RMS norm cannot reach visual tokens of another scale; vision/lvr/sft.py).
 `EngineConfig.latent_steps` turns the mode on from a checkpoint's tokenizer. Speculative decoding
 and token eviction do not take latent mode.
+
+Feedback "image_token" (`LatentConfig.feedback`, not in the paper; a checkpoint trained for it records
+`lvr_latent_feedback`): the latent fed back is not the state itself but the merged image token of the
+request's prompt nearest to it by cosine. A latent is then always a real visual token, the kind the
+model was teacher-forced on, so a model that points at the right region reads at inference exactly
+what it read in training (with "state" it reads its imperfect reconstruction: exposure bias;
+vision/lvr/sft.py's pointer loss trains the choice). A request without an image is fed its state.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from reasonrl.engine.sequence import Sequence
 
 
 SCALE_KEY = "lvr_latent_scale"  # config.json key of a checkpoint's LatentConfig.scale
+FEEDBACK_KEY = "lvr_latent_feedback"  # config.json key of a checkpoint's LatentConfig.feedback
+FEEDBACKS = ("state", "image_token")
 
 
 @dataclass
@@ -66,6 +75,9 @@ class LatentConfig:
     """The latent fed back is scale x the final hidden state; a checkpoint trained by LVR SFT records
     it as `lvr_latent_scale` in config.json (vision/lvr/sft.py: the region tokens' scale over the
     final norm's)."""
+    feedback: Literal["state", "image_token"] = "state"
+    """What a latent position is fed: "state" (scale x the final hidden state, LVR) or "image_token"
+    (the prompt's merged image token nearest to it by cosine; module docstring)."""
 
     def __post_init__(self):
         ids = (self.start_id, self.latent_id, self.end_id)
@@ -77,6 +89,8 @@ class LatentConfig:
             raise ValueError(f"LatentConfig.exit must be 'steps' or 'end_token', got {self.exit!r}")
         if not self.scale > 0:
             raise ValueError(f"LatentConfig.scale must be > 0, got {self.scale!r}")
+        if self.feedback not in FEEDBACKS:
+            raise ValueError(f"LatentConfig.feedback must be one of {', '.join(FEEDBACKS)}, got {self.feedback!r}")
 
     @classmethod
     def from_tokenizer(cls, tokenizer, start: str = "<|lvr_start|>", latent: str = "<|lvr|>",
@@ -90,9 +104,11 @@ class LatentConfig:
 
     @classmethod
     def for_model(cls, model, tokenizer, **options) -> LatentConfig:
-        """`from_tokenizer`, with the latent scale the checkpoint records (1.0 when none)."""
+        """`from_tokenizer`, with the latent scale and feedback the checkpoint records (1.0 and "state"
+        when none); an option given as None takes the checkpoint's."""
         raw = getattr(getattr(model, "vlm_config", None), "raw", None) or {}
-        return cls.from_tokenizer(tokenizer, **{"scale": float(raw.get(SCALE_KEY, 1.0)), **options})
+        recorded = {"scale": float(raw.get(SCALE_KEY, 1.0)), "feedback": raw.get(FEEDBACK_KEY, "state")}
+        return cls.from_tokenizer(tokenizer, **{**recorded, **{k: v for k, v in options.items() if v is not None}})
 
 
 @dataclass
@@ -118,11 +134,14 @@ class LatentTrack:
 
 
 class LatentReasoning:
-    def __init__(self, config: LatentConfig, model):
+    def __init__(self, config: LatentConfig, model, images=None):
+        """`images`: the engine's `Images` (engine/images.py), which feedback "image_token" reads."""
         if getattr(model, "vlm_config", None) is None:
             raise ValueError("latent mode needs a vision-language model (Qwen2.5-VL), whose forward takes "
                              "input-embedding rows (image_embeds, image_rows)")
-        self.config, self.model = config, model
+        if config.feedback == "image_token" and images is None:
+            raise ValueError("latent feedback image_token needs the engine's images (engine/images.py)")
+        self.config, self.model, self.images = config, model, images
         self.hidden_size = model.config.hidden_size
 
     # ---- admission ---------------------------------------------------------------------------
@@ -182,8 +201,8 @@ class LatentReasoning:
 
     def intercept(self, seq: Sequence, sampled, result):
         """What `seq` appends instead of the token `sampled` (a `Sampled`) of the step `result` (a
-        `StepResult`): a latent placeholder (its vector, the final hidden state of the sequence's
-        last row, recorded), a forced end, or `sampled` itself."""
+        `StepResult`): a latent placeholder (its vector, from the final hidden state of the sequence's
+        last row (`feed`), recorded), a forced end, or `sampled` itself."""
         cfg, track = self.config, seq.latent
         if track.open is None:
             if sampled.token == cfg.start_id:
@@ -196,10 +215,18 @@ class LatentReasoning:
             return type(sampled)(cfg.end_id, 0.0, top) if forced else sampled
         position, batch = len(seq.output_ids), result.batch
         track.positions.append(position)
-        track.vectors.append(result.hidden[batch.sample_rows[batch.sample_seqs.index(seq)]].detach() * cfg.scale)
+        track.vectors.append(self.feed(seq, result.hidden[batch.sample_rows[batch.sample_seqs.index(seq)]].detach()))
         track.open += 1
         self._key(seq, position, track.vectors[-1])
         return type(sampled)(cfg.latent_id, 0.0, top)
+
+    def feed(self, seq: Sequence, hidden: torch.Tensor) -> torch.Tensor:
+        """The latent a final hidden state (hidden,) becomes: scale x it, or with feedback "image_token"
+        the prompt's image token nearest to that (a prompt without an image: scale x it)."""
+        state = hidden * self.config.scale
+        if self.config.feedback == "state" or seq.mm is None:
+            return state
+        return nearest_token(state[None], self.images.embeds_of(seq))[0].to(state.dtype)
 
     def _key(self, seq: Sequence, position: int, vector: torch.Tensor) -> None:
         """Prefix-cache key of the latent's token: a digest of its vector (a new list: the samples
@@ -207,3 +234,9 @@ class LatentReasoning:
         at = len(seq.prompt_ids) + position
         digest = hashlib.blake2b(vector.float().cpu().numpy().tobytes(), digest_size=16).digest()
         seq.content_keys = seq.content_keys + [(at, at + 1, digest)]
+
+
+def nearest_token(states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(K, hidden): for each state (K, hidden), the row of `tokens` (M, hidden) nearest by cosine (the first on ties)."""
+    scores = torch.nn.functional.normalize(states.float(), dim=-1) @ torch.nn.functional.normalize(tokens.float(), dim=-1).T
+    return tokens[scores.argmax(-1)]

@@ -106,7 +106,7 @@ class LLMEngine:
         self.images = Images(model) if getattr(model, "vlm_config", None) is not None else None
         self.grammars = Grammars(tokenizer, mcfg.vocab_size, self.eos_ids)  # structured outputs (engine/grammar.py)
         latent = latent or self._latent_config(tokenizer)
-        self.latents = LatentReasoning(latent, model) if latent is not None else None
+        self.latents = LatentReasoning(latent, model, self.images) if latent is not None else None
         fast = None
         if self.evictor is None:  # eviction decodes eager
             # compiled or captured decode if asked for, else on CPU the C++ forward, which also takes
@@ -138,7 +138,8 @@ class LLMEngine:
             return None
         if tokenizer is None:
             raise ValueError("EngineConfig.latent_steps needs the checkpoint's tokenizer (for the LVR token ids)")
-        return LatentConfig.for_model(self.model, tokenizer, steps=cfg.latent_steps, exit=cfg.latent_exit)
+        return LatentConfig.for_model(self.model, tokenizer, steps=cfg.latent_steps, exit=cfg.latent_exit,
+                                    feedback=cfg.latent_feedback)
 
     def _evictor(self) -> Evictor | None:
         cfg = self.config

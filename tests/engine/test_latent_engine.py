@@ -5,6 +5,7 @@ the last hidden state appended as the next embedding in latent mode. The engine 
 tokens and latents alone, mixed in one batch with ordinary requests, under preemption and chunked
 prefill, and after abort and resume."""
 
+import dataclasses
 import warnings
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from reasonrl.engine import LLMEngine, SamplingParams
 from reasonrl.engine.config import EngineConfig
-from reasonrl.engine.latent import SCALE_KEY, LatentConfig, Latents
+from reasonrl.engine.latent import FEEDBACK_KEY, SCALE_KEY, LatentConfig, Latents, nearest_token
 from reasonrl.kernels import cpu_ops
 from reasonrl.models import load_model
 from reasonrl.models.model import CausalAttention
@@ -50,8 +51,8 @@ def with_start(mm: MultimodalPrompt, token: int, model) -> MultimodalPrompt:
 @torch.no_grad()
 def reference(model, prompt: MultimodalPrompt, cfg: LatentConfig, max_tokens=MAX):
     """Greedy LVR decoding by full forwards: -> (tokens, latents (K, hidden), argmax at each latent row)."""
-    embeds = model.embed(torch.tensor(prompt.input_ids), model.encode_images(prompt.pixel_values, prompt.image_grid_thw)
-                         if prompt.num_images else None, prompt.image_rows if prompt.num_images else None)
+    image = model.encode_images(prompt.pixel_values, prompt.image_grid_thw) if prompt.num_images else None
+    embeds = model.embed(torch.tensor(prompt.input_ids), image, prompt.image_rows if prompt.num_images else None)
     open_ = 0 if prompt.input_ids[-1] == cfg.start_id else None
     tokens, latents, argmaxes = [], [], []
     while len(tokens) < max_tokens:
@@ -65,8 +66,9 @@ def reference(model, prompt: MultimodalPrompt, cfg: LatentConfig, max_tokens=MAX
             token, open_ = cfg.end_id, None
         else:
             argmaxes.append(token)
-            token, nxt, open_ = cfg.latent_id, h, open_ + 1
-            latents.append(h)
+            nxt = h * cfg.scale if cfg.feedback == "state" else nearest_token(h[None] * cfg.scale, image)[0]
+            token, open_ = cfg.latent_id, open_ + 1
+            latents.append(nxt)
         tokens.append(token)
         nxt = model.embed_tokens(torch.tensor([token]))[0] if nxt is None else nxt
         embeds = torch.cat([embeds, nxt[None]])
@@ -280,3 +282,53 @@ def test_an_lvr_checkpoint_without_latent_mode_warns(model):
             LLMEngine(model, None, EngineConfig(kv_cache_memory=1 << 22, block_size=4))
     finally:
         del model.vlm_config.raw[SCALE_KEY]
+
+
+def test_image_token_feedback_feeds_back_the_nearest_image_token(model, tok, cases):
+    """Feedback image_token: each latent is the prompt's merged image token nearest to the state (the
+    reference snaps it the same way), exactly one of the image's tokens, in a mixed batch under
+    preemption as alone; a request without an image is fed its state."""
+    prompt, forced = cases["forced"]
+    cfg = LatentConfig(forced.start_id, forced.latent_id, forced.end_id, steps=4, scale=2.0, feedback="image_token")
+    tokens, latents, _ = reference(model, prompt, cfg)
+    out = run(engine_for(model, cfg), {"a": (prompt, GREEDY, {})})["a"]
+    assert out.token_ids == tokens and len(out.latents.positions) == tokens.count(cfg.latent_id) >= 4
+    torch.testing.assert_close(out.latents.vectors, latents, atol=1e-4, rtol=1e-4)
+    image = model.encode_images(prompt.pixel_values, prompt.image_grid_thw)
+    assert all((image == v).all(-1).any() for v in out.latents.vectors)  # a real token, bit for bit
+    state = reference(model, prompt, dataclasses.replace(cfg, feedback="state"))[1]
+    assert not torch.allclose(state, latents, atol=1e-3)  # the states themselves are not image tokens
+
+    _, reqs = mixed_requests(model, tok, cases)
+    full = run(engine_for(model, cfg), reqs)
+    engine = engine_for(model, cfg, kv_cache_memory=26 * 4 * BYTES_PER_TOKEN, max_model_len=100, max_num_batched_tokens=7)
+    tight = run(engine, reqs)
+    assert engine.scheduler.num_preemptions > 0
+    for rid, o in full.items():
+        assert tight[rid].token_ids == o.token_ids, rid
+        if rid != "text_latent":  # image tokens: the same, not nearly (the text request's states: fp32 noise)
+            assert torch.equal(tight[rid].latents.vectors, o.latents.vectors), rid
+    text_tokens, text_latents, _ = reference(model, cases["text"][0], dataclasses.replace(cfg, feedback="state"))
+    assert full["text_latent"].token_ids == text_tokens and len(text_latents) >= 4
+    torch.testing.assert_close(full["text_latent"].latents.vectors, text_latents, atol=1e-4, rtol=1e-4)
+
+
+def test_the_checkpoint_records_the_feedback_and_the_engine_config_overrides_it(model, tok, ids):
+    tok_ids = dict(zip(("<|lvr_start|>", "<|lvr|>", "<|lvr_end|>"), ids))
+
+    class Tok:  # the three LVR tokens under the fixture's ids
+        class tok:
+            token_to_id = staticmethod(tok_ids.get)
+
+    assert LatentConfig.for_model(model, Tok).feedback == "state"
+    model.vlm_config.raw[FEEDBACK_KEY] = "image_token"
+    try:
+        assert LatentConfig.for_model(model, Tok).feedback == "image_token"
+        assert LatentConfig.for_model(model, Tok, feedback=None).feedback == "image_token"
+        assert LatentConfig.for_model(model, Tok, feedback="state").feedback == "state"
+    finally:
+        del model.vlm_config.raw[FEEDBACK_KEY]
+    with pytest.raises(ValueError, match="latent_feedback"):
+        EngineConfig(latent_steps=2, latent_feedback="hidden")
+    with pytest.raises(ValueError, match="feedback"):
+        LatentConfig(*ids, feedback="hidden")

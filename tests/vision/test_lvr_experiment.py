@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from reasonrl.engine.latent import SCALE_KEY, LatentConfig, Latents
+from reasonrl.engine.latent import FEEDBACK_KEY, SCALE_KEY, LatentConfig, Latents
 from reasonrl.engine.sequence import CompletionOutput
 from reasonrl.models import Tokenizer, load_model
 from reasonrl.models.qwen2_5_vl import MultimodalPrompt
@@ -62,10 +62,11 @@ def test_lvr_sft_learns_the_region_tokens_and_records_its_scale(setup):
     scale = lvr.vlm_config.raw[SCALE_KEY]
     region = torch.cat([e.image[e.lvr.targets] for e in examples])
     expected = region.pow(2).mean().sqrt() / model.norm.weight.detach().pow(2).mean().sqrt()
-    assert scale == pytest.approx(float(expected), rel=1e-5)
+    assert scale == pytest.approx(float(expected), rel=1e-5) and lvr.vlm_config.raw[FEEDBACK_KEY] == "state"
     assert all(torch.equal(v, lvr.visual.state_dict()[k]) for k, v in tower.items())  # vision tower and merger frozen
     control = train_sft_lvr(plain, examples, LVRTrainConfig(latents=False, steps=3, batch=4))
     assert all(h["latent_mse"] == 0.0 for h in control) and SCALE_KEY not in plain.vlm_config.raw
+    assert FEEDBACK_KEY not in plain.vlm_config.raw
 
 
 def load_model_copy(model):
@@ -82,11 +83,14 @@ def outputs_with_span(latent, n, lo=1, hidden=8):
 def test_interventions_replace_the_first_span(setup):
     latent = setup[2]
     out, region = outputs_with_span(latent, 3), torch.randn(5, 8)
-    item = ev.EvalItem(None, lambda text: 0.0, region, region.mean(0))
+    image = torch.cat([region, torch.randn(4, 8)])
+    item = ev.EvalItem(None, lambda text: 0.0, region, image)
     none = CompletionOutput(0, [5, 6], [0.0, 0.0], "", "stop", latents=Latents([], torch.zeros(0, 8)))
     gen = torch.Generator().manual_seed(0)
-    zeros, noise, oracle = (ev.replace_span([item, item], [out, none], k, latent, gen) for k in ("zeros", "noise", "oracle"))
-    assert zeros[1] is None and noise[1] is None and oracle[1] is None
+    zeros, noise, drawn, oracle = (ev.replace_span([item, item], [out, none], k, latent, gen)
+                                   for k in ("zeros", "noise", "random_tokens", "oracle"))
+    assert zeros[1] is None and noise[1] is None and drawn[1] is None and oracle[1] is None
+    assert len(drawn[0][1].vectors) == 3 and all((image == v).all(-1).any() for v in drawn[0][1].vectors)
     assert zeros[0][0] == out.token_ids[:5] and torch.equal(zeros[0][1].vectors, torch.zeros(3, 8))
     torch.testing.assert_close(noise[0][1].vectors.norm(dim=1), out.latents.vectors.norm(dim=1))
     assert not torch.allclose(noise[0][1].vectors, out.latents.vectors)
@@ -96,7 +100,15 @@ def test_interventions_replace_the_first_span(setup):
         ev.replace_span([item], [out], "shuffle", latent, gen)
     rec = ev.reconstruction([item], [CompletionOutput(0, out.token_ids, out.logprobs, "", "stop",
                                                       latents=Latents(out.latents.positions, region[:3] * 2))])
-    assert rec["latent_cosine"] == pytest.approx(1.0) and rec["latent_outputs"] == 1.0
+    assert rec["latent_cosine"] == pytest.approx(1.0) and rec["latent_outputs"] == 1.0 and rec["latent_top1"] == 1.0
+    swapped = torch.stack([region[1], region[0], region[2]])  # the first two latents point at each other's token
+    rec = ev.reconstruction([item], [CompletionOutput(0, out.token_ids, out.logprobs, "", "stop",
+                                                      latents=Latents(out.latents.positions, swapped))])
+    assert rec["latent_top1"] == pytest.approx(1 / 3) and rec["latent_cosine"] < 1.0 and rec["latent_in_region"] == 1.0
+    outside = torch.stack([region[0], image[6], region[2]])  # the second latent points off the region
+    rec = ev.reconstruction([item], [CompletionOutput(0, out.token_ids, out.logprobs, "", "stop",
+                                                      latents=Latents(out.latents.positions, outside))])
+    assert rec["latent_top1"] == pytest.approx(2 / 3) == rec["latent_in_region"]
 
 
 def test_a_resumed_unchanged_span_decodes_the_same_answer(setup, path):
@@ -109,7 +121,7 @@ def test_a_resumed_unchanged_span_decodes_the_same_answer(setup, path):
         problem_prompt = make_prompt(model, tok, problem)
         items.append(ev.EvalItem(MultimodalPrompt.from_ids(problem_prompt.input_ids + [start], problem_prompt.pixel_values,
                                                            problem_prompt.image_grid_thw, model.vlm_config),
-                                 lambda text: 0.0, ex.image[ex.lvr.targets], ex.image.mean(0)))
+                                 lambda text: 0.0, ex.image[ex.lvr.targets], ex.image))
     outs = ev.generate(model, tok, items, 4)
     assert all(ev.first_span(o) == (0, 4) for o in outs)
     same = [(o.token_ids[:5], Latents(o.latents.positions[:4], o.latents.vectors[:4])) for o in outs]
@@ -203,23 +215,27 @@ def test_reasonrl_data_lvr_refuses_an_earlier_runs_output_unless_overwrite(tmp_p
 
 @pytest.mark.slow
 def test_the_latent_inputs_flag_reaches_the_lvr_loss(path, tmp_path, monkeypatch):
-    """`--latent-inputs own --own-passes 2` on the experiment's command line reaches lvr_sft_loss."""
+    """`--latent-inputs own --own-passes 2 --pointer-weight 0.5 --latent-feedback image_token` on the experiment's
+    command line reach lvr_sft_loss and the checkpoint."""
     from reasonrl.vision.lvr import experiment, train
 
     seen, real = [], train.lvr_sft_loss
 
     def spy(*args, **kwargs):
-        seen.append(args[6:8])
+        seen.append(tuple(kwargs[k] for k in ("latent_inputs", "own_passes", "pointer_weight", "feedback", "pointer_target")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train, "lvr_sft_loss", spy)
     out = tmp_path / "own"
     assert experiment.main(["--out", str(out), "--base", str(path), "--train-problems", "4", "--eval-problems", "1",
                             "--sft-steps", "2", "--batch", "2", "--arms", "lvr", "--stages", "sft", "--sweep", "4",
-                            "--latent-inputs", "own", "--own-passes", "2"]) == 0
-    assert seen == [("own", 2)] * 2
+                            "--latent-inputs", "own", "--own-passes", "2", "--pointer-weight", "0.5",
+                            "--latent-feedback", "image_token", "--pointer-target", "region"]) == 0
+    assert seen == [("own", 2, 0.5, "image_token", "region")] * 2
     saved = json.loads((out / "results.json").read_text())
     assert saved["config"]["latent_inputs"] == "own" and saved["config"]["own_passes"] == 2
+    assert json.loads((out / "sft-lvr" / "config.json").read_text())[FEEDBACK_KEY] == "image_token"
+    assert {"latent_top1", "accuracy_random_tokens"} <= set(saved["sft_lvr"])
     assert saved["sft_lvr"]["final_loss"]["input_cosine"] < 0.99
     assert train.LVRTrainConfig().latent_inputs == experiment.LVRExperimentConfig().latent_inputs == "teacher"
     with pytest.raises(SystemExit):

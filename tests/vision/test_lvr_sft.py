@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reasonrl.engine.latent import LatentConfig
+from reasonrl.engine.latent import LatentConfig, nearest_token
 from reasonrl.models.model import CausalAttention
 from reasonrl.models.qwen2_5_vl.model import Qwen2_5_VL
 from reasonrl.models.tiny import init_weights
@@ -214,3 +214,62 @@ def test_latent_inputs_options_are_checked(setup):
         lvr_sft_loss(model, seqs, prompts, latent_inputs="mine")
     with pytest.raises(ValueError, match="own_passes"):
         lvr_sft_loss(model, seqs, prompts, latent_inputs="own", own_passes=0)
+
+
+@pytest.mark.parametrize("target", ["token", "region", "remaining"])
+def test_the_pointer_loss_is_the_region_tokens_cross_entropy_among_the_image_tokens_by_cosine(setup, target):
+    """CE + weight x MSE + pointer_weight x the mean CE of each latent's target among its prompt's image
+    tokens, logits cos(scale x state, token) / 0.1 (target "token": region token k; "region": the region's
+    summed probability; "remaining": region tokens k onwards); pointer_top1 counts the latents whose top
+    logit is a target."""
+    tok, model, latent, prompts, seqs = setup
+    scale = 2.5
+    base, _ = lvr_sft_loss(model, seqs, prompts, 0.1, scale=scale)
+    loss, stats = lvr_sft_loss(model, seqs, prompts, 0.1, scale=scale, pointer_weight=0.5, pointer_target=target)
+    terms, hits = [], 0
+    for s, p in zip(seqs, prompts):
+        hidden, images = reference(model, s, p)
+        states = hidden[[r - 1 for r in s.latent_rows]] * scale
+        logits = F.normalize(states, dim=-1) @ F.normalize(images, dim=-1).T / 0.1
+        probs = logits.softmax(-1)
+        for k, row in enumerate(probs):
+            right = {"token": [s.targets[k]], "region": s.targets, "remaining": s.targets[k:]}[target]
+            terms.append(-row[right].sum().log())
+            hits += int(int(row.argmax()) in right)
+    n = sum(len(s.latent_rows) for s in seqs)
+    torch.testing.assert_close(loss, base + 0.5 * sum(terms) / n, atol=1e-5, rtol=1e-5)
+    assert stats["pointer_ce"] == pytest.approx(float(sum(terms) / n), rel=1e-5) and stats["pointer_top1"] == hits / n
+    with pytest.raises(ValueError, match="pointer_target"):
+        lvr_sft_loss(model, seqs, prompts, pointer_weight=1.0, pointer_target="set")
+
+
+def test_training_the_pointer_points_the_states_at_their_region_tokens(setup):
+    tok, model, latent, prompts, seqs = setup
+    model = init_weights(Qwen2_5_VL(model.vlm_config), 0.1, 1)
+    freeze_vision(model)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = lvr_sft_loss(model, seqs, prompts, 0.0, pointer_weight=1.0)[1]
+    for _ in range(15):
+        loss, _ = lvr_sft_loss(model, seqs, prompts, 0.0, pointer_weight=1.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    last = lvr_sft_loss(model, seqs, prompts, 0.0, pointer_weight=1.0)[1]
+    assert last["pointer_ce"] < 0.5 * first["pointer_ce"] and last["pointer_top1"] == 1.0 > first["pointer_top1"]
+
+
+def test_own_passes_with_image_token_feedback_feed_the_nearest_image_tokens(setup):
+    tok, model, latent, prompts, seqs = setup
+    scale, t = 2.5, max(len(s.input_ids) for s in seqs)
+    rec = Recorder(model, seqs, t)
+    try:
+        lvr_sft_loss(model, seqs, prompts, 0.1, scale=scale, latent_inputs="own", own_passes=1, feedback="image_token")
+    finally:
+        rec.handle.remove()
+    for i, (s, p) in enumerate(zip(seqs, prompts)):
+        hidden, images = reference(model, s, p)  # the first pass is teacher-forced
+        expected = nearest_token(hidden[[r - 1 for r in s.latent_rows]] * scale, images)
+        torch.testing.assert_close(rec.calls[-1][i], expected)  # rows of the image's tokens
+        assert not torch.allclose(rec.calls[-1][i], images[s.targets])  # the model's choice, not the region
+    with pytest.raises(ValueError, match="feedback"):
+        lvr_sft_loss(model, seqs, prompts, feedback="hidden")

@@ -4,12 +4,16 @@ Every figure is greedy decoding by the engine (engine/latent.py) on held-out det
 
 - `accuracy`: the model answers as it would be served, latent mode on (or off for the control);
 - the causality check (`intervened`): each output is cut right after its first latent span, the
-  span's latents are replaced (zeros; Gaussian noise with each latent's norm; or the true region
-  tokens, the "oracle", when the span holds as many latents as the region has tokens) and the
+  span's latents are replaced (zeros; Gaussian noise with each latent's norm; tokens of the same
+  image drawn at random, "random_tokens"; or the true region tokens, the "oracle", the span re-sized
+  to the region's tokens) and the
   answer is decoded again from there, through the engine's resume path (`output_latents`); a model
   whose answers depend on its latents loses accuracy when they are zeros or noise;
 - `reconstruction`: cosine of the k-th latent with the region's k-th merged visual token (the
-  LVR training target), beside the cosine a constant guess gets (the image's mean token).
+  LVR training target), beside the cosine a constant guess gets (the image's mean token), and the
+  share of latents whose nearest image token (by cosine) is that region token ("latent_top1"; with
+  feedback image_token the latent is that nearest token), or any of the region's tokens
+  ("latent_in_region", every latent of the span).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from reasonrl.engine.config import EngineConfig
-from reasonrl.engine.latent import LatentConfig, Latents
+from reasonrl.engine.latent import LatentConfig, Latents, nearest_token
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.sampling_params import SamplingParams
 from reasonrl.engine.sequence import CompletionOutput
@@ -35,7 +39,7 @@ class EvalItem:
     prompt: MultimodalPrompt  # with its pixels: the engine encodes the image
     answer: Callable[[str], float]  # the reward's accuracy part on a decoded response
     region: torch.Tensor  # (N, hidden) the region's merged visual tokens (the latent targets)
-    image_mean: torch.Tensor  # (hidden,) the image's mean merged token
+    image: torch.Tensor  # (M, hidden) all the image's merged tokens
 
 
 def engine(model, tok, latent_steps: int | None) -> LLMEngine:
@@ -83,13 +87,17 @@ def intervened(model, tok, items: list[EvalItem], outs: list[CompletionOutput], 
     return accuracy(tok, items, again), sum(r is not None for r in resume) / max(len(items), 1)
 
 
+INTERVENTIONS = ("zeros", "noise", "random_tokens", "oracle")
+
+
 def replace_span(items: list[EvalItem], outs: list[CompletionOutput], kind: str, latent: LatentConfig,
                  gen: torch.Generator) -> list[tuple[list[int], Latents] | None]:
     """Per output, the tokens up to its first span's end and the span's latents replaced: kind
-    "zeros", "noise" (Gaussian, each latent's norm) or "oracle" (the region's tokens, the span
-    re-sized to them); None for an output without a span."""
-    if kind not in ("zeros", "noise", "oracle"):
-        raise ValueError(f"unknown intervention {kind!r}; known: zeros, noise, oracle")
+    "zeros", "noise" (Gaussian, each latent's norm), "random_tokens" (tokens of the item's image,
+    uniformly drawn) or "oracle" (the region's tokens, the span re-sized to them); None for an
+    output without a span."""
+    if kind not in INTERVENTIONS:
+        raise ValueError(f"unknown intervention {kind!r}; known: {', '.join(INTERVENTIONS)}")
     resume = []
     for item, out in zip(items, outs):
         span = first_span(out)
@@ -103,6 +111,8 @@ def replace_span(items: list[EvalItem], outs: list[CompletionOutput], kind: str,
         elif kind == "noise":
             noise = torch.randn(vectors.shape, generator=gen)
             vectors = noise / noise.norm(dim=1, keepdim=True) * vectors.norm(dim=1, keepdim=True)
+        elif kind == "random_tokens":
+            vectors = item.image[torch.randint(len(item.image), (len(vectors),), generator=gen)]
         else:
             vectors = item.region
         ids = out.token_ids[:lo] + [latent.latent_id] * len(vectors) + [latent.end_id]
@@ -111,17 +121,24 @@ def replace_span(items: list[EvalItem], outs: list[CompletionOutput], kind: str,
 
 
 def reconstruction(items: list[EvalItem], outs: list[CompletionOutput]) -> dict[str, float]:
-    """Mean cosine of latent k with region token k (k < both counts), and of the image's mean token
-    with the same region tokens (the constant guess)."""
-    ours, guess = [], []
+    """Mean cosine of latent k with region token k (k < both counts), of the image's mean token
+    with the same region tokens (the constant guess), and the share of latents whose nearest image
+    token is region token k (or a token equal to it), or any of the region's (every latent of the span)."""
+    ours, guess, top1, inside = [], [], [], []
     for item, out in zip(items, outs):
         span = first_span(out)
         if span is None:
             continue
         n = min(span[1] - span[0], len(item.region))
-        ours.append(F.cosine_similarity(out.latents.vectors[:n], item.region[:n], dim=1))
-        guess.append(F.cosine_similarity(item.image_mean[None].expand(n, -1), item.region[:n], dim=1))
+        latents, region = out.latents.vectors[:n], item.region[:n]
+        ours.append(F.cosine_similarity(latents, region, dim=1))
+        guess.append(F.cosine_similarity(item.image.mean(0)[None].expand(n, -1), region, dim=1))
+        top1.append((nearest_token(latents, item.image) == region).all(-1).float())
+        pointed = nearest_token(out.latents.vectors[:span[1] - span[0]], item.image)
+        inside.append((pointed[:, None] == item.region[None]).all(-1).any(-1).float())
     if not ours:
-        return {"latent_cosine": float("nan"), "mean_token_cosine": float("nan"), "latent_outputs": 0.0}
+        return {"latent_cosine": float("nan"), "mean_token_cosine": float("nan"), "latent_top1": float("nan"),
+                "latent_in_region": float("nan"), "latent_outputs": 0.0}
     return {"latent_cosine": float(torch.cat(ours).mean()), "mean_token_cosine": float(torch.cat(guess).mean()),
+            "latent_top1": float(torch.cat(top1).mean()), "latent_in_region": float(torch.cat(inside).mean()),
             "latent_outputs": len(ours) / len(items)}

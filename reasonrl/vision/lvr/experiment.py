@@ -71,6 +71,14 @@ class LVRExperimentConfig:
     own_passes: int = 1
     """With --latent-inputs own: forwards without gradient giving the latents fed to the graded one (each
     fed the previous one's; p passes: the first p latents of a span are the autoregressive ones)."""
+    pointer_weight: float = 0.0
+    """Weight of the pointer loss in the LVR arm (its region token among the image's tokens; vision/lvr/sft.py)."""
+    pointer_target: Literal["token", "region", "remaining"] = "token"
+    """The pointer loss's right answer for latent k: region token k, any of the region's tokens, or any of region
+    tokens k onwards (vision/lvr/sft.py)."""
+    latent_feedback: Literal["state", "image_token"] = "state"
+    """What a latent position is fed at inference (engine/latent.py): the state (LVR) or the image token nearest
+    to it; recorded in the LVR arm's checkpoint, and fed back by --latent-inputs own's passes."""
     stages: tuple[str, ...] = ("sft", "grpo")
     """sft (train and measure the arms) and grpo (from OUT/sft-lvr, e.g. an earlier run's)."""
     arms: tuple[str, ...] = ("plain", "lvr")
@@ -98,7 +106,8 @@ class LVRExperimentConfig:
         return LVRShapesConfig(image_size=self.image_size, min_objects=self.min_objects, max_objects=self.max_objects)
 
 
-LEGACY_SETTINGS = {"image_size": 224, "min_objects": 1, "max_objects": 4, "autocast": None}
+LEGACY_SETTINGS = {"image_size": 224, "min_objects": 1, "max_objects": 4, "autocast": None, "pointer_weight": 0.0,
+                   "pointer_target": "token", "latent_feedback": "state"}
 """What stages recorded before these settings were options were made with."""
 
 
@@ -128,7 +137,7 @@ def eval_items(model, tok, env: LVRShapesEnvironment, examples: list[LVRExample]
     for problem, ex in zip(problems, examples):
         prompt = vqa_prompt(problem, "test")
         items.append(ev.EvalItem(multimodal(encoder(prompt.messages)), partial(env.accuracy, prompt),
-                                 ex.image[ex.lvr.targets], ex.image.mean(0)))
+                                 ex.image[ex.lvr.targets], ex.image))
     return items
 
 
@@ -136,7 +145,7 @@ def measure(model, tok, items, latent: LatentConfig, cfg: LVRExperimentConfig) -
     """Accuracy with `cfg.latent_steps` latents, reconstruction, the interventions, the steps sweep."""
     outs = ev.generate(model, tok, items, latent.steps)
     res = {"accuracy": ev.accuracy(tok, items, outs), **ev.reconstruction(items, outs)}
-    for kind in ("zeros", "noise", "oracle"):
+    for kind in ev.INTERVENTIONS:
         res[f"accuracy_{kind}"], res["intervened_share"] = ev.intervened(model, tok, items, outs, kind, latent, cfg.seed)
     res["by_steps"] = {s: ev.accuracy(tok, items, ev.generate(model, tok, items, s)) for s in cfg.sweep}
     return res
@@ -170,7 +179,8 @@ def run_experiment(cfg: LVRExperimentConfig, log=None) -> dict:
         policy = copy.deepcopy(model)
         sft = LVRTrainConfig(latents=arm == "lvr", steps=cfg.sft_steps, batch=cfg.batch, lr=cfg.lr, weight=cfg.mse_weight,
                              latent_inputs=cfg.latent_inputs, own_passes=cfg.own_passes, autocast=cfg.autocast,
-                             seed=cfg.seed)
+                             pointer_weight=cfg.pointer_weight, pointer_target=cfg.pointer_target,
+                             feedback=cfg.latent_feedback, seed=cfg.seed)
         sft_start = time.time()
         history = train_sft_lvr(policy, train, sft, partial(_log_step, log, arm))
         sft_seconds = time.time() - sft_start
@@ -253,8 +263,10 @@ def markdown(results: dict) -> str:
         return f"{r[key]:.3f}" if isinstance(r.get(key), float) else "-"
 
     rows = [("accuracy", "accuracy"), ("latents -> zeros", "accuracy_zeros"), ("latents -> noise", "accuracy_noise"),
-            ("latents -> region tokens", "accuracy_oracle"), ("latent cosine", "latent_cosine"),
-            ("mean-token cosine", "mean_token_cosine")]
+            ("latents -> random image tokens", "accuracy_random_tokens"), ("latents -> region tokens", "accuracy_oracle"),
+            ("latent cosine", "latent_cosine"), ("mean-token cosine", "mean_token_cosine"),
+            ("latent's nearest image token is its region token", "latent_top1"),
+            ("latent's nearest image token is in the region", "latent_in_region")]
     lines = ["| measure | " + " | ".join(name for name, _ in arms) + " |", "|---" * (len(arms) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(cell(r, key) for _, r in arms) + " |" for label, key in rows]
     steps = [" / ".join(f"{v:.3f}" for v in r["by_steps"].values()) if "by_steps" in r else "-" for _, r in arms]
@@ -265,7 +277,8 @@ def markdown(results: dict) -> str:
 def _log_step(log, arm: str, step: int, steps: int, stats: dict, seconds: float) -> None:
     if step % 25 == 0 or step == steps:
         log(f"sft {arm} {step}/{steps} loss {stats['loss']:.3f} ce {stats['ce']:.3f} "
-            f"mse {stats['latent_mse']:.4f} input-cos {stats.get('input_cosine', float('nan')):.3f} ({seconds:.0f}s)")
+            f"mse {stats['latent_mse']:.4f} input-cos {stats.get('input_cosine', float('nan')):.3f} "
+            f"pointer-top1 {stats.get('pointer_top1', float('nan')):.3f} ({seconds:.0f}s)")
 
 
 def _save(out: Path, results: dict) -> None:

@@ -28,6 +28,17 @@ as the inputs of the latent rows; the loss is unchanged (CE without the latent t
 MSE to the true region tokens / s). Latent k's prediction depends only on the inputs before it, so
 after p passes the inputs of the first p latents of a span are exactly the ones autoregressive
 inference produces (p >= the span's length: all of them); each pass costs one more forward.
+
+Pointer loss (`pointer_weight`, not in the paper; for the engine's feedback "image_token",
+engine/latent.py, which feeds back the prompt's image token nearest to s x the state by cosine):
+cross-entropy over the prompt's merged image tokens, the logits the cosines of s x the predicted state
+with each token over a temperature of 0.1, the target latent k's region token. It trains the choice
+that feedback makes, where the MSE only pulls the state toward the token. `pointer_target="region"`
+makes any of the region's tokens a right answer for every latent (the CE of the region's summed
+probability): the latents must find the object, not its cells in row-major order; "remaining", any
+region token not fed before it in the span (teacher-forced: region tokens k onwards), so that a
+span covers the region instead of repeating one cell. With
+`feedback="image_token"` the own passes snap their predictions the same way.
 """
 
 from __future__ import annotations
@@ -37,7 +48,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from reasonrl.engine.latent import LatentConfig
+from reasonrl.engine.latent import FEEDBACKS, LatentConfig, nearest_token
 from reasonrl.models.model import CausalAttention
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 
@@ -84,20 +95,31 @@ def latent_scale(model, region_tokens: torch.Tensor) -> float:
 
 
 LATENT_INPUTS = ("teacher", "own")
+POINTER_TEMPERATURE = 0.1
+POINTER_TARGETS = ("token", "region", "remaining")
 
 
 def lvr_sft_loss(model, sequences: list[LVRSequence], prompts: list[MultimodalPrompt], weight: float = 0.1,
                  image_embeds: torch.Tensor | None = None, scale: float = 1.0, latent_inputs: str = "teacher",
-                 own_passes: int = 1):
+                 own_passes: int = 1, pointer_weight: float = 0.0, feedback: str = "state",
+                 pointer_target: str = "token"):
     """(CE + weight x MSE, stats) of a batch; each prompt's first image holds its region. `image_embeds`:
     the prompts' merged image tokens already encoded (the frozen tower's output, prompt after prompt).
     `scale`: the latent scale (LatentConfig.scale): the hidden states regress onto targets / scale.
     `latent_inputs`: what the latent rows are fed: "teacher" (the true region tokens, LVR) or "own"
     (the model's own predictions after `own_passes` forwards without gradient; module docstring).
+    `pointer_weight`, `pointer_target`: weight and target of the pointer loss, `feedback`: what own passes
+    feed back (module docstring).
     A batch without latents (`plain_sequence`) has CE alone. stats["input_cosine"]: mean cosine of
-    the latent rows' inputs with the true region tokens (1.0 teacher-forced)."""
+    the latent rows' inputs with the true region tokens (1.0 teacher-forced); stats["pointer_top1"]: share
+    of latents whose nearest image token is their target (region token k, or with target "region" any of
+    the region's)."""
     if latent_inputs not in LATENT_INPUTS:
         raise ValueError(f"latent_inputs must be one of {', '.join(LATENT_INPUTS)}, got {latent_inputs!r}")
+    if feedback not in FEEDBACKS:
+        raise ValueError(f"feedback must be one of {', '.join(FEEDBACKS)}, got {feedback!r}")
+    if pointer_target not in POINTER_TARGETS:
+        raise ValueError(f"pointer_target must be one of {', '.join(POINTER_TARGETS)}, got {pointer_target!r}")
     if not isinstance(own_passes, int) or own_passes < 1:
         raise ValueError(f"own_passes must be a positive integer, got {own_passes!r}")
     b, t = len(sequences), max(len(s.input_ids) for s in sequences)
@@ -125,20 +147,52 @@ def lvr_sft_loss(model, sequences: list[LVRSequence], prompts: list[MultimodalPr
         """Final hidden states of the rows before the latent rows, sequence after sequence."""
         return torch.cat([hidden[i, [r - 1 for r in s.latent_rows]] for i, s in enumerate(sequences)])
 
-    inputs = targets
-    if latent_inputs == "own" and any(s.latent_rows for s in sequences):
-        counts = [len(s.latent_rows) for s in sequences]
+    inputs, counts = targets, [len(s.latent_rows) for s in sequences]
+    if latent_inputs == "own" and any(counts):
         with torch.no_grad():
             for _ in range(own_passes):  # what the engine feeds back: scale x the previous row's final state
-                inputs = list((predicted(forward(inputs)) * scale).to(images.dtype).split(counts))
+                states = (predicted(forward(inputs)) * scale).split(counts)
+                inputs = [nearest_token(x, mine) if feedback == "image_token" else x
+                          for x, mine in zip(states, image_parts)]
+                inputs = [x.to(images.dtype) for x in inputs]
     hidden = forward([x.detach() for x in inputs])
     ce, tokens = _cross_entropy(model, hidden, ids, sequences)
-    targets = torch.cat(targets)
+    targets, states = torch.cat(targets), predicted(hidden)
     fed = torch.cat(inputs).detach()
-    mse = F.mse_loss(predicted(hidden), targets.to(hidden.dtype) / scale) if len(targets) else hidden.new_zeros(())
-    loss = ce + weight * mse
+    mse = F.mse_loss(states, targets.to(hidden.dtype) / scale) if len(targets) else hidden.new_zeros(())
+    pointer, top1 = _pointer_loss(states, counts, image_parts, sequences, pointer_target)
+    loss = ce + weight * mse + (pointer_weight * pointer if pointer_weight else 0.0)
     cosine = float(F.cosine_similarity(fed.float(), targets.float(), dim=1).mean()) if len(targets) else float("nan")
-    return loss, {"ce": float(ce.detach()), "latent_mse": float(mse.detach()), "tokens": tokens, "input_cosine": cosine}
+    return loss, {"ce": float(ce.detach()), "latent_mse": float(mse.detach()), "tokens": tokens, "input_cosine": cosine,
+                  "pointer_ce": float(pointer.detach()), "pointer_top1": top1}
+
+
+def _pointer_loss(states: torch.Tensor, counts: list[int], images: list[torch.Tensor],
+                  sequences: list[LVRSequence], target: str = "token") -> tuple[torch.Tensor, float]:
+    """(mean CE of the latents' targets among their prompt's image tokens, logits cosine / 0.1; share of
+    latents whose top cosine is their target, or a token equal to it). Target "token": region token k;
+    "region": any of the region's tokens (CE of their summed probability); "remaining": any of region
+    tokens k onwards. The scale does not change a cosine."""
+    if not sum(counts):
+        return states.new_zeros(()), float("nan")
+    losses, hits = [], 0
+    for x, mine, s in zip(states.split(counts), images, sequences):
+        if not len(x):
+            continue
+        logits = F.normalize(x.float(), dim=-1) @ F.normalize(mine.float(), dim=-1).T / POINTER_TEMPERATURE
+        region = torch.tensor(s.targets, device=logits.device)
+        if target == "token":
+            losses.append(F.cross_entropy(logits, region, reduction="sum"))
+            hits += int((mine[logits.argmax(-1)] == mine[region]).all(-1).sum())
+        else:
+            right = torch.ones(len(x), len(region), dtype=torch.bool, device=logits.device)
+            if target == "remaining":
+                right = right.triu()  # latent k: region tokens k, k + 1, ...
+            chosen = logits[:, region].masked_fill(~right, float("-inf"))
+            losses.append((logits.logsumexp(-1) - chosen.logsumexp(-1)).sum())
+            same = (mine[logits.argmax(-1)][:, None] == mine[region][None]).all(-1)
+            hits += int((same & right).any(-1).sum())
+    return torch.stack(losses).sum() / sum(counts), hits / sum(counts)
 
 
 def _cross_entropy(model, hidden: torch.Tensor, ids: torch.Tensor, sequences: list[LVRSequence]):

@@ -21,7 +21,7 @@ from typing import Literal
 
 import torch
 
-from reasonrl.engine.latent import SCALE_KEY, LatentConfig
+from reasonrl.engine.latent import FEEDBACK_KEY, SCALE_KEY, LatentConfig
 from reasonrl.models import Tokenizer, load_model
 from reasonrl.models.grow import add_special_tokens
 from reasonrl.models.loader import MASTER_DTYPE
@@ -62,6 +62,14 @@ class LVRTrainConfig:
     own_passes: int = 1
     """With latent_inputs own: forwards without gradient before the graded one, each fed the previous one's
     predictions (p passes make the first p latents of a span exactly the autoregressive ones)."""
+    pointer_weight: float = 0.0
+    """Weight of the pointer loss (the region token among the prompt's image tokens, by cosine; sft.py)."""
+    pointer_target: Literal["token", "region", "remaining"] = "token"
+    """The pointer loss's right answer for latent k: region token k, any of the region's tokens, or any of region
+    tokens k onwards (sft.py)."""
+    feedback: Literal["state", "image_token"] = "state"
+    """What inference feeds a latent position (engine/latent.py), recorded in the checkpoint; with latent_inputs
+    own, what the own passes feed back."""
     autocast: Literal["bfloat16", "float16"] | None = None
     """Compute dtype on CUDA under torch.autocast, over the float32 weights; None: float32 throughout."""
     seed: int = 0
@@ -104,13 +112,15 @@ def make_examples(model, tok: Tokenizer, problems: list[Problem], latent: Latent
 
 
 def train_sft_lvr(model, examples: list[LVRExample], cfg: LVRTrainConfig, log=None) -> list[dict[str, float]]:
-    """Train in place; per step {loss, ce, latent_mse, input_cosine}. The LVR arm records its latent scale in the
-    model's config (saved with it as `lvr_latent_scale`, read by the engine)."""
+    """Train in place; per step {loss, ce, latent_mse, input_cosine, pointer_top1}. The LVR arm records its
+    latent scale and feedback in the model's config (saved with it as `lvr_latent_scale` and
+    `lvr_latent_feedback`, read by the engine)."""
     freeze_vision(model)
     scale = 1.0
     if cfg.latents:
         scale = latent_scale(model, torch.cat([e.image[e.lvr.targets] for e in examples[:256]]))
         model.vlm_config.raw[SCALE_KEY] = scale
+        model.vlm_config.raw[FEEDBACK_KEY] = cfg.feedback
     optim = OptimSection(lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="cosine", grad_clip=1.0)
     optimizer, scheduler = make_optimizer(trainable(model), optim, cfg.steps)
     rng, order, history, start = random.Random(cfg.seed), [], [], time.perf_counter()
@@ -123,15 +133,17 @@ def train_sft_lvr(model, examples: list[LVRExample], cfg: LVRTrainConfig, log=No
         batch, order = [examples[i] for i in order[:cfg.batch]], order[cfg.batch:]
         with autocast(model.device, cfg.autocast):
             loss, stats = lvr_sft_loss(model, [e.lvr if cfg.latents else e.plain for e in batch],
-                                       [e.prompt for e in batch], cfg.weight, torch.cat([e.image for e in batch]), scale,
-                                       cfg.latent_inputs, cfg.own_passes)
+                                       [e.prompt for e in batch], cfg.weight, image_embeds=torch.cat([e.image for e in batch]),
+                                       scale=scale, latent_inputs=cfg.latent_inputs, own_passes=cfg.own_passes,
+                                       pointer_weight=cfg.pointer_weight, feedback=cfg.feedback,
+                                       pointer_target=cfg.pointer_target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable(model), optim.grad_clip)
         optimizer.step()
         scheduler.step()
         history.append({"loss": float(loss.detach()), "ce": stats["ce"], "latent_mse": stats["latent_mse"],
-                        "input_cosine": stats["input_cosine"]})
+                        "input_cosine": stats["input_cosine"], "pointer_top1": stats["pointer_top1"]})
         if log is not None:
             log(step, cfg.steps, history[-1], time.perf_counter() - start)
     model.eval()

@@ -47,7 +47,8 @@ class EngineConfig:
     "end_token" leaves when `<|lvr_end|>` is sampled at a latent position, at the latest after latent_steps."""
     latent_feedback: Literal["state", "image_token"] | None = None
     """LVR latent mode: what a latent position is fed, "state" (the final hidden state, LVR) or "image_token"
-    (the prompt's image token nearest to it; engine/latent.py). None: what the checkpoint was trained for."""
+    (the prompt's image token nearest to it; engine/latent.py). None: what the checkpoint was trained for.
+    Like latent_exit, it does nothing while latent_steps is None."""
     draft_top_k: int = 8
     """Draft tree: children per expanded node and nodes expanded per depth."""
     draft_depth: int = 6

@@ -4,7 +4,8 @@
 
 The experiment's measurements (vision/lvr/experiment.py `measure`: accuracy, the interventions,
 reconstruction and pointing, the steps sweep) on its held-out questions (test split, `--seed`,
-`--eval-problems`, the default 1-4-object scenes unless `--max-objects`), once per feedback: "state"
+`--eval-problems`, the scenes `--image-size`, `--min-objects` and `--max-objects` say: give those the
+checkpoint was trained on), once per feedback: "state"
 feeds each latent the model's scaled final state (LVR), "image_token" the prompt's image token
 nearest to it (engine/latent.py). Prints one JSON line per feedback.
 """
@@ -30,11 +31,13 @@ def main() -> None:
     parser.add_argument("--feedback", nargs="+", choices=FEEDBACKS, default=list(FEEDBACKS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-problems", type=int, default=300)
-    parser.add_argument("--max-objects", type=int, default=4)
+    parser.add_argument("--image-size", type=int, default=LVRExperimentConfig.image_size)
+    parser.add_argument("--min-objects", type=int, default=LVRExperimentConfig.min_objects)
+    parser.add_argument("--max-objects", type=int, default=LVRExperimentConfig.max_objects)
     parser.add_argument("--sweep", type=int, nargs="+", default=[4, 8, 16])
     args = parser.parse_args()
-    cfg = LVRExperimentConfig(seed=args.seed, eval_problems=args.eval_problems, max_objects=args.max_objects,
-                              sweep=tuple(args.sweep))
+    cfg = LVRExperimentConfig(seed=args.seed, eval_problems=args.eval_problems, image_size=args.image_size,
+                              min_objects=args.min_objects, max_objects=args.max_objects, sweep=tuple(args.sweep))
     torch.manual_seed(cfg.seed)
     model, tok = load_model(args.checkpoint, "cpu", MASTER_DTYPE), Tokenizer.from_dir(args.checkpoint)
     env = LVRShapesEnvironment(cfg.scenes())

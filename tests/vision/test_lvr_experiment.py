@@ -359,3 +359,17 @@ def test_reasonrl_data_lvr_takes_every_scene_option_of_the_experiment(monkeypatc
     with pytest.raises(LookupError):
         main(["data", "lvr", "--out", str(tmp_path), "--image-size", "112", "--min-objects", "3", "--max-objects", "5"])
     assert made == [LVRShapesConfig(image_size=112, min_objects=3, max_objects=5)]
+
+
+def test_a_pointer_loss_with_state_feedback_warns(setup):
+    """The checkpoint would tell the engine to feed the pointer-trained model its states, on which it collapses."""
+    import warnings
+
+    model, tok, latent, problems, examples = setup
+    with pytest.warns(UserWarning, match="feedback 'image_token'"):
+        train_sft_lvr(load_model_copy(model), examples, LVRTrainConfig(steps=1, batch=2, pointer_weight=1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trained = load_model_copy(model)
+        train_sft_lvr(trained, examples, LVRTrainConfig(steps=1, batch=2, pointer_weight=1.0, feedback="image_token"))
+    assert trained.vlm_config.raw[FEEDBACK_KEY] == "image_token"

@@ -112,8 +112,8 @@ def lvr_sft_loss(model, sequences: list[LVRSequence], prompts: list[MultimodalPr
     feed back (module docstring).
     A batch without latents (`plain_sequence`) has CE alone. stats["input_cosine"]: mean cosine of
     the latent rows' inputs with the true region tokens (1.0 teacher-forced); stats["pointer_top1"]: share
-    of latents whose nearest image token is their target (region token k, or with target "region" any of
-    the region's)."""
+    of latents whose nearest image token is their target (region token k; with target "region" any of the
+    region's, with "remaining" any of region tokens k onwards)."""
     if latent_inputs not in LATENT_INPUTS:
         raise ValueError(f"latent_inputs must be one of {', '.join(LATENT_INPUTS)}, got {latent_inputs!r}")
     if feedback not in FEEDBACKS:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -121,6 +122,10 @@ def train_sft_lvr(model, examples: list[LVRExample], cfg: LVRTrainConfig, log=No
         scale = latent_scale(model, torch.cat([e.image[e.lvr.targets] for e in examples[:256]]))
         model.vlm_config.raw[SCALE_KEY] = scale
         model.vlm_config.raw[FEEDBACK_KEY] = cfg.feedback
+        if cfg.pointer_weight and cfg.feedback == "state":
+            warnings.warn("a pointer loss trains the choice of an image token, but feedback 'state' records that the "
+                          "engine feeds this model its states (on which a pointer-trained model collapses, "
+                          "docs/benchmarks.md); use feedback 'image_token' (--latent-feedback image_token)", stacklevel=2)
     optim = OptimSection(lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="cosine", grad_clip=1.0)
     optimizer, scheduler = make_optimizer(trainable(model), optim, cfg.steps)
     rng, order, history, start = random.Random(cfg.seed), [], [], time.perf_counter()

@@ -42,9 +42,11 @@ class EngineConfig:
     latent_steps: int | None = None
     """LVR latent mode (engine/latent.py; docs/vision.md): latents per `<|lvr_start|>` span. None: off.
     Needs a vision-language checkpoint whose tokenizer has `<|lvr_start|>`, `<|lvr|>` and `<|lvr_end|>`."""
-    latent_exit: Literal["steps", "end_token"] = "steps"
+    latent_exit: Literal["steps", "end_token"] | None = None
     """LVR latent mode: "steps" forces `<|lvr_end|>` after latent_steps latents (as LVR does);
-    "end_token" leaves when `<|lvr_end|>` is sampled at a latent position, at the latest after latent_steps."""
+    "end_token" leaves when `<|lvr_end|>` is sampled at a latent position, at the latest after latent_steps
+    (for a checkpoint trained to choose its span's length; engine/latent.py). None: what the checkpoint was
+    trained for ("steps" when it records nothing)."""
     latent_feedback: Literal["state", "image_token"] | None = None
     """LVR latent mode: what a latent position is fed, "state" (the final hidden state, LVR) or "image_token"
     (the prompt's image token nearest to it; engine/latent.py). None: what the checkpoint was trained for.
@@ -153,8 +155,9 @@ class EngineConfig:
             raise ValueError(f"EngineConfig.draft_margin must be in [0, 1), got {self.draft_margin!r}")
         if self.latent_steps is not None and (not isinstance(self.latent_steps, int) or self.latent_steps < 1):
             raise ValueError(f"EngineConfig.latent_steps must be a positive integer or None, got {self.latent_steps!r}")
-        if self.latent_exit not in ("steps", "end_token"):
-            raise ValueError(f"EngineConfig.latent_exit must be 'steps' or 'end_token', got {self.latent_exit!r}")
+        if self.latent_exit not in (None, "steps", "end_token"):
+            raise ValueError("EngineConfig.latent_exit must be 'steps', 'end_token' or None, got "
+                             f"{self.latent_exit!r}")
         if self.latent_feedback not in (None, "state", "image_token"):
             raise ValueError("EngineConfig.latent_feedback must be 'state', 'image_token' or None, got "
                              f"{self.latent_feedback!r}")

@@ -9,7 +9,11 @@ LVR's SFT regresses onto the region's visual tokens), and its token id is the pl
 
 - exit "steps" (LVR's default and most stable strategy): after `steps` latents, `end_id` is forced;
 - exit "end_token": the model leaves when the token sampled from a latent position's logits is
-  `end_id` (LVR's strategy (i)), and at the latest after `steps` latents.
+  `end_id` (LVR's strategy (i)), and at the latest after `steps` latents. The token sampled right
+  after `start_id` counts too (an end there: a span of no latents), so the model must have been
+  trained to predict `latent_id` while a span goes on (LVR SFT with exit "end_token",
+  vision/lvr/sft.py; LVR's CE leaves those targets out, and a model trained so leaves at once).
+  A checkpoint trained for it records `lvr_latent_exit` (`EXIT_KEY`).
 
 A forced token (each placeholder, and `end_id` forced at the quota) is not sampled: its log-prob
 is reported as 0.0. LVR masks the whole `<|lvr_start|>` .. `<|lvr_end|>` span out of the policy
@@ -57,6 +61,8 @@ from reasonrl.engine.sequence import Sequence
 SCALE_KEY = "lvr_latent_scale"  # config.json key of a checkpoint's LatentConfig.scale
 FEEDBACK_KEY = "lvr_latent_feedback"  # config.json key of a checkpoint's LatentConfig.feedback
 FEEDBACKS = ("state", "image_token")
+EXIT_KEY = "lvr_latent_exit"  # config.json key of a checkpoint's LatentConfig.exit
+EXITS = ("steps", "end_token")
 
 
 @dataclass
@@ -85,8 +91,8 @@ class LatentConfig:
             raise ValueError(f"LatentConfig: start_id, latent_id and end_id must be three different token ids, got {ids}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"LatentConfig.steps must be a positive integer, got {self.steps!r}")
-        if self.exit not in ("steps", "end_token"):
-            raise ValueError(f"LatentConfig.exit must be 'steps' or 'end_token', got {self.exit!r}")
+        if self.exit not in EXITS:
+            raise ValueError(f"LatentConfig.exit must be one of {', '.join(EXITS)}, got {self.exit!r}")
         if not self.scale > 0:
             raise ValueError(f"LatentConfig.scale must be > 0, got {self.scale!r}")
         if self.feedback not in FEEDBACKS:
@@ -104,10 +110,11 @@ class LatentConfig:
 
     @classmethod
     def for_model(cls, model, tokenizer, **options) -> LatentConfig:
-        """`from_tokenizer`, with the latent scale and feedback the checkpoint records (1.0 and "state"
-        when none); an option given as None takes the checkpoint's."""
+        """`from_tokenizer`, with the latent scale, feedback and exit the checkpoint records (1.0, "state"
+        and "steps" when none); an option given as None takes the checkpoint's."""
         raw = getattr(getattr(model, "vlm_config", None), "raw", None) or {}
-        recorded = {"scale": float(raw.get(SCALE_KEY, 1.0)), "feedback": raw.get(FEEDBACK_KEY, "state")}
+        recorded = {"scale": float(raw.get(SCALE_KEY, 1.0)), "feedback": raw.get(FEEDBACK_KEY, "state"),
+                    "exit": raw.get(EXIT_KEY, "steps")}
         return cls.from_tokenizer(tokenizer, **{**recorded, **{k: v for k, v in options.items() if v is not None}})
 
 

@@ -13,7 +13,7 @@ import torch
 
 from reasonrl.engine import LLMEngine, SamplingParams
 from reasonrl.engine.config import EngineConfig
-from reasonrl.engine.latent import FEEDBACK_KEY, SCALE_KEY, LatentConfig, Latents, nearest_token
+from reasonrl.engine.latent import EXIT_KEY, FEEDBACK_KEY, SCALE_KEY, LatentConfig, Latents, nearest_token
 from reasonrl.kernels import cpu_ops
 from reasonrl.models import load_model
 from reasonrl.models.model import CausalAttention
@@ -313,7 +313,7 @@ def test_image_token_feedback_feeds_back_the_nearest_image_token(model, tok, cas
     torch.testing.assert_close(full["text_latent"].latents.vectors, text_latents, atol=1e-4, rtol=1e-4)
 
 
-def test_the_checkpoint_records_the_feedback_and_the_engine_config_overrides_it(model, tok, ids):
+def test_the_checkpoint_records_feedback_and_exit_and_the_engine_config_overrides_them(model, tok, ids):
     tok_ids = dict(zip(("<|lvr_start|>", "<|lvr|>", "<|lvr_end|>"), ids))
 
     class Tok:  # the three LVR tokens under the fixture's ids
@@ -328,6 +328,15 @@ def test_the_checkpoint_records_the_feedback_and_the_engine_config_overrides_it(
         assert LatentConfig.for_model(model, Tok, feedback="state").feedback == "state"
     finally:
         del model.vlm_config.raw[FEEDBACK_KEY]
+    assert LatentConfig.for_model(model, Tok).exit == "steps"
+    model.vlm_config.raw[EXIT_KEY] = "end_token"
+    try:
+        assert LatentConfig.for_model(model, Tok, exit=None).exit == "end_token"
+        assert LatentConfig.for_model(model, Tok, exit="steps").exit == "steps"
+    finally:
+        del model.vlm_config.raw[EXIT_KEY]
+    with pytest.raises(ValueError, match="latent_exit"):
+        EngineConfig(latent_steps=2, latent_exit="never")
     with pytest.raises(ValueError, match="latent_feedback"):
         EngineConfig(latent_steps=2, latent_feedback="hidden")
     with pytest.raises(ValueError, match="feedback"):

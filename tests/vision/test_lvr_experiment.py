@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from reasonrl.engine.latent import FEEDBACK_KEY, SCALE_KEY, LatentConfig, Latents
+from reasonrl.engine.latent import EXIT_KEY, FEEDBACK_KEY, SCALE_KEY, LatentConfig, Latents
 from reasonrl.engine.sequence import CompletionOutput
 from reasonrl.models import Tokenizer, load_model
 from reasonrl.models.qwen2_5_vl import MultimodalPrompt
@@ -109,6 +109,9 @@ def test_interventions_replace_the_first_span(setup):
     rec = ev.reconstruction([item], [CompletionOutput(0, out.token_ids, out.logprobs, "", "stop",
                                                       latents=Latents(out.latents.positions, outside))])
     assert rec["latent_top1"] == pytest.approx(2 / 3) == rec["latent_in_region"]
+    three = ev.EvalItem(None, lambda text: 0.0, region[:3], image)  # a region as long as the span of `out`
+    assert ev.span_length([item, three, item], [out, out, none]) == {"latent_span": pytest.approx(2.0),
+                                                                 "span_is_region": pytest.approx(1 / 3)}
 
 
 def test_a_resumed_unchanged_span_decodes_the_same_answer(setup, path):
@@ -215,14 +218,15 @@ def test_reasonrl_data_lvr_refuses_an_earlier_runs_output_unless_overwrite(tmp_p
 
 @pytest.mark.slow
 def test_the_latent_inputs_flag_reaches_the_lvr_loss(path, tmp_path, monkeypatch):
-    """`--latent-inputs own --own-passes 2 --pointer-weight 0.5 --latent-feedback image_token` on the experiment's
-    command line reach lvr_sft_loss and the checkpoint."""
+    """`--latent-inputs own --own-passes 2 --pointer-weight 0.5 --latent-feedback image_token --latent-exit end_token`
+    on the experiment's command line reach lvr_sft_loss and the checkpoint."""
     from reasonrl.vision.lvr import experiment, train
 
     seen, real = [], train.lvr_sft_loss
 
     def spy(*args, **kwargs):
-        seen.append(tuple(kwargs[k] for k in ("latent_inputs", "own_passes", "pointer_weight", "feedback", "pointer_target")))
+        seen.append(tuple(kwargs[k] for k in ("latent_inputs", "own_passes", "pointer_weight", "feedback", "pointer_target",
+                                                "exit")))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(train, "lvr_sft_loss", spy)
@@ -230,12 +234,14 @@ def test_the_latent_inputs_flag_reaches_the_lvr_loss(path, tmp_path, monkeypatch
     assert experiment.main(["--out", str(out), "--base", str(path), "--train-problems", "4", "--eval-problems", "1",
                             "--sft-steps", "2", "--batch", "2", "--arms", "lvr", "--stages", "sft", "--sweep", "4",
                             "--latent-inputs", "own", "--own-passes", "2", "--pointer-weight", "0.5",
-                            "--latent-feedback", "image_token", "--pointer-target", "region"]) == 0
-    assert seen == [("own", 2, 0.5, "image_token", "region")] * 2
+                            "--latent-feedback", "image_token", "--pointer-target", "region",
+                            "--latent-exit", "end_token"]) == 0
+    assert seen == [("own", 2, 0.5, "image_token", "region", "end_token")] * 2
     saved = json.loads((out / "results.json").read_text())
     assert saved["config"]["latent_inputs"] == "own" and saved["config"]["own_passes"] == 2
-    assert json.loads((out / "sft-lvr" / "config.json").read_text())[FEEDBACK_KEY] == "image_token"
-    assert {"latent_top1", "accuracy_random_tokens"} <= set(saved["sft_lvr"])
+    recorded = json.loads((out / "sft-lvr" / "config.json").read_text())
+    assert recorded[FEEDBACK_KEY] == "image_token" and recorded[EXIT_KEY] == "end_token"
+    assert {"latent_top1", "accuracy_random_tokens", "latent_span", "span_is_region"} <= set(saved["sft_lvr"])
     assert saved["sft_lvr"]["final_loss"]["input_cosine"] < 0.99
     assert train.LVRTrainConfig().latent_inputs == experiment.LVRExperimentConfig().latent_inputs == "teacher"
     with pytest.raises(SystemExit):

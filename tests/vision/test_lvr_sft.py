@@ -273,3 +273,47 @@ def test_own_passes_with_image_token_feedback_feed_the_nearest_image_tokens(setu
         assert not torch.allclose(rec.calls[-1][i], images[s.targets])  # the model's choice, not the region
     with pytest.raises(ValueError, match="feedback"):
         lvr_sft_loss(model, seqs, prompts, feedback="hidden")
+
+
+def test_exit_end_token_trains_the_placeholder_targets_too(setup):
+    """exit "end_token": the CE runs over every target from the start token on, the `<|lvr|>` placeholders
+    included (each span row predicts whether the span goes on); the MSE is unchanged."""
+    tok, model, latent, prompts, seqs = setup
+    loss, stats = lvr_sft_loss(model, seqs, prompts, exit="end_token")
+    ce_terms, mse_terms = [], []
+    for s, p in zip(seqs, prompts):
+        hidden, images = reference(model, s, p)
+        logits = model.compute_logits(hidden).float()
+        targets = list(range(s.answer_start, len(s.input_ids)))
+        ce_terms.append(F.cross_entropy(logits[[j - 1 for j in targets]], torch.tensor(s.input_ids)[targets], reduction="sum"))
+        mse_terms.append(((hidden[[r - 1 for r in s.latent_rows]] - images[s.targets]) ** 2).sum())
+    n_tokens = sum(len(s.input_ids) - s.answer_start for s in seqs)
+    n_latent = sum(len(s.latent_rows) for s in seqs) * model.config.hidden_size
+    torch.testing.assert_close(loss, sum(ce_terms) / n_tokens + 0.1 * sum(mse_terms) / n_latent, atol=1e-5, rtol=1e-5)
+    assert stats["tokens"] == n_tokens == lvr_sft_loss(model, seqs, prompts)[1]["tokens"] + sum(len(s.latent_rows) for s in seqs)
+    with pytest.raises(ValueError, match="exit"):
+        lvr_sft_loss(model, seqs, prompts, exit="never")
+
+
+def test_a_trained_exit_ends_the_engines_spans_at_the_training_length(setup):
+    """Trained with exit "end_token", the model leaves latent mode in the engine (exit "end_token", a quota of
+    8) after as many latents as its training spans had (2 and 3), not at the quota."""
+    from reasonrl.engine.config import EngineConfig
+    from reasonrl.engine.llm_engine import LLMEngine
+    from reasonrl.engine.sampling_params import SamplingParams
+
+    tok, model, latent, prompts, seqs = setup
+    trained = init_weights(Qwen2_5_VL(model.vlm_config), 0.1, 1)
+    freeze_vision(trained)
+    opt = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(25):
+        loss, _ = lvr_sft_loss(trained, seqs, prompts, 1.0, pointer_weight=1.0, pointer_target="region", exit="end_token")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    cfg = LatentConfig.from_tokenizer(tok, steps=8, exit="end_token", feedback="image_token")
+    eng = LLMEngine(trained, None, EngineConfig(kv_cache_memory=1 << 22, block_size=4), latent=cfg)
+    for i, p in enumerate(prompts):
+        eng.add_request(str(i), p, SamplingParams(temperature=0.0, max_tokens=16, detokenize=False))
+    outs = eng.drain()
+    assert [len(outs[str(i)].outputs[0].latents.positions) for i in range(len(prompts))] == [2, 3]

@@ -90,6 +90,14 @@ def intervened(model, tok, items: list[EvalItem], outs: list[CompletionOutput], 
 INTERVENTIONS = ("zeros", "noise", "random_tokens", "oracle")
 
 
+def span_length(items: list[EvalItem], outs: list[CompletionOutput]) -> dict[str, float]:
+    """Mean latents in an output's first span (0 without one), and the share of outputs whose span is
+    as long as their region (the training span; with exit "end_token" the model chooses the length)."""
+    lengths = [(s[1] - s[0]) if (s := first_span(o)) else 0 for o in outs]
+    return {"latent_span": sum(lengths) / max(len(lengths), 1),
+            "span_is_region": sum(n == len(it.region) for n, it in zip(lengths, items)) / max(len(items), 1)}
+
+
 def replace_span(items: list[EvalItem], outs: list[CompletionOutput], kind: str, latent: LatentConfig,
                  gen: torch.Generator) -> list[tuple[list[int], Latents] | None]:
     """Per output, the tokens up to its first span's end and the span's latents replaced: kind

@@ -7,6 +7,7 @@
    over the region's merged tokens, teacher-forced, CE + 0.1 x MSE) and the control (same answers,
    no span); vision tower and merger frozen; `--latent-inputs own` feeds the LVR arm its own predicted
    latents instead of the region tokens (against exposure bias; not in the paper, sft.py);
+   `--latent-exit end_token` trains the span's length and ends spans where the model predicts it;
 3. GRPO from the LVR arm through `reasonrl train`'s loop (`grpo_recipe`: the `lvr` environment,
    accuracy + format rewards, latent mode in the engine, latents replayed, spans masked);
 4. measured on held-out questions (evaluate.py): accuracy of both arms; the LVR arm with 4, 8 and
@@ -79,6 +80,10 @@ class LVRExperimentConfig:
     latent_feedback: Literal["state", "image_token"] = "state"
     """What a latent position is fed at inference (engine/latent.py): the state (LVR) or the image token nearest
     to it; recorded in the LVR arm's checkpoint, and fed back by --latent-inputs own's passes."""
+    latent_exit: Literal["steps", "end_token"] = "steps"
+    """How a span ends at inference (engine/latent.py): after latent_steps latents (LVR), or when the model predicts
+    `<|lvr_end|>` (at most latent_steps; SFT then trains the span's length, vision/lvr/sft.py); recorded in the LVR
+    arm's checkpoint."""
     stages: tuple[str, ...] = ("sft", "grpo")
     """sft (train and measure the arms) and grpo (from OUT/sft-lvr, e.g. an earlier run's)."""
     arms: tuple[str, ...] = ("plain", "lvr")
@@ -88,7 +93,7 @@ class LVRExperimentConfig:
     grpo_lr: float = 3e-4
     """GRPO learning rate."""
     latent_steps: int = 8
-    """Latent steps of the engine for the main figures and GRPO (LVR: 8)."""
+    """Latent steps of the engine for the main figures and GRPO (LVR: 8); with latent_exit end_token, the most."""
     sweep: tuple[int, ...] = (4, 8, 16)
     """Latent steps the accuracy is measured at."""
     seed: int = 0
@@ -107,7 +112,7 @@ class LVRExperimentConfig:
 
 
 LEGACY_SETTINGS = {"image_size": 224, "min_objects": 1, "max_objects": 4, "autocast": None, "pointer_weight": 0.0,
-                   "pointer_target": "token", "latent_feedback": "state"}
+                   "pointer_target": "token", "latent_feedback": "state", "latent_exit": "steps"}
 """What stages recorded before these settings were options were made with."""
 
 
@@ -144,7 +149,7 @@ def eval_items(model, tok, env: LVRShapesEnvironment, examples: list[LVRExample]
 def measure(model, tok, items, latent: LatentConfig, cfg: LVRExperimentConfig) -> dict:
     """Accuracy with `cfg.latent_steps` latents, reconstruction, the interventions, the steps sweep."""
     outs = ev.generate(model, tok, items, latent.steps)
-    res = {"accuracy": ev.accuracy(tok, items, outs), **ev.reconstruction(items, outs)}
+    res = {"accuracy": ev.accuracy(tok, items, outs), **ev.reconstruction(items, outs), **ev.span_length(items, outs)}
     for kind in ev.INTERVENTIONS:
         res[f"accuracy_{kind}"], res["intervened_share"] = ev.intervened(model, tok, items, outs, kind, latent, cfg.seed)
     res["by_steps"] = {s: ev.accuracy(tok, items, ev.generate(model, tok, items, s)) for s in cfg.sweep}
@@ -180,7 +185,7 @@ def run_experiment(cfg: LVRExperimentConfig, log=None) -> dict:
         sft = LVRTrainConfig(latents=arm == "lvr", steps=cfg.sft_steps, batch=cfg.batch, lr=cfg.lr, weight=cfg.mse_weight,
                              latent_inputs=cfg.latent_inputs, own_passes=cfg.own_passes, autocast=cfg.autocast,
                              pointer_weight=cfg.pointer_weight, pointer_target=cfg.pointer_target,
-                             feedback=cfg.latent_feedback, seed=cfg.seed)
+                             feedback=cfg.latent_feedback, exit=cfg.latent_exit, seed=cfg.seed)
         sft_start = time.time()
         history = train_sft_lvr(policy, train, sft, partial(_log_step, log, arm))
         sft_seconds = time.time() - sft_start
@@ -266,7 +271,8 @@ def markdown(results: dict) -> str:
             ("latents -> random image tokens", "accuracy_random_tokens"), ("latents -> region tokens", "accuracy_oracle"),
             ("latent cosine", "latent_cosine"), ("mean-token cosine", "mean_token_cosine"),
             ("latent's nearest image token is its region token", "latent_top1"),
-            ("latent's nearest image token is in the region", "latent_in_region")]
+            ("latent's nearest image token is in the region", "latent_in_region"),
+            ("latents per span", "latent_span"), ("span as long as the region", "span_is_region")]
     lines = ["| measure | " + " | ".join(name for name, _ in arms) + " |", "|---" * (len(arms) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(cell(r, key) for _, r in arms) + " |" for label, key in rows]
     steps = [" / ".join(f"{v:.3f}" for v in r["by_steps"].values()) if "by_steps" in r else "-" for _, r in arms]

@@ -39,6 +39,13 @@ probability): the latents must find the object, not its cells in row-major order
 region token not fed before it in the span (teacher-forced: region tokens k onwards), so that a
 span covers the region instead of repeating one cell. With
 `feedback="image_token"` the own passes snap their predictions the same way.
+
+Trained exit (`exit="end_token"`, not in the paper, whose CE leaves the `<|lvr|>` targets out): the CE
+also trains them, so every row of a span predicts the next token of the span, `<|lvr|>` while it goes on
+and `<|lvr_end|>` after its last latent (the one target LVR's CE already has). The engine's exit
+"end_token" (engine/latent.py) then ends a span where the training spans ended, the region's length,
+instead of after a fixed quota; without these targets that exit leaves at once (the row of
+`<|lvr_start|>` was never taught to continue).
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from reasonrl.engine.latent import FEEDBACKS, LatentConfig, nearest_token
+from reasonrl.engine.latent import EXITS, FEEDBACKS, LatentConfig, nearest_token
 from reasonrl.models.model import CausalAttention
 from reasonrl.models.qwen2_5_vl.prompt import MultimodalPrompt
 
@@ -102,14 +109,14 @@ POINTER_TARGETS = ("token", "region", "remaining")
 def lvr_sft_loss(model, sequences: list[LVRSequence], prompts: list[MultimodalPrompt], weight: float = 0.1,
                  image_embeds: torch.Tensor | None = None, scale: float = 1.0, latent_inputs: str = "teacher",
                  own_passes: int = 1, pointer_weight: float = 0.0, feedback: str = "state",
-                 pointer_target: str = "token"):
+                 pointer_target: str = "token", exit: str = "steps"):
     """(CE + weight x MSE, stats) of a batch; each prompt's first image holds its region. `image_embeds`:
     the prompts' merged image tokens already encoded (the frozen tower's output, prompt after prompt).
     `scale`: the latent scale (LatentConfig.scale): the hidden states regress onto targets / scale.
     `latent_inputs`: what the latent rows are fed: "teacher" (the true region tokens, LVR) or "own"
     (the model's own predictions after `own_passes` forwards without gradient; module docstring).
     `pointer_weight`, `pointer_target`: weight and target of the pointer loss, `feedback`: what own passes
-    feed back (module docstring).
+    feed back, `exit`: "end_token" trains the `<|lvr|>` targets too (module docstring).
     A batch without latents (`plain_sequence`) has CE alone. stats["input_cosine"]: mean cosine of
     the latent rows' inputs with the true region tokens (1.0 teacher-forced); stats["pointer_top1"]: share
     of latents whose nearest image token is their target (region token k; with target "region" any of the
@@ -120,6 +127,8 @@ def lvr_sft_loss(model, sequences: list[LVRSequence], prompts: list[MultimodalPr
         raise ValueError(f"feedback must be one of {', '.join(FEEDBACKS)}, got {feedback!r}")
     if pointer_target not in POINTER_TARGETS:
         raise ValueError(f"pointer_target must be one of {', '.join(POINTER_TARGETS)}, got {pointer_target!r}")
+    if exit not in EXITS:
+        raise ValueError(f"exit must be one of {', '.join(EXITS)}, got {exit!r}")
     if not isinstance(own_passes, int) or own_passes < 1:
         raise ValueError(f"own_passes must be a positive integer, got {own_passes!r}")
     b, t = len(sequences), max(len(s.input_ids) for s in sequences)
@@ -156,7 +165,7 @@ def lvr_sft_loss(model, sequences: list[LVRSequence], prompts: list[MultimodalPr
                           for x, mine in zip(states, image_parts)]
                 inputs = [x.to(images.dtype) for x in inputs]
     hidden = forward([x.detach() for x in inputs])
-    ce, tokens = _cross_entropy(model, hidden, ids, sequences)
+    ce, tokens = _cross_entropy(model, hidden, ids, sequences, latent_targets=exit == "end_token")
     targets, states = torch.cat(targets), predicted(hidden)
     fed = torch.cat(inputs).detach()
     mse = F.mse_loss(states, targets.to(hidden.dtype) / scale) if len(targets) else hidden.new_zeros(())
@@ -195,12 +204,15 @@ def _pointer_loss(states: torch.Tensor, counts: list[int], images: list[torch.Te
     return torch.stack(losses).sum() / sum(counts), hits / sum(counts)
 
 
-def _cross_entropy(model, hidden: torch.Tensor, ids: torch.Tensor, sequences: list[LVRSequence]):
-    """Mean CE over the targets from each start token on, the latent placeholders left out."""
+def _cross_entropy(model, hidden: torch.Tensor, ids: torch.Tensor, sequences: list[LVRSequence],
+                   latent_targets: bool = False):
+    """Mean CE over the targets from each start token on, the latent placeholders left out (kept with
+    `latent_targets`)."""
     keep = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)  # targets (positions of predicted tokens)
     for i, s in enumerate(sequences):
         keep[i, s.answer_start: len(s.input_ids)] = True
-        keep[i, s.latent_rows] = False
+        if not latent_targets:
+            keep[i, s.latent_rows] = False
     keep[:, 0] = False
     b, rows = torch.nonzero(keep[:, 1:], as_tuple=True)  # row r predicts token r + 1
     logits = model.compute_logits(hidden[b, rows]).float()

@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from reasonrl.engine.latent import FEEDBACK_KEY, SCALE_KEY, LatentConfig
+from reasonrl.engine.latent import EXIT_KEY, FEEDBACK_KEY, SCALE_KEY, LatentConfig
 from reasonrl.models import Tokenizer, load_model
 from reasonrl.models.grow import add_special_tokens
 from reasonrl.models.loader import MASTER_DTYPE
@@ -71,6 +71,9 @@ class LVRTrainConfig:
     feedback: Literal["state", "image_token"] = "state"
     """What inference feeds a latent position (engine/latent.py), recorded in the checkpoint; with latent_inputs
     own, what the own passes feed back."""
+    exit: Literal["steps", "end_token"] = "steps"
+    """How inference ends a span (engine/latent.py), recorded in the checkpoint: "steps" (a fixed quota, LVR) or
+    "end_token" (the model predicts the end; the CE then trains every latent row's next token, sft.py)."""
     autocast: Literal["bfloat16", "float16"] | None = None
     """Compute dtype on CUDA under torch.autocast, over the float32 weights; None: float32 throughout."""
     seed: int = 0
@@ -114,14 +117,15 @@ def make_examples(model, tok: Tokenizer, problems: list[Problem], latent: Latent
 
 def train_sft_lvr(model, examples: list[LVRExample], cfg: LVRTrainConfig, log=None) -> list[dict[str, float]]:
     """Train in place; per step {loss, ce, latent_mse, input_cosine, pointer_top1}. The LVR arm records its
-    latent scale and feedback in the model's config (saved with it as `lvr_latent_scale` and
-    `lvr_latent_feedback`, read by the engine)."""
+    latent scale, feedback and exit in the model's config (saved with it as `lvr_latent_scale`,
+    `lvr_latent_feedback` and `lvr_latent_exit`, read by the engine)."""
     freeze_vision(model)
     scale = 1.0
     if cfg.latents:
         scale = latent_scale(model, torch.cat([e.image[e.lvr.targets] for e in examples[:256]]))
         model.vlm_config.raw[SCALE_KEY] = scale
         model.vlm_config.raw[FEEDBACK_KEY] = cfg.feedback
+        model.vlm_config.raw[EXIT_KEY] = cfg.exit
         if cfg.pointer_weight and cfg.feedback == "state":
             warnings.warn("a pointer loss trains the choice of an image token, but feedback 'state' records that the "
                           "engine feeds this model its states (on which a pointer-trained model collapses, "
@@ -141,7 +145,7 @@ def train_sft_lvr(model, examples: list[LVRExample], cfg: LVRTrainConfig, log=No
                                        [e.prompt for e in batch], cfg.weight, image_embeds=torch.cat([e.image for e in batch]),
                                        scale=scale, latent_inputs=cfg.latent_inputs, own_passes=cfg.own_passes,
                                        pointer_weight=cfg.pointer_weight, feedback=cfg.feedback,
-                                       pointer_target=cfg.pointer_target)
+                                       pointer_target=cfg.pointer_target, exit=cfg.exit)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable(model), optim.grad_clip)

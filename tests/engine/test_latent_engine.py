@@ -155,14 +155,21 @@ def test_a_batch_mixing_latent_and_ordinary_requests_equals_each_alone(model, to
     assert not alone["ordinary_text"].latents.positions and alone["ordinary"].latents.positions[0] > 0  # never / later
 
 
-def test_preemption_and_chunked_prefill_replay_the_latents(model, tok, cases):
-    """26 blocks of 4 tokens cannot hold the batch: sequences are preempted and their latents are
-    recomputed from the recorded vectors; 7-token chunks."""
-    cfg, reqs = mixed_requests(model, tok, cases)
+def roomy_and_tight(model, cfg, reqs):
+    """The requests' outputs from a roomy engine and from one of 26 blocks of 4 tokens and 7-token chunks,
+    which must preempt."""
     full = run(engine_for(model, cfg), reqs)
     engine = engine_for(model, cfg, kv_cache_memory=26 * 4 * BYTES_PER_TOKEN, max_model_len=100, max_num_batched_tokens=7)
     tight = run(engine, reqs)
     assert engine.scheduler.num_preemptions > 0
+    return full, tight
+
+
+def test_preemption_and_chunked_prefill_replay_the_latents(model, tok, cases):
+    """26 blocks of 4 tokens cannot hold the batch: sequences are preempted and their latents are
+    recomputed from the recorded vectors; 7-token chunks."""
+    cfg, reqs = mixed_requests(model, tok, cases)
+    full, tight = roomy_and_tight(model, cfg, reqs)
     for rid, out in full.items():
         assert tight[rid].token_ids == out.token_ids, rid
         torch.testing.assert_close(tight[rid].latents.vectors, out.latents.vectors, atol=1e-4, rtol=1e-4)
@@ -299,11 +306,7 @@ def test_image_token_feedback_feeds_back_the_nearest_image_token(model, tok, cas
     state = reference(model, prompt, dataclasses.replace(cfg, feedback="state"))[1]
     assert not torch.allclose(state, latents, atol=1e-3)  # the states themselves are not image tokens
 
-    _, reqs = mixed_requests(model, tok, cases)
-    full = run(engine_for(model, cfg), reqs)
-    engine = engine_for(model, cfg, kv_cache_memory=26 * 4 * BYTES_PER_TOKEN, max_model_len=100, max_num_batched_tokens=7)
-    tight = run(engine, reqs)
-    assert engine.scheduler.num_preemptions > 0
+    full, tight = roomy_and_tight(model, cfg, mixed_requests(model, tok, cases)[1])
     for rid, o in full.items():
         assert tight[rid].token_ids == o.token_ids, rid
         if rid != "text_latent":  # image tokens: the same, not nearly (the text request's states: fp32 noise)

@@ -92,14 +92,21 @@ def _config_text(config: dict[str, Any]) -> str:
     return yaml.safe_dump(config, default_flow_style=None, sort_keys=False, width=110)
 
 
+RESPELLED = {"engine.latent_exit": ("steps", None)}
+"""Saved values a later default spells otherwise, meaning the same for the runs saved before it: latent_exit
+None (the checkpoint's exit) is "steps" for every checkpoint made before checkpoints recorded one."""
+
+
 def _changes(run_dir: Path, config: dict[str, Any], free_keys: set[str],
              work: tuple[str, ...]) -> list[tuple[str, Any, Any]]:
-    """The keys whose values in `config` differ from the saved config's, where that binds (its run did work)."""
+    """The keys whose values in `config` differ from the saved config's, where that binds (its run did work),
+    but for `RESPELLED` defaults."""
     saved_path = run_dir / CONFIG_FILE
     if not saved_path.is_file() or not any((run_dir / name).exists() for name in work):  # it never did anything
         return []
     saved = yaml.safe_load(saved_path.read_text()) or {}
-    return [d for d in differences(saved, config) if d[0] not in free_keys and not _names_run_dir(run_dir, *d[1:])]
+    return [d for d in differences(saved, config) if d[0] not in free_keys and not _names_run_dir(run_dir, *d[1:])
+            and RESPELLED.get(d[0]) != d[1:]]
 
 
 def _names_run_dir(run_dir: Path, saved: Any, now: Any) -> bool:

@@ -51,8 +51,8 @@ def main() -> None:
         model.vlm_config.raw[EXIT_KEY] = args.exit
     for feedback in args.feedback:
         model.vlm_config.raw[FEEDBACK_KEY] = feedback  # what the engine reads (LatentConfig.for_model)
-        exit = model.vlm_config.raw.get(EXIT_KEY, "steps")
-        print(json.dumps({"feedback": feedback, "exit": exit, **measure(model, tok, items, latent, cfg)}), flush=True)
+        served = model.vlm_config.raw.get(EXIT_KEY, "steps")
+        print(json.dumps({"feedback": feedback, "exit": served, **measure(model, tok, items, latent, cfg)}), flush=True)
 
 
 if __name__ == "__main__":

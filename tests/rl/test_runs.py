@@ -508,6 +508,19 @@ def test_a_run_saved_before_an_option_existed_resumes_unless_the_option_is_set(t
         open_run(run, {"env": {**saved["env"], "eval_name": "math:test.jsonl"}, "train": {"steps": 3}}, console=False)
 
 
+def test_a_run_saved_when_latent_exit_defaulted_to_steps_resumes_with_the_new_default(tmp_path):
+    """EngineConfig.latent_exit's default became None (the checkpoint's exit, "steps" for every checkpoint
+    of those runs): their saved 'steps' was refused as 'engine.latent_exit: steps (saved) -> None (now)'."""
+    from reasonrl.rl.run import RunMismatch, open_run
+
+    run = tmp_path / "run"
+    open_run(run, {"engine": {"latent_exit": "steps"}, "train": {"steps": 3}}, console=False)
+    (run / "metrics.jsonl").write_text('{"step": 0}\n')  # it did some work: its config binds
+    open_run(run, {"engine": {"latent_exit": None}, "train": {"steps": 3}}, console=False)
+    with pytest.raises(RunMismatch, match="engine.latent_exit"):
+        open_run(run, {"engine": {"latent_exit": "end_token"}, "train": {"steps": 3}}, console=False)
+
+
 def test_train_overwrite_refuses_a_run_directory_holding_its_data(tmp_path, capsys):
     """`--overwrite` deleted the run directory and with it the math: file the recipe trains on."""
     run = tmp_path / "run"

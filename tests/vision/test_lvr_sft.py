@@ -305,6 +305,13 @@ def test_a_trained_exit_ends_the_engines_spans_at_the_training_length(setup):
     tok, model, latent, prompts, seqs = setup
     trained = init_weights(Qwen2_5_VL(model.vlm_config), 0.1, 1)
     freeze_vision(trained)
+
+    def p_continue() -> float:  # P(<|lvr|>) at the <|lvr_start|> row, teacher-forced
+        with torch.no_grad():
+            hidden = reference(trained, seqs[0], prompts[0])[0]
+            return float(trained.compute_logits(hidden[seqs[0].answer_start]).float().softmax(-1)[latent.latent_id])
+
+    before = p_continue()
     opt = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=3e-3)
     for _ in range(25):
         loss, _ = lvr_sft_loss(trained, seqs, prompts, 1.0, pointer_weight=1.0, pointer_target="region", exit="end_token")
@@ -317,3 +324,4 @@ def test_a_trained_exit_ends_the_engines_spans_at_the_training_length(setup):
         eng.add_request(str(i), p, SamplingParams(temperature=0.0, max_tokens=16, detokenize=False))
     outs = eng.drain()
     assert [len(outs[str(i)].outputs[0].latents.positions) for i in range(len(prompts))] == [2, 3]
+    assert before < 0.05 and p_continue() > 0.5  # taught to go on (a model trained without the targets is not)

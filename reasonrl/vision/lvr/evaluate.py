@@ -141,8 +141,8 @@ def reconstruction(items: list[EvalItem], outs: list[CompletionOutput]) -> dict[
         latents, region = out.latents.vectors[:n], item.region[:n]
         ours.append(F.cosine_similarity(latents, region, dim=1))
         guess.append(F.cosine_similarity(item.image.mean(0)[None].expand(n, -1), region, dim=1))
-        top1.append((nearest_token(latents, item.image) == region).all(-1).float())
-        pointed = nearest_token(out.latents.vectors[:span[1] - span[0]], item.image)
+        pointed = nearest_token(out.latents.vectors[:span[1] - span[0]], item.image)  # every latent of the span
+        top1.append((pointed[:n] == region).all(-1).float())
         inside.append((pointed[:, None] == item.region[None]).all(-1).any(-1).float())
     if not ours:
         return {"latent_cosine": float("nan"), "mean_token_cosine": float("nan"), "latent_top1": float("nan"),

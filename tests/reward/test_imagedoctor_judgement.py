@@ -69,3 +69,12 @@ def test_fuzzed_strings_never_raise_and_truncations_never_score_more_than_whole(
     huge = "<think>" + "[1,1,2,2];" * 100_000 + "</think>" + GOOD
     assert len(parse_judgement(huge).boxes) <= 32 and score_reward(parse_judgement(huge), SCORES) == 0  # cut at MAX_CHARS
     assert len(huge) > MAX_CHARS
+
+
+def test_the_cold_start_target_parses_to_its_scores_and_is_not_a_whole_judgement():
+    from reasonrl.reward.imagedoctor.judgement import render_scores
+
+    truth = {"alignment": 0.5, "aesthetics": 0.41, "plausibility": 0.875, "overall": 0.7}
+    parsed = parse_judgement(render_scores(truth))
+    assert parsed.scores == {"alignment": 0.5, "aesthetics": 0.41, "plausibility": 0.88, "overall": 0.7}
+    assert not parsed.well_formed and parsed.boxes == [] and not any(parsed.locations.values())

@@ -4,6 +4,7 @@ task tokens added as atomic tokens that survive decoding, `reasonrl data doctor`
 environment's reward parts, and the correlation/IoU metrics."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from reasonrl.reward.imagedoctor.decoder import HeatmapConfig
 from reasonrl.reward.imagedoctor.env import JudgeEnvironment
 from reasonrl.reward.imagedoctor.evaluate import iou, map_metrics, pearson, ranks, spearman
 from reasonrl.reward.imagedoctor.export import DoctorDataConfig, judge_examples
+from reasonrl.reward.imagedoctor.judgement import parse_judgement
 from reasonrl.reward.imagedoctor.sft import JudgeSFTConfig, batch_tensors, judge_loss, train_judge_sft
 
 VLM = "reasonrl/demo/vlm"
@@ -84,6 +86,38 @@ def test_sft_lowers_cross_entropy_and_heatmap_mse():
     after = judge_loss(judge, items, tok.pad_token_id)[1]
     assert len(history) == 8
     assert after["ce"] < 0.6 * before["ce"] and after["heatmap_mse"] < 0.5 * before["heatmap_mse"]
+
+
+def test_the_cold_start_trains_the_scores_text_alone(doctor):
+    """ImageDoctor's first stage: the target is the four scores (nothing else), and the loss is the
+    cross-entropy alone: the heatmap head gets no gradient and no term."""
+    judge, tok = doctor
+    examples = small(2)
+    items = judge_items(examples, tok, judge.backbone, scores_only=True)
+    for it, ex in zip(items, examples):
+        text = tok.decode(it.response_ids)
+        assert text.startswith("<answer>Semantic Alignment score: ") and "<think>" not in text
+        assert parse_judgement(text).scores == {k: round(v, 2) for k, v in ex.scores.items()}
+    judge.zero_grad(set_to_none=True)
+    loss, parts = judge_loss(judge, items, tok.pad_token_id, heatmap=False)
+    loss.backward()
+    assert parts["heatmap_mse"] == 0.0 and loss.item() == pytest.approx(parts["ce"])
+    assert all(p.grad is None for p in judge.heatmap.parameters())
+    assert judge.backbone.layers[0].self_attn.qkv_proj.weight.grad is not None
+    with_head = judge_loss(judge, items, tok.pad_token_id)[1]
+    assert with_head["ce"] == pytest.approx(parts["ce"], rel=1e-5) and with_head["heatmap_mse"] > 0
+    judge.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("train_vision", [False, True])
+def test_the_vision_tower_trains_only_when_asked(train_vision):
+    judge, tok = doctor_from_vlm(VLM, HEAD, seed=1)
+    items = judge_items(small(2), tok, judge.backbone)
+    before = [p.detach().clone() for p in judge.backbone.visual.parameters()]
+    train_judge_sft(judge, items, JudgeSFTConfig(epochs=1, samples_per_step=2, microbatch=2, train_vision=train_vision),
+                    tok.pad_token_id, log=None)
+    moved = [not torch.equal(a, b) for a, b in zip(before, judge.backbone.visual.parameters())]
+    assert (any(moved), all(moved)) == ((True, True) if train_vision else (False, False))
 
 
 def test_labels_cover_exactly_the_response(doctor):
@@ -283,6 +317,46 @@ def test_the_generation_budget_holds_every_target_judgement(doctor, tmp_path):
     with pytest.raises(ValueError, match=f"--max-tokens 300 .*{longest} tokens"):
         bench_judge(dataclasses.replace(cfg, max_tokens=300), log=lambda *_: None)
     assert not (tmp_path / "bench").exists()  # refused before anything was written
+
+
+@pytest.mark.slow  # two tiny SFT stages and their held-out judgements: ~30 s
+def test_the_cold_start_is_kept_when_the_full_sft_stops_and_old_stages_ran_without_one(tmp_path, monkeypatch):
+    """The cold start is measured and saved on its own, so a stop in the second SFT stage does not
+    train it again; an SFT stage recorded before the option existed ran without a cold start."""
+    import dataclasses
+
+    from reasonrl.reward.imagedoctor import experiment
+    from reasonrl.reward.imagedoctor.experiment import JudgeBenchConfig, bench_judge
+
+    cfg = JudgeBenchConfig(out=str(tmp_path / "out"), train_images=2, eval_images=1, cold_start_epochs=1,
+                           sft_epochs=1, stages=("sft",))
+    calls, real = [], experiment.train_judge_sft
+
+    def stop_in_the_second_stage(doctor, items, sft, pad, log=None):
+        calls.append(sft.heatmap)
+        if sft.heatmap and len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(doctor, items, sft, pad, log)
+
+    monkeypatch.setattr(experiment, "train_judge_sft", stop_in_the_second_stage)
+    with pytest.raises(KeyboardInterrupt):
+        bench_judge(cfg, log=lambda *_: None)
+    first = json.loads((tmp_path / "out" / "sft" / "cold_start" / "metrics.json").read_text())
+    assert "plcc/alignment" in first and "cc/misalignment" not in first  # scores only: no task token, no maps
+    with pytest.raises(ValueError, match="sft_lr"):  # a cold start made with other settings is not reused
+        bench_judge(dataclasses.replace(cfg, sft_lr=1e-4), log=lambda *_: None)
+    result = bench_judge(cfg, log=lambda *_: None)
+    assert calls == [False, True, True]  # the rerun trained the second stage only
+    assert result["sft"]["cold_start"] == first and "cc/misalignment" in result["sft"]
+
+    old = tmp_path / "old"  # a finished SFT stage from before the cold start existed
+    shutil.copytree(tmp_path / "out", old)
+    settings = json.loads((old / "sft" / "stage.json").read_text())
+    del settings["cold_start_epochs"]
+    (old / "sft" / "stage.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match="cold_start_epochs"):
+        bench_judge(dataclasses.replace(cfg, out=str(old)), log=lambda *_: None)
+    assert bench_judge(dataclasses.replace(cfg, out=str(old), cold_start_epochs=0), log=lambda *_: None)["sft"] == result["sft"]
 
 
 @pytest.mark.parametrize("stage", ["ablation", "grpo"])

@@ -28,7 +28,7 @@ from reasonrl.models.tokenizer import Tokenizer
 from reasonrl.reward.imagedoctor.data import JudgeExample
 from reasonrl.reward.imagedoctor.decoder import HeatmapConfig
 from reasonrl.reward.imagedoctor.export import judge_messages
-from reasonrl.reward.imagedoctor.judgement import TASK_TOKENS, render_judgement
+from reasonrl.reward.imagedoctor.judgement import TASK_TOKENS, render_judgement, render_scores
 from reasonrl.reward.imagedoctor.model import DoctorConfig, Heatmaps, ImageDoctor
 from reasonrl.reward.prm.model import resize_vocab
 
@@ -96,20 +96,24 @@ class JudgeItem:
     image: np.ndarray
 
 
-def judge_items(examples: list[JudgeExample], tokenizer: Tokenizer, model, task_tokens: bool = True) -> list[JudgeItem]:
+def judge_items(examples: list[JudgeExample], tokenizer: Tokenizer, model, task_tokens: bool = True,
+                scores_only: bool = False) -> list[JudgeItem]:
+    """`scores_only`: the cold start's items, whose target is the four scores alone (`render_scores`)."""
     encoder = ChatEncoder(tokenizer, model)
     out = []
     for ex in examples:
         maps = torch.from_numpy(np.stack([ex.misalignment, ex.artifact]))
-        out.append(JudgeItem(encoder(judge_messages(ex.caption, ex.image)), target_ids(ex, tokenizer, task_tokens),
-                             maps, ex.scores, ex.boxes, ex.caption, ex.image))
+        out.append(JudgeItem(encoder(judge_messages(ex.caption, ex.image)),
+                             target_ids(ex, tokenizer, task_tokens, scores_only), maps, ex.scores, ex.boxes,
+                             ex.caption, ex.image))
     return out
 
 
-def target_ids(ex: JudgeExample, tokenizer: Tokenizer, task_tokens: bool = True) -> list[int]:
-    """The judgement the judge is trained to write for `ex`, end of turn included."""
-    text = render_judgement(ex.scores, ex.boxes, " ".join(ex.notes) or "The image matches the caption.",
-                            TASK_TOKENS if task_tokens else PLAIN_LOCATIONS)
+def target_ids(ex: JudgeExample, tokenizer: Tokenizer, task_tokens: bool = True, scores_only: bool = False) -> list[int]:
+    """The judgement the judge is trained to write for `ex` (the scores alone if `scores_only`), end of turn included."""
+    text = render_scores(ex.scores) if scores_only else render_judgement(
+        ex.scores, ex.boxes, " ".join(ex.notes) or "The image matches the caption.",
+        TASK_TOKENS if task_tokens else PLAIN_LOCATIONS)
     return tokenizer.encode(text, add_special_tokens=False) + tokenizer.end_of_turn_ids
 
 

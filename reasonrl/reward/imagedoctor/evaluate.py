@@ -98,7 +98,8 @@ def item_maps(doctor: ImageDoctor, items: list[JudgeItem], responses: list[list[
 
 
 def judge_metrics(doctor: ImageDoctor, tokenizer, items: list[JudgeItem],
-                  max_tokens: int = JUDGEMENT_TOKENS) -> dict[str, float]:
+                  max_tokens: int = JUDGEMENT_TOKENS, maps: bool = True) -> dict[str, float]:
+    """The scores' correlations, and the maps' (unless not `maps`: a cold-start judge writes no task token)."""
     doctor.eval()
     responses = generate_judgements(doctor, tokenizer, [it.prompt for it in items], max_tokens)
     texts = [tokenizer.decode(r) for r in responses]
@@ -111,7 +112,8 @@ def judge_metrics(doctor: ImageDoctor, tokenizer, items: list[JudgeItem],
         out[f"parsed/{aspect}"] = float(np.mean([j.scores[aspect] is not None for j in parsed]))
     out["plcc/mean"] = float(np.mean([out[f"plcc/{a}"] for a in ASPECTS]))
     out["srcc/mean"] = float(np.mean([out[f"srcc/{a}"] for a in ASPECTS]))
-    out.update(map_metrics(item_maps(doctor, items, responses), items))
+    if maps:
+        out.update(map_metrics(item_maps(doctor, items, responses), items))
     return out
 
 

@@ -2,8 +2,9 @@
 
     python -m reasonrl.reward.imagedoctor.experiment --out runs/imagedoctor   (same as the bench)
 
-From the embedded VLM (reasonrl/demo/vlm): (1) SFT of the judge with task tokens (cross-entropy
-plus heatmap MSE), (2) the ablation without task tokens on (1)'s frozen judge (ablation.py: two
+From the embedded VLM (reasonrl/demo/vlm): (1) SFT of the judge in ImageDoctor's two stages, a cold
+start on the four scores alone (cross-entropy; sft/cold_start/, measured and kept on its own), then the
+full text with task tokens (cross-entropy plus heatmap MSE), (2) the ablation without task tokens on (1)'s frozen judge (ablation.py: two
 fresh heads, task-token prompted or learned queries), (3) GRPO from (1) through the ordinary
 trainer with `JudgeEnvironment`'s rewards. Each is measured on the same held-out images
 (`evaluate.judge_metrics`). Stages already finished under `out` are read back (sft/, ablation/,
@@ -39,9 +40,12 @@ from reasonrl.reward.imagedoctor.sft import JudgeSFTConfig, train_judge_sft
 from reasonrl.rl.metrics import read_metrics
 from reasonrl.rl.run import settings_changed
 
-STAGE_KEYS = {"sft": ("vlm", "train_images", "eval_images", "sft_epochs", "sft_lr", "max_tokens", "autocast", "seed"),
+STAGE_KEYS = {"sft": ("vlm", "train_images", "eval_images", "cold_start_epochs", "sft_epochs", "sft_lr", "train_vision",
+                     "max_tokens", "autocast", "seed"),
               "ablation": ("ablation_steps",),
               "grpo": ("grpo_steps", "grpo_lr", "prompts_per_step", "samples_per_prompt")}
+SAVED_BEFORE = {"cold_start_epochs": 0.0}
+"""Settings added since stages were first recorded, and the value the stages saved before them ran with."""
 SMALL_HEAD = HeatmapConfig(dim=64, heads=2, mlp_dim=128, conv_channels=(64, 32), up_channels=(32, 16, 8), mask_in_chans=8)
 
 
@@ -55,8 +59,14 @@ class JudgeBenchConfig:
     """Judge training images (SFT)."""
     eval_images: int = 150
     """Held-out images every model is measured on."""
+    cold_start_epochs: float = 5.0
+    """ImageDoctor's first SFT stage: passes over the training images with the four scores alone as the
+    target (no thinking, no locations, no heatmap head), before the full SFT; 0: none (the single stage
+    of the runs before 2026-12-07)."""
     sft_epochs: float = 2.5
-    """SFT passes over the training images."""
+    """SFT passes over the training images (the full look-think-predict text and the heatmaps)."""
+    train_vision: bool = False
+    """Train the vision tower and merger in SFT too (a departure: ImageDoctor keeps them frozen)."""
     sft_lr: float = 3e-3
     """SFT peak learning rate (the embedded VLM was trained at 3e-3)."""
     ablation_steps: int = 100
@@ -117,9 +127,10 @@ def stage_settings(cfg: JudgeBenchConfig, name: str) -> dict:
 def _check_stage(path: Path, settings: dict) -> None:
     """Refuse a stage that holds results (metrics.json, or a GRPO run to resume) made with other settings."""
     saved = path / "stage.json"
-    if not saved.is_file() or not ((path / "metrics.json").is_file() or (path / "run").exists()):
+    results = (path / "metrics.json", path / "run", path / "cold_start" / "metrics.json")
+    if not saved.is_file() or not any(p.exists() for p in results):
         return
-    changed = differences(json.loads(saved.read_text()), settings)
+    changed = differences({**SAVED_BEFORE, **json.loads(saved.read_text())}, settings)
     if changed:
         raise ValueError(settings_changed(f"{path} was made with other settings", changed,
                                           "rerun with the saved settings, or choose another --out (or delete that stage)"))
@@ -160,15 +171,46 @@ def _sft(cfg: JudgeBenchConfig, train_ex, eval_ex, save: Path, log) -> dict:
     from reasonrl.reward.imagedoctor.model import save_doctor
 
     doctor, tok = doctor_from_vlm(cfg.vlm, SMALL_HEAD, seed=cfg.seed)
+    first = {}
+    if cfg.cold_start_epochs > 0:
+        doctor, first = _cold_start(cfg, doctor, tok, train_ex, eval_ex, save / "cold_start", log)
     train, held = judge_items(train_ex, tok, doctor.backbone), judge_items(eval_ex, tok, doctor.backbone)
     t = time.perf_counter()
-    sft = JudgeSFTConfig(epochs=cfg.sft_epochs, lr=cfg.sft_lr, autocast=cfg.autocast, seed=cfg.seed)
+    sft = JudgeSFTConfig(epochs=cfg.sft_epochs, lr=cfg.sft_lr, autocast=cfg.autocast, seed=cfg.seed,
+                         train_vision=cfg.train_vision)
     history = train_judge_sft(doctor, train, sft, tok.pad_token_id, log)
     metrics = {"train_seconds": time.perf_counter() - t, "final_ce": history[-1]["ce"],
                "final_heatmap_mse": history[-1]["heatmap_mse"], **judge_metrics(doctor, tok, held, cfg.max_tokens)}
+    if first:
+        metrics["cold_start"] = first
     save_doctor(doctor, save / "model", tok)
     log(f"imagedoctor sft: {metrics}")
     return metrics
+
+
+def _cold_start(cfg: JudgeBenchConfig, doctor, tok, train_ex, eval_ex, save: Path, log):
+    """ImageDoctor's first stage (scores alone, cross-entropy only), saved to and read back from `save`:
+    (the judge after it, its held-out score correlations)."""
+    from reasonrl.models.loader import MASTER_DTYPE
+    from reasonrl.reward.imagedoctor.model import load_doctor, save_doctor
+
+    done = save / "metrics.json"
+    if done.is_file():
+        log(f"imagedoctor: reusing the cold start in {save}")
+        return load_doctor(save / "model", dtype=MASTER_DTYPE), json.loads(done.read_text())
+    train = judge_items(train_ex, tok, doctor.backbone, scores_only=True)
+    held = judge_items(eval_ex, tok, doctor.backbone, scores_only=True)
+    t = time.perf_counter()
+    stage = JudgeSFTConfig(epochs=cfg.cold_start_epochs, lr=cfg.sft_lr, autocast=cfg.autocast, seed=cfg.seed,
+                           heatmap=False, train_vision=cfg.train_vision)
+    history = train_judge_sft(doctor, train, stage, tok.pad_token_id, log)
+    budget = max(len(it.response_ids) for it in train + held)  # the longest target: all a right answer needs
+    metrics = {"train_seconds": time.perf_counter() - t, "final_ce": history[-1]["ce"],
+               **judge_metrics(doctor, tok, held, budget, maps=False)}
+    save_doctor(doctor, save / "model", tok)
+    done.write_text(json.dumps(metrics, indent=2) + "\n")  # after the model: a model without it may be half-written
+    log(f"imagedoctor cold start: {metrics}")
+    return doctor, metrics
 
 
 def _ablation(cfg: JudgeBenchConfig, train_ex, eval_ex, out: Path, log) -> dict:
@@ -242,9 +284,11 @@ def format_rows(result: dict) -> str:
     keys = ["plcc/alignment", "srcc/alignment", "plcc/plausibility", "plcc/aesthetics", "plcc/overall", "plcc/mean",
             "srcc/mean", "cc/misalignment", "iou/misalignment", "cc/artifact", "iou/artifact", "well_formed"]
     lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for name in ("sft", "grpo"):
-        if name in result:
-            lines.append(f"| {name} | " + " | ".join(f"{result[name].get(k, float('nan')):.3f}" for k in keys) + " |")
+    rows = [("sft, cold start only (scores)", result.get("sft", {}).get("cold_start")),
+            ("sft", result.get("sft")), ("grpo", result.get("grpo"))]
+    for name, row in rows:
+        if row:
+            lines.append(f"| {name} | " + " | ".join(f"{row.get(k, float('nan')):.3f}" for k in keys) + " |")
     if "ablation" in result:
         maps = ["cc/misalignment", "iou/misalignment", "cc/artifact", "iou/artifact"]
         lines += ["", f"ablation, heads only on the frozen SFT judge ({result['ablation']['steps']} steps each):", "",

@@ -46,11 +46,23 @@ def render_judgement(scores: dict[str, float], boxes: list[tuple[int, int, int, 
                      task_tokens: tuple[str, str] = TASK_TOKENS) -> str:
     """The text a judge should write: boxes and reasoning in <think>, scores and task tokens in <answer>."""
     regions = ";".join(f"{i}.[{x1},{y1},{x2},{y2}]" for i, (x1, y1, x2, y2) in enumerate(boxes, 1))
-    s = {k: f"{scores[k]:.2f}" for k in ASPECTS}
+    s = _two_places(scores)
     return (f"<think>I need to focus on the bounding box area. Proposed regions (xyxy): {regions}\n{reasoning}</think>\n"
             f"<answer>Semantic Alignment score: {s['alignment']};\nMisalignment Locations: {task_tokens[0]};\n"
             f"Aesthetic score: {s['aesthetics']};\nPlausibility score: {s['plausibility']};\n"
             f"Artifact Locations: {task_tokens[1]};\nOverall Impression score: {s['overall']};</answer>")
+
+
+def render_scores(scores: dict[str, float]) -> str:
+    """The cold start's target (ImageDoctor's first SFT stage, "noreason"): the four scores alone, no
+    thinking and no locations. It parses to its scores; it is not `well_formed`."""
+    s = _two_places(scores)
+    return (f"<answer>Semantic Alignment score: {s['alignment']};\nAesthetic score: {s['aesthetics']};\n"
+            f"Plausibility score: {s['plausibility']};\nOverall Impression score: {s['overall']};</answer>")
+
+
+def _two_places(scores: dict[str, float]) -> dict[str, str]:
+    return {k: f"{scores[k]:.2f}" for k in ASPECTS}
 
 
 def parse_judgement(text, task_tokens: tuple[str, str] = TASK_TOKENS) -> Judgement:

@@ -1,10 +1,12 @@
 """Judge SFT (ImageDoctor, arXiv 2510.01010): cross-entropy on the look-think-predict text plus
 `heatmap_weight` x (MSE misalignment + MSE artifact) against the true maps.
 
+ImageDoctor trains in two stages, scores alone (`judge_items(..., scores_only=True)` with
+`heatmap=False`), then think + boxes + task tokens with the head; `train_judge_sft` runs one of them
+(the bench, experiment.py, runs both). The vision tower and merger stay frozen, as in ImageDoctor,
+unless `train_vision`; the LM and the heatmap head train together.
+
 Departures:
-- ImageDoctor trains in two stages (scores only, then think + boxes + task tokens with the head);
-  here one stage trains everything at once, from a VLM that never saw the format. The vision tower
-  and merger stay frozen, as in ImageDoctor; the LM and the heatmap head train together.
 - the heatmap term is class-balanced: per map, half the mean squared error over the flaw's pixels
   plus half over the rest (the plain mean when the map is empty). Our true maps are sparse binary
   masks (2% and 0.6% of the pixels on average), not RichHF's dense soft maps; under the plain MSE
@@ -43,6 +45,11 @@ class JudgeSFTConfig:
     """Compute dtype on CUDA under torch.autocast, over the float32 weights; None: float32 throughout."""
     seed: int = 0
     """Data order."""
+    heatmap: bool = True
+    """Train the heatmap head too; False: cross-entropy alone (the cold start, whose targets hold no task token)."""
+    train_vision: bool = False
+    """Train the vision tower and merger too (ImageDoctor keeps them frozen; a tower that never saw an
+    artifact may need to learn to)."""
 
     def steps(self, items: int) -> int:
         return max(1, math.ceil(items * self.epochs / self.samples_per_step))
@@ -73,20 +80,28 @@ def balanced_heatmap_loss(maps: Heatmaps, targets: list[torch.Tensor], weight: f
     return weight * torch.stack(per).mean()
 
 
-def judge_loss(doctor: ImageDoctor, items: list[JudgeItem], pad: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean response-token cross-entropy + the weighted heatmap MSE, and both parts."""
+def judge_loss(doctor: ImageDoctor, items: list[JudgeItem], pad: int,
+               heatmap: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean response-token cross-entropy + the weighted heatmap MSE (0 unless `heatmap`), and both parts."""
     ids, labels = batch_tensors(items, pad)
-    hidden, maps = doctor(ids, [it.prompt for it in items])
+    prompts = [it.prompt for it in items]
+    if heatmap:
+        hidden, maps = doctor(ids, prompts)
+        heat = balanced_heatmap_loss(maps, [it.maps for it in items], doctor.cfg.heatmap_weight)
+    else:
+        hidden, heat = doctor.backbone.forward_padded(ids, prompts), torch.zeros(())
     logits = doctor.backbone.compute_logits(hidden).float()
     ce = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
-    heat = balanced_heatmap_loss(maps, [it.maps for it in items], doctor.cfg.heatmap_weight)
     return ce + heat, {"ce": float(ce.detach()), "heatmap_mse": float(heat.detach())}
 
 
 def train_judge_sft(doctor: ImageDoctor, items: list[JudgeItem], cfg: JudgeSFTConfig, pad: int,
                     log=print) -> list[dict[str, float]]:
     """Train in place; the per-step losses."""
-    freeze_vision(doctor.backbone)
+    if cfg.train_vision:
+        doctor.backbone.visual.requires_grad_(True)
+    else:
+        freeze_vision(doctor.backbone)
     steps = cfg.steps(len(items))
     optimizer, scheduler = make_optimizer(trainable(doctor), OptimSection(
         lr=cfg.lr, warmup_steps=max(1, steps // 20), schedule="cosine", grad_clip=1.0), steps)
@@ -104,7 +119,7 @@ def train_judge_sft(doctor: ImageDoctor, items: list[JudgeItem], cfg: JudgeSFTCo
         for lo in range(0, len(batch), cfg.microbatch):
             chunk = batch[lo:lo + cfg.microbatch]
             with autocast(next(doctor.parameters()).device, cfg.autocast):
-                loss, stats = judge_loss(doctor, chunk, pad)
+                loss, stats = judge_loss(doctor, chunk, pad, cfg.heatmap)
             (loss * len(chunk) / len(batch)).backward()
             parts = {k: parts[k] + stats[k] * len(chunk) / len(batch) for k in parts}
         torch.nn.utils.clip_grad_norm_(trainable(doctor), 1.0)

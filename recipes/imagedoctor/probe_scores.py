@@ -59,14 +59,14 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=300, help="held-out images it is measured on (eval stream)")
     parser.add_argument("--lam", type=float, default=100.0, help="ridge penalty on the standardised features")
     args = parser.parse_args()
-    torch.manual_seed(0)
     config = json.loads((Path(args.model) / "config.json").read_text())
     model = (load_doctor(args.model, dtype=MASTER_DTYPE).backbone if "misalignment_token_id" in config
              else load_model(args.model, dtype=MASTER_DTYPE))
     model, tokenizer = model.eval(), Tokenizer.from_dir(args.model)
     fit, held = features(model, tokenizer, "train", args.train), features(model, tokenizer, "eval", args.eval)
     print(f"{args.model}: ridge (lambda {args.lam}) fitted on {args.train}, Pearson r on {args.eval} held out")
-    print("| features | " + " | ".join(TARGETS) + " |\n|---" * 1 + "|---" * len(TARGETS) + "|")
+    print("| features | " + " | ".join(TARGETS) + " |")
+    print("|---" * (len(TARGETS) + 1) + "|")
     for name, k in (("merged image tokens", 0), ("prompt states (last, mean)", 1)):
         pred = ridge(fit[k], fit[2], held[k], args.lam)
         print(f"| {name} | " + " | ".join(f"{pearson(pred[:, j], held[2][:, j]):.3f}" for j in range(len(TARGETS))) + " |")

@@ -48,14 +48,17 @@ def main() -> None:
         score, implied = parse_judgement(text).scores["alignment"], implied_alignment(text, len(ex.prompt.objects))
         if score is not None and implied is not None:
             rows.append((score, implied, ex.scores["alignment"], implied_alignment(ex.judgement(), len(ex.prompt.objects))))
+    if not rows:
+        raise SystemExit(f"{args.judge}: no judgement has both a think block and an alignment score (a cold-start "
+                         "judge writes the scores alone): nothing to compare")
     written, implied, truth, from_true_notes = (list(col) for col in zip(*rows))
     print(f"{args.judge}: {len(rows)} of {len(texts)} judgements with a think block and an alignment score")
     print(f"the targets' own notes imply the true alignment: r = {pearson(from_true_notes, truth):.3f}")
     print(f"written score vs truth: r = {pearson(written, truth):.3f}")
     print(f"written score vs its own notes: r = {pearson(written, implied):.3f}")
     print(f"its notes vs truth: r = {pearson(implied, truth):.3f}")
-    print(f"notes per judgement: {sum(n < 1 for n in implied)} of {len(rows)} name a misalignment "
-          f"(the truth: {sum(t < 1 for t in truth)})")
+    print(f"notes per judgement: {sum(a < 1 for a in implied)} of {len(rows)} name a misalignment "
+          f"(the truth: {sum(a < 1 for a in truth)})")
 
 
 if __name__ == "__main__":

@@ -109,6 +109,18 @@ def test_the_cold_start_trains_the_scores_text_alone(doctor):
     judge.zero_grad(set_to_none=True)
 
 
+def test_a_cold_start_step_leaves_the_heatmap_head_as_it_was():
+    judge, tok = doctor_from_vlm(VLM, HEAD, seed=1)
+    items = judge_items(small(2), tok, judge.backbone, scores_only=True)
+    head = {k: v.clone() for k, v in judge.head_state().items()}
+    lm = judge.backbone.layers[0].mlp.down_proj.weight.detach().clone()
+    history = train_judge_sft(judge, items, JudgeSFTConfig(epochs=1, samples_per_step=2, microbatch=2, heatmap=False),
+                              tok.pad_token_id, log=None)
+    assert all(torch.equal(v, judge.head_state()[k]) for k, v in head.items())
+    assert not torch.equal(lm, judge.backbone.layers[0].mlp.down_proj.weight)
+    assert "heatmap_mse" not in history[0]  # not a loss of 0: none
+
+
 @pytest.mark.parametrize("train_vision", [False, True])
 def test_the_vision_tower_trains_only_when_asked(train_vision):
     judge, tok = doctor_from_vlm(VLM, HEAD, seed=1)
@@ -246,7 +258,7 @@ def test_images_the_processor_resizes_train_and_score_at_their_own_size(doctor):
     assert set(env.parts(items[0], examples[0].judgement())) == {"score", "heatmap", "grounding", "format"}
 
 
-TINY_BENCH = dict(train_images=4, eval_images=2, sft_epochs=1, ablation_steps=1, grpo_steps=2, prompts_per_step=2,
+TINY_BENCH = dict(train_images=4, eval_images=2, cold_start_epochs=0, sft_epochs=1, ablation_steps=1, grpo_steps=2, prompts_per_step=2,
                   samples_per_prompt=2, stages=("sft", "grpo"))
 
 
@@ -326,27 +338,35 @@ def test_the_cold_start_is_kept_when_the_full_sft_stops_and_old_stages_ran_witho
     import dataclasses
 
     from reasonrl.reward.imagedoctor import experiment
-    from reasonrl.reward.imagedoctor.experiment import JudgeBenchConfig, bench_judge
+    from reasonrl.reward.imagedoctor.experiment import SMALL_HEAD, JudgeBenchConfig, bench_judge
 
     cfg = JudgeBenchConfig(out=str(tmp_path / "out"), train_images=2, eval_images=1, cold_start_epochs=1,
                            sft_epochs=1, stages=("sft",))
-    calls, real = [], experiment.train_judge_sft
+    calls, starts, real = [], [], experiment.train_judge_sft
+
+    def weights(doctor):
+        return torch.cat([p.detach().flatten() for p in doctor.backbone.parameters()]).clone()
 
     def stop_in_the_second_stage(doctor, items, sft, pad, log=None):
         calls.append(sft.heatmap)
-        if sft.heatmap and len(calls) == 2:
-            raise KeyboardInterrupt
+        if sft.heatmap:
+            starts.append(weights(doctor))
+            if len(calls) == 2:
+                raise KeyboardInterrupt
         return real(doctor, items, sft, pad, log)
 
     monkeypatch.setattr(experiment, "train_judge_sft", stop_in_the_second_stage)
     with pytest.raises(KeyboardInterrupt):
         bench_judge(cfg, log=lambda *_: None)
     first = json.loads((tmp_path / "out" / "sft" / "cold_start" / "metrics.json").read_text())
-    assert "plcc/alignment" in first and "cc/misalignment" not in first  # scores only: no task token, no maps
+    assert {"plcc/alignment", "parsed/alignment"} <= set(first)
+    assert "cc/misalignment" not in first and "well_formed" not in first  # scores only: no task token, no maps
     with pytest.raises(ValueError, match="sft_lr"):  # a cold start made with other settings is not reused
         bench_judge(dataclasses.replace(cfg, sft_lr=1e-4), log=lambda *_: None)
-    result = bench_judge(cfg, log=lambda *_: None)
-    assert calls == [False, True, True]  # the rerun trained the second stage only
+    result = bench_judge(dataclasses.replace(cfg, sft_epochs=2), log=lambda *_: None)  # the second stage's own setting
+    assert calls == [False, True, True]  # the rerun trained the second stage only,
+    assert torch.equal(starts[1], starts[0])  # from the cold start's weights,
+    assert not torch.equal(starts[0], weights(doctor_from_vlm(VLM, SMALL_HEAD)[0]))  # not the VLM's
     assert result["sft"]["cold_start"] == first and "cc/misalignment" in result["sft"]
 
     old = tmp_path / "old"  # a finished SFT stage from before the cold start existed
@@ -356,7 +376,8 @@ def test_the_cold_start_is_kept_when_the_full_sft_stops_and_old_stages_ran_witho
     (old / "sft" / "stage.json").write_text(json.dumps(settings))
     with pytest.raises(ValueError, match="cold_start_epochs"):
         bench_judge(dataclasses.replace(cfg, out=str(old)), log=lambda *_: None)
-    assert bench_judge(dataclasses.replace(cfg, out=str(old), cold_start_epochs=0), log=lambda *_: None)["sft"] == result["sft"]
+    old_run = dataclasses.replace(cfg, out=str(old), cold_start_epochs=0, sft_epochs=2)
+    assert bench_judge(old_run, log=lambda *_: None)["sft"] == result["sft"]
 
 
 @pytest.mark.parametrize("stage", ["ablation", "grpo"])

@@ -3,9 +3,10 @@
     python -m reasonrl.reward.imagedoctor.experiment --out runs/imagedoctor   (same as the bench)
 
 From the embedded VLM (reasonrl/demo/vlm): (1) SFT of the judge in ImageDoctor's two stages, a cold
-start on the four scores alone (cross-entropy; sft/cold_start/, measured and kept on its own), then the
-full text with task tokens (cross-entropy plus heatmap MSE), (2) the ablation without task tokens on (1)'s frozen judge (ablation.py: two
-fresh heads, task-token prompted or learned queries), (3) GRPO from (1) through the ordinary
+start on the four scores alone (cross-entropy; sft/cold_start/, measured, recorded and kept on its
+own), then the full text with task tokens (cross-entropy plus heatmap MSE), (2) the ablation without
+task tokens on (1)'s frozen judge (ablation.py: two fresh heads, task-token prompted or learned
+queries), (3) GRPO from (1) through the ordinary
 trainer with `JudgeEnvironment`'s rewards. Each is measured on the same held-out images
 (`evaluate.judge_metrics`). Stages already finished under `out` are read back (sft/, ablation/,
 grpo/), so a rerun after a stop goes on where it was; once SFT has finished, the ablation and GRPO
@@ -44,7 +45,9 @@ STAGE_KEYS = {"sft": ("vlm", "train_images", "eval_images", "cold_start_epochs",
                      "max_tokens", "autocast", "seed"),
               "ablation": ("ablation_steps",),
               "grpo": ("grpo_steps", "grpo_lr", "prompts_per_step", "samples_per_prompt")}
-SAVED_BEFORE = {"cold_start_epochs": 0.0}
+COLD_START_KEYS = ("vlm", "train_images", "eval_images", "cold_start_epochs", "sft_lr", "train_vision", "autocast", "seed")
+"""What the cold start depends on (sft/cold_start/stage.json): not the second stage's own settings."""
+DEFAULTS_BEFORE_RECORDED = {"cold_start_epochs": 0.0}
 """Settings added since stages were first recorded, and the value the stages saved before them ran with."""
 SMALL_HEAD = HeatmapConfig(dim=64, heads=2, mlp_dim=128, conv_channels=(64, 32), up_channels=(32, 16, 8), mask_in_chans=8)
 
@@ -103,6 +106,8 @@ def bench_judge(cfg: JudgeBenchConfig, log=functools.partial(print, flush=True))
     _check_budget(cfg, train_ex + eval_ex)
     for name in names:  # every refusal before any work, and before anything is written
         _check_stage(out / name, stage_settings(cfg, name))
+        if name == "sft" and cfg.cold_start_epochs > 0:
+            _check_stage(out / "sft" / "cold_start", cold_start_settings(cfg))
         if name != "sft":
             _check_stage(out / "sft", stage_settings(cfg, "sft"))  # the model it starts from
             _check_sft_finished(out / "sft", name, names)
@@ -124,13 +129,17 @@ def stage_settings(cfg: JudgeBenchConfig, name: str) -> dict:
     return json.loads(json.dumps({k: getattr(cfg, k) for k in keys}))  # tuples as JSON gives them back
 
 
+def cold_start_settings(cfg: JudgeBenchConfig) -> dict:
+    return {k: getattr(cfg, k) for k in COLD_START_KEYS}
+
+
 def _check_stage(path: Path, settings: dict) -> None:
-    """Refuse a stage that holds results (metrics.json, or a GRPO run to resume) made with other settings."""
+    """Refuse a stage (or SFT's cold start) that holds results (metrics.json, or a GRPO run to resume)
+    made with other settings."""
     saved = path / "stage.json"
-    results = (path / "metrics.json", path / "run", path / "cold_start" / "metrics.json")
-    if not saved.is_file() or not any(p.exists() for p in results):
+    if not saved.is_file() or not ((path / "metrics.json").is_file() or (path / "run").exists()):
         return
-    changed = differences({**SAVED_BEFORE, **json.loads(saved.read_text())}, settings)
+    changed = differences({**DEFAULTS_BEFORE_RECORDED, **json.loads(saved.read_text())}, settings)
     if changed:
         raise ValueError(settings_changed(f"{path} was made with other settings", changed,
                                           "rerun with the saved settings, or choose another --out (or delete that stage)"))
@@ -195,18 +204,20 @@ def _cold_start(cfg: JudgeBenchConfig, doctor, tok, train_ex, eval_ex, save: Pat
     from reasonrl.reward.imagedoctor.model import load_doctor, save_doctor
 
     done = save / "metrics.json"
-    if done.is_file():
+    if done.is_file():  # its settings were checked (bench_judge) before any work
         log(f"imagedoctor: reusing the cold start in {save}")
         return load_doctor(save / "model", dtype=MASTER_DTYPE), json.loads(done.read_text())
+    save.mkdir(parents=True, exist_ok=True)
+    (save / "stage.json").write_text(json.dumps(cold_start_settings(cfg), indent=2) + "\n")
     train = judge_items(train_ex, tok, doctor.backbone, scores_only=True)
     held = judge_items(eval_ex, tok, doctor.backbone, scores_only=True)
     t = time.perf_counter()
     stage = JudgeSFTConfig(epochs=cfg.cold_start_epochs, lr=cfg.sft_lr, autocast=cfg.autocast, seed=cfg.seed,
                            heatmap=False, train_vision=cfg.train_vision)
     history = train_judge_sft(doctor, train, stage, tok.pad_token_id, log)
-    budget = max(len(it.response_ids) for it in train + held)  # the longest target: all a right answer needs
     metrics = {"train_seconds": time.perf_counter() - t, "final_ce": history[-1]["ce"],
-               **judge_metrics(doctor, tok, held, budget, maps=False)}
+               **judge_metrics(doctor, tok, held, cfg.max_tokens, maps=False)}
+    del metrics["well_formed"]  # a scores-only text is never well-formed; parsed/* says whether it was read
     save_doctor(doctor, save / "model", tok)
     done.write_text(json.dumps(metrics, indent=2) + "\n")  # after the model: a model without it may be half-written
     log(f"imagedoctor cold start: {metrics}")
@@ -288,7 +299,7 @@ def format_rows(result: dict) -> str:
             ("sft", result.get("sft")), ("grpo", result.get("grpo"))]
     for name, row in rows:
         if row:
-            lines.append(f"| {name} | " + " | ".join(f"{row.get(k, float('nan')):.3f}" for k in keys) + " |")
+            lines.append(f"| {name} | " + " | ".join(f"{row[k]:.3f}" if k in row else "-" for k in keys) + " |")
     if "ablation" in result:
         maps = ["cc/misalignment", "iou/misalignment", "cc/artifact", "iou/artifact"]
         lines += ["", f"ablation, heads only on the frozen SFT judge ({result['ablation']['steps']} steps each):", "",

@@ -125,8 +125,11 @@ def train_judge_sft(doctor: ImageDoctor, items: list[JudgeItem], cfg: JudgeSFTCo
         torch.nn.utils.clip_grad_norm_(trainable(doctor), 1.0)
         optimizer.step()
         scheduler.step()
+        if not cfg.heatmap:
+            del parts["heatmap_mse"]
         history.append({"step": step, **parts, "seconds": time.perf_counter() - start})
         if log is not None and (step % 10 == 0 or step == steps):
-            log(f"judge sft step {step}/{steps} ce {parts['ce']:.3f} heatmap {parts['heatmap_mse']:.4f}")
+            heat = f" heatmap {parts['heatmap_mse']:.4f}" if cfg.heatmap else ""
+            log(f"judge sft step {step}/{steps} ce {parts['ce']:.3f}{heat}")
     doctor.eval()
     return history

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from reasonrl.models.tokenizer import Tokenizer
-from reasonrl.reward.imagedoctor.build import TASK_TOKENS, NoTaskTokenDoctor, doctor_from_vlm, judge_items
+from reasonrl.reward.imagedoctor.build import (TASK_TOKENS, NoTaskTokenDoctor, cold_start_items, doctor_from_vlm,
+                                               judge_items)
 from reasonrl.reward.imagedoctor.decoder import HeatmapConfig
 from reasonrl.reward.imagedoctor.env import JudgeEnvironment
 from reasonrl.reward.imagedoctor.evaluate import iou, map_metrics, pearson, ranks, spearman
@@ -93,7 +94,9 @@ def test_the_cold_start_trains_the_scores_text_alone(doctor):
     cross-entropy alone: the heatmap head gets no gradient and no term."""
     judge, tok = doctor
     examples = small(2)
-    items = judge_items(examples, tok, judge.backbone, scores_only=True)
+    full = judge_items(examples, tok, judge.backbone)
+    items = cold_start_items(full, tok)
+    assert all(a.prompt is b.prompt for a, b in zip(items, full))  # the same prompts, another target
     for it, ex in zip(items, examples):
         text = tok.decode(it.response_ids)
         assert text.startswith("<answer>Semantic Alignment score: ") and "<think>" not in text
@@ -111,7 +114,7 @@ def test_the_cold_start_trains_the_scores_text_alone(doctor):
 
 def test_a_cold_start_step_leaves_the_heatmap_head_as_it_was():
     judge, tok = doctor_from_vlm(VLM, HEAD, seed=1)
-    items = judge_items(small(2), tok, judge.backbone, scores_only=True)
+    items = cold_start_items(judge_items(small(2), tok, judge.backbone), tok)
     head = {k: v.clone() for k, v in judge.head_state().items()}
     lm = judge.backbone.layers[0].mlp.down_proj.weight.detach().clone()
     history = train_judge_sft(judge, items, JudgeSFTConfig(epochs=1, samples_per_step=2, microbatch=2, heatmap=False),
@@ -378,6 +381,15 @@ def test_the_cold_start_is_kept_when_the_full_sft_stops_and_old_stages_ran_witho
         bench_judge(dataclasses.replace(cfg, out=str(old)), log=lambda *_: None)
     old_run = dataclasses.replace(cfg, out=str(old), cold_start_epochs=0, sft_epochs=2)
     assert bench_judge(old_run, log=lambda *_: None)["sft"] == result["sft"]
+
+
+def test_a_negative_cold_start_is_refused_before_anything_is_written(tmp_path):
+    from reasonrl.reward.imagedoctor.experiment import JudgeBenchConfig, bench_judge
+
+    cfg = JudgeBenchConfig(out=str(tmp_path / "out"), train_images=2, eval_images=2, cold_start_epochs=-1)
+    with pytest.raises(ValueError, match="--cold-start-epochs must be >= 0"):
+        bench_judge(cfg, log=lambda *_: None)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("stage", ["ablation", "grpo"])

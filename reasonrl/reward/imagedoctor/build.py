@@ -15,6 +15,7 @@ trained without the tokens (its text says "Misalignment Locations: map;"), the p
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,24 +97,29 @@ class JudgeItem:
     image: np.ndarray
 
 
-def judge_items(examples: list[JudgeExample], tokenizer: Tokenizer, model, task_tokens: bool = True,
-                scores_only: bool = False) -> list[JudgeItem]:
-    """`scores_only`: the cold start's items, whose target is the four scores alone (`render_scores`)."""
+def judge_items(examples: list[JudgeExample], tokenizer: Tokenizer, model, task_tokens: bool = True) -> list[JudgeItem]:
     encoder = ChatEncoder(tokenizer, model)
     out = []
     for ex in examples:
         maps = torch.from_numpy(np.stack([ex.misalignment, ex.artifact]))
-        out.append(JudgeItem(encoder(judge_messages(ex.caption, ex.image)),
-                             target_ids(ex, tokenizer, task_tokens, scores_only), maps, ex.scores, ex.boxes,
-                             ex.caption, ex.image))
+        out.append(JudgeItem(encoder(judge_messages(ex.caption, ex.image)), target_ids(ex, tokenizer, task_tokens),
+                             maps, ex.scores, ex.boxes, ex.caption, ex.image))
     return out
 
 
-def target_ids(ex: JudgeExample, tokenizer: Tokenizer, task_tokens: bool = True, scores_only: bool = False) -> list[int]:
-    """The judgement the judge is trained to write for `ex` (the scores alone if `scores_only`), end of turn included."""
-    text = render_scores(ex.scores) if scores_only else render_judgement(
-        ex.scores, ex.boxes, " ".join(ex.notes) or "The image matches the caption.",
-        TASK_TOKENS if task_tokens else PLAIN_LOCATIONS)
+def cold_start_items(items: list[JudgeItem], tokenizer: Tokenizer) -> list[JudgeItem]:
+    """The same items (prompts shared) with the cold start's target: the four scores alone (`render_scores`)."""
+    return [dataclasses.replace(it, response_ids=_response_ids(render_scores(it.scores), tokenizer)) for it in items]
+
+
+def target_ids(ex: JudgeExample, tokenizer: Tokenizer, task_tokens: bool = True) -> list[int]:
+    """The judgement the judge is trained to write for `ex`, end of turn included."""
+    text = render_judgement(ex.scores, ex.boxes, " ".join(ex.notes) or "The image matches the caption.",
+                            TASK_TOKENS if task_tokens else PLAIN_LOCATIONS)
+    return _response_ids(text, tokenizer)
+
+
+def _response_ids(text: str, tokenizer: Tokenizer) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False) + tokenizer.end_of_turn_ids
 
 

@@ -33,7 +33,7 @@ import torch
 
 from reasonrl.config import differences
 from reasonrl.models.tokenizer import Tokenizer
-from reasonrl.reward.imagedoctor.build import doctor_from_vlm, judge_items, longest_target
+from reasonrl.reward.imagedoctor.build import cold_start_items, doctor_from_vlm, judge_items, longest_target
 from reasonrl.reward.imagedoctor.decoder import HeatmapConfig
 from reasonrl.reward.imagedoctor.evaluate import JUDGEMENT_TOKENS, judge_metrics
 from reasonrl.reward.imagedoctor.export import DoctorDataConfig, judge_examples
@@ -99,6 +99,8 @@ def bench_judge(cfg: JudgeBenchConfig, log=functools.partial(print, flush=True))
     unknown = set(cfg.stages) - set(STAGE_KEYS)
     if unknown:
         raise ValueError(f"--stages: unknown {sorted(unknown)}; known: sft, ablation, grpo")
+    if cfg.cold_start_epochs < 0:
+        raise ValueError(f"--cold-start-epochs must be >= 0 (0: no cold start), got {cfg.cold_start_epochs}")
     names = [name for name in STAGE_KEYS if name in cfg.stages]  # sft first: the others start from its judge
     data = DoctorDataConfig(out=str(out), n=cfg.train_images, seed=cfg.seed)
     train_ex, eval_ex = judge_examples(data), judge_examples(DoctorDataConfig(out=str(out), n=cfg.eval_images,
@@ -180,10 +182,10 @@ def _sft(cfg: JudgeBenchConfig, train_ex, eval_ex, save: Path, log) -> dict:
     from reasonrl.reward.imagedoctor.model import save_doctor
 
     doctor, tok = doctor_from_vlm(cfg.vlm, SMALL_HEAD, seed=cfg.seed)
+    train, held = judge_items(train_ex, tok, doctor.backbone), judge_items(eval_ex, tok, doctor.backbone)
     first = {}
     if cfg.cold_start_epochs > 0:
-        doctor, first = _cold_start(cfg, doctor, tok, train_ex, eval_ex, save / "cold_start", log)
-    train, held = judge_items(train_ex, tok, doctor.backbone), judge_items(eval_ex, tok, doctor.backbone)
+        doctor, first = _cold_start(cfg, doctor, tok, train, held, save / "cold_start", log)
     t = time.perf_counter()
     sft = JudgeSFTConfig(epochs=cfg.sft_epochs, lr=cfg.sft_lr, autocast=cfg.autocast, seed=cfg.seed,
                          train_vision=cfg.train_vision)
@@ -197,9 +199,9 @@ def _sft(cfg: JudgeBenchConfig, train_ex, eval_ex, save: Path, log) -> dict:
     return metrics
 
 
-def _cold_start(cfg: JudgeBenchConfig, doctor, tok, train_ex, eval_ex, save: Path, log):
-    """ImageDoctor's first stage (scores alone, cross-entropy only), saved to and read back from `save`:
-    (the judge after it, its held-out score correlations)."""
+def _cold_start(cfg: JudgeBenchConfig, doctor, tok, train_items, held_items, save: Path, log):
+    """ImageDoctor's first stage (scores alone, cross-entropy only) on the SFT items' prompts, saved to
+    and read back from `save`: (the judge after it, its held-out score correlations)."""
     from reasonrl.models.loader import MASTER_DTYPE
     from reasonrl.reward.imagedoctor.model import load_doctor, save_doctor
 
@@ -209,8 +211,7 @@ def _cold_start(cfg: JudgeBenchConfig, doctor, tok, train_ex, eval_ex, save: Pat
         return load_doctor(save / "model", dtype=MASTER_DTYPE), json.loads(done.read_text())
     save.mkdir(parents=True, exist_ok=True)
     (save / "stage.json").write_text(json.dumps(cold_start_settings(cfg), indent=2) + "\n")
-    train = judge_items(train_ex, tok, doctor.backbone, scores_only=True)
-    held = judge_items(eval_ex, tok, doctor.backbone, scores_only=True)
+    train, held = cold_start_items(train_items, tok), cold_start_items(held_items, tok)
     t = time.perf_counter()
     stage = JudgeSFTConfig(epochs=cfg.cold_start_epochs, lr=cfg.sft_lr, autocast=cfg.autocast, seed=cfg.seed,
                            heatmap=False, train_vision=cfg.train_vision)

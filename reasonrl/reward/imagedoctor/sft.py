@@ -1,9 +1,9 @@
 """Judge SFT (ImageDoctor, arXiv 2510.01010): cross-entropy on the look-think-predict text plus
 `heatmap_weight` x (MSE misalignment + MSE artifact) against the true maps.
 
-ImageDoctor trains in two stages, scores alone (`judge_items(..., scores_only=True)` with
-`heatmap=False`), then think + boxes + task tokens with the head; `train_judge_sft` runs one of them
-(the bench, experiment.py, runs both). The vision tower and merger stay frozen, as in ImageDoctor,
+ImageDoctor trains in two stages, scores alone (`build.cold_start_items` with `heatmap=False`), then
+think + boxes + task tokens with the head; `train_judge_sft` runs one of them (the bench,
+experiment.py, runs both). The vision tower and merger stay frozen, as in ImageDoctor,
 unless `train_vision`; the LM and the heatmap head train together.
 
 Departures:

@@ -442,9 +442,12 @@ def publish_dir(staging: Path, path: Path) -> None:
 
 
 def flush_dir(path: Path) -> None:
-    """fsync a directory's files, then the directory itself."""
+    """fsync a directory's files and, recursively, its subdirectories' (a checkpoint's reward model), then
+    the directory itself."""
     for file in path.iterdir():
-        if file.is_file():
+        if file.is_dir() and not file.is_symlink():
+            flush_dir(file)
+        elif file.is_file():
             flush(file)
     flush(path)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,12 +25,17 @@ def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, state: dict[str, Any], keep: int) -> Path:
+def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, state: dict[str, Any], keep: int,
+                    extra: Callable[[Path], Any] | None = None) -> Path:
+    """`extra(directory)` writes what else the checkpoint holds (e.g. a reward model trained beside the
+    policy) into it before it is published, so it is whole or absent with the rest."""
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         save_model(model, tmp, tokenizer)
+        if extra is not None:
+            extra(tmp)
         torch.save({**state, "rng": rng_state()}, tmp / "trainer_state.pt")
     except Exception as exc:  # a full disk surfaces as OSError, RuntimeError or SafetensorError
         shutil.rmtree(tmp, ignore_errors=True)

@@ -125,6 +125,21 @@ def raft_args(out, *more):
             "--epochs", "1", "--device", "cpu", *more]
 
 
+def kill_in_round(monkeypatch, killed: int):
+    """Make RAFT's round `killed` die as a kill would; returns the real round function."""
+    from reasonrl.rl import raft
+
+    one_round = raft.raft_round
+
+    def round_or_kill(cfg, *args, **kw):
+        if args[5] == killed:
+            raise Killed
+        return one_round(cfg, *args, **kw)
+
+    monkeypatch.setattr(raft, "raft_round", round_or_kill)
+    return one_round
+
+
 @pytest.mark.slow
 def test_a_raft_run_killed_after_a_round_resumes_there_and_ends_as_an_uninterrupted_one(tmp_path, monkeypatch):
     """RAFT saved nothing until its last round: a kill lost every round, a rerun started from round 0."""
@@ -133,18 +148,13 @@ def test_a_raft_run_killed_after_a_round_resumes_there_and_ends_as_an_uninterrup
     from reasonrl.rl import raft
 
     assert main(raft_args(tmp_path / "whole")) == 0
-    one_round, rounds = raft.raft_round, []
-
-    def killed_in_round_2(cfg, *args):
-        if args[5] == 2:
-            raise Killed
-        return one_round(cfg, *args)
-
-    monkeypatch.setattr(raft, "raft_round", killed_in_round_2)
+    rounds = []
+    one_round = kill_in_round(monkeypatch, 2)
     with pytest.raises(Killed):
         main(raft_args(tmp_path / "cut"))
     assert (tmp_path / "cut" / "checkpoints" / "step_000001").is_dir()
-    monkeypatch.setattr(raft, "raft_round", lambda cfg, *args: rounds.append(args[5]) or one_round(cfg, *args))
+    monkeypatch.setattr(raft, "raft_round",
+                        lambda cfg, *args, **kw: rounds.append(args[5]) or one_round(cfg, *args, **kw))
     assert main(raft_args(tmp_path / "cut")) == 0
     assert rounds == [2]  # round 1 was not run again
     metrics = [[{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in
@@ -178,7 +188,7 @@ def test_raft_out_follows_the_run_directory_rules(tmp_path, monkeypatch, capsys)
     from reasonrl.rl import raft
 
     monkeypatch.setattr(raft, "held_out_accuracy", lambda *a: 0.5)  # the directory rules, not the training
-    monkeypatch.setattr(raft, "raft_round", lambda cfg, env, judge, model, tok, score, rnd, samples: {"round": rnd, "samples": 0})
+    monkeypatch.setattr(raft, "raft_round", lambda cfg, env, judge, model, tok, score, rnd, samples, **kw: {"round": rnd, "samples": 0})
     policy = shutil.copytree(POLICY, tmp_path / "policy")
     weights = (policy / "model.safetensors").read_bytes()
     assert main([str(policy) if a == POLICY else a for a in raft_args(policy)]) == 2  # --policy P --out P
@@ -201,7 +211,7 @@ def test_a_stopped_or_interrupted_raft_says_what_is_saved(tmp_path, monkeypatch,
 
     stop = StopSignal()
 
-    def one_round(cfg, env, judge, model, tok, score, rnd, samples):
+    def one_round(cfg, env, judge, model, tok, score, rnd, samples, **kw):
         if rnd == 2:
             raise KeyboardInterrupt  # a second Ctrl-C, mid-round
         stop.request() if cfg.seed == 1 else None  # a first one: stop after this round
@@ -244,7 +254,7 @@ def test_a_refused_rerun_leaves_the_saved_config(tmp_path, monkeypatch, capsys):
     from reasonrl.rl import raft
 
     monkeypatch.setattr(raft, "held_out_accuracy", lambda *a: 0.5)
-    monkeypatch.setattr(raft, "raft_round", lambda cfg, env, judge, model, tok, score, rnd, samples: {"round": rnd, "samples": 0})
+    monkeypatch.setattr(raft, "raft_round", lambda cfg, env, judge, model, tok, score, rnd, samples, **kw: {"round": rnd, "samples": 0})
     assert main(raft_args(tmp_path / "run")) == 0
     saved = (tmp_path / "run" / "config.yaml").read_text()
     for bad, message in ((["--eval-env", "letter:a"], "another environment than --env"),
@@ -261,7 +271,7 @@ def test_checkable_settings_are_checked_before_overwrite_deletes_the_run(tmp_pat
     from reasonrl.rl import raft
 
     monkeypatch.setattr(raft, "held_out_accuracy", lambda *a: 0.5)
-    monkeypatch.setattr(raft, "raft_round", lambda cfg, env, judge, model, tok, score, rnd, samples: {"round": rnd,
+    monkeypatch.setattr(raft, "raft_round", lambda cfg, env, judge, model, tok, score, rnd, samples, **kw: {"round": rnd,
                                                                                                       "samples": 0})
     run = tmp_path / "run"
     assert main(raft_args(run)) == 0

@@ -91,26 +91,29 @@ for s in 0 1 2 3 4 5 6 7 8 9; do
 done
 python recipes/prm/raft_table.py "$OUT" $(for a in $ARMS; do echo r6-$a; done)
 # the PRM refreshed every round (--prm-refresh): 6 rounds straight, against the same PRM fixed and the lenient
-# outcome reward rerun beside it, seeds 0-9; and on seed 0 only: 256 solutions labelled a round (3 epochs, lr 2e-3),
-# the same with exact step labels (the ceiling), and the refresh behind the verifier (outcome+prm)
+# outcome reward rerun beside it, seeds 0-9, the exact verifier as reference on seeds 0-4; on seed 0, the
+# refresh with exact step labels (256 solutions a round, 3 epochs, lr 2e-3); then a PRM trained on exact labels
+# of two refreshed runs' solutions, judged on a third's (is it the labels or the PRM?)
 R6="--policy reasonrl/demo/policy --rounds 6 --prompts-per-round 32 --samples-per-prompt 8 --eval-problems 200 --device cpu"
 r6() { name=$1; shift; [ -f "$OUT/$name/model.safetensors" ] || $R raft $R6 --env "$HARD&tolerance=2" --eval-env "$HARD" \
   --out "$OUT/$name" "$@"; }
 for s in 0 1 2 3 4 5 6 7 8 9; do
   x=$([ $s = 0 ] || echo "-s$s")
-  [ -f "$OUT/r6b-exact$x/model.safetensors" ] || $R raft $R6 --env "$HARD" --out "$OUT/r6b-exact$x" --seed $s
+  [ $s -gt 4 ] || [ -f "$OUT/r6b-exact$x/model.safetensors" ] || $R raft $R6 --env "$HARD" --out "$OUT/r6b-exact$x" --seed $s
   r6 r6b-lenient-outcome$x --seed $s
   r6 r6b-lenient-mixprm-bar0$x --reward prm $MIX --seed $s
-  r6 r6b-lenient-mixprm-refresh$x --reward prm $MIX --prm-refresh 64 --refresh-env "$HARD" --seed $s
-  r6 r6b-lenient-mixprm-refresh-lenient$x --reward prm $MIX --prm-refresh 64 --seed $s  # labelled by the lenient verifier
+  r6 r6c-lenient-mixprm-refresh$x --reward prm $MIX --prm-refresh 64 --refresh-env "$HARD" --seed $s
 done
-r6 v-refresh256-e3 --reward prm $MIX --prm-refresh 256 --refresh-epochs 3 --refresh-lr 2e-3 --refresh-env "$HARD"
 r6 v-refresh256-exact --reward prm $MIX --prm-refresh 256 --refresh-labels exact --refresh-epochs 3 --refresh-lr 2e-3 \
   --refresh-env "$HARD"
-r6 v-oprm-refresh64 --reward outcome+prm $MIX --prm-refresh 64 --refresh-env "$HARD"
-python recipes/prm/raft_table.py "$OUT" r6b-exact r6b-lenient-outcome r6b-lenient-mixprm-bar0 r6b-lenient-mixprm-refresh \
-  r6b-lenient-mixprm-refresh-lenient
-python recipes/prm/greedy_errors.py "$OUT/r6b-lenient-outcome" "$OUT/r6b-lenient-mixprm-bar0" "$OUT/r6b-lenient-mixprm-refresh"
+python recipes/prm/raft_table.py "$OUT" r6b-exact r6b-lenient-outcome r6b-lenient-mixprm-bar0 r6c-lenient-mixprm-refresh
+python recipes/prm/greedy_errors.py "$OUT/r6b-lenient-outcome" "$OUT/r6b-lenient-mixprm-bar0" "$OUT/r6c-lenient-mixprm-refresh"
+mkdir -p "$OUT/capacity"
+cat "$OUT/r6c-lenient-mixprm-refresh-s2/refresh_labels.jsonl" "$OUT/v-refresh256-exact/refresh_labels.jsonl" > "$OUT/capacity/train.jsonl"
+cp "$OUT/r6c-lenient-mixprm-refresh-s1/refresh_labels.jsonl" "$OUT/capacity/heldout.jsonl"
+[ -f "$OUT/capacity/prm-exact/train.json" ] || eval $R prm train --data "$OUT/capacity/train.jsonl" --out "$OUT/capacity/prm-exact" \
+  ${TRAIN/heldout.jsonl/capacity/heldout.jsonl} --labels exact
+$R prm judge --prm "$OUT/prm-mix-consistent4" --data "$OUT/capacity/heldout.jsonl"
 # does the PRM still judge the RAFT policies' solutions? held-out solutions of each, exactly labelled, judged by it
 for reward in outcome prm; do
   [ -f "$OUT/heldout-raft-$reward.jsonl" ] || $R prm label --policy "$OUT/raft-$reward" --env "sums:" --data-split eval \

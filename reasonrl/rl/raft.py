@@ -360,9 +360,9 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def raft_round(cfg: RaftConfig, env: Environment, judge: Environment, model, tokenizer, score: Scorer, rnd: int,
                samples: int, refresh=None) -> dict[str, Any]:
-    """Sample, rank, keep, fine-tune in place, then (`refresh`, a reward/prm/refresh.Refresh) label the
-    samples the PRM ranked highest and fine-tune it; what happened (`kept_correct`: the share of kept
-    samples the evaluation verifier, `judge`, accepts)."""
+    """Sample, rank, keep; with `refresh` (a reward/prm/refresh.Refresh), label the samples the PRM ranked
+    highest and fine-tune it; then fine-tune the policy in place on what was kept. What happened
+    (`kept_correct`: the share of kept samples the evaluation verifier, `judge`, accepts)."""
     start = time.perf_counter()
     prompts = env.prompts(cfg.prompts_per_round, seed=cfg.seed * 1000 + rnd, split="train")
     requests = sample(model, tokenizer, prompts, cfg.samples_per_prompt, cfg.temperature, cfg.max_tokens, (cfg.seed, rnd))

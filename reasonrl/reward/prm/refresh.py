@@ -3,15 +3,16 @@
 A PRM trained once on a fixed policy's solutions learns that policy's errors. When RAFT (or any
 loop) fine-tunes the policy on what the PRM ranks highest, the policy drifts towards the errors the
 PRM cannot see, and the PRM's picks get worse round after round (docs/benchmarks.md, "RAFT on a
-lenient verifier": right 55% of the time in round 1, 36% by round 6). After each round, `Refresh`
-labels the solutions the PRM ranked highest, step by step, with Athena's weak/strong consistency
-(`labels.py`: Monte Carlo continuations from every step prefix by two completers, a step kept where
-both agree), and fine-tunes the PRM on every round's labels so far.
+lenient verifier": right 55% of the time in round 1, 36% by round 6). Each round, once its samples
+are ranked and kept, `Refresh` labels the solutions the PRM ranked highest, step by step, with
+Athena's weak/strong consistency (`labels.py`: Monte Carlo continuations from every step prefix by
+two completers, a step kept where both agree), and fine-tunes the PRM on every round's labels so far.
 
 Not in the papers: Athena-PRM trains its PRM once; RAFT's reward model is fixed. The choice of
-which solutions to label (a prompt's best-ranked first, round-robin over prompts) is ours: the
-PRM's errors that cost are those among the solutions it would keep. The round's own samples are
-labelled after they were ranked and kept, so a label never decides the round it was drawn from.
+which solutions to label (every prompt's best-ranked first, then every prompt's second, each tier by
+score) is ours: the PRM's errors that cost are those among the solutions it would keep. The round's
+selection is made before its samples are labelled, so a label never decides the round it was drawn
+from; it ranks the next round's.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class Refresh:
     weak: str
     """The weak completer's checkpoint."""
     strong: str | None
-    """The strong completer's checkpoint; None: the policy as the round left it."""
+    """The strong completer's checkpoint; None: the policy that wrote the round (before it learns from it)."""
     solutions: int
     """Solutions labelled per round."""
     labels: str = "consistent"

@@ -114,6 +114,50 @@ cp "$OUT/r6c-lenient-mixprm-refresh-s1/refresh_labels.jsonl" "$OUT/capacity/held
 [ -f "$OUT/capacity/prm-exact/train.json" ] || eval $R prm train --data "$OUT/capacity/train.jsonl" --out "$OUT/capacity/prm-exact" \
   ${TRAIN/heldout.jsonl/capacity/heldout.jsonl} --labels exact
 $R prm judge --prm "$OUT/prm-mix-consistent4" --data "$OUT/capacity/heldout.jsonl"
+# a PRM trained once on many more solutions, exactly labelled: 400 problems x 8 samples of each of ten policies (the
+# demo and weak policies, and RAFT policies of the lenient-outcome and fixed-PRM arms after 3 and 6 rounds, seeds 20
+# and 21), judged on the solutions of four RAFT policies of seed 22; then RAFT with it (seeds 0-9), and the choice
+# RAFT makes with it: which of a problem's solutions each scorer puts first
+P="$OUT/pool-policies"; D="$OUT/pool-data"; mkdir -p "$P" "$D"
+R3="${R6/--rounds 6/--rounds 3}"
+for s in 20 21 22; do
+  for arm in outcome mixprm; do
+    flags=$([ $arm = outcome ] || echo "--reward prm $MIX")
+    [ -f "$P/$arm-r3-s$s/model.safetensors" ] || $R raft $R3 --env "$HARD&tolerance=2" --eval-env "$HARD" --out "$P/$arm-r3-s$s" $flags --seed $s
+    [ -d "$P/$arm-r6-s$s" ] || cp -r "$P/$arm-r3-s$s" "$P/$arm-r6-s$s"
+    $R raft $R3 --rounds 6 --env "$HARD&tolerance=2" --eval-env "$HARD" --out "$P/$arm-r6-s$s" $flags --seed $s --accept-changes
+  done
+done
+i=0
+for pol in reasonrl/demo/policy "$OUT/weak" "$P"/outcome-r{3,6}-s20 "$P"/outcome-r{3,6}-s21 "$P"/mixprm-r{3,6}-s20 "$P"/mixprm-r{3,6}-s21; do
+  i=$((i+1))
+  [ -f "$D/train-$i.jsonl" ] || $R prm label --policy "$pol" --env "$HARD" --problems 400 --samples-per-problem 8 \
+    --data-seed $((100+i)) --seed $((100+i)) --max-tokens 128 --out "$D/train-$i.jsonl" $ENGINE
+done
+for pol in outcome-r3-s22 outcome-r6-s22 mixprm-r3-s22 mixprm-r6-s22; do
+  [ -f "$D/heldout-$pol.jsonl" ] || $R prm label --policy "$P/$pol" --env "$HARD" --data-split eval --problems 100 \
+    --samples-per-problem 4 --max-tokens 128 --out "$D/heldout-$pol.jsonl" $ENGINE
+done
+cat "$D"/train-{1..10}.jsonl > "$D/train-all.jsonl"; cat "$D"/heldout-*-s22.jsonl > "$D/heldout-all.jsonl"
+[ -f "$D/train-4k.jsonl" ] || python -c "import random,sys; r=open(sys.argv[1]).read().splitlines(); random.Random(0).shuffle(r); \
+open(sys.argv[2],'w').write('\n'.join(r[:4000])+'\n')" "$D/train-all.jsonl" "$D/train-4k.jsonl"
+POOL="--base reasonrl/demo/policy --eval-data $D/heldout-all.jsonl --delimiter ' ' --warmup-steps 5 --device cpu --labels exact --lr 3e-3 --samples-per-step 32"
+[ -f "$OUT/prm-pool-exact/train.json" ] || eval $R prm train --data "$D/train-all.jsonl" --out "$OUT/prm-pool-exact" $POOL --epochs 2
+[ -f "$OUT/prm-pool4k-exact/train.json" ] || eval $R prm train --data "$D/train-4k.jsonl" --out "$OUT/prm-pool4k-exact" $POOL --epochs 6
+$R prm judge --prm "$OUT/prm-mix-consistent4" --data "$D/heldout-all.jsonl"
+for s in 0 1 2 3 4 5 6 7 8 9; do
+  x=$([ $s = 0 ] || echo "-s$s")
+  r6 r6d-lenient-poolprm$x --reward prm --prm "$OUT/prm-pool-exact" --min-reward 0 --seed $s
+  r6 r6d-lenient-outcome-poolprm$x --reward outcome+prm --prm "$OUT/prm-pool-exact" --min-reward 0 --seed $s
+done
+python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6b-lenient-mixprm-bar0 r6d-lenient-poolprm r6d-lenient-outcome-poolprm
+python recipes/prm/select_probe.py "$D/heldout-all.jsonl" --prm "$OUT/prm-mix-consistent4" "$OUT/prm-pool-exact" \
+  --policy reasonrl/demo/policy "$P/outcome-r6-s22"
+for agg in min mean last; do
+  python recipes/prm/select_probe.py "$D/heldout-all.jsonl" --worked --aggregation $agg \
+    --prm "$OUT/prm-mix-consistent4" "$OUT/prm-pool-exact" "$OUT/prm-pool4k-exact" --policy reasonrl/demo/policy "$P/outcome-r6-s22"
+done
+python recipes/prm/select_probe.py "$D/train-8.jsonl" --worked --prm "$OUT/prm-pool-exact" --policy reasonrl/demo/policy
 # does the PRM still judge the RAFT policies' solutions? held-out solutions of each, exactly labelled, judged by it
 for reward in outcome prm; do
   [ -f "$OUT/heldout-raft-$reward.jsonl" ] || $R prm label --policy "$OUT/raft-$reward" --env "sums:" --data-split eval \

@@ -17,6 +17,7 @@ for a separator, and steps past `max_len` tokens are not seen (nor tokenized) an
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -43,6 +44,8 @@ class Encoded:
     positions: list[int]  # index of each seen step's separator in ids
     num_steps: int  # steps of the response, seen or not
     multimodal: MultimodalPrompt | None = None  # a vision-language prompt's images
+    plain: list[int] | None = None  # confidence PRMs: prompt and seen steps as written (delimiters, no separators)
+    spans: list[tuple[int, int]] | None = None  # each seen step's tokens in `plain`: plain[a:b]
 
 
 @dataclass
@@ -94,6 +97,8 @@ class PRMScorer:
             inputs[id(prompt)] = self.prompt_input(prompt)
         inp = inputs[id(prompt)]
         ids, positions, sep = token_ids(inp), [], self.prm.separator_id
+        if self.cfg.confidence and multimodal(inp) is not None:
+            raise ValueError("this PRM reads confidence features, which are for text prompts: the prompt has images")
         # a step's first max_step_tokens tokens lie well inside this prefix (x 2: room for merges at the
         # cut and for normalization); the rest would be tokenized only to be thrown away
         chars = 2 * (self.cfg.max_step_tokens + 1) * self.longest_token
@@ -102,10 +107,30 @@ class PRMScorer:
             for piece in self.tokenizer.tok.encode_batch(batch, add_special_tokens=False):
                 step = [t for t in piece.ids if t != sep][:self.cfg.max_step_tokens]
                 if len(ids) + len(step) + 1 > self.cfg.max_len:
-                    return Encoded(ids, positions, len(steps), multimodal(inp))
+                    return self._encoded(inp, ids, positions, steps, chars)
                 ids += step + [sep]
                 positions.append(len(ids) - 1)
-        return Encoded(ids, positions, len(steps), multimodal(inp))
+        return self._encoded(inp, ids, positions, steps, chars)
+
+    def _encoded(self, inp, ids: list[int], positions: list[int], steps: Sequence[str], chars: int) -> Encoded:
+        if not self.cfg.confidence:
+            return Encoded(ids, positions, len(steps), multimodal(inp))
+        # the seen steps as the policy wrote them, tokenized together (a token may straddle a step's start,
+        # as " \\" before "boxed" does), each step's tokens those overlapping its characters
+        fmt, texts = self.cfg.steps, [_utf8(step[:chars]) for step in steps[:len(positions)]]
+        before, between, after = (fmt.open_tag, fmt.close_tag + fmt.open_tag, fmt.close_tag) if fmt.split == "tags" \
+            else ("", fmt.delimiter, "")
+        text, ranges = before, []
+        for k, step in enumerate(texts):
+            text += between if k else ""
+            ranges.append((len(text), len(text) + len(step)))
+            text += step
+        piece = self.tokenizer.tok.encode(text + after, add_special_tokens=False)
+        kept = [(t, off) for t, off in zip(piece.ids, piece.offsets) if t != self.prm.separator_id]
+        starts, ends, prompt = [a for _, (a, _) in kept], [b for _, (_, b) in kept], token_ids(inp)
+        spans = [(len(prompt) + bisect.bisect_right(ends, lo), len(prompt) + bisect.bisect_left(starts, hi))
+                 for lo, hi in ranges]
+        return Encoded(ids, positions, len(steps), None, prompt + [t for t, _ in kept], spans)
 
     # ---- scoring ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -129,13 +154,39 @@ class PRMScorer:
             rows = [encoded[i] for i in idx if encoded[i].positions]
             if not rows:
                 continue
-            logits = self.prm(*collate(rows, self.prm.device, self.tokenizer.pad_token_id))
-            probs = logits.float().softmax(-1)[:, 1].tolist()
+            probs = self.logits(rows).float().softmax(-1)[:, 1].tolist()
             start = 0
             for i in (i for i in idx if encoded[i].positions):
                 out[i] = probs[start:start + len(encoded[i].positions)]
                 start += len(encoded[i].positions)
         return out
+
+    def logits(self, rows: Sequence[Encoded]) -> torch.Tensor:
+        """(K, 2) head logits at every seen step of `rows` (each with one at least), in one padded batch."""
+        features = self.confidence(rows) if self.cfg.confidence else None
+        return self.prm(*collate(rows, self.prm.device, self.tokenizer.pad_token_id), features)
+
+    @torch.no_grad()
+    def confidence(self, rows: Sequence[Encoded]) -> torch.Tensor:
+        """(K, 2): per seen step, the lowest and the mean log-probability the frozen reference model gives
+        its tokens, each predicted from everything before it in the response as written; (0, 0) for a
+        step with no tokens."""
+        ref = self.prm.reference
+        ids = torch.full((len(rows), max(len(e.plain) for e in rows)), self.tokenizer.pad_token_id, dtype=torch.long)
+        for b, e in enumerate(rows):
+            ids[b, :len(e.plain)] = torch.tensor(e.plain)
+        ids = ids.to(ref.device)
+        hidden = ref.forward_padded(ids)
+        out = []
+        for b, e in enumerate(rows):
+            first = max(1, e.spans[0][0])  # token t is predicted at position t - 1 (a prompt has a token)
+            last = max(first, e.spans[-1][1])
+            logp = ref.compute_logits(hidden[b, first - 1:last - 1]).float().log_softmax(-1)
+            token_logp = logp.gather(-1, ids[b, first:last, None])[:, 0]
+            for a, z in e.spans:
+                seg = token_logp[max(a, first) - first:z - first]
+                out.append([seg.min().item(), seg.mean().item()] if len(seg) else [0.0, 0.0])
+        return torch.tensor(out, dtype=torch.float32, device=self.prm.device)
 
 
 def collate(rows: Sequence[Encoded], device, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list | None]:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from reasonrl.reward.prm.labels import SOURCES, Source, labels_of
-from reasonrl.reward.prm.scoring import Encoded, PRMScorer, collate
+from reasonrl.reward.prm.scoring import Encoded, PRMScorer
 from reasonrl.rl.batch import token_batches
 from reasonrl.rl.config import OptimSection
 from reasonrl.rl.update import make_optimizer, trainable
@@ -101,7 +101,7 @@ def upsample(data: list[Example], factor: int) -> list[Example]:
 
 def step_loss(scorer: PRMScorer, batch: Sequence[Example]) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy over the labelled steps of a micro-batch, and how many there are."""
-    logits = scorer.prm(*collate([e.encoded for e in batch], scorer.prm.device, scorer.tokenizer.pad_token_id))
+    logits = scorer.logits([e.encoded for e in batch])
     targets = [t for e in batch for t in e.targets]
     keep = torch.tensor([t is not None for t in targets], device=logits.device)
     y = torch.tensor([t if t is not None else 0.0 for t in targets], device=logits.device)

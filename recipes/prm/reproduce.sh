@@ -178,3 +178,31 @@ done
 train prm-strong8-long --labels strong --completions 8 --epochs 20
 train prm-consistent4-long --labels consistent --completions 4 --epochs 20
 train prm-exact-long --labels exact --epochs 20
+# a PRM that reads the policy's confidence (--confidence: the lowest and mean log-probability the frozen base
+# model gives each step's tokens): the two-policy PRM's recipe and labels, and the 4,000-solution pool PRM's; their
+# choice within a problem; RAFT with them on the lenient verifier (seeds 0-19 for the first, with the lenient
+# outcome reward on seeds 10-19 beside it) and, for the first, on the exact verifier (seeds 0-4)
+[ -f "$OUT/prm-mix-consistent4-conf/train.json" ] || eval $R prm train --data "$OUT/labels-mix.jsonl" \
+  --out "$OUT/prm-mix-consistent4-conf" $TRAIN --labels consistent --completions 4 --confidence
+[ -f "$OUT/prm-pool4k-exact-conf/train.json" ] || eval $R prm train --data "$D/train-4k.jsonl" \
+  --out "$OUT/prm-pool4k-exact-conf" $POOL --epochs 6 --confidence
+$R prm judge --prm "$OUT/prm-mix-consistent4-conf" --data "$D/heldout-all.jsonl"
+for w in "" --worked; do
+  python recipes/prm/select_probe.py "$D/heldout-all.jsonl" $w --prm "$OUT/prm-mix-consistent4-conf" "$OUT/prm-pool4k-exact-conf"
+done
+CONF="--reward prm --prm $OUT/prm-mix-consistent4-conf --min-reward 0"
+for s in $(seq 0 19); do
+  x=$([ $s = 0 ] || echo "-s$s")
+  r6 r6b-lenient-outcome$x --seed $s
+  r6 r6e-lenient-mixprm-conf$x $CONF --seed $s
+  [ $s -gt 9 ] || r6 r6e-lenient-pool4kprm-conf$x --reward prm --prm "$OUT/prm-pool4k-exact-conf" --min-reward 0 --seed $s
+  [ $s -gt 4 ] && continue
+  [ -f "$OUT/r6b-exact$x/model.safetensors" ] || $R raft $R6 --env "$HARD" --out "$OUT/r6b-exact$x" --seed $s
+  [ -f "$OUT/r6e-exact-mixprm-conf$x/model.safetensors" ] || $R raft $R6 --env "$HARD" --out "$OUT/r6e-exact-mixprm-conf$x" \
+    $CONF --seed $s
+done
+python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6b-lenient-mixprm-bar0 r6e-lenient-mixprm-conf --seeds $(seq 0 9)
+python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6e-lenient-mixprm-conf --seeds $(seq 10 19)
+python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6e-lenient-mixprm-conf r6e-lenient-pool4kprm-conf r6b-exact \
+  r6e-exact-mixprm-conf
+python recipes/prm/greedy_errors.py "$OUT/r6b-lenient-outcome" "$OUT/r6e-lenient-mixprm-conf" "$OUT/r6e-exact-mixprm-conf"

@@ -53,6 +53,7 @@ def _naive(scorer, items) -> list[list[float]]:
         for k in range(1, len(steps) + 1):
             enc = scorer.encode(prompt, steps[:k])
             enc.positions = enc.positions[-1:]
+            enc.spans = enc.spans and enc.spans[-1:]  # a confidence PRM's features: the last step's too
             scores += scorer.step_probs([enc])[0]
         out.append(scores)
     return out

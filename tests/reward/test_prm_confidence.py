@@ -115,3 +115,50 @@ def test_a_vision_language_backbone_is_refused(tmp_path):
     backbone, tok = load_model(path, device="cpu", dtype=torch.float32), Tokenizer.from_dir(path)
     with pytest.raises(ValueError, match="vision-language"):
         from_backbone(backbone, tok, PRMConfig(confidence=True), seed=0)
+
+
+def test_the_reference_reads_what_the_prm_reads_of_a_long_step(policy):
+    """The plain response held every character of a step cut to max_step_tokens for the PRM: a long
+    step cost the reference many times what it cost the PRM (20,077 tokens against 800)."""
+    prm, tok = confidence_prm(policy, max_step_tokens=3)
+    scorer = PRMScorer(prm, tok)
+    enc = scorer.encode(PROMPT, ["4+7=11" * 40, "11+2=13", "\\boxed{13}"])
+    assert enc.positions[0] == len(scorer.prompt_input(PROMPT)) + 3  # the PRM read 3 tokens of the first step
+    a, z = enc.spans[0]
+    assert z - a <= 4 and len(enc.plain) <= len(enc.ids) + len(enc.positions)
+    # the reference reads each step as far as the PRM does, joined as the policy writes them
+    prompt, cuts = len(scorer.prompt_input(PROMPT)), [len(scorer.prompt_input(PROMPT)) - 1] + enc.positions
+    seen = [tok.decode(enc.ids[lo + 1:hi], skip_special_tokens=False) for lo, hi in zip(cuts, cuts[1:])]
+    assert seen[0] == "4+7" and tok.decode(enc.plain[prompt:], skip_special_tokens=False) == " ".join(seen)
+    assert enc.length == max(len(enc.ids), len(enc.plain))
+
+
+def test_a_step_with_no_token_looks_like_a_uniform_guess_not_a_certainty(policy):
+    prm, tok = confidence_prm(policy)
+    scorer = PRMScorer(prm, tok)
+    enc = scorer.encode(PROMPT, ["4+7=11", "<|step|>", "11+2=13"])  # the middle step is the separator's text
+    features = scorer.confidence([enc])
+    guess = -torch.log(torch.tensor(float(prm.reference.config.vocab_size)))
+    assert torch.allclose(features[1], guess.expand(2)) and (features[[0, 2]] > guess - 50).all()
+    assert scorer.confidence([enc]) is not features and torch.equal(scorer.confidence([enc]), features)  # kept
+
+
+def test_tag_steps_are_read_inside_their_tags(policy):
+    prm, tok = confidence_prm(policy)
+    prm.cfg.steps = StepFormat(split="tags")
+    scorer = PRMScorer(prm, tok)
+    enc = scorer.encode(PROMPT, ["4+7=11", "11+2=13"])
+    text = tok.decode(enc.plain[len(scorer.prompt_input(PROMPT)):], skip_special_tokens=False)
+    assert text == "<step>4+7=11</step><step>11+2=13</step>"
+    for (a, z), step in zip(enc.spans, ["4+7=11", "11+2=13"]):
+        assert step in tok.decode(enc.plain[a:z], skip_special_tokens=False)
+
+
+def test_one_forward_per_prefix_scores_as_the_batched_pass(policy):
+    """`reasonrl bench prm`'s naive arm kept every step's features for a one-step position: it raised."""
+    from reasonrl.bench.prm import _naive
+    prm, tok = confidence_prm(policy)
+    scorer = PRMScorer(prm, tok)
+    steps = SOLUTION.split(" ")
+    [batched] = scorer.score([(PROMPT, SOLUTION)])
+    assert _naive(scorer, [(PROMPT, steps)])[0] == pytest.approx(batched.scores, abs=1e-5)

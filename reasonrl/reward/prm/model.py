@@ -13,8 +13,8 @@ Where this departs from them:
   under the tensor names `score.0.*` and `score.2.*`. We have not checked this against Qwen's
   released checkpoints (none can be downloaded here): loading one is not claimed.
 - `confidence` (off by default; not in the papers): the head also reads how probable a frozen copy of
-  the base model finds each step's tokens, their lowest and mean log-probability, on the response as
-  the policy wrote it (no separators). A PRM reads its separator's state, written after the step, and
+  the base model finds each step's tokens, their lowest and mean log-probability, on the seen steps
+  joined as the policy writes them (no separators; `PRMScorer.confidence`). A PRM reads its separator's state, written after the step, and
   on `sums` learned which solutions look wrong rather than which running total is: within a problem it
   ranked below a uniform pick, while the policy's own belief in its totals ranked well
   (docs/benchmarks.md, "Process reward models"). The copy is saved under `confidence/`.
@@ -63,7 +63,8 @@ class PRMConfig:
     """Render prompts with the tokenizer's chat template (as the policy saw them); false: plain text."""
     confidence: bool = False
     """The head also reads the lowest and mean log-probability a frozen copy of the base model (the
-    policy) gives each step's tokens, on the response as written (not in the papers; text models only)."""
+    policy) gives each step's tokens, on the steps joined as the policy writes them (not in the papers;
+    text models only)."""
     steps: StepFormat = field(default_factory=StepFormat, metadata={"cli": False})
     """How responses are cut into steps."""
 

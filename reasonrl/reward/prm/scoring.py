@@ -44,8 +44,14 @@ class Encoded:
     positions: list[int]  # index of each seen step's separator in ids
     num_steps: int  # steps of the response, seen or not
     multimodal: MultimodalPrompt | None = None  # a vision-language prompt's images
-    plain: list[int] | None = None  # confidence PRMs: prompt and seen steps as written (delimiters, no separators)
+    plain: list[int] | None = None  # confidence PRMs: prompt and seen steps joined as written (no separators)
     spans: list[tuple[int, int]] | None = None  # each seen step's tokens in `plain`: plain[a:b]
+    features: torch.Tensor | None = None  # confidence PRMs: (seen steps, 2), once computed (the reference is frozen)
+
+    @property
+    def length(self) -> int:
+        """Tokens a forward pass over this solution reads: its ids, or its plain text where that is longer."""
+        return max(len(self.ids), len(self.plain or ()))
 
 
 @dataclass
@@ -102,22 +108,25 @@ class PRMScorer:
         # a step's first max_step_tokens tokens lie well inside this prefix (x 2: room for merges at the
         # cut and for normalization); the rest would be tokenized only to be thrown away
         chars = 2 * (self.cfg.max_step_tokens + 1) * self.longest_token
+        seen: list[str] = []  # confidence PRMs: each seen step's text, as far as its tokens were kept
         for lo in range(0, len(steps), STEPS_PER_BATCH):  # batches of steps: stop tokenizing once full
             batch = [_utf8(step[:chars]) for step in steps[lo: lo + STEPS_PER_BATCH]]
-            for piece in self.tokenizer.tok.encode_batch(batch, add_special_tokens=False):
-                step = [t for t in piece.ids if t != sep][:self.cfg.max_step_tokens]
-                if len(ids) + len(step) + 1 > self.cfg.max_len:
-                    return self._encoded(inp, ids, positions, steps, chars)
-                ids += step + [sep]
+            for text, piece in zip(batch, self.tokenizer.tok.encode_batch(batch, add_special_tokens=False)):
+                kept = [(t, end) for t, (_, end) in zip(piece.ids, piece.offsets) if t != sep][:self.cfg.max_step_tokens]
+                if len(ids) + len(kept) + 1 > self.cfg.max_len:
+                    return self._encoded(inp, ids, positions, len(steps), seen)
+                ids += [t for t, _ in kept] + [sep]
                 positions.append(len(ids) - 1)
-        return self._encoded(inp, ids, positions, steps, chars)
+                seen.append(text[:kept[-1][1]] if kept else "")
+        return self._encoded(inp, ids, positions, len(steps), seen)
 
-    def _encoded(self, inp, ids: list[int], positions: list[int], steps: Sequence[str], chars: int) -> Encoded:
+    def _encoded(self, inp, ids: list[int], positions: list[int], num_steps: int, texts: list[str]) -> Encoded:
         if not self.cfg.confidence:
-            return Encoded(ids, positions, len(steps), multimodal(inp))
-        # the seen steps as the policy wrote them, tokenized together (a token may straddle a step's start,
-        # as " \\" before "boxed" does), each step's tokens those overlapping its characters
-        fmt, texts = self.cfg.steps, [_utf8(step[:chars]) for step in steps[:len(positions)]]
+            return Encoded(ids, positions, num_steps, multimodal(inp))
+        # the seen steps (each cut where the PRM's tokens of it end) joined as the step format writes them,
+        # tokenized together (a token may straddle a step's start, as " \\" before "boxed" does); each
+        # step's tokens are those overlapping its characters
+        fmt = self.cfg.steps
         before, between, after = (fmt.open_tag, fmt.close_tag + fmt.open_tag, fmt.close_tag) if fmt.split == "tags" \
             else ("", fmt.delimiter, "")
         text, ranges = before, []
@@ -130,7 +139,7 @@ class PRMScorer:
         starts, ends, prompt = [a for _, (a, _) in kept], [b for _, (_, b) in kept], token_ids(inp)
         spans = [(len(prompt) + bisect.bisect_right(ends, lo), len(prompt) + bisect.bisect_left(starts, hi))
                  for lo, hi in ranges]
-        return Encoded(ids, positions, len(steps), None, prompt + [t for t, _ in kept], spans)
+        return Encoded(ids, positions, num_steps, None, prompt + [t for t, _ in kept], spans)
 
     # ---- scoring ----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -150,7 +159,7 @@ class PRMScorer:
     def step_probs(self, encoded: Sequence[Encoded]) -> list[list[float]]:
         """P(correct) at each seen step of each encoded solution."""
         out: list[list[float]] = [[] for _ in encoded]
-        for idx in token_batches([len(e.ids) for e in encoded], self.max_tokens_per_batch):
+        for idx in token_batches([e.length for e in encoded], self.max_tokens_per_batch):
             rows = [encoded[i] for i in idx if encoded[i].positions]
             if not rows:
                 continue
@@ -169,24 +178,27 @@ class PRMScorer:
     @torch.no_grad()
     def confidence(self, rows: Sequence[Encoded]) -> torch.Tensor:
         """(K, 2): per seen step, the lowest and the mean log-probability the frozen reference model gives
-        its tokens, each predicted from everything before it in the response as written; (0, 0) for a
-        step with no tokens."""
-        ref = self.prm.reference
-        ids = torch.full((len(rows), max(len(e.plain) for e in rows)), self.tokenizer.pad_token_id, dtype=torch.long)
-        for b, e in enumerate(rows):
-            ids[b, :len(e.plain)] = torch.tensor(e.plain)
-        ids = ids.to(ref.device)
-        hidden = ref.forward_padded(ids)
-        out = []
-        for b, e in enumerate(rows):
-            first = max(1, e.spans[0][0])  # token t is predicted at position t - 1 (a prompt has a token)
-            last = max(first, e.spans[-1][1])
-            logp = ref.compute_logits(hidden[b, first - 1:last - 1]).float().log_softmax(-1)
-            token_logp = logp.gather(-1, ids[b, first:last, None])[:, 0]
-            for a, z in e.spans:
-                seg = token_logp[max(a, first) - first:z - first]
-                out.append([seg.min().item(), seg.mean().item()] if len(seg) else [0.0, 0.0])
-        return torch.tensor(out, dtype=torch.float32, device=self.prm.device)
+        its tokens, each predicted from everything before it in `Encoded.plain`. A step with no
+        token (its text was only the separator's) gets -log(vocabulary size) for both, a uniform guess,
+        so that it cannot look certain. Computed once per solution (kept in `Encoded.features`)."""
+        todo = [e for e in rows if e.features is None]
+        if todo:
+            ref = self.prm.reference
+            ids = torch.full((len(todo), max(len(e.plain) for e in todo)), self.tokenizer.pad_token_id, dtype=torch.long)
+            for b, e in enumerate(todo):
+                ids[b, :len(e.plain)] = torch.tensor(e.plain)
+            ids = ids.to(ref.device)
+            hidden = ref.forward_padded(ids)
+            guess = -math.log(ref.config.vocab_size)
+            for b, e in enumerate(todo):
+                first = max(1, e.spans[0][0])  # token t is predicted at position t - 1 (a prompt has a token)
+                last = max(first, e.spans[-1][1])
+                logp = ref.compute_logits(hidden[b, first - 1:last - 1]).float().log_softmax(-1)
+                token_logp = logp.gather(-1, ids[b, first:last, None])[:, 0].cpu()
+                segments = [token_logp[max(a, first) - first:max(z, first) - first] for a, z in e.spans]
+                e.features = torch.tensor([[seg.min(), seg.mean()] if len(seg) else [guess, guess] for seg in segments],
+                                          dtype=torch.float32)
+        return torch.cat([e.features for e in rows]).to(self.prm.device)
 
 
 def collate(rows: Sequence[Encoded], device, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list | None]:

@@ -133,7 +133,7 @@ def _update(scorer: PRMScorer, batch: list[Example], cfg: PRMTrainConfig, optimi
     scorer.prm.train()
     optimizer.zero_grad(set_to_none=True)
     total, count = 0.0, 0
-    for idx in token_batches([len(e.encoded.ids) for e in batch], cfg.max_tokens_per_microbatch):
+    for idx in token_batches([e.encoded.length for e in batch], cfg.max_tokens_per_microbatch):
         loss, n = step_loss(scorer, [batch[i] for i in idx])
         loss.backward()
         total, count = total + loss.item(), count + n

@@ -14,10 +14,11 @@ Where this departs from them:
   released checkpoints (none can be downloaded here): loading one is not claimed.
 - `confidence` (off by default; not in the papers): the head also reads how probable a frozen copy of
   the base model finds each step's tokens, their lowest and mean log-probability, on the seen steps
-  joined as the policy writes them (no separators; `PRMScorer.confidence`). A PRM reads its separator's state, written after the step, and
-  on `sums` learned which solutions look wrong rather than which running total is: within a problem it
-  ranked below a uniform pick, while the policy's own belief in its totals ranked well
-  (docs/benchmarks.md, "Process reward models"). The copy is saved under `confidence/`.
+  joined as the policy writes them (no separators; `PRMScorer.confidence`). A PRM reads its
+  separator's state, written after the step, and on `sums` learned which solutions look wrong rather
+  than which running total is: within a problem it ranked below a uniform pick, while the policy's own
+  belief in its totals ranked well (docs/benchmarks.md, "Process reward models"). The copy is saved
+  under `confidence/`.
 
 A PRM directory is a Hugging Face checkpoint of the backbone (config.json, safetensors holding the
 backbone's tensors and the head's, tokenizer.json with the separator) plus `prm_config.json`

@@ -117,7 +117,8 @@ class PRMScorer:
                     return self._encoded(inp, ids, positions, len(steps), seen)
                 ids += [t for t, _ in kept] + [sep]
                 positions.append(len(ids) - 1)
-                seen.append(text[:kept[-1][1]] if kept else "")
+                if self.cfg.confidence:
+                    seen.append(text[:kept[-1][1]] if kept else "")
         return self._encoded(inp, ids, positions, len(steps), seen)
 
     def _encoded(self, inp, ids: list[int], positions: list[int], num_steps: int, texts: list[str]) -> Encoded:

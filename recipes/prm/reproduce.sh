@@ -157,7 +157,10 @@ for agg in min mean last; do
   python recipes/prm/select_probe.py "$D/heldout-all.jsonl" --worked --aggregation $agg \
     --prm "$OUT/prm-mix-consistent4" "$OUT/prm-pool-exact" "$OUT/prm-pool4k-exact" --policy reasonrl/demo/policy "$P/outcome-r6-s22"
 done
+python recipes/prm/select_probe.py "$D/heldout-all.jsonl" --worked --detail --prm "$OUT/prm-pool-exact"
 python recipes/prm/select_probe.py "$D/train-8.jsonl" --worked --prm "$OUT/prm-pool-exact" --policy reasonrl/demo/policy
+python recipes/prm/select_probe.py "$D/train-4k.jsonl" --worked --prm "$OUT/prm-pool4k-exact"
+python recipes/prm/greedy_errors.py "$OUT/r6d-lenient-poolprm"
 # does the PRM still judge the RAFT policies' solutions? held-out solutions of each, exactly labelled, judged by it
 for reward in outcome prm; do
   [ -f "$OUT/heldout-raft-$reward.jsonl" ] || $R prm label --policy "$OUT/raft-$reward" --env "sums:" --data-split eval \
@@ -205,4 +208,5 @@ python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6b-lenient-mixprm-b
 python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6e-lenient-mixprm-conf --seeds $(seq 10 19)
 python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6e-lenient-mixprm-conf r6e-lenient-pool4kprm-conf r6b-exact \
   r6e-exact-mixprm-conf
-python recipes/prm/greedy_errors.py "$OUT/r6b-lenient-outcome" "$OUT/r6e-lenient-mixprm-conf" "$OUT/r6e-exact-mixprm-conf"
+python recipes/prm/greedy_errors.py "$OUT/r6b-lenient-outcome" "$OUT/r6b-lenient-mixprm-bar0" "$OUT/r6e-lenient-mixprm-conf" \
+  "$OUT/r6e-exact-mixprm-conf"

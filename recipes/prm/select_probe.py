@@ -12,7 +12,8 @@ is of each kind:
 - `random`: the expected share of a uniform pick;
 - `lenient verifier`: a uniform pick among the solutions whose answer is within `--tolerance` of the
   sum (among all where none is), RAFT's lenient outcome reward;
-- each `--prm`: the PRM's `--aggregation` of its step scores;
+- each `--prm`: the PRM's `--aggregation` of its step scores (`--detail`: also how often its top pick, and
+  what mean score, goes to each kind of wrong solution: a term skipped, an extra step, a slipped total);
 - each `--policy`: the policy's log-probability of the results it wrote, the lowest over the steps
   (a step's result: the characters after its last '=', a running total; a box's digits). This is a
   `sums`-specific probe of what the policy itself believes, not a reward the code offers.
@@ -40,27 +41,31 @@ def kind(row: dict) -> str:
     return "right" if all(row["exact"]) else "wrong"
 
 
+def detail(row: dict) -> str:
+    """`kind`, with wrong worked solutions told apart: a term skipped, an extra step, or a slip (every
+    term there, a running total wrong)."""
+    if kind(row) != "wrong":
+        return kind(row)
+    totals, terms = len(row["steps"]) - 1, row["metadata"]["terms"]
+    return "skipped" if totals < terms - 1 else "extra" if totals > terms - 1 else "slip"
+
+
 def result_logprob(model, tokenizer: Tokenizer, row: dict) -> float:
     """The lowest over steps of log p(the step's result characters | everything before them)."""
     prompt = tokenizer.apply_chat_template(row["prompt"])
     text = row["response"]
-    ids = tokenizer.encode(text, add_special_tokens=False)
+    piece = tokenizer.tok.encode(text, add_special_tokens=False)
     with torch.no_grad():
-        hidden = model.forward_padded(torch.tensor([prompt + ids]))
+        hidden = model.forward_padded(torch.tensor([prompt + piece.ids]))
         logp = model.compute_logits(hidden[0, len(prompt) - 1:-1]).float().log_softmax(-1)
-    token_logp = logp[torch.arange(len(ids)), torch.tensor(ids)].tolist()
-    spans, at = [], 0  # each token's character span in the response
-    for i in ids:
-        n = len(tokenizer.decode([i], skip_special_tokens=False))
-        spans.append((at, at + n))
-        at += n
+    token_logp = logp[torch.arange(len(piece.ids)), torch.tensor(piece.ids)].tolist()
     lowest, cursor = 0.0, 0
     for step in row["steps"]:
         start = text.find(step, cursor)
         end = cursor = start + len(step)
         eq = step.rfind("=")
         first = start + eq + 1 if eq >= 0 else start + (step.find("{") + 1 if "{" in step else 0)
-        lowest = min(lowest, sum(lp for lp, (a, b) in zip(token_logp, spans) if a >= first and b <= end))
+        lowest = min(lowest, sum(lp for lp, (a, b) in zip(token_logp, piece.offsets) if a >= first and b <= end))
     return lowest
 
 
@@ -88,6 +93,8 @@ def main() -> None:
     parser.add_argument("--aggregation", default="min")
     parser.add_argument("--tolerance", type=float, default=2)
     parser.add_argument("--worked", action="store_true", help="set guesses aside: choose among worked solutions")
+    parser.add_argument("--detail", action="store_true",
+                        help="per PRM, also the top pick's and the mean score's split by kind of wrong solution")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = [row for row in map(json.loads, open(args.data)) if not (args.worked and kind(row) == "guess")]
@@ -110,8 +117,16 @@ def main() -> None:
         scores = PRMScorer(*load_prm(path, device="cpu")).score([(rows[i]["prompt"], rows[i]["response"])
                                                                   for g in groups for i in g])
         it = iter(scores)
-        table[f"PRM {path} ({args.aggregation})"] = shares([[(rows[i], aggregate(next(it).read, args.aggregation))
-                                                               for i in g] for g in groups])
+        scored = [[(rows[i], aggregate(next(it).read, args.aggregation)) for i in g] for g in groups]
+        table[f"PRM {path} ({args.aggregation})"] = shares(scored)
+        if args.detail:
+            top, mean = defaultdict(int), defaultdict(list)
+            for group in scored:
+                top[detail(max(group, key=lambda g: g[1])[0])] += 1
+                for row, score in group:
+                    mean[detail(row)].append(score)
+            print(f"{path}: top pick by kind {dict(top)}; mean score by kind "
+                  + str({k: round(sum(v) / len(v), 3) for k, v in mean.items()}))
     for path in args.policy:
         model, tokenizer = load_model(path, dtype=torch.float32).eval(), Tokenizer.from_dir(path)
         table[f"policy {path}: lowest log p(result)"] = shares([[(rows[i], result_logprob(model, tokenizer, rows[i]))

@@ -150,7 +150,8 @@ for s in 0 1 2 3 4 5 6 7 8 9; do
   r6 r6d-lenient-poolprm$x --reward prm --prm "$OUT/prm-pool-exact" --min-reward 0 --seed $s
   r6 r6d-lenient-outcome-poolprm$x --reward outcome+prm --prm "$OUT/prm-pool-exact" --min-reward 0 --seed $s
 done
-python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6b-lenient-mixprm-bar0 r6d-lenient-poolprm r6d-lenient-outcome-poolprm
+python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6b-lenient-mixprm-bar0 r6d-lenient-poolprm r6d-lenient-outcome-poolprm \
+  --against r6b-lenient-outcome --seeds $(seq 0 9)
 python recipes/prm/select_probe.py "$D/heldout-all.jsonl" --prm "$OUT/prm-mix-consistent4" "$OUT/prm-pool-exact" \
   --policy reasonrl/demo/policy "$P/outcome-r6-s22"
 for agg in min mean last; do
@@ -204,9 +205,12 @@ for s in $(seq 0 19); do
   [ -f "$OUT/r6e-exact-mixprm-conf$x/model.safetensors" ] || $R raft $R6 --env "$HARD" --out "$OUT/r6e-exact-mixprm-conf$x" \
     $CONF --seed $s
 done
-python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6b-lenient-mixprm-bar0 r6e-lenient-mixprm-conf --seeds $(seq 0 9)
-python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6e-lenient-mixprm-conf --seeds $(seq 10 19)
-python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6e-lenient-mixprm-conf r6e-lenient-pool4kprm-conf r6b-exact \
-  r6e-exact-mixprm-conf
+python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6b-lenient-mixprm-bar0 r6e-lenient-mixprm-conf --seeds $(seq 0 9) \
+  --against r6b-lenient-outcome
+python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6e-lenient-mixprm-conf --seeds $(seq 10 19) --against r6b-lenient-outcome
+python recipes/prm/raft_table.py "$OUT" r6b-lenient-outcome r6e-lenient-mixprm-conf r6e-lenient-pool4kprm-conf --against r6b-lenient-outcome
+python recipes/prm/raft_table.py "$OUT" r6e-lenient-mixprm-conf --against r6b-lenient-mixprm-bar0
+python recipes/prm/raft_table.py "$OUT" r6e-lenient-pool4kprm-conf --against r6e-lenient-mixprm-conf
+python recipes/prm/raft_table.py "$OUT" r6b-exact r6e-exact-mixprm-conf --against r6b-exact
 python recipes/prm/greedy_errors.py "$OUT/r6b-lenient-outcome" "$OUT/r6b-lenient-mixprm-bar0" "$OUT/r6e-lenient-mixprm-conf" \
   "$OUT/r6e-exact-mixprm-conf"

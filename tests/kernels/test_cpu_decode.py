@@ -171,7 +171,9 @@ def test_a_killed_builds_lock_does_not_hang_the_next_build():
 
 def test_a_copy_of_the_package_reuses_the_build(tmp_path):
     """Keyed by the source text, not its path: the docs' examples run from copies of the package,
-    and a build keyed by path would be redone for each of them."""
+    and a build keyed by path would be redone for each of them. Checked on the build directory the
+    copy picks and on the library file, not on ninja's log, which another process building these
+    sources at the same moment (a second checkout's tests) appends to."""
     import shutil
     import subprocess
     import sys
@@ -179,12 +181,14 @@ def test_a_copy_of_the_package_reuses_the_build(tmp_path):
     package = Path(cpu_ops.__file__).parents[1]
     shutil.copytree(package / "kernels", tmp_path / "reasonrl" / "kernels")
     shutil.copy(package / "__init__.py", tmp_path / "reasonrl")
-    log = cpu_ops._build_dir() / ".ninja_log"
-    before = log.read_text()
+    library = cpu_ops._build_dir() / f"{cpu_ops.LIBRARY}.so"
+    before = library.stat().st_mtime_ns
     code = ("from reasonrl.kernels import cpu_ops; assert cpu_ops.available(), cpu_ops.status(); "
-            f"assert cpu_ops.__file__.startswith({str(tmp_path)!r})")
-    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, env={**os.environ, "PYTHONPATH": str(tmp_path)})
-    assert log.read_text() == before  # ninja found nothing to do
+            f"assert cpu_ops.__file__.startswith({str(tmp_path)!r}); print(cpu_ops._build_dir())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)}).stdout
+    assert Path(out.strip().splitlines()[-1]) == cpu_ops._build_dir()  # the same build, not one for the copy's path
+    assert library.stat().st_mtime_ns == before  # loaded, not rebuilt
 
 
 def test_a_start_soon_after_a_killed_build_waits_only_until_its_lock_is_stale(monkeypatch):

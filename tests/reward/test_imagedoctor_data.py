@@ -75,3 +75,81 @@ def test_the_same_seed_gives_the_same_example():
     a, b = (judge_example(np.random.default_rng(7), JudgeDataConfig()) for _ in range(2))
     assert a.caption == b.caption and np.array_equal(a.image, b.image) and a.scores == b.scores
     assert np.array_equal(a.misalignment, b.misalignment) and np.array_equal(a.artifact, b.artifact)
+
+
+# ---- a generator's kind of image (the judge a dense reward needs) -----------------------------------------
+
+GENERATOR = "reasonrl/vision/gen/shipped/smarli"
+
+
+@pytest.fixture(scope="module")
+def viewed():
+    from reasonrl.reward.imagedoctor.export import DoctorDataConfig, judge_examples
+
+    cfg = DoctorDataConfig(out="unused", n=40, seed=3, generator=GENERATOR)
+    return cfg.view(), judge_examples(cfg)
+
+
+def test_generator_view_images_are_what_the_dense_reward_shows_the_judge(viewed):
+    """The judge data's image of a scene is the generator's codebook image of it, repeated up to 224
+    pixels exactly as dense.py's scorer repeats a generated image: a judge trained on it sees the
+    generator's kind of image (the judge trained on renders scored every generated image 0.936)."""
+    from reasonrl.vision.gen.images import subsample
+
+    view, examples = viewed
+    assert (view.side, view.scale) == (32, 7)
+    scene = examples[0].prompt
+    small = view.codebook.decode(view.codebook.encode(subsample(render(scene).image)))
+    assert np.array_equal(view.image(render(scene).image), small.repeat(7, axis=0).repeat(7, axis=1))
+    for ex in examples:
+        assert ex.image.shape == (224, 224, 3) and all(o.texture == "solid" for o in ex.prompt.objects)
+        blocks = ex.image.reshape(32, 7, 32, 7, 3)
+        assert (blocks == blocks[:, :1, :, :1]).all()  # constant on each 7 x 7 block
+        tiny = np.ascontiguousarray(ex.image[::7, ::7])
+        assert np.array_equal(view.codebook.decode(view.codebook.encode(tiny)), tiny)  # a codebook image
+
+
+def test_generator_view_flaw_maps_and_scores_are_those_of_the_viewed_image(viewed):
+    view, examples = viewed
+    flawed = artifacts = 0
+    for ex in examples:
+        clean = view.image(render(drop_missing(ex)).image)
+        # the artifact map is exactly where the image differs from the flawless generator image
+        assert np.array_equal(ex.artifact.astype(bool), (ex.image != clean).any(-1))
+        assert ex.scores["plausibility"] == pytest.approx(max(0.0, 1 - 10 * ex.artifact.mean()))
+        misaligned = sum("artifact" not in note for note in ex.notes)
+        assert ex.scores["alignment"] == pytest.approx(1 - misaligned / len(ex.prompt.objects))
+        assert len(ex.boxes) == len(ex.notes) and sum("artifact" in n for n in ex.notes) <= 2
+        for (x0, y0, x1, y1), note in zip(ex.boxes, ex.notes):
+            assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224
+            if "artifact" in note:  # each artifact's box lies inside the map, in viewed pixels
+                assert ex.artifact[y0:y1, x0:x1].any()
+                x, y = (int(v) for v in note.rpartition("(")[2].rstrip(").").split(","))
+                assert x0 - 14 <= x <= x1 + 14 and y0 - 14 <= y <= y1 + 14  # the note's position, scaled
+        flawed += misaligned > 0
+        artifacts += ex.artifact.any()
+    assert flawed >= 10 and artifacts >= 10
+
+
+def drop_missing(ex):
+    """The scene the judged image was drawn from, less its artifacts: the prompt with the notes' changes."""
+    from reasonrl.reward.imagedoctor.data import COLOURS, SHAPES, drop
+    from reasonrl.vision.world.refer import object_phrase
+
+    scene, dropped = ex.prompt, []
+    for note in ex.notes:
+        for i, obj in enumerate(ex.prompt.objects):
+            if note.startswith(f"The {object_phrase(obj)} is missing"):
+                dropped.append(i)
+            elif note.startswith(f"The {object_phrase(obj)} is drawn as a "):
+                scene = scene.replace_object(i, shape=next(s for s in SHAPES if note.endswith(f"a {s}.")))
+            elif note.startswith(f"The {object_phrase(obj)} is "):
+                scene = scene.replace_object(i, colour=next(c for c in COLOURS if note.endswith(f"is {c}.")))
+    return drop(scene, dropped)
+
+
+def test_a_judge_image_size_that_the_generator_side_does_not_divide_is_refused():
+    from reasonrl.reward.imagedoctor.export import DoctorDataConfig
+
+    with pytest.raises(ValueError, match="--image-size 200 is not a multiple of the generator's side 32"):
+        DoctorDataConfig(out="unused", n=1, image_size=200, generator=GENERATOR).view()

@@ -436,3 +436,38 @@ def test_autocast_reaches_the_judge_sft_forward_and_the_grpo_recipe(monkeypatch,
     cfg = JudgeBenchConfig(autocast="bfloat16")
     assert grpo_recipe(cfg, tmp_path / "m", tmp_path / "r", 100)["model"]["autocast"] == "bfloat16"
     assert stage_settings(cfg, "sft")["autocast"] == "bfloat16"
+
+
+def test_a_judge_of_another_kind_of_image_is_not_reused(tmp_path):
+    """A judge trained on a generator's images (--generator) and one trained on renders are different
+    judges: a finished stage of one is refused for the other, and stages recorded before the option
+    existed were trained on renders."""
+    from reasonrl.reward.imagedoctor.experiment import JudgeBenchConfig, _check_stage, cold_start_settings, stage_settings
+
+    renders = JudgeBenchConfig(out=str(tmp_path))
+    generated = JudgeBenchConfig(out=str(tmp_path), generator="reasonrl/vision/gen/shipped/smarli")
+    for name, settings in (("sft", lambda cfg: stage_settings(cfg, "sft")), ("cold_start", cold_start_settings)):
+        stage = tmp_path / name
+        stage.mkdir()
+        (stage / "metrics.json").write_text("{}")
+        recorded = settings(renders)
+        del recorded["generator"]  # as recorded before the option
+        (stage / "stage.json").write_text(json.dumps(recorded))
+        _check_stage(stage, settings(renders))
+        with pytest.raises(ValueError, match="generator"):
+            _check_stage(stage, settings(generated))
+
+
+def test_data_doctor_writes_a_generators_kind_of_image_and_refuses_one_that_does_not_load(tmp_path, capsys):
+    from reasonrl.cli import main
+    from reasonrl.vision.world.export import read_png
+
+    bad = tmp_path / "bad"
+    assert main(["data", "doctor", "--out", str(bad), "--n", "2", "--generator", str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err and not bad.exists()  # nothing written
+    out = tmp_path / "good"
+    assert main(["data", "doctor", "--out", str(out), "--n", "2", "--generator", "reasonrl/vision/gen/shipped/smarli"]) == 0
+    image = read_png(out / "images" / "doctor_000000.png")
+    assert image.shape == (224, 224, 3)
+    blocks = image.reshape(32, 7, 32, 7, 3)
+    assert (blocks == blocks[:, :1, :, :1]).all()  # the generator's 32-px image, scaled up

@@ -13,11 +13,19 @@ human heatmaps and scores for ImageDoctor, arXiv 2510.01010):
   the image); aesthetics = (contrast + centring) / 2, contrast being the grey-level standard deviation
   over 128 (at most 1), centring 1 - the distance of the objects' centroid from the image centre over
   half the diagonal; overall = the `weights` sum.
+
+With a `GeneratorView` the judged image is what an image generator of this repository would show the
+judge instead of a render (the dense reward, dense.py): the scene drawn at twice the generator's side,
+every second pixel kept (vision/gen/images.py), passed through the generator's cell codebook (vision/
+smarli/cells.py) and scaled back up by pixel repetition. The flaws are painted on the render as
+above; their maps, the artifact share and the aesthetics are those of the viewed image (an artifact
+the view wipes out is no flaw, and gets no note).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -61,20 +69,63 @@ class JudgeExample:
         return render_judgement(self.scores, self.boxes, " ".join(self.notes) or "The image matches the caption.")
 
 
-def judge_example(rng: np.random.Generator, cfg: JudgeDataConfig) -> JudgeExample:
+@dataclass
+class GeneratorView:
+    """How a generator with a cell codebook shows a scene drawn at 2 x `side` pixels: every second
+    pixel, through the codebook, each pixel repeated `scale` times (up to the judge's image size)."""
+    codebook: object  # vision/smarli/cells.CellCodebook: encode (S, S, 3) -> tokens, decode tokens -> (S, S, 3)
+    side: int
+    scale: int
+
+    def image(self, render_image: np.ndarray) -> np.ndarray:
+        small = self.codebook.decode(self.codebook.encode(np.ascontiguousarray(render_image[1::2, 1::2])))
+        return self._up(small)
+
+    def mask(self, render_mask: np.ndarray) -> np.ndarray:
+        return self._up(render_mask[1::2, 1::2])
+
+    def box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """A render box (xyxy, end exclusive) as the viewed image's: the kept pixels it holds, scaled."""
+        x0, y0, x1, y1 = box
+        return x0 // 2 * self.scale, y0 // 2 * self.scale, x1 // 2 * self.scale, y1 // 2 * self.scale
+
+    def _up(self, a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a.repeat(self.scale, axis=0).repeat(self.scale, axis=1))
+
+
+def judge_example(rng: np.random.Generator, cfg: JudgeDataConfig, view: GeneratorView | None = None) -> JudgeExample:
+    """One judged image; with `view`, `cfg.scene` must be 2 x view.side pixels wide and high."""
+    shown: Callable[[np.ndarray], np.ndarray] = view.image if view is not None else (lambda a: a)
     prompt = sample_scene(rng, cfg.scene)
     k = int(rng.integers(0, min(cfg.misaligned_max, len(prompt.objects) - 1) + 1))
     scene, miss, notes, boxes = perturb(prompt, sorted(rng.choice(len(prompt.objects), k, replace=False).tolist()), rng)
+    if view is not None:
+        miss, boxes = view.mask(miss), [view.box(b) for b in boxes]
     rendering = render(scene)
     image = rendering.image.copy()
     for _ in range(int(rng.integers(0, cfg.artifacts_max + 1))):
+        before = shown(image)
         changed, note = paint_artifact(image, rendering.owner, cfg.patch, rng)
+        if view is not None and changed.any():
+            changed = (shown(image) != before).any(-1)
         if changed.any():
-            notes.append(note)
+            notes.append(note if view is None else scaled_note(note, view.scale / 2))
             boxes.append(box_of(changed))
-    art = (image != rendering.image).any(-1)  # overlapping patches: what differs from the clean render in the end
+    clean, image = shown(rendering.image), shown(image)
+    art = (image != clean).any(-1)  # overlapping patches: what differs from the clean render in the end
+    # a later patch can undo an earlier one's change (through a codebook, mostly): no note for what is gone
+    kept = [i for i, (note, (x0, y0, x1, y1)) in enumerate(zip(notes, boxes))
+            if "artifact" not in note or art[y0:y1, x0:x1].any()]
+    notes, boxes = [notes[i] for i in kept], [boxes[i] for i in kept]
     return JudgeExample(prompt, caption(prompt), image, miss.astype(np.float32), art.astype(np.float32),
                         scores(image, rendering.owner, k / len(prompt.objects), art.mean(), cfg), notes, boxes)
+
+
+def scaled_note(note: str, factor: float) -> str:
+    """An artifact note's position "(x, y)" in render pixels as the viewed image's."""
+    head, _, rest = note.rpartition("(")
+    x, y = (int(v) for v in rest.rstrip(").").split(","))
+    return f"{head}({int(x * factor)}, {int(y * factor)})."
 
 
 def perturb(prompt: Scene, chosen: list[int], rng: np.random.Generator):

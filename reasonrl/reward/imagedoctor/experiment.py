@@ -41,13 +41,14 @@ from reasonrl.reward.imagedoctor.sft import JudgeSFTConfig, train_judge_sft
 from reasonrl.rl.metrics import read_metrics
 from reasonrl.rl.run import settings_changed
 
-STAGE_KEYS = {"sft": ("vlm", "train_images", "eval_images", "cold_start_epochs", "sft_epochs", "sft_lr", "train_vision",
-                     "max_tokens", "autocast", "seed"),
+STAGE_KEYS = {"sft": ("vlm", "generator", "train_images", "eval_images", "cold_start_epochs", "sft_epochs", "sft_lr",
+                     "train_vision", "max_tokens", "autocast", "seed"),
               "ablation": ("ablation_steps",),
               "grpo": ("grpo_steps", "grpo_lr", "prompts_per_step", "samples_per_prompt")}
-COLD_START_KEYS = ("vlm", "train_images", "eval_images", "cold_start_epochs", "sft_lr", "train_vision", "autocast", "seed")
+COLD_START_KEYS = ("vlm", "generator", "train_images", "eval_images", "cold_start_epochs", "sft_lr", "train_vision", "autocast",
+                   "seed")
 """What the cold start depends on (sft/cold_start/stage.json): not the second stage's own settings."""
-DEFAULTS_BEFORE_RECORDED = {"cold_start_epochs": 0.0}
+DEFAULTS_BEFORE_RECORDED = {"cold_start_epochs": 0.0, "generator": None}
 """Settings added since stages were first recorded, and the value the stages saved before them ran with."""
 SMALL_HEAD = HeatmapConfig(dim=64, heads=2, mlp_dim=128, conv_channels=(64, 32), up_channels=(32, 16, 8), mask_in_chans=8)
 
@@ -58,6 +59,9 @@ class JudgeBenchConfig:
     """Run directory (sft/, ablation/, grpo/, result.json); finished stages are reused."""
     vlm: str = "reasonrl/demo/vlm"
     """The Qwen2.5-VL checkpoint the judge starts from."""
+    generator: str | None = None
+    """A SMARLI model directory: judge data in that generator's kind of image (export.py
+    `DoctorDataConfig.generator`), for a judge that rewards it (dense.py); None: shapes-world renders."""
     train_images: int = 2000
     """Judge training images (SFT)."""
     eval_images: int = 150
@@ -102,9 +106,9 @@ def bench_judge(cfg: JudgeBenchConfig, log=functools.partial(print, flush=True))
     if cfg.cold_start_epochs < 0:
         raise ValueError(f"--cold-start-epochs must be >= 0 (0: no cold start), got {cfg.cold_start_epochs}")
     names = [name for name in STAGE_KEYS if name in cfg.stages]  # sft first: the others start from its judge
-    data = DoctorDataConfig(out=str(out), n=cfg.train_images, seed=cfg.seed)
-    train_ex, eval_ex = judge_examples(data), judge_examples(DoctorDataConfig(out=str(out), n=cfg.eval_images,
-                                                                             seed=cfg.seed, split="eval"))
+    data = DoctorDataConfig(out=str(out), n=cfg.train_images, seed=cfg.seed, generator=cfg.generator)
+    train_ex, eval_ex = judge_examples(data), judge_examples(DoctorDataConfig(out=str(out), n=cfg.eval_images, seed=cfg.seed,
+                                                                             split="eval", generator=cfg.generator))
     _check_budget(cfg, train_ex + eval_ex)
     for name in names:  # every refusal before any work, and before anything is written
         _check_stage(out / name, stage_settings(cfg, name))

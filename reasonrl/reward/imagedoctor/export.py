@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from reasonrl.envs.shapes import SPLIT_SEEDS as SHAPES_SPLIT_SEEDS, check_split_seed
-from reasonrl.reward.imagedoctor.data import JudgeDataConfig, JudgeExample, judge_example
+from reasonrl.reward.imagedoctor.data import GeneratorView, JudgeDataConfig, JudgeExample, judge_example
 from reasonrl.vision.world import SceneConfig
 from reasonrl.vision.world.shapes import MAX_SIDE, MIN_SIDE
 
@@ -44,6 +44,10 @@ class DoctorDataConfig:
     """Objects perturbed at most per image."""
     artifacts_max: int = 2
     """Artifact patches at most per image."""
+    generator: str | None = None
+    """A SMARLI model directory: judge that generator's kind of image instead of renders (each scene
+    drawn at twice its side, every second pixel, through its cell codebook, scaled up by pixel
+    repetition to image_size: what the dense reward shows the judge; data.py). None: renders."""
     overwrite: bool = False
     """Delete an earlier run's judge.jsonl, images/ and maps/ in `out` first (without it they are refused)."""
 
@@ -59,16 +63,33 @@ class DoctorDataConfig:
             if value < 0:
                 raise ValueError(f"{flag} must be >= 0, got {value}")
 
-    def judge_config(self) -> JudgeDataConfig:
-        scene = SceneConfig(width=self.image_size, height=self.image_size, max_objects=self.max_objects)
+    def judge_config(self, view: GeneratorView | None = None) -> JudgeDataConfig:
+        side = 2 * view.side if view is not None else self.image_size  # the render's
+        # the generator's images hold no stripes (a cell has one colour): its prompts name none
+        scene = SceneConfig(width=side, height=side, max_objects=self.max_objects,
+                            **({"striped_fraction": 0.0} if view is not None else {}))
         return JudgeDataConfig(misaligned_max=self.misaligned_max, artifacts_max=self.artifacts_max,
-                               patch=max(4, self.image_size * 12 // 112), scene=scene)
+                               patch=max(4, side * 12 // 112), scene=scene)
+
+    def view(self) -> GeneratorView | None:
+        if self.generator is None:
+            return None
+        from reasonrl.vision.smarli.train import load_smarli
+
+        model, _, codebook = load_smarli(self.generator)
+        side = model.config.grid * model.config.cell
+        if self.image_size % side:
+            raise ValueError(f"--image-size {self.image_size} is not a multiple of the generator's side {side} "
+                             f"({self.generator}): its images are scaled up by pixel repetition")
+        return GeneratorView(codebook, side, self.image_size // side)
 
 
-def judge_examples(cfg: DoctorDataConfig) -> list[JudgeExample]:
+def judge_examples(cfg: DoctorDataConfig, view: GeneratorView | None = None) -> list[JudgeExample]:
+    """`view`: cfg.view() where the caller has it already."""
     rng = np.random.default_rng(SPLIT_SEEDS[cfg.split] + cfg.seed)
-    judge = cfg.judge_config()
-    return [judge_example(rng, judge) for _ in range(cfg.n)]
+    view = view or cfg.view()
+    judge = cfg.judge_config(view)
+    return [judge_example(rng, judge, view) for _ in range(cfg.n)]
 
 
 def judge_messages(caption: str, image) -> list[dict]:
@@ -82,13 +103,14 @@ def export_judge_data(cfg: DoctorDataConfig) -> int:
     from reasonrl.vision.world.export import write_png
 
     out = Path(cfg.out)
+    view = cfg.view()  # a generator that does not load is refused before anything is written
     clear_outputs(out, [out / "judge.jsonl", out / "images", out / "maps"], cfg.overwrite)
     for sub in ("images", "maps"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     path = out / "judge.jsonl"
     partial = path.with_suffix(".jsonl.partial")
     with open(partial, "w", encoding="utf-8") as jsonl:
-        for i, ex in enumerate(judge_examples(cfg)):
+        for i, ex in enumerate(judge_examples(cfg, view)):
             name = f"doctor_{i:06d}"
             write_png(ex.image, out / "images" / f"{name}.png")
             np.savez_compressed(out / "maps" / f"{name}.npz", misalignment=ex.misalignment.astype(np.uint8),

@@ -46,9 +46,19 @@ def test_partial_heatmap_scales_the_weights():
 
 def test_table_names_both_arms():
     arm = {"flawed_cells_at_start": 0.2, "steps_to_repair": 3, "final": {"repaired": 0.6, "drift": 0.1, "judge": 0.5, "oracle": 0.4},
-           "evals": [{"judge": 0.3, "oracle": 0.35}]}
+           "evals": [{"judge": 0.3, "oracle": 0.35, "judge_oracle_r": 0.25}]}
     table = format_rows({"scalar": arm, "dense": arm})
-    assert "| scalar | 0.200 | 3 | 0.600 | 0.100 | 0.300 -> 0.500 | 0.350 -> 0.400 |" in table and "| dense |" in table
+    assert "| scalar | 0.200 | 3 | 0.600 | 0.100 | 0.300 -> 0.500 | 0.350 -> 0.400 | 0.250 |" in table and "| dense |" in table
+
+
+def test_the_judge_oracle_correlation_is_pearsons_and_zero_for_a_constant_judge():
+    from reasonrl.reward.imagedoctor.dense import pearson
+
+    oracle = np.array([0.2, 0.9, 0.5, 0.7])
+    assert pearson(2 * oracle + 1, oracle) == pytest.approx(1.0)
+    assert pearson(-oracle, oracle) == pytest.approx(-1.0)
+    assert pearson(np.array([0.1, 0.4, 0.4, 0.1]), oracle) == pytest.approx(np.corrcoef([0.1, 0.4, 0.4, 0.1], oracle)[0, 1])
+    assert pearson(np.full(4, 0.936), oracle) == 0.0  # the render-trained judge on generated images
 
 
 def test_the_real_judge_scores_images_and_pools_its_maps_to_the_grid(tmp_path):
@@ -100,3 +110,30 @@ def test_the_scorer_leaves_room_for_a_whole_judgement_after_a_larger_sides_promp
     engine = scorer.llm  # the scorer is called every training step: one engine, not one per call
     scorer(["a red circle."], np.zeros((1, 32, 32, 3), dtype=np.uint8), grid=8)
     assert scorer.llm is engine and len(seen) == 2
+
+
+def test_the_cells_arm_takes_each_cells_advantage_against_the_same_cell_of_its_group():
+    """R_D = R (1 - heatmap) per cell: two images of one layout, both scored 1, one flagged at cell 0
+    alone; only cell 0 differs between them, so only cell 0 has an advantage, negative where flagged."""
+    job = make_job(CFG, "cells", FixedJudge(0.0))
+    heat = torch.zeros(4, 64)
+    heat[0, 0] = 1.0  # image 0 (group 0): cell 0 flagged
+    heat[3, 5] = 0.5  # image 3 (group 1): cell 5 half flagged
+    job.heat = heat
+    adv = job.token_advantages(torch.ones(4), torch.tensor([0, 0, 1, 1]), None)
+    assert adv.shape == (4, 64)
+    assert adv[0, 0] < 0 < adv[1, 0] and adv[3, 5] < 0 < adv[2, 5]
+    others = torch.ones(4, 64, dtype=torch.bool)
+    others[:2, 0] = others[2:, 5] = False
+    assert torch.equal(adv[others], torch.zeros(int(others.sum())))
+    # a scalar arm under the same judge: every cell of an image gets the image's advantage (here none)
+    assert torch.equal(make_job(CFG, "scalar", FixedJudge(0.0)).token_advantages(torch.ones(4), torch.tensor([0, 0, 1, 1]),
+                                                                              job.encode(job.held[:1] * 4)),
+                       torch.zeros(4, 64))
+
+
+def test_an_unknown_weighting_is_refused_by_name(tmp_path):
+    from reasonrl.reward.imagedoctor.dense import run_dense
+
+    with pytest.raises(ValueError, match=r"unknown \['pixel'\]; known: scalar, dense, cells"):
+        run_dense(DenseJudgeConfig(judge=str(tmp_path), weightings=("scalar", "pixel")))

@@ -6,18 +6,22 @@ ImageDoctor (arXiv 2510.01010) post-trains SD3.5-M with Flow-GRPO whose reward i
 0.8 alignment + 0.1 aesthetics + 0.1 plausibility, either as one scalar per image or densely: the
 per-pixel loss weighted by one minus the judge's heatmap (the mean of its two maps, pooled to the
 latent grid). Here the generator is the shipped SMARLI-mini (reasonrl/vision/gen/shipped/smarli,
-8 x 8 cell tokens of 4 px) under its own layout GRPO (vision/smarli/grpo.py); "dense" weights
-each image token's advantage by 1 - the heatmap pooled to its cell, "scalar" by 1 (no in-box
-bonus in either, so they differ only by the heatmap). Equal steps, seeds and layouts.
+8 x 8 cell tokens of 4 px; `--policy` another) under its own layout GRPO (vision/smarli/grpo.py);
+"dense" weights each image token's advantage by 1 - the heatmap pooled to its cell, "scalar" by 1
+(no in-box bonus in either, so they differ only by the heatmap), and "cells" takes the paper's
+formula R_D(h, w) = R (1 - heatmap(h, w)) literally: a reward per cell, whose advantage is taken
+against the same cell of the layout's other images (WEIGHTINGS). Equal steps, seeds and layouts.
 
 Measured on held-out layouts sampled with one fixed generator seed before training and at every
 `eval_every` steps: the judge's scalar and the oracle detector's layout reward (vision/smarli/
-judge.py); flawed cells = those whose pooled heatmap is >= 0.5 at step 0; repaired = the share of
+judge.py), and their Pearson r over the images (does the judge tell the generator's good images from
+its bad ones?); flawed cells = those whose pooled heatmap is >= 0.5 at step 0; repaired = the share of
 them below 0.5 now; drift = the share of the other cells whose token changed since step 0; steps to
 repair = the first evaluated step with half of the flawed cells repaired (None: never).
 
-Departures: the judge sees the 32-px image upscaled to 224 px by pixel repetition (it was trained
-on 224-px renders of smooth shapes, so these blocky images are out of its training distribution);
+Departures: the judge sees the 32-px image upscaled to 224 px by pixel repetition (out of the
+distribution of a judge trained on 224-px renders; `bench imagedoctor --generator` trains one on
+such images);
 a masked next-set generator instead of a flow model (the per-token log-probs play the per-pixel
 SDE log-probs' part); no KL, no EMA.
 """
@@ -39,6 +43,12 @@ from reasonrl.reward.imagedoctor.judgement import parse_judgement
 from reasonrl.reward.imagedoctor.rewards import dense_reward, judge_reward
 
 
+WEIGHTINGS = ("scalar", "dense", "cells")
+"""scalar: every token gets its image's advantage; dense (DenseFlow-GRPO's code): that advantage
+weighted by 1 - the judge's heatmap at the token's cell; cells (the paper's formula R_D = R (1 - heatmap)):
+a reward per cell, each cell's advantage taken against the same cell of its group's other images."""
+
+
 @dataclass
 class DenseJudgeConfig:
     judge: str = "runs/imagedoctor/grpo/model"
@@ -48,7 +58,7 @@ class DenseJudgeConfig:
     out: str = "runs/imagedoctor-dense"
     """Where result.json goes."""
     weightings: tuple[str, ...] = ("scalar", "dense")
-    """Arms to run, each from the same policy at equal steps."""
+    """Arms to run, each from the same policy at equal steps, of WEIGHTINGS."""
     steps: int = 12
     """GRPO steps per arm."""
     layouts_per_step: int = 4
@@ -115,6 +125,16 @@ def make_job(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer):
         def token_weights(self, batch):
             return 1.0 - self.heat if weighting == "dense" else torch.ones_like(batch.cover, dtype=torch.float32)
 
+        def token_advantages(self, rewards, groups, batch):
+            if weighting != "cells":
+                return super().token_advantages(rewards, groups, batch)
+            # the paper's R_D(h, w) = R (1 - heatmap(h, w)): a reward per cell, each cell's advantage taken
+            # against the same cell of the other samples of its layout
+            cell_rewards = rewards[:, None] * (1.0 - self.heat)  # (B, N)
+            n = cell_rewards.shape[1]
+            cell_groups = groups[:, None] * n + torch.arange(n)
+            return self.advantage_fn(cell_rewards.flatten(), cell_groups.flatten(), self.adv_cfg).view_as(cell_rewards)
+
     grpo = LayoutGRPOConfig(policy=cfg.policy, steps=cfg.steps, layouts_per_step=cfg.layouts_per_step,
                             samples_per_layout=cfg.samples_per_layout, in_box_weight=1.0, eval_layouts=cfg.eval_layouts,
                             seed=cfg.seed)
@@ -131,15 +151,25 @@ def measure(job, scorer: JudgeScorer) -> dict:
     tokens = rollout.tokens.numpy()
     images = np.stack([job.codebook.decode(t) for t in tokens])
     scalars, heat = scorer([lay.prompt for lay in job.held], images, job.model.config.grid)
+    oracle = np.array([judge(lay, img)["reward"] for lay, img in zip(job.held, images)])
     return {"tokens": tokens, "heat": heat.reshape(len(tokens), -1), "judge": float(scalars.mean()),
-            "oracle": float(np.mean([judge(lay, img)["reward"] for lay, img in zip(job.held, images)]))}
+            "oracle": float(oracle.mean()), "judge_oracle_r": pearson(scalars, oracle)}
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r over the held-out images; 0 where either side is constant (a judge that scores every
+    image alike tells the images apart no better than chance)."""
+    a, b = np.asarray(a, dtype=np.float64) - np.mean(a), np.asarray(b, dtype=np.float64) - np.mean(b)
+    norm = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / norm) if norm > 0 else 0.0
 
 
 def run_arm(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer, log=print) -> dict:
     job = make_job(cfg, weighting, scorer)
     start = measure(job, scorer)
     flawed = start["heat"] >= 0.5
-    evals = [{"step": 0, "judge": start["judge"], "oracle": start["oracle"], "repaired": 0.0, "drift": 0.0}]
+    evals = [{"step": 0, "judge": start["judge"], "oracle": start["oracle"], "judge_oracle_r": start["judge_oracle_r"],
+              "repaired": 0.0, "drift": 0.0}]
     train = []
     for step in range(1, cfg.steps + 1):
         stats = job.train_step()
@@ -148,7 +178,8 @@ def run_arm(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer, log=prin
             now = measure(job, scorer)
             repaired = float(((now["heat"] < 0.5) & flawed).sum() / max(flawed.sum(), 1))
             drift = float(((now["tokens"] != start["tokens"]) & ~flawed).sum() / max((~flawed).sum(), 1))
-            evals.append({"step": step, "judge": now["judge"], "oracle": now["oracle"], "repaired": repaired, "drift": drift})
+            evals.append({"step": step, "judge": now["judge"], "oracle": now["oracle"], "judge_oracle_r": now["judge_oracle_r"],
+                          "repaired": repaired, "drift": drift})
             log(f"{weighting} step {step}: {evals[-1]}")
     return {"flawed_cells_at_start": float(flawed.mean()), "evals": evals, "train": train,
             "steps_to_repair": next((e["step"] for e in evals[1:] if e["repaired"] >= 0.5), None),
@@ -156,9 +187,9 @@ def run_arm(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer, log=prin
 
 
 def run_dense(cfg: DenseJudgeConfig, log=print) -> dict:
-    unknown = set(cfg.weightings) - {"scalar", "dense"}
+    unknown = set(cfg.weightings) - set(WEIGHTINGS)
     if unknown:
-        raise ValueError(f"--weightings: unknown {sorted(unknown)}; known: scalar, dense")
+        raise ValueError(f"--weightings: unknown {sorted(unknown)}; known: {', '.join(WEIGHTINGS)}")
     scorer = JudgeScorer(cfg.judge, cfg.judge_side)
     result = {"config": asdict(cfg), "device": f"CPU, {torch.get_num_threads()} threads"}
     for weighting in cfg.weightings:
@@ -170,13 +201,15 @@ def run_dense(cfg: DenseJudgeConfig, log=print) -> dict:
 
 
 def format_rows(result: dict) -> str:
-    lines = ["| reward | flawed cells at start | steps to repair half | repaired | drift of unflawed cells | judge start -> end | oracle start -> end |",
-             "|---|---|---|---|---|---|---|"]
-    for arm in ("scalar", "dense"):
+    lines = ["| reward | flawed cells at start | steps to repair half | repaired | drift of unflawed cells | judge start -> end | "
+             "oracle start -> end | judge-oracle r at start |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arm in WEIGHTINGS:
         if arm in result:
             r, e0, e1 = result[arm], result[arm]["evals"][0], result[arm]["final"]
             lines.append(f"| {arm} | {r['flawed_cells_at_start']:.3f} | {r['steps_to_repair']} | {e1['repaired']:.3f} | "
-                         f"{e1['drift']:.3f} | {e0['judge']:.3f} -> {e1['judge']:.3f} | {e0['oracle']:.3f} -> {e1['oracle']:.3f} |")
+                         f"{e1['drift']:.3f} | {e0['judge']:.3f} -> {e1['judge']:.3f} | {e0['oracle']:.3f} -> {e1['oracle']:.3f} | "
+                         f"{e0.get('judge_oracle_r', float('nan')):.3f} |")
     return "\n".join(lines)
 
 

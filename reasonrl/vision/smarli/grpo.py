@@ -122,12 +122,14 @@ class LayoutGRPOJob(JobState):
         images = np.stack([self.codebook.decode(t) for t in rollout.tokens.numpy()])
         rewards, stats = self.rewards(layouts, images)
         groups = torch.arange(len(layouts)) // g
-        adv = self.advantage_fn(rewards, groups, self.adv_cfg)
-        token_adv = adv[:, None] * self.token_weights(batch)  # (B, N)
-        update = self.update(batch, rollout, token_adv)
+        update = self.update(batch, rollout, self.token_advantages(rewards, groups, batch))
         self.step_count += 1
         return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()), **stats, **update,
                 "lr": self.scheduler.get_last_lr()[0]}
+
+    def token_advantages(self, rewards: torch.Tensor, groups: torch.Tensor, batch) -> torch.Tensor:
+        """(B, N) advantage of each image token: its sample's, weighted by `token_weights`."""
+        return self.advantage_fn(rewards, groups, self.adv_cfg)[:, None] * self.token_weights(batch)
 
     def token_weights(self, batch) -> torch.Tensor:
         """(B, N) weight of each image token's advantage: in_box_weight inside some layout box, else 1

@@ -102,7 +102,9 @@ def test_generator_view_images_are_what_the_dense_reward_shows_the_judge(viewed)
     small = view.codebook.decode(view.codebook.encode(subsample(render(scene).image)))
     assert np.array_equal(view.image(render(scene).image), small.repeat(7, axis=0).repeat(7, axis=1))
     for ex in examples:
-        assert ex.image.shape == (224, 224, 3) and all(o.texture == "solid" for o in ex.prompt.objects)
+        assert ex.image.shape == (224, 224, 3) and ex.misalignment.shape == ex.artifact.shape == (224, 224)
+        # the generator's kind of scene: no stripes, no small objects (neither survives 32 px)
+        assert all(o.texture == "solid" and o.size in ("medium", "large") for o in ex.prompt.objects)
         blocks = ex.image.reshape(32, 7, 32, 7, 3)
         assert (blocks == blocks[:, :1, :, :1]).all()  # constant on each 7 x 7 block
         tiny = np.ascontiguousarray(ex.image[::7, ::7])
@@ -110,10 +112,16 @@ def test_generator_view_images_are_what_the_dense_reward_shows_the_judge(viewed)
 
 
 def test_generator_view_flaw_maps_and_scores_are_those_of_the_viewed_image(viewed):
+    from reasonrl.reward.imagedoctor.data import centring, contrast
+
     view, examples = viewed
     flawed = artifacts = 0
     for ex in examples:
-        clean = view.image(render(drop_missing(ex)).image)
+        judged = drop_missing(ex)
+        clean = view.image(render(judged).image)
+        prompt_view = view.image(render(ex.prompt).image)
+        aesthetics = (contrast(ex.image) + centring(view.mask(render(judged).owner))) / 2
+        assert ex.scores["aesthetics"] == pytest.approx(aesthetics)  # of the viewed image
         # the artifact map is exactly where the image differs from the flawless generator image
         assert np.array_equal(ex.artifact.astype(bool), (ex.image != clean).any(-1))
         assert ex.scores["plausibility"] == pytest.approx(max(0.0, 1 - 10 * ex.artifact.mean()))
@@ -122,7 +130,11 @@ def test_generator_view_flaw_maps_and_scores_are_those_of_the_viewed_image(viewe
         assert len(ex.boxes) == len(ex.notes) and sum("artifact" in n for n in ex.notes) <= 2
         for (x0, y0, x1, y1), note in zip(ex.boxes, ex.notes):
             assert 0 <= x0 < x1 <= 224 and 0 <= y0 < y1 <= 224
-            if "artifact" in note:  # each artifact's box lies inside the map, in viewed pixels
+            if "artifact" not in note:  # a misalignment: in viewed pixels, on its map, and visible there
+                assert all(v % 7 == 0 for v in (x0, y0, x1, y1))
+                assert ex.misalignment[y0:y1, x0:x1].any()
+                assert (clean[y0:y1, x0:x1] != prompt_view[y0:y1, x0:x1]).any()
+            else:  # each artifact's box lies inside the map, in viewed pixels
                 assert ex.artifact[y0:y1, x0:x1].any()
                 x, y = (int(v) for v in note.rpartition("(")[2].rstrip(").").split(","))
                 assert x0 - 14 <= x <= x1 + 14 and y0 - 14 <= y <= y1 + 14  # the note's position, scaled
@@ -146,6 +158,20 @@ def drop_missing(ex):
             elif note.startswith(f"The {object_phrase(obj)} is "):
                 scene = scene.replace_object(i, colour=next(c for c in COLOURS if note.endswith(f"is {c}.")))
     return drop(scene, dropped)
+
+
+def test_a_render_box_becomes_the_box_of_the_pixels_the_view_keeps():
+    """Kept render pixels are the odd rows and columns: column 2j + 1 becomes column j, then j x scale."""
+    from reasonrl.reward.imagedoctor.data import GeneratorView
+
+    view = GeneratorView(codebook=None, side=32, scale=7)
+    assert view.box((1, 1, 3, 3)) == (0, 0, 7, 7)  # columns 1, 2 hold one kept column: 1
+    assert view.box((2, 2, 4, 4)) == (7, 7, 14, 14)  # columns 2, 3: kept 3
+    assert view.box((1, 2, 4, 6)) == (0, 7, 14, 21)  # columns 1-3: kept 1, 3; rows 2-5: kept 3, 5
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[2:4, 1:4] = True
+    ys, xs = np.nonzero(view.mask(mask))
+    assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == view.box((1, 2, 4, 4))
 
 
 def test_a_judge_image_size_that_the_generator_side_does_not_divide_is_refused():

@@ -126,10 +126,12 @@ def test_the_cells_arm_takes_each_cells_advantage_against_the_same_cell_of_its_g
     others = torch.ones(4, 64, dtype=torch.bool)
     others[:2, 0] = others[2:, 5] = False
     assert torch.equal(adv[others], torch.zeros(int(others.sum())))
-    # a scalar arm under the same judge: every cell of an image gets the image's advantage (here none)
-    assert torch.equal(make_job(CFG, "scalar", FixedJudge(0.0)).token_advantages(torch.ones(4), torch.tensor([0, 0, 1, 1]),
-                                                                              job.encode(job.held[:1] * 4)),
-                       torch.zeros(4, 64))
+    # the scalar arm under the same judge: every cell of an image gets the image's advantage, whatever the map
+    scalar = make_job(CFG, "scalar", FixedJudge(0.0))
+    scalar.heat = heat
+    rewards, groups = torch.tensor([1.0, 0.0, 0.5, 0.5]), torch.tensor([0, 0, 1, 1])
+    adv = scalar.token_advantages(rewards, groups, scalar.encode(scalar.held[:1] * 4))
+    assert adv[0].unique().numel() == 1 and adv[0, 0] > 0 > adv[1, 0] and torch.equal(adv[2:], torch.zeros(2, 64))
 
 
 def test_an_unknown_weighting_is_refused_by_name(tmp_path):

@@ -15,11 +15,11 @@ human heatmaps and scores for ImageDoctor, arXiv 2510.01010):
   half the diagonal; overall = the `weights` sum.
 
 With a `GeneratorView` the judged image is what an image generator of this repository would show the
-judge instead of a render (the dense reward, dense.py): the scene drawn at twice the generator's side,
-every second pixel kept (vision/gen/images.py), passed through the generator's cell codebook (vision/
-smarli/cells.py) and scaled back up by pixel repetition. The flaws are painted on the render as
-above; their maps, the artifact share and the aesthetics are those of the viewed image (an artifact
-the view wipes out is no flaw, and gets no note).
+judge instead of a render (the dense reward, dense.py): the scene drawn as the generator's data draws
+them (medium and large objects) at twice its side, every second pixel kept (vision/gen/images.py),
+passed through the generator's cell codebook (vision/smarli/cells.py) and scaled back up by pixel
+repetition. The flaws are painted on the render as above; their maps, the artifact share and the
+aesthetics are those of the viewed image (an artifact the view wipes out is no flaw, and gets no note).
 """
 
 from __future__ import annotations
@@ -76,6 +76,17 @@ class GeneratorView:
     codebook: object  # vision/smarli/cells.CellCodebook: encode (S, S, 3) -> tokens, decode tokens -> (S, S, 3)
     side: int
     scale: int
+    sizes: tuple[str, ...] = ("medium", "large")
+    """Object sizes the generator draws (vision/gen/images.py leaves small ones out: at 32 px a small
+    object's shape does not survive, nor would a judge's view of a change to it)."""
+
+    def scene(self, rng: np.random.Generator, cfg: SceneConfig) -> Scene:
+        """A prompt scene as the generator's data draws them: `cfg`'s counts and backgrounds, its sizes."""
+        from reasonrl.vision.gen.images import ImageConfig, draw_scene
+
+        return draw_scene(rng, ImageConfig(side=self.side, min_objects=cfg.min_objects, max_objects=cfg.max_objects,
+                                           sizes=self.sizes, gradient_fraction=cfg.gradient_fraction,
+                                           striped_fraction=cfg.striped_fraction))
 
     def image(self, render_image: np.ndarray) -> np.ndarray:
         small = self.codebook.decode(self.codebook.encode(np.ascontiguousarray(render_image[1::2, 1::2])))
@@ -96,7 +107,7 @@ class GeneratorView:
 def judge_example(rng: np.random.Generator, cfg: JudgeDataConfig, view: GeneratorView | None = None) -> JudgeExample:
     """One judged image; with `view`, `cfg.scene` must be 2 x view.side pixels wide and high."""
     shown: Callable[[np.ndarray], np.ndarray] = view.image if view is not None else (lambda a: a)
-    prompt = sample_scene(rng, cfg.scene)
+    prompt = sample_scene(rng, cfg.scene) if view is None else view.scene(rng, cfg.scene)
     k = int(rng.integers(0, min(cfg.misaligned_max, len(prompt.objects) - 1) + 1))
     scene, miss, notes, boxes = perturb(prompt, sorted(rng.choice(len(prompt.objects), k, replace=False).tolist()), rng)
     if view is not None:
@@ -117,8 +128,9 @@ def judge_example(rng: np.random.Generator, cfg: JudgeDataConfig, view: Generato
     kept = [i for i, (note, (x0, y0, x1, y1)) in enumerate(zip(notes, boxes))
             if "artifact" not in note or art[y0:y1, x0:x1].any()]
     notes, boxes = [notes[i] for i in kept], [boxes[i] for i in kept]
+    owner = rendering.owner if view is None else view.mask(rendering.owner)
     return JudgeExample(prompt, caption(prompt), image, miss.astype(np.float32), art.astype(np.float32),
-                        scores(image, rendering.owner, k / len(prompt.objects), art.mean(), cfg), notes, boxes)
+                        scores(image, owner, k / len(prompt.objects), art.mean(), cfg), notes, boxes)
 
 
 def scaled_note(note: str, factor: float) -> str:

@@ -107,8 +107,10 @@ def bench_judge(cfg: JudgeBenchConfig, log=functools.partial(print, flush=True))
         raise ValueError(f"--cold-start-epochs must be >= 0 (0: no cold start), got {cfg.cold_start_epochs}")
     names = [name for name in STAGE_KEYS if name in cfg.stages]  # sft first: the others start from its judge
     data = DoctorDataConfig(out=str(out), n=cfg.train_images, seed=cfg.seed, generator=cfg.generator)
-    train_ex, eval_ex = judge_examples(data), judge_examples(DoctorDataConfig(out=str(out), n=cfg.eval_images, seed=cfg.seed,
-                                                                             split="eval", generator=cfg.generator))
+    view = data.view()  # loaded once for both sets
+    train_ex = judge_examples(data, view)
+    eval_ex = judge_examples(DoctorDataConfig(out=str(out), n=cfg.eval_images, seed=cfg.seed, split="eval",
+                                              generator=cfg.generator), view)
     _check_budget(cfg, train_ex + eval_ex)
     for name in names:  # every refusal before any work, and before anything is written
         _check_stage(out / name, stage_settings(cfg, name))

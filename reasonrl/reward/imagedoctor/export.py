@@ -46,8 +46,9 @@ class DoctorDataConfig:
     """Artifact patches at most per image."""
     generator: str | None = None
     """A SMARLI model directory: judge that generator's kind of image instead of renders (each scene
-    drawn at twice its side, every second pixel, through its cell codebook, scaled up by pixel
-    repetition to image_size: what the dense reward shows the judge; data.py). None: renders."""
+    drawn as its data draws them, medium and large objects without stripes, at twice its side, every
+    second pixel, through its cell codebook, scaled up by pixel repetition to image_size: what the
+    dense reward shows the judge; data.py). None: renders."""
     overwrite: bool = False
     """Delete an earlier run's judge.jsonl, images/ and maps/ in `out` first (without it they are refused)."""
 
@@ -65,7 +66,7 @@ class DoctorDataConfig:
 
     def judge_config(self, view: GeneratorView | None = None) -> JudgeDataConfig:
         side = 2 * view.side if view is not None else self.image_size  # the render's
-        # the generator's images hold no stripes (a cell has one colour): its prompts name none
+        # the generator's images hold no stripes (a cell has one colour): its prompts name none (sizes: data.py)
         scene = SceneConfig(width=side, height=side, max_objects=self.max_objects,
                             **({"striped_fraction": 0.0} if view is not None else {}))
         return JudgeDataConfig(misaligned_max=self.misaligned_max, artifacts_max=self.artifacts_max,

@@ -139,3 +139,20 @@ def test_an_unknown_weighting_is_refused_by_name(tmp_path):
 
     with pytest.raises(ValueError, match=r"unknown \['pixel'\]; known: scalar, dense, cells"):
         run_dense(DenseJudgeConfig(judge=str(tmp_path), weightings=("scalar", "pixel")))
+
+
+def test_without_std_normalisation_a_small_heatmap_difference_stays_a_small_advantage():
+    """Per cell, GRPO's division by the group's std turns a 0.01 difference of the map into a full-size
+    advantage (review probe: -1.5 against 0.5); Dr. GRPO's (std_normalize false) keeps it at its size."""
+    import dataclasses
+
+    heat = torch.zeros(4, 64)
+    heat[0, 0] = 0.01
+    rewards, groups = torch.full((4,), 0.9), torch.tensor([0, 0, 0, 0])
+    out = {}
+    for std in (True, False):
+        job = make_job(dataclasses.replace(CFG, std_normalize=std), "cells", FixedJudge(0.0))
+        job.heat = heat
+        out[std] = job.token_advantages(rewards, groups, None)[:, 0]
+    assert out[True][0] < -1.0 and out[True][1] > 0.4
+    assert out[False][0] == pytest.approx(-0.9 * 0.01 * 0.75) and out[False][1] == pytest.approx(0.9 * 0.01 * 0.25)

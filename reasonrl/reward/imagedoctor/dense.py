@@ -71,6 +71,9 @@ class DenseJudgeConfig:
     """Held-out layouts measured."""
     eval_every: int = 4
     """Measure every this many steps."""
+    std_normalize: bool = True
+    """Divide advantages by their group's reward std (GRPO; in the cells arm, each cell's group of four
+    values, so a small difference in the heatmap becomes a full-size advantage); false: Dr. GRPO's."""
     judge_side: int = 224
     """Side the judge sees the image at (the 32-px image repeated up to it)."""
     seed: int = 0
@@ -138,7 +141,8 @@ def make_job(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer):
     grpo = LayoutGRPOConfig(policy=cfg.policy, steps=cfg.steps, layouts_per_step=cfg.layouts_per_step,
                             samples_per_layout=cfg.samples_per_layout, in_box_weight=1.0, eval_layouts=cfg.eval_layouts,
                             seed=cfg.seed)
-    return JudgeGRPOJob(grpo, LossConfig(), AdvantageConfig(), OptimSection(lr=cfg.lr, grad_clip=1.0))
+    return JudgeGRPOJob(grpo, LossConfig(), AdvantageConfig(std_normalize=cfg.std_normalize),
+                        OptimSection(lr=cfg.lr, grad_clip=1.0))
 
 
 @torch.no_grad()

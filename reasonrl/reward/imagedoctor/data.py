@@ -25,13 +25,16 @@ aesthetics are those of the viewed image (an artifact the view wipes out is no f
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from reasonrl.reward.imagedoctor.judgement import render_judgement
 from reasonrl.vision.world import COLOURS, SHAPES, Scene, SceneConfig, caption, render, sample_scene
 from reasonrl.vision.world.refer import object_phrase
+
+if TYPE_CHECKING:
+    from reasonrl.vision.smarli.cells import CellCodebook
 
 PERTURBATIONS = ("recolour", "reshape", "drop")
 ARTIFACTS = ("noise", "shuffle", "blur")
@@ -73,7 +76,7 @@ class JudgeExample:
 class GeneratorView:
     """How a generator with a cell codebook shows a scene drawn at 2 x `side` pixels: every second
     pixel, through the codebook, each pixel repeated `scale` times (up to the judge's image size)."""
-    codebook: object  # vision/smarli/cells.CellCodebook: encode (S, S, 3) -> tokens, decode tokens -> (S, S, 3)
+    codebook: CellCodebook
     side: int
     scale: int
     sizes: tuple[str, ...] = ("medium", "large")
@@ -81,12 +84,13 @@ class GeneratorView:
     object's shape does not survive, nor would a judge's view of a change to it)."""
 
     def scene(self, rng: np.random.Generator, cfg: SceneConfig) -> Scene:
-        """A prompt scene as the generator's data draws them: `cfg`'s counts and backgrounds, its sizes."""
+        """A prompt scene as the generator's data draws them: `cfg`'s counts and backgrounds, the
+        generator's sizes and no stripes (a cell has one colour, so its prompts name none)."""
         from reasonrl.vision.gen.images import ImageConfig, draw_scene
 
         return draw_scene(rng, ImageConfig(side=self.side, min_objects=cfg.min_objects, max_objects=cfg.max_objects,
                                            sizes=self.sizes, gradient_fraction=cfg.gradient_fraction,
-                                           striped_fraction=cfg.striped_fraction))
+                                           striped_fraction=0.0))
 
     def image(self, render_image: np.ndarray) -> np.ndarray:
         small = self.codebook.decode(self.codebook.encode(np.ascontiguousarray(render_image[1::2, 1::2])))
@@ -113,16 +117,17 @@ def judge_example(rng: np.random.Generator, cfg: JudgeDataConfig, view: Generato
     if view is not None:
         miss, boxes = view.mask(miss), [view.box(b) for b in boxes]
     rendering = render(scene)
-    image = rendering.image.copy()
+    image, clean = rendering.image.copy(), shown(rendering.image)
+    viewed = clean
     for _ in range(int(rng.integers(0, cfg.artifacts_max + 1))):
-        before = shown(image)
-        changed, note = paint_artifact(image, rendering.owner, cfg.patch, rng)
-        if view is not None and changed.any():
-            changed = (shown(image) != before).any(-1)
+        changed, note = paint_artifact(image, rendering.owner, cfg.patch, rng, view.scale / 2 if view else 1)
+        if view is not None and changed.any():  # what the patch changed in the viewed image
+            before, viewed = viewed, shown(image)
+            changed = (viewed != before).any(-1)
         if changed.any():
-            notes.append(note if view is None else scaled_note(note, view.scale / 2))
+            notes.append(note)
             boxes.append(box_of(changed))
-    clean, image = shown(rendering.image), shown(image)
+    image = shown(image)
     art = (image != clean).any(-1)  # overlapping patches: what differs from the clean render in the end
     # a later patch can undo an earlier one's change (through a codebook, mostly): no note for what is gone
     kept = [i for i, (note, (x0, y0, x1, y1)) in enumerate(zip(notes, boxes))
@@ -131,13 +136,6 @@ def judge_example(rng: np.random.Generator, cfg: JudgeDataConfig, view: Generato
     owner = rendering.owner if view is None else view.mask(rendering.owner)
     return JudgeExample(prompt, caption(prompt), image, miss.astype(np.float32), art.astype(np.float32),
                         scores(image, owner, k / len(prompt.objects), art.mean(), cfg), notes, boxes)
-
-
-def scaled_note(note: str, factor: float) -> str:
-    """An artifact note's position "(x, y)" in render pixels as the viewed image's."""
-    head, _, rest = note.rpartition("(")
-    x, y = (int(v) for v in rest.rstrip(").").split(","))
-    return f"{head}({int(x * factor)}, {int(y * factor)})."
 
 
 def perturb(prompt: Scene, chosen: list[int], rng: np.random.Generator):
@@ -177,9 +175,10 @@ def drop(scene: Scene, indices: list[int]) -> Scene:
     return scene
 
 
-def paint_artifact(image: np.ndarray, owner: np.ndarray, side: int, rng: np.random.Generator):
+def paint_artifact(image: np.ndarray, owner: np.ndarray, side: int, rng: np.random.Generator, note_scale: float = 1):
     """Paint one patch in place, centred on a random object-edge pixel (anywhere if none); the
-    (H, W) bool of the pixels it changed, and a note."""
+    (H, W) bool of the pixels it changed, and a note (its position times `note_scale`: in the pixels
+    of the image the judge sees)."""
     h, w = owner.shape
     edge = np.argwhere(owner != np.roll(owner, 1, axis=1))
     cy, cx = edge[int(rng.integers(len(edge)))] if len(edge) else (int(rng.integers(h)), int(rng.integers(w)))
@@ -197,7 +196,8 @@ def paint_artifact(image: np.ndarray, owner: np.ndarray, side: int, rng: np.rand
         image[window] = np.rint(sum(padded[dy:dy + side, dx:dx + side] for dy in range(3) for dx in range(3)) / 9)
     changed = np.zeros(owner.shape, dtype=bool)
     changed[window] = (image[window] != before).any(-1)
-    return changed, f"There is a {kind} artifact near ({x0 + side // 2}, {y0 + side // 2})."
+    x, y = (int((v + side // 2) * note_scale) for v in (x0, y0))
+    return changed, f"There is a {kind} artifact near ({x}, {y})."
 
 
 def box_of(mask: np.ndarray) -> tuple[int, int, int, int]:

@@ -65,10 +65,8 @@ class DoctorDataConfig:
                 raise ValueError(f"{flag} must be >= 0, got {value}")
 
     def judge_config(self, view: GeneratorView | None = None) -> JudgeDataConfig:
-        side = 2 * view.side if view is not None else self.image_size  # the render's
-        # the generator's images hold no stripes (a cell has one colour): its prompts name none (sizes: data.py)
-        scene = SceneConfig(width=side, height=side, max_objects=self.max_objects,
-                            **({"striped_fraction": 0.0} if view is not None else {}))
+        side = 2 * view.side if view is not None else self.image_size  # the render's (the view's scenes: data.py)
+        scene = SceneConfig(width=side, height=side, max_objects=self.max_objects)
         return JudgeDataConfig(misaligned_max=self.misaligned_max, artifacts_max=self.artifacts_max,
                                patch=max(4, side * 12 // 112), scene=scene)
 

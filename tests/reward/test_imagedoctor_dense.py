@@ -61,7 +61,7 @@ def test_the_judge_oracle_correlation_is_pearsons_and_zero_for_a_constant_judge(
     assert pearson(np.full(4, 0.936), oracle) == 0.0  # the render-trained judge on generated images
 
 
-def test_the_real_judge_scores_images_and_pools_its_maps_to_the_grid(tmp_path):
+def test_the_real_judge_scores_images_and_pools_its_maps_to_the_grid(tmp_path, monkeypatch):
     """The scorer on a tiny real judge, through the engine and `predicted_maps` (the documented
     command crashed there: it handed `predicted_maps` prompts where it read held items' masks)."""
     from reasonrl.reward.imagedoctor.build import doctor_from_vlm
@@ -77,6 +77,25 @@ def test_the_real_judge_scores_images_and_pools_its_maps_to_the_grid(tmp_path):
     scalars, heat = scorer(["a red circle", "a blue square"], images, grid=8)
     assert scalars.shape == (2,) and heat.shape == (2, 8, 8)
     assert np.isfinite(heat).all() and (heat >= 0).all() and (heat <= 1).all()
+    # --scores expected: the reward is computed from expected.py's reading of the same judgements
+    from reasonrl.reward.imagedoctor import dense
+
+    read = [{"alignment": 0.5, "aesthetics": 1.0, "plausibility": 0.0, "overall": 0.0},
+            {"alignment": 0.25, "aesthetics": None, "plausibility": None, "overall": None}]
+    monkeypatch.setattr(dense, "expected_scores", lambda doctor, tok, prompts, responses: read[:len(responses)])
+    expected = JudgeScorer(str(tmp_path / "judge"), side=64, scores="expected")
+    again, heat_again = expected(["a red circle", "a blue square"], images, grid=8)
+    assert np.allclose(again, [0.8 * 0.5 + 0.1, 0.8 * 0.25]) and np.array_equal(heat_again, heat)
+    with pytest.raises(ValueError, match="--scores: unknown 'mean'"):
+        JudgeScorer(str(tmp_path / "judge"), side=64, scores="mean")
+    # --scalar-judge: the scalar from the other judge's reading, the maps still from the first judge
+    save_doctor(judge, tmp_path / "scores-judge", tok)
+    both = JudgeScorer(str(tmp_path / "judge"), side=64, scores="expected", scalar_judge=str(tmp_path / "scores-judge"))
+    monkeypatch.setattr(dense, "expected_scores", lambda doctor, tok, prompts, responses: [
+        {"alignment": 1.0 if doctor is both.scalar.doctor else 0.0, "aesthetics": 0.0, "plausibility": 0.0,
+         "overall": 0.0}] * len(responses))
+    scalars_other, heat_other = both(["a red circle", "a blue square"], images, grid=8)
+    assert np.allclose(scalars_other, [0.8, 0.8]) and np.array_equal(heat_other, heat)
 
 
 def test_the_scorer_leaves_room_for_a_whole_judgement_after_a_larger_sides_prompt(tmp_path, monkeypatch):
@@ -156,3 +175,26 @@ def test_without_std_normalisation_a_small_heatmap_difference_stays_a_small_adva
         out[std] = job.token_advantages(rewards, groups, None)[:, 0]
     assert out[True][0] < -1.0 and out[True][1] > 0.4
     assert out[False][0] == pytest.approx(-0.9 * 0.01 * 0.75) and out[False][1] == pytest.approx(0.9 * 0.01 * 0.25)
+
+
+class NoJudge:
+    def __call__(self, captions, images, grid):
+        raise AssertionError("a control arm asked the judge in training")
+
+
+def test_the_control_arms_reward_with_the_oracle_or_with_noise_and_never_ask_the_judge():
+    from reasonrl.vision.smarli.judge import judge
+
+    images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    oracle = make_job(CFG, "oracle", NoJudge())
+    layouts = oracle.held  # CFG's two held-out layouts
+    rewards, stats = oracle.rewards(layouts, images)
+    truth = [judge(lay, img)["reward"] for lay, img in zip(layouts, images)]
+    assert torch.allclose(rewards, torch.tensor(truth, dtype=torch.float32)) and stats["oracle_reward"] == pytest.approx(np.mean(truth))
+    noise = make_job(CFG, "noise", NoJudge())
+    first, _ = noise.rewards(layouts, images)
+    second, stats = noise.rewards(layouts, images)
+    assert not torch.equal(first, second) and ((first >= 0) & (first < 1)).all()  # fresh draws, not the images' worth
+    assert stats["oracle_reward"] == pytest.approx(np.mean(truth))  # still measured
+    weights = noise.token_weights(noise.encode(layouts))
+    assert weights.shape[0] == len(layouts) == 2 and bool((weights == 1).all())

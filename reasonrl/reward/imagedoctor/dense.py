@@ -10,7 +10,9 @@ latent grid). Here the generator is the shipped SMARLI-mini (reasonrl/vision/gen
 "dense" weights each image token's advantage by 1 - the heatmap pooled to its cell, "scalar" by 1
 (no in-box bonus in either, so they differ only by the heatmap), and "cells" takes the paper's
 formula R_D(h, w) = R (1 - heatmap(h, w)) literally: a reward per cell, whose advantage is taken
-against the same cell of the layout's other images (WEIGHTINGS). Equal steps, seeds and layouts.
+against the same cell of the layout's other images (WEIGHTINGS). Equal steps, seeds and layouts. Two
+controls bound what any of them can show with the recipe: `oracle` trains on the oracle detector's
+layout reward (the truth the judge stands in for), `noise` on a random one.
 
 Measured on held-out layouts sampled with one fixed generator seed before training and at every
 `eval_every` steps: the judge's scalar and the oracle detector's layout reward (vision/smarli/
@@ -38,15 +40,20 @@ import torch
 
 from reasonrl.reward.imagedoctor.evaluate import (JUDGEMENT_TOKENS, generate_judgements, judge_engine,
                                                   needed_len, predicted_maps)
+from reasonrl.reward.imagedoctor.expected import expected_scores
 from reasonrl.reward.imagedoctor.export import judge_messages
 from reasonrl.reward.imagedoctor.judgement import parse_judgement
 from reasonrl.reward.imagedoctor.rewards import dense_reward, judge_reward
 
 
-WEIGHTINGS = ("scalar", "dense", "cells")
+SCORES = ("written", "expected")
+WEIGHTINGS = ("scalar", "dense", "cells", "oracle", "noise")
 """scalar: every token gets its image's advantage; dense (DenseFlow-GRPO's code): that advantage
 weighted by 1 - the judge's heatmap at the token's cell; cells (the paper's formula R_D = R (1 - heatmap)):
-a reward per cell, each cell's advantage taken against the same cell of its group's other images."""
+a reward per cell, each cell's advantage taken against the same cell of its group's other images.
+Two controls that do not ask the judge in training: oracle (the oracle detector's layout reward, what
+the judge stands in for: the most a reward can do with this recipe) and noise (a uniform random reward:
+what the recipe does to the policy with no signal at all)."""
 
 
 @dataclass
@@ -76,36 +83,61 @@ class DenseJudgeConfig:
     values, so a small difference in the heatmap becomes a full-size advantage); false: Dr. GRPO's."""
     judge_side: int = 224
     """Side the judge sees the image at (the 32-px image repeated up to it)."""
+    scores: str = "written"
+    """How the judge's scores are read: `written` (parsed from its text, as ImageDoctor's scorer) or
+    `expected` (the mean of its digit probabilities where it wrote them, expected.py)."""
+    scalar_judge: str | None = None
+    """Another judge whose scores make the scalar reward (e.g. the bench's cold start, OUT/sft/cold_start/
+    model, which reads alignment better than the whole judge); the heatmaps stay `judge`'s. None: `judge`'s."""
     seed: int = 0
     """Layouts and draws."""
 
 
 class JudgeScorer:
-    """The judge as a reward model: greedy judgement, scalar reward, maps pooled to the generator's grid."""
+    """The judge as a reward model: greedy judgement, scalar reward (from the written or the expected
+    scores, SCORES; from another judge's when `scalar_judge` names one), maps pooled to the generator's grid."""
 
-    def __init__(self, path: str, side: int, max_tokens: int = JUDGEMENT_TOKENS):
+    def __init__(self, path: str, side: int, max_tokens: int = JUDGEMENT_TOKENS, scores: str = "written",
+                 scalar_judge: str | None = None):
         from reasonrl.models.chat import ChatEncoder
         from reasonrl.models.tokenizer import Tokenizer
         from reasonrl.reward.imagedoctor.model import load_doctor
 
-        self.doctor, self.tokenizer = load_doctor(path), Tokenizer.from_dir(path)
+        if scores not in SCORES:
+            raise ValueError(f"--scores: unknown {scores!r}; known: {', '.join(SCORES)}")
+        self.doctor, self.tokenizer, self.scores = load_doctor(path), Tokenizer.from_dir(path), scores
         self.encoder, self.side, self.max_tokens = ChatEncoder(self.tokenizer, self.doctor.backbone), side, max_tokens
         self.llm = None  # built at the first call, once the prompts' length is known; rebuilt only to grow
+        self.scalar = JudgeScorer(scalar_judge, side, max_tokens, scores) if scalar_judge else None
 
     @torch.no_grad()
     def __call__(self, captions: list[str], images: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
         """images (B, S, S, 3) -> (scalar rewards (B,), mean heatmap pooled to (B, grid, grid))."""
-        k = self.side // images.shape[1]
-        big = images.repeat(k, axis=1).repeat(k, axis=2)
-        prompts = [self.encoder(judge_messages(c, img)) for c, img in zip(captions, big)]
-        # an engine sized to these prompts (they grow with the side): every judgement gets max_tokens
-        if self.llm is None or self.llm.engine.max_model_len < needed_len(prompts, self.max_tokens):
-            self.llm = judge_engine(self.doctor, self.tokenizer, needed_len(prompts, self.max_tokens))
-        responses = generate_judgements(self.doctor, self.tokenizer, prompts, self.max_tokens, self.llm)
-        scalars = np.array([judge_reward(parse_judgement(self.tokenizer.decode(r)).scores) for r in responses])
+        big = self.upscaled(images)
+        prompts, responses = self.judge(captions, big)
+        scalars = self.scalar.rewards(*self.scalar.judge(captions, big)) if self.scalar else self.rewards(prompts, responses)
         maps = predicted_maps(self.doctor, prompts, responses, [big.shape[1:3]] * len(prompts))
         heat = np.stack([1.0 - dense_reward(1.0, m, (grid, grid)) for m in maps])  # pooled mean map
         return scalars, heat
+
+    def upscaled(self, images: np.ndarray) -> np.ndarray:
+        k = self.side // images.shape[1]
+        return images.repeat(k, axis=1).repeat(k, axis=2)
+
+    def judge(self, captions: list[str], images: np.ndarray) -> tuple[list, list[list[int]]]:
+        """(prompts, greedy judgements) of the images at the judge's side."""
+        prompts = [self.encoder(judge_messages(c, img)) for c, img in zip(captions, images)]
+        # an engine sized to these prompts (they grow with the side): every judgement gets max_tokens
+        if self.llm is None or self.llm.engine.max_model_len < needed_len(prompts, self.max_tokens):
+            self.llm = judge_engine(self.doctor, self.tokenizer, needed_len(prompts, self.max_tokens))
+        return prompts, generate_judgements(self.doctor, self.tokenizer, prompts, self.max_tokens, self.llm)
+
+    def rewards(self, prompts: list, responses: list[list[int]]) -> np.ndarray:
+        if self.scores == "expected":
+            read = expected_scores(self.doctor, self.tokenizer, prompts, responses)
+        else:
+            read = [parse_judgement(self.tokenizer.decode(r)).scores for r in responses]
+        return np.array([judge_reward(s) for s in read])
 
 
 def make_job(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer):
@@ -115,10 +147,17 @@ def make_job(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer):
     from reasonrl.vision.smarli.grpo import LayoutGRPOConfig, LayoutGRPOJob
     from reasonrl.vision.smarli.judge import judge
 
+    noise = np.random.default_rng(cfg.seed)
+
     class JudgeGRPOJob(LayoutGRPOJob):
         """Layout GRPO whose reward is the judge's; `dense` weights token advantages by 1 - heatmap."""
 
         def rewards(self, layouts, images):
+            if weighting in ("oracle", "noise"):
+                oracle = np.array([judge(lay, img)["reward"] for lay, img in zip(layouts, images)])
+                reward = oracle if weighting == "oracle" else noise.random(len(layouts))
+                return torch.tensor(reward, dtype=torch.float32), {"oracle_reward": float(oracle.mean()),
+                                                                   "judge_flawed": None}
             scalars, heat = scorer([lay.prompt for lay in layouts], images, self.model.config.grid)
             self.heat = torch.from_numpy(heat.reshape(len(layouts), -1)).float()  # (B, N), read by token_weights
             oracle = np.mean([judge(lay, img)["reward"] for lay, img in zip(layouts, images)])
@@ -194,7 +233,7 @@ def run_dense(cfg: DenseJudgeConfig, log=print) -> dict:
     unknown = set(cfg.weightings) - set(WEIGHTINGS)
     if unknown:
         raise ValueError(f"--weightings: unknown {sorted(unknown)}; known: {', '.join(WEIGHTINGS)}")
-    scorer = JudgeScorer(cfg.judge, cfg.judge_side)
+    scorer = JudgeScorer(cfg.judge, cfg.judge_side, scores=cfg.scores, scalar_judge=cfg.scalar_judge)
     result = {"config": asdict(cfg), "device": f"CPU, {torch.get_num_threads()} threads"}
     for weighting in cfg.weightings:
         torch.manual_seed(cfg.seed)

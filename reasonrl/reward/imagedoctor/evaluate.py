@@ -2,7 +2,8 @@
 
 - per aspect PLCC (Pearson) and SRCC (Spearman, ties ranked by their mean) of the parsed score
   against the analytic one; a score the text lacks counts 0 (as in the score reward), and the share
-  of well-formed judgements is reported beside;
+  of well-formed judgements is reported beside; the same of the expected scores (expected.py:
+  `plcc_expected/*`, `srcc_expected/*`);
 - heatmaps (run on the judge's own text, as ImageDoctor's inference does): per image Pearson CC of
   each map with its true mask and IoU of the map thresholded at 0.5, averaged over the images whose
   true mask is not empty (a constant prediction has CC 0).
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from reasonrl.reward.imagedoctor.build import JudgeItem
+from reasonrl.reward.imagedoctor.expected import expected_scores
 from reasonrl.reward.imagedoctor.judgement import ASPECTS, parse_judgement
 from reasonrl.reward.imagedoctor.model import TASKS, ImageDoctor, at_size
 
@@ -83,13 +85,17 @@ def predicted_maps(doctor: ImageDoctor, prompts: list, responses: list[list[int]
     out = []
     for lo in range(0, len(prompts), batch):
         chunk = list(zip(prompts[lo:lo + batch], responses[lo:lo + batch], sizes[lo:lo + batch]))
-        seqs = [list(p.input_ids) + list(r) for p, r, _ in chunk]
-        ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)] = torch.tensor(s)
-        _, maps = doctor(ids, [p for p, _, _ in chunk])
+        _, maps = doctor(padded([list(p.input_ids) + list(r) for p, r, _ in chunk]), [p for p, _, _ in chunk])
         out += [at_size(m.float(), size).numpy() for m, (_, _, size) in zip(maps.maps, chunk)]
     return out
+
+
+def padded(seqs: list[list[int]]) -> torch.Tensor:
+    """Token rows right-padded with 0 into one (B, T) batch."""
+    ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+    return ids
 
 
 def item_maps(doctor: ImageDoctor, items: list[JudgeItem], responses: list[list[int]]) -> list[np.ndarray]:
@@ -105,15 +111,24 @@ def judge_metrics(doctor: ImageDoctor, tokenizer, items: list[JudgeItem],
     texts = [tokenizer.decode(r) for r in responses]
     parsed = [parse_judgement(t) for t in texts]
     out: dict[str, float] = {"well_formed": float(np.mean([j.well_formed for j in parsed]))}
+    out.update(score_correlations([j.scores for j in parsed], items))
+    out.update(score_correlations(expected_scores(doctor, tokenizer, [it.prompt for it in items], responses), items,
+                                  "_expected"))
     for aspect in ASPECTS:
-        pred = [j.scores[aspect] if j.scores[aspect] is not None else 0.0 for j in parsed]
-        truth = [it.scores[aspect] for it in items]
-        out[f"plcc/{aspect}"], out[f"srcc/{aspect}"] = pearson(pred, truth), spearman(pred, truth)
         out[f"parsed/{aspect}"] = float(np.mean([j.scores[aspect] is not None for j in parsed]))
-    out["plcc/mean"] = float(np.mean([out[f"plcc/{a}"] for a in ASPECTS]))
-    out["srcc/mean"] = float(np.mean([out[f"srcc/{a}"] for a in ASPECTS]))
     if maps:
         out.update(map_metrics(item_maps(doctor, items, responses), items))
+    return out
+
+
+def score_correlations(scores: list[dict[str, float | None]], items: list[JudgeItem], suffix: str = "") -> dict[str, float]:
+    """plcc{suffix}/ and srcc{suffix}/ of each aspect and their means; a missing score counts 0."""
+    out = {}
+    for aspect in ASPECTS:
+        pred, truth = [s[aspect] or 0.0 for s in scores], [it.scores[aspect] for it in items]
+        out[f"plcc{suffix}/{aspect}"], out[f"srcc{suffix}/{aspect}"] = pearson(pred, truth), spearman(pred, truth)
+    for kind in ("plcc", "srcc"):
+        out[f"{kind}{suffix}/mean"] = float(np.mean([out[f"{kind}{suffix}/{a}"] for a in ASPECTS]))
     return out
 
 

@@ -300,7 +300,7 @@ def grpo_recipe(cfg: JudgeBenchConfig, model: Path, run_dir: Path, prompt_tokens
 def format_rows(result: dict) -> str:
     """A markdown table of the measured models."""
     keys = ["plcc/alignment", "srcc/alignment", "plcc/plausibility", "plcc/aesthetics", "plcc/overall", "plcc/mean",
-            "srcc/mean", "cc/misalignment", "iou/misalignment", "cc/artifact", "iou/artifact", "well_formed"]
+            "srcc/mean", "plcc_expected/alignment", "plcc_expected/mean", "cc/misalignment", "iou/misalignment", "cc/artifact", "iou/artifact", "well_formed"]
     lines = ["| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     rows = [("sft, cold start only (scores)", result.get("sft", {}).get("cold_start")),
             ("sft", result.get("sft")), ("grpo", result.get("grpo"))]

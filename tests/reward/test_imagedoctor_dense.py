@@ -47,8 +47,9 @@ def test_partial_heatmap_scales_the_weights():
 def test_table_names_both_arms():
     arm = {"flawed_cells_at_start": 0.2, "steps_to_repair": 3, "final": {"repaired": 0.6, "drift": 0.1, "judge": 0.5, "oracle": 0.4},
            "evals": [{"judge": 0.3, "oracle": 0.35, "judge_oracle_r": 0.25}]}
-    table = format_rows({"scalar": arm, "dense": arm})
+    table = format_rows({"scalar": arm, "dense": arm, "ranking": {"judge_oracle_r_within": 0.125, "groups": 24, "tied_groups": 0.5}})
     assert "| scalar | 0.200 | 3 | 0.600 | 0.100 | 0.300 -> 0.500 | 0.350 -> 0.400 | 0.250 |" in table and "| dense |" in table
+    assert "within layouts at start: 0.125 (24 groups; judge ties in 50% of them)" in table
 
 
 def test_the_judge_oracle_correlation_is_pearsons_and_zero_for_a_constant_judge():
@@ -198,3 +199,29 @@ def test_the_control_arms_reward_with_the_oracle_or_with_noise_and_never_ask_the
     assert stats["oracle_reward"] == pytest.approx(np.mean(truth))  # still measured
     weights = noise.token_weights(noise.encode(layouts))
     assert weights.shape[0] == len(layouts) == 2 and bool((weights == 1).all())
+
+
+@pytest.mark.slow  # samples the held-out layouts four times: ~10 s
+def test_ranking_correlates_within_layouts_only():
+    from reasonrl.reward.imagedoctor.dense import ranking
+    from reasonrl.vision.smarli.judge import judge
+
+    job = make_job(DenseJudgeConfig(steps=1, layouts_per_step=2, samples_per_layout=4, eval_layouts=6), "scalar", FixedJudge(0.0))
+    seen = {}
+
+    def oracle_plus_offset(captions, images, grid):  # the oracle's reward, plus a large offset per caption
+        truth = np.array([judge(lay, img)["reward"] for lay, img in zip(seen["layouts"], images)])
+        offset = np.array([10.0 * sorted(set(captions)).index(c) for c in captions])
+        return truth + offset, np.zeros((len(captions), grid, grid))
+
+    def anti(captions, images, grid):
+        r, heat = oracle_plus_offset(captions, images, grid)
+        return -r, heat
+
+    encode = job.encode
+    job.encode = lambda layouts: (seen.__setitem__("layouts", layouts), encode(layouts))[1]
+    good = ranking(job, oracle_plus_offset)
+    assert good["judge_oracle_r_within"] == pytest.approx(1.0) and good["groups"] == 6
+    assert ranking(job, anti)["judge_oracle_r_within"] == pytest.approx(-1.0)
+    tied = ranking(job, FixedJudge(0.0))  # rewards 0, 1, 0, 1: ties in every group of four
+    assert tied["tied_groups"] == 1.0

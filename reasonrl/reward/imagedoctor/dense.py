@@ -199,6 +199,29 @@ def measure(job, scorer: JudgeScorer) -> dict:
             "oracle": float(oracle.mean()), "judge_oracle_r": pearson(scalars, oracle)}
 
 
+@torch.no_grad()
+def ranking(job, scorer: JudgeScorer) -> dict:
+    """Does the judge rank a layout's images as the oracle does? GRPO only ever compares the images of one
+    layout: each held-out layout is sampled `samples_per_layout` times (as in training), and the judge's
+    and the oracle's rewards are correlated after each group's mean is taken out (what the advantages
+    see; the r over images of different layouts, `judge_oracle_r`, also counts which layouts are easy).
+    `tied_groups`: the share of groups in which the judge gives two images the same reward."""
+    from reasonrl.vision.smarli.judge import judge
+    from reasonrl.vision.smarli.sampler import sample
+
+    g = job.cfg.samples_per_layout
+    layouts = [lay for lay in job.held for _ in range(g)]
+    rollout = sample(job.model.eval(), job.encode(layouts), job.cfg.sample_steps, job.cfg.temperature,
+                     generator=torch.Generator().manual_seed(1))
+    images = np.stack([job.codebook.decode(t) for t in rollout.tokens.numpy()])
+    scalars, _ = scorer([lay.prompt for lay in layouts], images, job.model.config.grid)
+    oracle = np.array([judge(lay, img)["reward"] for lay, img in zip(layouts, images)])
+    groups = scalars.reshape(-1, g)
+    centred = [(x.reshape(-1, g) - x.reshape(-1, g).mean(1, keepdims=True)).ravel() for x in (scalars, oracle)]
+    return {"judge_oracle_r_within": pearson(*centred),
+            "tied_groups": float(np.mean([len(np.unique(row)) < g for row in groups])), "groups": len(groups)}
+
+
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson r over the held-out images; 0 where either side is constant (a judge that scores every
     image alike tells the images apart no better than chance)."""
@@ -235,6 +258,8 @@ def run_dense(cfg: DenseJudgeConfig, log=print) -> dict:
         raise ValueError(f"--weightings: unknown {sorted(unknown)}; known: {', '.join(WEIGHTINGS)}")
     scorer = JudgeScorer(cfg.judge, cfg.judge_side, scores=cfg.scores, scalar_judge=cfg.scalar_judge)
     result = {"config": asdict(cfg), "device": f"CPU, {torch.get_num_threads()} threads"}
+    result["ranking"] = ranking(make_job(cfg, "scalar", scorer), scorer)
+    log(f"the judge against the oracle within layouts: {result['ranking']}")
     for weighting in cfg.weightings:
         torch.manual_seed(cfg.seed)
         result[weighting] = run_arm(cfg, weighting, scorer, log)
@@ -253,6 +278,10 @@ def format_rows(result: dict) -> str:
             lines.append(f"| {arm} | {r['flawed_cells_at_start']:.3f} | {r['steps_to_repair']} | {e1['repaired']:.3f} | "
                          f"{e1['drift']:.3f} | {e0['judge']:.3f} -> {e1['judge']:.3f} | {e0['oracle']:.3f} -> {e1['oracle']:.3f} | "
                          f"{e0.get('judge_oracle_r', float('nan')):.3f} |")
+    if "ranking" in result:
+        r = result["ranking"]
+        lines.append(f"\njudge-oracle r within layouts at start: {r['judge_oracle_r_within']:.3f} "
+                     f"({r['groups']} groups; judge ties in {r['tied_groups']:.0%} of them)")
     return "\n".join(lines)
 
 

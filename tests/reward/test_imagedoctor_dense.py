@@ -47,9 +47,10 @@ def test_partial_heatmap_scales_the_weights():
 def test_table_names_both_arms():
     arm = {"flawed_cells_at_start": 0.2, "steps_to_repair": 3, "final": {"repaired": 0.6, "drift": 0.1, "judge": 0.5, "oracle": 0.4},
            "evals": [{"judge": 0.3, "oracle": 0.35, "judge_oracle_r": 0.25}]}
-    table = format_rows({"scalar": arm, "dense": arm, "ranking": {"judge_oracle_r_within": 0.125, "groups": 24, "tied_groups": 0.5}})
+    table = format_rows({"scalar": arm, "dense": arm, "ranking": {"judge_oracle_r_within": 0.125, "groups": 24, "tied_groups": 0.5,
+                                                                 "oracle_std_within": 0.1, "oracle_std_between": 0.2}})
     assert "| scalar | 0.200 | 3 | 0.600 | 0.100 | 0.300 -> 0.500 | 0.350 -> 0.400 | 0.250 |" in table and "| dense |" in table
-    assert "within layouts at start: 0.125 (24 groups; judge ties in 50% of them)" in table
+    assert "within layouts at start: 0.125 (24 groups; judge ties in 50% of them; the oracle's std 0.100 within groups, 0.200" in table
 
 
 def test_the_judge_oracle_correlation_is_pearsons_and_zero_for_a_constant_judge():
@@ -222,6 +223,20 @@ def test_ranking_correlates_within_layouts_only():
     job.encode = lambda layouts: (seen.__setitem__("layouts", layouts), encode(layouts))[1]
     good = ranking(job, oracle_plus_offset)
     assert good["judge_oracle_r_within"] == pytest.approx(1.0) and good["groups"] == 6
+    assert good["oracle_std_within"] > 0  # the shipped SMARLI's images of one layout differ
     assert ranking(job, anti)["judge_oracle_r_within"] == pytest.approx(-1.0)
     tied = ranking(job, FixedJudge(0.0))  # rewards 0, 1, 0, 1: ties in every group of four
     assert tied["tied_groups"] == 1.0
+
+
+def test_ranking_reports_the_oracles_spread_within_and_between_layouts(monkeypatch):
+    import reasonrl.vision.smarli.judge as oracle_module
+    from reasonrl.reward.imagedoctor.dense import ranking
+
+    job = make_job(DenseJudgeConfig(steps=1, layouts_per_step=2, samples_per_layout=4, eval_layouts=3), "scalar", FixedJudge(0.0))
+    values = iter([0.0, 1.0, 0.0, 1.0, 2.0, 3.0, 2.0, 3.0, 6.0, 7.0, 6.0, 7.0])  # groups' means 0.5, 2.5, 6.5
+    monkeypatch.setattr(oracle_module, "judge", lambda layout, image: {"reward": next(values)})
+    out = ranking(job, FixedJudge(0.0))  # FixedJudge: 0, 1, 0, 1 in every group, as the oracle
+    assert out["oracle_std_within"] == pytest.approx(0.5)
+    assert out["oracle_std_between"] == pytest.approx(np.std([0.5, 2.5, 6.5]))
+    assert out["judge_oracle_r_within"] == pytest.approx(1.0) and out["tied_groups"] == 1.0

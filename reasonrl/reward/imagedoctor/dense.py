@@ -205,7 +205,8 @@ def ranking(job, scorer: JudgeScorer) -> dict:
     layout: each held-out layout is sampled `samples_per_layout` times (as in training), and the judge's
     and the oracle's rewards are correlated after each group's mean is taken out (what the advantages
     see; the r over images of different layouts, `judge_oracle_r`, also counts which layouts are easy).
-    `tied_groups`: the share of groups in which the judge gives two images the same reward."""
+    `tied_groups`: the share of groups in which the judge gives two images the same reward; the oracle's
+    standard deviation within groups and between the layouts' means (is there anything to rank?)."""
     from reasonrl.vision.smarli.judge import judge
     from reasonrl.vision.smarli.sampler import sample
 
@@ -216,10 +217,11 @@ def ranking(job, scorer: JudgeScorer) -> dict:
     images = np.stack([job.codebook.decode(t) for t in rollout.tokens.numpy()])
     scalars, _ = scorer([lay.prompt for lay in layouts], images, job.model.config.grid)
     oracle = np.array([judge(lay, img)["reward"] for lay, img in zip(layouts, images)])
-    groups = scalars.reshape(-1, g)
-    centred = [(x.reshape(-1, g) - x.reshape(-1, g).mean(1, keepdims=True)).ravel() for x in (scalars, oracle)]
+    groups, truth = scalars.reshape(-1, g), oracle.reshape(-1, g)
+    centred = [(x - x.mean(1, keepdims=True)).ravel() for x in (groups, truth)]
     return {"judge_oracle_r_within": pearson(*centred),
-            "tied_groups": float(np.mean([len(np.unique(row)) < g for row in groups])), "groups": len(groups)}
+            "tied_groups": float(np.mean([len(np.unique(row)) < g for row in groups])), "groups": len(groups),
+            "oracle_std_within": float(np.sqrt(np.mean(centred[1] ** 2))), "oracle_std_between": float(truth.mean(1).std())}
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -281,7 +283,9 @@ def format_rows(result: dict) -> str:
     if "ranking" in result:
         r = result["ranking"]
         lines.append(f"\njudge-oracle r within layouts at start: {r['judge_oracle_r_within']:.3f} "
-                     f"({r['groups']} groups; judge ties in {r['tied_groups']:.0%} of them)")
+                     f"({r['groups']} groups; judge ties in {r['tied_groups']:.0%} of them; the oracle's std "
+                     f"{r.get('oracle_std_within', float('nan')):.3f} within groups, "
+                     f"{r.get('oracle_std_between', float('nan')):.3f} between layouts)")
     return "\n".join(lines)
 
 

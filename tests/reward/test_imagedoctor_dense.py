@@ -197,6 +197,8 @@ def test_the_control_arms_reward_with_the_oracle_or_with_noise_and_never_ask_the
     first, _ = noise.rewards(layouts, images)
     second, stats = noise.rewards(layouts, images)
     assert not torch.equal(first, second) and ((first >= 0) & (first < 1)).all()  # fresh draws, not the images' worth
+    again = make_job(CFG, "noise", NoJudge())  # the same seed: the same draws
+    assert torch.equal(again.rewards(layouts, images)[0], first)
     assert stats["oracle_reward"] == pytest.approx(np.mean(truth))  # still measured
     weights = noise.token_weights(noise.encode(layouts))
     assert weights.shape[0] == len(layouts) == 2 and bool((weights == 1).all())

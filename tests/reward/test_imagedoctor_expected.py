@@ -125,3 +125,13 @@ def test_a_real_judge_gives_scores_in_the_unit_interval(tmp_path):
     [got] = expected_scores(judge.eval(), tok, [prompt], [response()])
     assert set(got) == set(SCORES) and all(0.0 <= v <= 1.0 for v in got.values())
     assert len({round(v, 6) for v in got.values()}) > 1  # read from the model, not copied from the text
+
+
+def test_digits_are_read_from_the_answer_the_parser_read():
+    """Past MAX_CHARS the parser reads the first answer block; the digits must come from that one too."""
+    text = ("<answer>Semantic Alignment score: 0.10;</answer><think>" + "x " * 10000 +
+            "</think><answer>Semantic Alignment score: 0.90;</answer>")
+    ids = TOK.encode(text, add_special_tokens=False)
+    written, places = score_places(TOK, ids)
+    assert written["alignment"] == 0.1
+    assert "alignment" not in places or TOK.decode(ids[places["alignment"]:places["alignment"] + 4]) == "0.10"

@@ -27,7 +27,7 @@ import re
 import numpy as np
 import torch
 
-from reasonrl.reward.imagedoctor.judgement import ASPECTS, answer_span, parse_judgement
+from reasonrl.reward.imagedoctor.judgement import ASPECTS, MAX_CHARS, answer_span, parse_judgement
 
 _DIGITS = re.compile(r"(" + "|".join(ASPECTS.values()) + r") score:[ \t]*([01])\.([0-9])([0-9])(?![0-9.eE])")
 _NAMES = {v: k for k, v in ASPECTS.items()}
@@ -49,7 +49,7 @@ def score_places(tokenizer, response: list[int]) -> tuple[dict[str, float | None
     if text != tokenizer.decode(response):  # characters split across tokens: read the text only
         return parse_judgement(tokenizer.decode(response)).scores, {}
     written = parse_judgement(text).scores
-    span = answer_span(text)
+    span = answer_span(text[:MAX_CHARS])  # the block the parser read its scores from
     starts = np.cumsum([0] + [len(p) for p in pieces])
     places: dict[str, int] = {}
     for m in _DIGITS.finditer(text, *span) if span else ():

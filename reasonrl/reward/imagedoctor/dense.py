@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from reasonrl.reward.imagedoctor.evaluate import (JUDGEMENT_TOKENS, generate_judgements, judge_engine,
-                                                  needed_len, predicted_maps)
+                                                  needed_len, pearson, predicted_maps)
 from reasonrl.reward.imagedoctor.expected import expected_scores
 from reasonrl.reward.imagedoctor.export import judge_messages
 from reasonrl.reward.imagedoctor.judgement import parse_judgement
@@ -187,14 +187,7 @@ def make_job(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer):
 @torch.no_grad()
 def measure(job, scorer: JudgeScorer) -> dict:
     """The held-out layouts sampled with a fixed seed: tokens (B, N), pooled heat (B, N), mean judge and oracle rewards."""
-    from reasonrl.vision.smarli.judge import judge
-    from reasonrl.vision.smarli.sampler import sample
-
-    rollout = sample(job.model.eval(), job.encode(job.held), job.cfg.sample_steps, generator=torch.Generator().manual_seed(0))
-    tokens = rollout.tokens.numpy()
-    images = np.stack([job.codebook.decode(t) for t in tokens])
-    scalars, heat = scorer([lay.prompt for lay in job.held], images, job.model.config.grid)
-    oracle = np.array([judge(lay, img)["reward"] for lay, img in zip(job.held, images)])
+    tokens, scalars, heat, oracle = scored_samples(job, scorer, job.held, seed=0)
     return {"tokens": tokens, "heat": heat.reshape(len(tokens), -1), "judge": float(scalars.mean()),
             "oracle": float(oracle.mean()), "judge_oracle_r": pearson(scalars, oracle)}
 
@@ -207,16 +200,8 @@ def ranking(job, scorer: JudgeScorer) -> dict:
     see; the r over images of different layouts, `judge_oracle_r`, also counts which layouts are easy).
     `tied_groups`: the share of groups in which the judge gives two images the same reward; the oracle's
     standard deviation within groups and between the layouts' means (is there anything to rank?)."""
-    from reasonrl.vision.smarli.judge import judge
-    from reasonrl.vision.smarli.sampler import sample
-
     g = job.cfg.samples_per_layout
-    layouts = [lay for lay in job.held for _ in range(g)]
-    rollout = sample(job.model.eval(), job.encode(layouts), job.cfg.sample_steps, job.cfg.temperature,
-                     generator=torch.Generator().manual_seed(1))
-    images = np.stack([job.codebook.decode(t) for t in rollout.tokens.numpy()])
-    scalars, _ = scorer([lay.prompt for lay in layouts], images, job.model.config.grid)
-    oracle = np.array([judge(lay, img)["reward"] for lay, img in zip(layouts, images)])
+    _, scalars, _, oracle = scored_samples(job, scorer, [lay for lay in job.held for _ in range(g)], seed=1)
     groups, truth = scalars.reshape(-1, g), oracle.reshape(-1, g)
     centred = [(x - x.mean(1, keepdims=True)).ravel() for x in (groups, truth)]
     return {"judge_oracle_r_within": pearson(*centred),
@@ -224,12 +209,19 @@ def ranking(job, scorer: JudgeScorer) -> dict:
             "oracle_std_within": float(np.sqrt(np.mean(centred[1] ** 2))), "oracle_std_between": float(truth.mean(1).std())}
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson r over the held-out images; 0 where either side is constant (a judge that scores every
-    image alike tells the images apart no better than chance)."""
-    a, b = np.asarray(a, dtype=np.float64) - np.mean(a), np.asarray(b, dtype=np.float64) - np.mean(b)
-    norm = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / norm) if norm > 0 else 0.0
+def scored_samples(job, scorer: JudgeScorer, layouts: list, seed: int):
+    """The policy's images of `layouts` (one draw seeded by `seed`), scored: (tokens (B, N), judge scalars
+    (B,), pooled heat (B, grid, grid), oracle layout rewards (B,))."""
+    from reasonrl.vision.smarli.judge import judge
+    from reasonrl.vision.smarli.sampler import sample
+
+    rollout = sample(job.model.eval(), job.encode(layouts), job.cfg.sample_steps, job.cfg.temperature,
+                     generator=torch.Generator().manual_seed(seed))
+    tokens = rollout.tokens.numpy()
+    images = np.stack([job.codebook.decode(t) for t in tokens])
+    scalars, heat = scorer([lay.prompt for lay in layouts], images, job.model.config.grid)
+    oracle = np.array([judge(lay, img)["reward"] for lay, img in zip(layouts, images)])
+    return tokens, scalars, heat, oracle
 
 
 def run_arm(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer, log=print) -> dict:

@@ -26,6 +26,8 @@ this must hold the whole target: the shapes-world data's longest run to ~405 tok
 
 
 def pearson(x, y) -> float:
+    """Pearson r; 0 where either side is constant (a judge that scores every image alike tells them apart
+    no better than chance)."""
     x, y = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
     x, y = x - x.mean(), y - y.mean()
     denom = np.sqrt((x * x).sum() * (y * y).sum())

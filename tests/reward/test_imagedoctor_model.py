@@ -190,3 +190,9 @@ def test_a_malformed_config_is_refused_naming_the_file_and_key(tiny, tmp_path, k
     with pytest.raises(CheckpointError) as refused:
         load_doctor(path, "cpu")
     assert str(refused.value).startswith(f"{path / 'config.json'}: {named}")
+
+
+def test_a_directory_without_a_checkpoint_is_refused_by_name(tmp_path):
+    """`--judge` or `--scalar-judge` naming a wrong directory: the path and what was expected, not a bare read error."""
+    with pytest.raises(FileNotFoundError, match=f"no config.json in {tmp_path / 'nope'} \\(expected an ImageDoctor"):
+        load_doctor(tmp_path / "nope")

@@ -199,6 +199,8 @@ def variant_class(variant: str) -> type[ImageDoctor]:
 def load_doctor(path: str | Path, device=None, dtype=None) -> ImageDoctor:
     """An ImageDoctor directory's model in eval mode; all or nothing, every head tensor checked."""
     path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in {path} (expected an ImageDoctor checkpoint directory)")
     config = json.loads((path / "config.json").read_text())
     cfg, variant = doctor_config(config, path / "config.json"), config.get("imagedoctor_variant", ImageDoctor.variant)
     if variant not in VARIANTS:

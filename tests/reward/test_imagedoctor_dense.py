@@ -90,6 +90,11 @@ def test_the_real_judge_scores_images_and_pools_its_maps_to_the_grid(tmp_path, m
     assert np.allclose(again, [0.8 * 0.5 + 0.1, 0.8 * 0.25]) and np.array_equal(heat_again, heat)
     with pytest.raises(ValueError, match="--scores: unknown 'mean'"):
         JudgeScorer(str(tmp_path / "judge"), side=64, scores="mean")
+    with monkeypatch.context() as m:  # a judge whose tokenizer writes digits in several tokens
+        m.setattr(dense, "digit_ids", lambda tokenizer: None)
+        with pytest.raises(ValueError, match="--scores expected needs one token per digit; the tokenizer of .*judge"):
+            JudgeScorer(str(tmp_path / "judge"), side=64, scores="expected")
+        JudgeScorer(str(tmp_path / "judge"), side=64)  # written scores need no digits
     # --scalar-judge: the scalar from the other judge's reading, the maps still from the first judge
     save_doctor(judge, tmp_path / "scores-judge", tok)
     both = JudgeScorer(str(tmp_path / "judge"), side=64, scores="expected", scalar_judge=str(tmp_path / "scores-judge"))

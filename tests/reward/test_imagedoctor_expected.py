@@ -135,3 +135,20 @@ def test_digits_are_read_from_the_answer_the_parser_read():
     written, places = score_places(TOK, ids)
     assert written["alignment"] == 0.1
     assert "alignment" not in places or TOK.decode(ids[places["alignment"]:places["alignment"] + 4]) == "0.10"
+
+
+class SplitDigits:
+    """The demo tokenizer, but writing every digit as two tokens (as some tokenizers group digits)."""
+
+    def __getattr__(self, name):
+        return getattr(TOK, name)
+
+    def encode(self, text, add_special_tokens=True):
+        ids = TOK.encode(text, add_special_tokens=add_special_tokens)
+        return ids + ids if text.isdigit() else ids
+
+
+def test_a_tokenizer_without_one_token_digits_keeps_the_written_scores():
+    judge = TwoTokenJudge()
+    [got] = expected_scores(judge, SplitDigits(), [SimpleNamespace(input_ids=[1])], [response()])
+    assert got == SCORES and judge.rows == 0

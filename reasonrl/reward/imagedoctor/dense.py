@@ -40,7 +40,7 @@ import torch
 
 from reasonrl.reward.imagedoctor.evaluate import (JUDGEMENT_TOKENS, generate_judgements, judge_engine,
                                                   needed_len, pearson, predicted_maps)
-from reasonrl.reward.imagedoctor.expected import expected_scores
+from reasonrl.reward.imagedoctor.expected import digit_ids, expected_scores
 from reasonrl.reward.imagedoctor.export import judge_messages
 from reasonrl.reward.imagedoctor.judgement import parse_judgement
 from reasonrl.reward.imagedoctor.rewards import dense_reward, judge_reward
@@ -106,6 +106,8 @@ class JudgeScorer:
         if scores not in SCORES:
             raise ValueError(f"--scores: unknown {scores!r}; known: {', '.join(SCORES)}")
         self.doctor, self.tokenizer, self.scores = load_doctor(path), Tokenizer.from_dir(path), scores
+        if scores == "expected" and digit_ids(self.tokenizer) is None:
+            raise ValueError(f"--scores expected needs one token per digit; the tokenizer of {path} splits them otherwise")
         self.encoder, self.side, self.max_tokens = ChatEncoder(self.tokenizer, self.doctor.backbone), side, max_tokens
         self.llm = None  # built at the first call, once the prompts' length is known; rebuilt only to grow
         self.scalar = JudgeScorer(scalar_judge, side, max_tokens, scores) if scalar_judge else None

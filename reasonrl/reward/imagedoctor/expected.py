@@ -33,12 +33,10 @@ _DIGITS = re.compile(r"(" + "|".join(ASPECTS.values()) + r") score:[ \t]*([01])\
 _NAMES = {v: k for k, v in ASPECTS.items()}
 
 
-def digit_ids(tokenizer) -> torch.Tensor:
-    """The ten digits' token ids; expected scores need each digit to be one token."""
+def digit_ids(tokenizer) -> torch.Tensor | None:
+    """The ten digits' token ids, or None where a digit is not one token (no expectation can be read)."""
     ids = [tokenizer.encode(str(d), add_special_tokens=False) for d in range(10)]
-    if any(len(i) != 1 for i in ids):
-        raise ValueError(f"expected scores need one token per digit; this tokenizer writes them as {ids}")
-    return torch.tensor([i[0] for i in ids])
+    return None if any(len(i) != 1 for i in ids) else torch.tensor([i[0] for i in ids])
 
 
 def score_places(tokenizer, response: list[int]) -> tuple[dict[str, float | None], dict[str, int]]:
@@ -64,11 +62,14 @@ def score_places(tokenizer, response: list[int]) -> tuple[dict[str, float | None
 @torch.no_grad()
 def expected_scores(doctor, tokenizer, prompts: list, responses: list[list[int]], batch: int = 8) -> list[dict[str, float | None]]:
     """Per judgement, each aspect's expected score (module docstring); a written score where no
-    digits can be read, None where the text has none."""
+    digits can be read (all of them with a tokenizer whose digits are not one token each), None where
+    the text has none."""
     digits = digit_ids(tokenizer)
     values = torch.arange(10, dtype=torch.float32)
     read = [score_places(tokenizer, r) for r in responses]
     out = [dict(written) for written, _ in read]
+    if digits is None:  # digits span several tokens: the written scores (JudgeScorer refuses such a judge)
+        return out
     # the judgement's own rows: p(integer digit), and along the "0." path its two decimals
     rows = [(i, aspect, len(prompts[i].input_ids) + at) for i, (_, places) in enumerate(read) for aspect, at in places.items()]
     seqs = [list(p.input_ids) + list(r) for p, r in zip(prompts, responses)]

@@ -247,3 +247,24 @@ def test_ranking_reports_the_oracles_spread_within_and_between_layouts(monkeypat
     assert out["oracle_std_within"] == pytest.approx(0.5)
     assert out["oracle_std_between"] == pytest.approx(np.std([0.5, 2.5, 6.5]))
     assert out["judge_oracle_r_within"] == pytest.approx(1.0) and out["tied_groups"] == 1.0
+
+
+def test_the_oracle_dense_arm_weights_each_token_by_one_minus_the_oracles_flaw_map():
+    from reasonrl.vision.gen.images import make_images
+    from reasonrl.vision.smarli.grpo import HELD_OUT_SEED
+    from reasonrl.vision.smarli.judge import flaw_map, judge
+
+    job = make_job(CFG, "oracle-dense", NoJudge())
+    layouts = job.held  # CFG's two held-out layouts, and below their own renders
+    images = make_images(job.images, 2, HELD_OUT_SEED + CFG.seed).images.copy()
+    x0, y0, x1, y1 = (int(round(v * 32)) for v in layouts[0].objects[0].box)
+    images[0, y0:y1, x0:x1] = 128  # the first layout's first object painted over
+    rewards, _ = job.rewards(layouts, images)
+    truth = [judge(lay, img)["reward"] for lay, img in zip(layouts, images)]
+    assert torch.allclose(rewards, torch.tensor(truth, dtype=torch.float32))
+    flags = [flaw_map(lay, img) for lay, img in zip(layouts, images)]  # (64, 64): 8 x 8 pixels per cell
+    pooled = np.stack([f.reshape(8, 8, 8, 8).mean(axis=(1, 3)).ravel() for f in flags])
+    weights = job.token_weights(job.encode(layouts))
+    assert torch.allclose(weights, torch.from_numpy(1.0 - pooled).float())
+    assert (weights[0] < 1).any() and (weights[0] == 1).any()  # the painted box only
+    assert not (weights[1] < 1).any()  # a render is never wrong

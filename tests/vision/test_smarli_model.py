@@ -9,12 +9,12 @@ from reasonrl.vision.gen.images import make_images, subsample
 from reasonrl.vision.gen.noise import row_generators
 from reasonrl.vision.smarli.bench import images_for
 from reasonrl.vision.smarli.cells import EMPTY, CellCodebook, fit_patterns
-from reasonrl.vision.smarli.judge import judge
+from reasonrl.vision.smarli.judge import flaw_map, judge, pixel_box
 from reasonrl.vision.smarli.layout import Layout, encode_layouts
 from reasonrl.vision.smarli.model import Smarli, SmarliConfig, ZeroMLP
 from reasonrl.vision.smarli.sampler import masked_after, replay, sample
 from reasonrl.vision.smarli.train import smarli_images
-from reasonrl.vision.world import quantise, render
+from reasonrl.vision.world import COLOURS, quantise, render
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,39 @@ def test_judge_on_exact_and_wrong_images(make_scene):
     assert bad["colour"] == 0.0 and bad["shape"] == 1.0 and bad["leakage"] == 1.0
     empty = judge(layout, np.full((32, 32, 3), 128, np.uint8))
     assert empty["reward"] == 0.0 and empty["precision"] == 0.0
+
+
+def test_the_oracles_flaw_map_flags_the_boxes_of_wrong_objects_and_leaked_pixels(make_scene):
+    scene = make_scene(("square", "blue", "large", 40, 40), ("circle", "red", "medium", 2, 2), size=64)
+    layout = Layout.of(scene)
+    boxes = [pixel_box(o.box, 64) for o in layout.objects]  # the detector's scale: twice the 32-px image
+
+    def box_mask(i):
+        m = np.zeros((64, 64), bool)
+        x0, y0, x1, y1 = boxes[i]
+        m[y0:y1, x0:x1] = True
+        return m
+
+    good = subsample(render(scene).image)
+    assert flaw_map(layout, good).shape == (64, 64) and not flaw_map(layout, good).any()
+    # the square drawn green: its box is flagged, the circle's is not
+    recoloured = flaw_map(layout, subsample(render(scene.replace_object(0, colour="green")).image))
+    square = layout.objects.index(next(o for o in layout.objects if o.shape == "square"))
+    assert recoloured.dtype == np.float32 and set(np.unique(recoloured)) == {0.0, 1.0}
+    assert np.array_equal(recoloured > 0, box_mask(square))
+    # the square drawn small inside its box: its colour and shape pass, its IoU does not
+    shrunk = subsample(render(scene.replace_object(0, size="small", x=44, y=44)).image)
+    assert judge(layout, shrunk)["attribute"] == 1.0 and np.array_equal(flaw_map(layout, shrunk) > 0, box_mask(square))
+    # one pixel of the circle's red inside the square's box (outside the circle's): that pixel alone
+    circle = 1 - square
+    leaked = good.copy()
+    ry, rx = np.argwhere(quantise(good) == COLOURS.index("red"))[0]
+    red = good[ry, rx]
+    ys, xs = np.nonzero(~box_mask(circle)[::2, ::2] & box_mask(square)[::2, ::2])
+    leaked[ys[0], xs[0]] = red
+    flags = flaw_map(layout, leaked)
+    expected = np.zeros((64, 64), bool)
+    expected[2 * ys[0]: 2 * ys[0] + 2, 2 * xs[0]: 2 * xs[0] + 2] = True  # one pixel is four in the view
+    assert judge(layout, leaked)["attribute"] == 1.0 and np.array_equal(flags > 0, expected)
+    # nothing drawn: every box flagged
+    assert np.array_equal(flaw_map(layout, np.full((32, 32, 3), 128, np.uint8)) > 0, box_mask(0) | box_mask(1))

@@ -47,12 +47,14 @@ from reasonrl.reward.imagedoctor.rewards import dense_reward, judge_reward
 
 
 SCORES = ("written", "expected")
-WEIGHTINGS = ("scalar", "dense", "cells", "oracle", "noise")
+WEIGHTINGS = ("scalar", "dense", "cells", "oracle", "oracle-dense", "noise")
 """scalar: every token gets its image's advantage; dense (DenseFlow-GRPO's code): that advantage
 weighted by 1 - the judge's heatmap at the token's cell; cells (the paper's formula R_D = R (1 - heatmap)):
 a reward per cell, each cell's advantage taken against the same cell of its group's other images.
-Two controls that do not ask the judge in training: oracle (the oracle detector's layout reward, what
-the judge stands in for: the most a reward can do with this recipe) and noise (a uniform random reward:
+Three controls that do not ask the judge in training: oracle (the oracle detector's layout reward, what
+the judge stands in for: the most a scalar reward can do with this recipe), oracle-dense (that reward with
+each token's advantage weighted by 1 - the oracle's own flaw map at its cell, vision/smarli/judge.flaw_map:
+the dense formula with a map that is never wrong, the most dense can do) and noise (a uniform random reward:
 what the recipe does to the policy with no signal at all)."""
 
 
@@ -155,9 +157,12 @@ def make_job(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer):
         """Layout GRPO whose reward is the judge's; `dense` weights token advantages by 1 - heatmap."""
 
         def rewards(self, layouts, images):
-            if weighting in ("oracle", "noise"):
+            if weighting in ("oracle", "oracle-dense", "noise"):
                 oracle = np.array([judge(lay, img)["reward"] for lay, img in zip(layouts, images)])
-                reward = oracle if weighting == "oracle" else noise.random(len(layouts))
+                reward = noise.random(len(layouts)) if weighting == "noise" else oracle
+                if weighting == "oracle-dense":
+                    heat = oracle_heat(layouts, images, self.model.config.grid)
+                    self.heat = torch.from_numpy(heat.reshape(len(layouts), -1)).float()
                 return torch.tensor(reward, dtype=torch.float32), {"oracle_reward": float(oracle.mean()),
                                                                    "judge_flawed": None}
             scalars, heat = scorer([lay.prompt for lay in layouts], images, self.model.config.grid)
@@ -167,7 +172,8 @@ def make_job(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer):
                                                                  "judge_flawed": float((heat >= 0.5).mean())}
 
         def token_weights(self, batch):
-            return 1.0 - self.heat if weighting == "dense" else torch.ones_like(batch.cover, dtype=torch.float32)
+            dense = weighting in ("dense", "oracle-dense")
+            return 1.0 - self.heat if dense else torch.ones_like(batch.cover, dtype=torch.float32)
 
         def token_advantages(self, rewards, groups, batch):
             if weighting != "cells":
@@ -188,10 +194,11 @@ def make_job(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer):
 
 @torch.no_grad()
 def measure(job, scorer: JudgeScorer) -> dict:
-    """The held-out layouts sampled with a fixed seed: tokens (B, N), pooled heat (B, N), mean judge and oracle rewards."""
-    tokens, scalars, heat, oracle = scored_samples(job, scorer, job.held, seed=0)
-    return {"tokens": tokens, "heat": heat.reshape(len(tokens), -1), "judge": float(scalars.mean()),
-            "oracle": float(oracle.mean()), "judge_oracle_r": pearson(scalars, oracle)}
+    """The held-out layouts sampled with a fixed seed: tokens (B, N), pooled heat (B, N) of the judge and of
+    the oracle's flaw maps, mean judge and oracle rewards."""
+    tokens, scalars, heat, oracle, oracle_heat = scored_samples(job, scorer, job.held, seed=0)
+    return {"tokens": tokens, "heat": heat.reshape(len(tokens), -1), "oracle_heat": oracle_heat.reshape(len(tokens), -1),
+            "judge": float(scalars.mean()), "oracle": float(oracle.mean()), "judge_oracle_r": pearson(scalars, oracle)}
 
 
 @torch.no_grad()
@@ -203,7 +210,7 @@ def ranking(job, scorer: JudgeScorer) -> dict:
     `tied_groups`: the share of groups in which the judge gives two images the same reward; the oracle's
     standard deviation within groups and between the layouts' means (is there anything to rank?)."""
     g = job.cfg.samples_per_layout
-    _, scalars, _, oracle = scored_samples(job, scorer, [lay for lay in job.held for _ in range(g)], seed=1)
+    _, scalars, _, oracle, _ = scored_samples(job, scorer, [lay for lay in job.held for _ in range(g)], seed=1)
     groups, truth = scalars.reshape(-1, g), oracle.reshape(-1, g)
     centred = [(x - x.mean(1, keepdims=True)).ravel() for x in (groups, truth)]
     return {"judge_oracle_r_within": pearson(*centred),
@@ -213,25 +220,34 @@ def ranking(job, scorer: JudgeScorer) -> dict:
 
 def scored_samples(job, scorer: JudgeScorer, layouts: list, seed: int):
     """The policy's images of `layouts` (one draw seeded by `seed`), scored: (tokens (B, N), judge scalars
-    (B,), pooled heat (B, grid, grid), oracle layout rewards (B,))."""
+    (B,), the judge's pooled heat (B, grid, grid), oracle layout rewards (B,), the oracle's flaw maps pooled
+    the same way (B, grid, grid))."""
     from reasonrl.vision.smarli.judge import judge
     from reasonrl.vision.smarli.sampler import sample
 
     rollout = sample(job.model.eval(), job.encode(layouts), job.cfg.sample_steps, job.cfg.temperature,
                      generator=torch.Generator().manual_seed(seed))
-    tokens = rollout.tokens.numpy()
+    tokens, grid = rollout.tokens.numpy(), job.model.config.grid
     images = np.stack([job.codebook.decode(t) for t in tokens])
-    scalars, heat = scorer([lay.prompt for lay in layouts], images, job.model.config.grid)
+    scalars, heat = scorer([lay.prompt for lay in layouts], images, grid)
     oracle = np.array([judge(lay, img)["reward"] for lay, img in zip(layouts, images)])
-    return tokens, scalars, heat, oracle
+    return tokens, scalars, heat, oracle, oracle_heat(layouts, images, grid)
+
+
+def oracle_heat(layouts: list, images: np.ndarray, grid: int) -> np.ndarray:
+    """(B, grid, grid): the oracle's flaw maps (vision/smarli/judge.flaw_map) pooled to the generator's
+    grid as the judge's heatmaps are (the share of each cell flagged)."""
+    from reasonrl.vision.smarli.judge import flaw_map
+
+    return np.stack([1.0 - dense_reward(1.0, flaw_map(lay, img)[None], (grid, grid)) for lay, img in zip(layouts, images)])
 
 
 def run_arm(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer, log=print) -> dict:
     job = make_job(cfg, weighting, scorer)
     start = measure(job, scorer)
-    flawed = start["heat"] >= 0.5
+    flawed, truly_flawed = start["heat"] >= 0.5, start["oracle_heat"] >= 0.5
     evals = [{"step": 0, "judge": start["judge"], "oracle": start["oracle"], "judge_oracle_r": start["judge_oracle_r"],
-              "repaired": 0.0, "drift": 0.0}]
+              "repaired": 0.0, "oracle_repaired": 0.0, "drift": 0.0}]
     train = []
     for step in range(1, cfg.steps + 1):
         stats = job.train_step()
@@ -239,11 +255,13 @@ def run_arm(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer, log=prin
         if step % cfg.eval_every == 0 or step == cfg.steps:
             now = measure(job, scorer)
             repaired = float(((now["heat"] < 0.5) & flawed).sum() / max(flawed.sum(), 1))
+            oracle_repaired = float(((now["oracle_heat"] < 0.5) & truly_flawed).sum() / max(truly_flawed.sum(), 1))
             drift = float(((now["tokens"] != start["tokens"]) & ~flawed).sum() / max((~flawed).sum(), 1))
             evals.append({"step": step, "judge": now["judge"], "oracle": now["oracle"], "judge_oracle_r": now["judge_oracle_r"],
-                          "repaired": repaired, "drift": drift})
+                          "repaired": repaired, "oracle_repaired": oracle_repaired, "drift": drift})
             log(f"{weighting} step {step}: {evals[-1]}")
-    return {"flawed_cells_at_start": float(flawed.mean()), "evals": evals, "train": train,
+    return {"flawed_cells_at_start": float(flawed.mean()), "oracle_flawed_cells_at_start": float(truly_flawed.mean()),
+            "evals": evals, "train": train,
             "steps_to_repair": next((e["step"] for e in evals[1:] if e["repaired"] >= 0.5), None),
             "final": evals[-1]}
 
@@ -266,14 +284,16 @@ def run_dense(cfg: DenseJudgeConfig, log=print) -> dict:
 
 def format_rows(result: dict) -> str:
     lines = ["| reward | flawed cells at start | steps to repair half | repaired | drift of unflawed cells | judge start -> end | "
-             "oracle start -> end | judge-oracle r at start |",
-             "|---|---|---|---|---|---|---|---|"]
+             "oracle start -> end | judge-oracle r at start | oracle-flagged cells at start, repaired |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for arm in WEIGHTINGS:
         if arm in result:
             r, e0, e1 = result[arm], result[arm]["evals"][0], result[arm]["final"]
+            truth = (f"{r['oracle_flawed_cells_at_start']:.3f}, {e1['oracle_repaired']:.3f}"
+                     if "oracle_repaired" in e1 else "-")  # results written before the oracle's maps were measured
             lines.append(f"| {arm} | {r['flawed_cells_at_start']:.3f} | {r['steps_to_repair']} | {e1['repaired']:.3f} | "
                          f"{e1['drift']:.3f} | {e0['judge']:.3f} -> {e1['judge']:.3f} | {e0['oracle']:.3f} -> {e1['oracle']:.3f} | "
-                         f"{e0.get('judge_oracle_r', float('nan')):.3f} |")
+                         f"{e0.get('judge_oracle_r', float('nan')):.3f} | {truth} |")
     if "ranking" in result:
         r = result["ranking"]
         lines.append(f"\njudge-oracle r within layouts at start: {r['judge_oracle_r_within']:.3f} "

@@ -163,7 +163,7 @@ def test_the_cells_arm_takes_each_cells_advantage_against_the_same_cell_of_its_g
 def test_an_unknown_weighting_is_refused_by_name(tmp_path):
     from reasonrl.reward.imagedoctor.dense import run_dense
 
-    with pytest.raises(ValueError, match=r"unknown \['pixel'\]; known: scalar, dense, cells"):
+    with pytest.raises(ValueError, match=r"unknown \[.pixel.\]; known: scalar, dense, signed, cells"):
         run_dense(DenseJudgeConfig(judge=str(tmp_path), weightings=("scalar", "pixel")))
 
 
@@ -268,3 +268,19 @@ def test_the_oracle_dense_arm_weights_each_token_by_one_minus_the_oracles_flaw_m
     assert torch.allclose(weights, torch.from_numpy(1.0 - pooled).float())
     assert (weights[0] < 1).any() and (weights[0] == 1).any()  # the painted box only
     assert not (weights[1] < 1).any()  # a render is never wrong
+
+
+def test_the_signed_arm_credits_good_cells_of_better_images_and_blames_flawed_cells_of_worse_ones():
+    layouts_images = lambda job: (job.held[:2] * 2, np.zeros((4, 32, 32, 3), dtype=np.uint8))  # noqa: E731
+    scalar, signed = make_job(CFG, "scalar", FixedJudge(0.25)), make_job(CFG, "signed", FixedJudge(0.25))
+    groups = torch.tensor([0, 0, 1, 1])
+    base = scalar.token_advantages(scalar.rewards(*layouts_images(scalar))[0], groups, scalar.encode(layouts_images(scalar)[0]))
+    rewards, _ = signed.rewards(*layouts_images(signed))  # 0, 1, 0, 1: one worse and one better image per group
+    adv = signed.token_advantages(rewards, groups, signed.encode(layouts_images(signed)[0]))
+    better = base > 0
+    assert better.any() and (~better).any()
+    assert torch.allclose(adv[better], 0.75 * base[better]) and torch.allclose(adv[~better], 0.25 * base[~better])
+    # a map that flags nothing: the better image's cells keep their whole credit, the worse image's get no blame
+    clean = make_job(CFG, "signed", FixedJudge(0.0))
+    adv = clean.token_advantages(clean.rewards(*layouts_images(clean))[0], groups, clean.encode(layouts_images(clean)[0]))
+    assert torch.allclose(adv[better], base[better]) and bool((adv[~better] == 0).all())

@@ -71,3 +71,19 @@ def test_grpo_run_logs_and_saves(policy, tmp_path):
     assert [r["step"] for r in rows] == [0, 1, 2]
     assert "eval_reward_mean" in rows[0] and "eval_miou" in rows[-1] and "reward_mean" in rows[1]
     assert load_model_dir(out, expect="smarli").config == load_model_dir(policy).config
+
+
+def test_the_gradient_probe_reports_agreement_shares_and_the_reward_along_the_gradient(policy):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("gradient_probe", Path(__file__).parents[2] / "recipes/smarli/gradient_probe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.probe(str(policy), batches=2, layouts=2, group=2, along=(0.0, 0.5), eval_layouts=2, top=100)
+    assert len(out["cosines"]) == 1 and out["halves_cosine"] == pytest.approx(out["cosines"][0])  # two batches: one pair
+    shares = [s["share"] for s in out["largest_shares"]]
+    assert shares == sorted(shares, reverse=True) and sum(shares) == pytest.approx(1.0, abs=1e-4)  # every parameter listed (float32 sums)
+    assert out["along"][0]["eval_reward"] == pytest.approx(mod.eval_reward(mod.probe_job(str(policy)), 2))  # no step: the policy as saved
+    with pytest.raises(ValueError, match="--batches"):
+        mod.probe(str(policy), batches=3)

@@ -47,15 +47,21 @@ from reasonrl.reward.imagedoctor.rewards import dense_reward, judge_reward
 
 
 SCORES = ("written", "expected")
-WEIGHTINGS = ("scalar", "dense", "cells", "oracle", "oracle-dense", "noise")
+WEIGHTINGS = ("scalar", "dense", "signed", "cells", "oracle", "oracle-dense", "oracle-signed", "noise")
 """scalar: every token gets its image's advantage; dense (DenseFlow-GRPO's code): that advantage
-weighted by 1 - the judge's heatmap at the token's cell; cells (the paper's formula R_D = R (1 - heatmap)):
-a reward per cell, each cell's advantage taken against the same cell of its group's other images.
-Three controls that do not ask the judge in training: oracle (the oracle detector's layout reward, what
-the judge stands in for: the most a scalar reward can do with this recipe), oracle-dense (that reward with
-each token's advantage weighted by 1 - the oracle's own flaw map at its cell, vision/smarli/judge.flaw_map:
-the dense formula with a map that is never wrong, the most dense can do) and noise (a uniform random reward:
-what the recipe does to the policy with no signal at all)."""
+weighted by 1 - the judge's heatmap at the token's cell; signed: weighted by 1 - heatmap where the
+advantage is positive and by the heatmap where it is negative (credit to an image's good cells, blame
+to its flawed ones; `dense` instead blames a worse-than-its-group image's good cells and spares its
+flawed ones); cells (the paper's formula R_D = R (1 - heatmap)): a reward per cell, each cell's
+advantage taken against the same cell of its group's other images.
+Controls that do not ask the judge in training: oracle (the oracle detector's layout reward, what the
+judge stands in for: the most a scalar reward can do with this recipe), oracle-dense and oracle-signed
+(that reward, with the dense or signed weighting by the oracle's own flaw map, vision/smarli/
+judge.flaw_map: each weighting with a map that is never wrong) and noise (a uniform random reward: what
+the recipe does to the policy with no signal at all)."""
+ORACLE_REWARD = ("oracle", "oracle-dense", "oracle-signed")
+ORACLE_MAPS = ("oracle-dense", "oracle-signed")
+DENSE, SIGNED = ("dense", "oracle-dense"), ("signed", "oracle-signed")
 
 
 @dataclass
@@ -157,10 +163,10 @@ def make_job(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer):
         """Layout GRPO whose reward is the judge's; `dense` weights token advantages by 1 - heatmap."""
 
         def rewards(self, layouts, images):
-            if weighting in ("oracle", "oracle-dense", "noise"):
+            if weighting in (*ORACLE_REWARD, "noise"):
                 oracle = np.array([judge(lay, img)["reward"] for lay, img in zip(layouts, images)])
                 reward = noise.random(len(layouts)) if weighting == "noise" else oracle
-                if weighting == "oracle-dense":
+                if weighting in ORACLE_MAPS:
                     heat = oracle_heat(layouts, images, self.model.config.grid)
                     self.heat = torch.from_numpy(heat.reshape(len(layouts), -1)).float()
                 return torch.tensor(reward, dtype=torch.float32), {"oracle_reward": float(oracle.mean()),
@@ -172,10 +178,12 @@ def make_job(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer):
                                                                  "judge_flawed": float((heat >= 0.5).mean())}
 
         def token_weights(self, batch):
-            dense = weighting in ("dense", "oracle-dense")
-            return 1.0 - self.heat if dense else torch.ones_like(batch.cover, dtype=torch.float32)
+            return 1.0 - self.heat if weighting in DENSE else torch.ones_like(batch.cover, dtype=torch.float32)
 
         def token_advantages(self, rewards, groups, batch):
+            if weighting in SIGNED:
+                adv = self.advantage_fn(rewards, groups, self.adv_cfg)[:, None]
+                return adv * torch.where(adv >= 0, 1.0 - self.heat, self.heat)
             if weighting != "cells":
                 return super().token_advantages(rewards, groups, batch)
             # the paper's R_D(h, w) = R (1 - heatmap(h, w)): a reward per cell, each cell's advantage taken

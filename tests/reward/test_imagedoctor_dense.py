@@ -284,3 +284,16 @@ def test_the_signed_arm_credits_good_cells_of_better_images_and_blames_flawed_ce
     clean = make_job(CFG, "signed", FixedJudge(0.0))
     adv = clean.token_advantages(clean.rewards(*layouts_images(clean))[0], groups, clean.encode(layouts_images(clean)[0]))
     assert torch.allclose(adv[better], base[better]) and bool((adv[~better] == 0).all())
+
+
+def test_a_judge_side_the_generators_images_do_not_divide_is_refused_by_name():
+    from types import SimpleNamespace
+
+    from reasonrl.reward.imagedoctor.dense import JudgeScorer
+
+    images = np.arange(2 * 32 * 32 * 3, dtype=np.uint8).reshape(2, 32, 32, 3)
+    big = JudgeScorer.upscaled(SimpleNamespace(side=224), images)
+    assert big.shape == (2, 224, 224, 3) and np.array_equal(big[:, ::7, ::7], images)
+    for side in (230, 16):
+        with pytest.raises(ValueError, match=f"--judge-side {side} is not a multiple of the generator's 32-px images"):
+            JudgeScorer.upscaled(SimpleNamespace(side=side), images)

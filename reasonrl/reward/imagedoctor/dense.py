@@ -131,6 +131,10 @@ class JudgeScorer:
         return scalars, heat
 
     def upscaled(self, images: np.ndarray) -> np.ndarray:
+        """The generator's (B, S, S, 3) images repeated up to the judge's side, which S must divide."""
+        if self.side < images.shape[1] or self.side % images.shape[1]:
+            raise ValueError(f"--judge-side {self.side} is not a multiple of the generator's {images.shape[1]}-px "
+                             f"images (pixel repetition would show the judge {self.side // images.shape[1] * images.shape[1]} px)")
         k = self.side // images.shape[1]
         return images.repeat(k, axis=1).repeat(k, axis=2)
 

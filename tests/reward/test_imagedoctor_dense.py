@@ -45,11 +45,16 @@ def test_partial_heatmap_scales_the_weights():
 
 
 def test_table_names_both_arms():
-    arm = {"flawed_cells_at_start": 0.2, "steps_to_repair": 3, "final": {"repaired": 0.6, "drift": 0.1, "judge": 0.5, "oracle": 0.4},
+    arm = {"flawed_cells_at_start": 0.2, "steps_to_repair": 3, "oracle_flawed_cells_at_start": 0.15,
+           "final": {"repaired": 0.6, "drift": 0.1, "judge": 0.5, "oracle": 0.4, "oracle_repaired": 0.45},
            "evals": [{"judge": 0.3, "oracle": 0.35, "judge_oracle_r": 0.25}]}
+    old = {k: v for k, v in arm.items() if k != "oracle_flawed_cells_at_start"}  # a result.json from before the oracle's maps
+    old["final"] = {k: v for k, v in arm["final"].items() if k != "oracle_repaired"}
+    assert format_rows({"scalar": old}).splitlines()[2].endswith("| 0.250 | - |")
     table = format_rows({"scalar": arm, "dense": arm, "ranking": {"judge_oracle_r_within": 0.125, "groups": 24, "tied_groups": 0.5,
                                                                  "oracle_std_within": 0.1, "oracle_std_between": 0.2}})
-    assert "| scalar | 0.200 | 3 | 0.600 | 0.100 | 0.300 -> 0.500 | 0.350 -> 0.400 | 0.250 |" in table and "| dense |" in table
+    assert "| scalar | 0.200 | 3 | 0.600 | 0.100 | 0.300 -> 0.500 | 0.350 -> 0.400 | 0.250 | 0.150, 0.450 |" in table
+    assert "| dense |" in table
     assert "within layouts at start: 0.125 (24 groups; judge ties in 50% of them; the oracle's std 0.100 within groups, 0.200" in table
 
 
@@ -249,12 +254,13 @@ def test_ranking_reports_the_oracles_spread_within_and_between_layouts(monkeypat
     assert out["judge_oracle_r_within"] == pytest.approx(1.0) and out["tied_groups"] == 1.0
 
 
-def test_the_oracle_dense_arm_weights_each_token_by_one_minus_the_oracles_flaw_map():
+@pytest.mark.parametrize("arm", ["oracle-dense", "oracle-signed"])
+def test_the_oracle_map_arms_weight_each_token_by_the_oracles_flaw_map(arm):
     from reasonrl.vision.gen.images import make_images
     from reasonrl.vision.smarli.grpo import HELD_OUT_SEED
     from reasonrl.vision.smarli.judge import flaw_map, judge
 
-    job = make_job(CFG, "oracle-dense", NoJudge())
+    job = make_job(CFG, arm, NoJudge())
     layouts = job.held  # CFG's two held-out layouts, and below their own renders
     images = make_images(job.images, 2, HELD_OUT_SEED + CFG.seed).images.copy()
     x0, y0, x1, y1 = (int(round(v * 32)) for v in layouts[0].objects[0].box)
@@ -263,11 +269,22 @@ def test_the_oracle_dense_arm_weights_each_token_by_one_minus_the_oracles_flaw_m
     truth = [judge(lay, img)["reward"] for lay, img in zip(layouts, images)]
     assert torch.allclose(rewards, torch.tensor(truth, dtype=torch.float32))
     flags = [flaw_map(lay, img) for lay, img in zip(layouts, images)]  # (64, 64): 8 x 8 pixels per cell
-    pooled = np.stack([f.reshape(8, 8, 8, 8).mean(axis=(1, 3)).ravel() for f in flags])
-    weights = job.token_weights(job.encode(layouts))
-    assert torch.allclose(weights, torch.from_numpy(1.0 - pooled).float())
-    assert (weights[0] < 1).any() and (weights[0] == 1).any()  # the painted box only
-    assert not (weights[1] < 1).any()  # a render is never wrong
+    pooled = torch.from_numpy(np.stack([f.reshape(8, 8, 8, 8).mean(axis=(1, 3)).ravel() for f in flags])).float()
+    assert (pooled[0] > 0).any() and (pooled[0] == 0).any() and not (pooled[1] > 0).any()  # the painted box only
+    groups = torch.tensor([0, 1])
+    adv = job.token_advantages(torch.tensor([0.2, 0.9]), groups, job.encode(layouts))  # one image per group: A = 0
+    assert bool((adv == 0).all())
+    pairs = torch.tensor([0, 0])  # the two images as one group: the painted one worse
+    adv = job.token_advantages(rewards, pairs, job.encode(layouts))
+    scalar = make_job(CFG, "oracle", NoJudge())
+    scalar.rewards(layouts, images)
+    base = scalar.token_advantages(rewards, pairs, scalar.encode(layouts))
+    assert base[0].max() < 0 < base[1].min()
+    if arm == "oracle-dense":
+        expected = base * (1.0 - pooled)
+    else:  # a worse image's flagged cells take the blame, a better one's unflagged cells the credit
+        expected = base * torch.where(base >= 0, 1.0 - pooled, pooled)
+    assert torch.allclose(adv, expected)
 
 
 def test_the_signed_arm_credits_good_cells_of_better_images_and_blames_flawed_cells_of_worse_ones():

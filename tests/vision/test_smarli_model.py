@@ -148,10 +148,15 @@ def test_judge_on_exact_and_wrong_images(make_scene):
     assert empty["reward"] == 0.0 and empty["precision"] == 0.0
 
 
-def test_the_oracles_flaw_map_flags_the_boxes_of_wrong_objects_and_leaked_pixels(make_scene):
-    scene = make_scene(("square", "blue", "large", 40, 40), ("circle", "red", "medium", 2, 2), size=64)
+def test_the_oracles_flaw_map_flags_wrong_objects_stray_ones_and_leaked_pixels(make_scene):
+    # left to right is not top to bottom here, and neither box is square to the other: a map transposed,
+    # or boxes matched in the wrong order, fails
+    square_spec, circle_spec = ("square", "blue", "large", 4, 36), ("circle", "red", "medium", 40, 2)
+    scene = make_scene(square_spec, circle_spec, size=64)
     layout = Layout.of(scene)
     boxes = [pixel_box(o.box, 64) for o in layout.objects]  # the detector's scale: twice the 32-px image
+    square = [o.shape for o in layout.objects].index("square")
+    circle = 1 - square
 
     def box_mask(i):
         m = np.zeros((64, 64), bool)
@@ -159,26 +164,31 @@ def test_the_oracles_flaw_map_flags_the_boxes_of_wrong_objects_and_leaked_pixels
         m[y0:y1, x0:x1] = True
         return m
 
+    def flags(s):
+        image = subsample(render(s).image) if not isinstance(s, np.ndarray) else s
+        return judge(layout, image), flaw_map(layout, image)
+
     good = subsample(render(scene).image)
     assert flaw_map(layout, good).shape == (64, 64) and not flaw_map(layout, good).any()
-    # the square drawn green: its box is flagged, the circle's is not
-    recoloured = flaw_map(layout, subsample(render(scene.replace_object(0, colour="green")).image))
-    square = layout.objects.index(next(o for o in layout.objects if o.shape == "square"))
-    assert recoloured.dtype == np.float32 and set(np.unique(recoloured)) == {0.0, 1.0}
-    assert np.array_equal(recoloured > 0, box_mask(square))
-    # the square drawn small inside its box: its colour and shape pass, its IoU does not
-    shrunk = subsample(render(scene.replace_object(0, size="small", x=44, y=44)).image)
-    assert judge(layout, shrunk)["attribute"] == 1.0 and np.array_equal(flaw_map(layout, shrunk) > 0, box_mask(square))
+    for wrong, failed in ((dict(colour="green"), "colour"), (dict(shape="circle"), "shape"),
+                          (dict(size="small", x=8, y=40), "miou")):  # drawn small inside its box: IoU < 0.5
+        scores, found = flags(scene.replace_object(0, **wrong))
+        assert scores[failed] < 1 and found.dtype == np.float32 and set(np.unique(found)) == {0.0, 1.0}, wrong
+        assert np.array_equal(found > 0, box_mask(square)), wrong  # that box alone
+    # an object the layout does not have, outside both boxes: its pixels alone (it costs precision)
+    stray = make_scene(square_spec, circle_spec, ("triangle", "green", "medium", 36, 40), size=64)
+    scores, found = flags(stray)
+    view = subsample(render(stray).image).repeat(2, axis=0).repeat(2, axis=1)
+    assert scores["precision"] < 1 and scores["attribute"] == 1.0
+    assert found.any() and np.array_equal(found > 0, quantise(view) == COLOURS.index("green"))
     # one pixel of the circle's red inside the square's box (outside the circle's): that pixel alone
-    circle = 1 - square
     leaked = good.copy()
     ry, rx = np.argwhere(quantise(good) == COLOURS.index("red"))[0]
-    red = good[ry, rx]
     ys, xs = np.nonzero(~box_mask(circle)[::2, ::2] & box_mask(square)[::2, ::2])
-    leaked[ys[0], xs[0]] = red
-    flags = flaw_map(layout, leaked)
+    leaked[ys[-1], xs[-1]] = good[ry, rx]
+    scores, found = flags(leaked)
     expected = np.zeros((64, 64), bool)
-    expected[2 * ys[0]: 2 * ys[0] + 2, 2 * xs[0]: 2 * xs[0] + 2] = True  # one pixel is four in the view
-    assert judge(layout, leaked)["attribute"] == 1.0 and np.array_equal(flags > 0, expected)
+    expected[2 * ys[-1]: 2 * ys[-1] + 2, 2 * xs[-1]: 2 * xs[-1] + 2] = True  # one pixel is four in the view
+    assert scores["attribute"] == 1.0 and np.array_equal(found > 0, expected)
     # nothing drawn: every box flagged
     assert np.array_equal(flaw_map(layout, np.full((32, 32, 3), 128, np.uint8)) > 0, box_mask(0) | box_mask(1))

@@ -8,18 +8,22 @@ per-pixel loss weighted by one minus the judge's heatmap (the mean of its two ma
 latent grid). Here the generator is the shipped SMARLI-mini (reasonrl/vision/gen/shipped/smarli,
 8 x 8 cell tokens of 4 px; `--policy` another) under its own layout GRPO (vision/smarli/grpo.py);
 "dense" weights each image token's advantage by 1 - the heatmap pooled to its cell, "scalar" by 1
-(no in-box bonus in either, so they differ only by the heatmap), and "cells" takes the paper's
-formula R_D(h, w) = R (1 - heatmap(h, w)) literally: a reward per cell, whose advantage is taken
-against the same cell of the layout's other images (WEIGHTINGS). Equal steps, seeds and layouts. Two
-controls bound what any of them can show with the recipe: `oracle` trains on the oracle detector's
-layout reward (the truth the judge stands in for), `noise` on a random one.
+(no in-box bonus in any arm, so they differ only by the heatmap), "signed" by 1 - heatmap on a better
+image and by the heatmap on a worse one, and "cells" takes the paper's formula R_D(h, w) = R (1 -
+heatmap(h, w)) literally: a reward per cell, whose advantage is taken against the same cell of the
+layout's other images (WEIGHTINGS). Equal steps, seeds and layouts. Controls bound what any of them can
+show with the recipe: `oracle` trains on the oracle detector's layout reward (the truth the judge stands
+in for), `oracle-dense` and `oracle-signed` on it with the oracle's own flaw maps for the judge's
+heatmaps, `noise` on a random reward.
 
 Measured on held-out layouts sampled with one fixed generator seed before training and at every
 `eval_every` steps: the judge's scalar and the oracle detector's layout reward (vision/smarli/
 judge.py), and their Pearson r over the images (does the judge tell the generator's good images from
 its bad ones?); flawed cells = those whose pooled heatmap is >= 0.5 at step 0; repaired = the share of
 them below 0.5 now; drift = the share of the other cells whose token changed since step 0; steps to
-repair = the first evaluated step with half of the flawed cells repaired (None: never).
+repair = the first evaluated step with half of the flawed cells repaired (None: never); the same
+share for the cells the oracle's flaw maps flag at step 0 (`oracle_repaired`, the truth's view of
+repair, whatever the arm).
 
 Departures: the judge sees the 32-px image upscaled to 224 px by pixel repetition (out of the
 distribution of a judge trained on 224-px renders; `bench imagedoctor --generator` trains one on
@@ -57,7 +61,7 @@ advantage taken against the same cell of its group's other images.
 Controls that do not ask the judge in training: oracle (the oracle detector's layout reward, what the
 judge stands in for: the most a scalar reward can do with this recipe), oracle-dense and oracle-signed
 (that reward, with the dense or signed weighting by the oracle's own flaw map, vision/smarli/
-judge.flaw_map: each weighting with a map that is never wrong) and noise (a uniform random reward: what
+judge.flaw_map: each weighting with the truth's map instead of a judge's) and noise (a uniform random reward: what
 the recipe does to the policy with no signal at all)."""
 ORACLE_REWARD = ("oracle", "oracle-dense", "oracle-signed")
 ORACLE_MAPS = ("oracle-dense", "oracle-signed")
@@ -164,7 +168,8 @@ def make_job(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer):
     noise = np.random.default_rng(cfg.seed)
 
     class JudgeGRPOJob(LayoutGRPOJob):
-        """Layout GRPO whose reward is the judge's; `dense` weights token advantages by 1 - heatmap."""
+        """Layout GRPO whose reward is the judge's (or, in the controls, the oracle's or noise), each token's
+        advantage weighted by the arm's map (WEIGHTINGS)."""
 
         def rewards(self, layouts, images):
             if weighting in (*ORACLE_REWARD, "noise"):

@@ -53,14 +53,19 @@ def flaw_map(layout: Layout, image: np.ndarray) -> np.ndarray:
     """(2S, 2S) float32 in {0, 1}, at the detector's scale: where the oracle finds the image wrong
     against its layout, the oracle's stand-in for a judge's misalignment heatmap. Flagged: the box of
     every object that fails a check of `judge` (its colour, its shape, or no detection overlapping it
-    with IoU >= 0.5), and the pixels of an object's colour inside another object's box of a different
-    colour and outside its own (`leakage`'s pixels, however few)."""
+    with IoU >= 0.5: attribute and mIoU), the pixels of every detection that overlaps no box with IoU
+    >= 0.5 (a stray or broken object: precision), and the pixels of an object's colour inside another
+    object's box of a different colour and outside its own (`leakage`'s pixels, however few). Not
+    flagged: a box whose object passes every check with an IoU below 1 (it still costs mIoU)."""
     c = _checks(layout, image)
     flawed = np.zeros(c.colours.shape, dtype=bool)
     hit = c.ious.max(0) >= 0.5 if c.found else np.zeros(len(c.boxes), dtype=bool)
     for ok_c, ok_s, ok_box, (x0, y0, x1, y1) in zip(c.colour_ok, c.shape_ok, hit, c.boxes):
         if not (ok_c and ok_s and ok_box):
             flawed[y0:y1, x0:x1] = True
+    for d, matched in zip(c.found, c.ious.max(1) >= 0.5 if c.boxes else [False] * len(c.found)):
+        if not matched:
+            flawed |= d.mask
     for a, b in _colour_pairs(layout):
         flawed |= _leaked(c.colours, layout.objects[a].colour, c.boxes[a], c.boxes[b])
     return flawed.astype(np.float32)

@@ -247,7 +247,8 @@ def test_ranking_reports_the_oracles_spread_within_and_between_layouts(monkeypat
 
     job = make_job(DenseJudgeConfig(steps=1, layouts_per_step=2, samples_per_layout=4, eval_layouts=3), "scalar", FixedJudge(0.0))
     values = iter([0.0, 1.0, 0.0, 1.0, 2.0, 3.0, 2.0, 3.0, 6.0, 7.0, 6.0, 7.0])  # groups' means 0.5, 2.5, 6.5
-    monkeypatch.setattr(oracle_module, "judge", lambda layout, image: {"reward": next(values)})
+    monkeypatch.setattr(oracle_module, "judge_with_flaws",
+                        lambda layout, image: ({"reward": next(values)}, np.zeros((64, 64), np.float32)))
     out = ranking(job, FixedJudge(0.0))  # FixedJudge: 0, 1, 0, 1 in every group, as the oracle
     assert out["oracle_std_within"] == pytest.approx(0.5)
     assert out["oracle_std_between"] == pytest.approx(np.std([0.5, 2.5, 6.5]))

@@ -9,7 +9,7 @@ from reasonrl.vision.gen.images import make_images, subsample
 from reasonrl.vision.gen.noise import row_generators
 from reasonrl.vision.smarli.bench import images_for
 from reasonrl.vision.smarli.cells import EMPTY, CellCodebook, fit_patterns
-from reasonrl.vision.smarli.judge import flaw_map, judge, pixel_box
+from reasonrl.vision.smarli.judge import flaw_map, judge, judge_with_flaws, pixel_box
 from reasonrl.vision.smarli.layout import Layout, encode_layouts
 from reasonrl.vision.smarli.model import Smarli, SmarliConfig, ZeroMLP
 from reasonrl.vision.smarli.sampler import masked_after, replay, sample
@@ -166,7 +166,9 @@ def test_the_oracles_flaw_map_flags_wrong_objects_stray_ones_and_leaked_pixels(m
 
     def flags(s):
         image = subsample(render(s).image) if not isinstance(s, np.ndarray) else s
-        return judge(layout, image), flaw_map(layout, image)
+        scores, found = judge_with_flaws(layout, image)  # one detection pass for both
+        assert scores == judge(layout, image) and np.array_equal(found, flaw_map(layout, image))
+        return scores, found
 
     good = subsample(render(scene).image)
     assert flaw_map(layout, good).shape == (64, 64) and not flaw_map(layout, good).any()

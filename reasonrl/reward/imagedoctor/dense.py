@@ -63,7 +63,6 @@ judge stands in for: the most a scalar reward can do with this recipe), oracle-d
 (that reward, with the dense or signed weighting by the oracle's own flaw map, vision/smarli/
 judge.flaw_map: each weighting with the truth's map instead of a judge's) and noise (a uniform random reward: what
 the recipe does to the policy with no signal at all)."""
-ORACLE_REWARD = ("oracle", "oracle-dense", "oracle-signed")
 ORACLE_MAPS = ("oracle-dense", "oracle-signed")
 DENSE, SIGNED = ("dense", "oracle-dense"), ("signed", "oracle-signed")
 
@@ -172,12 +171,14 @@ def make_job(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer):
         advantage weighted by the arm's map (WEIGHTINGS)."""
 
         def rewards(self, layouts, images):
-            if weighting in (*ORACLE_REWARD, "noise"):
+            if weighting in ORACLE_MAPS:
+                oracle, heat = oracle_scores(layouts, images, self.model.config.grid)
+                self.heat = torch.from_numpy(heat.reshape(len(layouts), -1)).float()
+                return torch.tensor(oracle, dtype=torch.float32), {"oracle_reward": float(oracle.mean()),
+                                                                   "judge_flawed": None}
+            if weighting in ("oracle", "noise"):
                 oracle = np.array([judge(lay, img)["reward"] for lay, img in zip(layouts, images)])
                 reward = noise.random(len(layouts)) if weighting == "noise" else oracle
-                if weighting in ORACLE_MAPS:
-                    heat = oracle_heat(layouts, images, self.model.config.grid)
-                    self.heat = torch.from_numpy(heat.reshape(len(layouts), -1)).float()
                 return torch.tensor(reward, dtype=torch.float32), {"oracle_reward": float(oracle.mean()),
                                                                    "judge_flawed": None}
             scalars, heat = scorer([lay.prompt for lay in layouts], images, self.model.config.grid)
@@ -239,7 +240,6 @@ def scored_samples(job, scorer: JudgeScorer, layouts: list, seed: int):
     """The policy's images of `layouts` (one draw seeded by `seed`), scored: (tokens (B, N), judge scalars
     (B,), the judge's pooled heat (B, grid, grid), oracle layout rewards (B,), the oracle's flaw maps pooled
     the same way (B, grid, grid))."""
-    from reasonrl.vision.smarli.judge import judge
     from reasonrl.vision.smarli.sampler import sample
 
     rollout = sample(job.model.eval(), job.encode(layouts), job.cfg.sample_steps, job.cfg.temperature,
@@ -247,16 +247,17 @@ def scored_samples(job, scorer: JudgeScorer, layouts: list, seed: int):
     tokens, grid = rollout.tokens.numpy(), job.model.config.grid
     images = np.stack([job.codebook.decode(t) for t in tokens])
     scalars, heat = scorer([lay.prompt for lay in layouts], images, grid)
-    oracle = np.array([judge(lay, img)["reward"] for lay, img in zip(layouts, images)])
-    return tokens, scalars, heat, oracle, oracle_heat(layouts, images, grid)
+    return tokens, scalars, heat, *oracle_scores(layouts, images, grid)
 
 
-def oracle_heat(layouts: list, images: np.ndarray, grid: int) -> np.ndarray:
-    """(B, grid, grid): the oracle's flaw maps (vision/smarli/judge.flaw_map) pooled to the generator's
-    grid as the judge's heatmaps are (the share of each cell flagged)."""
-    from reasonrl.vision.smarli.judge import flaw_map
+def oracle_scores(layouts: list, images: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """The oracle's layout rewards (B,) and its flaw maps (vision/smarli/judge.flaw_map) pooled to the
+    generator's grid as the judge's heatmaps are, the share of each cell flagged (B, grid, grid)."""
+    from reasonrl.vision.smarli.judge import judge_with_flaws
 
-    return np.stack([1.0 - dense_reward(1.0, flaw_map(lay, img)[None], (grid, grid)) for lay, img in zip(layouts, images)])
+    scored = [judge_with_flaws(lay, img) for lay, img in zip(layouts, images)]
+    return (np.array([scores["reward"] for scores, _ in scored]),
+            np.stack([1.0 - dense_reward(1.0, flaws[None], (grid, grid)) for _, flaws in scored]))
 
 
 def run_arm(cfg: DenseJudgeConfig, weighting: str, scorer: JudgeScorer, log=print) -> dict:

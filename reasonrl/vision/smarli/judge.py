@@ -37,7 +37,27 @@ def pixel_box(box, side: int) -> tuple[int, int, int, int]:
 
 
 def judge(layout: Layout, image: np.ndarray) -> dict[str, float]:
+    return _scores(layout, _checks(layout, image))
+
+
+def flaw_map(layout: Layout, image: np.ndarray) -> np.ndarray:
+    """(2S, 2S) float32 in {0, 1}, at the detector's scale: where the oracle finds the image wrong
+    against its layout, the oracle's stand-in for a judge's misalignment heatmap. Flagged: the box of
+    every object that fails a check of `judge` (its colour, its shape, or no detection overlapping it
+    with IoU >= 0.5: attribute and mIoU), the pixels of every detection that overlaps no box with IoU
+    >= 0.5 (a stray or broken object: precision), and the pixels of an object's colour inside another
+    object's box of a different colour and outside its own (`leakage`'s pixels, however few). Not
+    flagged: a box whose object passes every check with an IoU below 1 (it still costs mIoU)."""
+    return _flaws(layout, _checks(layout, image))
+
+
+def judge_with_flaws(layout: Layout, image: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+    """`judge` and `flaw_map` of one image from one detection pass."""
     c = _checks(layout, image)
+    return _scores(layout, c), _flaws(layout, c)
+
+
+def _scores(layout: Layout, c: _Checks) -> dict[str, float]:
     found, ious = c.found, c.ious
     out = {"miou": float(ious.max(0).mean()) if found else 0.0,
            "precision": float((ious.max(1) >= 0.5).mean()) if found else 0.0,
@@ -49,15 +69,7 @@ def judge(layout: Layout, image: np.ndarray) -> dict[str, float]:
     return out
 
 
-def flaw_map(layout: Layout, image: np.ndarray) -> np.ndarray:
-    """(2S, 2S) float32 in {0, 1}, at the detector's scale: where the oracle finds the image wrong
-    against its layout, the oracle's stand-in for a judge's misalignment heatmap. Flagged: the box of
-    every object that fails a check of `judge` (its colour, its shape, or no detection overlapping it
-    with IoU >= 0.5: attribute and mIoU), the pixels of every detection that overlaps no box with IoU
-    >= 0.5 (a stray or broken object: precision), and the pixels of an object's colour inside another
-    object's box of a different colour and outside its own (`leakage`'s pixels, however few). Not
-    flagged: a box whose object passes every check with an IoU below 1 (it still costs mIoU)."""
-    c = _checks(layout, image)
+def _flaws(layout: Layout, c: _Checks) -> np.ndarray:
     flawed = np.zeros(c.colours.shape, dtype=bool)
     hit = c.ious.max(0) >= 0.5 if c.found else np.zeros(len(c.boxes), dtype=bool)
     for ok_c, ok_s, ok_box, (x0, y0, x1, y1) in zip(c.colour_ok, c.shape_ok, hit, c.boxes):

@@ -82,8 +82,25 @@ def test_the_gradient_probe_reports_agreement_shares_and_the_reward_along_the_gr
     spec.loader.exec_module(mod)
     out = mod.probe(str(policy), batches=2, layouts=2, group=2, along=(0.0, 0.5), eval_layouts=2, top=100)
     assert len(out["cosines"]) == 1 and out["halves_cosine"] == pytest.approx(out["cosines"][0])  # two batches: one pair
+    assert -1.0 <= out["cosines"][0] < 0.999  # a cosine, of two different batches
     shares = [s["share"] for s in out["largest_shares"]]
     assert shares == sorted(shares, reverse=True) and sum(shares) == pytest.approx(1.0, abs=1e-4)  # every parameter listed (float32 sums)
     assert out["along"][0]["eval_reward"] == pytest.approx(mod.eval_reward(mod.probe_job(str(policy)), 2))  # no step: the policy as saved
     with pytest.raises(ValueError, match="--batches"):
         mod.probe(str(policy), batches=3)
+
+
+def test_the_partial_probe_freezes_the_embeddings_or_everything_but_the_blocks(policy):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("partial_grpo", Path(__file__).parents[2] / "recipes/smarli/partial_grpo.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    names = [n for n, _ in load_model_dir(str(policy), expect="smarli").named_parameters()]
+    blocks = {n for n in names if n.startswith("blocks.")}
+    embeddings = {n for n in names if n.split(".")[0] in mod.EMBEDDINGS}
+    assert embeddings >= {"segment.weight", "image_pos", "special.weight"} and not embeddings & blocks
+    assert {n for n in names if mod.trains(n, "blocks")} == blocks
+    assert {n for n in names if mod.trains(n, "no-embeddings")} == set(names) - embeddings
+    assert all(mod.trains(n, "all") for n in names)

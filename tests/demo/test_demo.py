@@ -30,6 +30,16 @@ def test_policy_script_still_runs(tmp_path):
     assert len(out[0].outputs[0].token_ids) >= 1
 
 
+def test_policy_script_makes_other_sizes(tmp_path):
+    from reasonrl.demo.policy import main
+
+    assert main(["--out", str(tmp_path / "p"), "--steps", "1", "--hidden-size", "96", "--num-layers", "3",
+                 "--num-heads", "6", "--num-kv-heads", "3", "--intermediate-size", "200", "--lr", "1e-3"]) == 0
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"],
+            cfg["intermediate_size"], cfg["head_dim"]) == (96, 3, 6, 3, 200, 16)
+
+
 @pytest.mark.slow
 def test_shortened_demo_completes_and_reports(tmp_path):
     run_dir = tmp_path / "demo"

@@ -78,6 +78,14 @@ class VLMPolicyConfig:
     """... with this probability."""
     lr: float = 3e-3
     """Peak learning rate of stages 1 and 2."""
+    hidden_size: int = ARCH["hidden_size"]
+    """The decoder's width (the vision tower keeps its size; docs/benchmarks.md times a wider one)."""
+    num_layers: int = ARCH["num_layers"]
+    """The decoder's layers."""
+    num_heads: int = ARCH["num_heads"]
+    """The decoder's attention heads."""
+    num_kv_heads: int = ARCH["num_kv_heads"]
+    """The decoder's key-value heads."""
     seed: int = 0
     """Seeds scenes, traces, weights and data order."""
 
@@ -170,7 +178,9 @@ def make_vlm_policy(out: str | Path, cfg: VLMPolicyConfig = VLMPolicyConfig(), l
               + ["Describe the image.", INSTRUCTION])
     tok = make_vlm_tokenizer(corpus, vocab_size=400)
     with tempfile.TemporaryDirectory() as tmp:
-        model = load_model(make_vlm_checkpoint(Path(tmp) / "base", tok, seed=cfg.seed, **ARCH))
+        model = load_model(make_vlm_checkpoint(Path(tmp) / "base", tok, seed=cfg.seed, **{
+            **ARCH, "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
+            "num_kv_heads": cfg.num_kv_heads}))
     held = pretrain_tower(model, cfg, log)
     print(f"tower, held out: {held}", file=sys.stderr, flush=True)
     encoder = ChatEncoder(tok, model)

@@ -227,8 +227,11 @@ def test_the_vlm_policy_script_builds_a_loadable_checkpoint(tmp_path):
     a, b = caption_row(5, 0), caption_row(5, 0)  # drawn examples are made again on each access: the same ones
     assert a["response"] == b["response"] and (a["prompt"][0]["content"][0]["image"] == b["prompt"][0]["content"][0]["image"]).all()
     assert caption_row(6, 0)["response"] != a["response"]
-    path = make_vlm_policy(tmp_path / "vlm", VLMPolicyConfig(tower_steps=2, caption_steps=2, vqa_steps=2, vqa_problems=40))
+    path = make_vlm_policy(tmp_path / "vlm", VLMPolicyConfig(tower_steps=2, caption_steps=2, vqa_steps=2, vqa_problems=40,
+                                                             hidden_size=96, num_layers=3, num_heads=6, num_kv_heads=3))
     model = load_model(path)
+    cfg = json.loads((path / "config.json").read_text())  # the decoder at the sizes asked for
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (96, 3, 6, 3)
     prompt = ShapesVQAEnvironment(ShapesVQAConfig(families=("count",), image_size=224, max_objects=4, size=2)).prompts(1)[0]
     inp = ChatEncoder(Tokenizer.from_dir(path), model)(prompt.messages)
     assert multimodal(inp).num_images == 1

@@ -126,7 +126,8 @@ class SpecBenchConfig:
     model: str | None = None
     """Target checkpoint (default: the demo policy)."""
     draft: str | None = None
-    """Draft checkpoint (default: the demo policy's shipped draft)."""
+    """Draft checkpoint (default: the demo policy's shipped draft, for the demo policy; with --vlm the
+    EagleVLM draft, the demo VLM's for the demo VLM)."""
     distill_steps: int = 0
     """Distill a fresh draft for --model first, for this many steps (0: use --draft)."""
     env: str = "sums:"
@@ -151,7 +152,8 @@ class SpecBenchConfig:
     """Benchmark a vision-language model on shapes-world image prompts instead (bench/spec_vlm.py):
     --model (default: the demo VLM), --draft the EagleVLM draft, --compressed-draft the SpecVLM one."""
     compressed_draft: str | None = None
-    """--vlm: a draft with the elastic visual compressor (default: the demo VLM's, if shipped)."""
+    """--vlm: a draft with the elastic visual compressor (default: the demo VLM's, if shipped, for the
+    demo VLM; another target's SpecVLM arm runs only with this given)."""
     max_tokens: int = 96
     """Response length cap (greedy)."""
     draft_top_k: int = 8
@@ -261,7 +263,12 @@ def _draft_path(c: SpecBenchConfig, model_path: Path) -> Path:
 
         job = DistillJob(str(model_path), str(Path(tempfile.mkdtemp()) / "draft"), env=c.env, device=c.device, dtype=c.dtype)
         return run_distill(job, DistillConfig(steps=c.distill_steps, seed=c.seed))
-    return Path(c.draft) if c.draft else DEMO / "draft"
+    if c.draft:
+        return Path(c.draft)
+    if model_path.resolve() != (DEMO / "policy").resolve():  # the shipped draft fits the demo policy's weights and width
+        raise ValueError(f"--model {model_path}: give its draft (--draft DIR, from `reasonrl distill-draft`) or "
+                         "--distill-steps N to distill one first")
+    return DEMO / "draft"
 
 
 def _prompts(c: SpecBenchConfig, model_path: Path, n: int) -> list[list[int]]:

@@ -26,6 +26,21 @@ from reasonrl.models.qwen2_5_vl.prompt import build_prompt
 from reasonrl.models.tokenizer import Tokenizer
 
 
+def _drafts(c: SpecBenchConfig, model_path: Path) -> dict[str, Path | None]:
+    """Each arm's draft: the one given (which must exist), else the demo VLM's shipped one where the
+    target is the demo VLM and it is shipped; another target's arm without a draft is left out (the
+    demo's drafts were distilled for the demo's weights and width)."""
+    demo = model_path.resolve() == (DEMO / "vlm").resolve()
+    out = {}
+    for name, given, shipped in (("eaglevlm", c.draft, DEMO / "vlm_draft"),
+                                 ("specvlm", c.compressed_draft, DEMO / "vlm_draft_compressed")):
+        if given is not None and not Path(given).is_dir():
+            flag = "--draft" if name == "eaglevlm" else "--compressed-draft"
+            raise ValueError(f"{flag} {given}: no such directory (a draft from `reasonrl distill-draft`)")
+        out[name] = Path(given) if given is not None else shipped if demo and shipped.is_dir() else None
+    return out
+
+
 def bench_spec_vlm(c: SpecBenchConfig) -> dict:
     from reasonrl.envs.registry import load_environment
 
@@ -41,8 +56,8 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
     opts = dict(max_model_len=max(len(p.input_ids) for p in prompts) + c.max_tokens + 1, max_num_seqs=levels[-1],
                 kv_cache_memory=1 << 28)
     arms = {"plain": LLMEngine(target, None, EngineConfig(**opts))}
-    for name, path in (("eaglevlm", c.draft or DEMO / "vlm_draft"), ("specvlm", c.compressed_draft or DEMO / "vlm_draft_compressed")):
-        if Path(path).is_dir():
+    for name, path in _drafts(c, model_path).items():
+        if path is not None:
             arms[name] = LLMEngine(target, None, EngineConfig(**opts, draft_top_k=c.draft_top_k, draft_depth=c.draft_depth,
                                                               draft_tokens=c.draft_tokens, draft_adaptive=c.adaptive,
                                                               draft_max_batch=c.draft_max_batch,
@@ -50,7 +65,7 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
                                                               cpu_draft_kernel=c.cpu_draft_kernel),
                                    draft=DraftHead.load(path, target))
     if len(arms) == 1:
-        raise ValueError("--vlm found no draft: give --draft (EagleVLM) and/or --compressed-draft (SpecVLM)")
+        raise ValueError(f"--vlm found no draft for {model_path}: give --draft (EagleVLM) and/or --compressed-draft (SpecVLM)")
     rates, cpu_rates, outputs, batch1, shares = _run(arms, prompts, c, levels)
     on_cpu = target.device.type == "cpu"
     result = {"device": device_name(target.device), "model": str(model_path), "concurrency": levels,

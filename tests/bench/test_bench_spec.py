@@ -98,6 +98,24 @@ def test_bench_spec_refuses_an_empty_concurrency_level(capsys):
     assert "--concurrency" in capsys.readouterr().err
 
 
+def test_another_target_needs_its_own_draft(tmp_path, capsys):
+    """The shipped drafts fit the demo models' weights and widths: another target without --draft is
+    refused by name (it used to load the demo's draft and fail on its width), a --vlm run for another
+    target leaves out the arm it has no draft for, and a draft path that does not exist is named."""
+    from reasonrl.bench.spec import DEMO, SpecBenchConfig
+    from reasonrl.bench.spec_vlm import _drafts
+    from reasonrl.models.tiny import make_checkpoint
+
+    other = make_checkpoint(tmp_path / "other", hidden_size=64, num_layers=1)
+    assert main(["bench", "spec", "--model", str(other), "--num-prompts", "1"]) == 2
+    assert f"--model {other}: give its draft" in capsys.readouterr().err
+    assert _drafts(SpecBenchConfig(model=str(tmp_path / "vlm"), draft=str(DEMO / "vlm_draft")), tmp_path / "vlm") == {
+        "eaglevlm": DEMO / "vlm_draft", "specvlm": None}
+    assert _drafts(SpecBenchConfig(), DEMO / "vlm") == {"eaglevlm": DEMO / "vlm_draft", "specvlm": DEMO / "vlm_draft_compressed"}
+    assert main(["bench", "spec", "--vlm", "--compressed-draft", str(tmp_path / "nowhere"), "--num-prompts", "1"]) == 2
+    assert f"--compressed-draft {tmp_path / 'nowhere'}: no such directory" in capsys.readouterr().err
+
+
 def test_bench_spec_vlm_compares_plain_eaglevlm_and_specvlm_on_image_prompts(tmp_path):
     import torch
 

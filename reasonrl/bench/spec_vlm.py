@@ -45,6 +45,7 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
     from reasonrl.envs.registry import load_environment
 
     model_path = Path(c.model) if c.model else DEMO / "vlm"
+    drafts = _drafts(c, model_path)  # a bad path named before the model, prompts and engines are made
     target = load_model(model_path, c.device, c.dtype)
     if getattr(target, "vlm_config", None) is None:
         raise ValueError(f"--vlm needs a vision-language model; {model_path} is not one")
@@ -56,7 +57,7 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
     opts = dict(max_model_len=max(len(p.input_ids) for p in prompts) + c.max_tokens + 1, max_num_seqs=levels[-1],
                 kv_cache_memory=1 << 28)
     arms = {"plain": LLMEngine(target, None, EngineConfig(**opts))}
-    for name, path in _drafts(c, model_path).items():
+    for name, path in drafts.items():
         if path is not None:
             arms[name] = LLMEngine(target, None, EngineConfig(**opts, draft_top_k=c.draft_top_k, draft_depth=c.draft_depth,
                                                               draft_tokens=c.draft_tokens, draft_adaptive=c.adaptive,

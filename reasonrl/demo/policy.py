@@ -8,8 +8,8 @@ this script with its defaults (about 8 minutes on a 2-core CPU).
 
 The size flags make other targets of the same task: `reasonrl bench spec --model` on a target whose
 weights do not fit the CPU's cache (docs/benchmarks.md, "A target whose weights do not fit the
-cache") is made with `--hidden-size 384 --num-layers 8 --num-heads 12 --num-kv-heads 4
---intermediate-size 1024`.
+cache") is made with `--steps 500 --lr 1e-3 --hidden-size 384 --num-layers 8 --num-heads 12
+--num-kv-heads 4 --intermediate-size 1024`.
 """
 
 from __future__ import annotations

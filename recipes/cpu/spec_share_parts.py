@@ -25,10 +25,14 @@ from reasonrl.models import load_model
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=str(DEMO / "policy"))
-    ap.add_argument("--draft", default=str(DEMO / "draft"))
+    ap.add_argument("--draft", help="the target's draft (default: the demo draft, for the demo policy only)")
     ap.add_argument("--num-prompts", type=int, default=256)
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 32])
     args = ap.parse_args()
+    if args.draft is None:
+        if Path(args.model).resolve() != (DEMO / "policy").resolve():
+            ap.error(f"--model {args.model}: give its draft (--draft DIR)")
+        args.draft = str(DEMO / "draft")
     torch.set_num_threads(1)
     c = SpecBenchConfig(model=args.model, draft=args.draft, num_prompts=args.num_prompts)
     target = load_model(c.model, "cpu")

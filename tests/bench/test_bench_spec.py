@@ -1,5 +1,7 @@
 import json
+import os
 import statistics
+from pathlib import Path
 
 from reasonrl.cli import main
 
@@ -111,9 +113,12 @@ def test_another_target_needs_its_own_draft(tmp_path, capsys):
     assert f"--model {other}: give its draft" in capsys.readouterr().err
     assert _drafts(SpecBenchConfig(model=str(tmp_path / "vlm"), draft=str(DEMO / "vlm_draft")), tmp_path / "vlm") == {
         "eaglevlm": DEMO / "vlm_draft", "specvlm": None}
-    assert _drafts(SpecBenchConfig(), DEMO / "vlm") == {"eaglevlm": DEMO / "vlm_draft", "specvlm": DEMO / "vlm_draft_compressed"}
-    assert main(["bench", "spec", "--vlm", "--compressed-draft", str(tmp_path / "nowhere"), "--num-prompts", "1"]) == 2
-    assert f"--compressed-draft {tmp_path / 'nowhere'}: no such directory" in capsys.readouterr().err
+    shipped = {"eaglevlm": DEMO / "vlm_draft", "specvlm": DEMO / "vlm_draft_compressed"}
+    assert _drafts(SpecBenchConfig(), DEMO / "vlm") == shipped
+    assert _drafts(SpecBenchConfig(), Path(os.path.relpath(DEMO / "vlm"))) == shipped  # the demo VLM by a relative path
+    for flag in ("--draft", "--compressed-draft"):
+        assert main(["bench", "spec", "--vlm", flag, str(tmp_path / "nowhere"), "--num-prompts", "1"]) == 2
+        assert f"{flag} {tmp_path / 'nowhere'}: no such directory" in capsys.readouterr().err
 
 
 def test_bench_spec_vlm_compares_plain_eaglevlm_and_specvlm_on_image_prompts(tmp_path):

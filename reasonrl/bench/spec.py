@@ -265,10 +265,19 @@ def _draft_path(c: SpecBenchConfig, model_path: Path) -> Path:
         return run_distill(job, DistillConfig(steps=c.distill_steps, seed=c.seed))
     if c.draft:
         return Path(c.draft)
-    if model_path.resolve() != (DEMO / "policy").resolve():  # the shipped draft fits the demo policy's weights and width
+    shipped = shipped_draft(model_path, "policy", "draft")
+    if shipped is None:
         raise ValueError(f"--model {model_path}: give its draft (--draft DIR, from `reasonrl distill-draft`) or "
                          "--distill-steps N to distill one first")
-    return DEMO / "draft"
+    return shipped
+
+
+def shipped_draft(model_path: Path, demo_model: str, draft: str) -> Path | None:
+    """The demo's shipped draft `draft` where `model_path` is the demo model `demo_model` (both under
+    reasonrl/demo) and the draft is shipped; None for any other target: a draft fits the weights and
+    width it was distilled for."""
+    path = DEMO / draft
+    return path if Path(model_path).resolve() == (DEMO / demo_model).resolve() and path.is_dir() else None
 
 
 def _prompts(c: SpecBenchConfig, model_path: Path, n: int) -> list[list[int]]:

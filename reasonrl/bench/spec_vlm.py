@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from reasonrl.bench.common import device_name
-from reasonrl.bench.spec import DEMO, SpecBenchConfig, arm_order, decode, greedy_identical, paired_ratio, timed_run
+from reasonrl.bench.spec import (DEMO, SpecBenchConfig, arm_order, decode, greedy_identical, paired_ratio, shipped_draft,
+                                  timed_run)
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.spec.draft import DraftHead
@@ -30,14 +31,12 @@ def _drafts(c: SpecBenchConfig, model_path: Path) -> dict[str, Path | None]:
     """Each arm's draft: the one given (which must exist), else the demo VLM's shipped one where the
     target is the demo VLM and it is shipped; another target's arm without a draft is left out (the
     demo's drafts were distilled for the demo's weights and width)."""
-    demo = model_path.resolve() == (DEMO / "vlm").resolve()
     out = {}
-    for name, given, shipped in (("eaglevlm", c.draft, DEMO / "vlm_draft"),
-                                 ("specvlm", c.compressed_draft, DEMO / "vlm_draft_compressed")):
+    for name, flag, given, shipped in (("eaglevlm", "--draft", c.draft, "vlm_draft"),
+                                       ("specvlm", "--compressed-draft", c.compressed_draft, "vlm_draft_compressed")):
         if given is not None and not Path(given).is_dir():
-            flag = "--draft" if name == "eaglevlm" else "--compressed-draft"
             raise ValueError(f"{flag} {given}: no such directory (a draft from `reasonrl distill-draft`)")
-        out[name] = Path(given) if given is not None else shipped if demo and shipped.is_dir() else None
+        out[name] = Path(given) if given is not None else shipped_draft(model_path, "vlm", shipped)
     return out
 
 

@@ -28,6 +28,8 @@ from reasonrl.rl.sft import SFTConfig, sft_example, train_sft
 SHIPPED = Path(__file__).parent / "policy"
 ARCH = dict(family="qwen2", hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384,
             max_position_embeddings=512)
+SIZES = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")
+"""The entries of ARCH the script's flags override."""
 
 
 def make_policy(out: str | Path, steps: int = 2000, num_traces: int = 3000, seed: int = 0, log=None,
@@ -50,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default: the demo's)")
-    for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size"):
+    for name in SIZES:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=ARCH[name], help=f"default: {ARCH[name]}")
     args = p.parse_args(argv)
-    arch = {k: getattr(args, k) for k in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")}
+    arch = {k: getattr(args, k) for k in SIZES}
 
     def log(step, steps, loss, seconds):
         if step % 50 == 0 or step == steps:

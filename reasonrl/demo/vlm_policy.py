@@ -179,8 +179,7 @@ def make_vlm_policy(out: str | Path, cfg: VLMPolicyConfig = VLMPolicyConfig(), l
     tok = make_vlm_tokenizer(corpus, vocab_size=400)
     with tempfile.TemporaryDirectory() as tmp:
         model = load_model(make_vlm_checkpoint(Path(tmp) / "base", tok, seed=cfg.seed, **{
-            **ARCH, "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
-            "num_kv_heads": cfg.num_kv_heads}))
+            **ARCH, **{k: getattr(cfg, k) for k in ("hidden_size", "num_layers", "num_heads", "num_kv_heads")}}))
     held = pretrain_tower(model, cfg, log)
     print(f"tower, held out: {held}", file=sys.stderr, flush=True)
     encoder = ChatEncoder(tok, model)

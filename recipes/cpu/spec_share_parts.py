@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from reasonrl.bench.spec import DEMO, SpecBenchConfig, Timer, _prompts, decode
+from reasonrl.bench.spec import DEMO, SpecBenchConfig, Timer, _prompts, decode, shipped_draft
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.spec.draft import DraftHead
@@ -29,16 +29,15 @@ def main() -> None:
     ap.add_argument("--num-prompts", type=int, default=256)
     ap.add_argument("--levels", type=int, nargs="+", default=[1, 32])
     args = ap.parse_args()
-    if args.draft is None:
-        if Path(args.model).resolve() != (DEMO / "policy").resolve():
-            ap.error(f"--model {args.model}: give its draft (--draft DIR)")
-        args.draft = str(DEMO / "draft")
     torch.set_num_threads(1)
     c = SpecBenchConfig(model=args.model, draft=args.draft, num_prompts=args.num_prompts)
+    draft = c.draft or shipped_draft(Path(c.model), "policy", "draft")  # the benchmark's own default
+    if draft is None:
+        ap.error(f"--model {c.model}: give its draft (--draft DIR, from `reasonrl distill-draft`)")
     target = load_model(c.model, "cpu")
     prompts = _prompts(c, Path(c.model), max(args.num_prompts, 4 * max(args.levels)))
     opts = dict(max_model_len=max(map(len, prompts)) + 97, max_num_seqs=max(args.levels), kv_cache_memory=1 << 28)
-    spec = LLMEngine(target, None, EngineConfig(**opts), draft=DraftHead.load(c.draft, target))
+    spec = LLMEngine(target, None, EngineConfig(**opts), draft=DraftHead.load(draft, target))
     decode(spec, prompts[:2], 8, 2)  # warm-up, as the benchmark's
     for level in args.levels * 2:
         spec.reset_prefix_cache()

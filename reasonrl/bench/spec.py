@@ -129,7 +129,8 @@ class SpecBenchConfig:
     """Draft checkpoint (default: the demo policy's shipped draft, for the demo policy; with --vlm the
     EagleVLM draft, the demo VLM's for the demo VLM)."""
     distill_steps: int = 0
-    """Distill a fresh draft for --model first, for this many steps (0: use --draft)."""
+    """Distill a fresh draft for --model first, for this many steps (0: use --draft); with --vlm an
+    EagleVLM and a SpecVLM draft (the compressor in `select` mode), on --env's image prompts."""
     env: str = "sums:"
     """Environment whose held-out prompts are decoded."""
     num_prompts: int = 32
@@ -178,6 +179,13 @@ class SpecBenchConfig:
             raise ValueError(f"--draft-max-batch must be at least 0, got {self.draft_max_batch}")
         if not self.concurrency or min(self.concurrency) < 1:
             raise ValueError(f"--concurrency needs levels of at least 1, got {self.concurrency}")
+        if self.distill_steps < 0:
+            raise ValueError(f"--distill-steps must be at least 0, got {self.distill_steps}")
+        for flag, value in (("--draft", self.draft), ("--compressed-draft", self.compressed_draft)):
+            if value is not None and not value.strip():  # "" is the current directory to a Path
+                raise ValueError(f"{flag} is empty: give a draft directory, or leave the flag out")
+            if value is not None and self.distill_steps:
+                raise ValueError(f"{flag} and --distill-steps both choose a draft: give one of them")
 
 
 def bench_spec(c: SpecBenchConfig) -> dict:
@@ -205,7 +213,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
     rates: dict[tuple[str, int], list[float]] = {}
     cpu_rates: dict[tuple[str, int], list[float]] = {}
     outputs: dict[str, list[list[list[int]]]] = {}  # "arm@level" -> every repeat's outputs
-    batch1 = {"rounds": 0, "emitted": 0, "kept": 0, "tree_steps": 0, "draft_s": 0.0, "verify_s": 0.0}
+    batch1 = {"rounds": 0, "emitted": 0, "kept": 0}
     for r in range(c.repeats):
         for level in levels:
             work = prompts[: max(c.num_prompts, 4 * level)]
@@ -217,10 +225,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
                 cpu_rates.setdefault((name, level), []).append(run.tokens / run.cpu_seconds)
                 outputs.setdefault(f"{name}@{level}", []).append(run.outputs)
                 if before is not None:
-                    after = spec.stats()
-                    batch1["rounds"] += after["spec_rounds"] - before["spec_rounds"]
-                    batch1["emitted"] += after["spec_emitted_tokens"] - before["spec_emitted_tokens"]
-                    batch1["kept"] += after["spec_kept_tokens"] - before["spec_kept_tokens"]
+                    count_rounds(batch1, before, spec.stats())
                 print(f"  repeat {r + 1}/{c.repeats}  in flight {level:>3}  {name:<11} "
                       f"{run.tokens / run.seconds:8.1f} tok/s", file=sys.stderr, flush=True)
     shares = {}
@@ -229,10 +234,9 @@ def bench_spec(c: SpecBenchConfig) -> dict:
         shares[level] = sum(overhead) / run.seconds
         outputs[f"timed@{level}"] = [run.outputs]
         if level == levels[0]:  # the acceptance and cost figures: at batch 1, or the fewest requests asked for
-            batch1.update(tree_steps=timers[1][1], draft_s=timers[0][0], verify_s=timers[1][0])
-    per_token_plain = 1 / statistics.median(rates[("plain", levels[0])])
+            costs = round_costs(timers, statistics.median(rates[("plain", level)]))
     on_cpu = target.device.type == "cpu"
-    rounds, tree_steps = max(batch1["rounds"], 1), max(batch1["tree_steps"], 1)
+    rounds = max(batch1["rounds"], 1)
     result = {
         "device": device_name(target.device), "dtype": str(target.dtype).removeprefix("torch."),
         "model": str(model_path), "draft": str(draft_path), "prompts": c.num_prompts, "max_tokens": c.max_tokens,
@@ -244,12 +248,11 @@ def bench_spec(c: SpecBenchConfig) -> dict:
         "greedy_identical": greedy_identical(outputs, levels),
         **{f"batch{level}": {**_arm(rates, level, cpu_rates if on_cpu else None),
                              "speculation_time_share": shares[level]} for level in levels},
-        "tree_steps_at_batch1": batch1["tree_steps"],
+        "tree_steps_at_batch1": costs["tree_steps"],
         "draft_compile_seconds": spec.stats()["spec_draft_compile_seconds"],
         "draft_kernel": spec.stats()["spec_draft_kernel"],
         "forward_kernel": "cpu_forward_steps" in spec.stats(),
-        "draft_cost_ratio": batch1["draft_s"] / tree_steps / per_token_plain,
-        "verify_cost_ratio": batch1["verify_s"] / tree_steps / per_token_plain,
+        "draft_cost_ratio": costs["draft_cost_ratio"], "verify_cost_ratio": costs["verify_cost_ratio"],
         "tree_tokens_by_batch": {k.removeprefix("spec_tree_tokens_at_batch_"): v for k, v in spec.stats().items()
                                  if k.startswith("spec_tree_tokens_at_batch_")},
     }
@@ -259,17 +262,24 @@ def bench_spec(c: SpecBenchConfig) -> dict:
 
 def _draft_path(c: SpecBenchConfig, model_path: Path) -> Path:
     if c.distill_steps:
-        from reasonrl.engine.spec.distill import DistillConfig, DistillJob, run_distill
-
-        job = DistillJob(str(model_path), str(Path(tempfile.mkdtemp()) / "draft"), env=c.env, device=c.device, dtype=c.dtype)
-        return run_distill(job, DistillConfig(steps=c.distill_steps, seed=c.seed))
-    if c.draft:
+        return distill(c, model_path, c.env)
+    if c.draft is not None:
         return Path(c.draft)
     shipped = shipped_draft(model_path, "policy", "draft")
     if shipped is None:
         raise ValueError(f"--model {model_path}: give its draft (--draft DIR, from `reasonrl distill-draft`) or "
                          "--distill-steps N to distill one first")
     return shipped
+
+
+def distill(c: SpecBenchConfig, model_path: Path, env: str, compressor: str = "none") -> Path:
+    """A fresh draft for the target, `c.distill_steps` steps of `reasonrl distill-draft` on `env`'s
+    prompts, in a temporary directory (a benchmark keeps nothing but its figures)."""
+    from reasonrl.engine.spec.distill import DistillConfig, DistillJob, run_distill
+
+    job = DistillJob(str(model_path), str(Path(tempfile.mkdtemp()) / "draft"), env=env, device=c.device, dtype=c.dtype,
+                     compressor=compressor)
+    return run_distill(job, DistillConfig(steps=c.distill_steps, seed=c.seed))
 
 
 def shipped_draft(model_path: Path, demo_model: str, draft: str) -> Path | None:
@@ -309,6 +319,27 @@ def timed_run(engine: LLMEngine, prompts: list, max_tokens: int, level: int,
     print(f"  timed run   in flight {level:>3}  {name:<11} {run.tokens / run.seconds:8.1f} tok/s (timers on: "
           f"not in the speedup)", file=sys.stderr, flush=True)
     return run, [t.seconds for t in overhead], [(t.seconds, t.calls) for t in trees]
+
+
+def count_rounds(into: dict, before: dict, after: dict) -> None:
+    """Add the verification rounds, the tokens they accepted and those kept in outputs between two
+    `stats()` of a speculative engine to `into` (keys rounds, emitted, kept)."""
+    for key, stat in (("rounds", "spec_rounds"), ("emitted", "spec_emitted_tokens"), ("kept", "spec_kept_tokens")):
+        into[key] += after[stat] - before[stat]
+
+
+def round_costs(trees: list[tuple[float, int]], plain_tokens_per_s: float) -> dict:
+    """SpecVLM's Eq. 2 terms from `timed_run`'s `tree_step_timers`: the draft's and the target step's
+    seconds per step that ran a tree (one verification round), in plain decoding's seconds per token."""
+    (draft_s, _), (verify_s, steps) = trees
+    per_step = plain_tokens_per_s / max(steps, 1)
+    return {"tree_steps": steps, "draft_cost_ratio": draft_s * per_step, "verify_cost_ratio": verify_s * per_step}
+
+
+def prefill_timer(engine: LLMEngine) -> Timer:
+    """The target's steps that carry a prompt chunk of more than one token (a vision-language model's
+    tower runs in them): at one request in flight, the prefill's time."""
+    return Timer(engine.runner, "run", engine.model.device, counts=lambda args, kwargs, out: any(n > 1 for _, n in args[0]))
 
 
 def tree_step_timers(engine: LLMEngine) -> tuple[Timer, Timer]:

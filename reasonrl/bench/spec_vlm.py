@@ -17,8 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from reasonrl.bench.common import device_name
-from reasonrl.bench.spec import (DEMO, SpecBenchConfig, arm_order, decode, greedy_identical, paired_ratio, shipped_draft,
-                                  timed_run)
+from reasonrl.bench.spec import (DEMO, SpecBenchConfig, arm_order, count_rounds, decode, distill, greedy_identical,
+                                  paired_ratio, prefill_timer, round_costs, shipped_draft, timed_run)
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.spec.draft import DraftHead
@@ -27,17 +27,27 @@ from reasonrl.models.qwen2_5_vl.prompt import build_prompt
 from reasonrl.models.tokenizer import Tokenizer
 
 
+ARMS = (("eaglevlm", "--draft", "draft", "vlm_draft", "none"),  # name, flag, config field, shipped, compressor
+        ("specvlm", "--compressed-draft", "compressed_draft", "vlm_draft_compressed", "select"))
+
+
 def _drafts(c: SpecBenchConfig, model_path: Path) -> dict[str, Path | None]:
     """Each arm's draft: the one given (which must exist), else the demo VLM's shipped one where the
     target is the demo VLM and it is shipped; another target's arm without a draft is left out (the
-    demo's drafts were distilled for the demo's weights and width)."""
+    demo's drafts were distilled for the demo's weights and width). With --distill-steps, none is
+    given: `distilled` makes both."""
     out = {}
-    for name, flag, given, shipped in (("eaglevlm", "--draft", c.draft, "vlm_draft"),
-                                       ("specvlm", "--compressed-draft", c.compressed_draft, "vlm_draft_compressed")):
+    for name, flag, field, shipped, _ in ARMS:
+        given = getattr(c, field)
         if given is not None and not Path(given).is_dir():
             raise ValueError(f"{flag} {given}: no such directory (a draft from `reasonrl distill-draft`)")
         out[name] = Path(given) if given is not None else shipped_draft(model_path, "vlm", shipped)
     return out
+
+
+def _distilled(c: SpecBenchConfig, model_path: Path, env: str) -> dict[str, Path]:
+    """--distill-steps: a fresh draft for each arm, the SpecVLM one with the compressor in select mode."""
+    return {name: distill(c, model_path, env, compressor) for name, _, _, _, compressor in ARMS}
 
 
 def bench_spec_vlm(c: SpecBenchConfig) -> dict:
@@ -48,9 +58,12 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
     target = load_model(model_path, c.device, c.dtype)
     if getattr(target, "vlm_config", None) is None:
         raise ValueError(f"--vlm needs a vision-language model; {model_path} is not one")
+    env_spec = c.env if c.env.startswith("shapes") else "shapes:"
+    if c.distill_steps:
+        drafts = _distilled(c, model_path, env_spec)
     tok = Tokenizer.from_dir(model_path)
     levels = sorted(set(c.concurrency))
-    env = load_environment(c.env if c.env.startswith("shapes") else "shapes:")
+    env = load_environment(env_spec)
     items = env.prompts(n=max(c.num_prompts, 4 * levels[-1]), seed=c.seed + 1, split="eval")
     prompts = [build_prompt(tok, p.messages, target.vlm_config, target.image_config) for p in items]
     opts = dict(max_model_len=max(len(p.input_ids) for p in prompts) + c.max_tokens + 1, max_num_seqs=levels[-1],
@@ -66,15 +79,21 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
                                    draft=DraftHead.load(path, target))
     if len(arms) == 1:
         raise ValueError(f"--vlm found no draft for {model_path}: give --draft (EagleVLM) and/or --compressed-draft (SpecVLM)")
-    rates, cpu_rates, outputs, batch1, shares = _run(arms, prompts, c, levels)
+    rates, cpu_rates, outputs, batch1, shares, trees = _run(arms, prompts, c, levels)
+    prefill = _prefill_runs(arms, prompts, c, outputs) if levels[0] == 1 else {}
     on_cpu = target.device.type == "cpu"
     result = {"device": device_name(target.device), "model": str(model_path), "concurrency": levels,
-              "greedy_identical": greedy_identical(outputs, levels),
-              "plain_tokens_per_s": {level: statistics.median(rates[("plain", level)]) for level in levels}}
+              "figures_at_concurrency": levels[0], "greedy_identical": greedy_identical(outputs, levels),
+              "plain_tokens_per_s": {level: statistics.median(rates[("plain", level)]) for level in levels},
+              **({"prefill_share": prefill["plain"][1] / prefill["plain"][0]} if prefill else {})}
     for name, engine in arms.items():
         if name == "plain":
             continue
+        costs = round_costs(trees[name], statistics.median(rates[("plain", levels[0])]))
         result[name] = {**_draft_figures(engine, batch1[name], prompts, items, c.max_tokens),
+                        "draft": str(drafts[name]), "tree_steps": costs["tree_steps"],
+                        "draft_cost_ratio": costs["draft_cost_ratio"], "verify_cost_ratio": costs["verify_cost_ratio"],
+                        **(_decode_figures(prefill, name) if prefill else {}),
                         **{f"batch{level}_speedup": _ratio(rates, name, level) for level in levels},
                         **{f"batch{level}_speculation_time_share": shares[(name, level)] for level in levels},
                         **({f"batch{level}_cpu_speedup": _ratio(cpu_rates, name, level) for level in levels}
@@ -88,7 +107,8 @@ def _ratio(rates, name: str, level: int) -> float:
 
 
 def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
-    rates, cpu_rates, outputs, batch1, shares = {}, {}, {}, {name: [0, 0] for name in arms}, {}
+    rates, cpu_rates, outputs, shares, trees = {}, {}, {}, {}, {}
+    batch1 = {name: {"rounds": 0, "emitted": 0, "kept": 0} for name in arms}
     for engine in arms.values():  # warm-up
         decode(engine, prompts[:2], 8, 2)
     for r in range(c.repeats):
@@ -102,21 +122,49 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
                 cpu_rates.setdefault((name, level), []).append(run.tokens / run.cpu_seconds)
                 outputs.setdefault(f"{name}@{level}", []).append(run.outputs)
                 if level == levels[0] and engine.speculator is not None:
-                    after = engine.stats()
-                    batch1[name][0] += after["spec_rounds"] - before["spec_rounds"]
-                    batch1[name][1] += after["spec_emitted_tokens"] - before["spec_emitted_tokens"]
+                    count_rounds(batch1[name], before, engine.stats())
                 print(f"  repeat {r + 1}/{c.repeats}  in flight {level:>3}  {name:<9} "
                       f"{run.tokens / run.seconds:8.1f} tok/s", file=sys.stderr, flush=True)
     for name, engine in arms.items():  # the drafting share, from one more run with timers (bench/spec.py `timed_run`)
         if engine.speculator is not None:
             for level in levels:
-                run, overhead, _ = timed_run(engine, prompts[: max(c.num_prompts, 4 * level)], c.max_tokens, level, name)
+                run, overhead, timers = timed_run(engine, prompts[: max(c.num_prompts, 4 * level)], c.max_tokens, level, name)
                 shares[(name, level)] = sum(overhead) / run.seconds
                 outputs[f"{name}-timed@{level}"] = [run.outputs]
-    return rates, cpu_rates, outputs, batch1, shares
+                if level == levels[0]:
+                    trees[name] = timers
+    return rates, cpu_rates, outputs, batch1, shares, trees
 
 
-def _draft_figures(engine: LLMEngine, rounds_emitted, prompts, items, max_tokens: int) -> dict:
+def _prefill_runs(arms: dict, prompts, c: SpecBenchConfig, outputs: dict) -> dict[str, tuple[float, float]]:
+    """One more run of every arm at one request in flight, each with a timer on its target's prefill
+    steps alone (one wrapped call a step, the same in every arm): (run seconds, prefill seconds) per
+    arm. With one request in flight a step carries a prefill chunk or a decode (or verification)
+    step, never both, so the rest of the run is the decoding that speculation speeds up."""
+    out = {}
+    for name, engine in arms.items():
+        engine.reset_prefix_cache()
+        timer = prefill_timer(engine)
+        try:
+            run = decode(engine, prompts[: max(c.num_prompts, 4)], c.max_tokens, 1)  # level 1's prompts
+        finally:
+            timer.remove()
+        out[name] = (run.seconds, timer.seconds)
+        outputs[f"{name}-prefill@1"] = [run.outputs]
+        print(f"  prefill-timed run  in flight   1  {name:<9} {run.tokens / run.seconds:8.1f} tok/s, prefill "
+              f"{timer.seconds / run.seconds:.0%} of it", file=sys.stderr, flush=True)
+    return out
+
+
+def _decode_figures(prefill: dict, name: str) -> dict:
+    """The arm's share of its batch-1 run in prefill steps, and its speedup over plain decoding on
+    the rest of the run (the decode phase: drafting, the draft's catch-up on the prompt, and
+    verification all count there)."""
+    (plain_s, plain_prefill_s), (seconds, prefill_s) = prefill["plain"], prefill[name]
+    return {"prefill_share": prefill_s / seconds, "decode_speedup": (plain_s - plain_prefill_s) / (seconds - prefill_s)}
+
+
+def _draft_figures(engine: LLMEngine, batch1: dict, prompts, items, max_tokens: int) -> dict:
     """Accepted length at the first level; then what the draft does with each held-out image (visual
     tokens and FLOPs per request, and the gate's text-only rate on the `text` family, answerable
     without the image, and on the `detail` family), from one more pass with the full tree forced,
@@ -128,7 +176,8 @@ def _draft_figures(engine: LLMEngine, rounds_emitted, prompts, items, max_tokens
     with _full_tree(engine):
         decode(engine, prompts, 8, 8)
     mine = [spec.visual_reports[str(i)] for i in range(len(items)) if str(i) in spec.visual_reports]
-    out = {"accepted_length": rounds_emitted[1] / max(rounds_emitted[0], 1),
+    rounds = max(batch1["rounds"], 1)
+    out = {"accepted_length": batch1["emitted"] / rounds, "kept_per_round": batch1["kept"] / rounds,
            "visual_tokens_per_request": statistics.mean(r.visual_tokens for r in mine) if mine else 0.0,
            "draft_visual_tokens_per_request": statistics.mean(r.draft_visual_tokens for r in mine) if mine else 0.0,
            "draft_visual_gflops_per_request": statistics.mean(r.draft_visual_flops for r in mine) / 1e9 if mine else 0.0}
@@ -177,17 +226,23 @@ def _by_branch(engine: LLMEngine, prompts, items, max_tokens: int) -> tuple[dict
 
 
 def _print(r: dict) -> None:
-    print(f"device: {r['device']}  model: {r['model']}  greedy identical: {r['greedy_identical']}")
+    prefill = f"  plain batch 1: prefill {r['prefill_share']:.0%} of the time" if "prefill_share" in r else ""
+    print(f"device: {r['device']}  model: {r['model']}  greedy identical: {r['greedy_identical']}{prefill}")
     for name in ("eaglevlm", "specvlm"):
         if name in r:
             a = r[name]
+            decode_phase = (f"  decode phase {a['decode_speedup']:.2f}x (prefill {a['prefill_share']:.0%} of its batch-1 time)"
+                            if "decode_speedup" in a else "")
+            print(f"{name}: accepted length {a['accepted_length']:.2f} (kept {a['kept_per_round']:.2f})  draft cost "
+                  f"{a['draft_cost_ratio']:.2f}  verify cost {a['verify_cost_ratio']:.2f} (per round, in plain tokens at "
+                  f"{r['figures_at_concurrency']} in flight){decode_phase}")
             speed = "  ".join(f"{level} in flight {a[f'batch{level}_speedup']:.2f}x"
                               + (f" (CPU time {a[k]:.2f}x)" if (k := f"batch{level}_cpu_speedup") in a else "")
                               + f" [drafting and policy {a[f'batch{level}_speculation_time_share']:.1%}]"
                               for level in r["concurrency"])
             gate = "".join(f"  text-only on {f} questions {a[f'text_only_rate_{f}']:.0%} of {a[f'gate_questions_{f}']}"
                            for f in ("text", "detail") if a.get(f"text_only_rate_{f}") is not None)
-            print(f"{name}: accepted length {a['accepted_length']:.2f}  {speed}  draft visual tokens "
+            print(f"  {speed}  draft visual tokens "
                   f"{a['draft_visual_tokens_per_request']:.1f} of {a['visual_tokens_per_request']:.1f}, "
                   f"{a['draft_visual_gflops_per_request']:.4f} GFLOPs per request{gate}")
             for family, by in a.get("accepted_length_by_branch", {}).items():

@@ -144,7 +144,7 @@ def test_bench_spec_vlm_compares_plain_eaglevlm_and_specvlm_on_image_prompts(tmp
     assert main(["bench", "spec", "--vlm", "--model", str(ckpt), "--draft", str(tmp_path / "eagle"),
                  "--compressed-draft", str(tmp_path / "spec"), "--env", "shapes:?image_size=112&families=text,detail",
                  "--num-prompts", "4", "--concurrency", "1", "2", "--repeats", "1", "--max-tokens", "6",
-                 "--json", str(out)]) == 0
+                 "--no-adaptive", "--json", str(out)]) == 0  # a tree every step: the per-round costs below
     r = json.loads(out.read_text())
     assert r["greedy_identical"] is True and r["concurrency"] == [1, 2]
     assert sorted(r["plain_tokens_per_s"]) == ["1", "2"] and min(r["plain_tokens_per_s"].values()) > 0
@@ -162,6 +162,86 @@ def test_bench_spec_vlm_compares_plain_eaglevlm_and_specvlm_on_image_prompts(tmp
                                                                "text_only": 0}  # the forced branch, not the gate's pool
     assert "accepted_length_by_branch" not in eagle
     assert all(0 < a[f"batch{n}_speculation_time_share"] < 1 for a in (eagle, spec) for n in (1, 2))
+    # per-round costs as the text path reports them, and the batch-1 run split into prefill and decoding
+    assert r["figures_at_concurrency"] == 1 and 0 < r["prefill_share"] < 1
+    for a, path in ((eagle, tmp_path / "eagle"), (spec, tmp_path / "spec")):
+        assert a["draft"] == str(path) and a["kept_per_round"] <= a["accepted_length"]
+        assert a["tree_steps"] > 0 and a["draft_cost_ratio"] > 0 and a["verify_cost_ratio"] > 0
+        assert 0 < a["prefill_share"] < 1 and a["decode_speedup"] > 0
+    assert main(["bench", "spec", "--vlm", "--model", str(ckpt), "--draft", str(tmp_path / "eagle"),
+                 "--env", "shapes:?image_size=112", "--num-prompts", "2", "--concurrency", "2", "--repeats", "1",
+                 "--max-tokens", "4", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())  # no batch 1: no prefill split (prefill and decode steps would mix)
+    assert "prefill_share" not in r and "decode_speedup" not in r["eaglevlm"] and "specvlm" not in r
+
+
+def test_the_prefill_timer_counts_the_steps_that_carry_a_prompt():
+    """One request in flight: each prompt is prefilled in one step, and only those steps are counted."""
+    from reasonrl.bench.spec import DEMO, _prompts, SpecBenchConfig, decode, prefill_timer
+    from reasonrl.engine.config import EngineConfig
+    from reasonrl.engine.llm_engine import LLMEngine
+    from reasonrl.models.loader import load_model
+
+    target = load_model(DEMO / "policy", "cpu", None)
+    prompts = _prompts(SpecBenchConfig(), DEMO / "policy", 3)
+    engine = LLMEngine(target, None, EngineConfig(max_model_len=256))
+    timer = prefill_timer(engine)
+    run = decode(engine, prompts, 8, 1)
+    timer.remove()
+    assert timer.calls == len(prompts) and 0 < timer.seconds < run.seconds
+
+
+def test_bench_spec_refuses_empty_or_conflicting_draft_flags(capsys):
+    """`--draft ""` was the current directory to the --vlm path check and the demo draft to the text
+    path; a draft given with --distill-steps was silently replaced by the distilled one."""
+    for args, named in ((["--draft", ""], "--draft is empty"), (["--vlm", "--compressed-draft", " "], "--compressed-draft is empty"),
+                        (["--distill-steps", "5", "--draft", "d"], "--draft and --distill-steps"),
+                        (["--distill-steps", "-1"], "--distill-steps must be at least 0")):
+        assert main(["bench", "spec", *args]) == 2, args
+        assert named in capsys.readouterr().err, args
+
+
+def test_bench_spec_vlm_distills_both_drafts_first(tmp_path, monkeypatch):
+    """--distill-steps with --vlm used to be ignored: now an EagleVLM draft and a SpecVLM one (the
+    compressor in select mode) are distilled for the target, on the benchmark's image prompts,
+    before the arms run (the distillation itself is `reasonrl distill-draft`'s, tested there; here
+    it saves random drafts of the right kind)."""
+    import torch
+
+    import reasonrl.bench.spec_vlm as spec_vlm
+    from reasonrl.engine.spec.draft import DraftHead, DraftInfo, fingerprint
+    from reasonrl.models.loader import load_model
+    from reasonrl.models.tiny import init_weights
+    from reasonrl.models.tiny_vlm import make_vlm_checkpoint, make_vlm_tokenizer
+    from reasonrl.vision.spec.compressor import CompressorConfig
+    from tests.models.vlm_common import CORPUS
+
+    ckpt = make_vlm_checkpoint(tmp_path / "vlm", make_vlm_tokenizer(CORPUS, vocab_size=384), seed=1, std=0.2)
+    calls = []
+
+    def distill(c, model_path, env, compressor="none"):
+        calls.append((c.distill_steps, Path(model_path), env, compressor))
+        target = load_model(model_path, "cpu")
+        cfg = target.config
+        info = DraftInfo(cfg.architecture, cfg.vocab_size, cfg.hidden_size, fingerprint(target))
+        mode = None if compressor == "none" else CompressorConfig(mode=compressor)
+        if mode is not None:
+            info = DraftInfo(**{**info.__dict__, "compressor": mode.__dict__})
+        with torch.no_grad():
+            init_weights(DraftHead(target, mode), std=0.2, seed=2).save(tmp_path / compressor, info)
+        return tmp_path / compressor
+
+    monkeypatch.setattr(spec_vlm, "distill", distill)
+    out = tmp_path / "vlm.json"
+    env = "shapes:?image_size=112&families=text,detail"
+    assert main(["bench", "spec", "--vlm", "--model", str(ckpt), "--distill-steps", "7", "--env", env,
+                 "--num-prompts", "2", "--concurrency", "1", "--repeats", "1", "--max-tokens", "4",
+                 "--json", str(out)]) == 0
+    assert calls == [(7, ckpt, env, "none"), (7, ckpt, env, "select")]
+    r = json.loads(out.read_text())
+    assert r["greedy_identical"] is True
+    assert r["eaglevlm"]["draft"] == str(tmp_path / "none") and r["specvlm"]["draft"] == str(tmp_path / "select")
+    assert "text_only_rate_detail" in r["specvlm"] and "text_only_rate_detail" not in r["eaglevlm"]
 
 
 def test_speedups_pair_the_arms_within_each_repeat_and_alternate_their_order():

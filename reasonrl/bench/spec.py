@@ -179,6 +179,8 @@ class SpecBenchConfig:
             raise ValueError(f"--draft-max-batch must be at least 0, got {self.draft_max_batch}")
         if not self.concurrency or min(self.concurrency) < 1:
             raise ValueError(f"--concurrency needs levels of at least 1, got {self.concurrency}")
+        if self.model is not None and not self.model.strip():  # "" would silently mean the demo model
+            raise ValueError("--model is empty: give a checkpoint directory, or leave the flag out for the demo model")
         if self.distill_steps < 0:
             raise ValueError(f"--distill-steps must be at least 0, got {self.distill_steps}")
         for flag, value in (("--draft", self.draft), ("--compressed-draft", self.compressed_draft)):
@@ -253,8 +255,7 @@ def bench_spec(c: SpecBenchConfig) -> dict:
         "draft_kernel": spec.stats()["spec_draft_kernel"],
         "forward_kernel": "cpu_forward_steps" in spec.stats(),
         "draft_cost_ratio": costs["draft_cost_ratio"], "verify_cost_ratio": costs["verify_cost_ratio"],
-        "tree_tokens_by_batch": {k.removeprefix("spec_tree_tokens_at_batch_"): v for k, v in spec.stats().items()
-                                 if k.startswith("spec_tree_tokens_at_batch_")},
+        "tree_tokens_by_batch": tree_tokens_by_batch(spec),
     }
     _print(result, levels)
     return result
@@ -274,12 +275,15 @@ def _draft_path(c: SpecBenchConfig, model_path: Path) -> Path:
 
 def distill(c: SpecBenchConfig, model_path: Path, env: str, compressor: str = "none") -> Path:
     """A fresh draft for the target, `c.distill_steps` steps of `reasonrl distill-draft` on `env`'s
-    prompts, in a temporary directory (a benchmark keeps nothing but its figures)."""
+    prompts, in a new temporary directory (left in place; its path is the result's `draft`). The
+    training prompts are the ones the steps use (image prompts hold their pixels: 2048 of them,
+    the command's default, would be gigabytes for a short run)."""
     from reasonrl.engine.spec.distill import DistillConfig, DistillJob, run_distill
 
+    cfg = DistillConfig(steps=c.distill_steps, seed=c.seed)
     job = DistillJob(str(model_path), str(Path(tempfile.mkdtemp()) / "draft"), env=env, device=c.device, dtype=c.dtype,
-                     compressor=compressor)
-    return run_distill(job, DistillConfig(steps=c.distill_steps, seed=c.seed))
+                     compressor=compressor, num_prompts=min(DistillJob.num_prompts, cfg.steps * cfg.prompts_per_step))
+    return run_distill(job, cfg)
 
 
 def shipped_draft(model_path: Path, demo_model: str, draft: str) -> Path | None:
@@ -321,6 +325,12 @@ def timed_run(engine: LLMEngine, prompts: list, max_tokens: int, level: int,
     return run, [t.seconds for t in overhead], [(t.seconds, t.calls) for t in trees]
 
 
+def tree_tokens_by_batch(engine: LLMEngine) -> dict[str, int]:
+    """The tree size the adaptive policy settled on per batch-size bucket (0: no tree)."""
+    prefix = "spec_tree_tokens_at_batch_"
+    return {k.removeprefix(prefix): v for k, v in engine.stats().items() if k.startswith(prefix)}
+
+
 def count_rounds(into: dict, before: dict, after: dict) -> None:
     """Add the verification rounds, the tokens they accepted and those kept in outputs between two
     `stats()` of a speculative engine to `into` (keys rounds, emitted, kept)."""
@@ -337,9 +347,12 @@ def round_costs(trees: list[tuple[float, int]], plain_tokens_per_s: float) -> di
 
 
 def prefill_timer(engine: LLMEngine) -> Timer:
-    """The target's steps that carry a prompt chunk of more than one token (a vision-language model's
-    tower runs in them): at one request in flight, the prefill's time."""
-    return Timer(engine.runner, "run", engine.model.device, counts=lambda args, kwargs, out: any(n > 1 for _, n in args[0]))
+    """The target's steps that carry prompt tokens, or several tokens of one sequence (a re-prefill
+    after preemption), but no verification (a tree's rows count as one scheduled token): a
+    vision-language model's tower runs in them. At one request in flight, the prefill's time.
+    (`counts` reads `num_computed` before the step's results advance it.)"""
+    return Timer(engine.runner, "run", engine.model.device,
+                 counts=lambda args, kwargs, out: any(n > 1 or seq.num_computed < len(seq.prompt_ids) for seq, n in args[0]))
 
 
 def tree_step_timers(engine: LLMEngine) -> tuple[Timer, Timer]:

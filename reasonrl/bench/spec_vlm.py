@@ -6,7 +6,9 @@ each concurrency level, interleaved over repeats, median per-repeat ratios. Repo
 batch 1, speedup at each level, the draft's visual tokens and FLOPs per request, and for the
 compressed draft how often its gate chose text-only on questions answerable without the image
 (family `text`; target at least 80%) and on detail questions (family `detail`; target near 0%).
-Outputs of every arm must be token-identical.
+With batch 1 among the levels, each arm's batch-1 time split into prefill steps and the rest
+(`prefill_share`, `decode_speedup`), and the draft's and verification's costs per round in plain
+decode steps. `--distill-steps N` distils both drafts first. Outputs of every arm must be token-identical.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import statistics
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from reasonrl.bench.common import device_name
 from reasonrl.bench.spec import (DEMO, SpecBenchConfig, arm_order, count_rounds, decode, distill, greedy_identical,
-                                  paired_ratio, prefill_timer, round_costs, shipped_draft, timed_run)
+                                  paired_ratio, prefill_timer, round_costs, shipped_draft, timed_run,
+                                  tree_tokens_by_batch)
 from reasonrl.engine.config import EngineConfig
 from reasonrl.engine.llm_engine import LLMEngine
 from reasonrl.engine.spec.draft import DraftHead
@@ -27,27 +31,35 @@ from reasonrl.models.qwen2_5_vl.prompt import build_prompt
 from reasonrl.models.tokenizer import Tokenizer
 
 
-ARMS = (("eaglevlm", "--draft", "draft", "vlm_draft", "none"),  # name, flag, config field, shipped, compressor
-        ("specvlm", "--compressed-draft", "compressed_draft", "vlm_draft_compressed", "select"))
+class Arm(NamedTuple):
+    name: str
+    flag: str  # the CLI flag that gives its draft
+    field: str  # that flag's SpecBenchConfig field
+    shipped: str  # the demo VLM's draft, under reasonrl/demo
+    compressor: str  # --distill-steps: the compressor mode distilled
+
+
+ARMS = (Arm("eaglevlm", "--draft", "draft", "vlm_draft", "none"),
+        Arm("specvlm", "--compressed-draft", "compressed_draft", "vlm_draft_compressed", "select"))
 
 
 def _drafts(c: SpecBenchConfig, model_path: Path) -> dict[str, Path | None]:
     """Each arm's draft: the one given (which must exist), else the demo VLM's shipped one where the
     target is the demo VLM and it is shipped; another target's arm without a draft is left out (the
-    demo's drafts were distilled for the demo's weights and width). With --distill-steps, none is
-    given: `distilled` makes both."""
+    demo's drafts were distilled for the demo's weights and width). With --distill-steps no draft
+    is given (SpecBenchConfig refuses both) and `_distilled` replaces these."""
     out = {}
-    for name, flag, field, shipped, _ in ARMS:
-        given = getattr(c, field)
+    for arm in ARMS:
+        given = getattr(c, arm.field)
         if given is not None and not Path(given).is_dir():
-            raise ValueError(f"{flag} {given}: no such directory (a draft from `reasonrl distill-draft`)")
-        out[name] = Path(given) if given is not None else shipped_draft(model_path, "vlm", shipped)
+            raise ValueError(f"{arm.flag} {given}: no such directory (a draft from `reasonrl distill-draft`)")
+        out[arm.name] = Path(given) if given is not None else shipped_draft(model_path, "vlm", arm.shipped)
     return out
 
 
 def _distilled(c: SpecBenchConfig, model_path: Path, env: str) -> dict[str, Path]:
     """--distill-steps: a fresh draft for each arm, the SpecVLM one with the compressor in select mode."""
-    return {name: distill(c, model_path, env, compressor) for name, _, _, _, compressor in ARMS}
+    return {arm.name: distill(c, model_path, env, arm.compressor) for arm in ARMS}
 
 
 def bench_spec_vlm(c: SpecBenchConfig) -> dict:
@@ -67,7 +79,7 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
     items = env.prompts(n=max(c.num_prompts, 4 * levels[-1]), seed=c.seed + 1, split="eval")
     prompts = [build_prompt(tok, p.messages, target.vlm_config, target.image_config) for p in items]
     opts = dict(max_model_len=max(len(p.input_ids) for p in prompts) + c.max_tokens + 1, max_num_seqs=levels[-1],
-                kv_cache_memory=1 << 28)
+                kv_cache_memory=1 << 28, cpu_forward_kernel=c.cpu_forward_kernel)
     arms = {"plain": LLMEngine(target, None, EngineConfig(**opts))}
     for name, path in drafts.items():
         if path is not None:
@@ -82,18 +94,23 @@ def bench_spec_vlm(c: SpecBenchConfig) -> dict:
     rates, cpu_rates, outputs, batch1, shares, trees = _run(arms, prompts, c, levels)
     prefill = _prefill_runs(arms, prompts, c, outputs) if levels[0] == 1 else {}
     on_cpu = target.device.type == "cpu"
+    plain = prefill.get("plain")
     result = {"device": device_name(target.device), "model": str(model_path), "concurrency": levels,
               "figures_at_concurrency": levels[0], "greedy_identical": greedy_identical(outputs, levels),
               "plain_tokens_per_s": {level: statistics.median(rates[("plain", level)]) for level in levels},
-              **({"prefill_share": prefill["plain"][1] / prefill["plain"][0]} if prefill else {})}
+              **({"prefill_share": plain.prefill_seconds / plain.seconds} if plain else {}),
+              "costs_in": "plain decode steps" if plain else f"plain tokens at {levels[0]} in flight, prefill included"}
+    # a round's costs in plain decoding's time per step outside prefill (the first token of each request
+    # comes from its prefill step); without batch 1, in its time per token at the lowest level
+    unit_rate = (plain.decode_tokens / (plain.seconds - plain.prefill_seconds) if plain
+                 else statistics.median(rates[("plain", levels[0])]))
     for name, engine in arms.items():
         if name == "plain":
             continue
-        costs = round_costs(trees[name], statistics.median(rates[("plain", levels[0])]))
         result[name] = {**_draft_figures(engine, batch1[name], prompts, items, c.max_tokens),
-                        "draft": str(drafts[name]), "tree_steps": costs["tree_steps"],
-                        "draft_cost_ratio": costs["draft_cost_ratio"], "verify_cost_ratio": costs["verify_cost_ratio"],
+                        "draft": str(drafts[name]), **round_costs(trees[name], unit_rate),
                         **(_decode_figures(prefill, name) if prefill else {}),
+                        "tree_tokens_by_batch": tree_tokens_by_batch(engine),
                         **{f"batch{level}_speedup": _ratio(rates, name, level) for level in levels},
                         **{f"batch{level}_speculation_time_share": shares[(name, level)] for level in levels},
                         **({f"batch{level}_cpu_speedup": _ratio(cpu_rates, name, level) for level in levels}
@@ -136,32 +153,43 @@ def _run(arms: dict, prompts, c: SpecBenchConfig, levels):
     return rates, cpu_rates, outputs, batch1, shares, trees
 
 
-def _prefill_runs(arms: dict, prompts, c: SpecBenchConfig, outputs: dict) -> dict[str, tuple[float, float]]:
+class PrefillRun(NamedTuple):
+    seconds: float
+    prefill_seconds: float
+    decode_tokens: int  # tokens sampled outside prefill steps (each request's first comes from its prefill)
+
+
+def _prefill_runs(arms: dict, prompts, c: SpecBenchConfig, outputs: dict) -> dict[str, PrefillRun]:
     """One more run of every arm at one request in flight, each with a timer on its target's prefill
-    steps alone (one wrapped call a step, the same in every arm): (run seconds, prefill seconds) per
-    arm. With one request in flight a step carries a prefill chunk or a decode (or verification)
-    step, never both, so the rest of the run is the decoding that speculation speeds up."""
+    steps alone (one wrapped call a step, the same in every arm). With one request in flight a step
+    carries a prefill chunk or a decode (or verification) step, never both, so the rest of the run,
+    everything outside prefill steps (the host loop and request admission too, both small), is the
+    decoding that speculation speeds up. The arms run in a fixed order, once each."""
     out = {}
     for name, engine in arms.items():
         engine.reset_prefix_cache()
         timer = prefill_timer(engine)
+        work = prompts[: max(c.num_prompts, 4)]  # level 1's prompts
         try:
-            run = decode(engine, prompts[: max(c.num_prompts, 4)], c.max_tokens, 1)  # level 1's prompts
+            run = decode(engine, work, c.max_tokens, 1)
         finally:
             timer.remove()
-        out[name] = (run.seconds, timer.seconds)
+        out[name] = PrefillRun(run.seconds, timer.seconds, run.tokens - len(work))
         outputs[f"{name}-prefill@1"] = [run.outputs]
         print(f"  prefill-timed run  in flight   1  {name:<9} {run.tokens / run.seconds:8.1f} tok/s, prefill "
               f"{timer.seconds / run.seconds:.0%} of it", file=sys.stderr, flush=True)
     return out
 
 
-def _decode_figures(prefill: dict, name: str) -> dict:
-    """The arm's share of its batch-1 run in prefill steps, and its speedup over plain decoding on
-    the rest of the run (the decode phase: drafting, the draft's catch-up on the prompt, and
-    verification all count there)."""
-    (plain_s, plain_prefill_s), (seconds, prefill_s) = prefill["plain"], prefill[name]
-    return {"prefill_share": prefill_s / seconds, "decode_speedup": (plain_s - plain_prefill_s) / (seconds - prefill_s)}
+def _decode_figures(prefill: dict[str, PrefillRun], name: str) -> dict:
+    """The arm's share of its batch-1 run in prefill steps, its speedup over plain decoding on the
+    rest of the run (the decode phase: drafting, the draft's catch-up on the prompt and verification
+    all count there), and the same runs' end-to-end ratio (one run each: a cross-check of the
+    median end-to-end speedup, noisier)."""
+    plain, arm = prefill["plain"], prefill[name]
+    return {"prefill_share": arm.prefill_seconds / arm.seconds,
+            "decode_speedup": (plain.seconds - plain.prefill_seconds) / (arm.seconds - arm.prefill_seconds),
+            "prefill_run_speedup": plain.seconds / arm.seconds}
 
 
 def _draft_figures(engine: LLMEngine, batch1: dict, prompts, items, max_tokens: int) -> dict:
@@ -234,8 +262,8 @@ def _print(r: dict) -> None:
             decode_phase = (f"  decode phase {a['decode_speedup']:.2f}x (prefill {a['prefill_share']:.0%} of its batch-1 time)"
                             if "decode_speedup" in a else "")
             print(f"{name}: accepted length {a['accepted_length']:.2f} (kept {a['kept_per_round']:.2f})  draft cost "
-                  f"{a['draft_cost_ratio']:.2f}  verify cost {a['verify_cost_ratio']:.2f} (per round, in plain tokens at "
-                  f"{r['figures_at_concurrency']} in flight){decode_phase}")
+                  f"{a['draft_cost_ratio']:.2f}  verify cost {a['verify_cost_ratio']:.2f} (per round, in {r['costs_in']})"
+                  f"{decode_phase}  tree tokens by batch {a['tree_tokens_by_batch']}")
             speed = "  ".join(f"{level} in flight {a[f'batch{level}_speedup']:.2f}x"
                               + (f" (CPU time {a[k]:.2f}x)" if (k := f"batch{level}_cpu_speedup") in a else "")
                               + f" [drafting and policy {a[f'batch{level}_speculation_time_share']:.1%}]"

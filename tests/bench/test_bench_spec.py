@@ -167,12 +167,26 @@ def test_bench_spec_vlm_compares_plain_eaglevlm_and_specvlm_on_image_prompts(tmp
     for a, path in ((eagle, tmp_path / "eagle"), (spec, tmp_path / "spec")):
         assert a["draft"] == str(path) and a["kept_per_round"] <= a["accepted_length"]
         assert a["tree_steps"] > 0 and a["draft_cost_ratio"] > 0 and a["verify_cost_ratio"] > 0
-        assert 0 < a["prefill_share"] < 1 and a["decode_speedup"] > 0
+        assert 0 < a["prefill_share"] < 1 and a["decode_speedup"] > 0 and a["prefill_run_speedup"] > 0
+        assert a["tree_tokens_by_batch"] == {}  # as for text: what the adaptive policy chose (off here)
+    assert r["costs_in"] == "plain decode steps"
     assert main(["bench", "spec", "--vlm", "--model", str(ckpt), "--draft", str(tmp_path / "eagle"),
                  "--env", "shapes:?image_size=112", "--num-prompts", "2", "--concurrency", "2", "--repeats", "1",
                  "--max-tokens", "4", "--json", str(out)]) == 0
     r = json.loads(out.read_text())  # no batch 1: no prefill split (prefill and decode steps would mix)
     assert "prefill_share" not in r and "decode_speedup" not in r["eaglevlm"] and "specvlm" not in r
+    assert r["costs_in"] == "plain tokens at 2 in flight, prefill included"
+
+
+def test_the_batch1_split_and_the_round_costs_are_the_ratios_they_name():
+    from reasonrl.bench.spec import round_costs
+    from reasonrl.bench.spec_vlm import PrefillRun, _decode_figures
+
+    runs = {"plain": PrefillRun(10.0, 4.0, 100), "eaglevlm": PrefillRun(8.0, 4.0, 100)}
+    assert _decode_figures(runs, "eaglevlm") == {"prefill_share": 0.5, "decode_speedup": 1.5, "prefill_run_speedup": 1.25}
+    # 4 rounds: the draft took 1 s and verification 2 s in all, plain decoding runs 8 steps a second
+    assert round_costs([(1.0, 9), (2.0, 4)], 8.0) == {"tree_steps": 4, "draft_cost_ratio": 2.0, "verify_cost_ratio": 4.0}
+    assert round_costs([(0.0, 0), (0.0, 0)], 8.0) == {"tree_steps": 0, "draft_cost_ratio": 0.0, "verify_cost_ratio": 0.0}
 
 
 def test_the_prefill_timer_counts_the_steps_that_carry_a_prompt():
@@ -182,13 +196,19 @@ def test_the_prefill_timer_counts_the_steps_that_carry_a_prompt():
     from reasonrl.engine.llm_engine import LLMEngine
     from reasonrl.models.loader import load_model
 
+    from reasonrl.engine.spec.draft import DraftHead
+
     target = load_model(DEMO / "policy", "cpu", None)
     prompts = _prompts(SpecBenchConfig(), DEMO / "policy", 3)
-    engine = LLMEngine(target, None, EngineConfig(max_model_len=256))
-    timer = prefill_timer(engine)
-    run = decode(engine, prompts, 8, 1)
-    timer.remove()
-    assert timer.calls == len(prompts) and 0 < timer.seconds < run.seconds
+    plain = LLMEngine(target, None, EngineConfig(max_model_len=256))
+    spec = LLMEngine(target, None, EngineConfig(max_model_len=256, draft_adaptive=False),  # a tree every decode step
+                     draft=DraftHead.load(DEMO / "draft", target))
+    for engine in (plain, spec):  # verification steps carry one scheduled token per sequence: not counted
+        timer = prefill_timer(engine)
+        run = decode(engine, prompts, 16, 1)
+        timer.remove()
+        assert timer.calls == len(prompts) and 0 < timer.seconds < run.seconds
+    assert spec.stats()["spec_rounds"] > 0
 
 
 def test_bench_spec_refuses_empty_or_conflicting_draft_flags(capsys):
@@ -196,7 +216,8 @@ def test_bench_spec_refuses_empty_or_conflicting_draft_flags(capsys):
     path; a draft given with --distill-steps was silently replaced by the distilled one."""
     for args, named in ((["--draft", ""], "--draft is empty"), (["--vlm", "--compressed-draft", " "], "--compressed-draft is empty"),
                         (["--distill-steps", "5", "--draft", "d"], "--draft and --distill-steps"),
-                        (["--distill-steps", "-1"], "--distill-steps must be at least 0")):
+                        (["--distill-steps", "-1"], "--distill-steps must be at least 0"),
+                        (["--model", ""], "--model is empty")):
         assert main(["bench", "spec", *args]) == 2, args
         assert named in capsys.readouterr().err, args
 
@@ -232,6 +253,14 @@ def test_bench_spec_vlm_distills_both_drafts_first(tmp_path, monkeypatch):
         return tmp_path / compressor
 
     monkeypatch.setattr(spec_vlm, "distill", distill)
+    jobs = []  # the real distill(): the job it hands `reasonrl distill-draft`
+    monkeypatch.setattr("reasonrl.engine.spec.distill.run_distill", lambda job, cfg: jobs.append((job, cfg)))
+    from reasonrl.bench.spec import SpecBenchConfig, distill as real_distill
+
+    real_distill(SpecBenchConfig(distill_steps=3), ckpt, "shapes:", "select")
+    (job, cfg), = jobs
+    assert (job.target, job.env, job.compressor, cfg.steps) == (str(ckpt), "shapes:", "select", 3)
+    assert job.num_prompts == 3 * cfg.prompts_per_step  # the prompts its steps use, not 2048 images
     out = tmp_path / "vlm.json"
     env = "shapes:?image_size=112&families=text,detail"
     assert main(["bench", "spec", "--vlm", "--model", str(ckpt), "--distill-steps", "7", "--env", env,
